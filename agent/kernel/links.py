@@ -1,0 +1,394 @@
+"""The netlink façade for bridge mode: bridges, veth pairs, container addresses and routes.
+
+Design note. Everything we create is tagged so that resync can tell it apart from the rest of
+the host: interface names start with ``sdn`` (``sdnb`` + 8 hex of sha1(network) for bridges,
+``sdnv`` + 8 hex of sha1("container/interface") for the host side of a veth), every link carries
+``IFLA_IFALIAS = "sdnctl:<owner key>"`` and every route we add has protocol ``RTPROT_SDNCTL``.
+
+Every operation is an idempotent ``ensure_*`` / ``remove_*``: it reads the object back (one
+request), compares it with what was asked and writes only the difference, so a second call with
+the same arguments sends no write at all. A link that has our name but another kind or another
+alias is somebody else's: it is an error, never reused.
+
+The kernel ignores ``IFLA_IFALIAS`` in RTM_NEWLINK when it *creates* a link (only a later
+RTM_SETLINK applies it), so creating costs one extra request and a crash between the two leaves a
+link with our name and no alias. Such a link is adopted: the name is a hash of our owner key with
+our prefix, and an empty alias can only be our own interrupted creation.
+
+Veth peers are born inside the container namespace (``net_ns_fd`` in the peer attributes); no
+device is ever moved between namespaces (10-40 ms each, LAB-NOTES).
+
+Threads: pyroute2 0.9.7 binds an ``IPRoute`` to the thread that made it (from another thread a
+request fails with ENOTSOCK), so a ``Links`` object and all its cached sockets must be made and
+used by ONE thread. The reconciler owns it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from netaddr import IPNetwork
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from agent.kernel.names import ALIAS_PREFIX, BRIDGE_PREFIX, VETH_PREFIX
+from agent.kernel.netns import iproute_in, is_netns, netns_inode
+
+RTPROT_SDNCTL = 211
+IFF_UP = 0x1
+MAIN_TABLE = 254
+
+
+class KernelError(Exception):
+    """A kernel operation failed; the message names the verb and the object."""
+
+
+@dataclass(frozen=True)
+class ObservedLink:
+    ifname: str
+    index: int
+    kind: str | None
+    alias: str | None
+    master: str | None
+    mtu: int
+    up: bool
+    addresses: tuple[str, ...]  # IPv4, 'a.b.c.d/len', sorted
+
+
+@dataclass(frozen=True)
+class ObservedContainerNet:
+    ifname: str
+    index: int
+    up: bool
+    mtu: int
+    addresses: tuple[str, ...]  # IPv4, 'a.b.c.d/len', sorted
+    gateway: str | None  # of the main table's IPv4 default route
+
+
+def _kind(msg: Any) -> str | None:
+    info = msg.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
+
+
+def _is_up(msg: Any) -> bool:
+    return bool(msg["flags"] & IFF_UP)
+
+
+def _cidr(addr_msg: Any) -> str:
+    return f"{addr_msg.get_attr('IFA_ADDRESS')}/{addr_msg['prefixlen']}"
+
+
+def _v4_by_index(addr_msgs: Iterable[Any]) -> dict[int, list[str]]:
+    by_index: dict[int, list[str]] = {}
+    for a in addr_msgs:
+        if a["family"] == socket.AF_INET:
+            by_index.setdefault(a["index"], []).append(_cidr(a))
+    return by_index
+
+
+def _default_route(route_msgs: Iterable[Any]) -> Any | None:
+    for r in route_msgs:
+        if r["dst_len"] == 0 and r.get_attr("RTA_TABLE") in (None, MAIN_TABLE):
+            return r
+    return None
+
+
+class Links:
+    """Netlink for one host namespace plus cached sockets for its containers' namespaces.
+
+    Use from ONE thread only (see the module note). ``netns_path=None`` means the caller's
+    namespace, which is the normal case: the agent lives inside its host's namespace.
+    """
+
+    def __init__(self, netns_path: str | None = None) -> None:
+        self._thread = threading.get_ident()
+        self._host = iproute_in(netns_path)
+        # path -> (namespace inode, socket); the inode notices a namespace re-created at a path.
+        self._containers: dict[str, tuple[int, IPRoute]] = {}
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for path in list(self._containers):
+            self.forget_netns(path)
+        self._host.close()
+
+    def __enter__(self) -> Links:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_thread(self) -> None:
+        if threading.get_ident() != self._thread:
+            raise KernelError("Links used from a thread other than the one that made it")
+
+    def _in(self, netns_path: str) -> IPRoute:
+        """The cached socket for a container namespace (opened without forking)."""
+        self._check_thread()
+        inode = netns_inode(netns_path)
+        cached = self._containers.get(netns_path)
+        if cached is not None and cached[0] == inode:
+            return cached[1]
+        self.forget_netns(netns_path)
+        ipr = iproute_in(netns_path)
+        self._containers[netns_path] = (inode, ipr)
+        return ipr
+
+    def forget_netns(self, path: str) -> None:
+        """Close the cached socket of a container namespace (call when the namespace goes)."""
+        cached = self._containers.pop(path, None)
+        if cached is not None:
+            cached[1].close()
+
+    @staticmethod
+    def _get_link(ipr: IPRoute, ifname: str) -> Any | None:
+        try:
+            return ipr.link("get", ifname=ifname)[0]
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return None
+            raise
+
+    # --- observation --------------------------------------------------------------------------
+
+    def dump_owned(self) -> list[ObservedLink]:
+        """Every link in the host namespace whose alias marks it as ours: one link dump and one
+        address dump in all."""
+        self._check_thread()
+        try:
+            links = list(self._host.get_links())
+            addresses = _v4_by_index(self._host.get_addr(family=socket.AF_INET))
+        except NetlinkError as e:
+            raise KernelError("could not dump links") from e
+        names = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in links}
+        owned = []
+        for msg in links:
+            alias = msg.get_attr("IFLA_IFALIAS")
+            if not (alias or "").startswith(ALIAS_PREFIX):
+                continue
+            master = msg.get_attr("IFLA_MASTER")
+            owned.append(ObservedLink(
+                ifname=msg.get_attr("IFLA_IFNAME"),
+                index=msg["index"],
+                kind=_kind(msg),
+                alias=alias,
+                master=names.get(master) if master else None,
+                mtu=msg.get_attr("IFLA_MTU"),
+                up=_is_up(msg),
+                addresses=tuple(sorted(addresses.get(msg["index"], []))),
+            ))
+        return owned
+
+    def observe_container(self, netns_path: str, peer_ifname: str) -> ObservedContainerNet | None:
+        """The container side of an attachment, or None when the namespace or the device is gone.
+
+        One link request, one address dump, one route dump.
+        """
+        if not is_netns(netns_path):
+            self.forget_netns(netns_path)
+            return None
+        ipr = self._in(netns_path)
+        try:
+            link = self._get_link(ipr, peer_ifname)
+            if link is None:
+                return None
+            index = link["index"]
+            addrs = _v4_by_index(ipr.get_addr(family=socket.AF_INET, index=index)).get(index, [])
+            default = _default_route(ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE))
+        except NetlinkError as e:
+            raise KernelError(f"could not read {peer_ifname!r} in {netns_path!r}") from e
+        return ObservedContainerNet(
+            ifname=peer_ifname,
+            index=index,
+            up=_is_up(link),
+            mtu=link.get_attr("IFLA_MTU"),
+            addresses=tuple(sorted(addrs)),
+            gateway=default.get_attr("RTA_GATEWAY") if default is not None else None,
+        )
+
+    # --- links --------------------------------------------------------------------------------
+
+    def _verify_ours(self, link: Any, name: str, kind: str, alias: str) -> None:
+        """A link with our name must be of our kind and carry our alias (or none: see module)."""
+        found_kind, found_alias = _kind(link), link.get_attr("IFLA_IFALIAS")
+        if found_kind != kind or found_alias not in (None, "", alias):
+            raise KernelError(
+                f"link {name!r} exists as kind {found_kind!r} alias {found_alias!r}, "
+                f"not {kind} {alias!r}: refusing to reuse it"
+            )
+
+    def _create(self, ipr: IPRoute, name: str, kind: str, alias: str, **attrs: Any) -> Any:
+        """Add a link and read it back. The alias is left to the caller's ``_fix_link`` (the
+        kernel ignores it in RTM_NEWLINK; see the module note)."""
+        try:
+            ipr.link("add", ifname=name, kind=kind, **attrs)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise KernelError(f"could not add {kind} {name!r}") from e
+            # A concurrent creation or a veth peer name taken: read back and verify below.
+        try:
+            link = self._get_link(ipr, name)
+        except NetlinkError as e:
+            raise KernelError(f"could not read back {kind} {name!r}") from e
+        if link is None:
+            # EEXIST yet no such link here: for a veth, the peer's name is taken in its namespace.
+            raise KernelError(f"could not add {kind} {name!r}: a name it needs is taken")
+        self._verify_ours(link, name, kind, alias)
+        return link
+
+    @staticmethod
+    def _fix_link(ipr: IPRoute, link: Any, what: str, **want: Any) -> None:
+        """One RTM_SETLINK with only the attributes that differ (none: no request at all)."""
+        current = {
+            "mtu": link.get_attr("IFLA_MTU"),
+            "master": link.get_attr("IFLA_MASTER"),
+            "state": "up" if _is_up(link) else "down",
+            "ifalias": link.get_attr("IFLA_IFALIAS"),
+        }
+        delta = {k: v for k, v in want.items() if current[k] != v}
+        if delta:
+            try:
+                ipr.link("set", index=link["index"], **delta)
+            except NetlinkError as e:
+                raise KernelError(f"could not set {sorted(delta)} of {what}") from e
+
+    @staticmethod
+    def _ensure_addresses(ipr: IPRoute, index: int, wanted: str, what: str) -> None:
+        """Exactly ``wanted`` as IPv4 address on the link: add it, delete any other."""
+        try:
+            present = _v4_by_index(ipr.get_addr(family=socket.AF_INET, index=index))
+            want = IPNetwork(wanted)
+            for cidr in present.get(index, []):
+                if cidr != wanted:
+                    have = IPNetwork(cidr)
+                    ipr.addr("del", index=index, address=str(have.ip), prefixlen=have.prefixlen)
+            if wanted not in present.get(index, []):
+                try:
+                    ipr.addr("add", index=index, address=str(want.ip), prefixlen=want.prefixlen)
+                except NetlinkError as e:
+                    if e.code != errno.EEXIST:
+                        raise
+        except NetlinkError as e:
+            raise KernelError(f"could not set address {wanted} on {what}") from e
+
+    def ensure_bridge(self, name: str, alias: str, gateway_cidr: str, mtu: int) -> int:
+        """A bridge with our alias, this MTU, exactly the gateway address, up. Returns its index."""
+        self._check_thread()
+        ipr = self._host
+        try:
+            link = self._get_link(ipr, name)
+        except NetlinkError as e:
+            raise KernelError(f"could not read bridge {name!r}") from e
+        if link is None:
+            link = self._create(ipr, name, "bridge", alias, mtu=mtu, state="up")
+        else:
+            self._verify_ours(link, name, "bridge", alias)
+        self._fix_link(ipr, link, f"bridge {name!r}", mtu=mtu, state="up", ifalias=alias)
+        self._ensure_addresses(ipr, link["index"], gateway_cidr, f"bridge {name!r}")
+        return int(link["index"])
+
+    def ensure_veth(
+        self,
+        host_ifname: str,
+        alias: str,
+        bridge: str,
+        mtu: int,
+        netns_path: str,
+        peer_ifname: str,
+        address_cidr: str,
+        gateway: str,
+    ) -> int:
+        """A veth pair from ``bridge`` into the container namespace, addressed and routed.
+
+        The peer is created directly inside ``netns_path``. Returns the host side's index.
+        """
+        self._check_thread()
+        ipr = self._host
+        what = f"veth {host_ifname!r}"
+        try:
+            master = self._get_link(ipr, bridge)
+            link = self._get_link(ipr, host_ifname)
+        except NetlinkError as e:
+            raise KernelError(f"could not read {what}") from e
+        if master is None:
+            raise KernelError(f"could not add {what}: bridge {bridge!r} does not exist")
+        master_index = master["index"]
+        if link is None:
+            link = self._create_veth(host_ifname, alias, master_index, mtu, netns_path, peer_ifname)
+        else:
+            self._verify_ours(link, host_ifname, "veth", alias)
+        self._fix_link(ipr, link, what, mtu=mtu, master=master_index, state="up", ifalias=alias)
+        self._ensure_container_side(netns_path, peer_ifname, alias, mtu, address_cidr, gateway)
+        return int(link["index"])
+
+    def _create_veth(
+        self, name: str, alias: str, master: int, mtu: int, netns_path: str, peer: str
+    ) -> Any:
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return self._create(
+                self._host, name, "veth", alias, mtu=mtu, master=master, state="up",
+                peer={"ifname": peer, "net_ns_fd": fd, "mtu": mtu},
+            )
+        finally:
+            os.close(fd)
+
+    def _ensure_container_side(
+        self, netns_path: str, peer: str, alias: str, mtu: int, address_cidr: str, gateway: str
+    ) -> None:
+        what = f"{peer!r} in {netns_path!r}"
+        ipr = self._in(netns_path)
+        try:
+            link = self._get_link(ipr, peer)
+        except NetlinkError as e:
+            raise KernelError(f"could not read {what}") from e
+        if link is None:
+            # The host side exists but its peer is not in this namespace (moved or renamed).
+            raise KernelError(f"could not find {what}: host side exists without it")
+        self._fix_link(ipr, link, what, mtu=mtu, state="up", ifalias=alias)
+        self._ensure_addresses(ipr, link["index"], address_cidr, what)
+        self._ensure_default_route(ipr, link["index"], gateway, what)
+
+    @staticmethod
+    def _ensure_default_route(ipr: IPRoute, index: int, gateway: str, what: str) -> None:
+        try:
+            current = _default_route(ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE))
+            if (
+                current is not None
+                and current.get_attr("RTA_GATEWAY") == gateway
+                and current.get_attr("RTA_OIF") == index
+                and current["proto"] == RTPROT_SDNCTL
+            ):
+                return
+            ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=index,
+                      proto=RTPROT_SDNCTL, table=MAIN_TABLE)
+        except NetlinkError as e:
+            raise KernelError(f"could not set default route via {gateway} for {what}") from e
+
+    def remove_link(self, name: str) -> bool:
+        """Delete a link of ours by name (a veth takes its peer along). Missing is success.
+
+        Returns False when there was nothing to delete. Refuses links without our alias.
+        """
+        self._check_thread()
+        try:
+            link = self._get_link(self._host, name)
+            if link is None:
+                return False
+            alias = link.get_attr("IFLA_IFALIAS") or ""
+            interrupted = not alias and name.startswith((BRIDGE_PREFIX, VETH_PREFIX))
+            if not (alias.startswith(ALIAS_PREFIX) or interrupted):
+                raise KernelError(f"could not remove link {name!r}: not ours (alias {alias!r})")
+            self._host.link("del", index=link["index"])
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return False
+            raise KernelError(f"could not remove link {name!r}") from e
+        return True

@@ -1,0 +1,34 @@
+"""Names and tags of what the agent owns in the kernel (pure; shared by planner and kernel code).
+
+Interface names obey IFNAMSIZ (15 bytes): a fixed prefix plus 8 hex digits of a hash of the
+owner key. Every link also carries its owner key in its alias (``sdnctl:net/front``), so resync
+deletes only what is provably ours and a name collision is detected, never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+ALIAS_PREFIX = "sdnctl:"
+BRIDGE_PREFIX = "sdnb"
+VETH_PREFIX = "sdnv"
+
+
+def _short_hash(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()[:8]
+
+
+def bridge_name(network: str) -> str:
+    return BRIDGE_PREFIX + _short_hash(network)
+
+
+def bridge_alias(network: str) -> str:
+    return f"{ALIAS_PREFIX}net/{network}"
+
+
+def veth_name(container: str, interface: str) -> str:
+    return VETH_PREFIX + _short_hash(f"{container}/{interface}")
+
+
+def veth_alias(container: str, interface: str) -> str:
+    return f"{ALIAS_PREFIX}ctr/{container}/{interface}"

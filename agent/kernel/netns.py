@@ -1,0 +1,183 @@
+"""Network namespaces without forked helpers.
+
+pyroute2 0.9.7 forks a helper process for ``netns.create()`` and for every ``IPRoute(netns=...)``.
+We avoid that: a namespace is made by a short-lived thread that calls ``unshare(CLONE_NEWNET)``
+(namespace membership is per thread on Linux) and bind-mounts ``/proc/thread-self/ns/net`` onto a
+file; the thread then ends, so no other thread ever runs in the wrong namespace. A netlink socket
+for a namespace is opened the same way: a throw-away thread enters the namespace, creates the
+socket (a socket stays bound to the namespace it was born in) and hands back its file descriptor.
+
+Namespaces are addressed by path: ``/run/netns/NAME`` for the lab (so that ``ip netns`` sees
+them) and ``<run dir>/netns/<container>`` for the agent's containers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from pyroute2 import IPRoute
+
+CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
+MNT_DETACH = 2
+NETLINK_ROUTE = 0
+NETNS_RUN_DIR = "/run/netns"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_void_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+
+T = TypeVar("T")
+
+
+class NetnsError(OSError):
+    pass
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise NetnsError(err, f"{what}: {os.strerror(err)}")
+
+
+def _in_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a fresh thread and return its result (or raise its exception).
+
+    The thread may switch its own namespace freely: it ends right after ``fn``.
+    """
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as e:  # handed to the caller below
+            failure.append(e)
+
+    thread = threading.Thread(target=run, name="netns-helper", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def setns_path(path: str) -> None:
+    """Move the *calling thread* into the network namespace at ``path``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), f"setns {path}")
+    finally:
+        os.close(fd)
+
+
+def netns_path(name: str) -> str:
+    """The path of a named namespace as ``ip netns`` knows it."""
+    return os.path.join(NETNS_RUN_DIR, name)
+
+
+def is_netns(path: str) -> bool:
+    """True when ``path`` is a mounted network namespace (an nsfs file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        # NS_GET_NSTYPE would be exact; an nsfs bind mount has st_dev of nsfs, not of its dir.
+        return os.fstat(fd).st_dev != os.stat(os.path.dirname(path) or ".").st_dev
+    finally:
+        os.close(fd)
+
+
+def netns_inode(path: str) -> int:
+    """The namespace's inode number: equal for two paths iff they are the same namespace."""
+    return os.stat(path).st_ino
+
+
+def create_netns(path: str) -> bool:
+    """Make a new network namespace and pin it at ``path``. Returns False if one is there already.
+
+    The new namespace has ``lo`` up, as every container and host expects.
+    """
+    if is_netns(path):
+        return False
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+
+    def make() -> None:
+        _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+        os.close(fd)
+        try:
+            _check(
+                _libc.mount(b"/proc/thread-self/ns/net", path.encode(), None, MS_BIND, None),
+                f"bind-mount netns on {path}",
+            )
+        except BaseException:
+            os.unlink(path)
+            raise
+        with IPRoute() as ipr:  # still inside the new namespace: bring up lo
+            ipr.link("set", index=1, state="up")
+
+    try:
+        _in_thread(make)
+    except FileExistsError as e:
+        raise NetnsError(errno.EEXIST, f"{path} exists and is not a network namespace") from e
+    return True
+
+
+def remove_netns(path: str) -> bool:
+    """Unpin and delete the namespace at ``path``. Returns False if nothing was there.
+
+    The namespace itself ends when its last process and last reference go; devices in it go with
+    it (a veth's peer included).
+    """
+    if not os.path.lexists(path):
+        return False
+    if _libc.umount2(path.encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not a mount point
+            raise NetnsError(err, f"umount {path}: {os.strerror(err)}")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return True
+
+
+def open_netlink_fd(path: str | None) -> int:
+    """A NETLINK_ROUTE socket born in the namespace at ``path`` (None: the caller's), as an fd."""
+
+    def make() -> int:
+        if path is not None:
+            setns_path(path)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+        return sock.detach()
+
+    return _in_thread(make) if path is not None else make()
+
+
+def iproute_in(path: str | None) -> IPRoute:
+    """An ``IPRoute`` whose socket lives in the namespace at ``path``, opened without forking.
+
+    pyroute2 keeps sockets per thread: use the returned object from the thread that made it only.
+    """
+    return IPRoute(fileno=open_netlink_fd(path))
+
+
+def run_in_netns(path: str, fn: Callable[[], T]) -> T:
+    """Call ``fn`` in a thread that has entered the namespace at ``path``; return its result."""
+
+    def enter_and_run() -> T:
+        setns_path(path)
+        return fn()
+
+    return _in_thread(enter_and_run)

@@ -1,0 +1,130 @@
+"""Starting container processes through ``agent.launch``, checking them, stopping them.
+
+A launched process is not our child (the launcher exits at once and the process is reparented),
+so its exit code is not knowable here: we can only tell whether it is alive. Identity is the pair
+(PID, start time), and liveness also demands that the process sits in the network namespace we
+gave it; together they guard against a reused PID.
+
+PID 1 of a PID namespace gets no signal from outside that it has no handler for, SIGKILL apart:
+``stop`` therefore always ends with SIGKILL after the grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import agent
+from agent.kernel.links import KernelError
+from agent.kernel.netns import netns_inode
+from agent.launch import read_start_time
+
+LAUNCH_TIMEOUT = 10.0
+POLL_INTERVAL = 0.01
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    pid: int  # in the agent's PID namespace
+    start_time: int  # field 22 of /proc/PID/stat
+
+
+def _launcher_env() -> dict[str, str]:
+    """Make ``-m agent.launch`` importable whatever the working directory."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(agent.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def start(
+    netns_path: str, hostname: str, command: Sequence[str], pidfile: str, log: str
+) -> ProcInfo:
+    """Run ``command`` in the namespace at ``netns_path`` (new PID and UTS namespaces)."""
+    argv = [
+        sys.executable, "-m", "agent.launch", "--netns", netns_path, "--hostname", hostname,
+        "--pidfile", pidfile, "--log", log, "--", *command,
+    ]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, check=False,
+            start_new_session=True, stdin=subprocess.DEVNULL, env=_launcher_env(),
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise KernelError(f"could not start {command[0]!r} in {netns_path!r}") from e
+    if done.returncode != 0:
+        raise KernelError(
+            f"could not start {command[0]!r} in {netns_path!r}: {done.stderr.strip()}"
+        )
+    info = read_pidfile(pidfile)
+    if info is None:
+        raise KernelError(f"could not start {command[0]!r}: no pidfile {pidfile!r}")
+    return info
+
+
+def read_pidfile(path: str) -> ProcInfo | None:
+    """The ProcInfo in a pidfile written by the launcher; None if missing or malformed."""
+    try:
+        with open(path) as f:
+            pid, start_time = (int(field) for field in f.read().split())
+    except (OSError, ValueError):
+        return None
+    return ProcInfo(pid, start_time)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat[stat.rindex(b")") + 2:].split()[0].decode()
+
+
+def _is_running(info: ProcInfo) -> bool:
+    """Same process (PID and start time) and not a zombie awaiting its reaper."""
+    return read_start_time(info.pid) == info.start_time and _state(info.pid) not in (None, "Z")
+
+
+def is_alive(info: ProcInfo, netns_path: str) -> bool:
+    """True when the process runs and lives in the network namespace at ``netns_path``."""
+    if not _is_running(info):
+        return False
+    try:
+        same_ns = os.stat(f"/proc/{info.pid}/ns/net").st_ino == netns_inode(netns_path)
+    except OSError:
+        return False
+    return same_ns and _is_running(info)  # re-check: the PID may have changed hands meanwhile
+
+
+def _signal(info: ProcInfo, sig: int) -> bool:
+    """Send ``sig`` if the process is still ours; False when it is gone."""
+    if not _is_running(info):
+        return False
+    try:
+        os.kill(info.pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_gone(info: ProcInfo, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _is_running(info):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_INTERVAL)
+    return True
+
+
+def stop(info: ProcInfo, grace: float = 1.0) -> None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Already gone is success."""
+    if not _signal(info, signal.SIGTERM) or _wait_gone(info, grace):
+        return
+    if _signal(info, signal.SIGKILL) and not _wait_gone(info, 5.0):
+        raise KernelError(f"could not stop process {info.pid}: still running after SIGKILL")

@@ -1,0 +1,143 @@
+"""Container launcher: run a command in a prepared network namespace, in new PID and UTS ones.
+
+    python -m agent.launch --netns PATH --hostname NAME --pidfile FILE [--log FILE] -- CMD ARGS...
+
+It enters the network namespace at PATH, unshares PID and UTS namespaces, sets the hostname and
+forks. The child is PID 1 of the new PID namespace: it starts a session, points stdin at
+/dev/null and stdout/stderr at the log, and execs CMD. The parent writes "PID STARTTIME" (host
+PID; start time = field 22 of /proc/PID/stat, which guards against PID reuse) to the pidfile
+atomically, prints the PID and exits 0 at once: the child is reparented, no shim stays behind.
+
+This process must be single-threaded when it calls setns/unshare (a fresh interpreter is), which
+is why it is a separate process and not a function of the threaded agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import shutil
+import sys
+
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+EXEC_FAILED = 127
+MAX_FD = 1 << 20  # closerange uses close_range(2): cheap whatever the bound
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+
+
+class LaunchError(Exception):
+    pass
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        raise LaunchError(f"{what}: {os.strerror(ctypes.get_errno())}")
+
+
+def read_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), None if no such PID."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[22 - 3])
+
+
+def write_pidfile(path: str, pid: int, start_time: int) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(f"{pid} {start_time}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m agent.launch")
+    parser.add_argument("--netns", required=True)
+    parser.add_argument("--hostname", required=True)
+    parser.add_argument("--pidfile", required=True)
+    parser.add_argument("--log", default=os.devnull)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    if not args.command:
+        parser.error("no command given after --")
+    return args
+
+
+def _enter_namespaces(netns: str, hostname: str) -> None:
+    try:
+        fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise LaunchError(f"cannot open netns {netns!r}: {e.strerror}") from e
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), f"setns {netns!r}")
+    finally:
+        os.close(fd)
+    _check(_libc.unshare(CLONE_NEWPID | CLONE_NEWUTS), "unshare(CLONE_NEWPID|CLONE_NEWUTS)")
+    name = hostname.encode()
+    _check(_libc.sethostname(name, len(name)), f"sethostname {hostname!r}")
+
+
+def _exec_child(executable: str, command: list[str], log: str) -> None:
+    """In the child (PID 1 of its namespace): never returns."""
+    try:
+        os.setsid()
+        stdin = os.open(os.devnull, os.O_RDONLY)
+        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        os.dup2(stdin, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.closerange(3, MAX_FD)
+        os.execv(executable, command)
+    except BaseException as e:  # exec failed: leave a trace in the log and die without cleanup
+        try:
+            os.write(2, f"agent.launch: cannot exec {command[0]!r}: {e}\n".encode())
+        finally:
+            os._exit(EXEC_FAILED)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    executable = shutil.which(args.command[0])
+    if executable is None:
+        print(f"agent.launch: command not found: {args.command[0]!r}", file=sys.stderr)
+        return 2
+    try:
+        _enter_namespaces(args.netns, args.hostname)
+    except LaunchError as e:
+        print(f"agent.launch: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        _exec_child(executable, args.command, args.log)
+    start_time = read_start_time(pid)
+    if start_time is None:  # the child died already (it cannot be reaped by us before this)
+        print(f"agent.launch: child {pid} vanished", file=sys.stderr)
+        return 1
+    try:
+        write_pidfile(args.pidfile, pid, start_time)
+    except OSError as e:
+        os.kill(pid, 9)
+        print(f"agent.launch: cannot write pidfile {args.pidfile!r}: {e}", file=sys.stderr)
+        return 1
+    print(pid)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""sdnctl-agent: one per host. Registers with the controller, watches the host's desired state
+and reconciles the kernel to it.
+
+Two threads: the *watcher* keeps a Watch stream open (re-registering and resuming from its last
+revision after any break) and folds events into the desired state; the *reconciler* (the main
+thread, the only one that touches the kernel) runs a pass whenever the desired state changed, and
+every ``--resync`` seconds anyway to catch drift and exited processes, then reports status.
+
+Stopping the agent (SIGTERM, or SIGKILL) leaves everything running: a new agent adopts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import signal
+import threading
+import time
+
+import grpc
+
+from agent.desired import DesiredState
+from agent.kernel.firewall import Firewall
+from agent.kernel.links import Links
+from agent.reconcile import Reconciler
+from sdnctl.model import ContainerStatus
+from sdnctl.v1 import sdnctl_pb2 as pb
+from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+
+log = logging.getLogger("sdnctl.agent")
+
+
+class Agent:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.desired = DesiredState()
+        self.lock = threading.Lock()
+        self.dirty = threading.Event()
+        self.stopping = threading.Event()
+        self.channel = grpc.insecure_channel(args.controller)
+        self.sync = pb_grpc.HostSyncStub(self.channel)
+        self.last_report: tuple[int, list[ContainerStatus]] | None = None
+
+    # -- watcher thread -----------------------------------------------------------------------
+
+    def register(self) -> None:
+        self.sync.Register(pb.RegisterRequest(
+            host=self.args.host, underlay_ip=self.args.underlay_ip, agent_pid=os.getpid(),
+            netns=self.args.netns, capabilities=["bridge"]), timeout=10)
+
+    def watch_forever(self) -> None:
+        backoff = 0.1
+        while not self.stopping.is_set():
+            try:
+                self.register()
+                with self.lock:
+                    since = self.desired.revision if self.desired.synced else 0
+                stream = self.sync.Watch(pb.WatchRequest(host=self.args.host,
+                                                         since_revision=since))
+                self._stream = stream
+                for event in stream:
+                    backoff = 0.1
+                    with self.lock:
+                        changed = self.desired.apply(event)
+                    if changed:
+                        self.dirty.set()
+            except grpc.RpcError as e:
+                if self.stopping.is_set():
+                    return
+                log.warning("controller stream broke (%s); retrying in %.1fs",
+                            e.code() if hasattr(e, "code") else e, backoff)
+            self.stopping.wait(backoff + random.uniform(0, backoff / 2))
+            backoff = min(backoff * 2, 5.0)
+
+    # -- reconciler (main thread) ---------------------------------------------------------------
+
+    def run(self) -> None:
+        links = Links()
+        reconciler = Reconciler(self.args.run_dir, links, Firewall())
+        watcher = threading.Thread(target=self.watch_forever, name="watch", daemon=True)
+        watcher.start()
+        try:
+            while not self.stopping.is_set():
+                self.dirty.wait(self.args.resync)
+                if self.stopping.is_set():
+                    break
+                self.dirty.clear()
+                with self.lock:
+                    desired = self.desired.copy()
+                if not desired.synced:
+                    continue
+                started = time.monotonic()
+                outcome = reconciler.reconcile(desired)
+                if outcome.actions:
+                    log.info("revision %d: %d action(s) in %.0f ms%s", desired.revision,
+                             len(outcome.actions), (time.monotonic() - started) * 1000,
+                             f", {len(outcome.errors)} failed" if outcome.errors else "")
+                    if outcome.errors:
+                        self.dirty.set()  # retry soon rather than at the next resync
+                        self.stopping.wait(1.0)
+                self.report(desired.revision, reconciler.statuses(desired, outcome.errors))
+        finally:
+            links.close()
+            self.channel.close()
+
+    def report(self, revision: int, statuses: list[ContainerStatus]) -> None:
+        if self.last_report == (revision, statuses):
+            return
+        try:
+            self.sync.ReportStatus(pb.ReportStatusRequest(
+                host=self.args.host, observed_revision=revision,
+                containers=[pb.ContainerStatus(name=s.name, state=s.state, pid=s.pid,
+                                               netns=s.netns, message=s.message)
+                            for s in statuses]), timeout=10)
+            self.last_report = (revision, statuses)
+        except grpc.RpcError as e:
+            log.warning("could not report status: %s", e)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.dirty.set()
+        stream = getattr(self, "_stream", None)
+        if stream is not None:
+            stream.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sdnctl-agent", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", required=True, help="this host's name")
+    parser.add_argument("--controller", default="unix:/run/sdnctl/controller.sock")
+    parser.add_argument("--underlay-ip", default="", help="address other hosts reach us on")
+    parser.add_argument("--netns", default="", help="our network namespace path, as reported")
+    parser.add_argument("--run-dir", default="", help="default: /run/sdnctl/<host>")
+    parser.add_argument("--resync", type=float, default=10.0,
+                        help="seconds between full passes (default %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    args.run_dir = args.run_dir or f"/run/sdnctl/{args.host}"
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format=f"%(asctime)s agent[{args.host}] %(levelname)s %(message)s")
+    agent = Agent(args)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop())
+    log.info("starting (controller %s, run dir %s)", args.controller, args.run_dir)
+    agent.run()
+    log.info("stopped; containers keep running")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""sdnctl: the command line.
+
+    sdnctl up FILE            build and start a topology, wait until every container runs
+    sdnctl down FILE          remove it (containers, networks, hosts, lab namespaces)
+    sdnctl ps [--json]        list containers
+    sdnctl inspect {host|network|container} NAME [--json]
+    sdnctl controller ...     run the controller in the foreground (= sdnctl-controller)
+    sdnctl agent ...          run an agent in the foreground (= sdnctl-agent)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import grpc
+
+from sdnctl import deploy, topology
+from sdnctl.client import Client, ControllerUnavailable
+from sdnctl.v1 import sdnctl_pb2 as pb
+
+
+class CliError(Exception):
+    pass
+
+
+def _client() -> Client:
+    client = Client()
+    if not client.healthy():
+        raise CliError(f"no controller answers at {client.address} (start one with "
+                       "`sdnctl up FILE` or `sdnctl-controller`)")
+    return client
+
+
+def host_json(h: pb.Host) -> dict[str, Any]:
+    return {
+        "name": h.name,
+        "underlay_ip": h.underlay_ip,
+        "lab": h.lab,
+        "netns": h.netns,
+        "agent_pid": h.agent_pid,
+        "agent_connected": h.agent_connected,
+        "observed_revision": h.observed_revision,
+        "subnets": [{"network": lease.network, "subnet": lease.subnet,
+                     "gateway": lease.gateway} for lease in h.leases],
+        "revision": h.revision,
+    }
+
+
+def network_json(n: pb.Network) -> dict[str, Any]:
+    return {"name": n.name, "driver": n.driver, "subnet": n.subnet,
+            "host_prefix": n.host_prefix, "mtu": n.mtu, "masquerade": n.masquerade,
+            "revision": n.revision}
+
+
+def container_json(c: pb.Container) -> dict[str, Any]:
+    return {
+        "name": c.name,
+        "host": c.host,
+        "network": c.network,
+        "ip": c.ip,
+        "prefixlen": c.prefixlen,
+        "gateway": c.gateway,
+        "interface": c.interface,
+        "command": list(c.command),
+        "state": c.status.state or "pending",
+        "pid": c.status.pid,
+        "netns": c.status.netns,
+        "message": c.status.message,
+        "revision": c.revision,
+    }
+
+
+def print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    deploy.up(topology.load(args.file), timeout=args.timeout)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    deploy.down(topology.load(args.file))
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    client = _client()
+    reply = client.api.ListContainers(pb.ListRequest(host=args.host or ""), timeout=10)
+    items = [container_json(c) for c in reply.containers]
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    print_table([[c["name"], c["host"], c["network"], c["ip"], c["state"], str(c["pid"] or "")]
+                 for c in items], ["NAME", "HOST", "NETWORK", "IP", "STATE", "PID"])
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    client = _client()
+    request = pb.GetRequest(name=args.name)
+    data: dict[str, Any]
+    if args.kind == "host":
+        data = host_json(client.api.GetHost(request, timeout=10))
+    elif args.kind == "network":
+        data = network_json(client.api.GetNetwork(request, timeout=10))
+    else:
+        data = container_json(client.api.GetContainer(request, timeout=10))
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            print(f"{key + ':':<18} {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdnctl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="build and start a topology")
+    p.add_argument("file")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds to wait for containers (default %(default)s)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="remove a topology")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("ps", help="list containers")
+    p.add_argument("--host", help="only this host's containers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ps)
+
+    p = sub.add_parser("inspect", help="show one object")
+    p.add_argument("kind", choices=("host", "network", "container"))
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    sub.add_parser("controller", help="run the controller (see sdnctl controller --help)",
+                   add_help=False)
+    sub.add_parser("agent", help="run an agent (see sdnctl agent --help)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["controller"]:
+        from sdnctl.controller.server import main as controller_main
+        return controller_main(argv[1:])
+    if argv[:1] == ["agent"]:
+        from agent.main import main as agent_main
+        return agent_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except topology.TopologyError as e:
+        print(f"sdnctl: {e}", file=sys.stderr)
+        return 2
+    except (CliError, deploy.DeployError, ControllerUnavailable) as e:
+        print(f"sdnctl: {e}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as e:
+        print(f"sdnctl: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""Talking to the controller from the CLI: dial it, and start one when none answers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sdnctl import paths
+from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+
+
+class ControllerUnavailable(RuntimeError):
+    pass
+
+
+class Client:
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address or paths.controller_address()
+        self.channel = grpc.insecure_channel(self.address)
+        self.api = pb_grpc.ControllerStub(self.channel)
+
+    def healthy(self, timeout: float = 1.0) -> bool:
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def controller_pidfile() -> str:
+    return os.path.join(paths.run_dir(), "controller.pid")
+
+
+def start_controller(address: str, timeout: float = 15.0) -> int:
+    """Start ``sdnctl-controller`` in the background on ``address``; return its PID once serving."""
+    if not address.startswith("unix:"):
+        raise ControllerUnavailable(f"no controller answers at {address} (only a unix-socket "
+                                    "controller is started automatically)")
+    os.makedirs(paths.run_dir(), mode=0o755, exist_ok=True)
+    log_path = os.path.join(paths.run_dir(), "controller.log")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sdnctl.controller.server", "--listen", address,
+             "--db", paths.controller_db(), "--pidfile", controller_pidfile()],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    client = Client(address)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ControllerUnavailable(
+                    f"the controller exited with status {proc.returncode}; see {log_path}")
+            if client.healthy(timeout=0.5):
+                return proc.pid
+            time.sleep(0.05)
+    finally:
+        client.close()
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    raise ControllerUnavailable(f"the controller did not answer within {timeout:.0f}s; "
+                                f"see {log_path}")
+
+
+def started_controller_pid() -> int | None:
+    """The PID of a controller that ``sdnctl up`` started and that still runs, if any."""
+    try:
+        with open(controller_pidfile()) as f:
+            pid = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return None
+    return pid if b"sdnctl.controller.server" in cmdline else None

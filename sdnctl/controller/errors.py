@@ -1,0 +1,59 @@
+"""Domain errors. One gRPC interceptor maps each class to a status code.
+
+``Invalid`` (bad input) lives in :mod:`sdnctl.model`, because the model validates too; it is
+re-exported here so that controller code imports every domain error from one place. It is a
+``ValueError``, not an :class:`SdnError`.
+"""
+
+from __future__ import annotations
+
+from sdnctl.model import Invalid
+
+
+class SdnError(Exception):
+    """Base of the controller's domain errors; ``message`` is fit to show a user."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(SdnError):
+    """``NotFound("network", "front")``: network 'front' not found."""
+
+    def __init__(self, field: str, name: str) -> None:
+        super().__init__(f"{field} {name!r} not found")
+        self.field = field
+        self.name = name
+
+
+class AlreadyExists(SdnError):
+    """``AlreadyExists("network", "front")``: network 'front' already exists."""
+
+    def __init__(self, field: str, name: str) -> None:
+        super().__init__(f"{field} {name!r} already exists")
+        self.field = field
+        self.name = name
+
+
+class Conflict(SdnError):
+    """A concurrent writer kept winning; the caller may retry."""
+
+
+class Exhausted(SdnError):
+    """No free subnet or address is left."""
+
+
+class FailedPrecondition(SdnError):
+    """The request is valid but the current state forbids it (e.g. deleting a network in use)."""
+
+
+__all__ = [
+    "AlreadyExists",
+    "Conflict",
+    "Exhausted",
+    "FailedPrecondition",
+    "Invalid",
+    "NotFound",
+    "SdnError",
+]

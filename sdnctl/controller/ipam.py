@@ -1,0 +1,370 @@
+"""IPAM: subnet leases for hosts and addresses for containers, on top of a Store.
+
+Design note. A network's CIDR is carved into per-host leases (flannel-style, /24 by default);
+each container interface gets one address from its host's lease. All state is in the store and
+every write is one compare-and-swap transaction, so two controller replicas or two concurrent
+requests can never hand out the same subnet or address:
+
+- ``/leases/<network>/<host>`` holds the :class:`Lease`; ``/ipam/<network>/subnet/<a.b.c.d_n>``
+  holds the host name and is the uniqueness guard (created with "must not exist").
+- ``/ipam/<network>/addr/<address>`` is the address's uniqueness guard and
+  ``/ipam/<network>/owner/<container>/<interface>`` makes allocation idempotent; both hold the
+  same :class:`Allocation`.
+
+The ``plan_*`` functions read the store and return (result, compares, puts) without writing, so
+that the controller can commit a lease, an address and its own container record in ONE
+transaction through :func:`commit_with_retry`. The pure helpers (``pick_subnet``,
+``pick_address``...) do the arithmetic and have no I/O at all.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from netaddr import AddrFormatError, IPAddress, IPNetwork
+
+from sdnctl.controller.errors import Conflict, Exhausted, FailedPrecondition, Invalid
+from sdnctl.controller.store.base import Compare, Delete, Put, Store
+from sdnctl.model import Allocation, Lease, Network, check_name, from_json, to_json
+
+R = TypeVar("R")
+
+#: The longest host prefix: a /30 still leaves a gateway and one container.
+MAX_HOST_PREFIX = 30
+#: How long commit_with_retry keeps trying before it raises Conflict.
+RETRY_TIMEOUT = 5.0
+
+_IPV4_CIDR = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+
+
+#: Prefix of every lease key.
+LEASES = "/leases/"
+
+
+def lease_key(network: str, host: str) -> str:
+    return f"{LEASES}{network}/{host}"
+
+
+def subnet_key(network: str, subnet: str) -> str:
+    return f"/ipam/{network}/subnet/{subnet.replace('/', '_')}"
+
+
+def addr_key(network: str, address: str) -> str:
+    return f"/ipam/{network}/addr/{address}"
+
+
+def owner_key(network: str, container: str, interface: str) -> str:
+    return f"/ipam/{network}/owner/{container}/{interface}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure arithmetic
+
+
+def validate_cidr(value: object, field: str) -> IPNetwork:
+    """Parse an IPv4 network CIDR such as ``10.88.0.0/16``, or raise :class:`Invalid`."""
+    if not isinstance(value, str):
+        raise Invalid(field, f"expected a CIDR string such as 10.88.0.0/16, got {value!r}")
+    try:
+        net = IPNetwork(value)
+    except (AddrFormatError, ValueError, TypeError):
+        raise Invalid(field, f"{value!r} is not a CIDR such as 10.88.0.0/16") from None
+    if net.version != 4:
+        raise Invalid(field, f"{value!r}: only IPv4 networks are supported")
+    if not _IPV4_CIDR.match(value):
+        raise Invalid(field, f"{value!r} is not a CIDR such as 10.88.0.0/16")
+    if net.ip != net.network:
+        raise Invalid(field, f"{value} has host bits set; did you mean {net.cidr}?")
+    return net
+
+
+def host_prefix_for(network_cidr: str, host_prefix: int, field: str = "host_prefix") -> int:
+    """The prefix length of one host's lease in ``network_cidr``.
+
+    A network smaller than ``host_prefix`` is leased whole (to a single host). ``field`` names
+    the host prefix in errors (``networks[2].host_prefix``); errors about the CIDR itself name
+    the sibling ``subnet`` field (``networks[2].subnet``).
+    """
+    subnet_field = field.removesuffix("host_prefix") + "subnet"
+    net = validate_cidr(network_cidr, subnet_field)
+    if isinstance(host_prefix, bool) or not isinstance(host_prefix, int) or host_prefix < 1:
+        raise Invalid(field, f"expected a prefix length, got {host_prefix!r}")
+    if host_prefix > MAX_HOST_PREFIX:
+        raise Invalid(
+            field,
+            f"/{host_prefix} leaves no room for a gateway and a container; "
+            f"use /{MAX_HOST_PREFIX} or shorter",
+        )
+    if net.prefixlen > MAX_HOST_PREFIX:
+        raise Invalid(subnet_field, f"{network_cidr} leaves no room for a gateway and a container")
+    return max(net.prefixlen, host_prefix)
+
+
+def pick_subnet(network_cidr: str, prefixlen: int, taken: set[str]) -> str | None:
+    """The lowest aligned ``/prefixlen`` of ``network_cidr`` overlapping nothing in ``taken``.
+
+    ``taken`` may hold subnets of other sizes (a network whose host prefix changed): any
+    overlap disqualifies a candidate. Returns None when the network is full.
+    """
+    net = IPNetwork(network_cidr).cidr
+    if not net.prefixlen <= prefixlen <= 32:
+        raise ValueError(f"a /{prefixlen} does not fit in {net}")
+    step = 1 << (32 - prefixlen)
+    candidate = net.first
+    # Walk the taken spans in address order, pushing the candidate past each one it overlaps.
+    for first, last in sorted((n.first, n.last) for n in map(IPNetwork, taken)):
+        if last < candidate:
+            continue
+        if first >= candidate + step:
+            break
+        candidate = net.first + -(-(last + 1 - net.first) // step) * step
+    if candidate + step - 1 > net.last:
+        return None
+    return f"{IPAddress(candidate, 4)}/{prefixlen}"
+
+
+def gateway_of(subnet: str) -> str:
+    """The first usable address of ``subnet``: held by the host's bridge."""
+    return str(IPAddress(IPNetwork(subnet).first + 1, 4))
+
+
+def pick_address(subnet: str, gateway: str, taken: set[str]) -> str | None:
+    """The lowest address of ``subnet`` that is free and not network, broadcast or gateway."""
+    net = IPNetwork(subnet)
+    used = {int(IPAddress(a)) for a in taken}
+    used.add(int(IPAddress(gateway)))
+    for value in range(net.first + 1, net.last):
+        if value not in used:
+            return str(IPAddress(value, 4))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Transactions
+
+
+def commit_with_retry(
+    store: Store,
+    build: Callable[[], tuple[list[Compare], list[Put | Delete], R]],
+    timeout: float = RETRY_TIMEOUT,
+) -> R:
+    """Run ``build`` (which reads the store) and commit its ops if its compares still hold.
+
+    When a concurrent writer got there first, read again and retry after a short random backoff;
+    raise :class:`Conflict` after ``timeout`` seconds. Errors raised by ``build`` (Exhausted,
+    Invalid...) propagate at once.
+    """
+    deadline = time.monotonic() + timeout
+    attempts = 0
+    while True:
+        compares, ops, result = build()
+        if store.txn(compares, ops) is not None:
+            return result
+        attempts += 1
+        if time.monotonic() >= deadline:
+            raise Conflict(
+                f"gave up after {attempts} attempts: concurrent writers kept changing "
+                "the same objects; try again"
+            )
+        time.sleep(random.uniform(0, 0.001 * min(attempts, 20)))
+
+
+def _check_host(host: str) -> None:
+    check_name(host, "host")
+
+
+def _check_interface(interface: str) -> None:
+    if not isinstance(interface, str) or not interface or "/" in interface:
+        raise Invalid("interface", f"{interface!r} is not an interface name")
+    if len(interface.encode()) > 15:
+        raise Invalid("interface", f"{interface!r} is longer than 15 bytes")
+
+
+def plan_lease(store: Store, network: Network, host: str) -> tuple[Lease, list[Compare], list[Put]]:
+    """The lease ``host`` holds (or would get) on ``network``, and how to commit it."""
+    _check_host(host)
+    prefixlen = host_prefix_for(network.subnet, network.host_prefix)
+    key = lease_key(network.name, host)
+    current = store.get(key)
+    if current is not None:
+        return from_json(Lease, current.value), [Compare(key, current.mod_revision)], []
+    guards, _ = store.range(f"/ipam/{network.name}/subnet/")
+    taken = {kv.key.rsplit("/", 1)[1].replace("_", "/") for kv in guards}
+    subnet = pick_subnet(network.subnet, prefixlen, taken)
+    if subnet is None:
+        raise Exhausted(f"network {network.name!r} has no free /{prefixlen} left for host {host!r}")
+    lease = Lease(network.name, host, subnet, gateway_of(subnet))
+    guard = subnet_key(network.name, subnet)
+    compares = [Compare(key, 0), Compare(guard, 0)]
+    puts = [Put(key, to_json(lease)), Put(guard, host.encode())]
+    return lease, compares, puts
+
+
+def plan_address(
+    store: Store, network: Network, lease: Lease, container: str, interface: str
+) -> tuple[Allocation, list[Compare], list[Put]]:
+    """The address (network, container, interface) holds or would get, and how to commit it.
+
+    ``lease`` may be one that is not stored yet (from :func:`plan_lease`, committed in the same
+    transaction); a stored lease must match it and must not change before the commit.
+    """
+    check_name(container, "container")
+    _check_interface(interface)
+    if lease.network != network.name:
+        raise Invalid("lease", f"lease is on network {lease.network!r}, not {network.name!r}")
+    owner = owner_key(network.name, container, interface)
+    current = store.get(owner)
+    if current is not None:
+        return from_json(Allocation, current.value), [Compare(owner, current.mod_revision)], []
+    compares = [Compare(owner, 0), _lease_unchanged(store, lease)]
+    entries, _ = store.range(f"/ipam/{network.name}/addr/")
+    subnet = IPNetwork(lease.subnet)
+    taken = {a for a in (kv.key.rsplit("/", 1)[1] for kv in entries) if IPAddress(a) in subnet}
+    address = pick_address(lease.subnet, lease.gateway, taken)
+    if address is None:
+        raise Exhausted(
+            f"subnet {lease.subnet} of network {network.name!r} on host {lease.host!r} "
+            "has no free address"
+        )
+    allocation = Allocation(network.name, container, interface, address, subnet.prefixlen)
+    guard = addr_key(network.name, address)
+    value = to_json(allocation)
+    compares.append(Compare(guard, 0))
+    return allocation, compares, [Put(guard, value), Put(owner, value)]
+
+
+def _lease_unchanged(store: Store, lease: Lease) -> Compare:
+    key = lease_key(lease.network, lease.host)
+    stored = store.get(key)
+    if stored is None:
+        return Compare(key, 0)  # the caller commits the lease in the same transaction
+    if from_json(Lease, stored.value) != lease:
+        raise FailedPrecondition(
+            f"host {lease.host!r} holds a different lease on network {lease.network!r} "
+            f"than {lease.subnet}"
+        )
+    return Compare(key, stored.mod_revision)
+
+
+def ensure_lease(store: Store, network: Network, host: str) -> Lease:
+    """Give ``host`` a lease on ``network`` (or return the one it has)."""
+
+    def build() -> tuple[list[Compare], list[Put | Delete], Lease]:
+        lease, compares, puts = plan_lease(store, network, host)
+        return compares, list(puts), lease
+
+    return commit_with_retry(store, build)
+
+
+def allocate_address(
+    store: Store, network: Network, lease: Lease, container: str, interface: str
+) -> Allocation:
+    """Give (network, container, interface) an address from ``lease`` (or return the one it has)."""
+
+    def build() -> tuple[list[Compare], list[Put | Delete], Allocation]:
+        allocation, compares, puts = plan_address(store, network, lease, container, interface)
+        return compares, list(puts), allocation
+
+    return commit_with_retry(store, build)
+
+
+def _name(network: Network | str) -> str:
+    return network.name if isinstance(network, Network) else network
+
+
+def release_ops(
+    store: Store, network: Network | str, container: str, interface: str
+) -> list[Delete]:
+    """The deletes that free the address of (network, container, interface); [] if it has none."""
+    name = _name(network)
+    owner = owner_key(name, container, interface)
+    current = store.get(owner)
+    if current is None:
+        return []
+    allocation = from_json(Allocation, current.value)
+    return [Delete(addr_key(name, allocation.address)), Delete(owner)]
+
+
+def release_address(
+    store: Store, network: Network | str, container: str, interface: str
+) -> Allocation | None:
+    """Free the address of (network, container, interface); return what was freed, if anything."""
+    owner = owner_key(_name(network), container, interface)
+
+    def build() -> tuple[list[Compare], list[Put | Delete], Allocation | None]:
+        current = store.get(owner)
+        if current is None:
+            return [Compare(owner, 0)], [], None
+        deletes = release_ops(store, network, container, interface)
+        allocation = from_json(Allocation, current.value)
+        return [Compare(owner, current.mod_revision)], list(deletes), allocation
+
+    return commit_with_retry(store, build)
+
+
+def get_lease(store: Store, network: Network | str, host: str) -> Lease | None:
+    """The lease ``host`` holds on ``network``, if any."""
+    kv = store.get(lease_key(_name(network), host))
+    return from_json(Lease, kv.value) if kv else None
+
+
+def lease_release_ops(lease: Lease) -> list[Delete]:
+    """The deletes that free ``lease`` (the lease and its subnet guard).
+
+    The caller makes sure no address of the lease is still allocated.
+    """
+    return [
+        Delete(lease_key(lease.network, lease.host)),
+        Delete(subnet_key(lease.network, lease.subnet)),
+    ]
+
+
+def list_leases(
+    store: Store, network: Network | str | None = None, host: str | None = None
+) -> list[Lease]:
+    """Leases, sorted by network then host; optionally of one network and/or one host."""
+    prefix = LEASES if network is None else f"{LEASES}{_name(network)}/"
+    entries, _ = store.range(prefix)
+    leases = [from_json(Lease, kv.value) for kv in entries]
+    return [lease for lease in leases if host is None or lease.host == host]
+
+
+def list_allocations(store: Store, network: Network | str) -> list[Allocation]:
+    """The addresses handed out on ``network``, in address order."""
+    entries, _ = store.range(f"/ipam/{_name(network)}/owner/")
+    allocations = [from_json(Allocation, kv.value) for kv in entries]
+    return sorted(allocations, key=lambda a: int(IPAddress(a.address)))
+
+
+__all__ = [
+    "LEASES",
+    "MAX_HOST_PREFIX",
+    "addr_key",
+    "allocate_address",
+    "commit_with_retry",
+    "ensure_lease",
+    "gateway_of",
+    "get_lease",
+    "host_prefix_for",
+    "lease_key",
+    "lease_release_ops",
+    "list_allocations",
+    "list_leases",
+    "owner_key",
+    "pick_address",
+    "pick_subnet",
+    "plan_address",
+    "plan_lease",
+    "release_address",
+    "release_ops",
+    "subnet_key",
+    "validate_cidr",
+]

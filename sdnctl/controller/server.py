@@ -1,0 +1,135 @@
+"""The controller process: one gRPC server with the Controller and HostSync services.
+
+It listens on a unix socket by default (``/run/sdnctl/controller.sock``, mode 0600: only root
+talks to it), serves gRPC health checking and server reflection, and keeps its state in one
+SQLite file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sdnctl import paths
+from sdnctl.controller.servicers import (
+    Connections,
+    ControllerServicer,
+    ErrorInterceptor,
+    HostSyncServicer,
+)
+from sdnctl.controller.state import State
+from sdnctl.controller.store.base import Store
+from sdnctl.controller.store.memory import MemoryStore
+from sdnctl.controller.store.sqlite import SqliteStore
+from sdnctl.v1 import sdnctl_pb2 as pb
+from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+
+log = logging.getLogger("sdnctl.controller")
+
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["Controller"].full_name,
+    pb.DESCRIPTOR.services_by_name["HostSync"].full_name,
+)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    address: str  # what clients dial: unix:/path or host:port
+    stopping: threading.Event
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.stopping.set()
+        self.server.stop(grace).wait()
+
+
+def create_server(address: str, store: Store, max_workers: int = 32,
+                  progress_interval: float = 10.0) -> RunningServer:
+    """Build and start a server on ``address``: ``unix:/path`` or ``host:port`` (port 0 picks)."""
+    stopping = threading.Event()
+    state = State(store)
+    connections = Connections()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                         interceptors=[ErrorInterceptor()])
+    pb_grpc.add_ControllerServicer_to_server(ControllerServicer(state, connections), server)
+    pb_grpc.add_HostSyncServicer_to_server(
+        HostSyncServicer(state, connections, stopping, progress_interval), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    if address.startswith("unix:"):
+        path = address.removeprefix("unix:").removeprefix("//")
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a stale socket of a dead controller
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window where others can dial
+        try:
+            server.add_insecure_port(address)
+        finally:
+            os.umask(old_umask)
+        dial = f"unix:{path}"
+    else:
+        port = server.add_insecure_port(address)
+        dial = f"{address.rsplit(':', 1)[0]}:{port}"
+    server.start()
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, dial, stopping)
+
+
+def open_store(kind: str, db_path: str) -> Store:
+    if kind == "memory":
+        return MemoryStore()
+    return SqliteStore(db_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sdnctl-controller", description=__doc__)
+    parser.add_argument("--listen", default=f"unix:{paths.controller_socket()}",
+                        help="unix:/path or host:port (default: %(default)s)")
+    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    parser.add_argument("--db", default=paths.controller_db(),
+                        help="SQLite file (default: %(default)s)")
+    parser.add_argument("--pidfile", default="", help="write our PID here")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s controller %(levelname)s %(message)s")
+
+    store = open_store(args.store, args.db)
+    running = create_server(args.listen, store)
+    if args.pidfile:
+        paths.write_atomic(args.pidfile, f"{os.getpid()}\n")
+    log.info("listening on %s (store: %s)", running.address,
+             args.db if args.store == "sqlite" else "memory")
+
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    done.wait()
+    log.info("stopping")
+    running.stop()
+    store.close()
+    if args.listen.startswith("unix:"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(args.listen.removeprefix("unix:").removeprefix("//"))
+    if args.pidfile:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(args.pidfile)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""Thin gRPC servicers: convert the request, call :class:`State`, convert the answer.
+
+Domain errors become status codes in :class:`ErrorInterceptor`, in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from sdnctl import convert
+from sdnctl.controller.errors import (
+    AlreadyExists,
+    Conflict,
+    Exhausted,
+    FailedPrecondition,
+    NotFound,
+    SdnError,
+)
+from sdnctl.controller.state import HostView, State
+from sdnctl.controller.watch import container_pb, host_events
+from sdnctl.model import Host, Invalid, check_name
+from sdnctl.v1 import sdnctl_pb2 as pb
+from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (Invalid, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Exhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Conflict, grpc.StatusCode.ABORTED),
+]
+
+
+def status_code_for(error: Exception) -> grpc.StatusCode:
+    for cls, code in STATUS_OF:
+        if isinstance(error, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps domain errors raised by servicers to gRPC status codes."""
+
+    def intercept_service(self, continuation: Callable[[Any], Any],
+                          handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            def unary(request: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    return inner(request, context)
+                except (SdnError, Invalid) as e:
+                    context.abort(status_code_for(e), str(e))
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            def stream(request: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    yield from inner_stream(request, context)
+                except (SdnError, Invalid) as e:
+                    context.abort(status_code_for(e), str(e))
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer)
+        return handler
+
+
+class Connections:
+    """Which hosts have an agent with an open Watch stream."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count: dict[str, int] = {}
+
+    def opened(self, host: str) -> None:
+        with self._lock:
+            self._count[host] = self._count.get(host, 0) + 1
+
+    def closed(self, host: str) -> None:
+        with self._lock:
+            self._count[host] -= 1
+
+    def connected(self, host: str) -> bool:
+        with self._lock:
+            return self._count.get(host, 0) > 0
+
+
+def host_pb(view: HostView, connections: Connections) -> pb.Host:
+    msg = convert.host_to_pb(view.host, view.leases, view.revision,
+                             connections.connected(view.host.name))
+    msg.observed_revision = view.observed_revision
+    return msg
+
+
+class ControllerServicer(pb_grpc.ControllerServicer):
+    def __init__(self, state: State, connections: Connections) -> None:
+        self.state = state
+        self.connections = connections
+
+    def CreateHost(self, request: pb.CreateHostRequest, context: Any) -> pb.Host:
+        host = convert.host_from_pb(request.host)
+        return host_pb(self.state.create_host(Host(host.name, host.underlay_ip, host.lab)),
+                       self.connections)
+
+    def GetHost(self, request: pb.GetRequest, context: Any) -> pb.Host:
+        return host_pb(self.state.get_host(request.name), self.connections)
+
+    def ListHosts(self, request: pb.ListRequest, context: Any) -> pb.ListHostsResponse:
+        views, revision = self.state.list_hosts()
+        return pb.ListHostsResponse(hosts=[host_pb(v, self.connections) for v in views],
+                                    revision=revision)
+
+    def DeleteHost(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
+        self.state.delete_host(request.name)
+        return pb.DeleteResponse()
+
+    def CreateNetwork(self, request: pb.CreateNetworkRequest, context: Any) -> pb.Network:
+        network, revision = self.state.create_network(convert.network_from_pb(request.network))
+        return convert.network_to_pb(network, revision)
+
+    def GetNetwork(self, request: pb.GetRequest, context: Any) -> pb.Network:
+        network, revision = self.state.get_network(request.name)
+        return convert.network_to_pb(network, revision)
+
+    def ListNetworks(self, request: pb.ListRequest, context: Any) -> pb.ListNetworksResponse:
+        networks, revision = self.state.list_networks()
+        return pb.ListNetworksResponse(
+            networks=[convert.network_to_pb(n, r) for n, r in networks], revision=revision)
+
+    def DeleteNetwork(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
+        self.state.delete_network(request.name)
+        return pb.DeleteResponse()
+
+    def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.Container:
+        view = self.state.create_container(convert.container_from_pb(request.container))
+        return container_pb(view)
+
+    def GetContainer(self, request: pb.GetRequest, context: Any) -> pb.Container:
+        return container_pb(self.state.get_container(request.name))
+
+    def ListContainers(self, request: pb.ListRequest, context: Any) -> pb.ListContainersResponse:
+        if request.host:
+            check_name(request.host, "host")
+        if request.network:
+            check_name(request.network, "network")
+        views, revision = self.state.list_containers(request.host, request.network)
+        return pb.ListContainersResponse(containers=[container_pb(v) for v in views],
+                                         revision=revision)
+
+    def DeleteContainer(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
+        self.state.delete_container(request.name)
+        return pb.DeleteResponse()
+
+
+class HostSyncServicer(pb_grpc.HostSyncServicer):
+    def __init__(self, state: State, connections: Connections, stopping: threading.Event,
+                 progress_interval: float = 10.0) -> None:
+        self.state = state
+        self.connections = connections
+        self.stopping = stopping
+        self.progress_interval = progress_interval
+
+    def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
+        host = Host(name=request.host, underlay_ip=request.underlay_ip,
+                    agent_pid=request.agent_pid, netns=request.netns)
+        view = self.state.register_host(host)
+        log.info("agent of host %s registered (pid %d)", request.host, request.agent_pid)
+        return pb.RegisterResponse(host=host_pb(view, self.connections))
+
+    def Watch(self, request: pb.WatchRequest, context: Any) -> Iterator[pb.WatchEvent]:
+        check_name(request.host, "host")
+        self.state.get_host(request.host)  # NOT_FOUND before streaming anything
+        self.connections.opened(request.host)
+        try:
+            yield from host_events(
+                self.state, request.host, request.since_revision,
+                alive=lambda: context.is_active() and not self.stopping.is_set(),
+                progress_interval=self.progress_interval)
+        finally:
+            self.connections.closed(request.host)
+
+    def ReportStatus(self, request: pb.ReportStatusRequest,
+                     context: Any) -> pb.ReportStatusResponse:
+        self.state.report_status(request.host,
+                                 [convert.status_from_pb(s) for s in request.containers],
+                                 request.observed_revision)
+        return pb.ReportStatusResponse()

@@ -1,0 +1,240 @@
+"""SQLite Store: the embedded default, one WAL-mode file.
+
+Design note. Each Store object holds one connection behind a lock, so a process's threads take
+turns; several processes (or several Store objects) on the same file are kept honest by SQLite
+itself: every write transaction starts with ``BEGIN IMMEDIATE``, which takes the database's write
+lock before the compares are read, so compare-and-swap cannot interleave with another writer.
+Reads run inside a deferred transaction so that ``range`` sees one WAL snapshot.
+
+``wait`` is woken at once by this object's own transactions and polls the revision every
+``poll_interval`` seconds to notice writes from other processes.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from sdnctl.controller.store.base import (
+    DEFAULT_HISTORY,
+    Change,
+    Compacted,
+    Compare,
+    Delete,
+    KeyValue,
+    Put,
+    check_ops,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    create_rev INTEGER NOT NULL,
+    mod_rev INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS changes (
+    rev INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB,
+    prev_value BLOB
+);
+CREATE INDEX IF NOT EXISTS changes_by_rev ON changes (rev, seq);
+CREATE TABLE IF NOT EXISTS meta (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    revision INTEGER NOT NULL,
+    compacted INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (id, revision, compacted) VALUES (0, 0, 0);
+"""
+
+#: How long a writer waits for another process's write lock before giving up.
+BUSY_TIMEOUT = 30.0
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix`` (None: no bound)."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            return prefix[:-1] + chr(last + 1)
+        prefix = prefix[:-1]
+    return None
+
+
+class SqliteStore:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        history: int = DEFAULT_HISTORY,
+        poll_interval: float = 0.2,
+    ) -> None:
+        if history < 1:
+            raise ValueError("history must keep at least one change")
+        self.path = Path(path)
+        self._history = history
+        self._poll = poll_interval
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Create the file ourselves so that it (and the -wal/-shm files SQLite derives from
+        # it) is private from the start.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(self.path, 0o600)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._db = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            with self._write():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction; the caller holds ``self._lock``."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One consistent read (a single WAL snapshot)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            finally:
+                self._db.execute("COMMIT")
+
+    def get(self, key: str) -> KeyValue | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?", (key,)
+            ).fetchone()
+        return KeyValue(*row) if row else None
+
+    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        end = _prefix_end(prefix)
+        query = "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ?"
+        args: tuple[str, ...] = (prefix,)
+        if end is not None:
+            query += " AND key < ?"
+            args += (end,)
+        with self._read() as db:
+            rows = db.execute(query + " ORDER BY key", args).fetchall()
+            revision = self._revision(db)
+        return [KeyValue(*row) for row in rows], revision
+
+    @staticmethod
+    def _revision(db: sqlite3.Connection) -> int:
+        return int(db.execute("SELECT revision FROM meta").fetchone()[0])
+
+    def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> int | None:
+        check_ops(ops)
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = self._apply(db, compares, ops)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT" if result is not None else "ROLLBACK")
+        if result is not None:
+            with self._cond:
+                self._cond.notify_all()
+        return result
+
+    def _apply(
+        self, db: sqlite3.Connection, compares: Sequence[Compare], ops: Sequence[Put | Delete]
+    ) -> int | None:
+        for compare in compares:
+            row = db.execute("SELECT mod_rev FROM kv WHERE key = ?", (compare.key,)).fetchone()
+            if (row[0] if row else 0) != compare.mod_revision:
+                return None
+        current = self._revision(db)
+        new = current + 1
+        seq = 0
+        for op in ops:
+            old = db.execute("SELECT value FROM kv WHERE key = ?", (op.key,)).fetchone()
+            prev = old[0] if old else None
+            if isinstance(op, Put):
+                db.execute(
+                    "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                    "mod_rev = excluded.mod_rev",
+                    (op.key, op.value, new, new),
+                )
+                value: bytes | None = op.value
+            elif old is not None:
+                db.execute("DELETE FROM kv WHERE key = ?", (op.key,))
+                value = None
+            else:
+                continue
+            db.execute(
+                "INSERT INTO changes (rev, seq, key, value, prev_value) VALUES (?, ?, ?, ?, ?)",
+                (new, seq, op.key, value, prev),
+            )
+            seq += 1
+        if seq == 0:
+            return current  # nothing changed: the caller rolls back, nothing is bumped
+        db.execute("UPDATE meta SET revision = ?", (new,))
+        self._trim(db)
+        return new
+
+    def _trim(self, db: sqlite3.Connection) -> None:
+        """Keep the newest ``history`` changes (rowids only grow: we delete from the bottom)."""
+        (last,) = db.execute("SELECT max(rowid) FROM changes").fetchone()
+        cutoff = last - self._history
+        (first,) = db.execute("SELECT min(rowid) FROM changes").fetchone()
+        if first > cutoff:
+            return
+        (dropped,) = db.execute(
+            "SELECT max(rev) FROM changes WHERE rowid <= ?", (cutoff,)
+        ).fetchone()
+        db.execute("DELETE FROM changes WHERE rowid <= ?", (cutoff,))
+        db.execute("UPDATE meta SET compacted = max(compacted, ?)", (dropped,))
+
+    def revision(self) -> int:
+        with self._read() as db:
+            return self._revision(db)
+
+    def changes_since(self, revision: int) -> list[Change]:
+        with self._read() as db:
+            (compacted,) = db.execute("SELECT compacted FROM meta").fetchone()
+            if revision < compacted:
+                raise Compacted(revision, compacted)
+            rows = db.execute(
+                "SELECT rev, key, value, prev_value FROM changes WHERE rev > ? ORDER BY rev, seq",
+                (revision,),
+            ).fetchall()
+        return [Change(*row) for row in rows]
+
+    def wait(self, revision: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            # Reading the revision while holding the condition means a txn of ours that commits
+            # after the read cannot notify before we wait: no wake-up is lost.
+            with self._cond:
+                current = self.revision()
+                remaining = deadline - time.monotonic()
+                if current > revision or remaining <= 0:
+                    return current
+                self._cond.wait(min(self._poll, remaining))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,134 @@
+"""The Watch stream: one host's desired state as a snapshot, then revisioned deltas.
+
+List, then watch (flannel's lease watcher): read a snapshot at revision R, then follow the store's
+change log from R. Each change is mapped to what it means for this host: a container of this
+host put or deleted, a lease of this host put or deleted, a network this host has a lease of
+changed. A client that resumes from a revision the change log no longer holds gets a snapshot.
+When nothing happens for a while, an empty event carries the current revision (a progress notice,
+so the agent knows the stream is alive).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from sdnctl import convert
+from sdnctl.controller import ipam
+from sdnctl.controller.errors import NotFound
+from sdnctl.controller.state import CONTAINERS, NETWORKS, ContainerView, Snapshot, State
+from sdnctl.controller.store.base import Change, Compacted
+from sdnctl.model import Container, Lease, Network, from_json
+from sdnctl.v1 import sdnctl_pb2 as pb
+
+
+def container_pb(view: ContainerView) -> pb.Container:
+    c = view.container
+    msg = pb.Container(name=c.name, host=c.host, network=c.network, command=list(c.command),
+                       interface=c.interface, status=convert.status_to_pb(view.status),
+                       revision=view.revision)
+    if view.allocation is not None:
+        msg.ip = view.allocation.address
+        msg.prefixlen = view.allocation.prefixlen
+    if view.lease is not None:
+        msg.gateway = view.lease.gateway
+    return msg
+
+
+def host_network_pb(network: Network, lease: Lease) -> pb.HostNetwork:
+    return pb.HostNetwork(network=convert.network_to_pb(network),
+                          lease=convert.lease_to_pb(lease))
+
+
+def snapshot_event(snap: Snapshot) -> pb.WatchEvent:
+    return pb.WatchEvent(
+        revision=snap.revision,
+        snapshot=True,
+        networks=[host_network_pb(n, lease) for n, lease in snap.networks.values()],
+        containers=[container_pb(v) for v in snap.containers.values()],
+    )
+
+
+def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchEvent:
+    """What ``changes`` mean for ``host``; puts carry the objects as they are now."""
+    put_containers: set[str] = set()
+    gone_containers: set[str] = set()
+    put_networks: set[str] = set()
+    gone_networks: set[str] = set()
+    for change in changes:
+        key = change.key
+        if key.startswith(CONTAINERS):
+            name = key[len(CONTAINERS):]
+            new = from_json(Container, change.value) if change.value else None
+            old = from_json(Container, change.prev_value) if change.prev_value else None
+            if new is not None and new.host == host:
+                put_containers.add(name)
+                gone_containers.discard(name)
+            elif old is not None and old.host == host:
+                gone_containers.add(name)
+                put_containers.discard(name)
+        elif key.startswith(ipam.LEASES) and key.endswith("/" + host):
+            lease = from_json(Lease, change.value or change.prev_value or b"{}")
+            if change.value is not None:
+                put_networks.add(lease.network)
+                gone_networks.discard(lease.network)
+            else:
+                gone_networks.add(lease.network)
+                put_networks.discard(lease.network)
+        elif key.startswith(NETWORKS) and change.value is not None:
+            name = key[len(NETWORKS):]
+            if ipam.get_lease(state.store, name, host) is not None:
+                put_networks.add(name)
+
+    event = pb.WatchEvent(deleted_networks=sorted(gone_networks),
+                          deleted_containers=sorted(gone_containers))
+    for name in sorted(put_networks):
+        pair = state.host_network(name, host)
+        if pair is not None:  # else a later change deletes it
+            event.networks.append(host_network_pb(*pair))
+    for name in sorted(put_containers):
+        try:
+            event.containers.append(container_pb(state.get_container(name)))
+        except NotFound:
+            pass  # deleted since: a later change says so
+    return event
+
+
+def host_events(state: State, host: str, since_revision: int, alive: Callable[[], bool],
+                progress_interval: float = 10.0, poll: float = 0.5) -> Iterator[pb.WatchEvent]:
+    store = state.store
+    revision = 0
+    if since_revision > 0:
+        try:
+            store.changes_since(since_revision)
+            revision = since_revision
+        except Compacted:
+            revision = 0
+    if revision == 0:
+        snap = state.snapshot(host)
+        revision = snap.revision
+        yield snapshot_event(snap)
+    last_sent = time.monotonic()
+    while alive():
+        if store.wait(revision, timeout=poll) <= revision:
+            if time.monotonic() - last_sent >= progress_interval:
+                last_sent = time.monotonic()
+                yield pb.WatchEvent(revision=revision)
+            continue
+        try:
+            changes = store.changes_since(revision)
+        except Compacted:
+            snap = state.snapshot(host)
+            revision = snap.revision
+            last_sent = time.monotonic()
+            yield snapshot_event(snap)
+            continue
+        if not changes:
+            continue
+        revision = changes[-1].revision
+        event = delta_event(state, host, changes)
+        if event.networks or event.containers or event.deleted_networks or \
+                event.deleted_containers:
+            event.revision = revision
+            last_sent = time.monotonic()
+            yield event

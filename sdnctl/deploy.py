@@ -1,0 +1,385 @@
+"""`sdnctl up` and `sdnctl down`: realise a topology on lab hosts, and remove it again.
+
+``up`` is idempotent: every step first looks at what exists (controller answering, lab namespace
+built, host/network/container recorded, agent alive) and only does what is missing, so running it
+twice changes nothing except to restart a lab agent that died. An object that exists with a
+different spec is an error (``down`` first), never silently replaced.
+
+``down`` deletes the containers through the API and waits until each agent reports it has caught
+up (so agents remove what they made), then deletes networks and hosts, stops the agents, sweeps
+anything a dead agent could not remove, and tears the lab down. It stops the controller too when
+``up`` started it and nothing else is left in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, TextIO
+
+import grpc
+
+from agent.kernel import netns, procs
+from sdnctl import convert, lab, paths
+from sdnctl.client import Client, start_controller, started_controller_pid
+from sdnctl.model import STATE_ERROR, STATE_EXITED, STATE_RUNNING, Host, Network
+from sdnctl.topology import Topology
+from sdnctl.v1 import sdnctl_pb2 as pb
+
+
+class DeployError(RuntimeError):
+    pass
+
+
+class Progress:
+    """One line per step on stderr; a waiting step rewrites its line on a terminal."""
+
+    def __init__(self, out: TextIO = sys.stderr) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self._last = ""
+
+    def step(self, text: str) -> None:
+        self._end_line()
+        self.out.write(f"• {text}\n")
+        self.out.flush()
+
+    def waiting(self, text: str) -> None:
+        if text == self._last:
+            return
+        self._last = text
+        if self.tty:
+            self.out.write(f"\r  {text}\033[K")
+        else:
+            self.out.write(f"  {text}\n")
+        self.out.flush()
+
+    def _end_line(self) -> None:
+        if self.tty and self._last:
+            self.out.write("\n")
+        self._last = ""
+
+    def done(self, text: str) -> None:
+        self._end_line()
+        self.out.write(f"✔ {text}\n")
+        self.out.flush()
+
+
+def lab_prefix(topology: Topology) -> str:
+    return os.environ.get("SDNCTL_LAB_PREFIX") or lab.default_prefix(topology.name)
+
+
+def lab_state_path(topology: Topology) -> str:
+    return os.path.join(paths.run_dir(), "lab", f"{topology.name}.json")
+
+
+def agent_run_dir(prefix: str, host: str) -> str:
+    return os.path.join(paths.run_dir(), "lab", prefix + host)
+
+
+def _load_lab_state(topology: Topology) -> dict[str, Any]:
+    try:
+        with open(lab_state_path(topology)) as f:
+            data: dict[str, Any] = json.load(f)
+            return data
+    except (OSError, ValueError):
+        return {"prefix": lab_prefix(topology), "agents": {}}
+
+
+def _save_lab_state(topology: Topology, state: dict[str, Any]) -> None:
+    paths.write_atomic(lab_state_path(topology), json.dumps(state, indent=2) + "\n", 0o600)
+
+
+def _code(e: grpc.RpcError) -> grpc.StatusCode:
+    return e.code()  # type: ignore[attr-defined, no-any-return]
+
+
+def _details(e: grpc.RpcError) -> str:
+    return str(e.details())  # type: ignore[attr-defined]
+
+
+def _create_or_compare(create: Callable[[], Any], get: Callable[[], Any],
+                       same: Callable[[Any], bool], what: str) -> bool:
+    """Create; when it exists already, demand it matches. Returns True when it created."""
+    try:
+        create()
+        return True
+    except grpc.RpcError as e:
+        if _code(e) != grpc.StatusCode.ALREADY_EXISTS:
+            raise DeployError(f"could not create {what}: {_details(e)}") from e
+    if not same(get()):
+        raise DeployError(f"{what} exists with a different spec; run `sdnctl down` first "
+                          "(changing a running object is not supported yet)")
+    return False
+
+
+# -- up --------------------------------------------------------------------------------------
+
+def up(topology: Topology, timeout: float = 120.0, progress: Progress | None = None) -> None:
+    progress = progress or Progress()
+    started = time.monotonic()
+    client = ensure_controller(progress)
+    try:
+        lab_hosts = build_lab(topology, progress)
+        register_hosts(client, topology, lab_hosts, progress)
+        ensure_agents(client, topology, lab_hosts, progress)
+        apply_objects(client, topology, progress)
+        wait_running(client, topology, timeout, progress)
+    finally:
+        client.close()
+    progress.done(f"{topology.name}: {len(topology.containers)} container(s) running "
+                  f"({time.monotonic() - started:.1f}s)")
+
+
+def ensure_controller(progress: Progress) -> Client:
+    client = Client()
+    if client.healthy():
+        progress.step(f"controller answering at {client.address}")
+        return client
+    pid = start_controller(client.address)
+    progress.step(f"controller started (pid {pid}) at {client.address}")
+    return client
+
+
+def build_lab(topology: Topology, progress: Progress) -> dict[str, lab.LabHost]:
+    if not topology.lab_hosts:
+        return {}
+    the_lab = lab.Lab(lab_prefix(topology))
+    the_lab.ensure_underlay()
+    the_lab.ensure_external()
+    built = {}
+    for index, host in enumerate(topology.lab_hosts):
+        built[host.name] = the_lab.ensure_host(host.name, index)
+    progress.step(f"lab: {len(built)} host(s) on underlay 192.0.2.0/24, external "
+                  f"{lab.EXTERNAL_IP} (namespaces {the_lab.prefix}*)")
+    return built
+
+
+def register_hosts(client: Client, topology: Topology, lab_hosts: dict[str, lab.LabHost],
+                   progress: Progress) -> None:
+    for host in topology.hosts:
+        underlay = lab_hosts[host.name].underlay_ip if host.name in lab_hosts else \
+            host.underlay_ip
+        spec = Host(name=host.name, underlay_ip=underlay, lab=host.lab)
+        _create_or_compare(
+            lambda spec=spec: client.api.CreateHost(  # type: ignore[misc]
+                pb.CreateHostRequest(host=convert.host_to_pb(spec)), timeout=10),
+            lambda spec=spec: client.api.GetHost(  # type: ignore[misc]
+                pb.GetRequest(name=spec.name), timeout=10),
+            lambda got, spec=spec: got.underlay_ip == spec.underlay_ip,  # type: ignore[misc]
+            f"host {host.name!r}")
+    progress.step(f"hosts: {', '.join(h.name for h in topology.hosts)}")
+
+
+def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.LabHost],
+                  progress: Progress) -> None:
+    state = _load_lab_state(topology)
+    state["prefix"] = lab_prefix(topology)
+    agents: dict[str, dict[str, int]] = state.setdefault("agents", {})
+    for name, host in lab_hosts.items():
+        known = agents.get(name)
+        if known and lab.process_alive(known["pid"], known.get("start_time")):
+            continue
+        run_dir = agent_run_dir(state["prefix"], name)
+        os.makedirs(run_dir, mode=0o755, exist_ok=True)
+        argv = [sys.executable, "-m", "agent.main", "--host", name,
+                "--controller", client.address, "--underlay-ip", host.underlay_ip,
+                "--netns", host.netns, "--run-dir", run_dir]
+        pid = lab.spawn_in_netns(host.netns, argv, os.path.join(run_dir, "agent.log"))
+        agents[name] = {"pid": pid, "start_time": lab.process_start_time(pid) or 0}
+        _save_lab_state(topology, state)
+        progress.step(f"agent for {name} started (pid {pid})")
+    _save_lab_state(topology, state)
+    deadline = time.monotonic() + 30
+    for name in lab_hosts:
+        while True:
+            got = client.api.GetHost(pb.GetRequest(name=name), timeout=10)
+            if got.agent_connected and got.agent_pid == agents[name]["pid"]:
+                break
+            if time.monotonic() > deadline:
+                log = os.path.join(agent_run_dir(state["prefix"], name), "agent.log")
+                raise DeployError(f"the agent of host {name!r} did not connect; see {log}")
+            progress.waiting(f"waiting for the agent of {name} to connect")
+            time.sleep(0.05)
+
+
+def apply_objects(client: Client, topology: Topology, progress: Progress) -> None:
+    created = 0
+    for net in topology.networks:
+        created += _create_or_compare(
+            lambda net=net: client.api.CreateNetwork(  # type: ignore[misc]
+                pb.CreateNetworkRequest(network=convert.network_to_pb(net)), timeout=10),
+            lambda net=net: client.api.GetNetwork(  # type: ignore[misc]
+                pb.GetRequest(name=net.name), timeout=10),
+            lambda got, net=net: convert.network_from_pb(got) == net,  # type: ignore[misc]
+            f"network {net.name!r}")
+    for ctr in topology.containers:
+        msg = pb.Container(name=ctr.name, host=ctr.host, network=ctr.network,
+                           command=list(ctr.command), interface=ctr.interface)
+        created += _create_or_compare(
+            lambda msg=msg: client.api.CreateContainer(  # type: ignore[misc]
+                pb.CreateContainerRequest(container=msg), timeout=10),
+            lambda msg=msg: client.api.GetContainer(  # type: ignore[misc]
+                pb.GetRequest(name=msg.name), timeout=10),
+            lambda got, ctr=ctr: convert.container_from_pb(got) == ctr,  # type: ignore[misc]
+            f"container {ctr.name!r}")
+    total = len(topology.networks) + len(topology.containers)
+    progress.step(f"desired state: {created} object(s) created, {total - created} already there")
+
+
+def wait_running(client: Client, topology: Topology, timeout: float, progress: Progress) -> None:
+    names = {c.name for c in topology.containers}
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = client.api.ListContainers(pb.ListRequest(), timeout=10).containers
+        mine = [c for c in listed if c.name in names]
+        running = [c for c in mine if c.status.state == STATE_RUNNING]
+        progress.waiting(f"containers running: {len(running)}/{len(names)}")
+        if len(running) == len(names):
+            return
+        failed = [c for c in mine if c.status.state in (STATE_ERROR, STATE_EXITED)]
+        if failed or time.monotonic() > deadline:
+            bad = failed or [c for c in mine if c.status.state != STATE_RUNNING]
+            detail = "; ".join(f"{c.name}: {c.status.state or 'pending'}"
+                               f"{' (' + c.status.message + ')' if c.status.message else ''}"
+                               for c in bad)
+            raise DeployError(f"not every container runs: {detail}")
+        time.sleep(0.1)
+
+
+# -- down ------------------------------------------------------------------------------------
+
+def down(topology: Topology, progress: Progress | None = None) -> None:
+    progress = progress or Progress()
+    client = Client()
+    try:
+        if client.healthy():
+            delete_objects(client, topology, progress)
+        else:
+            progress.step("no controller answers: removing the lab only")
+    finally:
+        client.close()
+    state = _load_lab_state(topology)
+    stop_agents(state, progress)
+    sweep(topology, state, progress)
+    if topology.lab_hosts:
+        lab.Lab(state.get("prefix") or lab_prefix(topology)).teardown()
+        progress.step("lab namespaces removed")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(lab_state_path(topology))
+    stop_controller_if_idle(progress)
+    progress.done(f"{topology.name}: removed")
+
+
+def _ignore_missing(call: Callable[[], Any]) -> None:
+    try:
+        call()
+    except grpc.RpcError as e:
+        if _code(e) != grpc.StatusCode.NOT_FOUND:
+            raise DeployError(_details(e)) from e
+
+
+def delete_objects(client: Client, topology: Topology, progress: Progress) -> None:
+    for ctr in topology.containers:
+        _ignore_missing(lambda ctr=ctr: client.api.DeleteContainer(  # type: ignore[misc]
+            pb.DeleteRequest(name=ctr.name), timeout=10))
+    revision = client.api.ListHosts(pb.ListRequest(), timeout=10).revision
+    wait_agents_caught_up(client, topology, revision, progress)
+    for net in topology.networks:
+        _ignore_missing(lambda net=net: client.api.DeleteNetwork(  # type: ignore[misc]
+            pb.DeleteRequest(name=net.name), timeout=10))
+    for host in topology.hosts:
+        _ignore_missing(lambda host=host: client.api.DeleteHost(  # type: ignore[misc]
+            pb.DeleteRequest(name=host.name), timeout=10))
+    progress.step(f"deleted {len(topology.containers)} container(s), "
+                  f"{len(topology.networks)} network(s), {len(topology.hosts)} host(s)")
+
+
+def wait_agents_caught_up(client: Client, topology: Topology, revision: int,
+                          progress: Progress, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    pending = {h.name for h in topology.hosts}
+    while pending and time.monotonic() < deadline:
+        for name in sorted(pending):
+            try:
+                host = client.api.GetHost(pb.GetRequest(name=name), timeout=10)
+            except grpc.RpcError:
+                pending.discard(name)
+                continue
+            if host.observed_revision >= revision or not host.agent_connected:
+                pending.discard(name)
+        progress.waiting(f"waiting for {len(pending)} agent(s) to remove their containers")
+        time.sleep(0.1)
+    if pending:
+        progress.step(f"agents of {', '.join(sorted(pending))} did not catch up; sweeping")
+
+
+def stop_agents(state: dict[str, Any], progress: Progress) -> None:
+    for name, known in sorted(state.get("agents", {}).items()):
+        if lab.process_alive(known["pid"], known.get("start_time")):
+            lab.stop_process(known["pid"], start_time=known.get("start_time"))
+            progress.step(f"agent for {name} stopped (pid {known['pid']})")
+
+
+def sweep(topology: Topology, state: dict[str, Any], progress: Progress) -> None:
+    """Remove what agents left: container processes and namespace mounts in their run dirs."""
+    prefix = state.get("prefix") or lab_prefix(topology)
+    for host in topology.lab_hosts:
+        run_dir = agent_run_dir(prefix, host.name)
+        netns_dir = os.path.join(run_dir, "netns")
+        ctr_dir = os.path.join(run_dir, "containers")
+        leftovers = 0
+        for pidfile in _listdir(ctr_dir, ".pid"):
+            info = procs.read_pidfile(os.path.join(ctr_dir, pidfile))
+            path = os.path.join(netns_dir, pidfile.removesuffix(".pid"))
+            if info is not None and os.path.exists(path) and procs.is_alive(info, path):
+                procs.stop(info, grace=0.5)
+                leftovers += 1
+        for name in _listdir(netns_dir, ""):
+            netns.remove_netns(os.path.join(netns_dir, name))
+            leftovers += 1
+        if leftovers:
+            progress.step(f"{host.name}: swept {leftovers} leftover(s) of a stopped agent")
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _listdir(path: str, suffix: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(path) if n.endswith(suffix) and not n.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def stop_controller_if_idle(progress: Progress) -> None:
+    pid = started_controller_pid()
+    if pid is None:
+        return
+    client = Client()
+    try:
+        if client.healthy():
+            hosts = client.api.ListHosts(pb.ListRequest(), timeout=10).hosts
+            networks = client.api.ListNetworks(pb.ListRequest(), timeout=10).networks
+            if hosts or networks:
+                return
+    finally:
+        client.close()
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if not os.path.exists(f"/proc/{pid}"):
+            break
+        time.sleep(0.05)
+    progress.step(f"controller stopped (pid {pid}); its state stays in {paths.controller_db()}")
+
+
+def network_dict(net: pb.Network) -> dict[str, Any]:
+    return {**asdict(convert.network_from_pb(net)), "revision": net.revision}
+
+
+__all__ = ["DeployError", "Network", "Progress", "down", "network_dict", "up"]

@@ -1,0 +1,580 @@
+"""Lab hosts: a topology's ``lab: true`` hosts built on this machine as network namespaces.
+
+The picture, all of it in namespaces named ``<prefix>...`` (the root namespace is never touched)::
+
+    <prefix>h1  eth0 192.0.2.11 ─┐   <prefix>ul: bridge ul0 192.0.2.1/24, ip_forward=1
+    <prefix>h2  eth0 192.0.2.12 ─┘     (each host's veth has its underlay end on ul0)
+                                     ext0 203.0.113.254/24 ── eth0 203.0.113.1/24  <prefix>ext
+
+The underlay namespace is both the switch between hosts and their router to the "outside world"
+(``<prefix>ext``). There is no NAT in the underlay, so a packet from a host reaches the outside
+with whatever source it left the host with: 192.0.2.x, once the agent masquerades container
+traffic to its host's underlay address.
+
+Every veth pair is created in place, from the underlay's netlink socket with the peer born in the
+far namespace (``IFLA_NET_NS_FD``): moving a device between namespaces is slow, and a half-moved
+device is a leak in the wrong namespace. The underlay end of a host's veth is named from a short
+hash of the host name and carries the host name as its ifalias, so that a hash collision is an
+error rather than one host silently adopting another's link.
+
+Every ``ensure_*`` reads the kernel first and changes only what differs: an existing, correct lab
+is left untouched (same ifindexes). Setup rolls back what the failing call created; teardown keeps
+going and reports every failure at the end.
+
+The process helpers run one agent per lab host: ``nsenter --net=PATH`` (not ``ip netns exec``,
+which remounts /sys and so drops cgroup mounts), detached in its own session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import ipaddress
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from agent.kernel.netns import (
+    NETNS_RUN_DIR,
+    create_netns,
+    iproute_in,
+    is_netns,
+    netns_inode,
+    netns_path,
+    remove_netns,
+    run_in_netns,
+)
+from sdnctl.model import NAME_RE
+
+UNDERLAY_SUFFIX = "ul"
+EXTERNAL_SUFFIX = "ext"
+RESERVED_HOST_NAMES = frozenset({UNDERLAY_SUFFIX, EXTERNAL_SUFFIX})
+
+UNDERLAY_BRIDGE = "ul0"
+UNDERLAY_GATEWAY = "192.0.2.1"
+UNDERLAY_PREFIXLEN = 24
+UNDERLAY_NET = ipaddress.IPv4Network(f"{UNDERLAY_GATEWAY}/{UNDERLAY_PREFIXLEN}", strict=False)
+HOST_DEV = "eth0"
+HOST_IP_OFFSET = 10  # host index i gets 192.0.2.(10 + i)
+MAX_HOST_INDEX = 254 - HOST_IP_OFFSET
+LAB_MTU = 1500
+
+EXTERNAL_IP = "203.0.113.1"
+EXTERNAL_GATEWAY = "203.0.113.254"  # the underlay's address towards the outside
+EXTERNAL_PREFIXLEN = 24
+EXTERNAL_DEV = "eth0"  # in <prefix>ext
+UPLINK_DEV = "ext0"  # in <prefix>ul, peer of EXTERNAL_DEV
+
+RTPROT_STATIC = 4  # our lab routes; the agent's routes carry its own protocol number
+IFF_UP = 0x1
+PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+
+SPAWN_TIMEOUT = 5.0  # seconds for nsenter to enter the namespace and exec
+KILL_WAIT = 5.0  # seconds to wait for a process after SIGKILL
+
+
+class LabError(RuntimeError):
+    """A lab step failed; the message names the verb and the object, the cause is chained."""
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    netns: str  # /run/netns/<prefix><name>
+    underlay_ip: str  # "" while the host has no underlay address (half-built)
+    underlay_dev: str = HOST_DEV
+
+
+def default_prefix(topology: str) -> str:
+    """``sdn-<topology>-``, with a long topology name shortened so namespace names stay short."""
+    short = topology
+    if len(topology) > 6:
+        short = topology[:3] + hashlib.sha256(topology.encode()).hexdigest()[:3]
+    return f"sdn-{short}-"
+
+
+def host_ip(index: int) -> str:
+    if not 0 <= index <= MAX_HOST_INDEX:
+        raise ValueError(f"lab host index {index} is outside 0..{MAX_HOST_INDEX}")
+    return str(UNDERLAY_NET.network_address + HOST_IP_OFFSET + index)
+
+
+def uplink_name(host: str) -> str:
+    """The underlay end of a host's veth: ``h`` + 8 hex digits of the host name's hash."""
+    return "h" + hashlib.sha256(host.encode()).hexdigest()[:8]
+
+
+class Lab:
+    """The lab hosts of one prefix. Nothing is cached: each call opens its own netlink sockets
+    and reads the kernel, so a new ``Lab(prefix)`` adopts what an earlier process built. One
+    caller at a time per prefix; prefixes must not be prefixes of one another."""
+
+    EXTERNAL_IP = EXTERNAL_IP
+
+    def __init__(self, prefix: str) -> None:
+        if not PREFIX_RE.match(prefix):
+            raise ValueError(f"invalid lab prefix {prefix!r}")
+        self.prefix = prefix
+
+    # -- names -------------------------------------------------------------------------------
+
+    def underlay_netns(self) -> str:
+        return netns_path(self.prefix + UNDERLAY_SUFFIX)
+
+    def external_netns(self) -> str:
+        return netns_path(self.prefix + EXTERNAL_SUFFIX)
+
+    def host_netns(self, name: str) -> str:
+        return netns_path(self.prefix + _check_host_name(name))
+
+    # -- underlay ----------------------------------------------------------------------------
+
+    def ensure_underlay(self) -> None:
+        """The underlay namespace with bridge ``ul0`` (192.0.2.1/24) and forwarding on."""
+        path = self.underlay_netns()
+        with contextlib.ExitStack() as rollback:
+            if create_netns(path):
+                rollback.callback(remove_netns, path)
+            with iproute_in(path) as ipr:
+                bridge = _ensure_bridge(ipr, UNDERLAY_BRIDGE)
+                _ensure_addresses(ipr, bridge, [(UNDERLAY_GATEWAY, UNDERLAY_PREFIXLEN)])
+            _ensure_ip_forward(path)
+            rollback.pop_all()
+
+    # -- hosts -------------------------------------------------------------------------------
+
+    def ensure_host(self, name: str, index: int) -> LabHost:
+        """Host namespace ``<prefix><name>`` with eth0 = 192.0.2.(10+index)/24 on the underlay.
+
+        An existing, correct host is left untouched; a wrong detail (address, route, a broken
+        veth) is repaired. The index must stay the same for a host across runs: the caller keeps
+        it (the host's position in the topology).
+        """
+        path = self.host_netns(name)
+        address = host_ip(index)
+        for other in self.hosts():
+            if other.name != name and other.underlay_ip == address:
+                raise LabError(f"could not add lab host {name!r}: {address} is {other.name!r}'s")
+        self.ensure_underlay()
+        with contextlib.ExitStack() as sockets:
+            ul = sockets.enter_context(iproute_in(self.underlay_netns()))
+            with contextlib.ExitStack() as rollback:
+                if create_netns(path):
+                    rollback.callback(remove_netns, path)
+                host = sockets.enter_context(iproute_in(path))
+                try:
+                    self._wire_host(ul, host, path, name, address, rollback)
+                except NetlinkError as e:
+                    raise LabError(f"could not set up lab host {name!r}") from e
+                rollback.pop_all()
+        return LabHost(name=name, netns=path, underlay_ip=address)
+
+    def _wire_host(self, ul: IPRoute, host: IPRoute, path: str, name: str, address: str,
+                   rollback: contextlib.ExitStack) -> None:
+        bridge = _require_link(ul, UNDERLAY_BRIDGE)["index"]
+        near, far = _ensure_veth(ul, uplink_name(name), host, path, HOST_DEV, alias=name,
+                                 master=bridge, rollback=rollback)
+        _ensure_up(ul, near)
+        _ensure_addresses(host, far, [(address, UNDERLAY_PREFIXLEN)])
+        _ensure_route(host, "0.0.0.0", 0, UNDERLAY_GATEWAY, far["index"])
+
+    def hosts(self) -> list[LabHost]:
+        """The lab hosts that exist now, found by the prefix under /run/netns, sorted by name."""
+        found = []
+        for name in self._host_names():
+            path = netns_path(self.prefix + name)
+            found.append(LabHost(name=name, netns=path, underlay_ip=_underlay_ip(path)))
+        return found
+
+    def _host_names(self) -> list[str]:
+        try:
+            entries = os.listdir(NETNS_RUN_DIR)
+        except FileNotFoundError:
+            return []
+        names = []
+        for entry in entries:
+            rest = entry[len(self.prefix):]
+            if (entry.startswith(self.prefix) and rest not in RESERVED_HOST_NAMES
+                    and NAME_RE.match(rest) and is_netns(netns_path(entry))):
+                names.append(rest)
+        return sorted(names)
+
+    def remove_host(self, name: str) -> None:
+        """Delete the host's veth (both ends, at once) and its namespace. Gone is success.
+
+        The veth is deleted explicitly: a namespace that a process still holds (an agent not
+        yet stopped) outlives its mount, and its veth would stay on the underlay bridge.
+        """
+        path = self.host_netns(name)
+        ul_path = self.underlay_netns()
+        if is_netns(ul_path):
+            with iproute_in(ul_path) as ul:
+                link = _get_link(ul, uplink_name(name))
+                if link is not None and link.get("ifalias") == name:
+                    _delete_link(ul, link, f"lab host {name!r}'s veth")
+        try:
+            remove_netns(path)
+        except OSError as e:
+            raise LabError(f"could not remove lab host namespace {path}") from e
+
+    # -- the outside world -------------------------------------------------------------------
+
+    def ensure_external(self) -> str:
+        """``<prefix>ext`` (203.0.113.1/24), wired to the underlay (203.0.113.254/24)."""
+        self.ensure_underlay()
+        path = self.external_netns()
+        with contextlib.ExitStack() as sockets:
+            ul = sockets.enter_context(iproute_in(self.underlay_netns()))
+            with contextlib.ExitStack() as rollback:
+                if create_netns(path):
+                    rollback.callback(remove_netns, path)
+                ext = sockets.enter_context(iproute_in(path))
+                try:
+                    near, far = _ensure_veth(ul, UPLINK_DEV, ext, path, EXTERNAL_DEV,
+                                             alias="external", master=None, rollback=rollback)
+                    _ensure_up(ul, near)
+                    _ensure_addresses(ul, near, [(EXTERNAL_GATEWAY, EXTERNAL_PREFIXLEN)])
+                    _ensure_addresses(ext, far, [(EXTERNAL_IP, EXTERNAL_PREFIXLEN)])
+                    _ensure_route(ext, str(UNDERLAY_NET.network_address), UNDERLAY_PREFIXLEN,
+                                  EXTERNAL_GATEWAY, far["index"])
+                except NetlinkError as e:
+                    raise LabError("could not set up the lab's external namespace") from e
+                rollback.pop_all()
+        return path
+
+    # -- teardown ----------------------------------------------------------------------------
+
+    def teardown(self) -> None:
+        """Remove every host, the external and the underlay namespace; report all failures."""
+        failures: list[Exception] = []
+        steps: list[tuple[str, Any]] = [
+            (f"remove lab host {name!r}", lambda name=name: self.remove_host(name))
+            for name in self._host_names()
+        ]
+        steps += [
+            ("remove the external namespace", lambda: remove_netns(self.external_netns())),
+            ("remove the underlay namespace", lambda: remove_netns(self.underlay_netns())),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except Exception as e:
+                e.add_note(f"while trying to {what} (lab prefix {self.prefix!r})")
+                failures.append(e)
+        if failures:
+            raise ExceptionGroup(f"lab {self.prefix!r} teardown had failures", failures)
+
+
+# -- kernel helpers: idempotent, each reads before it writes --------------------------------------
+
+
+def _check_host_name(name: str) -> str:
+    if not NAME_RE.match(name) or name in RESERVED_HOST_NAMES:
+        raise ValueError(f"invalid lab host name {name!r}")
+    return name
+
+
+def _get_link(ipr: IPRoute, ifname: str) -> Any | None:
+    try:
+        return ipr.link("get", ifname=ifname)[0]
+    except NetlinkError as e:
+        if e.code == errno.ENODEV:
+            return None
+        raise
+
+
+def _require_link(ipr: IPRoute, ifname: str) -> Any:
+    link = _get_link(ipr, ifname)
+    if link is None:
+        raise LabError(f"could not find link {ifname!r}")
+    return link
+
+
+def _kind(link: Any) -> str | None:
+    kind = link.get(("linkinfo", "kind"))
+    return kind if isinstance(kind, str) else None
+
+
+def _delete_link(ipr: IPRoute, link: Any, what: str) -> None:
+    try:
+        ipr.link("del", index=link["index"])
+    except NetlinkError as e:
+        if e.code != errno.ENODEV:
+            raise LabError(f"could not delete {what}") from e
+
+
+def _ensure_bridge(ipr: IPRoute, name: str) -> Any:
+    link = _get_link(ipr, name)
+    if link is None:
+        try:
+            ipr.link("add", ifname=name, kind="bridge", state="up")
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise LabError(f"could not add bridge {name!r}") from e
+        link = _require_link(ipr, name)
+    if _kind(link) != "bridge":
+        raise LabError(f"could not use {name!r} as the underlay bridge: it is a {_kind(link)}")
+    _ensure_up(ipr, link)
+    return link
+
+
+def _ensure_up(ipr: IPRoute, link: Any) -> None:
+    if not link["flags"] & IFF_UP:
+        ipr.link("set", index=link["index"], state="up")
+
+
+def _ensure_veth(near: IPRoute, near_name: str, far: IPRoute, far_path: str, far_name: str,
+                 alias: str, master: int | None, rollback: contextlib.ExitStack
+                 ) -> tuple[Any, Any]:
+    """A veth ``near_name`` (in ``near``'s namespace) whose peer ``far_name`` is in ``far_path``.
+
+    A correct pair is kept. The near end carries ``alias``; a near end with another alias is a
+    name collision and an error. Returns the (near, far) link messages, read back.
+    """
+    n, f = _get_link(near, near_name), _get_link(far, far_name)
+    if n is not None and n.get("ifalias") != alias:
+        raise LabError(f"could not add veth {near_name!r} for {alias!r}: it belongs to "
+                       f"{n.get('ifalias')!r}")
+    paired = (n is not None and f is not None and _kind(n) == "veth" and _kind(f) == "veth"
+              and n.get("link") == f["index"] and f.get("link") == n["index"])
+    if not paired:
+        for ipr, link, name in ((near, n, near_name), (far, f, far_name)):
+            if link is not None:
+                _delete_link(ipr, link, f"stale link {name!r}")
+        _add_veth(near, near_name, far_path, far_name, master)
+        n = _require_link(near, near_name)
+        rollback.callback(_delete_link, near, n, f"veth {near_name!r}")
+        near.link("set", index=n["index"], ifalias=alias)
+        n = _require_link(near, near_name)
+        f = _require_link(far, far_name)
+    assert n is not None and f is not None
+    if master is not None and n.get("master") != master:
+        near.link("set", index=n["index"], master=master)
+        n = _require_link(near, near_name)
+    _ensure_up(far, f)
+    return n, f
+
+
+def _add_veth(near: IPRoute, near_name: str, far_path: str, far_name: str,
+              master: int | None) -> None:
+    fd = os.open(far_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        extra = {} if master is None else {"master": master}
+        near.link("add", ifname=near_name, kind="veth", mtu=LAB_MTU, **extra,
+                  peer={"ifname": far_name, "net_ns_fd": fd, "mtu": LAB_MTU})
+    except NetlinkError as e:
+        raise LabError(f"could not add veth {near_name!r} with peer {far_name!r} in "
+                       f"{far_path}") from e
+    finally:
+        os.close(fd)
+
+
+def _v4_addresses(ipr: IPRoute, index: int) -> list[tuple[str, int]]:
+    return [(a.get("address"), a["prefixlen"])
+            for a in ipr.addr("dump", family=socket.AF_INET) if a["index"] == index]
+
+
+def _ensure_addresses(ipr: IPRoute, link: Any, wanted: list[tuple[str, int]]) -> None:
+    """Exactly ``wanted`` as the link's IPv4 addresses: the links are ours, strays go."""
+    index = link["index"]
+    have = _v4_addresses(ipr, index)
+    for address, prefixlen in have:
+        if (address, prefixlen) not in wanted:
+            ipr.addr("del", index=index, address=address, prefixlen=prefixlen)
+    for address, prefixlen in wanted:
+        if (address, prefixlen) not in have:
+            try:
+                ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise LabError(f"could not add {address}/{prefixlen} to {link.get('ifname')!r}"
+                                   ) from e
+
+
+def _ensure_route(ipr: IPRoute, dst: str, dst_len: int, gateway: str, oif: int) -> None:
+    for route in ipr.route("dump", family=socket.AF_INET, table=254):
+        same_dst = route["dst_len"] == dst_len and (dst_len == 0 or route.get("dst") == dst)
+        if same_dst and route.get("gateway") == gateway and route.get("oif") == oif:
+            return
+    try:
+        ipr.route("replace", dst=f"{dst}/{dst_len}", gateway=gateway, oif=oif,
+                  proto=RTPROT_STATIC)
+    except NetlinkError as e:
+        raise LabError(f"could not route {dst}/{dst_len} via {gateway}") from e
+
+
+def _ensure_ip_forward(path: str) -> None:
+    """net.ipv4.ip_forward=1 in the namespace at ``path`` (and, checked, nowhere else).
+
+    /proc/sys/net belongs to the network namespace of the *thread* that opens it.
+    """
+    target = netns_inode(path)
+
+    def write() -> None:
+        if os.stat("/proc/thread-self/ns/net").st_ino != target:
+            raise LabError(f"could not enter {path} to set ip_forward")
+        with open("/proc/sys/net/ipv4/ip_forward", "r+") as f:
+            if f.read().strip() != "1":
+                f.seek(0)
+                f.write("1")
+
+    try:
+        run_in_netns(path, write)
+    except OSError as e:
+        raise LabError(f"could not set ip_forward in {path}") from e
+
+
+def _underlay_ip(path: str) -> str:
+    """The host's first address in the underlay subnet on eth0, or "" (half-built host)."""
+    try:
+        with iproute_in(path) as ipr:
+            link = _get_link(ipr, HOST_DEV)
+            if link is None:
+                return ""
+            for address, _ in _v4_addresses(ipr, link["index"]):
+                if ipaddress.IPv4Address(address) in UNDERLAY_NET:
+                    return address
+    except OSError:  # the namespace went away under us
+        return ""
+    return ""
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+# Popen objects of what we spawned, by PID: kept so that they are reaped (no zombies, no
+# ResourceWarning) by process_alive/stop_process.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def spawn_in_netns(netns_path: str, argv: list[str], log_path: str,
+                   env: dict[str, str] | None = None) -> int:
+    """Run ``argv`` in the network namespace at ``netns_path``, detached; return its PID.
+
+    ``nsenter`` execs ``argv``, so the PID is that of ``argv`` itself. Returns once the process
+    has entered the namespace and exec'd (or raises, pointing at the log). ``env`` is added to
+    this process's environment (not a replacement: nsenter needs PATH). stdout and stderr are
+    appended to ``log_path``.
+    """
+    if not argv:
+        raise ValueError("spawn_in_netns needs a command")
+    if not is_netns(netns_path):
+        raise LabError(f"could not run {argv[0]!r}: {netns_path} is not a network namespace")
+    nsenter = shutil.which("nsenter") or "/usr/bin/nsenter"
+    full_env = None if env is None else {**os.environ, **env}
+    with open(log_path, "ab") as log:
+        try:
+            proc = subprocess.Popen(
+                [nsenter, f"--net={netns_path}", "--", *argv],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True, env=full_env,
+            )
+        except OSError as e:
+            raise LabError(f"could not start {argv[0]!r} in {netns_path}") from e
+    _children[proc.pid] = proc
+    _wait_entered(proc, netns_inode(netns_path), os.path.realpath(nsenter), log_path)
+    return proc.pid
+
+
+def _wait_entered(proc: subprocess.Popen[bytes], netns_ino: int, nsenter: str,
+                  log_path: str) -> None:
+    deadline = time.monotonic() + SPAWN_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _children.pop(proc.pid, None)
+            raise LabError(f"could not start {proc.args!r}: exited with {proc.returncode}, "
+                           f"see {log_path}")
+        with contextlib.suppress(OSError):  # mid-exec: /proc entries flicker
+            entered = os.stat(f"/proc/{proc.pid}/ns/net").st_ino == netns_ino
+            if entered and os.readlink(f"/proc/{proc.pid}/exe") != nsenter:
+                return
+        time.sleep(0.002)
+    stop_process(proc.pid)
+    raise LabError(f"could not start {proc.args!r}: not running in its namespace after "
+                   f"{SPAWN_TIMEOUT}s, see {log_path}")
+
+
+def _read_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat fields from field 3 (state) on; the command name may hold spaces."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return data[data.rindex(")") + 2:].split()
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (clock ticks after boot), or None if there is no such PID."""
+    fields = _read_stat(pid) if pid > 0 else None
+    return int(fields[22 - 3]) if fields else None
+
+
+def process_alive(pid: int, start_time: int | None = None) -> bool:
+    """True if ``pid`` runs (a zombie is dead) and, when given, started at ``start_time``."""
+    if pid <= 0:
+        return False
+    proc = _children.get(pid)
+    if proc is not None and proc.poll() is not None:  # our zombie: reap it
+        _children.pop(pid, None)
+        return False
+    fields = _read_stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return start_time is None or int(fields[22 - 3]) == start_time
+
+
+def stop_process(pid: int, grace: float = 3.0, *, start_time: int | None = None) -> None:
+    """SIGTERM, up to ``grace`` seconds, then SIGKILL. Already gone is success.
+
+    Signals go through a pidfd, so a PID reused between the check and the signal is never hit;
+    with ``start_time``, a PID now held by another process is treated as gone.
+    """
+    if pid <= 0:
+        raise ValueError(f"invalid pid {pid}")
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        _reap(pid)
+        return
+    try:
+        if start_time is not None and process_start_time(pid) != start_time:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, KILL_WAIT)):
+            try:
+                signal.pidfd_send_signal(pidfd, sig)
+            except ProcessLookupError:
+                break
+            if _wait_exit(pidfd, wait):
+                break
+        else:
+            raise LabError(f"could not stop process {pid}: it survived SIGKILL")
+    finally:
+        os.close(pidfd)
+    _reap(pid)
+
+
+def _wait_exit(pidfd: int, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
+def _reap(pid: int) -> None:
+    proc = _children.pop(pid, None)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=KILL_WAIT)
+        return
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

@@ -1,0 +1,217 @@
+"""Topology files: YAML in, frozen model objects out (nothing else happens here).
+
+Errors name the file, the line, the path in the document and what was expected:
+    topology-examples/bad.yaml:7: networks[0].subnet: '10.88.0.1/16' has host bits set; ...
+
+    name: single
+    hosts:
+      - {name: h1, lab: true}
+    networks:
+      - {name: front, driver: bridge, subnet: 10.88.0.0/16}
+    containers:
+      - {name: web, host: h1, network: front, command: [sleep, infinity]}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from sdnctl.model import (
+    DEFAULT_HOST_PREFIX,
+    DEFAULT_INTERFACE,
+    DEFAULT_MTU,
+    Container,
+    Host,
+    Invalid,
+    Network,
+    check_name,
+)
+from sdnctl.validate import validate_container, validate_host, validate_network
+
+DEFAULT_COMMAND = ("sleep", "infinity")
+_PARENT = re.compile(r"(\.[^.\[]+|\[\d+\])$")
+
+
+class TopologyError(ValueError):
+    def __init__(self, file: str, line: int | None, path: str, message: str) -> None:
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {path}: {message}" if path else f"{where}: {message}")
+        self.file, self.line, self.path, self.message = file, line, path, message
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    hosts: tuple[Host, ...]
+    networks: tuple[Network, ...]
+    containers: tuple[Container, ...]
+
+    @property
+    def lab_hosts(self) -> tuple[Host, ...]:
+        return tuple(h for h in self.hosts if h.lab)
+
+
+def _line_map(node: yaml.Node, path: str = "",
+              lines: dict[str, int] | None = None) -> dict[str, int]:
+    """Path in the document (``networks[0].subnet``) -> 1-based line number."""
+    lines = {} if lines is None else lines
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = f"{path}.{key.value}" if path else str(key.value)
+            lines[child] = key.start_mark.line + 1
+            _line_map(value, child, lines)
+            lines[child] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, f"{path}[{i}]", lines)
+    return lines
+
+
+class _Reader:
+    """Typed access to the parsed document that reports errors with their line."""
+
+    def __init__(self, file: str, lines: dict[str, int]) -> None:
+        self.file, self.lines = file, lines
+
+    def error(self, path: str, message: str) -> TopologyError:
+        probe = path  # the field itself, or the nearest enclosing thing that has a line
+        while probe and probe not in self.lines:
+            probe = _PARENT.sub("", probe)
+        return TopologyError(self.file, self.lines.get(probe), path, message)
+
+    def mapping(self, value: Any, path: str, allowed: set[str], required: set[str]) -> dict:
+        if not isinstance(value, dict):
+            raise self.error(path, f"expected a mapping, got {type(value).__name__}")
+        for key in value:
+            if key not in allowed:
+                raise self.error(f"{path}.{key}" if path else str(key),
+                                 f"unknown field; expected one of {', '.join(sorted(allowed))}")
+        for key in sorted(required - value.keys()):
+            raise self.error(path, f"missing required field {key!r}")
+        return value
+
+    def typed(self, mapping: dict, key: str, path: str, kind: type, default: Any) -> Any:
+        if key not in mapping:
+            return default
+        value = mapping[key]
+        if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+            raise self.error(f"{path}.{key}",
+                             f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return value
+
+    def sequence(self, doc: dict, key: str) -> list:
+        value = doc.get(key, [])
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.error(key, f"expected a list, got {type(value).__name__}")
+        return value
+
+
+def load(path: str) -> Topology:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise TopologyError(path, None, "", f"cannot read: {e.strerror}") from e
+    return parse(text, path)
+
+
+def parse(text: str, file: str = "<topology>") -> Topology:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise TopologyError(file, mark.line + 1 if mark else None, "",
+                            f"not valid YAML: {getattr(e, 'problem', e)}") from e
+    if node is None:
+        raise TopologyError(file, None, "", "empty document")
+    r = _Reader(file, _line_map(node))
+    r.mapping(doc, "", {"name", "hosts", "networks", "containers"}, {"name"})
+    name = _named(r, doc.get("name"), "name")
+
+    hosts = tuple(_collect(r, doc, "hosts", _host))
+    networks = tuple(_collect(r, doc, "networks", _network))
+    containers = tuple(_collect(r, doc, "containers", _container))
+    host_names = {h.name for h in hosts}
+    network_names = {n.name for n in networks}
+    for i, c in enumerate(containers):
+        if c.host not in host_names:
+            raise r.error(f"containers[{i}].host", f"unknown host {c.host!r}; hosts are "
+                          f"{', '.join(sorted(host_names)) or '(none)'}")
+        if c.network not in network_names:
+            raise r.error(f"containers[{i}].network", f"unknown network {c.network!r}; "
+                          f"networks are {', '.join(sorted(network_names)) or '(none)'}")
+    return Topology(name, hosts, networks, containers)
+
+
+def _named(r: _Reader, value: Any, path: str) -> str:
+    try:
+        return check_name(value, path)
+    except Invalid as e:
+        raise r.error(path, e.message) from e
+
+
+def _collect(r: _Reader, doc: dict, key: str, build: Callable[[_Reader, dict, str], Any]) -> list:
+    items: list[Any] = []
+    seen: dict[str, str] = {}
+    for i, raw in enumerate(r.sequence(doc, key)):
+        where = f"{key}[{i}]"
+        try:
+            item = build(r, raw, where)
+        except Invalid as e:
+            raise r.error(e.field, e.message) from e
+        if item.name in seen:
+            raise r.error(f"{where}.name", f"duplicate name {item.name!r} (also {seen[item.name]})")
+        seen[item.name] = where
+        items.append(item)
+    return items
+
+
+def _host(r: _Reader, raw: Any, where: str) -> Host:
+    m = r.mapping(raw, where, {"name", "lab", "underlay_ip"}, {"name"})
+    host = Host(name=m["name"], lab=r.typed(m, "lab", where, bool, False),
+                underlay_ip=r.typed(m, "underlay_ip", where, str, ""))
+    if not host.lab:
+        raise r.error(f"{where}.lab", "only lab hosts (lab: true) are supported by `sdnctl up` "
+                      "so far; run sdnctl-agent on a real host and it registers itself")
+    return validate_host(host, where)
+
+
+def _network(r: _Reader, raw: Any, where: str) -> Network:
+    m = r.mapping(raw, where, {"name", "driver", "subnet", "host_prefix", "mtu", "masquerade"},
+                  {"name", "subnet"})
+    network = Network(
+        name=m["name"],
+        subnet=r.typed(m, "subnet", where, str, ""),
+        driver=r.typed(m, "driver", where, str, "bridge"),
+        host_prefix=r.typed(m, "host_prefix", where, int, DEFAULT_HOST_PREFIX),
+        mtu=r.typed(m, "mtu", where, int, DEFAULT_MTU),
+        masquerade=r.typed(m, "masquerade", where, bool, True),
+    )
+    return validate_network(network, where)
+
+
+def _container(r: _Reader, raw: Any, where: str) -> Container:
+    m = r.mapping(raw, where, {"name", "host", "network", "command", "interface"},
+                  {"name", "host", "network"})
+    command = m.get("command", list(DEFAULT_COMMAND))
+    if isinstance(command, str):
+        command = command.split()
+    if not isinstance(command, list) or not all(isinstance(a, str | int) for a in command):
+        raise r.error(f"{where}.command", "expected a list of strings")
+    container = Container(
+        name=m["name"],
+        host=r.typed(m, "host", where, str, ""),
+        network=r.typed(m, "network", where, str, ""),
+        command=tuple(str(a) for a in command),
+        interface=r.typed(m, "interface", where, str, DEFAULT_INTERFACE),
+    )
+    return validate_container(container, where)

@@ -1,0 +1,406 @@
+"""The kernel façade against a real kernel: links, firewall, sysctl, launcher.
+
+The lab is a host namespace H with our bridge, two container namespaces A and B attached to it,
+and an "outside" namespace O joined to H by a plain veth (the uplink). We act through
+``agent.kernel`` and assert through ``ip``/``nft`` output and real packets. Nothing is done in the
+root namespace; every name carries a per-run prefix, and the teardown checks that no namespace,
+mount or process we made is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+# The package is not installed in the venv and `.venv/bin/pytest` does not put the checkout on
+# sys.path; drop this once pyproject sets `pythonpath = ["."]` (or the tree is pip install -e'd).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from agent.kernel import firewall, procs, sysctl
+from agent.kernel.firewall import Firewall, MasqueradeRule
+from agent.kernel.links import KernelError, Links, ObservedLink
+from agent.kernel.names import bridge_name, veth_name
+from agent.kernel.netns import create_netns, netns_path, remove_netns, run_in_netns
+
+PREFIX = f"k{os.getpid()}x"
+NETWORK = "front"
+SUBNET = "10.77.1.0/24"
+GATEWAY = "10.77.1.1"
+MTU = 1400
+UPLINK_H, UPLINK_O = "198.51.100.1", "198.51.100.2"
+CONTAINERS = {"a": "10.77.1.2", "b": "10.77.1.3"}
+CAP_NET_ADMIN = 12
+
+
+def _has_cap_net_admin() -> bool:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    return False
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not _has_cap_net_admin(),
+    reason="needs root with CAP_NET_ADMIN and CAP_SYS_ADMIN to build network namespaces",
+)
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=20)
+
+
+def in_ns(path: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run("nsenter", f"--net={path}", *argv, check=check)
+
+
+def ping(path: str, address: str) -> bool:
+    return in_ns(path, "ping", "-c1", "-W1", "-n", address, check=False).returncode == 0
+
+
+# --- pure parts: no root needed -------------------------------------------------------------
+
+
+def test_names_are_short_prefixed_hashes() -> None:
+    assert re.fullmatch(r"sdnb[0-9a-f]{8}", bridge_name("front"))
+    assert re.fullmatch(r"sdnv[0-9a-f]{8}", veth_name("web", "eth0"))
+    assert veth_name("web", "eth0") != veth_name("web", "eth1")
+    assert len(bridge_name("x" * 300).encode()) <= 15
+
+
+def test_render_is_one_transaction_with_comments() -> None:
+    rules = [MasqueradeRule("front", SUBNET, "sdnb00000000")]
+    script = firewall.render(rules)
+    lines = script.splitlines()
+    assert lines[0] == "add table inet sdnctl"
+    assert lines.index("flush chain inet sdnctl postrouting") < next(
+        i for i, line in enumerate(lines) if "masquerade" in line
+    )
+    assert (
+        f'ip saddr {SUBNET} ip daddr != {SUBNET} oifname != "sdnb00000000" masquerade '
+        f'comment "sdnctl:net/front"' in script
+    )
+    assert "policy accept" in script and "policy drop" not in script
+    assert firewall.render(rules) == script  # deterministic
+    assert firewall.fingerprint(rules) != firewall.fingerprint([])
+
+
+# --- the lab --------------------------------------------------------------------------------
+
+
+@dataclass
+class Lab:
+    host: str
+    outside: str
+    containers: dict[str, str]  # name -> netns path
+    links: Links
+    tmp: Path
+    bridge: str = bridge_name(NETWORK)
+    started: list[procs.ProcInfo] = field(default_factory=list)
+
+    def attach(self, name: str) -> int:
+        return self.links.ensure_veth(
+            veth_name(name, "eth0"), f"sdnctl:ctr/{name}/eth0", self.bridge, MTU,
+            self.containers[name], "eth0", f"{CONTAINERS[name]}/24", GATEWAY,
+        )
+
+    def ensure_all(self) -> None:
+        self.links.ensure_bridge(self.bridge, f"sdnctl:net/{NETWORK}", f"{GATEWAY}/24", MTU)
+        for name in self.containers:
+            self.attach(name)
+
+
+def _leftovers() -> list[str]:
+    found = [f"netns {n}" for n in os.listdir("/run/netns") if n.startswith(PREFIX)] if (
+        os.path.isdir("/run/netns")) else []
+    with open("/proc/mounts") as f:
+        found += [f"mount {line.split()[1]}" for line in f if PREFIX in line]
+    return found
+
+
+def _build_uplink(host: str, outside: str) -> None:
+    """A plain veth H<->O with addresses; O knows no route back to the container subnet."""
+    h, o = os.path.basename(host), os.path.basename(outside)
+    run("ip", "-n", h, "link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", o)
+    run("ip", "-n", h, "addr", "add", f"{UPLINK_H}/24", "dev", "up0")
+    run("ip", "-n", h, "link", "set", "up0", "up")
+    run("ip", "-n", o, "addr", "add", f"{UPLINK_O}/24", "dev", "up1")
+    run("ip", "-n", o, "link", "set", "up1", "up")
+
+
+@pytest.fixture(scope="module")
+def klab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    if os.geteuid() != 0 or not _has_cap_net_admin():
+        pytest.skip("needs root with CAP_NET_ADMIN and CAP_SYS_ADMIN to build network namespaces")
+    assert not _leftovers()
+    paths = [netns_path(f"{PREFIX}{s}") for s in ("h", "o", "a", "b")]
+    made: list[str] = []
+    links: Links | None = None
+    lab = None
+    try:
+        for path in paths:
+            create_netns(path)
+            made.append(path)
+        host, outside, ctr_a, ctr_b = paths
+        links = Links(host)
+        lab = Lab(host, outside, {"a": ctr_a, "b": ctr_b}, links, tmp_path_factory.mktemp("lab"))
+        lab.ensure_all()
+        _build_uplink(host, outside)
+        yield lab
+    finally:
+        failures: list[BaseException] = []
+        for info in lab.started if lab else []:
+            try:
+                procs.stop(info, grace=0.2)
+            except BaseException as e:
+                failures.append(e)
+        if links is not None:
+            links.close()
+        for path in reversed(made):
+            try:
+                remove_netns(path)
+            except BaseException as e:
+                failures.append(e)
+        alive = [i.pid for i in (lab.started if lab else []) if procs._is_running(i)]
+        assert not failures, failures
+        assert not alive, f"processes left: {alive}"
+        assert not _leftovers(), _leftovers()
+
+
+def _state(klab: Lab) -> dict[str, object]:
+    """Raw state through another layer (ip's JSON), for before/after comparisons."""
+    state: dict[str, object] = {}
+    for path in [klab.host, *klab.containers.values()]:
+        name = os.path.basename(path)
+        state[f"{name} addr"] = run("ip", "-n", name, "-4", "-br", "addr").stdout
+        state[f"{name} route"] = run("ip", "-n", name, "-4", "route", "show", "table", "all").stdout
+        state[f"{name} link"] = run("ip", "-n", name, "-br", "link").stdout
+    return state
+
+
+# --- links ----------------------------------------------------------------------------------
+
+
+@needs_root
+@pytest.mark.netns
+def test_containers_reach_each_other_and_gateway(klab: Lab) -> None:
+    assert ping(klab.containers["a"], CONTAINERS["b"])
+    assert ping(klab.containers["b"], CONTAINERS["a"])
+    assert ping(klab.containers["a"], GATEWAY)
+
+
+@needs_root
+@pytest.mark.netns
+def test_observed_state_matches_request(klab: Lab) -> None:
+    owned = {link.ifname: link for link in klab.links.dump_owned()}
+    bridge = owned[klab.bridge]
+    assert (bridge.kind, bridge.alias, bridge.mtu, bridge.up) == (
+        "bridge", f"sdnctl:net/{NETWORK}", MTU, True)
+    assert bridge.addresses == (f"{GATEWAY}/24",)
+    for name in klab.containers:
+        host_side = owned[veth_name(name, "eth0")]
+        assert isinstance(host_side, ObservedLink)
+        assert (host_side.kind, host_side.master, host_side.mtu, host_side.up) == (
+            "veth", klab.bridge, MTU, True)
+        seen = klab.links.observe_container(klab.containers[name], "eth0")
+        assert seen is not None
+        assert (seen.up, seen.mtu, seen.addresses, seen.gateway) == (
+            True, MTU, (f"{CONTAINERS[name]}/24",), GATEWAY)
+    assert "up0" not in owned  # not ours: no alias
+    routes = run("ip", "-n", os.path.basename(klab.containers["a"]), "route", "show", "default")
+    assert "proto 211" in routes.stdout
+    assert klab.links.observe_container(klab.containers["a"], "eth9") is None
+
+
+@needs_root
+@pytest.mark.netns
+def test_second_ensure_changes_nothing(klab: Lab) -> None:
+    before = _state(klab)
+    indexes = {link.ifname: link.index for link in klab.links.dump_owned()}
+    monitors = [
+        subprocess.Popen(
+            ["ip", "-n", os.path.basename(p), "monitor", "link", "address", "route"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for p in [klab.host, *klab.containers.values()]
+    ]
+    try:
+        time.sleep(0.3)  # let the monitors subscribe
+        klab.ensure_all()
+        time.sleep(0.3)
+    finally:
+        for m in monitors:
+            m.terminate()
+    events = [m.communicate(timeout=5)[0] for m in monitors]
+    assert events == [""] * len(monitors), events
+    assert {link.ifname: link.index for link in klab.links.dump_owned()} == indexes
+    assert _state(klab) == before
+
+
+@needs_root
+@pytest.mark.netns
+def test_ensure_repairs_drift(klab: Lab) -> None:
+    a = os.path.basename(klab.containers["a"])
+    run("ip", "-n", a, "addr", "add", "10.99.0.5/24", "dev", "eth0")
+    run("ip", "-n", a, "route", "del", "default")
+    run("ip", "-n", os.path.basename(klab.host), "link", "set", klab.bridge, "mtu", "1300")
+    klab.ensure_all()
+    seen = klab.links.observe_container(klab.containers["a"], "eth0")
+    assert seen is not None
+    assert (seen.addresses, seen.gateway) == ((f"{CONTAINERS['a']}/24",), GATEWAY)
+    assert {link.ifname: link.mtu for link in klab.links.dump_owned()}[klab.bridge] == MTU
+    assert ping(klab.containers["a"], CONTAINERS["b"])
+
+
+@needs_root
+@pytest.mark.netns
+def test_foreign_links_are_never_reused(klab: Lab) -> None:
+    h = os.path.basename(klab.host)
+    other = bridge_name("other")
+    run("ip", "-n", h, "link", "add", other, "type", "bridge")
+    run("ip", "-n", h, "link", "set", other, "alias", "someone-else")
+    try:
+        with pytest.raises(KernelError, match="refusing to reuse"):
+            klab.links.ensure_bridge(other, "sdnctl:net/other", "10.77.2.1/24", MTU)
+        with pytest.raises(KernelError, match="not ours"):
+            klab.links.remove_link(other)
+        wrong_kind = bridge_name("wrong")
+        run("ip", "-n", h, "link", "add", wrong_kind, "type", "veth", "peer", "name", "kx0")
+        with pytest.raises(KernelError, match="kind 'veth'"):
+            klab.links.ensure_bridge(wrong_kind, "sdnctl:net/wrong", "10.77.3.1/24", MTU)
+    finally:
+        run("ip", "-n", h, "link", "del", other, check=False)
+        run("ip", "-n", h, "link", "del", bridge_name("wrong"), check=False)
+
+
+@needs_root
+@pytest.mark.netns
+def test_remove_link_is_idempotent(klab: Lab, tmp_path: Path) -> None:
+    path = netns_path(f"{PREFIX}c")
+    create_netns(path)
+    try:
+        klab.containers["c"] = path
+        CONTAINERS["c"] = "10.77.1.4"
+        klab.attach("c")
+        assert ping(path, CONTAINERS["a"])
+        assert klab.links.remove_link(veth_name("c", "eth0")) is True
+        assert klab.links.remove_link(veth_name("c", "eth0")) is False
+        assert klab.links.observe_container(path, "eth0") is None  # the peer went with it
+    finally:
+        klab.containers.pop("c", None)
+        CONTAINERS.pop("c", None)
+        klab.links.forget_netns(path)
+        remove_netns(path)
+    assert klab.links.observe_container(path, "eth0") is None  # namespace gone
+
+
+# --- firewall and NAT -----------------------------------------------------------------------
+
+
+@needs_root
+@pytest.mark.netns
+def test_firewall_apply_is_idempotent_and_removable(klab: Lab) -> None:
+    fw = Firewall(klab.host)
+    rules = [MasqueradeRule(NETWORK, SUBNET, klab.bridge)]
+    fw.remove()
+    assert fw.observe() is None
+    assert fw.apply(rules) is True
+    listed = in_ns(klab.host, "nft", "-a", "list", "table", "inet", "sdnctl").stdout
+    assert fw.observe() == firewall.fingerprint(rules)
+    assert fw.apply(rules) is False
+    assert in_ns(klab.host, "nft", "-a", "list", "table", "inet", "sdnctl").stdout == listed
+    # drift (a rule deleted by hand) is seen and repaired
+    handle = re.search(r"masquerade comment \"sdnctl:net/front\" # handle (\d+)", listed)
+    assert handle is not None
+    in_ns(klab.host, "nft", "delete", "rule", "inet", "sdnctl", "postrouting", "handle",
+          handle.group(1))
+    assert fw.observe() != firewall.fingerprint(rules)
+    assert fw.apply(rules) is True
+    assert fw.apply([]) is True and "masquerade" not in in_ns(
+        klab.host, "nft", "list", "table", "inet", "sdnctl").stdout
+    fw.remove()
+    fw.remove()
+    assert fw.observe() is None
+    assert "sdnctl" not in run("nft", "list", "tables").stdout  # root namespace untouched
+
+
+@needs_root
+@pytest.mark.netns
+def test_masquerade_rewrites_the_source(klab: Lab) -> None:
+    root_forward = sysctl.read_sysctl("net.ipv4.ip_forward")
+    assert run_in_netns(klab.host, sysctl.ensure_ip_forward) is True
+    assert run_in_netns(klab.host, lambda: sysctl.read_sysctl("net.ipv4.ip_forward")) == "1"
+    assert sysctl.read_sysctl("net.ipv4.ip_forward") == root_forward  # ours only
+    fw = Firewall(klab.host)
+    try:
+        assert not ping(klab.containers["a"], UPLINK_O)  # O has no route back without NAT
+        fw.apply([MasqueradeRule(NETWORK, SUBNET, klab.bridge)])
+        dump = subprocess.Popen(
+            ["nsenter", f"--net={klab.outside}", "tcpdump", "-n", "-l", "-i", "up1", "-c1",
+             "icmp and icmp[icmptype] == icmp-echo"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert dump.stderr is not None
+            banner = [dump.stderr.readline() for _ in range(2)]
+            assert any("listening on" in line for line in banner), banner
+            assert ping(klab.containers["a"], UPLINK_O)
+            out, _ = dump.communicate(timeout=10)
+        finally:
+            if dump.poll() is None:
+                dump.kill()
+                dump.wait()
+        assert f"IP {UPLINK_H} > {UPLINK_O}: ICMP echo request" in out, out
+        # traffic between containers on the bridge is not masqueraded
+        assert ping(klab.containers["a"], CONTAINERS["b"])
+    finally:
+        fw.remove()
+
+
+# --- launcher -------------------------------------------------------------------------------
+
+
+@needs_root
+@pytest.mark.netns
+def test_launcher_runs_in_the_namespace_and_stops(klab: Lab) -> None:
+    pidfile, log = str(klab.tmp / "a.pid"), str(klab.tmp / "a.log")
+    info = procs.start(klab.containers["a"], "ctr-a", ["sleep", "infinity"], pidfile, log)
+    klab.started.append(info)
+    assert procs.read_pidfile(pidfile) == info
+    assert procs.is_alive(info, klab.containers["a"])
+    assert not procs.is_alive(info, klab.containers["b"])
+    assert not procs.is_alive(procs.ProcInfo(info.pid, info.start_time + 1), klab.containers["a"])
+    assert run("nsenter", "-t", str(info.pid), "-u", "hostname").stdout.strip() == "ctr-a"
+    with open(f"/proc/{info.pid}/status") as f:
+        nspid = next(line for line in f if line.startswith("NSpid:")).split()
+    assert nspid[-1] == "1"  # PID 1 of its own PID namespace
+    with open(f"/proc/{info.pid}/stat") as f:
+        parent = int(f.read().rsplit(")", 1)[1].split()[1])
+    assert parent != os.getpid()  # no shim of ours stays behind
+    began = time.monotonic()
+    procs.stop(info, grace=0.3)  # PID 1 ignores SIGTERM: SIGKILL must finish it
+    assert time.monotonic() - began < 5
+    assert not procs.is_alive(info, klab.containers["a"])
+    procs.stop(info)  # gone already: success
+
+
+@needs_root
+@pytest.mark.netns
+def test_launcher_reports_errors(klab: Lab) -> None:
+    pidfile, log = str(klab.tmp / "e.pid"), str(klab.tmp / "e.log")
+    with pytest.raises(KernelError, match="command not found"):
+        procs.start(klab.containers["a"], "x", ["no-such-command-sdnctl"], pidfile, log)
+    with pytest.raises(KernelError, match="cannot open netns"):
+        procs.start(str(klab.tmp / "missing"), "x", ["sleep", "1"], pidfile, log)
+    assert procs.read_pidfile(pidfile) is None
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pidfile)
