@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what sdnctl needs on a Debian 12 machine (run as root): system packages through apt-get,
+# then a virtualenv at .venv in the checkout with sdnctl installed (editable) plus its dev tools.
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+packages=(python3 python3-venv python3-pip iproute2 nftables tcpdump iputils-ping util-linux procps)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import sdnctl.v1.sdnctl_pb2, pytest, ruff, mypy" 2>/dev/null \
+    || [[ pyproject.toml -nt .venv/.installed ]]; then
+  echo "setup: installing Python packages into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  touch .venv/.installed
+fi
+echo "setup: ready"

@@ -1,0 +1,354 @@
+"""The pure planner (agent.plan) and the folding of Watch events (agent.desired)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from agent.desired import DesiredContainer, DesiredNetwork, DesiredState
+from agent.kernel.links import ObservedContainerNet, ObservedLink
+from agent.kernel.names import bridge_alias, bridge_name, veth_alias, veth_name
+from agent.plan import (
+    ContainerState,
+    EnableForwarding,
+    EnsureBridge,
+    Observed,
+    RemoveContainer,
+    RemoveLink,
+    SetupContainer,
+    SyncFirewall,
+    plan,
+)
+from sdnctl.v1 import sdnctl_pb2 as pb
+
+FINGERPRINT = "fw-1"
+
+FRONT = DesiredNetwork(name="front", driver="bridge", subnet="10.88.0.0/24",
+                       gateway="10.88.0.1", prefixlen=24, mtu=1500, masquerade=True)
+WEB = DesiredContainer(name="web", network="front", command=("sleep", "infinity"),
+                       interface="eth0", ip="10.88.0.2", prefixlen=24, gateway="10.88.0.1")
+DB = DesiredContainer(name="db", network="front", command=("sleep", "infinity"),
+                      interface="eth0", ip="10.88.0.3", prefixlen=24, gateway="10.88.0.1")
+
+
+def desired(*containers: DesiredContainer, synced: bool = True) -> DesiredState:
+    return DesiredState(revision=7, synced=synced, networks={"front": FRONT},
+                        containers={c.name: c for c in containers})
+
+
+def bridge_link(net: DesiredNetwork = FRONT) -> ObservedLink:
+    return ObservedLink(ifname=bridge_name(net.name), index=10, kind="bridge",
+                        alias=bridge_alias(net.name), master=None, mtu=net.mtu, up=True,
+                        addresses=(net.gateway_cidr,))
+
+
+def veth_link(ctr: DesiredContainer, index: int) -> ObservedLink:
+    return ObservedLink(ifname=veth_name(ctr.name, ctr.interface), index=index, kind="veth",
+                        alias=veth_alias(ctr.name, ctr.interface),
+                        master=bridge_name(ctr.network), mtu=1500, up=True, addresses=())
+
+
+def running(ctr: DesiredContainer) -> ContainerState:
+    net = ObservedContainerNet(ifname=ctr.interface, index=2, up=True, mtu=1500,
+                               addresses=(ctr.address_cidr,), gateway=ctr.gateway)
+    return ContainerState(netns=True, net=net, started=True, running=True,
+                          spec=ctr.spec_hash())
+
+
+def matching(*containers: DesiredContainer) -> Observed:
+    """What the kernel holds once ``containers`` on FRONT are fully set up and running."""
+    links = {bridge_name("front"): bridge_link()}
+    for i, ctr in enumerate(containers):
+        link = veth_link(ctr, 20 + i)
+        links[link.ifname] = link
+    return Observed(links=links, containers={c.name: running(c) for c in containers},
+                    firewall=FINGERPRINT, ip_forward=True)
+
+
+def without_link(observed: Observed, ifname: str) -> Observed:
+    links = dict(observed.links)
+    del links[ifname]
+    return dataclasses.replace(observed, links=links)
+
+
+def with_container(observed: Observed, name: str, state: ContainerState) -> Observed:
+    return dataclasses.replace(observed, containers={**observed.containers, name: state})
+
+
+def with_link(observed: Observed, link: ObservedLink) -> Observed:
+    return dataclasses.replace(observed, links={**observed.links, link.ifname: link})
+
+
+# -- from nothing, and at rest -------------------------------------------------------------------
+
+
+def test_empty_host_gets_everything_in_order() -> None:
+    assert plan(desired(WEB, DB), Observed(), FINGERPRINT) == [
+        EnableForwarding(),
+        SyncFirewall((FRONT,)),
+        EnsureBridge(FRONT),
+        SetupContainer(DB, FRONT, netns=True, attach=True, start=True, stop_first=False),
+        SetupContainer(WEB, FRONT, netns=True, attach=True, start=True, stop_first=False),
+    ]
+
+
+def test_matching_host_needs_nothing() -> None:
+    assert plan(desired(WEB, DB), matching(WEB, DB), FINGERPRINT) == []
+
+
+def test_nothing_desired_and_nothing_there_needs_nothing() -> None:
+    assert plan(DesiredState(synced=True), Observed(), FINGERPRINT) == []
+
+
+# -- drift: each produces exactly its repair --------------------------------------------------
+
+
+def test_bridge_that_lost_its_address_is_ensured_again() -> None:
+    observed = with_link(matching(WEB, DB), dataclasses.replace(bridge_link(), addresses=()))
+    assert plan(desired(WEB, DB), observed, FINGERPRINT) == [EnsureBridge(FRONT)]
+
+
+@pytest.mark.parametrize("change", [
+    {"up": False}, {"mtu": 9000}, {"kind": "dummy"}, {"alias": "sdnctl:net/other"},
+    {"addresses": ("10.88.0.1/24", "10.99.0.1/24")},
+])
+def test_any_bridge_drift_is_repaired(change: dict[str, object]) -> None:
+    observed = with_link(matching(WEB), dataclasses.replace(bridge_link(), **change))
+    assert plan(desired(WEB), observed, FINGERPRINT) == [EnsureBridge(FRONT)]
+
+
+def test_missing_bridge_is_ensured() -> None:
+    observed = without_link(matching(WEB), bridge_name("front"))
+    assert plan(desired(WEB), observed, FINGERPRINT) == [EnsureBridge(FRONT)]
+
+
+def test_missing_veth_is_attached_again_without_touching_netns_or_process() -> None:
+    observed = without_link(matching(WEB, DB), veth_name("web", "eth0"))
+    assert plan(desired(WEB, DB), observed, FINGERPRINT) == [
+        SetupContainer(WEB, FRONT, netns=False, attach=True, start=False, stop_first=False),
+    ]
+
+
+def test_container_address_lost_inside_its_namespace_is_attached_again() -> None:
+    state = running(WEB)
+    assert state.net is not None
+    broken = dataclasses.replace(state, net=dataclasses.replace(state.net, addresses=()))
+    observed = with_container(matching(WEB), "web", broken)
+    assert plan(desired(WEB), observed, FINGERPRINT) == [
+        SetupContainer(WEB, FRONT, netns=False, attach=True, start=False, stop_first=False),
+    ]
+
+
+def test_lost_netns_is_rebuilt_whole() -> None:
+    gone = ContainerState(netns=False, net=None, started=True, running=False,
+                          spec=WEB.spec_hash())
+    observed = with_container(matching(WEB), "web", gone)
+    assert plan(desired(WEB), observed, FINGERPRINT) == [
+        SetupContainer(WEB, FRONT, netns=True, attach=True, start=False, stop_first=False),
+    ]
+
+
+def test_exited_process_stays_exited() -> None:
+    exited = dataclasses.replace(running(WEB), running=False)
+    observed = with_container(matching(WEB, DB), "web", exited)
+    assert plan(desired(WEB, DB), observed, FINGERPRINT) == []
+
+
+def test_never_started_process_is_started() -> None:
+    created = dataclasses.replace(running(WEB), started=False, running=False, spec="")
+    observed = with_container(matching(WEB), "web", created)
+    assert plan(desired(WEB), observed, FINGERPRINT) == [
+        SetupContainer(WEB, FRONT, netns=False, attach=False, start=True, stop_first=False),
+    ]
+
+
+def test_spec_changed_while_running_restarts() -> None:
+    outdated = dataclasses.replace(running(WEB), spec="0123456789abcdef")
+    observed = with_container(matching(WEB, DB), "web", outdated)
+    assert plan(desired(WEB, DB), observed, FINGERPRINT) == [
+        SetupContainer(WEB, FRONT, netns=False, attach=False, start=True, stop_first=True),
+    ]
+
+
+def test_spec_changed_after_exit_starts_without_stopping() -> None:
+    outdated = dataclasses.replace(running(WEB), spec="0123456789abcdef", running=False)
+    observed = with_container(matching(WEB), "web", outdated)
+    assert plan(desired(WEB), observed, FINGERPRINT) == [
+        SetupContainer(WEB, FRONT, netns=False, attach=False, start=True, stop_first=False),
+    ]
+
+
+def test_command_change_changes_the_spec_hash() -> None:
+    assert dataclasses.replace(WEB, command=("sleep", "1")).spec_hash() != WEB.spec_hash()
+    assert dataclasses.replace(WEB, ip="10.88.0.9").spec_hash() == WEB.spec_hash()
+
+
+def test_container_no_longer_desired_is_removed_with_its_veth() -> None:
+    # RemoveContainer drops the namespace (the veth pair goes with it); RemoveLink then finds
+    # the host end already gone, which is success.
+    assert plan(desired(WEB), matching(WEB, DB), FINGERPRINT) == [
+        RemoveContainer("db", stop=True),
+        RemoveLink(veth_name("db", "eth0")),
+    ]
+
+
+def test_exited_container_no_longer_desired_is_removed_without_stop() -> None:
+    exited = dataclasses.replace(running(DB), running=False)
+    observed = with_container(matching(WEB), "db", exited)  # its veth is gone already
+    assert plan(desired(WEB), observed, FINGERPRINT) == [RemoveContainer("db", stop=False)]
+
+
+def test_owned_link_nobody_wants_is_removed() -> None:
+    stray = ObservedLink(ifname="sdnb00000000", index=99, kind="bridge",
+                         alias="sdnctl:net/old", master=None, mtu=1500, up=True, addresses=())
+    observed = with_link(matching(WEB), stray)
+    assert plan(desired(WEB), observed, FINGERPRINT) == [RemoveLink("sdnb00000000")]
+
+
+@pytest.mark.parametrize("alias", [None, "", "docker0", "sdnctl"])
+def test_link_without_our_alias_is_never_removed(alias: str | None) -> None:
+    foreign = ObservedLink(ifname="sdnb11111111", index=98, kind="bridge", alias=alias,
+                           master=None, mtu=1500, up=True, addresses=())
+    observed = with_link(matching(WEB), foreign)
+    assert plan(desired(WEB), observed, FINGERPRINT) == []
+
+
+def test_before_the_first_snapshot_nothing_is_removed() -> None:
+    stray = ObservedLink(ifname="sdnb00000000", index=99, kind="bridge",
+                         alias="sdnctl:net/old", master=None, mtu=1500, up=True, addresses=())
+    observed = with_link(matching(WEB, DB), stray)
+    observed = dataclasses.replace(observed, firewall="stale")
+    assert plan(DesiredState(synced=False), observed, FINGERPRINT) == []
+    # Once synced, the same inputs do remove (so the line above is not vacuous).
+    assert plan(DesiredState(synced=True), observed, FINGERPRINT) == [
+        SyncFirewall(()),
+        RemoveContainer("db", stop=True),
+        RemoveContainer("web", stop=True),
+        *(RemoveLink(name) for name in sorted(
+            [veth_name("db", "eth0"), "sdnb00000000", bridge_name("front"),
+             veth_name("web", "eth0")])),
+    ]
+
+
+def test_unsynced_desired_state_still_builds_what_it_knows() -> None:
+    assert plan(desired(WEB, synced=False), Observed(), FINGERPRINT) == [
+        EnableForwarding(),
+        EnsureBridge(FRONT),
+        SetupContainer(WEB, FRONT, netns=True, attach=True, start=True, stop_first=False),
+    ]
+
+
+def test_stale_firewall_is_synced() -> None:
+    observed = dataclasses.replace(matching(WEB), firewall="fw-0")
+    assert plan(desired(WEB), observed, FINGERPRINT) == [SyncFirewall((FRONT,))]
+
+
+def test_container_without_address_or_network_waits() -> None:
+    no_ip = dataclasses.replace(WEB, ip="")
+    elsewhere = dataclasses.replace(DB, network="back")
+    assert plan(desired(no_ip, elsewhere), matching(), FINGERPRINT) == []
+
+
+# -- DesiredState.apply ------------------------------------------------------------------------
+
+
+def host_network_pb(name: str, subnet: str, gateway: str, mtu: int = 1500) -> pb.HostNetwork:
+    return pb.HostNetwork(
+        network=pb.Network(name=name, driver="bridge", subnet="10.0.0.0/8", mtu=mtu,
+                           masquerade=False),
+        lease=pb.Lease(network=name, host="h1", subnet=subnet, gateway=gateway))
+
+
+def container_pb(name: str, ip: str, network: str = "front") -> pb.Container:
+    return pb.Container(name=name, host="h1", network=network, command=["sleep", "infinity"],
+                        interface="eth0", ip=ip, prefixlen=24, gateway="10.88.0.1")
+
+
+def test_snapshot_replaces_everything() -> None:
+    state = DesiredState(revision=3, networks={"old": FRONT}, containers={"old": WEB})
+    changed = state.apply(pb.WatchEvent(
+        revision=5, snapshot=True, networks=[host_network_pb("front", "10.88.0.0/24", "10.88.0.1")],
+        containers=[container_pb("web", "10.88.0.2")]))
+    assert changed is True
+    assert state.synced is True
+    assert state.revision == 5
+    assert state.networks == {"front": DesiredNetwork(
+        name="front", driver="bridge", subnet="10.88.0.0/24", gateway="10.88.0.1", prefixlen=24,
+        mtu=1500, masquerade=False)}
+    assert state.containers == {"web": WEB}
+
+
+def test_snapshot_identical_to_what_is_known_changes_nothing_once_synced() -> None:
+    event = pb.WatchEvent(revision=5, snapshot=True,
+                          containers=[container_pb("web", "10.88.0.2")])
+    state = DesiredState()
+    assert state.apply(event) is True
+    assert state.apply(event) is False
+
+
+def test_first_empty_snapshot_is_a_change() -> None:
+    state = DesiredState()
+    assert state.apply(pb.WatchEvent(revision=1, snapshot=True)) is True
+    assert state.synced is True
+
+
+def test_delta_adds_changes_and_deletes() -> None:
+    state = DesiredState(revision=5, synced=True, networks={"front": FRONT},
+                         containers={"web": WEB, "db": DB})
+    changed = state.apply(pb.WatchEvent(
+        revision=8, containers=[container_pb("web", "10.88.0.9"), container_pb("app", "10.88.0.4")],
+        deleted_containers=["db"]))
+    assert changed is True
+    assert state.revision == 8
+    assert sorted(state.containers) == ["app", "web"]
+    assert state.containers["web"].ip == "10.88.0.9"
+    assert state.networks == {"front": FRONT}
+    assert state.synced is True
+
+    assert state.apply(pb.WatchEvent(revision=9, deleted_networks=["front"])) is True
+    assert state.networks == {}
+    assert state.revision == 9
+
+
+def test_delta_deleting_what_is_unknown_is_no_change() -> None:
+    state = DesiredState(revision=5, synced=True, containers={"web": WEB})
+    assert state.apply(pb.WatchEvent(revision=6, deleted_containers=["ghost"])) is False
+    assert state.containers == {"web": WEB}
+    assert state.revision == 6
+
+
+def test_delta_repeating_known_values_is_no_change() -> None:
+    state = DesiredState(revision=5, synced=True, containers={"web": WEB})
+    assert state.apply(pb.WatchEvent(revision=6, containers=[container_pb("web", "10.88.0.2")])) \
+        is False
+
+
+def test_progress_notice_moves_the_revision_only() -> None:
+    state = DesiredState(revision=5, synced=True, containers={"web": WEB})
+    assert state.apply(pb.WatchEvent(revision=12)) is False
+    assert state.revision == 12
+    assert state.containers == {"web": WEB}
+
+
+def test_delta_never_moves_the_revision_back_but_a_snapshot_does() -> None:
+    state = DesiredState(revision=10, synced=True)
+    state.apply(pb.WatchEvent(revision=4, containers=[container_pb("web", "10.88.0.2")]))
+    assert state.revision == 10
+    state.apply(pb.WatchEvent(revision=4, snapshot=True))
+    assert state.revision == 4
+    assert state.containers == {}
+
+
+def test_delta_before_any_snapshot_does_not_mark_synced() -> None:
+    state = DesiredState()
+    assert state.apply(pb.WatchEvent(revision=2, containers=[container_pb("web", "10.88.0.2")]))
+    assert state.synced is False
+
+
+def test_copy_is_independent() -> None:
+    state = DesiredState(revision=5, synced=True, containers={"web": WEB})
+    copy = state.copy()
+    state.apply(pb.WatchEvent(revision=6, deleted_containers=["web"]))
+    assert copy.containers == {"web": WEB}
+    assert copy.revision == 5
