@@ -100,7 +100,7 @@ class Agent:
                     if outcome.errors:
                         self.dirty.set()  # retry soon rather than at the next resync
                         self.stopping.wait(1.0)
-                self.report(desired.revision, reconciler.statuses(desired, outcome.errors))
+                self.report(desired.revision, reconciler.statuses(desired, outcome))
         finally:
             links.close()
             self.channel.close()

@@ -26,6 +26,7 @@ class ContainerState:
     started: bool  # a process was started for it (a record exists)
     running: bool  # that process is alive
     spec: str  # the spec hash the process was started with ("" if never)
+    pid: int = 0  # of the running process (0 when not running)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ log = logging.getLogger("sdnctl.agent")
 @dataclass
 class Outcome:
     actions: list[p.Action]
+    observed: p.Observed  # after the actions (the same read as before them when there were none)
     errors: dict[str, str] = field(default_factory=dict)  # container (or "") -> message
 
 
@@ -85,7 +86,8 @@ class Reconciler:
         info = procs.read_pidfile(self._file(name, "pid"))
         running = info is not None and has_netns and procs.is_alive(info, path)
         return p.ContainerState(netns=has_netns, net=net, started=info is not None,
-                                running=running, spec=self._read(self._file(name, "spec")))
+                                running=running, spec=self._read(self._file(name, "spec")),
+                                pid=info.pid if running and info is not None else 0)
 
     @staticmethod
     def _read(path: str) -> str:
@@ -101,7 +103,7 @@ class Reconciler:
         observed = self.observe(desired)
         rules = masquerade_rules(desired)
         actions = p.plan(desired, observed, firewall.fingerprint(rules))
-        outcome = Outcome(actions)
+        outcome = Outcome(actions, observed)
         for action in actions:
             try:
                 self.apply(action)
@@ -110,6 +112,8 @@ class Reconciler:
                     getattr(action, "name", "")
                 log.warning("%s failed: %s", type(action).__name__, e, exc_info=True)
                 outcome.errors[key] = f"{e}" + (f": {e.__cause__}" if e.__cause__ else "")
+        if actions:
+            outcome.observed = self.observe(desired)
         return outcome
 
     def apply(self, action: p.Action) -> None:
@@ -186,26 +190,23 @@ class Reconciler:
 
     # -- status -------------------------------------------------------------------------------
 
-    def statuses(self, desired: DesiredState, errors: dict[str, str]) -> list[ContainerStatus]:
-        observed = self.observe(desired)
+    def statuses(self, desired: DesiredState, outcome: Outcome) -> list[ContainerStatus]:
+        errors = outcome.errors
         result = []
         for name in sorted(desired.containers):
-            state = observed.containers.get(name)
-            pid = 0
+            state = outcome.observed.containers.get(name)
             if name in errors:
                 phase = STATE_ERROR
             elif state is None or not state.netns:
                 phase = STATE_PENDING
             elif state.running:
                 phase = STATE_RUNNING
-                info = procs.read_pidfile(self._file(name, "pid"))
-                pid = info.pid if info else 0
             elif state.started:
                 phase = STATE_EXITED
             else:
                 phase = STATE_CREATED
             result.append(ContainerStatus(
-                name=name, state=phase, pid=pid,
+                name=name, state=phase, pid=state.pid if state else 0,
                 netns=self.netns_path(name) if state and state.netns else "",
                 message=errors.get(name, "")))
         return result

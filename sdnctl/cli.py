@@ -43,6 +43,8 @@ def host_json(h: pb.Host) -> dict[str, Any]:
         "agent_pid": h.agent_pid,
         "agent_connected": h.agent_connected,
         "observed_revision": h.observed_revision,
+        "agent_synced": h.agent_synced,
+        "reported_containers": list(h.reported_containers),
         "subnets": [{"network": lease.network, "subnet": lease.subnet,
                      "gateway": lease.gateway} for lease in h.leases],
         "revision": h.revision,

@@ -235,6 +235,8 @@ def apply_objects(client: Client, topology: Topology, progress: Progress) -> Non
 
 
 def wait_running(client: Client, topology: Topology, timeout: float, progress: Progress) -> None:
+    """Until every container runs, as reported by its host's *current* agent (a restarted agent
+    has finished its first pass)."""
     names = {c.name for c in topology.containers}
     deadline = time.monotonic() + timeout
     while True:
@@ -242,7 +244,7 @@ def wait_running(client: Client, topology: Topology, timeout: float, progress: P
         mine = [c for c in listed if c.name in names]
         running = [c for c in mine if c.status.state == STATE_RUNNING]
         progress.waiting(f"containers running: {len(running)}/{len(names)}")
-        if len(running) == len(names):
+        if len(running) == len(names) and hosts_synced(client, topology):
             return
         failed = [c for c in mine if c.status.state in (STATE_ERROR, STATE_EXITED)]
         if failed or time.monotonic() > deadline:
@@ -252,6 +254,16 @@ def wait_running(client: Client, topology: Topology, timeout: float, progress: P
                                for c in bad)
             raise DeployError(f"not every container runs: {detail}")
         time.sleep(0.1)
+
+
+def hosts_synced(client: Client, topology: Topology) -> bool:
+    """Every host's current agent has reported all of its topology containers."""
+    for host in topology.hosts:
+        want = {c.name for c in topology.containers if c.host == host.name}
+        got = client.api.GetHost(pb.GetRequest(name=host.name), timeout=10)
+        if want and not (got.agent_synced and want <= set(got.reported_containers)):
+            return False
+    return True
 
 
 # -- down ------------------------------------------------------------------------------------
@@ -290,8 +302,7 @@ def delete_objects(client: Client, topology: Topology, progress: Progress) -> No
     for ctr in topology.containers:
         _ignore_missing(lambda ctr=ctr: client.api.DeleteContainer(  # type: ignore[misc]
             pb.DeleteRequest(name=ctr.name), timeout=10))
-    revision = client.api.ListHosts(pb.ListRequest(), timeout=10).revision
-    wait_agents_caught_up(client, topology, revision, progress)
+    wait_agents_removed(client, topology, progress)
     for net in topology.networks:
         _ignore_missing(lambda net=net: client.api.DeleteNetwork(  # type: ignore[misc]
             pb.DeleteRequest(name=net.name), timeout=10))
@@ -302,10 +313,12 @@ def delete_objects(client: Client, topology: Topology, progress: Progress) -> No
                   f"{len(topology.networks)} network(s), {len(topology.hosts)} host(s)")
 
 
-def wait_agents_caught_up(client: Client, topology: Topology, revision: int,
-                          progress: Progress, timeout: float = 20.0) -> None:
+def wait_agents_removed(client: Client, topology: Topology, progress: Progress,
+                        timeout: float = 20.0) -> None:
+    """Until no connected agent reports any of the topology's (now deleted) containers."""
     deadline = time.monotonic() + timeout
     pending = {h.name for h in topology.hosts}
+    gone = {c.name for c in topology.containers}
     while pending and time.monotonic() < deadline:
         for name in sorted(pending):
             try:
@@ -313,7 +326,8 @@ def wait_agents_caught_up(client: Client, topology: Topology, revision: int,
             except grpc.RpcError:
                 pending.discard(name)
                 continue
-            if host.observed_revision >= revision or not host.agent_connected:
+            if not host.agent_connected or (host.agent_synced and
+                                            not gone & set(host.reported_containers)):
                 pending.discard(name)
         progress.waiting(f"waiting for {len(pending)} agent(s) to remove their containers")
         time.sleep(0.1)

@@ -105,6 +105,14 @@ class Allocation:
 
 
 @dataclass(frozen=True)
+class HostStatus:
+    """What the host's current agent last reported (cleared when a new agent registers)."""
+
+    observed_revision: int = 0
+    containers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ContainerStatus:
     name: str
     state: str = STATE_PENDING
@@ -141,6 +149,7 @@ __all__ = [
     "Container",
     "ContainerStatus",
     "Host",
+    "HostStatus",
     "Invalid",
     "Lease",
     "Network",

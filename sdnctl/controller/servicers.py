@@ -102,7 +102,10 @@ class Connections:
 def host_pb(view: HostView, connections: Connections) -> pb.Host:
     msg = convert.host_to_pb(view.host, view.leases, view.revision,
                              connections.connected(view.host.name))
-    msg.observed_revision = view.observed_revision
+    if view.status is not None:
+        msg.agent_synced = True
+        msg.observed_revision = view.status.observed_revision
+        msg.reported_containers.extend(view.status.containers)
     return msg
 
 

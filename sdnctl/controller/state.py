@@ -16,7 +16,6 @@ Key layout (values are ``sdnctl.model.to_json`` of model objects):
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ from sdnctl.model import (
     Container,
     ContainerStatus,
     Host,
+    HostStatus,
     Lease,
     Network,
     check_name,
@@ -75,7 +75,7 @@ class HostView:
     host: Host
     leases: tuple[Lease, ...]
     revision: int
-    observed_revision: int = 0  # what its agent last reported realised
+    status: HostStatus | None = None  # None until the current agent has reported
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,11 @@ class State:
         return self.get_host(host.name)
 
     def register_host(self, host: Host) -> HostView:
-        """Create or update a host from its agent's registration (keeps the ``lab`` flag)."""
+        """Create or update a host from its agent's registration (keeps the ``lab`` flag).
+
+        A different agent (another PID) clears the host's status: until the new agent reports,
+        nobody may take the old agent's word for what the host runs.
+        """
         validate_host(host)
 
         def build() -> tuple[list[Compare], list[Put | Delete], None]:
@@ -113,7 +117,8 @@ class State:
                 if kv.value == to_json(merged):
                     return [Compare(kv.key, kv.mod_revision)], [], None
             return ([Compare(host_key(host.name), kv.mod_revision if kv else 0)],
-                    [Put(host_key(host.name), to_json(merged))], None)
+                    [Put(host_key(host.name), to_json(merged)),
+                     Delete(HOST_STATUS + host.name)], None)
 
         ipam.commit_with_retry(self.store, build)
         return self.get_host(host.name)
@@ -125,7 +130,7 @@ class State:
             raise NotFound("host", name)
         leases = tuple(ipam.list_leases(self.store, host=name))
         return HostView(from_json(Host, kv.value), leases, kv.mod_revision,
-                        self._observed_revision(name))
+                        self._host_status(name))
 
     def list_hosts(self) -> tuple[list[HostView], int]:
         kvs, revision = self.store.range(HOSTS)
@@ -134,8 +139,7 @@ class State:
         for kv in kvs:
             host = from_json(Host, kv.value)
             mine = tuple(lease for lease in leases if lease.host == host.name)
-            views.append(HostView(host, mine, kv.mod_revision,
-                                  self._observed_revision(host.name)))
+            views.append(HostView(host, mine, kv.mod_revision, self._host_status(host.name)))
         return views, revision
 
     def delete_host(self, name: str) -> None:
@@ -263,10 +267,11 @@ class State:
         """Record what an agent says runs on its host; only changes are written."""
         check_name(host, "host")
         host_kv = self._require(host_key(host), "host", host)
-        if observed_revision != self._observed_revision(host):
-            value = json.dumps({"observed_revision": observed_revision}).encode()
+        statuses = list(statuses)
+        host_status = HostStatus(observed_revision, tuple(sorted(s.name for s in statuses)))
+        if host_status != self._host_status(host):
             self.store.txn([Compare(host_kv.key, host_kv.mod_revision)],
-                           [Put(HOST_STATUS + host, value)])
+                           [Put(HOST_STATUS + host, to_json(host_status))])
         for status in statuses:
             kv = self.store.get(container_key(status.name))
             if kv is None or from_json(Container, kv.value).host != host:
@@ -306,9 +311,9 @@ class State:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _observed_revision(self, host: str) -> int:
+    def _host_status(self, host: str) -> HostStatus | None:
         kv = self.store.get(HOST_STATUS + host)
-        return int(json.loads(kv.value)["observed_revision"]) if kv else 0
+        return from_json(HostStatus, kv.value) if kv else None
 
     def _require(self, key: str, field: str, name: str) -> KeyValue:
         kv = self.store.get(key)

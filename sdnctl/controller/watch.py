@@ -104,6 +104,11 @@ def host_events(state: State, host: str, since_revision: int, alive: Callable[[]
             revision = since_revision
         except Compacted:
             revision = 0
+        # A revision this store never reached comes from another history (the controller
+        # restarted on a memory store or a new database): deltas from there would silently
+        # skip everything written up to it, so start over with a snapshot.
+        if since_revision > store.revision():
+            revision = 0
     if revision == 0:
         snap = state.snapshot(host)
         revision = snap.revision

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Host(_message.Message):
-    __slots__ = ("name", "underlay_ip", "lab", "agent_pid", "netns", "leases", "revision", "agent_connected", "observed_revision")
+    __slots__ = ("name", "underlay_ip", "lab", "agent_pid", "netns", "leases", "revision", "agent_connected", "observed_revision", "agent_synced", "reported_containers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
     LAB_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,8 @@ class Host(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     AGENT_CONNECTED_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    AGENT_SYNCED_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_CONTAINERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     underlay_ip: str
     lab: bool
@@ -26,7 +28,9 @@ class Host(_message.Message):
     revision: int
     agent_connected: bool
     observed_revision: int
-    def __init__(self, name: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., lab: _Optional[bool] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., revision: _Optional[int] = ..., agent_connected: _Optional[bool] = ..., observed_revision: _Optional[int] = ...) -> None: ...
+    agent_synced: bool
+    reported_containers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., lab: _Optional[bool] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., revision: _Optional[int] = ..., agent_connected: _Optional[bool] = ..., observed_revision: _Optional[int] = ..., agent_synced: _Optional[bool] = ..., reported_containers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Network(_message.Message):
     __slots__ = ("name", "driver", "subnet", "host_prefix", "mtu", "masquerade", "revision")

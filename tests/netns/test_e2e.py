@@ -169,7 +169,7 @@ def test_single_host_walkthrough(cli: Cli, run_prefix: str) -> None:
     assert " 0% packet loss" in out, out
     restarted = cli.json("inspect", "host", "h1")
     assert restarted["agent_pid"] not in (0, host["agent_pid"])
-    time.sleep(0.5)  # let the new agent finish its first pass before we compare
+    assert restarted["agent_synced"]  # `up` waited for the new agent's first pass
     assert {ns: kernel_state(ns) for ns in before} == before
     assert nft_ruleset(host["netns"]) == rules_before
     assert cli.json("inspect", "container", "web")["pid"] == web["pid"]
