@@ -20,6 +20,8 @@ import os
 import shutil
 import sys
 
+from agent.kernel import procfs
+
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
@@ -39,18 +41,6 @@ class LaunchError(Exception):
 def _check(rc: int, what: str) -> None:
     if rc != 0:
         raise LaunchError(f"{what}: {os.strerror(ctypes.get_errno())}")
-
-
-def read_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), None if no such PID."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # comm (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = stat[stat.rindex(b")") + 2:].split()
-    return int(fields[22 - 3])
 
 
 def write_pidfile(path: str, pid: int, start_time: int) -> None:
@@ -125,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     pid = os.fork()
     if pid == 0:
         _exec_child(executable, args.command, args.log)
-    start_time = read_start_time(pid)
+    start_time = procfs.start_time(pid)
     if start_time is None:  # the child died already (it cannot be reaped by us before this)
         print(f"agent.launch: child {pid} vanished", file=sys.stderr)
         return 1

@@ -45,6 +45,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agent.kernel import procfs
+from agent.kernel.links import get_link
 from agent.kernel.netns import (
     NETNS_RUN_DIR,
     create_netns,
@@ -220,7 +222,7 @@ class Lab:
         ul_path = self.underlay_netns()
         if is_netns(ul_path):
             with iproute_in(ul_path) as ul:
-                link = _get_link(ul, uplink_name(name))
+                link = get_link(ul, uplink_name(name))
                 if link is not None and link.get("ifalias") == name:
                     _delete_link(ul, link, f"lab host {name!r}'s veth")
         try:
@@ -285,17 +287,8 @@ def _check_host_name(name: str) -> str:
     return name
 
 
-def _get_link(ipr: IPRoute, ifname: str) -> Any | None:
-    try:
-        return ipr.link("get", ifname=ifname)[0]
-    except NetlinkError as e:
-        if e.code == errno.ENODEV:
-            return None
-        raise
-
-
 def _require_link(ipr: IPRoute, ifname: str) -> Any:
-    link = _get_link(ipr, ifname)
+    link = get_link(ipr, ifname)
     if link is None:
         raise LabError(f"could not find link {ifname!r}")
     return link
@@ -315,7 +308,7 @@ def _delete_link(ipr: IPRoute, link: Any, what: str) -> None:
 
 
 def _ensure_bridge(ipr: IPRoute, name: str) -> Any:
-    link = _get_link(ipr, name)
+    link = get_link(ipr, name)
     if link is None:
         try:
             ipr.link("add", ifname=name, kind="bridge", state="up")
@@ -342,7 +335,7 @@ def _ensure_veth(near: IPRoute, near_name: str, far: IPRoute, far_path: str, far
     A correct pair is kept. The near end carries ``alias``; a near end with another alias is a
     name collision and an error. Returns the (near, far) link messages, read back.
     """
-    n, f = _get_link(near, near_name), _get_link(far, far_name)
+    n, f = get_link(near, near_name), get_link(far, far_name)
     if n is not None and n.get("ifalias") != alias:
         raise LabError(f"could not add veth {near_name!r} for {alias!r}: it belongs to "
                        f"{n.get('ifalias')!r}")
@@ -439,7 +432,7 @@ def _underlay_ip(path: str) -> str:
     """The host's first address in the underlay subnet on eth0, or "" (half-built host)."""
     try:
         with iproute_in(path) as ipr:
-            link = _get_link(ipr, HOST_DEV)
+            link = get_link(ipr, HOST_DEV)
             if link is None:
                 return ""
             for address, _ in _v4_addresses(ipr, link["index"]):
@@ -504,20 +497,9 @@ def _wait_entered(proc: subprocess.Popen[bytes], netns_ino: int, nsenter: str,
                    f"{SPAWN_TIMEOUT}s, see {log_path}")
 
 
-def _read_stat(pid: int) -> list[str] | None:
-    """/proc/PID/stat fields from field 3 (state) on; the command name may hold spaces."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return data[data.rindex(")") + 2:].split()
-
-
 def process_start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat (clock ticks after boot), or None if there is no such PID."""
-    fields = _read_stat(pid) if pid > 0 else None
-    return int(fields[22 - 3]) if fields else None
+    return procfs.start_time(pid)
 
 
 def process_alive(pid: int, start_time: int | None = None) -> bool:
@@ -528,10 +510,7 @@ def process_alive(pid: int, start_time: int | None = None) -> bool:
     if proc is not None and proc.poll() is not None:  # our zombie: reap it
         _children.pop(pid, None)
         return False
-    fields = _read_stat(pid)
-    if fields is None or fields[0] in ("Z", "X"):
-        return False
-    return start_time is None or int(fields[22 - 3]) == start_time
+    return procfs.is_running(pid, start_time)
 
 
 def stop_process(pid: int, grace: float = 3.0, *, start_time: int | None = None) -> None:

@@ -45,6 +45,16 @@ IFF_UP = 0x1
 MAIN_TABLE = 254
 
 
+def get_link(ipr: IPRoute, ifname: str) -> Any | None:
+    """The link named ``ifname`` in ``ipr``'s namespace, or None when there is none."""
+    try:
+        return ipr.link("get", ifname=ifname)[0]
+    except NetlinkError as e:
+        if e.code == errno.ENODEV:
+            return None
+        raise
+
+
 class KernelError(Exception):
     """A kernel operation failed; the message names the verb and the object."""
 
@@ -147,15 +157,6 @@ class Links:
         if cached is not None:
             cached[1].close()
 
-    @staticmethod
-    def _get_link(ipr: IPRoute, ifname: str) -> Any | None:
-        try:
-            return ipr.link("get", ifname=ifname)[0]
-        except NetlinkError as e:
-            if e.code == errno.ENODEV:
-                return None
-            raise
-
     # --- observation --------------------------------------------------------------------------
 
     def dump_owned(self) -> list[ObservedLink]:
@@ -196,7 +197,7 @@ class Links:
             return None
         ipr = self._in(netns_path)
         try:
-            link = self._get_link(ipr, peer_ifname)
+            link = get_link(ipr, peer_ifname)
             if link is None:
                 return None
             index = link["index"]
@@ -234,7 +235,7 @@ class Links:
                 raise KernelError(f"could not add {kind} {name!r}") from e
             # A concurrent creation or a veth peer name taken: read back and verify below.
         try:
-            link = self._get_link(ipr, name)
+            link = get_link(ipr, name)
         except NetlinkError as e:
             raise KernelError(f"could not read back {kind} {name!r}") from e
         if link is None:
@@ -283,7 +284,7 @@ class Links:
         self._check_thread()
         ipr = self._host
         try:
-            link = self._get_link(ipr, name)
+            link = get_link(ipr, name)
         except NetlinkError as e:
             raise KernelError(f"could not read bridge {name!r}") from e
         if link is None:
@@ -313,8 +314,8 @@ class Links:
         ipr = self._host
         what = f"veth {host_ifname!r}"
         try:
-            master = self._get_link(ipr, bridge)
-            link = self._get_link(ipr, host_ifname)
+            master = get_link(ipr, bridge)
+            link = get_link(ipr, host_ifname)
         except NetlinkError as e:
             raise KernelError(f"could not read {what}") from e
         if master is None:
@@ -346,7 +347,7 @@ class Links:
         what = f"{peer!r} in {netns_path!r}"
         ipr = self._in(netns_path)
         try:
-            link = self._get_link(ipr, peer)
+            link = get_link(ipr, peer)
         except NetlinkError as e:
             raise KernelError(f"could not read {what}") from e
         if link is None:
@@ -379,7 +380,7 @@ class Links:
         """
         self._check_thread()
         try:
-            link = self._get_link(self._host, name)
+            link = get_link(self._host, name)
             if link is None:
                 return False
             alias = link.get_attr("IFLA_IFALIAS") or ""

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import agent
+from agent.kernel import procfs
 from agent.kernel.links import KernelError
 from agent.kernel.netns import netns_inode
-from agent.launch import read_start_time
 
 LAUNCH_TIMEOUT = 10.0
 POLL_INTERVAL = 0.01
@@ -77,18 +77,9 @@ def read_pidfile(path: str) -> ProcInfo | None:
     return ProcInfo(pid, start_time)
 
 
-def _state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return stat[stat.rindex(b")") + 2:].split()[0].decode()
-
-
 def _is_running(info: ProcInfo) -> bool:
     """Same process (PID and start time) and not a zombie awaiting its reaper."""
-    return read_start_time(info.pid) == info.start_time and _state(info.pid) not in (None, "Z")
+    return procfs.is_running(info.pid, info.start_time)
 
 
 def is_alive(info: ProcInfo, netns_path: str) -> bool:

@@ -576,6 +576,8 @@ def test_report_status_shows_in_get_container_and_get_host(front: Api) -> None:
     api.host("h2")
     api.container("web", host="h1")
     api.container("other", host="h2")
+    api.register("h1", agent_pid=100)
+    assert not api.get_host("h1").agent_synced
     revision = api.store.revision()
     api.sync.ReportStatus(pb.ReportStatusRequest(
         host="h1", observed_revision=revision,
@@ -589,8 +591,16 @@ def test_report_status_shows_in_get_container_and_get_host(front: Api) -> None:
     assert (web.status.name, web.status.state, web.status.pid, web.status.netns) == \
         ("web", "running", 1234, "/run/sdnctl/h1/web")
     assert api.get_container("other").status.state == "pending"
-    assert api.get_host("h1").observed_revision == revision
+    h1 = api.get_host("h1")
+    assert (h1.agent_synced, h1.observed_revision) == (True, revision)
+    assert "web" in h1.reported_containers
     assert api.get_host("h2").observed_revision == 0
+
+    # A new agent (another PID) may not inherit the old one's word.
+    api.register("h1", agent_pid=101)
+    h1 = api.get_host("h1")
+    assert (h1.agent_synced, h1.observed_revision, list(h1.reported_containers)) == \
+        (False, 0, [])
 
 
 def test_report_status_of_unknown_host_is_not_found(api: Api) -> None:

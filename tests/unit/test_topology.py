@@ -138,6 +138,10 @@ HEAD = "name: t\nhosts:\n  - {name: h1, lab: true}\nnetworks:\n"  # lines 1-4
             "x.yaml:2: hosts: expected a list, got dict",
             id="hosts-not-a-list"),
         pytest.param(
+            "name: t\nhosts:\n  h1: x\n",
+            "x.yaml:2: hosts: expected a list, got dict",
+            id="block-value-reported-at-its-key"),
+        pytest.param(
             "- a\n",
             "x.yaml:1: expected a mapping, got list",
             id="document-not-a-mapping"),
