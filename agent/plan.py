@@ -97,10 +97,14 @@ def plan(desired: DesiredState, observed: Observed, firewall_fingerprint: str) -
     if desired.synced and observed.firewall != wanted_firewall:
         actions.append(SyncFirewall(tuple(sorted(networks.values(), key=lambda n: n.name))))
 
+    # Links that go with a removed container's namespace need no action of their own.
+    goes_with_netns: set[str] = set()
     if desired.synced:
         for name, state in sorted(observed.containers.items()):
             if name not in desired.containers:
                 actions.append(RemoveContainer(name, stop=state.running))
+                if state.netns:
+                    goes_with_netns.add(veth_alias(name, ""))
 
     for net in networks.values():
         if bridge_needs_repair(net, observed.links.get(bridge_name(net.name))):
@@ -117,7 +121,9 @@ def plan(desired: DesiredState, observed: Observed, firewall_fingerprint: str) -
     if desired.synced:
         wanted = wanted_links(desired, networks)
         for ifname, link in sorted(observed.links.items()):
-            if ifname not in wanted and (link.alias or "").startswith(ALIAS_PREFIX):
+            alias = link.alias or ""
+            if ifname not in wanted and alias.startswith(ALIAS_PREFIX) and \
+                    not alias.startswith(tuple(goes_with_netns)):
                 actions.append(RemoveLink(ifname))
     return actions
 

@@ -267,15 +267,16 @@ class State:
         """Record what an agent says runs on its host; only changes are written."""
         check_name(host, "host")
         host_kv = self._require(host_key(host), "host", host)
-        statuses = list(statuses)
+        mine = {c.name for c in self._containers() if c.host == host}
+        statuses = [s for s in statuses if s.name in mine]  # deleted meanwhile, or not ours
         host_status = HostStatus(observed_revision, tuple(sorted(s.name for s in statuses)))
         if host_status != self._host_status(host):
             self.store.txn([Compare(host_kv.key, host_kv.mod_revision)],
                            [Put(HOST_STATUS + host, to_json(host_status))])
         for status in statuses:
             kv = self.store.get(container_key(status.name))
-            if kv is None or from_json(Container, kv.value).host != host:
-                continue  # deleted meanwhile, or not this host's: ignore
+            if kv is None:
+                continue  # deleted since we listed
             key = status_key(status.name)
             current = self.store.get(key)
             if current is not None and current.value == to_json(status):

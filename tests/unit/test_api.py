@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -43,20 +44,20 @@ class Api:
         self.ctl = pb_grpc.ControllerStub(channel)
         self.sync = pb_grpc.HostSyncStub(channel)
 
-    def host(self, name: str, **fields: object) -> pb.Host:
+    def host(self, name: str, **fields: Any) -> pb.Host:
         return self.ctl.CreateHost(pb.CreateHostRequest(host=pb.Host(name=name, **fields)),
                                    timeout=TIMEOUT)
 
-    def network(self, name: str, subnet: str = "10.88.0.0/16", **fields: object) -> pb.Network:
+    def network(self, name: str, subnet: str = "10.88.0.0/16", **fields: Any) -> pb.Network:
         msg = pb.Network(name=name, subnet=subnet, **fields)
         return self.ctl.CreateNetwork(pb.CreateNetworkRequest(network=msg), timeout=TIMEOUT)
 
     def container(self, name: str, host: str = "h1", network: str = "front",
-                  **fields: object) -> pb.Container:
+                  **fields: Any) -> pb.Container:
         msg = pb.Container(name=name, host=host, network=network, **fields)
         return self.ctl.CreateContainer(pb.CreateContainerRequest(container=msg), timeout=TIMEOUT)
 
-    def register(self, host: str, **fields: object) -> pb.Host:
+    def register(self, host: str, **fields: Any) -> pb.Host:
         return self.sync.Register(pb.RegisterRequest(host=host, **fields), timeout=TIMEOUT).host
 
     def get_host(self, name: str) -> pb.Host:
@@ -84,8 +85,8 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
     """Start servers on unix sockets in tmp_path; all are stopped at teardown."""
     running: list[RunningServer] = []
 
-    def start(store: Store, name: str = "c.sock", **kwargs: object) -> RunningServer:
-        server = create_server("unix:" + str(tmp_path / name), store, **kwargs)  # type: ignore[arg-type]
+    def start(store: Store, name: str = "c.sock", **kwargs: Any) -> RunningServer:
+        server = create_server("unix:" + str(tmp_path / name), store, **kwargs)
         running.append(server)
         return server
 
@@ -258,7 +259,7 @@ def test_duplicate_host_is_already_exists(api: Api) -> None:
         ({"name": "h1", "underlay_ip": "192.0.2"}, "host.underlay_ip:"),
     ],
 )
-def test_invalid_host_names_the_field(api: Api, fields: dict[str, object], field: str) -> None:
+def test_invalid_host_names_the_field(api: Api, fields: dict[str, Any], field: str) -> None:
     with unchanged(api.store):
         e = rpc_error(lambda: api.ctl.CreateHost(pb.CreateHostRequest(host=pb.Host(**fields)),
                                                  timeout=TIMEOUT),
@@ -332,7 +333,7 @@ def test_duplicate_network_is_already_exists(api: Api) -> None:
                      id="name-too-long"),
     ],
 )
-def test_invalid_network_names_the_field(api: Api, fields: dict[str, object],
+def test_invalid_network_names_the_field(api: Api, fields: dict[str, Any],
                                          expected: str) -> None:
     msg = pb.Network(**{"name": "front", **fields})
     with unchanged(api.store):
@@ -453,7 +454,7 @@ def test_deleting_everything_leaves_no_ipam_state(front: Api) -> None:
                      id="empty-argument"),
     ],
 )
-def test_invalid_container_names_the_field(front: Api, fields: dict[str, object],
+def test_invalid_container_names_the_field(front: Api, fields: dict[str, Any],
                                            expected: str) -> None:
     api = front
     msg = pb.Container(**{"name": "web", "host": "h1", "network": "front", **fields})

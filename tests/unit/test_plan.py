@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -113,7 +114,7 @@ def test_bridge_that_lost_its_address_is_ensured_again() -> None:
     {"up": False}, {"mtu": 9000}, {"kind": "dummy"}, {"alias": "sdnctl:net/other"},
     {"addresses": ("10.88.0.1/24", "10.99.0.1/24")},
 ])
-def test_any_bridge_drift_is_repaired(change: dict[str, object]) -> None:
+def test_any_bridge_drift_is_repaired(change: dict[str, Any]) -> None:
     observed = with_link(matching(WEB), dataclasses.replace(bridge_link(), **change))
     assert plan(desired(WEB), observed, FINGERPRINT) == [EnsureBridge(FRONT)]
 
@@ -185,9 +186,18 @@ def test_command_change_changes_the_spec_hash() -> None:
 
 
 def test_container_no_longer_desired_is_removed_with_its_veth() -> None:
-    # RemoveContainer drops the namespace (the veth pair goes with it); RemoveLink then finds
-    # the host end already gone, which is success.
+    # RemoveContainer drops the namespace and the veth pair goes with it: no RemoveLink.
     assert plan(desired(WEB), matching(WEB, DB), FINGERPRINT) == [
+        RemoveContainer("db", stop=True),
+    ]
+
+
+def test_veth_of_a_container_without_namespace_is_removed() -> None:
+    # The namespace is gone but the host end of its veth is still there: remove the link.
+    observed = matching(WEB, DB)
+    no_netns = dataclasses.replace(observed.containers["db"], netns=False, net=None)
+    observed = with_container(observed, "db", no_netns)
+    assert plan(desired(WEB), observed, FINGERPRINT) == [
         RemoveContainer("db", stop=True),
         RemoveLink(veth_name("db", "eth0")),
     ]
@@ -225,9 +235,7 @@ def test_before_the_first_snapshot_nothing_is_removed() -> None:
         SyncFirewall(()),
         RemoveContainer("db", stop=True),
         RemoveContainer("web", stop=True),
-        *(RemoveLink(name) for name in sorted(
-            [veth_name("db", "eth0"), "sdnb00000000", bridge_name("front"),
-             veth_name("web", "eth0")])),
+        *(RemoveLink(name) for name in sorted(["sdnb00000000", bridge_name("front")])),
     ]
 
 
