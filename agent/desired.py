@@ -10,6 +10,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from sdnctl.model import PortMapping, network_mode, parse_port
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 
@@ -22,6 +23,8 @@ class DesiredNetwork:
     prefixlen: int
     mtu: int
     masquerade: bool
+    internal: bool = False
+    allow: tuple[str, ...] = ()
 
     @property
     def gateway_cidr(self) -> str:
@@ -31,12 +34,24 @@ class DesiredNetwork:
 @dataclass(frozen=True)
 class DesiredContainer:
     name: str
-    network: str
+    network: str  # the mode: none | host | container:<name> | <bridge network>
     command: tuple[str, ...]
-    interface: str
-    ip: str
-    prefixlen: int
-    gateway: str
+    interface: str = "eth0"
+    ip: str = ""  # allocated (bridge mode)
+    prefixlen: int = 0
+    gateway: str = ""
+    ports: tuple[PortMapping, ...] = ()
+    share: tuple[str, ...] = ()
+    restart: str = "no"
+
+    @property
+    def mode(self) -> str:
+        return network_mode(self.network)[0]
+
+    @property
+    def target(self) -> str:
+        """The bridge network (bridged) or the donor container (joined); else empty."""
+        return network_mode(self.network)[1]
 
     @property
     def address_cidr(self) -> str:
@@ -44,8 +59,8 @@ class DesiredContainer:
 
     def spec_hash(self) -> str:
         """Changes whenever the container must be restarted to match its spec."""
-        raw = json.dumps({"command": self.command, "network": self.network},
-                         sort_keys=True).encode()
+        raw = json.dumps({"command": self.command, "network": self.network,
+                          "share": sorted(self.share)}, sort_keys=True).encode()
         return hashlib.sha256(raw).hexdigest()[:16]
 
 
@@ -58,6 +73,8 @@ def network_from_pb(msg: pb.HostNetwork) -> DesiredNetwork:
         prefixlen=int(msg.lease.subnet.split("/")[1]),
         mtu=msg.network.mtu or 1500,
         masquerade=msg.network.masquerade if msg.network.HasField("masquerade") else True,
+        internal=msg.network.internal,
+        allow=tuple(sorted(msg.network.allow)),
     )
 
 
@@ -70,6 +87,9 @@ def container_from_pb(msg: pb.Container) -> DesiredContainer:
         ip=msg.ip,
         prefixlen=msg.prefixlen,
         gateway=msg.gateway,
+        ports=tuple(parse_port(p, f"ports[{i}]") for i, p in enumerate(msg.ports)),
+        share=tuple(sorted(msg.share)),
+        restart=msg.restart or "no",
     )
 
 

@@ -1,12 +1,15 @@
-"""Container launcher: run a command in a prepared network namespace, in new PID and UTS ones.
+"""Container launcher: run a command in prepared namespaces and a new PID namespace.
 
-    python -m agent.launch --netns PATH --hostname NAME --pidfile FILE [--log FILE] -- CMD ARGS...
+    python -m agent.launch [--netns PATH] [--uts PATH | --hostname NAME] [--ipc PATH]
+                           --pidfile FILE [--log FILE] -- CMD ARGS...
 
-It enters the network namespace at PATH, unshares PID and UTS namespaces, sets the hostname and
-forks. The child is PID 1 of the new PID namespace: it starts a session, points stdin at
-/dev/null and stdout/stderr at the log, and execs CMD. The parent writes "PID STARTTIME" (host
-PID; start time = field 22 of /proc/PID/stat, which guards against PID reuse) to the pidfile
-atomically, prints the PID and exits 0 at once: the child is reparented, no shim stays behind.
+It enters the network namespace at PATH (without --netns it keeps the caller's: the host's), the
+UTS namespace at --uts (else a new one named --hostname) and the IPC namespace at --ipc (else a
+new one), unshares a PID namespace and forks. The child is PID 1 of the new PID namespace: it
+starts a session, points stdin at /dev/null and stdout/stderr at the log, and execs CMD. The
+parent writes "PID STARTTIME" (host PID; start time = field 22 of /proc/PID/stat, which guards
+against PID reuse) to the pidfile atomically, prints the PID and exits 0 at once: the child is
+reparented, no shim stays behind.
 
 This process must be single-threaded when it calls setns/unshare (a fresh interpreter is), which
 is why it is a separate process and not a function of the threaded agent.
@@ -23,6 +26,7 @@ import sys
 from agent.kernel import procfs
 
 CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 EXEC_FAILED = 127
@@ -54,8 +58,10 @@ def write_pidfile(path: str, pid: int, start_time: int) -> None:
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m agent.launch")
-    parser.add_argument("--netns", required=True)
-    parser.add_argument("--hostname", required=True)
+    parser.add_argument("--netns", help="network namespace to join (default: the caller's)")
+    parser.add_argument("--uts", help="UTS namespace to join (default: a new one)")
+    parser.add_argument("--ipc", help="IPC namespace to join (default: a new one)")
+    parser.add_argument("--hostname", help="hostname of a new UTS namespace")
     parser.add_argument("--pidfile", required=True)
     parser.add_argument("--log", default=os.devnull)
     parser.add_argument("command", nargs=argparse.REMAINDER)
@@ -64,21 +70,34 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         args.command = args.command[1:]
     if not args.command:
         parser.error("no command given after --")
+    if not args.uts and not args.hostname:
+        parser.error("give --uts or --hostname")
     return args
 
 
-def _enter_namespaces(netns: str, hostname: str) -> None:
+def _join(path: str, nstype: int, kind: str) -> None:
     try:
-        fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
-        raise LaunchError(f"cannot open netns {netns!r}: {e.strerror}") from e
+        raise LaunchError(f"cannot open {kind} namespace {path!r}: {e.strerror}") from e
     try:
-        _check(_libc.setns(fd, CLONE_NEWNET), f"setns {netns!r}")
+        _check(_libc.setns(fd, nstype), f"setns {path!r}")
     finally:
         os.close(fd)
-    _check(_libc.unshare(CLONE_NEWPID | CLONE_NEWUTS), "unshare(CLONE_NEWPID|CLONE_NEWUTS)")
-    name = hostname.encode()
-    _check(_libc.sethostname(name, len(name)), f"sethostname {hostname!r}")
+
+
+def _enter_namespaces(args: argparse.Namespace) -> None:
+    if args.netns:
+        _join(args.netns, CLONE_NEWNET, "network")
+    if args.ipc:
+        _join(args.ipc, CLONE_NEWIPC, "IPC")
+    if args.uts:
+        _join(args.uts, CLONE_NEWUTS, "UTS")
+    new = CLONE_NEWPID | (0 if args.uts else CLONE_NEWUTS) | (0 if args.ipc else CLONE_NEWIPC)
+    _check(_libc.unshare(new), "unshare")
+    if not args.uts:
+        name = args.hostname.encode()
+        _check(_libc.sethostname(name, len(name)), f"sethostname {args.hostname!r}")
 
 
 def _exec_child(executable: str, command: list[str], log: str) -> None:
@@ -106,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agent.launch: command not found: {args.command[0]!r}", file=sys.stderr)
         return 2
     try:
-        _enter_namespaces(args.netns, args.hostname)
+        _enter_namespaces(args)
     except LaunchError as e:
         print(f"agent.launch: {e}", file=sys.stderr)
         return 1

@@ -12,24 +12,76 @@ Stopping the agent (SIGTERM, or SIGKILL) leaves everything running: a new agent 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import random
+import select
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
 
 from agent.desired import DesiredState
 from agent.kernel.firewall import Firewall
 from agent.kernel.links import Links
+from agent.plan import RESTART_DELAY
 from agent.reconcile import Reconciler
 from sdnctl.model import ContainerStatus
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sdnctl.agent")
+
+
+class ExitWatcher(threading.Thread):
+    """Wakes the reconciler the moment a container's process exits (pidfds in one poll), so a
+    restart policy acts at once instead of at the next resync."""
+
+    def __init__(self, on_exit: Callable[[], None]) -> None:
+        super().__init__(name="exits", daemon=True)
+        self.on_exit = on_exit
+        self._wanted: set[int] = set()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def watch(self, pids: set[int]) -> None:
+        with self._lock:
+            if pids == self._wanted:
+                return
+            self._wanted = set(pids)
+        os.write(self._wake_w, b"x")
+
+    def run(self) -> None:
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        fds: dict[int, int] = {}  # pid -> pidfd
+        while True:
+            with self._lock:
+                wanted = set(self._wanted)
+            for pid in set(fds) - wanted:
+                poller.unregister(fds[pid])
+                os.close(fds.pop(pid))
+            for pid in wanted - set(fds):
+                try:
+                    fds[pid] = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    self.on_exit()
+                    continue
+                poller.register(fds[pid], select.POLLIN)
+            for fd, _ in poller.poll():
+                if fd == self._wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                    continue
+                pid = next(p for p, f in fds.items() if f == fd)
+                poller.unregister(fd)
+                os.close(fds.pop(pid))
+                with self._lock:
+                    self._wanted.discard(pid)
+                self.on_exit()
 
 
 class Agent:
@@ -42,13 +94,20 @@ class Agent:
         self.channel = grpc.insecure_channel(args.controller)
         self.sync = pb_grpc.HostSyncStub(self.channel)
         self.last_report: tuple[int, list[ContainerStatus]] | None = None
+        self.pending_pass = True  # the desired state changed (or a process exited) since
+
+    def wake_for_pass(self) -> None:
+        with self.lock:
+            self.pending_pass = True
+        self.dirty.set()
 
     # -- watcher thread -----------------------------------------------------------------------
 
     def register(self) -> None:
         self.sync.Register(pb.RegisterRequest(
             host=self.args.host, underlay_ip=self.args.underlay_ip, agent_pid=os.getpid(),
-            netns=self.args.netns, capabilities=["bridge"]), timeout=10)
+            netns=self.args.netns, capabilities=["none", "bridge", "container", "host"]),
+            timeout=10)
 
     def watch_forever(self) -> None:
         backoff = 0.1
@@ -63,9 +122,9 @@ class Agent:
                 for event in stream:
                     backoff = 0.1
                     with self.lock:
-                        changed = self.desired.apply(event)
-                    if changed:
-                        self.dirty.set()
+                        if self.desired.apply(event):
+                            self.pending_pass = True
+                    self.dirty.set()  # a progress notice alone is reported, not reconciled
             except grpc.RpcError as e:
                 if self.stopping.is_set():
                     return
@@ -78,18 +137,27 @@ class Agent:
 
     def run(self) -> None:
         links = Links()
-        reconciler = Reconciler(self.args.run_dir, links, Firewall())
+        reconciler = Reconciler(self.args.run_dir, links, Firewall(), host_netns=self.args.netns)
         watcher = threading.Thread(target=self.watch_forever, name="watch", daemon=True)
         watcher.start()
+        exits = ExitWatcher(self.wake_for_pass)
+        exits.start()
+        wait = self.args.resync
+        statuses: list[ContainerStatus] | None = None
         try:
             while not self.stopping.is_set():
-                self.dirty.wait(self.args.resync)
+                woken = self.dirty.wait(wait)
                 if self.stopping.is_set():
                     break
                 self.dirty.clear()
                 with self.lock:
                     desired = self.desired.copy()
+                    needed = self.pending_pass or not woken or statuses is None
+                    self.pending_pass = False
                 if not desired.synced:
+                    continue
+                if not needed:  # only the revision moved on: nothing here changed
+                    self.report(desired.revision, statuses or [])
                     continue
                 started = time.monotonic()
                 outcome = reconciler.reconcile(desired)
@@ -98,9 +166,13 @@ class Agent:
                              len(outcome.actions), (time.monotonic() - started) * 1000,
                              f", {len(outcome.errors)} failed" if outcome.errors else "")
                     if outcome.errors:
-                        self.dirty.set()  # retry soon rather than at the next resync
-                        self.stopping.wait(1.0)
-                self.report(desired.revision, reconciler.statuses(desired, outcome))
+                        self.stopping.wait(1.0)  # then retry rather than at the next resync
+                        self.wake_for_pass()
+                statuses = reconciler.statuses(desired, outcome)
+                exits.watch({s.pid for s in statuses if s.pid})
+                wait = min(self.args.resync, RESTART_DELAY) if outcome.restart_pending \
+                    else self.args.resync
+                self.report(desired.revision, statuses)
         finally:
             links.close()
             self.channel.close()

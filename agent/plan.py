@@ -5,8 +5,10 @@ with what the kernel and the process table hold now, and names only the differen
 on a host that already matches returns nothing, which is how an agent that restarts adopts what
 exists without touching it.
 
-Order matters and is fixed here: forwarding and firewall first, then containers that must go,
-then bridges, then each wanted container (namespace, link, process), then bridges that must go.
+Order matters and is fixed here: forwarding first, then containers that must go, then bridges,
+then the firewall (which names the bridges), then each wanted container (sandbox, link,
+process; those that own a sandbox before those joined to one), then links that must go. What
+differs between network modes is asked of agent.modes.
 """
 
 from __future__ import annotations
@@ -14,19 +16,33 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.desired import DesiredContainer, DesiredNetwork, DesiredState
+from agent.kernel.firewall import BridgeNet, FirewallSpec, PortGuard, PortRule
+from agent.kernel.firewall import fingerprint as firewall_fingerprint
 from agent.kernel.links import ObservedContainerNet, ObservedLink
-from agent.kernel.names import ALIAS_PREFIX, bridge_alias, bridge_name, veth_alias, veth_name
+from agent.kernel.names import (
+    ALIAS_PREFIX,
+    bridge_alias,
+    bridge_name,
+    container_mac,
+    veth_alias,
+    veth_name,
+)
+from agent.modes import MODES
+
+#: A container with a restart policy is started again at most this often (seconds).
+RESTART_DELAY = 1.0
 
 # -- what the kernel and the process table hold (filled in by agent.reconcile) ---------------
 
 @dataclass(frozen=True)
 class ContainerState:
-    netns: bool  # the agent's namespace file for it exists
+    netns: bool  # its sandbox (pinned network, UTS and IPC namespaces) exists
     net: ObservedContainerNet | None  # its interface inside that namespace, if present
     started: bool  # a process was started for it (a record exists)
     running: bool  # that process is alive
     spec: str  # the spec hash the process was started with ("" if never)
     pid: int = 0  # of the running process (0 when not running)
+    started_at: float = 0.0  # when it was last started (seconds since the epoch)
 
 
 @dataclass(frozen=True)
@@ -46,7 +62,7 @@ class EnableForwarding:
 
 @dataclass(frozen=True)
 class SyncFirewall:
-    networks: tuple[DesiredNetwork, ...]
+    spec: FirewallSpec  # empty networks: remove our tables
 
 
 @dataclass(frozen=True)
@@ -61,30 +77,33 @@ class RemoveLink:
 
 @dataclass(frozen=True)
 class SetupContainer:
-    """Namespace, link and process as needed; rolled back as a whole if a step fails."""
+    """Sandbox, link and process as needed; rolled back as a whole if a step fails."""
 
     container: DesiredContainer
-    network: DesiredNetwork
-    netns: bool  # create the namespace
+    network: DesiredNetwork | None  # the bridge network of a bridged container
+    netns: bool  # create the sandbox
     attach: bool  # create or repair the veth, address and route
     start: bool  # start the process
     stop_first: bool  # a process with an outdated spec runs: stop it before starting anew
+    drop_sandbox: bool = False  # it has a sandbox its mode does not want (after stopping)
+    stale_addresses: tuple[str, ...] = ()  # addresses it leaves: flush their conntrack entries
 
 
 @dataclass(frozen=True)
 class RemoveContainer:
     name: str
     stop: bool  # a process runs
+    addresses: tuple[str, ...] = ()  # it had: flush their conntrack entries
 
 
 Action = EnableForwarding | SyncFirewall | EnsureBridge | RemoveLink | SetupContainer | \
     RemoveContainer
 
 
-def plan(desired: DesiredState, observed: Observed, firewall_fingerprint: str) -> list[Action]:
+def plan(desired: DesiredState, observed: Observed, now: float = 0.0) -> list[Action]:
     """Actions that turn ``observed`` into ``desired``; empty when they already agree.
 
-    ``firewall_fingerprint`` is what ``observed.firewall`` reads when the table is as desired.
+    ``now`` (seconds since the epoch) decides whether an exited container may restart yet.
     Until the first snapshot has arrived nothing is removed: an agent that just started must
     not mistake "not told yet" for "not wanted".
     """
@@ -92,17 +111,14 @@ def plan(desired: DesiredState, observed: Observed, firewall_fingerprint: str) -
     networks = {n: net for n, net in desired.networks.items() if net.driver == "bridge"}
     if networks and not observed.ip_forward:
         actions.append(EnableForwarding())
-    # No bridge network: no table at all (an absent table is what "nothing of ours" looks like).
-    wanted_firewall = firewall_fingerprint if networks else None
-    if desired.synced and observed.firewall != wanted_firewall:
-        actions.append(SyncFirewall(tuple(sorted(networks.values(), key=lambda n: n.name))))
 
     # Links that go with a removed container's namespace need no action of their own.
     goes_with_netns: set[str] = set()
     if desired.synced:
         for name, state in sorted(observed.containers.items()):
             if name not in desired.containers:
-                actions.append(RemoveContainer(name, stop=state.running))
+                actions.append(RemoveContainer(name, stop=state.running,
+                                               addresses=_addresses(state)))
                 if state.netns:
                     goes_with_netns.add(veth_alias(name, ""))
 
@@ -110,11 +126,17 @@ def plan(desired: DesiredState, observed: Observed, firewall_fingerprint: str) -
         if bridge_needs_repair(net, observed.links.get(bridge_name(net.name))):
             actions.append(EnsureBridge(net))
 
-    for _, ctr in sorted(desired.containers.items()):
-        ctr_net = networks.get(ctr.network)
-        if ctr_net is None or not ctr.ip:
-            continue  # its network's lease has not arrived yet
-        action = plan_container(ctr, ctr_net, observed)
+    # After the bridges (the firewall sets sysctls on them), before containers start.
+    # No bridge network: no table at all (an absent table is what "nothing of ours" looks like).
+    spec = firewall_spec(desired)
+    wanted_firewall = firewall_fingerprint(spec) if networks else None
+    if desired.synced and observed.firewall != wanted_firewall:
+        actions.append(SyncFirewall(spec))
+
+    # Sandbox owners first: a joined container needs its donor's namespaces to exist.
+    for ctr in sorted(desired.containers.values(),
+                      key=lambda c: (not MODES[c.mode].owns_sandbox, c.name)):
+        action = plan_container(ctr, desired, observed, now)
         if action is not None:
             actions.append(action)
 
@@ -128,6 +150,30 @@ def plan(desired: DesiredState, observed: Observed, firewall_fingerprint: str) -
     return actions
 
 
+def firewall_spec(desired: DesiredState) -> FirewallSpec:
+    """The host's nftables rules in kernel terms: NAT, isolation, published ports, anti-spoofing.
+
+    Only bridged containers whose network this host has appear; a pair of networks is allowed
+    when either lists the other and this host has both.
+    """
+    networks = {n.name: n for n in desired.networks.values() if n.driver == "bridge"}
+    bridges = tuple(BridgeNet(n.name, bridge_name(n.name), n.subnet, n.masquerade, n.internal)
+                    for n in sorted(networks.values(), key=lambda n: n.name))
+    allowed = sorted({tuple(sorted((n.name, other))) for n in networks.values()
+                      for other in n.allow if other in networks and other != n.name})
+    ports: list[PortRule] = []
+    guards: list[PortGuard] = []
+    for ctr in sorted(desired.containers.values(), key=lambda c: c.name):
+        network = MODES[ctr.mode].bridge_network(ctr)
+        if network is None or network not in networks or not ctr.ip:
+            continue
+        guards.append(PortGuard(ctr.name, veth_name(ctr.name, ctr.interface),
+                                container_mac(ctr.ip), ctr.ip))
+        ports += [PortRule(ctr.name, bridge_name(network), ctr.ip, p.protocol, p.host_ip,
+                           p.host_port, p.container_port) for p in ctr.ports]
+    return FirewallSpec(bridges, tuple((a, b) for a, b in allowed), tuple(ports), tuple(guards))
+
+
 def bridge_needs_repair(net: DesiredNetwork, link: ObservedLink | None) -> bool:
     return (
         link is None
@@ -139,21 +185,58 @@ def bridge_needs_repair(net: DesiredNetwork, link: ObservedLink | None) -> bool:
     )
 
 
-def plan_container(ctr: DesiredContainer, net: DesiredNetwork,
-                   observed: Observed) -> SetupContainer | None:
-    state = observed.containers.get(ctr.name)
-    host_link = observed.links.get(veth_name(ctr.name, ctr.interface))
-    netns = state is None or not state.netns
-    attach = netns or veth_needs_repair(ctr, net, host_link, state)
-    spec_changed = state is not None and state.started and state.spec != ctr.spec_hash()
-    # A container whose process exited stays exited (Docker's "restart: no"); one whose spec
-    # changed is restarted.
-    start = state is None or not state.started or spec_changed
-    stop_first = spec_changed and state is not None and state.running
-    if not (netns or attach or start):
+def blocked(ctr: DesiredContainer, desired: DesiredState) -> str | None:
+    """Why ``ctr`` cannot be set up yet, or None."""
+    mode = MODES[ctr.mode]
+    network = mode.bridge_network(ctr)
+    if network is not None:
+        net = desired.networks.get(network)
+        if net is None or net.driver != "bridge" or not ctr.ip:
+            return f"waiting for this host's lease of network {network!r}"
+    return mode.waiting_for(ctr, desired.containers)
+
+
+def plan_container(ctr: DesiredContainer, desired: DesiredState, observed: Observed,
+                   now: float = 0.0) -> SetupContainer | None:
+    if blocked(ctr, desired) is not None:
         return None
-    return SetupContainer(ctr, net, netns=netns, attach=attach, start=start,
-                          stop_first=stop_first)
+    mode = MODES[ctr.mode]
+    network = mode.bridge_network(ctr)
+    net = desired.networks[network] if network is not None else None
+    state = observed.containers.get(ctr.name)
+    has_sandbox = state is not None and state.netns
+    running = state is not None and state.running
+    started = state is not None and state.started
+    create = mode.owns_sandbox and not has_sandbox
+    drop = not mode.owns_sandbox and has_sandbox
+    attach = net is not None and (create or veth_needs_repair(
+        ctr, net, observed.links.get(veth_name(ctr.name, ctr.interface)), state))
+    spec_changed = started and state is not None and state.spec != ctr.spec_hash()
+    # Docker's "restart: no": an exited process stays exited. A changed spec, or a sandbox that
+    # is rebuilt under a running process, restarts it.
+    restart_due = (started and not running and ctr.restart != "no" and state is not None
+                   and now - state.started_at >= RESTART_DELAY)
+    rebuilt = (create or drop) and running
+    start = not started or spec_changed or restart_due or rebuilt
+    stop_first = running and (spec_changed or rebuilt)
+    stale = tuple(a for a in _addresses(state) if a != ctr.address_cidr) if attach else ()
+    if not (create or drop or attach or start):
+        return None
+    return SetupContainer(ctr, net, netns=create, attach=attach, start=start,
+                          stop_first=stop_first, drop_sandbox=drop, stale_addresses=stale)
+
+
+def restart_pending(desired: DesiredState, observed: Observed) -> bool:
+    """Some exited container will be restarted once RESTART_DELAY has passed."""
+    for ctr in desired.containers.values():
+        state = observed.containers.get(ctr.name)
+        if ctr.restart != "no" and state is not None and state.started and not state.running:
+            return True
+    return False
+
+
+def _addresses(state: ContainerState | None) -> tuple[str, ...]:
+    return state.net.addresses if state is not None and state.net is not None else ()
 
 
 def veth_needs_repair(ctr: DesiredContainer, net: DesiredNetwork, link: ObservedLink | None,
@@ -164,11 +247,12 @@ def veth_needs_repair(ctr: DesiredContainer, net: DesiredNetwork, link: Observed
                and link.master == bridge_name(net.name) and link.mtu == net.mtu and link.up)
     inner = state.net
     inner_ok = (inner.up and inner.mtu == net.mtu and inner.addresses == (ctr.address_cidr,)
-                and inner.gateway == ctr.gateway)
+                and inner.gateway == ctr.gateway and inner.mac == container_mac(ctr.ip))
     return not (host_ok and inner_ok)
 
 
 def wanted_links(desired: DesiredState, networks: dict[str, DesiredNetwork]) -> set[str]:
     wanted = {bridge_name(n) for n in networks}
-    wanted |= {veth_name(c.name, c.interface) for c in desired.containers.values()}
+    wanted |= {veth_name(c.name, c.interface) for c in desired.containers.values()
+               if MODES[c.mode].bridge_network(c) is not None}
     return wanted

@@ -7,6 +7,7 @@ Teardown keeps going past failures and reports them all.
 
 Files in the agent's run directory (``/run/sdnctl/<host>`` by default):
     netns/<container>            the container's network namespace (a bind mount)
+    uts/<container>, ipc/<container>   its UTS and IPC namespaces (its "sandbox" with netns/)
     containers/<container>.pid   PID and start time of its process (written by agent.launch)
     containers/<container>.spec  the spec hash it was started with
     containers/<container>.log   its stdout and stderr
@@ -17,15 +18,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent import plan as p
 from agent.desired import DesiredContainer, DesiredState
-from agent.kernel import firewall, netns, procs, sysctl
+from agent.kernel import conntrack, firewall, netns, procfs, procs, sysctl
 from agent.kernel.links import Links
-from agent.kernel.names import bridge_alias, bridge_name, veth_alias, veth_name
+from agent.kernel.names import bridge_alias, bridge_name, container_mac, veth_alias, veth_name
+from agent.modes import MODES
 from sdnctl.model import (
+    MODE_BRIDGE,
     STATE_CREATED,
     STATE_ERROR,
     STATE_EXITED,
@@ -36,32 +40,52 @@ from sdnctl.model import (
 
 log = logging.getLogger("sdnctl.agent")
 
+#: Where a sandbox's pinned namespaces live, under the run directory, by kind.
+SANDBOX_DIRS = {"net": "netns", "uts": "uts", "ipc": "ipc"}
+
 
 @dataclass
 class Outcome:
     actions: list[p.Action]
     observed: p.Observed  # after the actions (the same read as before them when there were none)
     errors: dict[str, str] = field(default_factory=dict)  # container (or "") -> message
+    restart_pending: bool = False  # an exited container will be restarted soon: look again
 
 
 class Reconciler:
-    """Owns the kernel façade; use it from one thread only (pyroute2 sockets are per thread)."""
+    """Owns the kernel façade; use it from one thread only (pyroute2 sockets are per thread).
+
+    ``host_netns`` is the path reported for containers in the host's network namespace (open
+    mode); the agent's own namespace is the host's.
+    """
 
     def __init__(self, run_dir: str, links: Links, fw: firewall.Firewall,
-                 stop_grace: float = 1.0) -> None:
+                 stop_grace: float = 1.0, host_netns: str = "") -> None:
         self.run_dir = run_dir
-        self.netns_dir = os.path.join(run_dir, "netns")
         self.ctr_dir = os.path.join(run_dir, "containers")
         self.links = links
         self.firewall = fw
         self.stop_grace = stop_grace
-        os.makedirs(self.netns_dir, mode=0o755, exist_ok=True)
+        self.host_netns = host_netns or f"/proc/{os.getpid()}/ns/net"
+        for kind in netns.SANDBOX_KINDS:
+            os.makedirs(os.path.join(run_dir, SANDBOX_DIRS[kind]), mode=0o755, exist_ok=True)
         os.makedirs(self.ctr_dir, mode=0o755, exist_ok=True)
 
     # -- paths --------------------------------------------------------------------------------
 
+    def sandbox(self, name: str) -> dict[str, str]:
+        """Paths of a container's pinned namespaces: ``net``, ``uts``, ``ipc``."""
+        return {kind: os.path.join(self.run_dir, SANDBOX_DIRS[kind], name)
+                for kind in netns.SANDBOX_KINDS}
+
     def netns_path(self, name: str) -> str:
-        return os.path.join(self.netns_dir, name)
+        return self.sandbox(name)["net"]
+
+    def process_netns(self, ctr: DesiredContainer | None, name: str) -> str:
+        """The network namespace a container's process runs in (for liveness and status)."""
+        if ctr is None:
+            return self.netns_path(name)
+        return MODES[ctr.mode].namespaces(ctr, self.sandbox).net or "/proc/self/ns/net"
 
     def _file(self, name: str, suffix: str) -> str:
         return os.path.join(self.ctr_dir, f"{name}.{suffix}")
@@ -70,7 +94,9 @@ class Reconciler:
 
     def observe(self, desired: DesiredState) -> p.Observed:
         owned = {link.ifname: link for link in self.links.dump_owned()}
-        names = set(os.listdir(self.netns_dir))
+        names: set[str] = set()
+        for kind in netns.SANDBOX_KINDS:
+            names |= set(os.listdir(os.path.join(self.run_dir, SANDBOX_DIRS[kind])))
         names |= {f.rsplit(".", 1)[0] for f in os.listdir(self.ctr_dir) if f.endswith(".pid")}
         containers = {name: self._observe_container(name, desired.containers.get(name))
                       for name in names if not name.startswith(".")}
@@ -78,16 +104,22 @@ class Reconciler:
                           ip_forward=sysctl.read_sysctl("net.ipv4.ip_forward") == "1")
 
     def _observe_container(self, name: str, want: DesiredContainer | None) -> p.ContainerState:
-        path = self.netns_path(name)
-        has_netns = netns.is_netns(path)
+        paths = self.sandbox(name)
+        has_sandbox = all(netns.is_netns(path) for path in paths.values())
         net = None
-        if has_netns:
-            net = self.links.observe_container(path, want.interface if want else "eth0")
-        info = procs.read_pidfile(self._file(name, "pid"))
-        running = info is not None and has_netns and procs.is_alive(info, path)
-        return p.ContainerState(netns=has_netns, net=net, started=info is not None,
+        if netns.is_netns(paths["net"]) and (want is None or want.mode == MODE_BRIDGE):
+            net = self.links.observe_container(paths["net"], want.interface if want else "eth0")
+        pidfile = self._file(name, "pid")
+        info = procs.read_pidfile(pidfile)
+        running = False
+        if info is not None:
+            where = self.process_netns(want, name)
+            running = procs.is_alive(info, where) if os.path.exists(where) else \
+                procfs.is_running(info.pid, info.start_time)
+        return p.ContainerState(netns=has_sandbox, net=net, started=info is not None,
                                 running=running, spec=self._read(self._file(name, "spec")),
-                                pid=info.pid if running and info is not None else 0)
+                                pid=info.pid if running and info is not None else 0,
+                                started_at=_mtime(pidfile))
 
     @staticmethod
     def _read(path: str) -> str:
@@ -101,9 +133,9 @@ class Reconciler:
 
     def reconcile(self, desired: DesiredState) -> Outcome:
         observed = self.observe(desired)
-        rules = masquerade_rules(desired)
-        actions = p.plan(desired, observed, firewall.fingerprint(rules))
+        actions = p.plan(desired, observed, time.time())
         outcome = Outcome(actions, observed)
+        self._stop_first(actions)
         for action in actions:
             try:
                 self.apply(action)
@@ -114,15 +146,16 @@ class Reconciler:
                 outcome.errors[key] = f"{e}" + (f": {e.__cause__}" if e.__cause__ else "")
         if actions:
             outcome.observed = self.observe(desired)
+        outcome.restart_pending = p.restart_pending(desired, outcome.observed)
         return outcome
 
     def apply(self, action: p.Action) -> None:
         match action:
             case p.EnableForwarding():
                 sysctl.ensure_ip_forward(True)
-            case p.SyncFirewall(networks):
-                if networks:
-                    self.firewall.apply(masquerade_rules_for(networks))
+            case p.SyncFirewall(spec):
+                if spec.networks:
+                    self.firewall.apply(spec)
                 else:
                     self.firewall.remove()
             case p.EnsureBridge(net):
@@ -132,47 +165,67 @@ class Reconciler:
                 self.links.remove_link(ifname)
             case p.SetupContainer():
                 self.setup_container(action)
-            case p.RemoveContainer(name, stop):
-                self.remove_container(name, stop)
+            case p.RemoveContainer(name, stop, addresses):
+                self.remove_container(name, stop, addresses)
+
+    def _stop_first(self, actions: list[p.Action]) -> None:
+        """Stop every process this pass replaces or removes together: one grace period."""
+        names = [a.container.name for a in actions
+                 if isinstance(a, p.SetupContainer) and a.stop_first]
+        names += [a.name for a in actions if isinstance(a, p.RemoveContainer) and a.stop]
+        infos = [info for info in (procs.read_pidfile(self._file(n, "pid")) for n in names)
+                 if info is not None]
+        try:
+            procs.stop_all(infos, self.stop_grace)
+        except Exception as e:  # each action's own stop retries and reports it
+            log.warning("could not stop processes: %s", e)
 
     def setup_container(self, action: p.SetupContainer) -> None:
         ctr, net = action.container, action.network
-        path = self.netns_path(ctr.name)
+        paths = self.sandbox(ctr.name)
         with contextlib.ExitStack() as undo:
-            if action.netns and netns.create_netns(path):
-                undo.callback(self._drop_netns, path)
-            if action.attach:
+            if action.stop_first:
+                self._stop(ctr.name)
+            if action.drop_sandbox:
+                self._drop_sandbox(ctr.name)
+            if action.netns and netns.create_sandbox(paths, ctr.name):
+                undo.callback(self._drop_sandbox, ctr.name)
+            if action.attach and net is not None:
                 self.links.ensure_veth(
                     veth_name(ctr.name, ctr.interface), veth_alias(ctr.name, ctr.interface),
-                    bridge_name(net.name), net.mtu, path, ctr.interface, ctr.address_cidr,
-                    ctr.gateway)
+                    bridge_name(net.name), net.mtu, paths["net"], ctr.interface,
+                    ctr.address_cidr, ctr.gateway, mac=container_mac(ctr.ip))
+            flush_addresses(action.stale_addresses)
             if action.start:
-                if action.stop_first:
-                    self._stop(ctr.name)
                 self._start(ctr)
             undo.pop_all()
-        log.info("container %s ready (%s)", ctr.name, ctr.address_cidr)
+        log.info("container %s ready (%s%s)", ctr.name, ctr.mode,
+                 f" {ctr.address_cidr}" if ctr.ip else "")
 
     def _start(self, ctr: DesiredContainer) -> None:
-        procs.start(self.netns_path(ctr.name), ctr.name, ctr.command, self._file(ctr.name, "pid"),
-                    self._file(ctr.name, "log"))
+        where = MODES[ctr.mode].namespaces(ctr, self.sandbox)
+        procs.start(where.net, ctr.name, ctr.command, self._file(ctr.name, "pid"),
+                    self._file(ctr.name, "log"), uts=where.uts, ipc=where.ipc)
         with open(self._file(ctr.name, "spec"), "w") as f:
             f.write(ctr.spec_hash() + "\n")
 
     def _stop(self, name: str) -> None:
         info = procs.read_pidfile(self._file(name, "pid"))
-        if info is not None and procs.is_alive(info, self.netns_path(name)):
+        if info is not None and procfs.is_running(info.pid, info.start_time):
             procs.stop(info, self.stop_grace)
 
-    def _drop_netns(self, path: str) -> None:
-        self.links.forget_netns(path)
-        netns.remove_netns(path)
+    def _drop_sandbox(self, name: str) -> None:
+        paths = self.sandbox(name)
+        self.links.forget_netns(paths["net"])
+        for path in paths.values():
+            netns.remove_netns(path)
 
-    def remove_container(self, name: str, stop: bool) -> None:
-        """Stop the process, drop the namespace (its veth pair goes with it), forget the files."""
+    def remove_container(self, name: str, stop: bool, addresses: tuple[str, ...] = ()) -> None:
+        """Stop the process, drop the sandbox (its veth pair goes with it), forget the files."""
         errors: list[Exception] = []
         steps = [lambda: self._stop(name) if stop else None,
-                 lambda: self._drop_netns(self.netns_path(name)),
+                 lambda: self._drop_sandbox(name),
+                 lambda: flush_addresses(addresses),
                  lambda: self._remove_files(name)]
         for step in steps:
             try:
@@ -193,11 +246,13 @@ class Reconciler:
     def statuses(self, desired: DesiredState, outcome: Outcome) -> list[ContainerStatus]:
         errors = outcome.errors
         result = []
-        for name in sorted(desired.containers):
+        for name, ctr in sorted(desired.containers.items()):
             state = outcome.observed.containers.get(name)
+            ready = state is not None and (state.netns or not MODES[ctr.mode].owns_sandbox)
+            message = errors.get(name, "") or (p.blocked(ctr, desired) or "")
             if name in errors:
                 phase = STATE_ERROR
-            elif state is None or not state.netns:
+            elif state is None or not ready:
                 phase = STATE_PENDING
             elif state.running:
                 phase = STATE_RUNNING
@@ -205,18 +260,24 @@ class Reconciler:
                 phase = STATE_EXITED
             else:
                 phase = STATE_CREATED
+            where = self.process_netns(ctr, name)
+            if where == "/proc/self/ns/net":
+                where = self.host_netns
             result.append(ContainerStatus(
                 name=name, state=phase, pid=state.pid if state else 0,
-                netns=self.netns_path(name) if state and state.netns else "",
-                message=errors.get(name, "")))
+                netns=where if phase in (STATE_RUNNING, STATE_CREATED, STATE_EXITED) else "",
+                message=message))
         return result
 
 
-def masquerade_rules(desired: DesiredState) -> list[firewall.MasqueradeRule]:
-    return masquerade_rules_for(desired.networks.values())
+def flush_addresses(addresses: Iterable[str]) -> None:
+    """Forget conntrack entries of addresses a container no longer has."""
+    for cidr in addresses:
+        conntrack.flush_address(cidr.split("/")[0])
 
 
-def masquerade_rules_for(networks: Iterable[p.DesiredNetwork]) -> list[firewall.MasqueradeRule]:
-    return [firewall.MasqueradeRule(n.name, n.subnet, bridge_name(n.name))
-            for n in sorted(networks, key=lambda n: n.name)
-            if n.masquerade and n.driver == "bridge"]
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0

@@ -19,6 +19,7 @@ import grpc
 
 from sdnctl import deploy, topology
 from sdnctl.client import Client, ControllerUnavailable
+from sdnctl.model import MODE_CONTAINER, network_mode
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 
@@ -53,15 +54,23 @@ def host_json(h: pb.Host) -> dict[str, Any]:
 
 def network_json(n: pb.Network) -> dict[str, Any]:
     return {"name": n.name, "driver": n.driver, "subnet": n.subnet,
-            "host_prefix": n.host_prefix, "mtu": n.mtu, "masquerade": n.masquerade,
-            "revision": n.revision}
+            "host_prefix": n.host_prefix, "gateway": n.gateway, "ip_range": n.ip_range,
+            "mtu": n.mtu, "masquerade": n.masquerade, "internal": n.internal,
+            "allow": list(n.allow), "builtin": n.builtin, "revision": n.revision}
 
 
 def container_json(c: pb.Container) -> dict[str, Any]:
+    mode, target = network_mode(c.network)
     return {
         "name": c.name,
         "host": c.host,
         "network": c.network,
+        "mode": mode,
+        # joined: whose network namespace it shares (and which of its UTS/IPC)
+        "shares_netns_of": target if mode == MODE_CONTAINER else "",
+        "share": list(c.share),
+        "ports": list(c.ports),
+        "restart": c.restart or "no",
         "ip": c.ip,
         "prefixlen": c.prefixlen,
         "gateway": c.gateway,

@@ -14,6 +14,7 @@ anything a dead agent could not remove, and tears the lab down. It stops the con
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -21,15 +22,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any, TextIO
 
 import grpc
 
-from agent.kernel import netns, procs
+from agent.kernel import netns, procfs, procs
+from agent.reconcile import SANDBOX_DIRS
 from sdnctl import convert, lab, paths
 from sdnctl.client import Client, start_controller, started_controller_pid
-from sdnctl.model import STATE_ERROR, STATE_EXITED, STATE_RUNNING, Host, Network
+from sdnctl.model import STATE_ERROR, STATE_EXITED, STATE_RUNNING, Container, Host, Network
 from sdnctl.topology import Topology
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -130,8 +131,8 @@ def up(topology: Topology, timeout: float = 120.0, progress: Progress | None = N
         lab_hosts = build_lab(topology, progress)
         register_hosts(client, topology, lab_hosts, progress)
         ensure_agents(client, topology, lab_hosts, progress)
-        apply_objects(client, topology, progress)
-        wait_running(client, topology, timeout, progress)
+        revision = apply_objects(client, topology, progress)
+        wait_running(client, topology, revision, timeout, progress)
     finally:
         client.close()
     progress.done(f"{topology.name}: {len(topology.containers)} container(s) running "
@@ -210,33 +211,83 @@ def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.L
             time.sleep(0.05)
 
 
-def apply_objects(client: Client, topology: Topology, progress: Progress) -> None:
-    created = 0
+def apply_objects(client: Client, topology: Topology, progress: Progress) -> int:
+    """Create what is missing; update what differs where the API allows it (a network's
+    mutable fields, a container's spec on the same host); refuse the rest. Returns the store
+    revision of the last write (0 when nothing was written)."""
+    counts = {"created": 0, "updated": 0, "unchanged": 0}
+    revision = 0
+    # Networks first without `allow` (it may name networks created later), then their allows.
     for net in topology.networks:
-        created += _create_or_compare(
-            lambda net=net: client.api.CreateNetwork(  # type: ignore[misc]
-                pb.CreateNetworkRequest(network=convert.network_to_pb(net)), timeout=10),
-            lambda net=net: client.api.GetNetwork(  # type: ignore[misc]
-                pb.GetRequest(name=net.name), timeout=10),
-            lambda got, net=net: convert.network_from_pb(got) == net,  # type: ignore[misc]
-            f"network {net.name!r}")
-    for ctr in topology.containers:
-        msg = pb.Container(name=ctr.name, host=ctr.host, network=ctr.network,
-                           command=list(ctr.command), interface=ctr.interface)
-        created += _create_or_compare(
-            lambda msg=msg: client.api.CreateContainer(  # type: ignore[misc]
-                pb.CreateContainerRequest(container=msg), timeout=10),
-            lambda msg=msg: client.api.GetContainer(  # type: ignore[misc]
-                pb.GetRequest(name=msg.name), timeout=10),
-            lambda got, ctr=ctr: convert.container_from_pb(got) == ctr,  # type: ignore[misc]
-            f"container {ctr.name!r}")
-    total = len(topology.networks) + len(topology.containers)
-    progress.step(f"desired state: {created} object(s) created, {total - created} already there")
+        what, rev = _apply_network(client, dataclasses.replace(net, allow=()), net)
+        counts[what] += 1
+        revision = max(revision, rev)
+    for net in topology.networks:
+        if net.allow:
+            revision = max(revision, _apply_network(client, net, net)[1])
+    # Donors before the containers joined to them.
+    for ctr in sorted(topology.containers, key=lambda c: (c.donor is not None, c.name)):
+        what, rev = _apply_container(client, ctr)
+        counts[what] += 1
+        revision = max(revision, rev)
+    progress.step("desired state: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
+    return revision
 
 
-def wait_running(client: Client, topology: Topology, timeout: float, progress: Progress) -> None:
+def _apply_network(client: Client, net: Network, final: Network) -> tuple[str, int]:
+    """("created" | "updated" | "unchanged", revision of the write or 0)."""
+    try:
+        got = client.api.CreateNetwork(
+            pb.CreateNetworkRequest(network=convert.network_to_pb(net)), timeout=10)
+        return "created", got.revision
+    except grpc.RpcError as e:
+        if _code(e) != grpc.StatusCode.ALREADY_EXISTS:
+            raise DeployError(f"could not create network {net.name!r}: {_details(e)}") from e
+    have = convert.network_from_pb(client.api.GetNetwork(pb.GetRequest(name=net.name),
+                                                         timeout=10))
+    have_cmp = dataclasses.replace(have, builtin=False)
+    if have_cmp in (final, net):
+        return "unchanged", 0
+    immutable = [f for f in Network.__dataclass_fields__
+                 if f not in Network.MUTABLE and getattr(have_cmp, f) != getattr(net, f)]
+    if immutable:
+        raise DeployError(f"network {net.name!r} exists with another {immutable[0]} "
+                          f"({getattr(have, immutable[0])!r}); run `sdnctl down` first")
+    try:
+        got = client.api.UpdateNetwork(
+            pb.UpdateNetworkRequest(network=convert.network_to_pb(net)), timeout=10)
+    except grpc.RpcError as e:
+        raise DeployError(f"could not update network {net.name!r}: {_details(e)}") from e
+    return "updated", got.revision
+
+
+def _apply_container(client: Client, ctr: Container) -> tuple[str, int]:
+    msg = convert.container_to_pb(ctr)
+    try:
+        got = client.api.CreateContainer(pb.CreateContainerRequest(container=msg), timeout=10)
+        return "created", got.revision
+    except grpc.RpcError as e:
+        if _code(e) != grpc.StatusCode.ALREADY_EXISTS:
+            raise DeployError(f"could not create container {ctr.name!r}: {_details(e)}") from e
+    have = convert.container_from_pb(client.api.GetContainer(pb.GetRequest(name=ctr.name),
+                                                             timeout=10))
+    if have == ctr:
+        return "unchanged", 0
+    if have.host != ctr.host:
+        raise DeployError(f"container {ctr.name!r} runs on host {have.host!r}, the topology "
+                          f"says {ctr.host!r}; run `sdnctl down` first")
+    try:
+        got = client.api.UpdateContainer(pb.UpdateContainerRequest(container=msg), timeout=10)
+    except grpc.RpcError as e:
+        raise DeployError(f"could not update container {ctr.name!r}: {_details(e)}") from e
+    return "updated", got.revision
+
+
+def wait_running(client: Client, topology: Topology, revision: int, timeout: float,
+                 progress: Progress) -> None:
     """Until every container runs, as reported by its host's *current* agent (a restarted agent
-    has finished its first pass)."""
+    has finished its first pass), and every agent has realised ``revision`` (what this `up`
+    wrote, e.g. a changed `allow`, is in the kernel)."""
     names = {c.name for c in topology.containers}
     deadline = time.monotonic() + timeout
     while True:
@@ -244,7 +295,7 @@ def wait_running(client: Client, topology: Topology, timeout: float, progress: P
         mine = [c for c in listed if c.name in names]
         running = [c for c in mine if c.status.state == STATE_RUNNING]
         progress.waiting(f"containers running: {len(running)}/{len(names)}")
-        if len(running) == len(names) and hosts_synced(client, topology):
+        if len(running) == len(names) and hosts_synced(client, topology, revision):
             return
         failed = [c for c in mine if c.status.state in (STATE_ERROR, STATE_EXITED)]
         if failed or time.monotonic() > deadline:
@@ -256,12 +307,16 @@ def wait_running(client: Client, topology: Topology, timeout: float, progress: P
         time.sleep(0.1)
 
 
-def hosts_synced(client: Client, topology: Topology) -> bool:
-    """Every host's current agent has reported all of its topology containers."""
+def hosts_synced(client: Client, topology: Topology, revision: int) -> bool:
+    """Every host's current agent has reported all of its topology containers and realised
+    ``revision``."""
     for host in topology.hosts:
         want = {c.name for c in topology.containers if c.host == host.name}
         got = client.api.GetHost(pb.GetRequest(name=host.name), timeout=10)
-        if want and not (got.agent_synced and want <= set(got.reported_containers)):
+        if not got.agent_connected:
+            continue  # nothing to wait for: its containers cannot run either
+        if not (got.agent_synced and want <= set(got.reported_containers)
+                and got.observed_revision >= revision):
             return False
     return True
 
@@ -299,10 +354,17 @@ def _ignore_missing(call: Callable[[], Any]) -> None:
 
 
 def delete_objects(client: Client, topology: Topology, progress: Progress) -> None:
-    for ctr in topology.containers:
-        _ignore_missing(lambda ctr=ctr: client.api.DeleteContainer(  # type: ignore[misc]
-            pb.DeleteRequest(name=ctr.name), timeout=10))
-    wait_agents_removed(client, topology, progress)
+    # Containers joined to another first: a donor cannot go while others use its namespace.
+    deleted_at: dict[str, int] = {}  # host -> revision of its last deletion
+    for ctr in sorted(topology.containers, key=lambda c: (c.donor is None, c.name)):
+        try:
+            reply = client.api.DeleteContainer(pb.DeleteRequest(name=ctr.name), timeout=10)
+        except grpc.RpcError as e:
+            if _code(e) != grpc.StatusCode.NOT_FOUND:
+                raise DeployError(_details(e)) from e
+            continue
+        deleted_at[ctr.host] = max(deleted_at.get(ctr.host, 0), reply.revision)
+    wait_agents_caught_up(client, deleted_at, progress)
     for net in topology.networks:
         _ignore_missing(lambda net=net: client.api.DeleteNetwork(  # type: ignore[misc]
             pb.DeleteRequest(name=net.name), timeout=10))
@@ -313,12 +375,12 @@ def delete_objects(client: Client, topology: Topology, progress: Progress) -> No
                   f"{len(topology.networks)} network(s), {len(topology.hosts)} host(s)")
 
 
-def wait_agents_removed(client: Client, topology: Topology, progress: Progress,
-                        timeout: float = 20.0) -> None:
-    """Until no connected agent reports any of the topology's (now deleted) containers."""
+def wait_agents_caught_up(client: Client, revisions: dict[str, int], progress: Progress,
+                          timeout: float = 60.0) -> None:
+    """Until each host's agent reports it has realised the given revision (so it removed what
+    was deleted by then), or is not connected (then `sweep` removes what it left)."""
     deadline = time.monotonic() + timeout
-    pending = {h.name for h in topology.hosts}
-    gone = {c.name for c in topology.containers}
+    pending = set(revisions)
     while pending and time.monotonic() < deadline:
         for name in sorted(pending):
             try:
@@ -327,7 +389,7 @@ def wait_agents_removed(client: Client, topology: Topology, progress: Progress,
                 pending.discard(name)
                 continue
             if not host.agent_connected or (host.agent_synced and
-                                            not gone & set(host.reported_containers)):
+                                            host.observed_revision >= revisions[name]):
                 pending.discard(name)
         progress.waiting(f"waiting for {len(pending)} agent(s) to remove their containers")
         time.sleep(0.1)
@@ -347,18 +409,17 @@ def sweep(topology: Topology, state: dict[str, Any], progress: Progress) -> None
     prefix = state.get("prefix") or lab_prefix(topology)
     for host in topology.lab_hosts:
         run_dir = agent_run_dir(prefix, host.name)
-        netns_dir = os.path.join(run_dir, "netns")
         ctr_dir = os.path.join(run_dir, "containers")
         leftovers = 0
         for pidfile in _listdir(ctr_dir, ".pid"):
             info = procs.read_pidfile(os.path.join(ctr_dir, pidfile))
-            path = os.path.join(netns_dir, pidfile.removesuffix(".pid"))
-            if info is not None and os.path.exists(path) and procs.is_alive(info, path):
+            if info is not None and procfs.is_running(info.pid, info.start_time):
                 procs.stop(info, grace=0.5)
                 leftovers += 1
-        for name in _listdir(netns_dir, ""):
-            netns.remove_netns(os.path.join(netns_dir, name))
-            leftovers += 1
+        for kind_dir in SANDBOX_DIRS.values():
+            for name in _listdir(os.path.join(run_dir, kind_dir), ""):
+                netns.remove_netns(os.path.join(run_dir, kind_dir, name))
+                leftovers += 1
         if leftovers:
             progress.step(f"{host.name}: swept {leftovers} leftover(s) of a stopped agent")
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -379,7 +440,8 @@ def stop_controller_if_idle(progress: Progress) -> None:
     try:
         if client.healthy():
             hosts = client.api.ListHosts(pb.ListRequest(), timeout=10).hosts
-            networks = client.api.ListNetworks(pb.ListRequest(), timeout=10).networks
+            networks = [n for n in client.api.ListNetworks(pb.ListRequest(), timeout=10).networks
+                        if not n.builtin]
             if hosts or networks:
                 return
     finally:
@@ -390,10 +452,3 @@ def stop_controller_if_idle(progress: Progress) -> None:
             break
         time.sleep(0.05)
     progress.step(f"controller stopped (pid {pid}); its state stays in {paths.controller_db()}")
-
-
-def network_dict(net: pb.Network) -> dict[str, Any]:
-    return {**asdict(convert.network_from_pb(net)), "revision": net.revision}
-
-
-__all__ = ["DeployError", "Network", "Progress", "down", "network_dict", "up"]

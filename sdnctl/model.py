@@ -72,15 +72,105 @@ class Network:
     host_prefix: int = DEFAULT_HOST_PREFIX  # prefix length of each host's lease
     mtu: int = DEFAULT_MTU
     masquerade: bool = True
+    #: The bridge's address. Given, the network is one lease (host_prefix = the subnet's prefix),
+    #: as a Docker bridge network is; empty: the first usable address of each host's lease.
+    gateway: str = ""
+    #: Allocate container addresses from this sub-range only (Docker's --ip-range).
+    ip_range: str = ""
+    #: No egress and no NAT: containers reach only their own network (and allowed ones).
+    internal: bool = False
+    #: Networks whose containers may talk to this one's, routed by the host without NAT.
+    #: Symmetric: a pair is allowed when either side lists the other.
+    allow: tuple[str, ...] = ()
+    #: The controller's default bridge (Docker's ``bip``): made at start, cannot be deleted.
+    builtin: bool = False
+
+    MUTABLE = ("masquerade", "internal", "allow")
+
+
+MODE_NONE = "none"  # closed: only lo
+MODE_HOST = "host"  # open: the host's network namespace
+MODE_CONTAINER = "container"  # joined: another container's network namespace
+MODE_BRIDGE = "bridge"  # bridged: a veth into a bridge network
+SHAREABLE = ("uts", "ipc")
+RESTART_POLICIES = ("no", "always", "on-failure")
+PROTOCOLS = ("tcp", "udp")
 
 
 @dataclass(frozen=True)
 class Container:
+    """A container. ``network`` says its mode, as Docker's ``--network`` does:
+    ``none``, ``host``, ``container:<name>`` or the name of a bridge network."""
+
     name: str
     host: str
     network: str
     command: tuple[str, ...] = ("sleep", "infinity")
     interface: str = DEFAULT_INTERFACE
+    fixed_ip: str = ""  # a requested address (bridge mode), else IPAM picks one
+    ports: tuple[str, ...] = ()  # published ports: "8080:80", "127.0.0.1:5353:53/udp"
+    share: tuple[str, ...] = ()  # joined mode: also share the donor's "uts", "ipc"
+    restart: str = "no"  # no | always | on-failure (on-failure: like always; exit codes unseen)
+
+    @property
+    def mode(self) -> str:
+        return network_mode(self.network)[0]
+
+    @property
+    def bridge_network(self) -> str | None:
+        """The bridge network this container attaches to, if it is bridged."""
+        mode, target = network_mode(self.network)
+        return target if mode == MODE_BRIDGE else None
+
+    @property
+    def donor(self) -> str | None:
+        """The container whose network namespace this one joins, if it is joined."""
+        mode, target = network_mode(self.network)
+        return target if mode == MODE_CONTAINER else None
+
+
+def network_mode(network: str) -> tuple[str, str]:
+    """``(mode, target)`` for a container's ``network`` value."""
+    if network in (MODE_NONE, MODE_HOST):
+        return network, ""
+    if network.startswith("container:"):
+        return MODE_CONTAINER, network.removeprefix("container:")
+    return MODE_BRIDGE, network
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    host_ip: str  # "" = every address of the host
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+
+
+def parse_port(spec: str, field: str) -> PortMapping:
+    """Docker's ``[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]``."""
+    if not isinstance(spec, str):
+        raise Invalid(field, "expected a string such as '8080:80' or '127.0.0.1:5353:53/udp'")
+    body, _, protocol = spec.partition("/")
+    protocol = protocol or "tcp"
+    if protocol not in PROTOCOLS:
+        raise Invalid(field, f"unknown protocol {protocol!r}; expected tcp or udp")
+    parts = body.rsplit(":", 2)
+    if len(parts) == 2:
+        host_ip, host_port, container_port = "", parts[0], parts[1]
+    elif len(parts) == 3:
+        host_ip, host_port, container_port = parts
+    else:
+        raise Invalid(field, f"{spec!r} is not [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]")
+    ports = []
+    for text in (host_port, container_port):
+        if not text.isdigit() or not 1 <= int(text) <= 65535:
+            raise Invalid(field, f"{text!r} in {spec!r} is not a port (1-65535)")
+        ports.append(int(text))
+    if host_ip == "0.0.0.0":
+        host_ip = ""
+    if host_ip and not re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", host_ip):
+        raise Invalid(field, f"{host_ip!r} in {spec!r} is not an IPv4 address")
+    return PortMapping(host_ip, ports[0], ports[1], protocol)
 
 
 @dataclass(frozen=True)
@@ -153,7 +243,10 @@ __all__ = [
     "Invalid",
     "Lease",
     "Network",
+    "PortMapping",
     "check_name",
     "from_json",
+    "network_mode",
+    "parse_port",
     "to_json",
 ]

@@ -14,6 +14,7 @@ Errors name the file, the line, the path in the document and what was expected:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from sdnctl.model import (
 from sdnctl.validate import validate_container, validate_host, validate_network
 
 DEFAULT_COMMAND = ("sleep", "infinity")
+#: A container without `network` goes to the controller's default bridge, as in Docker.
+DEFAULT_NETWORK = "bridge"
 _PARENT = re.compile(r"(\.[^.\[]+|\[\d+\])$")
 
 
@@ -134,22 +137,62 @@ def parse(text: str, file: str = "<topology>") -> Topology:
     if node is None:
         raise TopologyError(file, None, "", "empty document")
     r = _Reader(file, _line_map(node))
-    r.mapping(doc, "", {"name", "hosts", "networks", "containers"}, {"name"})
+    r.mapping(doc, "", {"name", "hosts", "networks", "containers", "routes"}, {"name"})
     name = _named(r, doc.get("name"), "name")
 
     hosts = tuple(_collect(r, doc, "hosts", _host))
     networks = tuple(_collect(r, doc, "networks", _network))
     containers = tuple(_collect(r, doc, "containers", _container))
+    networks = _apply_routes(r, doc, networks)
+    _check_references(r, hosts, networks, containers)
+    return Topology(name, hosts, networks, containers)
+
+
+def _apply_routes(r: _Reader, doc: dict, networks: tuple[Network, ...]) -> tuple[Network, ...]:
+    """``routes: [[front, back], ...]``: each pair may talk, routed without NAT. Sugar for
+    ``allow`` on the first network of the pair (allowing is symmetric)."""
+    by_name = {n.name: n for n in networks}
+    for i, pair in enumerate(r.sequence(doc, "routes")):
+        where = f"routes[{i}]"
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str)
+                                                                  for p in pair)):
+            raise r.error(where, "expected a pair of network names, e.g. [front, back]")
+        for j, name in enumerate(pair):
+            if name not in by_name:
+                raise r.error(f"{where}[{j}]", f"unknown network {name!r}")
+        a, b = pair
+        if a == b:
+            raise r.error(where, "a network always reaches itself; name two networks")
+        if b not in by_name[a].allow:
+            by_name[a] = dataclasses.replace(by_name[a], allow=(*by_name[a].allow, b))
+    return tuple(by_name[n.name] for n in networks)
+
+
+def _check_references(r: _Reader, hosts: tuple[Host, ...], networks: tuple[Network, ...],
+                      containers: tuple[Container, ...]) -> None:
     host_names = {h.name for h in hosts}
     network_names = {n.name for n in networks}
+    by_name = {c.name: c for c in containers}
+    for i, n in enumerate(networks):
+        for j, other in enumerate(n.allow):
+            if other not in network_names:
+                raise r.error(f"networks[{i}].allow[{j}]", f"unknown network {other!r}")
     for i, c in enumerate(containers):
         if c.host not in host_names:
             raise r.error(f"containers[{i}].host", f"unknown host {c.host!r}; hosts are "
                           f"{', '.join(sorted(host_names)) or '(none)'}")
-        if c.network not in network_names:
-            raise r.error(f"containers[{i}].network", f"unknown network {c.network!r}; "
-                          f"networks are {', '.join(sorted(network_names)) or '(none)'}")
-    return Topology(name, hosts, networks, containers)
+        bridge, donor = c.bridge_network, c.donor
+        if bridge is not None and bridge not in network_names and bridge != DEFAULT_NETWORK:
+            raise r.error(f"containers[{i}].network", f"unknown network {bridge!r}; networks "
+                          f"are {', '.join(sorted(network_names)) or '(none)'} (or none, host, "
+                          "container:<name>)")
+        if donor is not None:
+            giver = by_name.get(donor)
+            if giver is None:
+                raise r.error(f"containers[{i}].network", f"unknown container {donor!r}")
+            if giver.host != c.host:
+                raise r.error(f"containers[{i}].network", f"container {donor!r} runs on host "
+                              f"{giver.host!r}, not {c.host!r}: a network namespace is local")
 
 
 def _named(r: _Reader, value: Any, path: str) -> str:
@@ -186,22 +229,42 @@ def _host(r: _Reader, raw: Any, where: str) -> Host:
 
 
 def _network(r: _Reader, raw: Any, where: str) -> Network:
-    m = r.mapping(raw, where, {"name", "driver", "subnet", "host_prefix", "mtu", "masquerade"},
-                  {"name", "subnet"})
+    m = r.mapping(raw, where, {"name", "driver", "subnet", "host_prefix", "mtu", "masquerade",
+                               "gateway", "ip_range", "internal", "allow"}, {"name", "subnet"})
+    subnet = r.typed(m, "subnet", where, str, "")
+    gateway = r.typed(m, "gateway", where, str, "")
+    ip_range = r.typed(m, "ip_range", where, str, "")
+    # A network with a fixed gateway or range is one lease, as a Docker bridge network is.
+    whole = subnet.rpartition("/")[2]
+    default_prefix = int(whole) if (gateway or ip_range) and whole.isdigit() else \
+        DEFAULT_HOST_PREFIX
     network = Network(
         name=m["name"],
-        subnet=r.typed(m, "subnet", where, str, ""),
+        subnet=subnet,
         driver=r.typed(m, "driver", where, str, "bridge"),
-        host_prefix=r.typed(m, "host_prefix", where, int, DEFAULT_HOST_PREFIX),
+        host_prefix=r.typed(m, "host_prefix", where, int, default_prefix),
         mtu=r.typed(m, "mtu", where, int, DEFAULT_MTU),
         masquerade=r.typed(m, "masquerade", where, bool, True),
+        gateway=gateway,
+        ip_range=ip_range,
+        internal=r.typed(m, "internal", where, bool, False),
+        allow=tuple(_strings(r, m, "allow", where)),
     )
     return validate_network(network, where)
 
 
+def _strings(r: _Reader, mapping: dict, key: str, where: str) -> list[str]:
+    value = mapping.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise r.error(f"{where}.{key}", "expected a list of strings")
+    return value
+
+
 def _container(r: _Reader, raw: Any, where: str) -> Container:
-    m = r.mapping(raw, where, {"name", "host", "network", "command", "interface"},
-                  {"name", "host", "network"})
+    m = r.mapping(raw, where, {"name", "host", "network", "command", "interface", "ip", "ports",
+                               "share", "restart"}, {"name", "host"})
     command = m.get("command", list(DEFAULT_COMMAND))
     if isinstance(command, str):
         command = command.split()
@@ -210,8 +273,15 @@ def _container(r: _Reader, raw: Any, where: str) -> Container:
     container = Container(
         name=m["name"],
         host=r.typed(m, "host", where, str, ""),
-        network=r.typed(m, "network", where, str, ""),
+        network=r.typed(m, "network", where, str, DEFAULT_NETWORK),
         command=tuple(str(a) for a in command),
         interface=r.typed(m, "interface", where, str, DEFAULT_INTERFACE),
+        fixed_ip=r.typed(m, "ip", where, str, ""),
+        ports=tuple(_strings(r, m, "ports", where)),
+        share=tuple(_strings(r, m, "share", where)),
+        restart=r.typed(m, "restart", where, str, "no"),
     )
-    return validate_container(container, where)
+    try:
+        return validate_container(container, where)
+    except Invalid as e:  # the topology calls it `ip`
+        raise r.error(e.field.replace(".fixed_ip", ".ip"), e.message) from e

@@ -3,6 +3,9 @@
 Each function takes the object and ``where``, the path of the object in its document
 (``network`` for an API request, ``networks[2]`` for a topology file), and raises
 :class:`sdnctl.model.Invalid` naming the exact field.
+
+Only what one object says about itself is checked here; what depends on other objects (does
+the donor exist, is an address or a host port taken) is the controller's business.
 """
 
 from __future__ import annotations
@@ -10,10 +13,40 @@ from __future__ import annotations
 import netaddr
 
 from sdnctl.controller.ipam import host_prefix_for, validate_cidr
-from sdnctl.model import DRIVERS, Container, Host, Invalid, Network, check_name
+from sdnctl.model import (
+    DEFAULT_HOST_PREFIX,
+    DRIVERS,
+    MODE_BRIDGE,
+    MODE_CONTAINER,
+    MODE_HOST,
+    MODE_NONE,
+    RESTART_POLICIES,
+    SHAREABLE,
+    Container,
+    Host,
+    Invalid,
+    Network,
+    check_name,
+    network_mode,
+    parse_port,
+)
 
 IFNAMSIZ = 15
 MTU_MIN, MTU_MAX = 576, 65535
+#: Network names that mean a container mode instead.
+RESERVED_NETWORK_NAMES = (MODE_NONE, MODE_HOST)
+
+
+def default_host_prefix(subnet: str, gateway: str = "", ip_range: str = "") -> int:
+    """The host prefix a network gets when none is given.
+
+    A network with a gateway or an ip_range is one lease, as a Docker bridge network is: its
+    host prefix is the subnet's own. Else each host gets a /24 of it.
+    """
+    prefix = subnet.rpartition("/")[2]
+    if (gateway or ip_range) and prefix.isdigit():
+        return int(prefix)
+    return DEFAULT_HOST_PREFIX
 
 
 def validate_host(host: Host, where: str = "host") -> Host:
@@ -25,6 +58,9 @@ def validate_host(host: Host, where: str = "host") -> Host:
 
 def validate_network(network: Network, where: str = "network") -> Network:
     check_name(network.name, f"{where}.name")
+    if network.name in RESERVED_NETWORK_NAMES:
+        raise Invalid(f"{where}.name",
+                      f"{network.name!r} is a container network mode, not a network name")
     if network.driver not in DRIVERS:
         raise Invalid(
             f"{where}.driver",
@@ -32,24 +68,117 @@ def validate_network(network: Network, where: str = "network") -> Network:
         )
     if not network.subnet:
         raise Invalid(f"{where}.subnet", "required (a CIDR such as 10.88.0.0/16)")
-    validate_cidr(network.subnet, f"{where}.subnet")
-    host_prefix_for(network.subnet, network.host_prefix, f"{where}.host_prefix")
+    subnet = validate_cidr(network.subnet, f"{where}.subnet")
+    lease_prefix = host_prefix_for(network.subnet, network.host_prefix, f"{where}.host_prefix")
     if not MTU_MIN <= network.mtu <= MTU_MAX:
         raise Invalid(f"{where}.mtu", f"{network.mtu} is outside {MTU_MIN}..{MTU_MAX}")
+    for field in ("gateway", "ip_range"):
+        if getattr(network, field) and lease_prefix != subnet.prefixlen:
+            raise Invalid(
+                f"{where}.{field}",
+                f"a {field} needs the network to be one lease, but host_prefix "
+                f"/{network.host_prefix} carves {network.subnet} into several: set host_prefix "
+                f"to the subnet's prefix ({subnet.prefixlen})",
+            )
+    if network.gateway:
+        _check_gateway(network.gateway, subnet, f"{where}.gateway")
+    if network.ip_range:
+        ip_range = validate_cidr(network.ip_range, f"{where}.ip_range")
+        if ip_range not in subnet:
+            raise Invalid(f"{where}.ip_range", f"{ip_range} is not inside {subnet}")
+    _check_allow(network, where)
     return network
+
+
+def _check_gateway(value: str, subnet: netaddr.IPNetwork, field: str) -> None:
+    gateway = netaddr.IPAddress(check_ipv4(value, field))
+    if gateway not in subnet:
+        raise Invalid(field, f"{gateway} is not inside {subnet}")
+    if gateway in (subnet.network, subnet.broadcast):
+        raise Invalid(field, f"{gateway} is the network or broadcast address of {subnet}")
+
+
+def _check_allow(network: Network, where: str) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(network.allow):
+        field = f"{where}.allow[{i}]"
+        check_name(name, field)
+        if name == network.name:
+            raise Invalid(field, "a network always reaches itself; list other networks")
+        if name in seen:
+            raise Invalid(field, f"{name!r} is listed twice")
+        seen.add(name)
 
 
 def validate_container(container: Container, where: str = "container") -> Container:
     check_name(container.name, f"{where}.name")
     check_name(container.host, f"{where}.host")
-    check_name(container.network, f"{where}.network")
+    mode = _check_network_mode(container, f"{where}.network")
     if not container.command or not all(isinstance(a, str) and a for a in container.command):
         raise Invalid(f"{where}.command", "expected a non-empty list of non-empty strings")
     check_ifname(container.interface, f"{where}.interface")
+    if container.fixed_ip:
+        _only_in(mode, MODE_BRIDGE, container, f"{where}.fixed_ip")
+        check_ipv4(container.fixed_ip, f"{where}.fixed_ip")
+    if container.ports:
+        _only_in(mode, MODE_BRIDGE, container, f"{where}.ports")
+        _check_ports(container.ports, f"{where}.ports")
+    if container.share:
+        _only_in(mode, MODE_CONTAINER, container, f"{where}.share")
+        _check_share(container.share, f"{where}.share")
+    if container.restart not in RESTART_POLICIES:
+        raise Invalid(f"{where}.restart", f"unknown restart policy {container.restart!r}; "
+                      f"expected one of {', '.join(RESTART_POLICIES)}")
     return container
 
 
+def _check_network_mode(container: Container, field: str) -> str:
+    """The container's mode; its ``network`` must be none, host, container:<name> or a name."""
+    mode, target = network_mode(container.network)
+    if mode == MODE_CONTAINER:
+        if not target:
+            raise Invalid(field, "expected container:<name of the container to join>")
+        check_name(target, field)
+        if target == container.name:
+            raise Invalid(field, "a container cannot join its own network namespace")
+    elif mode == MODE_BRIDGE:
+        if not container.network:
+            raise Invalid(field, "required: none, host, container:<name> or a network name")
+        check_name(container.network, field)
+    return mode
+
+
+def _only_in(mode: str, wanted: str, container: Container, field: str) -> None:
+    if mode != wanted:
+        what = "bridged containers" if wanted == MODE_BRIDGE else "joined (container:) containers"
+        raise Invalid(field, f"only for {what}; network is {container.network!r}")
+
+
+def _check_ports(ports: tuple[str, ...], field: str) -> None:
+    seen: dict[tuple[str, int, str], int] = {}
+    for i, spec in enumerate(ports):
+        mapping = parse_port(spec, f"{field}[{i}]")
+        for (host_ip, host_port, protocol), j in seen.items():
+            # "every address" overlaps any one address on the same port.
+            same_ip = host_ip == mapping.host_ip or not host_ip or not mapping.host_ip
+            if same_ip and (host_port, protocol) == (mapping.host_port, mapping.protocol):
+                raise Invalid(f"{field}[{i}]", f"host port {host_port}/{protocol} is already "
+                              f"published by {field.rpartition('.')[2]}[{j}]")
+        seen[(mapping.host_ip, mapping.host_port, mapping.protocol)] = i
+
+
+def _check_share(share: tuple[str, ...], field: str) -> None:
+    for i, name in enumerate(share):
+        if name not in SHAREABLE:
+            raise Invalid(f"{field}[{i}]", f"cannot share {name!r}; expected one of "
+                          f"{', '.join(SHAREABLE)}")
+        if name in share[:i]:
+            raise Invalid(f"{field}[{i}]", f"{name!r} is listed twice")
+
+
 def check_ipv4(value: str, field: str) -> str:
+    if not isinstance(value, str):
+        raise Invalid(field, f"{value!r} is not an IPv4 address")
     try:
         address = netaddr.IPAddress(value, version=4)
     except (netaddr.AddrFormatError, ValueError, TypeError) as e:

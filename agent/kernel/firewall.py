@@ -1,48 +1,185 @@
-"""The agent's nftables table ``inet sdnctl``: egress masquerade (later: isolation, anti-spoof).
+"""The agent's firewall: tables ``inet sdnctl`` and ``bridge sdnctl`` plus two bridge sysctls.
 
-Design note. The whole table is written by ONE ``nft -f -`` script, which nft applies as one
-atomic transaction: ``add table``, ``add chain``, ``flush chain``, then the rules. We never touch
-tables we do not own, and our ``forward`` chain has policy accept: a default drop on a hook shared
-with the host's own firewall would break it.
+Design note. A ``FirewallSpec`` (pure data) says what this host wants: its bridge networks, the
+pairs of them allowed to talk, the published ports and the anti-spoofing guards of container
+ports. ``render(spec)`` turns it into ONE ``nft -f -`` script, which nft applies as one atomic
+transaction: for each table ``add table``, ``add chain`` (always the same chains), ``flush
+chain``, then the rules. We never touch tables we do not own, and every base chain has policy
+accept: a default drop on a hook shared with the host's own firewall would break it. Our drops
+name exactly what they drop.
 
-To change nothing when nothing changed (same handles, no flush), the script is applied only when
-the installed table's fingerprint differs from the wanted one. The fingerprint is the sha of the
-rendered script, carried in the comment of a rule of the table, plus the sorted comments of all
-installed rules; a rule deleted or added by hand therefore shows up as drift. (A table comment
-would be the obvious place for the sha, but nft 1.0.6 neither updates a table's comment on ``add
-table`` nor shows it in ``nft -j`` output.)
+``inet sdnctl``
+  prerouting (nat)   published ports: DNAT to the container. ``host_ip`` "" means any local
+                     address except 127.0.0.0/8 (``fib daddr type local``): a packet from another
+                     host addressed to 127.0.0.1 must never be DNAT'd (moby#45610). A port on a
+                     loopback address is DNAT'd in ``output`` only.
+  output (nat)       the same for connections made by the host itself, 127.0.0.1 included.
+  postrouting (nat)  masquerade, in this order: loopback sources leaving a bridge (for the
+                     127.0.0.1 path, with ``route_localnet=1`` on that bridge, as Docker does);
+                     hairpin (DNAT'd traffic whose source is on the destination's bridge, so
+                     the answer comes back through us); egress of each non-internal network with
+                     masquerade, except towards any of our bridges (routed traffic between
+                     allowed bridges keeps its real source).
+  forward (filter)   stateless, like Docker's isolation chains, so un-allowing a pair cuts
+                     established flows too: (1) an internal network forwards only to and from
+                     itself and its allowed bridges; (2) DNAT'd connections pass; (3) a bridge
+                     forwards to none of our other bridges except the allowed ones.
+
+``bridge sdnctl``
+  prerouting (filter) per container port (``iifname VETH``): drop frames whose source MAC is
+                     not the container's, IPv4 whose source is not its address, ARP whose sender
+                     MAC or IP is not its own, and any ethertype but IPv4, ARP and IPv6 (a VLAN
+                     tag would hide the inner header). Router advertisements from any container
+                     port (``sdnv*``) are dropped. Every drop has a counter.
+
+Sysctls of our bridges, in the same namespace: ``net.ipv4.conf.<bridge>.route_localnet`` is 1
+exactly on bridges with a loopback-reachable port (host_ip "" or 127.x), and
+``net.ipv6.conf.<bridge>.accept_ra`` is 0 on every bridge of ours (skipped without IPv6).
+
+Idempotence. The script is applied only when the installed state's fingerprint differs from the
+wanted one. The fingerprint is the sha of the rendered script, carried in the comment of one
+rule, plus the sorted comments of all rules of both tables (every rule has one), plus the bridge
+sysctls; a rule deleted or added by hand, or a recreated bridge that lost ``route_localnet``,
+shows up as drift. (A table comment would be the obvious place for the sha, but nft 1.0.6
+neither updates a table's comment on ``add table`` nor shows it in ``nft -j`` output.) A bridge
+that does not exist yet cannot take its sysctls: the fingerprint stays different and the next
+apply, once the bridge exists, sets them (without rewriting the unchanged tables).
 
 nft acts on the network namespace it runs in. The agent lives in its host's namespace, so a plain
-subprocess is right; ``Firewall(netns_path)`` wraps it in ``nsenter --net=PATH`` for tests.
+subprocess is right; ``Firewall(netns_path)`` wraps it in ``nsenter --net=PATH`` and runs the
+sysctl reads and writes in a thread inside that namespace, for tests.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import os
+import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+from agent.kernel import sysctl
 from agent.kernel.links import KernelError
+from agent.kernel.names import BRIDGE_PREFIX, VETH_PREFIX
+from agent.kernel.netns import run_in_netns
 
-TABLE_FAMILY = "inet"
+TABLE_FAMILY = "inet"  # the main table; BRIDGE_FAMILY holds the anti-spoofing one
+BRIDGE_FAMILY = "bridge"
 TABLE_NAME = "sdnctl"
 SHA_COMMENT_PREFIX = "sdnctl:sha/"
+SYSCTL_PREFIX = "sysctl:"
 NFT_TIMEOUT = 10.0
+PROTOCOLS = ("tcp", "udp")
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+T = TypeVar("T")
+
+# (family, chain, declaration) in creation order; every render declares and flushes all of them.
+CHAINS = (
+    (TABLE_FAMILY, "prerouting", "type nat hook prerouting priority dstnat;"),
+    (TABLE_FAMILY, "output", "type nat hook output priority -100;"),
+    (TABLE_FAMILY, "postrouting", "type nat hook postrouting priority srcnat;"),
+    (TABLE_FAMILY, "forward", "type filter hook forward priority filter; policy accept;"),
+    (BRIDGE_FAMILY, "prerouting", "type filter hook prerouting priority filter; policy accept;"),
+)
+FAMILIES = (TABLE_FAMILY, BRIDGE_FAMILY)
+
+
+# --- the spec -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BridgeNet:
+    """One bridge network on this host."""
+
+    network: str  # network name: the owner key is "net/<network>"
+    bridge: str  # its bridge on this host
+    subnet: str  # this host's subnet of the network, "a.b.c.d/len"
+    masquerade: bool = True  # egress NAT (ignored when internal)
+    internal: bool = False  # no forwarding but to allowed bridges, no NAT
+
+
+@dataclass(frozen=True)
+class PortRule:
+    """A published port: ``host_ip:host_port/protocol`` -> ``container_ip:container_port``."""
+
+    container: str
+    bridge: str  # the container's bridge (must be one of the spec's networks)
+    container_ip: str
+    protocol: str  # "tcp" or "udp"
+    host_ip: str  # "" = any local address but 127.0.0.0/8; a loopback address = host only
+    host_port: int
+    container_port: int
+
+
+@dataclass(frozen=True)
+class PortGuard:
+    """Anti-spoofing for one container port on a bridge."""
+
+    container: str
+    veth: str  # host side of the container's veth (the bridge port)
+    mac: str  # the container interface's MAC
+    ip: str  # its IPv4 address
+
+
+@dataclass(frozen=True)
+class FirewallSpec:
+    networks: tuple[BridgeNet, ...] = ()
+    allowed: tuple[tuple[str, str], ...] = ()  # pairs of network names, order-free
+    ports: tuple[PortRule, ...] = ()
+    guards: tuple[PortGuard, ...] = ()
+
+    @classmethod
+    def from_masquerade(cls, rules: Sequence[MasqueradeRule]) -> FirewallSpec:
+        """The spec of the older masquerade-only interface (non-internal networks, no pairs)."""
+        return cls(networks=tuple(BridgeNet(r.network, r.bridge, r.subnet) for r in rules))
 
 
 @dataclass(frozen=True)
 class MasqueradeRule:
-    """Masquerade traffic from a bridge network's host subnet that leaves the host."""
+    """Masquerade traffic from a bridge network's host subnet that leaves the host.
 
-    network: str  # network name: the owner key is "net/<network>"
-    subnet: str  # this host's subnet of the network, "a.b.c.d/len"
-    bridge: str  # the network's bridge on this host
+    The first interface of this module; ``render``/``fingerprint``/``apply`` still take a list
+    of these and treat it as ``FirewallSpec.from_masquerade(rules)``.
+    """
+
+    network: str
+    subnet: str
+    bridge: str
 
     @property
     def comment(self) -> str:
         return f"sdnctl:net/{self.network}"
+
+
+SpecLike = FirewallSpec | Sequence[MasqueradeRule]
+
+
+def _as_spec(spec: SpecLike) -> FirewallSpec:
+    return spec if isinstance(spec, FirewallSpec) else FirewallSpec.from_masquerade(spec)
+
+
+# --- rendering (pure) -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rule:
+    family: str
+    chain: str
+    expr: str
+    comment: str
+
+    def line(self) -> str:
+        return f"add rule {self.family} {TABLE_NAME} {self.chain} {self.expr} " \
+               f"comment {_quote(self.comment)}"
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.:@/+-]{1,64}")
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 def _quote(text: str) -> str:
@@ -51,20 +188,179 @@ def _quote(text: str) -> str:
     return f'"{text}"'
 
 
-def _render_body(rules: Sequence[MasqueradeRule]) -> list[str]:
-    table = f"{TABLE_FAMILY} {TABLE_NAME}"
-    lines = [
-        f"add table {table}",
-        f"add chain {table} postrouting {{ type nat hook postrouting priority srcnat; }}",
-        f"add chain {table} forward {{ type filter hook forward priority filter; policy accept; }}",
-        f"flush chain {table} postrouting",
-        f"flush chain {table} forward",
+def _ifname(name: str) -> str:
+    if not _NAME.fullmatch(name) or len(name.encode()) > 15:
+        raise ValueError(f"invalid interface name {name!r}")
+    return _quote(name)
+
+
+def _names(names: Sequence[str]) -> str:
+    """One quoted name, or an anonymous set of several (nft rejects an empty set)."""
+    quoted = [_ifname(n) for n in sorted(set(names))]
+    if not quoted:
+        raise ValueError("empty interface set")
+    return quoted[0] if len(quoted) == 1 else "{ " + ", ".join(quoted) + " }"
+
+
+def _ipv4(text: str) -> str:
+    return str(ipaddress.IPv4Address(text))
+
+
+def _subnet(text: str) -> str:
+    return str(ipaddress.IPv4Network(text, strict=False))
+
+
+def _mac(text: str) -> str:
+    mac = text.lower()
+    if not _MAC.fullmatch(mac):
+        raise ValueError(f"invalid MAC address {text!r}")
+    return mac
+
+
+def _port(number: int) -> int:
+    if not 1 <= number <= 65535:
+        raise ValueError(f"invalid port {number!r}")
+    return number
+
+
+def _normalized_pairs(spec: FirewallSpec) -> set[tuple[str, str]]:
+    """Allowed pairs as sorted tuples of names known to the spec, without self-pairs."""
+    known = {n.network for n in spec.networks}
+    return {(min(a, b), max(a, b)) for a, b in spec.allowed if a != b and {a, b} <= known}
+
+
+def _is_loopback(host_ip: str) -> bool:
+    return bool(host_ip) and ipaddress.IPv4Address(host_ip) in LOOPBACK
+
+
+def _published(spec: FirewallSpec) -> list[PortRule]:
+    """The ports to publish, sorted. Ports on internal networks are not published (as Docker):
+    the forward chain would drop them anyway, and a DNAT that cannot deliver only misleads."""
+    nets = {n.bridge: n for n in spec.networks}
+    for p in spec.ports:
+        if p.bridge not in nets:
+            raise ValueError(f"port {p.host_port}/{p.protocol} of {p.container!r}: "
+                             f"bridge {p.bridge!r} is not in the spec")
+        if p.protocol not in PROTOCOLS:
+            raise ValueError(f"invalid protocol {p.protocol!r} for {p.container!r}")
+    return sorted((p for p in spec.ports if not nets[p.bridge].internal),
+                  key=lambda p: (p.protocol, p.host_ip, p.host_port, p.container))
+
+
+def localnet_bridges(spec: SpecLike) -> list[str]:
+    """Bridges that need ``route_localnet=1``: those with a loopback-reachable port (pure)."""
+    return sorted({p.bridge for p in _published(_as_spec(spec))
+                   if p.host_ip == "" or _is_loopback(p.host_ip)})
+
+
+def _port_rules(spec: FirewallSpec) -> list[_Rule]:
+    rules = []
+    for p in _published(spec):
+        target = f"dnat ip to {_ipv4(p.container_ip)}:{_port(p.container_port)}"
+        match = f"{p.protocol} dport {_port(p.host_port)} {target}"
+        comment = f"sdnctl:ctr/{p.container}/port/{p.protocol}/{p.host_port}"
+        if p.host_ip == "":
+            rules.append(_Rule(TABLE_FAMILY, "prerouting",
+                               f"ip daddr != {LOOPBACK} fib daddr type local {match}", comment))
+            rules.append(_Rule(TABLE_FAMILY, "output",
+                               f"meta nfproto ipv4 fib daddr type local {match}", comment))
+        else:
+            daddr = f"ip daddr {_ipv4(p.host_ip)} {match}"
+            if not _is_loopback(p.host_ip):
+                rules.append(_Rule(TABLE_FAMILY, "prerouting", daddr, comment))
+            rules.append(_Rule(TABLE_FAMILY, "output", daddr, comment))
+    return rules
+
+
+def _postrouting_rules(spec: FirewallSpec) -> list[_Rule]:
+    nets = sorted(spec.networks, key=lambda n: n.network)
+    by_bridge = {n.bridge: n for n in nets}
+    published = _published(spec)
+    rules = [
+        _Rule(TABLE_FAMILY, "postrouting",
+              f"oifname {_ifname(b)} ip saddr {LOOPBACK} masquerade",
+              f"sdnctl:net/{by_bridge[b].network}/localnet")
+        for b in localnet_bridges(spec)
     ]
-    for r in sorted(rules, key=lambda r: r.network):
-        lines.append(
-            f"add rule {table} postrouting ip saddr {r.subnet} ip daddr != {r.subnet} "
-            f"oifname != {_quote(r.bridge)} masquerade comment {_quote(r.comment)}"
-        )
+    for b in sorted({p.bridge for p in published}):
+        n = by_bridge[b]
+        rules.append(_Rule(
+            TABLE_FAMILY, "postrouting",
+            f"oifname {_ifname(b)} ct status dnat ip saddr {_subnet(n.subnet)} masquerade",
+            f"sdnctl:net/{n.network}/hairpin"))
+    ours = _names([n.bridge for n in nets]) if nets else ""
+    for n in nets:
+        if n.masquerade and not n.internal:
+            subnet = _subnet(n.subnet)
+            rules.append(_Rule(
+                TABLE_FAMILY, "postrouting",
+                f"ip saddr {subnet} ip daddr != {subnet} oifname != {ours} masquerade",
+                f"sdnctl:net/{n.network}"))
+    return rules
+
+
+def _forward_rules(spec: FirewallSpec) -> list[_Rule]:
+    nets = sorted(spec.networks, key=lambda n: n.network)
+    pairs = _normalized_pairs(spec)
+    bridge_of = {n.network: n.bridge for n in nets}
+
+    def allowed_with(n: BridgeNet) -> list[str]:
+        return [bridge_of[b if a == n.network else a] for a, b in pairs if n.network in (a, b)]
+
+    rules = []
+    for n in (n for n in nets if n.internal):
+        reach = _names([n.bridge, *allowed_with(n)])
+        rules.append(_Rule(TABLE_FAMILY, "forward",
+                           f"iifname {_ifname(n.bridge)} oifname != {reach} drop",
+                           f"sdnctl:net/{n.network}/internal-out"))
+        rules.append(_Rule(TABLE_FAMILY, "forward",
+                           f"oifname {_ifname(n.bridge)} iifname != {reach} drop",
+                           f"sdnctl:net/{n.network}/internal-in"))
+    if _published(spec):
+        rules.append(_Rule(TABLE_FAMILY, "forward", "ct status dnat accept", "sdnctl:ports"))
+    for n in nets:
+        isolated = {m.bridge for m in nets} - {n.bridge, *allowed_with(n)}
+        if isolated:
+            rules.append(_Rule(TABLE_FAMILY, "forward",
+                               f"iifname {_ifname(n.bridge)} oifname {_names(list(isolated))} drop",
+                               f"sdnctl:net/{n.network}/isolation"))
+    return rules
+
+
+def _guard_rules(spec: FirewallSpec) -> list[_Rule]:
+    rules = []
+    for g in sorted(spec.guards, key=lambda g: (g.veth, g.container)):
+        port, mac, ip = f"iifname {_ifname(g.veth)}", _mac(g.mac), _ipv4(g.ip)
+        key = f"sdnctl:ctr/{g.container}"
+        for expr, what in (
+            (f"ether saddr != {mac}", "mac"),
+            ("ether type != { ip, arp, ip6 }", "ethertype"),
+            (f"ether type ip ip saddr != {ip}", "ip"),
+            (f"arp saddr ether != {mac}", "arp-mac"),
+            (f"arp saddr ip != {ip}", "arp-ip"),
+        ):
+            rules.append(_Rule(BRIDGE_FAMILY, "prerouting", f"{port} {expr} counter drop",
+                               f"{key}/spoof-{what}"))
+    rules.append(_Rule(BRIDGE_FAMILY, "prerouting",
+                       f'iifname "{VETH_PREFIX}*" icmpv6 type nd-router-advert counter drop',
+                       "sdnctl:router-advert"))
+    return rules
+
+
+def _rules(spec: FirewallSpec) -> list[_Rule]:
+    return _port_rules(spec) + _postrouting_rules(spec) + _forward_rules(spec) + \
+        _guard_rules(spec)
+
+
+def _render_body(rules: Sequence[_Rule]) -> list[str]:
+    lines = []
+    for family in FAMILIES:
+        lines.append(f"add table {family} {TABLE_NAME}")
+    for family, chain, declaration in CHAINS:
+        lines.append(f"add chain {family} {TABLE_NAME} {chain} {{ {declaration} }}")
+    for family, chain, _ in CHAINS:
+        lines.append(f"flush chain {family} {TABLE_NAME} {chain}")
+    lines += [r.line() for r in rules]
     return lines
 
 
@@ -72,31 +368,105 @@ def _sha(lines: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
-def render(rules: Sequence[MasqueradeRule]) -> str:
-    """The nft script for ``rules`` (pure). Its last rule's comment carries the script's sha."""
+def _sha_rule(body: Sequence[str]) -> _Rule:
+    # A no-op at the end of a policy-accept chain: it is only there to carry the sha.
+    return _Rule(TABLE_FAMILY, "forward", "ct state established,related accept",
+                 SHA_COMMENT_PREFIX + _sha(body))
+
+
+def render(spec: SpecLike) -> str:
+    """The nft script for ``spec`` (pure). Its last rule's comment carries the script's sha."""
+    spec = _as_spec(spec)
+    rules = _rules(spec)
     body = _render_body(rules)
-    sha_comment = SHA_COMMENT_PREFIX + _sha(body)
-    body.append(
-        f"add rule {TABLE_FAMILY} {TABLE_NAME} forward ct state established,related accept "
-        f"comment {_quote(sha_comment)}"
-    )
+    body.append(_sha_rule(body).line())
     return "\n".join(body) + "\n"
 
 
-def fingerprint(rules: Sequence[MasqueradeRule]) -> str:
-    """What ``Firewall.observe()`` returns once ``render(rules)`` is installed (pure)."""
-    comments = [r.comment for r in rules] + [SHA_COMMENT_PREFIX + _sha(_render_body(rules))]
-    return _fingerprint_of(comments)
+def _sysctl_lines(localnet: Sequence[str], accept_ra: Sequence[str]) -> list[str]:
+    """The sysctl part of a fingerprint: our bridges with route_localnet=1, and with
+    accept_ra other than 0."""
+    return [f"{SYSCTL_PREFIX}route_localnet=1:{','.join(sorted(localnet))}",
+            f"{SYSCTL_PREFIX}accept_ra!=0:{','.join(sorted(accept_ra))}"]
 
 
-def _fingerprint_of(comments: Sequence[str]) -> str:
-    return "\n".join(sorted(comments))
+def _tables_fingerprint(spec: FirewallSpec) -> list[str]:
+    rules = _rules(spec)
+    sha_rule = _sha_rule(_render_body(rules))
+    return sorted([r.comment for r in rules] + [sha_rule.comment])
+
+
+def fingerprint(spec: SpecLike) -> str:
+    """What ``Firewall.observe()`` returns once ``spec`` is applied (pure)."""
+    spec = _as_spec(spec)
+    return _fingerprint_of(_tables_fingerprint(spec), localnet_bridges(spec), [])
+
+
+def _fingerprint_of(comments: Sequence[str], localnet: Sequence[str],
+                    accept_ra: Sequence[str]) -> str:
+    return "\n".join(sorted(comments) + _sysctl_lines(localnet, accept_ra))
+
+
+# --- the kernel -----------------------------------------------------------------------------
+
+
+def _read_bridge_sysctls() -> tuple[list[str], list[str]]:
+    """(our bridges with route_localnet=1, our bridges with accept_ra != 0), in the calling
+    thread's namespace."""
+    localnet, accept_ra = [], []
+    for bridge in _our_bridges("net.ipv4.conf"):
+        if _read_optional(f"net.ipv4.conf.{bridge}.route_localnet") == "1":
+            localnet.append(bridge)
+    for bridge in _our_bridges("net.ipv6.conf"):  # no such directory: IPv6 is disabled
+        if _read_optional(f"net.ipv6.conf.{bridge}.accept_ra") not in (None, "0"):
+            accept_ra.append(bridge)
+    return localnet, accept_ra
+
+
+def _our_bridges(key: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(sysctl.sysctl_path(key))
+                      if n.startswith(BRIDGE_PREFIX))
+    except FileNotFoundError:
+        return []
+
+
+def _read_optional(key: str) -> str | None:
+    """A sysctl's value, or None when it is gone (its interface vanished meanwhile)."""
+    try:
+        return sysctl.read_sysctl(key)
+    except KernelError as e:
+        if isinstance(e.__cause__, FileNotFoundError):
+            return None
+        raise
+
+
+def _ensure_optional(key: str, value: str) -> bool:
+    """Set a sysctl whose interface may not exist yet (the next observe shows it missing).
+    Returns True when it wrote."""
+    if _read_optional(key) in (None, value):
+        return False
+    return sysctl.ensure_sysctl(key, value)
+
+
+def _set_bridge_sysctls(localnet: Sequence[str]) -> bool:
+    """route_localnet=1 on ``localnet`` and 0 on our other bridges; accept_ra=0 on all ours.
+    Returns True when it wrote."""
+    wrote = False
+    for bridge in sorted(set(_our_bridges("net.ipv4.conf")) | set(localnet)):
+        wrote |= _ensure_optional(f"net.ipv4.conf.{bridge}.route_localnet",
+                                  "1" if bridge in localnet else "0")
+    for bridge in _our_bridges("net.ipv6.conf"):
+        wrote |= _ensure_optional(f"net.ipv6.conf.{bridge}.accept_ra", "0")
+    return wrote
 
 
 class Firewall:
-    """The table ``inet sdnctl`` of one network namespace (None: the caller's)."""
+    """The tables ``inet sdnctl`` and ``bridge sdnctl`` and our bridges' sysctls, in one
+    network namespace (None: the caller's)."""
 
     def __init__(self, netns_path: str | None = None) -> None:
+        self._netns = netns_path
         self._prefix = ["nsenter", f"--net={netns_path}"] if netns_path is not None else []
 
     def _nft(self, args: Sequence[str], script: str | None = None) -> subprocess.CompletedProcess:
@@ -108,45 +478,55 @@ class Firewall:
         except (OSError, subprocess.TimeoutExpired) as e:
             raise KernelError(f"could not run nft {' '.join(args)}") from e
 
+    def _in_netns(self, fn: Callable[[], T]) -> T:
+        return fn() if self._netns is None else run_in_netns(self._netns, fn)
+
+    def _observe_tables(self) -> list[str] | None:
+        """Comments of all rules in our tables; None when neither table exists."""
+        done = self._nft(["-j", "list", "ruleset"])
+        if done.returncode != 0:
+            raise KernelError(f"could not list the ruleset: {done.stderr.strip()}")
+        try:
+            items = json.loads(done.stdout)["nftables"]
+        except (ValueError, KeyError) as e:
+            raise KernelError("could not parse the ruleset") from e
+        ours = {(f, TABLE_NAME) for f in FAMILIES}
+        tables = [i["table"] for i in items if "table" in i]
+        if not any((t.get("family"), t.get("name")) in ours for t in tables):
+            return None
+        return [i["rule"].get("comment", "") for i in items
+                if "rule" in i and (i["rule"].get("family"), i["rule"].get("table")) in ours]
+
     def observe(self) -> str | None:
-        """The installed table's fingerprint, or None when the table is absent."""
-        done = self._nft(["-j", "list", "table", TABLE_FAMILY, TABLE_NAME])
-        if done.returncode != 0:
-            if not self._table_exists():  # nft exits 1 for every error: ask, don't parse text
-                return None
-            raise KernelError(f"could not list table {TABLE_NAME!r}: {done.stderr.strip()}")
-        try:
-            items = json.loads(done.stdout)["nftables"]
-        except (ValueError, KeyError) as e:
-            raise KernelError(f"could not parse table {TABLE_NAME!r}") from e
-        comments = [
-            item["rule"].get("comment", "") for item in items if "rule" in item
-        ]
-        return _fingerprint_of(comments)
+        """The installed state's fingerprint, or None when neither table is there."""
+        comments = self._observe_tables()
+        if comments is None:
+            return None
+        localnet, accept_ra = self._in_netns(_read_bridge_sysctls)
+        return _fingerprint_of(comments, localnet, accept_ra)
 
-    def apply(self, rules: Sequence[MasqueradeRule]) -> bool:
-        """Install ``rules`` unless they are installed already. Returns True when it wrote."""
-        if self.observe() == fingerprint(rules):
-            return False
-        done = self._nft(["-f", "-"], script=render(rules))
-        if done.returncode != 0:
-            raise KernelError(f"could not apply table {TABLE_NAME!r}: {done.stderr.strip()}")
-        return True
+    def apply(self, spec: SpecLike) -> bool:
+        """Install ``spec`` unless it is installed already. Returns True when it wrote.
 
-    def _table_exists(self) -> bool:
-        done = self._nft(["-j", "list", "tables", TABLE_FAMILY])
-        if done.returncode != 0:
-            raise KernelError(f"could not list {TABLE_FAMILY} tables: {done.stderr.strip()}")
-        try:
-            items = json.loads(done.stdout)["nftables"]
-        except (ValueError, KeyError) as e:
-            raise KernelError(f"could not parse the list of {TABLE_FAMILY} tables") from e
-        return any(item.get("table", {}).get("name") == TABLE_NAME for item in items)
+        The tables are rewritten only when their part of the fingerprint differs; the bridge
+        sysctls are set on every bridge that exists (see the module note)."""
+        spec = _as_spec(spec)
+        comments = self._observe_tables()
+        wrote = False
+        if comments is None or sorted(comments) != _tables_fingerprint(spec):
+            done = self._nft(["-f", "-"], script=render(spec))
+            if done.returncode != 0:
+                raise KernelError(f"could not apply tables {TABLE_NAME!r}: {done.stderr.strip()}")
+            wrote = True
+        localnet = localnet_bridges(spec)
+        return self._in_netns(lambda: _set_bridge_sysctls(localnet)) or wrote
 
     def remove(self) -> None:
-        """Delete the table; absent is success. ``add`` first makes the delete always valid, and
-        both run in one transaction."""
-        table = f"{TABLE_FAMILY} {TABLE_NAME}"
-        done = self._nft(["-f", "-"], script=f"add table {table}\ndelete table {table}\n")
+        """Delete both tables (absent is success) and turn ``route_localnet`` off on our bridges.
+        ``add`` first makes each delete always valid; all run in one transaction."""
+        script = "".join(f"add table {f} {TABLE_NAME}\ndelete table {f} {TABLE_NAME}\n"
+                         for f in FAMILIES)
+        done = self._nft(["-f", "-"], script=script)
         if done.returncode != 0:
-            raise KernelError(f"could not delete table {TABLE_NAME!r}: {done.stderr.strip()}")
+            raise KernelError(f"could not delete tables {TABLE_NAME!r}: {done.stderr.strip()}")
+        self._in_netns(lambda: _set_bridge_sysctls([]))

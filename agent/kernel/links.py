@@ -79,6 +79,7 @@ class ObservedContainerNet:
     mtu: int
     addresses: tuple[str, ...]  # IPv4, 'a.b.c.d/len', sorted
     gateway: str | None  # of the main table's IPv4 default route
+    mac: str | None = None  # the interface's MAC address
 
 
 def _kind(msg: Any) -> str | None:
@@ -212,6 +213,7 @@ class Links:
             mtu=link.get_attr("IFLA_MTU"),
             addresses=tuple(sorted(addrs)),
             gateway=default.get_attr("RTA_GATEWAY") if default is not None else None,
+            mac=link.get_attr("IFLA_ADDRESS"),
         )
 
     # --- links --------------------------------------------------------------------------------
@@ -252,6 +254,7 @@ class Links:
             "master": link.get_attr("IFLA_MASTER"),
             "state": "up" if _is_up(link) else "down",
             "ifalias": link.get_attr("IFLA_IFALIAS"),
+            "address": link.get_attr("IFLA_ADDRESS"),
         }
         delta = {k: v for k, v in want.items() if current[k] != v}
         if delta:
@@ -305,10 +308,13 @@ class Links:
         peer_ifname: str,
         address_cidr: str,
         gateway: str,
+        mac: str | None = None,
     ) -> int:
         """A veth pair from ``bridge`` into the container namespace, addressed and routed.
 
-        The peer is created directly inside ``netns_path``. Returns the host side's index.
+        The peer is created directly inside ``netns_path``, with MAC address ``mac`` when given
+        (``names.container_mac``: the anti-spoofing rules must know it; a different one is
+        repaired). Returns the host side's index.
         """
         self._check_thread()
         ipr = self._host
@@ -322,27 +328,34 @@ class Links:
             raise KernelError(f"could not add {what}: bridge {bridge!r} does not exist")
         master_index = master["index"]
         if link is None:
-            link = self._create_veth(host_ifname, alias, master_index, mtu, netns_path, peer_ifname)
+            link = self._create_veth(host_ifname, alias, master_index, mtu, netns_path,
+                                     peer_ifname, mac)
         else:
             self._verify_ours(link, host_ifname, "veth", alias)
         self._fix_link(ipr, link, what, mtu=mtu, master=master_index, state="up", ifalias=alias)
-        self._ensure_container_side(netns_path, peer_ifname, alias, mtu, address_cidr, gateway)
+        self._ensure_container_side(netns_path, peer_ifname, alias, mtu, address_cidr, gateway,
+                                    mac)
         return int(link["index"])
 
     def _create_veth(
-        self, name: str, alias: str, master: int, mtu: int, netns_path: str, peer: str
+        self, name: str, alias: str, master: int, mtu: int, netns_path: str, peer: str,
+        mac: str | None,
     ) -> Any:
         fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        peer_attrs: dict[str, Any] = {"ifname": peer, "net_ns_fd": fd, "mtu": mtu}
+        if mac is not None:
+            peer_attrs["address"] = mac.lower()
         try:
             return self._create(
                 self._host, name, "veth", alias, mtu=mtu, master=master, state="up",
-                peer={"ifname": peer, "net_ns_fd": fd, "mtu": mtu},
+                peer=peer_attrs,
             )
         finally:
             os.close(fd)
 
     def _ensure_container_side(
-        self, netns_path: str, peer: str, alias: str, mtu: int, address_cidr: str, gateway: str
+        self, netns_path: str, peer: str, alias: str, mtu: int, address_cidr: str, gateway: str,
+        mac: str | None,
     ) -> None:
         what = f"{peer!r} in {netns_path!r}"
         ipr = self._in(netns_path)
@@ -353,7 +366,10 @@ class Links:
         if link is None:
             # The host side exists but its peer is not in this namespace (moved or renamed).
             raise KernelError(f"could not find {what}: host side exists without it")
-        self._fix_link(ipr, link, what, mtu=mtu, state="up", ifalias=alias)
+        want: dict[str, Any] = {"mtu": mtu, "state": "up", "ifalias": alias}
+        if mac is not None:
+            want["address"] = mac.lower()
+        self._fix_link(ipr, link, what, **want)
         self._ensure_addresses(ipr, link["index"], address_cidr, what)
         self._ensure_default_route(ipr, link["index"], gateway, what)
 

@@ -8,6 +8,7 @@ deletes only what is provably ours and a name collision is detected, never reuse
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 
 ALIAS_PREFIX = "sdnctl:"
 BRIDGE_PREFIX = "sdnb"
@@ -32,3 +33,9 @@ def veth_name(container: str, interface: str) -> str:
 
 def veth_alias(container: str, interface: str) -> str:
     return f"{ALIAS_PREFIX}ctr/{container}/{interface}"
+
+
+def container_mac(ip: str) -> str:
+    """Docker's scheme: ``02:42:`` (locally administered, unicast) then the IPv4 address's four
+    bytes, so the anti-spoofing rules know a container's MAC from its address alone."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)

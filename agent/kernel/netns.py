@@ -23,7 +23,11 @@ from typing import TypeVar
 
 from pyroute2 import IPRoute
 
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
+#: Namespace kinds a sandbox pins, with their clone flag (the name is the /proc/PID/ns entry).
+SANDBOX_KINDS = {"net": CLONE_NEWNET, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC}
 MS_BIND = 4096
 MNT_DETACH = 2
 NETLINK_ROUTE = 0
@@ -35,6 +39,7 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 
 T = TypeVar("T")
 
@@ -104,34 +109,57 @@ def netns_inode(path: str) -> int:
 
 
 def create_netns(path: str) -> bool:
-    """Make a new network namespace and pin it at ``path``. Returns False if one is there already.
+    """Make a new network namespace (``lo`` up) and pin it at ``path``.
 
-    The new namespace has ``lo`` up, as every container and host expects.
+    Returns False if one is there already.
     """
-    if is_netns(path):
-        return False
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    return bool(create_sandbox({"net": path}, ""))
+
+
+def create_sandbox(paths: dict[str, str], hostname: str) -> list[str]:
+    """Pin new namespaces of the kinds in ``paths`` (``net``, ``uts``, ``ipc`` -> file path).
+
+    This is the agent's "pause container": a container's network, UTS and IPC namespaces exist
+    apart from its processes, so a container joined to it keeps them when its owner restarts.
+    Kinds already pinned are left alone (idempotent); the new UTS namespace is named
+    ``hostname``, a new network namespace has ``lo`` up. Returns the kinds it created. On
+    failure nothing of this call is left behind.
+    """
+    missing = {kind: path for kind, path in paths.items() if not is_netns(path)}
+    if not missing:
+        return []
+    for path in missing.values():
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
 
     def make() -> None:
-        _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-        os.close(fd)
+        flags = 0
+        for kind in missing:
+            flags |= SANDBOX_KINDS[kind]
+        _check(_libc.unshare(flags), f"unshare({'|'.join(missing)})")
+        if "uts" in missing:
+            name = hostname.encode()
+            _check(_libc.sethostname(name, len(name)), f"sethostname {hostname!r}")
+        if "net" in missing:
+            with IPRoute() as ipr:
+                ipr.link("set", index=1, state="up")
+        pinned: list[str] = []
         try:
-            _check(
-                _libc.mount(b"/proc/thread-self/ns/net", path.encode(), None, MS_BIND, None),
-                f"bind-mount netns on {path}",
-            )
+            for kind, path in missing.items():
+                fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+                os.close(fd)
+                pinned.append(path)
+                _check(_libc.mount(f"/proc/thread-self/ns/{kind}".encode(), path.encode(),
+                                   None, MS_BIND, None), f"bind-mount {kind} namespace on {path}")
         except BaseException:
-            os.unlink(path)
+            for path in pinned:
+                remove_netns(path)
             raise
-        with IPRoute() as ipr:  # still inside the new namespace: bring up lo
-            ipr.link("set", index=1, state="up")
 
     try:
         _in_thread(make)
     except FileExistsError as e:
-        raise NetnsError(errno.EEXIST, f"{path} exists and is not a network namespace") from e
-    return True
+        raise NetnsError(errno.EEXIST, f"{e.filename} exists and is not a namespace") from e
+    return list(missing)
 
 
 def remove_netns(path: str) -> bool:

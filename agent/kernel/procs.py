@@ -43,13 +43,18 @@ def _launcher_env() -> dict[str, str]:
 
 
 def start(
-    netns_path: str, hostname: str, command: Sequence[str], pidfile: str, log: str
+    netns_path: str | None, hostname: str, command: Sequence[str], pidfile: str, log: str,
+    uts: str | None = None, ipc: str | None = None,
 ) -> ProcInfo:
-    """Run ``command`` in the namespace at ``netns_path`` (new PID and UTS namespaces)."""
-    argv = [
-        sys.executable, "-m", "agent.launch", "--netns", netns_path, "--hostname", hostname,
-        "--pidfile", pidfile, "--log", log, "--", *command,
-    ]
+    """Run ``command`` in a new PID namespace, in the network namespace at ``netns_path`` (None:
+    the agent's own, i.e. the host's), the UTS and IPC namespaces at ``uts``/``ipc`` (None: new
+    ones; a new UTS namespace is named ``hostname``)."""
+    argv = [sys.executable, "-m", "agent.launch", "--hostname", hostname,
+            "--pidfile", pidfile, "--log", log]
+    for flag, path in (("--netns", netns_path), ("--uts", uts), ("--ipc", ipc)):
+        if path:
+            argv += [flag, path]
+    argv += ["--", *command]
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, check=False,
@@ -115,7 +120,17 @@ def _wait_gone(info: ProcInfo, timeout: float) -> bool:
 
 def stop(info: ProcInfo, grace: float = 1.0) -> None:
     """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Already gone is success."""
-    if not _signal(info, signal.SIGTERM) or _wait_gone(info, grace):
-        return
-    if _signal(info, signal.SIGKILL) and not _wait_gone(info, 5.0):
-        raise KernelError(f"could not stop process {info.pid}: still running after SIGKILL")
+    stop_all([info], grace)
+
+
+def stop_all(infos: Sequence[ProcInfo], grace: float = 1.0) -> None:
+    """Stop several processes at once: one grace period for all, not one each."""
+    alive = [info for info in infos if _signal(info, signal.SIGTERM)]
+    deadline = time.monotonic() + grace
+    while alive and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL)
+        alive = [info for info in alive if _is_running(info)]
+    alive = [info for info in alive if _signal(info, signal.SIGKILL)]
+    stuck = [info.pid for info in alive if not _wait_gone(info, 5.0)]
+    if stuck:
+        raise KernelError(f"could not stop processes {stuck}: still running after SIGKILL")

@@ -28,10 +28,14 @@ class NotFound(SdnError):
 
 
 class AlreadyExists(SdnError):
-    """``AlreadyExists("network", "front")``: network 'front' already exists."""
+    """``AlreadyExists("network", "front")``: network 'front' already exists.
 
-    def __init__(self, field: str, name: str) -> None:
-        super().__init__(f"{field} {name!r} already exists")
+    With ``detail``, the message is ``field: detail``, for a value that is taken rather than an
+    object that exists (``container.fixed_ip: 10.88.0.5 is taken by container 'db'``).
+    """
+
+    def __init__(self, field: str, name: str, detail: str = "") -> None:
+        super().__init__(f"{field}: {detail}" if detail else f"{field} {name!r} already exists")
         self.field = field
         self.name = name
 

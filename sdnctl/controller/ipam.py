@@ -11,6 +11,12 @@ requests can never hand out the same subnet or address:
   ``/ipam/<network>/owner/<container>/<interface>`` makes allocation idempotent; both hold the
   same :class:`Allocation`.
 
+A network with a ``gateway`` or an ``ip_range`` is one lease (validation makes its host prefix
+the subnet's own, as a Docker bridge network is): the lease's gateway is the network's, and
+picked addresses come from the ip_range only. A container's ``fixed_ip`` takes exactly that
+address of its host's lease, through the same guard, so a fixed and a picked address can never
+collide either.
+
 The ``plan_*`` functions read the store and return (result, compares, puts) without writing, so
 that the controller can commit a lease, an address and its own container record in ONE
 transaction through :func:`commit_with_retry`. The pure helpers (``pick_subnet``,
@@ -27,7 +33,13 @@ from typing import TypeVar
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
-from sdnctl.controller.errors import Conflict, Exhausted, FailedPrecondition, Invalid
+from sdnctl.controller.errors import (
+    AlreadyExists,
+    Conflict,
+    Exhausted,
+    FailedPrecondition,
+    Invalid,
+)
 from sdnctl.controller.store.base import Compare, Delete, Put, Store
 from sdnctl.model import Allocation, Lease, Network, check_name, from_json, to_json
 
@@ -136,15 +148,45 @@ def gateway_of(subnet: str) -> str:
     return str(IPAddress(IPNetwork(subnet).first + 1, 4))
 
 
-def pick_address(subnet: str, gateway: str, taken: set[str]) -> str | None:
-    """The lowest address of ``subnet`` that is free and not network, broadcast or gateway."""
+def lease_gateway(network: Network, subnet: str) -> str:
+    """The gateway of ``network``'s lease ``subnet``: the network's own, if it names one."""
+    if network.gateway and IPAddress(network.gateway) in IPNetwork(subnet):
+        return network.gateway
+    return gateway_of(subnet)
+
+
+def pick_address(subnet: str, gateway: str, taken: set[str], ip_range: str = "") -> str | None:
+    """The lowest address of ``subnet`` that is free and not network, broadcast or gateway.
+
+    With ``ip_range``, only addresses inside it are candidates.
+    """
     net = IPNetwork(subnet)
+    first, last = net.first + 1, net.last - 1
+    if ip_range:
+        allowed = IPNetwork(ip_range)
+        first, last = max(first, allowed.first), min(last, allowed.last)
     used = {int(IPAddress(a)) for a in taken}
     used.add(int(IPAddress(gateway)))
-    for value in range(net.first + 1, net.last):
+    for value in range(first, last + 1):
         if value not in used:
             return str(IPAddress(value, 4))
     return None
+
+
+def check_fixed_address(lease: Lease, address: str, field: str = "fixed_ip") -> None:
+    """``address`` may be asked for in ``lease``: inside it, not network, broadcast or gateway."""
+    subnet = IPNetwork(lease.subnet)
+    try:
+        value = IPAddress(address, 4)
+    except (AddrFormatError, ValueError, TypeError):
+        raise Invalid(field, f"{address!r} is not an IPv4 address") from None
+    if value not in subnet:
+        raise Invalid(field, f"{address} is outside {lease.subnet}, the subnet of network "
+                      f"{lease.network!r} on host {lease.host!r}")
+    if value in (subnet.network, subnet.broadcast):
+        raise Invalid(field, f"{address} is the network or broadcast address of {lease.subnet}")
+    if value == IPAddress(lease.gateway):
+        raise Invalid(field, f"{address} is the gateway of network {lease.network!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,12 +204,22 @@ def commit_with_retry(
     raise :class:`Conflict` after ``timeout`` seconds. Errors raised by ``build`` (Exhausted,
     Invalid...) propagate at once.
     """
+    return commit_with_revision(store, build, timeout)[0]
+
+
+def commit_with_revision(
+    store: Store,
+    build: Callable[[], tuple[list[Compare], list[Put | Delete], R]],
+    timeout: float = RETRY_TIMEOUT,
+) -> tuple[R, int]:
+    """:func:`commit_with_retry`, also returning the revision the transaction committed at."""
     deadline = time.monotonic() + timeout
     attempts = 0
     while True:
         compares, ops, result = build()
-        if store.txn(compares, ops) is not None:
-            return result
+        revision = store.txn(compares, ops)
+        if revision is not None:
+            return result, revision
         attempts += 1
         if time.monotonic() >= deadline:
             raise Conflict(
@@ -201,7 +253,7 @@ def plan_lease(store: Store, network: Network, host: str) -> tuple[Lease, list[C
     subnet = pick_subnet(network.subnet, prefixlen, taken)
     if subnet is None:
         raise Exhausted(f"network {network.name!r} has no free /{prefixlen} left for host {host!r}")
-    lease = Lease(network.name, host, subnet, gateway_of(subnet))
+    lease = Lease(network.name, host, subnet, lease_gateway(network, subnet))
     guard = subnet_key(network.name, subnet)
     compares = [Compare(key, 0), Compare(guard, 0)]
     puts = [Put(key, to_json(lease)), Put(guard, host.encode())]
@@ -209,36 +261,71 @@ def plan_lease(store: Store, network: Network, host: str) -> tuple[Lease, list[C
 
 
 def plan_address(
-    store: Store, network: Network, lease: Lease, container: str, interface: str
+    store: Store, network: Network, lease: Lease, container: str, interface: str,
+    fixed_ip: str = "", *, releasing: Allocation | None = None, field: str = "fixed_ip",
 ) -> tuple[Allocation, list[Compare], list[Put]]:
     """The address (network, container, interface) holds or would get, and how to commit it.
 
     ``lease`` may be one that is not stored yet (from :func:`plan_lease`, committed in the same
     transaction); a stored lease must match it and must not change before the commit.
+    ``fixed_ip`` asks for exactly that address (``field`` names it in errors). ``releasing`` is
+    an allocation of this container that the caller frees in the same transaction: its owner
+    key and its address count as free. Combine the caller's release ops with ours through
+    :func:`merge_ops`.
     """
     check_name(container, "container")
     _check_interface(interface)
     if lease.network != network.name:
         raise Invalid("lease", f"lease is on network {lease.network!r}, not {network.name!r}")
+    freed = releasing if releasing is not None and releasing.network == network.name else None
     owner = owner_key(network.name, container, interface)
     current = store.get(owner)
-    if current is not None:
-        return from_json(Allocation, current.value), [Compare(owner, current.mod_revision)], []
-    compares = [Compare(owner, 0), _lease_unchanged(store, lease)]
-    entries, _ = store.range(f"/ipam/{network.name}/addr/")
+    if current is not None and not (freed and freed.container == container
+                                    and freed.interface == interface):
+        existing = from_json(Allocation, current.value)
+        if fixed_ip and existing.address != fixed_ip:
+            raise FailedPrecondition(
+                f"{field}: container {container!r} already holds {existing.address} on network "
+                f"{network.name!r}; release it first")
+        return existing, [Compare(owner, current.mod_revision)], []
+    compares = [Compare(owner, current.mod_revision if current else 0),
+                _lease_unchanged(store, lease)]
     subnet = IPNetwork(lease.subnet)
-    taken = {a for a in (kv.key.rsplit("/", 1)[1] for kv in entries) if IPAddress(a) in subnet}
-    address = pick_address(lease.subnet, lease.gateway, taken)
-    if address is None:
-        raise Exhausted(
-            f"subnet {lease.subnet} of network {network.name!r} on host {lease.host!r} "
-            "has no free address"
-        )
-    allocation = Allocation(network.name, container, interface, address, subnet.prefixlen)
+    if fixed_ip:
+        check_fixed_address(lease, fixed_ip, field)
+        address = str(IPAddress(fixed_ip, 4))
+    else:
+        entries, _ = store.range(f"/ipam/{network.name}/addr/")
+        taken = {a for a in (kv.key.rsplit("/", 1)[1] for kv in entries)
+                 if IPAddress(a) in subnet}
+        taken.discard(freed.address if freed else "")
+        found = pick_address(lease.subnet, lease.gateway, taken, network.ip_range)
+        if found is None:
+            where = f"ip_range {network.ip_range}" if network.ip_range else f"subnet {lease.subnet}"
+            raise Exhausted(f"{where} of network {network.name!r} on host {lease.host!r} "
+                            "has no free address")
+        address = found
     guard = addr_key(network.name, address)
+    holder = store.get(guard)
+    if holder is None:
+        compares.append(Compare(guard, 0))
+    elif freed is not None and freed.address == address:
+        compares.append(Compare(guard, holder.mod_revision))  # ours, freed and taken again
+    elif fixed_ip:
+        taken_by = from_json(Allocation, holder.value).container
+        raise AlreadyExists(field, address, f"{address} is taken by container {taken_by!r}")
+    else:
+        compares.append(Compare(guard, 0))  # taken since we listed: the commit retries
+    allocation = Allocation(network.name, container, interface, address, subnet.prefixlen)
     value = to_json(allocation)
-    compares.append(Compare(guard, 0))
     return allocation, compares, [Put(guard, value), Put(owner, value)]
+
+
+def merge_ops(deletes: list[Delete], puts: list[Put]) -> list[Put | Delete]:
+    """``deletes`` then ``puts`` as one transaction's ops: a key both freed and taken again is
+    only put (a transaction may touch a key once)."""
+    put_keys = {p.key for p in puts}
+    return [*(d for d in deletes if d.key not in put_keys), *puts]
 
 
 def _lease_unchanged(store: Store, lease: Lease) -> Compare:
@@ -265,12 +352,15 @@ def ensure_lease(store: Store, network: Network, host: str) -> Lease:
 
 
 def allocate_address(
-    store: Store, network: Network, lease: Lease, container: str, interface: str
+    store: Store, network: Network, lease: Lease, container: str, interface: str,
+    fixed_ip: str = "",
 ) -> Allocation:
-    """Give (network, container, interface) an address from ``lease`` (or return the one it has)."""
+    """Give (network, container, interface) an address from ``lease`` (or return the one it has);
+    with ``fixed_ip``, exactly that one."""
 
     def build() -> tuple[list[Compare], list[Put | Delete], Allocation]:
-        allocation, compares, puts = plan_address(store, network, lease, container, interface)
+        allocation, compares, puts = plan_address(store, network, lease, container, interface,
+                                                  fixed_ip)
         return compares, list(puts), allocation
 
     return commit_with_retry(store, build)
@@ -349,15 +439,18 @@ __all__ = [
     "MAX_HOST_PREFIX",
     "addr_key",
     "allocate_address",
+    "check_fixed_address",
     "commit_with_retry",
     "ensure_lease",
     "gateway_of",
     "get_lease",
     "host_prefix_for",
+    "lease_gateway",
     "lease_key",
     "lease_release_ops",
     "list_allocations",
     "list_leases",
+    "merge_ops",
     "owner_key",
     "pick_address",
     "pick_subnet",

@@ -2,7 +2,8 @@
 
 It listens on a unix socket by default (``/run/sdnctl/controller.sock``, mode 0600: only root
 talks to it), serves gRPC health checking and server reflection, and keeps its state in one
-SQLite file.
+SQLite file. At start it makes sure the default bridge network exists (Docker's ``bip``):
+containers created without a network join it.
 """
 
 from __future__ import annotations
@@ -31,10 +32,14 @@ from sdnctl.controller.state import State
 from sdnctl.controller.store.base import Store
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
+from sdnctl.model import Invalid
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sdnctl.controller")
+
+#: Docker's default bridge subnet.
+DEFAULT_BRIDGE_SUBNET = "172.17.0.0/16"
 
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Controller"].full_name,
@@ -54,10 +59,17 @@ class RunningServer:
 
 
 def create_server(address: str, store: Store, max_workers: int = 32,
-                  progress_interval: float = 10.0) -> RunningServer:
-    """Build and start a server on ``address``: ``unix:/path`` or ``host:port`` (port 0 picks)."""
+                  progress_interval: float = 10.0,
+                  default_bridge: str | None = None) -> RunningServer:
+    """Build and start a server on ``address``: ``unix:/path`` or ``host:port`` (port 0 picks).
+
+    ``default_bridge``: the subnet of the default bridge network, made before serving (None: no
+    default bridge; containers must name their network).
+    """
     stopping = threading.Event()
     state = State(store)
+    if default_bridge:
+        state.ensure_default_bridge(default_bridge)
     connections = Connections()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                          interceptors=[ErrorInterceptor()])
@@ -103,13 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", default=paths.controller_db(),
                         help="SQLite file (default: %(default)s)")
     parser.add_argument("--pidfile", default="", help="write our PID here")
+    parser.add_argument("--default-bridge", default=DEFAULT_BRIDGE_SUBNET, metavar="CIDR",
+                        help="subnet of the default bridge network, Docker's bip "
+                        "(default: %(default)s; '' for none)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s controller %(levelname)s %(message)s")
 
     store = open_store(args.store, args.db)
-    running = create_server(args.listen, store)
+    try:
+        running = create_server(args.listen, store, default_bridge=args.default_bridge or None)
+    except Invalid as e:
+        parser.error(f"--default-bridge: {e.message}")
     if args.pidfile:
         paths.write_atomic(args.pidfile, f"{os.getpid()}\n")
     log.info("listening on %s (store: %s)", running.address,

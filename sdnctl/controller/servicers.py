@@ -148,6 +148,10 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         self.state.delete_network(request.name)
         return pb.DeleteResponse()
 
+    def UpdateNetwork(self, request: pb.UpdateNetworkRequest, context: Any) -> pb.Network:
+        network, revision = self.state.update_network(convert.network_from_pb(request.network))
+        return convert.network_to_pb(network, revision)
+
     def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.Container:
         view = self.state.create_container(convert.container_from_pb(request.container))
         return container_pb(view)
@@ -165,8 +169,11 @@ class ControllerServicer(pb_grpc.ControllerServicer):
                                          revision=revision)
 
     def DeleteContainer(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
-        self.state.delete_container(request.name)
-        return pb.DeleteResponse()
+        return pb.DeleteResponse(revision=self.state.delete_container(request.name))
+
+    def UpdateContainer(self, request: pb.UpdateContainerRequest, context: Any) -> pb.Container:
+        view = self.state.update_container(convert.container_from_pb(request.container))
+        return container_pb(view)
 
 
 class HostSyncServicer(pb_grpc.HostSyncServicer):

@@ -5,6 +5,12 @@ it read (compare-and-swap), retried with a fresh read when another writer got th
 container record, its host's subnet lease and its address appear together or not at all, and a
 failed call changes nothing.
 
+Network modes (Docker's ``--network``): only a bridged container holds a lease and an address.
+A joined container (``container:<donor>``) needs its donor on the same host, one level deep
+(the donor joins nobody), so that the donor is always in the same host's Watch stream and the
+agent can find the namespace to share. An update that changes the mode or the bridge network
+releases the old address and allocates the new one in the same transaction as the new record.
+
 Key layout (values are ``sdnctl.model.to_json`` of model objects):
     /hosts/<name>                         Host
     /networks/<name>                      Network
@@ -16,13 +22,15 @@ Key layout (values are ``sdnctl.model.to_json`` of model objects):
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sdnctl.controller import ipam
-from sdnctl.controller.errors import AlreadyExists, FailedPrecondition, NotFound
+from sdnctl.controller.errors import AlreadyExists, FailedPrecondition, Invalid, NotFound
 from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
 from sdnctl.model import (
+    DEFAULT_HOST_PREFIX,
     Allocation,
     Container,
     ContainerStatus,
@@ -32,6 +40,7 @@ from sdnctl.model import (
     Network,
     check_name,
     from_json,
+    parse_port,
     to_json,
 )
 from sdnctl.validate import validate_container, validate_host, validate_network
@@ -39,8 +48,15 @@ from sdnctl.validate import validate_container, validate_host, validate_network
 HOSTS = "/hosts/"
 NETWORKS = "/networks/"
 CONTAINERS = "/containers/"
-CONTAINER_STATUS = "/status/containers/"
-HOST_STATUS = "/status/hosts/"
+STATUS = "/status/"  # what agents report; never part of a host's desired state
+CONTAINER_STATUS = STATUS + "containers/"
+HOST_STATUS = STATUS + "hosts/"
+#: The name of the controller's default bridge network (Docker's ``bridge``, set with ``bip``).
+DEFAULT_BRIDGE = "bridge"
+
+log = logging.getLogger(__name__)
+
+Ops = list[Put | Delete]
 
 
 def host_key(name: str) -> str:
@@ -163,12 +179,47 @@ class State:
     # -- networks ---------------------------------------------------------------------------
 
     def create_network(self, network: Network) -> tuple[Network, int]:
+        network = dataclasses.replace(network, builtin=False)  # only the controller makes one
         validate_network(network)
         revision = self.store.txn([Compare(network_key(network.name), 0)],
                                   [Put(network_key(network.name), to_json(network))])
         if revision is None:
             raise AlreadyExists("network", network.name)
         return network, revision
+
+    def ensure_default_bridge(self, subnet: str) -> Network:
+        """Make sure the default bridge network exists on ``subnet`` (idempotent).
+
+        What an update may change (masquerade, internal, allow) is kept. A ``bridge`` network on
+        another subnet is replaced when no container uses it; else it stays, with a warning.
+        """
+        wanted = Network(DEFAULT_BRIDGE, subnet, host_prefix=DEFAULT_HOST_PREFIX,
+                         masquerade=True, builtin=True)
+        validate_network(wanted, "default_bridge")
+        key = network_key(DEFAULT_BRIDGE)
+
+        def build() -> tuple[list[Compare], Ops, Network]:
+            kv = self.store.get(key)
+            if kv is None:
+                return [Compare(key, 0)], [Put(key, to_json(wanted))], wanted
+            stored = from_json(Network, kv.value)
+            keep = {name: getattr(stored, name) for name in Network.MUTABLE}
+            network = dataclasses.replace(wanted, **keep)
+            compares = [Compare(key, kv.mod_revision)]
+            if network == stored:
+                return compares, [], stored
+            ops: Ops = [Put(key, to_json(network))]
+            if _immutable_change(stored, network) is not None:
+                users = self._bridge_users(DEFAULT_BRIDGE)
+                if users:
+                    log.warning("the default bridge network stays on %s, not %s: containers "
+                                "use it (%s)", stored.subnet, subnet, ", ".join(users))
+                    return compares, [], stored
+                for lease in ipam.list_leases(self.store, network=DEFAULT_BRIDGE):
+                    ops += ipam.lease_release_ops(lease)
+            return compares, ops, network
+
+        return ipam.commit_with_retry(self.store, build)
 
     def get_network(self, name: str) -> tuple[Network, int]:
         check_name(name, "name")
@@ -181,21 +232,63 @@ class State:
         kvs, revision = self.store.range(NETWORKS)
         return [(from_json(Network, kv.value), kv.mod_revision) for kv in kvs], revision
 
+    def update_network(self, network: Network) -> tuple[Network, int]:
+        """Change what may change of a network (``Network.MUTABLE``); the rest must be as stored."""
+        validate_network(network)
+
+        def build() -> tuple[list[Compare], Ops, None]:
+            kv = self.store.get(network_key(network.name))
+            if kv is None:
+                raise NotFound("network", network.name)
+            stored = from_json(Network, kv.value)
+            wanted = dataclasses.replace(network, builtin=stored.builtin)  # output only
+            changed = _immutable_change(stored, wanted)
+            if changed is not None:
+                raise Invalid(
+                    f"network.{changed}",
+                    f"cannot change from {getattr(stored, changed)!r} to "
+                    f"{getattr(wanted, changed)!r}; only {', '.join(Network.MUTABLE)} can "
+                    "change (delete the network and create it again)")
+            compares = [Compare(kv.key, kv.mod_revision)]
+            for i, name in enumerate(wanted.allow):
+                if name in stored.allow:
+                    continue  # created before the network it names: it may be made later
+                other = self._require(network_key(name), f"network.allow[{i}]", name)
+                compares.append(Compare(other.key, other.mod_revision))
+            if wanted == stored:
+                return compares, [], None
+            return compares, [Put(kv.key, to_json(wanted))], None
+
+        ipam.commit_with_retry(self.store, build)
+        return self.get_network(network.name)
+
     def delete_network(self, name: str) -> None:
+        """Delete a network no container uses, its leases, and its name from others' ``allow``
+        (a later network of the same name must not inherit a permission)."""
         check_name(name, "name")
 
-        def build() -> tuple[list[Compare], list[Put | Delete], None]:
+        def build() -> tuple[list[Compare], Ops, None]:
             kv = self.store.get(network_key(name))
             if kv is None:
                 raise NotFound("network", name)
-            users = [c.name for c in self._containers() if c.network == name]
+            if from_json(Network, kv.value).builtin:
+                raise FailedPrecondition("the default bridge network cannot be deleted")
+            users = self._bridge_users(name)
             if users:
                 raise FailedPrecondition(
-                    f"network {name!r} still has containers: {', '.join(sorted(users))}")
-            ops: list[Put | Delete] = [Delete(kv.key)]
+                    f"network {name!r} still has containers: {', '.join(users)}")
+            compares = [Compare(kv.key, kv.mod_revision)]
+            ops: Ops = [Delete(kv.key)]
+            others, _ = self.store.range(NETWORKS)
+            for other_kv in others:
+                other = from_json(Network, other_kv.value)
+                if name in other.allow:
+                    allow = tuple(n for n in other.allow if n != name)
+                    compares.append(Compare(other_kv.key, other_kv.mod_revision))
+                    ops.append(Put(other_kv.key, to_json(dataclasses.replace(other, allow=allow))))
             for lease in ipam.list_leases(self.store, network=name):
                 ops += ipam.lease_release_ops(lease)
-            return [Compare(kv.key, kv.mod_revision)], ops, None
+            return compares, ops, None
 
         ipam.commit_with_retry(self.store, build)
 
@@ -203,32 +296,58 @@ class State:
 
     def create_container(self, container: Container) -> ContainerView:
         """Record a container with its host's lease and its address, in one transaction."""
+        container = self._with_default_network(container)
         validate_container(container)
 
-        def build() -> tuple[list[Compare], list[Put | Delete], None]:
+        def build() -> tuple[list[Compare], Ops, None]:
             if self.store.get(container_key(container.name)) is not None:
                 raise AlreadyExists("container", container.name)
             host_kv = self._require(host_key(container.host), "container.host", container.host)
-            net_kv = self._require(network_key(container.network), "container.network",
-                                   container.network)
-            network = from_json(Network, net_kv.value)
-            lease, lease_cmp, lease_ops = ipam.plan_lease(self.store, network, container.host)
-            _, addr_cmp, addr_ops = ipam.plan_address(
-                self.store, network, lease, container.name, container.interface)
+            _check_host_ports(container, self._containers())
+            place_cmp, place_ops = self._plan_placement(container, releasing=None)
             compares = [
                 Compare(container_key(container.name), 0),
                 Compare(host_kv.key, host_kv.mod_revision),
-                Compare(net_kv.key, net_kv.mod_revision),
-                *lease_cmp,
-                *addr_cmp,
+                *place_cmp,
             ]
-            ops: list[Put | Delete] = [
-                *lease_ops,
-                *addr_ops,
+            ops: Ops = [
+                *place_ops,
                 Put(container_key(container.name), to_json(container)),
                 Delete(status_key(container.name)),
             ]
             return compares, ops, None
+
+        ipam.commit_with_retry(self.store, build)
+        return self.get_container(container.name)
+
+    def update_container(self, container: Container) -> ContainerView:
+        """Replace a container's spec on the same host, moving its address as its mode needs."""
+        container = self._with_default_network(container)
+        validate_container(container)
+
+        def build() -> tuple[list[Compare], Ops, None]:
+            kv = self.store.get(container_key(container.name))
+            if kv is None:
+                raise NotFound("container", container.name)
+            old = from_json(Container, kv.value)
+            if container.host != old.host:
+                raise Invalid("container.host", f"a container cannot move from host {old.host!r} "
+                              f"to {container.host!r}; delete it and create it there")
+            compares = [Compare(kv.key, kv.mod_revision)]
+            if container == old:
+                return compares, [], None
+            others = [c for c in self._containers() if c.name != container.name]
+            joiners = sorted(c.name for c in others if c.donor == container.name)
+            if container.donor and joiners:
+                raise FailedPrecondition(
+                    f"container.network: {', '.join(joiners)} join {container.name!r}, so it "
+                    "cannot join another container itself")
+            _check_host_ports(container, others)
+            current = self._allocation(old)
+            releasing = current if _address_moves(current, container) else None
+            place_cmp, place_ops = self._plan_placement(container, releasing)
+            ops: Ops = [*place_ops, Put(kv.key, to_json(container))]
+            return [*compares, *place_cmp], ops, None
 
         ipam.commit_with_retry(self.store, build)
         return self.get_container(container.name)
@@ -248,7 +367,8 @@ class State:
                  and (not network or v.container.network == network)]
         return views, revision
 
-    def delete_container(self, name: str) -> None:
+    def delete_container(self, name: str) -> int:
+        """Delete a container and release its address; returns the deletion's revision."""
         check_name(name, "name")
 
         def build() -> tuple[list[Compare], list[Put | Delete], None]:
@@ -256,11 +376,17 @@ class State:
             if kv is None:
                 raise NotFound("container", name)
             container = from_json(Container, kv.value)
-            ops: list[Put | Delete] = [Delete(kv.key), Delete(status_key(name))]
-            ops += ipam.release_ops(self.store, container.network, name, container.interface)
+            joiners = sorted(c.name for c in self._containers() if c.donor == name)
+            if joiners:
+                raise FailedPrecondition(
+                    f"container {name!r} still has containers joined to it: {', '.join(joiners)}")
+            ops: Ops = [Delete(kv.key), Delete(status_key(name))]
+            if container.bridge_network is not None:
+                ops += ipam.release_ops(self.store, container.bridge_network, name,
+                                        container.interface)
             return [Compare(kv.key, kv.mod_revision)], ops, None
 
-        ipam.commit_with_retry(self.store, build)
+        return ipam.commit_with_revision(self.store, build)[1]
 
     def report_status(self, host: str, statuses: Iterable[ContainerStatus],
                       observed_revision: int = 0) -> None:
@@ -326,13 +452,77 @@ class State:
         kvs, _ = self.store.range(CONTAINERS)
         return [from_json(Container, kv.value) for kv in kvs]
 
+    def _bridge_users(self, network: str) -> list[str]:
+        return sorted(c.name for c in self._containers() if c.bridge_network == network)
+
+    def _with_default_network(self, container: Container) -> Container:
+        """An empty ``network`` means the default bridge network."""
+        if container.network:
+            return container
+        kvs, _ = self.store.range(NETWORKS)
+        for kv in kvs:
+            if from_json(Network, kv.value).builtin:
+                return dataclasses.replace(container, network=kv.key[len(NETWORKS):])
+        raise Invalid("container.network", "required: this controller has no default bridge "
+                      "network (none, host, container:<name> or a network name)")
+
+    def _allocation(self, container: Container) -> Allocation | None:
+        if container.bridge_network is None:
+            return None
+        kv = self.store.get(
+            ipam.owner_key(container.bridge_network, container.name, container.interface))
+        return from_json(Allocation, kv.value) if kv else None
+
+    def _plan_placement(self, container: Container,
+                        releasing: Allocation | None) -> tuple[list[Compare], Ops]:
+        """What attaching ``container`` in its network mode takes: for a bridged one its lease
+        and address, for a joined one a donor that stays as read. ``releasing`` (an address the
+        container held) is freed in the same transaction."""
+        compares: list[Compare] = []
+        release: list[Delete] = []
+        if releasing is not None:
+            owner = ipam.owner_key(releasing.network, releasing.container, releasing.interface)
+            owner_kv = self._require(owner, "allocation", owner)
+            compares.append(Compare(owner, owner_kv.mod_revision))
+            release = ipam.release_ops(self.store, releasing.network, releasing.container,
+                                       releasing.interface)
+        if container.bridge_network is not None:
+            name = container.bridge_network
+            net_kv = self._require(network_key(name), "container.network", name)
+            network = from_json(Network, net_kv.value)
+            lease, lease_cmp, lease_ops = ipam.plan_lease(self.store, network, container.host)
+            _, addr_cmp, addr_ops = ipam.plan_address(
+                self.store, network, lease, container.name, container.interface,
+                container.fixed_ip, releasing=releasing, field="container.fixed_ip")
+            compares += [Compare(net_kv.key, net_kv.mod_revision), *lease_cmp, *addr_cmp]
+            return compares, [*lease_ops, *ipam.merge_ops(release, addr_ops)]
+        if container.donor is not None:
+            compares.append(self._donor_compare(container, container.donor))
+        return compares, list(release)
+
+    def _donor_compare(self, container: Container, donor_name: str) -> Compare:
+        donor_kv = self._require(container_key(donor_name), "container.network", donor_name)
+        donor = from_json(Container, donor_kv.value)
+        if donor.host != container.host:
+            raise FailedPrecondition(
+                f"container.network: {donor_name!r} runs on host {donor.host!r}, not "
+                f"{container.host!r}; a container can only join one on its own host")
+        if donor.donor is not None:
+            raise FailedPrecondition(
+                f"container.network: {donor_name!r} itself joins {donor.donor!r}; "
+                f"join {donor.donor!r} instead")
+        return Compare(donor_kv.key, donor_kv.mod_revision)
+
     def _view(self, kv: KeyValue, by_key: dict[str, KeyValue] | None = None) -> ContainerView:
         def get(key: str) -> KeyValue | None:
             return by_key.get(key) if by_key is not None else self.store.get(key)
 
         container = from_json(Container, kv.value)
-        alloc_kv = get(ipam.owner_key(container.network, container.name, container.interface))
-        lease_kv = get(ipam.lease_key(container.network, container.host))
+        alloc_kv = lease_kv = None
+        if container.bridge_network is not None:  # other modes have no address of their own
+            network = container.bridge_network
+            alloc_kv = get(ipam.owner_key(network, container.name, container.interface))
+            lease_kv = get(ipam.lease_key(network, container.host))
         status_kv = get(status_key(container.name))
         return ContainerView(
             container=container,
@@ -342,3 +532,41 @@ class State:
                     else ContainerStatus(container.name)),
             revision=kv.mod_revision,
         )
+
+
+def _immutable_change(stored: Network, wanted: Network) -> str | None:
+    """The first field that differs and may not change (``builtin`` is the controller's)."""
+    for field in dataclasses.fields(Network):
+        if field.name in (*Network.MUTABLE, "builtin"):
+            continue
+        if getattr(stored, field.name) != getattr(wanted, field.name):
+            return field.name
+    return None
+
+
+def _address_moves(current: Allocation | None, container: Container) -> bool:
+    """Whether ``container``'s new spec cannot keep the address it holds."""
+    if current is None:
+        return False
+    return (container.bridge_network != current.network
+            or container.interface != current.interface
+            or (bool(container.fixed_ip) and container.fixed_ip != current.address))
+
+
+def _check_host_ports(container: Container, others: Iterable[Container]) -> None:
+    """No other container on the same host publishes one of ``container``'s host ports."""
+    published: dict[tuple[int, str], list[tuple[str, str]]] = {}
+    for other in others:
+        if other.host != container.host or other.name == container.name:
+            continue
+        for spec in other.ports:
+            m = parse_port(spec, "ports")
+            published.setdefault((m.host_port, m.protocol), []).append((m.host_ip, other.name))
+    for i, spec in enumerate(container.ports):
+        m = parse_port(spec, f"container.ports[{i}]")
+        for host_ip, owner in published.get((m.host_port, m.protocol), []):
+            if not host_ip or not m.host_ip or host_ip == m.host_ip:
+                raise AlreadyExists(
+                    f"container.ports[{i}]", spec,
+                    f"host port {m.host_port}/{m.protocol} of host {container.host!r} is "
+                    f"already published by container {owner!r}")

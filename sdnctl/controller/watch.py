@@ -4,8 +4,17 @@ List, then watch (flannel's lease watcher): read a snapshot at revision R, then 
 change log from R. Each change is mapped to what it means for this host: a container of this
 host put or deleted, a lease of this host put or deleted, a network this host has a lease of
 changed. A client that resumes from a revision the change log no longer holds gets a snapshot.
-When nothing happens for a while, an empty event carries the current revision (a progress notice,
-so the agent knows the stream is alive).
+An empty event carries the current revision (a progress notice): after desired-state writes that
+do not concern this host, and when nothing happens for a while (so the agent knows the stream is
+alive).
+
+What the agent can rely on: every network it holds a lease of comes with its full spec, and a
+change of one (UpdateNetwork: masquerade, internal, allow) reaches every host holding a lease of
+it. That is all routing between bridges needs: ``allow`` is symmetric (a pair may talk when
+either lists the other), and a pair matters to a host only when it has both networks, whose
+specs it then has. A container changed by UpdateContainer arrives as a put with its new spec
+and address (none in modes other than bridge); a joined container's donor is always one of the
+same host's containers.
 """
 
 from __future__ import annotations
@@ -16,17 +25,23 @@ from collections.abc import Callable, Iterable, Iterator
 from sdnctl import convert
 from sdnctl.controller import ipam
 from sdnctl.controller.errors import NotFound
-from sdnctl.controller.state import CONTAINERS, NETWORKS, ContainerView, Snapshot, State
+from sdnctl.controller.state import (
+    CONTAINERS,
+    NETWORKS,
+    STATUS,
+    ContainerView,
+    Snapshot,
+    State,
+)
 from sdnctl.controller.store.base import Change, Compacted
 from sdnctl.model import Container, Lease, Network, from_json
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 
 def container_pb(view: ContainerView) -> pb.Container:
-    c = view.container
-    msg = pb.Container(name=c.name, host=c.host, network=c.network, command=list(c.command),
-                       interface=c.interface, status=convert.status_to_pb(view.status),
-                       revision=view.revision)
+    msg = convert.container_to_pb(view.container)
+    msg.status.CopyFrom(convert.status_to_pb(view.status))
+    msg.revision = view.revision
     if view.allocation is not None:
         msg.ip = view.allocation.address
         msg.prefixlen = view.allocation.prefixlen
@@ -132,8 +147,11 @@ def host_events(state: State, host: str, since_revision: int, alive: Callable[[]
             continue
         revision = changes[-1].revision
         event = delta_event(state, host, changes)
+        # Desired-state writes that do not concern this host still move its revision on (a
+        # progress notice), so "has every agent realised revision R?" has an answer. Status
+        # writes do not: agents' reports must not make other agents report in turn.
         if event.networks or event.containers or event.deleted_networks or \
-                event.deleted_containers:
+                event.deleted_containers or any(not c.key.startswith(STATUS) for c in changes):
             event.revision = revision
             last_sent = time.monotonic()
             yield event

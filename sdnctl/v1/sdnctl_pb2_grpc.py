@@ -77,6 +77,11 @@ class ControllerStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.UpdateNetwork = channel.unary_unary(
+                '/sdnctl.v1.Controller/UpdateNetwork',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.UpdateNetworkRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.Network.FromString,
+                _registered_method=True)
         self.CreateContainer = channel.unary_unary(
                 '/sdnctl.v1.Controller/CreateContainer',
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.CreateContainerRequest.SerializeToString,
@@ -96,6 +101,11 @@ class ControllerStub:
                 '/sdnctl.v1.Controller/DeleteContainer',
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.UpdateContainer = channel.unary_unary(
+                '/sdnctl.v1.Controller/UpdateContainer',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.UpdateContainerRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.Container.FromString,
                 _registered_method=True)
 
 
@@ -153,6 +163,13 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateNetwork(self, request, context):
+        """Change a network's mutable fields: masquerade, internal, allow. Others: INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateContainer(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -173,6 +190,14 @@ class ControllerServicer:
 
     def DeleteContainer(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateContainer(self, request, context):
+        """Replace a container's spec (same name and host): a new network mode, ports, command... Its
+        address is released or allocated as the mode needs; its agent restarts it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -220,6 +245,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.SerializeToString,
             ),
+            'UpdateNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateNetwork,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.UpdateNetworkRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.Network.SerializeToString,
+            ),
             'CreateContainer': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateContainer,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.CreateContainerRequest.FromString,
@@ -239,6 +269,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.DeleteContainer,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.SerializeToString,
+            ),
+            'UpdateContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateContainer,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.UpdateContainerRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.Container.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -471,6 +506,33 @@ class Controller:
             _registered_method=True)
 
     @staticmethod
+    def UpdateNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/UpdateNetwork',
+            sdnctl_dot_v1_dot_sdnctl__pb2.UpdateNetworkRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.Network.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateContainer(request,
             target,
             options=(),
@@ -568,6 +630,33 @@ class Controller:
             '/sdnctl.v1.Controller/DeleteContainer',
             sdnctl_dot_v1_dot_sdnctl__pb2.DeleteRequest.SerializeToString,
             sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/UpdateContainer',
+            sdnctl_dot_v1_dot_sdnctl__pb2.UpdateContainerRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.Container.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,119 +8,35 @@ autouse leak check in conftest.py proves `down` left nothing behind.
 
 from __future__ import annotations
 
-import contextlib
-import glob
-import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers.cli import (
+    EXAMPLES,
+    REPO,
+    Cli,
+    capture_source,
+    kernel_state,
+    lab_cli,
+    nft_ruleset,
+    ping,
+)
 
-from agent.kernel.netns import iproute_in
 from sdnctl import topology
 from sdnctl.lab import EXTERNAL_IP
+from sdnctl.model import MODE_HOST, Container
 
 pytestmark = pytest.mark.netns
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted(glob.glob(str(REPO / "topology-examples" / "*.yaml")))
-
-
-@dataclass
-class Cli:
-    env: dict[str, str]
-    run_dir: Path
-
-    def run(self, *args: str, check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "sdnctl.cli", *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout, check=False)
-        if check and done.returncode != 0:
-            raise AssertionError(f"sdnctl {' '.join(args)} failed ({done.returncode}):\n"
-                                 f"{done.stdout}\n{done.stderr}")
-        return done
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "--json").stdout)
-
-    def controller_pid(self) -> int | None:
-        with contextlib.suppress(OSError, ValueError):
-            return int((self.run_dir / "controller.pid").read_text().split()[0])
-        return None
-
-
 @pytest.fixture
 def cli(tmp_path: Path, run_prefix: str) -> Iterator[Cli]:
-    run_dir = tmp_path / run_prefix  # the prefix appears in every process's command line
-    env = dict(os.environ, SDNCTL_RUN_DIR=str(run_dir), SDNCTL_STATE_DIR=str(run_dir / "state"),
-               SDNCTL_LAB_PREFIX=run_prefix, PYTHONPATH=str(REPO))
-    env.pop("SDNCTL_CONTROLLER", None)
-    yield Cli(env, run_dir)
-    # A failed test may leave its topology up: bring it down, then end the controller if alive.
-    for path in EXAMPLES:
-        if (run_dir / "lab" / f"{topology.load(path).name}.json").exists():
-            Cli(env, run_dir).run("down", path, check=False)
-    pid = Cli(env, run_dir).controller_pid()
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-
-
-def nsexec(netns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(["nsenter", f"--net={netns}", *argv], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-def ping(netns: str, address: str, count: int = 1) -> bool:
-    return nsexec(netns, "ping", "-n", "-q", "-c", str(count), "-W", "1", address).returncode == 0
-
-
-def kernel_state(netns: str) -> dict[str, Any]:
-    """Links, addresses and routes of a namespace from raw netlink dumps (timers left out)."""
-    with iproute_in(netns) as ipr:
-        links = sorted(
-            repr((m.get("ifname"), m["index"], m.get("master"), m.get("mtu"),
-                  m.get("operstate"), m.get("address"), m.get("ifalias")))
-            for m in ipr.link("dump"))
-        addrs = sorted(repr((m["index"], m.get("address"), m["prefixlen"]))
-                       for m in ipr.addr("dump"))
-        routes = sorted(repr((m.get("dst"), m["dst_len"], m.get("gateway"), m.get("oif"),
-                              m["proto"], m["table"])) for m in ipr.route("dump"))
-    return {"links": links, "addrs": addrs, "routes": routes}
-
-
-def nft_ruleset(netns: str) -> str:
-    return nsexec(netns, "nft", "-a", "list", "ruleset").stdout
-
-
-def capture_source(ext_netns: str, send: Any) -> str:
-    """Run ``send()`` while tcpdump listens in the external namespace; the ICMP source seen."""
-    dump = subprocess.Popen(
-        ["nsenter", f"--net={ext_netns}", "tcpdump", "-l", "-n", "-i", "eth0", "-c", "1",
-         "icmp[icmptype] == icmp-echo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    try:
-        assert dump.stderr is not None
-        deadline = time.monotonic() + 10
-        while "listening on" not in dump.stderr.readline():
-            assert time.monotonic() < deadline, "tcpdump did not start"
-        send()
-        out, _ = dump.communicate(timeout=10)
-    finally:
-        if dump.poll() is None:
-            dump.kill()
-            dump.wait()
-    match = re.search(r"IP (\d+\.\d+\.\d+\.\d+) > ", out)
-    assert match, f"no ICMP echo seen in the external namespace: {out!r}"
-    return match.group(1)
+    with lab_cli(tmp_path / run_prefix, run_prefix) as c:  # the prefix is in every cmdline
+        yield c
 
 
 def test_single_host_walkthrough(cli: Cli, run_prefix: str) -> None:
@@ -160,7 +76,7 @@ def test_single_host_walkthrough(cli: Cli, run_prefix: str) -> None:
         os.kill(host["agent_pid"], signal.SIGKILL)
         again = cli.run("up", example)
         assert "agent for h1 started" in again.stderr
-        assert "0 object(s) created" in again.stderr
+        assert "0 created, 0 updated, 3 unchanged" in again.stderr
         out, _ = pinger.communicate(timeout=15)
     finally:
         if pinger.poll() is None:
@@ -187,21 +103,52 @@ def test_single_host_walkthrough(cli: Cli, run_prefix: str) -> None:
     assert not any(n.startswith(run_prefix) for n in os.listdir("/run/netns"))
 
 
+def expected_egress(topo: topology.Topology, ctr: Container) -> bool:
+    """Whether a container of an example should reach the outside world."""
+    if ctr.donor is not None:
+        return expected_egress(topo, next(c for c in topo.containers if c.name == ctr.donor))
+    if ctr.mode == MODE_HOST:
+        return True
+    network = next((n for n in topo.networks if n.name == ctr.bridge_network), None)
+    return network is not None and not network.internal
+
+
+def resolve(topo: topology.Topology, ctr: Container) -> Container:
+    """A joined container behaves as its donor (it is in the donor's network namespace)."""
+    return next(c for c in topo.containers if c.name == ctr.donor) if ctr.donor else ctr
+
+
+def same_segment(topo: topology.Topology, a: Container, b: Container) -> bool:
+    """Whether two containers of an example share a bridge (or an allowed pair of bridges)."""
+    a, b = resolve(topo, a), resolve(topo, b)
+    if a.name == b.name:
+        return True
+    if a.bridge_network is None or b.bridge_network is None or a.host != b.host:
+        return False
+    if a.bridge_network == b.bridge_network:
+        return True
+    nets = {n.name: n for n in topo.networks}
+    return (b.bridge_network in nets[a.bridge_network].allow
+            or a.bridge_network in nets[b.bridge_network].allow)
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: os.path.basename(p))
 def test_every_example_builds_and_connects(cli: Cli, run_prefix: str, example: str) -> None:
-    """Each example comes up; containers on one host and network reach each other and the
-    outside world; `down` removes it all (the leak check verifies)."""
+    """Each example comes up; every container reaches exactly what its mode and networks say
+    (the outside world, its peers), no more; `down` removes it all (the leak check verifies)."""
     topo = topology.load(example)
     cli.run("up", example)
     containers = {c["name"]: c for c in cli.json("ps")}
     assert {c.name for c in topo.containers} == set(containers)
     for a in topo.containers:
         src = containers[a.name]
-        assert src["state"] == "running"
-        assert ping(src["netns"], EXTERNAL_IP), f"{a.name} cannot reach {EXTERNAL_IP}"
+        assert src["state"] == "running", src
+        assert ping(src["netns"], EXTERNAL_IP) == expected_egress(topo, a), \
+            f"{a.name} -> {EXTERNAL_IP}"
         for b in topo.containers:
-            if b.name != a.name and (b.host, b.network) == (a.host, a.network):
-                assert ping(src["netns"], containers[b.name]["ip"]), f"{a.name} -> {b.name}"
+            if b.name != a.name and containers[b.name]["ip"] and a.mode != MODE_HOST:
+                assert ping(src["netns"], containers[b.name]["ip"]) == \
+                    same_segment(topo, a, b), f"{a.name} -> {b.name}"
     cli.run("down", example)
 
 

@@ -399,7 +399,7 @@ def test_launcher_reports_errors(klab: Lab) -> None:
     pidfile, log = str(klab.tmp / "e.pid"), str(klab.tmp / "e.log")
     with pytest.raises(KernelError, match="command not found"):
         procs.start(klab.containers["a"], "x", ["no-such-command-sdnctl"], pidfile, log)
-    with pytest.raises(KernelError, match="cannot open netns"):
+    with pytest.raises(KernelError, match="cannot open network namespace"):
         procs.start(str(klab.tmp / "missing"), "x", ["sleep", "1"], pidfile, log)
     assert procs.read_pidfile(pidfile) is None
     with contextlib.suppress(FileNotFoundError):

@@ -10,7 +10,7 @@ import pytest
 from netaddr import IPAddress, IPNetwork
 
 from sdnctl.controller import ipam
-from sdnctl.controller.errors import Conflict, Exhausted, Invalid
+from sdnctl.controller.errors import AlreadyExists, Conflict, Exhausted, Invalid
 from sdnctl.controller.store.base import Compare, Delete, Put, Store
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
@@ -276,3 +276,103 @@ def test_commit_with_retry_gives_up_with_conflict(store: Store) -> None:
 
     with pytest.raises(Conflict, match="gave up"):
         ipam.commit_with_retry(store, never_holds, timeout=0.05)
+
+
+# -- gateway, ip_range, fixed addresses -----------------------------------------------------------
+
+DOCKERISH = Network("dock", "10.77.0.0/24", host_prefix=24, gateway="10.77.0.254",
+                    ip_range="10.77.0.8/30")
+
+
+def test_pick_address_stays_inside_the_ip_range() -> None:
+    # The /30 range holds .8 to .11; the subnet's network, broadcast and gateway stay out anyway.
+    assert ipam.pick_address("10.77.0.0/24", "10.77.0.254", set(), "10.77.0.8/30") == "10.77.0.8"
+    taken = {"10.77.0.8", "10.77.0.9", "10.77.0.10"}
+    assert ipam.pick_address("10.77.0.0/24", "10.77.0.1", taken, "10.77.0.8/30") == "10.77.0.11"
+    taken.add("10.77.0.11")
+    assert ipam.pick_address("10.77.0.0/24", "10.77.0.1", taken, "10.77.0.8/30") is None
+    # A range as wide as the subnet still skips network, broadcast and gateway.
+    assert ipam.pick_address("10.77.0.0/30", "10.77.0.1", set(), "10.77.0.0/30") == "10.77.0.2"
+    assert ipam.pick_address("10.77.0.0/24", "10.77.0.8", set(), "10.77.0.8/31") == "10.77.0.9"
+
+
+def test_lease_of_a_network_with_a_gateway_uses_it(store: Store) -> None:
+    lease = ipam.ensure_lease(store, DOCKERISH, "h1")
+    assert lease == Lease("dock", "h1", "10.77.0.0/24", "10.77.0.254")
+    with_range_only = Network("r", "10.78.0.0/24", host_prefix=24, ip_range="10.78.0.128/25")
+    assert ipam.ensure_lease(store, with_range_only, "h1").gateway == "10.78.0.1"
+
+
+def test_ip_range_exhaustion_leaves_store_unchanged(store: Store) -> None:
+    lease = ipam.ensure_lease(store, DOCKERISH, "h1")
+    got = [ipam.allocate_address(store, DOCKERISH, lease, f"c{i}", "eth0").address
+           for i in range(4)]
+    assert got == ["10.77.0.8", "10.77.0.9", "10.77.0.10", "10.77.0.11"]
+    before = store.range("")
+    with pytest.raises(Exhausted) as caught:
+        ipam.allocate_address(store, DOCKERISH, lease, "c4", "eth0")
+    assert str(caught.value) == ("ip_range 10.77.0.8/30 of network 'dock' on host 'h1' "
+                                 "has no free address")
+    assert store.range("") == before
+    # A fixed address outside the range but inside the subnet is still fine (as in Docker).
+    fixed = ipam.allocate_address(store, DOCKERISH, lease, "c4", "eth0", fixed_ip="10.77.0.100")
+    assert fixed == Allocation("dock", "c4", "eth0", "10.77.0.100", 24)
+
+
+def test_fixed_address_is_exact_idempotent_and_exclusive(store: Store) -> None:
+    lease = ipam.ensure_lease(store, FRONT, "h1")
+    a = ipam.allocate_address(store, FRONT, lease, "web", "eth0", fixed_ip="10.88.0.50")
+    assert a.address == "10.88.0.50"
+    revision = store.revision()
+    assert ipam.allocate_address(store, FRONT, lease, "web", "eth0", fixed_ip="10.88.0.50") == a
+    assert store.revision() == revision
+    before = store.range("")
+    with pytest.raises(AlreadyExists) as caught:
+        ipam.allocate_address(store, FRONT, lease, "db", "eth0", fixed_ip="10.88.0.50")
+    assert caught.value.field == "fixed_ip"
+    assert str(caught.value) == "fixed_ip: 10.88.0.50 is taken by container 'web'"
+    assert store.range("") == before
+    # IPAM never picks a fixed address for someone else.
+    for i in range(2, 50):
+        ipam.allocate_address(store, FRONT, lease, f"c{i}", "eth0")
+    assert ipam.allocate_address(store, FRONT, lease, "next", "eth0").address == "10.88.0.51"
+
+
+@pytest.mark.parametrize(
+    ("address", "words"),
+    [
+        ("10.88.1.5", "is outside 10.88.0.0/24, the subnet of network 'front' on host 'h1'"),
+        ("10.88.0.0", "network or broadcast"),
+        ("10.88.0.255", "network or broadcast"),
+        ("10.88.0.1", "is the gateway of network 'front'"),
+    ],
+)
+def test_fixed_address_must_be_usable_in_the_hosts_lease(store: Store, address: str,
+                                                         words: str) -> None:
+    lease = ipam.ensure_lease(store, FRONT, "h1")
+    before = store.range("")
+    with pytest.raises(Invalid) as caught:
+        ipam.plan_address(store, FRONT, lease, "web", "eth0", address,
+                          field="container.fixed_ip")
+    assert caught.value.field == "container.fixed_ip"
+    assert words in caught.value.message
+    assert store.range("") == before
+
+
+def test_reallocation_frees_and_takes_in_one_txn(store: Store) -> None:
+    """An update that changes a container's fixed address: release and allocate together."""
+    lease = ipam.ensure_lease(store, FRONT, "h1")
+    old = ipam.allocate_address(store, FRONT, lease, "web", "eth0", fixed_ip="10.88.0.50")
+    release = ipam.release_ops(store, FRONT, "web", "eth0")
+    new, compares, puts = ipam.plan_address(store, FRONT, lease, "web", "eth0", "10.88.0.60",
+                                            releasing=old)
+    assert store.txn(compares, ipam.merge_ops(release, puts)) is not None
+    assert new.address == "10.88.0.60"
+    assert ipam.list_allocations(store, FRONT) == [new]
+    # Back to no fixed address while releasing: the freed address counts as free again.
+    release = ipam.release_ops(store, FRONT, "web", "eth0")
+    again, compares, puts = ipam.plan_address(store, FRONT, lease, "web", "eth0",
+                                              releasing=new)
+    assert again.address == "10.88.0.2"
+    assert store.txn(compares, ipam.merge_ops(release, puts)) is not None
+    assert ipam.list_allocations(store, FRONT) == [again]

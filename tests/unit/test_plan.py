@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from agent.desired import DesiredContainer, DesiredNetwork, DesiredState
+from agent.kernel.firewall import fingerprint
 from agent.kernel.links import ObservedContainerNet, ObservedLink
-from agent.kernel.names import bridge_alias, bridge_name, veth_alias, veth_name
+from agent.kernel.names import bridge_alias, bridge_name, container_mac, veth_alias, veth_name
 from agent.plan import (
     ContainerState,
     EnableForwarding,
@@ -19,11 +20,12 @@ from agent.plan import (
     RemoveLink,
     SetupContainer,
     SyncFirewall,
+    firewall_spec,
     plan,
+    restart_pending,
 )
+from sdnctl.model import parse_port
 from sdnctl.v1 import sdnctl_pb2 as pb
-
-FINGERPRINT = "fw-1"
 
 FRONT = DesiredNetwork(name="front", driver="bridge", subnet="10.88.0.0/24",
                        gateway="10.88.0.1", prefixlen=24, mtu=1500, masquerade=True)
@@ -52,7 +54,8 @@ def veth_link(ctr: DesiredContainer, index: int) -> ObservedLink:
 
 def running(ctr: DesiredContainer) -> ContainerState:
     net = ObservedContainerNet(ifname=ctr.interface, index=2, up=True, mtu=1500,
-                               addresses=(ctr.address_cidr,), gateway=ctr.gateway)
+                               addresses=(ctr.address_cidr,), gateway=ctr.gateway,
+                               mac=container_mac(ctr.ip))
     return ContainerState(netns=True, net=net, started=True, running=True,
                           spec=ctr.spec_hash())
 
@@ -64,7 +67,12 @@ def matching(*containers: DesiredContainer) -> Observed:
         link = veth_link(ctr, 20 + i)
         links[link.ifname] = link
     return Observed(links=links, containers={c.name: running(c) for c in containers},
-                    firewall=FINGERPRINT, ip_forward=True)
+                    firewall=fw(desired(*containers)), ip_forward=True)
+
+
+def fw(state: DesiredState) -> str:
+    """The fingerprint of the firewall ``state`` wants."""
+    return fingerprint(firewall_spec(state))
 
 
 def without_link(observed: Observed, ifname: str) -> Observed:
@@ -85,21 +93,21 @@ def with_link(observed: Observed, link: ObservedLink) -> Observed:
 
 
 def test_empty_host_gets_everything_in_order() -> None:
-    assert plan(desired(WEB, DB), Observed(), FINGERPRINT) == [
+    assert plan(desired(WEB, DB), Observed()) == [
         EnableForwarding(),
-        SyncFirewall((FRONT,)),
         EnsureBridge(FRONT),
+        SyncFirewall(firewall_spec(desired(WEB, DB))),
         SetupContainer(DB, FRONT, netns=True, attach=True, start=True, stop_first=False),
         SetupContainer(WEB, FRONT, netns=True, attach=True, start=True, stop_first=False),
     ]
 
 
 def test_matching_host_needs_nothing() -> None:
-    assert plan(desired(WEB, DB), matching(WEB, DB), FINGERPRINT) == []
+    assert plan(desired(WEB, DB), matching(WEB, DB)) == []
 
 
 def test_nothing_desired_and_nothing_there_needs_nothing() -> None:
-    assert plan(DesiredState(synced=True), Observed(), FINGERPRINT) == []
+    assert plan(DesiredState(synced=True), Observed()) == []
 
 
 # -- drift: each produces exactly its repair --------------------------------------------------
@@ -107,7 +115,7 @@ def test_nothing_desired_and_nothing_there_needs_nothing() -> None:
 
 def test_bridge_that_lost_its_address_is_ensured_again() -> None:
     observed = with_link(matching(WEB, DB), dataclasses.replace(bridge_link(), addresses=()))
-    assert plan(desired(WEB, DB), observed, FINGERPRINT) == [EnsureBridge(FRONT)]
+    assert plan(desired(WEB, DB), observed) == [EnsureBridge(FRONT)]
 
 
 @pytest.mark.parametrize("change", [
@@ -116,17 +124,17 @@ def test_bridge_that_lost_its_address_is_ensured_again() -> None:
 ])
 def test_any_bridge_drift_is_repaired(change: dict[str, Any]) -> None:
     observed = with_link(matching(WEB), dataclasses.replace(bridge_link(), **change))
-    assert plan(desired(WEB), observed, FINGERPRINT) == [EnsureBridge(FRONT)]
+    assert plan(desired(WEB), observed) == [EnsureBridge(FRONT)]
 
 
 def test_missing_bridge_is_ensured() -> None:
     observed = without_link(matching(WEB), bridge_name("front"))
-    assert plan(desired(WEB), observed, FINGERPRINT) == [EnsureBridge(FRONT)]
+    assert plan(desired(WEB), observed) == [EnsureBridge(FRONT)]
 
 
 def test_missing_veth_is_attached_again_without_touching_netns_or_process() -> None:
     observed = without_link(matching(WEB, DB), veth_name("web", "eth0"))
-    assert plan(desired(WEB, DB), observed, FINGERPRINT) == [
+    assert plan(desired(WEB, DB), observed) == [
         SetupContainer(WEB, FRONT, netns=False, attach=True, start=False, stop_first=False),
     ]
 
@@ -136,7 +144,7 @@ def test_container_address_lost_inside_its_namespace_is_attached_again() -> None
     assert state.net is not None
     broken = dataclasses.replace(state, net=dataclasses.replace(state.net, addresses=()))
     observed = with_container(matching(WEB), "web", broken)
-    assert plan(desired(WEB), observed, FINGERPRINT) == [
+    assert plan(desired(WEB), observed) == [
         SetupContainer(WEB, FRONT, netns=False, attach=True, start=False, stop_first=False),
     ]
 
@@ -145,7 +153,7 @@ def test_lost_netns_is_rebuilt_whole() -> None:
     gone = ContainerState(netns=False, net=None, started=True, running=False,
                           spec=WEB.spec_hash())
     observed = with_container(matching(WEB), "web", gone)
-    assert plan(desired(WEB), observed, FINGERPRINT) == [
+    assert plan(desired(WEB), observed) == [
         SetupContainer(WEB, FRONT, netns=True, attach=True, start=False, stop_first=False),
     ]
 
@@ -153,13 +161,13 @@ def test_lost_netns_is_rebuilt_whole() -> None:
 def test_exited_process_stays_exited() -> None:
     exited = dataclasses.replace(running(WEB), running=False)
     observed = with_container(matching(WEB, DB), "web", exited)
-    assert plan(desired(WEB, DB), observed, FINGERPRINT) == []
+    assert plan(desired(WEB, DB), observed) == []
 
 
 def test_never_started_process_is_started() -> None:
     created = dataclasses.replace(running(WEB), started=False, running=False, spec="")
     observed = with_container(matching(WEB), "web", created)
-    assert plan(desired(WEB), observed, FINGERPRINT) == [
+    assert plan(desired(WEB), observed) == [
         SetupContainer(WEB, FRONT, netns=False, attach=False, start=True, stop_first=False),
     ]
 
@@ -167,7 +175,7 @@ def test_never_started_process_is_started() -> None:
 def test_spec_changed_while_running_restarts() -> None:
     outdated = dataclasses.replace(running(WEB), spec="0123456789abcdef")
     observed = with_container(matching(WEB, DB), "web", outdated)
-    assert plan(desired(WEB, DB), observed, FINGERPRINT) == [
+    assert plan(desired(WEB, DB), observed) == [
         SetupContainer(WEB, FRONT, netns=False, attach=False, start=True, stop_first=True),
     ]
 
@@ -175,7 +183,7 @@ def test_spec_changed_while_running_restarts() -> None:
 def test_spec_changed_after_exit_starts_without_stopping() -> None:
     outdated = dataclasses.replace(running(WEB), spec="0123456789abcdef", running=False)
     observed = with_container(matching(WEB), "web", outdated)
-    assert plan(desired(WEB), observed, FINGERPRINT) == [
+    assert plan(desired(WEB), observed) == [
         SetupContainer(WEB, FRONT, netns=False, attach=False, start=True, stop_first=False),
     ]
 
@@ -187,8 +195,9 @@ def test_command_change_changes_the_spec_hash() -> None:
 
 def test_container_no_longer_desired_is_removed_with_its_veth() -> None:
     # RemoveContainer drops the namespace and the veth pair goes with it: no RemoveLink.
-    assert plan(desired(WEB), matching(WEB, DB), FINGERPRINT) == [
-        RemoveContainer("db", stop=True),
+    assert plan(desired(WEB), matching(WEB, DB)) == [
+        RemoveContainer("db", stop=True, addresses=(DB.address_cidr,)),
+        SyncFirewall(firewall_spec(desired(WEB))),  # db's anti-spoofing rules go
     ]
 
 
@@ -197,8 +206,9 @@ def test_veth_of_a_container_without_namespace_is_removed() -> None:
     observed = matching(WEB, DB)
     no_netns = dataclasses.replace(observed.containers["db"], netns=False, net=None)
     observed = with_container(observed, "db", no_netns)
-    assert plan(desired(WEB), observed, FINGERPRINT) == [
+    assert plan(desired(WEB), observed) == [
         RemoveContainer("db", stop=True),
+        SyncFirewall(firewall_spec(desired(WEB))),
         RemoveLink(veth_name("db", "eth0")),
     ]
 
@@ -206,14 +216,15 @@ def test_veth_of_a_container_without_namespace_is_removed() -> None:
 def test_exited_container_no_longer_desired_is_removed_without_stop() -> None:
     exited = dataclasses.replace(running(DB), running=False)
     observed = with_container(matching(WEB), "db", exited)  # its veth is gone already
-    assert plan(desired(WEB), observed, FINGERPRINT) == [RemoveContainer("db", stop=False)]
+    assert plan(desired(WEB), observed) == [
+        RemoveContainer("db", stop=False, addresses=(DB.address_cidr,))]
 
 
 def test_owned_link_nobody_wants_is_removed() -> None:
     stray = ObservedLink(ifname="sdnb00000000", index=99, kind="bridge",
                          alias="sdnctl:net/old", master=None, mtu=1500, up=True, addresses=())
     observed = with_link(matching(WEB), stray)
-    assert plan(desired(WEB), observed, FINGERPRINT) == [RemoveLink("sdnb00000000")]
+    assert plan(desired(WEB), observed) == [RemoveLink("sdnb00000000")]
 
 
 @pytest.mark.parametrize("alias", [None, "", "docker0", "sdnctl"])
@@ -221,7 +232,7 @@ def test_link_without_our_alias_is_never_removed(alias: str | None) -> None:
     foreign = ObservedLink(ifname="sdnb11111111", index=98, kind="bridge", alias=alias,
                            master=None, mtu=1500, up=True, addresses=())
     observed = with_link(matching(WEB), foreign)
-    assert plan(desired(WEB), observed, FINGERPRINT) == []
+    assert plan(desired(WEB), observed) == []
 
 
 def test_before_the_first_snapshot_nothing_is_removed() -> None:
@@ -229,18 +240,18 @@ def test_before_the_first_snapshot_nothing_is_removed() -> None:
                          alias="sdnctl:net/old", master=None, mtu=1500, up=True, addresses=())
     observed = with_link(matching(WEB, DB), stray)
     observed = dataclasses.replace(observed, firewall="stale")
-    assert plan(DesiredState(synced=False), observed, FINGERPRINT) == []
+    assert plan(DesiredState(synced=False), observed) == []
     # Once synced, the same inputs do remove (so the line above is not vacuous).
-    assert plan(DesiredState(synced=True), observed, FINGERPRINT) == [
-        SyncFirewall(()),
-        RemoveContainer("db", stop=True),
-        RemoveContainer("web", stop=True),
+    assert plan(DesiredState(synced=True), observed) == [
+        RemoveContainer("db", stop=True, addresses=(DB.address_cidr,)),
+        RemoveContainer("web", stop=True, addresses=(WEB.address_cidr,)),
+        SyncFirewall(firewall_spec(DesiredState(synced=True))),
         *(RemoveLink(name) for name in sorted(["sdnb00000000", bridge_name("front")])),
     ]
 
 
 def test_unsynced_desired_state_still_builds_what_it_knows() -> None:
-    assert plan(desired(WEB, synced=False), Observed(), FINGERPRINT) == [
+    assert plan(desired(WEB, synced=False), Observed()) == [
         EnableForwarding(),
         EnsureBridge(FRONT),
         SetupContainer(WEB, FRONT, netns=True, attach=True, start=True, stop_first=False),
@@ -249,13 +260,13 @@ def test_unsynced_desired_state_still_builds_what_it_knows() -> None:
 
 def test_stale_firewall_is_synced() -> None:
     observed = dataclasses.replace(matching(WEB), firewall="fw-0")
-    assert plan(desired(WEB), observed, FINGERPRINT) == [SyncFirewall((FRONT,))]
+    assert plan(desired(WEB), observed) == [SyncFirewall(firewall_spec(desired(WEB)))]
 
 
 def test_container_without_address_or_network_waits() -> None:
     no_ip = dataclasses.replace(WEB, ip="")
     elsewhere = dataclasses.replace(DB, network="back")
-    assert plan(desired(no_ip, elsewhere), matching(), FINGERPRINT) == []
+    assert plan(desired(no_ip, elsewhere), matching()) == []
 
 
 # -- DesiredState.apply ------------------------------------------------------------------------
@@ -360,3 +371,69 @@ def test_copy_is_independent() -> None:
     state.apply(pb.WatchEvent(revision=6, deleted_containers=["web"]))
     assert copy.containers == {"web": WEB}
     assert copy.revision == 5
+
+
+# -- network modes ---------------------------------------------------------------------------------
+
+VAULT = DesiredContainer(name="vault", network="none", command=("sleep", "infinity"))
+PROBE = DesiredContainer(name="probe", network="host", command=("sleep", "infinity"))
+AAA_SIDE = DesiredContainer(name="aaa-side", network="container:web",
+                            command=("sleep", "infinity"), share=("uts",))
+
+
+def test_closed_gets_a_sandbox_and_no_link() -> None:
+    # a closed container adds no firewall rule: the table stays as it is
+    assert plan(desired(VAULT), matching()) == [
+        SetupContainer(VAULT, None, netns=True, attach=False, start=True, stop_first=False),
+    ]
+
+
+def test_open_gets_no_sandbox() -> None:
+    actions = plan(desired(PROBE), matching())
+    assert actions == [SetupContainer(PROBE, None, netns=False, attach=False, start=True,
+                                      stop_first=False)]
+
+
+def test_joined_waits_for_its_donor_then_comes_after_it() -> None:
+    assert plan(desired(AAA_SIDE), matching()) == []  # no donor on this host (yet)
+    actions = plan(desired(WEB, AAA_SIDE), Observed(ip_forward=True))
+    setups = [a for a in actions if isinstance(a, SetupContainer)]
+    assert [a.container.name for a in setups] == ["web", "aaa-side"]  # donor first
+    assert setups[1] == SetupContainer(AAA_SIDE, None, netns=False, attach=False, start=True,
+                                       stop_first=False)
+
+
+def test_mode_change_to_host_drops_the_sandbox_and_restarts() -> None:
+    moved = dataclasses.replace(WEB, network="host", ip="", prefixlen=0, gateway="")
+    actions = plan(desired(moved), matching(WEB))
+    assert SetupContainer(moved, None, netns=False, attach=False, start=True, stop_first=True,
+                          drop_sandbox=True) in actions
+    assert RemoveLink(veth_name("web", "eth0")) in actions  # its veth is no longer wanted
+
+
+def test_restart_policy_waits_then_restarts() -> None:
+    always = dataclasses.replace(WEB, restart="always")
+    exited = dataclasses.replace(running(always), running=False, started_at=100.0)
+    observed = with_container(matching(always), "web", exited)
+    assert plan(desired(always), observed, now=100.5) == []  # too soon
+    assert restart_pending(desired(always), observed)
+    assert plan(desired(always), observed, now=101.5) == [
+        SetupContainer(always, FRONT, netns=False, attach=False, start=True, stop_first=False)]
+    # "no": an exited process stays exited, however long ago
+    assert plan(desired(WEB), with_container(matching(WEB), "web", dataclasses.replace(
+        exited, spec=WEB.spec_hash())), now=1e9) == []
+
+
+def test_firewall_spec_guards_bridged_containers_and_allows_known_pairs() -> None:
+    back = DesiredNetwork(name="back", driver="bridge", subnet="10.89.0.0/24",
+                          gateway="10.89.0.1", prefixlen=24, mtu=1500, masquerade=True,
+                          allow=("front", "elsewhere"))
+    web = dataclasses.replace(WEB, ports=(parse_port("8080:80", "p"),))
+    state = DesiredState(revision=1, synced=True, networks={"front": FRONT, "back": back},
+                         containers={c.name: c for c in (web, VAULT, PROBE)})
+    spec = firewall_spec(state)
+    assert spec.allowed == (("back", "front"),)  # "elsewhere" is not on this host
+    assert [g.container for g in spec.guards] == ["web"]
+    assert spec.guards[0].mac == container_mac(WEB.ip)
+    assert [(p.container, p.host_port, p.container_port) for p in spec.ports] == [
+        ("web", 8080, 80)]

@@ -73,12 +73,13 @@ HEAD = "name: t\nhosts:\n  - {name: h1, lab: true}\nnetworks:\n"  # lines 1-4
             id="host-bits-block-style"),
         pytest.param(
             HEAD + "  - name: front\n    subnet: 10.88.0.0/16\n    colour: red\n",
-            "x.yaml:7: networks[0].colour: unknown field; expected one of driver, host_prefix, "
-            "masquerade, mtu, name, subnet",
+            "x.yaml:7: networks[0].colour: unknown field; expected one of allow, driver, gateway, "
+            "host_prefix, internal, ip_range, masquerade, mtu, name, subnet",
             id="unknown-field"),
         pytest.param(
             "name: t\nextra: 1\n",
-            "x.yaml:2: extra: unknown field; expected one of containers, hosts, name, networks",
+            "x.yaml:2: extra: unknown field; expected one of containers, hosts, name, networks, "
+            "routes",
             id="unknown-top-level-field"),
         pytest.param(
             HEAD + "  - name: front\n    mtu: 1400\n",
@@ -103,7 +104,8 @@ HEAD = "name: t\nhosts:\n  - {name: h1, lab: true}\nnetworks:\n"  # lines 1-4
             HEAD + "  - {name: front, subnet: 10.88.0.0/16}\n"
             "containers:\n"
             "  - {name: web, host: h1, network: back}\n",
-            "x.yaml:7: containers[0].network: unknown network 'back'; networks are front",
+            "x.yaml:7: containers[0].network: unknown network 'back'; networks are front (or "
+            "none, host, container:<name>)",
             id="unknown-network"),
         pytest.param(
             HEAD + "  - {name: front, subnet: 10.88.0.0/16}\n"

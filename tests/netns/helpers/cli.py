@@ -1,0 +1,119 @@
+"""Shared helpers for the end-to-end namespace tests: the CLI as a user runs it, and ways to
+look at namespaces from outside (raw netlink dumps, nft listings, real packets)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.kernel.netns import iproute_in
+from sdnctl import topology
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLES = sorted(str(p) for p in (REPO / "topology-examples").glob("*.yaml"))
+
+
+@dataclass
+class Cli:
+    env: dict[str, str]
+    run_dir: Path
+    files: dict[str, str] = field(default_factory=dict)  # topology name -> file brought up
+
+    def run(self, *args: str, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+        if args[0] == "up":
+            with contextlib.suppress(topology.TopologyError):
+                self.files[topology.load(args[1]).name] = args[1]
+        done = subprocess.run([sys.executable, "-m", "sdnctl.cli", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"sdnctl {' '.join(args)} failed ({done.returncode}):\n"
+                                 f"{done.stdout}\n{done.stderr}")
+        return done
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json").stdout)
+
+    def controller_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.run_dir / "controller.pid").read_text().split()[0])
+        return None
+
+
+def nsexec(netns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(["nsenter", f"--net={netns}", *argv], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def ping(netns: str, address: str, count: int = 1) -> bool:
+    return nsexec(netns, "ping", "-n", "-q", "-c", str(count), "-W", "1", address).returncode == 0
+
+
+def kernel_state(netns: str) -> dict[str, Any]:
+    """Links, addresses and routes of a namespace from raw netlink dumps (timers left out)."""
+    with iproute_in(netns) as ipr:
+        links = sorted(
+            repr((m.get("ifname"), m["index"], m.get("master"), m.get("mtu"),
+                  m.get("operstate"), m.get("address"), m.get("ifalias")))
+            for m in ipr.link("dump"))
+        addrs = sorted(repr((m["index"], m.get("address"), m["prefixlen"]))
+                       for m in ipr.addr("dump"))
+        routes = sorted(repr((m.get("dst"), m["dst_len"], m.get("gateway"), m.get("oif"),
+                              m["proto"], m["table"])) for m in ipr.route("dump"))
+    return {"links": links, "addrs": addrs, "routes": routes}
+
+
+def nft_ruleset(netns: str) -> str:
+    return nsexec(netns, "nft", "-a", "list", "ruleset").stdout
+
+
+def capture_source(ext_netns: str, send: Any) -> str:
+    """Run ``send()`` while tcpdump listens in the external namespace; the ICMP source seen."""
+    dump = subprocess.Popen(
+        ["nsenter", f"--net={ext_netns}", "tcpdump", "-l", "-n", "-i", "eth0", "-c", "1",
+         "icmp[icmptype] == icmp-echo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        assert dump.stderr is not None
+        deadline = time.monotonic() + 10
+        while "listening on" not in dump.stderr.readline():
+            assert time.monotonic() < deadline, "tcpdump did not start"
+        send()
+        out, _ = dump.communicate(timeout=10)
+    finally:
+        if dump.poll() is None:
+            dump.kill()
+            dump.wait()
+    match = re.search(r"IP (\d+\.\d+\.\d+\.\d+) > ", out)
+    assert match, f"no ICMP echo seen in the external namespace: {out!r}"
+    return match.group(1)
+
+
+@contextlib.contextmanager
+def lab_cli(run_dir: Path, prefix: str) -> Iterator[Cli]:
+    """A CLI whose every path and name carries ``prefix``; on exit, brings down whatever
+    topology is still up and ends the controller it started."""
+    env = dict(os.environ, SDNCTL_RUN_DIR=str(run_dir), SDNCTL_STATE_DIR=str(run_dir / "state"),
+               SDNCTL_LAB_PREFIX=prefix, PYTHONPATH=str(REPO))
+    env.pop("SDNCTL_CONTROLLER", None)
+    cli = Cli(env, run_dir)
+    try:
+        yield cli
+    finally:
+        for state in sorted((run_dir / "lab").glob("*.json")):
+            if state.stem in cli.files:
+                cli.run("down", cli.files[state.stem], check=False)
+        pid = cli.controller_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)

@@ -1,0 +1,438 @@
+"""The firewall against a real kernel: isolation, internal networks, published ports,
+anti-spoofing and conntrack flushing, proven with real packets.
+
+The lab (all names carry the test's ``run_prefix``): a host namespace H with three bridges —
+front (10.81.1.0/24), back (10.81.2.0/24) and an internal one (10.81.3.0/24) — containers f1, f2
+on front, b1 on back, i1 on internal, and an "outside" namespace O joined to H by a plain veth
+(H 198.51.100.1, O 198.51.100.2; O has no route to the container subnets). We act through
+``Links``, ``Firewall`` and ``conntrack`` and assert with ping, TCP/UDP clients, tcpdump, scapy,
+``nft -j`` counters and raw conntrack dumps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from pyroute2 import Conntrack
+
+from agent.kernel import conntrack, sysctl
+from agent.kernel.firewall import (
+    BridgeNet,
+    Firewall,
+    FirewallSpec,
+    PortGuard,
+    PortRule,
+    fingerprint,
+)
+from agent.kernel.links import Links
+from agent.kernel.names import bridge_name, container_mac, veth_name
+from agent.kernel.netns import create_netns, netns_path, remove_netns, run_in_netns
+
+pytestmark = pytest.mark.netns
+
+MTU = 1500
+PYTHON = sys.executable  # the venv's: it has scapy
+UPLINK_H, UPLINK_O = "198.51.100.1", "198.51.100.2"
+NETWORKS = {"front": "10.81.1", "back": "10.81.2", "inside": "10.81.3"}
+CONTAINERS = {"f1": ("front", "10.81.1.2"), "f2": ("front", "10.81.1.3"),
+              "b1": ("back", "10.81.2.2"), "i1": ("inside", "10.81.3.2")}
+WEB = PortRule("f1", bridge_name("front"), "10.81.1.2", "tcp", "", 8080, 80)
+DNS = PortRule("f1", bridge_name("front"), "10.81.1.2", "udp", "", 5353, 53)
+LOCAL = PortRule("f1", bridge_name("front"), "10.81.1.2", "tcp", "127.0.0.1", 9090, 80)
+
+SERVER = textwrap.dedent("""\
+    import select, socket
+    t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind(("0.0.0.0", 80)); t.listen(16)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 53))
+    print("ready", flush=True)
+    while True:
+        for s in select.select([t, u], [], [])[0]:
+            if s is t:
+                c, peer = t.accept(); c.sendall(f"{peer[0]}\\n".encode()); c.close()
+                print("tcp", peer[0], flush=True)
+            else:
+                data, peer = u.recvfrom(100); u.sendto(f"{peer[0]}\\n".encode(), peer)
+                print("udp", peer[0], flush=True)
+""")
+CLIENT = textwrap.dedent("""\
+    import socket, sys
+    proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if proto == "tcp":
+        s = socket.create_connection((host, port), timeout=2)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+        s.sendto(b"x", (host, port))
+    print(s.recv(100).decode().strip())
+""")
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=30)
+
+
+def in_ns(path: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run("nsenter", f"--net={path}", *argv, check=check)
+
+
+@dataclass
+class FwLab:
+    prefix: str
+    host: str
+    outside: str
+    containers: dict[str, str]  # name -> netns path
+    links: Links
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def ping(self, src: str, dst: str) -> subprocess.CompletedProcess[str]:
+        return in_ns(self.containers.get(src, src), "ping", "-c1", "-W1", "-n", dst, check=False)
+
+    def can_ping(self, src: str, dst: str) -> bool:
+        return self.ping(src, dst).returncode == 0
+
+    def spec(self, allowed: tuple[tuple[str, str], ...] = (), ports: tuple[PortRule, ...] = (),
+             guards: bool = False) -> FirewallSpec:
+        nets = tuple(BridgeNet(n, bridge_name(n), f"{p}.0/24", masquerade=True,
+                               internal=(n == "inside")) for n, p in NETWORKS.items())
+        gs = tuple(PortGuard(c, veth_name(c, "eth0"), container_mac(ip), ip)
+                   for c, (_, ip) in CONTAINERS.items()) if guards else ()
+        return FirewallSpec(networks=nets, allowed=allowed, ports=ports, guards=gs)
+
+    def start(self, path: str, *argv: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(["nsenter", f"--net={path}", *argv], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        return proc
+
+    def client(self, src: str, proto: str, host: str, port: int) -> str | None:
+        done = in_ns(self.containers.get(src, src), PYTHON, "-c", CLIENT, proto, host,
+                     str(port), check=False)
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    def counters(self) -> dict[str, int]:
+        """Packets per rule comment in ``bridge sdnctl`` (summed over rules sharing one)."""
+        out = in_ns(self.host, "nft", "-j", "list", "table", "bridge", "sdnctl").stdout
+        found: dict[str, int] = {}
+        for item in json.loads(out)["nftables"]:
+            rule = item.get("rule")
+            if rule is None:
+                continue
+            packets = sum(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+            found[rule["comment"]] = found.get(rule["comment"], 0) + packets
+        return found
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def fwlab(run_prefix: str) -> Iterator[FwLab]:
+    names = ["h", "o", *CONTAINERS]
+    made: list[str] = []
+    links: Links | None = None
+    lab: FwLab | None = None
+    try:
+        for n in names:
+            path = netns_path(f"{run_prefix}{n}")
+            create_netns(path)
+            made.append(path)
+        host, outside = made[0], made[1]
+        links = Links(host)
+        lab = FwLab(run_prefix, host, outside, dict(zip(CONTAINERS, made[2:], strict=True)),
+                    links)
+        for net, p in NETWORKS.items():
+            links.ensure_bridge(bridge_name(net), f"sdnctl:net/{net}", f"{p}.1/24", MTU)
+        for c, (net, ip) in CONTAINERS.items():
+            links.ensure_veth(veth_name(c, "eth0"), f"sdnctl:ctr/{c}/eth0", bridge_name(net), MTU,
+                              lab.containers[c], "eth0", f"{ip}/24", f"{NETWORKS[net]}.1",
+                              mac=container_mac(ip))
+        h, o = os.path.basename(host), os.path.basename(outside)
+        run("ip", "-n", h, "link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", o)
+        run("ip", "-n", h, "addr", "add", f"{UPLINK_H}/24", "dev", "up0")
+        run("ip", "-n", h, "link", "set", "up0", "up")
+        run("ip", "-n", o, "addr", "add", f"{UPLINK_O}/24", "dev", "up1")
+        run("ip", "-n", o, "link", "set", "up1", "up")
+        run_in_netns(host, sysctl.ensure_ip_forward)
+        yield lab
+    finally:
+        for proc in lab.procs if lab else []:
+            _stop(proc)
+        if links is not None:
+            links.close()
+        for path in reversed(made):
+            remove_netns(path)
+
+
+@contextmanager
+def capture(lab: FwLab, path: str, bpf: str, count: int = 1) -> Iterator[Callable[[], str]]:
+    """tcpdump in ``path`` on eth0 (or up1); yields a function that returns what it printed."""
+    dev = "up1" if path == lab.outside else "eth0"
+    proc = lab.start(path, "tcpdump", "-n", "-e", "-l", "-i", dev, "-c", str(count), bpf)
+    assert proc.stderr is not None
+    banner = [proc.stderr.readline() for _ in range(2)]
+    assert any("listening on" in line for line in banner), banner
+
+    def result() -> str:
+        try:
+            out, _ = proc.communicate(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate(timeout=5)
+        return out
+
+    yield result
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate(timeout=5)
+
+
+def mac_of(path: str, ifname: str) -> str:
+    """Through ip, not /sys: nsenter keeps the mount namespace, so /sys shows the root's links."""
+    return str(json.loads(in_ns(path, "ip", "-j", "link", "show", ifname).stdout)[0]["address"])
+
+
+def ct_entries(path: str) -> list[Any]:
+    def dump() -> list[Any]:
+        with Conntrack() as ct:
+            return list(ct.dump_entries())
+    return run_in_netns(path, dump)
+
+
+def addresses(entry: Any) -> set[str]:
+    o, r = entry.tuple_orig, entry.tuple_reply
+    return {o.saddr, o.daddr, r.saddr, r.daddr}
+
+
+# --- isolation ------------------------------------------------------------------------------
+
+
+def test_bridges_are_isolated_until_allowed_then_routed_without_nat(fwlab: FwLab) -> None:
+    fw = Firewall(fwlab.host)
+    b1 = CONTAINERS["b1"][1]
+    fw.apply(fwlab.spec())
+    assert fwlab.can_ping("f1", "10.81.1.3")  # same bridge: untouched
+    assert not fwlab.can_ping("f1", b1)
+    assert not fwlab.can_ping("b1", CONTAINERS["f1"][1])
+
+    fw.apply(fwlab.spec(allowed=(("back", "front"),)))  # order-free
+    with capture(fwlab, fwlab.containers["b1"], "icmp[icmptype] == icmp-echo") as seen:
+        done = fwlab.ping("f1", b1)
+        out = seen()
+    assert done.returncode == 0, done.stdout
+    assert "ttl=63" in done.stdout, done.stdout  # one routed hop, TTL - 1
+    assert f"10.81.1.2 > {b1}: ICMP echo request" in out, out  # the real source, no NAT
+    assert fwlab.can_ping("b1", CONTAINERS["f1"][1])
+    assert not fwlab.can_ping("f1", CONTAINERS["i1"][1])  # only the allowed pair
+
+    # A flow that is running when the pair goes is cut too (the rules are stateless).
+    pinger = fwlab.start(fwlab.containers["f1"], "ping", "-n", "-i", "0.2", b1)
+    with capture(fwlab, fwlab.containers["b1"], "icmp[icmptype] == icmp-echo") as seen:
+        seen()
+    fw.apply(fwlab.spec())
+    assert run_in_netns(fwlab.host, lambda: conntrack.flush_between("10.81.1.0/24",
+                                                                    "10.81.2.0/24")) >= 1
+    with capture(fwlab, fwlab.containers["b1"], "icmp[icmptype] == icmp-echo") as seen:
+        assert seen() == ""
+    _stop(pinger)
+    assert not fwlab.can_ping("f1", b1)
+    assert not fwlab.can_ping("b1", CONTAINERS["f1"][1])
+
+
+def test_internal_network_has_no_egress_and_others_masquerade(fwlab: FwLab) -> None:
+    fw = Firewall(fwlab.host)
+    fw.apply(fwlab.spec())
+    with capture(fwlab, fwlab.outside, "icmp[icmptype] == icmp-echo") as seen:
+        assert fwlab.can_ping("f1", UPLINK_O)
+        out = seen()
+    assert f"{UPLINK_H} > {UPLINK_O}: ICMP echo request" in out, out
+    assert not fwlab.can_ping("i1", UPLINK_O)
+    assert not fwlab.can_ping("i1", CONTAINERS["f1"][1])
+    assert fwlab.can_ping("i1", "10.81.3.1")  # its gateway (the host) stays reachable
+    # An internal network reaches an allowed bridge, still not the outside, and is never NATed.
+    fw.apply(fwlab.spec(allowed=(("inside", "front"),)))
+    assert fwlab.can_ping("i1", CONTAINERS["f1"][1])
+    assert fwlab.can_ping("f1", CONTAINERS["i1"][1])
+    assert not fwlab.can_ping("i1", UPLINK_O)
+    assert not fwlab.can_ping("i1", CONTAINERS["b1"][1])
+    rules = in_ns(fwlab.host, "nft", "list", "table", "inet", "sdnctl").stdout
+    assert "10.81.3.0/24" not in rules  # no masquerade for it
+
+
+# --- published ports ------------------------------------------------------------------------
+
+
+def _start_server(fwlab: FwLab) -> subprocess.Popen[str]:
+    server = fwlab.start(fwlab.containers["f1"], PYTHON, "-c", SERVER)
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == "ready"
+    return server
+
+
+def test_published_ports_keep_the_client_address(fwlab: FwLab) -> None:
+    fw = Firewall(fwlab.host)
+    fw.apply(fwlab.spec(ports=(WEB, DNS, LOCAL)))
+    _start_server(fwlab)
+    # From the outside, through the host's underlay address: the container sees the client.
+    assert fwlab.client(fwlab.outside, "tcp", UPLINK_H, 8080) == UPLINK_O
+    assert fwlab.client(fwlab.outside, "udp", UPLINK_H, 5353) == UPLINK_O
+    # Hairpin: a container on the same bridge, through the host's address (masqueraded to the
+    # gateway so that the answer comes back through the host).
+    assert fwlab.client("f2", "tcp", UPLINK_H, 8080) == "10.81.1.1"
+    # Another bridge reaches a published port (DNAT'd flows pass isolation), without NAT.
+    assert fwlab.client("b1", "tcp", UPLINK_H, 8080) == CONTAINERS["b1"][1]
+    # An internal network does not.
+    assert fwlab.client("i1", "tcp", "10.81.3.1", 8080) is None
+    # The host itself, on loopback: the 127.0.0.1 port and the any-address port.
+    assert fwlab.client(fwlab.host, "tcp", "127.0.0.1", 9090) == "10.81.1.1"
+    assert fwlab.client(fwlab.host, "tcp", "127.0.0.1", 8080) == "10.81.1.1"
+    assert fwlab.client(fwlab.host, "tcp", UPLINK_H, 8080) == UPLINK_H
+    # The 127.0.0.1 port is not on the underlay address ...
+    assert fwlab.client(fwlab.outside, "tcp", UPLINK_H, 9090) is None
+
+
+def test_loopback_ports_are_not_reachable_from_another_host(fwlab: FwLab) -> None:
+    """... nor through a frame sent to the host's MAC with destination 127.0.0.1 (moby#45610),
+    for the 127.0.0.1 port and for the any-address one."""
+    fw = Firewall(fwlab.host)
+    fw.apply(fwlab.spec(ports=(WEB, LOCAL)))
+    h_mac = mac_of(fwlab.host, "up0")
+    script = textwrap.dedent(f"""\
+        from scapy.all import Ether, IP, TCP, sendp
+        for port in (9090, 8080):
+            sendp(Ether(dst="{h_mac}") / IP(src="{UPLINK_O}", dst="127.0.0.1") /
+                  TCP(sport=40000 + port, dport=port, flags="S"), iface="up1", verbose=False)
+    """)
+    with capture(fwlab, fwlab.containers["f1"], "tcp port 80") as seen:
+        in_ns(fwlab.outside, PYTHON, "-c", script)
+        assert seen() == ""
+
+
+# --- anti-spoofing --------------------------------------------------------------------------
+
+
+def test_spoofed_frames_are_dropped_and_counted(fwlab: FwLab) -> None:
+    fw = Firewall(fwlab.host)
+    fw.apply(fwlab.spec(guards=True))
+    f1_ip, f2_ip = CONTAINERS["f1"][1], CONTAINERS["f2"][1]
+    f1_mac, f2_mac = container_mac(f1_ip), container_mac(f2_ip)
+    assert mac_of(fwlab.containers["f1"], "eth0") == f1_mac
+    assert fwlab.can_ping("f2", "10.81.1.1")  # f2 knows its gateway's MAC now
+    before = fwlab.counters()
+    script = textwrap.dedent(f"""\
+        from scapy.all import ARP, Ether, ICMP, IP, IPv6, ICMPv6ND_RA, sendp
+        def send(p): sendp(p, iface="eth0", verbose=False)
+        send(Ether(src="{f2_mac}", dst="{f2_mac}") / IP(src="{f1_ip}", dst="{f2_ip}") /
+             ICMP(id=1001))                                       # forged source MAC
+        send(Ether(src="{f1_mac}", dst="{f2_mac}") / IP(src="10.81.1.99", dst="{f2_ip}") /
+             ICMP(id=1002))                                       # forged source IP
+        send(Ether(src="{f1_mac}", dst="{f2_mac}") / ARP(op=2, hwsrc="{f1_mac}",
+             psrc="10.81.1.1", hwdst="{f2_mac}", pdst="{f2_ip}"))  # ARP reply for the gateway
+        send(Ether(src="{f1_mac}", dst="{f2_mac}") / ARP(op=2, hwsrc="02:42:00:00:00:99",
+             psrc="{f1_ip}", hwdst="{f2_mac}", pdst="{f2_ip}"))    # ARP with a forged sender MAC
+        send(Ether(src="{f1_mac}", dst="33:33:00:00:00:01") /
+             IPv6(src="fe80::42", dst="ff02::1") / ICMPv6ND_RA())  # router advertisement
+        send(Ether(src="{f1_mac}", dst="{f2_mac}") / IP(src="{f1_ip}", dst="{f2_ip}") /
+             ICMP(id=1003))                                       # honest
+    """)
+    with capture(fwlab, fwlab.containers["f2"], "icmp or arp", count=10) as seen:
+        in_ns(fwlab.containers["f1"], PYTHON, "-c", script)
+        out = seen()
+    assert "id 1003" in out, out
+    assert "id 1001" not in out and "id 1002" not in out, out
+    assert "10.81.1.1 is-at" not in out and "02:42:00:00:00:99" not in out, out
+    after = fwlab.counters()
+    delta = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert delta == {"sdnctl:ctr/f1/spoof-mac": 1, "sdnctl:ctr/f1/spoof-ip": 1,
+                     "sdnctl:ctr/f1/spoof-arp-ip": 1, "sdnctl:ctr/f1/spoof-arp-mac": 1,
+                     "sdnctl:router-advert": 1}, delta
+    neigh = in_ns(fwlab.containers["f2"], "ip", "neigh", "show", "10.81.1.1").stdout
+    assert f1_mac not in neigh, neigh  # the gateway's entry was not poisoned
+    assert fwlab.can_ping("f1", f2_ip)  # honest traffic, ARP included, still flows
+    if os.path.isdir("/proc/sys/net/ipv6"):
+        for net in NETWORKS:
+            key = f"net.ipv6.conf.{bridge_name(net)}.accept_ra"
+            assert run_in_netns(fwlab.host, lambda k=key: sysctl.read_sysctl(k)) == "0"
+
+
+# --- conntrack ------------------------------------------------------------------------------
+
+
+def test_flush_address_deletes_exactly_its_entries(fwlab: FwLab) -> None:
+    fw = Firewall(fwlab.host)
+    fw.apply(fwlab.spec(ports=(WEB, DNS)))
+    _start_server(fwlab)
+    assert fwlab.client(fwlab.outside, "udp", UPLINK_H, 5353) == UPLINK_O
+    assert fwlab.client(fwlab.outside, "tcp", UPLINK_H, 8080) == UPLINK_O
+    assert fwlab.can_ping("f2", UPLINK_O)  # an unrelated, masqueraded flow
+    f1 = CONTAINERS["f1"][1]
+    entries = ct_entries(fwlab.host)
+    mine = [e for e in entries if f1 in addresses(e)]
+    others = [e for e in entries if f1 not in addresses(e)]
+    assert len(mine) >= 2 and others, entries
+    assert {e.tuple_orig.daddr for e in mine} == {UPLINK_H}  # DNAT'd: f1 is the reply source
+    assert run_in_netns(fwlab.host, lambda: conntrack.flush_address(f1)) == len(mine)
+    after = ct_entries(fwlab.host)
+    assert not [e for e in after if f1 in addresses(e)], after
+    assert {repr(e.tuple_orig) for e in others} <= {repr(e.tuple_orig) for e in after}
+    assert run_in_netns(fwlab.host, lambda: conntrack.flush_address(f1)) == 0
+
+
+# --- idempotence and drift ------------------------------------------------------------------
+
+
+def test_apply_is_idempotent_detects_drift_and_removes(fwlab: FwLab) -> None:
+    fw = Firewall(fwlab.host)
+    spec = fwlab.spec(allowed=(("front", "back"),), ports=(WEB, DNS, LOCAL), guards=True)
+    assert fw.observe() is None
+    assert fw.apply(spec) is True
+    assert fw.observe() == fingerprint(spec)
+    listed = in_ns(fwlab.host, "nft", "-a", "list", "ruleset").stdout
+    assert fw.apply(replace(spec, allowed=(("back", "front"),))) is False  # same spec
+    assert in_ns(fwlab.host, "nft", "-a", "list", "ruleset").stdout == listed
+    assert "policy drop" not in listed
+    localnet = f"net.ipv4.conf.{bridge_name('front')}.route_localnet"
+    assert run_in_netns(fwlab.host, lambda: sysctl.read_sysctl(localnet)) == "1"
+
+    # a rule deleted by hand is drift, and apply repairs it
+    handle = re.search(r'comment "sdnctl:ctr/f1/spoof-ip" # handle (\d+)', listed)
+    assert handle is not None
+    in_ns(fwlab.host, "nft", "delete", "rule", "bridge", "sdnctl", "prerouting", "handle",
+          handle.group(1))
+    assert fw.observe() != fingerprint(spec)
+    assert fw.apply(spec) is True and fw.observe() == fingerprint(spec)
+    # so is a bridge sysctl (a recreated bridge loses route_localnet), repaired without nft
+    run_in_netns(fwlab.host, lambda: sysctl.ensure_sysctl(localnet, "0"))
+    assert fw.observe() != fingerprint(spec)
+    listed = in_ns(fwlab.host, "nft", "-a", "list", "ruleset").stdout
+    assert fw.apply(spec) is True and fw.observe() == fingerprint(spec)
+    assert in_ns(fwlab.host, "nft", "-a", "list", "ruleset").stdout == listed
+
+    # the port goes: route_localnet goes with it
+    assert fw.apply(fwlab.spec()) is True
+    assert run_in_netns(fwlab.host, lambda: sysctl.read_sysctl(localnet)) == "0"
+    fw.remove()
+    fw.remove()
+    assert fw.observe() is None
+    assert in_ns(fwlab.host, "nft", "list", "ruleset").stdout.strip() == ""
+
+
+def test_container_mac_is_set_at_creation_and_repaired(fwlab: FwLab) -> None:
+    path = fwlab.containers["f1"]
+    in_ns(path, "ip", "link", "set", "eth0", "address", "02:00:00:00:00:01")
+    ip = CONTAINERS["f1"][1]
+    fwlab.links.ensure_veth(veth_name("f1", "eth0"), "sdnctl:ctr/f1/eth0", bridge_name("front"),
+                            MTU, path, "eth0", f"{ip}/24", "10.81.1.1", mac=container_mac(ip))
+    assert mac_of(path, "eth0") == container_mac(ip)

@@ -1,0 +1,212 @@
+"""The firewall's pure half: rendering a FirewallSpec into one nft script, and its fingerprint."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import pytest
+
+from agent.kernel import firewall
+from agent.kernel.firewall import (
+    BridgeNet,
+    FirewallSpec,
+    MasqueradeRule,
+    PortGuard,
+    PortRule,
+    fingerprint,
+    localnet_bridges,
+    render,
+)
+from agent.kernel.names import container_mac
+
+FRONT = BridgeNet("front", "sdnbf", "10.1.0.0/24", masquerade=True, internal=False)
+BACK = BridgeNet("back", "sdnbb", "10.2.0.0/24", masquerade=True, internal=False)
+INSIDE = BridgeNet("inside", "sdnbi", "10.3.0.0/24", masquerade=True, internal=True)
+WEB = PortRule("web", "sdnbf", "10.1.0.2", "tcp", "", 8080, 80)
+DNS = PortRule("dns", "sdnbf", "10.1.0.3", "udp", "127.0.0.1", 5353, 53)
+GUARD = PortGuard("web", "sdnv1", "02:42:0a:01:00:02", "10.1.0.2")
+SPEC = FirewallSpec(networks=(FRONT, BACK, INSIDE), allowed=(("front", "back"),),
+                    ports=(WEB, DNS), guards=(GUARD,))
+
+
+def rules(script: str, chain: str, family: str = "inet") -> list[str]:
+    prefix = f"add rule {family} sdnctl {chain} "
+    return [line[len(prefix):] for line in script.splitlines() if line.startswith(prefix)]
+
+
+def test_render_is_stable_and_order_free() -> None:
+    shuffled = FirewallSpec(networks=(INSIDE, BACK, FRONT), allowed=(("back", "front"),),
+                            ports=(DNS, WEB), guards=(GUARD,))
+    assert render(SPEC) == render(SPEC)
+    assert render(shuffled) == render(SPEC)
+    assert fingerprint(shuffled) == fingerprint(SPEC)
+
+
+def test_one_transaction_tables_chains_flush_then_rules() -> None:
+    lines = render(SPEC).splitlines()
+    assert lines[:2] == ["add table inet sdnctl", "add table bridge sdnctl"]
+    first_rule = next(i for i, line in enumerate(lines) if line.startswith("add rule"))
+    assert all(line.startswith("add rule") for line in lines[first_rule:])
+    flushed = {line for line in lines[:first_rule] if line.startswith("flush chain")}
+    chains = {" ".join(line.split()[2:5]) for line in lines if line.startswith("add chain")}
+    assert flushed == {f"flush chain {c}" for c in chains}
+
+
+@pytest.mark.parametrize("spec", [SPEC, FirewallSpec(), FirewallSpec(networks=(INSIDE,))])
+def test_no_default_drop_anywhere(spec: FirewallSpec) -> None:
+    script = render(spec)
+    assert "policy drop" not in script
+    for line in script.splitlines():
+        if "type filter hook" in line:
+            assert "policy accept;" in line, line
+
+
+def test_every_rule_has_a_comment_and_the_last_carries_the_sha() -> None:
+    lines = [line for line in render(SPEC).splitlines() if line.startswith("add rule")]
+    assert all(re.search(r' comment "sdnctl:[^"]+"$', line) for line in lines), lines
+    assert 'comment "sdnctl:sha/' in lines[-1]
+    comments = sorted(re.findall(r'comment "([^"]+)"$', "\n".join(lines), re.M))
+    assert fingerprint(SPEC).splitlines()[:len(comments)] == comments
+
+
+def _variants() -> list[tuple[str, FirewallSpec]]:
+    """SPEC with one field changed, for every field of every part."""
+    out: list[tuple[str, FirewallSpec]] = []
+    net_changes: dict[str, Any] = {"network": "front2", "bridge": "sdnbx", "subnet": "10.9.0.0/24",
+                                   "masquerade": False, "internal": True}
+    for name, value in net_changes.items():
+        nets = (dataclasses.replace(FRONT, **{name: value}), BACK, INSIDE)
+        ports = tuple(dataclasses.replace(p, bridge=value) for p in SPEC.ports) \
+            if name == "bridge" else SPEC.ports
+        allowed = (("front2", "back"),) if name == "network" else SPEC.allowed
+        out.append((f"network.{name}",
+                    dataclasses.replace(SPEC, networks=nets, ports=ports, allowed=allowed)))
+    port_changes: dict[str, Any] = {"container": "web2", "bridge": "sdnbb",
+                                    "container_ip": "10.1.0.9", "protocol": "udp",
+                                    "host_ip": "192.0.2.1", "host_port": 8081,
+                                    "container_port": 81}
+    for name, value in port_changes.items():
+        out.append((f"port.{name}", dataclasses.replace(
+            SPEC, ports=(dataclasses.replace(WEB, **{name: value}), DNS))))
+    guard_changes = {"container": "web2", "veth": "sdnv2", "mac": "02:42:0a:01:00:09",
+                     "ip": "10.1.0.9"}
+    for name, value in guard_changes.items():
+        out.append((f"guard.{name}", dataclasses.replace(
+            SPEC, guards=(dataclasses.replace(GUARD, **{name: value}),))))
+    out.append(("allowed", dataclasses.replace(SPEC, allowed=(("inside", "back"),))))
+    out.append(("allowed-none", dataclasses.replace(SPEC, allowed=())))
+    out.append(("ports-none", dataclasses.replace(SPEC, ports=())))
+    out.append(("guards-none", dataclasses.replace(SPEC, guards=())))
+    return out
+
+
+@pytest.mark.parametrize(("what", "variant"), _variants(), ids=[w for w, _ in _variants()])
+def test_fingerprint_changes_with_every_field(what: str, variant: FirewallSpec) -> None:
+    assert fingerprint(variant) != fingerprint(SPEC), what
+    assert render(variant) != render(SPEC), what
+
+
+def test_isolation_internal_and_allowed_pairs() -> None:
+    forward = rules(render(SPEC), "forward")
+    assert 'iifname "sdnbi" oifname != "sdnbi" drop comment "sdnctl:net/inside/internal-out"' \
+        in forward
+    assert 'oifname "sdnbi" iifname != "sdnbi" drop comment "sdnctl:net/inside/internal-in"' \
+        in forward
+    assert 'iifname "sdnbf" oifname "sdnbi" drop comment "sdnctl:net/front/isolation"' in forward
+    assert 'iifname "sdnbb" oifname "sdnbi" drop comment "sdnctl:net/back/isolation"' in forward
+    # internal drops come before DNAT'd flows pass, which come before isolation
+    order = [next(i for i, r in enumerate(forward) if key in r)
+             for key in ("internal-out", "ct status dnat accept", "isolation")]
+    assert order == sorted(order)
+    allowed_inside = dataclasses.replace(SPEC, allowed=(("inside", "front"),))
+    forward = rules(render(allowed_inside), "forward")
+    assert 'iifname "sdnbi" oifname != { "sdnbf", "sdnbi" } drop ' \
+           'comment "sdnctl:net/inside/internal-out"' in forward
+    # pairs naming a network this host does not have are ignored, as are self-pairs
+    assert render(dataclasses.replace(SPEC, allowed=(("front", "back"), ("front", "gone"),
+                                                     ("back", "back")))) == render(SPEC)
+
+
+def test_masquerade_skips_internal_networks_and_our_bridges() -> None:
+    post = rules(render(SPEC), "postrouting")
+    ours = '{ "sdnbb", "sdnbf", "sdnbi" }'
+    assert f'ip saddr 10.1.0.0/24 ip daddr != 10.1.0.0/24 oifname != {ours} masquerade ' \
+           f'comment "sdnctl:net/front"' in post
+    assert not any("10.3.0.0/24" in r for r in post)
+    no_masq = dataclasses.replace(SPEC, networks=(dataclasses.replace(FRONT, masquerade=False),
+                                                  BACK, INSIDE))
+    assert not any(r.endswith('"sdnctl:net/front"') for r in rules(render(no_masq), "postrouting"))
+
+
+def test_published_ports() -> None:
+    script = render(SPEC)
+    pre, out, post = rules(script, "prerouting"), rules(script, "output"), \
+        rules(script, "postrouting")
+    assert pre == ['ip daddr != 127.0.0.0/8 fib daddr type local tcp dport 8080 '
+                   'dnat ip to 10.1.0.2:80 comment "sdnctl:ctr/web/port/tcp/8080"']
+    # the 127.0.0.1 port exists for the host itself only: never in prerouting
+    assert 'ip daddr 127.0.0.1 udp dport 5353 dnat ip to 10.1.0.3:53 ' \
+           'comment "sdnctl:ctr/dns/port/udp/5353"' in out
+    assert any("fib daddr type local tcp dport 8080" in r for r in out)
+    assert post[0] == 'oifname "sdnbf" ip saddr 127.0.0.0/8 masquerade ' \
+                      'comment "sdnctl:net/front/localnet"'
+    assert post[1] == 'oifname "sdnbf" ct status dnat ip saddr 10.1.0.0/24 masquerade ' \
+                      'comment "sdnctl:net/front/hairpin"'
+    assert localnet_bridges(SPEC) == ["sdnbf"]
+    assert "sysctl:route_localnet=1:sdnbf" in fingerprint(SPEC).splitlines()
+    specific = dataclasses.replace(SPEC, ports=(dataclasses.replace(WEB, host_ip="192.0.2.1"),))
+    assert localnet_bridges(specific) == []
+    assert rules(render(specific), "prerouting") == [
+        'ip daddr 192.0.2.1 tcp dport 8080 dnat ip to 10.1.0.2:80 '
+        'comment "sdnctl:ctr/web/port/tcp/8080"']
+    # a port on an internal network is not published (as Docker)
+    on_inside = dataclasses.replace(SPEC, ports=(dataclasses.replace(WEB, bridge="sdnbi"),))
+    assert rules(render(on_inside), "prerouting") == []
+    assert "ct status dnat accept" not in render(on_inside)
+
+
+def test_anti_spoofing_rules() -> None:
+    bridge = rules(render(SPEC), "prerouting", family="bridge")
+    assert bridge == [
+        'iifname "sdnv1" ether saddr != 02:42:0a:01:00:02 counter drop '
+        'comment "sdnctl:ctr/web/spoof-mac"',
+        'iifname "sdnv1" ether type != { ip, arp, ip6 } counter drop '
+        'comment "sdnctl:ctr/web/spoof-ethertype"',
+        'iifname "sdnv1" ether type ip ip saddr != 10.1.0.2 counter drop '
+        'comment "sdnctl:ctr/web/spoof-ip"',
+        'iifname "sdnv1" arp saddr ether != 02:42:0a:01:00:02 counter drop '
+        'comment "sdnctl:ctr/web/spoof-arp-mac"',
+        'iifname "sdnv1" arp saddr ip != 10.1.0.2 counter drop '
+        'comment "sdnctl:ctr/web/spoof-arp-ip"',
+        'iifname "sdnv*" icmpv6 type nd-router-advert counter drop '
+        'comment "sdnctl:router-advert"',
+    ]
+
+
+def test_masquerade_rules_are_still_accepted() -> None:
+    old = [MasqueradeRule("front", "10.1.0.0/24", "sdnbf")]
+    assert render(old) == render(FirewallSpec(networks=(FRONT,)))
+    assert fingerprint(old) == fingerprint(FirewallSpec.from_masquerade(old))
+
+
+@pytest.mark.parametrize("bad", [
+    dataclasses.replace(SPEC, guards=(dataclasses.replace(GUARD, mac="02:42:zz:01:00:02"),)),
+    dataclasses.replace(SPEC, guards=(dataclasses.replace(GUARD, ip="10.1.0.300"),)),
+    dataclasses.replace(SPEC, guards=(dataclasses.replace(GUARD, veth='x" accept #'),)),
+    dataclasses.replace(SPEC, ports=(dataclasses.replace(WEB, bridge="sdnbz"),)),
+    dataclasses.replace(SPEC, ports=(dataclasses.replace(WEB, protocol="sctp"),)),
+    dataclasses.replace(SPEC, ports=(dataclasses.replace(WEB, host_port=0),)),
+    dataclasses.replace(SPEC, ports=(dataclasses.replace(WEB, host_ip="::1"),)),
+    FirewallSpec(networks=(dataclasses.replace(FRONT, network='a"b'),)),
+])
+def test_invalid_specs_are_refused(bad: FirewallSpec) -> None:
+    with pytest.raises(ValueError):
+        render(bad)
+
+
+def test_container_mac_is_docker_style() -> None:
+    assert container_mac("10.1.0.2") == "02:42:0a:01:00:02"
+    assert container_mac("172.17.255.254") == "02:42:ac:11:ff:fe"
+    assert firewall.TABLE_NAME == "sdnctl"
