@@ -51,8 +51,8 @@ class Mode(Protocol):
     def namespaces(self, ctr: DesiredContainer, sandbox: SandboxPaths) -> Namespaces: ...
 
 
-class Closed:
-    owns_sandbox = True
+class _Standalone:
+    """Defaults: attached to no bridge, waiting for nothing."""
 
     def bridge_network(self, ctr: DesiredContainer) -> str | None:
         return None
@@ -60,6 +60,10 @@ class Closed:
     def waiting_for(self, ctr: DesiredContainer,
                     containers: Mapping[str, DesiredContainer]) -> str | None:
         return None
+
+
+class Closed(_Standalone):
+    owns_sandbox = True
 
     def namespaces(self, ctr: DesiredContainer, sandbox: SandboxPaths) -> Namespaces:
         own = sandbox(ctr.name)
@@ -71,11 +75,8 @@ class Bridged(Closed):
         return ctr.target
 
 
-class Joined:
+class Joined(_Standalone):
     owns_sandbox = False
-
-    def bridge_network(self, ctr: DesiredContainer) -> str | None:
-        return None
 
     def waiting_for(self, ctr: DesiredContainer,
                     containers: Mapping[str, DesiredContainer]) -> str | None:
@@ -93,15 +94,8 @@ class Joined:
                           donor["ipc"] if "ipc" in ctr.share else None)
 
 
-class Open:
+class Open(_Standalone):
     owns_sandbox = False
-
-    def bridge_network(self, ctr: DesiredContainer) -> str | None:
-        return None
-
-    def waiting_for(self, ctr: DesiredContainer,
-                    containers: Mapping[str, DesiredContainer]) -> str | None:
-        return None
 
     def namespaces(self, ctr: DesiredContainer, sandbox: SandboxPaths) -> Namespaces:
         return Namespaces(None, None, None)
