@@ -10,8 +10,36 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-from sdnctl.model import PortMapping, network_mode, parse_port
+from sdnctl.model import (
+    DEFAULT_MTU,
+    DEFAULT_VXLAN_PORT,
+    VXLAN_OVERHEAD,
+    PortMapping,
+    network_mode,
+    parse_port,
+)
 from sdnctl.v1 import sdnctl_pb2 as pb
+
+
+@dataclass(frozen=True)
+class LocalHost:
+    """What the agent knows of its own host (flags and the underlay interface)."""
+
+    underlay_ip: str = ""
+    underlay_dev: str = ""
+    vtep_mac: str = ""
+    underlay_mtu: int = DEFAULT_MTU
+
+
+@dataclass(frozen=True)
+class DesiredPeer:
+    """Another host holding a lease of an overlay network: one route, neighbour and FDB entry."""
+
+    host: str
+    subnet: str
+    underlay_ip: str
+    vtep_mac: str
+    vtep_ip: str
 
 
 @dataclass(frozen=True)
@@ -21,14 +49,23 @@ class DesiredNetwork:
     subnet: str  # this host's lease, e.g. 10.88.0.0/24
     gateway: str  # held by the bridge
     prefixlen: int
-    mtu: int
+    mtu: int  # resolved: an overlay's 0 became the underlay MTU - 50
     masquerade: bool
     internal: bool = False
     allow: tuple[str, ...] = ()
+    cidr: str = ""  # the whole network (an overlay spans hosts: other hosts' slices are in it)
+    vni: int = 0
+    vxlan_port: int = DEFAULT_VXLAN_PORT
+    peers: tuple[DesiredPeer, ...] = ()
 
     @property
     def gateway_cidr(self) -> str:
         return f"{self.gateway}/{self.prefixlen}"
+
+    @property
+    def vtep_cidr(self) -> str:
+        """The address of this host's VXLAN device: its lease's network address (flannel)."""
+        return f"{self.subnet.split('/')[0]}/32"
 
 
 @dataclass(frozen=True)
@@ -64,15 +101,30 @@ class DesiredContainer:
         return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def network_from_pb(msg: pb.HostNetwork) -> DesiredNetwork:
+def resolve_mtu(driver: str, mtu: int, underlay_mtu: int) -> int:
+    """A network's MTU on this host: as given, else 1500 for a bridge and the underlay's minus
+    the VXLAN overhead for an overlay (a bigger one would be dropped or fragmented)."""
+    if mtu:
+        return mtu
+    return underlay_mtu - VXLAN_OVERHEAD if driver == "overlay" else DEFAULT_MTU
+
+
+def network_from_pb(msg: pb.HostNetwork, local: LocalHost | None = None) -> DesiredNetwork:
+    driver = msg.network.driver or "bridge"
+    underlay_mtu = local.underlay_mtu if local is not None else DEFAULT_MTU
     return DesiredNetwork(
         name=msg.network.name,
-        driver=msg.network.driver or "bridge",
+        driver=driver,
         subnet=msg.lease.subnet,
         gateway=msg.lease.gateway,
         prefixlen=int(msg.lease.subnet.split("/")[1]),
-        mtu=msg.network.mtu or 1500,
+        mtu=resolve_mtu(driver, msg.network.mtu, underlay_mtu),
         masquerade=msg.network.masquerade if msg.network.HasField("masquerade") else True,
+        cidr=msg.network.subnet,
+        vni=msg.network.vni,
+        vxlan_port=msg.network.vxlan_port or DEFAULT_VXLAN_PORT,
+        peers=tuple(sorted((DesiredPeer(p.host, p.subnet, p.underlay_ip, p.vtep_mac, p.vtep_ip)
+                            for p in msg.peers), key=lambda p: p.host)),
         internal=msg.network.internal,
         allow=tuple(sorted(msg.network.allow)),
     )
@@ -99,6 +151,7 @@ class DesiredState:
     synced: bool = False  # a snapshot has arrived: until then, remove nothing
     networks: dict[str, DesiredNetwork] = field(default_factory=dict)
     containers: dict[str, DesiredContainer] = field(default_factory=dict)
+    local: LocalHost = field(default_factory=LocalHost)
 
     def apply(self, event: pb.WatchEvent) -> bool:
         """Fold one Watch event in. Returns True when anything the host must run changed."""
@@ -112,7 +165,7 @@ class DesiredState:
         for name in event.deleted_containers:
             self.containers.pop(name, None)
         for net in event.networks:
-            desired = network_from_pb(net)
+            desired = network_from_pb(net, self.local)
             self.networks[desired.name] = desired
         for ctr in event.containers:
             desired_ctr = container_from_pb(ctr)
@@ -124,7 +177,7 @@ class DesiredState:
 
     def copy(self) -> DesiredState:
         return DesiredState(self.revision, self.synced, dict(self.networks),
-                            dict(self.containers))
+                            dict(self.containers), self.local)
 
     def describe(self) -> dict[str, object]:
         return {"revision": self.revision,

@@ -18,15 +18,18 @@ import os
 import random
 import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
 
 import grpc
+from pyroute2 import IPRoute
 
-from agent.desired import DesiredState
+from agent.desired import DesiredState, LocalHost
 from agent.kernel.firewall import Firewall
 from agent.kernel.links import Links
+from agent.kernel.names import vtep_mac_for
 from agent.plan import RESTART_DELAY
 from agent.reconcile import Reconciler
 from sdnctl.model import ContainerStatus
@@ -84,10 +87,36 @@ class ExitWatcher(threading.Thread):
                 self.on_exit()
 
 
+def detect_local(args: argparse.Namespace) -> LocalHost:
+    """Our underlay address, its interface and MTU, and our VTEP MAC (flags win over detection:
+    the interface holding --underlay-ip, else the one of the default route)."""
+    with IPRoute() as ipr:
+        addresses = [(a.get_attr("IFA_ADDRESS"), a["index"])
+                     for a in ipr.get_addr(family=socket.AF_INET)]
+        index = None
+        if args.underlay_dev:
+            found = ipr.link_lookup(ifname=args.underlay_dev)
+            index = found[0] if found else None
+        elif args.underlay_ip:
+            index = next((i for ip, i in addresses if ip == args.underlay_ip), None)
+        else:
+            default = [r for r in ipr.get_default_routes(family=socket.AF_INET)]
+            index = default[0].get_attr("RTA_OIF") if default else None
+        if index is None:
+            return LocalHost(args.underlay_ip, args.underlay_dev,
+                             args.vtep_mac or vtep_mac_for(args.host))
+        link = ipr.link("get", index=index)[0]
+        ip = args.underlay_ip or next((a for a, i in addresses if i == index), "")
+        return LocalHost(ip, link.get_attr("IFLA_IFNAME"),
+                         (args.vtep_mac or vtep_mac_for(args.host)).lower(),
+                         link.get_attr("IFLA_MTU"))
+
+
 class Agent:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.desired = DesiredState()
+        self.local = detect_local(args)
+        self.desired = DesiredState(local=self.local)
         self.lock = threading.Lock()
         self.dirty = threading.Event()
         self.stopping = threading.Event()
@@ -105,8 +134,10 @@ class Agent:
 
     def register(self) -> None:
         self.sync.Register(pb.RegisterRequest(
-            host=self.args.host, underlay_ip=self.args.underlay_ip, agent_pid=os.getpid(),
-            netns=self.args.netns, capabilities=["none", "bridge", "container", "host"]),
+            host=self.args.host, underlay_ip=self.local.underlay_ip, agent_pid=os.getpid(),
+            netns=self.args.netns, vtep_mac=self.local.vtep_mac,
+            underlay_mtu=self.local.underlay_mtu,
+            capabilities=["none", "bridge", "container", "host", "overlay"]),
             timeout=10)
 
     def watch_forever(self) -> None:
@@ -137,7 +168,8 @@ class Agent:
 
     def run(self) -> None:
         links = Links()
-        reconciler = Reconciler(self.args.run_dir, links, Firewall(), host_netns=self.args.netns)
+        reconciler = Reconciler(self.args.run_dir, links, Firewall(), host_netns=self.args.netns,
+                                local=self.local)
         watcher = threading.Thread(target=self.watch_forever, name="watch", daemon=True)
         watcher.start()
         exits = ExitWatcher(self.wake_for_pass)
@@ -203,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", required=True, help="this host's name")
     parser.add_argument("--controller", default="unix:/run/sdnctl/controller.sock")
-    parser.add_argument("--underlay-ip", default="", help="address other hosts reach us on")
+    parser.add_argument("--underlay-ip", default="", help="address other hosts reach us on "
+                        "(default: that of the default route's interface)")
+    parser.add_argument("--underlay-dev", default="",
+                        help="underlay interface (default: the one holding --underlay-ip)")
+    parser.add_argument("--vtep-mac", default="",
+                        help="MAC of our VXLAN devices (default: derived from --host)")
     parser.add_argument("--netns", default="", help="our network namespace path, as reported")
     parser.add_argument("--run-dir", default="", help="default: /run/sdnctl/<host>")
     parser.add_argument("--resync", type=float, default=10.0,
@@ -216,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     agent = Agent(args)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
-    log.info("starting (controller %s, run dir %s)", args.controller, args.run_dir)
+    log.info("starting (controller %s, run dir %s, underlay %s on %s, MTU %d, VTEP MAC %s)",
+             args.controller, args.run_dir, agent.local.underlay_ip, agent.local.underlay_dev,
+             agent.local.underlay_mtu, agent.local.vtep_mac)
     agent.run()
     log.info("stopped; containers keep running")
     return 0

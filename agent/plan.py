@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.desired import DesiredContainer, DesiredNetwork, DesiredState
-from agent.kernel.firewall import BridgeNet, FirewallSpec, PortGuard, PortRule
+from agent.desired import DesiredContainer, DesiredNetwork, DesiredPeer, DesiredState
+from agent.kernel.firewall import BridgeNet, FirewallSpec, PortGuard, PortRule, VxlanFilter
 from agent.kernel.firewall import fingerprint as firewall_fingerprint
-from agent.kernel.links import ObservedContainerNet, ObservedLink
+from agent.kernel.links import ObservedContainerNet, ObservedLink, ObservedPeers, ObservedVxlan
 from agent.kernel.names import (
     ALIAS_PREFIX,
     bridge_alias,
@@ -26,8 +26,13 @@ from agent.kernel.names import (
     container_mac,
     veth_alias,
     veth_name,
+    vxlan_alias,
+    vxlan_name,
 )
 from agent.modes import MODES
+
+#: Drivers whose containers hang off a local Linux bridge (an overlay adds a VXLAN device).
+LOCAL_BRIDGE_DRIVERS = ("bridge", "overlay")
 
 #: A container with a restart policy is started again at most this often (seconds).
 RESTART_DELAY = 1.0
@@ -51,6 +56,8 @@ class Observed:
     containers: dict[str, ContainerState] = field(default_factory=dict)
     firewall: str | None = None  # fingerprint of our nftables table (None: absent)
     ip_forward: bool = False
+    vxlans: dict[str, ObservedVxlan] = field(default_factory=dict)  # our VXLAN devices
+    peers: dict[str, ObservedPeers] = field(default_factory=dict)  # by VXLAN device
 
 
 # -- actions ---------------------------------------------------------------------------------
@@ -76,6 +83,38 @@ class RemoveLink:
 
 
 @dataclass(frozen=True)
+class EnsureVxlan:
+    network: DesiredNetwork
+
+
+@dataclass(frozen=True)
+class SetPeer:
+    """One route, one permanent neighbour and one FDB entry towards another host's VTEP."""
+
+    device: str
+    peer: DesiredPeer
+
+
+@dataclass(frozen=True)
+class RemovePeerRoute:
+    device: str
+    dst: str
+
+
+@dataclass(frozen=True)
+class RemoveNeighbour:
+    device: str
+    ip: str
+
+
+@dataclass(frozen=True)
+class RemoveFdb:
+    device: str
+    mac: str
+    dst: str
+
+
+@dataclass(frozen=True)
 class SetupContainer:
     """Sandbox, link and process as needed; rolled back as a whole if a step fails."""
 
@@ -97,7 +136,7 @@ class RemoveContainer:
 
 
 Action = EnableForwarding | SyncFirewall | EnsureBridge | RemoveLink | SetupContainer | \
-    RemoveContainer
+    RemoveContainer | EnsureVxlan | SetPeer | RemovePeerRoute | RemoveNeighbour | RemoveFdb
 
 
 def plan(desired: DesiredState, observed: Observed, now: float = 0.0) -> list[Action]:
@@ -108,7 +147,8 @@ def plan(desired: DesiredState, observed: Observed, now: float = 0.0) -> list[Ac
     not mistake "not told yet" for "not wanted".
     """
     actions: list[Action] = []
-    networks = {n: net for n, net in desired.networks.items() if net.driver == "bridge"}
+    networks = {n: net for n, net in desired.networks.items()
+                if net.driver in LOCAL_BRIDGE_DRIVERS}
     if networks and not observed.ip_forward:
         actions.append(EnableForwarding())
 
@@ -125,6 +165,8 @@ def plan(desired: DesiredState, observed: Observed, now: float = 0.0) -> list[Ac
     for net in networks.values():
         if bridge_needs_repair(net, observed.links.get(bridge_name(net.name))):
             actions.append(EnsureBridge(net))
+        if net.driver == "overlay":
+            actions += plan_overlay(net, desired, observed)
 
     # After the bridges (the firewall sets sysctls on them), before containers start.
     # No bridge network: no table at all (an absent table is what "nothing of ours" looks like).
@@ -150,15 +192,68 @@ def plan(desired: DesiredState, observed: Observed, now: float = 0.0) -> list[Ac
     return actions
 
 
+def plan_overlay(net: DesiredNetwork, desired: DesiredState,
+                 observed: Observed) -> list[Action]:
+    """The VXLAN device, then its peers: stale entries out first, then what is missing.
+
+    Entries are keyed as the kernel keys them: a route by destination, a neighbour by address,
+    an FDB entry by (MAC, destination). A changed value for a kept key is set in place; a key
+    nobody wants any more (a host that left, an old underlay address or MAC) is removed.
+    """
+    device = vxlan_name(net.name)
+    actions: list[Action] = []
+    have = observed.peers.get(device, ObservedPeers())
+    if vxlan_needs_repair(net, desired, observed.vxlans.get(device)):
+        actions.append(EnsureVxlan(net))
+        # A device whose VNI, port or local address changes is recreated, and its entries go
+        # with it: set every peer again (a no-op for entries that survived an in-place fix).
+        have = ObservedPeers()
+    routes = {p.subnet for p in net.peers}
+    neighbours = {p.vtep_ip for p in net.peers}
+    fdb = {(p.vtep_mac, p.underlay_ip) for p in net.peers}
+    actions += [RemovePeerRoute(device, dst) for dst, _ in have.routes if dst not in routes]
+    actions += [RemoveNeighbour(device, ip) for ip, _ in have.neighbours if ip not in neighbours]
+    actions += [RemoveFdb(device, mac, dst) for mac, dst in have.fdb if (mac, dst) not in fdb]
+    for peer in net.peers:
+        if ((peer.subnet, peer.vtep_ip) not in have.routes
+                or (peer.vtep_ip, peer.vtep_mac) not in have.neighbours
+                or (peer.vtep_mac, peer.underlay_ip) not in have.fdb):
+            actions.append(SetPeer(device, peer))
+    return actions
+
+
+def vxlan_needs_repair(net: DesiredNetwork, desired: DesiredState,
+                       vx: ObservedVxlan | None) -> bool:
+    local = desired.local
+    return (
+        vx is None
+        or vx.alias != vxlan_alias(net.name)
+        or vx.vni != net.vni
+        or vx.port != net.vxlan_port
+        or vx.local != local.underlay_ip
+        or vx.mac != local.vtep_mac
+        or vx.mtu != net.mtu
+        or not vx.up
+        or vx.addresses != (net.vtep_cidr,)
+    )
+
+
 def firewall_spec(desired: DesiredState) -> FirewallSpec:
     """The host's nftables rules in kernel terms: NAT, isolation, published ports, anti-spoofing.
 
     Only bridged containers whose network this host has appear; a pair of networks is allowed
     when either lists the other and this host has both.
     """
-    networks = {n.name: n for n in desired.networks.values() if n.driver == "bridge"}
-    bridges = tuple(BridgeNet(n.name, bridge_name(n.name), n.subnet, n.masquerade, n.internal)
-                    for n in sorted(networks.values(), key=lambda n: n.name))
+    networks = {n.name: n for n in desired.networks.values()
+                if n.driver in LOCAL_BRIDGE_DRIVERS}
+    ordered = sorted(networks.values(), key=lambda n: n.name)
+    bridges = tuple(BridgeNet(n.name, bridge_name(n.name), n.subnet, n.masquerade, n.internal,
+                              cidr=n.cidr if n.driver == "overlay" else "",
+                              vxlan=vxlan_name(n.name) if n.driver == "overlay" else "")
+                    for n in ordered)
+    vxlan = tuple(VxlanFilter(n.vxlan_port, n.vni,
+                              tuple(sorted({p.underlay_ip for p in n.peers})))
+                  for n in ordered if n.driver == "overlay")
     allowed = sorted({tuple(sorted((n.name, other))) for n in networks.values()
                       for other in n.allow if other in networks and other != n.name})
     ports: list[PortRule] = []
@@ -171,7 +266,8 @@ def firewall_spec(desired: DesiredState) -> FirewallSpec:
                                 container_mac(ctr.ip), ctr.ip))
         ports += [PortRule(ctr.name, bridge_name(network), ctr.ip, p.protocol, p.host_ip,
                            p.host_port, p.container_port) for p in ctr.ports]
-    return FirewallSpec(bridges, tuple((a, b) for a, b in allowed), tuple(ports), tuple(guards))
+    return FirewallSpec(bridges, tuple((a, b) for a, b in allowed), tuple(ports), tuple(guards),
+                        vxlan=vxlan)
 
 
 def bridge_needs_repair(net: DesiredNetwork, link: ObservedLink | None) -> bool:
@@ -191,7 +287,7 @@ def blocked(ctr: DesiredContainer, desired: DesiredState) -> str | None:
     network = mode.bridge_network(ctr)
     if network is not None:
         net = desired.networks.get(network)
-        if net is None or net.driver != "bridge" or not ctr.ip:
+        if net is None or net.driver not in LOCAL_BRIDGE_DRIVERS or not ctr.ip:
             return f"waiting for this host's lease of network {network!r}"
     return mode.waiting_for(ctr, desired.containers)
 
@@ -253,6 +349,7 @@ def veth_needs_repair(ctr: DesiredContainer, net: DesiredNetwork, link: Observed
 
 def wanted_links(desired: DesiredState, networks: dict[str, DesiredNetwork]) -> set[str]:
     wanted = {bridge_name(n) for n in networks}
+    wanted |= {vxlan_name(n) for n, net in networks.items() if net.driver == "overlay"}
     wanted |= {veth_name(c.name, c.interface) for c in desired.containers.values()
                if MODES[c.mode].bridge_network(c) is not None}
     return wanted

@@ -23,10 +23,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent import plan as p
-from agent.desired import DesiredContainer, DesiredState
+from agent.desired import DesiredContainer, DesiredState, LocalHost
 from agent.kernel import conntrack, firewall, netns, procfs, procs, sysctl
 from agent.kernel.links import Links
-from agent.kernel.names import bridge_alias, bridge_name, container_mac, veth_alias, veth_name
+from agent.kernel.names import (
+    bridge_alias,
+    bridge_name,
+    container_mac,
+    veth_alias,
+    veth_name,
+    vxlan_alias,
+    vxlan_name,
+)
 from agent.modes import MODES
 from sdnctl.model import (
     MODE_BRIDGE,
@@ -60,8 +68,10 @@ class Reconciler:
     """
 
     def __init__(self, run_dir: str, links: Links, fw: firewall.Firewall,
-                 stop_grace: float = 1.0, host_netns: str = "") -> None:
+                 stop_grace: float = 1.0, host_netns: str = "",
+                 local: LocalHost | None = None) -> None:
         self.run_dir = run_dir
+        self.local = local or LocalHost()
         self.ctr_dir = os.path.join(run_dir, "containers")
         self.links = links
         self.firewall = fw
@@ -100,8 +110,11 @@ class Reconciler:
         names |= {f.rsplit(".", 1)[0] for f in os.listdir(self.ctr_dir) if f.endswith(".pid")}
         containers = {name: self._observe_container(name, desired.containers.get(name))
                       for name in names if not name.startswith(".")}
+        vxlans = {name: vx for name in owned if (vx := self.links.observe_vxlan(name))}
         return p.Observed(links=owned, containers=containers, firewall=self.firewall.observe(),
-                          ip_forward=sysctl.read_sysctl("net.ipv4.ip_forward") == "1")
+                          ip_forward=sysctl.read_sysctl("net.ipv4.ip_forward") == "1",
+                          vxlans=vxlans,
+                          peers=self.links.observe_all_peers() if vxlans else {})
 
     def _observe_container(self, name: str, want: DesiredContainer | None) -> p.ContainerState:
         paths = self.sandbox(name)
@@ -167,6 +180,20 @@ class Reconciler:
                 self.setup_container(action)
             case p.RemoveContainer(name, stop, addresses):
                 self.remove_container(name, stop, addresses)
+            case p.EnsureVxlan(net):
+                local = self.local
+                self.links.ensure_vxlan(vxlan_name(net.name), vxlan_alias(net.name), net.vni,
+                                        local.underlay_ip, net.vxlan_port, local.underlay_dev,
+                                        net.mtu, local.vtep_mac, net.vtep_cidr)
+            case p.SetPeer(device, peer):
+                self.links.ensure_peer(device, peer.subnet, peer.vtep_ip, peer.vtep_mac,
+                                       peer.underlay_ip)
+            case p.RemovePeerRoute(device, dst):
+                self.links.remove_peer_route(device, dst)
+            case p.RemoveNeighbour(device, ip):
+                self.links.remove_neighbour(device, ip)
+            case p.RemoveFdb(device, mac, dst):
+                self.links.remove_fdb(device, mac, dst)
 
     def _stop_first(self, actions: list[p.Action]) -> None:
         """Stop every process this pass replaces or removes together: one grace period."""

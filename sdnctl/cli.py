@@ -4,6 +4,8 @@
     sdnctl down FILE          remove it (containers, networks, hosts, lab namespaces)
     sdnctl ps [--json]        list containers
     sdnctl inspect {host|network|container} NAME [--json]
+    sdnctl ipam [--network N] [--json]         leases, allocations, quarantine, history
+    sdnctl ipam check [--network N] [--json]   consistency (exit 1 when there are problems)
     sdnctl controller ...     run the controller in the foreground (= sdnctl-controller)
     sdnctl agent ...          run an agent in the foreground (= sdnctl-agent)
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 import grpc
@@ -45,6 +48,8 @@ def host_json(h: pb.Host) -> dict[str, Any]:
         "agent_connected": h.agent_connected,
         "observed_revision": h.observed_revision,
         "agent_synced": h.agent_synced,
+        "vtep_mac": h.vtep_mac,
+        "underlay_mtu": h.underlay_mtu,
         "reported_containers": list(h.reported_containers),
         "subnets": [{"network": lease.network, "subnet": lease.subnet,
                      "gateway": lease.gateway} for lease in h.leases],
@@ -56,7 +61,8 @@ def network_json(n: pb.Network) -> dict[str, Any]:
     return {"name": n.name, "driver": n.driver, "subnet": n.subnet,
             "host_prefix": n.host_prefix, "gateway": n.gateway, "ip_range": n.ip_range,
             "mtu": n.mtu, "masquerade": n.masquerade, "internal": n.internal,
-            "allow": list(n.allow), "builtin": n.builtin, "revision": n.revision}
+            "allow": list(n.allow), "builtin": n.builtin, "vni": n.vni,
+            "vxlan_port": n.vxlan_port, "revision": n.revision}
 
 
 def container_json(c: pb.Container) -> dict[str, Any]:
@@ -130,6 +136,71 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(at: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
+
+
+def ipam_json(report: pb.IpamReport) -> dict[str, Any]:
+    return {
+        "leases": [{"network": x.network, "host": x.host, "subnet": x.subnet,
+                    "gateway": x.gateway, "renewed_at": x.renewed_at,
+                    "expires_at": x.expires_at} for x in report.leases],
+        "allocations": [{"network": a.network, "container": a.container,
+                         "interface": a.interface, "address": a.address, "host": a.host}
+                        for a in report.allocations],
+        "quarantined": [{"network": q.network, "subject": q.subnet, "until": q.until}
+                        for q in report.quarantined],
+        "history": [{"at": e.at, "kind": e.kind, "network": e.network, "host": e.host,
+                     "subnet": e.subnet, "address": e.address, "container": e.container}
+                    for e in report.history],
+    }
+
+
+#: How many history events `sdnctl ipam` shows as a table (--json shows all it got).
+RECENT_HISTORY = 20
+
+
+def cmd_ipam(args: argparse.Namespace) -> int:
+    client = _client()
+    request = pb.GetIpamRequest(network=args.network or "")
+    if args.action == "check":
+        return _ipam_check(client.api.CheckIpam(request, timeout=10), args.json)
+    data = ipam_json(client.api.GetIpam(request, timeout=10))
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print("LEASES")
+    print_table([[x["network"], x["host"], x["subnet"], x["gateway"], _when(x["renewed_at"]),
+                  _when(x["expires_at"])] for x in data["leases"]],
+                ["NETWORK", "OWNER", "SUBNET", "GATEWAY", "RENEWED", "EXPIRES"])
+    print("\nALLOCATIONS")
+    print_table([[a["network"], a["address"], a["container"], a["interface"], a["host"]]
+                 for a in data["allocations"]],
+                ["NETWORK", "ADDRESS", "CONTAINER", "INTERFACE", "HOST"])
+    print("\nQUARANTINE")
+    print_table([[q["network"], q["subject"], _when(q["until"])] for q in data["quarantined"]],
+                ["NETWORK", "SUBNET/ADDRESS", "UNTIL"])
+    print("\nRECENT HISTORY")
+    print_table([[_when(e["at"]), e["kind"], e["network"], e["host"],
+                  e["address"] or e["subnet"], e["container"]]
+                 for e in data["history"][-RECENT_HISTORY:]],
+                ["WHEN", "EVENT", "NETWORK", "HOST", "SUBNET/ADDRESS", "CONTAINER"])
+    return 0
+
+
+def _ipam_check(report: pb.IpamCheckReport, as_json: bool) -> int:
+    problems = [{"kind": p.kind, "network": p.network, "subject": p.subject,
+                 "detail": p.detail} for p in report.problems]
+    if as_json:
+        print(json.dumps({"consistent": not problems, "problems": problems}, indent=2))
+    elif problems:
+        print_table([[p["kind"], p["network"], p["subject"], p["detail"]] for p in problems],
+                    ["PROBLEM", "NETWORK", "SUBJECT", "DETAIL"])
+    else:
+        print("IPAM is consistent")
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdnctl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("ipam", help="show leases, allocations, quarantine and history; "
+                       "`ipam check` checks them")
+    p.add_argument("action", nargs="?", choices=("check",),
+                   help="check: report leaked or missing allocations (exit 1 if any)")
+    p.add_argument("--network", help="only this network")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ipam)
 
     sub.add_parser("controller", help="run the controller (see sdnctl controller --help)",
                    add_help=False)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from sdnctl.controller import ipam
 from sdnctl.model import (
     DEFAULT_INTERFACE,
     DEFAULT_MTU,
+    Allocation,
     Container,
     ContainerStatus,
     Host,
@@ -20,7 +22,8 @@ DEFAULT_RESTART = "no"
 
 def host_from_pb(msg: pb.Host) -> Host:
     return Host(name=msg.name, underlay_ip=msg.underlay_ip, lab=msg.lab,
-                agent_pid=msg.agent_pid, netns=msg.netns)
+                agent_pid=msg.agent_pid, netns=msg.netns, vtep_mac=msg.vtep_mac,
+                underlay_mtu=msg.underlay_mtu)
 
 
 def host_to_pb(host: Host, leases: tuple[Lease, ...] = (), revision: int = 0,
@@ -28,24 +31,29 @@ def host_to_pb(host: Host, leases: tuple[Lease, ...] = (), revision: int = 0,
     return pb.Host(name=host.name, underlay_ip=host.underlay_ip, lab=host.lab,
                    agent_pid=host.agent_pid, netns=host.netns,
                    leases=[lease_to_pb(lease) for lease in leases], revision=revision,
-                   agent_connected=connected)
+                   agent_connected=connected, vtep_mac=host.vtep_mac,
+                   underlay_mtu=host.underlay_mtu)
 
 
 def network_from_pb(msg: pb.Network) -> Network:
     """A host_prefix of 0 means the default: the subnet's own prefix for a network with a
-    gateway or an ip_range (one lease, as a Docker bridge network), else 24."""
+    gateway or an ip_range (one lease, as a Docker bridge network), else 24. An MTU of 0 means
+    1500 for a bridge network and "underlay MTU - 50" (kept as 0) for an overlay one."""
+    driver = msg.driver or "bridge"
     return Network(
         name=msg.name,
         subnet=msg.subnet,
-        driver=msg.driver or "bridge",
+        driver=driver,
         host_prefix=msg.host_prefix or default_host_prefix(msg.subnet, msg.gateway, msg.ip_range),
-        mtu=msg.mtu or DEFAULT_MTU,
+        mtu=msg.mtu or (0 if driver == "overlay" else DEFAULT_MTU),
         masquerade=msg.masquerade if msg.HasField("masquerade") else True,
         gateway=msg.gateway,
         ip_range=msg.ip_range,
         internal=msg.internal,
         allow=tuple(msg.allow),
         builtin=msg.builtin,
+        vni=msg.vni,
+        vxlan_port=msg.vxlan_port,
     )
 
 
@@ -55,16 +63,18 @@ def network_to_pb(network: Network, revision: int = 0) -> pb.Network:
                       masquerade=network.masquerade, revision=revision,
                       gateway=network.gateway, ip_range=network.ip_range,
                       internal=network.internal, allow=list(network.allow),
-                      builtin=network.builtin)
+                      builtin=network.builtin, vni=network.vni, vxlan_port=network.vxlan_port)
 
 
 def lease_from_pb(msg: pb.Lease) -> Lease:
-    return Lease(network=msg.network, host=msg.host, subnet=msg.subnet, gateway=msg.gateway)
+    return Lease(network=msg.network, host=msg.host, subnet=msg.subnet, gateway=msg.gateway,
+                 renewed_at=msg.renewed_at, expires_at=msg.expires_at)
 
 
 def lease_to_pb(lease: Lease) -> pb.Lease:
     return pb.Lease(network=lease.network, host=lease.host, subnet=lease.subnet,
-                    gateway=lease.gateway)
+                    gateway=lease.gateway, renewed_at=lease.renewed_at,
+                    expires_at=lease.expires_at)
 
 
 def container_from_pb(msg: pb.Container) -> Container:
@@ -97,3 +107,17 @@ def status_to_pb(status: ContainerStatus) -> pb.ContainerStatus:
 def status_from_pb(msg: pb.ContainerStatus) -> ContainerStatus:
     return ContainerStatus(name=msg.name, state=msg.state, pid=msg.pid, netns=msg.netns,
                            message=msg.message)
+
+
+def allocation_to_pb(allocation: Allocation, host: str = "") -> pb.Allocation:
+    return pb.Allocation(network=allocation.network, container=allocation.container,
+                         interface=allocation.interface, address=allocation.address, host=host)
+
+
+def quarantine_to_pb(entry: ipam.Quarantined) -> pb.Quarantine:
+    return pb.Quarantine(network=entry.network, subnet=entry.subject, until=entry.until)
+
+
+def ipam_event_to_pb(event: ipam.IpamEvent) -> pb.IpamEvent:
+    return pb.IpamEvent(at=event.at, kind=event.kind, network=event.network, host=event.host,
+                        subnet=event.subnet, address=event.address, container=event.container)

@@ -152,14 +152,18 @@ def ensure_controller(progress: Progress) -> Client:
 def build_lab(topology: Topology, progress: Progress) -> dict[str, lab.LabHost]:
     if not topology.lab_hosts:
         return {}
-    the_lab = lab.Lab(lab_prefix(topology))
+    the_lab = lab.Lab(lab_prefix(topology), mtu=topology.lab.underlay_mtu,
+                      routed=topology.lab.routed)
     the_lab.ensure_underlay()
     the_lab.ensure_external()
     built = {}
     for index, host in enumerate(topology.lab_hosts):
         built[host.name] = the_lab.ensure_host(host.name, index)
-    progress.step(f"lab: {len(built)} host(s) on underlay 192.0.2.0/24, external "
-                  f"{lab.EXTERNAL_IP} (namespaces {the_lab.prefix}*)")
+    underlay = "192.0.2.0/24 + 198.51.100.0/24, routed" if topology.lab.routed else \
+        "192.0.2.0/24"
+    progress.step(f"lab: {len(built)} host(s) on underlay {underlay} (MTU "
+                  f"{topology.lab.underlay_mtu}), external {lab.EXTERNAL_IP} "
+                  f"(namespaces {the_lab.prefix}*)")
     return built
 
 
@@ -174,7 +178,8 @@ def register_hosts(client: Client, topology: Topology, lab_hosts: dict[str, lab.
                 pb.CreateHostRequest(host=convert.host_to_pb(spec)), timeout=10),
             lambda spec=spec: client.api.GetHost(  # type: ignore[misc]
                 pb.GetRequest(name=spec.name), timeout=10),
-            lambda got, spec=spec: got.underlay_ip == spec.underlay_ip,  # type: ignore[misc]
+            # a lab host's agent registers its address: whatever the record says, it is current
+            lambda got, spec=spec: got.lab or got.underlay_ip == spec.underlay_ip,  # type: ignore[misc]
             f"host {host.name!r}")
     progress.step(f"hosts: {', '.join(h.name for h in topology.hosts)}")
 
@@ -192,6 +197,7 @@ def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.L
         os.makedirs(run_dir, mode=0o755, exist_ok=True)
         argv = [sys.executable, "-m", "agent.main", "--host", name,
                 "--controller", client.address, "--underlay-ip", host.underlay_ip,
+                "--underlay-dev", host.underlay_dev,
                 "--netns", host.netns, "--run-dir", run_dir]
         pid = lab.spawn_in_netns(host.netns, argv, os.path.join(run_dir, "agent.log"))
         agents[name] = {"pid": pid, "start_time": lab.process_start_time(pid) or 0}
@@ -234,6 +240,10 @@ def apply_objects(client: Client, topology: Topology, progress: Progress) -> int
     return revision
 
 
+#: Network fields a topology may leave at 0 for the controller to choose (a VNI, a UDP port).
+CONTROLLER_CHOSEN = ("vni", "vxlan_port")
+
+
 def _apply_network(client: Client, net: Network, final: Network) -> tuple[str, int]:
     """("created" | "updated" | "unchanged", revision of the write or 0)."""
     try:
@@ -246,6 +256,9 @@ def _apply_network(client: Client, net: Network, final: Network) -> tuple[str, i
     have = convert.network_from_pb(client.api.GetNetwork(pb.GetRequest(name=net.name),
                                                          timeout=10))
     have_cmp = dataclasses.replace(have, builtin=False)
+    # What the topology leaves to the controller (0: allocate or default) matches any value.
+    chosen = {f: getattr(have, f) for f in CONTROLLER_CHOSEN if not getattr(net, f)}
+    net, final = dataclasses.replace(net, **chosen), dataclasses.replace(final, **chosen)
     if have_cmp in (final, net):
         return "unchanged", 0
     immutable = [f for f in Network.__dataclass_fields__

@@ -11,6 +11,31 @@ The underlay namespace is both the switch between hosts and their router to the 
 with whatever source it left the host with: 192.0.2.x, once the agent masquerades container
 traffic to its host's underlay address.
 
+A *routed* lab (``Lab(prefix, routed=True)``) has a second segment in the same underlay namespace,
+bridge ul1 198.51.100.1/24, and puts odd-numbered hosts on it, so that host-to-host traffic between
+the two segments crosses one router (TTL - 1), as in a data centre with one subnet per rack::
+
+    <prefix>h0  eth0 192.0.2.10    ── ul0 192.0.2.1/24    ┐ <prefix>ul routes between them
+    <prefix>h1  eth0 198.51.100.11 ── ul1 198.51.100.1/24 ┘ and to <prefix>ext as above
+
+A host's address is a pure function of its index and the mode (``host_ip``): re-ensuring a lab
+with the same options never renumbers it. The mode is recorded in the kernel, as the ifalias of
+ul0 (``sdnctl-lab:flat`` / ``sdnctl-lab:routed``; none = flat, the only mode of older labs), so
+nothing is written to disk. Switching the mode of a lab that has hosts would renumber them, so it
+is refused (LabError: tear the lab down first); an underlay without hosts is simply converted.
+
+MTU. Every underlay link, the host's eth0, its underlay end and the bridges (the router's
+interfaces), gets the lab's MTU (default 1500). A bridge born at 1500 gets any other MTU set
+explicitly, which pins it: an unpinned bridge follows its smallest port and falls back to 1500
+when its last port goes. An MTU that differs is changed in place (same ifindex), and only in
+what is re-ensured: pass the new MTU for every ``ensure_*`` call (as ``sdnctl up`` does).
+
+The external link gets ``min(mtu, 1500)``. The outside world is the Internet, whose MTU is 1500:
+a jumbo-frame underlay does not make the uplink jumbo (the underlay router sends "fragmentation
+needed" for a bigger DF packet, as a real site's border does). An underlay smaller than 1500
+models a site whose links are all that small (one carried in a tunnel, say), uplink included, so
+that no lab link is bigger than the underlay except where the Internet caps it.
+
 Every veth pair is created in place, from the underlay's netlink socket with the peer born in the
 far namespace (``IFLA_NET_NS_FD``): moving a device between namespaces is slow, and a half-moved
 device is a leak in the wrong namespace. The underlay end of a host's veth is named from a short
@@ -63,14 +88,32 @@ UNDERLAY_SUFFIX = "ul"
 EXTERNAL_SUFFIX = "ext"
 RESERVED_HOST_NAMES = frozenset({UNDERLAY_SUFFIX, EXTERNAL_SUFFIX})
 
-UNDERLAY_BRIDGE = "ul0"
-UNDERLAY_GATEWAY = "192.0.2.1"
-UNDERLAY_PREFIXLEN = 24
-UNDERLAY_NET = ipaddress.IPv4Network(f"{UNDERLAY_GATEWAY}/{UNDERLAY_PREFIXLEN}", strict=False)
+
+@dataclass(frozen=True)
+class Segment:
+    """One underlay subnet: a bridge in the underlay namespace; its address is the gateway."""
+
+    bridge: str
+    gateway: str
+    prefixlen: int = 24
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"{self.gateway}/{self.prefixlen}", strict=False)
+
+
+SEGMENTS = (Segment("ul0", "192.0.2.1"), Segment("ul1", "198.51.100.1"))
+UNDERLAY_BRIDGE = SEGMENTS[0].bridge  # the first segment's bridge, carrying the mode alias
+UNDERLAY_GATEWAY = SEGMENTS[0].gateway
+UNDERLAY_PREFIXLEN = SEGMENTS[0].prefixlen
+UNDERLAY_NET = SEGMENTS[0].network
+MODE_ALIAS = {False: "sdnctl-lab:flat", True: "sdnctl-lab:routed"}  # ifalias of ul0
 HOST_DEV = "eth0"
-HOST_IP_OFFSET = 10  # host index i gets 192.0.2.(10 + i)
+HOST_IP_OFFSET = 10  # host index i gets .(10 + i) in its segment
 MAX_HOST_INDEX = 254 - HOST_IP_OFFSET
-LAB_MTU = 1500
+LAB_MTU = 1500  # the default underlay MTU
+EXTERNAL_MTU = 1500  # the Internet's: the external link never exceeds it
+MIN_MTU, MAX_MTU = 68, 65535  # IPv4's minimum; the largest a veth or bridge accepts
 
 EXTERNAL_IP = "203.0.113.1"
 EXTERNAL_GATEWAY = "203.0.113.254"  # the underlay's address towards the outside
@@ -106,10 +149,21 @@ def default_prefix(topology: str) -> str:
     return f"sdn-{short}-"
 
 
-def host_ip(index: int) -> str:
+def host_segment(index: int, routed: bool = False) -> Segment:
+    """The underlay segment of lab host ``index``: ul0 when flat; by parity when routed."""
     if not 0 <= index <= MAX_HOST_INDEX:
         raise ValueError(f"lab host index {index} is outside 0..{MAX_HOST_INDEX}")
-    return str(UNDERLAY_NET.network_address + HOST_IP_OFFSET + index)
+    return SEGMENTS[index % 2] if routed else SEGMENTS[0]
+
+
+def host_ip(index: int, routed: bool = False) -> str:
+    """The underlay address of lab host ``index`` (0..244): always ``.(10 + index)``.
+
+    Flat: 192.0.2.(10 + index). Routed: an even index on 192.0.2.0/24, an odd one on
+    198.51.100.0/24, same last octet: 0 -> 192.0.2.10, 1 -> 198.51.100.11, 2 -> 192.0.2.12.
+    The last octet names the host in both modes, and two hosts never share one.
+    """
+    return str(host_segment(index, routed).network.network_address + HOST_IP_OFFSET + index)
 
 
 def uplink_name(host: str) -> str:
@@ -120,14 +174,32 @@ def uplink_name(host: str) -> str:
 class Lab:
     """The lab hosts of one prefix. Nothing is cached: each call opens its own netlink sockets
     and reads the kernel, so a new ``Lab(prefix)`` adopts what an earlier process built. One
-    caller at a time per prefix; prefixes must not be prefixes of one another."""
+    caller at a time per prefix; prefixes must not be prefixes of one another.
+
+    ``mtu`` is the underlay's MTU; ``routed`` puts hosts on two subnets joined by the underlay
+    router (see the module's note). Pass the same options every time for one lab: a different
+    MTU is repaired in place, a different ``routed`` is refused once the lab has hosts.
+    """
 
     EXTERNAL_IP = EXTERNAL_IP
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, mtu: int = LAB_MTU, routed: bool = False) -> None:
         if not PREFIX_RE.match(prefix):
             raise ValueError(f"invalid lab prefix {prefix!r}")
+        if not MIN_MTU <= mtu <= MAX_MTU:
+            raise ValueError(f"lab underlay MTU {mtu} is outside {MIN_MTU}..{MAX_MTU}")
         self.prefix = prefix
+        self.mtu = mtu
+        self.routed = routed
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        """The underlay subnets this lab has: ul0, and ul1 when routed."""
+        return SEGMENTS if self.routed else SEGMENTS[:1]
+
+    @property
+    def external_mtu(self) -> int:
+        return min(self.mtu, EXTERNAL_MTU)
 
     # -- names -------------------------------------------------------------------------------
 
@@ -143,32 +215,63 @@ class Lab:
     # -- underlay ----------------------------------------------------------------------------
 
     def ensure_underlay(self) -> None:
-        """The underlay namespace with bridge ``ul0`` (192.0.2.1/24) and forwarding on."""
+        """The underlay namespace: bridge ``ul0`` (192.0.2.1/24), when routed also ``ul1``
+        (198.51.100.1/24), all at the lab's MTU, and forwarding on."""
         path = self.underlay_netns()
         with contextlib.ExitStack() as rollback:
             if create_netns(path):
                 rollback.callback(remove_netns, path)
             with iproute_in(path) as ipr:
-                bridge = _ensure_bridge(ipr, UNDERLAY_BRIDGE)
-                _ensure_addresses(ipr, bridge, [(UNDERLAY_GATEWAY, UNDERLAY_PREFIXLEN)])
+                try:
+                    self._ensure_mode(ipr)
+                    for segment in self.segments:
+                        bridge = _ensure_bridge(ipr, segment.bridge, self.mtu)
+                        _ensure_addresses(ipr, bridge, [(segment.gateway, segment.prefixlen)])
+                except NetlinkError as e:
+                    raise LabError(f"could not set up the underlay of lab {self.prefix!r}") from e
             _ensure_ip_forward(path)
             rollback.pop_all()
+
+    def _ensure_mode(self, ipr: IPRoute) -> None:
+        """Record ``routed`` on ul0 and drop the bridges of the other mode.
+
+        A lab with hosts keeps its mode: converting it would renumber every odd-numbered host.
+        """
+        wanted = MODE_ALIAS[self.routed]
+        bridge = get_link(ipr, UNDERLAY_BRIDGE)
+        fresh = bridge is None  # a new underlay: no host is wired to it, whatever exists
+        if bridge is None:
+            bridge = _ensure_bridge(ipr, UNDERLAY_BRIDGE, self.mtu)
+        have = bridge.get("ifalias") or MODE_ALIAS[False]
+        if have == wanted:
+            return
+        if not fresh and self._host_names():
+            raise LabError(f"could not make lab {self.prefix!r} "
+                           f"{'routed' if self.routed else 'flat'}: it has hosts built "
+                           f"{'flat' if self.routed else 'routed'}; tear it down first")
+        ipr.link("set", index=bridge["index"], ifalias=wanted)
+        for segment in SEGMENTS:
+            link = get_link(ipr, segment.bridge)
+            if segment not in self.segments and link is not None:
+                _delete_link(ipr, link, f"bridge {segment.bridge!r} of the other mode")
 
     # -- hosts -------------------------------------------------------------------------------
 
     def ensure_host(self, name: str, index: int) -> LabHost:
-        """Host namespace ``<prefix><name>`` with eth0 = 192.0.2.(10+index)/24 on the underlay.
+        """Host namespace ``<prefix><name>`` with eth0 = ``host_ip(index, routed)`` on its
+        segment, default route via the segment's gateway, at the lab's MTU.
 
-        An existing, correct host is left untouched; a wrong detail (address, route, a broken
-        veth) is repaired. The index must stay the same for a host across runs: the caller keeps
-        it (the host's position in the topology).
+        An existing, correct host is left untouched; a wrong detail (address, route, MTU, a
+        broken veth) is repaired, in place where the kernel allows. The index must stay the same
+        for a host across runs: the caller keeps it (the host's position in the topology).
         """
         path = self.host_netns(name)
-        address = host_ip(index)
+        segment = host_segment(index, self.routed)
+        address = host_ip(index, self.routed)
+        self.ensure_underlay()  # first: it refuses a mode change before any renumbering
         for other in self.hosts():
             if other.name != name and other.underlay_ip == address:
                 raise LabError(f"could not add lab host {name!r}: {address} is {other.name!r}'s")
-        self.ensure_underlay()
         with contextlib.ExitStack() as sockets:
             ul = sockets.enter_context(iproute_in(self.underlay_netns()))
             with contextlib.ExitStack() as rollback:
@@ -176,20 +279,20 @@ class Lab:
                     rollback.callback(remove_netns, path)
                 host = sockets.enter_context(iproute_in(path))
                 try:
-                    self._wire_host(ul, host, path, name, address, rollback)
+                    self._wire_host(ul, host, path, name, segment, address, rollback)
                 except NetlinkError as e:
                     raise LabError(f"could not set up lab host {name!r}") from e
                 rollback.pop_all()
         return LabHost(name=name, netns=path, underlay_ip=address)
 
-    def _wire_host(self, ul: IPRoute, host: IPRoute, path: str, name: str, address: str,
-                   rollback: contextlib.ExitStack) -> None:
-        bridge = _require_link(ul, UNDERLAY_BRIDGE)["index"]
+    def _wire_host(self, ul: IPRoute, host: IPRoute, path: str, name: str, segment: Segment,
+                   address: str, rollback: contextlib.ExitStack) -> None:
+        bridge = _require_link(ul, segment.bridge)["index"]
         near, far = _ensure_veth(ul, uplink_name(name), host, path, HOST_DEV, alias=name,
-                                 master=bridge, rollback=rollback)
+                                 master=bridge, mtu=self.mtu, rollback=rollback)
         _ensure_up(ul, near)
-        _ensure_addresses(host, far, [(address, UNDERLAY_PREFIXLEN)])
-        _ensure_route(host, "0.0.0.0", 0, UNDERLAY_GATEWAY, far["index"])
+        _ensure_addresses(host, far, [(address, segment.prefixlen)])
+        _ensure_route(host, "0.0.0.0", 0, segment.gateway, far["index"])
 
     def hosts(self) -> list[LabHost]:
         """The lab hosts that exist now, found by the prefix under /run/netns, sorted by name."""
@@ -233,7 +336,8 @@ class Lab:
     # -- the outside world -------------------------------------------------------------------
 
     def ensure_external(self) -> str:
-        """``<prefix>ext`` (203.0.113.1/24), wired to the underlay (203.0.113.254/24)."""
+        """``<prefix>ext`` (203.0.113.1/24), wired to the underlay (203.0.113.254/24), with a
+        route back to each underlay subnet; its link's MTU is ``external_mtu``."""
         self.ensure_underlay()
         path = self.external_netns()
         with contextlib.ExitStack() as sockets:
@@ -244,12 +348,16 @@ class Lab:
                 ext = sockets.enter_context(iproute_in(path))
                 try:
                     near, far = _ensure_veth(ul, UPLINK_DEV, ext, path, EXTERNAL_DEV,
-                                             alias="external", master=None, rollback=rollback)
+                                             alias="external", master=None,
+                                             mtu=self.external_mtu, rollback=rollback)
                     _ensure_up(ul, near)
                     _ensure_addresses(ul, near, [(EXTERNAL_GATEWAY, EXTERNAL_PREFIXLEN)])
                     _ensure_addresses(ext, far, [(EXTERNAL_IP, EXTERNAL_PREFIXLEN)])
-                    _ensure_route(ext, str(UNDERLAY_NET.network_address), UNDERLAY_PREFIXLEN,
-                                  EXTERNAL_GATEWAY, far["index"])
+                    wanted = [segment.network for segment in self.segments]
+                    for network in wanted:
+                        _ensure_route(ext, str(network.network_address), network.prefixlen,
+                                      EXTERNAL_GATEWAY, far["index"])
+                    _remove_other_routes(ext, wanted, EXTERNAL_GATEWAY)
                 except NetlinkError as e:
                     raise LabError("could not set up the lab's external namespace") from e
                 rollback.pop_all()
@@ -307,7 +415,7 @@ def _delete_link(ipr: IPRoute, link: Any, what: str) -> None:
             raise LabError(f"could not delete {what}") from e
 
 
-def _ensure_bridge(ipr: IPRoute, name: str) -> Any:
+def _ensure_bridge(ipr: IPRoute, name: str, mtu: int) -> Any:
     link = get_link(ipr, name)
     if link is None:
         try:
@@ -319,7 +427,18 @@ def _ensure_bridge(ipr: IPRoute, name: str) -> Any:
     if _kind(link) != "bridge":
         raise LabError(f"could not use {name!r} as the underlay bridge: it is a {_kind(link)}")
     _ensure_up(ipr, link)
-    return link
+    return _ensure_mtu(ipr, link, mtu)
+
+
+def _ensure_mtu(ipr: IPRoute, link: Any, mtu: int) -> Any:
+    """Set the link's MTU in place when it differs; return the link, read back if changed."""
+    if link.get("mtu") == mtu:
+        return link
+    try:
+        ipr.link("set", index=link["index"], mtu=mtu)
+    except NetlinkError as e:
+        raise LabError(f"could not set the MTU of {link.get('ifname')!r} to {mtu}") from e
+    return _require_link(ipr, link.get("ifname"))
 
 
 def _ensure_up(ipr: IPRoute, link: Any) -> None:
@@ -328,12 +447,14 @@ def _ensure_up(ipr: IPRoute, link: Any) -> None:
 
 
 def _ensure_veth(near: IPRoute, near_name: str, far: IPRoute, far_path: str, far_name: str,
-                 alias: str, master: int | None, rollback: contextlib.ExitStack
+                 alias: str, master: int | None, mtu: int, rollback: contextlib.ExitStack
                  ) -> tuple[Any, Any]:
-    """A veth ``near_name`` (in ``near``'s namespace) whose peer ``far_name`` is in ``far_path``.
+    """A veth ``near_name`` (in ``near``'s namespace) whose peer ``far_name`` is in ``far_path``,
+    both ends at ``mtu``.
 
-    A correct pair is kept. The near end carries ``alias``; a near end with another alias is a
-    name collision and an error. Returns the (near, far) link messages, read back.
+    A correct pair is kept; a wrong MTU or master is changed in place. The near end carries
+    ``alias``; a near end with another alias is a name collision and an error. Returns the
+    (near, far) link messages, read back.
     """
     n, f = get_link(near, near_name), get_link(far, far_name)
     if n is not None and n.get("ifalias") != alias:
@@ -345,7 +466,7 @@ def _ensure_veth(near: IPRoute, near_name: str, far: IPRoute, far_path: str, far
         for ipr, link, name in ((near, n, near_name), (far, f, far_name)):
             if link is not None:
                 _delete_link(ipr, link, f"stale link {name!r}")
-        _add_veth(near, near_name, far_path, far_name, master)
+        _add_veth(near, near_name, far_path, far_name, master, mtu)
         n = _require_link(near, near_name)
         rollback.callback(_delete_link, near, n, f"veth {near_name!r}")
         near.link("set", index=n["index"], ifalias=alias)
@@ -355,17 +476,19 @@ def _ensure_veth(near: IPRoute, near_name: str, far: IPRoute, far_path: str, far
     if master is not None and n.get("master") != master:
         near.link("set", index=n["index"], master=master)
         n = _require_link(near, near_name)
+    n = _ensure_mtu(near, n, mtu)
+    f = _ensure_mtu(far, f, mtu)
     _ensure_up(far, f)
     return n, f
 
 
 def _add_veth(near: IPRoute, near_name: str, far_path: str, far_name: str,
-              master: int | None) -> None:
+              master: int | None, mtu: int) -> None:
     fd = os.open(far_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         extra = {} if master is None else {"master": master}
-        near.link("add", ifname=near_name, kind="veth", mtu=LAB_MTU, **extra,
-                  peer={"ifname": far_name, "net_ns_fd": fd, "mtu": LAB_MTU})
+        near.link("add", ifname=near_name, kind="veth", mtu=mtu, **extra,
+                  peer={"ifname": far_name, "net_ns_fd": fd, "mtu": mtu})
     except NetlinkError as e:
         raise LabError(f"could not add veth {near_name!r} with peer {far_name!r} in "
                        f"{far_path}") from e
@@ -407,6 +530,21 @@ def _ensure_route(ipr: IPRoute, dst: str, dst_len: int, gateway: str, oif: int) 
         raise LabError(f"could not route {dst}/{dst_len} via {gateway}") from e
 
 
+def _remove_other_routes(ipr: IPRoute, wanted: list[ipaddress.IPv4Network],
+                         gateway: str) -> None:
+    """Delete our static routes via ``gateway`` to anything but ``wanted`` (a former mode's)."""
+    for route in ipr.route("dump", family=socket.AF_INET, table=254):
+        if route["proto"] != RTPROT_STATIC or route.get("gateway") != gateway:
+            continue
+        dst = ipaddress.IPv4Network(f"{route.get('dst') or '0.0.0.0'}/{route['dst_len']}")
+        if dst not in wanted:
+            try:
+                ipr.route("del", dst=str(dst), gateway=gateway, proto=RTPROT_STATIC)
+            except NetlinkError as e:
+                if e.code != errno.ESRCH:
+                    raise LabError(f"could not delete the stale route to {dst}") from e
+
+
 def _ensure_ip_forward(path: str) -> None:
     """net.ipv4.ip_forward=1 in the namespace at ``path`` (and, checked, nowhere else).
 
@@ -429,14 +567,14 @@ def _ensure_ip_forward(path: str) -> None:
 
 
 def _underlay_ip(path: str) -> str:
-    """The host's first address in the underlay subnet on eth0, or "" (half-built host)."""
+    """The host's first address in an underlay subnet on eth0, or "" (half-built host)."""
     try:
         with iproute_in(path) as ipr:
             link = get_link(ipr, HOST_DEV)
             if link is None:
                 return ""
             for address, _ in _v4_addresses(ipr, link["index"]):
-                if ipaddress.IPv4Address(address) in UNDERLAY_NET:
+                if any(ipaddress.IPv4Address(address) in s.network for s in SEGMENTS):
                     return address
     except OSError:  # the namespace went away under us
         return ""

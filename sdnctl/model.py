@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 NAME_MAX = 63
 
-DRIVERS = ("bridge",)
+DRIVERS = ("bridge", "overlay")
+DEFAULT_VXLAN_PORT = 4789
+VXLAN_OVERHEAD = 50  # outer IPv4 + UDP + VXLAN + inner Ethernet: overlay MTU = underlay - 50
 DEFAULT_HOST_PREFIX = 24
 DEFAULT_MTU = 1500
 DEFAULT_INTERFACE = "eth0"
@@ -62,6 +64,8 @@ class Host:
     #: Filled in by the agent when it registers.
     agent_pid: int = 0
     netns: str = ""
+    vtep_mac: str = ""  # MAC of the host's VXLAN devices
+    underlay_mtu: int = 0  # MTU of its underlay interface
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,10 @@ class Network:
     allow: tuple[str, ...] = ()
     #: The controller's default bridge (Docker's ``bip``): made at start, cannot be deleted.
     builtin: bool = False
+    #: Overlay networks: the VXLAN network identifier (0: the controller allocates one) and
+    #: UDP port (0: 4789). An overlay's mtu of 0 means the host's underlay MTU - 50.
+    vni: int = 0
+    vxlan_port: int = 0
 
     MUTABLE = ("masquerade", "internal", "allow")
 
@@ -181,6 +189,8 @@ class Lease:
     host: str
     subnet: str  # CIDR, e.g. 10.88.0.0/24
     gateway: str  # first usable address of the subnet, held by the host's bridge
+    renewed_at: int = 0  # unix seconds: when the host's agent last renewed it
+    expires_at: int = 0  # unix seconds: an idle lease (no addresses) is freed after this
 
 
 @dataclass(frozen=True)

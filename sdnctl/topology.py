@@ -48,11 +48,21 @@ class TopologyError(ValueError):
 
 
 @dataclass(frozen=True)
+class LabOptions:
+    """How `sdnctl up` builds lab hosts: the simulated underlay's MTU, and whether hosts sit on
+    two underlay subnets joined by a router (a routed underlay) instead of one."""
+
+    underlay_mtu: int = DEFAULT_MTU
+    routed: bool = False
+
+
+@dataclass(frozen=True)
 class Topology:
     name: str
     hosts: tuple[Host, ...]
     networks: tuple[Network, ...]
     containers: tuple[Container, ...]
+    lab: LabOptions = LabOptions()
 
     @property
     def lab_hosts(self) -> tuple[Host, ...]:
@@ -137,7 +147,7 @@ def parse(text: str, file: str = "<topology>") -> Topology:
     if node is None:
         raise TopologyError(file, None, "", "empty document")
     r = _Reader(file, _line_map(node))
-    r.mapping(doc, "", {"name", "hosts", "networks", "containers", "routes"}, {"name"})
+    r.mapping(doc, "", {"name", "hosts", "networks", "containers", "routes", "lab"}, {"name"})
     name = _named(r, doc.get("name"), "name")
 
     hosts = tuple(_collect(r, doc, "hosts", _host))
@@ -145,7 +155,17 @@ def parse(text: str, file: str = "<topology>") -> Topology:
     containers = tuple(_collect(r, doc, "containers", _container))
     networks = _apply_routes(r, doc, networks)
     _check_references(r, hosts, networks, containers)
-    return Topology(name, hosts, networks, containers)
+    return Topology(name, hosts, networks, containers, _lab(r, doc.get("lab")))
+
+
+def _lab(r: _Reader, raw: Any) -> LabOptions:
+    if raw is None:
+        return LabOptions()
+    m = r.mapping(raw, "lab", {"underlay_mtu", "routed"}, set())
+    mtu = r.typed(m, "underlay_mtu", "lab", int, DEFAULT_MTU)
+    if not 1280 <= mtu <= 9216:
+        raise r.error("lab.underlay_mtu", f"{mtu} is outside 1280..9216")
+    return LabOptions(mtu, r.typed(m, "routed", "lab", bool, False))
 
 
 def _apply_routes(r: _Reader, doc: dict, networks: tuple[Network, ...]) -> tuple[Network, ...]:
@@ -230,7 +250,9 @@ def _host(r: _Reader, raw: Any, where: str) -> Host:
 
 def _network(r: _Reader, raw: Any, where: str) -> Network:
     m = r.mapping(raw, where, {"name", "driver", "subnet", "host_prefix", "mtu", "masquerade",
-                               "gateway", "ip_range", "internal", "allow"}, {"name", "subnet"})
+                               "gateway", "ip_range", "internal", "allow", "vni", "vxlan_port"},
+                  {"name", "subnet"})
+    driver = r.typed(m, "driver", where, str, "bridge")
     subnet = r.typed(m, "subnet", where, str, "")
     gateway = r.typed(m, "gateway", where, str, "")
     ip_range = r.typed(m, "ip_range", where, str, "")
@@ -241,14 +263,17 @@ def _network(r: _Reader, raw: Any, where: str) -> Network:
     network = Network(
         name=m["name"],
         subnet=subnet,
-        driver=r.typed(m, "driver", where, str, "bridge"),
+        driver=driver,
         host_prefix=r.typed(m, "host_prefix", where, int, default_prefix),
-        mtu=r.typed(m, "mtu", where, int, DEFAULT_MTU),
+        # an overlay's MTU defaults to each host's underlay MTU - 50 (0 = derive it)
+        mtu=r.typed(m, "mtu", where, int, 0 if driver == "overlay" else DEFAULT_MTU),
         masquerade=r.typed(m, "masquerade", where, bool, True),
         gateway=gateway,
         ip_range=ip_range,
         internal=r.typed(m, "internal", where, bool, False),
         allow=tuple(_strings(r, m, "allow", where)),
+        vni=r.typed(m, "vni", where, int, 0),
+        vxlan_port=r.typed(m, "vxlan_port", where, int, 0),
     )
     return validate_network(network, where)
 

@@ -10,6 +10,8 @@ the donor exist, is an address or a host port taken) is the controller's busines
 
 from __future__ import annotations
 
+import re
+
 import netaddr
 
 from sdnctl.controller.ipam import host_prefix_for, validate_cidr
@@ -33,6 +35,10 @@ from sdnctl.model import (
 
 IFNAMSIZ = 15
 MTU_MIN, MTU_MAX = 576, 65535
+VNI_MIN, VNI_MAX = 1, 16777215
+PORT_MAX = 65535
+OVERLAY = "overlay"
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 #: Network names that mean a container mode instead.
 RESERVED_NETWORK_NAMES = (MODE_NONE, MODE_HOST)
 
@@ -53,7 +59,24 @@ def validate_host(host: Host, where: str = "host") -> Host:
     check_name(host.name, f"{where}.name")
     if host.underlay_ip:
         check_ipv4(host.underlay_ip, f"{where}.underlay_ip")
+    if host.vtep_mac:
+        check_unicast_mac(host.vtep_mac, f"{where}.vtep_mac")
+    if host.underlay_mtu and not MTU_MIN <= host.underlay_mtu <= MTU_MAX:
+        raise Invalid(f"{where}.underlay_mtu",
+                      f"{host.underlay_mtu} is outside {MTU_MIN}..{MTU_MAX} (0: unknown)")
     return host
+
+
+def check_unicast_mac(value: str, field: str) -> str:
+    """A unicast Ethernet address written ``aa:bb:cc:dd:ee:ff`` (lower-case)."""
+    if not isinstance(value, str) or not MAC_RE.match(value):
+        raise Invalid(field, f"{value!r} is not a MAC address such as 0a:58:0a:00:00:01 "
+                      "(lower-case)")
+    if int(value[:2], 16) & 1:
+        raise Invalid(field, f"{value} is a multicast address; a VTEP needs a unicast one")
+    if value == "00:00:00:00:00:00":
+        raise Invalid(field, "00:00:00:00:00:00 is not a usable MAC address")
+    return value
 
 
 def validate_network(network: Network, where: str = "network") -> Network:
@@ -70,8 +93,11 @@ def validate_network(network: Network, where: str = "network") -> Network:
         raise Invalid(f"{where}.subnet", "required (a CIDR such as 10.88.0.0/16)")
     subnet = validate_cidr(network.subnet, f"{where}.subnet")
     lease_prefix = host_prefix_for(network.subnet, network.host_prefix, f"{where}.host_prefix")
-    if not MTU_MIN <= network.mtu <= MTU_MAX:
-        raise Invalid(f"{where}.mtu", f"{network.mtu} is outside {MTU_MIN}..{MTU_MAX}")
+    overlay = network.driver == OVERLAY
+    if not (MTU_MIN <= network.mtu <= MTU_MAX or (overlay and network.mtu == 0)):
+        auto = " (or 0: the underlay's MTU - 50)" if overlay else ""
+        raise Invalid(f"{where}.mtu", f"{network.mtu} is outside {MTU_MIN}..{MTU_MAX}{auto}")
+    _check_vxlan(network, where)
     for field in ("gateway", "ip_range"):
         if getattr(network, field) and lease_prefix != subnet.prefixlen:
             raise Invalid(
@@ -88,6 +114,20 @@ def validate_network(network: Network, where: str = "network") -> Network:
             raise Invalid(f"{where}.ip_range", f"{ip_range} is not inside {subnet}")
     _check_allow(network, where)
     return network
+
+
+def _check_vxlan(network: Network, where: str) -> None:
+    """VNI (0: the controller allocates one) and UDP port (0: 4789), for overlay networks only."""
+    for field, value, low, high in (("vni", network.vni, VNI_MIN, VNI_MAX),
+                                    ("vxlan_port", network.vxlan_port, 1, PORT_MAX)):
+        if not value:
+            continue
+        if network.driver != OVERLAY:
+            raise Invalid(f"{where}.{field}", f"only for overlay networks; driver is "
+                          f"{network.driver!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise Invalid(f"{where}.{field}", f"{value!r} is outside {low}..{high} "
+                          "(0: the default)")
 
 
 def _check_gateway(value: str, subnet: netaddr.IPNetwork, field: str) -> None:

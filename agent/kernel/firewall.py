@@ -14,16 +14,28 @@ name exactly what they drop.
                      host addressed to 127.0.0.1 must never be DNAT'd (moby#45610). A port on a
                      loopback address is DNAT'd in ``output`` only.
   output (nat)       the same for connections made by the host itself, 127.0.0.1 included.
+  input (filter)     VXLAN filtering: per UDP port of our overlays, accept a packet only from a
+                     member host's underlay address AND with the VNI of an overlay it is a member
+                     of (raw payload ``@th,96,24``: the VNI is bits 32-55 of the 8-byte VXLAN
+                     header that follows the 8-byte UDP header); count and drop the rest (a
+                     forged source, or a member using a VNI it has no part in). Nothing else is
+                     touched: the chain's policy is accept.
   postrouting (nat)  masquerade, in this order: loopback sources leaving a bridge (for the
                      127.0.0.1 path, with ``route_localnet=1`` on that bridge, as Docker does);
                      hairpin (DNAT'd traffic whose source is on the destination's bridge, so
                      the answer comes back through us); egress of each non-internal network with
-                     masquerade, except towards any of our bridges (routed traffic between
-                     allowed bridges keeps its real source).
+                     masquerade, except towards the network's whole CIDR (on an overlay the
+                     other hosts' slices are reached through the VXLAN device with the real
+                     source) and towards any of our bridges and VXLAN devices (routed traffic
+                     between allowed networks keeps its real source).
   forward (filter)   stateless, like Docker's isolation chains, so un-allowing a pair cuts
-                     established flows too: (1) an internal network forwards only to and from
-                     itself and its allowed bridges; (2) DNAT'd connections pass; (3) a bridge
-                     forwards to none of our other bridges except the allowed ones.
+                     established flows too: (0) a network's bridge and its own VXLAN device
+                     always forward to each other (internal networks too: that is the overlay);
+                     (1) an internal network forwards only to and from itself and its allowed
+                     networks; (2) DNAT'd connections pass; (3) a network forwards to none of
+                     our other networks except the allowed ones. A network's "interfaces" are
+                     its bridge and, on an overlay, its VXLAN device: isolation and allowed
+                     pairs apply to both.
 
 ``bridge sdnctl``
   prerouting (filter) per container port (``iifname VETH``): drop frames whose source MAC is
@@ -84,6 +96,7 @@ CHAINS = (
     (TABLE_FAMILY, "output", "type nat hook output priority -100;"),
     (TABLE_FAMILY, "postrouting", "type nat hook postrouting priority srcnat;"),
     (TABLE_FAMILY, "forward", "type filter hook forward priority filter; policy accept;"),
+    (TABLE_FAMILY, "input", "type filter hook input priority filter; policy accept;"),
     (BRIDGE_FAMILY, "prerouting", "type filter hook prerouting priority filter; policy accept;"),
 )
 FAMILIES = (TABLE_FAMILY, BRIDGE_FAMILY)
@@ -101,6 +114,23 @@ class BridgeNet:
     subnet: str  # this host's subnet of the network, "a.b.c.d/len"
     masquerade: bool = True  # egress NAT (ignored when internal)
     internal: bool = False  # no forwarding but to allowed bridges, no NAT
+    cidr: str = ""  # the whole network's CIDR (an overlay's, all hosts); "" = same as subnet
+    vxlan: str = ""  # the overlay's VXLAN device on this host; "" = not an overlay
+
+    @property
+    def interfaces(self) -> list[str]:
+        """The bridge and, on an overlay, the VXLAN device."""
+        return [self.bridge, self.vxlan] if self.vxlan else [self.bridge]
+
+
+@dataclass(frozen=True)
+class VxlanFilter:
+    """Accept VXLAN on ``port`` with VNI ``vni`` only from ``members`` (underlay addresses of
+    the overlay's other hosts). Several overlays may share a port with different VNIs."""
+
+    port: int
+    vni: int
+    members: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -132,6 +162,7 @@ class FirewallSpec:
     allowed: tuple[tuple[str, str], ...] = ()  # pairs of network names, order-free
     ports: tuple[PortRule, ...] = ()
     guards: tuple[PortGuard, ...] = ()
+    vxlan: tuple[VxlanFilter, ...] = ()
 
     @classmethod
     def from_masquerade(cls, rules: Sequence[MasqueradeRule]) -> FirewallSpec:
@@ -217,6 +248,20 @@ def _mac(text: str) -> str:
     return mac
 
 
+def _vni(number: int) -> int:
+    if not 0 <= number < 1 << 24:
+        raise ValueError(f"invalid VNI {number!r}")
+    return number
+
+
+def _addresses(texts: Sequence[str]) -> str:
+    """One IPv4 address, or an anonymous set of several (nft rejects an empty set)."""
+    addrs = sorted({ipaddress.IPv4Address(t) for t in texts})
+    if not addrs:
+        raise ValueError("empty address set")
+    return str(addrs[0]) if len(addrs) == 1 else "{ " + ", ".join(map(str, addrs)) + " }"
+
+
 def _port(number: int) -> int:
     if not 1 <= number <= 65535:
         raise ValueError(f"invalid port {number!r}")
@@ -288,13 +333,14 @@ def _postrouting_rules(spec: FirewallSpec) -> list[_Rule]:
             TABLE_FAMILY, "postrouting",
             f"oifname {_ifname(b)} ct status dnat ip saddr {_subnet(n.subnet)} masquerade",
             f"sdnctl:net/{n.network}/hairpin"))
-    ours = _names([n.bridge for n in nets]) if nets else ""
+    ours = _names([i for n in nets for i in n.interfaces]) if nets else ""
     for n in nets:
         if n.masquerade and not n.internal:
             subnet = _subnet(n.subnet)
+            whole = _subnet(n.cidr) if n.cidr else subnet
             rules.append(_Rule(
                 TABLE_FAMILY, "postrouting",
-                f"ip saddr {subnet} ip daddr != {subnet} oifname != {ours} masquerade",
+                f"ip saddr {subnet} ip daddr != {whole} oifname != {ours} masquerade",
                 f"sdnctl:net/{n.network}"))
     return rules
 
@@ -302,28 +348,61 @@ def _postrouting_rules(spec: FirewallSpec) -> list[_Rule]:
 def _forward_rules(spec: FirewallSpec) -> list[_Rule]:
     nets = sorted(spec.networks, key=lambda n: n.network)
     pairs = _normalized_pairs(spec)
-    bridge_of = {n.network: n.bridge for n in nets}
+    by_name = {n.network: n for n in nets}
 
     def allowed_with(n: BridgeNet) -> list[str]:
-        return [bridge_of[b if a == n.network else a] for a, b in pairs if n.network in (a, b)]
+        return [i for a, b in pairs if n.network in (a, b)
+                for i in by_name[b if a == n.network else a].interfaces]
 
     rules = []
+    for n in (n for n in nets if n.vxlan):
+        bridge, vxlan = _ifname(n.bridge), _ifname(n.vxlan)
+        for iif, oif in ((bridge, vxlan), (vxlan, bridge)):
+            rules.append(_Rule(TABLE_FAMILY, "forward", f"iifname {iif} oifname {oif} accept",
+                               f"sdnctl:net/{n.network}/overlay"))
     for n in (n for n in nets if n.internal):
-        reach = _names([n.bridge, *allowed_with(n)])
+        own = _names(n.interfaces)
+        reach = _names([*n.interfaces, *allowed_with(n)])
         rules.append(_Rule(TABLE_FAMILY, "forward",
-                           f"iifname {_ifname(n.bridge)} oifname != {reach} drop",
+                           f"iifname {own} oifname != {reach} drop",
                            f"sdnctl:net/{n.network}/internal-out"))
         rules.append(_Rule(TABLE_FAMILY, "forward",
-                           f"oifname {_ifname(n.bridge)} iifname != {reach} drop",
+                           f"oifname {own} iifname != {reach} drop",
                            f"sdnctl:net/{n.network}/internal-in"))
     if _published(spec):
         rules.append(_Rule(TABLE_FAMILY, "forward", "ct status dnat accept", "sdnctl:ports"))
     for n in nets:
-        isolated = {m.bridge for m in nets} - {n.bridge, *allowed_with(n)}
+        isolated = {i for m in nets for i in m.interfaces} - {*n.interfaces, *allowed_with(n)}
         if isolated:
             rules.append(_Rule(TABLE_FAMILY, "forward",
-                               f"iifname {_ifname(n.bridge)} oifname {_names(list(isolated))} drop",
+                               f"iifname {_names(n.interfaces)} oifname "
+                               f"{_names(list(isolated))} drop",
                                f"sdnctl:net/{n.network}/isolation"))
+    return rules
+
+
+def _vxlan_rules(spec: FirewallSpec) -> list[_Rule]:
+    """Per port: accept each (members, VNI); drop other sources; drop what is left (another
+    VNI, or IPv6). Every drop is counted."""
+    by_port: dict[int, dict[int, set[str]]] = {}
+    for f in spec.vxlan:
+        by_port.setdefault(_port(f.port), {}).setdefault(_vni(f.vni), set()).update(f.members)
+    rules = []
+    for port, vnis in sorted(by_port.items()):
+        udp = f"udp dport {port}"
+        for vni, members in sorted(vnis.items()):
+            if members:
+                rules.append(_Rule(TABLE_FAMILY, "input",
+                                   f"{udp} ip saddr {_addresses(list(members))} "
+                                   f"@th,96,24 {vni} accept",
+                                   f"sdnctl:vxlan/{port}/vni/{vni}"))
+        everyone = {m for members in vnis.values() for m in members}
+        if everyone:
+            rules.append(_Rule(TABLE_FAMILY, "input",
+                               f"{udp} ip saddr != {_addresses(list(everyone))} counter drop",
+                               f"sdnctl:vxlan/{port}/not-member"))
+        rules.append(_Rule(TABLE_FAMILY, "input", f"{udp} counter drop",
+                           f"sdnctl:vxlan/{port}/wrong-vni"))
     return rules
 
 
@@ -349,7 +428,7 @@ def _guard_rules(spec: FirewallSpec) -> list[_Rule]:
 
 def _rules(spec: FirewallSpec) -> list[_Rule]:
     return _port_rules(spec) + _postrouting_rules(spec) + _forward_rules(spec) + \
-        _guard_rules(spec)
+        _vxlan_rules(spec) + _guard_rules(spec)
 
 
 def _render_body(rules: Sequence[_Rule]) -> list[str]:

@@ -13,6 +13,7 @@ import ipaddress
 ALIAS_PREFIX = "sdnctl:"
 BRIDGE_PREFIX = "sdnb"
 VETH_PREFIX = "sdnv"
+VXLAN_PREFIX = "sdnx"
 
 
 def _short_hash(key: str) -> str:
@@ -25,6 +26,22 @@ def bridge_name(network: str) -> str:
 
 def bridge_alias(network: str) -> str:
     return f"{ALIAS_PREFIX}net/{network}"
+
+
+def vxlan_name(network: str) -> str:
+    """The overlay network's VXLAN device on a host (the same name on every host)."""
+    return VXLAN_PREFIX + _short_hash(network)
+
+
+def vxlan_alias(network: str) -> str:
+    return f"{ALIAS_PREFIX}vxlan/{network}"
+
+
+def vtep_mac_for(host: str) -> str:
+    """A host's VTEP MAC: ``0e:`` (locally administered, unicast) then 5 bytes of a hash of the
+    host name, so the MAC survives an agent restart and every peer can predict it."""
+    digest = hashlib.sha1(f"vtep/{host}".encode()).digest()
+    return "0e:" + ":".join(f"{b:02x}" for b in digest[:5])
 
 
 def veth_name(container: str, interface: str) -> str:

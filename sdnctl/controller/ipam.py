@@ -11,6 +11,15 @@ requests can never hand out the same subnet or address:
   ``/ipam/<network>/owner/<container>/<interface>`` makes allocation idempotent; both hold the
   same :class:`Allocation`.
 
+Leases have an owner (the host), ``renewed_at`` and ``expires_at`` (unix seconds, :class:`Timers`
+says how long). A lease that expired and holds no address is freed by the controller's sweeper;
+every freed subnet or address is quarantined (``/ipam/<network>/quarantine/<subject>``, holding
+a :class:`Quarantined`) before anyone else may take it, and a host that leases again gets its
+previous subnet back (``/ipam/<network>/previous/<host>``) when it is still free. Every grant,
+release, expiry and end of quarantine is appended to a bounded history (``/history/ipam/<seq>``,
+keys that sort by time and are unique without a shared counter, so recording history never makes
+two writers conflict; the sweeper trims it to :data:`HISTORY_MAX`).
+
 A network with a ``gateway`` or an ``ip_range`` is one lease (validation makes its host prefix
 the subnet's own, as a Docker bridge network is): the lease's gateway is the network's, and
 picked addresses come from the ip_range only. A container's ``fixed_ip`` takes exactly that
@@ -25,10 +34,14 @@ transaction through :func:`commit_with_retry`. The pure helpers (``pick_subnet``
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import os
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork
@@ -40,7 +53,7 @@ from sdnctl.controller.errors import (
     FailedPrecondition,
     Invalid,
 )
-from sdnctl.controller.store.base import Compare, Delete, Put, Store
+from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
 from sdnctl.model import Allocation, Lease, Network, check_name, from_json, to_json
 
 R = TypeVar("R")
@@ -75,6 +88,130 @@ def addr_key(network: str, address: str) -> str:
 
 def owner_key(network: str, container: str, interface: str) -> str:
     return f"/ipam/{network}/owner/{container}/{interface}"
+
+
+def quarantine_key(network: str, subject: str) -> str:
+    """The quarantine of a freed subnet (``10.88.1.0/24``) or address (``10.88.1.5``)."""
+    return f"/ipam/{network}/quarantine/{subject.replace('/', '_')}"
+
+
+def previous_key(network: str, host: str) -> str:
+    """The subnet ``host`` held last on ``network``: offered back first when it leases again."""
+    return f"/ipam/{network}/previous/{host}"
+
+
+def network_prefix(network: str) -> str:
+    """Every IPAM key of one network (guards, owners, quarantine, previous subnets)."""
+    return f"/ipam/{network}/"
+
+
+#: The IPAM history: one key per event, sorting by time.
+HISTORY = "/history/ipam/"
+#: How many events the history keeps (the sweeper trims older ones).
+HISTORY_MAX = 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# Time: TTLs, quarantine, history
+
+
+@dataclass(frozen=True)
+class Timers:
+    """How long leases live and freed subnets and addresses stay quarantined (seconds)."""
+
+    lease_ttl: int = 3600
+    subnet_quarantine: int = 600
+    address_quarantine: int = 60
+    #: ReportStatus renews a host's leases at most this often (and at least twice per TTL).
+    renew_every: int = 60
+
+    def renew_interval(self) -> int:
+        return max(1, min(self.renew_every, self.lease_ttl // 2))
+
+
+DEFAULT_TIMERS = Timers()
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A freed subnet or address nobody but ``holder`` (its last host, or container) may take
+    before ``until``."""
+
+    network: str
+    subject: str  # a subnet (CIDR) or an address
+    until: int
+    holder: str = ""
+
+
+@dataclass(frozen=True)
+class IpamEvent:
+    at: int
+    kind: str  # lease | release | expire | allocate | free | quarantine-end
+    network: str
+    host: str = ""
+    subnet: str = ""
+    address: str = ""
+    container: str = ""
+
+
+_event_seq = itertools.count()
+_event_origin = f"{os.getpid():x}"
+
+
+def now_seconds(now: float | None = None) -> int:
+    return int(time.time() if now is None else now)
+
+
+def history_put(event: IpamEvent) -> Put:
+    """The put that appends ``event`` to the history. Keys are unique (time, process, sequence)
+    so that recording needs no compare and never makes two transactions conflict."""
+    key = f"{HISTORY}{time.time_ns():020d}-{_event_origin}-{next(_event_seq):09d}"
+    return Put(key, to_json(event))
+
+
+def list_history(store: Store, network: str = "", limit: int = HISTORY_MAX) -> list[IpamEvent]:
+    """The newest ``limit`` events (of ``network``, if given), oldest first."""
+    entries, _ = store.range(HISTORY)
+    events = [from_json(IpamEvent, kv.value) for kv in entries]
+    if network:
+        events = [e for e in events if e.network == network]
+    return events[-limit:] if limit else []
+
+
+def history_trim_ops(store: Store, keep: int = HISTORY_MAX) -> list[Delete]:
+    entries, _ = store.range(HISTORY)
+    return [Delete(kv.key) for kv in entries[:max(0, len(entries) - keep)]]
+
+
+def list_quarantine(store: Store, network: str = "") -> list[tuple[KeyValue, Quarantined]]:
+    """Quarantine entries (expired ones too, until the sweeper ends them)."""
+    if network:
+        entries, _ = store.range(network_prefix(network))
+    else:
+        entries, _ = store.range("/ipam/")
+    return [(kv, from_json(Quarantined, kv.value)) for kv in entries if "/quarantine/" in kv.key]
+
+
+def _active_quarantine(store: Store, network: str, now: int) -> dict[str, tuple[KeyValue,
+                                                                              Quarantined]]:
+    """Quarantine entries of ``network`` still in force, by subject."""
+    entries, _ = store.range(f"/ipam/{network}/quarantine/")
+    found = {}
+    for kv in entries:
+        entry = from_json(Quarantined, kv.value)
+        if entry.until > now:
+            found[entry.subject] = (kv, entry)
+    return found
+
+
+def _quarantine_take(store: Store, network: str, subject: str) -> tuple[list[Compare],
+                                                                         list[Put | Delete]]:
+    """Taking ``subject`` ends its quarantine (if any) in the same transaction."""
+    key = quarantine_key(network, subject)
+    kv = store.get(key)
+    if kv is None:
+        return [], []
+    return [Compare(key, kv.mod_revision)], [Delete(key)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,30 +377,89 @@ def _check_interface(interface: str) -> None:
         raise Invalid("interface", f"{interface!r} is longer than 15 bytes")
 
 
-def plan_lease(store: Store, network: Network, host: str) -> tuple[Lease, list[Compare], list[Put]]:
-    """The lease ``host`` holds (or would get) on ``network``, and how to commit it."""
+def plan_lease(
+    store: Store, network: Network, host: str, *, timers: Timers = DEFAULT_TIMERS,
+    now: float | None = None,
+) -> tuple[Lease, list[Compare], list[Put | Delete]]:
+    """The lease ``host`` holds (or would get) on ``network``, and how to commit it.
+
+    A new lease is the host's previous subnet of the network when that is free and not
+    quarantined for another host; else the lowest free subnet nobody else's quarantine holds.
+    """
     _check_host(host)
     prefixlen = host_prefix_for(network.subnet, network.host_prefix)
     key = lease_key(network.name, host)
     current = store.get(key)
     if current is not None:
         return from_json(Lease, current.value), [Compare(key, current.mod_revision)], []
+    at = now_seconds(now)
     guards, _ = store.range(f"/ipam/{network.name}/subnet/")
     taken = {kv.key.rsplit("/", 1)[1].replace("_", "/") for kv in guards}
-    subnet = pick_subnet(network.subnet, prefixlen, taken)
+    quarantined = {subject for subject, (_, entry) in
+                   _active_quarantine(store, network.name, at).items()
+                   if entry.holder != host and "/" in subject}
+    previous_kv = store.get(previous_key(network.name, host))
+    subnet = None
+    if previous_kv is not None:
+        wanted = previous_kv.value.decode()
+        if _fits(network.subnet, prefixlen, wanted) and not _overlaps(wanted,
+                                                                      taken | quarantined):
+            subnet = wanted
+    if subnet is None:
+        subnet = pick_subnet(network.subnet, prefixlen, taken | quarantined)
     if subnet is None:
         raise Exhausted(f"network {network.name!r} has no free /{prefixlen} left for host {host!r}")
-    lease = Lease(network.name, host, subnet, lease_gateway(network, subnet))
+    lease = Lease(network.name, host, subnet, lease_gateway(network, subnet),
+                  renewed_at=at, expires_at=at + timers.lease_ttl)
     guard = subnet_key(network.name, subnet)
     compares = [Compare(key, 0), Compare(guard, 0)]
-    puts = [Put(key, to_json(lease)), Put(guard, host.encode())]
-    return lease, compares, puts
+    ops: list[Put | Delete] = [Put(key, to_json(lease)), Put(guard, host.encode())]
+    q_cmp, q_ops = _quarantine_take(store, network.name, subnet)
+    compares += q_cmp
+    ops += q_ops
+    if previous_kv is not None:
+        compares.append(Compare(previous_kv.key, previous_kv.mod_revision))
+        ops.append(Delete(previous_kv.key))
+    ops.append(history_put(IpamEvent(at, "lease", network.name, host, subnet)))
+    return lease, compares, ops
+
+
+def _fits(network_cidr: str, prefixlen: int, subnet: str) -> bool:
+    """``subnet`` is an aligned ``/prefixlen`` of ``network_cidr`` (a previous subnet may not be,
+    if the network was made again differently)."""
+    try:
+        candidate = IPNetwork(subnet)
+    except (AddrFormatError, ValueError):
+        return False
+    return (candidate.prefixlen == prefixlen and candidate in IPNetwork(network_cidr)
+            and candidate.ip == candidate.network)
+
+
+def _overlaps(subnet: str, others: Iterable[str]) -> bool:
+    net = IPNetwork(subnet)
+    return any(net.first <= o.last and o.first <= net.last for o in map(IPNetwork, others))
+
+
+def renew_lease_ops(store: Store, lease: Lease, *, timers: Timers = DEFAULT_TIMERS,
+                    now: float | None = None) -> tuple[list[Compare], list[Put]]:
+    """Renew ``lease`` from ``now``: a new ``renewed_at`` and ``expires_at``."""
+    at = now_seconds(now)
+    key = lease_key(lease.network, lease.host)
+    kv = store.get(key)
+    if kv is None:
+        return [Compare(key, 0)], []
+    stored = from_json(Lease, kv.value)
+    renewed = dataclasses.replace(stored, renewed_at=at, expires_at=at + timers.lease_ttl)
+    if renewed == stored:
+        return [Compare(key, kv.mod_revision)], []
+    return [Compare(key, kv.mod_revision)], [Put(key, to_json(renewed))]
 
 
 def plan_address(
     store: Store, network: Network, lease: Lease, container: str, interface: str,
     fixed_ip: str = "", *, releasing: Allocation | None = None, field: str = "fixed_ip",
-) -> tuple[Allocation, list[Compare], list[Put]]:
+    now: float | None = None,
+) -> tuple[Allocation, list[Compare], list[Put | Delete]]:
     """The address (network, container, interface) holds or would get, and how to commit it.
 
     ``lease`` may be one that is not stored yet (from :func:`plan_lease`, committed in the same
@@ -272,6 +468,9 @@ def plan_address(
     an allocation of this container that the caller frees in the same transaction: its owner
     key and its address count as free. Combine the caller's release ops with ours through
     :func:`merge_ops`.
+
+    A quarantined address is never picked for another container, and a ``fixed_ip`` may take one
+    only when it is the container that freed it asking again.
     """
     check_name(container, "container")
     _check_interface(interface)
@@ -288,17 +487,28 @@ def plan_address(
                 f"{field}: container {container!r} already holds {existing.address} on network "
                 f"{network.name!r}; release it first")
         return existing, [Compare(owner, current.mod_revision)], []
-    compares = [Compare(owner, current.mod_revision if current else 0),
-                _lease_unchanged(store, lease)]
+    lease_cmp, lease_ops = _lease_unchanged(store, lease)
+    compares = [Compare(owner, current.mod_revision if current else 0), lease_cmp]
     subnet = IPNetwork(lease.subnet)
+    at = now_seconds(now)
+    quarantined = {subject: entry for subject, (_, entry)
+                   in _active_quarantine(store, network.name, at).items()
+                   if "/" not in subject and entry.holder != container}
     if fixed_ip:
         check_fixed_address(lease, fixed_ip, field)
         address = str(IPAddress(fixed_ip, 4))
+        if address in quarantined:
+            entry = quarantined[address]
+            raise FailedPrecondition(
+                f"{field}: {address} was freed by container {entry.holder!r} and is "
+                f"quarantined for {entry.until - at} s more; only that container may take it "
+                "before then")
     else:
         entries, _ = store.range(f"/ipam/{network.name}/addr/")
         taken = {a for a in (kv.key.rsplit("/", 1)[1] for kv in entries)
                  if IPAddress(a) in subnet}
         taken.discard(freed.address if freed else "")
+        taken |= {a for a in quarantined if IPAddress(a) in subnet}
         found = pick_address(lease.subnet, lease.gateway, taken, network.ip_range)
         if found is None:
             where = f"ip_range {network.ip_range}" if network.ip_range else f"subnet {lease.subnet}"
@@ -318,34 +528,51 @@ def plan_address(
         compares.append(Compare(guard, 0))  # taken since we listed: the commit retries
     allocation = Allocation(network.name, container, interface, address, subnet.prefixlen)
     value = to_json(allocation)
-    return allocation, compares, [Put(guard, value), Put(owner, value)]
+    q_cmp, q_ops = _quarantine_take(store, network.name, address)
+    event = IpamEvent(at, "allocate", network.name, lease.host, lease.subnet, address, container)
+    return allocation, [*compares, *q_cmp], [Put(guard, value), Put(owner, value), *q_ops,
+                                             *lease_ops, history_put(event)]
 
 
-def merge_ops(deletes: list[Delete], puts: list[Put]) -> list[Put | Delete]:
-    """``deletes`` then ``puts`` as one transaction's ops: a key both freed and taken again is
-    only put (a transaction may touch a key once)."""
-    put_keys = {p.key for p in puts}
-    return [*(d for d in deletes if d.key not in put_keys), *puts]
+def merge_ops(release: list[Put | Delete], take: list[Put | Delete]) -> list[Put | Delete]:
+    """``release`` then ``take`` as one transaction's ops (a transaction may touch a key once): a
+    key both freed and taken again is only taken, and an address taken again is not
+    quarantined."""
+    take_keys = {op.key for op in take}
+    for op in take:
+        if isinstance(op, Put) and op.key.startswith("/ipam/") and "/addr/" in op.key:
+            network = op.key.split("/")[2]
+            take_keys.add(quarantine_key(network, op.key.rsplit("/", 1)[1]))
+    return [*(op for op in release if op.key not in take_keys), *take]
 
 
-def _lease_unchanged(store: Store, lease: Lease) -> Compare:
+def same_subnet(a: Lease, b: Lease) -> bool:
+    """The same lease, renewed or not: owner, subnet and gateway."""
+    return (a.network, a.host, a.subnet, a.gateway) == (b.network, b.host, b.subnet, b.gateway)
+
+
+def _lease_unchanged(store: Store, lease: Lease) -> tuple[Compare, list[Put]]:
+    """A compare that holds while ``lease`` stays as it is, and the op that rewrites a stored
+    lease unchanged: an allocation bumps its lease's revision, so that the sweeper, which frees
+    a lease only if it is unchanged since it saw no address in it, can never free one in use."""
     key = lease_key(lease.network, lease.host)
     stored = store.get(key)
     if stored is None:
-        return Compare(key, 0)  # the caller commits the lease in the same transaction
-    if from_json(Lease, stored.value) != lease:
+        return Compare(key, 0), []  # the caller commits the lease in the same transaction
+    if not same_subnet(from_json(Lease, stored.value), lease):
         raise FailedPrecondition(
             f"host {lease.host!r} holds a different lease on network {lease.network!r} "
             f"than {lease.subnet}"
         )
-    return Compare(key, stored.mod_revision)
+    return Compare(key, stored.mod_revision), [Put(key, stored.value)]
 
 
-def ensure_lease(store: Store, network: Network, host: str) -> Lease:
+def ensure_lease(store: Store, network: Network, host: str, *, timers: Timers = DEFAULT_TIMERS,
+                 now: float | None = None) -> Lease:
     """Give ``host`` a lease on ``network`` (or return the one it has)."""
 
     def build() -> tuple[list[Compare], list[Put | Delete], Lease]:
-        lease, compares, puts = plan_lease(store, network, host)
+        lease, compares, puts = plan_lease(store, network, host, timers=timers, now=now)
         return compares, list(puts), lease
 
     return commit_with_retry(store, build)
@@ -353,14 +580,14 @@ def ensure_lease(store: Store, network: Network, host: str) -> Lease:
 
 def allocate_address(
     store: Store, network: Network, lease: Lease, container: str, interface: str,
-    fixed_ip: str = "",
+    fixed_ip: str = "", *, now: float | None = None,
 ) -> Allocation:
     """Give (network, container, interface) an address from ``lease`` (or return the one it has);
     with ``fixed_ip``, exactly that one."""
 
     def build() -> tuple[list[Compare], list[Put | Delete], Allocation]:
         allocation, compares, puts = plan_address(store, network, lease, container, interface,
-                                                  fixed_ip)
+                                                  fixed_ip, now=now)
         return compares, list(puts), allocation
 
     return commit_with_retry(store, build)
@@ -371,20 +598,30 @@ def _name(network: Network | str) -> str:
 
 
 def release_ops(
-    store: Store, network: Network | str, container: str, interface: str
-) -> list[Delete]:
-    """The deletes that free the address of (network, container, interface); [] if it has none."""
+    store: Store, network: Network | str, container: str, interface: str, *,
+    timers: Timers = DEFAULT_TIMERS, now: float | None = None, host: str = "",
+) -> list[Put | Delete]:
+    """The ops that free the address of (network, container, interface) and quarantine it;
+    [] if it has none. ``host`` (the container's) goes into the history."""
     name = _name(network)
     owner = owner_key(name, container, interface)
     current = store.get(owner)
     if current is None:
         return []
     allocation = from_json(Allocation, current.value)
-    return [Delete(addr_key(name, allocation.address)), Delete(owner)]
+    at = now_seconds(now)
+    ops: list[Put | Delete] = [Delete(addr_key(name, allocation.address)), Delete(owner)]
+    if timers.address_quarantine > 0:
+        entry = Quarantined(name, allocation.address, at + timers.address_quarantine, container)
+        ops.append(Put(quarantine_key(name, allocation.address), to_json(entry)))
+    ops.append(history_put(IpamEvent(at, "free", name, host, address=allocation.address,
+                                     container=container)))
+    return ops
 
 
 def release_address(
-    store: Store, network: Network | str, container: str, interface: str
+    store: Store, network: Network | str, container: str, interface: str, *,
+    timers: Timers = DEFAULT_TIMERS, now: float | None = None,
 ) -> Allocation | None:
     """Free the address of (network, container, interface); return what was freed, if anything."""
     owner = owner_key(_name(network), container, interface)
@@ -393,7 +630,7 @@ def release_address(
         current = store.get(owner)
         if current is None:
             return [Compare(owner, 0)], [], None
-        deletes = release_ops(store, network, container, interface)
+        deletes = release_ops(store, network, container, interface, timers=timers, now=now)
         allocation = from_json(Allocation, current.value)
         return [Compare(owner, current.mod_revision)], list(deletes), allocation
 
@@ -406,15 +643,25 @@ def get_lease(store: Store, network: Network | str, host: str) -> Lease | None:
     return from_json(Lease, kv.value) if kv else None
 
 
-def lease_release_ops(lease: Lease) -> list[Delete]:
-    """The deletes that free ``lease`` (the lease and its subnet guard).
+def lease_release_ops(lease: Lease, *, kind: str = "release", quarantine: int = 0,
+                      now: float | None = None) -> list[Put | Delete]:
+    """The ops that free ``lease`` (the lease and its subnet guard) and record it in the history
+    as ``kind``. With ``quarantine`` seconds, the subnet is quarantined for its host and
+    remembered as the host's previous subnet (a host that comes back gets it again).
 
     The caller makes sure no address of the lease is still allocated.
     """
-    return [
+    at = now_seconds(now)
+    ops: list[Put | Delete] = [
         Delete(lease_key(lease.network, lease.host)),
         Delete(subnet_key(lease.network, lease.subnet)),
     ]
+    if quarantine > 0:
+        entry = Quarantined(lease.network, lease.subnet, at + quarantine, lease.host)
+        ops += [Put(quarantine_key(lease.network, lease.subnet), to_json(entry)),
+                Put(previous_key(lease.network, lease.host), lease.subnet.encode())]
+    ops.append(history_put(IpamEvent(at, kind, lease.network, lease.host, lease.subnet)))
+    return ops
 
 
 def list_leases(

@@ -3,7 +3,8 @@
 It listens on a unix socket by default (``/run/sdnctl/controller.sock``, mode 0600: only root
 talks to it), serves gRPC health checking and server reflection, and keeps its state in one
 SQLite file. At start it makes sure the default bridge network exists (Docker's ``bip``):
-containers created without a network join it.
+containers created without a network join it. A sweeper thread frees expired idle leases, ends
+quarantines and trims the IPAM history every ``sweep_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 import os
 import signal
 import threading
+import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -22,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sdnctl import paths
+from sdnctl.controller import ipam
 from sdnctl.controller.servicers import (
     Connections,
     ControllerServicer,
@@ -53,21 +57,46 @@ class RunningServer:
     address: str  # what clients dial: unix:/path or host:port
     stopping: threading.Event
 
+    sweeper: threading.Thread | None = None
+
     def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()
         self.server.stop(grace).wait()
+        if self.sweeper is not None:
+            self.sweeper.join()
+
+
+def sweep_forever(state: State, interval: float, stopping: threading.Event) -> None:
+    """Run :meth:`State.sweep` every ``interval`` seconds until ``stopping``; a failed sweep
+    (e.g. a busy store) is logged and tried again next time."""
+    while not stopping.wait(interval):
+        try:
+            state.sweep()
+        except Exception:
+            log.exception("IPAM sweep failed")
 
 
 def create_server(address: str, store: Store, max_workers: int = 32,
                   progress_interval: float = 10.0,
-                  default_bridge: str | None = None) -> RunningServer:
+                  default_bridge: str | None = None,
+                  lease_ttl: int = ipam.DEFAULT_TIMERS.lease_ttl,
+                  subnet_quarantine: int = ipam.DEFAULT_TIMERS.subnet_quarantine,
+                  address_quarantine: int = ipam.DEFAULT_TIMERS.address_quarantine,
+                  sweep_interval: float = 10.0,
+                  clock: Callable[[], float] = time.time) -> RunningServer:
     """Build and start a server on ``address``: ``unix:/path`` or ``host:port`` (port 0 picks).
 
     ``default_bridge``: the subnet of the default bridge network, made before serving (None: no
-    default bridge; containers must name their network).
+    default bridge; containers must name their network). ``lease_ttl``: seconds a host's lease
+    lives without renewal; ``subnet_quarantine``/``address_quarantine``: seconds a freed subnet
+    or address waits before someone else may take it; ``sweep_interval``: how often expired
+    leases are freed (0: never, for tests that call ``State.sweep`` themselves). ``clock``:
+    unix seconds (tests pass a fake one).
     """
     stopping = threading.Event()
-    state = State(store)
+    timers = ipam.Timers(lease_ttl=lease_ttl, subnet_quarantine=subnet_quarantine,
+                         address_quarantine=address_quarantine)
+    state = State(store, timers, clock)
     if default_bridge:
         state.ensure_default_bridge(default_bridge)
     connections = Connections()
@@ -98,13 +127,25 @@ def create_server(address: str, store: Store, max_workers: int = 32,
     server.start()
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, dial, stopping)
+    running = RunningServer(server, dial, stopping)
+    if sweep_interval > 0:
+        running.sweeper = threading.Thread(target=sweep_forever, name="ipam-sweeper",
+                                           args=(state, sweep_interval, stopping), daemon=True)
+        running.sweeper.start()
+    return running
 
 
 def open_store(kind: str, db_path: str) -> Store:
     if kind == "memory":
         return MemoryStore()
     return SqliteStore(db_path)
+
+
+def _seconds(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default-bridge", default=DEFAULT_BRIDGE_SUBNET, metavar="CIDR",
                         help="subnet of the default bridge network, Docker's bip "
                         "(default: %(default)s; '' for none)")
+    parser.add_argument("--lease-ttl", type=_seconds, default=ipam.DEFAULT_TIMERS.lease_ttl,
+                        metavar="SECONDS", help="how long a host's subnet lease lives without "
+                        "its agent renewing it (default: %(default)s)")
+    parser.add_argument("--quarantine", type=_seconds,
+                        default=ipam.DEFAULT_TIMERS.subnet_quarantine, metavar="SECONDS",
+                        help="how long a freed subnet waits before another host may lease it "
+                        "(default: %(default)s)")
+    parser.add_argument("--address-quarantine", type=_seconds,
+                        default=ipam.DEFAULT_TIMERS.address_quarantine, metavar="SECONDS",
+                        help="how long a freed container address waits before reuse "
+                        "(default: %(default)s)")
+    parser.add_argument("--sweep-interval", type=float, default=10.0, metavar="SECONDS",
+                        help="how often expired leases are freed (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -125,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
 
     store = open_store(args.store, args.db)
     try:
-        running = create_server(args.listen, store, default_bridge=args.default_bridge or None)
+        running = create_server(args.listen, store, default_bridge=args.default_bridge or None,
+                                lease_ttl=args.lease_ttl, subnet_quarantine=args.quarantine,
+                                address_quarantine=args.address_quarantine,
+                                sweep_interval=args.sweep_interval)
     except Invalid as e:
         parser.error(f"--default-bridge: {e.message}")
     if args.pidfile:

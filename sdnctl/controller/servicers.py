@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from sdnctl import convert
+from sdnctl.controller import ipam_report
 from sdnctl.controller.errors import (
     AlreadyExists,
     Conflict,
@@ -175,6 +176,20 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         view = self.state.update_container(convert.container_from_pb(request.container))
         return container_pb(view)
 
+    def GetIpam(self, request: pb.GetIpamRequest, context: Any) -> pb.IpamReport:
+        view = ipam_report.report(self.state.store, request.network)
+        return pb.IpamReport(
+            leases=[convert.lease_to_pb(lease) for lease in view.leases],
+            allocations=[convert.allocation_to_pb(a, host) for a, host in view.allocations],
+            quarantined=[convert.quarantine_to_pb(q) for q in view.quarantined],
+            history=[convert.ipam_event_to_pb(e) for e in view.history])
+
+    def CheckIpam(self, request: pb.GetIpamRequest, context: Any) -> pb.IpamCheckReport:
+        problems = ipam_report.check(self.state.store, request.network)
+        return pb.IpamCheckReport(problems=[
+            pb.IpamProblem(kind=p.kind, network=p.network, subject=p.subject, detail=p.detail)
+            for p in problems])
+
 
 class HostSyncServicer(pb_grpc.HostSyncServicer):
     def __init__(self, state: State, connections: Connections, stopping: threading.Event,
@@ -186,7 +201,8 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
 
     def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
         host = Host(name=request.host, underlay_ip=request.underlay_ip,
-                    agent_pid=request.agent_pid, netns=request.netns)
+                    agent_pid=request.agent_pid, netns=request.netns,
+                    vtep_mac=request.vtep_mac, underlay_mtu=request.underlay_mtu)
         view = self.state.register_host(host)
         log.info("agent of host %s registered (pid %d)", request.host, request.agent_pid)
         return pb.RegisterResponse(host=host_pb(view, self.connections))

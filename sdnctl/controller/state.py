@@ -11,26 +11,43 @@ A joined container (``container:<donor>``) needs its donor on the same host, one
 agent can find the namespace to share. An update that changes the mode or the bridge network
 releases the old address and allocates the new one in the same transaction as the new record.
 
+Overlay networks get a VNI (given, or the lowest free one from 4096 up) guarded by
+``/vni/<n>``, written in the same transaction as the network, so two networks never share one.
+Leases are renewed when their host's agent registers and, at most once a ``renew_interval``,
+when it reports; :meth:`State.sweep` (the server runs it periodically) frees expired leases that
+hold no address, ends quarantines and trims the IPAM history.
+
 Key layout (values are ``sdnctl.model.to_json`` of model objects):
     /hosts/<name>                         Host
     /networks/<name>                      Network
+    /vni/<n>                              the overlay network holding VNI n (uniqueness guard)
     /containers/<name>                    Container
     /status/containers/<name>             ContainerStatus (written by agents' reports)
-    /leases/..., /ipam/...                owned by sdnctl.controller.ipam
+    /leases/..., /ipam/..., /history/ipam/...   owned by sdnctl.controller.ipam
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from netaddr import IPAddress, IPNetwork
+
 from sdnctl.controller import ipam
-from sdnctl.controller.errors import AlreadyExists, FailedPrecondition, Invalid, NotFound
+from sdnctl.controller.errors import (
+    AlreadyExists,
+    Exhausted,
+    FailedPrecondition,
+    Invalid,
+    NotFound,
+)
 from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
 from sdnctl.model import (
     DEFAULT_HOST_PREFIX,
+    DEFAULT_VXLAN_PORT,
     Allocation,
     Container,
     ContainerStatus,
@@ -51,6 +68,11 @@ CONTAINERS = "/containers/"
 STATUS = "/status/"  # what agents report; never part of a host's desired state
 CONTAINER_STATUS = STATUS + "containers/"
 HOST_STATUS = STATUS + "hosts/"
+VNIS = "/vni/"
+#: Allocated VNIs start here (lower ones are left to topologies that pick their own).
+VNI_FIRST_AUTO = 4096
+VNI_MAX = 16777215
+OVERLAY = "overlay"
 #: The name of the controller's default bridge network (Docker's ``bridge``, set with ``bip``).
 DEFAULT_BRIDGE = "bridge"
 
@@ -75,6 +97,10 @@ def status_key(name: str) -> str:
     return CONTAINER_STATUS + name
 
 
+def vni_key(vni: int) -> str:
+    return f"{VNIS}{vni}"
+
+
 @dataclass(frozen=True)
 class ContainerView:
     """A container as the API shows it: its spec, its address and its last reported status."""
@@ -95,17 +121,61 @@ class HostView:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """Another host holding a lease of an overlay network: what a VXLAN peer needs."""
+
+    host: str
+    subnet: str
+    underlay_ip: str
+    vtep_mac: str
+    vtep_ip: str  # the network address of its lease, held by its VXLAN device
+
+
+@dataclass(frozen=True)
+class HostNetwork:
+    """A network as one host realises it: the network, the host's lease and (overlay) peers."""
+
+    network: Network
+    lease: Lease
+    peers: tuple[Peer, ...] = ()
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything one host must run, read at one store revision."""
 
     revision: int
-    networks: dict[str, tuple[Network, Lease]]
+    networks: dict[str, HostNetwork]
     containers: dict[str, ContainerView]
 
 
+def overlay_peers(network: Network, host: str, leases: Iterable[Lease],
+                  hosts: dict[str, Host]) -> tuple[Peer, ...]:
+    """The VXLAN peers of ``host`` on ``network``: every other host holding a lease of it whose
+    agent has registered an underlay address and a VTEP MAC (without them there is nothing to
+    program; their registration then reaches every member). Empty for other drivers."""
+    if network.driver != OVERLAY:
+        return ()
+    peers = []
+    for lease in leases:
+        other = hosts.get(lease.host)
+        if (lease.network != network.name or lease.host == host or other is None
+                or not other.underlay_ip or not other.vtep_mac):
+            continue
+        peers.append(Peer(lease.host, lease.subnet, other.underlay_ip, other.vtep_mac,
+                          str(IPNetwork(lease.subnet).network)))
+    return tuple(sorted(peers, key=lambda p: p.host))
+
+
 class State:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, timers: ipam.Timers = ipam.DEFAULT_TIMERS,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.timers = timers
+        self.clock = clock
+
+    def now(self) -> int:
+        return int(self.clock())
 
     # -- hosts ------------------------------------------------------------------------------
 
@@ -123,21 +193,37 @@ class State:
         A different agent (another PID) clears the host's status: until the new agent reports,
         nobody may take the old agent's word for what the host runs.
         """
+        host = dataclasses.replace(host, vtep_mac=host.vtep_mac.lower())
         validate_host(host)
 
         def build() -> tuple[list[Compare], list[Put | Delete], None]:
             kv = self.store.get(host_key(host.name))
+            compares, ops = self._renew_ops(host.name, always=True)
             merged = host
             if kv is not None:
                 merged = dataclasses.replace(host, lab=from_json(Host, kv.value).lab or host.lab)
                 if kv.value == to_json(merged):
-                    return [Compare(kv.key, kv.mod_revision)], [], None
-            return ([Compare(host_key(host.name), kv.mod_revision if kv else 0)],
+                    return [Compare(kv.key, kv.mod_revision), *compares], ops, None
+            return ([Compare(host_key(host.name), kv.mod_revision if kv else 0), *compares],
                     [Put(host_key(host.name), to_json(merged)),
-                     Delete(HOST_STATUS + host.name)], None)
+                     Delete(HOST_STATUS + host.name), *ops], None)
 
         ipam.commit_with_retry(self.store, build)
         return self.get_host(host.name)
+
+    def _renew_ops(self, host: str, always: bool) -> tuple[list[Compare], Ops]:
+        """Renew ``host``'s leases: all of them (``always``), else those renewed longer than
+        ``renew_interval`` ago, so that frequent reports do not write."""
+        now = self.now()
+        compares: list[Compare] = []
+        ops: Ops = []
+        for lease in ipam.list_leases(self.store, host=host):
+            if not always and now - lease.renewed_at < self.timers.renew_interval():
+                continue
+            cmp, puts = ipam.renew_lease_ops(self.store, lease, timers=self.timers, now=now)
+            compares += cmp
+            ops += puts
+        return compares, ops
 
     def get_host(self, name: str) -> HostView:
         check_name(name, "name")
@@ -171,7 +257,8 @@ class State:
                     f"host {name!r} still runs containers: {', '.join(sorted(users))}")
             ops: list[Put | Delete] = [Delete(kv.key), Delete(HOST_STATUS + name)]
             for lease in ipam.list_leases(self.store, host=name):
-                ops += ipam.lease_release_ops(lease)
+                ops += ipam.lease_release_ops(lease, quarantine=self.timers.subnet_quarantine,
+                                              now=self.now())
             return [Compare(kv.key, kv.mod_revision)], ops, None
 
         ipam.commit_with_retry(self.store, build)
@@ -179,13 +266,40 @@ class State:
     # -- networks ---------------------------------------------------------------------------
 
     def create_network(self, network: Network) -> tuple[Network, int]:
+        """Record a network; an overlay one with its VNI (given or allocated) in the same
+        transaction as the VNI's guard."""
         network = dataclasses.replace(network, builtin=False)  # only the controller makes one
         validate_network(network)
-        revision = self.store.txn([Compare(network_key(network.name), 0)],
-                                  [Put(network_key(network.name), to_json(network))])
-        if revision is None:
-            raise AlreadyExists("network", network.name)
-        return network, revision
+        network = _with_overlay_defaults(network)
+        key = network_key(network.name)
+
+        def build() -> tuple[list[Compare], Ops, Network]:
+            if self.store.get(key) is not None:
+                raise AlreadyExists("network", network.name)
+            made = network
+            compares = [Compare(key, 0)]
+            ops: Ops = []
+            if made.driver == OVERLAY:
+                made = dataclasses.replace(made, vni=made.vni or self._free_vni())
+                guard = self.store.get(vni_key(made.vni))
+                # A VNI we picked and someone took since we listed: the compare fails, we retry.
+                if guard is not None and network.vni:
+                    raise AlreadyExists("network.vni", str(made.vni),
+                                        f"VNI {made.vni} is taken by network "
+                                        f"{guard.value.decode()!r}")
+                compares.append(Compare(vni_key(made.vni), 0))
+                ops.append(Put(vni_key(made.vni), made.name.encode()))
+            return compares, [Put(key, to_json(made)), *ops], made
+
+        return ipam.commit_with_revision(self.store, build)
+
+    def _free_vni(self) -> int:
+        kvs, _ = self.store.range(VNIS)
+        used = {int(kv.key[len(VNIS):]) for kv in kvs if kv.key[len(VNIS):].isdigit()}
+        for vni in range(VNI_FIRST_AUTO, VNI_MAX + 1):
+            if vni not in used:
+                return vni
+        raise Exhausted(f"no free VNI left in {VNI_FIRST_AUTO}..{VNI_MAX}")
 
     def ensure_default_bridge(self, subnet: str) -> Network:
         """Make sure the default bridge network exists on ``subnet`` (idempotent).
@@ -215,8 +329,7 @@ class State:
                     log.warning("the default bridge network stays on %s, not %s: containers "
                                 "use it (%s)", stored.subnet, subnet, ", ".join(users))
                     return compares, [], stored
-                for lease in ipam.list_leases(self.store, network=DEFAULT_BRIDGE):
-                    ops += ipam.lease_release_ops(lease)
+                ops += self._forget_network_ops(stored)
             return compares, ops, network
 
         return ipam.commit_with_retry(self.store, build)
@@ -242,6 +355,9 @@ class State:
                 raise NotFound("network", network.name)
             stored = from_json(Network, kv.value)
             wanted = dataclasses.replace(network, builtin=stored.builtin)  # output only
+            if wanted.driver == OVERLAY:  # 0: as allocated
+                wanted = _with_overlay_defaults(
+                    dataclasses.replace(wanted, vni=wanted.vni or stored.vni))
             changed = _immutable_change(stored, wanted)
             if changed is not None:
                 raise Invalid(
@@ -286,11 +402,25 @@ class State:
                     allow = tuple(n for n in other.allow if n != name)
                     compares.append(Compare(other_kv.key, other_kv.mod_revision))
                     ops.append(Put(other_kv.key, to_json(dataclasses.replace(other, allow=allow))))
-            for lease in ipam.list_leases(self.store, network=name):
-                ops += ipam.lease_release_ops(lease)
+            ops += self._forget_network_ops(from_json(Network, kv.value))
             return compares, ops, None
 
         ipam.commit_with_retry(self.store, build)
+
+    def _forget_network_ops(self, network: Network) -> Ops:
+        """Delete every lease and IPAM key of ``network`` (guards, quarantine, previous subnets)
+        and its VNI guard: a later network of the same name starts afresh."""
+        ops: Ops = []
+        for lease in ipam.list_leases(self.store, network=network.name):
+            ops += ipam.lease_release_ops(lease, now=self.now())
+        touched = {op.key for op in ops}
+        kvs, _ = self.store.range(ipam.network_prefix(network.name))
+        ops += [Delete(kv.key) for kv in kvs if kv.key not in touched]
+        if network.vni:
+            guard = self.store.get(vni_key(network.vni))
+            if guard is not None and guard.value.decode() == network.name:
+                ops.append(Delete(guard.key))
+        return ops
 
     # -- containers -------------------------------------------------------------------------
 
@@ -383,7 +513,8 @@ class State:
             ops: Ops = [Delete(kv.key), Delete(status_key(name))]
             if container.bridge_network is not None:
                 ops += ipam.release_ops(self.store, container.bridge_network, name,
-                                        container.interface)
+                                        container.interface, timers=self.timers,
+                                        now=self.now(), host=container.host)
             return [Compare(kv.key, kv.mod_revision)], ops, None
 
         return ipam.commit_with_revision(self.store, build)[1]
@@ -396,6 +527,9 @@ class State:
         mine = {c.name for c in self._containers() if c.host == host}
         statuses = [s for s in statuses if s.name in mine]  # deleted meanwhile, or not ours
         host_status = HostStatus(observed_revision, tuple(sorted(s.name for s in statuses)))
+        renew_cmp, renew_ops = self._renew_ops(host, always=False)
+        if renew_ops:  # a lost race only delays the renewal to the next report
+            self.store.txn(renew_cmp, renew_ops)
         if host_status != self._host_status(host):
             self.store.txn([Compare(host_kv.key, host_kv.mod_revision)],
                            [Put(HOST_STATUS + host, to_json(host_status))])
@@ -414,13 +548,16 @@ class State:
     def snapshot(self, host: str) -> Snapshot:
         kvs, revision = self.store.range("/")
         by_key = {kv.key: kv for kv in kvs}
-        networks: dict[str, tuple[Network, Lease]] = {}
-        for kv in kvs:
-            if kv.key.startswith(ipam.LEASES) and kv.key.endswith("/" + host):
-                lease = from_json(Lease, kv.value)
-                net_kv = by_key.get(network_key(lease.network))
-                if net_kv is not None and lease.host == host:
-                    networks[lease.network] = (from_json(Network, net_kv.value), lease)
+        leases = [from_json(Lease, kv.value) for kv in kvs if kv.key.startswith(ipam.LEASES)]
+        hosts = {kv.key[len(HOSTS):]: from_json(Host, kv.value)
+                 for kv in kvs if kv.key.startswith(HOSTS)}
+        networks: dict[str, HostNetwork] = {}
+        for lease in leases:
+            net_kv = by_key.get(network_key(lease.network))
+            if net_kv is not None and lease.host == host:
+                network = from_json(Network, net_kv.value)
+                networks[lease.network] = HostNetwork(
+                    network, lease, overlay_peers(network, host, leases, hosts))
         containers = {}
         for kv in kvs:
             if kv.key.startswith(CONTAINERS):
@@ -429,12 +566,62 @@ class State:
                     containers[view.container.name] = view
         return Snapshot(revision, networks, containers)
 
-    def host_network(self, network: str, host: str) -> tuple[Network, Lease] | None:
+    def host_network(self, network: str, host: str) -> HostNetwork | None:
         net_kv = self.store.get(network_key(network))
         lease = ipam.get_lease(self.store, network, host)
         if net_kv is None or lease is None:
             return None
-        return from_json(Network, net_kv.value), lease
+        spec = from_json(Network, net_kv.value)
+        if spec.driver != OVERLAY:
+            return HostNetwork(spec, lease)
+        leases = ipam.list_leases(self.store, network=network)
+        hosts = {}
+        for other in leases:
+            kv = self.store.get(host_key(other.host))
+            if kv is not None:
+                hosts[other.host] = from_json(Host, kv.value)
+        return HostNetwork(spec, lease, overlay_peers(spec, host, leases, hosts))
+
+    # -- leases: expiry and quarantine ----------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Free expired leases that hold no address (their subnet quarantined for the host),
+        end expired quarantines and trim the IPAM history. Returns how many things it freed.
+
+        Each lease is freed in its own transaction, guarded by the lease and by the absence of
+        any address in it, so a container created meanwhile keeps its host's lease."""
+        now = self.now()
+        freed = 0
+        for lease in ipam.list_leases(self.store):
+            if lease.expires_at and lease.expires_at <= now and self._expire(lease, now):
+                freed += 1
+        for kv, entry in ipam.list_quarantine(self.store):
+            if entry.until <= now:
+                event = ipam.IpamEvent(now, "quarantine-end", entry.network,
+                                       subnet=entry.subject if "/" in entry.subject else "",
+                                       address="" if "/" in entry.subject else entry.subject)
+                if self.store.txn([Compare(kv.key, kv.mod_revision)],
+                                  [Delete(kv.key), ipam.history_put(event)]) is not None:
+                    freed += 1
+        trim = ipam.history_trim_ops(self.store)
+        if trim:
+            self.store.txn([], trim)
+        return freed
+
+    def _expire(self, lease: Lease, now: int) -> bool:
+        key = ipam.lease_key(lease.network, lease.host)
+        kv = self.store.get(key)
+        if kv is None or from_json(Lease, kv.value) != lease:
+            return False  # renewed or released since we listed
+        # Every allocation in a lease rewrites the lease (ipam.plan_address), so the compare
+        # on it fails if an address was taken after we read the addresses below.
+        addresses, _ = self.store.range(f"/ipam/{lease.network}/addr/")
+        subnet = IPNetwork(lease.subnet)
+        if any(IPAddress(a.key.rsplit("/", 1)[1]) in subnet for a in addresses):
+            return False  # in use: expiry frees idle leases only
+        ops = ipam.lease_release_ops(lease, kind="expire",
+                                     quarantine=self.timers.subnet_quarantine, now=now)
+        return self.store.txn([Compare(key, kv.mod_revision)], ops) is not None
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -479,21 +666,24 @@ class State:
         and address, for a joined one a donor that stays as read. ``releasing`` (an address the
         container held) is freed in the same transaction."""
         compares: list[Compare] = []
-        release: list[Delete] = []
+        release: Ops = []
+        now = self.now()
         if releasing is not None:
             owner = ipam.owner_key(releasing.network, releasing.container, releasing.interface)
             owner_kv = self._require(owner, "allocation", owner)
             compares.append(Compare(owner, owner_kv.mod_revision))
             release = ipam.release_ops(self.store, releasing.network, releasing.container,
-                                       releasing.interface)
+                                       releasing.interface, timers=self.timers, now=now,
+                                       host=container.host)
         if container.bridge_network is not None:
             name = container.bridge_network
             net_kv = self._require(network_key(name), "container.network", name)
             network = from_json(Network, net_kv.value)
-            lease, lease_cmp, lease_ops = ipam.plan_lease(self.store, network, container.host)
+            lease, lease_cmp, lease_ops = ipam.plan_lease(self.store, network, container.host,
+                                                          timers=self.timers, now=now)
             _, addr_cmp, addr_ops = ipam.plan_address(
                 self.store, network, lease, container.name, container.interface,
-                container.fixed_ip, releasing=releasing, field="container.fixed_ip")
+                container.fixed_ip, releasing=releasing, field="container.fixed_ip", now=now)
             compares += [Compare(net_kv.key, net_kv.mod_revision), *lease_cmp, *addr_cmp]
             return compares, [*lease_ops, *ipam.merge_ops(release, addr_ops)]
         if container.donor is not None:
@@ -532,6 +722,13 @@ class State:
                     else ContainerStatus(container.name)),
             revision=kv.mod_revision,
         )
+
+
+def _with_overlay_defaults(network: Network) -> Network:
+    """An overlay network's UDP port 0 means the IANA VXLAN port."""
+    if network.driver == OVERLAY and not network.vxlan_port:
+        return dataclasses.replace(network, vxlan_port=DEFAULT_VXLAN_PORT)
+    return network
 
 
 def _immutable_change(stored: Network, wanted: Network) -> str | None:

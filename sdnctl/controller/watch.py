@@ -15,6 +15,15 @@ either lists the other), and a pair matters to a host only when it has both netw
 specs it then has. A container changed by UpdateContainer arrives as a put with its new spec
 and address (none in modes other than bridge); a joined container's donor is always one of the
 same host's containers.
+
+Overlay peers. The HostNetwork of an overlay network carries its peers: every other host that
+holds a lease of it (and has registered an underlay address and a VTEP MAC). So a peer set
+changes when a lease of the network appears, disappears or moves to another subnet, and when a
+member host's underlay address or VTEP MAC changes (re-registration). Each such change puts the
+network, with its new peer list, to every OTHER host holding a lease of it; the owner of a changed
+lease gets its own put (or delete) as before. A renewal (only the lease's times change) and an
+allocation (which rewrites its lease unchanged) concern no peer. A host without a lease of the
+network (no container on it) hears nothing of it.
 """
 
 from __future__ import annotations
@@ -27,14 +36,17 @@ from sdnctl.controller import ipam
 from sdnctl.controller.errors import NotFound
 from sdnctl.controller.state import (
     CONTAINERS,
+    HOSTS,
     NETWORKS,
+    OVERLAY,
     STATUS,
     ContainerView,
+    HostNetwork,
     Snapshot,
     State,
 )
 from sdnctl.controller.store.base import Change, Compacted
-from sdnctl.model import Container, Lease, Network, from_json
+from sdnctl.model import Container, Host, Lease, from_json
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 
@@ -50,16 +62,18 @@ def container_pb(view: ContainerView) -> pb.Container:
     return msg
 
 
-def host_network_pb(network: Network, lease: Lease) -> pb.HostNetwork:
-    return pb.HostNetwork(network=convert.network_to_pb(network),
-                          lease=convert.lease_to_pb(lease))
+def host_network_pb(view: HostNetwork) -> pb.HostNetwork:
+    return pb.HostNetwork(
+        network=convert.network_to_pb(view.network), lease=convert.lease_to_pb(view.lease),
+        peers=[pb.Peer(host=p.host, subnet=p.subnet, underlay_ip=p.underlay_ip,
+                       vtep_mac=p.vtep_mac, vtep_ip=p.vtep_ip) for p in view.peers])
 
 
 def snapshot_event(snap: Snapshot) -> pb.WatchEvent:
     return pb.WatchEvent(
         revision=snap.revision,
         snapshot=True,
-        networks=[host_network_pb(n, lease) for n, lease in snap.networks.values()],
+        networks=[host_network_pb(view) for view in snap.networks.values()],
         containers=[container_pb(v) for v in snap.containers.values()],
     )
 
@@ -70,6 +84,7 @@ def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchE
     gone_containers: set[str] = set()
     put_networks: set[str] = set()
     gone_networks: set[str] = set()
+    peer_networks: set[str] = set()  # overlay networks whose peer set may have changed
     for change in changes:
         key = change.key
         if key.startswith(CONTAINERS):
@@ -82,9 +97,14 @@ def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchE
             elif old is not None and old.host == host:
                 gone_containers.add(name)
                 put_containers.discard(name)
-        elif key.startswith(ipam.LEASES) and key.endswith("/" + host):
+        elif key.startswith(ipam.LEASES):
+            if change.value == change.prev_value:
+                continue  # rewritten unchanged by an allocation
             lease = from_json(Lease, change.value or change.prev_value or b"{}")
-            if change.value is not None:
+            if lease.host != host:
+                if _peer_moved(change):
+                    peer_networks.add(lease.network)
+            elif change.value is not None:
                 put_networks.add(lease.network)
                 gone_networks.discard(lease.network)
             else:
@@ -94,19 +114,42 @@ def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchE
             name = key[len(NETWORKS):]
             if ipam.get_lease(state.store, name, host) is not None:
                 put_networks.add(name)
+        elif key.startswith(HOSTS) and key[len(HOSTS):] != host and _vtep_moved(change):
+            peer_networks.update(lease.network for lease in
+                                 ipam.list_leases(state.store, host=key[len(HOSTS):]))
 
     event = pb.WatchEvent(deleted_networks=sorted(gone_networks),
                           deleted_containers=sorted(gone_containers))
-    for name in sorted(put_networks):
-        pair = state.host_network(name, host)
-        if pair is not None:  # else a later change deletes it
-            event.networks.append(host_network_pb(*pair))
+    for name in sorted(put_networks | (peer_networks - gone_networks)):
+        view = state.host_network(name, host)
+        if view is None:
+            continue  # no lease here (nothing to say) or deleted since: a later change says so
+        if name in put_networks or view.network.driver == OVERLAY:
+            event.networks.append(host_network_pb(view))
     for name in sorted(put_containers):
         try:
             event.containers.append(container_pb(state.get_container(name)))
         except NotFound:
             pass  # deleted since: a later change says so
     return event
+
+
+def _peer_moved(change: Change) -> bool:
+    """A lease change that changes its host's place among the peers (not a renewal)."""
+    if change.value is None or change.prev_value is None:
+        return True
+    return from_json(Lease, change.value).subnet != from_json(Lease, change.prev_value).subnet
+
+
+def _vtep_moved(change: Change) -> bool:
+    """A host record change that moves its VXLAN endpoint: underlay address or VTEP MAC."""
+    def endpoint(value: bytes | None) -> tuple[str, str] | None:
+        if value is None:
+            return None
+        h = from_json(Host, value)
+        return h.underlay_ip, h.vtep_mac
+
+    return endpoint(change.value) != endpoint(change.prev_value)
 
 
 def host_events(state: State, host: str, since_revision: int, alive: Callable[[], bool],

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Host(_message.Message):
-    __slots__ = ("name", "underlay_ip", "lab", "agent_pid", "netns", "leases", "revision", "agent_connected", "observed_revision", "agent_synced", "reported_containers")
+    __slots__ = ("name", "underlay_ip", "lab", "agent_pid", "netns", "leases", "revision", "agent_connected", "observed_revision", "agent_synced", "reported_containers", "vtep_mac", "underlay_mtu")
     NAME_FIELD_NUMBER: _ClassVar[int]
     UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
     LAB_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,8 @@ class Host(_message.Message):
     OBSERVED_REVISION_FIELD_NUMBER: _ClassVar[int]
     AGENT_SYNCED_FIELD_NUMBER: _ClassVar[int]
     REPORTED_CONTAINERS_FIELD_NUMBER: _ClassVar[int]
+    VTEP_MAC_FIELD_NUMBER: _ClassVar[int]
+    UNDERLAY_MTU_FIELD_NUMBER: _ClassVar[int]
     name: str
     underlay_ip: str
     lab: bool
@@ -30,10 +32,12 @@ class Host(_message.Message):
     observed_revision: int
     agent_synced: bool
     reported_containers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., lab: _Optional[bool] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., revision: _Optional[int] = ..., agent_connected: _Optional[bool] = ..., observed_revision: _Optional[int] = ..., agent_synced: _Optional[bool] = ..., reported_containers: _Optional[_Iterable[str]] = ...) -> None: ...
+    vtep_mac: str
+    underlay_mtu: int
+    def __init__(self, name: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., lab: _Optional[bool] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., revision: _Optional[int] = ..., agent_connected: _Optional[bool] = ..., observed_revision: _Optional[int] = ..., agent_synced: _Optional[bool] = ..., reported_containers: _Optional[_Iterable[str]] = ..., vtep_mac: _Optional[str] = ..., underlay_mtu: _Optional[int] = ...) -> None: ...
 
 class Network(_message.Message):
-    __slots__ = ("name", "driver", "subnet", "host_prefix", "mtu", "masquerade", "revision", "gateway", "ip_range", "internal", "allow", "builtin")
+    __slots__ = ("name", "driver", "subnet", "host_prefix", "mtu", "masquerade", "revision", "gateway", "ip_range", "internal", "allow", "builtin", "vni", "vxlan_port")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DRIVER_FIELD_NUMBER: _ClassVar[int]
     SUBNET_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +50,8 @@ class Network(_message.Message):
     INTERNAL_FIELD_NUMBER: _ClassVar[int]
     ALLOW_FIELD_NUMBER: _ClassVar[int]
     BUILTIN_FIELD_NUMBER: _ClassVar[int]
+    VNI_FIELD_NUMBER: _ClassVar[int]
+    VXLAN_PORT_FIELD_NUMBER: _ClassVar[int]
     name: str
     driver: str
     subnet: str
@@ -58,7 +64,9 @@ class Network(_message.Message):
     internal: bool
     allow: _containers.RepeatedScalarFieldContainer[str]
     builtin: bool
-    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., host_prefix: _Optional[int] = ..., mtu: _Optional[int] = ..., masquerade: _Optional[bool] = ..., revision: _Optional[int] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., allow: _Optional[_Iterable[str]] = ..., builtin: _Optional[bool] = ...) -> None: ...
+    vni: int
+    vxlan_port: int
+    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., host_prefix: _Optional[int] = ..., mtu: _Optional[int] = ..., masquerade: _Optional[bool] = ..., revision: _Optional[int] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., allow: _Optional[_Iterable[str]] = ..., builtin: _Optional[bool] = ..., vni: _Optional[int] = ..., vxlan_port: _Optional[int] = ...) -> None: ...
 
 class ContainerStatus(_message.Message):
     __slots__ = ("name", "state", "pid", "netns", "message")
@@ -107,16 +115,98 @@ class Container(_message.Message):
     def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., network: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., interface: _Optional[str] = ..., ip: _Optional[str] = ..., prefixlen: _Optional[int] = ..., gateway: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., revision: _Optional[int] = ..., fixed_ip: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., share: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("network", "host", "subnet", "gateway")
+    __slots__ = ("network", "host", "subnet", "gateway", "renewed_at", "expires_at")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     SUBNET_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    RENEWED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     network: str
     host: str
     subnet: str
     gateway: str
-    def __init__(self, network: _Optional[str] = ..., host: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ...) -> None: ...
+    renewed_at: int
+    expires_at: int
+    def __init__(self, network: _Optional[str] = ..., host: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., renewed_at: _Optional[int] = ..., expires_at: _Optional[int] = ...) -> None: ...
+
+class IpamEvent(_message.Message):
+    __slots__ = ("at", "kind", "network", "host", "subnet", "address", "container")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    at: int
+    kind: str
+    network: str
+    host: str
+    subnet: str
+    address: str
+    container: str
+    def __init__(self, at: _Optional[int] = ..., kind: _Optional[str] = ..., network: _Optional[str] = ..., host: _Optional[str] = ..., subnet: _Optional[str] = ..., address: _Optional[str] = ..., container: _Optional[str] = ...) -> None: ...
+
+class Allocation(_message.Message):
+    __slots__ = ("network", "container", "interface", "address", "host")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    container: str
+    interface: str
+    address: str
+    host: str
+    def __init__(self, network: _Optional[str] = ..., container: _Optional[str] = ..., interface: _Optional[str] = ..., address: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
+
+class Quarantine(_message.Message):
+    __slots__ = ("network", "subnet", "until")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    subnet: str
+    until: int
+    def __init__(self, network: _Optional[str] = ..., subnet: _Optional[str] = ..., until: _Optional[int] = ...) -> None: ...
+
+class GetIpamRequest(_message.Message):
+    __slots__ = ("network",)
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    def __init__(self, network: _Optional[str] = ...) -> None: ...
+
+class IpamReport(_message.Message):
+    __slots__ = ("leases", "allocations", "quarantined", "history")
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    leases: _containers.RepeatedCompositeFieldContainer[Lease]
+    allocations: _containers.RepeatedCompositeFieldContainer[Allocation]
+    quarantined: _containers.RepeatedCompositeFieldContainer[Quarantine]
+    history: _containers.RepeatedCompositeFieldContainer[IpamEvent]
+    def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., quarantined: _Optional[_Iterable[_Union[Quarantine, _Mapping]]] = ..., history: _Optional[_Iterable[_Union[IpamEvent, _Mapping]]] = ...) -> None: ...
+
+class IpamProblem(_message.Message):
+    __slots__ = ("kind", "network", "subject", "detail")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    network: str
+    subject: str
+    detail: str
+    def __init__(self, kind: _Optional[str] = ..., network: _Optional[str] = ..., subject: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class IpamCheckReport(_message.Message):
+    __slots__ = ("problems",)
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    problems: _containers.RepeatedCompositeFieldContainer[IpamProblem]
+    def __init__(self, problems: _Optional[_Iterable[_Union[IpamProblem, _Mapping]]] = ...) -> None: ...
 
 class CreateHostRequest(_message.Message):
     __slots__ = ("host",)
@@ -199,18 +289,22 @@ class ListContainersResponse(_message.Message):
     def __init__(self, containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("host", "underlay_ip", "agent_pid", "netns", "capabilities")
+    __slots__ = ("host", "underlay_ip", "agent_pid", "netns", "capabilities", "vtep_mac", "underlay_mtu")
     HOST_FIELD_NUMBER: _ClassVar[int]
     UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
     AGENT_PID_FIELD_NUMBER: _ClassVar[int]
     NETNS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    VTEP_MAC_FIELD_NUMBER: _ClassVar[int]
+    UNDERLAY_MTU_FIELD_NUMBER: _ClassVar[int]
     host: str
     underlay_ip: str
     agent_pid: int
     netns: str
     capabilities: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, host: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
+    vtep_mac: str
+    underlay_mtu: int
+    def __init__(self, host: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., vtep_mac: _Optional[str] = ..., underlay_mtu: _Optional[int] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("host",)
@@ -227,12 +321,28 @@ class WatchRequest(_message.Message):
     def __init__(self, host: _Optional[str] = ..., since_revision: _Optional[int] = ...) -> None: ...
 
 class HostNetwork(_message.Message):
-    __slots__ = ("network", "lease")
+    __slots__ = ("network", "lease", "peers")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
     network: Network
     lease: Lease
-    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
+    peers: _containers.RepeatedCompositeFieldContainer[Peer]
+    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+
+class Peer(_message.Message):
+    __slots__ = ("host", "subnet", "underlay_ip", "vtep_mac", "vtep_ip")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
+    VTEP_MAC_FIELD_NUMBER: _ClassVar[int]
+    VTEP_IP_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    subnet: str
+    underlay_ip: str
+    vtep_mac: str
+    vtep_ip: str
+    def __init__(self, host: _Optional[str] = ..., subnet: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., vtep_mac: _Optional[str] = ..., vtep_ip: _Optional[str] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
     __slots__ = ("revision", "snapshot", "networks", "containers", "deleted_networks", "deleted_containers")

@@ -107,6 +107,16 @@ class ControllerStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.UpdateContainerRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.Container.FromString,
                 _registered_method=True)
+        self.GetIpam = channel.unary_unary(
+                '/sdnctl.v1.Controller/GetIpam',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetIpamRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.IpamReport.FromString,
+                _registered_method=True)
+        self.CheckIpam = channel.unary_unary(
+                '/sdnctl.v1.Controller/CheckIpam',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetIpamRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.IpamCheckReport.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -202,6 +212,21 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetIpam(self, request, context):
+        """IPAM inspection: leases (with owner, renewal and expiry), allocations, quarantine, history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckIpam(self, request, context):
+        """Consistency: addresses without a container, containers without an address, leases without
+        a host... An empty report means IPAM is consistent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -274,6 +299,16 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.UpdateContainer,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.UpdateContainerRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.Container.SerializeToString,
+            ),
+            'GetIpam': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIpam,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetIpamRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.IpamReport.SerializeToString,
+            ),
+            'CheckIpam': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckIpam,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetIpamRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.IpamCheckReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -657,6 +692,60 @@ class Controller:
             '/sdnctl.v1.Controller/UpdateContainer',
             sdnctl_dot_v1_dot_sdnctl__pb2.UpdateContainerRequest.SerializeToString,
             sdnctl_dot_v1_dot_sdnctl__pb2.Container.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIpam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/GetIpam',
+            sdnctl_dot_v1_dot_sdnctl__pb2.GetIpamRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.IpamReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckIpam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/CheckIpam',
+            sdnctl_dot_v1_dot_sdnctl__pb2.GetIpamRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.IpamCheckReport.FromString,
             options,
             channel_credentials,
             insecure,

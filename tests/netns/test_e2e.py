@@ -35,7 +35,7 @@ pytestmark = pytest.mark.netns
 
 @pytest.fixture
 def cli(tmp_path: Path, run_prefix: str) -> Iterator[Cli]:
-    with lab_cli(tmp_path / run_prefix, run_prefix) as c:  # the prefix is in every cmdline
+    with lab_cli(run_prefix) as c:  # the prefix is in every cmdline
         yield c
 
 
@@ -123,11 +123,13 @@ def same_segment(topo: topology.Topology, a: Container, b: Container) -> bool:
     a, b = resolve(topo, a), resolve(topo, b)
     if a.name == b.name:
         return True
-    if a.bridge_network is None or b.bridge_network is None or a.host != b.host:
+    if a.bridge_network is None or b.bridge_network is None:
         return False
-    if a.bridge_network == b.bridge_network:
-        return True
     nets = {n.name: n for n in topo.networks}
+    if a.bridge_network == b.bridge_network:  # an overlay spans hosts, a bridge does not
+        return a.host == b.host or nets[a.bridge_network].driver == "overlay"
+    if a.host != b.host:
+        return False
     return (b.bridge_network in nets[a.bridge_network].allow
             or a.bridge_network in nets[b.bridge_network].allow)
 

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,11 @@ from sdnctl.lab import (
     EXTERNAL_DEV,
     HOST_DEV,
     UNDERLAY_BRIDGE,
+    UPLINK_DEV,
     Lab,
     LabError,
     LabHost,
+    host_ip,
     process_alive,
     process_start_time,
     spawn_in_netns,
@@ -33,8 +36,8 @@ def run_in(netns: str, *argv: str, timeout: float = 10) -> subprocess.CompletedP
                           text=True, timeout=timeout, check=False)
 
 
-def ping(netns: str, address: str) -> subprocess.CompletedProcess[str]:
-    return run_in(netns, "ping", "-n", "-c1", "-W2", address)
+def ping(netns: str, address: str, *options: str) -> subprocess.CompletedProcess[str]:
+    return run_in(netns, "ping", "-n", "-c1", "-W2", *options, address)
 
 
 def build(lab: Lab) -> tuple[LabHost, LabHost, str]:
@@ -51,6 +54,20 @@ def ifindexes(lab: Lab, host: str) -> tuple[int, int, int]:
     with iproute_in(lab.underlay_netns()) as ipr:
         links = {link.get("ifname"): link["index"] for link in ipr.link("dump")}
     return eth0, links[uplink_name(host)], links[UNDERLAY_BRIDGE]
+
+
+def links(netns: str) -> dict[str, dict[str, object]]:
+    """Every link of a namespace by name: index, mtu, master, alias (a raw dump)."""
+    with iproute_in(netns) as ipr:
+        return {link.get("ifname"): {"index": link["index"], "mtu": link.get("mtu"),
+                                     "master": link.get("master"),
+                                     "alias": link.get("ifalias")}
+                for link in ipr.link("dump")}
+
+
+def addresses(netns: str, dev: str) -> list[str]:
+    out = run_in(netns, "ip", "-4", "-o", "addr", "show", "dev", dev).stdout
+    return re.findall(r"inet (\S+)", out)
 
 
 def prefixed_state(prefix: str) -> tuple[list[str], list[str]]:
@@ -189,3 +206,170 @@ def test_stop_process_kills_what_ignores_sigterm(lab: Lab, tmp_path: Path) -> No
     stop_process(pid, grace=0.3)
     assert 0.3 <= time.monotonic() - t0 < 3
     assert not process_alive(pid)
+
+
+# -- underlay MTU and the routed underlay ---------------------------------------------------------
+
+
+def test_host_ip_is_ten_plus_the_index_on_the_segment_the_mode_gives() -> None:
+    assert [host_ip(i) for i in (0, 1, 2, 244)] == [
+        "192.0.2.10", "192.0.2.11", "192.0.2.12", "192.0.2.254"]
+    assert [host_ip(i, routed=True) for i in (0, 1, 2, 3, 244)] == [
+        "192.0.2.10", "198.51.100.11", "192.0.2.12", "198.51.100.13", "192.0.2.254"]
+    for bad in (-1, 245):
+        with pytest.raises(ValueError):
+            host_ip(bad, routed=True)
+    for mtu in (67, 65536):
+        with pytest.raises(ValueError, match="MTU"):
+            Lab("tx-", mtu=mtu)
+
+
+@pytest.mark.parametrize("routed", [False, True], ids=["flat", "routed"])
+@pytest.mark.parametrize("mtu", [1400, 9000])
+def test_the_underlay_mtu_is_every_underlay_links_and_bounds_real_packets(
+        run_prefix: str, mtu: int, routed: bool) -> None:
+    lab = Lab(run_prefix, mtu=mtu, routed=routed)
+    try:
+        h1, h2, ext = build(lab)
+        ul = links(lab.underlay_netns())
+        for host in (h1, h2):
+            assert links(host.netns)[HOST_DEV]["mtu"] == mtu
+            assert ul[uplink_name(host.name)]["mtu"] == mtu
+        for bridge in ("ul0", "ul1") if routed else ("ul0",):
+            assert ul[bridge]["mtu"] == mtu
+        external_mtu = min(mtu, 1500)  # the Internet's MTU caps the external link
+        assert ul[UPLINK_DEV]["mtu"] == external_mtu
+        assert links(ext)[EXTERNAL_DEV]["mtu"] == external_mtu
+
+        # h1 -> h2 crosses the underlay router when routed: its bridges must carry the MTU too.
+        fits = ping(h1.netns, h2.underlay_ip, "-M", "do", "-s", str(mtu - 28))
+        assert fits.returncode == 0, fits.stdout + fits.stderr
+        assert f"ttl={63 if routed else 64}" in fits.stdout
+        too_big = ping(h1.netns, h2.underlay_ip, "-M", "do", "-s", str(mtu - 27))
+        assert too_big.returncode != 0
+        assert "message too long" in too_big.stdout + too_big.stderr, too_big
+
+        outside = ping(h2.netns, Lab.EXTERNAL_IP, "-M", "do", "-s", str(external_mtu - 28))
+        assert outside.returncode == 0, outside.stdout + outside.stderr
+        if mtu > 1500:  # the router, not the host, refuses a jumbo packet to the outside
+            jumbo = ping(h2.netns, Lab.EXTERNAL_IP, "-M", "do", "-s", "1473")
+            assert jumbo.returncode != 0
+            assert "mtu = 1500" in jumbo.stdout + jumbo.stderr, jumbo
+    finally:
+        lab.teardown()
+
+
+def test_a_changed_mtu_is_repaired_in_place(run_prefix: str) -> None:
+    lab = Lab(run_prefix)
+    try:
+        h1, h2, ext = build(lab)
+        before = {h: ifindexes(lab, h) for h in ("h1", "h2")}
+        ext_before = links(ext)[EXTERNAL_DEV]["index"]
+        for mtu in (9000, 1400, 1500):
+            build(Lab(run_prefix, mtu=mtu))
+            assert {h: ifindexes(lab, h) for h in ("h1", "h2")} == before
+            assert links(ext)[EXTERNAL_DEV]["index"] == ext_before
+            assert links(h1.netns)[HOST_DEV]["mtu"] == mtu
+            assert links(lab.underlay_netns())[UNDERLAY_BRIDGE]["mtu"] == mtu
+            assert links(ext)[EXTERNAL_DEV]["mtu"] == min(mtu, 1500)
+            result = ping(h1.netns, h2.underlay_ip, "-M", "do", "-s", str(mtu - 28))
+            assert result.returncode == 0, result.stdout + result.stderr
+
+        # Drift on either end of one host's veth: ensure_host alone puts it back.
+        assert run_in(h1.netns, "ip", "link", "set", HOST_DEV, "mtu", "1300").returncode == 0
+        assert run_in(lab.underlay_netns(), "ip", "link", "set", uplink_name("h1"), "mtu",
+                      "1280").returncode == 0
+        lab.ensure_host("h1", 1)
+        assert ifindexes(lab, "h1") == before["h1"]
+        assert links(h1.netns)[HOST_DEV]["mtu"] == 1500
+        assert links(lab.underlay_netns())[uplink_name("h1")]["mtu"] == 1500
+    finally:
+        lab.teardown()
+
+
+def test_a_routed_underlay_joins_two_subnets_with_one_router(run_prefix: str) -> None:
+    lab = Lab(run_prefix, routed=True)
+    try:
+        h1, h2, _ = build(lab)
+        h0 = lab.ensure_host("h0", 0)
+        assert (h0.underlay_ip, h1.underlay_ip, h2.underlay_ip) == (
+            "192.0.2.10", "198.51.100.11", "192.0.2.12")
+        assert lab.hosts() == [h0, h1, h2]
+        ul = lab.underlay_netns()
+        assert addresses(ul, "ul0") == ["192.0.2.1/24"]
+        assert addresses(ul, "ul1") == ["198.51.100.1/24"]
+        bridges = links(ul)
+        assert bridges[uplink_name("h1")]["master"] == bridges["ul1"]["index"]
+        assert bridges[uplink_name("h2")]["master"] == bridges["ul0"]["index"]
+        assert run_in(ul, "cat", "/proc/sys/net/ipv4/ip_forward").stdout == "1\n"
+        assert run_in(h1.netns, "ip", "-4", "route", "show", "default").stdout.startswith(
+            "default via 198.51.100.1 dev eth0")
+
+        across = ping(h2.netns, h1.underlay_ip)  # 192.0.2.12 -> 198.51.100.11
+        assert across.returncode == 0, across.stdout + across.stderr
+        assert "ttl=63" in across.stdout  # one router between the subnets
+        same = ping(h0.netns, h2.underlay_ip)
+        assert same.returncode == 0 and "ttl=64" in same.stdout  # bridged on ul0
+        for host in (h1, h2):
+            out = ping(host.netns, Lab.EXTERNAL_IP)
+            assert out.returncode == 0 and "ttl=63" in out.stdout, out.stdout + out.stderr
+
+        # Re-ensured with the same options: nothing renumbered, nothing recreated.
+        before = ifindexes(lab, "h1")
+        assert build(Lab(run_prefix, routed=True))[:2] == (h1, h2)
+        assert ifindexes(lab, "h1") == before
+    finally:
+        lab.teardown()
+    assert prefixed_state(run_prefix) == ([], [])
+
+
+def test_switching_the_mode_is_refused_with_hosts_and_done_without(run_prefix: str) -> None:
+    flat, routed = Lab(run_prefix), Lab(run_prefix, routed=True)
+    try:
+        flat.ensure_host("h1", 1)
+        with pytest.raises(LabError, match="tear it down"):
+            routed.ensure_underlay()
+        with pytest.raises(LabError, match="tear it down"):
+            routed.ensure_host("h2", 2)
+        assert "ul1" not in links(flat.underlay_netns())
+        assert [h.name for h in flat.hosts()] == ["h1"]
+        assert flat.hosts()[0].underlay_ip == "192.0.2.11"
+
+        flat.remove_host("h1")  # no hosts: the underlay is converted, both ways
+        ext = routed.ensure_external()
+        assert "ul1" in links(routed.underlay_netns())
+        assert "198.51.100.0/24 via 203.0.113.254" in run_in(ext, "ip", "route").stdout
+        h1 = routed.ensure_host("h1", 1)
+        assert ping(h1.netns, Lab.EXTERNAL_IP).returncode == 0
+        routed.remove_host("h1")
+        flat.ensure_external()
+        assert "ul1" not in links(flat.underlay_netns())
+        assert "198.51.100.0/24" not in run_in(ext, "ip", "route").stdout
+    finally:
+        flat.teardown()
+
+
+def test_labs_with_other_prefixes_build_at_once_without_touching_each_other(
+        run_prefix: str) -> None:
+    # Same addresses, same device names, separate namespaces: they must not see each other.
+    labs = [Lab(run_prefix + "a", mtu=9000), Lab(run_prefix + "b", mtu=1400, routed=True)]
+    try:
+        with ThreadPoolExecutor(len(labs)) as pool:
+            built = list(pool.map(build, labs))
+        for lab, (h1, h2, _) in zip(labs, built, strict=True):
+            assert [h.name for h in lab.hosts()] == ["h1", "h2"]
+            result = ping(h1.netns, h2.underlay_ip, "-M", "do", "-s", str(lab.mtu - 28))
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert links(h1.netns)[HOST_DEV]["mtu"] == lab.mtu
+        assert built[0][0].underlay_ip == "192.0.2.11"
+        assert built[1][0].underlay_ip == "198.51.100.11"
+    finally:
+        failures = []
+        for lab in labs:
+            try:
+                lab.teardown()
+            except Exception as e:
+                failures.append(e)
+        if failures:
+            raise ExceptionGroup("teardown failed", failures)
+    assert prefixed_state(run_prefix) == ([], [])

@@ -88,7 +88,7 @@ class Modes:
 def modes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Modes]:
     prefix = "m" + secrets.token_hex(3)[:5]
     tmp = tmp_path_factory.mktemp("modes")
-    with lab_cli(tmp / prefix, prefix) as cli:
+    with lab_cli(prefix) as cli:
         m = Modes(cli, tmp, prefix)
         cli.run("up", str(m.plain), "--timeout", "60")
         yield m

@@ -15,6 +15,7 @@ from agent.kernel.firewall import (
     MasqueradeRule,
     PortGuard,
     PortRule,
+    VxlanFilter,
     fingerprint,
     localnet_bridges,
     render,
@@ -210,3 +211,116 @@ def test_container_mac_is_docker_style() -> None:
     assert container_mac("10.1.0.2") == "02:42:0a:01:00:02"
     assert container_mac("172.17.255.254") == "02:42:ac:11:ff:fe"
     assert firewall.TABLE_NAME == "sdnctl"
+
+
+# --- overlays -------------------------------------------------------------------------------
+
+OVERLAY = BridgeNet("ov", "sdnbo", "10.70.1.0/24", cidr="10.70.0.0/16", vxlan="sdnxo")
+OV_INTERNAL = BridgeNet("ovi", "sdnbq", "10.80.1.0/24", internal=True, cidr="10.80.0.0/16",
+                        vxlan="sdnxq")
+OV_SPEC = FirewallSpec(
+    networks=(FRONT, OVERLAY, OV_INTERNAL),
+    vxlan=(VxlanFilter(4789, 100, ("192.0.2.3", "192.0.2.2")),
+           VxlanFilter(4789, 200, ("192.0.2.3",)),
+           VxlanFilter(8472, 7, ())),
+)
+
+
+def test_masquerade_excludes_the_whole_overlay_and_our_vxlan_devices() -> None:
+    post = rules(render(OV_SPEC), "postrouting")
+    ours = '{ "sdnbf", "sdnbo", "sdnbq", "sdnxo", "sdnxq" }'
+    assert f'ip saddr 10.70.1.0/24 ip daddr != 10.70.0.0/16 oifname != {ours} masquerade ' \
+           f'comment "sdnctl:net/ov"' in post
+    assert f'ip saddr 10.1.0.0/24 ip daddr != 10.1.0.0/24 oifname != {ours} masquerade ' \
+           f'comment "sdnctl:net/front"' in post  # cidr "" = the subnet
+    assert not any("10.80." in r for r in post)  # internal: no NAT
+
+
+def test_bridge_and_own_vxlan_always_forward_even_internal() -> None:
+    forward = rules(render(OV_SPEC), "forward")
+    for net, bridge, vxlan in (("ov", "sdnbo", "sdnxo"), ("ovi", "sdnbq", "sdnxq")):
+        comment = f'comment "sdnctl:net/{net}/overlay"'
+        accepts = [f'iifname "{bridge}" oifname "{vxlan}" accept {comment}',
+                   f'iifname "{vxlan}" oifname "{bridge}" accept {comment}']
+        assert all(a in forward for a in accepts), forward
+        # the accepts come before any drop
+        assert max(forward.index(a) for a in accepts) < min(
+            i for i, r in enumerate(forward) if " drop " in r)
+    assert 'iifname { "sdnbq", "sdnxq" } oifname != { "sdnbq", "sdnxq" } drop ' \
+           'comment "sdnctl:net/ovi/internal-out"' in forward
+    assert 'oifname { "sdnbq", "sdnxq" } iifname != { "sdnbq", "sdnxq" } drop ' \
+           'comment "sdnctl:net/ovi/internal-in"' in forward
+
+
+def test_isolation_and_allowed_pairs_cover_vxlan_devices() -> None:
+    forward = rules(render(OV_SPEC), "forward")
+    assert 'iifname { "sdnbo", "sdnxo" } oifname { "sdnbf", "sdnbq", "sdnxq" } drop ' \
+           'comment "sdnctl:net/ov/isolation"' in forward
+    assert 'iifname "sdnbf" oifname { "sdnbo", "sdnbq", "sdnxo", "sdnxq" } drop ' \
+           'comment "sdnctl:net/front/isolation"' in forward
+    allowed = dataclasses.replace(OV_SPEC, allowed=(("ov", "front"), ("ovi", "ov")))
+    forward = rules(render(allowed), "forward")
+    assert not any(r.endswith('"sdnctl:net/ov/isolation"') for r in forward), forward
+    assert 'iifname "sdnbf" oifname { "sdnbq", "sdnxq" } drop ' \
+           'comment "sdnctl:net/front/isolation"' in forward
+    assert 'iifname { "sdnbq", "sdnxq" } oifname != { "sdnbo", "sdnbq", "sdnxo", "sdnxq" } ' \
+           'drop comment "sdnctl:net/ovi/internal-out"' in forward
+
+
+def test_vxlan_filter_accepts_members_on_their_vni_and_counts_the_rest() -> None:
+    script = render(OV_SPEC)
+    assert "add chain inet sdnctl input { type filter hook input priority filter; " \
+           "policy accept; }" in script
+    assert rules(script, "input") == [
+        'udp dport 4789 ip saddr { 192.0.2.2, 192.0.2.3 } @th,96,24 100 accept '
+        'comment "sdnctl:vxlan/4789/vni/100"',
+        'udp dport 4789 ip saddr 192.0.2.3 @th,96,24 200 accept '
+        'comment "sdnctl:vxlan/4789/vni/200"',
+        'udp dport 4789 ip saddr != { 192.0.2.2, 192.0.2.3 } counter drop '
+        'comment "sdnctl:vxlan/4789/not-member"',
+        'udp dport 4789 counter drop comment "sdnctl:vxlan/4789/wrong-vni"',
+        # a lone host: nobody may send to it yet
+        'udp dport 8472 counter drop comment "sdnctl:vxlan/8472/wrong-vni"',
+    ]
+    # without overlays the chain exists and is empty
+    assert rules(render(SPEC), "input") == []
+
+
+def _overlay_variants() -> list[tuple[str, FirewallSpec]]:
+    first = OV_SPEC.vxlan[0]
+    filter_changes: dict[str, Any] = {"port": 4790, "vni": 101, "members": ("192.0.2.9",)}
+    out = [(f"vxlan.{name}", dataclasses.replace(
+        OV_SPEC, vxlan=(dataclasses.replace(first, **{name: value}), *OV_SPEC.vxlan[1:])))
+        for name, value in filter_changes.items()]
+    net_changes: dict[str, Any] = {"cidr": "10.70.0.0/17", "vxlan": "sdnxz"}
+    out += [(f"network.{name}", dataclasses.replace(
+        OV_SPEC, networks=(FRONT, dataclasses.replace(OVERLAY, **{name: value}), OV_INTERNAL)))
+        for name, value in net_changes.items()]
+    out.append(("vxlan-none", dataclasses.replace(OV_SPEC, vxlan=())))
+    return out
+
+
+@pytest.mark.parametrize(("what", "variant"), _overlay_variants(),
+                         ids=[w for w, _ in _overlay_variants()])
+def test_fingerprint_changes_with_every_overlay_field(what: str, variant: FirewallSpec) -> None:
+    assert fingerprint(variant) != fingerprint(OV_SPEC), what
+    assert render(variant) != render(OV_SPEC), what
+
+
+def test_overlay_render_is_order_free_and_has_no_default_drop() -> None:
+    shuffled = dataclasses.replace(OV_SPEC, networks=OV_SPEC.networks[::-1],
+                                   vxlan=OV_SPEC.vxlan[::-1])
+    assert render(shuffled) == render(OV_SPEC)
+    assert "policy drop" not in render(OV_SPEC)
+
+
+@pytest.mark.parametrize("bad", [
+    dataclasses.replace(OV_SPEC, vxlan=(VxlanFilter(4789, 1 << 24, ()),)),
+    dataclasses.replace(OV_SPEC, vxlan=(VxlanFilter(0, 100, ()),)),
+    dataclasses.replace(OV_SPEC, vxlan=(VxlanFilter(4789, 100, ("192.0.2.300",)),)),
+    dataclasses.replace(OV_SPEC, networks=(dataclasses.replace(OVERLAY, vxlan='x" accept'),)),
+    dataclasses.replace(OV_SPEC, networks=(dataclasses.replace(OVERLAY, cidr="10.70.0.0/33"),)),
+])
+def test_invalid_overlay_specs_are_refused(bad: FirewallSpec) -> None:
+    with pytest.raises(ValueError):
+        render(bad)

@@ -153,11 +153,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     made.close()
 
 
+NOW = 1_700_000_000
+
+
 def test_leases_are_distinct_and_idempotent(store: Store) -> None:
-    h1 = ipam.ensure_lease(store, FRONT, "h1")
-    h2 = ipam.ensure_lease(store, FRONT, "h2")
-    assert h1 == Lease("front", "h1", "10.88.0.0/24", "10.88.0.1")
-    assert h2 == Lease("front", "h2", "10.88.1.0/24", "10.88.1.1")
+    h1 = ipam.ensure_lease(store, FRONT, "h1", now=NOW)
+    h2 = ipam.ensure_lease(store, FRONT, "h2", now=NOW)
+    assert h1 == Lease("front", "h1", "10.88.0.0/24", "10.88.0.1", NOW, NOW + 3600)
+    assert h2 == Lease("front", "h2", "10.88.1.0/24", "10.88.1.1", NOW, NOW + 3600)
     revision = store.revision()
     assert ipam.ensure_lease(store, FRONT, "h1") == h1
     assert store.revision() == revision  # nothing written the second time
@@ -195,7 +198,11 @@ def test_release_frees_the_address_for_reuse(store: Store) -> None:
     assert ipam.release_address(store, FRONT, "web", "eth0") == a
     assert ipam.release_address(store, FRONT, "web", "eth0") is None
     assert ipam.release_ops(store, FRONT, "web", "eth0") == []
-    assert ipam.allocate_address(store, FRONT, lease, "cache", "eth0").address == a.address
+    # Quarantined for everyone else for 60 s, then the lowest free address again.
+    assert ipam.allocate_address(store, FRONT, lease, "cache", "eth0").address != a.address
+    later = ipam.now_seconds() + 61
+    assert ipam.allocate_address(store, FRONT, lease, "app", "eth0", now=later).address == \
+        a.address
 
 
 def test_lease_and_address_commit_in_one_txn(store: Store) -> None:
@@ -297,8 +304,8 @@ def test_pick_address_stays_inside_the_ip_range() -> None:
 
 
 def test_lease_of_a_network_with_a_gateway_uses_it(store: Store) -> None:
-    lease = ipam.ensure_lease(store, DOCKERISH, "h1")
-    assert lease == Lease("dock", "h1", "10.77.0.0/24", "10.77.0.254")
+    lease = ipam.ensure_lease(store, DOCKERISH, "h1", now=NOW)
+    assert lease == Lease("dock", "h1", "10.77.0.0/24", "10.77.0.254", NOW, NOW + 3600)
     with_range_only = Network("r", "10.78.0.0/24", host_prefix=24, ip_range="10.78.0.128/25")
     assert ipam.ensure_lease(store, with_range_only, "h1").gateway == "10.78.0.1"
 

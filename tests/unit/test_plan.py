@@ -294,7 +294,7 @@ def test_snapshot_replaces_everything() -> None:
     assert state.revision == 5
     assert state.networks == {"front": DesiredNetwork(
         name="front", driver="bridge", subnet="10.88.0.0/24", gateway="10.88.0.1", prefixlen=24,
-        mtu=1500, masquerade=False)}
+        mtu=1500, masquerade=False, cidr="10.0.0.0/8")}
     assert state.containers == {"web": WEB}
 
 

@@ -74,12 +74,12 @@ HEAD = "name: t\nhosts:\n  - {name: h1, lab: true}\nnetworks:\n"  # lines 1-4
         pytest.param(
             HEAD + "  - name: front\n    subnet: 10.88.0.0/16\n    colour: red\n",
             "x.yaml:7: networks[0].colour: unknown field; expected one of allow, driver, gateway, "
-            "host_prefix, internal, ip_range, masquerade, mtu, name, subnet",
+            "host_prefix, internal, ip_range, masquerade, mtu, name, subnet, vni, vxlan_port",
             id="unknown-field"),
         pytest.param(
             "name: t\nextra: 1\n",
-            "x.yaml:2: extra: unknown field; expected one of containers, hosts, name, networks, "
-            "routes",
+            "x.yaml:2: extra: unknown field; expected one of containers, hosts, lab, name, "
+            "networks, routes",
             id="unknown-top-level-field"),
         pytest.param(
             HEAD + "  - name: front\n    mtu: 1400\n",
@@ -129,7 +129,8 @@ HEAD = "name: t\nhosts:\n  - {name: h1, lab: true}\nnetworks:\n"  # lines 1-4
             id="bool-wrong-type"),
         pytest.param(
             HEAD + "  - {name: front, subnet: 10.88.0.0/16, driver: vxlan}\n",
-            "x.yaml:5: networks[0].driver: unknown driver 'vxlan'; expected one of bridge",
+            "x.yaml:5: networks[0].driver: unknown driver 'vxlan'; expected one of bridge, "
+            "overlay",
             id="unknown-driver"),
         pytest.param(
             "name: t\nhosts:\n  - {name: " + "a" * 64 + ", lab: true}\n",

@@ -7,9 +7,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -100,9 +102,14 @@ def capture_source(ext_netns: str, send: Any) -> str:
 
 
 @contextlib.contextmanager
-def lab_cli(run_dir: Path, prefix: str) -> Iterator[Cli]:
+def lab_cli(prefix: str) -> Iterator[Cli]:
     """A CLI whose every path and name carries ``prefix``; on exit, brings down whatever
-    topology is still up and ends the controller it started."""
+    topology is still up and ends the controller it started.
+
+    Its run directory is its own (not under pytest's tmp_path, which a concurrent pytest session
+    may garbage-collect while this one still runs).
+    """
+    run_dir = Path(tempfile.mkdtemp(prefix=f"sdnctl-{prefix}-"))
     env = dict(os.environ, SDNCTL_RUN_DIR=str(run_dir), SDNCTL_STATE_DIR=str(run_dir / "state"),
                SDNCTL_LAB_PREFIX=prefix, PYTHONPATH=str(REPO))
     env.pop("SDNCTL_CONTROLLER", None)
@@ -117,3 +124,8 @@ def lab_cli(run_dir: Path, prefix: str) -> Iterator[Cli]:
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                if not os.path.exists(f"/proc/{pid}"):
+                    break
+                time.sleep(0.05)
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,301 @@
+"""The VXLAN overlay end to end: three lab hosts, containers talking across them, the underlay
+carrying VXLAN, MTU, convergence when a host joins, peer changes, agent restarts, forged packets.
+
+One topology is brought up once for the module through the real CLI; the last test brings it
+down and checks nothing is left. MTU variants build their own small topologies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.cli import Cli, kernel_state, lab_cli, nft_ruleset, nsexec
+
+from agent.kernel.names import vxlan_name
+from sdnctl import lab
+
+pytestmark = pytest.mark.netns
+
+SERVER = str(Path(__file__).parent / "helpers" / "peer_server.py")
+PY = sys.executable
+
+HOSTS = ("h1", "h2", "h3")
+PAIRS = {"h1": ("a1", "a2"), "h2": ("b1", "b2"), "h3": ("c1", "c2"), "h4": ("d1",)}
+
+
+def topology_text(hosts: tuple[str, ...], mtu: int = 1500) -> str:
+    lines = ["name: overlay", f"lab: {{underlay_mtu: {mtu}}}", "hosts:"]
+    lines += [f"  - {{name: {h}, lab: true}}" for h in hosts]
+    lines += ["networks:", "  - {name: ov, driver: overlay, subnet: 10.70.0.0/16}",
+              "containers:"]
+    for h in hosts:
+        first, *rest = PAIRS[h]
+        lines.append(f"  - {{name: {first}, host: {h}, network: ov, "
+                     f"command: [{PY}, {SERVER}, tcp, 0.0.0.0, '7000', udp, 0.0.0.0, '7001']}}")
+        lines += [f"  - {{name: {n}, host: {h}, network: ov}}" for n in rest]
+    return "\n".join(lines) + "\n"
+
+
+class Overlay:
+    def __init__(self, cli: Cli, tmp: Path, prefix: str) -> None:
+        self.cli, self.tmp, self.prefix = cli, tmp, prefix
+        self.three = tmp / "overlay.yaml"
+        self.three.write_text(topology_text(HOSTS))
+        self.four = tmp / "overlay-4.yaml"
+        self.four.write_text(topology_text((*HOSTS, "h4")))
+
+    def ctr(self, name: str) -> dict[str, Any]:
+        data: dict[str, Any] = self.cli.json("inspect", "container", name)
+        return data
+
+    def host(self, name: str) -> dict[str, Any]:
+        data: dict[str, Any] = self.cli.json("inspect", "host", name)
+        return data
+
+
+@pytest.fixture(scope="module")
+def ov(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overlay]:
+    prefix = "o" + secrets.token_hex(3)[:5]
+    tmp = tmp_path_factory.mktemp("overlay")
+    with lab_cli(prefix) as cli:
+        o = Overlay(cli, tmp, prefix)
+        cli.run("up", str(o.three), "--timeout", "60")
+        yield o
+
+
+def ping_out(netns: str, address: str, *extra: str) -> subprocess.CompletedProcess:
+    return nsexec(netns, "ping", "-n", "-c", "1", "-W", "2", *extra, address)
+
+
+def ask(netns: str, address: str, port: int) -> str:
+    code = (f"import socket; s=socket.create_connection(({address!r},{port}),timeout=3);"
+            "print(s.recv(100).decode().strip())")
+    return nsexec(netns, PY, "-c", code).stdout.strip()
+
+
+def peers_on(netns: str, device: str) -> str:
+    """Routes, neighbours and FDB entries of one VXLAN device, as text."""
+    return "\n".join(nsexec(netns, *argv).stdout for argv in (
+        ("ip", "route", "show", "dev", device), ("ip", "neigh", "show", "dev", device),
+        ("bridge", "fdb", "show", "dev", device)))
+
+
+def test_every_container_reaches_every_other(ov: Overlay) -> None:
+    names = [n for h in HOSTS for n in PAIRS[h]]
+    ctrs = {n: ov.ctr(n) for n in names}
+    for a in names:
+        for b in names:
+            if a == b:
+                continue
+            done = ping_out(ctrs[a]["netns"], ctrs[b]["ip"])
+            assert done.returncode == 0, f"{a} -> {b}: {done.stdout}"
+            ttl = int(re.search(r"ttl=(\d+)", done.stdout).group(1))  # type: ignore[union-attr]
+            same_host = ctrs[a]["host"] == ctrs[b]["host"]
+            # same host: bridged (64); across hosts: routed by both hosts (64 - 2)
+            assert ttl == (64 if same_host else 62), f"{a} -> {b}: ttl={ttl}"
+    # the receiver sees the sender's own address: no NAT inside the overlay
+    assert ask(ctrs["a2"]["netns"], ctrs["b1"]["ip"], 7000).startswith(f"peer={ctrs['a2']['ip']}:")
+    assert ask(ctrs["c2"]["netns"], ctrs["a1"]["ip"], 7000).startswith(f"peer={ctrs['c2']['ip']}:")
+    # and each host holds exactly one route, neighbour and FDB entry per other host
+    h1 = ov.host("h1")
+    entries = peers_on(h1["netns"], vxlan_name("ov"))
+    assert len(re.findall(r"^10\.70\.\d+\.0/24 via", entries, re.M)) == 2, entries
+    assert len(re.findall(r"PERMANENT", entries)) == 2, entries
+    assert len(re.findall(r" dst 192\.0\.2\.\d+", entries)) == 2, entries
+
+
+def test_underlay_carries_vxlan_with_the_networks_vni(ov: Overlay, tmp_path: Path) -> None:
+    a1, b1 = ov.ctr("a1"), ov.ctr("b1")
+    vni = ov.cli.json("inspect", "network", "ov")["vni"]
+    assert vni > 0
+    pcap = tmp_path / "underlay.pcap"
+    ul = f"/run/netns/{ov.prefix}ul"
+    dump = subprocess.Popen(["nsenter", f"--net={ul}", "tcpdump", "-n", "-i", "ul0", "-c", "1",
+                             "-w", str(pcap), "udp port 4789"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert dump.stderr is not None
+        while "listening on" not in dump.stderr.readline():
+            pass
+        assert ping_out(a1["netns"], b1["ip"]).returncode == 0
+        dump.wait(timeout=10)
+    finally:
+        if dump.poll() is None:
+            dump.kill()
+            dump.wait()
+    code = ("from scapy.all import rdpcap, IP, UDP; from scapy.layers.vxlan import VXLAN;"
+            f"p = rdpcap({str(pcap)!r})[0]; i = p[VXLAN][IP];"
+            "print(p[UDP].dport, p[VXLAN].vni, i.src, i.dst)")
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["4789", str(vni), a1["ip"], b1["ip"]]
+
+
+def test_a_joining_host_converges(ov: Overlay) -> None:
+    a1 = ov.ctr("a1")
+    started = time.monotonic()
+    ov.cli.run("up", str(ov.four), "--timeout", "60")
+    d1 = ov.ctr("d1")
+    created = time.monotonic()
+    # `up` returned once every agent realised the change: reachable at once, from everywhere
+    for name in ("a1", "b2", "c1"):
+        assert ping_out(ov.ctr(name)["netns"], d1["ip"]).returncode == 0, name
+    assert ping_out(d1["netns"], a1["ip"]).returncode == 0
+    print(f"\nconvergence: host h4 joined and was reachable from every host "
+          f"{created - started:.2f}s after `up` began (lab build and agent start included)")
+
+
+def test_peer_change_replaces_stale_entries(ov: Overlay) -> None:
+    h3, h1 = ov.host("h3"), ov.host("h1")
+    old_ip, old_mac = h3["underlay_ip"], h3["vtep_mac"]
+    new_ip, new_mac = "192.0.2.99", "0e:aa:bb:cc:dd:ee"
+    lab.stop_process(h3["agent_pid"])
+    # (deleting the primary address drops its secondaries and the default route: re-add both)
+    nsexec(h3["netns"], "ip", "addr", "del", f"{old_ip}/24", "dev", "eth0")
+    nsexec(h3["netns"], "ip", "addr", "add", f"{new_ip}/24", "dev", "eth0")
+    nsexec(h3["netns"], "ip", "route", "add", "default", "via", lab.UNDERLAY_GATEWAY)
+    run_dir = ov.cli.run_dir / "lab" / f"{ov.prefix}h3"
+    pid = lab.spawn_in_netns(h3["netns"], [
+        PY, "-m", "agent.main", "--host", "h3", "--controller",
+        f"unix:{ov.cli.run_dir / 'controller.sock'}", "--underlay-ip", new_ip,
+        "--underlay-dev", "eth0", "--vtep-mac", new_mac, "--netns", h3["netns"],
+        "--run-dir", str(run_dir)], str(run_dir / "agent-moved.log"))
+    try:
+        deadline = time.monotonic() + 5
+        device = vxlan_name("ov")
+        while time.monotonic() < deadline:
+            entries = peers_on(h1["netns"], device)
+            if old_ip not in entries and old_mac not in entries and new_mac in entries:
+                break
+            time.sleep(0.05)
+        entries = peers_on(h1["netns"], device)
+        assert old_ip not in entries and old_mac not in entries, entries
+        assert new_ip in entries and new_mac in entries, entries
+        a1, c1 = ov.ctr("a1"), ov.ctr("c1")
+        while time.monotonic() < deadline + 0.5:  # and traffic flows again, within the 5 s
+            if nsexec(a1["netns"], "ping", "-n", "-c", "1", "-W", "0.2", c1["ip"]).returncode == 0:
+                break
+        else:
+            pytest.fail(f"a1 cannot reach c1 after h3 moved:\n{peers_on(h3['netns'], device)}")
+    finally:
+        lab.stop_process(pid)
+        nsexec(h3["netns"], "ip", "addr", "del", f"{new_ip}/24", "dev", "eth0")
+        # `up` restores the lab host's address and starts a regular agent again
+        ov.cli.run("up", str(ov.four), "--timeout", "60")
+    entries = peers_on(h1["netns"], device)
+    assert old_ip in entries and new_mac not in entries, entries
+
+
+def test_sigkilled_agent_keeps_the_data_path_and_adopts_it(ov: Overlay) -> None:
+    h2 = ov.host("h2")
+    a1, b1 = ov.ctr("a1"), ov.ctr("b1")
+    namespaces = [ov.host(h)["netns"] for h in ("h1", "h2")]
+    before = {ns: (kernel_state(ns), peers_on(ns, vxlan_name("ov")), nft_ruleset(ns))
+              for ns in namespaces}
+    os.kill(h2["agent_pid"], signal.SIGKILL)
+    pinger = subprocess.Popen(["nsenter", f"--net={a1['netns']}", "ping", "-n", "-q", "-i",
+                               "0.05", "-w", "2", b1["ip"]], stdout=subprocess.PIPE, text=True)
+    out, _ = pinger.communicate(timeout=10)
+    assert " 0% packet loss" in out, out  # the agent is down, the overlay is not
+    ov.cli.run("up", str(ov.four), "--timeout", "60")
+    assert ov.host("h2")["agent_pid"] != h2["agent_pid"]
+    after = {ns: (kernel_state(ns), peers_on(ns, vxlan_name("ov")), nft_ruleset(ns))
+             for ns in namespaces}
+    assert after == before
+
+
+def test_forged_vxlan_is_not_delivered(ov: Overlay) -> None:
+    h1, h2, a1 = ov.host("h1"), ov.host("h2"), ov.ctr("a1")
+    vni = ov.cli.json("inspect", "network", "ov")["vni"]
+    ul = f"/run/netns/{ov.prefix}ul"
+    nsexec(ul, "ip", "addr", "add", "192.0.2.250/24", "dev", "ul0")  # not a member host
+    capture = subprocess.Popen(["nsenter", f"--net={a1['netns']}", "tcpdump", "-l", "-n", "-i",
+                                "eth0", "icmp and src 10.70.99.9"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(1.0)
+
+        def forge(netns: str, src: str, with_vni: int) -> None:
+            code = ("from scapy.all import IP, UDP, Ether, ICMP, send;"
+                    "from scapy.layers.vxlan import VXLAN;"
+                    f"send(IP(src={src!r}, dst={h1['underlay_ip']!r})/UDP(sport=40000, dport=4789)"
+                    f"/VXLAN(vni={with_vni})/Ether(dst='ff:ff:ff:ff:ff:ff')"
+                    f"/IP(src='10.70.99.9', dst={a1['ip']!r})/ICMP(), verbose=0)")
+            done = subprocess.run(["nsenter", f"--net={netns}", PY, "-c", code],
+                                  capture_output=True, text=True, timeout=30, check=False)
+            assert done.returncode == 0, done.stderr
+
+        forge(ul, "192.0.2.250", vni)  # from a non-member underlay address
+        forge(h2["netns"], h2["underlay_ip"], vni + 1)  # from a member, with a wrong VNI
+        time.sleep(1.0)
+    finally:
+        capture.send_signal(signal.SIGINT)
+        out, _ = capture.communicate(timeout=10)
+        nsexec(ul, "ip", "addr", "del", "192.0.2.250/24", "dev", "ul0")
+    assert "ICMP" not in out, out
+    counters = nsexec(h1["netns"], "nft", "list", "table", "inet", "sdnctl").stdout
+    assert re.search(r"counter packets [1-9]\d* bytes \d+ drop", counters), counters
+
+
+def test_zz_down_leaves_nothing(ov: Overlay) -> None:
+    pids = [ov.ctr(n)["pid"] for h in ("h1", "h2", "h3", "h4") for n in PAIRS[h]]
+    ov.cli.run("down", str(ov.four))
+    assert not any(n.startswith(ov.prefix) for n in os.listdir("/run/netns"))
+    with open("/proc/self/mounts") as f:
+        assert str(ov.cli.run_dir) not in f.read()
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/stat") as f:
+            assert f.read().split(") ")[1][0] in "ZX", f"process {pid} still runs"
+
+
+@pytest.mark.parametrize("mtu", [1400, 1500, 9000])
+def test_mtu_follows_the_underlay(tmp_path: Path, run_prefix: str, mtu: int) -> None:
+    path = tmp_path / "mtu.yaml"
+    path.write_text(topology_text(("h1", "h2"), mtu))
+    with lab_cli(run_prefix) as cli:
+        cli.run("up", str(path), "--timeout", "60")
+        a1, b1 = (cli.json("inspect", "container", n) for n in ("a1", "b1"))
+        overlay_mtu = mtu - 50
+        assert f"mtu {overlay_mtu}" in nsexec(a1["netns"], "ip", "link", "show", "eth0").stdout
+        fits = ping_out(a1["netns"], b1["ip"], "-M", "do", "-s", str(overlay_mtu - 28))
+        assert fits.returncode == 0, fits.stdout + fits.stderr
+        too_big = ping_out(a1["netns"], b1["ip"], "-M", "do", "-s", str(overlay_mtu - 27))
+        assert too_big.returncode != 0
+        assert "message too long" in (too_big.stdout + too_big.stderr).lower()
+        # a 2000-byte UDP datagram (fragmented inside the overlay) and a 50 MiB TCP stream
+        code = ("import socket; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+                f"s.settimeout(3); s.sendto(b'x'*2000, ({b1['ip']!r}, 7001));"
+                "print(s.recv(100).decode())")
+        assert nsexec(a1["netns"], PY, "-c", code).stdout.startswith("peer=")
+        assert bulk_transfer(a1["netns"], b1["netns"], b1["ip"], 50 << 20)
+        cli.run("down", str(path))
+
+
+def bulk_transfer(client_ns: str, server_ns: str, server_ip: str, size: int) -> bool:
+    """Send ``size`` bytes over TCP; the server answers with how many it got."""
+    server = subprocess.Popen(["nsenter", f"--net={server_ns}", PY, "-c", (
+        "import socket; s=socket.create_server(('0.0.0.0', 7100)); c,_=s.accept(); n=0\n"
+        "while (b := c.recv(1 << 20)): n += len(b)\n"
+        "print(n)")], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        client = nsexec(client_ns, PY, "-c", (
+            f"import socket; c=socket.create_connection(({server_ip!r}, 7100), timeout=10);"
+            f"chunk=b'x'*(1 << 20)\nfor _ in range({size >> 20}): c.sendall(chunk)\n"
+            "c.close()"), timeout=60)
+        assert client.returncode == 0, client.stderr
+        out, _ = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    return out.strip() == str(size)
