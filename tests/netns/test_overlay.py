@@ -121,12 +121,16 @@ def test_underlay_carries_vxlan_with_the_networks_vni(ov: Overlay, tmp_path: Pat
     assert vni > 0
     pcap = tmp_path / "underlay.pcap"
     ul = f"/run/netns/{ov.prefix}ul"
-    dump = subprocess.Popen(["nsenter", f"--net={ul}", "tcpdump", "-n", "-i", "ul0", "-c", "1",
-                             "-w", str(pcap), "udp port 4789"], stderr=subprocess.PIPE, text=True)
+    # tcpdump on a bridge does not see what it forwards between ports: capture on h1's port
+    port = lab.uplink_name("h1")
+    dump = subprocess.Popen(["nsenter", f"--net={ul}", "tcpdump", "-n", "-i", port, "-c", "1",
+                             "-U", "-Z", "root", "-w", str(pcap), "udp port 4789"],
+                            stderr=subprocess.PIPE, text=True)
     try:
         assert dump.stderr is not None
-        while "listening on" not in dump.stderr.readline():
-            pass
+        deadline = time.monotonic() + 10
+        while "listening on" not in (line := dump.stderr.readline()):
+            assert line and time.monotonic() < deadline, "tcpdump did not start"
         assert ping_out(a1["netns"], b1["ip"]).returncode == 0
         dump.wait(timeout=10)
     finally:
@@ -299,3 +303,21 @@ def bulk_transfer(client_ns: str, server_ns: str, server_ip: str, size: int) -> 
             server.kill()
             server.wait()
     return out.strip() == str(size)
+
+
+def test_overlay_over_a_routed_underlay(tmp_path: Path, run_prefix: str) -> None:
+    """Hosts on two underlay subnets joined by a router: VXLAN is plain routed UDP to them."""
+    text = topology_text(("h1", "h2")).replace("lab: {underlay_mtu: 1500}",
+                                               "lab: {underlay_mtu: 1500, routed: true}")
+    path = tmp_path / "routed.yaml"
+    path.write_text(text)
+    with lab_cli(run_prefix) as cli:
+        cli.run("up", str(path), "--timeout", "60")
+        h1, h2 = (cli.json("inspect", "host", h) for h in ("h1", "h2"))
+        assert h1["underlay_ip"].rsplit(".", 1)[0] != h2["underlay_ip"].rsplit(".", 1)[0]
+        a1, b1 = (cli.json("inspect", "container", n) for n in ("a1", "b1"))
+        done = ping_out(a1["netns"], b1["ip"])
+        assert done.returncode == 0, done.stdout
+        assert "ttl=62" in done.stdout  # the underlay router does not touch the inner packet
+        assert ask(a1["netns"], b1["ip"], 7000).startswith(f"peer={a1['ip']}:")
+        cli.run("down", str(path))
