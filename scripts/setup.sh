@@ -6,7 +6,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
-packages=(python3 python3-venv python3-pip iproute2 nftables tcpdump iputils-ping util-linux procps)
+packages=(python3 python3-venv python3-pip iproute2 nftables tcpdump iputils-ping util-linux procps
+          graphviz)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,7 +23,7 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import sdnctl.v1.sdnctl_pb2, pytest, ruff, mypy" 2>/dev/null \
+if ! .venv/bin/python -c "import sdnctl.v1.sdnctl_pb2, jsonschema, pytest, ruff, mypy" 2>/dev/null \
     || [[ pyproject.toml -nt .venv/.installed ]]; then
   echo "setup: installing Python packages into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'

@@ -1,7 +1,13 @@
 """sdnctl: the command line.
 
-    sdnctl up FILE            build and start a topology, wait until every container runs
+    sdnctl up FILE [--dry-run]  print the plan, build and start a topology, wait until
+                              every container runs (--dry-run: only the plan)
     sdnctl down FILE          remove it (containers, networks, hosts, lab namespaces)
+    sdnctl status [FILE]      hosts, networks, containers, health
+    sdnctl check FILE         expected vs measured reachability, probed for real (exit 1)
+    sdnctl graph FILE -o OUT  draw it (.svg, .png or .dot)
+    sdnctl trace SRC DST      one probe, hop by hop
+    sdnctl network|run|rm|exec|logs|host ...   the everyday verbs
     sdnctl ps [--json]        list containers
     sdnctl inspect {host|network|container} NAME [--json]
     sdnctl ipam [--network N] [--json]         leases, allocations, quarantine, history
@@ -20,22 +26,10 @@ from typing import Any
 
 import grpc
 
-from sdnctl import deploy, topology
-from sdnctl.client import Client, ControllerUnavailable
+from sdnctl import check, deploy, graph, topology, trace, verbs
+from sdnctl.client import CommandError, ControllerUnavailable, connect
 from sdnctl.model import MODE_CONTAINER, network_mode
 from sdnctl.v1 import sdnctl_pb2 as pb
-
-
-class CliError(Exception):
-    pass
-
-
-def _client() -> Client:
-    client = Client()
-    if not client.healthy():
-        raise CliError(f"no controller answers at {client.address} (start one with "
-                       "`sdnctl up FILE` or `sdnctl-controller`)")
-    return client
 
 
 def host_json(h: pb.Host) -> dict[str, Any]:
@@ -97,7 +91,11 @@ def print_table(rows: list[list[str]], header: list[str]) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    deploy.up(topology.load(args.file), timeout=args.timeout)
+    topo = topology.load(args.file)
+    if args.dry_run:
+        deploy.dry_run(topo)
+        return 0
+    deploy.up(topo, timeout=args.timeout)
     return 0
 
 
@@ -107,7 +105,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    client = _client()
+    client = connect()
     reply = client.api.ListContainers(pb.ListRequest(host=args.host or ""), timeout=10)
     items = [container_json(c) for c in reply.containers]
     if args.json:
@@ -119,7 +117,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    client = _client()
+    client = connect()
     request = pb.GetRequest(name=args.name)
     data: dict[str, Any]
     if args.kind == "host":
@@ -161,7 +159,7 @@ RECENT_HISTORY = 20
 
 
 def cmd_ipam(args: argparse.Namespace) -> int:
-    client = _client()
+    client = connect()
     request = pb.GetIpamRequest(network=args.network or "")
     if args.action == "check":
         return _ipam_check(client.api.CheckIpam(request, timeout=10), args.json)
@@ -210,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds to wait for containers (default %(default)s)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (+ create, ~ update, = unchanged, ! refused) and change "
+                   "nothing")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="remove a topology")
@@ -235,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ipam)
 
+    # Verbs that live in their own modules (each adds its sub-parsers and handlers).
+    for module in (check, graph, trace, verbs):
+        module.register(sub)
+
     sub.add_parser("controller", help="run the controller (see sdnctl controller --help)",
                    add_help=False)
     sub.add_parser("agent", help="run an agent (see sdnctl agent --help)", add_help=False)
@@ -256,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     except topology.TopologyError as e:
         print(f"sdnctl: {e}", file=sys.stderr)
         return 2
-    except (CliError, deploy.DeployError, ControllerUnavailable) as e:
+    except (CommandError, deploy.DeployError, ControllerUnavailable) as e:
         print(f"sdnctl: {e}", file=sys.stderr)
         return 1
     except grpc.RpcError as e:

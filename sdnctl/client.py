@@ -19,6 +19,10 @@ class ControllerUnavailable(RuntimeError):
     pass
 
 
+class CommandError(RuntimeError):
+    """A verb failed in a way the user can act on: sdnctl prints the message, exits 1."""
+
+
 class Client:
     def __init__(self, address: str | None = None) -> None:
         self.address = address or paths.controller_address()
@@ -35,6 +39,16 @@ class Client:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def connect() -> Client:
+    """A client of a controller that answers, or CommandError saying how to get one."""
+    client = Client()
+    if not client.healthy():
+        client.close()
+        raise CommandError(f"no controller answers at {client.address} (start one with "
+                           "`sdnctl up FILE` or `sdnctl-controller`)")
+    return client
 
 
 def controller_pidfile() -> str:

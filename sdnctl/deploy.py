@@ -5,6 +5,11 @@ built, host/network/container recorded, agent alive) and only does what is missi
 twice changes nothing except to restart a lab agent that died. An object that exists with a
 different spec is an error (``down`` first), never silently replaced.
 
+Before it applies anything, ``up`` prints a plan (:func:`plan`, pure: the topology against what
+the controller holds): ``+`` create, ``~`` update in place, ``=`` unchanged, ``!`` cannot change
+in place. A plan with ``!`` stops ``up`` before anything is built; ``up --dry-run`` prints the
+plan only.
+
 ``down`` deletes the containers through the API and waits until each agent reports it has caught
 up (so agents remove what they made), then deletes networks and hosts, stops the agents, sweeps
 anything a dead agent could not remove, and tears the lab down. It stops the controller too when
@@ -22,6 +27,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import grpc
@@ -121,13 +127,161 @@ def _create_or_compare(create: Callable[[], Any], get: Callable[[], Any],
     return False
 
 
+# -- the plan: what `up` will do, from (topology, what the controller has) -------------------
+
+ADD, CHANGE, SAME, REFUSE = "+", "~", "=", "!"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One line of a plan: ``+`` create, ``~`` update in place, ``=`` unchanged, ``!`` cannot be
+    changed in place (``down`` first)."""
+
+    sign: str
+    kind: str  # host | network | container
+    name: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        sep = ": " if self.sign in (CHANGE, REFUSE) else " "
+        return f"{self.sign} {self.kind} {self.name}{sep + self.detail if self.detail else ''}"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the controller holds (empty when none answers: then everything is new)."""
+
+    hosts: dict[str, Host] = field(default_factory=dict)
+    networks: dict[str, Network] = field(default_factory=dict)
+    containers: dict[str, Container] = field(default_factory=dict)
+
+
+def observe(client: Client) -> Observed:
+    """Read hosts, networks and containers from the controller (no writes)."""
+    hosts = client.api.ListHosts(pb.ListRequest(), timeout=10).hosts
+    networks = client.api.ListNetworks(pb.ListRequest(), timeout=10).networks
+    containers = client.api.ListContainers(pb.ListRequest(), timeout=10).containers
+    return Observed({h.name: convert.host_from_pb(h) for h in hosts},
+                    {n.name: convert.network_from_pb(n) for n in networks},
+                    {c.name: convert.container_from_pb(c) for c in containers})
+
+
+def plan(topology: Topology, observed: Observed) -> list[Change]:
+    """Pure: what `up` of ``topology`` creates, updates, leaves and refuses, given what exists.
+    It mirrors :func:`apply_objects` (networks, then containers) and adds the hosts."""
+    changes = [_host_change(h, observed.hosts.get(h.name)) for h in topology.hosts]
+    changes += [_network_change(n, observed.networks.get(n.name)) for n in topology.networks]
+    changes += [_container_change(c, observed.containers.get(c.name))
+                for c in topology.containers]
+    return changes
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return repr(value) if value == "" else str(value)
+
+
+def _changed(have: Any, want: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(want)
+            if getattr(have, f.name) != getattr(want, f.name)]
+
+
+def _differences(have: Any, want: Any, fields: list[str]) -> str:
+    """``allow [] -> [back]; masquerade True -> False`` (a container's fixed_ip is its ``ip``)."""
+    return "; ".join(f"{'ip' if f == 'fixed_ip' else f} {_show(getattr(have, f))} -> "
+                     f"{_show(getattr(want, f))}" for f in fields)
+
+
+def _host_change(host: Host, have: Host | None) -> Change:
+    if have is None:
+        return Change(ADD, "host", host.name, "(lab)" if host.lab else host.underlay_ip)
+    # a lab host's agent registers its own underlay address: whatever is recorded is current
+    if host.lab or not host.underlay_ip or have.underlay_ip == host.underlay_ip:
+        return Change(SAME, "host", host.name)
+    return Change(REFUSE, "host", host.name, f"underlay_ip {have.underlay_ip} -> "
+                  f"{host.underlay_ip} cannot change in place; run `sdnctl down` first")
+
+
+def _network_change(net: Network, have: Network | None) -> Change:
+    if have is None:
+        return Change(ADD, "network", net.name, f"{net.driver} {net.subnet}")
+    have = dataclasses.replace(have, builtin=False)
+    # What the topology leaves to the controller (0: allocate or default) matches any value.
+    net = dataclasses.replace(net, **{f: getattr(have, f) for f in CONTROLLER_CHOSEN
+                                      if not getattr(net, f)})
+    if have == net:
+        return Change(SAME, "network", net.name)
+    changed = _changed(have, net)
+    immutable = [f for f in changed if f not in Network.MUTABLE]
+    if immutable:
+        return Change(REFUSE, "network", net.name, f"{_differences(have, net, immutable)} "
+                      "cannot change in place; run `sdnctl down` first")
+    return Change(CHANGE, "network", net.name, _differences(have, net, changed))
+
+
+def _container_change(ctr: Container, have: Container | None) -> Change:
+    if have is None:
+        return Change(ADD, "container", ctr.name, f"on {ctr.host}, network {ctr.network}")
+    if have == ctr:
+        return Change(SAME, "container", ctr.name)
+    if have.host != ctr.host:
+        return Change(REFUSE, "container", ctr.name, f"host {have.host} -> {ctr.host} cannot "
+                      "change in place; run `sdnctl down` first")
+    return Change(CHANGE, "container", ctr.name, _differences(have, ctr, _changed(have, ctr)))
+
+
+def format_plan(changes: list[Change]) -> list[str]:
+    """The lines `up` prints: every change, then one line counting what stays as it is."""
+    lines = [str(c) for c in changes if c.sign != SAME]
+    same = sum(c.sign == SAME for c in changes)
+    if same or not lines:
+        lines.append(f"{SAME} {same} unchanged")
+    return lines
+
+
+def print_plan(topology: Topology, changes: list[Change], source: str,
+               out: TextIO = sys.stdout) -> None:
+    out.write(f"plan for {topology.name} ({source}):\n")
+    for line in format_plan(changes):
+        out.write(f"  {line}\n")
+    out.flush()
+
+
+def dry_run(topology: Topology, out: TextIO = sys.stdout) -> list[Change]:
+    """The plan of `up`, printed, with nothing started or changed (a controller that answers
+    is only read)."""
+    client = Client()
+    try:
+        if client.healthy():
+            observed, source = observe(client), f"controller at {client.address}"
+        else:
+            observed, source = Observed(), f"no controller answers at {client.address}"
+    finally:
+        client.close()
+    changes = plan(topology, observed)
+    print_plan(topology, changes, source, out)
+    return changes
+
+
+def refused(changes: list[Change]) -> None:
+    bad = [c for c in changes if c.sign == REFUSE]
+    if bad:
+        raise DeployError("the topology changes what cannot change in place: "
+                          + "; ".join(f"{c.kind} {c.name}: {c.detail}" for c in bad))
+
+
 # -- up --------------------------------------------------------------------------------------
 
-def up(topology: Topology, timeout: float = 120.0, progress: Progress | None = None) -> None:
+def up(topology: Topology, timeout: float = 120.0, progress: Progress | None = None,
+       out: TextIO = sys.stdout) -> None:
     progress = progress or Progress()
     started = time.monotonic()
     client = ensure_controller(progress)
     try:
+        changes = plan(topology, observe(client))
+        print_plan(topology, changes, f"controller at {client.address}", out)
+        refused(changes)  # before anything is built
         lab_hosts = build_lab(topology, progress)
         register_hosts(client, topology, lab_hosts, progress)
         ensure_agents(client, topology, lab_hosts, progress)

@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import netaddr
 import yaml
 
+from sdnctl import schema
 from sdnctl.model import (
     DEFAULT_HOST_PREFIX,
     DEFAULT_INTERFACE,
@@ -32,7 +34,7 @@ from sdnctl.model import (
     Network,
     check_name,
 )
-from sdnctl.validate import validate_container, validate_host, validate_network
+from sdnctl.validate import check_ipv4, validate_container, validate_host, validate_network
 
 DEFAULT_COMMAND = ("sleep", "infinity")
 #: A container without `network` goes to the controller's default bridge, as in Docker.
@@ -56,6 +58,27 @@ class LabOptions:
     routed: bool = False
 
 
+#: What an expectation's `to:` may name besides a container, a network or an address.
+EXTERNAL = "external"
+PROBE_PROTOCOLS = ("icmp", "tcp", "udp")
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """One line of a topology's `expect:` block: must (or must not) ``src`` reach ``dst``?
+
+    ``dst`` is a container, a network (every container on it), ``external`` (the lab's outside
+    world) or an IPv4 address. ``port`` 0 with ``proto`` icmp is a ping.
+    """
+
+    src: str
+    dst: str
+    reach: bool = True
+    proto: str = "icmp"
+    port: int = 0
+    line: int = 0  # where it was written, for messages
+
+
 @dataclass(frozen=True)
 class Topology:
     name: str
@@ -63,6 +86,7 @@ class Topology:
     networks: tuple[Network, ...]
     containers: tuple[Container, ...]
     lab: LabOptions = LabOptions()
+    expect: tuple[Expectation, ...] = ()
 
     @property
     def lab_hosts(self) -> tuple[Host, ...]:
@@ -92,11 +116,14 @@ class _Reader:
     def __init__(self, file: str, lines: dict[str, int]) -> None:
         self.file, self.lines = file, lines
 
-    def error(self, path: str, message: str) -> TopologyError:
+    def line_of(self, path: str) -> int | None:
         probe = path  # the field itself, or the nearest enclosing thing that has a line
         while probe and probe not in self.lines:
             probe = _PARENT.sub("", probe)
-        return TopologyError(self.file, self.lines.get(probe), path, message)
+        return self.lines.get(probe)
+
+    def error(self, path: str, message: str) -> TopologyError:
+        return TopologyError(self.file, self.line_of(path), path, message)
 
     def mapping(self, value: Any, path: str, allowed: set[str], required: set[str]) -> dict:
         if not isinstance(value, dict):
@@ -147,7 +174,12 @@ def parse(text: str, file: str = "<topology>") -> Topology:
     if node is None:
         raise TopologyError(file, None, "", "empty document")
     r = _Reader(file, _line_map(node))
-    r.mapping(doc, "", {"name", "hosts", "networks", "containers", "routes", "lab"}, {"name"})
+    # The shape first (keys, types, enumerations: topology.schema.json), then what it means.
+    shape = schema.first_error(doc, r.line_of)
+    if shape is not None:
+        raise r.error(shape.path, shape.message)
+    r.mapping(doc, "", {"name", "hosts", "networks", "containers", "routes", "lab", "expect"},
+              {"name"})
     name = _named(r, doc.get("name"), "name")
 
     hosts = tuple(_collect(r, doc, "hosts", _host))
@@ -155,7 +187,36 @@ def parse(text: str, file: str = "<topology>") -> Topology:
     containers = tuple(_collect(r, doc, "containers", _container))
     networks = _apply_routes(r, doc, networks)
     _check_references(r, hosts, networks, containers)
-    return Topology(name, hosts, networks, containers, _lab(r, doc.get("lab")))
+    expect = _expectations(r, doc, containers, networks)
+    return Topology(name, hosts, networks, containers, _lab(r, doc.get("lab")), expect)
+
+
+def _expectations(r: _Reader, doc: dict, containers: tuple[Container, ...],
+                  networks: tuple[Network, ...]) -> tuple[Expectation, ...]:
+    names = {c.name for c in containers}
+    targets = names | {n.name for n in networks} | {EXTERNAL}
+    result = []
+    for i, raw in enumerate(r.sequence(doc, "expect")):
+        where = f"expect[{i}]"
+        m = r.mapping(raw, where, {"from", "to", "reach", "proto", "port"}, {"from", "to"})
+        src, dst = r.typed(m, "from", where, str, ""), r.typed(m, "to", where, str, "")
+        if src not in names:
+            raise r.error(f"{where}.from", f"unknown container {src!r}")
+        if dst not in targets:
+            try:
+                check_ipv4(dst, f"{where}.to")
+            except Invalid as e:
+                raise r.error(f"{where}.to", f"{dst!r} is not a container, a network, "
+                              f"{EXTERNAL!r} or an IPv4 address") from e
+        proto = r.typed(m, "proto", where, str, "tcp" if "port" in m else "icmp")
+        if proto not in PROBE_PROTOCOLS:
+            raise r.error(f"{where}.proto", f"expected one of {', '.join(PROBE_PROTOCOLS)}")
+        port = r.typed(m, "port", where, int, 0)
+        if (proto == "icmp") != (port == 0) or not 0 <= port <= 65535:
+            raise r.error(f"{where}.port", "tcp and udp need a port (1-65535); icmp takes none")
+        result.append(Expectation(src, dst, r.typed(m, "reach", where, bool, True), proto, port,
+                                  r.lines.get(where, 0)))
+    return tuple(result)
 
 
 def _lab(r: _Reader, raw: Any) -> LabOptions:
@@ -193,6 +254,7 @@ def _check_references(r: _Reader, hosts: tuple[Host, ...], networks: tuple[Netwo
     host_names = {h.name for h in hosts}
     network_names = {n.name for n in networks}
     by_name = {c.name: c for c in containers}
+    _check_overlaps(r, networks)
     for i, n in enumerate(networks):
         for j, other in enumerate(n.allow):
             if other not in network_names:
@@ -213,6 +275,37 @@ def _check_references(r: _Reader, hosts: tuple[Host, ...], networks: tuple[Netwo
             if giver.host != c.host:
                 raise r.error(f"containers[{i}].network", f"container {donor!r} runs on host "
                               f"{giver.host!r}, not {c.host!r}: a network namespace is local")
+            if giver.donor is not None:
+                raise r.error(f"containers[{i}].network", _join_chain(c, by_name))
+
+
+def _join_chain(ctr: Container, by_name: dict[str, Container]) -> str:
+    """Why joining a joined container is refused, naming the chain (or the cycle) it makes."""
+    chain = [ctr.name]
+    current: Container | None = ctr
+    while current is not None and current.donor is not None:
+        chain.append(current.donor)
+        if current.donor in chain[:-1]:
+            return (f"containers join each other in a cycle ({' -> '.join(chain)}): none of them "
+                    "has a network namespace of its own to give; make one of them bridged, "
+                    "none or host")
+        current = by_name.get(current.donor)
+    return (f"{chain[1]!r} itself joins {chain[2]!r}; join the container that owns the "
+            f"namespace instead (network: \"container:{chain[-1]}\")")
+
+
+def _check_overlaps(r: _Reader, networks: tuple[Network, ...]) -> None:
+    """Two networks whose subnets overlap would give two containers one address, and routes
+    that cannot tell the networks apart."""
+    seen: list[tuple[int, Network, netaddr.IPNetwork]] = []
+    for i, n in enumerate(networks):
+        cidr = netaddr.IPNetwork(n.subnet)
+        for j, other, other_cidr in seen:
+            if cidr.first <= other_cidr.last and other_cidr.first <= cidr.last:
+                raise r.error(f"networks[{i}].subnet", f"{n.subnet} overlaps {other.subnet} of "
+                              f"network {other.name!r} (networks[{j}]); give each network its "
+                              "own range")
+        seen.append((i, n, cidr))
 
 
 def _named(r: _Reader, value: Any, path: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sdnctl.model import Container, Host, Network
-from sdnctl.topology import Topology, TopologyError, load, parse
+from sdnctl.topology import TopologyError, load, parse
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "topology-examples"
 
@@ -20,16 +20,17 @@ def error_of(text: str) -> TopologyError:
 
 def test_single_host_example_loads_into_the_model() -> None:
     topo = load(str(EXAMPLES / "single-host.yaml"))
-    assert topo == Topology(
-        name="single",
-        hosts=(Host("h1", lab=True),),
-        networks=(Network("front", "10.88.0.0/16", driver="bridge", host_prefix=24, mtu=1500,
-                          masquerade=True),),
-        containers=(
-            Container("web", "h1", "front", command=("sleep", "infinity"), interface="eth0"),
-            Container("db", "h1", "front", command=("sleep", "infinity"), interface="eth0"),
-        ),
+    assert (topo.name, topo.hosts) == ("single", (Host("h1", lab=True),))
+    assert topo.networks == (Network("front", "10.88.0.0/16", driver="bridge", host_prefix=24,
+                                     mtu=1500, masquerade=True),)
+    assert topo.containers == (
+        Container("web", "h1", "front", command=("sleep", "infinity"), interface="eth0"),
+        Container("db", "h1", "front", command=("sleep", "infinity"), interface="eth0"),
+        Container("sidecar", "h1", "container:web", share=("uts",)),
+        Container("vault", "h1", "none"),
+        Container("probe", "h1", "host"),
     )
+    assert {c.mode for c in topo.containers} == {"bridge", "container", "none", "host"}
     assert topo.lab_hosts == (Host("h1", lab=True),)
 
 
@@ -78,8 +79,8 @@ HEAD = "name: t\nhosts:\n  - {name: h1, lab: true}\nnetworks:\n"  # lines 1-4
             id="unknown-field"),
         pytest.param(
             "name: t\nextra: 1\n",
-            "x.yaml:2: extra: unknown field; expected one of containers, hosts, lab, name, "
-            "networks, routes",
+            "x.yaml:2: extra: unknown field; expected one of containers, expect, hosts, lab, "
+            "name, networks, routes",
             id="unknown-top-level-field"),
         pytest.param(
             HEAD + "  - name: front\n    mtu: 1400\n",

@@ -1,0 +1,509 @@
+"""`sdnctl check FILE`: prove with real packets that a topology reaches what it should, and
+nothing else.
+
+Design note. Checking is two halves, as building is:
+
+- **The plan is pure.** :func:`plan` turns a :class:`~sdnctl.topology.Topology` into a list of
+  :class:`Probe` (source container, target, protocol, port, expected verdict, and why it is
+  expected). It holds every line of the ``expect:`` block (a network target expands to each
+  container attached to it) and, unless ``--no-implied``, the *implied matrix* that the modes
+  and networks promise (:func:`implied_reach`, :func:`implied_egress`). An expectation
+  overrides the implied probe for the same (source, target, protocol, port).
+- **The probes are real packets, sent from inside the source's network namespace** (the
+  ``netns`` path its agent reports): ``ping -c1`` through ``nsenter`` for ICMP, and for TCP and
+  UDP a socket born in that namespace (a throw-away thread enters it, see
+  ``agent.kernel.netns.run_in_netns``). Nothing is sent from the root namespace, and only to
+  addresses the topology names: its containers', the lab's outside world (203.0.113.1), and
+  addresses written in ``expect:``.
+
+What a verdict means, honestly:
+
+- ICMP: an echo reply within the timeout is *reachable*; anything else is *blocked*.
+- TCP: a completed handshake or a refusal (RST) is *reachable*: a packet got there and the
+  target's kernel answered. A timeout or an ICMP error (host/network unreachable) is *blocked*.
+  Our isolation rules drop silently; a firewall that answers with a TCP reset or an ICMP
+  port-unreachable would look reachable.
+- UDP: a connected socket sends one datagram and waits. An answer, or an ICMP port-unreachable
+  (the socket reports ECONNREFUSED), is *reachable*; silence is *blocked*. Silence is ambiguous
+  (a listening application that does not answer looks the same as a drop), and the target's
+  kernel rate-limits port-unreachables, so UDP verdicts are the least certain.
+- A probe proves the *path* (routing, bridging, NAT, firewall), never that an application
+  listens or works.
+
+Probes run in parallel threads (:data:`WORKERS` at once); probes that would send the same
+packet from the same namespace (a joined container shares its donor's) are sent once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+from agent.kernel.netns import run_in_netns
+from sdnctl import topology
+from sdnctl.client import CommandError, connect
+from sdnctl.deploy import Progress
+from sdnctl.lab import EXTERNAL_IP
+from sdnctl.model import MODE_HOST, MODE_NONE, Container, Network
+from sdnctl.topology import DEFAULT_NETWORK, EXTERNAL, Topology
+from sdnctl.v1 import sdnctl_pb2 as pb
+
+#: How many probes are in flight at once.
+WORKERS = 16
+#: Seconds a probe waits for an answer (``--timeout``).
+DEFAULT_TIMEOUT = 1.0
+#: The controller's default bridge (``sdnctl-controller --default-bridge``), for containers
+#: whose network the topology does not define.
+DEFAULT_BRIDGE = Network(DEFAULT_NETWORK, "172.17.0.0/16", builtin=True)
+UDP_PAYLOAD = b"sdnctl check\n"
+
+
+# -- the plan (pure) ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Must ``src`` reach ``dst``? ``dst`` is a container, ``external`` or an IPv4 address."""
+
+    src: str
+    dst: str
+    proto: str = "icmp"
+    port: int = 0
+    expect: bool = True
+    why: str = ""  # for an implied probe, the rule; for an expectation, "expect"
+    line: int = 0  # the expectation's line in the file; 0 for implied probes
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.src, self.dst, self.proto, self.port)
+
+    @property
+    def label(self) -> str:
+        service = self.proto if self.proto == "icmp" else f"{self.proto}/{self.port}"
+        return f"{self.src} -> {self.dst} {service}"
+
+
+def plan(topo: Topology, implied: bool = True) -> list[Probe]:
+    """Every probe ``check`` sends for ``topo``: the implied matrix (unless ``implied`` is
+    False), then the ``expect:`` block, which overrides an implied probe with the same key."""
+    probes: dict[tuple[str, str, str, int], Probe] = {}
+    if implied:
+        for probe in implied_matrix(topo):
+            probes[probe.key] = probe
+    for probe in expected(topo):
+        probes[probe.key] = probe
+    return list(probes.values())
+
+
+def expected(topo: Topology) -> list[Probe]:
+    """The ``expect:`` block as probes; a network target becomes one probe per container
+    attached to it (the source itself left out)."""
+    containers = {c.name for c in topo.containers}
+    networks = {n.name for n in topo.networks}
+    probes = []
+    for e in topo.expect:
+        if e.dst in containers or e.dst not in networks:
+            targets = [e.dst]
+        else:
+            targets = [c.name for c in topo.containers if c.bridge_network == e.dst]
+        probes += [Probe(e.src, dst, e.proto, e.port, e.reach, "expect", e.line)
+                   for dst in targets if dst != e.src]
+    return probes
+
+
+def implied_matrix(topo: Topology) -> list[Probe]:
+    """What the modes and networks promise, by ICMP: each source to each container with an
+    address of its own (a bridged one), then to ``external``.
+
+    An open (host-mode) container is probed only towards ``external``: it reaches whatever its
+    host reaches, which the topology does not describe. Closed and open containers are never
+    targets (no address of their own); a joined container is reached as its donor.
+    """
+    targets = [c for c in topo.containers if c.bridge_network is not None]
+    probes = []
+    for src in topo.containers:
+        effective = donor_of(topo, src)
+        if effective.mode != MODE_HOST:
+            for dst in targets:
+                if dst.name != effective.name:
+                    reach, why = implied_reach(topo, src, dst)
+                    probes.append(Probe(src.name, dst.name, expect=reach, why=why))
+        reach, why = implied_egress(topo, src)
+        probes.append(Probe(src.name, EXTERNAL, expect=reach, why=why))
+    return probes
+
+
+def donor_of(topo: Topology, ctr: Container) -> Container:
+    """A joined container behaves as its donor: it lives in the donor's network namespace
+    (following a chain of joins; the topology rejects cycles)."""
+    by_name = {c.name: c for c in topo.containers}
+    seen = {ctr.name}
+    while ctr.donor is not None and ctr.donor in by_name and ctr.donor not in seen:
+        ctr = by_name[ctr.donor]
+        seen.add(ctr.name)
+    return ctr
+
+
+def network_of(topo: Topology, name: str) -> Network:
+    for n in topo.networks:
+        if n.name == name:
+            return n
+    if name == DEFAULT_NETWORK:
+        return DEFAULT_BRIDGE
+    raise KeyError(f"unknown network {name!r}")
+
+
+def _joined(topo: Topology, ctr: Container, verdict: tuple[bool, str]) -> tuple[bool, str]:
+    donor = donor_of(topo, ctr)
+    if donor.name == ctr.name:
+        return verdict
+    return verdict[0], f"joined to {donor.name}: {verdict[1]}"
+
+
+def implied_reach(topo: Topology, src: Container, dst: Container) -> tuple[bool, str]:
+    """Whether ``src`` should reach bridged ``dst``, and the rule that says so."""
+    a, b = donor_of(topo, src), donor_of(topo, dst)
+    if a.mode == MODE_NONE:
+        return _joined(topo, src, (False, f"{a.name} is closed (network: none)"))
+    if a.bridge_network is None or b.bridge_network is None:
+        raise ValueError(f"{src.name} -> {dst.name}: implied only between bridged containers")
+    na, nb = network_of(topo, a.bridge_network), network_of(topo, b.bridge_network)
+    if na.name == nb.name:
+        if a.host == b.host:
+            verdict = (True, f"same network {na.name} on {a.host}")
+        elif na.driver == "overlay":
+            verdict = (True, f"overlay {na.name} spans {a.host} and {b.host}")
+        else:
+            verdict = (False, f"bridge {na.name} does not span hosts ({a.host}, {b.host})")
+    elif nb.name in na.allow or na.name in nb.allow:
+        if a.host == b.host:
+            verdict = (True, f"{na.name} and {nb.name} are allowed to talk")
+        else:
+            verdict = (False, f"{na.name} and {nb.name} are allowed, but only a host routes "
+                       f"between them, and {a.name} and {b.name} are on {a.host} and {b.host}")
+    else:
+        verdict = (False, f"{na.name} and {nb.name} are isolated from each other")
+    return _joined(topo, src, verdict)
+
+
+def implied_egress(topo: Topology, ctr: Container) -> tuple[bool, str]:
+    """Whether ``ctr`` should reach the outside world, and the rule that says so."""
+    c = donor_of(topo, ctr)
+    if c.mode == MODE_NONE:
+        verdict = (False, f"{c.name} is closed (network: none)")
+    elif c.mode == MODE_HOST:
+        verdict = (True, f"{c.name} is open: it is in {c.host}'s namespace")
+    else:
+        assert c.bridge_network is not None
+        net = network_of(topo, c.bridge_network)
+        if net.internal:
+            verdict = (False, f"{net.name} is internal")
+        elif not net.masquerade:
+            # The outside world has no route back to container subnets: only NAT answers.
+            verdict = (False, f"{net.name} does not masquerade, so nothing outside can answer")
+        else:
+            verdict = (True, f"{net.name} has egress NAT")
+    return _joined(topo, ctr, verdict)
+
+
+# -- measuring (real packets) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measurement:
+    reached: bool | None  # None: could not probe (no namespace, a tool failed)
+    detail: str
+
+
+@dataclass(frozen=True)
+class Result:
+    probe: Probe
+    address: str  # where the packet went ("" when the target has no address)
+    measured: bool | None
+    detail: str
+
+    @property
+    def match(self) -> bool:
+        return self.measured is self.probe.expect
+
+
+def ping(netns: str, address: str, timeout: float) -> Measurement:
+    argv = ["nsenter", f"--net={netns}", "ping", "-n", "-q", "-c1", f"-W{timeout:g}", address]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 10,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return Measurement(None, f"could not run ping: {e}")
+    if done.returncode == 0:
+        return Measurement(True, "echo reply")
+    if done.returncode == 1:
+        return Measurement(False, f"no reply within {timeout:g}s")
+    error = (done.stderr.strip().splitlines() or ["ping failed"])[-1]
+    if "unreachable" in error.lower():  # ping: connect: Network is unreachable
+        return Measurement(False, error.removeprefix("ping: "))
+    return Measurement(None, error)
+
+
+def _socket_probe(netns: str, address: str, proto: str, port: int,
+                  timeout: float) -> Measurement:
+    """A TCP connect or a UDP exchange from a socket born in ``netns``."""
+
+    def probe() -> Measurement:
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.settimeout(timeout)
+            try:
+                s.connect((address, port))
+                if proto == "tcp":
+                    return Measurement(True, "connected")
+                s.send(UDP_PAYLOAD)
+                s.recv(512)
+                return Measurement(True, "answered")
+            except ConnectionRefusedError:
+                what = "refused (RST)" if proto == "tcp" else "port unreachable"
+                return Measurement(True, what)
+            except TimeoutError:
+                return Measurement(False, f"no answer within {timeout:g}s")
+            except OSError as e:
+                if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    return Measurement(False, os.strerror(e.errno))
+                return Measurement(None, f"{proto} probe failed: {e}")
+
+    try:
+        return run_in_netns(netns, probe)
+    except OSError as e:  # the namespace went away
+        return Measurement(None, f"cannot enter {netns}: {e}")
+
+
+def measure(netns: str, address: str, proto: str, port: int, timeout: float) -> Measurement:
+    """Send one probe from the network namespace at ``netns`` to ``address``."""
+    if proto == "icmp":
+        return ping(netns, address, timeout)
+    return _socket_probe(netns, address, proto, port, timeout)
+
+
+Measure = Callable[[str, str, str, int, float], Measurement]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What the controller reports about a container: where to send from, and to."""
+
+    netns: str  # "" when it has none yet (not created, failed)
+    address: str  # its own address, or its donor's; "" for closed and open containers
+    state: str
+    mode: str
+
+
+def endpoints(topo: Topology, reported: Iterable[pb.Container]) -> dict[str, Endpoint]:
+    """Each of the topology's containers as the controller reports it; CommandError when the
+    controller does not know one (the topology is not up)."""
+    by_name = {c.name: c for c in reported}
+    missing = [c.name for c in topo.containers if c.name not in by_name]
+    if missing:
+        raise CommandError(f"the controller does not know container(s) {', '.join(missing)} of "
+                           f"topology {topo.name!r}; run `sdnctl up` on it first")
+    result = {}
+    for ctr in topo.containers:
+        donor = by_name.get(donor_of(topo, ctr).name, by_name[ctr.name])
+        result[ctr.name] = Endpoint(by_name[ctr.name].status.netns, donor.ip,
+                                    by_name[ctr.name].status.state or "pending", ctr.mode)
+    return result
+
+
+def target_address(probe: Probe, where: dict[str, Endpoint]) -> str:
+    if probe.dst == EXTERNAL:
+        return EXTERNAL_IP
+    if probe.dst in where:
+        return where[probe.dst].address
+    return str(ipaddress.IPv4Address(probe.dst))
+
+
+def run(probes: Sequence[Probe], where: dict[str, Endpoint], timeout: float,
+        progress: Progress | None = None, send: Measure = measure) -> list[Result]:
+    """Measure every probe (each distinct packet once, :data:`WORKERS` at a time)."""
+    packets: dict[tuple[str, str, str, int], list[int]] = {}
+    results: list[Result | None] = [None] * len(probes)
+    for i, probe in enumerate(probes):
+        src, address = where[probe.src], target_address(probe, where)
+        if not address:
+            mode = where[probe.dst].mode
+            why = "it is closed" if mode == MODE_NONE else \
+                "it is open, in its host's namespace" if mode == MODE_HOST else "none assigned"
+            results[i] = Result(probe, "", False, f"{probe.dst} has no address ({why})")
+        elif not src.netns:
+            results[i] = Result(probe, address, None,
+                                f"{probe.src} has no network namespace (state {src.state})")
+        else:
+            packets.setdefault((src.netns, address, probe.proto, probe.port), []).append(i)
+    done = 0
+    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="probe") as pool:
+        futures = {pool.submit(send, *packet, timeout): packet for packet in packets}
+        for future in as_completed(futures):
+            m = future.result()
+            for i in packets[futures[future]]:
+                results[i] = Result(probes[i], futures[future][1], m.reached, m.detail)
+            done += 1
+            if progress is not None and progress.tty:  # a log gets only the step lines
+                progress.waiting(f"probed {done}/{len(packets)}")
+    return [r for r in results if r is not None]
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+_GREEN, _DIM, _RED, _RESET = "\033[32m", "\033[2m", "\033[1;31m", "\033[0m"
+
+
+def verdict(reached: bool | None) -> str:
+    return {True: "reachable", False: "blocked", None: "not measured"}[reached]
+
+
+def cell(result: Result | None, color: bool = False) -> str:
+    """✓ reachable, ✗ blocked, ? not measured; ≠ marks a mismatch."""
+    if result is None:
+        return "·"
+    mark = {True: "✓", False: "✗", None: "?"}[result.measured]
+    text = mark if result.match else f"{mark}≠"
+    if not color:
+        return text
+    colour = _RED if not result.match else _GREEN if result.measured else _DIM
+    return f"{colour}{text}{_RESET}"
+
+
+def matrix(topo: Topology, results: Sequence[Result], color: bool = False) -> str:
+    """The ICMP results as a table: rows are sources, columns targets (``external`` last)."""
+    icmp = {(r.probe.src, r.probe.dst): r for r in results if r.probe.proto == "icmp"}
+    if not icmp:
+        return ""
+    order = [c.name for c in topo.containers]
+    dsts = {dst for _, dst in icmp}
+    columns = [n for n in order if n in dsts] + sorted(dsts - {*order, EXTERNAL}) + \
+        ([EXTERNAL] if EXTERNAL in dsts else [])
+    rows = [n for n in order if any(src == n for src, _ in icmp)]
+    first = max(len("icmp"), *(len(r) for r in rows))
+    lines = ["icmp".ljust(first) + "  " + "  ".join(columns)]
+    for src in rows:
+        cells = []
+        for dst in columns:
+            text = cell(icmp.get((src, dst)))
+            pad = " " * (len(dst) - len(text))
+            cells.append(cell(icmp.get((src, dst)), color) + pad)
+        lines.append(src.ljust(first) + "  " + "  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def where_from(result: Result, file: str) -> str:
+    p = result.probe
+    return f"{file}:{p.line}" if p.line else f"implied: {p.why}"
+
+
+def mismatch_line(result: Result, file: str) -> str:
+    p = result.probe
+    return (f"{p.label}: expected {verdict(p.expect)}, measured {verdict(result.measured)} "
+            f"[{result.detail}] ({where_from(result, file)})")
+
+
+def report(topo: Topology, file: str, results: Sequence[Result], elapsed: float,
+           color: bool = False) -> str:
+    parts = []
+    drawn = matrix(topo, results, color)
+    if drawn:
+        parts.append(drawn)
+    others = [r for r in results if r.probe.proto != "icmp"]
+    if others:
+        width = max(len(r.probe.label) for r in others)
+        parts.append("\n".join(
+            f"{r.probe.label.ljust(width)}  {cell(r, color)}{' ' * (3 - len(cell(r)))}{r.detail}"
+            for r in others))
+    unprobed = _not_targets(topo)
+    if unprobed:
+        parts.append("not targets: " + "; ".join(unprobed))
+    bad = [r for r in results if not r.match]
+    if bad:
+        parts.append("MISMATCHES\n" + "\n".join(f"  {mismatch_line(r, file)}" for r in bad))
+    summary = (f"{len(results)} probes, all as expected" if not bad else
+               f"{len(results)} probes, {len(bad)} mismatch{'es' if len(bad) > 1 else ''}")
+    mark = "✔" if not bad else "✘"
+    parts.append(f"{mark} check {topo.name}: {summary} ({elapsed:.1f}s)")
+    return "\n\n".join(parts)
+
+
+def _not_targets(topo: Topology) -> list[str]:
+    notes = []
+    for c in topo.containers:
+        if c.mode == MODE_NONE:
+            notes.append(f"{c.name} (closed: no address)")
+        elif c.mode == MODE_HOST:
+            notes.append(f"{c.name} (open: in {c.host}'s namespace)")
+        elif c.donor is not None:
+            notes.append(f"{c.name} (joined: reached as {donor_of(topo, c).name})")
+    return notes
+
+
+def result_json(result: Result, file: str) -> dict[str, Any]:
+    p = result.probe
+    return {"from": p.src, "to": p.dst, "address": result.address, "proto": p.proto,
+            "port": p.port, "expected": p.expect, "measured": result.measured,
+            "match": result.match, "detail": result.detail, "why": p.why,
+            "where": where_from(result, file)}
+
+
+# -- the verb -------------------------------------------------------------------------------------
+
+
+def _timeout(text: str) -> float:
+    value = float(text)
+    if not 0.1 <= value <= 30:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0.1..30 seconds")
+    return value
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    topo = topology.load(args.file)
+    probes = plan(topo, implied=not args.no_implied)
+    client = connect()
+    try:
+        reported = client.api.ListContainers(pb.ListRequest(), timeout=10).containers
+    finally:
+        client.close()
+    where = endpoints(topo, reported)
+    progress = Progress()
+    progress.step(f"probing {topo.name}: {len(probes)} probes from inside its containers")
+    started = time.monotonic()
+    results = run(probes, where, args.timeout, progress)
+    elapsed = time.monotonic() - started
+    ok = all(r.match for r in results)
+    progress.step(f"probed in {elapsed:.1f}s")
+    if args.json:
+        print(json.dumps({"topology": topo.name, "file": args.file, "ok": ok,
+                          "elapsed": round(elapsed, 3),
+                          "probes": [result_json(r, args.file) for r in results]}, indent=2))
+    else:
+        color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        print(report(topo, args.file, results, elapsed, color))
+    return 0 if ok else 1
+
+
+def register(sub: Any) -> None:
+    """Add this module's verbs to the sdnctl argument parser's sub-parsers."""
+    p = sub.add_parser(
+        "check", help="probe a topology with real packets: its expect: block and the matrix its "
+        "modes and networks imply (exit 1 on any mismatch)")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print every probe, expected and measured")
+    p.add_argument("--no-implied", action="store_true",
+                   help="probe only the expect: block, not the implied matrix")
+    p.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT,
+                   help="seconds each probe waits for an answer (default %(default)s)")
+    p.set_defaults(func=cmd_check)

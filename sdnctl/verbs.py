@@ -1,0 +1,564 @@
+"""Everyday verbs in Docker's spirit: networks, containers, hosts.
+
+    sdnctl network create NAME --subnet CIDR [--driver bridge|overlay] [...]
+    sdnctl network ls [--json] | inspect NAME [--json] | rm NAME...
+    sdnctl network connect NETWORK CONTAINER | disconnect NETWORK CONTAINER
+    sdnctl run --name NAME --host HOST [--network N] [-p HOST:CTR] [--restart P] [--] CMD...
+    sdnctl rm [-f] NAME...
+    sdnctl exec NAME CMD...        (containers on this machine: lab hosts)
+    sdnctl logs [-f] NAME          (containers on this machine: lab hosts)
+    sdnctl host ls [--json]
+
+Everything goes through the controller's gRPC API; a verb that changes a container waits until
+the container's host has realised the change (its agent reports the revision), so when the verb
+returns the kernel is as it says. ``exec`` and ``logs`` act on this machine's kernel and files:
+they work for containers on lab hosts (namespaces on this machine) and refuse others.
+
+A container has exactly one interface here, so ``network connect`` moves it to the network (an
+UpdateContainer with the new mode; its agent restarts it with a new address) and ``network
+disconnect`` moves it to ``none`` (only ``lo``). Neither adds or removes a second interface, as
+Docker's would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from agent.kernel.netns import NETNS_RUN_DIR
+from sdnctl import convert, paths
+from sdnctl.client import Client, CommandError, connect
+from sdnctl.model import (
+    MODE_BRIDGE,
+    MODE_NONE,
+    STATE_ERROR,
+    STATE_EXITED,
+    STATE_RUNNING,
+    network_mode,
+)
+from sdnctl.v1 import sdnctl_pb2 as pb
+
+T = TypeVar("T")
+
+RPC_TIMEOUT = 10.0
+#: How long a verb that changes a container waits for its host to realise the change.
+WAIT_TIMEOUT = 60.0
+RESTART_POLICIES = ("no", "always", "on-failure")
+
+
+def _rpc(what: str, call: Callable[[], T]) -> T:
+    """``call()``, with a gRPC error turned into a CommandError naming what we tried."""
+    try:
+        return call()
+    except grpc.RpcError as e:
+        details = e.details() or e.code().name  # type: ignore[attr-defined]
+        raise CommandError(f"could not {what}: {details}") from e
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    from sdnctl.cli import print_table  # cli imports this module: import at call time
+
+    print_table(rows, header)
+
+
+# -- network ---------------------------------------------------------------------------------
+
+
+def network_from_args(args: argparse.Namespace) -> pb.Network:
+    """The Network message `network create` sends (pure)."""
+    net = pb.Network(name=args.name, driver=args.driver, subnet=args.subnet,
+                     gateway=args.gateway or "", ip_range=args.ip_range or "",
+                     internal=args.internal, allow=list(args.allow or []),
+                     mtu=args.mtu or 0, host_prefix=args.host_prefix or 0,
+                     vni=args.vni or 0, vxlan_port=args.vxlan_port or 0)
+    net.masquerade = not args.no_masquerade
+    return net
+
+
+def network_flags(n: dict[str, Any]) -> str:
+    """The FLAGS column of `network ls` (pure)."""
+    flags = []
+    if n["builtin"]:
+        flags.append("builtin")
+    if n["internal"]:
+        flags.append("internal")
+    elif not n["masquerade"]:
+        flags.append("no-masquerade")
+    if n["driver"] == "overlay":
+        flags.append(f"vni={n['vni']}")
+    return ",".join(flags)
+
+
+def cmd_network_create(args: argparse.Namespace) -> int:
+    client = connect()
+    got = _rpc(f"create network {args.name!r}", lambda: client.api.CreateNetwork(
+        pb.CreateNetworkRequest(network=network_from_args(args)), timeout=RPC_TIMEOUT))
+    print(got.name)
+    return 0
+
+
+def cmd_network_ls(args: argparse.Namespace) -> int:
+    from sdnctl.cli import network_json
+
+    client = connect()
+    reply = _rpc("list networks", lambda: client.api.ListNetworks(pb.ListRequest(),
+                                                                  timeout=RPC_TIMEOUT))
+    items = [network_json(n) for n in reply.networks]
+    if args.json:
+        _print_json(items)
+        return 0
+    _table([[n["name"], n["driver"], n["subnet"], n["gateway"] or "-", network_flags(n),
+             ",".join(n["allow"]) or "-"] for n in items],
+           ["NAME", "DRIVER", "SUBNET", "GATEWAY", "FLAGS", "ALLOW"])
+    return 0
+
+
+def network_details(client: Client, name: str) -> dict[str, Any]:
+    """A network as `network inspect` shows it: its spec, its hosts' leases, its containers."""
+    from sdnctl.cli import network_json
+
+    data = network_json(_rpc(f"inspect network {name!r}", lambda: client.api.GetNetwork(
+        pb.GetRequest(name=name), timeout=RPC_TIMEOUT)))
+    ipam = _rpc("read IPAM", lambda: client.api.GetIpam(pb.GetIpamRequest(network=name),
+                                                        timeout=RPC_TIMEOUT))
+    data["leases"] = [{"host": x.host, "subnet": x.subnet, "gateway": x.gateway}
+                      for x in ipam.leases]
+    listed = _rpc("list containers", lambda: client.api.ListContainers(
+        pb.ListRequest(network=name), timeout=RPC_TIMEOUT))
+    data["containers"] = [{"name": c.name, "host": c.host, "ip": c.ip,
+                           "state": c.status.state or "pending"} for c in listed.containers
+                          if c.network == name]
+    return data
+
+
+def cmd_network_inspect(args: argparse.Namespace) -> int:
+    data = network_details(connect(), args.name)
+    if args.json:
+        _print_json(data)
+        return 0
+    for key, value in data.items():
+        if key in ("leases", "containers"):
+            continue
+        print(f"{key + ':':<14} {value}")
+    print("leases:")
+    for x in data["leases"]:
+        print(f"  {x['host']:<12} {x['subnet']:<18} gateway {x['gateway']}")
+    print("containers:")
+    for c in data["containers"]:
+        print(f"  {c['name']:<12} {c['host']:<12} {c['ip'] or '-':<16} {c['state']}")
+    return 0
+
+
+def cmd_network_rm(args: argparse.Namespace) -> int:
+    client = connect()
+    for name in args.names:
+        request = pb.DeleteRequest(name=name)
+        _rpc(f"remove network {name!r}",
+             lambda: client.api.DeleteNetwork(request, timeout=RPC_TIMEOUT))  # noqa: B023
+        print(name)
+    return 0
+
+
+def reattach(container: pb.Container, network: str, ip: str = "") -> pb.Container:
+    """The spec of ``container`` moved to ``network`` (pure). A fixed address belonged to the
+    old network and goes; published ports exist only in bridge mode and go when leaving it."""
+    spec = convert.container_from_pb(container)
+    ports = spec.ports if network_mode(network)[0] == MODE_BRIDGE else ()
+    return convert.container_to_pb(dataclasses.replace(spec, network=network, fixed_ip=ip,
+                                                       ports=ports))
+
+
+def cmd_network_connect(args: argparse.Namespace) -> int:
+    client = connect()
+    have = _get_container(client, args.container)
+    if have.network == args.network:
+        print(f"{args.container} is already on {args.network}", file=sys.stderr)
+        return 0
+    _rpc(f"inspect network {args.network!r}", lambda: client.api.GetNetwork(
+        pb.GetRequest(name=args.network), timeout=RPC_TIMEOUT))
+    return _move(client, have, args.network, args.ip or "", args.timeout)
+
+
+def cmd_network_disconnect(args: argparse.Namespace) -> int:
+    client = connect()
+    have = _get_container(client, args.container)
+    if have.network != args.network:
+        raise CommandError(f"container {args.container!r} is not on network {args.network!r} "
+                           f"(its network is {have.network or 'the default bridge'!r})")
+    return _move(client, have, MODE_NONE, "", args.timeout)
+
+
+def _move(client: Client, have: pb.Container, network: str, ip: str, timeout: float) -> int:
+    spec = reattach(have, network, ip)
+    got = _rpc(f"move container {have.name!r} to {network!r}", lambda: client.api.UpdateContainer(
+        pb.UpdateContainerRequest(container=spec), timeout=RPC_TIMEOUT))
+    now = wait_realised(client, got.host, got.name, got.revision, timeout)
+    address = f" ({now.ip}/{now.prefixlen})" if now.ip else ""
+    print(f"{now.name}: {network}{address}, {now.status.state}")
+    return 0
+
+
+# -- containers ------------------------------------------------------------------------------
+
+
+def _get_container(client: Client, name: str) -> pb.Container:
+    return _rpc(f"find container {name!r}", lambda: client.api.GetContainer(
+        pb.GetRequest(name=name), timeout=RPC_TIMEOUT))
+
+
+def wait_realised(client: Client, host: str, name: str, revision: int,
+                  timeout: float) -> pb.Container:
+    """Until ``host``'s agent has realised ``revision`` and ``name`` has left pending: running,
+    exited or in error. Returns the container as then reported."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = _rpc(f"inspect host {host!r}", lambda: client.api.GetHost(
+            pb.GetRequest(name=host), timeout=RPC_TIMEOUT))
+        ctr = _get_container(client, name)
+        settled = ctr.status.state in (STATE_RUNNING, STATE_EXITED, STATE_ERROR)
+        if got.agent_synced and got.observed_revision >= revision and settled:
+            return ctr
+        if time.monotonic() > deadline:
+            why = "" if got.agent_connected else f" (no agent of host {host!r} is connected)"
+            raise CommandError(f"container {name!r} is recorded but host {host!r} did not "
+                               f"realise it within {timeout:.0f}s{why}; state: "
+                               f"{ctr.status.state or 'pending'}")
+        time.sleep(0.1)
+
+
+def container_from_args(args: argparse.Namespace) -> pb.Container:
+    """The Container message `run` sends (pure). ``--`` before the command is optional."""
+    command = list(args.cmd or [])
+    if command[:1] == ["--"]:
+        command = command[1:]
+    return pb.Container(name=args.name, host=args.host, network=args.network or "",
+                        command=command, ports=list(args.publish or []),
+                        restart=args.restart, fixed_ip=args.ip or "",
+                        share=list(args.share or []))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    client = connect()
+    spec = container_from_args(args)
+    got = _rpc(f"create container {args.name!r}", lambda: client.api.CreateContainer(
+        pb.CreateContainerRequest(container=spec), timeout=RPC_TIMEOUT))
+    now = wait_realised(client, got.host, got.name, got.revision, args.timeout)
+    if now.status.state == STATE_ERROR:
+        raise CommandError(f"container {args.name!r} did not start: {now.status.message} "
+                           f"(it stays recorded: `sdnctl rm {args.name}`)")
+    if now.status.state == STATE_EXITED:
+        print(f"{args.name} exited at once (see `sdnctl logs {args.name}`)", file=sys.stderr)
+    print(now.name)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    """Delete containers (a running one is stopped: there is no `stop` verb yet) and wait until
+    their hosts have removed them. ``-f``: a container that does not exist is not an error."""
+    client = connect()
+    deleted: dict[str, int] = {}
+    for name in args.names:
+        try:
+            have = client.api.GetContainer(pb.GetRequest(name=name), timeout=RPC_TIMEOUT)
+            reply = client.api.DeleteContainer(pb.DeleteRequest(name=name), timeout=RPC_TIMEOUT)
+        except grpc.RpcError as e:
+            if args.force and e.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                continue
+            raise CommandError(f"could not remove container {name!r}: "
+                               f"{e.details()}") from e  # type: ignore[attr-defined]
+        deleted[have.host] = max(deleted.get(have.host, 0), reply.revision)
+        print(name)
+    _wait_hosts(client, deleted, args.timeout)
+    return 0
+
+
+def _wait_hosts(client: Client, revisions: dict[str, int], timeout: float) -> None:
+    """Until each host's agent has realised its revision, or has none connected."""
+    deadline = time.monotonic() + timeout
+    for host, revision in sorted(revisions.items()):
+        while time.monotonic() < deadline:
+            request = pb.GetRequest(name=host)
+            got = _rpc(f"inspect host {host!r}",
+                       lambda: client.api.GetHost(request, timeout=RPC_TIMEOUT))  # noqa: B023
+            if not got.agent_connected or (got.agent_synced and
+                                           got.observed_revision >= revision):
+                break
+            time.sleep(0.1)
+        else:
+            raise CommandError(f"host {host!r} did not remove its containers within "
+                               f"{timeout:.0f}s")
+
+
+def _local_container(client: Client, name: str) -> pb.Container:
+    """A running container whose PID and namespace are on THIS machine (a lab host's)."""
+    ctr = _get_container(client, name)
+    host = _rpc(f"inspect host {ctr.host!r}", lambda: client.api.GetHost(
+        pb.GetRequest(name=ctr.host), timeout=RPC_TIMEOUT))
+    if not host.lab:
+        raise CommandError(f"container {name!r} runs on host {ctr.host!r}, which is not a lab "
+                           "host: exec works only for containers on this machine")
+    if ctr.status.state != STATE_RUNNING or ctr.status.pid <= 0:
+        raise CommandError(f"container {name!r} is not running "
+                           f"({ctr.status.state or 'pending'})")
+    try:
+        same = os.stat(f"/proc/{ctr.status.pid}/ns/net").st_ino == os.stat(ctr.status.netns).st_ino
+    except OSError:
+        same = False
+    if not same:
+        raise CommandError(f"container {name!r}: PID {ctr.status.pid} is not in its namespace "
+                           f"{ctr.status.netns!r} on this machine (restarting?)")
+    return ctr
+
+
+def exec_argv(pid: int, command: list[str], mount: bool) -> list[str]:
+    """nsenter into a container's namespaces (pure). ``mount`` when it has a mount namespace of
+    its own (today's containers share the host's filesystem, so usually not)."""
+    namespaces = ["--net", "--uts", "--ipc", "--pid"] + (["--mount"] if mount else [])
+    return ["nsenter", "-t", str(pid), *namespaces, "--", *command]
+
+
+def _own_mount_ns(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        return False
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    command = list(args.cmd)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise CommandError("exec: no command given")
+    ctr = _local_container(connect(), args.name)
+    pid = ctr.status.pid
+    try:
+        done = subprocess.run(exec_argv(pid, command, _own_mount_ns(pid)), check=False)
+    except OSError as e:
+        raise CommandError(f"could not run nsenter for {args.name!r}") from e
+    return done.returncode if done.returncode >= 0 else 128 - done.returncode
+
+
+def log_candidates(run_dir: str, host: str, host_netns: str, ctr_netns: str,
+                   lab_states: list[dict[str, Any]]) -> list[str]:
+    """Where the agent of ``host`` may keep its files on this machine, best first (pure).
+
+    1. The agent's own report: a sandboxed container's netns is ``<agent run dir>/netns/<name>``.
+    2. A lab host's agent runs in ``<run dir>/lab/<host's netns name>`` (`sdnctl up` does this).
+    3. The lab state files `sdnctl up` writes: ``<run dir>/lab/<prefix><host>``.
+    4. The agent's default run dir for a host: ``/run/sdnctl/<host>``.
+    """
+    found = []
+    parent = os.path.dirname(ctr_netns)
+    # (a host-mode container reports its host's namespace, /run/netns/<name>: not a run dir)
+    if ctr_netns and os.path.basename(parent) == "netns" and parent != NETNS_RUN_DIR:
+        found.append(os.path.dirname(os.path.dirname(ctr_netns)))
+    if host_netns:
+        found.append(os.path.join(run_dir, "lab", os.path.basename(host_netns)))
+    for state in lab_states:
+        if host in state.get("agents", {}) and state.get("prefix"):
+            found.append(os.path.join(run_dir, "lab", state["prefix"] + host))
+    found.append(os.path.join("/run/sdnctl", host))
+    return list(dict.fromkeys(found))
+
+
+def _lab_states(run_dir: str) -> list[dict[str, Any]]:
+    states = []
+    for path in sorted(glob.glob(os.path.join(run_dir, "lab", "*.json"))):
+        try:
+            with open(path) as f:
+                states.append(json.load(f))
+        except (OSError, ValueError):
+            continue
+    return states
+
+
+def log_path(client: Client, name: str) -> str:
+    ctr = _get_container(client, name)
+    host = _rpc(f"inspect host {ctr.host!r}", lambda: client.api.GetHost(
+        pb.GetRequest(name=ctr.host), timeout=RPC_TIMEOUT))
+    run_dir = paths.run_dir()
+    candidates = log_candidates(run_dir, ctr.host, host.netns, ctr.status.netns,
+                                _lab_states(run_dir))
+    for directory in candidates:
+        path = os.path.join(directory, "containers", f"{name}.log")
+        if os.path.exists(path):
+            return path
+    where = "" if host.lab else f" (host {ctr.host!r} is not a lab host: its files are there)"
+    raise CommandError(f"no log of container {name!r} on this machine{where}; looked in "
+                       + ", ".join(candidates))
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    path = log_path(connect(), args.name)
+    out = sys.stdout.buffer
+    with open(path, "rb") as f:
+        out.write(f.read())
+        out.flush()
+        if not args.follow:
+            return 0
+        try:
+            while True:
+                chunk = f.read()
+                if chunk:
+                    out.write(chunk)
+                    out.flush()
+                elif os.path.exists(path) and os.stat(path).st_size < f.tell():
+                    f.seek(0)  # truncated: start over
+                else:
+                    time.sleep(0.2)
+        except KeyboardInterrupt:
+            return 0
+
+
+# -- hosts -----------------------------------------------------------------------------------
+
+
+def host_row(h: dict[str, Any], containers: int) -> list[str]:
+    """A row of `host ls` (pure)."""
+    agent = f"connected (pid {h['agent_pid']})" if h["agent_connected"] else "disconnected"
+    subnets = ",".join(f"{s['network']}={s['subnet']}" for s in h["subnets"]) or "-"
+    return [h["name"], h["underlay_ip"] or "-", "lab" if h["lab"] else "real", agent,
+            str(containers), subnets]
+
+
+def cmd_host_ls(args: argparse.Namespace) -> int:
+    from sdnctl.cli import host_json
+
+    client = connect()
+    hosts = [host_json(h) for h in _rpc("list hosts", lambda: client.api.ListHosts(
+        pb.ListRequest(), timeout=RPC_TIMEOUT)).hosts]
+    if args.json:
+        _print_json(hosts)
+        return 0
+    listed = _rpc("list containers", lambda: client.api.ListContainers(
+        pb.ListRequest(), timeout=RPC_TIMEOUT)).containers
+    counts: dict[str, int] = {}
+    for c in listed:
+        counts[c.host] = counts.get(c.host, 0) + 1
+    _table([host_row(h, counts.get(h["name"], 0)) for h in hosts],
+           ["NAME", "UNDERLAY", "KIND", "AGENT", "CONTAINERS", "SUBNETS"])
+    return 0
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+
+def _add_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, default=WAIT_TIMEOUT,
+                   help="seconds to wait for the host to act (default %(default)s)")
+
+
+def _register_network(sub: Any) -> None:
+    net = sub.add_parser("network", help="create, list, inspect, remove, connect networks")
+    verbs = net.add_subparsers(dest="network_command", required=True)
+
+    p = verbs.add_parser("create", help="create a network")
+    p.add_argument("name")
+    p.add_argument("--subnet", required=True, help="the network's CIDR, e.g. 10.90.0.0/16")
+    p.add_argument("--driver", choices=("bridge", "overlay"), default="bridge")
+    p.add_argument("--gateway", help="the bridge's address (the network becomes one lease)")
+    p.add_argument("--ip-range", help="allocate container addresses from this sub-range")
+    p.add_argument("--internal", action="store_true", help="no egress, no NAT")
+    p.add_argument("--no-masquerade", action="store_true", help="no egress NAT")
+    p.add_argument("--mtu", type=int, help="default 1500 (overlay: underlay MTU - 50)")
+    p.add_argument("--host-prefix", type=int, help="prefix length of each host's lease (24)")
+    p.add_argument("--allow", action="append", metavar="NET",
+                   help="a network this one may talk to, routed (repeatable)")
+    p.add_argument("--vni", type=int, help="overlay: the VXLAN VNI (default: allocated)")
+    p.add_argument("--vxlan-port", type=int, help="overlay: the UDP port (default 4789)")
+    p.set_defaults(func=cmd_network_create)
+
+    p = verbs.add_parser("ls", help="list networks")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_network_ls)
+
+    p = verbs.add_parser("inspect", help="a network, its leases and its containers")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_network_inspect)
+
+    p = verbs.add_parser("rm", help="remove networks (they must have no containers)")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.set_defaults(func=cmd_network_rm)
+
+    one_interface = ("A container has one interface here: connect MOVES it to NETWORK (its "
+                     "agent restarts it with a new address); it does not add a second one.")
+    p = verbs.add_parser("connect", help="move a container to a network",
+                         description=one_interface)
+    p.add_argument("network")
+    p.add_argument("container")
+    p.add_argument("--ip", help="a fixed address on the network")
+    _add_timeout(p)
+    p.set_defaults(func=cmd_network_connect)
+
+    p = verbs.add_parser("disconnect", help="move a container off a network, to `none`",
+                         description="A container has one interface here: disconnect moves "
+                         "it to network mode `none` (only lo; its agent restarts it).")
+    p.add_argument("network")
+    p.add_argument("container")
+    _add_timeout(p)
+    p.set_defaults(func=cmd_network_disconnect)
+
+
+def _register_containers(sub: Any) -> None:
+    p = sub.add_parser("run", help="create a container and wait until it runs")
+    p.add_argument("--name", required=True)
+    p.add_argument("--host", required=True)
+    p.add_argument("--network", help="none | host | container:NAME | a bridge or overlay "
+                   "network (default: the controller's default bridge)")
+    p.add_argument("-p", "--publish", action="append", metavar="[IP:]HOST:CTR[/PROTO]",
+                   help="publish a port (repeatable)")
+    p.add_argument("--restart", choices=RESTART_POLICIES, default="no")
+    p.add_argument("--ip", help="a fixed address (bridge mode)")
+    p.add_argument("--share", action="append", choices=("uts", "ipc"),
+                   help="joined mode: also share the donor's namespace (repeatable)")
+    _add_timeout(p)
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD",
+                   help="the command (default: sleep infinity)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("rm", help="remove containers (running ones are stopped)")
+    p.add_argument("-f", "--force", action="store_true", help="no error for a missing one")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    _add_timeout(p)
+    p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser("exec", help="run a command in a container (lab hosts: this machine)",
+                       description="Runs CMD in the container's network, UTS, IPC and PID "
+                       "namespaces (and its mount namespace if it has one) with nsenter, on "
+                       "this machine: it works for containers on lab hosts. The exit status "
+                       "is CMD's.")
+    p.add_argument("name")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD")
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("logs", help="a container's output (lab hosts: this machine)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until ^C")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_logs)
+
+
+def register(sub: Any) -> None:
+    """Add this module's verbs to the sdnctl argument parser's sub-parsers."""
+    _register_network(sub)
+    _register_containers(sub)
+    host = sub.add_parser("host", help="list hosts")
+    verbs = host.add_subparsers(dest="host_command", required=True)
+    p = verbs.add_parser("ls", help="list hosts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_host_ls)

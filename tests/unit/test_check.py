@@ -1,0 +1,276 @@
+"""`sdnctl check`: the pure plan (implied matrix, expectations, overrides) and the runner and
+report driven by a fake prober (the real packets are in tests/netns/test_check.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sdnctl import check
+from sdnctl.check import Measurement, Probe, Result, plan
+from sdnctl.client import CommandError
+from sdnctl.topology import Topology, parse
+from sdnctl.v1 import sdnctl_pb2 as pb
+
+MODES = """\
+name: modes
+hosts:
+  - {name: h1, lab: true}
+networks:
+  - {name: front, subnet: 10.90.0.0/24}
+  - {name: back, subnet: 10.91.0.0/24}
+  - {name: vault-net, subnet: 10.92.0.0/24, internal: true}
+  - {name: quiet, subnet: 10.93.0.0/24, masquerade: false}
+routes:
+  - [front, back]
+containers:
+  - {name: web, host: h1, network: front}
+  - {name: api, host: h1, network: back}
+  - {name: db, host: h1, network: back}
+  - {name: cache, host: h1, network: vault-net}
+  - {name: mute, host: h1, network: quiet}
+  - {name: sidecar, host: h1, network: "container:web"}
+  - {name: vault, host: h1, network: none}
+  - {name: probe, host: h1, network: host}
+  - {name: plain, host: h1}
+"""
+
+HOSTS = """\
+name: spread
+hosts:
+  - {name: h1, lab: true}
+  - {name: h2, lab: true}
+networks:
+  - {name: ov, driver: overlay, subnet: 10.70.0.0/16}
+  - {name: front, subnet: 10.88.0.0/16, allow: [back]}
+  - {name: back, subnet: 10.89.0.0/16}
+containers:
+  - {name: a1, host: h1, network: ov}
+  - {name: a2, host: h2, network: ov}
+  - {name: f1, host: h1, network: front}
+  - {name: f2, host: h2, network: front}
+  - {name: b1, host: h1, network: back}
+  - {name: b2, host: h2, network: back}
+"""
+
+
+def expectations(topo: Topology, implied: bool = True) -> dict[tuple[str, str], bool]:
+    """ICMP probes of the plan as {(src, dst): expected}."""
+    return {(p.src, p.dst): p.expect for p in plan(topo, implied) if p.proto == "icmp"}
+
+
+def with_expect(text: str, block: str) -> Topology:
+    return parse(text + "expect:\n" + block, "t.yaml")
+
+
+def test_implied_matrix_of_every_mode_on_one_host() -> None:
+    m = expectations(parse(MODES))
+    # bridged: same network, allowed pairs, isolated networks
+    assert m["api", "db"] and m["db", "api"]
+    assert m["web", "api"] and m["api", "web"] and m["web", "db"]
+    assert not m["web", "cache"] and not m["cache", "web"] and not m["cache", "db"]
+    assert not m["web", "plain"] and not m["mute", "web"]
+    # egress: NAT'd networks and the default bridge yes; internal and unmasqueraded no
+    assert m["web", "external"] and m["api", "external"] and m["plain", "external"]
+    assert not m["cache", "external"] and not m["mute", "external"]
+    # joined: behaves as its donor, and is not a target of its own (it is reached as web)
+    assert m["sidecar", "api"] and not m["sidecar", "cache"] and m["sidecar", "external"]
+    assert ("sidecar", "web") not in m
+    # closed: reaches nothing
+    assert not any(v for (src, _), v in m.items() if src == "vault")
+    assert {dst for src, dst in m if src == "vault"} == {"web", "api", "db", "cache", "mute",
+                                                          "plain", "external"}
+    # open: only its egress is probed (it reaches whatever its host reaches)
+    assert [(dst, v) for (src, dst), v in m.items() if src == "probe"] == [("external", True)]
+    # only containers with an address of their own are targets
+    targets = {dst for _, dst in m}
+    assert targets == {"web", "api", "db", "cache", "mute", "plain", "external"}
+    # nobody probes itself
+    assert not any(src == dst for src, dst in m)
+
+
+def test_overlay_spans_hosts_but_bridges_and_allowed_pairs_do_not() -> None:
+    m = expectations(parse(HOSTS))
+    assert m["a1", "a2"] and m["a2", "a1"]  # one overlay, two hosts
+    assert not m["f1", "f2"]  # a bridge network is per host
+    assert m["f1", "b1"] and m["b2", "f2"]  # allowed pair, same host
+    assert not m["f1", "b2"] and not m["b1", "f2"]  # allowed pair, different hosts
+    assert not m["a1", "f1"]  # overlay and bridge are isolated
+    assert all(m[c, "external"] for c in ("a1", "a2", "f1", "b2"))
+
+
+def test_every_implied_probe_says_why() -> None:
+    probes = {p.key: p for p in plan(parse(MODES))}
+    assert probes["web", "api", "icmp", 0].why == "front and back are allowed to talk"
+    assert probes["web", "cache", "icmp", 0].why == "front and vault-net are isolated from " \
+        "each other"
+    assert probes["sidecar", "db", "icmp", 0].why.startswith("joined to web: ")
+    assert probes["cache", "external", "icmp", 0].why == "vault-net is internal"
+    assert probes["vault", "db", "icmp", 0].why == "vault is closed (network: none)"
+    assert all(p.line == 0 for p in probes.values())
+
+
+def test_an_expectation_overrides_the_implied_probe_in_place() -> None:
+    topo = with_expect(MODES, "  - {from: web, to: cache, reach: true}\n")
+    probes = plan(topo)
+    implied = plan(parse(MODES))
+    assert [p.key for p in probes] == [p.key for p in implied]  # same probes, same order
+    override = next(p for p in probes if p.key == ("web", "cache", "icmp", 0))
+    assert override.expect and override.why == "expect" and override.line == 22
+
+
+def test_ports_and_protocols_add_probes_beside_the_matrix() -> None:
+    topo = with_expect(MODES, "  - {from: web, to: db, port: 5432}\n"
+                              "  - {from: web, to: db, proto: udp, port: 53, reach: false}\n")
+    extra = [p for p in plan(topo) if p.proto != "icmp"]
+    assert [(p.label, p.expect, p.line) for p in extra] == [
+        ("web -> db tcp/5432", True, 22), ("web -> db udp/53", False, 23)]
+    assert len(plan(topo)) == len(plan(parse(MODES))) + 2
+
+
+def test_a_network_target_expands_to_its_containers_leaving_out_the_source() -> None:
+    topo = with_expect(MODES, "  - {from: api, to: back, reach: false}\n"
+                              "  - {from: web, to: back, port: 80}\n")
+    probes = plan(topo, implied=False)
+    assert [(p.src, p.dst, p.proto, p.expect) for p in probes] == [
+        ("api", "db", "icmp", False), ("web", "api", "tcp", True), ("web", "db", "tcp", True)]
+
+
+def test_external_and_addresses_as_targets_and_no_implied() -> None:
+    topo = with_expect(MODES, "  - {from: web, to: external, port: 443}\n"
+                              "  - {from: cache, to: 192.0.2.1, reach: false}\n")
+    assert [(p.src, p.dst, p.proto, p.port) for p in plan(topo, implied=False)] == [
+        ("web", "external", "tcp", 443), ("cache", "192.0.2.1", "icmp", 0)]
+    assert plan(parse(MODES), implied=False) == []
+
+
+# -- the runner and the report, with a fake prober ------------------------------------------------
+
+ADDRESSES = {"web": "10.90.0.2", "api": "10.91.0.2", "db": "10.91.0.3", "cache": "10.92.0.2",
+             "mute": "10.93.0.2", "plain": "172.17.0.2"}
+
+
+def reported(topo: Topology) -> list[pb.Container]:
+    result = []
+    for c in topo.containers:
+        netns = "/h1" if c.mode == "host" else f"/ns/{check.donor_of(topo, c).name}"
+        result.append(pb.Container(name=c.name, host=c.host, network=c.network,
+                                   ip=ADDRESSES.get(c.name, ""),
+                                   status=pb.ContainerStatus(state="running", netns=netns)))
+    return result
+
+
+def honest(topo: Topology, broken: frozenset[tuple[str, str]] = frozenset()) -> check.Measure:
+    """A prober that measures what the plan expects, except for ``broken`` (netns, address)."""
+    truth = {}
+    where = check.endpoints(topo, reported(topo))
+    for p in plan(topo):
+        truth[where[p.src].netns, check.target_address(p, where), p.proto, p.port] = p.expect
+
+    def send(netns: str, address: str, proto: str, port: int, timeout: float) -> Measurement:
+        reached = truth[netns, address, proto, port] != ((netns, address) in broken)
+        return Measurement(reached, "reply" if reached else f"no reply within {timeout:g}s")
+
+    return send
+
+
+def test_each_distinct_packet_is_sent_once() -> None:
+    topo = parse(MODES)
+    sent: list[tuple[str, str]] = []
+    inner = honest(topo)
+
+    def send(netns: str, address: str, proto: str, port: int, timeout: float) -> Measurement:
+        sent.append((netns, address))
+        return inner(netns, address, proto, port, timeout)
+
+    results = check.run(plan(topo), check.endpoints(topo, reported(topo)), 0.5, send=send)
+    assert all(r.match for r in results)
+    assert len(sent) == len(set(sent))
+    assert ("/ns/web", "10.91.0.2") in sent  # web's and sidecar's probe of api: one packet
+    assert len(sent) < len(results)
+
+
+def test_a_broken_pair_is_named_with_where_it_was_expected() -> None:
+    topo = with_expect(MODES, "  - {from: web, to: db, port: 5432}\n")
+    where = check.endpoints(topo, reported(topo))
+    results = check.run(plan(topo), where, 1.0,
+                        send=honest(topo, frozenset({("/ns/web", "10.91.0.3")})))
+    bad = [check.mismatch_line(r, "t.yaml") for r in results if not r.match]
+    assert bad == [
+        "web -> db icmp: expected reachable, measured blocked [no reply within 1s] "
+        "(implied: front and back are allowed to talk)",
+        "sidecar -> db icmp: expected reachable, measured blocked [no reply within 1s] "
+        "(implied: joined to web: front and back are allowed to talk)",
+        "web -> db tcp/5432: expected reachable, measured blocked [no reply within 1s] "
+        "(t.yaml:22)"]
+    text = check.report(topo, "t.yaml", results, 1.23)
+    assert text.endswith("✘ check modes: 51 probes, 3 mismatches (1.2s)")
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[1:10]}
+    header = text.splitlines()[0].split()
+    assert header == ["icmp", "web", "api", "db", "cache", "mute", "plain", "external"]
+    assert rows["web"][header.index("db") - 1] == "✗≠"
+    assert rows["api"][header.index("db") - 1] == "✓"
+    assert rows["vault"] == ["✗"] * 7
+    assert "web -> db tcp/5432  ✗≠ no reply within 1s" in text
+
+
+def test_a_violated_isolation_is_a_mismatch() -> None:
+    topo = with_expect(MODES, "  - {from: web, to: back, reach: false}\n")
+    where = check.endpoints(topo, reported(topo))
+    results = check.run(plan(topo), where, 1.0, send=honest(parse(MODES)))
+    assert [(r.probe.label, r.probe.line) for r in results if not r.match] == [
+        ("web -> api icmp", 22), ("web -> db icmp", 22)]
+
+
+def test_no_address_and_no_namespace() -> None:
+    topo = with_expect(MODES, "  - {from: web, to: vault, reach: false}\n"
+                              "  - {from: web, to: probe}\n")
+    containers = reported(topo)
+    containers[0].status.netns = ""  # web not created yet
+    where = check.endpoints(topo, containers)
+    results = {r.probe.key: r for r in check.run(plan(topo), where, 1.0, send=honest(topo))}
+    to_vault = results["web", "vault", "icmp", 0]
+    assert to_vault.match and to_vault.detail == "vault has no address (it is closed)"
+    to_probe = results["web", "probe", "icmp", 0]
+    assert not to_probe.match and "it is open" in to_probe.detail
+    from_web = results["web", "api", "icmp", 0]
+    assert from_web.measured is None and not from_web.match
+    assert from_web.detail == "web has no network namespace (state running)"
+    assert results["sidecar", "api", "icmp", 0].match  # it has its own (the donor's) path
+
+
+def test_a_topology_that_is_not_up_is_an_error() -> None:
+    topo = parse(MODES)
+    with pytest.raises(CommandError, match=r"does not know container.* vault"):
+        check.endpoints(topo, [c for c in reported(topo) if c.name != "vault"])
+
+
+def test_cells_and_json() -> None:
+    ok = Result(Probe("a", "b", expect=False), "10.0.0.2", False, "no reply")
+    wrong = Result(Probe("a", "c", line=7), "10.0.0.3", False, "no reply")
+    assert check.cell(ok) == "✗" and check.cell(wrong) == "✗≠" and check.cell(None) == "·"
+    assert "\033[1;31m" in check.cell(wrong, color=True)
+    assert check.result_json(wrong, "t.yaml") == {
+        "from": "a", "to": "c", "address": "10.0.0.3", "proto": "icmp", "port": 0,
+        "expected": True, "measured": False, "match": False, "detail": "no reply", "why": "",
+        "where": "t.yaml:7"}
+
+
+def test_the_verb_is_registered() -> None:
+    from sdnctl.cli import build_parser
+    args = build_parser().parse_args(["check", "t.yaml", "--json", "--no-implied",
+                                      "--timeout", "0.5"])
+    assert args.func is check.cmd_check and args.json and args.no_implied
+    assert args.timeout == 0.5
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["check", "t.yaml", "--timeout", "0"])
+
+
+def test_a_bad_file_exits_2_before_probing(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from sdnctl.cli import main
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MODES + "expect:\n  - {from: web, to: nowhere}\n")
+    assert main(["check", str(bad)]) == 2
+    assert f"{bad}:22: expect[0].to: 'nowhere' is not a container" in capsys.readouterr().err
