@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -202,6 +203,9 @@ def _ipam_check(report: pb.IpamCheckReport, as_json: bool) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdnctl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--controller", metavar="ADDRESS",
+                        help="the controller to talk to: unix:/path or host:port (default: "
+                             "$SDNCTL_CONTROLLER, else unix:<run dir>/controller.sock)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("up", help="build and start a topology")
@@ -255,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         from agent.main import main as agent_main
         return agent_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.controller:  # every client below dials paths.controller_address()
+        os.environ["SDNCTL_CONTROLLER"] = args.controller
     try:
         result: int = args.func(args)
         return result
