@@ -68,13 +68,6 @@ class Modes:
         self.routed = tmp / "modes-routed.yaml"
         self.routed.write_text(TOPOLOGY.replace("ROUTES", "routes:\n  - [front, back]"))
 
-    def ctr(self, name: str) -> dict[str, Any]:
-        data: dict[str, Any] = self.cli.json("inspect", "container", name)
-        return data
-
-    def host(self, name: str) -> dict[str, Any]:
-        data: dict[str, Any] = self.cli.json("inspect", "host", name)
-        return data
 
     def api(self) -> pb_grpc.ControllerStub:
         return pb_grpc.ControllerStub(grpc.insecure_channel(
@@ -129,29 +122,29 @@ def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> 
 
 
 def test_closed_has_only_lo_and_reaches_nothing(modes: Modes) -> None:
-    vault = modes.ctr("vault")
+    vault = modes.cli.container("vault")
     assert vault["state"] == "running" and vault["ip"] == "" and vault["mode"] == "none"
     links = in_container(vault["pid"], "ip", "-o", "link").stdout.splitlines()
     assert [line.split(":")[1].strip() for line in links] == ["lo"]
-    assert not ping(vault["netns"], modes.ctr("web")["ip"])
+    assert not ping(vault["netns"], modes.cli.container("web")["ip"])
     assert not ping(vault["netns"], EXTERNAL_IP)
 
 
 def test_bridged_options_and_egress(modes: Modes) -> None:
-    peer, web = modes.ctr("peer"), modes.ctr("web")
+    peer, web = modes.cli.container("peer"), modes.cli.container("web")
     assert ping(peer["netns"], web["ip"]) and ping(peer["netns"], peer["gateway"])
     assert ping(peer["netns"], EXTERNAL_IP)
-    secret = modes.ctr("secret")
+    secret = modes.cli.container("secret")
     assert ping(secret["netns"], secret["gateway"])
     assert not ping(secret["netns"], EXTERNAL_IP), "an internal network has no egress"
-    pinned, ranged = modes.ctr("pinned"), modes.ctr("ranged")
+    pinned, ranged = modes.cli.container("pinned"), modes.cli.container("ranged")
     assert pinned["ip"] == "10.94.0.200" and pinned["gateway"] == "10.94.0.254"
     assert ranged["ip"].startswith("10.94.0.") and int(ranged["ip"].split(".")[3]) >= 128
     assert ping(ranged["netns"], pinned["ip"]) and ping(ranged["netns"], "10.94.0.254")
 
 
 def test_joined_shares_the_donors_namespace_and_survives_its_restart(modes: Modes) -> None:
-    donor, side = modes.ctr("donor"), modes.ctr("side")
+    donor, side = modes.cli.container("donor"), modes.cli.container("side")
     assert side["mode"] == "container" and side["shares_netns_of"] == "donor"
     assert side["ip"] == "" and side["netns"] == donor["netns"]
 
@@ -165,14 +158,14 @@ def test_joined_shares_the_donors_namespace_and_survives_its_restart(modes: Mode
     # a server of the donor's on 127.0.0.1 answers the joined container on 127.0.0.1
     assert tcp_ask(["-t", str(side["pid"]), "-n"], "127.0.0.1", 7003).startswith("peer=127.0.0.1:")
 
-    peer = modes.ctr("peer")
+    peer = modes.cli.container("peer")
     pinger = subprocess.Popen(["nsenter", "-t", str(side["pid"]), "-n", "ping", "-n", "-q",
                                "-i", "0.05", "-w", "4", peer["ip"]], stdout=subprocess.PIPE,
                               text=True)
     try:
         time.sleep(0.3)
         os.kill(donor["pid"], signal.SIGKILL)  # restart: always brings it back
-        again = wait_for(lambda: (c := modes.ctr("donor"))["state"] == "running"
+        again = wait_for(lambda: (c := modes.cli.container("donor"))["state"] == "running"
                          and c["pid"] not in (0, donor["pid"]) and c, what="the donor restart")
         out, _ = pinger.communicate(timeout=10)
     finally:
@@ -181,13 +174,13 @@ def test_joined_shares_the_donors_namespace_and_survives_its_restart(modes: Mode
             pinger.wait()
     assert " 0% packet loss" in out, out
     assert ns(again["pid"], "net") == ns(side["pid"], "net")
-    assert modes.ctr("side")["pid"] == side["pid"], "the joined container was not touched"
+    assert modes.cli.container("side")["pid"] == side["pid"], "the joined container was not touched"
     wait_for(lambda: tcp_ask(["-t", str(side["pid"]), "-n"], "127.0.0.1", 7003),
              what="the restarted donor's server")
 
 
 def test_open_uses_the_hosts_namespace(modes: Modes) -> None:
-    probe, h1 = modes.ctr("probe"), modes.host("h1")
+    probe, h1 = modes.cli.container("probe"), modes.cli.host("h1")
     assert os.stat(f"/proc/{probe['pid']}/ns/net").st_ino == os.stat(h1["netns"]).st_ino
     assert probe["netns"] == h1["netns"]
     addresses = in_container(probe["pid"], "ip", "-4", "-o", "addr").stdout
@@ -197,7 +190,7 @@ def test_open_uses_the_hosts_namespace(modes: Modes) -> None:
 
 
 def test_between_bridges_blocked_then_allowed_then_blocked(modes: Modes) -> None:
-    peer, api = modes.ctr("peer"), modes.ctr("api")
+    peer, api = modes.cli.container("peer"), modes.cli.container("api")
     assert not ping(peer["netns"], api["ip"]), "bridges are isolated by default"
     modes.cli.run("up", str(modes.routed))
     try:
@@ -209,11 +202,12 @@ def test_between_bridges_blocked_then_allowed_then_blocked(modes: Modes) -> None
     finally:
         modes.cli.run("up", str(modes.plain))
     assert not ping(peer["netns"], api["ip"]), "un-allowing blocks again"
-    assert modes.ctr("api")["pid"] == api["pid"], "nothing was restarted"
+    assert modes.cli.container("api")["pid"] == api["pid"], "nothing was restarted"
 
 
 def test_published_ports(modes: Modes) -> None:
-    h1, h2, web, peer = modes.host("h1"), modes.host("h2"), modes.ctr("web"), modes.ctr("peer")
+    h1, h2 = modes.cli.host("h1"), modes.cli.host("h2")
+    web, peer = modes.cli.container("web"), modes.cli.container("peer")
     # from the outside world through h1's underlay address; the container sees the real client
     answer = tcp_ask([f"--net={modes.ext()}"], h1["underlay_ip"], 8080)
     assert answer.startswith(f"peer={EXTERNAL_IP}:"), answer
@@ -226,7 +220,7 @@ def test_published_ports(modes: Modes) -> None:
 
 
 def test_spoofed_source_address_is_dropped(modes: Modes) -> None:
-    peer, web = modes.ctr("peer"), modes.ctr("web")
+    peer, web = modes.cli.container("peer"), modes.cli.container("web")
     capture = subprocess.Popen(["nsenter", f"--net={modes.ext()}", "tcpdump", "-l", "-n", "-i",
                                 "eth0", "icmp[icmptype] == icmp-echo"],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -248,12 +242,12 @@ def test_spoofed_source_address_is_dropped(modes: Modes) -> None:
 
 def test_mode_change_through_the_api(modes: Modes) -> None:
     api = modes.api()
-    before = modes.ctr("peer")
-    h1 = modes.host("h1")
+    before = modes.cli.container("peer")
+    h1 = modes.cli.host("h1")
     spec = api.GetContainer(pb.GetRequest(name="peer"), timeout=10)
     closed = pb.Container(name="peer", host="h1", network="none", command=list(spec.command))
     api.UpdateContainer(pb.UpdateContainerRequest(container=closed), timeout=10)
-    now = wait_for(lambda: (c := modes.ctr("peer"))["mode"] == "none"
+    now = wait_for(lambda: (c := modes.cli.container("peer"))["mode"] == "none"
                    and c["state"] == "running" and c["pid"] != before["pid"] and c,
                    what="peer to run closed")
     assert now["ip"] == ""
@@ -267,14 +261,16 @@ def test_mode_change_through_the_api(modes: Modes) -> None:
 
     bridged = pb.Container(name="peer", host="h1", network="front", command=list(spec.command))
     api.UpdateContainer(pb.UpdateContainerRequest(container=bridged), timeout=10)
-    back = wait_for(lambda: (c := modes.ctr("peer"))["mode"] == "bridge" and c["ip"]
+    back = wait_for(lambda: (c := modes.cli.container("peer"))["mode"] == "bridge" and c["ip"]
                     and c["state"] == "running" and c["pid"] != now["pid"] and c,
                     what="peer to run bridged again")
-    wait_for(lambda: ping(back["netns"], modes.ctr("web")["ip"]), what="peer to reach web")
+    web_ip = modes.cli.container("web")["ip"]
+    wait_for(lambda: ping(back["netns"], web_ip), what="peer to reach web")
 
 
 def test_zz_down_leaves_nothing(modes: Modes) -> None:
-    pids = [modes.ctr(n)["pid"] for n in ("web", "donor", "side", "vault", "probe", "remote")]
+    names = ("web", "donor", "side", "vault", "probe", "remote")
+    pids = [modes.cli.container(n)["pid"] for n in names]
     modes.cli.run("down", str(modes.plain))
     assert not any(n.startswith(modes.prefix) for n in os.listdir("/run/netns"))
     with open("/proc/self/mounts") as f:

@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from helpers.cli import Cli, kernel_state, lab_cli, nft_ruleset, nsexec
@@ -55,13 +54,6 @@ class Overlay:
         self.four = tmp / "overlay-4.yaml"
         self.four.write_text(topology_text((*HOSTS, "h4")))
 
-    def ctr(self, name: str) -> dict[str, Any]:
-        data: dict[str, Any] = self.cli.json("inspect", "container", name)
-        return data
-
-    def host(self, name: str) -> dict[str, Any]:
-        data: dict[str, Any] = self.cli.json("inspect", "host", name)
-        return data
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +85,7 @@ def peers_on(netns: str, device: str) -> str:
 
 def test_every_container_reaches_every_other(ov: Overlay) -> None:
     names = [n for h in HOSTS for n in PAIRS[h]]
-    ctrs = {n: ov.ctr(n) for n in names}
+    ctrs = {n: ov.cli.container(n) for n in names}
     for a in names:
         for b in names:
             if a == b:
@@ -108,7 +100,7 @@ def test_every_container_reaches_every_other(ov: Overlay) -> None:
     assert ask(ctrs["a2"]["netns"], ctrs["b1"]["ip"], 7000).startswith(f"peer={ctrs['a2']['ip']}:")
     assert ask(ctrs["c2"]["netns"], ctrs["a1"]["ip"], 7000).startswith(f"peer={ctrs['c2']['ip']}:")
     # and each host holds exactly one route, neighbour and FDB entry per other host
-    h1 = ov.host("h1")
+    h1 = ov.cli.host("h1")
     entries = peers_on(h1["netns"], vxlan_name("ov"))
     assert len(re.findall(r"^10\.70\.\d+\.0/24 via", entries, re.M)) == 2, entries
     assert len(re.findall(r"PERMANENT", entries)) == 2, entries
@@ -116,7 +108,7 @@ def test_every_container_reaches_every_other(ov: Overlay) -> None:
 
 
 def test_underlay_carries_vxlan_with_the_networks_vni(ov: Overlay, tmp_path: Path) -> None:
-    a1, b1 = ov.ctr("a1"), ov.ctr("b1")
+    a1, b1 = ov.cli.container("a1"), ov.cli.container("b1")
     vni = ov.cli.json("inspect", "network", "ov")["vni"]
     assert vni > 0
     pcap = tmp_path / "underlay.pcap"
@@ -145,21 +137,21 @@ def test_underlay_carries_vxlan_with_the_networks_vni(ov: Overlay, tmp_path: Pat
 
 
 def test_a_joining_host_converges(ov: Overlay) -> None:
-    a1 = ov.ctr("a1")
+    a1 = ov.cli.container("a1")
     started = time.monotonic()
     ov.cli.run("up", str(ov.four), "--timeout", "60")
-    d1 = ov.ctr("d1")
+    d1 = ov.cli.container("d1")
     created = time.monotonic()
     # `up` returned once every agent realised the change: reachable at once, from everywhere
     for name in ("a1", "b2", "c1"):
-        assert ping_out(ov.ctr(name)["netns"], d1["ip"]).returncode == 0, name
+        assert ping_out(ov.cli.container(name)["netns"], d1["ip"]).returncode == 0, name
     assert ping_out(d1["netns"], a1["ip"]).returncode == 0
     print(f"\nconvergence: host h4 joined and was reachable from every host "
           f"{created - started:.2f}s after `up` began (lab build and agent start included)")
 
 
 def test_peer_change_replaces_stale_entries(ov: Overlay) -> None:
-    h3, h1 = ov.host("h3"), ov.host("h1")
+    h3, h1 = ov.cli.host("h3"), ov.cli.host("h1")
     old_ip, old_mac = h3["underlay_ip"], h3["vtep_mac"]
     new_ip, new_mac = "192.0.2.99", "0e:aa:bb:cc:dd:ee"
     lab.stop_process(h3["agent_pid"])
@@ -184,7 +176,7 @@ def test_peer_change_replaces_stale_entries(ov: Overlay) -> None:
         entries = peers_on(h1["netns"], device)
         assert old_ip not in entries and old_mac not in entries, entries
         assert new_ip in entries and new_mac in entries, entries
-        a1, c1 = ov.ctr("a1"), ov.ctr("c1")
+        a1, c1 = ov.cli.container("a1"), ov.cli.container("c1")
         while time.monotonic() < deadline + 0.5:  # and traffic flows again, within the 5 s
             if nsexec(a1["netns"], "ping", "-n", "-c", "1", "-W", "0.2", c1["ip"]).returncode == 0:
                 break
@@ -200,9 +192,9 @@ def test_peer_change_replaces_stale_entries(ov: Overlay) -> None:
 
 
 def test_sigkilled_agent_keeps_the_data_path_and_adopts_it(ov: Overlay) -> None:
-    h2 = ov.host("h2")
-    a1, b1 = ov.ctr("a1"), ov.ctr("b1")
-    namespaces = [ov.host(h)["netns"] for h in ("h1", "h2")]
+    h2 = ov.cli.host("h2")
+    a1, b1 = ov.cli.container("a1"), ov.cli.container("b1")
+    namespaces = [ov.cli.host(h)["netns"] for h in ("h1", "h2")]
     before = {ns: (kernel_state(ns), peers_on(ns, vxlan_name("ov")), nft_ruleset(ns))
               for ns in namespaces}
     os.kill(h2["agent_pid"], signal.SIGKILL)
@@ -211,14 +203,14 @@ def test_sigkilled_agent_keeps_the_data_path_and_adopts_it(ov: Overlay) -> None:
     out, _ = pinger.communicate(timeout=10)
     assert " 0% packet loss" in out, out  # the agent is down, the overlay is not
     ov.cli.run("up", str(ov.four), "--timeout", "60")
-    assert ov.host("h2")["agent_pid"] != h2["agent_pid"]
+    assert ov.cli.host("h2")["agent_pid"] != h2["agent_pid"]
     after = {ns: (kernel_state(ns), peers_on(ns, vxlan_name("ov")), nft_ruleset(ns))
              for ns in namespaces}
     assert after == before
 
 
 def test_forged_vxlan_is_not_delivered(ov: Overlay) -> None:
-    h1, h2, a1 = ov.host("h1"), ov.host("h2"), ov.ctr("a1")
+    h1, h2, a1 = ov.cli.host("h1"), ov.cli.host("h2"), ov.cli.container("a1")
     vni = ov.cli.json("inspect", "network", "ov")["vni"]
     ul = f"/run/netns/{ov.prefix}ul"
     nsexec(ul, "ip", "addr", "add", "192.0.2.250/24", "dev", "ul0")  # not a member host
@@ -251,7 +243,7 @@ def test_forged_vxlan_is_not_delivered(ov: Overlay) -> None:
 
 
 def test_zz_down_leaves_nothing(ov: Overlay) -> None:
-    pids = [ov.ctr(n)["pid"] for h in ("h1", "h2", "h3", "h4") for n in PAIRS[h]]
+    pids = [ov.cli.container(n)["pid"] for h in ("h1", "h2", "h3", "h4") for n in PAIRS[h]]
     ov.cli.run("down", str(ov.four))
     assert not any(n.startswith(ov.prefix) for n in os.listdir("/run/netns"))
     with open("/proc/self/mounts") as f:

@@ -46,6 +46,16 @@ class Cli:
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "--json").stdout)
 
+    def container(self, name: str) -> dict[str, Any]:
+        """`sdnctl inspect container NAME --json`."""
+        data: dict[str, Any] = self.json("inspect", "container", name)
+        return data
+
+    def host(self, name: str) -> dict[str, Any]:
+        """`sdnctl inspect host NAME --json`."""
+        data: dict[str, Any] = self.json("inspect", "host", name)
+        return data
+
     def controller_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError):
             return int((self.run_dir / "controller.pid").read_text().split()[0])
