@@ -76,7 +76,12 @@ def sweep_forever(state: State, interval: float, stopping: threading.Event) -> N
             log.exception("IPAM sweep failed")
 
 
-def create_server(address: str, store: Store, max_workers: int = 32,
+#: Worker threads of the gRPC server. Every agent's Watch stream holds one for as long as it is
+#: open, so this bounds the number of hosts (32 capped a lab at about 31 hosts).
+DEFAULT_WORKERS = 512
+
+
+def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS,
                   progress_interval: float = 10.0,
                   default_bridge: str | None = None,
                   lease_ttl: int = ipam.DEFAULT_TIMERS.lease_ttl,
@@ -153,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default=f"unix:{paths.controller_socket()}",
                         help="unix:/path or host:port (default: %(default)s)")
     parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="gRPC worker threads; each connected agent holds one "
+                             "(default: %(default)s)")
     parser.add_argument("--db", default=paths.controller_db(),
                         help="SQLite file (default: %(default)s)")
     parser.add_argument("--pidfile", default="", help="write our PID here")
@@ -179,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
 
     store = open_store(args.store, args.db)
     try:
-        running = create_server(args.listen, store, default_bridge=args.default_bridge or None,
+        running = create_server(args.listen, store, max_workers=args.workers,
+                                default_bridge=args.default_bridge or None,
                                 lease_ttl=args.lease_ttl, subnet_quarantine=args.quarantine,
                                 address_quarantine=args.address_quarantine,
                                 sweep_interval=args.sweep_interval)
