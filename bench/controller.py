@@ -1,0 +1,293 @@
+"""Benchmark item 4: the controller's gRPC API under concurrent clients, and its memory.
+
+Design note. A real controller is started in this process on a unix socket in a temp dir, once
+on SQLite (what users run) and once on the in-memory store (the reference floor: the same
+servicers, State and IPAM with no disk). The two sides alternate round by round. In each round K
+client threads, each with its own channel, create containers on their own host of one network
+(10.0.0.0/8, a /16 per host) and time every CreateContainer; then they GetContainer each of their
+containers and call ListContainers (for their host) a few times. Clients and server share this
+process's GIL, so the absolute figures are a lower bound of what a remote client would see; the
+SQLite/memory ratio is what to read.
+
+Memory: a controller is started as a separate process (``sdnctl-controller``, SQLite) and its
+VmRSS is read before and after 1,000 containers are created through the API. Then one lab host
+is brought up with `sdnctl up` (private run dirs, unique prefix) running 200 `sleep infinity`
+containers (1,000 with --full), its agent's VmRSS read, and the lab brought `down`.
+
+    .venv/bin/python bench/controller.py --quick   # 4 clients x 250 containers, 2 rounds
+    .venv/bin/python bench/controller.py --full    # 16 clients x 1000 containers, 3 rounds
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import harness
+
+from sdnctl.controller.server import create_server
+from sdnctl.controller.store.base import Store
+from sdnctl.controller.store.memory import MemoryStore
+from sdnctl.controller.store.sqlite import SqliteStore
+from sdnctl.v1 import sdnctl_pb2 as pb
+from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+
+NETWORK = pb.Network(name="bench", driver="bridge", subnet="10.0.0.0/8", host_prefix=16)
+LISTS_PER_CLIENT = 5
+MEMORY_CONTAINERS = 1000
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def create_hosts(api: pb_grpc.ControllerStub, count: int) -> list[str]:
+    names = [f"h{i}" for i in range(count)]
+    for i, name in enumerate(names):
+        api.CreateHost(pb.CreateHostRequest(host=pb.Host(
+            name=name, underlay_ip=f"192.0.2.{10 + i}")), timeout=10)
+    api.CreateNetwork(pb.CreateNetworkRequest(network=NETWORK), timeout=10)
+    return names
+
+
+def timed(call: Callable[[], object], into: list[float]) -> None:
+    started = time.perf_counter()
+    call()
+    into.append(time.perf_counter() - started)
+
+
+def client_work(address: str, host: str, count: int, start: threading.Barrier,
+                phase: threading.Barrier) -> dict[str, list[float]]:
+    """One client: create ``count`` containers, then get each, then list its host a few times."""
+    times: dict[str, list[float]] = {"create": [], "get": [], "list": []}
+    with grpc.insecure_channel(address) as channel:
+        api = pb_grpc.ControllerStub(channel)
+        api.ListHosts(pb.ListRequest(), timeout=10)  # connect before the clock starts
+        names = [f"{host}-c{i}" for i in range(count)]
+        start.wait()
+        for name in names:
+            ctr = pb.Container(name=name, host=host, network=NETWORK.name)
+            timed(lambda c=ctr: api.CreateContainer(  # type: ignore[misc]
+                pb.CreateContainerRequest(container=c), timeout=30), times["create"])
+        phase.wait()
+        for name in names:
+            timed(lambda n=name: api.GetContainer(  # type: ignore[misc]
+                pb.GetRequest(name=n), timeout=30), times["get"])
+        phase.wait()
+        for _ in range(LISTS_PER_CLIENT):
+            timed(lambda: api.ListContainers(pb.ListRequest(host=host), timeout=60),
+                  times["list"])
+        phase.wait()
+    return times
+
+
+def one_round(make_store: Callable[[Path], Store], clients: int,
+              per_client: int) -> dict[str, float]:
+    """A fresh controller on a fresh store; K clients; per-operation rates and latencies."""
+    tmp = Path(tempfile.mkdtemp(prefix="sdnctl-bench-ctl-"))
+    store = make_store(tmp)
+    running = create_server(f"unix:{tmp / 'c.sock'}", store, sweep_interval=0)
+    try:
+        with grpc.insecure_channel(running.address) as channel:
+            hosts = create_hosts(pb_grpc.ControllerStub(channel), clients)
+        phase = PhaseClock(clients)
+        start = threading.Barrier(clients, action=phase.begin)
+        with futures.ThreadPoolExecutor(clients) as pool:
+            jobs = [pool.submit(client_work, running.address, h, per_client, start, phase)
+                    for h in hosts]
+            results = [job.result() for job in jobs]
+    finally:
+        running.stop(grace=0)
+        store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    out: dict[str, float] = {}
+    for op, wall in zip(("create", "get", "list"), phase.walls, strict=True):
+        latencies = [t for r in results for t in r[op]]
+        out[f"{op}_per_s"] = len(latencies) / wall
+        out[f"{op}_p50_ms"] = percentile(latencies, 0.50) * 1000
+        out[f"{op}_p99_ms"] = percentile(latencies, 0.99) * 1000
+    return out
+
+
+class PhaseClock:
+    """A barrier the clients pass between phases that also records each phase's wall time."""
+
+    def __init__(self, clients: int) -> None:
+        self.walls: list[float] = []
+        self._last = 0.0
+        self._barrier = threading.Barrier(clients, action=self._tick)
+
+    def begin(self) -> None:
+        self._last = time.perf_counter()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.walls.append(now - self._last)
+        self._last = now
+
+    def wait(self) -> None:
+        self._barrier.wait()
+
+
+STORES: dict[str, Callable[[Path], Store]] = {
+    "sqlite": lambda tmp: SqliteStore(tmp / "db"),
+    "memory": lambda tmp: MemoryStore(),
+}
+
+
+@contextlib.contextmanager
+def controller_process(tmp: Path) -> Iterator[tuple[int, str]]:
+    """``sdnctl-controller`` on SQLite as its own process; yields (pid, address)."""
+    address = f"unix:{tmp / 'mem.sock'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sdnctl.controller.server", "--listen", address,
+         "--db", str(tmp / "mem.db"), "--default-bridge", "", "--sweep-interval", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with grpc.insecure_channel(address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=15)
+        yield proc.pid, address
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def controller_memory(containers: int) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="sdnctl-bench-mem-"))
+    try:
+        with controller_process(tmp) as (pid, address), \
+                grpc.insecure_channel(address) as channel:
+            api = pb_grpc.ControllerStub(channel)
+            create_hosts(api, 1)
+            before = rss_kib(pid)
+            for i in range(containers):
+                api.CreateContainer(pb.CreateContainerRequest(container=pb.Container(
+                    name=f"m{i}", host="h0", network=NETWORK.name)), timeout=30)
+            api.ListContainers(pb.ListRequest(), timeout=60)  # a full listing, too
+            after = rss_kib(pid)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"containers": containers, "rss_before_mib": before / 1024,
+            "rss_after_mib": after / 1024, "rss_delta_mib": (after - before) / 1024}
+
+
+def agent_memory(containers: int) -> dict[str, float]:
+    """RSS of one lab host's agent running ``containers`` `sleep infinity` containers: `sdnctl
+    up` in a private environment (own run/state dirs, unique lab prefix), then `down`."""
+    prefix = harness.unique_prefix("am")
+    run_dir = Path(tempfile.mkdtemp(prefix=f"sdnctl-{prefix}-"))
+    topo = run_dir / "agent-mem.yaml"
+    topo.write_text("\n".join(
+        ["name: bench-agent-mem", "hosts:", "  - {name: h1, lab: true}", "networks:",
+         "  - {name: front, driver: bridge, subnet: 10.80.0.0/16, host_prefix: 16}",
+         "containers:"] +
+        [f"  - {{name: s{i}, host: h1, network: front, command: [sleep, infinity]}}"
+         for i in range(containers)]) + "\n")
+    env = dict(os.environ, SDNCTL_RUN_DIR=str(run_dir), SDNCTL_STATE_DIR=str(run_dir / "state"),
+               SDNCTL_LAB_PREFIX=prefix)
+    env.pop("SDNCTL_CONTROLLER", None)
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "sdnctl.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=1800, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"sdnctl {args[0]} failed: {done.stderr.strip()[-300:]}")
+        return done.stdout
+
+    try:
+        started = time.monotonic()
+        cli("up", str(topo), "--timeout", "1200")
+        up_seconds = time.monotonic() - started
+        host = json.loads(cli("inspect", "host", "h1", "--json"))
+        rss = rss_kib(host["agent_pid"]) / 1024
+    finally:
+        with contextlib.suppress(Exception):
+            cli("down", str(topo))
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return {"containers": containers, "agent_rss_mib": rss, "up_seconds": up_seconds}
+
+
+UNITS = {"per_s": "ops/s", "p50_ms": "ms", "p99_ms": "ms"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = harness.bench_args(__doc__.split("\n\n")[0], argv)
+    clients, per_client, rounds = (16, 1000, 3) if args.full else (4, 250, 2)
+
+    samples: dict[str, list[dict[str, float]]] = {"sqlite": [], "memory": []}
+
+    def side(kind: str) -> Callable[[], float]:
+        def run() -> float:
+            got = one_round(STORES[kind], clients, per_client)
+            samples[kind].append(got)
+            return got["create_per_s"]
+        return run
+
+    harness.alternate(side("sqlite"), side("memory"), rounds)
+    memory = controller_memory(MEMORY_CONTAINERS)
+    agent_containers = 1000 if args.full else 200
+    try:
+        agent = agent_memory(agent_containers)
+    except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as e:
+        agent = {"containers": agent_containers, "error": str(e)}
+
+    measurements, comparisons = [], []
+    for metric in samples["sqlite"][0]:
+        unit = UNITS[metric.split("_", 1)[1]]
+        for kind in ("sqlite", "memory"):
+            measurements.append(harness.Measurement(
+                f"{metric} ({kind}, {clients} clients)", unit,
+                [s[metric] for s in samples[kind]]))
+        comparisons.append(harness.comparison(
+            f"{metric} sqlite/memory", harness.ratio(*(
+                [s[metric] for s in samples[k]] for k in ("sqlite", "memory"))), "", None))
+    measurements.append(harness.Measurement(
+        f"controller RSS with {MEMORY_CONTAINERS} containers", "MiB", [memory["rss_after_mib"]]))
+    measurements.append(harness.Measurement(
+        f"controller RSS growth for {MEMORY_CONTAINERS} containers", "MiB",
+        [memory["rss_delta_mib"]]))
+    if "agent_rss_mib" in agent:
+        measurements.append(harness.Measurement(
+            f"agent RSS with {agent_containers} containers", "MiB", [agent["agent_rss_mib"]]))
+        comparisons.append(harness.comparison(
+            f"agent RSS, {agent_containers} containers (MiB)", agent["agent_rss_mib"],
+            "< 150 MiB (at 1000)", agent["agent_rss_mib"] < 150))
+    notes = [f"{clients} client threads x {per_client} CreateContainer each, then GetContainer "
+             f"of each and {LISTS_PER_CLIENT} ListContainers(host) each; clients share the "
+             "controller's process (and GIL): read the sqlite/memory ratio",
+             f"agent: {agent}"]
+    harness.write_result("controller", {"measurements": measurements,
+                                        "comparisons": comparisons, "notes": notes,
+                                        "controller_memory": memory, "agent_memory": agent})
+    harness.print_table(harness.load_results([os.path.join(harness.RESULTS_DIR,
+                                                           "controller.json")]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
