@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -146,10 +147,27 @@ def private_lab(files: list[Path], workers: int) -> Iterator[Lab]:
         channel.close()
         with contextlib.suppress(Exception):
             the_lab.cli("down", str(files[-1]))  # the stock controller, if `up` started one
+        stop_started_controller(run_dir)  # `down` keeps it when something was left in it
         leaks = leftovers(prefix, run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
         if leaks:
             print(f"LEFT BEHIND: {leaks}", file=sys.stderr)
+
+
+def stop_started_controller(run_dir: Path) -> None:
+    """End the controller `up` started in ``run_dir`` (by the PID in its pidfile), if it runs."""
+    try:
+        pid = int((run_dir / "controller.pid").read_text().split()[0])
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if str(run_dir).encode() not in f.read():
+                return  # not ours: the PID was reused
+    except (OSError, ValueError, IndexError):
+        return
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(100):
+        if not os.path.exists(f"/proc/{pid}"):
+            return
+        time.sleep(0.05)
 
 
 def leftovers(prefix: str, run_dir: Path) -> list[str]:
