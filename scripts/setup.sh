@@ -6,18 +6,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
-packages=(python3 python3-venv python3-pip iproute2 nftables tcpdump iputils-ping util-linux procps
-          graphviz)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "setup: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+scripts/apt-install-missing.sh python3 python3-venv python3-pip iproute2 nftables tcpdump \
+  iputils-ping util-linux procps graphviz
 
 if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv"

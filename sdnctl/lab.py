@@ -71,7 +71,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.kernel import procfs
-from agent.kernel.links import get_link
+from agent.kernel.links import delete_link, get_link
 from agent.kernel.netns import (
     NETNS_RUN_DIR,
     create_netns,
@@ -253,7 +253,7 @@ class Lab:
         for segment in SEGMENTS:
             link = get_link(ipr, segment.bridge)
             if segment not in self.segments and link is not None:
-                _delete_link(ipr, link, f"bridge {segment.bridge!r} of the other mode")
+                delete_link(ipr, link, f"bridge {segment.bridge!r} of the other mode", LabError)
 
     # -- hosts -------------------------------------------------------------------------------
 
@@ -327,7 +327,7 @@ class Lab:
             with iproute_in(ul_path) as ul:
                 link = get_link(ul, uplink_name(name))
                 if link is not None and link.get("ifalias") == name:
-                    _delete_link(ul, link, f"lab host {name!r}'s veth")
+                    delete_link(ul, link, f"lab host {name!r}'s veth", LabError)
         try:
             remove_netns(path)
         except OSError as e:
@@ -407,14 +407,6 @@ def _kind(link: Any) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def _delete_link(ipr: IPRoute, link: Any, what: str) -> None:
-    try:
-        ipr.link("del", index=link["index"])
-    except NetlinkError as e:
-        if e.code != errno.ENODEV:
-            raise LabError(f"could not delete {what}") from e
-
-
 def _ensure_bridge(ipr: IPRoute, name: str, mtu: int) -> Any:
     link = get_link(ipr, name)
     if link is None:
@@ -465,10 +457,10 @@ def _ensure_veth(near: IPRoute, near_name: str, far: IPRoute, far_path: str, far
     if not paired:
         for ipr, link, name in ((near, n, near_name), (far, f, far_name)):
             if link is not None:
-                _delete_link(ipr, link, f"stale link {name!r}")
+                delete_link(ipr, link, f"stale link {name!r}", LabError)
         _add_veth(near, near_name, far_path, far_name, master, mtu)
         n = _require_link(near, near_name)
-        rollback.callback(_delete_link, near, n, f"veth {near_name!r}")
+        rollback.callback(delete_link, near, n, f"veth {near_name!r}", LabError)
         near.link("set", index=n["index"], ifalias=alias)
         n = _require_link(near, near_name)
         f = _require_link(far, far_name)

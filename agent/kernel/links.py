@@ -80,6 +80,17 @@ def get_link(ipr: IPRoute, ifname: str) -> Any | None:
         raise
 
 
+def delete_link(ipr: IPRoute, link: Any, what: str,
+                error: type[Exception] | None = None) -> None:
+    """Delete ``link`` (a message from ``get_link``); one already gone is success. Failures
+    raise ``error`` (KernelError by default) naming ``what``."""
+    try:
+        ipr.link("del", index=link["index"])
+    except NetlinkError as e:
+        if e.code != errno.ENODEV:
+            raise (error or KernelError)(f"could not delete {what}") from e
+
+
 class KernelError(Exception):
     """A kernel operation failed; the message names the verb and the object."""
 
@@ -532,7 +543,7 @@ class Links:
             data = _vxlan_data(link)
             if (data.get("IFLA_VXLAN_ID"), data.get("IFLA_VXLAN_PORT")) != (vni, port) or \
                     data.get("IFLA_VXLAN_GROUP") not in (None, "0.0.0.0"):
-                self._delete_link(ipr, link, what)
+                delete_link(ipr, link, f"{what} to recreate it")
                 link = None
         if link is None:
             link = self._create(ipr, name, "vxlan", alias, vxlan_id=vni, vxlan_port=port,
@@ -543,14 +554,6 @@ class Links:
         self._fix_link(ipr, link, what, mtu=mtu, address=mac, state="up", ifalias=alias)
         self._ensure_addresses(ipr, link["index"], vtep_cidr, what)
         return int(link["index"])
-
-    @staticmethod
-    def _delete_link(ipr: IPRoute, link: Any, what: str) -> None:
-        try:
-            ipr.link("del", index=link["index"])
-        except NetlinkError as e:
-            if e.code != errno.ENODEV:
-                raise KernelError(f"could not delete {what} to recreate it") from e
 
     @staticmethod
     def _fix_vxlan(ipr: IPRoute, link: Any, what: str, local_ip: str, underlay: int) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
+from helpers.namespaces import UPLINK_H, UPLINK_O, build_uplink, in_ns
 from pyroute2 import Conntrack
 
 from agent.kernel import conntrack, sysctl
@@ -42,7 +43,6 @@ pytestmark = pytest.mark.netns
 
 MTU = 1500
 PYTHON = sys.executable  # the venv's: it has scapy
-UPLINK_H, UPLINK_O = "198.51.100.1", "198.51.100.2"
 NETWORKS = {"front": "10.81.1", "back": "10.81.2", "inside": "10.81.3"}
 CONTAINERS = {"f1": ("front", "10.81.1.2"), "f2": ("front", "10.81.1.3"),
               "b1": ("back", "10.81.2.2"), "i1": ("inside", "10.81.3.2")}
@@ -77,12 +77,6 @@ CLIENT = textwrap.dedent("""\
 """)
 
 
-def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=30)
-
-
-def in_ns(path: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return run("nsenter", f"--net={path}", *argv, check=check)
 
 
 @dataclass
@@ -159,12 +153,7 @@ def fwlab(run_prefix: str) -> Iterator[FwLab]:
             links.ensure_veth(veth_name(c, "eth0"), f"sdnctl:ctr/{c}/eth0", bridge_name(net), MTU,
                               lab.containers[c], "eth0", f"{ip}/24", f"{NETWORKS[net]}.1",
                               mac=container_mac(ip))
-        h, o = os.path.basename(host), os.path.basename(outside)
-        run("ip", "-n", h, "link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", o)
-        run("ip", "-n", h, "addr", "add", f"{UPLINK_H}/24", "dev", "up0")
-        run("ip", "-n", h, "link", "set", "up0", "up")
-        run("ip", "-n", o, "addr", "add", f"{UPLINK_O}/24", "dev", "up1")
-        run("ip", "-n", o, "link", "set", "up1", "up")
+        build_uplink(host, outside)
         run_in_netns(host, sysctl.ensure_ip_forward)
         yield lab
     finally:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helpers.namespaces import UPLINK_H, UPLINK_O, build_uplink, in_ns, run
 
 # The package is not installed in the venv and `.venv/bin/pytest` does not put the checkout on
 # sys.path; drop this once pyproject sets `pythonpath = ["."]` (or the tree is pip install -e'd).
@@ -36,7 +37,6 @@ NETWORK = "front"
 SUBNET = "10.77.1.0/24"
 GATEWAY = "10.77.1.1"
 MTU = 1400
-UPLINK_H, UPLINK_O = "198.51.100.1", "198.51.100.2"
 CONTAINERS = {"a": "10.77.1.2", "b": "10.77.1.3"}
 CAP_NET_ADMIN = 12
 
@@ -55,12 +55,6 @@ needs_root = pytest.mark.skipif(
 )
 
 
-def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=20)
-
-
-def in_ns(path: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return run("nsenter", f"--net={path}", *argv, check=check)
 
 
 def ping(path: str, address: str) -> bool:
@@ -127,15 +121,6 @@ def _leftovers() -> list[str]:
     return found
 
 
-def _build_uplink(host: str, outside: str) -> None:
-    """A plain veth H<->O with addresses; O knows no route back to the container subnet."""
-    h, o = os.path.basename(host), os.path.basename(outside)
-    run("ip", "-n", h, "link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", o)
-    run("ip", "-n", h, "addr", "add", f"{UPLINK_H}/24", "dev", "up0")
-    run("ip", "-n", h, "link", "set", "up0", "up")
-    run("ip", "-n", o, "addr", "add", f"{UPLINK_O}/24", "dev", "up1")
-    run("ip", "-n", o, "link", "set", "up1", "up")
-
 
 @pytest.fixture(scope="module")
 def klab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
@@ -154,7 +139,7 @@ def klab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         links = Links(host)
         lab = Lab(host, outside, {"a": ctr_a, "b": ctr_b}, links, tmp_path_factory.mktemp("lab"))
         lab.ensure_all()
-        _build_uplink(host, outside)
+        build_uplink(host, outside)
         yield lab
     finally:
         failures: list[BaseException] = []

@@ -1,0 +1,28 @@
+"""Small helpers for kernel-level namespace tests: run commands, and a plain uplink veth."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+#: The two ends of an uplink between a host namespace and an "outside" one.
+UPLINK_H, UPLINK_O = "198.51.100.1", "198.51.100.2"
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=30)
+
+
+def in_ns(path: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``argv`` inside the network namespace at ``path``."""
+    return run("nsenter", f"--net={path}", *argv, check=check)
+
+
+def build_uplink(host: str, outside: str) -> None:
+    """A plain veth H<->O with addresses; O knows no route back to the container subnets."""
+    h, o = os.path.basename(host), os.path.basename(outside)
+    run("ip", "-n", h, "link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", o)
+    run("ip", "-n", h, "addr", "add", f"{UPLINK_H}/24", "dev", "up0")
+    run("ip", "-n", h, "link", "set", "up0", "up")
+    run("ip", "-n", o, "addr", "add", f"{UPLINK_O}/24", "dev", "up1")
+    run("ip", "-n", o, "link", "set", "up1", "up")
