@@ -32,7 +32,9 @@ from agent.kernel.links import Links
 from agent.kernel.names import vtep_mac_for
 from agent.plan import RESTART_DELAY
 from agent.reconcile import Reconciler
+from sdnctl.client import open_channel
 from sdnctl.model import ContainerStatus
+from sdnctl.pki import TlsFiles
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
@@ -120,7 +122,8 @@ class Agent:
         self.lock = threading.Lock()
         self.dirty = threading.Event()
         self.stopping = threading.Event()
-        self.channel = grpc.insecure_channel(args.controller)
+        tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+        self.channel = open_channel(args.controller, tls)
         self.sync = pb_grpc.HostSyncStub(self.channel)
         self.last_report: tuple[int, list[ContainerStatus]] | None = None
         self.pending_pass = True  # the desired state changed (or a process exited) since
@@ -234,7 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdnctl-agent", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", required=True, help="this host's name")
-    parser.add_argument("--controller", default="unix:/run/sdnctl/controller.sock")
+    parser.add_argument("--controller", default="unix:/run/sdnctl/controller.sock",
+                        help="unix:/path or tcp:HOST:PORT (TCP: mutual TLS, --tls-*)")
+    parser.add_argument("--tls-cert", default="", help="this agent's certificate, issued by "
+                        "`sdnctl pki issue --agent HOST` (default: $SDNCTL_TLS_CERT)")
+    parser.add_argument("--tls-key", default="", help="its key (default: $SDNCTL_TLS_KEY)")
+    parser.add_argument("--tls-ca", default="", help="the CA (default: $SDNCTL_TLS_CA)")
     parser.add_argument("--underlay-ip", default="", help="address other hosts reach us on "
                         "(default: that of the default route's interface)")
     parser.add_argument("--underlay-dev", default="",
@@ -248,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir or f"/run/sdnctl/{args.host}"
+    if any((args.tls_cert, args.tls_key, args.tls_ca)) and \
+            not all((args.tls_cert, args.tls_key, args.tls_ca)):
+        parser.error("--tls-cert, --tls-key and --tls-ca go together")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format=f"%(asctime)s agent[{args.host}] %(levelname)s %(message)s")
     agent = Agent(args)

@@ -1,4 +1,9 @@
-"""Talking to the controller from the CLI: dial it, and start one when none answers."""
+"""Talking to the controller from the CLI: dial it, and start one when none answers.
+
+Every channel to the controller (CLI, agent, tests) is made by :func:`open_channel`: a unix
+socket is plain (the socket's mode is the access control), TCP is always mutual TLS with the
+files given, or those of ``$SDNCTL_TLS_CERT``, ``$SDNCTL_TLS_KEY`` and ``$SDNCTL_TLS_CA``.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sdnctl import paths
+from sdnctl.pki import TlsFiles
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 
@@ -23,10 +29,45 @@ class CommandError(RuntimeError):
     """A verb failed in a way the user can act on: sdnctl prints the message, exits 1."""
 
 
+TLS_ENV = ("SDNCTL_TLS_CERT", "SDNCTL_TLS_KEY", "SDNCTL_TLS_CA")
+
+
+def tls_from_env() -> TlsFiles | None:
+    """The client TLS files the environment names, or None when it names none."""
+    values = [os.environ.get(name, "") for name in TLS_ENV]
+    if not any(values):
+        return None
+    if not all(values):
+        raise CommandError(f"{', '.join(TLS_ENV)} go together (or --tls-cert, --tls-key, "
+                           "--tls-ca)")
+    return TlsFiles(*values)
+
+
+def open_channel(address: str, tls: TlsFiles | None = None,
+                 options: list[tuple[str, object]] | None = None) -> grpc.Channel:
+    """A channel to the controller at ``address`` (``unix:/path`` or ``[tcp:]host:port``).
+
+    TCP is mutual TLS: with ``tls``, else the environment's files (:func:`tls_from_env`), else
+    CommandError, never plaintext.
+    """
+    options = options or []
+    if address.startswith("unix:"):
+        return grpc.insecure_channel(address, options=options)
+    tls = tls or tls_from_env()
+    if tls is None:
+        raise CommandError(f"{address}: the controller's TCP listener needs a client "
+                           "certificate (--tls-cert, --tls-key, --tls-ca or $SDNCTL_TLS_*)")
+    cert, key, ca = tls.read()
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                               certificate_chain=cert)
+    return grpc.secure_channel(address.removeprefix("tcp:").removeprefix("//"), credentials,
+                               options=options)
+
+
 class Client:
-    def __init__(self, address: str | None = None) -> None:
+    def __init__(self, address: str | None = None, tls: TlsFiles | None = None) -> None:
         self.address = address or paths.controller_address()
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = open_channel(self.address, tls)
         self.api = pb_grpc.ControllerStub(self.channel)
 
     def healthy(self, timeout: float = 1.0) -> bool:

@@ -48,6 +48,11 @@ class Exhausted(SdnError):
     """No free subnet or address is left."""
 
 
+class PermissionDenied(SdnError):
+    """The caller is who it says, but may not do this (an agent reporting another host's
+    containers)."""
+
+
 class FailedPrecondition(SdnError):
     """The request is valid but the current state forbids it (e.g. deleting a network in use)."""
 
@@ -59,5 +64,6 @@ __all__ = [
     "FailedPrecondition",
     "Invalid",
     "NotFound",
+    "PermissionDenied",
     "SdnError",
 ]

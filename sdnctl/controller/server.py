@@ -1,9 +1,14 @@
 """The controller process: one gRPC server with the Controller and HostSync services.
 
 It listens on a unix socket by default (``/run/sdnctl/controller.sock``, mode 0600: only root
-talks to it), serves gRPC health checking and server reflection, and keeps its state in one
-SQLite file. At start it makes sure the default bridge network exists (Docker's ``bip``):
-containers created without a network join it. A sweeper thread frees expired idle leases, ends
+talks to it, as admin). A TCP listener (``--listen tcp:HOST:PORT``, repeatable with the socket)
+is always mutual TLS: the controller refuses to start one without ``--tls-cert/--tls-key/
+--tls-ca``, on loopback too (any local user can dial 127.0.0.1). ``--crl`` names the revocation
+list ``sdnctl pki revoke`` writes; it is reloaded when it changes and on SIGHUP. Every call is
+authenticated, authorized and audited in :mod:`sdnctl.controller.auth`. It serves gRPC health
+checking and server reflection, and keeps its state in one SQLite file. At start it makes sure
+the default bridge network exists (Docker's ``bip``): containers created without a network join
+it. A sweeper thread frees expired idle leases, ends
 quarantines and trims the IPAM history every ``sweep_interval`` seconds.
 """
 
@@ -16,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -26,6 +31,8 @@ from grpc_reflection.v1alpha import reflection
 
 from sdnctl import paths
 from sdnctl.controller import ipam
+from sdnctl.controller.audit import AuditLog
+from sdnctl.controller.auth import SecurityInterceptor
 from sdnctl.controller.servicers import (
     Connections,
     ControllerServicer,
@@ -37,6 +44,7 @@ from sdnctl.controller.store.base import Store
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.model import Invalid
+from sdnctl.pki import PkiError, RevocationList, TlsFiles
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
@@ -51,13 +59,25 @@ SERVICE_NAMES = (
 )
 
 
+TCP_NEEDS_TLS = ("a TCP listener needs mutual TLS (--tls-cert, --tls-key, --tls-ca; see "
+                 "`sdnctl pki init`): without it anyone who reaches the port is root on every "
+                 "host")
+
+
+class ListenError(ValueError):
+    """A listener the controller refuses to open (TCP without mutual TLS)."""
+
+
 @dataclass
 class RunningServer:
     server: grpc.Server
-    address: str  # what clients dial: unix:/path or host:port
+    address: str  # what clients dial: unix:/path or host:port (the first listener)
     stopping: threading.Event
 
     sweeper: threading.Thread | None = None
+    addresses: tuple[str, ...] = ()  # every listener, as clients dial them
+    audit: AuditLog | None = None
+    revocations: RevocationList | None = None
 
     def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()
@@ -81,41 +101,19 @@ def sweep_forever(state: State, interval: float, stopping: threading.Event) -> N
 DEFAULT_WORKERS = 512
 
 
-def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS,
-                  progress_interval: float = 10.0,
-                  default_bridge: str | None = None,
-                  lease_ttl: int = ipam.DEFAULT_TIMERS.lease_ttl,
-                  subnet_quarantine: int = ipam.DEFAULT_TIMERS.subnet_quarantine,
-                  address_quarantine: int = ipam.DEFAULT_TIMERS.address_quarantine,
-                  sweep_interval: float = 10.0,
-                  clock: Callable[[], float] = time.time) -> RunningServer:
-    """Build and start a server on ``address``: ``unix:/path`` or ``host:port`` (port 0 picks).
+def is_unix(address: str) -> bool:
+    return address.startswith("unix:")
 
-    ``default_bridge``: the subnet of the default bridge network, made before serving (None: no
-    default bridge; containers must name their network). ``lease_ttl``: seconds a host's lease
-    lives without renewal; ``subnet_quarantine``/``address_quarantine``: seconds a freed subnet
-    or address waits before someone else may take it; ``sweep_interval``: how often expired
-    leases are freed (0: never, for tests that call ``State.sweep`` themselves). ``clock``:
-    unix seconds (tests pass a fake one).
-    """
-    stopping = threading.Event()
-    timers = ipam.Timers(lease_ttl=lease_ttl, subnet_quarantine=subnet_quarantine,
-                         address_quarantine=address_quarantine)
-    state = State(store, timers, clock)
-    if default_bridge:
-        state.ensure_default_bridge(default_bridge)
-    connections = Connections()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         interceptors=[ErrorInterceptor()])
-    pb_grpc.add_ControllerServicer_to_server(ControllerServicer(state, connections), server)
-    pb_grpc.add_HostSyncServicer_to_server(
-        HostSyncServicer(state, connections, stopping, progress_interval), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-    if address.startswith("unix:"):
+def tcp_address(address: str) -> str:
+    """``tcp:HOST:PORT`` or ``HOST:PORT`` as gRPC binds it (``HOST:PORT``)."""
+    return address.removeprefix("tcp:").removeprefix("//")
+
+
+def _listen(server: grpc.Server, address: str,
+            credentials: grpc.ServerCredentials | None) -> str:
+    """Add one listener; return the address clients dial."""
+    if is_unix(address):
         path = address.removeprefix("unix:").removeprefix("//")
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -125,14 +123,78 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
             server.add_insecure_port(address)
         finally:
             os.umask(old_umask)
-        dial = f"unix:{path}"
-    else:
-        port = server.add_insecure_port(address)
-        dial = f"{address.rsplit(':', 1)[0]}:{port}"
+        return f"unix:{path}"
+    if credentials is None:
+        raise ListenError(f"{address}: {TCP_NEEDS_TLS}")
+    bind = tcp_address(address)
+    port = server.add_secure_port(bind, credentials)
+    if port == 0:
+        raise ListenError(f"{address}: could not listen")
+    return f"{bind.rsplit(':', 1)[0]}:{port}"
+
+
+def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    """Mutual TLS: the client must present a certificate of ``tls.ca`` that has not expired."""
+    cert, key, ca = tls.read()
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                       require_client_auth=True)
+
+
+def create_server(address: str | Sequence[str], store: Store,
+                  max_workers: int = DEFAULT_WORKERS,
+                  progress_interval: float = 10.0,
+                  default_bridge: str | None = None,
+                  lease_ttl: int = ipam.DEFAULT_TIMERS.lease_ttl,
+                  subnet_quarantine: int = ipam.DEFAULT_TIMERS.subnet_quarantine,
+                  address_quarantine: int = ipam.DEFAULT_TIMERS.address_quarantine,
+                  sweep_interval: float = 10.0,
+                  clock: Callable[[], float] = time.time,
+                  tls: TlsFiles | None = None, crl: str | None = None,
+                  audit: AuditLog | None = None) -> RunningServer:
+    """Build and start a server on ``address`` (one or several): ``unix:/path`` or
+    ``[tcp:]host:port`` (port 0 picks). A TCP address needs ``tls`` (mutual TLS), else
+    :class:`ListenError` before anything starts. ``crl``: a revocation list file (PEM, signed by
+    ``tls.ca``). ``audit``: where the audit records go (default: kept in memory).
+
+    ``default_bridge``: the subnet of the default bridge network, made before serving (None: no
+    default bridge; containers must name their network). ``lease_ttl``: seconds a host's lease
+    lives without renewal; ``subnet_quarantine``/``address_quarantine``: seconds a freed subnet
+    or address waits before someone else may take it; ``sweep_interval``: how often expired
+    leases are freed (0: never, for tests that call ``State.sweep`` themselves). ``clock``:
+    unix seconds (tests pass a fake one).
+    """
+    addresses = [address] if isinstance(address, str) else list(address)
+    for tcp in (a for a in addresses if not is_unix(a)):
+        if tls is None:
+            raise ListenError(f"{tcp}: {TCP_NEEDS_TLS}")
+    credentials = server_credentials(tls) if tls is not None else None
+    revocations = RevocationList(crl, tls.read()[2]) if crl and tls is not None else None
+    audit = audit if audit is not None else AuditLog()
+    stopping = threading.Event()
+    timers = ipam.Timers(lease_ttl=lease_ttl, subnet_quarantine=subnet_quarantine,
+                         address_quarantine=address_quarantine)
+    state = State(store, timers, clock)
+    if default_bridge:
+        state.ensure_default_bridge(default_bridge)
+    connections = Connections()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                         interceptors=[SecurityInterceptor(audit, revocations),
+                                       ErrorInterceptor()])
+    pb_grpc.add_ControllerServicer_to_server(
+        ControllerServicer(state, connections, audit, stopping), server)
+    pb_grpc.add_HostSyncServicer_to_server(
+        HostSyncServicer(state, connections, stopping, progress_interval), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    dials = tuple(_listen(server, a, credentials) for a in addresses)
     server.start()
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = RunningServer(server, dial, stopping)
+    running = RunningServer(server, dials[0], stopping, addresses=dials, audit=audit,
+                            revocations=revocations)
     if sweep_interval > 0:
         running.sweeper = threading.Thread(target=sweep_forever, name="ipam-sweeper",
                                            args=(state, sweep_interval, stopping), daemon=True)
@@ -155,8 +217,17 @@ def _seconds(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdnctl-controller", description=__doc__)
-    parser.add_argument("--listen", default=f"unix:{paths.controller_socket()}",
-                        help="unix:/path or host:port (default: %(default)s)")
+    parser.add_argument("--listen", action="append", metavar="ADDRESS",
+                        help="unix:/path or tcp:HOST:PORT (TCP needs --tls-*); repeat for "
+                        f"several (default: unix:{paths.controller_socket()})")
+    parser.add_argument("--tls-cert", default="", help="the controller's certificate (PEM)")
+    parser.add_argument("--tls-key", default="", help="its key (PEM)")
+    parser.add_argument("--tls-ca", default="", help="the CA client certificates must chain to")
+    parser.add_argument("--crl", default="", help="revocation list written by `sdnctl pki "
+                        "revoke` (reloaded when it changes and on SIGHUP)")
+    parser.add_argument("--audit-log", default=None, metavar="PATH",
+                        help="append audit records here, JSON lines (default: audit.log beside "
+                        "--db; '' for memory only)")
     parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="gRPC worker threads; each connected agent holds one "
@@ -185,19 +256,36 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s controller %(levelname)s %(message)s")
 
+    listen = args.listen or [f"unix:{paths.controller_socket()}"]
+    tls_given = [bool(args.tls_cert), bool(args.tls_key), bool(args.tls_ca)]
+    if any(tls_given) and not all(tls_given):
+        parser.error("--tls-cert, --tls-key and --tls-ca go together")
+    if args.crl and not all(tls_given):
+        parser.error("--crl needs --tls-cert, --tls-key and --tls-ca")
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if all(tls_given) else None
+    if args.audit_log is None:
+        args.audit_log = os.path.join(os.path.dirname(args.db) or ".", "audit.log") \
+            if args.store == "sqlite" else ""
+    audit = AuditLog(args.audit_log or None)
     store = open_store(args.store, args.db)
     try:
-        running = create_server(args.listen, store, max_workers=args.workers,
+        running = create_server(listen, store, max_workers=args.workers,
                                 default_bridge=args.default_bridge or None,
                                 lease_ttl=args.lease_ttl, subnet_quarantine=args.quarantine,
                                 address_quarantine=args.address_quarantine,
-                                sweep_interval=args.sweep_interval)
+                                sweep_interval=args.sweep_interval, tls=tls,
+                                crl=args.crl or None, audit=audit)
     except Invalid as e:
         parser.error(f"--default-bridge: {e.message}")
+    except (ListenError, PkiError) as e:
+        parser.error(str(e))
     if args.pidfile:
         paths.write_atomic(args.pidfile, f"{os.getpid()}\n")
-    log.info("listening on %s (store: %s)", running.address,
+    log.info("listening on %s (store: %s)", ", ".join(running.addresses),
              args.db if args.store == "sqlite" else "memory")
+    if running.revocations is not None:
+        revocations = running.revocations
+        signal.signal(signal.SIGHUP, lambda *_: revocations.reload())
 
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -206,9 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("stopping")
     running.stop()
     store.close()
-    if args.listen.startswith("unix:"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(args.listen.removeprefix("unix:").removeprefix("//"))
+    audit.close()
+    for address in listen:
+        if is_unix(address):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address.removeprefix("unix:").removeprefix("//"))
     if args.pidfile:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(args.pidfile)

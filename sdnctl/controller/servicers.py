@@ -14,12 +14,15 @@ import grpc
 
 from sdnctl import convert
 from sdnctl.controller import ipam_report
+from sdnctl.controller.audit import AuditLog
+from sdnctl.controller.auth import current_identity
 from sdnctl.controller.errors import (
     AlreadyExists,
     Conflict,
     Exhausted,
     FailedPrecondition,
     NotFound,
+    PermissionDenied,
     SdnError,
 )
 from sdnctl.controller.state import HostView, State
@@ -37,6 +40,7 @@ STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (Exhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Conflict, grpc.StatusCode.ABORTED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 
@@ -111,9 +115,12 @@ def host_pb(view: HostView, connections: Connections) -> pb.Host:
 
 
 class ControllerServicer(pb_grpc.ControllerServicer):
-    def __init__(self, state: State, connections: Connections) -> None:
+    def __init__(self, state: State, connections: Connections, audit: AuditLog | None = None,
+                 stopping: threading.Event | None = None) -> None:
         self.state = state
         self.connections = connections
+        self.audit = audit or AuditLog()
+        self.stopping = stopping or threading.Event()
 
     def CreateHost(self, request: pb.CreateHostRequest, context: Any) -> pb.Host:
         host = convert.host_from_pb(request.host)
@@ -190,6 +197,21 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             pb.IpamProblem(kind=p.kind, network=p.network, subject=p.subject, detail=p.detail)
             for p in problems])
 
+    def Events(self, request: pb.EventsRequest, context: Any) -> Iterator[pb.AuditEvent]:
+        if request.since < 0:
+            raise Invalid("since", f"{request.since} is negative")
+        seq = request.since
+        records = self.audit.since(seq)
+        while True:
+            for r in records:
+                yield pb.AuditEvent(seq=r.seq, at=r.at, identity=r.identity, method=r.method,
+                                    request=r.request, code=r.code, message=r.message,
+                                    revision=r.revision, peer=r.peer)
+                seq = r.seq
+            if not request.follow or not context.is_active() or self.stopping.is_set():
+                return
+            records = self.audit.wait(seq, timeout=1.0)
+
 
 class HostSyncServicer(pb_grpc.HostSyncServicer):
     def __init__(self, state: State, connections: Connections, stopping: threading.Event,
@@ -221,6 +243,13 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
 
     def ReportStatus(self, request: pb.ReportStatusRequest,
                      context: Any) -> pb.ReportStatusResponse:
+        check_name(request.host, "host")
+        if current_identity().kind == "agent":  # its host is checked; its containers here
+            foreign = self.state.foreign_containers(request.host,
+                                                    [s.name for s in request.containers])
+            if foreign:
+                raise PermissionDenied(f"containers: {', '.join(foreign)} run on other hosts; "
+                                       f"the agent of {request.host!r} may report only its own")
         self.state.report_status(request.host,
                                  [convert.status_from_pb(s) for s in request.containers],
                                  request.observed_revision)

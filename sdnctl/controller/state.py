@@ -543,6 +543,11 @@ class State:
                 continue
             self.store.txn([Compare(kv.key, kv.mod_revision)], [Put(key, to_json(status))])
 
+    def foreign_containers(self, host: str, names: Iterable[str]) -> list[str]:
+        """Which of ``names`` are containers of another host than ``host``."""
+        wanted = set(names)
+        return sorted(c.name for c in self._containers() if c.name in wanted and c.host != host)
+
     # -- what one host must run ---------------------------------------------------------------
 
     def snapshot(self, host: str) -> Snapshot:

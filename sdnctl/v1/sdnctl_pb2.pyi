@@ -208,6 +208,36 @@ class IpamCheckReport(_message.Message):
     problems: _containers.RepeatedCompositeFieldContainer[IpamProblem]
     def __init__(self, problems: _Optional[_Iterable[_Union[IpamProblem, _Mapping]]] = ...) -> None: ...
 
+class EventsRequest(_message.Message):
+    __slots__ = ("follow", "since")
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    follow: bool
+    since: int
+    def __init__(self, follow: _Optional[bool] = ..., since: _Optional[int] = ...) -> None: ...
+
+class AuditEvent(_message.Message):
+    __slots__ = ("seq", "at", "identity", "method", "request", "code", "message", "revision", "peer")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    at: float
+    identity: str
+    method: str
+    request: str
+    code: str
+    message: str
+    revision: int
+    peer: str
+    def __init__(self, seq: _Optional[int] = ..., at: _Optional[float] = ..., identity: _Optional[str] = ..., method: _Optional[str] = ..., request: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., revision: _Optional[int] = ..., peer: _Optional[str] = ...) -> None: ...
+
 class CreateHostRequest(_message.Message):
     __slots__ = ("host",)
     HOST_FIELD_NUMBER: _ClassVar[int]

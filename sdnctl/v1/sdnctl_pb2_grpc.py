@@ -117,6 +117,11 @@ class ControllerStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetIpamRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.IpamCheckReport.FromString,
                 _registered_method=True)
+        self.Events = channel.unary_stream(
+                '/sdnctl.v1.Controller/Events',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.EventsRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.AuditEvent.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -227,6 +232,14 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Events(self, request, context):
+        """The audit log: every mutating call (and every refused one) with who made it, what it asked
+        and what came of it, oldest first; with follow, then each new record as it happens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -309,6 +322,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.CheckIpam,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetIpamRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.IpamCheckReport.SerializeToString,
+            ),
+            'Events': grpc.unary_stream_rpc_method_handler(
+                    servicer.Events,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.EventsRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.AuditEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -746,6 +764,33 @@ class Controller:
             '/sdnctl.v1.Controller/CheckIpam',
             sdnctl_dot_v1_dot_sdnctl__pb2.GetIpamRequest.SerializeToString,
             sdnctl_dot_v1_dot_sdnctl__pb2.IpamCheckReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Events(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sdnctl.v1.Controller/Events',
+            sdnctl_dot_v1_dot_sdnctl__pb2.EventsRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.AuditEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,380 @@
+"""Transport security and authorization, through a real controller on loopback TCP (mutual TLS)
+and a unix socket, with certificates made by ``sdnctl.pki`` in a temporary directory.
+
+Refused at the TLS handshake: a plaintext client, a certificate of another CA, an expired one.
+Refused before any handler runs (UNAUTHENTICATED): a revoked one (grpc-python has no CRL hook in
+the handshake). Then the authorization table, method by method and role by role.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from apitest import TIMEOUT, keyspace, unchanged
+from google.protobuf import message_factory
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
+
+from sdnctl import pki
+from sdnctl.client import CommandError, open_channel
+from sdnctl.controller import auth
+from sdnctl.controller.server import ListenError, RunningServer, create_server, main
+from sdnctl.controller.store.memory import MemoryStore
+from sdnctl.pki import Identity, TlsFiles
+from sdnctl.v1 import sdnctl_pb2 as pb
+from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+
+ROLES = ("admin", "operator", "viewer")
+
+
+@pytest.fixture(scope="module")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    pki.init(d)
+    for role in ROLES:
+        pki.issue(d, "user", role, role=role)
+    for host in ("ha", "hb"):
+        pki.issue(d, "agent", host)
+    return d
+
+
+@pytest.fixture
+def secure(pki_dir: Path, tmp_path: Path) -> Iterator[tuple[RunningServer, MemoryStore]]:
+    """A controller on a unix socket and on 127.0.0.1 (mutual TLS, with the CRL); hosts ha, hb,
+    a network and a container on each host."""
+    store = MemoryStore()
+    running = create_server([f"unix:{tmp_path / 'c.sock'}", "tcp:127.0.0.1:0"], store,
+                            tls=TlsFiles.from_dir(pki_dir, "controller"),
+                            crl=str(pki_dir / "crl.pem"), sweep_interval=0)
+    with grpc.insecure_channel(running.address) as channel:
+        ctl = pb_grpc.ControllerStub(channel)
+        for host in ("ha", "hb"):
+            ctl.CreateHost(pb.CreateHostRequest(host=pb.Host(name=host)), timeout=TIMEOUT)
+        ctl.CreateNetwork(pb.CreateNetworkRequest(
+            network=pb.Network(name="front", subnet="10.88.0.0/16")), timeout=TIMEOUT)
+        for host in ("ha", "hb"):
+            ctl.CreateContainer(pb.CreateContainerRequest(container=pb.Container(
+                name=f"c-{host}", host=host, network="front")), timeout=TIMEOUT)
+    yield running, store
+    running.stop(grace=0)
+
+
+def tcp(running: RunningServer) -> str:
+    return running.addresses[1]
+
+
+def channel_as(running: RunningServer, pki_dir: Path, kind: str, name: str) -> grpc.Channel:
+    return open_channel(tcp(running), TlsFiles.from_dir(pki_dir, kind, name))
+
+
+def health(channel: grpc.Channel) -> Any:
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                     timeout=TIMEOUT)
+
+
+def refused_code(channel: grpc.Channel) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        health(channel)
+    return info.value.code()  # type: ignore[attr-defined]
+
+
+# -- the handshake ------------------------------------------------------------------------------
+
+
+def test_a_client_with_a_certificate_of_the_ca_is_served(secure: Any, pki_dir: Path) -> None:
+    running, _ = secure
+    with channel_as(running, pki_dir, "user", "viewer") as channel:
+        assert health(channel).status == health_pb2.HealthCheckResponse.SERVING
+        hosts = pb_grpc.ControllerStub(channel).ListHosts(pb.ListRequest(), timeout=TIMEOUT)
+        assert [h.name for h in hosts.hosts] == ["ha", "hb"]
+
+
+def test_a_plaintext_client_is_refused_at_the_handshake(secure: Any) -> None:
+    running, _ = secure
+    before = running.audit.since(0)
+    with grpc.insecure_channel(tcp(running)) as channel:
+        assert refused_code(channel) == grpc.StatusCode.UNAVAILABLE
+    assert running.audit.since(0) == before  # no call reached the server
+
+
+def test_a_certificate_of_another_ca_is_refused_at_the_handshake(secure: Any, pki_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    running, _ = secure
+    other = tmp_path / "other-pki"
+    pki.init(other)
+    pki.issue(other, "user", "admin", role="admin")
+    cert, key = pki.cert_path(other, "user", "admin")
+    # It trusts our controller (our CA) but presents a certificate of its own CA.
+    with open_channel(tcp(running), TlsFiles(str(cert), str(key),
+                                             str(pki_dir / "ca.pem"))) as channel:
+        assert refused_code(channel) == grpc.StatusCode.UNAVAILABLE
+    assert not [r for r in running.audit.since(0) if r.code != "OK"]
+
+
+def test_an_expired_certificate_is_refused_at_the_handshake(secure: Any, pki_dir: Path) -> None:
+    running, _ = secure
+    long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
+    pki.issue(pki_dir, "user", "old", role="admin", days=1, not_before=long_ago)
+    with channel_as(running, pki_dir, "user", "old") as channel:
+        assert refused_code(channel) == grpc.StatusCode.UNAVAILABLE
+    assert not [r for r in running.audit.since(0) if r.code != "OK"]
+
+
+def test_a_revoked_certificate_is_refused_before_any_handler(secure: Any, pki_dir: Path) -> None:
+    running, store = secure
+    pki.issue(pki_dir, "user", "mallory", role="admin")
+    with channel_as(running, pki_dir, "user", "mallory") as channel:
+        assert health(channel).status == health_pb2.HealthCheckResponse.SERVING
+        (serial,) = pki.revoke(pki_dir, "mallory")
+        ctl = pb_grpc.ControllerStub(channel)
+        with unchanged(store), pytest.raises(grpc.RpcError) as info:
+            ctl.DeleteContainer(pb.DeleteRequest(name="c-ha"), timeout=TIMEOUT)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert "revoked" in info.value.details()  # type: ignore[attr-defined]
+        assert refused_code(channel) == grpc.StatusCode.UNAUTHENTICATED
+    last = running.audit.since(0)[-1]
+    assert (last.identity, last.code) == ("unauthenticated", "UNAUTHENTICATED")
+    assert serial in pki.revoked_serials(pki_dir)
+    assert any(e["serial"] == serial and e["revoked"] for e in pki.listing(pki_dir))
+
+
+def test_the_crl_is_reloaded_on_sighup_and_a_forged_one_is_ignored(pki_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes((pki_dir / "crl.pem").read_bytes())
+    revocations = pki.RevocationList(str(crl), (pki_dir / "ca.pem").read_bytes())
+    pki.issue(pki_dir, "user", "eve", role="viewer")
+    (serial,) = pki.revoke(pki_dir, "eve")
+    assert not revocations.revoked(serial)
+    crl.write_bytes((pki_dir / "crl.pem").read_bytes())
+    revocations.reload()  # what SIGHUP does; a changed mtime does the same at the next call
+    assert revocations.revoked(serial)
+    other = tmp_path / "other"
+    pki.init(other)
+    crl.write_bytes((other / "crl.pem").read_bytes())  # signed by another CA, revokes nobody
+    os.utime(crl, (time.time() + 5, time.time() + 5))
+    assert revocations.revoked(serial), "a CRL of another CA must not un-revoke anybody"
+    with pytest.raises(pki.PkiError):
+        pki.RevocationList(str(crl), (pki_dir / "ca.pem").read_bytes())
+
+
+# -- listeners ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("address", ["tcp:127.0.0.1:0", "0.0.0.0:0", "tcp:[::1]:0"])
+def test_tcp_without_mutual_tls_is_refused(address: str) -> None:
+    with pytest.raises(ListenError, match="mutual TLS"):
+        create_server(address, MemoryStore(), sweep_interval=0)
+
+
+def test_the_controller_exits_on_a_tcp_listener_without_tls(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--store", "memory", "--listen", "tcp:0.0.0.0:0", "--audit-log", ""])
+    assert info.value.code == 2
+    assert "mutual TLS" in capsys.readouterr().err
+
+
+def test_the_client_never_dials_tcp_in_plaintext(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SDNCTL_TLS_CERT", "SDNCTL_TLS_KEY", "SDNCTL_TLS_CA"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(CommandError, match="client certificate"):
+        open_channel("tcp:127.0.0.1:1")
+
+
+def test_the_unix_socket_is_0600(secure: Any) -> None:
+    running, _ = secure
+    mode = os.stat(running.address.removeprefix("unix:")).st_mode & 0o777
+    assert mode == 0o600
+
+
+# -- identities ---------------------------------------------------------------------------------
+
+
+def test_identities_come_from_the_uri_san(pki_dir: Path) -> None:
+    cert, _ = pki.cert_path(pki_dir, "user", "viewer")
+    ident = pki.identity_of(pki.load_cert(cert.read_bytes()))
+    assert (ident.kind, ident.name, ident.role) == ("user", "viewer", "viewer")  # type: ignore
+    cert, _ = pki.cert_path(pki_dir, "agent", "ha")
+    ident = pki.identity_of(pki.load_cert(cert.read_bytes()))
+    assert (ident.kind, ident.name) == ("agent", "ha")  # type: ignore[union-attr]
+    with pytest.raises(pki.PkiError):
+        pki.issue(pki_dir, "user", "x", role="root")
+    with pytest.raises(pki.PkiError):
+        pki.issue(pki_dir, "agent", "Bad_Name")
+
+
+# -- authorization: every method, every role ------------------------------------------------------
+
+SERVICES = [
+    pb.DESCRIPTOR.services_by_name["Controller"],
+    pb.DESCRIPTOR.services_by_name["HostSync"],
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+]
+METHODS = {f"/{s.full_name}/{m.name}": m for s in SERVICES for m in s.methods}
+READS = {"GetHost", "ListHosts", "GetNetwork", "ListNetworks", "GetContainer", "ListContainers",
+         "GetIpam", "CheckIpam", "Events"}
+NETWORKS_AND_CONTAINERS = {"CreateNetwork", "UpdateNetwork", "DeleteNetwork", "CreateContainer",
+                           "UpdateContainer", "DeleteContainer"}
+HEALTH = {"Check", "List", "Watch"}
+
+
+def expected(identity: str, method: str) -> bool:
+    """The table, written out again independently of auth.POLICY."""
+    service, name = method.rsplit("/", 1)
+    if service.endswith("Health"):
+        return True
+    if service.endswith("ServerReflection"):
+        return identity in ROLES
+    if service.endswith("HostSync"):
+        return identity in ("admin", "agent-own")
+    if identity == "admin":
+        return True
+    if identity == "operator":
+        return name in READS | NETWORKS_AND_CONTAINERS
+    if identity == "viewer":
+        return name in READS
+    return False
+
+
+IDENTITIES = {
+    "admin": Identity("user", "admin", "admin"),
+    "operator": Identity("user", "operator", "operator"),
+    "viewer": Identity("user", "viewer", "viewer"),
+    "agent-own": Identity("agent", "ha"),
+    "agent-other": Identity("agent", "hb"),
+}
+
+
+def test_every_served_method_is_in_the_table() -> None:
+    assert set(METHODS) == set(auth.POLICY), "a method without a rule (or a stale rule)"
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("who", sorted(IDENTITIES))
+def test_the_table(method: str, who: str) -> None:
+    request_class = message_factory.GetMessageClass(METHODS[method].input_type)
+    request = request_class()
+    host_field = METHODS[method].input_type.fields_by_name.get("host")
+    if host_field is not None and host_field.type == host_field.TYPE_STRING:
+        request = request_class(host="ha")
+    verdict = auth.allowed(IDENTITIES[who], method, request)
+    assert (verdict is None) == expected(who, method), verdict
+
+
+def test_a_method_missing_from_the_table_is_denied_to_everybody() -> None:
+    for identity in [*IDENTITIES.values(), pki.LOCAL]:
+        assert auth.allowed(identity, "/sdnctl.v1.Controller/Shutdown", None) is not None
+    assert auth.allowed(Identity("controller", ""), "/sdnctl.v1.Controller/ListHosts",
+                        None) is not None
+
+
+CALLS: dict[str, Any] = {
+    "CreateHost": pb.CreateHostRequest(host=pb.Host(name="hx")),
+    "GetHost": pb.GetRequest(name="ha"),
+    "ListHosts": pb.ListRequest(),
+    "DeleteHost": pb.DeleteRequest(name="hb"),
+    "CreateNetwork": pb.CreateNetworkRequest(network=pb.Network(name="n2",
+                                                                subnet="10.89.0.0/16")),
+    "GetNetwork": pb.GetRequest(name="front"),
+    "ListNetworks": pb.ListRequest(),
+    "DeleteNetwork": pb.DeleteRequest(name="front"),
+    "UpdateNetwork": pb.UpdateNetworkRequest(network=pb.Network(name="front",
+                                                                subnet="10.88.0.0/16")),
+    "CreateContainer": pb.CreateContainerRequest(container=pb.Container(
+        name="c2", host="ha", network="front")),
+    "GetContainer": pb.GetRequest(name="c-ha"),
+    "ListContainers": pb.ListRequest(),
+    "DeleteContainer": pb.DeleteRequest(name="c-hb"),
+    "UpdateContainer": pb.UpdateContainerRequest(container=pb.Container(
+        name="c-ha", host="ha", network="none")),
+    "GetIpam": pb.GetIpamRequest(),
+    "CheckIpam": pb.GetIpamRequest(),
+    "Events": pb.EventsRequest(),
+    "Register": pb.RegisterRequest(host="ha"),
+    "Watch": pb.WatchRequest(host="ha"),
+    "ReportStatus": pb.ReportStatusRequest(host="ha"),
+}
+
+
+@pytest.mark.parametrize("who", sorted(IDENTITIES))
+def test_the_table_over_the_wire(secure: Any, pki_dir: Path, who: str) -> None:
+    """Each Controller and HostSync method, called with this identity's certificate: refused
+    with PERMISSION_DENIED (and nothing changed) exactly where the table says so."""
+    running, store = secure
+    ident = IDENTITIES[who]
+    assert set(CALLS) == {m.rsplit("/", 1)[1] for m in METHODS
+                          if "/sdnctl.v1." in m}
+    with channel_as(running, pki_dir, ident.kind, ident.name) as channel:
+        for method, request in CALLS.items():
+            path = next(m for m in METHODS if m.endswith(f"v1.Controller/{method}")
+                        or m.endswith(f"v1.HostSync/{method}"))
+            streaming = METHODS[path].server_streaming
+            call = (channel.unary_stream if streaming else channel.unary_unary)(
+                path, request_serializer=type(request).SerializeToString,
+                response_deserializer=lambda b: b)
+            before = keyspace(store)
+            try:
+                result = call(request, timeout=0.5 if streaming else TIMEOUT)
+                if streaming:
+                    next(iter(result))
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                code = e.code()  # type: ignore[attr-defined]
+            if expected(who, path):
+                assert code != grpc.StatusCode.PERMISSION_DENIED, (who, method)
+            else:
+                assert code == grpc.StatusCode.PERMISSION_DENIED, (who, method, code)
+                assert keyspace(store) == before
+
+
+# -- agents act only as their own host -------------------------------------------------------------
+
+
+def test_an_agent_cannot_act_as_another_host(secure: Any, pki_dir: Path) -> None:
+    running, store = secure
+    with channel_as(running, pki_dir, "agent", "ha") as channel:
+        sync = pb_grpc.HostSyncStub(channel)
+        denied = grpc.StatusCode.PERMISSION_DENIED
+        with unchanged(store):
+            for call in (
+                lambda: sync.Register(pb.RegisterRequest(host="hb"), timeout=TIMEOUT),
+                lambda: next(iter(sync.Watch(pb.WatchRequest(host="hb"), timeout=TIMEOUT))),
+                lambda: sync.ReportStatus(pb.ReportStatusRequest(host="hb", containers=[
+                    pb.ContainerStatus(name="c-hb", state="running")]), timeout=TIMEOUT),
+                # its own host, but another host's container
+                lambda: sync.ReportStatus(pb.ReportStatusRequest(host="ha", containers=[
+                    pb.ContainerStatus(name="c-hb", state="exited")]), timeout=TIMEOUT),
+            ):
+                with pytest.raises(grpc.RpcError) as info:
+                    call()
+                assert info.value.code() == denied, info.value  # type: ignore[attr-defined]
+        assert sync.Register(pb.RegisterRequest(host="ha", agent_pid=7),
+                             timeout=TIMEOUT).host.agent_pid == 7
+        sync.ReportStatus(pb.ReportStatusRequest(host="ha", containers=[
+            pb.ContainerStatus(name="c-ha", state="running", pid=9)]), timeout=TIMEOUT)
+        event = next(iter(sync.Watch(pb.WatchRequest(host="ha"), timeout=TIMEOUT)))
+        assert [c.name for c in event.containers] == ["c-ha"]
+    refusals = [r for r in running.audit.since(0) if r.code == "PERMISSION_DENIED"]
+    assert {r.identity for r in refusals} == {"agent:ha"}
+    assert len(refusals) == 4
+
+
+def test_a_viewer_cannot_create_or_delete_anything(secure: Any, pki_dir: Path) -> None:
+    running, store = secure
+    with channel_as(running, pki_dir, "user", "viewer") as channel:
+        ctl = pb_grpc.ControllerStub(channel)
+        with unchanged(store):
+            for name in ("CreateHost", "DeleteHost", "CreateNetwork", "DeleteNetwork",
+                         "UpdateNetwork", "CreateContainer", "DeleteContainer",
+                         "UpdateContainer"):
+                with pytest.raises(grpc.RpcError) as info:
+                    getattr(ctl, name)(CALLS[name], timeout=TIMEOUT)
+                assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore
