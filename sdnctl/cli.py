@@ -12,6 +12,8 @@
     sdnctl inspect {host|network|container} NAME [--json]
     sdnctl ipam [--network N] [--json]         leases, allocations, quarantine, history
     sdnctl ipam check [--network N] [--json]   consistency (exit 1 when there are problems)
+    sdnctl events [--follow] [--json]          the audit log: who changed what, who was refused
+    sdnctl pki init|issue|revoke|ls ...        certificates for mutual TLS (see README)
     sdnctl controller ...     run the controller in the foreground (= sdnctl-controller)
     sdnctl agent ...          run an agent in the foreground (= sdnctl-agent)
 """
@@ -27,8 +29,8 @@ from typing import Any
 
 import grpc
 
-from sdnctl import check, deploy, graph, topology, trace, verbs
-from sdnctl.client import CommandError, ControllerUnavailable, connect
+from sdnctl import check, deploy, graph, paths, pki, topology, trace, verbs
+from sdnctl.client import TLS_ENV, CommandError, ControllerUnavailable, connect
 from sdnctl.model import MODE_CONTAINER, network_mode
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -200,13 +202,115 @@ def _ipam_check(report: pb.IpamCheckReport, as_json: bool) -> int:
     return 1 if problems else 0
 
 
+def event_json(e: pb.AuditEvent) -> dict[str, Any]:
+    return {"seq": e.seq, "at": e.at, "identity": e.identity, "method": e.method,
+            "request": e.request, "code": e.code, "message": e.message,
+            "revision": e.revision, "peer": e.peer}
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    client = connect()
+    stream = client.api.Events(pb.EventsRequest(follow=args.follow, since=args.since),
+                               timeout=None if args.follow else 30)
+    try:
+        for event in stream:
+            if args.json:
+                print(json.dumps(event_json(event)), flush=True)
+                continue
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.at))
+            verb = event.method.rsplit("/", 1)[-1]
+            outcome = event.code if event.code == "OK" else f"{event.code}: {event.message}"
+            print(f"{event.seq:>6} {when} {event.identity:<24} {verb:<16} {outcome} "
+                  f"{event.request}", flush=True)
+    except KeyboardInterrupt:
+        stream.cancel()
+    return 0
+
+
+def default_pki_dir() -> str:
+    return os.environ.get("SDNCTL_PKI_DIR", os.path.join(paths.state_dir(), "pki"))
+
+
+def cmd_pki(args: argparse.Namespace) -> int:
+    try:
+        if args.action == "init":
+            pki.init(args.dir, args.name, controller_days=args.days)
+            print(f"CA and controller certificate in {args.dir}")
+        elif args.action == "issue":
+            if bool(args.agent) == bool(args.user):
+                raise CommandError("pki issue: give --agent HOST or --user NAME --role ROLE")
+            kind, name = ("agent", args.agent) if args.agent else ("user", args.user)
+            cert, key = pki.issue(args.dir, kind, name, role=args.role or "", days=args.days)
+            print(f"{cert}\n{key}")
+        elif args.action == "revoke":
+            serials = pki.revoke(args.dir, args.what)
+            print(f"revoked {', '.join(hex(s) for s in serials) or 'nothing new'}; "
+                  f"{os.path.join(args.dir, 'crl.pem')} rewritten (the controller reloads it)")
+        else:
+            items = pki.listing(args.dir)
+            if args.json:
+                print(json.dumps(items, indent=2))
+            else:
+                print_table([[hex(int(str(i["serial"]))), str(i["kind"]), str(i["name"]),
+                              str(i["role"]), str(i["not_after"]),
+                              "revoked" if i["revoked"] else "expired" if i["expired"] else ""]
+                             for i in items],
+                            ["SERIAL", "KIND", "NAME", "ROLE", "NOT AFTER", "STATE"])
+    except pki.PkiError as e:
+        raise CommandError(str(e)) from None
+    return 0
+
+
+def add_pki_parser(sub: Any) -> None:
+    pki_parser = sub.add_parser("pki", help="certificates for mutual TLS: init, issue, revoke, "
+                                "ls")
+    actions = pki_parser.add_subparsers(dest="action", required=True)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = actions.add_parser(name, help=help)
+        p.add_argument("--dir", default=default_pki_dir(),
+                       help="the PKI directory (default: $SDNCTL_PKI_DIR, else %(default)s)")
+        p.set_defaults(func=cmd_pki)
+        return p
+
+    p = action("init", "create a CA and the controller's certificate")
+    p.add_argument("--name", action="append", default=[], metavar="DNS|IP",
+                   help="a name clients dial the controller by (repeatable; localhost, "
+                   "127.0.0.1, ::1 and this host's name are always in)")
+    p.add_argument("--days", type=int, default=pki.CERT_DAYS,
+                   help="validity of the controller's certificate (default: %(default)s)")
+    p = action("issue", "a certificate for an agent or a user")
+    p.add_argument("--agent", metavar="HOST", help="for HOST's agent")
+    p.add_argument("--user", metavar="NAME", help="for a user of sdnctl")
+    p.add_argument("--role", choices=pki.ROLES, help="--user: what the user may do")
+    p.add_argument("--days", type=int, default=pki.CERT_DAYS,
+                   help="validity (default: %(default)s)")
+    p = action("revoke", "revoke certificates; the controller reloads the CRL")
+    p.add_argument("what", help="a serial (0x... or decimal) or a name (all its certificates)")
+    p = action("ls", "what was issued, revoked, expired")
+    p.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdnctl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--controller", metavar="ADDRESS",
                         help="the controller to talk to: unix:/path or host:port (default: "
                              "$SDNCTL_CONTROLLER, else unix:<run dir>/controller.sock)")
+    parser.add_argument("--tls-cert", help="client certificate for a TCP controller "
+                        "(`sdnctl pki issue --user`; default: $SDNCTL_TLS_CERT)")
+    parser.add_argument("--tls-key", help="its key (default: $SDNCTL_TLS_KEY)")
+    parser.add_argument("--tls-ca", help="the CA the controller's certificate must chain to "
+                        "(default: $SDNCTL_TLS_CA)")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("events", help="the audit log: every change and refusal, with who")
+    p.add_argument("-f", "--follow", action="store_true", help="keep streaming new records")
+    p.add_argument("--since", type=int, default=0, metavar="SEQ",
+                   help="only records after this sequence number")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_events)
+    add_pki_parser(sub)
 
     p = sub.add_parser("up", help="build and start a topology")
     p.add_argument("file")
@@ -261,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.controller:  # every client below dials paths.controller_address()
         os.environ["SDNCTL_CONTROLLER"] = args.controller
+    for env, value in zip(TLS_ENV, (args.tls_cert, args.tls_key, args.tls_ca), strict=True):
+        if value:  # and open_channel reads these
+            os.environ[env] = value
     try:
         result: int = args.func(args)
         return result

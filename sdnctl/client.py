@@ -69,12 +69,19 @@ class Client:
         self.address = address or paths.controller_address()
         self.channel = open_channel(self.address, tls)
         self.api = pb_grpc.ControllerStub(self.channel)
+        self.last_error = ""
 
     def healthy(self, timeout: float = 1.0) -> bool:
+        """Whether the controller serves; CommandError when it answers but refuses us."""
         stub = health_pb2_grpc.HealthStub(self.channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.RpcError:
+        except grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else None
+            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise CommandError(f"the controller at {self.address} refused us: "
+                                   f"{code.name}: {e.details()}") from None  # type: ignore
+            self.last_error = str(e.details()) if hasattr(e, "details") else str(e)
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -85,11 +92,17 @@ class Client:
 def connect() -> Client:
     """A client of a controller that answers, or CommandError saying how to get one."""
     client = Client()
-    if not client.healthy():
+    try:
+        if client.healthy():
+            return client
+    except CommandError:
         client.close()
-        raise CommandError(f"no controller answers at {client.address} (start one with "
-                           "`sdnctl up FILE` or `sdnctl-controller`)")
-    return client
+        raise
+    client.close()
+    if not client.address.startswith("unix:"):  # e.g. a TLS handshake that failed
+        raise CommandError(f"no controller answers at {client.address}: {client.last_error}")
+    raise CommandError(f"no controller answers at {client.address} (start one with "
+                       "`sdnctl up FILE` or `sdnctl-controller`)")
 
 
 def controller_pidfile() -> str:

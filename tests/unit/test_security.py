@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from sdnctl import pki
-from sdnctl.client import CommandError, open_channel
+from sdnctl.client import TLS_ENV, CommandError, open_channel
 from sdnctl.controller import auth
 from sdnctl.controller.server import ListenError, RunningServer, create_server, main
 from sdnctl.controller.store.memory import MemoryStore
@@ -378,3 +378,54 @@ def test_a_viewer_cannot_create_or_delete_anything(secure: Any, pki_dir: Path) -
                 with pytest.raises(grpc.RpcError) as info:
                     getattr(ctl, name)(CALLS[name], timeout=TIMEOUT)
                 assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore
+
+
+# -- the command line: sdnctl pki, sdnctl events -----------------------------------------------
+
+
+def test_pki_commands_and_events_over_mutual_tls(tmp_path: Path, capsys: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdnctl import cli
+
+    d = str(tmp_path / "pki")
+    assert cli.main(["pki", "init", "--dir", d, "--name", "ctl.example"]) == 0
+    assert cli.main(["pki", "issue", "--dir", d, "--user", "alice", "--role", "operator",
+                     "--days", "30"]) == 0
+    assert cli.main(["pki", "issue", "--dir", d, "--agent", "h1"]) == 0
+    assert cli.main(["pki", "issue", "--dir", d, "--user", "bob"]) == 1  # no role
+    assert cli.main(["pki", "issue", "--dir", d, "--agent", "h/../x"]) == 1
+    assert cli.main(["pki", "init", "--dir", d]) == 1  # refuses to overwrite a CA
+    assert oct(os.stat(Path(d) / "ca.key").st_mode & 0o777) == "0o600"
+    capsys.readouterr()
+
+    store = MemoryStore()
+    running = create_server("tcp:127.0.0.1:0", store, tls=TlsFiles.from_dir(d, "controller"),
+                            crl=f"{d}/crl.pem", sweep_interval=0)
+    try:
+        for name in (*TLS_ENV, "SDNCTL_CONTROLLER"):  # cli.main sets them: restore them
+            monkeypatch.setenv(name, "")
+        cert, key = pki.cert_path(d, "user", "alice")
+        flags = ["--controller", f"tcp:{running.address}", "--tls-cert", str(cert),
+                 "--tls-key", str(key), "--tls-ca", f"{d}/ca.pem"]
+        assert cli.main([*flags, "network", "create", "front", "--subnet",
+                         "10.88.0.0/16"]) == 0
+        assert cli.main([*flags, "host", "ls"]) == 0
+        capsys.readouterr()
+        assert cli.main([*flags, "events", "--json"]) == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if line]
+        import json
+
+        records = [json.loads(line) for line in lines]
+        assert [(r["identity"], r["method"].rsplit("/", 1)[1], r["code"]) for r in records] \
+            == [("user:alice(operator)", "CreateNetwork", "OK")]
+        assert '"subnet": "10.88.0.0/16"' in records[0]["request"]
+        assert records[0]["revision"] == store.revision()
+
+        assert cli.main(["pki", "revoke", "--dir", d, "alice"]) == 0
+        assert cli.main([*flags, "host", "ls"]) == 1
+        assert "revoked" in capsys.readouterr().err
+        assert cli.main(["pki", "ls", "--dir", d, "--json"]) == 0
+        listed = {e["name"]: e for e in json.loads(capsys.readouterr().out)}
+        assert listed["alice"]["revoked"] and not listed["h1"]["revoked"]
+    finally:
+        running.stop(grace=0)
