@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 #: Names of hosts, networks and containers: a DNS label, short enough to appear in a hostname.
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")  # \Z: "$" would allow a final "\n"
 NAME_MAX = 63
 
 DRIVERS = ("bridge", "overlay")
@@ -171,12 +171,13 @@ def parse_port(spec: str, field: str) -> PortMapping:
         raise Invalid(field, f"{spec!r} is not [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]")
     ports = []
     for text in (host_port, container_port):
-        if not text.isdigit() or not 1 <= int(text) <= 65535:
+        if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
             raise Invalid(field, f"{text!r} in {spec!r} is not a port (1-65535)")
         ports.append(int(text))
     if host_ip == "0.0.0.0":
         host_ip = ""
-    if host_ip and not re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", host_ip):
+    if host_ip and (not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,3}){3}", host_ip)
+                    or any(int(octet) > 255 for octet in host_ip.split("."))):
         raise Invalid(field, f"{host_ip!r} in {spec!r} is not an IPv4 address")
     return PortMapping(host_ip, ports[0], ports[1], protocol)
 

@@ -5,12 +5,20 @@ Each function takes the object and ``where``, the path of the object in its docu
 :class:`sdnctl.model.Invalid` naming the exact field.
 
 Only what one object says about itself is checked here; what depends on other objects (does
-the donor exist, is an address or a host port taken) is the controller's business.
+the donor exist, is an address or a host port taken, does a subnet overlap another network's or
+hold a host's underlay address) is the controller's business (``sdnctl.controller.state``).
+
+Every field that crosses the API is bounded here: names are DNS labels (and never become
+interface names: those are a prefix plus a hash, within IFNAMSIZ), interface names are at most
+15 bytes of a safe alphabet, subnets keep clear of reserved ranges and have at least
+``POOL_PREFIX_MIN`` bits of prefix, paths are absolute without ``..`` or NUL, lists and strings
+have a length limit, and image references follow Docker's reference grammar.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sized
 
 import netaddr
 
@@ -25,6 +33,7 @@ from sdnctl.model import (
     RESTART_POLICIES,
     SHAREABLE,
     Container,
+    ContainerStatus,
     Host,
     Invalid,
     Network,
@@ -34,11 +43,29 @@ from sdnctl.model import (
 )
 
 IFNAMSIZ = 15
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]+\Z")
+#: Ranges no network, and no host's underlay address, may touch.
+RESERVED_RANGES = (
+    (netaddr.IPNetwork("0.0.0.0/8"), "'this network' (0/8)"),
+    (netaddr.IPNetwork("127.0.0.0/8"), "loopback (127/8)"),
+    (netaddr.IPNetwork("169.254.0.0/16"), "link-local (169.254/16)"),
+    (netaddr.IPNetwork("224.0.0.0/4"), "multicast (224/4)"),
+    (netaddr.IPNetwork("240.0.0.0/4"), "reserved (240/4, broadcast)"),
+)
+#: A network's subnet is at least this long a prefix (a /7 would take half of 0/1...).
+POOL_PREFIX_MIN = 8
+LIST_MAX = 64  # ports, allow, share, capabilities, reported containers (per item kind)
+COMMAND_MAX = 256  # arguments
+ARG_MAX = 4096  # bytes of one argument, of a status message
+PATH_MAX = 4096
+PID_MAX = 4194304  # the kernel's pid_max limit
+REPORT_MAX = 10000  # container statuses in one report
+CONTAINER_STATES = ("pending", "created", "running", "exited", "error", "")
 MTU_MIN, MTU_MAX = 576, 65535
 VNI_MIN, VNI_MAX = 1, 16777215
 PORT_MAX = 65535
 OVERLAY = "overlay"
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 #: Network names that mean a container mode instead.
 RESERVED_NETWORK_NAMES = (MODE_NONE, MODE_HOST)
 
@@ -59,6 +86,11 @@ def validate_host(host: Host, where: str = "host") -> Host:
     check_name(host.name, f"{where}.name")
     if host.underlay_ip:
         check_ipv4(host.underlay_ip, f"{where}.underlay_ip")
+        check_not_reserved(host.underlay_ip, f"{where}.underlay_ip")
+    if host.netns:
+        check_path(host.netns, f"{where}.netns")
+    if not 0 <= host.agent_pid <= PID_MAX:
+        raise Invalid(f"{where}.agent_pid", f"{host.agent_pid} is outside 0..{PID_MAX}")
     if host.vtep_mac:
         check_unicast_mac(host.vtep_mac, f"{where}.vtep_mac")
     if host.underlay_mtu and not MTU_MIN <= host.underlay_mtu <= MTU_MAX:
@@ -92,6 +124,7 @@ def validate_network(network: Network, where: str = "network") -> Network:
     if not network.subnet:
         raise Invalid(f"{where}.subnet", "required (a CIDR such as 10.88.0.0/16)")
     subnet = validate_cidr(network.subnet, f"{where}.subnet")
+    check_pool(subnet, f"{where}.subnet")
     lease_prefix = host_prefix_for(network.subnet, network.host_prefix, f"{where}.host_prefix")
     overlay = network.driver == OVERLAY
     if not (MTU_MIN <= network.mtu <= MTU_MAX or (overlay and network.mtu == 0)):
@@ -139,6 +172,7 @@ def _check_gateway(value: str, subnet: netaddr.IPNetwork, field: str) -> None:
 
 
 def _check_allow(network: Network, where: str) -> None:
+    check_count(network.allow, f"{where}.allow")
     seen: set[str] = set()
     for i, name in enumerate(network.allow):
         field = f"{where}.allow[{i}]"
@@ -154,8 +188,7 @@ def validate_container(container: Container, where: str = "container") -> Contai
     check_name(container.name, f"{where}.name")
     check_name(container.host, f"{where}.host")
     mode = _check_network_mode(container, f"{where}.network")
-    if not container.command or not all(isinstance(a, str) and a for a in container.command):
-        raise Invalid(f"{where}.command", "expected a non-empty list of non-empty strings")
+    _check_command(container.command, f"{where}.command")
     check_ifname(container.interface, f"{where}.interface")
     if container.fixed_ip:
         _only_in(mode, MODE_BRIDGE, container, f"{where}.fixed_ip")
@@ -194,7 +227,20 @@ def _only_in(mode: str, wanted: str, container: Container, field: str) -> None:
         raise Invalid(field, f"only for {what}; network is {container.network!r}")
 
 
+def _check_command(command: tuple[str, ...], field: str) -> None:
+    if not command or not all(isinstance(a, str) and a for a in command):
+        raise Invalid(field, "expected a non-empty list of non-empty strings")
+    if len(command) > COMMAND_MAX:
+        raise Invalid(field, f"{len(command)} arguments; at most {COMMAND_MAX}")
+    for i, arg in enumerate(command):
+        if "\0" in arg:
+            raise Invalid(f"{field}[{i}]", "contains a NUL byte")
+        if len(arg.encode()) > ARG_MAX:
+            raise Invalid(f"{field}[{i}]", f"longer than {ARG_MAX} bytes")
+
+
 def _check_ports(ports: tuple[str, ...], field: str) -> None:
+    check_count(ports, field)
     seen: dict[tuple[str, int, str], int] = {}
     for i, spec in enumerate(ports):
         mapping = parse_port(spec, f"{field}[{i}]")
@@ -208,6 +254,7 @@ def _check_ports(ports: tuple[str, ...], field: str) -> None:
 
 
 def _check_share(share: tuple[str, ...], field: str) -> None:
+    check_count(share, field)
     for i, name in enumerate(share):
         if name not in SHAREABLE:
             raise Invalid(f"{field}[{i}]", f"cannot share {name!r}; expected one of "
@@ -227,7 +274,83 @@ def check_ipv4(value: str, field: str) -> str:
 
 
 def check_ifname(value: str, field: str) -> str:
-    bad_chars = "/" in value or any(c.isspace() for c in value)
-    if not value or len(value.encode()) > IFNAMSIZ or bad_chars:
-        raise Invalid(field, f"{value!r} is not a valid interface name (1-{IFNAMSIZ} bytes)")
+    """An interface name the kernel takes: 1-15 bytes of letters, digits, ``_ . -``; not
+    ``.``, ``..`` or ``lo`` (every namespace has one)."""
+    if (not isinstance(value, str) or not value or len(value.encode()) > IFNAMSIZ
+            or not IFNAME_RE.match(value) or value in (".", "..", "lo")):
+        raise Invalid(field, f"{value!r} is not a valid interface name (1-{IFNAMSIZ} bytes of "
+                      "letters, digits, '_', '.', '-'; not 'lo')")
     return value
+
+
+def check_pool(subnet: netaddr.IPNetwork, field: str) -> netaddr.IPNetwork:
+    """A network's subnet: a prefix of at least ``POOL_PREFIX_MIN`` bits, clear of every
+    reserved range (host bits and the maximum prefix are checked by ``validate_cidr`` and
+    ``host_prefix_for``)."""
+    if subnet.prefixlen < POOL_PREFIX_MIN:
+        raise Invalid(field, f"{subnet} is too large: at most a /{POOL_PREFIX_MIN}")
+    for reserved, what in RESERVED_RANGES:
+        if subnet.first <= reserved.last and reserved.first <= subnet.last:
+            raise Invalid(field, f"{subnet} overlaps {what}, which is reserved")
+    return subnet
+
+
+def check_not_reserved(address: str, field: str) -> str:
+    ip = netaddr.IPAddress(address)
+    for reserved, what in RESERVED_RANGES:
+        if ip in reserved:
+            raise Invalid(field, f"{address} is in {what}, which is reserved")
+    return address
+
+
+def check_count(items: Sized, field: str, maximum: int = LIST_MAX) -> None:
+    if len(items) > maximum:
+        raise Invalid(field, f"{len(items)} items; at most {maximum}")
+
+
+def check_path(value: str, field: str) -> str:
+    """An absolute path without ``..`` components, NUL or control characters."""
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise Invalid(field, f"{value[:40]!r} is not an absolute path")
+    if len(value.encode()) > PATH_MAX:
+        raise Invalid(field, f"longer than {PATH_MAX} bytes")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise Invalid(field, "contains a NUL or control character")
+    if ".." in value.split("/"):
+        raise Invalid(field, f"{value!r} has a '..' component")
+    return value
+
+
+# Docker's reference grammar (github.com/distribution/reference): [domain/]path[:tag][@digest].
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[_.]|__|-+)[a-z0-9]+)*"
+_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_REF_RE = re.compile(rf"^(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?\Z")
+IMAGE_NAME_MAX = 255
+
+
+def check_image_ref(value: str, field: str) -> str:
+    """An image reference as Docker parses it: ``[registry[:port]/]path[:tag][@digest]``."""
+    m = IMAGE_REF_RE.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise Invalid(field, f"{str(value)[:80]!r} is not an image reference such as "
+                      "'alpine:3.19' or 'registry.example:5000/team/app@sha256:...'")
+    if len(m.group("name")) > IMAGE_NAME_MAX:
+        raise Invalid(field, f"the repository name is longer than {IMAGE_NAME_MAX} characters")
+    return value
+
+
+def validate_status(status: ContainerStatus, where: str) -> ContainerStatus:
+    """A container's status as an agent reports it."""
+    check_name(status.name, f"{where}.name")
+    if status.state not in CONTAINER_STATES:
+        raise Invalid(f"{where}.state", f"unknown state {status.state!r}; expected one of "
+                      f"{', '.join(s for s in CONTAINER_STATES if s)}")
+    if not 0 <= status.pid <= PID_MAX:
+        raise Invalid(f"{where}.pid", f"{status.pid} is outside 0..{PID_MAX}")
+    if status.netns:
+        check_path(status.netns, f"{where}.netns")
+    return status  # message: free text, truncated to ARG_MAX by the servicer

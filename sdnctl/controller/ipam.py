@@ -63,7 +63,7 @@ MAX_HOST_PREFIX = 30
 #: How long commit_with_retry keeps trying before it raises Conflict.
 RETRY_TIMEOUT = 5.0
 
-_IPV4_CIDR = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$")
+_IPV4_CIDR = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}\Z")
 
 
 # ---------------------------------------------------------------------------------------------

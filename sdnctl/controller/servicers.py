@@ -5,6 +5,7 @@ Domain errors become status codes in :class:`ErrorInterceptor`, in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from sdnctl.controller.watch import container_pb, host_events
 from sdnctl.model import Host, Invalid, check_name
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+from sdnctl.validate import ARG_MAX, REPORT_MAX, check_count, validate_status
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +186,8 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         return container_pb(view)
 
     def GetIpam(self, request: pb.GetIpamRequest, context: Any) -> pb.IpamReport:
+        if request.network:
+            check_name(request.network, "network")
         view = ipam_report.report(self.state.store, request.network)
         return pb.IpamReport(
             leases=[convert.lease_to_pb(lease) for lease in view.leases],
@@ -192,6 +196,8 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             history=[convert.ipam_event_to_pb(e) for e in view.history])
 
     def CheckIpam(self, request: pb.GetIpamRequest, context: Any) -> pb.IpamCheckReport:
+        if request.network:
+            check_name(request.network, "network")
         problems = ipam_report.check(self.state.store, request.network)
         return pb.IpamCheckReport(problems=[
             pb.IpamProblem(kind=p.kind, network=p.network, subject=p.subject, detail=p.detail)
@@ -222,6 +228,9 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
         self.progress_interval = progress_interval
 
     def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
+        check_count(request.capabilities, "capabilities")
+        for i, capability in enumerate(request.capabilities):
+            check_name(capability, f"capabilities[{i}]")
         host = Host(name=request.host, underlay_ip=request.underlay_ip,
                     agent_pid=request.agent_pid, netns=request.netns,
                     vtep_mac=request.vtep_mac, underlay_mtu=request.underlay_mtu)
@@ -231,6 +240,8 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
 
     def Watch(self, request: pb.WatchRequest, context: Any) -> Iterator[pb.WatchEvent]:
         check_name(request.host, "host")
+        if request.since_revision < 0:
+            raise Invalid("since_revision", f"{request.since_revision} is negative")
         self.state.get_host(request.host)  # NOT_FOUND before streaming anything
         self.connections.opened(request.host)
         try:
@@ -244,13 +255,17 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
     def ReportStatus(self, request: pb.ReportStatusRequest,
                      context: Any) -> pb.ReportStatusResponse:
         check_name(request.host, "host")
+        if request.observed_revision < 0:
+            raise Invalid("observed_revision", f"{request.observed_revision} is negative")
+        check_count(request.containers, "containers", REPORT_MAX)
+        statuses = [validate_status(convert.status_from_pb(s), f"containers[{i}]")
+                    for i, s in enumerate(request.containers)]
+        statuses = [dataclasses.replace(s, message=s.message[:ARG_MAX]) for s in statuses]
         if current_identity().kind == "agent":  # its host is checked; its containers here
             foreign = self.state.foreign_containers(request.host,
                                                     [s.name for s in request.containers])
             if foreign:
                 raise PermissionDenied(f"containers: {', '.join(foreign)} run on other hosts; "
                                        f"the agent of {request.host!r} may report only its own")
-        self.state.report_status(request.host,
-                                 [convert.status_from_pb(s) for s in request.containers],
-                                 request.observed_revision)
+        self.state.report_status(request.host, statuses, request.observed_revision)
         return pb.ReportStatusResponse()

@@ -21,6 +21,7 @@ Key layout (values are ``sdnctl.model.to_json`` of model objects):
     /hosts/<name>                         Host
     /networks/<name>                      Network
     /vni/<n>                              the overlay network holding VNI n (uniqueness guard)
+    /guards/subnets                       the last network created (guards the overlap check)
     /containers/<name>                    Container
     /status/containers/<name>             ContainerStatus (written by agents' reports)
     /leases/..., /ipam/..., /history/ipam/...   owned by sdnctl.controller.ipam
@@ -69,6 +70,8 @@ STATUS = "/status/"  # what agents report; never part of a host's desired state
 CONTAINER_STATUS = STATUS + "containers/"
 HOST_STATUS = STATUS + "hosts/"
 VNIS = "/vni/"
+#: Bumped by every network creation, so that two concurrent ones cannot both miss an overlap.
+SUBNETS_GUARD = "/guards/subnets"
 #: Allocated VNIs start here (lower ones are left to topologies that pick their own).
 VNI_FIRST_AUTO = 4096
 VNI_MAX = 16777215
@@ -181,6 +184,7 @@ class State:
 
     def create_host(self, host: Host) -> HostView:
         validate_host(host)
+        self._check_underlay_free(host)
         revision = self.store.txn([Compare(host_key(host.name), 0)],
                                   [Put(host_key(host.name), to_json(host))])
         if revision is None:
@@ -195,6 +199,7 @@ class State:
         """
         host = dataclasses.replace(host, vtep_mac=host.vtep_mac.lower())
         validate_host(host)
+        self._check_underlay_free(host)
 
         def build() -> tuple[list[Compare], list[Put | Delete], None]:
             kv = self.store.get(host_key(host.name))
@@ -276,9 +281,12 @@ class State:
         def build() -> tuple[list[Compare], Ops, Network]:
             if self.store.get(key) is not None:
                 raise AlreadyExists("network", network.name)
+            guard = self.store.get(SUBNETS_GUARD)
+            self._check_subnet_free(network)
             made = network
-            compares = [Compare(key, 0)]
-            ops: Ops = []
+            compares = [Compare(key, 0),
+                        Compare(SUBNETS_GUARD, guard.mod_revision if guard else 0)]
+            ops: Ops = [Put(SUBNETS_GUARD, network.name.encode())]
             if made.driver == OVERLAY:
                 made = dataclasses.replace(made, vni=made.vni or self._free_vni())
                 guard = self.store.get(vni_key(made.vni))
@@ -292,6 +300,29 @@ class State:
             return compares, [Put(key, to_json(made)), *ops], made
 
         return ipam.commit_with_revision(self.store, build)
+
+    def _check_subnet_free(self, network: Network) -> None:
+        """A new network's subnet overlaps no other network's and holds no host's underlay
+        address (the host would route its own underlay into the bridge)."""
+        subnet = IPNetwork(network.subnet)
+        for other, _ in self.list_networks()[0]:
+            theirs = IPNetwork(other.subnet)
+            if subnet.first <= theirs.last and theirs.first <= subnet.last:
+                raise Invalid("network.subnet", f"{subnet} overlaps {theirs} of network "
+                              f"{other.name!r}")
+        for view in self.list_hosts()[0]:
+            if view.host.underlay_ip and IPAddress(view.host.underlay_ip) in subnet:
+                raise Invalid("network.subnet", f"{subnet} holds {view.host.underlay_ip}, the "
+                              f"underlay address of host {view.host.name!r}")
+
+    def _check_underlay_free(self, host: Host) -> None:
+        """A host's underlay address is in no network's subnet."""
+        if not host.underlay_ip:
+            return
+        for network, _ in self.list_networks()[0]:
+            if IPAddress(host.underlay_ip) in IPNetwork(network.subnet):
+                raise Invalid("host.underlay_ip", f"{host.underlay_ip} is inside {network.subnet}"
+                              f" of network {network.name!r}")
 
     def _free_vni(self) -> int:
         kvs, _ = self.store.range(VNIS)
@@ -403,6 +434,8 @@ class State:
                     compares.append(Compare(other_kv.key, other_kv.mod_revision))
                     ops.append(Put(other_kv.key, to_json(dataclasses.replace(other, allow=allow))))
             ops += self._forget_network_ops(from_json(Network, kv.value))
+            if len(others) == 1 and self.store.get(SUBNETS_GUARD) is not None:
+                ops.append(Delete(SUBNETS_GUARD))  # the last network: leave nothing behind
             return compares, ops, None
 
         ipam.commit_with_retry(self.store, build)
