@@ -11,8 +11,8 @@ import pytest
 from apitest import TIMEOUT, Api, details, rpc_error, unchanged
 
 from sdnctl.model import Invalid, check_name, parse_port
-from sdnctl.validate import check_ifname, check_image_ref, check_path
 from sdnctl.v1 import sdnctl_pb2 as pb
+from sdnctl.validate import check_ifname, check_image_ref, check_path
 
 
 def net(**fields: Any) -> pb.CreateNetworkRequest:
@@ -170,4 +170,4 @@ def test_names_ifnames_and_ports_are_ascii_and_whole() -> None:
             check_ifname(bad, "interface")
     assert check_ifname("x" * 15, "interface")
     with pytest.raises(Invalid):
-        parse_port("１:80", "ports[0]")
+        parse_port("\uff11:80", "ports[0]")
