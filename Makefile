@@ -2,7 +2,12 @@
 PY ?= .venv/bin/python
 BENCH_SCRIPTS := $(filter-out bench/harness.py,$(sort $(wildcard bench/*.py)))
 
-.PHONY: bench bench-full bench-setup bench-table
+.PHONY: bench bench-full bench-setup bench-table fuzz
+
+# Fuzzing (issue 9): the fuzz tests with a long budget (CI runs them with a short one).
+# SDNCTL_FUZZ_EXAMPLES=N sets the examples per RPC (default 3000 here, 30 in CI).
+fuzz:
+	SDNCTL_FUZZ=long .venv/bin/pytest -q tests/unit/test_fuzz_api.py tests/unit/test_fuzz_topology.py
 
 bench-setup:
 	bench/setup.sh

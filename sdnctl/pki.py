@@ -61,6 +61,8 @@ class Identity:
     def __str__(self) -> str:
         if self.kind == "user":
             return f"user:{self.name}({self.role})"
+        if self.kind == "local":
+            return "local"  # the unix socket: root
         return f"{self.kind}:{self.name}" if self.name else self.kind
 
 

@@ -119,7 +119,10 @@ class _Reader:
     def line_of(self, path: str) -> int | None:
         probe = path  # the field itself, or the nearest enclosing thing that has a line
         while probe and probe not in self.lines:
-            probe = _PARENT.sub("", probe)
+            parent = _PARENT.sub("", probe)
+            if parent == probe:  # a top-level key the line map lacks (`? ` makes a null key)
+                return None
+            probe = parent
         return self.lines.get(probe)
 
     def error(self, path: str, message: str) -> TopologyError:
@@ -163,14 +166,47 @@ def load(path: str) -> Topology:
     return parse(text, path)
 
 
+#: The most YAML nodes a topology may hold once its aliases are expanded: a "billion laughs"
+#: (aliases of aliases) or a recursive alias would otherwise take the parser down.
+MAX_NODES = 100_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], active: set[int]) -> int:
+    """How many nodes ``node`` stands for with its aliases expanded (stops past MAX_NODES)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        return MAX_NODES + 1  # an alias of one of its own ancestors: infinite
+    active.add(key)
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    total = 1
+    for child in children:
+        total += _expanded_size(child, memo, active)
+        if total > MAX_NODES:
+            break
+    active.discard(key)
+    memo[key] = total
+    return total
+
+
 def parse(text: str, file: str = "<topology>") -> Topology:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, {}, set()) > MAX_NODES:
+            raise TopologyError(file, None, "", f"more than {MAX_NODES} YAML nodes once its "
+                                "aliases are expanded (or a recursive alias)")
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise TopologyError(file, mark.line + 1 if mark else None, "",
                             f"not valid YAML: {getattr(e, 'problem', e)}") from e
+    except RecursionError as e:
+        raise TopologyError(file, None, "", "nested too deeply") from e
     if node is None:
         raise TopologyError(file, None, "", "empty document")
     r = _Reader(file, _line_map(node))
