@@ -23,9 +23,12 @@ from google.protobuf.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sdnctl import pki
+from sdnctl.client import open_channel
 from sdnctl.controller.server import RunningServer, create_server
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
+from sdnctl.pki import TlsFiles
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
@@ -35,7 +38,8 @@ METHODS = {f"/{s.full_name}/{m.name}": m for s in SERVICES for m in s.methods}
 #: here, but a legitimate answer).
 REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
             grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION,
-            grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+            grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
+            grpc.StatusCode.PERMISSION_DENIED}
 
 _SCALARS = {
     FieldDescriptor.TYPE_STRING: texts,
@@ -64,14 +68,31 @@ def messages(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Messag
     return st.fixed_dictionaries({}, optional=fields).map(lambda kw: cls(**kw))
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def fuzz_server(request: pytest.FixtureRequest,
-                tmp_path: Path) -> Iterator[tuple[RunningServer, Any, grpc.Channel]]:
+@pytest.fixture(scope="module")
+def fuzz_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("fuzz-pki")
+    pki.init(d)
+    pki.issue(d, "agent", "h1")
+    pki.issue(d, "user", "eve", role="viewer")
+    return d
+
+
+#: (store, caller): root on the unix socket (admin), and over mutual TLS the agent of h1 and a
+#: viewer, whose refusals (PERMISSION_DENIED) must change nothing either.
+CALLERS = [("memory", "local"), ("sqlite", "local"), ("memory", "agent"), ("memory", "viewer")]
+
+
+@pytest.fixture(params=CALLERS, ids=["-".join(c) for c in CALLERS])
+def fuzz_server(request: pytest.FixtureRequest, tmp_path: Path,
+                fuzz_pki: Path) -> Iterator[tuple[RunningServer, Any, grpc.Channel]]:
     """A server with a little state to hit: hosts h1 and h2, networks front and back, a web
     container on h1 and a sidecar joined to it."""
-    store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "db")
-    running = create_server(f"unix:{tmp_path / 'c.sock'}", store, sweep_interval=0,
-                            progress_interval=0.2, default_bridge="172.17.0.0/16")
+    kind, caller = request.param
+    store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "db")
+    running = create_server([f"unix:{tmp_path / 'c.sock'}", "tcp:127.0.0.1:0"], store,
+                            sweep_interval=0, progress_interval=0.2,
+                            default_bridge="172.17.0.0/16",
+                            tls=TlsFiles.from_dir(fuzz_pki, "controller"))
     channel = grpc.insecure_channel(running.address)
     ctl = pb_grpc.ControllerStub(channel)
     ctl.CreateHost(pb.CreateHostRequest(host=pb.Host(name="h1", underlay_ip="192.0.2.10")),
@@ -84,6 +105,13 @@ def fuzz_server(request: pytest.FixtureRequest,
         name="web", host="h1", network="front", ports=["8080:80"])), timeout=TIMEOUT)
     ctl.CreateContainer(pb.CreateContainerRequest(container=pb.Container(
         name="side", host="h1", network="container:web")), timeout=TIMEOUT)
+    ctl.CreateContainer(pb.CreateContainerRequest(container=pb.Container(
+        name="db", host="h2", network="back")), timeout=TIMEOUT)
+    if caller != "local":
+        channel.close()
+        name = "h1" if caller == "agent" else "eve"
+        channel = open_channel(running.addresses[1], TlsFiles.from_dir(
+            fuzz_pki, "agent" if caller == "agent" else "user", name))
     yield running, store, channel
     channel.close()
     running.stop(grace=0)
@@ -137,14 +165,20 @@ def _request_for(method: str) -> st.SearchStrategy[Message]:
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_fuzz_every_rpc_with_hostile_messages(fuzz_server: Any, method: str) -> None:
+    ran = []
+
     @settings(settings.get_profile(PROFILE))
     @given(request=_request_for(method))
     def run(request: Message) -> None:
+        ran.append(1)
         check(fuzz_server, method, request.SerializeToString())
 
     run()
+    assert len(ran) >= settings.get_profile(PROFILE).max_examples  # the budget was spent
 
 
+@pytest.mark.parametrize("fuzz_server", CALLERS[:2], indirect=True,
+                         ids=["-".join(c) for c in CALLERS[:2]])  # decoding precedes the caller
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_fuzz_every_rpc_with_raw_bytes(fuzz_server: Any, method: str) -> None:
     @settings(settings.get_profile(PROFILE), max_examples=max(
