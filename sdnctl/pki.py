@@ -25,8 +25,10 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import logging
 import os
 import socket
+import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +38,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from sdnctl.model import NAME_RE, Invalid, check_name
+
+log = logging.getLogger(__name__)
 
 ROLES = ("admin", "operator", "viewer")
 KINDS = ("controller", "agent", "user")
@@ -89,6 +95,8 @@ def identity_of(cert: x509.Certificate) -> Identity | None:
         return None  # none, or ambiguous: refuse rather than guess
     parts = urlsplit(uris[0])
     name = parts.path.removeprefix("/")
+    if name and not NAME_RE.match(name):
+        return None  # only names the API accepts (our CA issues no others)
     serial = cert.serial_number
     if parts.netloc == "controller" and not name:
         return Identity("controller", "", serial=serial)
@@ -218,8 +226,6 @@ def issue(directory: str | Path, kind: str, name: str, role: str = "", days: int
     """Issue a certificate for ``kind`` (controller | agent | user) ``name``; returns the paths
     of its certificate and key. ``not_before`` (tests): backdate it, e.g. to make one that has
     already expired."""
-    from sdnctl.model import Invalid, check_name  # a name must be one the API accepts
-
     directory = Path(directory)
     if kind not in KINDS:
         raise PkiError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -352,8 +358,6 @@ class RevocationList:
     """
 
     def __init__(self, path: str, ca_pem: bytes) -> None:
-        import threading
-
         self.path = path
         self._ca = x509.load_pem_x509_certificate(ca_pem)
         self._lock = threading.Lock()
@@ -362,8 +366,6 @@ class RevocationList:
         self.reload(strict=True)
 
     def reload(self, strict: bool = False) -> None:
-        import logging
-
         try:
             st = os.stat(self.path)
             stamp = (st.st_ino, st.st_mtime_ns)
@@ -375,7 +377,7 @@ class RevocationList:
         except (OSError, ValueError, PkiError) as e:
             if strict:
                 raise PkiError(f"could not load the revocation list {self.path}: {e}") from e
-            logging.getLogger(__name__).error("keeping the previous revocation list: %s", e)
+            log.error("keeping the previous revocation list: %s", e)
             return
         with self._lock:
             self._serials = frozenset(r.serial_number for r in crl)
