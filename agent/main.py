@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import logging
 import os
 import random
@@ -21,17 +22,19 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 from pyroute2 import IPRoute
 
 from agent.desired import DesiredState, LocalHost
+from agent.imagestore import ImageStore
 from agent.kernel.firewall import Firewall
 from agent.kernel.links import Links
 from agent.kernel.names import vtep_mac_for
 from agent.plan import RESTART_DELAY
 from agent.reconcile import Reconciler
+from agent.runtime import RUNTIMES, OciRuntime
 from sdnctl.model import ContainerStatus
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
@@ -112,6 +115,38 @@ def detect_local(args: argparse.Namespace) -> LocalHost:
                          link.get_attr("IFLA_MTU"))
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Container processes (orphaned when the runtime exits) become our children, so that we
+    reap them and learn their exit codes."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("could not become a child subreaper: exit codes will be unknown")
+
+
+class GrpcFetcher:
+    """Images and layers from the controller (agent.imagestore.Fetcher)."""
+
+    def __init__(self, sync: pb_grpc.HostSyncStub) -> None:
+        self.sync = sync
+
+    def image(self, image_id: str) -> tuple[bytes, tuple[str, ...]]:
+        msg = self.sync.FetchImage(pb.ImageRef(name=image_id), timeout=60)
+        return msg.config, tuple(msg.layers)
+
+    def blob(self, digest: str) -> Iterator[bytes]:
+        for chunk in self.sync.FetchBlob(pb.BlobRequest(digest=digest), timeout=600):
+            yield chunk.data
+
+
+def status_pb(s: ContainerStatus) -> pb.ContainerStatus:
+    return pb.ContainerStatus(name=s.name, state=s.state, pid=s.pid, netns=s.netns,
+                              message=s.message, exit_code=s.exit_code, restarts=s.restarts,
+                              runtime=s.runtime, runtime_root=s.runtime_root, cgroup=s.cgroup)
+
+
 class Agent:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -168,8 +203,10 @@ class Agent:
 
     def run(self) -> None:
         links = Links()
+        runtime = OciRuntime(self.args.runtime, os.path.join(self.args.run_dir, "runtime"))
+        images = ImageStore(self.args.store_dir, GrpcFetcher(self.sync))
         reconciler = Reconciler(self.args.run_dir, links, Firewall(), host_netns=self.args.netns,
-                                local=self.local)
+                                local=self.local, runtime=runtime, images=images)
         watcher = threading.Thread(target=self.watch_forever, name="watch", daemon=True)
         watcher.start()
         exits = ExitWatcher(self.wake_for_pass)
@@ -215,9 +252,7 @@ class Agent:
         try:
             self.sync.ReportStatus(pb.ReportStatusRequest(
                 host=self.args.host, observed_revision=revision,
-                containers=[pb.ContainerStatus(name=s.name, state=s.state, pid=s.pid,
-                                               netns=s.netns, message=s.message)
-                            for s in statuses]), timeout=10)
+                containers=[status_pb(s) for s in statuses]), timeout=10)
             self.last_report = (revision, statuses)
         except grpc.RpcError as e:
             log.warning("could not report status: %s", e)
@@ -243,13 +278,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="MAC of our VXLAN devices (default: derived from --host)")
     parser.add_argument("--netns", default="", help="our network namespace path, as reported")
     parser.add_argument("--run-dir", default="", help="default: /run/sdnctl/<host>")
+    parser.add_argument("--store-dir", default="",
+                        help="images, containers' writable layers and volumes "
+                        "(default: /var/lib/sdnctl/<host>)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="crun",
+                        help="OCI runtime (default: %(default)s)")
     parser.add_argument("--resync", type=float, default=10.0,
                         help="seconds between full passes (default %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir or f"/run/sdnctl/{args.host}"
+    args.store_dir = args.store_dir or f"/var/lib/sdnctl/{args.host}"
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format=f"%(asctime)s agent[{args.host}] %(levelname)s %(message)s")
+    become_subreaper()
     agent = Agent(args)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())

@@ -352,7 +352,8 @@ def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.L
         argv = [sys.executable, "-m", "agent.main", "--host", name,
                 "--controller", client.address, "--underlay-ip", host.underlay_ip,
                 "--underlay-dev", host.underlay_dev,
-                "--netns", host.netns, "--run-dir", run_dir]
+                "--netns", host.netns, "--run-dir", run_dir,
+                "--store-dir", os.path.join(run_dir, "store")]
         pid = lab.spawn_in_netns(host.netns, argv, os.path.join(run_dir, "agent.log"))
         agents[name] = {"pid": pid, "start_time": lab.process_start_time(pid) or 0}
         _save_lab_state(topology, state)

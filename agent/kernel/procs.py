@@ -134,3 +134,26 @@ def stop_all(infos: Sequence[ProcInfo], grace: float = 1.0) -> None:
     stuck = [info.pid for info in alive if not _wait_gone(info, 5.0)]
     if stuck:
         raise KernelError(f"could not stop processes {stuck}: still running after SIGKILL")
+
+
+def reap(info: ProcInfo) -> int | None:
+    """The exit code of our exited child ``info`` (reaping it), as a shell reports it: 128+N
+    for death by signal N. None while it runs, or when it is not our child (then its real
+    parent reaps it and the code is lost)."""
+    if procfs.start_time(info.pid) != info.start_time:
+        return None  # gone already, or the PID belongs to someone else now
+    try:
+        pid, status = os.waitpid(info.pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if pid == 0:
+        return None
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def write_pidfile(path: str, info: ProcInfo) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(f"{info.pid} {info.start_time}\n")
+    os.replace(tmp, path)

@@ -13,7 +13,9 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from sdnctl import paths
 from sdnctl.controller import ipam
+from sdnctl.controller.images import Images, default_blob_dir
 from sdnctl.controller.servicers import (
     Connections,
     ControllerServicer,
@@ -58,12 +61,15 @@ class RunningServer:
     stopping: threading.Event
 
     sweeper: threading.Thread | None = None
+    scratch: str = ""  # a blob directory made for this server alone, removed when it stops
 
     def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()
         self.server.stop(grace).wait()
         if self.sweeper is not None:
             self.sweeper.join()
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def sweep_forever(state: State, interval: float, stopping: threading.Event) -> None:
@@ -88,7 +94,8 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
                   subnet_quarantine: int = ipam.DEFAULT_TIMERS.subnet_quarantine,
                   address_quarantine: int = ipam.DEFAULT_TIMERS.address_quarantine,
                   sweep_interval: float = 10.0,
-                  clock: Callable[[], float] = time.time) -> RunningServer:
+                  clock: Callable[[], float] = time.time,
+                  blob_dir: str | None = None) -> RunningServer:
     """Build and start a server on ``address``: ``unix:/path`` or ``host:port`` (port 0 picks).
 
     ``default_bridge``: the subnet of the default bridge network, made before serving (None: no
@@ -96,7 +103,8 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
     lives without renewal; ``subnet_quarantine``/``address_quarantine``: seconds a freed subnet
     or address waits before someone else may take it; ``sweep_interval``: how often expired
     leases are freed (0: never, for tests that call ``State.sweep`` themselves). ``clock``:
-    unix seconds (tests pass a fake one).
+    unix seconds (tests pass a fake one). ``blob_dir``: where image blobs are kept (None: a
+    temporary directory removed when the server stops).
     """
     stopping = threading.Event()
     timers = ipam.Timers(lease_ttl=lease_ttl, subnet_quarantine=subnet_quarantine,
@@ -105,11 +113,14 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
     if default_bridge:
         state.ensure_default_bridge(default_bridge)
     connections = Connections()
+    scratch = "" if blob_dir else tempfile.mkdtemp(prefix="sdnctl-blobs-")
+    images = Images(store, blob_dir or scratch)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                          interceptors=[ErrorInterceptor()])
-    pb_grpc.add_ControllerServicer_to_server(ControllerServicer(state, connections), server)
+    pb_grpc.add_ControllerServicer_to_server(ControllerServicer(state, connections, images),
+                                           server)
     pb_grpc.add_HostSyncServicer_to_server(
-        HostSyncServicer(state, connections, stopping, progress_interval), server)
+        HostSyncServicer(state, connections, stopping, images, progress_interval), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -132,7 +143,7 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
     server.start()
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = RunningServer(server, dial, stopping)
+    running = RunningServer(server, dial, stopping, scratch=scratch)
     if sweep_interval > 0:
         running.sweeper = threading.Thread(target=sweep_forever, name="ipam-sweeper",
                                            args=(state, sweep_interval, stopping), daemon=True)
@@ -163,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: %(default)s)")
     parser.add_argument("--db", default=paths.controller_db(),
                         help="SQLite file (default: %(default)s)")
+    parser.add_argument("--blob-dir", default="", help="where image blobs are kept "
+                        "(default: 'blobs' beside the SQLite file)")
     parser.add_argument("--pidfile", default="", help="write our PID here")
     parser.add_argument("--default-bridge", default=DEFAULT_BRIDGE_SUBNET, metavar="CIDR",
                         help="subnet of the default bridge network, Docker's bip "
@@ -191,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                                 default_bridge=args.default_bridge or None,
                                 lease_ttl=args.lease_ttl, subnet_quarantine=args.quarantine,
                                 address_quarantine=args.address_quarantine,
-                                sweep_interval=args.sweep_interval)
+                                sweep_interval=args.sweep_interval,
+                                blob_dir=args.blob_dir or default_blob_dir(args.db))
     except Invalid as e:
         parser.error(f"--default-bridge: {e.message}")
     if args.pidfile:

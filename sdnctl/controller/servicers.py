@@ -6,6 +6,8 @@ Domain errors become status codes in :class:`ErrorInterceptor`, in one place.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +24,7 @@ from sdnctl.controller.errors import (
     NotFound,
     SdnError,
 )
+from sdnctl.controller.images import ImageRecord, Images
 from sdnctl.controller.state import HostView, State
 from sdnctl.controller.watch import container_pb, host_events
 from sdnctl.model import Host, Invalid, check_name
@@ -77,6 +80,17 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer)
+        if handler.stream_unary:
+            inner_upload = handler.stream_unary
+
+            def upload(requests: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    return inner_upload(requests, context)
+                except (SdnError, Invalid) as e:
+                    context.abort(status_code_for(e), str(e))
+
+            return grpc.stream_unary_rpc_method_handler(
+                upload, handler.request_deserializer, handler.response_serializer)
         return handler
 
 
@@ -110,10 +124,26 @@ def host_pb(view: HostView, connections: Connections) -> pb.Host:
     return msg
 
 
+CHUNK = 1 << 20
+MAX_ARCHIVE = 8 << 30  # bytes: a bigger upload is refused
+
+
+def image_pb(record: ImageRecord, revision: int = 0, config: bytes = b"") -> pb.Image:
+    return pb.Image(id=record.id, repo_tags=list(record.repo_tags), layers=list(record.layers),
+                    size=record.size, config=config, revision=revision)
+
+
+def stream_file(path: str) -> Iterator[pb.ImageChunk]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield pb.ImageChunk(data=chunk)
+
+
 class ControllerServicer(pb_grpc.ControllerServicer):
-    def __init__(self, state: State, connections: Connections) -> None:
+    def __init__(self, state: State, connections: Connections, images: Images) -> None:
         self.state = state
         self.connections = connections
+        self.images = images
 
     def CreateHost(self, request: pb.CreateHostRequest, context: Any) -> pb.Host:
         host = convert.host_from_pb(request.host)
@@ -191,10 +221,46 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             for p in problems])
 
 
+    def LoadImage(self, request_iterator: Iterator[pb.ImageChunk],
+                  context: Any) -> pb.LoadImageResponse:
+        with tempfile.TemporaryDirectory(dir=self.images.blobs.root,
+                                         prefix="upload-") as tmp:
+            path = os.path.join(tmp, "archive.tar")
+            size = 0
+            with open(path, "wb") as f:
+                for chunk in request_iterator:
+                    size += len(chunk.data)
+                    if size > MAX_ARCHIVE:
+                        raise Invalid("archive", f"larger than {MAX_ARCHIVE} bytes")
+                    f.write(chunk.data)
+            records = self.images.load(path)
+        log.info("loaded image(s) %s", ", ".join(r.id for r in records))
+        return pb.LoadImageResponse(images=[image_pb(r) for r in records])
+
+    def ListImages(self, request: pb.ListRequest, context: Any) -> pb.ListImagesResponse:
+        records, revision = self.images.list_images()
+        return pb.ListImagesResponse(images=[image_pb(r, rev) for r, rev in records],
+                                     revision=revision)
+
+    def GetImage(self, request: pb.ImageRef, context: Any) -> pb.Image:
+        record, revision = self.images.get(request.name)
+        return image_pb(record, revision)
+
+    def RemoveImage(self, request: pb.ImageRef, context: Any) -> pb.DeleteResponse:
+        return pb.DeleteResponse(revision=self.images.remove(request.name))
+
+    def SaveImage(self, request: pb.ImageRef, context: Any) -> Iterator[pb.ImageChunk]:
+        with tempfile.TemporaryDirectory(dir=self.images.blobs.root, prefix="save-") as tmp:
+            path = os.path.join(tmp, "image.tar")
+            self.images.save(request.name, path)
+            yield from stream_file(path)
+
+
 class HostSyncServicer(pb_grpc.HostSyncServicer):
     def __init__(self, state: State, connections: Connections, stopping: threading.Event,
-                 progress_interval: float = 10.0) -> None:
+                 images: Images, progress_interval: float = 10.0) -> None:
         self.state = state
+        self.images = images
         self.connections = connections
         self.stopping = stopping
         self.progress_interval = progress_interval
@@ -225,3 +291,10 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
                                  [convert.status_from_pb(s) for s in request.containers],
                                  request.observed_revision)
         return pb.ReportStatusResponse()
+
+    def FetchImage(self, request: pb.ImageRef, context: Any) -> pb.Image:
+        record, revision = self.images.get(request.name)
+        return image_pb(record, revision, self.images.config(record.id))
+
+    def FetchBlob(self, request: pb.BlobRequest, context: Any) -> Iterator[pb.ImageChunk]:
+        yield from stream_file(self.images.blob_path(request.digest))

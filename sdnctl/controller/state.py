@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from netaddr import IPAddress, IPNetwork
 
-from sdnctl.controller import ipam
+from sdnctl.controller import images, ipam
 from sdnctl.controller.errors import (
     AlreadyExists,
     Exhausted,
@@ -428,10 +428,13 @@ class State:
         """Record a container with its host's lease and its address, in one transaction."""
         container = self._with_default_network(container)
         validate_container(container)
+        spec = container
 
         def build() -> tuple[list[Compare], Ops, None]:
+            nonlocal container
             if self.store.get(container_key(container.name)) is not None:
                 raise AlreadyExists("container", container.name)
+            container, image_cmp = self._with_image(spec)
             host_kv = self._require(host_key(container.host), "container.host", container.host)
             _check_host_ports(container, self._containers())
             place_cmp, place_ops = self._plan_placement(container, releasing=None)
@@ -439,6 +442,7 @@ class State:
                 Compare(container_key(container.name), 0),
                 Compare(host_kv.key, host_kv.mod_revision),
                 *place_cmp,
+                *image_cmp,
             ]
             ops: Ops = [
                 *place_ops,
@@ -454,16 +458,19 @@ class State:
         """Replace a container's spec on the same host, moving its address as its mode needs."""
         container = self._with_default_network(container)
         validate_container(container)
+        spec = container
 
         def build() -> tuple[list[Compare], Ops, None]:
+            nonlocal container
             kv = self.store.get(container_key(container.name))
             if kv is None:
                 raise NotFound("container", container.name)
             old = from_json(Container, kv.value)
+            container, image_cmp = self._with_image(spec)
             if container.host != old.host:
                 raise Invalid("container.host", f"a container cannot move from host {old.host!r} "
                               f"to {container.host!r}; delete it and create it there")
-            compares = [Compare(kv.key, kv.mod_revision)]
+            compares = [Compare(kv.key, kv.mod_revision), *image_cmp]
             if container == old:
                 return compares, [], None
             others = [c for c in self._containers() if c.name != container.name]
@@ -652,6 +659,15 @@ class State:
                 return dataclasses.replace(container, network=kv.key[len(NETWORKS):])
         raise Invalid("container.network", "required: this controller has no default bridge "
                       "network (none, host, container:<name> or a network name)")
+
+    def _with_image(self, container: Container) -> tuple[Container, list[Compare]]:
+        """The container with its image resolved to an ID, and a compare that keeps the image
+        from going away before the container is written."""
+        if not container.image:
+            return dataclasses.replace(container, image_id=""), []
+        record, kv = images.resolve(self.store, container.image, "container.image")
+        return (dataclasses.replace(container, image_id=record.id),
+                [Compare(kv.key, kv.mod_revision)])
 
     def _allocation(self, container: Container) -> Allocation | None:
         if container.bridge_network is None:
