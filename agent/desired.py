@@ -91,6 +91,7 @@ class DesiredContainer:
     stopped: bool = False
     env: tuple[str, ...] = ()
     workdir: str = ""
+    generation: int = 0
 
     @property
     def mode(self) -> str:
@@ -111,7 +112,8 @@ class DesiredContainer:
                           "share": sorted(self.share), "image": self.image_id,
                           "limits": [self.memory, self.cpus, self.cpu_shares, self.pids_limit],
                           "volumes": self.volumes, "caps": sorted(self.cap_add),
-                          "userns": self.user_ns, "env": self.env, "workdir": self.workdir},
+                          "userns": self.user_ns, "env": self.env, "workdir": self.workdir,
+                          "generation": self.generation},
                          sort_keys=True).encode()
         return hashlib.sha256(raw).hexdigest()[:16]
 
@@ -168,6 +170,7 @@ def container_from_pb(msg: pb.Container) -> DesiredContainer:
         stopped=msg.stopped,
         env=tuple(msg.env),
         workdir=msg.workdir,
+        generation=msg.generation,
     )
 
 

@@ -27,7 +27,8 @@ from typing import Any
 
 import grpc
 
-from sdnctl import check, deploy, graph, topology, trace, verbs
+from agent.kernel import cgroups
+from sdnctl import check, deploy, graph, imagecli, topology, trace, verbs
 from sdnctl.client import CommandError, ControllerUnavailable, connect
 from sdnctl.model import MODE_CONTAINER, network_mode
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -77,12 +78,43 @@ def container_json(c: pb.Container) -> dict[str, Any]:
         "gateway": c.gateway,
         "interface": c.interface,
         "command": list(c.command),
+        "image": c.image,
+        "image_id": c.image_id,
+        "resources": {"memory": c.resources.memory_bytes, "cpus": c.resources.cpus,
+                      "cpu_shares": c.resources.cpu_shares,
+                      "pids_limit": c.resources.pids_limit},
+        "volumes": list(c.volumes),
+        "cap_add": list(c.cap_add),
+        "user_ns": c.user_ns,
+        "stopped": c.stopped,
         "state": c.status.state or "pending",
+        "exit_code": c.status.exit_code,
+        "restarts": c.status.restarts,
         "pid": c.status.pid,
         "netns": c.status.netns,
+        "runtime": c.status.runtime,
+        "runtime_root": c.status.runtime_root,
+        "cgroup": c.status.cgroup,
         "message": c.status.message,
         "revision": c.revision,
     }
+
+
+def state_text(c: dict[str, Any]) -> str:
+    """``exited (137)``, as Docker shows it; ``-1`` is an exit nobody saw."""
+    if c["state"] in ("exited", "restarting"):
+        code = c["exit_code"]
+        return f"{c['state']} ({code if code >= 0 else '?'})"
+    return str(c["state"])
+
+
+def live_usage(c: pb.Container) -> dict[str, int] | None:
+    """What a running container on THIS machine uses now, read from its cgroup."""
+    if c.status.state != "running" or not c.status.cgroup or \
+            not cgroups.exists(c.status.cgroup):
+        return None
+    use = cgroups.usage(c.status.cgroup)
+    return {"memory": use.memory, "pids": use.pids, "cpu_usec": use.cpu_usec}
 
 
 def print_table(rows: list[list[str]], header: list[str]) -> None:
@@ -112,8 +144,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(items, indent=2))
         return 0
-    print_table([[c["name"], c["host"], c["network"], c["ip"], c["state"], str(c["pid"] or "")]
-                 for c in items], ["NAME", "HOST", "NETWORK", "IP", "STATE", "PID"])
+    print_table([[c["name"], c["host"], c["network"], c["image"] or "-", c["ip"],
+                  state_text(c), str(c["pid"] or "")]
+                 for c in items], ["NAME", "HOST", "NETWORK", "IMAGE", "IP", "STATE", "PID"])
     return 0
 
 
@@ -126,7 +159,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     elif args.kind == "network":
         data = network_json(client.api.GetNetwork(request, timeout=10))
     else:
-        data = container_json(client.api.GetContainer(request, timeout=10))
+        ctr = client.api.GetContainer(request, timeout=10)
+        data = container_json(ctr)
+        data["usage"] = live_usage(ctr)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -241,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ipam)
 
     # Verbs that live in their own modules (each adds its sub-parsers and handlers).
-    for module in (check, graph, trace, verbs):
+    for module in (check, graph, imagecli, trace, verbs):
         module.register(sub)
 
     sub.add_parser("controller", help="run the controller (see sdnctl controller --help)",

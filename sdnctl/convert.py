@@ -100,6 +100,7 @@ def container_from_pb(msg: pb.Container) -> Container:
         stopped=msg.stopped,
         env=tuple(msg.env),
         workdir=msg.workdir,
+        generation=msg.generation,
     )
 
 
@@ -115,7 +116,8 @@ def container_to_pb(container: Container) -> pb.Container:
                                                pids_limit=container.pids_limit),
                         volumes=list(container.volumes), cap_add=list(container.cap_add),
                         user_ns=container.user_ns, stopped=container.stopped,
-                        env=list(container.env), workdir=container.workdir)
+                        env=list(container.env), workdir=container.workdir,
+                        generation=container.generation)
 
 
 def status_to_pb(status: ContainerStatus) -> pb.ContainerStatus:

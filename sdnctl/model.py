@@ -132,6 +132,7 @@ class Container:
     stopped: bool = False  # desired state: stopped (sdnctl stop/start)
     env: tuple[str, ...] = ()  # KEY=VALUE, on top of the image's
     workdir: str = ""
+    generation: int = 0  # bumped by `sdnctl start`: run again, even after an exit
 
     @property
     def mode(self) -> str:
@@ -241,6 +242,22 @@ def parse_volume(spec: str, field: str) -> VolumeMount:
     return VolumeMount(source, target, bool(mode) and mode[0] == "ro")
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.I)
+
+
+def parse_size(value: object, field: str) -> int:
+    """Bytes from ``64m``, ``1.5g``, ``512k``, ``1048576`` (Docker's units: powers of 1024)."""
+    if isinstance(value, bool):
+        raise Invalid(field, f"{value!r} is not a size such as 64m or 1g")
+    if isinstance(value, int):
+        return value
+    match = _SIZE.fullmatch(str(value).strip())
+    if not match:
+        raise Invalid(field, f"{value!r} is not a size such as 64m or 1g")
+    power = " kmgt".index(match.group(2).lower() or " ")
+    return int(float(match.group(1)) * (1024 ** power))
+
+
 #: Every capability name (without ``CAP_``) that cap_add may name.
 CAPABILITIES = (
     "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE",
@@ -343,6 +360,7 @@ __all__ = [
     "from_json",
     "network_mode",
     "parse_port",
+    "parse_size",
     "parse_volume",
     "to_json",
 ]

@@ -105,7 +105,7 @@ class Resources(_message.Message):
     def __init__(self, memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., cpu_shares: _Optional[int] = ..., pids_limit: _Optional[int] = ...) -> None: ...
 
 class Container(_message.Message):
-    __slots__ = ("name", "host", "network", "command", "interface", "ip", "prefixlen", "gateway", "status", "revision", "fixed_ip", "ports", "share", "restart", "image", "image_id", "resources", "volumes", "cap_add", "user_ns", "stopped", "env", "workdir")
+    __slots__ = ("name", "host", "network", "command", "interface", "ip", "prefixlen", "gateway", "status", "revision", "fixed_ip", "ports", "share", "restart", "image", "image_id", "resources", "volumes", "cap_add", "user_ns", "stopped", "env", "workdir", "generation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class Container(_message.Message):
     STOPPED_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     WORKDIR_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     host: str
     network: str
@@ -152,7 +153,8 @@ class Container(_message.Message):
     stopped: bool
     env: _containers.RepeatedScalarFieldContainer[str]
     workdir: str
-    def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., network: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., interface: _Optional[str] = ..., ip: _Optional[str] = ..., prefixlen: _Optional[int] = ..., gateway: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., revision: _Optional[int] = ..., fixed_ip: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., share: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., image: _Optional[str] = ..., image_id: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., volumes: _Optional[_Iterable[str]] = ..., cap_add: _Optional[_Iterable[str]] = ..., user_ns: _Optional[bool] = ..., stopped: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ...) -> None: ...
+    generation: int
+    def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., network: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., interface: _Optional[str] = ..., ip: _Optional[str] = ..., prefixlen: _Optional[int] = ..., gateway: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., revision: _Optional[int] = ..., fixed_ip: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., share: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., image: _Optional[str] = ..., image_id: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., volumes: _Optional[_Iterable[str]] = ..., cap_add: _Optional[_Iterable[str]] = ..., user_ns: _Optional[bool] = ..., stopped: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("id", "repo_tags", "layers", "size", "config", "revision")
