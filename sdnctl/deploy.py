@@ -26,7 +26,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -378,6 +378,8 @@ def apply_objects(client: Client, topology: Topology, progress: Progress) -> int
     revision of the last write (0 when nothing was written)."""
     counts = {"created": 0, "updated": 0, "unchanged": 0}
     revision = 0
+    for archive in topology.images:
+        load_image(client, archive, progress)
     # Networks first without `allow` (it may name networks created later), then their allows.
     for net in topology.networks:
         what, rev = _apply_network(client, dataclasses.replace(net, allow=()), net)
@@ -393,6 +395,20 @@ def apply_objects(client: Client, topology: Topology, progress: Progress) -> int
         revision = max(revision, rev)
     progress.step("desired state: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
     return revision
+
+
+def load_image(client: Client, archive: str, progress: Progress) -> None:
+    def chunks() -> Iterator[pb.ImageChunk]:
+        with open(archive, "rb") as f:
+            while chunk := f.read(1 << 20):
+                yield pb.ImageChunk(data=chunk)
+
+    try:
+        reply = client.api.LoadImage(chunks(), timeout=600)
+    except grpc.RpcError as e:
+        raise DeployError(f"could not load image archive {archive}: {_details(e)}") from e
+    tags = ", ".join(t for image in reply.images for t in image.repo_tags)
+    progress.step(f"image {tags or archive} loaded")
 
 
 #: Network fields a topology may leave at 0 for the controller to choose (a VNI, a UDP port).
@@ -439,6 +455,8 @@ def _apply_container(client: Client, ctr: Container) -> tuple[str, int]:
             raise DeployError(f"could not create container {ctr.name!r}: {_details(e)}") from e
     have = convert.container_from_pb(client.api.GetContainer(pb.GetRequest(name=ctr.name),
                                                              timeout=10))
+    # What the controller resolves (the image ID) or sdnctl stop/start changes is not the file's.
+    have = dataclasses.replace(have, image_id="", stopped=False, generation=0)
     if have == ctr:
         return "unchanged", 0
     if have.host != ctr.host:
