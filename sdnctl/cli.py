@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -125,6 +126,12 @@ def print_table(rows: list[list[str]], header: list[str]) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     topo = topology.load(args.file)
+    if args.image:
+        missing = [f for f in args.image if not os.path.isfile(f)]
+        if missing:
+            raise CommandError(f"--image: no such file: {', '.join(missing)}")
+        topo = dataclasses.replace(
+            topo, images=(*topo.images, *(os.path.abspath(f) for f in args.image)))
     if args.dry_run:
         deploy.dry_run(topo)
         return 0
@@ -250,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (+ create, ~ update, = unchanged, ! refused) and change "
                    "nothing")
+    p.add_argument("--image", action="append", metavar="FILE",
+                   help="an image archive to load first, as the file's `images:` (repeatable)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="remove a topology")

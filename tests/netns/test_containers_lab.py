@@ -18,7 +18,6 @@ from helpers.cli import Cli, lab_cli
 from agent.kernel import cgroups
 from agent.ocispec import USERNS_BASE
 from sdnctl.model import DEFAULT_CAPABILITIES
-from sdnctl.testimage import build_test_image
 
 pytestmark = pytest.mark.netns
 
@@ -39,10 +38,9 @@ CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "FSETID": 4, "KILL": 5, 
             "SYS_CHROOT": 18, "MKNOD": 27, "AUDIT_WRITE": 29, "SETFCAP": 31}
 
 
-@pytest.fixture(scope="module")
-def image_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    path = str(tmp_path_factory.mktemp("image") / "test-image.tar")
-    return path, build_test_image(path, TAG)
+@pytest.fixture
+def image_file(test_image: tuple[str, str]) -> tuple[str, str]:
+    return test_image
 
 
 @pytest.fixture
