@@ -301,9 +301,8 @@ class Reconciler:
             limits=ocispec.Limits(ctr.memory, ctr.cpus, ctr.cpu_shares, ctr.pids_limit),
             cgroups_path=self.cgroup_path(ctr.name), volumes=volumes)
         paths_write(os.path.join(bundle, "config.json"), json.dumps(ocispec.build(spec)))
-        pid = self.runtime.run(ctr.name, bundle, rootfs, self._file(ctr.name, "log"))
-        started = procfs.start_time(pid)
-        procs.write_pidfile(self._file(ctr.name, "pid"), procs.ProcInfo(pid, started or 0))
+        pid, started = self.runtime.run(ctr.name, bundle, rootfs, self._file(ctr.name, "log"))
+        procs.write_pidfile(self._file(ctr.name, "pid"), procs.ProcInfo(pid, started))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._file(ctr.name, "exit"))
         paths_write(self._file(ctr.name, "spec"), ctr.spec_hash() + "\n")

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.kernel import cgroups
+from agent.kernel import cgroups, procfs
 from agent.kernel.links import KernelError
 
 RUNTIMES = ("crun", "runc")
@@ -61,8 +61,8 @@ class Runtime(Protocol):
     name: str
     root: str
 
-    def run(self, cid: str, bundle: str, rootfs: Rootfs, log: str) -> int:
-        """Start the bundle detached; return the host PID of its process."""
+    def run(self, cid: str, bundle: str, rootfs: Rootfs, log: str) -> tuple[int, int]:
+        """Start the bundle detached; return the host PID of its process and its start time."""
         ...
 
     def kill(self, cid: str, sig: int = signal.SIGTERM) -> None: ...
@@ -112,15 +112,18 @@ class OciRuntime:
         except (OSError, subprocess.TimeoutExpired) as e:
             raise KernelError(f"{self.name} {what}: {e}") from e
 
-    def run(self, cid: str, bundle: str, rootfs: Rootfs, log: str) -> int:
+    def run(self, cid: str, bundle: str, rootfs: Rootfs, log: str) -> tuple[int, int]:
+        """``create``, note the process (blocked before exec, and our child once the runtime
+        has exited: we are a subreaper), then ``start``: so however fast the command exits, its
+        exit code comes to us and the (PID, start time) pair names the right process."""
         pidfile = os.path.join(bundle, "runtime.pid")
         extra = {"SDNCTL_ROOTFS_KIND": rootfs.kind, "SDNCTL_ROOTFS_OPTS": rootfs.options(),
                  "SDNCTL_ROOTFS": os.path.join(bundle, "rootfs")}
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         try:
             offset = os.lseek(fd, 0, os.SEEK_END)
-            done = self._call("run", ["run", "--detach", "--pid-file", pidfile,
-                                      "--bundle", bundle, cid], extra, output=fd)
+            done = self._call("create", ["create", "--pid-file", pidfile, "--bundle", bundle,
+                                         cid], extra, output=fd)
         finally:
             os.close(fd)
         if done.returncode != 0:
@@ -130,9 +133,16 @@ class OciRuntime:
             raise KernelError(f"{self.name} run {cid}: {_message(done)}")
         try:
             with open(pidfile) as f:
-                return int(f.read().strip())
+                pid = int(f.read().strip())
         except (OSError, ValueError) as e:
+            self.delete(cid)
             raise KernelError(f"{self.name} run {cid}: no PID in {pidfile}") from e
+        started = procfs.start_time(pid) or 0
+        done = self._call("start", ["start", cid])
+        if done.returncode != 0:
+            self.delete(cid)
+            raise KernelError(f"{self.name} start {cid}: {_message(done)}")
+        return pid, started
 
     def kill(self, cid: str, sig: int = signal.SIGTERM) -> None:
         self._call("kill", ["kill", cid, str(int(sig))])

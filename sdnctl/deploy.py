@@ -32,8 +32,8 @@ from typing import Any, TextIO
 
 import grpc
 
-from agent.kernel import netns, procfs, procs
-from agent.reconcile import SANDBOX_DIRS
+from agent.kernel import cgroups, netns, procfs, procs
+from agent.reconcile import SANDBOX_DIRS, default_cgroup_parent
 from sdnctl import convert, lab, paths
 from sdnctl.client import Client, start_controller, started_controller_pid
 from sdnctl.model import STATE_ERROR, STATE_EXITED, STATE_RUNNING, Container, Host, Network
@@ -606,6 +606,8 @@ def sweep(topology: Topology, state: dict[str, Any], progress: Progress) -> None
             for name in _listdir(os.path.join(run_dir, kind_dir), ""):
                 netns.remove_netns(os.path.join(run_dir, kind_dir, name))
                 leftovers += 1
+        if os.path.isdir(run_dir):
+            cgroups.remove_tree(default_cgroup_parent(run_dir))
         if leftovers:
             progress.step(f"{host.name}: swept {leftovers} leftover(s) of a stopped agent")
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -106,3 +106,15 @@ def remove(path: str, keep_parents_of: str = "/") -> None:
                 if e.errno != errno.ENOENT:
                     break
             current = os.path.dirname(current)
+
+
+def remove_tree(parent: str) -> None:
+    """Remove ``parent`` and every (empty) cgroup below it, then its empty ancestors: what a
+    stopped agent's containers left once their processes are gone."""
+    rel = parent.strip("/")
+    for root in hierarchies():
+        base = os.path.join(root, rel)
+        for dirpath, _, _ in sorted(os.walk(base), key=lambda w: -len(w[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
+    remove(parent)

@@ -244,3 +244,23 @@ def make_escaping_archive(source: str, dest: str) -> None:
         info = tarfile.TarInfo("../sentinel")
         info.size = len(payload)
         out.addfile(info, io.BytesIO(payload))
+
+
+def test_volumes_named_and_bound(cli: Cli, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "from-host").write_text("hello")
+    ctr = run(cli, "vol", "-v", "data:/data", "-v", f"{shared}:/shared:ro", "--",
+              "sh", "-c", "echo kept > /data/file; exec sleep 1000")
+    assert ex(cli, "vol", "cat", "/shared/from-host") == "hello"
+    refused = cli.run("exec", "vol", "--", "touch", "/shared/new", check=False)
+    assert refused.returncode != 0 and not (shared / "new").exists()  # read-only
+    volume = agent_dir(ctr) / "store" / "volumes" / "data"
+    wait_for(lambda: (volume / "file").exists(), what="the volume's file")
+    cli.run("rm", "vol")
+    assert (volume / "file").read_text() == "kept\n"  # a named volume outlives its container
+    run(cli, "vol2", "-v", "data:/data", "--", "sleep", "1000")
+    assert ex(cli, "vol2", "cat", "/data/file") == "kept\n"
+    escaping = cli.run("run", "--name", "bad", "--host", "h1", "--image", TAG, "-v",
+                       "data:/data/../../etc", "--", "true", check=False)
+    assert escaping.returncode == 1 and "volumes[0]" in escaping.stderr
