@@ -2,9 +2,12 @@
 
 It listens on a unix socket by default (``/run/sdnctl/controller.sock``, mode 0600: only root
 talks to it), serves gRPC health checking and server reflection, and keeps its state in one
-SQLite file. At start it makes sure the default bridge network exists (Docker's ``bip``):
-containers created without a network join it. A sweeper thread frees expired idle leases, ends
-quarantines and trims the IPAM history every ``sweep_interval`` seconds.
+SQLite file or under a prefix of an etcd cluster (``--store``: any number of controllers may
+serve one etcd prefix, as they keep no state of their own). At start it makes sure the default
+bridge network exists (Docker's ``bip``): containers created without a network join it.
+A sweeper thread frees expired idle leases, ends quarantines and trims the IPAM history every
+``sweep_interval`` seconds; every replica runs one, and as each of its writes is a
+compare-and-swap, two sweepers never free one thing twice.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from sdnctl.controller.servicers import (
     HostSyncServicer,
 )
 from sdnctl.controller.state import State
-from sdnctl.controller.store.base import Store
+from sdnctl.controller.store.base import Store, StoreUnavailable
+from sdnctl.controller.store.etcd import EtcdStore, parse_url
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.model import Invalid
@@ -140,10 +144,28 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
     return running
 
 
-def open_store(kind: str, db_path: str) -> Store:
-    if kind == "memory":
+def open_store(spec: str, db_path: str = "") -> Store:
+    """The store ``spec`` names: ``sqlite:PATH``, ``etcd://host:port,...[/prefix]``,
+    ``memory``, or ``sqlite`` (the file ``db_path``)."""
+    if spec == "memory":
         return MemoryStore()
-    return SqliteStore(db_path)
+    if spec == "sqlite":
+        return SqliteStore(db_path or paths.controller_db())
+    if spec.startswith("sqlite:"):
+        return SqliteStore(spec.removeprefix("sqlite:").removeprefix("//"))
+    if spec.startswith("etcd://"):
+        endpoints, prefix = parse_url(spec)
+        return EtcdStore(endpoints, prefix=prefix)
+    raise ValueError(f"unknown store {spec!r}: sqlite:PATH, etcd://host:port,...[/prefix] "
+                     "or memory")
+
+
+def describe_store(store: Store) -> str:
+    if isinstance(store, SqliteStore):
+        return f"sqlite:{store.path}"
+    if isinstance(store, EtcdStore):
+        return f"etcd://{','.join(store.endpoints)}{store.prefix}"
+    return "memory"
 
 
 def _seconds(text: str) -> int:
@@ -157,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdnctl-controller", description=__doc__)
     parser.add_argument("--listen", default=f"unix:{paths.controller_socket()}",
                         help="unix:/path or host:port (default: %(default)s)")
-    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    parser.add_argument("--store", default="sqlite", metavar="STORE",
+                        help="sqlite:PATH, etcd://host:port,host:port[/prefix] (several "
+                        "controllers may share one etcd prefix), memory, or sqlite (the file "
+                        "--db) (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="gRPC worker threads; each connected agent holds one "
                              "(default: %(default)s)")
@@ -185,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s controller %(levelname)s %(message)s")
 
-    store = open_store(args.store, args.db)
+    try:
+        store = open_store(args.store, args.db)
+    except ValueError as e:
+        parser.error(f"--store: {e}")
+    except StoreUnavailable as e:
+        parser.exit(1, f"sdnctl-controller: {e}\n")
     try:
         running = create_server(args.listen, store, max_workers=args.workers,
                                 default_bridge=args.default_bridge or None,
@@ -194,10 +224,11 @@ def main(argv: list[str] | None = None) -> int:
                                 sweep_interval=args.sweep_interval)
     except Invalid as e:
         parser.error(f"--default-bridge: {e.message}")
+    except StoreUnavailable as e:
+        parser.exit(1, f"sdnctl-controller: {e}\n")
     if args.pidfile:
         paths.write_atomic(args.pidfile, f"{os.getpid()}\n")
-    log.info("listening on %s (store: %s)", running.address,
-             args.db if args.store == "sqlite" else "memory")
+    log.info("listening on %s (store: %s)", running.address, describe_store(store))
 
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

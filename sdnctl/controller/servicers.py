@@ -23,6 +23,7 @@ from sdnctl.controller.errors import (
     SdnError,
 )
 from sdnctl.controller.state import HostView, State
+from sdnctl.controller.store.base import StoreUnavailable
 from sdnctl.controller.watch import container_pb, host_events
 from sdnctl.model import Host, Invalid, check_name
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -37,6 +38,7 @@ STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (Exhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Conflict, grpc.StatusCode.ABORTED),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
 
@@ -61,7 +63,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
                     return inner(request, context)
-                except (SdnError, Invalid) as e:
+                except (SdnError, Invalid, StoreUnavailable) as e:
                     context.abort(status_code_for(e), str(e))
 
             return grpc.unary_unary_rpc_method_handler(
@@ -72,7 +74,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             def stream(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
                     yield from inner_stream(request, context)
-                except (SdnError, Invalid) as e:
+                except (SdnError, Invalid, StoreUnavailable) as e:
                     context.abort(status_code_for(e), str(e))
 
             return grpc.unary_stream_rpc_method_handler(

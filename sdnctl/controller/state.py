@@ -73,6 +73,8 @@ VNIS = "/vni/"
 VNI_FIRST_AUTO = 4096
 VNI_MAX = 16777215
 OVERLAY = "overlay"
+#: How many history entries one sweep transaction deletes.
+TRIM_BATCH = 100
 #: The name of the controller's default bridge network (Docker's ``bridge``, set with ``bip``).
 DEFAULT_BRIDGE = "bridge"
 
@@ -603,9 +605,11 @@ class State:
                 if self.store.txn([Compare(kv.key, kv.mod_revision)],
                                   [Delete(kv.key), ipam.history_put(event)]) is not None:
                     freed += 1
+        # History is trimmed in small transactions: nothing needs them atomic, and etcd caps
+        # the operations of one transaction (--max-txn-ops, 128 by default).
         trim = ipam.history_trim_ops(self.store)
-        if trim:
-            self.store.txn([], trim)
+        for start in range(0, len(trim), TRIM_BATCH):
+            self.store.txn([], trim[start:start + TRIM_BATCH])
         return freed
 
     def _expire(self, lease: Lease, now: int) -> bool:
