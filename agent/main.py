@@ -113,17 +113,31 @@ def detect_local(args: argparse.Namespace) -> LocalHost:
 
 
 class Agent:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, local: LocalHost | None = None) -> None:
         self.args = args
-        self.local = detect_local(args)
+        self.local = local if local is not None else detect_local(args)
         self.desired = DesiredState(local=self.local)
         self.lock = threading.Lock()
         self.dirty = threading.Event()
         self.stopping = threading.Event()
-        self.channel = grpc.insecure_channel(args.controller)
-        self.sync = pb_grpc.HostSyncStub(self.channel)
+        # Controller replicas, tried in order: the watcher moves to the next one when its stream
+        # breaks and resumes there from its last revision (every replica serves the same store).
+        self.addresses = [a.strip() for a in args.controller.split(",") if a.strip()]
+        self.channels = [grpc.insecure_channel(a) for a in self.addresses]
+        self.current = 0
         self.last_report: tuple[int, list[ContainerStatus]] | None = None
         self.pending_pass = True  # the desired state changed (or a process exited) since
+
+    @property
+    def sync(self) -> pb_grpc.HostSyncStub:
+        return pb_grpc.HostSyncStub(self.channels[self.current])
+
+    def next_controller(self) -> bool:
+        """Move on to the next replica; True when we went round them all (time to back off)."""
+        self.current = (self.current + 1) % len(self.channels)
+        if len(self.channels) > 1:
+            log.warning("moving to controller %s", self.addresses[self.current])
+        return self.current == 0
 
     def wake_for_pass(self) -> None:
         with self.lock:
@@ -159,8 +173,11 @@ class Agent:
             except grpc.RpcError as e:
                 if self.stopping.is_set():
                     return
-                log.warning("controller stream broke (%s); retrying in %.1fs",
-                            e.code() if hasattr(e, "code") else e, backoff)
+                log.warning("stream from controller %s broke (%s)",
+                            self.addresses[self.current],
+                            e.code() if hasattr(e, "code") else e)
+                if not self.next_controller():
+                    continue  # another replica may answer at once: resume there
             self.stopping.wait(backoff + random.uniform(0, backoff / 2))
             backoff = min(backoff * 2, 5.0)
 
@@ -207,20 +224,29 @@ class Agent:
                 self.report(desired.revision, statuses)
         finally:
             links.close()
-            self.channel.close()
+            for channel in self.channels:
+                channel.close()
 
     def report(self, revision: int, statuses: list[ContainerStatus]) -> None:
         if self.last_report == (revision, statuses):
             return
-        try:
-            self.sync.ReportStatus(pb.ReportStatusRequest(
-                host=self.args.host, observed_revision=revision,
-                containers=[pb.ContainerStatus(name=s.name, state=s.state, pid=s.pid,
-                                               netns=s.netns, message=s.message)
-                            for s in statuses]), timeout=10)
-            self.last_report = (revision, statuses)
-        except grpc.RpcError as e:
-            log.warning("could not report status: %s", e)
+        request = pb.ReportStatusRequest(
+            host=self.args.host, observed_revision=revision,
+            containers=[pb.ContainerStatus(name=s.name, state=s.state, pid=s.pid,
+                                           netns=s.netns, message=s.message)
+                        for s in statuses])
+        for _ in self.channels:
+            try:
+                pb_grpc.HostSyncStub(self.channels[self.current]).ReportStatus(request,
+                                                                              timeout=10)
+                self.last_report = (revision, statuses)
+                return
+            except grpc.RpcError as e:
+                log.warning("could not report status to %s: %s",
+                            self.addresses[self.current], e)
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    return
+                self.next_controller()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -234,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdnctl-agent", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", required=True, help="this host's name")
-    parser.add_argument("--controller", default="unix:/run/sdnctl/controller.sock")
+    parser.add_argument("--controller", default="unix:/run/sdnctl/controller.sock",
+                        help="controller address(es), comma-separated: replicas tried in order "
+                        "(default: %(default)s)")
     parser.add_argument("--underlay-ip", default="", help="address other hosts reach us on "
                         "(default: that of the default route's interface)")
     parser.add_argument("--underlay-dev", default="",

@@ -435,7 +435,8 @@ class State:
             if self.store.get(container_key(container.name)) is not None:
                 raise AlreadyExists("container", container.name)
             host_kv = self._require(host_key(container.host), "container.host", container.host)
-            _check_host_ports(container, self._containers())
+            if container.ports:  # reading every container costs: only when there is a port
+                _check_host_ports(container, self._containers())
             place_cmp, place_ops = self._plan_placement(container, releasing=None)
             compares = [
                 Compare(container_key(container.name), 0),
@@ -687,7 +688,8 @@ class State:
                                                           timers=self.timers, now=now)
             _, addr_cmp, addr_ops = ipam.plan_address(
                 self.store, network, lease, container.name, container.interface,
-                container.fixed_ip, releasing=releasing, field="container.fixed_ip", now=now)
+                container.fixed_ip, releasing=releasing, field="container.fixed_ip", now=now,
+                new_lease=bool(lease_ops))
             compares += [Compare(net_kv.key, net_kv.mod_revision), *lease_cmp, *addr_cmp]
             return compares, [*lease_ops, *ipam.merge_ops(release, addr_ops)]
         if container.donor is not None:

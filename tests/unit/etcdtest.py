@@ -67,7 +67,7 @@ class EtcdCluster:
     def url(self, prefix: str = "/sdnctl") -> str:
         return "etcd://" + ",".join(self.endpoints) + prefix
 
-    def start(self, index: int, new: bool = False) -> None:
+    def start(self, index: int) -> None:
         member = self.members[index]
         cluster = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
         argv = [ETCD, "--name", member.name, "--data-dir", str(member.data_dir),
@@ -129,6 +129,7 @@ def etcd_cluster(base: Path, size: int = 1, extra_args: list[str] | None = None
     reason = etcd_missing()
     if reason:
         pytest.skip(reason)
+    base.mkdir(parents=True, exist_ok=True)
     ports = free_ports(2 * size)
     members = [Member(f"m{i}", ports[2 * i], ports[2 * i + 1], base / f"m{i}",
                       base / f"m{i}.log") for i in range(size)]
