@@ -1,4 +1,5 @@
-"""Real etcd for tests: members on free loopback ports, data in a temporary directory.
+"""Real etcd for tests: members on free loopback ports, data in a temporary directory; and
+controller replicas (processes on unix sockets) serving one etcd prefix.
 
 Every process is started by us and stopped by its PID (never by name). Tests that need etcd skip,
 saying why, when the ``etcd`` binary is absent (``apt-get install etcd-server``).
@@ -9,15 +10,21 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from sdnctl.client import Client
+
+ROOT = Path(__file__).resolve().parents[2]
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
@@ -141,3 +148,69 @@ def etcd_cluster(base: Path, size: int = 1, extra_args: list[str] | None = None
         yield cluster
     finally:
         cluster.stop()
+
+
+@dataclass
+class Replicas:
+    """Controller processes serving one etcd prefix."""
+
+    base: Path
+    store_url: str
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    count: int = 3
+
+    def address(self, index: int) -> str:
+        return f"unix:{self.base}/c{index}.sock"
+
+    @property
+    def addresses(self) -> list[str]:
+        return [self.address(i) for i in range(self.count)]
+
+    def start(self, index: int) -> None:
+        log = open(self.base / f"c{index}.log", "ab")  # noqa: SIM115 (the child keeps it)
+        with log:
+            self.procs[index] = subprocess.Popen(
+                [sys.executable, "-m", "sdnctl.controller.server", "--listen",
+                 self.address(index), "--store", self.store_url, "--default-bridge", "",
+                 "--sweep-interval", "1", "--workers", "128"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def wait_serving(self, index: int, timeout: float = 30.0) -> None:
+        client = Client(self.address(index))
+        try:
+            deadline = time.monotonic() + timeout
+            while not client.healthy(timeout=0.5):
+                proc = self.procs[index]
+                if proc.poll() is not None:
+                    log = (self.base / f"c{index}.log").read_text()[-2000:]
+                    raise RuntimeError(f"controller {index} exited {proc.returncode}:\n{log}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"controller {index} did not serve in {timeout}s")
+                time.sleep(0.1)
+        finally:
+            client.close()
+
+    def kill(self, index: int) -> None:
+        proc = self.procs.pop(index, None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for index in list(self.procs):
+            self.kill(index)
+
+
+@contextlib.contextmanager
+def replicas(base: Path, store_url: str, count: int = 3) -> Iterator[Replicas]:
+    base.mkdir(parents=True, exist_ok=True)
+    running = Replicas(base, store_url, count=count)
+    try:
+        for index in range(count):
+            running.start(index)
+        for index in range(count):
+            running.wait_serving(index)
+        yield running
+    finally:
+        running.stop()

@@ -12,19 +12,15 @@ test-etcd-full``) runs the full 10,000.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import pytest
-from etcdtest import EtcdCluster, etcd_cluster
+from etcdtest import EtcdCluster, Replicas, etcd_cluster, replicas
 
 from agent.desired import LocalHost
 from agent.main import Agent
@@ -37,76 +33,10 @@ from sdnctl.controller.watch import host_events
 from sdnctl.model import Allocation, Container, Host, Network, from_json
 from sdnctl.v1 import sdnctl_pb2 as pb
 
-ROOT = Path(__file__).resolve().parents[2]
 THREADS = 64
 SUBNETS = 200
 ADDRESSES = int(os.environ.get("SDNCTL_REPLICA_ADDRESSES", "1000"))
 RPC_TIMEOUT = 60.0
-
-
-@dataclass
-class Replicas:
-    """Controller processes serving one etcd prefix."""
-
-    base: Path
-    store_url: str
-    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
-    count: int = 3
-
-    def address(self, index: int) -> str:
-        return f"unix:{self.base}/c{index}.sock"
-
-    @property
-    def addresses(self) -> list[str]:
-        return [self.address(i) for i in range(self.count)]
-
-    def start(self, index: int) -> None:
-        log = open(self.base / f"c{index}.log", "ab")  # noqa: SIM115 (the child keeps it)
-        with log:
-            self.procs[index] = subprocess.Popen(
-                [sys.executable, "-m", "sdnctl.controller.server", "--listen",
-                 self.address(index), "--store", self.store_url, "--default-bridge", "",
-                 "--sweep-interval", "1", "--workers", "128"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-    def wait_serving(self, index: int, timeout: float = 30.0) -> None:
-        client = Client(self.address(index))
-        try:
-            deadline = time.monotonic() + timeout
-            while not client.healthy(timeout=0.5):
-                proc = self.procs[index]
-                if proc.poll() is not None:
-                    log = (self.base / f"c{index}.log").read_text()[-2000:]
-                    raise RuntimeError(f"controller {index} exited {proc.returncode}:\n{log}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"controller {index} did not serve in {timeout}s")
-                time.sleep(0.1)
-        finally:
-            client.close()
-
-    def kill(self, index: int) -> None:
-        proc = self.procs.pop(index, None)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        for index in list(self.procs):
-            self.kill(index)
-
-
-@contextlib.contextmanager
-def replicas(base: Path, store_url: str, count: int = 3) -> Iterator[Replicas]:
-    running = Replicas(base, store_url, count=count)
-    try:
-        for index in range(count):
-            running.start(index)
-        for index in range(count):
-            running.wait_serving(index)
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
@@ -117,7 +47,6 @@ def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
 
 @pytest.fixture
 def controllers(tmp_path: Path, cluster: EtcdCluster) -> Iterator[Replicas]:
-    (tmp_path / "ctl").mkdir()
     with replicas(tmp_path / "ctl", cluster.url("/sdnctl")) as r:
         yield r
 
