@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from etcdtest import EtcdCluster, etcd_cluster
 
 from sdnctl.controller.store.base import Change, Compacted, Compare, Delete, Put, Store
 from sdnctl.controller.store.etcd import EtcdStore
@@ -23,13 +22,6 @@ from sdnctl.controller.store.sqlite import SqliteStore
 MakeStore = Callable[..., Store]
 Rev = Callable[[int], int]
 KINDS = ["memory", "sqlite", "etcd"]
-
-
-@pytest.fixture(scope="session")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    """One etcd for the session; each test gets a prefix of its own."""
-    with etcd_cluster(tmp_path_factory.mktemp("etcd")) as cluster:
-        yield cluster
 
 
 @pytest.fixture(params=KINDS)

@@ -421,10 +421,13 @@ class EtcdStore:
             backoff = min(backoff * 2, 2.0)
 
     def _follow_marker(self) -> None:
-        start = self.revision()
-        self._saw(start)
+        answer = self._call("/v3/kv/range", {"key": _b64(self._marker)})
+        self._saw(self._marker_revision(answer))
+        # Watch from the revision of that read, not from the marker's: the marker did not change
+        # in between, and the cluster's history may be compacted past the marker's revision.
+        read_at = int(answer["header"]["revision"])
         request = {"create_request": {"key": _b64(self._marker),
-                                      "start_revision": str(start + 1)}}
+                                      "start_revision": str(read_at + 1)}}
         with self._stream(request, timeout=None) as messages:
             for message in messages:
                 if self._closed.is_set():
@@ -433,6 +436,7 @@ class EtcdStore:
                     with self._cond:
                         self._watching = True
                 if int(message.get("compact_revision", 0)) or message.get("canceled"):
+                    log.debug("marker watch ended by etcd (%s); starting again", message)
                     return  # start again from the current revision
                 for event in message.get("events") or []:
                     self._saw(int(event["kv"]["mod_revision"]))
