@@ -2,7 +2,8 @@
 and reconciles the kernel to it.
 
 Two threads: the *watcher* keeps a Watch stream open (re-registering and resuming from its last
-revision after any break) and folds events into the desired state; the *reconciler* (the main
+revision after any break, on the next controller of ``--controller a,b,c`` when there are
+several replicas) and folds events into the desired state; the *reconciler* (the main
 thread, the only one that touches the kernel) runs a pass whenever the desired state changed, and
 every ``--resync`` seconds anyway to catch drift and exited processes, then reports status.
 

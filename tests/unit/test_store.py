@@ -307,3 +307,47 @@ def test_two_processes_do_not_lose_a_cas_race(tmp_path: Path) -> None:
     assert kv is not None and kv.value == b"200"
     assert store.revision() == 201
     store.close()
+
+
+def test_store_specs(tmp_path: Path) -> None:
+    from sdnctl.controller.server import describe_store, open_store
+    from sdnctl.controller.store.etcd import parse_url
+
+    assert parse_url("etcd://a:1,b:2/x/y") == (["a:1", "b:2"], "/x/y")
+    assert parse_url("etcd://a:1") == (["a:1"], "/sdnctl")
+    for bad in ("etcd://", "etcd://a", "etcd://a:b"):
+        with pytest.raises(ValueError):
+            parse_url(bad)
+    with pytest.raises(ValueError, match="unknown store"):
+        open_store("mysql://x")
+    store = open_store(f"sqlite:{tmp_path / 's.db'}")
+    assert describe_store(store) == f"sqlite:{tmp_path / 's.db'}"
+    store.close()
+    assert describe_store(open_store("memory")) == "memory"
+
+
+def test_etcd_store_unreachable_is_unavailable() -> None:
+    from etcdtest import free_ports
+
+    from sdnctl.controller.store.base import StoreUnavailable
+
+    port = free_ports(1)[0]  # nobody listens there
+    with pytest.raises(StoreUnavailable, match="etcd is unavailable"):
+        EtcdStore([f"127.0.0.1:{port}"], timeout=1)
+
+
+def test_etcd_prefixes_are_apart(etcd: object) -> None:
+    """Two deployments whose prefixes share a beginning see nothing of each other."""
+    endpoints = etcd.endpoints  # type: ignore[attr-defined]
+    base = f"/p{uuid.uuid4().hex[:8]}"
+    a, b = EtcdStore(endpoints, prefix=base), EtcdStore(endpoints, prefix=base + "-b")
+    try:
+        a.txn([], [Put("/k", b"a")])
+        assert b.range("") == ([], 0)
+        assert b.get("/k") is None and b.changes_since(0) == []
+        b.txn([], [Put("/k", b"b")])
+        kv = a.get("/k")
+        assert kv is not None and kv.value == b"a" and [x.key for x in a.range("")[0]] == ["/k"]
+    finally:
+        a.close()
+        b.close()
