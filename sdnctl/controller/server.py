@@ -62,12 +62,14 @@ class RunningServer:
     stopping: threading.Event
 
     sweeper: threading.Thread | None = None
+    heartbeat: threading.Thread | None = None
 
     def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()
         self.server.stop(grace).wait()
-        if self.sweeper is not None:
-            self.sweeper.join()
+        for thread in (self.sweeper, self.heartbeat):
+            if thread is not None:
+                thread.join()
 
 
 def sweep_forever(state: State, interval: float, stopping: threading.Event) -> None:
@@ -79,6 +81,25 @@ def sweep_forever(state: State, interval: float, stopping: threading.Event) -> N
         except Exception:
             log.exception("IPAM sweep failed")
 
+
+def beat_forever(connections: Connections, interval: float,
+                 stopping: threading.Event) -> None:
+    """This replica's heartbeat (and, every ten beats, a sweep of dead replicas' records)."""
+    beats = 0
+    while True:
+        try:
+            connections.beat()
+            if beats % 10 == 0:
+                connections.sweep()
+        except Exception:
+            log.exception("replica heartbeat failed")
+        beats += 1
+        if stopping.wait(interval):
+            return
+
+
+#: Seconds between a replica's heartbeats when it serves an etcd store.
+REPLICA_HEARTBEAT = 5.0
 
 #: Worker threads of the gRPC server. Every agent's Watch stream holds one for as long as it is
 #: open, so this bounds the number of hosts (32 capped a lab at about 31 hosts).
@@ -92,6 +113,7 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
                   subnet_quarantine: int = ipam.DEFAULT_TIMERS.subnet_quarantine,
                   address_quarantine: int = ipam.DEFAULT_TIMERS.address_quarantine,
                   sweep_interval: float = 10.0,
+                  heartbeat: float = 0.0,
                   clock: Callable[[], float] = time.time) -> RunningServer:
     """Build and start a server on ``address``: ``unix:/path`` or ``host:port`` (port 0 picks).
 
@@ -99,8 +121,10 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
     default bridge; containers must name their network). ``lease_ttl``: seconds a host's lease
     lives without renewal; ``subnet_quarantine``/``address_quarantine``: seconds a freed subnet
     or address waits before someone else may take it; ``sweep_interval``: how often expired
-    leases are freed (0: never, for tests that call ``State.sweep`` themselves). ``clock``:
-    unix seconds (tests pass a fake one).
+    leases are freed (0: never, for tests that call ``State.sweep`` themselves).
+    ``heartbeat``: seconds between this replica's heartbeats, with which replicas sharing a store
+    tell each other which agents they serve (0: one controller alone; see ``Connections``).
+    ``clock``: unix seconds (tests pass a fake one).
     """
     stopping = threading.Event()
     timers = ipam.Timers(lease_ttl=lease_ttl, subnet_quarantine=subnet_quarantine,
@@ -108,7 +132,7 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
     state = State(store, timers, clock)
     if default_bridge:
         state.ensure_default_bridge(default_bridge)
-    connections = Connections()
+    connections = Connections(store, heartbeat=heartbeat, clock=clock)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                          interceptors=[ErrorInterceptor()])
     pb_grpc.add_ControllerServicer_to_server(ControllerServicer(state, connections), server)
@@ -141,6 +165,11 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
         running.sweeper = threading.Thread(target=sweep_forever, name="ipam-sweeper",
                                            args=(state, sweep_interval, stopping), daemon=True)
         running.sweeper.start()
+    if heartbeat > 0:
+        running.heartbeat = threading.Thread(target=beat_forever, name="replica-heartbeat",
+                                             args=(connections, heartbeat, stopping),
+                                             daemon=True)
+        running.heartbeat.start()
     return running
 
 
@@ -221,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
                                 default_bridge=args.default_bridge or None,
                                 lease_ttl=args.lease_ttl, subnet_quarantine=args.quarantine,
                                 address_quarantine=args.address_quarantine,
-                                sweep_interval=args.sweep_interval)
+                                sweep_interval=args.sweep_interval,
+                                heartbeat=REPLICA_HEARTBEAT if isinstance(store, EtcdStore)
+                                else 0.0)
     except Invalid as e:
         parser.error(f"--default-bridge: {e.message}")
     except StoreUnavailable as e:

@@ -189,6 +189,9 @@ def test_agent_moves_to_another_replica_and_misses_nothing(controllers: Replicas
     try:
         wait_for(lambda: "first" in agent.desired.containers)
         assert agent.current == 0
+        # Every replica knows the agent is connected (to replica 0).
+        for index in (1, 2):
+            wait_for(lambda i=index: connected(controllers.address(i), "h000"))
         controllers.kill(0)  # the replica the agent watches
         create(client, "during", "h000")  # the CLI fails over too
         wait_for(lambda: "during" in agent.desired.containers)
@@ -196,11 +199,25 @@ def test_agent_moves_to_another_replica_and_misses_nothing(controllers: Replicas
         client.api.DeleteContainer(pb.DeleteRequest(name="first"), timeout=RPC_TIMEOUT)
         create(client, "after", "h000")
         wait_for(lambda: set(agent.desired.containers) == {"during", "after"})
+        assert connected(controllers.address(2), "h000")
+        agent.stop()
+        watcher.join(timeout=10)
+        # Gone once the record of killed replica 0 is stale too (three heartbeats).
+        wait_for(lambda: not connected(controllers.address(2), "h000"), timeout=30)
     finally:
         agent.stop()
         watcher.join(timeout=10)
         for channel in agent.channels:
             channel.close()
+        client.close()
+
+
+def connected(address: str, host: str) -> bool:
+    client = Client(address)
+    try:
+        got = client.api.GetHost(pb.GetRequest(name=host), timeout=RPC_TIMEOUT)
+        return bool(got.agent_connected)
+    finally:
         client.close()
 
 
