@@ -344,6 +344,7 @@ def test_etcd_prefixes_are_apart(etcd: object) -> None:
     try:
         a.txn([], [Put("/k", b"a")])
         assert b.range("") == ([], 0)
+        assert a.range("k")[0] == [] and a.range("-b")[0] == []
         assert b.get("/k") is None and b.changes_since(0) == []
         b.txn([], [Put("/k", b"b")])
         kv = a.get("/k")

@@ -254,9 +254,10 @@ class EtcdStore:
                         int(item.get("create_revision", 0)), int(item.get("mod_revision", 0)))
 
     def _range_request(self, prefix: str) -> dict[str, Any]:
-        start = self._base + (prefix.encode() if prefix else b"/")
         if prefix and not prefix.startswith("/"):
-            start = self._range_end  # no store key starts with it: an empty range
+            # No store key starts with it: read one key that is never written.
+            return {"key": _b64(self._marker + b"\0")}
+        start = self._base + (prefix.encode() if prefix else b"/")
         return {"key": _b64(start), "range_end": _b64(prefix_end(start))}
 
     # -- the Store protocol -----------------------------------------------------------------
