@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 BENCH_SCRIPTS := $(filter-out bench/harness.py,$(sort $(wildcard bench/*.py)))
 
-.PHONY: bench bench-full bench-setup bench-table
+.PHONY: bench bench-full bench-setup bench-table test-etcd-full
 
 bench-setup:
 	bench/setup.sh
@@ -19,3 +19,8 @@ bench-full: bench-setup
 
 bench-table:
 	@$(PY) bench/harness.py
+
+# Issue 7: the replica allocation test at full size (64 threads, 10,000 addresses, 200 subnets
+# through three controllers on a three-member etcd); the default suite runs 1,000 addresses.
+test-etcd-full:
+	SDNCTL_REPLICA_ADDRESSES=10000 .venv/bin/pytest -s tests/unit/test_etcd_replicas.py -k threads

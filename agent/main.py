@@ -2,7 +2,8 @@
 and reconciles the kernel to it.
 
 Two threads: the *watcher* keeps a Watch stream open (re-registering and resuming from its last
-revision after any break) and folds events into the desired state; the *reconciler* (the main
+revision after any break, on the next controller of ``--controller a,b,c`` when there are
+several replicas) and folds events into the desired state; the *reconciler* (the main
 thread, the only one that touches the kernel) runs a pass whenever the desired state changed, and
 every ``--resync`` seconds anyway to catch drift and exited processes, then reports status.
 
@@ -127,17 +128,18 @@ def become_subreaper() -> None:
 
 
 class GrpcFetcher:
-    """Images and layers from the controller (agent.imagestore.Fetcher)."""
+    """Images and layers from the controller (agent.imagestore.Fetcher), through whichever
+    replica the agent uses at the time."""
 
-    def __init__(self, sync: pb_grpc.HostSyncStub) -> None:
+    def __init__(self, sync: Callable[[], pb_grpc.HostSyncStub]) -> None:
         self.sync = sync
 
     def image(self, image_id: str) -> tuple[bytes, tuple[str, ...]]:
-        msg = self.sync.FetchImage(pb.ImageRef(name=image_id), timeout=60)
+        msg = self.sync().FetchImage(pb.ImageRef(name=image_id), timeout=60)
         return msg.config, tuple(msg.layers)
 
     def blob(self, digest: str) -> Iterator[bytes]:
-        for chunk in self.sync.FetchBlob(pb.BlobRequest(digest=digest), timeout=600):
+        for chunk in self.sync().FetchBlob(pb.BlobRequest(digest=digest), timeout=600):
             yield chunk.data
 
 
@@ -148,17 +150,31 @@ def status_pb(s: ContainerStatus) -> pb.ContainerStatus:
 
 
 class Agent:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, local: LocalHost | None = None) -> None:
         self.args = args
-        self.local = detect_local(args)
+        self.local = local if local is not None else detect_local(args)
         self.desired = DesiredState(local=self.local)
         self.lock = threading.Lock()
         self.dirty = threading.Event()
         self.stopping = threading.Event()
-        self.channel = grpc.insecure_channel(args.controller)
-        self.sync = pb_grpc.HostSyncStub(self.channel)
+        # Controller replicas, tried in order: the watcher moves to the next one when its stream
+        # breaks and resumes there from its last revision (every replica serves the same store).
+        self.addresses = [a.strip() for a in args.controller.split(",") if a.strip()]
+        self.channels = [grpc.insecure_channel(a) for a in self.addresses]
+        self.current = 0
         self.last_report: tuple[int, list[ContainerStatus]] | None = None
         self.pending_pass = True  # the desired state changed (or a process exited) since
+
+    @property
+    def sync(self) -> pb_grpc.HostSyncStub:
+        return pb_grpc.HostSyncStub(self.channels[self.current])
+
+    def next_controller(self) -> bool:
+        """Move on to the next replica; True when we went round them all (time to back off)."""
+        self.current = (self.current + 1) % len(self.channels)
+        if len(self.channels) > 1:
+            log.warning("moving to controller %s", self.addresses[self.current])
+        return self.current == 0
 
     def wake_for_pass(self) -> None:
         with self.lock:
@@ -194,8 +210,11 @@ class Agent:
             except grpc.RpcError as e:
                 if self.stopping.is_set():
                     return
-                log.warning("controller stream broke (%s); retrying in %.1fs",
-                            e.code() if hasattr(e, "code") else e, backoff)
+                log.warning("stream from controller %s broke (%s)",
+                            self.addresses[self.current],
+                            e.code() if hasattr(e, "code") else e)
+                if not self.next_controller():
+                    continue  # another replica may answer at once: resume there
             self.stopping.wait(backoff + random.uniform(0, backoff / 2))
             backoff = min(backoff * 2, 5.0)
 
@@ -204,7 +223,7 @@ class Agent:
     def run(self) -> None:
         links = Links()
         runtime = OciRuntime(self.args.runtime, os.path.join(self.args.run_dir, "runtime"))
-        images = ImageStore(self.args.store_dir, GrpcFetcher(self.sync))
+        images = ImageStore(self.args.store_dir, GrpcFetcher(lambda: self.sync))
         reconciler = Reconciler(self.args.run_dir, links, Firewall(), host_netns=self.args.netns,
                                 local=self.local, runtime=runtime, images=images)
         watcher = threading.Thread(target=self.watch_forever, name="watch", daemon=True)
@@ -244,18 +263,27 @@ class Agent:
                 self.report(desired.revision, statuses)
         finally:
             links.close()
-            self.channel.close()
+            for channel in self.channels:
+                channel.close()
 
     def report(self, revision: int, statuses: list[ContainerStatus]) -> None:
         if self.last_report == (revision, statuses):
             return
-        try:
-            self.sync.ReportStatus(pb.ReportStatusRequest(
-                host=self.args.host, observed_revision=revision,
-                containers=[status_pb(s) for s in statuses]), timeout=10)
-            self.last_report = (revision, statuses)
-        except grpc.RpcError as e:
-            log.warning("could not report status: %s", e)
+        request = pb.ReportStatusRequest(
+            host=self.args.host, observed_revision=revision,
+            containers=[status_pb(s) for s in statuses])
+        for _ in self.channels:
+            try:
+                pb_grpc.HostSyncStub(self.channels[self.current]).ReportStatus(request,
+                                                                              timeout=10)
+                self.last_report = (revision, statuses)
+                return
+            except grpc.RpcError as e:
+                log.warning("could not report status to %s: %s",
+                            self.addresses[self.current], e)
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    return
+                self.next_controller()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -269,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdnctl-agent", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", required=True, help="this host's name")
-    parser.add_argument("--controller", default="unix:/run/sdnctl/controller.sock")
+    parser.add_argument("--controller", default="unix:/run/sdnctl/controller.sock",
+                        help="controller address(es), comma-separated: replicas tried in order "
+                        "(default: %(default)s)")
     parser.add_argument("--underlay-ip", default="", help="address other hosts reach us on "
                         "(default: that of the default route's interface)")
     parser.add_argument("--underlay-dev", default="",

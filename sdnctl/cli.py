@@ -12,7 +12,8 @@
     sdnctl inspect {host|network|container} NAME [--json]
     sdnctl ipam [--network N] [--json]         leases, allocations, quarantine, history
     sdnctl ipam check [--network N] [--json]   consistency (exit 1 when there are problems)
-    sdnctl controller ...     run the controller in the foreground (= sdnctl-controller)
+    sdnctl controller [serve] ...   run the controller in the foreground (= sdnctl-controller)
+    sdnctl controller migrate --from STORE --to STORE   copy a store (SQLite <-> etcd)
     sdnctl agent ...          run an agent in the foreground (= sdnctl-agent)
 """
 
@@ -246,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdnctl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--controller", metavar="ADDRESS",
-                        help="the controller to talk to: unix:/path or host:port (default: "
+                        help="the controller(s) to talk to: unix:/path or host:port; "
+                             "replicas comma-separated, tried in order (default: "
                              "$SDNCTL_CONTROLLER, else unix:<run dir>/controller.sock)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -288,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (check, graph, imagecli, trace, verbs):
         module.register(sub)
 
-    sub.add_parser("controller", help="run the controller (see sdnctl controller --help)",
+    sub.add_parser("controller", help="run the controller: controller [serve] --store ...; "
+                   "copy a store: controller migrate --from STORE --to STORE",
                    add_help=False)
     sub.add_parser("agent", help="run an agent (see sdnctl agent --help)", add_help=False)
     return parser
@@ -296,9 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["controller", "migrate"]:
+        from sdnctl.controller.migrate import main as migrate_main
+        return migrate_main(argv[2:])
     if argv[:1] == ["controller"]:
         from sdnctl.controller.server import main as controller_main
-        return controller_main(argv[1:])
+        return controller_main(argv[2:] if argv[1:2] == ["serve"] else argv[1:])
     if argv[:1] == ["agent"]:
         from agent.main import main as agent_main
         return agent_main(argv[1:])

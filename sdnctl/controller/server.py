@@ -2,9 +2,12 @@
 
 It listens on a unix socket by default (``/run/sdnctl/controller.sock``, mode 0600: only root
 talks to it), serves gRPC health checking and server reflection, and keeps its state in one
-SQLite file. At start it makes sure the default bridge network exists (Docker's ``bip``):
-containers created without a network join it. A sweeper thread frees expired idle leases, ends
-quarantines and trims the IPAM history every ``sweep_interval`` seconds.
+SQLite file or under a prefix of an etcd cluster (``--store``: any number of controllers may
+serve one etcd prefix, as they keep no state of their own). At start it makes sure the default
+bridge network exists (Docker's ``bip``): containers created without a network join it.
+A sweeper thread frees expired idle leases, ends quarantines and trims the IPAM history every
+``sweep_interval`` seconds; every replica runs one, and as each of its writes is a
+compare-and-swap, two sweepers never free one thing twice.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from sdnctl.controller.servicers import (
     HostSyncServicer,
 )
 from sdnctl.controller.state import State
-from sdnctl.controller.store.base import Store
+from sdnctl.controller.store.base import Store, StoreUnavailable
+from sdnctl.controller.store.etcd import EtcdStore, parse_url
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.model import Invalid
@@ -62,12 +66,14 @@ class RunningServer:
 
     sweeper: threading.Thread | None = None
     scratch: str = ""  # a blob directory made for this server alone, removed when it stops
+    heartbeat: threading.Thread | None = None
 
     def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()
         self.server.stop(grace).wait()
-        if self.sweeper is not None:
-            self.sweeper.join()
+        for thread in (self.sweeper, self.heartbeat):
+            if thread is not None:
+                thread.join()
         if self.scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -82,6 +88,25 @@ def sweep_forever(state: State, interval: float, stopping: threading.Event) -> N
             log.exception("IPAM sweep failed")
 
 
+def beat_forever(connections: Connections, interval: float,
+                 stopping: threading.Event) -> None:
+    """This replica's heartbeat (and, every ten beats, a sweep of dead replicas' records)."""
+    beats = 0
+    while True:
+        try:
+            connections.beat()
+            if beats % 10 == 0:
+                connections.sweep()
+        except Exception:
+            log.exception("replica heartbeat failed")
+        beats += 1
+        if stopping.wait(interval):
+            return
+
+
+#: Seconds between a replica's heartbeats when it serves an etcd store.
+REPLICA_HEARTBEAT = 5.0
+
 #: Worker threads of the gRPC server. Every agent's Watch stream holds one for as long as it is
 #: open, so this bounds the number of hosts (32 capped a lab at about 31 hosts).
 DEFAULT_WORKERS = 512
@@ -94,6 +119,7 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
                   subnet_quarantine: int = ipam.DEFAULT_TIMERS.subnet_quarantine,
                   address_quarantine: int = ipam.DEFAULT_TIMERS.address_quarantine,
                   sweep_interval: float = 10.0,
+                  heartbeat: float = 0.0,
                   clock: Callable[[], float] = time.time,
                   blob_dir: str | None = None) -> RunningServer:
     """Build and start a server on ``address``: ``unix:/path`` or ``host:port`` (port 0 picks).
@@ -102,9 +128,11 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
     default bridge; containers must name their network). ``lease_ttl``: seconds a host's lease
     lives without renewal; ``subnet_quarantine``/``address_quarantine``: seconds a freed subnet
     or address waits before someone else may take it; ``sweep_interval``: how often expired
-    leases are freed (0: never, for tests that call ``State.sweep`` themselves). ``clock``:
-    unix seconds (tests pass a fake one). ``blob_dir``: where image blobs are kept (None: a
-    temporary directory removed when the server stops).
+    leases are freed (0: never, for tests that call ``State.sweep`` themselves).
+    ``heartbeat``: seconds between this replica's heartbeats, with which replicas sharing a store
+    tell each other which agents they serve (0: one controller alone; see ``Connections``).
+    ``clock``: unix seconds (tests pass a fake one). ``blob_dir``: where image blobs are kept
+    (None: a temporary directory removed when the server stops).
     """
     stopping = threading.Event()
     timers = ipam.Timers(lease_ttl=lease_ttl, subnet_quarantine=subnet_quarantine,
@@ -112,7 +140,7 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
     state = State(store, timers, clock)
     if default_bridge:
         state.ensure_default_bridge(default_bridge)
-    connections = Connections()
+    connections = Connections(store, heartbeat=heartbeat, clock=clock)
     scratch = "" if blob_dir else tempfile.mkdtemp(prefix="sdnctl-blobs-")
     images = Images(store, blob_dir or scratch)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
@@ -148,13 +176,36 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
         running.sweeper = threading.Thread(target=sweep_forever, name="ipam-sweeper",
                                            args=(state, sweep_interval, stopping), daemon=True)
         running.sweeper.start()
+    if heartbeat > 0:
+        running.heartbeat = threading.Thread(target=beat_forever, name="replica-heartbeat",
+                                             args=(connections, heartbeat, stopping),
+                                             daemon=True)
+        running.heartbeat.start()
     return running
 
 
-def open_store(kind: str, db_path: str) -> Store:
-    if kind == "memory":
+def open_store(spec: str, db_path: str = "") -> Store:
+    """The store ``spec`` names: ``sqlite:PATH``, ``etcd://host:port,...[/prefix]``,
+    ``memory``, or ``sqlite`` (the file ``db_path``)."""
+    if spec == "memory":
         return MemoryStore()
-    return SqliteStore(db_path)
+    if spec == "sqlite":
+        return SqliteStore(db_path or paths.controller_db())
+    if spec.startswith("sqlite:"):
+        return SqliteStore(spec.removeprefix("sqlite:").removeprefix("//"))
+    if spec.startswith("etcd://"):
+        endpoints, prefix = parse_url(spec)
+        return EtcdStore(endpoints, prefix=prefix)
+    raise ValueError(f"unknown store {spec!r}: sqlite:PATH, etcd://host:port,...[/prefix] "
+                     "or memory")
+
+
+def describe_store(store: Store) -> str:
+    if isinstance(store, SqliteStore):
+        return f"sqlite:{store.path}"
+    if isinstance(store, EtcdStore):
+        return f"etcd://{','.join(store.endpoints)}{store.prefix}"
+    return "memory"
 
 
 def _seconds(text: str) -> int:
@@ -168,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdnctl-controller", description=__doc__)
     parser.add_argument("--listen", default=f"unix:{paths.controller_socket()}",
                         help="unix:/path or host:port (default: %(default)s)")
-    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    parser.add_argument("--store", default="sqlite", metavar="STORE",
+                        help="sqlite:PATH, etcd://host:port,host:port[/prefix] (several "
+                        "controllers may share one etcd prefix), memory, or sqlite (the file "
+                        "--db) (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="gRPC worker threads; each connected agent holds one "
                              "(default: %(default)s)")
@@ -198,20 +252,29 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s controller %(levelname)s %(message)s")
 
-    store = open_store(args.store, args.db)
+    try:
+        store = open_store(args.store, args.db)
+    except ValueError as e:
+        parser.error(f"--store: {e}")
+    except StoreUnavailable as e:
+        parser.exit(1, f"sdnctl-controller: {e}\n")
     try:
         running = create_server(args.listen, store, max_workers=args.workers,
                                 default_bridge=args.default_bridge or None,
                                 lease_ttl=args.lease_ttl, subnet_quarantine=args.quarantine,
                                 address_quarantine=args.address_quarantine,
                                 sweep_interval=args.sweep_interval,
-                                blob_dir=args.blob_dir or default_blob_dir(args.db))
+                                heartbeat=REPLICA_HEARTBEAT if isinstance(store, EtcdStore)
+                                else 0.0,
+                                blob_dir=args.blob_dir or default_blob_dir(
+                                    str(store.path) if isinstance(store, SqliteStore) else args.db))
     except Invalid as e:
         parser.error(f"--default-bridge: {e.message}")
+    except StoreUnavailable as e:
+        parser.exit(1, f"sdnctl-controller: {e}\n")
     if args.pidfile:
         paths.write_atomic(args.pidfile, f"{os.getpid()}\n")
-    log.info("listening on %s (store: %s)", running.address,
-             args.db if args.store == "sqlite" else "memory")
+    log.info("listening on %s (store: %s)", running.address, describe_store(store))
 
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

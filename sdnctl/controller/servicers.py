@@ -9,6 +9,8 @@ import logging
 import os
 import tempfile
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +28,7 @@ from sdnctl.controller.errors import (
 )
 from sdnctl.controller.images import ImageRecord, Images
 from sdnctl.controller.state import HostView, State
+from sdnctl.controller.store.base import Compare, Delete, Put, Store, StoreUnavailable
 from sdnctl.controller.watch import container_pb, host_events
 from sdnctl.model import Host, Invalid, check_name
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -40,6 +43,7 @@ STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (Exhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Conflict, grpc.StatusCode.ABORTED),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
 
@@ -64,7 +68,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
                     return inner(request, context)
-                except (SdnError, Invalid) as e:
+                except (SdnError, Invalid, StoreUnavailable) as e:
                     context.abort(status_code_for(e), str(e))
 
             return grpc.unary_unary_rpc_method_handler(
@@ -75,7 +79,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             def stream(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
                     yield from inner_stream(request, context)
-                except (SdnError, Invalid) as e:
+                except (SdnError, Invalid, StoreUnavailable) as e:
                     context.abort(status_code_for(e), str(e))
 
             return grpc.unary_stream_rpc_method_handler(
@@ -94,24 +98,87 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         return handler
 
 
-class Connections:
-    """Which hosts have an agent with an open Watch stream."""
+#: ``/status/agents/<host>/<replica>``: an agent of host has a Watch open on that replica.
+AGENTS = "/status/agents/"
+#: ``/status/replicas/<replica>``: the unix time of that replica's last heartbeat.
+REPLICAS = "/status/replicas/"
 
-    def __init__(self) -> None:
+
+class Connections:
+    """Which hosts have an agent with an open Watch stream.
+
+    A replica knows its own streams. With ``heartbeat`` (several replicas on one store) it also
+    records them in the store, beside a heartbeat of its own every ``heartbeat`` seconds, so that
+    every replica can answer: a host is connected when some replica whose heartbeat is fresh
+    (within three beats) holds its stream. A killed replica's records go stale with its heartbeat
+    and :meth:`sweep` removes them.
+    """
+
+    def __init__(self, store: Store | None = None, heartbeat: float = 0.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self._count: dict[str, int] = {}
+        self.shared = store is not None and heartbeat > 0
+        self.store = store
+        self.heartbeat = heartbeat
+        self.clock = clock
+        self.replica = uuid.uuid4().hex[:12]
 
     def opened(self, host: str) -> None:
         with self._lock:
             self._count[host] = self._count.get(host, 0) + 1
+            first = self._count[host] == 1
+        if first:
+            self._record(Put(f"{AGENTS}{host}/{self.replica}", b""))
 
     def closed(self, host: str) -> None:
         with self._lock:
             self._count[host] -= 1
+            last = self._count[host] == 0
+        if last:
+            self._record(Delete(f"{AGENTS}{host}/{self.replica}"))
+
+    def _record(self, op: Put | Delete) -> None:
+        if not self.shared or self.store is None:
+            return
+        try:
+            self.store.txn([], [op])
+        except StoreUnavailable as e:  # the stream itself does not depend on it
+            log.warning("could not record an agent connection: %s", e)
 
     def connected(self, host: str) -> bool:
         with self._lock:
-            return self._count.get(host, 0) > 0
+            if self._count.get(host, 0) > 0:
+                return True
+        if not self.shared or self.store is None:
+            return False
+        records, _ = self.store.range(f"{AGENTS}{host}/")
+        return any(self._alive(kv.key.rsplit("/", 1)[1]) for kv in records)
+
+    def _alive(self, replica: str, beats: float = 3) -> bool:
+        assert self.store is not None
+        kv = self.store.get(REPLICAS + replica)
+        try:
+            return kv is not None and float(kv.value) > self.clock() - beats * self.heartbeat
+        except ValueError:
+            return False
+
+    def beat(self) -> None:
+        """Say this replica lives; the store has had no record of its streams if it restarted."""
+        if self.shared and self.store is not None:
+            self.store.txn([], [Put(REPLICAS + self.replica, f"{self.clock():.0f}".encode())])
+
+    def sweep(self) -> None:
+        """Remove the records of replicas whose heartbeat stopped long ago (ten beats)."""
+        if not self.shared or self.store is None:
+            return
+        for kv in self.store.range(REPLICAS)[0]:
+            if not self._alive(kv.key[len(REPLICAS):], beats=10):
+                self.store.txn([Compare(kv.key, kv.mod_revision)], [Delete(kv.key)])
+        for kv in self.store.range(AGENTS)[0]:
+            replica = kv.key.rsplit("/", 1)[1]
+            if replica != self.replica and not self._alive(replica, beats=10):
+                self.store.txn([Compare(kv.key, kv.mod_revision)], [Delete(kv.key)])
 
 
 def host_pb(view: HostView, connections: Connections) -> pb.Host:

@@ -73,6 +73,8 @@ VNIS = "/vni/"
 VNI_FIRST_AUTO = 4096
 VNI_MAX = 16777215
 OVERLAY = "overlay"
+#: How many history entries one sweep transaction deletes.
+TRIM_BATCH = 100
 #: The name of the controller's default bridge network (Docker's ``bridge``, set with ``bip``).
 DEFAULT_BRIDGE = "bridge"
 
@@ -436,7 +438,8 @@ class State:
                 raise AlreadyExists("container", container.name)
             container, image_cmp = self._with_image(spec)
             host_kv = self._require(host_key(container.host), "container.host", container.host)
-            _check_host_ports(container, self._containers())
+            if container.ports:  # reading every container costs: only when there is a port
+                _check_host_ports(container, self._containers())
             place_cmp, place_ops = self._plan_placement(container, releasing=None)
             compares = [
                 Compare(container_key(container.name), 0),
@@ -610,9 +613,11 @@ class State:
                 if self.store.txn([Compare(kv.key, kv.mod_revision)],
                                   [Delete(kv.key), ipam.history_put(event)]) is not None:
                     freed += 1
+        # History is trimmed in small transactions: nothing needs them atomic, and etcd caps
+        # the operations of one transaction (--max-txn-ops, 128 by default).
         trim = ipam.history_trim_ops(self.store)
-        if trim:
-            self.store.txn([], trim)
+        for start in range(0, len(trim), TRIM_BATCH):
+            self.store.txn([], trim[start:start + TRIM_BATCH])
         return freed
 
     def _expire(self, lease: Lease, now: int) -> bool:
@@ -699,7 +704,8 @@ class State:
                                                           timers=self.timers, now=now)
             _, addr_cmp, addr_ops = ipam.plan_address(
                 self.store, network, lease, container.name, container.interface,
-                container.fixed_ip, releasing=releasing, field="container.fixed_ip", now=now)
+                container.fixed_ip, releasing=releasing, field="container.fixed_ip", now=now,
+                new_lease=bool(lease_ops))
             compares += [Compare(net_kv.key, net_kv.mod_revision), *lease_cmp, *addr_cmp]
             return compares, [*lease_ops, *ipam.merge_ops(release, addr_ops)]
         if container.donor is not None:
