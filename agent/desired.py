@@ -80,6 +80,18 @@ class DesiredContainer:
     ports: tuple[PortMapping, ...] = ()
     share: tuple[str, ...] = ()
     restart: str = "no"
+    image_id: str = ""  # empty: the host's root filesystem, read-only
+    memory: int = 0
+    cpus: float = 0.0
+    cpu_shares: int = 0
+    pids_limit: int = 0
+    volumes: tuple[str, ...] = ()
+    cap_add: tuple[str, ...] = ()
+    user_ns: bool = False
+    stopped: bool = False
+    env: tuple[str, ...] = ()
+    workdir: str = ""
+    generation: int = 0
 
     @property
     def mode(self) -> str:
@@ -97,7 +109,12 @@ class DesiredContainer:
     def spec_hash(self) -> str:
         """Changes whenever the container must be restarted to match its spec."""
         raw = json.dumps({"command": self.command, "network": self.network,
-                          "share": sorted(self.share)}, sort_keys=True).encode()
+                          "share": sorted(self.share), "image": self.image_id,
+                          "limits": [self.memory, self.cpus, self.cpu_shares, self.pids_limit],
+                          "volumes": self.volumes, "caps": sorted(self.cap_add),
+                          "userns": self.user_ns, "env": self.env, "workdir": self.workdir,
+                          "generation": self.generation},
+                         sort_keys=True).encode()
         return hashlib.sha256(raw).hexdigest()[:16]
 
 
@@ -142,6 +159,18 @@ def container_from_pb(msg: pb.Container) -> DesiredContainer:
         ports=tuple(parse_port(p, f"ports[{i}]") for i, p in enumerate(msg.ports)),
         share=tuple(sorted(msg.share)),
         restart=msg.restart or "no",
+        image_id=msg.image_id,
+        memory=msg.resources.memory_bytes,
+        cpus=msg.resources.cpus,
+        cpu_shares=msg.resources.cpu_shares,
+        pids_limit=msg.resources.pids_limit,
+        volumes=tuple(msg.volumes),
+        cap_add=tuple(msg.cap_add),
+        user_ns=msg.user_ns,
+        stopped=msg.stopped,
+        env=tuple(msg.env),
+        workdir=msg.workdir,
+        generation=msg.generation,
     )
 
 

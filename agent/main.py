@@ -2,7 +2,8 @@
 and reconciles the kernel to it.
 
 Two threads: the *watcher* keeps a Watch stream open (re-registering and resuming from its last
-revision after any break) and folds events into the desired state; the *reconciler* (the main
+revision after any break, on the next controller of ``--controller a,b,c`` when there are
+several replicas) and folds events into the desired state; the *reconciler* (the main
 thread, the only one that touches the kernel) runs a pass whenever the desired state changed, and
 every ``--resync`` seconds anyway to catch drift and exited processes, then reports status.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import logging
 import os
 import random
@@ -21,17 +23,19 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 from pyroute2 import IPRoute
 
 from agent.desired import DesiredState, LocalHost
+from agent.imagestore import ImageStore
 from agent.kernel.firewall import Firewall
 from agent.kernel.links import Links
 from agent.kernel.names import vtep_mac_for
 from agent.plan import RESTART_DELAY
 from agent.reconcile import Reconciler
+from agent.runtime import RUNTIMES, OciRuntime
 from sdnctl.client import open_channel
 from sdnctl.model import ContainerStatus
 from sdnctl.pki import TlsFiles
@@ -114,19 +118,66 @@ def detect_local(args: argparse.Namespace) -> LocalHost:
                          link.get_attr("IFLA_MTU"))
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Container processes (orphaned when the runtime exits) become our children, so that we
+    reap them and learn their exit codes."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("could not become a child subreaper: exit codes will be unknown")
+
+
+class GrpcFetcher:
+    """Images and layers from the controller (agent.imagestore.Fetcher), through whichever
+    replica the agent uses at the time."""
+
+    def __init__(self, sync: Callable[[], pb_grpc.HostSyncStub]) -> None:
+        self.sync = sync
+
+    def image(self, image_id: str) -> tuple[bytes, tuple[str, ...]]:
+        msg = self.sync().FetchImage(pb.ImageRef(name=image_id), timeout=60)
+        return msg.config, tuple(msg.layers)
+
+    def blob(self, digest: str) -> Iterator[bytes]:
+        for chunk in self.sync().FetchBlob(pb.BlobRequest(digest=digest), timeout=600):
+            yield chunk.data
+
+
+def status_pb(s: ContainerStatus) -> pb.ContainerStatus:
+    return pb.ContainerStatus(name=s.name, state=s.state, pid=s.pid, netns=s.netns,
+                              message=s.message, exit_code=s.exit_code, restarts=s.restarts,
+                              runtime=s.runtime, runtime_root=s.runtime_root, cgroup=s.cgroup)
+
+
 class Agent:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, local: LocalHost | None = None) -> None:
         self.args = args
-        self.local = detect_local(args)
+        self.local = local if local is not None else detect_local(args)
         self.desired = DesiredState(local=self.local)
         self.lock = threading.Lock()
         self.dirty = threading.Event()
         self.stopping = threading.Event()
+        # Controller replicas, tried in order: the watcher moves to the next one when its stream
+        # breaks and resumes there from its last revision (every replica serves the same store).
         tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
-        self.channel = open_channel(args.controller, tls)
-        self.sync = pb_grpc.HostSyncStub(self.channel)
+        self.addresses = [a.strip() for a in args.controller.split(",") if a.strip()]
+        self.channels = [open_channel(a, tls) for a in self.addresses]
+        self.current = 0
         self.last_report: tuple[int, list[ContainerStatus]] | None = None
         self.pending_pass = True  # the desired state changed (or a process exited) since
+
+    @property
+    def sync(self) -> pb_grpc.HostSyncStub:
+        return pb_grpc.HostSyncStub(self.channels[self.current])
+
+    def next_controller(self) -> bool:
+        """Move on to the next replica; True when we went round them all (time to back off)."""
+        self.current = (self.current + 1) % len(self.channels)
+        if len(self.channels) > 1:
+            log.warning("moving to controller %s", self.addresses[self.current])
+        return self.current == 0
 
     def wake_for_pass(self) -> None:
         with self.lock:
@@ -162,8 +213,11 @@ class Agent:
             except grpc.RpcError as e:
                 if self.stopping.is_set():
                     return
-                log.warning("controller stream broke (%s); retrying in %.1fs",
-                            e.code() if hasattr(e, "code") else e, backoff)
+                log.warning("stream from controller %s broke (%s)",
+                            self.addresses[self.current],
+                            e.code() if hasattr(e, "code") else e)
+                if not self.next_controller():
+                    continue  # another replica may answer at once: resume there
             self.stopping.wait(backoff + random.uniform(0, backoff / 2))
             backoff = min(backoff * 2, 5.0)
 
@@ -171,8 +225,10 @@ class Agent:
 
     def run(self) -> None:
         links = Links()
+        runtime = OciRuntime(self.args.runtime, os.path.join(self.args.run_dir, "runtime"))
+        images = ImageStore(self.args.store_dir, GrpcFetcher(lambda: self.sync))
         reconciler = Reconciler(self.args.run_dir, links, Firewall(), host_netns=self.args.netns,
-                                local=self.local)
+                                local=self.local, runtime=runtime, images=images)
         watcher = threading.Thread(target=self.watch_forever, name="watch", daemon=True)
         watcher.start()
         exits = ExitWatcher(self.wake_for_pass)
@@ -210,20 +266,27 @@ class Agent:
                 self.report(desired.revision, statuses)
         finally:
             links.close()
-            self.channel.close()
+            for channel in self.channels:
+                channel.close()
 
     def report(self, revision: int, statuses: list[ContainerStatus]) -> None:
         if self.last_report == (revision, statuses):
             return
-        try:
-            self.sync.ReportStatus(pb.ReportStatusRequest(
-                host=self.args.host, observed_revision=revision,
-                containers=[pb.ContainerStatus(name=s.name, state=s.state, pid=s.pid,
-                                               netns=s.netns, message=s.message)
-                            for s in statuses]), timeout=10)
-            self.last_report = (revision, statuses)
-        except grpc.RpcError as e:
-            log.warning("could not report status: %s", e)
+        request = pb.ReportStatusRequest(
+            host=self.args.host, observed_revision=revision,
+            containers=[status_pb(s) for s in statuses])
+        for _ in self.channels:
+            try:
+                pb_grpc.HostSyncStub(self.channels[self.current]).ReportStatus(request,
+                                                                              timeout=10)
+                self.last_report = (revision, statuses)
+                return
+            except grpc.RpcError as e:
+                log.warning("could not report status to %s: %s",
+                            self.addresses[self.current], e)
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    return
+                self.next_controller()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -238,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", required=True, help="this host's name")
     parser.add_argument("--controller", default="unix:/run/sdnctl/controller.sock",
-                        help="unix:/path or tcp:HOST:PORT (TCP: mutual TLS, --tls-*)")
+                        help="controller address(es), comma-separated: replicas tried in order; "
+                        "unix:/path or tcp:HOST:PORT (TCP: mutual TLS, --tls-*) "
+                        "(default: %(default)s)")
     parser.add_argument("--tls-cert", default="", help="this agent's certificate, issued by "
                         "`sdnctl pki issue --agent HOST` (default: $SDNCTL_TLS_CERT)")
     parser.add_argument("--tls-key", default="", help="its key (default: $SDNCTL_TLS_KEY)")
@@ -251,16 +316,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="MAC of our VXLAN devices (default: derived from --host)")
     parser.add_argument("--netns", default="", help="our network namespace path, as reported")
     parser.add_argument("--run-dir", default="", help="default: /run/sdnctl/<host>")
+    parser.add_argument("--store-dir", default="",
+                        help="images, containers' writable layers and volumes "
+                        "(default: /var/lib/sdnctl/<host>)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="crun",
+                        help="OCI runtime (default: %(default)s)")
     parser.add_argument("--resync", type=float, default=10.0,
                         help="seconds between full passes (default %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir or f"/run/sdnctl/{args.host}"
+    args.store_dir = args.store_dir or f"/var/lib/sdnctl/{args.host}"
     if any((args.tls_cert, args.tls_key, args.tls_ca)) and \
             not all((args.tls_cert, args.tls_key, args.tls_ca)):
         parser.error("--tls-cert, --tls-key and --tls-ca go together")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format=f"%(asctime)s agent[{args.host}] %(levelname)s %(message)s")
+    become_subreaper()
     agent = Agent(args)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())

@@ -48,6 +48,7 @@ class ContainerState:
     spec: str  # the spec hash the process was started with ("" if never)
     pid: int = 0  # of the running process (0 when not running)
     started_at: float = 0.0  # when it was last started (seconds since the epoch)
+    exit_code: int | None = None  # of its last run, when it exited and the code is known
 
 
 @dataclass(frozen=True)
@@ -309,24 +310,32 @@ def plan_container(ctr: DesiredContainer, desired: DesiredState, observed: Obser
         ctr, net, observed.links.get(veth_name(ctr.name, ctr.interface)), state))
     spec_changed = started and state is not None and state.spec != ctr.spec_hash()
     # Docker's "restart: no": an exited process stays exited. A changed spec, or a sandbox that
-    # is rebuilt under a running process, restarts it.
-    restart_due = (started and not running and ctr.restart != "no" and state is not None
+    # is rebuilt under a running process, restarts it. A stopped container only stops.
+    restart_due = (state is not None and wants_restart(ctr, state)
                    and now - state.started_at >= RESTART_DELAY)
     rebuilt = (create or drop) and running
-    start = not started or spec_changed or restart_due or rebuilt
-    stop_first = running and (spec_changed or rebuilt)
+    start = (not started or spec_changed or restart_due or rebuilt) and not ctr.stopped
+    stop_first = running and (spec_changed or rebuilt or ctr.stopped)
     stale = tuple(a for a in _addresses(state) if a != ctr.address_cidr) if attach else ()
-    if not (create or drop or attach or start):
+    if not (create or drop or attach or start or stop_first):
         return None
     return SetupContainer(ctr, net, netns=create, attach=attach, start=start,
                           stop_first=stop_first, drop_sandbox=drop, stale_addresses=stale)
+
+
+def wants_restart(ctr: DesiredContainer, state: ContainerState) -> bool:
+    """Its process exited and its restart policy asks for another run (``on-failure``: a
+    non-zero exit code, or one nobody saw)."""
+    if ctr.stopped or not state.started or state.running or ctr.restart == "no":
+        return False
+    return ctr.restart == "always" or state.exit_code != 0
 
 
 def restart_pending(desired: DesiredState, observed: Observed) -> bool:
     """Some exited container will be restarted once RESTART_DELAY has passed."""
     for ctr in desired.containers.values():
         state = observed.containers.get(ctr.name)
-        if ctr.restart != "no" and state is not None and state.started and not state.running:
+        if state is not None and wants_restart(ctr, state):
             return True
     return False
 

@@ -8,23 +8,35 @@ Teardown keeps going past failures and reports them all.
 Files in the agent's run directory (``/run/sdnctl/<host>`` by default):
     netns/<container>            the container's network namespace (a bind mount)
     uts/<container>, ipc/<container>   its UTS and IPC namespaces (its "sandbox" with netns/)
-    containers/<container>.pid   PID and start time of its process (written by agent.launch)
+    containers/<container>.pid   PID and start time of its process
+    containers/<container>.exit  "PID STARTTIME CODE": how that process ended, when we saw it
     containers/<container>.spec  the spec hash it was started with
     containers/<container>.log   its stdout and stderr
+    bundles/<container>/         its OCI bundle (config.json, rootfs mount point)
+    runtime/                     the OCI runtime's state directory
+
+Containers run under an OCI runtime (agent.runtime) with a root filesystem from the host's image
+store (agent.imagestore): the agent is their parent's parent and a child subreaper, so it reaps
+each exited container process itself and keeps its exit code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from agent import ocispec
 from agent import plan as p
 from agent.desired import DesiredContainer, DesiredState, LocalHost
-from agent.kernel import conntrack, firewall, netns, procfs, procs, sysctl
+from agent.imagestore import ImageStore
+from agent.kernel import cgroups, conntrack, firewall, netns, procfs, procs, sysctl
 from agent.kernel.links import Links
 from agent.kernel.names import (
     bridge_alias,
@@ -36,14 +48,18 @@ from agent.kernel.names import (
     vxlan_name,
 )
 from agent.modes import MODES
+from agent.runtime import OciRuntime, Rootfs, Runtime
 from sdnctl.model import (
+    DEFAULT_CAPABILITIES,
     MODE_BRIDGE,
     STATE_CREATED,
     STATE_ERROR,
     STATE_EXITED,
     STATE_PENDING,
+    STATE_RESTARTING,
     STATE_RUNNING,
     ContainerStatus,
+    parse_volume,
 )
 
 log = logging.getLogger("sdnctl.agent")
@@ -69,10 +85,17 @@ class Reconciler:
 
     def __init__(self, run_dir: str, links: Links, fw: firewall.Firewall,
                  stop_grace: float = 1.0, host_netns: str = "",
-                 local: LocalHost | None = None) -> None:
+                 local: LocalHost | None = None, runtime: Runtime | None = None,
+                 images: ImageStore | None = None, cgroup_parent: str = "") -> None:
         self.run_dir = run_dir
         self.local = local or LocalHost()
         self.ctr_dir = os.path.join(run_dir, "containers")
+        self.bundle_dir = os.path.join(run_dir, "bundles")
+        self.runtime = runtime or OciRuntime("crun", os.path.join(run_dir, "runtime"))
+        self.images = images or ImageStore(os.path.join(run_dir, "store"))
+        self.cgroup_parent = cgroup_parent or default_cgroup_parent(run_dir)
+        self.restarts: dict[str, int] = {}
+        os.makedirs(self.bundle_dir, mode=0o700, exist_ok=True)
         self.links = links
         self.firewall = fw
         self.stop_grace = stop_grace
@@ -108,6 +131,7 @@ class Reconciler:
         for kind in netns.SANDBOX_KINDS:
             names |= set(os.listdir(os.path.join(self.run_dir, SANDBOX_DIRS[kind])))
         names |= {f.rsplit(".", 1)[0] for f in os.listdir(self.ctr_dir) if f.endswith(".pid")}
+        names |= set(os.listdir(self.bundle_dir)) | set(self.images.containers())
         containers = {name: self._observe_container(name, desired.containers.get(name))
                       for name in names if not name.startswith(".")}
         vxlans = {name: vx for name in owned if (vx := self.links.observe_vxlan(name))}
@@ -125,14 +149,29 @@ class Reconciler:
         pidfile = self._file(name, "pid")
         info = procs.read_pidfile(pidfile)
         running = False
+        exit_code = None
         if info is not None:
             where = self.process_netns(want, name)
             running = procs.is_alive(info, where) if os.path.exists(where) else \
                 procfs.is_running(info.pid, info.start_time)
+            if not running:
+                exit_code = self._exit_code(name, info)
         return p.ContainerState(netns=has_sandbox, net=net, started=info is not None,
                                 running=running, spec=self._read(self._file(name, "spec")),
                                 pid=info.pid if running and info is not None else 0,
-                                started_at=_mtime(pidfile))
+                                started_at=_mtime(pidfile), exit_code=exit_code)
+
+    def _exit_code(self, name: str, info: procs.ProcInfo) -> int | None:
+        """How the process of ``info`` ended: reaped now, or as recorded when it was."""
+        path = self._file(name, "exit")
+        code = procs.reap(info)
+        if code is not None:
+            paths_write(path, f"{info.pid} {info.start_time} {code}\n")
+            return code
+        recorded = self._read(path).split()
+        if len(recorded) == 3 and recorded[:2] == [str(info.pid), str(info.start_time)]:
+            return int(recorded[2])
+        return None
 
     @staticmethod
     def _read(path: str) -> str:
@@ -211,7 +250,7 @@ class Reconciler:
         ctr, net = action.container, action.network
         paths = self.sandbox(ctr.name)
         with contextlib.ExitStack() as undo:
-            if action.stop_first:
+            if action.stop_first and action.start:
                 self._stop(ctr.name)
             if action.drop_sandbox:
                 self._drop_sandbox(ctr.name)
@@ -223,23 +262,61 @@ class Reconciler:
                     bridge_name(net.name), net.mtu, paths["net"], ctr.interface,
                     ctr.address_cidr, ctr.gateway, mac=container_mac(ctr.ip))
             flush_addresses(action.stale_addresses)
+            if action.stop_first and not action.start:
+                self._stop(ctr.name)  # stopped on request: keep its sandbox and its writes
             if action.start:
+                if not action.stop_first and os.path.exists(self._file(ctr.name, "pid")):
+                    self.restarts[ctr.name] = self.restarts.get(ctr.name, 0) + 1
                 self._start(ctr)
             undo.pop_all()
         log.info("container %s ready (%s%s)", ctr.name, ctr.mode,
                  f" {ctr.address_cidr}" if ctr.ip else "")
 
     def _start(self, ctr: DesiredContainer) -> None:
+        """Write the bundle and start it under the runtime; pidfile and spec hash last."""
         where = MODES[ctr.mode].namespaces(ctr, self.sandbox)
-        procs.start(where.net, ctr.name, ctr.command, self._file(ctr.name, "pid"),
-                    self._file(ctr.name, "log"), uts=where.uts, ipc=where.ipc)
-        with open(self._file(ctr.name, "spec"), "w") as f:
-            f.write(ctr.spec_hash() + "\n")
+        self.runtime.delete(ctr.name)  # the record of an earlier run, if any
+        bundle = os.path.join(self.bundle_dir, ctr.name)
+        os.makedirs(os.path.join(bundle, "rootfs"), mode=0o755, exist_ok=True)
+        owner = ocispec.USERNS_BASE if ctr.user_ns else 0
+        if ctr.image_id:
+            image = self.images.ensure(ctr.image_id)
+            upper, work = self.images.prepare(ctr.name, ctr.image_id, owner)
+            rootfs = Rootfs("overlay", tuple(reversed(image.layers)), upper, work)
+            config = image.config
+            args = (*config.entrypoint, *(ctr.command or config.cmd))
+            env, cwd = config.env, ctr.workdir or config.workdir or "/"
+        else:
+            rootfs = Rootfs("host")
+            args, env, cwd = ctr.command, (ocispec.DEFAULT_PATH,), ctr.workdir or "/"
+        if not args:
+            raise ValueError(f"container {ctr.name!r}: no command, and its image has none")
+        volumes = tuple((v, self.images.volume_source(v)) for v in
+                        (parse_volume(spec, "volumes") for spec in ctr.volumes))
+        spec = ocispec.SpecInput(
+            args=tuple(args), hostname=ctr.name,
+            env=(*env, *ctr.env, f"HOSTNAME={ctr.name}"), cwd=cwd,
+            net=where.net, uts=where.uts, ipc=where.ipc, user_ns=ctr.user_ns,
+            readonly_root=not ctr.image_id, caps=(*DEFAULT_CAPABILITIES, *ctr.cap_add),
+            limits=ocispec.Limits(ctr.memory, ctr.cpus, ctr.cpu_shares, ctr.pids_limit),
+            cgroups_path=self.cgroup_path(ctr.name), volumes=volumes)
+        paths_write(os.path.join(bundle, "config.json"), json.dumps(ocispec.build(spec)))
+        pid, started = self.runtime.run(ctr.name, bundle, rootfs, self._file(ctr.name, "log"))
+        procs.write_pidfile(self._file(ctr.name, "pid"), procs.ProcInfo(pid, started))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._file(ctr.name, "exit"))
+        paths_write(self._file(ctr.name, "spec"), ctr.spec_hash() + "\n")
+
+    def cgroup_path(self, name: str) -> str:
+        return f"{self.cgroup_parent}/{name}"
 
     def _stop(self, name: str) -> None:
         info = procs.read_pidfile(self._file(name, "pid"))
         if info is not None and procfs.is_running(info.pid, info.start_time):
             procs.stop(info, self.stop_grace)
+        if info is not None:
+            self._exit_code(name, info)  # reap it, and keep its code
+        self.runtime.delete(name)
 
     def _drop_sandbox(self, name: str) -> None:
         paths = self.sandbox(name)
@@ -250,9 +327,12 @@ class Reconciler:
     def remove_container(self, name: str, stop: bool, addresses: tuple[str, ...] = ()) -> None:
         """Stop the process, drop the sandbox (its veth pair goes with it), forget the files."""
         errors: list[Exception] = []
-        steps = [lambda: self._stop(name) if stop else None,
+        steps = [lambda: self._stop(name),
                  lambda: self._drop_sandbox(name),
                  lambda: flush_addresses(addresses),
+                 lambda: shutil.rmtree(os.path.join(self.bundle_dir, name), ignore_errors=True),
+                 lambda: self.images.remove_container(name),
+                 lambda: cgroups.remove(self.cgroup_path(name)),
                  lambda: self._remove_files(name)]
         for step in steps:
             try:
@@ -264,7 +344,8 @@ class Reconciler:
         log.info("container %s removed", name)
 
     def _remove_files(self, name: str) -> None:
-        for suffix in ("pid", "spec", "log"):
+        self.restarts.pop(name, None)
+        for suffix in ("pid", "spec", "log", "exit"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._file(name, suffix))
 
@@ -284,17 +365,36 @@ class Reconciler:
             elif state.running:
                 phase = STATE_RUNNING
             elif state.started:
-                phase = STATE_EXITED
+                phase = STATE_RESTARTING if p.wants_restart(ctr, state) else STATE_EXITED
             else:
                 phase = STATE_CREATED
             where = self.process_netns(ctr, name)
             if where == "/proc/self/ns/net":
                 where = self.host_netns
+            exited = phase in (STATE_EXITED, STATE_RESTARTING) and state is not None
+            code = state.exit_code if exited and state is not None else None
             result.append(ContainerStatus(
                 name=name, state=phase, pid=state.pid if state else 0,
-                netns=where if phase in (STATE_RUNNING, STATE_CREATED, STATE_EXITED) else "",
-                message=message))
+                netns=where if phase in (STATE_RUNNING, STATE_CREATED, STATE_EXITED,
+                                         STATE_RESTARTING) else "",
+                message=message, exit_code=-1 if exited and code is None else (code or 0),
+                restarts=self.restarts.get(name, 0), runtime=self.runtime.name,
+                runtime_root=self.runtime.root, cgroup=self.cgroup_path(name)))
         return result
+
+
+def default_cgroup_parent(run_dir: str) -> str:
+    """``/sdnctl/<run dir's last component>-<hash>``: unique per agent on a machine."""
+    digest = hashlib.sha256(os.path.abspath(run_dir).encode()).hexdigest()[:8]
+    return f"/sdnctl/{os.path.basename(run_dir.rstrip('/')) or 'agent'}-{digest}"
+
+
+def paths_write(path: str, text: str) -> None:
+    """Write a small file atomically."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def flush_addresses(addresses: Iterable[str]) -> None:

@@ -13,8 +13,13 @@ sdnctl=.venv/bin/sdnctl
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "sdnctl up $example   (the plan first, then the build)"
-$sdnctl up "$example"
+image=${SDNCTL_RUN_DIR:-/run/sdnctl}/sdnctl-test.tar
+mkdir -p "$(dirname "$image")"
+step "the busybox test image -> $image"
+.venv/bin/python -m sdnctl.testimage -o "$image"
+
+step "sdnctl up $example --image $image   (the plan first, then the build)"
+$sdnctl up "$example" --image "$image"
 
 step "sdnctl status $example"
 $sdnctl status "$example"
@@ -34,7 +39,8 @@ else
 fi
 echo "The drawing is in $graph"
 echo "The topology stays up. Look around with:"
-echo "  $sdnctl status; $sdnctl ps; $sdnctl inspect container web --json"
+echo "  $sdnctl status; $sdnctl ps; $sdnctl inspect container web --json; $sdnctl image ls"
+echo "  $sdnctl exec web -- ps; $sdnctl logs web"
 echo "  $sdnctl up --dry-run $example      # the plan: nothing to do"
 echo "Take it down with:"
 echo "  $sdnctl down $example"

@@ -14,13 +14,15 @@
     sdnctl ipam check [--network N] [--json]   consistency (exit 1 when there are problems)
     sdnctl events [--follow] [--json]          the audit log: who changed what, who was refused
     sdnctl pki init|issue|revoke|ls ...        certificates for mutual TLS (see README)
-    sdnctl controller ...     run the controller in the foreground (= sdnctl-controller)
+    sdnctl controller [serve] ...   run the controller in the foreground (= sdnctl-controller)
+    sdnctl controller migrate --from STORE --to STORE   copy a store (SQLite <-> etcd)
     sdnctl agent ...          run an agent in the foreground (= sdnctl-agent)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -29,7 +31,8 @@ from typing import Any
 
 import grpc
 
-from sdnctl import check, deploy, graph, paths, pki, topology, trace, verbs
+from agent.kernel import cgroups
+from sdnctl import check, deploy, graph, imagecli, paths, pki, topology, trace, verbs
 from sdnctl.client import TLS_ENV, CommandError, ControllerUnavailable, connect
 from sdnctl.model import MODE_CONTAINER, network_mode
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -79,12 +82,43 @@ def container_json(c: pb.Container) -> dict[str, Any]:
         "gateway": c.gateway,
         "interface": c.interface,
         "command": list(c.command),
+        "image": c.image,
+        "image_id": c.image_id,
+        "resources": {"memory": c.resources.memory_bytes, "cpus": c.resources.cpus,
+                      "cpu_shares": c.resources.cpu_shares,
+                      "pids_limit": c.resources.pids_limit},
+        "volumes": list(c.volumes),
+        "cap_add": list(c.cap_add),
+        "user_ns": c.user_ns,
+        "stopped": c.stopped,
         "state": c.status.state or "pending",
+        "exit_code": c.status.exit_code,
+        "restarts": c.status.restarts,
         "pid": c.status.pid,
         "netns": c.status.netns,
+        "runtime": c.status.runtime,
+        "runtime_root": c.status.runtime_root,
+        "cgroup": c.status.cgroup,
         "message": c.status.message,
         "revision": c.revision,
     }
+
+
+def state_text(c: dict[str, Any]) -> str:
+    """``exited (137)``, as Docker shows it; ``-1`` is an exit nobody saw."""
+    if c["state"] in ("exited", "restarting"):
+        code = c["exit_code"]
+        return f"{c['state']} ({code if code >= 0 else '?'})"
+    return str(c["state"])
+
+
+def live_usage(c: pb.Container) -> dict[str, int] | None:
+    """What a running container on THIS machine uses now, read from its cgroup."""
+    if c.status.state != "running" or not c.status.cgroup or \
+            not cgroups.exists(c.status.cgroup):
+        return None
+    use = cgroups.usage(c.status.cgroup)
+    return {"memory": use.memory, "pids": use.pids, "cpu_usec": use.cpu_usec}
 
 
 def print_table(rows: list[list[str]], header: list[str]) -> None:
@@ -95,6 +129,12 @@ def print_table(rows: list[list[str]], header: list[str]) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     topo = topology.load(args.file)
+    if args.image:
+        missing = [f for f in args.image if not os.path.isfile(f)]
+        if missing:
+            raise CommandError(f"--image: no such file: {', '.join(missing)}")
+        topo = dataclasses.replace(
+            topo, images=(*topo.images, *(os.path.abspath(f) for f in args.image)))
     if args.dry_run:
         deploy.dry_run(topo)
         return 0
@@ -114,8 +154,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(items, indent=2))
         return 0
-    print_table([[c["name"], c["host"], c["network"], c["ip"], c["state"], str(c["pid"] or "")]
-                 for c in items], ["NAME", "HOST", "NETWORK", "IP", "STATE", "PID"])
+    print_table([[c["name"], c["host"], c["network"], c["image"] or "-", c["ip"],
+                  state_text(c), str(c["pid"] or "")]
+                 for c in items], ["NAME", "HOST", "NETWORK", "IMAGE", "IP", "STATE", "PID"])
     return 0
 
 
@@ -128,7 +169,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     elif args.kind == "network":
         data = network_json(client.api.GetNetwork(request, timeout=10))
     else:
-        data = container_json(client.api.GetContainer(request, timeout=10))
+        ctr = client.api.GetContainer(request, timeout=10)
+        data = container_json(ctr)
+        data["usage"] = live_usage(ctr)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -295,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdnctl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--controller", metavar="ADDRESS",
-                        help="the controller to talk to: unix:/path or host:port (default: "
+                        help="the controller(s) to talk to: unix:/path or host:port; "
+                             "replicas comma-separated, tried in order (default: "
                              "$SDNCTL_CONTROLLER, else unix:<run dir>/controller.sock)")
     parser.add_argument("--tls-cert", help="client certificate for a TCP controller "
                         "(`sdnctl pki issue --user`; default: $SDNCTL_TLS_CERT)")
@@ -319,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (+ create, ~ update, = unchanged, ! refused) and change "
                    "nothing")
+    p.add_argument("--image", action="append", metavar="FILE",
+                   help="an image archive to load first, as the file's `images:` (repeatable)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="remove a topology")
@@ -345,10 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ipam)
 
     # Verbs that live in their own modules (each adds its sub-parsers and handlers).
-    for module in (check, graph, trace, verbs):
+    for module in (check, graph, imagecli, trace, verbs):
         module.register(sub)
 
-    sub.add_parser("controller", help="run the controller (see sdnctl controller --help)",
+    sub.add_parser("controller", help="run the controller: controller [serve] --store ...; "
+                   "copy a store: controller migrate --from STORE --to STORE",
                    add_help=False)
     sub.add_parser("agent", help="run an agent (see sdnctl agent --help)", add_help=False)
     return parser
@@ -356,9 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["controller", "migrate"]:
+        from sdnctl.controller.migrate import main as migrate_main
+        return migrate_main(argv[2:])
     if argv[:1] == ["controller"]:
         from sdnctl.controller.server import main as controller_main
-        return controller_main(argv[1:])
+        return controller_main(argv[2:] if argv[1:2] == ["serve"] else argv[1:])
     if argv[:1] == ["agent"]:
         from agent.main import main as agent_main
         return agent_main(argv[1:])

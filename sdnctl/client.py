@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -64,29 +66,71 @@ def open_channel(address: str, tls: TlsFiles | None = None,
                                options=options)
 
 
+def split_addresses(text: str) -> list[str]:
+    """``unix:/a.sock,10.0.0.1:7000`` -> the controller addresses it lists, in order."""
+    addresses = [a.strip() for a in text.split(",") if a.strip()]
+    if not addresses:
+        raise CommandError(f"no controller address in {text!r}")
+    return addresses
+
+
+class Failover:
+    """A stub over several controller replicas: each call goes to the replica that answered
+    last and moves on to the next one when a replica is UNAVAILABLE (down, or cut off from its
+    store). Streams are not resumed here: their callers resume them (the agent's Watch does)."""
+
+    def __init__(self, channels: list[grpc.Channel], stub: Callable[[grpc.Channel], Any]) -> None:
+        self._stubs = [stub(channel) for channel in channels]
+        self._current = 0
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def call(request: Any, **kwargs: Any) -> Any:
+            count = len(self._stubs)
+            first = self._current
+            for step in range(count):
+                index = (first + step) % count
+                try:
+                    answer = getattr(self._stubs[index], name)(request, **kwargs)
+                except grpc.RpcError as e:
+                    if e.code() != grpc.StatusCode.UNAVAILABLE or step == count - 1:
+                        raise
+                    continue
+                self._current = index
+                return answer
+            raise AssertionError("not reached")
+
+        return call
+
+
 class Client:
     def __init__(self, address: str | None = None, tls: TlsFiles | None = None) -> None:
         self.address = address or paths.controller_address()
-        self.channel = open_channel(self.address, tls)
-        self.api = pb_grpc.ControllerStub(self.channel)
+        self.addresses = split_addresses(self.address)
+        self.channels = [open_channel(a, tls) for a in self.addresses]
+        self.channel = self.channels[0]
+        self.api = cast(pb_grpc.ControllerStub, Failover(self.channels, pb_grpc.ControllerStub))
         self.last_error = ""
 
     def healthy(self, timeout: float = 1.0) -> bool:
-        """Whether the controller serves; CommandError when it answers but refuses us."""
-        stub = health_pb2_grpc.HealthStub(self.channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.RpcError as e:
-            code = e.code() if hasattr(e, "code") else None
-            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                raise CommandError(f"the controller at {self.address} refused us: "
-                                   f"{code.name}: {e.details()}") from None  # type: ignore
-            self.last_error = str(e.details()) if hasattr(e, "details") else str(e)
-            return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        """Whether some replica serves; CommandError when one answers but refuses us."""
+        for channel in self.channels:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            except grpc.RpcError as e:
+                code = e.code() if hasattr(e, "code") else None
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    raise CommandError(f"the controller at {self.address} refused us: "
+                                       f"{code.name}: {e.details()}") from None  # type: ignore
+                self.last_error = str(e.details()) if hasattr(e, "details") else str(e)
+                continue
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return True
+        return False
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in self.channels:
+            channel.close()
 
 
 def connect() -> Client:
@@ -111,7 +155,7 @@ def controller_pidfile() -> str:
 
 def start_controller(address: str, timeout: float = 15.0) -> int:
     """Start ``sdnctl-controller`` in the background on ``address``; return its PID once serving."""
-    if not address.startswith("unix:"):
+    if "," in address or not address.startswith("unix:"):
         raise ControllerUnavailable(f"no controller answers at {address} (only a unix-socket "
                                     "controller is started automatically)")
     os.makedirs(paths.run_dir(), mode=0o755, exist_ok=True)

@@ -82,12 +82,25 @@ def container_from_pb(msg: pb.Container) -> Container:
         name=msg.name,
         host=msg.host,
         network=msg.network,
-        command=tuple(msg.command) or DEFAULT_COMMAND,
+        command=tuple(msg.command) or (() if msg.image else DEFAULT_COMMAND),
         interface=msg.interface or DEFAULT_INTERFACE,
         fixed_ip=msg.fixed_ip,
         ports=tuple(msg.ports),
         share=tuple(msg.share),
         restart=msg.restart or DEFAULT_RESTART,
+        image=msg.image,
+        image_id=msg.image_id,
+        memory=msg.resources.memory_bytes,
+        cpus=msg.resources.cpus,
+        cpu_shares=msg.resources.cpu_shares,
+        pids_limit=msg.resources.pids_limit,
+        volumes=tuple(msg.volumes),
+        cap_add=tuple(msg.cap_add),
+        user_ns=msg.user_ns,
+        stopped=msg.stopped,
+        env=tuple(msg.env),
+        workdir=msg.workdir,
+        generation=msg.generation,
     )
 
 
@@ -96,17 +109,29 @@ def container_to_pb(container: Container) -> pb.Container:
     return pb.Container(name=container.name, host=container.host, network=container.network,
                         command=list(container.command), interface=container.interface,
                         fixed_ip=container.fixed_ip, ports=list(container.ports),
-                        share=list(container.share), restart=container.restart)
+                        share=list(container.share), restart=container.restart,
+                        image=container.image, image_id=container.image_id,
+                        resources=pb.Resources(memory_bytes=container.memory, cpus=container.cpus,
+                                               cpu_shares=container.cpu_shares,
+                                               pids_limit=container.pids_limit),
+                        volumes=list(container.volumes), cap_add=list(container.cap_add),
+                        user_ns=container.user_ns, stopped=container.stopped,
+                        env=list(container.env), workdir=container.workdir,
+                        generation=container.generation)
 
 
 def status_to_pb(status: ContainerStatus) -> pb.ContainerStatus:
-    return pb.ContainerStatus(name=status.name, state=status.state, pid=status.pid,
-                              netns=status.netns, message=status.message)
+    return pb.ContainerStatus(
+        name=status.name, state=status.state, pid=status.pid, netns=status.netns,
+        message=status.message, exit_code=status.exit_code, restarts=status.restarts,
+        runtime=status.runtime, runtime_root=status.runtime_root, cgroup=status.cgroup)
 
 
 def status_from_pb(msg: pb.ContainerStatus) -> ContainerStatus:
-    return ContainerStatus(name=msg.name, state=msg.state, pid=msg.pid, netns=msg.netns,
-                           message=msg.message)
+    return ContainerStatus(
+        name=msg.name, state=msg.state, pid=msg.pid, netns=msg.netns, message=msg.message,
+        exit_code=msg.exit_code, restarts=msg.restarts, runtime=msg.runtime,
+        runtime_root=msg.runtime_root, cgroup=msg.cgroup)
 
 
 def allocation_to_pb(allocation: Allocation, host: str = "") -> pb.Allocation:

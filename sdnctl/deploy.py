@@ -26,14 +26,14 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import grpc
 
-from agent.kernel import netns, procfs, procs
-from agent.reconcile import SANDBOX_DIRS
+from agent.kernel import cgroups, netns, procfs, procs
+from agent.reconcile import SANDBOX_DIRS, default_cgroup_parent
 from sdnctl import convert, lab, paths
 from sdnctl.client import Client, start_controller, started_controller_pid
 from sdnctl.model import STATE_ERROR, STATE_EXITED, STATE_RUNNING, Container, Host, Network
@@ -352,7 +352,8 @@ def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.L
         argv = [sys.executable, "-m", "agent.main", "--host", name,
                 "--controller", client.address, "--underlay-ip", host.underlay_ip,
                 "--underlay-dev", host.underlay_dev,
-                "--netns", host.netns, "--run-dir", run_dir]
+                "--netns", host.netns, "--run-dir", run_dir,
+                "--store-dir", os.path.join(run_dir, "store")]
         pid = lab.spawn_in_netns(host.netns, argv, os.path.join(run_dir, "agent.log"))
         agents[name] = {"pid": pid, "start_time": lab.process_start_time(pid) or 0}
         _save_lab_state(topology, state)
@@ -377,6 +378,8 @@ def apply_objects(client: Client, topology: Topology, progress: Progress) -> int
     revision of the last write (0 when nothing was written)."""
     counts = {"created": 0, "updated": 0, "unchanged": 0}
     revision = 0
+    for archive in topology.images:
+        load_image(client, archive, progress)
     # Networks first without `allow` (it may name networks created later), then their allows.
     for net in topology.networks:
         what, rev = _apply_network(client, dataclasses.replace(net, allow=()), net)
@@ -392,6 +395,20 @@ def apply_objects(client: Client, topology: Topology, progress: Progress) -> int
         revision = max(revision, rev)
     progress.step("desired state: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
     return revision
+
+
+def load_image(client: Client, archive: str, progress: Progress) -> None:
+    def chunks() -> Iterator[pb.ImageChunk]:
+        with open(archive, "rb") as f:
+            while chunk := f.read(1 << 20):
+                yield pb.ImageChunk(data=chunk)
+
+    try:
+        reply = client.api.LoadImage(chunks(), timeout=600)
+    except grpc.RpcError as e:
+        raise DeployError(f"could not load image archive {archive}: {_details(e)}") from e
+    tags = ", ".join(t for image in reply.images for t in image.repo_tags)
+    progress.step(f"image {tags or archive} loaded")
 
 
 #: Network fields a topology may leave at 0 for the controller to choose (a VNI, a UDP port).
@@ -438,6 +455,8 @@ def _apply_container(client: Client, ctr: Container) -> tuple[str, int]:
             raise DeployError(f"could not create container {ctr.name!r}: {_details(e)}") from e
     have = convert.container_from_pb(client.api.GetContainer(pb.GetRequest(name=ctr.name),
                                                              timeout=10))
+    # What the controller resolves (the image ID) or sdnctl stop/start changes is not the file's.
+    have = dataclasses.replace(have, image_id="", stopped=False, generation=0)
     if have == ctr:
         return "unchanged", 0
     if have.host != ctr.host:
@@ -587,6 +606,8 @@ def sweep(topology: Topology, state: dict[str, Any], progress: Progress) -> None
             for name in _listdir(os.path.join(run_dir, kind_dir), ""):
                 netns.remove_netns(os.path.join(run_dir, kind_dir, name))
                 leftovers += 1
+        if os.path.isdir(run_dir):
+            cgroups.remove_tree(default_cgroup_parent(run_dir))
         if leftovers:
             progress.step(f"{host.name}: swept {leftovers} leftover(s) of a stopped agent")
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -29,6 +29,7 @@ STATE_PENDING = "pending"  # desired, not yet reported by its host's agent
 STATE_CREATED = "created"  # namespace and network ready, process not started
 STATE_RUNNING = "running"
 STATE_EXITED = "exited"
+STATE_RESTARTING = "restarting"  # exited; its restart policy starts it again shortly
 STATE_ERROR = "error"
 
 
@@ -118,7 +119,20 @@ class Container:
     fixed_ip: str = ""  # a requested address (bridge mode), else IPAM picks one
     ports: tuple[str, ...] = ()  # published ports: "8080:80", "127.0.0.1:5353:53/udp"
     share: tuple[str, ...] = ()  # joined mode: also share the donor's "uts", "ipc"
-    restart: str = "no"  # no | always | on-failure (on-failure: like always; exit codes unseen)
+    restart: str = "no"  # no | always | on-failure (a non-zero exit code, or an unknown one)
+    image: str = ""  # "name[:tag]" or "sha256:<id>"; empty: the host's root, read-only
+    image_id: str = ""  # resolved by the controller when the container is created
+    memory: int = 0  # resources, 0 = no limit: memory limit in bytes
+    cpus: float = 0.0  # CPU quota in CPUs
+    cpu_shares: int = 0
+    pids_limit: int = 0
+    volumes: tuple[str, ...] = ()  # "NAME:/path[:ro]" or "/host/path:/path[:ro]"
+    cap_add: tuple[str, ...] = ()  # on top of the default capability set
+    user_ns: bool = False  # root in the container is an unprivileged user on the host
+    stopped: bool = False  # desired state: stopped (sdnctl stop/start)
+    env: tuple[str, ...] = ()  # KEY=VALUE, on top of the image's
+    workdir: str = ""
+    generation: int = 0  # bumped by `sdnctl start`: run again, even after an exit
 
     @property
     def mode(self) -> str:
@@ -183,6 +197,87 @@ def parse_port(spec: str, field: str) -> PortMapping:
 
 
 @dataclass(frozen=True)
+class VolumeMount:
+    """A volume of a container: a named volume the agent keeps, or a bind mount of a host path."""
+
+    source: str  # a volume name, or an absolute host path
+    target: str  # absolute path inside the container
+    readonly: bool = False
+
+    @property
+    def named(self) -> bool:
+        return not self.source.startswith("/")
+
+
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def clean_path(path: str, field: str) -> str:
+    """An absolute path with no ``..``, ``.`` or empty component and no NUL: nothing can climb
+    out of the root it is taken under."""
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise Invalid(field, f"{path!r} is not an absolute path")
+    parts = path.split("/")[1:]
+    if path != "/" and any(part in ("", ".", "..") for part in parts):
+        raise Invalid(field, f"{path!r} must be a plain absolute path (no '..', '.' or '//')")
+    if len(path) > 4096:
+        raise Invalid(field, "path longer than 4096 characters")
+    return path
+
+
+def parse_volume(spec: str, field: str) -> VolumeMount:
+    """Docker's ``NAME:/path[:ro|rw]`` or ``/host/path:/path[:ro|rw]``."""
+    if not isinstance(spec, str) or spec.count(":") not in (1, 2):
+        raise Invalid(field, f"{spec!r} is not NAME:/path[:ro] or /host/path:/path[:ro]")
+    source, target, *mode = spec.split(":")
+    if mode and mode[0] not in ("ro", "rw"):
+        raise Invalid(field, f"unknown volume mode {mode[0]!r} in {spec!r}; expected ro or rw")
+    if source.startswith("/"):
+        clean_path(source, field)
+    elif not _VOLUME_NAME.fullmatch(source):
+        raise Invalid(field, f"volume name {source!r} must be 1-64 of A-Z a-z 0-9 _ . - "
+                      "(a host path must be absolute)")
+    clean_path(target, field)
+    if target == "/":
+        raise Invalid(field, f"{spec!r}: a volume cannot replace the container's root")
+    return VolumeMount(source, target, bool(mode) and mode[0] == "ro")
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.I)
+
+
+def parse_size(value: object, field: str) -> int:
+    """Bytes from ``64m``, ``1.5g``, ``512k``, ``1048576`` (Docker's units: powers of 1024)."""
+    if isinstance(value, bool):
+        raise Invalid(field, f"{value!r} is not a size such as 64m or 1g")
+    if isinstance(value, int):
+        return value
+    match = _SIZE.fullmatch(str(value).strip())
+    if not match:
+        raise Invalid(field, f"{value!r} is not a size such as 64m or 1g")
+    power = " kmgt".index(match.group(2).lower() or " ")
+    return int(float(match.group(1)) * (1024 ** power))
+
+
+#: Every capability name (without ``CAP_``) that cap_add may name.
+CAPABILITIES = (
+    "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE",
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "IPC_LOCK", "IPC_OWNER",
+    "KILL", "LEASE", "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "MKNOD", "NET_ADMIN",
+    "NET_BIND_SERVICE", "NET_BROADCAST", "NET_RAW", "PERFMON", "SETFCAP", "SETGID", "SETPCAP",
+    "SETUID", "SYSLOG", "SYS_ADMIN", "SYS_BOOT", "SYS_CHROOT", "SYS_MODULE", "SYS_NICE",
+    "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG",
+    "WAKE_ALARM",
+)
+
+#: Docker's default set without NET_RAW (ping works through ping_group_range instead).
+DEFAULT_CAPABILITIES = (
+    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+    "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+)
+
+
+@dataclass(frozen=True)
 class Lease:
     """A host's share of a network: the subnet its containers take addresses from."""
 
@@ -220,6 +315,11 @@ class ContainerStatus:
     pid: int = 0
     netns: str = ""
     message: str = ""
+    exit_code: int = 0  # of the last run, when exited (-1: unknown)
+    restarts: int = 0
+    runtime: str = ""  # the OCI runtime that runs it, and its state directory
+    runtime_root: str = ""
+    cgroup: str = ""
 
 
 T = TypeVar("T")
@@ -255,9 +355,13 @@ __all__ = [
     "Lease",
     "Network",
     "PortMapping",
+    "VolumeMount",
     "check_name",
+    "clean_path",
     "from_json",
     "network_mode",
     "parse_port",
+    "parse_size",
+    "parse_volume",
     "to_json",
 ]

@@ -15,6 +15,7 @@ Errors name the file, the line, the path in the document and what was expected:
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from sdnctl.model import (
     Invalid,
     Network,
     check_name,
+    parse_size,
 )
 from sdnctl.validate import check_ipv4, validate_container, validate_host, validate_network
 
@@ -87,6 +89,7 @@ class Topology:
     containers: tuple[Container, ...]
     lab: LabOptions = LabOptions()
     expect: tuple[Expectation, ...] = ()
+    images: tuple[str, ...] = ()  # archives `up` loads first (absolute paths)
 
     @property
     def lab_hosts(self) -> tuple[Host, ...]:
@@ -214,8 +217,8 @@ def parse(text: str, file: str = "<topology>") -> Topology:
     shape = schema.first_error(doc, r.line_of)
     if shape is not None:
         raise r.error(shape.path, shape.message)
-    r.mapping(doc, "", {"name", "hosts", "networks", "containers", "routes", "lab", "expect"},
-              {"name"})
+    r.mapping(doc, "", {"name", "hosts", "networks", "containers", "routes", "lab", "expect",
+                        "images"}, {"name"})
     name = _named(r, doc.get("name"), "name")
 
     hosts = tuple(_collect(r, doc, "hosts", _host))
@@ -224,7 +227,19 @@ def parse(text: str, file: str = "<topology>") -> Topology:
     networks = _apply_routes(r, doc, networks)
     _check_references(r, hosts, networks, containers)
     expect = _expectations(r, doc, containers, networks)
-    return Topology(name, hosts, networks, containers, _lab(r, doc.get("lab")), expect)
+    return Topology(name, hosts, networks, containers, _lab(r, doc.get("lab")), expect,
+                    _images(r, doc, os.path.dirname(os.path.abspath(file))))
+
+
+def _images(r: _Reader, doc: dict, base: str) -> tuple[str, ...]:
+    """Image archives, relative to the topology file; each must exist."""
+    result = []
+    for i, raw in enumerate(r.sequence(doc, "images")):
+        path = os.path.join(base, str(raw))
+        if not os.path.isfile(path):
+            raise r.error(f"images[{i}]", f"no such file: {path}")
+        result.append(path)
+    return tuple(result)
 
 
 def _expectations(r: _Reader, doc: dict, containers: tuple[Container, ...],
@@ -407,6 +422,23 @@ def _network(r: _Reader, raw: Any, where: str) -> Network:
     return validate_network(network, where)
 
 
+def _resources(r: _Reader, raw: Any, where: str) -> dict[str, Any]:
+    """A container's ``resources:`` as Container fields."""
+    if raw is None:
+        return {}
+    m = r.mapping(raw, where, {"memory", "cpus", "cpu_shares", "pids"}, set())
+    try:
+        memory = parse_size(m.get("memory", 0), f"{where}.memory")
+    except Invalid as e:
+        raise r.error(e.field, e.message) from e
+    cpus = m.get("cpus", 0)
+    if isinstance(cpus, bool) or not isinstance(cpus, int | float):
+        raise r.error(f"{where}.cpus", "expected a number of CPUs, e.g. 0.5")
+    return {"memory": memory, "cpus": float(cpus),
+            "cpu_shares": r.typed(m, "cpu_shares", where, int, 0),
+            "pids_limit": r.typed(m, "pids", where, int, 0)}
+
+
 def _strings(r: _Reader, mapping: dict, key: str, where: str) -> list[str]:
     value = mapping.get(key, [])
     if isinstance(value, str):
@@ -418,8 +450,10 @@ def _strings(r: _Reader, mapping: dict, key: str, where: str) -> list[str]:
 
 def _container(r: _Reader, raw: Any, where: str) -> Container:
     m = r.mapping(raw, where, {"name", "host", "network", "command", "interface", "ip", "ports",
-                               "share", "restart"}, {"name", "host"})
-    command = m.get("command", list(DEFAULT_COMMAND))
+                               "share", "restart", "image", "resources", "volumes", "cap_add",
+                               "user_ns", "env", "workdir"}, {"name", "host"})
+    image = r.typed(m, "image", where, str, "")
+    command = m.get("command", [] if image else list(DEFAULT_COMMAND))
     if isinstance(command, str):
         command = command.split()
     if not isinstance(command, list) or not all(isinstance(a, str | int) for a in command):
@@ -434,8 +468,16 @@ def _container(r: _Reader, raw: Any, where: str) -> Container:
         ports=tuple(_strings(r, m, "ports", where)),
         share=tuple(_strings(r, m, "share", where)),
         restart=r.typed(m, "restart", where, str, "no"),
+        image=image,
+        volumes=tuple(_strings(r, m, "volumes", where)),
+        cap_add=tuple(_strings(r, m, "cap_add", where)),
+        user_ns=r.typed(m, "user_ns", where, bool, False),
+        env=tuple(_strings(r, m, "env", where)),
+        workdir=r.typed(m, "workdir", where, str, ""),
+        **_resources(r, m.get("resources"), f"{where}.resources"),
     )
     try:
         return validate_container(container, where)
     except Invalid as e:  # the topology calls it `ip`
-        raise r.error(e.field.replace(".fixed_ip", ".ip"), e.message) from e
+        field = e.field.replace(".fixed_ip", ".ip").replace(".pids_limit", ".pids")
+        raise r.error(field, e.message) from e

@@ -24,6 +24,7 @@ import netaddr
 
 from sdnctl.controller.ipam import host_prefix_for, validate_cidr
 from sdnctl.model import (
+    CAPABILITIES,
     DEFAULT_HOST_PREFIX,
     DRIVERS,
     MODE_BRIDGE,
@@ -38,8 +39,10 @@ from sdnctl.model import (
     Invalid,
     Network,
     check_name,
+    clean_path,
     network_mode,
     parse_port,
+    parse_volume,
 )
 
 IFNAMSIZ = 15
@@ -60,7 +63,7 @@ ARG_MAX = 4096  # bytes of one argument, of a status message
 PATH_MAX = 4096
 PID_MAX = 4194304  # the kernel's pid_max limit
 REPORT_MAX = 10000  # container statuses in one report
-CONTAINER_STATES = ("pending", "created", "running", "exited", "error", "")
+CONTAINER_STATES = ("pending", "created", "running", "restarting", "exited", "error", "")
 MTU_MIN, MTU_MAX = 576, 65535
 VNI_MIN, VNI_MAX = 1, 16777215
 PORT_MAX = 65535
@@ -188,7 +191,8 @@ def validate_container(container: Container, where: str = "container") -> Contai
     check_name(container.name, f"{where}.name")
     check_name(container.host, f"{where}.host")
     mode = _check_network_mode(container, f"{where}.network")
-    _check_command(container.command, f"{where}.command")
+    if container.command or not container.image:  # an image may bring its own command
+        _check_command(container.command, f"{where}.command")
     check_ifname(container.interface, f"{where}.interface")
     if container.fixed_ip:
         _only_in(mode, MODE_BRIDGE, container, f"{where}.fixed_ip")
@@ -202,7 +206,47 @@ def validate_container(container: Container, where: str = "container") -> Contai
     if container.restart not in RESTART_POLICIES:
         raise Invalid(f"{where}.restart", f"unknown restart policy {container.restart!r}; "
                       f"expected one of {', '.join(RESTART_POLICIES)}")
+    _check_runtime_fields(container, where)
     return container
+
+
+MEMORY_MIN = 6 * 1024 * 1024  # Docker's minimum: less cannot even start a shell
+CPUS_MAX = 1024
+SHARES_MIN, SHARES_MAX = 2, 262144
+_ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=[^\0]*", re.S)
+_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _check_runtime_fields(c: Container, where: str) -> None:
+    """Image, resources, volumes, capabilities, environment: what the OCI spec is made of."""
+    if c.image:
+        image_name(c.image, f"{where}.image")
+    if c.memory and not MEMORY_MIN <= c.memory <= 1 << 50:
+        raise Invalid(f"{where}.resources.memory", f"{c.memory} bytes: give at least 6 MiB "
+                      "(0: no limit)")
+    if c.cpus and not 0.01 <= c.cpus <= CPUS_MAX:
+        raise Invalid(f"{where}.resources.cpus", f"{c.cpus}: expected 0.01 to {CPUS_MAX} "
+                      "(0: no limit)")
+    if c.cpu_shares and not SHARES_MIN <= c.cpu_shares <= SHARES_MAX:
+        raise Invalid(f"{where}.resources.cpu_shares",
+                      f"{c.cpu_shares}: expected {SHARES_MIN} to {SHARES_MAX}")
+    if c.pids_limit < 0 or c.pids_limit > 4194304:
+        raise Invalid(f"{where}.resources.pids_limit", f"{c.pids_limit}: expected 1 to 4194304 "
+                      "(0: no limit)")
+    targets: set[str] = set()
+    for i, spec in enumerate(c.volumes):
+        volume = parse_volume(spec, f"{where}.volumes[{i}]")
+        if volume.target in targets:
+            raise Invalid(f"{where}.volumes[{i}]", f"{volume.target!r} is mounted twice")
+        targets.add(volume.target)
+    for i, cap in enumerate(c.cap_add):
+        if cap.upper().removeprefix("CAP_") not in CAPABILITIES:
+            raise Invalid(f"{where}.cap_add[{i}]", f"unknown capability {cap!r}")
+    for i, var in enumerate(c.env):
+        if not _ENV.fullmatch(var):
+            raise Invalid(f"{where}.env[{i}]", f"{var!r} is not KEY=VALUE")
+    if c.workdir:
+        clean_path(c.workdir, f"{where}.workdir")
 
 
 def _check_network_mode(container: Container, field: str) -> str:
@@ -341,6 +385,20 @@ def check_image_ref(value: str, field: str) -> str:
     if len(m.group("name")) > IMAGE_NAME_MAX:
         raise Invalid(field, f"the repository name is longer than {IMAGE_NAME_MAX} characters")
     return value
+
+
+def image_name(ref: str, field: str) -> str:
+    """An image ID (``sha256:<hex>``) as it is, or a reference checked and normalised to
+    ``name:tag`` (the tag ``latest`` by default), as images are recorded."""
+    from sdnctl.imagefmt import parse_reference
+
+    if _IMAGE_ID.fullmatch(ref):
+        return ref
+    check_image_ref(ref, field)
+    try:
+        return parse_reference(ref)
+    except ValueError as e:
+        raise Invalid(field, str(e)) from None
 
 
 def validate_status(status: ContainerStatus, where: str) -> ContainerStatus:

@@ -36,15 +36,19 @@ from typing import Any, TypeVar
 import grpc
 
 from agent.kernel.netns import NETNS_RUN_DIR
+from agent.runtime import OciRuntime
 from sdnctl import convert, paths
 from sdnctl.client import Client, CommandError, connect
 from sdnctl.model import (
     MODE_BRIDGE,
     MODE_NONE,
+    STATE_CREATED,
     STATE_ERROR,
     STATE_EXITED,
+    STATE_RESTARTING,
     STATE_RUNNING,
     network_mode,
+    parse_size,
 )
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -229,7 +233,8 @@ def wait_realised(client: Client, host: str, name: str, revision: int,
         got = _rpc(f"inspect host {host!r}", lambda: client.api.GetHost(
             pb.GetRequest(name=host), timeout=RPC_TIMEOUT))
         ctr = _get_container(client, name)
-        settled = ctr.status.state in (STATE_RUNNING, STATE_EXITED, STATE_ERROR)
+        settled = ctr.status.state in (STATE_RUNNING, STATE_EXITED, STATE_ERROR,
+                                       STATE_CREATED, STATE_RESTARTING)
         if got.agent_synced and got.observed_revision >= revision and settled:
             return ctr
         if time.monotonic() > deadline:
@@ -245,10 +250,16 @@ def container_from_args(args: argparse.Namespace) -> pb.Container:
     command = list(args.cmd or [])
     if command[:1] == ["--"]:
         command = command[1:]
-    return pb.Container(name=args.name, host=args.host, network=args.network or "",
-                        command=command, ports=list(args.publish or []),
-                        restart=args.restart, fixed_ip=args.ip or "",
-                        share=list(args.share or []))
+    return pb.Container(
+        name=args.name, host=args.host, network=args.network or "", command=command,
+        ports=list(args.publish or []), restart=args.restart, fixed_ip=args.ip or "",
+        share=list(args.share or []), image=args.image or "",
+        resources=pb.Resources(
+            memory_bytes=parse_size(args.memory, "--memory") if args.memory else 0,
+            cpus=args.cpus or 0.0, cpu_shares=args.cpu_shares or 0,
+            pids_limit=args.pids_limit or 0),
+        volumes=list(args.volume or []), cap_add=list(args.cap_add or []),
+        user_ns=args.userns, env=list(args.env or []), workdir=args.workdir or "")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -264,6 +275,40 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{args.name} exited at once (see `sdnctl logs {args.name}`)", file=sys.stderr)
     print(now.name)
     return 0
+
+
+def _set_stopped(args: argparse.Namespace, stopped: bool) -> int:
+    """stop/start: the desired state says whether the container runs; wait for its host."""
+    client = connect()
+    verb = "stop" if stopped else "start"
+    for name in args.names:
+        have = _get_container(client, name)
+        if have.stopped == stopped and have.status.state in (
+                (STATE_EXITED, STATE_CREATED) if stopped else (STATE_RUNNING,)):
+            print(name)
+            continue
+        spec = pb.Container()
+        spec.CopyFrom(have)
+        spec.stopped = stopped
+        if not stopped:
+            spec.generation += 1  # runs again even if it exited on its own
+        spec.ClearField("status")
+        request = pb.UpdateContainerRequest(container=spec)
+        got = _rpc(f"{verb} container {name!r}", lambda: client.api.UpdateContainer(
+            request, timeout=RPC_TIMEOUT))  # noqa: B023
+        now = wait_realised(client, got.host, got.name, got.revision, args.timeout)
+        if now.status.state == STATE_ERROR:
+            raise CommandError(f"could not {verb} {name!r}: {now.status.message}")
+        print(name)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    return _set_stopped(args, True)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    return _set_stopped(args, False)
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
@@ -324,32 +369,26 @@ def _local_container(client: Client, name: str) -> pb.Container:
     return ctr
 
 
-def exec_argv(pid: int, command: list[str], mount: bool) -> list[str]:
-    """nsenter into a container's namespaces (pure). ``mount`` when it has a mount namespace of
-    its own (today's containers share the host's filesystem, so usually not)."""
-    namespaces = ["--net", "--uts", "--ipc", "--pid"] + (["--mount"] if mount else [])
-    return ["nsenter", "-t", str(pid), *namespaces, "--", *command]
-
-
-def _own_mount_ns(pid: int) -> bool:
-    try:
-        return os.stat(f"/proc/{pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
-    except OSError:
-        return False
-
-
 def cmd_exec(args: argparse.Namespace) -> int:
+    """The container's runtime runs CMD in all its namespaces, its cgroup, with its
+    capabilities, seccomp profile and no-new-privileges: what `docker exec` does."""
     command = list(args.cmd)
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
         raise CommandError("exec: no command given")
     ctr = _local_container(connect(), args.name)
-    pid = ctr.status.pid
+    if not ctr.status.runtime or not ctr.status.runtime_root:
+        raise CommandError(f"container {args.name!r}: its agent did not say which runtime "
+                           "runs it")
+    runtime = OciRuntime(ctr.status.runtime, ctr.status.runtime_root, create=False)
+    tty = args.tty and sys.stdin.isatty()
+    stdin = None if args.interactive or tty else subprocess.DEVNULL
     try:
-        done = subprocess.run(exec_argv(pid, command, _own_mount_ns(pid)), check=False)
+        done = subprocess.run(runtime.exec_argv(args.name, command, tty), check=False,
+                              stdin=stdin, env=runtime.env())
     except OSError as e:
-        raise CommandError(f"could not run nsenter for {args.name!r}") from e
+        raise CommandError(f"could not run {runtime.name} exec for {args.name!r}") from e
     return done.returncode if done.returncode >= 0 else 128 - done.returncode
 
 
@@ -527,10 +566,32 @@ def _register_containers(sub: Any) -> None:
     p.add_argument("--ip", help="a fixed address (bridge mode)")
     p.add_argument("--share", action="append", choices=("uts", "ipc"),
                    help="joined mode: also share the donor's namespace (repeatable)")
+    p.add_argument("--image", help="NAME[:TAG] or image ID (default: the host's root, "
+                   "read-only)")
+    p.add_argument("-m", "--memory", help="memory limit, e.g. 64m")
+    p.add_argument("--cpus", type=float, help="CPU quota, e.g. 0.5")
+    p.add_argument("--cpu-shares", type=int, help="relative CPU weight")
+    p.add_argument("--pids-limit", type=int, help="at most this many tasks")
+    p.add_argument("-v", "--volume", action="append", metavar="NAME|/HOST:/PATH[:ro]",
+                   help="a named volume or a bind mount (repeatable)")
+    p.add_argument("--cap-add", action="append", metavar="CAP",
+                   help="a capability on top of the default set, e.g. NET_RAW (repeatable)")
+    p.add_argument("--userns", action="store_true",
+                   help="a user namespace: root inside is an unprivileged user outside")
+    p.add_argument("-e", "--env", action="append", metavar="KEY=VALUE")
+    p.add_argument("-w", "--workdir")
     _add_timeout(p)
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD",
-                   help="the command (default: sleep infinity)")
+                   help="the command (default: the image's; sleep infinity without one)")
     p.set_defaults(func=cmd_run)
+
+    for verb, func, what in (("stop", cmd_stop, "stop containers (they keep their network "
+                              "and their files)"), ("start", cmd_start, "start stopped or "
+                              "exited containers again")):
+        p = sub.add_parser(verb, help=what)
+        p.add_argument("names", nargs="+", metavar="NAME")
+        _add_timeout(p)
+        p.set_defaults(func=func)
 
     p = sub.add_parser("rm", help="remove containers (running ones are stopped)")
     p.add_argument("-f", "--force", action="store_true", help="no error for a missing one")
@@ -539,10 +600,11 @@ def _register_containers(sub: Any) -> None:
     p.set_defaults(func=cmd_rm)
 
     p = sub.add_parser("exec", help="run a command in a container (lab hosts: this machine)",
-                       description="Runs CMD in the container's network, UTS, IPC and PID "
-                       "namespaces (and its mount namespace if it has one) with nsenter, on "
-                       "this machine: it works for containers on lab hosts. The exit status "
-                       "is CMD's.")
+                       description="Runs CMD in all the container's namespaces, its cgroup and "
+                       "with its capabilities, through its OCI runtime, on this machine: it "
+                       "works for containers on lab hosts. The exit status is CMD's.")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    p.add_argument("-t", "--tty", action="store_true", help="a terminal (with -i)")
     p.add_argument("name")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD")
     p.set_defaults(func=cmd_exec)

@@ -81,9 +81,17 @@ POLICY: dict[str, Rule] = {
     CTL + "GetIpam": Rule(READ),
     CTL + "CheckIpam": Rule(READ),
     CTL + "Events": Rule(READ),
+    CTL + "LoadImage": Rule(MANAGE, mutating=True),
+    CTL + "ListImages": Rule(READ),
+    CTL + "GetImage": Rule(READ),
+    CTL + "RemoveImage": Rule(MANAGE, mutating=True),
+    CTL + "SaveImage": Rule(READ),
     SYNC + "Register": Rule(ADMIN, AGENT_OWN_HOST, mutating=True),
     SYNC + "Watch": Rule(ADMIN, AGENT_OWN_HOST),
     SYNC + "ReportStatus": Rule(ADMIN, AGENT_OWN_HOST, mutating=True),
+    # Any agent may fetch any image: images are not per host (a host's containers may need any).
+    SYNC + "FetchImage": Rule(ADMIN, AGENT_ANY),
+    SYNC + "FetchBlob": Rule(ADMIN, AGENT_ANY),
     HEALTH + "Check": Rule(READ, AGENT_ANY),
     HEALTH + "List": Rule(READ, AGENT_ANY),
     HEALTH + "Watch": Rule(READ, AGENT_ANY),
@@ -294,8 +302,17 @@ class SecurityInterceptor(grpc.ServerInterceptor):
         inner_client = handler.stream_unary
 
         def client_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-            self._admit(method, None, context)
-            return inner_client(requests, context)
+            identity = self._admit(method, None, context)
+            token = _CURRENT.set(identity)
+            try:
+                response = inner_client(requests, context)
+            except BaseException as e:
+                self._outcome(identity, method, None, None, e, context)
+                raise
+            finally:
+                _CURRENT.reset(token)
+            self._outcome(identity, method, None, response, None, context)
+            return response
 
         return grpc.stream_unary_rpc_method_handler(
             client_stream, handler.request_deserializer, handler.response_serializer)

@@ -90,6 +90,13 @@ def owner_key(network: str, container: str, interface: str) -> str:
     return f"/ipam/{network}/owner/{container}/{interface}"
 
 
+def octet_prefix(subnet: IPNetwork) -> str:
+    """The dotted-decimal text every address of ``subnet`` starts with ("10.1.2." for a /24):
+    reading the address guards under it reads one lease's addresses, not the network's."""
+    whole = min(subnet.prefixlen // 8, 3)
+    return "".join(f"{octet}." for octet in subnet.network.words[:whole])
+
+
 def quarantine_key(network: str, subject: str) -> str:
     """The quarantine of a freed subnet (``10.88.1.0/24``) or address (``10.88.1.5``)."""
     return f"/ipam/{network}/quarantine/{subject.replace('/', '_')}"
@@ -363,7 +370,9 @@ def commit_with_revision(
                 f"gave up after {attempts} attempts: concurrent writers kept changing "
                 "the same objects; try again"
             )
-        time.sleep(random.uniform(0, 0.001 * min(attempts, 20)))
+        # Exponential backoff with jitter: writers that keep colliding on one key (the lowest
+        # free address of a lease) spread out instead of retrying in step.
+        time.sleep(random.uniform(0, min(0.002 * 2 ** min(attempts, 6), 0.1)))
 
 
 def _check_host(host: str) -> None:
@@ -458,12 +467,13 @@ def renew_lease_ops(store: Store, lease: Lease, *, timers: Timers = DEFAULT_TIME
 def plan_address(
     store: Store, network: Network, lease: Lease, container: str, interface: str,
     fixed_ip: str = "", *, releasing: Allocation | None = None, field: str = "fixed_ip",
-    now: float | None = None,
+    now: float | None = None, new_lease: bool = False,
 ) -> tuple[Allocation, list[Compare], list[Put | Delete]]:
     """The address (network, container, interface) holds or would get, and how to commit it.
 
     ``lease`` may be one that is not stored yet (from :func:`plan_lease`, committed in the same
-    transaction); a stored lease must match it and must not change before the commit.
+    transaction: say so with ``new_lease``, so that a lease another writer stored meanwhile only
+    fails the commit); a stored lease must match it and must not change before the commit.
     ``fixed_ip`` asks for exactly that address (``field`` names it in errors). ``releasing`` is
     an allocation of this container that the caller frees in the same transaction: its owner
     key and its address count as free. Combine the caller's release ops with ours through
@@ -487,7 +497,11 @@ def plan_address(
                 f"{field}: container {container!r} already holds {existing.address} on network "
                 f"{network.name!r}; release it first")
         return existing, [Compare(owner, current.mod_revision)], []
-    lease_cmp, lease_ops = _lease_unchanged(store, lease)
+    lease_ops: list[Put]
+    if new_lease:  # the caller's transaction creates it, guarded by "must not exist"
+        lease_cmp, lease_ops = Compare(lease_key(lease.network, lease.host), 0), []
+    else:
+        lease_cmp, lease_ops = _lease_unchanged(store, lease)
     compares = [Compare(owner, current.mod_revision if current else 0), lease_cmp]
     subnet = IPNetwork(lease.subnet)
     at = now_seconds(now)
@@ -504,7 +518,7 @@ def plan_address(
                 f"quarantined for {entry.until - at} s more; only that container may take it "
                 "before then")
     else:
-        entries, _ = store.range(f"/ipam/{network.name}/addr/")
+        entries, _ = store.range(addr_key(network.name, octet_prefix(subnet)))
         taken = {a for a in (kv.key.rsplit("/", 1)[1] for kv in entries)
                  if IPAddress(a) in subnet}
         taken.discard(freed.address if freed else "")

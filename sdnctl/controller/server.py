@@ -6,10 +6,13 @@ is always mutual TLS: the controller refuses to start one without ``--tls-cert/-
 --tls-ca``, on loopback too (any local user can dial 127.0.0.1). ``--crl`` names the revocation
 list ``sdnctl pki revoke`` writes; it is reloaded when it changes and on SIGHUP. Every call is
 authenticated, authorized and audited in :mod:`sdnctl.controller.auth`. It serves gRPC health
-checking and server reflection, and keeps its state in one SQLite file. At start it makes sure
-the default bridge network exists (Docker's ``bip``): containers created without a network join
-it. A sweeper thread frees expired idle leases, ends
-quarantines and trims the IPAM history every ``sweep_interval`` seconds.
+checking and server reflection, and keeps its state in one SQLite file or under a prefix of an
+etcd cluster (``--store``: any number of controllers may serve one etcd prefix, as they keep no
+state of their own). At start it makes sure the default bridge network exists (Docker's
+``bip``): containers created without a network join it. A sweeper thread frees expired idle
+leases, ends quarantines and trims the IPAM history every ``sweep_interval`` seconds; every
+replica runs one, and as each of its writes is a compare-and-swap, two sweepers never free one
+thing twice.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +38,7 @@ from sdnctl import paths
 from sdnctl.controller import ipam
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import SecurityInterceptor
+from sdnctl.controller.images import Images, default_blob_dir
 from sdnctl.controller.servicers import (
     Connections,
     ControllerServicer,
@@ -40,7 +46,8 @@ from sdnctl.controller.servicers import (
     HostSyncServicer,
 )
 from sdnctl.controller.state import State
-from sdnctl.controller.store.base import Store
+from sdnctl.controller.store.base import Store, StoreUnavailable
+from sdnctl.controller.store.etcd import EtcdStore, parse_url
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.model import Invalid
@@ -78,12 +85,17 @@ class RunningServer:
     addresses: tuple[str, ...] = ()  # every listener, as clients dial them
     audit: AuditLog | None = None
     revocations: RevocationList | None = None
+    scratch: str = ""  # a blob directory made for this server alone, removed when it stops
+    heartbeat: threading.Thread | None = None
 
     def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()
         self.server.stop(grace).wait()
-        if self.sweeper is not None:
-            self.sweeper.join()
+        for thread in (self.sweeper, self.heartbeat):
+            if thread is not None:
+                thread.join()
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def sweep_forever(state: State, interval: float, stopping: threading.Event) -> None:
@@ -95,6 +107,25 @@ def sweep_forever(state: State, interval: float, stopping: threading.Event) -> N
         except Exception:
             log.exception("IPAM sweep failed")
 
+
+def beat_forever(connections: Connections, interval: float,
+                 stopping: threading.Event) -> None:
+    """This replica's heartbeat (and, every ten beats, a sweep of dead replicas' records)."""
+    beats = 0
+    while True:
+        try:
+            connections.beat()
+            if beats % 10 == 0:
+                connections.sweep()
+        except Exception:
+            log.exception("replica heartbeat failed")
+        beats += 1
+        if stopping.wait(interval):
+            return
+
+
+#: Seconds between a replica's heartbeats when it serves an etcd store.
+REPLICA_HEARTBEAT = 5.0
 
 #: Worker threads of the gRPC server. Every agent's Watch stream holds one for as long as it is
 #: open, so this bounds the number of hosts (32 capped a lab at about 31 hosts).
@@ -148,9 +179,11 @@ def create_server(address: str | Sequence[str], store: Store,
                   subnet_quarantine: int = ipam.DEFAULT_TIMERS.subnet_quarantine,
                   address_quarantine: int = ipam.DEFAULT_TIMERS.address_quarantine,
                   sweep_interval: float = 10.0,
+                  heartbeat: float = 0.0,
                   clock: Callable[[], float] = time.time,
                   tls: TlsFiles | None = None, crl: str | None = None,
-                  audit: AuditLog | None = None) -> RunningServer:
+                  audit: AuditLog | None = None,
+                  blob_dir: str | None = None) -> RunningServer:
     """Build and start a server on ``address`` (one or several): ``unix:/path`` or
     ``[tcp:]host:port`` (port 0 picks). A TCP address needs ``tls`` (mutual TLS), else
     :class:`ListenError` before anything starts. ``crl``: a revocation list file (PEM, signed by
@@ -160,8 +193,11 @@ def create_server(address: str | Sequence[str], store: Store,
     default bridge; containers must name their network). ``lease_ttl``: seconds a host's lease
     lives without renewal; ``subnet_quarantine``/``address_quarantine``: seconds a freed subnet
     or address waits before someone else may take it; ``sweep_interval``: how often expired
-    leases are freed (0: never, for tests that call ``State.sweep`` themselves). ``clock``:
-    unix seconds (tests pass a fake one).
+    leases are freed (0: never, for tests that call ``State.sweep`` themselves).
+    ``heartbeat``: seconds between this replica's heartbeats, with which replicas sharing a store
+    tell each other which agents they serve (0: one controller alone; see ``Connections``).
+    ``clock``: unix seconds (tests pass a fake one). ``blob_dir``: where image blobs are kept
+    (None: a temporary directory removed when the server stops).
     """
     addresses = [address] if isinstance(address, str) else list(address)
     for tcp in (a for a in addresses if not is_unix(a)):
@@ -176,14 +212,16 @@ def create_server(address: str | Sequence[str], store: Store,
     state = State(store, timers, clock)
     if default_bridge:
         state.ensure_default_bridge(default_bridge)
-    connections = Connections()
+    connections = Connections(store, heartbeat=heartbeat, clock=clock)
+    scratch = "" if blob_dir else tempfile.mkdtemp(prefix="sdnctl-blobs-")
+    images = Images(store, blob_dir or scratch)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                          interceptors=[SecurityInterceptor(audit, revocations),
                                        ErrorInterceptor()])
     pb_grpc.add_ControllerServicer_to_server(
-        ControllerServicer(state, connections, audit, stopping), server)
+        ControllerServicer(state, connections, images, audit, stopping), server)
     pb_grpc.add_HostSyncServicer_to_server(
-        HostSyncServicer(state, connections, stopping, progress_interval), server)
+        HostSyncServicer(state, connections, stopping, images, progress_interval), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -194,18 +232,41 @@ def create_server(address: str | Sequence[str], store: Store,
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningServer(server, dials[0], stopping, addresses=dials, audit=audit,
-                            revocations=revocations)
+                            revocations=revocations, scratch=scratch)
     if sweep_interval > 0:
         running.sweeper = threading.Thread(target=sweep_forever, name="ipam-sweeper",
                                            args=(state, sweep_interval, stopping), daemon=True)
         running.sweeper.start()
+    if heartbeat > 0:
+        running.heartbeat = threading.Thread(target=beat_forever, name="replica-heartbeat",
+                                             args=(connections, heartbeat, stopping),
+                                             daemon=True)
+        running.heartbeat.start()
     return running
 
 
-def open_store(kind: str, db_path: str) -> Store:
-    if kind == "memory":
+def open_store(spec: str, db_path: str = "") -> Store:
+    """The store ``spec`` names: ``sqlite:PATH``, ``etcd://host:port,...[/prefix]``,
+    ``memory``, or ``sqlite`` (the file ``db_path``)."""
+    if spec == "memory":
         return MemoryStore()
-    return SqliteStore(db_path)
+    if spec == "sqlite":
+        return SqliteStore(db_path or paths.controller_db())
+    if spec.startswith("sqlite:"):
+        return SqliteStore(spec.removeprefix("sqlite:").removeprefix("//"))
+    if spec.startswith("etcd://"):
+        endpoints, prefix = parse_url(spec)
+        return EtcdStore(endpoints, prefix=prefix)
+    raise ValueError(f"unknown store {spec!r}: sqlite:PATH, etcd://host:port,...[/prefix] "
+                     "or memory")
+
+
+def describe_store(store: Store) -> str:
+    if isinstance(store, SqliteStore):
+        return f"sqlite:{store.path}"
+    if isinstance(store, EtcdStore):
+        return f"etcd://{','.join(store.endpoints)}{store.prefix}"
+    return "memory"
 
 
 def _seconds(text: str) -> int:
@@ -228,12 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audit-log", default=None, metavar="PATH",
                         help="append audit records here, JSON lines (default: audit.log beside "
                         "--db; '' for memory only)")
-    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    parser.add_argument("--store", default="sqlite", metavar="STORE",
+                        help="sqlite:PATH, etcd://host:port,host:port[/prefix] (several "
+                        "controllers may share one etcd prefix), memory, or sqlite (the file "
+                        "--db) (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="gRPC worker threads; each connected agent holds one "
                              "(default: %(default)s)")
     parser.add_argument("--db", default=paths.controller_db(),
                         help="SQLite file (default: %(default)s)")
+    parser.add_argument("--blob-dir", default="", help="where image blobs are kept "
+                        "(default: 'blobs' beside the SQLite file)")
     parser.add_argument("--pidfile", default="", help="write our PID here")
     parser.add_argument("--default-bridge", default=DEFAULT_BRIDGE_SUBNET, metavar="CIDR",
                         help="subnet of the default bridge network, Docker's bip "
@@ -263,26 +329,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.crl and not all(tls_given):
         parser.error("--crl needs --tls-cert, --tls-key and --tls-ca")
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if all(tls_given) else None
+    try:
+        store = open_store(args.store, args.db)
+    except ValueError as e:
+        parser.error(f"--store: {e}")
+    except StoreUnavailable as e:
+        parser.exit(1, f"sdnctl-controller: {e}\n")
+    db = str(store.path) if isinstance(store, SqliteStore) else args.db
     if args.audit_log is None:
-        args.audit_log = os.path.join(os.path.dirname(args.db) or ".", "audit.log") \
-            if args.store == "sqlite" else ""
+        args.audit_log = os.path.join(os.path.dirname(db) or ".", "audit.log") \
+            if isinstance(store, SqliteStore) else ""
     audit = AuditLog(args.audit_log or None)
-    store = open_store(args.store, args.db)
     try:
         running = create_server(listen, store, max_workers=args.workers,
                                 default_bridge=args.default_bridge or None,
                                 lease_ttl=args.lease_ttl, subnet_quarantine=args.quarantine,
                                 address_quarantine=args.address_quarantine,
                                 sweep_interval=args.sweep_interval, tls=tls,
-                                crl=args.crl or None, audit=audit)
+                                crl=args.crl or None, audit=audit,
+                                heartbeat=REPLICA_HEARTBEAT if isinstance(store, EtcdStore)
+                                else 0.0,
+                                blob_dir=args.blob_dir or default_blob_dir(db))
     except Invalid as e:
         parser.error(f"--default-bridge: {e.message}")
     except (ListenError, PkiError) as e:
         parser.error(str(e))
+    except StoreUnavailable as e:
+        parser.exit(1, f"sdnctl-controller: {e}\n")
     if args.pidfile:
         paths.write_atomic(args.pidfile, f"{os.getpid()}\n")
     log.info("listening on %s (store: %s)", ", ".join(running.addresses),
-             args.db if args.store == "sqlite" else "memory")
+             describe_store(store))
     if running.revocations is not None:
         revocations = running.revocations
         signal.signal(signal.SIGHUP, lambda *_: revocations.reload())

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import tempfile
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,7 +30,9 @@ from sdnctl.controller.errors import (
     PermissionDenied,
     SdnError,
 )
+from sdnctl.controller.images import ImageRecord, Images
 from sdnctl.controller.state import HostView, State
+from sdnctl.controller.store.base import Compare, Delete, Put, Store, StoreUnavailable
 from sdnctl.controller.watch import container_pb, host_events
 from sdnctl.model import Host, Invalid, check_name
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -43,6 +49,7 @@ STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
     (Exhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Conflict, grpc.StatusCode.ABORTED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
 
@@ -67,7 +74,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
                     return inner(request, context)
-                except (SdnError, Invalid) as e:
+                except (SdnError, Invalid, StoreUnavailable) as e:
                     context.abort(status_code_for(e), str(e))
 
             return grpc.unary_unary_rpc_method_handler(
@@ -78,32 +85,106 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             def stream(request: Any, context: grpc.ServicerContext) -> Any:
                 try:
                     yield from inner_stream(request, context)
-                except (SdnError, Invalid) as e:
+                except (SdnError, Invalid, StoreUnavailable) as e:
                     context.abort(status_code_for(e), str(e))
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer)
+        if handler.stream_unary:
+            inner_upload = handler.stream_unary
+
+            def upload(requests: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    return inner_upload(requests, context)
+                except (SdnError, Invalid) as e:
+                    context.abort(status_code_for(e), str(e))
+
+            return grpc.stream_unary_rpc_method_handler(
+                upload, handler.request_deserializer, handler.response_serializer)
         return handler
 
 
-class Connections:
-    """Which hosts have an agent with an open Watch stream."""
+#: ``/status/agents/<host>/<replica>``: an agent of host has a Watch open on that replica.
+AGENTS = "/status/agents/"
+#: ``/status/replicas/<replica>``: the unix time of that replica's last heartbeat.
+REPLICAS = "/status/replicas/"
 
-    def __init__(self) -> None:
+
+class Connections:
+    """Which hosts have an agent with an open Watch stream.
+
+    A replica knows its own streams. With ``heartbeat`` (several replicas on one store) it also
+    records them in the store, beside a heartbeat of its own every ``heartbeat`` seconds, so that
+    every replica can answer: a host is connected when some replica whose heartbeat is fresh
+    (within three beats) holds its stream. A killed replica's records go stale with its heartbeat
+    and :meth:`sweep` removes them.
+    """
+
+    def __init__(self, store: Store | None = None, heartbeat: float = 0.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self._count: dict[str, int] = {}
+        self.shared = store is not None and heartbeat > 0
+        self.store = store
+        self.heartbeat = heartbeat
+        self.clock = clock
+        self.replica = uuid.uuid4().hex[:12]
 
     def opened(self, host: str) -> None:
         with self._lock:
             self._count[host] = self._count.get(host, 0) + 1
+            first = self._count[host] == 1
+        if first:
+            self._record(Put(f"{AGENTS}{host}/{self.replica}", b""))
 
     def closed(self, host: str) -> None:
         with self._lock:
             self._count[host] -= 1
+            last = self._count[host] == 0
+        if last:
+            self._record(Delete(f"{AGENTS}{host}/{self.replica}"))
+
+    def _record(self, op: Put | Delete) -> None:
+        if not self.shared or self.store is None:
+            return
+        try:
+            self.store.txn([], [op])
+        except StoreUnavailable as e:  # the stream itself does not depend on it
+            log.warning("could not record an agent connection: %s", e)
 
     def connected(self, host: str) -> bool:
         with self._lock:
-            return self._count.get(host, 0) > 0
+            if self._count.get(host, 0) > 0:
+                return True
+        if not self.shared or self.store is None:
+            return False
+        records, _ = self.store.range(f"{AGENTS}{host}/")
+        return any(self._alive(kv.key.rsplit("/", 1)[1]) for kv in records)
+
+    def _alive(self, replica: str, beats: float = 3) -> bool:
+        assert self.store is not None
+        kv = self.store.get(REPLICAS + replica)
+        try:
+            return kv is not None and float(kv.value) > self.clock() - beats * self.heartbeat
+        except ValueError:
+            return False
+
+    def beat(self) -> None:
+        """Say this replica lives; the store has had no record of its streams if it restarted."""
+        if self.shared and self.store is not None:
+            self.store.txn([], [Put(REPLICAS + self.replica, f"{self.clock():.0f}".encode())])
+
+    def sweep(self) -> None:
+        """Remove the records of replicas whose heartbeat stopped long ago (ten beats)."""
+        if not self.shared or self.store is None:
+            return
+        for kv in self.store.range(REPLICAS)[0]:
+            if not self._alive(kv.key[len(REPLICAS):], beats=10):
+                self.store.txn([Compare(kv.key, kv.mod_revision)], [Delete(kv.key)])
+        for kv in self.store.range(AGENTS)[0]:
+            replica = kv.key.rsplit("/", 1)[1]
+            if replica != self.replica and not self._alive(replica, beats=10):
+                self.store.txn([Compare(kv.key, kv.mod_revision)], [Delete(kv.key)])
 
 
 def host_pb(view: HostView, connections: Connections) -> pb.Host:
@@ -116,11 +197,28 @@ def host_pb(view: HostView, connections: Connections) -> pb.Host:
     return msg
 
 
+CHUNK = 1 << 20
+MAX_ARCHIVE = 8 << 30  # bytes: a bigger upload is refused
+
+
+def image_pb(record: ImageRecord, revision: int = 0, config: bytes = b"") -> pb.Image:
+    return pb.Image(id=record.id, repo_tags=list(record.repo_tags), layers=list(record.layers),
+                    size=record.size, config=config, revision=revision)
+
+
+def stream_file(path: str) -> Iterator[pb.ImageChunk]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield pb.ImageChunk(data=chunk)
+
+
 class ControllerServicer(pb_grpc.ControllerServicer):
-    def __init__(self, state: State, connections: Connections, audit: AuditLog | None = None,
+    def __init__(self, state: State, connections: Connections, images: Images,
+                 audit: AuditLog | None = None,
                  stopping: threading.Event | None = None) -> None:
         self.state = state
         self.connections = connections
+        self.images = images
         self.audit = audit or AuditLog()
         self.stopping = stopping or threading.Event()
 
@@ -219,10 +317,46 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             records = self.audit.wait(seq, timeout=1.0)
 
 
+    def LoadImage(self, request_iterator: Iterator[pb.ImageChunk],
+                  context: Any) -> pb.LoadImageResponse:
+        with tempfile.TemporaryDirectory(dir=self.images.blobs.root,
+                                         prefix="upload-") as tmp:
+            path = os.path.join(tmp, "archive.tar")
+            size = 0
+            with open(path, "wb") as f:
+                for chunk in request_iterator:
+                    size += len(chunk.data)
+                    if size > MAX_ARCHIVE:
+                        raise Invalid("archive", f"larger than {MAX_ARCHIVE} bytes")
+                    f.write(chunk.data)
+            records = self.images.load(path)
+        log.info("loaded image(s) %s", ", ".join(r.id for r in records))
+        return pb.LoadImageResponse(images=[image_pb(r) for r in records])
+
+    def ListImages(self, request: pb.ListRequest, context: Any) -> pb.ListImagesResponse:
+        records, revision = self.images.list_images()
+        return pb.ListImagesResponse(images=[image_pb(r, rev) for r, rev in records],
+                                     revision=revision)
+
+    def GetImage(self, request: pb.ImageRef, context: Any) -> pb.Image:
+        record, revision = self.images.get(request.name)
+        return image_pb(record, revision)
+
+    def RemoveImage(self, request: pb.ImageRef, context: Any) -> pb.DeleteResponse:
+        return pb.DeleteResponse(revision=self.images.remove(request.name))
+
+    def SaveImage(self, request: pb.ImageRef, context: Any) -> Iterator[pb.ImageChunk]:
+        with tempfile.TemporaryDirectory(dir=self.images.blobs.root, prefix="save-") as tmp:
+            path = os.path.join(tmp, "image.tar")
+            self.images.save(request.name, path)
+            yield from stream_file(path)
+
+
 class HostSyncServicer(pb_grpc.HostSyncServicer):
     def __init__(self, state: State, connections: Connections, stopping: threading.Event,
-                 progress_interval: float = 10.0) -> None:
+                 images: Images, progress_interval: float = 10.0) -> None:
         self.state = state
+        self.images = images
         self.connections = connections
         self.stopping = stopping
         self.progress_interval = progress_interval
@@ -269,3 +403,10 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
                                        f"the agent of {request.host!r} may report only its own")
         self.state.report_status(request.host, statuses, request.observed_revision)
         return pb.ReportStatusResponse()
+
+    def FetchImage(self, request: pb.ImageRef, context: Any) -> pb.Image:
+        record, revision = self.images.get(request.name)
+        return image_pb(record, revision, self.images.config(record.id))
+
+    def FetchBlob(self, request: pb.BlobRequest, context: Any) -> Iterator[pb.ImageChunk]:
+        yield from stream_file(self.images.blob_path(request.digest))

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from netaddr import IPAddress, IPNetwork
 
-from sdnctl.controller import ipam
+from sdnctl.controller import images, ipam
 from sdnctl.controller.errors import (
     AlreadyExists,
     Exhausted,
@@ -76,6 +76,8 @@ SUBNETS_GUARD = "/guards/subnets"
 VNI_FIRST_AUTO = 4096
 VNI_MAX = 16777215
 OVERLAY = "overlay"
+#: How many history entries one sweep transaction deletes.
+TRIM_BATCH = 100
 #: The name of the controller's default bridge network (Docker's ``bridge``, set with ``bip``).
 DEFAULT_BRIDGE = "bridge"
 
@@ -461,17 +463,22 @@ class State:
         """Record a container with its host's lease and its address, in one transaction."""
         container = self._with_default_network(container)
         validate_container(container)
+        spec = container
 
         def build() -> tuple[list[Compare], Ops, None]:
+            nonlocal container
             if self.store.get(container_key(container.name)) is not None:
                 raise AlreadyExists("container", container.name)
+            container, image_cmp = self._with_image(spec)
             host_kv = self._require(host_key(container.host), "container.host", container.host)
-            _check_host_ports(container, self._containers())
+            if container.ports:  # reading every container costs: only when there is a port
+                _check_host_ports(container, self._containers())
             place_cmp, place_ops = self._plan_placement(container, releasing=None)
             compares = [
                 Compare(container_key(container.name), 0),
                 Compare(host_kv.key, host_kv.mod_revision),
                 *place_cmp,
+                *image_cmp,
             ]
             ops: Ops = [
                 *place_ops,
@@ -487,16 +494,19 @@ class State:
         """Replace a container's spec on the same host, moving its address as its mode needs."""
         container = self._with_default_network(container)
         validate_container(container)
+        spec = container
 
         def build() -> tuple[list[Compare], Ops, None]:
+            nonlocal container
             kv = self.store.get(container_key(container.name))
             if kv is None:
                 raise NotFound("container", container.name)
             old = from_json(Container, kv.value)
+            container, image_cmp = self._with_image(spec)
             if container.host != old.host:
                 raise Invalid("container.host", f"a container cannot move from host {old.host!r} "
                               f"to {container.host!r}; delete it and create it there")
-            compares = [Compare(kv.key, kv.mod_revision)]
+            compares = [Compare(kv.key, kv.mod_revision), *image_cmp]
             if container == old:
                 return compares, [], None
             others = [c for c in self._containers() if c.name != container.name]
@@ -641,9 +651,11 @@ class State:
                 if self.store.txn([Compare(kv.key, kv.mod_revision)],
                                   [Delete(kv.key), ipam.history_put(event)]) is not None:
                     freed += 1
+        # History is trimmed in small transactions: nothing needs them atomic, and etcd caps
+        # the operations of one transaction (--max-txn-ops, 128 by default).
         trim = ipam.history_trim_ops(self.store)
-        if trim:
-            self.store.txn([], trim)
+        for start in range(0, len(trim), TRIM_BATCH):
+            self.store.txn([], trim[start:start + TRIM_BATCH])
         return freed
 
     def _expire(self, lease: Lease, now: int) -> bool:
@@ -691,6 +703,15 @@ class State:
         raise Invalid("container.network", "required: this controller has no default bridge "
                       "network (none, host, container:<name> or a network name)")
 
+    def _with_image(self, container: Container) -> tuple[Container, list[Compare]]:
+        """The container with its image resolved to an ID, and a compare that keeps the image
+        from going away before the container is written."""
+        if not container.image:
+            return dataclasses.replace(container, image_id=""), []
+        record, kv = images.resolve(self.store, container.image, "container.image")
+        return (dataclasses.replace(container, image_id=record.id),
+                [Compare(kv.key, kv.mod_revision)])
+
     def _allocation(self, container: Container) -> Allocation | None:
         if container.bridge_network is None:
             return None
@@ -721,7 +742,8 @@ class State:
                                                           timers=self.timers, now=now)
             _, addr_cmp, addr_ops = ipam.plan_address(
                 self.store, network, lease, container.name, container.interface,
-                container.fixed_ip, releasing=releasing, field="container.fixed_ip", now=now)
+                container.fixed_ip, releasing=releasing, field="container.fixed_ip", now=now,
+                new_lease=bool(lease_ops))
             compares += [Compare(net_kv.key, net_kv.mod_revision), *lease_cmp, *addr_cmp]
             return compares, [*lease_ops, *ipam.merge_ops(release, addr_ops)]
         if container.donor is not None:

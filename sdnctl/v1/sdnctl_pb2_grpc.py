@@ -117,6 +117,31 @@ class ControllerStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetIpamRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.IpamCheckReport.FromString,
                 _registered_method=True)
+        self.LoadImage = channel.stream_unary(
+                '/sdnctl.v1.Controller/LoadImage',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageChunk.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.LoadImageResponse.FromString,
+                _registered_method=True)
+        self.ListImages = channel.unary_unary(
+                '/sdnctl.v1.Controller/ListImages',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ListRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ListImagesResponse.FromString,
+                _registered_method=True)
+        self.GetImage = channel.unary_unary(
+                '/sdnctl.v1.Controller/GetImage',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageRef.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.Image.FromString,
+                _registered_method=True)
+        self.RemoveImage = channel.unary_unary(
+                '/sdnctl.v1.Controller/RemoveImage',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageRef.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.SaveImage = channel.unary_stream(
+                '/sdnctl.v1.Controller/SaveImage',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageRef.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageChunk.FromString,
+                _registered_method=True)
         self.Events = channel.unary_stream(
                 '/sdnctl.v1.Controller/Events',
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.EventsRequest.SerializeToString,
@@ -232,6 +257,40 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadImage(self, request_iterator, context):
+        """Images: a `docker save` archive or an OCI image layout (a tar), streamed in chunks. Every
+        member and layer is checked before anything is kept; a bad archive changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListImages(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetImage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveImage(self, request, context):
+        """Untag ("name:tag" of an image with other tags) or remove; FAILED_PRECONDITION when in use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SaveImage(self, request, context):
+        """A `docker save` archive of the image, which `docker load` accepts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Events(self, request, context):
         """The audit log: every mutating call (and every refused one) with who made it, what it asked
         and what came of it, oldest first; with follow, then each new record as it happens.
@@ -322,6 +381,31 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.CheckIpam,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetIpamRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.IpamCheckReport.SerializeToString,
+            ),
+            'LoadImage': grpc.stream_unary_rpc_method_handler(
+                    servicer.LoadImage,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageChunk.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.LoadImageResponse.SerializeToString,
+            ),
+            'ListImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListImages,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ListRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ListImagesResponse.SerializeToString,
+            ),
+            'GetImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImage,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageRef.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.Image.SerializeToString,
+            ),
+            'RemoveImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveImage,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageRef.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.SerializeToString,
+            ),
+            'SaveImage': grpc.unary_stream_rpc_method_handler(
+                    servicer.SaveImage,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageRef.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageChunk.SerializeToString,
             ),
             'Events': grpc.unary_stream_rpc_method_handler(
                     servicer.Events,
@@ -775,6 +859,141 @@ class Controller:
             _registered_method=True)
 
     @staticmethod
+    def LoadImage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/sdnctl.v1.Controller/LoadImage',
+            sdnctl_dot_v1_dot_sdnctl__pb2.ImageChunk.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.LoadImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/ListImages',
+            sdnctl_dot_v1_dot_sdnctl__pb2.ListRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.ListImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/GetImage',
+            sdnctl_dot_v1_dot_sdnctl__pb2.ImageRef.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.Image.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/RemoveImage',
+            sdnctl_dot_v1_dot_sdnctl__pb2.ImageRef.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sdnctl.v1.Controller/SaveImage',
+            sdnctl_dot_v1_dot_sdnctl__pb2.ImageRef.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.ImageChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Events(request,
             target,
             options=(),
@@ -829,6 +1048,16 @@ class HostSyncStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ReportStatusRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ReportStatusResponse.FromString,
                 _registered_method=True)
+        self.FetchImage = channel.unary_unary(
+                '/sdnctl.v1.HostSync/FetchImage',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageRef.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.Image.FromString,
+                _registered_method=True)
+        self.FetchBlob = channel.unary_stream(
+                '/sdnctl.v1.HostSync/FetchBlob',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.BlobRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageChunk.FromString,
+                _registered_method=True)
 
 
 class HostSyncServicer:
@@ -860,6 +1089,19 @@ class HostSyncServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchImage(self, request, context):
+        """An image a container of the host needs: its config and layer list, then each layer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchBlob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostSyncServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -877,6 +1119,16 @@ def add_HostSyncServicer_to_server(servicer, server):
                     servicer.ReportStatus,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ReportStatusRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ReportStatusResponse.SerializeToString,
+            ),
+            'FetchImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchImage,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageRef.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.Image.SerializeToString,
+            ),
+            'FetchBlob': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchBlob,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.BlobRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -963,6 +1215,60 @@ class HostSync:
             '/sdnctl.v1.HostSync/ReportStatus',
             sdnctl_dot_v1_dot_sdnctl__pb2.ReportStatusRequest.SerializeToString,
             sdnctl_dot_v1_dot_sdnctl__pb2.ReportStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.HostSync/FetchImage',
+            sdnctl_dot_v1_dot_sdnctl__pb2.ImageRef.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.Image.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sdnctl.v1.HostSync/FetchBlob',
+            sdnctl_dot_v1_dot_sdnctl__pb2.BlobRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.ImageChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,6 +19,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ _REPO = str(Path(__file__).resolve().parents[2])
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
+from agent.kernel import cgroups  # noqa: E402
 from agent.kernel.netns import (  # noqa: E402
     NETNS_RUN_DIR,
     create_netns,
@@ -38,6 +40,9 @@ from agent.kernel.netns import (  # noqa: E402
     remove_netns,
 )
 from sdnctl.lab import Lab, process_start_time, stop_process  # noqa: E402
+from sdnctl.testimage import build_test_image  # noqa: E402
+
+TEST_IMAGE_TAG = "sdnctl-test:latest"
 
 SKIP_REASON = "needs root with CAP_NET_ADMIN and CAP_SYS_ADMIN to build network namespaces"
 BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -61,6 +66,13 @@ def _can_build_netns() -> bool:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("netns") is not None and not _can_build_netns():
         pytest.skip(SKIP_REASON)
+
+
+@pytest.fixture(scope="session")
+def test_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """The busybox test image as a `docker save` archive: (path, image ID)."""
+    path = str(tmp_path_factory.mktemp("image") / "sdnctl-test.tar")
+    return path, build_test_image(path, TEST_IMAGE_TAG)
 
 
 @pytest.fixture
@@ -93,6 +105,16 @@ class Snapshot:
     root_ip_forward: str
     children: frozenset[tuple[int, int | None]]  # (pid, start time)
     named: frozenset[tuple[int, int | None]]  # processes whose cmdline holds the prefix
+    cgroups: frozenset[str] = frozenset()  # directories under <hierarchy>/sdnctl
+
+
+def _cgroups() -> frozenset[str]:
+    """Every cgroup directory below ``sdnctl`` in every hierarchy (containers' and parents)."""
+    found = set()
+    for root in cgroups.hierarchies():
+        for dirpath, _, _ in os.walk(os.path.join(root, "sdnctl")):
+            found.add(dirpath)
+    return frozenset(found)
 
 
 def _netns_names() -> frozenset[str]:
@@ -168,6 +190,7 @@ def _snapshot(prefix: str) -> Snapshot:
         root_ip_forward=_root_ip_forward(),
         children=children,
         named=named,
+        cgroups=_cgroups(),
     )
 
 
@@ -200,6 +223,8 @@ def _find_leaks(before: Snapshot, after: Snapshot, prefix: str, tmp: str | None)
               for t in sorted(after.root_nft_tables - before.root_nft_tables)]
     leaks += [f"root namespace: nftables {t!r} vanished"
               for t in sorted(before.root_nft_tables - after.root_nft_tables)]
+    leaks += [f"cgroup {path}" for path in sorted(after.cgroups - before.cgroups)
+              if prefix in path]
     if after.root_ip_forward != before.root_ip_forward:
         leaks.append(f"root namespace: net.ipv4.ip_forward changed from "
                      f"{before.root_ip_forward} to {after.root_ip_forward}")
@@ -214,6 +239,9 @@ def _clean(before: Snapshot, after: Snapshot, prefix: str, tmp: str | None) -> l
             stop_process(pid, grace=1.0, start_time=start)
         except Exception as e:
             failures.append(f"could not stop process {pid}: {e}")
+    for path in sorted(after.cgroups - before.cgroups, reverse=True):  # leaves first
+        if prefix in path:
+            failures += _remove_cgroup(path)
     netns = [netns_path(n) for n in after.netns - before.netns if n.startswith(prefix)]
     mounts = [point for point, _ in after.mounts - before.mounts
               if prefix in point or (tmp is not None and point.startswith(tmp))]
@@ -226,6 +254,23 @@ def _clean(before: Snapshot, after: Snapshot, prefix: str, tmp: str | None) -> l
         except Exception as e:
             failures.append(f"could not remove {path}: {e}")
     return failures
+
+
+def _remove_cgroup(path: str) -> list[str]:
+    """Kill what still runs in a cgroup of this test's (its name carries the prefix), remove it."""
+    with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.procs")) as f:
+        for pid in f.read().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), 9)
+    for _ in range(50):
+        try:
+            os.rmdir(path)
+            return []
+        except FileNotFoundError:
+            return []
+        except OSError:
+            time.sleep(0.05)
+    return [f"could not remove cgroup {path}"]
 
 
 @pytest.fixture(autouse=True)

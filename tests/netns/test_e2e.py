@@ -106,12 +106,13 @@ def test_single_host_walkthrough(cli: Cli, run_prefix: str) -> None:
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: os.path.basename(p))
-def test_every_example_builds_and_connects(cli: Cli, example: str) -> None:
+def test_every_example_builds_and_connects(cli: Cli, example: str,
+                                          test_image: tuple[str, str]) -> None:
     """Each example comes up; `sdnctl check` proves with real packets that every container
     reaches exactly what its `expect:` block, its mode and its networks say, no more; `down`
     removes it all (the leak check verifies)."""
     topo = topology.load(example)
-    cli.run("up", example)
+    cli.run("up", example, "--image", test_image[0])
     containers = {c["name"]: c for c in cli.json("ps")}
     assert {c.name for c in topo.containers} == set(containers)
     assert all(c["state"] == "running" for c in containers.values()), containers

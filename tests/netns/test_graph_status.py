@@ -101,9 +101,10 @@ def test_an_edited_file_changes_only_what_changed(cli: Cli, tmp_path: Path) -> N
     cli.run("down", str(path))
 
 
-def test_status_and_graph_of_a_running_topology(cli: Cli, tmp_path: Path) -> None:
+def test_status_and_graph_of_a_running_topology(cli: Cli, tmp_path: Path,
+                                               test_image: tuple[str, str]) -> None:
     example = str(REPO / "topology-examples" / "two-hosts.yaml")
-    cli.run("up", example)
+    cli.run("up", example, "--image", test_image[0])
 
     status = cli.json("status", example)
     assert status["health"]["healthy"], status["health"]

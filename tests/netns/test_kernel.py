@@ -9,9 +9,10 @@ mount or process we made is left.
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -26,11 +27,13 @@ from helpers.namespaces import UPLINK_H, UPLINK_O, build_uplink, in_ns, run
 # sys.path; drop this once pyproject sets `pythonpath = ["."]` (or the tree is pip install -e'd).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from agent import ocispec
 from agent.kernel import firewall, procs, sysctl
 from agent.kernel.firewall import Firewall, MasqueradeRule
 from agent.kernel.links import KernelError, Links, ObservedLink
 from agent.kernel.names import bridge_name, veth_name
 from agent.kernel.netns import create_netns, netns_path, remove_netns, run_in_netns
+from agent.runtime import RUNTIMES, OciRuntime, Rootfs
 
 PREFIX = f"k{os.getpid()}x"
 NETWORK = "front"
@@ -351,41 +354,57 @@ def test_masquerade_rewrites_the_source(klab: Lab) -> None:
         fw.remove()
 
 
-# --- launcher -------------------------------------------------------------------------------
+# --- OCI runtimes ---------------------------------------------------------------------------
+
+
+def _bundle(tmp: Path, name: str, netns_path: str, args: tuple[str, ...]) -> str:
+    bundle = tmp / f"bundle-{name}"
+    (bundle / "rootfs").mkdir(parents=True)
+    spec = ocispec.build(ocispec.SpecInput(args=args, hostname=name, net=netns_path,
+                                           env=(ocispec.DEFAULT_PATH,), readonly_root=True))
+    (bundle / "config.json").write_text(json.dumps(spec))
+    return str(bundle)
 
 
 @needs_root
 @pytest.mark.netns
-def test_launcher_runs_in_the_namespace_and_stops(klab: Lab) -> None:
-    pidfile, log = str(klab.tmp / "a.pid"), str(klab.tmp / "a.log")
-    info = procs.start(klab.containers["a"], "ctr-a", ["sleep", "infinity"], pidfile, log)
+@pytest.mark.parametrize("binary", RUNTIMES)
+def test_runtime_runs_in_the_namespace_and_stops(klab: Lab, binary: str) -> None:
+    if shutil.which(binary) is None:
+        pytest.skip(f"{binary} is not installed")
+    runtime = OciRuntime(binary, str(klab.tmp / f"{binary}-state"))
+    bundle = _bundle(klab.tmp / binary, "ctr-a", klab.containers["a"], ("sleep", "infinity"))
+    pid, started = runtime.run("ctr-a", bundle, Rootfs("host"), str(klab.tmp / "a.log"))
+    info = procs.ProcInfo(pid, started)
     klab.started.append(info)
-    assert procs.read_pidfile(pidfile) == info
-    assert procs.is_alive(info, klab.containers["a"])
-    assert not procs.is_alive(info, klab.containers["b"])
-    assert not procs.is_alive(procs.ProcInfo(info.pid, info.start_time + 1), klab.containers["a"])
-    assert run("nsenter", "-t", str(info.pid), "-u", "hostname").stdout.strip() == "ctr-a"
-    with open(f"/proc/{info.pid}/status") as f:
-        nspid = next(line for line in f if line.startswith("NSpid:")).split()
-    assert nspid[-1] == "1"  # PID 1 of its own PID namespace
-    with open(f"/proc/{info.pid}/stat") as f:
-        parent = int(f.read().rsplit(")", 1)[1].split()[1])
-    assert parent != os.getpid()  # no shim of ours stays behind
-    began = time.monotonic()
-    procs.stop(info, grace=0.3)  # PID 1 ignores SIGTERM: SIGKILL must finish it
-    assert time.monotonic() - began < 5
-    assert not procs.is_alive(info, klab.containers["a"])
-    procs.stop(info)  # gone already: success
+    try:
+        assert procs.is_alive(info, klab.containers["a"])
+        assert not procs.is_alive(info, klab.containers["b"])
+        assert run("nsenter", "-t", str(pid), "-u", "hostname").stdout.strip() == "ctr-a"
+        with open(f"/proc/{pid}/status") as f:
+            nspid = next(line for line in f if line.startswith("NSpid:")).split()
+        assert nspid[-1] == "1"  # PID 1 of its own PID namespace
+        with open(f"/proc/{pid}/mountinfo") as f:
+            assert not any(str(klab.tmp) in line for line in f)  # its own root, pivoted
+        began = time.monotonic()
+        procs.stop(info, grace=0.3)  # PID 1 ignores SIGTERM: SIGKILL must finish it
+        assert time.monotonic() - began < 5
+        assert not procs.is_alive(info, klab.containers["a"])
+    finally:
+        runtime.delete("ctr-a")
+    assert runtime.state("ctr-a") is None
+    runtime.delete("ctr-a")  # gone already: success
 
 
 @needs_root
 @pytest.mark.netns
-def test_launcher_reports_errors(klab: Lab) -> None:
-    pidfile, log = str(klab.tmp / "e.pid"), str(klab.tmp / "e.log")
-    with pytest.raises(KernelError, match="command not found"):
-        procs.start(klab.containers["a"], "x", ["no-such-command-sdnctl"], pidfile, log)
-    with pytest.raises(KernelError, match="cannot open network namespace"):
-        procs.start(str(klab.tmp / "missing"), "x", ["sleep", "1"], pidfile, log)
-    assert procs.read_pidfile(pidfile) is None
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(pidfile)
+def test_runtime_reports_errors(klab: Lab) -> None:
+    runtime = OciRuntime("crun", str(klab.tmp / "crun-state"))
+    bundle = _bundle(klab.tmp, "x", klab.containers["a"], ("no-such-command-sdnctl",))
+    with pytest.raises(KernelError, match="crun run x"):
+        runtime.run("x", bundle, Rootfs("host"), str(klab.tmp / "x.log"))
+    runtime.delete("x")
+    missing = _bundle(klab.tmp, "y", str(klab.tmp / "missing"), ("sleep", "1"))
+    with pytest.raises(KernelError, match="crun run y"):
+        runtime.run("y", missing, Rootfs("host"), str(klab.tmp / "y.log"))
+    runtime.delete("y")

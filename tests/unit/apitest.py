@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,9 +19,11 @@ from typing import Any
 
 import grpc
 import pytest
+from etcdtest import EtcdCluster, etcd_cluster
 
 from sdnctl.controller.server import RunningServer, create_server
 from sdnctl.controller.store.base import KeyValue, Store
+from sdnctl.controller.store.etcd import EtcdStore
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -78,9 +81,24 @@ class Api:
 # -- fixtures ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """One etcd for the session (skips when the binary is missing); each test takes a prefix
+    of its own."""
+    with etcd_cluster(tmp_path_factory.mktemp("etcd")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["memory", "sqlite", "etcd"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "db")
+    s: Store
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SqliteStore(tmp_path / "db")
+    else:
+        cluster = request.getfixturevalue("etcd")
+        s = EtcdStore(cluster.endpoints, prefix=f"/t/{uuid.uuid4().hex}")
     yield s
     s.close()
 

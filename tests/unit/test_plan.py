@@ -424,6 +424,39 @@ def test_restart_policy_waits_then_restarts() -> None:
         exited, spec=WEB.spec_hash())), now=1e9) == []
 
 
+def test_on_failure_restarts_only_a_failed_or_unseen_exit() -> None:
+    policy = dataclasses.replace(WEB, restart="on-failure")
+    base = dataclasses.replace(running(policy), running=False, started_at=100.0)
+    for code, restarts in ((0, False), (3, True), (137, True), (None, True)):
+        observed = with_container(matching(policy), "web",
+                                  dataclasses.replace(base, exit_code=code))
+        assert restart_pending(desired(policy), observed) is restarts
+        assert bool(plan(desired(policy), observed, now=200.0)) is restarts
+
+
+def test_stop_stops_and_keeps_the_sandbox_start_runs_it_again() -> None:
+    stopped = dataclasses.replace(WEB, stopped=True, restart="always")
+    assert plan(desired(stopped), matching(stopped)) == [
+        SetupContainer(stopped, FRONT, netns=False, attach=False, start=False, stop_first=True)]
+    exited = dataclasses.replace(running(stopped), running=False, started_at=1.0)
+    observed = with_container(matching(stopped), "web", exited)
+    assert plan(desired(stopped), observed, now=1e9) == []  # no restart policy while stopped
+    assert not restart_pending(desired(stopped), observed)
+    again = dataclasses.replace(WEB, generation=1)  # `sdnctl start`: a new generation
+    assert plan(desired(again), with_container(matching(WEB), "web", dataclasses.replace(
+        exited, spec=WEB.spec_hash())), now=2.0) == [
+        SetupContainer(again, FRONT, netns=False, attach=False, start=True, stop_first=False)]
+
+
+def test_spec_hash_covers_what_the_runtime_is_given() -> None:
+    hashes = {dataclasses.replace(WEB, **{k: v}).spec_hash() for k, v in (
+        ("image_id", "sha256:" + "1" * 64), ("memory", 1 << 26), ("cpus", 0.5),
+        ("volumes", ("a:/a",)), ("cap_add", ("NET_RAW",)), ("user_ns", True),
+        ("env", ("A=1",)), ("workdir", "/srv"), ("pids_limit", 9))}
+    assert len(hashes | {WEB.spec_hash()}) == 10
+    assert dataclasses.replace(WEB, stopped=True).spec_hash() == WEB.spec_hash()
+
+
 def test_firewall_spec_guards_bridged_containers_and_allows_known_pairs() -> None:
     back = DesiredNetwork(name="back", driver="bridge", subnet="10.89.0.0/24",
                           gateway="10.89.0.1", prefixlen=24, mtu=1500, masquerade=True,

@@ -29,7 +29,7 @@ def test_the_schema_is_shipped_and_is_valid_json_schema() -> None:
     doc = schema.topology_schema()
     jsonschema.Draft202012Validator.check_schema(doc)
     assert set(doc["properties"]) == {"name", "hosts", "networks", "containers", "routes", "lab",
-                                      "expect"}
+                                      "expect", "images"}
     on_disk = json.loads((REPO / "sdnctl" / schema.SCHEMA_FILE).read_text())
     assert on_disk == doc
 
@@ -45,7 +45,10 @@ def test_the_schema_knows_every_field_the_loader_reads() -> None:
         "name", "driver", "subnet", "host_prefix", "mtu", "masquerade", "gateway", "ip_range",
         "internal", "allow", "vni", "vxlan_port"}
     assert set(defs["container"]["properties"]) == {
-        "name", "host", "network", "command", "interface", "ip", "ports", "share", "restart"}
+        "name", "host", "network", "command", "interface", "ip", "ports", "share", "restart",
+        "image", "resources", "volumes", "cap_add", "user_ns", "env", "workdir"}
+    assert set(defs["container"]["properties"]["resources"]["properties"]) == {
+        "memory", "cpus", "cpu_shares", "pids"}
     assert set(defs["expectation"]["properties"]) == {"from", "to", "reach", "proto", "port"}
 
 

@@ -8,28 +8,41 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from sdnctl.controller.store.base import Change, Compacted, Compare, Delete, Put, Store
+from sdnctl.controller.store.etcd import EtcdStore
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
 
 MakeStore = Callable[..., Store]
+Rev = Callable[[int], int]
+KINDS = ["memory", "sqlite", "etcd"]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
     opened: list[Store] = []
+    cluster = request.getfixturevalue("etcd") if kind == "etcd" else None
 
     def make(history: int = 10_000) -> Store:
         store: Store
-        if request.param == "memory":
+        if kind == "memory":
             store = MemoryStore(history=history)
-        else:
+        elif kind == "sqlite":
             store = SqliteStore(tmp_path / "db" / "store.sqlite", history=history)
+        else:
+            assert cluster is not None
+            store = EtcdStore(cluster.endpoints, prefix=f"/t/{uuid.uuid4().hex}")
         opened.append(store)
         return store
 
@@ -43,6 +56,14 @@ def store(make_store: MakeStore) -> Store:
     return make_store()
 
 
+@pytest.fixture
+def rev(store: Store) -> Rev:
+    """The store revision of a new store's n-th changing transaction: n for memory and SQLite;
+    etcd's revisions are the cluster's, so they count on from its current one."""
+    base = store.cluster_revision() if isinstance(store, EtcdStore) else 0
+    return lambda n: base + n
+
+
 def test_new_store_is_empty(store: Store) -> None:
     assert store.revision() == 0
     assert store.get("/a") is None
@@ -50,51 +71,53 @@ def test_new_store_is_empty(store: Store) -> None:
     assert store.changes_since(0) == []
 
 
-def test_put_get_and_revisions(store: Store) -> None:
-    assert store.txn([], [Put("/a", b"1")]) == 1
-    assert store.txn([], [Put("/b", b"2"), Put("/c", b"3")]) == 2
+def test_put_get_and_revisions(store: Store, rev: Rev) -> None:
+    assert store.txn([], [Put("/a", b"1")]) == rev(1)
+    assert store.txn([], [Put("/b", b"2"), Put("/c", b"3")]) == rev(2)
     kv = store.get("/b")
     assert kv is not None
-    assert (kv.value, kv.create_revision, kv.mod_revision) == (b"2", 2, 2)
-    assert store.txn([], [Put("/b", b"two")]) == 3
+    assert (kv.value, kv.create_revision, kv.mod_revision) == (b"2", rev(2), rev(2))
+    assert store.txn([], [Put("/b", b"two")]) == rev(3)
     kv = store.get("/b")
     assert kv is not None
-    assert (kv.value, kv.create_revision, kv.mod_revision) == (b"two", 2, 3)
-    assert store.revision() == 3
+    assert (kv.value, kv.create_revision, kv.mod_revision) == (b"two", rev(2), rev(3))
+    assert store.revision() == rev(3)
 
 
-def test_range_is_prefix_sorted_with_revision(store: Store) -> None:
+def test_range_is_prefix_sorted_with_revision(store: Store, rev: Rev) -> None:
     store.txn([], [Put("/n/b", b""), Put("/n/a", b""), Put("/m/x", b""), Put("/n", b"")])
     store.txn([], [Put("/n/c/d", b"deep"), Put("/o", b"")])
     kvs, revision = store.range("/n/")
     assert [kv.key for kv in kvs] == ["/n/a", "/n/b", "/n/c/d"]
-    assert revision == 2
+    assert revision == rev(2)
     assert [kv.key for kv in store.range("")[0]] == ["/m/x", "/n", "/n/a", "/n/b", "/n/c/d", "/o"]
 
 
-def test_txn_compare_and_swap(store: Store) -> None:
+def test_txn_compare_and_swap(store: Store, rev: Rev) -> None:
     # mod_revision 0: create only if missing.
-    assert store.txn([Compare("/k", 0)], [Put("/k", b"v1")]) == 1
+    assert store.txn([Compare("/k", 0)], [Put("/k", b"v1")]) == rev(1)
     assert store.txn([Compare("/k", 0)], [Put("/k", b"other")]) is None
     kv = store.get("/k")
     assert kv is not None and kv.value == b"v1"
     # Update only if unchanged since read.
-    assert store.txn([Compare("/k", 7)], [Put("/k", b"v2")]) is None
-    assert store.txn([Compare("/k", kv.mod_revision)], [Put("/k", b"v2")]) == 2
+    assert store.txn([Compare("/k", rev(7))], [Put("/k", b"v2")]) is None
+    assert store.txn([Compare("/k", kv.mod_revision)], [Put("/k", b"v2")]) == rev(2)
     # A failing compare among several changes nothing at all.
-    assert store.txn([Compare("/k", 2), Compare("/z", 5)], [Put("/x", b""), Delete("/k")]) is None
+    assert store.txn([Compare("/k", rev(2)), Compare("/z", 5)],
+                     [Put("/x", b""), Delete("/k")]) is None
     assert store.get("/x") is None
-    assert store.revision() == 2
+    assert store.revision() == rev(2)
 
 
-def test_txn_without_effect_keeps_revision(store: Store) -> None:
+def test_txn_without_effect_keeps_revision(store: Store, rev: Rev) -> None:
     store.txn([], [Put("/k", b"v")])
-    assert store.txn([], []) == 1
-    assert store.txn([Compare("/k", 1)], []) == 1
-    assert store.txn([], [Delete("/missing")]) == 1
-    assert store.txn([Compare("/k", 99)], []) is None
-    assert store.revision() == 1
-    assert store.changes_since(0) == [Change(1, "/k", b"v", None)]
+    assert store.txn([], []) == rev(1)
+    assert store.txn([Compare("/k", rev(1))], []) == rev(1)
+    assert store.txn([], [Delete("/missing")]) == rev(1)
+    assert store.txn([Compare("/k", rev(99))], []) is None
+    assert store.txn([Compare("/k", rev(99))], [Delete("/k")]) is None
+    assert store.revision() == rev(1)
+    assert store.changes_since(0) == [Change(rev(1), "/k", b"v", None)]
 
 
 def test_txn_rejects_duplicate_keys(store: Store) -> None:
@@ -103,44 +126,65 @@ def test_txn_rejects_duplicate_keys(store: Store) -> None:
     assert store.revision() == 0
 
 
-def test_changes_since(store: Store) -> None:
+def test_changes_since(store: Store, rev: Rev) -> None:
     store.txn([], [Put("/a", b"1")])
     store.txn([], [Put("/a", b"2"), Put("/b", b"x")])
     store.txn([], [Delete("/a"), Delete("/nope")])
     assert store.changes_since(0) == [
-        Change(1, "/a", b"1", None),
-        Change(2, "/a", b"2", b"1"),
-        Change(2, "/b", b"x", None),
-        Change(3, "/a", None, b"2"),
+        Change(rev(1), "/a", b"1", None),
+        Change(rev(2), "/a", b"2", b"1"),
+        Change(rev(2), "/b", b"x", None),
+        Change(rev(3), "/a", None, b"2"),
     ]
-    assert store.changes_since(2) == [Change(3, "/a", None, b"2")]
-    assert store.changes_since(3) == []
-    assert store.changes_since(50) == []
+    assert store.changes_since(rev(2)) == [Change(rev(3), "/a", None, b"2")]
+    assert store.changes_since(rev(3)) == []
+    assert store.changes_since(rev(50)) == []
 
 
-def test_changes_since_raises_compacted(make_store: MakeStore) -> None:
-    store = make_store(history=3)
-    for i in range(5):
-        store.txn([], [Put(f"/k{i}", b"")])
+def _trim(kind: str, make_store: MakeStore, keep: int) -> tuple[Store, Callable[[], None]]:
+    """A store that keeps ``keep`` changes of history, and what makes it forget the older ones:
+    memory and SQLite trim as they write; etcd forgets when compacted."""
+    store = make_store(history=keep)
+    if not isinstance(store, EtcdStore):
+        return store, lambda: None
+    etcd = store
+
+    def compact() -> None:
+        # etcd compacts whole revisions: keep the newest ``keep`` changes and drop the rest of a
+        # revision that would be split (its kept part goes too), as the others do.
+        changes = etcd.changes_since(0)
+        oldest = changes[-keep].revision
+        split = len(changes) > keep and changes[-keep - 1].revision == oldest
+        etcd.compact(oldest + 1 if split else oldest)
+
+    return etcd, compact
+
+
+def test_changes_since_raises_compacted(kind: str, make_store: MakeStore) -> None:
+    store, trim = _trim(kind, make_store, keep=3)
+    revisions = [store.txn([], [Put(f"/k{i}", b"")]) for i in range(5)]
+    trim()
+    r = [0, *[x or 0 for x in revisions]]  # r[n]: the n-th transaction's revision
     # Revisions 3, 4 and 5 are kept; 1 and 2 are gone.
-    assert [c.revision for c in store.changes_since(2)] == [3, 4, 5]
+    assert [c.revision for c in store.changes_since(r[2])] == r[3:6]
     with pytest.raises(Compacted) as caught:
-        store.changes_since(1)
-    assert caught.value.compact_revision == 2
+        store.changes_since(r[1])
+    assert caught.value.compact_revision == r[2]
     with pytest.raises(Compacted):
         store.changes_since(0)
 
 
-def test_compaction_splitting_a_revision(make_store: MakeStore) -> None:
-    store = make_store(history=3)
-    store.txn([], [Put("/a", b""), Put("/b", b"")])  # rev 1: two changes
+def test_compaction_splitting_a_revision(kind: str, make_store: MakeStore) -> None:
+    store, trim = _trim(kind, make_store, keep=3)
+    first = store.txn([], [Put("/a", b""), Put("/b", b"")])  # rev 1: two changes
     store.txn([], [Put("/c", b""), Put("/d", b"")])  # rev 2: two changes, trims one of rev 1
+    trim()
     with pytest.raises(Compacted):
         store.changes_since(0)
-    assert [c.key for c in store.changes_since(1)] == ["/c", "/d"]
+    assert [c.key for c in store.changes_since(first or 0)] == ["/c", "/d"]
 
 
-def test_wait_times_out_and_wakes_on_write(store: Store) -> None:
+def test_wait_times_out_and_wakes_on_write(store: Store, rev: Rev) -> None:
     started = time.monotonic()
     assert store.wait(0, timeout=0.05) == 0
     assert time.monotonic() - started >= 0.04
@@ -152,10 +196,32 @@ def test_wait_times_out_and_wakes_on_write(store: Store) -> None:
     thread = threading.Thread(target=writer)
     started = time.monotonic()
     thread.start()
-    assert store.wait(0, timeout=5) == 1
+    assert store.wait(0, timeout=5) == rev(1)
     assert time.monotonic() - started < 1
     thread.join()
-    assert store.wait(0, timeout=5) == 1  # already past: returns at once
+    assert store.wait(0, timeout=5) == rev(1)  # already past: returns at once
+
+
+def test_wait_wakes_on_a_write_through_another_store_object(kind: str,
+                                                            make_store: MakeStore) -> None:
+    """Two replicas: a write through one wakes a waiter on the other (etcd: through its watch,
+    not by polling)."""
+    if kind == "memory":
+        pytest.skip("a memory store is one process's")
+    a = make_store()
+    b = a if kind == "sqlite" else EtcdStore(a.endpoints, prefix=a.prefix)  # type: ignore[attr-defined]
+    try:
+        if kind == "sqlite":
+            b = make_store()
+        timer = threading.Timer(0.1, lambda: b.txn([], [Put("/k", b"")]))
+        started = time.monotonic()
+        timer.start()
+        assert a.wait(0, timeout=5) > 0
+        assert time.monotonic() - started < 1
+        timer.join()
+    finally:
+        if b is not a:
+            b.close()
 
 
 def test_sqlite_wait_sees_another_store_object(tmp_path: Path) -> None:
@@ -241,3 +307,48 @@ def test_two_processes_do_not_lose_a_cas_race(tmp_path: Path) -> None:
     assert kv is not None and kv.value == b"200"
     assert store.revision() == 201
     store.close()
+
+
+def test_store_specs(tmp_path: Path) -> None:
+    from sdnctl.controller.server import describe_store, open_store
+    from sdnctl.controller.store.etcd import parse_url
+
+    assert parse_url("etcd://a:1,b:2/x/y") == (["a:1", "b:2"], "/x/y")
+    assert parse_url("etcd://a:1") == (["a:1"], "/sdnctl")
+    for bad in ("etcd://", "etcd://a", "etcd://a:b"):
+        with pytest.raises(ValueError):
+            parse_url(bad)
+    with pytest.raises(ValueError, match="unknown store"):
+        open_store("mysql://x")
+    store = open_store(f"sqlite:{tmp_path / 's.db'}")
+    assert describe_store(store) == f"sqlite:{tmp_path / 's.db'}"
+    store.close()
+    assert describe_store(open_store("memory")) == "memory"
+
+
+def test_etcd_store_unreachable_is_unavailable() -> None:
+    from etcdtest import free_ports
+
+    from sdnctl.controller.store.base import StoreUnavailable
+
+    port = free_ports(1)[0]  # nobody listens there
+    with pytest.raises(StoreUnavailable, match="etcd is unavailable"):
+        EtcdStore([f"127.0.0.1:{port}"], timeout=1)
+
+
+def test_etcd_prefixes_are_apart(etcd: object) -> None:
+    """Two deployments whose prefixes share a beginning see nothing of each other."""
+    endpoints = etcd.endpoints  # type: ignore[attr-defined]
+    base = f"/p{uuid.uuid4().hex[:8]}"
+    a, b = EtcdStore(endpoints, prefix=base), EtcdStore(endpoints, prefix=base + "-b")
+    try:
+        a.txn([], [Put("/k", b"a")])
+        assert b.range("") == ([], 0)
+        assert a.range("k")[0] == [] and a.range("-b")[0] == []
+        assert b.get("/k") is None and b.changes_since(0) == []
+        b.txn([], [Put("/k", b"b")])
+        kv = a.get("/k")
+        assert kv is not None and kv.value == b"a" and [x.key for x in a.range("")[0]] == ["/k"]
+    finally:
+        a.close()
+        b.close()

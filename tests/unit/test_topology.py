@@ -79,8 +79,8 @@ HEAD = "name: t\nhosts:\n  - {name: h1, lab: true}\nnetworks:\n"  # lines 1-4
             id="unknown-field"),
         pytest.param(
             "name: t\nextra: 1\n",
-            "x.yaml:2: extra: unknown field; expected one of containers, expect, hosts, lab, "
-            "name, networks, routes",
+            "x.yaml:2: extra: unknown field; expected one of containers, expect, hosts, images, "
+            "lab, name, networks, routes",
             id="unknown-top-level-field"),
         pytest.param(
             HEAD + "  - name: front\n    mtu: 1400\n",
@@ -196,3 +196,39 @@ def test_load_of_a_missing_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(TopologyError) as info:
         load(str(path))
     assert str(info.value) == f"{path}: cannot read: No such file or directory"
+
+
+CONTAINER_HEAD = HEAD + "  - {name: front, subnet: 10.88.0.0/16}\ncontainers:\n"  # lines 1-6
+
+
+def test_containers_from_images_with_resources_and_volumes(tmp_path: Path) -> None:
+    (tmp_path / "busybox.tar").write_bytes(b"x")
+    path = tmp_path / "t.yaml"
+    path.write_text("images: [busybox.tar]\n" + CONTAINER_HEAD +
+                    "  - name: web\n    host: h1\n    network: front\n    image: busybox\n"
+                    "    resources: {memory: 64m, cpus: 0.5, cpu_shares: 512, pids: 100}\n"
+                    "    volumes: ['data:/var/lib/data', '/srv:/srv:ro']\n"
+                    "    cap_add: [NET_RAW]\n    user_ns: true\n    env: [A=1]\n")
+    topo = load(str(path))
+    assert topo.images == (str(tmp_path / "busybox.tar"),)
+    web = topo.containers[0]
+    assert (web.image, web.command, web.memory, web.cpus, web.cpu_shares, web.pids_limit) == \
+        ("busybox", (), 64 << 20, 0.5, 512, 100)
+    assert web.volumes == ("data:/var/lib/data", "/srv:/srv:ro") and web.user_ns
+    assert web.cap_add == ("NET_RAW",) and web.env == ("A=1",)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("    resources: {memory: lots}\n",
+     "x.yaml:9: containers[0].resources.memory: 'lots' is not a size such as 64m or 1g"),
+    ("    resources: {pids: -3}\n",
+     "x.yaml:9: containers[0].resources.pids: -3: expected 1 to 4194304 (0: no limit)"),
+    ("    volumes: ['data:/x/../../etc']\n",
+     "x.yaml:9: containers[0].volumes[0]: '/x/../../etc' must be a plain absolute path "
+     "(no '..', '.' or '//')"),
+])
+def test_runtime_fields_errors_name_file_and_line(body: str, message: str) -> None:
+    text = CONTAINER_HEAD + "  - name: web\n    host: h1\n" + body
+    with pytest.raises(TopologyError) as info:
+        parse(text, "x.yaml")
+    assert str(info.value) == message

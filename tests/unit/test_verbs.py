@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from apitest import Api
 
+from agent.runtime import OciRuntime
 from sdnctl import cli, trace, verbs
 from sdnctl.controller.server import RunningServer
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -66,9 +67,9 @@ def test_run_options() -> None:
 
 def test_exec_keeps_the_command_s_own_options() -> None:
     assert parse("exec", "web", "ls", "-l", "/").cmd == ["ls", "-l", "/"]
-    assert verbs.exec_argv(42, ["hostname"], mount=False) == \
-        ["nsenter", "-t", "42", "--net", "--uts", "--ipc", "--pid", "--", "hostname"]
-    assert "--mount" in verbs.exec_argv(42, ["hostname"], mount=True)
+    argv = OciRuntime("crun", "/run/x/runtime", create=False).exec_argv("web", ["ls", "-l"])
+    assert argv[-7:] == ["crun", "--root", "/run/x/runtime", "exec", "web", "ls", "-l"]
+    assert argv[:4] == ["unshare", "--mount", "--propagation", "private"]
 
 
 def test_connect_moves_and_disconnect_goes_to_none() -> None:

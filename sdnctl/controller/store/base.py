@@ -76,6 +76,11 @@ class Compacted(Exception):
         self.compact_revision = compact_revision
 
 
+class StoreUnavailable(Exception):
+    """The store cannot serve now (etcd unreachable or without quorum); nothing was written
+    unless the caller's compares say otherwise. The controller answers UNAVAILABLE."""
+
+
 @runtime_checkable
 class Store(Protocol):
     def get(self, key: str) -> KeyValue | None:
@@ -134,5 +139,6 @@ __all__ = [
     "KeyValue",
     "Put",
     "Store",
+    "StoreUnavailable",
     "check_ops",
 ]

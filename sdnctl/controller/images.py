@@ -1,0 +1,183 @@
+"""Images held by the controller: records in the store, content in a blob directory.
+
+How an image reaches a host: ``sdnctl image load`` streams an archive (a ``docker save`` tar or
+an OCI image layout) to the controller, which checks every member and layer
+(:mod:`sdnctl.imagefmt`) and keeps the config and the uncompressed layer tars as blobs named by
+digest, then records the image in the store. A container names an image; the controller
+resolves the name to the image ID when the container is created, so a later re-tag does not
+change what runs. The host's agent, when it must start the container, asks for the image
+(``HostSync.FetchImage``: config and layer list), fetches each layer it lacks
+(``HostSync.FetchBlob``, streamed), verifies its digest and unpacks it once into its own
+content-addressed layer store.
+
+Key layout: ``/images/<hex>`` → :class:`ImageRecord` (JSON). Blobs: ``<blob dir>/sha256/<hex>``.
+The blob directory is local to the controller: replicas need it on shared storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+
+from sdnctl import imagefmt
+from sdnctl.controller import ipam
+from sdnctl.controller.errors import FailedPrecondition, NotFound
+from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
+from sdnctl.model import Container, Invalid, from_json, to_json
+
+IMAGES = "/images/"
+CONTAINERS = "/containers/"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str  # sha256:<hex> of the config
+    repo_tags: tuple[str, ...] = ()
+    layers: tuple[str, ...] = ()  # diff IDs, bottom first
+    size: int = 0
+
+
+def image_key(image_id: str) -> str:
+    return IMAGES + image_id.removeprefix("sha256:")
+
+
+def _records(store: Store) -> list[tuple[ImageRecord, KeyValue]]:
+    kvs, _ = store.range(IMAGES)
+    return [(from_json(ImageRecord, kv.value), kv) for kv in kvs]
+
+
+def resolve(store: Store, ref: str, field: str = "image") -> tuple[ImageRecord, KeyValue]:
+    """The image a reference names: an ID (``sha256:<hex>``, or 12+ hex digits of one) or a
+    ``name[:tag]``."""
+    from sdnctl.validate import image_name
+
+    bare = ref.removeprefix("sha256:")
+    if re.fullmatch(r"[0-9a-f]{12,64}", bare):
+        matches = [(r, kv) for r, kv in _records(store) if r.id[7:].startswith(bare)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise Invalid(field, f"{ref!r} matches {len(matches)} images; give more digits")
+    name = image_name(ref, field)
+    for record, kv in _records(store):
+        if name in record.repo_tags or record.id == name:
+            return record, kv
+    raise NotFound(field, ref)
+
+
+class Images:
+    def __init__(self, store: Store, blob_dir: str) -> None:
+        self.store = store
+        self.blobs = imagefmt.BlobStore(blob_dir)
+
+    def load(self, archive: str) -> list[ImageRecord]:
+        """Import an archive: blobs first (checked), then all records in one transaction."""
+        try:
+            images = imagefmt.import_archive(archive, self.blobs)
+        except imagefmt.ImageFormatError as e:
+            raise Invalid("archive", str(e)) from None
+        wanted = [ImageRecord(i.id, tuple(i.repo_tags), tuple(i.layers), i.size) for i in images]
+
+        def build() -> tuple[list[Compare], list[Put | Delete], None]:
+            compares: list[Compare] = []
+            ops: list[Put | Delete] = []
+            moved = {tag for r in wanted for tag in r.repo_tags}
+            new_ids = {r.id for r in wanted}
+            for record, kv in _records(self.store):
+                if record.id in new_ids:
+                    continue
+                kept = tuple(t for t in record.repo_tags if t not in moved)
+                if kept != record.repo_tags:  # a tag moves to the new image (docker load)
+                    compares.append(Compare(kv.key, kv.mod_revision))
+                    ops.append(Put(kv.key, to_json(dataclasses.replace(record,
+                                                                       repo_tags=kept))))
+            for record in wanted:
+                key = image_key(record.id)
+                have = self.store.get(key)
+                tags = record.repo_tags
+                if have is not None:
+                    old = from_json(ImageRecord, have.value)
+                    tags = tuple(sorted(set(old.repo_tags) | set(tags)))
+                compares.append(Compare(key, have.mod_revision if have else 0))
+                ops.append(Put(key, to_json(dataclasses.replace(record, repo_tags=tags))))
+            return compares, ops, None
+
+        ipam.commit_with_retry(self.store, build)
+        return [self.get(r.id)[0] for r in wanted]
+
+    def get(self, ref: str) -> tuple[ImageRecord, int]:
+        record, kv = resolve(self.store, ref, "name")
+        return record, kv.mod_revision
+
+    def list_images(self) -> tuple[list[tuple[ImageRecord, int]], int]:
+        kvs, revision = self.store.range(IMAGES)
+        return [(from_json(ImageRecord, kv.value), kv.mod_revision) for kv in kvs], revision
+
+    def config(self, image_id: str) -> bytes:
+        with self.blobs.open(image_id) as f:
+            return f.read()
+
+    def blob_path(self, digest: str) -> str:
+        """A blob that belongs to some image (nothing else is served)."""
+        if not _DIGEST.fullmatch(digest):
+            raise Invalid("digest", f"{digest!r} is not sha256:<64 hex digits>")
+        for record, _ in _records(self.store):
+            if digest == record.id or digest in record.layers:
+                return self.blobs.path(digest)
+        raise NotFound("digest", digest)
+
+    def remove(self, ref: str) -> int:
+        """Untag ``name:tag`` when the image has other tags; else remove the image (refused
+        while a container uses it) and the blobs no other image needs."""
+        record, kv = resolve(self.store, ref, "name")
+        users = sorted(c.name for c in self._containers() if c.image_id == record.id)
+        tag = _tag_of(ref, record)
+        if tag is not None and len(record.repo_tags) > 1:
+            kept = tuple(t for t in record.repo_tags if t != tag)
+            revision = self.store.txn([Compare(kv.key, kv.mod_revision)],
+                                      [Put(kv.key, to_json(dataclasses.replace(
+                                          record, repo_tags=kept)))])
+            if revision is None:
+                raise FailedPrecondition(f"image {ref!r} changed meanwhile; try again")
+            return revision
+        if users:
+            raise FailedPrecondition(f"image {ref!r} is used by container(s) {', '.join(users)}; "
+                                     "remove them first")
+        revision = self.store.txn([Compare(kv.key, kv.mod_revision)], [Delete(kv.key)])
+        if revision is None:
+            raise FailedPrecondition(f"image {ref!r} changed meanwhile; try again")
+        self._collect_blobs()
+        return revision
+
+    def save(self, ref: str, path: str) -> None:
+        record, _ = resolve(self.store, ref, "name")
+        image = imagefmt.Image(id=record.id, repo_tags=record.repo_tags, layers=record.layers,
+                               size=record.size)
+        imagefmt.export_archive(path, [image], self.blobs)
+
+    def _containers(self) -> list[Container]:
+        kvs, _ = self.store.range(CONTAINERS)
+        return [from_json(Container, kv.value) for kv in kvs]
+
+    def _collect_blobs(self) -> None:
+        needed = {d for r, _ in _records(self.store) for d in (r.id, *r.layers)}
+        for digest in self.blobs.digests():
+            if digest not in needed:
+                self.blobs.remove(digest)
+
+
+def _tag_of(ref: str, record: ImageRecord) -> str | None:
+    """The tag ``ref`` names, when it names the image by a tag rather than by its ID."""
+    from sdnctl.validate import image_name
+
+    if record.id.removeprefix("sha256:").startswith(ref.removeprefix("sha256:")):
+        return None
+    tag = image_name(ref, "name")
+    return tag if tag in record.repo_tags else None
+
+
+def default_blob_dir(db_path: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(db_path)) or ".", "blobs")

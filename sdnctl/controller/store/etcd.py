@@ -1,0 +1,468 @@
+"""etcd Store: several controller replicas on one etcd cluster (etcd 3.4 and later).
+
+Design note. We speak etcd's v3 gRPC-gateway (JSON over HTTP/1.1: ``/v3/kv/range``,
+``/v3/kv/txn``, ``/v3/watch``, ``/v3/kv/compaction``, keys and values base64) with the standard
+library only: the PyPI ``etcd3`` client is unmaintained and breaks with protobuf >= 4, and the
+gateway is part of every etcd 3.4+ server, so there is nothing to generate or pin.
+
+Keys. Store key ``/hosts/h1`` is etcd key ``<prefix>/hosts/h1``; every store key starts with
+``/``, so a prefix's keys are exactly the etcd range ``[<prefix>/, <prefix>0)`` and two
+deployments with prefixes ``/a`` and ``/ab`` never see each other's keys. Besides them, one
+marker key ``<prefix>\\0rev`` (outside that range) is put by every transaction that changes
+something. Its ``mod_revision`` is the prefix's own revision: the etcd revision of the last change
+under the prefix. So ``revision()`` is 0 for a new prefix and other users of the same cluster do
+not move it, and ``changes_since`` knows where the history it replays ends.
+
+Revisions are etcd's: each transaction that changes something is one etcd revision, and
+``mod_revision``/``create_revision`` are etcd's. A transaction that changes nothing (only
+compares, or deletes of missing keys) does not write, so it moves no revision, as the contract
+asks: deletes alone are first read, then guarded by compares on what was read.
+
+History is etcd's MVCC history: ``changes_since`` replays it with a watch from ``revision + 1``
+(with previous values) and raises :class:`Compacted` when etcd compacted past it. Nothing here
+trims history: run etcd with ``--auto-compaction-retention`` or call :meth:`EtcdStore.compact`.
+
+``wait`` is driven by a watch on the marker key kept open in a background thread, so a write
+through any replica wakes the watchers of every replica at once.
+
+Endpoints are tried in order; a connection that fails or a member that has no quorum
+("etcdserver: request timed out", "no leader") moves us to the next one. When none answers,
+:class:`StoreUnavailable` says so. Every write is one etcd transaction, so a failure leaves
+nothing half-written; a transaction whose answer was lost may have been applied, and is retried
+only through its compares (a retried compare-and-swap fails, and the caller reads again).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sdnctl.controller.store.base import (
+    Change,
+    Compacted,
+    Compare,
+    Delete,
+    KeyValue,
+    Put,
+    StoreUnavailable,
+    check_ops,
+)
+
+log = logging.getLogger(__name__)
+
+#: Seconds one request to one member may take before we try the next member.
+DEFAULT_TIMEOUT = 5.0
+#: The default key prefix of a controller's data in etcd.
+DEFAULT_PREFIX = "/sdnctl"
+
+# gRPC codes (in the gateway's error body) that mean "this member cannot serve now".
+_UNAVAILABLE_CODES = {4, 14}  # DEADLINE_EXCEEDED, UNAVAILABLE
+
+
+def _b64(data: str | bytes) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.b64encode(raw).decode()
+
+
+def _unb64(text: str | None) -> bytes:
+    return base64.b64decode(text) if text else b""
+
+
+def prefix_end(key: bytes) -> bytes:
+    """etcd's range end for "every key starting with ``key``"."""
+    end = bytearray(key)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"  # every key
+
+
+def parse_url(url: str) -> tuple[list[str], str]:
+    """``etcd://h1:2379,h2:2379/prefix`` -> (["h1:2379", "h2:2379"], "/prefix")."""
+    rest = url.removeprefix("etcd://")
+    hosts, _, path = rest.partition("/")
+    endpoints = [h.strip() for h in hosts.split(",") if h.strip()]
+    if not endpoints:
+        raise ValueError(f"{url!r} names no etcd endpoint (etcd://host:port,...[/prefix])")
+    for endpoint in endpoints:
+        host, sep, port = endpoint.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
+    return endpoints, "/" + path.strip("/") if path.strip("/") else DEFAULT_PREFIX
+
+
+class EtcdError(RuntimeError):
+    """etcd refused a request for a reason other than availability."""
+
+
+class EtcdStore:
+    def __init__(self, endpoints: Sequence[str], prefix: str = DEFAULT_PREFIX,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
+        self.endpoints = list(endpoints)
+        self.prefix = prefix
+        self._timeout = timeout
+        self._base = prefix.encode()
+        self._range_start = self._base + b"/"
+        self._range_end = self._base + b"0"  # "/" + 1: exactly the keys under prefix + "/"
+        self._marker = self._base + b"\0rev"
+        self._preferred = 0
+        self._local = threading.local()
+        self._closed = threading.Event()
+        self._cond = threading.Condition()
+        self._seen = 0  # the newest prefix revision the marker watch (or a txn of ours) saw
+        self._watching = False
+        self._streams: set[http.client.HTTPConnection] = set()  # open watches, ended by close()
+        self._all_conns: list[http.client.HTTPConnection] = []
+        self._seen = self.revision()
+        self._watcher = threading.Thread(target=self._watch_marker, name="etcd-marker-watch",
+                                         daemon=True)
+        self._watcher.start()
+
+    # -- transport --------------------------------------------------------------------------
+
+    def _connection(self, endpoint: str) -> http.client.HTTPConnection:
+        conns: dict[str, http.client.HTTPConnection] = self._local.__dict__.setdefault(
+            "conns", {})
+        conn = conns.get(endpoint)
+        if conn is None:
+            host, _, port = endpoint.rpartition(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=self._timeout)
+            conns[endpoint] = conn
+            with self._cond:
+                self._all_conns.append(conn)
+        return conn
+
+    def _drop(self, endpoint: str) -> None:
+        conn = self._local.__dict__.get("conns", {}).pop(endpoint, None)
+        if conn is not None:
+            conn.close()
+            with self._cond:
+                self._all_conns.remove(conn)
+
+    def _order(self) -> list[str]:
+        first = self._preferred
+        return self.endpoints[first:] + self.endpoints[:first]
+
+    def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to the first member that can serve it."""
+        if self._closed.is_set():
+            raise StoreUnavailable("the etcd store is closed")
+        payload = json.dumps(body).encode()
+        problems: list[str] = []
+        for endpoint in self._order():
+            try:
+                status, answer = self._post(endpoint, path, payload)
+            except (OSError, http.client.HTTPException) as e:
+                self._drop(endpoint)
+                problems.append(f"{endpoint}: {e or type(e).__name__}")
+                continue
+            if status == 200:
+                self._preferred = self.endpoints.index(endpoint)
+                return answer
+            message = str(answer.get("message") or answer.get("error") or f"HTTP {status}")
+            if answer.get("code") in _UNAVAILABLE_CODES or status in (503, 504):
+                problems.append(f"{endpoint}: {message}")
+                continue
+            raise EtcdError(f"etcd refused {path} at {endpoint}: {message}")
+        raise StoreUnavailable("etcd is unavailable (no member with quorum answered): "
+                               + "; ".join(problems))
+
+    def _post(self, endpoint: str, path: str, payload: bytes) -> tuple[int, dict[str, Any]]:
+        conn = self._connection(endpoint)
+        conn.request("POST", path, payload, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+        try:
+            answer = json.loads(data) if data else {}
+        except ValueError:
+            answer = {"message": data[:200].decode(errors="replace")}
+        return response.status, answer
+
+    @contextmanager
+    def _stream(self, body: dict[str, Any], timeout: float | None) -> Iterator[Iterator[dict[str,
+                                                                                   Any]]]:
+        """A watch stream on the first member that accepts it: yields its messages."""
+        payload = json.dumps(body).encode()
+        problems: list[str] = []
+        for endpoint in self._order():
+            host, _, port = endpoint.rpartition(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=self._timeout)
+            try:
+                conn.request("POST", "/v3/watch", payload, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                if response.status != 200:
+                    problems.append(f"{endpoint}: HTTP {response.status}")
+                    conn.close()
+                    continue
+                if conn.sock is not None:
+                    conn.sock.settimeout(timeout)
+            except (OSError, http.client.HTTPException) as e:
+                problems.append(f"{endpoint}: {e or type(e).__name__}")
+                conn.close()
+                continue
+            try:
+                yield self._messages(response, conn)
+            finally:
+                with self._cond:
+                    self._streams.discard(conn)
+                conn.close()
+            return
+        raise StoreUnavailable("etcd is unavailable (no member accepted a watch): "
+                               + "; ".join(problems))
+
+    def _messages(self, response: http.client.HTTPResponse,
+                  conn: http.client.HTTPConnection) -> Iterator[dict[str, Any]]:
+        if self._closed.is_set():
+            return
+        with self._cond:
+            self._streams.add(conn)
+        while True:
+            line = response.readline()
+            if not line:
+                raise StoreUnavailable("etcd closed the watch stream")
+            message = json.loads(line)
+            if "error" in message:
+                raise StoreUnavailable(f"etcd watch failed: {message['error']}")
+            yield message.get("result", {})
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def _key(self, key: str) -> bytes:
+        if not key.startswith("/"):
+            raise ValueError(f"store keys start with '/': {key!r}")
+        return self._base + key.encode()
+
+    def _unkey(self, raw: bytes) -> str:
+        return raw[len(self._base):].decode()
+
+    def _kv(self, item: dict[str, Any]) -> KeyValue:
+        return KeyValue(self._unkey(_unb64(item["key"])), _unb64(item.get("value")),
+                        int(item.get("create_revision", 0)), int(item.get("mod_revision", 0)))
+
+    def _range_request(self, prefix: str) -> dict[str, Any]:
+        if prefix and not prefix.startswith("/"):
+            # No store key starts with it: read one key that is never written.
+            return {"key": _b64(self._marker + b"\0")}
+        start = self._base + (prefix.encode() if prefix else b"/")
+        return {"key": _b64(start), "range_end": _b64(prefix_end(start))}
+
+    # -- the Store protocol -----------------------------------------------------------------
+
+    def get(self, key: str) -> KeyValue | None:
+        answer = self._call("/v3/kv/range", {"key": _b64(self._key(key))})
+        kvs = answer.get("kvs") or []
+        return self._kv(kvs[0]) if kvs else None
+
+    def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        answer = self._call("/v3/kv/txn", {"success": [
+            {"request_range": self._range_request(prefix)},
+            {"request_range": {"key": _b64(self._marker)}},
+        ]})
+        found, marker = (r["response_range"] for r in answer["responses"])
+        kvs = [self._kv(item) for item in found.get("kvs") or []]
+        return kvs, self._marker_revision(marker)
+
+    @staticmethod
+    def _marker_revision(response_range: dict[str, Any]) -> int:
+        kvs = response_range.get("kvs") or []
+        return int(kvs[0].get("mod_revision", 0)) if kvs else 0
+
+    def revision(self) -> int:
+        answer = self._call("/v3/kv/range", {"key": _b64(self._marker)})
+        return self._marker_revision(answer)
+
+    def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> int | None:
+        check_ops(ops)
+        for op in ops:
+            self._key(op.key)
+        guards = [self._compare(c.key, c.mod_revision) for c in compares]
+        if any(isinstance(op, Put) for op in ops):
+            success = [self._op(op) for op in ops]
+            success.append({"request_put": {"key": _b64(self._marker), "value": ""}})
+            answer = self._call("/v3/kv/txn", {"compare": guards, "success": success})
+            if not answer.get("succeeded"):
+                return None
+            revision = int(answer["header"]["revision"])
+            self._saw(revision)
+            return revision
+        return self._delete_only(guards, [op.key for op in ops])
+
+    def _delete_only(self, guards: list[dict[str, Any]], keys: list[str]) -> int | None:
+        """Deletes (or nothing): read which keys exist, and write only if one does, so that a
+        transaction without effect moves no revision. The keys read are guarded too; when one
+        of them changed meanwhile (and the caller's compares still hold) we read again."""
+        while True:
+            pinned: list[dict[str, Any]] = []
+            present: list[str] = []
+            for key in keys:
+                kv = self.get(key)
+                pinned.append(self._compare(key, kv.mod_revision if kv else 0))
+                if kv is not None:
+                    present.append(key)
+            if present:
+                success = [self._op(Delete(key)) for key in present]
+                success.append({"request_put": {"key": _b64(self._marker), "value": ""}})
+            else:
+                success = [{"request_range": {"key": _b64(self._marker)}}]
+            answer = self._call("/v3/kv/txn", {"compare": guards + pinned, "success": success})
+            if answer.get("succeeded"):
+                if not present:
+                    return self._marker_revision(answer["responses"][0]["response_range"])
+                revision = int(answer["header"]["revision"])
+                self._saw(revision)
+                return revision
+            check = self._call("/v3/kv/txn", {"compare": guards, "success": []})
+            if not check.get("succeeded"):
+                return None
+
+    def _compare(self, key: str, mod_revision: int) -> dict[str, Any]:
+        return {"key": _b64(self._key(key)), "target": "MOD", "result": "EQUAL",
+                "mod_revision": str(mod_revision)}
+
+    def _op(self, op: Put | Delete) -> dict[str, Any]:
+        if isinstance(op, Put):
+            return {"request_put": {"key": _b64(self._key(op.key)), "value": _b64(op.value)}}
+        return {"request_delete_range": {"key": _b64(self._key(op.key))}}
+
+    def changes_since(self, revision: int) -> list[Change]:
+        answer = self._call("/v3/kv/range", {"key": _b64(self._marker)})
+        marker = (answer.get("kvs") or [{}])[0]
+        last = int(marker.get("mod_revision", 0))
+        if last <= revision:
+            return []
+        # Nothing under the prefix is older than the marker: a compaction of the cluster's
+        # history from before the prefix existed takes nothing of ours.
+        start = max(revision + 1, int(marker.get("create_revision", 0)))
+        request = {"create_request": {
+            "key": _b64(self._range_start), "range_end": _b64(self._range_end),
+            "start_revision": str(start), "prev_kv": True}}
+        changes: list[Change] = []
+        try:
+            with self._stream(request, timeout=self._timeout) as messages:
+                for message in messages:
+                    compacted = int(message.get("compact_revision", 0))
+                    if compacted:
+                        raise Compacted(revision, compacted - 1)
+                    newest = 0
+                    for event in message.get("events") or []:
+                        change = self._change(event)
+                        newest = max(newest, change.revision)
+                        if change.revision <= last:
+                            changes.append(change)
+                    if newest >= last:
+                        return changes
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            raise StoreUnavailable(f"could not replay etcd history after revision "
+                                   f"{revision}: {e}") from e
+        return changes  # not reached: the stream ends with an error instead
+
+    def _change(self, event: dict[str, Any]) -> Change:
+        kv = event["kv"]
+        prev = event.get("prev_kv")
+        deleted = event.get("type") == "DELETE"
+        return Change(int(kv["mod_revision"]), self._unkey(_unb64(kv["key"])),
+                      None if deleted else _unb64(kv.get("value")),
+                      _unb64(prev.get("value")) if prev else None)
+
+    def wait(self, revision: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._seen <= revision:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if not self._watching:  # no watch to wake us: poll
+                    self._cond.wait(min(remaining, 0.2))
+                    self._cond.release()
+                    try:
+                        current = self.revision()
+                    except StoreUnavailable:
+                        current = 0
+                    finally:
+                        self._cond.acquire()
+                    self._seen = max(self._seen, current)
+                    continue
+                self._cond.wait(remaining)
+            return self._seen
+
+    def _saw(self, revision: int) -> None:
+        with self._cond:
+            if revision > self._seen:
+                self._seen = revision
+                self._cond.notify_all()
+
+    def _watch_marker(self) -> None:
+        """Follow the marker key for ever (reconnecting), so ``wait`` wakes on every write."""
+        backoff = 0.1
+        while not self._closed.is_set():
+            try:
+                self._follow_marker()
+                backoff = 0.1
+            except (StoreUnavailable, OSError, http.client.HTTPException, ValueError) as e:
+                if self._closed.is_set():
+                    return
+                log.debug("marker watch broke (%s); reconnecting", e)
+            with self._cond:
+                self._watching = False
+            self._closed.wait(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _follow_marker(self) -> None:
+        answer = self._call("/v3/kv/range", {"key": _b64(self._marker)})
+        self._saw(self._marker_revision(answer))
+        # Watch from the revision of that read, not from the marker's: the marker did not change
+        # in between, and the cluster's history may be compacted past the marker's revision.
+        read_at = int(answer["header"]["revision"])
+        request = {"create_request": {"key": _b64(self._marker),
+                                      "start_revision": str(read_at + 1)}}
+        with self._stream(request, timeout=None) as messages:
+            for message in messages:
+                if self._closed.is_set():
+                    return
+                if message.get("created"):
+                    with self._cond:
+                        self._watching = True
+                if int(message.get("compact_revision", 0)) or message.get("canceled"):
+                    log.debug("marker watch ended by etcd (%s); starting again", message)
+                    return  # start again from the current revision
+                for event in message.get("events") or []:
+                    self._saw(int(event["kv"]["mod_revision"]))
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._cond:
+            self._cond.notify_all()
+            streams = list(self._streams)
+            conns = list(self._all_conns)
+        for conn in streams:  # wakes the thread blocked reading the watch
+            if conn.sock is not None:
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+        for conn in conns:
+            conn.close()
+        self._watcher.join(timeout=5)
+
+    # -- administration ---------------------------------------------------------------------
+
+    def compact(self, revision: int) -> None:
+        """Drop etcd's history before ``revision`` (for the whole cluster, not just our prefix)."""
+        self._call("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+
+    def cluster_revision(self) -> int:
+        """etcd's own revision (moved by every user of the cluster)."""
+        answer = self._call("/v3/kv/range", {"key": _b64(self._marker)})
+        return int(answer["header"]["revision"])

@@ -1,0 +1,123 @@
+"""sdnctl image load | save | ls | rm: images held by the controller.
+
+    sdnctl image load -i FILE         a `docker save` archive or an OCI image layout (tar)
+    sdnctl image save -o FILE NAME    a `docker save` archive that `docker load` accepts
+    sdnctl image ls [--json]
+    sdnctl image rm NAME...           untag, or remove (refused while a container uses it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from sdnctl.client import CommandError, connect
+from sdnctl.v1 import sdnctl_pb2 as pb
+
+CHUNK = 1 << 20
+TIMEOUT = 600.0
+
+
+def _fail(what: str, e: grpc.RpcError) -> CommandError:
+    return CommandError(f"{what}: {e.details()}")  # type: ignore[attr-defined]
+
+
+def image_json(image: pb.Image) -> dict[str, Any]:
+    return {"id": image.id, "repo_tags": list(image.repo_tags), "layers": list(image.layers),
+            "size": image.size, "revision": image.revision}
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.3g}{unit}" if unit != "B" else f"{int(value)}B"
+        value /= 1000
+    return f"{size}B"
+
+
+def _chunks(path: str) -> Iterator[pb.ImageChunk]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield pb.ImageChunk(data=chunk)
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.input):
+        raise CommandError(f"image load: {args.input}: no such file")
+    client = connect()
+    try:
+        reply = client.api.LoadImage(_chunks(args.input), timeout=TIMEOUT)
+    except grpc.RpcError as e:
+        raise _fail(f"image load {args.input}", e) from None
+    for image in reply.images:
+        tags = ", ".join(image.repo_tags) or "<untagged>"
+        print(f"Loaded image: {tags} ({image.id})")
+    return 0
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    client = connect()
+    tmp = f"{args.output}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in client.api.SaveImage(pb.ImageRef(name=args.name), timeout=TIMEOUT):
+                f.write(chunk.data)
+        os.replace(tmp, args.output)
+    except grpc.RpcError as e:
+        raise _fail(f"image save {args.name}", e) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    client = connect()
+    images = client.api.ListImages(pb.ListRequest(), timeout=30).images
+    if args.json:
+        print(json.dumps([image_json(i) for i in images], indent=2))
+        return 0
+    rows = [["REPOSITORY:TAG", "IMAGE ID", "LAYERS", "SIZE"]]
+    for image in images:
+        for tag in image.repo_tags or ["<none>"]:
+            rows.append([tag, image.id.removeprefix("sha256:")[:12], str(len(image.layers)),
+                         human_size(image.size)])
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    client = connect()
+    for name in args.names:
+        try:
+            client.api.RemoveImage(pb.ImageRef(name=name), timeout=30)
+        except grpc.RpcError as e:
+            raise _fail(f"image rm {name}", e) from None
+        print(name)
+    return 0
+
+
+def register(sub: Any) -> None:
+    image = sub.add_parser("image", help="load, save, list, remove images")
+    verbs = image.add_subparsers(dest="image_command", required=True)
+    p = verbs.add_parser("load", help="load a `docker save` archive or an OCI image layout")
+    p.add_argument("-i", "--input", required=True, metavar="FILE")
+    p.set_defaults(func=cmd_load)
+    p = verbs.add_parser("save", help="write an image as a `docker save` archive")
+    p.add_argument("-o", "--output", required=True, metavar="FILE")
+    p.add_argument("name", metavar="NAME[:TAG]")
+    p.set_defaults(func=cmd_save)
+    p = verbs.add_parser("ls", help="list images")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ls)
+    p = verbs.add_parser("rm", help="untag or remove images")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.set_defaults(func=cmd_rm)

@@ -1,0 +1,134 @@
+"""The OCI spec builder, volume and size parsing, and the validation of a container's runtime
+fields: pure functions, no root."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent import ocispec
+from sdnctl.model import DEFAULT_CAPABILITIES, Container, Invalid, parse_size, parse_volume
+from sdnctl.validate import validate_container
+
+
+def spec(**kw: object) -> dict:
+    base: dict = {"args": ("sleep", "1"), "hostname": "web"}
+    base.update(kw)
+    return ocispec.build(ocispec.SpecInput(**base))
+
+
+def kinds(config: dict) -> dict[str, str | None]:
+    return {n["type"]: n.get("path") for n in config["linux"]["namespaces"]}
+
+
+def test_bridged_joins_the_sandbox_and_gets_pid_and_mount_namespaces() -> None:
+    config = spec(net="/run/x/netns/web", uts="/run/x/uts/web", ipc="/run/x/ipc/web")
+    assert kinds(config) == {"pid": None, "mount": None, "cgroup": None,
+                             "network": "/run/x/netns/web", "uts": "/run/x/uts/web",
+                             "ipc": "/run/x/ipc/web"}
+    assert "hostname" not in config  # the pinned UTS namespace is named already
+    assert config["process"]["noNewPrivileges"] is True
+    assert config["linux"]["seccomp"]["defaultAction"] == "SCMP_ACT_ALLOW"
+    denied = config["linux"]["seccomp"]["syscalls"][0]["names"]
+    assert {"mount", "ptrace", "kexec_load", "bpf", "setns", "unshare"} <= set(denied)
+
+
+def test_open_mode_has_no_network_namespace_and_a_new_uts() -> None:
+    config = spec()
+    assert "network" not in kinds(config) and kinds(config)["uts"] is None
+    assert config["hostname"] == "web"
+
+
+def test_capabilities_default_without_net_raw_plus_what_is_added() -> None:
+    caps = spec()["process"]["capabilities"]
+    assert "CAP_NET_RAW" not in caps["bounding"] and "CAP_SYS_ADMIN" not in caps["bounding"]
+    assert len(caps["effective"]) == len(DEFAULT_CAPABILITIES)
+    added = spec(caps=(*DEFAULT_CAPABILITIES, "net_raw"))["process"]["capabilities"]
+    assert "CAP_NET_RAW" in added["permitted"]
+
+
+def test_limits_become_cgroup_resources() -> None:
+    res = spec(limits=ocispec.Limits(memory=64 << 20, cpus=0.5, cpu_shares=512, pids=50),
+               cgroups_path="/sdnctl/h1/web")
+    linux = res["linux"]
+    assert linux["cgroupsPath"] == "/sdnctl/h1/web"
+    assert linux["resources"]["memory"] == {"limit": 64 << 20, "swap": 64 << 20}
+    assert linux["resources"]["cpu"] == {"quota": 50000, "period": 100000, "shares": 512}
+    assert linux["resources"]["pids"] == {"limit": 50}
+    assert "memory" not in spec()["linux"]["resources"]
+
+
+def test_user_namespace_maps_root_to_an_unprivileged_range() -> None:
+    config = spec(user_ns=True)
+    assert kinds(config)["user"] is None
+    assert config["linux"]["uidMappings"] == [
+        {"containerID": 0, "hostID": ocispec.USERNS_BASE, "size": ocispec.USERNS_SIZE}]
+    assert not any(m["type"] == "mqueue" for m in config["mounts"])
+
+
+def test_volumes_and_a_read_only_host_root() -> None:
+    vol = parse_volume("data:/var/lib/data:ro", "v")
+    config = spec(volumes=((vol, "/store/volumes/data"),), readonly_root=True)
+    assert config["root"] == {"path": "rootfs", "readonly": True}
+    binds = [m for m in config["mounts"] if m["type"] == "bind"]
+    assert binds == [{"destination": "/var/lib/data", "type": "bind",
+                      "source": "/store/volumes/data",
+                      "options": ["rbind", "nosuid", "nodev", "ro"]}]
+    assert {m["destination"] for m in config["mounts"] if m["type"] == "tmpfs"} >= {"/tmp", "/run"}
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("data:/d", ("data", "/d", False)),
+    ("/srv/www:/usr/share/www:ro", ("/srv/www", "/usr/share/www", True)),
+    ("v.1:/x:rw", ("v.1", "/x", False)),
+])
+def test_volumes_parse(text: str, want: tuple[str, str, bool]) -> None:
+    v = parse_volume(text, "v")
+    assert (v.source, v.target, v.readonly) == want
+
+
+@pytest.mark.parametrize("text", [
+    "data", "data:relative", "data:/x/../etc", "/srv/../etc:/x", "../up:/x", "data:/",
+    "data:/x:rx", "bad name:/x", "data:/x//y", "/a:/b:ro:extra",
+])
+def test_volumes_that_escape_or_make_no_sense_are_refused(text: str) -> None:
+    with pytest.raises(Invalid) as info:
+        parse_volume(text, "containers[0].volumes[0]")
+    assert info.value.field == "containers[0].volumes[0]"
+
+
+def test_sizes() -> None:
+    assert parse_size("64m", "m") == 64 << 20
+    assert parse_size("1.5g", "m") == 3 << 29
+    assert parse_size(4096, "m") == 4096
+    for bad in ("lots", "-1m", True, "12q"):
+        with pytest.raises(Invalid):
+            parse_size(bad, "m")
+
+
+def make(**kw: object) -> Container:
+    base: dict = {"name": "web", "host": "h1", "network": "front"}
+    base.update(kw)
+    return Container(**base)
+
+
+@pytest.mark.parametrize(("fields", "where"), [
+    ({"memory": 1024}, "container.resources.memory"),
+    ({"cpus": -1.0}, "container.resources.cpus"),
+    ({"cpu_shares": 1}, "container.resources.cpu_shares"),
+    ({"pids_limit": -5}, "container.resources.pids_limit"),
+    ({"volumes": ("a:/x", "b:/x")}, "container.volumes[1]"),
+    ({"cap_add": ("FLY",)}, "container.cap_add[0]"),
+    ({"env": ("no equals",)}, "container.env[0]"),
+    ({"workdir": "rel"}, "container.workdir"),
+    ({"image": "Bad Image"}, "container.image"),
+    ({"image": "", "command": ()}, "container.command"),
+])
+def test_runtime_fields_are_validated(fields: dict, where: str) -> None:
+    with pytest.raises(Invalid) as info:
+        validate_container(make(**fields))
+    assert info.value.field == where
+
+
+def test_an_image_may_bring_its_own_command() -> None:
+    assert validate_container(make(image="busybox", command=())).image == "busybox"
+    assert validate_container(make(image="sha256:" + "a" * 64, command=()))
