@@ -161,7 +161,8 @@ class Agent:
         self.stopping = threading.Event()
         # Controller replicas, tried in order: the watcher moves to the next one when its stream
         # breaks and resumes there from its last revision (every replica serves the same store).
-        tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+        cert = getattr(args, "tls_cert", "")
+        tls = TlsFiles(cert, args.tls_key, args.tls_ca) if cert else None
         self.addresses = [a.strip() for a in args.controller.split(",") if a.strip()]
         self.channels = [open_channel(a, tls) for a in self.addresses]
         self.current = 0

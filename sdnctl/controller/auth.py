@@ -37,6 +37,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from sdnctl.controller.audit import AuditLog
+from sdnctl.model import Invalid
 from sdnctl.pki import LOCAL, Identity, RevocationList, identity_of
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,14 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
+def _decoded(requests: Iterator[Any]) -> Iterator[Any]:
+    """A client stream's messages; one that could not be decoded ends it with INVALID_ARGUMENT."""
+    for i, request in enumerate(requests):
+        if request is UNDECODABLE:
+            raise Invalid("request", f"message {i} of the stream could not be decoded")
+        yield request
+
+
 def summary(request: Any) -> str:
     if isinstance(request, Message):
         try:
@@ -305,7 +314,7 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             identity = self._admit(method, None, context)
             token = _CURRENT.set(identity)
             try:
-                response = inner_client(requests, context)
+                response = inner_client(_decoded(requests), context)
             except BaseException as e:
                 self._outcome(identity, method, None, None, e, context)
                 raise
@@ -315,4 +324,4 @@ class SecurityInterceptor(grpc.ServerInterceptor):
             return response
 
         return grpc.stream_unary_rpc_method_handler(
-            client_stream, handler.request_deserializer, handler.response_serializer)
+            client_stream, _tolerant(handler.request_deserializer), handler.response_serializer)

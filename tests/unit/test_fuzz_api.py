@@ -48,6 +48,7 @@ _SCALARS = {
     FieldDescriptor.TYPE_INT64: int64s,
     FieldDescriptor.TYPE_UINT32: uint32s,
     FieldDescriptor.TYPE_DOUBLE: st.floats(allow_nan=True),
+    FieldDescriptor.TYPE_BYTES: st.binary(max_size=512),
 }
 
 
