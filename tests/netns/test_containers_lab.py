@@ -6,6 +6,9 @@ without a trace after `rm` and `down`."""
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -261,6 +264,12 @@ def test_volumes_named_and_bound(cli: Cli, tmp_path: Path) -> None:
     assert (volume / "file").read_text() == "kept\n"  # a named volume outlives its container
     run(cli, "vol2", "-v", "data:/data", "--", "sleep", "1000")
     assert ex(cli, "vol2", "cat", "/data/file") == "kept\n"
+    # exec -it: a terminal inside, and what we type reaches the command (script gives us a pty)
+    line = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "sdnctl.cli", "exec", "-it",
+                                              "vol2", "--", "sh", "-c", "tty; read x; echo got=$x"))
+    typed = subprocess.run(["script", "-qec", line, "/dev/null"], input="typed\n", text=True,
+                           capture_output=True, env=cli.env, timeout=30)
+    assert "/dev/pts/" in typed.stdout and "got=typed" in typed.stdout, typed
     escaping = cli.run("run", "--name", "bad", "--host", "h1", "--image", TAG, "-v",
                        "data:/data/../../etc", "--", "true", check=False)
     assert escaping.returncode == 1 and "volumes[0]" in escaping.stderr
