@@ -68,11 +68,15 @@ class ImageStore:
 
     # -- images -------------------------------------------------------------------------------
 
-    def layer_dir(self, digest: str) -> str:
-        return os.path.join(self.root, "layers", "sha256", _hex(digest))
+    def layer_dir(self, digest: str, owner: int = 0) -> str:
+        """A layer's directory; ``owner`` > 0: the copy shifted for a user namespace whose root
+        is that uid (``layers-<owner>/``)."""
+        top = f"layers-{owner}" if owner else "layers"
+        return os.path.join(self.root, top, "sha256", _hex(digest))
 
-    def ensure(self, image_id: str) -> LocalImage:
-        """The image, fetching and unpacking whatever of it this host lacks."""
+    def ensure(self, image_id: str, owner: int = 0) -> LocalImage:
+        """The image, fetching and unpacking whatever of it this host lacks (for a user
+        namespace whose root is ``owner``: a copy whose files that root owns)."""
         record = os.path.join(self.root, "images", f"{_hex(image_id)}.json")
         try:
             with open(record) as f:
@@ -81,9 +85,9 @@ class ImageStore:
         except (OSError, ValueError, KeyError):
             config, layers = self._fetch_record(image_id, record)
         for digest in layers:
-            if not os.path.isdir(self.layer_dir(digest)):
-                self._fetch_layer(digest)
-        return LocalImage(image_id, tuple(self.layer_dir(d) for d in layers),
+            if not os.path.isdir(self.layer_dir(digest, owner)):
+                self._fetch_layer(digest, owner)
+        return LocalImage(image_id, tuple(self.layer_dir(d, owner) for d in layers),
                           imagefmt.runtime_config(config))
 
     def _fetch_record(self, image_id: str, record: str) -> tuple[bytes, tuple[str, ...]]:
@@ -100,7 +104,7 @@ class ImageStore:
         os.replace(tmp, record)
         return config, layers
 
-    def _fetch_layer(self, digest: str) -> None:
+    def _fetch_layer(self, digest: str, owner: int = 0) -> None:
         assert self.fetcher is not None
         fd, path = tempfile.mkstemp(dir=os.path.join(self.root, "tmp"), prefix="layer-")
         try:
@@ -111,9 +115,10 @@ class ImageStore:
                     f.write(chunk)
             if "sha256:" + sha.hexdigest() != digest:
                 raise ImageError(f"layer {digest}: the bytes received do not match the digest")
-            dest = self.layer_dir(digest)
+            dest = self.layer_dir(digest, owner)
+            os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
             try:
-                imagefmt.unpack_layer(path, dest)
+                imagefmt.unpack_layer(path, dest, id_offset=owner)
             except FileExistsError:
                 pass  # unpacked meanwhile by another pass: the same content
             except imagefmt.ImageFormatError as e:
@@ -162,12 +167,15 @@ class ImageStore:
 
     # -- volumes ------------------------------------------------------------------------------
 
-    def volume_source(self, volume: VolumeMount) -> str:
-        """The host directory to bind: a named volume's (made on first use) or the host path,
-        which must exist and be a directory or a file, not a symlink out of the way."""
+    def volume_source(self, volume: VolumeMount, owner: int = 0) -> str:
+        """The host directory to bind: a named volume's (made on first use, owned by the
+        container's root ``owner``) or the host path, which must exist and be a directory or a
+        file, not a symlink out of the way."""
         if volume.named:
             path = os.path.join(self.root, "volumes", volume.source)
-            os.makedirs(path, mode=0o755, exist_ok=True)
+            if not os.path.isdir(path):
+                os.makedirs(path, mode=0o755)
+                os.chown(path, owner, owner)
             return path
         real = os.path.realpath(volume.source)
         if real != volume.source.rstrip("/") or not os.path.exists(real):

@@ -280,7 +280,7 @@ class Reconciler:
         os.makedirs(os.path.join(bundle, "rootfs"), mode=0o755, exist_ok=True)
         owner = ocispec.USERNS_BASE if ctr.user_ns else 0
         if ctr.image_id:
-            image = self.images.ensure(ctr.image_id)
+            image = self.images.ensure(ctr.image_id, owner)
             upper, work = self.images.prepare(ctr.name, ctr.image_id, owner)
             rootfs = Rootfs("overlay", tuple(reversed(image.layers)), upper, work)
             config = image.config
@@ -291,7 +291,7 @@ class Reconciler:
             args, env, cwd = ctr.command, (ocispec.DEFAULT_PATH,), ctr.workdir or "/"
         if not args:
             raise ValueError(f"container {ctr.name!r}: no command, and its image has none")
-        volumes = tuple((v, self.images.volume_source(v)) for v in
+        volumes = tuple((v, self.images.volume_source(v, owner)) for v in
                         (parse_volume(spec, "volumes") for spec in ctr.volumes))
         spec = ocispec.SpecInput(
             args=tuple(args), hostname=ctr.name,

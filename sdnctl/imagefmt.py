@@ -797,10 +797,12 @@ def _atomic_output(path: str) -> Iterator[str]:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def unpack_layer(blob_path: str, dest: str) -> None:
+def unpack_layer(blob_path: str, dest: str, id_offset: int = 0) -> None:
     """Unpack an uncompressed layer tar into ``dest``, which must not exist, converting OCI
     whiteouts to overlayfs ones. The layer is checked first; the tree is built next to ``dest``
-    and renamed into place, or removed if anything fails."""
+    and renamed into place, or removed if anything fails. ``id_offset`` shifts every owner
+    (uid and gid) by that much: the copy a user namespace mapping root to ``id_offset`` sees as
+    the image's own ownership (what Docker's userns-remap does)."""
     if os.path.lexists(dest):
         raise FileExistsError(f"cannot unpack {blob_path}: {dest} exists")
     tmp = f"{dest}.tmp-{secrets.token_hex(6)}"
@@ -813,10 +815,25 @@ def unpack_layer(blob_path: str, dest: str) -> None:
                 extract_members(tar, members, tmp, blob_path)
         except tarfile.TarError as e:
             raise ImageFormatError(f"{blob_path}: not a tar: {e}") from e
+        if id_offset:
+            shift_owners(tmp, id_offset)
         os.rename(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def shift_owners(root: str, offset: int) -> None:
+    """Add ``offset`` to the uid and gid of ``root`` and everything below it (links are not
+    followed: lchown, and os.walk does not descend into symlinked directories)."""
+    def shift(path: str) -> None:
+        st = os.lstat(path)
+        os.lchown(path, st.st_uid + offset, st.st_gid + offset)
+
+    shift(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            shift(os.path.join(dirpath, name))
 
 
 def extract_members(

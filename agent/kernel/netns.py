@@ -142,9 +142,13 @@ def create_sandbox(paths: dict[str, str], hostname: str) -> list[str]:
         if "net" in missing:
             with IPRoute() as ipr:
                 ipr.link("set", index=1, state="up")
-            # ping without CAP_NET_RAW (ICMP datagram sockets), as Docker sets it
-            with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
-                f.write("0 2147483647")
+            # As Docker sets them: ping without CAP_NET_RAW (ICMP datagram sockets), and low
+            # ports without CAP_NET_BIND_SERVICE over the namespace (a user-namespaced root has
+            # it only in its own user namespace, not over this network namespace).
+            for key, value in (("ipv4/ping_group_range", "0 2147483647"),
+                               ("ipv4/ip_unprivileged_port_start", "0")):
+                with open(f"/proc/sys/net/{key}", "w") as f:
+                    f.write(value)
         pinned: list[str] = []
         try:
             for kind, path in missing.items():

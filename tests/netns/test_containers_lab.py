@@ -202,6 +202,10 @@ def test_pid1_privileges_and_user_namespace(cli: Cli) -> None:
     host_pid = cli.container("mapped")["pid"]
     assert os.stat(f"/proc/{host_pid}").st_uid == USERNS_BASE  # root inside, nobody outside
     ex(cli, "mapped", "touch", "/tmp/ok")  # it can still write its own files
+    # the image's files are its root's (a shifted copy of the layers), and low ports bind
+    assert ex(cli, "mapped", "stat", "-c", "%u", "/etc/passwd").strip() == "0"
+    ex(cli, "mapped", "sh", "-c", "echo changed >> /etc/sdnctl-image")
+    ex(cli, "mapped", "busybox", "httpd", "-p", "80")  # daemonizes once it has bound
 
 
 def test_image_verbs_round_trip_and_hostile_archives(cli: Cli, tmp_path: Path,

@@ -266,3 +266,22 @@ def test_extraction_stays_inside_without_check(case: str, entries, out: Path) ->
     ):
         extract_members(tar, tar.getmembers(), str(rootfs), "bypass")
     assert snapshot(out) == before
+
+
+def test_a_shifted_copy_belongs_to_the_user_namespace_root(tmp_path: Path) -> None:
+    """unpack_layer(id_offset=N): every owner moves up by N, links are not followed."""
+    layer = tmp_path / "layer.tar"
+    with tarfile.open(layer, "w") as tar:
+        for name, kind in (("etc", tarfile.DIRTYPE), ("etc/passwd", tarfile.REGTYPE),
+                           ("link", tarfile.SYMTYPE)):
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.uid = info.gid = 0 if name != "etc/passwd" else 7
+            info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+            if kind == tarfile.SYMTYPE:
+                info.linkname = "/etc/passwd"
+            tar.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+    unpack_layer(str(layer), str(tmp_path / "out"), id_offset=100000)
+    assert os.stat(tmp_path / "out" / "etc").st_uid == 100000
+    assert os.stat(tmp_path / "out" / "etc" / "passwd").st_gid == 100007
+    assert os.lstat(tmp_path / "out" / "link").st_uid == 100000
