@@ -149,9 +149,9 @@ def mounts(spec: SpecInput) -> list[dict[str, Any]]:
     if not spec.user_ns:
         result.append({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
                        "options": ["nosuid", "noexec", "nodev"]})
-    if spec.readonly_root:  # the host's root: give the container somewhere to write
-        result += [{"destination": d, "type": "tmpfs", "source": "tmpfs",
-                    "options": ["nosuid", "nodev", "mode=1777"]} for d in ("/tmp", "/run")]
+    if spec.readonly_root:  # the host's root, read-only: its own /run (scratch: /dev/shm)
+        result.append({"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+                       "options": ["nosuid", "nodev", "mode=755"]})
     for volume, source in spec.volumes:
         options = ["rbind", "nosuid", "nodev", "ro" if volume.readonly else "rw"]
         result.append({"destination": volume.target, "type": "bind", "source": source,

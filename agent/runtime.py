@@ -35,7 +35,12 @@ set -e
 if [ -n "$SDNCTL_HIDE" ]; then umount -l "$SDNCTL_HIDE"; fi
 case "$SDNCTL_ROOTFS_KIND" in
   overlay) mount -t overlay overlay -o "$SDNCTL_ROOTFS_OPTS" "$SDNCTL_ROOTFS" ;;
-  host) mount --bind / "$SDNCTL_ROOTFS" ;;
+  host) mount --bind / "$SDNCTL_ROOTFS"
+        printf '%s\n' "$SDNCTL_HOST_MOUNTS" | while IFS= read -r m; do
+          if [ -n "$m" ] && [ -d "$SDNCTL_ROOTFS$m" ]; then
+            mount --bind -o ro "$m" "$SDNCTL_ROOTFS$m"
+          fi
+        done ;;
 esac
 exec "$@"
 """
@@ -118,7 +123,8 @@ class OciRuntime:
         exit code comes to us and the (PID, start time) pair names the right process."""
         pidfile = os.path.join(bundle, "runtime.pid")
         extra = {"SDNCTL_ROOTFS_KIND": rootfs.kind, "SDNCTL_ROOTFS_OPTS": rootfs.options(),
-                 "SDNCTL_ROOTFS": os.path.join(bundle, "rootfs")}
+                 "SDNCTL_ROOTFS": os.path.join(bundle, "rootfs"),
+                 "SDNCTL_HOST_MOUNTS": "\n".join(host_mounts()) if rootfs.kind == "host" else ""}
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         try:
             offset = os.lseek(fd, 0, os.SEEK_END)
@@ -164,6 +170,33 @@ class OciRuntime:
 
     def exec_argv(self, cid: str, argv: Sequence[str], tty: bool = False) -> list[str]:
         return self._argv("exec", *(["--tty"] if tty else []), cid, *argv)
+
+
+#: Filesystems a host-root container does not get from the host: the runtime mounts its own
+#: /proc, /sys and /dev, and namespace pins are nobody's business.
+PSEUDO_FS = frozenset({"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "nsfs",
+                       "mqueue", "securityfs", "debugfs", "tracefs", "bpf", "pstore",
+                       "configfs", "fusectl", "hugetlbfs", "binfmt_misc", "autofs"})
+PRIVATE_TREES = ("/proc", "/sys", "/dev", "/run")
+
+
+def host_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """The host's filesystems below ``/`` that a host-root container sees, read-only, besides
+    the root one (a non-recursive bind of ``/`` leaves them out): parents before children."""
+    found = []
+    with open(mountinfo) as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            if len(fields) < 5 or not right:
+                continue
+            point = fields[4]
+            if point == "/" or "\\" in point or right.split()[0] in PSEUDO_FS:
+                continue
+            if any(point == t or point.startswith(t + "/") for t in PRIVATE_TREES):
+                continue
+            found.append(point)
+    return sorted(set(found), key=lambda p: (p.count("/"), p))
 
 
 def _message(done: subprocess.CompletedProcess[bytes]) -> str:

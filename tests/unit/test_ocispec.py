@@ -3,9 +3,12 @@ fields: pure functions, no root."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agent import ocispec
+from agent.runtime import host_mounts
 from sdnctl.model import DEFAULT_CAPABILITIES, Container, Invalid, parse_size, parse_volume
 from sdnctl.validate import validate_container
 
@@ -73,7 +76,21 @@ def test_volumes_and_a_read_only_host_root() -> None:
     assert binds == [{"destination": "/var/lib/data", "type": "bind",
                       "source": "/store/volumes/data",
                       "options": ["rbind", "nosuid", "nodev", "ro"]}]
-    assert {m["destination"] for m in config["mounts"] if m["type"] == "tmpfs"} >= {"/tmp", "/run"}
+    assert {m["destination"] for m in config["mounts"] if m["type"] == "tmpfs"} >= {"/run"}
+
+
+def test_host_mounts_leave_out_pseudo_filesystems_and_private_trees(tmp_path: Path) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text(
+        "1 0 8:1 / / rw - ext4 /dev/vda rw\n"
+        "2 1 0:5 / /proc rw - proc proc rw\n"
+        "3 1 0:6 / /run rw - tmpfs tmpfs rw\n"
+        "4 3 0:7 / /run/netns/x rw - nsfs nsfs rw\n"
+        "5 1 0:8 / /tmp rw - tmpfs tmpfs rw\n"
+        "6 1 8:2 / /work rw - ext4 /dev/vdb rw\n"
+        "7 6 8:3 / /work/data rw - xfs /dev/vdc rw\n"
+        "8 5 0:9 / /tmp/lab/netns/c rw - nsfs nsfs rw\n")
+    assert host_mounts(str(info)) == ["/tmp", "/work", "/work/data"]
 
 
 @pytest.mark.parametrize(("text", "want"), [
