@@ -2,11 +2,11 @@
 
 Design note. Three sides start the same busybox test image (``sdnctl.testimage``: two layers)
 running ``sh -c "trap 'exit 0' TERM; sleep 3600 & wait"``, in each of the four network modes
-(bridge, none, host, container:<donor>),
-one container at a time; each sample is one start, then (timed apart) its removal. Per mode the
-sides alternate (``harness.alternate_many``), so drift hits them alike.
+(bridge, none, host, container:<donor>), one container at a time; each sample is one start,
+then (timed apart) its removal. Per mode the sides alternate (``harness.alternate_many``), so
+drift hits them alike.
 
-- sdnctl: a lab host (namespace ``<prefix>h0`` on an underlay of its own), a controller in this
+- sdnctl: a lab host (namespace ``<prefix>lh0`` on an underlay of its own), a controller in this
   process (SQLite store, unix socket in a temp dir) and the real agent as a process in the lab
   host, as `sdnctl up` runs them. The image is loaded into the controller (LoadImage). A start
   is timed from the CreateContainer RPC until the controller has *recorded* the agent's report
@@ -14,7 +14,9 @@ sides alternate (``harness.alternate_many``), so drift hits them alike.
   the moment is exact and nothing polls. Removal: DeleteContainer until the agent reports a
   revision at least the delete's. The very first start of the image on the host (fetching and
   unpacking its layers from the controller) is reported on its own and kept out of the
-  steady-state figures.
+  steady-state figures. Each start is split into the CreateContainer RPC, the agent's
+  reconciliation pass that started it (the agent logs its duration per revision) and the rest
+  (the Watch event reaching the agent, its report, the controller recording it).
 - docker: Debian's docker.io, its daemon confined to a namespace of ours: ``unshare --mount``
   (private), ``nsenter --net`` into ``<prefix>dk``, then inside: a fresh sysfs (that
   namespace's), the cgroup v1 hierarchies mounted again (not the v2 one: runc refuses this
@@ -33,10 +35,11 @@ sides alternate (``harness.alternate_many``), so drift hits them alike.
 
 Targets (issue 8): sdnctl at least 10x faster than docker, and within 3x of bare crun.
 
-    .venv/bin/python bench/start.py --quick   # 5 starts per side and mode
+    .venv/bin/python bench/start.py --quick   # 5 starts per side and mode (START_N=k: k)
     .venv/bin/python bench/start.py --full    # 30 starts per side and mode
 
-Set START_PROFILE=1 to run the agent under cProfile and print where one start's time goes.
+START_PROFILE=1 runs the agent under cProfile and prints (and puts in the JSON) where its
+passes' time goes; its figures are then inflated.
 """
 
 from __future__ import annotations
@@ -279,11 +282,15 @@ class SdnctlSide:
             got["rest"].append(total - rpc - agent)
         return out
 
-    def agent_profile(self) -> list[str]:
-        """The agent's cProfile (it writes it on a clean exit), top by cumulative time."""
+    def agent_profile(self) -> dict[str, list[str]]:
+        """The agent's cProfile (written when it stops): its own functions by cumulative time
+        (where a pass goes) and everything by own time. It covers the whole run, removals
+        included: read the start path (``setup_container``, ``observe``) from it."""
         if not self.profile_path or not os.path.exists(self.profile_path):
-            return []
-        return _top(pstats.Stats(self.profile_path), "cumulative", 25)
+            return {}
+        stats = pstats.Stats(self.profile_path)
+        return {"agent_by_cumtime": _top(stats, "cumulative", 20, "/agent/"),
+                "by_tottime": _top(stats, "tottime", 12)}
 
     def close(self) -> None:
         errors: list[str] = []
@@ -613,10 +620,10 @@ def _pids_in_mount_ns(inode: int) -> list[int]:
 # --- report ------------------------------------------------------------------------------------
 
 
-def _top(stats: pstats.Stats, sort: str, n: int) -> list[str]:
+def _top(stats: pstats.Stats, sort: str, n: int, *restrict: str) -> list[str]:
     out = io.StringIO()
     stats.stream = out  # type: ignore[attr-defined]
-    stats.sort_stats(sort).print_stats(n)
+    stats.sort_stats(sort).print_stats(*restrict, n)
     lines = out.getvalue().splitlines()
     start = next((i for i, ln in enumerate(lines) if ln.strip().startswith("ncalls")), 0)
     return [ln.rstrip() for ln in lines[start:start + n + 1] if ln.strip()]
@@ -735,11 +742,14 @@ def main() -> int:
                                           "command": list(COMMAND)},
                                "measurements": ms, "comparisons": comps, "notes": notes}
         if profile:
+            notes.append("START_PROFILE: the agent ran under cProfile, so sdnctl's figures are "
+                         "inflated; read the profile, not the ratios")
             sdn = sides.pop("sdnctl")
             sdn.close()  # the agent writes its profile when it stops
-            doc["profile"] = {"agent_by_cumtime": sdn.agent_profile()}
-            print("agent cProfile (all passes of the run), top by cumulative time:")
-            print("\n".join(doc["profile"]["agent_by_cumtime"]))
+            doc["profile"] = sdn.agent_profile()
+            for key, lines in doc["profile"].items():
+                print(f"-- agent cProfile, {key} (the whole run):")
+                print("\n".join(lines))
         print(f"wrote {write_result('start', doc)}")
     finally:
         for side in reversed(list(sides.values())):
