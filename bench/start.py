@@ -35,8 +35,8 @@ drift hits them alike.
 
 Targets (issue 8): sdnctl at least 10x faster than docker, and within 3x of bare crun.
 
-    .venv/bin/python bench/start.py --quick   # 5 starts per side and mode (START_N=k: k)
-    .venv/bin/python bench/start.py --full    # 30 starts per side and mode
+    .venv/bin/python bench/start.py --quick   # 10 starts per side and mode (START_N=k: k)
+    .venv/bin/python bench/start.py --full    # 50 starts per side and mode
 
 START_PROFILE=1 runs the agent under cProfile and prints (and puts in the JSON) where its
 passes' time goes; its figures are then inflated.
@@ -695,7 +695,7 @@ def _sampler(side: Any, mode: str, deletes: list[float]) -> Callable[[], float]:
 
 def main() -> int:
     args = bench_args(__doc__.splitlines()[0])
-    n = int(os.environ.get("START_N", 5 if args.quick else 30))
+    n = int(os.environ.get("START_N", 10 if args.quick else 50))
     profile = os.environ.get("START_PROFILE", "") not in ("", "0")
     prefix = unique_prefix("st")
     workdir = tempfile.mkdtemp(prefix=f"{prefix}-", dir="/run")
