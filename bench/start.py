@@ -77,8 +77,9 @@ from harness import (
 
 from agent import ocispec
 from agent.imagestore import ImageStore
-from agent.kernel import cgroups
+from agent.kernel import cgroups, procs
 from agent.kernel.netns import create_netns, netns_path, remove_netns
+from agent.reconcile import SANDBOX_DIRS, default_cgroup_parent
 from agent.runtime import OciRuntime, Rootfs
 from sdnctl import lab
 from sdnctl.controller.server import create_server
@@ -305,8 +306,6 @@ class SdnctlSide:
             except lab.LabError as e:
                 errors.append(str(e))
             self.agent_pid = 0
-        # What a stopped agent may leave: container processes (killed by PID), sandboxes,
-        # cgroups; as `sdnctl down` sweeps them.
         _sweep_agent(self.run_dir)
         if self.channel is not None:
             self.channel.close()
@@ -324,9 +323,8 @@ class SdnctlSide:
 
 
 def _sweep_agent(run_dir: str) -> None:
-    from agent.kernel import procs
-    from agent.reconcile import SANDBOX_DIRS, default_cgroup_parent
-
+    """What a stopped agent may leave, swept as `sdnctl down` does: container processes (by PID
+    and start time), pinned namespaces, cgroups."""
     ctr_dir = os.path.join(run_dir, "containers")
     for pidfile in glob.glob(os.path.join(ctr_dir, "*.pid")):
         info = procs.read_pidfile(pidfile)
