@@ -23,6 +23,7 @@ each exited container process itself and keeps its exit code.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -71,7 +72,9 @@ SANDBOX_DIRS = {"net": "netns", "uts": "uts", "ipc": "ipc"}
 @dataclass
 class Outcome:
     actions: list[p.Action]
-    observed: p.Observed  # after the actions (the same read as before them when there were none)
+    #: The containers as they are after the actions; the rest (links, firewall, VXLAN peers) as
+    #: read before them. With no actions, the one read before them.
+    observed: p.Observed
     errors: dict[str, str] = field(default_factory=dict)  # container (or "") -> message
     restart_pending: bool = False  # an exited container will be restarted soon: look again
 
@@ -127,18 +130,22 @@ class Reconciler:
 
     def observe(self, desired: DesiredState) -> p.Observed:
         owned = {link.ifname: link for link in self.links.dump_owned()}
-        names: set[str] = set()
-        for kind in netns.SANDBOX_KINDS:
-            names |= set(os.listdir(os.path.join(self.run_dir, SANDBOX_DIRS[kind])))
-        names |= {f.rsplit(".", 1)[0] for f in os.listdir(self.ctr_dir) if f.endswith(".pid")}
-        names |= set(os.listdir(self.bundle_dir)) | set(self.images.containers())
-        containers = {name: self._observe_container(name, desired.containers.get(name))
-                      for name in names if not name.startswith(".")}
+        containers = self.observe_containers(desired)
         vxlans = {name: vx for name in owned if (vx := self.links.observe_vxlan(name))}
         return p.Observed(links=owned, containers=containers, firewall=self.firewall.observe(),
                           ip_forward=sysctl.read_sysctl("net.ipv4.ip_forward") == "1",
                           vxlans=vxlans,
                           peers=self.links.observe_all_peers() if vxlans else {})
+
+    def observe_containers(self, desired: DesiredState) -> dict[str, p.ContainerState]:
+        """Every container this host has a trace of: sandbox, pidfile, bundle or writable layer."""
+        names: set[str] = set()
+        for kind in netns.SANDBOX_KINDS:
+            names |= set(os.listdir(os.path.join(self.run_dir, SANDBOX_DIRS[kind])))
+        names |= {f.rsplit(".", 1)[0] for f in os.listdir(self.ctr_dir) if f.endswith(".pid")}
+        names |= set(os.listdir(self.bundle_dir)) | set(self.images.containers())
+        return {name: self._observe_container(name, desired.containers.get(name))
+                for name in names if not name.startswith(".")}
 
     def _observe_container(self, name: str, want: DesiredContainer | None) -> p.ContainerState:
         paths = self.sandbox(name)
@@ -197,7 +204,11 @@ class Reconciler:
                 log.warning("%s failed: %s", type(action).__name__, e, exc_info=True)
                 outcome.errors[key] = f"{e}" + (f": {e.__cause__}" if e.__cause__ else "")
         if actions:
-            outcome.observed = self.observe(desired)
+            # Statuses and the restart decision read only the containers: links, firewall and
+            # VXLAN peers are read again by the next pass, not now (that saved an nft process
+            # and two netlink dumps on every pass that started a container).
+            outcome.observed = dataclasses.replace(observed,
+                                                   containers=self.observe_containers(desired))
         outcome.restart_pending = p.restart_pending(desired, outcome.observed)
         return outcome
 

@@ -7,10 +7,10 @@ then a shell that
   - for ``run``, mounts the container's root filesystem on ``<bundle>/rootfs``: an overlay of the
     image's layers under the container's upper directory, or a read-only bind of ``/``,
 
-and execs the runtime. The mounts exist only in that private mount namespace and in the
-container's own (a copy of it): when the container ends, they end with it, and nothing is ever
-mounted in the host's mount namespace. crun and runc share one command-line, so one class
-serves both.
+and execs the runtime (for ``run``: ``create``, then ``start`` from the same shell). The mounts
+exist only in that private mount namespace and in the container's own (a copy of it): when the
+container ends, they end with it, and nothing is ever mounted in the host's mount namespace.
+crun and runc share one command-line, so one class serves both.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ case "$SDNCTL_ROOTFS_KIND" in
           fi
         done ;;
 esac
+if [ -n "$SDNCTL_START" ]; then
+  "$@"
+  exec "$1" --root "$3" start "$SDNCTL_START"
+fi
 exec "$@"
 """
 
@@ -118,24 +122,27 @@ class OciRuntime:
             raise KernelError(f"{self.name} {what}: {e}") from e
 
     def run(self, cid: str, bundle: str, rootfs: Rootfs, log: str) -> tuple[int, int]:
-        """``create``, note the process (blocked before exec, and our child once the runtime
-        has exited: we are a subreaper), then ``start``: so however fast the command exits, its
-        exit code comes to us and the (PID, start time) pair names the right process."""
+        """``create``, then ``start``, in one wrapper process (one process fewer than two
+        calls: ~12 ms of every start). Once ``create`` has exited, the container's process,
+        blocked before exec, is our child (we are a subreaper), so however fast the command
+        exits, its exit code comes to us; and until we reap it, it stays a zombie with its
+        /proc/PID/stat, so the (PID, start time) pair read afterwards names the right process."""
         pidfile = os.path.join(bundle, "runtime.pid")
         extra = {"SDNCTL_ROOTFS_KIND": rootfs.kind, "SDNCTL_ROOTFS_OPTS": rootfs.options(),
-                 "SDNCTL_ROOTFS": os.path.join(bundle, "rootfs"),
+                 "SDNCTL_ROOTFS": os.path.join(bundle, "rootfs"), "SDNCTL_START": cid,
                  "SDNCTL_HOST_MOUNTS": "\n".join(host_mounts()) if rootfs.kind == "host" else ""}
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         try:
             offset = os.lseek(fd, 0, os.SEEK_END)
-            done = self._call("create", ["create", "--pid-file", pidfile, "--bundle", bundle,
-                                         cid], extra, output=fd)
+            done = self._call("run", ["create", "--pid-file", pidfile, "--bundle", bundle,
+                                      cid], extra, output=fd)
         finally:
             os.close(fd)
         if done.returncode != 0:
             with open(log, "rb") as f:
                 f.seek(offset)
                 done.stderr = f.read()[-4096:]
+            self.delete(cid)  # created but not started, if it got that far
             raise KernelError(f"{self.name} run {cid}: {_message(done)}")
         try:
             with open(pidfile) as f:
@@ -143,17 +150,16 @@ class OciRuntime:
         except (OSError, ValueError) as e:
             self.delete(cid)
             raise KernelError(f"{self.name} run {cid}: no PID in {pidfile}") from e
-        started = procfs.start_time(pid) or 0
-        done = self._call("start", ["start", cid])
-        if done.returncode != 0:
-            self.delete(cid)
-            raise KernelError(f"{self.name} start {cid}: {_message(done)}")
-        return pid, started
+        return pid, procfs.start_time(pid) or 0
 
     def kill(self, cid: str, sig: int = signal.SIGTERM) -> None:
         self._call("kill", ["kill", cid, str(int(sig))])
 
     def delete(self, cid: str) -> None:
+        if not os.path.lexists(os.path.join(self.root, cid)):
+            # crun and runc keep a container's state in <root>/<id>: with none there is nothing
+            # to delete, and no runtime process to spawn (it cost ~8 ms of every start).
+            return
         done = self._call("delete", ["delete", "--force", cid])
         if done.returncode != 0 and self.state(cid) is not None:
             raise KernelError(f"{self.name} delete {cid}: {_message(done)}")
