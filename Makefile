@@ -7,7 +7,7 @@ BENCH_SCRIPTS := $(filter-out bench/harness.py,$(sort $(wildcard bench/*.py)))
 # Fuzzing (issue 9): the fuzz tests with a long budget (CI runs them with a short one).
 # SDNCTL_FUZZ_EXAMPLES=N sets the examples per RPC (default 3000 here, 30 in CI).
 fuzz:
-	SDNCTL_FUZZ=long .venv/bin/pytest -q tests/unit/test_fuzz_api.py tests/unit/test_fuzz_topology.py
+	SDNCTL_FUZZ=long .venv/bin/pytest -q tests/unit/test_fuzz_api.py tests/unit/test_fuzz_topology.py tests/unit/test_fuzz_unpack.py
 
 bench-setup:
 	bench/setup.sh
