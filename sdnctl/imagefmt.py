@@ -38,6 +38,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
@@ -404,10 +405,14 @@ def import_archive(path: str, blobs: BlobStore) -> list[Image]:
     """Import the images of a ``docker save`` archive or an OCI layout tar into ``blobs``.
     Everything is staged and checked under ``blobs.tmp_dir`` before anything is stored; on
     failure the store holds exactly what it held before."""
-    with _Archive(path) as archive, blobs.temp_dir() as directory:
-        staging = _Staging(archive, directory)
-        images = [staging.image(plan) for plan in _read_plans(archive)]
-        staging.commit(blobs)
+    try:
+        with _Archive(path) as archive, blobs.temp_dir() as directory:
+            staging = _Staging(archive, directory)
+            images = [staging.image(plan) for plan in _read_plans(archive)]
+            staging.commit(blobs)
+    except (EOFError, zlib.error, gzip.BadGzipFile, tarfile.TarError) as e:
+        # a truncated or corrupt compressed stream, found while reading members
+        raise ImageFormatError(f"{path}: cannot read the archive: {e}") from e
     return _merge_tags(images)
 
 

@@ -426,3 +426,14 @@ def test_failed_commit_removes_only_what_it_added(
         import_archive(str(path), blobs)
     assert calls[0] == image.layers[0]  # already there: kept
     assert Snapshot.take(blobs, out / "sentinel") == before
+
+
+@pytest.mark.parametrize("data", [b"\x1f\x8b", b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"garbage"])
+def test_a_truncated_or_corrupt_gzip_archive_is_refused(tmp_path: Path, data: bytes) -> None:
+    """Found by the RPC fuzzer: a gzip stream that ends early is an archive error."""
+    path = tmp_path / "bad.tar.gz"
+    path.write_bytes(data)
+    blobs = BlobStore(str(tmp_path / "blobs"))
+    with pytest.raises(ImageFormatError, match="cannot read the archive"):
+        import_archive(str(path), blobs)
+    assert blobs.digests() == []
