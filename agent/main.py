@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 import grpc
 from pyroute2 import IPRoute
 
+from agent import plan as p
 from agent.desired import DesiredState, LocalHost
 from agent.imagestore import ImageStore
 from agent.kernel.firewall import Firewall
@@ -159,6 +160,8 @@ class Agent:
         self.sync = pb_grpc.HostSyncStub(self.channel)
         self.last_report: tuple[int, list[ContainerStatus]] | None = None
         self.pending_pass = True  # the desired state changed (or a process exited) since
+        self.generation = 0  # counts changes of the desired state
+        self.repairs = 0  # actions taken while the desired state stood still (drift)
 
     def wake_for_pass(self) -> None:
         with self.lock:
@@ -190,6 +193,7 @@ class Agent:
                     with self.lock:
                         if self.desired.apply(event):
                             self.pending_pass = True
+                            self.generation += 1
                     self.dirty.set()  # a progress notice alone is reported, not reconciled
             except grpc.RpcError as e:
                 if self.stopping.is_set():
@@ -213,6 +217,7 @@ class Agent:
         exits.start()
         wait = self.args.resync
         statuses: list[ContainerStatus] | None = None
+        last_generation: int | None = None
         try:
             while not self.stopping.is_set():
                 woken = self.dirty.wait(wait)
@@ -223,6 +228,7 @@ class Agent:
                     desired = self.desired.copy()
                     needed = self.pending_pass or not woken or statuses is None
                     self.pending_pass = False
+                    generation = self.generation
                 if not desired.synced:
                     continue
                 if not needed:  # only the revision moved on: nothing here changed
@@ -230,6 +236,9 @@ class Agent:
                     continue
                 started = time.monotonic()
                 outcome = reconciler.reconcile(desired)
+                if generation == last_generation:  # (a retry after a failed pass is not one)
+                    self.log_repairs(outcome.actions)
+                last_generation = None if outcome.errors else generation
                 if outcome.actions:
                     log.info("revision %d: %d action(s) in %.0f ms%s", desired.revision,
                              len(outcome.actions), (time.monotonic() - started) * 1000,
@@ -245,6 +254,14 @@ class Agent:
         finally:
             links.close()
             self.channel.close()
+
+    def log_repairs(self, actions: list[p.Action]) -> None:
+        """Drift: the kernel moved while the desired state did not. One event per repair."""
+        for action in actions:
+            if p.is_repair(action):
+                self.repairs += 1
+                log.warning("repair: %s (%d repairs since start)", p.describe(action),
+                            self.repairs)
 
     def report(self, revision: int, statuses: list[ContainerStatus]) -> None:
         if self.last_report == (revision, statuses):
@@ -283,8 +300,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: /var/lib/sdnctl/<host>)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="crun",
                         help="OCI runtime (default: %(default)s)")
-    parser.add_argument("--resync", type=float, default=10.0,
-                        help="seconds between full passes (default %(default)s)")
+    parser.add_argument("--resync", type=float,
+                        default=float(os.environ.get("SDNCTL_RESYNC") or 10.0),
+                        help="seconds between full passes, which find and repair drift "
+                        "(default: $SDNCTL_RESYNC, else %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir or f"/run/sdnctl/{args.host}"
