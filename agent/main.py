@@ -42,6 +42,9 @@ from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sdnctl.agent")
 
+#: When this process started (near enough: its first import), for the readiness figure.
+STARTED = time.monotonic()
+
 
 class ExitWatcher(threading.Thread):
     """Wakes the reconciler the moment a container's process exits (pidfds in one poll), so a
@@ -215,21 +218,24 @@ class Agent:
         watcher.start()
         exits = ExitWatcher(self.wake_for_pass)
         exits.start()
-        wait = self.args.resync
+        # A full pass is due this often even when events keep waking us (progress notices
+        # must not push drift repair past one resync interval).
+        due = time.monotonic()
         statuses: list[ContainerStatus] | None = None
         last_generation: int | None = None
         try:
             while not self.stopping.is_set():
-                woken = self.dirty.wait(wait)
+                self.dirty.wait(max(0.0, due - time.monotonic()))
                 if self.stopping.is_set():
                     break
                 self.dirty.clear()
                 with self.lock:
                     desired = self.desired.copy()
-                    needed = self.pending_pass or not woken or statuses is None
+                    needed = self.pending_pass or time.monotonic() >= due or statuses is None
                     self.pending_pass = False
                     generation = self.generation
-                if not desired.synced:
+                if not desired.synced:  # the first snapshot wakes us when it comes
+                    due = time.monotonic() + self.args.resync
                     continue
                 if not needed:  # only the revision moved on: nothing here changed
                     self.report(desired.revision, statuses or [])
@@ -246,10 +252,14 @@ class Agent:
                     if outcome.errors:
                         self.stopping.wait(1.0)  # then retry rather than at the next resync
                         self.wake_for_pass()
+                if statuses is None:
+                    log.info("ready %.0f ms after start: the first pass made %d action(s) for "
+                             "%d container(s)", (time.monotonic() - STARTED) * 1000,
+                             len(outcome.actions), len(desired.containers))
                 statuses = reconciler.statuses(desired, outcome)
                 exits.watch({s.pid for s in statuses if s.pid})
-                wait = min(self.args.resync, RESTART_DELAY) if outcome.restart_pending \
-                    else self.args.resync
+                due = time.monotonic() + (min(self.args.resync, RESTART_DELAY)
+                                          if outcome.restart_pending else self.args.resync)
                 self.report(desired.revision, statuses)
         finally:
             links.close()

@@ -39,8 +39,10 @@ def netlink_state(netns: str) -> dict[str, list[str]]:
                                   (m.get_attr("IFLA_LINKINFO") or {}).get_attr("IFLA_INFO_KIND")
                                   if m.get_attr("IFLA_LINKINFO") else None))
                             for m in links),
+            # (IPv6 link-local addresses follow a link's random MAC: left out)
             "addrs": sorted(repr((names.get(m["index"]), m.get("address"), m["prefixlen"]))
-                            for m in ipr.addr("dump")),
+                            for m in ipr.addr("dump")
+                            if not str(m.get("address")).startswith("fe80:")),
             "routes": sorted(repr((m.get("dst"), m["dst_len"], m.get("gateway"),
                                    names.get(m.get("oif") or 0), m["proto"], m["table"]))
                              for m in ipr.route("dump", family=socket.AF_INET)),
@@ -56,7 +58,15 @@ def netlink_state(netns: str) -> dict[str, list[str]]:
 
 
 def nft_stateless(netns: str) -> str:
-    return nsexec(netns, "nft", "-s", "list", "ruleset").stdout
+    """The ruleset without counter values, its tables sorted (nft lists them in the order they
+    were made, and a table made again comes last)."""
+    text = nsexec(netns, "nft", "-s", "list", "ruleset").stdout
+    tables: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("table ") or not tables:
+            tables.append("")
+        tables[-1] += line
+    return "".join(sorted(tables))
 
 
 def sysctl_in(netns: str, key: str) -> str:
