@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sdnctl import paths
-from sdnctl.controller import ipam
+from sdnctl.controller import gc, ipam
 from sdnctl.controller.images import Images, default_blob_dir
 from sdnctl.controller.servicers import (
     Connections,
@@ -61,13 +61,15 @@ class RunningServer:
     stopping: threading.Event
 
     sweeper: threading.Thread | None = None
+    collector: threading.Thread | None = None
     scratch: str = ""  # a blob directory made for this server alone, removed when it stops
 
     def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()
         self.server.stop(grace).wait()
-        if self.sweeper is not None:
-            self.sweeper.join()
+        for thread in (self.sweeper, self.collector):
+            if thread is not None:
+                thread.join()
         if self.scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -95,7 +97,9 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
                   address_quarantine: int = ipam.DEFAULT_TIMERS.address_quarantine,
                   sweep_interval: float = 10.0,
                   clock: Callable[[], float] = time.time,
-                  blob_dir: str | None = None) -> RunningServer:
+                  blob_dir: str | None = None,
+                  gc_grace: int = gc.DEFAULT_GRACE,
+                  gc_interval: float = 0.0) -> RunningServer:
     """Build and start a server on ``address``: ``unix:/path`` or ``host:port`` (port 0 picks).
 
     ``default_bridge``: the subnet of the default bridge network, made before serving (None: no
@@ -104,7 +108,9 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
     or address waits before someone else may take it; ``sweep_interval``: how often expired
     leases are freed (0: never, for tests that call ``State.sweep`` themselves). ``clock``:
     unix seconds (tests pass a fake one). ``blob_dir``: where image blobs are kept (None: a
-    temporary directory removed when the server stops).
+    temporary directory removed when the server stops). ``gc_grace``: seconds between the two
+    sightings IPAM garbage collection needs; ``gc_interval``: how often it runs on its own (0:
+    only when asked, ``GcIpam``).
     """
     stopping = threading.Event()
     timers = ipam.Timers(lease_ttl=lease_ttl, subnet_quarantine=subnet_quarantine,
@@ -117,8 +123,8 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
     images = Images(store, blob_dir or scratch)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                          interceptors=[ErrorInterceptor()])
-    pb_grpc.add_ControllerServicer_to_server(ControllerServicer(state, connections, images),
-                                           server)
+    pb_grpc.add_ControllerServicer_to_server(
+        ControllerServicer(state, connections, images, gc_grace), server)
     pb_grpc.add_HostSyncServicer_to_server(
         HostSyncServicer(state, connections, stopping, images, progress_interval), server)
     health_servicer = health.HealthServicer()
@@ -148,6 +154,11 @@ def create_server(address: str, store: Store, max_workers: int = DEFAULT_WORKERS
         running.sweeper = threading.Thread(target=sweep_forever, name="ipam-sweeper",
                                            args=(state, sweep_interval, stopping), daemon=True)
         running.sweeper.start()
+    if gc_interval > 0:
+        running.collector = threading.Thread(
+            target=gc.collect_forever, name="ipam-gc", daemon=True,
+            args=(state, gc_interval, gc_grace, connections.connected, stopping))
+        running.collector.start()
     return running
 
 
@@ -193,6 +204,15 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: %(default)s)")
     parser.add_argument("--sweep-interval", type=float, default=10.0, metavar="SECONDS",
                         help="how often expired leases are freed (default: %(default)s)")
+    parser.add_argument("--gc-grace", type=_seconds,
+                        default=int(os.environ.get("SDNCTL_GC_GRACE") or gc.DEFAULT_GRACE),
+                        metavar="SECONDS", help="IPAM garbage collection frees a thing only "
+                        "when seen unused twice this long apart ($SDNCTL_GC_GRACE, else "
+                        "%(default)s)")
+    parser.add_argument("--gc-interval", type=float,
+                        default=float(os.environ.get("SDNCTL_GC_INTERVAL") or 0),
+                        metavar="SECONDS", help="run IPAM garbage collection this often "
+                        "($SDNCTL_GC_INTERVAL, else 0: only on request, `sdnctl ipam gc`)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -205,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                                 lease_ttl=args.lease_ttl, subnet_quarantine=args.quarantine,
                                 address_quarantine=args.address_quarantine,
                                 sweep_interval=args.sweep_interval,
-                                blob_dir=args.blob_dir or default_blob_dir(args.db))
+                                blob_dir=args.blob_dir or default_blob_dir(args.db),
+                                gc_grace=args.gc_grace, gc_interval=args.gc_interval)
     except Invalid as e:
         parser.error(f"--default-bridge: {e.message}")
     if args.pidfile:

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from sdnctl import convert
-from sdnctl.controller import ipam_report
+from sdnctl.controller import gc, ipam_report
 from sdnctl.controller.errors import (
     AlreadyExists,
     Conflict,
@@ -128,6 +128,14 @@ CHUNK = 1 << 20
 MAX_ARCHIVE = 8 << 30  # bytes: a bigger upload is refused
 
 
+def gc_report_pb(report: gc.Report) -> pb.GcIpamReport:
+    return pb.GcIpamReport(at=report.at, grace_seconds=report.grace, dry_run=report.dry_run,
+                           items=[pb.GcIpamItem(kind=i.kind, network=i.network,
+                                                subject=i.subject, detail=i.detail,
+                                                action=i.action, first_seen=i.first_seen,
+                                                free_in=i.free_in) for i in report.items])
+
+
 def image_pb(record: ImageRecord, revision: int = 0, config: bytes = b"") -> pb.Image:
     return pb.Image(id=record.id, repo_tags=list(record.repo_tags), layers=list(record.layers),
                     size=record.size, config=config, revision=revision)
@@ -140,10 +148,12 @@ def stream_file(path: str) -> Iterator[pb.ImageChunk]:
 
 
 class ControllerServicer(pb_grpc.ControllerServicer):
-    def __init__(self, state: State, connections: Connections, images: Images) -> None:
+    def __init__(self, state: State, connections: Connections, images: Images,
+                 gc_grace: int = gc.DEFAULT_GRACE) -> None:
         self.state = state
         self.connections = connections
         self.images = images
+        self.gc_grace = gc_grace
 
     def CreateHost(self, request: pb.CreateHostRequest, context: Any) -> pb.Host:
         host = convert.host_from_pb(request.host)
@@ -220,6 +230,13 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             pb.IpamProblem(kind=p.kind, network=p.network, subject=p.subject, detail=p.detail)
             for p in problems])
 
+
+    def GcIpam(self, request: pb.GcIpamRequest, context: Any) -> pb.GcIpamReport:
+        if request.grace_seconds < 0:
+            raise Invalid("grace_seconds", f"{request.grace_seconds} is negative")
+        report = gc.collect(self.state, int(request.grace_seconds or self.gc_grace),
+                            request.dry_run, alive=self.connections.connected)
+        return gc_report_pb(report)
 
     def LoadImage(self, request_iterator: Iterator[pb.ImageChunk],
                   context: Any) -> pb.LoadImageResponse:
