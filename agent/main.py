@@ -30,6 +30,7 @@ from pyroute2 import IPRoute
 from agent import plan as p
 from agent.desired import DesiredState, LocalHost
 from agent.imagestore import ImageStore
+from agent.kernel import procfs
 from agent.kernel.firewall import Firewall
 from agent.kernel.links import Links
 from agent.kernel.names import vtep_mac_for
@@ -42,8 +43,11 @@ from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sdnctl.agent")
 
-#: When this process started (near enough: its first import), for the readiness figure.
-STARTED = time.monotonic()
+
+def running_for() -> float:
+    """Seconds since this process started (exec'd by nsenter or a shell: the same PID)."""
+    ticks = procfs.start_time(os.getpid()) or 0
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
 
 
 class ExitWatcher(threading.Thread):
@@ -254,7 +258,7 @@ class Agent:
                         self.wake_for_pass()
                 if statuses is None:
                     log.info("ready %.0f ms after start: the first pass made %d action(s) for "
-                             "%d container(s)", (time.monotonic() - STARTED) * 1000,
+                             "%d container(s)", running_for() * 1000,
                              len(outcome.actions), len(desired.containers))
                 statuses = reconciler.statuses(desired, outcome)
                 exits.watch({s.pid for s in statuses if s.pid})
