@@ -9,9 +9,11 @@ with ``SDNCTL_FAULT=<step>:<action>`` and a container is created:
   agent's files (nftables may already hold the desired state's guard for the container). The
   half-built container is then deleted (it succeeds, and again), an agent without the fault
   starts, and the host is as before, nftables and store rows included.
-- ``kill``: the process dies by SIGKILL at the step. An agent without the fault starts and must
-  bring the host to what the desired state says (the container runs, reachable); deleting it
-  (twice) brings everything back to the "before" snapshot, store rows included.
+- ``kill``: the process dies by SIGKILL at the step. Either an agent without the fault starts
+  and must bring the host to what the desired state says (the container runs, reachable) and
+  deleting it (twice) brings everything back to the "before" snapshot, store rows included; or
+  the half-built container is deleted while no agent runs, and the next agent must remove
+  every piece of it. By default the steps alternate between the two; `make soak` does both.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ containers:   # holds h1's lease of front: its bridge and table exist before eac
 """
 TAG = "sdnctl-test:latest"
 AGENT_STEPS = [s for s in STEPS if s != "ipam"]
+#: `make soak`: after a kill, both complete the half-built container and delete it, at every
+#: step; by default, one or the other, alternately.
+SOAK = bool(os.environ.get("SDNCTL_SOAK"))
 
 
 @pytest.fixture
@@ -89,7 +94,7 @@ def status(cli: Cli) -> str:
 def test_fault_at_every_step_leaves_nothing_half_built(cli: Cli, run_prefix: str,
                                                        action: str) -> None:
     before = host_state(cli, run_prefix)
-    for step in AGENT_STEPS:
+    for i, step in enumerate(AGENT_STEPS):
         started = time.monotonic()
         stop_agent(cli)
         restart(cli, f"{step}:{action}")
@@ -110,12 +115,27 @@ def test_fault_at_every_step_leaves_nothing_half_built(cli: Cli, run_prefix: str
             wait_for(lambda: get_host(cli).agent_synced, 20, "the agent's first pass")
         else:
             wait_for(lambda a=agent: not pid_alive(a), 20, f"{step}: the agent to die")
-            restart(cli)
-            wait_for(lambda: status(cli) == "running", 30, f"{step}: c1 to run after restart")
-            ctr = cli.container("c1")
-            assert ping(ctr["netns"], ctr["gateway"]), step
-            cli.run("rm", "c1")
-            cli.run("rm", "-f", "c1")
+            paths = ("complete", "delete") if SOAK else (("complete", "delete")[i % 2],)
+            for n, then in enumerate(paths):
+                if n > 0:  # half-build c1 again
+                    stop_agent(cli)
+                    restart(cli, f"{step}:{action}")
+                    agent = get_host(cli).agent_pid
+                    run_c1(cli, 0.5)
+                    wait_for(lambda a=agent: not pid_alive(a), 20, f"{step}: the agent to die")
+                if then == "delete":  # deleted while the agent that half-built it is dead
+                    cli.run("rm", "c1")
+                    cli.run("rm", "-f", "c1")
+                    restart(cli)
+                    wait_for(lambda: not before.diff(host_state(cli, run_prefix)), 20,
+                             f"{step}: the new agent to remove the half-built c1")
+                else:  # the new agent completes it
+                    restart(cli)
+                    wait_for(lambda: status(cli) == "running", 30, f"{step}: c1 to run")
+                    ctr = cli.container("c1")
+                    assert ping(ctr["netns"], ctr["gateway"]), step
+                    cli.run("rm", "c1")
+                    cli.run("rm", "-f", "c1")
         after = host_state(cli, run_prefix)
         assert not before.diff(after), (step, before.diff(after))
         print(f"fault {step}:{action}: rolled back or repaired, then removed, in "

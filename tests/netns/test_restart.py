@@ -9,6 +9,7 @@ Prints how soon each agent was ready.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -19,9 +20,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from helpers.cli import Cli, kernel_state, lab_cli
-from helpers.hoststate import agent_log, netlink_state, nft_stateless, stop_agent, wait_for
+from helpers.hoststate import (
+    agent_log,
+    api,
+    netlink_state,
+    nft_stateless,
+    stop_agent,
+    wait_for,
+)
+
+from sdnctl.v1 import sdnctl_pb2 as pb
 
 pytestmark = pytest.mark.netns
 
@@ -146,3 +157,55 @@ def _ready_lines(cli: Cli, prefix: str) -> list[tuple[str, str]]:
 def _ready_line(cli: Cli, prefix: str, seen: int) -> tuple[str, str] | None:
     found = _ready_lines(cli, prefix)
     return found[seen] if len(found) > seen else None
+
+
+MANY = int(os.environ.get("SDNCTL_READY_CONTAINERS") or 1000)
+MANY_TOPOLOGY = """\
+name: many
+hosts:
+  - {name: h1, lab: true}
+networks:
+  - {name: front, subnet: 10.80.0.0/21, host_prefix: 21}
+containers: []
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("SDNCTL_SOAK"), reason="a soak test: `make soak`")
+def test_ready_within_5_s_with_1000_containers(tmp_path: Path, run_prefix: str) -> None:
+    """A restarted agent adopts 1,000 running bridged containers and is ready within 5 s."""
+    path = tmp_path / "many.yaml"
+    path.write_text(MANY_TOPOLOGY)
+    with lab_cli(run_prefix) as cli:
+        cli.run("up", str(path))
+        names = [f"c{i}" for i in range(MANY)]
+        try:
+            with api(cli) as client:
+                started = time.monotonic()
+                for name in names:
+                    client.api.CreateContainer(pb.CreateContainerRequest(container=pb.Container(
+                        name=name, host="h1", network="front", command=["sleep", "3600"])),
+                        timeout=30)
+                wait_for(lambda: sum(c.status.state == "running" for c in client.api
+                                     .ListContainers(pb.ListRequest(), timeout=30).containers)
+                         == MANY, 1800, f"{MANY} containers to run", 2.0)
+                built = time.monotonic() - started
+                before = netlink_state(cli.host("h1")["netns"])
+                results = []
+                for sig in (signal.SIGTERM, signal.SIGKILL):
+                    seen = len(_ready_lines(cli, run_prefix))
+                    stop_agent(cli, sig=sig)
+                    cli.run("up", str(path))
+                    results.append(wait_for(lambda s=seen: _ready_line(cli, run_prefix, s), 60,
+                                            "the new agent's first pass"))
+                assert netlink_state(cli.host("h1")["netns"]) == before
+        finally:
+            with api(cli) as client:
+                for name in names:
+                    with contextlib.suppress(grpc.RpcError):
+                        client.api.DeleteContainer(pb.DeleteRequest(name=name), timeout=30)
+                wait_for(lambda: not client.api.GetHost(pb.GetRequest(name="h1"), timeout=30)
+                         .reported_containers, 1800, "the containers to go", 2.0)
+    print(f"\n{MANY} containers built in {built:.0f} s; restarted agent ready after "
+          + ", ".join(f"{float(ms) / 1000:.2f} s ({n} actions)" for ms, n in results))
+    assert all(int(n) == 0 for _, n in results)
+    assert all(float(ms) <= 5000 for ms, _ in results), results
