@@ -26,6 +26,6 @@ bench-table:
 SOAK_ENV := SDNCTL_SOAK=1 SDNCTL_SOAK_CYCLES=2000 SDNCTL_RESTARTS=20 SDNCTL_CONTROLLER_KILLS=50
 
 soak:
-	$(SOAK_ENV) $(PY) -m pytest -s -p no:cacheprovider tests/netns/test_soak.py \
-		tests/netns/test_restart.py tests/netns/test_controller_crash.py \
-		tests/netns/test_faults.py tests/netns/test_drift.py tests/netns/test_gc_lab.py
+	$(SOAK_ENV) $(PY) -m pytest -s -p no:cacheprovider tests/netns/test_restart.py \
+		tests/netns/test_controller_crash.py tests/netns/test_faults.py \
+		tests/netns/test_drift.py tests/netns/test_gc_lab.py tests/netns/test_soak.py
