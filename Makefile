@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 BENCH_SCRIPTS := $(filter-out bench/harness.py,$(sort $(wildcard bench/*.py)))
 
-.PHONY: bench bench-full bench-setup bench-table fuzz test-etcd-full
+.PHONY: bench bench-full bench-setup bench-table fuzz test-etcd-full soak
 
 # Fuzzing (issue 9): the fuzz tests with a long budget (CI runs them with a short one).
 # SDNCTL_FUZZ_EXAMPLES=N sets the examples per RPC (default 3000 here, 30 in CI).
@@ -29,3 +29,13 @@ bench-table:
 # through three controllers on a three-member etcd); the default suite runs 1,000 addresses.
 test-etcd-full:
 	SDNCTL_REPLICA_ADDRESSES=10000 .venv/bin/pytest -s tests/unit/test_etcd_replicas.py -k threads
+
+# Reliability soak (issue 10): the long versions of the reliability tests, with their figures
+# (-s: printed). 2,000 churn cycles, 20 agent restarts under traffic, 50 controller SIGKILLs
+# under allocation load, readiness of an agent adopting 1,000 containers.
+SOAK_ENV := SDNCTL_SOAK=1 SDNCTL_SOAK_CYCLES=2000 SDNCTL_RESTARTS=20 SDNCTL_CONTROLLER_KILLS=50
+
+soak:
+	$(SOAK_ENV) $(PY) -m pytest -s -p no:cacheprovider tests/netns/test_restart.py \
+		tests/netns/test_controller_crash.py tests/netns/test_faults.py \
+		tests/netns/test_drift.py tests/netns/test_gc_lab.py tests/netns/test_soak.py

@@ -28,8 +28,10 @@ from collections.abc import Callable, Iterator
 import grpc
 from pyroute2 import IPRoute
 
+from agent import plan as p
 from agent.desired import DesiredState, LocalHost
 from agent.imagestore import ImageStore
+from agent.kernel import procfs
 from agent.kernel.firewall import Firewall
 from agent.kernel.links import Links
 from agent.kernel.names import vtep_mac_for
@@ -43,6 +45,12 @@ from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sdnctl.agent")
+
+
+def running_for() -> float:
+    """Seconds since this process started (exec'd by nsenter or a shell: the same PID)."""
+    ticks = procfs.start_time(os.getpid()) or 0
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
 
 
 class ExitWatcher(threading.Thread):
@@ -168,6 +176,8 @@ class Agent:
         self.current = 0
         self.last_report: tuple[int, list[ContainerStatus]] | None = None
         self.pending_pass = True  # the desired state changed (or a process exited) since
+        self.generation = 0  # counts changes of the desired state
+        self.repairs = 0  # actions taken while the desired state stood still (drift)
 
     @property
     def sync(self) -> pb_grpc.HostSyncStub:
@@ -210,6 +220,7 @@ class Agent:
                     with self.lock:
                         if self.desired.apply(event):
                             self.pending_pass = True
+                            self.generation += 1
                     self.dirty.set()  # a progress notice alone is reported, not reconciled
             except grpc.RpcError as e:
                 if self.stopping.is_set():
@@ -234,25 +245,33 @@ class Agent:
         watcher.start()
         exits = ExitWatcher(self.wake_for_pass)
         exits.start()
-        wait = self.args.resync
+        # A full pass is due this often even when events keep waking us (progress notices
+        # must not push drift repair past one resync interval).
+        due = time.monotonic()
         statuses: list[ContainerStatus] | None = None
+        last_generation: int | None = None
         try:
             while not self.stopping.is_set():
-                woken = self.dirty.wait(wait)
+                self.dirty.wait(max(0.0, due - time.monotonic()))
                 if self.stopping.is_set():
                     break
                 self.dirty.clear()
                 with self.lock:
                     desired = self.desired.copy()
-                    needed = self.pending_pass or not woken or statuses is None
+                    needed = self.pending_pass or time.monotonic() >= due or statuses is None
                     self.pending_pass = False
-                if not desired.synced:
+                    generation = self.generation
+                if not desired.synced:  # the first snapshot wakes us when it comes
+                    due = time.monotonic() + self.args.resync
                     continue
                 if not needed:  # only the revision moved on: nothing here changed
                     self.report(desired.revision, statuses or [])
                     continue
                 started = time.monotonic()
                 outcome = reconciler.reconcile(desired)
+                if generation == last_generation:  # (a retry after a failed pass is not one)
+                    self.log_repairs(outcome.actions)
+                last_generation = None if outcome.errors else generation
                 if outcome.actions:
                     log.info("revision %d: %d action(s) in %.0f ms%s", desired.revision,
                              len(outcome.actions), (time.monotonic() - started) * 1000,
@@ -260,15 +279,27 @@ class Agent:
                     if outcome.errors:
                         self.stopping.wait(1.0)  # then retry rather than at the next resync
                         self.wake_for_pass()
+                if statuses is None:
+                    log.info("ready %.0f ms after start: the first pass made %d action(s) for "
+                             "%d container(s)", running_for() * 1000,
+                             len(outcome.actions), len(desired.containers))
                 statuses = reconciler.statuses(desired, outcome)
                 exits.watch({s.pid for s in statuses if s.pid})
-                wait = min(self.args.resync, RESTART_DELAY) if outcome.restart_pending \
-                    else self.args.resync
+                due = time.monotonic() + (min(self.args.resync, RESTART_DELAY)
+                                          if outcome.restart_pending else self.args.resync)
                 self.report(desired.revision, statuses)
         finally:
             links.close()
             for channel in self.channels:
                 channel.close()
+
+    def log_repairs(self, actions: list[p.Action]) -> None:
+        """Drift: the kernel moved while the desired state did not. One event per repair."""
+        for action in actions:
+            if p.is_repair(action):
+                self.repairs += 1
+                log.warning("repair: %s (%d repairs since start)", p.describe(action),
+                            self.repairs)
 
     def report(self, revision: int, statuses: list[ContainerStatus]) -> None:
         if self.last_report == (revision, statuses):
@@ -322,8 +353,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: /var/lib/sdnctl/<host>)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="crun",
                         help="OCI runtime (default: %(default)s)")
-    parser.add_argument("--resync", type=float, default=10.0,
-                        help="seconds between full passes (default %(default)s)")
+    parser.add_argument("--resync", type=float,
+                        default=float(os.environ.get("SDNCTL_RESYNC") or 10.0),
+                        help="seconds between full passes, which find and repair drift "
+                        "(default: $SDNCTL_RESYNC, else %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir or f"/run/sdnctl/{args.host}"

@@ -140,6 +140,47 @@ Action = EnableForwarding | SyncFirewall | EnsureBridge | RemoveLink | SetupCont
     RemoveContainer | EnsureVxlan | SetPeer | RemovePeerRoute | RemoveNeighbour | RemoveFdb
 
 
+def describe(action: Action) -> str:
+    """A short line naming what ``action`` makes or removes (for the agent's log)."""
+    match action:
+        case EnableForwarding():
+            return "sysctl net.ipv4.ip_forward=1"
+        case SyncFirewall(spec):
+            return "nftables tables sdnctl" + ("" if spec.networks else " (remove)")
+        case EnsureBridge(net):
+            return f"bridge {bridge_name(net.name)} of network {net.name!r}"
+        case RemoveLink(ifname):
+            return f"remove link {ifname}"
+        case EnsureVxlan(net):
+            return f"vxlan {vxlan_name(net.name)} of network {net.name!r}"
+        case SetPeer(device, peer):
+            return f"peer {peer.host} on {device}: route {peer.subnet} via {peer.vtep_ip}, " \
+                f"neighbour {peer.vtep_mac}, fdb -> {peer.underlay_ip}"
+        case RemovePeerRoute(device, dst):
+            return f"remove route {dst} on {device}"
+        case RemoveNeighbour(device, ip):
+            return f"remove neighbour {ip} on {device}"
+        case RemoveFdb(device, mac, dst):
+            return f"remove fdb {mac} -> {dst} on {device}"
+        case SetupContainer():
+            parts = [name for name, on in (("sandbox", action.netns), ("link", action.attach),
+                                           ("drop sandbox", action.drop_sandbox),
+                                           ("stop", action.stop_first),
+                                           ("start", action.start)) if on]
+            return f"container {action.container.name!r}: {', '.join(parts)}"
+        case RemoveContainer(name):
+            return f"remove container {name!r}"
+    return repr(action)
+
+
+def is_repair(action: Action) -> bool:
+    """Whether ``action``, planned while the desired state stood still, mends the kernel (drift)
+    rather than (re)starting a process, which restart policies do on their own."""
+    if isinstance(action, SetupContainer):
+        return action.netns or action.attach or action.drop_sandbox
+    return True
+
+
 def plan(desired: DesiredState, observed: Observed, now: float = 0.0) -> list[Action]:
     """Actions that turn ``observed`` into ``desired``; empty when they already agree.
 

@@ -50,6 +50,7 @@ from agent.kernel.names import (
 )
 from agent.modes import MODES
 from agent.runtime import OciRuntime, Rootfs, Runtime
+from sdnctl import faults
 from sdnctl.model import (
     DEFAULT_CAPABILITIES,
     MODE_BRIDGE,
@@ -195,14 +196,20 @@ class Reconciler:
         actions = p.plan(desired, observed, time.time())
         outcome = Outcome(actions, observed)
         self._stop_first(actions)
+        firewall_failed = False
         for action in actions:
+            key = getattr(getattr(action, "container", None), "name", "") or \
+                getattr(action, "name", "")
+            if firewall_failed and isinstance(action, p.SetupContainer) and action.network:
+                # Its anti-spoofing guard is not in place: never run a container unguarded.
+                outcome.errors[key] = "waiting for the firewall, which could not be applied"
+                continue
             try:
                 self.apply(action)
             except Exception as e:  # one failure must not stop the rest of the pass
-                key = getattr(getattr(action, "container", None), "name", "") or \
-                    getattr(action, "name", "")
                 log.warning("%s failed: %s", type(action).__name__, e, exc_info=True)
                 outcome.errors[key] = f"{e}" + (f": {e.__cause__}" if e.__cause__ else "")
+                firewall_failed |= isinstance(action, p.SyncFirewall)
         if actions:
             # Statuses and the restart decision read only the containers: links, firewall and
             # VXLAN peers are read again by the next pass, not now (that saved an nft process
@@ -267,6 +274,7 @@ class Reconciler:
                 self._drop_sandbox(ctr.name)
             if action.netns and netns.create_sandbox(paths, ctr.name):
                 undo.callback(self._drop_sandbox, ctr.name)
+                faults.point("namespace")
             if action.attach and net is not None:
                 self.links.ensure_veth(
                     veth_name(ctr.name, ctr.interface), veth_alias(ctr.name, ctr.interface),
@@ -278,16 +286,24 @@ class Reconciler:
             if action.start:
                 if not action.stop_first and os.path.exists(self._file(ctr.name, "pid")):
                     self.restarts[ctr.name] = self.restarts.get(ctr.name, 0) + 1
-                self._start(ctr)
+                self._start(ctr, undo)
             undo.pop_all()
         log.info("container %s ready (%s%s)", ctr.name, ctr.mode,
                  f" {ctr.address_cidr}" if ctr.ip else "")
 
-    def _start(self, ctr: DesiredContainer) -> None:
-        """Write the bundle and start it under the runtime; pidfile and spec hash last."""
+    def _start(self, ctr: DesiredContainer, undo: contextlib.ExitStack) -> None:
+        """Write the bundle and start it under the runtime; pidfile and spec hash last.
+
+        What this start leaves behind if a later step fails is registered on ``undo``: the
+        runtime's container (and its process and cgroup), the bundle, a writable layer made
+        for this run. A container that ran before keeps its writable layer."""
         where = MODES[ctr.mode].namespaces(ctr, self.sandbox)
         self.runtime.delete(ctr.name)  # the record of an earlier run, if any
         bundle = os.path.join(self.bundle_dir, ctr.name)
+        undo.callback(shutil.rmtree, bundle, ignore_errors=True)
+        undo.callback(cgroups.remove, self.cgroup_path(ctr.name))
+        if not os.path.exists(self.images.container_dir(ctr.name)):
+            undo.callback(self.images.remove_container, ctr.name)
         os.makedirs(os.path.join(bundle, "rootfs"), mode=0o755, exist_ok=True)
         owner = ocispec.USERNS_BASE if ctr.user_ns else 0
         if ctr.image_id:
@@ -313,10 +329,18 @@ class Reconciler:
             cgroups_path=self.cgroup_path(ctr.name), volumes=volumes)
         paths_write(os.path.join(bundle, "config.json"), json.dumps(ocispec.build(spec)))
         pid, started = self.runtime.run(ctr.name, bundle, rootfs, self._file(ctr.name, "log"))
+        undo.callback(self._reap_failed_start, ctr.name, procs.ProcInfo(pid, started))
+        faults.point("runtime")
         procs.write_pidfile(self._file(ctr.name, "pid"), procs.ProcInfo(pid, started))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._file(ctr.name, "exit"))
         paths_write(self._file(ctr.name, "spec"), ctr.spec_hash() + "\n")
+
+    def _reap_failed_start(self, name: str, info: procs.ProcInfo) -> None:
+        """Undo a start whose later steps failed: the process (our child) and its record."""
+        self.runtime.delete(name)  # --force: kills the process
+        procs.stop(info, self.stop_grace)
+        procs.reap(info)
 
     def cgroup_path(self, name: str) -> str:
         return f"{self.cgroup_parent}/{name}"

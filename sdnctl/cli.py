@@ -12,6 +12,7 @@
     sdnctl inspect {host|network|container} NAME [--json]
     sdnctl ipam [--network N] [--json]         leases, allocations, quarantine, history
     sdnctl ipam check [--network N] [--json]   consistency (exit 1 when there are problems)
+    sdnctl ipam gc [--dry-run] [--grace S] [--json]   free what stayed unused a grace period
     sdnctl events [--follow] [--json]          the audit log: who changed what, who was refused
     sdnctl pki init|issue|revoke|ls ...        certificates for mutual TLS (see README)
     sdnctl controller [serve] ...   run the controller in the foreground (= sdnctl-controller)
@@ -209,6 +210,9 @@ def cmd_ipam(args: argparse.Namespace) -> int:
     request = pb.GetIpamRequest(network=args.network or "")
     if args.action == "check":
         return _ipam_check(client.api.CheckIpam(request, timeout=10), args.json)
+    if args.action == "gc":
+        return _ipam_gc(client.api.GcIpam(pb.GcIpamRequest(
+            dry_run=args.dry_run, grace_seconds=args.grace), timeout=30), args.json)
     data = ipam_json(client.api.GetIpam(request, timeout=10))
     if args.json:
         print(json.dumps(data, indent=2))
@@ -229,6 +233,29 @@ def cmd_ipam(args: argparse.Namespace) -> int:
                   e["address"] or e["subnet"], e["container"]]
                  for e in data["history"][-RECENT_HISTORY:]],
                 ["WHEN", "EVENT", "NETWORK", "HOST", "SUBNET/ADDRESS", "CONTAINER"])
+    return 0
+
+
+def _ipam_gc(report: pb.GcIpamReport, as_json: bool) -> int:
+    items: list[dict[str, Any]] = [
+        {"kind": i.kind, "network": i.network, "subject": i.subject, "detail": i.detail,
+         "action": i.action, "first_seen": i.first_seen, "free_in": i.free_in}
+        for i in report.items]
+    if as_json:
+        print(json.dumps({"at": report.at, "grace": report.grace_seconds,
+                          "dry_run": report.dry_run, "items": items}, indent=2))
+        return 0
+    verbs = {"mark": "first seen unused: marked", "wait": "unused, marked",
+             "reset": "changed since marked: marked again",
+             "free": "would be freed" if report.dry_run else "freed"}
+    print_table([[i["kind"], i["network"], i["subject"], verbs.get(i["action"], i["action"]),
+                  f"{i['free_in']} s" if i["action"] != "free" else "-", i["detail"]]
+                 for i in items],
+                ["KIND", "NETWORK", "SUBJECT", "STATE", "FREE IN", "WHY"])
+    freed = sum(1 for i in items if i["action"] == "free")
+    print(f"{'dry run: ' if report.dry_run else ''}{len(items)} candidate(s), "
+          f"{freed} {'to free now' if report.dry_run else 'freed'} "
+          f"(grace {report.grace_seconds} s)", file=sys.stderr)
     return 0
 
 
@@ -384,9 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ipam", help="show leases, allocations, quarantine and history; "
                        "`ipam check` checks them")
-    p.add_argument("action", nargs="?", choices=("check",),
-                   help="check: report leaked or missing allocations (exit 1 if any)")
+    p.add_argument("action", nargs="?", choices=("check", "gc"),
+                   help="check: report leaked or missing allocations (exit 1 if any); "
+                   "gc: free what has been unused for a grace period (seen twice)")
     p.add_argument("--network", help="only this network")
+    p.add_argument("--dry-run", action="store_true", help="gc: report, change nothing")
+    p.add_argument("--grace", type=int, default=0, metavar="SECONDS",
+                   help="gc: seconds between the two sightings (default: the controller's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ipam)
 

@@ -78,6 +78,7 @@ from agent.kernel import sysctl
 from agent.kernel.links import KernelError
 from agent.kernel.names import BRIDGE_PREFIX, VETH_PREFIX
 from agent.kernel.netns import run_in_netns
+from sdnctl import faults
 
 TABLE_FAMILY = "inet"  # the main table; BRIDGE_FAMILY holds the anti-spoofing one
 BRIDGE_FAMILY = "bridge"
@@ -593,6 +594,7 @@ class Firewall:
         comments = self._observe_tables()
         wrote = False
         if comments is None or sorted(comments) != _tables_fingerprint(spec):
+            faults.point("nftables")
             done = self._nft(["-f", "-"], script=render(spec))
             if done.returncode != 0:
                 raise KernelError(f"could not apply tables {TABLE_NAME!r}: {done.stderr.strip()}")

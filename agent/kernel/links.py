@@ -60,6 +60,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.kernel.names import ALIAS_PREFIX, BRIDGE_PREFIX, VETH_PREFIX, VXLAN_PREFIX
 from agent.kernel.netns import iproute_in, is_netns, netns_inode
+from sdnctl import faults
 
 RTPROT_SDNCTL = 211
 IFF_UP = 0x1
@@ -421,6 +422,7 @@ class Links:
         if link is None:
             link = self._create_veth(host_ifname, alias, master_index, mtu, netns_path,
                                      peer_ifname, mac)
+            faults.point("veth")
         else:
             self._verify_ours(link, host_ifname, "veth", alias)
         self._fix_link(ipr, link, what, mtu=mtu, master=master_index, state="up", ifalias=alias)
@@ -462,7 +464,9 @@ class Links:
             want["address"] = mac.lower()
         self._fix_link(ipr, link, what, **want)
         self._ensure_addresses(ipr, link["index"], address_cidr, what)
+        faults.point("address")
         self._ensure_default_route(ipr, link["index"], gateway, what)
+        faults.point("route")
 
     @staticmethod
     def _ensure_default_route(ipr: IPRoute, index: int, gateway: str, what: str) -> None:

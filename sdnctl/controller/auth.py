@@ -81,6 +81,7 @@ POLICY: dict[str, Rule] = {
     CTL + "UpdateContainer": Rule(MANAGE, mutating=True),
     CTL + "GetIpam": Rule(READ),
     CTL + "CheckIpam": Rule(READ),
+    CTL + "GcIpam": Rule(ADMIN, mutating=True),
     CTL + "Events": Rule(READ),
     CTL + "LoadImage": Rule(MANAGE, mutating=True),
     CTL + "ListImages": Rule(READ),

@@ -35,7 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sdnctl import paths
-from sdnctl.controller import ipam
+from sdnctl.controller import gc, ipam
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import SecurityInterceptor
 from sdnctl.controller.images import Images, default_blob_dir
@@ -85,13 +85,14 @@ class RunningServer:
     addresses: tuple[str, ...] = ()  # every listener, as clients dial them
     audit: AuditLog | None = None
     revocations: RevocationList | None = None
+    collector: threading.Thread | None = None
     scratch: str = ""  # a blob directory made for this server alone, removed when it stops
     heartbeat: threading.Thread | None = None
 
     def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()
         self.server.stop(grace).wait()
-        for thread in (self.sweeper, self.heartbeat):
+        for thread in (self.sweeper, self.heartbeat, self.collector):
             if thread is not None:
                 thread.join()
         if self.scratch:
@@ -183,7 +184,9 @@ def create_server(address: str | Sequence[str], store: Store,
                   clock: Callable[[], float] = time.time,
                   tls: TlsFiles | None = None, crl: str | None = None,
                   audit: AuditLog | None = None,
-                  blob_dir: str | None = None) -> RunningServer:
+                  blob_dir: str | None = None,
+                  gc_grace: int = gc.DEFAULT_GRACE,
+                  gc_interval: float = 0.0) -> RunningServer:
     """Build and start a server on ``address`` (one or several): ``unix:/path`` or
     ``[tcp:]host:port`` (port 0 picks). A TCP address needs ``tls`` (mutual TLS), else
     :class:`ListenError` before anything starts. ``crl``: a revocation list file (PEM, signed by
@@ -197,7 +200,9 @@ def create_server(address: str | Sequence[str], store: Store,
     ``heartbeat``: seconds between this replica's heartbeats, with which replicas sharing a store
     tell each other which agents they serve (0: one controller alone; see ``Connections``).
     ``clock``: unix seconds (tests pass a fake one). ``blob_dir``: where image blobs are kept
-    (None: a temporary directory removed when the server stops).
+    (None: a temporary directory removed when the server stops). ``gc_grace``: seconds between
+    the two sightings IPAM garbage collection needs; ``gc_interval``: how often it runs on its
+    own (0: only when asked, ``GcIpam``).
     """
     addresses = [address] if isinstance(address, str) else list(address)
     for tcp in (a for a in addresses if not is_unix(a)):
@@ -219,7 +224,7 @@ def create_server(address: str | Sequence[str], store: Store,
                          interceptors=[SecurityInterceptor(audit, revocations),
                                        ErrorInterceptor()])
     pb_grpc.add_ControllerServicer_to_server(
-        ControllerServicer(state, connections, images, audit, stopping), server)
+        ControllerServicer(state, connections, images, audit, stopping, gc_grace), server)
     pb_grpc.add_HostSyncServicer_to_server(
         HostSyncServicer(state, connections, stopping, images, progress_interval), server)
     health_servicer = health.HealthServicer()
@@ -242,6 +247,11 @@ def create_server(address: str | Sequence[str], store: Store,
                                              args=(connections, heartbeat, stopping),
                                              daemon=True)
         running.heartbeat.start()
+    if gc_interval > 0:
+        running.collector = threading.Thread(
+            target=gc.collect_forever, name="ipam-gc", daemon=True,
+            args=(state, gc_interval, gc_grace, connections.connected, stopping))
+        running.collector.start()
     return running
 
 
@@ -317,6 +327,15 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: %(default)s)")
     parser.add_argument("--sweep-interval", type=float, default=10.0, metavar="SECONDS",
                         help="how often expired leases are freed (default: %(default)s)")
+    parser.add_argument("--gc-grace", type=_seconds,
+                        default=int(os.environ.get("SDNCTL_GC_GRACE") or gc.DEFAULT_GRACE),
+                        metavar="SECONDS", help="IPAM garbage collection frees a thing only "
+                        "when seen unused twice this long apart ($SDNCTL_GC_GRACE, else "
+                        "%(default)s)")
+    parser.add_argument("--gc-interval", type=float,
+                        default=float(os.environ.get("SDNCTL_GC_INTERVAL") or 0),
+                        metavar="SECONDS", help="run IPAM garbage collection this often "
+                        "($SDNCTL_GC_INTERVAL, else 0: only on request, `sdnctl ipam gc`)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -349,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                                 crl=args.crl or None, audit=audit,
                                 heartbeat=REPLICA_HEARTBEAT if isinstance(store, EtcdStore)
                                 else 0.0,
-                                blob_dir=args.blob_dir or default_blob_dir(db))
+                                blob_dir=args.blob_dir or default_blob_dir(db),
+                                gc_grace=args.gc_grace, gc_interval=args.gc_interval)
     except Invalid as e:
         parser.error(f"--default-bridge: {e.message}")
     except (ListenError, PkiError) as e:

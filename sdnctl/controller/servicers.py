@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from sdnctl import convert
-from sdnctl.controller import ipam_report
+from sdnctl.controller import gc, ipam_report
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import current_identity
 from sdnctl.controller.errors import (
@@ -201,6 +201,14 @@ CHUNK = 1 << 20
 MAX_ARCHIVE = 8 << 30  # bytes: a bigger upload is refused
 
 
+def gc_report_pb(report: gc.Report) -> pb.GcIpamReport:
+    return pb.GcIpamReport(at=report.at, grace_seconds=report.grace, dry_run=report.dry_run,
+                           items=[pb.GcIpamItem(kind=i.kind, network=i.network,
+                                                subject=i.subject, detail=i.detail,
+                                                action=i.action, first_seen=i.first_seen,
+                                                free_in=i.free_in) for i in report.items])
+
+
 def image_pb(record: ImageRecord, revision: int = 0, config: bytes = b"") -> pb.Image:
     return pb.Image(id=record.id, repo_tags=list(record.repo_tags), layers=list(record.layers),
                     size=record.size, config=config, revision=revision)
@@ -215,12 +223,14 @@ def stream_file(path: str) -> Iterator[pb.ImageChunk]:
 class ControllerServicer(pb_grpc.ControllerServicer):
     def __init__(self, state: State, connections: Connections, images: Images,
                  audit: AuditLog | None = None,
-                 stopping: threading.Event | None = None) -> None:
+                 stopping: threading.Event | None = None,
+                 gc_grace: int = gc.DEFAULT_GRACE) -> None:
         self.state = state
         self.connections = connections
         self.images = images
         self.audit = audit or AuditLog()
         self.stopping = stopping or threading.Event()
+        self.gc_grace = gc_grace
 
     def CreateHost(self, request: pb.CreateHostRequest, context: Any) -> pb.Host:
         host = convert.host_from_pb(request.host)
@@ -316,6 +326,13 @@ class ControllerServicer(pb_grpc.ControllerServicer):
                 return
             records = self.audit.wait(seq, timeout=1.0)
 
+
+    def GcIpam(self, request: pb.GcIpamRequest, context: Any) -> pb.GcIpamReport:
+        if request.grace_seconds < 0:
+            raise Invalid("grace_seconds", f"{request.grace_seconds} is negative")
+        report = gc.collect(self.state, int(request.grace_seconds or self.gc_grace),
+                            request.dry_run, alive=self.connections.connected)
+        return gc_report_pb(report)
 
     def LoadImage(self, request_iterator: Iterator[pb.ImageChunk],
                   context: Any) -> pb.LoadImageResponse:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 from netaddr import IPAddress, IPNetwork
 
+from sdnctl import faults
 from sdnctl.controller import images, ipam
 from sdnctl.controller.errors import (
     AlreadyExists,
@@ -485,6 +486,7 @@ class State:
                 Put(container_key(container.name), to_json(container)),
                 Delete(status_key(container.name)),
             ]
+            faults.point("ipam")
             return compares, ops, None
 
         ipam.commit_with_retry(self.store, build)

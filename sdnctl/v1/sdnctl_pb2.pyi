@@ -493,3 +493,41 @@ class ReportStatusRequest(_message.Message):
 class ReportStatusResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GcIpamRequest(_message.Message):
+    __slots__ = ("dry_run", "grace_seconds")
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    grace_seconds: int
+    def __init__(self, dry_run: _Optional[bool] = ..., grace_seconds: _Optional[int] = ...) -> None: ...
+
+class GcIpamItem(_message.Message):
+    __slots__ = ("kind", "network", "subject", "detail", "action", "first_seen", "free_in")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    FREE_IN_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    network: str
+    subject: str
+    detail: str
+    action: str
+    first_seen: int
+    free_in: int
+    def __init__(self, kind: _Optional[str] = ..., network: _Optional[str] = ..., subject: _Optional[str] = ..., detail: _Optional[str] = ..., action: _Optional[str] = ..., first_seen: _Optional[int] = ..., free_in: _Optional[int] = ...) -> None: ...
+
+class GcIpamReport(_message.Message):
+    __slots__ = ("at", "grace_seconds", "dry_run", "items")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    at: int
+    grace_seconds: int
+    dry_run: bool
+    items: _containers.RepeatedCompositeFieldContainer[GcIpamItem]
+    def __init__(self, at: _Optional[int] = ..., grace_seconds: _Optional[int] = ..., dry_run: _Optional[bool] = ..., items: _Optional[_Iterable[_Union[GcIpamItem, _Mapping]]] = ...) -> None: ...

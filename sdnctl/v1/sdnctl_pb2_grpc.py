@@ -147,6 +147,11 @@ class ControllerStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.EventsRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.AuditEvent.FromString,
                 _registered_method=True)
+        self.GcIpam = channel.unary_unary(
+                '/sdnctl.v1.Controller/GcIpam',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamReport.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -299,6 +304,15 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GcIpam(self, request, context):
+        """IPAM garbage collection (issue 10): frees leaked addresses, stray guards, orphaned leases
+        and the containers and leases of lost hosts, each only once seen unused twice a grace
+        period apart, unchanged in between. dry_run: report only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -411,6 +425,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.Events,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.EventsRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.AuditEvent.SerializeToString,
+            ),
+            'GcIpam': grpc.unary_unary_rpc_method_handler(
+                    servicer.GcIpam,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1010,6 +1029,33 @@ class Controller:
             '/sdnctl.v1.Controller/Events',
             sdnctl_dot_v1_dot_sdnctl__pb2.EventsRequest.SerializeToString,
             sdnctl_dot_v1_dot_sdnctl__pb2.AuditEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GcIpam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/GcIpam',
+            sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -299,6 +299,7 @@ CALLS: dict[str, Any] = {
         name="c-ha", host="ha", network="none")),
     "GetIpam": pb.GetIpamRequest(),
     "CheckIpam": pb.GetIpamRequest(),
+    "GcIpam": pb.GcIpamRequest(dry_run=True),
     "Events": pb.EventsRequest(),
     "Register": pb.RegisterRequest(host="ha"),
     "Watch": pb.WatchRequest(host="ha"),
