@@ -267,6 +267,20 @@ class SecurityInterceptor(grpc.ServerInterceptor):
                      details.decode() if isinstance(details, bytes) else str(details or error),
                      context)
 
+    def _audited(self, identity: Identity, method: str, request: Any,
+                 context: grpc.ServicerContext, call: Callable[[], Any]) -> Any:
+        """Run a unary-response handler as ``identity`` and audit its outcome."""
+        token = _CURRENT.set(identity)
+        try:
+            response = call()
+        except BaseException as e:
+            self._outcome(identity, method, request, None, e, context)
+            raise
+        finally:
+            _CURRENT.reset(token)
+        self._outcome(identity, method, request, response, None, context)
+        return response
+
     def intercept_service(self, continuation: Callable[[Any], Any],
                           handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
@@ -278,16 +292,8 @@ class SecurityInterceptor(grpc.ServerInterceptor):
 
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
                 identity = self._admit(method, request, context)
-                token = _CURRENT.set(identity)
-                try:
-                    response = inner(request, context)
-                except BaseException as e:
-                    self._outcome(identity, method, request, None, e, context)
-                    raise
-                finally:
-                    _CURRENT.reset(token)
-                self._outcome(identity, method, request, response, None, context)
-                return response
+                return self._audited(identity, method, request, context,
+                                     lambda: inner(request, context))
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, _tolerant(handler.request_deserializer), handler.response_serializer)
@@ -313,16 +319,8 @@ class SecurityInterceptor(grpc.ServerInterceptor):
 
         def client_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
             identity = self._admit(method, None, context)
-            token = _CURRENT.set(identity)
-            try:
-                response = inner_client(_decoded(requests), context)
-            except BaseException as e:
-                self._outcome(identity, method, None, None, e, context)
-                raise
-            finally:
-                _CURRENT.reset(token)
-            self._outcome(identity, method, None, response, None, context)
-            return response
+            return self._audited(identity, method, None, context,
+                                 lambda: inner_client(_decoded(requests), context))
 
         return grpc.stream_unary_rpc_method_handler(
             client_stream, _tolerant(handler.request_deserializer), handler.response_serializer)
