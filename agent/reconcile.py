@@ -174,7 +174,7 @@ class Reconciler:
         path = self._file(name, "exit")
         code = procs.reap(info)
         if code is not None:
-            paths_write(path, f"{info.pid} {info.start_time} {code}\n")
+            procs.write_atomic(path, f"{info.pid} {info.start_time} {code}\n")
             return code
         recorded = self._read(path).split()
         if len(recorded) == 3 and recorded[:2] == [str(info.pid), str(info.start_time)]:
@@ -327,14 +327,14 @@ class Reconciler:
             readonly_root=not ctr.image_id, caps=(*DEFAULT_CAPABILITIES, *ctr.cap_add),
             limits=ocispec.Limits(ctr.memory, ctr.cpus, ctr.cpu_shares, ctr.pids_limit),
             cgroups_path=self.cgroup_path(ctr.name), volumes=volumes)
-        paths_write(os.path.join(bundle, "config.json"), json.dumps(ocispec.build(spec)))
+        procs.write_atomic(os.path.join(bundle, "config.json"), json.dumps(ocispec.build(spec)))
         pid, started = self.runtime.run(ctr.name, bundle, rootfs, self._file(ctr.name, "log"))
         undo.callback(self._reap_failed_start, ctr.name, procs.ProcInfo(pid, started))
         faults.point("runtime")
         procs.write_pidfile(self._file(ctr.name, "pid"), procs.ProcInfo(pid, started))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._file(ctr.name, "exit"))
-        paths_write(self._file(ctr.name, "spec"), ctr.spec_hash() + "\n")
+        procs.write_atomic(self._file(ctr.name, "spec"), ctr.spec_hash() + "\n")
 
     def _reap_failed_start(self, name: str, info: procs.ProcInfo) -> None:
         """Undo a start whose later steps failed: the process (our child) and its record."""
@@ -422,14 +422,6 @@ def default_cgroup_parent(run_dir: str) -> str:
     """``/sdnctl/<run dir's last component>-<hash>``: unique per agent on a machine."""
     digest = hashlib.sha256(os.path.abspath(run_dir).encode()).hexdigest()[:8]
     return f"/sdnctl/{os.path.basename(run_dir.rstrip('/')) or 'agent'}-{digest}"
-
-
-def paths_write(path: str, text: str) -> None:
-    """Write a small file atomically."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def flush_addresses(addresses: Iterable[str]) -> None:

@@ -100,10 +100,7 @@ class OciRuntime:
                 "sdnctl-runtime", self.binary, "--root", self.root, *args]
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The wrapper's environment (for callers that run :meth:`exec_argv` themselves)."""
-        return self._env(extra)
-
-    def _env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The wrapper's environment (also for callers that run :meth:`exec_argv` themselves)."""
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                "SDNCTL_HIDE": cgroups.UNIFIED if self.layout == "hybrid" else ""}
         env.update(extra or {})
@@ -115,7 +112,7 @@ class OciRuntime:
         inherits (a pipe would stay open as long as the container runs)."""
         pipe = subprocess.PIPE if output is None else output
         try:
-            return subprocess.run(self._argv(*args), env=self._env(extra), check=False,
+            return subprocess.run(self._argv(*args), env=self.env(extra), check=False,
                                   stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe,
                                   timeout=TIMEOUT, start_new_session=True)
         except (OSError, subprocess.TimeoutExpired) as e:

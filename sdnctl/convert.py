@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from sdnctl.controller import ipam
 from sdnctl.model import (
     DEFAULT_INTERFACE,
@@ -146,3 +148,14 @@ def quarantine_to_pb(entry: ipam.Quarantined) -> pb.Quarantine:
 def ipam_event_to_pb(event: ipam.IpamEvent) -> pb.IpamEvent:
     return pb.IpamEvent(at=event.at, kind=event.kind, network=event.network, host=event.host,
                         subnet=event.subnet, address=event.address, container=event.container)
+
+
+#: Bytes per message when an image archive or blob is streamed (gRPC's default limit is 4 MiB).
+CHUNK = 1 << 20
+
+
+def file_chunks(path: str) -> Iterator[pb.ImageChunk]:
+    """A file as the stream of ImageChunk messages that LoadImage, SaveImage and FetchBlob carry."""
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield pb.ImageChunk(data=chunk)

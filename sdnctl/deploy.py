@@ -26,7 +26,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -398,13 +398,8 @@ def apply_objects(client: Client, topology: Topology, progress: Progress) -> int
 
 
 def load_image(client: Client, archive: str, progress: Progress) -> None:
-    def chunks() -> Iterator[pb.ImageChunk]:
-        with open(archive, "rb") as f:
-            while chunk := f.read(1 << 20):
-                yield pb.ImageChunk(data=chunk)
-
     try:
-        reply = client.api.LoadImage(chunks(), timeout=600)
+        reply = client.api.LoadImage(convert.file_chunks(archive), timeout=600)
     except grpc.RpcError as e:
         raise DeployError(f"could not load image archive {archive}: {_details(e)}") from e
     tags = ", ".join(t for image in reply.images for t in image.repo_tags)

@@ -11,15 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
 
+from sdnctl import convert
 from sdnctl.client import CommandError, connect
 from sdnctl.v1 import sdnctl_pb2 as pb
 
-CHUNK = 1 << 20
 TIMEOUT = 600.0
 
 
@@ -41,18 +40,12 @@ def human_size(size: int) -> str:
     return f"{size}B"
 
 
-def _chunks(path: str) -> Iterator[pb.ImageChunk]:
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            yield pb.ImageChunk(data=chunk)
-
-
 def cmd_load(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.input):
         raise CommandError(f"image load: {args.input}: no such file")
     client = connect()
     try:
-        reply = client.api.LoadImage(_chunks(args.input), timeout=TIMEOUT)
+        reply = client.api.LoadImage(convert.file_chunks(args.input), timeout=TIMEOUT)
     except grpc.RpcError as e:
         raise _fail(f"image load {args.input}", e) from None
     for image in reply.images:

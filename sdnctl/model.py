@@ -212,16 +212,21 @@ class VolumeMount:
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
+PATH_MAX = 4096
+
+
 def clean_path(path: str, field: str) -> str:
-    """An absolute path with no ``..``, ``.`` or empty component and no NUL: nothing can climb
-    out of the root it is taken under."""
-    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
-        raise Invalid(field, f"{path!r} is not an absolute path")
+    """An absolute path with no ``..``, ``.`` or empty component, no NUL or control character,
+    at most PATH_MAX bytes: nothing can climb out of the root it is taken under."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise Invalid(field, f"{str(path)[:40]!r} is not an absolute path")
+    if len(path.encode()) > PATH_MAX:
+        raise Invalid(field, f"longer than {PATH_MAX} bytes")
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise Invalid(field, "contains a NUL or control character")
     parts = path.split("/")[1:]
     if path != "/" and any(part in ("", ".", "..") for part in parts):
         raise Invalid(field, f"{path!r} must be a plain absolute path (no '..', '.' or '//')")
-    if len(path) > 4096:
-        raise Invalid(field, "path longer than 4096 characters")
     return path
 
 

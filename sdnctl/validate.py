@@ -60,7 +60,6 @@ POOL_PREFIX_MIN = 8
 LIST_MAX = 64  # ports, allow, share, capabilities, reported containers (per item kind)
 COMMAND_MAX = 256  # arguments
 ARG_MAX = 4096  # bytes of one argument, of a status message
-PATH_MAX = 4096
 PID_MAX = 4194304  # the kernel's pid_max limit
 REPORT_MAX = 10000  # container statuses in one report
 CONTAINER_STATES = ("pending", "created", "running", "restarting", "exited", "error", "")
@@ -91,7 +90,7 @@ def validate_host(host: Host, where: str = "host") -> Host:
         check_ipv4(host.underlay_ip, f"{where}.underlay_ip")
         check_not_reserved(host.underlay_ip, f"{where}.underlay_ip")
     if host.netns:
-        check_path(host.netns, f"{where}.netns")
+        clean_path(host.netns, f"{where}.netns")
     if not 0 <= host.agent_pid <= PID_MAX:
         raise Invalid(f"{where}.agent_pid", f"{host.agent_pid} is outside 0..{PID_MAX}")
     if host.vtep_mac:
@@ -352,19 +351,6 @@ def check_count(items: Sized, field: str, maximum: int = LIST_MAX) -> None:
         raise Invalid(field, f"{len(items)} items; at most {maximum}")
 
 
-def check_path(value: str, field: str) -> str:
-    """An absolute path without ``..`` components, NUL or control characters."""
-    if not isinstance(value, str) or not value.startswith("/"):
-        raise Invalid(field, f"{value[:40]!r} is not an absolute path")
-    if len(value.encode()) > PATH_MAX:
-        raise Invalid(field, f"longer than {PATH_MAX} bytes")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise Invalid(field, "contains a NUL or control character")
-    if ".." in value.split("/"):
-        raise Invalid(field, f"{value!r} has a '..' component")
-    return value
-
-
 # Docker's reference grammar (github.com/distribution/reference): [domain/]path[:tag][@digest].
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
@@ -410,5 +396,5 @@ def validate_status(status: ContainerStatus, where: str) -> ContainerStatus:
     if not 0 <= status.pid <= PID_MAX:
         raise Invalid(f"{where}.pid", f"{status.pid} is outside 0..{PID_MAX}")
     if status.netns:
-        check_path(status.netns, f"{where}.netns")
+        clean_path(status.netns, f"{where}.netns")
     return status  # message: free text, truncated to ARG_MAX by the servicer

@@ -111,7 +111,12 @@ def reap(info: ProcInfo) -> int | None:
 
 
 def write_pidfile(path: str, info: ProcInfo) -> None:
+    write_atomic(path, f"{info.pid} {info.start_time}\n")
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write a small file so that readers see the old content or the new, never half."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        f.write(f"{info.pid} {info.start_time}\n")
+        f.write(text)
     os.replace(tmp, path)

@@ -197,7 +197,6 @@ def host_pb(view: HostView, connections: Connections) -> pb.Host:
     return msg
 
 
-CHUNK = 1 << 20
 MAX_ARCHIVE = 8 << 30  # bytes: a bigger upload is refused
 
 
@@ -212,12 +211,6 @@ def gc_report_pb(report: gc.Report) -> pb.GcIpamReport:
 def image_pb(record: ImageRecord, revision: int = 0, config: bytes = b"") -> pb.Image:
     return pb.Image(id=record.id, repo_tags=list(record.repo_tags), layers=list(record.layers),
                     size=record.size, config=config, revision=revision)
-
-
-def stream_file(path: str) -> Iterator[pb.ImageChunk]:
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            yield pb.ImageChunk(data=chunk)
 
 
 class ControllerServicer(pb_grpc.ControllerServicer):
@@ -366,7 +359,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         with tempfile.TemporaryDirectory(dir=self.images.blobs.root, prefix="save-") as tmp:
             path = os.path.join(tmp, "image.tar")
             self.images.save(request.name, path)
-            yield from stream_file(path)
+            yield from convert.file_chunks(path)
 
 
 class HostSyncServicer(pb_grpc.HostSyncServicer):
@@ -426,4 +419,4 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
         return image_pb(record, revision, self.images.config(record.id))
 
     def FetchBlob(self, request: pb.BlobRequest, context: Any) -> Iterator[pb.ImageChunk]:
-        yield from stream_file(self.images.blob_path(request.digest))
+        yield from convert.file_chunks(self.images.blob_path(request.digest))

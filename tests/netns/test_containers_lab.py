@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from helpers.cli import Cli, lab_cli
+from helpers.hoststate import wait_for
 
 from agent.kernel import cgroups
 from agent.ocispec import USERNS_BASE
@@ -71,14 +72,6 @@ def ex(cli: Cli, name: str, *cmd: str) -> str:
 def agent_dir(ctr: dict[str, Any]) -> Path:
     """The agent's run directory: its runtime's state directory lives in it."""
     return Path(ctr["runtime_root"]).parent
-
-
-def wait_for(predicate: Any, timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def mounts_mentioning(text: str) -> list[str]:

@@ -16,11 +16,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from helpers.cli import Cli, lab_cli, nsexec, ping
+from helpers.hoststate import wait_for
 
 from agent.kernel.names import veth_name
 from sdnctl.lab import EXTERNAL_IP
@@ -109,16 +109,6 @@ def udp_ask(netns_args: list[str], address: str, port: int) -> str:
     done = subprocess.run(["nsenter", *netns_args, PY, "-c", code], capture_output=True,
                           text=True, timeout=10, check=False)
     return done.stdout.strip()
-
-
-def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_closed_has_only_lo_and_reaches_nothing(modes: Modes) -> None:

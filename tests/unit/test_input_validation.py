@@ -10,9 +10,9 @@ import grpc
 import pytest
 from apitest import TIMEOUT, Api, details, rpc_error, unchanged
 
-from sdnctl.model import Invalid, check_name, parse_port
+from sdnctl.model import Invalid, check_name, clean_path, parse_port
 from sdnctl.v1 import sdnctl_pb2 as pb
-from sdnctl.validate import check_ifname, check_image_ref, check_path
+from sdnctl.validate import check_ifname, check_image_ref
 
 
 def net(**fields: Any) -> pb.CreateNetworkRequest:
@@ -158,7 +158,7 @@ def test_image_references_docker_refuses(ref: str) -> None:
                                   "/" + "a" * 4096])
 def test_paths_refused(path: str) -> None:
     with pytest.raises(Invalid):
-        check_path(path, "netns")
+        clean_path(path, "netns")
 
 
 def test_names_ifnames_and_ports_are_ascii_and_whole() -> None:
