@@ -28,7 +28,6 @@ from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
 from sdnctl.model import Container, Invalid, from_json, to_json
 
 IMAGES = "/images/"
-CONTAINERS = "/containers/"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -159,6 +158,8 @@ class Images:
         imagefmt.export_archive(path, [image], self.blobs)
 
     def _containers(self) -> list[Container]:
+        from sdnctl.controller.state import CONTAINERS  # state imports this module
+
         kvs, _ = self.store.range(CONTAINERS)
         return [from_json(Container, kv.value) for kv in kvs]
 
