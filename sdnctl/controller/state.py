@@ -25,6 +25,7 @@ Key layout (values are ``sdnctl.model.to_json`` of model objects):
     /containers/<name>                    Container
     /status/containers/<name>             ContainerStatus (written by agents' reports)
     /leases/..., /ipam/..., /history/ipam/...   owned by sdnctl.controller.ipam
+    /images/<hex>                         ImageRecord (sdnctl.controller.images; blobs on disk)
 """
 
 from __future__ import annotations
