@@ -13,10 +13,14 @@ from dataclasses import asdict, dataclass, field
 from sdnctl.model import (
     DEFAULT_MTU,
     DEFAULT_VXLAN_PORT,
+    USERNS_AUTO,
+    USERNS_HOST,
+    USERNS_PRIVATE,
     VXLAN_OVERHEAD,
     PortMapping,
     network_mode,
     parse_port,
+    wants_user_ns,
 )
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -87,7 +91,7 @@ class DesiredContainer:
     pids_limit: int = 0
     volumes: tuple[str, ...] = ()
     cap_add: tuple[str, ...] = ()
-    user_ns: bool = False
+    user_ns: str = USERNS_AUTO  # auto | private | host (see sdnctl.model.wants_user_ns)
     stopped: bool = False
     env: tuple[str, ...] = ()
     workdir: str = ""
@@ -105,6 +109,11 @@ class DesiredContainer:
     @property
     def address_cidr(self) -> str:
         return f"{self.ip}/{self.prefixlen}"
+
+    def runs_user_ns(self, host_supports: bool) -> bool:
+        """Whether it gets a user namespace on this host."""
+        return wants_user_ns(self.user_ns, self.network, bool(self.image_id), self.cap_add,
+                             host_supports)
 
     def spec_hash(self) -> str:
         """Changes whenever the container must be restarted to match its spec."""
@@ -147,6 +156,9 @@ def network_from_pb(msg: pb.HostNetwork, local: LocalHost | None = None) -> Desi
     )
 
 
+_USERNS = {pb.USERNS_PRIVATE: USERNS_PRIVATE, pb.USERNS_HOST: USERNS_HOST}
+
+
 def container_from_pb(msg: pb.Container) -> DesiredContainer:
     return DesiredContainer(
         name=msg.name,
@@ -166,7 +178,7 @@ def container_from_pb(msg: pb.Container) -> DesiredContainer:
         pids_limit=msg.resources.pids_limit,
         volumes=tuple(msg.volumes),
         cap_add=tuple(msg.cap_add),
-        user_ns=msg.user_ns,
+        user_ns=_USERNS.get(msg.user_ns, USERNS_AUTO),
         stopped=msg.stopped,
         env=tuple(msg.env),
         workdir=msg.workdir,

@@ -156,7 +156,8 @@ class GrpcFetcher:
 def status_pb(s: ContainerStatus) -> pb.ContainerStatus:
     return pb.ContainerStatus(name=s.name, state=s.state, pid=s.pid, netns=s.netns,
                               message=s.message, exit_code=s.exit_code, restarts=s.restarts,
-                              runtime=s.runtime, runtime_root=s.runtime_root, cgroup=s.cgroup)
+                              runtime=s.runtime, runtime_root=s.runtime_root, cgroup=s.cgroup,
+                              user_ns=s.user_ns)
 
 
 class Agent:

@@ -90,8 +90,12 @@ class Reconciler:
     def __init__(self, run_dir: str, links: Links, fw: firewall.Firewall,
                  stop_grace: float = 1.0, host_netns: str = "",
                  local: LocalHost | None = None, runtime: Runtime | None = None,
-                 images: ImageStore | None = None, cgroup_parent: str = "") -> None:
+                 images: ImageStore | None = None, cgroup_parent: str = "",
+                 userns_supported: bool | None = None) -> None:
         self.run_dir = run_dir
+        # Containers get user namespaces by default where the host has them (user_ns "auto").
+        self.userns_supported = (sysctl.user_namespaces() if userns_supported is None
+                                 else userns_supported)
         self.local = local or LocalHost()
         self.ctr_dir = os.path.join(run_dir, "containers")
         self.bundle_dir = os.path.join(run_dir, "bundles")
@@ -305,7 +309,11 @@ class Reconciler:
         if not os.path.exists(self.images.container_dir(ctr.name)):
             undo.callback(self.images.remove_container, ctr.name)
         os.makedirs(os.path.join(bundle, "rootfs"), mode=0o755, exist_ok=True)
-        owner = ocispec.USERNS_BASE if ctr.user_ns else 0
+        user_ns = ctr.runs_user_ns(self.userns_supported)
+        if user_ns and not self.userns_supported:
+            raise ValueError(f"container {ctr.name!r}: user_ns is private, but this host has no "
+                             "user namespaces (user.max_user_namespaces is 0)")
+        owner = ocispec.USERNS_BASE if user_ns else 0
         if ctr.image_id:
             image = self.images.ensure(ctr.image_id, owner)
             upper, work = self.images.prepare(ctr.name, ctr.image_id, owner)
@@ -323,7 +331,7 @@ class Reconciler:
         spec = ocispec.SpecInput(
             args=tuple(args), hostname=ctr.name,
             env=(*env, *ctr.env, f"HOSTNAME={ctr.name}"), cwd=cwd,
-            net=where.net, uts=where.uts, ipc=where.ipc, user_ns=ctr.user_ns,
+            net=where.net, uts=where.uts, ipc=where.ipc, user_ns=user_ns,
             readonly_root=not ctr.image_id, caps=(*DEFAULT_CAPABILITIES, *ctr.cap_add),
             limits=ocispec.Limits(ctr.memory, ctr.cpus, ctr.cpu_shares, ctr.pids_limit),
             cgroups_path=self.cgroup_path(ctr.name), volumes=volumes)
@@ -414,7 +422,8 @@ class Reconciler:
                                          STATE_RESTARTING) else "",
                 message=message, exit_code=-1 if exited and code is None else (code or 0),
                 restarts=self.restarts.get(name, 0), runtime=self.runtime.name,
-                runtime_root=self.runtime.root, cgroup=self.cgroup_path(name)))
+                runtime_root=self.runtime.root, cgroup=self.cgroup_path(name),
+                user_ns=ctr.runs_user_ns(self.userns_supported)))
         return result
 
 

@@ -35,6 +35,7 @@ import grpc
 from agent.kernel import cgroups
 from sdnctl import check, deploy, graph, imagecli, paths, pki, topology, trace, verbs
 from sdnctl.client import TLS_ENV, CommandError, ControllerUnavailable, connect
+from sdnctl.convert import USERNS_BY_NUMBER
 from sdnctl.model import MODE_CONTAINER, network_mode
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -90,7 +91,8 @@ def container_json(c: pb.Container) -> dict[str, Any]:
                       "pids_limit": c.resources.pids_limit},
         "volumes": list(c.volumes),
         "cap_add": list(c.cap_add),
-        "user_ns": c.user_ns,
+        "user_ns": USERNS_BY_NUMBER.get(c.user_ns, str(c.user_ns)),  # as asked
+        "in_user_ns": c.status.user_ns,  # as its host resolved it
         "stopped": c.stopped,
         "state": c.status.state or "pending",
         "exit_code": c.status.exit_code,

@@ -8,6 +8,9 @@ from sdnctl.controller import ipam
 from sdnctl.model import (
     DEFAULT_INTERFACE,
     DEFAULT_MTU,
+    USERNS_AUTO,
+    USERNS_HOST,
+    USERNS_PRIVATE,
     Allocation,
     Container,
     ContainerStatus,
@@ -20,6 +23,10 @@ from sdnctl.validate import default_host_prefix
 
 DEFAULT_COMMAND = ("sleep", "infinity")
 DEFAULT_RESTART = "no"
+#: Container.user_ns: the API's UserNsMode and the model's words.
+USERNS_NUMBER = {USERNS_AUTO: pb.USERNS_AUTO, USERNS_PRIVATE: pb.USERNS_PRIVATE,
+                 USERNS_HOST: pb.USERNS_HOST}
+USERNS_BY_NUMBER = {number: word for word, number in USERNS_NUMBER.items()}
 
 
 def host_from_pb(msg: pb.Host) -> Host:
@@ -98,7 +105,7 @@ def container_from_pb(msg: pb.Container) -> Container:
         pids_limit=msg.resources.pids_limit,
         volumes=tuple(msg.volumes),
         cap_add=tuple(msg.cap_add),
-        user_ns=msg.user_ns,
+        user_ns=USERNS_BY_NUMBER.get(msg.user_ns, f"unknown ({msg.user_ns})"),
         stopped=msg.stopped,
         env=tuple(msg.env),
         workdir=msg.workdir,
@@ -117,7 +124,7 @@ def container_to_pb(container: Container) -> pb.Container:
                                                cpu_shares=container.cpu_shares,
                                                pids_limit=container.pids_limit),
                         volumes=list(container.volumes), cap_add=list(container.cap_add),
-                        user_ns=container.user_ns, stopped=container.stopped,
+                        user_ns=USERNS_NUMBER[container.user_ns], stopped=container.stopped,
                         env=list(container.env), workdir=container.workdir,
                         generation=container.generation)
 
@@ -126,14 +133,15 @@ def status_to_pb(status: ContainerStatus) -> pb.ContainerStatus:
     return pb.ContainerStatus(
         name=status.name, state=status.state, pid=status.pid, netns=status.netns,
         message=status.message, exit_code=status.exit_code, restarts=status.restarts,
-        runtime=status.runtime, runtime_root=status.runtime_root, cgroup=status.cgroup)
+        runtime=status.runtime, runtime_root=status.runtime_root, cgroup=status.cgroup,
+        user_ns=status.user_ns)
 
 
 def status_from_pb(msg: pb.ContainerStatus) -> ContainerStatus:
     return ContainerStatus(
         name=msg.name, state=msg.state, pid=msg.pid, netns=msg.netns, message=msg.message,
         exit_code=msg.exit_code, restarts=msg.restarts, runtime=msg.runtime,
-        runtime_root=msg.runtime_root, cgroup=msg.cgroup)
+        runtime_root=msg.runtime_root, cgroup=msg.cgroup, user_ns=msg.user_ns)
 
 
 def allocation_to_pb(allocation: Allocation, host: str = "") -> pb.Allocation:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -128,7 +129,8 @@ class Container:
     pids_limit: int = 0
     volumes: tuple[str, ...] = ()  # "NAME:/path[:ro]" or "/host/path:/path[:ro]"
     cap_add: tuple[str, ...] = ()  # on top of the default capability set
-    user_ns: bool = False  # root in the container is an unprivileged user on the host
+    # A user namespace (root inside is an unprivileged user outside): auto | private | host.
+    user_ns: str = "auto"
     stopped: bool = False  # desired state: stopped (sdnctl stop/start)
     env: tuple[str, ...] = ()  # KEY=VALUE, on top of the image's
     workdir: str = ""
@@ -276,10 +278,33 @@ CAPABILITIES = (
 )
 
 #: Docker's default set without NET_RAW (ping works through ping_group_range instead).
+#: Container.user_ns: "auto" lets its host decide (see ``wants_user_ns``); "private" always,
+#: "host" never (Docker's ``--userns=host``).
+USERNS_AUTO, USERNS_PRIVATE, USERNS_HOST = "auto", "private", "host"
+USERNS_MODES = (USERNS_AUTO, USERNS_PRIVATE, USERNS_HOST)
+
 DEFAULT_CAPABILITIES = (
     "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
     "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
 )
+
+
+def wants_user_ns(user_ns: str, network: str, has_image: bool, cap_add: Sequence[str],
+                  host_supports: bool) -> bool:
+    """Whether a container runs in a user namespace of its own.
+
+    "auto", the default, means yes where the host supports it, except for what a user namespace
+    would break: a container without an image (it runs the host's own tools, whose files belong
+    to the host's root), one on the host's network (Docker refuses that pairing too), and one
+    that adds capabilities (NET_ADMIN, NET_RAW, SYS_TIME... act on what the host's user
+    namespace owns, its network namespace included; inside a new one they would do nothing)."""
+    if user_ns == USERNS_PRIVATE:
+        return True
+    if user_ns == USERNS_HOST:
+        return False
+    extra = {c.upper().removeprefix("CAP_") for c in cap_add} - set(DEFAULT_CAPABILITIES)
+    return (host_supports and has_image and network_mode(network)[0] != MODE_HOST
+            and not extra)
 
 
 @dataclass(frozen=True)
@@ -325,6 +350,7 @@ class ContainerStatus:
     runtime: str = ""  # the OCI runtime that runs it, and its state directory
     runtime_root: str = ""
     cgroup: str = ""
+    user_ns: bool = False  # it runs in a user namespace (Container.user_ns as its host resolved)
 
 
 T = TypeVar("T")
@@ -369,4 +395,5 @@ __all__ = [
     "parse_size",
     "parse_volume",
     "to_json",
+    "wants_user_ns",
 ]

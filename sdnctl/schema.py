@@ -101,8 +101,8 @@ def _explain(e: jsonschema.ValidationError) -> SchemaError:
     if e.validator == "enum":
         field = str(e.absolute_path[-1]) if e.absolute_path else "value"
         what = schema.get("x-what", field)
-        return SchemaError(path, f"unknown {what} {value!r}; expected one of "
-                           f"{', '.join(str(v) for v in e.validator_value)}")
+        choices = (json.dumps(v) if isinstance(v, bool) else str(v) for v in e.validator_value)
+        return SchemaError(path, f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
     if e.validator in ("minimum", "maximum"):
         return SchemaError(path, f"{value} is outside {schema.get('minimum', '')}.."
                            f"{schema.get('maximum', '')}")

@@ -29,6 +29,10 @@ from sdnctl.model import (
     DEFAULT_HOST_PREFIX,
     DEFAULT_INTERFACE,
     DEFAULT_MTU,
+    USERNS_AUTO,
+    USERNS_HOST,
+    USERNS_MODES,
+    USERNS_PRIVATE,
     Container,
     Host,
     Invalid,
@@ -448,6 +452,17 @@ def _strings(r: _Reader, mapping: dict, key: str, where: str) -> list[str]:
     return value
 
 
+def _user_ns(r: _Reader, mapping: dict, where: str) -> str:
+    """``user_ns``: auto | private | host; true and false stand for private and host."""
+    value = mapping.get("user_ns", USERNS_AUTO)
+    if isinstance(value, bool):
+        return USERNS_PRIVATE if value else USERNS_HOST
+    if value not in USERNS_MODES:
+        raise r.error(f"{where}.user_ns", f"expected true, false or one of "
+                      f"{', '.join(USERNS_MODES)}, got {value!r}")
+    return str(value)
+
+
 def _container(r: _Reader, raw: Any, where: str) -> Container:
     m = r.mapping(raw, where, {"name", "host", "network", "command", "interface", "ip", "ports",
                                "share", "restart", "image", "resources", "volumes", "cap_add",
@@ -471,7 +486,7 @@ def _container(r: _Reader, raw: Any, where: str) -> Container:
         image=image,
         volumes=tuple(_strings(r, m, "volumes", where)),
         cap_add=tuple(_strings(r, m, "cap_add", where)),
-        user_ns=r.typed(m, "user_ns", where, bool, False),
+        user_ns=_user_ns(r, m, where),
         env=tuple(_strings(r, m, "env", where)),
         workdir=r.typed(m, "workdir", where, str, ""),
         **_resources(r, m.get("resources"), f"{where}.resources"),

@@ -33,6 +33,7 @@ from sdnctl.model import (
     MODE_NONE,
     RESTART_POLICIES,
     SHAREABLE,
+    USERNS_MODES,
     Container,
     ContainerStatus,
     Host,
@@ -241,6 +242,9 @@ def _check_runtime_fields(c: Container, where: str) -> None:
     for i, cap in enumerate(c.cap_add):
         if cap.upper().removeprefix("CAP_") not in CAPABILITIES:
             raise Invalid(f"{where}.cap_add[{i}]", f"unknown capability {cap!r}")
+    if c.user_ns not in USERNS_MODES:
+        raise Invalid(f"{where}.user_ns", f"{c.user_ns!r}: expected one of "
+                      + ", ".join(USERNS_MODES))
     for i, var in enumerate(c.env):
         if not _ENV.fullmatch(var):
             raise Invalid(f"{where}.env[{i}]", f"{var!r} is not KEY=VALUE")

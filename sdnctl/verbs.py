@@ -47,6 +47,8 @@ from sdnctl.model import (
     STATE_EXITED,
     STATE_RESTARTING,
     STATE_RUNNING,
+    USERNS_AUTO,
+    USERNS_MODES,
     network_mode,
     parse_size,
 )
@@ -259,7 +261,8 @@ def container_from_args(args: argparse.Namespace) -> pb.Container:
             cpus=args.cpus or 0.0, cpu_shares=args.cpu_shares or 0,
             pids_limit=args.pids_limit or 0),
         volumes=list(args.volume or []), cap_add=list(args.cap_add or []),
-        user_ns=args.userns, env=list(args.env or []), workdir=args.workdir or "")
+        user_ns=convert.USERNS_NUMBER[args.userns], env=list(args.env or []),
+        workdir=args.workdir or "")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -576,8 +579,10 @@ def _register_containers(sub: Any) -> None:
                    help="a named volume or a bind mount (repeatable)")
     p.add_argument("--cap-add", action="append", metavar="CAP",
                    help="a capability on top of the default set, e.g. NET_RAW (repeatable)")
-    p.add_argument("--userns", action="store_true",
-                   help="a user namespace: root inside is an unprivileged user outside")
+    p.add_argument("--userns", choices=USERNS_MODES, default=USERNS_AUTO,
+                   help="a user namespace, where root inside is an unprivileged user outside: "
+                   "auto (default: where the host has them, for an image container without "
+                   "added capabilities, not in host mode), private (always), host (never)")
     p.add_argument("-e", "--env", action="append", metavar="KEY=VALUE")
     p.add_argument("-w", "--workdir")
     _add_timeout(p)

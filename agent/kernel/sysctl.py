@@ -43,3 +43,11 @@ def ensure_sysctl(key: str, value: str) -> bool:
 
 def ensure_ip_forward(enabled: bool = True) -> bool:
     return ensure_sysctl("net.ipv4.ip_forward", "1" if enabled else "0")
+
+
+def user_namespaces() -> bool:
+    """Whether this kernel lets the agent make user namespaces (``user.max_user_namespaces``)."""
+    try:
+        return int(read_sysctl("user.max_user_namespaces")) > 0
+    except (KernelError, ValueError):
+        return False

@@ -1,10 +1,20 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class UserNsMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    USERNS_AUTO: _ClassVar[UserNsMode]
+    USERNS_PRIVATE: _ClassVar[UserNsMode]
+    USERNS_HOST: _ClassVar[UserNsMode]
+USERNS_AUTO: UserNsMode
+USERNS_PRIVATE: UserNsMode
+USERNS_HOST: UserNsMode
 
 class Host(_message.Message):
     __slots__ = ("name", "underlay_ip", "lab", "agent_pid", "netns", "leases", "revision", "agent_connected", "observed_revision", "agent_synced", "reported_containers", "vtep_mac", "underlay_mtu")
@@ -69,7 +79,7 @@ class Network(_message.Message):
     def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., host_prefix: _Optional[int] = ..., mtu: _Optional[int] = ..., masquerade: _Optional[bool] = ..., revision: _Optional[int] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., allow: _Optional[_Iterable[str]] = ..., builtin: _Optional[bool] = ..., vni: _Optional[int] = ..., vxlan_port: _Optional[int] = ...) -> None: ...
 
 class ContainerStatus(_message.Message):
-    __slots__ = ("name", "state", "pid", "netns", "message", "exit_code", "restarts", "runtime", "runtime_root", "cgroup")
+    __slots__ = ("name", "state", "pid", "netns", "message", "exit_code", "restarts", "runtime", "runtime_root", "cgroup", "user_ns")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +90,7 @@ class ContainerStatus(_message.Message):
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_ROOT_FIELD_NUMBER: _ClassVar[int]
     CGROUP_FIELD_NUMBER: _ClassVar[int]
+    USER_NS_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     pid: int
@@ -90,7 +101,8 @@ class ContainerStatus(_message.Message):
     runtime: str
     runtime_root: str
     cgroup: str
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., netns: _Optional[str] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., restarts: _Optional[int] = ..., runtime: _Optional[str] = ..., runtime_root: _Optional[str] = ..., cgroup: _Optional[str] = ...) -> None: ...
+    user_ns: bool
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., netns: _Optional[str] = ..., message: _Optional[str] = ..., exit_code: _Optional[int] = ..., restarts: _Optional[int] = ..., runtime: _Optional[str] = ..., runtime_root: _Optional[str] = ..., cgroup: _Optional[str] = ..., user_ns: _Optional[bool] = ...) -> None: ...
 
 class Resources(_message.Message):
     __slots__ = ("memory_bytes", "cpus", "cpu_shares", "pids_limit")
@@ -149,12 +161,12 @@ class Container(_message.Message):
     resources: Resources
     volumes: _containers.RepeatedScalarFieldContainer[str]
     cap_add: _containers.RepeatedScalarFieldContainer[str]
-    user_ns: bool
+    user_ns: UserNsMode
     stopped: bool
     env: _containers.RepeatedScalarFieldContainer[str]
     workdir: str
     generation: int
-    def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., network: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., interface: _Optional[str] = ..., ip: _Optional[str] = ..., prefixlen: _Optional[int] = ..., gateway: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., revision: _Optional[int] = ..., fixed_ip: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., share: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., image: _Optional[str] = ..., image_id: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., volumes: _Optional[_Iterable[str]] = ..., cap_add: _Optional[_Iterable[str]] = ..., user_ns: _Optional[bool] = ..., stopped: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., network: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., interface: _Optional[str] = ..., ip: _Optional[str] = ..., prefixlen: _Optional[int] = ..., gateway: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., revision: _Optional[int] = ..., fixed_ip: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., share: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., image: _Optional[str] = ..., image_id: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., volumes: _Optional[_Iterable[str]] = ..., cap_add: _Optional[_Iterable[str]] = ..., user_ns: _Optional[_Union[UserNsMode, str]] = ..., stopped: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("id", "repo_tags", "layers", "size", "config", "revision")

@@ -113,7 +113,8 @@ def test_container_from_an_image_is_isolated(cli: Cli, image_file: tuple[str, st
     upper = store / "containers" / "box" / "upper"
     assert (upper / "written").read_text() == "written\n"
     assert (upper / "etc" / "sdnctl-image").read_text() == f"{TAG}\nchanged\n"
-    layer_copies = list((store / "layers").rglob("sdnctl-image"))
+    # (the layers as unpacked, and the copy shifted to its user namespace's range)
+    layer_copies = [p for d in store.glob("layers*") for p in d.rglob("sdnctl-image")]
     assert layer_copies and all(p.read_text() == f"{TAG}\n" for p in layer_copies)
 
     # Logs: what the command printed.
@@ -189,7 +190,14 @@ def test_pid1_privileges_and_user_namespace(cli: Cli) -> None:
     assert cli.run("exec", "pinger", "--", "ping", "-c", "1", "-W", "1", "10.71.0.1",
                    check=False).returncode == 0  # unless asked for
 
-    run(cli, "mapped", "--userns", "--", "sleep", "1000")
+    # an image container gets a user namespace by default; one that adds a capability does not
+    assert cli.container("plain")["in_user_ns"] and not cli.container("pinger")["in_user_ns"]
+    assert ex(cli, "plain", "cat", "/proc/1/uid_map").split() == ["0", str(USERNS_BASE), "65536"]
+    run(cli, "hostns", "--userns", "host", "--", "sleep", "1000")
+    assert ex(cli, "hostns", "cat", "/proc/1/uid_map").split() == ["0", "0", "4294967295"]
+    assert not cli.container("hostns")["in_user_ns"]
+
+    run(cli, "mapped", "--userns", "private", "--", "sleep", "1000")
     uid_map = ex(cli, "mapped", "cat", "/proc/1/uid_map").split()
     assert uid_map == ["0", str(USERNS_BASE), "65536"]
     host_pid = cli.container("mapped")["pid"]

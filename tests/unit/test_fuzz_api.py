@@ -46,6 +46,7 @@ _SCALARS = {
     FieldDescriptor.TYPE_BOOL: st.booleans(),
     FieldDescriptor.TYPE_INT32: int32s,
     FieldDescriptor.TYPE_INT64: int64s,
+    FieldDescriptor.TYPE_ENUM: int32s,  # open enums: numbers nobody named too
     FieldDescriptor.TYPE_UINT32: uint32s,
     FieldDescriptor.TYPE_DOUBLE: st.floats(allow_nan=True),
     FieldDescriptor.TYPE_BYTES: st.binary(max_size=512),

@@ -9,7 +9,14 @@ import pytest
 
 from agent import ocispec
 from agent.runtime import host_mounts
-from sdnctl.model import DEFAULT_CAPABILITIES, Container, Invalid, parse_size, parse_volume
+from sdnctl.model import (
+    DEFAULT_CAPABILITIES,
+    Container,
+    Invalid,
+    parse_size,
+    parse_volume,
+    wants_user_ns,
+)
 from sdnctl.validate import validate_container
 
 
@@ -66,6 +73,33 @@ def test_user_namespace_maps_root_to_an_unprivileged_range() -> None:
     assert config["linux"]["uidMappings"] == [
         {"containerID": 0, "hostID": ocispec.USERNS_BASE, "size": ocispec.USERNS_SIZE}]
     assert not any(m["type"] == "mqueue" for m in config["mounts"])
+
+
+IMG = "sha256:" + "1" * 64
+
+
+@pytest.mark.parametrize(("user_ns", "network", "image", "caps", "supported", "want"), [
+    ("auto", "front", IMG, (), True, True),  # the default, where the host has them
+    ("auto", "none", IMG, (), True, True),
+    ("auto", "container:db", IMG, ("CHOWN",), True, True),  # a default capability adds nothing
+    ("auto", "front", IMG, (), False, False),  # ... and not where it has none
+    ("auto", "front", "", (), True, False),  # the host's own root and tools
+    ("auto", "host", IMG, (), True, False),  # the host's network
+    ("auto", "front", IMG, ("NET_RAW",), True, False),  # would act on a host-owned netns
+    ("auto", "front", IMG, ("cap_sys_time",), True, False),
+    ("private", "host", "", ("NET_ADMIN",), True, True),  # asked for: always
+    ("private", "front", IMG, (), False, True),  # (the agent then reports an error)
+    ("host", "front", IMG, (), True, False),
+])
+def test_who_gets_a_user_namespace(user_ns: str, network: str, image: str,
+                                   caps: tuple[str, ...], supported: bool, want: bool) -> None:
+    assert wants_user_ns(user_ns, network, bool(image), caps, supported) is want
+
+
+def test_user_ns_mode_is_validated() -> None:
+    with pytest.raises(Invalid, match="user_ns") as e:
+        validate_container(Container("web", "h1", "none", user_ns="sometimes"), "containers[0]")
+    assert e.value.field == "containers[0].user_ns"
 
 
 def test_volumes_and_a_read_only_host_root() -> None:

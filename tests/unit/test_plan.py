@@ -451,7 +451,7 @@ def test_stop_stops_and_keeps_the_sandbox_start_runs_it_again() -> None:
 def test_spec_hash_covers_what_the_runtime_is_given() -> None:
     hashes = {dataclasses.replace(WEB, **{k: v}).spec_hash() for k, v in (
         ("image_id", "sha256:" + "1" * 64), ("memory", 1 << 26), ("cpus", 0.5),
-        ("volumes", ("a:/a",)), ("cap_add", ("NET_RAW",)), ("user_ns", True),
+        ("volumes", ("a:/a",)), ("cap_add", ("NET_RAW",)), ("user_ns", "private"),
         ("env", ("A=1",)), ("workdir", "/srv"), ("pids_limit", 9))}
     assert len(hashes | {WEB.spec_hash()}) == 10
     assert dataclasses.replace(WEB, stopped=True).spec_hash() == WEB.spec_hash()

@@ -214,8 +214,16 @@ def test_containers_from_images_with_resources_and_volumes(tmp_path: Path) -> No
     web = topo.containers[0]
     assert (web.image, web.command, web.memory, web.cpus, web.cpu_shares, web.pids_limit) == \
         ("busybox", (), 64 << 20, 0.5, 512, 100)
-    assert web.volumes == ("data:/var/lib/data", "/srv:/srv:ro") and web.user_ns
+    assert web.volumes == ("data:/var/lib/data", "/srv:/srv:ro") and web.user_ns == "private"
     assert web.cap_add == ("NET_RAW",) and web.env == ("A=1",)
+
+
+@pytest.mark.parametrize(("body", "want"), [
+    ("", "auto"), ("    user_ns: true\n", "private"), ("    user_ns: false\n", "host"),
+    ("    user_ns: host\n", "host"), ("    user_ns: auto\n", "auto")])
+def test_user_ns_words_and_booleans(body: str, want: str) -> None:
+    text = CONTAINER_HEAD + "  - name: web\n    host: h1\n" + body
+    assert parse(text, "x.yaml").containers[0].user_ns == want
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -226,6 +234,9 @@ def test_containers_from_images_with_resources_and_volumes(tmp_path: Path) -> No
     ("    volumes: ['data:/x/../../etc']\n",
      "x.yaml:9: containers[0].volumes[0]: '/x/../../etc' must be a plain absolute path "
      "(no '..', '.' or '//')"),
+    ("    user_ns: sometimes\n",
+     "x.yaml:9: containers[0].user_ns: unknown user_ns 'sometimes'; expected one of true, false, "
+     "auto, private, host"),
 ])
 def test_runtime_fields_errors_name_file_and_line(body: str, message: str) -> None:
     text = CONTAINER_HEAD + "  - name: web\n    host: h1\n" + body

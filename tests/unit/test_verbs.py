@@ -63,6 +63,10 @@ def test_run_options() -> None:
         ("front", "always", "10.88.0.9", [])
     with pytest.raises(SystemExit):
         parse("run", "--name", "web", "--host", "h1", "--restart", "sometimes")
+    assert msg.user_ns == pb.USERNS_AUTO  # the default: the host decides
+    for word, number in (("host", pb.USERNS_HOST), ("private", pb.USERNS_PRIVATE)):
+        asked = parse("run", "--name", "web", "--host", "h1", "--userns", word)
+        assert verbs.container_from_args(asked).user_ns == number
 
 
 def test_exec_keeps_the_command_s_own_options() -> None:
