@@ -71,6 +71,10 @@ def server_context(tls: TlsFiles, crl_file: str | None = None) -> ssl.SSLContext
             from e
     context.verify_mode = ssl.CERT_REQUIRED
     context.set_alpn_protocols(["h2"])
+    # No session tickets: a resumed session skips the certificate checks, and every handshake
+    # must see the CRL of its day (a new CRL also means a new context, with an empty cache).
+    context.options |= ssl.OP_NO_TICKET
+    context.num_tickets = 0
     return context
 
 
