@@ -2,12 +2,14 @@
 
 Design note. One controller (in-memory store) is started in this process with a unix socket and
 a TCP listener on 127.0.0.1 (mutual TLS, with a CRL), certificates from a temporary ``sdnctl pki``
-directory. For each transport in turn, round by round: a loop of unary health checks
+directory. The caller runs in a process of its own (``--same-process``: in the controller's,
+sharing its GIL). For each transport in turn, round by round: a loop of unary health checks
 (µs per call), an image of one layer of random bytes loaded (LoadImage, a client stream),
 saved back (SaveImage, a server stream) and its layer fetched as an agent (FetchBlob, a server
-stream), in MB/s. Client and server share this process (and its GIL) and the machine is shared:
-compare the two transports within one run, and this run with another only on the same machine.
-The script uses only the public API, so it measures older checkouts too (PYTHONPATH=<checkout>).
+stream), in MB/s. The machine (two cores) is shared: compare the two transports within one
+run, and runs with each other only on the same machine. The script uses only the public API, so
+it measures an older checkout too (run it with that checkout's interpreter, e.g.
+``/work/main/.venv/bin/python bench/tls.py``: before the TLS terminator, gRPC's own TLS).
 
     .venv/bin/python bench/tls.py [--mib 256] [--calls 2000] [--rounds 3]
 """
@@ -15,6 +17,7 @@ The script uses only the public API, so it measures older checkouts too (PYTHONP
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -95,11 +98,25 @@ def measure(admin: grpc.Channel, agent: grpc.Channel, archive: str, size: int, d
             "save_mbs": saved / save_s / 1e6, "fetch_mbs": fetched / fetch_s / 1e6}
 
 
+def run_side(side: str, unix: str, tcp: str, pki_dir: str, archive: str, size: int,
+             digest: str, calls: int) -> dict[str, float]:
+    """One round of :func:`measure` over the unix socket or over TCP (mutual TLS)."""
+    if side.startswith("unix"):
+        admin, agent = grpc.insecure_channel(unix), grpc.insecure_channel(unix)
+    else:
+        admin = open_channel(tcp, pki.TlsFiles.from_dir(pki_dir, "user", "bench"))
+        agent = open_channel(tcp, pki.TlsFiles.from_dir(pki_dir, "agent", "h1"))
+    with admin, agent:
+        return measure(admin, agent, archive, size, digest, calls)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mib", type=int, default=256, help="layer size (default %(default)s)")
     parser.add_argument("--calls", type=int, default=2000, help="unary calls per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--same-process", action="store_true",
+                        help="call from the controller's process (shares its GIL)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sdnctl-bench-tls-") as tmp:
         d = Path(tmp) / "pki"
@@ -112,23 +129,20 @@ def main(argv: list[str] | None = None) -> int:
                                 tls=pki.TlsFiles.from_dir(d, "controller"),
                                 crl=str(d / "crl.pem"), sweep_interval=0,
                                 blob_dir=str(Path(tmp) / "blobs"))
-        options = [("grpc.max_receive_message_length", 64 << 20)]
         unix, tcp = running.addresses
-        sides = {
-            "unix (no TLS)": lambda: (grpc.insecure_channel(unix, options),
-                                      grpc.insecure_channel(unix, options)),
-            "tcp (mutual TLS)": lambda: (
-                open_channel(tcp, pki.TlsFiles.from_dir(d, "user", "bench"), options),
-                open_channel(tcp, pki.TlsFiles.from_dir(d, "agent", "h1"), options)),
-        }
+        sides = ("unix (no TLS)", "tcp (mutual TLS)")
         results: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
+        spawn = multiprocessing.get_context("spawn")
         try:
             for _ in range(args.rounds):
-                for name, channels in sides.items():
-                    admin, agent = channels()
-                    with admin, agent:
-                        results[name].append(measure(admin, agent, archive, size, digest,
-                                                     args.calls))
+                for name in sides:
+                    if args.same_process:
+                        results[name].append(run_side(name, unix, tcp, str(d), archive, size,
+                                                      digest, args.calls))
+                        continue
+                    with spawn.Pool(1) as pool:  # the caller in a process of its own
+                        results[name].append(pool.apply(run_side, (
+                            name, unix, tcp, str(d), archive, size, digest, args.calls)))
         finally:
             running.stop(grace=0)
     print(f"layer {args.mib} MiB, {args.calls} unary calls, medians of {args.rounds} rounds")

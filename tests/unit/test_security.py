@@ -232,6 +232,29 @@ def test_the_unix_socket_is_0600(secure: Any) -> None:
     running, _ = secure
     mode = os.stat(running.address.removeprefix("unix:")).st_mode & 0o777
     assert mode == 0o600
+    # The gRPC server's socket behind the TLS terminator: only root gets past the handshake.
+    assert os.stat(running.front.directory).st_mode & 0o777 == 0o700
+    assert os.stat(running.front.backend).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("listen,dials", [
+    ("tcp:[::1]:0", ["[::1]"]),
+    ("tcp:0.0.0.0:0", ["127.0.0.1", "[::1]"]),  # a wildcard is dual-stack, as gRPC binds it
+])
+def test_tls_listeners_on_ipv6_and_wildcards(pki_dir: Path, listen: str,
+                                             dials: list[str]) -> None:
+    running = create_server(listen, MemoryStore(), tls=TlsFiles.from_dir(pki_dir, "controller"),
+                            sweep_interval=0)
+    directory = running.front.directory
+    try:
+        port = running.address.rsplit(":", 1)[1]
+        for host in dials:
+            with open_channel(f"{host}:{port}",
+                              TlsFiles.from_dir(pki_dir, "user", "viewer")) as channel:
+                assert health(channel).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        running.stop(grace=0)
+    assert not os.path.exists(directory)  # the terminator cleans up after itself
 
 
 # -- identities ---------------------------------------------------------------------------------
