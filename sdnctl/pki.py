@@ -29,7 +29,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -354,7 +354,8 @@ class RevocationList:
 
     The CRL must be signed by the CA; one that is not (or cannot be read) is refused at start and
     ignored on reload (the last good list stays, with an error logged): a truncated or forged
-    file must not quietly un-revoke anybody.
+    file must not quietly un-revoke anybody. :attr:`pem` is that last good CRL, as the TLS
+    terminator loads it; :meth:`on_change` callbacks run after each reload that changed it.
     """
 
     def __init__(self, path: str, ca_pem: bytes) -> None:
@@ -363,13 +364,16 @@ class RevocationList:
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None  # (inode, mtime): os.replace changes both
         self._serials: frozenset[int] = frozenset()
+        self._pem = b""
+        self._listeners: list[Callable[[], None]] = []
         self.reload(strict=True)
 
     def reload(self, strict: bool = False) -> None:
         try:
             st = os.stat(self.path)
             stamp = (st.st_ino, st.st_mtime_ns)
-            crl = x509.load_pem_x509_crl(Path(self.path).read_bytes())
+            pem = Path(self.path).read_bytes()
+            crl = x509.load_pem_x509_crl(pem)
             public_key = self._ca.public_key()
             if not isinstance(public_key, ec.EllipticCurvePublicKey) \
                     or crl.issuer != self._ca.subject or not crl.is_signature_valid(public_key):
@@ -380,18 +384,39 @@ class RevocationList:
             log.error("keeping the previous revocation list: %s", e)
             return
         with self._lock:
+            changed = pem != self._pem
             self._serials = frozenset(r.serial_number for r in crl)
             self._stamp = stamp
+            self._pem = pem
+            listeners = list(self._listeners)
+        if changed:
+            for listener in listeners:
+                listener()
 
-    def revoked(self, serial: int) -> bool:
+    def refresh(self) -> None:
+        """Reload if the file changed (a new inode or mtime) since the last load."""
         try:
             st = os.stat(self.path)
         except OSError:
-            st = None
-        if st is not None and (st.st_ino, st.st_mtime_ns) != self._stamp:
+            return
+        if (st.st_ino, st.st_mtime_ns) != self._stamp:
             self.reload()
+
+    def revoked(self, serial: int) -> bool:
+        self.refresh()
         with self._lock:
             return serial in self._serials
+
+    @property
+    def pem(self) -> bytes:
+        """The last good CRL, PEM."""
+        with self._lock:
+            return self._pem
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in the reloading thread) after every reload that changed the list."""
+        with self._lock:
+            self._listeners.append(callback)
 
 
 def load_cert(pem: bytes) -> x509.Certificate:

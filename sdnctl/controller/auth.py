@@ -1,10 +1,14 @@
 """Who may call what: authentication from the TLS peer certificate, authorization per method.
 
 Transport (see server.py): the unix socket is 0600 and root's, so a caller on it is ``local``, an
-admin. A TCP listener is always mutual TLS: the handshake refuses a client without a certificate,
-with one from another CA, or with an expired one. What the handshake cannot do here (grpc-python
-has no CRL hook) is done first thing in :class:`SecurityInterceptor`, before any handler runs: a
-revoked certificate gets UNAUTHENTICATED, as does one without an ``sdnctl://`` identity.
+admin. A TCP listener is always mutual TLS, terminated by :mod:`sdnctl.controller.tlsfront`: its
+handshake refuses a client without a certificate, with one from another CA, an expired one or a
+revoked one, so none of those ever reaches this module. A call that comes through it arrives on
+the gRPC server's private unix socket, and the peer gRPC reports for it names the connection
+whose certificate :meth:`TlsFront.certificate` gives. :class:`SecurityInterceptor` then checks,
+before any handler runs, that the certificate is not expired or revoked again (defence in depth:
+a CRL that changed a moment ago), and that it names exactly one ``sdnctl://`` identity; else
+UNAUTHENTICATED.
 
 Authorization is ONE literal table, :data:`POLICY`: method -> the user roles that may call it,
 and whether an agent may, and then only for its own host (the request's ``host`` field must be
@@ -25,20 +29,19 @@ from __future__ import annotations
 
 import contextvars
 import datetime
-import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from cryptography import x509
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from sdnctl.controller.audit import AuditLog
+from sdnctl.controller.tlsfront import TlsFront
 from sdnctl.model import Invalid
-from sdnctl.pki import LOCAL, Identity, RevocationList, identity_of
+from sdnctl.pki import LOCAL, Identity, identity_of
 
 log = logging.getLogger(__name__)
 
@@ -132,28 +135,19 @@ def allowed(identity: Identity, method: str, request: Message | None) -> str | N
     return f"{identity} may not call {method}"
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse(pem: bytes) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(pem)
-
-
-def authenticate(context: grpc.ServicerContext,
-                 revocations: RevocationList | None) -> Identity:
+def authenticate(context: grpc.ServicerContext, front: TlsFront | None) -> Identity:
     """The caller's identity, or :class:`Refused` (UNAUTHENTICATED)."""
-    auth = context.auth_context()
-    found: Any = auth.get("x509_pem_cert") or []
-    pems: list[bytes] = [found] if isinstance(found, bytes) else list(found)
-    if not pems:
-        if context.peer().startswith("unix:"):
-            return LOCAL
+    peer = context.peer()
+    if front is None or not front.owns(peer):
+        if peer.startswith("unix:"):
+            return LOCAL  # the controller's own 0600 socket
         raise Refused(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
-    try:
-        cert = _parse(pems[0])
-    except ValueError as e:
-        raise Refused(grpc.StatusCode.UNAUTHENTICATED, "unreadable client certificate") from e
+    cert = front.certificate(peer)
+    if cert is None:
+        raise Refused(grpc.StatusCode.UNAUTHENTICATED, "the TLS connection has closed")
     if cert.not_valid_after_utc < datetime.datetime.now(datetime.UTC):
         raise Refused(grpc.StatusCode.UNAUTHENTICATED, "the client certificate has expired")
-    if revocations is not None and revocations.revoked(cert.serial_number):
+    if front.revocations is not None and front.revocations.revoked(cert.serial_number):
         raise Refused(grpc.StatusCode.UNAUTHENTICATED,
                       f"the client certificate (serial {cert.serial_number:#x}) is revoked")
     identity = identity_of(cert)
@@ -214,14 +208,14 @@ def summary(request: Any) -> str:
 class SecurityInterceptor(grpc.ServerInterceptor):
     """Authenticates, authorizes (:data:`POLICY`) and audits every call, before any handler."""
 
-    def __init__(self, audit: AuditLog, revocations: RevocationList | None = None) -> None:
+    def __init__(self, audit: AuditLog, front: TlsFront | None = None) -> None:
         self.audit = audit
-        self.revocations = revocations
+        self.front = front  # the TCP listeners: who is behind each of their connections
 
     def _admit(self, method: str, request: Any, context: grpc.ServicerContext) -> Identity:
         """The caller's identity if it may go on; else record the refusal and abort."""
         try:
-            identity = authenticate(context, self.revocations)
+            identity = authenticate(context, self.front)
         except Refused as e:
             self._record("unauthenticated", method, request, e.code, e.message, context)
             context.abort(e.code, e.message)

@@ -4,8 +4,12 @@ It listens on a unix socket by default (``/run/sdnctl/controller.sock``, mode 06
 talks to it, as admin). A TCP listener (``--listen tcp:HOST:PORT``, repeatable with the socket)
 is always mutual TLS: the controller refuses to start one without ``--tls-cert/--tls-key/
 --tls-ca``, on loopback too (any local user can dial 127.0.0.1). ``--crl`` names the revocation
-list ``sdnctl pki revoke`` writes; it is reloaded when it changes and on SIGHUP. Every call is
-authenticated, authorized and audited in :mod:`sdnctl.controller.auth`. It serves gRPC health
+list ``sdnctl pki revoke`` writes; it is reloaded when it changes and on SIGHUP. TLS is
+terminated by :mod:`sdnctl.controller.tlsfront`, in this process, which refuses a client without
+a certificate of the CA, with an expired one or (with ``--crl``) a revoked one in the handshake,
+cuts open connections whose certificate a new CRL revokes, and passes the rest on to the gRPC
+server's private unix socket. Every call is authenticated, authorized and audited in
+:mod:`sdnctl.controller.auth`. It serves gRPC health
 checking and server reflection, and keeps its state in one SQLite file or under a prefix of an
 etcd cluster (``--store``: any number of controllers may serve one etcd prefix, as they keep no
 state of their own). At start it makes sure the default bridge network exists (Docker's
@@ -50,6 +54,7 @@ from sdnctl.controller.store.base import Store, StoreUnavailable
 from sdnctl.controller.store.etcd import EtcdStore, parse_url
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
+from sdnctl.controller.tlsfront import ListenError, TlsFront
 from sdnctl.model import Invalid
 from sdnctl.pki import PkiError, RevocationList, TlsFiles
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -71,10 +76,6 @@ TCP_NEEDS_TLS = ("a TCP listener needs mutual TLS (--tls-cert, --tls-key, --tls-
                  "host")
 
 
-class ListenError(ValueError):
-    """A listener the controller refuses to open (TCP without mutual TLS)."""
-
-
 @dataclass
 class RunningServer:
     server: grpc.Server
@@ -88,10 +89,15 @@ class RunningServer:
     collector: threading.Thread | None = None
     scratch: str = ""  # a blob directory made for this server alone, removed when it stops
     heartbeat: threading.Thread | None = None
+    front: TlsFront | None = None  # the TCP listeners (mutual TLS)
 
     def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()
+        if self.front is not None:
+            self.front.close_listeners()
         self.server.stop(grace).wait()
+        if self.front is not None:
+            self.front.stop()
         for thread in (self.sweeper, self.heartbeat, self.collector):
             if thread is not None:
                 thread.join()
@@ -142,34 +148,54 @@ def tcp_address(address: str) -> str:
     return address.removeprefix("tcp:").removeprefix("//")
 
 
-def _listen(server: grpc.Server, address: str,
-            credentials: grpc.ServerCredentials | None) -> str:
-    """Add one listener; return the address clients dial."""
+def _listen_unix(server: grpc.Server, path: str) -> str:
+    """Add a unix socket listener (mode 0600); return the address clients dial."""
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a stale socket of a dead controller
+    old_umask = os.umask(0o177)  # the socket is born 0600: no window where others can dial
+    try:
+        if server.add_insecure_port(f"unix:{path}") == 0:
+            raise ListenError(f"unix:{path}: could not listen")
+    finally:
+        os.umask(old_umask)
+    return f"unix:{path}"
+
+
+def _listen(server: grpc.Server, address: str, front: TlsFront | None) -> str:
+    """Add one listener; return the address clients dial. TCP goes through ``front``."""
     if is_unix(address):
-        path = address.removeprefix("unix:").removeprefix("//")
-        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # a stale socket of a dead controller
-        old_umask = os.umask(0o177)  # the socket is born 0600: no window where others can dial
-        try:
-            server.add_insecure_port(address)
-        finally:
-            os.umask(old_umask)
-        return f"unix:{path}"
-    if credentials is None:
+        return _listen_unix(server, address.removeprefix("unix:").removeprefix("//"))
+    if front is None:
         raise ListenError(f"{address}: {TCP_NEEDS_TLS}")
-    bind = tcp_address(address)
-    port = server.add_secure_port(bind, credentials)
-    if port == 0:
-        raise ListenError(f"{address}: could not listen")
-    return f"{bind.rsplit(':', 1)[0]}:{port}"
+    return front.listen(tcp_address(address))
 
 
-def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
-    """Mutual TLS: the client must present a certificate of ``tls.ca`` that has not expired."""
-    cert, key, ca = tls.read()
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
-                                       require_client_auth=True)
+def _start(addresses: list[str], store: Store, state: State, connections: Connections,
+           images: Images, audit: AuditLog, stopping: threading.Event, front: TlsFront | None,
+           max_workers: int, progress_interval: float, gc_grace: int) -> RunningServer:
+    """The gRPC server with its services, listening (TCP through ``front``) and started."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                         interceptors=[SecurityInterceptor(audit, front),
+                                       ErrorInterceptor()])
+    pb_grpc.add_ControllerServicer_to_server(
+        ControllerServicer(state, connections, images, audit, stopping, gc_grace), server)
+    pb_grpc.add_HostSyncServicer_to_server(
+        HostSyncServicer(state, connections, stopping, images, progress_interval), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    dials = tuple(_listen(server, a, front) for a in addresses)
+    if front is not None:
+        _listen_unix(server, front.backend)
+    server.start()
+    if front is not None:
+        front.start()
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, dials[0], stopping, addresses=dials, audit=audit, front=front)
 
 
 def create_server(address: str | Sequence[str], store: Store,
@@ -186,7 +212,8 @@ def create_server(address: str | Sequence[str], store: Store,
                   audit: AuditLog | None = None,
                   blob_dir: str | None = None,
                   gc_grace: int = gc.DEFAULT_GRACE,
-                  gc_interval: float = 0.0) -> RunningServer:
+                  gc_interval: float = 0.0,
+                  tls_dir: str | None = None) -> RunningServer:
     """Build and start a server on ``address`` (one or several): ``unix:/path`` or
     ``[tcp:]host:port`` (port 0 picks). A TCP address needs ``tls`` (mutual TLS), else
     :class:`ListenError` before anything starts. ``crl``: a revocation list file (PEM, signed by
@@ -202,13 +229,14 @@ def create_server(address: str | Sequence[str], store: Store,
     ``clock``: unix seconds (tests pass a fake one). ``blob_dir``: where image blobs are kept
     (None: a temporary directory removed when the server stops). ``gc_grace``: seconds between
     the two sightings IPAM garbage collection needs; ``gc_interval``: how often it runs on its
-    own (0: only when asked, ``GcIpam``).
+    own (0: only when asked, ``GcIpam``). ``tls_dir``: where the TLS terminator makes its
+    private directory (the gRPC server's internal socket; default: the system's temporary
+    directory).
     """
     addresses = [address] if isinstance(address, str) else list(address)
     for tcp in (a for a in addresses if not is_unix(a)):
         if tls is None:
             raise ListenError(f"{tcp}: {TCP_NEEDS_TLS}")
-    credentials = server_credentials(tls) if tls is not None else None
     revocations = RevocationList(crl, tls.read()[2]) if crl and tls is not None else None
     audit = audit if audit is not None else AuditLog()
     stopping = threading.Event()
@@ -220,24 +248,19 @@ def create_server(address: str | Sequence[str], store: Store,
     connections = Connections(store, heartbeat=heartbeat, clock=clock)
     scratch = "" if blob_dir else tempfile.mkdtemp(prefix="sdnctl-blobs-")
     images = Images(store, blob_dir or scratch)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         interceptors=[SecurityInterceptor(audit, revocations),
-                                       ErrorInterceptor()])
-    pb_grpc.add_ControllerServicer_to_server(
-        ControllerServicer(state, connections, images, audit, stopping, gc_grace), server)
-    pb_grpc.add_HostSyncServicer_to_server(
-        HostSyncServicer(state, connections, stopping, images, progress_interval), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-
-    dials = tuple(_listen(server, a, credentials) for a in addresses)
-    server.start()
-    for name in ("", *SERVICE_NAMES):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = RunningServer(server, dials[0], stopping, addresses=dials, audit=audit,
-                            revocations=revocations, scratch=scratch)
+    front = TlsFront(tls, revocations, tls_dir) \
+        if tls is not None and any(not is_unix(a) for a in addresses) else None
+    try:
+        running = _start(addresses, store, state, connections, images, audit, stopping, front,
+                         max_workers, progress_interval, gc_grace)
+    except BaseException:
+        if front is not None:
+            front.stop()
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    running.revocations = revocations
+    running.scratch = scratch
     if sweep_interval > 0:
         running.sweeper = threading.Thread(target=sweep_forever, name="ipam-sweeper",
                                            args=(state, sweep_interval, stopping), daemon=True)
@@ -284,6 +307,16 @@ def _seconds(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
     return value
+
+
+def _tls_dir() -> str | None:
+    """The run directory, for the TLS terminator's sockets, unless its path is too long for
+    them (then the system's temporary directory)."""
+    run = paths.run_dir()
+    if len(run) > 64:
+        return None
+    os.makedirs(run, mode=0o700, exist_ok=True)
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                                 heartbeat=REPLICA_HEARTBEAT if isinstance(store, EtcdStore)
                                 else 0.0,
                                 blob_dir=args.blob_dir or default_blob_dir(db),
-                                gc_grace=args.gc_grace, gc_interval=args.gc_interval)
+                                gc_grace=args.gc_grace, gc_interval=args.gc_interval,
+                                tls_dir=_tls_dir())
     except Invalid as e:
         parser.error(f"--default-bridge: {e.message}")
     except (ListenError, PkiError) as e:
