@@ -18,13 +18,15 @@ on the controller's own unix socket anyway).
 
 When the revocation list changes (a new file, or SIGHUP: :class:`~sdnctl.pki.RevocationList`
 notices and tells us), new connections get a context with the new list, and every open connection
-whose certificate it now revokes is cut (both sides aborted: its streams end UNAVAILABLE).
+whose certificate it now revokes is cut (both sides aborted: its streams end UNAVAILABLE). A
+connection is cut as well when its certificate expires.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import itertools
 import logging
 import os
@@ -130,11 +132,14 @@ class _Connection:
     certificate: x509.Certificate | None = None
     pending: list[bytes] = field(default_factory=list)  # client bytes before the backend is up
     closed: bool = False
+    expiry: asyncio.TimerHandle | None = None  # cuts it when its certificate expires
 
     def cut(self) -> None:
         if self.closed:
             return
         self.closed = True
+        if self.expiry is not None:
+            self.expiry.cancel()
         for transport in (self.tls, self.backend, self.raw):
             if transport is not None:
                 transport.abort()
@@ -224,6 +229,7 @@ class TlsFront:
         self.handshakes = 0  # completed
         self.refused = 0  # handshakes that failed: no certificate, another CA, expired, revoked
         self.cut_off = 0  # connections cut because their certificate was revoked
+        self.expired = 0  # connections cut because their certificate expired
         self._sockets: list[socket.socket] = []
         self._servers: list[asyncio.Server] = []
         self._connections: dict[_Connection, asyncio.Task[None] | None] = {}
@@ -348,6 +354,12 @@ class TlsFront:
                 self.cut_off += 1
                 conn.cut()
 
+    def _expire(self, conn: _Connection) -> None:
+        if not conn.closed:
+            log.warning("cutting %s: its certificate expired", conn.peer)
+            self.expired += 1
+            conn.cut()
+
     def _track(self, conn: _Connection, task: asyncio.Task[None]) -> None:
         self._connections[conn] = task
 
@@ -377,6 +389,8 @@ class TlsFront:
         tls.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         der = tls.get_extra_info("ssl_object").getpeercert(binary_form=True)
         conn.certificate = x509.load_der_x509_certificate(der)
+        left = conn.certificate.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+        conn.expiry = loop.call_later(max(left.total_seconds(), 0.0), self._expire, conn)
         conn.path = os.path.join(self.peers_dir, str(next(self._numbers)))
         with self._lock:
             self._by_path[conn.path] = conn.certificate

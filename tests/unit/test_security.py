@@ -185,6 +185,25 @@ def test_a_certificate_revoked_while_connected_is_cut_off(secure: Any, pki_dir: 
     assert not [r for r in running.audit.since(0) if r.identity.startswith("user:trudy")]
 
 
+def test_a_connection_is_cut_when_its_certificate_expires(secure: Any, pki_dir: Path) -> None:
+    """A certificate valid for two more seconds: served now, its open stream ends UNAVAILABLE
+    when it expires, and a new connection with it is refused at the handshake."""
+    running, _ = secure
+    soon = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1, seconds=-2)
+    pki.issue(pki_dir, "user", "brief", role="viewer", days=1, not_before=soon)
+    with channel_as(running, pki_dir, "user", "brief") as channel:
+        stream = pb_grpc.ControllerStub(channel).Events(pb.EventsRequest(follow=True),
+                                                        timeout=60)
+        assert next(stream).identity == "local"  # served while valid
+        with pytest.raises(grpc.RpcError) as info:
+            for _ in stream:
+                pass
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert running.front.expired == 1
+    with channel_as(running, pki_dir, "user", "brief") as channel:
+        assert_refused_at_the_handshake(running, channel)
+
+
 def test_the_crl_is_reloaded_on_sighup_and_a_forged_one_is_ignored(pki_dir: Path,
                                                                    tmp_path: Path) -> None:
     crl = tmp_path / "crl.pem"
