@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds a client has to finish the handshake.
 HANDSHAKE_TIMEOUT = 10.0
+#: Handshakes in progress at once; a connection beyond them is closed at once (a client that
+#: opens connections and never speaks ties up at most this many).
+MAX_HANDSHAKES = 256
 #: Seconds between looks at the CRL file's mtime (SIGHUP reloads at once).
 CRL_POLL = 1.0
 #: Bytes a side may buffer for the other before we stop reading from it (flow control).
@@ -230,6 +233,8 @@ class TlsFront:
         self.refused = 0  # handshakes that failed: no certificate, another CA, expired, revoked
         self.cut_off = 0  # connections cut because their certificate was revoked
         self.expired = 0  # connections cut because their certificate expired
+        self.handshaking = 0  # handshakes in progress (the loop thread's)
+        self.max_handshakes = MAX_HANDSHAKES
         self._sockets: list[socket.socket] = []
         self._servers: list[asyncio.Server] = []
         self._connections: dict[_Connection, asyncio.Task[None] | None] = {}
@@ -373,6 +378,13 @@ class TlsFront:
 
     async def _open(self, conn: _Connection, protocol: _ClientSide) -> None:
         loop = asyncio.get_running_loop()
+        if self.handshaking >= self.max_handshakes:
+            self.refused += 1
+            log.warning("%s: %d TLS handshakes in progress already; closed", conn.peer,
+                        self.handshaking)
+            conn.cut()
+            return
+        self.handshaking += 1
         try:
             tls = await loop.start_tls(conn.raw, protocol, self._context, server_side=True,
                                        ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
@@ -381,6 +393,8 @@ class TlsFront:
             log.info("TLS handshake with %s refused: %s", conn.peer, e)
             conn.cut()
             return
+        finally:
+            self.handshaking -= 1
         if tls is None or conn.closed:  # the client went away at once
             conn.cut()
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from sdnctl import pki
 from sdnctl.client import TLS_ENV, CommandError, open_channel
-from sdnctl.controller import auth
+from sdnctl.controller import auth, tlsfront
 from sdnctl.controller.server import ListenError, RunningServer, create_server, main
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.pki import Identity, TlsFiles
@@ -202,6 +203,28 @@ def test_a_connection_is_cut_when_its_certificate_expires(secure: Any, pki_dir: 
         assert running.front.expired == 1
     with channel_as(running, pki_dir, "user", "brief") as channel:
         assert_refused_at_the_handshake(running, channel)
+
+
+def test_silent_connections_tie_up_a_bounded_number_of_handshakes(secure: Any,
+                                                                  pki_dir: Path) -> None:
+    """Connections that never speak hold handshake slots; beyond the cap a new connection is
+    closed at once, and once they go a client is served again."""
+    running, _ = secure
+    front = running.front
+    host, _, port = tcp(running).rpartition(":")
+    front.max_handshakes = 2
+    try:
+        silent = [socket.create_connection((host, int(port))) for _ in range(2)]
+        eventually(lambda: front.handshaking == 2)
+        with channel_as(running, pki_dir, "user", "viewer") as channel:
+            assert refused_code(channel) == grpc.StatusCode.UNAVAILABLE
+        for sock in silent:
+            sock.close()
+        eventually(lambda: front.handshaking == 0)
+        with channel_as(running, pki_dir, "user", "viewer") as channel:
+            assert health(channel).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        front.max_handshakes = tlsfront.MAX_HANDSHAKES
 
 
 def test_the_crl_is_reloaded_on_sighup_and_a_forged_one_is_ignored(pki_dir: Path,
