@@ -136,10 +136,10 @@ def parse_link(payload: memoryview) -> Link:
 def parse_ipv4_address(payload: memoryview) -> tuple[int, str] | None:
     """(interface index, 'a.b.c.d/len') of an IPv4 RTM_NEWADDR, None for another family."""
     family, prefixlen, _flags, _scope, index = IFADDRMSG.unpack_from(payload)
-    address = _ipv4(attributes(payload, IFADDRMSG.size).get(IFA_ADDRESS))
-    if family != socket.AF_INET or address is None:
+    if family != socket.AF_INET:
         return None
-    return index, f"{address}/{prefixlen}"
+    address = _ipv4(attributes(payload, IFADDRMSG.size).get(IFA_ADDRESS))
+    return (index, f"{address}/{prefixlen}") if address is not None else None
 
 
 def parse_ipv4_route(payload: memoryview) -> Route | None:
