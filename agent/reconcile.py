@@ -155,9 +155,9 @@ class Reconciler:
         wanted = {name: desired.containers.get(name) for name in names
                   if not name.startswith(".")}
         # Every container's network side in one batch (one thread opens all the sockets).
-        nets = self.links.observe_containers({
-            self.netns_path(name): want.interface if want else "eth0"
-            for name, want in wanted.items() if want is None or want.mode == MODE_BRIDGE})
+        peers = {self.netns_path(name): want.interface if want else "eth0"
+                 for name, want in wanted.items() if want is None or want.mode == MODE_BRIDGE}
+        nets = self.links.observe_containers(peers) if peers else {}
         return {name: self._observe_container(name, want, nets.get(self.netns_path(name)))
                 for name, want in wanted.items()}
 
