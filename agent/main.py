@@ -282,8 +282,9 @@ class Agent:
                         self.wake_for_pass()
                 if statuses is None:
                     log.info("ready %.0f ms after start: the first pass made %d action(s) for "
-                             "%d container(s)", running_for() * 1000,
-                             len(outcome.actions), len(desired.containers))
+                             "%d container(s) (%.0f ms of CPU since start)", running_for() * 1000,
+                             len(outcome.actions), len(desired.containers),
+                             time.process_time() * 1000)
                 statuses = reconciler.statuses(desired, outcome)
                 exits.watch({s.pid for s in statuses if s.pid})
                 due = time.monotonic() + (min(self.args.resync, RESTART_DELAY)

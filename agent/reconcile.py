@@ -22,6 +22,7 @@ each exited container process itself and keeps its exit code.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -38,7 +39,7 @@ from agent import plan as p
 from agent.desired import DesiredContainer, DesiredState, LocalHost
 from agent.imagestore import ImageStore
 from agent.kernel import cgroups, conntrack, firewall, netns, procfs, procs, sysctl
-from agent.kernel.links import Links
+from agent.kernel.links import Links, ObservedContainerNet
 from agent.kernel.names import (
     bridge_alias,
     bridge_name,
@@ -134,13 +135,19 @@ class Reconciler:
     # -- observe ------------------------------------------------------------------------------
 
     def observe(self, desired: DesiredState) -> p.Observed:
-        owned = {link.ifname: link for link in self.links.dump_owned()}
-        containers = self.observe_containers(desired)
-        vxlans = {name: vx for name in owned if (vx := self.links.observe_vxlan(name))}
-        return p.Observed(links=owned, containers=containers, firewall=self.firewall.observe(),
-                          ip_forward=sysctl.read_sysctl("net.ipv4.ip_forward") == "1",
-                          vxlans=vxlans,
-                          peers=self.links.observe_all_peers() if vxlans else {})
+        # The firewall is read by an nft process (hundreds of ms with 1,000 containers' guard
+        # rules): a helper thread waits for it while this one reads netlink. It only reads.
+        with concurrent.futures.ThreadPoolExecutor(1, "observe-firewall") as pool:
+            firewall_state = pool.submit(self.firewall.observe)
+            owned = {link.ifname: link for link in self.links.dump_owned()}
+            containers = self.observe_containers(desired)
+            vxlans = {name: vx for name, link in owned.items()
+                      if link.kind == "vxlan" and (vx := self.links.observe_vxlan(name))}
+            peers = self.links.observe_all_peers() if vxlans else {}
+            return p.Observed(links=owned, containers=containers,
+                              firewall=firewall_state.result(),
+                              ip_forward=sysctl.read_sysctl("net.ipv4.ip_forward") == "1",
+                              vxlans=vxlans, peers=peers)
 
     def observe_containers(self, desired: DesiredState) -> dict[str, p.ContainerState]:
         """Every container this host has a trace of: sandbox, pidfile, bundle or writable layer."""
@@ -149,15 +156,19 @@ class Reconciler:
             names |= set(os.listdir(os.path.join(self.run_dir, SANDBOX_DIRS[kind])))
         names |= {f.rsplit(".", 1)[0] for f in os.listdir(self.ctr_dir) if f.endswith(".pid")}
         names |= set(os.listdir(self.bundle_dir)) | set(self.images.containers())
-        return {name: self._observe_container(name, desired.containers.get(name))
-                for name in names if not name.startswith(".")}
+        wanted = {name: desired.containers.get(name) for name in names
+                  if not name.startswith(".")}
+        # Every container's network side in one batch (one thread opens all the sockets).
+        peers = {self.netns_path(name): want.interface if want else "eth0"
+                 for name, want in wanted.items() if want is None or want.mode == MODE_BRIDGE}
+        nets = self.links.observe_containers(peers) if peers else {}
+        return {name: self._observe_container(name, want, nets.get(self.netns_path(name)))
+                for name, want in wanted.items()}
 
-    def _observe_container(self, name: str, want: DesiredContainer | None) -> p.ContainerState:
+    def _observe_container(self, name: str, want: DesiredContainer | None,
+                           net: ObservedContainerNet | None) -> p.ContainerState:
         paths = self.sandbox(name)
         has_sandbox = all(netns.is_netns(path) for path in paths.values())
-        net = None
-        if netns.is_netns(paths["net"]) and (want is None or want.mode == MODE_BRIDGE):
-            net = self.links.observe_container(paths["net"], want.interface if want else "eth0")
         pidfile = self._file(name, "pid")
         info = procs.read_pidfile(pidfile)
         running = False

@@ -200,6 +200,32 @@ def open_netlink_fd(path: str | None) -> int:
     return _in_thread(make) if path is not None else make()
 
 
+def open_netlink_fds(paths: list[str]) -> dict[str, int | OSError]:
+    """A NETLINK_ROUTE socket born in each namespace of ``paths``, as fds, all opened by ONE
+    throw-away thread that enters the namespaces in turn (a thread per namespace cost more
+    than the socket). A path that cannot be entered maps to its error."""
+
+    def make() -> dict[str, int | OSError]:
+        fds: dict[str, int | OSError] = {}
+        try:
+            for path in paths:
+                try:
+                    setns_path(path)
+                except OSError as e:
+                    fds[path] = e
+                    continue
+                fds[path] = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM,
+                                          NETLINK_ROUTE).detach()
+        except BaseException:
+            for fd in fds.values():
+                if isinstance(fd, int):
+                    os.close(fd)
+            raise
+        return fds
+
+    return _in_thread(make) if paths else {}
+
+
 def iproute_in(path: str | None) -> IPRoute:
     """An ``IPRoute`` whose socket lives in the namespace at ``path``, opened without forking.
 

@@ -28,11 +28,17 @@ from helpers.namespaces import UPLINK_H, UPLINK_O, build_uplink, in_ns, run
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent import ocispec
-from agent.kernel import firewall, procs, sysctl
+from agent.kernel import firewall, procs, rtnl, sysctl
 from agent.kernel.firewall import Firewall, MasqueradeRule
 from agent.kernel.links import KernelError, Links, ObservedLink
 from agent.kernel.names import bridge_name, veth_name
-from agent.kernel.netns import create_netns, netns_path, remove_netns, run_in_netns
+from agent.kernel.netns import (
+    create_netns,
+    netns_path,
+    open_netlink_fd,
+    remove_netns,
+    run_in_netns,
+)
 from agent.runtime import RUNTIMES, OciRuntime, Rootfs
 
 PREFIX = f"k{os.getpid()}x"
@@ -207,6 +213,48 @@ def test_observed_state_matches_request(klab: Lab) -> None:
     routes = run("ip", "-n", os.path.basename(klab.containers["a"]), "route", "show", "default")
     assert "proto 211" in routes.stdout
     assert klab.links.observe_container(klab.containers["a"], "eth9") is None
+
+
+@needs_root
+@pytest.mark.netns
+def test_rtnl_reader_agrees_with_ip(klab: Lab) -> None:
+    """The small reader (agent.kernel.rtnl) against ``ip -j`` on every link, address and
+    route of the host and a container namespace."""
+    for path in (klab.host, klab.containers["a"]):
+        name = os.path.basename(path)
+        ip_links = json.loads(run("ip", "-n", name, "-j", "-d", "link", "show").stdout)
+        ip_addrs = json.loads(run("ip", "-n", name, "-j", "-4", "addr", "show").stdout)
+        ip_routes = json.loads(run("ip", "-n", name, "-j", "-4", "route", "show", "table",
+                                   "all").stdout)
+        with rtnl.Reader(open_netlink_fd(path)) as reader:
+            links = reader.links()
+            addresses = reader.ipv4_addresses()
+            routes = reader.ipv4_routes()
+            eth0 = reader.link("eth0")
+            assert reader.link("nosuch0") is None
+        index_of = {m["ifname"]: m["ifindex"] for m in ip_links}
+        assert sorted((link.index, link.ifname, link.mtu, link.mac, link.kind, link.alias,
+                       link.master, bool(link.flags & 1)) for link in links) == sorted(
+            (m["ifindex"], m["ifname"], m["mtu"], m.get("address"),
+             m.get("linkinfo", {}).get("info_kind"), m.get("ifalias"),
+             index_of.get(m.get("master")), "UP" in m["flags"]) for m in ip_links)
+        assert sorted(addresses) == sorted(
+            (m["ifindex"], f"{a['local']}/{a['prefixlen']}")
+            for m in ip_addrs for a in m["addr_info"])
+        tables = {"main": 254, "local": 255}
+        assert sorted((r.dst_len, r.table, r.gateway) for r in routes) == sorted(
+            (0 if r["dst"] == "default" else int(r["dst"].partition("/")[2] or 32),
+             tables.get(r.get("table", "main"), r.get("table")), r.get("gateway"))
+            for r in ip_routes)
+        if path != klab.host:
+            assert eth0 is not None and eth0.index == index_of["eth0"]
+    # A batch with a namespace that is gone and a device that is not there.
+    gone = netns_path(f"{PREFIX}gone")
+    seen = klab.links.observe_containers({klab.containers["a"]: "eth0", gone: "eth0",
+                                          klab.containers["b"]: "eth9"})
+    assert seen[gone] is None and seen[klab.containers["b"]] is None
+    assert seen[klab.containers["a"]] == klab.links.observe_container(klab.containers["a"],
+                                                                      "eth0")
 
 
 @needs_root
