@@ -129,11 +129,15 @@ class Reconciler:
 
     # -- observe ------------------------------------------------------------------------------
 
-    def observe(self, desired: DesiredState) -> p.Observed:
+    def observe(self, desired: DesiredState, full: bool = True) -> p.Observed:
+        """What the kernel and the process table hold. ``full=False`` takes our nftables tables
+        to be as this agent last listed or wrote them (no nft process): a pass woken by a
+        change; the periodic full pass lists them and so finds drift."""
         owned = {link.ifname: link for link in self.links.dump_owned()}
         containers = self.observe_containers(desired)
         vxlans = {name: vx for name in owned if (vx := self.links.observe_vxlan(name))}
-        return p.Observed(links=owned, containers=containers, firewall=self.firewall.observe(),
+        return p.Observed(links=owned, containers=containers,
+                          firewall=self.firewall.observe(fresh=full),
                           ip_forward=sysctl.read_sysctl("net.ipv4.ip_forward") == "1",
                           vxlans=vxlans,
                           peers=self.links.observe_all_peers() if vxlans else {})
@@ -191,8 +195,8 @@ class Reconciler:
 
     # -- apply --------------------------------------------------------------------------------
 
-    def reconcile(self, desired: DesiredState) -> Outcome:
-        observed = self.observe(desired)
+    def reconcile(self, desired: DesiredState, full: bool = True) -> Outcome:
+        observed = self.observe(desired, full)
         actions = p.plan(desired, observed, time.time())
         outcome = Outcome(actions, observed)
         self._stop_first(actions)
