@@ -35,7 +35,7 @@ import grpc
 from agent.kernel import cgroups, netns, procfs, procs
 from agent.reconcile import SANDBOX_DIRS, default_cgroup_parent
 from sdnctl import convert, lab, paths
-from sdnctl.client import Client, start_controller, started_controller_pid
+from sdnctl.client import Client, poll_delays, start_controller, started_controller_pid
 from sdnctl.model import STATE_ERROR, STATE_EXITED, STATE_RUNNING, Container, Host, Network
 from sdnctl.topology import Topology
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -471,6 +471,7 @@ def wait_running(client: Client, topology: Topology, revision: int, timeout: flo
     wrote, e.g. a changed `allow`, is in the kernel)."""
     names = {c.name for c in topology.containers}
     deadline = time.monotonic() + timeout
+    delays = poll_delays()
     while True:
         listed = client.api.ListContainers(pb.ListRequest(), timeout=10).containers
         mine = [c for c in listed if c.name in names]
@@ -485,7 +486,7 @@ def wait_running(client: Client, topology: Topology, revision: int, timeout: flo
                                f"{' (' + c.status.message + ')' if c.status.message else ''}"
                                for c in bad)
             raise DeployError(f"not every container runs: {detail}")
-        time.sleep(0.1)
+        time.sleep(next(delays))
 
 
 def hosts_synced(client: Client, topology: Topology, revision: int) -> bool:
@@ -562,6 +563,7 @@ def wait_agents_caught_up(client: Client, revisions: dict[str, int], progress: P
     was deleted by then), or is not connected (then `sweep` removes what it left)."""
     deadline = time.monotonic() + timeout
     pending = set(revisions)
+    delays = poll_delays()
     while pending and time.monotonic() < deadline:
         for name in sorted(pending):
             try:
@@ -573,7 +575,7 @@ def wait_agents_caught_up(client: Client, revisions: dict[str, int], progress: P
                                             host.observed_revision >= revisions[name]):
                 pending.discard(name)
         progress.waiting(f"waiting for {len(pending)} agent(s) to remove their containers")
-        time.sleep(0.1)
+        time.sleep(next(delays))
     if pending:
         progress.step(f"agents of {', '.join(sorted(pending))} did not catch up; sweeping")
 
