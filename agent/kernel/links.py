@@ -692,6 +692,7 @@ class Links:
 
     def ensure_peer(
         self, device: str, subnet: str, vtep_ip: str, vtep_mac: str, underlay_ip: str,
+        have: ObservedPeers | None = None,
     ) -> bool:
         """The three entries for one peer host on our VXLAN ``device``: FDB ``vtep_mac`` ->
         ``underlay_ip``, permanent neighbour ``vtep_ip`` -> ``vtep_mac`` and route ``subnet`` via
@@ -701,6 +702,10 @@ class Links:
         Replacing moves an entry with the same key (the FDB entry of this MAC, the neighbour
         of this VTEP address, the main table's route to this subnet); entries under an OLD key
         (a peer's previous VTEP MAC, say) stay until ``remove_*`` is called for them.
+
+        ``have``: the device's entries as just observed (``observe_all_peers``), to save three
+        dumps and a lookup per peer: a host that joins N peers would otherwise dump O(N) entries
+        N times.
         """
         self._check_thread()
         what = f"peer {subnet} on {device!r}"
@@ -708,8 +713,11 @@ class Links:
         if index is None:
             raise KernelError(f"could not add {what}: the device does not exist")
         mac, subnet = vtep_mac.lower(), str(IPNetwork(subnet).cidr)  # as the dump shows them
-        have = self._dump_peers([index])[index]
-        neighbour_ok = self._neighbour_is_ours(index, vtep_ip, mac)
+        if have is None:
+            have = self._dump_peers([index])[index]
+            neighbour_ok = self._neighbour_is_ours(index, vtep_ip, mac)
+        else:  # observed neighbours are permanent ones; the replace below sets our protocol
+            neighbour_ok = (vtep_ip, mac) in have.neighbours
         ipr = self._host
         wrote = False
         try:
