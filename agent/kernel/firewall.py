@@ -57,15 +57,17 @@ neither updates a table's comment on ``add table`` nor shows it in ``nft -j`` ou
 that does not exist yet cannot take its sysctls: the fingerprint stays different and the next
 apply, once the bridge exists, sets them (without rewriting the unchanged tables).
 
-Incremental updates. Starting or removing a bridged container changes only its guard, so the
+Incremental updates. Starting or removing a bridged container changes only its guard, and a
+host joining or leaving an overlay only the member addresses of VXLAN rules, so the
 ``Firewall`` object remembers what it wrote (the spec, and the rule handles ``nft --echo
---handle`` printed) and moves just that guard: ``render_delta`` deletes its five rules by
-handle or inserts them at the place a full render would put them, and swaps the sha rule, in
-one small transaction; the tables then list exactly as after ``render(spec)``. Everything else
-(and a delta nft refuses: someone changed the tables) is written in full. A pass woken by a
-change trusts what the agent wrote (``observe(fresh=False)``: no nft process); the agent's
-periodic full pass lists the ruleset, and a listing that differs from what was written makes
-the next write a full one, so drift is repaired within a resync interval as before.
+--handle`` printed) and changes just those: ``render_delta`` deletes a guard's five rules by
+handle or inserts them at the place a full render would put them, replaces VXLAN rules in
+place, and swaps the sha rule, in one small transaction; the tables then list exactly as
+after ``render(spec)``. Everything else (and a delta nft refuses: someone changed the tables)
+is written in full. A pass woken by a change trusts what the agent wrote
+(``observe(fresh=False)``: no nft process); the agent's periodic full pass lists the ruleset,
+and a listing that differs from what was written makes the next write a full one, so drift is
+repaired within a resync interval as before.
 
 nft acts on the network namespace it runs in. The agent lives in its host's namespace, so a plain
 subprocess is right; ``Firewall(netns_path)`` wraps it in ``nsenter --net=PATH`` and runs the
@@ -485,23 +487,34 @@ def render(spec: SpecLike) -> str:
 def render_delta(installed: SpecLike, spec: SpecLike, handles: Mapping[str, int]) -> str | None:
     """A small nft script that turns the tables ``render(installed)`` made into exactly what
     ``render(spec)`` would make, rule order included (pure); None when that takes more than
-    moving anti-spoofing guards (the caller then writes ``render(spec)``).
+    moving anti-spoofing guards and changing the members of overlays (the caller then writes
+    ``render(spec)``).
 
-    ``handles`` maps rule comments to nft rule handles, for the guards' rules, the
-    router-advert rule and the sha rule of the installed tables. A guard that goes loses its
+    ``handles`` maps rule comments to nft rule handles, for the guards' rules, the VXLAN
+    rules, the router-advert rule and the sha rule of the installed tables. A VXLAN rule whose
+    member addresses changed is replaced in place. A guard that goes loses its
     five rules (by handle); a guard that comes is inserted before the first rule of the next
     guard in render order (or before the router-advert rule), so the chain reads as a full
     render's; the sha rule is replaced. One transaction, as the full script is.
     """
     installed, spec = _as_spec(installed), _as_spec(spec)
-    if dataclasses.replace(installed, guards=()) != dataclasses.replace(spec, guards=()):
+    if dataclasses.replace(installed, guards=(), vxlan=()) != \
+            dataclasses.replace(spec, guards=(), vxlan=()):
         return None
+    old_vxlan, new_vxlan = _vxlan_rules(installed), _vxlan_rules(spec)
+    if [r.comment for r in old_vxlan] != [r.comment for r in new_vxlan]:
+        return None  # a port or VNI came or went: not a change of members
+    members = [new for old, new in zip(old_vxlan, new_vxlan, strict=True) if old != new]
     old, new = set(installed.guards), set(spec.guards)
-    if old == new:
+    if old == new and not members:
         return None
     gone, kept = old - new, sorted(old & new, key=_guard_key)
     lines: list[str] = []
     try:
+        # Another host joined or left an overlay: its VXLAN rules change their address sets
+        # in place (nft keeps a replaced rule's handle and place).
+        lines += [f"replace rule {r.family} {TABLE_NAME} {r.chain} handle {handles[r.comment]} "
+                  f"{r.expr} comment {_quote(r.comment)}" for r in members]
         for g in sorted(gone, key=_guard_key):
             lines += [_delete(r, handles[r.comment]) for r in _one_guard(g)]
         for g in sorted(new - old, key=_guard_key):

@@ -33,6 +33,7 @@ from agent.kernel.firewall import (
     FirewallSpec,
     PortGuard,
     PortRule,
+    VxlanFilter,
     fingerprint,
 )
 from agent.kernel.links import Links
@@ -468,6 +469,24 @@ def test_guards_move_incrementally_and_list_as_a_full_render(fwlab: FwLab) -> No
     assert fw.observe() == fingerprint(no_f1)
     listed = in_ns(fwlab.host, "nft", "-s", "list", "ruleset").stdout
     assert listed == _listed_as_full_render(fwlab.host, no_f1)
+
+
+def test_overlay_members_change_in_place_and_list_as_a_full_render(fwlab: FwLab) -> None:
+    fw = Firewall(fwlab.host)
+    spec = replace(fwlab.spec(guards=True),
+                   vxlan=(VxlanFilter(4789, 4096, ("192.0.2.2", "192.0.2.3")),))
+    assert fw.apply(spec) is True
+    masquerade = _handle(fwlab.host, "sdnctl:net/front")
+    accept = _handle(fwlab.host, "sdnctl:vxlan/4789/vni/4096")
+    joined = replace(spec, vxlan=(VxlanFilter(4789, 4096, ("192.0.2.2", "192.0.2.3",
+                                                           "192.0.2.4")),))
+    assert fw.apply(joined) is True
+    assert _handle(fwlab.host, "sdnctl:net/front") == masquerade  # not rewritten
+    assert _handle(fwlab.host, "sdnctl:vxlan/4789/vni/4096") == accept  # replaced in place
+    assert fw.observe() == fingerprint(joined)
+    listed = in_ns(fwlab.host, "nft", "-s", "list", "ruleset").stdout
+    assert "192.0.2.4" in listed
+    assert listed == _listed_as_full_render(fwlab.host, joined)
 
 
 def test_a_delta_refused_by_nft_gives_way_to_a_full_write(fwlab: FwLab) -> None:

@@ -407,3 +407,30 @@ def test_delta_is_refused_without_the_handles_it_needs() -> None:
     del handles[sha_comment(SPEC)]
     assert firewall.render_delta(SPEC, dataclasses.replace(SPEC, guards=(GUARD, GUARD2)),
                                  handles) is None
+
+
+def test_delta_replaces_vxlan_rules_in_place_when_members_change() -> None:
+    old = dataclasses.replace(OV_SPEC, guards=(GUARD,))
+    first = OV_SPEC.vxlan[0]
+    grown = (dataclasses.replace(first, members=(*first.members, "192.0.2.77")),
+             *OV_SPEC.vxlan[1:])
+    new = dataclasses.replace(old, vxlan=grown, guards=(GUARD, GUARD2))
+    handles = handles_of(old)
+    delta = firewall.render_delta(old, new, handles)
+    assert delta is not None
+    replaced = [line for line in delta.splitlines() if line.startswith("replace rule")]
+    wanted = {line.split(" comment ")[1]: line.split(" ", 5)[5]
+              for line in render(new).splitlines()
+              if line.startswith("add rule inet sdnctl input") and "192.0.2.77" in line}
+    assert wanted and len(replaced) == len(wanted)
+    for line in replaced:
+        comment = line.split(" comment ")[1]
+        handle = handles[comment.strip('"')]
+        assert line == f"replace rule inet sdnctl input handle {handle} {wanted[comment]}"
+    assert sum(line.startswith("insert rule") for line in delta.splitlines()) == 5  # GUARD2
+
+
+def test_delta_is_refused_when_an_overlay_port_or_vni_comes() -> None:
+    more = (*OV_SPEC.vxlan, VxlanFilter(4790, 77, ("192.0.2.9",)))
+    assert firewall.render_delta(OV_SPEC, dataclasses.replace(OV_SPEC, vxlan=more),
+                                 handles_of(OV_SPEC)) is None
