@@ -491,10 +491,14 @@ def wait_running(client: Client, topology: Topology, revision: int, timeout: flo
 
 def hosts_synced(client: Client, topology: Topology, revision: int) -> bool:
     """Every host's current agent has reported all of its topology containers and realised
-    ``revision``."""
+    ``revision``. One ListHosts, not a GetHost per host: `up` polls this while N agents
+    work, on the same CPUs."""
+    listed = {h.name: h for h in client.api.ListHosts(pb.ListRequest(), timeout=10).hosts}
     for host in topology.hosts:
         want = {c.name for c in topology.containers if c.host == host.name}
-        got = client.api.GetHost(pb.GetRequest(name=host.name), timeout=10)
+        got = listed.get(host.name)
+        if got is None:
+            return False  # not recorded yet
         if not got.agent_connected:
             continue  # nothing to wait for: its containers cannot run either
         if not (got.agent_synced and want <= set(got.reported_containers)
