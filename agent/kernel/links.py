@@ -423,19 +423,17 @@ class Links:
         what = f"veth {host_ifname!r}"
         try:
             master = get_link(ipr, bridge)
-            link = get_link(ipr, host_ifname)
         except NetlinkError as e:
             raise KernelError(f"could not read {what}") from e
         if master is None:
             raise KernelError(f"could not add {what}: bridge {bridge!r} does not exist")
         master_index = master["index"]
-        created = False
-        if link is None:
-            link, created = self._create_veth(host_ifname, alias, master_index, mtu, netns_path,
-                                              peer_ifname, mac)
+        # Add first (EEXIST when it is there: then read back and verify): a new container's
+        # veth is the common case, and asking whether it exists cost a request.
+        link, created = self._create_veth(host_ifname, alias, master_index, mtu, netns_path,
+                                          peer_ifname, mac)
+        if created:
             faults.point("veth")
-        else:
-            self._verify_ours(link, host_ifname, "veth", alias)
         self._fix_link(ipr, link, what, mtu=mtu, master=master_index, state="up", ifalias=alias)
         peer_index = link.get_attr("IFLA_LINK")
         if created and peer_index:
