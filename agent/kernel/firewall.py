@@ -65,13 +65,14 @@ handle or inserts them at the place a full render would put them, replaces VXLAN
 place, and swaps the sha rule, in one small transaction; the tables then list exactly as
 after ``render(spec)``. Everything else (and a delta nft refuses: someone changed the tables)
 is written in full. A pass woken by a change trusts what the agent wrote
-(``observe(fresh=False)``: no nft process); the agent's periodic full pass lists the ruleset,
+(``observe(fresh=False)``: no listing); the agent's periodic full pass lists the ruleset,
 and a listing that differs from what was written makes the next write a full one, so drift is
 repaired within a resync interval as before.
 
-nft acts on the network namespace it runs in. The agent lives in its host's namespace, so a plain
-subprocess is right; ``Firewall(netns_path)`` wraps it in ``nsenter --net=PATH`` and runs the
-sysctl reads and writes in a thread inside that namespace, for tests.
+nft acts on the network namespace it runs in; we call libnftables in this process
+(``agent.kernel.nft``: no nft process per command). The agent lives in its host's namespace, so
+the calling thread is right; ``Firewall(netns_path)`` runs the nft commands and the sysctl reads
+and writes in a thread inside that namespace, for tests.
 """
 
 from __future__ import annotations
@@ -82,12 +83,11 @@ import ipaddress
 import json
 import os
 import re
-import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from agent.kernel import sysctl
+from agent.kernel import nft, sysctl
 from agent.kernel.links import KernelError
 from agent.kernel.names import BRIDGE_PREFIX, VETH_PREFIX
 from agent.kernel.netns import run_in_netns
@@ -98,7 +98,6 @@ BRIDGE_FAMILY = "bridge"
 TABLE_NAME = "sdnctl"
 SHA_COMMENT_PREFIX = "sdnctl:sha/"
 SYSCTL_PREFIX = "sysctl:"
-NFT_TIMEOUT = 10.0
 PROTOCOLS = ("tcp", "udp")
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
@@ -618,28 +617,21 @@ class Firewall:
     network namespace (None: the caller's).
 
     It remembers what it wrote (the spec, the rules' comments and the handles nft echoed), so
-    that ``observe(fresh=False)`` needs no nft process and ``apply`` can move one container's
+    that ``observe(fresh=False)`` needs no listing and ``apply`` can move one container's
     guard with a small script (``render_delta``). What it remembers is dropped, and the tables
     listed again, whenever a listing shows something else, a write fails or ``fresh`` asks.
     """
 
     def __init__(self, netns_path: str | None = None) -> None:
         self._netns = netns_path
-        self._prefix = ["nsenter", f"--net={netns_path}"] if netns_path is not None else []
         self._known = False  # whether _tables holds what the kernel holds, as far as we know
         self._tables: list[str] | None = None  # sorted comments of our rules; None: no tables
         self._installed: FirewallSpec | None = None  # the spec _tables came from, if ours
         self._handles: dict[str, int] = {}  # rule comment -> handle (unique comments only)
         self._error = ""  # nft's complaint about the last failed write
 
-    def _nft(self, args: Sequence[str], script: str | None = None) -> subprocess.CompletedProcess:
-        try:
-            return subprocess.run(
-                [*self._prefix, "nft", *args], input=script, capture_output=True, text=True,
-                timeout=NFT_TIMEOUT, check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise KernelError(f"could not run nft {' '.join(args)}") from e
+    def _nft(self, script: str, flags: int = 0) -> nft.Result:
+        return self._in_netns(lambda: nft.run(script, flags))
 
     def _in_netns(self, fn: Callable[[], T]) -> T:
         return fn() if self._netns is None else run_in_netns(self._netns, fn)
@@ -647,7 +639,7 @@ class Firewall:
     def _list_tables(self) -> None:
         """List the ruleset: our rules' comments and handles; None when neither table exists."""
         self._known = False
-        done = self._nft(["-j", "list", "ruleset"])
+        done = self._nft("list ruleset", nft.OUTPUT_JSON)
         if done.returncode != 0:
             raise KernelError(f"could not list the ruleset: {done.stderr.strip()}")
         try:
@@ -671,7 +663,7 @@ class Firewall:
         """The installed state's fingerprint, or None when neither table is there.
 
         ``fresh=False`` trusts what this object last listed or wrote instead of listing the
-        ruleset (an nft process); the bridge sysctls are always read."""
+        ruleset; the bridge sysctls are always read."""
         if fresh or not self._known:
             self._list_tables()
         if self._tables is None:
@@ -707,7 +699,7 @@ class Firewall:
     def _write(self, script: str, spec: FirewallSpec, full: bool) -> bool:
         """Run ``script`` (one transaction), echoing handles; remember the result. A ``full``
         script flushed every chain: no handle from before it is valid."""
-        done = self._nft(["--echo", "--handle", "-f", "-"], script=script)
+        done = self._nft(script, nft.OUTPUT_ECHO | nft.OUTPUT_HANDLE)
         if done.returncode != 0:
             self._known, self._installed, self._handles = False, None, {}
             self._error = done.stderr.strip()
@@ -723,7 +715,7 @@ class Firewall:
         ``add`` first makes each delete always valid; all run in one transaction."""
         script = "".join(f"add table {f} {TABLE_NAME}\ndelete table {f} {TABLE_NAME}\n"
                          for f in FAMILIES)
-        done = self._nft(["-f", "-"], script=script)
+        done = self._nft(script)
         if done.returncode != 0:
             self._known = False
             raise KernelError(f"could not delete tables {TABLE_NAME!r}: {done.stderr.strip()}")

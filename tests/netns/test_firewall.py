@@ -26,7 +26,7 @@ import pytest
 from helpers.namespaces import UPLINK_H, UPLINK_O, build_uplink, in_ns
 from pyroute2 import Conntrack
 
-from agent.kernel import conntrack, sysctl
+from agent.kernel import conntrack, nft, sysctl
 from agent.kernel.firewall import (
     BridgeNet,
     Firewall,
@@ -503,6 +503,20 @@ def test_a_delta_refused_by_nft_gives_way_to_a_full_write(fwlab: FwLab) -> None:
     in_ns(fwlab.host, "nft", "delete", "table", "bridge", "sdnctl")
     assert fw.apply(every) is True
     assert fw.observe() == fingerprint(every)
+
+
+def test_nft_library_and_program_agree_and_stay_in_their_namespace(fwlab: FwLab) -> None:
+    Firewall(fwlab.host).apply(fwlab.spec(guards=True))
+    listed = [run_in_netns(fwlab.host, lambda f=f: f("list ruleset", nft.OUTPUT_JSON))
+              for f in (nft.run, nft._run_program)]
+    assert [r.returncode for r in listed] == [0, 0]
+    library, program = (json.loads(r.stdout)["nftables"] for r in listed)
+    assert library == program and any("rule" in item for item in library)
+    bad = [run_in_netns(fwlab.host, lambda f=f: f("add rule inet sdnctl nosuchchain drop"))
+           for f in (nft.run, nft._run_program)]
+    assert [r.returncode for r in bad] == [1, 1]
+    assert all("nosuchchain" in r.stderr for r in bad), bad
+    assert "sdnctl" not in in_ns(fwlab.outside, "nft", "list", "tables").stdout
 
 
 def test_container_mac_is_set_at_creation_and_repaired(fwlab: FwLab) -> None:
