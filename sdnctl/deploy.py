@@ -311,8 +311,12 @@ def build_lab(topology: Topology, progress: Progress) -> dict[str, lab.LabHost]:
     the_lab.ensure_underlay()
     the_lab.ensure_external()
     built = {}
+    # The lab's hosts read once, then kept current as each is ensured (a host renumbered
+    # earlier in the loop frees its old address for a later one).
+    known = {h.name: h for h in the_lab.hosts()}
     for index, host in enumerate(topology.lab_hosts):
-        built[host.name] = the_lab.ensure_host(host.name, index)
+        built[host.name] = the_lab.ensure_host(host.name, index, list(known.values()))
+        known[host.name] = built[host.name]
     underlay = "192.0.2.0/24 + 198.51.100.0/24, routed" if topology.lab.routed else \
         "192.0.2.0/24"
     progress.step(f"lab: {len(built)} host(s) on underlay {underlay} (MTU "
