@@ -249,6 +249,7 @@ class Agent:
         # A full pass is due this often even when events keep waking us (progress notices
         # must not push drift repair past one resync interval).
         due = time.monotonic()
+        full_due = due
         statuses: list[ContainerStatus] | None = None
         last_generation: int | None = None
         try:
@@ -260,6 +261,9 @@ class Agent:
                 with self.lock:
                     desired = self.desired.copy()
                     needed = self.pending_pass or time.monotonic() >= due or statuses is None
+                    # A full pass lists the nftables ruleset (drift); the others trust what
+                    # the agent wrote. One is due every resync interval, however busy we are.
+                    full = time.monotonic() >= full_due or last_generation is None
                     self.pending_pass = False
                     generation = self.generation
                 if not desired.synced:  # the first snapshot wakes us when it comes
@@ -269,7 +273,9 @@ class Agent:
                     self.report(desired.revision, statuses or [])
                     continue
                 started = time.monotonic()
-                outcome = reconciler.reconcile(desired)
+                if full:
+                    full_due = started + self.args.resync
+                outcome = reconciler.reconcile(desired, full)
                 if generation == last_generation:  # (a retry after a failed pass is not one)
                     self.log_repairs(outcome.actions)
                 last_generation = None if outcome.errors else generation

@@ -31,15 +31,15 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from agent import ocispec
 from agent import plan as p
-from agent.desired import DesiredContainer, DesiredState, LocalHost
+from agent.desired import DesiredContainer, DesiredPeer, DesiredState, LocalHost
 from agent.imagestore import ImageStore
 from agent.kernel import cgroups, conntrack, firewall, netns, procfs, procs, sysctl
-from agent.kernel.links import Links, ObservedContainerNet
+from agent.kernel.links import Links, ObservedContainerNet, ObservedPeers, ObservedVxlan
 from agent.kernel.names import (
     bridge_alias,
     bridge_name,
@@ -104,6 +104,9 @@ class Reconciler:
         self.images = images or ImageStore(os.path.join(run_dir, "store"))
         self.cgroup_parent = cgroup_parent or default_cgroup_parent(run_dir)
         self.restarts: dict[str, int] = {}
+        # Peer entries of our VXLAN devices, by device: (its ifindex, its entries) as the last
+        # dump showed them plus what this agent wrote since (see _observe_peers).
+        self._peers: dict[str, tuple[int, ObservedPeers]] = {}
         os.makedirs(self.bundle_dir, mode=0o700, exist_ok=True)
         self.links = links
         self.firewall = fw
@@ -134,20 +137,42 @@ class Reconciler:
 
     # -- observe ------------------------------------------------------------------------------
 
-    def observe(self, desired: DesiredState) -> p.Observed:
-        # The firewall is read by an nft process (hundreds of ms with 1,000 containers' guard
-        # rules): a helper thread waits for it while this one reads netlink. It only reads.
+    def observe(self, desired: DesiredState, full: bool = True) -> p.Observed:
+        """What the kernel and the process table hold. ``full=False`` takes our nftables tables
+        to be as this agent last listed or wrote them (no nft listing): a pass woken by a
+        change; the periodic full pass lists them and so finds drift."""
+        if not full:
+            return self._observe(desired, full, lambda: self.firewall.observe(fresh=False))
+        # A full pass lists the firewall (hundreds of ms with 1,000 containers' guard rules;
+        # libnftables lets go of the GIL): a helper thread waits for it while this one reads
+        # netlink. It only reads.
         with concurrent.futures.ThreadPoolExecutor(1, "observe-firewall") as pool:
-            firewall_state = pool.submit(self.firewall.observe)
-            owned = {link.ifname: link for link in self.links.dump_owned()}
-            containers = self.observe_containers(desired)
-            vxlans = {name: vx for name, link in owned.items()
-                      if link.kind == "vxlan" and (vx := self.links.observe_vxlan(name))}
-            peers = self.links.observe_all_peers() if vxlans else {}
-            return p.Observed(links=owned, containers=containers,
-                              firewall=firewall_state.result(),
-                              ip_forward=sysctl.read_sysctl("net.ipv4.ip_forward") == "1",
-                              vxlans=vxlans, peers=peers)
+            return self._observe(desired, full, pool.submit(self.firewall.observe).result)
+
+    def _observe(self, desired: DesiredState, full: bool,
+                 firewall_state: Callable[[], str | None]) -> p.Observed:
+        owned = {link.ifname: link for link in self.links.dump_owned()}
+        containers = self.observe_containers(desired)
+        vxlans = {name: vx for name, link in owned.items()
+                  if link.kind == "vxlan" and (vx := self.links.observe_vxlan(name))}
+        peers = self._observe_peers(vxlans, full)
+        return p.Observed(links=owned, containers=containers, firewall=firewall_state(),
+                          ip_forward=sysctl.read_sysctl("net.ipv4.ip_forward") == "1",
+                          vxlans=vxlans, peers=peers)
+
+    def _observe_peers(self, vxlans: dict[str, ObservedVxlan],
+                       full: bool) -> dict[str, ObservedPeers]:
+        """Peer entries of our VXLAN devices. A full pass dumps them (so does any pass that
+        finds a device it has no dump of, or one recreated since); the others take the last
+        dump plus what this agent wrote since. The dumps grow with the number of hosts, and
+        every agent runs a pass when one host joins: at 100 hosts they were most of its cost.
+        Drift in them is found by the next full pass, as in the firewall's tables."""
+        if full or any(self._peers.get(name, (None,))[0] != vx.index
+                       for name, vx in vxlans.items()):
+            dumped = self.links.observe_all_peers() if vxlans else {}
+            self._peers = {name: (vx.index, dumped.get(name, ObservedPeers()))
+                           for name, vx in vxlans.items()}
+        return {name: self._peers[name][1] for name in vxlans}
 
     def observe_containers(self, desired: DesiredState) -> dict[str, p.ContainerState]:
         """Every container this host has a trace of: sandbox, pidfile, bundle or writable layer."""
@@ -206,8 +231,8 @@ class Reconciler:
 
     # -- apply --------------------------------------------------------------------------------
 
-    def reconcile(self, desired: DesiredState) -> Outcome:
-        observed = self.observe(desired)
+    def reconcile(self, desired: DesiredState, full: bool = True) -> Outcome:
+        observed = self.observe(desired, full)
         actions = p.plan(desired, observed, time.time())
         outcome = Outcome(actions, observed)
         self._stop_first(actions)
@@ -223,6 +248,7 @@ class Reconciler:
                 self.apply(action)
             except Exception as e:  # one failure must not stop the rest of the pass
                 log.warning("%s failed: %s", type(action).__name__, e, exc_info=True)
+                self._peers.clear()  # what it did is unknown: the next pass dumps again
                 outcome.errors[key] = f"{e}" + (f": {e.__cause__}" if e.__cause__ else "")
                 firewall_failed |= isinstance(action, p.SyncFirewall)
         if actions:
@@ -257,15 +283,31 @@ class Reconciler:
                 self.links.ensure_vxlan(vxlan_name(net.name), vxlan_alias(net.name), net.vni,
                                         local.underlay_ip, net.vxlan_port, local.underlay_dev,
                                         net.mtu, local.vtep_mac, net.vtep_cidr)
+                # Made or mended: assume it holds no entries (its peers are all set next, with
+                # no dump each); index -1 makes the next pass dump it.
+                self._peers[vxlan_name(net.name)] = (-1, ObservedPeers())
             case p.SetPeer(device, peer):
+                cached = self._peers.get(device)
                 self.links.ensure_peer(device, peer.subnet, peer.vtep_ip, peer.vtep_mac,
-                                       peer.underlay_ip)
+                                       peer.underlay_ip, have=cached[1] if cached else None)
+                self._wrote_peers(device, lambda h: peers_after_set(h, peer))
             case p.RemovePeerRoute(device, dst):
                 self.links.remove_peer_route(device, dst)
+                self._wrote_peers(device, lambda h: dataclasses.replace(
+                    h, routes=tuple(r for r in h.routes if r[0] != dst)))
             case p.RemoveNeighbour(device, ip):
                 self.links.remove_neighbour(device, ip)
+                self._wrote_peers(device, lambda h: dataclasses.replace(
+                    h, neighbours=tuple(n for n in h.neighbours if n[0] != ip)))
             case p.RemoveFdb(device, mac, dst):
                 self.links.remove_fdb(device, mac, dst)
+                self._wrote_peers(device, lambda h: dataclasses.replace(
+                    h, fdb=tuple(f for f in h.fdb if f != (mac, dst))))
+
+    def _wrote_peers(self, device: str, change: Callable[[ObservedPeers], ObservedPeers]) -> None:
+        if device in self._peers:
+            index, have = self._peers[device]
+            self._peers[device] = (index, change(have))
 
     def _stop_first(self, actions: list[p.Action]) -> None:
         """Stop every process this pass replaces or removes together: one grace period."""
@@ -436,6 +478,18 @@ class Reconciler:
                 runtime_root=self.runtime.root, cgroup=self.cgroup_path(name),
                 user_ns=ctr.runs_user_ns(self.userns_supported)))
         return result
+
+
+def peers_after_set(have: ObservedPeers, peer: DesiredPeer) -> ObservedPeers:
+    """What a VXLAN device holds after ``Links.ensure_peer`` for ``peer`` (pure): its route,
+    neighbour and FDB entry replace those with the same key (destination, address, MAC)."""
+    return ObservedPeers(
+        routes=tuple(sorted({r for r in have.routes if r[0] != peer.subnet}
+                            | {(peer.subnet, peer.vtep_ip)})),
+        neighbours=tuple(sorted({n for n in have.neighbours if n[0] != peer.vtep_ip}
+                                | {(peer.vtep_ip, peer.vtep_mac)})),
+        fdb=tuple(sorted({f for f in have.fdb if f[0] != peer.vtep_mac}
+                         | {(peer.vtep_mac, peer.underlay_ip)})))
 
 
 def default_cgroup_parent(run_dir: str) -> str:

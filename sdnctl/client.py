@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import grpc
@@ -32,6 +32,19 @@ class CommandError(RuntimeError):
 
 
 TLS_ENV = ("SDNCTL_TLS_CERT", "SDNCTL_TLS_KEY", "SDNCTL_TLS_CA")
+
+#: A command that waits for agents polls the controller soon at first (an agent realises a
+#: container in tens of milliseconds: a fixed 100 ms poll added 50 ms on average), then less
+#: and less often, down to every POLL_MAX seconds.
+POLL_FIRST, POLL_GROWTH, POLL_MAX = 0.005, 1.5, 0.1
+
+
+def poll_delays() -> Iterator[float]:
+    """The pauses between two polls of a wait: POLL_FIRST, growing by POLL_GROWTH to POLL_MAX."""
+    delay = POLL_FIRST
+    while True:
+        yield delay
+        delay = min(delay * POLL_GROWTH, POLL_MAX)
 
 
 def tls_from_env() -> TlsFiles | None:

@@ -35,7 +35,7 @@ import grpc
 from agent.kernel import cgroups, netns, procfs, procs
 from agent.reconcile import SANDBOX_DIRS, default_cgroup_parent
 from sdnctl import convert, lab, paths
-from sdnctl.client import Client, start_controller, started_controller_pid
+from sdnctl.client import Client, poll_delays, start_controller, started_controller_pid
 from sdnctl.model import STATE_ERROR, STATE_EXITED, STATE_RUNNING, Container, Host, Network
 from sdnctl.topology import Topology
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -311,8 +311,12 @@ def build_lab(topology: Topology, progress: Progress) -> dict[str, lab.LabHost]:
     the_lab.ensure_underlay()
     the_lab.ensure_external()
     built = {}
+    # The lab's hosts read once, then kept current as each is ensured (a host renumbered
+    # earlier in the loop frees its old address for a later one).
+    known = {h.name: h for h in the_lab.hosts()}
     for index, host in enumerate(topology.lab_hosts):
-        built[host.name] = the_lab.ensure_host(host.name, index)
+        built[host.name] = the_lab.ensure_host(host.name, index, list(known.values()))
+        known[host.name] = built[host.name]
     underlay = "192.0.2.0/24 + 198.51.100.0/24, routed" if topology.lab.routed else \
         "192.0.2.0/24"
     progress.step(f"lab: {len(built)} host(s) on underlay {underlay} (MTU "
@@ -380,16 +384,26 @@ def apply_objects(client: Client, topology: Topology, progress: Progress) -> int
     revision = 0
     for archive in topology.images:
         load_image(client, archive, progress)
+    # What is there already as the topology says is left alone on the strength of three List
+    # calls: create-then-compare costs two RPCs per object (400 to add one host to a
+    # 100-host lab). The rest goes through create-or-compare, which is safe against races.
+    observed = observe(client)
+    networks = [n for n in topology.networks
+                if _network_change(n, observed.networks.get(n.name)).sign != SAME]
+    containers = [c for c in topology.containers
+                  if _container_change(c, observed.containers.get(c.name)).sign != SAME]
+    counts["unchanged"] = len(topology.networks) - len(networks) + \
+        len(topology.containers) - len(containers)
     # Networks first without `allow` (it may name networks created later), then their allows.
-    for net in topology.networks:
+    for net in networks:
         what, rev = _apply_network(client, dataclasses.replace(net, allow=()), net)
         counts[what] += 1
         revision = max(revision, rev)
-    for net in topology.networks:
+    for net in networks:
         if net.allow:
             revision = max(revision, _apply_network(client, net, net)[1])
     # Donors before the containers joined to them.
-    for ctr in sorted(topology.containers, key=lambda c: (c.donor is not None, c.name)):
+    for ctr in sorted(containers, key=lambda c: (c.donor is not None, c.name)):
         what, rev = _apply_container(client, ctr)
         counts[what] += 1
         revision = max(revision, rev)
@@ -471,6 +485,7 @@ def wait_running(client: Client, topology: Topology, revision: int, timeout: flo
     wrote, e.g. a changed `allow`, is in the kernel)."""
     names = {c.name for c in topology.containers}
     deadline = time.monotonic() + timeout
+    delays = poll_delays()
     while True:
         listed = client.api.ListContainers(pb.ListRequest(), timeout=10).containers
         mine = [c for c in listed if c.name in names]
@@ -485,15 +500,19 @@ def wait_running(client: Client, topology: Topology, revision: int, timeout: flo
                                f"{' (' + c.status.message + ')' if c.status.message else ''}"
                                for c in bad)
             raise DeployError(f"not every container runs: {detail}")
-        time.sleep(0.1)
+        time.sleep(next(delays))
 
 
 def hosts_synced(client: Client, topology: Topology, revision: int) -> bool:
     """Every host's current agent has reported all of its topology containers and realised
-    ``revision``."""
+    ``revision``. One ListHosts, not a GetHost per host: `up` polls this while N agents
+    work, on the same CPUs."""
+    listed = {h.name: h for h in client.api.ListHosts(pb.ListRequest(), timeout=10).hosts}
     for host in topology.hosts:
         want = {c.name for c in topology.containers if c.host == host.name}
-        got = client.api.GetHost(pb.GetRequest(name=host.name), timeout=10)
+        got = listed.get(host.name)
+        if got is None:
+            return False  # not recorded yet
         if not got.agent_connected:
             continue  # nothing to wait for: its containers cannot run either
         if not (got.agent_synced and want <= set(got.reported_containers)
@@ -562,6 +581,7 @@ def wait_agents_caught_up(client: Client, revisions: dict[str, int], progress: P
     was deleted by then), or is not connected (then `sweep` removes what it left)."""
     deadline = time.monotonic() + timeout
     pending = set(revisions)
+    delays = poll_delays()
     while pending and time.monotonic() < deadline:
         for name in sorted(pending):
             try:
@@ -573,7 +593,7 @@ def wait_agents_caught_up(client: Client, revisions: dict[str, int], progress: P
                                             host.observed_revision >= revisions[name]):
                 pending.discard(name)
         progress.waiting(f"waiting for {len(pending)} agent(s) to remove their containers")
-        time.sleep(0.1)
+        time.sleep(next(delays))
     if pending:
         progress.step(f"agents of {', '.join(sorted(pending))} did not catch up; sweeping")
 

@@ -257,19 +257,21 @@ class Lab:
 
     # -- hosts -------------------------------------------------------------------------------
 
-    def ensure_host(self, name: str, index: int) -> LabHost:
+    def ensure_host(self, name: str, index: int, known: list[LabHost] | None = None) -> LabHost:
         """Host namespace ``<prefix><name>`` with eth0 = ``host_ip(index, routed)`` on its
         segment, default route via the segment's gateway, at the lab's MTU.
 
         An existing, correct host is left untouched; a wrong detail (address, route, MTU, a
         broken veth) is repaired, in place where the kernel allows. The index must stay the same
         for a host across runs: the caller keeps it (the host's position in the topology).
+        ``known``: ``hosts()`` as the caller read it once for several hosts (reading it is a
+        netlink socket per host: once per host made a 100-host `up` quadratic).
         """
         path = self.host_netns(name)
         segment = host_segment(index, self.routed)
         address = host_ip(index, self.routed)
         self.ensure_underlay()  # first: it refuses a mode change before any renumbering
-        for other in self.hosts():
+        for other in self.hosts() if known is None else known:
             if other.name != name and other.underlay_ip == address:
                 raise LabError(f"could not add lab host {name!r}: {address} is {other.name!r}'s")
         with contextlib.ExitStack() as sockets:

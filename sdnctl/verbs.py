@@ -38,7 +38,7 @@ import grpc
 from agent.kernel.netns import NETNS_RUN_DIR
 from agent.runtime import OciRuntime
 from sdnctl import convert, paths
-from sdnctl.client import Client, CommandError, connect
+from sdnctl.client import Client, CommandError, connect, poll_delays
 from sdnctl.model import (
     MODE_BRIDGE,
     MODE_NONE,
@@ -231,6 +231,7 @@ def wait_realised(client: Client, host: str, name: str, revision: int,
     """Until ``host``'s agent has realised ``revision`` and ``name`` has left pending: running,
     exited or in error. Returns the container as then reported."""
     deadline = time.monotonic() + timeout
+    delays = poll_delays()
     while True:
         got = _rpc(f"inspect host {host!r}", lambda: client.api.GetHost(
             pb.GetRequest(name=host), timeout=RPC_TIMEOUT))
@@ -244,7 +245,7 @@ def wait_realised(client: Client, host: str, name: str, revision: int,
             raise CommandError(f"container {name!r} is recorded but host {host!r} did not "
                                f"realise it within {timeout:.0f}s{why}; state: "
                                f"{ctr.status.state or 'pending'}")
-        time.sleep(0.1)
+        time.sleep(next(delays))
 
 
 def container_from_args(args: argparse.Namespace) -> pb.Container:
@@ -337,6 +338,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def _wait_hosts(client: Client, revisions: dict[str, int], timeout: float) -> None:
     """Until each host's agent has realised its revision, or has none connected."""
     deadline = time.monotonic() + timeout
+    delays = poll_delays()
     for host, revision in sorted(revisions.items()):
         while time.monotonic() < deadline:
             request = pb.GetRequest(name=host)
@@ -345,7 +347,7 @@ def _wait_hosts(client: Client, revisions: dict[str, int], timeout: float) -> No
             if not got.agent_connected or (got.agent_synced and
                                            got.observed_revision >= revision):
                 break
-            time.sleep(0.1)
+            time.sleep(next(delays))
         else:
             raise CommandError(f"host {host!r} did not remove its containers within "
                                f"{timeout:.0f}s")

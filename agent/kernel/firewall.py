@@ -57,24 +57,37 @@ neither updates a table's comment on ``add table`` nor shows it in ``nft -j`` ou
 that does not exist yet cannot take its sysctls: the fingerprint stays different and the next
 apply, once the bridge exists, sets them (without rewriting the unchanged tables).
 
-nft acts on the network namespace it runs in. The agent lives in its host's namespace, so a plain
-subprocess is right; ``Firewall(netns_path)`` wraps it in ``nsenter --net=PATH`` and runs the
-sysctl reads and writes in a thread inside that namespace, for tests.
+Incremental updates. Starting or removing a bridged container changes only its guard, and a
+host joining or leaving an overlay only the member addresses of VXLAN rules, so the
+``Firewall`` object remembers what it wrote (the spec, and the rule handles ``nft --echo
+--handle`` printed) and changes just those: ``render_delta`` deletes a guard's five rules by
+handle or inserts them at the place a full render would put them, replaces VXLAN rules in
+place, and swaps the sha rule, in one small transaction; the tables then list exactly as
+after ``render(spec)``. Everything else (and a delta nft refuses: someone changed the tables)
+is written in full. A pass woken by a change trusts what the agent wrote
+(``observe(fresh=False)``: no listing); the agent's periodic full pass lists the ruleset,
+and a listing that differs from what was written makes the next write a full one, so drift is
+repaired within a resync interval as before.
+
+nft acts on the network namespace it runs in; we call libnftables in this process
+(``agent.kernel.nft``: no nft process per command). The agent lives in its host's namespace, so
+the calling thread is right; ``Firewall(netns_path)`` runs the nft commands and the sysctl reads
+and writes in a thread inside that namespace, for tests.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
 import os
 import re
-import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from agent.kernel import sysctl
+from agent.kernel import nft, sysctl
 from agent.kernel.links import KernelError
 from agent.kernel.names import BRIDGE_PREFIX, VETH_PREFIX
 from agent.kernel.netns import run_in_netns
@@ -85,7 +98,6 @@ BRIDGE_FAMILY = "bridge"
 TABLE_NAME = "sdnctl"
 SHA_COMMENT_PREFIX = "sdnctl:sha/"
 SYSCTL_PREFIX = "sysctl:"
-NFT_TIMEOUT = 10.0
 PROTOCOLS = ("tcp", "udp")
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
@@ -407,24 +419,32 @@ def _vxlan_rules(spec: FirewallSpec) -> list[_Rule]:
     return rules
 
 
-def _guard_rules(spec: FirewallSpec) -> list[_Rule]:
-    rules = []
-    for g in sorted(spec.guards, key=lambda g: (g.veth, g.container)):
-        port, mac, ip = f"iifname {_ifname(g.veth)}", _mac(g.mac), _ipv4(g.ip)
-        key = f"sdnctl:ctr/{g.container}"
-        for expr, what in (
-            (f"ether saddr != {mac}", "mac"),
-            ("ether type != { ip, arp, ip6 }", "ethertype"),
-            (f"ether type ip ip saddr != {ip}", "ip"),
-            (f"arp saddr ether != {mac}", "arp-mac"),
-            (f"arp saddr ip != {ip}", "arp-ip"),
-        ):
-            rules.append(_Rule(BRIDGE_FAMILY, "prerouting", f"{port} {expr} counter drop",
-                               f"{key}/spoof-{what}"))
-    rules.append(_Rule(BRIDGE_FAMILY, "prerouting",
+def _guard_key(g: PortGuard) -> tuple[str, str]:
+    return (g.veth, g.container)
+
+
+def _one_guard(g: PortGuard) -> list[_Rule]:
+    """The five rules of one container port, in their order in the chain."""
+    port, mac, ip = f"iifname {_ifname(g.veth)}", _mac(g.mac), _ipv4(g.ip)
+    key = f"sdnctl:ctr/{g.container}"
+    return [_Rule(BRIDGE_FAMILY, "prerouting", f"{port} {expr} counter drop", f"{key}/spoof-{what}")
+            for expr, what in (
+                (f"ether saddr != {mac}", "mac"),
+                ("ether type != { ip, arp, ip6 }", "ethertype"),
+                (f"ether type ip ip saddr != {ip}", "ip"),
+                (f"arp saddr ether != {mac}", "arp-mac"),
+                (f"arp saddr ip != {ip}", "arp-ip"),
+            )]
+
+
+_ROUTER_ADVERT = _Rule(BRIDGE_FAMILY, "prerouting",
                        f'iifname "{VETH_PREFIX}*" icmpv6 type nd-router-advert counter drop',
-                       "sdnctl:router-advert"))
-    return rules
+                       "sdnctl:router-advert")
+
+
+def _guard_rules(spec: FirewallSpec) -> list[_Rule]:
+    rules = [r for g in sorted(spec.guards, key=_guard_key) for r in _one_guard(g)]
+    return [*rules, _ROUTER_ADVERT]
 
 
 def _rules(spec: FirewallSpec) -> list[_Rule]:
@@ -461,6 +481,57 @@ def render(spec: SpecLike) -> str:
     body = _render_body(rules)
     body.append(_sha_rule(body).line())
     return "\n".join(body) + "\n"
+
+
+def render_delta(installed: SpecLike, spec: SpecLike, handles: Mapping[str, int]) -> str | None:
+    """A small nft script that turns the tables ``render(installed)`` made into exactly what
+    ``render(spec)`` would make, rule order included (pure); None when that takes more than
+    moving anti-spoofing guards and changing the members of overlays (the caller then writes
+    ``render(spec)``).
+
+    ``handles`` maps rule comments to nft rule handles, for the guards' rules, the VXLAN
+    rules, the router-advert rule and the sha rule of the installed tables. A VXLAN rule whose
+    member addresses changed is replaced in place. A guard that goes loses its
+    five rules (by handle); a guard that comes is inserted before the first rule of the next
+    guard in render order (or before the router-advert rule), so the chain reads as a full
+    render's; the sha rule is replaced. One transaction, as the full script is.
+    """
+    installed, spec = _as_spec(installed), _as_spec(spec)
+    if dataclasses.replace(installed, guards=(), vxlan=()) != \
+            dataclasses.replace(spec, guards=(), vxlan=()):
+        return None
+    old_vxlan, new_vxlan = _vxlan_rules(installed), _vxlan_rules(spec)
+    if [r.comment for r in old_vxlan] != [r.comment for r in new_vxlan]:
+        return None  # a port or VNI came or went: not a change of members
+    members = [new for old, new in zip(old_vxlan, new_vxlan, strict=True) if old != new]
+    old, new = set(installed.guards), set(spec.guards)
+    if old == new and not members:
+        return None
+    gone, kept = old - new, sorted(old & new, key=_guard_key)
+    lines: list[str] = []
+    try:
+        # Another host joined or left an overlay: its VXLAN rules change their address sets
+        # in place (nft keeps a replaced rule's handle and place).
+        lines += [f"replace rule {r.family} {TABLE_NAME} {r.chain} handle {handles[r.comment]} "
+                  f"{r.expr} comment {_quote(r.comment)}" for r in members]
+        for g in sorted(gone, key=_guard_key):
+            lines += [_delete(r, handles[r.comment]) for r in _one_guard(g)]
+        for g in sorted(new - old, key=_guard_key):
+            following = next((k for k in kept if _guard_key(k) > _guard_key(g)), None)
+            anchor = _one_guard(following)[0] if following is not None else _ROUTER_ADVERT
+            position = handles[anchor.comment]
+            lines += [f"insert rule {r.family} {TABLE_NAME} {r.chain} position {position} "
+                      f"{r.expr} comment {_quote(r.comment)}" for r in _one_guard(g)]
+        old_sha = _sha_rule(_render_body(_rules(installed)))
+        lines.append(_delete(old_sha, handles[old_sha.comment]))
+    except KeyError:
+        return None  # a handle we do not know: not worth guessing
+    lines.append(_sha_rule(_render_body(_rules(spec))).line())
+    return "\n".join(lines) + "\n"
+
+
+def _delete(rule: _Rule, handle: int) -> str:
+    return f"delete rule {rule.family} {TABLE_NAME} {rule.chain} handle {int(handle)}"
 
 
 def _sysctl_lines(localnet: Sequence[str], accept_ra: Sequence[str]) -> list[str]:
@@ -543,27 +614,32 @@ def _set_bridge_sysctls(localnet: Sequence[str]) -> bool:
 
 class Firewall:
     """The tables ``inet sdnctl`` and ``bridge sdnctl`` and our bridges' sysctls, in one
-    network namespace (None: the caller's)."""
+    network namespace (None: the caller's).
+
+    It remembers what it wrote (the spec, the rules' comments and the handles nft echoed), so
+    that ``observe(fresh=False)`` needs no listing and ``apply`` can move one container's
+    guard with a small script (``render_delta``). What it remembers is dropped, and the tables
+    listed again, whenever a listing shows something else, a write fails or ``fresh`` asks.
+    """
 
     def __init__(self, netns_path: str | None = None) -> None:
         self._netns = netns_path
-        self._prefix = ["nsenter", f"--net={netns_path}"] if netns_path is not None else []
+        self._known = False  # whether _tables holds what the kernel holds, as far as we know
+        self._tables: list[str] | None = None  # sorted comments of our rules; None: no tables
+        self._installed: FirewallSpec | None = None  # the spec _tables came from, if ours
+        self._handles: dict[str, int] = {}  # rule comment -> handle (unique comments only)
+        self._error = ""  # nft's complaint about the last failed write
 
-    def _nft(self, args: Sequence[str], script: str | None = None) -> subprocess.CompletedProcess:
-        try:
-            return subprocess.run(
-                [*self._prefix, "nft", *args], input=script, capture_output=True, text=True,
-                timeout=NFT_TIMEOUT, check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise KernelError(f"could not run nft {' '.join(args)}") from e
+    def _nft(self, script: str, flags: int = 0) -> nft.Result:
+        return self._in_netns(lambda: nft.run(script, flags))
 
     def _in_netns(self, fn: Callable[[], T]) -> T:
         return fn() if self._netns is None else run_in_netns(self._netns, fn)
 
-    def _observe_tables(self) -> list[str] | None:
-        """Comments of all rules in our tables; None when neither table exists."""
-        done = self._nft(["-j", "list", "ruleset"])
+    def _list_tables(self) -> None:
+        """List the ruleset: our rules' comments and handles; None when neither table exists."""
+        self._known = False
+        done = self._nft("list ruleset", nft.OUTPUT_JSON)
         if done.returncode != 0:
             raise KernelError(f"could not list the ruleset: {done.stderr.strip()}")
         try:
@@ -572,42 +648,98 @@ class Firewall:
             raise KernelError("could not parse the ruleset") from e
         ours = {(f, TABLE_NAME) for f in FAMILIES}
         tables = [i["table"] for i in items if "table" in i]
+        rules = [i["rule"] for i in items
+                 if "rule" in i and (i["rule"].get("family"), i["rule"].get("table")) in ours]
         if not any((t.get("family"), t.get("name")) in ours for t in tables):
-            return None
-        return [i["rule"].get("comment", "") for i in items
-                if "rule" in i and (i["rule"].get("family"), i["rule"].get("table")) in ours]
+            self._tables, self._handles = None, {}
+        else:
+            self._tables = sorted(r.get("comment", "") for r in rules)
+            self._handles = _unique((r.get("comment", ""), r.get("handle")) for r in rules)
+        if self._installed is not None and self._tables != _tables_fingerprint(self._installed):
+            self._installed = None  # drift: what we wrote is not what is there
+        self._known = True
 
-    def observe(self) -> str | None:
-        """The installed state's fingerprint, or None when neither table is there."""
-        comments = self._observe_tables()
-        if comments is None:
+    def observe(self, fresh: bool = True) -> str | None:
+        """The installed state's fingerprint, or None when neither table is there.
+
+        ``fresh=False`` trusts what this object last listed or wrote instead of listing the
+        ruleset; the bridge sysctls are always read."""
+        if fresh or not self._known:
+            self._list_tables()
+        if self._tables is None:
             return None
         localnet, accept_ra = self._in_netns(_read_bridge_sysctls)
-        return _fingerprint_of(comments, localnet, accept_ra)
+        return _fingerprint_of(self._tables, localnet, accept_ra)
 
     def apply(self, spec: SpecLike) -> bool:
         """Install ``spec`` unless it is installed already. Returns True when it wrote.
 
-        The tables are rewritten only when their part of the fingerprint differs; the bridge
-        sysctls are set on every bridge that exists (see the module note)."""
+        The tables are written only when their part of the fingerprint differs from what was
+        last listed or written (listed now if nothing is known): with a small script when only
+        guards changed since our own last write, else in full. The bridge sysctls are set on
+        every bridge that exists (see the module note)."""
         spec = _as_spec(spec)
-        comments = self._observe_tables()
+        if not self._known:
+            self._list_tables()
+        wanted = _tables_fingerprint(spec)
         wrote = False
-        if comments is None or sorted(comments) != _tables_fingerprint(spec):
+        if self._tables != wanted:
             faults.point("nftables")
-            done = self._nft(["-f", "-"], script=render(spec))
-            if done.returncode != 0:
-                raise KernelError(f"could not apply tables {TABLE_NAME!r}: {done.stderr.strip()}")
+            delta = render_delta(self._installed, spec, self._handles) \
+                if self._installed is not None else None
+            # A delta that fails (someone changed the tables meanwhile) gives way to the full
+            # script, which does not depend on what is there.
+            done = delta is not None and self._write(delta, spec, full=False)
+            if not done and not self._write(render(spec), spec, full=True):
+                raise KernelError(f"could not apply tables {TABLE_NAME!r}: {self._error}")
             wrote = True
         localnet = localnet_bridges(spec)
         return self._in_netns(lambda: _set_bridge_sysctls(localnet)) or wrote
+
+    def _write(self, script: str, spec: FirewallSpec, full: bool) -> bool:
+        """Run ``script`` (one transaction), echoing handles; remember the result. A ``full``
+        script flushed every chain: no handle from before it is valid."""
+        done = self._nft(script, nft.OUTPUT_ECHO | nft.OUTPUT_HANDLE)
+        if done.returncode != 0:
+            self._known, self._installed, self._handles = False, None, {}
+            self._error = done.stderr.strip()
+            return False
+        wanted = _tables_fingerprint(spec)
+        kept = {} if full else {c: h for c, h in self._handles.items() if c in set(wanted)}
+        self._handles = {**kept, **_unique(_echoed_handles(done.stdout))}
+        self._tables, self._installed, self._known = wanted, spec, True
+        return True
 
     def remove(self) -> None:
         """Delete both tables (absent is success) and turn ``route_localnet`` off on our bridges.
         ``add`` first makes each delete always valid; all run in one transaction."""
         script = "".join(f"add table {f} {TABLE_NAME}\ndelete table {f} {TABLE_NAME}\n"
                          for f in FAMILIES)
-        done = self._nft(["-f", "-"], script=script)
+        done = self._nft(script)
         if done.returncode != 0:
+            self._known = False
             raise KernelError(f"could not delete tables {TABLE_NAME!r}: {done.stderr.strip()}")
+        self._known, self._tables, self._installed, self._handles = True, None, None, {}
         self._in_netns(lambda: _set_bridge_sysctls([]))
+
+
+_ECHOED = re.compile(r'comment "([^"]*)" # handle (\d+)$', re.M)
+
+
+def _echoed_handles(text: str) -> list[tuple[str, int]]:
+    """(comment, handle) of every rule ``nft --echo --handle`` printed."""
+    return [(c, int(h)) for c, h in _ECHOED.findall(text)]
+
+
+def _unique(pairs: Iterable[tuple[str, object]]) -> dict[str, int]:
+    """comment -> handle, for comments that name one rule only (a published port's comment
+    names two, and no delta needs them)."""
+    seen: dict[str, int] = {}
+    twice: set[str] = set()
+    for comment, handle in pairs:
+        if not isinstance(handle, int):
+            continue
+        if comment in seen:
+            twice.add(comment)
+        seen[comment] = handle
+    return {c: h for c, h in seen.items() if c not in twice}

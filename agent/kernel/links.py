@@ -355,12 +355,22 @@ class Links:
     def _create(self, ipr: IPRoute, name: str, kind: str, alias: str, **attrs: Any) -> Any:
         """Add a link and read it back. The alias is left to the caller's ``_fix_link`` (the
         kernel ignores it in RTM_NEWLINK; see the module note)."""
+        self._add(ipr, name, kind, **attrs)
+        return self._read_back(ipr, name, kind, alias)
+
+    @staticmethod
+    def _add(ipr: IPRoute, name: str, kind: str, **attrs: Any) -> bool:
+        """RTM_NEWLINK; False when something of that name exists (read back and verify)."""
         try:
             ipr.link("add", ifname=name, kind=kind, **attrs)
         except NetlinkError as e:
             if e.code != errno.EEXIST:
                 raise KernelError(f"could not add {kind} {name!r}") from e
-            # A concurrent creation or a veth peer name taken: read back and verify below.
+            # A concurrent creation or a veth peer name taken: read back and verify.
+            return False
+        return True
+
+    def _read_back(self, ipr: IPRoute, name: str, kind: str, alias: str) -> Any:
         try:
             link = get_link(ipr, name)
         except NetlinkError as e:
@@ -446,38 +456,64 @@ class Links:
         what = f"veth {host_ifname!r}"
         try:
             master = get_link(ipr, bridge)
-            link = get_link(ipr, host_ifname)
         except NetlinkError as e:
             raise KernelError(f"could not read {what}") from e
         if master is None:
             raise KernelError(f"could not add {what}: bridge {bridge!r} does not exist")
         master_index = master["index"]
-        if link is None:
-            link = self._create_veth(host_ifname, alias, master_index, mtu, netns_path,
-                                     peer_ifname, mac)
+        # Add first (EEXIST when it is there: then read back and verify): a new container's
+        # veth is the common case, and asking whether it exists cost a request.
+        link, created = self._create_veth(host_ifname, alias, master_index, mtu, netns_path,
+                                          peer_ifname, mac)
+        if created:
             faults.point("veth")
-        else:
-            self._verify_ours(link, host_ifname, "veth", alias)
         self._fix_link(ipr, link, what, mtu=mtu, master=master_index, state="up", ifalias=alias)
-        self._ensure_container_side(netns_path, peer_ifname, alias, mtu, address_cidr, gateway,
-                                    mac)
+        peer_index = link.get_attr("IFLA_LINK")
+        if created and peer_index:
+            self._configure_new_peer(netns_path, peer_ifname, peer_index, alias, address_cidr,
+                                     gateway)
+        else:
+            self._ensure_container_side(netns_path, peer_ifname, alias, mtu, address_cidr,
+                                        gateway, mac)
         return int(link["index"])
 
     def _create_veth(
         self, name: str, alias: str, master: int, mtu: int, netns_path: str, peer: str,
         mac: str | None,
-    ) -> Any:
+    ) -> tuple[Any, bool]:
+        """Add the pair with its peer born in ``netns_path``; (host side, whether this call
+        created it)."""
         fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
         peer_attrs: dict[str, Any] = {"ifname": peer, "net_ns_fd": fd, "mtu": mtu}
         if mac is not None:
             peer_attrs["address"] = mac.lower()
         try:
-            return self._create(
-                self._host, name, "veth", alias, mtu=mtu, master=master, state="up",
-                peer=peer_attrs,
-            )
+            created = self._add(self._host, name, "veth", mtu=mtu, master=master, state="up",
+                                peer=peer_attrs)
         finally:
             os.close(fd)
+        return self._read_back(self._host, name, "veth", alias), created
+
+    def _configure_new_peer(self, netns_path: str, peer: str, index: int, alias: str,
+                            address_cidr: str, gateway: str) -> None:
+        """The peer this call just created (name, MTU and MAC set at birth; its index is the
+        host side's IFLA_LINK): up with our alias, its address, its default route. Nothing to
+        read first: three writes where repairing an existing one takes three reads more."""
+        what = f"{peer!r} in {netns_path!r}"
+        ipr = self._in(netns_path)
+        address = IPNetwork(address_cidr)
+        try:
+            ipr.link("set", index=index, state="up", ifalias=alias)
+            ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.prefixlen)
+        except NetlinkError as e:
+            raise KernelError(f"could not bring up and address {what}") from e
+        faults.point("address")
+        try:
+            ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=index,
+                      proto=RTPROT_SDNCTL, table=MAIN_TABLE)
+        except NetlinkError as e:
+            raise KernelError(f"could not set default route via {gateway} for {what}") from e
+        faults.point("route")
 
     def _ensure_container_side(
         self, netns_path: str, peer: str, alias: str, mtu: int, address_cidr: str, gateway: str,
@@ -687,6 +723,7 @@ class Links:
 
     def ensure_peer(
         self, device: str, subnet: str, vtep_ip: str, vtep_mac: str, underlay_ip: str,
+        have: ObservedPeers | None = None,
     ) -> bool:
         """The three entries for one peer host on our VXLAN ``device``: FDB ``vtep_mac`` ->
         ``underlay_ip``, permanent neighbour ``vtep_ip`` -> ``vtep_mac`` and route ``subnet`` via
@@ -696,6 +733,10 @@ class Links:
         Replacing moves an entry with the same key (the FDB entry of this MAC, the neighbour
         of this VTEP address, the main table's route to this subnet); entries under an OLD key
         (a peer's previous VTEP MAC, say) stay until ``remove_*`` is called for them.
+
+        ``have``: the device's entries as just observed (``observe_all_peers``), to save three
+        dumps and a lookup per peer: a host that joins N peers would otherwise dump O(N) entries
+        N times.
         """
         self._check_thread()
         what = f"peer {subnet} on {device!r}"
@@ -703,8 +744,11 @@ class Links:
         if index is None:
             raise KernelError(f"could not add {what}: the device does not exist")
         mac, subnet = vtep_mac.lower(), str(IPNetwork(subnet).cidr)  # as the dump shows them
-        have = self._dump_peers([index])[index]
-        neighbour_ok = self._neighbour_is_ours(index, vtep_ip, mac)
+        if have is None:
+            have = self._dump_peers([index])[index]
+            neighbour_ok = self._neighbour_is_ours(index, vtep_ip, mac)
+        else:  # observed neighbours are permanent ones; the replace below sets our protocol
+            neighbour_ok = (vtep_ip, mac) in have.neighbours
         ipr = self._host
         wrote = False
         try:

@@ -26,13 +26,14 @@ import pytest
 from helpers.namespaces import UPLINK_H, UPLINK_O, build_uplink, in_ns
 from pyroute2 import Conntrack
 
-from agent.kernel import conntrack, sysctl
+from agent.kernel import conntrack, nft, sysctl
 from agent.kernel.firewall import (
     BridgeNet,
     Firewall,
     FirewallSpec,
     PortGuard,
     PortRule,
+    VxlanFilter,
     fingerprint,
 )
 from agent.kernel.links import Links
@@ -416,6 +417,106 @@ def test_apply_is_idempotent_detects_drift_and_removes(fwlab: FwLab) -> None:
     fw.remove()
     assert fw.observe() is None
     assert in_ns(fwlab.host, "nft", "list", "ruleset").stdout.strip() == ""
+
+
+def _handle(path: str, comment: str) -> int:
+    listed = in_ns(path, "nft", "-a", "list", "ruleset").stdout
+    found = re.search(rf'comment "{re.escape(comment)}" # handle (\d+)', listed)
+    assert found is not None, (comment, listed)
+    return int(found.group(1))
+
+
+def _listed_as_full_render(path: str, spec: FirewallSpec) -> str:
+    """``nft -s list ruleset`` after a fresh full write of ``spec`` (the tables are replaced)."""
+    fresh = Firewall(path)
+    fresh.remove()
+    assert fresh.apply(spec) is True
+    return in_ns(path, "nft", "-s", "list", "ruleset").stdout
+
+
+def test_guards_move_incrementally_and_list_as_a_full_render(fwlab: FwLab) -> None:
+    fw = Firewall(fwlab.host)
+    every = fwlab.spec(ports=(WEB,), guards=True)
+    no_f1 = replace(every, guards=tuple(g for g in every.guards if g.container != "f1"))
+    assert fw.apply(no_f1) is True
+    masquerade = _handle(fwlab.host, "sdnctl:net/front")
+
+    # f1 comes: only its five rules are new, inserted where a full render puts them
+    assert fw.apply(every) is True
+    assert _handle(fwlab.host, "sdnctl:net/front") == masquerade  # not rewritten
+    assert fw.observe() == fingerprint(every)
+    listed = in_ns(fwlab.host, "nft", "-s", "list", "ruleset").stdout
+    assert listed == _listed_as_full_render(fwlab.host, every)
+
+    # and the incrementally added guard drops what it must
+    fw = Firewall(fwlab.host)
+    assert fw.apply(no_f1) is True and fw.apply(every) is True
+    f1_ip, f2_ip = CONTAINERS["f1"][1], CONTAINERS["f2"][1]
+    assert fwlab.can_ping("f1", f2_ip)
+    before = fwlab.counters()
+    script = textwrap.dedent(f"""\
+        from scapy.all import Ether, ICMP, IP, sendp
+        sendp(Ether(src="{container_mac(f1_ip)}", dst="{container_mac(f2_ip)}") /
+              IP(src="10.81.1.99", dst="{f2_ip}") / ICMP(id=1002), iface="eth0", verbose=False)
+    """)
+    in_ns(fwlab.containers["f1"], PYTHON, "-c", script)
+    assert fwlab.counters()["sdnctl:ctr/f1/spoof-ip"] == before["sdnctl:ctr/f1/spoof-ip"] + 1
+
+    # f1 goes again: its five rules only, and the tables list as a full render of the rest
+    masquerade = _handle(fwlab.host, "sdnctl:net/front")
+    assert fw.apply(no_f1) is True
+    assert _handle(fwlab.host, "sdnctl:net/front") == masquerade
+    assert fw.observe() == fingerprint(no_f1)
+    listed = in_ns(fwlab.host, "nft", "-s", "list", "ruleset").stdout
+    assert listed == _listed_as_full_render(fwlab.host, no_f1)
+
+
+def test_overlay_members_change_in_place_and_list_as_a_full_render(fwlab: FwLab) -> None:
+    fw = Firewall(fwlab.host)
+    spec = replace(fwlab.spec(guards=True),
+                   vxlan=(VxlanFilter(4789, 4096, ("192.0.2.2", "192.0.2.3")),))
+    assert fw.apply(spec) is True
+    masquerade = _handle(fwlab.host, "sdnctl:net/front")
+    accept = _handle(fwlab.host, "sdnctl:vxlan/4789/vni/4096")
+    joined = replace(spec, vxlan=(VxlanFilter(4789, 4096, ("192.0.2.2", "192.0.2.3",
+                                                           "192.0.2.4")),))
+    assert fw.apply(joined) is True
+    assert _handle(fwlab.host, "sdnctl:net/front") == masquerade  # not rewritten
+    assert _handle(fwlab.host, "sdnctl:vxlan/4789/vni/4096") == accept  # replaced in place
+    assert fw.observe() == fingerprint(joined)
+    listed = in_ns(fwlab.host, "nft", "-s", "list", "ruleset").stdout
+    assert "192.0.2.4" in listed
+    assert listed == _listed_as_full_render(fwlab.host, joined)
+
+
+def test_a_delta_refused_by_nft_gives_way_to_a_full_write(fwlab: FwLab) -> None:
+    fw = Firewall(fwlab.host)
+    every = fwlab.spec(guards=True)
+    no_f1 = replace(every, guards=tuple(g for g in every.guards if g.container != "f1"))
+    assert fw.apply(every) is True
+    # behind its back: a guard rule the delta would delete by handle is gone already
+    in_ns(fwlab.host, "nft", "delete", "rule", "bridge", "sdnctl", "prerouting", "handle",
+          str(_handle(fwlab.host, "sdnctl:ctr/f1/spoof-ip")))
+    assert fw.apply(no_f1) is True
+    assert fw.observe() == fingerprint(no_f1)
+    # and the table deleted by hand: the next delta fails, the full script recreates it
+    in_ns(fwlab.host, "nft", "delete", "table", "bridge", "sdnctl")
+    assert fw.apply(every) is True
+    assert fw.observe() == fingerprint(every)
+
+
+def test_nft_library_and_program_agree_and_stay_in_their_namespace(fwlab: FwLab) -> None:
+    Firewall(fwlab.host).apply(fwlab.spec(guards=True))
+    listed = [run_in_netns(fwlab.host, lambda f=f: f("list ruleset", nft.OUTPUT_JSON))
+              for f in (nft.run, nft._run_program)]
+    assert [r.returncode for r in listed] == [0, 0]
+    library, program = (json.loads(r.stdout)["nftables"] for r in listed)
+    assert library == program and any("rule" in item for item in library)
+    bad = [run_in_netns(fwlab.host, lambda f=f: f("add rule inet sdnctl nosuchchain drop"))
+           for f in (nft.run, nft._run_program)]
+    assert [r.returncode for r in bad] == [1, 1]
+    assert all("nosuchchain" in r.stderr for r in bad), bad
+    assert "sdnctl" not in in_ns(fwlab.outside, "nft", "list", "tables").stdout
 
 
 def test_container_mac_is_set_at_creation_and_repaired(fwlab: FwLab) -> None:

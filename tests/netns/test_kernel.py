@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers.namespaces import UPLINK_H, UPLINK_O, build_uplink, in_ns, run
+from helpers.namespaces import UPLINK_H, UPLINK_O, build_uplink, in_ns, run, wait_dad_done
 
 # The package is not installed in the venv and `.venv/bin/pytest` does not put the checkout on
 # sys.path; drop this once pyproject sets `pythonpath = ["."]` (or the tree is pip install -e'd).
@@ -260,6 +260,7 @@ def test_rtnl_reader_agrees_with_ip(klab: Lab) -> None:
 @needs_root
 @pytest.mark.netns
 def test_second_ensure_changes_nothing(klab: Lab) -> None:
+    wait_dad_done([klab.host, *klab.containers.values()])
     before = _state(klab)
     indexes = {link.ifname: link.index for link in klab.links.dump_owned()}
     monitors = [

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helpers.namespaces import wait_dad_done
 
 from agent.kernel import sysctl
 from agent.kernel.firewall import BridgeNet, Firewall, FirewallSpec, VxlanFilter
@@ -327,6 +328,7 @@ def test_observed_state_and_second_ensure_changes_nothing(olab: OverlayLab) -> N
 
     indexes = {n: h.links.observe_vxlan(olab.vx).index  # type: ignore[union-attr]
                for n, h in olab.hosts.items()}
+    wait_dad_done([h.path for h in olab.hosts.values()])
     monitors = []
     for h in olab.hosts.values():
         n = os.path.basename(h.path)

@@ -324,3 +324,113 @@ def test_overlay_render_is_order_free_and_has_no_default_drop() -> None:
 def test_invalid_overlay_specs_are_refused(bad: FirewallSpec) -> None:
     with pytest.raises(ValueError):
         render(bad)
+
+
+# --- incremental guards (render_delta) ------------------------------------------------------
+
+GUARD2 = PortGuard("db", "sdnv2", "02:42:0a:01:00:03", "10.1.0.3")
+GUARD0 = PortGuard("api", "sdnv0", "02:42:0a:01:00:04", "10.1.0.4")
+
+
+def handles_of(spec: FirewallSpec) -> dict[str, int]:
+    """Handles as nft would number a fresh full render: 1, 2, ... in script order."""
+    comments = re.findall(r'comment "([^"]+)"$', render(spec), re.M)
+    return {c: i for i, c in enumerate(comments, 1) if comments.count(c) == 1}
+
+
+def sha_comment(spec: FirewallSpec) -> str:
+    return re.findall(r'comment "(sdnctl:sha/[^"]+)"', render(spec))[0]
+
+
+def test_delta_adds_a_guard_before_the_next_one_in_render_order() -> None:
+    old = dataclasses.replace(SPEC, guards=(GUARD2,))
+    new = dataclasses.replace(SPEC, guards=(GUARD2, GUARD))  # sdnv1 sorts before sdnv2
+    handles = handles_of(old)
+    delta = firewall.render_delta(old, new, handles)
+    assert delta is not None
+    lines = delta.splitlines()
+    anchor = handles["sdnctl:ctr/db/spoof-mac"]
+    inserted = [line for line in lines if line.startswith("insert rule")]
+    assert [line.split(" comment ")[1] for line in inserted] == \
+        [r.split(" comment ")[1] for r in rules(render(new), "prerouting", "bridge")[:5]]
+    assert all(f"bridge sdnctl prerouting position {anchor} iifname \"sdnv1\"" in line
+               for line in inserted), inserted
+    assert lines[-2] == f"delete rule inet sdnctl forward handle {handles[sha_comment(old)]}"
+    assert lines[-1].endswith(f'comment "{sha_comment(new)}"')
+    assert lines[-1].startswith("add rule inet sdnctl forward ")
+
+
+def test_delta_appends_the_last_guard_before_the_router_advert_rule() -> None:
+    old = dataclasses.replace(SPEC, guards=(GUARD0,))
+    handles = handles_of(old)
+    delta = firewall.render_delta(old, dataclasses.replace(SPEC, guards=(GUARD0, GUARD)),
+                                  handles)
+    assert delta is not None
+    assert f"position {handles['sdnctl:router-advert']} " in delta.splitlines()[0]
+
+
+def test_delta_removes_a_guard_by_its_handles() -> None:
+    old = dataclasses.replace(SPEC, guards=(GUARD0, GUARD, GUARD2))
+    handles = handles_of(old)
+    delta = firewall.render_delta(old, dataclasses.replace(SPEC, guards=(GUARD0, GUARD2)),
+                                  handles)
+    assert delta is not None
+    gone = [f"delete rule bridge sdnctl prerouting handle {handles[c]}"
+            for c in handles if c.startswith("sdnctl:ctr/web/spoof-")]
+    assert delta.splitlines()[:5] == gone
+    assert not any(line.startswith(("insert", "add table", "flush")) for line in delta.splitlines())
+
+
+def test_delta_changes_a_guard_in_place() -> None:
+    moved = dataclasses.replace(GUARD, ip="10.1.0.9", mac="02:42:0a:01:00:09")
+    delta = firewall.render_delta(SPEC, dataclasses.replace(SPEC, guards=(moved,)),
+                                  handles_of(SPEC))
+    assert delta is not None
+    assert sum(line.startswith("delete rule bridge") for line in delta.splitlines()) == 5
+    assert sum("10.1.0.9" in line for line in delta.splitlines()) == 2
+
+
+@pytest.mark.parametrize("new", [
+    dataclasses.replace(SPEC, allowed=()),  # more than guards changed
+    dataclasses.replace(SPEC, ports=(WEB,), guards=(GUARD, GUARD2)),
+    SPEC,  # nothing changed: nothing to do
+])
+def test_delta_is_refused_unless_only_guards_change(new: FirewallSpec) -> None:
+    assert firewall.render_delta(SPEC, new, handles_of(SPEC)) is None
+
+
+def test_delta_is_refused_without_the_handles_it_needs() -> None:
+    handles = handles_of(SPEC)
+    del handles["sdnctl:ctr/web/spoof-arp-ip"]
+    assert firewall.render_delta(SPEC, dataclasses.replace(SPEC, guards=()), handles) is None
+    handles = handles_of(SPEC)
+    del handles[sha_comment(SPEC)]
+    assert firewall.render_delta(SPEC, dataclasses.replace(SPEC, guards=(GUARD, GUARD2)),
+                                 handles) is None
+
+
+def test_delta_replaces_vxlan_rules_in_place_when_members_change() -> None:
+    old = dataclasses.replace(OV_SPEC, guards=(GUARD,))
+    first = OV_SPEC.vxlan[0]
+    grown = (dataclasses.replace(first, members=(*first.members, "192.0.2.77")),
+             *OV_SPEC.vxlan[1:])
+    new = dataclasses.replace(old, vxlan=grown, guards=(GUARD, GUARD2))
+    handles = handles_of(old)
+    delta = firewall.render_delta(old, new, handles)
+    assert delta is not None
+    replaced = [line for line in delta.splitlines() if line.startswith("replace rule")]
+    wanted = {line.split(" comment ")[1]: line.split(" ", 5)[5]
+              for line in render(new).splitlines()
+              if line.startswith("add rule inet sdnctl input") and "192.0.2.77" in line}
+    assert wanted and len(replaced) == len(wanted)
+    for line in replaced:
+        comment = line.split(" comment ")[1]
+        handle = handles[comment.strip('"')]
+        assert line == f"replace rule inet sdnctl input handle {handle} {wanted[comment]}"
+    assert sum(line.startswith("insert rule") for line in delta.splitlines()) == 5  # GUARD2
+
+
+def test_delta_is_refused_when_an_overlay_port_or_vni_comes() -> None:
+    more = (*OV_SPEC.vxlan, VxlanFilter(4790, 77, ("192.0.2.9",)))
+    assert firewall.render_delta(OV_SPEC, dataclasses.replace(OV_SPEC, vxlan=more),
+                                 handles_of(OV_SPEC)) is None

@@ -3,6 +3,7 @@ sets up no container while the firewall (its anti-spoofing guard) could not be a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,10 @@ import pytest
 from test_plan import DB, FRONT, WEB, desired
 
 from agent import plan as p
-from agent.reconcile import Reconciler
+from agent.desired import DesiredNetwork, DesiredPeer, DesiredState, LocalHost
+from agent.kernel.links import ObservedPeers, ObservedVxlan
+from agent.kernel.names import vxlan_alias, vxlan_name
+from agent.reconcile import Reconciler, peers_after_set
 from sdnctl import faults
 
 
@@ -69,10 +73,53 @@ def test_no_container_is_set_up_while_the_firewall_fails(tmp_path: Path) -> None
         if isinstance(action, p.SyncFirewall):
             raise RuntimeError("nft said no")
 
-    reconciler.observe = lambda desired: p.Observed()  # type: ignore[method-assign]
+    reconciler.observe = lambda desired, full=True: p.Observed()  # type: ignore[method-assign]
     reconciler.apply = apply  # type: ignore[method-assign]
     outcome = reconciler.reconcile(desired(WEB, DB))
     assert applied == ["EnableForwarding", "EnsureBridge", "SyncFirewall"]
     assert outcome.errors == {"": "nft said no",
                               "db": "waiting for the firewall, which could not be applied",
                               "web": "waiting for the firewall, which could not be applied"}
+
+
+# --- peer entries the agent wrote, without dumping them again ----------------------------------
+
+PEER = DesiredPeer("h2", "10.70.2.0/24", "192.0.2.2", "0e:00:00:00:00:02", "10.70.2.0")
+OTHER = DesiredPeer("h3", "10.70.3.0/24", "192.0.2.3", "0e:00:00:00:00:03", "10.70.3.0")
+
+
+def _overlay(*peers: DesiredPeer) -> DesiredNetwork:
+    return DesiredNetwork("ov", "overlay", "10.70.1.0/24", "10.70.1.1", 24, 1450, True,
+                          cidr="10.70.0.0/16", vni=4096, peers=peers)
+
+
+def _entries(*peers: DesiredPeer) -> ObservedPeers:
+    return ObservedPeers(tuple(sorted((x.subnet, x.vtep_ip) for x in peers)),
+                         tuple(sorted((x.vtep_ip, x.vtep_mac) for x in peers)),
+                         tuple(sorted((x.vtep_mac, x.underlay_ip) for x in peers)))
+
+
+@pytest.mark.parametrize("have", [
+    ObservedPeers(),
+    _entries(OTHER),
+    # stale values under the keys the peer's entries replace: its subnet, VTEP address, MAC
+    _entries(OTHER, dataclasses.replace(PEER, vtep_ip="10.70.9.0", underlay_ip="192.0.2.9")),
+    _entries(OTHER, dataclasses.replace(PEER, vtep_mac="0e:00:00:00:00:99")),
+])
+def test_peers_after_set_is_what_the_planner_wants(have: ObservedPeers) -> None:
+    after = peers_after_set(have, PEER)
+    assert (PEER.subnet, PEER.vtep_ip) in after.routes
+    assert (PEER.vtep_ip, PEER.vtep_mac) in after.neighbours
+    assert (PEER.vtep_mac, PEER.underlay_ip) in after.fdb
+    assert set(_entries(OTHER).routes) & set(have.routes) <= set(after.routes)  # others kept
+    assert all(t == tuple(sorted(t)) for t in (after.routes, after.neighbours, after.fdb))
+    # planned against it, PEER needs nothing more (the stale keys of an old MAC may go)
+    net = _overlay(PEER, OTHER) if OTHER.subnet in dict(have.routes) else _overlay(PEER)
+    local = LocalHost("192.0.2.1", "eth0", "0e:00:00:00:00:01")
+    device = vxlan_name(net.name)
+    vx = ObservedVxlan(device, 7, "vxlan", vxlan_alias(net.name), None, net.mtu, True,
+                       (net.vtep_cidr,), net.vni, net.vxlan_port, local.underlay_ip, "eth0",
+                       False, local.vtep_mac)
+    actions = p.plan_overlay(net, DesiredState(synced=True, local=local), p.Observed(
+        vxlans={device: vx}, peers={device: after}))
+    assert not [a for a in actions if isinstance(a, (p.SetPeer, p.EnsureVxlan))], actions

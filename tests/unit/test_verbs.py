@@ -4,6 +4,7 @@ network/host verbs against a real controller on a unix socket (apitest's fixture
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -12,6 +13,7 @@ from apitest import Api
 
 from agent.runtime import OciRuntime
 from sdnctl import cli, trace, verbs
+from sdnctl.client import POLL_FIRST, POLL_MAX, poll_delays
 from sdnctl.controller.server import RunningServer
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -333,3 +335,12 @@ def test_classify_answer(proto: str, answer: dict[str, Any] | None, delivered: b
     probe = trace.Probe(proto, SRC.ip, PEER.ip, port=0 if proto == "icmp" else 80, marker=1)
     got = trace.classify_answer(probe, answer, delivered)
     assert got[0] == status and words in got[1]
+
+
+def test_waits_poll_soon_then_back_off_to_the_cap() -> None:
+    delays = list(itertools.islice(poll_delays(), 30))
+    assert delays[0] == POLL_FIRST < POLL_MAX
+    assert delays == sorted(delays)  # never sooner than before
+    assert delays[-1] == POLL_MAX and max(delays) == POLL_MAX
+    # an agent's pass takes tens of ms: the first polls come well inside 100 ms
+    assert sum(delays[:5]) < POLL_MAX

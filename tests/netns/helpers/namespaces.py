@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 #: The two ends of an uplink between a host namespace and an "outside" one.
 UPLINK_H, UPLINK_O = "198.51.100.1", "198.51.100.2"
@@ -26,3 +27,14 @@ def build_uplink(host: str, outside: str) -> None:
     run("ip", "-n", h, "link", "set", "up0", "up")
     run("ip", "-n", o, "addr", "add", f"{UPLINK_O}/24", "dev", "up1")
     run("ip", "-n", o, "link", "set", "up1", "up")
+
+
+def wait_dad_done(paths: list[str], timeout: float = 10.0) -> None:
+    """Until no IPv6 address in these namespaces is tentative: the kernel announces each
+    link-local address again when its duplicate address detection ends (about a second after
+    the link came up), which a test watching for *our* writes would otherwise see."""
+    deadline = time.monotonic() + timeout
+    while any(in_ns(p, "ip", "-6", "addr", "show", "tentative").stdout.strip() for p in paths):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"IPv6 addresses still tentative after {timeout}s in {paths}")
+        time.sleep(0.05)
