@@ -50,7 +50,7 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +134,16 @@ class ObservedVxlan(ObservedLink):
     underlay: str | None  # the name of the device it sends through (IFLA_VXLAN_LINK)
     learning: bool
     mac: str | None
+
+
+@dataclass(frozen=True)
+class PeerEntries:
+    """One peer host as ``ensure_peers`` writes it (see the module note)."""
+
+    subnet: str
+    vtep_ip: str
+    vtep_mac: str
+    underlay_ip: str
 
 
 @dataclass(frozen=True)
@@ -767,6 +777,50 @@ class Links:
         except NetlinkError as e:
             raise KernelError(f"could not add {what} via {vtep_ip} ({mac}, {underlay_ip})") from e
         return wrote
+
+    def ensure_peers(self, device: str, peers: Sequence[PeerEntries],
+                     have: ObservedPeers | None = None) -> int:
+        """``ensure_peer`` for many peers of one ``device`` at once: the device is looked up
+        once, and every entry not already right (by ``have``, or one dump when None) is
+        written in one batch of replace requests (FDB, neighbour, route per peer, in that
+        order) sent before their acks are collected. Returns how many entries it wrote.
+
+        A joining host programs every other host this way: 100 peers one ``ensure_peer`` at a
+        time were ~400 pyroute2 round trips (~2.3 s on 2 CPUs)."""
+        self._check_thread()
+        index = self._vxlan_index(device)
+        if index is None:
+            raise KernelError(f"could not add {len(peers)} peers on {device!r}: the device does "
+                              "not exist")
+        if have is None:
+            have = self._dump_peers([index])[index]
+        requests: list[tuple[PeerEntries, rtnl.Request]] = []
+        for peer in peers:
+            mac, subnet = peer.vtep_mac.lower(), str(IPNetwork(peer.subnet).cidr)
+            if [d for m, d in have.fdb if m == mac] != [peer.underlay_ip]:
+                requests.append((peer, rtnl.fdb_replace(index, mac, peer.underlay_ip,
+                                                        NUD_PERMANENT | NUD_NOARP, NTF_SELF)))
+            if (peer.vtep_ip, mac) not in have.neighbours:
+                requests.append((peer, rtnl.neighbour_replace(index, peer.vtep_ip, mac,
+                                                              NUD_PERMANENT, RTPROT_SDNCTL)))
+            if [v for d, v in have.routes if d == subnet] != [peer.vtep_ip]:
+                requests.append((peer, rtnl.route_replace(subnet, peer.vtep_ip, index,
+                                                          MAIN_TABLE, RTPROT_SDNCTL,
+                                                          RTNH_F_ONLINK)))
+        if not requests:
+            return 0
+        try:
+            codes = self._reader.send_all([request for _, request in requests])
+        except (NetlinkError, OSError) as e:
+            raise KernelError(f"could not add {len(peers)} peers on {device!r}") from e
+        failed = [(peer, code) for (peer, _), code in zip(requests, codes, strict=True) if code]
+        if failed:
+            peer, code = failed[0]
+            raise KernelError(
+                f"could not add {len(failed)} of {len(requests)} peer entries on {device!r}, "
+                f"first peer {peer.subnet} via {peer.vtep_ip} ({peer.vtep_mac}, "
+                f"{peer.underlay_ip})") from NetlinkError(code, os.strerror(code))
+        return len(requests)
 
     def _neighbour_is_ours(self, index: int, ip: str, mac: str) -> bool:
         """True when ``ip`` has a permanent neighbour entry for ``mac`` carrying our protocol."""

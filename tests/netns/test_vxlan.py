@@ -29,7 +29,7 @@ from helpers.namespaces import wait_dad_done
 
 from agent.kernel import sysctl
 from agent.kernel.firewall import BridgeNet, Firewall, FirewallSpec, VxlanFilter
-from agent.kernel.links import Links, ObservedPeers
+from agent.kernel.links import KernelError, Links, ObservedPeers, PeerEntries
 from agent.kernel.names import (
     bridge_alias,
     bridge_name,
@@ -436,6 +436,36 @@ def test_a_leaving_host_is_removed_and_removal_is_idempotent(olab: OverlayLab) -
     assert olab.ping("c1a", "10.70.3.2").returncode == 0
     assert olab.ensure_peers(h1) is True
     assert olab.ping("c1a", "10.70.2.2").returncode == 0
+
+
+def test_batched_peers_write_what_ensure_peer_writes_and_only_what_is_missing(
+        olab: OverlayLab) -> None:
+    h1, h2, h3 = (olab.hosts[n] for n in ("h1", "h2", "h3"))
+    n1 = os.path.basename(h1.path)
+
+    def raw() -> str:  # what ensure_peer wrote, one peer at a time (the fixture)
+        return run("bridge", "-n", n1, "fdb", "show", "dev", olab.vx).stdout + \
+            run("ip", "-n", n1, "-d", "neigh", "show", "dev", olab.vx).stdout + \
+            run("ip", "-n", n1, "-d", "route", "show", "dev", olab.vx).stdout
+
+    before = raw()
+    entries = [PeerEntries(o.subnet, o.vtep_ip, o.mac, o.underlay_ip) for o in (h2, h3)]
+    assert h1.links.ensure_peers(olab.vx, entries) == 0
+    # drift: h2's route and neighbour and h3's FDB entry go
+    run("ip", "-n", n1, "route", "del", h2.subnet, "dev", olab.vx)
+    run("ip", "-n", n1, "neigh", "del", h2.vtep_ip, "dev", olab.vx)
+    run("bridge", "-n", n1, "fdb", "del", h3.mac, "dev", olab.vx, "dst", h3.underlay_ip, "self")
+    assert olab.ping("c1a", "10.70.2.2").returncode != 0
+    have = h1.links.observe_peers(olab.vx)
+    assert h1.links.ensure_peers(olab.vx, entries, have=have) == 3
+    assert h1.links.observe_peers(olab.vx) == olab.expected_peers(h1)
+    assert sorted(raw().splitlines()) == sorted(before.splitlines())
+    assert h1.links.ensure_peers(olab.vx, entries, have=h1.links.observe_peers(olab.vx)) == 0
+    for dst in ("10.70.2.2", "10.70.3.3"):
+        done = olab.ping("c1a", dst)
+        assert done.returncode == 0 and "ttl=62 " in done.stdout, (dst, done.stdout)
+    with pytest.raises(KernelError, match="does not exist"):
+        h1.links.ensure_peers("nosuchdev", entries)
 
 
 def test_vni_change_recreates_the_device(olab: OverlayLab) -> None:

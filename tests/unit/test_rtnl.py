@@ -143,3 +143,81 @@ def test_errors_raise_with_their_code_and_enodev_means_no_link() -> None:
     assert code == errno.EPERM
     assert [(kind, flags) for kind, flags, _ in requests] == [(rtnl.RTM_GETLINK,
                                                                rtnl.NLM_F_REQUEST)] * 2
+
+
+# --- batched writes -------------------------------------------------------------------------
+
+
+def test_replace_requests_decode_as_pyroute2_reads_them() -> None:
+    from pyroute2.netlink.rtnl.ndmsg import ndmsg
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    def decoded(cls: type, request: rtnl.Request) -> object:
+        msg = cls(rtnl.NLMSGHDR.pack(rtnl.NLMSGHDR.size + len(request.body), request.kind,
+                                     0, 1, 0) + request.body)
+        msg.decode()
+        return msg
+
+    fdb = decoded(ndmsg, rtnl.fdb_replace(7, "02:AB:00:00:00:01", "192.0.2.5", 0xC0, 2))
+    assert (fdb["family"], fdb["ifindex"], fdb["state"], fdb["flags"]) == (  # type: ignore[index]
+        socket.AF_BRIDGE, 7, 0xC0, 2)
+    assert (fdb.get_attr("NDA_LLADDR"), fdb.get_attr("NDA_DST")) == (  # type: ignore[attr-defined]
+        "02:ab:00:00:00:01", "192.0.2.5")
+    neigh = decoded(ndmsg, rtnl.neighbour_replace(7, "10.70.5.0", "02:ab:00:00:00:01", 0x80, 211))
+    assert (neigh["family"], neigh["ifindex"], neigh["state"]) == (  # type: ignore[index]
+        socket.AF_INET, 7, 0x80)
+    assert (neigh.get_attr("NDA_DST"), neigh.get_attr("NDA_LLADDR"),  # type: ignore[attr-defined]
+            neigh.get_attr("NDA_PROTOCOL")) == (  # type: ignore[attr-defined]
+        "10.70.5.0", "02:ab:00:00:00:01", 211)
+    route = decoded(rtmsg, rtnl.route_replace("10.70.5.0/24", "10.70.5.0", 7, 254, 211, 4))
+    assert (route["dst_len"], route["table"], route["proto"], route["type"],  # type: ignore[index]
+            route["flags"]) == (24, 254, 211, 1, 4)  # type: ignore[index]
+    assert (route.get_attr("RTA_DST"), route.get_attr("RTA_GATEWAY"),  # type: ignore[attr-defined]
+            route.get_attr("RTA_OIF"), route.get_attr("RTA_TABLE")) == (  # type: ignore[attr-defined]
+        "10.70.5.0", "10.70.5.0", 7, 254)
+    assert {r.flags for r in (rtnl.fdb_replace(1, "02:00:00:00:00:01", "192.0.2.1", 0, 0),
+                              rtnl.neighbour_replace(1, "10.0.0.1", "02:00:00:00:00:01", 0, 0),
+                              rtnl.route_replace("10.0.0.0/24", "10.0.0.1", 1, 254, 0, 0))} \
+        == {rtnl.NLM_F_REPLACE | rtnl.NLM_F_CREATE}
+
+
+def test_send_all_sends_before_reading_and_returns_each_code_in_order() -> None:
+    """Many requests per datagram, acks collected afterwards (two per datagram back, in any
+    grouping), a stale ack skipped, and an error reported for its own request only."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    received: list[list[tuple[int, int, int]]] = []
+    requests = [rtnl.route_replace(f"10.{i // 256}.{i % 256}.0/24", "10.0.0.1", 3, 254,
+                                    211, 4)
+                for i in range(600)]
+
+    def serve() -> None:
+        acks: list[bytes] = []
+        while sum(map(len, received)) < len(requests):
+            data = theirs.recv(1 << 17)
+            got, offset = [], 0
+            while offset < len(data):
+                length, kind, flags, seq, _ = rtnl.NLMSGHDR.unpack_from(data, offset)
+                got.append((kind, flags, seq))
+                code = -errno.EINVAL if seq == 5 else 0
+                acks.append(message(rtnl.NLMSG_ERROR, seq, struct.pack("=i", code) + bytes(16)))
+                offset += (length + 3) & ~3
+            received.append(got)
+        theirs.send(message(rtnl.NLMSG_ERROR, 0, struct.pack("=i", 0) + bytes(16)))  # stale
+        for i in range(0, len(acks), 2):
+            theirs.send(b"".join(acks[i:i + 2]))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        with rtnl.Reader(ours.detach()) as reader:
+            codes = reader.send_all(requests)
+    finally:
+        server.join(5)
+        theirs.close()
+    assert codes == [errno.EINVAL if i == 4 else 0 for i in range(len(requests))]
+    assert 1 < len(received) < len(requests)  # several datagrams, many requests each
+    sent = [r for datagram in received for r in datagram]
+    assert [seq for _, _, seq in sent] == list(range(1, len(requests) + 1))
+    assert {(kind, flags) for kind, flags, _ in sent} == {
+        (rtnl.RTM_NEWROUTE, rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK | rtnl.NLM_F_REPLACE
+         | rtnl.NLM_F_CREATE)}
