@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -39,7 +40,13 @@ from agent import plan as p
 from agent.desired import DesiredContainer, DesiredPeer, DesiredState, LocalHost
 from agent.imagestore import ImageStore
 from agent.kernel import cgroups, conntrack, firewall, netns, procfs, procs, sysctl
-from agent.kernel.links import Links, ObservedContainerNet, ObservedPeers, ObservedVxlan
+from agent.kernel.links import (
+    Links,
+    ObservedContainerNet,
+    ObservedPeers,
+    ObservedVxlan,
+    PeerEntries,
+)
 from agent.kernel.names import (
     bridge_alias,
     bridge_name,
@@ -69,6 +76,30 @@ log = logging.getLogger("sdnctl.agent")
 
 #: Where a sandbox's pinned namespaces live, under the run directory, by kind.
 SANDBOX_DIRS = {"net": "netns", "uts": "uts", "ipc": "ipc"}
+
+
+@dataclass(frozen=True)
+class SetPeers:
+    """Consecutive ``SetPeer`` actions of one device, applied as one batch (``group_peers``)."""
+
+    device: str
+    peers: tuple[DesiredPeer, ...]
+
+
+def group_peers(actions: Iterable[p.Action]) -> list[p.Action | SetPeers]:
+    """``actions`` with each run of consecutive ``SetPeer`` of one device as one ``SetPeers``
+    (pure; the order of everything else is kept)."""
+    grouped: list[p.Action | SetPeers] = []
+    for action in actions:
+        last = grouped[-1] if grouped else None
+        if isinstance(action, p.SetPeer):
+            if isinstance(last, SetPeers) and last.device == action.device:
+                grouped[-1] = SetPeers(last.device, (*last.peers, action.peer))
+            else:
+                grouped.append(SetPeers(action.device, (action.peer,)))
+        else:
+            grouped.append(action)
+    return grouped
 
 
 @dataclass
@@ -237,7 +268,7 @@ class Reconciler:
         outcome = Outcome(actions, observed)
         self._stop_first(actions)
         firewall_failed = False
-        for action in actions:
+        for action in group_peers(actions):
             key = getattr(getattr(action, "container", None), "name", "") or \
                 getattr(action, "name", "")
             if firewall_failed and isinstance(action, p.SetupContainer) and action.network:
@@ -260,7 +291,7 @@ class Reconciler:
         outcome.restart_pending = p.restart_pending(desired, outcome.observed)
         return outcome
 
-    def apply(self, action: p.Action) -> None:
+    def apply(self, action: p.Action | SetPeers) -> None:
         match action:
             case p.EnableForwarding():
                 sysctl.ensure_ip_forward(True)
@@ -287,10 +318,14 @@ class Reconciler:
                 # no dump each); index -1 makes the next pass dump it.
                 self._peers[vxlan_name(net.name)] = (-1, ObservedPeers())
             case p.SetPeer(device, peer):
+                self.apply(SetPeers(device, (peer,)))
+            case SetPeers(device, peers):
                 cached = self._peers.get(device)
-                self.links.ensure_peer(device, peer.subnet, peer.vtep_ip, peer.vtep_mac,
-                                       peer.underlay_ip, have=cached[1] if cached else None)
-                self._wrote_peers(device, lambda h: peers_after_set(h, peer))
+                self.links.ensure_peers(
+                    device, [PeerEntries(peer.subnet, peer.vtep_ip, peer.vtep_mac,
+                                         peer.underlay_ip) for peer in peers],
+                    have=cached[1] if cached else None)
+                self._wrote_peers(device, lambda h: functools.reduce(peers_after_set, peers, h))
             case p.RemovePeerRoute(device, dst):
                 self.links.remove_peer_route(device, dst)
                 self._wrote_peers(device, lambda h: dataclasses.replace(
@@ -481,7 +516,7 @@ class Reconciler:
 
 
 def peers_after_set(have: ObservedPeers, peer: DesiredPeer) -> ObservedPeers:
-    """What a VXLAN device holds after ``Links.ensure_peer`` for ``peer`` (pure): its route,
+    """What a VXLAN device holds after ``Links.ensure_peers`` for ``peer`` (pure): its route,
     neighbour and FDB entry replace those with the same key (destination, address, MAC)."""
     return ObservedPeers(
         routes=tuple(sorted({r for r in have.routes if r[0] != peer.subnet}
