@@ -466,6 +466,13 @@ def test_batched_peers_write_what_ensure_peer_writes_and_only_what_is_missing(
         assert done.returncode == 0 and "ttl=62 " in done.stdout, (dst, done.stdout)
     with pytest.raises(KernelError, match="does not exist"):
         h1.links.ensure_peers("nosuchdev", entries)
+    # more acks than one datagram's worth fit our receive buffer (ENOBUFS once, at 300)
+    many = [PeerEntries(f"10.71.{i}.0/24", f"10.71.{i}.0", f"02:00:00:00:01:{i:02x}",
+                        f"198.51.100.{i + 1}") for i in range(150)]
+    assert h1.links.ensure_peers(olab.vx, many, have=h1.links.observe_peers(olab.vx)) == 450
+    got = h1.links.observe_peers(olab.vx)
+    assert (len(got.routes), len(got.neighbours), len(got.fdb)) == (152, 152, 152)
+    assert h1.links.ensure_peers(olab.vx, many) == 0
 
 
 def test_vni_change_recreates_the_device(olab: OverlayLab) -> None:
