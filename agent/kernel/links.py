@@ -748,35 +748,8 @@ class Links:
         dumps and a lookup per peer: a host that joins N peers would otherwise dump O(N) entries
         N times.
         """
-        self._check_thread()
-        what = f"peer {subnet} on {device!r}"
-        index = self._vxlan_index(device)
-        if index is None:
-            raise KernelError(f"could not add {what}: the device does not exist")
-        mac, subnet = vtep_mac.lower(), str(IPNetwork(subnet).cidr)  # as the dump shows them
-        if have is None:
-            have = self._dump_peers([index])[index]
-            neighbour_ok = self._neighbour_is_ours(index, vtep_ip, mac)
-        else:  # observed neighbours are permanent ones; the replace below sets our protocol
-            neighbour_ok = (vtep_ip, mac) in have.neighbours
-        ipr = self._host
-        wrote = False
-        try:
-            if [d for m, d in have.fdb if m == mac] != [underlay_ip]:
-                ipr.fdb("replace", ifindex=index, lladdr=mac, dst=underlay_ip,
-                        state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
-                wrote = True
-            if not neighbour_ok:
-                ipr.neigh("replace", ifindex=index, dst=vtep_ip, lladdr=mac,
-                          state=NUD_PERMANENT, NDA_PROTOCOL=RTPROT_SDNCTL)
-                wrote = True
-            if [v for d, v in have.routes if d == subnet] != [vtep_ip]:
-                ipr.route("replace", dst=subnet, gateway=vtep_ip, oif=index,
-                          flags=RTNH_F_ONLINK, proto=RTPROT_SDNCTL, table=MAIN_TABLE)
-                wrote = True
-        except NetlinkError as e:
-            raise KernelError(f"could not add {what} via {vtep_ip} ({mac}, {underlay_ip})") from e
-        return wrote
+        return self.ensure_peers(device, [PeerEntries(subnet, vtep_ip, vtep_mac, underlay_ip)],
+                                 have) > 0
 
     def ensure_peers(self, device: str, peers: Sequence[PeerEntries],
                      have: ObservedPeers | None = None) -> int:
@@ -821,17 +794,6 @@ class Links:
                 f"first peer {peer.subnet} via {peer.vtep_ip} ({peer.vtep_mac}, "
                 f"{peer.underlay_ip})") from NetlinkError(code, os.strerror(code))
         return len(requests)
-
-    def _neighbour_is_ours(self, index: int, ip: str, mac: str) -> bool:
-        """True when ``ip`` has a permanent neighbour entry for ``mac`` carrying our protocol."""
-        try:
-            found = self._host.neigh("get", ifindex=index, dst=ip)
-        except NetlinkError as e:
-            if e.code == errno.ENOENT:
-                return False
-            raise KernelError(f"could not read neighbour {ip} on index {index}") from e
-        return any(n.get_attr("NDA_LLADDR") == mac and n["state"] & NUD_PERMANENT
-                   and n.get_attr("NDA_PROTOCOL") == RTPROT_SDNCTL for n in found)
 
     def remove_peer_route(self, device: str, subnet: str) -> bool:
         """Delete our route to ``subnet`` on ``device``. Missing (or no device) is success:

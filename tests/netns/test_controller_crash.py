@@ -56,7 +56,7 @@ def cli(tmp_path: Path, run_prefix: str) -> Iterator[Cli]:
         c.run("up", str(path))
         with api(c) as client:  # a host without an agent: creating containers there is IPAM only
             client.api.CreateHost(pb.CreateHostRequest(
-                host=pb.Host(name="far", underlay_ip="198.18.0.7")), timeout=10)
+                host=pb.Host(name="far", underlay_ip="198.51.100.7")), timeout=10)
         yield c
         with api(c) as client:  # what `down` does not know of
             for ctr in client.api.ListContainers(pb.ListRequest(), timeout=10).containers:

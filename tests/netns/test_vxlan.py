@@ -438,12 +438,12 @@ def test_a_leaving_host_is_removed_and_removal_is_idempotent(olab: OverlayLab) -
     assert olab.ping("c1a", "10.70.2.2").returncode == 0
 
 
-def test_batched_peers_write_what_ensure_peer_writes_and_only_what_is_missing(
+def test_batched_peers_repair_to_the_same_entries_and_write_only_what_is_missing(
         olab: OverlayLab) -> None:
     h1, h2, h3 = (olab.hosts[n] for n in ("h1", "h2", "h3"))
     n1 = os.path.basename(h1.path)
 
-    def raw() -> str:  # what ensure_peer wrote, one peer at a time (the fixture)
+    def raw() -> str:  # the entries as the kernel shows them, attributes and all
         return run("bridge", "-n", n1, "fdb", "show", "dev", olab.vx).stdout + \
             run("ip", "-n", n1, "-d", "neigh", "show", "dev", olab.vx).stdout + \
             run("ip", "-n", n1, "-d", "route", "show", "dev", olab.vx).stdout
