@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-from sdnctl.model import (
+from sdnctl.api.model import (
     DEFAULT_MTU,
     DEFAULT_VXLAN_PORT,
     USERNS_AUTO,
@@ -91,7 +91,7 @@ class DesiredContainer:
     pids_limit: int = 0
     volumes: tuple[str, ...] = ()
     cap_add: tuple[str, ...] = ()
-    user_ns: str = USERNS_AUTO  # auto | private | host (see sdnctl.model.wants_user_ns)
+    user_ns: str = USERNS_AUTO  # auto | private | host (see sdnctl.api.model.wants_user_ns)
     stopped: bool = False
     env: tuple[str, ...] = ()
     workdir: str = ""

@@ -8,7 +8,7 @@
     <store>/tmp/                       downloads in progress (always removed)
 
 A layer arrives from the controller as an uncompressed tar (HostSync.FetchBlob), is checked
-against its digest while it is written, then unpacked by :func:`sdnctl.imagefmt.unpack_layer`,
+against its digest while it is written, then unpacked by :func:`sdnctl.api.imagefmt.unpack_layer`,
 which refuses members that would climb out and never follows a symlink while writing. A layer
 directory appears by rename, whole or not at all.
 """
@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from sdnctl import imagefmt
-from sdnctl.model import VolumeMount
+from sdnctl.api import imagefmt
+from sdnctl.api.model import VolumeMount
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 

@@ -38,9 +38,9 @@ from agent.kernel.names import vtep_mac_for
 from agent.plan import RESTART_DELAY
 from agent.reconcile import Reconciler
 from agent.runtime import RUNTIMES, OciRuntime
-from sdnctl.client import open_channel
-from sdnctl.model import ContainerStatus
-from sdnctl.pki import TlsFiles
+from sdnctl.api.client import open_channel
+from sdnctl.api.model import ContainerStatus
+from sdnctl.api.pki import TlsFiles
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.desired import DesiredContainer
-from sdnctl.model import MODE_BRIDGE, MODE_CONTAINER, MODE_HOST, MODE_NONE
+from sdnctl.api.model import MODE_BRIDGE, MODE_CONTAINER, MODE_HOST, MODE_NONE
 
 #: Sandbox namespace kinds -> path, for a container name.
 SandboxPaths = Callable[[str], dict[str, str]]

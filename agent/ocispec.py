@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdnctl.model import DEFAULT_CAPABILITIES, VolumeMount
+from sdnctl.api.model import DEFAULT_CAPABILITIES, VolumeMount
 
 OCI_VERSION = "1.0.2"
 CPU_PERIOD = 100_000  # microseconds

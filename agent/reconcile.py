@@ -58,8 +58,8 @@ from agent.kernel.names import (
 )
 from agent.modes import MODES
 from agent.runtime import OciRuntime, Rootfs, Runtime
-from sdnctl import faults
-from sdnctl.model import (
+from sdnctl.api import faults
+from sdnctl.api.model import (
     DEFAULT_CAPABILITIES,
     MODE_BRIDGE,
     STATE_CREATED,

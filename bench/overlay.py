@@ -58,7 +58,7 @@ from pyroute2.netlink.rtnl.ndmsg import NTF_SELF
 
 from agent.kernel.names import vxlan_name
 from agent.kernel.netns import iproute_in
-from sdnctl import lab
+from sdnctl.lab import lab
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
@@ -89,14 +89,14 @@ class Lab:
     api: pb_grpc.ControllerStub
 
     def cli(self, *args: str, timeout: float = 900) -> None:
-        done = subprocess.run([sys.executable, "-m", "sdnctl.cli", *args], env=self.env,
+        done = subprocess.run([sys.executable, "-m", "sdnctl.cli.cli", *args], env=self.env,
                               capture_output=True, text=True, timeout=timeout, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"sdnctl {' '.join(args)} failed ({done.returncode}):\n"
                                f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "sdnctl.cli", *args], env=self.env,
+        return subprocess.Popen([sys.executable, "-m", "sdnctl.cli.cli", *args], env=self.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

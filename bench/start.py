@@ -1,6 +1,6 @@
 """Issue 8 item 2: container start end to end, sdnctl vs `docker run` vs bare `crun run`.
 
-Design note. Three sides start the same busybox test image (``sdnctl.testimage``: two layers)
+Design note. Three sides start the same busybox test image (``sdnctl.lab.testimage``: two layers)
 running ``sh -c "trap 'exit 0' TERM; sleep 3600 & wait"``, in each of the four network modes
 (bridge, none, host, container:<donor>), one container at a time; each sample is one start,
 then (timed apart) its removal. Per mode the sides alternate (``harness.alternate_many``), so
@@ -81,13 +81,13 @@ from agent.kernel import cgroups, procs
 from agent.kernel.netns import create_netns, netns_path, remove_netns
 from agent.reconcile import SANDBOX_DIRS, default_cgroup_parent
 from agent.runtime import OciRuntime, Rootfs
-from sdnctl import lab
+from sdnctl.api.imagefmt import BlobStore, import_archive
+from sdnctl.api.model import DEFAULT_CAPABILITIES, ContainerStatus
 from sdnctl.controller.server import create_server
 from sdnctl.controller.state import State
 from sdnctl.controller.store.sqlite import SqliteStore
-from sdnctl.imagefmt import BlobStore, import_archive
-from sdnctl.model import DEFAULT_CAPABILITIES, ContainerStatus
-from sdnctl.testimage import DEFAULT_TAG, build_test_image
+from sdnctl.lab import lab
+from sdnctl.lab.testimage import DEFAULT_TAG, build_test_image
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 

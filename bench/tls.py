@@ -32,12 +32,12 @@ import grpc
 import harness
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sdnctl import pki
-from sdnctl.client import open_channel
+from sdnctl.api import pki
+from sdnctl.api.client import open_channel
+from sdnctl.api.imagefmt import BlobStore, Image, export_archive
 from sdnctl.controller.server import create_server
 from sdnctl.controller.store.memory import MemoryStore
-from sdnctl.imagefmt import BlobStore, Image, export_archive
-from sdnctl.testimage import _config_bytes, _file, _layer_tar, _put_bytes
+from sdnctl.lab.testimage import _config_bytes, _file, _layer_tar, _put_bytes
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 

@@ -16,7 +16,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 image=${SDNCTL_RUN_DIR:-/run/sdnctl}/sdnctl-test.tar
 mkdir -p "$(dirname "$image")"
 step "the busybox test image -> $image"
-.venv/bin/python -m sdnctl.testimage -o "$image"
+.venv/bin/python -m sdnctl.lab.testimage -o "$image"
 
 step "sdnctl up $example --image $image   (the plan first, then the build)"
 $sdnctl up "$example" --image "$image"

@@ -91,7 +91,7 @@ from agent.kernel import nft, sysctl
 from agent.kernel.links import KernelError
 from agent.kernel.names import BRIDGE_PREFIX, VETH_PREFIX
 from agent.kernel.netns import run_in_netns
-from sdnctl import faults
+from sdnctl.api import faults
 
 TABLE_FAMILY = "inet"  # the main table; BRIDGE_FAMILY holds the anti-spoofing one
 BRIDGE_FAMILY = "bridge"

@@ -67,7 +67,7 @@ from agent.kernel.netns import (
     open_netlink_fd,
     open_netlink_fds,
 )
-from sdnctl import faults
+from sdnctl.api import faults
 
 RTPROT_SDNCTL = 211
 IFF_UP = 0x1

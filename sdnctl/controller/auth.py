@@ -38,10 +38,10 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from sdnctl.api.model import Invalid
+from sdnctl.api.pki import LOCAL, Identity, identity_of
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.tlsfront import TlsFront
-from sdnctl.model import Invalid
-from sdnctl.pki import LOCAL, Identity, identity_of
 
 log = logging.getLogger(__name__)
 

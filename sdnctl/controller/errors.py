@@ -1,13 +1,13 @@
 """Domain errors. One gRPC interceptor maps each class to a status code.
 
-``Invalid`` (bad input) lives in :mod:`sdnctl.model`, because the model validates too; it is
+``Invalid`` (bad input) lives in :mod:`sdnctl.api.model`, because the model validates too; it is
 re-exported here so that controller code imports every domain error from one place. It is a
 ``ValueError``, not an :class:`SdnError`.
 """
 
 from __future__ import annotations
 
-from sdnctl.model import Invalid
+from sdnctl.api.model import Invalid
 
 
 class SdnError(Exception):

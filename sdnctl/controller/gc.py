@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from netaddr import IPAddress, IPNetwork
 
+from sdnctl.api.model import Allocation, Container, Lease, from_json, to_json
 from sdnctl.controller import ipam
 from sdnctl.controller.state import (
     CONTAINERS,
@@ -49,7 +50,6 @@ from sdnctl.controller.state import (
     status_key,
 )
 from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put
-from sdnctl.model import Allocation, Container, Lease, from_json, to_json
 
 log = logging.getLogger("sdnctl.controller")
 

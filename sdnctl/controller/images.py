@@ -2,7 +2,7 @@
 
 How an image reaches a host: ``sdnctl image load`` streams an archive (a ``docker save`` tar or
 an OCI image layout) to the controller, which checks every member and layer
-(:mod:`sdnctl.imagefmt`) and keeps the config and the uncompressed layer tars as blobs named by
+(:mod:`sdnctl.api.imagefmt`) and keeps the config and the uncompressed layer tars as blobs named by
 digest, then records the image in the store. A container names an image; the controller
 resolves the name to the image ID when the container is created, so a later re-tag does not
 change what runs. The host's agent, when it must start the container, asks for the image
@@ -21,11 +21,11 @@ import os
 import re
 from dataclasses import dataclass
 
-from sdnctl import imagefmt
+from sdnctl.api import imagefmt
+from sdnctl.api.model import Container, Invalid, from_json, to_json
 from sdnctl.controller import ipam
 from sdnctl.controller.errors import FailedPrecondition, NotFound
 from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
-from sdnctl.model import Container, Invalid, from_json, to_json
 
 IMAGES = "/images/"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -51,7 +51,7 @@ def _records(store: Store) -> list[tuple[ImageRecord, KeyValue]]:
 def resolve(store: Store, ref: str, field: str = "image") -> tuple[ImageRecord, KeyValue]:
     """The image a reference names: an ID (``sha256:<hex>``, or 12+ hex digits of one) or a
     ``name[:tag]``."""
-    from sdnctl.validate import image_name
+    from sdnctl.api.validate import image_name
 
     bare = ref.removeprefix("sha256:")
     if re.fullmatch(r"[0-9a-f]{12,64}", bare):
@@ -172,7 +172,7 @@ class Images:
 
 def _tag_of(ref: str, record: ImageRecord) -> str | None:
     """The tag ``ref`` names, when it names the image by a tag rather than by its ID."""
-    from sdnctl.validate import image_name
+    from sdnctl.api.validate import image_name
 
     if record.id.removeprefix("sha256:").startswith(ref.removeprefix("sha256:")):
         return None

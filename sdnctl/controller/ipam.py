@@ -46,6 +46,7 @@ from typing import TypeVar
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
+from sdnctl.api.model import Allocation, Lease, Network, check_name, from_json, to_json
 from sdnctl.controller.errors import (
     AlreadyExists,
     Conflict,
@@ -54,7 +55,6 @@ from sdnctl.controller.errors import (
     Invalid,
 )
 from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
-from sdnctl.model import Allocation, Lease, Network, check_name, from_json, to_json
 
 R = TypeVar("R")
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
+from sdnctl.api.model import Allocation, Container, Lease, Network, check_name, from_json
 from sdnctl.controller import ipam
 from sdnctl.controller.errors import NotFound
 from sdnctl.controller.state import (
@@ -28,7 +29,6 @@ from sdnctl.controller.state import (
     vni_key,
 )
 from sdnctl.controller.store.base import KeyValue, Store
-from sdnctl.model import Allocation, Container, Lease, Network, check_name, from_json
 
 # Problem kinds.
 LEAKED_ADDRESS = "leaked-address"  # an address record whose container does not use it

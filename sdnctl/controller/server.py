@@ -38,7 +38,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sdnctl import paths
+from sdnctl.api import paths
+from sdnctl.api.model import Invalid
+from sdnctl.api.pki import PkiError, RevocationList, TlsFiles
 from sdnctl.controller import gc, ipam
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import SecurityInterceptor
@@ -55,8 +57,6 @@ from sdnctl.controller.store.etcd import EtcdStore, parse_url
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.controller.tlsfront import ListenError, TlsFront
-from sdnctl.model import Invalid
-from sdnctl.pki import PkiError, RevocationList, TlsFiles
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 

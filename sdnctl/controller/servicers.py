@@ -17,7 +17,9 @@ from typing import Any
 
 import grpc
 
-from sdnctl import convert
+from sdnctl.api import convert
+from sdnctl.api.model import Host, Invalid, check_name
+from sdnctl.api.validate import ARG_MAX, REPORT_MAX, check_count, validate_status
 from sdnctl.controller import gc, ipam_report
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import current_identity
@@ -34,10 +36,8 @@ from sdnctl.controller.images import ImageRecord, Images
 from sdnctl.controller.state import HostView, State
 from sdnctl.controller.store.base import Compare, Delete, Put, Store, StoreUnavailable
 from sdnctl.controller.watch import container_pb, host_events
-from sdnctl.model import Host, Invalid, check_name
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
-from sdnctl.validate import ARG_MAX, REPORT_MAX, check_count, validate_status
 
 log = logging.getLogger(__name__)
 

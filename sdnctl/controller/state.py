@@ -17,7 +17,7 @@ Leases are renewed when their host's agent registers and, at most once a ``renew
 when it reports; :meth:`State.sweep` (the server runs it periodically) frees expired leases that
 hold no address, ends quarantines and trims the IPAM history.
 
-Key layout (values are ``sdnctl.model.to_json`` of model objects):
+Key layout (values are ``sdnctl.api.model.to_json`` of model objects):
     /hosts/<name>                         Host
     /networks/<name>                      Network
     /vni/<n>                              the overlay network holding VNI n (uniqueness guard)
@@ -38,17 +38,8 @@ from dataclasses import dataclass
 
 from netaddr import IPAddress, IPNetwork
 
-from sdnctl import faults
-from sdnctl.controller import images, ipam
-from sdnctl.controller.errors import (
-    AlreadyExists,
-    Exhausted,
-    FailedPrecondition,
-    Invalid,
-    NotFound,
-)
-from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
-from sdnctl.model import (
+from sdnctl.api import faults
+from sdnctl.api.model import (
     DEFAULT_HOST_PREFIX,
     DEFAULT_VXLAN_PORT,
     Allocation,
@@ -63,7 +54,16 @@ from sdnctl.model import (
     parse_port,
     to_json,
 )
-from sdnctl.validate import validate_container, validate_host, validate_network
+from sdnctl.api.validate import validate_container, validate_host, validate_network
+from sdnctl.controller import images, ipam
+from sdnctl.controller.errors import (
+    AlreadyExists,
+    Exhausted,
+    FailedPrecondition,
+    Invalid,
+    NotFound,
+)
+from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
 
 HOSTS = "/hosts/"
 NETWORKS = "/networks/"

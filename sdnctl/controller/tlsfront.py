@@ -16,7 +16,7 @@ it back to the certificate this connection presented. The directory is 0700 and 
 0600, so only root can reach the gRPC server without going through the handshake (as root can
 on the controller's own unix socket anyway).
 
-When the revocation list changes (a new file, or SIGHUP: :class:`~sdnctl.pki.RevocationList`
+When the revocation list changes (a new file, or SIGHUP: :class:`~sdnctl.api.pki.RevocationList`
 notices and tells us), new connections get a context with the new list, and every open connection
 whose certificate it now revokes is cut (both sides aborted: its streams end UNAVAILABLE). A
 connection is cut as well when its certificate expires.
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from sdnctl.pki import PkiError, RevocationList, TlsFiles
+from sdnctl.api.pki import PkiError, RevocationList, TlsFiles
 
 log = logging.getLogger(__name__)
 

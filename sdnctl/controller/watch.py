@@ -31,7 +31,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from sdnctl import convert
+from sdnctl.api import convert
+from sdnctl.api.model import Container, Host, Lease, from_json
 from sdnctl.controller import ipam
 from sdnctl.controller.errors import NotFound
 from sdnctl.controller.state import (
@@ -46,7 +47,6 @@ from sdnctl.controller.state import (
     State,
 )
 from sdnctl.controller.store.base import Change, Compacted
-from sdnctl.model import Container, Host, Lease, from_json
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 

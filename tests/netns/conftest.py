@@ -39,8 +39,8 @@ from agent.kernel.netns import (  # noqa: E402
     netns_path,
     remove_netns,
 )
-from sdnctl.lab import Lab, process_start_time, stop_process  # noqa: E402
-from sdnctl.testimage import build_test_image  # noqa: E402
+from sdnctl.lab.lab import Lab, process_start_time, stop_process  # noqa: E402
+from sdnctl.lab.testimage import build_test_image  # noqa: E402
 
 TEST_IMAGE_TAG = "sdnctl-test:latest"
 

@@ -27,7 +27,7 @@ import pytest
 from helpers.cli import Cli, lab_cli
 from helpers.hoststate import api, pid_alive, wait_for
 
-from sdnctl.client import Client
+from sdnctl.api.client import Client
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 pytestmark = pytest.mark.netns
@@ -66,7 +66,7 @@ def cli(tmp_path: Path, run_prefix: str) -> Iterator[Cli]:
 
 
 def start_controller(cli: Cli) -> int:
-    """What `sdnctl up` does when no controller answers (sdnctl.client.start_controller)."""
+    """What `sdnctl up` does when no controller answers (sdnctl.api.client.start_controller)."""
     with open(cli.run_dir / "controller.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sdnctl.controller.server", "--listen",

@@ -28,8 +28,8 @@ from helpers.cli import (
     ping,
 )
 
-from sdnctl import topology
-from sdnctl.lab import EXTERNAL_IP
+from sdnctl.lab.lab import EXTERNAL_IP
+from sdnctl.topology import topology
 
 pytestmark = pytest.mark.netns
 

@@ -1,6 +1,6 @@
 """Issue 10.1: a failure at any step of a container's setup leaves nothing half-built.
 
-For every step (sdnctl.faults.STEPS) the agent (or, for ``ipam``, the controller) is restarted
+For every step (sdnctl.api.faults.STEPS) the agent (or, for ``ipam``, the controller) is restarted
 with ``SDNCTL_FAULT=<step>:<action>`` and a container is created:
 
 - ``fail``: the step raises. Once the failure is reported the faulty agent is stopped (SIGTERM:
@@ -35,7 +35,7 @@ from helpers.hoststate import (
     wait_for,
 )
 
-from sdnctl.faults import STEPS
+from sdnctl.api.faults import STEPS
 
 pytestmark = pytest.mark.netns
 

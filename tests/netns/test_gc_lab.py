@@ -22,7 +22,7 @@ from helpers.hoststate import get_host, pid_alive, wait_for
 
 from agent.kernel import cgroups
 from agent.kernel.netns import remove_netns
-from sdnctl.lab import Lab
+from sdnctl.lab.lab import Lab
 
 pytestmark = pytest.mark.netns
 

@@ -1,4 +1,4 @@
-"""Lab hosts, built for real: act through sdnctl.lab, assert with raw netlink, /proc and packets."""
+"""Lab hosts, built for real: act through sdnctl.lab.lab, assert with netlink, /proc and packets."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.kernel.netns import NETNS_RUN_DIR, iproute_in
-from sdnctl.lab import (
+from sdnctl.lab.lab import (
     EXTERNAL_DEV,
     HOST_DEV,
     UNDERLAY_BRIDGE,

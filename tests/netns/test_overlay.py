@@ -22,7 +22,7 @@ import pytest
 from helpers.cli import Cli, kernel_state, lab_cli, nft_ruleset, nsexec
 
 from agent.kernel.names import vxlan_name
-from sdnctl import lab
+from sdnctl.lab import lab
 
 pytestmark = pytest.mark.netns
 

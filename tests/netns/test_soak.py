@@ -19,7 +19,7 @@ import pytest
 from helpers.cli import Cli, lab_cli
 from helpers.hoststate import api, get_host, host_state, wait_for
 
-from sdnctl.client import Client
+from sdnctl.api.client import Client
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 pytestmark = pytest.mark.netns

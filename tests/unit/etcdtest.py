@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sdnctl.client import Client
+from sdnctl.api.client import Client
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdnctl.imagefmt import BlobStore
+from sdnctl.api.imagefmt import BlobStore
 
 Entry = tuple[tarfile.TarInfo, bytes | None]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sdnctl import check
-from sdnctl.check import Measurement, Probe, Result, plan
-from sdnctl.client import CommandError
-from sdnctl.topology import Topology, parse
+from sdnctl.api.client import CommandError
+from sdnctl.lab import check
+from sdnctl.lab.check import Measurement, Probe, Result, plan
+from sdnctl.topology.topology import Topology, parse
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 MODES = """\
@@ -258,7 +258,7 @@ def test_cells_and_json() -> None:
 
 
 def test_the_verb_is_registered() -> None:
-    from sdnctl.cli import build_parser
+    from sdnctl.cli.cli import build_parser
     args = build_parser().parse_args(["check", "t.yaml", "--json", "--no-implied",
                                       "--timeout", "0.5"])
     assert args.func is check.cmd_check and args.json and args.no_implied
@@ -269,7 +269,7 @@ def test_the_verb_is_registered() -> None:
 
 def test_a_bad_file_exits_2_before_probing(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from sdnctl.cli import main
+    from sdnctl.cli.cli import main
     bad = tmp_path / "bad.yaml"
     bad.write_text(MODES + "expect:\n  - {from: web, to: nowhere}\n")
     assert main(["check", str(bad)]) == 2

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from sdnctl import cli
+from sdnctl.cli import cli
 
 
 def test_controller_flag_is_the_address_dialled(monkeypatch: pytest.MonkeyPatch,

@@ -25,13 +25,13 @@ from etcdtest import EtcdCluster, Replicas, etcd_cluster, replicas
 
 from agent.desired import LocalHost
 from agent.main import Agent
-from sdnctl.cli import main as cli_main
-from sdnctl.client import Client
+from sdnctl.api.client import Client
+from sdnctl.api.model import Allocation, Container, Host, Network, from_json
+from sdnctl.cli.cli import main as cli_main
 from sdnctl.controller.state import State
 from sdnctl.controller.store.etcd import EtcdStore
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.controller.watch import host_events
-from sdnctl.model import Allocation, Container, Host, Network, from_json
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 THREADS = 64

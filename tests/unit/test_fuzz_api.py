@@ -23,12 +23,12 @@ from google.protobuf.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdnctl import pki
-from sdnctl.client import open_channel
+from sdnctl.api import pki
+from sdnctl.api.client import open_channel
+from sdnctl.api.pki import TlsFiles
 from sdnctl.controller.server import RunningServer, create_server
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
-from sdnctl.pki import TlsFiles
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 

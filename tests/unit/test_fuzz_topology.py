@@ -12,7 +12,7 @@ from fuzzing import PROFILE, int32s, texts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdnctl import topology
+from sdnctl.topology import topology
 
 scalars = st.one_of(texts, int32s, st.booleans(), st.none(), st.floats(allow_nan=True),
                     st.lists(texts, max_size=3))

@@ -16,7 +16,7 @@ from fuzzing import PROFILE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdnctl.imagefmt import ImageFormatError, unpack_layer
+from sdnctl.api.imagefmt import ImageFormatError, unpack_layer
 
 parts = st.sampled_from(["a", "b", "..", ".", "", "etc", ".wh.a", ".wh..wh..opq", "x" * 300,
                          "sentinel", "c d", "\u00e9"])

@@ -10,12 +10,12 @@ import grpc
 import pytest
 from apitest import StartServer, connect
 
-from sdnctl import cli
+from sdnctl.api.model import Allocation, Container, Host, Network, to_json
+from sdnctl.cli import cli
 from sdnctl.controller import gc, ipam, ipam_report
 from sdnctl.controller.state import State, container_key
 from sdnctl.controller.store.base import Delete, Put, Store
 from sdnctl.controller.store.memory import MemoryStore
-from sdnctl.model import Allocation, Container, Host, Network, to_json
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 GRACE = 600

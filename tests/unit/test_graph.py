@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sdnctl.graph import Live, health, health_line, render, to_dot
-from sdnctl.topology import load, parse
+from sdnctl.cli.graph import Live, health, health_line, render, to_dot
+from sdnctl.topology.topology import load, parse
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "topology-examples").glob("*.yaml"))
 
@@ -81,7 +81,7 @@ def test_health_names_what_is_wrong() -> None:
 
 
 def test_render_refuses_an_unknown_format(tmp_path: Path) -> None:
-    from sdnctl.client import CommandError
+    from sdnctl.api.client import CommandError
     with pytest.raises(CommandError, match=r"\.svg, \.png or \.dot"):
         render("graph x {}", str(tmp_path / "x.jpg"))
     render("graph x {}\n", str(tmp_path / "x.dot"))

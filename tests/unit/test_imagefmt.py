@@ -26,7 +26,7 @@ from imagehelp import (
     tar_bytes,
 )
 
-from sdnctl.imagefmt import (
+from sdnctl.api.imagefmt import (
     BlobStore,
     Image,
     ImageFormatError,
@@ -37,7 +37,7 @@ from sdnctl.imagefmt import (
     parse_reference,
     runtime_config,
 )
-from sdnctl.testimage import build_test_image
+from sdnctl.lab.testimage import build_test_image
 
 BUSYBOX = "/bin/busybox"
 needs_busybox = pytest.mark.skipif(not os.path.exists(BUSYBOX), reason="needs /bin/busybox")

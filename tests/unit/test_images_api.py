@@ -14,7 +14,7 @@ import grpc
 import pytest
 from apitest import TIMEOUT, Api
 
-from sdnctl.testimage import build_test_image
+from sdnctl.lab.testimage import build_test_image
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 TAG = "sdnctl-test:latest"

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress, IPNetwork
 
+from sdnctl.api.model import Allocation, Lease, Network
 from sdnctl.controller import ipam
 from sdnctl.controller.errors import AlreadyExists, Conflict, Exhausted, Invalid
 from sdnctl.controller.store.base import Compare, Delete, Put, Store
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
-from sdnctl.model import Allocation, Lease, Network
 
 # -- validate_cidr ------------------------------------------------------------------------------
 

@@ -22,9 +22,9 @@ from apitest import (
     watch,
 )
 
+from sdnctl.api.model import Invalid
 from sdnctl.controller import ipam
 from sdnctl.controller.store.base import Store
-from sdnctl.model import Invalid
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

@@ -9,7 +9,7 @@ import pytest
 
 from agent import ocispec
 from agent.runtime import host_mounts
-from sdnctl.model import (
+from sdnctl.api.model import (
     DEFAULT_CAPABILITIES,
     Container,
     Invalid,
@@ -17,7 +17,7 @@ from sdnctl.model import (
     parse_volume,
     wants_user_ns,
 )
-from sdnctl.validate import validate_container
+from sdnctl.api.validate import validate_container
 
 
 def spec(**kw: object) -> dict:

@@ -28,12 +28,12 @@ from apitest import (
     watch,
 )
 
-from sdnctl import cli
+from sdnctl.api.model import Allocation, Lease, Network, to_json
+from sdnctl.cli import cli
 from sdnctl.controller import ipam
 from sdnctl.controller.server import RunningServer
 from sdnctl.controller.state import State
 from sdnctl.controller.store.base import Put, Store
-from sdnctl.model import Allocation, Lease, Network, to_json
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

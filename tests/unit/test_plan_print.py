@@ -7,7 +7,8 @@ import io
 
 import pytest
 
-from sdnctl.deploy import (
+from sdnctl.api.model import Container, Host, Network
+from sdnctl.topology.deploy import (
     Change,
     DeployError,
     Observed,
@@ -16,8 +17,7 @@ from sdnctl.deploy import (
     print_plan,
     refused,
 )
-from sdnctl.model import Container, Host, Network
-from sdnctl.topology import Topology, parse
+from sdnctl.topology.topology import Topology, parse
 
 TEXT = """
 name: t

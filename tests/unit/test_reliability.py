@@ -16,7 +16,7 @@ from agent.desired import DesiredNetwork, DesiredPeer, DesiredState, LocalHost
 from agent.kernel.links import ObservedPeers, ObservedVxlan
 from agent.kernel.names import vxlan_alias, vxlan_name
 from agent.reconcile import Reconciler, peers_after_set
-from sdnctl import faults
+from sdnctl.api import faults
 
 
 @pytest.fixture

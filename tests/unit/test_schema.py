@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 import yaml
 
-from sdnctl import schema
-from sdnctl.topology import TopologyError, parse
+from sdnctl.topology import schema
+from sdnctl.topology.topology import TopologyError, parse
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "topology-examples").glob("*.yaml"))
@@ -30,7 +30,7 @@ def test_the_schema_is_shipped_and_is_valid_json_schema() -> None:
     jsonschema.Draft202012Validator.check_schema(doc)
     assert set(doc["properties"]) == {"name", "hosts", "networks", "containers", "routes", "lab",
                                       "expect", "images"}
-    on_disk = json.loads((REPO / "sdnctl" / schema.SCHEMA_FILE).read_text())
+    on_disk = json.loads((REPO / "sdnctl" / "topology" / schema.SCHEMA_FILE).read_text())
     assert on_disk == doc
 
 

@@ -1,5 +1,5 @@
 """Transport security and authorization, through a real controller on loopback TCP (mutual TLS)
-and a unix socket, with certificates made by ``sdnctl.pki`` in a temporary directory.
+and a unix socket, with certificates made by ``sdnctl.api.pki`` in a temporary directory.
 
 Refused at the TLS handshake (by the controller's TLS terminator, sdnctl.controller.tlsfront): a
 plaintext client, a certificate of another CA, an expired one, a revoked one; such a connection
@@ -25,12 +25,12 @@ from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from sdnctl import pki
-from sdnctl.client import TLS_ENV, CommandError, open_channel
+from sdnctl.api import pki
+from sdnctl.api.client import TLS_ENV, CommandError, open_channel
+from sdnctl.api.pki import Identity, TlsFiles
 from sdnctl.controller import auth, tlsfront
 from sdnctl.controller.server import ListenError, RunningServer, create_server, main
 from sdnctl.controller.store.memory import MemoryStore
-from sdnctl.pki import Identity, TlsFiles
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
@@ -503,8 +503,7 @@ def test_a_viewer_cannot_create_or_delete_anything(secure: Any, pki_dir: Path) -
 
 def test_pki_commands_and_events_over_mutual_tls(tmp_path: Path, capsys: Any,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from sdnctl import cli
-
+    from sdnctl.cli import cli
     d = str(tmp_path / "pki")
     assert cli.main(["pki", "init", "--dir", d, "--name", "ctl.example"]) == 0
     assert cli.main(["pki", "issue", "--dir", d, "--user", "alice", "--role", "operator",

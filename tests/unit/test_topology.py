@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sdnctl.model import Container, Host, Network
-from sdnctl.topology import TopologyError, load, parse
+from sdnctl.api.model import Container, Host, Network
+from sdnctl.topology.topology import TopologyError, load, parse
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "topology-examples"
 

@@ -25,7 +25,7 @@ from imagehelp import (
     tar_bytes,
 )
 
-from sdnctl.imagefmt import (
+from sdnctl.api.imagefmt import (
     OPAQUE_XATTR,
     BlobStore,
     ImageFormatError,
@@ -33,7 +33,7 @@ from sdnctl.imagefmt import (
     import_archive,
     unpack_layer,
 )
-from sdnctl.testimage import APPLETS, MTIME, build_test_image
+from sdnctl.lab.testimage import APPLETS, MTIME, build_test_image
 
 BUSYBOX = "/bin/busybox"
 ROOT = os.geteuid() == 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sdnctl.model import Container, Invalid, Network
-from sdnctl.validate import default_host_prefix, validate_container, validate_network
+from sdnctl.api.model import Container, Invalid, Network
+from sdnctl.api.validate import default_host_prefix, validate_container, validate_network
 
 ONE_LEASE = {"subnet": "10.88.0.0/24", "host_prefix": 24}
 

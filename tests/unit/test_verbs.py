@@ -12,9 +12,10 @@ import pytest
 from apitest import Api
 
 from agent.runtime import OciRuntime
-from sdnctl import cli, trace, verbs
-from sdnctl.client import POLL_FIRST, POLL_MAX, poll_delays
+from sdnctl.api.client import POLL_FIRST, POLL_MAX, poll_delays
+from sdnctl.cli import cli, verbs
 from sdnctl.controller.server import RunningServer
+from sdnctl.lab import trace
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 

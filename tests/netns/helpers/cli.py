@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.kernel.netns import iproute_in
-from sdnctl import topology
+from sdnctl.topology import topology
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted(str(p) for p in (REPO / "topology-examples").glob("*.yaml"))
@@ -36,7 +36,7 @@ class Cli:
         if args[0] == "up":
             with contextlib.suppress(topology.TopologyError):
                 self.files[topology.load(args[1]).name] = args[1]
-        done = subprocess.run([sys.executable, "-m", "sdnctl.cli", *args], env=self.env,
+        done = subprocess.run([sys.executable, "-m", "sdnctl.cli.cli", *args], env=self.env,
                               capture_output=True, text=True, timeout=timeout, check=False)
         if check and done.returncode != 0:
             raise AssertionError(f"sdnctl {' '.join(args)} failed ({done.returncode}):\n"

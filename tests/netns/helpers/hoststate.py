@@ -22,7 +22,7 @@ import grpc
 from agent.kernel import cgroups
 from agent.kernel.netns import NETNS_RUN_DIR, iproute_in
 from helpers.cli import Cli, nsexec
-from sdnctl.client import Client
+from sdnctl.api.client import Client
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 NUD_PERMANENT = 0x80

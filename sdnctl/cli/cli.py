@@ -33,10 +33,13 @@ from typing import Any
 import grpc
 
 from agent.kernel import cgroups
-from sdnctl import check, deploy, graph, imagecli, paths, pki, topology, trace, verbs
-from sdnctl.client import TLS_ENV, CommandError, ControllerUnavailable, connect
-from sdnctl.convert import USERNS_BY_NUMBER
-from sdnctl.model import MODE_CONTAINER, network_mode
+from sdnctl.api import paths, pki
+from sdnctl.api.client import TLS_ENV, CommandError, ControllerUnavailable, connect
+from sdnctl.api.convert import USERNS_BY_NUMBER
+from sdnctl.api.model import MODE_CONTAINER, network_mode
+from sdnctl.cli import graph, imagecli, verbs
+from sdnctl.lab import check, trace
+from sdnctl.topology import deploy, topology
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 

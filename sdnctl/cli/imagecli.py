@@ -15,8 +15,8 @@ from typing import Any
 
 import grpc
 
-from sdnctl import convert
-from sdnctl.client import CommandError, connect
+from sdnctl.api import convert
+from sdnctl.api.client import CommandError, connect
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 TIMEOUT = 600.0

@@ -34,10 +34,11 @@ import grpc
 
 from agent.kernel import cgroups, netns, procfs, procs
 from agent.reconcile import SANDBOX_DIRS, default_cgroup_parent
-from sdnctl import convert, lab, paths
-from sdnctl.client import Client, poll_delays, start_controller, started_controller_pid
-from sdnctl.model import STATE_ERROR, STATE_EXITED, STATE_RUNNING, Container, Host, Network
-from sdnctl.topology import Topology
+from sdnctl.api import convert, paths
+from sdnctl.api.client import Client, poll_delays, start_controller, started_controller_pid
+from sdnctl.api.model import STATE_ERROR, STATE_EXITED, STATE_RUNNING, Container, Host, Network
+from sdnctl.lab import lab
+from sdnctl.topology.topology import Topology
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sdnctl.controller import ipam
-from sdnctl.model import (
+from sdnctl.api.model import (
     DEFAULT_INTERFACE,
     DEFAULT_MTU,
     USERNS_AUTO,
@@ -18,8 +17,9 @@ from sdnctl.model import (
     Lease,
     Network,
 )
+from sdnctl.api.validate import default_host_prefix
+from sdnctl.controller import ipam
 from sdnctl.v1 import sdnctl_pb2 as pb
-from sdnctl.validate import default_host_prefix
 
 DEFAULT_COMMAND = ("sleep", "infinity")
 DEFAULT_RESTART = "no"

@@ -30,7 +30,7 @@ ENV = "SDNCTL_FAULT"
 STEPS = ("ipam", "namespace", "veth", "address", "route", "nftables", "runtime")
 ACTIONS = ("fail", "kill")
 
-log = logging.getLogger("sdnctl.faults")
+log = logging.getLogger("sdnctl.api.faults")
 
 
 class InjectedFault(Exception):

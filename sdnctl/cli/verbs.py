@@ -37,9 +37,9 @@ import grpc
 
 from agent.kernel.netns import NETNS_RUN_DIR
 from agent.runtime import OciRuntime
-from sdnctl import convert, paths
-from sdnctl.client import Client, CommandError, connect, poll_delays
-from sdnctl.model import (
+from sdnctl.api import convert, paths
+from sdnctl.api.client import Client, CommandError, connect, poll_delays
+from sdnctl.api.model import (
     MODE_BRIDGE,
     MODE_NONE,
     STATE_CREATED,
@@ -76,7 +76,7 @@ def _print_json(data: Any) -> None:
 
 
 def _table(rows: list[list[str]], header: list[str]) -> None:
-    from sdnctl.cli import print_table  # cli imports this module: import at call time
+    from sdnctl.cli.cli import print_table  # cli imports this module: import at call time
 
     print_table(rows, header)
 
@@ -118,7 +118,7 @@ def cmd_network_create(args: argparse.Namespace) -> int:
 
 
 def cmd_network_ls(args: argparse.Namespace) -> int:
-    from sdnctl.cli import network_json
+    from sdnctl.cli.cli import network_json
 
     client = connect()
     reply = _rpc("list networks", lambda: client.api.ListNetworks(pb.ListRequest(),
@@ -135,7 +135,7 @@ def cmd_network_ls(args: argparse.Namespace) -> int:
 
 def network_details(client: Client, name: str) -> dict[str, Any]:
     """A network as `network inspect` shows it: its spec, its hosts' leases, its containers."""
-    from sdnctl.cli import network_json
+    from sdnctl.cli.cli import network_json
 
     data = network_json(_rpc(f"inspect network {name!r}", lambda: client.api.GetNetwork(
         pb.GetRequest(name=name), timeout=RPC_TIMEOUT)))
@@ -481,7 +481,7 @@ def host_row(h: dict[str, Any], containers: int) -> list[str]:
 
 
 def cmd_host_ls(args: argparse.Namespace) -> int:
-    from sdnctl.cli import host_json
+    from sdnctl.cli.cli import host_json
 
     client = connect()
     hosts = [host_json(h) for h in _rpc("list hosts", lambda: client.api.ListHosts(

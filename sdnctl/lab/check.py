@@ -3,7 +3,8 @@ nothing else.
 
 Design note. Checking is two halves, as building is:
 
-- **The plan is pure.** :func:`plan` turns a :class:`~sdnctl.topology.Topology` into a list of
+- **The plan is pure.** :func:`plan` turns a
+  :class:`~sdnctl.topology.topology.Topology` into a list of
   :class:`Probe` (source container, target, protocol, port, expected verdict, and why it is
   expected). It holds every line of the ``expect:`` block (a network target expands to each
   container attached to it) and, unless ``--no-implied``, the *implied matrix* that the modes
@@ -51,12 +52,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.kernel.netns import run_in_netns
-from sdnctl import topology
-from sdnctl.client import CommandError, connect
-from sdnctl.deploy import Progress
-from sdnctl.lab import EXTERNAL_IP
-from sdnctl.model import MODE_HOST, MODE_NONE, Container, Network
-from sdnctl.topology import DEFAULT_NETWORK, EXTERNAL, Topology
+from sdnctl.api.client import CommandError, connect
+from sdnctl.api.model import MODE_HOST, MODE_NONE, Container, Network
+from sdnctl.lab.lab import EXTERNAL_IP
+from sdnctl.topology import topology
+from sdnctl.topology.deploy import Progress
+from sdnctl.topology.topology import DEFAULT_NETWORK, EXTERNAL, Topology
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 #: How many probes are in flight at once.

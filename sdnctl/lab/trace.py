@@ -46,11 +46,11 @@ from typing import Any
 import grpc
 
 from agent.kernel.names import bridge_name, veth_name, vxlan_name
-from sdnctl.client import Client, CommandError, connect
-from sdnctl.model import MODE_BRIDGE, MODE_CONTAINER, network_mode
+from sdnctl.api.client import Client, CommandError, connect
+from sdnctl.api.model import MODE_BRIDGE, MODE_CONTAINER, network_mode
 from sdnctl.v1 import sdnctl_pb2 as pb
 
-UNDERLAY_DEV = "eth0"  # a lab host's underlay device (sdnctl.lab.HOST_DEV)
+UNDERLAY_DEV = "eth0"  # a lab host's underlay device (sdnctl.lab.lab.HOST_DEV)
 DEFAULT_VXLAN_PORT = 4789
 TRACE_TABLE_PREFIX = "sdnctl_trace_"
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17}
@@ -559,7 +559,7 @@ class Prober:
     def __init__(self, netns: str, probe: Probe, timeout: float) -> None:
         spec = json.dumps({**dataclasses.asdict(probe), "timeout": timeout})
         self.proc = subprocess.Popen(
-            _nsenter(netns, sys.executable, "-m", "sdnctl.trace", "--probe", spec),
+            _nsenter(netns, sys.executable, "-m", "sdnctl.lab.trace", "--probe", spec),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.problem = ""
 
@@ -724,4 +724,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--probe"] and len(sys.argv) == 3:
         with _no_traceback():
             raise SystemExit(probe_main(sys.argv[2]))
-    raise SystemExit("usage: python -m sdnctl.trace --probe SPEC (used by `sdnctl trace`)")
+    raise SystemExit("usage: python -m sdnctl.lab.trace --probe SPEC (used by `sdnctl trace`)")

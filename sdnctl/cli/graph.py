@@ -29,9 +29,8 @@ from itertools import combinations
 from typing import Any
 
 from agent.kernel.names import bridge_name, vxlan_name
-from sdnctl import lab, topology
-from sdnctl.client import Client, CommandError, connect
-from sdnctl.model import (
+from sdnctl.api.client import Client, CommandError, connect
+from sdnctl.api.model import (
     DEFAULT_VXLAN_PORT,
     MODE_BRIDGE,
     MODE_CONTAINER,
@@ -41,7 +40,9 @@ from sdnctl.model import (
     Container,
     network_mode,
 )
-from sdnctl.topology import Topology
+from sdnctl.lab import lab
+from sdnctl.topology import topology
+from sdnctl.topology.topology import Topology
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 # -- what the controller says -----------------------------------------------------------------
@@ -66,7 +67,7 @@ class Live:
 
 
 def read_live(client: Client) -> Live:
-    from sdnctl.cli import container_json, host_json, network_json  # cli imports this module
+    from sdnctl.cli.cli import container_json, host_json, network_json  # cli imports this module
 
     request = pb.ListRequest()
     return Live(
@@ -149,7 +150,7 @@ _MODE_WORD = {MODE_BRIDGE: "bridged", MODE_NONE: "closed", MODE_CONTAINER: "join
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sdnctl.cli import print_table
+    from sdnctl.cli.cli import print_table
 
     topo = topology.load(args.file) if args.file else None
     client = connect()

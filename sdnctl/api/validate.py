@@ -2,7 +2,7 @@
 
 Each function takes the object and ``where``, the path of the object in its document
 (``network`` for an API request, ``networks[2]`` for a topology file), and raises
-:class:`sdnctl.model.Invalid` naming the exact field.
+:class:`sdnctl.api.model.Invalid` naming the exact field.
 
 Only what one object says about itself is checked here; what depends on other objects (does
 the donor exist, is an address or a host port taken, does a subnet overlap another network's or
@@ -22,8 +22,7 @@ from collections.abc import Sized
 
 import netaddr
 
-from sdnctl.controller.ipam import host_prefix_for, validate_cidr
-from sdnctl.model import (
+from sdnctl.api.model import (
     CAPABILITIES,
     DEFAULT_HOST_PREFIX,
     DRIVERS,
@@ -45,6 +44,7 @@ from sdnctl.model import (
     parse_port,
     parse_volume,
 )
+from sdnctl.controller.ipam import host_prefix_for, validate_cidr
 
 IFNAMSIZ = 15
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]+\Z")
@@ -380,7 +380,7 @@ def check_image_ref(value: str, field: str) -> str:
 def image_name(ref: str, field: str) -> str:
     """An image ID (``sha256:<hex>``) as it is, or a reference checked and normalised to
     ``name:tag`` (the tag ``latest`` by default), as images are recorded."""
-    from sdnctl.imagefmt import parse_reference
+    from sdnctl.api.imagefmt import parse_reference
 
     if _IMAGE_ID.fullmatch(ref):
         return ref

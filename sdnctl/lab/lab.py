@@ -82,7 +82,7 @@ from agent.kernel.netns import (
     remove_netns,
     run_in_netns,
 )
-from sdnctl.model import NAME_RE
+from sdnctl.api.model import NAME_RE
 
 UNDERLAY_SUFFIX = "ul"
 EXTERNAL_SUFFIX = "ext"

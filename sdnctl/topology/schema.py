@@ -21,7 +21,7 @@ from typing import Any
 
 import jsonschema
 
-from sdnctl.model import Invalid, check_name
+from sdnctl.api.model import Invalid, check_name
 
 SCHEMA_FILE = "topology.schema.json"
 
@@ -39,7 +39,7 @@ class SchemaError:
 
 @functools.cache
 def topology_schema() -> dict[str, Any]:
-    text = resources.files("sdnctl").joinpath(SCHEMA_FILE).read_text()
+    text = resources.files("sdnctl.topology").joinpath(SCHEMA_FILE).read_text()
     schema: dict[str, Any] = json.loads(text)
     jsonschema.Draft202012Validator.check_schema(schema)
     return schema

@@ -24,8 +24,7 @@ from typing import Any
 import netaddr
 import yaml
 
-from sdnctl import schema
-from sdnctl.model import (
+from sdnctl.api.model import (
     DEFAULT_HOST_PREFIX,
     DEFAULT_INTERFACE,
     DEFAULT_MTU,
@@ -40,7 +39,8 @@ from sdnctl.model import (
     check_name,
     parse_size,
 )
-from sdnctl.validate import check_ipv4, validate_container, validate_host, validate_network
+from sdnctl.api.validate import check_ipv4, validate_container, validate_host, validate_network
+from sdnctl.topology import schema
 
 DEFAULT_COMMAND = ("sleep", "infinity")
 #: A container without `network` goes to the controller's default bridge, as in Docker.

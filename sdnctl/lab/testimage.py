@@ -6,7 +6,7 @@ for layer 2 to hide); layer 2 whites out ``/etc/sdnctl-test-removed``, makes ``/
 opaque with a new file in it, and adds ``/layer2-marker``. Fixed times and owners make the image
 ID depend only on the busybox binary and the tag.
 
-    python -m sdnctl.testimage -o busybox.tar [--tag sdnctl-test:latest]
+    python -m sdnctl.lab.testimage -o busybox.tar [--tag sdnctl-test:latest]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 from collections.abc import Sequence
 
-from sdnctl.imagefmt import BlobStore, Image, export_archive, host_architecture, parse_reference
+from sdnctl.api.imagefmt import BlobStore, Image, export_archive, host_architecture, parse_reference
 
 DEFAULT_TAG = "sdnctl-test:latest"
 MTIME = 1_577_836_800  # 2020-01-01T00:00:00Z
@@ -144,7 +144,7 @@ def _put_bytes(blobs: BlobStore, data: bytes) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sdnctl.testimage", description=__doc__.split("\n")[0]
+        prog="python -m sdnctl.lab.testimage", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
         "-o", "--output", required=True, help="where to write the docker save archive"
