@@ -40,6 +40,7 @@ from sdnctl.api.model import (
     Container,
     network_mode,
 )
+from sdnctl.cli.output import container_json, host_json, network_json, print_table
 from sdnctl.lab import lab
 from sdnctl.topology import topology
 from sdnctl.topology.topology import Topology
@@ -67,8 +68,6 @@ class Live:
 
 
 def read_live(client: Client) -> Live:
-    from sdnctl.cli.cli import container_json, host_json, network_json  # cli imports this module
-
     request = pb.ListRequest()
     return Live(
         {h.name: host_json(h) for h in client.api.ListHosts(request, timeout=10).hosts},
@@ -150,8 +149,6 @@ _MODE_WORD = {MODE_BRIDGE: "bridged", MODE_NONE: "closed", MODE_CONTAINER: "join
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sdnctl.cli.cli import print_table
-
     topo = topology.load(args.file) if args.file else None
     client = connect()
     try:

@@ -52,6 +52,7 @@ from sdnctl.api.model import (
     network_mode,
     parse_size,
 )
+from sdnctl.cli.output import host_json, network_json, print_table
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 T = TypeVar("T")
@@ -73,12 +74,6 @@ def _rpc(what: str, call: Callable[[], T]) -> T:
 
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
-
-
-def _table(rows: list[list[str]], header: list[str]) -> None:
-    from sdnctl.cli.cli import print_table  # cli imports this module: import at call time
-
-    print_table(rows, header)
 
 
 # -- network ---------------------------------------------------------------------------------
@@ -118,8 +113,6 @@ def cmd_network_create(args: argparse.Namespace) -> int:
 
 
 def cmd_network_ls(args: argparse.Namespace) -> int:
-    from sdnctl.cli.cli import network_json
-
     client = connect()
     reply = _rpc("list networks", lambda: client.api.ListNetworks(pb.ListRequest(),
                                                                   timeout=RPC_TIMEOUT))
@@ -127,7 +120,7 @@ def cmd_network_ls(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(items)
         return 0
-    _table([[n["name"], n["driver"], n["subnet"], n["gateway"] or "-", network_flags(n),
+    print_table([[n["name"], n["driver"], n["subnet"], n["gateway"] or "-", network_flags(n),
              ",".join(n["allow"]) or "-"] for n in items],
            ["NAME", "DRIVER", "SUBNET", "GATEWAY", "FLAGS", "ALLOW"])
     return 0
@@ -135,8 +128,6 @@ def cmd_network_ls(args: argparse.Namespace) -> int:
 
 def network_details(client: Client, name: str) -> dict[str, Any]:
     """A network as `network inspect` shows it: its spec, its hosts' leases, its containers."""
-    from sdnctl.cli.cli import network_json
-
     data = network_json(_rpc(f"inspect network {name!r}", lambda: client.api.GetNetwork(
         pb.GetRequest(name=name), timeout=RPC_TIMEOUT)))
     ipam = _rpc("read IPAM", lambda: client.api.GetIpam(pb.GetIpamRequest(network=name),
@@ -481,8 +472,6 @@ def host_row(h: dict[str, Any], containers: int) -> list[str]:
 
 
 def cmd_host_ls(args: argparse.Namespace) -> int:
-    from sdnctl.cli.cli import host_json
-
     client = connect()
     hosts = [host_json(h) for h in _rpc("list hosts", lambda: client.api.ListHosts(
         pb.ListRequest(), timeout=RPC_TIMEOUT)).hosts]
@@ -494,7 +483,7 @@ def cmd_host_ls(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for c in listed:
         counts[c.host] = counts.get(c.host, 0) + 1
-    _table([host_row(h, counts.get(h["name"], 0)) for h in hosts],
+    print_table([host_row(h, counts.get(h["name"], 0)) for h in hosts],
            ["NAME", "UNDERLAY", "KIND", "AGENT", "CONTAINERS", "SUBNETS"])
     return 0
 
