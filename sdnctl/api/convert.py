@@ -18,7 +18,6 @@ from sdnctl.api.model import (
     Network,
 )
 from sdnctl.api.validate import default_host_prefix
-from sdnctl.controller import ipam
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 DEFAULT_COMMAND = ("sleep", "infinity")
@@ -147,15 +146,6 @@ def status_from_pb(msg: pb.ContainerStatus) -> ContainerStatus:
 def allocation_to_pb(allocation: Allocation, host: str = "") -> pb.Allocation:
     return pb.Allocation(network=allocation.network, container=allocation.container,
                          interface=allocation.interface, address=allocation.address, host=host)
-
-
-def quarantine_to_pb(entry: ipam.Quarantined) -> pb.Quarantine:
-    return pb.Quarantine(network=entry.network, subnet=entry.subject, until=entry.until)
-
-
-def ipam_event_to_pb(event: ipam.IpamEvent) -> pb.IpamEvent:
-    return pb.IpamEvent(at=event.at, kind=event.kind, network=event.network, host=event.host,
-                        subnet=event.subnet, address=event.address, container=event.container)
 
 
 #: Bytes per message when an image archive or blob is streamed (gRPC's default limit is 4 MiB).

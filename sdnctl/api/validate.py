@@ -22,6 +22,7 @@ from collections.abc import Sized
 
 import netaddr
 
+from sdnctl.api.imagefmt import parse_reference
 from sdnctl.api.model import (
     CAPABILITIES,
     DEFAULT_HOST_PREFIX,
@@ -44,7 +45,6 @@ from sdnctl.api.model import (
     parse_port,
     parse_volume,
 )
-from sdnctl.controller.ipam import host_prefix_for, validate_cidr
 
 IFNAMSIZ = 15
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]+\Z")
@@ -71,7 +71,47 @@ OVERLAY = "overlay"
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 #: Network names that mean a container mode instead.
 RESERVED_NETWORK_NAMES = (MODE_NONE, MODE_HOST)
+#: The longest host prefix: a /30 still leaves a gateway and one container.
+MAX_HOST_PREFIX = 30
+_IPV4_CIDR = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}\Z")
 
+def validate_cidr(value: object, field: str) -> netaddr.IPNetwork:
+    """Parse an IPv4 network CIDR such as ``10.88.0.0/16``, or raise :class:`Invalid`."""
+    if not isinstance(value, str):
+        raise Invalid(field, f"expected a CIDR string such as 10.88.0.0/16, got {value!r}")
+    try:
+        net = netaddr.IPNetwork(value)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise Invalid(field, f"{value!r} is not a CIDR such as 10.88.0.0/16") from None
+    if net.version != 4:
+        raise Invalid(field, f"{value!r}: only IPv4 networks are supported")
+    if not _IPV4_CIDR.match(value):
+        raise Invalid(field, f"{value!r} is not a CIDR such as 10.88.0.0/16")
+    if net.ip != net.network:
+        raise Invalid(field, f"{value} has host bits set; did you mean {net.cidr}?")
+    return net
+
+
+def host_prefix_for(network_cidr: str, host_prefix: int, field: str = "host_prefix") -> int:
+    """The prefix length of one host's lease in ``network_cidr``.
+
+    A network smaller than ``host_prefix`` is leased whole (to a single host). ``field`` names
+    the host prefix in errors (``networks[2].host_prefix``); errors about the CIDR itself name
+    the sibling ``subnet`` field (``networks[2].subnet``).
+    """
+    subnet_field = field.removesuffix("host_prefix") + "subnet"
+    net = validate_cidr(network_cidr, subnet_field)
+    if isinstance(host_prefix, bool) or not isinstance(host_prefix, int) or host_prefix < 1:
+        raise Invalid(field, f"expected a prefix length, got {host_prefix!r}")
+    if host_prefix > MAX_HOST_PREFIX:
+        raise Invalid(
+            field,
+            f"/{host_prefix} leaves no room for a gateway and a container; "
+            f"use /{MAX_HOST_PREFIX} or shorter",
+        )
+    if net.prefixlen > MAX_HOST_PREFIX:
+        raise Invalid(subnet_field, f"{network_cidr} leaves no room for a gateway and a container")
+    return max(net.prefixlen, host_prefix)
 
 def default_host_prefix(subnet: str, gateway: str = "", ip_range: str = "") -> int:
     """The host prefix a network gets when none is given.
@@ -380,8 +420,6 @@ def check_image_ref(value: str, field: str) -> str:
 def image_name(ref: str, field: str) -> str:
     """An image ID (``sha256:<hex>``) as it is, or a reference checked and normalised to
     ``name:tag`` (the tag ``latest`` by default), as images are recorded."""
-    from sdnctl.api.imagefmt import parse_reference
-
     if _IMAGE_ID.fullmatch(ref):
         return ref
     check_image_ref(ref, field)

@@ -39,21 +39,23 @@ from dataclasses import dataclass, field
 from netaddr import IPAddress, IPNetwork
 
 from sdnctl.api.model import Allocation, Container, Lease, from_json, to_json
-from sdnctl.controller import ipam
-from sdnctl.controller.state import (
+from sdnctl.controller import ipam, keys
+from sdnctl.controller.keys import (
     CONTAINERS,
     HOSTS,
-    State,
+    IPAM,
+    MARKS,
+    addrs_prefix,
     container_key,
     host_key,
     network_key,
     status_key,
 )
+from sdnctl.controller.state import State
 from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put
 
 log = logging.getLogger("sdnctl.controller")
 
-MARKS = "/gc/marks"
 #: Seconds between the two sightings, unless the caller says otherwise (``--gc-grace``).
 DEFAULT_GRACE = 600
 
@@ -158,15 +160,15 @@ def _candidates(state: State, now: int, alive: Callable[[str], bool] | None) -> 
     found = _lost_hosts(state, by_key, containers, now, alive) if alive is not None else []
     for kv in kvs:
         parts = kv.key.split("/")  # '', 'ipam', network, kind, ...
-        if kv.key.startswith("/ipam/") and len(parts) >= 5 and parts[3] == "owner":
+        if kv.key.startswith(IPAM) and len(parts) >= 5 and parts[3] == "owner":
             cand = _leaked(state, kv, by_key, containers, now)
             if cand is not None:
                 found.append(cand)
-        elif kv.key.startswith("/ipam/") and len(parts) == 5 and parts[3] == "addr":
+        elif kv.key.startswith(IPAM) and len(parts) == 5 and parts[3] == "addr":
             cand = _stray(kv, by_key)
             if cand is not None:
                 found.append(cand)
-        elif kv.key.startswith(ipam.LEASES):
+        elif kv.key.startswith(keys.LEASES):
             cand = _orphan_lease(state, kv, by_key, now)
             if cand is not None:
                 found.append(cand)
@@ -187,7 +189,7 @@ def _leaked(state: State, kv: KeyValue, by_key: dict[str, KeyValue],
         return None
     why = "its container is gone" if ctr is None else \
         f"container {alloc.container!r} uses network {ctr.network!r}/{ctr.interface} now"
-    guard = ipam.addr_key(alloc.network, alloc.address)
+    guard = keys.addr_key(alloc.network, alloc.address)
     guard_kv = by_key.get(guard)
     guards = {kv.key: kv.mod_revision, container_key(alloc.container):
               _rev(by_key, container_key(alloc.container)), guard: _rev(by_key, guard)}
@@ -204,7 +206,7 @@ def _quarantine_address(state: State, alloc: Allocation, now: int) -> list[Put |
     if state.timers.address_quarantine > 0:
         entry = ipam.Quarantined(alloc.network, alloc.address,
                                  now + state.timers.address_quarantine, alloc.container)
-        ops.append(Put(ipam.quarantine_key(alloc.network, alloc.address),
+        ops.append(Put(keys.quarantine_key(alloc.network, alloc.address),
                        to_json(entry)))
     ops.append(ipam.history_put(ipam.IpamEvent(now, "gc", alloc.network, address=alloc.address,
                                                container=alloc.container)))
@@ -213,7 +215,7 @@ def _quarantine_address(state: State, alloc: Allocation, now: int) -> list[Put |
 
 def _stray(kv: KeyValue, by_key: dict[str, KeyValue]) -> Candidate | None:
     alloc = from_json(Allocation, kv.value)
-    owner = ipam.owner_key(alloc.network, alloc.container, alloc.interface)
+    owner = keys.owner_key(alloc.network, alloc.container, alloc.interface)
     owner_kv = by_key.get(owner)
     if owner_kv is not None and from_json(Allocation, owner_kv.value).address == alloc.address:
         return None
@@ -242,7 +244,7 @@ def _orphan_lease(state: State, kv: KeyValue, by_key: dict[str, KeyValue],
 
 def _addresses_in(by_key: dict[str, KeyValue], lease: Lease) -> list[str]:
     subnet = IPNetwork(lease.subnet)
-    prefix = f"/ipam/{lease.network}/addr/"
+    prefix = addrs_prefix(lease.network)
     return [k for k in by_key if k.startswith(prefix)
             and IPAddress(k[len(prefix):]) in subnet]
 
@@ -255,7 +257,7 @@ def _lost_hosts(state: State, by_key: dict[str, KeyValue], containers: dict[str,
             continue
         host = key[len(HOSTS):]
         leases = [from_json(Lease, lkv.value) for k, lkv in by_key.items()
-                  if k.startswith(ipam.LEASES) and k.endswith("/" + host)
+                  if k.startswith(keys.LEASES) and k.endswith("/" + host)
                   and from_json(Lease, lkv.value).host == host]
         if not leases or alive(host):
             continue  # nothing to free, or its agent is there
@@ -263,7 +265,7 @@ def _lost_hosts(state: State, by_key: dict[str, KeyValue], containers: dict[str,
         guards = {key: kv.mod_revision}
         ops: list[Put | Delete] = []
         for lease in leases:
-            lkey = ipam.lease_key(lease.network, lease.host)
+            lkey = keys.lease_key(lease.network, lease.host)
             guards[lkey] = by_key[lkey].mod_revision
             ops += ipam.lease_release_ops(lease, kind="gc",
                                           quarantine=state.timers.subnet_quarantine, now=now)

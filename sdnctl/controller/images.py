@@ -23,11 +23,12 @@ from dataclasses import dataclass
 
 from sdnctl.api import imagefmt
 from sdnctl.api.model import Container, Invalid, from_json, to_json
+from sdnctl.api.validate import image_name
 from sdnctl.controller import ipam
 from sdnctl.controller.errors import FailedPrecondition, NotFound
+from sdnctl.controller.keys import CONTAINERS, IMAGES, image_key
 from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
 
-IMAGES = "/images/"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -39,10 +40,6 @@ class ImageRecord:
     size: int = 0
 
 
-def image_key(image_id: str) -> str:
-    return IMAGES + image_id.removeprefix("sha256:")
-
-
 def _records(store: Store) -> list[tuple[ImageRecord, KeyValue]]:
     kvs, _ = store.range(IMAGES)
     return [(from_json(ImageRecord, kv.value), kv) for kv in kvs]
@@ -51,8 +48,6 @@ def _records(store: Store) -> list[tuple[ImageRecord, KeyValue]]:
 def resolve(store: Store, ref: str, field: str = "image") -> tuple[ImageRecord, KeyValue]:
     """The image a reference names: an ID (``sha256:<hex>``, or 12+ hex digits of one) or a
     ``name[:tag]``."""
-    from sdnctl.api.validate import image_name
-
     bare = ref.removeprefix("sha256:")
     if re.fullmatch(r"[0-9a-f]{12,64}", bare):
         matches = [(r, kv) for r, kv in _records(store) if r.id[7:].startswith(bare)]
@@ -158,8 +153,6 @@ class Images:
         imagefmt.export_archive(path, [image], self.blobs)
 
     def _containers(self) -> list[Container]:
-        from sdnctl.controller.state import CONTAINERS  # state imports this module
-
         kvs, _ = self.store.range(CONTAINERS)
         return [from_json(Container, kv.value) for kv in kvs]
 
@@ -172,8 +165,6 @@ class Images:
 
 def _tag_of(ref: str, record: ImageRecord) -> str | None:
     """The tag ``ref`` names, when it names the image by a tag rather than by its ID."""
-    from sdnctl.api.validate import image_name
-
     if record.id.removeprefix("sha256:").startswith(ref.removeprefix("sha256:")):
         return None
     tag = image_name(ref, "name")

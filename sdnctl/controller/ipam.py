@@ -38,7 +38,6 @@ import dataclasses
 import itertools
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from typing import TypeVar
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
 from sdnctl.api.model import Allocation, Lease, Network, check_name, from_json, to_json
+from sdnctl.api.validate import MAX_HOST_PREFIX, host_prefix_for, validate_cidr
 from sdnctl.controller.errors import (
     AlreadyExists,
     Conflict,
@@ -54,66 +54,35 @@ from sdnctl.controller.errors import (
     FailedPrecondition,
     Invalid,
 )
+from sdnctl.controller.keys import (
+    HISTORY,
+    IPAM,
+    LEASES,
+    addr_key,
+    lease_key,
+    network_prefix,
+    octet_prefix,
+    owner_key,
+    owners_prefix,
+    previous_key,
+    quarantine_key,
+    quarantine_prefix,
+    subnet_key,
+    subnets_prefix,
+)
 from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
 
 R = TypeVar("R")
 
-#: The longest host prefix: a /30 still leaves a gateway and one container.
-MAX_HOST_PREFIX = 30
 #: How long commit_with_retry keeps trying before it raises Conflict.
 RETRY_TIMEOUT = 5.0
 
-_IPV4_CIDR = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}\Z")
 
 
 # ---------------------------------------------------------------------------------------------
 # Keys
 
 
-#: Prefix of every lease key.
-LEASES = "/leases/"
-
-
-def lease_key(network: str, host: str) -> str:
-    return f"{LEASES}{network}/{host}"
-
-
-def subnet_key(network: str, subnet: str) -> str:
-    return f"/ipam/{network}/subnet/{subnet.replace('/', '_')}"
-
-
-def addr_key(network: str, address: str) -> str:
-    return f"/ipam/{network}/addr/{address}"
-
-
-def owner_key(network: str, container: str, interface: str) -> str:
-    return f"/ipam/{network}/owner/{container}/{interface}"
-
-
-def octet_prefix(subnet: IPNetwork) -> str:
-    """The dotted-decimal text every address of ``subnet`` starts with ("10.1.2." for a /24):
-    reading the address guards under it reads one lease's addresses, not the network's."""
-    whole = min(subnet.prefixlen // 8, 3)
-    return "".join(f"{octet}." for octet in subnet.network.words[:whole])
-
-
-def quarantine_key(network: str, subject: str) -> str:
-    """The quarantine of a freed subnet (``10.88.1.0/24``) or address (``10.88.1.5``)."""
-    return f"/ipam/{network}/quarantine/{subject.replace('/', '_')}"
-
-
-def previous_key(network: str, host: str) -> str:
-    """The subnet ``host`` held last on ``network``: offered back first when it leases again."""
-    return f"/ipam/{network}/previous/{host}"
-
-
-def network_prefix(network: str) -> str:
-    """Every IPAM key of one network (guards, owners, quarantine, previous subnets)."""
-    return f"/ipam/{network}/"
-
-
-#: The IPAM history: one key per event, sorting by time.
-HISTORY = "/history/ipam/"
 #: How many events the history keeps (the sweeper trims older ones).
 HISTORY_MAX = 1000
 
@@ -195,14 +164,14 @@ def list_quarantine(store: Store, network: str = "") -> list[tuple[KeyValue, Qua
     if network:
         entries, _ = store.range(network_prefix(network))
     else:
-        entries, _ = store.range("/ipam/")
+        entries, _ = store.range(IPAM)
     return [(kv, from_json(Quarantined, kv.value)) for kv in entries if "/quarantine/" in kv.key]
 
 
 def _active_quarantine(store: Store, network: str, now: int) -> dict[str, tuple[KeyValue,
                                                                               Quarantined]]:
     """Quarantine entries of ``network`` still in force, by subject."""
-    entries, _ = store.range(f"/ipam/{network}/quarantine/")
+    entries, _ = store.range(quarantine_prefix(network))
     found = {}
     for kv in entries:
         entry = from_json(Quarantined, kv.value)
@@ -225,43 +194,6 @@ def _quarantine_take(store: Store, network: str, subject: str) -> tuple[list[Com
 # Pure arithmetic
 
 
-def validate_cidr(value: object, field: str) -> IPNetwork:
-    """Parse an IPv4 network CIDR such as ``10.88.0.0/16``, or raise :class:`Invalid`."""
-    if not isinstance(value, str):
-        raise Invalid(field, f"expected a CIDR string such as 10.88.0.0/16, got {value!r}")
-    try:
-        net = IPNetwork(value)
-    except (AddrFormatError, ValueError, TypeError):
-        raise Invalid(field, f"{value!r} is not a CIDR such as 10.88.0.0/16") from None
-    if net.version != 4:
-        raise Invalid(field, f"{value!r}: only IPv4 networks are supported")
-    if not _IPV4_CIDR.match(value):
-        raise Invalid(field, f"{value!r} is not a CIDR such as 10.88.0.0/16")
-    if net.ip != net.network:
-        raise Invalid(field, f"{value} has host bits set; did you mean {net.cidr}?")
-    return net
-
-
-def host_prefix_for(network_cidr: str, host_prefix: int, field: str = "host_prefix") -> int:
-    """The prefix length of one host's lease in ``network_cidr``.
-
-    A network smaller than ``host_prefix`` is leased whole (to a single host). ``field`` names
-    the host prefix in errors (``networks[2].host_prefix``); errors about the CIDR itself name
-    the sibling ``subnet`` field (``networks[2].subnet``).
-    """
-    subnet_field = field.removesuffix("host_prefix") + "subnet"
-    net = validate_cidr(network_cidr, subnet_field)
-    if isinstance(host_prefix, bool) or not isinstance(host_prefix, int) or host_prefix < 1:
-        raise Invalid(field, f"expected a prefix length, got {host_prefix!r}")
-    if host_prefix > MAX_HOST_PREFIX:
-        raise Invalid(
-            field,
-            f"/{host_prefix} leaves no room for a gateway and a container; "
-            f"use /{MAX_HOST_PREFIX} or shorter",
-        )
-    if net.prefixlen > MAX_HOST_PREFIX:
-        raise Invalid(subnet_field, f"{network_cidr} leaves no room for a gateway and a container")
-    return max(net.prefixlen, host_prefix)
 
 
 def pick_subnet(network_cidr: str, prefixlen: int, taken: set[str]) -> str | None:
@@ -402,7 +334,7 @@ def plan_lease(
     if current is not None:
         return from_json(Lease, current.value), [Compare(key, current.mod_revision)], []
     at = now_seconds(now)
-    guards, _ = store.range(f"/ipam/{network.name}/subnet/")
+    guards, _ = store.range(subnets_prefix(network.name))
     taken = {kv.key.rsplit("/", 1)[1].replace("_", "/") for kv in guards}
     quarantined = {subject for subject, (_, entry) in
                    _active_quarantine(store, network.name, at).items()
@@ -554,7 +486,7 @@ def merge_ops(release: list[Put | Delete], take: list[Put | Delete]) -> list[Put
     quarantined."""
     take_keys = {op.key for op in take}
     for op in take:
-        if isinstance(op, Put) and op.key.startswith("/ipam/") and "/addr/" in op.key:
+        if isinstance(op, Put) and op.key.startswith(IPAM) and "/addr/" in op.key:
             network = op.key.split("/")[2]
             take_keys.add(quarantine_key(network, op.key.rsplit("/", 1)[1]))
     return [*(op for op in release if op.key not in take_keys), *take]
@@ -690,7 +622,7 @@ def list_leases(
 
 def list_allocations(store: Store, network: Network | str) -> list[Allocation]:
     """The addresses handed out on ``network``, in address order."""
-    entries, _ = store.range(f"/ipam/{_name(network)}/owner/")
+    entries, _ = store.range(owners_prefix(_name(network)))
     allocations = [from_json(Allocation, kv.value) for kv in entries]
     return sorted(allocations, key=lambda a: int(IPAddress(a.address)))
 

@@ -17,18 +17,12 @@ from dataclasses import dataclass
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
 from sdnctl.api.model import Allocation, Container, Lease, Network, check_name, from_json
-from sdnctl.controller import ipam
+from sdnctl.controller import ipam, keys
 from sdnctl.controller.errors import NotFound
-from sdnctl.controller.state import (
-    CONTAINERS,
-    HOSTS,
-    NETWORKS,
-    OVERLAY,
-    VNIS,
-    network_key,
-    vni_key,
-)
+from sdnctl.controller.keys import CONTAINERS, HOSTS, IPAM, NETWORKS, VNIS, network_key, vni_key
+from sdnctl.controller.state import OVERLAY
 from sdnctl.controller.store.base import KeyValue, Store
+from sdnctl.v1 import sdnctl_pb2 as pb
 
 # Problem kinds.
 LEAKED_ADDRESS = "leaked-address"  # an address record whose container does not use it
@@ -106,12 +100,12 @@ def _read(store: Store) -> _Keyspace:
             space.hosts.add(key[len(HOSTS):])
         elif key.startswith(CONTAINERS):
             space.containers[key[len(CONTAINERS):]] = from_json(Container, kv.value)
-        elif key.startswith(ipam.LEASES):
+        elif key.startswith(keys.LEASES):
             lease = from_json(Lease, kv.value)
             space.leases[lease.network].append(lease)
         elif key.startswith(VNIS):
             space.vni_guards.append(kv)
-        elif key.startswith("/ipam/"):
+        elif key.startswith(IPAM):
             parts = key.split("/")  # "", "ipam", network, kind, ...
             if len(parts) < 5:
                 continue
@@ -150,7 +144,7 @@ def _check_leases(space: _Keyspace, name: str) -> list[Problem]:
             problems.append(Problem(ORPHAN_LEASE, name, lease.subnet,
                                     f"a lease of host {lease.host!r} on a network that does "
                                     "not exist"))
-        guard = ipam.subnet_key(name, lease.subnet)
+        guard = keys.subnet_key(name, lease.subnet)
         held.add(guard)
         if guards.get(guard) != lease.host:
             problems.append(Problem(MISSING_GUARD, name, lease.subnet,
@@ -271,3 +265,12 @@ def _check_vnis(space: _Keyspace) -> list[Problem]:
 
 
 __all__ = ["IpamView", "Problem", "check", "report"]
+
+
+def quarantine_to_pb(entry: ipam.Quarantined) -> pb.Quarantine:
+    return pb.Quarantine(network=entry.network, subnet=entry.subject, until=entry.until)
+
+
+def ipam_event_to_pb(event: ipam.IpamEvent) -> pb.IpamEvent:
+    return pb.IpamEvent(at=event.at, kind=event.kind, network=event.network, host=event.host,
+                        subnet=event.subnet, address=event.address, container=event.container)

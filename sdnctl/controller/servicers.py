@@ -33,6 +33,7 @@ from sdnctl.controller.errors import (
     SdnError,
 )
 from sdnctl.controller.images import ImageRecord, Images
+from sdnctl.controller.keys import AGENTS, REPLICAS
 from sdnctl.controller.state import HostView, State
 from sdnctl.controller.store.base import Compare, Delete, Put, Store, StoreUnavailable
 from sdnctl.controller.watch import container_pb, host_events
@@ -104,10 +105,6 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         return handler
 
 
-#: ``/status/agents/<host>/<replica>``: an agent of host has a Watch open on that replica.
-AGENTS = "/status/agents/"
-#: ``/status/replicas/<replica>``: the unix time of that replica's last heartbeat.
-REPLICAS = "/status/replicas/"
 
 
 class Connections:
@@ -293,8 +290,8 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         return pb.IpamReport(
             leases=[convert.lease_to_pb(lease) for lease in view.leases],
             allocations=[convert.allocation_to_pb(a, host) for a, host in view.allocations],
-            quarantined=[convert.quarantine_to_pb(q) for q in view.quarantined],
-            history=[convert.ipam_event_to_pb(e) for e in view.history])
+            quarantined=[ipam_report.quarantine_to_pb(q) for q in view.quarantined],
+            history=[ipam_report.ipam_event_to_pb(e) for e in view.history])
 
     def CheckIpam(self, request: pb.GetIpamRequest, context: Any) -> pb.IpamCheckReport:
         if request.network:

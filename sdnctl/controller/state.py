@@ -17,15 +17,7 @@ Leases are renewed when their host's agent registers and, at most once a ``renew
 when it reports; :meth:`State.sweep` (the server runs it periodically) frees expired leases that
 hold no address, ends quarantines and trims the IPAM history.
 
-Key layout (values are ``sdnctl.api.model.to_json`` of model objects):
-    /hosts/<name>                         Host
-    /networks/<name>                      Network
-    /vni/<n>                              the overlay network holding VNI n (uniqueness guard)
-    /guards/subnets                       the last network created (guards the overlap check)
-    /containers/<name>                    Container
-    /status/containers/<name>             ContainerStatus (written by agents' reports)
-    /leases/..., /ipam/..., /history/ipam/...   owned by sdnctl.controller.ipam
-    /images/<hex>                         ImageRecord (sdnctl.controller.images; blobs on disk)
+The key layout is :mod:`sdnctl.controller.keys`.
 """
 
 from __future__ import annotations
@@ -55,7 +47,7 @@ from sdnctl.api.model import (
     to_json,
 )
 from sdnctl.api.validate import validate_container, validate_host, validate_network
-from sdnctl.controller import images, ipam
+from sdnctl.controller import images, ipam, keys
 from sdnctl.controller.errors import (
     AlreadyExists,
     Exhausted,
@@ -63,17 +55,21 @@ from sdnctl.controller.errors import (
     Invalid,
     NotFound,
 )
+from sdnctl.controller.keys import (
+    CONTAINERS,
+    HOST_STATUS,
+    HOSTS,
+    NETWORKS,
+    SUBNETS_GUARD,
+    VNIS,
+    container_key,
+    host_key,
+    network_key,
+    status_key,
+    vni_key,
+)
 from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
 
-HOSTS = "/hosts/"
-NETWORKS = "/networks/"
-CONTAINERS = "/containers/"
-STATUS = "/status/"  # what agents report; never part of a host's desired state
-CONTAINER_STATUS = STATUS + "containers/"
-HOST_STATUS = STATUS + "hosts/"
-VNIS = "/vni/"
-#: Bumped by every network creation, so that two concurrent ones cannot both miss an overlap.
-SUBNETS_GUARD = "/guards/subnets"
 #: Allocated VNIs start here (lower ones are left to topologies that pick their own).
 VNI_FIRST_AUTO = 4096
 VNI_MAX = 16777215
@@ -87,25 +83,6 @@ log = logging.getLogger(__name__)
 
 Ops = list[Put | Delete]
 
-
-def host_key(name: str) -> str:
-    return HOSTS + name
-
-
-def network_key(name: str) -> str:
-    return NETWORKS + name
-
-
-def container_key(name: str) -> str:
-    return CONTAINERS + name
-
-
-def status_key(name: str) -> str:
-    return CONTAINER_STATUS + name
-
-
-def vni_key(vni: int) -> str:
-    return f"{VNIS}{vni}"
 
 
 @dataclass(frozen=True)
@@ -451,7 +428,7 @@ class State:
         for lease in ipam.list_leases(self.store, network=network.name):
             ops += ipam.lease_release_ops(lease, now=self.now())
         touched = {op.key for op in ops}
-        kvs, _ = self.store.range(ipam.network_prefix(network.name))
+        kvs, _ = self.store.range(keys.network_prefix(network.name))
         ops += [Delete(kv.key) for kv in kvs if kv.key not in touched]
         if network.vni:
             guard = self.store.get(vni_key(network.vni))
@@ -599,7 +576,7 @@ class State:
     def snapshot(self, host: str) -> Snapshot:
         kvs, revision = self.store.range("/")
         by_key = {kv.key: kv for kv in kvs}
-        leases = [from_json(Lease, kv.value) for kv in kvs if kv.key.startswith(ipam.LEASES)]
+        leases = [from_json(Lease, kv.value) for kv in kvs if kv.key.startswith(keys.LEASES)]
         hosts = {kv.key[len(HOSTS):]: from_json(Host, kv.value)
                  for kv in kvs if kv.key.startswith(HOSTS)}
         networks: dict[str, HostNetwork] = {}
@@ -662,7 +639,7 @@ class State:
         return freed
 
     def _expire(self, lease: Lease, now: int) -> bool:
-        key = ipam.lease_key(lease.network, lease.host)
+        key = keys.lease_key(lease.network, lease.host)
         kv = self.store.get(key)
         if kv is None or from_json(Lease, kv.value) != lease:
             return False  # renewed or released since we listed
@@ -719,7 +696,7 @@ class State:
         if container.bridge_network is None:
             return None
         kv = self.store.get(
-            ipam.owner_key(container.bridge_network, container.name, container.interface))
+            keys.owner_key(container.bridge_network, container.name, container.interface))
         return from_json(Allocation, kv.value) if kv else None
 
     def _plan_placement(self, container: Container,
@@ -731,7 +708,7 @@ class State:
         release: Ops = []
         now = self.now()
         if releasing is not None:
-            owner = ipam.owner_key(releasing.network, releasing.container, releasing.interface)
+            owner = keys.owner_key(releasing.network, releasing.container, releasing.interface)
             owner_kv = self._require(owner, "allocation", owner)
             compares.append(Compare(owner, owner_kv.mod_revision))
             release = ipam.release_ops(self.store, releasing.network, releasing.container,
@@ -774,8 +751,8 @@ class State:
         alloc_kv = lease_kv = None
         if container.bridge_network is not None:  # other modes have no address of their own
             network = container.bridge_network
-            alloc_kv = get(ipam.owner_key(network, container.name, container.interface))
-            lease_kv = get(ipam.lease_key(network, container.host))
+            alloc_kv = get(keys.owner_key(network, container.name, container.interface))
+            lease_kv = get(keys.lease_key(network, container.host))
         status_kv = get(status_key(container.name))
         return ContainerView(
             container=container,

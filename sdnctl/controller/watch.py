@@ -33,19 +33,10 @@ from collections.abc import Callable, Iterable, Iterator
 
 from sdnctl.api import convert
 from sdnctl.api.model import Container, Host, Lease, from_json
-from sdnctl.controller import ipam
+from sdnctl.controller import ipam, keys
 from sdnctl.controller.errors import NotFound
-from sdnctl.controller.state import (
-    CONTAINERS,
-    HOSTS,
-    NETWORKS,
-    OVERLAY,
-    STATUS,
-    ContainerView,
-    HostNetwork,
-    Snapshot,
-    State,
-)
+from sdnctl.controller.keys import CONTAINERS, HOSTS, NETWORKS, STATUS
+from sdnctl.controller.state import OVERLAY, ContainerView, HostNetwork, Snapshot, State
 from sdnctl.controller.store.base import Change, Compacted
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -97,7 +88,7 @@ def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchE
             elif old is not None and old.host == host:
                 gone_containers.add(name)
                 put_containers.discard(name)
-        elif key.startswith(ipam.LEASES):
+        elif key.startswith(keys.LEASES):
             if change.value == change.prev_value:
                 continue  # rewritten unchanged by an allocation
             lease = from_json(Lease, change.value or change.prev_value or b"{}")

@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from netaddr import IPAddress, IPNetwork
 
-from sdnctl.controller import ipam
+from sdnctl.controller import ipam, keys
 from sdnctl.controller.server import RunningServer
 from sdnctl.controller.store.base import Store
 from sdnctl.controller.store.memory import MemoryStore
@@ -267,7 +267,7 @@ def test_deleting_everything_leaves_no_ipam_state(front: Api) -> None:
     api.delete("Host", "h1")
     api.delete("Network", "front")
     # Only the IPAM history remembers it.
-    assert [kv.key for kv in keyspace(api.store)[0] if not kv.key.startswith(ipam.HISTORY)] == []
+    assert [kv.key for kv in keyspace(api.store)[0] if not kv.key.startswith(keys.HISTORY)] == []
 
 
 @pytest.mark.parametrize(
@@ -344,7 +344,7 @@ def test_exhausted_host_subnet_writes_nothing(front: Api) -> None:
                           "has no free address")
     rpc_error(lambda: api.get_container("c5"), grpc.StatusCode.NOT_FOUND)
     assert len(ipam.list_allocations(api.store, "tiny")) == 5
-    assert api.store.get(ipam.owner_key("tiny", "c5", "eth0")) is None
+    assert api.store.get(keys.owner_key("tiny", "c5", "eth0")) is None
 
 
 def test_exhausted_network_gives_no_lease_to_another_host(front: Api) -> None:

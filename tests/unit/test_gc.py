@@ -12,8 +12,9 @@ from apitest import StartServer, connect
 
 from sdnctl.api.model import Allocation, Container, Host, Network, to_json
 from sdnctl.cli import cli
-from sdnctl.controller import gc, ipam, ipam_report
-from sdnctl.controller.state import State, container_key
+from sdnctl.controller import gc, ipam, ipam_report, keys
+from sdnctl.controller.keys import container_key
+from sdnctl.controller.state import State
 from sdnctl.controller.store.base import Delete, Put, Store
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -54,8 +55,8 @@ def actions(report: gc.Report) -> list[tuple[str, str, str]]:
 def leak(state: State, name: str = "ghost", address: str = "10.88.0.77") -> None:
     """An allocation whose container never existed (what a crash of an older version left)."""
     alloc = Allocation("front", name, "eth0", address, 24)
-    state.store.txn([], [Put(ipam.owner_key("front", name, "eth0"), to_json(alloc)),
-                         Put(ipam.addr_key("front", address), to_json(alloc))])
+    state.store.txn([], [Put(keys.owner_key("front", name, "eth0"), to_json(alloc)),
+                         Put(keys.addr_key("front", address), to_json(alloc))])
 
 
 def everyone_alive(host: str) -> bool:
@@ -72,10 +73,10 @@ def test_nothing_in_use_is_a_candidate(state: State, clock: Clock) -> None:
 def test_a_leaked_address_is_freed_only_when_seen_twice_a_grace_apart(state: State,
                                                                       clock: Clock) -> None:
     leak(state)
-    owner = ipam.owner_key("front", "ghost", "eth0")
+    owner = keys.owner_key("front", "ghost", "eth0")
     dry = gc.collect(state, GRACE, dry_run=True)
     assert actions(dry) == [("leaked-address", "10.88.0.77", "mark")]
-    assert state.store.range(gc.MARKS)[0] == []  # a dry run writes nothing
+    assert state.store.range(keys.MARKS)[0] == []  # a dry run writes nothing
     assert actions(gc.collect(state, GRACE)) == [("leaked-address", "10.88.0.77", "mark")]
     clock.now += GRACE - 1
     report = gc.collect(state, GRACE)
@@ -87,8 +88,8 @@ def test_a_leaked_address_is_freed_only_when_seen_twice_a_grace_apart(state: Sta
     assert state.store.get(owner) is not None  # dry: still there
     assert actions(gc.collect(state, GRACE)) == [("leaked-address", "10.88.0.77", "free")]
     assert state.store.get(owner) is None
-    assert state.store.get(ipam.addr_key("front", "10.88.0.77")) is None
-    assert state.store.range(gc.MARKS)[0] == []
+    assert state.store.get(keys.addr_key("front", "10.88.0.77")) is None
+    assert state.store.range(keys.MARKS)[0] == []
     assert ipam_report.check(state.store) == []
     assert any(e.kind == "gc" and e.address == "10.88.0.77"
                for e in ipam.list_history(state.store))
@@ -104,8 +105,8 @@ def test_a_leak_taken_back_by_its_container_is_not_freed(state: State, clock: Cl
     assert view.allocation is not None and view.allocation.address == "10.88.0.77"
     clock.now += GRACE
     assert gc.collect(state, GRACE).items == []
-    assert state.store.get(ipam.owner_key("front", "web2", "eth0")) is not None
-    assert state.store.range(gc.MARKS)[0] == []  # its mark went with the candidacy
+    assert state.store.get(keys.owner_key("front", "web2", "eth0")) is not None
+    assert state.store.range(keys.MARKS)[0] == []  # its mark went with the candidacy
 
 
 def test_a_candidate_that_changed_between_sightings_starts_over(state: State,
@@ -123,7 +124,7 @@ def test_a_candidate_that_changed_between_sightings_starts_over(state: State,
 
 def test_stray_guard_and_orphan_lease(state: State, clock: Clock) -> None:
     stray = Allocation("front", "nobody", "eth0", "10.88.0.99", 24)
-    state.store.txn([], [Put(ipam.addr_key("front", "10.88.0.99"), to_json(stray))])
+    state.store.txn([], [Put(keys.addr_key("front", "10.88.0.99"), to_json(stray))])
     # h2's host record vanishes (a hand edit) once its container is gone: its lease is orphaned.
     state.delete_container("db")
     state.store.txn([], [Delete("/hosts/h2")])
@@ -190,7 +191,7 @@ def test_gc_rpc_and_cli(store: Store, start_server: StartServer, monkeypatch: py
         assert cli.main(["ipam", "gc", "--dry-run"]) == 0
         out, err = capsys.readouterr()
         assert "lost-host" in out and "h1" in out and "dry run: 1 candidate(s), 0 to free" in err
-        assert store.range(gc.MARKS)[0] == []
+        assert store.range(keys.MARKS)[0] == []
         assert cli.main(["ipam", "gc"]) == 0
         capsys.readouterr()
         clock.now += GRACE

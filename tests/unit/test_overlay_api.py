@@ -30,7 +30,7 @@ from apitest import (
 
 from sdnctl.api.model import Allocation, Lease, Network, to_json
 from sdnctl.cli import cli
-from sdnctl.controller import ipam
+from sdnctl.controller import ipam, keys
 from sdnctl.controller.server import RunningServer
 from sdnctl.controller.state import State
 from sdnctl.controller.store.base import Put, Store
@@ -405,21 +405,21 @@ def test_check_ipam_of_a_healthy_store_is_empty(overlay: Api) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
-        pytest.param(ipam.addr_key("ov", "10.90.0.77"),
+        pytest.param(keys.addr_key("ov", "10.90.0.77"),
                      to_json(Allocation("ov", "ghost", "eth0", "10.90.0.77", 24)),
                      ("leaked-address", "ov", "10.90.0.77"), id="stray-address"),
-        pytest.param(ipam.addr_key("ov", "10.90.0.99"),
+        pytest.param(keys.addr_key("ov", "10.90.0.99"),
                      to_json(Allocation("ov", "a", "eth0", "10.90.0.99", 24)),
                      ("duplicate-guard", "ov", "10.90.0.99"), id="second-address-guard"),
-        pytest.param(ipam.owner_key("ov", "a", "eth0"),
+        pytest.param(keys.owner_key("ov", "a", "eth0"),
                      to_json(Allocation("ov", "a", "eth0", "10.90.5.2", 24)),
                      ("outside-lease", "ov", "10.90.5.2"), id="outside-lease"),
-        pytest.param(ipam.lease_key("ov", "ghost"),
+        pytest.param(keys.lease_key("ov", "ghost"),
                      to_json(Lease("ov", "ghost", "10.90.9.0/24", "10.90.9.1")),
                      ("orphan-lease", "ov", "10.90.9.0/24"), id="orphan-lease"),
-        pytest.param(ipam.subnet_key("ov", "10.90.7.0/24"), b"h1",
+        pytest.param(keys.subnet_key("ov", "10.90.7.0/24"), b"h1",
                      ("duplicate-guard", "ov", "10.90.7.0/24"), id="second-subnet-guard"),
-        pytest.param(ipam.subnet_key("ov", "10.90.8.0/24"), b"h3",
+        pytest.param(keys.subnet_key("ov", "10.90.8.0/24"), b"h3",
                      ("stray-guard", "ov", "10.90.8.0/24"), id="stray-subnet-guard"),
         pytest.param("/vni/77", b"ov", ("stray-guard", "ov", "vni 77"), id="stray-vni"),
     ],
@@ -436,8 +436,8 @@ def test_check_ipam_reports_a_corrupted_store(overlay: Api, key: str, value: byt
 def test_check_ipam_reports_a_container_without_an_address(overlay: Api) -> None:
     api = overlay
     api.container("a", host="h1", network="ov")
-    owner = ipam.owner_key("ov", "a", "eth0")
-    assert api.store.txn([], [ipam.Delete(owner), ipam.Delete(ipam.addr_key("ov", "10.90.0.2"))])
+    owner = keys.owner_key("ov", "a", "eth0")
+    assert api.store.txn([], [ipam.Delete(owner), ipam.Delete(keys.addr_key("ov", "10.90.0.2"))])
     assert check(api) == [("missing-address", "ov", "a")]
 
 
@@ -461,7 +461,7 @@ def test_cli_ipam_and_ipam_check(overlay: Api, monkeypatch: pytest.MonkeyPatch,
         assert "LEASES" in out and "10.90.0.0/24" in out and "10.90.0.2" in out
         assert cli.main(["ipam", "check"]) == 0
         assert capsys.readouterr().out.strip() == "IPAM is consistent"
-        corrupt(api.store, ipam.addr_key("ov", "10.90.0.77"),
+        corrupt(api.store, keys.addr_key("ov", "10.90.0.77"),
                 to_json(Allocation("ov", "ghost", "eth0", "10.90.0.77", 24)))
         assert cli.main(["ipam", "check", "--json"]) == 1
         assert '"leaked-address"' in capsys.readouterr().out
