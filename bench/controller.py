@@ -213,7 +213,7 @@ def agent_memory(containers: int) -> dict[str, float]:
     env.pop("SDNCTL_CONTROLLER", None)
 
     def cli(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "sdnctl.cli.cli", *args], env=env,
+        done = subprocess.run([sys.executable, "-m", "sdnctl.main", *args], env=env,
                               capture_output=True, text=True, timeout=1800, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"sdnctl {args[0]} failed: {done.stderr.strip()[-300:]}")

@@ -89,14 +89,14 @@ class Lab:
     api: pb_grpc.ControllerStub
 
     def cli(self, *args: str, timeout: float = 900) -> None:
-        done = subprocess.run([sys.executable, "-m", "sdnctl.cli.cli", *args], env=self.env,
+        done = subprocess.run([sys.executable, "-m", "sdnctl.main", *args], env=self.env,
                               capture_output=True, text=True, timeout=timeout, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"sdnctl {' '.join(args)} failed ({done.returncode}):\n"
                                f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "sdnctl.cli.cli", *args], env=self.env,
+        return subprocess.Popen([sys.executable, "-m", "sdnctl.main", *args], env=self.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

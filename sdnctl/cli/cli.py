@@ -357,16 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The client verbs (``sdnctl.main`` runs the daemons' ``controller`` and ``agent``)."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:2] == ["controller", "migrate"]:
-        from sdnctl.controller.migrate import main as migrate_main
-        return migrate_main(argv[2:])
-    if argv[:1] == ["controller"]:
-        from sdnctl.controller.server import main as controller_main
-        return controller_main(argv[2:] if argv[1:2] == ["serve"] else argv[1:])
-    if argv[:1] == ["agent"]:
-        from agent.main import main as agent_main
-        return agent_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.controller:  # every client below dials paths.controller_address()
         os.environ["SDNCTL_CONTROLLER"] = args.controller

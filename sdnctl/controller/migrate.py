@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from sdnctl.controller.store.base import Compare, KeyValue, Put, Store, StoreUnavailable
+from sdnctl.controller.store.spec import describe_store, open_store
 
 #: Keys per transaction (etcd allows 128 operations in one by default).
 BATCH_KEYS = 100
@@ -68,8 +69,6 @@ def copy_store(source: Store, target: Store) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sdnctl.controller.server import describe_store, open_store
-
     parser = argparse.ArgumentParser(prog="sdnctl controller migrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", required=True, metavar="STORE",

@@ -53,8 +53,8 @@ from sdnctl.controller.servicers import (
 )
 from sdnctl.controller.state import State
 from sdnctl.controller.store.base import Store, StoreUnavailable
-from sdnctl.controller.store.etcd import EtcdStore, parse_url
-from sdnctl.controller.store.memory import MemoryStore
+from sdnctl.controller.store.etcd import EtcdStore
+from sdnctl.controller.store.spec import describe_store, open_store
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.controller.tlsfront import ListenError, TlsFront
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -278,28 +278,6 @@ def create_server(address: str | Sequence[str], store: Store,
     return running
 
 
-def open_store(spec: str, db_path: str = "") -> Store:
-    """The store ``spec`` names: ``sqlite:PATH``, ``etcd://host:port,...[/prefix]``,
-    ``memory``, or ``sqlite`` (the file ``db_path``)."""
-    if spec == "memory":
-        return MemoryStore()
-    if spec == "sqlite":
-        return SqliteStore(db_path or paths.controller_db())
-    if spec.startswith("sqlite:"):
-        return SqliteStore(spec.removeprefix("sqlite:").removeprefix("//"))
-    if spec.startswith("etcd://"):
-        endpoints, prefix = parse_url(spec)
-        return EtcdStore(endpoints, prefix=prefix)
-    raise ValueError(f"unknown store {spec!r}: sqlite:PATH, etcd://host:port,...[/prefix] "
-                     "or memory")
-
-
-def describe_store(store: Store) -> str:
-    if isinstance(store, SqliteStore):
-        return f"sqlite:{store.path}"
-    if isinstance(store, EtcdStore):
-        return f"etcd://{','.join(store.endpoints)}{store.prefix}"
-    return "memory"
 
 
 def _seconds(text: str) -> int:

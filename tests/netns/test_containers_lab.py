@@ -270,7 +270,7 @@ def test_volumes_named_and_bound(cli: Cli, tmp_path: Path) -> None:
     run(cli, "vol2", "-v", "data:/data", "--", "sleep", "1000")
     assert ex(cli, "vol2", "cat", "/data/file") == "kept\n"
     # exec -it: a terminal inside, and what we type reaches the command (script gives us a pty)
-    line = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "sdnctl.cli.cli", "exec", "-it",
+    line = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "sdnctl.main", "exec", "-it",
                                               "vol2", "--", "sh", "-c", "tty; read x; echo got=$x"))
     typed = subprocess.run(["script", "-qec", line, "/dev/null"], input="typed\n", text=True,
                            capture_output=True, env=cli.env, timeout=30)

@@ -27,11 +27,11 @@ from agent.desired import LocalHost
 from agent.main import Agent
 from sdnctl.api.client import Client
 from sdnctl.api.model import Allocation, Container, Host, Network, from_json
-from sdnctl.cli.cli import main as cli_main
 from sdnctl.controller.state import State
 from sdnctl.controller.store.etcd import EtcdStore
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.controller.watch import host_events
+from sdnctl.main import main as cli_main
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 THREADS = 64

@@ -310,8 +310,8 @@ def test_two_processes_do_not_lose_a_cas_race(tmp_path: Path) -> None:
 
 
 def test_store_specs(tmp_path: Path) -> None:
-    from sdnctl.controller.server import describe_store, open_store
     from sdnctl.controller.store.etcd import parse_url
+    from sdnctl.controller.store.spec import describe_store, open_store
 
     assert parse_url("etcd://a:1,b:2/x/y") == (["a:1", "b:2"], "/x/y")
     assert parse_url("etcd://a:1") == (["a:1"], "/sdnctl")

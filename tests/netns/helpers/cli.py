@@ -36,7 +36,7 @@ class Cli:
         if args[0] == "up":
             with contextlib.suppress(topology.TopologyError):
                 self.files[topology.load(args[1]).name] = args[1]
-        done = subprocess.run([sys.executable, "-m", "sdnctl.cli.cli", *args], env=self.env,
+        done = subprocess.run([sys.executable, "-m", "sdnctl.main", *args], env=self.env,
                               capture_output=True, text=True, timeout=timeout, check=False)
         if check and done.returncode != 0:
             raise AssertionError(f"sdnctl {' '.join(args)} failed ({done.returncode}):\n"
