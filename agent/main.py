@@ -34,7 +34,7 @@ from agent.imagestore import ImageStore
 from agent.kernel import procfs
 from agent.kernel.firewall import Firewall
 from agent.kernel.links import Links
-from agent.kernel.names import vtep_mac_for
+from agent.names import vtep_mac_for
 from agent.plan import RESTART_DELAY
 from agent.reconcile import Reconciler
 from agent.runtime import RUNTIMES, OciRuntime

@@ -19,7 +19,8 @@ from agent.desired import DesiredContainer, DesiredNetwork, DesiredPeer, Desired
 from agent.kernel.firewall import BridgeNet, FirewallSpec, PortGuard, PortRule, VxlanFilter
 from agent.kernel.firewall import fingerprint as firewall_fingerprint
 from agent.kernel.links import ObservedContainerNet, ObservedLink, ObservedPeers, ObservedVxlan
-from agent.kernel.names import (
+from agent.modes import MODES
+from agent.names import (
     ALIAS_PREFIX,
     bridge_alias,
     bridge_name,
@@ -29,7 +30,6 @@ from agent.kernel.names import (
     vxlan_alias,
     vxlan_name,
 )
-from agent.modes import MODES
 
 #: Drivers whose containers hang off a local Linux bridge (an overlay adds a VXLAN device).
 LOCAL_BRIDGE_DRIVERS = ("bridge", "overlay")

@@ -47,7 +47,8 @@ from agent.kernel.links import (
     ObservedVxlan,
     PeerEntries,
 )
-from agent.kernel.names import (
+from agent.modes import MODES
+from agent.names import (
     bridge_alias,
     bridge_name,
     container_mac,
@@ -56,7 +57,6 @@ from agent.kernel.names import (
     vxlan_alias,
     vxlan_name,
 )
-from agent.modes import MODES
 from agent.runtime import OciRuntime, Rootfs, Runtime
 from sdnctl.api import faults
 from sdnctl.api.model import (

@@ -53,8 +53,8 @@ from harness import (
 )
 
 from agent.kernel.links import Links
-from agent.kernel.names import bridge_alias, bridge_name, container_mac, veth_alias, veth_name
 from agent.kernel.netns import create_netns, netns_path, remove_netns
+from agent.names import bridge_alias, bridge_name, container_mac, veth_alias, veth_name
 
 CNI_DIR = "/usr/lib/cni"
 Round = Callable[[], tuple[list[float], list[float]]]

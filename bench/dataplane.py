@@ -35,7 +35,8 @@ from harness import (
 )
 
 from agent.kernel.links import Links
-from agent.kernel.names import (
+from agent.kernel.netns import create_netns, netns_path, remove_netns
+from agent.names import (
     bridge_alias,
     bridge_name,
     container_mac,
@@ -45,7 +46,6 @@ from agent.kernel.names import (
     vxlan_alias,
     vxlan_name,
 )
-from agent.kernel.netns import create_netns, netns_path, remove_netns
 
 UNDERLAY_MTU = 1500
 VX_MTU = UNDERLAY_MTU - 50

@@ -56,8 +56,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NTF_SELF
 
-from agent.kernel.names import vxlan_name
 from agent.kernel.netns import iproute_in
+from agent.names import vxlan_name
 from sdnctl.lab import lab
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc

@@ -2,7 +2,7 @@
 
 Design note. This is the composition root, the only module allowed to import every part:
 ``sdnctl controller [serve|migrate]`` runs the controller (``sdnctl.controller``), ``sdnctl
-agent`` an agent (``agent``), anything else is a client verb (``sdnctl.cli``). So the CLI
+agent`` an agent (``agent``), anything else is a client verb (``sdnctl.cli.cli``). So the CLI
 package never imports the daemons. The daemons are imported when asked for, not at the top:
 every client verb would otherwise load them (pyroute2, the store drivers) for nothing.
 """

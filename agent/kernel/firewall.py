@@ -89,8 +89,8 @@ from typing import TypeVar
 
 from agent.kernel import nft, sysctl
 from agent.kernel.links import KernelError
-from agent.kernel.names import BRIDGE_PREFIX, VETH_PREFIX
 from agent.kernel.netns import run_in_netns
+from agent.names import BRIDGE_PREFIX, VETH_PREFIX
 from sdnctl.api import faults
 
 TABLE_FAMILY = "inet"  # the main table; BRIDGE_FAMILY holds the anti-spoofing one

@@ -59,7 +59,6 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.kernel import rtnl
-from agent.kernel.names import ALIAS_PREFIX, BRIDGE_PREFIX, VETH_PREFIX, VXLAN_PREFIX
 from agent.kernel.netns import (
     iproute_in,
     is_netns,
@@ -67,6 +66,7 @@ from agent.kernel.netns import (
     open_netlink_fd,
     open_netlink_fds,
 )
+from agent.names import ALIAS_PREFIX, BRIDGE_PREFIX, VETH_PREFIX, VXLAN_PREFIX
 from sdnctl.api import faults
 
 RTPROT_SDNCTL = 211

@@ -32,24 +32,13 @@ from typing import Any
 
 import grpc
 
-from agent.kernel import cgroups
 from sdnctl.api import paths, pki
 from sdnctl.api.client import TLS_ENV, CommandError, ControllerUnavailable, connect
 from sdnctl.cli import graph, imagecli, verbs
 from sdnctl.cli.output import container_json, host_json, network_json, print_table, state_text
-from sdnctl.lab import check, trace
-from sdnctl.topology import deploy, topology
+from sdnctl.lab import local, trace
+from sdnctl.topology import check, deploy, topology
 from sdnctl.v1 import sdnctl_pb2 as pb
-
-
-def live_usage(c: pb.Container) -> dict[str, int] | None:
-    """What a running container on THIS machine uses now, read from its cgroup."""
-    if c.status.state != "running" or not c.status.cgroup or \
-            not cgroups.exists(c.status.cgroup):
-        return None
-    use = cgroups.usage(c.status.cgroup)
-    return {"memory": use.memory, "pids": use.pids, "cpu_usec": use.cpu_usec}
-
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -96,7 +85,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     else:
         ctr = client.api.GetContainer(request, timeout=10)
         data = container_json(ctr)
-        data["usage"] = live_usage(ctr)
+        data["usage"] = local.live_usage(ctr)
     if args.json:
         print(json.dumps(data, indent=2))
     else:

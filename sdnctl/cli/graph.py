@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
-from agent.kernel.names import bridge_name, vxlan_name
+from agent.names import bridge_name, vxlan_name
 from sdnctl.api.client import Client, CommandError, connect
 from sdnctl.api.model import (
     DEFAULT_VXLAN_PORT,

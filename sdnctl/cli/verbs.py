@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import json
 import os
 import subprocess
@@ -35,8 +34,6 @@ from typing import Any, TypeVar
 
 import grpc
 
-from agent.kernel.netns import NETNS_RUN_DIR
-from agent.runtime import OciRuntime
 from sdnctl.api import convert, paths
 from sdnctl.api.client import Client, CommandError, connect, poll_delays
 from sdnctl.api.model import (
@@ -53,6 +50,7 @@ from sdnctl.api.model import (
     parse_size,
 )
 from sdnctl.cli.output import host_json, network_json, print_table
+from sdnctl.lab import local
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 T = TypeVar("T")
@@ -377,49 +375,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not ctr.status.runtime or not ctr.status.runtime_root:
         raise CommandError(f"container {args.name!r}: its agent did not say which runtime "
                            "runs it")
-    runtime = OciRuntime(ctr.status.runtime, ctr.status.runtime_root, create=False)
     tty = args.tty and sys.stdin.isatty()
     stdin = None if args.interactive or tty else subprocess.DEVNULL
-    try:
-        done = subprocess.run(runtime.exec_argv(args.name, command, tty), check=False,
-                              stdin=stdin, env=runtime.env())
-    except OSError as e:
-        raise CommandError(f"could not run {runtime.name} exec for {args.name!r}") from e
-    return done.returncode if done.returncode >= 0 else 128 - done.returncode
+    return local.run_exec(ctr, args.name, command, tty, stdin)
 
-
-def log_candidates(run_dir: str, host: str, host_netns: str, ctr_netns: str,
-                   lab_states: list[dict[str, Any]]) -> list[str]:
-    """Where the agent of ``host`` may keep its files on this machine, best first (pure).
-
-    1. The agent's own report: a sandboxed container's netns is ``<agent run dir>/netns/<name>``.
-    2. A lab host's agent runs in ``<run dir>/lab/<host's netns name>`` (`sdnctl up` does this).
-    3. The lab state files `sdnctl up` writes: ``<run dir>/lab/<prefix><host>``.
-    4. The agent's default run dir for a host: ``/run/sdnctl/<host>``.
-    """
-    found = []
-    parent = os.path.dirname(ctr_netns)
-    # (a host-mode container reports its host's namespace, /run/netns/<name>: not a run dir)
-    if ctr_netns and os.path.basename(parent) == "netns" and parent != NETNS_RUN_DIR:
-        found.append(os.path.dirname(os.path.dirname(ctr_netns)))
-    if host_netns:
-        found.append(os.path.join(run_dir, "lab", os.path.basename(host_netns)))
-    for state in lab_states:
-        if host in state.get("agents", {}) and state.get("prefix"):
-            found.append(os.path.join(run_dir, "lab", state["prefix"] + host))
-    found.append(os.path.join("/run/sdnctl", host))
-    return list(dict.fromkeys(found))
-
-
-def _lab_states(run_dir: str) -> list[dict[str, Any]]:
-    states = []
-    for path in sorted(glob.glob(os.path.join(run_dir, "lab", "*.json"))):
-        try:
-            with open(path) as f:
-                states.append(json.load(f))
-        except (OSError, ValueError):
-            continue
-    return states
 
 
 def log_path(client: Client, name: str) -> str:
@@ -427,8 +386,8 @@ def log_path(client: Client, name: str) -> str:
     host = _rpc(f"inspect host {ctr.host!r}", lambda: client.api.GetHost(
         pb.GetRequest(name=ctr.host), timeout=RPC_TIMEOUT))
     run_dir = paths.run_dir()
-    candidates = log_candidates(run_dir, ctr.host, host.netns, ctr.status.netns,
-                                _lab_states(run_dir))
+    candidates = local.log_candidates(run_dir, ctr.host, host.netns, ctr.status.netns,
+                                local.lab_states(run_dir))
     for directory in candidates:
         path = os.path.join(directory, "containers", f"{name}.log")
         if os.path.exists(path):

@@ -45,7 +45,7 @@ from typing import Any
 
 import grpc
 
-from agent.kernel.names import bridge_name, veth_name, vxlan_name
+from agent.names import bridge_name, veth_name, vxlan_name
 from sdnctl.api.client import Client, CommandError, connect
 from sdnctl.api.model import MODE_BRIDGE, MODE_CONTAINER, network_mode
 from sdnctl.v1 import sdnctl_pb2 as pb

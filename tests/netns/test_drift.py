@@ -18,7 +18,7 @@ import pytest
 from helpers.cli import Cli, lab_cli, nsexec, ping
 from helpers.hoststate import HostState, agent_log, host_state, wait_for
 
-from agent.kernel.names import veth_name, vxlan_name
+from agent.names import veth_name, vxlan_name
 
 pytestmark = pytest.mark.netns
 

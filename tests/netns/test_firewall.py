@@ -37,8 +37,8 @@ from agent.kernel.firewall import (
     fingerprint,
 )
 from agent.kernel.links import Links
-from agent.kernel.names import bridge_name, container_mac, veth_name
 from agent.kernel.netns import create_netns, netns_path, remove_netns, run_in_netns
+from agent.names import bridge_name, container_mac, veth_name
 
 pytestmark = pytest.mark.netns
 

@@ -31,7 +31,6 @@ from agent import ocispec
 from agent.kernel import firewall, procs, rtnl, sysctl
 from agent.kernel.firewall import Firewall, MasqueradeRule
 from agent.kernel.links import KernelError, Links, ObservedLink
-from agent.kernel.names import bridge_name, veth_name
 from agent.kernel.netns import (
     create_netns,
     netns_path,
@@ -39,6 +38,7 @@ from agent.kernel.netns import (
     remove_netns,
     run_in_netns,
 )
+from agent.names import bridge_name, veth_name
 from agent.runtime import RUNTIMES, OciRuntime, Rootfs
 
 PREFIX = f"k{os.getpid()}x"

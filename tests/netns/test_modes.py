@@ -22,7 +22,7 @@ import pytest
 from helpers.cli import Cli, lab_cli, nsexec, ping
 from helpers.hoststate import wait_for
 
-from agent.kernel.names import veth_name
+from agent.names import veth_name
 from sdnctl.lab.lab import EXTERNAL_IP
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from helpers.cli import Cli, kernel_state, lab_cli, nft_ruleset, nsexec
 
-from agent.kernel.names import vxlan_name
+from agent.names import vxlan_name
 from sdnctl.lab import lab
 
 pytestmark = pytest.mark.netns

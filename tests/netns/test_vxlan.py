@@ -30,7 +30,8 @@ from helpers.namespaces import wait_dad_done
 from agent.kernel import sysctl
 from agent.kernel.firewall import BridgeNet, Firewall, FirewallSpec, VxlanFilter
 from agent.kernel.links import KernelError, Links, ObservedPeers, PeerEntries
-from agent.kernel.names import (
+from agent.kernel.netns import create_netns, netns_path, remove_netns, run_in_netns
+from agent.names import (
     bridge_alias,
     bridge_name,
     container_mac,
@@ -40,7 +41,6 @@ from agent.kernel.names import (
     vxlan_alias,
     vxlan_name,
 )
-from agent.kernel.netns import create_netns, netns_path, remove_netns, run_in_netns
 
 pytestmark = pytest.mark.netns
 

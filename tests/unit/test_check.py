@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from sdnctl.api.client import CommandError
-from sdnctl.lab import check
-from sdnctl.lab.check import Measurement, Probe, Result, plan
+from sdnctl.topology import check
+from sdnctl.topology.check import Measurement, Probe, Result, plan
 from sdnctl.topology.topology import Topology, parse
 from sdnctl.v1 import sdnctl_pb2 as pb
 

@@ -20,7 +20,7 @@ from agent.kernel.firewall import (
     localnet_bridges,
     render,
 )
-from agent.kernel.names import container_mac
+from agent.names import container_mac
 
 FRONT = BridgeNet("front", "sdnbf", "10.1.0.0/24", masquerade=True, internal=False)
 BACK = BridgeNet("back", "sdnbb", "10.2.0.0/24", masquerade=True, internal=False)

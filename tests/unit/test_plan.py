@@ -10,7 +10,7 @@ import pytest
 from agent.desired import DesiredContainer, DesiredNetwork, DesiredState
 from agent.kernel.firewall import fingerprint
 from agent.kernel.links import ObservedContainerNet, ObservedLink
-from agent.kernel.names import bridge_alias, bridge_name, container_mac, veth_alias, veth_name
+from agent.names import bridge_alias, bridge_name, container_mac, veth_alias, veth_name
 from agent.plan import (
     ContainerState,
     EnableForwarding,

@@ -14,7 +14,7 @@ from test_plan import DB, FRONT, WEB, desired
 from agent import plan as p
 from agent.desired import DesiredNetwork, DesiredPeer, DesiredState, LocalHost
 from agent.kernel.links import ObservedPeers, ObservedVxlan
-from agent.kernel.names import vxlan_alias, vxlan_name
+from agent.names import vxlan_alias, vxlan_name
 from agent.reconcile import Reconciler, peers_after_set
 from sdnctl.api import faults
 

@@ -15,7 +15,7 @@ from agent.runtime import OciRuntime
 from sdnctl.api.client import POLL_FIRST, POLL_MAX, poll_delays
 from sdnctl.cli import cli, verbs
 from sdnctl.controller.server import RunningServer
-from sdnctl.lab import trace
+from sdnctl.lab import local, trace
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 
@@ -91,12 +91,12 @@ def test_connect_moves_and_disconnect_goes_to_none() -> None:
 
 
 def test_log_candidates_best_first() -> None:
-    found = verbs.log_candidates(
+    found = local.log_candidates(
         "/run/x", "h1", "/run/netns/pfxh1", "/run/x/lab/pfxh1/netns/web",
         [{"prefix": "other-", "agents": {"h2": {}}}, {"prefix": "pfx", "agents": {"h1": {}}}])
     assert found == ["/run/x/lab/pfxh1", "/run/sdnctl/h1"]
     # a host-mode container reports the host's namespace: no run dir from it
-    found = verbs.log_candidates("/run/x", "h1", "", "/run/netns/pfxh1", [])
+    found = local.log_candidates("/run/x", "h1", "", "/run/netns/pfxh1", [])
     assert found == ["/run/sdnctl/h1"]
 
 

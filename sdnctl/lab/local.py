@@ -1,0 +1,76 @@
+"""Containers on THIS machine: what the CLI reads or runs beside the controller's view.
+
+Design note. ``exec``, ``logs`` and ``inspect``'s live usage reach a container directly (its
+runtime, its log file, its cgroup), which works for the lab hosts that ``sdnctl up`` built here.
+That reach goes through this module, so the CLI package itself never imports the agent or the
+kernel helpers: the layer table in ``tests/unit/test_layers.py`` holds it to that.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+from typing import IO, Any
+
+from agent.kernel import cgroups
+from agent.kernel.netns import NETNS_RUN_DIR
+from agent.runtime import OciRuntime
+from sdnctl.api.client import CommandError
+from sdnctl.v1 import sdnctl_pb2 as pb
+
+
+def live_usage(c: pb.Container) -> dict[str, int] | None:
+    """What a running container on THIS machine uses now, read from its cgroup."""
+    if c.status.state != "running" or not c.status.cgroup or \
+            not cgroups.exists(c.status.cgroup):
+        return None
+    use = cgroups.usage(c.status.cgroup)
+    return {"memory": use.memory, "pids": use.pids, "cpu_usec": use.cpu_usec}
+
+
+def run_exec(ctr: pb.Container, name: str, command: list[str], tty: bool,
+             stdin: int | IO[Any] | None) -> int:
+    """Run ``command`` in the container through the runtime that runs it (``docker exec``)."""
+    runtime = OciRuntime(ctr.status.runtime, ctr.status.runtime_root, create=False)
+    try:
+        done = subprocess.run(runtime.exec_argv(name, command, tty), check=False,
+                              stdin=stdin, env=runtime.env())
+    except OSError as e:
+        raise CommandError(f"could not run {runtime.name} exec for {name!r}") from e
+    return done.returncode if done.returncode >= 0 else 128 - done.returncode
+
+
+def log_candidates(run_dir: str, host: str, host_netns: str, ctr_netns: str,
+                   lab_states: list[dict[str, Any]]) -> list[str]:
+    """Where the agent of ``host`` may keep its files on this machine, best first (pure).
+
+    1. The agent's own report: a sandboxed container's netns is ``<agent run dir>/netns/<name>``.
+    2. A lab host's agent runs in ``<run dir>/lab/<host's netns name>`` (`sdnctl up` does this).
+    3. The lab state files `sdnctl up` writes: ``<run dir>/lab/<prefix><host>``.
+    4. The agent's default run dir for a host: ``/run/sdnctl/<host>``.
+    """
+    found = []
+    parent = os.path.dirname(ctr_netns)
+    # (a host-mode container reports its host's namespace, /run/netns/<name>: not a run dir)
+    if ctr_netns and os.path.basename(parent) == "netns" and parent != NETNS_RUN_DIR:
+        found.append(os.path.dirname(os.path.dirname(ctr_netns)))
+    if host_netns:
+        found.append(os.path.join(run_dir, "lab", os.path.basename(host_netns)))
+    for state in lab_states:
+        if host in state.get("agents", {}) and state.get("prefix"):
+            found.append(os.path.join(run_dir, "lab", state["prefix"] + host))
+    found.append(os.path.join("/run/sdnctl", host))
+    return list(dict.fromkeys(found))
+
+
+def lab_states(run_dir: str) -> list[dict[str, Any]]:
+    states = []
+    for path in sorted(glob.glob(os.path.join(run_dir, "lab", "*.json"))):
+        try:
+            with open(path) as f:
+                states.append(json.load(f))
+        except (OSError, ValueError):
+            continue
+    return states
