@@ -16,8 +16,8 @@ from sdnctl.api.model import (
     USERNS_AUTO,
     USERNS_HOST,
     USERNS_PRIVATE,
-    VXLAN_OVERHEAD,
     PortMapping,
+    network_driver,
     network_mode,
     parse_port,
     wants_user_ns,
@@ -130,9 +130,7 @@ class DesiredContainer:
 def resolve_mtu(driver: str, mtu: int, underlay_mtu: int) -> int:
     """A network's MTU on this host: as given, else 1500 for a bridge and the underlay's minus
     the VXLAN overhead for an overlay (a bigger one would be dropped or fragmented)."""
-    if mtu:
-        return mtu
-    return underlay_mtu - VXLAN_OVERHEAD if driver == "overlay" else DEFAULT_MTU
+    return network_driver(driver).mtu_on(mtu, underlay_mtu)
 
 
 def network_from_pb(msg: pb.HostNetwork, local: LocalHost | None = None) -> DesiredNetwork:

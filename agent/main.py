@@ -30,10 +30,12 @@ from pyroute2 import IPRoute
 
 from agent import plan as p
 from agent.desired import DesiredState, LocalHost
+from agent.drivers import DRIVERS
 from agent.imagestore import ImageStore
 from agent.kernel import procfs
 from agent.kernel.firewall import Firewall
 from agent.kernel.links import Links
+from agent.modes import MODES
 from agent.names import vtep_mac_for
 from agent.plan import RESTART_DELAY
 from agent.reconcile import Reconciler
@@ -203,7 +205,7 @@ class Agent:
             host=self.args.host, underlay_ip=self.local.underlay_ip, agent_pid=os.getpid(),
             netns=self.args.netns, vtep_mac=self.local.vtep_mac,
             underlay_mtu=self.local.underlay_mtu,
-            capabilities=["none", "bridge", "container", "host", "overlay"]),
+            capabilities=list(dict.fromkeys([*MODES, *DRIVERS]))),
             timeout=10)
 
     def watch_forever(self) -> None:

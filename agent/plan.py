@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.desired import DesiredContainer, DesiredNetwork, DesiredPeer, DesiredState
+from agent.drivers import DRIVERS, driver_of
 from agent.kernel.firewall import BridgeNet, FirewallSpec, PortGuard, PortRule, VxlanFilter
 from agent.kernel.firewall import fingerprint as firewall_fingerprint
 from agent.kernel.links import ObservedContainerNet, ObservedLink, ObservedPeers, ObservedVxlan
@@ -31,8 +32,8 @@ from agent.names import (
     vxlan_name,
 )
 
-#: Drivers whose containers hang off a local Linux bridge (an overlay adds a VXLAN device).
-LOCAL_BRIDGE_DRIVERS = ("bridge", "overlay")
+#: Drivers whose containers hang off a local Linux bridge: all of them (an overlay adds a VXLAN).
+LOCAL_BRIDGE_DRIVERS = tuple(DRIVERS)
 
 #: A container with a restart policy is started again at most this often (seconds).
 RESTART_DELAY = 1.0
@@ -207,7 +208,7 @@ def plan(desired: DesiredState, observed: Observed, now: float = 0.0) -> list[Ac
     for net in networks.values():
         if bridge_needs_repair(net, observed.links.get(bridge_name(net.name))):
             actions.append(EnsureBridge(net))
-        if net.driver == "overlay":
+        if driver_of(net.driver).spans_hosts:
             actions += plan_overlay(net, desired, observed)
 
     # After the bridges (the firewall sets sysctls on them), before containers start.
@@ -290,12 +291,12 @@ def firewall_spec(desired: DesiredState) -> FirewallSpec:
                 if n.driver in LOCAL_BRIDGE_DRIVERS}
     ordered = sorted(networks.values(), key=lambda n: n.name)
     bridges = tuple(BridgeNet(n.name, bridge_name(n.name), n.subnet, n.masquerade, n.internal,
-                              cidr=n.cidr if n.driver == "overlay" else "",
-                              vxlan=vxlan_name(n.name) if n.driver == "overlay" else "")
+                              cidr=n.cidr if driver_of(n.driver).spans_hosts else "",
+                              vxlan=driver_of(n.driver).tunnel_device(n.name))
                     for n in ordered)
     vxlan = tuple(VxlanFilter(n.vxlan_port, n.vni,
                               tuple(sorted({p.underlay_ip for p in n.peers})))
-                  for n in ordered if n.driver == "overlay")
+                  for n in ordered if driver_of(n.driver).spans_hosts)
     allowed = sorted({tuple(sorted((n.name, other))) for n in networks.values()
                       for other in n.allow if other in networks and other != n.name})
     ports: list[PortRule] = []
@@ -399,7 +400,7 @@ def veth_needs_repair(ctr: DesiredContainer, net: DesiredNetwork, link: Observed
 
 def wanted_links(desired: DesiredState, networks: dict[str, DesiredNetwork]) -> set[str]:
     wanted = {bridge_name(n) for n in networks}
-    wanted |= {vxlan_name(n) for n, net in networks.items() if net.driver == "overlay"}
+    wanted |= {driver_of(net.driver).tunnel_device(n) for n, net in networks.items()} - {""}
     wanted |= {veth_name(c.name, c.interface) for c in desired.containers.values()
                if MODES[c.mode].bridge_network(c) is not None}
     return wanted

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 from sdnctl.api.model import (
     DEFAULT_INTERFACE,
-    DEFAULT_MTU,
     USERNS_AUTO,
     USERNS_HOST,
     USERNS_PRIVATE,
@@ -16,6 +15,7 @@ from sdnctl.api.model import (
     Host,
     Lease,
     Network,
+    network_driver,
 )
 from sdnctl.api.validate import default_host_prefix
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -53,7 +53,7 @@ def network_from_pb(msg: pb.Network) -> Network:
         subnet=msg.subnet,
         driver=driver,
         host_prefix=msg.host_prefix or default_host_prefix(msg.subnet, msg.gateway, msg.ip_range),
-        mtu=msg.mtu or (0 if driver == "overlay" else DEFAULT_MTU),
+        mtu=msg.mtu or network_driver(driver).default_mtu(),
         masquerade=msg.masquerade if msg.HasField("masquerade") else True,
         gateway=msg.gateway,
         ip_range=msg.ip_range,

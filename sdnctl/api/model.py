@@ -18,11 +18,57 @@ from typing import Any, TypeVar
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")  # \Z: "$" would allow a final "\n"
 NAME_MAX = 63
 
-DRIVERS = ("bridge", "overlay")
 DEFAULT_VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50  # outer IPv4 + UDP + VXLAN + inner Ethernet: overlay MTU = underlay - 50
 DEFAULT_HOST_PREFIX = 24
 DEFAULT_MTU = 1500
+DRIVER_BRIDGE = "bridge"
+DRIVER_OVERLAY = "overlay"
+
+
+@dataclass(frozen=True)
+class NetworkDriver:
+    """What every part (validation, controller, CLI, agent) knows of a network driver.
+
+    The kernel work of a driver is the agent's (``agent/drivers/``); this is its vocabulary:
+    whether one network spans hosts (a VNI, a VXLAN port, tunnels to peers) and how many bytes
+    its encapsulation takes from the underlay's MTU.
+    """
+
+    name: str
+    spans_hosts: bool
+    overhead: int = 0
+
+    def default_mtu(self) -> int:
+        """The MTU a network gets when none is given; 0 means "derive it on each host from its
+        underlay" (an encapsulating driver: the underlay's MTU differs from host to host)."""
+        return 0 if self.overhead else DEFAULT_MTU
+
+    def mtu_on(self, mtu: int, underlay_mtu: int) -> int:
+        """The network's MTU on one host: as given, else the default, derived from the
+        underlay's (a bigger one would be dropped or fragmented)."""
+        if mtu:
+            return mtu
+        return underlay_mtu - self.overhead if self.overhead else DEFAULT_MTU
+
+
+#: The network drivers, a literal registry (the agent's ``agent/drivers/`` has the same keys).
+NETWORK_DRIVERS = {
+    DRIVER_BRIDGE: NetworkDriver(DRIVER_BRIDGE, spans_hosts=False),
+    DRIVER_OVERLAY: NetworkDriver(DRIVER_OVERLAY, spans_hosts=True, overhead=VXLAN_OVERHEAD),
+}
+DRIVERS = tuple(NETWORK_DRIVERS)
+
+
+def network_driver(name: str) -> NetworkDriver:
+    """The driver ``name`` names. "" (the default) and, until validation rejects it, an unknown
+    name act as a bridge."""
+    return NETWORK_DRIVERS.get(name, NETWORK_DRIVERS[DRIVER_BRIDGE])
+
+
+def spans_hosts(driver: str) -> bool:
+    """Whether networks of ``driver`` reach across hosts (a VNI, a VXLAN port, peers)."""
+    return network_driver(driver).spans_hosts
 DEFAULT_INTERFACE = "eth0"
 
 # Container states reported by agents.
@@ -377,6 +423,9 @@ def from_json(cls: type[T], data: bytes) -> T:
 
 __all__ = [
     "DRIVERS",
+    "DRIVER_BRIDGE",
+    "DRIVER_OVERLAY",
+    "NETWORK_DRIVERS",
     "Allocation",
     "Container",
     "ContainerStatus",
@@ -385,15 +434,18 @@ __all__ = [
     "Invalid",
     "Lease",
     "Network",
+    "NetworkDriver",
     "PortMapping",
     "VolumeMount",
     "check_name",
     "clean_path",
     "from_json",
+    "network_driver",
     "network_mode",
     "parse_port",
     "parse_size",
     "parse_volume",
+    "spans_hosts",
     "to_json",
     "wants_user_ns",
 ]

@@ -44,6 +44,7 @@ from sdnctl.api.model import (
     network_mode,
     parse_port,
     parse_volume,
+    spans_hosts,
 )
 
 IFNAMSIZ = 15
@@ -67,7 +68,6 @@ CONTAINER_STATES = ("pending", "created", "running", "restarting", "exited", "er
 MTU_MIN, MTU_MAX = 576, 65535
 VNI_MIN, VNI_MAX = 1, 16777215
 PORT_MAX = 65535
-OVERLAY = "overlay"
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 #: Network names that mean a container mode instead.
 RESERVED_NETWORK_NAMES = (MODE_NONE, MODE_HOST)
@@ -169,7 +169,7 @@ def validate_network(network: Network, where: str = "network") -> Network:
     subnet = validate_cidr(network.subnet, f"{where}.subnet")
     check_pool(subnet, f"{where}.subnet")
     lease_prefix = host_prefix_for(network.subnet, network.host_prefix, f"{where}.host_prefix")
-    overlay = network.driver == OVERLAY
+    overlay = spans_hosts(network.driver)
     if not (MTU_MIN <= network.mtu <= MTU_MAX or (overlay and network.mtu == 0)):
         auto = " (or 0: the underlay's MTU - 50)" if overlay else ""
         raise Invalid(f"{where}.mtu", f"{network.mtu} is outside {MTU_MIN}..{MTU_MAX}{auto}")
@@ -198,7 +198,7 @@ def _check_vxlan(network: Network, where: str) -> None:
                                     ("vxlan_port", network.vxlan_port, 1, PORT_MAX)):
         if not value:
             continue
-        if network.driver != OVERLAY:
+        if not spans_hosts(network.driver):
             raise Invalid(f"{where}.{field}", f"only for overlay networks; driver is "
                           f"{network.driver!r}")
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

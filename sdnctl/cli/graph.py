@@ -39,6 +39,7 @@ from sdnctl.api.model import (
     STATE_RUNNING,
     Container,
     network_mode,
+    spans_hosts,
 )
 from sdnctl.cli.output import container_json, host_json, network_json, print_table
 from sdnctl.lab import lab
@@ -125,7 +126,7 @@ def _rows_networks(live: Live) -> list[list[str]]:
         flags = [f for f, on in (("internal", n["internal"]), ("builtin", n["builtin"]),
                                  ("no-nat", not n["masquerade"])) if on]
         vxlan = f"{n['vni']}/{n['vxlan_port'] or DEFAULT_VXLAN_PORT}" \
-            if n["driver"] == "overlay" else "-"
+            if spans_hosts(n["driver"]) else "-"
         members = sum(c["network"] == n["name"] for c in live.containers.values())
         rows.append([n["name"], n["driver"], n["subnet"], str(n["mtu"] or "auto"), vxlan,
                      ", ".join(n["allow"]) or "-", ", ".join(flags) or "-", str(members)])
@@ -305,7 +306,7 @@ def _host_cluster(dot: _Dot, topo: Topology, live: Live, host: str, colours: dic
         if not n.internal:
             dot.edge(_bridge_id(host, net), _host_id(host),
                      label="NAT" if n.masquerade else "routed", color="#868e96", fontsize=8)
-        if n.driver == "overlay":
+        if spans_hosts(n.driver):
             vni = live.networks.get(net, {}).get("vni") or n.vni or "auto"
             port = live.networks.get(net, {}).get("vxlan_port") or n.vxlan_port or \
                 DEFAULT_VXLAN_PORT
@@ -387,7 +388,7 @@ def to_dot(topo: Topology, live: Live | None = None) -> str:
 
 def _tunnels(dot: _Dot, topo: Topology, live: Live) -> None:
     """One VXLAN tunnel per pair of member hosts of each overlay network."""
-    for net in (n for n in topo.networks if n.driver == "overlay"):
+    for net in (n for n in topo.networks if spans_hosts(n.driver)):
         members = [h.name for h in topo.hosts if net.name in _networks_on(topo, live, h.name)]
         vni = live.networks.get(net.name, {}).get("vni") or net.vni
         for a, b in combinations(members, 2):

@@ -37,6 +37,8 @@ import grpc
 from sdnctl.api import convert, paths
 from sdnctl.api.client import Client, CommandError, connect, poll_delays
 from sdnctl.api.model import (
+    DRIVER_BRIDGE,
+    DRIVERS,
     MODE_BRIDGE,
     MODE_NONE,
     STATE_CREATED,
@@ -48,6 +50,7 @@ from sdnctl.api.model import (
     USERNS_MODES,
     network_mode,
     parse_size,
+    spans_hosts,
 )
 from sdnctl.cli.output import host_json, network_json, print_table
 from sdnctl.lab import local
@@ -97,7 +100,7 @@ def network_flags(n: dict[str, Any]) -> str:
         flags.append("internal")
     elif not n["masquerade"]:
         flags.append("no-masquerade")
-    if n["driver"] == "overlay":
+    if spans_hosts(n["driver"]):
         flags.append(f"vni={n['vni']}")
     return ",".join(flags)
 
@@ -462,7 +465,7 @@ def _register_network(sub: Any) -> None:
     p = verbs.add_parser("create", help="create a network")
     p.add_argument("name")
     p.add_argument("--subnet", required=True, help="the network's CIDR, e.g. 10.90.0.0/16")
-    p.add_argument("--driver", choices=("bridge", "overlay"), default="bridge")
+    p.add_argument("--driver", choices=DRIVERS, default=DRIVER_BRIDGE)
     p.add_argument("--gateway", help="the bridge's address (the network becomes one lease)")
     p.add_argument("--ip-range", help="allocate container addresses from this sub-range")
     p.add_argument("--internal", action="store_true", help="no egress, no NAT")

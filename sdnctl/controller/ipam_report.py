@@ -16,11 +16,18 @@ from dataclasses import dataclass
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
-from sdnctl.api.model import Allocation, Container, Lease, Network, check_name, from_json
+from sdnctl.api.model import (
+    Allocation,
+    Container,
+    Lease,
+    Network,
+    check_name,
+    from_json,
+    spans_hosts,
+)
 from sdnctl.controller import ipam, keys
 from sdnctl.controller.errors import NotFound
 from sdnctl.controller.keys import CONTAINERS, HOSTS, IPAM, NETWORKS, VNIS, network_key, vni_key
-from sdnctl.controller.state import OVERLAY
 from sdnctl.controller.store.base import KeyValue, Store
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -242,7 +249,7 @@ def _check_vnis(space: _Keyspace) -> list[Problem]:
     problems = []
     by_vni: dict[int, list[str]] = defaultdict(list)
     for network in space.networks.values():
-        if network.driver == OVERLAY and network.vni:
+        if spans_hosts(network.driver) and network.vni:
             by_vni[network.vni].append(network.name)
     guards = {kv.key: kv.value.decode(errors="replace") for kv in space.vni_guards}
     for vni, names in sorted(by_vni.items()):

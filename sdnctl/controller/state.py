@@ -44,6 +44,7 @@ from sdnctl.api.model import (
     check_name,
     from_json,
     parse_port,
+    spans_hosts,
     to_json,
 )
 from sdnctl.api.validate import validate_container, validate_host, validate_network
@@ -73,7 +74,6 @@ from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
 #: Allocated VNIs start here (lower ones are left to topologies that pick their own).
 VNI_FIRST_AUTO = 4096
 VNI_MAX = 16777215
-OVERLAY = "overlay"
 #: How many history entries one sweep transaction deletes.
 TRIM_BATCH = 100
 #: The name of the controller's default bridge network (Docker's ``bridge``, set with ``bip``).
@@ -138,7 +138,7 @@ def overlay_peers(network: Network, host: str, leases: Iterable[Lease],
     """The VXLAN peers of ``host`` on ``network``: every other host holding a lease of it whose
     agent has registered an underlay address and a VTEP MAC (without them there is nothing to
     program; their registration then reaches every member). Empty for other drivers."""
-    if network.driver != OVERLAY:
+    if not spans_hosts(network.driver):
         return ()
     peers = []
     for lease in leases:
@@ -268,7 +268,7 @@ class State:
             compares = [Compare(key, 0),
                         Compare(SUBNETS_GUARD, guard.mod_revision if guard else 0)]
             ops: Ops = [Put(SUBNETS_GUARD, network.name.encode())]
-            if made.driver == OVERLAY:
+            if spans_hosts(made.driver):
                 made = dataclasses.replace(made, vni=made.vni or self._free_vni())
                 guard = self.store.get(vni_key(made.vni))
                 # A VNI we picked and someone took since we listed: the compare fails, we retry.
@@ -367,7 +367,7 @@ class State:
                 raise NotFound("network", network.name)
             stored = from_json(Network, kv.value)
             wanted = dataclasses.replace(network, builtin=stored.builtin)  # output only
-            if wanted.driver == OVERLAY:  # 0: as allocated
+            if spans_hosts(wanted.driver):  # 0: as allocated
                 wanted = _with_overlay_defaults(
                     dataclasses.replace(wanted, vni=wanted.vni or stored.vni))
             changed = _immutable_change(stored, wanted)
@@ -600,7 +600,7 @@ class State:
         if net_kv is None or lease is None:
             return None
         spec = from_json(Network, net_kv.value)
-        if spec.driver != OVERLAY:
+        if not spans_hosts(spec.driver):
             return HostNetwork(spec, lease)
         leases = ipam.list_leases(self.store, network=network)
         hosts = {}
@@ -766,7 +766,7 @@ class State:
 
 def _with_overlay_defaults(network: Network) -> Network:
     """An overlay network's UDP port 0 means the IANA VXLAN port."""
-    if network.driver == OVERLAY and not network.vxlan_port:
+    if spans_hosts(network.driver) and not network.vxlan_port:
         return dataclasses.replace(network, vxlan_port=DEFAULT_VXLAN_PORT)
     return network
 

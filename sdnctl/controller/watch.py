@@ -32,11 +32,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from sdnctl.api import convert
-from sdnctl.api.model import Container, Host, Lease, from_json
+from sdnctl.api.model import Container, Host, Lease, from_json, spans_hosts
 from sdnctl.controller import ipam, keys
 from sdnctl.controller.errors import NotFound
 from sdnctl.controller.keys import CONTAINERS, HOSTS, NETWORKS, STATUS
-from sdnctl.controller.state import OVERLAY, ContainerView, HostNetwork, Snapshot, State
+from sdnctl.controller.state import ContainerView, HostNetwork, Snapshot, State
 from sdnctl.controller.store.base import Change, Compacted
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -115,7 +115,7 @@ def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchE
         view = state.host_network(name, host)
         if view is None:
             continue  # no lease here (nothing to say) or deleted since: a later change says so
-        if name in put_networks or view.network.driver == OVERLAY:
+        if name in put_networks or spans_hosts(view.network.driver):
             event.networks.append(host_network_pb(view))
     for name in sorted(put_containers):
         try:

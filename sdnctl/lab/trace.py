@@ -47,7 +47,7 @@ import grpc
 
 from agent.names import bridge_name, veth_name, vxlan_name
 from sdnctl.api.client import Client, CommandError, connect
-from sdnctl.api.model import MODE_BRIDGE, MODE_CONTAINER, network_mode
+from sdnctl.api.model import MODE_BRIDGE, MODE_CONTAINER, network_mode, spans_hosts
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 UNDERLAY_DEV = "eth0"  # a lab host's underlay device (sdnctl.lab.lab.HOST_DEV)
@@ -184,7 +184,7 @@ def plan_points(src: Endpoint, dst: Endpoint, probe: Probe) -> list[Point]:
         points += [nft, _bridge_point(src, switched=True), _veth_point(dst)]
     elif same_host:
         points += [_bridge_point(src), nft, _bridge_point(dst), _veth_point(dst)]
-    elif dst.container and dst.driver == "overlay":
+    elif dst.container and spans_hosts(dst.driver):
         port = dst.vxlan_port or DEFAULT_VXLAN_PORT
         inner = probe.bpf_in_vxlan(port)
         points += [_bridge_point(src), nft,
@@ -416,9 +416,9 @@ def _container_endpoint(client: Client, ctr: pb.Container) -> Endpoint:
         network=net.name, driver=net.driver or "bridge",
         veth=veth_name(iface_owner.name, iface_owner.interface or "eth0"),
         bridge=bridge_name(net.name),
-        vxlan=vxlan_name(net.name) if net.driver == "overlay" else "",
+        vxlan=vxlan_name(net.name) if spans_hosts(net.driver) else "",
         vni=net.vni, vxlan_port=net.vxlan_port or (DEFAULT_VXLAN_PORT
-                                                   if net.driver == "overlay" else 0))
+                                                   if spans_hosts(net.driver) else 0))
 
 
 def _inode(path: str) -> tuple[int, int] | None:

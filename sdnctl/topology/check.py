@@ -53,7 +53,7 @@ from typing import Any
 
 from agent.kernel.netns import run_in_netns
 from sdnctl.api.client import CommandError, connect
-from sdnctl.api.model import MODE_HOST, MODE_NONE, Container, Network
+from sdnctl.api.model import MODE_HOST, MODE_NONE, Container, Network, spans_hosts
 from sdnctl.lab.lab import EXTERNAL_IP
 from sdnctl.topology import topology
 from sdnctl.topology.deploy import Progress
@@ -183,7 +183,7 @@ def implied_reach(topo: Topology, src: Container, dst: Container) -> tuple[bool,
     if na.name == nb.name:
         if a.host == b.host:
             verdict = (True, f"same network {na.name} on {a.host}")
-        elif na.driver == "overlay":
+        elif spans_hosts(na.driver):
             verdict = (True, f"overlay {na.name} spans {a.host} and {b.host}")
         else:
             verdict = (False, f"bridge {na.name} does not span hosts ({a.host}, {b.host})")

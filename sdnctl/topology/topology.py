@@ -37,6 +37,7 @@ from sdnctl.api.model import (
     Invalid,
     Network,
     check_name,
+    network_driver,
     parse_size,
 )
 from sdnctl.api.validate import check_ipv4, validate_container, validate_host, validate_network
@@ -414,7 +415,7 @@ def _network(r: _Reader, raw: Any, where: str) -> Network:
         driver=driver,
         host_prefix=r.typed(m, "host_prefix", where, int, default_prefix),
         # an overlay's MTU defaults to each host's underlay MTU - 50 (0 = derive it)
-        mtu=r.typed(m, "mtu", where, int, 0 if driver == "overlay" else DEFAULT_MTU),
+        mtu=r.typed(m, "mtu", where, int, network_driver(driver).default_mtu()),
         masquerade=r.typed(m, "masquerade", where, bool, True),
         gateway=gateway,
         ip_range=ip_range,
