@@ -10,12 +10,12 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from sdnctl.api import convert
 from sdnctl.api.model import (
     DEFAULT_MTU,
     DEFAULT_VXLAN_PORT,
     USERNS_AUTO,
-    USERNS_HOST,
-    USERNS_PRIVATE,
+    USERNS_MODES,
     PortMapping,
     network_driver,
     network_mode,
@@ -154,33 +154,35 @@ def network_from_pb(msg: pb.HostNetwork, local: LocalHost | None = None) -> Desi
     )
 
 
-_USERNS = {pb.USERNS_PRIVATE: USERNS_PRIVATE, pb.USERNS_HOST: USERNS_HOST}
-
-
 def container_from_pb(msg: pb.Container) -> DesiredContainer:
+    """The shared conversion (:func:`sdnctl.api.convert.container_from_pb`), plus what the
+    controller resolved (the address) and what the agent wants parsed (ports, sorted shares).
+    The command is taken as sent (the controller filled in the default), and a user-namespace
+    mode this agent does not know counts as ``auto``."""
+    spec = convert.container_from_pb(msg)
     return DesiredContainer(
-        name=msg.name,
-        network=msg.network,
+        name=spec.name,
+        network=spec.network,
         command=tuple(msg.command),
-        interface=msg.interface or "eth0",
+        interface=spec.interface,
         ip=msg.ip,
         prefixlen=msg.prefixlen,
         gateway=msg.gateway,
-        ports=tuple(parse_port(p, f"ports[{i}]") for i, p in enumerate(msg.ports)),
-        share=tuple(sorted(msg.share)),
-        restart=msg.restart or "no",
-        image_id=msg.image_id,
-        memory=msg.resources.memory_bytes,
-        cpus=msg.resources.cpus,
-        cpu_shares=msg.resources.cpu_shares,
-        pids_limit=msg.resources.pids_limit,
-        volumes=tuple(msg.volumes),
-        cap_add=tuple(msg.cap_add),
-        user_ns=_USERNS.get(msg.user_ns, USERNS_AUTO),
-        stopped=msg.stopped,
-        env=tuple(msg.env),
-        workdir=msg.workdir,
-        generation=msg.generation,
+        ports=tuple(parse_port(p, f"ports[{i}]") for i, p in enumerate(spec.ports)),
+        share=tuple(sorted(spec.share)),
+        restart=spec.restart,
+        image_id=spec.image_id,
+        memory=spec.memory,
+        cpus=spec.cpus,
+        cpu_shares=spec.cpu_shares,
+        pids_limit=spec.pids_limit,
+        volumes=spec.volumes,
+        cap_add=spec.cap_add,
+        user_ns=spec.user_ns if spec.user_ns in USERNS_MODES else USERNS_AUTO,
+        stopped=spec.stopped,
+        env=spec.env,
+        workdir=spec.workdir,
+        generation=spec.generation,
     )
 
 

@@ -40,6 +40,7 @@ from agent.names import vtep_mac_for
 from agent.plan import RESTART_DELAY
 from agent.reconcile import Reconciler
 from agent.runtime import RUNTIMES, OciRuntime
+from sdnctl.api import convert
 from sdnctl.api.client import open_channel
 from sdnctl.api.model import ContainerStatus
 from sdnctl.api.pki import TlsFiles
@@ -153,13 +154,6 @@ class GrpcFetcher:
     def blob(self, digest: str) -> Iterator[bytes]:
         for chunk in self.sync().FetchBlob(pb.BlobRequest(digest=digest), timeout=600):
             yield chunk.data
-
-
-def status_pb(s: ContainerStatus) -> pb.ContainerStatus:
-    return pb.ContainerStatus(name=s.name, state=s.state, pid=s.pid, netns=s.netns,
-                              message=s.message, exit_code=s.exit_code, restarts=s.restarts,
-                              runtime=s.runtime, runtime_root=s.runtime_root, cgroup=s.cgroup,
-                              user_ns=s.user_ns)
 
 
 class Agent:
@@ -316,7 +310,7 @@ class Agent:
             return
         request = pb.ReportStatusRequest(
             host=self.args.host, observed_revision=revision,
-            containers=[status_pb(s) for s in statuses])
+            containers=[convert.status_to_pb(s) for s in statuses])
         for _ in self.channels:
             try:
                 pb_grpc.HostSyncStub(self.channels[self.current]).ReportStatus(request,
