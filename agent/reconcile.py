@@ -26,7 +26,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from agent import ocispec
+from agent import layout, ocispec
 from agent import plan as p
 from agent.desired import DesiredContainer, DesiredPeer, DesiredState, LocalHost
 from agent.imagestore import ImageStore
@@ -47,6 +46,7 @@ from agent.kernel.links import (
     ObservedVxlan,
     PeerEntries,
 )
+from agent.layout import default_cgroup_parent
 from agent.modes import MODES
 from agent.names import (
     bridge_alias,
@@ -74,8 +74,6 @@ from sdnctl.api.model import (
 
 log = logging.getLogger("sdnctl.agent")
 
-#: Where a sandbox's pinned namespaces live, under the run directory, by kind.
-SANDBOX_DIRS = {"net": "netns", "uts": "uts", "ipc": "ipc"}
 
 
 @dataclass(frozen=True)
@@ -129,8 +127,8 @@ class Reconciler:
         self.userns_supported = (sysctl.user_namespaces() if userns_supported is None
                                  else userns_supported)
         self.local = local or LocalHost()
-        self.ctr_dir = os.path.join(run_dir, "containers")
-        self.bundle_dir = os.path.join(run_dir, "bundles")
+        self.ctr_dir = layout.containers_dir(run_dir)
+        self.bundle_dir = layout.bundles_dir(run_dir)
         self.runtime = runtime or OciRuntime("crun", os.path.join(run_dir, "runtime"))
         self.images = images or ImageStore(os.path.join(run_dir, "store"))
         self.cgroup_parent = cgroup_parent or default_cgroup_parent(run_dir)
@@ -144,14 +142,14 @@ class Reconciler:
         self.stop_grace = stop_grace
         self.host_netns = host_netns or f"/proc/{os.getpid()}/ns/net"
         for kind in netns.SANDBOX_KINDS:
-            os.makedirs(os.path.join(run_dir, SANDBOX_DIRS[kind]), mode=0o755, exist_ok=True)
+            os.makedirs(layout.sandbox_dir(run_dir, kind), mode=0o755, exist_ok=True)
         os.makedirs(self.ctr_dir, mode=0o755, exist_ok=True)
 
     # -- paths --------------------------------------------------------------------------------
 
     def sandbox(self, name: str) -> dict[str, str]:
         """Paths of a container's pinned namespaces: ``net``, ``uts``, ``ipc``."""
-        return {kind: os.path.join(self.run_dir, SANDBOX_DIRS[kind], name)
+        return {kind: os.path.join(layout.sandbox_dir(self.run_dir, kind), name)
                 for kind in netns.SANDBOX_KINDS}
 
     def netns_path(self, name: str) -> str:
@@ -164,7 +162,7 @@ class Reconciler:
         return MODES[ctr.mode].namespaces(ctr, self.sandbox).net or "/proc/self/ns/net"
 
     def _file(self, name: str, suffix: str) -> str:
-        return os.path.join(self.ctr_dir, f"{name}.{suffix}")
+        return layout.container_file(self.run_dir, name, suffix)
 
     # -- observe ------------------------------------------------------------------------------
 
@@ -209,7 +207,7 @@ class Reconciler:
         """Every container this host has a trace of: sandbox, pidfile, bundle or writable layer."""
         names: set[str] = set()
         for kind in netns.SANDBOX_KINDS:
-            names |= set(os.listdir(os.path.join(self.run_dir, SANDBOX_DIRS[kind])))
+            names |= set(os.listdir(layout.sandbox_dir(self.run_dir, kind)))
         names |= {f.rsplit(".", 1)[0] for f in os.listdir(self.ctr_dir) if f.endswith(".pid")}
         names |= set(os.listdir(self.bundle_dir)) | set(self.images.containers())
         wanted = {name: desired.containers.get(name) for name in names
@@ -526,11 +524,6 @@ def peers_after_set(have: ObservedPeers, peer: DesiredPeer) -> ObservedPeers:
         fdb=tuple(sorted({f for f in have.fdb if f[0] != peer.vtep_mac}
                          | {(peer.vtep_mac, peer.underlay_ip)})))
 
-
-def default_cgroup_parent(run_dir: str) -> str:
-    """``/sdnctl/<run dir's last component>-<hash>``: unique per agent on a machine."""
-    digest = hashlib.sha256(os.path.abspath(run_dir).encode()).hexdigest()[:8]
-    return f"/sdnctl/{os.path.basename(run_dir.rstrip('/')) or 'agent'}-{digest}"
 
 
 def flush_addresses(addresses: Iterable[str]) -> None:

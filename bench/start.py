@@ -79,7 +79,7 @@ from agent import ocispec
 from agent.imagestore import ImageStore
 from agent.kernel import cgroups, procs
 from agent.kernel.netns import create_netns, netns_path, remove_netns
-from agent.reconcile import SANDBOX_DIRS, default_cgroup_parent
+from agent.layout import SANDBOX_DIRS, default_cgroup_parent
 from agent.runtime import OciRuntime, Rootfs
 from sdnctl.api.imagefmt import BlobStore, import_archive
 from sdnctl.api.model import DEFAULT_CAPABILITIES, ContainerStatus

@@ -392,7 +392,7 @@ def log_path(client: Client, name: str) -> str:
     candidates = local.log_candidates(run_dir, ctr.host, host.netns, ctr.status.netns,
                                 local.lab_states(run_dir))
     for directory in candidates:
-        path = os.path.join(directory, "containers", f"{name}.log")
+        path = local.log_file(directory, name)
         if os.path.exists(path):
             return path
     where = "" if host.lab else f" (host {ctr.host!r} is not a lab host: its files are there)"

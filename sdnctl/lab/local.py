@@ -14,6 +14,7 @@ import os
 import subprocess
 from typing import IO, Any
 
+from agent import layout
 from agent.kernel import cgroups
 from agent.kernel.netns import NETNS_RUN_DIR
 from agent.runtime import OciRuntime
@@ -74,3 +75,8 @@ def lab_states(run_dir: str) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
     return states
+
+
+def log_file(agent_run_dir: str, name: str) -> str:
+    """Where the agent that runs in ``agent_run_dir`` writes container ``name``'s output."""
+    return layout.container_file(agent_run_dir, name, "log")

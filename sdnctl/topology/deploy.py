@@ -32,8 +32,7 @@ from typing import Any, TextIO
 
 import grpc
 
-from agent.kernel import cgroups, netns, procfs, procs
-from agent.reconcile import SANDBOX_DIRS, default_cgroup_parent
+from agent import layout
 from sdnctl.api import convert, paths
 from sdnctl.api.client import Client, poll_delays, start_controller, started_controller_pid
 from sdnctl.api.model import STATE_ERROR, STATE_EXITED, STATE_RUNNING, Container, Host, Network
@@ -611,29 +610,11 @@ def sweep(topology: Topology, state: dict[str, Any], progress: Progress) -> None
     prefix = state.get("prefix") or lab_prefix(topology)
     for host in topology.lab_hosts:
         run_dir = agent_run_dir(prefix, host.name)
-        ctr_dir = os.path.join(run_dir, "containers")
-        leftovers = 0
-        for pidfile in _listdir(ctr_dir, ".pid"):
-            info = procs.read_pidfile(os.path.join(ctr_dir, pidfile))
-            if info is not None and procfs.is_running(info.pid, info.start_time):
-                procs.stop(info, grace=0.5)
-                leftovers += 1
-        for kind_dir in SANDBOX_DIRS.values():
-            for name in _listdir(os.path.join(run_dir, kind_dir), ""):
-                netns.remove_netns(os.path.join(run_dir, kind_dir, name))
-                leftovers += 1
-        if os.path.isdir(run_dir):
-            cgroups.remove_tree(default_cgroup_parent(run_dir))
+        leftovers = layout.sweep(run_dir)
         if leftovers:
             progress.step(f"{host.name}: swept {leftovers} leftover(s) of a stopped agent")
         shutil.rmtree(run_dir, ignore_errors=True)
 
-
-def _listdir(path: str, suffix: str) -> list[str]:
-    try:
-        return sorted(n for n in os.listdir(path) if n.endswith(suffix) and not n.startswith("."))
-    except FileNotFoundError:
-        return []
 
 
 def stop_controller_if_idle(progress: Progress) -> None:
