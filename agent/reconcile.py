@@ -38,14 +38,14 @@ from agent import layout, ocispec
 from agent import plan as p
 from agent.desired import DesiredContainer, DesiredPeer, DesiredState, LocalHost
 from agent.imagestore import ImageStore
-from agent.kernel import cgroups, conntrack, firewall, netns, procfs, procs, sysctl
+from agent.kernel import cgroups, conntrack, netns, procfs, procs, sysctl
 from agent.kernel.links import (
-    Links,
     ObservedContainerNet,
     ObservedPeers,
     ObservedVxlan,
     PeerEntries,
 )
+from agent.kernel.seams import FirewallOps, LinkOps
 from agent.layout import default_cgroup_parent
 from agent.modes import MODES
 from agent.names import (
@@ -117,7 +117,7 @@ class Reconciler:
     mode); the agent's own namespace is the host's.
     """
 
-    def __init__(self, run_dir: str, links: Links, fw: firewall.Firewall,
+    def __init__(self, run_dir: str, links: LinkOps, fw: FirewallOps,
                  stop_grace: float = 1.0, host_netns: str = "",
                  local: LocalHost | None = None, runtime: Runtime | None = None,
                  images: ImageStore | None = None, cgroup_parent: str = "",

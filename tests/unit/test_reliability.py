@@ -13,6 +13,7 @@ from test_plan import DB, FRONT, WEB, desired
 
 from agent import plan as p
 from agent.desired import DesiredNetwork, DesiredPeer, DesiredState, LocalHost
+from agent.kernel.fakes import FakeFirewall, FakeLinks, FakeRuntime
 from agent.kernel.links import ObservedPeers, ObservedVxlan
 from agent.names import vxlan_alias, vxlan_name
 from agent.reconcile import Reconciler, peers_after_set
@@ -58,14 +59,9 @@ def test_every_action_is_described_and_restarts_are_not_repairs() -> None:
     assert p.describe(p.RemoveContainer("web", stop=True)) == "remove container 'web'"
 
 
-class FakeRuntime:
-    name = "fake"
-    root = "/nonexistent"
-
-
 def test_no_container_is_set_up_while_the_firewall_fails(tmp_path: Path) -> None:
-    reconciler = Reconciler(str(tmp_path), links=None, fw=None,  # type: ignore[arg-type]
-                            runtime=FakeRuntime(), images=None)  # type: ignore[arg-type]
+    reconciler = Reconciler(str(tmp_path), links=FakeLinks(), fw=FakeFirewall(),
+                            runtime=FakeRuntime())
     applied: list[Any] = []
 
     def apply(action: Any) -> None:

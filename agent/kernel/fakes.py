@@ -1,0 +1,150 @@
+"""In-memory fakes of the kernel seams (``kernel/seams.py``) and of the runtime, for unit tests.
+
+Design note. A fake keeps what a real one would have made, in plain dicts, and answers the
+observe calls from them, so that a reconciler driven against it sees its own writes. It checks
+nothing a kernel would refuse: behaviour against the real kernel is what the netns tests prove.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from agent.kernel.firewall import SpecLike, fingerprint
+from agent.kernel.links import (
+    ObservedContainerNet,
+    ObservedLink,
+    ObservedPeers,
+    ObservedVxlan,
+    PeerEntries,
+)
+from agent.runtime import Rootfs
+
+
+@dataclass
+class FakeLinks:
+    links: dict[str, ObservedLink] = field(default_factory=dict)
+    peers: dict[str, ObservedPeers] = field(default_factory=dict)
+    containers: dict[str, ObservedContainerNet] = field(default_factory=dict)  # by netns path
+
+    def _add(self, link: ObservedLink) -> int:
+        self.links[link.ifname] = link
+        return link.index
+
+    def _index(self, name: str) -> int:
+        have = self.links.get(name)
+        return have.index if have else len(self.links) + 2  # 1 is lo
+
+    def forget_netns(self, path: str) -> None:
+        self.containers.pop(path, None)
+
+    def dump_owned(self) -> list[ObservedLink]:
+        return sorted(self.links.values(), key=lambda link: link.ifname)
+
+    def observe_containers(self, peers: dict[str, str]) -> dict[str, ObservedContainerNet | None]:
+        return {path: self.containers.get(path) for path in peers}
+
+    def ensure_bridge(self, name: str, alias: str, gateway_cidr: str, mtu: int) -> int:
+        return self._add(ObservedLink(name, self._index(name), "bridge", alias, None, mtu, True,
+                                      (gateway_cidr,)))
+
+    def ensure_veth(self, host_ifname: str, alias: str, bridge: str, mtu: int, netns_path: str,
+                    peer_ifname: str, address_cidr: str, gateway: str,
+                    mac: str | None = None) -> int:
+        index = self._add(ObservedLink(host_ifname, self._index(host_ifname), "veth", alias,
+                                       bridge, mtu, True, ()))
+        self.containers[netns_path] = ObservedContainerNet(peer_ifname, 2, True, mtu,
+                                                           (address_cidr,), gateway or None, mac)
+        return index
+
+    def remove_link(self, name: str) -> bool:
+        self.peers.pop(name, None)
+        return self.links.pop(name, None) is not None
+
+    def ensure_vxlan(self, name: str, alias: str, vni: int, local_ip: str, port: int,
+                     underlay_dev: str, mtu: int, mac: str, vtep_cidr: str) -> int:
+        return self._add(ObservedVxlan(name, self._index(name), "vxlan", alias, None, mtu, True,
+                                       (vtep_cidr,), vni, port, local_ip, underlay_dev, False,
+                                       mac))
+
+    def observe_vxlan(self, name: str) -> ObservedVxlan | None:
+        link = self.links.get(name)
+        return link if isinstance(link, ObservedVxlan) else None
+
+    def observe_all_peers(self) -> dict[str, ObservedPeers]:
+        return dict(self.peers)
+
+    def ensure_peers(self, device: str, peers: Sequence[PeerEntries],
+                     have: ObservedPeers | None = None) -> int:
+        old = self.peers.get(device, ObservedPeers())
+        self.peers[device] = ObservedPeers(
+            tuple(sorted(set(old.routes) | {(p.subnet, p.vtep_ip) for p in peers})),
+            tuple(sorted(set(old.neighbours) | {(p.vtep_ip, p.vtep_mac) for p in peers})),
+            tuple(sorted(set(old.fdb) | {(p.vtep_mac, p.underlay_ip) for p in peers})))
+        return len(peers)
+
+    def _drop(self, device: str, routes: set[tuple[str, str]] | None = None,
+              neighbours: set[tuple[str, str]] | None = None,
+              fdb: set[tuple[str, str]] | None = None) -> bool:
+        old = self.peers.get(device, ObservedPeers())
+        new = ObservedPeers(tuple(r for r in old.routes if r not in (routes or set())),
+                            tuple(n for n in old.neighbours if n not in (neighbours or set())),
+                            tuple(f for f in old.fdb if f not in (fdb or set())))
+        self.peers[device] = new
+        return new != old
+
+    def remove_peer_route(self, device: str, subnet: str) -> bool:
+        routes = {r for r in self.peers.get(device, ObservedPeers()).routes if r[0] == subnet}
+        return self._drop(device, routes=routes)
+
+    def remove_neighbour(self, device: str, ip: str) -> bool:
+        found = {n for n in self.peers.get(device, ObservedPeers()).neighbours if n[0] == ip}
+        return self._drop(device, neighbours=found)
+
+    def remove_fdb(self, device: str, mac: str, dst: str) -> bool:
+        return self._drop(device, fdb={(mac, dst)})
+
+
+@dataclass
+class FakeFirewall:
+    installed: str | None = None  # the fingerprint of what is "installed"
+    writes: int = 0
+
+    def observe(self, fresh: bool = True) -> str | None:
+        return self.installed
+
+    def apply(self, spec: SpecLike) -> bool:
+        wanted = fingerprint(spec)
+        if wanted == self.installed:
+            return False
+        self.installed = wanted
+        self.writes += 1
+        return True
+
+    def remove(self) -> None:
+        self.installed = None
+
+
+@dataclass
+class FakeRuntime:
+    """A runtime that runs nothing: it hands out made-up PIDs and remembers what it was told."""
+
+    name: str = "fake"
+    root: str = "/nonexistent"
+    running: dict[str, int] = field(default_factory=dict)
+    next_pid: int = 100000
+
+    def run(self, cid: str, bundle: str, rootfs: Rootfs, log: str) -> tuple[int, int]:
+        self.next_pid += 1
+        self.running[cid] = self.next_pid
+        return self.next_pid, 0
+
+    def kill(self, cid: str, sig: int = signal.SIGTERM) -> None:
+        self.running.pop(cid, None)
+
+    def delete(self, cid: str) -> None:
+        self.running.pop(cid, None)
+
+    def exec_argv(self, cid: str, argv: Sequence[str], tty: bool = False) -> list[str]:
+        return ["false"]
