@@ -17,9 +17,6 @@ from dataclasses import dataclass, field
 
 from agent.desired import DesiredContainer, DesiredNetwork, DesiredPeer, DesiredState
 from agent.drivers import DRIVERS, driver_of
-from agent.kernel.firewall import BridgeNet, FirewallSpec, PortGuard, PortRule, VxlanFilter
-from agent.kernel.firewall import fingerprint as firewall_fingerprint
-from agent.kernel.links import ObservedContainerNet, ObservedLink, ObservedPeers, ObservedVxlan
 from agent.modes import MODES
 from agent.names import (
     ALIAS_PREFIX,
@@ -31,6 +28,9 @@ from agent.names import (
     vxlan_alias,
     vxlan_name,
 )
+from agent.nftrules import BridgeNet, FirewallSpec, PortGuard, PortRule, VxlanFilter
+from agent.nftrules import fingerprint as firewall_fingerprint
+from agent.observed import ObservedContainerNet, ObservedLink, ObservedPeers, ObservedVxlan
 
 #: Drivers whose containers hang off a local Linux bridge: all of them (an overlay adds a VXLAN).
 LOCAL_BRIDGE_DRIVERS = tuple(DRIVERS)

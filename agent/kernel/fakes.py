@@ -11,8 +11,8 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agent.kernel.firewall import SpecLike, fingerprint
-from agent.kernel.links import (
+from agent.nftrules import SpecLike, fingerprint
+from agent.observed import (
     ObservedContainerNet,
     ObservedLink,
     ObservedPeers,

@@ -51,7 +51,6 @@ import os
 import socket
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from netaddr import IPNetwork
@@ -67,6 +66,13 @@ from agent.kernel.netns import (
     open_netlink_fds,
 )
 from agent.names import ALIAS_PREFIX, BRIDGE_PREFIX, VETH_PREFIX, VXLAN_PREFIX
+from agent.observed import (
+    ObservedContainerNet,
+    ObservedLink,
+    ObservedPeers,
+    ObservedVxlan,
+    PeerEntries,
+)
 from sdnctl.api import faults
 
 RTPROT_SDNCTL = 211
@@ -101,58 +107,6 @@ def delete_link(ipr: IPRoute, link: Any, what: str,
 
 class KernelError(Exception):
     """A kernel operation failed; the message names the verb and the object."""
-
-
-@dataclass(frozen=True)
-class ObservedLink:
-    ifname: str
-    index: int
-    kind: str | None
-    alias: str | None
-    master: str | None
-    mtu: int
-    up: bool
-    addresses: tuple[str, ...]  # IPv4, 'a.b.c.d/len', sorted
-
-
-@dataclass(frozen=True)
-class ObservedContainerNet:
-    ifname: str
-    index: int
-    up: bool
-    mtu: int
-    addresses: tuple[str, ...]  # IPv4, 'a.b.c.d/len', sorted
-    gateway: str | None  # of the main table's IPv4 default route
-    mac: str | None = None  # the interface's MAC address
-
-
-@dataclass(frozen=True)
-class ObservedVxlan(ObservedLink):
-    vni: int
-    port: int
-    local: str | None
-    underlay: str | None  # the name of the device it sends through (IFLA_VXLAN_LINK)
-    learning: bool
-    mac: str | None
-
-
-@dataclass(frozen=True)
-class PeerEntries:
-    """One peer host as ``ensure_peers`` writes it (see the module note)."""
-
-    subnet: str
-    vtep_ip: str
-    vtep_mac: str
-    underlay_ip: str
-
-
-@dataclass(frozen=True)
-class ObservedPeers:
-    """What a VXLAN device of ours holds for its peers, each tuple sorted."""
-
-    routes: tuple[tuple[str, str], ...] = ()  # (dst 'a.b.c.d/len', via), proto RTPROT_SDNCTL
-    neighbours: tuple[tuple[str, str], ...] = ()  # (ip, mac), permanent
-    fdb: tuple[tuple[str, str], ...] = ()  # (mac, underlay dst ip)
 
 
 def _kind(msg: Any) -> str | None:
@@ -844,3 +798,15 @@ class Links:
                 return False
             raise KernelError(f"could not remove FDB {mac} -> {dst} on {device!r}") from e
         return True
+
+
+# The observed types live in agent/observed.py (pure); these names stay reachable from here.
+__all__ = [
+    "KernelError",
+    "Links",
+    "ObservedContainerNet",
+    "ObservedLink",
+    "ObservedPeers",
+    "ObservedVxlan",
+    "PeerEntries",
+]

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from agent.kernel.firewall import SpecLike
-from agent.kernel.links import (
+from agent.nftrules import SpecLike
+from agent.observed import (
     ObservedContainerNet,
     ObservedLink,
     ObservedPeers,

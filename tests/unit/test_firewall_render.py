@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from agent.kernel import firewall
-from agent.kernel.firewall import (
+from agent.names import container_mac
+from agent.nftrules import (
     BridgeNet,
     FirewallSpec,
     MasqueradeRule,
@@ -20,7 +21,6 @@ from agent.kernel.firewall import (
     localnet_bridges,
     render,
 )
-from agent.names import container_mac
 
 FRONT = BridgeNet("front", "sdnbf", "10.1.0.0/24", masquerade=True, internal=False)
 BACK = BridgeNet("back", "sdnbb", "10.2.0.0/24", masquerade=True, internal=False)

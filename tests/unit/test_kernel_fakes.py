@@ -4,9 +4,9 @@ would, so that a unit test driving the reconciler through them sees its own writ
 from __future__ import annotations
 
 from agent.kernel.fakes import FakeFirewall, FakeLinks
-from agent.kernel.firewall import FirewallSpec
-from agent.kernel.links import ObservedPeers, PeerEntries
 from agent.kernel.seams import FirewallOps, LinkOps
+from agent.nftrules import FirewallSpec
+from agent.observed import ObservedPeers, PeerEntries
 
 
 def test_links_fake_remembers_links_and_peers() -> None:

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from agent.desired import DesiredContainer, DesiredNetwork, DesiredState
-from agent.kernel.firewall import fingerprint
-from agent.kernel.links import ObservedContainerNet, ObservedLink
 from agent.names import bridge_alias, bridge_name, container_mac, veth_alias, veth_name
+from agent.nftrules import fingerprint
+from agent.observed import ObservedContainerNet, ObservedLink
 from agent.plan import (
     ContainerState,
     EnableForwarding,

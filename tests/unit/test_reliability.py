@@ -14,8 +14,8 @@ from test_plan import DB, FRONT, WEB, desired
 from agent import plan as p
 from agent.desired import DesiredNetwork, DesiredPeer, DesiredState, LocalHost
 from agent.kernel.fakes import FakeFirewall, FakeLinks, FakeRuntime
-from agent.kernel.links import ObservedPeers, ObservedVxlan
 from agent.names import vxlan_alias, vxlan_name
+from agent.observed import ObservedPeers, ObservedVxlan
 from agent.reconcile import Reconciler, peers_after_set
 from sdnctl.api import faults
 

@@ -1,0 +1,537 @@
+"""The agent's firewall rules: tables ``inet sdnctl`` and ``bridge sdnctl`` plus two bridge sysctls.
+
+Design note. A ``FirewallSpec`` (pure data) says what this host wants: its bridge networks, the
+pairs of them allowed to talk, the published ports and the anti-spoofing guards of container
+ports. ``render(spec)`` turns it into ONE ``nft -f -`` script, which nft applies as one atomic
+transaction: for each table ``add table``, ``add chain`` (always the same chains), ``flush
+chain``, then the rules. We never touch tables we do not own, and every base chain has policy
+accept: a default drop on a hook shared with the host's own firewall would break it. Our drops
+name exactly what they drop.
+
+``inet sdnctl``
+  prerouting (nat)   published ports: DNAT to the container. ``host_ip`` "" means any local
+                     address except 127.0.0.0/8 (``fib daddr type local``): a packet from another
+                     host addressed to 127.0.0.1 must never be DNAT'd (moby#45610). A port on a
+                     loopback address is DNAT'd in ``output`` only.
+  output (nat)       the same for connections made by the host itself, 127.0.0.1 included.
+  input (filter)     VXLAN filtering: per UDP port of our overlays, accept a packet only from a
+                     member host's underlay address AND with the VNI of an overlay it is a member
+                     of (raw payload ``@th,96,24``: the VNI is bits 32-55 of the 8-byte VXLAN
+                     header that follows the 8-byte UDP header); count and drop the rest (a
+                     forged source, or a member using a VNI it has no part in). Nothing else is
+                     touched: the chain's policy is accept.
+  postrouting (nat)  masquerade, in this order: loopback sources leaving a bridge (for the
+                     127.0.0.1 path, with ``route_localnet=1`` on that bridge, as Docker does);
+                     hairpin (DNAT'd traffic whose source is on the destination's bridge, so
+                     the answer comes back through us); egress of each non-internal network with
+                     masquerade, except towards the network's whole CIDR (on an overlay the
+                     other hosts' slices are reached through the VXLAN device with the real
+                     source) and towards any of our bridges and VXLAN devices (routed traffic
+                     between allowed networks keeps its real source).
+  forward (filter)   stateless, like Docker's isolation chains, so un-allowing a pair cuts
+                     established flows too: (0) a network's bridge and its own VXLAN device
+                     always forward to each other (internal networks too: that is the overlay);
+                     (1) an internal network forwards only to and from itself and its allowed
+                     networks; (2) DNAT'd connections pass; (3) a network forwards to none of
+                     our other networks except the allowed ones. A network's "interfaces" are
+                     its bridge and, on an overlay, its VXLAN device: isolation and allowed
+                     pairs apply to both.
+
+``bridge sdnctl``
+  prerouting (filter) per container port (``iifname VETH``): drop frames whose source MAC is
+                     not the container's, IPv4 whose source is not its address, ARP whose sender
+                     MAC or IP is not its own, and any ethertype but IPv4, ARP and IPv6 (a VLAN
+                     tag would hide the inner header). Router advertisements from any container
+                     port (``sdnv*``) are dropped. Every drop has a counter.
+
+Sysctls of our bridges, in the same namespace: ``net.ipv4.conf.<bridge>.route_localnet`` is 1
+exactly on bridges with a loopback-reachable port (host_ip "" or 127.x), and
+``net.ipv6.conf.<bridge>.accept_ra`` is 0 on every bridge of ours (skipped without IPv6).
+
+Idempotence. The script is applied only when the installed state's fingerprint differs from the
+wanted one. The fingerprint is the sha of the rendered script, carried in the comment of one
+rule, plus the sorted comments of all rules of both tables (every rule has one), plus the bridge
+sysctls; a rule deleted or added by hand, or a recreated bridge that lost ``route_localnet``,
+shows up as drift. (A table comment would be the obvious place for the sha, but nft 1.0.6
+neither updates a table's comment on ``add table`` nor shows it in ``nft -j`` output.) A bridge
+that does not exist yet cannot take its sysctls: the fingerprint stays different and the next
+apply, once the bridge exists, sets them (without rewriting the unchanged tables).
+
+This module is pure (no I/O): ``agent/kernel/firewall.py`` applies its scripts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from agent.names import VETH_PREFIX
+
+TABLE_FAMILY = "inet"  # the main table; BRIDGE_FAMILY holds the anti-spoofing one
+BRIDGE_FAMILY = "bridge"
+TABLE_NAME = "sdnctl"
+SHA_COMMENT_PREFIX = "sdnctl:sha/"
+SYSCTL_PREFIX = "sysctl:"
+PROTOCOLS = ("tcp", "udp")
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+T = TypeVar("T")
+
+# (family, chain, declaration) in creation order; every render declares and flushes all of them.
+CHAINS = (
+    (TABLE_FAMILY, "prerouting", "type nat hook prerouting priority dstnat;"),
+    (TABLE_FAMILY, "output", "type nat hook output priority -100;"),
+    (TABLE_FAMILY, "postrouting", "type nat hook postrouting priority srcnat;"),
+    (TABLE_FAMILY, "forward", "type filter hook forward priority filter; policy accept;"),
+    (TABLE_FAMILY, "input", "type filter hook input priority filter; policy accept;"),
+    (BRIDGE_FAMILY, "prerouting", "type filter hook prerouting priority filter; policy accept;"),
+)
+FAMILIES = (TABLE_FAMILY, BRIDGE_FAMILY)
+
+
+# --- the spec -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BridgeNet:
+    """One bridge network on this host."""
+
+    network: str  # network name: the owner key is "net/<network>"
+    bridge: str  # its bridge on this host
+    subnet: str  # this host's subnet of the network, "a.b.c.d/len"
+    masquerade: bool = True  # egress NAT (ignored when internal)
+    internal: bool = False  # no forwarding but to allowed bridges, no NAT
+    cidr: str = ""  # the whole network's CIDR (an overlay's, all hosts); "" = same as subnet
+    vxlan: str = ""  # the overlay's VXLAN device on this host; "" = not an overlay
+
+    @property
+    def interfaces(self) -> list[str]:
+        """The bridge and, on an overlay, the VXLAN device."""
+        return [self.bridge, self.vxlan] if self.vxlan else [self.bridge]
+
+
+@dataclass(frozen=True)
+class VxlanFilter:
+    """Accept VXLAN on ``port`` with VNI ``vni`` only from ``members`` (underlay addresses of
+    the overlay's other hosts). Several overlays may share a port with different VNIs."""
+
+    port: int
+    vni: int
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PortRule:
+    """A published port: ``host_ip:host_port/protocol`` -> ``container_ip:container_port``."""
+
+    container: str
+    bridge: str  # the container's bridge (must be one of the spec's networks)
+    container_ip: str
+    protocol: str  # "tcp" or "udp"
+    host_ip: str  # "" = any local address but 127.0.0.0/8; a loopback address = host only
+    host_port: int
+    container_port: int
+
+
+@dataclass(frozen=True)
+class PortGuard:
+    """Anti-spoofing for one container port on a bridge."""
+
+    container: str
+    veth: str  # host side of the container's veth (the bridge port)
+    mac: str  # the container interface's MAC
+    ip: str  # its IPv4 address
+
+
+@dataclass(frozen=True)
+class FirewallSpec:
+    networks: tuple[BridgeNet, ...] = ()
+    allowed: tuple[tuple[str, str], ...] = ()  # pairs of network names, order-free
+    ports: tuple[PortRule, ...] = ()
+    guards: tuple[PortGuard, ...] = ()
+    vxlan: tuple[VxlanFilter, ...] = ()
+
+    @classmethod
+    def from_masquerade(cls, rules: Sequence[MasqueradeRule]) -> FirewallSpec:
+        """The spec of the older masquerade-only interface (non-internal networks, no pairs)."""
+        return cls(networks=tuple(BridgeNet(r.network, r.bridge, r.subnet) for r in rules))
+
+
+@dataclass(frozen=True)
+class MasqueradeRule:
+    """Masquerade traffic from a bridge network's host subnet that leaves the host.
+
+    The first interface of this module; ``render``/``fingerprint``/``apply`` still take a list
+    of these and treat it as ``FirewallSpec.from_masquerade(rules)``.
+    """
+
+    network: str
+    subnet: str
+    bridge: str
+
+    @property
+    def comment(self) -> str:
+        return f"sdnctl:net/{self.network}"
+
+
+SpecLike = FirewallSpec | Sequence[MasqueradeRule]
+
+
+def _as_spec(spec: SpecLike) -> FirewallSpec:
+    return spec if isinstance(spec, FirewallSpec) else FirewallSpec.from_masquerade(spec)
+
+
+# --- rendering (pure) -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rule:
+    family: str
+    chain: str
+    expr: str
+    comment: str
+
+    def line(self) -> str:
+        return f"add rule {self.family} {TABLE_NAME} {self.chain} {self.expr} " \
+               f"comment {_quote(self.comment)}"
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.:@/+-]{1,64}")
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
+def _quote(text: str) -> str:
+    if '"' in text or "\n" in text:
+        raise ValueError(f"cannot quote {text!r} for nft")
+    return f'"{text}"'
+
+
+def _ifname(name: str) -> str:
+    if not _NAME.fullmatch(name) or len(name.encode()) > 15:
+        raise ValueError(f"invalid interface name {name!r}")
+    return _quote(name)
+
+
+def _names(names: Sequence[str]) -> str:
+    """One quoted name, or an anonymous set of several (nft rejects an empty set)."""
+    quoted = [_ifname(n) for n in sorted(set(names))]
+    if not quoted:
+        raise ValueError("empty interface set")
+    return quoted[0] if len(quoted) == 1 else "{ " + ", ".join(quoted) + " }"
+
+
+def _ipv4(text: str) -> str:
+    return str(ipaddress.IPv4Address(text))
+
+
+def _subnet(text: str) -> str:
+    return str(ipaddress.IPv4Network(text, strict=False))
+
+
+def _mac(text: str) -> str:
+    mac = text.lower()
+    if not _MAC.fullmatch(mac):
+        raise ValueError(f"invalid MAC address {text!r}")
+    return mac
+
+
+def _vni(number: int) -> int:
+    if not 0 <= number < 1 << 24:
+        raise ValueError(f"invalid VNI {number!r}")
+    return number
+
+
+def _addresses(texts: Sequence[str]) -> str:
+    """One IPv4 address, or an anonymous set of several (nft rejects an empty set)."""
+    addrs = sorted({ipaddress.IPv4Address(t) for t in texts})
+    if not addrs:
+        raise ValueError("empty address set")
+    return str(addrs[0]) if len(addrs) == 1 else "{ " + ", ".join(map(str, addrs)) + " }"
+
+
+def _port(number: int) -> int:
+    if not 1 <= number <= 65535:
+        raise ValueError(f"invalid port {number!r}")
+    return number
+
+
+def _normalized_pairs(spec: FirewallSpec) -> set[tuple[str, str]]:
+    """Allowed pairs as sorted tuples of names known to the spec, without self-pairs."""
+    known = {n.network for n in spec.networks}
+    return {(min(a, b), max(a, b)) for a, b in spec.allowed if a != b and {a, b} <= known}
+
+
+def _is_loopback(host_ip: str) -> bool:
+    return bool(host_ip) and ipaddress.IPv4Address(host_ip) in LOOPBACK
+
+
+def _published(spec: FirewallSpec) -> list[PortRule]:
+    """The ports to publish, sorted. Ports on internal networks are not published (as Docker):
+    the forward chain would drop them anyway, and a DNAT that cannot deliver only misleads."""
+    nets = {n.bridge: n for n in spec.networks}
+    for p in spec.ports:
+        if p.bridge not in nets:
+            raise ValueError(f"port {p.host_port}/{p.protocol} of {p.container!r}: "
+                             f"bridge {p.bridge!r} is not in the spec")
+        if p.protocol not in PROTOCOLS:
+            raise ValueError(f"invalid protocol {p.protocol!r} for {p.container!r}")
+    return sorted((p for p in spec.ports if not nets[p.bridge].internal),
+                  key=lambda p: (p.protocol, p.host_ip, p.host_port, p.container))
+
+
+def localnet_bridges(spec: SpecLike) -> list[str]:
+    """Bridges that need ``route_localnet=1``: those with a loopback-reachable port (pure)."""
+    return sorted({p.bridge for p in _published(_as_spec(spec))
+                   if p.host_ip == "" or _is_loopback(p.host_ip)})
+
+
+def _port_rules(spec: FirewallSpec) -> list[_Rule]:
+    rules = []
+    for p in _published(spec):
+        target = f"dnat ip to {_ipv4(p.container_ip)}:{_port(p.container_port)}"
+        match = f"{p.protocol} dport {_port(p.host_port)} {target}"
+        comment = f"sdnctl:ctr/{p.container}/port/{p.protocol}/{p.host_port}"
+        if p.host_ip == "":
+            rules.append(_Rule(TABLE_FAMILY, "prerouting",
+                               f"ip daddr != {LOOPBACK} fib daddr type local {match}", comment))
+            rules.append(_Rule(TABLE_FAMILY, "output",
+                               f"meta nfproto ipv4 fib daddr type local {match}", comment))
+        else:
+            daddr = f"ip daddr {_ipv4(p.host_ip)} {match}"
+            if not _is_loopback(p.host_ip):
+                rules.append(_Rule(TABLE_FAMILY, "prerouting", daddr, comment))
+            rules.append(_Rule(TABLE_FAMILY, "output", daddr, comment))
+    return rules
+
+
+def _postrouting_rules(spec: FirewallSpec) -> list[_Rule]:
+    nets = sorted(spec.networks, key=lambda n: n.network)
+    by_bridge = {n.bridge: n for n in nets}
+    published = _published(spec)
+    rules = [
+        _Rule(TABLE_FAMILY, "postrouting",
+              f"oifname {_ifname(b)} ip saddr {LOOPBACK} masquerade",
+              f"sdnctl:net/{by_bridge[b].network}/localnet")
+        for b in localnet_bridges(spec)
+    ]
+    for b in sorted({p.bridge for p in published}):
+        n = by_bridge[b]
+        rules.append(_Rule(
+            TABLE_FAMILY, "postrouting",
+            f"oifname {_ifname(b)} ct status dnat ip saddr {_subnet(n.subnet)} masquerade",
+            f"sdnctl:net/{n.network}/hairpin"))
+    ours = _names([i for n in nets for i in n.interfaces]) if nets else ""
+    for n in nets:
+        if n.masquerade and not n.internal:
+            subnet = _subnet(n.subnet)
+            whole = _subnet(n.cidr) if n.cidr else subnet
+            rules.append(_Rule(
+                TABLE_FAMILY, "postrouting",
+                f"ip saddr {subnet} ip daddr != {whole} oifname != {ours} masquerade",
+                f"sdnctl:net/{n.network}"))
+    return rules
+
+
+def _forward_rules(spec: FirewallSpec) -> list[_Rule]:
+    nets = sorted(spec.networks, key=lambda n: n.network)
+    pairs = _normalized_pairs(spec)
+    by_name = {n.network: n for n in nets}
+
+    def allowed_with(n: BridgeNet) -> list[str]:
+        return [i for a, b in pairs if n.network in (a, b)
+                for i in by_name[b if a == n.network else a].interfaces]
+
+    rules = []
+    for n in (n for n in nets if n.vxlan):
+        bridge, vxlan = _ifname(n.bridge), _ifname(n.vxlan)
+        for iif, oif in ((bridge, vxlan), (vxlan, bridge)):
+            rules.append(_Rule(TABLE_FAMILY, "forward", f"iifname {iif} oifname {oif} accept",
+                               f"sdnctl:net/{n.network}/overlay"))
+    for n in (n for n in nets if n.internal):
+        own = _names(n.interfaces)
+        reach = _names([*n.interfaces, *allowed_with(n)])
+        rules.append(_Rule(TABLE_FAMILY, "forward",
+                           f"iifname {own} oifname != {reach} drop",
+                           f"sdnctl:net/{n.network}/internal-out"))
+        rules.append(_Rule(TABLE_FAMILY, "forward",
+                           f"oifname {own} iifname != {reach} drop",
+                           f"sdnctl:net/{n.network}/internal-in"))
+    if _published(spec):
+        rules.append(_Rule(TABLE_FAMILY, "forward", "ct status dnat accept", "sdnctl:ports"))
+    for n in nets:
+        isolated = {i for m in nets for i in m.interfaces} - {*n.interfaces, *allowed_with(n)}
+        if isolated:
+            rules.append(_Rule(TABLE_FAMILY, "forward",
+                               f"iifname {_names(n.interfaces)} oifname "
+                               f"{_names(list(isolated))} drop",
+                               f"sdnctl:net/{n.network}/isolation"))
+    return rules
+
+
+def _vxlan_rules(spec: FirewallSpec) -> list[_Rule]:
+    """Per port: accept each (members, VNI); drop other sources; drop what is left (another
+    VNI, or IPv6). Every drop is counted."""
+    by_port: dict[int, dict[int, set[str]]] = {}
+    for f in spec.vxlan:
+        by_port.setdefault(_port(f.port), {}).setdefault(_vni(f.vni), set()).update(f.members)
+    rules = []
+    for port, vnis in sorted(by_port.items()):
+        udp = f"udp dport {port}"
+        for vni, members in sorted(vnis.items()):
+            if members:
+                rules.append(_Rule(TABLE_FAMILY, "input",
+                                   f"{udp} ip saddr {_addresses(list(members))} "
+                                   f"@th,96,24 {vni} accept",
+                                   f"sdnctl:vxlan/{port}/vni/{vni}"))
+        everyone = {m for members in vnis.values() for m in members}
+        if everyone:
+            rules.append(_Rule(TABLE_FAMILY, "input",
+                               f"{udp} ip saddr != {_addresses(list(everyone))} counter drop",
+                               f"sdnctl:vxlan/{port}/not-member"))
+        rules.append(_Rule(TABLE_FAMILY, "input", f"{udp} counter drop",
+                           f"sdnctl:vxlan/{port}/wrong-vni"))
+    return rules
+
+
+def _guard_key(g: PortGuard) -> tuple[str, str]:
+    return (g.veth, g.container)
+
+
+def _one_guard(g: PortGuard) -> list[_Rule]:
+    """The five rules of one container port, in their order in the chain."""
+    port, mac, ip = f"iifname {_ifname(g.veth)}", _mac(g.mac), _ipv4(g.ip)
+    key = f"sdnctl:ctr/{g.container}"
+    return [_Rule(BRIDGE_FAMILY, "prerouting", f"{port} {expr} counter drop", f"{key}/spoof-{what}")
+            for expr, what in (
+                (f"ether saddr != {mac}", "mac"),
+                ("ether type != { ip, arp, ip6 }", "ethertype"),
+                (f"ether type ip ip saddr != {ip}", "ip"),
+                (f"arp saddr ether != {mac}", "arp-mac"),
+                (f"arp saddr ip != {ip}", "arp-ip"),
+            )]
+
+
+_ROUTER_ADVERT = _Rule(BRIDGE_FAMILY, "prerouting",
+                       f'iifname "{VETH_PREFIX}*" icmpv6 type nd-router-advert counter drop',
+                       "sdnctl:router-advert")
+
+
+def _guard_rules(spec: FirewallSpec) -> list[_Rule]:
+    rules = [r for g in sorted(spec.guards, key=_guard_key) for r in _one_guard(g)]
+    return [*rules, _ROUTER_ADVERT]
+
+
+def _rules(spec: FirewallSpec) -> list[_Rule]:
+    return _port_rules(spec) + _postrouting_rules(spec) + _forward_rules(spec) + \
+        _vxlan_rules(spec) + _guard_rules(spec)
+
+
+def _render_body(rules: Sequence[_Rule]) -> list[str]:
+    lines = []
+    for family in FAMILIES:
+        lines.append(f"add table {family} {TABLE_NAME}")
+    for family, chain, declaration in CHAINS:
+        lines.append(f"add chain {family} {TABLE_NAME} {chain} {{ {declaration} }}")
+    for family, chain, _ in CHAINS:
+        lines.append(f"flush chain {family} {TABLE_NAME} {chain}")
+    lines += [r.line() for r in rules]
+    return lines
+
+
+def _sha(lines: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def _sha_rule(body: Sequence[str]) -> _Rule:
+    # A no-op at the end of a policy-accept chain: it is only there to carry the sha.
+    return _Rule(TABLE_FAMILY, "forward", "ct state established,related accept",
+                 SHA_COMMENT_PREFIX + _sha(body))
+
+
+def render(spec: SpecLike) -> str:
+    """The nft script for ``spec`` (pure). Its last rule's comment carries the script's sha."""
+    spec = _as_spec(spec)
+    rules = _rules(spec)
+    body = _render_body(rules)
+    body.append(_sha_rule(body).line())
+    return "\n".join(body) + "\n"
+
+
+def render_delta(installed: SpecLike, spec: SpecLike, handles: Mapping[str, int]) -> str | None:
+    """A small nft script that turns the tables ``render(installed)`` made into exactly what
+    ``render(spec)`` would make, rule order included (pure); None when that takes more than
+    moving anti-spoofing guards and changing the members of overlays (the caller then writes
+    ``render(spec)``).
+
+    ``handles`` maps rule comments to nft rule handles, for the guards' rules, the VXLAN
+    rules, the router-advert rule and the sha rule of the installed tables. A VXLAN rule whose
+    member addresses changed is replaced in place. A guard that goes loses its
+    five rules (by handle); a guard that comes is inserted before the first rule of the next
+    guard in render order (or before the router-advert rule), so the chain reads as a full
+    render's; the sha rule is replaced. One transaction, as the full script is.
+    """
+    installed, spec = _as_spec(installed), _as_spec(spec)
+    if dataclasses.replace(installed, guards=(), vxlan=()) != \
+            dataclasses.replace(spec, guards=(), vxlan=()):
+        return None
+    old_vxlan, new_vxlan = _vxlan_rules(installed), _vxlan_rules(spec)
+    if [r.comment for r in old_vxlan] != [r.comment for r in new_vxlan]:
+        return None  # a port or VNI came or went: not a change of members
+    members = [new for old, new in zip(old_vxlan, new_vxlan, strict=True) if old != new]
+    old, new = set(installed.guards), set(spec.guards)
+    if old == new and not members:
+        return None
+    gone, kept = old - new, sorted(old & new, key=_guard_key)
+    lines: list[str] = []
+    try:
+        # Another host joined or left an overlay: its VXLAN rules change their address sets
+        # in place (nft keeps a replaced rule's handle and place).
+        lines += [f"replace rule {r.family} {TABLE_NAME} {r.chain} handle {handles[r.comment]} "
+                  f"{r.expr} comment {_quote(r.comment)}" for r in members]
+        for g in sorted(gone, key=_guard_key):
+            lines += [_delete(r, handles[r.comment]) for r in _one_guard(g)]
+        for g in sorted(new - old, key=_guard_key):
+            following = next((k for k in kept if _guard_key(k) > _guard_key(g)), None)
+            anchor = _one_guard(following)[0] if following is not None else _ROUTER_ADVERT
+            position = handles[anchor.comment]
+            lines += [f"insert rule {r.family} {TABLE_NAME} {r.chain} position {position} "
+                      f"{r.expr} comment {_quote(r.comment)}" for r in _one_guard(g)]
+        old_sha = _sha_rule(_render_body(_rules(installed)))
+        lines.append(_delete(old_sha, handles[old_sha.comment]))
+    except KeyError:
+        return None  # a handle we do not know: not worth guessing
+    lines.append(_sha_rule(_render_body(_rules(spec))).line())
+    return "\n".join(lines) + "\n"
+
+
+def _delete(rule: _Rule, handle: int) -> str:
+    return f"delete rule {rule.family} {TABLE_NAME} {rule.chain} handle {int(handle)}"
+
+
+def _sysctl_lines(localnet: Sequence[str], accept_ra: Sequence[str]) -> list[str]:
+    """The sysctl part of a fingerprint: our bridges with route_localnet=1, and with
+    accept_ra other than 0."""
+    return [f"{SYSCTL_PREFIX}route_localnet=1:{','.join(sorted(localnet))}",
+            f"{SYSCTL_PREFIX}accept_ra!=0:{','.join(sorted(accept_ra))}"]
+
+
+def _tables_fingerprint(spec: FirewallSpec) -> list[str]:
+    rules = _rules(spec)
+    sha_rule = _sha_rule(_render_body(rules))
+    return sorted([r.comment for r in rules] + [sha_rule.comment])
+
+
+def fingerprint(spec: SpecLike) -> str:
+    """What ``Firewall.observe()`` returns once ``spec`` is applied (pure)."""
+    spec = _as_spec(spec)
+    return _fingerprint_of(_tables_fingerprint(spec), localnet_bridges(spec), [])
+
+
+def _fingerprint_of(comments: Sequence[str], localnet: Sequence[str],
+                    accept_ra: Sequence[str]) -> str:
+    return "\n".join(sorted(comments) + _sysctl_lines(localnet, accept_ra))

@@ -1,0 +1,62 @@
+"""What the agent reads back from the kernel, as plain frozen data (pure: no I/O).
+
+Design note. ``agent/kernel/links.py`` fills these from netlink dumps; the planner
+(``agent/plan.py``) compares them with the desired state. Keeping them here lets the planner
+and its tests import the kernel's vocabulary without importing the kernel code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ObservedLink:
+    ifname: str
+    index: int
+    kind: str | None
+    alias: str | None
+    master: str | None
+    mtu: int
+    up: bool
+    addresses: tuple[str, ...]  # IPv4, 'a.b.c.d/len', sorted
+
+
+@dataclass(frozen=True)
+class ObservedContainerNet:
+    ifname: str
+    index: int
+    up: bool
+    mtu: int
+    addresses: tuple[str, ...]  # IPv4, 'a.b.c.d/len', sorted
+    gateway: str | None  # of the main table's IPv4 default route
+    mac: str | None = None  # the interface's MAC address
+
+
+@dataclass(frozen=True)
+class ObservedVxlan(ObservedLink):
+    vni: int
+    port: int
+    local: str | None
+    underlay: str | None  # the name of the device it sends through (IFLA_VXLAN_LINK)
+    learning: bool
+    mac: str | None
+
+
+@dataclass(frozen=True)
+class PeerEntries:
+    """One peer host as ``ensure_peers`` writes it (see the module note)."""
+
+    subnet: str
+    vtep_ip: str
+    vtep_mac: str
+    underlay_ip: str
+
+
+@dataclass(frozen=True)
+class ObservedPeers:
+    """What a VXLAN device of ours holds for its peers, each tuple sorted."""
+
+    routes: tuple[tuple[str, str], ...] = ()  # (dst 'a.b.c.d/len', via), proto RTPROT_SDNCTL
+    neighbours: tuple[tuple[str, str], ...] = ()  # (ip, mac), permanent
+    fdb: tuple[tuple[str, str], ...] = ()  # (mac, underlay dst ip)
