@@ -43,8 +43,10 @@ hash of the host name and carries the host name as its ifalias, so that a hash c
 error rather than one host silently adopting another's link.
 
 Every ``ensure_*`` reads the kernel first and changes only what differs: an existing, correct lab
-is left untouched (same ifindexes). Setup rolls back what the failing call created; teardown keeps
-going and reports every failure at the end.
+is left untouched (same ifindexes). The netlink steps themselves (bridge, veth pair, addresses,
+routes, ip_forward) are the kernel package's (``agent.kernel.iproute``), as the agent's are.
+Setup rolls back what the failing call created; teardown keeps going and reports every failure
+at the end.
 
 The process helpers run one agent per lab host: ``nsenter --net=PATH`` (not ``ip netns exec``,
 which remounts /sys and so drops cgroup mounts), detached in its own session.
@@ -53,7 +55,6 @@ which remounts /sys and so drops cgroup mounts), detached in its own session.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import ipaddress
 import os
@@ -61,7 +62,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -70,7 +70,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.kernel import procfs
+from agent.kernel import iproute, procfs
 from agent.kernel.links import delete_link, get_link
 from agent.kernel.netns import (
     NETNS_RUN_DIR,
@@ -80,7 +80,6 @@ from agent.kernel.netns import (
     netns_inode,
     netns_path,
     remove_netns,
-    run_in_netns,
 )
 from sdnctl.api.model import NAME_RE
 
@@ -121,8 +120,6 @@ EXTERNAL_PREFIXLEN = 24
 EXTERNAL_DEV = "eth0"  # in <prefix>ext
 UPLINK_DEV = "ext0"  # in <prefix>ul, peer of EXTERNAL_DEV
 
-RTPROT_STATIC = 4  # our lab routes; the agent's routes carry its own protocol number
-IFF_UP = 0x1
 PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
 SPAWN_TIMEOUT = 5.0  # seconds for nsenter to enter the namespace and exec
@@ -225,11 +222,14 @@ class Lab:
                 try:
                     self._ensure_mode(ipr)
                     for segment in self.segments:
-                        bridge = _ensure_bridge(ipr, segment.bridge, self.mtu)
-                        _ensure_addresses(ipr, bridge, [(segment.gateway, segment.prefixlen)])
+                        bridge = iproute.ensure_bridge(ipr, segment.bridge, self.mtu,
+                                                       error=LabError)
+                        iproute.ensure_addresses(ipr, bridge,
+                                                 [(segment.gateway, segment.prefixlen)],
+                                                 error=LabError)
                 except NetlinkError as e:
                     raise LabError(f"could not set up the underlay of lab {self.prefix!r}") from e
-            _ensure_ip_forward(path)
+            iproute.ensure_ip_forward(path, error=LabError)
             rollback.pop_all()
 
     def _ensure_mode(self, ipr: IPRoute) -> None:
@@ -241,7 +241,7 @@ class Lab:
         bridge = get_link(ipr, UNDERLAY_BRIDGE)
         fresh = bridge is None  # a new underlay: no host is wired to it, whatever exists
         if bridge is None:
-            bridge = _ensure_bridge(ipr, UNDERLAY_BRIDGE, self.mtu)
+            bridge = iproute.ensure_bridge(ipr, UNDERLAY_BRIDGE, self.mtu, error=LabError)
         have = bridge.get("ifalias") or MODE_ALIAS[False]
         if have == wanted:
             return
@@ -289,12 +289,13 @@ class Lab:
 
     def _wire_host(self, ul: IPRoute, host: IPRoute, path: str, name: str, segment: Segment,
                    address: str, rollback: contextlib.ExitStack) -> None:
-        bridge = _require_link(ul, segment.bridge)["index"]
-        near, far = _ensure_veth(ul, uplink_name(name), host, path, HOST_DEV, alias=name,
-                                 master=bridge, mtu=self.mtu, rollback=rollback)
-        _ensure_up(ul, near)
-        _ensure_addresses(host, far, [(address, segment.prefixlen)])
-        _ensure_route(host, "0.0.0.0", 0, segment.gateway, far["index"])
+        bridge = iproute.require_link(ul, segment.bridge, error=LabError)["index"]
+        near, far = iproute.ensure_veth_pair(ul, uplink_name(name), host, path, HOST_DEV,
+                                             alias=name,
+                                 master=bridge, mtu=self.mtu, rollback=rollback, error=LabError)
+        iproute.ensure_up(ul, near)
+        iproute.ensure_addresses(host, far, [(address, segment.prefixlen)], error=LabError)
+        iproute.ensure_route(host, "0.0.0.0", 0, segment.gateway, far["index"], error=LabError)
 
     def hosts(self) -> list[LabHost]:
         """The lab hosts that exist now, found by the prefix under /run/netns, sorted by name."""
@@ -349,17 +350,20 @@ class Lab:
                     rollback.callback(remove_netns, path)
                 ext = sockets.enter_context(iproute_in(path))
                 try:
-                    near, far = _ensure_veth(ul, UPLINK_DEV, ext, path, EXTERNAL_DEV,
+                    near, far = iproute.ensure_veth_pair(ul, UPLINK_DEV, ext, path, EXTERNAL_DEV,
                                              alias="external", master=None,
-                                             mtu=self.external_mtu, rollback=rollback)
-                    _ensure_up(ul, near)
-                    _ensure_addresses(ul, near, [(EXTERNAL_GATEWAY, EXTERNAL_PREFIXLEN)])
-                    _ensure_addresses(ext, far, [(EXTERNAL_IP, EXTERNAL_PREFIXLEN)])
+                                             mtu=self.external_mtu, rollback=rollback,
+                                             error=LabError)
+                    iproute.ensure_up(ul, near)
+                    iproute.ensure_addresses(ul, near, [(EXTERNAL_GATEWAY, EXTERNAL_PREFIXLEN)],
+                                             error=LabError)
+                    iproute.ensure_addresses(ext, far, [(EXTERNAL_IP, EXTERNAL_PREFIXLEN)],
+                                             error=LabError)
                     wanted = [segment.network for segment in self.segments]
                     for network in wanted:
-                        _ensure_route(ext, str(network.network_address), network.prefixlen,
-                                      EXTERNAL_GATEWAY, far["index"])
-                    _remove_other_routes(ext, wanted, EXTERNAL_GATEWAY)
+                        iproute.ensure_route(ext, str(network.network_address), network.prefixlen,
+                                      EXTERNAL_GATEWAY, far["index"], error=LabError)
+                    iproute.remove_other_routes(ext, wanted, EXTERNAL_GATEWAY, error=LabError)
                 except NetlinkError as e:
                     raise LabError("could not set up the lab's external namespace") from e
                 rollback.pop_all()
@@ -397,169 +401,6 @@ def _check_host_name(name: str) -> str:
     return name
 
 
-def _require_link(ipr: IPRoute, ifname: str) -> Any:
-    link = get_link(ipr, ifname)
-    if link is None:
-        raise LabError(f"could not find link {ifname!r}")
-    return link
-
-
-def _kind(link: Any) -> str | None:
-    kind = link.get(("linkinfo", "kind"))
-    return kind if isinstance(kind, str) else None
-
-
-def _ensure_bridge(ipr: IPRoute, name: str, mtu: int) -> Any:
-    link = get_link(ipr, name)
-    if link is None:
-        try:
-            ipr.link("add", ifname=name, kind="bridge", state="up")
-        except NetlinkError as e:
-            if e.code != errno.EEXIST:
-                raise LabError(f"could not add bridge {name!r}") from e
-        link = _require_link(ipr, name)
-    if _kind(link) != "bridge":
-        raise LabError(f"could not use {name!r} as the underlay bridge: it is a {_kind(link)}")
-    _ensure_up(ipr, link)
-    return _ensure_mtu(ipr, link, mtu)
-
-
-def _ensure_mtu(ipr: IPRoute, link: Any, mtu: int) -> Any:
-    """Set the link's MTU in place when it differs; return the link, read back if changed."""
-    if link.get("mtu") == mtu:
-        return link
-    try:
-        ipr.link("set", index=link["index"], mtu=mtu)
-    except NetlinkError as e:
-        raise LabError(f"could not set the MTU of {link.get('ifname')!r} to {mtu}") from e
-    return _require_link(ipr, link.get("ifname"))
-
-
-def _ensure_up(ipr: IPRoute, link: Any) -> None:
-    if not link["flags"] & IFF_UP:
-        ipr.link("set", index=link["index"], state="up")
-
-
-def _ensure_veth(near: IPRoute, near_name: str, far: IPRoute, far_path: str, far_name: str,
-                 alias: str, master: int | None, mtu: int, rollback: contextlib.ExitStack
-                 ) -> tuple[Any, Any]:
-    """A veth ``near_name`` (in ``near``'s namespace) whose peer ``far_name`` is in ``far_path``,
-    both ends at ``mtu``.
-
-    A correct pair is kept; a wrong MTU or master is changed in place. The near end carries
-    ``alias``; a near end with another alias is a name collision and an error. Returns the
-    (near, far) link messages, read back.
-    """
-    n, f = get_link(near, near_name), get_link(far, far_name)
-    if n is not None and n.get("ifalias") != alias:
-        raise LabError(f"could not add veth {near_name!r} for {alias!r}: it belongs to "
-                       f"{n.get('ifalias')!r}")
-    paired = (n is not None and f is not None and _kind(n) == "veth" and _kind(f) == "veth"
-              and n.get("link") == f["index"] and f.get("link") == n["index"])
-    if not paired:
-        for ipr, link, name in ((near, n, near_name), (far, f, far_name)):
-            if link is not None:
-                delete_link(ipr, link, f"stale link {name!r}", LabError)
-        _add_veth(near, near_name, far_path, far_name, master, mtu)
-        n = _require_link(near, near_name)
-        rollback.callback(delete_link, near, n, f"veth {near_name!r}", LabError)
-        near.link("set", index=n["index"], ifalias=alias)
-        n = _require_link(near, near_name)
-        f = _require_link(far, far_name)
-    assert n is not None and f is not None
-    if master is not None and n.get("master") != master:
-        near.link("set", index=n["index"], master=master)
-        n = _require_link(near, near_name)
-    n = _ensure_mtu(near, n, mtu)
-    f = _ensure_mtu(far, f, mtu)
-    _ensure_up(far, f)
-    return n, f
-
-
-def _add_veth(near: IPRoute, near_name: str, far_path: str, far_name: str,
-              master: int | None, mtu: int) -> None:
-    fd = os.open(far_path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        extra = {} if master is None else {"master": master}
-        near.link("add", ifname=near_name, kind="veth", mtu=mtu, **extra,
-                  peer={"ifname": far_name, "net_ns_fd": fd, "mtu": mtu})
-    except NetlinkError as e:
-        raise LabError(f"could not add veth {near_name!r} with peer {far_name!r} in "
-                       f"{far_path}") from e
-    finally:
-        os.close(fd)
-
-
-def _v4_addresses(ipr: IPRoute, index: int) -> list[tuple[str, int]]:
-    return [(a.get("address"), a["prefixlen"])
-            for a in ipr.addr("dump", family=socket.AF_INET) if a["index"] == index]
-
-
-def _ensure_addresses(ipr: IPRoute, link: Any, wanted: list[tuple[str, int]]) -> None:
-    """Exactly ``wanted`` as the link's IPv4 addresses: the links are ours, strays go."""
-    index = link["index"]
-    have = _v4_addresses(ipr, index)
-    for address, prefixlen in have:
-        if (address, prefixlen) not in wanted:
-            ipr.addr("del", index=index, address=address, prefixlen=prefixlen)
-    for address, prefixlen in wanted:
-        if (address, prefixlen) not in have:
-            try:
-                ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
-            except NetlinkError as e:
-                if e.code != errno.EEXIST:
-                    raise LabError(f"could not add {address}/{prefixlen} to {link.get('ifname')!r}"
-                                   ) from e
-
-
-def _ensure_route(ipr: IPRoute, dst: str, dst_len: int, gateway: str, oif: int) -> None:
-    for route in ipr.route("dump", family=socket.AF_INET, table=254):
-        same_dst = route["dst_len"] == dst_len and (dst_len == 0 or route.get("dst") == dst)
-        if same_dst and route.get("gateway") == gateway and route.get("oif") == oif:
-            return
-    try:
-        ipr.route("replace", dst=f"{dst}/{dst_len}", gateway=gateway, oif=oif,
-                  proto=RTPROT_STATIC)
-    except NetlinkError as e:
-        raise LabError(f"could not route {dst}/{dst_len} via {gateway}") from e
-
-
-def _remove_other_routes(ipr: IPRoute, wanted: list[ipaddress.IPv4Network],
-                         gateway: str) -> None:
-    """Delete our static routes via ``gateway`` to anything but ``wanted`` (a former mode's)."""
-    for route in ipr.route("dump", family=socket.AF_INET, table=254):
-        if route["proto"] != RTPROT_STATIC or route.get("gateway") != gateway:
-            continue
-        dst = ipaddress.IPv4Network(f"{route.get('dst') or '0.0.0.0'}/{route['dst_len']}")
-        if dst not in wanted:
-            try:
-                ipr.route("del", dst=str(dst), gateway=gateway, proto=RTPROT_STATIC)
-            except NetlinkError as e:
-                if e.code != errno.ESRCH:
-                    raise LabError(f"could not delete the stale route to {dst}") from e
-
-
-def _ensure_ip_forward(path: str) -> None:
-    """net.ipv4.ip_forward=1 in the namespace at ``path`` (and, checked, nowhere else).
-
-    /proc/sys/net belongs to the network namespace of the *thread* that opens it.
-    """
-    target = netns_inode(path)
-
-    def write() -> None:
-        if os.stat("/proc/thread-self/ns/net").st_ino != target:
-            raise LabError(f"could not enter {path} to set ip_forward")
-        with open("/proc/sys/net/ipv4/ip_forward", "r+") as f:
-            if f.read().strip() != "1":
-                f.seek(0)
-                f.write("1")
-
-    try:
-        run_in_netns(path, write)
-    except OSError as e:
-        raise LabError(f"could not set ip_forward in {path}") from e
-
-
 def _underlay_ip(path: str) -> str:
     """The host's first address in an underlay subnet on eth0, or "" (half-built host)."""
     try:
@@ -567,7 +408,7 @@ def _underlay_ip(path: str) -> str:
             link = get_link(ipr, HOST_DEV)
             if link is None:
                 return ""
-            for address, _ in _v4_addresses(ipr, link["index"]):
+            for address, _ in iproute.v4_addresses(ipr, link["index"]):
                 if any(ipaddress.IPv4Address(address) in s.network for s in SEGMENTS):
                     return address
     except OSError:  # the namespace went away under us
