@@ -64,6 +64,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -274,25 +275,34 @@ class Lab:
         for other in self.hosts() if known is None else known:
             if other.name != name and other.underlay_ip == address:
                 raise LabError(f"could not add lab host {name!r}: {address} is {other.name!r}'s")
+        self._in_new_netns(path, f"could not set up lab host {name!r}",
+                           lambda ul, host, rollback: self._wire_host(
+                               ul, host, path, name, segment, address, rollback))
+        return LabHost(name=name, netns=path, underlay_ip=address)
+
+    def _in_new_netns(self, path: str, what: str,
+                      wire: Callable[[IPRoute, IPRoute, contextlib.ExitStack], None]) -> None:
+        """Create the namespace at ``path`` unless it exists and ``wire`` it to the underlay
+        (``wire(underlay socket, its socket, rollback)``); a failure undoes what was created and
+        raises LabError(``what``)."""
         with contextlib.ExitStack() as sockets:
             ul = sockets.enter_context(iproute_in(self.underlay_netns()))
             with contextlib.ExitStack() as rollback:
                 if create_netns(path):
                     rollback.callback(remove_netns, path)
-                host = sockets.enter_context(iproute_in(path))
+                ipr = sockets.enter_context(iproute_in(path))
                 try:
-                    self._wire_host(ul, host, path, name, segment, address, rollback)
+                    wire(ul, ipr, rollback)
                 except NetlinkError as e:
-                    raise LabError(f"could not set up lab host {name!r}") from e
+                    raise LabError(what) from e
                 rollback.pop_all()
-        return LabHost(name=name, netns=path, underlay_ip=address)
 
     def _wire_host(self, ul: IPRoute, host: IPRoute, path: str, name: str, segment: Segment,
                    address: str, rollback: contextlib.ExitStack) -> None:
         bridge = iproute.require_link(ul, segment.bridge, error=LabError)["index"]
         near, far = iproute.ensure_veth_pair(ul, uplink_name(name), host, path, HOST_DEV,
-                                             alias=name,
-                                 master=bridge, mtu=self.mtu, rollback=rollback, error=LabError)
+                                             alias=name, master=bridge, mtu=self.mtu,
+                                             rollback=rollback, error=LabError)
         iproute.ensure_up(ul, near)
         iproute.ensure_addresses(host, far, [(address, segment.prefixlen)], error=LabError)
         iproute.ensure_route(host, "0.0.0.0", 0, segment.gateway, far["index"], error=LabError)
@@ -343,30 +353,24 @@ class Lab:
         route back to each underlay subnet; its link's MTU is ``external_mtu``."""
         self.ensure_underlay()
         path = self.external_netns()
-        with contextlib.ExitStack() as sockets:
-            ul = sockets.enter_context(iproute_in(self.underlay_netns()))
-            with contextlib.ExitStack() as rollback:
-                if create_netns(path):
-                    rollback.callback(remove_netns, path)
-                ext = sockets.enter_context(iproute_in(path))
-                try:
-                    near, far = iproute.ensure_veth_pair(ul, UPLINK_DEV, ext, path, EXTERNAL_DEV,
-                                             alias="external", master=None,
-                                             mtu=self.external_mtu, rollback=rollback,
-                                             error=LabError)
-                    iproute.ensure_up(ul, near)
-                    iproute.ensure_addresses(ul, near, [(EXTERNAL_GATEWAY, EXTERNAL_PREFIXLEN)],
-                                             error=LabError)
-                    iproute.ensure_addresses(ext, far, [(EXTERNAL_IP, EXTERNAL_PREFIXLEN)],
-                                             error=LabError)
-                    wanted = [segment.network for segment in self.segments]
-                    for network in wanted:
-                        iproute.ensure_route(ext, str(network.network_address), network.prefixlen,
-                                      EXTERNAL_GATEWAY, far["index"], error=LabError)
-                    iproute.remove_other_routes(ext, wanted, EXTERNAL_GATEWAY, error=LabError)
-                except NetlinkError as e:
-                    raise LabError("could not set up the lab's external namespace") from e
-                rollback.pop_all()
+
+        def wire(ul: IPRoute, ext: IPRoute, rollback: contextlib.ExitStack) -> None:
+            near, far = iproute.ensure_veth_pair(ul, UPLINK_DEV, ext, path, EXTERNAL_DEV,
+                                                 alias="external", master=None,
+                                                 mtu=self.external_mtu, rollback=rollback,
+                                                 error=LabError)
+            iproute.ensure_up(ul, near)
+            iproute.ensure_addresses(ul, near, [(EXTERNAL_GATEWAY, EXTERNAL_PREFIXLEN)],
+                                     error=LabError)
+            iproute.ensure_addresses(ext, far, [(EXTERNAL_IP, EXTERNAL_PREFIXLEN)],
+                                     error=LabError)
+            wanted = [segment.network for segment in self.segments]
+            for network in wanted:
+                iproute.ensure_route(ext, str(network.network_address), network.prefixlen,
+                                     EXTERNAL_GATEWAY, far["index"], error=LabError)
+            iproute.remove_other_routes(ext, wanted, EXTERNAL_GATEWAY, error=LabError)
+
+        self._in_new_netns(path, "could not set up the lab's external namespace", wire)
         return path
 
     # -- teardown ----------------------------------------------------------------------------
