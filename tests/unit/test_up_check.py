@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from apitest import Api, StartServer, connect, keyspace
+from imagehelp import file, save_archive, tar_bytes
 
 from sdnctl import cli
 from sdnctl.controller.store.memory import MemoryStore
@@ -117,3 +118,15 @@ def test_a_dry_run_asks_the_running_controller_about_underlay_addresses(
     assert code == 2, err
     assert f"{path}:5: networks[0].subnet: " in err and "10.61.0.5" in err, err
     assert keyspace(controller.store) == before
+
+
+def test_a_dry_run_takes_the_files_image_archives_as_loaded(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A container may name an image of the file's `images:` archives (read from the archive's
+    manifest); an image nobody loads is refused at its line."""
+    save_archive(env / "img.tar", [tar_bytes([file("hello", b"hi")])], tags=["chk-img:1"])
+    text = TOPOLOGY.replace("network: tiny}", "network: tiny, image: 'chk-img:1'}")
+    code, err = dry_run(write(env, text), capsys)
+    assert code == 2 and "chk.yaml:10: containers[2].image: " in err, err
+    assert dry_run(write(env, text + "images: [img.tar]\n"), capsys) == (0, "")
+    nothing_made(env)
