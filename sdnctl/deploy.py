@@ -10,12 +10,13 @@ the controller holds): ``+`` create, ``~`` update in place, ``=`` unchanged, ``!
 in place. A plan with ``!`` stops ``up`` before anything is built; ``up --dry-run`` prints the
 plan only.
 
-Both first have the whole file checked against the controller's own rules (:func:`check`: the
+Then both have the whole file checked against the controller's own rules (:func:`check`: the
 API's ``ValidateTopology``, a dry run on a throwaway copy of its store): IPAM capacity, host
 ports, fixed addresses, subnets against hosts' underlay addresses... A refusal names the file and
-line of the object, before any lab host is built or any controller started. With no controller
-answering, the same code (:mod:`sdnctl.controller.dryrun`) runs here, on what the controller
-``up`` would start holds: its SQLite file, if any, and the default bridge network.
+line of the object, before any lab host is built. With no controller answering, the same code
+(:mod:`sdnctl.controller.dryrun`) runs here first, on what the controller ``up`` would start
+holds (its SQLite file, if any, and the default bridge network), so that a file it would refuse
+starts no controller either.
 
 ``down`` deletes the containers through the API and waits until each agent reports it has caught
 up (so agents remove what they made), then deletes networks and hosts, stops the agents, sweeps
@@ -320,6 +321,10 @@ def check(topology: Topology, client: Client | None) -> None:
         except grpc.RpcError as e:
             if _code(e) == grpc.StatusCode.INVALID_ARGUMENT:
                 raise refusal(topology, _details(e)) from None
+            if _code(e) == grpc.StatusCode.UNIMPLEMENTED:  # an older controller: say so, go on
+                sys.stderr.write(f"sdnctl: the controller at {client.address} cannot check a "
+                                 "topology before it is built (an older version)\n")
+                return
             raise DeployError(f"could not check the topology: {_details(e)}") from e
         return
     store = new_controller_store()
@@ -371,12 +376,13 @@ def up(topology: Topology, timeout: float = 120.0, progress: Progress | None = N
        out: TextIO = sys.stdout) -> None:
     progress = progress or Progress()
     started = time.monotonic()
-    check_before_building(topology, progress)
+    check_unless_served(topology)  # before starting a controller for a file it would refuse
     client = ensure_controller(progress)
     try:
         changes = plan(topology, observe(client))
         print_plan(topology, changes, f"controller at {client.address}", out)
         refused(changes)  # before anything is built
+        check(topology, client)  # likewise
         lab_hosts = build_lab(topology, progress)
         register_hosts(client, topology, lab_hosts, progress)
         ensure_agents(client, topology, lab_hosts, progress)
@@ -388,16 +394,15 @@ def up(topology: Topology, timeout: float = 120.0, progress: Progress | None = N
                   f"({time.monotonic() - started:.1f}s)")
 
 
-def check_before_building(topology: Topology, progress: Progress) -> None:
-    """:func:`check`, by the controller that answers, else here (none is started for it)."""
+def check_unless_served(topology: Topology) -> None:
+    """:func:`check` here when no controller answers (`up` is about to start one)."""
     client = Client()
     try:
-        healthy = client.healthy()
-        check(topology, client if healthy else None)
+        if client.healthy():
+            return
     finally:
         client.close()
-    progress.step(f"topology checked by the controller at {client.address}" if healthy else
-                  "topology checked against a new controller's rules (none answers yet)")
+    check(topology, None)
 
 
 def ensure_controller(progress: Progress) -> Client:
