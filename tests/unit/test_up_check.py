@@ -13,8 +13,11 @@ import pytest
 from apitest import Api, StartServer, connect, keyspace
 from imagehelp import file, save_archive, tar_bytes
 
-from sdnctl import cli
+from sdnctl import cli, paths
+from sdnctl.controller.state import State
 from sdnctl.controller.store.memory import MemoryStore
+from sdnctl.controller.store.sqlite import SqliteStore
+from sdnctl.model import Container, Host, Network
 
 TOPOLOGY = """\
 name: chk
@@ -130,3 +133,25 @@ def test_a_dry_run_takes_the_files_image_archives_as_loaded(
     assert code == 2 and "chk.yaml:10: containers[2].image: " in err, err
     assert dry_run(write(env, text + "images: [img.tar]\n"), capsys) == (0, "")
     nothing_made(env)
+
+
+def test_without_a_controller_the_state_it_would_start_with_counts(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A stopped controller's SQLite file is what the controller `up` starts serves: a dry run
+    with none running reads it (and leaves it as it was)."""
+    path = write(env, TOPOLOGY)
+    store = SqliteStore(paths.controller_db())
+    state = State(store)
+    state.create_host(Host("h1", "192.0.2.10", lab=True))
+    state.create_network(Network("front", "10.61.0.0/16"))
+    assert dry_run(path, capsys)[0] == 0  # control
+    state.create_container(Container("c0", "h1", "front", ports=("8080:80",)))
+    before = keyspace(store)
+    store.close()
+    code, err = dry_run(path, capsys)
+    assert code == 2, err
+    assert f"{path}:8: containers[0].ports[0]: " in err and "'c0'" in err, err
+    store = SqliteStore(paths.controller_db())
+    assert keyspace(store) == before
+    store.close()
+    assert not (env / "run").exists()
