@@ -533,7 +533,7 @@ def load_image(client: Client, archive: str, progress: Progress) -> None:
 
 
 #: Network fields a topology may leave at 0 for the controller to choose (a VNI, a UDP port).
-CONTROLLER_CHOSEN = ("vni", "vxlan_port")
+CONTROLLER_CHOSEN = dryrun.CONTROLLER_CHOSEN
 
 
 def _apply_network(client: Client, net: Network, final: Network) -> tuple[str, int]:
