@@ -10,6 +10,14 @@ the controller holds): ``+`` create, ``~`` update in place, ``=`` unchanged, ``!
 in place. A plan with ``!`` stops ``up`` before anything is built; ``up --dry-run`` prints the
 plan only.
 
+Then both have the whole file checked against the controller's own rules (:func:`check`: the
+API's ``ValidateTopology``, a dry run on a throwaway copy of its store): IPAM capacity, host
+ports, fixed addresses, subnets against hosts' underlay addresses... A refusal names the file and
+line of the object, before any lab host is built. With no controller answering, the same code
+(:mod:`sdnctl.controller.dryrun`) runs here first, on what the controller ``up`` would start
+holds (its SQLite file, if any, and the default bridge network), so that a file it would refuse
+starts no controller either.
+
 ``down`` deletes the containers through the API and waits until each agent reports it has caught
 up (so agents remove what they made), then deletes networks and hosts, stops the agents, sweeps
 anything a dead agent could not remove, and tears the lab down. It stops the controller too when
@@ -22,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -34,10 +43,23 @@ import grpc
 
 from agent.kernel import cgroups, netns, procfs, procs
 from agent.reconcile import SANDBOX_DIRS, default_cgroup_parent
-from sdnctl import convert, lab, paths
+from sdnctl import convert, imagefmt, lab, paths
 from sdnctl.client import Client, poll_delays, start_controller, started_controller_pid
-from sdnctl.model import STATE_ERROR, STATE_EXITED, STATE_RUNNING, Container, Host, Network
-from sdnctl.topology import Topology
+from sdnctl.controller import dryrun
+from sdnctl.controller.server import DEFAULT_BRIDGE_SUBNET
+from sdnctl.controller.store.base import Store
+from sdnctl.controller.store.memory import MemoryStore
+from sdnctl.controller.store.sqlite import SqliteStore
+from sdnctl.model import (
+    STATE_ERROR,
+    STATE_EXITED,
+    STATE_RUNNING,
+    Container,
+    Host,
+    Invalid,
+    Network,
+)
+from sdnctl.topology import Topology, TopologyError
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 
@@ -249,19 +271,96 @@ def print_plan(topology: Topology, changes: list[Change], source: str,
 
 
 def dry_run(topology: Topology, out: TextIO = sys.stdout) -> list[Change]:
-    """The plan of `up`, printed, with nothing started or changed (a controller that answers
-    is only read)."""
+    """The plan of `up`, printed, then the whole file checked against the controller's rules
+    (:func:`check`), with nothing started or changed (a controller that answers is only read)."""
     client = Client()
     try:
-        if client.healthy():
+        healthy = client.healthy()
+        if healthy:
             observed, source = observe(client), f"controller at {client.address}"
         else:
             observed, source = Observed(), f"no controller answers at {client.address}"
+        changes = plan(topology, observed)
+        print_plan(topology, changes, source, out)
+        check(topology, client if healthy else None)
     finally:
         client.close()
-    changes = plan(topology, observed)
-    print_plan(topology, changes, source, out)
     return changes
+
+
+# -- the check: the controller's rules on the whole file, before anything is built -------------
+
+def validation_request(topology: Topology) -> pb.ValidateTopologyRequest:
+    """The topology's objects as `up` will create them: a lab host with the underlay address
+    the lab gives it, the images of its archives as loaded."""
+    hosts = []
+    lab_index = {h.name: i for i, h in enumerate(topology.lab_hosts)}
+    for host in topology.hosts:
+        underlay = lab.host_ip(lab_index[host.name], topology.lab.routed) if host.lab else \
+            host.underlay_ip
+        hosts.append(convert.host_to_pb(Host(host.name, underlay, host.lab)))
+    images = []
+    for archive in topology.images:
+        try:
+            images += imagefmt.archive_references(archive)
+        except imagefmt.ImageFormatError as e:
+            raise DeployError(f"could not read image archive {archive}: {e}") from e
+    return pb.ValidateTopologyRequest(
+        hosts=hosts, networks=[convert.network_to_pb(n) for n in topology.networks],
+        containers=[convert.container_to_pb(c) for c in topology.containers], images=images)
+
+
+def check(topology: Topology, client: Client | None) -> None:
+    """The controller's rules on the whole topology, nothing written: asked of ``client``'s
+    controller (it knows what else it holds), else run here on what a controller that `up`
+    starts would hold. TopologyError naming the file and line of the object refused."""
+    request = validation_request(topology)
+    if client is not None:
+        try:
+            client.api.ValidateTopology(request, timeout=60)
+        except grpc.RpcError as e:
+            if _code(e) == grpc.StatusCode.INVALID_ARGUMENT:
+                raise refusal(topology, _details(e)) from None
+            if _code(e) == grpc.StatusCode.UNIMPLEMENTED:  # an older controller: say so, go on
+                sys.stderr.write(f"sdnctl: the controller at {client.address} cannot check a "
+                                 "topology before it is built (an older version)\n")
+                return
+            raise DeployError(f"could not check the topology: {_details(e)}") from e
+        return
+    store = new_controller_store()
+    try:
+        dryrun.validate_request(store, request, default_bridge=DEFAULT_BRIDGE_SUBNET)
+    except Invalid as e:
+        raise refusal(topology, str(e)) from None
+    finally:
+        store.close()
+
+
+def new_controller_store() -> Store:
+    """What the controller `up` starts will serve (only read here): its SQLite file if one was
+    left by an earlier controller, else nothing yet."""
+    db = paths.controller_db()
+    return SqliteStore(db) if os.path.isfile(db) else MemoryStore()
+
+
+#: ValidateTopology names the object by its place in the request; the file calls some fields
+#: otherwise (a container's ``fixed_ip`` is its ``ip``, its limits are under ``resources``).
+TOPOLOGY_FIELDS = {".fixed_ip": ".ip", ".memory": ".resources.memory",
+                   ".cpus": ".resources.cpus", ".cpu_shares": ".resources.cpu_shares",
+                   ".pids_limit": ".resources.pids"}
+_PLACE = re.compile(r"^((?:hosts|networks|containers)\[\d+\](?:\.[A-Za-z_]+|\[\d+\])*): (.*)$",
+                    re.DOTALL)
+
+
+def refusal(topology: Topology, details: str) -> TopologyError | DeployError:
+    """The controller's refusal (``containers[1].ports[0]: ...``) at its line of the file."""
+    match = _PLACE.match(details)
+    if match is None:
+        return DeployError(f"the controller refuses the topology: {details}")
+    path = match[1]
+    for api_name, file_name in TOPOLOGY_FIELDS.items():
+        path = re.sub(re.escape(api_name) + r"\b", file_name, path)
+    return topology.error(path, match[2])
 
 
 def refused(changes: list[Change]) -> None:
@@ -277,11 +376,13 @@ def up(topology: Topology, timeout: float = 120.0, progress: Progress | None = N
        out: TextIO = sys.stdout) -> None:
     progress = progress or Progress()
     started = time.monotonic()
+    check_unless_served(topology)  # before starting a controller for a file it would refuse
     client = ensure_controller(progress)
     try:
         changes = plan(topology, observe(client))
         print_plan(topology, changes, f"controller at {client.address}", out)
         refused(changes)  # before anything is built
+        check(topology, client)  # likewise
         lab_hosts = build_lab(topology, progress)
         register_hosts(client, topology, lab_hosts, progress)
         ensure_agents(client, topology, lab_hosts, progress)
@@ -291,6 +392,17 @@ def up(topology: Topology, timeout: float = 120.0, progress: Progress | None = N
         client.close()
     progress.done(f"{topology.name}: {len(topology.containers)} container(s) running "
                   f"({time.monotonic() - started:.1f}s)")
+
+
+def check_unless_served(topology: Topology) -> None:
+    """:func:`check` here when no controller answers (`up` is about to start one)."""
+    client = Client()
+    try:
+        if client.healthy():
+            return
+    finally:
+        client.close()
+    check(topology, None)
 
 
 def ensure_controller(progress: Progress) -> Client:
@@ -421,7 +533,7 @@ def load_image(client: Client, archive: str, progress: Progress) -> None:
 
 
 #: Network fields a topology may leave at 0 for the controller to choose (a VNI, a UDP port).
-CONTROLLER_CHOSEN = ("vni", "vxlan_port")
+CONTROLLER_CHOSEN = dryrun.CONTROLLER_CHOSEN
 
 
 def _apply_network(client: Client, net: Network, final: Network) -> tuple[str, int]:

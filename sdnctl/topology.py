@@ -18,13 +18,14 @@ import dataclasses
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import netaddr
 import yaml
 
 from sdnctl import schema
+from sdnctl.lab import EXTERNAL_IP, EXTERNAL_PREFIXLEN, SEGMENTS
 from sdnctl.model import (
     DEFAULT_HOST_PREFIX,
     DEFAULT_INTERFACE,
@@ -94,10 +95,19 @@ class Topology:
     lab: LabOptions = LabOptions()
     expect: tuple[Expectation, ...] = ()
     images: tuple[str, ...] = ()  # archives `up` loads first (absolute paths)
+    #: Where it was read from, and the line of each path in the document (``containers[1]``,
+    #: ``containers[1].ports``), so that a later refusal can point at the line.
+    file: str = field(default="<topology>", compare=False)
+    lines: dict[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def lab_hosts(self) -> tuple[Host, ...]:
         return tuple(h for h in self.hosts if h.lab)
+
+    def error(self, path: str, message: str) -> TopologyError:
+        """A refusal of what ``path`` (``containers[1].ports[0]``) says, at its line, or the
+        line of the nearest enclosing thing that has one."""
+        return _Reader(self.file, self.lines).error(path, message)
 
 
 def _line_map(node: yaml.Node, path: str = "",
@@ -216,7 +226,8 @@ def parse(text: str, file: str = "<topology>") -> Topology:
         raise TopologyError(file, None, "", "nested too deeply") from e
     if node is None:
         raise TopologyError(file, None, "", "empty document")
-    r = _Reader(file, _line_map(node))
+    lines = _line_map(node)
+    r = _Reader(file, lines)
     # The shape first (keys, types, enumerations: topology.schema.json), then what it means.
     shape = schema.first_error(doc, r.line_of)
     if shape is not None:
@@ -230,9 +241,12 @@ def parse(text: str, file: str = "<topology>") -> Topology:
     containers = tuple(_collect(r, doc, "containers", _container))
     networks = _apply_routes(r, doc, networks)
     _check_references(r, hosts, networks, containers)
+    lab = _lab(r, doc.get("lab"))
+    if any(h.lab for h in hosts):
+        _check_lab_ranges(r, networks, lab)
     expect = _expectations(r, doc, containers, networks)
-    return Topology(name, hosts, networks, containers, _lab(r, doc.get("lab")), expect,
-                    _images(r, doc, os.path.dirname(os.path.abspath(file))))
+    return Topology(name, hosts, networks, containers, lab, expect,
+                    _images(r, doc, os.path.dirname(os.path.abspath(file))), file, lines)
 
 
 def _images(r: _Reader, doc: dict, base: str) -> tuple[str, ...]:
@@ -361,6 +375,20 @@ def _check_overlaps(r: _Reader, networks: tuple[Network, ...]) -> None:
                               f"network {other.name!r} (networks[{j}]); give each network its "
                               "own range")
         seen.append((i, n, cidr))
+
+
+def _check_lab_ranges(r: _Reader, networks: tuple[Network, ...], lab: LabOptions) -> None:
+    """A lab's own ranges are not for networks: a host would route its underlay (its
+    neighbours, its default gateway) or the lab's outside world into a bridge."""
+    ranges = [("underlay", netaddr.IPNetwork(str(s.network)))
+              for s in (SEGMENTS if lab.routed else SEGMENTS[:1])]
+    ranges.append(("outside world", netaddr.IPNetwork(f"{EXTERNAL_IP}/{EXTERNAL_PREFIXLEN}")))
+    for i, n in enumerate(networks):
+        cidr = netaddr.IPNetwork(n.subnet)
+        for what, taken in ranges:
+            if cidr.first <= taken.last and taken.first <= cidr.last:
+                raise r.error(f"networks[{i}].subnet", f"{n.subnet} overlaps {taken}, the lab's "
+                              f"{what}; give the network a range of its own")
 
 
 def _named(r: _Reader, value: Any, path: str) -> str:
