@@ -122,9 +122,9 @@ def test_every_example_builds_and_connects(cli: Cli, example: str,
     assert done.returncode == 0 and report["ok"] and not wrong, wrong
     assert {p["from"] for p in report["probes"]} == {c.name for c in topo.containers}
     # Cross-check `check` through another layer: our own ping of one probe of each verdict.
-    for reached in (True, False):
+    for outcome, reached in (("open", True), ("filtered", False)):
         sample = next((p for p in report["probes"] if p["proto"] == "icmp" and p["address"]
-                       and p["measured"] is reached), None)
+                       and p["measured"] == outcome), None)
         if sample is not None:
             netns = containers[sample["from"]]["netns"]
             assert ping(netns, sample["address"]) is reached, sample
