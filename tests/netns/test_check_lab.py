@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.cli import Cli, lab_cli, nsexec
+from helpers.cli import Cli, lab_cli, nsexec, wait_listening
 
 pytestmark = pytest.mark.netns
 
@@ -71,18 +70,6 @@ def topo_file(tmp_path: Path, cli: Cli) -> Iterator[str]:
         wait_listening(cli.container(name)["netns"], 5432)
     yield str(path)
     cli.run("down", str(path))
-
-
-def wait_listening(netns: str, port: int, timeout: float = 60) -> None:
-    """Until a socket listens on ``port`` in ``netns`` (read with `ss`, not through sdnctl)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done = subprocess.run(["nsenter", f"--net={netns}", "ss", "-Hltn", f"sport = :{port}"],
-                              capture_output=True, text=True, timeout=30, check=True)
-        if done.stdout.strip():
-            return
-        assert time.monotonic() < deadline, f"nothing listens on {port} in {netns}"
-        time.sleep(0.1)
 
 
 def mismatches(stdout: str) -> list[str]:

@@ -26,6 +26,7 @@ from helpers.cli import (
     lab_cli,
     nft_ruleset,
     ping,
+    wait_listening,
 )
 
 from sdnctl import topology
@@ -116,6 +117,9 @@ def test_every_example_builds_and_connects(cli: Cli, example: str,
     containers = {c["name"]: c for c in cli.json("ps")}
     assert {c.name for c in topo.containers} == set(containers)
     assert all(c["state"] == "running" for c in containers.values()), containers
+    for e in topo.expect:  # a server that must answer `open` is listening first
+        if e.proto == "tcp" and e.reach == topology.OPEN and e.dst in containers:
+            wait_listening(containers[e.dst]["netns"], e.port)
     done = cli.run("check", example, "--json", check=False)
     report = json.loads(done.stdout)
     wrong = [p for p in report["probes"] if not p["match"]]
