@@ -90,9 +90,13 @@ def python_argv(image: bool) -> list[str]:
         return [python]
     loader = os.path.realpath(elf_interpreter(python))
     assert loader.startswith("/usr/") and python.startswith("/usr/"), (loader, python)
-    inside = lambda p: "/host-usr/" + p.removeprefix("/usr/")  # noqa: E731
-    return ["env", "PYTHONHOME=/host-usr", inside(loader), "--library-path",
-            inside(os.path.dirname(loader)), inside(python)]
+    return ["env", "PYTHONHOME=/host-usr", bound_usr(loader), "--library-path",
+            bound_usr(os.path.dirname(loader)), bound_usr(python)]
+
+
+def bound_usr(path: str) -> str:
+    """Where a file of the host's /usr is in an image container (``-v /usr:/host-usr:ro``)."""
+    return "/host-usr/" + path.removeprefix("/usr/")
 
 
 def start(cli: Cli, name: str, image: bool, userns: str, *extra: str) -> dict[str, Any]:
