@@ -68,6 +68,11 @@ class LabOptions:
 #: What an expectation's `to:` may name besides a container, a network or an address.
 EXTERNAL = "external"
 PROBE_PROTOCOLS = ("icmp", "tcp", "udp")
+#: What a probe can measure: a completed exchange (a TCP handshake, a UDP answer, an ICMP echo
+#: reply), a refusal by the target's kernel (a TCP reset, an ICMP port-unreachable for UDP), or
+#: nothing (a timeout, or an ICMP host/network-unreachable on the way).
+OPEN, REFUSED, FILTERED = "open", "refused", "filtered"
+OUTCOMES = (OPEN, REFUSED, FILTERED)
 
 
 @dataclass(frozen=True)
@@ -75,12 +80,14 @@ class Expectation:
     """One line of a topology's `expect:` block: must (or must not) ``src`` reach ``dst``?
 
     ``dst`` is a container, a network (every container on it), ``external`` (the lab's outside
-    world) or an IPv4 address. ``port`` 0 with ``proto`` icmp is a ping.
+    world) or an IPv4 address. ``port`` 0 with ``proto`` icmp is a ping. ``reach`` is the
+    outcome wanted, one of :data:`OUTCOMES`: the file's ``reach: true`` is ``open`` and
+    ``reach: false`` is ``filtered`` (a refusal matches neither: ask for ``refused``).
     """
 
     src: str
     dst: str
-    reach: bool = True
+    reach: str = OPEN
     proto: str = "icmp"
     port: int = 0
     line: int = 0  # where it was written, for messages
@@ -283,9 +290,23 @@ def _expectations(r: _Reader, doc: dict, containers: tuple[Container, ...],
         port = r.typed(m, "port", where, int, 0)
         if (proto == "icmp") != (port == 0) or not 0 <= port <= 65535:
             raise r.error(f"{where}.port", "tcp and udp need a port (1-65535); icmp takes none")
-        result.append(Expectation(src, dst, r.typed(m, "reach", where, bool, True), proto, port,
+        result.append(Expectation(src, dst, _reach(r, m, where, proto), proto, port,
                                   r.lines.get(where, 0)))
     return tuple(result)
+
+
+def _reach(r: _Reader, mapping: dict, where: str, proto: str) -> str:
+    """``reach``: open | refused | filtered; true and false stand for open and filtered."""
+    value = mapping.get("reach", True)
+    if isinstance(value, bool):
+        return OPEN if value else FILTERED
+    if value not in OUTCOMES:
+        raise r.error(f"{where}.reach", f"expected true, false or one of "
+                      f"{', '.join(OUTCOMES)}, got {value!r}")
+    if value == REFUSED and proto == "icmp":
+        raise r.error(f"{where}.reach", "only a tcp or udp port can be refused; a ping is "
+                      "open (true) or filtered (false)")
+    return str(value)
 
 
 def _lab(r: _Reader, raw: Any) -> LabOptions:

@@ -26,6 +26,7 @@ from helpers.cli import (
     lab_cli,
     nft_ruleset,
     ping,
+    wait_listening,
 )
 
 from sdnctl import topology
@@ -116,15 +117,18 @@ def test_every_example_builds_and_connects(cli: Cli, example: str,
     containers = {c["name"]: c for c in cli.json("ps")}
     assert {c.name for c in topo.containers} == set(containers)
     assert all(c["state"] == "running" for c in containers.values()), containers
+    for e in topo.expect:  # a server that must answer `open` is listening first
+        if e.proto == "tcp" and e.reach == topology.OPEN and e.dst in containers:
+            wait_listening(containers[e.dst]["netns"], e.port)
     done = cli.run("check", example, "--json", check=False)
     report = json.loads(done.stdout)
     wrong = [p for p in report["probes"] if not p["match"]]
     assert done.returncode == 0 and report["ok"] and not wrong, wrong
     assert {p["from"] for p in report["probes"]} == {c.name for c in topo.containers}
     # Cross-check `check` through another layer: our own ping of one probe of each verdict.
-    for reached in (True, False):
+    for outcome, reached in (("open", True), ("filtered", False)):
         sample = next((p for p in report["probes"] if p["proto"] == "icmp" and p["address"]
-                       and p["measured"] is reached), None)
+                       and p["measured"] == outcome), None)
         if sample is not None:
             netns = containers[sample["from"]]["netns"]
             assert ping(netns, sample["address"]) is reached, sample

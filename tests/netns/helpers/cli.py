@@ -67,6 +67,15 @@ def nsexec(netns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedP
                           timeout=timeout, check=False)
 
 
+def wait_listening(netns: str, port: int, timeout: float = 60) -> None:
+    """Until a TCP socket listens on ``port`` in ``netns`` (read with `ss`, not through sdnctl):
+    the readiness of a server a test then probes."""
+    deadline = time.monotonic() + timeout
+    while not nsexec(netns, "ss", "-Hltn", f"sport = :{port}").stdout.strip():
+        assert time.monotonic() < deadline, f"nothing listens on tcp/{port} in {netns}"
+        time.sleep(0.1)
+
+
 def ping(netns: str, address: str, count: int = 1) -> bool:
     return nsexec(netns, "ping", "-n", "-q", "-c", str(count), "-W", "1", address).returncode == 0
 
