@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +34,13 @@ import grpc
 from agent.kernel import cgroups, netns, procfs, procs
 from agent.reconcile import SANDBOX_DIRS, default_cgroup_parent
 from sdnctl import convert, lab, paths
-from sdnctl.client import Client, poll_delays, start_controller, started_controller_pid
+from sdnctl.client import (
+    Client,
+    poll_delays,
+    start_controller,
+    started_controller_pid,
+    stop_controller,
+)
 from sdnctl.model import STATE_ERROR, STATE_EXITED, STATE_RUNNING, Container, Host, Network
 from sdnctl.topology import Topology
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -298,9 +303,10 @@ def ensure_controller(progress: Progress) -> Client:
     if client.healthy():
         progress.step(f"controller answering at {client.address}")
         return client
+    client.close()  # its channel failed to connect: it would wait out a reconnection backoff
     pid = start_controller(client.address)
     progress.step(f"controller started (pid {pid}) at {client.address}")
-    return client
+    return Client(client.address)
 
 
 def build_lab(topology: Topology, progress: Progress) -> dict[str, lab.LabHost]:
@@ -649,9 +655,7 @@ def stop_controller_if_idle(progress: Progress) -> None:
                 return
     finally:
         client.close()
-    os.kill(pid, signal.SIGTERM)
-    for _ in range(100):
-        if not os.path.exists(f"/proc/{pid}"):
-            break
-        time.sleep(0.05)
+    # Returns once it has exited: a controller started next (`up`) finds the socket free.
+    if not stop_controller(pid):
+        raise DeployError(f"the controller (pid {pid}) did not exit, even after SIGKILL")
     progress.step(f"controller stopped (pid {pid}); its state stays in {paths.controller_db()}")
