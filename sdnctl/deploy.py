@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import grpc
 
@@ -48,6 +48,9 @@ from sdnctl.v1 import sdnctl_pb2 as pb
 
 class DeployError(RuntimeError):
     pass
+
+
+T = TypeVar("T")
 
 
 class Progress:
@@ -117,6 +120,18 @@ def _details(e: grpc.RpcError) -> str:
     return str(e.details())  # type: ignore[attr-defined]
 
 
+def _existing(get: Callable[[], T], refusal: grpc.RpcError, what: str) -> T:
+    """The object whose create was refused as ALREADY_EXISTS. When there is none, the refusal
+    was about a value the new object takes (a host port, a fixed address): it is shown as the
+    controller gave it."""
+    try:
+        return get()
+    except grpc.RpcError as e:
+        if _code(e) == grpc.StatusCode.NOT_FOUND:
+            raise DeployError(f"could not create {what}: {_details(refusal)}") from refusal
+        raise
+
+
 def _create_or_compare(create: Callable[[], Any], get: Callable[[], Any],
                        same: Callable[[Any], bool], what: str) -> bool:
     """Create; when it exists already, demand it matches. Returns True when it created."""
@@ -126,7 +141,8 @@ def _create_or_compare(create: Callable[[], Any], get: Callable[[], Any],
     except grpc.RpcError as e:
         if _code(e) != grpc.StatusCode.ALREADY_EXISTS:
             raise DeployError(f"could not create {what}: {_details(e)}") from e
-    if not same(get()):
+        refusal = e
+    if not same(_existing(get, refusal, what)):
         raise DeployError(f"{what} exists with a different spec; run `sdnctl down` first "
                           "(changing a running object is not supported yet)")
     return False
@@ -439,8 +455,10 @@ def _apply_network(client: Client, net: Network, final: Network) -> tuple[str, i
     except grpc.RpcError as e:
         if _code(e) != grpc.StatusCode.ALREADY_EXISTS:
             raise DeployError(f"could not create network {net.name!r}: {_details(e)}") from e
-    have = convert.network_from_pb(client.api.GetNetwork(pb.GetRequest(name=net.name),
-                                                         timeout=10))
+        refusal = e
+    have = convert.network_from_pb(_existing(
+        lambda: client.api.GetNetwork(pb.GetRequest(name=net.name), timeout=10), refusal,
+        f"network {net.name!r}"))
     have_cmp = dataclasses.replace(have, builtin=False)
     # What the topology leaves to the controller (0: allocate or default) matches any value.
     chosen = {f: getattr(have, f) for f in CONTROLLER_CHOSEN if not getattr(net, f)}
@@ -468,8 +486,10 @@ def _apply_container(client: Client, ctr: Container) -> tuple[str, int]:
     except grpc.RpcError as e:
         if _code(e) != grpc.StatusCode.ALREADY_EXISTS:
             raise DeployError(f"could not create container {ctr.name!r}: {_details(e)}") from e
-    have = convert.container_from_pb(client.api.GetContainer(pb.GetRequest(name=ctr.name),
-                                                             timeout=10))
+        refusal = e  # a container of that name, or a value it takes (a host port): see Get
+    have = convert.container_from_pb(_existing(
+        lambda: client.api.GetContainer(pb.GetRequest(name=ctr.name), timeout=10), refusal,
+        f"container {ctr.name!r}"))
     # What the controller resolves (the image ID) or sdnctl stop/start changes is not the file's.
     have = dataclasses.replace(have, image_id="", stopped=False, generation=0)
     if have == ctr:
