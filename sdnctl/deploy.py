@@ -35,6 +35,7 @@ from agent.kernel import cgroups, netns, procfs, procs
 from agent.reconcile import SANDBOX_DIRS, default_cgroup_parent
 from sdnctl import convert, lab, paths
 from sdnctl.client import (
+    TLS_ENV,
     Client,
     poll_delays,
     start_controller,
@@ -364,15 +365,27 @@ def register_hosts(client: Client, topology: Topology, lab_hosts: dict[str, lab.
     progress.step(f"hosts: {', '.join(h.name for h in topology.hosts)}")
 
 
+def agent_connection(address: str) -> dict[str, Any]:
+    """What a lab agent talks to: the controller addresses and the TLS files (of the
+    environment it inherits). An agent started with others is restarted."""
+    return {"controller": address, "tls": [os.environ.get(name, "") for name in TLS_ENV]}
+
+
 def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.LabHost],
                   progress: Progress) -> None:
     state = _load_lab_state(topology)
     state["prefix"] = lab_prefix(topology)
-    agents: dict[str, dict[str, int]] = state.setdefault("agents", {})
+    agents: dict[str, dict[str, Any]] = state.setdefault("agents", {})
+    connection = agent_connection(client.address)
     for name, host in lab_hosts.items():
         known = agents.get(name)
         if known and lab.process_alive(known["pid"], known.get("start_time")):
-            continue
+            if known.get("connection") == connection:
+                continue
+            # It talks to other controllers (or with other TLS files), perhaps to dead ones.
+            lab.stop_process(known["pid"], start_time=known.get("start_time"))
+            was = (known.get("connection") or {}).get("controller", "unknown controllers")
+            progress.step(f"agent for {name} stopped (pid {known['pid']}): it talked to {was}")
         run_dir = agent_run_dir(state["prefix"], name)
         os.makedirs(run_dir, mode=0o755, exist_ok=True)
         argv = [sys.executable, "-m", "agent.main", "--host", name,
@@ -381,7 +394,8 @@ def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.L
                 "--netns", host.netns, "--run-dir", run_dir,
                 "--store-dir", os.path.join(run_dir, "store")]
         pid = lab.spawn_in_netns(host.netns, argv, os.path.join(run_dir, "agent.log"))
-        agents[name] = {"pid": pid, "start_time": lab.process_start_time(pid) or 0}
+        agents[name] = {"pid": pid, "start_time": lab.process_start_time(pid) or 0,
+                        "connection": connection}
         _save_lab_state(topology, state)
         progress.step(f"agent for {name} started (pid {pid})")
     _save_lab_state(topology, state)
