@@ -46,7 +46,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sdnctl import paths
+from sdnctl import faults, paths
 from sdnctl.controller import gc, ipam
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import SecurityInterceptor
@@ -467,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     done.wait()
     log.info("stopping")
     running.stop()  # no handler runs past this: the store and the audit log may close
+    faults.point("stop")
     store.close()
     audit.close()
     for path, fd in locks:  # last: from here another controller may take the socket

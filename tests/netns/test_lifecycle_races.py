@@ -83,6 +83,9 @@ def test_down_then_up_of_another_topology_under_load_always_succeeds(tmp_path: P
         path.write_text(SMALL.replace("NAME", name).replace("SUBNET", subnet))
         files.append(str(path))
     with lab_cli(prefix) as cli, busy_cpus():
+        # Each controller stalls after it stopped serving, before it lets go of its socket, as
+        # a starved one may: longer than `down` once waited for it.
+        cli.env["SDNCTL_FAULT"] = "stop:stall"
         sock = cli.run_dir / "controller.sock"
         for attempt in range(3):
             for path in files:

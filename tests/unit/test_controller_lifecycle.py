@@ -21,7 +21,7 @@ import grpc
 import pytest
 from apitest import TIMEOUT, Api, watch
 
-from sdnctl.client import answers, stop_controller
+from sdnctl.client import answers, start_controller, started_controller_pid, stop_controller
 from sdnctl.controller.store.memory import MemoryStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,6 +107,38 @@ def test_a_second_controller_on_the_same_socket_refuses(tmp_path: Path,
     third = Controller(tmp_path, "third", sock)
     controllers.append(third)
     third.wait_serving()
+
+
+def test_a_controller_started_while_the_last_one_stops_waits_for_it_to_exit(
+        tmp_path: Path, controllers: list[Controller], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `up` does right after a `down` whose controller is slow to exit (on a busy
+    machine): it no longer answers but still holds its socket."""
+    run = tmp_path / "run"
+    monkeypatch.setenv("SDNCTL_RUN_DIR", str(run))
+    monkeypatch.setenv("SDNCTL_STATE_DIR", str(tmp_path / "state"))
+    sock = run / "controller.sock"
+    run.mkdir()
+    old = Controller(tmp_path, "old", sock, fault="stop:stall")  # stalls once it stopped serving
+    controllers.append(old)
+    old.wait_serving()
+    old.proc.send_signal(signal.SIGTERM)
+    for delay in _delays():
+        if not answers(f"unix:{sock}"):
+            break
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            old.proc.wait(delay)
+    assert old.proc.poll() is None, "the old controller should be stalling, not gone"
+    started = 0
+    try:
+        started = start_controller(f"unix:{sock}")
+        assert old.proc.poll() == 0, "a controller was started while the last one still ran"
+        assert started != old.proc.pid and answers(f"unix:{sock}")
+        assert started_controller_pid() == started
+    finally:
+        pid = started or started_controller_pid()
+        if pid:
+            stop_controller(pid)
+    assert "Traceback" not in (run / "controller.log").read_text()
 
 
 def test_a_socket_that_is_not_the_controllers_any_more_is_left_alone(
