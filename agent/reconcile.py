@@ -240,9 +240,14 @@ class Reconciler:
         running = False
         exit_code = None
         if info is not None:
-            # Running (and its PID reported) only when it is in all of its namespaces: a
-            # process whose donor's namespace is gone, or that is not in it yet, is not.
-            running = procs.is_alive(info, self.process_namespaces(want, name))
+            if want is None and not os.path.exists(self.netns_path(name)):
+                # To be removed, not reported, and with no sandbox of its own (it joined
+                # another's): whether it runs decides only that its removal stops it first.
+                running = procfs.is_running(info.pid, info.start_time)
+            else:
+                # Running (and its PID reported) only when it is in all of its namespaces: a
+                # process whose donor's namespace is gone, or that is not in it yet, is not.
+                running = procs.is_alive(info, self.process_namespaces(want, name))
             if not running:
                 exit_code = self._exit_code(name, info)
         return p.ContainerState(netns=has_sandbox, net=net, started=info is not None,

@@ -130,8 +130,8 @@ def test_joined_containers_are_in_the_donors_namespace_when_up_returns(tmp_path:
     prefix = "j" + secrets.token_hex(3)[:5]
     path = tmp_path / "joined.yaml"
     path.write_text(JOINED)
-    with lab_cli(prefix) as cli:
-        for attempt in range(6):
+    with lab_cli(prefix) as cli, busy_cpus():
+        for attempt in range(5):
             cli.run("up", str(path), "--timeout", "90")
             listed = {c["name"]: c for c in cli.json("ps")}
             donor = listed["donor"]
