@@ -32,19 +32,25 @@ import json
 import os
 import re
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import grpc
 
 from agent.kernel import cgroups, netns, procfs, procs
 from agent.reconcile import SANDBOX_DIRS, default_cgroup_parent
 from sdnctl import convert, imagefmt, lab, paths
-from sdnctl.client import Client, poll_delays, start_controller, started_controller_pid
+from sdnctl.client import (
+    TLS_ENV,
+    Client,
+    poll_delays,
+    start_controller,
+    started_controller_pid,
+    stop_controller,
+)
 from sdnctl.controller import dryrun
 from sdnctl.controller.server import DEFAULT_BRIDGE_SUBNET
 from sdnctl.controller.store.base import Store
@@ -65,6 +71,9 @@ from sdnctl.v1 import sdnctl_pb2 as pb
 
 class DeployError(RuntimeError):
     pass
+
+
+T = TypeVar("T")
 
 
 class Progress:
@@ -134,6 +143,18 @@ def _details(e: grpc.RpcError) -> str:
     return str(e.details())  # type: ignore[attr-defined]
 
 
+def _existing(get: Callable[[], T], refusal: grpc.RpcError, what: str) -> T:
+    """The object whose create was refused as ALREADY_EXISTS. When there is none, the refusal
+    was about a value the new object takes (a host port, a fixed address): it is shown as the
+    controller gave it."""
+    try:
+        return get()
+    except grpc.RpcError as e:
+        if _code(e) == grpc.StatusCode.NOT_FOUND:
+            raise DeployError(f"could not create {what}: {_details(refusal)}") from refusal
+        raise
+
+
 def _create_or_compare(create: Callable[[], Any], get: Callable[[], Any],
                        same: Callable[[Any], bool], what: str) -> bool:
     """Create; when it exists already, demand it matches. Returns True when it created."""
@@ -143,7 +164,8 @@ def _create_or_compare(create: Callable[[], Any], get: Callable[[], Any],
     except grpc.RpcError as e:
         if _code(e) != grpc.StatusCode.ALREADY_EXISTS:
             raise DeployError(f"could not create {what}: {_details(e)}") from e
-    if not same(get()):
+        refusal = e
+    if not same(_existing(get, refusal, what)):
         raise DeployError(f"{what} exists with a different spec; run `sdnctl down` first "
                           "(changing a running object is not supported yet)")
     return False
@@ -410,9 +432,10 @@ def ensure_controller(progress: Progress) -> Client:
     if client.healthy():
         progress.step(f"controller answering at {client.address}")
         return client
+    client.close()  # its channel failed to connect: it would wait out a reconnection backoff
     pid = start_controller(client.address)
     progress.step(f"controller started (pid {pid}) at {client.address}")
-    return client
+    return Client(client.address)
 
 
 def build_lab(topology: Topology, progress: Progress) -> dict[str, lab.LabHost]:
@@ -454,15 +477,27 @@ def register_hosts(client: Client, topology: Topology, lab_hosts: dict[str, lab.
     progress.step(f"hosts: {', '.join(h.name for h in topology.hosts)}")
 
 
+def agent_connection(address: str) -> dict[str, Any]:
+    """What a lab agent talks to: the controller addresses and the TLS files (of the
+    environment it inherits). An agent started with others is restarted."""
+    return {"controller": address, "tls": [os.environ.get(name, "") for name in TLS_ENV]}
+
+
 def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.LabHost],
                   progress: Progress) -> None:
     state = _load_lab_state(topology)
     state["prefix"] = lab_prefix(topology)
-    agents: dict[str, dict[str, int]] = state.setdefault("agents", {})
+    agents: dict[str, dict[str, Any]] = state.setdefault("agents", {})
+    connection = agent_connection(client.address)
     for name, host in lab_hosts.items():
         known = agents.get(name)
         if known and lab.process_alive(known["pid"], known.get("start_time")):
-            continue
+            if known.get("connection") == connection:
+                continue
+            # It talks to other controllers (or with other TLS files), perhaps to dead ones.
+            lab.stop_process(known["pid"], start_time=known.get("start_time"))
+            was = (known.get("connection") or {}).get("controller", "unknown controllers")
+            progress.step(f"agent for {name} stopped (pid {known['pid']}): it talked to {was}")
         run_dir = agent_run_dir(state["prefix"], name)
         os.makedirs(run_dir, mode=0o755, exist_ok=True)
         argv = [sys.executable, "-m", "agent.main", "--host", name,
@@ -471,7 +506,8 @@ def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.L
                 "--netns", host.netns, "--run-dir", run_dir,
                 "--store-dir", os.path.join(run_dir, "store")]
         pid = lab.spawn_in_netns(host.netns, argv, os.path.join(run_dir, "agent.log"))
-        agents[name] = {"pid": pid, "start_time": lab.process_start_time(pid) or 0}
+        agents[name] = {"pid": pid, "start_time": lab.process_start_time(pid) or 0,
+                        "connection": connection}
         _save_lab_state(topology, state)
         progress.step(f"agent for {name} started (pid {pid})")
     _save_lab_state(topology, state)
@@ -545,8 +581,10 @@ def _apply_network(client: Client, net: Network, final: Network) -> tuple[str, i
     except grpc.RpcError as e:
         if _code(e) != grpc.StatusCode.ALREADY_EXISTS:
             raise DeployError(f"could not create network {net.name!r}: {_details(e)}") from e
-    have = convert.network_from_pb(client.api.GetNetwork(pb.GetRequest(name=net.name),
-                                                         timeout=10))
+        refusal = e
+    have = convert.network_from_pb(_existing(
+        lambda: client.api.GetNetwork(pb.GetRequest(name=net.name), timeout=10), refusal,
+        f"network {net.name!r}"))
     have_cmp = dataclasses.replace(have, builtin=False)
     # What the topology leaves to the controller (0: allocate or default) matches any value.
     chosen = {f: getattr(have, f) for f in CONTROLLER_CHOSEN if not getattr(net, f)}
@@ -574,8 +612,10 @@ def _apply_container(client: Client, ctr: Container) -> tuple[str, int]:
     except grpc.RpcError as e:
         if _code(e) != grpc.StatusCode.ALREADY_EXISTS:
             raise DeployError(f"could not create container {ctr.name!r}: {_details(e)}") from e
-    have = convert.container_from_pb(client.api.GetContainer(pb.GetRequest(name=ctr.name),
-                                                             timeout=10))
+        refusal = e  # a container of that name, or a value it takes (a host port): see Get
+    have = convert.container_from_pb(_existing(
+        lambda: client.api.GetContainer(pb.GetRequest(name=ctr.name), timeout=10), refusal,
+        f"container {ctr.name!r}"))
     # What the controller resolves (the image ID) or sdnctl stop/start changes is not the file's.
     have = dataclasses.replace(have, image_id="", stopped=False, generation=0)
     if have == ctr:
@@ -761,9 +801,7 @@ def stop_controller_if_idle(progress: Progress) -> None:
                 return
     finally:
         client.close()
-    os.kill(pid, signal.SIGTERM)
-    for _ in range(100):
-        if not os.path.exists(f"/proc/{pid}"):
-            break
-        time.sleep(0.05)
+    # Returns once it has exited: a controller started next (`up`) finds the socket free.
+    if not stop_controller(pid):
+        raise DeployError(f"the controller (pid {pid}) did not exit, even after SIGKILL")
     progress.step(f"controller stopped (pid {pid}); its state stays in {paths.controller_db()}")

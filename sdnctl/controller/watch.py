@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from sdnctl import convert
+from sdnctl import convert, faults
 from sdnctl.controller import ipam
 from sdnctl.controller.errors import NotFound
 from sdnctl.controller.state import (
@@ -173,6 +173,7 @@ def host_events(state: State, host: str, since_revision: int, alive: Callable[[]
         yield snapshot_event(snap)
     last_sent = time.monotonic()
     while alive():
+        faults.point("watch")
         if store.wait(revision, timeout=poll) <= revision:
             if time.monotonic() - last_sent >= progress_interval:
                 last_sent = time.monotonic()

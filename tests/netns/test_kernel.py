@@ -28,7 +28,7 @@ from helpers.namespaces import UPLINK_H, UPLINK_O, build_uplink, in_ns, run, wai
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent import ocispec
-from agent.kernel import firewall, procs, rtnl, sysctl
+from agent.kernel import firewall, procfs, procs, rtnl, sysctl
 from agent.kernel.firewall import Firewall, MasqueradeRule
 from agent.kernel.links import KernelError, Links, ObservedLink
 from agent.kernel.names import bridge_name, veth_name
@@ -443,6 +443,36 @@ def test_runtime_runs_in_the_namespace_and_stops(klab: Lab, binary: str) -> None
         runtime.delete("ctr-a")
     assert runtime.state("ctr-a") is None
     runtime.delete("ctr-a")  # gone already: success
+
+
+@needs_root
+@pytest.mark.netns
+def test_alive_only_in_every_namespace_it_belongs_to(klab: Lab) -> None:
+    """A container is running only while its process is in all of its namespaces; one whose
+    namespace cannot be found or read is not (issue 15: a joined container was reported before
+    it was in its donor's namespace)."""
+    proc = subprocess.Popen(["nsenter", f"--net={klab.containers['a']}", "--",
+                             "unshare", "--uts", "sleep", "60"])
+    try:
+        # nsenter and unshare exec: the PID becomes sleep's once both have done their part
+        deadline = time.monotonic() + 30
+        while os.path.basename(os.readlink(f"/proc/{proc.pid}/exe")) != "sleep":
+            assert time.monotonic() < deadline, "sleep did not start"
+            time.sleep(0.01)
+        info = procs.ProcInfo(proc.pid, procfs.start_time(proc.pid) or 0)
+        own_uts = f"/proc/{proc.pid}/ns/uts"
+        assert procs.is_alive(info, klab.containers["a"])
+        assert procs.is_alive(info, {"net": klab.containers["a"], "uts": own_uts})
+        assert not procs.is_alive(info, klab.containers["b"])
+        assert not procs.is_alive(info, {"net": klab.containers["a"],
+                                         "uts": "/proc/self/ns/uts"})
+        assert not procs.is_alive(info, str(klab.tmp / "no-such-namespace"))
+        assert not procs.is_alive(info, {"net": klab.containers["a"],
+                                         "uts": str(klab.tmp / "no-such-namespace")})
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not procs.is_alive(info, klab.containers["a"])
 
 
 @needs_root
