@@ -15,12 +15,12 @@ bench-setup:
 bench: bench-setup
 	@rm -f bench/results/*.json
 	@fail=0; for s in $(BENCH_SCRIPTS); do echo "== $$s --quick"; $(PY) $$s --quick || { echo "!! $$s failed"; fail=1; }; done; \
-	$(PY) bench/harness.py; exit $$fail
+	$(PY) bench/harness.py --readme; exit $$fail
 
 bench-full: bench-setup
 	@rm -f bench/results/*.json
 	@fail=0; for s in $(BENCH_SCRIPTS); do echo "== $$s --full"; $(PY) $$s --full || { echo "!! $$s failed"; fail=1; }; done; \
-	$(PY) bench/harness.py; exit $$fail
+	$(PY) bench/harness.py --readme; exit $$fail
 
 bench-table:
 	@$(PY) bench/harness.py
