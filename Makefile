@@ -1,6 +1,6 @@
 # Benchmarks (issue 8): run every bench/*.py script, then print one table from bench/results.
 PY ?= .venv/bin/python
-BENCH_SCRIPTS := $(filter-out bench/harness.py,$(sort $(wildcard bench/*.py)))
+BENCH_SCRIPTS := $(filter-out bench/harness.py bench/_%.py,$(sort $(wildcard bench/*.py)))
 
 .PHONY: bench bench-full bench-setup bench-table fuzz test-etcd-full soak
 

@@ -7,9 +7,10 @@ sharing its GIL). For each transport in turn, round by round: a loop of unary he
 (µs per call), an image of one layer of random bytes loaded (LoadImage, a client stream),
 saved back (SaveImage, a server stream) and its layer fetched as an agent (FetchBlob, a server
 stream), in MB/s. The transports alternate as every comparison here does (unix, tcp, then tcp,
-unix, ...), so neither always runs first. The machine (two cores) is shared: compare the two transports within one
-run, and runs with each other only on the same machine. The script uses only the public API, so
-it measures an older checkout too (run it with that checkout's interpreter, e.g.
+unix, ...), so neither always runs first. The machine (two cores) is shared: compare the two
+transports within one run, and runs with each other only on the same machine. The script uses
+only the public API, so it measures an older checkout too (run it with that checkout's
+interpreter, e.g.
 ``/work/main/.venv/bin/python bench/tls.py``: before the TLS terminator, gRPC's own TLS).
 
     .venv/bin/python bench/tls.py [--quick | --full] [--mib N] [--calls N] [--rounds N]
