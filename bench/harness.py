@@ -193,12 +193,14 @@ def machine() -> dict[str, Any]:
 def write_result(name: str, result: dict[str, Any]) -> str:
     """Write ``bench/results/<name>.json`` (shape in bench/README.md); return the path.
 
-    Fills in ``name``, ``timestamp``, ``revision``, ``machine``, ``load`` (the load average at
+    Fills in ``name``, ``timestamp``, ``mode`` (``full`` when the script got ``--full``),
+    ``revision``, ``machine``, ``load`` (the load average at
     the script's start and now) and ``duration_s`` when missing. ``measurements`` and
     ``comparisons`` default to empty lists.
     """
     os.makedirs(RESULTS_DIR, exist_ok=True)
     doc = {"name": name, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "mode": "full" if "--full" in sys.argv[1:] else "quick",
            "revision": git_revision(), "machine": machine(),
            "load": {"start": [round(x, 2) for x in LOAD_AT_START],
                     "end": [round(x, 2) for x in os.getloadavg()]},
@@ -310,6 +312,10 @@ def _provenance(r: dict[str, Any]) -> str:
 def markdown(results: list[dict[str, Any]]) -> str:
     """The README's tables: per result file its provenance, measurements, comparisons, notes."""
     lines: list[str] = []
+    _, targets = _rows(results)
+    targets = [targets[0], *(row for row in targets[1:] if row[3])]
+    if len(targets) > 1:
+        lines += ["### Every target at a glance", "", *_md_table(targets), ""]
     for r in results:
         rows, comp = _rows([r])
         lines += [f"### {r['name']}", "", _provenance(r), ""]

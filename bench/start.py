@@ -6,17 +6,17 @@ running ``sh -c "trap 'exit 0' TERM; sleep 3600 & wait"``, in each of the four n
 then (timed apart) its removal. Per mode the sides alternate (``harness.alternate_many``), so
 drift hits them alike.
 
-- sdnctl: a lab host (namespace ``<prefix>lh0`` on an underlay of its own), a controller in this
-  process (SQLite store, unix socket in a temp dir) and the real agent as a process in the lab
-  host, as `sdnctl up` runs them. The image is loaded into the controller (LoadImage). A start
-  is timed from the CreateContainer RPC until the controller has *recorded* the agent's report
-  that the container runs: we wrap ``State.report_status`` of the in-process controller, so
-  the moment is exact and nothing polls. Removal: DeleteContainer until the agent reports a
-  revision at least the delete's. The very first start of the image on the host (fetching and
-  unpacking its layers from the controller) is reported on its own and kept out of the
-  steady-state figures. Each start is split into the CreateContainer RPC, the agent's
-  reconciliation pass that started it (the agent logs its duration per revision) and the rest
-  (the Watch event reaching the agent, its report, the controller recording it).
+- sdnctl: a lab host (``_sdnlab.SdnctlLab``: namespace ``<prefix>lh0`` on an underlay of its
+  own), a controller in this process (SQLite store, unix socket in a temp dir) and the real agent
+  as a process in the lab host, as `sdnctl up` runs them. The image is loaded into the
+  controller (LoadImage). A start is the wall time of the user's command, `sdnctl run --name N
+  --host h0 --network MODE --image ID -- CMD` (the CLI process included: it returns once the
+  agent has reported the container running); removal `sdnctl rm N`. The very first start of the
+  image on the host (fetching and unpacking its layers from the controller) is reported on its
+  own and kept out of the steady-state figures. Each start is split at the moment the controller
+  *recorded* the agent's report that it runs (we wrap ``State.report_status`` of the in-process
+  controller, so the moment is exact): before it, the CLI's start-up, CreateContainer, the Watch
+  event, the agent's pass and report; after it, the CLI noticing, printing and exiting.
 - docker: Debian's docker.io, its daemon confined to a namespace of ours: ``unshare --mount``
   (private), ``nsenter --net`` into ``<prefix>dk``, then inside: a fresh sysfs (that
   namespace's), the cgroup v1 hierarchies mounted again (not the v2 one: runc refuses this
@@ -25,15 +25,17 @@ drift hits them alike.
   own --data-root, --exec-root, --pidfile, -H socket and --cgroup-parent; iptables stays on
   (Docker's own NAT rules, in that namespace). The test image is `docker load`ed; a start is
   the wall time of ``/usr/bin/docker run -d --network MODE``; removal ``docker rm -f``.
-- crun: the floor. The same layers (unpacked by the agent's ``ImageStore`` from the same
-  archive), the same overlay root and config.json (``agent.ocispec``, as the agent builds it),
-  through the agent's runtime wrapper (``OciRuntime``: private mount namespace, v2 hierarchy
-  hidden, overlay mounted) but one ``crun run -d`` instead of the agent's create + start.
+- crun: the floor (``_sdnlab.BareCrun``). The same layers (unpacked by the agent's
+  ``ImageStore`` from the same archive), the same overlay root and config.json
+  (``agent.ocispec``, as the agent builds it), through the agent's runtime wrapper
+  (``OciRuntime``: private mount namespace, v2 hierarchy hidden, overlay mounted) but one
+  ``crun run -d`` instead of the agent's create + start.
   Network per mode: bridge and none: a new network namespace made by crun (no veth: bare crun
   has no network to attach to); host: join the namespace ``<prefix>cr`` by path; container:
   join a donor crun container's namespace by path. Removal: ``crun delete --force``.
 
-Targets (issue 8): sdnctl at least 10x faster than docker, and within 3x of bare crun.
+Targets (issue 8): sdnctl at least 10x faster than docker, and within 3x of bare crun. A
+missing reference (docker, crun) is an error: the script exits 1 and says what is missing.
 
     .venv/bin/python bench/start.py --quick   # 10 starts per side and mode (START_N=k: k)
     .venv/bin/python bench/start.py --full    # 50 starts per side and mode
@@ -427,6 +429,10 @@ def main() -> int:
     prefix = unique_prefix("st")
     workdir = tempfile.mkdtemp(prefix=f"{prefix}-", dir="/run")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    missing = [path for path in (DOCKER, DOCKERD, "/usr/bin/crun") if not os.access(path, os.X_OK)]
+    if missing:  # before building anything
+        raise BenchError(f"missing reference: {', '.join(missing)} (bench/setup.sh installs "
+                         "docker.io and crun)")
     become_subreaper()
     sides: dict[str, Any] = {}
     notes: list[str] = []
