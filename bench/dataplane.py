@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 from _sdnlab import BenchError, SdnctlLab
 from harness import (
@@ -67,9 +68,8 @@ def in_ns(path: str, *argv: str) -> list[str]:
     return ["nsenter", f"--net={path}", *argv]
 
 
-def _json(argv: list[str]) -> list[dict[str, object]]:
-    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-    return list(json.loads(out))
+def _json(argv: list[str]) -> Any:
+    return json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
 
 
 class Dataplane:
@@ -103,13 +103,11 @@ class Dataplane:
 
     def rules(self) -> int:
         """How many nftables rules sdnctl's tables hold on h1 (for the notes)."""
-        doc = _json(in_ns(self.sdn.hosts["h1"].netns, "nft", "-j", "list", "ruleset"))
-        items = doc[0]["nftables"] if doc and isinstance(doc[0], dict) else doc
-        if isinstance(items, dict):
-            items = items.get("nftables", [])
-        return sum(1 for item in items  # type: ignore[union-attr]
-                   if isinstance(item, dict) and "rule" in item
-                   and item["rule"].get("table") == "sdnctl")
+        doc: Any = json.loads(subprocess.run(
+            in_ns(self.sdn.hosts["h1"].netns, "nft", "-j", "list", "ruleset"), check=True,
+            capture_output=True, text=True).stdout)
+        return sum(1 for item in doc.get("nftables", [])
+                   if "rule" in item and item["rule"].get("table") == "sdnctl")
 
     def mtu(self, ctr: str) -> int:
         return int(_json(in_ns(self.ctrs[ctr][0], "ip", "-j", "link", "show", "eth0"))[0]["mtu"])
@@ -213,6 +211,10 @@ class Dataplane:
                 remove_netns(path)
 
 
+def iperfer(d: Dataplane, client: str, server: str, seconds: float) -> Callable[[], float]:
+    return lambda: d.iperf(client, server, seconds)
+
+
 def pinger(d: Dataplane, client: str, server: str, count: int,
            into: list[tuple[float, float]]) -> Callable[[], list[float]]:
     """A side for ``alternate`` that keeps each round's (p50, p99) in ``into``."""
@@ -238,8 +240,8 @@ def main() -> int:
         ms: list[Measurement] = []
         comps = []
         for what, sc, ss, hc, hs in PATHS:
-            sd, hand = alternate(lambda sc=sc, ss=ss: d.iperf(sc, ss, seconds),
-                                 lambda hc=hc, hs=hs: d.iperf(hc, hs, seconds), rounds)
+            sd, hand = alternate(iperfer(d, sc, ss, seconds), iperfer(d, hc, hs, seconds),
+                                 rounds)
             ms += [Measurement(f"{what} throughput sdnctl", "Gbit/s", sd),
                    Measurement(f"{what} throughput by hand", "Gbit/s", hand)]
             r = paired_ratio(sd, hand)
