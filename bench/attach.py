@@ -11,7 +11,9 @@ Whole containers (the same image, the same command, one process each):
   making the namespace, veth, addresses, route and nftables guard (and NAT) with netlink and nft,
   and starting the container with crun, until the controller *records* the agent's report that
   it runs (``_sdnlab.Reports``: nothing polls). Teardown: DeleteContainer until the agent
-  reports the revision realised. Two networks: ``masquerade`` on (NAT) and off.
+  reports the revision realised. Two networks: ``masquerade`` on (NAT) and off. The containers
+  run without a user namespace (``--userns host``), as the CNI side's do. The CLI's own process
+  is not timed here (bench/start.py times `sdnctl run` whole).
 - CNI + crun: what a CNI runtime does for one container: make the namespace, exec the
   reference ``bridge`` plugin (``host-local`` IPAM) as libcni does: from a runtime process that
   lives in the host namespace (started once, as containerd is), with CNI_COMMAND, CNI_NETNS,
@@ -180,8 +182,10 @@ class Bench:
     # --- sdnctl: the real path -------------------------------------------------------------
 
     def _sdn_container(self, name: str, masq: bool) -> pb.Container:
+        # No user namespace (sdnctl's default gives an image container one): the CNI side's
+        # bare crun runs none, and this benchmark is about the network.
         return pb.Container(name=name, host="h0", network=SDN_NETS[masq], image=self.image,
-                            command=list(COMMAND))
+                            command=list(COMMAND), user_ns=pb.USERNS_HOST)
 
     def sdnctl_run_round(self, masq: bool) -> tuple[list[float], list[float]]:
         setup, teardown, names = [], [], []

@@ -122,6 +122,8 @@ class SdnctlSide:
         self.sdnctl = self.lab.cli()
         self.env = self.lab.cli_env()
         self.first_start = self._cli_start("bridge", DONOR)
+        got = self.lab.api.GetContainer(pb.GetRequest(name=DONOR), timeout=TIMEOUT)
+        self.user_ns = bool(got.status.user_ns)
 
     def network(self, mode: str) -> str:
         return {"bridge": NETWORK, "container": f"container:{DONOR}"}.get(mode, mode)
@@ -462,6 +464,9 @@ def main() -> int:
                      "agent reports the container running); docker: wall time of `docker run -d`"
                      "; crun: one `crun run -d` through the agent's runtime wrapper; removal: "
                      "`sdnctl rm`, `docker rm -f`, `crun delete --force`")
+        notes.append("sdnctl's containers ran " + ("in" if sides["sdnctl"].user_ns else
+                     "without") + " a user namespace (its default for an image container: "
+                     "`--userns auto`); docker's and bare crun's without")
         notes.append("bare crun does no network setup: its bridge/none containers get a fresh "
                      "namespace with lo only (sdnctl's bridge includes the veth attach)")
         doc: dict[str, Any] = {"mode": "quick" if args.quick else "full",
