@@ -170,7 +170,9 @@ def git_revision() -> str:
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
     head = git("rev-parse", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")
+    # Anything of the checkout but what the benchmarks write themselves.
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/",
+                ":(top,exclude)bench/results", ":(top,exclude)bench/README.md")
     return head + ("+dirty" if dirty else "")
 
 
