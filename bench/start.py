@@ -428,13 +428,13 @@ def main() -> int:
     args = bench_args(__doc__.splitlines()[0])
     n = int(os.environ.get("START_N", 10 if args.quick else 50))
     profile = os.environ.get("START_PROFILE", "") not in ("", "0")
-    prefix = unique_prefix("st")
-    workdir = tempfile.mkdtemp(prefix=f"{prefix}-", dir="/run")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     missing = [path for path in (DOCKER, DOCKERD, "/usr/bin/crun") if not os.access(path, os.X_OK)]
     if missing:  # before building anything
         raise BenchError(f"missing reference: {', '.join(missing)} (bench/setup.sh installs "
                          "docker.io and crun)")
+    prefix = unique_prefix("st")
+    workdir = tempfile.mkdtemp(prefix=f"{prefix}-", dir="/run")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     become_subreaper()
     sides: dict[str, Any] = {}
     notes: list[str] = []
