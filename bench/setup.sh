@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the reference tools the benchmarks compare against (run as root, Debian 12).
 # Only what is missing is installed; scripts/setup.sh stays free of benchmark-only packages.
+# Latency (bench/dataplane.py) is measured with ping: Debian's netperf (TCP_RR) is in non-free.
 #
 # docker.io (bench/start.py) must never run its daemon in the host's namespaces: the benchmark
 # starts its own dockerd inside a namespace of its own (scripts/install-docker-io.sh keeps the
@@ -8,5 +9,5 @@
 set -euo pipefail
 here="$(dirname "$0")"
 "$here/../scripts/apt-install-missing.sh" \
-  containernetworking-plugins iperf3 iptables iproute2 util-linux crun
+  containernetworking-plugins iperf3 iptables iproute2 util-linux crun iputils-ping
 "$here/../scripts/install-docker-io.sh"
