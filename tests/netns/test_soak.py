@@ -37,11 +37,13 @@ MODES = 4
 #: an IPRoute left open costs 21 kB; the 2,000-cycle run once grew 26 kB per cycle. So the
 #: check fits a least-squares slope to the rounds after WARMUP_ROUNDS, leaving out lone steps
 #: (a round that grew more than 256 kB and ten times the typical round), and fails above
-#: RSS_KB_PER_CYCLE. Measured here (120-round run, every 12-round window after the warm-up):
-#: 3.4 to 5.6 kB/cycle without a leak; with a deliberate 21 kB leak per container started, see
-#: the issue 15 report (about 26).
+#: RSS_KB_PER_CYCLE. Measured here: without a leak 3.2 and 5.9 kB/cycle in two default runs
+#: (36.5 in the first had its lone 1.4 MB step been kept), 3.4 to 5.6 over every 12-round window
+#: after the warm-up of a 120-round run (the machine's other load changes it: rounds grow in
+#: 4-76 kB allocator chunks); with a deliberate leak of 21 kB per container started (a local
+#: patch of the agent) 25.8 kB/cycle. The bound sits between, with room for the noise.
 WARMUP_ROUNDS = int(os.environ.get("SDNCTL_SOAK_WARMUP_ROUNDS") or 10)
-RSS_KB_PER_CYCLE = 8
+RSS_KB_PER_CYCLE = 12
 #: A round that grew more than this, and ten times the typical round, is a lone allocator step.
 RSS_STEP_KB = 256
 #: Not expected back to the baseline: memory is judged by its slope.
