@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,9 +78,7 @@ def mismatches(stdout: str) -> list[str]:
 
 def test_check_passes_on_a_healthy_topology_and_catches_a_violated_isolation(
         cli: Cli, topo_file: str, tmp_path: Path) -> None:
-    started = time.monotonic()
-    done = cli.run("check", topo_file)
-    assert time.monotonic() - started < 10
+    done = cli.run("check", topo_file)  # its duration: bench/reliability.py
     assert done.returncode == 0
     assert "✘" not in done.stdout and "MISMATCHES" not in done.stdout
     assert done.stdout.splitlines()[0].split() == ["icmp", "web", "api", "db", "cache",

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.capture import start_pinger
 from helpers.cli import (
     EXAMPLES,
     REPO,
@@ -70,11 +69,9 @@ def test_single_host_walkthrough(cli: Cli, run_prefix: str) -> None:
     # reaching db throughout.
     before = {ns: kernel_state(ns) for ns in (host["netns"], web["netns"], db["netns"])}
     rules_before = nft_ruleset(host["netns"])
-    pinger = subprocess.Popen(
-        ["nsenter", f"--net={web['netns']}", "ping", "-n", "-q", "-i", "0.05", "-w", "4",
-         db["ip"]], stdout=subprocess.PIPE, text=True)
+    pinger = start_pinger(["nsenter", f"--net={web['netns']}", "ping", "-n", "-i", "0.05", "-w",
+                           "4", db["ip"]])
     try:
-        time.sleep(0.5)
         os.kill(host["agent_pid"], signal.SIGKILL)
         again = cli.run("up", example)
         assert "agent for h1 started" in again.stderr

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.kernel.netns import iproute_in
+from helpers.capture import capture
 from sdnctl import topology
 
 REPO = Path(__file__).resolve().parents[3]
@@ -99,24 +100,13 @@ def nft_ruleset(netns: str) -> str:
 
 
 def capture_source(ext_netns: str, send: Any) -> str:
-    """Run ``send()`` while tcpdump listens in the external namespace; the ICMP source seen."""
-    dump = subprocess.Popen(
-        ["nsenter", f"--net={ext_netns}", "tcpdump", "-l", "-n", "-i", "eth0", "-c", "1",
-         "icmp[icmptype] == icmp-echo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    try:
-        assert dump.stderr is not None
-        deadline = time.monotonic() + 10
-        while "listening on" not in dump.stderr.readline():
-            assert time.monotonic() < deadline, "tcpdump did not start"
+    """Run ``send()`` while tcpdump (proved ready) listens in the external namespace; the
+    source address of the ICMP echo request seen."""
+    with capture(ext_netns, "eth0", "icmp[icmptype] == icmp-echo") as cap:
         send()
-        out, _ = dump.communicate(timeout=10)
-    finally:
-        if dump.poll() is None:
-            dump.kill()
-            dump.wait()
-    match = re.search(r"IP (\d+\.\d+\.\d+\.\d+) > ", out)
-    assert match, f"no ICMP echo seen in the external namespace: {out!r}"
+        line = cap.wait_for("ICMP echo request")
+    match = re.search(r"IP (\d+\.\d+\.\d+\.\d+) > ", line)
+    assert match, f"no ICMP echo seen in the external namespace: {line!r}"
     return match.group(1)
 
 
