@@ -1,6 +1,6 @@
 # Benchmarks (issue 8): run every bench/*.py script, then print one table from bench/results.
 PY ?= .venv/bin/python
-BENCH_SCRIPTS := $(filter-out bench/harness.py,$(sort $(wildcard bench/*.py)))
+BENCH_SCRIPTS := $(filter-out bench/harness.py bench/_%.py,$(sort $(wildcard bench/*.py)))
 
 .PHONY: bench bench-full bench-setup bench-table fuzz test-etcd-full soak
 
@@ -15,12 +15,17 @@ bench-setup:
 bench: bench-setup
 	@rm -f bench/results/*.json
 	@fail=0; for s in $(BENCH_SCRIPTS); do echo "== $$s --quick"; $(PY) $$s --quick || { echo "!! $$s failed"; fail=1; }; done; \
-	$(PY) bench/harness.py; exit $$fail
+	$(PY) bench/harness.py --readme; exit $$fail
 
+# BENCH_QUICK="controller overlay": those scripts run --quick in bench-full (their full size
+# takes longer than the machine can give; the result files say which mode each ran).
+BENCH_QUICK ?=
 bench-full: bench-setup
 	@rm -f bench/results/*.json
-	@fail=0; for s in $(BENCH_SCRIPTS); do echo "== $$s --full"; $(PY) $$s --full || { echo "!! $$s failed"; fail=1; }; done; \
-	$(PY) bench/harness.py; exit $$fail
+	@fail=0; for s in $(BENCH_SCRIPTS); do mode=--full; \
+	  case " $(BENCH_QUICK) " in *" $$(basename $$s .py) "*) mode=--quick;; esac; \
+	  echo "== $$s $$mode"; $(PY) $$s $$mode || { echo "!! $$s failed"; fail=1; }; done; \
+	$(PY) bench/harness.py --readme; exit $$fail
 
 bench-table:
 	@$(PY) bench/harness.py

@@ -6,7 +6,9 @@ Isolation, as Docker's defaults, tightened:
     mapped onto an unprivileged range;
   - capabilities: Docker's default set without NET_RAW (ping works through ping_group_range),
     plus what ``cap_add`` names; no-new-privileges; a seccomp profile that refuses the system
-    calls Docker's default profile refuses (mount, ptrace, kexec, modules, bpf, keyrings...);
+    calls Docker's default profile refuses (mount, ptrace, kexec, modules, bpf, keyrings...),
+    and, as Docker does, ``clone`` with a namespace flag (EPERM) and ``clone3`` altogether
+    (ENOSYS: its flags sit behind a pointer seccomp cannot read; glibc falls back to clone);
   - cgroups: memory (swap included, so the limit is a limit), CPU quota and shares, pids.
 """
 
@@ -36,6 +38,13 @@ SECCOMP_DENY = (
     "swapon", "sysfs", "_sysctl", "umount", "umount2", "unshare", "uselib", "userfaultfd",
     "ustat", "vm86", "vm86old",
 )
+
+#: clone(2) flags that make a namespace (CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID,
+#: NEWNET): unshare(2) and setns(2) are refused above, and without these rules a container would
+#: still make a user namespace (no privilege needed), and in it every other kind.
+CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
+                         0x40000000)
+EPERM, ENOSYS = 1, 38
 
 MASKED = ("/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
           "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
@@ -164,5 +173,12 @@ def seccomp(deny: Sequence[str] = SECCOMP_DENY) -> dict[str, Any]:
         "defaultAction": "SCMP_ACT_ALLOW",
         "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32",
                           "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
-        "syscalls": [{"names": list(deny), "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+        "syscalls": [
+            {"names": list(deny), "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM},
+            # one rule per flag (rules are alternatives): (flags & flag) == flag -> EPERM
+            *({"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM,
+               "args": [{"index": 0, "value": flag, "valueTwo": flag,
+                         "op": "SCMP_CMP_MASKED_EQ"}]} for flag in CLONE_NAMESPACE_FLAGS),
+            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS},
+        ],
     }

@@ -161,6 +161,16 @@ class Reconciler:
             return self.netns_path(name)
         return MODES[ctr.mode].namespaces(ctr, self.sandbox).net or "/proc/self/ns/net"
 
+    def process_namespaces(self, ctr: DesiredContainer | None, name: str) -> dict[str, str]:
+        """Every namespace a container's process must be in to be running, kind -> path: its
+        network namespace, and the UTS and IPC namespaces it joins (its sandbox's or a donor's)."""
+        found = {"net": self.process_netns(ctr, name)}
+        if ctr is not None:
+            where = MODES[ctr.mode].namespaces(ctr, self.sandbox)
+            found.update({kind: path for kind, path in (("uts", where.uts), ("ipc", where.ipc))
+                          if path is not None})
+        return found
+
     def _file(self, name: str, suffix: str) -> str:
         return layout.container_file(self.run_dir, name, suffix)
 
@@ -228,9 +238,14 @@ class Reconciler:
         running = False
         exit_code = None
         if info is not None:
-            where = self.process_netns(want, name)
-            running = procs.is_alive(info, where) if os.path.exists(where) else \
-                procfs.is_running(info.pid, info.start_time)
+            if want is None and not os.path.exists(self.netns_path(name)):
+                # To be removed, not reported, and with no sandbox of its own (it joined
+                # another's): whether it runs decides only that its removal stops it first.
+                running = procfs.is_running(info.pid, info.start_time)
+            else:
+                # Running (and its PID reported) only when it is in all of its namespaces: a
+                # process whose donor's namespace is gone, or that is not in it yet, is not.
+                running = procs.is_alive(info, self.process_namespaces(want, name))
             if not running:
                 exit_code = self._exit_code(name, info)
         return p.ContainerState(netns=has_sandbox, net=net, started=info is not None,

@@ -1,196 +1,201 @@
-"""Issue 8 item 5: iperf3 throughput over paths built by sdnctl vs the same paths built by hand.
+"""Issue 8 item 5: the data path sdnctl builds, filters included, against the same one by hand.
 
-Design note. A lab of our own: a wire namespace with bridge ``ul`` and two host namespaces
-(192.0.2.1, 192.0.2.2 on ``u``), all with a unique prefix. Two comparisons, each side in the
-same run, alternating, a short iperf3 TCP run per sample:
+Design note. One lab (``_sdnlab.SdnctlLab``: an underlay of its own, the controller in this
+process, the real agent in each sdnctl host) with four hosts on the same underlay wire:
 
-- bridge: two containers on one bridge in host 1. sdnctl: ``Links.ensure_bridge`` +
-  ``create_netns`` + ``Links.ensure_veth`` (what the agent does). By hand: ``ip`` (bridge, veth
-  with its peer born in the container namespace, address, route).
-- vxlan: one container on each host, across flannel-style L3 VXLAN (LAB-NOTES recipe). sdnctl:
-  ``Links.ensure_vxlan`` + ``Links.ensure_peer`` on each host; by hand: the ``ip`` commands of
-  LAB-NOTES. Container MTU = VXLAN MTU = underlay - 50 on both sides.
+- sdnctl: hosts ``h1`` and ``h2`` run agents. Through the API: a bridge network with two
+  containers on ``h1``, and an overlay network (VXLAN) with one container on each host. The
+  agents build everything as in production, so their nftables tables are loaded: the
+  anti-spoofing guards of each container port (``bridge sdnctl``), network isolation, NAT and
+  the VXLAN filter (``inet sdnctl``). The script checks that both tables are there.
+- by hand: hosts ``m1`` and ``m2`` (no agent, no nftables): the same topology with ``ip`` and
+  ``bridge`` (LAB-NOTES' flannel-style L3 VXLAN recipe: route via the peer's VTEP address
+  onlink, a permanent neighbour, an FDB entry), the same MTUs as sdnctl's containers got.
 
-The two sides use different subnets and VNIs in the same namespaces, so only the builder differs.
-iperf3 servers are started by PID and stopped by PID; everything goes, even on failure.
+So the ratio sdnctl/hand is what our rules (and nothing else) cost the packets. Containers are
+image-less (the host's root, read-only, ``sleep infinity``); the measuring tools run in their
+network namespaces (``nsenter --net``). Two figures per path, the sides alternating round by
+round: bulk throughput (iperf3, one TCP stream) and latency (``ping`` at a 1 ms interval, so one
+request is in flight at a time: per round its p50 and p99 round-trip time; Debian's netperf,
+whose TCP_RR would be the usual tool, is in non-free and not installable here). iperf3 servers
+are started by PID and stopped by PID; everything goes, even on failure.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
+from _sdnlab import BenchError, SdnctlLab
 from harness import (
     Measurement,
     alternate,
     bench_args,
     comparison,
     paired_ratio,
+    percentile,
     unique_prefix,
     write_result,
 )
 
-from agent.kernel.links import Links
-from agent.kernel.netns import create_netns, netns_path, remove_netns
-from agent.names import (
-    bridge_alias,
-    bridge_name,
-    container_mac,
-    veth_alias,
-    veth_name,
-    vtep_mac_for,
-    vxlan_alias,
-    vxlan_name,
-)
+from agent.kernel.netns import netns_path, remove_netns
+from sdnctl.v1 import sdnctl_pb2 as pb
 
-UNDERLAY_MTU = 1500
-VX_MTU = UNDERLAY_MTU - 50
 PORT = 4789
+RTT_RE = re.compile(r"time=([0-9.]+) ms")
+#: (label, sdnctl client, sdnctl server, hand client, hand server)
+PATHS = (("bridge", "s1", "s2", "hb1", "hb2"), ("vxlan", "x1", "x2", "hx1", "hx2"))
 
 
 def ip(*argv: str, batch: str | None = None) -> None:
     cmd = ["ip", *argv] + (["-batch", "-"] if batch is not None else [])
     proc = subprocess.run(cmd, input=batch, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"could not run {' '.join(cmd)}: {proc.stderr.strip()}")
+        raise BenchError(f"could not run {' '.join(cmd)}: {proc.stderr.strip()}")
 
 
-def in_ns(name: str, *argv: str) -> list[str]:
-    return ["nsenter", f"--net={netns_path(name)}", *argv]
+def in_ns(path: str, *argv: str) -> list[str]:
+    return ["nsenter", f"--net={path}", *argv]
+
+
+def _json(argv: list[str]) -> Any:
+    return json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
 
 
 class Dataplane:
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, workdir: str) -> None:
         self.p = prefix
+        self.sdn = SdnctlLab(prefix, workdir, ("h1", "h2"))
         self.servers: list[subprocess.Popen[bytes]] = []
-        self.links: dict[str, Links] = {}
+        #: container -> (netns path, address)
+        self.ctrs: dict[str, tuple[str, str]] = {}
 
-    def ns(self, suffix: str) -> str:
-        return f"{self.p}{suffix}"
-
-    # --- the underlay (shared by both sides) ------------------------------------------------
-
-    def build_underlay(self) -> None:
-        w = self.ns("w")
-        ip("netns", "add", w)
-        ip("-n", w, batch=f"link add ul mtu {UNDERLAY_MTU} type bridge\nlink set ul up\n")
-        for h in (1, 2):
-            host = self.ns(f"h{h}")
-            ip("netns", "add", host)
-            ip("-n", host, batch=(
-                f"link set lo up\n"
-                f"link add u mtu {UNDERLAY_MTU} type veth peer name p{h} netns {w}\n"
-                f"addr add 192.0.2.{h}/24 dev u\nlink set u up\n"))
-            ip("-n", w, "link", "set", f"p{h}", "master", "ul", "up")
-            subprocess.run(in_ns(host, "sysctl", "-qw", "net.ipv4.ip_forward=1"), check=True)
-            self.links[host] = Links(netns_path(host))
-
-    # --- sdnctl's kernel path ---------------------------------------------------------------
-
-    def sdnctl_container(self, host: str, name: str, network: str, cidr: str, gw: str,
-                         mtu: int) -> None:
-        path = netns_path(name)
-        create_netns(path)
-        self.links[host].ensure_veth(veth_name(name, "eth0"), veth_alias(name, "eth0"),
-                                     bridge_name(network), mtu, path, "eth0", cidr, gw,
-                                     mac=container_mac(cidr.split("/")[0]))
+    # --- sdnctl, through the API ------------------------------------------------------------
 
     def build_sdnctl(self) -> None:
-        h1, h2 = self.ns("h1"), self.ns("h2")
-        net = f"{self.p}-br"
-        self.links[h1].ensure_bridge(bridge_name(net), bridge_alias(net), "10.81.0.1/24",
-                                     UNDERLAY_MTU)
-        for i in (1, 2):
-            self.sdnctl_container(h1, self.ns(f"s{i}"), net, f"10.81.0.{i + 1}/24", "10.81.0.1",
-                                  UNDERLAY_MTU)
-        ov = f"{self.p}-ov"
-        for h, host in ((1, h1), (2, h2)):
-            links = self.links[host]
-            links.ensure_bridge(bridge_name(ov), bridge_alias(ov), f"10.91.{h}.1/24", VX_MTU)
-            self.sdnctl_container(host, self.ns(f"x{h}"), ov, f"10.91.{h}.2/24", f"10.91.{h}.1",
-                                  VX_MTU)
-            links.ensure_vxlan(vxlan_name(ov), vxlan_alias(ov), 91, f"192.0.2.{h}", PORT, "u",
-                               VX_MTU, vtep_mac_for(host), f"10.91.{h}.0/32")
-        for h, host in ((1, h1), (2, h2)):
-            o = 3 - h
-            self.links[host].ensure_peer(vxlan_name(ov), f"10.91.{o}.0/24", f"10.91.{o}.0",
-                                         vtep_mac_for(self.ns(f"h{o}")), f"192.0.2.{o}")
+        self.sdn.setup()
+        api = self.sdn
+        api.create_network(pb.Network(name="db", driver="bridge", subnet="10.81.0.0/16"))
+        api.create_network(pb.Network(name="dov", driver="overlay", subnet="10.91.0.0/16"))
+        for name, host, net in (("s1", "h1", "db"), ("s2", "h1", "db"), ("x1", "h1", "dov"),
+                                ("x2", "h2", "dov")):
+            api.start(pb.Container(name=name, host=host, network=net,
+                                   command=["sleep", "infinity"]))
+            got = api.api.GetContainer(pb.GetRequest(name=name), timeout=10)
+            path = got.status.netns or self.sdn.container_netns(host, name)
+            self.ctrs[name] = (path, got.ip.split("/")[0])
+        for host in ("h1", "h2"):
+            tables = subprocess.run(in_ns(self.sdn.hosts[host].netns, "nft", "list", "tables"),
+                                    capture_output=True, text=True).stdout
+            for table in ("inet sdnctl", "bridge sdnctl"):
+                if f"table {table}" not in tables:
+                    raise BenchError(f"host {host}: the agent loaded no table {table!r}")
+
+    def rules(self) -> int:
+        """How many nftables rules sdnctl's tables hold on h1 (for the notes)."""
+        doc: Any = json.loads(subprocess.run(
+            in_ns(self.sdn.hosts["h1"].netns, "nft", "-j", "list", "ruleset"), check=True,
+            capture_output=True, text=True).stdout)
+        return sum(1 for item in doc.get("nftables", [])
+                   if "rule" in item and item["rule"].get("table") == "sdnctl")
+
+    def mtu(self, ctr: str) -> int:
+        return int(_json(in_ns(self.ctrs[ctr][0], "ip", "-j", "link", "show", "eth0"))[0]["mtu"])
 
     # --- by hand with ip (LAB-NOTES) --------------------------------------------------------
 
     def hand_container(self, host: str, name: str, bridge: str, cidr: str, gw: str,
                        mtu: int) -> None:
-        ip("netns", "add", name)
-        veth = f"v{name}"[-15:]
-        ip("-n", host, batch=(f"link add {veth} mtu {mtu} type veth peer name eth0 netns {name}\n"
+        ns = f"{self.p}{name}"
+        ip("netns", "add", ns)
+        veth = f"v{ns}"[-15:]
+        ip("-n", host, batch=(f"link add {veth} mtu {mtu} type veth peer name eth0 netns {ns}\n"
                               f"link set {veth} master {bridge} up\n"))
-        ip("-n", name, batch=(f"link set lo up\nlink set eth0 mtu {mtu}\n"
-                              f"addr add {cidr} dev eth0\nlink set eth0 up\n"
-                              f"route add default via {gw}\n"))
+        ip("-n", ns, batch=(f"link set lo up\nlink set eth0 mtu {mtu}\n"
+                            f"addr add {cidr} dev eth0\nlink set eth0 up\n"
+                            f"route add default via {gw}\n"))
+        self.ctrs[name] = (netns_path(ns), cidr.split("/")[0])
 
     def build_hand(self) -> None:
-        h1, h2 = self.ns("h1"), self.ns("h2")
-        ip("-n", h1, batch="link add brh type bridge\naddr add 10.82.0.1/24 dev brh\n"
-                           "link set brh up\n")
+        br_mtu, vx_mtu = self.mtu("s1"), self.mtu("x1")
+        hosts = {h: self.sdn.lab.ensure_host(f"m{h}", 1 + h) for h in (1, 2)}
+        names = {h: os.path.basename(hosts[h].netns) for h in (1, 2)}
+        for h in (1, 2):
+            subprocess.run(in_ns(hosts[h].netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"),
+                           check=True)
+        m1 = names[1]
+        ip("-n", m1, batch=f"link add brh mtu {br_mtu} type bridge\n"
+                           "addr add 10.82.0.1/24 dev brh\nlink set brh up\n")
         for i in (1, 2):
-            self.hand_container(h1, self.ns(f"m{i}"), "brh", f"10.82.0.{i + 1}/24", "10.82.0.1",
-                                UNDERLAY_MTU)
-        for h, host in ((1, h1), (2, h2)):
-            ip("-n", host, batch=(
-                f"link add brv mtu {VX_MTU} type bridge\naddr add 10.92.{h}.1/24 dev brv\n"
+            self.hand_container(m1, f"hb{i}", "brh", f"10.82.0.{i + 1}/24", "10.82.0.1", br_mtu)
+        for h in (1, 2):
+            host = hosts[h]
+            ip("-n", names[h], batch=(
+                f"link add brv mtu {vx_mtu} type bridge\naddr add 10.92.{h}.1/24 dev brv\n"
                 f"link set brv up\n"
-                f"link add vxh type vxlan id 92 local 192.0.2.{h} dstport {PORT} dev u "
-                f"nolearning\nlink set vxh mtu {VX_MTU}\naddr add 10.92.{h}.0/32 dev vxh\n"
-                f"link set vxh up\n"))
-            self.hand_container(host, self.ns(f"y{h}"), "brv", f"10.92.{h}.2/24",
-                                f"10.92.{h}.1", VX_MTU)
-        macs = {h: self._mac(self.ns(f"h{h}"), "vxh") for h in (1, 2)}
-        for h, host in ((1, h1), (2, h2)):
+                f"link add vxh type vxlan id 92 local {host.underlay_ip} dstport {PORT} "
+                f"dev {host.underlay_dev} nolearning\nlink set vxh mtu {vx_mtu}\n"
+                f"addr add 10.92.{h}.0/32 dev vxh\nlink set vxh up\n"))
+            self.hand_container(names[h], f"hx{h}", "brv", f"10.92.{h}.2/24", f"10.92.{h}.1",
+                                vx_mtu)
+        macs = {h: str(_json(["ip", "-n", names[h], "-j", "link", "show", "vxh"])[0]["address"])
+                for h in (1, 2)}
+        for h in (1, 2):
             o = 3 - h
-            ip("-n", host, batch=(
+            ip("-n", names[h], batch=(
                 f"route add 10.92.{o}.0/24 via 10.92.{o}.0 dev vxh onlink\n"
                 f"neigh add 10.92.{o}.0 lladdr {macs[o]} dev vxh nud permanent\n"))
-            self._fdb(host, macs[o], f"192.0.2.{o}")
+            proc = subprocess.run(["bridge", "-n", names[h], "fdb", "append", macs[o], "dev",
+                                   "vxh", "dst", hosts[o].underlay_ip],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise BenchError(f"could not add fdb {macs[o]} on m{h}: {proc.stderr.strip()}")
 
-    def _fdb(self, host: str, mac: str, dst: str) -> None:
-        proc = subprocess.run(["bridge", "-n", host, "fdb", "append", mac, "dev", "vxh", "dst",
-                               dst], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"could not add fdb {mac} on {host}: {proc.stderr.strip()}")
+    # --- measuring ------------------------------------------------------------------------
 
-    @staticmethod
-    def _mac(ns: str, dev: str) -> str:
-        out = subprocess.run(["ip", "-n", ns, "-j", "link", "show", dev], check=True,
-                             capture_output=True, text=True).stdout
-        return str(json.loads(out)[0]["address"])
-
-    # --- iperf3 ---------------------------------------------------------------------------
-
-    def start_server(self, ns: str) -> None:
-        self.servers.append(subprocess.Popen(in_ns(ns, "iperf3", "-s", "-p", "5201"),
+    def start_server(self, ctr: str) -> None:
+        self.servers.append(subprocess.Popen(in_ns(self.ctrs[ctr][0], "iperf3", "-s", "-p",
+                                                   "5201"),
                                              stdout=subprocess.DEVNULL,
                                              stderr=subprocess.DEVNULL))
 
-    def iperf(self, client_ns: str, server_ip: str, seconds: float) -> float:
+    def iperf(self, client: str, server: str, seconds: float) -> float:
         """Gbit/s received, one TCP stream for ``seconds``."""
         last = ""
         for _ in range(20):  # the server may still be starting
-            proc = subprocess.run(in_ns(client_ns, "iperf3", "-c", server_ip, "-p", "5201",
-                                        "-t", str(seconds), "-J"),
-                                  capture_output=True, text=True)
+            proc = subprocess.run(in_ns(self.ctrs[client][0], "iperf3", "-c",
+                                        self.ctrs[server][1], "-p", "5201", "-t", str(seconds),
+                                        "-J"), capture_output=True, text=True)
             if proc.returncode == 0:
                 doc = json.loads(proc.stdout)
                 return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
             last = proc.stdout[-300:] + proc.stderr[-300:]
             time.sleep(0.2)
-        raise RuntimeError(f"iperf3 from {client_ns} to {server_ip} failed: {last}")
+        raise BenchError(f"iperf3 from {client} to {server} failed: {last}")
+
+    def ping(self, client: str, server: str, count: int) -> tuple[float, float]:
+        """(p50, p99) round-trip time in µs of ``count`` pings, 1 ms apart."""
+        proc = subprocess.run(in_ns(self.ctrs[client][0], "ping", "-n", "-i", "0.001", "-W",
+                                    "1", "-c", str(count), self.ctrs[server][1]),
+                              capture_output=True, text=True)
+        rtts = [float(x) * 1000 for x in RTT_RE.findall(proc.stdout)]
+        if len(rtts) < count * 0.99:
+            raise BenchError(f"ping from {client} to {server}: {len(rtts)} of {count} answered:"
+                             f" {proc.stdout[-300:]} {proc.stderr[-300:]}")
+        return percentile(rtts, 50), percentile(rtts, 99)
 
     def close(self) -> None:
-        """Stop our iperf3 servers (by PID), close sockets, remove our namespaces."""
+        """Stop our iperf3 servers (by PID), the lab, remove our namespaces."""
         for proc in self.servers:
             if proc.poll() is None:
                 proc.terminate()
@@ -199,47 +204,83 @@ class Dataplane:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        for links in self.links.values():
-            links.close()
-        for path in glob.glob(netns_path(f"{self.p}*")):
-            remove_netns(path)
+        try:
+            self.sdn.close(delete=[c for c in ("s1", "s2", "x1", "x2") if c in self.ctrs])
+        finally:
+            for path in glob.glob(netns_path(f"{self.p}*")):
+                remove_netns(path)
+
+
+def iperfer(d: Dataplane, client: str, server: str, seconds: float) -> Callable[[], float]:
+    return lambda: d.iperf(client, server, seconds)
+
+
+def pinger(d: Dataplane, client: str, server: str, count: int,
+           into: list[tuple[float, float]]) -> Callable[[], list[float]]:
+    """A side for ``alternate`` that keeps each round's (p50, p99) in ``into``."""
+    def run() -> list[float]:
+        into.append(d.ping(client, server, count))
+        return []
+    return run
 
 
 def main() -> int:
     args = bench_args(__doc__.splitlines()[0])
-    rounds, seconds = (5, 3) if args.quick else (8, 5)
+    rounds, seconds, pings = (4, 2, 500) if args.quick else (8, 4, 2000)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    d = Dataplane(unique_prefix("d"))
+    prefix = unique_prefix("d")
+    workdir = tempfile.mkdtemp(prefix=f"{prefix}-", dir="/run")
+    d = Dataplane(prefix, workdir)
     try:
-        d.build_underlay()
         d.build_sdnctl()
         d.build_hand()
-        for ns in ("s2", "m2", "x2", "y2"):
-            d.start_server(d.ns(ns))
+        rules = d.rules()
+        for ctr in ("s2", "x2", "hb2", "hx2"):
+            d.start_server(ctr)
         ms: list[Measurement] = []
         comps = []
-        pairs = (("bridge", ("s1", "10.81.0.3"), ("m1", "10.82.0.3")),
-                 ("vxlan", ("x1", "10.91.2.2"), ("y1", "10.92.2.2")))
-        for what, (sc, sip), (hc, hip) in pairs:
-            sd, hand = alternate(lambda sc=sc, sip=sip: d.iperf(d.ns(sc), sip, seconds),
-                                 lambda hc=hc, hip=hip: d.iperf(d.ns(hc), hip, seconds), rounds)
-            ms += [Measurement(f"{what} sdnctl", "Gbit/s", sd),
-                   Measurement(f"{what} by hand", "Gbit/s", hand)]
+        for what, sc, ss, hc, hs in PATHS:
+            sd, hand = alternate(iperfer(d, sc, ss, seconds), iperfer(d, hc, hs, seconds),
+                                 rounds)
+            ms += [Measurement(f"{what} throughput sdnctl", "Gbit/s", sd),
+                   Measurement(f"{what} throughput by hand", "Gbit/s", hand)]
             r = paired_ratio(sd, hand)
-            comps.append(comparison(f"{what} sdnctl/hand", r, ">= 0.97", r >= 0.97))
+            comps.append(comparison(f"{what} throughput sdnctl/hand", r, ">= 0.97", r >= 0.97))
             print(f"{what}: sdnctl {sd}  by hand {hand}  ratio {r:.3f}")
+            lat: dict[str, list[tuple[float, float]]] = {"sdnctl": [], "hand": []}
+            alternate(pinger(d, sc, ss, pings, lat["sdnctl"]),
+                      pinger(d, hc, hs, pings, lat["hand"]), rounds)
+            for q, k in (("p50", 0), ("p99", 1)):
+                s_q = [x[k] for x in lat["sdnctl"]]
+                h_q = [x[k] for x in lat["hand"]]
+                ms += [Measurement(f"{what} RTT {q} sdnctl", "µs", s_q),
+                       Measurement(f"{what} RTT {q} by hand", "µs", h_q)]
+                r = paired_ratio(s_q, h_q)
+                comps.append(comparison(f"{what} RTT {q} sdnctl/hand", r,
+                                        "<= 1.1" if q == "p50" else "", r <= 1.1
+                                        if q == "p50" else None))
+                print(f"{what} RTT {q}: sdnctl {s_q}  by hand {h_q}  ratio {r:.3f}")
         write_result("dataplane", {
             "mode": "quick" if args.quick else "full",
-            "params": {"rounds": rounds, "seconds": seconds, "underlay_mtu": UNDERLAY_MTU,
-                       "vxlan_mtu": VX_MTU},
+            "params": {"rounds": rounds, "seconds": seconds, "pings": pings,
+                       "bridge_mtu": d.mtu("s1"), "vxlan_mtu": d.mtu("x1"),
+                       "sdnctl_rules_h1": rules},
             "measurements": ms, "comparisons": comps,
-            "notes": [f"iperf3 one TCP stream, {seconds} s per sample, {rounds} alternating "
-                      "rounds; ratio = median of per-round sdnctl/hand; bridge: two containers on "
-                      "one host; vxlan: across two hosts"]})
+            "notes": [f"sdnctl's paths built by its agents through the API, with its nftables "
+                      f"tables loaded ({rules} rules in host h1's sdnctl tables); by hand: the "
+                      "same topology with ip, no filters; throughput: iperf3 one TCP stream, "
+                      f"{seconds} s per sample; latency: per round the p50/p99 of {pings} pings "
+                      f"1 ms apart; {rounds} alternating rounds; ratios are medians of "
+                      "per-round sdnctl/hand"]})
     finally:
         d.close()
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (BenchError, OSError, subprocess.SubprocessError) as e:
+        print(f"bench/dataplane.py: error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -6,9 +6,11 @@ directory. The caller runs in a process of its own (``--same-process``: in the c
 sharing its GIL). For each transport in turn, round by round: a loop of unary health checks
 (µs per call), an image of one layer of random bytes loaded (LoadImage, a client stream),
 saved back (SaveImage, a server stream) and its layer fetched as an agent (FetchBlob, a server
-stream), in MB/s. The machine (two cores) is shared: compare the two transports within one
-run, and runs with each other only on the same machine. The script uses only the public API, so
-it measures an older checkout too (run it with that checkout's interpreter, e.g.
+stream), in MB/s. The transports alternate as every comparison here does (unix, tcp, then tcp,
+unix, ...), so neither always runs first. The machine (two cores) is shared: compare the two
+transports within one run, and runs with each other only on the same machine. The script uses
+only the public API, so it measures an older checkout too (run it with that checkout's
+interpreter, e.g.
 ``/work/main/.venv/bin/python bench/tls.py``: before the TLS terminator, gRPC's own TLS).
 
     .venv/bin/python bench/tls.py [--quick | --full] [--mib N] [--calls N] [--rounds N]
@@ -144,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
         spawn = multiprocessing.get_context("spawn")
         try:
-            for _ in range(args.rounds):
-                for name in sides:
+            for i in range(args.rounds):
+                # A, B, then B, A: neither transport always goes first (harness.alternate).
+                for name in sides if i % 2 == 0 else sides[::-1]:
                     if args.same_process:
                         results[name].append(run_side(name, unix, tcp, str(d), archive, size,
                                                       digest, args.calls))
@@ -165,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     units = {"unary_us": "µs/call", "load_mbs": "MB/s", "save_mbs": "MB/s", "fetch_mbs": "MB/s"}
     unix, tcp = sides
     harness.write_result("tls", {
+        "mode": "full" if args.full else "quick",
+        "params": {"mib": args.mib, "calls": args.calls, "rounds": args.rounds,
+                   "same_process": args.same_process},
         "measurements": [harness.Measurement(f"{metric} {name}", unit,
                                              [r[metric] for r in results[name]])
                          for metric, unit in units.items() for name in sides],

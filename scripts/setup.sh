@@ -8,6 +8,9 @@ cd "$here"
 
 scripts/apt-install-missing.sh python3 python3-venv python3-pip iproute2 nftables tcpdump \
   iputils-ping util-linux mount procps graphviz crun runc busybox-static etcd-server
+# docker.io: the reference `docker load` of tests/netns/test_docker_compat.py; installed so that
+# its daemon is never started on this host (see the script).
+scripts/install-docker-io.sh
 
 if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv"

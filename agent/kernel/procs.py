@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.kernel import procfs
@@ -45,15 +45,23 @@ def _is_running(info: ProcInfo) -> bool:
     return procfs.is_running(info.pid, info.start_time)
 
 
-def is_alive(info: ProcInfo, netns_path: str) -> bool:
-    """True when the process runs and lives in the network namespace at ``netns_path``."""
+def is_alive(info: ProcInfo, namespaces: str | Mapping[str, str]) -> bool:
+    """True when the process runs and is in every namespace of ``namespaces`` (kind as in
+    /proc/PID/ns -> path of the namespace; a string is a network namespace's path).
+
+    What cannot be read proves nothing: a namespace path that is gone, or a process whose
+    namespaces cannot be read (it is exiting, or is not set up yet), is not alive. A container
+    is reported running, with its PID, only once its process is where it belongs."""
+    wanted = {"net": namespaces} if isinstance(namespaces, str) else namespaces
     if not _is_running(info):
         return False
     try:
-        same_ns = os.stat(f"/proc/{info.pid}/ns/net").st_ino == netns_inode(netns_path)
-    except OSError:  # exiting: its namespaces are gone, it is not a zombie yet
-        return _is_running(info)
-    return same_ns and _is_running(info)  # re-check: the PID may have changed hands meanwhile
+        for kind, path in wanted.items():
+            if os.stat(f"/proc/{info.pid}/ns/{kind}").st_ino != netns_inode(path):
+                return False
+    except OSError:
+        return False
+    return _is_running(info)  # re-check: the PID may have changed hands meanwhile
 
 
 def _signal(info: ProcInfo, sig: int) -> bool:

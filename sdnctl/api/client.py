@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -171,34 +173,114 @@ def controller_pidfile() -> str:
     return os.path.join(paths.run_dir(), "controller.pid")
 
 
-def start_controller(address: str, timeout: float = 15.0) -> int:
-    """Start ``sdnctl-controller`` in the background on ``address``; return its PID once serving."""
+def socket_lock(address: str) -> str:
+    """The lock file a controller on the unix socket ``address`` holds while it lives."""
+    return address.removeprefix("unix:").removeprefix("//") + ".lock"
+
+
+def answers(address: str, timeout: float = 0.5) -> bool:
+    """Whether a controller serves at ``address``, asked on a new channel (a channel that
+    failed to connect waits out a reconnection backoff before it tries again)."""
+    client = Client(address)
+    try:
+        return client.healthy(timeout=timeout)
+    finally:
+        client.close()
+
+
+def start_controller(address: str, timeout: float = 60.0) -> int:
+    """Start ``sdnctl-controller`` in the background on ``address``; return its PID once serving.
+
+    Only one controller may hold a socket (its lock, :func:`socket_lock`): one that holds it but
+    does not answer is starting or stopping, so this waits until it answers (its PID is
+    returned) or exits (then ours starts). Ours may still lose the socket to another starter;
+    then that one is waited for in the same way."""
     if "," in address or not address.startswith("unix:"):
         raise ControllerUnavailable(f"no controller answers at {address} (only a unix-socket "
                                     "controller is started automatically)")
     os.makedirs(paths.run_dir(), mode=0o755, exist_ok=True)
     log_path = os.path.join(paths.run_dir(), "controller.log")
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sdnctl.controller.server", "--listen", address,
-             "--db", paths.controller_db(), "--pidfile", controller_pidfile()],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-    client = Client(address)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise ControllerUnavailable(
-                    f"the controller exited with status {proc.returncode}; see {log_path}")
-            if client.healthy(timeout=0.5):
-                return proc.pid
-            time.sleep(0.05)
-    finally:
-        client.close()
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    raise ControllerUnavailable(f"the controller did not answer within {timeout:.0f}s; "
+    deadline = time.monotonic() + timeout
+    while True:
+        holder = paths.lock_holder(socket_lock(address))
+        if holder is not None:
+            if _serving_or_gone(address, holder, deadline, log_path):
+                return holder
+            continue
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sdnctl.controller.server", "--listen", address,
+                 "--db", paths.controller_db(), "--pidfile", controller_pidfile()],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        if _serving_or_gone(address, proc.pid, deadline, log_path, proc):
+            return proc.pid
+        proc.wait()
+        if paths.lock_holder(socket_lock(address)) is None:
+            raise ControllerUnavailable(
+                f"the controller exited with status {proc.returncode}; see {log_path}")
+        # another controller took the socket before ours: wait for it instead
+
+
+def _serving_or_gone(address: str, pid: int, deadline: float, log_path: str,
+                     proc: subprocess.Popen[bytes] | None = None) -> bool:
+    """Until the controller ``pid`` answers at ``address`` (True) or has let go of the socket's
+    lock (False); ControllerUnavailable (and ``proc`` killed) at ``deadline``."""
+    with contextlib.ExitStack() as stack:
+        try:
+            pidfd = os.pidfd_open(pid) if pid else -1
+        except ProcessLookupError:
+            pidfd = -1
+        if pidfd >= 0:
+            stack.callback(os.close, pidfd)
+        delays = poll_delays()
+        while True:
+            if answers(address):
+                return True
+            if proc is not None and proc.poll() is not None:
+                return False
+            if proc is None and paths.lock_holder(socket_lock(address)) != pid:
+                return False
+            if time.monotonic() > deadline:
+                break
+            if pidfd >= 0:  # wakes at once when the process exits
+                select.select([pidfd], [], [], next(delays))
+            else:
+                time.sleep(next(delays))
+    if proc is not None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+    raise ControllerUnavailable(f"the controller (pid {pid}) did not answer at {address}; "
                                 f"see {log_path}")
+
+
+def stop_controller(pid: int, timeout: float = 60.0) -> bool:
+    """Stop the controller ``pid`` (SIGTERM, and SIGKILL if it has not exited after
+    ``timeout`` seconds) and return once it has exited, so that its socket and lock are gone
+    (False: it would not exit)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        if not _is_controller(pid):  # the PID changed hands; the pidfd holds it now
+            return True
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, sig)
+            if select.select([pidfd], [], [], wait)[0]:  # readable: it has exited
+                return True
+        return False
+    finally:
+        os.close(pidfd)
+
+
+def _is_controller(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"sdnctl.controller.server" in f.read()
+    except OSError:
+        return False
 
 
 def started_controller_pid() -> int | None:
@@ -208,9 +290,4 @@ def started_controller_pid() -> int | None:
             pid = int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
-    except OSError:
-        return None
-    return pid if b"sdnctl.controller.server" in cmdline else None
+    return pid if _is_controller(pid) else None

@@ -12,10 +12,15 @@ but one dictionary lookup. Steps, in the order a bridged container is set up:
     route      the default route is set
     nftables   the agent is about to apply its nftables tables
     runtime    the OCI runtime has started the container's process; the agent has not noted it
+    watch      the controller's Watch stream is about to wait for the store's next change
+    stop       the controller has stopped serving; it has not yet closed its store nor let go of
+               its socket
 
 Actions: ``fail`` raises :class:`InjectedFault` (an ordinary error: the caller's rollback must
 undo what the step's predecessors made), ``kill`` sends SIGKILL to this process (no cleanup of
-any kind runs: a restarted process must adopt or repair what is left).
+any kind runs: a restarted process must adopt or repair what is left), ``stall`` holds the
+thread for STALL[step] seconds (a thread starved on a busy machine) and carries on: at ``watch``
+longer than a stop's grace period, at ``stop`` longer than `down` once gave a controller (5 s).
 
 Shared by the agent and the controller, so it lives beside the shared model and imports nothing.
 """
@@ -25,10 +30,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 
 ENV = "SDNCTL_FAULT"
-STEPS = ("ipam", "namespace", "veth", "address", "route", "nftables", "runtime")
-ACTIONS = ("fail", "kill")
+STEPS = ("ipam", "namespace", "veth", "address", "route", "nftables", "runtime", "watch",
+         "stop")
+ACTIONS = ("fail", "kill", "stall")
+STALL = {"watch": 2.0, "stop": 10.0}
 
 log = logging.getLogger("sdnctl.api.faults")
 
@@ -72,4 +80,7 @@ def point(step: str) -> None:
         for handler in logging.getLogger().handlers:
             handler.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "stall":
+        time.sleep(STALL.get(step, 2.0))
+        return
     raise InjectedFault(f"injected fault at step {step!r}")

@@ -416,6 +416,18 @@ def import_archive(path: str, blobs: BlobStore) -> list[Image]:
     return _merge_tags(images)
 
 
+def archive_references(path: str) -> list[str]:
+    """The tags and IDs of an archive's images, from its manifest alone (no layer is read):
+    what a container may name once the archive is loaded."""
+    try:
+        with _Archive(path) as archive:
+            plans = _read_plans(archive)
+    except (EOFError, zlib.error, gzip.BadGzipFile, tarfile.TarError) as e:
+        raise ImageFormatError(f"{path}: cannot read the archive: {e}") from e
+    return [*(tag for plan in plans for tag in plan.repo_tags),
+            *(plan.config_digest for plan in plans if plan.config_digest)]
+
+
 class _Archive:
     """An open image archive: members by normalized name, every one a plain file or directory
     with a safe name; reads that are bounded; errors that name the archive."""

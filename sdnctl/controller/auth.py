@@ -17,7 +17,7 @@ the host named in its certificate). A method missing from the table is denied to
 method of every service the server serves).
 
     admin     everything
-    operator  networks and containers (create, update, delete) and every read
+    operator  networks and containers (create, update, delete, validate) and every read
     viewer    reads only (get, list, IPAM, events, health, reflection)
     agent     HostSync.Register / Watch / ReportStatus as its own host; health
 
@@ -85,6 +85,8 @@ POLICY: dict[str, Rule] = {
     CTL + "GetIpam": Rule(READ),
     CTL + "CheckIpam": Rule(READ),
     CTL + "GcIpam": Rule(ADMIN, mutating=True),
+    # A dry run writes nothing, but asks what creating networks and containers would do.
+    CTL + "ValidateTopology": Rule(MANAGE),
     CTL + "Events": Rule(READ),
     CTL + "LoadImage": Rule(MANAGE, mutating=True),
     CTL + "ListImages": Rule(READ),

@@ -17,6 +17,14 @@ state of their own). At start it makes sure the default bridge network exists (D
 leases, ends quarantines and trims the IPAM history every ``sweep_interval`` seconds; every
 replica runs one, and as each of its writes is a compare-and-swap, two sweepers never free one
 thing twice.
+
+One controller per socket: before it touches a socket, the controller takes the lock of
+``<socket>.lock`` (and of ``--pidfile``), and holds it until it has removed them at exit; a second
+one refuses to start. The socket is bound under a private name and renamed into place, so the
+name stays bound to our inode; at exit it is unlinked only if it still is (gRPC itself unlinks
+only the private name). A stop goes in order: stop accepting, end the streams (``stopping``),
+wait for every handler thread, join the background threads; only then does the caller close the
+store and the audit log.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sdnctl.api import paths
+from sdnctl.api import faults, paths
 from sdnctl.api.model import Invalid
 from sdnctl.api.pki import PkiError, RevocationList, TlsFiles
 from sdnctl.controller import gc, ipam
@@ -81,6 +89,8 @@ class RunningServer:
     server: grpc.Server
     address: str  # what clients dial: unix:/path or host:port (the first listener)
     stopping: threading.Event
+    executor: futures.ThreadPoolExecutor | None = None  # the handlers' threads
+    sockets: tuple[tuple[str, int, int], ...] = ()  # unix sockets we bound: (path, dev, inode)
 
     sweeper: threading.Thread | None = None
     addresses: tuple[str, ...] = ()  # every listener, as clients dial them
@@ -98,9 +108,15 @@ class RunningServer:
         self.server.stop(grace).wait()
         if self.front is not None:
             self.front.stop()
+        # Handlers outlive the RPCs the stop cancelled (a Watch notices ``stopping`` within its
+        # poll): wait for them, or they meet a closed store.
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
         for thread in (self.sweeper, self.heartbeat, self.collector):
             if thread is not None:
                 thread.join()
+        for path, dev, inode in self.sockets:
+            unlink_if_same(path, dev, inode)
         if self.scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -148,24 +164,48 @@ def tcp_address(address: str) -> str:
     return address.removeprefix("tcp:").removeprefix("//")
 
 
-def _listen_unix(server: grpc.Server, path: str) -> str:
-    """Add a unix socket listener (mode 0600); return the address clients dial."""
-    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+def unlink_if_same(path: str, dev: int, inode: int) -> None:
+    """Unlink ``path`` if it is still the file (device, inode) we made."""
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # a stale socket of a dead controller
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) == (dev, inode):
+            os.unlink(path)
+
+
+def _listen_unix(server: grpc.Server, path: str) -> tuple[str, tuple[str, int, int]]:
+    """Add a unix socket listener (mode 0600); return the address clients dial and (path,
+    device, inode) of the socket.
+
+    gRPC binds a private name beside ``path`` (it unlinks the name it bound when it stops, and
+    whatever it finds there when it binds), which is then renamed onto ``path``: one atomic
+    step replaces a stale socket, and gRPC never unlinks ``path`` itself. The caller holds the
+    socket's lock, so what was at ``path`` was a dead controller's."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    private = os.path.join(directory, f".{os.getpid()}.sock")
     old_umask = os.umask(0o177)  # the socket is born 0600: no window where others can dial
     try:
-        if server.add_insecure_port(f"unix:{path}") == 0:
+        if server.add_insecure_port(f"unix:{private}") == 0:
             raise ListenError(f"unix:{path}: could not listen")
     finally:
         os.umask(old_umask)
-    return f"unix:{path}"
+    os.replace(private, path)
+    st = os.stat(path)
+    return f"unix:{path}", (path, st.st_dev, st.st_ino)
 
 
-def _listen(server: grpc.Server, address: str, front: TlsFront | None) -> str:
-    """Add one listener; return the address clients dial. TCP goes through ``front``."""
+def unix_path(address: str) -> str:
+    return address.removeprefix("unix:").removeprefix("//")
+
+
+def _listen(server: grpc.Server, address: str, front: TlsFront | None,
+            sockets: list[tuple[str, int, int]]) -> str:
+    """Add one listener; return the address clients dial. TCP goes through ``front``; a unix
+    socket's (path, device, inode) is added to ``sockets``."""
     if is_unix(address):
-        return _listen_unix(server, address.removeprefix("unix:").removeprefix("//"))
+        dial, made = _listen_unix(server, unix_path(address))
+        sockets.append(made)
+        return dial
     if front is None:
         raise ListenError(f"{address}: {TCP_NEEDS_TLS}")
     return front.listen(tcp_address(address))
@@ -175,9 +215,9 @@ def _start(addresses: list[str], store: Store, state: State, connections: Connec
            images: Images, audit: AuditLog, stopping: threading.Event, front: TlsFront | None,
            max_workers: int, progress_interval: float, gc_grace: int) -> RunningServer:
     """The gRPC server with its services, listening (TCP through ``front``) and started."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         interceptors=[SecurityInterceptor(audit, front),
-                                       ErrorInterceptor()])
+    executor = futures.ThreadPoolExecutor(max_workers=max_workers)
+    server = grpc.server(executor, interceptors=[SecurityInterceptor(audit, front),
+                                                 ErrorInterceptor()])
     pb_grpc.add_ControllerServicer_to_server(
         ControllerServicer(state, connections, images, audit, stopping, gc_grace), server)
     pb_grpc.add_HostSyncServicer_to_server(
@@ -187,15 +227,17 @@ def _start(addresses: list[str], store: Store, state: State, connections: Connec
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-    dials = tuple(_listen(server, a, front) for a in addresses)
+    sockets: list[tuple[str, int, int]] = []
+    dials = tuple(_listen(server, a, front, sockets) for a in addresses)
     if front is not None:
-        _listen_unix(server, front.backend)
+        sockets.append(_listen_unix(server, front.backend)[1])
     server.start()
     if front is not None:
         front.start()
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, dials[0], stopping, addresses=dials, audit=audit, front=front)
+    return RunningServer(server, dials[0], stopping, executor, tuple(sockets), addresses=dials,
+                         audit=audit, front=front)
 
 
 def create_server(address: str | Sequence[str], store: Store,
@@ -359,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.crl and not all(tls_given):
         parser.error("--crl needs --tls-cert, --tls-key and --tls-ca")
     tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca) if all(tls_given) else None
+    locks = take_locks(listen, args.pidfile)
+    if isinstance(locks, str):
+        parser.exit(1, f"sdnctl-controller: {locks}\n")
     try:
         store = open_store(args.store, args.db)
     except ValueError as e:
@@ -388,8 +433,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     except StoreUnavailable as e:
         parser.exit(1, f"sdnctl-controller: {e}\n")
-    if args.pidfile:
-        paths.write_atomic(args.pidfile, f"{os.getpid()}\n")
     log.info("listening on %s (store: %s)", ", ".join(running.addresses),
              describe_store(store))
     if running.revocations is not None:
@@ -401,17 +444,33 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: done.set())
     done.wait()
     log.info("stopping")
-    running.stop()
+    running.stop()  # no handler runs past this: the store and the audit log may close
+    faults.point("stop")
     store.close()
     audit.close()
-    for address in listen:
-        if is_unix(address):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(address.removeprefix("unix:").removeprefix("//"))
-    if args.pidfile:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(args.pidfile)
+    for path, fd in locks:  # last: from here another controller may take the socket
+        paths.release_lock(path, fd)
+    log.info("stopped")
     return 0
+
+
+def take_locks(listen: list[str], pidfile: str) -> list[tuple[str, int]] | str:
+    """The locks of every unix socket in ``listen`` (``<socket>.lock``) and of ``pidfile``,
+    held for the life of the process; or, when another process holds one, why we must not
+    start (the locks taken so far are let go)."""
+    wanted = [unix_path(a) + ".lock" for a in listen if is_unix(a)] + ([pidfile] if pidfile else [])
+    held: list[tuple[str, int]] = []
+    for path in wanted:
+        fd = paths.hold_lock(path)
+        if fd is None:
+            for taken, taken_fd in held:
+                paths.release_lock(taken, taken_fd)
+            holder = paths.lock_holder(path)
+            what = f"unix:{path.removesuffix('.lock')}" if path != pidfile else f"--pidfile {path}"
+            return (f"another controller (pid {holder or 'unknown'}) already serves {what} "
+                    f"(it holds the lock {path}); stop it first")
+        held.append((path, fd))
+    return held
 
 
 if __name__ == "__main__":

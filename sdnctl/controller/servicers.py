@@ -20,7 +20,7 @@ import grpc
 from sdnctl.api import convert
 from sdnctl.api.model import Host, Invalid, check_name
 from sdnctl.api.validate import ARG_MAX, REPORT_MAX, check_count, validate_status
-from sdnctl.controller import gc, ipam_report
+from sdnctl.controller import dryrun, gc, ipam_report
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import current_identity
 from sdnctl.controller.errors import (
@@ -323,6 +323,12 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         report = gc.collect(self.state, int(request.grace_seconds or self.gc_grace),
                             request.dry_run, alive=self.connections.connected)
         return gc_report_pb(report)
+
+    def ValidateTopology(self, request: pb.ValidateTopologyRequest,
+                         context: Any) -> pb.ValidateTopologyResponse:
+        revision = dryrun.validate_request(self.state.store, request, self.state.timers,
+                                           self.state.clock)
+        return pb.ValidateTopologyResponse(revision=revision)
 
     def LoadImage(self, request_iterator: Iterator[pb.ImageChunk],
                   context: Any) -> pb.LoadImageResponse:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from sdnctl.api import convert
+from sdnctl.api import convert, faults
 from sdnctl.api.model import Container, Host, Lease, from_json, spans_hosts
 from sdnctl.controller import ipam, keys
 from sdnctl.controller.errors import NotFound
@@ -164,6 +164,7 @@ def host_events(state: State, host: str, since_revision: int, alive: Callable[[]
         yield snapshot_event(snap)
     last_sent = time.monotonic()
     while alive():
+        faults.point("watch")
         if store.wait(revision, timeout=poll) <= revision:
             if time.monotonic() - last_sent >= progress_interval:
                 last_sent = time.monotonic()

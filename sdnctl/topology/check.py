@@ -17,19 +17,23 @@ Design note. Checking is two halves, as building is:
   addresses the topology names: its containers', the lab's outside world (203.0.113.1), and
   addresses written in ``expect:``.
 
-What a verdict means, honestly:
+What a probe measures, honestly: one of three outcomes (:data:`~sdnctl.topology.topology.OUTCOMES`),
+and ``expect:`` names the one it wants (``reach: true`` is *open*, ``reach: false`` is
+*filtered*; a refusal matches neither, so a port where nothing listens is never taken for a
+working service, nor for a firewall):
 
-- ICMP: an echo reply within the timeout is *reachable*; anything else is *blocked*.
-- TCP: a completed handshake or a refusal (RST) is *reachable*: a packet got there and the
-  target's kernel answered. A timeout or an ICMP error (host/network unreachable) is *blocked*.
-  Our isolation rules drop silently; a firewall that answers with a TCP reset or an ICMP
-  port-unreachable would look reachable.
-- UDP: a connected socket sends one datagram and waits. An answer, or an ICMP port-unreachable
-  (the socket reports ECONNREFUSED), is *reachable*; silence is *blocked*. Silence is ambiguous
-  (a listening application that does not answer looks the same as a drop), and the target's
-  kernel rate-limits port-unreachables, so UDP verdicts are the least certain.
-- A probe proves the *path* (routing, bridging, NAT, firewall), never that an application
-  listens or works.
+- ICMP: an echo reply within the timeout is *open* (shown as reachable); anything else is
+  *filtered* (shown as blocked).
+- TCP: a completed handshake is *open*; a reset (RST) is *refused*: the path works, the
+  target's kernel answered, nothing listens on the port. A timeout or an ICMP error
+  (host/network unreachable) is *filtered*. Our isolation rules drop silently; a firewall that
+  answers with a TCP reset would look *refused*.
+- UDP: a connected socket sends one datagram and waits. An answer is *open*; an ICMP
+  port-unreachable (the socket reports ECONNREFUSED) is *refused*; silence is *filtered*.
+  Silence is ambiguous (a listening application that does not answer looks the same as a
+  drop), and the target's kernel rate-limits port-unreachables, so UDP outcomes are the least
+  certain.
+- *open* proves that something accepted the connection, never that the application works.
 
 Probes run in parallel threads (:data:`WORKERS` at once); probes that would send the same
 packet from the same namespace (a joined container shares its donor's) are sent once.
@@ -57,7 +61,14 @@ from sdnctl.api.model import MODE_HOST, MODE_NONE, Container, Network, spans_hos
 from sdnctl.lab.lab import EXTERNAL_IP
 from sdnctl.topology import topology
 from sdnctl.topology.deploy import Progress
-from sdnctl.topology.topology import DEFAULT_NETWORK, EXTERNAL, Topology
+from sdnctl.topology.topology import (
+    DEFAULT_NETWORK,
+    EXTERNAL,
+    FILTERED,
+    OPEN,
+    REFUSED,
+    Topology,
+)
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 #: How many probes are in flight at once.
@@ -81,7 +92,7 @@ class Probe:
     dst: str
     proto: str = "icmp"
     port: int = 0
-    expect: bool = True
+    expect: str = OPEN  # the outcome wanted: open, refused or filtered
     why: str = ""  # for an implied probe, the rule; for an expectation, "expect"
     line: int = 0  # the expectation's line in the file; 0 for implied probes
 
@@ -139,10 +150,14 @@ def implied_matrix(topo: Topology) -> list[Probe]:
             for dst in targets:
                 if dst.name != effective.name:
                     reach, why = implied_reach(topo, src, dst)
-                    probes.append(Probe(src.name, dst.name, expect=reach, why=why))
+                    probes.append(Probe(src.name, dst.name, expect=_outcome(reach), why=why))
         reach, why = implied_egress(topo, src)
-        probes.append(Probe(src.name, EXTERNAL, expect=reach, why=why))
+        probes.append(Probe(src.name, EXTERNAL, expect=_outcome(reach), why=why))
     return probes
+
+
+def _outcome(reach: bool) -> str:
+    return OPEN if reach else FILTERED
 
 
 def donor_of(topo: Topology, ctr: Container) -> Container:
@@ -223,7 +238,7 @@ def implied_egress(topo: Topology, ctr: Container) -> tuple[bool, str]:
 
 @dataclass(frozen=True)
 class Measurement:
-    reached: bool | None  # None: could not probe (no namespace, a tool failed)
+    outcome: str | None  # open, refused, filtered; None: could not probe (no namespace, ...)
     detail: str
 
 
@@ -231,12 +246,12 @@ class Measurement:
 class Result:
     probe: Probe
     address: str  # where the packet went ("" when the target has no address)
-    measured: bool | None
+    measured: str | None  # an outcome, as Measurement.outcome
     detail: str
 
     @property
     def match(self) -> bool:
-        return self.measured is self.probe.expect
+        return self.measured == self.probe.expect
 
 
 def ping(netns: str, address: str, timeout: float) -> Measurement:
@@ -247,12 +262,12 @@ def ping(netns: str, address: str, timeout: float) -> Measurement:
     except (OSError, subprocess.TimeoutExpired) as e:
         return Measurement(None, f"could not run ping: {e}")
     if done.returncode == 0:
-        return Measurement(True, "echo reply")
+        return Measurement(OPEN, "echo reply")
     if done.returncode == 1:
-        return Measurement(False, f"no reply within {timeout:g}s")
+        return Measurement(FILTERED, f"no reply within {timeout:g}s")
     error = (done.stderr.strip().splitlines() or ["ping failed"])[-1]
     if "unreachable" in error.lower():  # ping: connect: Network is unreachable
-        return Measurement(False, error.removeprefix("ping: "))
+        return Measurement(FILTERED, error.removeprefix("ping: "))
     return Measurement(None, error)
 
 
@@ -267,18 +282,18 @@ def _socket_probe(netns: str, address: str, proto: str, port: int,
             try:
                 s.connect((address, port))
                 if proto == "tcp":
-                    return Measurement(True, "connected")
+                    return Measurement(OPEN, "connected")
                 s.send(UDP_PAYLOAD)
                 s.recv(512)
-                return Measurement(True, "answered")
+                return Measurement(OPEN, "answered")
             except ConnectionRefusedError:
-                what = "refused (RST)" if proto == "tcp" else "port unreachable"
-                return Measurement(True, what)
+                what = "reset (RST)" if proto == "tcp" else "port unreachable"
+                return Measurement(REFUSED, what)
             except TimeoutError:
-                return Measurement(False, f"no answer within {timeout:g}s")
+                return Measurement(FILTERED, f"no answer within {timeout:g}s")
             except OSError as e:
                 if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    return Measurement(False, os.strerror(e.errno))
+                    return Measurement(FILTERED, os.strerror(e.errno))
                 return Measurement(None, f"{proto} probe failed: {e}")
 
     try:
@@ -342,7 +357,7 @@ def run(probes: Sequence[Probe], where: dict[str, Endpoint], timeout: float,
             mode = where[probe.dst].mode
             why = "it is closed" if mode == MODE_NONE else \
                 "it is open, in its host's namespace" if mode == MODE_HOST else "none assigned"
-            results[i] = Result(probe, "", False, f"{probe.dst} has no address ({why})")
+            results[i] = Result(probe, "", FILTERED, f"{probe.dst} has no address ({why})")
         elif not src.netns:
             results[i] = Result(probe, address, None,
                                 f"{probe.src} has no network namespace (state {src.state})")
@@ -354,7 +369,7 @@ def run(probes: Sequence[Probe], where: dict[str, Endpoint], timeout: float,
         for future in as_completed(futures):
             m = future.result()
             for i in packets[futures[future]]:
-                results[i] = Result(probes[i], futures[future][1], m.reached, m.detail)
+                results[i] = Result(probes[i], futures[future][1], m.outcome, m.detail)
             done += 1
             if progress is not None and progress.tty:  # a log gets only the step lines
                 progress.waiting(f"probed {done}/{len(packets)}")
@@ -366,19 +381,28 @@ def run(probes: Sequence[Probe], where: dict[str, Endpoint], timeout: float,
 _GREEN, _DIM, _RED, _RESET = "\033[32m", "\033[2m", "\033[1;31m", "\033[0m"
 
 
-def verdict(reached: bool | None) -> str:
-    return {True: "reachable", False: "blocked", None: "not measured"}[reached]
+#: A ping is open or filtered; it reads better as reachable or blocked.
+_PING_WORDS = {OPEN: "reachable", FILTERED: "blocked"}
+MARKS = {OPEN: "✓", REFUSED: "⊘", FILTERED: "✗", None: "?"}
+LEGEND = "✓ open  ⊘ refused  ✗ filtered  ? not measured  ≠ not as expected"
+
+
+def verdict(outcome: str | None, proto: str = "tcp") -> str:
+    if outcome is None:
+        return "not measured"
+    return _PING_WORDS.get(outcome, outcome) if proto == "icmp" else outcome
 
 
 def cell(result: Result | None, color: bool = False) -> str:
-    """✓ reachable, ✗ blocked, ? not measured; ≠ marks a mismatch."""
+    """✓ open (reachable), ⊘ refused, ✗ filtered (blocked), ? not measured; ≠ marks a
+    mismatch."""
     if result is None:
         return "·"
-    mark = {True: "✓", False: "✗", None: "?"}[result.measured]
+    mark = MARKS[result.measured]
     text = mark if result.match else f"{mark}≠"
     if not color:
         return text
-    colour = _RED if not result.match else _GREEN if result.measured else _DIM
+    colour = _RED if not result.match else _GREEN if result.measured == OPEN else _DIM
     return f"{colour}{text}{_RESET}"
 
 
@@ -411,7 +435,8 @@ def where_from(result: Result, file: str) -> str:
 
 def mismatch_line(result: Result, file: str) -> str:
     p = result.probe
-    return (f"{p.label}: expected {verdict(p.expect)}, measured {verdict(result.measured)} "
+    return (f"{p.label}: expected {verdict(p.expect, p.proto)}, measured "
+            f"{verdict(result.measured, p.proto)} "
             f"[{result.detail}] ({where_from(result, file)})")
 
 
@@ -425,8 +450,10 @@ def report(topo: Topology, file: str, results: Sequence[Result], elapsed: float,
     if others:
         width = max(len(r.probe.label) for r in others)
         parts.append("\n".join(
-            f"{r.probe.label.ljust(width)}  {cell(r, color)}{' ' * (3 - len(cell(r)))}{r.detail}"
-            for r in others))
+            f"{r.probe.label.ljust(width)}  {cell(r, color)}{' ' * (3 - len(cell(r)))}"
+            f"{verdict(r.measured)}: {r.detail}" for r in others))
+    if parts:
+        parts.append(LEGEND)
     unprobed = _not_targets(topo)
     if unprobed:
         parts.append("not targets: " + "; ".join(unprobed))

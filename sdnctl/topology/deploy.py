@@ -10,6 +10,14 @@ the controller holds): ``+`` create, ``~`` update in place, ``=`` unchanged, ``!
 in place. A plan with ``!`` stops ``up`` before anything is built; ``up --dry-run`` prints the
 plan only.
 
+Then both have the whole file checked against the controller's own rules (:func:`check`: the
+API's ``ValidateTopology``, a dry run on a throwaway copy of its store): IPAM capacity, host
+ports, fixed addresses, subnets against hosts' underlay addresses... A refusal names the file and
+line of the object, before any lab host is built. With no controller answering, the same code
+(:mod:`sdnctl.controller.dryrun`) runs here first, on what the controller ``up`` would start
+holds (its SQLite file, if any, and the default bridge network), so that a file it would refuse
+starts no controller either.
+
 ``down`` deletes the containers through the API and waits until each agent reports it has caught
 up (so agents remove what they made), then deletes networks and hosts, stops the agents, sweeps
 anything a dead agent could not remove, and tears the lab down. It stops the controller too when
@@ -22,27 +30,50 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import grpc
 
 from agent import layout
-from sdnctl.api import convert, paths
-from sdnctl.api.client import Client, poll_delays, start_controller, started_controller_pid
-from sdnctl.api.model import STATE_ERROR, STATE_EXITED, STATE_RUNNING, Container, Host, Network
+from sdnctl.api import convert, imagefmt, paths
+from sdnctl.api.client import (
+    TLS_ENV,
+    Client,
+    poll_delays,
+    start_controller,
+    started_controller_pid,
+    stop_controller,
+)
+from sdnctl.api.model import (
+    STATE_ERROR,
+    STATE_EXITED,
+    STATE_RUNNING,
+    Container,
+    Host,
+    Invalid,
+    Network,
+)
+from sdnctl.controller import dryrun
+from sdnctl.controller.server import DEFAULT_BRIDGE_SUBNET
+from sdnctl.controller.store.base import Store
+from sdnctl.controller.store.memory import MemoryStore
+from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.lab import lab
-from sdnctl.topology.topology import Topology
+from sdnctl.topology.topology import Topology, TopologyError
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 
 class DeployError(RuntimeError):
     pass
+
+
+T = TypeVar("T")
 
 
 class Progress:
@@ -112,6 +143,18 @@ def _details(e: grpc.RpcError) -> str:
     return str(e.details())  # type: ignore[attr-defined]
 
 
+def _existing(get: Callable[[], T], refusal: grpc.RpcError, what: str) -> T:
+    """The object whose create was refused as ALREADY_EXISTS. When there is none, the refusal
+    was about a value the new object takes (a host port, a fixed address): it is shown as the
+    controller gave it."""
+    try:
+        return get()
+    except grpc.RpcError as e:
+        if _code(e) == grpc.StatusCode.NOT_FOUND:
+            raise DeployError(f"could not create {what}: {_details(refusal)}") from refusal
+        raise
+
+
 def _create_or_compare(create: Callable[[], Any], get: Callable[[], Any],
                        same: Callable[[Any], bool], what: str) -> bool:
     """Create; when it exists already, demand it matches. Returns True when it created."""
@@ -121,7 +164,8 @@ def _create_or_compare(create: Callable[[], Any], get: Callable[[], Any],
     except grpc.RpcError as e:
         if _code(e) != grpc.StatusCode.ALREADY_EXISTS:
             raise DeployError(f"could not create {what}: {_details(e)}") from e
-    if not same(get()):
+        refusal = e
+    if not same(_existing(get, refusal, what)):
         raise DeployError(f"{what} exists with a different spec; run `sdnctl down` first "
                           "(changing a running object is not supported yet)")
     return False
@@ -249,19 +293,96 @@ def print_plan(topology: Topology, changes: list[Change], source: str,
 
 
 def dry_run(topology: Topology, out: TextIO = sys.stdout) -> list[Change]:
-    """The plan of `up`, printed, with nothing started or changed (a controller that answers
-    is only read)."""
+    """The plan of `up`, printed, then the whole file checked against the controller's rules
+    (:func:`check`), with nothing started or changed (a controller that answers is only read)."""
     client = Client()
     try:
-        if client.healthy():
+        healthy = client.healthy()
+        if healthy:
             observed, source = observe(client), f"controller at {client.address}"
         else:
             observed, source = Observed(), f"no controller answers at {client.address}"
+        changes = plan(topology, observed)
+        print_plan(topology, changes, source, out)
+        check(topology, client if healthy else None)
     finally:
         client.close()
-    changes = plan(topology, observed)
-    print_plan(topology, changes, source, out)
     return changes
+
+
+# -- the check: the controller's rules on the whole file, before anything is built -------------
+
+def validation_request(topology: Topology) -> pb.ValidateTopologyRequest:
+    """The topology's objects as `up` will create them: a lab host with the underlay address
+    the lab gives it, the images of its archives as loaded."""
+    hosts = []
+    lab_index = {h.name: i for i, h in enumerate(topology.lab_hosts)}
+    for host in topology.hosts:
+        underlay = lab.host_ip(lab_index[host.name], topology.lab.routed) if host.lab else \
+            host.underlay_ip
+        hosts.append(convert.host_to_pb(Host(host.name, underlay, host.lab)))
+    images = []
+    for archive in topology.images:
+        try:
+            images += imagefmt.archive_references(archive)
+        except imagefmt.ImageFormatError as e:
+            raise DeployError(f"could not read image archive {archive}: {e}") from e
+    return pb.ValidateTopologyRequest(
+        hosts=hosts, networks=[convert.network_to_pb(n) for n in topology.networks],
+        containers=[convert.container_to_pb(c) for c in topology.containers], images=images)
+
+
+def check(topology: Topology, client: Client | None) -> None:
+    """The controller's rules on the whole topology, nothing written: asked of ``client``'s
+    controller (it knows what else it holds), else run here on what a controller that `up`
+    starts would hold. TopologyError naming the file and line of the object refused."""
+    request = validation_request(topology)
+    if client is not None:
+        try:
+            client.api.ValidateTopology(request, timeout=60)
+        except grpc.RpcError as e:
+            if _code(e) == grpc.StatusCode.INVALID_ARGUMENT:
+                raise refusal(topology, _details(e)) from None
+            if _code(e) == grpc.StatusCode.UNIMPLEMENTED:  # an older controller: say so, go on
+                sys.stderr.write(f"sdnctl: the controller at {client.address} cannot check a "
+                                 "topology before it is built (an older version)\n")
+                return
+            raise DeployError(f"could not check the topology: {_details(e)}") from e
+        return
+    store = new_controller_store()
+    try:
+        dryrun.validate_request(store, request, default_bridge=DEFAULT_BRIDGE_SUBNET)
+    except Invalid as e:
+        raise refusal(topology, str(e)) from None
+    finally:
+        store.close()
+
+
+def new_controller_store() -> Store:
+    """What the controller `up` starts will serve (only read here): its SQLite file if one was
+    left by an earlier controller, else nothing yet."""
+    db = paths.controller_db()
+    return SqliteStore(db) if os.path.isfile(db) else MemoryStore()
+
+
+#: ValidateTopology names the object by its place in the request; the file calls some fields
+#: otherwise (a container's ``fixed_ip`` is its ``ip``, its limits are under ``resources``).
+TOPOLOGY_FIELDS = {".fixed_ip": ".ip", ".memory": ".resources.memory",
+                   ".cpus": ".resources.cpus", ".cpu_shares": ".resources.cpu_shares",
+                   ".pids_limit": ".resources.pids"}
+_PLACE = re.compile(r"^((?:hosts|networks|containers)\[\d+\](?:\.[A-Za-z_]+|\[\d+\])*): (.*)$",
+                    re.DOTALL)
+
+
+def refusal(topology: Topology, details: str) -> TopologyError | DeployError:
+    """The controller's refusal (``containers[1].ports[0]: ...``) at its line of the file."""
+    match = _PLACE.match(details)
+    if match is None:
+        return DeployError(f"the controller refuses the topology: {details}")
+    path = match[1]
+    for api_name, file_name in TOPOLOGY_FIELDS.items():
+        path = re.sub(re.escape(api_name) + r"\b", file_name, path)
+    return topology.error(path, match[2])
 
 
 def refused(changes: list[Change]) -> None:
@@ -277,11 +398,13 @@ def up(topology: Topology, timeout: float = 120.0, progress: Progress | None = N
        out: TextIO = sys.stdout) -> None:
     progress = progress or Progress()
     started = time.monotonic()
+    check_unless_served(topology)  # before starting a controller for a file it would refuse
     client = ensure_controller(progress)
     try:
         changes = plan(topology, observe(client))
         print_plan(topology, changes, f"controller at {client.address}", out)
         refused(changes)  # before anything is built
+        check(topology, client)  # likewise
         lab_hosts = build_lab(topology, progress)
         register_hosts(client, topology, lab_hosts, progress)
         ensure_agents(client, topology, lab_hosts, progress)
@@ -293,14 +416,26 @@ def up(topology: Topology, timeout: float = 120.0, progress: Progress | None = N
                   f"({time.monotonic() - started:.1f}s)")
 
 
+def check_unless_served(topology: Topology) -> None:
+    """:func:`check` here when no controller answers (`up` is about to start one)."""
+    client = Client()
+    try:
+        if client.healthy():
+            return
+    finally:
+        client.close()
+    check(topology, None)
+
+
 def ensure_controller(progress: Progress) -> Client:
     client = Client()
     if client.healthy():
         progress.step(f"controller answering at {client.address}")
         return client
+    client.close()  # its channel failed to connect: it would wait out a reconnection backoff
     pid = start_controller(client.address)
     progress.step(f"controller started (pid {pid}) at {client.address}")
-    return client
+    return Client(client.address)
 
 
 def build_lab(topology: Topology, progress: Progress) -> dict[str, lab.LabHost]:
@@ -342,15 +477,27 @@ def register_hosts(client: Client, topology: Topology, lab_hosts: dict[str, lab.
     progress.step(f"hosts: {', '.join(h.name for h in topology.hosts)}")
 
 
+def agent_connection(address: str) -> dict[str, Any]:
+    """What a lab agent talks to: the controller addresses and the TLS files (of the
+    environment it inherits). An agent started with others is restarted."""
+    return {"controller": address, "tls": [os.environ.get(name, "") for name in TLS_ENV]}
+
+
 def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.LabHost],
                   progress: Progress) -> None:
     state = _load_lab_state(topology)
     state["prefix"] = lab_prefix(topology)
-    agents: dict[str, dict[str, int]] = state.setdefault("agents", {})
+    agents: dict[str, dict[str, Any]] = state.setdefault("agents", {})
+    connection = agent_connection(client.address)
     for name, host in lab_hosts.items():
         known = agents.get(name)
         if known and lab.process_alive(known["pid"], known.get("start_time")):
-            continue
+            if known.get("connection") == connection:
+                continue
+            # It talks to other controllers (or with other TLS files), perhaps to dead ones.
+            lab.stop_process(known["pid"], start_time=known.get("start_time"))
+            was = (known.get("connection") or {}).get("controller", "unknown controllers")
+            progress.step(f"agent for {name} stopped (pid {known['pid']}): it talked to {was}")
         run_dir = agent_run_dir(state["prefix"], name)
         os.makedirs(run_dir, mode=0o755, exist_ok=True)
         argv = [sys.executable, "-m", "agent.main", "--host", name,
@@ -359,7 +506,8 @@ def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.L
                 "--netns", host.netns, "--run-dir", run_dir,
                 "--store-dir", os.path.join(run_dir, "store")]
         pid = lab.spawn_in_netns(host.netns, argv, os.path.join(run_dir, "agent.log"))
-        agents[name] = {"pid": pid, "start_time": lab.process_start_time(pid) or 0}
+        agents[name] = {"pid": pid, "start_time": lab.process_start_time(pid) or 0,
+                        "connection": connection}
         _save_lab_state(topology, state)
         progress.step(f"agent for {name} started (pid {pid})")
     _save_lab_state(topology, state)
@@ -421,7 +569,7 @@ def load_image(client: Client, archive: str, progress: Progress) -> None:
 
 
 #: Network fields a topology may leave at 0 for the controller to choose (a VNI, a UDP port).
-CONTROLLER_CHOSEN = ("vni", "vxlan_port")
+CONTROLLER_CHOSEN = dryrun.CONTROLLER_CHOSEN
 
 
 def _apply_network(client: Client, net: Network, final: Network) -> tuple[str, int]:
@@ -433,8 +581,10 @@ def _apply_network(client: Client, net: Network, final: Network) -> tuple[str, i
     except grpc.RpcError as e:
         if _code(e) != grpc.StatusCode.ALREADY_EXISTS:
             raise DeployError(f"could not create network {net.name!r}: {_details(e)}") from e
-    have = convert.network_from_pb(client.api.GetNetwork(pb.GetRequest(name=net.name),
-                                                         timeout=10))
+        refusal = e
+    have = convert.network_from_pb(_existing(
+        lambda: client.api.GetNetwork(pb.GetRequest(name=net.name), timeout=10), refusal,
+        f"network {net.name!r}"))
     have_cmp = dataclasses.replace(have, builtin=False)
     # What the topology leaves to the controller (0: allocate or default) matches any value.
     chosen = {f: getattr(have, f) for f in CONTROLLER_CHOSEN if not getattr(net, f)}
@@ -462,8 +612,10 @@ def _apply_container(client: Client, ctr: Container) -> tuple[str, int]:
     except grpc.RpcError as e:
         if _code(e) != grpc.StatusCode.ALREADY_EXISTS:
             raise DeployError(f"could not create container {ctr.name!r}: {_details(e)}") from e
-    have = convert.container_from_pb(client.api.GetContainer(pb.GetRequest(name=ctr.name),
-                                                             timeout=10))
+        refusal = e  # a container of that name, or a value it takes (a host port): see Get
+    have = convert.container_from_pb(_existing(
+        lambda: client.api.GetContainer(pb.GetRequest(name=ctr.name), timeout=10), refusal,
+        f"container {ctr.name!r}"))
     # What the controller resolves (the image ID) or sdnctl stop/start changes is not the file's.
     have = dataclasses.replace(have, image_id="", stopped=False, generation=0)
     if have == ctr:
@@ -631,9 +783,7 @@ def stop_controller_if_idle(progress: Progress) -> None:
                 return
     finally:
         client.close()
-    os.kill(pid, signal.SIGTERM)
-    for _ in range(100):
-        if not os.path.exists(f"/proc/{pid}"):
-            break
-        time.sleep(0.05)
+    # Returns once it has exited: a controller started next (`up`) finds the socket free.
+    if not stop_controller(pid):
+        raise DeployError(f"the controller (pid {pid}) did not exit, even after SIGKILL")
     progress.step(f"controller stopped (pid {pid}); its state stays in {paths.controller_db()}")

@@ -18,7 +18,7 @@ import dataclasses
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import netaddr
@@ -41,6 +41,7 @@ from sdnctl.api.model import (
     parse_size,
 )
 from sdnctl.api.validate import check_ipv4, validate_container, validate_host, validate_network
+from sdnctl.lab.lab import EXTERNAL_IP, EXTERNAL_PREFIXLEN, SEGMENTS
 from sdnctl.topology import schema
 
 DEFAULT_COMMAND = ("sleep", "infinity")
@@ -68,6 +69,11 @@ class LabOptions:
 #: What an expectation's `to:` may name besides a container, a network or an address.
 EXTERNAL = "external"
 PROBE_PROTOCOLS = ("icmp", "tcp", "udp")
+#: What a probe can measure: a completed exchange (a TCP handshake, a UDP answer, an ICMP echo
+#: reply), a refusal by the target's kernel (a TCP reset, an ICMP port-unreachable for UDP), or
+#: nothing (a timeout, or an ICMP host/network-unreachable on the way).
+OPEN, REFUSED, FILTERED = "open", "refused", "filtered"
+OUTCOMES = (OPEN, REFUSED, FILTERED)
 
 
 @dataclass(frozen=True)
@@ -75,12 +81,14 @@ class Expectation:
     """One line of a topology's `expect:` block: must (or must not) ``src`` reach ``dst``?
 
     ``dst`` is a container, a network (every container on it), ``external`` (the lab's outside
-    world) or an IPv4 address. ``port`` 0 with ``proto`` icmp is a ping.
+    world) or an IPv4 address. ``port`` 0 with ``proto`` icmp is a ping. ``reach`` is the
+    outcome wanted, one of :data:`OUTCOMES`: the file's ``reach: true`` is ``open`` and
+    ``reach: false`` is ``filtered`` (a refusal matches neither: ask for ``refused``).
     """
 
     src: str
     dst: str
-    reach: bool = True
+    reach: str = OPEN
     proto: str = "icmp"
     port: int = 0
     line: int = 0  # where it was written, for messages
@@ -95,10 +103,19 @@ class Topology:
     lab: LabOptions = LabOptions()
     expect: tuple[Expectation, ...] = ()
     images: tuple[str, ...] = ()  # archives `up` loads first (absolute paths)
+    #: Where it was read from, and the line of each path in the document (``containers[1]``,
+    #: ``containers[1].ports``), so that a later refusal can point at the line.
+    file: str = field(default="<topology>", compare=False)
+    lines: dict[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def lab_hosts(self) -> tuple[Host, ...]:
         return tuple(h for h in self.hosts if h.lab)
+
+    def error(self, path: str, message: str) -> TopologyError:
+        """A refusal of what ``path`` (``containers[1].ports[0]``) says, at its line, or the
+        line of the nearest enclosing thing that has one."""
+        return _Reader(self.file, self.lines).error(path, message)
 
 
 def _line_map(node: yaml.Node, path: str = "",
@@ -217,7 +234,8 @@ def parse(text: str, file: str = "<topology>") -> Topology:
         raise TopologyError(file, None, "", "nested too deeply") from e
     if node is None:
         raise TopologyError(file, None, "", "empty document")
-    r = _Reader(file, _line_map(node))
+    lines = _line_map(node)
+    r = _Reader(file, lines)
     # The shape first (keys, types, enumerations: topology.schema.json), then what it means.
     shape = schema.first_error(doc, r.line_of)
     if shape is not None:
@@ -231,9 +249,12 @@ def parse(text: str, file: str = "<topology>") -> Topology:
     containers = tuple(_collect(r, doc, "containers", _container))
     networks = _apply_routes(r, doc, networks)
     _check_references(r, hosts, networks, containers)
+    lab = _lab(r, doc.get("lab"))
+    if any(h.lab for h in hosts):
+        _check_lab_ranges(r, networks, lab)
     expect = _expectations(r, doc, containers, networks)
-    return Topology(name, hosts, networks, containers, _lab(r, doc.get("lab")), expect,
-                    _images(r, doc, os.path.dirname(os.path.abspath(file))))
+    return Topology(name, hosts, networks, containers, lab, expect,
+                    _images(r, doc, os.path.dirname(os.path.abspath(file))), file, lines)
 
 
 def _images(r: _Reader, doc: dict, base: str) -> tuple[str, ...]:
@@ -270,9 +291,23 @@ def _expectations(r: _Reader, doc: dict, containers: tuple[Container, ...],
         port = r.typed(m, "port", where, int, 0)
         if (proto == "icmp") != (port == 0) or not 0 <= port <= 65535:
             raise r.error(f"{where}.port", "tcp and udp need a port (1-65535); icmp takes none")
-        result.append(Expectation(src, dst, r.typed(m, "reach", where, bool, True), proto, port,
+        result.append(Expectation(src, dst, _reach(r, m, where, proto), proto, port,
                                   r.lines.get(where, 0)))
     return tuple(result)
+
+
+def _reach(r: _Reader, mapping: dict, where: str, proto: str) -> str:
+    """``reach``: open | refused | filtered; true and false stand for open and filtered."""
+    value = mapping.get("reach", True)
+    if isinstance(value, bool):
+        return OPEN if value else FILTERED
+    if value not in OUTCOMES:
+        raise r.error(f"{where}.reach", f"expected true, false or one of "
+                      f"{', '.join(OUTCOMES)}, got {value!r}")
+    if value == REFUSED and proto == "icmp":
+        raise r.error(f"{where}.reach", "only a tcp or udp port can be refused; a ping is "
+                      "open (true) or filtered (false)")
+    return str(value)
 
 
 def _lab(r: _Reader, raw: Any) -> LabOptions:
@@ -362,6 +397,20 @@ def _check_overlaps(r: _Reader, networks: tuple[Network, ...]) -> None:
                               f"network {other.name!r} (networks[{j}]); give each network its "
                               "own range")
         seen.append((i, n, cidr))
+
+
+def _check_lab_ranges(r: _Reader, networks: tuple[Network, ...], lab: LabOptions) -> None:
+    """A lab's own ranges are not for networks: a host would route its underlay (its
+    neighbours, its default gateway) or the lab's outside world into a bridge."""
+    ranges = [("underlay", netaddr.IPNetwork(str(s.network)))
+              for s in (SEGMENTS if lab.routed else SEGMENTS[:1])]
+    ranges.append(("outside world", netaddr.IPNetwork(f"{EXTERNAL_IP}/{EXTERNAL_PREFIXLEN}")))
+    for i, n in enumerate(networks):
+        cidr = netaddr.IPNetwork(n.subnet)
+        for what, taken in ranges:
+            if cidr.first <= taken.last and taken.first <= cidr.last:
+                raise r.error(f"networks[{i}].subnet", f"{n.subnet} overlaps {taken}, the lab's "
+                              f"{what}; give the network a range of its own")
 
 
 def _named(r: _Reader, value: Any, path: str) -> str:

@@ -310,6 +310,24 @@ class IpamCheckReport(_message.Message):
     problems: _containers.RepeatedCompositeFieldContainer[IpamProblem]
     def __init__(self, problems: _Optional[_Iterable[_Union[IpamProblem, _Mapping]]] = ...) -> None: ...
 
+class ValidateTopologyRequest(_message.Message):
+    __slots__ = ("hosts", "networks", "containers", "images")
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    CONTAINERS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedCompositeFieldContainer[Host]
+    networks: _containers.RepeatedCompositeFieldContainer[Network]
+    containers: _containers.RepeatedCompositeFieldContainer[Container]
+    images: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ..., images: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ValidateTopologyResponse(_message.Message):
+    __slots__ = ("revision",)
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    def __init__(self, revision: _Optional[int] = ...) -> None: ...
+
 class EventsRequest(_message.Message):
     __slots__ = ("follow", "since")
     FOLLOW_FIELD_NUMBER: _ClassVar[int]

@@ -152,6 +152,11 @@ class ControllerStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamReport.FromString,
                 _registered_method=True)
+        self.ValidateTopology = channel.unary_unary(
+                '/sdnctl.v1.Controller/ValidateTopology',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ValidateTopologyRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ValidateTopologyResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -313,6 +318,19 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ValidateTopology(self, request, context):
+        """Server-side dry run of a whole topology (as Kubernetes' dryRun=All): would creating these
+        hosts, networks and containers, or updating those that exist as `sdnctl up` does, succeed?
+        The very rules of CreateHost, CreateNetwork, UpdateNetwork, CreateContainer and
+        UpdateContainer run, in `up`'s order (hosts; networks, then their allow; donors before the
+        containers joined to them), on a throwaway copy of the store: nothing is written. A refusal
+        is INVALID_ARGUMENT naming the object by its place in the request and the field, e.g.
+        "containers[2].ports[0]: host port 8080/tcp of host 'h1' is already published by ...".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -430,6 +448,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.GcIpam,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamReport.SerializeToString,
+            ),
+            'ValidateTopology': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateTopology,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ValidateTopologyRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ValidateTopologyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1056,6 +1079,33 @@ class Controller:
             '/sdnctl.v1.Controller/GcIpam',
             sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamRequest.SerializeToString,
             sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateTopology(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/ValidateTopology',
+            sdnctl_dot_v1_dot_sdnctl__pb2.ValidateTopologyRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.ValidateTopologyResponse.FromString,
             options,
             channel_credentials,
             insecure,

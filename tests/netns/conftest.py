@@ -1,6 +1,8 @@
 """Fixtures for tests that build network namespaces (marker ``netns``).
 
-- Tests marked ``netns`` skip, saying why, unless we are root and can really make a namespace.
+- Tests marked ``netns`` skip, saying why, unless we are root and ``unshare`` can pin and
+  configure a namespace: a probe independent of our code, so a broken ``create_netns`` fails
+  the tests instead of skipping them.
 - ``run_prefix`` is a short name prefix unique to one test: every namespace, mount and process a
   test makes carries it, so concurrent runs never collide and leaks are attributable.
 - An autouse leak check snapshots the machine before each ``netns`` test and compares after:
@@ -34,7 +36,6 @@ if _REPO not in sys.path:
 from agent.kernel import cgroups  # noqa: E402
 from agent.kernel.netns import (  # noqa: E402
     NETNS_RUN_DIR,
-    create_netns,
     iproute_in,
     netns_path,
     remove_netns,
@@ -49,23 +50,39 @@ BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 @functools.cache
-def _can_build_netns() -> bool:
+def _netns_unavailable() -> str | None:
+    """Why this machine cannot build network namespaces, or None when it can.
+
+    Asked of util-linux and iproute2 only, never of our own code: a bug in ``create_netns``
+    must fail the namespace tests, not skip them. The probe does what our tests need: a new
+    network namespace pinned by a bind mount under /run/netns (as ``ip netns add`` would, but
+    without its side effect of turning /run/netns into a shared mount point, which duplicates
+    the namespace mounts of concurrent runs), configured from inside (CAP_NET_ADMIN there).
+    """
     if os.geteuid() != 0:
-        return False
-    path = netns_path(f"probe{os.getpid()}-{secrets.token_hex(3)}")
+        return "not root"
+    for tool in ("unshare", "ip", "umount"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    os.makedirs(NETNS_RUN_DIR, exist_ok=True)
+    pin = os.path.join(NETNS_RUN_DIR, f"sdnprobe{os.getpid()}-{secrets.token_hex(3)}")
+    argv = ["unshare", f"--net={pin}", "ip", "link", "set", "lo", "up"]
     try:
-        create_netns(path)
-    except Exception:
-        return False
+        with open(pin, "x"):
+            pass
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+        if done.returncode != 0:
+            return f"`{' '.join(argv)}` failed: {done.stderr.strip()}"
     finally:
-        with contextlib.suppress(Exception):
-            remove_netns(path)
-    return True
+        subprocess.run(["umount", pin], capture_output=True, check=False, timeout=30)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pin)
+    return None
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("netns") is not None and not _can_build_netns():
-        pytest.skip(SKIP_REASON)
+    if item.get_closest_marker("netns") is not None and (why := _netns_unavailable()):
+        pytest.skip(f"{SKIP_REASON} ({why})")
 
 
 @pytest.fixture(scope="session")

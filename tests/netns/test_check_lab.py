@@ -1,6 +1,9 @@
 """`sdnctl check` against a real lab: it passes on a healthy topology, and it catches what we
 break by hand inside the lab host's namespace (a blackhole route, a drop rule in a table of our
 own) and an `expect:` of isolation that the topology does not keep, naming the failing pairs.
+It tells the three outcomes of a TCP probe apart: a port that listens (open), one that answers
+with a reset (refused) and one behind isolation (filtered), and a refusal matches neither
+`reach: true` nor `reach: false`.
 
 We act through the CLI and break things with `ip` and `nft` inside the lab host's namespace only
 (never the root namespace); the lab and everything in it goes with `down`.
@@ -9,12 +12,12 @@ We act through the CLI and break things with `ip` and `nft` inside the lab host'
 from __future__ import annotations
 
 import json
-import time
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.cli import Cli, lab_cli, nsexec
+from helpers.cli import Cli, lab_cli, nsexec, wait_listening
 
 pytestmark = pytest.mark.netns
 
@@ -32,17 +35,23 @@ routes:
 containers:
   - {name: web, host: h1, network: front}
   - {name: api, host: h1, network: back}
-  - {name: db, host: h1, network: back, ip: 10.91.0.10}
-  - {name: cache, host: h1, network: vault-net}
+  - {name: db, host: h1, network: back, ip: 10.91.0.10, command: [/usr/bin/python3, -c, *listen]}
+  - {name: cache, host: h1, network: vault-net, command: [/usr/bin/python3, -c, *listen]}
   - {name: sidecar, host: h1, network: "container:web"}
   - {name: vault, host: h1, network: none}
   - {name: probe, host: h1, network: host}
 expect:
   - {from: web, to: db, port: 5432}
-  - {from: api, to: db, proto: udp, port: 53}
-  - {from: web, to: external, port: 80}
+  - {from: web, to: db, port: 5433, reach: refused}
+  - {from: web, to: cache, port: 5432, reach: filtered}
+  - {from: api, to: db, proto: udp, port: 53, reach: refused}
+  - {from: web, to: external, port: 80, reach: refused}
   - {from: cache, to: external, port: 80, reach: false}
 """
+# db and cache listen on tcp/5432 (the kernel completes handshakes; nobody needs to accept).
+LISTEN = "import signal, socket; s = socket.create_server(('', 5432)); signal.pause()"
+TOPOLOGY = TOPOLOGY.replace("*listen", json.dumps(LISTEN))
+PORT_LINES = {line: i + 1 for i, line in enumerate(TOPOLOGY.splitlines())}
 
 
 @pytest.fixture
@@ -56,6 +65,8 @@ def topo_file(tmp_path: Path, cli: Cli) -> Iterator[str]:
     path = tmp_path / "chk.yaml"
     path.write_text(TOPOLOGY)
     cli.run("up", str(path))
+    for name in ("db", "cache"):
+        wait_listening(cli.container(name)["netns"], 5432)
     yield str(path)
     cli.run("down", str(path))
 
@@ -67,25 +78,43 @@ def mismatches(stdout: str) -> list[str]:
 
 def test_check_passes_on_a_healthy_topology_and_catches_a_violated_isolation(
         cli: Cli, topo_file: str, tmp_path: Path) -> None:
-    started = time.monotonic()
-    done = cli.run("check", topo_file)
-    assert time.monotonic() - started < 10
+    done = cli.run("check", topo_file)  # its duration: bench/reliability.py
     assert done.returncode == 0
     assert "✘" not in done.stdout and "MISMATCHES" not in done.stdout
     assert done.stdout.splitlines()[0].split() == ["icmp", "web", "api", "db", "cache",
                                                    "external"]
-    assert "web -> db tcp/5432" in done.stdout and "refused (RST)" in done.stdout
+    assert re.search(r"^web -> db tcp/5432 +✓  open: connected$", done.stdout, re.M)
+    assert re.search(r"^web -> db tcp/5433 +⊘  refused: reset \(RST\)$", done.stdout, re.M)
+    assert re.search(r"^web -> cache tcp/5432 +✗  filtered: no answer", done.stdout, re.M)
 
     report = json.loads(cli.run("check", topo_file, "--json").stdout)
     assert report["ok"] and all(p["match"] for p in report["probes"])
-    probes = {(p["from"], p["to"], p["proto"]): p for p in report["probes"]}
-    assert probes["web", "api", "icmp"]["measured"] is True  # routed, allowed
-    assert probes["web", "cache", "icmp"]["measured"] is False  # isolated
-    assert probes["vault", "external", "icmp"]["measured"] is False  # closed
-    assert probes["probe", "external", "icmp"]["measured"] is True  # open
-    assert probes["sidecar", "db", "icmp"]["measured"] is True  # joined to web
-    assert probes["api", "db", "udp"]["detail"] == "port unreachable"
-    assert probes["cache", "external", "tcp"]["measured"] is False
+    probes = {(p["from"], p["to"], p["proto"], p["port"]): p for p in report["probes"]}
+    assert probes["web", "api", "icmp", 0]["measured"] == "open"  # routed, allowed
+    assert probes["web", "cache", "icmp", 0]["measured"] == "filtered"  # isolated
+    assert probes["vault", "external", "icmp", 0]["measured"] == "filtered"  # closed
+    assert probes["probe", "external", "icmp", 0]["measured"] == "open"  # open
+    assert probes["sidecar", "db", "icmp", 0]["measured"] == "open"  # joined to web
+    # the three outcomes of TCP: a listener, no listener, isolation (cache listens too)
+    assert probes["web", "db", "tcp", 5432]["measured"] == "open"
+    assert probes["web", "db", "tcp", 5433]["measured"] == "refused"
+    assert probes["web", "db", "tcp", 5433]["detail"] == "reset (RST)"
+    assert probes["web", "cache", "tcp", 5432]["measured"] == "filtered"
+    assert probes["api", "db", "udp", 53]["measured"] == "refused"
+    assert probes["api", "db", "udp", 53]["detail"] == "port unreachable"
+    assert probes["cache", "external", "tcp", 80]["measured"] == "filtered"
+
+    # a refusal is not what `reach: true` (open) nor `reach: false` (filtered) asks for
+    refusal = tmp_path / "refusal.yaml"
+    refusal.write_text(TOPOLOGY + "  - {from: web, to: db, port: 5433, reach: true}\n"
+                       "  - {from: web, to: db, port: 5433, proto: udp, reach: false}\n")
+    done = cli.run("check", str(refusal), "--no-implied", check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    line = len(TOPOLOGY.splitlines()) + 1
+    assert mismatches(done.stdout) == [
+        f"web -> db tcp/5433: expected open, measured refused [reset (RST)] ({refusal}:{line})",
+        f"web -> db udp/5433: expected filtered, measured refused [port unreachable] "
+        f"({refusal}:{line + 1})"]
 
     # front and back are allowed to talk: an expectation of isolation between them is violated
     violated = tmp_path / "violated.yaml"
@@ -116,12 +145,12 @@ def test_check_names_the_pairs_that_a_broken_network_fails(
     done = cli.run("check", topo_file, check=False)
     assert done.returncode == 1, done.stdout + done.stderr
     failing = mismatches(done.stdout)
-    line = TOPOLOGY.splitlines().index("  - {from: web, to: db, port: 5432}") + 1
+    line = PORT_LINES["  - {from: web, to: db, port: 5432}"]
     assert any(f.startswith("web -> db icmp: expected reachable, measured blocked") and
                "(implied: front and back are allowed to talk)" in f for f in failing), failing
     assert any(f.startswith("api -> db icmp: expected reachable, measured blocked") and
                "(implied: same network back on h1)" in f for f in failing), failing
-    assert any(f.startswith("web -> db tcp/5432: expected reachable, measured blocked") and
+    assert any(f.startswith("web -> db tcp/5432: expected open, measured filtered") and
                f.endswith(f"({topo_file}:{line})") for f in failing), failing
     assert all("db" in f.split(":")[0] for f in failing), failing  # nothing else broke
     assert "✘ check chk:" in done.stdout

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.capture import start_pinger
 from helpers.cli import (
     EXAMPLES,
     REPO,
@@ -26,6 +25,7 @@ from helpers.cli import (
     lab_cli,
     nft_ruleset,
     ping,
+    wait_listening,
 )
 
 from sdnctl.lab.lab import EXTERNAL_IP
@@ -69,11 +69,9 @@ def test_single_host_walkthrough(cli: Cli, run_prefix: str) -> None:
     # reaching db throughout.
     before = {ns: kernel_state(ns) for ns in (host["netns"], web["netns"], db["netns"])}
     rules_before = nft_ruleset(host["netns"])
-    pinger = subprocess.Popen(
-        ["nsenter", f"--net={web['netns']}", "ping", "-n", "-q", "-i", "0.05", "-w", "4",
-         db["ip"]], stdout=subprocess.PIPE, text=True)
+    pinger = start_pinger(["nsenter", f"--net={web['netns']}", "ping", "-n", "-i", "0.05", "-w",
+                           "4", db["ip"]])
     try:
-        time.sleep(0.5)
         os.kill(host["agent_pid"], signal.SIGKILL)
         again = cli.run("up", example)
         assert "agent for h1 started" in again.stderr
@@ -116,15 +114,18 @@ def test_every_example_builds_and_connects(cli: Cli, example: str,
     containers = {c["name"]: c for c in cli.json("ps")}
     assert {c.name for c in topo.containers} == set(containers)
     assert all(c["state"] == "running" for c in containers.values()), containers
+    for e in topo.expect:  # a server that must answer `open` is listening first
+        if e.proto == "tcp" and e.reach == topology.OPEN and e.dst in containers:
+            wait_listening(containers[e.dst]["netns"], e.port)
     done = cli.run("check", example, "--json", check=False)
     report = json.loads(done.stdout)
     wrong = [p for p in report["probes"] if not p["match"]]
     assert done.returncode == 0 and report["ok"] and not wrong, wrong
     assert {p["from"] for p in report["probes"]} == {c.name for c in topo.containers}
     # Cross-check `check` through another layer: our own ping of one probe of each verdict.
-    for reached in (True, False):
+    for outcome, reached in (("open", True), ("filtered", False)):
         sample = next((p for p in report["probes"] if p["proto"] == "icmp" and p["address"]
-                       and p["measured"] is reached), None)
+                       and p["measured"] == outcome), None)
         if sample is not None:
             netns = containers[sample["from"]]["netns"]
             assert ping(netns, sample["address"]) is reached, sample

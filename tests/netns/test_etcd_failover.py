@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from helpers.capture import start_pinger
 from helpers.cli import lab_cli, ping
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
@@ -55,12 +55,10 @@ def test_agents_move_to_another_replica_without_losing_traffic(run_prefix: str) 
             try:
                 a, b = cli.container("a"), cli.container("b")
                 assert ping(a["netns"], b["ip"], count=3)
-                pinger = subprocess.Popen(
-                    ["nsenter", f"--net={a['netns']}", "ping", "-n", "-q", "-i", "0.05",
-                     "-c", "200", "-W", "1", b["ip"]],
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                pinger = start_pinger(
+                    ["nsenter", f"--net={a['netns']}", "ping", "-n", "-i", "0.05",
+                     "-c", "200", "-W", "1", b["ip"]])
                 try:
-                    time.sleep(1)
                     controllers.kill(0)  # the replica both agents watch
                     # Created during the failover, through the surviving replicas.
                     cli.run("run", "--name", "c", "--host", "h2", "--network", "ov")

@@ -17,12 +17,14 @@ import re
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
+from helpers.capture import Capture, Control
+from helpers.capture import capture as tcpdump
 from helpers.namespaces import UPLINK_H, UPLINK_O, build_uplink, in_ns
 from pyroute2 import Conntrack
 
@@ -167,26 +169,11 @@ def fwlab(run_prefix: str) -> Iterator[FwLab]:
 
 
 @contextmanager
-def capture(lab: FwLab, path: str, bpf: str, count: int = 1) -> Iterator[Callable[[], str]]:
-    """tcpdump in ``path`` on eth0 (or up1); yields a function that returns what it printed."""
+def capture(lab: FwLab, path: str, bpf: str, control: Control | None = None) -> Iterator[Capture]:
+    """tcpdump -e in ``path`` on eth0 (or up1), proved ready by a control packet."""
     dev = "up1" if path == lab.outside else "eth0"
-    proc = lab.start(path, "tcpdump", "-n", "-e", "-l", "-i", dev, "-c", str(count), bpf)
-    assert proc.stderr is not None
-    banner = [proc.stderr.readline() for _ in range(2)]
-    assert any("listening on" in line for line in banner), banner
-
-    def result() -> str:
-        try:
-            out, _ = proc.communicate(timeout=3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate(timeout=5)
-        return out
-
-    yield result
-    if proc.poll() is None:
-        proc.kill()
-        proc.communicate(timeout=5)
+    with tcpdump(path, dev, bpf, "-e", control=control) as cap:
+        yield cap
 
 
 def mac_of(path: str, ifname: str) -> str:
@@ -218,9 +205,9 @@ def test_bridges_are_isolated_until_allowed_then_routed_without_nat(fwlab: FwLab
     assert not fwlab.can_ping("b1", CONTAINERS["f1"][1])
 
     fw.apply(fwlab.spec(allowed=(("back", "front"),)))  # order-free
-    with capture(fwlab, fwlab.containers["b1"], "icmp[icmptype] == icmp-echo") as seen:
+    with capture(fwlab, fwlab.containers["b1"], "icmp[icmptype] == icmp-echo") as cap:
         done = fwlab.ping("f1", b1)
-        out = seen()
+        out = cap.stop()
     assert done.returncode == 0, done.stdout
     assert "ttl=63" in done.stdout, done.stdout  # one routed hop, TTL - 1
     assert f"10.81.1.2 > {b1}: ICMP echo request" in out, out  # the real source, no NAT
@@ -229,13 +216,18 @@ def test_bridges_are_isolated_until_allowed_then_routed_without_nat(fwlab: FwLab
 
     # A flow that is running when the pair goes is cut too (the rules are stateless).
     pinger = fwlab.start(fwlab.containers["f1"], "ping", "-n", "-i", "0.2", b1)
-    with capture(fwlab, fwlab.containers["b1"], "icmp[icmptype] == icmp-echo") as seen:
-        seen()
+    with capture(fwlab, fwlab.containers["b1"], "icmp[icmptype] == icmp-echo") as cap:
+        cap.wait_for(f"> {b1}: ICMP echo request")  # the flow runs
     fw.apply(fwlab.spec())
     assert run_in_netns(fwlab.host, lambda: conntrack.flush_between("10.81.1.0/24",
                                                                     "10.81.2.0/24")) >= 1
-    with capture(fwlab, fwlab.containers["b1"], "icmp[icmptype] == icmp-echo") as seen:
-        assert seen() == ""
+    # f1 keeps sending (three more requests leave it), and none reaches b1
+    request = f"> {b1}: ICMP echo request"
+    with capture(fwlab, fwlab.containers["f1"], "icmp[icmptype] == icmp-echo") as sent, \
+            capture(fwlab, fwlab.containers["b1"], "icmp[icmptype] == icmp-echo") as got:
+        already = sum(request in line for line in sent.lines())
+        sent.wait_for(request, count=already + 3)
+        assert got.stop() == ""
     _stop(pinger)
     assert not fwlab.can_ping("f1", b1)
     assert not fwlab.can_ping("b1", CONTAINERS["f1"][1])
@@ -244,9 +236,9 @@ def test_bridges_are_isolated_until_allowed_then_routed_without_nat(fwlab: FwLab
 def test_internal_network_has_no_egress_and_others_masquerade(fwlab: FwLab) -> None:
     fw = Firewall(fwlab.host)
     fw.apply(fwlab.spec())
-    with capture(fwlab, fwlab.outside, "icmp[icmptype] == icmp-echo") as seen:
+    with capture(fwlab, fwlab.outside, "icmp[icmptype] == icmp-echo") as cap:
         assert fwlab.can_ping("f1", UPLINK_O)
-        out = seen()
+        out = cap.stop()
     assert f"{UPLINK_H} > {UPLINK_O}: ICMP echo request" in out, out
     assert not fwlab.can_ping("i1", UPLINK_O)
     assert not fwlab.can_ping("i1", CONTAINERS["f1"][1])
@@ -305,9 +297,9 @@ def test_loopback_ports_are_not_reachable_from_another_host(fwlab: FwLab) -> Non
             sendp(Ether(dst="{h_mac}") / IP(src="{UPLINK_O}", dst="127.0.0.1") /
                   TCP(sport=40000 + port, dport=port, flags="S"), iface="up1", verbose=False)
     """)
-    with capture(fwlab, fwlab.containers["f1"], "tcp port 80") as seen:
+    with capture(fwlab, fwlab.containers["f1"], "tcp port 80", Control("tcp", dport=80)) as cap:
         in_ns(fwlab.outside, PYTHON, "-c", script)
-        assert seen() == ""
+        assert cap.stop() == ""
 
 
 # --- anti-spoofing --------------------------------------------------------------------------
@@ -337,9 +329,9 @@ def test_spoofed_frames_are_dropped_and_counted(fwlab: FwLab) -> None:
         send(Ether(src="{f1_mac}", dst="{f2_mac}") / IP(src="{f1_ip}", dst="{f2_ip}") /
              ICMP(id=1003))                                       # honest
     """)
-    with capture(fwlab, fwlab.containers["f2"], "icmp or arp", count=10) as seen:
+    with capture(fwlab, fwlab.containers["f2"], "icmp or arp") as cap:
         in_ns(fwlab.containers["f1"], PYTHON, "-c", script)
-        out = seen()
+        out = cap.stop()
     assert "id 1003" in out, out
     assert "id 1001" not in out and "id 1002" not in out, out
     assert "10.81.1.1 is-at" not in out and "02:42:00:00:00:99" not in out, out

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers.capture import capture
 
 from agent.kernel.netns import NETNS_RUN_DIR, iproute_in
 from sdnctl.lab.lab import (
@@ -87,23 +88,11 @@ def test_hosts_reach_each_other_and_the_outside_from_their_underlay_address(lab:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ttl=64" in result.stdout  # same segment: bridged, not routed
 
-    tcpdump = subprocess.Popen(
-        ["nsenter", f"--net={ext}", "--", "tcpdump", "-n", "-l", "-i", EXTERNAL_DEV, "-c1",
-         "icmp"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert tcpdump.stderr is not None
-        banner = [tcpdump.stderr.readline() for _ in range(2)]  # EOF ("") if it fails
-        assert any("listening on" in line for line in banner), banner
+    with capture(ext, EXTERNAL_DEV, "icmp") as cap:
         result = ping(h1.netns, Lab.EXTERNAL_IP)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "ttl=63" in result.stdout  # one hop: routed by the underlay
-        captured, _ = tcpdump.communicate(timeout=10)
-    finally:
-        if tcpdump.poll() is None:
-            tcpdump.kill()
-        tcpdump.wait()
-    assert re.search(rf"IP {re.escape(h1.underlay_ip)} > 203\.0\.113\.1: ICMP echo request",
-                     captured), captured
+        cap.wait_for(f"IP {h1.underlay_ip} > 203.0.113.1: ICMP echo request")
 
 
 def test_ensure_leaves_a_correct_lab_untouched_and_repairs_a_wrong_one(lab: Lab) -> None:
@@ -182,8 +171,8 @@ def test_spawn_in_netns_runs_there_and_stop_process_ends_it(lab: Lab, tmp_path: 
         assert not process_alive(pid, start + 1)  # a reused PID is not our process
     finally:
         t0 = time.monotonic()
-        stop_process(pid)
-    assert time.monotonic() - t0 < 2  # sleep dies of SIGTERM: no wait for the grace period
+        stop_process(pid, grace=60)
+    assert time.monotonic() - t0 < 30  # sleep dies of SIGTERM: no wait for the grace period
     assert not process_alive(pid, start)
     assert not os.path.exists(f"/proc/{pid}")  # reaped, not a zombie
     stop_process(pid)  # gone is success
@@ -199,12 +188,16 @@ def test_spawn_in_netns_reports_a_command_that_cannot_start(lab: Lab, tmp_path: 
 
 def test_stop_process_kills_what_ignores_sigterm(lab: Lab, tmp_path: Path) -> None:
     host = lab.ensure_host("h1", 1)
-    pid = spawn_in_netns(host.netns, ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"],
-                         str(tmp_path / "stubborn.log"))
-    time.sleep(0.1)  # let the shell install its trap
+    log = tmp_path / "stubborn.log"
+    pid = spawn_in_netns(host.netns, ["sh", "-c", "trap '' TERM; echo trapped; "
+                                      "while :; do sleep 0.1; done"], str(log))
+    deadline = time.monotonic() + 30
+    while "trapped" not in log.read_text():  # the shell ignores SIGTERM from here on
+        assert time.monotonic() < deadline, "the shell never installed its trap"
+        time.sleep(0.01)
     t0 = time.monotonic()
     stop_process(pid, grace=0.3)
-    assert 0.3 <= time.monotonic() - t0 < 3
+    assert 0.3 <= time.monotonic() - t0 < 30  # it waited for the grace, then SIGKILL
     assert not process_alive(pid)
 
 

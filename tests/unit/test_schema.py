@@ -79,7 +79,8 @@ def test_the_schema_knows_every_field_the_loader_reads() -> None:
                      "x.yaml:7: expect[0].proto: expected one of icmp, tcp, udp",
                      id="expect-proto"),
         pytest.param(HEAD + FRONT + "expect:\n  - {from: web, to: db, reach: maybe}\n",
-                     "x.yaml:7: expect[0].reach: expected bool, got str 'maybe'",
+                     "x.yaml:7: expect[0].reach: unknown reach 'maybe'; expected one of true, "
+                     "false, open, refused, filtered",
                      id="expect-reach"),
     ],
 )

@@ -327,7 +327,8 @@ METHODS = {f"/{s.full_name}/{m.name}": m for s in SERVICES for m in s.methods}
 READS = {"GetHost", "ListHosts", "GetNetwork", "ListNetworks", "GetContainer", "ListContainers",
          "GetIpam", "CheckIpam", "Events", "ListImages", "GetImage", "SaveImage"}
 NETWORKS_AND_CONTAINERS = {"CreateNetwork", "UpdateNetwork", "DeleteNetwork", "CreateContainer",
-                           "UpdateContainer", "DeleteContainer", "LoadImage", "RemoveImage"}
+                           "UpdateContainer", "DeleteContainer", "LoadImage", "RemoveImage",
+                           "ValidateTopology"}
 ANY_AGENT = {"FetchImage", "FetchBlob"}  # images are not per host
 HEALTH = {"Check", "List", "Watch"}
 
@@ -405,6 +406,8 @@ CALLS: dict[str, Any] = {
     "GetIpam": pb.GetIpamRequest(),
     "CheckIpam": pb.GetIpamRequest(),
     "GcIpam": pb.GcIpamRequest(dry_run=True),
+    "ValidateTopology": pb.ValidateTopologyRequest(containers=[pb.Container(
+        name="c3", host="ha", network="front")]),
     "Events": pb.EventsRequest(),
     "Register": pb.RegisterRequest(host="ha"),
     "Watch": pb.WatchRequest(host="ha"),

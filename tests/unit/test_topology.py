@@ -243,3 +243,37 @@ def test_runtime_fields_errors_name_file_and_line(body: str, message: str) -> No
     with pytest.raises(TopologyError) as info:
         parse(text, "x.yaml")
     assert str(info.value) == message
+
+
+LAB_NETWORK = """\
+name: t
+{lab}hosts:
+  - {{name: h1, lab: true}}
+networks:
+  - {{name: ok, subnet: 10.1.0.0/16}}
+  - {{name: n, subnet: {subnet}}}
+"""
+
+
+@pytest.mark.parametrize(("subnet", "routed", "what"), [
+    ("203.0.113.0/24", False, "the lab's outside world"),
+    ("203.0.113.128/25", False, "the lab's outside world"),
+    ("192.0.2.0/29", False, "the lab's underlay"),
+    ("198.51.100.0/24", True, "the lab's underlay"),
+])
+def test_a_network_on_the_labs_own_ranges_is_refused(subnet: str, routed: bool,
+                                                      what: str) -> None:
+    text = LAB_NETWORK.format(lab="lab: {routed: true}\n" if routed else "", subnet=subnet)
+    error = error_of(text)
+    assert str(error).startswith(f"x.yaml:{6 + routed}: networks[1].subnet: {subnet} overlaps")
+    assert what in str(error)
+    # control: the flat lab has no second segment
+    if routed:
+        assert parse(LAB_NETWORK.format(lab="", subnet=subnet), "x.yaml").networks[1].subnet \
+            == subnet
+
+
+def test_a_topology_keeps_the_lines_of_its_objects() -> None:
+    topo = parse(LAB_NETWORK.format(lab="", subnet="10.2.0.0/16"), "x.yaml")
+    assert str(topo.error("networks[1].subnet", "no")) == "x.yaml:6: networks[1].subnet: no"
+    assert str(topo.error("networks[1].allow[0]", "no")).startswith("x.yaml:6: ")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.kernel.netns import iproute_in
+from helpers.capture import capture
 from sdnctl.topology import topology
 
 REPO = Path(__file__).resolve().parents[3]
@@ -67,6 +68,15 @@ def nsexec(netns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedP
                           timeout=timeout, check=False)
 
 
+def wait_listening(netns: str, port: int, timeout: float = 60) -> None:
+    """Until a TCP socket listens on ``port`` in ``netns`` (read with `ss`, not through sdnctl):
+    the readiness of a server a test then probes."""
+    deadline = time.monotonic() + timeout
+    while not nsexec(netns, "ss", "-Hltn", f"sport = :{port}").stdout.strip():
+        assert time.monotonic() < deadline, f"nothing listens on tcp/{port} in {netns}"
+        time.sleep(0.1)
+
+
 def ping(netns: str, address: str, count: int = 1) -> bool:
     return nsexec(netns, "ping", "-n", "-q", "-c", str(count), "-W", "1", address).returncode == 0
 
@@ -90,24 +100,13 @@ def nft_ruleset(netns: str) -> str:
 
 
 def capture_source(ext_netns: str, send: Any) -> str:
-    """Run ``send()`` while tcpdump listens in the external namespace; the ICMP source seen."""
-    dump = subprocess.Popen(
-        ["nsenter", f"--net={ext_netns}", "tcpdump", "-l", "-n", "-i", "eth0", "-c", "1",
-         "icmp[icmptype] == icmp-echo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
-    try:
-        assert dump.stderr is not None
-        deadline = time.monotonic() + 10
-        while "listening on" not in dump.stderr.readline():
-            assert time.monotonic() < deadline, "tcpdump did not start"
+    """Run ``send()`` while tcpdump (proved ready) listens in the external namespace; the
+    source address of the ICMP echo request seen."""
+    with capture(ext_netns, "eth0", "icmp[icmptype] == icmp-echo") as cap:
         send()
-        out, _ = dump.communicate(timeout=10)
-    finally:
-        if dump.poll() is None:
-            dump.kill()
-            dump.wait()
-    match = re.search(r"IP (\d+\.\d+\.\d+\.\d+) > ", out)
-    assert match, f"no ICMP echo seen in the external namespace: {out!r}"
+        line = cap.wait_for("ICMP echo request")
+    match = re.search(r"IP (\d+\.\d+\.\d+\.\d+) > ", line)
+    assert match, f"no ICMP echo seen in the external namespace: {line!r}"
     return match.group(1)
 
 

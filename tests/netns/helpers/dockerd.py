@@ -1,0 +1,164 @@
+"""A private Docker daemon for tests that compare against the real thing (Debian's docker.io).
+
+Design note. The recipe is bench/start.py's (``DockerSide``): dockerd never runs in the host's
+namespaces. ``unshare --mount --net`` gives it a private mount namespace and a network namespace
+of its own (nothing to name or remove: both go with its last process); inside, a fresh sysfs
+(that namespace's), the cgroup v1 hierarchies mounted again, and overlays on /etc, /run and
+/opt whose upper directories are ours, so what dockerd and its containerd write there
+(key.json, /run/containerd, /opt/containerd) stays in our directory. It gets its own
+--data-root, --exec-root, --pidfile and -H socket; with no bridge and no iptables it touches
+no firewall at all (a test of image archives needs no network). It is stopped by its PID, then
+whatever of ours survives in its mount namespace (containerd) by PID; the directory goes last.
+
+The client is Debian's /usr/bin/docker, matching the 20.10 daemon (not /usr/local/bin/docker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sdnctl.lab import lab
+
+DOCKER = "/usr/bin/docker"
+DOCKERD_DIRS = "/usr/sbin:/usr/bin"
+
+#: Runs as dockerd's parent in its private mount namespace (already in its network namespace).
+DOCKERD_SH = r"""
+set -e
+D="$1"; shift
+mount -t sysfs sysfs /sys
+mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
+for c in $CGROUP_V1; do
+  dir="/sys/fs/cgroup/${c#name=}"
+  mkdir -p "$dir"
+  case "$c" in
+    name=*) mount -t cgroup -o "none,$c" cgroup "$dir" ;;
+    *) mount -t cgroup -o "$c" cgroup "$dir" ;;
+  esac
+done
+for dir in /etc /run /opt; do
+  name=$(basename "$dir")
+  mkdir -p "$D/ov/$name/upper" "$D/ov/$name/work"
+  mount -t overlay overlay \
+    -o "lowerdir=$dir,upperdir=$D/ov/$name/upper,workdir=$D/ov/$name/work" "$dir"
+done
+exec "$@"
+"""
+
+
+def dockerd_path() -> str | None:
+    """Debian's dockerd, if docker.io is installed (found by path, not by any code of ours)."""
+    return shutil.which("dockerd", path=DOCKERD_DIRS)
+
+
+def installed() -> bool:
+    return dockerd_path() is not None and os.access(DOCKER, os.X_OK)
+
+
+def cgroup_v1() -> list[str]:
+    """The v1 hierarchies mounted here, as mount options name them (``cpu``, ``name=systemd``)."""
+    names = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            _, where, kind, options = line.split()[:4]
+            if kind == "cgroup" and where.startswith("/sys/fs/cgroup/"):
+                opts = [o for o in options.split(",") if o not in ("rw", "ro", "relatime",
+                                                                   "nosuid", "nodev", "noexec")]
+                if len(opts) == 1 and os.path.basename(where) in (opts[0],
+                                                                  opts[0].removeprefix("name=")):
+                    names.append(opts[0])
+    return names
+
+
+@dataclass
+class Dockerd:
+    dir: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    log: str
+
+    def docker(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """The client against this daemon; raises with the output when it fails."""
+        done = subprocess.run([DOCKER, *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        if done.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed ({done.returncode}):\n"
+                                 f"{done.stdout}\n{done.stderr}")
+        return done
+
+    def answers(self) -> bool:
+        if self.proc.poll() is not None:
+            with open(self.log) as f:
+                tail = f.read()[-1500:]
+            raise AssertionError(f"dockerd exited with {self.proc.returncode}:\n{tail}")
+        done = subprocess.run([DOCKER, "version", "--format", "{{.Server.Version}}"],
+                              env=self.env, capture_output=True, text=True, timeout=30,
+                              check=False)
+        return done.returncode == 0
+
+
+@contextlib.contextmanager
+def private_dockerd(prefix: str, timeout: float = 90) -> Iterator[Dockerd]:
+    """A dockerd in namespaces of its own, ready to answer; stopped and removed afterwards."""
+    dockerd = dockerd_path()
+    assert dockerd is not None, "docker.io is not installed"
+    # On the disk, not in /run: dockerd's image store and our overlays' upper directories.
+    workdir = tempfile.mkdtemp(prefix=f"{prefix}-dockerd-", dir="/tmp")
+    sock = os.path.join(workdir, "docker.sock")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+           "DOCKER_CONFIG": os.path.join(workdir, "client"), "DOCKER_HOST": f"unix://{sock}"}
+    with open(os.path.join(workdir, "daemon.json"), "w") as f:
+        f.write("{}\n")
+    argv = ["unshare", "--mount", "--net", "--propagation", "private", "--",
+            "/bin/sh", "-c", DOCKERD_SH, "dockerd-confined", workdir,
+            dockerd, "--config-file", os.path.join(workdir, "daemon.json"),
+            "--data-root", os.path.join(workdir, "data"),
+            "--exec-root", os.path.join(workdir, "exec"),
+            "--pidfile", os.path.join(workdir, "docker.pid"),
+            "-H", f"unix://{sock}", "--bridge", "none", "--iptables=false",
+            "--ip6tables=false", "--ip-masq=false"]
+    log = os.path.join(workdir, "dockerd.log")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**env, "CGROUP_V1": " ".join(cgroup_v1())})
+    # unshare and sh exec: proc.pid is dockerd's PID; its mount namespace names what is ours
+    mnt_ns = 0
+    try:
+        with contextlib.suppress(OSError):
+            mnt_ns = os.stat(f"/proc/{proc.pid}/ns/mnt").st_ino
+        daemon = Dockerd(workdir, env, proc, log)
+        deadline = time.monotonic() + timeout
+        while not daemon.answers():
+            assert time.monotonic() < deadline, f"dockerd did not answer within {timeout}s"
+            time.sleep(0.1)
+        mnt_ns = os.stat(f"/proc/{proc.pid}/ns/mnt").st_ino
+        yield daemon
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(lab.LabError):
+                lab.stop_process(proc.pid, grace=15)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        if mnt_ns and mnt_ns != os.stat("/proc/self/ns/mnt").st_ino:
+            for pid in pids_in_mount_ns(mnt_ns):
+                with contextlib.suppress(lab.LabError, ValueError):
+                    lab.stop_process(pid, grace=2)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def pids_in_mount_ns(inode: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{entry}/ns/mnt").st_ino == inode:
+                    found.append(int(entry))
+    return found

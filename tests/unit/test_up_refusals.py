@@ -1,0 +1,68 @@
+"""`sdnctl up` shows the controller's refusal as the controller gave it (issue 15).
+
+The controller answers ALREADY_EXISTS both for an object that exists and for a value that is
+taken (a host port, a fixed address). The desired state goes to a real controller (in this
+process, on a unix socket, SQLite store) as `up` sends it (``apply_objects``), after the host is
+recorded as `up` records it: no lab is built.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import grpc
+import pytest
+from apitest import StartServer
+
+from sdnctl.api.client import Client
+from sdnctl.controller.store.sqlite import SqliteStore
+from sdnctl.topology import deploy
+from sdnctl.topology.topology import parse
+from sdnctl.v1 import sdnctl_pb2 as pb
+from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+
+TOPOLOGY = """
+name: refusals
+hosts:
+  - {name: h1, lab: true}
+networks:
+  - {name: front, subnet: 10.88.0.0/16}
+containers:
+  - {name: c1, host: h1, network: front, FIRST}
+  - {name: c2, host: h1, network: front, SECOND}
+"""
+
+CASES = {
+    "port": ('ports: ["8080:80"]', 'ports: ["8080:81"]',
+             "host port 8080/tcp of host 'h1' is already published by container 'c1'"),
+    "fixed ip": ("ip: 10.88.0.5", "ip: 10.88.0.5", "10.88.0.5 is taken by container 'c1'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_up_shows_the_controllers_refusal(case: str, tmp_path: Path,
+                                          start_server: StartServer) -> None:
+    first, second, message = CASES[case]
+    store = SqliteStore(tmp_path / "controller.db")
+    server = start_server(store)
+    topology = parse(TOPOLOGY.replace("FIRST", first).replace("SECOND", second), "t.yaml")
+    client = Client(server.address)
+    try:
+        progress = deploy.Progress(io.StringIO())
+        deploy.register_hosts(client, topology, {}, progress)
+        with pytest.raises(deploy.DeployError) as refused:
+            deploy.apply_objects(client, topology, progress)
+        assert str(refused.value).startswith("could not create container 'c2': ")
+        assert message in str(refused.value) and "not found" not in str(refused.value)
+        channel = grpc.insecure_channel(server.address)
+        try:  # what was refused was not made; what came before it was
+            api = pb_grpc.ControllerStub(channel)
+            names = [c.name for c in api.ListContainers(pb.ListRequest(), timeout=5).containers]
+            assert names == ["c1"]
+        finally:
+            channel.close()
+    finally:
+        client.close()
+        server.stop(grace=0)
+        store.close()
