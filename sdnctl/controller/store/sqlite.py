@@ -1,10 +1,12 @@
 """SQLite Store: the embedded default, one WAL-mode file.
 
-Design note. Each Store object holds one connection behind a lock, so a process's threads take
-turns; several processes (or several Store objects) on the same file are kept honest by SQLite
-itself: every write transaction starts with ``BEGIN IMMEDIATE``, which takes the database's write
-lock before the compares are read, so compare-and-swap cannot interleave with another writer.
-Reads run inside a deferred transaction so that ``range`` sees one WAL snapshot.
+Design note. Each Store object has one writer connection behind a lock, so a process's writes
+take turns; several processes (or several Store objects) on the same file are kept honest by
+SQLite itself: every write transaction starts with ``BEGIN IMMEDIATE``, which takes the
+database's write lock before the compares are read, so compare-and-swap cannot interleave with
+another writer. Reads never take that lock: each thread reads through a connection of its own
+(WAL lets readers run beside the writer), inside a deferred transaction so that ``range`` sees one
+WAL snapshot. So an agent's ReportStatus reads, and a listing, do not queue behind writes.
 
 ``wait`` is woken at once by this object's own transactions and polls the revision every
 ``poll_interval`` seconds to notice writes from other processes.
@@ -87,9 +89,11 @@ class SqliteStore:
         os.chmod(self.path, 0o600)
         self._lock = threading.Lock()
         self._cond = threading.Condition()
-        self._db = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-        )
+        self._db = self._connect()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -97,6 +101,24 @@ class SqliteStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection (made on first use, closed by :meth:`close`)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._connect()
+            with self._readers_lock:
+                if self._closed:
+                    db.close()
+                    raise sqlite3.ProgrammingError("the store is closed")
+                self._readers.append(db)
+            self._local.db = db
+        return db
 
     @contextmanager
     def _write(self) -> Iterator[None]:
@@ -111,20 +133,32 @@ class SqliteStore:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """One consistent read (a single WAL snapshot)."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                yield self._db
-            finally:
-                self._db.execute("COMMIT")
+        """One consistent read (a single WAL snapshot) on this thread's connection."""
+        db = self._reader()
+        db.execute("BEGIN")
+        try:
+            yield db
+        finally:
+            db.execute("COMMIT")
 
     def get(self, key: str) -> KeyValue | None:
-        with self._read() as db:
-            row = db.execute(
-                "SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?", (key,)
-            ).fetchone()
+        # One statement is its own snapshot: no BEGIN/COMMIT around it.
+        row = self._reader().execute(
+            "SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?", (key,)
+        ).fetchone()
         return KeyValue(*row) if row else None
+
+    def get_many(self, keys: Sequence[str]) -> list[KeyValue | None]:
+        """One snapshot, one statement per chunk of keys."""
+        found: dict[str, KeyValue] = {}
+        with self._read() as db:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start:start + 500])
+                marks = ",".join("?" * len(chunk))
+                for row in db.execute("SELECT key, value, create_rev, mod_rev FROM kv "
+                                      f"WHERE key IN ({marks})", chunk):
+                    found[row[0]] = KeyValue(*row)
+        return [found.get(key) for key in keys]
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         end = _prefix_end(prefix)
@@ -209,8 +243,7 @@ class SqliteStore:
         db.execute("UPDATE meta SET compacted = max(compacted, ?)", (dropped,))
 
     def revision(self) -> int:
-        with self._read() as db:
-            return self._revision(db)
+        return self._revision(self._reader())
 
     def changes_since(self, revision: int) -> list[Change]:
         with self._read() as db:
@@ -236,5 +269,9 @@ class SqliteStore:
                 self._cond.wait(min(self._poll, remaining))
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._readers_lock:
+            self._closed = True
             self._db.close()
+            for db in self._readers:
+                db.close()
+            self._readers.clear()
