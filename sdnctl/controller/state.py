@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from netaddr import IPAddress, IPNetwork
@@ -51,10 +52,12 @@ from sdnctl.api.validate import validate_container, validate_host, validate_netw
 from sdnctl.controller import images, ipam, keys
 from sdnctl.controller.errors import (
     AlreadyExists,
+    Conflict,
     Exhausted,
     FailedPrecondition,
     Invalid,
     NotFound,
+    SdnError,
 )
 from sdnctl.controller.keys import (
     CONTAINERS,
@@ -71,6 +74,7 @@ from sdnctl.controller.keys import (
     status_key,
     vni_key,
 )
+from sdnctl.controller.staging import Restage, Staging
 from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store, get_many
 
 #: Allocated VNIs start here (lower ones are left to topologies that pick their own).
@@ -472,6 +476,67 @@ class State:
 
         ipam.commit_with_retry(self.store, build)
         return self.get_container(container.name)
+
+    def create_containers(self, containers: Sequence[Container]) -> tuple[list[ContainerView],
+                                                                          int]:
+        """Create many containers in ONE store transaction: all or none. Each is planned as
+        :meth:`create_container` plans one, on a :class:`Staging` view that holds the ones
+        planned before it (the next address of a lease, a donor earlier in the list). A store
+        that caps a transaction's operations (etcd) gets several transactions, each whole.
+        Errors name ``containers[i]``. Returns the views and the last transaction's revision."""
+        names = [c.name for c in containers]
+        dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if dup is not None:
+            raise Invalid(f"containers[{names.index(dup, names.index(dup) + 1)}].name",
+                          f"{dup!r} appears twice")
+        cap = getattr(self.store, "max_txn_ops", None)
+        views: list[ContainerView] = []
+        revision = 0
+        start = 0
+        while start < len(containers):
+            made, revision = self._create_batch(containers, start, cap)
+            views += made
+            start += len(made)
+        return views, revision
+
+    def _create_batch(self, containers: Sequence[Container], start: int,
+                      cap: int | None) -> tuple[list[ContainerView], int]:
+        """Containers from ``start`` on, as many as one transaction of at most ``cap`` ops
+        holds, committed; retried whole when another writer came first."""
+        deadline = time.monotonic() + ipam.RETRY_TIMEOUT
+        attempts = 0
+        while True:
+            staging = Staging(self.store)
+            staged = State(staging, self.timers, self.clock)
+            names: list[str] = []
+            try:
+                for i in range(start, len(containers)):
+                    before = staging.snapshot()
+                    try:
+                        staged.create_container(containers[i])
+                    except Invalid as e:
+                        field = e.field.removeprefix("container")
+                        raise Invalid(f"containers[{i}]{field}", e.message) from None
+                    except SdnError as e:
+                        e.message = f"containers[{i}] ({containers[i].name}): {e.message}"
+                        e.args = (e.message,)
+                        raise
+                    if cap is not None and len(staging.ops()) > cap and names:
+                        staging.restore(before)  # the next transaction takes this one
+                        break
+                    names.append(containers[i].name)
+                revision = staging.commit()
+            except Restage:
+                revision = None
+            if revision is not None:
+                views = staged._views([kv for kv in get_many(
+                    staging, [container_key(n) for n in names]) if kv is not None])
+                return [dataclasses.replace(v, revision=revision) for v in views], revision
+            attempts += 1
+            if time.monotonic() >= deadline:
+                raise Conflict(f"gave up after {attempts} attempts: concurrent writers kept "
+                               "changing the same objects; try again")
+            time.sleep(random.uniform(0, min(0.002 * 2 ** min(attempts, 6), 0.1)))
 
     def update_container(self, container: Container) -> ContainerView:
         """Replace a container's spec on the same host, moving its address as its mode needs."""

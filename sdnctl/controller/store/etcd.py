@@ -109,6 +109,9 @@ class EtcdError(RuntimeError):
 
 
 class EtcdStore:
+    #: State splits a batch into transactions of at most this many operations.
+    max_txn_ops = TXN_OPS
+
     def __init__(self, endpoints: Sequence[str], prefix: str = DEFAULT_PREFIX,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         if not endpoints:
