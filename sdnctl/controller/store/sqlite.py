@@ -91,7 +91,7 @@ class SqliteStore:
         self._cond = threading.Condition()
         self._db = self._connect()
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[tuple[sqlite3.Connection, threading.Lock]] = []
         self._readers_lock = threading.Lock()
         self._closed = False
         with self._lock:
@@ -107,18 +107,23 @@ class SqliteStore:
             self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
 
-    def _reader(self) -> sqlite3.Connection:
-        """This thread's read connection (made on first use, closed by :meth:`close`)."""
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = self._connect()
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """This thread's read connection (made on first use, closed by :meth:`close`), held
+        under its own lock: uncontended, except by ``close``, which must not close a
+        connection another thread is reading through (sqlite3 would crash the process)."""
+        reader: tuple[sqlite3.Connection, threading.Lock] | None = getattr(self._local, "db",
+                                                                           None)
+        if reader is None:
+            reader = (self._connect(), threading.Lock())
             with self._readers_lock:
                 if self._closed:
-                    db.close()
+                    reader[0].close()
                     raise sqlite3.ProgrammingError("the store is closed")
-                self._readers.append(db)
-            self._local.db = db
-        return db
+                self._readers.append(reader)
+            self._local.db = reader
+        with reader[1]:
+            yield reader[0]
 
     @contextmanager
     def _write(self) -> Iterator[None]:
@@ -134,18 +139,19 @@ class SqliteStore:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One consistent read (a single WAL snapshot) on this thread's connection."""
-        db = self._reader()
-        db.execute("BEGIN")
-        try:
-            yield db
-        finally:
-            db.execute("COMMIT")
+        with self._reader() as db:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("COMMIT")
 
     def get(self, key: str) -> KeyValue | None:
         # One statement is its own snapshot: no BEGIN/COMMIT around it.
-        row = self._reader().execute(
-            "SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?", (key,)
-        ).fetchone()
+        with self._reader() as db:
+            row = db.execute(
+                "SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?", (key,)
+            ).fetchone()
         return KeyValue(*row) if row else None
 
     def get_many(self, keys: Sequence[str]) -> list[KeyValue | None]:
@@ -243,7 +249,8 @@ class SqliteStore:
         db.execute("UPDATE meta SET compacted = max(compacted, ?)", (dropped,))
 
     def revision(self) -> int:
-        return self._revision(self._reader())
+        with self._reader() as db:
+            return self._revision(db)
 
     def changes_since(self, revision: int) -> list[Change]:
         with self._read() as db:
@@ -272,6 +279,7 @@ class SqliteStore:
         with self._lock, self._readers_lock:
             self._closed = True
             self._db.close()
-            for db in self._readers:
-                db.close()
+            for db, lock in self._readers:
+                with lock:
+                    db.close()
             self._readers.clear()
