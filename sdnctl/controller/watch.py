@@ -6,7 +6,12 @@ host put or deleted, a lease of this host put or deleted, a network this host ha
 changed. A client that resumes from a revision the change log no longer holds gets a snapshot.
 An empty event carries the current revision (a progress notice): after desired-state writes that
 do not concern this host, and when nothing happens for a while (so the agent knows the stream is
-alive).
+alive). Fan-out: a change reaches as content only the hosts it concerns (a container goes to its
+host, a lease's move to the network's other members); to the others it is only a progress
+notice, and those are coalesced: one notice :data:`QUIET_PROGRESS` seconds after the first write
+it covers, carrying the revision reached by then. So a container created on host A wakes A's agent
+at once and B's agent at most once a second however many writes there are (each notice makes an
+agent report its revision: without coalescing, N hosts x M writes reports).
 
 What the agent can rely on: every network it holds a lease of comes with its full spec, and a
 change of one (UpdateNetwork: masquerade, internal, allow) reaches every host holding a lease of
@@ -143,8 +148,13 @@ def _vtep_moved(change: Change) -> bool:
     return endpoint(change.value) != endpoint(change.prev_value)
 
 
+#: Progress notices for writes that do not concern a host: at most one per this many seconds.
+QUIET_PROGRESS = 1.0
+
+
 def host_events(state: State, host: str, since_revision: int, alive: Callable[[], bool],
-                progress_interval: float = 10.0, poll: float = 0.5) -> Iterator[pb.WatchEvent]:
+                progress_interval: float = 10.0, poll: float = 0.5,
+                quiet_progress: float | None = None) -> Iterator[pb.WatchEvent]:
     store = state.store
     revision = 0
     if since_revision > 0:
@@ -162,10 +172,16 @@ def host_events(state: State, host: str, since_revision: int, alive: Callable[[]
         snap = state.snapshot(host)
         revision = snap.revision
         yield snapshot_event(snap)
+    quiet = QUIET_PROGRESS if quiet_progress is None else quiet_progress
     last_sent = time.monotonic()
+    pending = 0.0  # since when writes that do not concern this host wait to be told (0: none)
     while alive():
-        if store.wait(revision, timeout=poll) <= revision:
-            if time.monotonic() - last_sent >= progress_interval:
+        if pending and time.monotonic() - pending >= quiet:
+            last_sent, pending = time.monotonic(), 0.0
+            yield pb.WatchEvent(revision=revision)
+        wait = min(poll, max(0.0, pending + quiet - time.monotonic())) if pending else poll
+        if store.wait(revision, timeout=wait) <= revision:
+            if not pending and time.monotonic() - last_sent >= progress_interval:
                 last_sent = time.monotonic()
                 yield pb.WatchEvent(revision=revision)
             continue
@@ -185,7 +201,9 @@ def host_events(state: State, host: str, since_revision: int, alive: Callable[[]
         # progress notice), so "has every agent realised revision R?" has an answer. Status
         # writes do not: agents' reports must not make other agents report in turn.
         if event.networks or event.containers or event.deleted_networks or \
-                event.deleted_containers or any(not c.key.startswith(STATUS) for c in changes):
+                event.deleted_containers:
             event.revision = revision
-            last_sent = time.monotonic()
+            last_sent, pending = time.monotonic(), 0.0  # the event carries the revision
             yield event
+        elif not pending and any(not c.key.startswith(STATUS) for c in changes):
+            pending = time.monotonic()
