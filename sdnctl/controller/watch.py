@@ -33,6 +33,7 @@ network (no container on it) hears nothing of it.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -85,18 +86,16 @@ def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchE
         key = change.key
         if key.startswith(CONTAINERS):
             name = key[len(CONTAINERS):]
-            new = from_json(Container, change.value) if change.value else None
-            old = from_json(Container, change.prev_value) if change.prev_value else None
-            if new is not None and new.host == host:
+            if change.value and _container_host(change.value) == host:
                 put_containers.add(name)
                 gone_containers.discard(name)
-            elif old is not None and old.host == host:
+            elif change.prev_value and _container_host(change.prev_value) == host:
                 gone_containers.add(name)
                 put_containers.discard(name)
         elif key.startswith(keys.LEASES):
             if change.value == change.prev_value:
                 continue  # rewritten unchanged by an allocation
-            lease = from_json(Lease, change.value or change.prev_value or b"{}")
+            lease = _lease(change.value or change.prev_value or b"{}")
             if lease.host != host:
                 if _peer_moved(change):
                     peer_networks.add(lease.network)
@@ -130,11 +129,22 @@ def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchE
     return event
 
 
+# Every Watch stream reads the same changes: each record is decoded once for all of them.
+@functools.lru_cache(maxsize=8192)
+def _container_host(value: bytes) -> str:
+    return from_json(Container, value).host
+
+
+@functools.lru_cache(maxsize=8192)
+def _lease(value: bytes) -> Lease:
+    return from_json(Lease, value)
+
+
 def _peer_moved(change: Change) -> bool:
     """A lease change that changes its host's place among the peers (not a renewal)."""
     if change.value is None or change.prev_value is None:
         return True
-    return from_json(Lease, change.value).subnet != from_json(Lease, change.prev_value).subnet
+    return _lease(change.value).subnet != _lease(change.prev_value).subnet
 
 
 def _vtep_moved(change: Change) -> bool:
