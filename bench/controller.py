@@ -9,6 +9,14 @@ containers and call ListContainers (for their host) a few times. Clients and ser
 process's GIL, so the absolute figures are a lower bound of what a remote client would see; the
 SQLite/memory ratio is what to read.
 
+Each side runs twice: on an empty store and with N containers already there (quick: 2,000;
+full: 16,000; written through State before the server starts), N/K of them in each client's own
+lease (the worst case for address allocation) and 10 on a host of their own (``lone``). Rows
+read ``@0`` and ``@N``: a create must cost the same at both (issue 21). During the create
+phase one more thread sends ReportStatus for ``lone`` (its 10 containers) in a loop: its
+latency is what an agent's report costs while 4 clients write. After the phases,
+ListContainers(host=lone) is timed: one host's listing among N containers.
+
 Memory: a controller is started as a separate process (``sdnctl-controller``, SQLite) and its
 VmRSS is read before and after 1,000 containers are created through the API. Then one lab host
 is brought up with `sdnctl up` (private run dirs, unique prefix) running 200 `sleep infinity`
@@ -37,7 +45,10 @@ from pathlib import Path
 import grpc
 import harness
 
+from sdnctl.api import convert
+from sdnctl.api.model import Container, Host
 from sdnctl.controller.server import create_server
+from sdnctl.controller.state import State
 from sdnctl.controller.store.base import Store
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
@@ -47,6 +58,11 @@ from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 NETWORK = pb.Network(name="bench", driver="bridge", subnet="10.0.0.0/8", host_prefix=16)
 LISTS_PER_CLIENT = 5
 MEMORY_CONTAINERS = 1000
+LONE = "lone"
+LONE_CONTAINERS = 10
+LONE_LISTS = 50
+BATCH_TOTAL = 2000
+BATCH_SIZE = 100
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -78,7 +94,7 @@ def timed(call: Callable[[], object], into: list[float]) -> None:
 
 
 def client_work(address: str, host: str, count: int, start: threading.Barrier,
-                phase: threading.Barrier) -> dict[str, list[float]]:
+                phase: PhaseClock, creates_done: threading.Event) -> dict[str, list[float]]:
     """One client: create ``count`` containers, then get each, then list its host a few times."""
     times: dict[str, list[float]] = {"create": [], "get": [], "list": []}
     with grpc.insecure_channel(address) as channel:
@@ -91,6 +107,7 @@ def client_work(address: str, host: str, count: int, start: threading.Barrier,
             timed(lambda c=ctr: api.CreateContainer(  # type: ignore[misc]
                 pb.CreateContainerRequest(container=c), timeout=30), times["create"])
         phase.wait()
+        creates_done.set()  # the reporter measures while clients create, not after
         for name in names:
             timed(lambda n=name: api.GetContainer(  # type: ignore[misc]
                 pb.GetRequest(name=n), timeout=30), times["get"])
@@ -102,23 +119,67 @@ def client_work(address: str, host: str, count: int, start: threading.Barrier,
     return times
 
 
-def one_round(make_store: Callable[[Path], Store], clients: int,
-              per_client: int) -> dict[str, float]:
-    """A fresh controller on a fresh store; K clients; per-operation rates and latencies."""
+def preload(store: Store, clients: int, existing: int) -> None:
+    """``existing`` containers in the clients' leases, and ``lone`` with its 10, through State
+    (the API would take minutes at 16,000 on the old code)."""
+    state = State(store)
+    for i in range(clients):
+        state.create_host(Host(f"h{i}", underlay_ip=f"192.0.2.{10 + i}"))
+    state.create_host(Host(LONE, underlay_ip="192.0.2.200"))
+    state.create_network(convert.network_from_pb(NETWORK))
+    for i in range(existing):
+        state.create_container(Container(name=f"old{i}", host=f"h{i % clients}",
+                                         network=NETWORK.name))
+    for i in range(LONE_CONTAINERS):
+        state.create_container(Container(name=f"lone{i}", host=LONE, network=NETWORK.name))
+
+
+def report_loop(address: str, stop: threading.Event, into: list[float]) -> None:
+    """ReportStatus for ``lone`` (all 10 running) until ``stop``; every call timed."""
+    statuses = [pb.ContainerStatus(name=f"lone{i}", state="running", pid=100 + i)
+                for i in range(LONE_CONTAINERS)]
+    with grpc.insecure_channel(address) as channel:
+        sync = pb_grpc.HostSyncStub(channel)
+        revision = 0
+        while not stop.is_set():
+            revision += 1  # a new observed revision each time: every report writes
+            timed(lambda r=revision: sync.ReportStatus(pb.ReportStatusRequest(  # type: ignore
+                host=LONE, containers=statuses, observed_revision=r), timeout=30), into)
+            stop.wait(0.01)
+
+
+def one_round(make_store: Callable[[Path], Store], clients: int, per_client: int,
+              existing: int) -> dict[str, float]:
+    """A fresh controller on a store holding ``existing`` containers; K clients; per-operation
+    rates and latencies."""
     tmp = Path(tempfile.mkdtemp(prefix="sdnctl-bench-ctl-"))
     store = make_store(tmp)
-    running = create_server(f"unix:{tmp / 'c.sock'}", store, sweep_interval=0)
+    reports: list[float] = []
+    lone_lists: list[float] = []
     try:
-        with grpc.insecure_channel(running.address) as channel:
-            hosts = create_hosts(pb_grpc.ControllerStub(channel), clients)
-        phase = PhaseClock(clients)
-        start = threading.Barrier(clients, action=phase.begin)
-        with futures.ThreadPoolExecutor(clients) as pool:
-            jobs = [pool.submit(client_work, running.address, h, per_client, start, phase)
-                    for h in hosts]
-            results = [job.result() for job in jobs]
+        preload(store, clients, existing)
+        running = create_server(f"unix:{tmp / 'c.sock'}", store, sweep_interval=0)
+        try:
+            hosts = [f"h{i}" for i in range(clients)]
+            phase = PhaseClock(clients)
+            stop = threading.Event()
+            start = threading.Barrier(clients, action=phase.begin)
+            reporter = threading.Thread(target=report_loop, args=(running.address, stop, reports))
+            with futures.ThreadPoolExecutor(clients) as pool:
+                jobs = [pool.submit(client_work, running.address, h, per_client, start, phase,
+                                    stop) for h in hosts]
+                reporter.start()
+                results = [job.result() for job in jobs]
+            stop.set()
+            reporter.join()
+            with grpc.insecure_channel(running.address) as channel:
+                api = pb_grpc.ControllerStub(channel)
+                for _ in range(LONE_LISTS):
+                    timed(lambda: api.ListContainers(pb.ListRequest(host=LONE), timeout=60),
+                          lone_lists)
+        finally:
+            running.stop(grace=0)
     finally:
-        running.stop(grace=0)
         store.close()
         shutil.rmtree(tmp, ignore_errors=True)
     out: dict[str, float] = {}
@@ -127,7 +188,35 @@ def one_round(make_store: Callable[[Path], Store], clients: int,
         out[f"{op}_per_s"] = len(latencies) / wall
         out[f"{op}_p50_ms"] = percentile(latencies, 0.50) * 1000
         out[f"{op}_p99_ms"] = percentile(latencies, 0.99) * 1000
+    for op, latencies in (("report", reports), ("listlone", lone_lists)):
+        out[f"{op}_p50_ms"] = percentile(latencies, 0.50) * 1000
+        out[f"{op}_p99_ms"] = percentile(latencies, 0.99) * 1000
     return out
+
+
+def batch_rate(make_store: Callable[[Path], Store], total: int, size: int) -> float:
+    """Creates/s through CreateContainers, ``size`` containers a request, one client."""
+    tmp = Path(tempfile.mkdtemp(prefix="sdnctl-bench-batch-"))
+    store = make_store(tmp)
+    try:
+        preload(store, 1, 0)
+        running = create_server(f"unix:{tmp / 'c.sock'}", store, sweep_interval=0)
+        try:
+            with grpc.insecure_channel(running.address) as channel:
+                api = pb_grpc.ControllerStub(channel)
+                api.ListHosts(pb.ListRequest(), timeout=10)
+                started = time.perf_counter()
+                for first in range(0, total, size):
+                    api.CreateContainers(pb.CreateContainersRequest(containers=[
+                        pb.Container(name=f"b{i}", host="h0", network=NETWORK.name)
+                        for i in range(first, min(total, first + size))]), timeout=120)
+                wall = time.perf_counter() - started
+        finally:
+            running.stop(grace=0)
+    finally:
+        store.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return total / wall
 
 
 class PhaseClock:
@@ -233,22 +322,25 @@ def agent_memory(containers: int) -> dict[str, float]:
 
 
 UNITS = {"per_s": "ops/s", "p50_ms": "ms", "p99_ms": "ms"}
+UNITS.update({f"{k}_ms": "ms" for k in ("p50", "p99")})
 
 
 def main(argv: list[str] | None = None) -> int:
     args = harness.bench_args(__doc__.split("\n\n")[0], argv)
     clients, per_client, rounds = (16, 1000, 3) if args.full else (4, 250, 2)
+    existing = 16_000 if args.full else 2_000
+    sides = [(kind, n) for kind in ("sqlite", "memory") for n in (0, existing)]
+    samples: dict[str, list[dict[str, float]]] = {f"{k}@{n}": [] for k, n in sides}
 
-    samples: dict[str, list[dict[str, float]]] = {"sqlite": [], "memory": []}
-
-    def side(kind: str) -> Callable[[], float]:
+    def side(kind: str, n: int) -> Callable[[], float]:
         def run() -> float:
-            got = one_round(STORES[kind], clients, per_client)
-            samples[kind].append(got)
+            got = one_round(STORES[kind], clients, per_client, n)
+            samples[f"{kind}@{n}"].append(got)
             return got["create_per_s"]
         return run
 
-    harness.alternate(side("sqlite"), side("memory"), rounds)
+    harness.alternate_many({f"{k}@{n}": side(k, n) for k, n in sides}, rounds)
+    batched = [batch_rate(STORES["sqlite"], BATCH_TOTAL, BATCH_SIZE) for _ in range(rounds)]
     memory = controller_memory(MEMORY_CONTAINERS)
     agent_containers = 1000 if args.full else 200
     try:
@@ -257,15 +349,35 @@ def main(argv: list[str] | None = None) -> int:
         agent = {"containers": agent_containers, "error": str(e)}
 
     measurements, comparisons = [], []
-    for metric in samples["sqlite"][0]:
+    for metric in samples[f"sqlite@{existing}"][0]:
         unit = UNITS[metric.split("_", 1)[1]]
-        for kind in ("sqlite", "memory"):
+        for name, got in samples.items():
             measurements.append(harness.Measurement(
-                f"{metric} ({kind}, {clients} clients)", unit,
-                [s[metric] for s in samples[kind]]))
+                f"{metric} ({name}, {clients} clients)", unit, [s[metric] for s in got]))
         comparisons.append(harness.comparison(
-            f"{metric} sqlite/memory", harness.ratio(*(
-                [s[metric] for s in samples[k]] for k in ("sqlite", "memory"))), "", None))
+            f"{metric} sqlite/memory @{existing}", harness.ratio(*(
+                [s[metric] for s in samples[f"{k}@{existing}"]] for k in ("sqlite", "memory"))),
+            "", None))
+        comparisons.append(harness.comparison(
+            f"{metric} sqlite @{existing}/@0", harness.ratio(*(
+                [s[metric] for s in samples[f"sqlite@{n}"]] for n in (existing, 0))), "", None))
+    sqlite_n = samples[f"sqlite@{existing}"]
+
+    def median(metric: str) -> float:
+        return sorted(s[metric] for s in sqlite_n)[len(sqlite_n) // 2]
+
+    measurements.append(harness.Measurement(
+        f"CreateContainers creates/s (sqlite, 1 client, {BATCH_SIZE} a request)", "ops/s",
+        batched))
+    comparisons.append(harness.comparison(
+        f"creates/s sqlite, CreateContainers x{BATCH_SIZE}, 1 client", sorted(batched)[0],
+        ">= 1000", sorted(batched)[0] >= 1000))
+    comparisons.append(harness.comparison(
+        f"creates/s sqlite, {clients} clients, {existing} existing", median("create_per_s"),
+        ">= 1000", median("create_per_s") >= 1000))
+    comparisons.append(harness.comparison(
+        f"ListContainers(host) p50 ms, {existing} existing", median("listlone_p50_ms"),
+        "< 10 ms (at 16000)", median("listlone_p50_ms") < 10))
     measurements.append(harness.Measurement(
         f"controller RSS with {MEMORY_CONTAINERS} containers", "MiB", [memory["rss_after_mib"]]))
     measurements.append(harness.Measurement(
@@ -277,8 +389,11 @@ def main(argv: list[str] | None = None) -> int:
         comparisons.append(harness.comparison(
             f"agent RSS, {agent_containers} containers (MiB)", agent["agent_rss_mib"],
             "< 150 MiB (at 1000)", agent["agent_rss_mib"] < 150))
-    notes = [f"{clients} client threads x {per_client} CreateContainer each, then GetContainer "
-             f"of each and {LISTS_PER_CLIENT} ListContainers(host) each; clients share the "
+    notes = [f"{clients} client threads x {per_client} CreateContainer each (@N: N containers "
+             f"already there, N/{clients} in each client's lease), then GetContainer "
+             f"of each and {LISTS_PER_CLIENT} ListContainers(host) each; report: ReportStatus "
+             f"of {LONE} while they create; listlone: ListContainers(host={LONE}, "
+             f"{LONE_CONTAINERS} containers) after; clients share the "
              "controller's process (and GIL): read the sqlite/memory ratio",
              f"agent: {agent}"]
     harness.write_result("controller", {"measurements": measurements,

@@ -78,6 +78,7 @@ POLICY: dict[str, Rule] = {
     CTL + "DeleteNetwork": Rule(MANAGE, mutating=True),
     CTL + "UpdateNetwork": Rule(MANAGE, mutating=True),
     CTL + "CreateContainer": Rule(MANAGE, mutating=True),
+    CTL + "CreateContainers": Rule(MANAGE, mutating=True),
     CTL + "GetContainer": Rule(READ),
     CTL + "ListContainers": Rule(READ),
     CTL + "DeleteContainer": Rule(MANAGE, mutating=True),

@@ -277,6 +277,8 @@ def _lost_hosts(state: State, by_key: dict[str, KeyValue], containers: dict[str,
             if ctr.bridge_network is not None:
                 ops += ipam.release_ops(state.store, ctr.bridge_network, name, ctr.interface,
                                         timers=state.timers, now=now, host=host)
+        freed = {op.key for op in ops if isinstance(op, Delete)}  # a lease's address index
+        ops = [op for op in ops if not (isinstance(op, Put) and op.key in freed)]  # goes with it
         newest = max(lease.renewed_at for lease in leases)
         found.append(Candidate(
             LOST_HOST, key, ",".join(sorted({lease.network for lease in leases})), host,

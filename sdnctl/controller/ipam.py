@@ -34,12 +34,14 @@ transaction through :func:`commit_with_retry`. The pure helpers (``pick_subnet``
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
+import json
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -69,6 +71,7 @@ from sdnctl.controller.keys import (
     quarantine_prefix,
     subnet_key,
     subnets_prefix,
+    used_key,
 )
 from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
 
@@ -440,6 +443,13 @@ def plan_address(
     quarantined = {subject: entry for subject, (_, entry)
                    in _active_quarantine(store, network.name, at).items()
                    if "/" not in subject and entry.holder != container}
+    used_kv = store.get(used_key(network.name, lease.subnet))
+    used = (UsedRanges.decode(used_kv.value) if used_kv is not None
+            else _scan_used(store, network.name, subnet))
+    compares.append(Compare(used_key(network.name, lease.subnet),
+                            used_kv.mod_revision if used_kv is not None else 0))
+    if freed is not None and IPAddress(freed.address) in subnet:
+        used.remove(int(IPAddress(freed.address)))
     if fixed_ip:
         check_fixed_address(lease, fixed_ip, field)
         address = str(IPAddress(fixed_ip, 4))
@@ -449,35 +459,139 @@ def plan_address(
                 f"{field}: {address} was freed by container {entry.holder!r} and is "
                 f"quarantined for {entry.until - at} s more; only that container may take it "
                 "before then")
+        holder = store.get(addr_key(network.name, address))
     else:
-        entries, _ = store.range(addr_key(network.name, octet_prefix(subnet)))
-        taken = {a for a in (kv.key.rsplit("/", 1)[1] for kv in entries)
-                 if IPAddress(a) in subnet}
-        taken.discard(freed.address if freed else "")
-        taken |= {a for a in quarantined if IPAddress(a) in subnet}
-        found = pick_address(lease.subnet, lease.gateway, taken, network.ip_range)
-        if found is None:
-            where = f"ip_range {network.ip_range}" if network.ip_range else f"subnet {lease.subnet}"
-            raise Exhausted(f"{where} of network {network.name!r} on host {lease.host!r} "
-                            "has no free address")
-        address = found
+        address, holder = _pick_indexed(store, network, lease, used, quarantined, freed)
     guard = addr_key(network.name, address)
-    holder = store.get(guard)
     if holder is None:
         compares.append(Compare(guard, 0))
     elif freed is not None and freed.address == address:
         compares.append(Compare(guard, holder.mod_revision))  # ours, freed and taken again
-    elif fixed_ip:
+    else:
         taken_by = from_json(Allocation, holder.value).container
         raise AlreadyExists(field, address, f"{address} is taken by container {taken_by!r}")
-    else:
-        compares.append(Compare(guard, 0))  # taken since we listed: the commit retries
+    used.add(int(IPAddress(address)))
     allocation = Allocation(network.name, container, interface, address, subnet.prefixlen)
     value = to_json(allocation)
     q_cmp, q_ops = _quarantine_take(store, network.name, address)
     event = IpamEvent(at, "allocate", network.name, lease.host, lease.subnet, address, container)
     return allocation, [*compares, *q_cmp], [Put(guard, value), Put(owner, value), *q_ops,
-                                             *lease_ops, history_put(event)]
+                                             *lease_ops, history_put(event),
+                                             Put(used_key(network.name, lease.subnet),
+                                                 used.encode())]
+
+
+#: Greater than any address: ``[value, _ABOVE]`` sorts after every range starting at value.
+_ABOVE = 1 << 64
+#: How many candidates the index may offer that a guard shows taken before a full scan.
+STALE_TRIES = 32
+
+
+class UsedRanges:
+    """The used addresses of one lease as sorted, disjoint, inclusive integer ranges: a
+    lowest-free allocator fills a lease from the bottom, so this is one range or a few, and a
+    create reads and writes a few bytes instead of every address guard of the lease.
+
+    The index is a hint kept in the same transaction as the guards it mirrors: a candidate is
+    always checked against its guard, so an index that says "free" wrongly only costs a retry;
+    one that says "used" wrongly (a guard removed behind its back, by the garbage collector or
+    by hand) is rebuilt from the guards when the lease looks full."""
+
+    def __init__(self, ranges: list[list[int]] | None = None) -> None:
+        self.ranges = ranges or []
+
+    @classmethod
+    def decode(cls, value: bytes) -> UsedRanges:
+        return cls([[int(lo), int(hi)] for lo, hi in json.loads(value or b"[]")])
+
+    def encode(self) -> bytes:
+        return json.dumps(self.ranges, separators=(",", ":")).encode()
+
+    def add(self, value: int) -> None:
+        i = bisect.bisect_right(self.ranges, [value, _ABOVE]) - 1
+        if i >= 0 and self.ranges[i][0] <= value <= self.ranges[i][1]:
+            return
+        joins_left = i >= 0 and self.ranges[i][1] == value - 1
+        joins_right = i + 1 < len(self.ranges) and self.ranges[i + 1][0] == value + 1
+        if joins_left and joins_right:
+            self.ranges[i][1] = self.ranges[i + 1][1]
+            del self.ranges[i + 1]
+        elif joins_left:
+            self.ranges[i][1] = value
+        elif joins_right:
+            self.ranges[i + 1][0] = value
+        else:
+            self.ranges.insert(i + 1, [value, value])
+
+    def remove(self, value: int) -> None:
+        i = bisect.bisect_right(self.ranges, [value, _ABOVE]) - 1
+        if i < 0 or not self.ranges[i][0] <= value <= self.ranges[i][1]:
+            return
+        lo, hi = self.ranges[i]
+        pieces = [[a, b] for a, b in ((lo, value - 1), (value + 1, hi)) if a <= b]
+        self.ranges[i:i + 1] = pieces
+
+    def free(self, first: int, last: int) -> Iterator[int]:
+        """The values of ``first..last`` not in a range, lowest first."""
+        value = first
+        for lo, hi in self.ranges:
+            if hi < value:
+                continue
+            if lo > last:
+                break
+            while value < lo:
+                yield value
+                value += 1
+            value = hi + 1
+        while value <= last:
+            yield value
+            value += 1
+
+
+def _scan_used(store: Store, network: str, subnet: IPNetwork) -> UsedRanges:
+    """The index of a lease built from its address guards (a lease older than the index, or an
+    index found stale)."""
+    entries, _ = store.range(addr_key(network, octet_prefix(subnet)))
+    used = UsedRanges()
+    for kv in entries:
+        value = int(IPAddress(kv.key.rsplit("/", 1)[1]))
+        if subnet.first <= value <= subnet.last:
+            used.add(value)
+    return used
+
+
+def _pick_indexed(store: Store, network: Network, lease: Lease, used: UsedRanges,
+                  quarantined: dict[str, Quarantined],
+                  freed: Allocation | None) -> tuple[str, KeyValue | None]:
+    """The lowest free address of ``lease`` by the index, checked against its guard, and that
+    guard (None: free; ``freed``'s own guard when the container takes its address again)."""
+    subnet = IPNetwork(lease.subnet)
+    first, last = subnet.first + 1, subnet.last - 1
+    if network.ip_range:
+        allowed = IPNetwork(network.ip_range)
+        first, last = max(first, allowed.first), min(last, allowed.last)
+    skip = {int(IPAddress(a)) for a in quarantined} | {int(IPAddress(lease.gateway))}
+    for attempt in range(2):
+        stale = 0
+        for value in used.free(first, last):
+            if value in skip:
+                continue
+            address = str(IPAddress(value, 4))
+            holder = store.get(addr_key(network.name, address))
+            if holder is None or (freed is not None and freed.address == address):
+                return address, holder
+            used.add(value)  # the index was behind its guard
+            stale += 1
+            if stale >= STALE_TRIES:
+                break
+        if attempt == 0:
+            fresh = _scan_used(store, network.name, subnet)
+            if freed is not None and IPAddress(freed.address) in subnet:
+                fresh.remove(int(IPAddress(freed.address)))
+            used.ranges = fresh.ranges
+    where = f"ip_range {network.ip_range}" if network.ip_range else f"subnet {lease.subnet}"
+    raise Exhausted(f"{where} of network {network.name!r} on host {lease.host!r} "
+                    "has no free address")
 
 
 def merge_ops(release: list[Put | Delete], take: list[Put | Delete]) -> list[Put | Delete]:
@@ -557,6 +671,12 @@ def release_ops(
     allocation = from_json(Allocation, current.value)
     at = now_seconds(now)
     ops: list[Put | Delete] = [Delete(addr_key(name, allocation.address)), Delete(owner)]
+    lease_subnet = str(IPNetwork(f"{allocation.address}/{allocation.prefixlen}").cidr)
+    used_kv = store.get(used_key(name, lease_subnet))
+    if used_kv is not None:  # no compare: a lost race leaves the index saying "free" wrongly,
+        used = UsedRanges.decode(used_kv.value)  # which the guard check of a pick catches
+        used.remove(int(IPAddress(allocation.address)))
+        ops.append(Put(used_kv.key, used.encode()))
     if timers.address_quarantine > 0:
         entry = Quarantined(name, allocation.address, at + timers.address_quarantine, container)
         ops.append(Put(quarantine_key(name, allocation.address), to_json(entry)))
@@ -601,6 +721,7 @@ def lease_release_ops(lease: Lease, *, kind: str = "release", quarantine: int = 
     ops: list[Put | Delete] = [
         Delete(lease_key(lease.network, lease.host)),
         Delete(subnet_key(lease.network, lease.subnet)),
+        Delete(used_key(lease.network, lease.subnet)),
     ]
     if quarantine > 0:
         entry = Quarantined(lease.network, lease.subnet, at + quarantine, lease.host)

@@ -22,6 +22,8 @@ to learn where something lives.
     /ipam/<network>/owner/<container>/<iface>   Allocation
     /ipam/<network>/quarantine/<subject>        a freed subnet or address, until it may return
     /ipam/<network>/previous/<host>             the subnet host held last (offered back first)
+    /ipam/<network>/used/<a.b.c.d_len>          index: the used address ranges of one lease
+    /index/hosts/<host>/<container>             index: the containers of one host (empty value)
     /history/ipam/<time>                        IpamEvent, trimmed by the sweeper
     /images/<hex>                               ImageRecord (blobs on disk)
     /gc/marks                                   the IPAM garbage collector's first sightings
@@ -52,6 +54,10 @@ IPAM = "/ipam/"
 HISTORY = "/history/ipam/"
 IMAGES = "/images/"
 MARKS = "/gc/marks"
+#: Indexes written in the same transaction as what they index, so that a create, a listing of
+#: one host or a port check reads what it concerns, not every container.
+INDEX = "/index/"
+HOST_INDEX = INDEX + "hosts/"
 
 
 def host_key(name: str) -> str:
@@ -116,6 +122,19 @@ def octet_prefix(subnet: IPNetwork) -> str:
     reading the address guards under it reads one lease's addresses, not the network's."""
     whole = min(subnet.prefixlen // 8, 3)
     return "".join(f"{octet}." for octet in subnet.network.words[:whole])
+
+
+def used_key(network: str, subnet: str) -> str:
+    """The index of the used addresses of the lease ``subnet`` (a hint; guards are the truth)."""
+    return f"{network_prefix(network)}used/{subnet.replace('/', '_')}"
+
+
+def host_index_prefix(host: str) -> str:
+    return f"{HOST_INDEX}{host}/"
+
+
+def host_index_key(host: str, container: str) -> str:
+    return host_index_prefix(host) + container
 
 
 def quarantine_prefix(network: str) -> str:

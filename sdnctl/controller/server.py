@@ -285,6 +285,7 @@ def create_server(address: str | Sequence[str], store: Store,
     timers = ipam.Timers(lease_ttl=lease_ttl, subnet_quarantine=subnet_quarantine,
                          address_quarantine=address_quarantine)
     state = State(store, timers, clock)
+    state.ensure_indexes()
     if default_bridge:
         state.ensure_default_bridge(default_bridge)
     connections = Connections(store, heartbeat=heartbeat, clock=clock)

@@ -40,6 +40,9 @@ from sdnctl.controller.watch import container_pb, host_events
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
+#: The most containers one CreateContainers may carry.
+BATCH_MAX = 10_000
+
 log = logging.getLogger(__name__)
 
 STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
@@ -263,6 +266,14 @@ class ControllerServicer(pb_grpc.ControllerServicer):
     def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.Container:
         view = self.state.create_container(convert.container_from_pb(request.container))
         return container_pb(view)
+
+    def CreateContainers(self, request: pb.CreateContainersRequest,
+                         context: Any) -> pb.CreateContainersResponse:
+        check_count(request.containers, "containers", BATCH_MAX)
+        views, revision = self.state.create_containers(
+            [convert.container_from_pb(c) for c in request.containers])
+        return pb.CreateContainersResponse(containers=[container_pb(v) for v in views],
+                                           revision=revision)
 
     def GetContainer(self, request: pb.GetRequest, context: Any) -> pb.Container:
         return container_pb(self.state.get_container(request.name))

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from netaddr import IPAddress, IPNetwork
@@ -51,10 +52,12 @@ from sdnctl.api.validate import validate_container, validate_host, validate_netw
 from sdnctl.controller import images, ipam, keys
 from sdnctl.controller.errors import (
     AlreadyExists,
+    Conflict,
     Exhausted,
     FailedPrecondition,
     Invalid,
     NotFound,
+    SdnError,
 )
 from sdnctl.controller.keys import (
     CONTAINERS,
@@ -64,12 +67,15 @@ from sdnctl.controller.keys import (
     SUBNETS_GUARD,
     VNIS,
     container_key,
+    host_index_key,
+    host_index_prefix,
     host_key,
     network_key,
     status_key,
     vni_key,
 )
-from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
+from sdnctl.controller.staging import Restage, Staging
+from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store, get_many
 
 #: Allocated VNIs start here (lower ones are left to topologies that pick their own).
 VNI_FIRST_AUTO = 4096
@@ -237,7 +243,7 @@ class State:
             kv = self.store.get(host_key(name))
             if kv is None:
                 raise NotFound("host", name)
-            users = [c.name for c in self._containers() if c.host == name]
+            users = [c.name for c in self._host_containers(name)]
             if users:
                 raise FailedPrecondition(
                     f"host {name!r} still runs containers: {', '.join(sorted(users))}")
@@ -450,8 +456,8 @@ class State:
                 raise AlreadyExists("container", container.name)
             container, image_cmp = self._with_image(spec)
             host_kv = self._require(host_key(container.host), "container.host", container.host)
-            if container.ports:  # reading every container costs: only when there is a port
-                _check_host_ports(container, self._containers())
+            if container.ports:  # reads the host's containers: only when there is a port
+                _check_host_ports(container, self._host_containers(container.host))
             place_cmp, place_ops = self._plan_placement(container, releasing=None)
             compares = [
                 Compare(container_key(container.name), 0),
@@ -463,12 +469,74 @@ class State:
                 *place_ops,
                 Put(container_key(container.name), to_json(container)),
                 Delete(status_key(container.name)),
+                Put(host_index_key(container.host, container.name), b""),
             ]
             faults.point("ipam")
             return compares, ops, None
 
         ipam.commit_with_retry(self.store, build)
         return self.get_container(container.name)
+
+    def create_containers(self, containers: Sequence[Container]) -> tuple[list[ContainerView],
+                                                                          int]:
+        """Create many containers in ONE store transaction: all or none. Each is planned as
+        :meth:`create_container` plans one, on a :class:`Staging` view that holds the ones
+        planned before it (the next address of a lease, a donor earlier in the list). A store
+        that caps a transaction's operations (etcd) gets several transactions, each whole.
+        Errors name ``containers[i]``. Returns the views and the last transaction's revision."""
+        names = [c.name for c in containers]
+        dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if dup is not None:
+            raise Invalid(f"containers[{names.index(dup, names.index(dup) + 1)}].name",
+                          f"{dup!r} appears twice")
+        cap = getattr(self.store, "max_txn_ops", None)
+        views: list[ContainerView] = []
+        revision = 0
+        start = 0
+        while start < len(containers):
+            made, revision = self._create_batch(containers, start, cap)
+            views += made
+            start += len(made)
+        return views, revision
+
+    def _create_batch(self, containers: Sequence[Container], start: int,
+                      cap: int | None) -> tuple[list[ContainerView], int]:
+        """Containers from ``start`` on, as many as one transaction of at most ``cap`` ops
+        holds, committed; retried whole when another writer came first."""
+        deadline = time.monotonic() + ipam.RETRY_TIMEOUT
+        attempts = 0
+        while True:
+            staging = Staging(self.store)
+            staged = State(staging, self.timers, self.clock)
+            names: list[str] = []
+            try:
+                for i in range(start, len(containers)):
+                    before = staging.snapshot()
+                    try:
+                        staged.create_container(containers[i])
+                    except Invalid as e:
+                        field = e.field.removeprefix("container")
+                        raise Invalid(f"containers[{i}]{field}", e.message) from None
+                    except SdnError as e:
+                        e.message = f"containers[{i}] ({containers[i].name}): {e.message}"
+                        e.args = (e.message,)
+                        raise
+                    if cap is not None and len(staging.ops()) > cap and names:
+                        staging.restore(before)  # the next transaction takes this one
+                        break
+                    names.append(containers[i].name)
+                revision = staging.commit()
+            except Restage:
+                revision = None
+            if revision is not None:
+                views = staged._views([kv for kv in get_many(
+                    staging, [container_key(n) for n in names]) if kv is not None])
+                return [dataclasses.replace(v, revision=revision) for v in views], revision
+            attempts += 1
+            if time.monotonic() >= deadline:
+                raise Conflict(f"gave up after {attempts} attempts: concurrent writers kept "
+                               "changing the same objects; try again")
+            time.sleep(random.uniform(0, min(0.002 * 2 ** min(attempts, 6), 0.1)))
 
     def update_container(self, container: Container) -> ContainerView:
         """Replace a container's spec on the same host, moving its address as its mode needs."""
@@ -489,7 +557,9 @@ class State:
             compares = [Compare(kv.key, kv.mod_revision), *image_cmp]
             if container == old:
                 return compares, [], None
-            others = [c for c in self._containers() if c.name != container.name]
+            # A joiner shares its donor's host, and ports clash on one host only.
+            others = [c for c in self._host_containers(container.host)
+                      if c.name != container.name]
             joiners = sorted(c.name for c in others if c.donor == container.name)
             if container.donor and joiners:
                 raise FailedPrecondition(
@@ -513,8 +583,15 @@ class State:
         return self._view(kv)
 
     def list_containers(self, host: str = "", network: str = "") -> tuple[list[ContainerView], int]:
-        kvs, revision = self.store.range(CONTAINERS)
-        views = [self._view(kv) for kv in kvs]
+        if host:
+            check_name(host, "host")
+            names, revision = self.store.range(host_index_prefix(host))
+            found = get_many(self.store, [CONTAINERS + kv.key[len(host_index_prefix(host)):]
+                                          for kv in names])
+            kvs = [kv for kv in found if kv is not None]
+        else:
+            kvs, revision = self.store.range(CONTAINERS)
+        views = self._views(kvs)
         views = [v for v in views
                  if (not host or v.container.host == host)
                  and (not network or v.container.network == network)]
@@ -529,11 +606,13 @@ class State:
             if kv is None:
                 raise NotFound("container", name)
             container = from_json(Container, kv.value)
-            joiners = sorted(c.name for c in self._containers() if c.donor == name)
+            joiners = sorted(c.name for c in self._host_containers(container.host)
+                             if c.donor == name)  # a joiner runs on its donor's host
             if joiners:
                 raise FailedPrecondition(
                     f"container {name!r} still has containers joined to it: {', '.join(joiners)}")
-            ops: Ops = [Delete(kv.key), Delete(status_key(name))]
+            ops: Ops = [Delete(kv.key), Delete(status_key(name)),
+                        Delete(host_index_key(container.host, name))]
             if container.bridge_network is not None:
                 ops += ipam.release_ops(self.store, container.bridge_network, name,
                                         container.interface, timers=self.timers,
@@ -547,7 +626,7 @@ class State:
         """Record what an agent says runs on its host; only changes are written."""
         check_name(host, "host")
         host_kv = self._require(host_key(host), "host", host)
-        mine = {c.name for c in self._containers() if c.host == host}
+        mine = {c.name for c in self._host_containers(host)}
         statuses = [s for s in statuses if s.name in mine]  # deleted meanwhile, or not ours
         host_status = HostStatus(observed_revision, tuple(sorted(s.name for s in statuses)))
         renew_cmp, renew_ops = self._renew_ops(host, always=False)
@@ -568,8 +647,10 @@ class State:
 
     def foreign_containers(self, host: str, names: Iterable[str]) -> list[str]:
         """Which of ``names`` are containers of another host than ``host``."""
-        wanted = set(names)
-        return sorted(c.name for c in self._containers() if c.name in wanted and c.host != host)
+        wanted = sorted(set(names))
+        found = get_many(self.store, [container_key(name) for name in wanted])
+        return sorted(name for name, kv in zip(wanted, found, strict=True)
+                      if kv is not None and from_json(Container, kv.value).host != host)
 
     # -- what one host must run ---------------------------------------------------------------
 
@@ -668,6 +749,45 @@ class State:
     def _containers(self) -> list[Container]:
         kvs, _ = self.store.range(CONTAINERS)
         return [from_json(Container, kv.value) for kv in kvs]
+
+    def _host_containers(self, host: str) -> list[Container]:
+        """The containers of ``host``, through its index (an entry whose container is gone or
+        elsewhere, which no transaction of ours leaves, is skipped)."""
+        prefix = host_index_prefix(host)
+        names, _ = self.store.range(prefix)
+        found = get_many(self.store, [container_key(kv.key[len(prefix):]) for kv in names])
+        containers = [from_json(Container, kv.value) for kv in found if kv is not None]
+        return [c for c in containers if c.host == host]
+
+    def ensure_indexes(self) -> int:
+        """Index the containers a store written before the indexes holds (idempotent; one
+        small transaction per container, each guarded by the container as read). Returns how
+        many entries it wrote."""
+        kvs, _ = self.store.range(CONTAINERS)
+        wanted = [(kv, host_index_key(from_json(Container, kv.value).host,
+                                      kv.key[len(CONTAINERS):])) for kv in kvs]
+        present = get_many(self.store, [key for _, key in wanted])
+        written = 0
+        for (kv, key), there in zip(wanted, present, strict=True):
+            if there is None and self.store.txn([Compare(kv.key, kv.mod_revision)],
+                                                [Put(key, b"")]) is not None:
+                written += 1
+        return written
+
+    def _views(self, kvs: list[KeyValue]) -> list[ContainerView]:
+        """The views of containers ``kvs``, their addresses, leases and statuses read at once."""
+        wanted: list[str] = []
+        for kv in kvs:
+            container = from_json(Container, kv.value)
+            if container.bridge_network is not None:
+                wanted += [keys.owner_key(container.bridge_network, container.name,
+                                          container.interface),
+                           keys.lease_key(container.bridge_network, container.host)]
+            wanted.append(status_key(container.name))
+        unique = sorted(set(wanted))
+        by_key = {key: kv for key, kv in zip(unique, get_many(self.store, unique), strict=True)
+                  if kv is not None}
+        return [self._view(kv, by_key) for kv in kvs]
 
     def _bridge_users(self, network: str) -> list[str]:
         return sorted(c.name for c in self._containers() if c.bridge_network == network)

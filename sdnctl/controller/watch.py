@@ -6,7 +6,12 @@ host put or deleted, a lease of this host put or deleted, a network this host ha
 changed. A client that resumes from a revision the change log no longer holds gets a snapshot.
 An empty event carries the current revision (a progress notice): after desired-state writes that
 do not concern this host, and when nothing happens for a while (so the agent knows the stream is
-alive).
+alive). Fan-out: a change reaches as content only the hosts it concerns (a container goes to its
+host, a lease's move to the network's other members); to the others it is only a progress
+notice, and those are coalesced: one notice :data:`QUIET_PROGRESS` seconds after the first write
+it covers, carrying the revision reached by then. So a container created on host A wakes A's agent
+at once and B's agent at most once a second however many writes there are (each notice makes an
+agent report its revision: without coalescing, N hosts x M writes reports).
 
 What the agent can rely on: every network it holds a lease of comes with its full spec, and a
 change of one (UpdateNetwork: masquerade, internal, allow) reaches every host holding a lease of
@@ -28,6 +33,7 @@ network (no container on it) hears nothing of it.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -80,18 +86,16 @@ def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchE
         key = change.key
         if key.startswith(CONTAINERS):
             name = key[len(CONTAINERS):]
-            new = from_json(Container, change.value) if change.value else None
-            old = from_json(Container, change.prev_value) if change.prev_value else None
-            if new is not None and new.host == host:
+            if change.value and _container_host(change.value) == host:
                 put_containers.add(name)
                 gone_containers.discard(name)
-            elif old is not None and old.host == host:
+            elif change.prev_value and _container_host(change.prev_value) == host:
                 gone_containers.add(name)
                 put_containers.discard(name)
         elif key.startswith(keys.LEASES):
             if change.value == change.prev_value:
                 continue  # rewritten unchanged by an allocation
-            lease = from_json(Lease, change.value or change.prev_value or b"{}")
+            lease = _lease(change.value or change.prev_value or b"{}")
             if lease.host != host:
                 if _peer_moved(change):
                     peer_networks.add(lease.network)
@@ -125,11 +129,22 @@ def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchE
     return event
 
 
+# Every Watch stream reads the same changes: each record is decoded once for all of them.
+@functools.lru_cache(maxsize=8192)
+def _container_host(value: bytes) -> str:
+    return from_json(Container, value).host
+
+
+@functools.lru_cache(maxsize=8192)
+def _lease(value: bytes) -> Lease:
+    return from_json(Lease, value)
+
+
 def _peer_moved(change: Change) -> bool:
     """A lease change that changes its host's place among the peers (not a renewal)."""
     if change.value is None or change.prev_value is None:
         return True
-    return from_json(Lease, change.value).subnet != from_json(Lease, change.prev_value).subnet
+    return _lease(change.value).subnet != _lease(change.prev_value).subnet
 
 
 def _vtep_moved(change: Change) -> bool:
@@ -143,8 +158,13 @@ def _vtep_moved(change: Change) -> bool:
     return endpoint(change.value) != endpoint(change.prev_value)
 
 
+#: Progress notices for writes that do not concern a host: at most one per this many seconds.
+QUIET_PROGRESS = 1.0
+
+
 def host_events(state: State, host: str, since_revision: int, alive: Callable[[], bool],
-                progress_interval: float = 10.0, poll: float = 0.5) -> Iterator[pb.WatchEvent]:
+                progress_interval: float = 10.0, poll: float = 0.5,
+                quiet_progress: float | None = None) -> Iterator[pb.WatchEvent]:
     store = state.store
     revision = 0
     if since_revision > 0:
@@ -162,11 +182,17 @@ def host_events(state: State, host: str, since_revision: int, alive: Callable[[]
         snap = state.snapshot(host)
         revision = snap.revision
         yield snapshot_event(snap)
+    quiet = QUIET_PROGRESS if quiet_progress is None else quiet_progress
     last_sent = time.monotonic()
+    pending = 0.0  # since when writes that do not concern this host wait to be told (0: none)
     while alive():
         faults.point("watch")
-        if store.wait(revision, timeout=poll) <= revision:
-            if time.monotonic() - last_sent >= progress_interval:
+        if pending and time.monotonic() - pending >= quiet:
+            last_sent, pending = time.monotonic(), 0.0
+            yield pb.WatchEvent(revision=revision)
+        wait = min(poll, max(0.0, pending + quiet - time.monotonic())) if pending else poll
+        if store.wait(revision, timeout=wait) <= revision:
+            if not pending and time.monotonic() - last_sent >= progress_interval:
                 last_sent = time.monotonic()
                 yield pb.WatchEvent(revision=revision)
             continue
@@ -186,7 +212,9 @@ def host_events(state: State, host: str, since_revision: int, alive: Callable[[]
         # progress notice), so "has every agent realised revision R?" has an answer. Status
         # writes do not: agents' reports must not make other agents report in turn.
         if event.networks or event.containers or event.deleted_networks or \
-                event.deleted_containers or any(not c.key.startswith(STATUS) for c in changes):
+                event.deleted_containers:
             event.revision = revision
-            last_sent = time.monotonic()
+            last_sent, pending = time.monotonic(), 0.0  # the event carries the revision
             yield event
+        elif not pending and any(not c.key.startswith(STATUS) for c in changes):
+            pending = time.monotonic()

@@ -550,8 +550,16 @@ def apply_objects(client: Client, topology: Topology, progress: Progress) -> int
     for net in networks:
         if net.allow:
             revision = max(revision, _apply_network(client, net, net)[1])
-    # Donors before the containers joined to them.
-    for ctr in sorted(containers, key=lambda c: (c.donor is not None, c.name)):
+    # Donors before the containers joined to them. The new ones go in one CreateContainers
+    # (one store transaction); if one of them appeared meanwhile, one by one as before.
+    ordered = sorted(containers, key=lambda c: (c.donor is not None, c.name))
+    new = [c for c in ordered if c.name not in observed.containers]
+    batched = _create_containers(client, new) if len(new) > 1 else None
+    if batched is not None:
+        counts["created"] += len(new)
+        revision = max(revision, batched)
+        ordered = [c for c in ordered if c.name in observed.containers]
+    for ctr in ordered:
         what, rev = _apply_container(client, ctr)
         counts[what] += 1
         revision = max(revision, rev)
@@ -602,6 +610,19 @@ def _apply_network(client: Client, net: Network, final: Network) -> tuple[str, i
     except grpc.RpcError as e:
         raise DeployError(f"could not update network {net.name!r}: {_details(e)}") from e
     return "updated", got.revision
+
+
+def _create_containers(client: Client, containers: list[Container]) -> int | None:
+    """Create ``containers`` in one request; their revision, or None when one exists already
+    (nothing was written: the caller goes one by one)."""
+    request = pb.CreateContainersRequest(
+        containers=[convert.container_to_pb(c) for c in containers])
+    try:
+        return int(client.api.CreateContainers(request, timeout=60).revision)
+    except grpc.RpcError as e:
+        if _code(e) == grpc.StatusCode.ALREADY_EXISTS:
+            return None
+        raise DeployError(f"could not create containers: {_details(e)}") from e
 
 
 def _apply_container(client: Client, ctr: Container) -> tuple[str, int]:

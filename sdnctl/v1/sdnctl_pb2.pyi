@@ -376,6 +376,20 @@ class CreateContainerRequest(_message.Message):
     container: Container
     def __init__(self, container: _Optional[_Union[Container, _Mapping]] = ...) -> None: ...
 
+class CreateContainersRequest(_message.Message):
+    __slots__ = ("containers",)
+    CONTAINERS_FIELD_NUMBER: _ClassVar[int]
+    containers: _containers.RepeatedCompositeFieldContainer[Container]
+    def __init__(self, containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ...) -> None: ...
+
+class CreateContainersResponse(_message.Message):
+    __slots__ = ("containers", "revision")
+    CONTAINERS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    containers: _containers.RepeatedCompositeFieldContainer[Container]
+    revision: int
+    def __init__(self, containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
 class UpdateNetworkRequest(_message.Message):
     __slots__ = ("network",)
     NETWORK_FIELD_NUMBER: _ClassVar[int]

@@ -87,6 +87,11 @@ class ControllerStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.CreateContainerRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.Container.FromString,
                 _registered_method=True)
+        self.CreateContainers = channel.unary_unary(
+                '/sdnctl.v1.Controller/CreateContainers',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.CreateContainersRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.CreateContainersResponse.FromString,
+                _registered_method=True)
         self.GetContainer = channel.unary_unary(
                 '/sdnctl.v1.Controller/GetContainer',
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetRequest.SerializeToString,
@@ -222,6 +227,14 @@ class ControllerServicer:
 
     def CreateContainer(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateContainers(self, request, context):
+        """Many containers in one store transaction (`sdnctl up`): all are created or none. Joined
+        containers may name a donor earlier in the same request. Errors name containers[i].
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -383,6 +396,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.CreateContainer,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.CreateContainerRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.Container.SerializeToString,
+            ),
+            'CreateContainers': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateContainers,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.CreateContainersRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.CreateContainersResponse.SerializeToString,
             ),
             'GetContainer': grpc.unary_unary_rpc_method_handler(
                     servicer.GetContainer,
@@ -728,6 +746,33 @@ class Controller:
             '/sdnctl.v1.Controller/CreateContainer',
             sdnctl_dot_v1_dot_sdnctl__pb2.CreateContainerRequest.SerializeToString,
             sdnctl_dot_v1_dot_sdnctl__pb2.Container.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateContainers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/CreateContainers',
+            sdnctl_dot_v1_dot_sdnctl__pb2.CreateContainersRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.CreateContainersResponse.FromString,
             options,
             channel_credentials,
             insecure,

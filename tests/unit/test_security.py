@@ -327,6 +327,7 @@ METHODS = {f"/{s.full_name}/{m.name}": m for s in SERVICES for m in s.methods}
 READS = {"GetHost", "ListHosts", "GetNetwork", "ListNetworks", "GetContainer", "ListContainers",
          "GetIpam", "CheckIpam", "Events", "ListImages", "GetImage", "SaveImage"}
 NETWORKS_AND_CONTAINERS = {"CreateNetwork", "UpdateNetwork", "DeleteNetwork", "CreateContainer",
+                           "CreateContainers",
                            "UpdateContainer", "DeleteContainer", "LoadImage", "RemoveImage",
                            "ValidateTopology"}
 ANY_AGENT = {"FetchImage", "FetchBlob"}  # images are not per host
@@ -398,6 +399,8 @@ CALLS: dict[str, Any] = {
                                                                 subnet="10.88.0.0/16")),
     "CreateContainer": pb.CreateContainerRequest(container=pb.Container(
         name="c2", host="ha", network="front")),
+    "CreateContainers": pb.CreateContainersRequest(containers=[pb.Container(
+        name="c3", host="ha", network="front")]),
     "GetContainer": pb.GetRequest(name="c-ha"),
     "ListContainers": pb.ListRequest(),
     "DeleteContainer": pb.DeleteRequest(name="c-hb"),
@@ -494,8 +497,8 @@ def test_a_viewer_cannot_create_or_delete_anything(secure: Any, pki_dir: Path) -
         ctl = pb_grpc.ControllerStub(channel)
         with unchanged(store):
             for name in ("CreateHost", "DeleteHost", "CreateNetwork", "DeleteNetwork",
-                         "UpdateNetwork", "CreateContainer", "DeleteContainer",
-                         "UpdateContainer"):
+                         "UpdateNetwork", "CreateContainer", "CreateContainers",
+                         "DeleteContainer", "UpdateContainer"):
                 with pytest.raises(grpc.RpcError) as info:
                     getattr(ctl, name)(CALLS[name], timeout=TIMEOUT)
                 assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore

@@ -121,6 +121,15 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def get_many(store: Store, keys: Sequence[str]) -> list[KeyValue | None]:
+    """Several keys' current values in one read where the store can (SQLite: one snapshot, etcd:
+    one transaction), else one ``get`` each. Not part of the Protocol: a store need not have it."""
+    many = getattr(store, "get_many", None)
+    if many is not None:
+        return list(many(keys))
+    return [store.get(key) for key in keys]
+
+
 def check_ops(ops: Sequence[Put | Delete]) -> None:
     """Reject a transaction that touches one key twice, as etcd does."""
     seen: set[str] = set()
@@ -141,4 +150,5 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "check_ops",
+    "get_many",
 ]

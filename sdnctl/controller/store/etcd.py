@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 5.0
 #: The default key prefix of a controller's data in etcd.
 DEFAULT_PREFIX = "/sdnctl"
+#: etcd caps the operations of one transaction (--max-txn-ops, 128 by default).
+TXN_OPS = 128
 
 # gRPC codes (in the gateway's error body) that mean "this member cannot serve now".
 _UNAVAILABLE_CODES = {4, 14}  # DEADLINE_EXCEEDED, UNAVAILABLE
@@ -107,6 +109,9 @@ class EtcdError(RuntimeError):
 
 
 class EtcdStore:
+    #: State splits a batch into transactions of at most this many operations.
+    max_txn_ops = TXN_OPS
+
     def __init__(self, endpoints: Sequence[str], prefix: str = DEFAULT_PREFIX,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         if not endpoints:
@@ -266,6 +271,18 @@ class EtcdStore:
         answer = self._call("/v3/kv/range", {"key": _b64(self._key(key))})
         kvs = answer.get("kvs") or []
         return self._kv(kvs[0]) if kvs else None
+
+    def get_many(self, keys: Sequence[str]) -> list[KeyValue | None]:
+        """One read transaction per chunk (etcd caps a transaction's operations)."""
+        found: list[KeyValue | None] = []
+        for start in range(0, len(keys), TXN_OPS):
+            chunk = keys[start:start + TXN_OPS]
+            answer = self._call("/v3/kv/txn", {"success": [
+                {"request_range": {"key": _b64(self._key(key))}} for key in chunk]})
+            for response in answer.get("responses") or []:
+                kvs = response.get("response_range", {}).get("kvs") or []
+                found.append(self._kv(kvs[0]) if kvs else None)
+        return found
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         answer = self._call("/v3/kv/txn", {"success": [

@@ -36,6 +36,10 @@ class MemoryStore:
         with self._cond:
             return self._kv.get(key)
 
+    def get_many(self, keys: Sequence[str]) -> list[KeyValue | None]:
+        with self._cond:
+            return [self._kv.get(key) for key in keys]
+
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         with self._cond:
             found = [kv for key, kv in self._kv.items() if key.startswith(prefix)]

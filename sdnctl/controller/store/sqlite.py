@@ -1,10 +1,12 @@
 """SQLite Store: the embedded default, one WAL-mode file.
 
-Design note. Each Store object holds one connection behind a lock, so a process's threads take
-turns; several processes (or several Store objects) on the same file are kept honest by SQLite
-itself: every write transaction starts with ``BEGIN IMMEDIATE``, which takes the database's write
-lock before the compares are read, so compare-and-swap cannot interleave with another writer.
-Reads run inside a deferred transaction so that ``range`` sees one WAL snapshot.
+Design note. Each Store object has one writer connection behind a lock, so a process's writes
+take turns; several processes (or several Store objects) on the same file are kept honest by
+SQLite itself: every write transaction starts with ``BEGIN IMMEDIATE``, which takes the
+database's write lock before the compares are read, so compare-and-swap cannot interleave with
+another writer. Reads never take that lock: each thread reads through a connection of its own
+(WAL lets readers run beside the writer), inside a deferred transaction so that ``range`` sees one
+WAL snapshot. So an agent's ReportStatus reads, and a listing, do not queue behind writes.
 
 ``wait`` is woken at once by this object's own transactions and polls the revision every
 ``poll_interval`` seconds to notice writes from other processes.
@@ -87,9 +89,11 @@ class SqliteStore:
         os.chmod(self.path, 0o600)
         self._lock = threading.Lock()
         self._cond = threading.Condition()
-        self._db = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-        )
+        self._db = self._connect()
+        self._local = threading.local()
+        self._readers: list[tuple[sqlite3.Connection, threading.Lock]] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -97,6 +101,29 @@ class SqliteStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """This thread's read connection (made on first use, closed by :meth:`close`), held
+        under its own lock: uncontended, except by ``close``, which must not close a
+        connection another thread is reading through (sqlite3 would crash the process)."""
+        reader: tuple[sqlite3.Connection, threading.Lock] | None = getattr(self._local, "db",
+                                                                           None)
+        if reader is None:
+            reader = (self._connect(), threading.Lock())
+            with self._readers_lock:
+                if self._closed:
+                    reader[0].close()
+                    raise sqlite3.ProgrammingError("the store is closed")
+                self._readers.append(reader)
+            self._local.db = reader
+        with reader[1]:
+            yield reader[0]
 
     @contextmanager
     def _write(self) -> Iterator[None]:
@@ -111,20 +138,33 @@ class SqliteStore:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """One consistent read (a single WAL snapshot)."""
-        with self._lock:
-            self._db.execute("BEGIN")
+        """One consistent read (a single WAL snapshot) on this thread's connection."""
+        with self._reader() as db:
+            db.execute("BEGIN")
             try:
-                yield self._db
+                yield db
             finally:
-                self._db.execute("COMMIT")
+                db.execute("COMMIT")
 
     def get(self, key: str) -> KeyValue | None:
-        with self._read() as db:
+        # One statement is its own snapshot: no BEGIN/COMMIT around it.
+        with self._reader() as db:
             row = db.execute(
                 "SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?", (key,)
             ).fetchone()
         return KeyValue(*row) if row else None
+
+    def get_many(self, keys: Sequence[str]) -> list[KeyValue | None]:
+        """One snapshot, one statement per chunk of keys."""
+        found: dict[str, KeyValue] = {}
+        with self._read() as db:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start:start + 500])
+                marks = ",".join("?" * len(chunk))
+                for row in db.execute("SELECT key, value, create_rev, mod_rev FROM kv "
+                                      f"WHERE key IN ({marks})", chunk):
+                    found[row[0]] = KeyValue(*row)
+        return [found.get(key) for key in keys]
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         end = _prefix_end(prefix)
@@ -209,7 +249,7 @@ class SqliteStore:
         db.execute("UPDATE meta SET compacted = max(compacted, ?)", (dropped,))
 
     def revision(self) -> int:
-        with self._read() as db:
+        with self._reader() as db:
             return self._revision(db)
 
     def changes_since(self, revision: int) -> list[Change]:
@@ -236,5 +276,10 @@ class SqliteStore:
                 self._cond.wait(min(self._poll, remaining))
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._readers_lock:
+            self._closed = True
             self._db.close()
+            for db, lock in self._readers:
+                with lock:
+                    db.close()
+            self._readers.clear()

@@ -1,0 +1,113 @@
+"""CreateContainers: many containers in one store transaction, all or none (issue 21), on
+every store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from apitest import Api, details, rpc_error, unchanged
+
+from sdnctl.api.model import Container, Host, Network
+from sdnctl.controller.state import State
+from sdnctl.controller.store.base import Store
+from sdnctl.v1 import sdnctl_pb2 as pb
+
+
+def ctr(name: str, host: str = "h1", **fields: Any) -> pb.Container:
+    fields.setdefault("network", "front")
+    return pb.Container(name=name, host=host, **fields)
+
+
+def batch(api: Api, *containers: pb.Container) -> pb.CreateContainersResponse:
+    return api.ctl.CreateContainers(pb.CreateContainersRequest(containers=list(containers)),
+                                    timeout=10)
+
+
+def test_a_batch_is_one_transaction(front: Api) -> None:
+    front.host("h2")
+    before = front.store.revision()
+    got = batch(front, ctr("a"), ctr("b"), ctr("c", host="h2"),
+                ctr("j", network="container:a"))
+    assert [c.name for c in got.containers] == ["a", "b", "c", "j"]
+    assert front.store.revision() == got.revision
+    assert got.revision > before
+    # one transaction: every record carries its revision
+    for name in "abcj":
+        assert front.get_container(name).revision == got.revision
+    ips = [front.get_container(n).ip for n in "abc"]
+    assert ips[0] != ips[1] and len(set(ips)) == 3
+    assert ips[0].rsplit(".", 1)[0] == ips[1].rsplit(".", 1)[0]  # one lease of h1
+    assert front.get_container("j").ip == ""  # joined: no address of its own
+    listed = front.ctl.ListContainers(pb.ListRequest(host="h1"), timeout=5).containers
+    assert sorted(c.name for c in listed) == ["a", "b", "j"]
+
+
+def test_one_bad_container_writes_nothing_and_is_named(front: Api) -> None:
+    front.container("there")
+    with unchanged(front.store):
+        e = rpc_error(lambda: batch(front, ctr("a"), ctr("b"), ctr("c", host="nowhere")),
+                      grpc.StatusCode.NOT_FOUND)
+        assert "containers[2]" in details(e) and "nowhere" in details(e)
+        e = rpc_error(lambda: batch(front, ctr("a"), ctr("there")),
+                      grpc.StatusCode.ALREADY_EXISTS)
+        assert "containers[1]" in details(e)
+        e = rpc_error(lambda: batch(front, ctr("a"), ctr("a")), grpc.StatusCode.INVALID_ARGUMENT)
+        assert "containers[1].name" in details(e)
+        e = rpc_error(lambda: batch(front, ctr("a"), ctr("b", ports=["0:80"])),
+                      grpc.StatusCode.INVALID_ARGUMENT)
+        assert "containers[1].ports[0]" in details(e)
+        e = rpc_error(lambda: batch(front, ctr("a", ports=["80:80"]), ctr("b", ports=["80:80"])),
+                      grpc.StatusCode.ALREADY_EXISTS)
+        assert "containers[1]" in details(e)
+
+
+def test_an_empty_batch_writes_nothing(front: Api) -> None:
+    with unchanged(front.store):
+        assert list(batch(front).containers) == []
+
+
+def test_a_store_with_a_cap_gets_several_whole_transactions(store: Store) -> None:
+    state = State(store)
+    state.create_host(Host("h1"))
+    state.create_network(Network("front", "10.88.0.0/16"))
+    store.max_txn_ops = 20  # type: ignore[attr-defined]
+    before = store.revision()
+    views, revision = state.create_containers(
+        [Container(name=f"c{i}", host="h1", network="front") for i in range(7)])
+    assert [v.container.name for v in views] == [f"c{i}" for i in range(7)]
+    revisions = {state.get_container(f"c{i}").revision for i in range(7)}
+    assert 1 < len(revisions) < 7 and max(revisions) == revision > before
+    addresses = [v.allocation.address for v in views if v.allocation is not None]
+    assert addresses == [f"10.88.0.{i}" for i in range(2, 9)]
+
+
+def test_a_batch_replans_when_another_writer_comes_first(store: Store) -> None:
+    state = State(store)
+    state.create_host(Host("h1"))
+    state.create_network(Network("front", "10.88.0.0/16"))
+    state.create_container(Container(name="first", host="h1", network="front"))
+    real_txn = store.txn
+    raced: list[int] = []
+
+    def txn(compares: Any, ops: Any) -> Any:
+        if not raced and any(op.key == "/containers/b1" for op in ops):
+            raced.append(1)  # another writer takes the next address first
+            state.create_container(Container(name="other", host="h1", network="front"))
+        return real_txn(compares, ops)
+
+    store.txn = txn  # type: ignore[method-assign]
+    views, _ = state.create_containers(
+        [Container(name=f"b{i}", host="h1", network="front") for i in range(2)])
+    assert raced
+    ips = {state.get_container(n).allocation.address  # type: ignore[union-attr]
+           for n in ("first", "other", "b0", "b1")}
+    assert len(ips) == 4
+    assert {v.container.name for v in views} == {"b0", "b1"}
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_sizes(front: Api, n: int) -> None:
+    got = batch(front, *(ctr(f"s{i}") for i in range(n)))
+    assert len(got.containers) == n
