@@ -21,6 +21,7 @@ from helpers.cli import (
     REPO,
     Cli,
     capture_source,
+    exited,
     kernel_state,
     lab_cli,
     nft_ruleset,
@@ -97,7 +98,7 @@ def test_single_host_walkthrough(cli: Cli, run_prefix: str) -> None:
 
     controller = cli.controller_pid()
     cli.run("down", example)
-    assert controller is not None and not os.path.exists(f"/proc/{controller}")
+    assert controller is not None and exited(controller)  # down returns once it has exited
     for c in (web, db):
         assert not os.path.exists(f"/proc/{c['pid']}")
     assert not any(n.startswith(run_prefix) for n in os.listdir("/run/netns"))

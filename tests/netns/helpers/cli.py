@@ -63,6 +63,17 @@ class Cli:
         return None
 
 
+def exited(pid: int) -> bool:
+    """True once ``pid`` has exited: gone from /proc, or a zombie its parent has not reaped yet
+    (a controller that `up` started is reparented to the machine's init, which reaps it when
+    it gets to it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def nsexec(netns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(["nsenter", f"--net={netns}", *argv], capture_output=True, text=True,
                           timeout=timeout, check=False)
