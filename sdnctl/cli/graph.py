@@ -140,7 +140,8 @@ def _rows_containers(live: Live) -> list[list[str]]:
         donor = live.containers.get(c["shares_netns_of"], {})
         ip = f"{c['ip']}/{c['prefixlen']}" if c["ip"] else \
             (f"({donor['ip']})" if donor.get("ip") else "-")  # a joined one has its donor's
-        rows.append([c["name"], c["host"], _MODE_WORD[c["mode"]], target or "-", ip, c["state"],
+        mode = c["owner"][:16] if c.get("cni_netns") else _MODE_WORD[c["mode"]]
+        rows.append([c["name"], c["host"], mode, target or "-", ip, c["state"],
                      str(c["pid"] or "-"), ", ".join(c["ports"]) or "-"])
     return rows
 

@@ -1,0 +1,297 @@
+"""sdnctl as a CNI plugin, at the spec's level (issue 17): the plugin called exactly as libcni
+calls it (tests/netns/helpers/cnidriver.py), inside lab hosts' namespaces, against the agents
+and the controller a real `sdnctl up` started.
+
+Two lab hosts share an overlay network ``front`` brought up once for the module; each test makes
+its own "container" namespaces (as a runtime would: CNI_NETNS) carrying its run prefix, so the
+leak check sees any left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.cli import Cli, lab_cli, nsexec, ping
+from helpers.cnidriver import CniFailed, Driver, make_cni_path
+
+from agent.kernel.netns import create_netns, netns_path, remove_netns
+from sdnctl.lab import lab
+
+pytestmark = pytest.mark.netns
+
+TOPOLOGY = """\
+name: cni
+hosts:
+  - {name: h1, lab: true}
+  - {name: h2, lab: true}
+networks:
+  - {name: front, driver: overlay, subnet: 10.71.0.0/16}
+containers: []
+"""
+
+
+def conf(version: str = "1.0.0", **extra: Any) -> dict[str, Any]:
+    return {"cniVersion": version, "name": "front", "type": "sdnctl", "network": "front",
+            **extra}
+
+
+class Env:
+    def __init__(self, cli: Cli, prefix: str, cni_path: str) -> None:
+        self.cli = cli
+        self.lab = lab.Lab(prefix)
+        self.cni_path = cni_path
+
+    def driver(self, host: str = "h1") -> Driver:
+        return Driver(self.cni_path, run_in=self.lab.host_netns(host))
+
+    def attachments(self) -> list[dict[str, Any]]:
+        return [c for c in self.cli.json("ps") if c["owner"].startswith("cni:")]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    prefix = "k" + secrets.token_hex(3)[:5]
+    tmp = tmp_path_factory.mktemp("cni")
+    (tmp / "cni.yaml").write_text(TOPOLOGY)
+    with lab_cli(prefix) as cli:
+        cli.run("up", str(tmp / "cni.yaml"), "--timeout", "60")
+        yield Env(cli, prefix, make_cni_path(tmp / "bin"))
+
+
+@pytest.fixture
+def sandbox(run_prefix: str) -> Iterator[Any]:
+    """Makes "container" namespaces as a runtime would; removes whatever is left."""
+    made: list[str] = []
+
+    def make(name: str) -> str:
+        path = netns_path(f"{run_prefix}{name}")
+        create_netns(path)
+        made.append(path)
+        nsexec(path, "ip", "link", "set", "lo", "up")
+        return path
+
+    yield make
+    for path in made:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            remove_netns(path)
+
+
+def addresses(netns: str, ifname: str = "eth0") -> list[str]:
+    out = nsexec(netns, "ip", "-j", "addr", "show", "dev", ifname)
+    if out.returncode != 0:
+        return []
+    return [f"{a['local']}/{a['prefixlen']}" for link in json.loads(out.stdout)
+            for a in link.get("addr_info", []) if a.get("family") == "inet"]
+
+
+def host_links(env: Env, host: str = "h1") -> set[str]:
+    out = nsexec(env.lab.host_netns(host), "ip", "-j", "link", "show", "type", "veth")
+    return {link["ifname"] for link in json.loads(out.stdout or "[]")}
+
+
+def wait_for(what: str, probe: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_add_check_del_as_libcni_does(env: Env, sandbox: Any) -> None:
+    ns = sandbox("c1")
+    drv = env.driver("h1")
+    veths_before = host_links(env)
+    result = drv.call(conf(), "ADD", container_id="ctr-one", netns=ns, ifname="eth0")
+    assert result["cniVersion"] == "1.0.0"
+    host_side, inside = result["interfaces"]
+    assert host_side["sandbox"] == "" and host_side["name"] in host_links(env)
+    assert inside == {"name": "eth0", "mac": inside["mac"], "sandbox": ns}
+    (ip,) = result["ips"]
+    assert ip["interface"] == 1 and "version" not in ip
+    assert ip["address"].startswith("10.71.") and addresses(ns) == [ip["address"]]
+    assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": ip["gateway"]}]
+    assert "dns" in result
+    assert ping(ns, ip["gateway"]), "the container cannot reach its gateway"
+    # The controller records it, marked as CNI's, with its owner's namespace.
+    (att,) = [a for a in env.attachments() if a["owner"] == "cni:ctr-one"]
+    assert att["cni_netns"] == ns and att["ip"] == ip["address"].split("/")[0]
+    wait_for("the attachment's status", lambda: env.cli.container(att["name"])["state"]
+             == "running")
+    ps = env.cli.run("ps").stdout
+    assert "cni:ctr-one" in ps
+
+    drv.call(conf(prevResult=result), "CHECK", container_id="ctr-one", netns=ns)
+
+    assert drv.call(conf(prevResult=result), "DEL", container_id="ctr-one", netns=ns) is None
+    assert addresses(ns) == [], "DEL left the interface"
+    assert host_links(env) == veths_before
+    assert not [a for a in env.attachments() if a["owner"] == "cni:ctr-one"]
+    # DEL is idempotent, and DEL of an unknown container succeeds (with or without a netns).
+    drv.call(conf(), "DEL", container_id="ctr-one", netns=ns)
+    drv.call(conf(), "DEL", container_id="never-added", netns="")
+
+
+def test_add_twice_fails_and_keeps_the_first(env: Env, sandbox: Any) -> None:
+    ns = sandbox("c2")
+    drv = env.driver("h1")
+    first = drv.call(conf(), "ADD", container_id="ctr-two", netns=ns)
+    try:
+        with pytest.raises(CniFailed) as failed:
+            drv.call(conf(), "ADD", container_id="ctr-two", netns=ns)
+        assert "already exists" in failed.value.msg
+        # A second runtime's container with the same interface name in that namespace, too.
+        with pytest.raises(CniFailed):
+            drv.call(conf(), "ADD", container_id="ctr-other", netns=ns)
+        assert addresses(ns) == [first["ips"][0]["address"]]
+        assert ping(ns, first["ips"][0]["gateway"])
+        assert not [a for a in env.attachments() if a["owner"] == "cni:ctr-other"]
+    finally:
+        drv.call(conf(), "DEL", container_id="ctr-two", netns=ns)
+
+
+def test_check_finds_a_manual_change(env: Env, sandbox: Any) -> None:
+    ns = sandbox("c3")
+    drv = env.driver("h1")
+    result = drv.call(conf(), "ADD", container_id="ctr-three", netns=ns)
+    try:
+        drv.call(conf(prevResult=result), "CHECK", container_id="ctr-three", netns=ns)
+        address = result["ips"][0]["address"]
+        assert nsexec(ns, "ip", "addr", "del", address, "dev", "eth0").returncode == 0
+        with pytest.raises(CniFailed) as failed:
+            drv.call(conf(prevResult=result), "CHECK", container_id="ctr-three", netns=ns)
+        assert address in failed.value.msg
+        # The agent keeps attachments like any other: the next full pass puts it back.
+        wait_for("the agent to repair the address", lambda: addresses(ns) == [address], 40)
+        drv.call(conf(prevResult=result), "CHECK", container_id="ctr-three", netns=ns)
+        with pytest.raises(CniFailed) as unknown:
+            drv.call(conf(prevResult=result), "CHECK", container_id="nobody", netns=ns)
+        assert unknown.value.code == 3
+    finally:
+        drv.call(conf(), "DEL", container_id="ctr-three", netns=ns)
+
+
+def test_versions(env: Env, sandbox: Any) -> None:
+    drv = env.driver("h1")
+    info = drv.version("sdnctl", "1.0.0")
+    assert set(info["supportedVersions"]) >= {"0.4.0", "1.0.0", "1.1.0"}
+    # The reference plugin answers the same question the same way (a positive control).
+    ref = Driver(make_cni_path(Path(env.cni_path), ("bridge",)), drv.run_in).version("bridge")
+    assert "1.0.0" in ref["supportedVersions"]
+    ns = sandbox("c4")
+    old = drv.call(conf("0.4.0"), "ADD", container_id="ctr-four", netns=ns)
+    assert old["cniVersion"] == "0.4.0" and old["ips"][0]["version"] == "4"
+    drv.call(conf("0.4.0", prevResult=old), "CHECK", container_id="ctr-four", netns=ns)
+    drv.call(conf("0.4.0"), "DEL", container_id="ctr-four", netns=ns)
+    with pytest.raises(CniFailed) as unsupported:
+        drv.call(conf("0.3.1"), "ADD", container_id="ctr-four", netns=ns)
+    assert unsupported.value.code == 1
+    with pytest.raises(CniFailed) as too_old:
+        drv.call(conf("1.0.0"), "STATUS")
+    assert too_old.value.code == 1
+    assert drv.call(conf("1.1.0"), "STATUS") is None
+    new = drv.call(conf("1.1.0"), "ADD", container_id="ctr-five", netns=ns)
+    assert new["interfaces"][1]["mtu"] == 1450
+    # GC (1.1): an attachment not in the valid list goes.
+    drv.call(conf("1.1.0", **{"cni.dev/valid-attachments": [
+        {"containerID": "someone-else", "ifname": "eth0"}]}), "GC")
+    wait_for("GC to remove the interface", lambda: addresses(ns) == [])
+    assert not [a for a in env.attachments() if a["owner"] == "cni:ctr-five"]
+
+
+def test_bad_input_is_a_cni_error_and_changes_nothing(env: Env, sandbox: Any) -> None:
+    drv = env.driver("h1")
+    ns = sandbox("c6")
+    before = (env.attachments(), host_links(env))
+    cases: list[tuple[Any, dict[str, Any], int]] = [
+        (b"{not json", {}, 6),
+        (b"[1, 2]", {}, 6),
+        ({"cniVersion": "1.0.0", "type": "sdnctl"}, {}, 7),  # no name
+        (conf(network="Not A Name!"), {}, 7),
+        (conf(network="nosuchnet"), {}, 7),
+        (conf(runtimeConfig={"portMappings": [{"hostPort": 80}]}), {}, 7),
+        (conf(), {"container_id": ""}, 4),
+        (conf(), {"netns": ""}, 4),
+        (conf(), {"netns": "relative/path"}, 4),
+        (conf(), {"netns": f"/run/netns/{Path(ns).name}-missing"}, 4),
+        (conf(), {"netns": "/tmp"}, 4),  # a directory, not a namespace
+        (conf(controller="unix:/elsewhere.sock"), {}, 7),
+    ]
+    for stdin, overrides, code in cases:
+        kw = {"container_id": "ctr-bad", "netns": ns, **overrides}
+        with pytest.raises(CniFailed) as failed:
+            drv.call(stdin, "ADD", plugin="sdnctl", **kw)
+        assert failed.value.code == code, (stdin, overrides, failed.value.raw)
+    rc, parsed, raw = drv.exec(conf(), "NOPE", plugin="sdnctl")
+    assert rc != 0 and parsed["code"] == 4 and "CNI_COMMAND" in parsed["msg"], raw
+    assert (env.attachments(), host_links(env)) == before
+    assert addresses(ns) == []
+
+
+def test_no_agent_here_means_try_again_later(env: Env, sandbox: Any) -> None:
+    ns = sandbox("c7")
+    # Positive control: from the lab host's namespace the same call reaches the agent.
+    env.driver("h1").call(conf("1.1.0"), "STATUS")
+    lonely = Driver(env.cni_path, run_in=ns)  # a namespace where no agent listens
+    with pytest.raises(CniFailed) as failed:
+        lonely.call(conf(), "ADD", container_id="ctr-seven", netns=ns)
+    assert failed.value.code == 11 and "@sdnctl-agent" in failed.value.msg
+
+
+def test_two_hosts_talk_across_the_overlay(env: Env, sandbox: Any) -> None:
+    a, b = sandbox("ca"), sandbox("cb")
+    one = env.driver("h1").call(conf(), "ADD", container_id="ctr-a", netns=a)
+    two = env.driver("h2").call(conf(), "ADD", container_id="ctr-b", netns=b)
+    try:
+        ip_a, ip_b = (r["ips"][0]["address"].split("/")[0] for r in (one, two))
+        assert ip_a.rsplit(".", 2)[0] != ip_b.rsplit(".", 2)[0] or \
+            ip_a.split(".")[2] != ip_b.split(".")[2], "both hosts gave one lease"
+        assert wait_for("ping across the overlay", lambda: ping(a, ip_b)), (ip_a, ip_b)
+        assert ping(b, ip_a)
+    finally:
+        env.driver("h1").call(conf(), "DEL", container_id="ctr-a", netns=a)
+        env.driver("h2").call(conf(), "DEL", container_id="ctr-b", netns=b)
+
+
+def test_a_namespace_gone_without_del_is_collected(env: Env, sandbox: Any) -> None:
+    ns = sandbox("c8")
+    env.driver("h1").call(conf(), "ADD", container_id="ctr-eight", netns=ns)
+    assert [a for a in env.attachments() if a["owner"] == "cni:ctr-eight"]
+    remove_netns(ns)  # the runtime forgot its DEL
+    wait_for("the agent to detach it", lambda: not [
+        a for a in env.attachments() if a["owner"] == "cni:ctr-eight"], 40)
+
+
+def test_published_port_from_runtime_config(env: Env, sandbox: Any) -> None:
+    ns = sandbox("c9")
+    drv = env.driver("h1")
+    mapping = {"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}
+    result = drv.call(conf(runtimeConfig={"portMappings": [mapping]}), "ADD",
+                      container_id="ctr-nine", netns=ns)
+    try:
+        (att,) = [a for a in env.attachments() if a["owner"] == "cni:ctr-nine"]
+        assert att["ports"] == ["18080:8080/tcp"]
+        server = subprocess.Popen(["nsenter", f"--net={ns}", "busybox", "nc", "-l", "-p",
+                                   "8080", "-e", "echo", "hello"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            underlay = env.cli.host("h1")["underlay_ip"]
+            out = wait_for("the published port", lambda: nsexec(
+                env.lab.host_netns("h2"), "busybox", "nc", "-w", "2", underlay,
+                "18080").stdout.strip(), 20)
+            assert out == "hello"
+        finally:
+            server.kill()
+            server.wait()
+        assert result["ips"]
+    finally:
+        drv.call(conf(), "DEL", container_id="ctr-nine", netns=ns)
