@@ -295,3 +295,109 @@ def test_published_port_from_runtime_config(env: Env, sandbox: Any) -> None:
         assert result["ips"]
     finally:
         drv.call(conf(), "DEL", container_id="ctr-nine", netns=ns)
+
+
+# -- real runtimes ------------------------------------------------------------------------------
+
+PODMAN_CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{root}/events.log"
+tmp_dir = "{root}/tmp"
+runtime = "runc"
+volume_path = "{root}/volumes"
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["{cni_path}"]
+network_config_dir = "{root}/cni.d"
+"""
+
+STORAGE_CONF = """\
+[storage]
+driver = "vfs"
+runroot = "{root}/run"
+graphroot = "{root}/storage"
+"""
+
+
+class Podman:
+    """Podman 4 with the CNI backend and state of its own, run inside a lab host's namespace.
+
+    Its OCI runtime is runc: crun refuses this machine's hybrid cgroups, and hiding the unified
+    hierarchy needs a private mount namespace, where podman's /run/netns mounts would be out of
+    the agent's sight (CNI_NETNS must name a namespace the agent can open)."""
+
+    def __init__(self, env: Env, host: str, root: Path) -> None:
+        self.netns = env.lab.host_netns(host)
+        self.root = root
+        self.had_lock = Path("/dev/shm/libpod_lock").exists()
+        (root / "cni.d").mkdir(parents=True)
+        (root / "cni.d" / "front.conflist").write_text(json.dumps({
+            "cniVersion": "1.0.0", "name": "front",
+            "plugins": [{"type": "sdnctl", "network": "front",
+                         "capabilities": {"portMappings": True}}]}))
+        (root / "containers.conf").write_text(PODMAN_CONF.format(root=root,
+                                                                 cni_path=env.cni_path))
+        (root / "storage.conf").write_text(STORAGE_CONF.format(root=root))
+        self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                    "CONTAINERS_CONF": str(root / "containers.conf"),
+                    "CONTAINERS_STORAGE_CONF": str(root / "storage.conf"),
+                    "TMPDIR": str(root / "tmp"), "HOME": str(root)}
+
+    def __call__(self, *args: str, check: bool = True,
+                 timeout: float = 120) -> subprocess.CompletedProcess:
+        done = subprocess.run(["nsenter", f"--net={self.netns}", "podman", *args],
+                              env=self.env, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+        assert not check or done.returncode == 0, f"podman {args}: {done.stdout}{done.stderr}"
+        return done
+
+    def close(self) -> None:
+        self("rm", "-af", "-t", "0", check=False)
+        self("rmi", "-af", check=False)
+        with open("/proc/self/mounts") as f:
+            points = [line.split()[1] for line in f if str(self.root) in line.split()[1]]
+        for point in sorted(points, reverse=True):
+            subprocess.run(["umount", "-l", point], check=False)
+        # podman's global leftovers: its (empty) parent cgroups and, if it made it, its lock
+        for hierarchy in Path("/sys/fs/cgroup").glob("*/libpod_parent"):
+            for sub in sorted(hierarchy.glob("**/"), reverse=True):
+                with contextlib.suppress(OSError):
+                    sub.rmdir()
+        if not self.had_lock:
+            Path("/dev/shm/libpod_lock").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def podmen(env: Env, tmp_path: Path, test_image: tuple[str, str]) -> Iterator[list[Podman]]:
+    made = [Podman(env, host, tmp_path / f"podman-{host}") for host in ("h1", "h2")]
+    try:
+        for p in made:
+            p("load", "-i", test_image[0])
+        yield made
+    finally:
+        for p in made:
+            p.close()
+
+
+def test_podman_runs_containers_on_two_hosts(env: Env, podmen: list[Podman]) -> None:
+    one, two = podmen
+    for p, name in ((one, "pa"), (two, "pb")):
+        p("run", "-d", "--name", name, "--network", "front", "sdnctl-test:latest",
+          "sleep", "1000")
+    ips = {}
+    for p, name in ((one, "pa"), (two, "pb")):
+        data = json.loads(p("inspect", name).stdout)[0]
+        ips[name] = data["NetworkSettings"]["Networks"]["front"]["IPAddress"]
+    by_owner = {a["cni_netns"]: a["ip"] for a in env.attachments()}
+    assert sorted(ips.values()) == sorted(by_owner.values()), (ips, by_owner)
+    assert wait_for("ping across the overlay", lambda: one(
+        "exec", "pa", "ping", "-c", "1", "-W", "1", ips["pb"], check=False).returncode == 0)
+    assert two("exec", "pb", "ping", "-c", "1", "-W", "1", ips["pa"]).returncode == 0
+    one("rm", "-f", "-t", "0", "pa")
+    assert ips["pa"] not in {a["ip"] for a in env.attachments()}, "podman rm kept the address"
+    two("rm", "-f", "-t", "0", "pb")
+    assert env.attachments() == []
