@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import subprocess
 import time
@@ -401,3 +402,104 @@ def test_podman_runs_containers_on_two_hosts(env: Env, podmen: list[Podman]) -> 
     assert ips["pa"] not in {a["ip"] for a in env.attachments()}, "podman rm kept the address"
     two("rm", "-f", "-t", "0", "pb")
     assert env.attachments() == []
+
+
+CONTAINERD_CONF = """\
+version = 2
+root = "{root}/root"
+state = "{root}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{root}/containerd.sock"
+[ttrpc]
+  address = "{root}/containerd.sock.ttrpc"
+"""
+
+
+class Containerd:
+    """A private containerd 1.6 in a lab host's namespace; it and every ``ctr`` run in a private
+    mount namespace where /etc/cni/net.d and /opt/cni/bin are the test's own (``ctr run --cni``
+    reads only those) and /run/containerd too, so nothing of it shows on the host."""
+
+    def __init__(self, env: Env, host: str, root: Path) -> None:
+        self.netns = env.lab.host_netns(host)
+        self.root = root
+        (root / "net.d").mkdir(parents=True)
+        (root / "run").mkdir()  # /run/containerd (runc state, shim sockets, FIFOs)
+        (root / "net.d" / "10-front.conflist").write_text(json.dumps({
+            "cniVersion": "1.0.0", "name": "front",
+            "plugins": [{"type": "sdnctl", "network": "front"}]}))
+        self.bin = make_cni_path(root / "bin", ("loopback",))
+        (root / "config.toml").write_text(CONTAINERD_CONF.format(root=root))
+        self.sock = str(root / "containerd.sock")
+        self.log = open(root / "containerd.log", "wb")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(self._wrap("containerd", "--config",
+                                                str(root / "config.toml")),
+                                     stdout=self.log, stderr=self.log)
+        wait_for("containerd's socket", lambda: Path(self.sock).exists()
+                 and self("version", check=False).returncode == 0, 30)
+
+    def _wrap(self, *argv: str) -> list[str]:
+        script = (f"mount --bind {self.root}/net.d /etc/cni/net.d && "
+                  f"mount --bind {self.bin} /opt/cni/bin && "
+                  f"mkdir -p /run/containerd && mount --bind {self.root}/run /run/containerd "
+                  "&& exec \"$@\"")
+        return ["nsenter", f"--net={self.netns}", "unshare", "--mount", "--propagation",
+                "private", "/bin/sh", "-c", script, "sh", *argv]
+
+    def __call__(self, *args: str, check: bool = True,
+                 timeout: float = 120) -> subprocess.CompletedProcess:
+        done = subprocess.run(self._wrap("ctr", "--address", self.sock, *args),
+                              capture_output=True, text=True, timeout=timeout, check=False)
+        assert not check or done.returncode == 0, f"ctr {args}: {done.stdout}{done.stderr}"
+        return done
+
+    def close(self) -> None:
+        shims = [pid for pid in os.listdir("/proc") if pid.isdigit()
+                 and self.sock.encode() in _cmdline(int(pid))]
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for pid in shims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), 9)
+        self.log.close()
+        with contextlib.suppress(OSError):
+            os.rmdir("/run/containerd")  # the (empty) mount point, if the wrappers made it
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def test_containerd_ctr_run_cni(env: Env, tmp_path: Path, test_image: tuple[str, str]) -> None:
+    ctrd = Containerd(env, "h1", tmp_path / "containerd")
+    try:
+        ctrd("image", "import", "--no-unpack=false", test_image[0])
+        image = next(line.split()[0] for line in ctrd("image", "ls", "-q").stdout.split()
+                     if "sdnctl-test" in line)
+        ctrd("run", "-d", "--cni", image, "c1", "sleep", "1000")
+        # ctr names the CNI container ID "<namespace>-<id>"
+        (att,) = wait_for("the attachment", lambda: [
+            a for a in env.attachments() if a["owner"] == "cni:default-c1"])
+        assert att["cni_netns"].startswith("/proc/")
+        gateway = env.cli.container(att["name"])["gateway"]
+        assert ctrd("task", "exec", "--exec-id", "p1", "c1", "ping", "-c", "1", "-W", "2",
+                    gateway).returncode == 0
+        ctrd("task", "kill", "-s", "KILL", "c1")
+        wait_for("the task to stop", lambda: "STOPPED" in ctrd("task", "ls").stdout)
+        ctrd("task", "delete", "c1")
+        ctrd("container", "delete", "c1")
+        # ctr 1.6 sends no CNI DEL for a task it did not run with --rm: the namespace is gone,
+        # and the agent detaches the attachment itself.
+        wait_for("the attachment to go", lambda: not [
+            a for a in env.attachments() if a["owner"] == "cni:default-c1"], 40)
+    finally:
+        ctrd.close()
