@@ -54,6 +54,12 @@ STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
 ]
 
 
+def refuse_cni(msg: pb.Container) -> None:
+    """CNI attachments are recorded only by their host's agent (HostSync.Attach, issue 17)."""
+    if msg.HasField("cni"):
+        raise Invalid("container.cni", "set only by the host's agent for a CNI attachment")
+
+
 def status_code_for(error: Exception) -> grpc.StatusCode:
     for cls, code in STATUS_OF:
         if isinstance(error, cls):
@@ -261,6 +267,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         return convert.network_to_pb(network, revision)
 
     def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.Container:
+        refuse_cni(request.container)
         view = self.state.create_container(convert.container_from_pb(request.container))
         return container_pb(view)
 
@@ -280,6 +287,14 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         return pb.DeleteResponse(revision=self.state.delete_container(request.name))
 
     def UpdateContainer(self, request: pb.UpdateContainerRequest, context: Any) -> pb.Container:
+        refuse_cni(request.container)
+        try:
+            attached = self.state.get_container(request.container.name).container.cni_netns
+        except (NotFound, Invalid):
+            attached = ""  # update_container says why, in its order
+        if attached:
+            raise FailedPrecondition(f"container {request.container.name!r} is a CNI "
+                                     "attachment: its runtime owns it")
         view = self.state.update_container(convert.container_from_pb(request.container))
         return container_pb(view)
 
