@@ -374,6 +374,8 @@ class Reconciler:
                 undo.callback(self._drop_sandbox, ctr.name)
                 faults.point("namespace")
             if action.attach and net is not None:
+                if ctr.cni_netns:  # no sandbox of ours takes a half-made veth along: undo it
+                    undo.callback(self.links.remove_link, veth_name(ctr.name, ctr.interface))
                 self.links.ensure_veth(
                     veth_name(ctr.name, ctr.interface), veth_alias(ctr.name, ctr.interface),
                     bridge_name(net.name), net.mtu, ctr.cni_netns or paths["net"],

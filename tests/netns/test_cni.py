@@ -565,3 +565,25 @@ def test_chained_with_the_reference_plugins(env: Env, sandbox: Any) -> None:
         drv.del_list(conflist, "ctr-chain", ns, result, capability_args=caps)
     assert addresses(ns) == []
     assert not [a for a in env.attachments() if a["owner"] == "cni:ctr-chain"]
+
+
+def test_a_failure_half_way_rolls_back(tmp_path: Path, sandbox: Any, run_prefix: str) -> None:
+    """The agent fails right after making the veth pair (fault ``veth:fail``): ADD answers a CNI
+    error, and neither the record, nor the address, nor either end of the veth is left."""
+    (tmp_path / "f.yaml").write_text(TOPOLOGY.replace("  - {name: h2, lab: true}\n", ""))
+    with lab_cli("f" + run_prefix[1:]) as cli:
+        cli.env["SDNCTL_FAULT"] = "veth:fail"
+        cli.run("up", str(tmp_path / "f.yaml"), "--timeout", "60")
+        cli.env.pop("SDNCTL_FAULT")
+        env = Env(cli, "f" + run_prefix[1:], make_cni_path(tmp_path / "bin"))
+        ns = sandbox("cf")
+        before = host_links(env)
+        with pytest.raises(CniFailed) as failed:
+            env.driver("h1").call(conf(), "ADD", container_id="ctr-fail", netns=ns)
+        assert failed.value.code == 999 and "injected" in failed.value.msg.lower(), \
+            failed.value.raw
+        assert env.attachments() == []
+        assert host_links(env) == before
+        links = nsexec(ns, "ip", "-o", "link").stdout.splitlines()
+        assert len(links) == 1 and ": lo:" in links[0], links
+        assert [a for a in cli.json("ipam")["allocations"]] == []
