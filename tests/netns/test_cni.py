@@ -45,8 +45,9 @@ def conf(version: str = "1.0.0", **extra: Any) -> dict[str, Any]:
 
 
 class Env:
-    def __init__(self, cli: Cli, prefix: str, cni_path: str) -> None:
+    def __init__(self, cli: Cli, prefix: str, cni_path: str, topology: Path | None = None) -> None:
         self.cli = cli
+        self.topology = topology
         self.lab = lab.Lab(prefix)
         self.cni_path = cni_path
 
@@ -64,7 +65,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     (tmp / "cni.yaml").write_text(TOPOLOGY)
     with lab_cli(prefix) as cli:
         cli.run("up", str(tmp / "cni.yaml"), "--timeout", "60")
-        yield Env(cli, prefix, make_cni_path(tmp / "bin"))
+        yield Env(cli, prefix, make_cni_path(tmp / "bin"), tmp / "cni.yaml")
 
 
 @pytest.fixture
@@ -128,8 +129,11 @@ def test_add_check_del_as_libcni_does(env: Env, sandbox: Any) -> None:
     assert att["cni_netns"] == ns and att["ip"] == ip["address"].split("/")[0]
     wait_for("the attachment's status", lambda: env.cli.container(att["name"])["state"]
              == "running")
-    ps = env.cli.run("ps").stdout
-    assert "cni:ctr-one" in ps
+    assert "cni:ctr-one" in env.cli.run("ps").stdout
+    assert "cni:ctr-one" in env.cli.run("status").stdout
+    dot = Path(env.cli.run_dir) / "cni.dot"
+    env.cli.run("graph", str(env.topology), "-o", str(dot))
+    assert "cni:ctr-one" in dot.read_text() and "CNI · eth0" in dot.read_text()
 
     drv.call(conf(prevResult=result), "CHECK", container_id="ctr-one", netns=ns)
 
