@@ -19,14 +19,18 @@ agent cannot reach the controller), 50 not available (STATUS), 999 anything else
 
 from __future__ import annotations
 
-import json
+import _socket  # socket.py would bring enum along: ~4 ms of a ~20 ms call
 import os
-import socket
 import sys
 
 TYPE_CHECKING = False  # typing costs ~3 ms to import: only for the type checker
 if TYPE_CHECKING:
     from typing import Any
+
+try:  # json's C half: json itself imports re and enum (~8 ms); used when it is there
+    import _json
+except ImportError:  # pragma: no cover (not CPython)
+    _json = None  # type: ignore[assignment]
 
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 #: The agent's socket: an abstract name, "\0" + this (see the module note).
@@ -58,6 +62,53 @@ SINCE = {"STATUS": "1.1.0", "GC": "1.1.0", "CHECK": "0.4.0"}
 TIMEOUT = 60.0  # seconds: the agent bounds its own waits well below this
 
 
+class _Context:
+    """What ``_json.make_scanner`` reads of a decoder: plain JSON, as ``json.loads`` does."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float
+    memo: dict[str, str] = {}
+
+
+_SCAN = _json.make_scanner(_Context()) if _json is not None else None  # type: ignore[arg-type]
+_ENCODE = _json.make_encoder(None, None, _json.encode_basestring_ascii,  # type: ignore[arg-type]
+                             None, ": ", ", ", False, False, True) if _json is not None else None
+
+
+def loads(data: bytes | str) -> Any:
+    """``json.loads`` without importing json on the good path; bad input takes the slow path
+    (json itself), which raises ValueError with json's message."""
+    if _SCAN is not None:
+        try:
+            text = data.decode() if isinstance(data, bytes) else data
+            end = len(text)
+            start = 0
+            while start < end and text[start] in " \t\n\r":
+                start += 1
+            value, stop = _SCAN(text, start)
+            while stop < end and text[stop] in " \t\n\r":
+                stop += 1
+            if stop == end:
+                return value
+        except Exception:  # json, below, says what is wrong
+            pass
+    import json  # only for bad input (or without _json): the error message
+
+    return json.loads(data)
+
+
+def dumps(value: Any) -> str:
+    if _ENCODE is not None:
+        return "".join(_ENCODE(value, 0))
+    import json
+
+    return json.dumps(value)
+
+
 class CniError(Exception):
     def __init__(self, code: int, msg: str, details: str = "") -> None:
         super().__init__(msg)
@@ -80,7 +131,7 @@ def version_key(version: str) -> tuple[int, ...]:
 def parse_config(raw: bytes) -> dict[str, Any]:
     """The network configuration on stdin: decoded (6), then its required fields (7, 1)."""
     try:
-        conf = json.loads(raw)
+        conf = loads(raw)
     except ValueError as e:
         raise CniError(ERR_DECODE, "could not decode the network configuration on stdin",
                        str(e)) from None
@@ -128,7 +179,7 @@ def call_agent(address: str, request: dict[str, Any],
                timeout: float = TIMEOUT) -> dict[str, Any]:
     """One request, one answer. No agent listening here: 11 (try again later)."""
     where = address if address.startswith("/") else "@" + address[1:]
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         try:
@@ -136,8 +187,8 @@ def call_agent(address: str, request: dict[str, Any],
         except OSError as e:
             raise CniError(ERR_TRY_AGAIN, f"no sdnctl agent listens on {where} in this network "
                            "namespace (is the agent of this host running?)", str(e)) from None
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        sock.shutdown(socket.SHUT_WR)
+        sock.sendall(dumps(request).encode() + b"\n")
+        sock.shutdown(_socket.SHUT_WR)
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)
@@ -147,7 +198,7 @@ def call_agent(address: str, request: dict[str, Any],
     finally:
         sock.close()
     try:
-        answer = json.loads(b"".join(chunks))
+        answer = loads(b"".join(chunks))
     except ValueError:
         raise CniError(ERR_TRY_AGAIN, f"the sdnctl agent on {where} closed the connection "
                        "without an answer") from None
@@ -167,7 +218,7 @@ def run(env: dict[str, str], stdin: bytes) -> tuple[dict[str, Any] | None, str]:
         raise CniError(ERR_ENV, f"CNI_COMMAND: {command!r} is not one of {', '.join(COMMANDS)}")
     if command == "VERSION":
         try:
-            asked = json.loads(stdin or b"{}").get("cniVersion", "")
+            asked = loads(stdin or b"{}").get("cniVersion", "")
         except (ValueError, AttributeError):
             asked = ""
         if asked and asked not in SUPPORTED_VERSIONS and version_key(asked) < (0, 4, 0):
@@ -200,20 +251,20 @@ def main() -> int:
             raise CniError(ERR_IO, "could not read the network configuration on stdin",
                            str(e)) from None
         try:
-            asked = json.loads(stdin).get("cniVersion")
+            asked = loads(stdin).get("cniVersion")
             if asked in SUPPORTED_VERSIONS:
                 version = asked
         except (ValueError, AttributeError):
             pass
         output, version = run(env, stdin)
         if output is not None:
-            sys.stdout.write(json.dumps(output) + "\n")
+            sys.stdout.write(dumps(output) + "\n")
         return 0
     except CniError as e:
-        sys.stdout.write(json.dumps(e.to_json(version)) + "\n")
+        sys.stdout.write(dumps(e.to_json(version)) + "\n")
         return 1
     except Exception as e:  # never a traceback: the runtime parses stdout
-        sys.stdout.write(json.dumps(CniError(ERR_INTERNAL, f"sdnctl-cni: {e}",
+        sys.stdout.write(dumps(CniError(ERR_INTERNAL, f"sdnctl-cni: {e}",
                                              type(e).__name__).to_json(version)) + "\n")
         return 1
 
