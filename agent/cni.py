@@ -249,6 +249,11 @@ class CniService:
         if present is not None:
             raise CniError(ERR_INTERNAL, f"interface {ifname!r} already exists in {path}")
         name = attachment_name(container_id, ifname)
+        stale = self.side.desired().containers.get(name)
+        if stale is not None and stale.cni_netns != path and not netns.is_netns(stale.cni_netns):
+            # The same container and interface in a new namespace, and the old one gone without
+            # a DEL (a runtime restarted it): that attachment is over.
+            self._detach(name, wait=True)
         spec = pb.Container(name=name, host=self.side.host, network=network, interface=ifname,
                             fixed_ip=requested_ip(conf, str(request.get("args") or "")),
                             ports=port_mappings(conf),
