@@ -601,3 +601,20 @@ def test_a_failure_half_way_rolls_back(tmp_path: Path, sandbox: Any, run_prefix:
         links = nsexec(ns, "ip", "-o", "link").stdout.splitlines()
         assert len(links) == 1 and ": lo:" in links[0], links
         assert [a for a in cli.json("ipam")["allocations"]] == []
+
+
+def test_down_takes_the_attachments_of_its_hosts(tmp_path: Path, sandbox: Any,
+                                                 run_prefix: str) -> None:
+    """`sdnctl down` with a runtime's container still attached (its DEL not sent yet): the
+    attachment goes with its host, and so does everything of the lab (the leak check sees the
+    lab's namespaces: their prefix starts with the run prefix)."""
+    topo = tmp_path / "d.yaml"
+    topo.write_text(TOPOLOGY.replace("  - {name: h2, lab: true}\n", ""))
+    with lab_cli(run_prefix + "d") as cli:
+        cli.run("up", str(topo), "--timeout", "60")
+        env = Env(cli, run_prefix + "d", make_cni_path(tmp_path / "bin"))
+        ns = sandbox("cd")
+        env.driver("h1").call(conf(), "ADD", container_id="ctr-down", netns=ns)
+        assert addresses(ns)
+        cli.run("down", str(topo))
+        assert addresses(ns) == [], "the veth did not go with its host"
