@@ -96,6 +96,8 @@ class DesiredContainer:
     env: tuple[str, ...] = ()
     workdir: str = ""
     generation: int = 0
+    cni_id: str = ""  # a CNI attachment: the runtime's container ID
+    cni_netns: str = ""  # ... and its namespace (the runtime's: never created nor removed here)
 
     @property
     def mode(self) -> str:
@@ -183,6 +185,8 @@ def container_from_pb(msg: pb.Container) -> DesiredContainer:
         env=spec.env,
         workdir=spec.workdir,
         generation=spec.generation,
+        cni_id=spec.cni_id,
+        cni_netns=spec.cni_netns,
     )
 
 

@@ -29,6 +29,7 @@ import grpc
 from pyroute2 import IPRoute
 
 from agent import plan as p
+from agent.cni import AgentSide, CniService, Realised
 from agent.desired import DesiredState, LocalHost
 from agent.drivers import DRIVERS
 from agent.imagestore import ImageStore
@@ -44,6 +45,7 @@ from sdnctl.api import convert
 from sdnctl.api.client import open_channel
 from sdnctl.api.model import ContainerStatus
 from sdnctl.api.pki import TlsFiles
+from sdnctl.cni.plugin import AGENT_SOCKET, SOCKET_ENV
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
@@ -175,6 +177,20 @@ class Agent:
         self.pending_pass = True  # the desired state changed (or a process exited) since
         self.generation = 0  # counts changes of the desired state
         self.repairs = 0  # actions taken while the desired state stood still (drift)
+        self.watching = False  # a Watch stream delivered its first event and has not broken
+        # CNI (issue 17): the plugin's calls wait for the passes published here.
+        self.realised = Realised()
+        address = getattr(args, "cni_socket", "")
+        self.cni = CniService(AgentSide(
+            host=args.host, controllers=self.addresses, sync=lambda: self.sync,
+            desired=self._desired_copy, connected=lambda: self.watching,
+            realised=self.realised),
+            address if address.startswith("/") else "\0" + address.lstrip("@")) \
+            if address else None
+
+    def _desired_copy(self) -> DesiredState:
+        with self.lock:
+            return self.desired.copy()
 
     @property
     def sync(self) -> pb_grpc.HostSyncStub:
@@ -214,12 +230,14 @@ class Agent:
                 self._stream = stream
                 for event in stream:
                     backoff = 0.1
+                    self.watching = True
                     with self.lock:
                         if self.desired.apply(event):
                             self.pending_pass = True
                             self.generation += 1
                     self.dirty.set()  # a progress notice alone is reported, not reconciled
             except grpc.RpcError as e:
+                self.watching = False
                 if self.stopping.is_set():
                     return
                 log.warning("stream from controller %s broke (%s)",
@@ -242,6 +260,8 @@ class Agent:
         watcher.start()
         exits = ExitWatcher(self.wake_for_pass)
         exits.start()
+        if self.cni is not None:
+            self.cni.start()
         # A full pass is due this often even when events keep waking us (progress notices
         # must not push drift repair past one resync interval).
         due = time.monotonic()
@@ -266,6 +286,7 @@ class Agent:
                     due = time.monotonic() + self.args.resync
                     continue
                 if not needed:  # only the revision moved on: nothing here changed
+                    self.realised.publish(desired.revision, statuses or [])
                     self.report(desired.revision, statuses or [])
                     continue
                 started = time.monotonic()
@@ -288,11 +309,19 @@ class Agent:
                              len(outcome.actions), len(desired.containers),
                              time.process_time() * 1000)
                 statuses = reconciler.statuses(desired, outcome)
+                self.realised.publish(desired.revision, statuses)
+                gone = [name for name, ctr in desired.containers.items() if ctr.cni_netns
+                        and (state := outcome.observed.containers.get(name)) is not None
+                        and not state.netns]
+                if gone and self.cni is not None:
+                    self.cni.forget_gone(gone)
                 exits.watch({s.pid for s in statuses if s.pid})
                 due = time.monotonic() + (min(self.args.resync, RESTART_DELAY)
                                           if outcome.restart_pending else self.args.resync)
                 self.report(desired.revision, statuses)
         finally:
+            if self.cni is not None:
+                self.cni.stop()
             links.close()
             for channel in self.channels:
                 channel.close()
@@ -361,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
                         default=float(os.environ.get("SDNCTL_RESYNC") or 10.0),
                         help="seconds between full passes, which find and repair drift "
                         "(default: $SDNCTL_RESYNC, else %(default)s)")
+    parser.add_argument("--cni-socket", default=os.environ.get(SOCKET_ENV) or AGENT_SOCKET,
+                        help="the CNI service's socket: an abstract name in this host's "
+                        f"network namespace, or a path; empty: no CNI service (default: "
+                        f"${SOCKET_ENV}, else @{AGENT_SOCKET})")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir or f"/run/sdnctl/{args.host}"

@@ -339,6 +339,8 @@ def plan_container(ctr: DesiredContainer, desired: DesiredState, observed: Obser
                    now: float = 0.0) -> SetupContainer | None:
     if blocked(ctr, desired) is not None:
         return None
+    if ctr.cni_netns:
+        return plan_attachment(ctr, desired, observed)
     mode = MODES[ctr.mode]
     network = mode.bridge_network(ctr)
     net = desired.networks[network] if network is not None else None
@@ -363,6 +365,24 @@ def plan_container(ctr: DesiredContainer, desired: DesiredState, observed: Obser
         return None
     return SetupContainer(ctr, net, netns=create, attach=attach, start=start,
                           stop_first=stop_first, drop_sandbox=drop, stale_addresses=stale)
+
+
+def plan_attachment(ctr: DesiredContainer, desired: DesiredState,
+                    observed: Observed) -> SetupContainer | None:
+    """A CNI attachment: only its veth, into the runtime's namespace, built and repaired like
+    any other; no sandbox and no process of ours. A namespace that is gone is left to the
+    agent's CNI service, which asks the controller to forget the attachment (the runtime forgot
+    its DEL)."""
+    net = desired.networks[ctr.target]
+    state = observed.containers.get(ctr.name)
+    if state is None or not state.netns:
+        return None
+    if not veth_needs_repair(ctr, net, observed.links.get(veth_name(ctr.name, ctr.interface)),
+                             state):
+        return None
+    stale = tuple(a for a in _addresses(state) if a != ctr.address_cidr)
+    return SetupContainer(ctr, net, netns=False, attach=True, start=False, stop_first=False,
+                          stale_addresses=stale)
 
 
 def wants_restart(ctr: DesiredContainer, state: ContainerState) -> bool:

@@ -222,12 +222,20 @@ class Reconciler:
         names |= set(os.listdir(self.bundle_dir)) | set(self.images.containers())
         wanted = {name: desired.containers.get(name) for name in names
                   if not name.startswith(".")}
+        # CNI attachments leave no trace here: the runtime owns their namespace (issue 17).
+        attached = {name: ctr for name, ctr in desired.containers.items() if ctr.cni_netns}
         # Every container's network side in one batch (one thread opens all the sockets).
         peers = {self.netns_path(name): want.interface if want else "eth0"
                  for name, want in wanted.items() if want is None or want.mode == MODE_BRIDGE}
+        peers |= {ctr.cni_netns: ctr.interface for ctr in attached.values()}
         nets = self.links.observe_containers(peers) if peers else {}
-        return {name: self._observe_container(name, want, nets.get(self.netns_path(name)))
-                for name, want in wanted.items()}
+        found = {name: self._observe_container(name, want, nets.get(self.netns_path(name)))
+                 for name, want in wanted.items() if name not in attached}
+        for name, ctr in attached.items():
+            found[name] = p.ContainerState(netns=netns.is_netns(ctr.cni_netns),
+                                           net=nets.get(ctr.cni_netns), started=False,
+                                           running=False, spec="")
+        return found
 
     def _observe_container(self, name: str, want: DesiredContainer | None,
                            net: ObservedContainerNet | None) -> p.ContainerState:
@@ -381,9 +389,12 @@ class Reconciler:
                 undo.callback(self._drop_sandbox, ctr.name)
                 faults.point("namespace")
             if action.attach and net is not None:
+                if ctr.cni_netns:  # no sandbox of ours takes a half-made veth along: undo it
+                    undo.callback(self.links.remove_link, veth_name(ctr.name, ctr.interface))
                 self.links.ensure_veth(
                     veth_name(ctr.name, ctr.interface), veth_alias(ctr.name, ctr.interface),
-                    bridge_name(net.name), net.mtu, paths["net"], ctr.interface,
+                    bridge_name(net.name), net.mtu, ctr.cni_netns or paths["net"],
+                    ctr.interface,
                     ctr.address_cidr, ctr.gateway, mac=container_mac(ctr.ip))
             flush_addresses(action.stale_addresses)
             if action.stop_first and not action.start:
@@ -500,6 +511,9 @@ class Reconciler:
         result = []
         for name, ctr in sorted(desired.containers.items()):
             state = outcome.observed.containers.get(name)
+            if ctr.cni_netns:
+                result.append(self._attachment_status(ctr, state, errors.get(name, "")))
+                continue
             ready = state is not None and (state.netns or not MODES[ctr.mode].owns_sandbox)
             message = errors.get(name, "") or (p.blocked(ctr, desired) or "")
             if name in errors:
@@ -526,6 +540,25 @@ class Reconciler:
                 runtime_root=self.runtime.root, cgroup=self.cgroup_path(name),
                 user_ns=ctr.runs_user_ns(self.userns_supported)))
         return result
+
+
+    @staticmethod
+    def _attachment_status(ctr: DesiredContainer, state: p.ContainerState | None,
+                           error: str) -> ContainerStatus:
+        """A CNI attachment is running once its interface is in the runtime's namespace as
+        wanted; there is no process, cgroup nor runtime state of ours."""
+        attached = (state is not None and state.net is not None
+                    and state.net.addresses == (ctr.address_cidr,))
+        if error:
+            phase, message = STATE_ERROR, error
+        elif state is not None and not state.netns:
+            phase, message = STATE_ERROR, f"namespace {ctr.cni_netns} is gone (CNI DEL missed)"
+        elif attached:
+            phase, message = STATE_RUNNING, ""
+        else:
+            phase, message = STATE_PENDING, ""
+        return ContainerStatus(name=ctr.name, state=phase, netns=ctr.cni_netns,
+                               message=message, runtime="cni")
 
 
 def peers_after_set(have: ObservedPeers, peer: DesiredPeer) -> ObservedPeers:

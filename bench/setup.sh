@@ -4,10 +4,10 @@
 # Latency (bench/dataplane.py) is measured with ping: Debian's netperf (TCP_RR) is in non-free.
 #
 # docker.io (bench/start.py) must never run its daemon in the host's namespaces: the benchmark
-# starts its own dockerd inside a namespace of its own (scripts/install-docker-io.sh keeps the
+# starts its own dockerd inside a namespace of its own (scripts/install-no-services.sh keeps the
 # package from starting it).
 set -euo pipefail
 here="$(dirname "$0")"
 "$here/../scripts/apt-install-missing.sh" \
   containernetworking-plugins iperf3 iptables iproute2 util-linux crun iputils-ping
-"$here/../scripts/install-docker-io.sh"
+"$here/../scripts/install-no-services.sh" docker.io

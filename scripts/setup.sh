@@ -7,10 +7,11 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
 scripts/apt-install-missing.sh python3 python3-venv python3-pip iproute2 nftables tcpdump \
-  iputils-ping util-linux mount procps graphviz crun runc busybox-static etcd-server
-# docker.io: the reference `docker load` of tests/netns/test_docker_compat.py; installed so that
-# its daemon is never started on this host (see the script).
-scripts/install-docker-io.sh
+  iputils-ping util-linux mount procps graphviz crun runc busybox-static etcd-server \
+  containernetworking-plugins
+# Real clients the tests drive (docker load, Podman and containerd through the CNI plugin),
+# installed so that their daemons are never started on this host (see the script).
+scripts/install-no-services.sh docker.io podman containerd iperf3
 
 if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv"
@@ -22,4 +23,17 @@ if ! .venv/bin/python -c "import sdnctl.v1.sdnctl_pb2, jsonschema, pytest, ruff,
   .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
   touch .venv/.installed
 fi
+# The CNI plugin (issue 17): type "sdnctl" in a CNI directory, never on PATH (where `sdnctl` is
+# the CLI). A wrapper runs the venv's python without site on the stdlib-only plugin file: a
+# runtime starts it once per call. .venv/bin/sdnctl-cni is the same program for other layouts.
+plugin=$(mktemp)
+printf '#!/bin/sh\n# sdnctl CNI plugin, installed by %s/scripts/setup.sh\nexec %s -S -E %s "$@"\n' \
+  "$here" "$here/.venv/bin/python" "$here/sdnctl/cni/plugin.py" >"$plugin"
+for dir in /opt/cni/bin /usr/lib/cni; do
+  if ! cmp -s "$plugin" "$dir/sdnctl" 2>/dev/null; then
+    install -D -m 0755 "$plugin" "$dir/sdnctl"
+    echo "setup: CNI plugin installed as $dir/sdnctl"
+  fi
+done
+rm -f "$plugin"
 echo "setup: ready"

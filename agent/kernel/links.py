@@ -191,6 +191,17 @@ def _observe_peer(reader: rtnl.Reader, netns_path: str,
         mac=link.mac)
 
 
+def peek_interface(netns_path: str, ifname: str) -> ObservedContainerNet | None:
+    """One interface of a namespace, read on a socket of its own (any thread may call it; the
+    CNI service's ADD and CHECK do): None when the device is absent. KernelError when the
+    namespace cannot be entered."""
+    fd = open_netlink_fds([netns_path])[netns_path]
+    if isinstance(fd, OSError):
+        raise KernelError(f"could not enter network namespace {netns_path!r}: {fd}")
+    with rtnl.Reader(fd) as reader:
+        return _observe_peer(reader, netns_path, ifname)
+
+
 class Links:
     """Netlink for one host namespace plus cached sockets for its containers' namespaces.
 

@@ -109,6 +109,8 @@ def container_from_pb(msg: pb.Container) -> Container:
         env=tuple(msg.env),
         workdir=msg.workdir,
         generation=msg.generation,
+        cni_id=msg.cni.container_id,
+        cni_netns=msg.cni.netns,
     )
 
 
@@ -125,7 +127,10 @@ def container_to_pb(container: Container) -> pb.Container:
                         volumes=list(container.volumes), cap_add=list(container.cap_add),
                         user_ns=USERNS_NUMBER[container.user_ns], stopped=container.stopped,
                         env=list(container.env), workdir=container.workdir,
-                        generation=container.generation)
+                        generation=container.generation,
+                        cni=pb.CniOwner(container_id=container.cni_id,
+                                        netns=container.cni_netns)
+                        if container.cni_netns else None)
 
 
 def status_to_pb(status: ContainerStatus) -> pb.ContainerStatus:

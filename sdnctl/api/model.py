@@ -181,10 +181,19 @@ class Container:
     env: tuple[str, ...] = ()  # KEY=VALUE, on top of the image's
     workdir: str = ""
     generation: int = 0  # bumped by `sdnctl start`: run again, even after an exit
+    # A CNI attachment (issue 17): the runtime's container ID and network namespace (CNI_NETNS).
+    # Such a container has no process of ours: the agent only builds and keeps its veth.
+    cni_id: str = ""
+    cni_netns: str = ""
 
     @property
     def mode(self) -> str:
         return network_mode(self.network)[0]
+
+    @property
+    def owner(self) -> str:
+        """Who runs it: ``sdnctl``, or ``cni:<container ID>`` for a CNI attachment."""
+        return f"cni:{self.cni_id}" if self.cni_netns else "sdnctl"
 
     @property
     def bridge_network(self) -> str | None:

@@ -247,7 +247,24 @@ def validate_container(container: Container, where: str = "container") -> Contai
         raise Invalid(f"{where}.restart", f"unknown restart policy {container.restart!r}; "
                       f"expected one of {', '.join(RESTART_POLICIES)}")
     _check_runtime_fields(container, where)
+    if container.cni_id or container.cni_netns:
+        _check_cni(container, mode, where)
     return container
+
+
+#: The CNI spec's container ID: "alphanumeric, underscore, dot, hyphen", non-empty.
+_CNI_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}")
+
+
+def _check_cni(c: Container, mode: str, where: str) -> None:
+    """A CNI attachment (issue 17): a bridged container whose namespace the runtime owns."""
+    _only_in(mode, MODE_BRIDGE, c, f"{where}.cni")
+    if not _CNI_ID.fullmatch(c.cni_id):
+        raise Invalid(f"{where}.cni.container_id", f"{c.cni_id!r}: expected 1 to 255 letters, "
+                      "digits, '_', '.' or '-' (the CNI spec's container ID)")
+    if not c.cni_netns.startswith("/") or "\0" in c.cni_netns or \
+            len(c.cni_netns.encode()) > ARG_MAX:
+        raise Invalid(f"{where}.cni.netns", f"{c.cni_netns!r}: expected an absolute path")
 
 
 MEMORY_MIN = 6 * 1024 * 1024  # Docker's minimum: less cannot even start a shell

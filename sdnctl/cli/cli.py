@@ -68,7 +68,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(items, indent=2))
         return 0
-    print_table([[c["name"], c["host"], c["network"], c["image"] or "-", c["ip"],
+    print_table([[c["name"], c["host"], c["network"],
+                  c["owner"][:16] if c["cni_netns"] else c["image"] or "-", c["ip"],
                   state_text(c), str(c["pid"] or "")]
                  for c in items], ["NAME", "HOST", "NETWORK", "IMAGE", "IP", "STATE", "PID"])
     return 0

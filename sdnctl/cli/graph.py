@@ -60,12 +60,14 @@ class Live:
     containers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def only(self, topo: Topology) -> Live:
-        """Just the objects ``topo`` describes."""
-        return Live({k: v for k, v in self.hosts.items() if k in {h.name for h in topo.hosts}},
+        """Just the objects ``topo`` describes, and the CNI attachments on its hosts."""
+        hosts = {h.name for h in topo.hosts}
+        return Live({k: v for k, v in self.hosts.items() if k in hosts},
                     {k: v for k, v in self.networks.items()
                      if k in {n.name for n in topo.networks}},
                     {k: v for k, v in self.containers.items()
-                     if k in {c.name for c in topo.containers}})
+                     if k in {c.name for c in topo.containers}
+                     or (v.get("cni_netns") and v["host"] in hosts)})
 
 
 def read_live(client: Client) -> Live:
@@ -140,7 +142,8 @@ def _rows_containers(live: Live) -> list[list[str]]:
         donor = live.containers.get(c["shares_netns_of"], {})
         ip = f"{c['ip']}/{c['prefixlen']}" if c["ip"] else \
             (f"({donor['ip']})" if donor.get("ip") else "-")  # a joined one has its donor's
-        rows.append([c["name"], c["host"], _MODE_WORD[c["mode"]], target or "-", ip, c["state"],
+        mode = c["owner"][:16] if c.get("cni_netns") else _MODE_WORD[c["mode"]]
+        rows.append([c["name"], c["host"], mode, target or "-", ip, c["state"],
                      str(c["pid"] or "-"), ", ".join(c["ports"]) or "-"])
     return rows
 
@@ -333,6 +336,15 @@ def _host_cluster(dot: _Dot, topo: Topology, live: Live, host: str, colours: dic
         if ctr.bridge_network:
             dot.edge(_ctr_id(ctr.name), _bridge_id(host, ctr.bridge_network),
                      color="#495057")
+    # CNI attachments (issue 17): containers of a runtime, not of the topology.
+    for c in sorted((c for c in live.containers.values() if c.get("cni_netns")
+                     and c["host"] == host), key=lambda c: c["name"]):
+        net = c["network"]
+        dot.node(_ctr_id(c["name"]), label=f"{c['owner'][:20]}\nCNI · {c['interface']} "
+                 f"{c['ip']}" + ("" if c["state"] == STATE_RUNNING else f"\n{c['state'].upper()}"),
+                 shape="box", style="rounded,filled,dashed", fillcolor=colours.get(net, "#ffffff"))
+        if net in _networks_on(topo, live, host):
+            dot.edge(_ctr_id(c["name"]), _bridge_id(host, net), color="#495057")
     _allowed_pairs(dot, topo, host, _networks_on(topo, live, host))
     dot.close()
 

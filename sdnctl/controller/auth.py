@@ -100,6 +100,9 @@ POLICY: dict[str, Rule] = {
     # Any agent may fetch any image: images are not per host (a host's containers may need any).
     SYNC + "FetchImage": Rule(ADMIN, AGENT_ANY),
     SYNC + "FetchBlob": Rule(ADMIN, AGENT_ANY),
+    # CNI attachments (issue 17): an agent records and forgets them on its own host only.
+    SYNC + "Attach": Rule(ADMIN, AGENT_OWN_HOST, mutating=True),
+    SYNC + "Detach": Rule(ADMIN, AGENT_OWN_HOST, mutating=True),
     HEALTH + "Check": Rule(READ, AGENT_ANY),
     HEALTH + "List": Rule(READ, AGENT_ANY),
     HEALTH + "Watch": Rule(READ, AGENT_ANY),

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from sdnctl.api import convert
-from sdnctl.api.model import Host, Invalid, check_name
+from sdnctl.api.model import Container, Host, Invalid, check_name
 from sdnctl.api.validate import ARG_MAX, REPORT_MAX, check_count, validate_status
 from sdnctl.controller import dryrun, gc, ipam_report
 from sdnctl.controller.audit import AuditLog
@@ -55,6 +55,12 @@ STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 ]
+
+
+def refuse_cni(msg: pb.Container) -> None:
+    """CNI attachments are recorded only by their host's agent (HostSync.Attach, issue 17)."""
+    if msg.HasField("cni"):
+        raise Invalid("container.cni", "set only by the host's agent for a CNI attachment")
 
 
 def status_code_for(error: Exception) -> grpc.StatusCode:
@@ -264,6 +270,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         return convert.network_to_pb(network, revision)
 
     def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.Container:
+        refuse_cni(request.container)
         view = self.state.create_container(convert.container_from_pb(request.container))
         return container_pb(view)
 
@@ -291,6 +298,14 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         return pb.DeleteResponse(revision=self.state.delete_container(request.name))
 
     def UpdateContainer(self, request: pb.UpdateContainerRequest, context: Any) -> pb.Container:
+        refuse_cni(request.container)
+        try:
+            attached = self.state.get_container(request.container.name).container.cni_netns
+        except (NotFound, Invalid):
+            attached = ""  # update_container says why, in its order
+        if attached:
+            raise FailedPrecondition(f"container {request.container.name!r} is a CNI "
+                                     "attachment: its runtime owns it")
         view = self.state.update_container(convert.container_from_pb(request.container))
         return container_pb(view)
 
@@ -431,6 +446,36 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
     def FetchImage(self, request: pb.ImageRef, context: Any) -> pb.Image:
         record, revision = self.images.get(request.name)
         return image_pb(record, revision, self.images.config(record.id))
+
+    # -- CNI attachments (issue 17) -----------------------------------------------------------
+
+    def Attach(self, request: pb.AttachRequest, context: Any) -> pb.Container:
+        """Record a CNI attachment on the agent's own host (idempotent for the same owner)."""
+        check_name(request.host, "host")
+        spec = convert.container_from_pb(request.container)
+        if not spec.cni_netns:
+            raise Invalid("container.cni", "an attachment needs the runtime's netns and ID")
+        spec = Container(name=spec.name, host=request.host, network=spec.network,
+                         interface=spec.interface, fixed_ip=spec.fixed_ip, ports=spec.ports,
+                         cni_id=spec.cni_id, cni_netns=spec.cni_netns)
+        try:
+            return container_pb(self.state.create_container(spec))
+        except AlreadyExists:
+            view = self.state.get_container(spec.name)
+            have = view.container
+            if (have.host, have.cni_id, have.cni_netns) != (spec.host, spec.cni_id,
+                                                            spec.cni_netns):
+                raise
+            return container_pb(view)
+
+    def Detach(self, request: pb.DetachRequest, context: Any) -> pb.DeleteResponse:
+        """Forget a CNI attachment of the agent's own host; NOT_FOUND when there is none."""
+        check_name(request.host, "host")
+        view = self.state.get_container(request.name)
+        if view.container.host != request.host or not view.container.cni_netns:
+            raise PermissionDenied(f"container {request.name!r} is not a CNI attachment of host "
+                                   f"{request.host!r}")
+        return pb.DeleteResponse(revision=self.state.delete_container(request.name))
 
     def FetchBlob(self, request: pb.BlobRequest, context: Any) -> Iterator[pb.ImageChunk]:
         yield from convert.file_chunks(self.images.blob_path(request.digest))

@@ -729,7 +729,14 @@ def _ignore_missing(call: Callable[[], Any]) -> None:
 def delete_objects(client: Client, topology: Topology, progress: Progress) -> None:
     # Containers joined to another first: a donor cannot go while others use its namespace.
     deleted_at: dict[str, int] = {}  # host -> revision of its last deletion
-    for ctr in sorted(topology.containers, key=lambda c: (c.donor is None, c.name)):
+    # CNI attachments on the topology's hosts go with them (issue 17): a runtime's container
+    # cannot outlive its host's network, and the network cannot go while it has attachments.
+    hosts = {h.name for h in topology.hosts}
+    attached = [Container(name=c.name, host=c.host, network=c.network)
+                for c in client.api.ListContainers(pb.ListRequest(), timeout=10).containers
+                if c.cni.netns and c.host in hosts]
+    for ctr in [*sorted(topology.containers, key=lambda c: (c.donor is None, c.name)),
+                *attached]:
         try:
             reply = client.api.DeleteContainer(pb.DeleteRequest(name=ctr.name), timeout=10)
         except grpc.RpcError as e:

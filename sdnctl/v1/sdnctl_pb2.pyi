@@ -117,7 +117,7 @@ class Resources(_message.Message):
     def __init__(self, memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., cpu_shares: _Optional[int] = ..., pids_limit: _Optional[int] = ...) -> None: ...
 
 class Container(_message.Message):
-    __slots__ = ("name", "host", "network", "command", "interface", "ip", "prefixlen", "gateway", "status", "revision", "fixed_ip", "ports", "share", "restart", "image", "image_id", "resources", "volumes", "cap_add", "user_ns", "stopped", "env", "workdir", "generation")
+    __slots__ = ("name", "host", "network", "command", "interface", "ip", "prefixlen", "gateway", "status", "revision", "fixed_ip", "ports", "share", "restart", "image", "image_id", "resources", "volumes", "cap_add", "user_ns", "stopped", "env", "workdir", "generation", "cni")
     NAME_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,7 @@ class Container(_message.Message):
     ENV_FIELD_NUMBER: _ClassVar[int]
     WORKDIR_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CNI_FIELD_NUMBER: _ClassVar[int]
     name: str
     host: str
     network: str
@@ -166,7 +167,8 @@ class Container(_message.Message):
     env: _containers.RepeatedScalarFieldContainer[str]
     workdir: str
     generation: int
-    def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., network: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., interface: _Optional[str] = ..., ip: _Optional[str] = ..., prefixlen: _Optional[int] = ..., gateway: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., revision: _Optional[int] = ..., fixed_ip: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., share: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., image: _Optional[str] = ..., image_id: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., volumes: _Optional[_Iterable[str]] = ..., cap_add: _Optional[_Iterable[str]] = ..., user_ns: _Optional[_Union[UserNsMode, str]] = ..., stopped: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+    cni: CniOwner
+    def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., network: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., interface: _Optional[str] = ..., ip: _Optional[str] = ..., prefixlen: _Optional[int] = ..., gateway: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., revision: _Optional[int] = ..., fixed_ip: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., share: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., image: _Optional[str] = ..., image_id: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., volumes: _Optional[_Iterable[str]] = ..., cap_add: _Optional[_Iterable[str]] = ..., user_ns: _Optional[_Union[UserNsMode, str]] = ..., stopped: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., generation: _Optional[int] = ..., cni: _Optional[_Union[CniOwner, _Mapping]] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("id", "repo_tags", "layers", "size", "config", "revision")
@@ -575,3 +577,27 @@ class GcIpamReport(_message.Message):
     dry_run: bool
     items: _containers.RepeatedCompositeFieldContainer[GcIpamItem]
     def __init__(self, at: _Optional[int] = ..., grace_seconds: _Optional[int] = ..., dry_run: _Optional[bool] = ..., items: _Optional[_Iterable[_Union[GcIpamItem, _Mapping]]] = ...) -> None: ...
+
+class CniOwner(_message.Message):
+    __slots__ = ("container_id", "netns")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    NETNS_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    netns: str
+    def __init__(self, container_id: _Optional[str] = ..., netns: _Optional[str] = ...) -> None: ...
+
+class AttachRequest(_message.Message):
+    __slots__ = ("host", "container")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    container: Container
+    def __init__(self, host: _Optional[str] = ..., container: _Optional[_Union[Container, _Mapping]] = ...) -> None: ...
+
+class DetachRequest(_message.Message):
+    __slots__ = ("host", "name")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    name: str
+    def __init__(self, host: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...

@@ -1199,6 +1199,16 @@ class HostSyncStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.BlobRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageChunk.FromString,
                 _registered_method=True)
+        self.Attach = channel.unary_unary(
+                '/sdnctl.v1.HostSync/Attach',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.AttachRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.Container.FromString,
+                _registered_method=True)
+        self.Detach = channel.unary_unary(
+                '/sdnctl.v1.HostSync/Detach',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.DetachRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.FromString,
+                _registered_method=True)
 
 
 class HostSyncServicer:
@@ -1243,6 +1253,19 @@ class HostSyncServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attach(self, request, context):
+        """CNI (issue 17): record / forget an attachment of a runtime's namespace on the agent's host.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detach(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HostSyncServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1270,6 +1293,16 @@ def add_HostSyncServicer_to_server(servicer, server):
                     servicer.FetchBlob,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.BlobRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageChunk.SerializeToString,
+            ),
+            'Attach': grpc.unary_unary_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.AttachRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.Container.SerializeToString,
+            ),
+            'Detach': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detach,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.DetachRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1410,6 +1443,60 @@ class HostSync:
             '/sdnctl.v1.HostSync/FetchBlob',
             sdnctl_dot_v1_dot_sdnctl__pb2.BlobRequest.SerializeToString,
             sdnctl_dot_v1_dot_sdnctl__pb2.ImageChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.HostSync/Attach',
+            sdnctl_dot_v1_dot_sdnctl__pb2.AttachRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.Container.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.HostSync/Detach',
+            sdnctl_dot_v1_dot_sdnctl__pb2.DetachRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,7 +23,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "sdnctl.v1": (),  # generated protobuf code
     "sdnctl.api": ("sdnctl.v1",),  # the shared vocabulary
     "sdnctl.controller": ("sdnctl.api", "sdnctl.v1"),
-    "agent": ("sdnctl.api", "sdnctl.v1"),
+    # The CNI plugin is a process per call: standard library only (and the agent's wire).
+    "sdnctl.cni": (),
+    "agent": ("sdnctl.api", "sdnctl.v1", "sdnctl.cni"),
     "sdnctl.lab": ("sdnctl.api", "sdnctl.v1", "agent"),
     # deploy: `up` first runs the controller's own State in-process over a copy (the dry run)
     "sdnctl.topology": ("sdnctl.api", "sdnctl.v1", "sdnctl.lab", "agent", "sdnctl.controller"),

@@ -470,3 +470,39 @@ def test_firewall_spec_guards_bridged_containers_and_allows_known_pairs() -> Non
     assert spec.guards[0].mac == container_mac(WEB.ip)
     assert [(p.container, p.host_port, p.container_port) for p in spec.ports] == [
         ("web", 8080, 80)]
+
+
+# -- CNI attachments (issue 17) ------------------------------------------------------------------
+
+ATT = dataclasses.replace(WEB, name="cni-0123456789abcdef", cni_id="abc",
+                          cni_netns="/run/netns/cni-x")
+
+
+def attached(state: ContainerState) -> ContainerState:
+    """An attachment as observed: its namespace is the runtime's, no process of ours."""
+    return dataclasses.replace(state, started=False, running=False, spec="", pid=0)
+
+
+def test_attachment_gets_only_its_veth() -> None:
+    observed = dataclasses.replace(matching(), firewall=fw(desired(ATT)))
+    observed = with_container(observed, ATT.name, attached(dataclasses.replace(
+        running(ATT), net=None)))
+    (action,) = [a for a in plan(desired(ATT), observed) if isinstance(a, SetupContainer)]
+    assert (action.netns, action.attach, action.start, action.stop_first,
+            action.drop_sandbox) == (False, True, False, False, False)
+
+
+def test_attached_attachment_needs_nothing_and_is_repaired_on_drift() -> None:
+    observed = dataclasses.replace(matching(ATT), containers={ATT.name: attached(running(ATT))})
+    assert plan(desired(ATT), observed) == []
+    drifted = with_container(observed, ATT.name, attached(dataclasses.replace(
+        running(ATT), net=dataclasses.replace(running(ATT).net, addresses=()))))
+    (action,) = plan(desired(ATT), drifted)
+    assert isinstance(action, SetupContainer) and action.attach and not action.start
+
+
+def test_attachment_whose_namespace_is_gone_is_left_to_the_cni_service() -> None:
+    observed = dataclasses.replace(matching(ATT), containers={ATT.name: ContainerState(
+        netns=False, net=None, started=False, running=False, spec="")})
+    observed = without_link(observed, veth_name(ATT.name, "eth0"))
+    assert plan(desired(ATT), observed) == []

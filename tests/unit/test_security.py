@@ -422,6 +422,9 @@ CALLS: dict[str, Any] = {
     "SaveImage": pb.ImageRef(name="nope:1"),
     "FetchImage": pb.ImageRef(name="nope:1"),
     "FetchBlob": pb.BlobRequest(digest="sha256:" + "0" * 64),
+    "Attach": pb.AttachRequest(host="ha", container=pb.Container(
+        name="cni-x", network="front", cni=pb.CniOwner(container_id="x", netns="/run/x"))),
+    "Detach": pb.DetachRequest(host="ha", name="nope"),
 }
 
 

@@ -1,0 +1,450 @@
+"""The agent's CNI service (issue 17): what the ``sdnctl-cni`` plugin asks of its host's agent.
+
+The plugin (``sdnctl/cni/plugin.py``) is a process per call and stays light; everything else is
+here, in the long-lived agent. The agent listens on an ABSTRACT unix socket (``@sdnctl-agent``)
+inside its host's network namespace: abstract names are per namespace, so the plugin run by a
+runtime in that namespace finds this agent with no configuration. Only root may call (the peer's
+credentials are checked: abstract sockets have no file permissions).
+
+One request per connection, one JSON line each way. A CNI attachment is a container of the
+controller's model without a process of ours: its namespace is the runtime's (``CNI_NETNS``),
+its owner the runtime's container ID. Who does what:
+
+- ``ADD``: refuse if ``CNI_IFNAME`` exists in the namespace; ask the controller to record the
+  attachment (``HostSync.Attach``: an address from this host's lease of the network); wait until
+  the reconciler realised it (the same planner and kernel code as for any container: the veth
+  into the namespace, address, route, the firewall's guards); answer the CNI result. Anything
+  failing half-way is rolled back: the record is dropped and the reconciler removes the veth.
+- ``DEL``: ``HostSync.Detach`` (unknown: fine), then wait until the reconciler removed the veth.
+- ``CHECK``: the record, the interface, its address and default route against ``prevResult``.
+- ``STATUS``: whether this agent is connected to a controller; ``GC``: detach this network's
+  attachments that are not in ``cni.dev/valid-attachments``.
+- A namespace that disappeared without a DEL (the runtime forgot it) is detached here, when the
+  reconciler reports it gone (:meth:`CniService.forget_gone`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from agent.desired import DesiredContainer, DesiredState
+from agent.kernel import netns
+from agent.kernel.links import KernelError, peek_interface
+from agent.names import container_mac, veth_name
+from sdnctl.api.model import STATE_ERROR, STATE_RUNNING, ContainerStatus, Invalid, check_name
+from sdnctl.cni.plugin import (
+    ERR_CONFIG,
+    ERR_ENV,
+    ERR_INTERNAL,
+    ERR_NOT_AVAILABLE,
+    ERR_TRY_AGAIN,
+    ERR_UNKNOWN_CONTAINER,
+    ERR_UNSUPPORTED_FIELD,
+    CniError,
+)
+from sdnctl.v1 import sdnctl_pb2 as pb
+from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+
+log = logging.getLogger("sdnctl.agent.cni")
+
+ADD_TIMEOUT = 20.0  # seconds for the controller and the reconciler to realise an attachment
+DEL_TIMEOUT = 10.0
+REQUEST_MAX = 1 << 20
+RPC_TIMEOUT = 10.0
+
+#: gRPC codes that mean "the controller may answer later": CNI's 11, the runtime retries.
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+             grpc.StatusCode.ABORTED)
+
+
+def attachment_name(container_id: str, ifname: str) -> str:
+    """The controller's name of an attachment: stable per (container ID, interface)."""
+    return "cni-" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:16]
+
+
+def rpc_error(e: grpc.RpcError, what: str) -> CniError:
+    code = e.code() if hasattr(e, "code") else None
+    details = e.details() if hasattr(e, "details") else str(e)
+    if code in TRANSIENT:
+        return CniError(ERR_TRY_AGAIN, f"{what}: the controller is unreachable; try again later",
+                        str(details))
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.FAILED_PRECONDITION):
+        return CniError(ERR_CONFIG, f"{what}: {details}")
+    return CniError(ERR_INTERNAL, f"{what}: {details}", str(code))
+
+
+class Realised:
+    """What the reconciler realised last (the desired revision and the statuses of its pass):
+    CNI calls wait on it for their attachment to be built or removed."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.revision = 0
+        self.statuses: dict[str, ContainerStatus] = {}
+
+    def publish(self, revision: int, statuses: list[ContainerStatus]) -> None:
+        with self._cond:
+            self.revision = revision
+            self.statuses = {s.name: s for s in statuses}
+            self._cond.notify_all()
+
+    def wait(self, ready: Callable[[int, dict[str, ContainerStatus]], bool],
+             timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: ready(self.revision, self.statuses), timeout)
+
+
+@dataclass
+class AgentSide:
+    """What the service needs of the agent (agent/main.py's Agent provides it)."""
+
+    host: str
+    controllers: list[str]
+    sync: Callable[[], pb_grpc.HostSyncStub]
+    desired: Callable[[], DesiredState]  # a consistent copy
+    connected: Callable[[], bool]  # a Watch stream is open
+    realised: Realised
+
+
+class CniService:
+    def __init__(self, side: AgentSide, address: str) -> None:
+        self.side = side
+        self.address = address
+        self.sock: socket.socket | None = None
+        self._forgetting: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- the socket ---------------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Bind and serve in a daemon thread; False (logged) when the name is taken."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(self.address)
+        except OSError as e:
+            sock.close()
+            log.warning("CNI service off: cannot bind %s: %s", self._where(), e)
+            return False
+        sock.listen(64)
+        self.sock = sock
+        threading.Thread(target=self._serve, name="cni", daemon=True).start()
+        log.info("CNI service on %s", self._where())
+        return True
+
+    def stop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _where(self) -> str:
+        return "@" + self.address[1:] if self.address.startswith("\0") else self.address
+
+    def _serve(self) -> None:
+        while self.sock is not None:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(conn,), name="cni-call",
+                             daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                answer = self._answer(conn)
+            except Exception as e:  # an answer, always: the plugin must not hang nor guess
+                log.warning("CNI call failed: %s", e, exc_info=True)
+                answer = {"error": {"code": ERR_INTERNAL, "msg": f"sdnctl agent: {e}",
+                                    "details": type(e).__name__}}
+            try:
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+            except OSError as e:
+                log.warning("could not answer a CNI call: %s", e)
+
+    def _answer(self, conn: socket.socket) -> dict[str, Any]:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        if uid != 0:
+            return {"error": {"code": ERR_INTERNAL, "msg": "only root may call the sdnctl "
+                              f"agent's CNI service (uid {uid})", "details": ""}}
+        conn.settimeout(10)
+        data = b""
+        while len(data) <= REQUEST_MAX and (chunk := conn.recv(65536)):
+            data += chunk
+        try:
+            request = json.loads(data)
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            return {"error": {"code": ERR_INTERNAL, "msg": f"bad request: {e}", "details": ""}}
+        started = time.monotonic()
+        try:
+            result = self.handle(request)
+        except CniError as e:
+            log.info("CNI %s %s: error %d %s", request.get("command"),
+                     request.get("containerID"), e.code, e.msg)
+            return {"error": {"code": e.code, "msg": e.msg, "details": e.details}}
+        log.info("CNI %s %s %s: done in %.0f ms", request.get("command"),
+                 request.get("containerID"), request.get("ifname"),
+                 (time.monotonic() - started) * 1000)
+        return {"result": result} if result is not None else {}
+
+    # -- the commands -------------------------------------------------------------------------
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        conf = request.get("config")
+        if not isinstance(conf, dict):
+            raise CniError(ERR_CONFIG, "no network configuration")
+        controller = conf.get("controller")
+        if controller and controller not in self.side.controllers:
+            raise CniError(ERR_CONFIG, f"controller: this host's agent uses "
+                           f"{','.join(self.side.controllers)}, not {controller}")
+        network = str(conf.get("network") or conf.get("name") or "")
+        try:
+            check_name(network, "network")
+        except Invalid as e:
+            raise CniError(ERR_CONFIG, str(e)) from None
+        command = request.get("command")
+        if command == "ADD":
+            return self.add(request, conf, network)
+        if command == "DEL":
+            self.delete(request)
+            return None
+        if command == "CHECK":
+            self.check(request, conf, network)
+            return None
+        if command == "STATUS":
+            if not self.side.connected():
+                raise CniError(ERR_NOT_AVAILABLE, "the sdnctl agent of this host is not "
+                               "connected to a controller")
+            return None
+        if command == "GC":
+            self.gc(conf, network)
+            return None
+        raise CniError(ERR_ENV, f"CNI_COMMAND: {command!r} is not served by the agent")
+
+    def add(self, request: dict[str, Any], conf: dict[str, Any],
+            network: str) -> dict[str, Any]:
+        container_id, ifname, path = (str(request.get(k) or "") for k in
+                                      ("containerID", "ifname", "netns"))
+        if not netns.is_netns(path):
+            raise CniError(ERR_ENV, f"CNI_NETNS: {path!r} is not a network namespace")
+        try:
+            present = peek_interface(path, ifname)
+        except KernelError as e:
+            raise CniError(ERR_ENV, f"CNI_NETNS: {e}") from None
+        if present is not None:
+            raise CniError(ERR_INTERNAL, f"interface {ifname!r} already exists in {path}")
+        name = attachment_name(container_id, ifname)
+        stale = self.side.desired().containers.get(name)
+        if stale is not None and stale.cni_netns != path and not netns.is_netns(stale.cni_netns):
+            # The same container and interface in a new namespace, and the old one gone without
+            # a DEL (a runtime restarted it): that attachment is over.
+            self._detach(name, wait=True)
+        spec = pb.Container(name=name, host=self.side.host, network=network, interface=ifname,
+                            fixed_ip=requested_ip(conf, str(request.get("args") or "")),
+                            ports=port_mappings(conf),
+                            cni=pb.CniOwner(container_id=container_id, netns=path))
+        if requested_mac(conf, str(request.get("args") or "")):
+            raise CniError(ERR_UNSUPPORTED_FIELD, "mac: sdnctl derives each container's MAC "
+                           "address from its IP address (its anti-spoofing guard knows it)")
+        try:
+            view = self.side.sync().Attach(pb.AttachRequest(host=self.side.host,
+                                                            container=spec),
+                                           timeout=RPC_TIMEOUT)
+        except grpc.RpcError as e:
+            raise rpc_error(e, f"network {network!r}") from None
+        try:
+            status = self._wait_realised(name, view.revision)
+            if status is None:
+                raise CniError(ERR_TRY_AGAIN, f"the agent did not build {ifname!r} within "
+                               f"{ADD_TIMEOUT:.0f} s")
+            if status.state != STATE_RUNNING:
+                raise CniError(ERR_INTERNAL, f"could not attach {ifname!r}: {status.message}")
+            return self.result(conf["cniVersion"], view, ifname, path)
+        except BaseException:
+            self._detach(name, wait=True)  # roll back: record and veth
+            raise
+
+    def _wait_realised(self, name: str, revision: int) -> ContainerStatus | None:
+        found: list[ContainerStatus] = []
+
+        def ready(realised: int, statuses: dict[str, ContainerStatus]) -> bool:
+            status = statuses.get(name)
+            if realised < revision or status is None or \
+                    status.state not in (STATE_RUNNING, STATE_ERROR):
+                return False
+            found.append(status)
+            return True
+
+        return found[-1] if self.side.realised.wait(ready, ADD_TIMEOUT) else None
+
+    def result(self, version: str, view: pb.Container, ifname: str,
+               path: str) -> dict[str, Any]:
+        """The CNI result, in the caller's version: host veth, container side, address, route."""
+        host_if = veth_name(view.name, ifname)
+        try:
+            host = peek_interface(f"/proc/{os.getpid()}/ns/net", host_if)
+        except KernelError:
+            host = None
+        net = self.side.desired().networks.get(view.network)
+        interfaces: list[dict[str, Any]] = [
+            {"name": host_if, "mac": (host.mac or "") if host else "", "sandbox": ""},
+            {"name": ifname, "mac": container_mac(view.ip), "sandbox": path}]
+        if version == "1.1.0" and net is not None:
+            for interface in interfaces:
+                interface["mtu"] = net.mtu
+        ip: dict[str, Any] = {"address": f"{view.ip}/{view.prefixlen}",
+                              "gateway": view.gateway, "interface": 1}
+        if version == "0.4.0":
+            ip["version"] = "4"
+        return {"cniVersion": version, "interfaces": interfaces, "ips": [ip],
+                "routes": [{"dst": "0.0.0.0/0", "gw": view.gateway}], "dns": {}}
+
+    def delete(self, request: dict[str, Any]) -> None:
+        name = attachment_name(str(request.get("containerID") or ""),
+                               str(request.get("ifname") or ""))
+        self._detach(name, wait=True, strict=True)
+
+    def _detach(self, name: str, wait: bool, strict: bool = False) -> None:
+        """Forget an attachment and (``wait``) see the reconciler remove its veth. ``strict``
+        raises CNI errors; else they are logged (a rollback, a GC)."""
+        try:
+            revision = self.side.sync().Detach(pb.DetachRequest(host=self.side.host, name=name),
+                                               timeout=RPC_TIMEOUT).revision
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return  # DEL of an unknown attachment succeeds
+            if strict:
+                raise rpc_error(e, f"attachment {name}") from None
+            log.warning("could not detach %s: %s", name, e.details())
+            return
+        if wait and not self.side.realised.wait(
+                lambda realised, statuses: realised >= revision and name not in statuses,
+                DEL_TIMEOUT) and strict:
+            raise CniError(ERR_TRY_AGAIN, f"the agent did not remove attachment {name} within "
+                           f"{DEL_TIMEOUT:.0f} s")
+        log.info("attachment %s detached", name)
+
+    def check(self, request: dict[str, Any], conf: dict[str, Any], network: str) -> None:
+        container_id, ifname, path = (str(request.get(k) or "") for k in
+                                      ("containerID", "ifname", "netns"))
+        name = attachment_name(container_id, ifname)
+        ctr = self.side.desired().containers.get(name)
+        if ctr is None or ctr.cni_netns != path:
+            raise CniError(ERR_UNKNOWN_CONTAINER, f"no sdnctl attachment of {container_id} "
+                           f"{ifname} in {path}")
+        if ctr.target != network:
+            raise CniError(ERR_CONFIG, f"attachment {name} is on network {ctr.target!r}, "
+                           f"not {network!r}")
+        problems = check_attachment(ctr, path, conf.get("prevResult"))
+        if problems:
+            raise CniError(ERR_INTERNAL, f"CHECK of {ifname} in {path}: " + "; ".join(problems))
+
+    def gc(self, conf: dict[str, Any], network: str) -> None:
+        valid = conf.get("cni.dev/valid-attachments", [])
+        if not isinstance(valid, list):
+            raise CniError(ERR_CONFIG, "cni.dev/valid-attachments: expected a list")
+        keep = {attachment_name(str(a.get("containerID", "")), str(a.get("ifname", "")))
+                for a in valid if isinstance(a, dict)}
+        for name, ctr in sorted(self.side.desired().containers.items()):
+            if ctr.cni_netns and ctr.target == network and name not in keep:
+                log.info("CNI GC: %s (%s) is not a valid attachment", name, ctr.cni_id)
+                self._detach(name, wait=False, strict=True)
+
+    def forget_gone(self, names: list[str]) -> None:
+        """Attachments whose namespace is gone (a DEL the runtime never sent): detach them, in a
+        thread of their own (the reconciler must not wait on the controller)."""
+        with self._lock:
+            new = [n for n in names if n not in self._forgetting]
+            self._forgetting |= set(new)
+        for name in new:
+            log.warning("attachment %s: its namespace is gone without a CNI DEL; detaching",
+                        name)
+            threading.Thread(target=self._forget, args=(name,), daemon=True).start()
+
+    def _forget(self, name: str) -> None:
+        try:
+            self._detach(name, wait=False)
+        finally:
+            with self._lock:
+                self._forgetting.discard(name)
+
+
+def check_attachment(ctr: DesiredContainer, path: str, prev: object) -> list[str]:
+    """What differs between the namespace, the record and ``prevResult`` (empty: all agree)."""
+    try:
+        have = peek_interface(path, ctr.interface)
+    except KernelError as e:
+        return [str(e)]
+    if have is None:
+        return [f"interface {ctr.interface!r} is missing"]
+    problems = []
+    if have.addresses != (ctr.address_cidr,):
+        problems.append(f"addresses {list(have.addresses)}, expected [{ctr.address_cidr}]")
+    if have.gateway != ctr.gateway:
+        problems.append(f"default route via {have.gateway}, expected via {ctr.gateway}")
+    if have.mac != container_mac(ctr.ip):
+        problems.append(f"MAC {have.mac}, expected {container_mac(ctr.ip)}")
+    if not have.up:
+        problems.append("interface is down")
+    if isinstance(prev, dict):
+        for ip in prev.get("ips") or []:
+            if isinstance(ip, dict) and ip.get("address") not in have.addresses:
+                problems.append(f"prevResult address {ip.get('address')} is not on the "
+                                "interface")
+        for route in prev.get("routes") or []:
+            if isinstance(route, dict) and route.get("dst") == "0.0.0.0/0" and \
+                    route.get("gw") and route.get("gw") != have.gateway:
+                problems.append(f"prevResult default route via {route.get('gw')} is missing")
+    return problems
+
+
+def _cni_args(args: str) -> dict[str, str]:
+    """``CNI_ARGS``: ``K=V;K=V``."""
+    return dict(part.split("=", 1) for part in args.split(";") if "=" in part)
+
+
+def requested_ip(conf: dict[str, Any], args: str) -> str:
+    """A static address: ``runtimeConfig.ips`` (capability ``ips``), ``args.cni.ips`` or
+    ``CNI_ARGS`` ``IP=``; the first IPv4 one, without its prefix length."""
+    runtime = conf.get("runtimeConfig") or {}
+    cni_args = (conf.get("args") or {}).get("cni") or {}
+    for ips in (runtime.get("ips"), cni_args.get("ips")):
+        if isinstance(ips, list) and ips:
+            return str(ips[0]).split("/")[0]
+    return _cni_args(args).get("IP", "").split("/")[0]
+
+
+def requested_mac(conf: dict[str, Any], args: str) -> str:
+    runtime = conf.get("runtimeConfig") or {}
+    cni_args = (conf.get("args") or {}).get("cni") or {}
+    return str(runtime.get("mac") or cni_args.get("mac") or _cni_args(args).get("MAC", ""))
+
+
+def port_mappings(conf: dict[str, Any]) -> list[str]:
+    """``runtimeConfig.portMappings`` (capability ``portMappings``, as portmap reads it) as
+    sdnctl's published ports: ``[HOST_IP:]HOST_PORT:CONTAINER_PORT/PROTO``."""
+    mappings = (conf.get("runtimeConfig") or {}).get("portMappings") or []
+    ports = []
+    for i, m in enumerate(mappings if isinstance(mappings, list) else []):
+        if not isinstance(m, dict) or "hostPort" not in m or "containerPort" not in m:
+            raise CniError(ERR_CONFIG, f"runtimeConfig.portMappings[{i}]: expected hostPort "
+                           "and containerPort")
+        host_ip = str(m.get("hostIP") or "")
+        ports.append(f"{host_ip + ':' if host_ip else ''}{int(m['hostPort'])}:"
+                     f"{int(m['containerPort'])}/{str(m.get('protocol') or 'tcp').lower()}")
+    return ports

@@ -1,0 +1,128 @@
+"""Issue 17: CNI ADD and DEL wall time, sdnctl's plugin vs the reference bridge + host-local.
+
+Design note. `sdnctl up` brings up one lab host (its controller and agent, as a user would) with
+a bridge network ``front``; both plugins are exec'd by the same libcni-like driver the spec tests
+use (tests/netns/helpers/cnidriver.py: environment, config on stdin, stdout parsed), through
+``nsenter --net`` into that lab host's namespace, where a runtime would run them. Per round,
+each side (alternating, A B B A ...) gets a fresh container namespace (made untimed, as the
+runtime's cost), one timed ADD, one timed DEL, and the namespace is removed. sdnctl's ADD is
+a whole attachment: the plugin process, the agent, the controller's record and address, the
+reconciler's pass that builds the veth and its firewall guards, and the answer; the reference
+bridge plugin builds the veth and host-local writes its address file. VERSION is timed too:
+the bare cost of each plugin's process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness import (
+    Measurement,
+    Timer,
+    alternate_many,
+    bench_args,
+    comparison,
+    ratio,
+    summary,
+    unique_prefix,
+    write_result,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "netns")]
+
+from helpers.cli import lab_cli  # noqa: E402
+from helpers.cnidriver import Driver, make_cni_path  # noqa: E402
+
+from agent.kernel.netns import create_netns, netns_path, remove_netns  # noqa: E402
+from sdnctl.lab import lab  # noqa: E402
+
+TOPOLOGY = """\
+name: cnibench
+hosts:
+  - {name: h1, lab: true}
+networks:
+  - {name: front, driver: bridge, subnet: 10.72.0.0/16}
+containers: []
+"""
+
+
+def main() -> int:
+    args = bench_args(__doc__.splitlines()[0])
+    rounds = 20 if args.quick else 100
+    prefix = unique_prefix("c")
+    work = Path(tempfile.mkdtemp(prefix=f"sdnctl-bench-{prefix}-"))
+    try:
+        (work / "t.yaml").write_text(TOPOLOGY)
+        with lab_cli(prefix) as cli:
+            cli.run("up", str(work / "t.yaml"), "--timeout", "60")
+            host = lab.Lab(prefix).host_netns("h1")
+            drv = Driver(make_cni_path(work / "bin", ("bridge", "host-local")), run_in=host)
+            confs: dict[str, dict[str, Any]] = {
+                "sdnctl": {"cniVersion": "1.0.0", "name": "front", "type": "sdnctl",
+                           "network": "front"},
+                "bridge": {"cniVersion": "1.0.0", "name": "ref", "type": "bridge",
+                           "bridge": "cniref0", "isGateway": True, "ipMasq": False,
+                           "ipam": {"type": "host-local", "subnet": "10.73.0.0/16",
+                                    "dataDir": str(work / "ipam")}}}
+            samples: dict[str, dict[str, list[float]]] = {
+                side: {"ADD": [], "DEL": [], "VERSION": []} for side in confs}
+            count = [0]
+
+            def side(name: str) -> Callable[[], list[float]]:
+                def run() -> list[float]:
+                    count[0] += 1
+                    cid = f"bench{count[0]}"
+                    ns = netns_path(f"{prefix}c{count[0]}")
+                    create_netns(ns)
+                    try:
+                        with Timer() as t:
+                            drv.call(confs[name], "ADD", container_id=cid, netns=ns)
+                        samples[name]["ADD"].append(t.ms)
+                        with Timer() as t:
+                            drv.call(confs[name], "DEL", container_id=cid, netns=ns)
+                        samples[name]["DEL"].append(t.ms)
+                        with Timer() as t:
+                            drv.version(confs[name]["type"])
+                        samples[name]["VERSION"].append(t.ms)
+                    finally:
+                        remove_netns(ns)
+                    return []
+                return run
+
+            alternate_many({name: side(name) for name in confs}, rounds)
+    finally:
+        with contextlib.suppress(Exception):
+            shutil.rmtree(work, ignore_errors=True)
+    ms = [Measurement(f"{name} {op}", "ms", values)
+          for name, ops in samples.items() for op, values in ops.items()]
+    by = {m.name: m.samples for m in ms}
+    comps = [comparison("sdnctl/bridge ADD", ratio(by["sdnctl ADD"], by["bridge ADD"]), "<= 1",
+                        ratio(by["sdnctl ADD"], by["bridge ADD"]) <= 1),
+             comparison("sdnctl/bridge DEL", ratio(by["sdnctl DEL"], by["bridge DEL"]), "< 1",
+                        ratio(by["sdnctl DEL"], by["bridge DEL"]) < 1),
+             comparison("sdnctl/bridge VERSION", ratio(by["sdnctl VERSION"],
+                                                       by["bridge VERSION"]), "", None)]
+    for m in ms:
+        med, p10, p90 = summary(m.samples)
+        print(f"{m.name:18} median {med:8.2f} ms  p10 {p10:8.2f}  p90 {p90:8.2f}")
+    for c in comps:
+        print(f"{c['name']:24} {c['value']:6.2f}  target {c['target'] or '-':5} met {c['met']}")
+    write_result("cni", {"mode": "quick" if args.quick else "full",
+                         "params": {"rounds": rounds, "cniVersion": "1.0.0"},
+                         "measurements": ms, "comparisons": comps,
+                         "notes": ["wall time per call through nsenter into a lab host "
+                                   "(both sides alike); sdnctl ADD waits for the agent's pass "
+                                   "and the controller's record", f"pid {os.getpid()}"]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
