@@ -8,6 +8,9 @@ cd "$here"
 
 scripts/apt-install-missing.sh python3 python3-venv python3-pip iproute2 nftables tcpdump \
   iputils-ping util-linux mount procps graphviz crun runc busybox-static etcd-server
+# promtool (metrics tests) and a headless browser (the live view's tests, through Playwright's
+# executable_path: Playwright never downloads a browser here); neither may start a service.
+scripts/apt-install-no-services.sh prometheus chromium
 
 if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv"

@@ -154,13 +154,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     client = connect()
     try:
         live = read_live(client)
+        endpoints = client.api.GetEndpoints(pb.GetEndpointsRequest(), timeout=10)
     finally:
         client.close()
     if topo is not None:
         live = live.only(topo)
     summary = health(live, topo)
     if args.json:
-        print(json.dumps({"hosts": list(live.hosts.values()),
+        print(json.dumps({"controller": {"metrics_url": endpoints.metrics_url,
+                                         "ui_url": endpoints.ui_url},
+                          "hosts": list(live.hosts.values()),
                           "networks": list(live.networks.values()),
                           "containers": list(live.containers.values()),
                           "health": summary}, indent=2))

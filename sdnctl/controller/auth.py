@@ -85,6 +85,7 @@ POLICY: dict[str, Rule] = {
     CTL + "GetIpam": Rule(READ),
     CTL + "CheckIpam": Rule(READ),
     CTL + "GcIpam": Rule(ADMIN, mutating=True),
+    CTL + "GetEndpoints": Rule(READ),
     CTL + "Events": Rule(READ),
     CTL + "LoadImage": Rule(MANAGE, mutating=True),
     CTL + "ListImages": Rule(READ),

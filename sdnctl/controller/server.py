@@ -39,12 +39,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sdnctl.api import paths
+from sdnctl.api.metrics import DEFAULT_ADDRESS, MetricsServer, serve_metrics
 from sdnctl.api.model import Invalid
 from sdnctl.api.pki import PkiError, RevocationList, TlsFiles
 from sdnctl.controller import gc, ipam
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import SecurityInterceptor
 from sdnctl.controller.images import Images, default_blob_dir
+from sdnctl.controller.metrics import (
+    ControllerMetrics,
+    Endpoints,
+    MetricsInterceptor,
+    metered,
+)
 from sdnctl.controller.servicers import (
     Connections,
     ControllerServicer,
@@ -90,6 +97,9 @@ class RunningServer:
     scratch: str = ""  # a blob directory made for this server alone, removed when it stops
     heartbeat: threading.Thread | None = None
     front: TlsFront | None = None  # the TCP listeners (mutual TLS)
+    metrics: ControllerMetrics | None = None
+    endpoints: Endpoints | None = None  # where metrics and the live view are served
+    metrics_server: MetricsServer | None = None
 
     def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()
@@ -98,6 +108,8 @@ class RunningServer:
         self.server.stop(grace).wait()
         if self.front is not None:
             self.front.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         for thread in (self.sweeper, self.heartbeat, self.collector):
             if thread is not None:
                 thread.join()
@@ -173,15 +185,19 @@ def _listen(server: grpc.Server, address: str, front: TlsFront | None) -> str:
 
 def _start(addresses: list[str], store: Store, state: State, connections: Connections,
            images: Images, audit: AuditLog, stopping: threading.Event, front: TlsFront | None,
-           max_workers: int, progress_interval: float, gc_grace: int) -> RunningServer:
+           max_workers: int, progress_interval: float, gc_grace: int,
+           metrics: ControllerMetrics, endpoints: Endpoints) -> RunningServer:
     """The gRPC server with its services, listening (TCP through ``front``) and started."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         interceptors=[SecurityInterceptor(audit, front),
+                         interceptors=[MetricsInterceptor(metrics),
+                                       SecurityInterceptor(audit, front),
                                        ErrorInterceptor()])
     pb_grpc.add_ControllerServicer_to_server(
-        ControllerServicer(state, connections, images, audit, stopping, gc_grace), server)
+        ControllerServicer(state, connections, images, audit, stopping, gc_grace, endpoints),
+        server)
     pb_grpc.add_HostSyncServicer_to_server(
-        HostSyncServicer(state, connections, stopping, images, progress_interval), server)
+        HostSyncServicer(state, connections, stopping, images, progress_interval, metrics,
+                         audit), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -195,7 +211,8 @@ def _start(addresses: list[str], store: Store, state: State, connections: Connec
         front.start()
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, dials[0], stopping, addresses=dials, audit=audit, front=front)
+    return RunningServer(server, dials[0], stopping, addresses=dials, audit=audit, front=front,
+                         metrics=metrics, endpoints=endpoints)
 
 
 def create_server(address: str | Sequence[str], store: Store,
@@ -213,7 +230,8 @@ def create_server(address: str | Sequence[str], store: Store,
                   blob_dir: str | None = None,
                   gc_grace: int = gc.DEFAULT_GRACE,
                   gc_interval: float = 0.0,
-                  tls_dir: str | None = None) -> RunningServer:
+                  tls_dir: str | None = None,
+                  metrics_address: str = "") -> RunningServer:
     """Build and start a server on ``address`` (one or several): ``unix:/path`` or
     ``[tcp:]host:port`` (port 0 picks). A TCP address needs ``tls`` (mutual TLS), else
     :class:`ListenError` before anything starts. ``crl``: a revocation list file (PEM, signed by
@@ -231,7 +249,8 @@ def create_server(address: str | Sequence[str], store: Store,
     the two sightings IPAM garbage collection needs; ``gc_interval``: how often it runs on its
     own (0: only when asked, ``GcIpam``). ``tls_dir``: where the TLS terminator makes its
     private directory (the gRPC server's internal socket; default: the system's temporary
-    directory).
+    directory). ``metrics_address``: where to serve Prometheus metrics (``HOST:PORT``, port 0
+    picks; "": not served); the URL bound is in ``running.endpoints``.
     """
     addresses = [address] if isinstance(address, str) else list(address)
     for tcp in (a for a in addresses if not is_unix(a)):
@@ -240,6 +259,9 @@ def create_server(address: str | Sequence[str], store: Store,
     revocations = RevocationList(crl, tls.read()[2]) if crl and tls is not None else None
     audit = audit if audit is not None else AuditLog()
     stopping = threading.Event()
+    metrics = ControllerMetrics()
+    store = metered(store, metrics)
+    metrics.add_ipam(store)
     timers = ipam.Timers(lease_ttl=lease_ttl, subnet_quarantine=subnet_quarantine,
                          address_quarantine=address_quarantine)
     state = State(store, timers, clock)
@@ -250,10 +272,16 @@ def create_server(address: str | Sequence[str], store: Store,
     images = Images(store, blob_dir or scratch)
     front = TlsFront(tls, revocations, tls_dir) \
         if tls is not None and any(not is_unix(a) for a in addresses) else None
+    endpoints = Endpoints()
+    metrics_server = None
     try:
+        metrics_server = serve_metrics(metrics.registry, metrics_address)
+        endpoints.metrics_url = metrics_server.url if metrics_server is not None else ""
         running = _start(addresses, store, state, connections, images, audit, stopping, front,
-                         max_workers, progress_interval, gc_grace)
+                         max_workers, progress_interval, gc_grace, metrics, endpoints)
     except BaseException:
+        if metrics_server is not None:
+            metrics_server.stop()
         if front is not None:
             front.stop()
         if scratch:
@@ -261,6 +289,7 @@ def create_server(address: str | Sequence[str], store: Store,
         raise
     running.revocations = revocations
     running.scratch = scratch
+    running.metrics_server = metrics_server
     if sweep_interval > 0:
         running.sweeper = threading.Thread(target=sweep_forever, name="ipam-sweeper",
                                            args=(state, sweep_interval, stopping), daemon=True)
@@ -347,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
                         default=float(os.environ.get("SDNCTL_GC_INTERVAL") or 0),
                         metavar="SECONDS", help="run IPAM garbage collection this often "
                         "($SDNCTL_GC_INTERVAL, else 0: only on request, `sdnctl ipam gc`)")
+    parser.add_argument("--metrics", default=DEFAULT_ADDRESS, metavar="ADDR",
+                        help="serve Prometheus metrics on HOST:PORT (port 0 picks a free one; "
+                        "`sdnctl status --json` tells the URL; '' for none) "
+                        "(default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -381,17 +414,23 @@ def main(argv: list[str] | None = None) -> int:
                                 else 0.0,
                                 blob_dir=args.blob_dir or default_blob_dir(db),
                                 gc_grace=args.gc_grace, gc_interval=args.gc_interval,
-                                tls_dir=_tls_dir())
+                                tls_dir=_tls_dir(), metrics_address=args.metrics)
     except Invalid as e:
         parser.error(f"--default-bridge: {e.message}")
     except (ListenError, PkiError) as e:
         parser.error(str(e))
+    except ValueError as e:
+        parser.error(f"--metrics: {e}")
+    except OSError as e:
+        parser.error(f"--metrics {args.metrics}: {e.strerror or e}")
     except StoreUnavailable as e:
         parser.exit(1, f"sdnctl-controller: {e}\n")
     if args.pidfile:
         paths.write_atomic(args.pidfile, f"{os.getpid()}\n")
     log.info("listening on %s (store: %s)", ", ".join(running.addresses),
              describe_store(store))
+    if running.endpoints is not None and running.endpoints.metrics_url:
+        log.info("metrics at %s", running.endpoints.metrics_url)
     if running.revocations is not None:
         revocations = running.revocations
         signal.signal(signal.SIGHUP, lambda *_: revocations.reload())

@@ -152,6 +152,11 @@ class ControllerStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamReport.FromString,
                 _registered_method=True)
+        self.GetEndpoints = channel.unary_unary(
+                '/sdnctl.v1.Controller/GetEndpoints',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetEndpointsRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.Endpoints.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -313,6 +318,13 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEndpoints(self, request, context):
+        """Where this controller replica serves its Prometheus metrics and its live view (issue 23).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -430,6 +442,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.GcIpam,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamReport.SerializeToString,
+            ),
+            'GetEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEndpoints,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetEndpointsRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.Endpoints.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1056,6 +1073,33 @@ class Controller:
             '/sdnctl.v1.Controller/GcIpam',
             sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamRequest.SerializeToString,
             sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/GetEndpoints',
+            sdnctl_dot_v1_dot_sdnctl__pb2.GetEndpointsRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.Endpoints.FromString,
             options,
             channel_credentials,
             insecure,
