@@ -445,12 +445,33 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Print the URL of the controller's live view (and its metrics, with --json)."""
+    client = connect()
+    try:
+        endpoints = client.api.GetEndpoints(pb.GetEndpointsRequest(), timeout=10)
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps({"ui_url": endpoints.ui_url, "metrics_url": endpoints.metrics_url}))
+        return 0
+    if not endpoints.ui_url:
+        raise CommandError("the controller serves no live view (started with --http '')")
+    print(endpoints.ui_url)
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add this module's verbs to the sdnctl argument parser's sub-parsers."""
     p = sub.add_parser("status", help="hosts, networks and containers as tables, and health")
     p.add_argument("file", nargs="?", help="only this topology's objects")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("ui", help="the URL of the live view: hosts, bridges, VXLAN tunnels and "
+                       "containers, updated as they change (a browser on this machine)")
+    p.add_argument("--json", action="store_true", help="the live view's and metrics' URLs")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("graph", help="draw a topology (svg, png or dot)")
     p.add_argument("file")

@@ -46,6 +46,8 @@ from sdnctl.controller import gc, ipam
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import SecurityInterceptor
 from sdnctl.controller.images import Images, default_blob_dir
+from sdnctl.controller.liveview import DEFAULT_ADDRESS as DEFAULT_HTTP
+from sdnctl.controller.liveview import LiveView, LiveViewError
 from sdnctl.controller.metrics import (
     ControllerMetrics,
     Endpoints,
@@ -100,6 +102,7 @@ class RunningServer:
     metrics: ControllerMetrics | None = None
     endpoints: Endpoints | None = None  # where metrics and the live view are served
     metrics_server: MetricsServer | None = None
+    liveview: LiveView | None = None
 
     def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()
@@ -110,6 +113,8 @@ class RunningServer:
             self.front.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        if self.liveview is not None:
+            self.liveview.stop()
         for thread in (self.sweeper, self.heartbeat, self.collector):
             if thread is not None:
                 thread.join()
@@ -231,7 +236,7 @@ def create_server(address: str | Sequence[str], store: Store,
                   gc_grace: int = gc.DEFAULT_GRACE,
                   gc_interval: float = 0.0,
                   tls_dir: str | None = None,
-                  metrics_address: str = "") -> RunningServer:
+                  metrics_address: str = "", http_address: str = "") -> RunningServer:
     """Build and start a server on ``address`` (one or several): ``unix:/path`` or
     ``[tcp:]host:port`` (port 0 picks). A TCP address needs ``tls`` (mutual TLS), else
     :class:`ListenError` before anything starts. ``crl``: a revocation list file (PEM, signed by
@@ -250,7 +255,8 @@ def create_server(address: str | Sequence[str], store: Store,
     own (0: only when asked, ``GcIpam``). ``tls_dir``: where the TLS terminator makes its
     private directory (the gRPC server's internal socket; default: the system's temporary
     directory). ``metrics_address``: where to serve Prometheus metrics (``HOST:PORT``, port 0
-    picks; "": not served); the URL bound is in ``running.endpoints``.
+    picks; "": not served); ``http_address``: the live view's (loopback only, see
+    :mod:`sdnctl.controller.liveview`); the URLs bound are in ``running.endpoints``.
     """
     addresses = [address] if isinstance(address, str) else list(address)
     for tcp in (a for a in addresses if not is_unix(a)):
@@ -274,12 +280,17 @@ def create_server(address: str | Sequence[str], store: Store,
         if tls is not None and any(not is_unix(a) for a in addresses) else None
     endpoints = Endpoints()
     metrics_server = None
+    liveview = None
     try:
         metrics_server = serve_metrics(metrics.registry, metrics_address)
         endpoints.metrics_url = metrics_server.url if metrics_server is not None else ""
+        liveview = LiveView(state, connections, http_address) if http_address else None
+        endpoints.ui_url = liveview.url if liveview is not None else ""
         running = _start(addresses, store, state, connections, images, audit, stopping, front,
                          max_workers, progress_interval, gc_grace, metrics, endpoints)
     except BaseException:
+        if liveview is not None:
+            liveview.stop()
         if metrics_server is not None:
             metrics_server.stop()
         if front is not None:
@@ -290,6 +301,7 @@ def create_server(address: str | Sequence[str], store: Store,
     running.revocations = revocations
     running.scratch = scratch
     running.metrics_server = metrics_server
+    running.liveview = liveview
     if sweep_interval > 0:
         running.sweeper = threading.Thread(target=sweep_forever, name="ipam-sweeper",
                                            args=(state, sweep_interval, stopping), daemon=True)
@@ -380,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve Prometheus metrics on HOST:PORT (port 0 picks a free one; "
                         "`sdnctl status --json` tells the URL; '' for none) "
                         "(default: %(default)s)")
+    parser.add_argument("--http", default=DEFAULT_HTTP, metavar="ADDR",
+                        help="serve the live view on HOST:PORT, loopback only (port 0 picks a "
+                        "free one; `sdnctl ui` tells the URL; '' for none) "
+                        "(default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -414,15 +430,16 @@ def main(argv: list[str] | None = None) -> int:
                                 else 0.0,
                                 blob_dir=args.blob_dir or default_blob_dir(db),
                                 gc_grace=args.gc_grace, gc_interval=args.gc_interval,
-                                tls_dir=_tls_dir(), metrics_address=args.metrics)
+                                tls_dir=_tls_dir(), metrics_address=args.metrics,
+                                http_address=args.http)
     except Invalid as e:
         parser.error(f"--default-bridge: {e.message}")
-    except (ListenError, PkiError) as e:
+    except (ListenError, PkiError, LiveViewError) as e:
         parser.error(str(e))
     except ValueError as e:
-        parser.error(f"--metrics: {e}")
+        parser.error(f"--metrics/--http: {e}")
     except OSError as e:
-        parser.error(f"--metrics {args.metrics}: {e.strerror or e}")
+        parser.error(f"--metrics {args.metrics} / --http {args.http}: {e.strerror or e}")
     except StoreUnavailable as e:
         parser.exit(1, f"sdnctl-controller: {e}\n")
     if args.pidfile:
@@ -431,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
              describe_store(store))
     if running.endpoints is not None and running.endpoints.metrics_url:
         log.info("metrics at %s", running.endpoints.metrics_url)
+    if running.endpoints is not None and running.endpoints.ui_url:
+        log.info("live view at %s", running.endpoints.ui_url)
     if running.revocations is not None:
         revocations = running.revocations
         signal.signal(signal.SIGHUP, lambda *_: revocations.reload())

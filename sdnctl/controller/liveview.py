@@ -1,0 +1,161 @@
+"""The live view (issue 23): one page showing the network as it is, updated as it changes.
+
+Design note. The controller serves, on ``--http ADDR`` (loopback by default, port 0 picks, ""
+turns it off), three static files from ``ui/`` (a page, one script, one style sheet: no
+framework, nothing fetched from elsewhere) and two JSON resources: ``/api/state``, a snapshot of
+hosts, networks and containers with their statuses (the same messages the API lists, as JSON),
+and ``/api/events``, a stream of server-sent events that sends a fresh snapshot whenever the
+store's revision moves (what the Watch streams wake on, so agents' status reports show too),
+coalesced over :data:`COALESCE` seconds, with a comment every :data:`KEEPALIVE` seconds to keep
+proxies from closing an idle stream. A snapshot is whole rather than a delta: the page stays
+simple and a reconnecting browser needs nothing else.
+
+Access: only loopback addresses are served for now (any local user may look, as with
+``--metrics``). A TCP address elsewhere is refused at start: it needs the API's mutual TLS and
+roles (a viewer may look), which this listener does not implement yet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from google.protobuf import json_format
+
+from sdnctl.api import convert
+from sdnctl.api.metrics import parse_address, url_host
+from sdnctl.controller.servicers import Connections, host_pb
+from sdnctl.controller.state import State
+from sdnctl.controller.watch import container_pb
+
+#: ``--http`` when not given.
+DEFAULT_ADDRESS = "127.0.0.1:0"
+UI_DIR = os.path.join(os.path.dirname(__file__), "ui")
+STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
+          "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+          "/app.css": ("app.css", "text/css; charset=utf-8")}
+KEEPALIVE = 15.0
+COALESCE = 0.05
+#: Headers of every answer: the page runs no script but ours, loads nothing from elsewhere.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+class LiveViewError(Exception):
+    pass
+
+
+def _message(msg: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+
+
+def snapshot(state: State, connections: Connections) -> dict[str, Any]:
+    """Hosts, networks and containers as the API lists them, plus the store revision."""
+    hosts, revision = state.list_hosts()
+    networks, _ = state.list_networks()
+    containers, _ = state.list_containers("", "")
+    return {
+        "revision": revision,
+        "hosts": [_message(host_pb(v, connections)) for v in hosts],
+        "networks": [_message(convert.network_to_pb(n, r)) for n, r in networks],
+        "containers": [_message(container_pb(v)) for v in containers],
+    }
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    view: LiveView
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in SECURITY_HEADERS.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        view = self.server.view
+        if path in STATIC:
+            name, content_type = STATIC[path]
+            with open(os.path.join(UI_DIR, name), "rb") as f:
+                self._send(200, f.read(), content_type)
+        elif path == "/api/state":
+            self._send(200, json.dumps(view.snapshot()).encode(), "application/json")
+        elif path == "/api/events":
+            self._stream(view)
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+    def _stream(self, view: LiveView) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        for name, value in SECURITY_HEADERS.items():
+            self.send_header(name, value)
+        self.end_headers()
+        try:
+            revision = -1
+            while not view.stopping.is_set():
+                current = view.state.store.revision()
+                if current != revision:
+                    revision = current
+                    data = json.dumps(view.snapshot())
+                    self.wfile.write(f"event: state\ndata: {data}\n\n".encode())
+                else:
+                    self.wfile.write(b": keepalive\n\n")
+                self.wfile.flush()
+                if view.state.store.wait(revision, KEEPALIVE) != revision:
+                    view.stopping.wait(COALESCE)  # a burst of writes: one snapshot
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the page went away
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class LiveView:
+    """The live view's HTTP server, until :meth:`stop`."""
+
+    def __init__(self, state: State, connections: Connections, address: str) -> None:
+        host, port = parse_address(address)
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            raise LiveViewError(f"--http {address}: only a loopback address is served (TCP "
+                                "elsewhere needs the API's mutual TLS, not implemented for the "
+                                "live view yet)")
+        self.state = state
+        self.connections = connections
+        self.stopping = threading.Event()
+        self._http = _Server((host, port), _Handler)
+        self._http.view = self
+        self.url = f"http://{url_host(host)}:{self._http.server_address[1]}/"
+        self._thread = threading.Thread(target=self._http.serve_forever, name="liveview",
+                                        daemon=True)
+        self._thread.start()
+
+    def snapshot(self) -> dict[str, Any]:
+        return snapshot(self.state, self.connections)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._http.shutdown()
+        self._http.server_close()
+        self._thread.join()

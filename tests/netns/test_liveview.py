@@ -1,0 +1,91 @@
+"""The live view (issue 23) in a real browser: Debian's chromium, headless, driven by Playwright.
+
+The demo's topology is brought up with the CLI; `sdnctl ui` tells the page's URL (nobody
+guesses ports). The page must load without console errors and show the lab's hosts, its
+containers in their modes and the VXLAN tunnel; a container started with `sdnctl run` must
+appear without a reload (server-sent events) and go after `sdnctl rm`; details open from the
+keyboard; the search box marks what matches. Waits are safety bounds, not timing assertions.
+Screenshots go to the test's tmp dir; with SDNCTL_UPDATE_SCREENSHOT=1 the first one also
+replaces docs/live-view.png (the README's).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers.cli import EXAMPLES, REPO, Cli, lab_cli
+
+pytestmark = pytest.mark.netns
+
+playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (dev)")
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright never downloads a browser here
+TWO_HOSTS = next(e for e in EXAMPLES if e.endswith("two-hosts.yaml"))
+SAFETY = 30_000  # ms: a bound for a broken page, not a timing requirement
+
+
+@pytest.fixture
+def cli(run_prefix: str) -> Iterator[Cli]:
+    with lab_cli(run_prefix) as c:
+        yield c
+
+
+def test_the_live_view_follows_the_network(cli: Cli, tmp_path: Path,
+                                           test_image: tuple[str, str]) -> None:
+    assert os.path.exists(CHROMIUM), "chromium missing: scripts/setup.sh installs it"
+    cli.run("up", TWO_HOSTS, "--image", test_image[0])
+    url = cli.run("ui").stdout.strip()
+    assert url.startswith("http://127.0.0.1:")
+    assert cli.json("status")["controller"]["ui_url"] == url
+
+    errors: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 800})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            for name in ("host:h1", "host:h2", "container:web", "container:sidecar",
+                         "container:cache", "container:api", "container:vault",
+                         "container:probe", "bridge:h1:ov", "vxlan:h2:ov"):
+                page.wait_for_selector(f'[data-id="{name}"]', timeout=SAFETY)
+            page.wait_for_selector('[data-id="container:web"].running', timeout=SAFETY)
+            assert page.locator("#tunnels line").count() == 1  # h1 <-> h2 on ov
+            page.locator("#conn.live").wait_for(timeout=SAFETY)
+            page.screenshot(path=str(tmp_path / "live-view.png"), full_page=True)
+            if os.environ.get("SDNCTL_UPDATE_SCREENSHOT"):
+                shutil.copy(tmp_path / "live-view.png", REPO / "docs" / "live-view.png")
+
+            # a new container appears without a reload, and goes after rm
+            cli.run("run", "--name", "late", "--host", "h2", "--network", "ov")
+            late = page.locator('[data-id="container:late"]')
+            late.wait_for(timeout=SAFETY)
+            page.screenshot(path=str(tmp_path / "live-view-late.png"), full_page=True)
+
+            # the keyboard reaches it and opens its details
+            late.focus()
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#details:not([hidden])", timeout=SAFETY)
+            assert page.inner_text("#details-title") == "container late"
+            assert "h2" in page.inner_text("#details-body")
+            page.keyboard.press("Escape")
+            page.wait_for_selector("#details", state="hidden", timeout=SAFETY)
+
+            # the search box marks what matches and dims hosts without a match
+            page.keyboard.press("/")
+            page.keyboard.type("vault")
+            assert "match" in (page.get_attribute('[data-id="container:vault"]', "class") or "")
+            assert "dim" in (page.get_attribute('[data-host="h1"]', "class") or "")
+            page.fill("#search", "")
+
+            cli.run("rm", "late")
+            late.wait_for(state="detached", timeout=SAFETY)
+            assert page.locator('[data-id="container:web"]').count() == 1
+        finally:
+            browser.close()
+    assert errors == []
