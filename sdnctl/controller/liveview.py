@@ -10,9 +10,13 @@ coalesced over :data:`COALESCE` seconds, with a comment every :data:`KEEPALIVE` 
 proxies from closing an idle stream. A snapshot is whole rather than a delta: the page stays
 simple and a reconnecting browser needs nothing else.
 
-Access: only loopback addresses are served for now (any local user may look, as with
-``--metrics``). A TCP address elsewhere is refused at start: it needs the API's mutual TLS and
-roles (a viewer may look), which this listener does not implement yet.
+Access. A controller without TLS serves the page on loopback only, in plain HTTP (any local
+user may look, as with ``--metrics``); any other address is refused at start. A controller with
+TLS (``--tls-*``) serves it over HTTPS with the API's rules, on any address, loopback too: the
+handshake requires a client certificate of the CA (so no certificate, another CA's or an expired
+one never gets a byte), then each request is checked as the API checks a read (not revoked by
+the CRL, one ``sdnctl://`` identity, a user whose role may read: admin, operator or viewer);
+anything else gets 403. The handshake runs in the request's thread, not the accepting one.
 """
 
 from __future__ import annotations
@@ -20,14 +24,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from cryptography import x509
 from google.protobuf import json_format
 
 from sdnctl.api import convert
 from sdnctl.api.metrics import parse_address, url_host
+from sdnctl.api.pki import RevocationList, TlsFiles, identity_of
+from sdnctl.controller.auth import READ
 from sdnctl.controller.servicers import Connections, host_pb
 from sdnctl.controller.state import State
 from sdnctl.controller.watch import container_pb
@@ -78,6 +86,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    timeout = 60  # seconds a client may stall a read or a write (the handshake included)
 
     def _send(self, code: int, body: bytes, content_type: str) -> None:
         self.send_response(code)
@@ -88,9 +97,37 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _refusal(self) -> str | None:
+        """Why the TLS client may not look (None: it may; so may anyone without TLS)."""
+        if not isinstance(self.connection, ssl.SSLSocket):
+            return None
+        der = self.connection.getpeercert(binary_form=True)
+        if not der:
+            return "a client certificate is required"
+        cert = x509.load_der_x509_certificate(der)
+        revocations = self.server.view.revocations
+        if revocations is not None and revocations.revoked(cert.serial_number):
+            return f"the client certificate (serial {cert.serial_number:#x}) is revoked"
+        identity = identity_of(cert)
+        if identity is None:
+            return "the client certificate names no sdnctl:// identity"
+        if identity.kind != "user" or identity.role not in READ:
+            return f"{identity} may not look at the live view"
+        return None
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError, TimeoutError):
+            return  # a client refused in the handshake (no certificate, another CA's)
+
     def do_GET(self) -> None:
         path = self.path.split("?")[0]
         view = self.server.view
+        why = self._refusal()
+        if why is not None:
+            self._send(403, why.encode() + b"\n", "text/plain")
+            return
         if path in STATIC:
             name, content_type = STATIC[path]
             with open(os.path.join(UI_DIR, name), "rb") as f:
@@ -128,25 +165,42 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+def _tls_context(tls: TlsFiles, revocations: RevocationList | None) -> ssl.SSLContext:
+    """Server side of mutual TLS: our certificate; clients must present one of the CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert, tls.key)
+    context.load_verify_locations(cafile=tls.ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 class LiveView:
     """The live view's HTTP server, until :meth:`stop`."""
 
-    def __init__(self, state: State, connections: Connections, address: str) -> None:
+    def __init__(self, state: State, connections: Connections, address: str,
+                 tls: TlsFiles | None = None,
+                 revocations: RevocationList | None = None) -> None:
         host, port = parse_address(address)
         try:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = host == "localhost"
-        if not loopback:
-            raise LiveViewError(f"--http {address}: only a loopback address is served (TCP "
-                                "elsewhere needs the API's mutual TLS, not implemented for the "
-                                "live view yet)")
+        if not loopback and tls is None:
+            raise LiveViewError(f"--http {address}: beyond loopback the live view needs the "
+                                "API's mutual TLS (--tls-cert, --tls-key, --tls-ca)")
         self.state = state
         self.connections = connections
+        self.revocations = revocations
         self.stopping = threading.Event()
         self._http = _Server((host, port), _Handler)
         self._http.view = self
-        self.url = f"http://{url_host(host)}:{self._http.server_address[1]}/"
+        scheme = "http"
+        if tls is not None:
+            self._http.socket = _tls_context(tls, revocations).wrap_socket(
+                self._http.socket, server_side=True, do_handshake_on_connect=False)
+            scheme = "https"
+        self.url = f"{scheme}://{url_host(host)}:{self._http.server_address[1]}/"
         self._thread = threading.Thread(target=self._http.serve_forever, name="liveview",
                                         daemon=True)
         self._thread.start()

@@ -284,7 +284,8 @@ def create_server(address: str | Sequence[str], store: Store,
     try:
         metrics_server = serve_metrics(metrics.registry, metrics_address)
         endpoints.metrics_url = metrics_server.url if metrics_server is not None else ""
-        liveview = LiveView(state, connections, http_address) if http_address else None
+        liveview = LiveView(state, connections, http_address, tls, revocations) \
+            if http_address else None
         endpoints.ui_url = liveview.url if liveview is not None else ""
         running = _start(addresses, store, state, connections, images, audit, stopping, front,
                          max_workers, progress_interval, gc_grace, metrics, endpoints)
@@ -393,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                         "`sdnctl status --json` tells the URL; '' for none) "
                         "(default: %(default)s)")
     parser.add_argument("--http", default=DEFAULT_HTTP, metavar="ADDR",
-                        help="serve the live view on HOST:PORT, loopback only (port 0 picks a "
+                        help="serve the live view on HOST:PORT: loopback only, unless --tls-* "
+                        "(then HTTPS with client certificates, a reader role) (port 0 picks a "
                         "free one; `sdnctl ui` tells the URL; '' for none) "
                         "(default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")

@@ -5,6 +5,7 @@ test_metrics.py, test_liveview.py) add agents, promtool and a browser."""
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.kernel.firewall import drop_counts
+from sdnctl.api import pki
+from sdnctl.api.pki import TlsFiles
 from sdnctl.controller.liveview import LiveViewError
 from sdnctl.controller.server import RunningServer, create_server
 from sdnctl.controller.store.memory import MemoryStore
@@ -121,3 +124,40 @@ def test_drop_counts_sum_counted_drops_by_guard() -> None:
              rule("sdnctl:vxlan/4789/vni/7", 9, "accept"),
              {"comment": "sdnctl:net/a/isolation", "expr": [{"drop": None}]}]
     assert drop_counts(rules) == {"spoof-ip": 5, "vxlan-not-member": 5, "router-advert": 0}
+
+
+def test_with_tls_the_live_view_wants_a_readers_certificate(tmp_path: Path) -> None:
+    d = tmp_path / "pki"
+    pki.init(d)
+    viewer = pki.issue(d, "user", "vera", role="viewer")
+    agent = pki.issue(d, "agent", "h1")
+    revoked = pki.issue(d, "user", "rex", role="viewer")
+    pki.revoke(d, "rex")
+    running = create_server([f"unix:{tmp_path / 'c.sock'}"], MemoryStore(), sweep_interval=0,
+                            tls=TlsFiles.from_dir(d, "controller"), crl=str(d / "crl.pem"),
+                            http_address="127.0.0.1:0")
+    try:
+        assert running.endpoints is not None
+        url = running.endpoints.ui_url
+        assert url.startswith("https://127.0.0.1:")
+
+        def fetch(cert: tuple[Path, Path] | None) -> int:
+            context = ssl.create_default_context(cafile=str(d / "ca.pem"))
+            context.check_hostname = False
+            if cert is not None:
+                context.load_cert_chain(str(cert[0]), str(cert[1]))
+            try:
+                with urllib.request.urlopen(url + "api/state", timeout=10,
+                                            context=context) as reply:
+                    return int(reply.status)
+            except urllib.error.HTTPError as e:
+                return e.code
+            except (urllib.error.URLError, ssl.SSLError, ConnectionError):
+                return 0  # refused in the handshake
+
+        assert fetch(viewer) == 200  # the positive control: the probe works
+        assert fetch(None) == 0
+        assert fetch(agent) == 403
+        assert fetch(revoked) == 403
+    finally:
+        running.stop()
