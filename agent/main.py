@@ -33,7 +33,7 @@ from agent import plan as p
 from agent.desired import DesiredState, LocalHost
 from agent.drivers import DRIVERS
 from agent.imagestore import ImageStore
-from agent.kernel import procfs
+from agent.kernel import conntrack, procfs, sysctl
 from agent.kernel.firewall import Firewall
 from agent.kernel.links import Links
 from agent.kernel.seams import FirewallOps, LinkOps
@@ -55,6 +55,8 @@ log = logging.getLogger("sdnctl.agent")
 
 #: Events (repairs, container state changes) kept for the next report.
 EVENTS_MAX = 1000
+#: Flows (and drop counters) sent in one report at most.
+FLOWS_MAX = 500
 
 
 def running_for() -> float:
@@ -188,6 +190,9 @@ class Agent:
         # is away for long misses the oldest).
         self.events: list[pb.AgentEvent] = []
         self.states: dict[str, str] = {}  # container -> its state as last reported
+        self.flows: list[pb.Flow] = []  # conntrack's flows of our networks, as last read
+        self.drops: list[pb.Drop] = []  # the guards' drop counters, as last listed
+        self.reported_traffic: tuple[list[pb.Flow], list[pb.Drop]] = ([], [])
 
     def serve_metrics(self, address: str) -> None:
         self.metrics_server = serve_metrics(self.metrics.registry, address)
@@ -261,6 +266,10 @@ class Agent:
     def run(self) -> None:
         links = Links()
         firewall = Firewall()
+        try:  # conntrack's byte counters, for flows' rates (this host's namespace only)
+            sysctl.ensure_sysctl("net.netfilter.nf_conntrack_acct", "1")
+        except Exception as e:
+            log.warning("no conntrack accounting, flows will show no rates: %s", e)
         self.metrics.add_drops(firewall.drops)
         runtime = OciRuntime(self.args.runtime, os.path.join(self.args.run_dir, "runtime"))
         images = ImageStore(self.args.store_dir, GrpcFetcher(lambda: self.sync))
@@ -324,6 +333,7 @@ class Agent:
                 statuses = reconciler.statuses(desired, outcome)
                 self.metrics.record_containers(statuses)
                 self.note_states(statuses)
+                self.read_traffic(desired, firewall)
                 exits.watch({s.pid for s in statuses if s.pid})
                 due = time.monotonic() + (min(self.args.resync, RESTART_DELAY)
                                           if outcome.restart_pending else self.args.resync)
@@ -358,19 +368,40 @@ class Agent:
             self.note("container-state", name, f"{self.states[name]} -> removed")
         self.states = {name: s.state for name, s in now.items()}
 
+    def read_traffic(self, desired: DesiredState, firewall: Firewall) -> None:
+        """Flows between addresses of our networks (one conntrack dump) and the guards' drop
+        counters (from the last ruleset listing), for the next report."""
+        subnets = sorted({n.cidr or n.subnet for n in desired.networks.values()
+                          if n.cidr or n.subnet})
+        try:
+            samples = conntrack.flow_samples(subnets) if subnets else []
+        except Exception as e:
+            log.debug("could not read flows: %s", e)
+            samples = []
+        self.flows = [pb.Flow(host=self.args.host, src=s, dst=d, proto=proto, packets=packets,
+                              bytes=size)
+                      for s, d, proto, packets, size in samples[:FLOWS_MAX]]
+        self.drops = [pb.Drop(host=self.args.host, container=c, reason=r, packets=n)
+                      for (c, r), n in sorted(firewall.container_drops().items())[:FLOWS_MAX]]
+
     def report(self, revision: int, statuses: list[ContainerStatus]) -> None:
         with self.lock:
             events = list(self.events)
-        if self.last_report == (revision, statuses) and not events:
+        traffic = (self.flows, self.drops)
+        # Flows are sent with every pass while there are some: their rates need fresh counters.
+        if self.last_report == (revision, statuses) and not events \
+                and traffic == self.reported_traffic and not self.flows:
             return
         request = pb.ReportStatusRequest(
             host=self.args.host, observed_revision=revision,
-            containers=[convert.status_to_pb(s) for s in statuses], events=events)
+            containers=[convert.status_to_pb(s) for s in statuses], events=events,
+            flows=traffic[0], drops=traffic[1])
         for _ in self.channels:
             try:
                 pb_grpc.HostSyncStub(self.channels[self.current]).ReportStatus(request,
                                                                               timeout=10)
                 self.last_report = (revision, statuses)
+                self.reported_traffic = traffic
                 with self.lock:
                     del self.events[:len(events)]
                 return

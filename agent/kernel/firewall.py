@@ -124,6 +124,7 @@ class Firewall:
         self._handles: dict[str, int] = {}  # rule comment -> handle (unique comments only)
         self._error = ""  # nft's complaint about the last failed write
         self._drops: dict[str, int] = {}  # guard -> packets dropped, as last listed
+        self._container_drops: dict[tuple[str, str], int] = {}  # (container, guard) -> packets
 
     def _nft(self, script: str, flags: int = 0) -> nft.Result:
         return self._in_netns(lambda: nft.run(script, flags))
@@ -149,6 +150,7 @@ class Firewall:
             self._tables, self._handles = None, {}
         else:
             self._drops = drop_counts(rules)
+            self._container_drops = container_drop_counts(rules)
             self._tables = sorted(r.get("comment", "") for r in rules)
             self._handles = _unique((r.get("comment", ""), r.get("handle")) for r in rules)
         if self._installed is not None and self._tables != _tables_fingerprint(self._installed):
@@ -172,6 +174,10 @@ class Firewall:
         ``vxlan-not-member``...), as of the last listing (a scrape must not list: see
         agent/metrics.py). Safe to call from any thread."""
         return dict(self._drops)
+
+    def container_drops(self) -> dict[tuple[str, str], int]:
+        """Packets each container's guard dropped, by (container, guard), as last listed."""
+        return dict(self._container_drops)
 
     def apply(self, spec: SpecLike) -> bool:
         """Install ``spec`` unless it is installed already. Returns True when it wrote.
@@ -243,6 +249,20 @@ def drop_counts(rules: Iterable[dict[str, object]]) -> dict[str, int]:
         parts = comment.removeprefix("sdnctl:").split("/")
         guard = f"vxlan-{parts[-1]}" if parts[0] == "vxlan" else parts[-1]
         drops[guard] = drops.get(guard, 0) + int(packets)
+    return drops
+
+
+def container_drop_counts(rules: Iterable[dict[str, object]]) -> dict[tuple[str, str], int]:
+    """Packets counted by each container's guard rules (``sdnctl:ctr/NAME/GUARD``), by
+    (container, guard), those that dropped something only."""
+    drops: dict[tuple[str, str], int] = {}
+    for rule in rules:
+        parts = str(rule.get("comment", "")).removeprefix("sdnctl:").split("/")
+        if len(parts) != 3 or parts[0] != "ctr":
+            continue
+        packets = drop_counts([rule]).get(parts[2], 0)
+        if packets:
+            drops[(parts[1], parts[2])] = packets
     return drops
 
 

@@ -24,6 +24,7 @@ import argparse
 import json
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -461,6 +462,61 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def flows_json(report: pb.FlowsReport) -> dict[str, Any]:
+    return {
+        "at": report.at,
+        "flows": [{"host": f.host, "src": f.src, "dst": f.dst, "proto": f.proto,
+                   "src_container": f.src_container, "dst_container": f.dst_container,
+                   "packets": f.packets, "bytes": f.bytes, "rate_bps": round(f.rate_bps, 1)}
+                  for f in report.flows],
+        "drops": [{"host": d.host, "container": d.container, "reason": d.reason,
+                   "packets": d.packets} for d in report.drops],
+    }
+
+
+def _rate(bps: float) -> str:
+    for unit, size in (("MB/s", 1e6), ("kB/s", 1e3)):
+        if bps >= size:
+            return f"{bps / size:.1f} {unit}"
+    return f"{bps:.0f} B/s"
+
+
+def print_flows(data: dict[str, Any]) -> None:
+    def end(address: str, name: str) -> str:
+        return f"{name} ({address})" if name else address
+
+    print_table([[f["host"], end(f["src"], f["src_container"]),
+                  end(f["dst"], f["dst_container"]), f["proto"], str(f["packets"]),
+                  str(f["bytes"]), _rate(f["rate_bps"])] for f in data["flows"]],
+                ["HOST", "FROM", "TO", "PROTO", "PACKETS", "BYTES", "RATE"])
+    if data["drops"]:
+        print("\nDROPPED")
+        print_table([[d["host"], d["container"], d["reason"], str(d["packets"])]
+                     for d in data["drops"]], ["HOST", "CONTAINER", "REASON", "PACKETS"])
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    """Traffic between containers and the guards' drops, as agents last reported them; with
+    --follow, again every --interval seconds."""
+    client = connect()
+    try:
+        while True:
+            data = flows_json(client.api.GetFlows(pb.GetFlowsRequest(), timeout=10))
+            if args.json:
+                print(json.dumps(data), flush=True)
+            else:
+                if args.follow:
+                    print(time.strftime("\n== %H:%M:%S"))
+                print_flows(data)
+            if not args.follow:
+                return 0
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        client.close()
+
+
 def register(sub: Any) -> None:
     """Add this module's verbs to the sdnctl argument parser's sub-parsers."""
     p = sub.add_parser("status", help="hosts, networks and containers as tables, and health")
@@ -472,6 +528,13 @@ def register(sub: Any) -> None:
                        "containers, updated as they change (a browser on this machine)")
     p.add_argument("--json", action="store_true", help="the live view's and metrics' URLs")
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("flows", help="traffic between containers (conntrack, with rates) and "
+                       "what the guards dropped, as agents report them")
+    p.add_argument("-f", "--follow", action="store_true", help="print again every --interval")
+    p.add_argument("--interval", type=float, default=2.0, metavar="SECONDS")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_flows)
 
     p = sub.add_parser("graph", help="draw a topology (svg, png or dot)")
     p.add_argument("file")

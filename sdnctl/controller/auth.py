@@ -86,6 +86,7 @@ POLICY: dict[str, Rule] = {
     CTL + "CheckIpam": Rule(READ),
     CTL + "GcIpam": Rule(ADMIN, mutating=True),
     CTL + "GetEndpoints": Rule(READ),
+    CTL + "GetFlows": Rule(READ),
     CTL + "Events": Rule(READ),
     CTL + "LoadImage": Rule(MANAGE, mutating=True),
     CTL + "ListImages": Rule(READ),

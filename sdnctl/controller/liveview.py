@@ -5,7 +5,8 @@ turns it off), three static files from ``ui/`` (a page, one script, one style sh
 framework, nothing fetched from elsewhere) and two JSON resources: ``/api/state``, a snapshot of
 hosts, networks and containers with their statuses (the same messages the API lists, as JSON),
 and ``/api/events``, a stream of server-sent events that sends a fresh snapshot whenever the
-store's revision moves (what the Watch streams wake on, so agents' status reports show too),
+store's revision moves (what the Watch streams wake on, so agents' status reports show too)
+or agents report new traffic (flows, drops: :mod:`sdnctl.controller.flows`),
 coalesced over :data:`COALESCE` seconds, with a comment every :data:`KEEPALIVE` seconds to keep
 proxies from closing an idle stream. A snapshot is whole rather than a delta: the page stays
 simple and a reconnecting browser needs nothing else.
@@ -36,7 +37,8 @@ from sdnctl.api import convert
 from sdnctl.api.metrics import parse_address, url_host
 from sdnctl.api.pki import RevocationList, TlsFiles, identity_of
 from sdnctl.controller.auth import READ
-from sdnctl.controller.servicers import Connections, host_pb
+from sdnctl.controller.flows import FlowTable
+from sdnctl.controller.servicers import Connections, address_names, host_pb
 from sdnctl.controller.state import State
 from sdnctl.controller.watch import container_pb
 
@@ -47,6 +49,7 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/app.css": ("app.css", "text/css; charset=utf-8")}
 KEEPALIVE = 15.0
+FLOW_POLL = 1.0
 COALESCE = 0.05
 #: Headers of every answer: the page runs no script but ours, loads nothing from elsewhere.
 SECURITY_HEADERS = {
@@ -66,9 +69,11 @@ def _message(msg: Any) -> dict[str, Any]:
                                      always_print_fields_with_no_presence=True)
 
 
-def snapshot(state: State, connections: Connections) -> dict[str, Any]:
-    """Hosts, networks and containers as the API lists them, plus the store revision."""
+def snapshot(state: State, connections: Connections, flows: FlowTable) -> dict[str, Any]:
+    """Hosts, networks and containers as the API lists them, the store revision, and the
+    traffic agents reported (flows between containers, the guards' drops)."""
     hosts, revision = state.list_hosts()
+    traffic = _message(flows.report(address_names(state)))
     networks, _ = state.list_networks()
     containers, _ = state.list_containers("", "")
     return {
@@ -76,6 +81,8 @@ def snapshot(state: State, connections: Connections) -> dict[str, Any]:
         "hosts": [_message(host_pb(v, connections)) for v in hosts],
         "networks": [_message(convert.network_to_pb(n, r)) for n, r in networks],
         "containers": [_message(container_pb(v)) for v in containers],
+        "flows": traffic.get("flows", []),
+        "drops": traffic.get("drops", []),
     }
 
 
@@ -146,18 +153,24 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         try:
-            revision = -1
+            seen = (-1, -1)
+            idle = 0.0
             while not view.stopping.is_set():
-                current = view.state.store.revision()
-                if current != revision:
-                    revision = current
+                current = (view.state.store.revision(), view.flows.version())
+                if current != seen:
+                    seen, idle = current, 0.0
                     data = json.dumps(view.snapshot())
                     self.wfile.write(f"event: state\ndata: {data}\n\n".encode())
-                else:
+                    self.wfile.flush()
+                elif idle >= KEEPALIVE:
+                    idle = 0.0
                     self.wfile.write(b": keepalive\n\n")
-                self.wfile.flush()
-                if view.state.store.wait(revision, KEEPALIVE) != revision:
+                    self.wfile.flush()
+                # Traffic reports do not move the revision: look at the flow table every
+                # FLOW_POLL seconds.
+                if view.state.store.wait(seen[0], FLOW_POLL) != seen[0]:
                     view.stopping.wait(COALESCE)  # a burst of writes: one snapshot
+                idle += FLOW_POLL
         except (BrokenPipeError, ConnectionResetError):
             return  # the page went away
 
@@ -180,7 +193,8 @@ class LiveView:
 
     def __init__(self, state: State, connections: Connections, address: str,
                  tls: TlsFiles | None = None,
-                 revocations: RevocationList | None = None) -> None:
+                 revocations: RevocationList | None = None,
+                 flows: FlowTable | None = None) -> None:
         host, port = parse_address(address)
         try:
             loopback = ipaddress.ip_address(host).is_loopback
@@ -192,6 +206,7 @@ class LiveView:
         self.state = state
         self.connections = connections
         self.revocations = revocations
+        self.flows = flows or FlowTable()
         self.stopping = threading.Event()
         self._http = _Server((host, port), _Handler)
         self._http.view = self
@@ -206,7 +221,7 @@ class LiveView:
         self._thread.start()
 
     def snapshot(self) -> dict[str, Any]:
-        return snapshot(self.state, self.connections)
+        return snapshot(self.state, self.connections, self.flows)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -45,6 +45,7 @@ from sdnctl.api.pki import PkiError, RevocationList, TlsFiles
 from sdnctl.controller import gc, ipam
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import SecurityInterceptor
+from sdnctl.controller.flows import FlowTable
 from sdnctl.controller.images import Images, default_blob_dir
 from sdnctl.controller.liveview import DEFAULT_ADDRESS as DEFAULT_HTTP
 from sdnctl.controller.liveview import LiveView, LiveViewError
@@ -191,18 +192,19 @@ def _listen(server: grpc.Server, address: str, front: TlsFront | None) -> str:
 def _start(addresses: list[str], store: Store, state: State, connections: Connections,
            images: Images, audit: AuditLog, stopping: threading.Event, front: TlsFront | None,
            max_workers: int, progress_interval: float, gc_grace: int,
-           metrics: ControllerMetrics, endpoints: Endpoints) -> RunningServer:
+           metrics: ControllerMetrics, endpoints: Endpoints,
+           flows: FlowTable) -> RunningServer:
     """The gRPC server with its services, listening (TCP through ``front``) and started."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                          interceptors=[MetricsInterceptor(metrics),
                                        SecurityInterceptor(audit, front),
                                        ErrorInterceptor()])
     pb_grpc.add_ControllerServicer_to_server(
-        ControllerServicer(state, connections, images, audit, stopping, gc_grace, endpoints),
-        server)
+        ControllerServicer(state, connections, images, audit, stopping, gc_grace, endpoints,
+                           flows), server)
     pb_grpc.add_HostSyncServicer_to_server(
         HostSyncServicer(state, connections, stopping, images, progress_interval, metrics,
-                         audit), server)
+                         audit, flows), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -279,16 +281,17 @@ def create_server(address: str | Sequence[str], store: Store,
     front = TlsFront(tls, revocations, tls_dir) \
         if tls is not None and any(not is_unix(a) for a in addresses) else None
     endpoints = Endpoints()
+    flows = FlowTable(clock)
     metrics_server = None
     liveview = None
     try:
         metrics_server = serve_metrics(metrics.registry, metrics_address)
         endpoints.metrics_url = metrics_server.url if metrics_server is not None else ""
-        liveview = LiveView(state, connections, http_address, tls, revocations) \
+        liveview = LiveView(state, connections, http_address, tls, revocations, flows) \
             if http_address else None
         endpoints.ui_url = liveview.url if liveview is not None else ""
         running = _start(addresses, store, state, connections, images, audit, stopping, front,
-                         max_workers, progress_interval, gc_grace, metrics, endpoints)
+                         max_workers, progress_interval, gc_grace, metrics, endpoints, flows)
     except BaseException:
         if liveview is not None:
             liveview.stop()

@@ -20,7 +20,13 @@ import grpc
 
 from sdnctl.api import convert
 from sdnctl.api.model import Host, Invalid, check_name
-from sdnctl.api.validate import ARG_MAX, REPORT_MAX, check_count, validate_status
+from sdnctl.api.validate import (
+    ARG_MAX,
+    REPORT_MAX,
+    check_count,
+    check_ipv4,
+    validate_status,
+)
 from sdnctl.controller import gc, ipam_report
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import current_identity
@@ -33,6 +39,7 @@ from sdnctl.controller.errors import (
     PermissionDenied,
     SdnError,
 )
+from sdnctl.controller.flows import FlowTable
 from sdnctl.controller.images import ImageRecord, Images
 from sdnctl.controller.keys import AGENTS, REPLICAS
 from sdnctl.controller.metrics import ControllerMetrics, Endpoints
@@ -107,6 +114,12 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         return handler
 
 
+
+
+def address_names(state: State) -> dict[str, str]:
+    """Container address -> container name, for naming the ends of flows."""
+    views, _ = state.list_containers("", "")
+    return {v.allocation.address: v.container.name for v in views if v.allocation is not None}
 
 
 class Connections:
@@ -217,8 +230,10 @@ class ControllerServicer(pb_grpc.ControllerServicer):
                  audit: AuditLog | None = None,
                  stopping: threading.Event | None = None,
                  gc_grace: int = gc.DEFAULT_GRACE,
-                 endpoints: Endpoints | None = None) -> None:
+                 endpoints: Endpoints | None = None,
+                 flows: FlowTable | None = None) -> None:
         self.endpoints = endpoints or Endpoints()
+        self.flows = flows or FlowTable()
         self.state = state
         self.connections = connections
         self.images = images
@@ -325,6 +340,9 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         return pb.Endpoints(metrics_url=self.endpoints.metrics_url,
                             ui_url=self.endpoints.ui_url)
 
+    def GetFlows(self, request: pb.GetFlowsRequest, context: Any) -> pb.FlowsReport:
+        return self.flows.report(address_names(self.state))
+
     def GcIpam(self, request: pb.GcIpamRequest, context: Any) -> pb.GcIpamReport:
         if request.grace_seconds < 0:
             raise Invalid("grace_seconds", f"{request.grace_seconds} is negative")
@@ -371,7 +389,8 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
     def __init__(self, state: State, connections: Connections, stopping: threading.Event,
                  images: Images, progress_interval: float = 10.0,
                  metrics: ControllerMetrics | None = None,
-                 audit: AuditLog | None = None) -> None:
+                 audit: AuditLog | None = None, flows: FlowTable | None = None) -> None:
+        self.flows = flows or FlowTable()
         self.metrics = metrics or ControllerMetrics()
         self.audit = audit or AuditLog()
         self.state = state
@@ -426,9 +445,20 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
                 raise PermissionDenied(f"containers: {', '.join(foreign)} run on other hosts; "
                                        f"the agent of {request.host!r} may report only its own")
         check_count(request.events, "events", REPORT_MAX)
+        check_count(request.flows, "flows", REPORT_MAX)
+        check_count(request.drops, "drops", REPORT_MAX)
+        for i, flow in enumerate(request.flows):
+            check_ipv4(flow.src, f"flows[{i}].src")
+            check_ipv4(flow.dst, f"flows[{i}].dst")
+            if flow.packets < 0 or flow.bytes < 0:
+                raise Invalid(f"flows[{i}]", "negative counters")
+        for i, drop in enumerate(request.drops):
+            check_name(drop.container, f"drops[{i}].container")
+            check_name(drop.reason, f"drops[{i}].reason")
         for i, event in enumerate(request.events):
             check_name(event.kind, f"events[{i}].kind")
         self.state.report_status(request.host, statuses, request.observed_revision)
+        self.flows.update(request.host, request.flows, request.drops)
         for event in request.events:
             self.metrics.agent_events.labels(event.kind).inc()
             self.audit.record(f"agent:{request.host}", f"agent/{event.kind}",

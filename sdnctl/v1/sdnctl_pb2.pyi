@@ -497,16 +497,20 @@ class WatchEvent(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., networks: _Optional[_Iterable[_Union[HostNetwork, _Mapping]]] = ..., containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ..., deleted_networks: _Optional[_Iterable[str]] = ..., deleted_containers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReportStatusRequest(_message.Message):
-    __slots__ = ("host", "containers", "observed_revision", "events")
+    __slots__ = ("host", "containers", "observed_revision", "events", "flows", "drops")
     HOST_FIELD_NUMBER: _ClassVar[int]
     CONTAINERS_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_REVISION_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
     host: str
     containers: _containers.RepeatedCompositeFieldContainer[ContainerStatus]
     observed_revision: int
     events: _containers.RepeatedCompositeFieldContainer[AgentEvent]
-    def __init__(self, host: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ..., observed_revision: _Optional[int] = ..., events: _Optional[_Iterable[_Union[AgentEvent, _Mapping]]] = ...) -> None: ...
+    flows: _containers.RepeatedCompositeFieldContainer[Flow]
+    drops: _containers.RepeatedCompositeFieldContainer[Drop]
+    def __init__(self, host: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ..., observed_revision: _Optional[int] = ..., events: _Optional[_Iterable[_Union[AgentEvent, _Mapping]]] = ..., flows: _Optional[_Iterable[_Union[Flow, _Mapping]]] = ..., drops: _Optional[_Iterable[_Union[Drop, _Mapping]]] = ...) -> None: ...
 
 class ReportStatusResponse(_message.Message):
     __slots__ = ()
@@ -573,3 +577,51 @@ class AgentEvent(_message.Message):
     subject: str
     detail: str
     def __init__(self, at: _Optional[float] = ..., kind: _Optional[str] = ..., subject: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class Flow(_message.Message):
+    __slots__ = ("host", "src", "dst", "proto", "packets", "bytes", "rate_bps", "src_container", "dst_container")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    PROTO_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    RATE_BPS_FIELD_NUMBER: _ClassVar[int]
+    SRC_CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    DST_CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    src: str
+    dst: str
+    proto: str
+    packets: int
+    bytes: int
+    rate_bps: float
+    src_container: str
+    dst_container: str
+    def __init__(self, host: _Optional[str] = ..., src: _Optional[str] = ..., dst: _Optional[str] = ..., proto: _Optional[str] = ..., packets: _Optional[int] = ..., bytes: _Optional[int] = ..., rate_bps: _Optional[float] = ..., src_container: _Optional[str] = ..., dst_container: _Optional[str] = ...) -> None: ...
+
+class Drop(_message.Message):
+    __slots__ = ("host", "container", "reason", "packets")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    container: str
+    reason: str
+    packets: int
+    def __init__(self, host: _Optional[str] = ..., container: _Optional[str] = ..., reason: _Optional[str] = ..., packets: _Optional[int] = ...) -> None: ...
+
+class GetFlowsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FlowsReport(_message.Message):
+    __slots__ = ("flows", "drops", "at")
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    flows: _containers.RepeatedCompositeFieldContainer[Flow]
+    drops: _containers.RepeatedCompositeFieldContainer[Drop]
+    at: float
+    def __init__(self, flows: _Optional[_Iterable[_Union[Flow, _Mapping]]] = ..., drops: _Optional[_Iterable[_Union[Drop, _Mapping]]] = ..., at: _Optional[float] = ...) -> None: ...

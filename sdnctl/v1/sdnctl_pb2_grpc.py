@@ -157,6 +157,11 @@ class ControllerStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetEndpointsRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.Endpoints.FromString,
                 _registered_method=True)
+        self.GetFlows = channel.unary_unary(
+                '/sdnctl.v1.Controller/GetFlows',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetFlowsRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.FlowsReport.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -325,6 +330,13 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFlows(self, request, context):
+        """Traffic between containers and what the guards dropped, as agents last reported (issue 23).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -447,6 +459,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.GetEndpoints,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetEndpointsRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.Endpoints.SerializeToString,
+            ),
+            'GetFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFlows,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetFlowsRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.FlowsReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1100,6 +1117,33 @@ class Controller:
             '/sdnctl.v1.Controller/GetEndpoints',
             sdnctl_dot_v1_dot_sdnctl__pb2.GetEndpointsRequest.SerializeToString,
             sdnctl_dot_v1_dot_sdnctl__pb2.Endpoints.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/GetFlows',
+            sdnctl_dot_v1_dot_sdnctl__pb2.GetFlowsRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.FlowsReport.FromString,
             options,
             channel_credentials,
             insecure,

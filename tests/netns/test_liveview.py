@@ -11,13 +11,14 @@ replaces docs/live-view.png (the README's).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.cli import EXAMPLES, REPO, Cli, lab_cli
+from helpers.cli import EXAMPLES, REPO, Cli, lab_cli, nsexec
 
 pytestmark = pytest.mark.netns
 
@@ -26,6 +27,7 @@ playwright = pytest.importorskip("playwright.sync_api", reason="pip install play
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright never downloads a browser here
 TWO_HOSTS = next(e for e in EXAMPLES if e.endswith("two-hosts.yaml"))
 SAFETY = 30_000  # ms: a bound for a broken page, not a timing requirement
+TRAFFIC = 90_000  # ms: drop counters are read by the agents' full passes (every resync)
 
 
 @pytest.fixture
@@ -58,8 +60,6 @@ def test_the_live_view_follows_the_network(cli: Cli, tmp_path: Path,
             assert page.locator("#tunnels line").count() == 1  # h1 <-> h2 on ov
             page.locator("#conn.live").wait_for(timeout=SAFETY)
             page.screenshot(path=str(tmp_path / "live-view.png"), full_page=True)
-            if os.environ.get("SDNCTL_UPDATE_SCREENSHOT"):
-                shutil.copy(tmp_path / "live-view.png", REPO / "docs" / "live-view.png")
 
             # a new container appears without a reload, and goes after rm
             cli.run("run", "--name", "late", "--host", "h2", "--network", "ov")
@@ -86,6 +86,29 @@ def test_the_live_view_follows_the_network(cli: Cli, tmp_path: Path,
             cli.run("rm", "late")
             late.wait_for(state="detached", timeout=SAFETY)
             assert page.locator('[data-id="container:web"]').count() == 1
+
+            # a ping across the tunnel shows as a flow edge with a rate; a spoofed source as a
+            # drop in red with its reason (agents report both with their passes)
+            web, api = cli.container("web"), cli.container("api")
+            done = nsexec(web["netns"], "ping", "-c", "10", "-i", "0.2", api["ip"], timeout=30)
+            assert done.returncode == 0, done.stdout + done.stderr
+            page.wait_for_selector('#tunnels line.flow[data-flow="web>api"]', timeout=TRAFFIC)
+            flow_button = f'[data-id^="flow:"][data-id*=">{api["ip"]}:icmp"]'
+            assert page.locator(flow_button).count()
+            flows = json.loads(cli.run("flows", "--json").stdout)
+            assert any(f["src_container"] == "web" and f["dst_container"] == "api"
+                       and f["proto"] == "icmp" and int(f["packets"]) >= 10
+                       for f in flows["flows"]), flows
+            cache = cli.container("cache")["netns"]
+            spoof = nsexec(cache, "ip", "addr", "add", "10.70.99.99/32", "dev", "eth0")
+            assert spoof.returncode == 0, spoof.stderr
+            nsexec(cache, "ping", "-c", "3", "-W", "1", "-I", "10.70.99.99", api["ip"])
+            drop = page.locator('[data-id^="drop:h1:cache:spoof"]').first
+            drop.wait_for(timeout=TRAFFIC)
+            assert "dropping" in (page.get_attribute('[data-id="container:cache"]', "class") or "")
+            page.screenshot(path=str(tmp_path / "live-view-traffic.png"), full_page=True)
+            if os.environ.get("SDNCTL_UPDATE_SCREENSHOT"):
+                shutil.copy(tmp_path / "live-view-traffic.png", REPO / "docs" / "live-view.png")
         finally:
             browser.close()
     assert errors == []

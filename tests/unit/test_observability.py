@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.kernel.firewall import drop_counts
 from sdnctl.api import pki
 from sdnctl.api.pki import TlsFiles
+from sdnctl.controller.flows import FlowTable
 from sdnctl.controller.liveview import LiveViewError
 from sdnctl.controller.server import RunningServer, create_server
 from sdnctl.controller.store.memory import MemoryStore
@@ -161,3 +162,24 @@ def test_with_tls_the_live_view_wants_a_readers_certificate(tmp_path: Path) -> N
         assert fetch(revoked) == 403
     finally:
         running.stop()
+
+
+def test_flow_rates_come_from_successive_reports_of_a_host() -> None:
+    now = [100.0]
+    table = FlowTable(clock=lambda: now[0])
+    flow = pb.Flow(src="10.1.0.2", dst="10.1.1.2", proto="icmp", packets=2, bytes=168)
+    drop = pb.Drop(container="web", reason="spoof-ip", packets=3)
+    table.update("h1", [flow], [drop])
+    version = table.version()
+    first = table.report({"10.1.0.2": "web"}).flows[0]
+    assert (first.rate_bps, first.src_container, first.dst_container) == (0, "web", "")
+    now[0] = 102.0
+    table.update("h1", [pb.Flow(src="10.1.0.2", dst="10.1.1.2", proto="icmp", packets=4,
+                                bytes=1168)], [drop])
+    report = table.report({})
+    assert table.version() > version
+    assert [f.rate_bps for f in report.flows] == [500.0]
+    assert [(d.host, d.container, d.reason, d.packets) for d in report.drops] == \
+        [("h1", "web", "spoof-ip", 3)]
+    now[0] = 102.0 + 121
+    assert not table.report({}).flows  # the host went quiet: stale entries go

@@ -326,7 +326,7 @@ SERVICES = [
 METHODS = {f"/{s.full_name}/{m.name}": m for s in SERVICES for m in s.methods}
 READS = {"GetHost", "ListHosts", "GetNetwork", "ListNetworks", "GetContainer", "ListContainers",
          "GetIpam", "CheckIpam", "Events", "ListImages", "GetImage", "SaveImage",
-         "GetEndpoints"}
+         "GetEndpoints", "GetFlows"}
 NETWORKS_AND_CONTAINERS = {"CreateNetwork", "UpdateNetwork", "DeleteNetwork", "CreateContainer",
                            "UpdateContainer", "DeleteContainer", "LoadImage", "RemoveImage"}
 ANY_AGENT = {"FetchImage", "FetchBlob"}  # images are not per host
@@ -408,6 +408,7 @@ CALLS: dict[str, Any] = {
     "GcIpam": pb.GcIpamRequest(dry_run=True),
     "Events": pb.EventsRequest(),
     "GetEndpoints": pb.GetEndpointsRequest(),
+    "GetFlows": pb.GetFlowsRequest(),
     "Register": pb.RegisterRequest(host="ha"),
     "Watch": pb.WatchRequest(host="ha"),
     "ReportStatus": pb.ReportStatusRequest(host="ha"),

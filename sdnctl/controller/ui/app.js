@@ -38,8 +38,19 @@ function modeOf(c) {
   return ["bridged", n];
 }
 
+function rate(bps) {
+  if (bps >= 1e6) return (bps / 1e6).toFixed(1) + " MB/s";
+  if (bps >= 1e3) return (bps / 1e3).toFixed(1) + " kB/s";
+  return Math.round(bps) + " B/s";
+}
+
+function dropsOf(name) {
+  return (state.drops || []).filter(d => d.container === name);
+}
+
 function containerButton(c) {
   const st = (c.status && c.status.state) || "pending";
+  const drops = dropsOf(c.name);
   const [mode, target] = modeOf(c);
   const label = c.name + (c.ip ? " " + c.ip : "") + " · " + st;
   const details = {title: "container " + c.name, kind: "container", mode: mode,
@@ -50,7 +61,11 @@ function containerButton(c) {
                    ports: (c.ports || []).join(", ") || "-",
                    limits: JSON.stringify(c.resources || {}),
                    restart: c.restart || "no"};
-  const b = element("container:" + c.name, "container " + st, label, details, mode);
+  for (const d of drops) details["dropped: " + d.reason] = d.packets + " packets";
+  const dropText = drops.map(d => "× " + d.reason + " " + d.packets).join(" ");
+  const b = element("container:" + c.name, "container " + st + (drops.length ? " dropping" : ""),
+                    label + (dropText ? " " + dropText : ""), details,
+                    mode + (drops.length ? ", dropping " + drops.map(d => d.reason).join(" ") : ""));
   b.dataset.search = [c.name, c.host, c.ip, mode, target, st].join(" ").toLowerCase();
   return b;
 }
@@ -130,6 +145,7 @@ function render() {
     }
     root.append(card);
   }
+  renderTraffic();
   applySearch();
   drawTunnels();
   if (selected && byId.has(selected)) showDetails(selected, false);
@@ -138,6 +154,43 @@ function render() {
     const again = root.querySelector(`[data-id="${CSS.escape(focused)}"]`);
     if (again) again.focus();
   }
+}
+
+function flowName(f, end) {
+  const name = end === "src" ? f.src_container : f.dst_container;
+  const address = end === "src" ? f.src : f.dst;
+  return name ? name + " (" + address + ")" : address;
+}
+
+function renderTraffic() {
+  const flows = document.getElementById("flows");
+  const drops = document.getElementById("drops");
+  flows.replaceChildren();
+  drops.replaceChildren();
+  for (const f of state.flows || []) {
+    const id = "flow:" + f.host + ":" + f.src + ">" + f.dst + ":" + f.proto;
+    const b = element(id, "flow", flowName(f, "src") + " → " + flowName(f, "dst") + " " +
+                      f.proto + " " + rate(f.rate_bps || 0),
+                      {title: "flow " + f.src + " → " + f.dst, kind: "flow", from: flowName(f, "src"),
+                       to: flowName(f, "dst"), proto: f.proto, "seen by": f.host,
+                       packets: f.packets, bytes: f.bytes, rate: rate(f.rate_bps || 0)});
+    b.dataset.search = [f.src, f.dst, f.src_container, f.dst_container, f.proto].join(" ").toLowerCase();
+    if (f.src_container && f.dst_container) {
+      b.dataset.flowSrc = f.src_container;
+      b.dataset.flowDst = f.dst_container;
+      b.dataset.flowRate = rate(f.rate_bps || 0);
+    }
+    flows.append(b);
+  }
+  for (const d of state.drops || []) {
+    const id = "drop:" + d.host + ":" + d.container + ":" + d.reason;
+    const b = element(id, "drop", "× " + d.container + " " + d.reason + " " + d.packets,
+                      {title: "dropped from " + d.container, kind: "drop", container: d.container,
+                       host: d.host, reason: d.reason, packets: d.packets});
+    b.dataset.search = [d.container, d.reason, d.host].join(" ").toLowerCase();
+    drops.append(b);
+  }
+  document.getElementById("traffic").hidden = !(state.flows || []).length && !(state.drops || []).length;
 }
 
 function drawTunnels() {
@@ -153,15 +206,40 @@ function drawTunnels() {
   for (const [, nodes] of byNet) {
     for (let i = 0; i < nodes.length; i++) {
       for (let j = i + 1; j < nodes.length; j++) {
-        const a = nodes[i].getBoundingClientRect(), b = nodes[j].getBoundingClientRect();
+        let a = nodes[i].getBoundingClientRect(), b = nodes[j].getBoundingClientRect();
+        if (b.right < a.left) [a, b] = [b, a];
+        // side to side when one is left of the other, else centre to centre
+        const apart = a.right < b.left;
         const line = document.createElementNS("http://www.w3.org/2000/svg", "line");
-        line.setAttribute("x1", a.left + a.width / 2 - canvas.left);
+        line.setAttribute("x1", (apart ? a.right : a.left + a.width / 2) - canvas.left);
         line.setAttribute("y1", a.top + a.height / 2 - canvas.top);
-        line.setAttribute("x2", b.left + b.width / 2 - canvas.left);
+        line.setAttribute("x2", (apart ? b.left : b.left + b.width / 2) - canvas.left);
         line.setAttribute("y2", b.top + b.height / 2 - canvas.top);
         svg.append(line);
       }
     }
+  }
+  const svgNS = "http://www.w3.org/2000/svg";
+  const drawn = new Set();
+  for (const node of document.querySelectorAll("[data-flow-src]")) {
+    const a = document.querySelector(`[data-id="container:${CSS.escape(node.dataset.flowSrc)}"]`);
+    const b = document.querySelector(`[data-id="container:${CSS.escape(node.dataset.flowDst)}"]`);
+    const key = [node.dataset.flowSrc, node.dataset.flowDst].sort().join("|");
+    if (!a || !b || drawn.has(key)) continue;
+    drawn.add(key);
+    const ra = a.getBoundingClientRect(), rb = b.getBoundingClientRect();
+    const x1 = ra.left + ra.width / 2 - canvas.left, y1 = ra.top + ra.height / 2 - canvas.top;
+    const x2 = rb.left + rb.width / 2 - canvas.left, y2 = rb.top + rb.height / 2 - canvas.top;
+    const line = document.createElementNS(svgNS, "line");
+    line.setAttribute("class", "flow");
+    line.setAttribute("data-flow", node.dataset.flowSrc + ">" + node.dataset.flowDst);
+    for (const [k, v] of [["x1", x1], ["y1", y1], ["x2", x2], ["y2", y2]]) line.setAttribute(k, v);
+    const label = document.createElementNS(svgNS, "text");
+    label.setAttribute("x", (x1 + x2) / 2);
+    label.setAttribute("y", (y1 + y2) / 2 - 4);
+    label.setAttribute("text-anchor", "middle");
+    label.textContent = node.dataset.flowRate;
+    svg.append(line, label);
   }
 }
 
