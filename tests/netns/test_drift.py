@@ -102,6 +102,15 @@ def test_drift_is_repaired_within_one_resync_and_theirs_is_untouched(
         assert took <= RESYNC + SLACK, f"{what}: repaired after {took:.2f} s, resync {RESYNC} s"
         assert ping(a["netns"], b["ip"]), what
     print(f"\ndrift repair (resync {RESYNC} s): " + "; ".join(figures))
+    # Every repair is in `sdnctl events` too, as the agent's (issue 23).
+    for what, _, logged in cases:
+        wanted = ": " + logged.removeprefix("repair: ")
+
+        def in_events(wanted: str = wanted) -> bool:
+            return any("agent:h1" in line and " repair " in line and wanted in line
+                       for line in cli.run("events").stdout.splitlines())
+
+        wait_for(in_events, 10, f"{what}: repair event")
     # Theirs is still there, exactly as made (the snapshot holds it; checked once more by name).
     assert "table inet mine" in nsexec(h1, "nft", "list", "tables").stdout
     links = nsexec(h1, "ip", "-o", "link").stdout
