@@ -43,7 +43,7 @@ from sdnctl.api.model import (
     spans_hosts,
 )
 from sdnctl.cli.output import container_json, host_json, network_json, print_table
-from sdnctl.lab import lab
+from sdnctl.lab import lab, local
 from sdnctl.topology import topology
 from sdnctl.topology.topology import Topology
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -462,6 +462,28 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Print the controller's metrics, or a host's agent's (a lab host's from inside its
+    namespace, where its agent listens)."""
+    client = connect()
+    try:
+        if args.host:
+            host = client.api.GetHost(pb.GetRequest(name=args.host), timeout=10)
+            url, netns = host.metrics_url, host.netns if host.lab else ""
+            if not url:
+                raise CommandError(f"the agent of host {args.host!r} reported no metrics URL")
+        else:
+            url = client.api.GetEndpoints(pb.GetEndpointsRequest(), timeout=10).metrics_url
+            netns = ""
+            if not url:
+                raise CommandError("the controller serves no metrics (started with "
+                                   "--metrics '')")
+    finally:
+        client.close()
+    print(local.scrape(url, netns), end="")
+    return 0
+
+
 def flows_json(report: pb.FlowsReport) -> dict[str, Any]:
     return {
         "at": report.at,
@@ -528,6 +550,10 @@ def register(sub: Any) -> None:
                        "containers, updated as they change (a browser on this machine)")
     p.add_argument("--json", action="store_true", help="the live view's and metrics' URLs")
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("metrics", help="the controller's Prometheus metrics, or a host's agent's")
+    p.add_argument("host", nargs="?", help="this host's agent (default: the controller)")
+    p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("flows", help="traffic between containers (conntrack, with rates) and "
                        "what the guards dropped, as agents report them")

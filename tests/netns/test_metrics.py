@@ -5,7 +5,8 @@ each agent serve their metrics (nobody guesses ports), the controller's endpoint
 from here and the agent's from inside its host's namespace (it listens on that namespace's
 loopback), and both outputs pass `promtool check metrics` (Debian's prometheus package). Then a
 spoofed packet, sent from inside a container, shows in the agent's drop counter, and
-`sdnctl events` shows the agent's container state changes.
+`sdnctl events` shows the agent's container state changes. `sdnctl metrics [HOST]` prints
+either endpoint.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ def test_metrics_are_discoverable_and_pass_promtool(cli: Cli, tmp_path: Path) ->
     assert sample(controller, "sdnctl_ipam_addresses_free", network="front") == 253 - 1
 
     agent = run_in_netns(host["netns"], lambda: scrape(host["metrics_url"]))
+    # `sdnctl metrics h1` reaches the same endpoint from inside h1's namespace
+    assert "sdnctl_agent_reconcile_passes_total" in cli.run("metrics", "h1").stdout
+    assert "sdnctl_grpc_server_handled_total" in cli.run("metrics").stdout
     (tmp_path / "agent.prom").write_text(agent)
     promtool_check(agent)
     assert (sample(agent, "sdnctl_agent_reconcile_passes_total", kind="full") or 0) >= 1
