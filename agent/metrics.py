@@ -94,7 +94,8 @@ class DropCollector(Collector):
             "sdnctl_agent_nft_dropped_packets",
             "Packets dropped by the agent's nftables guards, by guard (spoof-mac, spoof-ip, "
             "spoof-arp-mac, spoof-arp-ip, spoof-ethertype, router-advert, vxlan-not-member, "
-            "vxlan-wrong-vni), as of the last ruleset listing.", labels=["guard"])
+            "vxlan-wrong-vni, isolation, internal-in, internal-out), as of the last ruleset "
+            "listing.", labels=["guard"])
         for guard, packets in sorted(self.read().items()):
             family.add_metric([guard], packets)
         return [family]
