@@ -193,6 +193,7 @@ class Agent:
         self.flows: list[pb.Flow] = []  # conntrack's flows of our networks, as last read
         self.drops: list[pb.Drop] = []  # the guards' drop counters, as last listed
         self.reported_traffic: tuple[list[pb.Flow], list[pb.Drop]] = ([], [])
+        self.traffic_fresh = False  # read since the last report (each full pass reads it)
 
     def serve_metrics(self, address: str) -> None:
         self.metrics_server = serve_metrics(self.metrics.registry, address)
@@ -333,7 +334,8 @@ class Agent:
                 statuses = reconciler.statuses(desired, outcome)
                 self.metrics.record_containers(statuses)
                 self.note_states(statuses)
-                self.read_traffic(desired, firewall)
+                if full:  # (not on every change: a busy host's passes stay lean)
+                    self.read_traffic(desired, firewall)
                 exits.watch({s.pid for s in statuses if s.pid})
                 due = time.monotonic() + (min(self.args.resync, RESTART_DELAY)
                                           if outcome.restart_pending else self.args.resync)
@@ -383,14 +385,16 @@ class Agent:
                       for s, d, proto, packets, size in samples[:FLOWS_MAX]]
         self.drops = [pb.Drop(host=self.args.host, container=c, reason=r, packets=n)
                       for (c, r), n in sorted(firewall.container_drops().items())[:FLOWS_MAX]]
+        self.traffic_fresh = bool(self.flows)
 
     def report(self, revision: int, statuses: list[ContainerStatus]) -> None:
         with self.lock:
             events = list(self.events)
         traffic = (self.flows, self.drops)
-        # Flows are sent with every pass while there are some: their rates need fresh counters.
+        # Flows are sent after every read while there are some: their rates need the counters
+        # of each full pass, unchanged ones too (a rate of 0 is news).
         if self.last_report == (revision, statuses) and not events \
-                and traffic == self.reported_traffic and not self.flows:
+                and traffic == self.reported_traffic and not self.traffic_fresh:
             return
         request = pb.ReportStatusRequest(
             host=self.args.host, observed_revision=revision,
@@ -402,6 +406,7 @@ class Agent:
                                                                               timeout=10)
                 self.last_report = (revision, statuses)
                 self.reported_traffic = traffic
+                self.traffic_fresh = False
                 with self.lock:
                     del self.events[:len(events)]
                 return
