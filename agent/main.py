@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import grpc
 from pyroute2 import IPRoute
@@ -33,9 +34,11 @@ from agent.cni import AgentSide, CniService, Realised
 from agent.desired import DesiredState, LocalHost
 from agent.drivers import DRIVERS
 from agent.imagestore import ImageStore
-from agent.kernel import procfs
+from agent.kernel import conntrack, procfs, sysctl
 from agent.kernel.firewall import Firewall
 from agent.kernel.links import Links
+from agent.kernel.seams import FirewallOps, LinkOps
+from agent.metrics import AgentMetrics, Timed
 from agent.modes import MODES
 from agent.names import vtep_mac_for
 from agent.plan import RESTART_DELAY
@@ -43,13 +46,19 @@ from agent.reconcile import Reconciler
 from agent.runtime import RUNTIMES, OciRuntime
 from sdnctl.api import convert
 from sdnctl.api.client import open_channel
-from sdnctl.api.model import ContainerStatus
+from sdnctl.api.metrics import DEFAULT_ADDRESS, MetricsServer, serve_metrics
+from sdnctl.api.model import STATE_EXITED, ContainerStatus
 from sdnctl.api.pki import TlsFiles
 from sdnctl.cni.plugin import AGENT_SOCKET, SOCKET_ENV
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sdnctl.agent")
+
+#: Events (repairs, container state changes) kept for the next report.
+EVENTS_MAX = 1000
+#: Flows (and drop counters) sent in one report at most.
+FLOWS_MAX = 500
 
 
 def running_for() -> float:
@@ -187,10 +196,33 @@ class Agent:
             realised=self.realised),
             address if address.startswith("/") else "\0" + address.lstrip("@")) \
             if address else None
+        self.metrics = AgentMetrics()
+        self.metrics_server: MetricsServer | None = None
+        # What we did since the last report, for `sdnctl events` (bounded: a controller that
+        # is away for long misses the oldest).
+        self.events: list[pb.AgentEvent] = []
+        self.states: dict[str, str] = {}  # container -> its state as last reported
+        self.flows: list[pb.Flow] = []  # conntrack's flows of our networks, as last read
+        self.drops: list[pb.Drop] = []  # the guards' drop counters, as last listed
+        self.reported_traffic: tuple[list[pb.Flow], list[pb.Drop]] = ([], [])
+        self.traffic_fresh = False  # read since the last report (each full pass reads it)
 
     def _desired_copy(self) -> DesiredState:
         with self.lock:
             return self.desired.copy()
+
+    def serve_metrics(self, address: str) -> None:
+        self.metrics_server = serve_metrics(self.metrics.registry, address)
+
+    @property
+    def metrics_url(self) -> str:
+        return self.metrics_server.url if self.metrics_server is not None else ""
+
+    def note(self, kind: str, subject: str, detail: str) -> None:
+        with self.lock:
+            self.events.append(pb.AgentEvent(at=time.time(), kind=kind, subject=subject,
+                                              detail=detail))
+            del self.events[:-EVENTS_MAX]
 
     @property
     def sync(self) -> pb_grpc.HostSyncStub:
@@ -214,7 +246,7 @@ class Agent:
         self.sync.Register(pb.RegisterRequest(
             host=self.args.host, underlay_ip=self.local.underlay_ip, agent_pid=os.getpid(),
             netns=self.args.netns, vtep_mac=self.local.vtep_mac,
-            underlay_mtu=self.local.underlay_mtu,
+            underlay_mtu=self.local.underlay_mtu, metrics_url=self.metrics_url,
             capabilities=list(dict.fromkeys([*MODES, *DRIVERS]))),
             timeout=10)
 
@@ -252,9 +284,18 @@ class Agent:
 
     def run(self) -> None:
         links = Links()
+        firewall = Firewall()
+        try:  # conntrack's byte counters, for flows' rates (this host's namespace only)
+            sysctl.ensure_sysctl("net.netfilter.nf_conntrack_acct", "1")
+        except Exception as e:
+            log.warning("no conntrack accounting, flows will show no rates: %s", e)
+        self.metrics.add_drops(firewall.drops)
         runtime = OciRuntime(self.args.runtime, os.path.join(self.args.run_dir, "runtime"))
         images = ImageStore(self.args.store_dir, GrpcFetcher(lambda: self.sync))
-        reconciler = Reconciler(self.args.run_dir, links, Firewall(), host_netns=self.args.netns,
+        reconciler = Reconciler(self.args.run_dir,
+                                cast(LinkOps, Timed(links, self.metrics.netlink_seconds)),
+                                cast(FirewallOps, Timed(firewall, self.metrics.nft_seconds)),
+                                host_netns=self.args.netns,
                                 local=self.local, runtime=runtime, images=images)
         watcher = threading.Thread(target=self.watch_forever, name="watch", daemon=True)
         watcher.start()
@@ -293,8 +334,11 @@ class Agent:
                 if full:
                     full_due = started + self.args.resync
                 outcome = reconciler.reconcile(desired, full)
+                repairs: list[p.Action] = []
                 if generation == last_generation:  # (a retry after a failed pass is not one)
-                    self.log_repairs(outcome.actions)
+                    repairs = self.log_repairs(outcome.actions)
+                self.metrics.record_pass(full, time.monotonic() - started, outcome.actions,
+                                         len(outcome.errors), repairs)
                 last_generation = None if outcome.errors else generation
                 if outcome.actions:
                     log.info("revision %d: %d action(s) in %.0f ms%s", desired.revision,
@@ -315,6 +359,10 @@ class Agent:
                         and not state.netns]
                 if gone and self.cni is not None:
                     self.cni.forget_gone(gone)
+                self.metrics.record_containers(statuses)
+                self.note_states(statuses)
+                if full:  # (not on every change: a busy host's passes stay lean)
+                    self.read_traffic(desired, firewall)
                 exits.watch({s.pid for s in statuses if s.pid})
                 due = time.monotonic() + (min(self.args.resync, RESTART_DELAY)
                                           if outcome.restart_pending else self.args.resync)
@@ -326,25 +374,70 @@ class Agent:
             for channel in self.channels:
                 channel.close()
 
-    def log_repairs(self, actions: list[p.Action]) -> None:
-        """Drift: the kernel moved while the desired state did not. One event per repair."""
-        for action in actions:
-            if p.is_repair(action):
-                self.repairs += 1
-                log.warning("repair: %s (%d repairs since start)", p.describe(action),
-                            self.repairs)
+    def log_repairs(self, actions: list[p.Action]) -> list[p.Action]:
+        """Drift: the kernel moved while the desired state did not. One event per repair;
+        returns the repairs."""
+        repairs = [action for action in actions if p.is_repair(action)]
+        for action in repairs:
+            self.repairs += 1
+            log.warning("repair: %s (%d repairs since start)", p.describe(action),
+                        self.repairs)
+            self.note("repair", type(action).__name__, p.describe(action))
+        return repairs
+
+    def note_states(self, statuses: list[ContainerStatus]) -> None:
+        """One event per container whose state changed since the last pass (or went away)."""
+        now = {s.name: s for s in statuses}
+        for name, status in now.items():
+            before = self.states.get(name, "")
+            if before != status.state:
+                detail = f"{before or 'new'} -> {status.state}"
+                if status.state == STATE_EXITED:
+                    detail += f" (code {status.exit_code})"
+                self.note("container-state", name, detail)
+        for name in set(self.states) - set(now):
+            self.note("container-state", name, f"{self.states[name]} -> removed")
+        self.states = {name: s.state for name, s in now.items()}
+
+    def read_traffic(self, desired: DesiredState, firewall: Firewall) -> None:
+        """Flows between addresses of our networks (one conntrack dump) and the guards' drop
+        counters (from the last ruleset listing), for the next report."""
+        subnets = sorted({n.cidr or n.subnet for n in desired.networks.values()
+                          if n.cidr or n.subnet})
+        try:
+            samples = conntrack.flow_samples(subnets) if subnets else []
+        except Exception as e:
+            log.debug("could not read flows: %s", e)
+            samples = []
+        self.flows = [pb.Flow(host=self.args.host, src=s, dst=d, proto=proto, packets=packets,
+                              bytes=size)
+                      for s, d, proto, packets, size in samples[:FLOWS_MAX]]
+        self.drops = [pb.Drop(host=self.args.host, container=c, reason=r, packets=n)
+                      for (c, r), n in sorted(firewall.container_drops().items())[:FLOWS_MAX]]
+        self.traffic_fresh = bool(self.flows)
 
     def report(self, revision: int, statuses: list[ContainerStatus]) -> None:
-        if self.last_report == (revision, statuses):
+        with self.lock:
+            events = list(self.events)
+        traffic = (self.flows, self.drops)
+        # Flows are sent after every read while there are some: their rates need the counters
+        # of each full pass, unchanged ones too (a rate of 0 is news).
+        if self.last_report == (revision, statuses) and not events \
+                and traffic == self.reported_traffic and not self.traffic_fresh:
             return
         request = pb.ReportStatusRequest(
             host=self.args.host, observed_revision=revision,
-            containers=[convert.status_to_pb(s) for s in statuses])
+            containers=[convert.status_to_pb(s) for s in statuses], events=events,
+            flows=traffic[0], drops=traffic[1])
         for _ in self.channels:
             try:
                 pb_grpc.HostSyncStub(self.channels[self.current]).ReportStatus(request,
                                                                               timeout=10)
                 self.last_report = (revision, statuses)
+                self.reported_traffic = traffic
+                self.traffic_fresh = False
+                with self.lock:
+                    del self.events[:len(events)]
                 return
             except grpc.RpcError as e:
                 log.warning("could not report status to %s: %s",
@@ -394,6 +487,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the CNI service's socket: an abstract name in this host's "
                         f"network namespace, or a path; empty: no CNI service (default: "
                         f"${SOCKET_ENV}, else @{AGENT_SOCKET})")
+    parser.add_argument("--metrics", default=DEFAULT_ADDRESS, metavar="ADDR",
+                        help="serve Prometheus metrics on HOST:PORT, in this host's network "
+                        "namespace (port 0 picks a free one; the URL is reported when "
+                        "registering; '' for none) (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir or f"/run/sdnctl/{args.host}"
@@ -405,6 +502,12 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"%(asctime)s agent[{args.host}] %(levelname)s %(message)s")
     become_subreaper()
     agent = Agent(args)
+    try:
+        agent.serve_metrics(args.metrics)
+    except ValueError as e:
+        parser.error(f"--metrics: {e}")
+    except OSError as e:
+        parser.error(f"--metrics {args.metrics}: {e.strerror or e}")
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     log.info("starting (controller %s, run dir %s, underlay %s on %s, MTU %d, VTEP MAC %s)",

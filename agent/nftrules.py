@@ -35,7 +35,8 @@ name exactly what they drop.
                      networks; (2) DNAT'd connections pass; (3) a network forwards to none of
                      our other networks except the allowed ones. A network's "interfaces" are
                      its bridge and, on an overlay, its VXLAN device: isolation and allowed
-                     pairs apply to both.
+                     pairs apply to both. Every drop here is counted too (the agent's
+                     ``sdnctl_agent_nft_dropped_packets_total{guard="isolation"}``...).
 
 ``bridge sdnctl``
   prerouting (filter) per container port (``iifname VETH``): drop frames whose source MAC is
@@ -356,10 +357,10 @@ def _forward_rules(spec: FirewallSpec) -> list[_Rule]:
         own = _names(n.interfaces)
         reach = _names([*n.interfaces, *allowed_with(n)])
         rules.append(_Rule(TABLE_FAMILY, "forward",
-                           f"iifname {own} oifname != {reach} drop",
+                           f"iifname {own} oifname != {reach} counter drop",
                            f"sdnctl:net/{n.network}/internal-out"))
         rules.append(_Rule(TABLE_FAMILY, "forward",
-                           f"oifname {own} iifname != {reach} drop",
+                           f"oifname {own} iifname != {reach} counter drop",
                            f"sdnctl:net/{n.network}/internal-in"))
     if _published(spec):
         rules.append(_Rule(TABLE_FAMILY, "forward", "ct status dnat accept", "sdnctl:ports"))
@@ -368,7 +369,7 @@ def _forward_rules(spec: FirewallSpec) -> list[_Rule]:
         if isolated:
             rules.append(_Rule(TABLE_FAMILY, "forward",
                                f"iifname {_names(n.interfaces)} oifname "
-                               f"{_names(list(isolated))} drop",
+                               f"{_names(list(isolated))} counter drop",
                                f"sdnctl:net/{n.network}/isolation"))
     return rules
 

@@ -38,6 +38,10 @@ else
   echo "sdnctl check exited $check_rc: see the mismatches above."
 fi
 echo "The drawing is in $graph"
+echo "The live view (open it in a browser on this machine; it follows every change):"
+echo "  $($sdnctl ui)"
+echo "Prometheus metrics: controller and agents ($sdnctl status --json shows every URL):"
+echo "  $($sdnctl ui --json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["metrics_url"])')"
 echo "The topology stays up. Look around with:"
 echo "  $sdnctl status; $sdnctl ps; $sdnctl inspect container web --json; $sdnctl image ls"
 echo "  $sdnctl exec web -- ps; $sdnctl logs web"

@@ -9,9 +9,11 @@ cd "$here"
 scripts/apt-install-missing.sh python3 python3-venv python3-pip iproute2 nftables tcpdump \
   iputils-ping util-linux mount procps graphviz crun runc busybox-static etcd-server \
   containernetworking-plugins
-# Real clients the tests drive (docker load, Podman and containerd through the CNI plugin),
-# installed so that their daemons are never started on this host (see the script).
-scripts/install-no-services.sh docker.io podman containerd iperf3
+# Real clients and servers the tests drive (docker load; Podman and containerd through the CNI
+# plugin; promtool for the metrics; a headless chromium for the live view, through Playwright's
+# executable_path: Playwright never downloads a browser here), installed so that none of their
+# daemons is ever started on this host (see the script).
+scripts/install-no-services.sh docker.io podman containerd iperf3 prometheus chromium
 
 if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv"

@@ -82,3 +82,37 @@ def _delete(ct: Conntrack, entry: Any) -> bool:
             return False
         raise
     return True
+
+
+#: Protocol numbers as the flows report them.
+PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
+
+
+def flow_samples(subnets: list[str]) -> list[tuple[str, str, str, int, int]]:
+    """Flows conntrack tracks in the calling thread's namespace between addresses of which one
+    is in ``subnets`` (our networks): (source, destination, protocol, packets, bytes), the
+    counters of both directions added up (0 unless ``net.netfilter.nf_conntrack_acct`` is 1:
+    :func:`enable_accounting`). One dump, read only."""
+    networks = [ipaddress.IPv4Network(s, strict=False) for s in subnets]
+    samples: dict[tuple[str, str, str], list[int]] = {}
+    try:
+        with Conntrack() as ct:
+            for msg in ct.dump():
+                orig = msg.get_attr("CTA_TUPLE_ORIG")
+                ip = orig.get_attr("CTA_TUPLE_IP") if orig is not None else None
+                src = ip.get_attr("CTA_IP_V4_SRC") if ip is not None else None
+                dst = ip.get_attr("CTA_IP_V4_DST") if ip is not None else None
+                if not src or not dst or ipaddress.IPv4Address(dst).is_multicast or not any(
+                        ipaddress.IPv4Address(a) in n for a in (src, dst) for n in networks):
+                    continue  # (multicast: IGMP reports of our bridges, not traffic)
+                number = orig.get_attr("CTA_TUPLE_PROTO").get_attr("CTA_PROTO_NUM")
+                proto = PROTOCOL_NAMES.get(number, str(number))
+                totals = samples.setdefault((src, dst, proto), [0, 0])
+                for direction in ("CTA_COUNTERS_ORIG", "CTA_COUNTERS_REPLY"):
+                    counters = msg.get_attr(direction)
+                    if counters is not None:
+                        totals[0] += counters.get_attr("CTA_COUNTERS_PACKETS") or 0
+                        totals[1] += counters.get_attr("CTA_COUNTERS_BYTES") or 0
+    except (NetlinkError, OSError) as e:
+        raise KernelError("could not dump conntrack entries") from e
+    return [(s, d, p, packets, size) for (s, d, p), (packets, size) in sorted(samples.items())]

@@ -123,6 +123,8 @@ class Firewall:
         self._installed: FirewallSpec | None = None  # the spec _tables came from, if ours
         self._handles: dict[str, int] = {}  # rule comment -> handle (unique comments only)
         self._error = ""  # nft's complaint about the last failed write
+        self._drops: dict[str, int] = {}  # guard -> packets dropped, as last listed
+        self._container_drops: dict[tuple[str, str], int] = {}  # (container, guard) -> packets
 
     def _nft(self, script: str, flags: int = 0) -> nft.Result:
         return self._in_netns(lambda: nft.run(script, flags))
@@ -147,6 +149,8 @@ class Firewall:
         if not any((t.get("family"), t.get("name")) in ours for t in tables):
             self._tables, self._handles = None, {}
         else:
+            self._drops = drop_counts(rules)
+            self._container_drops = container_drop_counts(rules)
             self._tables = sorted(r.get("comment", "") for r in rules)
             self._handles = _unique((r.get("comment", ""), r.get("handle")) for r in rules)
         if self._installed is not None and self._tables != _tables_fingerprint(self._installed):
@@ -164,6 +168,16 @@ class Firewall:
             return None
         localnet, accept_ra = self._in_netns(_read_bridge_sysctls)
         return _fingerprint_of(self._tables, localnet, accept_ra)
+
+    def drops(self) -> dict[str, int]:
+        """Packets dropped by our counted drop rules, by guard (``spoof-mac``,
+        ``vxlan-not-member``...), as of the last listing (a scrape must not list: see
+        agent/metrics.py). Safe to call from any thread."""
+        return dict(self._drops)
+
+    def container_drops(self) -> dict[tuple[str, str], int]:
+        """Packets each container's guard dropped, by (container, guard), as last listed."""
+        return dict(self._container_drops)
 
     def apply(self, spec: SpecLike) -> bool:
         """Install ``spec`` unless it is installed already. Returns True when it wrote.
@@ -215,6 +229,41 @@ class Firewall:
             raise KernelError(f"could not delete tables {TABLE_NAME!r}: {done.stderr.strip()}")
         self._known, self._tables, self._installed, self._handles = True, None, None, {}
         self._in_netns(lambda: _set_bridge_sysctls([]))
+
+
+def drop_counts(rules: Iterable[dict[str, object]]) -> dict[str, int]:
+    """Packets counted by our drop rules, summed by guard: the last part of the rule's comment
+    (``sdnctl:ctr/web/spoof-ip`` -> ``spoof-ip``), prefixed by its area for VXLAN
+    (``sdnctl:vxlan/4789/not-member`` -> ``vxlan-not-member``)."""
+    drops: dict[str, int] = {}
+    for rule in rules:
+        comment = str(rule.get("comment", ""))
+        exprs = rule.get("expr")
+        if not isinstance(exprs, list) or not any("drop" in e for e in exprs
+                                                   if isinstance(e, dict)):
+            continue
+        packets = next((e["counter"].get("packets", 0) for e in exprs
+                        if isinstance(e, dict) and isinstance(e.get("counter"), dict)), None)
+        if packets is None:
+            continue
+        parts = comment.removeprefix("sdnctl:").split("/")
+        guard = f"vxlan-{parts[-1]}" if parts[0] == "vxlan" else parts[-1]
+        drops[guard] = drops.get(guard, 0) + int(packets)
+    return drops
+
+
+def container_drop_counts(rules: Iterable[dict[str, object]]) -> dict[tuple[str, str], int]:
+    """Packets counted by each container's guard rules (``sdnctl:ctr/NAME/GUARD``), by
+    (container, guard), those that dropped something only."""
+    drops: dict[tuple[str, str], int] = {}
+    for rule in rules:
+        parts = str(rule.get("comment", "")).removeprefix("sdnctl:").split("/")
+        if len(parts) != 3 or parts[0] != "ctr":
+            continue
+        packets = drop_counts([rule]).get(parts[2], 0)
+        if packets:
+            drops[(parts[1], parts[2])] = packets
+    return drops
 
 
 _ECHOED = re.compile(r'comment "([^"]*)" # handle (\d+)$', re.M)

@@ -114,6 +114,7 @@ class Host:
     netns: str = ""
     vtep_mac: str = ""  # MAC of the host's VXLAN devices
     underlay_mtu: int = 0  # MTU of its underlay interface
+    metrics_url: str = ""  # its agent's Prometheus endpoint
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,21 @@ def validate_host(host: Host, where: str = "host") -> Host:
     if host.underlay_mtu and not MTU_MIN <= host.underlay_mtu <= MTU_MAX:
         raise Invalid(f"{where}.underlay_mtu",
                       f"{host.underlay_mtu} is outside {MTU_MIN}..{MTU_MAX} (0: unknown)")
+    if host.metrics_url:
+        check_http_url(host.metrics_url, f"{where}.metrics_url")
     return host
+
+
+URL_MAX = 256
+
+
+def check_http_url(value: str, field: str) -> str:
+    """An ``http://host:port/path`` URL, printable, at most :data:`URL_MAX` characters."""
+    if len(value) > URL_MAX or not value.isprintable() or " " in value \
+            or not value.startswith("http://") or len(value) <= len("http://"):
+        raise Invalid(field, f"{value[:80]!r} is not an http:// URL of at most {URL_MAX} "
+                      "characters")
+    return value
 
 
 def check_unicast_mac(value: str, field: str) -> str:

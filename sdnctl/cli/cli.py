@@ -203,6 +203,11 @@ def cmd_events(args: argparse.Namespace) -> int:
                 continue
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.at))
             verb = event.method.rsplit("/", 1)[-1]
+            if event.method.startswith("agent/"):  # what an agent did: repair, state change
+                subject = json.loads(event.request or "{}").get("subject", "")
+                print(f"{event.seq:>6} {when} {event.identity:<24} {verb:<16} {subject}: "
+                      f"{event.message}", flush=True)
+                continue
             outcome = event.code if event.code == "OK" else f"{event.code}: {event.message}"
             print(f"{event.seq:>6} {when} {event.identity:<24} {verb:<16} {outcome} "
                   f"{event.request}", flush=True)

@@ -24,6 +24,7 @@ import argparse
 import json
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -42,7 +43,7 @@ from sdnctl.api.model import (
     spans_hosts,
 )
 from sdnctl.cli.output import container_json, host_json, network_json, print_table
-from sdnctl.lab import lab
+from sdnctl.lab import lab, local
 from sdnctl.topology import topology
 from sdnctl.topology.topology import Topology
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -157,13 +158,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     client = connect()
     try:
         live = read_live(client)
+        endpoints = client.api.GetEndpoints(pb.GetEndpointsRequest(), timeout=10)
     finally:
         client.close()
     if topo is not None:
         live = live.only(topo)
     summary = health(live, topo)
     if args.json:
-        print(json.dumps({"hosts": list(live.hosts.values()),
+        print(json.dumps({"controller": {"metrics_url": endpoints.metrics_url,
+                                         "ui_url": endpoints.ui_url},
+                          "hosts": list(live.hosts.values()),
                           "networks": list(live.networks.values()),
                           "containers": list(live.containers.values()),
                           "health": summary}, indent=2))
@@ -454,12 +458,121 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Print the URL of the controller's live view (and its metrics, with --json)."""
+    client = connect()
+    try:
+        endpoints = client.api.GetEndpoints(pb.GetEndpointsRequest(), timeout=10)
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps({"ui_url": endpoints.ui_url, "metrics_url": endpoints.metrics_url}))
+        return 0
+    if not endpoints.ui_url:
+        raise CommandError("the controller serves no live view (started with --http '')")
+    print(endpoints.ui_url)
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Print the controller's metrics, or a host's agent's (a lab host's from inside its
+    namespace, where its agent listens)."""
+    client = connect()
+    try:
+        if args.host:
+            host = client.api.GetHost(pb.GetRequest(name=args.host), timeout=10)
+            url, netns = host.metrics_url, host.netns if host.lab else ""
+            if not url:
+                raise CommandError(f"the agent of host {args.host!r} reported no metrics URL")
+        else:
+            url = client.api.GetEndpoints(pb.GetEndpointsRequest(), timeout=10).metrics_url
+            netns = ""
+            if not url:
+                raise CommandError("the controller serves no metrics (started with "
+                                   "--metrics '')")
+    finally:
+        client.close()
+    print(local.scrape(url, netns), end="")
+    return 0
+
+
+def flows_json(report: pb.FlowsReport) -> dict[str, Any]:
+    return {
+        "at": report.at,
+        "flows": [{"host": f.host, "src": f.src, "dst": f.dst, "proto": f.proto,
+                   "src_container": f.src_container, "dst_container": f.dst_container,
+                   "packets": f.packets, "bytes": f.bytes, "rate_bps": round(f.rate_bps, 1)}
+                  for f in report.flows],
+        "drops": [{"host": d.host, "container": d.container, "reason": d.reason,
+                   "packets": d.packets} for d in report.drops],
+    }
+
+
+def _rate(bps: float) -> str:
+    for unit, size in (("MB/s", 1e6), ("kB/s", 1e3)):
+        if bps >= size:
+            return f"{bps / size:.1f} {unit}"
+    return f"{bps:.0f} B/s"
+
+
+def print_flows(data: dict[str, Any]) -> None:
+    def end(address: str, name: str) -> str:
+        return f"{name} ({address})" if name else address
+
+    print_table([[f["host"], end(f["src"], f["src_container"]),
+                  end(f["dst"], f["dst_container"]), f["proto"], str(f["packets"]),
+                  str(f["bytes"]), _rate(f["rate_bps"])] for f in data["flows"]],
+                ["HOST", "FROM", "TO", "PROTO", "PACKETS", "BYTES", "RATE"])
+    if data["drops"]:
+        print("\nDROPPED")
+        print_table([[d["host"], d["container"], d["reason"], str(d["packets"])]
+                     for d in data["drops"]], ["HOST", "CONTAINER", "REASON", "PACKETS"])
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    """Traffic between containers and the guards' drops, as agents last reported them; with
+    --follow, again every --interval seconds."""
+    client = connect()
+    try:
+        while True:
+            data = flows_json(client.api.GetFlows(pb.GetFlowsRequest(), timeout=10))
+            if args.json:
+                print(json.dumps(data), flush=True)
+            else:
+                if args.follow:
+                    print(time.strftime("\n== %H:%M:%S"))
+                print_flows(data)
+            if not args.follow:
+                return 0
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        client.close()
+
+
 def register(sub: Any) -> None:
     """Add this module's verbs to the sdnctl argument parser's sub-parsers."""
     p = sub.add_parser("status", help="hosts, networks and containers as tables, and health")
     p.add_argument("file", nargs="?", help="only this topology's objects")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("ui", help="the URL of the live view: hosts, bridges, VXLAN tunnels and "
+                       "containers, updated as they change (a browser on this machine)")
+    p.add_argument("--json", action="store_true", help="the live view's and metrics' URLs")
+    p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("metrics", help="the controller's Prometheus metrics, or a host's agent's")
+    p.add_argument("host", nargs="?", help="this host's agent (default: the controller)")
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("flows", help="traffic between containers (conntrack, with rates) and "
+                       "what the guards dropped, as agents report them")
+    p.add_argument("-f", "--follow", action="store_true", help="print again every --interval")
+    p.add_argument("--interval", type=float, default=2.0, metavar="SECONDS")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_flows)
 
     p = sub.add_parser("graph", help="draw a topology (svg, png or dot)")
     p.add_argument("file")

@@ -88,6 +88,8 @@ POLICY: dict[str, Rule] = {
     CTL + "GcIpam": Rule(ADMIN, mutating=True),
     # A dry run writes nothing, but asks what creating networks and containers would do.
     CTL + "ValidateTopology": Rule(MANAGE),
+    CTL + "GetEndpoints": Rule(READ),
+    CTL + "GetFlows": Rule(READ),
     CTL + "Events": Rule(READ),
     CTL + "LoadImage": Rule(MANAGE, mutating=True),
     CTL + "ListImages": Rule(READ),

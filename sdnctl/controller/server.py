@@ -47,12 +47,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sdnctl.api import faults, paths
+from sdnctl.api.metrics import DEFAULT_ADDRESS, MetricsServer, serve_metrics
 from sdnctl.api.model import Invalid
 from sdnctl.api.pki import PkiError, RevocationList, TlsFiles
 from sdnctl.controller import gc, ipam
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import SecurityInterceptor
+from sdnctl.controller.flows import FlowTable
 from sdnctl.controller.images import Images, default_blob_dir
+from sdnctl.controller.liveview import DEFAULT_ADDRESS as DEFAULT_HTTP
+from sdnctl.controller.liveview import LiveView, LiveViewError
+from sdnctl.controller.metrics import (
+    ControllerMetrics,
+    Endpoints,
+    MetricsInterceptor,
+    metered,
+)
 from sdnctl.controller.servicers import (
     Connections,
     ControllerServicer,
@@ -100,6 +110,10 @@ class RunningServer:
     scratch: str = ""  # a blob directory made for this server alone, removed when it stops
     heartbeat: threading.Thread | None = None
     front: TlsFront | None = None  # the TCP listeners (mutual TLS)
+    metrics: ControllerMetrics | None = None
+    endpoints: Endpoints | None = None  # where metrics and the live view are served
+    metrics_server: MetricsServer | None = None
+    liveview: LiveView | None = None
 
     def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()
@@ -112,6 +126,10 @@ class RunningServer:
         # poll): wait for them, or they meet a closed store.
         if self.executor is not None:
             self.executor.shutdown(wait=True)
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        if self.liveview is not None:
+            self.liveview.stop()
         for thread in (self.sweeper, self.heartbeat, self.collector):
             if thread is not None:
                 thread.join()
@@ -213,15 +231,20 @@ def _listen(server: grpc.Server, address: str, front: TlsFront | None,
 
 def _start(addresses: list[str], store: Store, state: State, connections: Connections,
            images: Images, audit: AuditLog, stopping: threading.Event, front: TlsFront | None,
-           max_workers: int, progress_interval: float, gc_grace: int) -> RunningServer:
+           max_workers: int, progress_interval: float, gc_grace: int,
+           metrics: ControllerMetrics, endpoints: Endpoints,
+           flows: FlowTable) -> RunningServer:
     """The gRPC server with its services, listening (TCP through ``front``) and started."""
     executor = futures.ThreadPoolExecutor(max_workers=max_workers)
-    server = grpc.server(executor, interceptors=[SecurityInterceptor(audit, front),
+    server = grpc.server(executor, interceptors=[MetricsInterceptor(metrics),
+                                                 SecurityInterceptor(audit, front),
                                                  ErrorInterceptor()])
     pb_grpc.add_ControllerServicer_to_server(
-        ControllerServicer(state, connections, images, audit, stopping, gc_grace), server)
+        ControllerServicer(state, connections, images, audit, stopping, gc_grace, endpoints,
+                           flows), server)
     pb_grpc.add_HostSyncServicer_to_server(
-        HostSyncServicer(state, connections, stopping, images, progress_interval), server)
+        HostSyncServicer(state, connections, stopping, images, progress_interval, metrics,
+                         audit, flows), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -237,7 +260,7 @@ def _start(addresses: list[str], store: Store, state: State, connections: Connec
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, dials[0], stopping, executor, tuple(sockets), addresses=dials,
-                         audit=audit, front=front)
+                         audit=audit, front=front, metrics=metrics, endpoints=endpoints)
 
 
 def create_server(address: str | Sequence[str], store: Store,
@@ -255,7 +278,8 @@ def create_server(address: str | Sequence[str], store: Store,
                   blob_dir: str | None = None,
                   gc_grace: int = gc.DEFAULT_GRACE,
                   gc_interval: float = 0.0,
-                  tls_dir: str | None = None) -> RunningServer:
+                  tls_dir: str | None = None,
+                  metrics_address: str = "", http_address: str = "") -> RunningServer:
     """Build and start a server on ``address`` (one or several): ``unix:/path`` or
     ``[tcp:]host:port`` (port 0 picks). A TCP address needs ``tls`` (mutual TLS), else
     :class:`ListenError` before anything starts. ``crl``: a revocation list file (PEM, signed by
@@ -273,7 +297,9 @@ def create_server(address: str | Sequence[str], store: Store,
     the two sightings IPAM garbage collection needs; ``gc_interval``: how often it runs on its
     own (0: only when asked, ``GcIpam``). ``tls_dir``: where the TLS terminator makes its
     private directory (the gRPC server's internal socket; default: the system's temporary
-    directory).
+    directory). ``metrics_address``: where to serve Prometheus metrics (``HOST:PORT``, port 0
+    picks; "": not served); ``http_address``: the live view's (loopback only, see
+    :mod:`sdnctl.controller.liveview`); the URLs bound are in ``running.endpoints``.
     """
     addresses = [address] if isinstance(address, str) else list(address)
     for tcp in (a for a in addresses if not is_unix(a)):
@@ -282,6 +308,9 @@ def create_server(address: str | Sequence[str], store: Store,
     revocations = RevocationList(crl, tls.read()[2]) if crl and tls is not None else None
     audit = audit if audit is not None else AuditLog()
     stopping = threading.Event()
+    metrics = ControllerMetrics()
+    store = metered(store, metrics)
+    metrics.add_ipam(store)
     timers = ipam.Timers(lease_ttl=lease_ttl, subnet_quarantine=subnet_quarantine,
                          address_quarantine=address_quarantine)
     state = State(store, timers, clock)
@@ -293,10 +322,23 @@ def create_server(address: str | Sequence[str], store: Store,
     images = Images(store, blob_dir or scratch)
     front = TlsFront(tls, revocations, tls_dir) \
         if tls is not None and any(not is_unix(a) for a in addresses) else None
+    endpoints = Endpoints()
+    flows = FlowTable(clock)
+    metrics_server = None
+    liveview = None
     try:
+        metrics_server = serve_metrics(metrics.registry, metrics_address)
+        endpoints.metrics_url = metrics_server.url if metrics_server is not None else ""
+        liveview = LiveView(state, connections, http_address, tls, revocations, flows) \
+            if http_address else None
+        endpoints.ui_url = liveview.url if liveview is not None else ""
         running = _start(addresses, store, state, connections, images, audit, stopping, front,
-                         max_workers, progress_interval, gc_grace)
+                         max_workers, progress_interval, gc_grace, metrics, endpoints, flows)
     except BaseException:
+        if liveview is not None:
+            liveview.stop()
+        if metrics_server is not None:
+            metrics_server.stop()
         if front is not None:
             front.stop()
         if scratch:
@@ -304,6 +346,8 @@ def create_server(address: str | Sequence[str], store: Store,
         raise
     running.revocations = revocations
     running.scratch = scratch
+    running.metrics_server = metrics_server
+    running.liveview = liveview
     if sweep_interval > 0:
         running.sweeper = threading.Thread(target=sweep_forever, name="ipam-sweeper",
                                            args=(state, sweep_interval, stopping), daemon=True)
@@ -390,6 +434,15 @@ def main(argv: list[str] | None = None) -> int:
                         default=float(os.environ.get("SDNCTL_GC_INTERVAL") or 0),
                         metavar="SECONDS", help="run IPAM garbage collection this often "
                         "($SDNCTL_GC_INTERVAL, else 0: only on request, `sdnctl ipam gc`)")
+    parser.add_argument("--metrics", default=DEFAULT_ADDRESS, metavar="ADDR",
+                        help="serve Prometheus metrics on HOST:PORT (port 0 picks a free one; "
+                        "`sdnctl status --json` tells the URL; '' for none) "
+                        "(default: %(default)s)")
+    parser.add_argument("--http", default=DEFAULT_HTTP, metavar="ADDR",
+                        help="serve the live view on HOST:PORT: loopback only, unless --tls-* "
+                        "(then HTTPS with client certificates, a reader role) (port 0 picks a "
+                        "free one; `sdnctl ui` tells the URL; '' for none) "
+                        "(default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -427,15 +480,24 @@ def main(argv: list[str] | None = None) -> int:
                                 else 0.0,
                                 blob_dir=args.blob_dir or default_blob_dir(db),
                                 gc_grace=args.gc_grace, gc_interval=args.gc_interval,
-                                tls_dir=_tls_dir())
+                                tls_dir=_tls_dir(), metrics_address=args.metrics,
+                                http_address=args.http)
     except Invalid as e:
         parser.error(f"--default-bridge: {e.message}")
-    except (ListenError, PkiError) as e:
+    except (ListenError, PkiError, LiveViewError) as e:
         parser.error(str(e))
+    except ValueError as e:
+        parser.error(f"--metrics/--http: {e}")
+    except OSError as e:
+        parser.error(f"--metrics {args.metrics} / --http {args.http}: {e.strerror or e}")
     except StoreUnavailable as e:
         parser.exit(1, f"sdnctl-controller: {e}\n")
     log.info("listening on %s (store: %s)", ", ".join(running.addresses),
              describe_store(store))
+    if running.endpoints is not None and running.endpoints.metrics_url:
+        log.info("metrics at %s", running.endpoints.metrics_url)
+    if running.endpoints is not None and running.endpoints.ui_url:
+        log.info("live view at %s", running.endpoints.ui_url)
     if running.revocations is not None:
         revocations = running.revocations
         signal.signal(signal.SIGHUP, lambda *_: revocations.reload())

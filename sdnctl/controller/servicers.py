@@ -6,6 +6,7 @@ Domain errors become status codes in :class:`ErrorInterceptor`, in one place.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import tempfile
@@ -19,7 +20,13 @@ import grpc
 
 from sdnctl.api import convert
 from sdnctl.api.model import Container, Host, Invalid, check_name
-from sdnctl.api.validate import ARG_MAX, REPORT_MAX, check_count, validate_status
+from sdnctl.api.validate import (
+    ARG_MAX,
+    REPORT_MAX,
+    check_count,
+    check_ipv4,
+    validate_status,
+)
 from sdnctl.controller import dryrun, gc, ipam_report
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import current_identity
@@ -32,8 +39,10 @@ from sdnctl.controller.errors import (
     PermissionDenied,
     SdnError,
 )
+from sdnctl.controller.flows import FlowTable
 from sdnctl.controller.images import ImageRecord, Images
 from sdnctl.controller.keys import AGENTS, REPLICAS
+from sdnctl.controller.metrics import ControllerMetrics, Endpoints
 from sdnctl.controller.state import HostView, State
 from sdnctl.controller.store.base import Compare, Delete, Put, Store, StoreUnavailable
 from sdnctl.controller.watch import container_pb, host_events
@@ -114,6 +123,12 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         return handler
 
 
+
+
+def address_names(state: State) -> dict[str, str]:
+    """Container address -> container name, for naming the ends of flows."""
+    views, _ = state.list_containers("", "")
+    return {v.allocation.address: v.container.name for v in views if v.allocation is not None}
 
 
 class Connections:
@@ -223,7 +238,11 @@ class ControllerServicer(pb_grpc.ControllerServicer):
     def __init__(self, state: State, connections: Connections, images: Images,
                  audit: AuditLog | None = None,
                  stopping: threading.Event | None = None,
-                 gc_grace: int = gc.DEFAULT_GRACE) -> None:
+                 gc_grace: int = gc.DEFAULT_GRACE,
+                 endpoints: Endpoints | None = None,
+                 flows: FlowTable | None = None) -> None:
+        self.endpoints = endpoints or Endpoints()
+        self.flows = flows or FlowTable()
         self.state = state
         self.connections = connections
         self.images = images
@@ -343,6 +362,13 @@ class ControllerServicer(pb_grpc.ControllerServicer):
             records = self.audit.wait(seq, timeout=1.0)
 
 
+    def GetEndpoints(self, request: pb.GetEndpointsRequest, context: Any) -> pb.Endpoints:
+        return pb.Endpoints(metrics_url=self.endpoints.metrics_url,
+                            ui_url=self.endpoints.ui_url)
+
+    def GetFlows(self, request: pb.GetFlowsRequest, context: Any) -> pb.FlowsReport:
+        return self.flows.report(address_names(self.state))
+
     def GcIpam(self, request: pb.GcIpamRequest, context: Any) -> pb.GcIpamReport:
         if request.grace_seconds < 0:
             raise Invalid("grace_seconds", f"{request.grace_seconds} is negative")
@@ -393,7 +419,12 @@ class ControllerServicer(pb_grpc.ControllerServicer):
 
 class HostSyncServicer(pb_grpc.HostSyncServicer):
     def __init__(self, state: State, connections: Connections, stopping: threading.Event,
-                 images: Images, progress_interval: float = 10.0) -> None:
+                 images: Images, progress_interval: float = 10.0,
+                 metrics: ControllerMetrics | None = None,
+                 audit: AuditLog | None = None, flows: FlowTable | None = None) -> None:
+        self.flows = flows or FlowTable()
+        self.metrics = metrics or ControllerMetrics()
+        self.audit = audit or AuditLog()
         self.state = state
         self.images = images
         self.connections = connections
@@ -406,7 +437,8 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
             check_name(capability, f"capabilities[{i}]")
         host = Host(name=request.host, underlay_ip=request.underlay_ip,
                     agent_pid=request.agent_pid, netns=request.netns,
-                    vtep_mac=request.vtep_mac, underlay_mtu=request.underlay_mtu)
+                    vtep_mac=request.vtep_mac, underlay_mtu=request.underlay_mtu,
+                    metrics_url=request.metrics_url)
         view = self.state.register_host(host)
         log.info("agent of host %s registered (pid %d)", request.host, request.agent_pid)
         return pb.RegisterResponse(host=host_pb(view, self.connections))
@@ -417,12 +449,16 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
             raise Invalid("since_revision", f"{request.since_revision} is negative")
         self.state.get_host(request.host)  # NOT_FOUND before streaming anything
         self.connections.opened(request.host)
+        self.metrics.watch_streams.inc()
         try:
-            yield from host_events(
-                self.state, request.host, request.since_revision,
-                alive=lambda: context.is_active() and not self.stopping.is_set(),
-                progress_interval=self.progress_interval)
+            for event in host_events(
+                    self.state, request.host, request.since_revision,
+                    alive=lambda: context.is_active() and not self.stopping.is_set(),
+                    progress_interval=self.progress_interval):
+                self.metrics.watch_events.inc()
+                yield event
         finally:
+            self.metrics.watch_streams.dec()
             self.connections.closed(request.host)
 
     def ReportStatus(self, request: pb.ReportStatusRequest,
@@ -440,7 +476,26 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
             if foreign:
                 raise PermissionDenied(f"containers: {', '.join(foreign)} run on other hosts; "
                                        f"the agent of {request.host!r} may report only its own")
+        check_count(request.events, "events", REPORT_MAX)
+        check_count(request.flows, "flows", REPORT_MAX)
+        check_count(request.drops, "drops", REPORT_MAX)
+        for i, flow in enumerate(request.flows):
+            check_ipv4(flow.src, f"flows[{i}].src")
+            check_ipv4(flow.dst, f"flows[{i}].dst")
+            if flow.packets < 0 or flow.bytes < 0:
+                raise Invalid(f"flows[{i}]", "negative counters")
+        for i, drop in enumerate(request.drops):
+            check_name(drop.container, f"drops[{i}].container")
+            check_name(drop.reason, f"drops[{i}].reason")
+        for i, event in enumerate(request.events):
+            check_name(event.kind, f"events[{i}].kind")
         self.state.report_status(request.host, statuses, request.observed_revision)
+        self.flows.update(request.host, request.flows, request.drops)
+        for event in request.events:
+            self.metrics.agent_events.labels(event.kind).inc()
+            self.audit.record(f"agent:{request.host}", f"agent/{event.kind}",
+                              json.dumps({"subject": event.subject[:ARG_MAX], "at": event.at}),
+                              "OK", event.detail[:ARG_MAX])
         return pb.ReportStatusResponse()
 
     def FetchImage(self, request: pb.ImageRef, context: Any) -> pb.Image:

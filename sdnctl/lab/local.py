@@ -12,11 +12,13 @@ import glob
 import json
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from typing import IO, Any
 
 from agent import layout
 from agent.kernel import cgroups
-from agent.kernel.netns import NETNS_RUN_DIR
+from agent.kernel.netns import NETNS_RUN_DIR, run_in_netns
 from agent.runtime import OciRuntime
 from sdnctl.api.client import CommandError
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -80,3 +82,17 @@ def lab_states(run_dir: str) -> list[dict[str, Any]]:
 def log_file(agent_run_dir: str, name: str) -> str:
     """Where the agent that runs in ``agent_run_dir`` writes container ``name``'s output."""
     return layout.container_file(agent_run_dir, name, "log")
+
+
+def scrape(url: str, netns: str = "") -> str:
+    """The text at ``url`` (a metrics endpoint), fetched from inside the network namespace at
+    ``netns`` when given: a lab host's agent listens on its own namespace's loopback."""
+
+    def fetch() -> str:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                return str(reply.read().decode())
+        except (urllib.error.URLError, OSError) as e:
+            raise CommandError(f"could not read {url}: {e}") from e
+
+    return run_in_netns(netns, fetch) if netns else fetch()

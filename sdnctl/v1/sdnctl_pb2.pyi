@@ -17,7 +17,7 @@ USERNS_PRIVATE: UserNsMode
 USERNS_HOST: UserNsMode
 
 class Host(_message.Message):
-    __slots__ = ("name", "underlay_ip", "lab", "agent_pid", "netns", "leases", "revision", "agent_connected", "observed_revision", "agent_synced", "reported_containers", "vtep_mac", "underlay_mtu")
+    __slots__ = ("name", "underlay_ip", "lab", "agent_pid", "netns", "leases", "revision", "agent_connected", "observed_revision", "agent_synced", "reported_containers", "vtep_mac", "underlay_mtu", "metrics_url")
     NAME_FIELD_NUMBER: _ClassVar[int]
     UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
     LAB_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class Host(_message.Message):
     REPORTED_CONTAINERS_FIELD_NUMBER: _ClassVar[int]
     VTEP_MAC_FIELD_NUMBER: _ClassVar[int]
     UNDERLAY_MTU_FIELD_NUMBER: _ClassVar[int]
+    METRICS_URL_FIELD_NUMBER: _ClassVar[int]
     name: str
     underlay_ip: str
     lab: bool
@@ -44,7 +45,8 @@ class Host(_message.Message):
     reported_containers: _containers.RepeatedScalarFieldContainer[str]
     vtep_mac: str
     underlay_mtu: int
-    def __init__(self, name: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., lab: _Optional[bool] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., revision: _Optional[int] = ..., agent_connected: _Optional[bool] = ..., observed_revision: _Optional[int] = ..., agent_synced: _Optional[bool] = ..., reported_containers: _Optional[_Iterable[str]] = ..., vtep_mac: _Optional[str] = ..., underlay_mtu: _Optional[int] = ...) -> None: ...
+    metrics_url: str
+    def __init__(self, name: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., lab: _Optional[bool] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., revision: _Optional[int] = ..., agent_connected: _Optional[bool] = ..., observed_revision: _Optional[int] = ..., agent_synced: _Optional[bool] = ..., reported_containers: _Optional[_Iterable[str]] = ..., vtep_mac: _Optional[str] = ..., underlay_mtu: _Optional[int] = ..., metrics_url: _Optional[str] = ...) -> None: ...
 
 class Network(_message.Message):
     __slots__ = ("name", "driver", "subnet", "host_prefix", "mtu", "masquerade", "revision", "gateway", "ip_range", "internal", "allow", "builtin", "vni", "vxlan_port")
@@ -455,7 +457,7 @@ class ListContainersResponse(_message.Message):
     def __init__(self, containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("host", "underlay_ip", "agent_pid", "netns", "capabilities", "vtep_mac", "underlay_mtu")
+    __slots__ = ("host", "underlay_ip", "agent_pid", "netns", "capabilities", "vtep_mac", "underlay_mtu", "metrics_url")
     HOST_FIELD_NUMBER: _ClassVar[int]
     UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
     AGENT_PID_FIELD_NUMBER: _ClassVar[int]
@@ -463,6 +465,7 @@ class RegisterRequest(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     VTEP_MAC_FIELD_NUMBER: _ClassVar[int]
     UNDERLAY_MTU_FIELD_NUMBER: _ClassVar[int]
+    METRICS_URL_FIELD_NUMBER: _ClassVar[int]
     host: str
     underlay_ip: str
     agent_pid: int
@@ -470,7 +473,8 @@ class RegisterRequest(_message.Message):
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     vtep_mac: str
     underlay_mtu: int
-    def __init__(self, host: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., vtep_mac: _Optional[str] = ..., underlay_mtu: _Optional[int] = ...) -> None: ...
+    metrics_url: str
+    def __init__(self, host: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., vtep_mac: _Optional[str] = ..., underlay_mtu: _Optional[int] = ..., metrics_url: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("host",)
@@ -527,14 +531,20 @@ class WatchEvent(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., networks: _Optional[_Iterable[_Union[HostNetwork, _Mapping]]] = ..., containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ..., deleted_networks: _Optional[_Iterable[str]] = ..., deleted_containers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReportStatusRequest(_message.Message):
-    __slots__ = ("host", "containers", "observed_revision")
+    __slots__ = ("host", "containers", "observed_revision", "events", "flows", "drops")
     HOST_FIELD_NUMBER: _ClassVar[int]
     CONTAINERS_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
     host: str
     containers: _containers.RepeatedCompositeFieldContainer[ContainerStatus]
     observed_revision: int
-    def __init__(self, host: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ..., observed_revision: _Optional[int] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[AgentEvent]
+    flows: _containers.RepeatedCompositeFieldContainer[Flow]
+    drops: _containers.RepeatedCompositeFieldContainer[Drop]
+    def __init__(self, host: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ..., observed_revision: _Optional[int] = ..., events: _Optional[_Iterable[_Union[AgentEvent, _Mapping]]] = ..., flows: _Optional[_Iterable[_Union[Flow, _Mapping]]] = ..., drops: _Optional[_Iterable[_Union[Drop, _Mapping]]] = ...) -> None: ...
 
 class ReportStatusResponse(_message.Message):
     __slots__ = ()
@@ -601,3 +611,75 @@ class DetachRequest(_message.Message):
     host: str
     name: str
     def __init__(self, host: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class GetEndpointsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Endpoints(_message.Message):
+    __slots__ = ("metrics_url", "ui_url")
+    METRICS_URL_FIELD_NUMBER: _ClassVar[int]
+    UI_URL_FIELD_NUMBER: _ClassVar[int]
+    metrics_url: str
+    ui_url: str
+    def __init__(self, metrics_url: _Optional[str] = ..., ui_url: _Optional[str] = ...) -> None: ...
+
+class AgentEvent(_message.Message):
+    __slots__ = ("at", "kind", "subject", "detail")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    at: float
+    kind: str
+    subject: str
+    detail: str
+    def __init__(self, at: _Optional[float] = ..., kind: _Optional[str] = ..., subject: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class Flow(_message.Message):
+    __slots__ = ("host", "src", "dst", "proto", "packets", "bytes", "rate_bps", "src_container", "dst_container")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    PROTO_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    RATE_BPS_FIELD_NUMBER: _ClassVar[int]
+    SRC_CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    DST_CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    src: str
+    dst: str
+    proto: str
+    packets: int
+    bytes: int
+    rate_bps: float
+    src_container: str
+    dst_container: str
+    def __init__(self, host: _Optional[str] = ..., src: _Optional[str] = ..., dst: _Optional[str] = ..., proto: _Optional[str] = ..., packets: _Optional[int] = ..., bytes: _Optional[int] = ..., rate_bps: _Optional[float] = ..., src_container: _Optional[str] = ..., dst_container: _Optional[str] = ...) -> None: ...
+
+class Drop(_message.Message):
+    __slots__ = ("host", "container", "reason", "packets")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    container: str
+    reason: str
+    packets: int
+    def __init__(self, host: _Optional[str] = ..., container: _Optional[str] = ..., reason: _Optional[str] = ..., packets: _Optional[int] = ...) -> None: ...
+
+class GetFlowsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FlowsReport(_message.Message):
+    __slots__ = ("flows", "drops", "at")
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    flows: _containers.RepeatedCompositeFieldContainer[Flow]
+    drops: _containers.RepeatedCompositeFieldContainer[Drop]
+    at: float
+    def __init__(self, flows: _Optional[_Iterable[_Union[Flow, _Mapping]]] = ..., drops: _Optional[_Iterable[_Union[Drop, _Mapping]]] = ..., at: _Optional[float] = ...) -> None: ...

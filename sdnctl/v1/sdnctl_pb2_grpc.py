@@ -157,6 +157,16 @@ class ControllerStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamReport.FromString,
                 _registered_method=True)
+        self.GetEndpoints = channel.unary_unary(
+                '/sdnctl.v1.Controller/GetEndpoints',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetEndpointsRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.Endpoints.FromString,
+                _registered_method=True)
+        self.GetFlows = channel.unary_unary(
+                '/sdnctl.v1.Controller/GetFlows',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetFlowsRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.FlowsReport.FromString,
+                _registered_method=True)
         self.ValidateTopology = channel.unary_unary(
                 '/sdnctl.v1.Controller/ValidateTopology',
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ValidateTopologyRequest.SerializeToString,
@@ -331,6 +341,20 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEndpoints(self, request, context):
+        """Where this controller replica serves its Prometheus metrics and its live view (issue 23).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFlows(self, request, context):
+        """Traffic between containers and what the guards dropped, as agents last reported (issue 23).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ValidateTopology(self, request, context):
         """Server-side dry run of a whole topology (as Kubernetes' dryRun=All): would creating these
         hosts, networks and containers, or updating those that exist as `sdnctl up` does, succeed?
@@ -466,6 +490,16 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.GcIpam,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamReport.SerializeToString,
+            ),
+            'GetEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEndpoints,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetEndpointsRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.Endpoints.SerializeToString,
+            ),
+            'GetFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFlows,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetFlowsRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.FlowsReport.SerializeToString,
             ),
             'ValidateTopology': grpc.unary_unary_rpc_method_handler(
                     servicer.ValidateTopology,
@@ -1124,6 +1158,60 @@ class Controller:
             '/sdnctl.v1.Controller/GcIpam',
             sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamRequest.SerializeToString,
             sdnctl_dot_v1_dot_sdnctl__pb2.GcIpamReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/GetEndpoints',
+            sdnctl_dot_v1_dot_sdnctl__pb2.GetEndpointsRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.Endpoints.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/GetFlows',
+            sdnctl_dot_v1_dot_sdnctl__pb2.GetFlowsRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.FlowsReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -111,19 +111,21 @@ def test_fingerprint_changes_with_every_field(what: str, variant: FirewallSpec) 
 
 def test_isolation_internal_and_allowed_pairs() -> None:
     forward = rules(render(SPEC), "forward")
-    assert 'iifname "sdnbi" oifname != "sdnbi" drop comment "sdnctl:net/inside/internal-out"' \
-        in forward
-    assert 'oifname "sdnbi" iifname != "sdnbi" drop comment "sdnctl:net/inside/internal-in"' \
-        in forward
-    assert 'iifname "sdnbf" oifname "sdnbi" drop comment "sdnctl:net/front/isolation"' in forward
-    assert 'iifname "sdnbb" oifname "sdnbi" drop comment "sdnctl:net/back/isolation"' in forward
+    assert 'iifname "sdnbi" oifname != "sdnbi" counter drop ' \
+           'comment "sdnctl:net/inside/internal-out"' in forward
+    assert 'oifname "sdnbi" iifname != "sdnbi" counter drop ' \
+           'comment "sdnctl:net/inside/internal-in"' in forward
+    assert 'iifname "sdnbf" oifname "sdnbi" counter drop ' \
+           'comment "sdnctl:net/front/isolation"' in forward
+    assert 'iifname "sdnbb" oifname "sdnbi" counter drop ' \
+           'comment "sdnctl:net/back/isolation"' in forward
     # internal drops come before DNAT'd flows pass, which come before isolation
     order = [next(i for i, r in enumerate(forward) if key in r)
              for key in ("internal-out", "ct status dnat accept", "isolation")]
     assert order == sorted(order)
     allowed_inside = dataclasses.replace(SPEC, allowed=(("inside", "front"),))
     forward = rules(render(allowed_inside), "forward")
-    assert 'iifname "sdnbi" oifname != { "sdnbf", "sdnbi" } drop ' \
+    assert 'iifname "sdnbi" oifname != { "sdnbf", "sdnbi" } counter drop ' \
            'comment "sdnctl:net/inside/internal-out"' in forward
     # pairs naming a network this host does not have are ignored, as are self-pairs
     assert render(dataclasses.replace(SPEC, allowed=(("front", "back"), ("front", "gone"),
@@ -246,25 +248,25 @@ def test_bridge_and_own_vxlan_always_forward_even_internal() -> None:
         # the accepts come before any drop
         assert max(forward.index(a) for a in accepts) < min(
             i for i, r in enumerate(forward) if " drop " in r)
-    assert 'iifname { "sdnbq", "sdnxq" } oifname != { "sdnbq", "sdnxq" } drop ' \
+    assert 'iifname { "sdnbq", "sdnxq" } oifname != { "sdnbq", "sdnxq" } counter drop ' \
            'comment "sdnctl:net/ovi/internal-out"' in forward
-    assert 'oifname { "sdnbq", "sdnxq" } iifname != { "sdnbq", "sdnxq" } drop ' \
+    assert 'oifname { "sdnbq", "sdnxq" } iifname != { "sdnbq", "sdnxq" } counter drop ' \
            'comment "sdnctl:net/ovi/internal-in"' in forward
 
 
 def test_isolation_and_allowed_pairs_cover_vxlan_devices() -> None:
     forward = rules(render(OV_SPEC), "forward")
-    assert 'iifname { "sdnbo", "sdnxo" } oifname { "sdnbf", "sdnbq", "sdnxq" } drop ' \
+    assert 'iifname { "sdnbo", "sdnxo" } oifname { "sdnbf", "sdnbq", "sdnxq" } counter drop ' \
            'comment "sdnctl:net/ov/isolation"' in forward
-    assert 'iifname "sdnbf" oifname { "sdnbo", "sdnbq", "sdnxo", "sdnxq" } drop ' \
+    assert 'iifname "sdnbf" oifname { "sdnbo", "sdnbq", "sdnxo", "sdnxq" } counter drop ' \
            'comment "sdnctl:net/front/isolation"' in forward
     allowed = dataclasses.replace(OV_SPEC, allowed=(("ov", "front"), ("ovi", "ov")))
     forward = rules(render(allowed), "forward")
     assert not any(r.endswith('"sdnctl:net/ov/isolation"') for r in forward), forward
-    assert 'iifname "sdnbf" oifname { "sdnbq", "sdnxq" } drop ' \
+    assert 'iifname "sdnbf" oifname { "sdnbq", "sdnxq" } counter drop ' \
            'comment "sdnctl:net/front/isolation"' in forward
     assert 'iifname { "sdnbq", "sdnxq" } oifname != { "sdnbo", "sdnbq", "sdnxo", "sdnxq" } ' \
-           'drop comment "sdnctl:net/ovi/internal-out"' in forward
+           'counter drop comment "sdnctl:net/ovi/internal-out"' in forward
 
 
 def test_vxlan_filter_accepts_members_on_their_vni_and_counts_the_rest() -> None:

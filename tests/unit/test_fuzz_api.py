@@ -176,6 +176,9 @@ def test_fuzz_every_rpc_with_hostile_messages(fuzz_server: Any, method: str) -> 
         check(fuzz_server, method, request.SerializeToString())
 
     run()
+    if not METHODS[method].input_type.fields:  # an empty message has one example only
+        assert ran
+        return
     assert len(ran) >= settings.get_profile(PROFILE).max_examples  # the budget was spent
 
 

@@ -325,7 +325,8 @@ SERVICES = [
 ]
 METHODS = {f"/{s.full_name}/{m.name}": m for s in SERVICES for m in s.methods}
 READS = {"GetHost", "ListHosts", "GetNetwork", "ListNetworks", "GetContainer", "ListContainers",
-         "GetIpam", "CheckIpam", "Events", "ListImages", "GetImage", "SaveImage"}
+         "GetIpam", "CheckIpam", "Events", "ListImages", "GetImage", "SaveImage",
+         "GetEndpoints", "GetFlows"}
 NETWORKS_AND_CONTAINERS = {"CreateNetwork", "UpdateNetwork", "DeleteNetwork", "CreateContainer",
                            "CreateContainers",
                            "UpdateContainer", "DeleteContainer", "LoadImage", "RemoveImage",
@@ -412,6 +413,8 @@ CALLS: dict[str, Any] = {
     "ValidateTopology": pb.ValidateTopologyRequest(containers=[pb.Container(
         name="c3", host="ha", network="front")]),
     "Events": pb.EventsRequest(),
+    "GetEndpoints": pb.GetEndpointsRequest(),
+    "GetFlows": pb.GetFlowsRequest(),
     "Register": pb.RegisterRequest(host="ha"),
     "Watch": pb.WatchRequest(host="ha"),
     "ReportStatus": pb.ReportStatusRequest(host="ha"),
