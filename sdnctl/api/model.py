@@ -140,6 +140,10 @@ class Network:
     #: UDP port (0: 4789). An overlay's mtu of 0 means the host's underlay MTU - 50.
     vni: int = 0
     vxlan_port: int = 0
+    #: DNS: the network's containers also answer as ``<name>.<dns_domain>``; upstream
+    #: resolvers for every other name (empty: the host's resolv.conf).
+    dns_domain: str = ""
+    dns: tuple[str, ...] = ()
 
     MUTABLE = ("masquerade", "internal", "allow")
 
@@ -181,6 +185,7 @@ class Container:
     env: tuple[str, ...] = ()  # KEY=VALUE, on top of the image's
     workdir: str = ""
     generation: int = 0  # bumped by `sdnctl start`: run again, even after an exit
+    aliases: tuple[str, ...] = ()  # DNS: more names on its network, beside its own
 
     @property
     def mode(self) -> str:

@@ -399,7 +399,8 @@ def _host(r: _Reader, raw: Any, where: str) -> Host:
 
 def _network(r: _Reader, raw: Any, where: str) -> Network:
     m = r.mapping(raw, where, {"name", "driver", "subnet", "host_prefix", "mtu", "masquerade",
-                               "gateway", "ip_range", "internal", "allow", "vni", "vxlan_port"},
+                               "gateway", "ip_range", "internal", "allow", "vni", "vxlan_port",
+                               "dns_domain", "dns"},
                   {"name", "subnet"})
     driver = r.typed(m, "driver", where, str, "bridge")
     subnet = r.typed(m, "subnet", where, str, "")
@@ -423,6 +424,8 @@ def _network(r: _Reader, raw: Any, where: str) -> Network:
         allow=tuple(_strings(r, m, "allow", where)),
         vni=r.typed(m, "vni", where, int, 0),
         vxlan_port=r.typed(m, "vxlan_port", where, int, 0),
+        dns_domain=r.typed(m, "dns_domain", where, str, "").lower().rstrip("."),
+        dns=tuple(_strings(r, m, "dns", where)),
     )
     return validate_network(network, where)
 
@@ -467,7 +470,7 @@ def _user_ns(r: _Reader, mapping: dict, where: str) -> str:
 def _container(r: _Reader, raw: Any, where: str) -> Container:
     m = r.mapping(raw, where, {"name", "host", "network", "command", "interface", "ip", "ports",
                                "share", "restart", "image", "resources", "volumes", "cap_add",
-                               "user_ns", "env", "workdir"}, {"name", "host"})
+                               "user_ns", "env", "workdir", "aliases"}, {"name", "host"})
     image = r.typed(m, "image", where, str, "")
     command = m.get("command", [] if image else list(DEFAULT_COMMAND))
     if isinstance(command, str):
@@ -490,6 +493,7 @@ def _container(r: _Reader, raw: Any, where: str) -> Container:
         user_ns=_user_ns(r, m, where),
         env=tuple(_strings(r, m, "env", where)),
         workdir=r.typed(m, "workdir", where, str, ""),
+        aliases=tuple(_strings(r, m, "aliases", where)),
         **_resources(r, m.get("resources"), f"{where}.resources"),
     )
     try:
