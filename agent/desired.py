@@ -47,6 +47,15 @@ class DesiredPeer:
 
 
 @dataclass(frozen=True)
+class DesiredName:
+    """A container of a network, on any host, as the network's resolver answers it."""
+
+    container: str
+    aliases: tuple[str, ...]
+    address: str
+
+
+@dataclass(frozen=True)
 class DesiredNetwork:
     name: str
     driver: str
@@ -61,6 +70,9 @@ class DesiredNetwork:
     vni: int = 0
     vxlan_port: int = DEFAULT_VXLAN_PORT
     peers: tuple[DesiredPeer, ...] = ()
+    dns_domain: str = ""
+    dns: tuple[str, ...] = ()  # upstream resolvers (empty: the host's resolv.conf)
+    names: tuple[DesiredName, ...] = ()
 
     @property
     def gateway_cidr(self) -> str:
@@ -96,6 +108,7 @@ class DesiredContainer:
     env: tuple[str, ...] = ()
     workdir: str = ""
     generation: int = 0
+    aliases: tuple[str, ...] = ()
 
     @property
     def mode(self) -> str:
@@ -151,6 +164,9 @@ def network_from_pb(msg: pb.HostNetwork, local: LocalHost | None = None) -> Desi
                             for p in msg.peers), key=lambda p: p.host)),
         internal=msg.network.internal,
         allow=tuple(sorted(msg.network.allow)),
+        dns_domain=msg.network.dns_domain.lower().rstrip("."),
+        dns=tuple(msg.network.dns),
+        names=tuple(DesiredName(n.container, tuple(n.aliases), n.address) for n in msg.names),
     )
 
 
@@ -183,6 +199,7 @@ def container_from_pb(msg: pb.Container) -> DesiredContainer:
         env=spec.env,
         workdir=spec.workdir,
         generation=spec.generation,
+        aliases=spec.aliases,
     )
 
 

@@ -7,6 +7,10 @@ several replicas) and folds events into the desired state; the *reconciler* (the
 thread, the only one that touches the kernel) runs a pass whenever the desired state changed, and
 every ``--resync`` seconds anyway to catch drift and exited processes, then reports status.
 
+A third, the *resolver* (``agent/dns.py``), answers containers' DNS queries on each bridge's
+gateway; the watcher hands it the networks' name tables after every event, so a name resolves
+as soon as the controller has written it.
+
 Stopping the agent (SIGTERM, or SIGKILL) leaves everything running: a new agent adopts it.
 """
 
@@ -28,6 +32,7 @@ from collections.abc import Callable, Iterator
 import grpc
 from pyroute2 import IPRoute
 
+from agent import dns
 from agent import plan as p
 from agent.desired import DesiredState, LocalHost
 from agent.drivers import DRIVERS
@@ -175,6 +180,9 @@ class Agent:
         self.pending_pass = True  # the desired state changed (or a process exited) since
         self.generation = 0  # counts changes of the desired state
         self.repairs = 0  # actions taken while the desired state stood still (drift)
+        dns_port = getattr(args, "dns_port", 0)  # 0: no resolver
+        self.dns = dns.DnsServer(port=dns_port) if dns_port else None
+        self.host_upstreams = dns.read_resolv_conf()
 
     @property
     def sync(self) -> pb_grpc.HostSyncStub:
@@ -218,6 +226,9 @@ class Agent:
                         if self.desired.apply(event):
                             self.pending_pass = True
                             self.generation += 1
+                            if self.dns is not None:
+                                self.dns.update(dns.zones_from(self.desired.networks.values(),
+                                                               self.host_upstreams))
                     self.dirty.set()  # a progress notice alone is reported, not reconciled
             except grpc.RpcError as e:
                 if self.stopping.is_set():
@@ -238,6 +249,8 @@ class Agent:
         images = ImageStore(self.args.store_dir, GrpcFetcher(lambda: self.sync))
         reconciler = Reconciler(self.args.run_dir, links, Firewall(), host_netns=self.args.netns,
                                 local=self.local, runtime=runtime, images=images)
+        if self.dns is not None:
+            self.dns.start()
         watcher = threading.Thread(target=self.watch_forever, name="watch", daemon=True)
         watcher.start()
         exits = ExitWatcher(self.wake_for_pass)
@@ -294,6 +307,8 @@ class Agent:
                 self.report(desired.revision, statuses)
         finally:
             links.close()
+            if self.dns is not None:
+                self.dns.stop()
             for channel in self.channels:
                 channel.close()
 
@@ -361,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
                         default=float(os.environ.get("SDNCTL_RESYNC") or 10.0),
                         help="seconds between full passes, which find and repair drift "
                         "(default: $SDNCTL_RESYNC, else %(default)s)")
+    parser.add_argument("--dns-port", type=int, default=dns.DNS_PORT,
+                        help="port of the containers' resolver on each bridge's gateway "
+                        "(0: no resolver; default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir or f"/run/sdnctl/{args.host}"
