@@ -7,7 +7,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
 scripts/apt-install-missing.sh python3 python3-venv python3-pip iproute2 nftables tcpdump \
-  iputils-ping util-linux mount procps graphviz crun runc busybox-static etcd-server
+  iputils-ping util-linux mount procps graphviz crun runc busybox-static etcd-server \
+  bind9-dnsutils
 
 if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv"
