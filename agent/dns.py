@@ -471,6 +471,8 @@ class DnsServer:
         self.listeners: dict[str, tuple[asyncio.DatagramTransport, asyncio.Server, int]] = {}
         self.thread = threading.Thread(target=self._run, name="dns", daemon=True)
         self.ready = threading.Event()
+        self.latest: dict[str, Zone] = {}
+        self.latest_lock = threading.Lock()
 
     def start(self) -> DnsServer:
         self.thread.start()
@@ -480,32 +482,40 @@ class DnsServer:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.resolver = Resolver(Forwarder(*self.forwarder_args))
+        self.updating = asyncio.Lock()
         self.ready.set()
         self.loop.run_forever()
 
     def update(self, zones: dict[str, Zone], wait: bool = False) -> None:
-        """Serve ``zones`` from now on; listen on new gateways, close gone ones."""
-        future = asyncio.run_coroutine_threadsafe(self._update(zones), self.loop)
+        """Serve ``zones`` from now on; listen on new gateways, close gone ones. Updates may
+        overlap: each applies the latest zones handed in, never an older one."""
+        with self.latest_lock:
+            self.latest = dict(zones)
+        future = asyncio.run_coroutine_threadsafe(self._update(), self.loop)
         if wait:
             future.result(timeout=10)
 
     def port_of(self, gateway: str) -> int:
         return self.listeners[gateway][2]
 
-    async def _update(self, zones: dict[str, Zone]) -> None:
+    async def _update(self) -> None:
         assert self.resolver is not None
-        for gateway in list(self.listeners):
-            if gateway not in zones:
-                udp, tcp, _ = self.listeners.pop(gateway)
-                udp.close()
-                tcp.close()
-        for gateway in zones:
-            if gateway not in self.listeners:
-                try:
-                    self.listeners[gateway] = await self._listen(gateway)
-                except OSError as e:
-                    log.warning("dns: could not listen on %s:%d: %s", gateway, self.port, e)
-        self.resolver.zones = dict(zones)  # one assignment: queries see old or new, whole
+        async with self.updating:  # one at a time: listening takes awaits
+            with self.latest_lock:
+                zones = self.latest
+            for gateway in list(self.listeners):
+                if gateway not in zones:
+                    udp, tcp, _ = self.listeners.pop(gateway)
+                    udp.close()
+                    tcp.close()
+            for gateway in zones:
+                if gateway not in self.listeners:
+                    try:
+                        self.listeners[gateway] = await self._listen(gateway)
+                    except OSError as e:
+                        log.warning("dns: could not listen on %s:%d: %s", gateway, self.port, e)
+            with self.latest_lock:
+                self.resolver.zones = self.latest  # one assignment: queries see old or new
 
     async def _listen(self, gateway: str) -> tuple[asyncio.DatagramTransport, asyncio.Server,
                                                    int]:

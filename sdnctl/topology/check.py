@@ -51,6 +51,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
+from dnslib import QTYPE, RCODE, DNSError, DNSRecord
+
 from agent.kernel.netns import run_in_netns
 from sdnctl.api.client import CommandError, connect
 from sdnctl.api.model import MODE_HOST, MODE_NONE, Container, Network, spans_hosts
@@ -305,6 +307,7 @@ class Endpoint:
     address: str  # its own address, or its donor's; "" for closed and open containers
     state: str
     mode: str
+    resolver: str = ""  # its network's DNS resolver (its gateway), "" for closed and open ones
 
 
 def endpoints(topo: Topology, reported: Iterable[pb.Container]) -> dict[str, Endpoint]:
@@ -319,15 +322,55 @@ def endpoints(topo: Topology, reported: Iterable[pb.Container]) -> dict[str, End
     for ctr in topo.containers:
         donor = by_name.get(donor_of(topo, ctr).name, by_name[ctr.name])
         result[ctr.name] = Endpoint(by_name[ctr.name].status.netns, donor.ip,
-                                    by_name[ctr.name].status.state or "pending", ctr.mode)
+                                    by_name[ctr.name].status.state or "pending", ctr.mode,
+                                    donor.gateway)
     return result
 
 
-def target_address(probe: Probe, where: dict[str, Endpoint]) -> str:
+def is_name(dst: str, where: dict[str, Endpoint]) -> bool:
+    """A target to resolve through DNS: not a container, ``external`` or an address."""
+    if dst == EXTERNAL or dst in where:
+        return False
+    try:
+        ipaddress.IPv4Address(dst)
+        return False
+    except ValueError:
+        return True
+
+
+def resolve(netns: str, resolver: str, name: str, timeout: float) -> Measurement:
+    """Ask ``resolver`` for ``name``'s A record from inside ``netns``, as the container's own
+    lookups do. Reached: the address (in ``detail``); None: why it does not resolve."""
+    if not resolver:
+        return Measurement(None, f"{name} does not resolve: the source has no DNS resolver")
+    query = DNSRecord.question(name, "A")
+
+    def ask() -> bytes:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.connect((resolver, 53))
+            s.send(query.pack())
+            return s.recv(4096)
+
+    try:
+        reply = DNSRecord.parse(run_in_netns(netns, ask))
+    except (OSError, DNSError) as e:
+        return Measurement(None, f"{name} does not resolve: no answer from {resolver} ({e})")
+    addresses = [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A]
+    if not addresses:
+        return Measurement(None, f"{name} does not resolve ({RCODE.get(reply.header.rcode)} "
+                           f"from {resolver})")
+    return Measurement(True, addresses[0])
+
+
+def target_address(probe: Probe, where: dict[str, Endpoint],
+                   names: dict[tuple[str, str], str] | None = None) -> str:
     if probe.dst == EXTERNAL:
         return EXTERNAL_IP
     if probe.dst in where:
         return where[probe.dst].address
+    if names is not None and (probe.src, probe.dst) in names:
+        return names[(probe.src, probe.dst)]
     return str(ipaddress.IPv4Address(probe.dst))
 
 
@@ -336,8 +379,26 @@ def run(probes: Sequence[Probe], where: dict[str, Endpoint], timeout: float,
     """Measure every probe (each distinct packet once, :data:`WORKERS` at a time)."""
     packets: dict[tuple[str, str, str, int], list[int]] = {}
     results: list[Result | None] = [None] * len(probes)
+    names: dict[tuple[str, str], str] = {}  # (source, name) -> address
+    unresolved: dict[tuple[str, str], str] = {}  # (source, name) -> why not
+    for probe in probes:
+        src = where[probe.src]
+        if not is_name(probe.dst, where) or (probe.src, probe.dst) in {**names, **unresolved}:
+            continue
+        if not src.netns:
+            unresolved[(probe.src, probe.dst)] = \
+                f"{probe.src} has no network namespace (state {src.state})"
+        else:
+            answer = resolve(src.netns, src.resolver, probe.dst, timeout)
+            if answer.reached:
+                names[(probe.src, probe.dst)] = answer.detail
+            else:
+                unresolved[(probe.src, probe.dst)] = answer.detail
     for i, probe in enumerate(probes):
-        src, address = where[probe.src], target_address(probe, where)
+        if (probe.src, probe.dst) in unresolved:
+            results[i] = Result(probe, "", None, unresolved[(probe.src, probe.dst)])
+            continue
+        src, address = where[probe.src], target_address(probe, where, names)
         if not address:
             mode = where[probe.dst].mode
             why = "it is closed" if mode == MODE_NONE else \

@@ -15,6 +15,7 @@ Errors name the file, the line, the path in the document and what was expected:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Callable
@@ -247,6 +248,23 @@ def _images(r: _Reader, doc: dict, base: str) -> tuple[str, ...]:
     return tuple(result)
 
 
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})+\.?")
+
+
+def is_dns_target(dst: str, containers: tuple[Container, ...]) -> bool:
+    """An ``expect:`` target that `check` resolves through the source's DNS resolver: a
+    container's alias, or a dotted name (``db.svc.lab``). A bare word that is no container,
+    alias or network stays an error (a typo), not a name that fails to resolve."""
+    if any(dst in c.aliases for c in containers):
+        return True
+    try:
+        ipaddress.IPv4Address(dst)
+        return False
+    except ValueError:
+        return bool(_DNS_NAME.fullmatch(dst.lower())) and len(dst) <= 253
+
+
 def _expectations(r: _Reader, doc: dict, containers: tuple[Container, ...],
                   networks: tuple[Network, ...]) -> tuple[Expectation, ...]:
     names = {c.name for c in containers}
@@ -258,12 +276,13 @@ def _expectations(r: _Reader, doc: dict, containers: tuple[Container, ...],
         src, dst = r.typed(m, "from", where, str, ""), r.typed(m, "to", where, str, "")
         if src not in names:
             raise r.error(f"{where}.from", f"unknown container {src!r}")
-        if dst not in targets:
+        if dst not in targets and not is_dns_target(dst, containers):
             try:
                 check_ipv4(dst, f"{where}.to")
             except Invalid as e:
-                raise r.error(f"{where}.to", f"{dst!r} is not a container, a network, "
-                              f"{EXTERNAL!r} or an IPv4 address") from e
+                raise r.error(f"{where}.to", f"{dst!r} is not a container, an alias, a "
+                              f"network, {EXTERNAL!r}, an IPv4 address or a dotted DNS "
+                              "name") from e
         proto = r.typed(m, "proto", where, str, "tcp" if "port" in m else "icmp")
         if proto not in PROBE_PROTOCOLS:
             raise r.error(f"{where}.proto", f"expected one of {', '.join(PROBE_PROTOCOLS)}")

@@ -37,11 +37,16 @@ networks:
   - {{name: back, subnet: 10.72.0.0/16}}
 containers:
   - {{name: web, host: h1, network: ov, aliases: [www]}}
-  - {{name: bb, host: h1, network: ov, image: sdnctl-test, command: [sleep, "3600000"]}}
+  - {{name: bb, host: h1, network: ov, image: sdnctl-test, command: [sleep, "3600000"],
+     cap_add: [NET_RAW]}}  # busybox ping opens a raw socket
   - {{name: api, host: h2, network: ov, aliases: [backend]}}
   - {{name: secret, host: h1, network: back}}
   - {{name: closed, host: h2, network: none}}
   - {{name: side, host: h1, network: "container:web"}}
+expect:
+  - {{from: web, to: backend}}
+  - {{from: bb, to: api.svc.lab}}
+  - {{from: api, to: www.svc.lab}}
 """
 
 
@@ -92,10 +97,26 @@ def test_names_and_aliases_resolve_across_hosts(cli: Cli) -> None:
     for asked in ("web", "www", "web.svc.lab"):
         assert getent(cli, "api", asked) == web["ip"], asked
     # busybox's resolver, from the test image
-    out = ex(cli, "bb", "busybox", "nslookup", "api.svc.lab").stdout
+    out = ex(cli, "bb", "nslookup", "api.svc.lab").stdout
     assert api["ip"] in out, out
     # a joined container shares its donor's resolver
     assert getent(cli, "side", "api") == api["ip"]
+    # and names are what people type: ping across hosts (the demo's `ping <name>`)
+    assert ex(cli, "bb", "busybox", "ping", "-c", "1", "-W", "3", "api").returncode == 0
+    assert ex(cli, "bb", "busybox", "ping", "-c", "1", "-W", "3", "backend.svc.lab"
+              ).returncode == 0
+
+
+def test_check_probes_names_and_reports_one_that_does_not_resolve(cli: Cli,
+                                                                  tmp_path: Path) -> None:
+    good = Path(cli.files["dns"])
+    done = cli.run("check", str(good), "--no-implied", "--json", check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    bad = tmp_path / "dns.yaml"
+    bad.write_text(good.read_text() + "  - {from: web, to: gone.svc.lab}\n")
+    done = cli.run("check", str(bad), "--no-implied", check=False)
+    assert done.returncode != 0
+    assert "gone.svc.lab does not resolve (NXDOMAIN" in done.stdout + done.stderr, done.stdout
 
 
 def test_files_inside_containers(cli: Cli) -> None:
