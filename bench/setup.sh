@@ -9,7 +9,7 @@
 set -euo pipefail
 here="$(dirname "$0")"
 "$here/../scripts/apt-install-missing.sh" \
-  containernetworking-plugins iperf3 iptables iproute2 util-linux crun
+  containernetworking-plugins iperf3 iptables iproute2 util-linux crun dnsperf aardvark-dns
 if ! dpkg-query -W -f='${Status}' docker.io 2>/dev/null | grep -q "install ok installed"; then
   policy=/usr/sbin/policy-rc.d
   ours=""
