@@ -36,6 +36,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dnslib import (
     CLASS,
@@ -51,7 +52,8 @@ from dnslib import (
     DNSRecord,
 )
 
-from agent.desired import DesiredNetwork
+if TYPE_CHECKING:  # (at run time the resolver needs no protobuf: a lighter process in bench/)
+    from agent.desired import DesiredNetwork
 
 log = logging.getLogger(__name__)
 

@@ -37,16 +37,14 @@ OURS, CLIENT, THEIRS, UPSTREAM_IP = "10.99.0.1", "10.99.0.2", "10.99.0.3", "10.9
 NAMES = 1000
 
 OUR_SERVER = """
-import sys, time
+import ipaddress, sys, time
 from agent import dns
-from agent.desired import DesiredName, DesiredNetwork
-names = tuple(DesiredName(f"c{i:04d}", (), f"10.99.{4 + i // 250}.{i % 250 + 1}")
-              for i in range(int(sys.argv[1])))
-net = DesiredNetwork(name="bench", driver="bridge", subnet="10.99.0.0/16", gateway=sys.argv[2],
-                     prefixlen=16, mtu=1500, masquerade=False, cidr="10.99.0.0/16", names=names,
-                     dns=(sys.argv[3],))
+n = int(sys.argv[1])
+by_name = {f"c{i:04d}": f"10.99.{4 + i // 250}.{i % 250 + 1}" for i in range(n)}
+zone = dns.Zone("bench", sys.argv[2], ipaddress.IPv4Network("10.99.0.0/16"), "",
+                (sys.argv[3],), by_name, {a: name for name, a in by_name.items()})
 server = dns.DnsServer().start()
-server.update(dns.zones_from([net]), wait=True)
+server.update({sys.argv[2]: zone}, wait=True)
 print("ready", flush=True)
 while True:
     time.sleep(3600)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from helpers.cli import Cli, lab_cli, nsexec
+from helpers.hoststate import stop_agent
 
 from sdnctl.lab import lab
 
@@ -214,6 +215,15 @@ def test_a_removed_container_stops_resolving_and_a_new_one_resolves(cli: Cli) ->
         cli.run("rm", "-f", "late")
     assert wait_until(lambda: getent(cli, "web", "late") == "")
     assert getent(cli, "web", "api") == cli.container("api")["ip"]  # still answering
+
+
+def test_names_answer_again_after_an_agent_restart(cli: Cli) -> None:
+    api = cli.container("api")
+    assert getent(cli, "web", "api") == api["ip"]  # control
+    stop_agent(cli, "h1")
+    cli.run("up", cli.files["dns"], "--timeout", "90")  # starts h1's agent again
+    assert wait_until(lambda: getent(cli, "web", "api") == api["ip"])
+    assert getent(cli, "api", "web") == cli.container("web")["ip"]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
