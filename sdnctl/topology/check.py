@@ -51,11 +51,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from dnslib import QTYPE, RCODE, DNSError, DNSRecord
-
 from agent.kernel.netns import run_in_netns
 from sdnctl.api.client import CommandError, connect
 from sdnctl.api.model import MODE_HOST, MODE_NONE, Container, Network, spans_hosts
+from sdnctl.lab import local
 from sdnctl.lab.lab import EXTERNAL_IP
 from sdnctl.topology import topology
 from sdnctl.topology.deploy import Progress
@@ -339,28 +338,10 @@ def is_name(dst: str, where: dict[str, Endpoint]) -> bool:
 
 
 def resolve(netns: str, resolver: str, name: str, timeout: float) -> Measurement:
-    """Ask ``resolver`` for ``name``'s A record from inside ``netns``, as the container's own
-    lookups do. Reached: the address (in ``detail``); None: why it does not resolve."""
-    if not resolver:
-        return Measurement(None, f"{name} does not resolve: the source has no DNS resolver")
-    query = DNSRecord.question(name, "A")
-
-    def ask() -> bytes:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(timeout)
-            s.connect((resolver, 53))
-            s.send(query.pack())
-            return s.recv(4096)
-
-    try:
-        reply = DNSRecord.parse(run_in_netns(netns, ask))
-    except (OSError, DNSError) as e:
-        return Measurement(None, f"{name} does not resolve: no answer from {resolver} ({e})")
-    addresses = [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A]
-    if not addresses:
-        return Measurement(None, f"{name} does not resolve ({RCODE.get(reply.header.rcode)} "
-                           f"from {resolver})")
-    return Measurement(True, addresses[0])
+    """``name`` through the source's resolver, asked from inside its namespace. Reached: the
+    address (in ``detail``); None: why it does not resolve."""
+    address, why = local.lookup_a(netns, resolver, name, timeout)
+    return Measurement(True, address) if address else Measurement(None, why)
 
 
 def target_address(probe: Probe, where: dict[str, Endpoint],

@@ -217,6 +217,15 @@ def test_a_removed_container_stops_resolving_and_a_new_one_resolves(cli: Cli) ->
     assert getent(cli, "web", "api") == cli.container("api")["ip"]  # still answering
 
 
+def test_trace_takes_a_name_the_source_resolves(cli: Cli) -> None:
+    api = cli.container("api")
+    done = cli.run("trace", "web", "backend.svc.lab", "--json")
+    assert api["ip"] in done.stdout, done.stdout
+    missing = cli.run("trace", "web", "gone.svc.lab", check=False)
+    assert missing.returncode != 0
+    assert "gone.svc.lab does not resolve (NXDOMAIN" in missing.stderr + missing.stdout
+
+
 def test_names_answer_again_after_an_agent_restart(cli: Cli) -> None:
     api = cli.container("api")
     assert getent(cli, "web", "api") == api["ip"]  # control
