@@ -53,6 +53,7 @@ class DesiredName:
     container: str
     aliases: tuple[str, ...]
     address: str
+    dns: tuple[str, ...] = ()  # its own upstream resolvers (default: the network's)
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,8 @@ def network_from_pb(msg: pb.HostNetwork, local: LocalHost | None = None) -> Desi
         allow=tuple(sorted(msg.network.allow)),
         dns_domain=msg.network.dns_domain.lower().rstrip("."),
         dns=tuple(msg.network.dns),
-        names=tuple(DesiredName(n.container, tuple(n.aliases), n.address) for n in msg.names),
+        names=tuple(DesiredName(n.container, tuple(n.aliases), n.address, tuple(n.dns))
+                    for n in msg.names),
     )
 
 

@@ -80,6 +80,8 @@ class Zone:
     upstreams: tuple[str, ...] = ()
     by_name: dict[str, str] = field(default_factory=dict)  # name or alias -> address
     by_address: dict[str, str] = field(default_factory=dict)  # address -> container name
+    #: a container's own upstreams, by its address (the asker's source address)
+    upstreams_by_address: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def fqdn(self, name: str) -> str:
         return f"{name}.{self.domain}." if self.domain else f"{name}."
@@ -104,7 +106,8 @@ def zones_from(networks: Iterable[DesiredNetwork],
             network=net.name, gateway=net.gateway,
             cidr=ipaddress.IPv4Network(net.cidr or net.subnet, strict=False),
             domain=net.dns_domain, upstreams=net.dns or host_upstreams,
-            by_name=by_name, by_address=by_address)
+            by_name=by_name, by_address=by_address,
+            upstreams_by_address={e.address: e.dns for e in net.names if e.dns})
     return zones
 
 
@@ -412,7 +415,9 @@ class Resolver:
         now = self.answer_now(request, gateway, source)
         if now is not None:
             return now or None
-        return await self.forwarder.forward(request, self.zones[gateway].upstreams)
+        zone = self.zones[gateway]
+        upstreams = zone.upstreams_by_address.get(source) or zone.upstreams
+        return await self.forwarder.forward(request, upstreams)
 
 
 class _Udp(asyncio.DatagramProtocol):

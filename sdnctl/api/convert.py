@@ -113,6 +113,7 @@ def container_from_pb(msg: pb.Container) -> Container:
         workdir=msg.workdir,
         generation=msg.generation,
         aliases=tuple(msg.aliases),
+        dns=tuple(msg.dns),
     )
 
 
@@ -129,7 +130,8 @@ def container_to_pb(container: Container) -> pb.Container:
                         volumes=list(container.volumes), cap_add=list(container.cap_add),
                         user_ns=USERNS_NUMBER[container.user_ns], stopped=container.stopped,
                         env=list(container.env), workdir=container.workdir,
-                        generation=container.generation, aliases=list(container.aliases))
+                        generation=container.generation, aliases=list(container.aliases),
+                        dns=list(container.dns))
 
 
 def status_to_pb(status: ContainerStatus) -> pb.ContainerStatus:

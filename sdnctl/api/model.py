@@ -186,6 +186,7 @@ class Container:
     workdir: str = ""
     generation: int = 0  # bumped by `sdnctl start`: run again, even after an exit
     aliases: tuple[str, ...] = ()  # DNS: more names on its network, beside its own
+    dns: tuple[str, ...] = ()  # DNS: upstream resolvers for its queries (default: network's)
 
     @property
     def mode(self) -> str:

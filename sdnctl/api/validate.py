@@ -262,6 +262,9 @@ def validate_container(container: Container, where: str = "container") -> Contai
     if container.restart not in RESTART_POLICIES:
         raise Invalid(f"{where}.restart", f"unknown restart policy {container.restart!r}; "
                       f"expected one of {', '.join(RESTART_POLICIES)}")
+    if container.dns:
+        _only_in(mode, MODE_BRIDGE, container, f"{where}.dns")
+        _check_dns("", container.dns, where)
     if container.aliases:
         _only_in(mode, MODE_BRIDGE, container, f"{where}.aliases")
         check_count(container.aliases, f"{where}.aliases")

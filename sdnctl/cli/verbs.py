@@ -258,7 +258,8 @@ def container_from_args(args: argparse.Namespace) -> pb.Container:
         volumes=list(args.volume or []), cap_add=list(args.cap_add or []),
         user_ns=convert.USERNS_NUMBER[args.userns], env=list(args.env or []),
         workdir=args.workdir or "",
-        aliases=list(getattr(args, "alias", None) or []))
+        aliases=list(getattr(args, "alias", None) or []),
+        dns=list(getattr(args, "dns", None) or []))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -539,6 +540,9 @@ def _register_containers(sub: Any) -> None:
                    help="a named volume or a bind mount (repeatable)")
     p.add_argument("--alias", action="append", metavar="NAME",
                    help="another DNS name for the container on its network (repeatable)")
+    p.add_argument("--dns", action="append", metavar="IP",
+                   help="an upstream resolver for its queries (repeatable; default: its "
+                   "network's)")
     p.add_argument("--cap-add", action="append", metavar="CAP",
                    help="a capability on top of the default set, e.g. NET_RAW (repeatable)")
     p.add_argument("--userns", choices=USERNS_MODES, default=USERNS_AUTO,

@@ -122,6 +122,7 @@ class DnsName:
     container: str
     aliases: tuple[str, ...]
     address: str
+    dns: tuple[str, ...] = ()  # the container's own upstream resolvers
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def dns_names(network: str, allocations: Iterable[Allocation],
     for alloc in allocations:
         ctr = containers.get(alloc.container)
         if alloc.network == network and ctr is not None and ctr.bridge_network == network:
-            names.append(DnsName(ctr.name, ctr.aliases, alloc.address))
+            names.append(DnsName(ctr.name, ctr.aliases, alloc.address, ctr.dns))
     return tuple(sorted(names, key=lambda n: n.container))
 
 

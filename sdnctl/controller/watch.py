@@ -62,8 +62,8 @@ def host_network_pb(view: HostNetwork) -> pb.HostNetwork:
         network=convert.network_to_pb(view.network), lease=convert.lease_to_pb(view.lease),
         peers=[pb.Peer(host=p.host, subnet=p.subnet, underlay_ip=p.underlay_ip,
                        vtep_mac=p.vtep_mac, vtep_ip=p.vtep_ip) for p in view.peers],
-        names=[pb.DnsName(container=n.container, aliases=list(n.aliases), address=n.address)
-               for n in view.names])
+        names=[pb.DnsName(container=n.container, aliases=list(n.aliases), address=n.address,
+                          dns=list(n.dns)) for n in view.names])
 
 
 def snapshot_event(snap: Snapshot) -> pb.WatchEvent:

@@ -489,7 +489,7 @@ def _user_ns(r: _Reader, mapping: dict, where: str) -> str:
 def _container(r: _Reader, raw: Any, where: str) -> Container:
     m = r.mapping(raw, where, {"name", "host", "network", "command", "interface", "ip", "ports",
                                "share", "restart", "image", "resources", "volumes", "cap_add",
-                               "user_ns", "env", "workdir", "aliases"}, {"name", "host"})
+                               "user_ns", "env", "workdir", "aliases", "dns"}, {"name", "host"})
     image = r.typed(m, "image", where, str, "")
     command = m.get("command", [] if image else list(DEFAULT_COMMAND))
     if isinstance(command, str):
@@ -513,6 +513,7 @@ def _container(r: _Reader, raw: Any, where: str) -> Container:
         env=tuple(_strings(r, m, "env", where)),
         workdir=r.typed(m, "workdir", where, str, ""),
         aliases=tuple(_strings(r, m, "aliases", where)),
+        dns=tuple(_strings(r, m, "dns", where)),
         **_resources(r, m.get("resources"), f"{where}.resources"),
     )
     try:

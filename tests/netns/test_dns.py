@@ -41,7 +41,7 @@ containers:
   - {{name: bb, host: h1, network: ov, image: sdnctl-test, command: [sleep, "3600000"],
      cap_add: [NET_RAW]}}  # busybox ping opens a raw socket
   - {{name: api, host: h2, network: ov, aliases: [backend]}}
-  - {{name: secret, host: h1, network: back}}
+  - {{name: secret, host: h1, network: back, dns: [{lab.EXTERNAL_IP}]}}  # its own upstream
   - {{name: closed, host: h2, network: none}}
   - {{name: side, host: h1, network: "container:web"}}
 expect:
@@ -160,6 +160,7 @@ def test_ptr_aaaa_nodata_and_nxdomain(cli: Cli) -> None:
 def test_forwarding_and_tcp_fallback(cli: Cli, upstream: subprocess.Popen[str]) -> None:
     assert dig(cli, "web", "+short", "www.example").split() == ["203.0.113.80"]
     assert getent(cli, "api", "www.example") == "203.0.113.80"  # from the other host
+    assert getent(cli, "secret", "www.example") == "203.0.113.80"  # a container's own dns:
     big = dig(cli, "web", "+noedns", "big.example")  # 80 records: over 512 bytes
     assert "Truncated, retrying in TCP mode" in big, big
     assert "ANSWER: 80" in big, big

@@ -210,6 +210,25 @@ def test_failover_and_dead_upstreams_do_not_stall_local_names(
             server.stop()
 
 
+def test_a_containers_own_upstreams_win_over_its_networks(
+        upstream: tuple[Upstream, int]) -> None:
+    resolver, port = upstream
+    server = dns.DnsServer(port=0, upstream_port=port, timeout=0.3).start()
+    try:
+        def zone(own: tuple[str, ...]) -> dns.Zone:
+            return dns.Zone("front", "127.0.0.1", ipaddress.IPv4Network("127.0.0.0/8"), "",
+                            ("127.0.0.9",), {}, {}, {"127.0.0.1": own} if own else {})
+
+        server.update({"127.0.0.1": zone(())}, wait=True)
+        # control: the network's upstream (nothing listens there) fails
+        assert query(server, "www.example").header.rcode == RCODE.SERVFAIL
+        server.update({"127.0.0.1": zone(("127.0.0.3",))}, wait=True)  # the asker's own
+        assert [str(rr.rdata) for rr in query(server, "www.example").rr] == ["203.0.113.80"]
+        assert resolver.asked == ["www.example."]
+    finally:
+        server.stop()
+
+
 def test_askers_outside_the_network_are_refused(upstream: tuple[Upstream, int]) -> None:
     _resolver, port = upstream
     server = serve(("127.0.0.3",), port, cidr="127.0.0.0/8")
@@ -274,11 +293,13 @@ def test_bad_dns_fields_name_the_field() -> None:
         with pytest.raises(Invalid) as e:
             validate_network(Network("front", "10.1.0.0/16", **bad))  # type: ignore[arg-type]
         assert e.value.field == field
-    ok = Container("web", "h1", "front", aliases=("www", "site"))
+    ok = Container("web", "h1", "front", aliases=("www", "site"), dns=("192.0.2.53",))
     assert validate_container(ok) == ok
     for ctr, field in ((Container("web", "h1", "front", aliases=("No Way",)),
                         "container.aliases[0]"),
-                       (Container("web", "h1", "host", aliases=("www",)), "container.aliases")):
+                       (Container("web", "h1", "host", aliases=("www",)), "container.aliases"),
+                       (Container("web", "h1", "front", dns=("x",)), "container.dns[0]"),
+                       (Container("web", "h1", "none", dns=("1.1.1.1",)), "container.dns")):
         with pytest.raises(Invalid) as e:
             validate_container(ctr)
         assert e.value.field == field

@@ -46,7 +46,7 @@ def test_the_schema_knows_every_field_the_loader_reads() -> None:
         "internal", "allow", "vni", "vxlan_port", "dns_domain", "dns"}
     assert set(defs["container"]["properties"]) == {
         "name", "host", "network", "command", "interface", "ip", "ports", "share", "restart",
-        "image", "resources", "volumes", "cap_add", "user_ns", "env", "workdir", "aliases"}
+        "image", "resources", "volumes", "cap_add", "user_ns", "env", "workdir", "aliases", "dns"}
     assert set(defs["container"]["properties"]["resources"]["properties"]) == {
         "memory", "cpus", "cpu_shares", "pids"}
     assert set(defs["expectation"]["properties"]) == {"from", "to", "reach", "proto", "port"}
