@@ -63,6 +63,7 @@ UPSTREAM_TIMEOUT = 1.0  # per upstream, per try
 MAX_INFLIGHT = 64  # upstream queries at once
 CACHE_MAX = 10_000  # entries
 NEGATIVE_TTL_MAX = 60
+ANSWERS_MAX = 4096  # remembered local answers (then forgotten all at once)
 TCP_IDLE = 10.0  # seconds a TCP client may stay silent
 EDNS_SIZE = 1232  # what we take and offer (the DNS flag day's value)
 CLASS_ANY = 255
@@ -373,9 +374,22 @@ class Resolver:
     """Bytes in, bytes out: the zone of the gateway a query reached, the forwarder for the rest."""
 
     def __init__(self, forwarder: Forwarder) -> None:
-        self.zones: dict[str, Zone] = {}
+        self._zones: dict[str, Zone] = {}
         self.forwarder = forwarder
         self.queries = self.dropped = 0
+        #: Local answers by (gateway, asker, the query without its ID): a repeated query (the
+        #: same name, type, flags and EDNS, as stub resolvers send) skips parsing and building.
+        #: Emptied whenever the zones change, so it never serves a stale name.
+        self.answers: dict[tuple[str, str, bytes], bytes] = {}
+
+    @property
+    def zones(self) -> dict[str, Zone]:
+        return self._zones
+
+    @zones.setter
+    def zones(self, zones: dict[str, Zone]) -> None:
+        self._zones = zones
+        self.answers = {}
 
     async def handle(self, data: bytes, gateway: str, source: str, udp: bool) -> bytes | None:
         self.queries += 1
@@ -430,6 +444,12 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        key = (self.gateway, addr[0], data[2:])
+        known = self.resolver.answers.get(key)
+        if known is not None and self.transport is not None and len(data) >= 12:
+            self.resolver.queries += 1
+            self.transport.sendto(data[:2] + known, addr)
+            return
         try:
             request = DNSRecord.parse(data)
             now = self.resolver.answer_now(request, self.gateway, addr[0])
@@ -439,7 +459,11 @@ class _Udp(asyncio.DatagramProtocol):
         if request is not None and now is not None:  # local: answered without a task
             self.resolver.queries += 1
             if now and self.transport is not None:
-                self.transport.sendto(truncate(now, _edns_size(request) or 512), addr)
+                reply = truncate(now, _edns_size(request) or 512)
+                self.transport.sendto(reply, addr)
+                if len(self.resolver.answers) >= ANSWERS_MAX:
+                    self.resolver.answers = {}
+                self.resolver.answers[key] = reply[2:]
             return
         asyncio.get_running_loop().create_task(self._slow(data, addr))
 

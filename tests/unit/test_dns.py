@@ -163,6 +163,31 @@ def test_server_answers_local_names_over_udp_and_tcp(upstream: tuple[Upstream, i
         server.stop()
 
 
+def test_repeated_queries_keep_their_id_and_see_zone_changes(
+        upstream: tuple[Upstream, int]) -> None:
+    _resolver, port = upstream
+    server = serve(("127.0.0.3",), port)
+    target = ("127.0.0.1", server.port_of("127.0.0.1"))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            for query_id in (1, 2, 3):
+                q = DNSRecord.question("db")
+                q.header.id = query_id
+                s.sendto(q.pack(), target)
+                reply = DNSRecord.parse(s.recvfrom(4096)[0])
+                assert reply.header.id == query_id
+                assert [str(rr.rdata) for rr in reply.rr] == ["10.1.0.5"]
+            server.update({"127.0.0.1": dns.Zone(
+                "front", "127.0.0.1", ipaddress.IPv4Network("127.0.0.0/8"), "", (),
+                {"db": "10.1.0.6"}, {"10.1.0.6": "db"})}, wait=True)
+            s.sendto(q.pack(), target)
+            assert [str(rr.rdata) for rr in DNSRecord.parse(s.recvfrom(4096)[0]).rr] == \
+                ["10.1.0.6"]
+    finally:
+        server.stop()
+
+
 def test_forwarding_cache_and_tcp_fallback(upstream: tuple[Upstream, int]) -> None:
     resolver, port = upstream
     server = serve(("127.0.0.3",), port)
