@@ -47,6 +47,16 @@ class DesiredPeer:
 
 
 @dataclass(frozen=True)
+class DesiredName:
+    """A container of a network, on any host, as the network's resolver answers it."""
+
+    container: str
+    aliases: tuple[str, ...]
+    address: str
+    dns: tuple[str, ...] = ()  # its own upstream resolvers (default: the network's)
+
+
+@dataclass(frozen=True)
 class DesiredNetwork:
     name: str
     driver: str
@@ -61,6 +71,9 @@ class DesiredNetwork:
     vni: int = 0
     vxlan_port: int = DEFAULT_VXLAN_PORT
     peers: tuple[DesiredPeer, ...] = ()
+    dns_domain: str = ""
+    dns: tuple[str, ...] = ()  # upstream resolvers (empty: the host's resolv.conf)
+    names: tuple[DesiredName, ...] = ()
 
     @property
     def gateway_cidr(self) -> str:
@@ -98,6 +111,7 @@ class DesiredContainer:
     generation: int = 0
     cni_id: str = ""  # a CNI attachment: the runtime's container ID
     cni_netns: str = ""  # ... and its namespace (the runtime's: never created nor removed here)
+    aliases: tuple[str, ...] = ()
 
     @property
     def mode(self) -> str:
@@ -153,6 +167,10 @@ def network_from_pb(msg: pb.HostNetwork, local: LocalHost | None = None) -> Desi
                             for p in msg.peers), key=lambda p: p.host)),
         internal=msg.network.internal,
         allow=tuple(sorted(msg.network.allow)),
+        dns_domain=msg.network.dns_domain.lower().rstrip("."),
+        dns=tuple(msg.network.dns),
+        names=tuple(DesiredName(n.container, tuple(n.aliases), n.address, tuple(n.dns))
+                    for n in msg.names),
     )
 
 
@@ -187,6 +205,7 @@ def container_from_pb(msg: pb.Container) -> DesiredContainer:
         generation=spec.generation,
         cni_id=spec.cni_id,
         cni_netns=spec.cni_netns,
+        aliases=spec.aliases,
     )
 
 

@@ -7,6 +7,10 @@ several replicas) and folds events into the desired state; the *reconciler* (the
 thread, the only one that touches the kernel) runs a pass whenever the desired state changed, and
 every ``--resync`` seconds anyway to catch drift and exited processes, then reports status.
 
+A third, the *resolver* (``agent/dns.py``), answers containers' DNS queries on each bridge's
+gateway; the watcher hands it the networks' name tables after every event, so a name resolves
+as soon as the controller has written it.
+
 Stopping the agent (SIGTERM, or SIGKILL) leaves everything running: a new agent adopts it.
 """
 
@@ -29,6 +33,7 @@ from typing import cast
 import grpc
 from pyroute2 import IPRoute
 
+from agent import dns
 from agent import plan as p
 from agent.cni import AgentSide, CniService, Realised
 from agent.desired import DesiredState, LocalHost
@@ -206,6 +211,9 @@ class Agent:
         self.drops: list[pb.Drop] = []  # the guards' drop counters, as last listed
         self.reported_traffic: tuple[list[pb.Flow], list[pb.Drop]] = ([], [])
         self.traffic_fresh = False  # read since the last report (each full pass reads it)
+        dns_port = getattr(args, "dns_port", 0)  # 0: no resolver
+        self.dns = dns.DnsServer(port=dns_port) if dns_port else None
+        self.host_upstreams = dns.read_resolv_conf()
 
     def _desired_copy(self) -> DesiredState:
         with self.lock:
@@ -267,6 +275,9 @@ class Agent:
                         if self.desired.apply(event):
                             self.pending_pass = True
                             self.generation += 1
+                            if self.dns is not None:
+                                self.dns.update(dns.zones_from(self.desired.networks.values(),
+                                                               self.host_upstreams))
                     self.dirty.set()  # a progress notice alone is reported, not reconciled
             except grpc.RpcError as e:
                 self.watching = False
@@ -297,6 +308,8 @@ class Agent:
                                 cast(FirewallOps, Timed(firewall, self.metrics.nft_seconds)),
                                 host_netns=self.args.netns,
                                 local=self.local, runtime=runtime, images=images)
+        if self.dns is not None:
+            self.dns.start()
         watcher = threading.Thread(target=self.watch_forever, name="watch", daemon=True)
         watcher.start()
         exits = ExitWatcher(self.wake_for_pass)
@@ -371,6 +384,8 @@ class Agent:
             if self.cni is not None:
                 self.cni.stop()
             links.close()
+            if self.dns is not None:
+                self.dns.stop()
             for channel in self.channels:
                 channel.close()
 
@@ -491,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve Prometheus metrics on HOST:PORT, in this host's network "
                         "namespace (port 0 picks a free one; the URL is reported when "
                         "registering; '' for none) (default: %(default)s)")
+    parser.add_argument("--dns-port", type=int, default=dns.DNS_PORT,
+                        help="port of the containers' resolver on each bridge's gateway "
+                        "(0: no resolver; default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir or f"/run/sdnctl/{args.host}"

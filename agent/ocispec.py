@@ -75,6 +75,8 @@ class SpecInput:
     limits: Limits = field(default_factory=Limits)
     cgroups_path: str = ""
     volumes: tuple[tuple[VolumeMount, str], ...] = ()  # (volume, host directory to bind)
+    #: (destination, host file) bound read-only: /etc/resolv.conf and /etc/hosts (DNS)
+    etc_files: tuple[tuple[str, str], ...] = ()
 
 
 def build(spec: SpecInput) -> dict[str, Any]:
@@ -165,6 +167,9 @@ def mounts(spec: SpecInput) -> list[dict[str, Any]]:
         options = ["rbind", "nosuid", "nodev", "ro" if volume.readonly else "rw"]
         result.append({"destination": volume.target, "type": "bind", "source": source,
                        "options": options})
+    for destination, source in spec.etc_files:
+        result.append({"destination": destination, "type": "bind", "source": source,
+                       "options": ["bind", "nosuid", "nodev", "noexec", "ro"]})
     return result
 
 

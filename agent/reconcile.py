@@ -34,9 +34,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from agent import layout, ocispec
+from agent import dns, layout, ocispec
 from agent import plan as p
-from agent.desired import DesiredContainer, DesiredPeer, DesiredState, LocalHost
+from agent.desired import (
+    DesiredContainer,
+    DesiredNetwork,
+    DesiredPeer,
+    DesiredState,
+    LocalHost,
+)
 from agent.imagestore import ImageStore
 from agent.kernel import cgroups, conntrack, netns, procfs, procs, sysctl
 from agent.kernel.links import (
@@ -62,6 +68,8 @@ from sdnctl.api import faults
 from sdnctl.api.model import (
     DEFAULT_CAPABILITIES,
     MODE_BRIDGE,
+    MODE_CONTAINER,
+    MODE_HOST,
     STATE_CREATED,
     STATE_ERROR,
     STATE_EXITED,
@@ -402,12 +410,13 @@ class Reconciler:
             if action.start:
                 if not action.stop_first and os.path.exists(self._file(ctr.name, "pid")):
                     self.restarts[ctr.name] = self.restarts.get(ctr.name, 0) + 1
-                self._start(ctr, undo)
+                self._start(ctr, undo, net)
             undo.pop_all()
         log.info("container %s ready (%s%s)", ctr.name, ctr.mode,
                  f" {ctr.address_cidr}" if ctr.ip else "")
 
-    def _start(self, ctr: DesiredContainer, undo: contextlib.ExitStack) -> None:
+    def _start(self, ctr: DesiredContainer, undo: contextlib.ExitStack,
+               net: DesiredNetwork | None = None) -> None:
         """Write the bundle and start it under the runtime; pidfile and spec hash last.
 
         What this start leaves behind if a later step fails is registered on ``undo``: the
@@ -446,7 +455,8 @@ class Reconciler:
             net=where.net, uts=where.uts, ipc=where.ipc, user_ns=user_ns,
             readonly_root=not ctr.image_id, caps=(*DEFAULT_CAPABILITIES, *ctr.cap_add),
             limits=ocispec.Limits(ctr.memory, ctr.cpus, ctr.cpu_shares, ctr.pids_limit),
-            cgroups_path=self.cgroup_path(ctr.name), volumes=volumes)
+            cgroups_path=self.cgroup_path(ctr.name), volumes=volumes,
+            etc_files=self._etc_files(ctr, net))
         procs.write_atomic(os.path.join(bundle, "config.json"), json.dumps(ocispec.build(spec)))
         pid, started = self.runtime.run(ctr.name, bundle, rootfs, self._file(ctr.name, "log"))
         undo.callback(self._reap_failed_start, ctr.name, procs.ProcInfo(pid, started))
@@ -455,6 +465,27 @@ class Reconciler:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._file(ctr.name, "exit"))
         procs.write_atomic(self._file(ctr.name, "spec"), ctr.spec_hash() + "\n")
+
+    def _etc_files(self, ctr: DesiredContainer, net: DesiredNetwork | None
+                   ) -> tuple[tuple[str, str], ...]:
+        """The /etc/resolv.conf and /etc/hosts a container gets, written under the run
+        directory (rewritten in place, so a joined container's bind mount sees its donor's new
+        files): bridged ones point at their network's resolver, closed ones have none, joined
+        ones share their donor's, open ones keep the host's (nothing mounted)."""
+        if ctr.mode == MODE_CONTAINER:
+            donor = (self._file(ctr.target, "resolv.conf"), self._file(ctr.target, "hosts"))
+            if all(os.path.exists(path) for path in donor):
+                return (("/etc/resolv.conf", donor[0]), ("/etc/hosts", donor[1]))
+            return ()
+        if ctr.mode == MODE_HOST:
+            return ()
+        resolv = dns.resolv_conf(net) if ctr.mode == MODE_BRIDGE and net is not None else \
+            dns.CLOSED_RESOLV_CONF
+        files = ((self._file(ctr.name, "resolv.conf"), resolv),
+                 (self._file(ctr.name, "hosts"), dns.hosts_file(ctr.name, ctr.ip, ctr.aliases)))
+        for path, text in files:
+            dns.write_in_place(path, text)
+        return (("/etc/resolv.conf", files[0][0]), ("/etc/hosts", files[1][0]))
 
     def _reap_failed_start(self, name: str, info: procs.ProcInfo) -> None:
         """Undo a start whose later steps failed: the process (our child) and its record."""
@@ -500,7 +531,7 @@ class Reconciler:
 
     def _remove_files(self, name: str) -> None:
         self.restarts.pop(name, None)
-        for suffix in ("pid", "spec", "log", "exit"):
+        for suffix in ("pid", "spec", "log", "exit", "resolv.conf", "hosts"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._file(name, suffix))
 

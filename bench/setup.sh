@@ -9,5 +9,6 @@
 set -euo pipefail
 here="$(dirname "$0")"
 "$here/../scripts/apt-install-missing.sh" \
-  containernetworking-plugins iperf3 iptables iproute2 util-linux crun iputils-ping
+  containernetworking-plugins iperf3 iptables iproute2 util-linux crun iputils-ping \
+  dnsperf aardvark-dns
 "$here/../scripts/install-no-services.sh" docker.io

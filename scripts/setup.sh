@@ -8,7 +8,7 @@ cd "$here"
 
 scripts/apt-install-missing.sh python3 python3-venv python3-pip iproute2 nftables tcpdump \
   iputils-ping util-linux mount procps graphviz crun runc busybox-static etcd-server \
-  containernetworking-plugins
+  containernetworking-plugins bind9-dnsutils
 # Real clients and servers the tests drive (docker load; Podman and containerd through the CNI
 # plugin; promtool for the metrics; a headless chromium for the live view, through Playwright's
 # executable_path: Playwright never downloads a browser here), installed so that none of their

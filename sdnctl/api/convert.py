@@ -62,6 +62,8 @@ def network_from_pb(msg: pb.Network) -> Network:
         builtin=msg.builtin,
         vni=msg.vni,
         vxlan_port=msg.vxlan_port,
+        dns_domain=msg.dns_domain.lower().rstrip("."),
+        dns=tuple(msg.dns),
     )
 
 
@@ -71,7 +73,8 @@ def network_to_pb(network: Network, revision: int = 0) -> pb.Network:
                       masquerade=network.masquerade, revision=revision,
                       gateway=network.gateway, ip_range=network.ip_range,
                       internal=network.internal, allow=list(network.allow),
-                      builtin=network.builtin, vni=network.vni, vxlan_port=network.vxlan_port)
+                      builtin=network.builtin, vni=network.vni, vxlan_port=network.vxlan_port,
+                      dns_domain=network.dns_domain, dns=list(network.dns))
 
 
 def lease_from_pb(msg: pb.Lease) -> Lease:
@@ -111,6 +114,8 @@ def container_from_pb(msg: pb.Container) -> Container:
         generation=msg.generation,
         cni_id=msg.cni.container_id,
         cni_netns=msg.cni.netns,
+        aliases=tuple(msg.aliases),
+        dns=tuple(msg.dns),
     )
 
 
@@ -127,7 +132,8 @@ def container_to_pb(container: Container) -> pb.Container:
                         volumes=list(container.volumes), cap_add=list(container.cap_add),
                         user_ns=USERNS_NUMBER[container.user_ns], stopped=container.stopped,
                         env=list(container.env), workdir=container.workdir,
-                        generation=container.generation,
+                        generation=container.generation, aliases=list(container.aliases),
+                        dns=list(container.dns),
                         cni=pb.CniOwner(container_id=container.cni_id,
                                         netns=container.cni_netns)
                         if container.cni_netns else None)

@@ -141,6 +141,10 @@ class Network:
     #: UDP port (0: 4789). An overlay's mtu of 0 means the host's underlay MTU - 50.
     vni: int = 0
     vxlan_port: int = 0
+    #: DNS: the network's containers also answer as ``<name>.<dns_domain>``; upstream
+    #: resolvers for every other name (empty: the host's resolv.conf).
+    dns_domain: str = ""
+    dns: tuple[str, ...] = ()
 
     MUTABLE = ("masquerade", "internal", "allow")
 
@@ -186,6 +190,8 @@ class Container:
     # Such a container has no process of ours: the agent only builds and keeps its veth.
     cni_id: str = ""
     cni_netns: str = ""
+    aliases: tuple[str, ...] = ()  # DNS: more names on its network, beside its own
+    dns: tuple[str, ...] = ()  # DNS: upstream resolvers for its queries (default: network's)
 
     @property
     def mode(self) -> str:

@@ -203,7 +203,23 @@ def validate_network(network: Network, where: str = "network") -> Network:
         if ip_range not in subnet:
             raise Invalid(f"{where}.ip_range", f"{ip_range} is not inside {subnet}")
     _check_allow(network, where)
+    _check_dns(network.dns_domain, network.dns, where)
     return network
+
+
+DNS_UPSTREAMS_MAX = 3  # as resolv.conf's MAXNS
+
+
+def _check_dns(domain: str, upstreams: tuple[str, ...], where: str) -> None:
+    """A network's DNS domain (labels that are names) and upstream resolvers (IPv4)."""
+    if domain:
+        if len(domain) > 200:
+            raise Invalid(f"{where}.dns_domain", "longer than 200 characters")
+        for label in domain.split("."):
+            check_name(label, f"{where}.dns_domain")
+    check_count(upstreams, f"{where}.dns", DNS_UPSTREAMS_MAX)
+    for i, address in enumerate(upstreams):
+        check_ipv4(address, f"{where}.dns[{i}]")
 
 
 def _check_vxlan(network: Network, where: str) -> None:
@@ -260,6 +276,14 @@ def validate_container(container: Container, where: str = "container") -> Contai
     if container.restart not in RESTART_POLICIES:
         raise Invalid(f"{where}.restart", f"unknown restart policy {container.restart!r}; "
                       f"expected one of {', '.join(RESTART_POLICIES)}")
+    if container.dns:
+        _only_in(mode, MODE_BRIDGE, container, f"{where}.dns")
+        _check_dns("", container.dns, where)
+    if container.aliases:
+        _only_in(mode, MODE_BRIDGE, container, f"{where}.aliases")
+        check_count(container.aliases, f"{where}.aliases")
+        for i, alias in enumerate(container.aliases):
+            check_name(alias, f"{where}.aliases[{i}]")
     _check_runtime_fields(container, where)
     if container.cni_id or container.cni_netns:
         _check_cni(container, mode, where)

@@ -86,7 +86,9 @@ def network_from_args(args: argparse.Namespace) -> pb.Network:
                      gateway=args.gateway or "", ip_range=args.ip_range or "",
                      internal=args.internal, allow=list(args.allow or []),
                      mtu=args.mtu or 0, host_prefix=args.host_prefix or 0,
-                     vni=args.vni or 0, vxlan_port=args.vxlan_port or 0)
+                     vni=args.vni or 0, vxlan_port=args.vxlan_port or 0,
+                     dns_domain=getattr(args, "dns_domain", None) or "",
+                     dns=list(getattr(args, "dns", None) or []))
     net.masquerade = not args.no_masquerade
     return net
 
@@ -255,7 +257,9 @@ def container_from_args(args: argparse.Namespace) -> pb.Container:
             pids_limit=args.pids_limit or 0),
         volumes=list(args.volume or []), cap_add=list(args.cap_add or []),
         user_ns=convert.USERNS_NUMBER[args.userns], env=list(args.env or []),
-        workdir=args.workdir or "")
+        workdir=args.workdir or "",
+        aliases=list(getattr(args, "alias", None) or []),
+        dns=list(getattr(args, "dns", None) or []))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -476,6 +480,10 @@ def _register_network(sub: Any) -> None:
                    help="a network this one may talk to, routed (repeatable)")
     p.add_argument("--vni", type=int, help="overlay: the VXLAN VNI (default: allocated)")
     p.add_argument("--vxlan-port", type=int, help="overlay: the UDP port (default 4789)")
+    p.add_argument("--dns-domain", help="containers also resolve as NAME.DNS_DOMAIN")
+    p.add_argument("--dns", action="append", metavar="IP",
+                   help="an upstream resolver for other names (repeatable; default: the "
+                   "host's resolv.conf)")
     p.set_defaults(func=cmd_network_create)
 
     p = verbs.add_parser("ls", help="list networks")
@@ -530,6 +538,11 @@ def _register_containers(sub: Any) -> None:
     p.add_argument("--pids-limit", type=int, help="at most this many tasks")
     p.add_argument("-v", "--volume", action="append", metavar="NAME|/HOST:/PATH[:ro]",
                    help="a named volume or a bind mount (repeatable)")
+    p.add_argument("--alias", action="append", metavar="NAME",
+                   help="another DNS name for the container on its network (repeatable)")
+    p.add_argument("--dns", action="append", metavar="IP",
+                   help="an upstream resolver for its queries (repeatable; default: its "
+                   "network's)")
     p.add_argument("--cap-add", action="append", metavar="CAP",
                    help="a capability on top of the default set, e.g. NET_RAW (repeatable)")
     p.add_argument("--userns", choices=USERNS_MODES, default=USERNS_AUTO,

@@ -122,12 +122,35 @@ class Peer:
 
 
 @dataclass(frozen=True)
+class DnsName:
+    """A container of a network as the network's resolvers answer it (issue 19)."""
+
+    container: str
+    aliases: tuple[str, ...]
+    address: str
+    dns: tuple[str, ...] = ()  # the container's own upstream resolvers
+
+
+@dataclass(frozen=True)
 class HostNetwork:
-    """A network as one host realises it: the network, the host's lease and (overlay) peers."""
+    """A network as one host realises it: the network, the host's lease, (overlay) peers and
+    the network's name table (every container of it with an address, on any host)."""
 
     network: Network
     lease: Lease
     peers: tuple[Peer, ...] = ()
+    names: tuple[DnsName, ...] = ()
+
+
+def dns_names(network: str, allocations: Iterable[Allocation],
+              containers: dict[str, Container]) -> tuple[DnsName, ...]:
+    """The name table of ``network``: each allocation whose container still exists."""
+    names = []
+    for alloc in allocations:
+        ctr = containers.get(alloc.container)
+        if alloc.network == network and ctr is not None and ctr.bridge_network == network:
+            names.append(DnsName(ctr.name, ctr.aliases, alloc.address, ctr.dns))
+    return tuple(sorted(names, key=lambda n: n.container))
 
 
 @dataclass(frozen=True)
@@ -660,13 +683,19 @@ class State:
         leases = [from_json(Lease, kv.value) for kv in kvs if kv.key.startswith(keys.LEASES)]
         hosts = {kv.key[len(HOSTS):]: from_json(Host, kv.value)
                  for kv in kvs if kv.key.startswith(HOSTS)}
+        all_containers = {kv.key[len(CONTAINERS):]: from_json(Container, kv.value)
+                          for kv in kvs if kv.key.startswith(CONTAINERS)}
+        allocations = [from_json(Allocation, kv.value) for kv in kvs
+                       if kv.key.startswith(keys.IPAM)
+                       and kv.key[len(keys.IPAM):].split("/")[1:2] == ["owner"]]
         networks: dict[str, HostNetwork] = {}
         for lease in leases:
             net_kv = by_key.get(network_key(lease.network))
             if net_kv is not None and lease.host == host:
                 network = from_json(Network, net_kv.value)
                 networks[lease.network] = HostNetwork(
-                    network, lease, overlay_peers(network, host, leases, hosts))
+                    network, lease, overlay_peers(network, host, leases, hosts),
+                    dns_names(network.name, allocations, all_containers))
         containers = {}
         for kv in kvs:
             if kv.key.startswith(CONTAINERS):
@@ -681,15 +710,22 @@ class State:
         if net_kv is None or lease is None:
             return None
         spec = from_json(Network, net_kv.value)
+        allocations = ipam.list_allocations(self.store, network)
+        containers = {}
+        for alloc in allocations:
+            kv = self.store.get(container_key(alloc.container))
+            if kv is not None:
+                containers[alloc.container] = from_json(Container, kv.value)
+        names = dns_names(network, allocations, containers)
         if not spans_hosts(spec.driver):
-            return HostNetwork(spec, lease)
+            return HostNetwork(spec, lease, names=names)
         leases = ipam.list_leases(self.store, network=network)
         hosts = {}
         for other in leases:
             kv = self.store.get(host_key(other.host))
             if kv is not None:
                 hosts[other.host] = from_json(Host, kv.value)
-        return HostNetwork(spec, lease, overlay_peers(spec, host, leases, hosts))
+        return HostNetwork(spec, lease, overlay_peers(spec, host, leases, hosts), names)
 
     # -- leases: expiry and quarantine ----------------------------------------------------------
 

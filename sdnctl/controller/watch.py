@@ -29,6 +29,10 @@ network, with its new peer list, to every OTHER host holding a lease of it; the 
 lease gets its own put (or delete) as before. A renewal (only the lease's times change) and an
 allocation (which rewrites its lease unchanged) concern no peer. A host without a lease of the
 network (no container on it) hears nothing of it.
+
+DNS names (issue 19). The HostNetwork also carries the network's name table: every container of
+it holding an address, on any host, with its aliases. A container put or deleted anywhere puts
+its network, with the new table, to every host holding a lease of it.
 """
 
 from __future__ import annotations
@@ -63,7 +67,9 @@ def host_network_pb(view: HostNetwork) -> pb.HostNetwork:
     return pb.HostNetwork(
         network=convert.network_to_pb(view.network), lease=convert.lease_to_pb(view.lease),
         peers=[pb.Peer(host=p.host, subnet=p.subnet, underlay_ip=p.underlay_ip,
-                       vtep_mac=p.vtep_mac, vtep_ip=p.vtep_ip) for p in view.peers])
+                       vtep_mac=p.vtep_mac, vtep_ip=p.vtep_ip) for p in view.peers],
+        names=[pb.DnsName(container=n.container, aliases=list(n.aliases), address=n.address,
+                          dns=list(n.dns)) for n in view.names])
 
 
 def snapshot_event(snap: Snapshot) -> pb.WatchEvent:
@@ -82,11 +88,16 @@ def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchE
     put_networks: set[str] = set()
     gone_networks: set[str] = set()
     peer_networks: set[str] = set()  # overlay networks whose peer set may have changed
+    name_networks: set[str] = set()  # networks whose name table may have changed (DNS)
     for change in changes:
         key = change.key
         if key.startswith(CONTAINERS):
             name = key[len(CONTAINERS):]
-            if change.value and _container_host(change.value) == host:
+            new = from_json(Container, change.value) if change.value else None
+            old = from_json(Container, change.prev_value) if change.prev_value else None
+            name_networks.update(c.bridge_network for c in (new, old)
+                                 if c is not None and c.bridge_network is not None)
+            if new is not None and new.host == host:
                 put_containers.add(name)
                 gone_containers.discard(name)
             elif change.prev_value and _container_host(change.prev_value) == host:
@@ -115,11 +126,11 @@ def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchE
 
     event = pb.WatchEvent(deleted_networks=sorted(gone_networks),
                           deleted_containers=sorted(gone_containers))
-    for name in sorted(put_networks | (peer_networks - gone_networks)):
+    for name in sorted(put_networks | ((peer_networks | name_networks) - gone_networks)):
         view = state.host_network(name, host)
         if view is None:
             continue  # no lease here (nothing to say) or deleted since: a later change says so
-        if name in put_networks or spans_hosts(view.network.driver):
+        if name in put_networks or name in name_networks or spans_hosts(view.network.driver):
             event.networks.append(host_network_pb(view))
     for name in sorted(put_containers):
         try:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import glob
 import json
 import os
+import socket
 import subprocess
 import urllib.error
 import urllib.request
 from typing import IO, Any
+
+from dnslib import QTYPE, RCODE, DNSError, DNSRecord
 
 from agent import layout
 from agent.kernel import cgroups
@@ -96,3 +99,25 @@ def scrape(url: str, netns: str = "") -> str:
             raise CommandError(f"could not read {url}: {e}") from e
 
     return run_in_netns(netns, fetch) if netns else fetch()
+def lookup_a(netns: str, resolver: str, name: str, timeout: float) -> tuple[str, str]:
+    """Ask ``resolver`` (a network's DNS resolver, its gateway) for ``name``'s A record from
+    inside ``netns``, as a container's own lookups go. (address, "") or ("", why not)."""
+    if not resolver:
+        return "", f"{name} does not resolve: the source has no DNS resolver"
+    query = DNSRecord.question(name, "A")
+
+    def ask() -> bytes:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.connect((resolver, 53))
+            s.send(query.pack())
+            return s.recv(4096)
+
+    try:
+        reply = DNSRecord.parse(run_in_netns(netns, ask))
+    except (OSError, DNSError) as e:
+        return "", f"{name} does not resolve: no answer from {resolver} ({e})"
+    addresses = [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A]
+    if not addresses:
+        return "", f"{name} does not resolve ({RCODE.get(reply.header.rcode)} from {resolver})"
+    return addresses[0], ""

@@ -28,7 +28,8 @@ CREATED = "2020-01-01T00:00:00Z"
 PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 APPLETS = (
     *("sh", "ls", "cat", "echo", "ps", "hostname", "sleep", "id", "head", "tr", "touch"),
-    *("mkdir", "rm", "wc", "grep", "env", "nc", "wget", "ping", "ip", "ifconfig", "true"),
+    *("mkdir", "rm", "wc", "grep", "env", "nc", "wget", "ping", "ip", "ifconfig", "true",
+      "nslookup"),
     *("false", "test", "kill", "mount", "stat", "readlink", "top", "dd", "tail", "sed"),
 )
 

@@ -48,6 +48,7 @@ import grpc
 from agent.names import bridge_name, veth_name, vxlan_name
 from sdnctl.api.client import Client, CommandError, connect
 from sdnctl.api.model import MODE_BRIDGE, MODE_CONTAINER, network_mode, spans_hosts
+from sdnctl.lab import local
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 UNDERLAY_DEV = "eth0"  # a lab host's underlay device (sdnctl.lab.lab.HOST_DEV)
@@ -84,6 +85,7 @@ class Endpoint:
     vxlan: str = ""  # its network's VXLAN device (overlay)
     vni: int = 0
     vxlan_port: int = 0
+    gateway: str = ""  # its network's gateway on its host: the DNS resolver it asks
 
 
 @dataclass(frozen=True)
@@ -387,9 +389,22 @@ def _is_ipv4(text: str) -> bool:
         return False
 
 
-def resolve(client: Client, name: str) -> Endpoint:
+def resolve(client: Client, name: str, via: Endpoint | None = None) -> Endpoint:
     """A container by name (joined containers: their donor's interface), or an IPv4 address
-    (a container's when one has it)."""
+    (a container's when one has it), or a DNS name (an alias, ``db.svc.lab``) looked up
+    through ``via``'s resolver from inside its namespace, as ``via`` itself would."""
+    if via is not None and via.netns and not _is_ipv4(name):
+        try:
+            client.api.GetContainer(pb.GetRequest(name=name), timeout=RPC_TIMEOUT)
+        except grpc.RpcError as e:
+            if e.code() not in (grpc.StatusCode.NOT_FOUND,  # type: ignore[attr-defined]
+                                grpc.StatusCode.INVALID_ARGUMENT):  # "db.svc.lab": no name
+                raise CommandError(f"trace: could not find container {name!r}: "
+                                   f"{e.details()}") from e  # type: ignore[attr-defined]
+            address, why = local.lookup_a(via.netns, via.gateway, name, RPC_TIMEOUT)
+            if not address:
+                raise CommandError(f"trace: {why}") from None
+            return dataclasses.replace(resolve(client, address), label=name)
     if _is_ipv4(name):
         listed = client.api.ListContainers(pb.ListRequest(), timeout=RPC_TIMEOUT).containers
         owner = next((c for c in listed if c.ip == name), None)
@@ -418,7 +433,8 @@ def _container_endpoint(client: Client, ctr: pb.Container) -> Endpoint:
         bridge=bridge_name(net.name),
         vxlan=vxlan_name(net.name) if spans_hosts(net.driver) else "",
         vni=net.vni, vxlan_port=net.vxlan_port or (DEFAULT_VXLAN_PORT
-                                                   if spans_hosts(net.driver) else 0))
+                                                   if spans_hosts(net.driver) else 0),
+        gateway=iface_owner.gateway)
 
 
 def _inode(path: str) -> tuple[int, int] | None:
@@ -681,7 +697,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     proto = args.proto or ("tcp" if args.port else "icmp")
     client = connect()
     try:
-        src, dst = resolve(client, args.src), resolve(client, args.dst)
+        src = resolve(client, args.src)
+        dst = resolve(client, args.dst, via=src)
     finally:
         client.close()
     if not src.container:

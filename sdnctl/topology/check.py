@@ -58,6 +58,7 @@ from typing import Any
 from agent.kernel.netns import run_in_netns
 from sdnctl.api.client import CommandError, connect
 from sdnctl.api.model import MODE_HOST, MODE_NONE, Container, Network, spans_hosts
+from sdnctl.lab import local
 from sdnctl.lab.lab import EXTERNAL_IP
 from sdnctl.topology import topology
 from sdnctl.topology.deploy import Progress
@@ -320,6 +321,7 @@ class Endpoint:
     address: str  # its own address, or its donor's; "" for closed and open containers
     state: str
     mode: str
+    resolver: str = ""  # its network's DNS resolver (its gateway), "" for closed and open ones
 
 
 def endpoints(topo: Topology, reported: Iterable[pb.Container]) -> dict[str, Endpoint]:
@@ -334,15 +336,36 @@ def endpoints(topo: Topology, reported: Iterable[pb.Container]) -> dict[str, End
     for ctr in topo.containers:
         donor = by_name.get(donor_of(topo, ctr).name, by_name[ctr.name])
         result[ctr.name] = Endpoint(by_name[ctr.name].status.netns, donor.ip,
-                                    by_name[ctr.name].status.state or "pending", ctr.mode)
+                                    by_name[ctr.name].status.state or "pending", ctr.mode,
+                                    donor.gateway)
     return result
 
 
-def target_address(probe: Probe, where: dict[str, Endpoint]) -> str:
+def is_name(dst: str, where: dict[str, Endpoint]) -> bool:
+    """A target to resolve through DNS: not a container, ``external`` or an address."""
+    if dst == EXTERNAL or dst in where:
+        return False
+    try:
+        ipaddress.IPv4Address(dst)
+        return False
+    except ValueError:
+        return True
+
+
+def resolve(netns: str, resolver: str, name: str, timeout: float) -> tuple[str, str]:
+    """``name`` through the source's resolver, asked from inside its namespace: (address, "")
+    or ("", why it does not resolve)."""
+    return local.lookup_a(netns, resolver, name, timeout)
+
+
+def target_address(probe: Probe, where: dict[str, Endpoint],
+                   names: dict[tuple[str, str], str] | None = None) -> str:
     if probe.dst == EXTERNAL:
         return EXTERNAL_IP
     if probe.dst in where:
         return where[probe.dst].address
+    if names is not None and (probe.src, probe.dst) in names:
+        return names[(probe.src, probe.dst)]
     return str(ipaddress.IPv4Address(probe.dst))
 
 
@@ -351,8 +374,26 @@ def run(probes: Sequence[Probe], where: dict[str, Endpoint], timeout: float,
     """Measure every probe (each distinct packet once, :data:`WORKERS` at a time)."""
     packets: dict[tuple[str, str, str, int], list[int]] = {}
     results: list[Result | None] = [None] * len(probes)
+    names: dict[tuple[str, str], str] = {}  # (source, name) -> address
+    unresolved: dict[tuple[str, str], str] = {}  # (source, name) -> why not
+    for probe in probes:
+        src = where[probe.src]
+        if not is_name(probe.dst, where) or (probe.src, probe.dst) in {**names, **unresolved}:
+            continue
+        if not src.netns:
+            unresolved[(probe.src, probe.dst)] = \
+                f"{probe.src} has no network namespace (state {src.state})"
+        else:
+            address, why = resolve(src.netns, src.resolver, probe.dst, timeout)
+            if address:
+                names[(probe.src, probe.dst)] = address
+            else:
+                unresolved[(probe.src, probe.dst)] = why
     for i, probe in enumerate(probes):
-        src, address = where[probe.src], target_address(probe, where)
+        if (probe.src, probe.dst) in unresolved:
+            results[i] = Result(probe, "", None, unresolved[(probe.src, probe.dst)])
+            continue
+        src, address = where[probe.src], target_address(probe, where, names)
         if not address:
             mode = where[probe.dst].mode
             why = "it is closed" if mode == MODE_NONE else \

@@ -15,6 +15,7 @@ Errors name the file, the line, the path in the document and what was expected:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Callable
@@ -268,6 +269,23 @@ def _images(r: _Reader, doc: dict, base: str) -> tuple[str, ...]:
     return tuple(result)
 
 
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})+\.?")
+
+
+def is_dns_target(dst: str, containers: tuple[Container, ...]) -> bool:
+    """An ``expect:`` target that `check` resolves through the source's DNS resolver: a
+    container's alias, or a dotted name (``db.svc.lab``). A bare word that is no container,
+    alias or network stays an error (a typo), not a name that fails to resolve."""
+    if any(dst in c.aliases for c in containers):
+        return True
+    try:
+        ipaddress.IPv4Address(dst)
+        return False
+    except ValueError:
+        return bool(_DNS_NAME.fullmatch(dst.lower())) and len(dst) <= 253
+
+
 def _expectations(r: _Reader, doc: dict, containers: tuple[Container, ...],
                   networks: tuple[Network, ...]) -> tuple[Expectation, ...]:
     names = {c.name for c in containers}
@@ -279,12 +297,13 @@ def _expectations(r: _Reader, doc: dict, containers: tuple[Container, ...],
         src, dst = r.typed(m, "from", where, str, ""), r.typed(m, "to", where, str, "")
         if src not in names:
             raise r.error(f"{where}.from", f"unknown container {src!r}")
-        if dst not in targets:
+        if dst not in targets and not is_dns_target(dst, containers):
             try:
                 check_ipv4(dst, f"{where}.to")
             except Invalid as e:
-                raise r.error(f"{where}.to", f"{dst!r} is not a container, a network, "
-                              f"{EXTERNAL!r} or an IPv4 address") from e
+                raise r.error(f"{where}.to", f"{dst!r} is not a container, an alias, a "
+                              f"network, {EXTERNAL!r}, an IPv4 address or a dotted DNS "
+                              "name") from e
         proto = r.typed(m, "proto", where, str, "tcp" if "port" in m else "icmp")
         if proto not in PROBE_PROTOCOLS:
             raise r.error(f"{where}.proto", f"expected one of {', '.join(PROBE_PROTOCOLS)}")
@@ -448,7 +467,8 @@ def _host(r: _Reader, raw: Any, where: str) -> Host:
 
 def _network(r: _Reader, raw: Any, where: str) -> Network:
     m = r.mapping(raw, where, {"name", "driver", "subnet", "host_prefix", "mtu", "masquerade",
-                               "gateway", "ip_range", "internal", "allow", "vni", "vxlan_port"},
+                               "gateway", "ip_range", "internal", "allow", "vni", "vxlan_port",
+                               "dns_domain", "dns"},
                   {"name", "subnet"})
     driver = r.typed(m, "driver", where, str, "bridge")
     subnet = r.typed(m, "subnet", where, str, "")
@@ -472,6 +492,8 @@ def _network(r: _Reader, raw: Any, where: str) -> Network:
         allow=tuple(_strings(r, m, "allow", where)),
         vni=r.typed(m, "vni", where, int, 0),
         vxlan_port=r.typed(m, "vxlan_port", where, int, 0),
+        dns_domain=r.typed(m, "dns_domain", where, str, "").lower().rstrip("."),
+        dns=tuple(_strings(r, m, "dns", where)),
     )
     return validate_network(network, where)
 
@@ -516,7 +538,7 @@ def _user_ns(r: _Reader, mapping: dict, where: str) -> str:
 def _container(r: _Reader, raw: Any, where: str) -> Container:
     m = r.mapping(raw, where, {"name", "host", "network", "command", "interface", "ip", "ports",
                                "share", "restart", "image", "resources", "volumes", "cap_add",
-                               "user_ns", "env", "workdir"}, {"name", "host"})
+                               "user_ns", "env", "workdir", "aliases", "dns"}, {"name", "host"})
     image = r.typed(m, "image", where, str, "")
     command = m.get("command", [] if image else list(DEFAULT_COMMAND))
     if isinstance(command, str):
@@ -539,6 +561,8 @@ def _container(r: _Reader, raw: Any, where: str) -> Container:
         user_ns=_user_ns(r, m, where),
         env=tuple(_strings(r, m, "env", where)),
         workdir=r.typed(m, "workdir", where, str, ""),
+        aliases=tuple(_strings(r, m, "aliases", where)),
+        dns=tuple(_strings(r, m, "dns", where)),
         **_resources(r, m.get("resources"), f"{where}.resources"),
     )
     try:

@@ -49,7 +49,7 @@ class Host(_message.Message):
     def __init__(self, name: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., lab: _Optional[bool] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., revision: _Optional[int] = ..., agent_connected: _Optional[bool] = ..., observed_revision: _Optional[int] = ..., agent_synced: _Optional[bool] = ..., reported_containers: _Optional[_Iterable[str]] = ..., vtep_mac: _Optional[str] = ..., underlay_mtu: _Optional[int] = ..., metrics_url: _Optional[str] = ...) -> None: ...
 
 class Network(_message.Message):
-    __slots__ = ("name", "driver", "subnet", "host_prefix", "mtu", "masquerade", "revision", "gateway", "ip_range", "internal", "allow", "builtin", "vni", "vxlan_port")
+    __slots__ = ("name", "driver", "subnet", "host_prefix", "mtu", "masquerade", "revision", "gateway", "ip_range", "internal", "allow", "builtin", "vni", "vxlan_port", "dns_domain", "dns")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DRIVER_FIELD_NUMBER: _ClassVar[int]
     SUBNET_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,8 @@ class Network(_message.Message):
     BUILTIN_FIELD_NUMBER: _ClassVar[int]
     VNI_FIELD_NUMBER: _ClassVar[int]
     VXLAN_PORT_FIELD_NUMBER: _ClassVar[int]
+    DNS_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    DNS_FIELD_NUMBER: _ClassVar[int]
     name: str
     driver: str
     subnet: str
@@ -78,7 +80,9 @@ class Network(_message.Message):
     builtin: bool
     vni: int
     vxlan_port: int
-    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., host_prefix: _Optional[int] = ..., mtu: _Optional[int] = ..., masquerade: _Optional[bool] = ..., revision: _Optional[int] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., allow: _Optional[_Iterable[str]] = ..., builtin: _Optional[bool] = ..., vni: _Optional[int] = ..., vxlan_port: _Optional[int] = ...) -> None: ...
+    dns_domain: str
+    dns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., host_prefix: _Optional[int] = ..., mtu: _Optional[int] = ..., masquerade: _Optional[bool] = ..., revision: _Optional[int] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., allow: _Optional[_Iterable[str]] = ..., builtin: _Optional[bool] = ..., vni: _Optional[int] = ..., vxlan_port: _Optional[int] = ..., dns_domain: _Optional[str] = ..., dns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ContainerStatus(_message.Message):
     __slots__ = ("name", "state", "pid", "netns", "message", "exit_code", "restarts", "runtime", "runtime_root", "cgroup", "user_ns")
@@ -119,7 +123,7 @@ class Resources(_message.Message):
     def __init__(self, memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., cpu_shares: _Optional[int] = ..., pids_limit: _Optional[int] = ...) -> None: ...
 
 class Container(_message.Message):
-    __slots__ = ("name", "host", "network", "command", "interface", "ip", "prefixlen", "gateway", "status", "revision", "fixed_ip", "ports", "share", "restart", "image", "image_id", "resources", "volumes", "cap_add", "user_ns", "stopped", "env", "workdir", "generation", "cni")
+    __slots__ = ("name", "host", "network", "command", "interface", "ip", "prefixlen", "gateway", "status", "revision", "fixed_ip", "ports", "share", "restart", "image", "image_id", "resources", "volumes", "cap_add", "user_ns", "stopped", "env", "workdir", "generation", "cni", "aliases", "dns")
     NAME_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +149,8 @@ class Container(_message.Message):
     WORKDIR_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     CNI_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    DNS_FIELD_NUMBER: _ClassVar[int]
     name: str
     host: str
     network: str
@@ -170,7 +176,9 @@ class Container(_message.Message):
     workdir: str
     generation: int
     cni: CniOwner
-    def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., network: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., interface: _Optional[str] = ..., ip: _Optional[str] = ..., prefixlen: _Optional[int] = ..., gateway: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., revision: _Optional[int] = ..., fixed_ip: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., share: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., image: _Optional[str] = ..., image_id: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., volumes: _Optional[_Iterable[str]] = ..., cap_add: _Optional[_Iterable[str]] = ..., user_ns: _Optional[_Union[UserNsMode, str]] = ..., stopped: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., generation: _Optional[int] = ..., cni: _Optional[_Union[CniOwner, _Mapping]] = ...) -> None: ...
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    dns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., network: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., interface: _Optional[str] = ..., ip: _Optional[str] = ..., prefixlen: _Optional[int] = ..., gateway: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., revision: _Optional[int] = ..., fixed_ip: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., share: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., image: _Optional[str] = ..., image_id: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., volumes: _Optional[_Iterable[str]] = ..., cap_add: _Optional[_Iterable[str]] = ..., user_ns: _Optional[_Union[UserNsMode, str]] = ..., stopped: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., generation: _Optional[int] = ..., cni: _Optional[_Union[CniOwner, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., dns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("id", "repo_tags", "layers", "size", "config", "revision")
@@ -491,14 +499,28 @@ class WatchRequest(_message.Message):
     def __init__(self, host: _Optional[str] = ..., since_revision: _Optional[int] = ...) -> None: ...
 
 class HostNetwork(_message.Message):
-    __slots__ = ("network", "lease", "peers")
+    __slots__ = ("network", "lease", "peers", "names")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
     network: Network
     lease: Lease
     peers: _containers.RepeatedCompositeFieldContainer[Peer]
-    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+    names: _containers.RepeatedCompositeFieldContainer[DnsName]
+    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., names: _Optional[_Iterable[_Union[DnsName, _Mapping]]] = ...) -> None: ...
+
+class DnsName(_message.Message):
+    __slots__ = ("container", "aliases", "address", "dns")
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DNS_FIELD_NUMBER: _ClassVar[int]
+    container: str
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    address: str
+    dns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, container: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., address: _Optional[str] = ..., dns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Peer(_message.Message):
     __slots__ = ("host", "subnet", "underlay_ip", "vtep_mac", "vtep_ip")

@@ -492,11 +492,18 @@ def test_watch_follows_creates_and_deletes(front: Api) -> None:
         assert list(event.containers) == []
         assert event.revision == api.store.revision()
 
-        # Another host's container is not news for h1: the next event is h1's own.
-        api.container("elsewhere", host="h2")
+        # Another host's container on a network h1 holds is not a container for h1 to run,
+        # but its name is news (DNS): the network comes with its new name table.
+        other = api.container("elsewhere", host="h2")
+        event = stream.next_with_content()
+        assert list(event.containers) == []
+        assert [[(n.container, n.address) for n in net.names] for net in event.networks] == \
+            [[("elsewhere", other.ip)]]
         db = api.container("db", host="h1")
         event = stream.next_with_content()
         assert [c.name for c in event.containers] == ["db"]
+        assert [sorted(n.container for n in net.names) for net in event.networks] == \
+            [["db", "elsewhere"]]
         assert event.revision == db.revision
         assert not event.deleted_containers
 
