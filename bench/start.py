@@ -85,14 +85,13 @@ from harness import (
 from agent.kernel import cgroups
 from agent.kernel.netns import create_netns, netns_path, remove_netns
 from sdnctl.lab import lab
+from sdnctl.lab.dockerd import DOCKER, DOCKERD, DOCKERD_SH, cgroup_v1, pids_in_mount_ns
 from sdnctl.lab.testimage import DEFAULT_TAG, build_test_image
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 MODES = ("bridge", "none", "host", "container")
 NETWORK = "sb"  # sdnctl's bridge network
 DONOR = "donor"
-DOCKER = "/usr/bin/docker"  # Debian's client, matching its daemon (not /usr/local/bin/docker)
-DOCKERD = "/usr/sbin/dockerd"
 TARGET_DOCKER, TARGET_CRUN = 10.0, 3.0
 #: What a side's first start does that the others do not.
 FIRST = {"sdnctl": "the agent fetches and unpacks the image's layers",
@@ -213,45 +212,6 @@ class CrunSide:
 
 # --- docker -------------------------------------------------------------------------------------
 
-#: Runs as dockerd's parent in its private mount namespace (already in its network namespace).
-DOCKERD_SH = r"""
-set -e
-D="$1"; shift
-mount -t sysfs sysfs /sys
-mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
-for c in $CGROUP_V1; do
-  dir="/sys/fs/cgroup/${c#name=}"
-  mkdir -p "$dir"
-  case "$c" in
-    name=*) mount -t cgroup -o "none,$c" cgroup "$dir" ;;
-    *) mount -t cgroup -o "$c" cgroup "$dir" ;;
-  esac
-done
-for dir in /etc /run /opt; do
-  name=$(basename "$dir")
-  mkdir -p "$D/ov/$name/upper" "$D/ov/$name/work"
-  mount -t overlay overlay \
-    -o "lowerdir=$dir,upperdir=$D/ov/$name/upper,workdir=$D/ov/$name/work" "$dir"
-done
-exec "$@"
-"""
-
-
-def _cgroup_v1() -> list[str]:
-    """The v1 hierarchies mounted here, as mount options name them (``cpu``, ``name=systemd``)."""
-    names = []
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            _, where, kind, options = line.split()[:4]
-            if kind == "cgroup" and where.startswith("/sys/fs/cgroup/"):
-                opts = [o for o in options.split(",") if o not in ("rw", "ro", "relatime",
-                                                                   "nosuid", "nodev", "noexec")]
-                if len(opts) == 1 and os.path.basename(where) in (opts[0],
-                                                                  opts[0].removeprefix("name=")):
-                    names.append(opts[0])
-    return names
-
-
 class DockerSide:
     def __init__(self, prefix: str, workdir: str) -> None:
         self.prefix = prefix
@@ -286,7 +246,7 @@ class DockerSide:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**self.env, "CGROUP_V1": " ".join(_cgroup_v1())})
+                                         env={**self.env, "CGROUP_V1": " ".join(cgroup_v1())})
         self.pid = self.proc.pid  # unshare, nsenter and sh exec: this is dockerd's PID
         with contextlib.suppress(OSError):
             self.mnt_ns = os.stat(f"/proc/{self.pid}/ns/mnt").st_ino
@@ -337,25 +297,13 @@ class DockerSide:
                 lab.stop_process(self.pid, grace=15)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=5)
-        for pid in _pids_in_mount_ns(self.mnt_ns):
+        for pid in pids_in_mount_ns(self.mnt_ns):
             with contextlib.suppress(lab.LabError, ValueError):
                 lab.stop_process(pid, grace=2)
         with contextlib.suppress(OSError):
             cgroups.remove_tree(self.cgroup_parent)
         remove_netns(self.ns)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _pids_in_mount_ns(inode: int) -> list[int]:
-    if not inode:
-        return []
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if os.stat(f"/proc/{entry}/ns/mnt").st_ino == inode:
-                    found.append(int(entry))
-    return found
 
 
 # --- report ------------------------------------------------------------------------------------

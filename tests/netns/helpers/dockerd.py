@@ -1,13 +1,13 @@
 """A private Docker daemon for tests that compare against the real thing (Debian's docker.io).
 
-Design note. The recipe is bench/start.py's (``DockerSide``): dockerd never runs in the host's
-namespaces. ``unshare --mount --net`` gives it a private mount namespace and a network namespace
-of its own (nothing to name or remove: both go with its last process); inside, a fresh sysfs
-(that namespace's), the cgroup v1 hierarchies mounted again, and overlays on /etc, /run and
-/opt whose upper directories are ours, so what dockerd and its containerd write there
-(key.json, /run/containerd, /opt/containerd) stays in our directory. It gets its own
---data-root, --exec-root, --pidfile and -H socket; with no bridge and no iptables it touches
-no firewall at all (a test of image archives needs no network). It is stopped by its PID, then
+Design note. The recipe is sdnctl/lab/dockerd.py's, which bench/start.py uses too: dockerd never
+runs in the host's namespaces. ``unshare --mount --net`` gives it a private mount namespace and
+a network namespace of its own (nothing to name or remove: both go with its last process);
+inside, a fresh sysfs (that namespace's), the cgroup v1 hierarchies mounted again, and overlays
+on /etc, /run and /opt whose upper directories are ours, so what dockerd and its containerd
+write there (key.json, /run/containerd, /opt/containerd) stays in our directory. It gets its own
+--data-root, --exec-root, --pidfile and -H socket; with no bridge and no iptables it touches no
+firewall at all (a test of image archives needs no network). It is stopped by its PID, then
 whatever of ours survives in its mount namespace (containerd) by PID; the directory goes last.
 
 The client is Debian's /usr/bin/docker, matching the 20.10 daemon (not /usr/local/bin/docker).
@@ -25,32 +25,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sdnctl.lab import lab
+from sdnctl.lab.dockerd import DOCKER, DOCKERD_SH, cgroup_v1, pids_in_mount_ns
 
-DOCKER = "/usr/bin/docker"
 DOCKERD_DIRS = "/usr/sbin:/usr/bin"
-
-#: Runs as dockerd's parent in its private mount namespace (already in its network namespace).
-DOCKERD_SH = r"""
-set -e
-D="$1"; shift
-mount -t sysfs sysfs /sys
-mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
-for c in $CGROUP_V1; do
-  dir="/sys/fs/cgroup/${c#name=}"
-  mkdir -p "$dir"
-  case "$c" in
-    name=*) mount -t cgroup -o "none,$c" cgroup "$dir" ;;
-    *) mount -t cgroup -o "$c" cgroup "$dir" ;;
-  esac
-done
-for dir in /etc /run /opt; do
-  name=$(basename "$dir")
-  mkdir -p "$D/ov/$name/upper" "$D/ov/$name/work"
-  mount -t overlay overlay \
-    -o "lowerdir=$dir,upperdir=$D/ov/$name/upper,workdir=$D/ov/$name/work" "$dir"
-done
-exec "$@"
-"""
 
 
 def dockerd_path() -> str | None:
@@ -60,21 +37,6 @@ def dockerd_path() -> str | None:
 
 def installed() -> bool:
     return dockerd_path() is not None and os.access(DOCKER, os.X_OK)
-
-
-def cgroup_v1() -> list[str]:
-    """The v1 hierarchies mounted here, as mount options name them (``cpu``, ``name=systemd``)."""
-    names = []
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            _, where, kind, options = line.split()[:4]
-            if kind == "cgroup" and where.startswith("/sys/fs/cgroup/"):
-                opts = [o for o in options.split(",") if o not in ("rw", "ro", "relatime",
-                                                                   "nosuid", "nodev", "noexec")]
-                if len(opts) == 1 and os.path.basename(where) in (opts[0],
-                                                                  opts[0].removeprefix("name=")):
-                    names.append(opts[0])
-    return names
 
 
 @dataclass
@@ -152,13 +114,3 @@ def private_dockerd(prefix: str, timeout: float = 90) -> Iterator[Dockerd]:
                 with contextlib.suppress(lab.LabError, ValueError):
                     lab.stop_process(pid, grace=2)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def pids_in_mount_ns(inode: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if os.stat(f"/proc/{entry}/ns/mnt").st_ino == inode:
-                    found.append(int(entry))
-    return found
