@@ -449,6 +449,9 @@ class Reconciler:
             raise ValueError(f"container {ctr.name!r}: no command, and its image has none")
         volumes = tuple((v, self.images.volume_source(v, owner)) for v in
                         (parse_volume(spec, "volumes") for spec in ctr.volumes))
+        etc_files = self._etc_files(ctr, net)
+        if ctr.mode not in (MODE_CONTAINER, MODE_HOST):  # written for this container: undo
+            undo.callback(self._unlink, ctr.name, ("resolv.conf", "hosts"))
         spec = ocispec.SpecInput(
             args=tuple(args), hostname=ctr.name,
             env=(*env, *ctr.env, f"HOSTNAME={ctr.name}"), cwd=cwd,
@@ -456,7 +459,7 @@ class Reconciler:
             readonly_root=not ctr.image_id, caps=(*DEFAULT_CAPABILITIES, *ctr.cap_add),
             limits=ocispec.Limits(ctr.memory, ctr.cpus, ctr.cpu_shares, ctr.pids_limit),
             cgroups_path=self.cgroup_path(ctr.name), volumes=volumes,
-            etc_files=self._etc_files(ctr, net))
+            etc_files=etc_files)
         procs.write_atomic(os.path.join(bundle, "config.json"), json.dumps(ocispec.build(spec)))
         pid, started = self.runtime.run(ctr.name, bundle, rootfs, self._file(ctr.name, "log"))
         undo.callback(self._reap_failed_start, ctr.name, procs.ProcInfo(pid, started))
@@ -531,7 +534,10 @@ class Reconciler:
 
     def _remove_files(self, name: str) -> None:
         self.restarts.pop(name, None)
-        for suffix in ("pid", "spec", "log", "exit", "resolv.conf", "hosts"):
+        self._unlink(name, ("pid", "spec", "log", "exit", "resolv.conf", "hosts"))
+
+    def _unlink(self, name: str, suffixes: tuple[str, ...]) -> None:
+        for suffix in suffixes:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._file(name, suffix))
 
