@@ -352,6 +352,11 @@ def plan_lease(
     if subnet is None:
         subnet = pick_subnet(network.subnet, prefixlen, taken | quarantined)
     if subnet is None:
+        # Each read above is its own snapshot: a request of the same host may have committed
+        # its lease between the first and the guards. Then it is ours, not exhaustion.
+        current = store.get(key)
+        if current is not None:
+            return from_json(Lease, current.value), [Compare(key, current.mod_revision)], []
         raise Exhausted(f"network {network.name!r} has no free /{prefixlen} left for host {host!r}")
     lease = Lease(network.name, host, subnet, lease_gateway(network, subnet),
                   renewed_at=at, expires_at=at + timers.lease_ttl)

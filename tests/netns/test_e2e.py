@@ -100,7 +100,7 @@ def test_single_host_walkthrough(cli: Cli, run_prefix: str) -> None:
     cli.run("down", example)
     assert controller is not None and exited(controller)  # down returns once it has exited
     for c in (web, db):
-        assert not os.path.exists(f"/proc/{c['pid']}")
+        assert exited(c["pid"])
     assert not any(n.startswith(run_prefix) for n in os.listdir("/run/netns"))
 
 
