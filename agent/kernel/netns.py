@@ -31,6 +31,8 @@ CLONE_NEWNET = 0x40000000
 #: Namespace kinds a sandbox pins, with their clone flag (the name is the /proc/PID/ns entry).
 SANDBOX_KINDS = {"net": CLONE_NEWNET, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC}
 MS_BIND = 4096
+MS_REC = 16384
+MS_SHARED = 1 << 20
 MNT_DETACH = 2
 NETLINK_ROUTE = 0
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
@@ -135,6 +137,8 @@ def create_sandbox(paths: dict[str, str], hostname: str) -> list[str]:
         return []
     for path in missing.values():
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        if os.path.dirname(path) == NETNS_RUN_DIR:
+            _run_dir_mounted()
 
     def make() -> None:
         flags = 0
@@ -171,6 +175,29 @@ def create_sandbox(paths: dict[str, str], hostname: str) -> list[str]:
     except FileExistsError as e:
         raise NetnsError(errno.EEXIST, f"{e.filename} exists and is not a namespace") from e
     return list(missing)
+
+
+_run_dir_ready = False
+
+
+def _run_dir_mounted() -> None:
+    """Make /run/netns a shared mount point of its own, as ``ip netns add`` does, before the
+    first namespace is pinned there. Otherwise the first ``ip netns add`` anyone runs later
+    bind-mounts the directory onto itself and so hides every namespace pinned before it: their
+    mounts stay on the directory below, where no ``umount /run/netns/X`` reaches them, and the
+    files cannot be unlinked (EBUSY) until the machine restarts."""
+    global _run_dir_ready
+    if _run_dir_ready:
+        return
+    target = NETNS_RUN_DIR.encode()
+    if _libc.mount(b"none", target, None, MS_SHARED | MS_REC, None) != 0:
+        if ctypes.get_errno() != errno.EINVAL:  # EINVAL: not a mount point yet
+            _check(-1, f"make {NETNS_RUN_DIR} shared")
+        _check(_libc.mount(target, target, None, MS_BIND | MS_REC, None),
+               f"bind-mount {NETNS_RUN_DIR} on itself")
+        _check(_libc.mount(b"none", target, None, MS_SHARED | MS_REC, None),
+               f"make {NETNS_RUN_DIR} shared")
+    _run_dir_ready = True
 
 
 def _loopback_up() -> None:

@@ -298,7 +298,7 @@ def _leak_check(request: pytest.FixtureRequest, run_prefix: str) -> Iterator[Non
     before = _snapshot(run_prefix)
     yield
     after = _snapshot(run_prefix)
-    tmp_path = request.node.funcargs.get("tmp_path")
+    tmp_path = (request.node.funcargs or {}).get("tmp_path")  # None: interrupted
     tmp = str(tmp_path) if tmp_path is not None else None
     leaks = _find_leaks(before, after, run_prefix, tmp)
     if leaks:
