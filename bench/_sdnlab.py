@@ -359,7 +359,7 @@ class BareCrun:
             return int(f.read().strip())
 
     def _config(self, cid: str, net: str | None) -> dict[str, Any]:
-        """config.json as the agent writes it (agent.reconcile Reconciler._start)."""
+        """config.json as the agent writes it (agent.containers Containers._start)."""
         config = self.image.config
         spec = ocispec.SpecInput(
             args=(*config.entrypoint, *COMMAND), hostname=cid,
