@@ -1,6 +1,6 @@
 """What the agent reads back from the kernel, as plain frozen data (pure: no I/O).
 
-Design note. ``agent/kernel/links.py`` fills these from netlink dumps; the planner
+Design note. ``agent/kernel/links.py`` and ``vxlan.py`` fill these from netlink dumps; the planner
 (``agent/plan.py``) compares them with the desired state. Keeping them here lets the planner
 and its tests import the kernel's vocabulary without importing the kernel code.
 """

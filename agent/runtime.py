@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.kernel import cgroups, procfs
-from agent.kernel.links import KernelError
+from agent.kernel.errors import KernelError
 
 RUNTIMES = ("crun", "runc")
 TIMEOUT = 30.0

@@ -277,7 +277,7 @@ def join(the_lab: Lab, extended: Path, sources: list[str],
 
 @dataclass(frozen=True)
 class PeerKey:
-    """What every other host's VXLAN device holds for one peer host (see agent/kernel/links.py):
+    """What every other host's VXLAN device holds for one peer host (see agent/kernel/vxlan.py):
     route ``subnet`` via ``vtep_ip``, neighbour ``vtep_ip`` -> ``vtep_mac``, FDB ``vtep_mac`` ->
     ``underlay_ip``."""
 

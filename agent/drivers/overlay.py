@@ -1,5 +1,5 @@
 """The overlay driver: the bridge driver's bridge plus a VXLAN device joined to it, one per
-network with the same name on every host, its peers' VTEPs in the FDB (see kernel/links.py)."""
+network with the same name on every host, its peers' VTEPs in the FDB (see kernel/vxlan.py)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from typing import Any
 from pyroute2 import Conntrack
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.kernel.links import KernelError
+from agent.kernel.errors import KernelError
 
 
 def flush_address(ip: str) -> int:

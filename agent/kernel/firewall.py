@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from agent.kernel import nft, sysctl
-from agent.kernel.links import KernelError
+from agent.kernel.errors import KernelError
 from agent.kernel.netns import run_in_netns
 from agent.names import BRIDGE_PREFIX
 from agent.nftrules import (

@@ -20,7 +20,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.kernel.links import KernelError, delete_link, get_link
+from agent.kernel.errors import KernelError
+from agent.kernel.linkbase import delete_link, get_link
 from agent.kernel.netns import netns_inode, run_in_netns
 
 RTPROT_STATIC = 4  # our lab routes; the agent's routes carry its own protocol number

@@ -17,7 +17,7 @@ import functools
 import subprocess
 from dataclasses import dataclass
 
-from agent.kernel.links import KernelError
+from agent.kernel.errors import KernelError
 
 #: Output flags (``enum nft_output_flags`` in libnftables.h) and the matching nft options.
 OUTPUT_HANDLE = 1 << 3

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.kernel import procfs
-from agent.kernel.links import KernelError
+from agent.kernel.errors import KernelError
 from agent.kernel.netns import netns_inode
 
 POLL_INTERVAL = 0.01

@@ -1,10 +1,11 @@
 """The kernel as the reconciler sees it: two small Protocols, a real and a fake side each.
 
 Design note. The reconciler applies its plan through exactly these calls. ``Links``
-(``kernel/links.py``: bridges, veths, VXLAN devices and their peer entries, over rtnetlink)
-and ``Firewall`` (``kernel/firewall.py``: our nftables tables) implement them against the
-kernel; ``kernel/fakes.py`` implements them in memory for unit tests, which then need neither
-root nor a ``None`` where a kernel object belongs. mypy checks both sides against these.
+(``kernel/links.py``: bridges and veths; ``kernel/vxlan.py``: VXLAN devices and their peer
+entries; both over rtnetlink on ``kernel/linkbase.py``) and ``Firewall``
+(``kernel/firewall.py``: our nftables tables) implement them against the kernel;
+``kernel/fakes.py`` implements them in memory for unit tests, which then need neither root nor
+a ``None`` where a kernel object belongs. mypy checks both sides against these.
 """
 
 from __future__ import annotations

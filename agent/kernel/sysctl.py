@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from agent.kernel.links import KernelError
+from agent.kernel.errors import KernelError
 
 PROC_SYS = "/proc/sys"
 

@@ -72,7 +72,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.kernel import iproute, procfs
-from agent.kernel.links import delete_link, get_link
+from agent.kernel.linkbase import delete_link, get_link
 from agent.kernel.netns import (
     NETNS_RUN_DIR,
     create_netns,
