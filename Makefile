@@ -37,10 +37,12 @@ test-etcd-full:
 
 # Reliability soak (issue 10): the long versions of the reliability tests, with their figures
 # (-s: printed). 2,000 churn cycles, 20 agent restarts under traffic, 50 controller SIGKILLs
-# under allocation load, readiness of an agent adopting 1,000 containers.
+# under allocation load, readiness of an agent adopting 1,000 containers, three rounds of each
+# lifecycle race.
 SOAK_ENV := SDNCTL_SOAK=1 SDNCTL_SOAK_CYCLES=2000 SDNCTL_RESTARTS=20 SDNCTL_CONTROLLER_KILLS=50
 
 soak:
 	$(SOAK_ENV) $(PY) -m pytest -s -p no:cacheprovider tests/netns/test_restart.py \
 		tests/netns/test_controller_crash.py tests/netns/test_faults.py \
-		tests/netns/test_drift.py tests/netns/test_gc_lab.py tests/netns/test_soak.py
+		tests/netns/test_drift.py tests/netns/test_gc_lab.py tests/netns/test_soak.py \
+		tests/netns/test_lifecycle_races.py

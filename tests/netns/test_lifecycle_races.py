@@ -27,6 +27,8 @@ from helpers.hoststate import wait_for
 pytestmark = pytest.mark.netns
 
 PY = sys.executable
+#: Rounds of each race: a few in the default run, more in `make soak` (SDNCTL_SOAK=1).
+ROUNDS = 3 if os.environ.get("SDNCTL_SOAK") else 1
 
 JOINED = """
 name: joined
@@ -87,7 +89,7 @@ def test_down_then_up_of_another_topology_under_load_always_succeeds(tmp_path: P
         # a starved one may: longer than `down` once waited for it.
         cli.env["SDNCTL_FAULT"] = "stop:stall"
         sock = cli.run_dir / "controller.sock"
-        for attempt in range(3):
+        for attempt in range(ROUNDS):
             for path in files:
                 cli.run("up", path, "--timeout", "90")
                 pid = cli.controller_pid()
@@ -131,7 +133,7 @@ def test_joined_containers_are_in_the_donors_namespace_when_up_returns(tmp_path:
     path = tmp_path / "joined.yaml"
     path.write_text(JOINED)
     with lab_cli(prefix) as cli, busy_cpus():
-        for attempt in range(5):
+        for attempt in range(2 * ROUNDS):
             cli.run("up", str(path), "--timeout", "90")
             listed = {c["name"]: c for c in cli.json("ps")}
             donor = listed["donor"]

@@ -193,7 +193,7 @@ def _ready_line(cli: Cli, prefix: str, seen: int) -> tuple[str, str] | None:
 
 
 #: Containers adopted by a restarted agent: the default run's short version, and the soak's.
-MANY_DEFAULT = int(os.environ.get("SDNCTL_READY_CONTAINERS_SHORT") or 200)
+MANY_DEFAULT = int(os.environ.get("SDNCTL_READY_CONTAINERS_SHORT") or 100)
 MANY = int(os.environ.get("SDNCTL_READY_CONTAINERS") or 1000)
 #: Safety bounds only (a loaded 2-core machine); how soon an agent is ready is measured by
 #: bench/reliability.py.
