@@ -43,7 +43,8 @@ from agent.desired import DesiredContainer, DesiredState
 from agent.kernel import netns
 from agent.kernel.links import KernelError, peek_interface
 from agent.names import container_mac, veth_name
-from sdnctl.api.model import STATE_ERROR, STATE_RUNNING, ContainerStatus, Invalid, check_name
+from sdnctl.api.fields import check_name
+from sdnctl.api.model import STATE_ERROR, STATE_RUNNING, ContainerStatus, Invalid
 from sdnctl.cni.plugin import (
     ERR_CONFIG,
     ERR_ENV,

@@ -43,6 +43,7 @@ from agent.modes import MODES
 from agent.names import bridge_name, container_mac, veth_alias, veth_name
 from agent.runtime import OciRuntime, Rootfs, Runtime
 from sdnctl.api import faults
+from sdnctl.api.fields import parse_volume
 from sdnctl.api.model import (
     DEFAULT_CAPABILITIES,
     MODE_BRIDGE,
@@ -55,7 +56,6 @@ from sdnctl.api.model import (
     STATE_RESTARTING,
     STATE_RUNNING,
     ContainerStatus,
-    parse_volume,
 )
 
 log = logging.getLogger("sdnctl.agent")

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from sdnctl.api import convert
+from sdnctl.api.fields import parse_port
 from sdnctl.api.model import (
     DEFAULT_MTU,
     DEFAULT_VXLAN_PORT,
@@ -19,7 +20,6 @@ from sdnctl.api.model import (
     PortMapping,
     network_driver,
     network_mode,
-    parse_port,
     wants_user_ns,
 )
 from sdnctl.v1 import sdnctl_pb2 as pb

@@ -89,21 +89,6 @@ class Invalid(ValueError):
         self.message = message
 
 
-def check_name(value: object, field_name: str) -> str:
-    """Return ``value`` if it is a valid object name, else raise :class:`Invalid`."""
-    if not isinstance(value, str) or not value:
-        raise Invalid(field_name, "expected a non-empty string")
-    if len(value) > NAME_MAX:
-        raise Invalid(field_name, f"{value[:20]!r}... is longer than {NAME_MAX} characters")
-    if not NAME_RE.match(value):
-        raise Invalid(
-            field_name,
-            f"{value!r} is not a valid name (lower-case letters, digits and '-', "
-            "starting and ending with a letter or digit)",
-        )
-    return value
-
-
 @dataclass(frozen=True)
 class Host:
     name: str
@@ -232,34 +217,6 @@ class PortMapping:
     protocol: str = "tcp"
 
 
-def parse_port(spec: str, field: str) -> PortMapping:
-    """Docker's ``[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]``."""
-    if not isinstance(spec, str):
-        raise Invalid(field, "expected a string such as '8080:80' or '127.0.0.1:5353:53/udp'")
-    body, _, protocol = spec.partition("/")
-    protocol = protocol or "tcp"
-    if protocol not in PROTOCOLS:
-        raise Invalid(field, f"unknown protocol {protocol!r}; expected tcp or udp")
-    parts = body.rsplit(":", 2)
-    if len(parts) == 2:
-        host_ip, host_port, container_port = "", parts[0], parts[1]
-    elif len(parts) == 3:
-        host_ip, host_port, container_port = parts
-    else:
-        raise Invalid(field, f"{spec!r} is not [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]")
-    ports = []
-    for text in (host_port, container_port):
-        if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
-            raise Invalid(field, f"{text!r} in {spec!r} is not a port (1-65535)")
-        ports.append(int(text))
-    if host_ip == "0.0.0.0":
-        host_ip = ""
-    if host_ip and (not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,3}){3}", host_ip)
-                    or any(int(octet) > 255 for octet in host_ip.split("."))):
-        raise Invalid(field, f"{host_ip!r} in {spec!r} is not an IPv4 address")
-    return PortMapping(host_ip, ports[0], ports[1], protocol)
-
-
 @dataclass(frozen=True)
 class VolumeMount:
     """A volume of a container: a named volume the agent keeps, or a bind mount of a host path."""
@@ -271,61 +228,6 @@ class VolumeMount:
     @property
     def named(self) -> bool:
         return not self.source.startswith("/")
-
-
-_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-PATH_MAX = 4096
-
-
-def clean_path(path: str, field: str) -> str:
-    """An absolute path with no ``..``, ``.`` or empty component, no NUL or control character,
-    at most PATH_MAX bytes: nothing can climb out of the root it is taken under."""
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise Invalid(field, f"{str(path)[:40]!r} is not an absolute path")
-    if len(path.encode()) > PATH_MAX:
-        raise Invalid(field, f"longer than {PATH_MAX} bytes")
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
-        raise Invalid(field, "contains a NUL or control character")
-    parts = path.split("/")[1:]
-    if path != "/" and any(part in ("", ".", "..") for part in parts):
-        raise Invalid(field, f"{path!r} must be a plain absolute path (no '..', '.' or '//')")
-    return path
-
-
-def parse_volume(spec: str, field: str) -> VolumeMount:
-    """Docker's ``NAME:/path[:ro|rw]`` or ``/host/path:/path[:ro|rw]``."""
-    if not isinstance(spec, str) or spec.count(":") not in (1, 2):
-        raise Invalid(field, f"{spec!r} is not NAME:/path[:ro] or /host/path:/path[:ro]")
-    source, target, *mode = spec.split(":")
-    if mode and mode[0] not in ("ro", "rw"):
-        raise Invalid(field, f"unknown volume mode {mode[0]!r} in {spec!r}; expected ro or rw")
-    if source.startswith("/"):
-        clean_path(source, field)
-    elif not _VOLUME_NAME.fullmatch(source):
-        raise Invalid(field, f"volume name {source!r} must be 1-64 of A-Z a-z 0-9 _ . - "
-                      "(a host path must be absolute)")
-    clean_path(target, field)
-    if target == "/":
-        raise Invalid(field, f"{spec!r}: a volume cannot replace the container's root")
-    return VolumeMount(source, target, bool(mode) and mode[0] == "ro")
-
-
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.I)
-
-
-def parse_size(value: object, field: str) -> int:
-    """Bytes from ``64m``, ``1.5g``, ``512k``, ``1048576`` (Docker's units: powers of 1024)."""
-    if isinstance(value, bool):
-        raise Invalid(field, f"{value!r} is not a size such as 64m or 1g")
-    if isinstance(value, int):
-        return value
-    match = _SIZE.fullmatch(str(value).strip())
-    if not match:
-        raise Invalid(field, f"{value!r} is not a size such as 64m or 1g")
-    power = " kmgt".index(match.group(2).lower() or " ")
-    return int(float(match.group(1)) * (1024 ** power))
 
 
 #: Every capability name (without ``CAP_``) that cap_add may name.
@@ -474,14 +376,9 @@ __all__ = [
     "NetworkDriver",
     "PortMapping",
     "VolumeMount",
-    "check_name",
-    "clean_path",
     "from_json",
     "network_driver",
     "network_mode",
-    "parse_port",
-    "parse_size",
-    "parse_volume",
     "spans_hosts",
     "to_json",
     "wants_user_ns",

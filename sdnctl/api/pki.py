@@ -39,7 +39,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sdnctl.api.model import NAME_RE, Invalid, check_name
+from sdnctl.api.fields import check_name
+from sdnctl.api.model import NAME_RE, Invalid
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
 """Validation of model objects, shared by the controller (API input) and the topology loader.
+One field's parsing and checking is ``sdnctl.api.fields``'s; this module checks whole objects
+with it: which fields, in which combinations.
 
 Each function takes the object and ``where``, the path of the object in its document
 (``network`` for an API request, ``networks[2]`` for a topology file), and raises
@@ -18,11 +20,24 @@ have a length limit, and image references follow Docker's reference grammar.
 from __future__ import annotations
 
 import re
-from collections.abc import Sized
 
 import netaddr
 
-from sdnctl.api.imagefmt import parse_reference
+from sdnctl.api.fields import (
+    check_count,
+    check_http_url,
+    check_ifname,
+    check_ipv4,
+    check_name,
+    check_not_reserved,
+    check_pool,
+    check_unicast_mac,
+    clean_path,
+    image_name,
+    parse_port,
+    parse_volume,
+    validate_cidr,
+)
 from sdnctl.api.model import (
     CAPABILITIES,
     DEFAULT_HOST_PREFIX,
@@ -39,27 +54,10 @@ from sdnctl.api.model import (
     Host,
     Invalid,
     Network,
-    check_name,
-    clean_path,
     network_mode,
-    parse_port,
-    parse_volume,
     spans_hosts,
 )
 
-IFNAMSIZ = 15
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]+\Z")
-#: Ranges no network, and no host's underlay address, may touch.
-RESERVED_RANGES = (
-    (netaddr.IPNetwork("0.0.0.0/8"), "'this network' (0/8)"),
-    (netaddr.IPNetwork("127.0.0.0/8"), "loopback (127/8)"),
-    (netaddr.IPNetwork("169.254.0.0/16"), "link-local (169.254/16)"),
-    (netaddr.IPNetwork("224.0.0.0/4"), "multicast (224/4)"),
-    (netaddr.IPNetwork("240.0.0.0/4"), "reserved (240/4, broadcast)"),
-)
-#: A network's subnet is at least this long a prefix (a /7 would take half of 0/1...).
-POOL_PREFIX_MIN = 8
-LIST_MAX = 64  # ports, allow, share, capabilities, reported containers (per item kind)
 COMMAND_MAX = 256  # arguments
 ARG_MAX = 4096  # bytes of one argument, of a status message
 PID_MAX = 4194304  # the kernel's pid_max limit
@@ -68,28 +66,10 @@ CONTAINER_STATES = ("pending", "created", "running", "restarting", "exited", "er
 MTU_MIN, MTU_MAX = 576, 65535
 VNI_MIN, VNI_MAX = 1, 16777215
 PORT_MAX = 65535
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 #: Network names that mean a container mode instead.
 RESERVED_NETWORK_NAMES = (MODE_NONE, MODE_HOST)
 #: The longest host prefix: a /30 still leaves a gateway and one container.
 MAX_HOST_PREFIX = 30
-_IPV4_CIDR = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}\Z")
-
-def validate_cidr(value: object, field: str) -> netaddr.IPNetwork:
-    """Parse an IPv4 network CIDR such as ``10.88.0.0/16``, or raise :class:`Invalid`."""
-    if not isinstance(value, str):
-        raise Invalid(field, f"expected a CIDR string such as 10.88.0.0/16, got {value!r}")
-    try:
-        net = netaddr.IPNetwork(value)
-    except (netaddr.AddrFormatError, ValueError, TypeError):
-        raise Invalid(field, f"{value!r} is not a CIDR such as 10.88.0.0/16") from None
-    if net.version != 4:
-        raise Invalid(field, f"{value!r}: only IPv4 networks are supported")
-    if not _IPV4_CIDR.match(value):
-        raise Invalid(field, f"{value!r} is not a CIDR such as 10.88.0.0/16")
-    if net.ip != net.network:
-        raise Invalid(field, f"{value} has host bits set; did you mean {net.cidr}?")
-    return net
 
 
 def host_prefix_for(network_cidr: str, host_prefix: int, field: str = "host_prefix") -> int:
@@ -142,30 +122,6 @@ def validate_host(host: Host, where: str = "host") -> Host:
     if host.metrics_url:
         check_http_url(host.metrics_url, f"{where}.metrics_url")
     return host
-
-
-URL_MAX = 256
-
-
-def check_http_url(value: str, field: str) -> str:
-    """An ``http://host:port/path`` URL, printable, at most :data:`URL_MAX` characters."""
-    if len(value) > URL_MAX or not value.isprintable() or " " in value \
-            or not value.startswith("http://") or len(value) <= len("http://"):
-        raise Invalid(field, f"{value[:80]!r} is not an http:// URL of at most {URL_MAX} "
-                      "characters")
-    return value
-
-
-def check_unicast_mac(value: str, field: str) -> str:
-    """A unicast Ethernet address written ``aa:bb:cc:dd:ee:ff`` (lower-case)."""
-    if not isinstance(value, str) or not MAC_RE.match(value):
-        raise Invalid(field, f"{value!r} is not a MAC address such as 0a:58:0a:00:00:01 "
-                      "(lower-case)")
-    if int(value[:2], 16) & 1:
-        raise Invalid(field, f"{value} is a multicast address; a VTEP needs a unicast one")
-    if value == "00:00:00:00:00:00":
-        raise Invalid(field, "00:00:00:00:00:00 is not a usable MAC address")
-    return value
 
 
 def validate_network(network: Network, where: str = "network") -> Network:
@@ -309,7 +265,6 @@ MEMORY_MIN = 6 * 1024 * 1024  # Docker's minimum: less cannot even start a shell
 CPUS_MAX = 1024
 SHARES_MIN, SHARES_MAX = 2, 262144
 _ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=[^\0]*", re.S)
-_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def _check_runtime_fields(c: Container, where: str) -> None:
@@ -403,85 +358,6 @@ def _check_share(share: tuple[str, ...], field: str) -> None:
                           f"{', '.join(SHAREABLE)}")
         if name in share[:i]:
             raise Invalid(f"{field}[{i}]", f"{name!r} is listed twice")
-
-
-def check_ipv4(value: str, field: str) -> str:
-    if not isinstance(value, str):
-        raise Invalid(field, f"{value!r} is not an IPv4 address")
-    try:
-        address = netaddr.IPAddress(value, version=4)
-    except (netaddr.AddrFormatError, ValueError, TypeError) as e:
-        raise Invalid(field, f"{value!r} is not an IPv4 address") from e
-    return str(address)
-
-
-def check_ifname(value: str, field: str) -> str:
-    """An interface name the kernel takes: 1-15 bytes of letters, digits, ``_ . -``; not
-    ``.``, ``..`` or ``lo`` (every namespace has one)."""
-    if (not isinstance(value, str) or not value or len(value.encode()) > IFNAMSIZ
-            or not IFNAME_RE.match(value) or value in (".", "..", "lo")):
-        raise Invalid(field, f"{value!r} is not a valid interface name (1-{IFNAMSIZ} bytes of "
-                      "letters, digits, '_', '.', '-'; not 'lo')")
-    return value
-
-
-def check_pool(subnet: netaddr.IPNetwork, field: str) -> netaddr.IPNetwork:
-    """A network's subnet: a prefix of at least ``POOL_PREFIX_MIN`` bits, clear of every
-    reserved range (host bits and the maximum prefix are checked by ``validate_cidr`` and
-    ``host_prefix_for``)."""
-    if subnet.prefixlen < POOL_PREFIX_MIN:
-        raise Invalid(field, f"{subnet} is too large: at most a /{POOL_PREFIX_MIN}")
-    for reserved, what in RESERVED_RANGES:
-        if subnet.first <= reserved.last and reserved.first <= subnet.last:
-            raise Invalid(field, f"{subnet} overlaps {what}, which is reserved")
-    return subnet
-
-
-def check_not_reserved(address: str, field: str) -> str:
-    ip = netaddr.IPAddress(address)
-    for reserved, what in RESERVED_RANGES:
-        if ip in reserved:
-            raise Invalid(field, f"{address} is in {what}, which is reserved")
-    return address
-
-
-def check_count(items: Sized, field: str, maximum: int = LIST_MAX) -> None:
-    if len(items) > maximum:
-        raise Invalid(field, f"{len(items)} items; at most {maximum}")
-
-
-# Docker's reference grammar (github.com/distribution/reference): [domain/]path[:tag][@digest].
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
-_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[_.]|__|-+)[a-z0-9]+)*"
-_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
-_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-IMAGE_REF_RE = re.compile(rf"^(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?\Z")
-IMAGE_NAME_MAX = 255
-
-
-def check_image_ref(value: str, field: str) -> str:
-    """An image reference as Docker parses it: ``[registry[:port]/]path[:tag][@digest]``."""
-    m = IMAGE_REF_RE.match(value) if isinstance(value, str) else None
-    if m is None:
-        raise Invalid(field, f"{str(value)[:80]!r} is not an image reference such as "
-                      "'alpine:3.19' or 'registry.example:5000/team/app@sha256:...'")
-    if len(m.group("name")) > IMAGE_NAME_MAX:
-        raise Invalid(field, f"the repository name is longer than {IMAGE_NAME_MAX} characters")
-    return value
-
-
-def image_name(ref: str, field: str) -> str:
-    """An image ID (``sha256:<hex>``) as it is, or a reference checked and normalised to
-    ``name:tag`` (the tag ``latest`` by default), as images are recorded."""
-    if _IMAGE_ID.fullmatch(ref):
-        return ref
-    check_image_ref(ref, field)
-    try:
-        return parse_reference(ref)
-    except ValueError as e:
-        raise Invalid(field, str(e)) from None
 
 
 def validate_status(status: ContainerStatus, where: str) -> ContainerStatus:

@@ -36,6 +36,7 @@ import grpc
 
 from sdnctl.api import convert, paths
 from sdnctl.api.client import Client, CommandError, connect, poll_delays
+from sdnctl.api.fields import parse_size
 from sdnctl.api.model import (
     DRIVER_BRIDGE,
     DRIVERS,
@@ -49,7 +50,6 @@ from sdnctl.api.model import (
     USERNS_AUTO,
     USERNS_MODES,
     network_mode,
-    parse_size,
     spans_hosts,
 )
 from sdnctl.cli.output import host_json, network_json, print_table

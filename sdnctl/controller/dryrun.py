@@ -30,8 +30,9 @@ import time
 from collections.abc import Callable, Iterator
 
 from sdnctl.api import convert
+from sdnctl.api.fields import check_count, image_name
 from sdnctl.api.model import Container, Host, Invalid, Network, to_json
-from sdnctl.api.validate import REPORT_MAX, check_count, image_name
+from sdnctl.api.validate import REPORT_MAX
 from sdnctl.controller import images, ipam, keys
 from sdnctl.controller.errors import AlreadyExists, NotFound, SdnError
 from sdnctl.controller.state import State

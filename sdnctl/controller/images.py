@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass
 
 from sdnctl.api import imagefmt
+from sdnctl.api.fields import image_name
 from sdnctl.api.model import Container, Invalid, from_json, to_json
-from sdnctl.api.validate import image_name
 from sdnctl.controller import ipam
 from sdnctl.controller.errors import FailedPrecondition, NotFound
 from sdnctl.controller.keys import CONTAINERS, IMAGES, image_key

@@ -47,8 +47,9 @@ from typing import TypeVar
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
-from sdnctl.api.model import Allocation, Lease, Network, check_name, from_json, to_json
-from sdnctl.api.validate import MAX_HOST_PREFIX, host_prefix_for, validate_cidr
+from sdnctl.api.fields import check_name, validate_cidr
+from sdnctl.api.model import Allocation, Lease, Network, from_json, to_json
+from sdnctl.api.validate import MAX_HOST_PREFIX, host_prefix_for
 from sdnctl.controller.errors import (
     AlreadyExists,
     Conflict,

@@ -16,15 +16,8 @@ from dataclasses import dataclass
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
-from sdnctl.api.model import (
-    Allocation,
-    Container,
-    Lease,
-    Network,
-    check_name,
-    from_json,
-    spans_hosts,
-)
+from sdnctl.api.fields import check_name
+from sdnctl.api.model import Allocation, Container, Lease, Network, from_json, spans_hosts
 from sdnctl.controller import ipam, keys
 from sdnctl.controller.errors import NotFound
 from sdnctl.controller.keys import CONTAINERS, HOSTS, IPAM, NETWORKS, VNIS, network_key, vni_key

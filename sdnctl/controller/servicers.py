@@ -19,14 +19,9 @@ from typing import Any
 import grpc
 
 from sdnctl.api import convert
-from sdnctl.api.model import Container, Host, Invalid, check_name
-from sdnctl.api.validate import (
-    ARG_MAX,
-    REPORT_MAX,
-    check_count,
-    check_ipv4,
-    validate_status,
-)
+from sdnctl.api.fields import check_count, check_ipv4, check_name
+from sdnctl.api.model import Container, Host, Invalid
+from sdnctl.api.validate import ARG_MAX, REPORT_MAX, validate_status
 from sdnctl.controller import dryrun, gc, ipam_report
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import current_identity

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from netaddr import IPAddress, IPNetwork
 
 from sdnctl.api import faults
+from sdnctl.api.fields import check_name, parse_port
 from sdnctl.api.model import (
     DEFAULT_HOST_PREFIX,
     DEFAULT_VXLAN_PORT,
@@ -42,9 +43,7 @@ from sdnctl.api.model import (
     HostStatus,
     Lease,
     Network,
-    check_name,
     from_json,
-    parse_port,
     spans_hosts,
     to_json,
 )

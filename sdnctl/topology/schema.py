@@ -21,7 +21,8 @@ from typing import Any
 
 import jsonschema
 
-from sdnctl.api.model import Invalid, check_name
+from sdnctl.api.fields import check_name
+from sdnctl.api.model import Invalid
 
 SCHEMA_FILE = "topology.schema.json"
 

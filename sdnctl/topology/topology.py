@@ -25,6 +25,7 @@ from typing import Any
 import netaddr
 import yaml
 
+from sdnctl.api.fields import check_ipv4, check_name, parse_size
 from sdnctl.api.model import (
     DEFAULT_HOST_PREFIX,
     DEFAULT_INTERFACE,
@@ -37,11 +38,9 @@ from sdnctl.api.model import (
     Host,
     Invalid,
     Network,
-    check_name,
     network_driver,
-    parse_size,
 )
-from sdnctl.api.validate import check_ipv4, validate_container, validate_host, validate_network
+from sdnctl.api.validate import validate_container, validate_host, validate_network
 from sdnctl.lab.lab import EXTERNAL_IP, EXTERNAL_PREFIXLEN, SEGMENTS
 from sdnctl.topology import schema
 

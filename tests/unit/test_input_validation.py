@@ -10,8 +10,8 @@ import grpc
 import pytest
 from apitest import TIMEOUT, Api, details, rpc_error, unchanged
 
-from sdnctl.api.model import Invalid, check_name, clean_path, parse_port
-from sdnctl.api.validate import check_ifname, check_image_ref
+from sdnctl.api.fields import check_ifname, check_image_ref, check_name, clean_path, parse_port
+from sdnctl.api.model import Invalid
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 

@@ -9,14 +9,8 @@ import pytest
 
 from agent import ocispec
 from agent.runtime import host_mounts
-from sdnctl.api.model import (
-    DEFAULT_CAPABILITIES,
-    Container,
-    Invalid,
-    parse_size,
-    parse_volume,
-    wants_user_ns,
-)
+from sdnctl.api.fields import parse_size, parse_volume
+from sdnctl.api.model import DEFAULT_CAPABILITIES, Container, Invalid, wants_user_ns
 from sdnctl.api.validate import validate_container
 
 

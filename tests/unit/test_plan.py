@@ -24,7 +24,7 @@ from agent.plan import (
     plan,
     restart_pending,
 )
-from sdnctl.api.model import parse_port
+from sdnctl.api.fields import parse_port
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 FRONT = DesiredNetwork(name="front", driver="bridge", subnet="10.88.0.0/24",

@@ -1,0 +1,284 @@
+"""One value of a request or a file: parse it and check it, or raise ``Invalid`` naming the field.
+
+Design note. Three modules share the vocabulary: ``model`` holds the data (frozen dataclasses,
+constants, the domain error ``Invalid``), this module reads and checks ONE field (a name, a
+port mapping, a volume, a size, a CIDR, an address, an interface name, an image reference...),
+and ``validate`` checks one whole object (which fields, which combinations) with these.
+Every function takes the value and ``field``, the path of the field in its document
+(``containers[2].ports[0]``), and returns the value parsed or normalised. Nothing here reads
+other objects or the store.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sized
+
+import netaddr
+
+from sdnctl.api.imagefmt import parse_reference
+from sdnctl.api.model import NAME_MAX, NAME_RE, PROTOCOLS, Invalid, PortMapping, VolumeMount
+
+
+def check_name(value: object, field_name: str) -> str:
+    """Return ``value`` if it is a valid object name, else raise :class:`Invalid`."""
+    if not isinstance(value, str) or not value:
+        raise Invalid(field_name, "expected a non-empty string")
+    if len(value) > NAME_MAX:
+        raise Invalid(field_name, f"{value[:20]!r}... is longer than {NAME_MAX} characters")
+    if not NAME_RE.match(value):
+        raise Invalid(
+            field_name,
+            f"{value!r} is not a valid name (lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit)",
+        )
+    return value
+
+
+def parse_port(spec: str, field: str) -> PortMapping:
+    """Docker's ``[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]``."""
+    if not isinstance(spec, str):
+        raise Invalid(field, "expected a string such as '8080:80' or '127.0.0.1:5353:53/udp'")
+    body, _, protocol = spec.partition("/")
+    protocol = protocol or "tcp"
+    if protocol not in PROTOCOLS:
+        raise Invalid(field, f"unknown protocol {protocol!r}; expected tcp or udp")
+    parts = body.rsplit(":", 2)
+    if len(parts) == 2:
+        host_ip, host_port, container_port = "", parts[0], parts[1]
+    elif len(parts) == 3:
+        host_ip, host_port, container_port = parts
+    else:
+        raise Invalid(field, f"{spec!r} is not [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]")
+    ports = []
+    for text in (host_port, container_port):
+        if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
+            raise Invalid(field, f"{text!r} in {spec!r} is not a port (1-65535)")
+        ports.append(int(text))
+    if host_ip == "0.0.0.0":
+        host_ip = ""
+    if host_ip and (not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,3}){3}", host_ip)
+                    or any(int(octet) > 255 for octet in host_ip.split("."))):
+        raise Invalid(field, f"{host_ip!r} in {spec!r} is not an IPv4 address")
+    return PortMapping(host_ip, ports[0], ports[1], protocol)
+
+
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+PATH_MAX = 4096
+
+
+def clean_path(path: str, field: str) -> str:
+    """An absolute path with no ``..``, ``.`` or empty component, no NUL or control character,
+    at most PATH_MAX bytes: nothing can climb out of the root it is taken under."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise Invalid(field, f"{str(path)[:40]!r} is not an absolute path")
+    if len(path.encode()) > PATH_MAX:
+        raise Invalid(field, f"longer than {PATH_MAX} bytes")
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise Invalid(field, "contains a NUL or control character")
+    parts = path.split("/")[1:]
+    if path != "/" and any(part in ("", ".", "..") for part in parts):
+        raise Invalid(field, f"{path!r} must be a plain absolute path (no '..', '.' or '//')")
+    return path
+
+
+def parse_volume(spec: str, field: str) -> VolumeMount:
+    """Docker's ``NAME:/path[:ro|rw]`` or ``/host/path:/path[:ro|rw]``."""
+    if not isinstance(spec, str) or spec.count(":") not in (1, 2):
+        raise Invalid(field, f"{spec!r} is not NAME:/path[:ro] or /host/path:/path[:ro]")
+    source, target, *mode = spec.split(":")
+    if mode and mode[0] not in ("ro", "rw"):
+        raise Invalid(field, f"unknown volume mode {mode[0]!r} in {spec!r}; expected ro or rw")
+    if source.startswith("/"):
+        clean_path(source, field)
+    elif not _VOLUME_NAME.fullmatch(source):
+        raise Invalid(field, f"volume name {source!r} must be 1-64 of A-Z a-z 0-9 _ . - "
+                      "(a host path must be absolute)")
+    clean_path(target, field)
+    if target == "/":
+        raise Invalid(field, f"{spec!r}: a volume cannot replace the container's root")
+    return VolumeMount(source, target, bool(mode) and mode[0] == "ro")
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.I)
+
+
+def parse_size(value: object, field: str) -> int:
+    """Bytes from ``64m``, ``1.5g``, ``512k``, ``1048576`` (Docker's units: powers of 1024)."""
+    if isinstance(value, bool):
+        raise Invalid(field, f"{value!r} is not a size such as 64m or 1g")
+    if isinstance(value, int):
+        return value
+    match = _SIZE.fullmatch(str(value).strip())
+    if not match:
+        raise Invalid(field, f"{value!r} is not a size such as 64m or 1g")
+    power = " kmgt".index(match.group(2).lower() or " ")
+    return int(float(match.group(1)) * (1024 ** power))
+
+
+_IPV4_CIDR = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}\Z")
+
+
+def validate_cidr(value: object, field: str) -> netaddr.IPNetwork:
+    """Parse an IPv4 network CIDR such as ``10.88.0.0/16``, or raise :class:`Invalid`."""
+    if not isinstance(value, str):
+        raise Invalid(field, f"expected a CIDR string such as 10.88.0.0/16, got {value!r}")
+    try:
+        net = netaddr.IPNetwork(value)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise Invalid(field, f"{value!r} is not a CIDR such as 10.88.0.0/16") from None
+    if net.version != 4:
+        raise Invalid(field, f"{value!r}: only IPv4 networks are supported")
+    if not _IPV4_CIDR.match(value):
+        raise Invalid(field, f"{value!r} is not a CIDR such as 10.88.0.0/16")
+    if net.ip != net.network:
+        raise Invalid(field, f"{value} has host bits set; did you mean {net.cidr}?")
+    return net
+
+
+IFNAMSIZ = 15
+
+
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]+\Z")
+
+
+def check_ipv4(value: str, field: str) -> str:
+    if not isinstance(value, str):
+        raise Invalid(field, f"{value!r} is not an IPv4 address")
+    try:
+        address = netaddr.IPAddress(value, version=4)
+    except (netaddr.AddrFormatError, ValueError, TypeError) as e:
+        raise Invalid(field, f"{value!r} is not an IPv4 address") from e
+    return str(address)
+
+
+def check_ifname(value: str, field: str) -> str:
+    """An interface name the kernel takes: 1-15 bytes of letters, digits, ``_ . -``; not
+    ``.``, ``..`` or ``lo`` (every namespace has one)."""
+    if (not isinstance(value, str) or not value or len(value.encode()) > IFNAMSIZ
+            or not IFNAME_RE.match(value) or value in (".", "..", "lo")):
+        raise Invalid(field, f"{value!r} is not a valid interface name (1-{IFNAMSIZ} bytes of "
+                      "letters, digits, '_', '.', '-'; not 'lo')")
+    return value
+
+
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+
+
+URL_MAX = 256
+
+
+def check_http_url(value: str, field: str) -> str:
+    """An ``http://host:port/path`` URL, printable, at most :data:`URL_MAX` characters."""
+    if len(value) > URL_MAX or not value.isprintable() or " " in value \
+            or not value.startswith("http://") or len(value) <= len("http://"):
+        raise Invalid(field, f"{value[:80]!r} is not an http:// URL of at most {URL_MAX} "
+                      "characters")
+    return value
+
+
+def check_unicast_mac(value: str, field: str) -> str:
+    """A unicast Ethernet address written ``aa:bb:cc:dd:ee:ff`` (lower-case)."""
+    if not isinstance(value, str) or not MAC_RE.match(value):
+        raise Invalid(field, f"{value!r} is not a MAC address such as 0a:58:0a:00:00:01 "
+                      "(lower-case)")
+    if int(value[:2], 16) & 1:
+        raise Invalid(field, f"{value} is a multicast address; a VTEP needs a unicast one")
+    if value == "00:00:00:00:00:00":
+        raise Invalid(field, "00:00:00:00:00:00 is not a usable MAC address")
+    return value
+
+
+#: Ranges no network, and no host's underlay address, may touch.
+RESERVED_RANGES = (
+    (netaddr.IPNetwork("0.0.0.0/8"), "'this network' (0/8)"),
+    (netaddr.IPNetwork("127.0.0.0/8"), "loopback (127/8)"),
+    (netaddr.IPNetwork("169.254.0.0/16"), "link-local (169.254/16)"),
+    (netaddr.IPNetwork("224.0.0.0/4"), "multicast (224/4)"),
+    (netaddr.IPNetwork("240.0.0.0/4"), "reserved (240/4, broadcast)"),
+)
+
+
+#: A network's subnet is at least this long a prefix (a /7 would take half of 0/1...).
+POOL_PREFIX_MIN = 8
+
+
+def check_pool(subnet: netaddr.IPNetwork, field: str) -> netaddr.IPNetwork:
+    """A network's subnet: a prefix of at least ``POOL_PREFIX_MIN`` bits, clear of every
+    reserved range (host bits and the maximum prefix are checked by ``validate_cidr`` and
+    ``host_prefix_for``)."""
+    if subnet.prefixlen < POOL_PREFIX_MIN:
+        raise Invalid(field, f"{subnet} is too large: at most a /{POOL_PREFIX_MIN}")
+    for reserved, what in RESERVED_RANGES:
+        if subnet.first <= reserved.last and reserved.first <= subnet.last:
+            raise Invalid(field, f"{subnet} overlaps {what}, which is reserved")
+    return subnet
+
+
+def check_not_reserved(address: str, field: str) -> str:
+    ip = netaddr.IPAddress(address)
+    for reserved, what in RESERVED_RANGES:
+        if ip in reserved:
+            raise Invalid(field, f"{address} is in {what}, which is reserved")
+    return address
+
+
+LIST_MAX = 64  # ports, allow, share, capabilities, reported containers (per item kind)
+
+
+def check_count(items: Sized, field: str, maximum: int = LIST_MAX) -> None:
+    if len(items) > maximum:
+        raise Invalid(field, f"{len(items)} items; at most {maximum}")
+
+
+# Docker's reference grammar (github.com/distribution/reference): [domain/]path[:tag][@digest].
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+
+
+_DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
+
+
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[_.]|__|-+)[a-z0-9]+)*"
+
+
+_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+
+
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+
+
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+
+
+IMAGE_REF_RE = re.compile(rf"^(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?\Z")
+
+
+IMAGE_NAME_MAX = 255
+
+
+def check_image_ref(value: str, field: str) -> str:
+    """An image reference as Docker parses it: ``[registry[:port]/]path[:tag][@digest]``."""
+    m = IMAGE_REF_RE.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise Invalid(field, f"{str(value)[:80]!r} is not an image reference such as "
+                      "'alpine:3.19' or 'registry.example:5000/team/app@sha256:...'")
+    if len(m.group("name")) > IMAGE_NAME_MAX:
+        raise Invalid(field, f"the repository name is longer than {IMAGE_NAME_MAX} characters")
+    return value
+
+
+IMAGE_ID_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def image_name(ref: str, field: str) -> str:
+    """An image ID (``sha256:<hex>``) as it is, or a reference checked and normalised to
+    ``name:tag`` (the tag ``latest`` by default), as images are recorded."""
+    if IMAGE_ID_RE.fullmatch(ref):
+        return ref
+    check_image_ref(ref, field)
+    try:
+        return parse_reference(ref)
+    except ValueError as e:
+        raise Invalid(field, str(e)) from None
