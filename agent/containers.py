@@ -35,9 +35,9 @@ from agent import dns, layout, ocispec
 from agent import plan as p
 from agent.desired import DesiredContainer, DesiredNetwork, DesiredState
 from agent.imagestore import ImageStore
-from agent.kernel import cgroups, conntrack, netns, procfs, procs, sysctl
+from agent.kernel import cgroups, conntrack, netns, procs, sysctl
 from agent.kernel.links import ObservedContainerNet
-from agent.kernel.seams import LinkOps
+from agent.kernel.seams import CgroupOps, LinkOps, ProcessOps, SandboxOps
 from agent.layout import default_cgroup_parent
 from agent.modes import MODES
 from agent.names import bridge_name, container_mac, veth_alias, veth_name
@@ -63,7 +63,8 @@ log = logging.getLogger("sdnctl.agent")
 
 class Containers:
     """The container side of a pass. Use it from the reconciler's thread only (its netlink
-    sockets, through ``links``, are per thread).
+    sockets, through ``links``, are per thread). ``sandboxes``, ``processes`` and ``cgroups``
+    are the kernel seams it goes through (agent.kernel.seams; the real modules by default).
 
     ``host_netns`` is the path reported for containers in the host's network namespace (open
     mode); the agent's own namespace is the host's.
@@ -72,9 +73,13 @@ class Containers:
     def __init__(self, run_dir: str, links: LinkOps, stop_grace: float = 1.0,
                  host_netns: str = "", runtime: Runtime | None = None,
                  images: ImageStore | None = None, cgroup_parent: str = "",
-                 userns_supported: bool | None = None) -> None:
+                 userns_supported: bool | None = None, sandboxes: SandboxOps = netns,
+                 processes: ProcessOps = procs, cgroups: CgroupOps = cgroups) -> None:
         self.run_dir = run_dir
         self.links = links
+        self.sandboxes = sandboxes
+        self.processes = processes
+        self.cgroups = cgroups
         self.stop_grace = stop_grace
         self.host_netns = host_netns or f"/proc/{os.getpid()}/ns/net"
         # Containers get user namespaces by default where the host has them (user_ns "auto").
@@ -141,7 +146,7 @@ class Containers:
         found = {name: self._observe_container(name, want, nets.get(self.netns_path(name)))
                  for name, want in wanted.items() if name not in attached}
         for name, ctr in attached.items():
-            found[name] = p.ContainerState(netns=netns.is_netns(ctr.cni_netns),
+            found[name] = p.ContainerState(netns=self.sandboxes.is_netns(ctr.cni_netns),
                                            net=nets.get(ctr.cni_netns), started=False,
                                            running=False, spec="")
         return found
@@ -149,7 +154,7 @@ class Containers:
     def _observe_container(self, name: str, want: DesiredContainer | None,
                            net: ObservedContainerNet | None) -> p.ContainerState:
         paths = self.sandbox(name)
-        has_sandbox = all(netns.is_netns(path) for path in paths.values())
+        has_sandbox = all(self.sandboxes.is_netns(path) for path in paths.values())
         pidfile = self._file(name, "pid")
         info = procs.read_pidfile(pidfile)
         running = False
@@ -158,11 +163,11 @@ class Containers:
             if want is None and not os.path.exists(self.netns_path(name)):
                 # To be removed, not reported, and with no sandbox of its own (it joined
                 # another's): whether it runs decides only that its removal stops it first.
-                running = procfs.is_running(info.pid, info.start_time)
+                running = self.processes.is_running(info.pid, info.start_time)
             else:
                 # Running (and its PID reported) only when it is in all of its namespaces: a
                 # process whose donor's namespace is gone, or that is not in it yet, is not.
-                running = procs.is_alive(info, self.process_namespaces(want, name))
+                running = self.processes.is_alive(info, self.process_namespaces(want, name))
             if not running:
                 exit_code = self._exit_code(name, info)
         return p.ContainerState(netns=has_sandbox, net=net, started=info is not None,
@@ -173,7 +178,7 @@ class Containers:
     def _exit_code(self, name: str, info: procs.ProcInfo) -> int | None:
         """How the process of ``info`` ended: reaped now, or as recorded when it was."""
         path = self._file(name, "exit")
-        code = procs.reap(info)
+        code = self.processes.reap(info)
         if code is not None:
             procs.write_atomic(path, f"{info.pid} {info.start_time} {code}\n")
             return code
@@ -200,7 +205,7 @@ class Containers:
         infos = [info for info in (procs.read_pidfile(self._file(n, "pid")) for n in names)
                  if info is not None]
         try:
-            procs.stop_all(infos, self.stop_grace)
+            self.processes.stop_all(infos, self.stop_grace)
         except Exception as e:  # each action's own stop retries and reports it
             log.warning("could not stop processes: %s", e)
 
@@ -213,7 +218,7 @@ class Containers:
                 self._stop(ctr.name)
             if action.drop_sandbox:
                 self._drop_sandbox(ctr.name)
-            if action.netns and netns.create_sandbox(paths, ctr.name):
+            if action.netns and self.sandboxes.create_sandbox(paths, ctr.name):
                 undo.callback(self._drop_sandbox, ctr.name)
                 faults.point("namespace")
             if action.attach and net is not None:
@@ -246,7 +251,7 @@ class Containers:
         self.runtime.delete(ctr.name)  # the record of an earlier run, if any
         bundle = os.path.join(self.bundle_dir, ctr.name)
         undo.callback(shutil.rmtree, bundle, ignore_errors=True)
-        undo.callback(cgroups.remove, self.cgroup_path(ctr.name))
+        undo.callback(self.cgroups.remove, self.cgroup_path(ctr.name))
         if not os.path.exists(self.images.container_dir(ctr.name)):
             undo.callback(self.images.remove_container, ctr.name)
         os.makedirs(os.path.join(bundle, "rootfs"), mode=0o755, exist_ok=True)
@@ -313,16 +318,16 @@ class Containers:
     def _reap_failed_start(self, name: str, info: procs.ProcInfo) -> None:
         """Undo a start whose later steps failed: the process (our child) and its record."""
         self.runtime.delete(name)  # --force: kills the process
-        procs.stop(info, self.stop_grace)
-        procs.reap(info)
+        self.processes.stop(info, self.stop_grace)
+        self.processes.reap(info)
 
     def cgroup_path(self, name: str) -> str:
         return f"{self.cgroup_parent}/{name}"
 
     def _stop(self, name: str) -> None:
         info = procs.read_pidfile(self._file(name, "pid"))
-        if info is not None and procfs.is_running(info.pid, info.start_time):
-            procs.stop(info, self.stop_grace)
+        if info is not None and self.processes.is_running(info.pid, info.start_time):
+            self.processes.stop(info, self.stop_grace)
         if info is not None:
             self._exit_code(name, info)  # reap it, and keep its code
         self.runtime.delete(name)
@@ -331,7 +336,7 @@ class Containers:
         paths = self.sandbox(name)
         self.links.forget_netns(paths["net"])
         for path in paths.values():
-            netns.remove_netns(path)
+            self.sandboxes.remove_netns(path)
 
     def remove(self, name: str, stop: bool, addresses: tuple[str, ...] = ()) -> None:
         """Stop the process, drop the sandbox (its veth pair goes with it), forget the files."""
@@ -341,7 +346,7 @@ class Containers:
                  lambda: flush_addresses(addresses),
                  lambda: shutil.rmtree(os.path.join(self.bundle_dir, name), ignore_errors=True),
                  lambda: self.images.remove_container(name),
-                 lambda: cgroups.remove(self.cgroup_path(name)),
+                 lambda: self.cgroups.remove(self.cgroup_path(name)),
                  lambda: self._remove_files(name)]
         for step in steps:
             try:

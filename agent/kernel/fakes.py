@@ -7,10 +7,13 @@ nothing a kernel would refuse: behaviour against the real kernel is what the net
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from agent.kernel.procs import ProcInfo
 from agent.nftrules import SpecLike, fingerprint
 from agent.observed import (
     ObservedContainerNet,
@@ -148,3 +151,66 @@ class FakeRuntime:
 
     def exec_argv(self, cid: str, argv: Sequence[str], tty: bool = False) -> list[str]:
         return ["false"]
+
+
+@dataclass
+class FakeSandboxes:
+    """Pinned namespaces as empty files at their paths (so the agent's directory listings find
+    them, as they find the real bind mounts), remembered as namespaces."""
+
+    pinned: set[str] = field(default_factory=set)
+
+    def is_netns(self, path: str) -> bool:
+        return path in self.pinned
+
+    def create_sandbox(self, paths: dict[str, str], hostname: str) -> list[str]:
+        made = [path for path in paths.values() if path not in self.pinned]
+        for path in made:
+            with open(path, "w"):
+                pass
+            self.pinned.add(path)
+        return made
+
+    def remove_netns(self, path: str) -> bool:
+        if path not in self.pinned:
+            return False
+        self.pinned.discard(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return True
+
+
+@dataclass
+class FakeProcesses:
+    """Processes as a ``FakeRuntime`` started them: one runs while the runtime holds its PID;
+    a stopped one has exit code 143 (SIGTERM) until it is reaped."""
+
+    runtime: FakeRuntime
+    exited: dict[int, int] = field(default_factory=dict)  # PID -> exit code, until reaped
+
+    def is_running(self, pid: int, start_time: int | None = None) -> bool:
+        return pid in self.runtime.running.values()
+
+    def is_alive(self, info: ProcInfo, namespaces: str | Mapping[str, str]) -> bool:
+        return self.is_running(info.pid)
+
+    def stop(self, info: ProcInfo, grace: float = 1.0) -> None:
+        self.stop_all([info], grace)
+
+    def stop_all(self, infos: Sequence[ProcInfo], grace: float = 1.0) -> None:
+        for info in infos:
+            for cid, pid in list(self.runtime.running.items()):
+                if pid == info.pid:
+                    del self.runtime.running[cid]
+                    self.exited[pid] = 143
+
+    def reap(self, info: ProcInfo) -> int | None:
+        return self.exited.pop(info.pid, None)
+
+
+@dataclass
+class FakeCgroups:
+    removed: list[str] = field(default_factory=list)
+
+    def remove(self, path: str, keep_parents_of: str = "/") -> None:
+        self.removed.append(path)

@@ -40,6 +40,11 @@ def read_pidfile(path: str) -> ProcInfo | None:
     return ProcInfo(pid, start_time)
 
 
+def is_running(pid: int, start_time: int | None = None) -> bool:
+    """``pid`` runs (a zombie is dead) and, when given, started at ``start_time``."""
+    return procfs.is_running(pid, start_time)
+
+
 def _is_running(info: ProcInfo) -> bool:
     """Same process (PID and start time) and not a zombie awaiting its reaper."""
     return procfs.is_running(info.pid, info.start_time)

@@ -1,4 +1,4 @@
-"""The kernel as the reconciler sees it: two small Protocols, a real and a fake side each.
+"""The kernel as the reconciler sees it: small Protocols, a real and a fake side each.
 
 Design note. The reconciler applies its plan through exactly these calls. ``Links``
 (``kernel/links.py``: bridges and veths; ``kernel/vxlan.py``: VXLAN devices and their peer
@@ -6,13 +6,20 @@ entries; both over rtnetlink on ``kernel/linkbase.py``) and ``Firewall``
 (``kernel/firewall.py``: our nftables tables) implement them against the kernel;
 ``kernel/fakes.py`` implements them in memory for unit tests, which then need neither root nor
 a ``None`` where a kernel object belongs. mypy checks both sides against these.
+
+The container side (agent.containers) goes through three more: ``SandboxOps`` (pinned
+namespaces; ``kernel/netns.py``), ``ProcessOps`` (container processes: alive, stopped, reaped;
+``kernel/procs.py``) and ``CgroupOps`` (``kernel/cgroups.py``). Their real side is the module
+itself (a module satisfies a Protocol of functions), their fakes are in ``kernel/fakes.py``.
+Pidfiles and the agent's other small files are plain file I/O, not a seam.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from agent.kernel.procs import ProcInfo
 from agent.nftrules import SpecLike
 from agent.observed import (
     ObservedContainerNet,
@@ -66,3 +73,27 @@ class FirewallOps(Protocol):
     def apply(self, spec: SpecLike) -> bool: ...
 
     def remove(self) -> None: ...
+
+
+class SandboxOps(Protocol):
+    def is_netns(self, path: str) -> bool: ...
+
+    def create_sandbox(self, paths: dict[str, str], hostname: str) -> list[str]: ...
+
+    def remove_netns(self, path: str) -> bool: ...
+
+
+class ProcessOps(Protocol):
+    def is_running(self, pid: int, start_time: int | None = None) -> bool: ...
+
+    def is_alive(self, info: ProcInfo, namespaces: str | Mapping[str, str]) -> bool: ...
+
+    def stop(self, info: ProcInfo, grace: float = 1.0) -> None: ...
+
+    def stop_all(self, infos: Sequence[ProcInfo], grace: float = 1.0) -> None: ...
+
+    def reap(self, info: ProcInfo) -> int | None: ...
+
+
+class CgroupOps(Protocol):
+    def remove(self, path: str, keep_parents_of: str = "/") -> None: ...
