@@ -12,6 +12,7 @@ PID 1 of a PID namespace gets no signal from outside that it has no handler for,
 from __future__ import annotations
 
 import os
+import select
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,7 @@ from agent.kernel import procfs
 from agent.kernel.errors import KernelError
 from agent.kernel.netns import netns_inode
 
-POLL_INTERVAL = 0.01
+KILL_WAIT = 5.0  # seconds to wait for a process after SIGKILL
 
 
 @dataclass(frozen=True)
@@ -69,24 +70,43 @@ def is_alive(info: ProcInfo, namespaces: str | Mapping[str, str]) -> bool:
     return _is_running(info)  # re-check: the PID may have changed hands meanwhile
 
 
-def _signal(info: ProcInfo, sig: int) -> bool:
-    """Send ``sig`` if the process is still ours; False when it is gone."""
-    if not _is_running(info):
-        return False
+def _pidfd(info: ProcInfo) -> int | None:
+    """A pidfd of the process of ``info``, or None when it is gone or its PID is another's now.
+    Signals through it never hit a process that took the PID over later."""
     try:
-        os.kill(info.pid, sig)
+        fd = os.pidfd_open(info.pid)
+    except ProcessLookupError:
+        return None
+    if not _is_running(info):  # checked after opening: the fd holds this very process
+        os.close(fd)
+        return None
+    return fd
+
+
+def _send(fd: int, sig: int) -> bool:
+    try:
+        signal.pidfd_send_signal(fd, sig)
     except ProcessLookupError:
         return False
     return True
 
 
-def _wait_gone(info: ProcInfo, timeout: float) -> bool:
+def _wait_exits(fds: dict[int, ProcInfo], timeout: float) -> dict[int, ProcInfo]:
+    """Wait up to ``timeout`` seconds for the processes behind ``fds`` to exit (a zombie has);
+    the ones still running."""
+    left = dict(fds)
+    poller = select.poll()
+    for fd in left:
+        poller.register(fd, select.POLLIN)
     deadline = time.monotonic() + timeout
-    while _is_running(info):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(POLL_INTERVAL)
-    return True
+    while left:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        for fd, _ in poller.poll(int(remaining * 1000) + 1):
+            poller.unregister(fd)
+            left.pop(fd, None)
+    return left
 
 
 def stop(info: ProcInfo, grace: float = 1.0) -> None:
@@ -95,16 +115,19 @@ def stop(info: ProcInfo, grace: float = 1.0) -> None:
 
 
 def stop_all(infos: Sequence[ProcInfo], grace: float = 1.0) -> None:
-    """Stop several processes at once: one grace period for all, not one each."""
-    alive = [info for info in infos if _signal(info, signal.SIGTERM)]
-    deadline = time.monotonic() + grace
-    while alive and time.monotonic() < deadline:
-        time.sleep(POLL_INTERVAL)
-        alive = [info for info in alive if _is_running(info)]
-    alive = [info for info in alive if _signal(info, signal.SIGKILL)]
-    stuck = [info.pid for info in alive if not _wait_gone(info, 5.0)]
-    if stuck:
-        raise KernelError(f"could not stop processes {stuck}: still running after SIGKILL")
+    """Stop several processes at once: SIGTERM to all, one grace period for all, SIGKILL to
+    the rest, waited on through pidfds (no polling, no reused PID ever signalled)."""
+    fds = {fd: info for info in infos if (fd := _pidfd(info)) is not None}
+    try:
+        alive = _wait_exits({fd: i for fd, i in fds.items() if _send(fd, signal.SIGTERM)}, grace)
+        alive = _wait_exits({fd: i for fd, i in alive.items() if _send(fd, signal.SIGKILL)},
+                            KILL_WAIT)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    if alive:
+        raise KernelError(f"could not stop processes {sorted(i.pid for i in alive.values())}: "
+                          "still running after SIGKILL")
 
 
 def reap(info: ProcInfo) -> int | None:

@@ -59,9 +59,7 @@ import hashlib
 import ipaddress
 import os
 import re
-import select
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -71,7 +69,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.kernel import iproute, procfs
+from agent.kernel import iproute, procfs, procs
+from agent.kernel.errors import KernelError
 from agent.kernel.linkbase import delete_link, get_link
 from agent.kernel.netns import (
     NETNS_RUN_DIR,
@@ -124,7 +123,6 @@ UPLINK_DEV = "ext0"  # in <prefix>ul, peer of EXTERNAL_DEV
 PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
 SPAWN_TIMEOUT = 5.0  # seconds for nsenter to enter the namespace and exec
-KILL_WAIT = 5.0  # seconds to wait for a process after SIGKILL
 
 
 class LabError(RuntimeError):
@@ -491,46 +489,25 @@ def process_alive(pid: int, start_time: int | None = None) -> bool:
 
 
 def stop_process(pid: int, grace: float = 3.0, *, start_time: int | None = None) -> None:
-    """SIGTERM, up to ``grace`` seconds, then SIGKILL. Already gone is success.
-
-    Signals go through a pidfd, so a PID reused between the check and the signal is never hit;
-    with ``start_time``, a PID now held by another process is treated as gone.
-    """
+    """SIGTERM, up to ``grace`` seconds, then SIGKILL (the agent's ``procs.stop``, through a
+    pidfd). Already gone is success; with ``start_time``, a PID now held by another process is
+    treated as gone."""
     if pid <= 0:
         raise ValueError(f"invalid pid {pid}")
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        _reap(pid)
-        return
-    try:
-        if start_time is not None and process_start_time(pid) != start_time:
-            return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, KILL_WAIT)):
-            try:
-                signal.pidfd_send_signal(pidfd, sig)
-            except ProcessLookupError:
-                break
-            if _wait_exit(pidfd, wait):
-                break
-        else:
-            raise LabError(f"could not stop process {pid}: it survived SIGKILL")
-    finally:
-        os.close(pidfd)
+    started = start_time if start_time is not None else procfs.start_time(pid)
+    if started is not None:
+        try:
+            procs.stop(procs.ProcInfo(pid, started), grace)
+        except KernelError as e:
+            raise LabError(f"could not stop process {pid}: it survived SIGKILL") from e
     _reap(pid)
-
-
-def _wait_exit(pidfd: int, timeout: float) -> bool:
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(max(0, int(timeout * 1000))))
 
 
 def _reap(pid: int) -> None:
     proc = _children.pop(pid, None)
     if proc is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=KILL_WAIT)
+            proc.wait(timeout=procs.KILL_WAIT)
         return
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
