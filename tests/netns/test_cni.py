@@ -262,6 +262,17 @@ def test_two_hosts_talk_across_the_overlay(env: Env, sandbox: Any) -> None:
             ip_a.split(".")[2] != ip_b.split(".")[2], "both hosts gave one lease"
         assert wait_for("ping across the overlay", lambda: ping(a, ip_b)), (ip_a, ip_b)
         assert ping(b, ip_a)
+        # `sdnctl check` takes the attachments on the topology's hosts and networks in: each
+        # probed from its runtime's namespace, to the other and to the outside world
+        done = env.cli.run("check", str(env.topology), "--json", check=False)
+        probes = {(p["from"], p["to"]): p for p in json.loads(done.stdout)["probes"]}
+        names = {a["owner"]: a["name"] for a in env.attachments()}
+        one_name, two_name = names["cni:ctr-a"], names["cni:ctr-b"]
+        assert set(probes) == {(one_name, two_name), (two_name, one_name),
+                               (one_name, "external"), (two_name, "external")}, probes
+        assert probes[(one_name, two_name)]["address"] == ip_b
+        assert all(p["match"] and p["measured"] == "open" for p in probes.values()), probes
+        assert done.returncode == 0, done.stderr
     finally:
         env.driver("h1").call(conf(), "DEL", container_id="ctr-a", netns=a)
         env.driver("h2").call(conf(), "DEL", container_id="ctr-b", netns=b)

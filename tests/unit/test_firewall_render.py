@@ -463,7 +463,8 @@ def test_bridged_flows_add_up_both_directions_from_the_end_that_spoke_first() ->
 
     items = [
         nft_set("flows", element("10.1.0.3", "10.1.0.2", "tcp", 5),
-                element("10.1.0.2", "10.1.0.3", "tcp", 4), element("10.1.0.9", "10.1.0.4", "udp", 1)),
+                element("10.1.0.2", "10.1.0.3", "tcp", 4),
+                element("10.1.0.9", "10.1.0.4", "udp", 1)),
         nft_set("opened", element("10.1.0.3", "10.1.0.2", "tcp")),
         nft_set("flows", element("10.9.0.1", "10.9.0.2", "icmp", 7), table="other"),
         {"rule": {"family": "bridge", "table": "sdnctl", "comment": "x"}},
