@@ -16,7 +16,8 @@ its owner the runtime's container ID. Who does what:
   into the namespace, address, route, the firewall's guards); answer the CNI result. Anything
   failing half-way is rolled back: the record is dropped and the reconciler removes the veth.
 - ``DEL``: ``HostSync.Detach`` (unknown: fine), then wait until the reconciler removed the veth.
-- ``CHECK``: the record, the interface, its address and default route against ``prevResult``.
+- ``CHECK``: the record, the interface, its address and default route against ``prevResult``;
+  published ports against ``runtimeConfig.portMappings`` and their DNAT rules.
 - ``STATUS``: whether this agent is connected to a controller; ``GC``: detach this network's
   attachments that are not in ``cni.dev/valid-attachments``.
 - A namespace that disappeared without a DEL (the runtime forgot it) is detached here, when the
@@ -41,10 +42,11 @@ import grpc
 
 from agent.desired import DesiredContainer, DesiredState
 from agent.kernel import netns
+from agent.kernel.firewall import published_port_comments
 from agent.kernel.links import KernelError, peek_interface
 from agent.names import container_mac, veth_name
 from sdnctl.api.fields import check_name
-from sdnctl.api.model import STATE_ERROR, STATE_RUNNING, ContainerStatus, Invalid
+from sdnctl.api.model import STATE_ERROR, STATE_RUNNING, ContainerStatus, Invalid, PortMapping
 from sdnctl.cni.plugin import (
     ERR_CONFIG,
     ERR_ENV,
@@ -118,6 +120,7 @@ class AgentSide:
     desired: Callable[[], DesiredState]  # a consistent copy
     connected: Callable[[], bool]  # a Watch stream is open
     realised: Realised
+    resolver: bool = False  # the agent answers DNS on each bridge's gateway (agent/dns.py)
 
 
 class CniService:
@@ -255,9 +258,10 @@ class CniService:
             # The same container and interface in a new namespace, and the old one gone without
             # a DEL (a runtime restarted it): that attachment is over.
             self._detach(name, wait=True)
+        args = str(request.get("args") or "")
         spec = pb.Container(name=name, host=self.side.host, network=network, interface=ifname,
-                            fixed_ip=requested_ip(conf, str(request.get("args") or "")),
-                            ports=port_mappings(conf),
+                            fixed_ip=requested_ip(conf, args), ports=port_mappings(conf),
+                            aliases=requested_aliases(conf, network, args),
                             cni=pb.CniOwner(container_id=container_id, netns=path))
         if requested_mac(conf, str(request.get("args") or "")):
             raise CniError(ERR_UNSUPPORTED_FIELD, "mac: sdnctl derives each container's MAC "
@@ -312,8 +316,14 @@ class CniService:
                               "gateway": view.gateway, "interface": 1}
         if version == "0.4.0":
             ip["version"] = "4"
+        dns: dict[str, Any] = {}
+        if self.side.resolver:  # the agent's resolver: names of the network, then upstream
+            dns["nameservers"] = [view.gateway]
+            if net is not None and net.dns_domain:
+                dns["domain"] = net.dns_domain
+                dns["search"] = [net.dns_domain]
         return {"cniVersion": version, "interfaces": interfaces, "ips": [ip],
-                "routes": [{"dst": "0.0.0.0/0", "gw": view.gateway}], "dns": {}}
+                "routes": [{"dst": "0.0.0.0/0", "gw": view.gateway}], "dns": dns}
 
     def delete(self, request: dict[str, Any]) -> None:
         name = attachment_name(str(request.get("containerID") or ""),
@@ -352,6 +362,9 @@ class CniService:
             raise CniError(ERR_CONFIG, f"attachment {name} is on network {ctr.target!r}, "
                            f"not {network!r}")
         problems = check_attachment(ctr, path, conf.get("prevResult"))
+        net = self.side.desired().networks.get(ctr.target)
+        if net is not None and not net.internal:  # (an internal network publishes nothing)
+            problems += check_ports(ctr, conf, published_port_comments())
         if problems:
             raise CniError(ERR_INTERNAL, f"CHECK of {ifname} in {path}: " + "; ".join(problems))
 
@@ -414,6 +427,26 @@ def check_attachment(ctr: DesiredContainer, path: str, prev: object) -> list[str
     return problems
 
 
+def _port_text(p: PortMapping) -> str:
+    return f"{p.host_ip + ':' if p.host_ip else ''}{p.host_port}:{p.container_port}/{p.protocol}"
+
+
+def check_ports(ctr: DesiredContainer, conf: dict[str, Any], rules: set[str]) -> list[str]:
+    """Published ports: the record's against ``runtimeConfig.portMappings`` (when the runtime
+    passed them: capability ``portMappings``), and each one's DNAT rule against ``rules`` (the
+    comments of our output chain's rules)."""
+    problems = []
+    have = sorted(_port_text(p) for p in ctr.ports)
+    if "portMappings" in (conf.get("runtimeConfig") or {}):
+        wanted = sorted(port_mappings(conf))
+        if wanted != have:
+            problems.append(f"published ports {have}, expected {wanted}")
+    for p in ctr.ports:
+        if f"sdnctl:ctr/{ctr.name}/port/{p.protocol}/{p.host_port}" not in rules:
+            problems.append(f"published port {_port_text(p)} has no DNAT rule")
+    return problems
+
+
 def _cni_args(args: str) -> dict[str, str]:
     """``CNI_ARGS``: ``K=V;K=V``."""
     return dict(part.split("=", 1) for part in args.split(";") if "=" in part)
@@ -428,6 +461,41 @@ def requested_ip(conf: dict[str, Any], args: str) -> str:
         if isinstance(ips, list) and ips:
             return str(ips[0]).split("/")[0]
     return _cni_args(args).get("IP", "").split("/")[0]
+
+
+def requested_aliases(conf: dict[str, Any], network: str, args: str) -> list[str]:
+    """DNS names of the attachment on its network, beside its own: ``runtimeConfig.aliases``
+    (capability ``aliases``: network name -> names, as Podman passes them; the CNI network's
+    ``name`` or the sdnctl network's), ``args.cni.aliases``, and the container's name that
+    Podman and Kubernetes pass in ``CNI_ARGS`` (``K8S_POD_NAME``) when it is a valid name.
+    An invalid alias asked for explicitly is a configuration error (7)."""
+    runtime = (conf.get("runtimeConfig") or {}).get("aliases") or {}
+    cni_args = (conf.get("args") or {}).get("cni") or {}
+    if not isinstance(runtime, dict):
+        raise CniError(ERR_CONFIG, "runtimeConfig.aliases: expected an object (network name -> "
+                       "list of names)")
+    asked: list[tuple[str, object]] = []
+    for key in dict.fromkeys((str(conf.get("name") or ""), network)):
+        names = runtime.get(key) or []
+        asked += [(f"runtimeConfig.aliases.{key}[{i}]", n)
+                  for i, n in enumerate(names if isinstance(names, list) else [names])]
+    extra = cni_args.get("aliases") or []
+    asked += [(f"args.cni.aliases[{i}]", n)
+              for i, n in enumerate(extra if isinstance(extra, list) else [extra])]
+    aliases = []
+    for where, name in asked:
+        try:
+            check_name(name if isinstance(name, str) else "", where)
+        except Invalid as e:
+            raise CniError(ERR_CONFIG, str(e)) from None
+        aliases.append(str(name))
+    pod = _cni_args(args).get("K8S_POD_NAME", "")
+    try:
+        check_name(pod, "K8S_POD_NAME")
+        aliases.append(pod)
+    except Invalid:
+        pass  # a name DNS cannot carry: the attachment keeps its own only
+    return list(dict.fromkeys(aliases))
 
 
 def requested_mac(conf: dict[str, Any], args: str) -> str:

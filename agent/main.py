@@ -198,7 +198,7 @@ class Agent:
         self.cni = CniService(AgentSide(
             host=args.host, controllers=self.addresses, sync=lambda: self.sync,
             desired=self._desired_copy, connected=lambda: self.watching,
-            realised=self.realised),
+            realised=self.realised, resolver=bool(getattr(args, "dns_port", 0))),
             address if address.startswith("/") else "\0" + address.lstrip("@")) \
             if address else None
         self.metrics = AgentMetrics()

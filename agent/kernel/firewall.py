@@ -35,6 +35,7 @@ from agent.nftrules import (
     FAMILIES,
     FLOW_SET,
     OPENED_SET,
+    TABLE_FAMILY,
     TABLE_NAME,
     BridgeNet,
     FirewallSpec,
@@ -259,6 +260,22 @@ class Firewall:
             raise KernelError(f"could not delete tables {TABLE_NAME!r}: {done.stderr.strip()}")
         self._known, self._tables, self._installed, self._handles = True, None, None, {}
         self._in_netns(lambda: _set_bridge_sysctls([]))
+
+
+def published_port_comments(netns_path: str | None = None) -> set[str]:
+    """The comments of the rules in our ``output`` chain (every published port has one
+    there: ``sdnctl:ctr/NAME/port/PROTO/PORT``), listed now; empty without our table."""
+    def listing() -> nft.Result:
+        return nft.run(f"list chain {TABLE_FAMILY} {TABLE_NAME} output", nft.OUTPUT_JSON)
+
+    done = listing() if netns_path is None else run_in_netns(netns_path, listing)
+    if done.returncode != 0:
+        return set()
+    try:
+        items = json.loads(done.stdout)["nftables"]
+    except (ValueError, KeyError) as e:
+        raise KernelError("could not parse the output chain") from e
+    return {str(i["rule"].get("comment", "")) for i in items if "rule" in i}
 
 
 def drop_counts(rules: Iterable[dict[str, object]]) -> dict[str, int]:
