@@ -47,6 +47,7 @@ from agent.kernel.links import KernelError, peek_interface
 from agent.names import container_mac, veth_name
 from sdnctl.api.fields import check_name
 from sdnctl.api.model import STATE_ERROR, STATE_RUNNING, ContainerStatus, Invalid, PortMapping
+from sdnctl.cni import plugin
 from sdnctl.cni.plugin import (
     ERR_CONFIG,
     ERR_ENV,
@@ -55,6 +56,7 @@ from sdnctl.cni.plugin import (
     ERR_TRY_AGAIN,
     ERR_UNKNOWN_CONTAINER,
     ERR_UNSUPPORTED_FIELD,
+    SUPPORTED_VERSIONS,
     CniError,
 )
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -66,6 +68,7 @@ ADD_TIMEOUT = 20.0  # seconds for the controller and the reconciler to realise a
 DEL_TIMEOUT = 10.0
 REQUEST_MAX = 1 << 20
 RPC_TIMEOUT = 10.0
+SHIM_PREFIX = b'{"shim": 1,'  # the C shim's calls (see _shim_answer)
 
 #: gRPC codes that mean "the controller may answer later": CNI's 11, the runtime retries.
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -167,44 +170,79 @@ class CniService:
 
     def _connection(self, conn: socket.socket) -> None:
         with conn:
+            shim = False
             try:
-                answer = self._answer(conn)
+                data = self._read(conn)
+                shim = data.startswith(SHIM_PREFIX)
+                reply = self._shim_answer(data) if shim else \
+                    json.dumps(self._answer(data)).encode() + b"\n"
             except Exception as e:  # an answer, always: the plugin must not hang nor guess
-                log.warning("CNI call failed: %s", e, exc_info=True)
-                answer = {"error": {"code": ERR_INTERNAL, "msg": f"sdnctl agent: {e}",
-                                    "details": type(e).__name__}}
+                if isinstance(e, CniError):
+                    error = e
+                else:
+                    log.warning("CNI call failed: %s", e, exc_info=True)
+                    error = CniError(ERR_INTERNAL, f"sdnctl agent: {e}", type(e).__name__)
+                reply = b"1\n" + json.dumps(error.to_json(SUPPORTED_VERSIONS[-1])).encode() + \
+                    b"\n" if shim else json.dumps({"error": {
+                        "code": error.code, "msg": error.msg, "details": error.details}}).encode()
             try:
-                conn.sendall(json.dumps(answer).encode() + b"\n")
+                conn.sendall(reply)
             except OSError as e:
                 log.warning("could not answer a CNI call: %s", e)
 
-    def _answer(self, conn: socket.socket) -> dict[str, Any]:
+    def _read(self, conn: socket.socket) -> bytes:
+        """The whole call (the caller shuts its side down), from root only."""
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         _pid, uid, _gid = struct.unpack("3i", creds)
         if uid != 0:
-            return {"error": {"code": ERR_INTERNAL, "msg": "only root may call the sdnctl "
-                              f"agent's CNI service (uid {uid})", "details": ""}}
+            raise CniError(ERR_INTERNAL, "only root may call the sdnctl agent's CNI service "
+                           f"(uid {uid})")
         conn.settimeout(10)
         data = b""
         while len(data) <= REQUEST_MAX and (chunk := conn.recv(65536)):
             data += chunk
+        return data
+
+    def _shim_answer(self, data: bytes) -> bytes:
+        """A call from the C shim (sdnctl/cni/shim.c): a header line with the environment, then
+        stdin as the runtime gave it; the answer is the exit status and what to print."""
+        header, _, stdin = data.partition(b"\n")
+        version = plugin.error_version(stdin)
+        try:
+            env = json.loads(header).get("env")
+            if not isinstance(env, dict):
+                raise CniError(ERR_INTERNAL, "bad request from the CNI shim: no environment")
+            request, version = plugin.agent_request({k: str(v) for k, v in env.items()}, stdin)
+            result = self._timed(request)
+        except CniError as e:
+            return b"1\n" + plugin.dumps(e.to_json(version)).encode() + b"\n"
+        return b"0\n" + (plugin.dumps(result).encode() + b"\n" if result is not None else b"")
+
+    def _answer(self, data: bytes) -> dict[str, Any]:
         try:
             request = json.loads(data)
             if not isinstance(request, dict):
                 raise ValueError("not an object")
         except ValueError as e:
             return {"error": {"code": ERR_INTERNAL, "msg": f"bad request: {e}", "details": ""}}
+        try:
+            result = self._timed(request)
+        except CniError as e:
+            return {"error": {"code": e.code, "msg": e.msg, "details": e.details}}
+        return {"result": result} if result is not None else {}
+
+    def _timed(self, request: dict[str, Any]) -> dict[str, Any] | None:
         started = time.monotonic()
         try:
             result = self.handle(request)
         except CniError as e:
             log.info("CNI %s %s: error %d %s", request.get("command"),
                      request.get("containerID"), e.code, e.msg)
-            return {"error": {"code": e.code, "msg": e.msg, "details": e.details}}
+            raise
         log.info("CNI %s %s %s: done in %.0f ms", request.get("command"),
                  request.get("containerID"), request.get("ifname"),
                  (time.monotonic() - started) * 1000)
-        return {"result": result} if result is not None else {}
+        return result
 
     # -- the commands -------------------------------------------------------------------------
 

@@ -111,6 +111,8 @@ def wait_for(what: str, probe: Any, timeout: float = 30.0) -> Any:
 
 
 def test_add_check_del_as_libcni_does(env: Env, sandbox: Any) -> None:
+    # the plugin as installed: the C shim (it hands the call to the agent as it came)
+    assert (Path(env.cni_path) / "sdnctl").read_bytes()[:4] == b"\x7fELF"
     ns = sandbox("c1")
     drv = env.driver("h1")
     veths_before = host_links(env)
@@ -633,6 +635,7 @@ def test_chained_with_the_reference_plugins(env: Env, sandbox: Any, tmp_path: Pa
             gateway = result["ips"][0]["gateway"]
             done = wait_for("iperf3", lambda: (lambda r: r if r.returncode == 0 else None)(
                 nsexec(ns, "iperf3", "-c", gateway, "-p", "15201", "-t", "3", "-J")), 20)
+            assert "sum_received" in json.loads(done.stdout)["end"], done.stdout[-1500:]
             measured = json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"]
             assert measured < rate * 1.5, f"{measured / 1e6:.1f} Mbit/s, limit {rate / 1e6}"
             assert measured > rate * 0.2, f"{measured / 1e6:.1f} Mbit/s: nothing got through"
