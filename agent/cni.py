@@ -15,7 +15,10 @@ its owner the runtime's container ID. Who does what:
   the reconciler realised it (the same planner and kernel code as for any container: the veth
   into the namespace, address, route, the firewall's guards); answer the CNI result. Anything
   failing half-way is rolled back: the record is dropped and the reconciler removes the veth.
-- ``DEL``: ``HostSync.Detach`` (unknown: fine), then wait until the reconciler removed the veth.
+- ``DEL``: ``HostSync.Detach`` (unknown: fine), then remove the veth at once from the CNI
+  thread (its own netlink socket; the reconciler's next pass removes the guard and finds the
+  veth gone). A pass of an older revision may still rebuild it meanwhile: an ADD of the same
+  attachment right after waits for the reconciler to have seen the DEL.
 - ``CHECK``: the record, the interface, its address and default route against ``prevResult``;
   published ports against ``runtimeConfig.portMappings`` and their DNAT rules.
 - ``STATUS``: whether this agent is connected to a controller; ``GC``: detach this network's
@@ -43,7 +46,7 @@ import grpc
 from agent.desired import DesiredContainer, DesiredState
 from agent.kernel import netns
 from agent.kernel.firewall import published_port_comments
-from agent.kernel.links import KernelError, peek_interface
+from agent.kernel.links import KernelError, Links, peek_interface
 from agent.names import container_mac, veth_name
 from sdnctl.api.fields import check_name
 from sdnctl.api.model import STATE_ERROR, STATE_RUNNING, ContainerStatus, Invalid, PortMapping
@@ -124,6 +127,19 @@ class AgentSide:
     connected: Callable[[], bool]  # a Watch stream is open
     realised: Realised
     resolver: bool = False  # the agent answers DNS on each bridge's gateway (agent/dns.py)
+    # Removes one host-side veth of ours at once, from the calling thread (DEL: see
+    # CniService.delete); None: DEL waits for the reconciler's pass instead.
+    remove_veth: Callable[[str], None] | None = None
+
+
+def remove_veth_now(name: str) -> None:
+    """``AgentSide.remove_veth`` for the agent: a netlink socket of the calling thread's own in
+    the agent's (the host's) namespace; the veth's peer goes with it."""
+    links = Links()
+    try:
+        links.remove_link(name)
+    finally:
+        links.close()
 
 
 class CniService:
@@ -132,6 +148,8 @@ class CniService:
         self.address = address
         self.sock: socket.socket | None = None
         self._forgetting: set[str] = set()
+        # attachment -> the revision of its Detach, while the reconciler may not have seen it
+        self._removing: dict[str, int] = {}
         self._lock = threading.Lock()
 
     # -- the socket ---------------------------------------------------------------------------
@@ -288,9 +306,11 @@ class CniService:
             present = peek_interface(path, ifname)
         except KernelError as e:
             raise CniError(ERR_ENV, f"CNI_NETNS: {e}") from None
+        name = attachment_name(container_id, ifname)
+        if present is not None and self._settle_removal(name):
+            present = peek_interface(path, ifname)  # (a pass of an older revision rebuilt it)
         if present is not None:
             raise CniError(ERR_INTERNAL, f"interface {ifname!r} already exists in {path}")
-        name = attachment_name(container_id, ifname)
         stale = self.side.desired().containers.get(name)
         if stale is not None and stale.cni_netns != path and not netns.is_netns(stale.cni_netns):
             # The same container and interface in a new namespace, and the old one gone without
@@ -364,29 +384,58 @@ class CniService:
                 "routes": [{"dst": "0.0.0.0/0", "gw": view.gateway}], "dns": dns}
 
     def delete(self, request: dict[str, Any]) -> None:
-        name = attachment_name(str(request.get("containerID") or ""),
-                               str(request.get("ifname") or ""))
-        self._detach(name, wait=True, strict=True)
+        """The controller forgets the attachment; its veth goes at once when the agent gave
+        ``remove_veth`` (the peer in the runtime's namespace with it; the reconciler's next
+        pass takes the firewall guard away and finds nothing else to do), else when the
+        reconciler's pass removed it."""
+        ifname = str(request.get("ifname") or "")
+        name = attachment_name(str(request.get("containerID") or ""), ifname)
+        now = self.side.remove_veth
+        revision = self._detach(name, wait=now is None, strict=True)
+        if now is not None and revision is not None:
+            with self._lock:
+                seen = self.side.realised.revision  # (what the reconciler saw needs no wait)
+                self._removing = {n: r for n, r in self._removing.items() if r > seen}
+                self._removing[name] = revision
+            try:
+                now(veth_name(name, ifname))
+            except KernelError as e:
+                log.warning("could not remove the veth of %s at once (the next pass does): %s",
+                            name, e)
 
-    def _detach(self, name: str, wait: bool, strict: bool = False) -> None:
+    def _settle_removal(self, name: str) -> bool:
+        """Wait, if ``name`` was detached here lately, until the reconciler has seen it go (an
+        ADD right after its DEL); True when there was something to wait for."""
+        with self._lock:
+            revision = self._removing.pop(name, None)
+        if revision is None:
+            return False
+        self.side.realised.wait(
+            lambda realised, statuses: realised >= revision and name not in statuses,
+            DEL_TIMEOUT)
+        return True
+
+    def _detach(self, name: str, wait: bool, strict: bool = False) -> int | None:
         """Forget an attachment and (``wait``) see the reconciler remove its veth. ``strict``
-        raises CNI errors; else they are logged (a rollback, a GC)."""
+        raises CNI errors; else they are logged (a rollback, a GC). Returns the revision of the
+        removal (None: there was nothing to forget, or it failed)."""
         try:
             revision = self.side.sync().Detach(pb.DetachRequest(host=self.side.host, name=name),
                                                timeout=RPC_TIMEOUT).revision
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
-                return  # DEL of an unknown attachment succeeds
+                return None  # DEL of an unknown attachment succeeds
             if strict:
                 raise rpc_error(e, f"attachment {name}") from None
             log.warning("could not detach %s: %s", name, e.details())
-            return
+            return None
         if wait and not self.side.realised.wait(
                 lambda realised, statuses: realised >= revision and name not in statuses,
                 DEL_TIMEOUT) and strict:
             raise CniError(ERR_TRY_AGAIN, f"the agent did not remove attachment {name} within "
                            f"{DEL_TIMEOUT:.0f} s")
         log.info("attachment %s detached", name)
+        return revision
 
     def check(self, request: dict[str, Any], conf: dict[str, Any], network: str) -> None:
         container_id, ifname, path = (str(request.get(k) or "") for k in

@@ -35,7 +35,7 @@ from pyroute2 import IPRoute
 
 from agent import dns
 from agent import plan as p
-from agent.cni import AgentSide, CniService, Realised
+from agent.cni import AgentSide, CniService, Realised, remove_veth_now
 from agent.desired import DesiredState, LocalHost
 from agent.drivers import DRIVERS
 from agent.imagestore import ImageStore
@@ -198,7 +198,8 @@ class Agent:
         self.cni = CniService(AgentSide(
             host=args.host, controllers=self.addresses, sync=lambda: self.sync,
             desired=self._desired_copy, connected=lambda: self.watching,
-            realised=self.realised, resolver=bool(getattr(args, "dns_port", 0))),
+            realised=self.realised, resolver=bool(getattr(args, "dns_port", 0)),
+            remove_veth=remove_veth_now),
             address if address.startswith("/") else "\0" + address.lstrip("@")) \
             if address else None
         self.metrics = AgentMetrics()

@@ -167,6 +167,19 @@ def test_add_twice_fails_and_keeps_the_first(env: Env, sandbox: Any) -> None:
         drv.call(conf(), "DEL", container_id="ctr-two", netns=ns)
 
 
+def test_add_right_after_del_in_the_same_namespace(env: Env, sandbox: Any) -> None:
+    """DEL removes the veth itself, before the reconciler's pass; an ADD of the same
+    attachment right after works however those passes fall (and the veth is gone after
+    each DEL)."""
+    ns, drv = sandbox("c10"), env.driver("h1")
+    for _ in range(3):
+        result = drv.call(conf(), "ADD", container_id="ctr-ten", netns=ns)
+        assert addresses(ns) == [result["ips"][0]["address"]]
+        drv.call(conf(), "DEL", container_id="ctr-ten", netns=ns)
+        assert addresses(ns) == []
+    assert not [a for a in env.attachments() if a["owner"] == "cni:ctr-ten"]
+
+
 def test_check_finds_a_manual_change(env: Env, sandbox: Any) -> None:
     ns = sandbox("c3")
     drv = env.driver("h1")
