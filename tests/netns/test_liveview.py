@@ -46,8 +46,10 @@ TRAFFIC = 30_000  # ms: agents read flows and drop counters every --flows-interv
 @pytest.fixture
 def cli(run_prefix: str) -> Iterator[Cli]:
     with lab_cli(run_prefix) as c:
-        # flows and drop counters between full passes (those stay every 10 s by default)
+        # flows and drop counters are read between full passes; those are pushed out of the
+        # test's time, so that only --flows-interval can bring the traffic in
         c.env["SDNCTL_FLOWS_INTERVAL"] = "1"
+        c.env["SDNCTL_RESYNC"] = "600"
         yield c
 
 
