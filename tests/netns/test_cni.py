@@ -409,7 +409,7 @@ class Podman:
         (root / "cni.d" / "front.conflist").write_text(json.dumps({
             "cniVersion": "1.0.0", "name": "front",
             "plugins": [{"type": "sdnctl", "network": "front",
-                         "capabilities": {"portMappings": True}}]}))
+                         "capabilities": {"portMappings": True, "aliases": True}}]}))
         (root / "containers.conf").write_text(PODMAN_CONF.format(root=root,
                                                                  cni_path=env.cni_path))
         (root / "storage.conf").write_text(STORAGE_CONF.format(root=root))
@@ -456,18 +456,26 @@ def podmen(env: Env, tmp_path: Path, test_image: tuple[str, str]) -> Iterator[li
 
 def test_podman_runs_containers_on_two_hosts(env: Env, podmen: list[Podman]) -> None:
     one, two = podmen
-    for p, name in ((one, "pa"), (two, "pb")):
-        p("run", "-d", "--name", name, "--network", "front", "sdnctl-test:latest",
-          "sleep", "1000")
-    ips = {}
+    one("run", "-d", "--name", "pa", "--network", "front", "sdnctl-test:latest", "sleep", "1000")
+    two("run", "-d", "--name", "pb", "--network", "front", "--network-alias", "backend",
+        "sdnctl-test:latest", "sleep", "1000")
+    ips, gateways = {}, {}
     for p, name in ((one, "pa"), (two, "pb")):
         data = json.loads(p("inspect", name).stdout)[0]
         ips[name] = data["NetworkSettings"]["Networks"]["front"]["IPAddress"]
+        gateways[name] = data["NetworkSettings"]["Networks"]["front"]["Gateway"]
     by_owner = {a["cni_netns"]: a["ip"] for a in env.attachments()}
     assert sorted(ips.values()) == sorted(by_owner.values()), (ips, by_owner)
     assert wait_for("ping across the overlay", lambda: one(
         "exec", "pa", "ping", "-c", "1", "-W", "1", ips["pb"], check=False).returncode == 0)
     assert two("exec", "pb", "ping", "-c", "1", "-W", "1", ips["pa"]).returncode == 0
+    # podman's --network-alias (capability aliases) and the container's name, from the other
+    # host, through pa's resolver (its gateway)
+    for name in ("backend", "pb"):
+        answer = wait_for(f"{name} in DNS", lambda n=name: (lambda r: r.stdout if ips["pb"] in
+                          r.stdout else None)(one("exec", "pa", "nslookup", n, gateways["pa"],
+                                                  check=False)), 10)
+        assert ips["pb"] in answer
     one("rm", "-f", "-t", "0", "pa")
     assert ips["pa"] not in {a["ip"] for a in env.attachments()}, "podman rm kept the address"
     two("rm", "-f", "-t", "0", "pb")
