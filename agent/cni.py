@@ -15,8 +15,12 @@ its owner the runtime's container ID. Who does what:
   the reconciler realised it (the same planner and kernel code as for any container: the veth
   into the namespace, address, route, the firewall's guards); answer the CNI result. Anything
   failing half-way is rolled back: the record is dropped and the reconciler removes the veth.
-- ``DEL``: ``HostSync.Detach`` (unknown: fine), then wait until the reconciler removed the veth.
-- ``CHECK``: the record, the interface, its address and default route against ``prevResult``.
+- ``DEL``: ``HostSync.Detach`` (unknown: fine), then remove the veth at once from the CNI
+  thread (its own netlink socket; the reconciler's next pass removes the guard and finds the
+  veth gone). A pass of an older revision may still rebuild it meanwhile: an ADD of the same
+  attachment right after waits for the reconciler to have seen the DEL.
+- ``CHECK``: the record, the interface, its address and default route against ``prevResult``;
+  published ports against ``runtimeConfig.portMappings`` and their DNAT rules.
 - ``STATUS``: whether this agent is connected to a controller; ``GC``: detach this network's
   attachments that are not in ``cni.dev/valid-attachments``.
 - A namespace that disappeared without a DEL (the runtime forgot it) is detached here, when the
@@ -41,10 +45,12 @@ import grpc
 
 from agent.desired import DesiredContainer, DesiredState
 from agent.kernel import netns
-from agent.kernel.links import KernelError, peek_interface
+from agent.kernel.firewall import published_port_comments
+from agent.kernel.links import KernelError, Links, peek_interface
 from agent.names import container_mac, veth_name
 from sdnctl.api.fields import check_name
-from sdnctl.api.model import STATE_ERROR, STATE_RUNNING, ContainerStatus, Invalid
+from sdnctl.api.model import STATE_ERROR, STATE_RUNNING, ContainerStatus, Invalid, PortMapping
+from sdnctl.cni import plugin
 from sdnctl.cni.plugin import (
     ERR_CONFIG,
     ERR_ENV,
@@ -53,6 +59,7 @@ from sdnctl.cni.plugin import (
     ERR_TRY_AGAIN,
     ERR_UNKNOWN_CONTAINER,
     ERR_UNSUPPORTED_FIELD,
+    SUPPORTED_VERSIONS,
     CniError,
 )
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -64,6 +71,7 @@ ADD_TIMEOUT = 20.0  # seconds for the controller and the reconciler to realise a
 DEL_TIMEOUT = 10.0
 REQUEST_MAX = 1 << 20
 RPC_TIMEOUT = 10.0
+SHIM_PREFIX = b'{"shim": 1,'  # the C shim's calls (see _shim_answer)
 
 #: gRPC codes that mean "the controller may answer later": CNI's 11, the runtime retries.
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -118,6 +126,20 @@ class AgentSide:
     desired: Callable[[], DesiredState]  # a consistent copy
     connected: Callable[[], bool]  # a Watch stream is open
     realised: Realised
+    resolver: bool = False  # the agent answers DNS on each bridge's gateway (agent/dns.py)
+    # Removes one host-side veth of ours at once, from the calling thread (DEL: see
+    # CniService.delete); None: DEL waits for the reconciler's pass instead.
+    remove_veth: Callable[[str], None] | None = None
+
+
+def remove_veth_now(name: str) -> None:
+    """``AgentSide.remove_veth`` for the agent: a netlink socket of the calling thread's own in
+    the agent's (the host's) namespace; the veth's peer goes with it."""
+    links = Links()
+    try:
+        links.remove_link(name)
+    finally:
+        links.close()
 
 
 class CniService:
@@ -126,6 +148,8 @@ class CniService:
         self.address = address
         self.sock: socket.socket | None = None
         self._forgetting: set[str] = set()
+        # attachment -> the revision of its Detach, while the reconciler may not have seen it
+        self._removing: dict[str, int] = {}
         self._lock = threading.Lock()
 
     # -- the socket ---------------------------------------------------------------------------
@@ -164,44 +188,79 @@ class CniService:
 
     def _connection(self, conn: socket.socket) -> None:
         with conn:
+            shim = False
             try:
-                answer = self._answer(conn)
+                data = self._read(conn)
+                shim = data.startswith(SHIM_PREFIX)
+                reply = self._shim_answer(data) if shim else \
+                    json.dumps(self._answer(data)).encode() + b"\n"
             except Exception as e:  # an answer, always: the plugin must not hang nor guess
-                log.warning("CNI call failed: %s", e, exc_info=True)
-                answer = {"error": {"code": ERR_INTERNAL, "msg": f"sdnctl agent: {e}",
-                                    "details": type(e).__name__}}
+                if isinstance(e, CniError):
+                    error = e
+                else:
+                    log.warning("CNI call failed: %s", e, exc_info=True)
+                    error = CniError(ERR_INTERNAL, f"sdnctl agent: {e}", type(e).__name__)
+                reply = b"1\n" + json.dumps(error.to_json(SUPPORTED_VERSIONS[-1])).encode() + \
+                    b"\n" if shim else json.dumps({"error": {
+                        "code": error.code, "msg": error.msg, "details": error.details}}).encode()
             try:
-                conn.sendall(json.dumps(answer).encode() + b"\n")
+                conn.sendall(reply)
             except OSError as e:
                 log.warning("could not answer a CNI call: %s", e)
 
-    def _answer(self, conn: socket.socket) -> dict[str, Any]:
+    def _read(self, conn: socket.socket) -> bytes:
+        """The whole call (the caller shuts its side down), from root only."""
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         _pid, uid, _gid = struct.unpack("3i", creds)
         if uid != 0:
-            return {"error": {"code": ERR_INTERNAL, "msg": "only root may call the sdnctl "
-                              f"agent's CNI service (uid {uid})", "details": ""}}
+            raise CniError(ERR_INTERNAL, "only root may call the sdnctl agent's CNI service "
+                           f"(uid {uid})")
         conn.settimeout(10)
         data = b""
         while len(data) <= REQUEST_MAX and (chunk := conn.recv(65536)):
             data += chunk
+        return data
+
+    def _shim_answer(self, data: bytes) -> bytes:
+        """A call from the C shim (sdnctl/cni/shim.c): a header line with the environment, then
+        stdin as the runtime gave it; the answer is the exit status and what to print."""
+        header, _, stdin = data.partition(b"\n")
+        version = plugin.error_version(stdin)
+        try:
+            env = json.loads(header).get("env")
+            if not isinstance(env, dict):
+                raise CniError(ERR_INTERNAL, "bad request from the CNI shim: no environment")
+            request, version = plugin.agent_request({k: str(v) for k, v in env.items()}, stdin)
+            result = self._timed(request)
+        except CniError as e:
+            return b"1\n" + plugin.dumps(e.to_json(version)).encode() + b"\n"
+        return b"0\n" + (plugin.dumps(result).encode() + b"\n" if result is not None else b"")
+
+    def _answer(self, data: bytes) -> dict[str, Any]:
         try:
             request = json.loads(data)
             if not isinstance(request, dict):
                 raise ValueError("not an object")
         except ValueError as e:
             return {"error": {"code": ERR_INTERNAL, "msg": f"bad request: {e}", "details": ""}}
+        try:
+            result = self._timed(request)
+        except CniError as e:
+            return {"error": {"code": e.code, "msg": e.msg, "details": e.details}}
+        return {"result": result} if result is not None else {}
+
+    def _timed(self, request: dict[str, Any]) -> dict[str, Any] | None:
         started = time.monotonic()
         try:
             result = self.handle(request)
         except CniError as e:
             log.info("CNI %s %s: error %d %s", request.get("command"),
                      request.get("containerID"), e.code, e.msg)
-            return {"error": {"code": e.code, "msg": e.msg, "details": e.details}}
+            raise
         log.info("CNI %s %s %s: done in %.0f ms", request.get("command"),
                  request.get("containerID"), request.get("ifname"),
                  (time.monotonic() - started) * 1000)
-        return {"result": result} if result is not None else {}
+        return result
 
     # -- the commands -------------------------------------------------------------------------
 
@@ -247,17 +306,20 @@ class CniService:
             present = peek_interface(path, ifname)
         except KernelError as e:
             raise CniError(ERR_ENV, f"CNI_NETNS: {e}") from None
+        name = attachment_name(container_id, ifname)
+        if present is not None and self._settle_removal(name):
+            present = peek_interface(path, ifname)  # (a pass of an older revision rebuilt it)
         if present is not None:
             raise CniError(ERR_INTERNAL, f"interface {ifname!r} already exists in {path}")
-        name = attachment_name(container_id, ifname)
         stale = self.side.desired().containers.get(name)
         if stale is not None and stale.cni_netns != path and not netns.is_netns(stale.cni_netns):
             # The same container and interface in a new namespace, and the old one gone without
             # a DEL (a runtime restarted it): that attachment is over.
             self._detach(name, wait=True)
+        args = str(request.get("args") or "")
         spec = pb.Container(name=name, host=self.side.host, network=network, interface=ifname,
-                            fixed_ip=requested_ip(conf, str(request.get("args") or "")),
-                            ports=port_mappings(conf),
+                            fixed_ip=requested_ip(conf, args), ports=port_mappings(conf),
+                            aliases=requested_aliases(conf, network, args),
                             cni=pb.CniOwner(container_id=container_id, netns=path))
         if requested_mac(conf, str(request.get("args") or "")):
             raise CniError(ERR_UNSUPPORTED_FIELD, "mac: sdnctl derives each container's MAC "
@@ -312,33 +374,68 @@ class CniService:
                               "gateway": view.gateway, "interface": 1}
         if version == "0.4.0":
             ip["version"] = "4"
+        dns: dict[str, Any] = {}
+        if self.side.resolver:  # the agent's resolver: names of the network, then upstream
+            dns["nameservers"] = [view.gateway]
+            if net is not None and net.dns_domain:
+                dns["domain"] = net.dns_domain
+                dns["search"] = [net.dns_domain]
         return {"cniVersion": version, "interfaces": interfaces, "ips": [ip],
-                "routes": [{"dst": "0.0.0.0/0", "gw": view.gateway}], "dns": {}}
+                "routes": [{"dst": "0.0.0.0/0", "gw": view.gateway}], "dns": dns}
 
     def delete(self, request: dict[str, Any]) -> None:
-        name = attachment_name(str(request.get("containerID") or ""),
-                               str(request.get("ifname") or ""))
-        self._detach(name, wait=True, strict=True)
+        """The controller forgets the attachment; its veth goes at once when the agent gave
+        ``remove_veth`` (the peer in the runtime's namespace with it; the reconciler's next
+        pass takes the firewall guard away and finds nothing else to do), else when the
+        reconciler's pass removed it."""
+        ifname = str(request.get("ifname") or "")
+        name = attachment_name(str(request.get("containerID") or ""), ifname)
+        now = self.side.remove_veth
+        revision = self._detach(name, wait=now is None, strict=True)
+        if now is not None and revision is not None:
+            with self._lock:
+                seen = self.side.realised.revision  # (what the reconciler saw needs no wait)
+                self._removing = {n: r for n, r in self._removing.items() if r > seen}
+                self._removing[name] = revision
+            try:
+                now(veth_name(name, ifname))
+            except KernelError as e:
+                log.warning("could not remove the veth of %s at once (the next pass does): %s",
+                            name, e)
 
-    def _detach(self, name: str, wait: bool, strict: bool = False) -> None:
+    def _settle_removal(self, name: str) -> bool:
+        """Wait, if ``name`` was detached here lately, until the reconciler has seen it go (an
+        ADD right after its DEL); True when there was something to wait for."""
+        with self._lock:
+            revision = self._removing.pop(name, None)
+        if revision is None:
+            return False
+        self.side.realised.wait(
+            lambda realised, statuses: realised >= revision and name not in statuses,
+            DEL_TIMEOUT)
+        return True
+
+    def _detach(self, name: str, wait: bool, strict: bool = False) -> int | None:
         """Forget an attachment and (``wait``) see the reconciler remove its veth. ``strict``
-        raises CNI errors; else they are logged (a rollback, a GC)."""
+        raises CNI errors; else they are logged (a rollback, a GC). Returns the revision of the
+        removal (None: there was nothing to forget, or it failed)."""
         try:
             revision = self.side.sync().Detach(pb.DetachRequest(host=self.side.host, name=name),
                                                timeout=RPC_TIMEOUT).revision
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
-                return  # DEL of an unknown attachment succeeds
+                return None  # DEL of an unknown attachment succeeds
             if strict:
                 raise rpc_error(e, f"attachment {name}") from None
             log.warning("could not detach %s: %s", name, e.details())
-            return
+            return None
         if wait and not self.side.realised.wait(
                 lambda realised, statuses: realised >= revision and name not in statuses,
                 DEL_TIMEOUT) and strict:
             raise CniError(ERR_TRY_AGAIN, f"the agent did not remove attachment {name} within "
                            f"{DEL_TIMEOUT:.0f} s")
         log.info("attachment %s detached", name)
+        return revision
 
     def check(self, request: dict[str, Any], conf: dict[str, Any], network: str) -> None:
         container_id, ifname, path = (str(request.get(k) or "") for k in
@@ -352,6 +449,9 @@ class CniService:
             raise CniError(ERR_CONFIG, f"attachment {name} is on network {ctr.target!r}, "
                            f"not {network!r}")
         problems = check_attachment(ctr, path, conf.get("prevResult"))
+        net = self.side.desired().networks.get(ctr.target)
+        if net is not None and not net.internal:  # (an internal network publishes nothing)
+            problems += check_ports(ctr, conf, published_port_comments())
         if problems:
             raise CniError(ERR_INTERNAL, f"CHECK of {ifname} in {path}: " + "; ".join(problems))
 
@@ -414,6 +514,26 @@ def check_attachment(ctr: DesiredContainer, path: str, prev: object) -> list[str
     return problems
 
 
+def _port_text(p: PortMapping) -> str:
+    return f"{p.host_ip + ':' if p.host_ip else ''}{p.host_port}:{p.container_port}/{p.protocol}"
+
+
+def check_ports(ctr: DesiredContainer, conf: dict[str, Any], rules: set[str]) -> list[str]:
+    """Published ports: the record's against ``runtimeConfig.portMappings`` (when the runtime
+    passed them: capability ``portMappings``), and each one's DNAT rule against ``rules`` (the
+    comments of our output chain's rules)."""
+    problems = []
+    have = sorted(_port_text(p) for p in ctr.ports)
+    if "portMappings" in (conf.get("runtimeConfig") or {}):
+        wanted = sorted(port_mappings(conf))
+        if wanted != have:
+            problems.append(f"published ports {have}, expected {wanted}")
+    for p in ctr.ports:
+        if f"sdnctl:ctr/{ctr.name}/port/{p.protocol}/{p.host_port}" not in rules:
+            problems.append(f"published port {_port_text(p)} has no DNAT rule")
+    return problems
+
+
 def _cni_args(args: str) -> dict[str, str]:
     """``CNI_ARGS``: ``K=V;K=V``."""
     return dict(part.split("=", 1) for part in args.split(";") if "=" in part)
@@ -428,6 +548,41 @@ def requested_ip(conf: dict[str, Any], args: str) -> str:
         if isinstance(ips, list) and ips:
             return str(ips[0]).split("/")[0]
     return _cni_args(args).get("IP", "").split("/")[0]
+
+
+def requested_aliases(conf: dict[str, Any], network: str, args: str) -> list[str]:
+    """DNS names of the attachment on its network, beside its own: ``runtimeConfig.aliases``
+    (capability ``aliases``: network name -> names, as Podman passes them; the CNI network's
+    ``name`` or the sdnctl network's), ``args.cni.aliases``, and the container's name that
+    Podman and Kubernetes pass in ``CNI_ARGS`` (``K8S_POD_NAME``) when it is a valid name.
+    An invalid alias asked for explicitly is a configuration error (7)."""
+    runtime = (conf.get("runtimeConfig") or {}).get("aliases") or {}
+    cni_args = (conf.get("args") or {}).get("cni") or {}
+    if not isinstance(runtime, dict):
+        raise CniError(ERR_CONFIG, "runtimeConfig.aliases: expected an object (network name -> "
+                       "list of names)")
+    asked: list[tuple[str, object]] = []
+    for key in dict.fromkeys((str(conf.get("name") or ""), network)):
+        names = runtime.get(key) or []
+        asked += [(f"runtimeConfig.aliases.{key}[{i}]", n)
+                  for i, n in enumerate(names if isinstance(names, list) else [names])]
+    extra = cni_args.get("aliases") or []
+    asked += [(f"args.cni.aliases[{i}]", n)
+              for i, n in enumerate(extra if isinstance(extra, list) else [extra])]
+    aliases = []
+    for where, name in asked:
+        try:
+            check_name(name if isinstance(name, str) else "", where)
+        except Invalid as e:
+            raise CniError(ERR_CONFIG, str(e)) from None
+        aliases.append(str(name))
+    pod = _cni_args(args).get("K8S_POD_NAME", "")
+    try:
+        check_name(pod, "K8S_POD_NAME")
+        aliases.append(pod)
+    except Invalid:
+        pass  # a name DNS cannot carry: the attachment keeps its own only
+    return list(dict.fromkeys(aliases))
 
 
 def requested_mac(conf: dict[str, Any], args: str) -> str:

@@ -35,12 +35,12 @@ from pyroute2 import IPRoute
 
 from agent import dns
 from agent import plan as p
-from agent.cni import AgentSide, CniService, Realised
+from agent.cni import AgentSide, CniService, Realised, remove_veth_now
 from agent.desired import DesiredState, LocalHost
 from agent.drivers import DRIVERS
 from agent.imagestore import ImageStore
 from agent.kernel import conntrack, procfs, sysctl
-from agent.kernel.firewall import Firewall
+from agent.kernel.firewall import Firewall, FlowSample
 from agent.kernel.links import Links
 from agent.kernel.seams import FirewallOps, LinkOps
 from agent.metrics import AgentMetrics, Timed
@@ -198,7 +198,8 @@ class Agent:
         self.cni = CniService(AgentSide(
             host=args.host, controllers=self.addresses, sync=lambda: self.sync,
             desired=self._desired_copy, connected=lambda: self.watching,
-            realised=self.realised),
+            realised=self.realised, resolver=bool(getattr(args, "dns_port", 0)),
+            remove_veth=remove_veth_now),
             address if address.startswith("/") else "\0" + address.lstrip("@")) \
             if address else None
         self.metrics = AgentMetrics()
@@ -320,14 +321,20 @@ class Agent:
         # must not push drift repair past one resync interval).
         due = time.monotonic()
         full_due = due
+        # Flows and drop counters are read with every full pass and, in between, every
+        # --flows-interval seconds (a listing and a conntrack dump, no pass).
+        flows_due = due + self.flows_interval
         statuses: list[ContainerStatus] | None = None
         last_generation: int | None = None
         try:
             while not self.stopping.is_set():
-                self.dirty.wait(max(0.0, due - time.monotonic()))
+                self.dirty.wait(max(0.0, min(due, flows_due) - time.monotonic()))
                 if self.stopping.is_set():
                     break
                 self.dirty.clear()
+                flows_now = time.monotonic() >= flows_due
+                if flows_now:
+                    flows_due = time.monotonic() + self.flows_interval
                 with self.lock:
                     desired = self.desired.copy()
                     needed = self.pending_pass or time.monotonic() >= due or statuses is None
@@ -340,6 +347,8 @@ class Agent:
                     due = time.monotonic() + self.args.resync
                     continue
                 if not needed:  # only the revision moved on: nothing here changed
+                    if flows_now:
+                        self.read_traffic(desired, firewall, listed=False)
                     self.realised.publish(desired.revision, statuses or [])
                     self.report(desired.revision, statuses or [])
                     continue
@@ -374,8 +383,9 @@ class Agent:
                     self.cni.forget_gone(gone)
                 self.metrics.record_containers(statuses)
                 self.note_states(statuses)
-                if full:  # (not on every change: a busy host's passes stay lean)
-                    self.read_traffic(desired, firewall)
+                if full or flows_now:  # (not on every change: busy hosts' passes stay lean)
+                    self.read_traffic(desired, firewall, listed=full)
+                    flows_due = time.monotonic() + self.flows_interval
                 exits.watch({s.pid for s in statuses if s.pid})
                 due = time.monotonic() + (min(self.args.resync, RESTART_DELAY)
                                           if outcome.restart_pending else self.args.resync)
@@ -414,21 +424,31 @@ class Agent:
             self.note("container-state", name, f"{self.states[name]} -> removed")
         self.states = {name: s.state for name, s in now.items()}
 
-    def read_traffic(self, desired: DesiredState, firewall: Firewall) -> None:
-        """Flows between addresses of our networks (one conntrack dump) and the guards' drop
-        counters (from the last ruleset listing), for the next report."""
+    @property
+    def flows_interval(self) -> float:
+        """Seconds between two readings of flows outside full passes (inf: none)."""
+        interval = float(getattr(self.args, "flows_interval", 0.0) or 0.0)
+        return interval if interval > 0 else float("inf")
+
+    def read_traffic(self, desired: DesiredState, firewall: Firewall, listed: bool) -> None:
+        """Flows between addresses of our networks (one conntrack dump, and the bridge table's
+        sets for frames bridged between two containers, which conntrack does not see without
+        br_netfilter) and the drop counters, for the next report. ``listed``: the ruleset was
+        just listed by a full pass; else it is listed here for its counters and sets."""
         subnets = sorted({n.cidr or n.subnet for n in desired.networks.values()
                           if n.cidr or n.subnet})
         try:
+            if not listed:
+                firewall.read_counters()
             samples = conntrack.flow_samples(subnets) if subnets else []
         except Exception as e:
             log.debug("could not read flows: %s", e)
             samples = []
         self.flows = [pb.Flow(host=self.args.host, src=s, dst=d, proto=proto, packets=packets,
                               bytes=size)
-                      for s, d, proto, packets, size in samples[:FLOWS_MAX]]
-        self.drops = [pb.Drop(host=self.args.host, container=c, reason=r, packets=n)
-                      for (c, r), n in sorted(firewall.container_drops().items())[:FLOWS_MAX]]
+                      for s, d, proto, packets, size in
+                      merge_flows(samples, firewall.bridged_flows())[:FLOWS_MAX]]
+        self.drops = drops_of(self.args.host, firewall)[:FLOWS_MAX]
         self.traffic_fresh = bool(self.flows)
 
     def report(self, revision: int, statuses: list[ContainerStatus]) -> None:
@@ -469,6 +489,26 @@ class Agent:
             stream.cancel()
 
 
+def merge_flows(tracked: list[FlowSample], bridged: list[FlowSample]) -> list[FlowSample]:
+    """Conntrack's flows, and the bridged ones of pairs conntrack does not track already (with
+    br_netfilter loaded, it sees bridged frames too)."""
+    seen = {(frozenset((s, d)), p) for s, d, p, _, _ in tracked}
+    return sorted([*tracked, *(f for f in bridged if (frozenset(f[:2]), f[2]) not in seen)])
+
+
+def drops_of(host: str, firewall: Firewall) -> list[pb.Drop]:
+    """The drop counters as last listed: containers' guards, networks' forwarding rules and
+    the VXLAN filter (those that dropped something)."""
+    drops = [pb.Drop(host=host, kind=pb.DROP_KIND_CONTAINER, container=c, reason=r, packets=n)
+             for (c, r), n in sorted(firewall.container_drops().items())]
+    drops += [pb.Drop(host=host, kind=pb.DROP_KIND_NETWORK, network=net, reason=r, packets=n)
+              for (net, r), n in sorted(firewall.network_drops().items())]
+    drops += [pb.Drop(host=host, kind=pb.DROP_KIND_VXLAN, reason=guard, packets=n)
+              for guard, n in sorted(firewall.drops().items())
+              if guard.startswith("vxlan-") and n > 0]
+    return drops
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdnctl-agent", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -498,6 +538,12 @@ def main(argv: list[str] | None = None) -> int:
                         default=float(os.environ.get("SDNCTL_RESYNC") or 10.0),
                         help="seconds between full passes, which find and repair drift "
                         "(default: $SDNCTL_RESYNC, else %(default)s)")
+    parser.add_argument("--flows-interval", type=float,
+                        default=float(os.environ.get("SDNCTL_FLOWS_INTERVAL") or 5.0),
+                        metavar="SECONDS",
+                        help="seconds between two readings of flows and drop counters between "
+                        "full passes (0: on full passes only) (default: "
+                        "$SDNCTL_FLOWS_INTERVAL, else %(default)s)")
     parser.add_argument("--cni-socket", default=os.environ.get(SOCKET_ENV) or AGENT_SOCKET,
                         help="the CNI service's socket: an abstract name in this host's "
                         f"network namespace, or a path; empty: no CNI service (default: "

@@ -44,6 +44,14 @@ name exactly what they drop.
                      MAC or IP is not its own, and any ethertype but IPv4, ARP and IPv6 (a VLAN
                      tag would hide the inner header). Router advertisements from any container
                      port (``sdnv*``) are dropped. Every drop has a counter.
+  forward (filter)   flows between two containers of one bridge: such frames never reach the
+                     host's IP hooks (unless ``br_netfilter`` is loaded), so conntrack does not
+                     see them. Each IPv4 frame from one container port to another updates an
+                     element of the dynamic set ``flows`` (source . destination . protocol, with
+                     a counter) and, unless the reverse is there, of ``opened`` (which end
+                     spoke first); idle elements time out. The agent reads both sets with its
+                     flows (``Firewall.bridged_flows``). The sets are declared by every render
+                     (``add set`` of an existing set keeps its elements) and never flushed.
 
 Sysctls of our bridges, in the same namespace: ``net.ipv4.conf.<bridge>.route_localnet`` is 1
 exactly on bridges with a loopback-reachable port (host_ip "" or 127.x), and
@@ -91,7 +99,19 @@ CHAINS = (
     (TABLE_FAMILY, "forward", "type filter hook forward priority filter; policy accept;"),
     (TABLE_FAMILY, "input", "type filter hook input priority filter; policy accept;"),
     (BRIDGE_FAMILY, "prerouting", "type filter hook prerouting priority filter; policy accept;"),
+    (BRIDGE_FAMILY, "forward", "type filter hook forward priority filter; policy accept;"),
 )
+#: The sets of frames bridged between two containers (see the module note): ``FLOW_SET``
+#: counts each direction (source . destination . protocol), ``OPENED_SET`` remembers which
+#: end sent first. Idle elements go after ``FLOW_TIMEOUT``.
+FLOW_SET = "flows"
+OPENED_SET = "opened"
+FLOW_TIMEOUT = "60s"
+FLOW_SET_SIZE = 4096
+SETS = tuple(
+    (BRIDGE_FAMILY, name, "type ipv4_addr . ipv4_addr . inet_proto; flags dynamic,timeout; "
+     f"timeout {FLOW_TIMEOUT}; size {FLOW_SET_SIZE};")
+    for name in (FLOW_SET, OPENED_SET))
 FAMILIES = (TABLE_FAMILY, BRIDGE_FAMILY)
 
 
@@ -427,15 +447,27 @@ def _guard_rules(spec: FirewallSpec) -> list[_Rule]:
     return [*rules, _ROUTER_ADVERT]
 
 
+_PORTS = f'iifname "{VETH_PREFIX}*" oifname "{VETH_PREFIX}*" ether type ip'
+_KEY = "ip saddr . ip daddr . meta l4proto"
+_FLOW_RULES = [
+    _Rule(BRIDGE_FAMILY, "forward", f"{_PORTS} update @{FLOW_SET} {{ {_KEY} counter }}",
+          "sdnctl:flows/count"),
+    _Rule(BRIDGE_FAMILY, "forward", f"{_PORTS} ip daddr . ip saddr . meta l4proto != "
+          f"@{OPENED_SET} update @{OPENED_SET} {{ {_KEY} }}", "sdnctl:flows/opened"),
+]
+
+
 def _rules(spec: FirewallSpec) -> list[_Rule]:
     return _port_rules(spec) + _postrouting_rules(spec) + _forward_rules(spec) + \
-        _vxlan_rules(spec) + _guard_rules(spec)
+        _vxlan_rules(spec) + _guard_rules(spec) + _FLOW_RULES
 
 
 def _render_body(rules: Sequence[_Rule]) -> list[str]:
     lines = []
     for family in FAMILIES:
         lines.append(f"add table {family} {TABLE_NAME}")
+    for family, name, declaration in SETS:
+        lines.append(f"add set {family} {TABLE_NAME} {name} {{ {declaration} }}")
     for family, chain, declaration in CHAINS:
         lines.append(f"add chain {family} {TABLE_NAME} {chain} {{ {declaration} }}")
     for family, chain, _ in CHAINS:

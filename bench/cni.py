@@ -5,11 +5,13 @@ a bridge network ``front``; both plugins are exec'd by the same libcni-like driv
 use (tests/netns/helpers/cnidriver.py: environment, config on stdin, stdout parsed), through
 ``nsenter --net`` into that lab host's namespace, where a runtime would run them. Per round,
 each side (alternating, A B B A ...) gets a fresh container namespace (made untimed, as the
-runtime's cost), one timed ADD, one timed DEL, and the namespace is removed. sdnctl's ADD is
-a whole attachment: the plugin process, the agent, the controller's record and address, the
-reconciler's pass that builds the veth and its firewall guards, and the answer; the reference
-bridge plugin builds the veth and host-local writes its address file. VERSION is timed too:
-the bare cost of each plugin's process.
+runtime's cost), one timed ADD, one timed DEL, and the namespace is removed. sdnctl's plugin
+is the one the set-up installs (the C shim, sdnctl/cni/shim.c). Its ADD is a whole
+attachment: the shim's process, the agent, the controller's record and address, the
+reconciler's pass that builds the veth and its firewall guards, and the answer; its DEL the
+controller forgetting it and the agent removing the veth. The reference bridge plugin builds
+the veth and host-local writes its address file. VERSION is timed too: sdnctl's goes through
+the shim to the Python plugin (the slow path, left to Python on purpose).
 """
 
 from __future__ import annotations

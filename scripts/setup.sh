@@ -8,7 +8,7 @@ cd "$here"
 
 scripts/apt-install-missing.sh python3 python3-venv python3-pip iproute2 nftables tcpdump \
   iputils-ping util-linux mount procps graphviz crun runc busybox-static etcd-server \
-  containernetworking-plugins bind9-dnsutils
+  containernetworking-plugins bind9-dnsutils gcc libc6-dev
 # Real clients and servers the tests drive (docker load; Podman and containerd through the CNI
 # plugin; promtool for the metrics; a headless chromium for the live view, through Playwright's
 # executable_path: Playwright never downloads a browser here), installed so that none of their
@@ -26,11 +26,16 @@ if ! .venv/bin/python -c "import sdnctl.v1.sdnctl_pb2, jsonschema, pytest, ruff,
   touch .venv/.installed
 fi
 # The CNI plugin (issue 17): type "sdnctl" in a CNI directory, never on PATH (where `sdnctl` is
-# the CLI). A wrapper runs the venv's python without site on the stdlib-only plugin file: a
-# runtime starts it once per call. .venv/bin/sdnctl-cni is the same program for other layouts.
+# the CLI). A runtime starts it once per call: the C shim (sdnctl/cni/shim.c, ~1 ms to start)
+# hands the call to the host's agent and leaves VERSION and a missing agent to the venv's python
+# without site on the stdlib-only plugin file (without a C compiler, a wrapper runs that file
+# for every call). .venv/bin/sdnctl-cni is the Python program alone, for other layouts.
 plugin=$(mktemp)
-printf '#!/bin/sh\n# sdnctl CNI plugin, installed by %s/scripts/setup.sh\nexec %s -S -E %s "$@"\n' \
-  "$here" "$here/.venv/bin/python" "$here/sdnctl/cni/plugin.py" >"$plugin"
+if ! scripts/build-cni-shim.sh "$plugin" "$here/.venv/bin/python"; then
+  echo "setup: could not build the CNI shim; the plugin runs Python for every call"
+  printf '#!/bin/sh\n# sdnctl CNI plugin, installed by %s/scripts/setup.sh\nexec %s -S -E %s "$@"\n' \
+    "$here" "$here/.venv/bin/python" "$here/sdnctl/cni/plugin.py" >"$plugin"
+fi
 for dir in /opt/cni/bin /usr/lib/cni; do
   if ! cmp -s "$plugin" "$dir/sdnctl" 2>/dev/null; then
     install -D -m 0755 "$plugin" "$dir/sdnctl"

@@ -24,14 +24,18 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from agent.kernel import nft, sysctl
 from agent.kernel.errors import KernelError
 from agent.kernel.netns import run_in_netns
 from agent.names import BRIDGE_PREFIX
 from agent.nftrules import (
+    BRIDGE_FAMILY,
     FAMILIES,
+    FLOW_SET,
+    OPENED_SET,
+    TABLE_FAMILY,
     TABLE_NAME,
     BridgeNet,
     FirewallSpec,
@@ -125,6 +129,8 @@ class Firewall:
         self._error = ""  # nft's complaint about the last failed write
         self._drops: dict[str, int] = {}  # guard -> packets dropped, as last listed
         self._container_drops: dict[tuple[str, str], int] = {}  # (container, guard) -> packets
+        self._network_drops: dict[tuple[str, str], int] = {}  # (network, reason) -> packets
+        self._bridged: list[FlowSample] = []  # flows between containers of one bridge
 
     def _nft(self, script: str, flags: int = 0) -> nft.Result:
         return self._in_netns(lambda: nft.run(script, flags))
@@ -132,9 +138,9 @@ class Firewall:
     def _in_netns(self, fn: Callable[[], T]) -> T:
         return fn() if self._netns is None else run_in_netns(self._netns, fn)
 
-    def _list_tables(self) -> None:
-        """List the ruleset: our rules' comments and handles; None when neither table exists."""
-        self._known = False
+    def _list(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+        """(every item of the ruleset listing, our rules, whether one of our tables exists);
+        the counters and flow sets of our tables are kept from it."""
         done = self._nft("list ruleset", nft.OUTPUT_JSON)
         if done.returncode != 0:
             raise KernelError(f"could not list the ruleset: {done.stderr.strip()}")
@@ -146,11 +152,26 @@ class Firewall:
         tables = [i["table"] for i in items if "table" in i]
         rules = [i["rule"] for i in items
                  if "rule" in i and (i["rule"].get("family"), i["rule"].get("table")) in ours]
-        if not any((t.get("family"), t.get("name")) in ours for t in tables):
-            self._tables, self._handles = None, {}
-        else:
+        exists = any((t.get("family"), t.get("name")) in ours for t in tables)
+        if exists:
             self._drops = drop_counts(rules)
             self._container_drops = container_drop_counts(rules)
+            self._network_drops = network_drop_counts(rules)
+            self._bridged = bridged_flows(items)
+        return items, rules, exists
+
+    def read_counters(self) -> None:
+        """List the ruleset for its counters and flow sets only (between two full passes);
+        what is known of the tables is left as it is."""
+        self._list()
+
+    def _list_tables(self) -> None:
+        """List the ruleset: our rules' comments and handles; None when neither table exists."""
+        self._known = False
+        _, rules, exists = self._list()
+        if not exists:
+            self._tables, self._handles = None, {}
+        else:
             self._tables = sorted(r.get("comment", "") for r in rules)
             self._handles = _unique((r.get("comment", ""), r.get("handle")) for r in rules)
         if self._installed is not None and self._tables != _tables_fingerprint(self._installed):
@@ -178,6 +199,16 @@ class Firewall:
     def container_drops(self) -> dict[tuple[str, str], int]:
         """Packets each container's guard dropped, by (container, guard), as last listed."""
         return dict(self._container_drops)
+
+    def network_drops(self) -> dict[tuple[str, str], int]:
+        """Packets each network's forwarding rules dropped, by (network, reason: isolation,
+        internal-in, internal-out), those that dropped something only, as last listed."""
+        return dict(self._network_drops)
+
+    def bridged_flows(self) -> list[FlowSample]:
+        """Flows between two containers of one bridge (the bridge table's sets), as last
+        listed: (source, destination, protocol, packets, bytes), both directions added up."""
+        return list(self._bridged)
 
     def apply(self, spec: SpecLike) -> bool:
         """Install ``spec`` unless it is installed already. Returns True when it wrote.
@@ -231,6 +262,22 @@ class Firewall:
         self._in_netns(lambda: _set_bridge_sysctls([]))
 
 
+def published_port_comments(netns_path: str | None = None) -> set[str]:
+    """The comments of the rules in our ``output`` chain (every published port has one
+    there: ``sdnctl:ctr/NAME/port/PROTO/PORT``), listed now; empty without our table."""
+    def listing() -> nft.Result:
+        return nft.run(f"list chain {TABLE_FAMILY} {TABLE_NAME} output", nft.OUTPUT_JSON)
+
+    done = listing() if netns_path is None else run_in_netns(netns_path, listing)
+    if done.returncode != 0:
+        return set()
+    try:
+        items = json.loads(done.stdout)["nftables"]
+    except (ValueError, KeyError) as e:
+        raise KernelError("could not parse the output chain") from e
+    return {str(i["rule"].get("comment", "")) for i in items if "rule" in i}
+
+
 def drop_counts(rules: Iterable[dict[str, object]]) -> dict[str, int]:
     """Packets counted by our drop rules, summed by guard: the last part of the rule's comment
     (``sdnctl:ctr/web/spoof-ip`` -> ``spoof-ip``), prefixed by its area for VXLAN
@@ -264,6 +311,67 @@ def container_drop_counts(rules: Iterable[dict[str, object]]) -> dict[tuple[str,
         if packets:
             drops[(parts[1], parts[2])] = packets
     return drops
+
+
+def network_drop_counts(rules: Iterable[dict[str, object]]) -> dict[tuple[str, str], int]:
+    """Packets counted by each network's forwarding drops (``sdnctl:net/NAME/REASON``), by
+    (network, reason), those that dropped something only."""
+    drops: dict[tuple[str, str], int] = {}
+    for rule in rules:
+        parts = str(rule.get("comment", "")).removeprefix("sdnctl:").split("/")
+        if len(parts) != 3 or parts[0] != "net":
+            continue
+        packets = drop_counts([rule]).get(parts[2], 0)
+        if packets:
+            drops[(parts[1], parts[2])] = drops.get((parts[1], parts[2]), 0) + packets
+    return drops
+
+
+#: (source, destination, protocol, packets, bytes)
+FlowSample = tuple[str, str, str, int, int]
+
+
+def bridged_flows(items: Iterable[dict[str, Any]]) -> list[FlowSample]:
+    """The flows of the bridge table's sets (see agent/nftrules.py) in a ruleset listing: one
+    per pair of addresses and protocol, both directions' counters added up, oriented from the
+    end that spoke first (``opened``; else the lower address)."""
+    counted: dict[tuple[str, str, str], tuple[int, int]] = {}
+    opened: set[tuple[str, str, str]] = set()
+    for item in items:
+        found = item.get("set")
+        if not isinstance(found, dict) or (found.get("family"), found.get("table")) != \
+                (BRIDGE_FAMILY, TABLE_NAME):
+            continue
+        for key, counter in _set_elements(found):
+            if found.get("name") == FLOW_SET and counter is not None:
+                counted[key] = counter
+            elif found.get("name") == OPENED_SET:
+                opened.add(key)
+    flows: dict[tuple[str, str, str], list[int]] = {}
+    for (src, dst, proto), (packets, size) in counted.items():
+        forward = (src, dst, proto) in opened or ((dst, src, proto) not in opened and src < dst)
+        key = (src, dst, proto) if forward else (dst, src, proto)
+        totals = flows.setdefault(key, [0, 0])
+        totals[0] += packets
+        totals[1] += size
+    return [(s, d, p, n, b) for (s, d, p), (n, b) in sorted(flows.items())]
+
+
+def _set_elements(found: dict[str, Any]) -> list[tuple[tuple[str, str, str], tuple[int, int] |
+                                                       None]]:
+    """((source, destination, protocol), (packets, bytes) or None) of each element."""
+    elements = []
+    for elem in found.get("elem") or []:
+        inner = elem.get("elem", elem) if isinstance(elem, dict) else {}
+        value = inner.get("val", inner) if isinstance(inner, dict) else inner
+        concat = value.get("concat") if isinstance(value, dict) else None
+        if not isinstance(concat, list) or len(concat) != 3:
+            continue
+        counter = inner.get("counter") if isinstance(inner, dict) else None
+        counted = (int(counter.get("packets", 0)), int(counter.get("bytes", 0))) \
+            if isinstance(counter, dict) else None
+        elements.append(((str(concat[0]), str(concat[1]), str(concat[2])), counted))
+    return elements
 
 
 _ECHOED = re.compile(r'comment "([^"]*)" # handle (\d+)$', re.M)

@@ -496,6 +496,11 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+#: How `sdnctl flows` names what dropped packets.
+DROP_KINDS = {pb.DROP_KIND_CONTAINER: "container", pb.DROP_KIND_NETWORK: "network",
+              pb.DROP_KIND_VXLAN: "vxlan"}
+
+
 def flows_json(report: pb.FlowsReport) -> dict[str, Any]:
     return {
         "at": report.at,
@@ -503,7 +508,8 @@ def flows_json(report: pb.FlowsReport) -> dict[str, Any]:
                    "src_container": f.src_container, "dst_container": f.dst_container,
                    "packets": f.packets, "bytes": f.bytes, "rate_bps": round(f.rate_bps, 1)}
                   for f in report.flows],
-        "drops": [{"host": d.host, "container": d.container, "reason": d.reason,
+        "drops": [{"host": d.host, "kind": DROP_KINDS.get(d.kind, str(d.kind)),
+                   "container": d.container, "network": d.network, "reason": d.reason,
                    "packets": d.packets} for d in report.drops],
     }
 
@@ -525,8 +531,9 @@ def print_flows(data: dict[str, Any]) -> None:
                 ["HOST", "FROM", "TO", "PROTO", "PACKETS", "BYTES", "RATE"])
     if data["drops"]:
         print("\nDROPPED")
-        print_table([[d["host"], d["container"], d["reason"], str(d["packets"])]
-                     for d in data["drops"]], ["HOST", "CONTAINER", "REASON", "PACKETS"])
+        print_table([[d["host"], d["kind"], d["network"] if d["kind"] == "network"
+                      else d["container"] or "-", d["reason"], str(d["packets"])]
+                     for d in data["drops"]], ["HOST", "KIND", "OF", "REASON", "PACKETS"])
 
 
 def cmd_flows(args: argparse.Namespace) -> int:

@@ -13,6 +13,11 @@ host's agent with no configuration at all. The agent answers one JSON line: ``{"
 (printed as is, already in the caller's ``cniVersion``), ``{}`` (nothing to print) or
 ``{"error": {"code", "msg", "details"}}``.
 
+Installed, the plugin is a small C program first (``sdnctl/cni/shim.c``, built by the set-up):
+it passes the environment and stdin as they came to the agent, which runs this file's checks
+(:func:`agent_request`) and words the answer, and it runs this file for VERSION and when no
+agent listens (~1 ms of process start-up instead of ~10 for Python).
+
 Errors are the spec's JSON on stdout with its codes and a non-zero exit status, never a
 traceback: 1 incompatible version, 2 unsupported field, 4 invalid environment variables, 5 I/O,
 6 undecodable configuration, 7 invalid configuration, 11 try again later (no agent here, or the
@@ -213,6 +218,34 @@ def call_agent(address: str, request: dict[str, Any],
     return answer
 
 
+def error_version(stdin: bytes) -> str:
+    """The version to word an error in: the configuration's, when it is one we speak."""
+    try:
+        asked = loads(stdin).get("cniVersion")
+    except (ValueError, AttributeError):
+        return SUPPORTED_VERSIONS[-1]
+    return asked if asked in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1]
+
+
+def agent_request(env: dict[str, str], stdin: bytes) -> tuple[dict[str, Any], str]:
+    """What to ask the agent for one call other than VERSION, and the configuration's version
+    (checked here: also by the agent for the C shim's calls, which pass stdin as it came).
+    Raises CniError."""
+    command = env.get("CNI_COMMAND", "")
+    if command not in COMMANDS or command == "VERSION":
+        raise CniError(ERR_ENV, f"CNI_COMMAND: {command!r} is not one of "
+                       f"{', '.join(c for c in COMMANDS if c != 'VERSION')}")
+    conf = parse_config(stdin)
+    version = conf["cniVersion"]
+    if version_key(version) < version_key(SINCE.get(command, "0.0.0")):
+        raise CniError(ERR_VERSION, f"{command} needs cniVersion {SINCE[command]} or later, "
+                       f"the configuration says {version}")
+    check_env(command, env)
+    return {"command": command, "containerID": env.get("CNI_CONTAINERID", ""),
+            "netns": env.get("CNI_NETNS", ""), "ifname": env.get("CNI_IFNAME", ""),
+            "args": env.get("CNI_ARGS", ""), "config": conf}, version
+
+
 def run(env: dict[str, str], stdin: bytes) -> tuple[dict[str, Any] | None, str]:
     """One call: (what to print, or None; the version to write errors in). Raises CniError."""
     command = env.get("CNI_COMMAND", "")
@@ -228,15 +261,7 @@ def run(env: dict[str, str], stdin: bytes) -> tuple[dict[str, Any] | None, str]:
                            f"supported: {', '.join(SUPPORTED_VERSIONS)}")
         return {"cniVersion": SUPPORTED_VERSIONS[-1],
                 "supportedVersions": list(SUPPORTED_VERSIONS)}, SUPPORTED_VERSIONS[-1]
-    conf = parse_config(stdin)
-    version = conf["cniVersion"]
-    if version_key(version) < version_key(SINCE.get(command, "0.0.0")):
-        raise CniError(ERR_VERSION, f"{command} needs cniVersion {SINCE[command]} or later, "
-                       f"the configuration says {version}")
-    check_env(command, env)
-    request = {"command": command, "containerID": env.get("CNI_CONTAINERID", ""),
-               "netns": env.get("CNI_NETNS", ""), "ifname": env.get("CNI_IFNAME", ""),
-               "args": env.get("CNI_ARGS", ""), "config": conf}
+    request, version = agent_request(env, stdin)
     answer = call_agent(socket_address(env), request)
     result = answer.get("result")
     return (result if isinstance(result, dict) else None), version
@@ -252,12 +277,7 @@ def main() -> int:
         except OSError as e:
             raise CniError(ERR_IO, "could not read the network configuration on stdin",
                            str(e)) from None
-        try:
-            asked = loads(stdin).get("cniVersion")
-            if asked in SUPPORTED_VERSIONS:
-                version = asked
-        except (ValueError, AttributeError):
-            pass
+        version = error_version(stdin)
         output, version = run(env, stdin)
         if output is not None:
             sys.stdout.write(dumps(output) + "\n")

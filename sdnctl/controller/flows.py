@@ -1,14 +1,16 @@
 """Traffic as agents report it (issue 23): flows between containers and the guards' drops.
 
-Design note. Agents send, with each status report, the flows conntrack tracks between addresses
-of our networks (packets and bytes so far, both ways) and their guards' drop counters per
-container and reason. They are telemetry: kept in this replica's memory, never in the store
-(a write there would wake every Watch stream), replaced host by host with each report. The rate
+Design note. Agents send, with each status report, the flows between addresses of our
+networks (packets and bytes so far, both ways: conntrack's, and the bridge table's set of
+frames bridged between two containers) and their drop counters: per container and reason
+(anti-spoofing guards), per network and reason (isolation, internal) and per reason for the
+host's VXLAN filter. They are telemetry: kept in this replica's memory, never in the store (a
+write there would wake every Watch stream), replaced host by host with each report. The rate
 of a flow is the growth of its byte counter since the same host's previous reading (identical
 counters again within :data:`RATE_WINDOW` seconds are the same reading, resent with a report
-made for another reason). A host's
-entries older than :data:`STALE` seconds are dropped (its agent went away). :meth:`version`
-moves with each change, for the live view's event stream to notice.
+made for another reason). A host's entries older than :data:`STALE` seconds are dropped (its
+agent went away). :meth:`version` moves with each change, for the live view's event stream to
+notice.
 """
 
 from __future__ import annotations
@@ -40,8 +42,7 @@ class FlowTable:
                     and now - before[0] < RATE_WINDOW:
                 # the same counters again soon after (a report for another reason, not a new
                 # reading): keep the rates measured over the last window
-                kept_drops = [pb.Drop(host=host, container=d.container, reason=d.reason,
-                                      packets=d.packets) for d in drops]
+                kept_drops = _drops(host, drops)
                 if kept_drops != before[2]:
                     self._version += 1
                 self._hosts[host] = (before[0], before[1], kept_drops)
@@ -56,8 +57,7 @@ class FlowTable:
                 if old is not None and elapsed > 0 and flow.bytes >= old:
                     msg.rate_bps = (flow.bytes - old) / elapsed
                 fresh.append(msg)
-            kept = [pb.Drop(host=host, container=d.container, reason=d.reason,
-                            packets=d.packets) for d in drops]
+            kept = _drops(host, drops)
             if before is None or before[1] != fresh or before[2] != kept:
                 self._version += 1
             self._hosts[host] = (now, fresh, kept)
@@ -82,6 +82,11 @@ class FlowTable:
                 named.dst_container = names.get(flow.dst, "")
             report.drops.extend(drops)
         return report
+
+
+def _drops(host: str, drops: Iterable[pb.Drop]) -> list[pb.Drop]:
+    return [pb.Drop(host=host, kind=d.kind, container=d.container, network=d.network,
+                    reason=d.reason, packets=d.packets) for d in drops]
 
 
 def _counters(flows: Iterable[pb.Flow]) -> list[tuple[str, str, str, int, int]]:

@@ -480,8 +480,15 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
             if flow.packets < 0 or flow.bytes < 0:
                 raise Invalid(f"flows[{i}]", "negative counters")
         for i, drop in enumerate(request.drops):
-            check_name(drop.container, f"drops[{i}].container")
+            if drop.kind == pb.DROP_KIND_CONTAINER:
+                check_name(drop.container, f"drops[{i}].container")
+            elif drop.kind == pb.DROP_KIND_NETWORK:
+                check_name(drop.network, f"drops[{i}].network")
+            elif drop.kind != pb.DROP_KIND_VXLAN:
+                raise Invalid(f"drops[{i}].kind", f"unknown kind {drop.kind}")
             check_name(drop.reason, f"drops[{i}].reason")
+            if drop.packets < 0:
+                raise Invalid(f"drops[{i}].packets", "negative counter")
         for i, event in enumerate(request.events):
             check_name(event.kind, f"events[{i}].kind")
         self.state.report_status(request.host, statuses, request.observed_revision)
@@ -507,7 +514,7 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
             raise Invalid("container.cni", "an attachment needs the runtime's netns and ID")
         spec = Container(name=spec.name, host=request.host, network=spec.network,
                          interface=spec.interface, fixed_ip=spec.fixed_ip, ports=spec.ports,
-                         cni_id=spec.cni_id, cni_netns=spec.cni_netns)
+                         cni_id=spec.cni_id, cni_netns=spec.cni_netns, aliases=spec.aliases)
         try:
             return container_pb(self.state.create_container(spec))
         except AlreadyExists:

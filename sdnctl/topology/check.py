@@ -35,6 +35,13 @@ working service, nor for a firewall):
   certain.
 - *open* proves that something accepted the connection, never that the application works.
 
+CNI attachments (containers a runtime such as Podman or containerd put on a network through
+the ``sdnctl`` CNI plugin) are not in the file, but they are on its hosts and networks: each one
+the controller reports on a host and a network of the topology joins the check as a bridged
+container of that network (:func:`with_attachments`), probed from inside its runtime's
+namespace and as a target, under its attachment name (``cni-…``; ``sdnctl ps`` shows the
+runtime's container ID beside it).
+
 Probes run in parallel threads (:data:`WORKERS` at once); probes that would send the same
 packet from the same namespace (a joined container shares its donor's) are sent once.
 """
@@ -42,6 +49,7 @@ packet from the same namespace (a joined container shares its donor's) are sent 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -324,6 +332,20 @@ class Endpoint:
     resolver: str = ""  # its network's DNS resolver (its gateway), "" for closed and open ones
 
 
+def with_attachments(topo: Topology, reported: Iterable[pb.Container]) -> Topology:
+    """``topo`` plus the CNI attachments the controller reports on its hosts and networks,
+    as bridged containers of their network (see the module note)."""
+    hosts = {h.name for h in topo.hosts}
+    networks = {n.name for n in topo.networks}
+    names = {c.name for c in topo.containers}
+    extra = tuple(Container(name=c.name, host=c.host, network=c.network, interface=c.interface,
+                            cni_id=c.cni.container_id, cni_netns=c.cni.netns)
+                  for c in sorted(reported, key=lambda c: c.name)
+                  if c.cni.netns and c.host in hosts and c.network in networks
+                  and c.name not in names)
+    return dataclasses.replace(topo, containers=topo.containers + extra) if extra else topo
+
+
 def endpoints(topo: Topology, reported: Iterable[pb.Container]) -> dict[str, Endpoint]:
     """Each of the topology's containers as the controller reports it; CommandError when the
     controller does not know one (the topology is not up)."""
@@ -335,7 +357,7 @@ def endpoints(topo: Topology, reported: Iterable[pb.Container]) -> dict[str, End
     result = {}
     for ctr in topo.containers:
         donor = by_name.get(donor_of(topo, ctr).name, by_name[ctr.name])
-        result[ctr.name] = Endpoint(by_name[ctr.name].status.netns, donor.ip,
+        result[ctr.name] = Endpoint(by_name[ctr.name].status.netns or ctr.cni_netns, donor.ip,
                                     by_name[ctr.name].status.state or "pending", ctr.mode,
                                     donor.gateway)
     return result
@@ -539,13 +561,14 @@ def _timeout(text: str) -> float:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    topo = topology.load(args.file)
-    probes = plan(topo, implied=not args.no_implied)
+    topo = topology.load(args.file)  # a bad file is refused before anything is asked
     client = connect()
     try:
         reported = client.api.ListContainers(pb.ListRequest(), timeout=10).containers
     finally:
         client.close()
+    topo = with_attachments(topo, reported)
+    probes = plan(topo, implied=not args.no_implied)
     where = endpoints(topo, reported)
     progress = Progress()
     progress.step(f"probing {topo.name}: {len(probes)} probes from inside its containers")

@@ -12,9 +12,18 @@ class UserNsMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     USERNS_AUTO: _ClassVar[UserNsMode]
     USERNS_PRIVATE: _ClassVar[UserNsMode]
     USERNS_HOST: _ClassVar[UserNsMode]
+
+class DropKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DROP_KIND_CONTAINER: _ClassVar[DropKind]
+    DROP_KIND_NETWORK: _ClassVar[DropKind]
+    DROP_KIND_VXLAN: _ClassVar[DropKind]
 USERNS_AUTO: UserNsMode
 USERNS_PRIVATE: UserNsMode
 USERNS_HOST: UserNsMode
+DROP_KIND_CONTAINER: DropKind
+DROP_KIND_NETWORK: DropKind
+DROP_KIND_VXLAN: DropKind
 
 class Host(_message.Message):
     __slots__ = ("name", "underlay_ip", "lab", "agent_pid", "netns", "leases", "revision", "agent_connected", "observed_revision", "agent_synced", "reported_containers", "vtep_mac", "underlay_mtu", "metrics_url")
@@ -681,16 +690,20 @@ class Flow(_message.Message):
     def __init__(self, host: _Optional[str] = ..., src: _Optional[str] = ..., dst: _Optional[str] = ..., proto: _Optional[str] = ..., packets: _Optional[int] = ..., bytes: _Optional[int] = ..., rate_bps: _Optional[float] = ..., src_container: _Optional[str] = ..., dst_container: _Optional[str] = ...) -> None: ...
 
 class Drop(_message.Message):
-    __slots__ = ("host", "container", "reason", "packets")
+    __slots__ = ("host", "container", "reason", "packets", "kind", "network")
     HOST_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     PACKETS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
     host: str
     container: str
     reason: str
     packets: int
-    def __init__(self, host: _Optional[str] = ..., container: _Optional[str] = ..., reason: _Optional[str] = ..., packets: _Optional[int] = ...) -> None: ...
+    kind: DropKind
+    network: str
+    def __init__(self, host: _Optional[str] = ..., container: _Optional[str] = ..., reason: _Optional[str] = ..., packets: _Optional[int] = ..., kind: _Optional[_Union[DropKind, str]] = ..., network: _Optional[str] = ...) -> None: ...
 
 class GetFlowsRequest(_message.Message):
     __slots__ = ()

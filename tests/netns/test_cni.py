@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -24,7 +25,7 @@ from helpers.cli import Cli, lab_cli, nsexec, ping
 from helpers.cnidriver import CniFailed, Driver, make_cni_path
 
 from agent.kernel.netns import create_netns, netns_path, remove_netns
-from sdnctl.lab import lab
+from sdnctl.lab import lab, local
 
 pytestmark = pytest.mark.netns
 
@@ -110,6 +111,8 @@ def wait_for(what: str, probe: Any, timeout: float = 30.0) -> Any:
 
 
 def test_add_check_del_as_libcni_does(env: Env, sandbox: Any) -> None:
+    # the plugin as installed: the C shim (it hands the call to the agent as it came)
+    assert (Path(env.cni_path) / "sdnctl").read_bytes()[:4] == b"\x7fELF"
     ns = sandbox("c1")
     drv = env.driver("h1")
     veths_before = host_links(env)
@@ -162,6 +165,19 @@ def test_add_twice_fails_and_keeps_the_first(env: Env, sandbox: Any) -> None:
         assert not [a for a in env.attachments() if a["owner"] == "cni:ctr-other"]
     finally:
         drv.call(conf(), "DEL", container_id="ctr-two", netns=ns)
+
+
+def test_add_right_after_del_in_the_same_namespace(env: Env, sandbox: Any) -> None:
+    """DEL removes the veth itself, before the reconciler's pass; an ADD of the same
+    attachment right after works however those passes fall (and the veth is gone after
+    each DEL)."""
+    ns, drv = sandbox("c10"), env.driver("h1")
+    for _ in range(3):
+        result = drv.call(conf(), "ADD", container_id="ctr-ten", netns=ns)
+        assert addresses(ns) == [result["ips"][0]["address"]]
+        drv.call(conf(), "DEL", container_id="ctr-ten", netns=ns)
+        assert addresses(ns) == []
+    assert not [a for a in env.attachments() if a["owner"] == "cni:ctr-ten"]
 
 
 def test_check_finds_a_manual_change(env: Env, sandbox: Any) -> None:
@@ -230,6 +246,8 @@ def test_bad_input_is_a_cni_error_and_changes_nothing(env: Env, sandbox: Any) ->
         (conf(), {"netns": f"/run/netns/{Path(ns).name}-missing"}, 4),
         (conf(), {"netns": "/tmp"}, 4),  # a directory, not a namespace
         (conf(controller="unix:/elsewhere.sock"), {}, 7),
+        (conf(runtimeConfig={"aliases": {"front": ["Bad_Name"]}}), {}, 7),
+        (conf(runtimeConfig={"aliases": ["db"]}), {}, 7),
     ]
     for stdin, overrides, code in cases:
         kw = {"container_id": "ctr-bad", "netns": ns, **overrides}
@@ -254,7 +272,11 @@ def test_no_agent_here_means_try_again_later(env: Env, sandbox: Any) -> None:
 
 def test_two_hosts_talk_across_the_overlay(env: Env, sandbox: Any) -> None:
     a, b = sandbox("ca"), sandbox("cb")
-    one = env.driver("h1").call(conf(), "ADD", container_id="ctr-a", netns=a)
+    # names: an alias as Podman passes it (capability aliases) and the container's name in
+    # CNI_ARGS, as Podman and Kubernetes pass it
+    one = env.driver("h1").call(conf(runtimeConfig={"aliases": {"front": ["db"]}}), "ADD",
+                                container_id="ctr-a", netns=a,
+                                args="IgnoreUnknown=1;K8S_POD_NAME=pgsql")
     two = env.driver("h2").call(conf(), "ADD", container_id="ctr-b", netns=b)
     try:
         ip_a, ip_b = (r["ips"][0]["address"].split("/")[0] for r in (one, two))
@@ -262,6 +284,24 @@ def test_two_hosts_talk_across_the_overlay(env: Env, sandbox: Any) -> None:
             ip_a.split(".")[2] != ip_b.split(".")[2], "both hosts gave one lease"
         assert wait_for("ping across the overlay", lambda: ping(a, ip_b)), (ip_a, ip_b)
         assert ping(b, ip_a)
+        # the other host's resolver (the result's nameserver) answers both names
+        resolver = two["dns"]["nameservers"][0]
+        assert resolver == two["ips"][0]["gateway"]
+        for name in ("db", "pgsql"):
+            assert wait_for(f"{name} in DNS", lambda n=name: local.lookup_a(b, resolver, n, 1.0)[0]
+                            == ip_a, 10)
+        assert local.lookup_a(b, resolver, "nosuchname", 1.0)[0] == ""
+        # `sdnctl check` takes the attachments on the topology's hosts and networks in: each
+        # probed from its runtime's namespace, to the other and to the outside world
+        done = env.cli.run("check", str(env.topology), "--json", check=False)
+        probes = {(p["from"], p["to"]): p for p in json.loads(done.stdout)["probes"]}
+        names = {a["owner"]: a["name"] for a in env.attachments()}
+        one_name, two_name = names["cni:ctr-a"], names["cni:ctr-b"]
+        assert set(probes) == {(one_name, two_name), (two_name, one_name),
+                               (one_name, "external"), (two_name, "external")}, probes
+        assert probes[(one_name, two_name)]["address"] == ip_b
+        assert all(p["match"] and p["measured"] == "open" for p in probes.values()), probes
+        assert done.returncode == 0, done.stderr
     finally:
         env.driver("h1").call(conf(), "DEL", container_id="ctr-a", netns=a)
         env.driver("h2").call(conf(), "DEL", container_id="ctr-b", netns=b)
@@ -308,6 +348,22 @@ def test_published_port_from_runtime_config(env: Env, sandbox: Any) -> None:
             server.kill()
             server.wait()
         assert result["ips"]
+        # CHECK verifies the published port: as asked, and its DNAT rule there
+        asked = conf(runtimeConfig={"portMappings": [mapping]}, prevResult=result)
+        drv.call(asked, "CHECK", container_id="ctr-nine", netns=ns)
+        other = dict(mapping, hostPort=18089)
+        with pytest.raises(CniFailed, match=r"published ports \['18080:8080/tcp'\], expected"):
+            drv.call(conf(runtimeConfig={"portMappings": [other]}, prevResult=result),
+                     "CHECK", container_id="ctr-nine", netns=ns)
+        host_ns = env.lab.host_netns("h1")
+        listed = json.loads(nsexec(host_ns, "nft", "-j", "-a", "list", "chain", "inet",
+                                   "sdnctl", "output").stdout)["nftables"]
+        (handle,) = [i["rule"]["handle"] for i in listed if "rule" in i and
+                     i["rule"].get("comment", "").endswith("/port/tcp/18080")]
+        assert nsexec(host_ns, "nft", "delete", "rule", "inet", "sdnctl", "output", "handle",
+                      str(handle)).returncode == 0
+        with pytest.raises(CniFailed, match="published port 18080:8080/tcp has no DNAT rule"):
+            drv.call(asked, "CHECK", container_id="ctr-nine", netns=ns)
     finally:
         drv.call(conf(), "DEL", container_id="ctr-nine", netns=ns)
 
@@ -353,7 +409,7 @@ class Podman:
         (root / "cni.d" / "front.conflist").write_text(json.dumps({
             "cniVersion": "1.0.0", "name": "front",
             "plugins": [{"type": "sdnctl", "network": "front",
-                         "capabilities": {"portMappings": True}}]}))
+                         "capabilities": {"portMappings": True, "aliases": True}}]}))
         (root / "containers.conf").write_text(PODMAN_CONF.format(root=root,
                                                                  cni_path=env.cni_path))
         (root / "storage.conf").write_text(STORAGE_CONF.format(root=root))
@@ -400,18 +456,26 @@ def podmen(env: Env, tmp_path: Path, test_image: tuple[str, str]) -> Iterator[li
 
 def test_podman_runs_containers_on_two_hosts(env: Env, podmen: list[Podman]) -> None:
     one, two = podmen
-    for p, name in ((one, "pa"), (two, "pb")):
-        p("run", "-d", "--name", name, "--network", "front", "sdnctl-test:latest",
-          "sleep", "1000")
-    ips = {}
+    one("run", "-d", "--name", "pa", "--network", "front", "sdnctl-test:latest", "sleep", "1000")
+    two("run", "-d", "--name", "pb", "--network", "front", "--network-alias", "backend",
+        "sdnctl-test:latest", "sleep", "1000")
+    ips, gateways = {}, {}
     for p, name in ((one, "pa"), (two, "pb")):
         data = json.loads(p("inspect", name).stdout)[0]
         ips[name] = data["NetworkSettings"]["Networks"]["front"]["IPAddress"]
+        gateways[name] = data["NetworkSettings"]["Networks"]["front"]["Gateway"]
     by_owner = {a["cni_netns"]: a["ip"] for a in env.attachments()}
     assert sorted(ips.values()) == sorted(by_owner.values()), (ips, by_owner)
     assert wait_for("ping across the overlay", lambda: one(
         "exec", "pa", "ping", "-c", "1", "-W", "1", ips["pb"], check=False).returncode == 0)
     assert two("exec", "pb", "ping", "-c", "1", "-W", "1", ips["pa"]).returncode == 0
+    # podman's --network-alias (capability aliases) and the container's name, from the other
+    # host, through pa's resolver (its gateway)
+    for name in ("backend", "pb"):
+        answer = wait_for(f"{name} in DNS", lambda n=name: (lambda r: r.stdout if ips["pb"] in
+                          r.stdout else None)(one("exec", "pa", "nslookup", n, gateways["pa"],
+                                                  check=False)), 10)
+        assert ips["pb"] in answer
     one("rm", "-f", "-t", "0", "pa")
     assert ips["pa"] not in {a["ip"] for a in env.attachments()}, "podman rm kept the address"
     two("rm", "-f", "-t", "0", "pb")
@@ -519,7 +583,37 @@ def test_containerd_ctr_run_cni(env: Env, tmp_path: Path, test_image: tuple[str,
         ctrd.close()
 
 
-def test_chained_with_the_reference_plugins(env: Env, sandbox: Any) -> None:
+def portmap_check(drv: Driver, conflist: dict[str, Any], portmap: dict[str, Any],
+                  container_id: str, ns: str, prev: Any, caps: dict[str, Any]) -> str | None:
+    """portmap's CHECK after ``prev`` in ``conflist``: None, or its error without the chain
+    name (it names the container)."""
+    try:
+        drv.call(drv._plugin_conf(conflist, portmap, prev, caps), "CHECK",
+                 container_id=container_id, netns=ns)
+        return None
+    except CniFailed as e:
+        return re.sub(r"CNI-DN-[0-9a-f]+", "CNI-DN-*", f"{e.code} {e.msg}")
+
+
+def reference_portmap_check(tmp_path: Path, sandbox: Any, caps: dict[str, Any]) -> str | None:
+    """The same CHECK after the reference bridge and host-local plugins, in a host namespace
+    of their own."""
+    host, ctr = sandbox("rh"), sandbox("rc")
+    drv = Driver(make_cni_path(tmp_path / "ref", ("bridge", "host-local", "portmap")), host)
+    conflist = {"cniVersion": "1.0.0", "name": "ref", "plugins": [
+        {"type": "bridge", "bridge": "cni0", "isGateway": True,
+         "ipam": {"type": "host-local", "subnet": "10.98.0.0/24",
+                  "dataDir": str(tmp_path / "ipam")}},
+        {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}]}
+    prev = drv.add_list(conflist, "ref-chain", ctr, capability_args=caps)
+    try:
+        return portmap_check(drv, conflist, conflist["plugins"][1], "ref-chain", ctr, prev,
+                             caps)
+    finally:
+        drv.del_list(conflist, "ref-chain", ctr, prev, capability_args=caps)
+
+
+def test_chained_with_the_reference_plugins(env: Env, sandbox: Any, tmp_path: Path) -> None:
     """sdnctl first, then tuning, firewall, portmap and bandwidth from containernetworking-plugins
     in one conflist: each parses our prevResult and does its part."""
     ns = sandbox("cc")
@@ -562,18 +656,25 @@ def test_chained_with_the_reference_plugins(env: Env, sandbox: Any) -> None:
             gateway = result["ips"][0]["gateway"]
             done = wait_for("iperf3", lambda: (lambda r: r if r.returncode == 0 else None)(
                 nsexec(ns, "iperf3", "-c", gateway, "-p", "15201", "-t", "3", "-J")), 20)
+            assert "sum_received" in json.loads(done.stdout)["end"], done.stdout[-1500:]
             measured = json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"]
             assert measured < rate * 1.5, f"{measured / 1e6:.1f} Mbit/s, limit {rate / 1e6}"
             assert measured > rate * 0.2, f"{measured / 1e6:.1f} Mbit/s: nothing got through"
         finally:
             iperf.kill()
             iperf.wait()
-        # CHECK through the chain, but portmap's: plugins 1.1.1's portmap CHECK failed here
-        # looking for its IPv6 DNAT chain with our IPv4-only result ("could not check ipv6
-        # dnat: chain CNI-DN-... not found"); not yet compared with the bridge plugin's.
+        # CHECK through the chain: every plugin but portmap passes. portmap 1.1.1 checks its
+        # DNAT chain in iptables AND ip6tables whatever the result's address families, so
+        # after any IPv4-only result its CHECK fails on the IPv6 chain it never made: after
+        # the reference bridge plugin exactly as after ours (compared here; a portmap that
+        # skips a family without a chain passes after both). sdnctl publishes ports itself
+        # (capability portMappings on sdnctl, no portmap), and its CHECK verifies them.
         checked = dict(conflist, plugins=[p for p in conflist["plugins"]
                                           if p["type"] != "portmap"])
         drv.check_list(checked, "ctr-chain", ns, result, capability_args=caps)
+        portmap = next(p for p in conflist["plugins"] if p["type"] == "portmap")
+        ours = portmap_check(drv, conflist, portmap, "ctr-chain", ns, result, caps)
+        assert ours == reference_portmap_check(tmp_path, sandbox, caps)
         assert ip in {a["ip"] for a in env.attachments()}
     finally:
         drv.del_list(conflist, "ctr-chain", ns, result, capability_args=caps)

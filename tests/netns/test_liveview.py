@@ -5,8 +5,11 @@ guesses ports). The page must load without console errors and show the lab's hos
 containers in their modes and the VXLAN tunnel; a container started with `sdnctl run` must
 appear without a reload (server-sent events) and go after `sdnctl rm`; details open from the
 keyboard; the search box marks what matches; a ping across the tunnel becomes a flow edge with
-a rate, and a spoofed source a drop in red with its reason. Waits are safety bounds, not timing
-assertions.
+a rate, and a spoofed source a drop in red with its reason; so does a ping between two
+containers of one bridge (a flow conntrack does not see without br_netfilter), and a network's
+isolation drops show in red on its bridge. Agents read traffic every --flows-interval, between
+their full passes. Over TCP (mutual TLS), chromium without a client certificate gets no page.
+Waits are safety bounds, not timing assertions.
 Screenshots go to the test's tmp dir; with SDNCTL_UPDATE_SCREENSHOT=1 the first one also
 replaces docs/live-view.png (the README's).
 """
@@ -20,9 +23,15 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.cli import EXAMPLES, REPO, Cli, lab_cli, nsexec
+
+from sdnctl.api import pki
+from sdnctl.api.pki import TlsFiles
+from sdnctl.controller.server import create_server
+from sdnctl.controller.store.memory import MemoryStore
 
 pytestmark = pytest.mark.netns
 
@@ -31,13 +40,16 @@ playwright = pytest.importorskip("playwright.sync_api", reason="pip install play
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright never downloads a browser here
 TWO_HOSTS = next(e for e in EXAMPLES if e.endswith("two-hosts.yaml"))
 SAFETY = 30_000  # ms: a bound for a broken page, not a timing requirement
-TRAFFIC = 90_000  # ms: drop counters are read by the agents' full passes (every resync)
+TRAFFIC = 30_000  # ms: agents read flows and drop counters every --flows-interval
 
 
 @pytest.fixture
 def cli(run_prefix: str) -> Iterator[Cli]:
     with lab_cli(run_prefix) as c:
-        c.env["SDNCTL_RESYNC"] = "2"  # agents read flows and drop counters on full passes
+        # flows and drop counters are read between full passes; those are pushed out of the
+        # test's time, so that only --flows-interval can bring the traffic in
+        c.env["SDNCTL_FLOWS_INTERVAL"] = "1"
+        c.env["SDNCTL_RESYNC"] = "600"
         yield c
 
 
@@ -124,13 +136,80 @@ def test_the_live_view_follows_the_network(cli: Cli, tmp_path: Path,
                 drop.wait_for(timeout=TRAFFIC)
                 cache_class = page.get_attribute('[data-id="container:cache"]', "class")
                 assert "dropping" in (cache_class or "")
+                nsexec(cache, "ip", "addr", "del", "10.70.99.99/32", "dev", "eth0")
+
+                # two containers of one bridge (h1's): their flow never crosses the host's
+                # routing, and shows all the same
+                web_ip = web["ip"]
+                done = nsexec(cache, "ping", "-c", "3", "-i", "0.2", web_ip)
+                assert done.returncode == 0, done.stdout
+                page.wait_for_selector('#tunnels line.flow[data-flow="cache>web"]',
+                                       timeout=TRAFFIC)
+
+                # a network's isolation drops show in red on its bridge, with the reason
+                cli.run("network", "create", "iso", "--subnet", "10.71.0.0/16")
+                cli.run("run", "--name", "intruder", "--host", "h1", "--network", "iso")
+                intruder = cli.container("intruder")
+                probe = nsexec(intruder["netns"], "ping", "-c", "2", "-W", "1", web_ip)
+                assert probe.returncode != 0  # isolated: the packets are dropped
+                page.wait_for_selector('[data-id="drop:h1:net/iso:isolation"]',
+                                       timeout=TRAFFIC)
+                bridge_class = page.get_attribute('[data-id="bridge:h1:iso"]', "class")
+                assert "dropping" in (bridge_class or "")
+                assert "isolation" in page.inner_text('[data-id="bridge:h1:iso"]')
                 page.screenshot(path=str(tmp_path / "live-view-traffic.png"), full_page=True)
                 if os.environ.get("SDNCTL_UPDATE_SCREENSHOT"):
                     shutil.copy(tmp_path / "live-view-traffic.png",
                                 REPO / "docs" / "live-view.png")
+                cli.run("rm", "intruder")
+                cli.run("network", "rm", "iso")
             finally:
                 pinger.kill()
                 pinger.wait()
         finally:
             browser.close()
     assert errors == []
+
+
+def test_over_tcp_a_browser_without_a_certificate_is_refused(tmp_path: Path) -> None:
+    """The live view on TCP takes the API's mutual TLS: chromium with a viewer's certificate
+    sees the page (the positive control), with an agent's gets 403, without one no page."""
+    d = tmp_path / "pki"
+    pki.init(d)
+    viewer = pki.issue(d, "user", "vera", role="viewer")
+    agent = pki.issue(d, "agent", "h1")
+    running = create_server([f"unix:{tmp_path / 'c.sock'}"], MemoryStore(), sweep_interval=0,
+                            tls=TlsFiles.from_dir(d, "controller"), http_address="127.0.0.1:0")
+    try:
+        assert running.endpoints is not None
+        url = running.endpoints.ui_url
+        assert url.startswith("https://")
+        origin = url.rstrip("/")
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+            try:
+                def visit(cert: tuple[Path, Path] | None) -> Any:
+                    certs = [{"origin": origin, "certPath": str(cert[0]),
+                              "keyPath": str(cert[1])}] if cert is not None else []
+                    context = browser.new_context(ignore_https_errors=True,
+                                                  client_certificates=certs)
+                    return context.new_page()
+
+                page = visit(viewer)
+                reply = page.goto(url)
+                assert reply is not None and reply.status == 200
+                page.locator("#conn.live").wait_for(timeout=SAFETY)
+                page.screenshot(path=str(tmp_path / "tls-viewer.png"))
+
+                page = visit(agent)
+                reply = page.goto(url)
+                assert reply is not None and reply.status == 403
+
+                page = visit(None)
+                with pytest.raises(playwright.Error) as refused:
+                    page.goto(url)
+                assert "net::ERR_" in str(refused.value)  # no page at all: the handshake failed
+            finally:
+                browser.close()
+    finally:
+        running.stop()

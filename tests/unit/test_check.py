@@ -362,3 +362,29 @@ def test_a_ping_reads_reachable_or_blocked() -> None:
         "a -> c icmp: expected blocked, measured reachable [echo reply] (t.yaml:3)")
     unmeasured = Result(Probe("a", "c", "tcp", 80), "10.0.0.3", None, "no namespace")
     assert "measured not measured" in check.mismatch_line(unmeasured, "t.yaml")
+
+
+def test_cni_attachments_on_the_topologys_hosts_and_networks_join_the_check() -> None:
+    topo = parse("""
+name: t
+hosts: [{name: h1, lab: true}, {name: h2, lab: true}]
+networks: [{name: front, subnet: 10.5.0.0/16, driver: overlay}]
+containers: [{name: web, host: h1, network: front}]
+""")
+    reported = [
+        pb.Container(name="web", host="h1", network="front", ip="10.5.1.2"),
+        pb.Container(name="cni-aa", host="h2", network="front", ip="10.5.2.2",
+                     cni=pb.CniOwner(container_id="abc", netns="/run/netns/ctr-abc")),
+        pb.Container(name="cni-bb", host="h9", network="front", ip="10.5.9.2",  # another host
+                     cni=pb.CniOwner(container_id="def", netns="/run/netns/ctr-def")),
+        pb.Container(name="cni-cc", host="h1", network="elsewhere", ip="10.7.1.2",
+                     cni=pb.CniOwner(container_id="ghi", netns="/run/netns/ctr-ghi")),
+    ]
+    joined = check.with_attachments(topo, reported)
+    assert [c.name for c in joined.containers] == ["web", "cni-aa"]
+    keys = {(p.src, p.dst, p.expect) for p in plan(joined)}
+    assert ("cni-aa", "web", OPEN) in keys and ("web", "cni-aa", OPEN) in keys
+    assert ("cni-aa", "external", OPEN) in keys
+    where = check.endpoints(joined, reported)
+    assert (where["cni-aa"].netns, where["cni-aa"].address) == ("/run/netns/ctr-abc", "10.5.2.2")
+    assert check.with_attachments(topo, reported[:1]) is topo

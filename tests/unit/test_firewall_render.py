@@ -436,3 +436,52 @@ def test_delta_is_refused_when_an_overlay_port_or_vni_comes() -> None:
     more = (*OV_SPEC.vxlan, VxlanFilter(4790, 77, ("192.0.2.9",)))
     assert firewall.render_delta(OV_SPEC, dataclasses.replace(OV_SPEC, vxlan=more),
                                  handles_of(OV_SPEC)) is None
+
+
+def test_frames_bridged_between_containers_update_the_flow_sets() -> None:
+    script = render(SPEC)
+    assert script.index("add set bridge sdnctl flows {") < script.index("add chain")
+    assert "add set bridge sdnctl opened {" in script
+    assert rules(script, "forward", family="bridge") == [
+        'iifname "sdnv*" oifname "sdnv*" ether type ip update @flows '
+        '{ ip saddr . ip daddr . meta l4proto counter } comment "sdnctl:flows/count"',
+        'iifname "sdnv*" oifname "sdnv*" ether type ip ip daddr . ip saddr . meta l4proto != '
+        '@opened update @opened { ip saddr . ip daddr . meta l4proto } '
+        'comment "sdnctl:flows/opened"']
+    assert "flush set" not in script  # a render keeps the flows counted so far
+
+
+def test_bridged_flows_add_up_both_directions_from_the_end_that_spoke_first() -> None:
+    def element(src: str, dst: str, proto: str, packets: int | None = None) -> dict[str, Any]:
+        elem: dict[str, Any] = {"val": {"concat": [src, dst, proto]}, "expires": 59}
+        if packets is not None:
+            elem["counter"] = {"packets": packets, "bytes": packets * 100}
+        return {"elem": elem}
+
+    def nft_set(name: str, *elems: dict[str, Any], table: str = "sdnctl") -> dict[str, Any]:
+        return {"set": {"family": "bridge", "table": table, "name": name, "elem": list(elems)}}
+
+    items = [
+        nft_set("flows", element("10.1.0.3", "10.1.0.2", "tcp", 5),
+                element("10.1.0.2", "10.1.0.3", "tcp", 4),
+                element("10.1.0.9", "10.1.0.4", "udp", 1)),
+        nft_set("opened", element("10.1.0.3", "10.1.0.2", "tcp")),
+        nft_set("flows", element("10.9.0.1", "10.9.0.2", "icmp", 7), table="other"),
+        {"rule": {"family": "bridge", "table": "sdnctl", "comment": "x"}},
+    ]
+    assert firewall.bridged_flows(items) == [
+        ("10.1.0.3", "10.1.0.2", "tcp", 9, 900),  # opened by .3: both directions, one flow
+        ("10.1.0.4", "10.1.0.9", "udp", 1, 100),  # no opener known: the lower address first
+    ]
+
+
+def test_network_drops_count_by_network_and_reason() -> None:
+    def rule(comment: str, packets: int) -> dict[str, object]:
+        return {"comment": comment,
+                "expr": [{"counter": {"packets": packets, "bytes": 0}}, {"drop": None}]}
+
+    rules_ = [rule("sdnctl:net/front/isolation", 3), rule("sdnctl:net/inside/internal-out", 2),
+              rule("sdnctl:net/inside/internal-in", 0), rule("sdnctl:ctr/web/spoof-ip", 4),
+              {"comment": "sdnctl:net/front/overlay", "expr": [{"accept": None}]}]
+    assert firewall.network_drop_counts(rules_) == {("front", "isolation"): 3,
+                                                    ("inside", "internal-out"): 2}

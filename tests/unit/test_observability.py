@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.kernel.firewall import drop_counts
+from agent.main import merge_flows
 from sdnctl.api import pki
 from sdnctl.api.pki import TlsFiles
 from sdnctl.controller.flows import FlowTable
@@ -183,3 +184,38 @@ def test_flow_rates_come_from_successive_reports_of_a_host() -> None:
         [("h1", "web", "spoof-ip", 3)]
     now[0] = 102.0 + 121
     assert not table.report({}).flows  # the host went quiet: stale entries go
+
+
+def test_drops_keep_their_kind_and_network_through_the_flow_table() -> None:
+    table = FlowTable()
+    table.update("h1", [], [pb.Drop(kind=pb.DROP_KIND_NETWORK, network="front",
+                                    reason="isolation", packets=4),
+                            pb.Drop(kind=pb.DROP_KIND_VXLAN, reason="vxlan-not-member",
+                                    packets=1)])
+    assert [(d.host, d.kind, d.network, d.reason, d.packets) for d in table.report({}).drops] == [
+        ("h1", pb.DROP_KIND_NETWORK, "front", "isolation", 4),
+        ("h1", pb.DROP_KIND_VXLAN, "", "vxlan-not-member", 1)]
+
+
+def test_merge_flows_adds_bridged_flows_conntrack_does_not_track() -> None:
+    tracked = [("10.1.0.2", "10.1.1.2", "icmp", 4, 336)]
+    bridged = [("10.1.1.2", "10.1.0.2", "icmp", 4, 336), ("10.1.0.2", "10.1.0.3", "tcp", 9, 900)]
+    assert merge_flows(tracked, bridged) == [("10.1.0.2", "10.1.0.3", "tcp", 9, 900),
+                                             ("10.1.0.2", "10.1.1.2", "icmp", 4, 336)]
+
+
+@pytest.mark.parametrize("drop, field", [
+    (pb.Drop(kind=pb.DROP_KIND_NETWORK, network="", reason="isolation"), "drops[0].network"),
+    (pb.Drop(container="", reason="spoof-ip"), "drops[0].container"),
+    (pb.Drop(kind=7, reason="x"), "drops[0].kind"),
+    (pb.Drop(container="web", reason="spoof-ip", packets=-1), "drops[0].packets"),
+])
+def test_reported_drops_are_checked_by_kind(server: RunningServer, drop: pb.Drop,
+                                            field: str) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        sync = pb_grpc.HostSyncStub(channel)
+        sync.Register(pb.RegisterRequest(host="h1", underlay_ip="192.0.2.1"), timeout=10)
+        with pytest.raises(grpc.RpcError) as e:
+            sync.ReportStatus(pb.ReportStatusRequest(host="h1", drops=[drop]), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in (e.value.details() or "")

@@ -44,8 +44,26 @@ function rate(bps) {
   return Math.round(bps) + " B/s";
 }
 
+// Drops come in three kinds: a container's guard (spoofing), a network's forwarding rules
+// (isolation, internal) and a host's VXLAN filter.
+function dropKind(d) {
+  return (d.kind || "DROP_KIND_CONTAINER").replace("DROP_KIND_", "").toLowerCase();
+}
+
 function dropsOf(name) {
-  return (state.drops || []).filter(d => d.container === name);
+  return (state.drops || []).filter(d => dropKind(d) === "container" && d.container === name);
+}
+
+function networkDrops(host, network) {
+  return (state.drops || []).filter(d => dropKind(d) === "network" && d.host === host &&
+                                         d.network === network);
+}
+
+function dropSubject(d) {
+  const kind = dropKind(d);
+  if (kind === "network") return "network " + d.network;
+  if (kind === "vxlan") return "VXLAN filter";
+  return d.container;
 }
 
 function containerButton(c) {
@@ -102,12 +120,17 @@ function render() {
       const overlay = n.driver === "overlay";
       const block = el("div", {class: "net" + (overlay ? " overlay" : "")});
       const devices = el("div", {class: "devices"});
-      const bridge = element("bridge:" + h.name + ":" + name, "device bridge",
-        "bridge " + name + (lease.subnet ? " " + lease.subnet : ""),
-        {title: "bridge of " + name + " on " + h.name, kind: "bridge", network: name,
-         driver: n.driver, subnet: lease.subnet || "-", gateway: lease.gateway || "-",
-         "network CIDR": n.subnet || "-", mtu: n.mtu || "-",
-         internal: n.internal ? "yes" : "no"});
+      const dropped = networkDrops(h.name, name);
+      const bridgeDetails = {title: "bridge of " + name + " on " + h.name, kind: "bridge",
+         network: name, driver: n.driver, subnet: lease.subnet || "-",
+         gateway: lease.gateway || "-", "network CIDR": n.subnet || "-", mtu: n.mtu || "-",
+         internal: n.internal ? "yes" : "no"};
+      for (const d of dropped) bridgeDetails["dropped: " + d.reason] = d.packets + " packets";
+      const bridge = element("bridge:" + h.name + ":" + name,
+        "device bridge" + (dropped.length ? " dropping" : ""),
+        "bridge " + name + (lease.subnet ? " " + lease.subnet : "") +
+        dropped.map(d => " × " + d.reason + " " + d.packets).join(""), bridgeDetails,
+        dropped.length ? "dropping " + dropped.map(d => d.reason).join(" ") : "");
       bridge.dataset.search = ("bridge " + name + " " + (lease.subnet || "")).toLowerCase();
       devices.append(bridge);
       if (overlay) {
@@ -183,11 +206,14 @@ function renderTraffic() {
     flows.append(b);
   }
   for (const d of state.drops || []) {
-    const id = "drop:" + d.host + ":" + d.container + ":" + d.reason;
-    const b = element(id, "drop", "× " + d.container + " " + d.reason + " " + d.packets,
-                      {title: "dropped from " + d.container, kind: "drop", container: d.container,
+    const kind = dropKind(d);
+    const subject = kind === "network" ? "net/" + d.network : kind === "vxlan" ? "vxlan" : d.container;
+    const id = "drop:" + d.host + ":" + subject + ":" + d.reason;
+    const b = element(id, "drop " + kind, "× " + dropSubject(d) + " " + d.reason + " " + d.packets,
+                      {title: "dropped by " + dropSubject(d) + " on " + d.host, kind: "drop " + kind,
+                       container: d.container || "-", network: d.network || "-",
                        host: d.host, reason: d.reason, packets: d.packets});
-    b.dataset.search = [d.container, d.reason, d.host].join(" ").toLowerCase();
+    b.dataset.search = [d.container, d.network, kind, d.reason, d.host].join(" ").toLowerCase();
     drops.append(b);
   }
   document.getElementById("traffic").hidden = !(state.flows || []).length && !(state.drops || []).length;

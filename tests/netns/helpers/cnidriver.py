@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[3]
 PLUGIN_FILE = REPO / "sdnctl" / "cni" / "plugin.py"
 REFERENCE_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
+ELF = b"\x7fELF"
 
 
 class CniFailed(Exception):
@@ -32,13 +34,20 @@ class CniFailed(Exception):
         self.code, self.msg, self.details, self.raw = code, msg, details, raw
 
 
-def make_cni_path(directory: Path, reference: tuple[str, ...] = ()) -> str:
-    """A CNI_PATH directory of the test's own: ``sdnctl`` (the same wrapper the set-up installs:
-    the venv's python, no site, on the plugin file) and links to reference plugins."""
+def make_cni_path(directory: Path, reference: tuple[str, ...] = (), shim: bool = True) -> str:
+    """A CNI_PATH directory of the test's own: ``sdnctl`` as the set-up installs it (the C shim
+    built by scripts/build-cni-shim.sh for the venv's python; with ``shim=False``, or without
+    a C compiler, a wrapper that runs the plugin file with that python, no site) and links to
+    reference plugins."""
     directory.mkdir(parents=True, exist_ok=True)
     wrapper = directory / "sdnctl"
-    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -S -E {PLUGIN_FILE} \"$@\"\n")
-    wrapper.chmod(0o755)
+    if shim and shutil.which("cc"):
+        if not wrapper.exists() or wrapper.read_bytes()[:4] != ELF:
+            subprocess.run([str(REPO / "scripts" / "build-cni-shim.sh"), str(wrapper),
+                            sys.executable], check=True)
+    else:
+        wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -S -E {PLUGIN_FILE} \"$@\"\n")
+        wrapper.chmod(0o755)
     for name in reference:
         source = next((Path(d) / name for d in REFERENCE_DIRS if (Path(d) / name).exists()),
                       None)
