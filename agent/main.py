@@ -27,7 +27,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import cast
 
 import grpc
@@ -38,6 +38,7 @@ from agent import plan as p
 from agent.cni import AgentSide, CniService, Realised
 from agent.desired import DesiredState, LocalHost
 from agent.drivers import DRIVERS
+from agent.imagefetch import GrpcFetcher
 from agent.imagestore import ImageStore
 from agent.kernel import conntrack, procfs, sysctl
 from agent.kernel.firewall import Firewall
@@ -154,22 +155,6 @@ def become_subreaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         log.warning("could not become a child subreaper: exit codes will be unknown")
-
-
-class GrpcFetcher:
-    """Images and layers from the controller (agent.imagestore.Fetcher), through whichever
-    replica the agent uses at the time."""
-
-    def __init__(self, sync: Callable[[], pb_grpc.HostSyncStub]) -> None:
-        self.sync = sync
-
-    def image(self, image_id: str) -> tuple[bytes, tuple[str, ...]]:
-        msg = self.sync().FetchImage(pb.ImageRef(name=image_id), timeout=60)
-        return msg.config, tuple(msg.layers)
-
-    def blob(self, digest: str) -> Iterator[bytes]:
-        for chunk in self.sync().FetchBlob(pb.BlobRequest(digest=digest), timeout=600):
-            yield chunk.data
 
 
 class Agent:

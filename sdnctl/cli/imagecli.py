@@ -4,6 +4,12 @@
     sdnctl image save -o FILE NAME    a `docker save` archive that `docker load` accepts
     sdnctl image ls [--json]
     sdnctl image rm NAME...           untag, or remove (refused while a container uses it)
+    sdnctl image pull REF             record an image a registry holds (agents pull its layers)
+    sdnctl image push NAME REF        upload the controller's image NAME to a registry as REF
+
+A registry's trust, credentials and way in come from the registry file
+(``$SDNCTL_REGISTRY_CONFIG``, default ``<run dir>/registries.json``; a lab with a registry
+writes its entry); ``--insecure`` (plain HTTP) is accepted for a loopback registry only.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from sdnctl.api import convert
+from sdnctl.api import convert, imagefmt, imagepull, registry
 from sdnctl.api.client import CommandError, connect
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -28,7 +34,7 @@ def _fail(what: str, e: grpc.RpcError) -> CommandError:
 
 def image_json(image: pb.Image) -> dict[str, Any]:
     return {"id": image.id, "repo_tags": list(image.repo_tags), "layers": list(image.layers),
-            "size": image.size, "revision": image.revision}
+            "size": image.size, "revision": image.revision, "source": image.source}
 
 
 def human_size(size: int) -> str:
@@ -98,6 +104,33 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pull(args: argparse.Namespace) -> int:
+    client = connect()
+    try:
+        image = imagepull.pull(client.api, args.ref, insecure=args.insecure)
+    except (ValueError, registry.RegistryError) as e:
+        raise CommandError(f"image pull {args.ref}: {e}") from None
+    except grpc.RpcError as e:
+        raise _fail(f"image pull {args.ref}", e) from None
+    if args.json:
+        print(json.dumps(image_json(image), indent=2))
+    else:
+        print(f"Pulled image: {', '.join(image.repo_tags)} ({image.id}) from {image.source}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    client = connect()
+    try:
+        digest = imagepull.push(client.api, args.name, args.ref, insecure=args.insecure)
+    except (ValueError, registry.RegistryError, imagefmt.ImageFormatError) as e:
+        raise CommandError(f"image push {args.name} {args.ref}: {e}") from None
+    except grpc.RpcError as e:
+        raise _fail(f"image push {args.name}", e) from None
+    print(f"Pushed {args.name} as {args.ref}@{digest}")
+    return 0
+
+
 def register(sub: Any) -> None:
     image = sub.add_parser("image", help="load, save, list, remove images")
     verbs = image.add_subparsers(dest="image_command", required=True)
@@ -114,3 +147,13 @@ def register(sub: Any) -> None:
     p = verbs.add_parser("rm", help="untag or remove images")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(func=cmd_rm)
+    p = verbs.add_parser("pull", help="record an image a registry holds")
+    p.add_argument("ref", metavar="HOST[:PORT]/REPO[:TAG][@DIGEST]")
+    p.add_argument("--insecure", action="store_true", help="plain HTTP (loopback only)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pull)
+    p = verbs.add_parser("push", help="upload an image to a registry")
+    p.add_argument("name", metavar="NAME[:TAG]")
+    p.add_argument("ref", metavar="HOST[:PORT]/REPO[:TAG]")
+    p.add_argument("--insecure", action="store_true", help="plain HTTP (loopback only)")
+    p.set_defaults(func=cmd_push)
