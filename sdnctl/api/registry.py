@@ -642,7 +642,10 @@ def layer_chunks(client: Client, repository: str, layer: Layer) -> Iterator[byte
     inflate = zlib.decompressobj(wbits=31) if layer.media_type in GZIP_LAYERS else None
     diff = hashlib.sha256()
     for chunk in client.blob_chunks(repository, layer.digest):
-        data = inflate.decompress(chunk) if inflate is not None else chunk
+        try:
+            data = inflate.decompress(chunk) if inflate is not None else chunk
+        except zlib.error as e:
+            raise RegistryError(f"layer {layer.digest}: not a gzip stream ({e})") from None
         if data:
             diff.update(data)
             yield data
