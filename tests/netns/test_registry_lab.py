@@ -57,7 +57,7 @@ def reglab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Path
     with lab_cli(prefix) as cli:
         cli.run("up", str(path))
         yield cli, tmp
-        down = cli.run("down", str(path)).stderr
+        down = cli.run("down", cli.files["reglab"]).stderr  # the last file brought up
         assert "lab registry stopped" in down, down
         assert not (cli.run_dir / "lab" / f"{prefix}registry").exists()
         assert REGISTRY not in json.loads((cli.run_dir / "registries.json").read_text())[
@@ -74,9 +74,9 @@ def storage(cli: Cli) -> Path:
     return Path(cli.json("status")["lab"]["registry"]["storage"])
 
 
-def blob_file(cli: Cli, digest: str) -> Path:
+def blob_file(root: Path, digest: str) -> Path:
     hexd = digest.removeprefix("sha256:")
-    return storage(cli) / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+    return root / "docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
 
 
 def corrupt(path: Path) -> None:
@@ -98,7 +98,7 @@ def run(cli: Cli, name: str, host: str, image: str, *cmd: str) -> dict[str, Any]
 
 def test_push_by_sdnctl_pull_by_docker_and_back(reglab: tuple[Cli, Path],
                                                 test_image: tuple[str, str]) -> None:
-    cli, _ = reglab
+    cli, tmp = reglab
     status = cli.json("status")["lab"]["registry"]
     assert status["address"] == REGISTRY and status["url"] == f"https://{REGISTRY}"
     entry = registry_files(cli)
@@ -143,6 +143,16 @@ def test_push_by_sdnctl_pull_by_docker_and_back(reglab: tuple[Cli, Path],
     assert not blobs.exists() or not any(blobs.iterdir())  # the agent did not go through us
     cli.run("rm", "-f", "fromreg")
 
+    # a topology's `image: host:port/repo:tag`: `up` pulls (records) it on demand
+    path = tmp / "reglab-with-container.yaml"
+    path.write_text(TOPOLOGY.replace(
+        "containers: []", f"containers:\n  - {{name: fromtopo, host: h2, network: front, "
+        f"image: '{REGISTRY}/app:1.0', command: [sleep, '1000']}}"))
+    cli.run("up", str(path))
+    assert cli.container("fromtopo")["state"] == "running"
+    recorded = {t: i["source"] for i in cli.json("image", "ls") for t in i["repo_tags"]}
+    assert recorded[f"{REGISTRY}/app:1.0"].startswith(f"{REGISTRY}/app@sha256:")
+
 
 def test_wrong_digests_are_refused_and_nothing_is_kept(reglab: tuple[Cli, Path]) -> None:
     cli, tmp = reglab
@@ -153,17 +163,18 @@ def test_wrong_digests_are_refused_and_nothing_is_kept(reglab: tuple[Cli, Path])
     cli.run("image", "push", "baddigest:1", f"{REGISTRY}/bad:manifest")
     cli.run("image", "rm", "baddigest:1")
     before = cli.json("image", "ls")
+    root = storage(cli)
 
     # a config whose bytes are not its digest
-    corrupt(blob_file(cli, image_id))
+    corrupt(blob_file(root, image_id))
     done = cli.run("image", "pull", f"{REGISTRY}/bad:config", check=False)
     assert done.returncode != 0 and "hashes to" in done.stderr, done.stderr
     assert cli.json("image", "ls") == before
 
     # a manifest whose bytes are not the digest the registry announces for the tag
-    link = storage(cli) / "docker/registry/v2/repositories/bad/_manifests/tags/manifest" \
+    link = root / "docker/registry/v2/repositories/bad/_manifests/tags/manifest" \
         / "current/link"
-    corrupt(blob_file(cli, link.read_text().strip()))
+    corrupt(blob_file(root, link.read_text().strip()))
     done = cli.run("image", "pull", f"{REGISTRY}/bad:manifest", check=False)
     assert done.returncode != 0 and "manifest" in done.stderr and "hashes to" in done.stderr
     assert cli.json("image", "ls") == before
@@ -175,9 +186,9 @@ def test_wrong_digests_are_refused_and_nothing_is_kept(reglab: tuple[Cli, Path])
     cli.run("image", "push", "badlayer:1", f"{REGISTRY}/bad:layer")
     cli.run("image", "rm", "badlayer:1")
     pulled = cli.json("image", "pull", f"{REGISTRY}/bad:layer")
-    manifest = json.loads(blob_file(cli, pulled["source"].split("@")[1]).read_text())
+    manifest = json.loads(blob_file(root, pulled["source"].split("@")[1]).read_text())
     base = manifest["layers"][0]["digest"]
-    corrupt(blob_file(cli, base))
+    corrupt(blob_file(root, base))
     done = cli.run("run", "--name", "badlayer", "--host", "h2", "--network", "front",
                    "--image", f"{REGISTRY}/bad:layer", "--", "sleep", "1000", check=False)
     assert done.returncode != 0
