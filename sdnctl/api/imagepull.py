@@ -54,6 +54,10 @@ def push(api: pb_grpc.ControllerStub, name: str, ref: str, insecure: bool = Fals
     client = client_for(reference, insecure)
     workdir = tempfile.mkdtemp(prefix="sdnctl-push-", dir=scratch_dir)
     try:
+        held = api.GetImage(pb.ImageRef(name=name), timeout=60)
+        if held.source:  # a registry's image: copied from there, the controller has no blob
+            return copy_image(registry.parse_reference(held.source), client, reference,
+                              workdir, insecure)
         archive = os.path.join(workdir, "image.tar")
         with open(archive, "wb") as f:
             for chunk in api.SaveImage(pb.ImageRef(name=name), timeout=TIMEOUT):
@@ -63,14 +67,31 @@ def push(api: pb_grpc.ControllerStub, name: str, ref: str, insecure: bool = Fals
         os.unlink(archive)
         if len(images) != 1:
             raise ValueError(f"image {name!r}: the controller sent {len(images)} images")
-        return push_image(client, reference, images[0], blobs, workdir)
+        return push_image(client, reference, images[0], blobs, workdir)[0]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def copy_image(source: registry.Reference, client: registry.Client,
+               reference: registry.Reference, workdir: str, insecure: bool = False) -> str:
+    """Copy the manifest ``source`` pins (its config and layers) to ``reference``, byte for
+    byte: the same manifest digest."""
+    src = client_for(source, insecure)
+    data, media_type, _ = src.get_manifest(source.repository, source.ref)
+    doc = json.loads(data)
+    for desc in [doc["config"], *doc["layers"]]:
+        path = os.path.join(workdir, "blob")
+        src.fetch_blob(source.repository, desc["digest"], path)
+        client.push_blob(reference.repository, path, desc["digest"])
+        os.unlink(path)
+    return client.put_manifest(reference.repository, reference.tag or "latest", data,
+                               media_type)
+
+
 def push_image(client: registry.Client, reference: registry.Reference, image: imagefmt.Image,
-               blobs: imagefmt.BlobStore, workdir: str) -> str:
-    """Upload one imported image (uncompressed layers in ``blobs``) to ``reference``."""
+               blobs: imagefmt.BlobStore, workdir: str) -> tuple[str, list[registry.Layer]]:
+    """Upload one imported image (uncompressed layers in ``blobs``) to ``reference``: the
+    manifest's digest and the layers as the registry now holds them."""
     layers = []
     for diff_id in image.layers:
         packed = os.path.join(workdir, "layer.gz")
@@ -81,8 +102,8 @@ def push_image(client: registry.Client, reference: registry.Reference, image: im
             shutil.copyfileobj(src, out, registry.CHUNK)
         digest = "sha256:" + sha.hexdigest()
         client.push_blob(reference.repository, packed, digest)
-        layers.append({"mediaType": registry.DOCKER_LAYER_GZIP,
-                       "size": os.path.getsize(packed), "digest": digest})
+        layers.append(registry.Layer(digest, registry.DOCKER_LAYER_GZIP,
+                                     os.path.getsize(packed), diff_id))
         os.unlink(packed)
     with blobs.open(image.id) as f:
         config = f.read()
@@ -90,10 +111,11 @@ def push_image(client: registry.Client, reference: registry.Reference, image: im
     manifest = {"schemaVersion": 2, "mediaType": registry.DOCKER_MANIFEST,
                 "config": {"mediaType": registry.DOCKER_CONFIG, "size": len(config),
                            "digest": image.id},
-                "layers": layers}
+                "layers": [{"mediaType": layer.media_type, "size": layer.size,
+                            "digest": layer.digest} for layer in layers]}
     data = json.dumps(manifest, indent=3).encode()
     return client.put_manifest(reference.repository, reference.tag or "latest", data,
-                               registry.DOCKER_MANIFEST)
+                               registry.DOCKER_MANIFEST), layers
 
 
 class _Hashing:

@@ -31,11 +31,11 @@ import os
 import re
 from dataclasses import dataclass
 
-from sdnctl.api import imagefmt, registry, registryconfig
+from sdnctl.api import imagefmt, imagepull, registry, registryconfig
 from sdnctl.api.fields import image_name
 from sdnctl.api.model import Container, Invalid, from_json, to_json
 from sdnctl.controller import ipam
-from sdnctl.controller.errors import FailedPrecondition, NotFound
+from sdnctl.controller.errors import FailedPrecondition, NotFound, Unavailable
 from sdnctl.controller.keys import CONTAINERS, IMAGES, image_key
 from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store
 
@@ -78,19 +78,77 @@ def resolve(store: Store, ref: str, field: str = "image") -> tuple[ImageRecord, 
     raise NotFound(field, ref)
 
 
+@dataclass(frozen=True)
+class PushTarget:
+    """Where ``image load`` puts images when the controller has a registry: ``host``
+    (host[:port]) and a repository namespace (``sdnctl``: ``name:tag`` goes to
+    ``host/sdnctl/name:tag``)."""
+
+    host: str
+    namespace: str
+
+    @staticmethod
+    def parse(text: str) -> PushTarget:
+        ref = registry.parse_reference(text.rstrip("/") + "/x")
+        return PushTarget(ref.registry, ref.repository.removesuffix("/x").removesuffix("x"))
+
+    def reference(self, image: imagefmt.Image) -> registry.Reference:
+        tag = image.repo_tags[0] if image.repo_tags else ""
+        name, _, version = tag.rpartition(":") if tag else ("", "", "")
+        name = name.split("/", 1)[1] if registry.names_registry(name) else name
+        if not name:
+            name, version = "image", image.id.removeprefix("sha256:")[:12]
+        repository = f"{self.namespace}/{name}" if self.namespace else name
+        return registry.Reference(self.host, repository.lower(), version or "latest")
+
+
 class Images:
-    def __init__(self, store: Store, blob_dir: str, registry_config: str | None = None) -> None:
+    def __init__(self, store: Store, blob_dir: str, registry_config: str | None = None,
+                 push_to: PushTarget | None = None) -> None:
         self.store = store
         self.blobs = imagefmt.BlobStore(blob_dir)
         self.registry_config = registry_config
+        self.push_to = push_to
 
     def load(self, archive: str) -> list[ImageRecord]:
-        """Import an archive: blobs first (checked), then all records in one transaction."""
+        """Import an archive: blobs first (checked), then all records in one transaction. With
+        a registry (``push_to``), the blobs go to the registry and none stays here."""
+        if self.push_to is not None:
+            return self._load_to_registry(archive, self.push_to)
         try:
             images = imagefmt.import_archive(archive, self.blobs)
         except imagefmt.ImageFormatError as e:
             raise Invalid("archive", str(e)) from None
         wanted = [ImageRecord(i.id, tuple(i.repo_tags), tuple(i.layers), i.size) for i in images]
+        self._put_records(wanted)
+        return [self.get(r.id)[0] for r in wanted]
+
+    def _load_to_registry(self, archive: str, target: PushTarget) -> list[ImageRecord]:
+        """Check the archive as a load does (into a scratch blob store), push each image,
+        record it as the registry's; the scratch directory goes whatever happens."""
+        client = registry.Client(registryconfig.endpoint(target.host,
+                                                         path=self.registry_config))
+        wanted = []
+        with self.blobs.temp_dir() as scratch:
+            blobs = imagefmt.BlobStore(os.path.join(scratch, "blobs"))
+            try:
+                images = imagefmt.import_archive(archive, blobs)
+            except imagefmt.ImageFormatError as e:
+                raise Invalid("archive", str(e)) from None
+            for image in images:
+                ref = target.reference(image)
+                try:
+                    digest, layers = imagepull.push_image(client, ref, image, blobs, scratch)
+                except registry.RegistryError as e:
+                    raise Unavailable(f"could not push {ref} to the registry: {e}") from e
+                with blobs.open(image.id) as f:
+                    config = f.read()
+                wanted.append(ImageRecord(
+                    id=image.id, repo_tags=tuple(image.repo_tags), layers=tuple(image.layers),
+                    size=image.size, source=ref.pinned(digest), config=config.decode(),
+                    blob_digests=tuple(x.digest for x in layers),
+                    blob_types=tuple(x.media_type for x in layers),
+                    blob_sizes=tuple(x.size for x in layers)))
         self._put_records(wanted)
         return [self.get(r.id)[0] for r in wanted]
 

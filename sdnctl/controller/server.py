@@ -54,7 +54,7 @@ from sdnctl.controller import gc, ipam
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import SecurityInterceptor
 from sdnctl.controller.flows import FlowTable
-from sdnctl.controller.images import Images, default_blob_dir
+from sdnctl.controller.images import Images, PushTarget, default_blob_dir
 from sdnctl.controller.liveview import DEFAULT_ADDRESS as DEFAULT_HTTP
 from sdnctl.controller.liveview import LiveView, LiveViewError
 from sdnctl.controller.metrics import (
@@ -279,7 +279,9 @@ def create_server(address: str | Sequence[str], store: Store,
                   gc_grace: int = gc.DEFAULT_GRACE,
                   gc_interval: float = 0.0,
                   tls_dir: str | None = None,
-                  metrics_address: str = "", http_address: str = "") -> RunningServer:
+                  metrics_address: str = "", http_address: str = "",
+                  registry: PushTarget | None = None,
+                  registry_config: str | None = None) -> RunningServer:
     """Build and start a server on ``address`` (one or several): ``unix:/path`` or
     ``[tcp:]host:port`` (port 0 picks). A TCP address needs ``tls`` (mutual TLS), else
     :class:`ListenError` before anything starts. ``crl``: a revocation list file (PEM, signed by
@@ -300,6 +302,9 @@ def create_server(address: str | Sequence[str], store: Store,
     directory). ``metrics_address``: where to serve Prometheus metrics (``HOST:PORT``, port 0
     picks; "": not served); ``http_address``: the live view's (loopback only, see
     :mod:`sdnctl.controller.liveview`); the URLs bound are in ``running.endpoints``.
+    ``registry``: where ``image load`` pushes images (then no blob is kept here; replicas share
+    nothing on disk); ``registry_config``: the registry file (trust, credentials) if not the
+    default.
     """
     addresses = [address] if isinstance(address, str) else list(address)
     for tcp in (a for a in addresses if not is_unix(a)):
@@ -319,7 +324,7 @@ def create_server(address: str | Sequence[str], store: Store,
         state.ensure_default_bridge(default_bridge)
     connections = Connections(store, heartbeat=heartbeat, clock=clock)
     scratch = "" if blob_dir else tempfile.mkdtemp(prefix="sdnctl-blobs-")
-    images = Images(store, blob_dir or scratch)
+    images = Images(store, blob_dir or scratch, registry_config, registry)
     front = TlsFront(tls, revocations, tls_dir) \
         if tls is not None and any(not is_unix(a) for a in addresses) else None
     endpoints = Endpoints()
@@ -443,8 +448,22 @@ def main(argv: list[str] | None = None) -> int:
                         "(then HTTPS with client certificates, a reader role) (port 0 picks a "
                         "free one; `sdnctl ui` tells the URL; '' for none) "
                         "(default: %(default)s)")
+    parser.add_argument("--registry", default=os.environ.get("SDNCTL_REGISTRY", ""),
+                        metavar="HOST[:PORT]/NAMESPACE",
+                        help="push `image load` archives to this registry and keep no image "
+                        "blobs here (agents pull from it); its trust and credentials come "
+                        "from --registry-config (default: $SDNCTL_REGISTRY)")
+    parser.add_argument("--registry-config", default=None, metavar="FILE",
+                        help="the registry file (default: $SDNCTL_REGISTRY_CONFIG or "
+                        "<run dir>/registries.json)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    push_to = None
+    if args.registry:
+        try:
+            push_to = PushTarget.parse(args.registry)
+        except ValueError as e:
+            parser.error(f"--registry: {e}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s controller %(levelname)s %(message)s")
 
@@ -481,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
                                 blob_dir=args.blob_dir or default_blob_dir(db),
                                 gc_grace=args.gc_grace, gc_interval=args.gc_interval,
                                 tls_dir=_tls_dir(), metrics_address=args.metrics,
-                                http_address=args.http)
+                                http_address=args.http, registry=push_to,
+                                registry_config=args.registry_config)
     except Invalid as e:
         parser.error(f"--default-bridge: {e.message}")
     except (ListenError, PkiError, LiveViewError) as e:

@@ -34,6 +34,7 @@ from sdnctl.controller.errors import (
     NotFound,
     PermissionDenied,
     SdnError,
+    Unavailable,
 )
 from sdnctl.controller.flows import FlowTable
 from sdnctl.controller.images import ImageRecord, Images
@@ -59,6 +60,7 @@ STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
     (Conflict, grpc.StatusCode.ABORTED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
 

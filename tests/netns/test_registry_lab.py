@@ -5,6 +5,8 @@ password, run by `sdnctl up` in the lab's outside world (``lab: {registry: true}
   through the underlay) pulls and runs it, with the same image ID.
 - Docker pushes, sdnctl pulls (records it: no blob reaches the controller) and runs it in a
   container; the agent fetched the layers from the registry itself.
+- A controller given a registry pushes what `image load` brings to it and keeps no blob; an
+  agent pulls that image's layers from the registry.
 - A manifest, a config or a layer whose bytes do not match their digest is refused, and nothing
   is kept (no image recorded, no layer unpacked, no temporary file left).
 
@@ -14,14 +16,17 @@ Skipped only when the packages are missing (scripts/setup.sh installs them).
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import dockerd
-from helpers.cli import Cli, lab_cli
+from helpers.cli import Cli, exited, lab_cli
 
 from sdnctl.lab import registry as labregistry
 from sdnctl.lab.testimage import build_test_image
@@ -154,6 +159,36 @@ def test_push_by_sdnctl_pull_by_docker_and_back(reglab: tuple[Cli, Path],
     assert recorded[f"{REGISTRY}/app:1.0"].startswith(f"{REGISTRY}/app@sha256:")
 
 
+def test_a_controller_with_a_registry_keeps_no_blobs(reglab: tuple[Cli, Path]) -> None:
+    cli, tmp = reglab
+    pid = cli.controller_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(200):
+        if exited(pid):
+            break
+        time.sleep(0.05)
+    cli.env["SDNCTL_REGISTRY"] = f"{REGISTRY}/ctl"  # what the controller `up` starts is given
+    try:
+        cli.run("up", cli.files["reglab"])
+    finally:
+        del cli.env["SDNCTL_REGISTRY"]
+    archive = str(tmp / "loaded.tar")
+    image_id = build_test_image(archive, "loaded:1")
+    cli.run("image", "load", "-i", archive)
+    listed = {i["id"]: i for i in cli.json("image", "ls")}
+    assert listed[image_id]["repo_tags"] == ["loaded:1"]
+    assert listed[image_id]["source"].startswith(f"{REGISTRY}/ctl/loaded@sha256:")
+    blobs = cli.run_dir / "state" / "blobs" / "sha256"
+    assert not blobs.exists() or not any(blobs.iterdir())  # the archive went to the registry
+    assert (storage(cli) / "docker/registry/v2/repositories/ctl/loaded/_manifests/tags/1").is_dir()
+    ctr = run(cli, "loaded", "h1", "loaded:1", "--", "sleep", "1000")
+    assert ctr["state"] == "running", ctr
+    assert cli.run("exec", "loaded", "--", "cat", "/etc/sdnctl-image").stdout.strip() == \
+        "loaded:1"
+    cli.run("rm", "-f", "loaded")
+
+
 def test_wrong_digests_are_refused_and_nothing_is_kept(reglab: tuple[Cli, Path]) -> None:
     cli, tmp = reglab
     archive = str(tmp / "bad.tar")
@@ -194,6 +229,13 @@ def test_wrong_digests_are_refused_and_nothing_is_kept(reglab: tuple[Cli, Path])
     assert done.returncode != 0
     assert "hashes to" in done.stderr or "gzip" in done.stderr, done.stderr
     store = agent_store(cli, "h2")
-    assert not list(store.glob(f"layers*/sha256/{pulled['layers'][0].removeprefix('sha256:')}"))
-    assert not any((store / "tmp").iterdir())
+    layer = f"layers*/sha256/{pulled['layers'][0].removeprefix('sha256:')}"
+    assert not list(store.glob(layer))
     cli.run("rm", "-f", "badlayer")
+    # the agent retried until the container went; a download then in flight ends refused too,
+    # and its temporary file goes with it
+    deadline = time.monotonic() + 30
+    while any((store / "tmp").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any((store / "tmp").iterdir())
+    assert not list(store.glob(layer))
