@@ -35,6 +35,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import tempfile
 import threading
 import time
@@ -51,7 +52,7 @@ from sdnctl.api.metrics import DEFAULT_ADDRESS, MetricsServer, serve_metrics
 from sdnctl.api.model import Invalid
 from sdnctl.api.pki import PkiError, RevocationList, TlsFiles
 from sdnctl.controller import gc, ipam
-from sdnctl.controller.audit import AuditLog
+from sdnctl.controller.audit import AUDIT_KEEP, AUDIT_MAX_BYTES, AuditLog
 from sdnctl.controller.auth import SecurityInterceptor
 from sdnctl.controller.flows import FlowTable
 from sdnctl.controller.images import Images, PushTarget, default_blob_dir
@@ -71,7 +72,7 @@ from sdnctl.controller.servicers import (
 )
 from sdnctl.controller.state import State
 from sdnctl.controller.store.base import Store, StoreUnavailable
-from sdnctl.controller.store.etcd import EtcdStore
+from sdnctl.controller.store.etcd import EtcdAccess, EtcdError, EtcdStore
 from sdnctl.controller.store.spec import describe_store, open_store
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.controller.tlsfront import ListenError, TlsFront
@@ -406,6 +407,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="sqlite:PATH, etcd://host:port,host:port[/prefix] (several "
                         "controllers may share one etcd prefix), memory, or sqlite (the file "
                         "--db) (default: %(default)s)")
+    parser.add_argument("--etcd-cacert", default="", metavar="FILE",
+                        help="talk to etcd over TLS, trusting this CA")
+    parser.add_argument("--etcd-cert", default="", metavar="FILE",
+                        help="client certificate for etcd (its --client-cert-auth)")
+    parser.add_argument("--etcd-key", default="", metavar="FILE", help="its key")
+    parser.add_argument("--etcd-user", default="", metavar="NAME",
+                        help="etcd user (etcd with auth enabled)")
+    parser.add_argument("--etcd-password-file", default="", metavar="FILE",
+                        help="file holding the etcd user's password (first line)")
+    parser.add_argument("--audit-max-bytes", type=int, default=AUDIT_MAX_BYTES,
+                        metavar="BYTES", help="rotate the audit log when it passes this size "
+                        "(0: never) (default: %(default)s)")
+    parser.add_argument("--audit-keep", type=int, default=AUDIT_KEEP, metavar="N",
+                        help="rotated audit logs kept (audit.log.1 ... .N) "
+                        "(default: %(default)s)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="gRPC worker threads; each connected agent holds one "
                              "(default: %(default)s)")
@@ -477,17 +493,32 @@ def main(argv: list[str] | None = None) -> int:
     locks = take_locks(listen, args.pidfile)
     if isinstance(locks, str):
         parser.exit(1, f"sdnctl-controller: {locks}\n")
+    if (args.etcd_cert or args.etcd_key) and not (args.etcd_cert and args.etcd_key
+                                                   and args.etcd_cacert):
+        parser.error("--etcd-cert and --etcd-key go together, with --etcd-cacert")
+    password = ""
+    if args.etcd_password_file:
+        try:
+            with open(args.etcd_password_file) as f:
+                password = f.readline().rstrip("\n")
+        except OSError as e:
+            parser.error(f"--etcd-password-file: {e}")
+    if bool(args.etcd_user) != bool(args.etcd_password_file):
+        parser.error("--etcd-user and --etcd-password-file go together")
+    access = EtcdAccess(args.etcd_cacert, args.etcd_cert, args.etcd_key, args.etcd_user,
+                        password)
     try:
-        store = open_store(args.store, args.db)
+        store = open_store(args.store, args.db, access)
     except ValueError as e:
         parser.error(f"--store: {e}")
-    except StoreUnavailable as e:
+    except (StoreUnavailable, EtcdError, ssl.SSLError) as e:
         parser.exit(1, f"sdnctl-controller: {e}\n")
     db = str(store.path) if isinstance(store, SqliteStore) else args.db
     if args.audit_log is None:
         args.audit_log = os.path.join(os.path.dirname(db) or ".", "audit.log") \
             if isinstance(store, SqliteStore) else ""
-    audit = AuditLog(args.audit_log or None)
+    audit = AuditLog(args.audit_log or None, max_bytes=args.audit_max_bytes,
+                     keep=args.audit_keep)
     try:
         running = create_server(listen, store, max_workers=args.workers,
                                 default_bridge=args.default_bridge or None,

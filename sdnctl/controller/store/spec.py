@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from sdnctl.api import paths
 from sdnctl.controller.store.base import Store
-from sdnctl.controller.store.etcd import EtcdStore, parse_url
+from sdnctl.controller.store.etcd import EtcdAccess, EtcdStore, parse_url
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
 
 
-def open_store(spec: str, db_path: str = "") -> Store:
+def open_store(spec: str, db_path: str = "", etcd_access: EtcdAccess | None = None) -> Store:
     """The store ``spec`` names: ``sqlite:PATH``, ``etcd://host:port,...[/prefix]``,
-    ``memory``, or ``sqlite`` (the file ``db_path``)."""
+    ``memory``, or ``sqlite`` (the file ``db_path``). ``etcd_access``: TLS and credentials for
+    etcd."""
     if spec == "memory":
         return MemoryStore()
     if spec == "sqlite":
@@ -24,7 +25,7 @@ def open_store(spec: str, db_path: str = "") -> Store:
         return SqliteStore(spec.removeprefix("sqlite:").removeprefix("//"))
     if spec.startswith("etcd://"):
         endpoints, prefix = parse_url(spec)
-        return EtcdStore(endpoints, prefix=prefix)
+        return EtcdStore(endpoints, prefix=prefix, access=etcd_access)
     raise ValueError(f"unknown store {spec!r}: sqlite:PATH, etcd://host:port,...[/prefix] "
                      "or memory")
 
