@@ -225,7 +225,8 @@ class EtcdStore:
                 answer = {}
             token = answer.get("token") if response.status == 200 else None
             if not token:
-                message = answer.get("message") or answer.get("error") or response.status
+                message = answer.get("message") or answer.get("error") or \
+                    f"HTTP {response.status} {data[:200].decode(errors='replace')}"
                 raise EtcdError(f"etcd at {endpoint} refused user {self.access.user!r}: "
                                 f"{message}")
             self._token = str(token)
