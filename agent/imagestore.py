@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent import imagegc
 from sdnctl.api import imagefmt
 from sdnctl.api.model import VolumeMount
 from sdnctl.api.registry import RegistryError
@@ -144,6 +145,15 @@ class ImageStore:
         return sorted("sha256:" + f.removesuffix(".json")
                       for f in os.listdir(os.path.join(self.root, "images"))
                       if f.endswith(".json"))
+
+    def ensure_for(self, name: str, image_id: str, owner: int = 0
+                   ) -> tuple[LocalImage, str, str]:
+        """:meth:`ensure` and :meth:`prepare` for container ``name`` under the store's lock, so
+        that a garbage collection (:mod:`agent.imagegc`) never takes a layer in between."""
+        with imagegc.locked(self.root):
+            image = self.ensure(image_id, owner)
+            upper, work = self.prepare(name, image_id, owner)
+        return image, upper, work
 
     # -- containers ---------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from typing import cast
 import grpc
 from pyroute2 import IPRoute
 
-from agent import dns
+from agent import dns, imagegc
 from agent import plan as p
 from agent.cni import AgentSide, CniService, Realised
 from agent.desired import DesiredState, LocalHost
@@ -276,6 +276,20 @@ class Agent:
             self.stopping.wait(backoff + random.uniform(0, backoff / 2))
             backoff = min(backoff * 2, 5.0)
 
+    def collect_images(self) -> None:
+        """Every ``--image-gc-interval``: images no container used for ``--image-gc-grace``
+        go, with the layers only they needed (:mod:`agent.imagegc`)."""
+        while not self.stopping.wait(self.args.image_gc_interval):
+            try:
+                report = imagegc.prune(self.args.store_dir, self.args.image_gc_grace)
+            except OSError as e:
+                log.warning("image garbage collection failed: %s", e)
+                continue
+            if report.removed_layers:
+                log.info("image gc: removed %d image(s), %d layer(s), %d bytes",
+                         len(report.removed_images), len(report.removed_layers),
+                         report.freed_bytes)
+
     # -- reconciler (main thread) ---------------------------------------------------------------
 
     def run(self) -> None:
@@ -301,6 +315,8 @@ class Agent:
         exits.start()
         if self.cni is not None:
             self.cni.start()
+        if self.args.image_gc_interval > 0:
+            threading.Thread(target=self.collect_images, name="image-gc", daemon=True).start()
         # A full pass is due this often even when events keep waking us (progress notices
         # must not push drift repair past one resync interval).
         due = time.monotonic()
@@ -494,6 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dns-port", type=int, default=dns.DNS_PORT,
                         help="port of the containers' resolver on each bridge's gateway "
                         "(0: no resolver; default: %(default)s)")
+    parser.add_argument("--image-gc-interval", type=float, default=300.0, metavar="SECONDS",
+                        help="how often unused image layers are collected (0: never) "
+                        "(default: %(default)s)")
+    parser.add_argument("--image-gc-grace", type=float, default=imagegc.DEFAULT_GRACE,
+                        metavar="SECONDS", help="how long an image no container uses is kept "
+                        "(default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir or f"/run/sdnctl/{args.host}"

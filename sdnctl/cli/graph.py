@@ -187,7 +187,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                           "networks": list(live.networks.values()),
                           "containers": list(live.containers.values()),
                           "health": summary,
-                          "lab": {"registry": lab_registry(topo)}}, indent=2))
+                          "lab": {"registry": lab_registry(topo),
+                                  "image_stores": image_stores(live)}}, indent=2))
         return 0
     print("HOSTS")
     print_table(_rows_hosts(live), ["NAME", "AGENT", "PID", "UNDERLAY", "MTU", "SUBNETS"])
@@ -197,8 +198,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("\nCONTAINERS")
     print_table(_rows_containers(live), ["NAME", "HOST", "MODE", "NETWORK", "IP", "STATE", "PID",
                                          "PORTS"])
+    stores = image_stores(live)
+    if stores:
+        print("\nIMAGE STORES (lab hosts here)")
+        print_table([[h, str(u["layers"]), human_bytes(u["bytes"]), str(u["unused_layers"]),
+                      human_bytes(u["unused_bytes"])] for h, u in stores.items()],
+                    ["HOST", "LAYERS", "SIZE", "UNUSED", "RECLAIMABLE"])
     print("\n" + health_line(summary))
     return 0
+
+
+def image_stores(live: Live) -> dict[str, dict[str, int]]:
+    """The image stores of this machine's lab hosts that the view holds."""
+    return {h: local.store_usage(d) for h, d in sorted(local.lab_store_dirs().items())
+            if h in live.hosts}
+
+
+def human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{int(value)}B" if unit == "B" else f"{value:.3g}{unit}"
+        value /= 1000
+    return f"{size}B"
 
 
 # -- graph -------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@
     sdnctl image rm NAME...           untag, or remove (refused while a container uses it)
     sdnctl image pull REF             record an image a registry holds (agents pull its layers)
     sdnctl image push NAME REF        upload the controller's image NAME to a registry as REF
+    sdnctl image prune [--grace S] [--store-dir DIR | --host H...] [--dry-run] [--json]
+                                      on this machine: remove images no container used for
+                                      S seconds, and the layers only they needed, from a
+                                      host's store (the agent does it on its own as well)
 
 A registry's trust, credentials and way in come from the registry file
 (``$SDNCTL_REGISTRY_CONFIG``, default ``<run dir>/registries.json``; a lab with a registry
@@ -23,6 +27,7 @@ import grpc
 
 from sdnctl.api import convert, imagefmt, imagepull, registry
 from sdnctl.api.client import CommandError, connect
+from sdnctl.lab import local
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 TIMEOUT = 600.0
@@ -131,6 +136,32 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    if args.store_dir:
+        stores = {"": args.store_dir}
+    else:
+        found = local.lab_store_dirs()
+        unknown = [h for h in args.host if h not in found]
+        if unknown:
+            raise CommandError(f"image prune: no lab host {', '.join(unknown)} on this machine "
+                               "(give --store-dir for another host's store)")
+        stores = {h: found[h] for h in (args.host or sorted(found))}
+    reports = {}
+    for host, store in stores.items():
+        if not os.path.isdir(store):
+            raise CommandError(f"image prune: {store}: no such directory")
+        reports[host or store] = local.prune_store(store, args.grace, args.dry_run)
+    if args.json:
+        print(json.dumps(reports, indent=2))
+        return 0
+    verb = "would free" if args.dry_run else "freed"
+    for where, r in reports.items():
+        print(f"{where}: {len(r['removed_images'])} image(s), {len(r['removed_layers'])} "
+              f"layer(s), {verb} {human_size(r['freed_bytes'])}; {len(r['waiting'])} unused "
+              "within the grace period")
+    return 0
+
+
 def register(sub: Any) -> None:
     image = sub.add_parser("image", help="load, save, list, remove images")
     verbs = image.add_subparsers(dest="image_command", required=True)
@@ -157,3 +188,13 @@ def register(sub: Any) -> None:
     p.add_argument("ref", metavar="HOST[:PORT]/REPO[:TAG]")
     p.add_argument("--insecure", action="store_true", help="plain HTTP (loopback only)")
     p.set_defaults(func=cmd_push)
+    p = verbs.add_parser("prune", help="remove unused image layers from hosts' stores here")
+    p.add_argument("--grace", type=float, default=0.0, metavar="SECONDS",
+                   help="keep images unused for less than this (default: 0, all unused)")
+    p.add_argument("--store-dir", default="", metavar="DIR", help="a host's image store "
+                   "(the agent's --store-dir; default: every lab host's on this machine)")
+    p.add_argument("--host", action="append", default=[], metavar="NAME",
+                   help="a lab host (repeatable)")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prune)

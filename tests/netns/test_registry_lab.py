@@ -7,6 +7,7 @@ password, run by `sdnctl up` in the lab's outside world (``lab: {registry: true}
   container; the agent fetched the layers from the registry itself.
 - A controller given a registry pushes what `image load` brings to it and keeps no blob; an
   agent pulls that image's layers from the registry.
+- The agent's store: `status` shows what no container needs, `image prune` removes it.
 - A manifest, a config or a layer whose bytes do not match their digest is refused, and nothing
   is kept (no image recorded, no layer unpacked, no temporary file left).
 
@@ -187,6 +188,17 @@ def test_a_controller_with_a_registry_keeps_no_blobs(reglab: tuple[Cli, Path]) -
     assert cli.run("exec", "loaded", "--", "cat", "/etc/sdnctl-image").stdout.strip() == \
         "loaded:1"
     cli.run("rm", "-f", "loaded")
+
+    # agent-side garbage collection: its layers are unused now; `image prune` takes them
+    base = listed[image_id]["layers"][0]  # the layer only this image has (the tag is in it)
+    store = agent_store(cli, "h1")
+    assert list(store.glob(f"layers*/sha256/{base[7:]}"))
+    stores = cli.json("status")["lab"]["image_stores"]
+    assert stores["h1"]["unused_layers"] >= 1 and stores["h1"]["unused_bytes"] > 0
+    pruned = cli.json("image", "prune", "--host", "h1")["h1"]
+    assert base in pruned["removed_layers"] and pruned["freed_bytes"] > 0
+    assert not list(store.glob(f"layers*/sha256/{base[7:]}"))
+    assert cli.json("status")["lab"]["image_stores"]["h1"]["unused_layers"] == 0
 
 
 def test_wrong_digests_are_refused_and_nothing_is_kept(reglab: tuple[Cli, Path]) -> None:
