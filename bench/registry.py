@@ -172,8 +172,9 @@ def main() -> int:
         ],
         "notes": ["sdnctl's side also starts one container per host; docker's only pulls"],
     }
-    print(harness.write_result("registry", result))
-    harness.print_table([result])
+    path = harness.write_result("registry", result)
+    print(path)
+    harness.print_table(harness.load_results([path]))
     return 0
 
 
