@@ -207,7 +207,7 @@ class Images:
         if not _DIGEST.fullmatch(manifest_digest):
             raise Invalid("manifest_digest", f"{manifest_digest!r} is not sha256:<64 hex>")
         try:
-            doc = json.loads(config)
+            doc = json.loads(config.decode("utf-8"))
             diff_ids = tuple(doc["rootfs"]["diff_ids"])
         except (ValueError, KeyError, TypeError):
             raise Invalid("config", "not an image config with rootfs.diff_ids") from None
