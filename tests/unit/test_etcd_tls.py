@@ -5,6 +5,7 @@ write the store's prefix only. Plain HTTP, a wrong password and no certificate a
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -112,6 +113,10 @@ def test_store_over_tls_with_a_user(tls_etcd: TlsEtcd) -> None:
         assert store.get("/hosts/h1").value == b"one"  # type: ignore[union-attr]
         store._token = "not-a-token"  # as after a member restart: renewed once, then served
         assert store.get("/hosts/h1").value == b"one"  # type: ignore[union-attr]
+        store._token = "not-a-token"  # a watch (history replay) with a stale token
+        with contextlib.suppress(StoreUnavailable):
+            store.changes_since(0)  # refused at most once: the token goes
+        assert [c.key for c in store.changes_since(0)] == ["/hosts/h1"]
     finally:
         store.close()
 

@@ -327,6 +327,11 @@ class EtcdStore:
                 raise StoreUnavailable("etcd closed the watch stream")
             message = json.loads(line)
             if "error" in message:
+                error = message["error"]
+                if self.access.user and _auth_refused(
+                        0, error if isinstance(error, dict) else {"message": str(error)}):
+                    with self._token_lock:
+                        self._token = ""  # the next stream authenticates again
                 raise StoreUnavailable(f"etcd watch failed: {message['error']}")
             yield message.get("result", {})
 
