@@ -301,7 +301,8 @@ class Agent:
             log.warning("no conntrack accounting, flows will show no rates: %s", e)
         self.metrics.add_drops(firewall.drops)
         runtime = OciRuntime(self.args.runtime, os.path.join(self.args.run_dir, "runtime"))
-        images = ImageStore(self.args.store_dir, GrpcFetcher(lambda: self.sync))
+        images = ImageStore(self.args.store_dir, GrpcFetcher(
+            lambda: self.sync, self.args.registry_config or None))
         reconciler = Reconciler(self.args.run_dir,
                                 cast(LinkOps, Timed(links, self.metrics.netlink_seconds)),
                                 cast(FirewallOps, Timed(firewall, self.metrics.nft_seconds)),
@@ -510,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dns-port", type=int, default=dns.DNS_PORT,
                         help="port of the containers' resolver on each bridge's gateway "
                         "(0: no resolver; default: %(default)s)")
+    parser.add_argument("--registry-config", default="", metavar="FILE",
+                        help="this host's own registry file (trust, credentials), for "
+                        "registries the controller sends none for (default: "
+                        "$SDNCTL_REGISTRY_CONFIG or <run dir>/registries.json)")
     parser.add_argument("--image-gc-interval", type=float, default=300.0, metavar="SECONDS",
                         help="how often unused image layers are collected (0: never) "
                         "(default: %(default)s)")
