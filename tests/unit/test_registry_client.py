@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from sdnctl.api import registry
+from sdnctl.api.imagefmt import Image
+from sdnctl.controller.images import PushTarget
 
 TOKEN = "tok-123"
 
@@ -203,3 +205,15 @@ def test_references_and_the_insecure_rule() -> None:
             registry.parse_reference(bad)
     with pytest.raises(registry.RegistryError, match="loopback"):
         registry.Client(registry.Endpoint("203.0.113.1:5000", insecure=True))
+
+
+def test_where_a_controller_with_a_registry_puts_loaded_images() -> None:
+    target = PushTarget.parse("registry.lab:5000/team")
+    assert (target.host, target.namespace) == ("registry.lab:5000", "team")
+    image = Image("sha256:" + "a" * 64, ("web:1.2", "web:latest"), (), 0)
+    assert str(target.reference(image)) == "registry.lab:5000/team/web:1.2"
+    other = Image("sha256:" + "a" * 64, ("other.example:443/App:2",), (), 0)
+    assert str(target.reference(other)) == "registry.lab:5000/team/app:2"
+    untagged = Image("sha256:" + "b" * 64, (), (), 0)
+    assert str(PushTarget.parse("registry.lab:5000").reference(untagged)) == \
+        "registry.lab:5000/image:" + "b" * 12
