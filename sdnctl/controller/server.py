@@ -72,8 +72,13 @@ from sdnctl.controller.servicers import (
 )
 from sdnctl.controller.state import State
 from sdnctl.controller.store.base import Store, StoreUnavailable
-from sdnctl.controller.store.etcd import EtcdAccess, EtcdError, EtcdStore
-from sdnctl.controller.store.spec import describe_store, open_store
+from sdnctl.controller.store.etcd import EtcdError, EtcdStore
+from sdnctl.controller.store.spec import (
+    add_etcd_arguments,
+    describe_store,
+    etcd_access,
+    open_store,
+)
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.controller.tlsfront import ListenError, TlsFront
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -407,15 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="sqlite:PATH, etcd://host:port,host:port[/prefix] (several "
                         "controllers may share one etcd prefix), memory, or sqlite (the file "
                         "--db) (default: %(default)s)")
-    parser.add_argument("--etcd-cacert", default="", metavar="FILE",
-                        help="talk to etcd over TLS, trusting this CA")
-    parser.add_argument("--etcd-cert", default="", metavar="FILE",
-                        help="client certificate for etcd (its --client-cert-auth)")
-    parser.add_argument("--etcd-key", default="", metavar="FILE", help="its key")
-    parser.add_argument("--etcd-user", default="", metavar="NAME",
-                        help="etcd user (etcd with auth enabled)")
-    parser.add_argument("--etcd-password-file", default="", metavar="FILE",
-                        help="file holding the etcd user's password (first line)")
+    add_etcd_arguments(parser)
     parser.add_argument("--audit-max-bytes", type=int, default=AUDIT_MAX_BYTES,
                         metavar="BYTES", help="rotate the audit log when it passes this size "
                         "(0: never) (default: %(default)s)")
@@ -493,20 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     locks = take_locks(listen, args.pidfile)
     if isinstance(locks, str):
         parser.exit(1, f"sdnctl-controller: {locks}\n")
-    if (args.etcd_cert or args.etcd_key) and not (args.etcd_cert and args.etcd_key
-                                                   and args.etcd_cacert):
-        parser.error("--etcd-cert and --etcd-key go together, with --etcd-cacert")
-    password = ""
-    if args.etcd_password_file:
-        try:
-            with open(args.etcd_password_file) as f:
-                password = f.readline().rstrip("\n")
-        except OSError as e:
-            parser.error(f"--etcd-password-file: {e}")
-    if bool(args.etcd_user) != bool(args.etcd_password_file):
-        parser.error("--etcd-user and --etcd-password-file go together")
-    access = EtcdAccess(args.etcd_cacert, args.etcd_cert, args.etcd_key, args.etcd_user,
-                        password)
+    access = etcd_access(parser, args)
     try:
         store = open_store(args.store, args.db, access)
     except ValueError as e:

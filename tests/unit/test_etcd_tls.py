@@ -21,8 +21,10 @@ import pytest
 from etcdtest import ETCD, ROOT, etcd_missing, free_ports
 
 from sdnctl.api.client import Client
+from sdnctl.controller import migrate
 from sdnctl.controller.store.base import Compare, Put, StoreUnavailable
 from sdnctl.controller.store.etcd import EtcdAccess, EtcdError, EtcdStore
+from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.lab.registry import make_tls
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -161,3 +163,24 @@ def test_a_controller_serves_from_tls_etcd_with_its_flags(tls_etcd: TlsEtcd,
         client.close()
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_migrate_to_tls_etcd_with_the_same_flags(tls_etcd: TlsEtcd, tmp_path: Path) -> None:
+    source = SqliteStore(str(tmp_path / "c.db"))
+    source.txn([], [Put("/hosts/m1", b'{"name": "m1"}')])
+    source.close()
+    password_file = tmp_path / "pw"
+    password_file.write_text(PASSWORD + "\n")
+    flags = ["--etcd-cacert", tls_etcd.ca, "--etcd-cert", tls_etcd.cert, "--etcd-key",
+             tls_etcd.key, "--etcd-user", "sdnctl", "--etcd-password-file", str(password_file)]
+    url = f"etcd://{tls_etcd.endpoint}/tls/migrated"
+    assert migrate.main(["--from", f"sqlite:{tmp_path / 'c.db'}", "--to", url, *flags]) == 0
+    store = EtcdStore([tls_etcd.endpoint], prefix="/tls/migrated", access=EtcdAccess(
+        tls_etcd.ca, tls_etcd.cert, tls_etcd.key, "sdnctl", PASSWORD))
+    try:
+        assert store.get("/hosts/m1").value == b'{"name": "m1"}'  # type: ignore[union-attr]
+    finally:
+        store.close()
+    with pytest.raises(SystemExit):  # a user without a password file is a usage error
+        migrate.main(["--from", f"sqlite:{tmp_path / 'c.db'}", "--to", url,
+                      "--etcd-user", "sdnctl"])
