@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 BENCH_SCRIPTS := $(filter-out bench/harness.py bench/_%.py,$(sort $(wildcard bench/*.py)))
 
-.PHONY: bench bench-full bench-setup bench-table fuzz test-etcd-full soak
+.PHONY: bench bench-full bench-setup bench-table fuzz test-etcd-full test-registry-full soak
 
 # Fuzzing (issue 9): the fuzz tests with a long budget (CI runs them with a short one).
 # SDNCTL_FUZZ_EXAMPLES=N sets the examples per RPC (default 3000 here, 30 in CI).
@@ -34,6 +34,11 @@ bench-table:
 # through three controllers on a three-member etcd); the default suite runs 1,000 addresses.
 test-etcd-full:
 	SDNCTL_REPLICA_ADDRESSES=10000 .venv/bin/pytest -s tests/unit/test_etcd_replicas.py -k threads
+
+# Issue 24: two controller replicas on a three-member etcd (client TLS) with the lab's registry,
+# no image on their disks, the replica the agents watch killed mid-pull.
+test-registry-full:
+	SDNCTL_REGISTRY_FULL=1 .venv/bin/pytest -s tests/netns/test_registry_replicas.py
 
 # Reliability soak (issue 10): the long versions of the reliability tests, with their figures
 # (-s: printed). 2,000 churn cycles, 20 agent restarts under traffic, 50 controller SIGKILLs

@@ -261,8 +261,7 @@ class Containers:
                              "user namespaces (user.max_user_namespaces is 0)")
         owner = ocispec.USERNS_BASE if user_ns else 0
         if ctr.image_id:
-            image = self.images.ensure(ctr.image_id, owner)
-            upper, work = self.images.prepare(ctr.name, ctr.image_id, owner)
+            image, upper, work = self.images.ensure_for(ctr.name, ctr.image_id, owner)
             rootfs = Rootfs("overlay", tuple(reversed(image.layers)), upper, work)
             config = image.config
             args = (*config.entrypoint, *(ctr.command or config.cmd))

@@ -7,7 +7,8 @@
     <store>/volumes/<name>/            a named volume (kept when its containers go)
     <store>/tmp/                       downloads in progress (always removed)
 
-A layer arrives from the controller as an uncompressed tar (HostSync.FetchBlob), is checked
+A layer arrives as an uncompressed tar (from the controller, HostSync.FetchBlob, or inflated
+from a registry's blob by :mod:`agent.imagefetch`), is checked
 against its digest while it is written, then unpacked by :func:`sdnctl.api.imagefmt.unpack_layer`,
 which refuses members that would climb out and never follows a symlink while writing. A layer
 directory appears by rename, whole or not at all.
@@ -26,8 +27,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent import imagegc
 from sdnctl.api import imagefmt
 from sdnctl.api.model import VolumeMount
+from sdnctl.api.registry import RegistryError
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -84,6 +87,11 @@ class ImageStore:
             config, layers = saved["config"].encode(), tuple(saved["layers"])
         except (OSError, ValueError, KeyError):
             config, layers = self._fetch_record(image_id, record)
+        else:
+            if self.fetcher is not None and any(
+                    not os.path.isdir(self.layer_dir(d, owner)) for d in layers):
+                # a layer to fetch: ask again where from (a registry's image names its blobs)
+                self._fetch_record(image_id, record)
         for digest in layers:
             if not os.path.isdir(self.layer_dir(digest, owner)):
                 self._fetch_layer(digest, owner)
@@ -93,7 +101,10 @@ class ImageStore:
     def _fetch_record(self, image_id: str, record: str) -> tuple[bytes, tuple[str, ...]]:
         if self.fetcher is None:
             raise ImageError(f"image {image_id} is not on this host and no controller to ask")
-        config, layers = self.fetcher.image(image_id)
+        try:
+            config, layers = self.fetcher.image(image_id)
+        except RegistryError as e:
+            raise ImageError(f"image {image_id}: {e}") from None
         if "sha256:" + hashlib.sha256(config).hexdigest() != image_id:
             raise ImageError(f"image {image_id}: the config received does not match its ID")
         for digest in layers:
@@ -110,9 +121,12 @@ class ImageStore:
         try:
             sha = hashlib.sha256()
             with os.fdopen(fd, "wb") as f:
-                for chunk in self.fetcher.blob(digest):
-                    sha.update(chunk)
-                    f.write(chunk)
+                try:
+                    for chunk in self.fetcher.blob(digest):
+                        sha.update(chunk)
+                        f.write(chunk)
+                except RegistryError as e:
+                    raise ImageError(f"layer {digest}: {e}") from None
             if "sha256:" + sha.hexdigest() != digest:
                 raise ImageError(f"layer {digest}: the bytes received do not match the digest")
             dest = self.layer_dir(digest, owner)
@@ -131,6 +145,15 @@ class ImageStore:
         return sorted("sha256:" + f.removesuffix(".json")
                       for f in os.listdir(os.path.join(self.root, "images"))
                       if f.endswith(".json"))
+
+    def ensure_for(self, name: str, image_id: str, owner: int = 0
+                   ) -> tuple[LocalImage, str, str]:
+        """:meth:`ensure` and :meth:`prepare` for container ``name`` under the store's lock, so
+        that a garbage collection (:mod:`agent.imagegc`) never takes a layer in between."""
+        with imagegc.locked(self.root):
+            image = self.ensure(image_id, owner)
+            upper, work = self.prepare(name, image_id, owner)
+        return image, upper, work
 
     # -- containers ---------------------------------------------------------------------------
 

@@ -27,17 +27,18 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import cast
 
 import grpc
 from pyroute2 import IPRoute
 
-from agent import dns
+from agent import dns, imagegc
 from agent import plan as p
 from agent.cni import AgentSide, CniService, Realised, remove_veth_now
 from agent.desired import DesiredState, LocalHost
 from agent.drivers import DRIVERS
+from agent.imagefetch import GrpcFetcher
 from agent.imagestore import ImageStore
 from agent.kernel import conntrack, procfs, sysctl
 from agent.kernel.firewall import Firewall, FlowSample
@@ -154,22 +155,6 @@ def become_subreaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         log.warning("could not become a child subreaper: exit codes will be unknown")
-
-
-class GrpcFetcher:
-    """Images and layers from the controller (agent.imagestore.Fetcher), through whichever
-    replica the agent uses at the time."""
-
-    def __init__(self, sync: Callable[[], pb_grpc.HostSyncStub]) -> None:
-        self.sync = sync
-
-    def image(self, image_id: str) -> tuple[bytes, tuple[str, ...]]:
-        msg = self.sync().FetchImage(pb.ImageRef(name=image_id), timeout=60)
-        return msg.config, tuple(msg.layers)
-
-    def blob(self, digest: str) -> Iterator[bytes]:
-        for chunk in self.sync().FetchBlob(pb.BlobRequest(digest=digest), timeout=600):
-            yield chunk.data
 
 
 class Agent:
@@ -292,6 +277,20 @@ class Agent:
             self.stopping.wait(backoff + random.uniform(0, backoff / 2))
             backoff = min(backoff * 2, 5.0)
 
+    def collect_images(self) -> None:
+        """Every ``--image-gc-interval``: images no container used for ``--image-gc-grace``
+        go, with the layers only they needed (:mod:`agent.imagegc`)."""
+        while not self.stopping.wait(self.args.image_gc_interval):
+            try:
+                report = imagegc.prune(self.args.store_dir, self.args.image_gc_grace)
+            except OSError as e:
+                log.warning("image garbage collection failed: %s", e)
+                continue
+            if report.removed_layers:
+                log.info("image gc: removed %d image(s), %d layer(s), %d bytes",
+                         len(report.removed_images), len(report.removed_layers),
+                         report.freed_bytes)
+
     # -- reconciler (main thread) ---------------------------------------------------------------
 
     def run(self) -> None:
@@ -303,7 +302,8 @@ class Agent:
             log.warning("no conntrack accounting, flows will show no rates: %s", e)
         self.metrics.add_drops(firewall.drops)
         runtime = OciRuntime(self.args.runtime, os.path.join(self.args.run_dir, "runtime"))
-        images = ImageStore(self.args.store_dir, GrpcFetcher(lambda: self.sync))
+        images = ImageStore(self.args.store_dir, GrpcFetcher(
+            lambda: self.sync, self.args.registry_config or None))
         reconciler = Reconciler(self.args.run_dir,
                                 cast(LinkOps, Timed(links, self.metrics.netlink_seconds)),
                                 cast(FirewallOps, Timed(firewall, self.metrics.nft_seconds)),
@@ -317,6 +317,8 @@ class Agent:
         exits.start()
         if self.cni is not None:
             self.cni.start()
+        if self.args.image_gc_interval > 0:
+            threading.Thread(target=self.collect_images, name="image-gc", daemon=True).start()
         # A full pass is due this often even when events keep waking us (progress notices
         # must not push drift repair past one resync interval).
         due = time.monotonic()
@@ -555,6 +557,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dns-port", type=int, default=dns.DNS_PORT,
                         help="port of the containers' resolver on each bridge's gateway "
                         "(0: no resolver; default: %(default)s)")
+    parser.add_argument("--registry-config", default="", metavar="FILE",
+                        help="this host's own registry file (trust, credentials), for "
+                        "registries the controller sends none for (default: "
+                        "$SDNCTL_REGISTRY_CONFIG or <run dir>/registries.json)")
+    parser.add_argument("--image-gc-interval", type=float, default=300.0, metavar="SECONDS",
+                        help="how often unused image layers are collected (0: never) "
+                        "(default: %(default)s)")
+    parser.add_argument("--image-gc-grace", type=float, default=imagegc.DEFAULT_GRACE,
+                        metavar="SECONDS", help="how long an image no container uses is kept "
+                        "(default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir or f"/run/sdnctl/{args.host}"

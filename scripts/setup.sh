@@ -8,12 +8,14 @@ cd "$here"
 
 scripts/apt-install-missing.sh python3 python3-venv python3-pip iproute2 nftables tcpdump \
   iputils-ping util-linux mount procps graphviz crun runc busybox-static etcd-server \
-  containernetworking-plugins bind9-dnsutils gcc libc6-dev
+  containernetworking-plugins bind9-dnsutils gcc libc6-dev apache2-utils
 # Real clients and servers the tests drive (docker load; Podman and containerd through the CNI
 # plugin; promtool for the metrics; a headless chromium for the live view, through Playwright's
-# executable_path: Playwright never downloads a browser here), installed so that none of their
-# daemons is ever started on this host (see the script).
-scripts/install-no-services.sh docker.io podman containerd iperf3 prometheus chromium
+# executable_path: Playwright never downloads a browser here; the lab's registry,
+# docker-registry, with htpasswd from apache2-utils), installed so that none of their daemons is
+# ever started on this host (see the script).
+scripts/install-no-services.sh docker.io podman containerd iperf3 prometheus chromium \
+  docker-registry
 
 if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv"

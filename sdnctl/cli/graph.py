@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -44,7 +45,8 @@ from sdnctl.api.model import (
 )
 from sdnctl.cli.output import container_json, host_json, network_json, print_table
 from sdnctl.lab import lab, local
-from sdnctl.topology import topology
+from sdnctl.lab import registry as labregistry
+from sdnctl.topology import deploy, topology
 from sdnctl.topology.topology import Topology
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -153,6 +155,20 @@ _MODE_WORD = {MODE_BRIDGE: "bridged", MODE_NONE: "closed", MODE_CONTAINER: "join
               MODE_HOST: "open"}
 
 
+def lab_registry(topo: topology.Topology | None) -> dict[str, Any] | None:
+    """The lab registry that runs (of the topology's lab when one is given), or None."""
+    if topo is not None:
+        found = labregistry.info(deploy.lab_prefix(topo))
+        running = [found] if found is not None else []
+    else:
+        running = labregistry.running()
+    if not running:
+        return None
+    r = running[0]
+    return {"address": r.address, "url": r.url, "pid": r.pid, "ca": r.ca,
+            "username": r.username, "storage": os.path.join(r.dir, "storage")}
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     topo = topology.load(args.file) if args.file else None
     client = connect()
@@ -170,7 +186,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                           "hosts": list(live.hosts.values()),
                           "networks": list(live.networks.values()),
                           "containers": list(live.containers.values()),
-                          "health": summary}, indent=2))
+                          "health": summary,
+                          "lab": {"registry": lab_registry(topo),
+                                  "image_stores": image_stores(live)}}, indent=2))
         return 0
     print("HOSTS")
     print_table(_rows_hosts(live), ["NAME", "AGENT", "PID", "UNDERLAY", "MTU", "SUBNETS"])
@@ -180,8 +198,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("\nCONTAINERS")
     print_table(_rows_containers(live), ["NAME", "HOST", "MODE", "NETWORK", "IP", "STATE", "PID",
                                          "PORTS"])
+    stores = image_stores(live)
+    if stores:
+        print("\nIMAGE STORES (lab hosts here)")
+        print_table([[h, str(u["layers"]), human_bytes(u["bytes"]), str(u["unused_layers"]),
+                      human_bytes(u["unused_bytes"])] for h, u in stores.items()],
+                    ["HOST", "LAYERS", "SIZE", "UNUSED", "RECLAIMABLE"])
     print("\n" + health_line(summary))
     return 0
+
+
+def image_stores(live: Live) -> dict[str, dict[str, int]]:
+    """The image stores of this machine's lab hosts that the view holds."""
+    return {h: local.store_usage(d) for h, d in sorted(local.lab_store_dirs().items())
+            if h in live.hosts}
+
+
+def human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{int(value)}B" if unit == "B" else f"{value:.3g}{unit}"
+        value /= 1000
+    return f"{size}B"
 
 
 # -- graph -------------------------------------------------------------------------------------

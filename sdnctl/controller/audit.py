@@ -12,6 +12,12 @@ agents watch, and a refused call must leave the store exactly as it was. They ar
 (the last ``capacity``, for ``sdnctl events``) and appended to a JSON-lines file (0600) when one
 is given; a restarted controller reads the file's tail back, so ``events`` keeps its history and
 sequence numbers. With several controller replicas each logs the calls it served.
+
+Rotation (issue 24): when the file would pass ``max_bytes``, it is renamed ``<path>.1`` (the
+older ones shifting to ``.2`` … ``.keep``, the oldest dropped) and a new file is opened, under
+the same lock as the writes, so no record is split or lost between two files. A restarted
+controller reads its tail back from the current file (and, when that is short, the last
+rotated one).
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import IO
 
 #: The longest request JSON kept in a record.
 REQUEST_MAX = 4096
 DEFAULT_CAPACITY = 10000
+AUDIT_MAX_BYTES = 64 << 20
+AUDIT_KEEP = 5
 
 
 @dataclass(frozen=True)
@@ -42,24 +51,47 @@ class AuditRecord:
 
 
 class AuditLog:
-    def __init__(self, path: str | None = None, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, path: str | None = None, capacity: int = DEFAULT_CAPACITY,
+                 max_bytes: int = AUDIT_MAX_BYTES, keep: int = AUDIT_KEEP) -> None:
+        if max_bytes < 0 or keep < 1:
+            raise ValueError("audit log: max_bytes must be >= 0 and keep >= 1")
         self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
         self._records: collections.deque[AuditRecord] = collections.deque(maxlen=capacity)
         self._cond = threading.Condition()
         self._seq = 0
-        self._file = None
+        self._file: IO[str] | None = None
+        self._size = 0
         if path:
             self._load_tail(path, capacity)
             os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            self._file = os.fdopen(fd, "a", buffering=1)
+            self._open()
+
+    def _open(self) -> None:
+        assert self.path
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._file = os.fdopen(fd, "a", buffering=1)
+        self._size = os.fstat(fd).st_size
+
+    def _rotate(self) -> None:
+        """``path`` → ``path.1`` → … → ``path.keep`` (dropped beyond); a new ``path``."""
+        assert self.path and self._file is not None
+        self._file.close()
+        for n in range(self.keep - 1, 0, -1):
+            if os.path.exists(f"{self.path}.{n}"):
+                os.replace(f"{self.path}.{n}", f"{self.path}.{n + 1}")
+        os.replace(self.path, f"{self.path}.1")
+        self._open()
 
     def _load_tail(self, path: str, capacity: int) -> None:
-        try:
-            with open(path) as f:
-                lines = collections.deque(f, maxlen=capacity)
-        except FileNotFoundError:
-            return
+        lines: collections.deque[str] = collections.deque(maxlen=capacity)
+        for name in (f"{path}.1", path):  # the last rotated file first, when there is one
+            try:
+                with open(name) as f:
+                    lines.extend(f)
+            except FileNotFoundError:
+                continue
         for line in lines:
             try:
                 record = AuditRecord(**json.loads(line))
@@ -78,7 +110,11 @@ class AuditLog:
                                 message[:REQUEST_MAX], revision, peer)
             self._records.append(entry)
             if self._file is not None:
-                self._file.write(json.dumps(asdict(entry)) + "\n")
+                line = json.dumps(asdict(entry)) + "\n"
+                if self.max_bytes and self._size and self._size + len(line) > self.max_bytes:
+                    self._rotate()
+                self._file.write(line)
+                self._size += len(line.encode())
             self._cond.notify_all()
         return entry
 

@@ -96,6 +96,7 @@ POLICY: dict[str, Rule] = {
     CTL + "GetImage": Rule(READ),
     CTL + "RemoveImage": Rule(MANAGE, mutating=True),
     CTL + "SaveImage": Rule(READ),
+    CTL + "RecordImage": Rule(MANAGE, mutating=True),
     SYNC + "Register": Rule(ADMIN, AGENT_OWN_HOST, mutating=True),
     SYNC + "Watch": Rule(ADMIN, AGENT_OWN_HOST),
     SYNC + "ReportStatus": Rule(ADMIN, AGENT_OWN_HOST, mutating=True),

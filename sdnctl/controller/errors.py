@@ -57,6 +57,10 @@ class FailedPrecondition(SdnError):
     """The request is valid but the current state forbids it (e.g. deleting a network in use)."""
 
 
+class Unavailable(SdnError):
+    """Something the request needs is out of reach (the registry images are pushed to)."""
+
+
 __all__ = [
     "AlreadyExists",
     "Conflict",
@@ -66,4 +70,5 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "SdnError",
+    "Unavailable",
 ]

@@ -18,7 +18,13 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from sdnctl.controller.store.base import Compare, KeyValue, Put, Store, StoreUnavailable
-from sdnctl.controller.store.spec import describe_store, open_store
+from sdnctl.controller.store.etcd import EtcdError
+from sdnctl.controller.store.spec import (
+    add_etcd_arguments,
+    describe_store,
+    etcd_access,
+    open_store,
+)
 
 #: Keys per transaction (etcd allows 128 operations in one by default).
 BATCH_KEYS = 100
@@ -75,15 +81,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="sqlite:PATH or etcd://host:port,...[/prefix]")
     parser.add_argument("--to", dest="target", required=True, metavar="STORE",
                         help="sqlite:PATH or etcd://host:port,...[/prefix] (empty)")
+    add_etcd_arguments(parser)
     args = parser.parse_args(argv)
+    access = etcd_access(parser, args)
     stores: list[Store] = []
     try:
         for spec in (args.source, args.target):
             if not (spec.startswith("sqlite:") or spec.startswith("etcd://")):
                 parser.error(f"{spec!r}: give sqlite:PATH or etcd://host:port,...[/prefix]")
-            stores.append(open_store(spec))
+            stores.append(open_store(spec, etcd_access=access))
         count = copy_store(stores[0], stores[1])
-    except (MigrationError, StoreUnavailable, ValueError) as e:
+    except (MigrationError, StoreUnavailable, EtcdError, ValueError, OSError) as e:
         print(f"sdnctl controller migrate: {e}", file=sys.stderr)
         return 1
     finally:

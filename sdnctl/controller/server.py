@@ -35,6 +35,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import tempfile
 import threading
 import time
@@ -51,10 +52,10 @@ from sdnctl.api.metrics import DEFAULT_ADDRESS, MetricsServer, serve_metrics
 from sdnctl.api.model import Invalid
 from sdnctl.api.pki import PkiError, RevocationList, TlsFiles
 from sdnctl.controller import gc, ipam
-from sdnctl.controller.audit import AuditLog
+from sdnctl.controller.audit import AUDIT_KEEP, AUDIT_MAX_BYTES, AuditLog
 from sdnctl.controller.auth import SecurityInterceptor
 from sdnctl.controller.flows import FlowTable
-from sdnctl.controller.images import Images, default_blob_dir
+from sdnctl.controller.images import Images, PushTarget, default_blob_dir
 from sdnctl.controller.liveview import DEFAULT_ADDRESS as DEFAULT_HTTP
 from sdnctl.controller.liveview import LiveView, LiveViewError
 from sdnctl.controller.metrics import (
@@ -71,8 +72,13 @@ from sdnctl.controller.servicers import (
 )
 from sdnctl.controller.state import State
 from sdnctl.controller.store.base import Store, StoreUnavailable
-from sdnctl.controller.store.etcd import EtcdStore
-from sdnctl.controller.store.spec import describe_store, open_store
+from sdnctl.controller.store.etcd import EtcdError, EtcdStore
+from sdnctl.controller.store.spec import (
+    add_etcd_arguments,
+    describe_store,
+    etcd_access,
+    open_store,
+)
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.controller.tlsfront import ListenError, TlsFront
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -279,7 +285,9 @@ def create_server(address: str | Sequence[str], store: Store,
                   gc_grace: int = gc.DEFAULT_GRACE,
                   gc_interval: float = 0.0,
                   tls_dir: str | None = None,
-                  metrics_address: str = "", http_address: str = "") -> RunningServer:
+                  metrics_address: str = "", http_address: str = "",
+                  registry: PushTarget | None = None,
+                  registry_config: str | None = None) -> RunningServer:
     """Build and start a server on ``address`` (one or several): ``unix:/path`` or
     ``[tcp:]host:port`` (port 0 picks). A TCP address needs ``tls`` (mutual TLS), else
     :class:`ListenError` before anything starts. ``crl``: a revocation list file (PEM, signed by
@@ -300,6 +308,9 @@ def create_server(address: str | Sequence[str], store: Store,
     directory). ``metrics_address``: where to serve Prometheus metrics (``HOST:PORT``, port 0
     picks; "": not served); ``http_address``: the live view's (loopback only, see
     :mod:`sdnctl.controller.liveview`); the URLs bound are in ``running.endpoints``.
+    ``registry``: where ``image load`` pushes images (then no blob is kept here; replicas share
+    nothing on disk); ``registry_config``: the registry file (trust, credentials) if not the
+    default.
     """
     addresses = [address] if isinstance(address, str) else list(address)
     for tcp in (a for a in addresses if not is_unix(a)):
@@ -319,7 +330,7 @@ def create_server(address: str | Sequence[str], store: Store,
         state.ensure_default_bridge(default_bridge)
     connections = Connections(store, heartbeat=heartbeat, clock=clock)
     scratch = "" if blob_dir else tempfile.mkdtemp(prefix="sdnctl-blobs-")
-    images = Images(store, blob_dir or scratch)
+    images = Images(store, blob_dir or scratch, registry_config, registry)
     front = TlsFront(tls, revocations, tls_dir) \
         if tls is not None and any(not is_unix(a) for a in addresses) else None
     endpoints = Endpoints()
@@ -401,6 +412,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="sqlite:PATH, etcd://host:port,host:port[/prefix] (several "
                         "controllers may share one etcd prefix), memory, or sqlite (the file "
                         "--db) (default: %(default)s)")
+    add_etcd_arguments(parser)
+    parser.add_argument("--audit-max-bytes", type=int, default=AUDIT_MAX_BYTES,
+                        metavar="BYTES", help="rotate the audit log when it passes this size "
+                        "(0: never) (default: %(default)s)")
+    parser.add_argument("--audit-keep", type=int, default=AUDIT_KEEP, metavar="N",
+                        help="rotated audit logs kept (audit.log.1 ... .N) "
+                        "(default: %(default)s)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="gRPC worker threads; each connected agent holds one "
                              "(default: %(default)s)")
@@ -443,8 +461,22 @@ def main(argv: list[str] | None = None) -> int:
                         "(then HTTPS with client certificates, a reader role) (port 0 picks a "
                         "free one; `sdnctl ui` tells the URL; '' for none) "
                         "(default: %(default)s)")
+    parser.add_argument("--registry", default=os.environ.get("SDNCTL_REGISTRY", ""),
+                        metavar="HOST[:PORT]/NAMESPACE",
+                        help="push `image load` archives to this registry and keep no image "
+                        "blobs here (agents pull from it); its trust and credentials come "
+                        "from --registry-config (default: $SDNCTL_REGISTRY)")
+    parser.add_argument("--registry-config", default=None, metavar="FILE",
+                        help="the registry file (default: $SDNCTL_REGISTRY_CONFIG or "
+                        "<run dir>/registries.json)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    push_to = None
+    if args.registry:
+        try:
+            push_to = PushTarget.parse(args.registry)
+        except ValueError as e:
+            parser.error(f"--registry: {e}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s controller %(levelname)s %(message)s")
 
@@ -458,17 +490,19 @@ def main(argv: list[str] | None = None) -> int:
     locks = take_locks(listen, args.pidfile)
     if isinstance(locks, str):
         parser.exit(1, f"sdnctl-controller: {locks}\n")
+    access = etcd_access(parser, args)
     try:
-        store = open_store(args.store, args.db)
+        store = open_store(args.store, args.db, access)
     except ValueError as e:
         parser.error(f"--store: {e}")
-    except StoreUnavailable as e:
+    except (StoreUnavailable, EtcdError, ssl.SSLError) as e:
         parser.exit(1, f"sdnctl-controller: {e}\n")
     db = str(store.path) if isinstance(store, SqliteStore) else args.db
     if args.audit_log is None:
         args.audit_log = os.path.join(os.path.dirname(db) or ".", "audit.log") \
             if isinstance(store, SqliteStore) else ""
-    audit = AuditLog(args.audit_log or None)
+    audit = AuditLog(args.audit_log or None, max_bytes=args.audit_max_bytes,
+                     keep=args.audit_keep)
     try:
         running = create_server(listen, store, max_workers=args.workers,
                                 default_bridge=args.default_bridge or None,
@@ -481,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
                                 blob_dir=args.blob_dir or default_blob_dir(db),
                                 gc_grace=args.gc_grace, gc_interval=args.gc_interval,
                                 tls_dir=_tls_dir(), metrics_address=args.metrics,
-                                http_address=args.http)
+                                http_address=args.http, registry=push_to,
+                                registry_config=args.registry_config)
     except Invalid as e:
         parser.error(f"--default-bridge: {e.message}")
     except (ListenError, PkiError, LiveViewError) as e:

@@ -21,6 +21,7 @@ import grpc
 from sdnctl.api import convert
 from sdnctl.api.fields import check_count, check_ipv4, check_name
 from sdnctl.api.model import Container, Host, Invalid
+from sdnctl.api.registryconfig import RegistryEntry
 from sdnctl.api.validate import ARG_MAX, REPORT_MAX, validate_status
 from sdnctl.controller import dryrun, gc, ipam_report
 from sdnctl.controller.audit import AuditLog
@@ -33,6 +34,7 @@ from sdnctl.controller.errors import (
     NotFound,
     PermissionDenied,
     SdnError,
+    Unavailable,
 )
 from sdnctl.controller.flows import FlowTable
 from sdnctl.controller.images import ImageRecord, Images
@@ -58,6 +60,7 @@ STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
     (Conflict, grpc.StatusCode.ABORTED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
 
@@ -224,9 +227,32 @@ def gc_report_pb(report: gc.Report) -> pb.GcIpamReport:
                                                 free_in=i.free_in) for i in report.items])
 
 
-def image_pb(record: ImageRecord, revision: int = 0, config: bytes = b"") -> pb.Image:
-    return pb.Image(id=record.id, repo_tags=list(record.repo_tags), layers=list(record.layers),
-                    size=record.size, config=config, revision=revision)
+def image_pb(record: ImageRecord, revision: int = 0, config: bytes = b"",
+             access: RegistryEntry | None = None) -> pb.Image:
+    msg = pb.Image(id=record.id, repo_tags=list(record.repo_tags), layers=list(record.layers),
+                   size=record.size, config=config, revision=revision, source=record.source,
+                   blobs=[pb.RegistryBlob(digest=d, media_type=t, size=s) for d, t, s in
+                          zip(record.blob_digests, record.blob_types, record.blob_sizes,
+                              strict=True)])
+    if access is not None:
+        msg.access.CopyFrom(registry_access_pb(record, access))
+    return msg
+
+
+def registry_access_pb(record: ImageRecord, entry: RegistryEntry) -> pb.RegistryAccess:
+    """Trust and credentials for an agent that pulls ``record`` from its registry. The CA goes
+    as PEM text (the agent's host has no copy of the controller's files); ``netns`` and
+    ``address`` are this machine's way in, not the agent's, and stay here."""
+    ca_pem = ""
+    if entry.ca:
+        try:
+            with open(entry.ca) as f:
+                ca_pem = f.read()
+        except OSError as e:
+            log.warning("registry CA %s unreadable: %s", entry.ca, e)
+    return pb.RegistryAccess(registry=record.source.split("/", 1)[0], ca_pem=ca_pem,
+                             username=entry.username, password=entry.password,
+                             insecure=entry.insecure)
 
 
 class ControllerServicer(pb_grpc.ControllerServicer):
@@ -405,6 +431,13 @@ class ControllerServicer(pb_grpc.ControllerServicer):
     def RemoveImage(self, request: pb.ImageRef, context: Any) -> pb.DeleteResponse:
         return pb.DeleteResponse(revision=self.images.remove(request.name))
 
+    def RecordImage(self, request: pb.RecordImageRequest, context: Any) -> pb.Image:
+        record = self.images.record(request.reference, request.manifest_digest, request.config,
+                                    [(b.digest, b.media_type, b.size) for b in request.layers])
+        log.info("recorded image %s from %s", record.id, record.source)
+        record, revision = self.images.get(record.id)
+        return image_pb(record, revision)
+
     def SaveImage(self, request: pb.ImageRef, context: Any) -> Iterator[pb.ImageChunk]:
         with tempfile.TemporaryDirectory(dir=self.images.blobs.root, prefix="save-") as tmp:
             path = os.path.join(tmp, "image.tar")
@@ -502,7 +535,8 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
 
     def FetchImage(self, request: pb.ImageRef, context: Any) -> pb.Image:
         record, revision = self.images.get(request.name)
-        return image_pb(record, revision, self.images.config(record.id))
+        return image_pb(record, revision, self.images.config(record.id),
+                        self.images.access(record) if record.source else None)
 
     # -- CNI attachments (issue 17) -----------------------------------------------------------
 

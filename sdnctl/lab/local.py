@@ -19,10 +19,11 @@ from typing import IO, Any
 
 from dnslib import QTYPE, RCODE, DNSError, DNSRecord
 
-from agent import layout
+from agent import imagegc, layout
 from agent.kernel import cgroups
 from agent.kernel.netns import NETNS_RUN_DIR, run_in_netns
 from agent.runtime import OciRuntime
+from sdnctl.api import paths
 from sdnctl.api.client import CommandError
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -121,3 +122,35 @@ def lookup_a(netns: str, resolver: str, name: str, timeout: float) -> tuple[str,
     if not addresses:
         return "", f"{name} does not resolve ({RCODE.get(reply.header.rcode)} from {resolver})"
     return addresses[0], ""
+
+
+def lab_store_dirs() -> dict[str, str]:
+    """The image stores of the lab hosts `sdnctl up` built here: host → its agent's store."""
+    found = {}
+    for state_file in sorted(glob.glob(os.path.join(paths.run_dir(), "lab", "*.json"))):
+        try:
+            with open(state_file) as f:
+                state = json.load(f)
+            prefix = state["prefix"]
+            hosts = list(state.get("agents", {}))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for host in hosts:
+            store = os.path.join(paths.run_dir(), "lab", prefix + host, "store")
+            if os.path.isdir(store):
+                found[host] = store
+    return found
+
+
+def store_usage(store_dir: str) -> dict[str, int]:
+    """What ``sdnctl status`` shows of a host's image store."""
+    got = imagegc.usage(store_dir)
+    return {"layers": got.layers, "bytes": got.bytes, "unused_layers": got.unused_layers,
+            "unused_bytes": got.unused_bytes}
+
+
+def prune_store(store_dir: str, grace: float, dry_run: bool) -> dict[str, Any]:
+    """``sdnctl image prune`` on one store (the agent's own collection, run now)."""
+    report = imagegc.prune(store_dir, grace, dry_run=dry_run)
+    return {"removed_images": report.removed_images, "removed_layers": report.removed_layers,
+            "freed_bytes": report.freed_bytes, "waiting": report.waiting}

@@ -38,12 +38,17 @@ GROUP = "root:x:0:\nnogroup:x:65534:\n"
 HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
-def build_test_image(path: str, tag: str = DEFAULT_TAG, busybox: str = "/bin/busybox") -> str:
-    """Write a ``docker save`` archive of the test image to ``path``; return its image ID."""
+def build_test_image(path: str, tag: str = DEFAULT_TAG, busybox: str = "/bin/busybox",
+                     extra_bytes: int = 0) -> str:
+    """Write a ``docker save`` archive of the test image to ``path``; return its image ID.
+    ``extra_bytes``: a third layer holding ``/data/random``, that many random (incompressible)
+    bytes, for a big image (benchmarks)."""
     tag = parse_reference(tag)
     with open(busybox, "rb") as f:
         busybox_bytes = f.read()
     layers = [_layer_tar(_base_layer(busybox_bytes, tag)), _layer_tar(_upper_layer())]
+    if extra_bytes:
+        layers.append(_layer_tar([_dir("data"), _file("data/random", os.urandom(extra_bytes))]))
     with tempfile.TemporaryDirectory(prefix="sdnctl-testimage-") as tmp:
         blobs = BlobStore(tmp)
         diff_ids = [_put_bytes(blobs, data) for data in layers]

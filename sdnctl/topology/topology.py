@@ -60,10 +60,12 @@ class TopologyError(ValueError):
 @dataclass(frozen=True)
 class LabOptions:
     """How `sdnctl up` builds lab hosts: the simulated underlay's MTU, and whether hosts sit on
-    two underlay subnets joined by a router (a routed underlay) instead of one."""
+    two underlay subnets joined by a router (a routed underlay) instead of one; whether the
+    lab runs a registry in its outside world (203.0.113.1:5000)."""
 
     underlay_mtu: int = DEFAULT_MTU
     routed: bool = False
+    registry: bool = False
 
 
 #: What an expectation's `to:` may name besides a container, a network or an address.
@@ -331,11 +333,12 @@ def _reach(r: _Reader, mapping: dict, where: str, proto: str) -> str:
 def _lab(r: _Reader, raw: Any) -> LabOptions:
     if raw is None:
         return LabOptions()
-    m = r.mapping(raw, "lab", {"underlay_mtu", "routed"}, set())
+    m = r.mapping(raw, "lab", {"underlay_mtu", "routed", "registry"}, set())
     mtu = r.typed(m, "underlay_mtu", "lab", int, DEFAULT_MTU)
     if not 1280 <= mtu <= 9216:
         raise r.error("lab.underlay_mtu", f"{mtu} is outside 1280..9216")
-    return LabOptions(mtu, r.typed(m, "routed", "lab", bool, False))
+    return LabOptions(mtu, r.typed(m, "routed", "lab", bool, False),
+                      r.typed(m, "registry", "lab", bool, False))
 
 
 def _apply_routes(r: _Reader, doc: dict, networks: tuple[Network, ...]) -> tuple[Network, ...]:

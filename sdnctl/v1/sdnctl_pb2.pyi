@@ -190,20 +190,62 @@ class Container(_message.Message):
     def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., network: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., interface: _Optional[str] = ..., ip: _Optional[str] = ..., prefixlen: _Optional[int] = ..., gateway: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., revision: _Optional[int] = ..., fixed_ip: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., share: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., image: _Optional[str] = ..., image_id: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., volumes: _Optional[_Iterable[str]] = ..., cap_add: _Optional[_Iterable[str]] = ..., user_ns: _Optional[_Union[UserNsMode, str]] = ..., stopped: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., generation: _Optional[int] = ..., cni: _Optional[_Union[CniOwner, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., dns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("id", "repo_tags", "layers", "size", "config", "revision")
+    __slots__ = ("id", "repo_tags", "layers", "size", "config", "revision", "source", "blobs", "access")
     ID_FIELD_NUMBER: _ClassVar[int]
     REPO_TAGS_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_FIELD_NUMBER: _ClassVar[int]
     id: str
     repo_tags: _containers.RepeatedScalarFieldContainer[str]
     layers: _containers.RepeatedScalarFieldContainer[str]
     size: int
     config: bytes
     revision: int
-    def __init__(self, id: _Optional[str] = ..., repo_tags: _Optional[_Iterable[str]] = ..., layers: _Optional[_Iterable[str]] = ..., size: _Optional[int] = ..., config: _Optional[bytes] = ..., revision: _Optional[int] = ...) -> None: ...
+    source: str
+    blobs: _containers.RepeatedCompositeFieldContainer[RegistryBlob]
+    access: RegistryAccess
+    def __init__(self, id: _Optional[str] = ..., repo_tags: _Optional[_Iterable[str]] = ..., layers: _Optional[_Iterable[str]] = ..., size: _Optional[int] = ..., config: _Optional[bytes] = ..., revision: _Optional[int] = ..., source: _Optional[str] = ..., blobs: _Optional[_Iterable[_Union[RegistryBlob, _Mapping]]] = ..., access: _Optional[_Union[RegistryAccess, _Mapping]] = ...) -> None: ...
+
+class RegistryBlob(_message.Message):
+    __slots__ = ("digest", "media_type", "size")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    media_type: str
+    size: int
+    def __init__(self, digest: _Optional[str] = ..., media_type: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class RegistryAccess(_message.Message):
+    __slots__ = ("registry", "ca_pem", "username", "password", "insecure")
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    INSECURE_FIELD_NUMBER: _ClassVar[int]
+    registry: str
+    ca_pem: str
+    username: str
+    password: str
+    insecure: bool
+    def __init__(self, registry: _Optional[str] = ..., ca_pem: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ..., insecure: _Optional[bool] = ...) -> None: ...
+
+class RecordImageRequest(_message.Message):
+    __slots__ = ("reference", "manifest_digest", "config", "layers")
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    reference: str
+    manifest_digest: str
+    config: bytes
+    layers: _containers.RepeatedCompositeFieldContainer[RegistryBlob]
+    def __init__(self, reference: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., config: _Optional[bytes] = ..., layers: _Optional[_Iterable[_Union[RegistryBlob, _Mapping]]] = ...) -> None: ...
 
 class ImageChunk(_message.Message):
     __slots__ = ("data",)

@@ -147,6 +147,11 @@ class ControllerStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageRef.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageChunk.FromString,
                 _registered_method=True)
+        self.RecordImage = channel.unary_unary(
+                '/sdnctl.v1.Controller/RecordImage',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.RecordImageRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.Image.FromString,
+                _registered_method=True)
         self.Events = channel.unary_stream(
                 '/sdnctl.v1.Controller/Events',
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.EventsRequest.SerializeToString,
@@ -324,6 +329,14 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordImage(self, request, context):
+        """Record an image that a registry holds (`sdnctl image pull`, a topology's registry image):
+        the controller keeps its config and layer descriptors, agents pull the layers themselves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Events(self, request, context):
         """The audit log: every mutating call (and every refused one) with who made it, what it asked
         and what came of it, oldest first; with follow, then each new record as it happens.
@@ -480,6 +493,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.SaveImage,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageRef.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ImageChunk.SerializeToString,
+            ),
+            'RecordImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordImage,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.RecordImageRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.Image.SerializeToString,
             ),
             'Events': grpc.unary_stream_rpc_method_handler(
                     servicer.Events,
@@ -1104,6 +1122,33 @@ class Controller:
             '/sdnctl.v1.Controller/SaveImage',
             sdnctl_dot_v1_dot_sdnctl__pb2.ImageRef.SerializeToString,
             sdnctl_dot_v1_dot_sdnctl__pb2.ImageChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/RecordImage',
+            sdnctl_dot_v1_dot_sdnctl__pb2.RecordImageRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.Image.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from sdnctl.api.client import Client
+from sdnctl.lab.registry import make_tls
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,10 +64,38 @@ class Member:
         return f"127.0.0.1:{self.client_port}"
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """Client TLS for a cluster: its CA, the members' certificate and key (for 127.0.0.1), and a
+    client certificate and key (no common name: etcd's gateway wants none once auth is on)."""
+
+    ca: str
+    cert: str
+    key: str
+    client_cert: str
+    client_key: str
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca)
+        context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+    def controller_args(self) -> list[str]:
+        return ["--etcd-cacert", self.ca, "--etcd-cert", self.client_cert,
+                "--etcd-key", self.client_key]
+
+
+def make_etcd_tls(directory: Path) -> EtcdTls:
+    ca, cert, key = make_tls(str(directory), ("127.0.0.1",), ("localhost",))
+    return EtcdTls(ca, cert, key, str(directory / "client.pem"),
+                   str(directory / "client-key.pem"))
+
+
 @dataclass
 class EtcdCluster:
     members: list[Member]
     extra_args: list[str] = field(default_factory=list)
+    tls: EtcdTls | None = None
 
     @property
     def endpoints(self) -> list[str]:
@@ -77,9 +107,12 @@ class EtcdCluster:
     def start(self, index: int) -> None:
         member = self.members[index]
         cluster = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+        scheme = "https" if self.tls else "http"
+        tls = ["--cert-file", self.tls.cert, "--key-file", self.tls.key, "--trusted-ca-file",
+               self.tls.ca, "--client-cert-auth"] if self.tls else []
         argv = [ETCD, "--name", member.name, "--data-dir", str(member.data_dir),
-                "--listen-client-urls", f"http://{member.endpoint}",
-                "--advertise-client-urls", f"http://{member.endpoint}",
+                "--listen-client-urls", f"{scheme}://{member.endpoint}",
+                "--advertise-client-urls", f"{scheme}://{member.endpoint}", *tls,
                 "--listen-peer-urls", f"http://127.0.0.1:{member.peer_port}",
                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{member.peer_port}",
                 "--initial-cluster", cluster, "--initial-cluster-token", "sdnctl-test",
@@ -110,7 +143,7 @@ class EtcdCluster:
                 if member.proc is not None and member.proc.poll() is not None:
                     raise RuntimeError(f"etcd member {member.name} exited; see "
                                        f"{member.log_path}:\n{member.log_path.read_text()[-2000:]}")
-                if _answers(member.endpoint):
+                if _answers(member.endpoint, self.tls):
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"etcd member {member.name} did not become healthy; "
@@ -118,9 +151,10 @@ class EtcdCluster:
                 time.sleep(0.05)
 
 
-def _answers(endpoint: str) -> bool:
+def _answers(endpoint: str, tls: EtcdTls | None = None) -> bool:
     host, _, port = endpoint.rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=2)
+    conn = http.client.HTTPSConnection(host, int(port), timeout=2, context=tls.context()) \
+        if tls else http.client.HTTPConnection(host, int(port), timeout=2)
     try:
         conn.request("POST", "/v3/kv/range", json.dumps({"key": "AA=="}))
         return conn.getresponse().status == 200
@@ -131,8 +165,8 @@ def _answers(endpoint: str) -> bool:
 
 
 @contextlib.contextmanager
-def etcd_cluster(base: Path, size: int = 1, extra_args: list[str] | None = None
-                 ) -> Iterator[EtcdCluster]:
+def etcd_cluster(base: Path, size: int = 1, extra_args: list[str] | None = None,
+                 tls: EtcdTls | None = None) -> Iterator[EtcdCluster]:
     reason = etcd_missing()
     if reason:
         pytest.skip(reason)
@@ -140,7 +174,7 @@ def etcd_cluster(base: Path, size: int = 1, extra_args: list[str] | None = None
     ports = free_ports(2 * size)
     members = [Member(f"m{i}", ports[2 * i], ports[2 * i + 1], base / f"m{i}",
                       base / f"m{i}.log") for i in range(size)]
-    cluster = EtcdCluster(members, extra_args or [])
+    cluster = EtcdCluster(members, extra_args or [], tls)
     try:
         for index in range(size):
             cluster.start(index)
@@ -158,6 +192,7 @@ class Replicas:
     store_url: str
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     count: int = 3
+    extra_args: list[str] = field(default_factory=list)
 
     def address(self, index: int) -> str:
         return f"unix:{self.base}/c{index}.sock"
@@ -172,7 +207,7 @@ class Replicas:
             self.procs[index] = subprocess.Popen(
                 [sys.executable, "-m", "sdnctl.controller.server", "--listen",
                  self.address(index), "--store", self.store_url, "--default-bridge", "",
-                 "--sweep-interval", "1", "--workers", "128"],
+                 "--sweep-interval", "1", "--workers", "128", *self.extra_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 env={**os.environ, "PYTHONPATH": str(ROOT)})
 
@@ -203,9 +238,10 @@ class Replicas:
 
 
 @contextlib.contextmanager
-def replicas(base: Path, store_url: str, count: int = 3) -> Iterator[Replicas]:
+def replicas(base: Path, store_url: str, count: int = 3,
+             extra_args: list[str] | None = None) -> Iterator[Replicas]:
     base.mkdir(parents=True, exist_ok=True)
-    running = Replicas(base, store_url, count=count)
+    running = Replicas(base, store_url, count=count, extra_args=extra_args or [])
     try:
         for index in range(count):
             running.start(index)

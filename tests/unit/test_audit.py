@@ -64,3 +64,23 @@ def test_events_streams_history_then_follows(front: Api) -> None:
     assert [e.seq for e in done] == [1, 2, 3]
     rpc_error(lambda: list(api.ctl.Events(pb.EventsRequest(since=-1), timeout=TIMEOUT)),
               grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_the_file_rotates_by_size_and_keeps_a_count(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(str(path), max_bytes=2000, keep=2)
+    for i in range(60):
+        log.record("local", f"/m/{i}", "{}", "OK")
+    log.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["audit.log", "audit.log.1", "audit.log.2"]  # no .3: keep=2
+    seqs = []
+    for name in ("audit.log.2", "audit.log.1", "audit.log"):
+        text = (tmp_path / name).read_text()
+        assert len(text.encode()) <= 2000
+        seqs += [json.loads(line)["seq"] for line in text.splitlines()]  # whole lines only
+    assert seqs == list(range(seqs[0], 61))  # contiguous, the newest last: nothing lost
+    assert seqs[0] > 1  # the oldest went with the file beyond the kept count
+    again = AuditLog(str(path), max_bytes=2000, keep=2)  # numbering carries on
+    assert again.record("local", "/m/next", "{}", "OK").seq == 61
+    again.close()

@@ -122,3 +122,45 @@ def retag(source: Path, dest: Path, tag: str) -> None:
                 data = json.dumps(manifest).encode()
                 member.size = len(data)
             out.addfile(member, io.BytesIO(data) if member.isfile() else None)
+
+
+def test_record_a_registry_image_and_hand_agents_its_source(api: Api) -> None:
+    diff_ids = ["sha256:" + "a" * 64, "sha256:" + "b" * 64]
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    layers = [pb.RegistryBlob(digest="sha256:" + c * 64, media_type=
+                              "application/vnd.docker.image.rootfs.diff.tar.gzip", size=10)
+              for c in "cd"]
+    manifest = "sha256:" + "e" * 64
+    good = pb.RecordImageRequest(reference="registry.lab:5000/app:1.0", manifest_digest=manifest,
+                                 config=config, layers=layers)
+    bad = {
+        "reference": pb.RecordImageRequest(reference="app:1.0", manifest_digest=manifest,
+                                           config=config, layers=layers),
+        "manifest_digest": pb.RecordImageRequest(reference=good.reference,
+                                                 manifest_digest="sha256:x", config=config,
+                                                 layers=layers),
+        "config": pb.RecordImageRequest(reference=good.reference, manifest_digest=manifest,
+                                        config=b"\xff\xfe", layers=layers),
+        "layers": pb.RecordImageRequest(reference=good.reference, manifest_digest=manifest,
+                                        config=config, layers=layers[:1]),
+    }
+    for field, request in bad.items():
+        with pytest.raises(grpc.RpcError) as info:
+            api.ctl.RecordImage(request, timeout=TIMEOUT)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert field in info.value.details(), info.value.details()  # type: ignore[attr-defined]
+    assert list(api.ctl.ListImages(pb.ListRequest(), timeout=TIMEOUT).images) == []
+
+    recorded = api.ctl.RecordImage(good, timeout=TIMEOUT)
+    assert recorded.id == "sha256:" + hashlib.sha256(config).hexdigest()
+    assert list(recorded.repo_tags) == ["registry.lab:5000/app:1.0"]
+    assert recorded.source == f"registry.lab:5000/app@{manifest}"
+    fetched = api.sync.FetchImage(pb.ImageRef(name="registry.lab:5000/app:1.0"), timeout=TIMEOUT)
+    assert fetched.config == config and list(fetched.layers) == diff_ids
+    assert [b.digest for b in fetched.blobs] == [b.digest for b in layers]
+    # the controller has no blob of it: an agent goes to the registry, never to FetchBlob
+    assert code_of(lambda: list(api.sync.FetchBlob(pb.BlobRequest(digest=layers[0].digest),
+                                                   timeout=TIMEOUT))) == grpc.StatusCode.NOT_FOUND
+    assert code_of(lambda: list(api.ctl.SaveImage(pb.ImageRef(name=recorded.id),
+                                                  timeout=TIMEOUT))) == \
+        grpc.StatusCode.FAILED_PRECONDITION

@@ -330,6 +330,7 @@ READS = {"GetHost", "ListHosts", "GetNetwork", "ListNetworks", "GetContainer", "
 NETWORKS_AND_CONTAINERS = {"CreateNetwork", "UpdateNetwork", "DeleteNetwork", "CreateContainer",
                            "CreateContainers",
                            "UpdateContainer", "DeleteContainer", "LoadImage", "RemoveImage",
+                           "RecordImage",
                            "ValidateTopology"}
 ANY_AGENT = {"FetchImage", "FetchBlob"}  # images are not per host
 HEALTH = {"Check", "List", "Watch"}
@@ -423,6 +424,7 @@ CALLS: dict[str, Any] = {
     "GetImage": pb.ImageRef(name="nope:1"),
     "RemoveImage": pb.ImageRef(name="nope:1"),
     "SaveImage": pb.ImageRef(name="nope:1"),
+    "RecordImage": pb.RecordImageRequest(reference="not a reference"),
     "FetchImage": pb.ImageRef(name="nope:1"),
     "FetchBlob": pb.BlobRequest(digest="sha256:" + "0" * 64),
     "Attach": pb.AttachRequest(host="ha", container=pb.Container(

@@ -25,6 +25,13 @@ trims history: run etcd with ``--auto-compaction-retention`` or call :meth:`Etcd
 ``wait`` is driven by a watch on the marker key kept open in a background thread, so a write
 through any replica wakes the watchers of every replica at once.
 
+Client TLS and auth (issue 24). With :class:`EtcdAccess` carrying a CA (``--etcd-cacert``),
+every connection is HTTPS checked against it, with a client certificate when one is given
+(``--etcd-cert``/``--etcd-key``: etcd's ``--client-cert-auth``). With a user and password (etcd
+with auth enabled), the store authenticates (``/v3/auth/authenticate``) and sends the token with
+every request and watch; a token etcd no longer accepts (expired, or the member restarted) is
+replaced once and the request sent again.
+
 Endpoints are tried in order; a connection that fails or a member that has no quorum
 ("etcdserver: request timed out", "no leader") moves us to the next one. When none answers,
 :class:`StoreUnavailable` says so. Every write is one etcd transaction, so a failure leaves
@@ -40,10 +47,12 @@ import http.client
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sdnctl.controller.store.base import (
@@ -108,14 +117,47 @@ class EtcdError(RuntimeError):
     """etcd refused a request for a reason other than availability."""
 
 
+@dataclass(frozen=True)
+class EtcdAccess:
+    """How to talk to etcd beyond plain HTTP: TLS (a CA, and a client certificate and key when
+    etcd asks for one) and credentials when etcd has auth enabled."""
+
+    cacert: str = ""
+    cert: str = ""
+    key: str = ""
+    user: str = ""
+    password: str = ""
+
+    def context(self) -> ssl.SSLContext | None:
+        if not self.cacert:
+            return None
+        context = ssl.create_default_context(cafile=self.cacert)
+        if self.cert:
+            context.load_cert_chain(self.cert, self.key or None)
+        return context
+
+
+#: etcd's answers that mean "authenticate again" (gRPC Unauthenticated, or the message).
+_AUTH_CODES = frozenset({16})
+
+
+def _auth_refused(status: int, answer: dict[str, Any]) -> bool:
+    message = str(answer.get("message") or answer.get("error") or "")
+    return answer.get("code") in _AUTH_CODES or "auth token" in message or status == 401
+
+
 class EtcdStore:
     #: State splits a batch into transactions of at most this many operations.
     max_txn_ops = TXN_OPS
 
     def __init__(self, endpoints: Sequence[str], prefix: str = DEFAULT_PREFIX,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, access: EtcdAccess | None = None) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
+        self.access = access or EtcdAccess()
+        self._tls = self.access.context()
+        self._token = ""
+        self._token_lock = threading.Lock()
         prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.endpoints = list(endpoints)
         self.prefix = prefix
@@ -144,12 +186,51 @@ class EtcdStore:
             "conns", {})
         conn = conns.get(endpoint)
         if conn is None:
-            host, _, port = endpoint.rpartition(":")
-            conn = http.client.HTTPConnection(host, int(port), timeout=self._timeout)
+            conn = self._new_connection(endpoint)
             conns[endpoint] = conn
             with self._cond:
                 self._all_conns.append(conn)
         return conn
+
+    def _new_connection(self, endpoint: str) -> http.client.HTTPConnection:
+        host, _, port = endpoint.rpartition(":")
+        if self._tls is not None:
+            return http.client.HTTPSConnection(host, int(port), timeout=self._timeout,
+                                               context=self._tls)
+        return http.client.HTTPConnection(host, int(port), timeout=self._timeout)
+
+    def _headers(self, endpoint: str) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.access.user:
+            headers["Authorization"] = self._auth_token(endpoint)
+        return headers
+
+    def _auth_token(self, endpoint: str, renew: str = "") -> str:
+        """The auth token, fetched once (and again when ``renew`` is the one refused)."""
+        with self._token_lock:
+            if self._token and self._token != renew:
+                return self._token
+            conn = self._new_connection(endpoint)
+            try:
+                conn.request("POST", "/v3/auth/authenticate", json.dumps(
+                    {"name": self.access.user, "password": self.access.password}).encode(),
+                    {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                data = response.read()
+            finally:
+                conn.close()
+            try:
+                answer = json.loads(data) if data else {}
+            except ValueError:
+                answer = {}
+            token = answer.get("token") if response.status == 200 else None
+            if not token:
+                message = answer.get("message") or answer.get("error") or \
+                    f"HTTP {response.status} {data[:200].decode(errors='replace')}"
+                raise EtcdError(f"etcd at {endpoint} refused user {self.access.user!r}: "
+                                f"{message}")
+            self._token = str(token)
+            return self._token
 
     def _drop(self, endpoint: str) -> None:
         conn = self._local.__dict__.get("conns", {}).pop(endpoint, None)
@@ -187,14 +268,20 @@ class EtcdStore:
                                + "; ".join(problems))
 
     def _post(self, endpoint: str, path: str, payload: bytes) -> tuple[int, dict[str, Any]]:
-        conn = self._connection(endpoint)
-        conn.request("POST", path, payload, {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        data = response.read()
-        try:
-            answer = json.loads(data) if data else {}
-        except ValueError:
-            answer = {"message": data[:200].decode(errors="replace")}
+        for attempt in range(2):
+            conn = self._connection(endpoint)
+            headers = self._headers(endpoint)
+            conn.request("POST", path, payload, headers)
+            response = conn.getresponse()
+            data = response.read()
+            try:
+                answer = json.loads(data) if data else {}
+            except ValueError:
+                answer = {"message": data[:200].decode(errors="replace")}
+            if attempt == 0 and self.access.user and _auth_refused(response.status, answer):
+                self._auth_token(endpoint, renew=headers.get("Authorization", ""))
+                continue
+            break
         return response.status, answer
 
     @contextmanager
@@ -204,10 +291,9 @@ class EtcdStore:
         payload = json.dumps(body).encode()
         problems: list[str] = []
         for endpoint in self._order():
-            host, _, port = endpoint.rpartition(":")
-            conn = http.client.HTTPConnection(host, int(port), timeout=self._timeout)
+            conn = self._new_connection(endpoint)
             try:
-                conn.request("POST", "/v3/watch", payload, {"Content-Type": "application/json"})
+                conn.request("POST", "/v3/watch", payload, self._headers(endpoint))
                 response = conn.getresponse()
                 if response.status != 200:
                     problems.append(f"{endpoint}: HTTP {response.status}")
@@ -241,6 +327,11 @@ class EtcdStore:
                 raise StoreUnavailable("etcd closed the watch stream")
             message = json.loads(line)
             if "error" in message:
+                error = message["error"]
+                if self.access.user and _auth_refused(
+                        0, error if isinstance(error, dict) else {"message": str(error)}):
+                    with self._token_lock:
+                        self._token = ""  # the next stream authenticates again
                 raise StoreUnavailable(f"etcd watch failed: {message['error']}")
             yield message.get("result", {})
 

@@ -67,8 +67,12 @@ class Dockerd:
 
 
 @contextlib.contextmanager
-def private_dockerd(prefix: str, timeout: float = 90) -> Iterator[Dockerd]:
-    """A dockerd in namespaces of its own, ready to answer; stopped and removed afterwards."""
+def private_dockerd(prefix: str, timeout: float = 90, netns: str | None = None,
+                    etc_files: dict[str, str] | None = None) -> Iterator[Dockerd]:
+    """A dockerd in namespaces of its own, ready to answer; stopped and removed afterwards.
+    ``netns``: run it in that (lab host's) network namespace instead of a new, empty one, so it
+    reaches what the host reaches. ``etc_files``: files it sees under /etc (relative paths: e.g.
+    ``docker/certs.d/HOST:PORT/ca.crt``), written in its /etc overlay's upper directory."""
     dockerd = dockerd_path()
     assert dockerd is not None, "docker.io is not installed"
     # On the disk, not in /run: dockerd's image store and our overlays' upper directories.
@@ -78,7 +82,14 @@ def private_dockerd(prefix: str, timeout: float = 90) -> Iterator[Dockerd]:
            "DOCKER_CONFIG": os.path.join(workdir, "client"), "DOCKER_HOST": f"unix://{sock}"}
     with open(os.path.join(workdir, "daemon.json"), "w") as f:
         f.write("{}\n")
-    argv = ["unshare", "--mount", "--net", "--propagation", "private", "--",
+    for name, text in (etc_files or {}).items():
+        path = os.path.join(workdir, "ov", "etc", "upper", name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    enter = ["nsenter", f"--net={netns}", "unshare", "--mount"] if netns else \
+        ["unshare", "--mount", "--net"]
+    argv = [*enter, "--propagation", "private", "--",
             "/bin/sh", "-c", DOCKERD_SH, "dockerd-confined", workdir,
             dockerd, "--config-file", os.path.join(workdir, "daemon.json"),
             "--data-root", os.path.join(workdir, "data"),
