@@ -37,6 +37,7 @@ from agent import dns
 from agent import plan as p
 from agent.cni import AgentSide, CniService, Realised
 from agent.desired import DesiredState, LocalHost
+from agent.dockerplugin import DockerPluginServer, DockerSide, Plugin, accept_in_docker_user
 from agent.drivers import DRIVERS
 from agent.imagestore import ImageStore
 from agent.kernel import conntrack, procfs, sysctl
@@ -201,6 +202,14 @@ class Agent:
             realised=self.realised),
             address if address.startswith("/") else "\0" + address.lstrip("@")) \
             if address else None
+        # Docker (issue 18): libnetwork's remote and IPAM drivers, off unless --docker-socket.
+        docker_socket = getattr(args, "docker_socket", "")
+        self.docker = DockerPluginServer(Plugin(DockerSide(
+            host=args.host, sync=lambda: self.sync,
+            control=lambda: pb_grpc.ControllerStub(self.channels[self.current]),
+            desired=self._desired_copy, realised=self.realised, kernel=Links,
+            accept_bridge=accept_in_docker_user), docker_socket + ".json"),
+            docker_socket, getattr(args, "docker_spec", "")) if docker_socket else None
         self.metrics = AgentMetrics()
         self.metrics_server: MetricsServer | None = None
         # What we did since the last report, for `sdnctl events` (bounded: a controller that
@@ -316,6 +325,8 @@ class Agent:
         exits.start()
         if self.cni is not None:
             self.cni.start()
+        if self.docker is not None:
+            self.docker.start()
         # A full pass is due this often even when events keep waking us (progress notices
         # must not push drift repair past one resync interval).
         due = time.monotonic()
@@ -367,7 +378,8 @@ class Agent:
                              time.process_time() * 1000)
                 statuses = reconciler.statuses(desired, outcome)
                 self.realised.publish(desired.revision, statuses)
-                gone = [name for name, ctr in desired.containers.items() if ctr.cni_netns
+                gone = [name for name, ctr in desired.containers.items()
+                        if ctr.cni_netns and not ctr.cni_docker
                         and (state := outcome.observed.containers.get(name)) is not None
                         and not state.netns]
                 if gone and self.cni is not None:
@@ -383,6 +395,8 @@ class Agent:
         finally:
             if self.cni is not None:
                 self.cni.stop()
+            if self.docker is not None:
+                self.docker.stop()
             links.close()
             if self.dns is not None:
                 self.dns.stop()
@@ -502,6 +516,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the CNI service's socket: an abstract name in this host's "
                         f"network namespace, or a path; empty: no CNI service (default: "
                         f"${SOCKET_ENV}, else @{AGENT_SOCKET})")
+    parser.add_argument("--docker-socket", default="", metavar="PATH",
+                        help="serve sdnctl as a Docker network and IPAM plugin on this unix "
+                        "socket (default: none)")
+    parser.add_argument("--docker-spec", default="", metavar="PATH",
+                        help="write the plugin's spec file here, where this host's dockerd "
+                        "looks (e.g. /etc/docker/plugins/sdnctl.spec; default: none)")
     parser.add_argument("--metrics", default=DEFAULT_ADDRESS, metavar="ADDR",
                         help="serve Prometheus metrics on HOST:PORT, in this host's network "
                         "namespace (port 0 picks a free one; the URL is reported when "

@@ -372,7 +372,11 @@ def plan_attachment(ctr: DesiredContainer, desired: DesiredState,
     """A CNI attachment: only its veth, into the runtime's namespace, built and repaired like
     any other; no sandbox and no process of ours. A namespace that is gone is left to the
     agent's CNI service, which asks the controller to forget the attachment (the runtime forgot
-    its DEL)."""
+    its DEL). A Docker endpoint's veth is the Docker plugin's to build at Join, and its
+    container side is dockerd's (issue 18): the reconciler only keeps the host side and the
+    guards, and removes the pair when the endpoint is forgotten."""
+    if ctr.cni_docker:
+        return None
     net = desired.networks[ctr.target]
     state = observed.containers.get(ctr.name)
     if state is None or not state.netns:

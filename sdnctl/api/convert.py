@@ -114,6 +114,7 @@ def container_from_pb(msg: pb.Container) -> Container:
         generation=msg.generation,
         cni_id=msg.cni.container_id,
         cni_netns=msg.cni.netns,
+        cni_docker=msg.cni.docker,
         aliases=tuple(msg.aliases),
         dns=tuple(msg.dns),
     )
@@ -135,7 +136,7 @@ def container_to_pb(container: Container) -> pb.Container:
                         generation=container.generation, aliases=list(container.aliases),
                         dns=list(container.dns),
                         cni=pb.CniOwner(container_id=container.cni_id,
-                                        netns=container.cni_netns)
+                                        netns=container.cni_netns, docker=container.cni_docker)
                         if container.cni_netns else None)
 
 

@@ -507,7 +507,8 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
             raise Invalid("container.cni", "an attachment needs the runtime's netns and ID")
         spec = Container(name=spec.name, host=request.host, network=spec.network,
                          interface=spec.interface, fixed_ip=spec.fixed_ip, ports=spec.ports,
-                         cni_id=spec.cni_id, cni_netns=spec.cni_netns)
+                         cni_id=spec.cni_id, cni_netns=spec.cni_netns,
+                         cni_docker=spec.cni_docker)
         try:
             return container_pb(self.state.create_container(spec))
         except AlreadyExists:

@@ -611,12 +611,14 @@ class GcIpamReport(_message.Message):
     def __init__(self, at: _Optional[int] = ..., grace_seconds: _Optional[int] = ..., dry_run: _Optional[bool] = ..., items: _Optional[_Iterable[_Union[GcIpamItem, _Mapping]]] = ...) -> None: ...
 
 class CniOwner(_message.Message):
-    __slots__ = ("container_id", "netns")
+    __slots__ = ("container_id", "netns", "docker")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     NETNS_FIELD_NUMBER: _ClassVar[int]
+    DOCKER_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     netns: str
-    def __init__(self, container_id: _Optional[str] = ..., netns: _Optional[str] = ...) -> None: ...
+    docker: bool
+    def __init__(self, container_id: _Optional[str] = ..., netns: _Optional[str] = ..., docker: _Optional[bool] = ...) -> None: ...
 
 class AttachRequest(_message.Message):
     __slots__ = ("host", "container")
