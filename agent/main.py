@@ -264,6 +264,7 @@ class Agent:
             host=self.args.host, underlay_ip=self.local.underlay_ip, agent_pid=os.getpid(),
             netns=self.args.netns, vtep_mac=self.local.vtep_mac,
             underlay_mtu=self.local.underlay_mtu, metrics_url=self.metrics_url,
+            docker_host=getattr(self.args, "docker_host", ""),
             capabilities=list(dict.fromkeys([*MODES, *DRIVERS]))),
             timeout=10)
 
@@ -522,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docker-spec", default="", metavar="PATH",
                         help="write the plugin's spec file here, where this host's dockerd "
                         "looks (e.g. /etc/docker/plugins/sdnctl.spec; default: none)")
+    parser.add_argument("--docker-host", default="", metavar="URL",
+                        help="the dockerd that uses the plugin (unix:///...), as reported to "
+                        "the controller for `sdnctl inspect host` (default: none)")
     parser.add_argument("--metrics", default=DEFAULT_ADDRESS, metavar="ADDR",
                         help="serve Prometheus metrics on HOST:PORT, in this host's network "
                         "namespace (port 0 picks a free one; the URL is reported when "

@@ -100,6 +100,9 @@ class Host:
     vtep_mac: str = ""  # MAC of the host's VXLAN devices
     underlay_mtu: int = 0  # MTU of its underlay interface
     metrics_url: str = ""  # its agent's Prometheus endpoint
+    docker_host: str = ""  # the dockerd its agent serves as a network plugin (issue 18)
+    #: A topology's lab host only: run a private dockerd there, pointed at its agent's plugin.
+    docker: bool = False
 
 
 @dataclass(frozen=True)

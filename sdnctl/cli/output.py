@@ -27,6 +27,7 @@ def host_json(h: pb.Host) -> dict[str, Any]:
         "vtep_mac": h.vtep_mac,
         "underlay_mtu": h.underlay_mtu,
         "metrics_url": h.metrics_url,
+        "docker_host": h.docker_host,
         "reported_containers": list(h.reported_containers),
         "subnets": [{"network": lease.network, "subnet": lease.subnet,
                      "gateway": lease.gateway} for lease in h.leases],

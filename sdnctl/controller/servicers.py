@@ -433,7 +433,7 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
         host = Host(name=request.host, underlay_ip=request.underlay_ip,
                     agent_pid=request.agent_pid, netns=request.netns,
                     vtep_mac=request.vtep_mac, underlay_mtu=request.underlay_mtu,
-                    metrics_url=request.metrics_url)
+                    metrics_url=request.metrics_url, docker_host=request.docker_host)
         view = self.state.register_host(host)
         log.info("agent of host %s registered (pid %d)", request.host, request.agent_pid)
         return pb.RegisterResponse(host=host_pb(view, self.connections))
