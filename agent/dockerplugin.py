@@ -28,7 +28,9 @@ Who does what, in the order dockerd calls:
   addresses it; the gateway is this host's. Docker's own firewall (``FORWARD`` policy DROP
   through iptables-nft) would drop our forwarding: ``DOCKER-USER`` gets an accept for the
   bridge, in and out. ``Leave`` removes the pair.
-- ``ProgramExternalConnectivity`` with published ports: refused with an error (not yet built).
+- Published ports (``-p``) come with ``CreateEndpoint``: they go onto the reservation
+  (``Attach`` again, same owner), so the agent's firewall publishes them with the same DNAT as
+  ``sdnctl run -p`` (the client's address is kept); Join waits until they are realised.
 
 Failures answer ``{"Err": "..."}``; unknown methods 404. A handler checks its whole request
 before it changes anything (tests/unit/test_fuzz_docker_plugin.py sends hostile JSON).
@@ -164,6 +166,8 @@ class Plugin:
         self._lock = threading.Lock()
         self.networks: dict[str, str] = self._load()  # Docker network ID -> sdnctl network
         self.pending: dict[str, str] = {}  # "network/address" -> reservation (RequestAddress)
+        self.fixed: dict[str, str] = {}  # reservation -> its --ip, if any
+        self.revisions: dict[str, int] = {}  # reservation -> revision of its last write
         self.accepted: set[str] = set()  # bridges with their DOCKER-USER accept in place
         self.methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "Plugin.Activate": lambda r: {"Implements": ["NetworkDriver", "IpamDriver"]},
@@ -269,6 +273,8 @@ class Plugin:
             raise _rpc(e, f"an address on network {network!r}") from None
         with self._lock:
             self.pending[f"{network}/{view.ip}"] = name
+            self.fixed[name] = str(ip) if wanted else ""
+            self.revisions[name] = view.revision
         log.info("docker: reserved %s/%d on %s as %s", view.ip, view.prefixlen, network, name)
         return {"Address": f"{view.ip}/{view.prefixlen}", "Data": {}}
 
@@ -395,18 +401,40 @@ class Plugin:
             raise PluginError("IPv6 addresses are not served by the sdnctl plugin yet")
         ip = str(_interface(_text(interface, "Address"), "Interface.Address").ip)
         mac = _text(interface, "MacAddress", required=False)
-        _object(request, "Options")
-        if self._reservation_by_address(ip, network=network) is None:
+        ports = port_bindings(_object(request, "Options").get(PORTMAP))
+        name = self._reservation_by_address(ip, network=network)
+        if name is None:
             raise PluginError(f"{ip} was not given by sdnctl's IPAM on network {network!r}: "
                               "create the Docker network with --ipam-driver sdnctl")
         if mac and mac.lower() != container_mac(ip):
             raise PluginError(f"--mac-address {mac}: sdnctl derives each container's MAC "
                               f"from its address ({container_mac(ip)}; its guards know it)")
+        if ports:
+            self._publish(name, network, ip, ports)
         with self._lock:
             self.endpoints[endpoint] = ip
             self._save()
         log.info("docker: endpoint %s on %s is %s", endpoint[:12], network, ip)
         return {} if mac else {"Interface": {"MacAddress": container_mac(ip)}}
+
+    def _publish(self, name: str, network: str, ip: str, ports: list[str]) -> None:
+        """The reservation's published ports, through the controller (its DNAT is the
+        agent's firewall's, as for ``sdnctl run -p``); Join waits until they are realised."""
+        with self._lock:
+            fixed = self.fixed.get(name, "")
+        spec = pb.Container(name=name, host=self.side.host, network=network,
+                            interface=INTERFACE, fixed_ip=fixed, ports=ports,
+                            cni=pb.CniOwner(container_id=name, netns=RESERVED_NETNS,
+                                            docker=True))
+        try:
+            view = self.side.sync().Attach(pb.AttachRequest(host=self.side.host,
+                                                            container=spec),
+                                           timeout=RPC_TIMEOUT)
+        except grpc.RpcError as e:
+            raise _rpc(e, f"published ports {', '.join(ports)} of {ip}") from None
+        with self._lock:
+            self.revisions[name] = view.revision
+        log.info("docker: %s publishes %s", ip, ", ".join(ports))
 
     def _endpoint(self, request: dict[str, Any]) -> str:
         """The reservation of an endpoint, found by its address."""
@@ -450,8 +478,11 @@ class Plugin:
     def _wait_desired(self, name: str) -> Any:
         """The reservation as this host's desired state has it, once a pass has seen it (its
         network's bridge is built by then)."""
-        if not self.side.realised.wait(lambda revision, statuses: name in statuses,
-                                       JOIN_TIMEOUT):
+        with self._lock:
+            written = self.revisions.get(name, 0)
+        if not self.side.realised.wait(
+                lambda revision, statuses: revision >= written and name in statuses,
+                JOIN_TIMEOUT):
             raise PluginError(f"the agent did not see reservation {name} within "
                               f"{JOIN_TIMEOUT:.0f} s")
         ctr = self.side.desired().containers.get(name)
@@ -480,12 +511,7 @@ class Plugin:
         self._network_id(request)
         _text(request, "EndpointID")
         options = _object(request, "Options")
-        ports = options.get(PORTMAP) or []
-        if not isinstance(ports, list):
-            raise PluginError(f"Options.{PORTMAP}: expected a list")
-        if ports:
-            raise PluginError("published ports (-p) on an sdnctl network are not built yet; "
-                              "publish them with `sdnctl run -p` or through a CNI runtime")
+        port_bindings(options.get(PORTMAP))  # published at CreateEndpoint, realised by Join
         return {}
 
     def _detach(self, name: str) -> None:
@@ -498,6 +524,8 @@ class Plugin:
         with self._lock:
             for key in [k for k, v in self.pending.items() if v == name]:
                 del self.pending[key]
+            self.fixed.pop(name, None)
+            self.revisions.pop(name, None)
         log.info("docker: released %s", name)
 
     # -- state --------------------------------------------------------------------------------
@@ -527,6 +555,49 @@ class Plugin:
         with open(tmp, "w") as f:
             json.dump({"networks": self.networks, "endpoints": self.endpoints}, f)
         os.replace(tmp, self.state_file)
+
+
+PROTOCOLS = {6: "tcp", 17: "udp"}
+
+
+def port_bindings(value: object) -> list[str]:
+    """Docker's ``com.docker.network.portmap`` (its PortBinding list) as sdnctl's published
+    ports, ``[HOST_IP:]HOST_PORT:CONTAINER_PORT/PROTO``."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise PluginError(f"Options.{PORTMAP}: expected a list")
+    ports = []
+    for i, binding in enumerate(value):
+        where = f"Options.{PORTMAP}[{i}]"
+        if not isinstance(binding, dict):
+            raise PluginError(f"{where}: expected an object")
+        numbers = [binding.get(k) for k in ("Proto", "Port", "HostPort")]
+        numbers.append(binding.get("HostPortEnd") or numbers[2])
+        host_ip = binding.get("HostIP") or ""
+        if any(not isinstance(v, int) or isinstance(v, bool) for v in numbers):
+            raise PluginError(f"{where}: Proto, Port and HostPort must be numbers")
+        proto, port, host_port, end = (int(v) for v in numbers)  # type: ignore[arg-type]
+        if not isinstance(host_ip, str):
+            raise PluginError(f"{where}: HostIP must be a string")
+        if proto not in PROTOCOLS:
+            raise PluginError(f"{where}: protocol {proto} is not published by sdnctl (tcp, "
+                              "udp)")
+        if not 0 < port < 65536:
+            raise PluginError(f"{where}: container port {port} is out of range")
+        if not 0 < host_port < 65536 or end != host_port:
+            raise PluginError(f"{where}: sdnctl publishes one host port per container port: "
+                              f"-p HOST_PORT:{port} (not a range, not an ephemeral port)")
+        if host_ip:
+            try:
+                host_ip = str(ipaddress.IPv4Address(host_ip))
+            except ValueError:
+                raise PluginError(f"{where}: HostIP {host_ip!r} is not an IPv4 address") \
+                    from None
+            if host_ip == "0.0.0.0":
+                host_ip = ""
+        ports.append(f"{host_ip + ':' if host_ip else ''}{host_port}:{port}/{PROTOCOLS[proto]}")
+    return ports
 
 
 # -- the socket ---------------------------------------------------------------------------------

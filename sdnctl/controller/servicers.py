@@ -517,6 +517,9 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
             if (have.host, have.cni_id, have.cni_netns) != (spec.host, spec.cni_id,
                                                             spec.cni_netns):
                 raise
+            if have.cni_docker and have.ports != spec.ports:
+                # A Docker endpoint learns its published ports after its address (issue 18).
+                view = self.state.update_container(dataclasses.replace(have, ports=spec.ports))
             return container_pb(view)
 
     def Detach(self, request: pb.DetachRequest, context: Any) -> pb.DeleteResponse:

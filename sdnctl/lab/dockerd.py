@@ -189,3 +189,5 @@ def stop_lab_dockerd(docker: LabDocker, known: dict[str, int]) -> None:
     with contextlib.suppress(OSError):
         cgroups.remove_tree(docker.cgroup_parent)
     shutil.rmtree(docker.dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(docker.dir.rstrip("/")))  # the host's directory, if empty
