@@ -31,6 +31,10 @@ Who does what, in the order dockerd calls:
 - Published ports (``-p``) come with ``CreateEndpoint``: they go onto the reservation
   (``Attach`` again, same owner), so the agent's firewall publishes them with the same DNAT as
   ``sdnctl run -p`` (the client's address is kept); Join waits until they are realised.
+- Garbage: an endpoint whose veth vanished without a Leave (its sandbox's namespace went, with
+  a dockerd that died or forgot it) is detached once a pass sees it gone
+  (:meth:`Plugin.forget_gone`). Networks, endpoints and joins are kept in a JSON file beside
+  the socket, so a restarted agent still knows them.
 
 Failures answer ``{"Err": "..."}``; unknown methods 404. A handler checks its whole request
 before it changes anything (tests/unit/test_fuzz_docker_plugin.py sends hostile JSON).
@@ -50,6 +54,7 @@ import shutil
 import socketserver
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -471,6 +476,9 @@ class Plugin:
         if bridge not in self.accepted:
             self.side.accept_bridge(bridge)
             self.accepted.add(bridge)
+        with self._lock:
+            self.joined[name] = time.monotonic()
+            self._save()
         return {"InterfaceName": {"SrcName": peer_name(endpoint), "DstPrefix": "eth"},
                 "Gateway": ctr.gateway, "StaticRoutes": [],
                 "DisableGatewayService": False}
@@ -494,6 +502,9 @@ class Plugin:
         self._network_id(request)
         endpoint = _text(request, "EndpointID")
         name = self._endpoint(request)
+        with self._lock:
+            if self.joined.pop(name, None) is not None:
+                self._save()
         with self.side.kernel() as kernel:
             kernel.remove_link(veth_name(name, INTERFACE))
         log.info("docker: endpoint %s left", endpoint[:12])
@@ -528,11 +539,33 @@ class Plugin:
             self.revisions.pop(name, None)
         log.info("docker: released %s", name)
 
+    def forget_gone(self, names: list[str], observed_at: float) -> None:
+        """Endpoints whose veth went without a Leave (the sandbox's namespace went: dockerd
+        died or forgot them), as a pass that started at ``observed_at`` saw: detach them, in a
+        thread (the reconciler must not wait on the controller). A veth built after that pass
+        looked is not gone."""
+        with self._lock:
+            gone = [n for n in names if n in self.joined and self.joined[n] < observed_at]
+            for name in gone:
+                del self.joined[name]
+            if gone:
+                self._save()
+        for name in gone:
+            log.warning("docker: endpoint %s lost its veth without a Leave; detaching", name)
+            threading.Thread(target=self._forget, args=(name,), daemon=True).start()
+
+    def _forget(self, name: str) -> None:
+        try:
+            self._detach(name)
+        except PluginError as e:
+            log.warning("docker: could not detach %s: %s", name, e)
+
     # -- state --------------------------------------------------------------------------------
 
     def _load(self) -> dict[str, str]:
         """Docker's network IDs and endpoints survive an agent restart (dockerd keeps them)."""
         self.endpoints: dict[str, str] = {}  # Docker endpoint ID -> address
+        self.joined: dict[str, float] = {}  # reservation -> when its veth was built (monotonic)
         if not self.state_file:
             return {}
         try:
@@ -545,6 +578,9 @@ class Plugin:
         endpoints = data.get("endpoints")
         if isinstance(endpoints, dict):
             self.endpoints = {str(k): str(v) for k, v in endpoints.items()}
+        joined = data.get("joined")
+        if isinstance(joined, list):  # joined before this agent started: long ago
+            self.joined = {str(name): 0.0 for name in joined}
         nets = data.get("networks")
         return {str(k): str(v) for k, v in nets.items()} if isinstance(nets, dict) else {}
 
@@ -553,7 +589,8 @@ class Plugin:
             return
         tmp = self.state_file + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"networks": self.networks, "endpoints": self.endpoints}, f)
+            json.dump({"networks": self.networks, "endpoints": self.endpoints,
+                       "joined": sorted(self.joined)}, f)
         os.replace(tmp, self.state_file)
 
 

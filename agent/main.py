@@ -46,7 +46,7 @@ from agent.kernel.links import Links
 from agent.kernel.seams import FirewallOps, LinkOps
 from agent.metrics import AgentMetrics, Timed
 from agent.modes import MODES
-from agent.names import vtep_mac_for
+from agent.names import veth_name, vtep_mac_for
 from agent.plan import RESTART_DELAY
 from agent.reconcile import Reconciler
 from agent.runtime import RUNTIMES, OciRuntime
@@ -385,6 +385,11 @@ class Agent:
                         and not state.netns]
                 if gone and self.cni is not None:
                     self.cni.forget_gone(gone)
+                if self.docker is not None:  # Docker endpoints whose sandbox went (issue 18)
+                    self.docker.plugin.forget_gone(
+                        [name for name, ctr in desired.containers.items() if ctr.cni_docker
+                         and veth_name(name, ctr.interface) not in outcome.observed.links],
+                        started)
                 self.metrics.record_containers(statuses)
                 self.note_states(statuses)
                 if full:  # (not on every change: a busy host's passes stay lean)

@@ -110,7 +110,9 @@ class LabDocker:
 
     @property
     def cgroup_parent(self) -> str:
-        return "/" + os.path.basename(self.dir.rstrip("/")) + "-docker"
+        """Its containers' cgroups: named after the host's directory (``<prefix><host>``),
+        so that two lab hosts, or two labs, never share one."""
+        return "/" + os.path.basename(os.path.dirname(self.dir.rstrip("/"))) + "-docker"
 
     def argv(self, netns_path: str, dockerd: str = DOCKERD) -> list[str]:
         """dockerd in the lab host's network namespace and a private mount namespace, with

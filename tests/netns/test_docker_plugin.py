@@ -8,8 +8,11 @@ Docker's defaults are kept: its bridge, and its iptables rules with FORWARD poli
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import secrets
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ from helpers.cli import Cli, lab_cli, nsexec
 
 from agent.names import bridge_name
 from sdnctl.lab import lab
-from sdnctl.lab.dockerd import DOCKER
+from sdnctl.lab.dockerd import DOCKER, pids_in_mount_ns
 
 pytestmark = [
     pytest.mark.netns,
@@ -208,3 +211,22 @@ def test_bad_requests_answer_errors_and_change_nothing(env: Env) -> None:
     assert out.returncode != 0 and "MAC" in out.stderr
     assert env.cli.json("network", "ls") == before
     assert not env.endpoints()
+
+
+def test_endpoints_of_a_dockerd_that_died_are_collected(env: Env) -> None:
+    """Last in the module: it kills h2's dockerd. Its sandboxes go with its mount namespace,
+    their veths with them, and no Leave ever comes: the agent detaches the endpoints."""
+    env.docker("h2", "run", "-d", "--name", "orphan", "--network", "front", IMAGE,
+               "sleep", "600")
+    ip = env.address("h2", "orphan")
+    wait_for("the endpoint running", lambda: env.endpoints().get(ip, {}).get("state")
+             == "running")
+    state = json.loads((Path(env.cli.run_dir) / "lab" / "dockerplug.json").read_text())
+    known = state["dockerd"]["h2"]
+    process = int(env.docker("h2", "inspect", "-f", "{{.State.Pid}}", "orphan").stdout)
+    for pid in [known["pid"], *pids_in_mount_ns(known["mnt_ns"]), process]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_for("the orphaned endpoint to be detached", lambda: ip not in env.endpoints(), 40)
+    allocated = {a["address"] for a in env.cli.json("ipam", "--network", "front")["allocations"]}
+    assert ip not in allocated
