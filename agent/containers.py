@@ -222,7 +222,11 @@ class Containers:
             if action.netns and self.sandboxes.create_sandbox(paths, ctr.name):
                 undo.callback(self._drop_sandbox, ctr.name)
                 faults.point("namespace")
-            if action.attach and net is not None:
+            if action.attach and net is not None and ctr.cni_docker:
+                self.links.repair_host_side(veth_name(ctr.name, ctr.interface),
+                                            veth_alias(ctr.name, ctr.interface),
+                                            bridge_name(net.name), net.mtu)
+            elif action.attach and net is not None:
                 if ctr.cni_netns:  # no sandbox of ours takes a half-made veth along: undo it
                     undo.callback(self.links.remove_link, veth_name(ctr.name, ctr.interface))
                 self.links.ensure_veth(

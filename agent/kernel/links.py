@@ -237,6 +237,27 @@ class Links(VxlanLinks, LinkBase):
         # link of ours to remove; it goes with the host side.
         return int(link["index"])
 
+    def repair_host_side(self, host_ifname: str, alias: str, bridge: str, mtu: int) -> bool:
+        """The host side of a veth whose other side is out of our reach (a Docker endpoint's,
+        in dockerd's sandbox): in ``bridge``, up, this MTU and alias. Never creates one; False
+        when it is gone."""
+        self._check_thread()
+        ipr = self._host
+        what = f"veth {host_ifname!r}"
+        try:
+            link = get_link(ipr, host_ifname)
+            master = get_link(ipr, bridge)
+        except NetlinkError as e:
+            raise KernelError(f"could not read {what}") from e
+        if link is None:
+            return False
+        if master is None:
+            raise KernelError(f"could not repair {what}: bridge {bridge!r} does not exist")
+        self._verify_ours(link, host_ifname, "veth", alias)
+        self._fix_link(ipr, link, what, mtu=mtu, master=master["index"], state="up",
+                       ifalias=alias)
+        return True
+
     def _create_veth(
         self, name: str, alias: str, master: int, mtu: int, netns_path: str, peer: str,
         mac: str | None,

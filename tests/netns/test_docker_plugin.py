@@ -23,7 +23,7 @@ import pytest
 from helpers import dockerd
 from helpers.cli import Cli, lab_cli, nsexec
 
-from agent.names import bridge_name
+from agent.names import bridge_name, veth_name
 from sdnctl.lab import lab
 from sdnctl.lab.dockerd import DOCKER, pids_in_mount_ns
 
@@ -135,6 +135,14 @@ def test_containers_on_two_hosts_ping_across_the_overlay(env: Env) -> None:
         out = env.docker("h2", "exec", "pb", "ping", "-c", "1", "-W", "2", a, check=False)
         assert out.returncode == 0, f"pb cannot ping pa:\n{out.stdout}"
         assert "docker:" in env.cli.run("ps").stdout
+        # Drift: the host side of pa's veth taken out of its bridge is put back.
+        host_side = veth_name(endpoints[a]["name"], "eth0")
+        h1 = env.lab.host_netns("h1")
+        nsexec(h1, "ip", "link", "set", host_side, "nomaster")
+        wait_for("the veth back in its bridge", lambda: f"master {bridge_name('front')}" in
+                 nsexec(h1, "ip", "-o", "link", "show", host_side).stdout, 30)
+        out = env.docker("h1", "exec", "pa", "ping", "-c", "1", "-W", "2", b, check=False)
+        assert out.returncode == 0, f"pa cannot ping pb after the repair:\n{out.stdout}"
     finally:
         env.docker("h1", "rm", "-f", "pa", check=False)
         env.docker("h2", "rm", "-f", "pb", check=False)
