@@ -89,6 +89,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, test_image: tuple[str, str]) -
     tmp = tmp_path_factory.mktemp("dockerplug")
     (tmp / "dockerplug.yaml").write_text(TOPOLOGY)
     with lab_cli(prefix) as cli:
+        # Full passes (which see drift and vanished veths) every 2 s rather than 10.
+        cli.env["SDNCTL_RESYNC"] = "2"
         cli.run("up", str(tmp / "dockerplug.yaml"), "--timeout", "60")
         env = Env(cli, prefix)
         for host in env.hosts:
