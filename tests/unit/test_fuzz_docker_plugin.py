@@ -16,6 +16,7 @@ import contextlib
 import http.client
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -193,13 +194,13 @@ def test_port_bindings() -> None:
     assert port_bindings(None) == []
 
 
-def _post(path: str, method: str, body: bytes, length: int | None = None) -> tuple[int, Any]:
+def _post(path: str, method: str, body: bytes) -> tuple[int, Any]:
     conn = http.client.HTTPConnection("localhost")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)
     sock.connect(path)
     conn.sock = sock
-    headers = {"Content-Length": str(len(body) if length is None else length)}
+    headers = {"Content-Length": str(len(body))}
     conn.request("POST", "/" + method, body=body, headers=headers)
     response = conn.getresponse()
     answer = json.loads(response.read())
@@ -221,12 +222,31 @@ def test_the_socket_speaks_the_plugin_protocol(tmp_path: Path) -> None:
         assert answer == {"Scope": "local", "ConnectivityScope": "global"}
         status, answer = _post(server.socket_path, "IpamDriver.RequestPool", b"{not json")
         assert status == 400 and "bad request" in answer["Err"]
-        status, answer = _post(server.socket_path, "IpamDriver.RequestPool", b"{}",
-                               length=REQUEST_MAX + 1)
-        assert status == 413 and answer["Err"]
+        # A body announced larger than the limit is refused before it is read.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+            raw.settimeout(10)
+            raw.connect(server.socket_path)
+            raw.sendall(b"POST /IpamDriver.RequestPool HTTP/1.1\r\nHost: x\r\n"
+                        b"Content-Length: %d\r\n\r\n" % (REQUEST_MAX + 1))
+            reply = raw.makefile("rb").read()
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 413") and json.loads(body)["Err"]
         status, answer = _post(server.socket_path, "Nope.Nope", b"{}")
         assert status == 404
         assert controller.writes == []
     finally:
         server.stop()
     assert not (tmp_path / "p.sock").exists() and not (tmp_path / "spec" / "sdnctl.spec").exists()
+
+
+def test_only_endpoints_joined_before_a_pass_looked_are_collected() -> None:
+    plugin, controller = make_plugin()
+    plugin.joined["dk-1"] = 10.0
+    plugin.forget_gone(["dk-1", "dk-never-joined"], observed_at=5.0)  # joined after it looked
+    assert controller.writes == [] and "dk-1" in plugin.joined
+    plugin.forget_gone(["dk-1", "dk-never-joined"], observed_at=11.0)
+    deadline = time.monotonic() + 5
+    while not controller.writes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [(kind, request.name) for kind, request in controller.writes] == [("Detach", "dk-1")]
+    assert "dk-1" not in plugin.joined
