@@ -47,8 +47,9 @@ IMAGE = "sdnctl-test:latest"
 
 
 class Env:
-    def __init__(self, cli: Cli, prefix: str) -> None:
+    def __init__(self, cli: Cli, prefix: str, topology: Path) -> None:
         self.cli = cli
+        self.topology = topology
         self.lab = lab.Lab(prefix)
         self.hosts = {h: cli.host(h)["docker_host"] for h in ("h1", "h2")}
 
@@ -92,7 +93,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, test_image: tuple[str, str]) -
         # Full passes (which see drift and vanished veths) every 2 s rather than 10.
         cli.env["SDNCTL_RESYNC"] = "2"
         cli.run("up", str(tmp / "dockerplug.yaml"), "--timeout", "60")
-        env = Env(cli, prefix)
+        env = Env(cli, prefix, tmp / "dockerplug.yaml")
         for host in env.hosts:
             env.docker(host, "load", "-i", test_image[0])
         # The same command on both hosts: the first creates the sdnctl network, the second
@@ -137,6 +138,10 @@ def test_containers_on_two_hosts_ping_across_the_overlay(env: Env) -> None:
         out = env.docker("h2", "exec", "pb", "ping", "-c", "1", "-W", "2", a, check=False)
         assert out.returncode == 0, f"pb cannot ping pa:\n{out.stdout}"
         assert "docker:" in env.cli.run("ps").stdout
+        assert "docker:" in env.cli.run("status").stdout
+        dot = Path(env.cli.run_dir) / "docker.dot"
+        env.cli.run("graph", str(env.topology), "-o", str(dot))
+        assert "Docker · eth0" in dot.read_text()
         # Drift: the host side of pa's veth taken out of its bridge is put back.
         host_side = veth_name(endpoints[a]["name"], "eth0")
         h1 = env.lab.host_netns("h1")
