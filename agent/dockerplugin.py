@@ -12,8 +12,11 @@ Who does what, in the order dockerd calls:
 
 - ``RequestPool`` (``--subnet``, required): the pool is the sdnctl network's CIDR.
 - ``CreateNetwork``: the sdnctl network named ``-o sdnctl.network=NAME`` (default: the one
-  whose CIDR is the pool, else ``docker-<cidr>``) is adopted when it exists with that CIDR,
-  else created through the controller (``-o sdnctl.driver=bridge|overlay``, default overlay).
+  whose CIDR is the pool, else the Docker network's own name) is adopted when it exists with
+  that CIDR, else created through the controller (``-o sdnctl.driver=bridge|overlay``, default
+  overlay). Docker does not tell a driver the network's name: with ``--docker-host`` the agent
+  asks dockerd for it in a thread, once CreateNetwork has returned and dockerd has stored the
+  network, and the calls that need the network wait for that (without: ``docker-<cidr>``).
   Docker's network ID -> sdnctl name is kept in a small JSON file beside the socket.
   ``DeleteNetwork`` forgets the ID only: the controller's network may serve other hosts.
 - ``RequestAddress``: an address from this host's lease, through ``HostSync.Attach`` (a
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import http.server
 import ipaddress
 import json
@@ -51,6 +55,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import socketserver
 import subprocess
 import threading
@@ -75,6 +80,7 @@ log = logging.getLogger("sdnctl.agent.docker")
 REQUEST_MAX = 1 << 20
 RPC_TIMEOUT = 10.0
 JOIN_TIMEOUT = 20.0
+NAMING_TIMEOUT = 10.0
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
 ADDRESS_SPACE = "sdnctl"
 GATEWAY_REQUEST = "com.docker.network.gateway"  # RequestAddressType of the network's gateway
@@ -112,6 +118,7 @@ class DockerSide:
     realised: Realised
     kernel: Callable[[], contextlib.AbstractContextManager[Kernel]]
     accept_bridge: Callable[[str], None]  # Docker's DOCKER-USER chain: accept our bridge
+    docker_host: str = ""  # the dockerd served (unix:///...): asked for networks' names
 
 
 def peer_name(endpoint: str) -> str:
@@ -174,6 +181,10 @@ class Plugin:
         self.fixed: dict[str, str] = {}  # reservation -> its --ip, if any
         self.revisions: dict[str, int] = {}  # reservation -> revision of its last write
         self.accepted: set[str] = set()  # bridges with their DOCKER-USER accept in place
+        # Docker network ID -> (subnet, done) while its name is asked of dockerd, and the
+        # failures of those that could not be made
+        self.naming: dict[str, tuple[str, threading.Event]] = {}
+        self.naming_errors: dict[str, str] = {}
         self.methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "Plugin.Activate": lambda r: {"Implements": ["NetworkDriver", "IpamDriver"]},
             "NetworkDriver.GetCapabilities":
@@ -317,10 +328,24 @@ class Plugin:
                               f"{OPT_DRIVER})")
         existing = self._networks()
         name = generic.get(OPT_NETWORK) or next(
-            (n.name for n in existing.values() if n.subnet == str(subnet)),
-            "docker-" + str(subnet).replace(".", "-").replace("/", "-"))
+            (n.name for n in existing.values() if n.subnet == str(subnet)), "")
         if not isinstance(name, str):
             raise PluginError(f"-o {OPT_NETWORK}: expected a name")
+        if not name and self.side.docker_host:
+            # Docker does not tell a driver the network's name; dockerd answers it once this
+            # call has returned and the network is stored: the sdnctl network is made then.
+            done = threading.Event()
+            with self._lock:
+                self.naming[nid] = (str(subnet), done)
+            threading.Thread(target=self._name_later, args=(nid, subnet, driver, done),
+                             name="docker-name", daemon=True).start()
+            return {}
+        name = name or "docker-" + str(subnet).replace(".", "-").replace("/", "-")
+        self._adopt_or_create(nid, name, subnet, driver, existing)
+        return {}
+
+    def _adopt_or_create(self, nid: str, name: str, subnet: ipaddress.IPv4Network, driver: str,
+                         existing: dict[str, pb.Network]) -> None:
         try:
             check_name(name, f"-o {OPT_NETWORK}")
         except Invalid as e:
@@ -344,7 +369,35 @@ class Plugin:
         with self._lock:
             self.networks[nid] = name
             self._save()
-        return {}
+
+    def _name_later(self, nid: str, subnet: ipaddress.IPv4Network, driver: str,
+                    done: threading.Event) -> None:
+        """Ask dockerd for network ``nid``'s name, then adopt or create it; a failure is kept
+        for the first call that needs the network (``docker run`` shows it)."""
+        try:
+            name = docker_network_name(self.side.docker_host, nid)
+            self._adopt_or_create(nid, name, subnet, driver, self._networks())
+        except (PluginError, OSError, ValueError) as e:
+            log.warning("docker: network %s: %s", nid[:12], e)
+            with self._lock:
+                self.naming_errors[nid] = str(e)
+        finally:
+            done.set()
+
+    def _named(self, nid: str = "", subnet: str = "") -> None:
+        """Wait for the naming of network ``nid`` (or of any with ``subnet``) to finish."""
+        with self._lock:
+            waits = [(n, e) for n, (cidr, e) in self.naming.items()
+                     if n == nid or (subnet and cidr == subnet)]
+        for n, event in waits:
+            if not event.wait(NAMING_TIMEOUT):
+                raise PluginError(f"dockerd did not say network {n[:12]}'s name within "
+                                  f"{NAMING_TIMEOUT:.0f} s")
+            with self._lock:
+                self.naming.pop(n, None)
+                error = self.naming_errors.pop(n, "")
+            if error:
+                raise PluginError(error)
 
     def delete_network(self, request: dict[str, Any]) -> dict[str, Any]:
         nid = _text(request, "NetworkID")
@@ -364,6 +417,7 @@ class Plugin:
         """The sdnctl network a pool is: the one a CreateNetwork of ours named, else the
         controller's network of that CIDR (the first RequestAddress is the gateway's, before
         CreateNetwork)."""
+        self._named(subnet=str(subnet))
         with self._lock:
             known = set(self.networks.values())
         for name, have in self.side.desired().networks.items():
@@ -376,6 +430,7 @@ class Plugin:
 
     def _network_id(self, request: dict[str, Any]) -> str:
         nid = _text(request, "NetworkID")
+        self._named(nid=nid)
         with self._lock:
             name = self.networks.get(nid)
         if name is None:
@@ -710,6 +765,36 @@ class DockerPluginServer:
             if path:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
+
+
+def docker_network_name(docker_host: str, nid: str, timeout: float = NAMING_TIMEOUT) -> str:
+    """The name dockerd at ``docker_host`` (unix:///path) gives network ``nid``; it answers
+    once the network is stored, just after the driver's CreateNetwork returned."""
+    path = docker_host.removeprefix("unix://")
+    if not docker_host.startswith("unix://") or not nid.isalnum():
+        raise ValueError(f"cannot ask {docker_host!r} about network {nid[:12]!r}")
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = http.client.HTTPConnection("docker", timeout=5)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(5)
+            sock.connect(path)
+            conn.sock = sock
+            conn.request("GET", f"/networks/{nid}")
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        if response.status == 200:
+            name = json.loads(body).get("Name")
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"dockerd gave network {nid[:12]} no name")
+            return name
+        if time.monotonic() > deadline:
+            raise PluginError(f"dockerd does not know network {nid[:12]} "
+                              f"(HTTP {response.status})")
+        time.sleep(0.05)
 
 
 # -- Docker's firewall ----------------------------------------------------------------------------

@@ -208,7 +208,8 @@ class Agent:
             host=args.host, sync=lambda: self.sync,
             control=lambda: pb_grpc.ControllerStub(self.channels[self.current]),
             desired=self._desired_copy, realised=self.realised, kernel=Links,
-            accept_bridge=accept_in_docker_user), docker_socket + ".json"),
+            accept_bridge=accept_in_docker_user,
+            docker_host=getattr(args, "docker_host", "")), docker_socket + ".json"),
             docker_socket, getattr(args, "docker_spec", "")) if docker_socket else None
         self.metrics = AgentMetrics()
         self.metrics_server: MetricsServer | None = None

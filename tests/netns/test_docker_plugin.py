@@ -96,12 +96,13 @@ def env(tmp_path_factory: pytest.TempPathFactory, test_image: tuple[str, str]) -
         env = Env(cli, prefix, tmp / "dockerplug.yaml")
         for host in env.hosts:
             env.docker(host, "load", "-i", test_image[0])
-        # The same command on both hosts: the first creates the sdnctl network, the second
-        # adopts it.
+        # The same command on both hosts: the first creates the sdnctl network, named as the
+        # Docker network (the agent asks its dockerd), the second adopts it.
         for host in env.hosts:
             env.docker(host, "network", "create", "-d", "sdnctl", "--ipam-driver", "sdnctl",
-                       "--subnet", SUBNET, "-o", "sdnctl.driver=overlay", "-o",
-                       "sdnctl.network=front", "front")
+                       "--subnet", SUBNET, "-o", "sdnctl.driver=overlay", "front")
+            wait_for("the sdnctl network", lambda: "front" in {
+                n["name"] for n in env.cli.json("network", "ls")}, 15)
         yield env
 
 
