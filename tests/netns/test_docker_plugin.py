@@ -229,6 +229,24 @@ def test_bad_requests_answer_errors_and_change_nothing(env: Env) -> None:
     assert not env.endpoints()
 
 
+def test_a_restarted_agent_still_serves_its_endpoints(env: Env) -> None:
+    """The plugin's networks, endpoints and joins outlive its agent (dockerd keeps them)."""
+    env.docker("h1", "run", "-d", "--name", "kept", "--network", "front", IMAGE, "sleep", "600")
+    ip = env.address("h1", "kept")
+    state = json.loads((Path(env.cli.run_dir) / "lab" / "dockerplug.json").read_text())
+    agent = state["agents"]["h1"]["pid"]
+    os.kill(agent, signal.SIGTERM)
+    wait_for("the agent to stop", lambda: not os.path.exists(f"/proc/{agent}"), 20)
+    env.cli.run("up", str(env.topology), "--timeout", "60")  # starts the agent again
+    env.docker("h1", "run", "-d", "--name", "after", "--network", "front", IMAGE,
+               "sleep", "600")
+    after = env.address("h1", "after")
+    out = env.docker("h1", "exec", "after", "ping", "-c", "1", "-W", "2", ip, check=False)
+    assert out.returncode == 0, out.stdout
+    env.docker("h1", "rm", "-f", "kept", "after")
+    wait_for("both endpoints to go", lambda: not ({ip, after} & set(env.endpoints())))
+
+
 def test_endpoints_of_a_dockerd_that_died_are_collected(env: Env) -> None:
     """Last in the module: it kills h2's dockerd. Its sandboxes go with its mount namespace,
     their veths with them, and no Leave ever comes: the agent detaches the endpoints."""
