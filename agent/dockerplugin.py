@@ -185,6 +185,7 @@ class Plugin:
         # failures of those that could not be made
         self.naming: dict[str, tuple[str, threading.Event]] = {}
         self.naming_errors: dict[str, str] = {}
+        self.gateways: set[str] = set()  # "pool/address": gateways answered (never reserved)
         self.methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "Plugin.Activate": lambda r: {"Implements": ["NetworkDriver", "IpamDriver"]},
             "NetworkDriver.GetCapabilities":
@@ -274,6 +275,8 @@ class Plugin:
             # Docker asks for a network-wide gateway; sdnctl's is per host (each lease's first
             # address) and Join gives each container its own. This one is only recorded.
             gateway = wanted or str(next(subnet.hosts()))
+            with self._lock:
+                self.gateways.add(f"{subnet}/{gateway}")
             return {"Address": f"{gateway}/{subnet.prefixlen}", "Data": {}}
         network = self._network_of(subnet)
         name = "dk-" + secrets.token_hex(8)
@@ -297,6 +300,10 @@ class Plugin:
     def release_address(self, request: dict[str, Any]) -> dict[str, Any]:
         subnet = self._pool(request)
         ip = _interface(_text(request, "Address"), "Address").ip
+        with self._lock:
+            if f"{subnet}/{ip}" in self.gateways:  # a network's gateway: nothing was reserved
+                self.gateways.discard(f"{subnet}/{ip}")
+                return {}
         found = self._reservation_by_address(str(ip), subnet)
         if found is None:
             return {}  # the network's placeholder gateway, or released already

@@ -250,3 +250,18 @@ def test_only_endpoints_joined_before_a_pass_looked_are_collected() -> None:
         time.sleep(0.01)
     assert [(kind, request.name) for kind, request in controller.writes] == [("Detach", "dk-1")]
     assert "dk-1" not in plugin.joined
+
+
+def test_releasing_a_networks_gateway_detaches_no_endpoint() -> None:
+    """`--gateway` equal to an endpoint's address: the gateway's release is not the endpoint's."""
+    plugin, controller = make_plugin()
+    gateway = {"PoolID": POOL, "Address": "10.88.3.2",
+               "Options": {"RequestAddressType": "com.docker.network.gateway"}}
+    assert plugin.call("IpamDriver.RequestAddress", json.dumps(gateway).encode()) == \
+        (200, {"Address": "10.88.3.2/16", "Data": {}})
+    release = {"PoolID": POOL, "Address": "10.88.3.2"}
+    assert plugin.call("IpamDriver.ReleaseAddress", json.dumps(release).encode()) == (200, {})
+    assert controller.writes == []
+    # the endpoint's own release, afterwards, detaches it
+    assert plugin.call("IpamDriver.ReleaseAddress", json.dumps(release).encode()) == (200, {})
+    assert [(kind, request.name) for kind, request in controller.writes] == [("Detach", "dk-1")]
