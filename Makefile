@@ -7,7 +7,7 @@ BENCH_SCRIPTS := $(filter-out bench/harness.py bench/_%.py,$(sort $(wildcard ben
 # Fuzzing (issue 9): the fuzz tests with a long budget (CI runs them with a short one).
 # SDNCTL_FUZZ_EXAMPLES=N sets the examples per RPC (default 3000 here, 30 in CI).
 fuzz:
-	SDNCTL_FUZZ=long .venv/bin/pytest -q tests/unit/test_fuzz_api.py tests/unit/test_fuzz_topology.py tests/unit/test_fuzz_unpack.py
+	SDNCTL_FUZZ=long .venv/bin/pytest -q tests/unit/test_fuzz_api.py tests/unit/test_fuzz_topology.py tests/unit/test_fuzz_unpack.py tests/unit/test_fuzz_docker_plugin.py
 
 bench-setup:
 	bench/setup.sh

@@ -137,7 +137,8 @@ class Containers:
         wanted = {name: desired.containers.get(name) for name in names
                   if not name.startswith(".")}
         # CNI attachments leave no trace here: the runtime owns their namespace (issue 17).
-        attached = {name: ctr for name, ctr in desired.containers.items() if ctr.cni_netns}
+        attached = {name: ctr for name, ctr in desired.containers.items()
+                    if ctr.cni_netns and not ctr.cni_docker}
         # Every container's network side in one batch (one thread opens all the sockets).
         peers = {self.netns_path(name): want.interface if want else "eth0"
                  for name, want in wanted.items() if want is None or want.mode == MODE_BRIDGE}
@@ -221,7 +222,11 @@ class Containers:
             if action.netns and self.sandboxes.create_sandbox(paths, ctr.name):
                 undo.callback(self._drop_sandbox, ctr.name)
                 faults.point("namespace")
-            if action.attach and net is not None:
+            if action.attach and net is not None and ctr.cni_docker:
+                self.links.repair_host_side(veth_name(ctr.name, ctr.interface),
+                                            veth_alias(ctr.name, ctr.interface),
+                                            bridge_name(net.name), net.mtu)
+            elif action.attach and net is not None:
                 if ctr.cni_netns:  # no sandbox of ours takes a half-made veth along: undo it
                     undo.callback(self.links.remove_link, veth_name(ctr.name, ctr.interface))
                 self.links.ensure_veth(
@@ -374,6 +379,9 @@ class Containers:
         result = []
         for name, ctr in sorted(desired.containers.items()):
             state = observed.containers.get(name)
+            if ctr.cni_docker:
+                result.append(_docker_status(ctr, observed, errors.get(name, "")))
+                continue
             if ctr.cni_netns:
                 result.append(self._attachment_status(ctr, state, errors.get(name, "")))
                 continue
@@ -422,6 +430,19 @@ class Containers:
             phase, message = STATE_PENDING, ""
         return ContainerStatus(name=ctr.name, state=phase, netns=ctr.cni_netns,
                                message=message, runtime="cni")
+
+def _docker_status(ctr: DesiredContainer, observed: p.Observed, error: str) -> ContainerStatus:
+    """A Docker endpoint is running once its veth's host side is in the bridge (dockerd holds
+    the other side); before Join it has only its address."""
+    link = observed.links.get(veth_name(ctr.name, ctr.interface))
+    if error:
+        phase, message = STATE_ERROR, error
+    elif link is not None and link.master == bridge_name(ctr.target):
+        phase, message = STATE_RUNNING, ""
+    else:
+        phase, message = STATE_PENDING, "address reserved; waiting for Docker's Join"
+    return ContainerStatus(name=ctr.name, state=phase, message=message, runtime="docker")
+
 
 def flush_addresses(addresses: Iterable[str]) -> None:
     """Forget conntrack entries of addresses a container no longer has."""

@@ -111,6 +111,7 @@ class DesiredContainer:
     generation: int = 0
     cni_id: str = ""  # a CNI attachment: the runtime's container ID
     cni_netns: str = ""  # ... and its namespace (the runtime's: never created nor removed here)
+    cni_docker: bool = False  # a Docker endpoint: the Docker plugin builds its veth (issue 18)
     aliases: tuple[str, ...] = ()
 
     @property
@@ -205,6 +206,7 @@ def container_from_pb(msg: pb.Container) -> DesiredContainer:
         generation=spec.generation,
         cni_id=spec.cni_id,
         cni_netns=spec.cni_netns,
+        cni_docker=spec.cni_docker,
         aliases=spec.aliases,
     )
 

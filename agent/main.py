@@ -37,6 +37,7 @@ from agent import dns, imagegc
 from agent import plan as p
 from agent.cni import AgentSide, CniService, Realised, remove_veth_now
 from agent.desired import DesiredState, LocalHost
+from agent.dockerplugin import DockerPluginServer, DockerSide, Plugin, accept_in_docker_user
 from agent.drivers import DRIVERS
 from agent.imagefetch import GrpcFetcher
 from agent.imagestore import ImageStore
@@ -46,7 +47,7 @@ from agent.kernel.links import Links
 from agent.kernel.seams import FirewallOps, LinkOps
 from agent.metrics import AgentMetrics, Timed
 from agent.modes import MODES
-from agent.names import vtep_mac_for
+from agent.names import veth_name, vtep_mac_for
 from agent.plan import RESTART_DELAY
 from agent.reconcile import Reconciler
 from agent.runtime import RUNTIMES, OciRuntime
@@ -187,6 +188,15 @@ class Agent:
             remove_veth=remove_veth_now),
             address if address.startswith("/") else "\0" + address.lstrip("@")) \
             if address else None
+        # Docker (issue 18): libnetwork's remote and IPAM drivers, off unless --docker-socket.
+        docker_socket = getattr(args, "docker_socket", "")
+        self.docker = DockerPluginServer(Plugin(DockerSide(
+            host=args.host, sync=lambda: self.sync,
+            control=lambda: pb_grpc.ControllerStub(self.channels[self.current]),
+            desired=self._desired_copy, realised=self.realised, kernel=Links,
+            accept_bridge=accept_in_docker_user,
+            docker_host=getattr(args, "docker_host", "")), docker_socket + ".json"),
+            docker_socket, getattr(args, "docker_spec", "")) if docker_socket else None
         self.metrics = AgentMetrics()
         self.metrics_server: MetricsServer | None = None
         # What we did since the last report, for `sdnctl events` (bounded: a controller that
@@ -241,6 +251,7 @@ class Agent:
             host=self.args.host, underlay_ip=self.local.underlay_ip, agent_pid=os.getpid(),
             netns=self.args.netns, vtep_mac=self.local.vtep_mac,
             underlay_mtu=self.local.underlay_mtu, metrics_url=self.metrics_url,
+            docker_host=getattr(self.args, "docker_host", ""),
             capabilities=list(dict.fromkeys([*MODES, *DRIVERS]))),
             timeout=10)
 
@@ -319,6 +330,8 @@ class Agent:
             self.cni.start()
         if self.args.image_gc_interval > 0:
             threading.Thread(target=self.collect_images, name="image-gc", daemon=True).start()
+        if self.docker is not None:
+            self.docker.start()
         # A full pass is due this often even when events keep waking us (progress notices
         # must not push drift repair past one resync interval).
         due = time.monotonic()
@@ -378,11 +391,17 @@ class Agent:
                              time.process_time() * 1000)
                 statuses = reconciler.statuses(desired, outcome)
                 self.realised.publish(desired.revision, statuses)
-                gone = [name for name, ctr in desired.containers.items() if ctr.cni_netns
+                gone = [name for name, ctr in desired.containers.items()
+                        if ctr.cni_netns and not ctr.cni_docker
                         and (state := outcome.observed.containers.get(name)) is not None
                         and not state.netns]
                 if gone and self.cni is not None:
                     self.cni.forget_gone(gone)
+                if self.docker is not None:  # Docker endpoints whose sandbox went (issue 18)
+                    self.docker.plugin.forget_gone(
+                        [name for name, ctr in desired.containers.items() if ctr.cni_docker
+                         and veth_name(name, ctr.interface) not in outcome.observed.links],
+                        started)
                 self.metrics.record_containers(statuses)
                 self.note_states(statuses)
                 if full or flows_now:  # (not on every change: busy hosts' passes stay lean)
@@ -395,6 +414,8 @@ class Agent:
         finally:
             if self.cni is not None:
                 self.cni.stop()
+            if self.docker is not None:
+                self.docker.stop()
             links.close()
             if self.dns is not None:
                 self.dns.stop()
@@ -550,6 +571,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="the CNI service's socket: an abstract name in this host's "
                         f"network namespace, or a path; empty: no CNI service (default: "
                         f"${SOCKET_ENV}, else @{AGENT_SOCKET})")
+    parser.add_argument("--docker-socket", default="", metavar="PATH",
+                        help="serve sdnctl as a Docker network and IPAM plugin on this unix "
+                        "socket (default: none)")
+    parser.add_argument("--docker-spec", default="", metavar="PATH",
+                        help="write the plugin's spec file here, where this host's dockerd "
+                        "looks (e.g. /etc/docker/plugins/sdnctl.spec; default: none)")
+    parser.add_argument("--docker-host", default="", metavar="URL",
+                        help="the dockerd that uses the plugin (unix:///...), as reported to "
+                        "the controller for `sdnctl inspect host` (default: none)")
     parser.add_argument("--metrics", default=DEFAULT_ADDRESS, metavar="ADDR",
                         help="serve Prometheus metrics on HOST:PORT, in this host's network "
                         "namespace (port 0 picks a free one; the URL is reported when "

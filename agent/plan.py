@@ -372,8 +372,19 @@ def plan_attachment(ctr: DesiredContainer, desired: DesiredState,
     """A CNI attachment: only its veth, into the runtime's namespace, built and repaired like
     any other; no sandbox and no process of ours. A namespace that is gone is left to the
     agent's CNI service, which asks the controller to forget the attachment (the runtime forgot
-    its DEL)."""
+    its DEL). A Docker endpoint's veth is the Docker plugin's to build at Join, and its
+    container side is dockerd's (issue 18): the reconciler repairs only the host side (bridge,
+    MTU, up), keeps the guards, and removes the pair when the endpoint is forgotten; a host side
+    that is gone took the sandbox's side with it (the Docker plugin detaches that endpoint)."""
     net = desired.networks[ctr.target]
+    if ctr.cni_docker:  # only the host side is ours to repair; a missing one is garbage
+        link = observed.links.get(veth_name(ctr.name, ctr.interface))
+        if link is None or (link.kind == "veth" and link.master == bridge_name(net.name)
+                            and link.mtu == net.mtu and link.up
+                            and link.alias == veth_alias(ctr.name, ctr.interface)):
+            return None
+        return SetupContainer(ctr, net, netns=False, attach=True, start=False,
+                              stop_first=False)
     state = observed.containers.get(ctr.name)
     if state is None or not state.netns:
         return None

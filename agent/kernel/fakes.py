@@ -61,6 +61,14 @@ class FakeLinks:
                                                            (address_cidr,), gateway or None, mac)
         return index
 
+    def repair_host_side(self, host_ifname: str, alias: str, bridge: str, mtu: int) -> bool:
+        link = self.links.get(host_ifname)
+        if link is None:
+            return False
+        self.links[host_ifname] = ObservedLink(host_ifname, link.index, "veth", alias, bridge,
+                                               mtu, True, link.addresses)
+        return True
+
     def remove_link(self, name: str) -> bool:
         self.peers.pop(name, None)
         return self.links.pop(name, None) is not None

@@ -212,6 +212,52 @@ class Links(VxlanLinks, LinkBase):
                                         gateway, mac)
         return int(link["index"])
 
+    def ensure_handover_veth(self, host_ifname: str, alias: str, bridge: str, mtu: int,
+                             peer_ifname: str, mac: str) -> int:
+        """A veth pair whose BOTH ends are in the host namespace, the host side up in
+        ``bridge``, the peer down with this MTU and MAC: a Docker endpoint's (issue 18), whose
+        peer dockerd then moves into its sandbox, renames, addresses and brings up. A pair that
+        exists is verified and fixed (its peer may already have been moved). Returns the host
+        side's index."""
+        self._check_thread()
+        ipr = self._host
+        what = f"veth {host_ifname!r}"
+        try:
+            master = get_link(ipr, bridge)
+        except NetlinkError as e:
+            raise KernelError(f"could not read {what}") from e
+        if master is None:
+            raise KernelError(f"could not add {what}: bridge {bridge!r} does not exist")
+        self._add(ipr, host_ifname, "veth", mtu=mtu, master=master["index"], state="up",
+                  peer={"ifname": peer_ifname, "mtu": mtu, "address": mac.lower()})
+        link = self._read_back(ipr, host_ifname, "veth", alias)
+        self._fix_link(ipr, link, what, mtu=mtu, master=master["index"], state="up",
+                       ifalias=alias)
+        # The peer stays untagged and outside our name prefixes: resync must not take it for a
+        # link of ours to remove; it goes with the host side.
+        return int(link["index"])
+
+    def repair_host_side(self, host_ifname: str, alias: str, bridge: str, mtu: int) -> bool:
+        """The host side of a veth whose other side is out of our reach (a Docker endpoint's,
+        in dockerd's sandbox): in ``bridge``, up, this MTU and alias. Never creates one; False
+        when it is gone."""
+        self._check_thread()
+        ipr = self._host
+        what = f"veth {host_ifname!r}"
+        try:
+            link = get_link(ipr, host_ifname)
+            master = get_link(ipr, bridge)
+        except NetlinkError as e:
+            raise KernelError(f"could not read {what}") from e
+        if link is None:
+            return False
+        if master is None:
+            raise KernelError(f"could not repair {what}: bridge {bridge!r} does not exist")
+        self._verify_ours(link, host_ifname, "veth", alias)
+        self._fix_link(ipr, link, what, mtu=mtu, master=master["index"], state="up",
+                       ifalias=alias)
+        return True
+
     def _create_veth(
         self, name: str, alias: str, master: int, mtu: int, netns_path: str, peer: str,
         mac: str | None,

@@ -31,7 +31,8 @@ USERNS_BY_NUMBER = {number: word for word, number in USERNS_NUMBER.items()}
 def host_from_pb(msg: pb.Host) -> Host:
     return Host(name=msg.name, underlay_ip=msg.underlay_ip, lab=msg.lab,
                 agent_pid=msg.agent_pid, netns=msg.netns, vtep_mac=msg.vtep_mac,
-                underlay_mtu=msg.underlay_mtu, metrics_url=msg.metrics_url)
+                underlay_mtu=msg.underlay_mtu, metrics_url=msg.metrics_url,
+                docker_host=msg.docker_host)
 
 
 def host_to_pb(host: Host, leases: tuple[Lease, ...] = (), revision: int = 0,
@@ -40,7 +41,8 @@ def host_to_pb(host: Host, leases: tuple[Lease, ...] = (), revision: int = 0,
                    agent_pid=host.agent_pid, netns=host.netns,
                    leases=[lease_to_pb(lease) for lease in leases], revision=revision,
                    agent_connected=connected, vtep_mac=host.vtep_mac,
-                   underlay_mtu=host.underlay_mtu, metrics_url=host.metrics_url)
+                   underlay_mtu=host.underlay_mtu, metrics_url=host.metrics_url,
+                   docker_host=host.docker_host)
 
 
 def network_from_pb(msg: pb.Network) -> Network:
@@ -114,6 +116,7 @@ def container_from_pb(msg: pb.Container) -> Container:
         generation=msg.generation,
         cni_id=msg.cni.container_id,
         cni_netns=msg.cni.netns,
+        cni_docker=msg.cni.docker,
         aliases=tuple(msg.aliases),
         dns=tuple(msg.dns),
     )
@@ -135,7 +138,7 @@ def container_to_pb(container: Container) -> pb.Container:
                         generation=container.generation, aliases=list(container.aliases),
                         dns=list(container.dns),
                         cni=pb.CniOwner(container_id=container.cni_id,
-                                        netns=container.cni_netns)
+                                        netns=container.cni_netns, docker=container.cni_docker)
                         if container.cni_netns else None)
 
 

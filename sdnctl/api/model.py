@@ -100,6 +100,9 @@ class Host:
     vtep_mac: str = ""  # MAC of the host's VXLAN devices
     underlay_mtu: int = 0  # MTU of its underlay interface
     metrics_url: str = ""  # its agent's Prometheus endpoint
+    docker_host: str = ""  # the dockerd its agent serves as a network plugin (issue 18)
+    #: A topology's lab host only: run a private dockerd there, pointed at its agent's plugin.
+    docker: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,9 @@ class Container:
     # Such a container has no process of ours: the agent only builds and keeps its veth.
     cni_id: str = ""
     cni_netns: str = ""
+    # A Docker endpoint (issue 18): cni_id is its reservation, cni_netns the plugin's placeholder;
+    # the agent's Docker plugin builds its veth and dockerd moves it into the sandbox.
+    cni_docker: bool = False
     aliases: tuple[str, ...] = ()  # DNS: more names on its network, beside its own
     dns: tuple[str, ...] = ()  # DNS: upstream resolvers for its queries (default: network's)
 
@@ -184,7 +190,10 @@ class Container:
 
     @property
     def owner(self) -> str:
-        """Who runs it: ``sdnctl``, or ``cni:<container ID>`` for a CNI attachment."""
+        """Who runs it: ``sdnctl``, ``cni:<container ID>`` for a CNI attachment, ``docker:<ID>``
+        for a Docker endpoint."""
+        if self.cni_docker:
+            return f"docker:{self.cni_id}"
         return f"cni:{self.cni_id}" if self.cni_netns else "sdnctl"
 
     @property

@@ -121,6 +121,10 @@ def validate_host(host: Host, where: str = "host") -> Host:
                       f"{host.underlay_mtu} is outside {MTU_MIN}..{MTU_MAX} (0: unknown)")
     if host.metrics_url:
         check_http_url(host.metrics_url, f"{where}.metrics_url")
+    if host.docker_host and (not host.docker_host.startswith("unix:///")
+                             or len(host.docker_host) > 4096 or "\0" in host.docker_host):
+        raise Invalid(f"{where}.docker_host", f"{host.docker_host[:80]!r}: expected "
+                      "unix:///path/to/docker.sock")
     return host
 
 

@@ -379,11 +379,13 @@ def _host_cluster(dot: _Dot, topo: Topology, live: Live, host: str, colours: dic
         if ctr.bridge_network:
             dot.edge(_ctr_id(ctr.name), _bridge_id(host, ctr.bridge_network),
                      color="#495057")
-    # CNI attachments (issue 17): containers of a runtime, not of the topology.
+    # CNI attachments (issue 17) and Docker endpoints (issue 18): containers of a runtime, not
+    # of the topology.
     for c in sorted((c for c in live.containers.values() if c.get("cni_netns")
                      and c["host"] == host), key=lambda c: c["name"]):
         net = c["network"]
-        dot.node(_ctr_id(c["name"]), label=f"{c['owner'][:20]}\nCNI · {c['interface']} "
+        kind = "Docker" if c["owner"].startswith("docker:") else "CNI"
+        dot.node(_ctr_id(c["name"]), label=f"{c['owner'][:20]}\n{kind} · {c['interface']} "
                  f"{c['ip']}" + ("" if c["state"] == STATE_RUNNING else f"\n{c['state'].upper()}"),
                  shape="box", style="rounded,filled,dashed", fillcolor=colours.get(net, "#ffffff"))
         if net in _networks_on(topo, live, host):

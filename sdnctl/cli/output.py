@@ -27,6 +27,7 @@ def host_json(h: pb.Host) -> dict[str, Any]:
         "vtep_mac": h.vtep_mac,
         "underlay_mtu": h.underlay_mtu,
         "metrics_url": h.metrics_url,
+        "docker_host": h.docker_host,
         "reported_containers": list(h.reported_containers),
         "subnets": [{"network": lease.network, "subnet": lease.subnet,
                      "gateway": lease.gateway} for lease in h.leases],
@@ -51,7 +52,8 @@ def container_json(c: pb.Container) -> dict[str, Any]:
         "mode": mode,
         # who runs it: "sdnctl", or "cni:<container ID>" for a CNI attachment (issue 17), whose
         # network namespace is the runtime's
-        "owner": f"cni:{c.cni.container_id}" if c.cni.netns else "sdnctl",
+        "owner": (f"docker:{c.cni.container_id}" if c.cni.docker else
+                  f"cni:{c.cni.container_id}" if c.cni.netns else "sdnctl"),
         "cni_netns": c.cni.netns,
         # joined: whose network namespace it shares (and which of its UTS/IPC)
         "shares_netns_of": target if mode == MODE_CONTAINER else "",

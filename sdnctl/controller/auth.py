@@ -72,9 +72,11 @@ POLICY: dict[str, Rule] = {
     CTL + "GetHost": Rule(READ),
     CTL + "ListHosts": Rule(READ),
     CTL + "DeleteHost": Rule(ADMIN, mutating=True),
-    CTL + "CreateNetwork": Rule(MANAGE, mutating=True),
-    CTL + "GetNetwork": Rule(READ),
-    CTL + "ListNetworks": Rule(READ),
+    # An agent's Docker plugin (issue 18) adopts or creates the network a `docker network
+    # create -d sdnctl` names, on any host: networks are not per host.
+    CTL + "CreateNetwork": Rule(MANAGE, AGENT_ANY, mutating=True),
+    CTL + "GetNetwork": Rule(READ, AGENT_ANY),
+    CTL + "ListNetworks": Rule(READ, AGENT_ANY),
     CTL + "DeleteNetwork": Rule(MANAGE, mutating=True),
     CTL + "UpdateNetwork": Rule(MANAGE, mutating=True),
     CTL + "CreateContainer": Rule(MANAGE, mutating=True),

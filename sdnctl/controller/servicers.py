@@ -466,7 +466,7 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
         host = Host(name=request.host, underlay_ip=request.underlay_ip,
                     agent_pid=request.agent_pid, netns=request.netns,
                     vtep_mac=request.vtep_mac, underlay_mtu=request.underlay_mtu,
-                    metrics_url=request.metrics_url)
+                    metrics_url=request.metrics_url, docker_host=request.docker_host)
         view = self.state.register_host(host)
         log.info("agent of host %s registered (pid %d)", request.host, request.agent_pid)
         return pb.RegisterResponse(host=host_pb(view, self.connections))
@@ -548,7 +548,8 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
             raise Invalid("container.cni", "an attachment needs the runtime's netns and ID")
         spec = Container(name=spec.name, host=request.host, network=spec.network,
                          interface=spec.interface, fixed_ip=spec.fixed_ip, ports=spec.ports,
-                         cni_id=spec.cni_id, cni_netns=spec.cni_netns, aliases=spec.aliases)
+                         cni_id=spec.cni_id, cni_netns=spec.cni_netns, aliases=spec.aliases,
+                         cni_docker=spec.cni_docker)
         try:
             return container_pb(self.state.create_container(spec))
         except AlreadyExists:
@@ -557,6 +558,9 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
             if (have.host, have.cni_id, have.cni_netns) != (spec.host, spec.cni_id,
                                                             spec.cni_netns):
                 raise
+            if have.cni_docker and have.ports != spec.ports:
+                # A Docker endpoint learns its published ports after its address (issue 18).
+                view = self.state.update_container(dataclasses.replace(have, ports=spec.ports))
             return container_pb(view)
 
     def Detach(self, request: pb.DetachRequest, context: Any) -> pb.DeleteResponse:

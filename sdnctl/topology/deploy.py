@@ -66,6 +66,7 @@ from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.lab import lab
 from sdnctl.lab import registry as labregistry
+from sdnctl.lab.dockerd import LabDocker, start_lab_dockerd, stop_lab_dockerd
 from sdnctl.topology.topology import Topology, TopologyError
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -508,6 +509,11 @@ def register_hosts(client: Client, topology: Topology, lab_hosts: dict[str, lab.
     progress.step(f"hosts: {', '.join(h.name for h in topology.hosts)}")
 
 
+def lab_docker(prefix: str, host: str) -> LabDocker:
+    """A lab host's dockerd (``docker: true``): on the disk, not in /run (its image store)."""
+    return LabDocker(os.path.join(paths.state_dir(), "lab", prefix + host, "docker"))
+
+
 def agent_connection(address: str) -> dict[str, Any]:
     """What a lab agent talks to: the controller addresses and the TLS files (of the
     environment it inherits). An agent started with others is restarted."""
@@ -520,6 +526,7 @@ def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.L
     state["prefix"] = lab_prefix(topology)
     agents: dict[str, dict[str, Any]] = state.setdefault("agents", {})
     connection = agent_connection(client.address)
+    docker_hosts = {h.name for h in topology.lab_hosts if h.docker}
     for name, host in lab_hosts.items():
         known = agents.get(name)
         if known and lab.process_alive(known["pid"], known.get("start_time")):
@@ -536,12 +543,17 @@ def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.L
                 "--underlay-dev", host.underlay_dev,
                 "--netns", host.netns, "--run-dir", run_dir,
                 "--store-dir", os.path.join(run_dir, "store")]
+        if name in docker_hosts:
+            docker = lab_docker(state["prefix"], name)
+            argv += ["--docker-socket", docker.plugin_socket, "--docker-spec",
+                     docker.plugin_spec, "--docker-host", docker.docker_host]
         pid = lab.spawn_in_netns(host.netns, argv, os.path.join(run_dir, "agent.log"))
         agents[name] = {"pid": pid, "start_time": lab.process_start_time(pid) or 0,
                         "connection": connection}
         _save_lab_state(topology, state)
         progress.step(f"agent for {name} started (pid {pid})")
     _save_lab_state(topology, state)
+    ensure_dockerds(topology, state, lab_hosts, progress)
     deadline = time.monotonic() + 30
     for name in lab_hosts:
         while True:
@@ -553,6 +565,30 @@ def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.L
                 raise DeployError(f"the agent of host {name!r} did not connect; see {log}")
             progress.waiting(f"waiting for the agent of {name} to connect")
             time.sleep(0.05)
+
+
+def ensure_dockerds(topology: Topology, state: dict[str, Any],
+                    lab_hosts: dict[str, lab.LabHost], progress: Progress) -> None:
+    """A private dockerd in each ``docker: true`` lab host, its plugin that host's agent."""
+    dockerds: dict[str, dict[str, int]] = state.setdefault("dockerd", {})
+    for host in topology.lab_hosts:
+        if not host.docker:
+            continue
+        known = dockerds.get(host.name)
+        if known and lab.process_alive(known["pid"], known.get("start_time")):
+            continue
+        docker = lab_docker(state["prefix"], host.name)
+        dockerds[host.name] = start_lab_dockerd(docker, lab_hosts[host.name].netns)
+        _save_lab_state(topology, state)
+        progress.step(f"dockerd for {host.name} started (pid {dockerds[host.name]['pid']}): "
+                      f"DOCKER_HOST={docker.docker_host}")
+
+
+def stop_dockerds(state: dict[str, Any], progress: Progress) -> None:
+    prefix = state.get("prefix") or ""
+    for name, known in sorted(state.get("dockerd", {}).items()):
+        stop_lab_dockerd(lab_docker(prefix, name), known)
+        progress.step(f"dockerd for {name} stopped (pid {known['pid']})")
 
 
 def apply_objects(client: Client, topology: Topology, progress: Progress) -> int:
@@ -731,6 +767,8 @@ def hosts_synced(client: Client, topology: Topology, revision: int) -> bool:
 
 def down(topology: Topology, progress: Progress | None = None) -> None:
     progress = progress or Progress()
+    state = _load_lab_state(topology)
+    stop_dockerds(state, progress)  # while the agents serve its plugin calls
     client = Client()
     try:
         if client.healthy():
@@ -739,7 +777,6 @@ def down(topology: Topology, progress: Progress | None = None) -> None:
             progress.step("no controller answers: removing the lab only")
     finally:
         client.close()
-    state = _load_lab_state(topology)
     stop_agents(state, progress)
     sweep(topology, state, progress)
     if labregistry.stop(state.get("prefix") or lab_prefix(topology)):

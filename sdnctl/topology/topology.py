@@ -458,9 +458,10 @@ def _collect(r: _Reader, doc: dict, key: str, build: Callable[[_Reader, dict, st
 
 
 def _host(r: _Reader, raw: Any, where: str) -> Host:
-    m = r.mapping(raw, where, {"name", "lab", "underlay_ip"}, {"name"})
+    m = r.mapping(raw, where, {"name", "lab", "underlay_ip", "docker"}, {"name"})
     host = Host(name=m["name"], lab=r.typed(m, "lab", where, bool, False),
-                underlay_ip=r.typed(m, "underlay_ip", where, str, ""))
+                underlay_ip=r.typed(m, "underlay_ip", where, str, ""),
+                docker=r.typed(m, "docker", where, bool, False))
     if not host.lab:
         raise r.error(f"{where}.lab", "only lab hosts (lab: true) are supported by `sdnctl up` "
                       "so far; run sdnctl-agent on a real host and it registers itself")

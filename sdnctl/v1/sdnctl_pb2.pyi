@@ -26,7 +26,7 @@ DROP_KIND_NETWORK: DropKind
 DROP_KIND_VXLAN: DropKind
 
 class Host(_message.Message):
-    __slots__ = ("name", "underlay_ip", "lab", "agent_pid", "netns", "leases", "revision", "agent_connected", "observed_revision", "agent_synced", "reported_containers", "vtep_mac", "underlay_mtu", "metrics_url")
+    __slots__ = ("name", "underlay_ip", "lab", "agent_pid", "netns", "leases", "revision", "agent_connected", "observed_revision", "agent_synced", "reported_containers", "vtep_mac", "underlay_mtu", "metrics_url", "docker_host")
     NAME_FIELD_NUMBER: _ClassVar[int]
     UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
     LAB_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class Host(_message.Message):
     VTEP_MAC_FIELD_NUMBER: _ClassVar[int]
     UNDERLAY_MTU_FIELD_NUMBER: _ClassVar[int]
     METRICS_URL_FIELD_NUMBER: _ClassVar[int]
+    DOCKER_HOST_FIELD_NUMBER: _ClassVar[int]
     name: str
     underlay_ip: str
     lab: bool
@@ -55,7 +56,8 @@ class Host(_message.Message):
     vtep_mac: str
     underlay_mtu: int
     metrics_url: str
-    def __init__(self, name: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., lab: _Optional[bool] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., revision: _Optional[int] = ..., agent_connected: _Optional[bool] = ..., observed_revision: _Optional[int] = ..., agent_synced: _Optional[bool] = ..., reported_containers: _Optional[_Iterable[str]] = ..., vtep_mac: _Optional[str] = ..., underlay_mtu: _Optional[int] = ..., metrics_url: _Optional[str] = ...) -> None: ...
+    docker_host: str
+    def __init__(self, name: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., lab: _Optional[bool] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., revision: _Optional[int] = ..., agent_connected: _Optional[bool] = ..., observed_revision: _Optional[int] = ..., agent_synced: _Optional[bool] = ..., reported_containers: _Optional[_Iterable[str]] = ..., vtep_mac: _Optional[str] = ..., underlay_mtu: _Optional[int] = ..., metrics_url: _Optional[str] = ..., docker_host: _Optional[str] = ...) -> None: ...
 
 class Network(_message.Message):
     __slots__ = ("name", "driver", "subnet", "host_prefix", "mtu", "masquerade", "revision", "gateway", "ip_range", "internal", "allow", "builtin", "vni", "vxlan_port", "dns_domain", "dns")
@@ -516,7 +518,7 @@ class ListContainersResponse(_message.Message):
     def __init__(self, containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("host", "underlay_ip", "agent_pid", "netns", "capabilities", "vtep_mac", "underlay_mtu", "metrics_url")
+    __slots__ = ("host", "underlay_ip", "agent_pid", "netns", "capabilities", "vtep_mac", "underlay_mtu", "metrics_url", "docker_host")
     HOST_FIELD_NUMBER: _ClassVar[int]
     UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
     AGENT_PID_FIELD_NUMBER: _ClassVar[int]
@@ -525,6 +527,7 @@ class RegisterRequest(_message.Message):
     VTEP_MAC_FIELD_NUMBER: _ClassVar[int]
     UNDERLAY_MTU_FIELD_NUMBER: _ClassVar[int]
     METRICS_URL_FIELD_NUMBER: _ClassVar[int]
+    DOCKER_HOST_FIELD_NUMBER: _ClassVar[int]
     host: str
     underlay_ip: str
     agent_pid: int
@@ -533,7 +536,8 @@ class RegisterRequest(_message.Message):
     vtep_mac: str
     underlay_mtu: int
     metrics_url: str
-    def __init__(self, host: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., vtep_mac: _Optional[str] = ..., underlay_mtu: _Optional[int] = ..., metrics_url: _Optional[str] = ...) -> None: ...
+    docker_host: str
+    def __init__(self, host: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., vtep_mac: _Optional[str] = ..., underlay_mtu: _Optional[int] = ..., metrics_url: _Optional[str] = ..., docker_host: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("host",)
@@ -662,12 +666,14 @@ class GcIpamReport(_message.Message):
     def __init__(self, at: _Optional[int] = ..., grace_seconds: _Optional[int] = ..., dry_run: _Optional[bool] = ..., items: _Optional[_Iterable[_Union[GcIpamItem, _Mapping]]] = ...) -> None: ...
 
 class CniOwner(_message.Message):
-    __slots__ = ("container_id", "netns")
+    __slots__ = ("container_id", "netns", "docker")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     NETNS_FIELD_NUMBER: _ClassVar[int]
+    DOCKER_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     netns: str
-    def __init__(self, container_id: _Optional[str] = ..., netns: _Optional[str] = ...) -> None: ...
+    docker: bool
+    def __init__(self, container_id: _Optional[str] = ..., netns: _Optional[str] = ..., docker: _Optional[bool] = ...) -> None: ...
 
 class AttachRequest(_message.Message):
     __slots__ = ("host", "container")

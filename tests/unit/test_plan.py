@@ -506,3 +506,34 @@ def test_attachment_whose_namespace_is_gone_is_left_to_the_cni_service() -> None
         netns=False, net=None, started=False, running=False, spec="")})
     observed = without_link(observed, veth_name(ATT.name, "eth0"))
     assert plan(desired(ATT), observed) == []
+
+
+# -- Docker endpoints (issue 18) -------------------------------------------------------------------
+
+DOCKER_EP = DesiredContainer(name="dk-1", network="front", command=(), interface="eth0",
+                             ip="10.88.0.9", prefixlen=24, gateway="10.88.0.1", cni_id="dk-1",
+                             cni_netns="/run/docker/sdnctl-endpoint", cni_docker=True)
+
+
+def docker_observed() -> Observed:
+    """A joined endpoint: its host side in the bridge; its sandbox is out of our sight."""
+    observed = matching()
+    observed = with_link(observed, veth_link(DOCKER_EP, 30))
+    return dataclasses.replace(observed, firewall=fw(desired(DOCKER_EP)))
+
+
+def test_a_joined_docker_endpoint_needs_nothing() -> None:
+    assert plan(desired(DOCKER_EP), docker_observed()) == []
+
+
+def test_a_docker_endpoint_before_join_is_left_to_the_plugin() -> None:
+    observed = without_link(docker_observed(), veth_name("dk-1", "eth0"))
+    assert plan(desired(DOCKER_EP), observed) == []  # no veth of the reconciler's making
+
+
+@pytest.mark.parametrize("change", [{"master": None}, {"up": False}, {"mtu": 1400}])
+def test_docker_endpoint_host_side_drift_is_repaired(change: dict[str, Any]) -> None:
+    drifted = dataclasses.replace(veth_link(DOCKER_EP, 30), **change)
+    actions = plan(desired(DOCKER_EP), with_link(docker_observed(), drifted))
+    assert actions == [SetupContainer(DOCKER_EP, FRONT, netns=False, attach=True, start=False,
+                                      stop_first=False)]

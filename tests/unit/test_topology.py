@@ -278,3 +278,11 @@ def test_a_topology_keeps_the_lines_of_its_objects() -> None:
     topo = parse(LAB_NETWORK.format(lab="", subnet="10.2.0.0/16"), "x.yaml")
     assert str(topo.error("networks[1].subnet", "no")) == "x.yaml:6: networks[1].subnet: no"
     assert str(topo.error("networks[1].allow[0]", "no")).startswith("x.yaml:6: ")
+
+
+def test_a_lab_host_may_run_docker() -> None:
+    topo = parse("name: t\nhosts:\n  - {name: h1, lab: true, docker: true}\n  - {name: h2, "
+                 "lab: true}\nnetworks: []\ncontainers: []\n", "x.yaml")
+    assert [(h.name, h.docker) for h in topo.lab_hosts] == [("h1", True), ("h2", False)]
+    error = error_of("name: t\nhosts:\n  - {name: h1, lab: true, docker: 'yes'}\n")
+    assert str(error).startswith("x.yaml:3: hosts[0].docker:"), str(error)

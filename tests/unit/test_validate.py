@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from sdnctl.api.model import Container, Invalid, Network
-from sdnctl.api.validate import default_host_prefix, validate_container, validate_network
+from sdnctl.api.model import Container, Host, Invalid, Network
+from sdnctl.api.validate import (
+    default_host_prefix,
+    validate_container,
+    validate_host,
+    validate_network,
+)
 
 ONE_LEASE = {"subnet": "10.88.0.0/24", "host_prefix": 24}
 
@@ -154,3 +159,15 @@ def test_container_errors_carry_the_where_prefix() -> None:
     assert error.field == "containers[4].ports[1]"
     error = invalid(validate_container, container(network="container:web"), "containers[4]")
     assert error.field == "containers[4].network"
+
+
+@pytest.mark.parametrize("docker_host", ["tcp://10.0.0.1:2375", "unix://relative.sock",
+                                         "unix:///a\0b", "unix:///" + "a" * 5000])
+def test_a_reported_docker_host_is_a_unix_socket(docker_host: str) -> None:
+    with pytest.raises(Invalid) as info:
+        validate_host(Host("h1", docker_host=docker_host))
+    assert info.value.field == "host.docker_host"
+
+
+def test_a_docker_host_is_reported() -> None:
+    assert validate_host(Host("h1", docker_host="unix:///run/docker.sock")).docker_host
