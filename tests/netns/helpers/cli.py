@@ -107,7 +107,25 @@ def kernel_state(netns: str) -> dict[str, Any]:
 
 
 def nft_ruleset(netns: str) -> str:
-    return nsexec(netns, "nft", "-a", "list", "ruleset").stdout
+    """The namespace's ruleset with handles, without what traffic writes: counters (``-s``) and
+    the elements of dynamic sets (the same-bridge flow sets fill as packets pass)."""
+    text = nsexec(netns, "nft", "-a", "-s", "list", "ruleset").stdout
+    kept: list[str] = []
+    dynamic = skipping = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("set "):
+            dynamic = False
+        elif stripped.startswith("flags ") and "dynamic" in stripped:
+            dynamic = True
+        if dynamic and stripped.startswith("elements = {"):
+            skipping = not stripped.endswith("}")
+            continue
+        if skipping:
+            skipping = not stripped.endswith("}")
+            continue
+        kept.append(line)
+    return "\n".join(kept)
 
 
 def capture_source(ext_netns: str, send: Any) -> str:
