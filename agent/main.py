@@ -42,6 +42,7 @@ from agent.imagestore import ImageStore
 from agent.kernel import conntrack, procfs, sysctl
 from agent.kernel.firewall import Firewall
 from agent.kernel.links import Links
+from agent.kernel.policyfw import PolicyFirewall
 from agent.kernel.seams import FirewallOps, LinkOps
 from agent.metrics import AgentMetrics, Timed
 from agent.modes import MODES
@@ -307,7 +308,8 @@ class Agent:
                                 cast(LinkOps, Timed(links, self.metrics.netlink_seconds)),
                                 cast(FirewallOps, Timed(firewall, self.metrics.nft_seconds)),
                                 host_netns=self.args.netns,
-                                local=self.local, runtime=runtime, images=images)
+                                local=self.local, runtime=runtime, images=images,
+                                policy_fw=PolicyFirewall())
         if self.dns is not None:
             self.dns.start()
         watcher = threading.Thread(target=self.watch_forever, name="watch", daemon=True)

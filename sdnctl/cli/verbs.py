@@ -36,7 +36,7 @@ import grpc
 
 from sdnctl.api import convert, paths
 from sdnctl.api.client import Client, CommandError, connect, poll_delays
-from sdnctl.api.fields import parse_size
+from sdnctl.api.fields import parse_rate, parse_size
 from sdnctl.api.model import (
     DRIVER_BRIDGE,
     DRIVERS,
@@ -254,12 +254,27 @@ def container_from_args(args: argparse.Namespace) -> pb.Container:
         resources=pb.Resources(
             memory_bytes=parse_size(args.memory, "--memory") if args.memory else 0,
             cpus=args.cpus or 0.0, cpu_shares=args.cpu_shares or 0,
-            pids_limit=args.pids_limit or 0),
+            pids_limit=args.pids_limit or 0,
+            ingress_bps=parse_rate(args.ingress, "--ingress") if args.ingress else 0,
+            egress_bps=parse_rate(args.egress, "--egress") if args.egress else 0,
+            burst_bytes=parse_size(args.burst, "--burst") if args.burst else 0),
         volumes=list(args.volume or []), cap_add=list(args.cap_add or []),
         user_ns=convert.USERNS_NUMBER[args.userns], env=list(args.env or []),
         workdir=args.workdir or "",
         aliases=list(getattr(args, "alias", None) or []),
-        dns=list(getattr(args, "dns", None) or []))
+        dns=list(getattr(args, "dns", None) or []),
+        labels=_labels(getattr(args, "label", None) or []))
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    """``--label k=v`` (repeatable) as a map; the controller checks each."""
+    labels = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise CommandError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -538,6 +553,13 @@ def _register_containers(sub: Any) -> None:
     p.add_argument("--pids-limit", type=int, help="at most this many tasks")
     p.add_argument("-v", "--volume", action="append", metavar="NAME|/HOST:/PATH[:ro]",
                    help="a named volume or a bind mount (repeatable)")
+    p.add_argument("-l", "--label", action="append", metavar="KEY=VALUE",
+                   help="a label that network policies select it by (repeatable)")
+    p.add_argument("--ingress", metavar="RATE",
+                   help="bandwidth into the container, e.g. 10mbit")
+    p.add_argument("--egress", metavar="RATE",
+                   help="bandwidth out of the container, e.g. 10mbit")
+    p.add_argument("--burst", metavar="SIZE", help="bucket size of the limits, e.g. 32k")
     p.add_argument("--alias", action="append", metavar="NAME",
                    help="another DNS name for the container on its network (repeatable)")
     p.add_argument("--dns", action="append", metavar="IP",
