@@ -25,7 +25,8 @@ from sdnctl.api.validate import validate_container, validate_policy
 from sdnctl.controller import policies, watch
 from sdnctl.controller.state import State
 from sdnctl.controller.store.memory import MemoryStore
-from sdnctl.topology.topology import TopologyError, parse, parse_policies
+from sdnctl.topology.check import REACHABLE, plan
+from sdnctl.topology.topology import FILTERED, OPEN, TopologyError, parse, parse_policies
 
 WEB = Endpoint("web", "front", "10.1.0.2", ("app=web",))
 DB = Endpoint("db", "back", "10.2.0.2", ("app=db",))
@@ -186,3 +187,27 @@ def test_watch_sends_the_policy_set_to_every_host_when_it_changes() -> None:
     assert not event.containers  # h2 runs nothing: only the policy set concerns it
     with pytest.raises(Exception, match="does not exist"):
         policies.create_policy(store, Policy("p", "nowhere", (), egress=()))
+
+
+def test_check_expects_what_the_policies_allow_per_port() -> None:
+    topo = parse("""\
+name: t
+hosts: [{name: h1, lab: true}]
+networks: [{name: back, subnet: 10.2.0.0/16}]
+containers:
+  - {name: web, host: h1, network: back, labels: {app: web}}
+  - {name: db, host: h1, network: back, labels: {app: db}}
+  - {name: side, host: h1, network: "container:db", labels: {app: side}}
+policies:
+  - {name: db-in, network: back, select: {app: db}, ingress: [{from: [{labels: {app: web}}],
+     ports: [5432/tcp, 53/udp]}]}
+""")
+    probes = {p.key: p for p in plan(topo, addresses={"web": "10.2.0.2", "db": "10.2.0.3"})}
+    assert probes[("web", "db", "tcp", 5432)].expect == REACHABLE
+    assert probes[("web", "db", "udp", 53)].expect == REACHABLE
+    assert probes[("db", "web", "tcp", 5432)].expect == REACHABLE  # web is not isolated
+    ping = probes[("web", "db", "icmp", 0)]
+    assert ping.expect == FILTERED and "db-in" in ping.why
+    assert probes[("web", "external", "icmp", 0)].expect == OPEN
+    # without addresses (no controller) there is no policy part
+    assert not [p for p in plan(topo) if p.proto != "icmp"]
