@@ -113,6 +113,9 @@ class DesiredContainer:
     cni_id: str = ""  # a CNI attachment: the runtime's container ID
     cni_netns: str = ""  # ... and its namespace (the runtime's: never created nor removed here)
     aliases: tuple[str, ...] = ()
+    ingress_bps: int = 0  # bandwidth limits (issue 22): changed in place, not in spec_hash
+    egress_bps: int = 0
+    burst_bytes: int = 0
 
     @property
     def mode(self) -> str:
@@ -207,6 +210,9 @@ def container_from_pb(msg: pb.Container) -> DesiredContainer:
         cni_id=spec.cni_id,
         cni_netns=spec.cni_netns,
         aliases=spec.aliases,
+        ingress_bps=spec.ingress_bps,
+        egress_bps=spec.egress_bps,
+        burst_bytes=spec.burst_bytes,
     )
 
 

@@ -44,6 +44,7 @@ from agent.kernel.firewall import Firewall
 from agent.kernel.links import Links
 from agent.kernel.policyfw import PolicyFirewall
 from agent.kernel.seams import FirewallOps, LinkOps
+from agent.kernel.shaping import Shaper
 from agent.metrics import AgentMetrics, Timed
 from agent.modes import MODES
 from agent.names import vtep_mac_for
@@ -309,7 +310,7 @@ class Agent:
                                 cast(FirewallOps, Timed(firewall, self.metrics.nft_seconds)),
                                 host_netns=self.args.netns,
                                 local=self.local, runtime=runtime, images=images,
-                                policy_fw=PolicyFirewall())
+                                policy_fw=PolicyFirewall(), shaper=Shaper())
         if self.dns is not None:
             self.dns.start()
         watcher = threading.Thread(target=self.watch_forever, name="watch", daemon=True)

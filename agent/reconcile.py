@@ -25,7 +25,8 @@ from agent.kernel import sysctl
 from agent.kernel.links import ObservedPeers, ObservedVxlan, PeerEntries
 from agent.kernel.policyfw import PolicyFirewall
 from agent.kernel.seams import FirewallOps, LinkOps
-from agent.names import bridge_alias, bridge_name, vxlan_alias, vxlan_name
+from agent.kernel.shaping import Shape, Shaper
+from agent.names import bridge_alias, bridge_name, veth_name, vxlan_alias, vxlan_name
 from agent.netpolicy import build as build_policy_tables
 from agent.runtime import Runtime
 from sdnctl.api.model import ContainerStatus
@@ -77,9 +78,11 @@ class Reconciler:
                  local: LocalHost | None = None, runtime: Runtime | None = None,
                  images: ImageStore | None = None, cgroup_parent: str = "",
                  userns_supported: bool | None = None,
-                 policy_fw: PolicyFirewall | None = None) -> None:
+                 policy_fw: PolicyFirewall | None = None,
+                 shaper: Shaper | None = None) -> None:
         self.local = local or LocalHost()
         self.policy_fw = policy_fw  # None: no network policy here (unit tests with fakes)
+        self.shaper = shaper  # None: no bandwidth limits here (unit tests with fakes)
         self.links = links
         self.firewall = fw
         self.containers = Containers(run_dir, links, stop_grace, host_netns, runtime, images,
@@ -150,6 +153,7 @@ class Reconciler:
                 self._peers.clear()  # what it did is unknown: the next pass dumps again
                 outcome.errors[key] = f"{e}" + (f": {e.__cause__}" if e.__cause__ else "")
                 firewall_failed |= isinstance(action, p.SyncFirewall)
+        self._sync_shaping(desired, full, outcome)
         if actions:
             # Statuses and the restart decision read only the containers: links, firewall and
             # VXLAN peers are read again by the next pass, not now (that saved an nft process
@@ -174,6 +178,23 @@ class Reconciler:
                                                            if e.__cause__ else "")
             return False
         return True
+
+    def _sync_shaping(self, desired: DesiredState, full: bool, outcome: Outcome) -> None:
+        """Bandwidth limits on the veths of bridged containers (issue 22), set, changed and
+        removed in place (agent/kernel/shaping.py), after the pass made the veths."""
+        if self.shaper is None or not desired.synced:
+            return
+        wanted = {veth_name(c.name, c.interface): Shape(c.ingress_bps // 8 * 8,
+                                                        c.egress_bps // 8 * 8, c.burst_bytes)
+                  for c in desired.containers.values() if c.mode == "bridge"}
+        try:
+            errors = self.shaper.apply(wanted, full)
+        except Exception as e:
+            log.warning("bandwidth limits failed: %s", e, exc_info=True)
+            errors = {"": f"{e}"}
+        by_veth = {veth_name(c.name, c.interface): c.name for c in desired.containers.values()}
+        for veth, message in errors.items():
+            outcome.errors[by_veth.get(veth, "")] = message
 
     def apply(self, action: p.Action | SetPeers) -> None:
         match action:

@@ -292,6 +292,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    """Change a container's labels and bandwidth limits in place (it keeps running)."""
+    client = connect()
+    have = _get_container(client, args.name)
+    spec = pb.Container()
+    spec.CopyFrom(have)
+    spec.ClearField("status")
+    for flag, field, parse in (("ingress", "ingress_bps", parse_rate),
+                               ("egress", "egress_bps", parse_rate),
+                               ("burst", "burst_bytes", parse_size)):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(spec.resources, field, parse(value, f"--{flag}") if value else 0)
+    if args.label is not None:
+        spec.labels.clear()
+        spec.labels.update(_labels(args.label))
+    got = _rpc(f"update container {args.name!r}", lambda: client.api.UpdateContainer(
+        pb.UpdateContainerRequest(container=spec), timeout=RPC_TIMEOUT))
+    wait_realised(client, got.host, got.name, got.revision, args.timeout)
+    print(got.name)
+    return 0
+
+
 def _set_stopped(args: argparse.Namespace, stopped: bool) -> int:
     """stop/start: the desired state says whether the container runs; wait for its host."""
     client = connect()
@@ -585,6 +608,17 @@ def _register_containers(sub: Any) -> None:
         p.add_argument("names", nargs="+", metavar="NAME")
         _add_timeout(p)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("update", help="change a container's labels and bandwidth limits in "
+                       "place")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-l", "--label", action="append", metavar="KEY=VALUE",
+                   help="its labels, replacing all (repeatable)")
+    p.add_argument("--ingress", metavar="RATE", help='bandwidth into it, e.g. 10mbit ("": none)')
+    p.add_argument("--egress", metavar="RATE", help='bandwidth out of it ("": none)')
+    p.add_argument("--burst", metavar="SIZE", help='bucket size, e.g. 32k ("": derived)')
+    _add_timeout(p)
+    p.set_defaults(func=cmd_update)
 
     p = sub.add_parser("rm", help="remove containers (running ones are stopped)")
     p.add_argument("-f", "--force", action="store_true", help="no error for a missing one")

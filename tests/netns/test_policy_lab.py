@@ -18,8 +18,10 @@ import json
 import os
 import random
 import secrets
+import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -279,16 +281,22 @@ def apply_policies(cli: Cli, tmp: Path, policies: list[dict[str, Any]]) -> None:
 
 
 def probe_matrix(ctrs: dict[str, dict[str, Any]]) -> dict[tuple[str, str, str, int], str]:
-    results = {}
-    for src in ctrs.values():
+    """Every container probes every other, all sources at once (a process each)."""
+    by_ip = {c["ip"]: c["name"] for c in ctrs.values()}
+
+    def from_source(src: dict[str, Any]) -> dict[tuple[str, str, str, int], str]:
         targets = [(dst["ip"], proto, port) for dst in ctrs.values() if dst is not src
                    for proto in PROTOCOLS for port in PORTS]
         done = nsexec(src["netns"], "/usr/bin/python3", "-c", PROBER, json.dumps(targets),
                       timeout=60)
         assert done.returncode == 0, done.stderr
-        by_ip = {c["ip"]: c["name"] for c in ctrs.values()}
-        for (ip, proto, port), outcome in zip(targets, json.loads(done.stdout), strict=True):
-            results[(src["name"], by_ip[ip], proto, port)] = outcome
+        return {(src["name"], by_ip[ip], proto, port): outcome for (ip, proto, port), outcome
+                in zip(targets, json.loads(done.stdout), strict=True)}
+
+    results: dict[tuple[str, str, str, int], str] = {}
+    with ThreadPoolExecutor(len(ctrs)) as pool:
+        for part in pool.map(from_source, ctrs.values()):
+            results.update(part)
     return results
 
 
@@ -357,3 +365,58 @@ def probe_one(src: dict[str, Any], ip: str, proto: str, port: int) -> str:
     assert done.returncode == 0, done.stderr
     outcome: str = json.loads(done.stdout)[0]
     return outcome
+
+
+# -- bandwidth (issue 22) --------------------------------------------------------------------
+
+def iperf(src_netns: str, server: dict[str, Any], reverse: bool, seconds: int = 2) -> float:
+    """Mbit/s that iperf3 measured from ``src_netns`` to a one-test server in ``server``'s
+    namespace (``reverse``: from it), the first second (slow start, the full bucket) left
+    out."""
+    listener = subprocess.Popen(["nsenter", f"--net={server['netns']}", "iperf3", "-s", "-1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening_tcp(server["netns"], 5201)
+        argv = ["iperf3", "-c", server["ip"], "-t", str(seconds), "-O", "1", "-J"] + \
+            (["-R"] if reverse else [])
+        done = nsexec(src_netns, *argv, timeout=30)
+    finally:
+        listener.kill()
+        listener.wait()
+    assert done.returncode == 0, done.stdout + done.stderr
+    end = json.loads(done.stdout)["end"]
+    assert "sum_received" in end, done.stdout[-2000:]
+    return float(end["sum_received"]["bits_per_second"]) / 1e6
+
+
+def test_bandwidth_limits_set_changed_and_removed_in_place(
+        grid: tuple[Cli, dict[str, dict[str, Any]]], tmp_path: Path) -> None:
+    cli, ctrs = grid
+    apply_policies(cli, tmp_path, [])
+    cli.run("run", "--name", "bw", "--host", "h1", "--network", "na", "--ingress", "20mbit",
+            "--egress", "10mbit")
+    try:
+        bw = cli.container("bw")
+        assert (bw["resources"]["ingress_bps"], bw["resources"]["egress_bps"]) == \
+            (20_000_000, 10_000_000)
+        client = ctrs["x-na-h1"]["netns"]
+        into, out = iperf(client, bw, reverse=False), iperf(client, bw, reverse=True)
+        print(f"limits 20/10 Mbit/s: measured {into:.2f} in, {out:.2f} out")
+        assert abs(into - 20) <= 2 and abs(out - 10) <= 1, (into, out)
+        pid = bw["pid"]
+        cli.run("update", "bw", "--ingress", "5mbit", "--egress", "")
+        bw = cli.container("bw")
+        assert bw["pid"] == pid, "a new limit must not restart the container"
+        assert (bw["resources"]["ingress_bps"], bw["resources"]["egress_bps"]) == (5_000_000, 0)
+        into, out = iperf(client, bw, reverse=False), iperf(client, bw, True, seconds=1)
+        print(f"limits 5/none Mbit/s: measured {into:.2f} in, {out:.2f} out")
+        assert abs(into - 5) <= 0.5 and out > 50, (into, out)
+    finally:
+        cli.run("rm", "bw", check=False)
+
+
+def wait_listening_tcp(netns: str, port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not nsexec(netns, "ss", "-Hltn", f"sport = :{port}").stdout.strip():
+        assert time.monotonic() < deadline, f"nothing listens on tcp/{port} in {netns}"
+        time.sleep(0.1)
