@@ -326,11 +326,11 @@ SERVICES = [
 METHODS = {f"/{s.full_name}/{m.name}": m for s in SERVICES for m in s.methods}
 READS = {"GetHost", "ListHosts", "GetNetwork", "ListNetworks", "GetContainer", "ListContainers",
          "GetIpam", "CheckIpam", "Events", "ListImages", "GetImage", "SaveImage",
-         "GetEndpoints", "GetFlows"}
+         "GetEndpoints", "GetFlows", "GetPolicy", "ListPolicies"}
 NETWORKS_AND_CONTAINERS = {"CreateNetwork", "UpdateNetwork", "DeleteNetwork", "CreateContainer",
                            "CreateContainers",
                            "UpdateContainer", "DeleteContainer", "LoadImage", "RemoveImage",
-                           "ValidateTopology"}
+                           "ValidateTopology", "CreatePolicy", "DeletePolicy"}
 ANY_AGENT = {"FetchImage", "FetchBlob"}  # images are not per host
 HEALTH = {"Check", "List", "Watch"}
 
@@ -415,6 +415,11 @@ CALLS: dict[str, Any] = {
     "Events": pb.EventsRequest(),
     "GetEndpoints": pb.GetEndpointsRequest(),
     "GetFlows": pb.GetFlowsRequest(),
+    "CreatePolicy": pb.CreatePolicyRequest(policy=pb.Policy(
+        name="p1", network="front", ingress_isolated=True)),
+    "GetPolicy": pb.GetRequest(name="nope"),
+    "ListPolicies": pb.ListRequest(),
+    "DeletePolicy": pb.DeleteRequest(name="nope"),
     "Register": pb.RegisterRequest(host="ha"),
     "Watch": pb.WatchRequest(host="ha"),
     "ReportStatus": pb.ReportStatusRequest(host="ha"),
