@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 
 from agent.desired import DesiredState
+from agent.kernel.policyfw import counters
+from agent.kernel.shaping import burst_of, ifb_name
 from agent.netpolicy import PolicyInput, build, render, render_delta, rule_of_comment, set_name
 from sdnctl.api import convert
 from sdnctl.api.model import (
@@ -211,3 +213,15 @@ policies:
     assert probes[("web", "external", "icmp", 0)].expect == OPEN
     # without addresses (no controller) there is no policy part
     assert not [p for p in plan(topo) if p.proto != "icmp"]
+
+
+def test_shaping_names_and_bursts_and_policy_counters() -> None:
+    name = ifb_name("sdnv0123456789a")
+    assert name.startswith("sdnf") and len(name) <= 15 and name == ifb_name("sdnv0123456789a")
+    assert burst_of(10_000_000, 0) == 62_500 and burst_of(1_000_000, 0) == 16_000
+    assert burst_of(10_000_000, 4096) == 4096
+    rules = [{"comment": "sdnctl:policy/db-in/ingress/drop",
+              "expr": [{"match": {}}, {"counter": {"packets": 7, "bytes": 420}}, {"drop": None}]},
+             {"comment": "sdnctl:policy/db-in/ingress/0", "expr": [{"counter": {"packets": 2}}]},
+             {"comment": "sdnctl:net/x", "expr": [{"counter": {"packets": 9}}]}]
+    assert counters(rules) == {("db-in", "ingress", "drop"): 7, ("db-in", "ingress", "0"): 2}
