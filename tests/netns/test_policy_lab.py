@@ -357,6 +357,16 @@ def test_policy_cli_shows_selection_and_counters(grid: tuple[Cli, dict[str, dict
     trace = cli.run("trace", "y-na-h2", "x-na-h1", "--proto", "tcp", "--port", "5002",
                     check=False)
     assert "x-only-from-y" in trace.stdout + trace.stderr, trace.stdout + trace.stderr
+    # a container that arrives while the policy is in force is covered from its start
+    cli.run("run", "--name", "late", "--host", "h2", "--network", "na", "--label", "role=x",
+            "--", "/usr/bin/python3", "-c", SERVER)
+    try:
+        late = cli.container("late")
+        wait_udp_and_tcp(late["netns"])
+        assert probe_one(src, late["ip"], "tcp", 5001) == "open"
+        assert probe_one(src, late["ip"], "tcp", 5002) == "filtered"
+    finally:
+        cli.run("rm", "late", check=False)
 
 
 def probe_one(src: dict[str, Any], ip: str, proto: str, port: int) -> str:
