@@ -90,10 +90,17 @@ def labels_of(name: str) -> dict[str, str]:
     return {"role": role, "tier": "1" if host == "h1" else "2", "net": net}
 
 
+#: A joined container: its labels select its donor's address too (policies act on addresses).
+DONOR = "x-na-h1"
+SIDECAR_LABELS = {"role": "y", "tier": "2", "net": "na"}
+
+
 def topology() -> str:
     containers = [{"name": n, "host": n.split("-")[2], "network": n.split("-")[1],
                    "labels": labels_of(n), "command": ["/usr/bin/python3", "-c", SERVER]}
                   for n in container_names()]
+    containers.append({"name": "sidecar", "host": "h1", "network": f"container:{DONOR}",
+                       "labels": SIDECAR_LABELS})
     doc = {"name": "pol", "hosts": [{"name": h, "lab": True} for h in HOSTS],
            "networks": [{"name": "na", "driver": "overlay", "subnet": NETWORKS["na"]},
                         {"name": "nb", "driver": "overlay", "subnet": NETWORKS["nb"],
@@ -114,7 +121,9 @@ def in_scope(scope: str, ctr: dict[str, Any]) -> bool:
 
 
 def has_labels(wanted: dict[str, str], ctr: dict[str, Any]) -> bool:
-    return all(ctr["labels"].get(k) == v for k, v in wanted.items())
+    """Any container at ``ctr``'s address (it, and containers joined to it) has them all."""
+    return any(all(labels.get(k) == v for k, v in wanted.items())
+               for labels in [ctr["labels"], *ctr.get("joined", [])])
 
 
 def selects(policy: dict[str, Any], ctr: dict[str, Any]) -> bool:
@@ -246,6 +255,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory
             info = cli.container(name)
             ctrs[name] = {"name": name, "ip": info["ip"], "netns": info["netns"],
                           "network": name.split("-")[1], "labels": labels_of(name)}
+        ctrs[DONOR]["joined"] = [SIDECAR_LABELS]
         for c in ctrs.values():
             wait_udp_and_tcp(c["netns"])
         cli.files["grid-file"] = str(path)
