@@ -303,6 +303,8 @@ class Agent:
         except Exception as e:
             log.warning("no conntrack accounting, flows will show no rates: %s", e)
         self.metrics.add_drops(firewall.drops)
+        policy_fw = PolicyFirewall()
+        self.metrics.add_policy_counters(policy_fw.counters)
         runtime = OciRuntime(self.args.runtime, os.path.join(self.args.run_dir, "runtime"))
         images = ImageStore(self.args.store_dir, GrpcFetcher(lambda: self.sync))
         reconciler = Reconciler(self.args.run_dir,
@@ -310,7 +312,7 @@ class Agent:
                                 cast(FirewallOps, Timed(firewall, self.metrics.nft_seconds)),
                                 host_netns=self.args.netns,
                                 local=self.local, runtime=runtime, images=images,
-                                policy_fw=PolicyFirewall(), shaper=Shaper())
+                                policy_fw=policy_fw, shaper=Shaper())
         if self.dns is not None:
             self.dns.start()
         watcher = threading.Thread(target=self.watch_forever, name="watch", daemon=True)

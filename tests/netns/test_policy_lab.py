@@ -28,6 +28,8 @@ from typing import Any
 import pytest
 from helpers.cli import Cli, lab_cli, nsexec
 
+from agent.kernel.policyfw import counters
+
 pytestmark = pytest.mark.netns
 
 HOSTS = ("h1", "h2")
@@ -364,6 +366,13 @@ def test_policy_cli_shows_selection_and_counters(grid: tuple[Cli, dict[str, dict
     allowed = probe_one(src, dst["ip"], "tcp", 5001)
     denied = probe_one(src, dst["ip"], "tcp", 5002)
     assert (allowed, denied) == ("open", "filtered")
+    # counted per policy and rule, on the sender's host (every host holds the whole set)
+    listing = nsexec(cli.host("h2")["netns"], "nft", "-j", "list", "table", "inet",
+                     "sdnctl_policy")
+    rules = [i["rule"] for i in json.loads(listing.stdout)["nftables"] if "rule" in i]
+    counted = counters(rules)
+    assert counted[("x-only-from-y", "ingress", "drop")] >= 1, counted
+    assert counted[("x-only-from-y", "ingress", "0")] >= 1, counted
     trace = cli.run("trace", "y-na-h2", "x-na-h1", "--proto", "tcp", "--port", "5002",
                     check=False)
     assert "x-only-from-y" in trace.stdout + trace.stderr, trace.stdout + trace.stderr
