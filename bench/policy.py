@@ -97,7 +97,7 @@ class PolicyBench:
                 return (time.perf_counter() - t0) * 1000
             if time.monotonic() > deadline:
                 seen = {h.name: h.observed_revision for h in hosts}
-                tails = {n: Path(self.sdn.agent_log(n)).read_text()[-1500:]
+                tails = {n: Path(self.sdn.agent_log(n)).read_text()[-3000:]
                          for n in self.names}
                 raise BenchError(f"revision {revision} not realised on every host in 60 s: "
                                  f"{seen}; agent logs: {tails}")
@@ -217,6 +217,7 @@ def main() -> int:
             ms.append(Measurement(f"join a selector of {POLICIES} policies, to realised on "
                                   f"{hosts} hosts", "ms", [join_ms]))
         except BenchError as e:
+            print(e, file=sys.stderr)
             notes.append(f"the join was not realised everywhere: {str(e)[:300]}")
         pure = [pure_join_update(POLICIES, 1000) for _ in range(5)]
         ms.append(Measurement(f"agent nft update for one joiner ({POLICIES} policies, 1000 "
