@@ -56,10 +56,12 @@ def _library() -> ctypes.CDLL | None:
     return lib
 
 
-#: libnftables is not safe for two contexts working at once in one process (seen here: two
-#: threads, one applying a table while another lists the ruleset, abort in its JSON output or
-#: in its gmp conversions), and the agent calls it from several threads (the full pass's
-#: listing, the firewall, the policy table): one call at a time.
+#: libnftables does not promise that two contexts may work at once in one process: it sets
+#: GMP's allocator for the whole process and prints protocols through ``getprotobynumber``
+#: (a static buffer), and the agent calls it from several threads (the full pass's listing,
+#: the firewall, the policy table): one call at a time. (The ``mpz_get_be32`` abort first
+#: blamed on two threads was ``--echo`` reading a stale cache in one thread: see
+#: ``agent/kernel/firewall.py``.)
 _LIBRARY_LOCK = threading.Lock()
 
 
