@@ -432,12 +432,6 @@ def test_delta_replaces_vxlan_rules_in_place_when_members_change() -> None:
     assert sum(line.startswith("insert rule") for line in delta.splitlines()) == 5  # GUARD2
 
 
-def test_delta_is_refused_when_an_overlay_port_or_vni_comes() -> None:
-    more = (*OV_SPEC.vxlan, VxlanFilter(4790, 77, ("192.0.2.9",)))
-    assert firewall.render_delta(OV_SPEC, dataclasses.replace(OV_SPEC, vxlan=more),
-                                 handles_of(OV_SPEC)) is None
-
-
 # A delta runs with --echo (agent/kernel/firewall.py: the handles of the rules it inserts).
 # libnftables 1.0.6's echo prints a new anonymous set through the set of the same name that the
 # transaction freed, with that set's type; two types meeting in one table abort the process.
@@ -487,3 +481,10 @@ def test_a_delta_frees_and_makes_anonymous_sets_of_one_type_per_table(
     full = render(old)
     assert _set_types("\n".join(rules(full, "postrouting") + rules(full, "input"))) == \
         {"ifname", "ipv4_addr"}
+
+
+def test_delta_is_refused_when_an_overlay_port_or_vni_comes() -> None:
+    more = (*OV_SPEC.vxlan, VxlanFilter(4790, 77, ("192.0.2.9",)))
+    assert firewall.render_delta(OV_SPEC, dataclasses.replace(OV_SPEC, vxlan=more),
+                                 handles_of(OV_SPEC)) is None
+
