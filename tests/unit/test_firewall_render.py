@@ -487,4 +487,3 @@ def test_delta_is_refused_when_an_overlay_port_or_vni_comes() -> None:
     more = (*OV_SPEC.vxlan, VxlanFilter(4790, 77, ("192.0.2.9",)))
     assert firewall.render_delta(OV_SPEC, dataclasses.replace(OV_SPEC, vxlan=more),
                                  handles_of(OV_SPEC)) is None
-
