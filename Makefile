@@ -2,12 +2,19 @@
 PY ?= .venv/bin/python
 BENCH_SCRIPTS := $(filter-out bench/harness.py bench/_%.py,$(sort $(wildcard bench/*.py)))
 
-.PHONY: bench bench-full bench-setup bench-table fuzz test-etcd-full test-registry-full soak
+.PHONY: bench bench-full bench-setup bench-table fuzz fuzz-policy test-etcd-full test-registry-full soak
 
 # Fuzzing (issue 9): the fuzz tests with a long budget (CI runs them with a short one).
 # SDNCTL_FUZZ_EXAMPLES=N sets the examples per RPC (default 3000 here, 30 in CI).
 fuzz:
 	SDNCTL_FUZZ=long .venv/bin/pytest -q tests/unit/test_fuzz_api.py tests/unit/test_fuzz_topology.py tests/unit/test_fuzz_unpack.py tests/unit/test_fuzz_docker_plugin.py
+	$(MAKE) fuzz-policy
+
+# Network policy (issue 22): the truth table with more rounds of generated policies (the
+# default run has one). SDNCTL_POLICY_ROUNDS and SDNCTL_POLICY_SEED choose them.
+SDNCTL_POLICY_ROUNDS ?= 6
+fuzz-policy:
+	SDNCTL_POLICY_ROUNDS=$(SDNCTL_POLICY_ROUNDS) $(PY) -m pytest -q tests/netns/test_policy_lab.py -k truth_table
 
 bench-setup:
 	bench/setup.sh

@@ -10,6 +10,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from agent.netpolicy import PolicyInput
 from sdnctl.api import convert
 from sdnctl.api.fields import parse_port
 from sdnctl.api.model import (
@@ -113,6 +114,9 @@ class DesiredContainer:
     cni_netns: str = ""  # ... and its namespace (the runtime's: never created nor removed here)
     cni_docker: bool = False  # a Docker endpoint: the Docker plugin builds its veth (issue 18)
     aliases: tuple[str, ...] = ()
+    ingress_bps: int = 0  # bandwidth limits (issue 22): changed in place, not in spec_hash
+    egress_bps: int = 0
+    burst_bytes: int = 0
 
     @property
     def mode(self) -> str:
@@ -208,7 +212,17 @@ def container_from_pb(msg: pb.Container) -> DesiredContainer:
         cni_netns=spec.cni_netns,
         cni_docker=spec.cni_docker,
         aliases=spec.aliases,
+        ingress_bps=spec.ingress_bps,
+        egress_bps=spec.egress_bps,
+        burst_bytes=spec.burst_bytes,
     )
+
+
+def policy_from_pb(msg: pb.PolicySet) -> PolicyInput:
+    return PolicyInput(
+        policies=tuple(convert.policy_from_pb(p) for p in msg.policies),
+        endpoints=tuple(convert.endpoint_from_pb(e) for e in msg.endpoints),
+        network_cidrs=tuple(sorted(msg.network_cidrs.items())))
 
 
 @dataclass
@@ -218,10 +232,14 @@ class DesiredState:
     networks: dict[str, DesiredNetwork] = field(default_factory=dict)
     containers: dict[str, DesiredContainer] = field(default_factory=dict)
     local: LocalHost = field(default_factory=LocalHost)
+    #: Network policy (issue 22): every policy and selected address, on any host.
+    policy: PolicyInput = field(default_factory=PolicyInput)
 
     def apply(self, event: pb.WatchEvent) -> bool:
         """Fold one Watch event in. Returns True when anything the host must run changed."""
-        before = (dict(self.networks), dict(self.containers), self.synced)
+        before = (dict(self.networks), dict(self.containers), self.synced, self.policy)
+        if event.HasField("policy_set"):
+            self.policy = policy_from_pb(event.policy_set)
         if event.snapshot:
             self.networks.clear()
             self.containers.clear()
@@ -239,11 +257,11 @@ class DesiredState:
         if event.revision:
             self.revision = max(self.revision, event.revision) if not event.snapshot \
                 else event.revision
-        return before != (self.networks, self.containers, self.synced)
+        return before != (self.networks, self.containers, self.synced, self.policy)
 
     def copy(self) -> DesiredState:
         return DesiredState(self.revision, self.synced, dict(self.networks),
-                            dict(self.containers), self.local)
+                            dict(self.containers), self.local, self.policy)
 
     def describe(self) -> dict[str, object]:
         return {"revision": self.revision,

@@ -44,7 +44,9 @@ from agent.imagestore import ImageStore
 from agent.kernel import conntrack, procfs, sysctl
 from agent.kernel.firewall import Firewall, FlowSample
 from agent.kernel.links import Links
+from agent.kernel.policyfw import PolicyFirewall
 from agent.kernel.seams import FirewallOps, LinkOps
+from agent.kernel.shaping import Shaper
 from agent.metrics import AgentMetrics, Timed
 from agent.modes import MODES
 from agent.names import veth_name, vtep_mac_for
@@ -312,6 +314,8 @@ class Agent:
         except Exception as e:
             log.warning("no conntrack accounting, flows will show no rates: %s", e)
         self.metrics.add_drops(firewall.drops)
+        policy_fw = PolicyFirewall()
+        self.metrics.add_policy_counters(policy_fw.counters)
         runtime = OciRuntime(self.args.runtime, os.path.join(self.args.run_dir, "runtime"))
         images = ImageStore(self.args.store_dir, GrpcFetcher(
             lambda: self.sync, self.args.registry_config or None))
@@ -319,7 +323,8 @@ class Agent:
                                 cast(LinkOps, Timed(links, self.metrics.netlink_seconds)),
                                 cast(FirewallOps, Timed(firewall, self.metrics.nft_seconds)),
                                 host_netns=self.args.netns,
-                                local=self.local, runtime=runtime, images=images)
+                                local=self.local, runtime=runtime, images=images,
+                                policy_fw=policy_fw, shaper=Shaper())
         if self.dns is not None:
             self.dns.start()
         watcher = threading.Thread(target=self.watch_forever, name="watch", daemon=True)

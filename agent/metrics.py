@@ -85,6 +85,27 @@ class AgentMetrics:
         self.registry.register(DropCollector(read))
 
 
+    def add_policy_counters(self, read: Callable[[], Mapping[tuple[str, str, str], int]]
+                            ) -> None:
+        """Expose ``read()`` ((policy, direction, rule) -> packets) at every scrape."""
+        self.registry.register(PolicyCollector(read))
+
+
+class PolicyCollector(Collector):
+    def __init__(self, read: Callable[[], Mapping[tuple[str, str, str], int]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "sdnctl_agent_policy_packets",
+            "Packets that network policy rules counted (issue 22): a rule index allowed the "
+            "first packet of a connection, rule \"drop\" dropped it; as of the last listing.",
+            labels=["policy", "direction", "rule"])
+        for (policy, direction, rule), packets in sorted(self.read().items()):
+            family.add_metric([policy, direction, rule], packets)
+        return [family]
+
+
 class DropCollector(Collector):
     def __init__(self, read: Callable[[], Mapping[str, int]]) -> None:
         self.read = read

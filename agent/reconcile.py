@@ -23,8 +23,11 @@ from agent.desired import DesiredPeer, DesiredState, LocalHost
 from agent.imagestore import ImageStore
 from agent.kernel import sysctl
 from agent.kernel.links import ObservedPeers, ObservedVxlan, PeerEntries
+from agent.kernel.policyfw import PolicyFirewall
 from agent.kernel.seams import FirewallOps, LinkOps
-from agent.names import bridge_alias, bridge_name, vxlan_alias, vxlan_name
+from agent.kernel.shaping import Shape, Shaper
+from agent.names import bridge_alias, bridge_name, veth_name, vxlan_alias, vxlan_name
+from agent.netpolicy import build as build_policy_tables
 from agent.runtime import Runtime
 from sdnctl.api.model import ContainerStatus
 
@@ -74,8 +77,12 @@ class Reconciler:
                  stop_grace: float = 1.0, host_netns: str = "",
                  local: LocalHost | None = None, runtime: Runtime | None = None,
                  images: ImageStore | None = None, cgroup_parent: str = "",
-                 userns_supported: bool | None = None) -> None:
+                 userns_supported: bool | None = None,
+                 policy_fw: PolicyFirewall | None = None,
+                 shaper: Shaper | None = None) -> None:
         self.local = local or LocalHost()
+        self.policy_fw = policy_fw  # None: no network policy here (unit tests with fakes)
+        self.shaper = shaper  # None: no bandwidth limits here (unit tests with fakes)
         self.links = links
         self.firewall = fw
         self.containers = Containers(run_dir, links, stop_grace, host_netns, runtime, images,
@@ -130,7 +137,8 @@ class Reconciler:
         actions = p.plan(desired, observed, time.time())
         outcome = Outcome(actions, observed)
         self.containers.stop_first(actions)
-        firewall_failed = False
+        # Policies first: a new container's address is in its sets before its process runs.
+        firewall_failed = not self._sync_policies(desired, full, outcome)
         for action in group_peers(actions):
             key = getattr(getattr(action, "container", None), "name", "") or \
                 getattr(action, "name", "")
@@ -145,6 +153,7 @@ class Reconciler:
                 self._peers.clear()  # what it did is unknown: the next pass dumps again
                 outcome.errors[key] = f"{e}" + (f": {e.__cause__}" if e.__cause__ else "")
                 firewall_failed |= isinstance(action, p.SyncFirewall)
+        self._sync_shaping(desired, full, outcome)
         if actions:
             # Statuses and the restart decision read only the containers: links, firewall and
             # VXLAN peers are read again by the next pass, not now (that saved an nft process
@@ -153,6 +162,39 @@ class Reconciler:
                                                    containers=self.containers.observe(desired))
         outcome.restart_pending = p.restart_pending(desired, outcome.observed)
         return outcome
+
+    def _sync_policies(self, desired: DesiredState, full: bool, outcome: Outcome) -> bool:
+        """Make the policy table what ``desired.policy`` says (issue 22; agent/netpolicy.py).
+        A full pass lists it first, so drift is repaired. False when it could not be applied."""
+        if self.policy_fw is None or not desired.synced:
+            return True
+        try:
+            if full:
+                self.policy_fw.observe()
+            self.policy_fw.apply(build_policy_tables(desired.policy))
+        except Exception as e:
+            log.warning("network policy failed: %s", e, exc_info=True)
+            outcome.errors[""] = f"network policy: {e}" + (f": {e.__cause__}"
+                                                           if e.__cause__ else "")
+            return False
+        return True
+
+    def _sync_shaping(self, desired: DesiredState, full: bool, outcome: Outcome) -> None:
+        """Bandwidth limits on the veths of bridged containers (issue 22), set, changed and
+        removed in place (agent/kernel/shaping.py), after the pass made the veths."""
+        if self.shaper is None or not desired.synced:
+            return
+        wanted = {veth_name(c.name, c.interface): Shape(c.ingress_bps // 8 * 8,
+                                                        c.egress_bps // 8 * 8, c.burst_bytes)
+                  for c in desired.containers.values() if c.mode == "bridge"}
+        try:
+            errors = self.shaper.apply(wanted, full)
+        except Exception as e:
+            log.warning("bandwidth limits failed: %s", e, exc_info=True)
+            errors = {"": f"{e}"}
+        by_veth = {veth_name(c.name, c.interface): c.name for c in desired.containers.values()}
+        for veth, message in errors.items():
+            outcome.errors[by_veth.get(veth, "")] = message
 
     def apply(self, action: p.Action | SetPeers) -> None:
         match action:

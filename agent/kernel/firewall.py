@@ -2,12 +2,28 @@
 
 Incremental updates. Starting or removing a bridged container changes only its guard, and a
 host joining or leaving an overlay only the member addresses of VXLAN rules, so the
-``Firewall`` object remembers what it wrote (the spec, and the rule handles ``nft --echo
---handle`` printed) and changes just those: ``render_delta`` deletes a guard's five rules by
+``Firewall`` object remembers what it wrote (the spec, and the rule handles) and changes just
+those: ``render_delta`` deletes a guard's five rules by
 handle or inserts them at the place a full render would put them, replaces VXLAN rules in
 place, and swaps the sha rule, in one small transaction; the tables then list exactly as
 after ``render(spec)``. Everything else (and a delta nft refuses: someone changed the tables)
-is written in full. A pass woken by a change trusts what the agent wrote
+is written in full.
+
+Where the handles come from. A delta runs with ``--echo --handle`` and reads the new rules'
+handles from what nft prints back. A full script does not: it flushes our chains, which frees
+their rules' anonymous sets (``oifname != { ... }``, ``ip saddr { ... }``), and the kernel names
+the new rules' anonymous sets again from ``__set0``; libnftables 1.0.6's echo looks those names up
+in the cache it read before the transaction, finds the freed sets, adds the new elements to
+them and prints them with the old set's type. When ``__set1`` held IPv4 addresses (a VXLAN
+rule) and now holds interface names (a second network's masquerade rule), printing a 16-byte
+name as an address aborts the process (``gmputil.c:82: mpz_get_be32: Assertion `cnt <= 1'
+failed``; ``nft -e -f`` aborts the same way). So a full script runs without echo and the
+handles come from a listing after it (about what the echo cost: 1,000 guards took 0.76 s
+echoed against 0.58 s plus a 0.2 s listing). A delta frees only sets of the shapes it adds
+again, in the same table (a guard's ``ether type`` set, a VXLAN rule's address set): the
+echo then prints wrong elements, which we do not read, and the right handle.
+
+A pass woken by a change trusts what the agent wrote
 (``observe(fresh=False)``: no listing); the agent's periodic full pass lists the ruleset,
 and a listing that differs from what was written makes the next write a full one, so drift is
 repaired within a resync interval as before.
@@ -236,15 +252,20 @@ class Firewall:
         return self._in_netns(lambda: _set_bridge_sysctls(localnet)) or wrote
 
     def _write(self, script: str, spec: FirewallSpec, full: bool) -> bool:
-        """Run ``script`` (one transaction), echoing handles; remember the result. A ``full``
-        script flushed every chain: no handle from before it is valid."""
-        done = self._nft(script, nft.OUTPUT_ECHO | nft.OUTPUT_HANDLE)
+        """Run ``script`` (one transaction); remember the result and the rules' handles. A
+        ``full`` script flushed every chain: it runs without echo and the tables are listed
+        after it (see the module note: echo would abort)."""
+        done = self._nft(script, 0 if full else nft.OUTPUT_ECHO | nft.OUTPUT_HANDLE)
         if done.returncode != 0:
             self._known, self._installed, self._handles = False, None, {}
             self._error = done.stderr.strip()
             return False
+        if full:
+            self._installed = spec
+            self._list_tables()  # forgets ``spec`` again if the tables list otherwise
+            return True
         wanted = _tables_fingerprint(spec)
-        kept = {} if full else {c: h for c, h in self._handles.items() if c in set(wanted)}
+        kept = {c: h for c, h in self._handles.items() if c in set(wanted)}
         self._handles = {**kept, **_unique(_echoed_handles(done.stdout))}
         self._tables, self._installed, self._known = wanted, spec, True
         return True

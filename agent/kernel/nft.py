@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import subprocess
+import threading
 from dataclasses import dataclass
 
 from agent.kernel.errors import KernelError
@@ -55,12 +56,26 @@ def _library() -> ctypes.CDLL | None:
     return lib
 
 
+#: libnftables does not promise that two contexts may work at once in one process: it sets
+#: GMP's allocator for the whole process and prints protocols through ``getprotobynumber``
+#: (a static buffer), and the agent calls it from several threads (the full pass's listing,
+#: the firewall, the policy table): one call at a time. (The ``mpz_get_be32`` abort first
+#: blamed on two threads was ``--echo`` reading a stale cache in one thread: see
+#: ``agent/kernel/firewall.py``.)
+_LIBRARY_LOCK = threading.Lock()
+
+
 def run(script: str, flags: int = 0) -> Result:
     """Run an nft script (one transaction, as ``nft -f``) in the calling thread's network
     namespace; ``flags`` are OUTPUT_* flags."""
     lib = _library()
     if lib is None:
         return _run_program(script, flags)
+    with _LIBRARY_LOCK:
+        return _run_library(lib, script, flags)
+
+
+def _run_library(lib: ctypes.CDLL, script: str, flags: int) -> Result:
     ctx = lib.nft_ctx_new(0)
     if not ctx:
         raise KernelError("could not make an nftables context")

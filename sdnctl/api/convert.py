@@ -15,8 +15,14 @@ from sdnctl.api.model import (
     Host,
     Lease,
     Network,
+    Policy,
+    PolicyPeer,
+    PolicyRule,
+    labels_dict,
+    labels_tuple,
     network_driver,
 )
+from sdnctl.api.policyeval import Endpoint
 from sdnctl.api.validate import default_host_prefix
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -66,6 +72,7 @@ def network_from_pb(msg: pb.Network) -> Network:
         vxlan_port=msg.vxlan_port,
         dns_domain=msg.dns_domain.lower().rstrip("."),
         dns=tuple(msg.dns),
+        default_policy=msg.default_policy,
     )
 
 
@@ -76,7 +83,8 @@ def network_to_pb(network: Network, revision: int = 0) -> pb.Network:
                       gateway=network.gateway, ip_range=network.ip_range,
                       internal=network.internal, allow=list(network.allow),
                       builtin=network.builtin, vni=network.vni, vxlan_port=network.vxlan_port,
-                      dns_domain=network.dns_domain, dns=list(network.dns))
+                      dns_domain=network.dns_domain, dns=list(network.dns),
+                      default_policy=network.default_policy)
 
 
 def lease_from_pb(msg: pb.Lease) -> Lease:
@@ -119,6 +127,10 @@ def container_from_pb(msg: pb.Container) -> Container:
         cni_docker=msg.cni.docker,
         aliases=tuple(msg.aliases),
         dns=tuple(msg.dns),
+        labels=labels_tuple(dict(msg.labels)),
+        ingress_bps=msg.resources.ingress_bps,
+        egress_bps=msg.resources.egress_bps,
+        burst_bytes=msg.resources.burst_bytes,
     )
 
 
@@ -131,12 +143,15 @@ def container_to_pb(container: Container) -> pb.Container:
                         image=container.image, image_id=container.image_id,
                         resources=pb.Resources(memory_bytes=container.memory, cpus=container.cpus,
                                                cpu_shares=container.cpu_shares,
-                                               pids_limit=container.pids_limit),
+                                               pids_limit=container.pids_limit,
+                                               ingress_bps=container.ingress_bps,
+                                               egress_bps=container.egress_bps,
+                                               burst_bytes=container.burst_bytes),
                         volumes=list(container.volumes), cap_add=list(container.cap_add),
                         user_ns=USERNS_NUMBER[container.user_ns], stopped=container.stopped,
                         env=list(container.env), workdir=container.workdir,
                         generation=container.generation, aliases=list(container.aliases),
-                        dns=list(container.dns),
+                        dns=list(container.dns), labels=labels_dict(container.labels),
                         cni=pb.CniOwner(container_id=container.cni_id,
                                         netns=container.cni_netns, docker=container.cni_docker)
                         if container.cni_netns else None)
@@ -171,3 +186,53 @@ def file_chunks(path: str) -> Iterator[pb.ImageChunk]:
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             yield pb.ImageChunk(data=chunk)
+
+
+# -- network policy (issue 22) ------------------------------------------------------------------
+
+
+def _peer_to_pb(peer: PolicyPeer) -> pb.PolicyPeer:
+    return pb.PolicyPeer(labels=labels_dict(peer.labels or ()), any_labels=peer.labels is not None,
+                         network=peer.network, cidr=peer.cidr, **{"except": list(peer.excepts)})
+
+
+def _peer_from_pb(msg: pb.PolicyPeer) -> PolicyPeer:
+    labels = labels_tuple(dict(msg.labels)) if msg.any_labels or msg.labels else None
+    return PolicyPeer(labels=labels, network=msg.network, cidr=msg.cidr,
+                      excepts=tuple(getattr(msg, "except")))
+
+
+def _rules_to_pb(rules: tuple[PolicyRule, ...] | None) -> list[pb.PolicyRule]:
+    return [pb.PolicyRule(peers=[_peer_to_pb(p) for p in r.peers], ports=list(r.ports))
+            for r in rules or ()]
+
+
+def _rules_from_pb(isolated: bool, msgs: Iterator[pb.PolicyRule] | list[pb.PolicyRule]
+                   ) -> tuple[PolicyRule, ...] | None:
+    rules = tuple(PolicyRule(peers=tuple(_peer_from_pb(p) for p in m.peers), ports=tuple(m.ports))
+                  for m in msgs)
+    return rules if isolated or rules else None
+
+
+def policy_to_pb(policy: Policy, revision: int = 0) -> pb.Policy:
+    return pb.Policy(name=policy.name, network=policy.network, select=labels_dict(policy.select),
+                     ingress_isolated=policy.ingress is not None,
+                     ingress=_rules_to_pb(policy.ingress),
+                     egress_isolated=policy.egress is not None,
+                     egress=_rules_to_pb(policy.egress), revision=revision)
+
+
+def policy_from_pb(msg: pb.Policy) -> Policy:
+    return Policy(name=msg.name, network=msg.network, select=labels_tuple(dict(msg.select)),
+                  ingress=_rules_from_pb(msg.ingress_isolated, list(msg.ingress)),
+                  egress=_rules_from_pb(msg.egress_isolated, list(msg.egress)))
+
+
+def endpoint_to_pb(e: Endpoint) -> pb.PolicyEndpoint:
+    return pb.PolicyEndpoint(container=e.container, network=e.network, address=e.address,
+                             labels=labels_dict(e.labels))
+
+
+def endpoint_from_pb(msg: pb.PolicyEndpoint) -> Endpoint:
+    return Endpoint(container=msg.container, network=msg.network, address=msg.address,
+                    labels=labels_tuple(dict(msg.labels)))

@@ -133,8 +133,10 @@ class Network:
     #: resolvers for every other name (empty: the host's resolv.conf).
     dns_domain: str = ""
     dns: tuple[str, ...] = ()
+    #: Network policy (issue 22): "deny" isolates every container of it for ingress.
+    default_policy: str = ""
 
-    MUTABLE = ("masquerade", "internal", "allow")
+    MUTABLE = ("masquerade", "internal", "allow", "default_policy")
 
 
 MODE_NONE = "none"  # closed: only lo
@@ -183,6 +185,10 @@ class Container:
     cni_docker: bool = False
     aliases: tuple[str, ...] = ()  # DNS: more names on its network, beside its own
     dns: tuple[str, ...] = ()  # DNS: upstream resolvers for its queries (default: network's)
+    labels: tuple[str, ...] = ()  # network policy: "key=value", sorted by key
+    ingress_bps: int = 0  # bandwidth into the container, bits/s (0: no limit)
+    egress_bps: int = 0  # bandwidth out of it
+    burst_bytes: int = 0  # bucket size of both (0: derived from the rate)
 
     @property
     def mode(self) -> str:
@@ -326,6 +332,68 @@ class ContainerStatus:
     user_ns: bool = False  # it runs in a user namespace (Container.user_ns as its host resolved)
 
 
+DEFAULT_DENY = "deny"
+POLICY_ALL_NETWORKS = "*"
+POLICY_PROTOCOLS = ("tcp", "udp", "sctp")
+
+
+@dataclass(frozen=True)
+class PolicyPeer:
+    """Who a policy rule allows: containers by ``labels`` ("k=v"; () = every one) in
+    ``network`` (else the policy's), every container of ``network``, or ``cidr`` minus
+    ``excepts``. ``labels`` None: not a label peer."""
+
+    labels: tuple[str, ...] | None = None
+    network: str = ""
+    cidr: str = ""
+    excepts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    peers: tuple[PolicyPeer, ...] = ()  # (): every peer
+    ports: tuple[str, ...] = ()  # "5432/tcp", "8000-8100/udp"; (): every port
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A network policy with Kubernetes NetworkPolicy semantics. ``ingress``/``egress`` None:
+    the policy does not isolate that direction; () isolates it and allows nothing."""
+
+    name: str
+    network: str  # POLICY_ALL_NETWORKS: every network
+    select: tuple[str, ...] = ()  # "k=v" labels; (): every container of the network(s)
+    ingress: tuple[PolicyRule, ...] | None = None
+    egress: tuple[PolicyRule, ...] | None = None
+
+
+def labels_dict(labels: Sequence[str]) -> dict[str, str]:
+    """``("app=web",)`` as ``{"app": "web"}``."""
+    return dict(item.partition("=")[::2] for item in labels)
+
+
+def labels_tuple(labels: dict[str, str]) -> tuple[str, ...]:
+    return tuple(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def policy_from_json(data: bytes) -> Policy:
+    """Decode what :func:`to_json` wrote of a :class:`Policy` (nested rules and peers)."""
+    raw = json.loads(data)
+
+    def rules(items: list[dict[str, Any]] | None) -> tuple[PolicyRule, ...] | None:
+        if items is None:
+            return None
+        return tuple(PolicyRule(
+            peers=tuple(PolicyPeer(
+                labels=None if p.get("labels") is None else tuple(p["labels"]),
+                network=p.get("network", ""), cidr=p.get("cidr", ""),
+                excepts=tuple(p.get("excepts", ()))) for p in r.get("peers", ())),
+            ports=tuple(r.get("ports", ()))) for r in items)
+
+    return Policy(name=raw["name"], network=raw["network"], select=tuple(raw.get("select", ())),
+                  ingress=rules(raw.get("ingress")), egress=rules(raw.get("egress")))
+
+
 T = TypeVar("T")
 
 
@@ -383,11 +451,17 @@ __all__ = [
     "Lease",
     "Network",
     "NetworkDriver",
+    "Policy",
+    "PolicyPeer",
+    "PolicyRule",
     "PortMapping",
     "VolumeMount",
     "from_json",
+    "labels_dict",
+    "labels_tuple",
     "network_driver",
     "network_mode",
+    "policy_from_json",
     "spans_hosts",
     "to_json",
     "wants_user_ns",

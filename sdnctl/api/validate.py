@@ -40,12 +40,14 @@ from sdnctl.api.fields import (
 )
 from sdnctl.api.model import (
     CAPABILITIES,
+    DEFAULT_DENY,
     DEFAULT_HOST_PREFIX,
     DRIVERS,
     MODE_BRIDGE,
     MODE_CONTAINER,
     MODE_HOST,
     MODE_NONE,
+    POLICY_ALL_NETWORKS,
     RESTART_POLICIES,
     SHAREABLE,
     USERNS_MODES,
@@ -54,9 +56,12 @@ from sdnctl.api.model import (
     Host,
     Invalid,
     Network,
+    Policy,
+    PolicyRule,
     network_mode,
     spans_hosts,
 )
+from sdnctl.api.policyeval import parse_policy_port
 
 COMMAND_MAX = 256  # arguments
 ARG_MAX = 4096  # bytes of one argument, of a status message
@@ -148,6 +153,8 @@ def validate_network(network: Network, where: str = "network") -> Network:
         auto = " (or 0: the underlay's MTU - 50)" if overlay else ""
         raise Invalid(f"{where}.mtu", f"{network.mtu} is outside {MTU_MIN}..{MTU_MAX}{auto}")
     _check_vxlan(network, where)
+    if network.default_policy not in ("", "allow", DEFAULT_DENY):
+        raise Invalid(f"{where}.default", f"{network.default_policy!r}: expected allow or deny")
     for field in ("gateway", "ip_range"):
         if getattr(network, field) and lease_prefix != subnet.prefixlen:
             raise Invalid(
@@ -245,6 +252,8 @@ def validate_container(container: Container, where: str = "container") -> Contai
         for i, alias in enumerate(container.aliases):
             check_name(alias, f"{where}.aliases[{i}]")
     _check_runtime_fields(container, where)
+    check_labels(container.labels, f"{where}.labels")
+    _check_bandwidth(container, where)
     if container.cni_id or container.cni_netns:
         _check_cni(container, mode, where)
     return container
@@ -375,3 +384,80 @@ def validate_status(status: ContainerStatus, where: str) -> ContainerStatus:
     if status.netns:
         clean_path(status.netns, f"{where}.netns")
     return status  # message: free text, truncated to ARG_MAX by the servicer
+
+
+#: Label keys and values (Kubernetes' shape: a prefix/ is allowed in keys).
+_LABEL_KEY = re.compile(r"([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?")
+BANDWIDTH_MAX = 100 * 10**9  # bits/s
+BURST_MAX = 1 << 32
+
+
+def check_labels(labels: tuple[str, ...], field: str) -> None:
+    """``"key=value"`` items, each key once."""
+    check_count(labels, field, 64)
+    seen: set[str] = set()
+    for i, item in enumerate(labels):
+        key, eq, value = str(item).partition("=")
+        if not eq or not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+            raise Invalid(f"{field}[{i}]", f"{item!r}: expected key=value (letters, digits, "
+                          "-_. ; at most 63 each)")
+        if key in seen:
+            raise Invalid(f"{field}[{i}]", f"label {key!r} is given twice")
+        seen.add(key)
+
+
+def _check_bandwidth(c: Container, where: str) -> None:
+    for name, value in (("ingress", c.ingress_bps), ("egress", c.egress_bps)):
+        if value and not 1000 <= value <= BANDWIDTH_MAX:
+            raise Invalid(f"{where}.resources.{name}", f"{value} bit/s: expected 1kbit to 100gbit")
+    if c.burst_bytes and not 1500 <= c.burst_bytes <= BURST_MAX:
+        raise Invalid(f"{where}.resources.burst", f"{c.burst_bytes} bytes: expected 1500 to 4g")
+    if c.burst_bytes and not (c.ingress_bps or c.egress_bps):
+        raise Invalid(f"{where}.resources.burst", "a burst needs an ingress or egress rate")
+    if (c.ingress_bps or c.egress_bps) and network_mode(c.network)[0] != MODE_BRIDGE:
+        raise Invalid(f"{where}.resources", "bandwidth limits need a bridged container "
+                      "(they shape its veth)")
+
+
+def validate_policy(policy: Policy, where: str = "policy") -> Policy:
+    """One policy by itself; that its networks exist is the controller's check."""
+    check_name(policy.name, f"{where}.name")
+    if policy.network != POLICY_ALL_NETWORKS:
+        check_name(policy.network, f"{where}.network")
+    check_labels(policy.select, f"{where}.select")
+    if policy.ingress is None and policy.egress is None:
+        raise Invalid(where, "give ingress and/or egress (an empty list isolates and allows "
+                      "nothing)")
+    for direction in ("ingress", "egress"):
+        rules: tuple[PolicyRule, ...] | None = getattr(policy, direction)
+        check_count(rules or (), f"{where}.{direction}", 256)
+        for i, rule in enumerate(rules or ()):
+            _check_policy_rule(rule, f"{where}.{direction}[{i}]",
+                               "from" if direction == "ingress" else "to")
+    return policy
+
+
+def _check_policy_rule(rule: PolicyRule, where: str, peers_name: str) -> None:
+    check_count(rule.peers, f"{where}.{peers_name}", 256)
+    for j, peer in enumerate(rule.peers):
+        field = f"{where}.{peers_name}[{j}]"
+        if peer.cidr:
+            if peer.labels is not None or peer.network:
+                raise Invalid(field, "a cidr peer takes no labels or network")
+            net = validate_cidr(peer.cidr, f"{field}.cidr")
+            for k, text in enumerate(peer.excepts):
+                inner = validate_cidr(text, f"{field}.except[{k}]")
+                if inner not in net:
+                    raise Invalid(f"{field}.except[{k}]", f"{text} is not inside {peer.cidr}")
+        elif peer.excepts:
+            raise Invalid(f"{field}.except", "only with a cidr")
+        elif peer.labels is None and not peer.network:
+            raise Invalid(field, "give labels, network or cidr")
+        else:
+            if peer.network:
+                check_name(peer.network, f"{field}.network")
+            check_labels(peer.labels or (), f"{field}.labels")
+    check_count(rule.ports, f"{where}.ports", 256)
+    for j, port in enumerate(rule.ports):
+        parse_policy_port(port, f"{where}.ports[{j}]")

@@ -34,7 +34,7 @@ import grpc
 
 from sdnctl.api import paths, pki
 from sdnctl.api.client import TLS_ENV, CommandError, ControllerUnavailable, connect
-from sdnctl.cli import graph, imagecli, verbs
+from sdnctl.cli import graph, imagecli, policycli, verbs
 from sdnctl.cli.output import container_json, host_json, network_json, print_table, state_text
 from sdnctl.lab import local, trace
 from sdnctl.topology import check, deploy, topology
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ipam)
 
     # Verbs that live in their own modules (each adds its sub-parsers and handlers).
-    for module in (check, graph, imagecli, trace, verbs):
+    for module in (check, graph, imagecli, policycli, trace, verbs):
         module.register(sub)
 
     sub.add_parser("controller", help="run the controller: controller [serve] --store ...; "

@@ -69,7 +69,12 @@ def container_json(c: pb.Container) -> dict[str, Any]:
         "image_id": c.image_id,
         "resources": {"memory": c.resources.memory_bytes, "cpus": c.resources.cpus,
                       "cpu_shares": c.resources.cpu_shares,
-                      "pids_limit": c.resources.pids_limit},
+                      "pids_limit": c.resources.pids_limit,
+                      # bandwidth (issue 22): bits/s into and out of it, bucket in bytes
+                      "ingress_bps": c.resources.ingress_bps,
+                      "egress_bps": c.resources.egress_bps,
+                      "burst_bytes": c.resources.burst_bytes},
+        "labels": dict(c.labels),
         "volumes": list(c.volumes),
         "cap_add": list(c.cap_add),
         "user_ns": USERNS_BY_NUMBER.get(c.user_ns, str(c.user_ns)),  # as asked

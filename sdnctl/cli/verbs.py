@@ -36,7 +36,7 @@ import grpc
 
 from sdnctl.api import convert, paths
 from sdnctl.api.client import Client, CommandError, connect, poll_delays
-from sdnctl.api.fields import parse_size
+from sdnctl.api.fields import parse_rate, parse_size
 from sdnctl.api.model import (
     DRIVER_BRIDGE,
     DRIVERS,
@@ -254,12 +254,27 @@ def container_from_args(args: argparse.Namespace) -> pb.Container:
         resources=pb.Resources(
             memory_bytes=parse_size(args.memory, "--memory") if args.memory else 0,
             cpus=args.cpus or 0.0, cpu_shares=args.cpu_shares or 0,
-            pids_limit=args.pids_limit or 0),
+            pids_limit=args.pids_limit or 0,
+            ingress_bps=parse_rate(args.ingress, "--ingress") if args.ingress else 0,
+            egress_bps=parse_rate(args.egress, "--egress") if args.egress else 0,
+            burst_bytes=parse_size(args.burst, "--burst") if args.burst else 0),
         volumes=list(args.volume or []), cap_add=list(args.cap_add or []),
         user_ns=convert.USERNS_NUMBER[args.userns], env=list(args.env or []),
         workdir=args.workdir or "",
         aliases=list(getattr(args, "alias", None) or []),
-        dns=list(getattr(args, "dns", None) or []))
+        dns=list(getattr(args, "dns", None) or []),
+        labels=_labels(getattr(args, "label", None) or []))
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    """``--label k=v`` (repeatable) as a map; the controller checks each."""
+    labels = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise CommandError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -274,6 +289,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     if now.status.state == STATE_EXITED:
         print(f"{args.name} exited at once (see `sdnctl logs {args.name}`)", file=sys.stderr)
     print(now.name)
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    """Change a container's labels and bandwidth limits in place (it keeps running)."""
+    client = connect()
+    have = _get_container(client, args.name)
+    spec = pb.Container()
+    spec.CopyFrom(have)
+    spec.ClearField("status")
+    for flag, field, parse in (("ingress", "ingress_bps", parse_rate),
+                               ("egress", "egress_bps", parse_rate),
+                               ("burst", "burst_bytes", parse_size)):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(spec.resources, field, parse(value, f"--{flag}") if value else 0)
+    if args.label is not None:
+        spec.labels.clear()
+        spec.labels.update(_labels(args.label))
+    got = _rpc(f"update container {args.name!r}", lambda: client.api.UpdateContainer(
+        pb.UpdateContainerRequest(container=spec), timeout=RPC_TIMEOUT))
+    wait_realised(client, got.host, got.name, got.revision, args.timeout)
+    print(got.name)
     return 0
 
 
@@ -538,6 +576,13 @@ def _register_containers(sub: Any) -> None:
     p.add_argument("--pids-limit", type=int, help="at most this many tasks")
     p.add_argument("-v", "--volume", action="append", metavar="NAME|/HOST:/PATH[:ro]",
                    help="a named volume or a bind mount (repeatable)")
+    p.add_argument("-l", "--label", action="append", metavar="KEY=VALUE",
+                   help="a label that network policies select it by (repeatable)")
+    p.add_argument("--ingress", metavar="RATE",
+                   help="bandwidth into the container, e.g. 10mbit")
+    p.add_argument("--egress", metavar="RATE",
+                   help="bandwidth out of the container, e.g. 10mbit")
+    p.add_argument("--burst", metavar="SIZE", help="bucket size of the limits, e.g. 32k")
     p.add_argument("--alias", action="append", metavar="NAME",
                    help="another DNS name for the container on its network (repeatable)")
     p.add_argument("--dns", action="append", metavar="IP",
@@ -563,6 +608,17 @@ def _register_containers(sub: Any) -> None:
         p.add_argument("names", nargs="+", metavar="NAME")
         _add_timeout(p)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("update", help="change a container's labels and bandwidth limits in "
+                       "place")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-l", "--label", action="append", metavar="KEY=VALUE",
+                   help="its labels, replacing all (repeatable)")
+    p.add_argument("--ingress", metavar="RATE", help='bandwidth into it, e.g. 10mbit ("": none)')
+    p.add_argument("--egress", metavar="RATE", help='bandwidth out of it ("": none)')
+    p.add_argument("--burst", metavar="SIZE", help='bucket size, e.g. 32k ("": derived)')
+    _add_timeout(p)
+    p.set_defaults(func=cmd_update)
 
     p = sub.add_parser("rm", help="remove containers (running ones are stopped)")
     p.add_argument("-f", "--force", action="store_true", help="no error for a missing one")

@@ -53,6 +53,8 @@ IPAM = "/ipam/"
 #: The IPAM history: one key per event, sorting by time.
 HISTORY = "/history/ipam/"
 IMAGES = "/images/"
+#: Network policies (issue 22): ``/policies/<name>``.
+POLICIES = "/policies/"
 MARKS = "/gc/marks"
 #: Indexes written in the same transaction as what they index, so that a create, a listing of
 #: one host or a port check reads what it concerns, not every container.
@@ -70,6 +72,10 @@ def network_key(name: str) -> str:
 
 def container_key(name: str) -> str:
     return CONTAINERS + name
+
+
+def policy_key(name: str) -> str:
+    return POLICIES + name
 
 
 def status_key(name: str) -> str:

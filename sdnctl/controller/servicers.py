@@ -23,7 +23,7 @@ from sdnctl.api.fields import check_count, check_ipv4, check_name
 from sdnctl.api.model import Container, Host, Invalid
 from sdnctl.api.registryconfig import RegistryEntry
 from sdnctl.api.validate import ARG_MAX, REPORT_MAX, validate_status
-from sdnctl.controller import dryrun, gc, ipam_report
+from sdnctl.controller import dryrun, gc, ipam_report, policies
 from sdnctl.controller.audit import AuditLog
 from sdnctl.controller.auth import current_identity
 from sdnctl.controller.errors import (
@@ -402,6 +402,31 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         revision = dryrun.validate_request(self.state.store, request, self.state.timers,
                                            self.state.clock)
         return pb.ValidateTopologyResponse(revision=revision)
+
+    # -- network policy (issue 22) -----------------------------------------------------------
+
+    def CreatePolicy(self, request: pb.CreatePolicyRequest, context: Any) -> pb.Policy:
+        policy, revision = policies.create_policy(
+            self.state.store, convert.policy_from_pb(request.policy))
+        return convert.policy_to_pb(policy, revision)
+
+    def GetPolicy(self, request: pb.GetRequest, context: Any) -> pb.Policy:
+        check_name(request.name, "name")
+        policy, revision = policies.get_policy(self.state.store, request.name)
+        msg = convert.policy_to_pb(policy, revision)
+        views, _ = self.state.list_containers()
+        msg.selected.extend(policies.selected(policies.policy_set(self.state.store), policy,
+                                              [v.container for v in views]))
+        return msg
+
+    def ListPolicies(self, request: pb.ListRequest, context: Any) -> pb.ListPoliciesResponse:
+        found, revision = policies.list_policies(self.state.store)
+        return pb.ListPoliciesResponse(
+            policies=[convert.policy_to_pb(p, r) for p, r in found], revision=revision)
+
+    def DeletePolicy(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
+        check_name(request.name, "name")
+        return pb.DeleteResponse(revision=policies.delete_policy(self.state.store, request.name))
 
     def LoadImage(self, request_iterator: Iterator[pb.ImageChunk],
                   context: Any) -> pb.LoadImageResponse:

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from sdnctl.api import convert, faults
 from sdnctl.api.model import Container, Host, Lease, from_json, spans_hosts
-from sdnctl.controller import ipam, keys
+from sdnctl.controller import ipam, keys, policies
 from sdnctl.controller.errors import NotFound
 from sdnctl.controller.keys import CONTAINERS, HOSTS, NETWORKS, STATUS
 from sdnctl.controller.state import ContainerView, HostNetwork, Snapshot, State
@@ -72,13 +72,20 @@ def host_network_pb(view: HostNetwork) -> pb.HostNetwork:
                           dns=list(n.dns)) for n in view.names])
 
 
-def snapshot_event(snap: Snapshot) -> pb.WatchEvent:
+def snapshot_event(snap: Snapshot, pset: pb.PolicySet | None = None) -> pb.WatchEvent:
     return pb.WatchEvent(
         revision=snap.revision,
         snapshot=True,
         networks=[host_network_pb(view) for view in snap.networks.values()],
         containers=[container_pb(v) for v in snap.containers.values()],
+        policy_set=pset,
     )
+
+
+def policy_set_pb(pset: policies.PolicySet) -> pb.PolicySet:
+    return pb.PolicySet(policies=[convert.policy_to_pb(p) for p in pset.policies],
+                        endpoints=[convert.endpoint_to_pb(e) for e in pset.endpoints],
+                        network_cidrs=dict(pset.network_cidrs))
 
 
 def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchEvent:
@@ -189,10 +196,22 @@ def host_events(state: State, host: str, since_revision: int, alive: Callable[[]
         # skip everything written up to it, so start over with a snapshot.
         if since_revision > store.revision():
             revision = 0
+    sent_policies = b""  # the policy set last sent, serialized: send only a different one
+
+    def policy_update(force: bool) -> pb.PolicySet | None:
+        nonlocal sent_policies
+        msg = policy_set_pb(policies.policy_set(store))
+        wire = msg.SerializeToString(deterministic=True)
+        if wire == sent_policies and not force:
+            return None
+        sent_policies = wire
+        return msg
+
     if revision == 0:
         snap = state.snapshot(host)
         revision = snap.revision
-        yield snapshot_event(snap)
+        yield snapshot_event(snap, policy_update(True))
+    # Resuming: the changes since the agent's revision send the set again if it changed.
     quiet = QUIET_PROGRESS if quiet_progress is None else quiet_progress
     last_sent = time.monotonic()
     pending = 0.0  # since when writes that do not concern this host wait to be told (0: none)
@@ -213,17 +232,21 @@ def host_events(state: State, host: str, since_revision: int, alive: Callable[[]
             snap = state.snapshot(host)
             revision = snap.revision
             last_sent = time.monotonic()
-            yield snapshot_event(snap)
+            yield snapshot_event(snap, policy_update(True))
             continue
         if not changes:
             continue
         revision = changes[-1].revision
         event = delta_event(state, host, changes)
+        if any(policies.is_policy_change(c.key) for c in changes):
+            update = policy_update(False)
+            if update is not None:
+                event.policy_set.CopyFrom(update)
         # Desired-state writes that do not concern this host still move its revision on (a
         # progress notice), so "has every agent realised revision R?" has an answer. Status
         # writes do not: agents' reports must not make other agents report in turn.
         if event.networks or event.containers or event.deleted_networks or \
-                event.deleted_containers:
+                event.deleted_containers or event.HasField("policy_set"):
             event.revision = revision
             last_sent, pending = time.monotonic(), 0.0  # the event carries the revision
             yield event

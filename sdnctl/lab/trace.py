@@ -54,6 +54,7 @@ from sdnctl.v1 import sdnctl_pb2 as pb
 UNDERLAY_DEV = "eth0"  # a lab host's underlay device (sdnctl.lab.lab.HOST_DEV)
 DEFAULT_VXLAN_PORT = 4789
 TRACE_TABLE_PREFIX = "sdnctl_trace_"
+POLICY_COMMENT = "sdnctl:policy/"  # agent/netpolicy.py's rules (issue 22)
 PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17}
 STARTUP_TIMEOUT = 5.0  # observers and the probe helper must be ready within this
 MONITOR_GRACE = 0.3  # for `nft monitor` to subscribe (it prints nothing when ready)
@@ -237,12 +238,22 @@ def nft_verdict(lines: list[str]) -> tuple[str, str]:
             if verdict and verdict["verdict"] in ("drop", "reject"):
                 comment = _COMMENT.search(rest)
                 rule = comment["comment"] if comment else _VERDICT.sub("", rest).strip()
-                return FAIL, f"{where}: {verdict['verdict']} (rule \"{rule}\")"
+                return FAIL, f"{where}: {verdict['verdict']} (rule \"{rule}\"){_policy(rule)}"
         elif m["kind"] in ("policy", "verdict") and rest.split()[:1] == ["drop"]:
             return FAIL, f"{where}: drop ({m['kind']})"
     if not seen:
         return FAIL, "no trace event (the probe never reached this host's netfilter hooks)"
     return OK, "accept" + (f" ({', '.join(chains)})" if chains else "")
+
+
+def _policy(comment: str) -> str:
+    """What a network policy's drop rule means (issue 22), for people; "" for other rules."""
+    if not comment.startswith(POLICY_COMMENT):
+        return ""
+    name, direction, _ = comment[len(POLICY_COMMENT):].rsplit("/", 2)
+    return (f": network policy {name!r} isolates the "
+            f"{'destination for ingress' if direction == 'ingress' else 'source for egress'}"
+            " and no rule of the policies selecting it allows this probe")
 
 
 _VNI = re.compile(r"\bvni (\d+)")

@@ -58,7 +58,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +66,17 @@ from typing import Any
 from agent.kernel.netns import run_in_netns
 from sdnctl.api.client import CommandError, connect
 from sdnctl.api.model import MODE_HOST, MODE_NONE, Container, Network, spans_hosts
+from sdnctl.api.policyeval import (
+    DIRECTIONS,
+    Evaluator,
+    Verdict,
+    default_policies,
+    parse_policy_port,
+    rules_of,
+)
+from sdnctl.api.policyeval import (
+    Endpoint as PolicyEndpoint,
+)
 from sdnctl.lab import local
 from sdnctl.lab.lab import EXTERNAL_IP
 from sdnctl.topology import topology
@@ -80,6 +91,9 @@ from sdnctl.topology.topology import (
 )
 from sdnctl.v1 import sdnctl_pb2 as pb
 
+#: An expected outcome for policy probes: open or refused (the path is there; whether anything
+#: listens on the port is the application's business).
+REACHABLE = "reachable"
 #: How many probes are in flight at once.
 WORKERS = 16
 #: Seconds a probe waits for an answer (``--timeout``).
@@ -115,12 +129,16 @@ class Probe:
         return f"{self.src} -> {self.dst} {service}"
 
 
-def plan(topo: Topology, implied: bool = True) -> list[Probe]:
+def plan(topo: Topology, implied: bool = True,
+         addresses: Mapping[str, str] | None = None) -> list[Probe]:
     """Every probe ``check`` sends for ``topo``: the implied matrix (unless ``implied`` is
-    False), then the ``expect:`` block, which overrides an implied probe with the same key."""
+    False), then the ``expect:`` block, which overrides an implied probe with the same key.
+    With the containers' ``addresses`` (as the controller reports them), the topology's network
+    policies are part of the implied matrix (:func:`policy_probes`)."""
     probes: dict[tuple[str, str, str, int], Probe] = {}
     if implied:
-        for probe in implied_matrix(topo):
+        policy = PolicyView.of(topo, addresses) if addresses is not None else None
+        for probe in implied_matrix(topo, policy):
             probes[probe.key] = probe
     for probe in expected(topo):
         probes[probe.key] = probe
@@ -143,7 +161,75 @@ def expected(topo: Topology) -> list[Probe]:
     return probes
 
 
-def implied_matrix(topo: Topology) -> list[Probe]:
+@dataclass(frozen=True)
+class PolicyView:
+    """The topology's network policies (issue 22) evaluated on the containers' addresses by
+    ``sdnctl.api.policyeval``, the very evaluation the agents enforce."""
+
+    evaluator: Evaluator
+    addresses: Mapping[str, str]  # container -> its address (its donor's, when joined)
+    ports: tuple[tuple[str, int], ...]  # (proto, port) that some policy rule names
+
+    @classmethod
+    def of(cls, topo: Topology, addresses: Mapping[str, str]) -> PolicyView | None:
+        policies = [*topo.policies, *default_policies(topo.networks)]
+        if not policies:
+            return None
+        where = {}
+        endpoints = []
+        for c in topo.containers:
+            donor = donor_of(topo, c)
+            if donor.bridge_network is not None and addresses.get(donor.name):
+                where[c.name] = addresses[donor.name]
+                endpoints.append(PolicyEndpoint(c.name, donor.bridge_network, where[c.name],
+                                          c.labels))
+        ports = sorted({(r.protocol, r.first) for p in policies for d in DIRECTIONS
+                        for rule in rules_of(p, d) or () for r in
+                        (parse_policy_port(t, "ports") for t in rule.ports)
+                        if r.protocol in ("tcp", "udp")})
+        return cls(Evaluator(policies, endpoints, {n.name: n.subnet for n in topo.networks}),
+                   where, tuple(ports))
+
+    def verdict(self, src: str, dst: str, proto: str, port: int) -> Verdict:
+        a = self.addresses.get(src)
+        b = self.addresses.get(dst) or (EXTERNAL_IP if dst == EXTERNAL else "")
+        if not a or not b:
+            return Verdict(True)  # not a container of a network: policies do not apply
+        return self.evaluator.verdict(a, b, proto, port)
+
+
+def _with_policy(probe: Probe, policy: PolicyView | None) -> Probe:
+    """An implied ICMP probe, filtered when the policies drop it."""
+    if policy is None or probe.expect != OPEN:
+        return probe
+    v = policy.verdict(probe.src, probe.dst, probe.proto, probe.port)
+    return probe if v.allowed else dataclasses.replace(
+        probe, expect=FILTERED, why=f"policy {v.policy}: {v.reason}")
+
+
+def policy_probes(topo: Topology, policy: PolicyView) -> list[Probe]:
+    """Per port that a policy names, each pair the topology lets talk: reachable (open, or
+    refused when nothing listens: the path is there) when the policies allow it, else
+    filtered."""
+    probes = []
+    targets = [c for c in topo.containers if c.bridge_network is not None]
+    for src in topo.containers:
+        if donor_of(topo, src).bridge_network is None:
+            continue
+        for dst in targets:
+            if dst.name == donor_of(topo, src).name or not implied_reach(topo, src, dst)[0]:
+                continue
+            for proto, port in policy.ports:
+                v = policy.verdict(src.name, dst.name, proto, port)
+                probes.append(Probe(src.name, dst.name, proto, port,
+                                    REACHABLE if v.allowed else FILTERED,
+                                    f"allowed by {v.policy}" if v.allowed and v.policy
+                                    else "not isolated" if v.allowed
+                                    else f"policy {v.policy}: {v.reason}"))
+    return probes
+
+
+def implied_matrix(topo: Topology, policy: PolicyView | None = None) -> list[Probe]:
     """What the modes and networks promise, by ICMP: each source to each container with an
     address of its own (a bridged one), then to ``external``.
 
@@ -159,10 +245,12 @@ def implied_matrix(topo: Topology) -> list[Probe]:
             for dst in targets:
                 if dst.name != effective.name:
                     reach, why = implied_reach(topo, src, dst)
-                    probes.append(Probe(src.name, dst.name, expect=_outcome(reach), why=why))
+                    probes.append(_with_policy(
+                        Probe(src.name, dst.name, expect=_outcome(reach), why=why), policy))
         reach, why = implied_egress(topo, src)
-        probes.append(Probe(src.name, EXTERNAL, expect=_outcome(reach), why=why))
-    return probes
+        probes.append(_with_policy(Probe(src.name, EXTERNAL, expect=_outcome(reach), why=why),
+                                   policy))
+    return probes + (policy_probes(topo, policy) if policy is not None else [])
 
 
 def _outcome(reach: bool) -> str:
@@ -260,6 +348,8 @@ class Result:
 
     @property
     def match(self) -> bool:
+        if self.probe.expect == REACHABLE:
+            return self.measured in (OPEN, REFUSED)
         return self.measured == self.probe.expect
 
 
@@ -568,8 +658,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     finally:
         client.close()
     topo = with_attachments(topo, reported)
-    probes = plan(topo, implied=not args.no_implied)
     where = endpoints(topo, reported)
+    probes = plan(topo, implied=not args.no_implied,
+                  addresses={name: e.address for name, e in where.items() if e.address})
     progress = Progress()
     progress.step(f"probing {topo.name}: {len(probes)} probes from inside its containers")
     started = time.monotonic()

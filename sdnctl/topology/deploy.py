@@ -58,6 +58,7 @@ from sdnctl.api.model import (
     Host,
     Invalid,
     Network,
+    Policy,
 )
 from sdnctl.controller import dryrun
 from sdnctl.controller.server import DEFAULT_BRIDGE_SUBNET
@@ -619,6 +620,9 @@ def apply_objects(client: Client, topology: Topology, progress: Progress) -> int
     for net in networks:
         if net.allow:
             revision = max(revision, _apply_network(client, net, net)[1])
+    # Policies before containers, so that a container is covered from its first packet.
+    for policy in topology.policies:
+        revision = max(revision, _apply_policy(client, policy))
     # Donors before the containers joined to them. The new ones go in one CreateContainers
     # (one store transaction); if one of them appeared meanwhile, one by one as before.
     ordered = sorted(containers, key=lambda c: (c.donor is not None, c.name))
@@ -634,6 +638,15 @@ def apply_objects(client: Client, topology: Topology, progress: Progress) -> int
         revision = max(revision, rev)
     progress.step("desired state: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
     return revision
+
+
+def _apply_policy(client: Client, policy: Policy) -> int:
+    """Create or replace a policy (CreatePolicy replaces one of the same name)."""
+    try:
+        return int(client.api.CreatePolicy(
+            pb.CreatePolicyRequest(policy=convert.policy_to_pb(policy)), timeout=10).revision)
+    except grpc.RpcError as e:
+        raise DeployError(f"policy {policy.name!r}: {_details(e)}") from e
 
 
 def load_image(client: Client, archive: str, progress: Progress) -> None:
@@ -817,6 +830,9 @@ def delete_objects(client: Client, topology: Topology, progress: Progress) -> No
             continue
         deleted_at[ctr.host] = max(deleted_at.get(ctr.host, 0), reply.revision)
     wait_agents_caught_up(client, deleted_at, progress)
+    for policy in topology.policies:
+        _ignore_missing(lambda policy=policy: client.api.DeletePolicy(  # type: ignore[misc]
+            pb.DeleteRequest(name=policy.name), timeout=10))
     for net in topology.networks:
         _ignore_missing(lambda net=net: client.api.DeleteNetwork(  # type: ignore[misc]
             pb.DeleteRequest(name=net.name), timeout=10))

@@ -25,11 +25,12 @@ from typing import Any
 import netaddr
 import yaml
 
-from sdnctl.api.fields import check_ipv4, check_name, parse_size
+from sdnctl.api.fields import check_ipv4, check_name, parse_rate, parse_size
 from sdnctl.api.model import (
     DEFAULT_HOST_PREFIX,
     DEFAULT_INTERFACE,
     DEFAULT_MTU,
+    POLICY_ALL_NETWORKS,
     USERNS_AUTO,
     USERNS_HOST,
     USERNS_MODES,
@@ -38,9 +39,18 @@ from sdnctl.api.model import (
     Host,
     Invalid,
     Network,
+    Policy,
+    PolicyPeer,
+    PolicyRule,
+    labels_tuple,
     network_driver,
 )
-from sdnctl.api.validate import validate_container, validate_host, validate_network
+from sdnctl.api.validate import (
+    validate_container,
+    validate_host,
+    validate_network,
+    validate_policy,
+)
 from sdnctl.lab.lab import EXTERNAL_IP, EXTERNAL_PREFIXLEN, SEGMENTS
 from sdnctl.topology import schema
 
@@ -109,6 +119,7 @@ class Topology:
     #: ``containers[1].ports``), so that a later refusal can point at the line.
     file: str = field(default="<topology>", compare=False)
     lines: dict[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    policies: tuple[Policy, ...] = ()  # network policies (issue 22)
 
     @property
     def lab_hosts(self) -> tuple[Host, ...]:
@@ -243,7 +254,7 @@ def parse(text: str, file: str = "<topology>") -> Topology:
     if shape is not None:
         raise r.error(shape.path, shape.message)
     r.mapping(doc, "", {"name", "hosts", "networks", "containers", "routes", "lab", "expect",
-                        "images"}, {"name"})
+                        "images", "policies"}, {"name"})
     name = _named(r, doc.get("name"), "name")
 
     hosts = tuple(_collect(r, doc, "hosts", _host))
@@ -255,8 +266,33 @@ def parse(text: str, file: str = "<topology>") -> Topology:
     if any(h.lab for h in hosts):
         _check_lab_ranges(r, networks, lab)
     expect = _expectations(r, doc, containers, networks)
+    policies = tuple(_collect(r, doc, "policies", _policy))
+    _check_policy_networks(r, policies, networks)
     return Topology(name, hosts, networks, containers, lab, expect,
-                    _images(r, doc, os.path.dirname(os.path.abspath(file))), file, lines)
+                    _images(r, doc, os.path.dirname(os.path.abspath(file))), file, lines,
+                    policies)
+
+
+def parse_policies(text: str, file: str = "<policies>") -> tuple[Policy, ...]:
+    """Policies from a file for `sdnctl policy create -f`: one policy, a list of them, or a
+    mapping with ``policies:`` (a topology's block), in the topology's form."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise TopologyError(file, mark.line + 1 if mark else None, "",
+                            f"not valid YAML: {getattr(e, 'problem', e)}") from e
+    if node is None:
+        raise TopologyError(file, None, "", "empty document")
+    if isinstance(doc, list) or (isinstance(doc, dict) and "name" in doc):
+        doc = {"policies": doc if isinstance(doc, list) else [doc]}
+        lines = {}  # a bare policy or list: its paths are not the document's
+    else:
+        lines = _line_map(node)
+    r = _Reader(file, lines)
+    r.mapping(doc, "", {"policies"}, {"policies"})
+    return tuple(_collect(r, doc, "policies", _policy))
 
 
 def _images(r: _Reader, doc: dict, base: str) -> tuple[str, ...]:
@@ -471,7 +507,7 @@ def _host(r: _Reader, raw: Any, where: str) -> Host:
 def _network(r: _Reader, raw: Any, where: str) -> Network:
     m = r.mapping(raw, where, {"name", "driver", "subnet", "host_prefix", "mtu", "masquerade",
                                "gateway", "ip_range", "internal", "allow", "vni", "vxlan_port",
-                               "dns_domain", "dns"},
+                               "dns_domain", "dns", "default"},
                   {"name", "subnet"})
     driver = r.typed(m, "driver", where, str, "bridge")
     subnet = r.typed(m, "subnet", where, str, "")
@@ -497,6 +533,7 @@ def _network(r: _Reader, raw: Any, where: str) -> Network:
         vxlan_port=r.typed(m, "vxlan_port", where, int, 0),
         dns_domain=r.typed(m, "dns_domain", where, str, "").lower().rstrip("."),
         dns=tuple(_strings(r, m, "dns", where)),
+        default_policy=r.typed(m, "default", where, str, ""),
     )
     return validate_network(network, where)
 
@@ -505,9 +542,13 @@ def _resources(r: _Reader, raw: Any, where: str) -> dict[str, Any]:
     """A container's ``resources:`` as Container fields."""
     if raw is None:
         return {}
-    m = r.mapping(raw, where, {"memory", "cpus", "cpu_shares", "pids"}, set())
+    m = r.mapping(raw, where, {"memory", "cpus", "cpu_shares", "pids", "ingress", "egress",
+                               "burst"}, set())
     try:
         memory = parse_size(m.get("memory", 0), f"{where}.memory")
+        bandwidth = {"ingress_bps": parse_rate(m.get("ingress", 0), f"{where}.ingress"),
+                     "egress_bps": parse_rate(m.get("egress", 0), f"{where}.egress"),
+                     "burst_bytes": parse_size(m.get("burst", 0), f"{where}.burst")}
     except Invalid as e:
         raise r.error(e.field, e.message) from e
     cpus = m.get("cpus", 0)
@@ -515,7 +556,7 @@ def _resources(r: _Reader, raw: Any, where: str) -> dict[str, Any]:
         raise r.error(f"{where}.cpus", "expected a number of CPUs, e.g. 0.5")
     return {"memory": memory, "cpus": float(cpus),
             "cpu_shares": r.typed(m, "cpu_shares", where, int, 0),
-            "pids_limit": r.typed(m, "pids", where, int, 0)}
+            "pids_limit": r.typed(m, "pids", where, int, 0), **bandwidth}
 
 
 def _strings(r: _Reader, mapping: dict, key: str, where: str) -> list[str]:
@@ -525,6 +566,77 @@ def _strings(r: _Reader, mapping: dict, key: str, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise r.error(f"{where}.{key}", "expected a list of strings")
     return value
+
+
+def _labels(r: _Reader, raw: Any, where: str) -> tuple[str, ...]:
+    """``{app: web}`` as ``("app=web",)``; checked by ``validate``."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise r.error(where, "expected a mapping of labels, e.g. {app: web}")
+    return labels_tuple({str(k): str(v).lower() if isinstance(v, bool) else str(v)
+                         for k, v in raw.items()})
+
+
+def _peers(r: _Reader, raw: Any, where: str) -> tuple[PolicyPeer, ...]:
+    if raw is None:
+        return ()
+    peers = []
+    for j, item in enumerate(raw):
+        m = r.mapping(item, f"{where}[{j}]", {"labels", "network", "cidr", "except"}, set())
+        peers.append(PolicyPeer(
+            labels=_labels(r, m["labels"], f"{where}[{j}].labels") if "labels" in m else None,
+            network=r.typed(m, "network", f"{where}[{j}]", str, ""),
+            cidr=r.typed(m, "cidr", f"{where}[{j}]", str, ""),
+            excepts=tuple(_strings(r, m, "except", f"{where}[{j}]"))))
+    return tuple(peers)
+
+
+def _policy_rules(r: _Reader, m: dict, direction: str,
+                  where: str) -> tuple[PolicyRule, ...] | None:
+    if direction not in m:
+        return None
+    peers_key = "from" if direction == "ingress" else "to"
+    rules = []
+    for i, raw in enumerate(m[direction] or ()):
+        path = f"{where}.{direction}[{i}]"
+        rm = r.mapping(raw or {}, path, {peers_key, "ports"}, set())
+        rules.append(PolicyRule(peers=_peers(r, rm.get(peers_key), f"{path}.{peers_key}"),
+                                ports=tuple(str(p) for p in rm.get("ports") or ())))
+    return tuple(rules)
+
+
+def _policy(r: _Reader, raw: Any, where: str) -> Policy:
+    m = r.mapping(raw, where, {"name", "network", "networks", "select", "ingress", "egress"},
+                  {"name"})
+    if ("network" in m) == ("networks" in m):
+        raise r.error(where, "give network: NAME or networks: all")
+    policy = Policy(name=m["name"],
+                    network=r.typed(m, "network", where, str, "") if "network" in m
+                    else POLICY_ALL_NETWORKS,
+                    select=_labels(r, m.get("select"), f"{where}.select"),
+                    ingress=_policy_rules(r, m, "ingress", where),
+                    egress=_policy_rules(r, m, "egress", where))
+    try:
+        return validate_policy(policy, where)
+    except Invalid as e:  # the topology calls peers from/to and excepts except
+        field = e.field.replace(".peers", ".from" if ".ingress" in e.field else ".to")
+        raise r.error(field.replace(".excepts", ".except"), e.message) from e
+
+
+def _check_policy_networks(r: _Reader, policies: tuple[Policy, ...],
+                           networks: tuple[Network, ...]) -> None:
+    known = {n.name for n in networks}
+    for i, p in enumerate(policies):
+        if p.network != POLICY_ALL_NETWORKS and p.network not in known:
+            raise r.error(f"policies[{i}].network", f"no network {p.network!r} in this file")
+        for direction in ("ingress", "egress"):
+            for k, rule in enumerate(getattr(p, direction) or ()):
+                for j, peer in enumerate(rule.peers):
+                    if peer.network and peer.network not in known:
+                        side = "from" if direction == "ingress" else "to"
+                        raise r.error(f"policies[{i}].{direction}[{k}].{side}[{j}].network",
+                                      f"no network {peer.network!r} in this file")
 
 
 def _user_ns(r: _Reader, mapping: dict, where: str) -> str:
@@ -541,7 +653,8 @@ def _user_ns(r: _Reader, mapping: dict, where: str) -> str:
 def _container(r: _Reader, raw: Any, where: str) -> Container:
     m = r.mapping(raw, where, {"name", "host", "network", "command", "interface", "ip", "ports",
                                "share", "restart", "image", "resources", "volumes", "cap_add",
-                               "user_ns", "env", "workdir", "aliases", "dns"}, {"name", "host"})
+                               "user_ns", "env", "workdir", "aliases", "dns", "labels"},
+                  {"name", "host"})
     image = r.typed(m, "image", where, str, "")
     command = m.get("command", [] if image else list(DEFAULT_COMMAND))
     if isinstance(command, str):
@@ -566,6 +679,7 @@ def _container(r: _Reader, raw: Any, where: str) -> Container:
         workdir=r.typed(m, "workdir", where, str, ""),
         aliases=tuple(_strings(r, m, "aliases", where)),
         dns=tuple(_strings(r, m, "dns", where)),
+        labels=_labels(r, m.get("labels"), f"{where}.labels"),
         **_resources(r, m.get("resources"), f"{where}.resources"),
     )
     try:

@@ -177,6 +177,26 @@ class ControllerStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ValidateTopologyRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ValidateTopologyResponse.FromString,
                 _registered_method=True)
+        self.CreatePolicy = channel.unary_unary(
+                '/sdnctl.v1.Controller/CreatePolicy',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.CreatePolicyRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.Policy.FromString,
+                _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/sdnctl.v1.Controller/GetPolicy',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.Policy.FromString,
+                _registered_method=True)
+        self.ListPolicies = channel.unary_unary(
+                '/sdnctl.v1.Controller/ListPolicies',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ListRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ListPoliciesResponse.FromString,
+                _registered_method=True)
+        self.DeletePolicy = channel.unary_unary(
+                '/sdnctl.v1.Controller/DeletePolicy',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -381,6 +401,31 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreatePolicy(self, request, context):
+        """Network policy (issue 22). CreatePolicy replaces a policy of the same name (as `up`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPolicies(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -523,6 +568,26 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.ValidateTopology,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ValidateTopologyRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ValidateTopologyResponse.SerializeToString,
+            ),
+            'CreatePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePolicy,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.CreatePolicyRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.Policy.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.Policy.SerializeToString,
+            ),
+            'ListPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicies,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ListRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ListPoliciesResponse.SerializeToString,
+            ),
+            'DeletePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePolicy,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1284,6 +1349,114 @@ class Controller:
             '/sdnctl.v1.Controller/ValidateTopology',
             sdnctl_dot_v1_dot_sdnctl__pb2.ValidateTopologyRequest.SerializeToString,
             sdnctl_dot_v1_dot_sdnctl__pb2.ValidateTopologyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/CreatePolicy',
+            sdnctl_dot_v1_dot_sdnctl__pb2.CreatePolicyRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.Policy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/GetPolicy',
+            sdnctl_dot_v1_dot_sdnctl__pb2.GetRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.Policy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/ListPolicies',
+            sdnctl_dot_v1_dot_sdnctl__pb2.ListRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.ListPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/DeletePolicy',
+            sdnctl_dot_v1_dot_sdnctl__pb2.DeleteRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

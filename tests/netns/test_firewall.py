@@ -530,3 +530,76 @@ def test_container_mac_is_set_at_creation_and_repaired(fwlab: FwLab) -> None:
     fwlab.links.ensure_veth(veth_name("f1", "eth0"), "sdnctl:ctr/f1/eth0", bridge_name("front"),
                             MTU, path, "eth0", f"{ip}/24", "10.81.1.1", mac=container_mac(ip))
     assert mac_of(path, "eth0") == container_mac(ip)
+
+
+# --- a full write whose anonymous sets change shape -----------------------------------------
+
+#: Applies the specs named on the command line with ``Firewall`` in the namespace given first,
+#: in a process of its own (libnftables' abort must fail the test, not end pytest), and prints
+#: what it learned: whether each apply wrote, whether ``observe`` agrees, and the handles.
+SHAPES = textwrap.dedent("""\
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    from agent.kernel.firewall import BridgeNet, Firewall, FirewallSpec, PortGuard, VxlanFilter
+    from agent.kernel.firewall import fingerprint
+    over = BridgeNet("po", "sdnbpo", "10.82.1.0/24", cidr="10.82.0.0/16", vxlan="sdnxpo")
+    plain = BridgeNet("pb", "sdnbpb", "10.83.1.0/24")
+    members = (VxlanFilter(4789, 4096, ("192.0.2.10", "192.0.2.12")),)
+    guard = PortGuard("o1", "sdnvo1", "02:42:0a:52:01:02", "10.82.1.2")
+    joiner = PortGuard("j1", "sdnvj1", "02:42:0a:53:01:02", "10.83.1.2")
+    specs = {
+        # the VXLAN rules' address sets are __set1 and __set2 of inet sdnctl
+        "overlay": FirewallSpec(networks=(over,), guards=(guard,), vxlan=members),
+        # a second network: its masquerade and isolation rules' interface-name sets take
+        # those names in the same transaction that flushes the VXLAN rules
+        "two": FirewallSpec(networks=(plain, over), guards=(guard,), vxlan=members),
+        # one guard more: a delta, by the handles learned after the full write
+        "joined": FirewallSpec(networks=(plain, over), guards=(joiner, guard), vxlan=members),
+    }
+    fw = Firewall(sys.argv[2])
+    for name in sys.argv[3:]:
+        wrote = fw.apply(specs[name])
+        print(json.dumps({"spec": name, "wrote": wrote,
+                          "observed": fw.observe(fresh=False) == fingerprint(specs[name]),
+                          "handles": fw._handles}), flush=True)
+""")
+
+
+def _kernel_handles(path: str) -> dict[str, int]:
+    """Rule comment -> handle as the kernel lists them (comments naming one rule only)."""
+    listed = json.loads(in_ns(path, "nft", "-j", "list", "ruleset").stdout)["nftables"]
+    rules = [item["rule"] for item in listed if "rule" in item]
+    comments = [r.get("comment", "") for r in rules]
+    return {r["comment"]: r["handle"] for r in rules if comments.count(r.get("comment", "")) == 1}
+
+
+def test_a_full_write_reusing_anonymous_set_names_learns_the_right_handles(
+        run_prefix: str) -> None:
+    """A second network on a host that holds an overlay: the full write frees the VXLAN rules'
+    address sets and gives their names to interface-name sets. With ``--echo`` libnftables
+    1.0.6 aborted the agent there (``mpz_get_be32: Assertion `cnt <= 1'``, bench/policy.py's
+    joiner); the firewall must write it and still know every rule's handle."""
+    path = netns_path(f"{run_prefix}fw")
+    create_netns(path)
+    try:
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        done = subprocess.run([PYTHON, "-c", SHAPES, repo, path, "overlay", "two", "joined"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        steps = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [(s["spec"], s["wrote"], s["observed"]) for s in steps] == [
+            ("overlay", True, True), ("two", True, True), ("joined", True, True)]
+        kernel = _kernel_handles(path)
+        # the delta inserted j1's guard before o1's, by the handle the full write learned
+        assert steps[2]["handles"] == kernel
+        assert "sdnctl:ctr/j1/spoof-ip" in kernel and "sdnctl:net/pb/isolation" in kernel
+        order = [r["rule"]["comment"] for r in json.loads(in_ns(
+            path, "nft", "-j", "list", "chain", "bridge", "sdnctl", "prerouting").stdout)[
+            "nftables"] if "rule" in r]
+        assert order.index("sdnctl:ctr/j1/spoof-arp-ip") + 1 == \
+            order.index("sdnctl:ctr/o1/spoof-mac")
+        listed = in_ns(path, "nft", "list", "table", "inet", "sdnctl").stdout
+        assert 'oifname != { "sdnbpb", "sdnbpo", "sdnxpo" }' in listed
+        assert "ip saddr != { 192.0.2.10, 192.0.2.12 }" in listed
+    finally:
+        remove_netns(path)

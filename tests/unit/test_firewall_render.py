@@ -432,6 +432,57 @@ def test_delta_replaces_vxlan_rules_in_place_when_members_change() -> None:
     assert sum(line.startswith("insert rule") for line in delta.splitlines()) == 5  # GUARD2
 
 
+# A delta runs with --echo (agent/kernel/firewall.py: the handles of the rules it inserts).
+# libnftables 1.0.6's echo prints a new anonymous set through the set of the same name that the
+# transaction freed, with that set's type; two types meeting in one table abort the process.
+# So in each table a delta may free and create anonymous sets of one key type only.
+_SET_KEYS = {"ip saddr": "ipv4_addr", "ip daddr": "ipv4_addr", "oifname": "ifname",
+             "iifname": "ifname", "ether type": "ether_type"}
+_ANONYMOUS = re.compile(r"(ip saddr|ip daddr|oifname|iifname|ether type) (?:!= )?\{ ")
+
+
+def _set_types(expr: str) -> set[str]:
+    found = _ANONYMOUS.findall(expr)
+    assert len(found) == expr.count("{"), f"an anonymous set of unknown type in {expr!r}"
+    return {_SET_KEYS[key] for key in found}
+
+
+def _delta_set_types(old: FirewallSpec, new: FirewallSpec) -> dict[str, set[str]]:
+    """Per table family: the key types of the anonymous sets ``render_delta`` frees (rules it
+    deletes or replaces) and creates."""
+    handles = handles_of(old)
+    by_handle = {handles[c]: line for line in render(old).splitlines()
+                 for c in re.findall(r'comment "([^"]+)"$', line) if c in handles}
+    delta = firewall.render_delta(old, new, handles)
+    assert delta is not None
+    types: dict[str, set[str]] = {}
+    for line in delta.splitlines():
+        verb, _, family = line.split(" ", 3)[:3]
+        if verb in ("delete", "replace"):
+            handle = int(re.findall(r" handle (\d+)", line)[0])
+            types.setdefault(family, set()).update(_set_types(by_handle[handle]))
+        if verb != "delete":
+            types.setdefault(family, set()).update(_set_types(line))
+    return types
+
+
+@pytest.mark.parametrize("members", [("192.0.2.3",), ("192.0.2.3", "192.0.2.2", "192.0.2.9"),
+                                     ("192.0.2.4", "192.0.2.5")])
+def test_a_delta_frees_and_makes_anonymous_sets_of_one_type_per_table(
+        members: tuple[str, ...]) -> None:
+    old = dataclasses.replace(OV_SPEC, guards=(GUARD0, GUARD))
+    vxlan = (dataclasses.replace(OV_SPEC.vxlan[0], members=members), *OV_SPEC.vxlan[1:])
+    moved = dataclasses.replace(GUARD, ip="10.1.0.9", mac="02:42:0a:01:00:09")
+    new = dataclasses.replace(old, vxlan=vxlan, guards=(moved, GUARD2))
+    types = _delta_set_types(old, new)
+    assert types["bridge"] == {"ether_type"} and types["inet"] <= {"ipv4_addr"}, types
+    assert all(len(t) <= 1 for t in types.values()), types
+    # the full render, which runs without echo, mixes them: the case that aborted
+    full = render(old)
+    assert _set_types("\n".join(rules(full, "postrouting") + rules(full, "input"))) == \
+        {"ifname", "ipv4_addr"}
+
+
 def test_delta_is_refused_when_an_overlay_port_or_vni_comes() -> None:
     more = (*OV_SPEC.vxlan, VxlanFilter(4790, 77, ("192.0.2.9",)))
     assert firewall.render_delta(OV_SPEC, dataclasses.replace(OV_SPEC, vxlan=more),

@@ -58,6 +58,12 @@ def messages(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Messag
     cls = message_factory.GetMessageClass(descriptor)
     fields: dict[str, st.SearchStrategy[Any]] = {}
     for field in descriptor.fields:
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:  # map<K, V>: a dict
+            fields[field.name] = st.dictionaries(_SCALARS[entry.fields_by_name["key"].type],
+                                                 _SCALARS[entry.fields_by_name["value"].type],
+                                                 max_size=4)
+            continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             if depth > 2:
                 continue

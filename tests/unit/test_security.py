@@ -326,12 +326,12 @@ SERVICES = [
 METHODS = {f"/{s.full_name}/{m.name}": m for s in SERVICES for m in s.methods}
 READS = {"GetHost", "ListHosts", "GetNetwork", "ListNetworks", "GetContainer", "ListContainers",
          "GetIpam", "CheckIpam", "Events", "ListImages", "GetImage", "SaveImage",
-         "GetEndpoints", "GetFlows"}
+         "GetEndpoints", "GetFlows", "GetPolicy", "ListPolicies"}
 NETWORKS_AND_CONTAINERS = {"CreateNetwork", "UpdateNetwork", "DeleteNetwork", "CreateContainer",
                            "CreateContainers",
                            "UpdateContainer", "DeleteContainer", "LoadImage", "RemoveImage",
                            "RecordImage",
-                           "ValidateTopology"}
+                           "ValidateTopology", "CreatePolicy", "DeletePolicy"}
 ANY_AGENT = {"FetchImage", "FetchBlob"}  # images are not per host
 #: An agent's Docker plugin (issue 18) adopts or creates networks: they are not per host.
 AGENT_NETWORKS = {"CreateNetwork", "GetNetwork", "ListNetworks"}
@@ -420,6 +420,11 @@ CALLS: dict[str, Any] = {
     "Events": pb.EventsRequest(),
     "GetEndpoints": pb.GetEndpointsRequest(),
     "GetFlows": pb.GetFlowsRequest(),
+    "CreatePolicy": pb.CreatePolicyRequest(policy=pb.Policy(
+        name="p1", network="front", ingress_isolated=True)),
+    "GetPolicy": pb.GetRequest(name="nope"),
+    "ListPolicies": pb.ListRequest(),
+    "DeletePolicy": pb.DeleteRequest(name="nope"),
     "Register": pb.RegisterRequest(host="ha"),
     "Watch": pb.WatchRequest(host="ha"),
     "ReportStatus": pb.ReportStatusRequest(host="ha"),

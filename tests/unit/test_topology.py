@@ -74,14 +74,14 @@ HEAD = "name: t\nhosts:\n  - {name: h1, lab: true}\nnetworks:\n"  # lines 1-4
             id="host-bits-block-style"),
         pytest.param(
             HEAD + "  - name: front\n    subnet: 10.88.0.0/16\n    colour: red\n",
-            "x.yaml:7: networks[0].colour: unknown field; expected one of allow, dns, dns_domain, "
-            "driver, gateway, host_prefix, internal, ip_range, masquerade, mtu, name, subnet, "
-            "vni, vxlan_port",
+            "x.yaml:7: networks[0].colour: unknown field; expected one of allow, default, dns, "
+            "dns_domain, driver, gateway, host_prefix, internal, ip_range, masquerade, mtu, name, "
+            "subnet, vni, vxlan_port",
             id="unknown-field"),
         pytest.param(
             "name: t\nextra: 1\n",
             "x.yaml:2: extra: unknown field; expected one of containers, expect, hosts, images, "
-            "lab, name, networks, routes",
+            "lab, name, networks, policies, routes",
             id="unknown-top-level-field"),
         pytest.param(
             HEAD + "  - name: front\n    mtu: 1400\n",

@@ -1,0 +1,159 @@
+"""Bandwidth limits of bridged containers, in the kernel (issue 22), through pyroute2.
+
+Design note. The semantics of the CNI ``bandwidth`` plugin, on the host side of the container's
+veth (the container cannot undo them):
+
+- **ingress** (into the container) is the host veth's egress: a TBF as its root qdisc;
+- **egress** (out of the container) arrives on the host veth's ingress, where no qdisc can queue:
+  an ``ingress`` qdisc with a u32 match-all filter redirects it (``mirred egress redirect``) to
+  an IFB device of its own (``sdnf<hash>``), whose root TBF shapes it.
+
+Rates are bits per second; the burst (bytes) defaults to 50 ms at the rate, at least 16 kB (a
+TBF's bucket must hold at least a packet; a bigger one lets a short flow exceed the rate);
+latency 25 ms bounds the queue, as the CNI plugin does. A change is made in place (``replace``
+of the TBF; the container keeps running); a removed limit deletes our qdisc and the IFB.
+``Shaper`` remembers what it set per veth, so an unchanged pass costs one link dump; a full pass
+reads the qdiscs back (drift is repaired).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from agent.kernel.errors import KernelError
+
+IFB_PREFIX = "sdnf"
+LATENCY = "25ms"
+BURST_MIN = 16000
+ETH_P_ALL = 3
+ENOENT, EINVAL = 2, 22
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What one veth's container may use: bits per second in and out (0: no limit)."""
+
+    ingress_bps: int = 0
+    egress_bps: int = 0
+    burst_bytes: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.ingress_bps or self.egress_bps)
+
+
+def ifb_name(veth: str) -> str:
+    """The IFB device of a veth's egress limit (within IFNAMSIZ)."""
+    return IFB_PREFIX + hashlib.sha256(veth.encode()).hexdigest()[:11]
+
+
+def burst_of(rate_bps: int, burst_bytes: int) -> int:
+    return burst_bytes or max(rate_bps // 8 // 20, BURST_MIN)
+
+
+class Shaper:
+    """The limits of our veths in one namespace (the caller's: the agent is in its host's)."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self._netns = netns
+        self._set: dict[str, Shape] = {}  # veth -> what we set (and believe is there)
+
+    def _ipr(self) -> IPRoute:
+        return IPRoute(netns=self._netns, flags=0) if self._netns else IPRoute()
+
+    def apply(self, wanted: Mapping[str, Shape], full: bool = False) -> dict[str, str]:
+        """Make every existing veth of ``wanted`` shaped as it says (an empty Shape: no
+        limits); forget veths that went. Returns errors by veth."""
+        errors: dict[str, str] = {}
+        if not any(not s.empty for s in wanted.values()) and not self._set and not full:
+            return errors
+        with self._ipr() as ipr:
+            links = {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
+            for veth, shape in sorted(wanted.items()):
+                if veth not in links:
+                    self._set.pop(veth, None)
+                    continue
+                have = self._read(ipr, links, veth) if full or veth not in self._set \
+                    else self._set[veth]
+                if have == shape:
+                    self._set[veth] = shape
+                    continue
+                try:
+                    self._write(ipr, links, veth, have, shape)
+                    self._set[veth] = shape
+                except (NetlinkError, KernelError) as e:
+                    self._set.pop(veth, None)
+                    errors[veth] = f"could not set bandwidth limits on {veth}: {e}"
+            for veth in [v for v in self._set if v not in wanted]:
+                del self._set[veth]
+            # IFB devices whose veth is gone (the container was removed): ours to delete.
+            kept = {ifb_name(v) for v in links if not v.startswith(IFB_PREFIX)}
+            for name, index in links.items():
+                if name.startswith(IFB_PREFIX) and name not in kept:
+                    _ignore_missing(lambda index=index: ipr.link("del", index=index))
+        return errors
+
+    def _read(self, ipr: IPRoute, links: Mapping[str, int], veth: str) -> Shape:
+        """What the kernel holds for ``veth``: our TBFs' rates (bursts are taken as set)."""
+        ingress = _tbf_rate(ipr, links[veth])
+        ifb = links.get(ifb_name(veth))
+        egress = _tbf_rate(ipr, ifb) if ifb is not None else 0
+        if egress and not any(q.get_attr("TCA_KIND") == "ingress"
+                              for q in ipr.get_qdiscs(index=links[veth])):
+            egress = 0  # an IFB that nothing is redirected to limits nothing
+        old = self._set.get(veth)
+        burst = old.burst_bytes if old is not None else 0
+        return Shape(ingress, egress, burst if (ingress or egress) else 0)
+
+    def _write(self, ipr: IPRoute, links: Mapping[str, int], veth: str, have: Shape,
+               shape: Shape) -> None:
+        index = links[veth]
+        if shape.ingress_bps:
+            ipr.tc("replace", "tbf", index, handle="1:", rate=f"{shape.ingress_bps}bit",
+                   burst=burst_of(shape.ingress_bps, shape.burst_bytes), latency=LATENCY)
+        elif have.ingress_bps or _tbf_rate(ipr, index):
+            _ignore_missing(lambda: ipr.tc("del", "tbf", index, handle="1:"))
+        ifb = ifb_name(veth)
+        if shape.egress_bps:
+            ifb_index = links.get(ifb)
+            if ifb_index is None:
+                ipr.link("add", ifname=ifb, kind="ifb")
+                ifb_index = ipr.link_lookup(ifname=ifb)[0]
+                ipr.link("set", index=ifb_index, state="up")
+            ipr.tc("replace", "tbf", ifb_index, handle="1:", rate=f"{shape.egress_bps}bit",
+                   burst=burst_of(shape.egress_bps, shape.burst_bytes), latency=LATENCY)
+            if not any(q.get_attr("TCA_KIND") == "ingress" for q in ipr.get_qdiscs(index=index)):
+                ipr.tc("add", "ingress", index, "ffff:")
+                ipr.tc("add-filter", "u32", index, parent="ffff:", protocol=ETH_P_ALL, prio=1,
+                       keys=["0x0/0x0+0"], target="1:",
+                       action={"kind": "mirred", "direction": "egress", "action": "redirect",
+                               "ifindex": ifb_index})
+        else:
+            _ignore_missing(lambda: ipr.tc("del", "ingress", index, "ffff:"))
+            if ifb in links:
+                _ignore_missing(lambda: ipr.link("del", index=links[ifb]))
+
+
+def _tbf_rate(ipr: IPRoute, index: int) -> int:
+    """Bits per second of the root TBF of ``index`` (0: none)."""
+    for q in ipr.get_qdiscs(index=index):
+        if q.get_attr("TCA_KIND") == "tbf" and q["parent"] == 0xFFFFFFFF:
+            parms = q.get_nested("TCA_OPTIONS", "TCA_TBF_PARMS") or {}
+            return int(parms.get("rate", 0)) * 8
+    return 0
+
+
+def _ignore_missing(call: object) -> None:
+    try:
+        call()  # type: ignore[operator]
+    except NetlinkError as e:
+        if e.code not in (ENOENT, EINVAL):
+            raise
+
+
+__all__ = ["IFB_PREFIX", "Shape", "Shaper", "burst_of", "ifb_name"]

@@ -1,0 +1,231 @@
+"""Network policy as nftables (pure): the table ``inet sdnctl_policy`` (issue 22).
+
+Design note. What is allowed is ``sdnctl.api.policyeval``'s; this module only says it in nft.
+Every distinct selector (a policy's target, a label or network peer) becomes ONE named set of
+addresses (``s_<hash>``), shared by every rule that uses it; two more sets hold the addresses
+isolated for ingress and for egress. When containers come and go only set elements change: the
+rule text names sets, never addresses, so ``render_delta`` flushes and refills the changed sets in
+one transaction and the rules (and their counters) stay. So the cost of an update grows with the
+number of selectors that change, not with containers x rules, and a container's address is in
+its sets as soon as its record arrives, before its process runs.
+
+The table has its own base chain on the forward hook (priority filter + 10, policy accept: we
+never default-drop a shared hook) after the agent's main table. Its rules:
+
+  forward   ct state established,related accept        replies always pass
+            ip daddr @iso_in  jump ingress             the receiver is isolated for ingress
+            ip saddr @iso_out jump egress              the sender is isolated for egress
+  ingress   per policy isolating ingress, per rule, per (peer, protocol):
+              ip daddr @<target> [ip saddr <peer>] [meta l4proto P th dport {ports}]
+              counter return                           allowed by this rule: check egress next
+            per policy: ip daddr @<target> counter drop   (the first selecting policy counts it)
+  egress    the same with saddr and daddr swapped
+
+Every rule's comment names its policy, direction and rule (``sdnctl:policy/<name>/ingress/0``,
+``.../drop``), so counters are per policy and rule and ``trace`` can say which one dropped a
+probe. Every host holds the whole set (policies are evaluated identically everywhere), so a
+packet across the overlay is checked on both hosts with the same verdict. Traffic from and to
+the host itself (input/output hooks) is not filtered: the gateway's DNS keeps answering. Bridged
+traffic between two containers of one bridge reaches the forward hook through br_netfilter
+(``net.bridge.bridge-nf-call-iptables``, which the kernel side turns on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from sdnctl.api.model import Policy, PolicyPeer, PolicyRule
+from sdnctl.api.policyeval import (
+    DIRECTIONS,
+    INGRESS,
+    Endpoint,
+    Evaluator,
+    Selector,
+    members,
+    parse_policy_port,
+    peer_selector,
+    policy_selector,
+    rules_of,
+)
+
+FAMILY = "inet"
+TABLE = "sdnctl_policy"
+ISOLATED = {"ingress": "iso_in", "egress": "iso_out"}
+COMMENT_PREFIX = "sdnctl:policy/"
+
+
+@dataclass(frozen=True)
+class PolicyInput:
+    """What the agent received: every policy and every selected address, on any host."""
+
+    policies: tuple[Policy, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+    network_cidrs: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicyTables:
+    """The table as data: named sets (name -> sorted addresses) and rules (chain, text)."""
+
+    sets: tuple[tuple[str, tuple[str, ...]], ...]
+    rules: tuple[tuple[str, str], ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.rules
+
+    def comments(self) -> list[str]:
+        return sorted(text.rsplit(" comment ", 1)[1].strip('"') for _, text in self.rules)
+
+
+def set_name(selector: Selector) -> str:
+    return "s_" + hashlib.sha256(selector.key().encode()).hexdigest()[:12]
+
+
+def _quote(text: str) -> str:
+    if '"' in text or "\n" in text or len(text) > 128:
+        raise ValueError(f"cannot use {text!r} as an nft comment")
+    return f'"{text}"'
+
+
+def _cidr(text: str) -> str:
+    return str(ipaddress.IPv4Network(text, strict=False))
+
+
+def _peer_exprs(policy: Policy, peer: PolicyPeer, side: str,
+                cidrs: Mapping[str, str]) -> list[str]:
+    """The match on the other end of a connection (``side`` "saddr" or "daddr"); [] when the
+    peer can match nothing (a network that is gone)."""
+    if peer.cidr:
+        expr = f"ip {side} {_cidr(peer.cidr)}"
+        if peer.excepts:
+            expr += f" ip {side} != {{ {', '.join(_cidr(x) for x in sorted(peer.excepts))} }}"
+        return [expr]
+    if peer.labels is None:
+        cidr = cidrs.get(peer.network)
+        return [f"ip {side} {_cidr(cidr)}"] if cidr else []
+    selector = peer_selector(policy, peer)
+    assert selector is not None
+    return [f"ip {side} @{set_name(selector)}"]
+
+
+def _port_exprs(rule: PolicyRule) -> list[str]:
+    """One match per protocol ("" when the rule allows every port)."""
+    if not rule.ports:
+        return [""]
+    by_protocol: dict[str, list[str]] = {}
+    for text in rule.ports:
+        r = parse_policy_port(text, "ports")
+        by_protocol.setdefault(r.protocol, []).append(
+            str(r.first) if r.first == r.last else f"{r.first}-{r.last}")
+    return [f"meta l4proto {proto} th dport {{ {', '.join(sorted(set(ports)))} }}"
+            for proto, ports in sorted(by_protocol.items())]
+
+
+def _direction_rules(policies: Sequence[Policy], direction: str,
+                     cidrs: Mapping[str, str]) -> list[tuple[str, str]]:
+    own, other = ("daddr", "saddr") if direction == INGRESS else ("saddr", "daddr")
+    isolating = [p for p in policies if rules_of(p, direction) is not None]
+    rules = []
+    for p in isolating:
+        target = f"ip {own} @{set_name(policy_selector(p))}"
+        for i, rule in enumerate(rules_of(p, direction) or ()):
+            comment = _quote(f"{COMMENT_PREFIX}{p.name}/{direction}/{i}")
+            peers = [e for peer in rule.peers for e in _peer_exprs(p, peer, other, cidrs)] \
+                if rule.peers else [""]
+            for peer in peers:
+                for ports in _port_exprs(rule):
+                    match = " ".join(x for x in (target, peer, ports) if x)
+                    rules.append((direction, f"{match} counter return comment {comment}"))
+    for p in isolating:
+        rules.append((direction, f"ip {own} @{set_name(policy_selector(p))} counter drop "
+                                 f"comment {_quote(f'{COMMENT_PREFIX}{p.name}/{direction}/drop')}"))
+    return rules
+
+
+def build(given: PolicyInput) -> PolicyTables:
+    """The table for ``given`` (pure). No policy: no table."""
+    policies = sorted(given.policies, key=lambda p: p.name)
+    if not policies:
+        return PolicyTables((), ())
+    cidrs = dict(given.network_cidrs)
+    evaluator = Evaluator(policies, given.endpoints, cidrs)
+    sets = {set_name(s): tuple(members(s, given.endpoints)) for s in evaluator.selectors()}
+    for direction in DIRECTIONS:
+        isolated: set[str] = set()
+        for p in policies:
+            if rules_of(p, direction) is not None:
+                isolated.update(sets[set_name(policy_selector(p))])
+        sets[ISOLATED[direction]] = tuple(sorted(isolated, key=ipaddress.IPv4Address))
+    rules = [
+        ("forward", f"ct state established,related accept comment "
+                    f"{_quote(COMMENT_PREFIX + 'established')}"),
+        ("forward", f"ip daddr @iso_in jump ingress comment {_quote(COMMENT_PREFIX + 'ingress')}"),
+        ("forward", f"ip saddr @iso_out jump egress comment {_quote(COMMENT_PREFIX + 'egress')}"),
+    ]
+    for direction in DIRECTIONS:
+        rules += _direction_rules(policies, direction, cidrs)
+    return PolicyTables(tuple(sorted(sets.items())), tuple(rules))
+
+
+def _elements(name: str, addresses: Iterable[str]) -> list[str]:
+    addrs = list(addresses)
+    if not addrs:
+        return []
+    return [f"add element {FAMILY} {TABLE} {name} {{ {', '.join(addrs)} }}"]
+
+
+def render(tables: PolicyTables) -> str:
+    """The whole table in one transaction (it replaces whatever table of that name exists)."""
+    lines = [f"add table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}"]
+    if tables.empty:
+        return "\n".join(lines) + "\n"
+    lines.append(f"add table {FAMILY} {TABLE}")
+    for name, addresses in tables.sets:
+        lines.append(f"add set {FAMILY} {TABLE} {name} {{ type ipv4_addr; }}")
+        lines += _elements(name, addresses)
+    lines.append(f"add chain {FAMILY} {TABLE} forward "
+                 "{ type filter hook forward priority filter + 10; policy accept; }")
+    lines += [f"add chain {FAMILY} {TABLE} {d}" for d in DIRECTIONS]
+    lines += [f"add rule {FAMILY} {TABLE} {chain} {text}" for chain, text in tables.rules]
+    return "\n".join(lines) + "\n"
+
+
+def render_delta(installed: PolicyTables, wanted: PolicyTables) -> str | None:
+    """Only set elements changed: flush and refill those sets (one transaction; rules and
+    their counters stay). None when the rules or the set names differ: render in full."""
+    if installed.rules != wanted.rules or installed.empty or \
+            [n for n, _ in installed.sets] != [n for n, _ in wanted.sets]:
+        return None
+    old = dict(installed.sets)
+    lines: list[str] = []
+    for name, addresses in wanted.sets:
+        if old[name] != addresses:
+            lines.append(f"flush set {FAMILY} {TABLE} {name}")
+            lines += _elements(name, addresses)
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def rule_of_comment(comment: str) -> tuple[str, str, str] | None:
+    """``(policy, direction, rule)`` of one of our comments (rule: an index or "drop")."""
+    if not comment.startswith(COMMENT_PREFIX):
+        return None
+    parts = comment[len(COMMENT_PREFIX):].rsplit("/", 2)
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
+
+
+__all__ = [
+    "COMMENT_PREFIX",
+    "FAMILY",
+    "TABLE",
+    "PolicyInput",
+    "PolicyTables",
+    "build",
+    "render",
+    "render_delta",
+    "rule_of_comment",
+    "set_name",
+]

@@ -1,0 +1,229 @@
+"""Network policy, evaluated (pure): which containers a selector matches, what policies allow.
+
+Design note. Kubernetes NetworkPolicy semantics on container labels, at the level the kernel
+enforces them: an ADDRESS. A joined container shares its donor's address, so its labels count
+for that address too; an open container (the host's network) has none of its own and is never
+isolated (it is the host's). For each direction an address is isolated when some policy that
+isolates that direction selects a container at it; a packet from S to D on port P is allowed
+when (S is not isolated for egress, or some egress rule of a policy selecting S allows D:P)
+and (D is not isolated for ingress, or some ingress rule of a policy selecting D allows S:P).
+Replies of allowed connections always pass (conntrack); traffic to and from the host itself
+(the gateway: DNS, published ports' host side) is not subject to policies.
+
+A label peer matches containers in its ``network`` if it names one, else in the policy's
+network (every network for ``*``): Kubernetes' podSelector within the policy's namespace.
+A network peer alone matches that network's whole CIDR. ``default_policy: deny`` on a network is
+the policy ``default/<network>`` selecting all its containers with an empty ingress list.
+
+The controller (``check``'s expected matrix, ``policy inspect``), the agent (what goes in each
+set) and ``sdnctl check``/``trace`` share this module, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from sdnctl.api.model import (
+    DEFAULT_DENY,
+    POLICY_ALL_NETWORKS,
+    POLICY_PROTOCOLS,
+    Invalid,
+    Network,
+    Policy,
+    PolicyPeer,
+    PolicyRule,
+)
+
+INGRESS, EGRESS = "ingress", "egress"
+DIRECTIONS = (INGRESS, EGRESS)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A container as policies see it: its address on a network, and its labels."""
+
+    container: str
+    network: str
+    address: str
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Containers with all of ``labels`` on ``network`` (POLICY_ALL_NETWORKS: any)."""
+
+    network: str
+    labels: tuple[str, ...]
+
+    def key(self) -> str:
+        return f"{self.network}|{','.join(sorted(self.labels))}"
+
+
+@dataclass(frozen=True)
+class PortRange:
+    protocol: str
+    first: int
+    last: int
+
+    def __str__(self) -> str:
+        ports = str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+        return f"{ports}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the policies say of one packet: allowed, or which policy's isolation dropped it
+    (``policy``, ``direction``) and why."""
+
+    allowed: bool
+    direction: str = ""
+    policy: str = ""
+    reason: str = ""
+
+
+def parse_policy_port(text: str, field: str) -> PortRange:
+    """``"5432/tcp"``, ``"8000-8100/udp"``, ``"80"`` (tcp)."""
+    ports, _, protocol = str(text).partition("/")
+    protocol = (protocol or "tcp").lower()
+    if protocol not in POLICY_PROTOCOLS:
+        raise Invalid(field, f"{text!r}: protocol must be one of {', '.join(POLICY_PROTOCOLS)}")
+    first, _, last = ports.partition("-")
+    try:
+        lo, hi = int(first), int(last or first)
+    except ValueError:
+        raise Invalid(field, f"{text!r}: expected PORT[-PORT][/tcp|udp|sctp]") from None
+    if not 1 <= lo <= hi <= 65535:
+        raise Invalid(field, f"{text!r}: ports must be 1..65535, first <= last")
+    return PortRange(protocol, lo, hi)
+
+
+def label_match(wanted: Sequence[str], labels: Sequence[str]) -> bool:
+    return set(wanted) <= set(labels)
+
+
+def policy_selector(policy: Policy) -> Selector:
+    return Selector(policy.network, tuple(sorted(policy.select)))
+
+
+def peer_selector(policy: Policy, peer: PolicyPeer) -> Selector | None:
+    """The selector a label or network peer stands for (None: a CIDR peer)."""
+    if peer.cidr:
+        return None
+    return Selector(peer.network or policy.network, tuple(sorted(peer.labels or ())))
+
+
+def selects(selector: Selector, endpoint: Endpoint) -> bool:
+    return (selector.network in (POLICY_ALL_NETWORKS, endpoint.network)
+            and label_match(selector.labels, endpoint.labels))
+
+
+def members(selector: Selector, endpoints: Iterable[Endpoint]) -> list[str]:
+    """The addresses ``selector`` matches, sorted."""
+    return sorted({e.address for e in endpoints if selects(selector, e)},
+                  key=ipaddress.IPv4Address)
+
+
+def default_policies(networks: Iterable[Network]) -> list[Policy]:
+    """The policies that networks' ``default_policy: deny`` stand for."""
+    return [Policy(name=f"default/{n.name}", network=n.name, select=(), ingress=())
+            for n in sorted(networks, key=lambda n: n.name) if n.default_policy == DEFAULT_DENY]
+
+
+def rules_of(policy: Policy, direction: str) -> tuple[PolicyRule, ...] | None:
+    return policy.ingress if direction == INGRESS else policy.egress
+
+
+class Evaluator:
+    """Policies and endpoints, indexed once, asked about packets (check, trace, tests)."""
+
+    def __init__(self, policies: Sequence[Policy], endpoints: Sequence[Endpoint],
+                 network_cidrs: Mapping[str, str]) -> None:
+        self.policies = sorted(policies, key=lambda p: p.name)
+        self.endpoints = list(endpoints)
+        self.cidrs = dict(network_cidrs)
+        self._at: dict[str, list[Endpoint]] = {}
+        for e in self.endpoints:
+            self._at.setdefault(e.address, []).append(e)
+
+    def selectors(self) -> list[Selector]:
+        """Every selector the policies use (targets and label/network peers), each once."""
+        found: dict[str, Selector] = {}
+        for p in self.policies:
+            found.setdefault(policy_selector(p).key(), policy_selector(p))
+            for direction in DIRECTIONS:
+                for rule in rules_of(p, direction) or ():
+                    for peer in rule.peers:
+                        s = peer_selector(p, peer)
+                        if s is not None and peer.labels is not None:
+                            found.setdefault(s.key(), s)
+        return [found[k] for k in sorted(found)]
+
+    def selecting(self, address: str, direction: str) -> list[Policy]:
+        """The policies isolating ``address`` in ``direction``."""
+        here = self._at.get(address, [])
+        return [p for p in self.policies if rules_of(p, direction) is not None
+                and any(selects(policy_selector(p), e) for e in here)]
+
+    def peer_matches(self, policy: Policy, peer: PolicyPeer, address: str) -> bool:
+        ip = ipaddress.IPv4Address(address)
+        if peer.cidr:
+            return ip in ipaddress.IPv4Network(peer.cidr, strict=False) and not any(
+                ip in ipaddress.IPv4Network(x, strict=False) for x in peer.excepts)
+        if peer.labels is None and peer.network:
+            cidr = self.cidrs.get(peer.network)
+            return cidr is not None and ip in ipaddress.IPv4Network(cidr, strict=False)
+        selector = peer_selector(policy, peer)
+        return selector is not None and any(selects(selector, e)
+                                            for e in self._at.get(address, []))
+
+    def rule_allows(self, policy: Policy, rule: PolicyRule, peer_address: str, protocol: str,
+                    port: int) -> bool:
+        if rule.ports and not any(
+                r.protocol == protocol and r.first <= port <= r.last
+                for r in (parse_policy_port(p, "ports") for p in rule.ports)):
+            return False
+        return not rule.peers or any(self.peer_matches(policy, peer, peer_address)
+                                     for peer in rule.peers)
+
+    def one_side(self, address: str, peer: str, direction: str, protocol: str,
+                 port: int) -> Verdict:
+        isolating = self.selecting(address, direction)
+        if not isolating:
+            return Verdict(True)
+        for p in isolating:
+            for rule in rules_of(p, direction) or ():
+                if self.rule_allows(p, rule, peer, protocol, port):
+                    return Verdict(True, direction, p.name)
+        return Verdict(False, direction, isolating[0].name,
+                       f"{address} is isolated for {direction} by "
+                       f"{', '.join(p.name for p in isolating)}; no rule allows "
+                       f"{peer} {port}/{protocol}")
+
+    def verdict(self, src: str, dst: str, protocol: str, port: int) -> Verdict:
+        """A new connection from ``src`` to ``dst``:``port``/``protocol``."""
+        out = self.one_side(src, dst, EGRESS, protocol, port)
+        if not out.allowed:
+            return out
+        return self.one_side(dst, src, INGRESS, protocol, port)
+
+
+__all__ = [
+    "DIRECTIONS",
+    "EGRESS",
+    "INGRESS",
+    "Endpoint",
+    "Evaluator",
+    "PortRange",
+    "Selector",
+    "Verdict",
+    "default_policies",
+    "label_match",
+    "members",
+    "parse_policy_port",
+    "peer_selector",
+    "policy_selector",
+    "rules_of",
+    "selects",
+]

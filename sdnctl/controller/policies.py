@@ -1,0 +1,170 @@
+"""Network policies in the store (issue 22): create (or replace), get, list, delete, and the
+policy set every agent enforces.
+
+Design note. A policy is one key, ``/policies/<name>``, written with a compare on what was read.
+The policy set an agent needs is global: every policy (networks' ``default_policy: deny``
+included, as ``default/<network>`` policies) and every container address with its labels, on
+any host, since a selector matches containers everywhere. It is computed from one range read of
+the store and cached by revision, so the Watch streams of 100 hosts reading the same revision
+compute it once. The evaluation itself is ``sdnctl.api.policyeval``'s.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+
+from sdnctl.api.model import (
+    POLICY_ALL_NETWORKS,
+    Allocation,
+    Container,
+    Network,
+    Policy,
+    from_json,
+    policy_from_json,
+    to_json,
+)
+from sdnctl.api.policyeval import Endpoint, Evaluator, default_policies, policy_selector, selects
+from sdnctl.api.validate import validate_policy
+from sdnctl.controller import ipam, keys
+from sdnctl.controller.errors import Invalid, NotFound
+from sdnctl.controller.store.base import Compare, Delete, Put, Store
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """What every agent enforces, read at one revision."""
+
+    revision: int
+    policies: tuple[Policy, ...]
+    endpoints: tuple[Endpoint, ...]
+    network_cidrs: tuple[tuple[str, str], ...]
+
+    def evaluator(self) -> Evaluator:
+        return Evaluator(self.policies, self.endpoints, dict(self.network_cidrs))
+
+
+def create_policy(store: Store, policy: Policy) -> tuple[Policy, int]:
+    """Create or replace ``policy``; its networks must exist."""
+    validate_policy(policy)
+    key = keys.policy_key(policy.name)
+
+    def build() -> tuple[list[Compare], list[Put | Delete], None]:
+        for field, name in _networks_named(policy):
+            if store.get(keys.network_key(name)) is None:
+                raise Invalid(field, f"network {name!r} does not exist")
+        kv = store.get(key)
+        return [Compare(key, kv.mod_revision if kv else 0)], [Put(key, to_json(policy))], None
+
+    revision = ipam.commit_with_revision(store, build)[1]
+    return policy, revision
+
+
+def _networks_named(policy: Policy) -> list[tuple[str, str]]:
+    named = [] if policy.network == POLICY_ALL_NETWORKS else [("policy.network", policy.network)]
+    for direction in ("ingress", "egress"):
+        for i, rule in enumerate(getattr(policy, direction) or ()):
+            named += [(f"policy.{direction}[{i}].peers[{j}].network", p.network)
+                      for j, p in enumerate(rule.peers) if p.network]
+    return named
+
+
+def get_policy(store: Store, name: str) -> tuple[Policy, int]:
+    kv = store.get(keys.policy_key(name))
+    if kv is None:
+        raise NotFound("policy", name)
+    return policy_from_json(kv.value), kv.mod_revision
+
+
+def list_policies(store: Store) -> tuple[list[tuple[Policy, int]], int]:
+    kvs, revision = store.range(keys.POLICIES)
+    return [(policy_from_json(kv.value), kv.mod_revision) for kv in kvs], revision
+
+
+def delete_policy(store: Store, name: str) -> int:
+    key = keys.policy_key(name)
+
+    def build() -> tuple[list[Compare], list[Put | Delete], None]:
+        kv = store.get(key)
+        if kv is None:
+            raise NotFound("policy", name)
+        return [Compare(key, kv.mod_revision)], [Delete(key)], None
+
+    return ipam.commit_with_revision(store, build)[1]
+
+
+_lock = threading.Lock()
+_cache: weakref.WeakKeyDictionary[Store, PolicySet] = weakref.WeakKeyDictionary()
+
+
+def policy_set(store: Store) -> PolicySet:
+    """The whole policy set at the store's current revision (cached per revision)."""
+    revision = store.revision()
+    with _lock:
+        cached = _cache.get(store)
+        if cached is None or cached.revision < revision:
+            cached = _cache[store] = _policy_set_at(store)
+        return cached
+
+
+def _policy_set_at(store: Store) -> PolicySet:
+    kvs, read_at = store.range("/")
+    networks = [from_json(Network, kv.value) for kv in kvs if kv.key.startswith(keys.NETWORKS)]
+    policies = [policy_from_json(kv.value) for kv in kvs if kv.key.startswith(keys.POLICIES)]
+    containers = {kv.key[len(keys.CONTAINERS):]: from_json(Container, kv.value)
+                  for kv in kvs if kv.key.startswith(keys.CONTAINERS)}
+    allocations = {(a.network, a.container): a for a in (
+        from_json(Allocation, kv.value) for kv in kvs
+        if kv.key.startswith(keys.IPAM) and kv.key[len(keys.IPAM):].split("/")[1:2] == ["owner"])}
+    every = tuple(sorted([*policies, *default_policies(networks)], key=lambda p: p.name))
+    # Only endpoints some selector matches matter to agents: an unlabelled container on a
+    # network without policies changes nothing they enforce, so its creation sends nothing.
+    evaluator = Evaluator(every, (), {})
+    wanted = evaluator.selectors()
+    found = tuple(e for e in endpoints(containers, allocations)
+                  if any(selects(s, e) for s in wanted))
+    return PolicySet(read_at, every, found, tuple(sorted((n.name, n.subnet) for n in networks)))
+
+
+def endpoints(containers: dict[str, Container],
+              allocations: dict[tuple[str, str], Allocation]) -> tuple[Endpoint, ...]:
+    """Every container with an address: bridged ones at theirs, joined ones at their donor's."""
+    found = []
+    for c in containers.values():
+        donor = containers.get(c.donor) if c.donor else None
+        owner = donor if donor is not None else c
+        net = owner.bridge_network
+        alloc = allocations.get((net, owner.name)) if net else None
+        if net and alloc is not None:
+            found.append(Endpoint(c.name, net, alloc.address, c.labels))
+    return tuple(sorted(found, key=lambda e: e.container))
+
+
+def selected(pset: PolicySet, policy: Policy, containers: list[Container]) -> list[str]:
+    """What ``policy`` selects, for ``policy inspect``: containers by name; open ones (the
+    host's network) say they are the host's and never isolated."""
+    selector = policy_selector(policy)
+    names = [e.container for e in pset.endpoints if selects(selector, e)]
+    names += [f"{c.name} (open: the host's network, not isolated)" for c in containers
+              if c.mode == "host" and set(policy.select) <= set(c.labels)]
+    return sorted(names)
+
+
+def is_policy_change(key: str) -> bool:
+    """Whether a change of ``key`` may change the policy set."""
+    return key.startswith((keys.POLICIES, keys.CONTAINERS, keys.NETWORKS)) or (
+        key.startswith(keys.IPAM) and "/owner/" in key)
+
+
+__all__ = [
+    "PolicySet",
+    "create_policy",
+    "delete_policy",
+    "endpoints",
+    "get_policy",
+    "is_policy_change",
+    "list_policies",
+    "policy_set",
+    "selected",
+]

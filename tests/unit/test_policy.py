@@ -1,0 +1,227 @@
+"""Network policy without root (issue 22): the evaluation (sdnctl/api/policyeval.py), its nft
+rendering (agent/netpolicy.py), validation, the topology form, and the controller's policy set
+in the Watch stream."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.desired import DesiredState
+from agent.kernel.policyfw import counters
+from agent.kernel.shaping import burst_of, ifb_name
+from agent.netpolicy import PolicyInput, build, render, render_delta, rule_of_comment, set_name
+from sdnctl.api import convert
+from sdnctl.api.model import (
+    Container,
+    Host,
+    Invalid,
+    Network,
+    Policy,
+    PolicyPeer,
+    PolicyRule,
+    policy_from_json,
+    to_json,
+)
+from sdnctl.api.policyeval import Endpoint, Evaluator, default_policies, policy_selector
+from sdnctl.api.validate import validate_container, validate_policy
+from sdnctl.controller import policies, watch
+from sdnctl.controller.state import State
+from sdnctl.controller.store.memory import MemoryStore
+from sdnctl.topology.check import REACHABLE, plan
+from sdnctl.topology.topology import FILTERED, OPEN, TopologyError, parse, parse_policies
+
+WEB = Endpoint("web", "front", "10.1.0.2", ("app=web",))
+DB = Endpoint("db", "back", "10.2.0.2", ("app=db",))
+OTHER = Endpoint("other", "back", "10.2.0.3", ("app=other",))
+CIDRS = {"front": "10.1.0.0/16", "back": "10.2.0.0/16"}
+DB_FROM_WEB = Policy("db-from-web", "back", ("app=db",), ingress=(
+    PolicyRule((PolicyPeer(("app=web",), network="front"),), ("5432/tcp",)),))
+
+
+def evaluator(*pols: Policy) -> Evaluator:
+    return Evaluator(pols, [WEB, DB, OTHER], CIDRS)
+
+
+def test_isolation_needs_a_rule_and_replies_are_a_separate_matter() -> None:
+    ev = evaluator(DB_FROM_WEB)
+    assert ev.verdict(WEB.address, DB.address, "tcp", 5432).allowed
+    denied = ev.verdict(WEB.address, DB.address, "tcp", 5433)
+    assert not denied.allowed and denied.policy == "db-from-web" and denied.direction == "ingress"
+    assert not ev.verdict(OTHER.address, DB.address, "tcp", 5432).allowed
+    assert not ev.verdict(WEB.address, DB.address, "udp", 5432).allowed
+    # db is not isolated for egress, other not at all
+    assert ev.verdict(DB.address, WEB.address, "tcp", 1).allowed
+    assert ev.verdict(WEB.address, OTHER.address, "udp", 53).allowed
+
+
+def test_policies_add_up_and_egress_and_ingress_both_count() -> None:
+    also = Policy("db-from-other", "back", ("app=db",),
+                  ingress=(PolicyRule((PolicyPeer(("app=other",)),), ()),))
+    ev = evaluator(DB_FROM_WEB, also)
+    assert ev.verdict(OTHER.address, DB.address, "udp", 9).allowed
+    no_egress = Policy("web-quiet", "front", ("app=web",), egress=())
+    ev = evaluator(DB_FROM_WEB, no_egress)
+    out = ev.verdict(WEB.address, DB.address, "tcp", 5432)
+    assert not out.allowed and (out.policy, out.direction) == ("web-quiet", "egress")
+
+
+def test_cidr_except_network_peers_and_every_network() -> None:
+    cidr = Policy("c", "*", (), ingress=(PolicyRule(
+        (PolicyPeer(cidr="10.0.0.0/8", excepts=("10.1.0.0/16",)),), ("1-100/udp",)),))
+    ev = evaluator(cidr)
+    assert ev.verdict(OTHER.address, DB.address, "udp", 100).allowed
+    assert not ev.verdict(OTHER.address, DB.address, "udp", 101).allowed
+    assert not ev.verdict(WEB.address, DB.address, "udp", 1).allowed  # excepted
+    net = Policy("n", "back", (), ingress=(PolicyRule((PolicyPeer(network="front"),), ()),))
+    ev = evaluator(net)
+    assert ev.verdict(WEB.address, OTHER.address, "sctp", 7).allowed
+    assert not ev.verdict(DB.address, OTHER.address, "tcp", 7).allowed
+    # a label peer without a network is scoped to the policy's network
+    scoped = Policy("s", "back", (), ingress=(PolicyRule((PolicyPeer(("app=web",)),), ()),))
+    assert not evaluator(scoped).verdict(WEB.address, DB.address, "tcp", 1).allowed
+
+
+def test_default_deny_is_an_ingress_policy_of_the_whole_network() -> None:
+    (deny,) = default_policies([Network("back", "10.2.0.0/16", default_policy="deny"),
+                                Network("front", "10.1.0.0/16")])
+    ev = evaluator(deny)
+    assert not ev.verdict(WEB.address, DB.address, "tcp", 1).allowed
+    assert ev.verdict(DB.address, WEB.address, "tcp", 1).allowed
+
+
+def test_nft_uses_one_set_per_selector_and_changes_only_sets_when_members_move() -> None:
+    given = PolicyInput((DB_FROM_WEB,), (WEB, DB, OTHER), tuple(CIDRS.items()))
+    tables = build(given)
+    sets = dict(tables.sets)
+    assert sets[set_name(policy_selector(DB_FROM_WEB))] == ("10.2.0.2",)
+    assert sets["iso_in"] == ("10.2.0.2",) and sets["iso_out"] == ()
+    script = render(tables)
+    assert "10.1.0.2" not in "\n".join(t for _, t in tables.rules)  # rules name sets only
+    assert "meta l4proto tcp th dport { 5432 }" in script
+    assert rule_of_comment("sdnctl:policy/default/back/ingress/drop") == \
+        ("default/back", "ingress", "drop")
+    # a second web container: only the web set changes, in place
+    web2 = Endpoint("web2", "front", "10.1.0.9", ("app=web",))
+    moved = build(PolicyInput((DB_FROM_WEB,), (WEB, web2, DB, OTHER), tuple(CIDRS.items())))
+    delta = render_delta(tables, moved)
+    assert delta is not None and "flush set" in delta and "10.1.0.9" in delta
+    assert "add rule" not in delta
+    assert render_delta(tables, tables) == ""
+    changed = build(PolicyInput((DB_FROM_WEB, Policy("x", "front", (), egress=())),
+                                (WEB, DB), tuple(CIDRS.items())))
+    assert render_delta(tables, changed) is None
+    assert build(PolicyInput()).empty
+
+
+def test_validation_names_the_field() -> None:
+    with pytest.raises(Invalid, match=r"policy.ingress\[0\].from\[0\].except\[0\]"):
+        validate_policy(Policy("p", "back", (), ingress=(PolicyRule(
+            (PolicyPeer(cidr="10.0.0.0/8", excepts=("11.0.0.0/16",)),)),)))
+    with pytest.raises(Invalid, match=r"policy.egress\[0\].ports\[0\]"):
+        validate_policy(Policy("p", "back", (), egress=(PolicyRule((), ("99999/tcp",)),)))
+    with pytest.raises(Invalid, match=r"policy.select\[0\]"):
+        validate_policy(Policy("p", "back", ("no equals",), egress=()))
+    with pytest.raises(Invalid, match="give ingress and/or egress"):
+        validate_policy(Policy("p", "back"))
+    with pytest.raises(Invalid, match=r"container.labels\[1\]"):
+        validate_container(Container("c", "h1", "front", labels=("a=1", "a=2")))
+    with pytest.raises(Invalid, match="bandwidth limits need a bridged container"):
+        validate_container(Container("c", "h1", "host", ingress_bps=10**6))
+
+
+def test_policy_round_trips_through_json_and_protobuf() -> None:
+    p = Policy("p", "*", ("a=b",), ingress=(), egress=(PolicyRule(
+        (PolicyPeer(("x=y",), network="n"), PolicyPeer(cidr="10.0.0.0/8",
+                                                       excepts=("10.1.0.0/16",))),
+        ("80/tcp",)),))
+    assert policy_from_json(to_json(p)) == p
+    assert convert.policy_from_pb(convert.policy_to_pb(p)) == p
+
+
+def test_topology_form_and_errors_with_lines() -> None:
+    topo = parse("""\
+name: t
+hosts: [{name: h1, lab: true}]
+networks: [{name: back, subnet: 10.2.0.0/16, default: deny}]
+containers: [{name: db, host: h1, network: back, labels: {app: db},
+              resources: {ingress: 10mbit, egress: 1gbit, burst: 64k}}]
+policies:
+  - name: db-from-web
+    network: back
+    select: {app: db}
+    ingress:
+      - from: [{labels: {app: web}}, {cidr: 10.0.0.0/8, except: [10.9.0.0/16]}]
+        ports: [5432/tcp]
+    egress: []
+""")
+    (p,) = topo.policies
+    assert p.egress == () and p.ingress is not None and p.ingress[0].ports == ("5432/tcp",)
+    assert topo.networks[0].default_policy == "deny"
+    db = topo.containers[0]
+    assert (db.labels, db.ingress_bps, db.egress_bps, db.burst_bytes) == \
+        (("app=db",), 10**7, 10**9, 65536)
+    with pytest.raises(TopologyError, match=r":5: policies\[0\].ingress\[0\].ports\[0\]"):
+        parse_policies("policies:\n  - name: p\n    network: b\n    ingress:\n"
+                       "      - ports: [70000/tcp]\n")
+    with pytest.raises(TopologyError, match="give network: NAME or networks: all"):
+        parse_policies("{name: p, ingress: []}")
+
+
+def test_watch_sends_the_policy_set_to_every_host_when_it_changes() -> None:
+    store = MemoryStore()
+    state = State(store)
+    for h in ("h1", "h2"):
+        state.create_host(Host(h))
+    state.create_network(Network("back", "10.2.0.0/16"))
+    state.create_network(Network("front", "10.1.0.0/16"))
+    state.create_container(Container("db", "h1", "back", labels=("app=db",)))
+    snap = watch.snapshot_event(state.snapshot("h2"), watch.policy_set_pb(
+        policies.policy_set(store)))
+    desired = DesiredState()
+    desired.apply(snap)
+    assert desired.policy.policies == ()
+    assert desired.policy.endpoints == ()  # no selector: no endpoint worth sending
+    policies.create_policy(store, DB_FROM_WEB)
+    pset = policies.policy_set(store)
+    assert [p.name for p in pset.policies] == ["db-from-web"]
+    assert [e.container for e in pset.endpoints] == ["db"]
+    event = watch.delta_event(state, "h2", store.changes_since(snap.revision))
+    assert not event.containers  # h2 runs nothing: only the policy set concerns it
+    with pytest.raises(Exception, match="does not exist"):
+        policies.create_policy(store, Policy("p", "nowhere", (), egress=()))
+
+
+def test_check_expects_what_the_policies_allow_per_port() -> None:
+    topo = parse("""\
+name: t
+hosts: [{name: h1, lab: true}]
+networks: [{name: back, subnet: 10.2.0.0/16}]
+containers:
+  - {name: web, host: h1, network: back, labels: {app: web}}
+  - {name: db, host: h1, network: back, labels: {app: db}}
+  - {name: side, host: h1, network: "container:db", labels: {app: side}}
+policies:
+  - {name: db-in, network: back, select: {app: db}, ingress: [{from: [{labels: {app: web}}],
+     ports: [5432/tcp, 53/udp]}]}
+""")
+    probes = {p.key: p for p in plan(topo, addresses={"web": "10.2.0.2", "db": "10.2.0.3"})}
+    assert probes[("web", "db", "tcp", 5432)].expect == REACHABLE
+    assert probes[("web", "db", "udp", 53)].expect == REACHABLE
+    assert probes[("db", "web", "tcp", 5432)].expect == REACHABLE  # web is not isolated
+    ping = probes[("web", "db", "icmp", 0)]
+    assert ping.expect == FILTERED and "db-in" in ping.why
+    assert probes[("web", "external", "icmp", 0)].expect == OPEN
+    # without addresses (no controller) there is no policy part
+    assert not [p for p in plan(topo) if p.proto != "icmp"]
+
+
+def test_shaping_names_and_bursts_and_policy_counters() -> None:
+    name = ifb_name("sdnv0123456789a")
+    assert name.startswith("sdnf") and len(name) <= 15 and name == ifb_name("sdnv0123456789a")
+    assert burst_of(10_000_000, 0) == 62_500 and burst_of(1_000_000, 0) == 16_000
+    assert burst_of(10_000_000, 4096) == 4096
+    rules = [{"comment": "sdnctl:policy/db-in/ingress/drop",
+              "expr": [{"match": {}}, {"counter": {"packets": 7, "bytes": 420}}, {"drop": None}]},
+             {"comment": "sdnctl:policy/db-in/ingress/0", "expr": [{"counter": {"packets": 2}}]},
+             {"comment": "sdnctl:net/x", "expr": [{"counter": {"packets": 9}}]}]
+    assert counters(rules) == {("db-in", "ingress", "drop"): 7, ("db-in", "ingress", "0"): 2}
