@@ -29,7 +29,7 @@ def test_the_schema_is_shipped_and_is_valid_json_schema() -> None:
     doc = schema.topology_schema()
     jsonschema.Draft202012Validator.check_schema(doc)
     assert set(doc["properties"]) == {"name", "hosts", "networks", "containers", "routes", "lab",
-                                      "expect", "images"}
+                                      "expect", "images", "policies"}
     on_disk = json.loads((REPO / "sdnctl" / "topology" / schema.SCHEMA_FILE).read_text())
     assert on_disk == doc
 
@@ -43,12 +43,13 @@ def test_the_schema_knows_every_field_the_loader_reads() -> None:
     defs = schema.topology_schema()["$defs"]
     assert set(defs["network"]["properties"]) == {
         "name", "driver", "subnet", "host_prefix", "mtu", "masquerade", "gateway", "ip_range",
-        "internal", "allow", "vni", "vxlan_port", "dns_domain", "dns"}
+        "internal", "allow", "vni", "vxlan_port", "dns_domain", "dns", "default"}
     assert set(defs["container"]["properties"]) == {
         "name", "host", "network", "command", "interface", "ip", "ports", "share", "restart",
-        "image", "resources", "volumes", "cap_add", "user_ns", "env", "workdir", "aliases", "dns"}
+        "image", "resources", "volumes", "cap_add", "user_ns", "env", "workdir", "aliases", "dns",
+        "labels"}
     assert set(defs["container"]["properties"]["resources"]["properties"]) == {
-        "memory", "cpus", "cpu_shares", "pids"}
+        "memory", "cpus", "cpu_shares", "pids", "ingress", "egress", "burst"}
     assert set(defs["expectation"]["properties"]) == {"from", "to", "reach", "proto", "port"}
 
 
@@ -57,7 +58,7 @@ def test_the_schema_knows_every_field_the_loader_reads() -> None:
     [
         pytest.param(HEAD + "  - {name: front, subnet: 10.88.0.0/16, colour: red}\n",
                      "x.yaml:5: networks[0].colour: unknown field; expected one of allow, "
-                     "dns, dns_domain, driver, gateway, host_prefix, internal, ip_range, "
+                     "default, dns, dns_domain, driver, gateway, host_prefix, internal, ip_range, "
                      "masquerade, mtu, name, subnet, vni, vxlan_port", id="unknown-key"),
         pytest.param(HEAD + FRONT + "containers:\n  - name: web\n    host: h1\n"
                      "    restart: sometimes\n",
