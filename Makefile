@@ -40,7 +40,7 @@ bench-table:
 # Issue 7: the replica allocation test at full size (64 threads, 10,000 addresses, 200 subnets
 # through three controllers on a three-member etcd); the default suite runs 1,000 addresses.
 test-etcd-full:
-	SDNCTL_REPLICA_ADDRESSES=10000 .venv/bin/pytest -s tests/unit/test_etcd_replicas.py -k threads
+	SDNCTL_REPLICA_THREADS=64 SDNCTL_REPLICA_ADDRESSES=10000 .venv/bin/pytest -s tests/unit/test_etcd_replicas.py -k threads
 
 # Issue 24: two controller replicas on a three-member etcd (client TLS) with the lab's registry,
 # no image on their disks, the replica the agents watch killed mid-pull.
