@@ -280,16 +280,8 @@ class Plugin:
             return {"Address": f"{gateway}/{subnet.prefixlen}", "Data": {}}
         network = self._network_of(subnet)
         name = "dk-" + secrets.token_hex(8)
-        spec = pb.Container(name=name, host=self.side.host, network=network,
-                            interface=INTERFACE, fixed_ip=str(ip) if wanted else "",
-                            cni=pb.CniOwner(container_id=name, netns=RESERVED_NETNS,
-                                            docker=True))
-        try:
-            view = self.side.sync().Attach(pb.AttachRequest(host=self.side.host,
-                                                            container=spec),
-                                           timeout=RPC_TIMEOUT)
-        except grpc.RpcError as e:
-            raise _rpc(e, f"an address on network {network!r}") from None
+        view = self._attach(name, network, str(ip) if wanted else "", [],
+                            f"an address on network {network!r}")
         with self._lock:
             self.pending[f"{network}/{view.ip}"] = name
             self.fixed[name] = str(ip) if wanted else ""
@@ -420,6 +412,21 @@ class Plugin:
             raise _rpc(e, "the sdnctl networks") from None
         return {n.name: n for n in listed.networks}
 
+    def _attach(self, name: str, network: str, fixed_ip: str, ports: list[str],
+                what: str) -> pb.Container:
+        """Record (or update) the Docker endpoint ``name`` as an attachment of this host's;
+        a refusal becomes a ``PluginError`` about ``what``."""
+        spec = pb.Container(name=name, host=self.side.host, network=network,
+                            interface=INTERFACE, fixed_ip=fixed_ip, ports=ports,
+                            cni=pb.CniOwner(container_id=name, netns=RESERVED_NETNS,
+                                            docker=True))
+        try:
+            return self.side.sync().Attach(pb.AttachRequest(host=self.side.host,
+                                                            container=spec),
+                                           timeout=RPC_TIMEOUT)
+        except grpc.RpcError as e:
+            raise _rpc(e, what) from None
+
     def _network_of(self, subnet: ipaddress.IPv4Network) -> str:
         """The sdnctl network a pool is: the one a CreateNetwork of ours named, else the
         controller's network of that CIDR (the first RequestAddress is the gateway's, before
@@ -489,16 +496,8 @@ class Plugin:
         agent's firewall's, as for ``sdnctl run -p``); Join waits until they are realised."""
         with self._lock:
             fixed = self.fixed.get(name, "")
-        spec = pb.Container(name=name, host=self.side.host, network=network,
-                            interface=INTERFACE, fixed_ip=fixed, ports=ports,
-                            cni=pb.CniOwner(container_id=name, netns=RESERVED_NETNS,
-                                            docker=True))
-        try:
-            view = self.side.sync().Attach(pb.AttachRequest(host=self.side.host,
-                                                            container=spec),
-                                           timeout=RPC_TIMEOUT)
-        except grpc.RpcError as e:
-            raise _rpc(e, f"published ports {', '.join(ports)} of {ip}") from None
+        view = self._attach(name, network, fixed, ports,
+                            f"published ports {', '.join(ports)} of {ip}")
         with self._lock:
             self.revisions[name] = view.revision
         log.info("docker: %s publishes %s", ip, ", ".join(ports))

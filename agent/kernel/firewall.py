@@ -323,24 +323,21 @@ def drop_counts(rules: Iterable[dict[str, object]]) -> dict[str, int]:
 def container_drop_counts(rules: Iterable[dict[str, object]]) -> dict[tuple[str, str], int]:
     """Packets counted by each container's guard rules (``sdnctl:ctr/NAME/GUARD``), by
     (container, guard), those that dropped something only."""
-    drops: dict[tuple[str, str], int] = {}
-    for rule in rules:
-        parts = str(rule.get("comment", "")).removeprefix("sdnctl:").split("/")
-        if len(parts) != 3 or parts[0] != "ctr":
-            continue
-        packets = drop_counts([rule]).get(parts[2], 0)
-        if packets:
-            drops[(parts[1], parts[2])] = packets
-    return drops
+    return _drops_of("ctr", rules)
 
 
 def network_drop_counts(rules: Iterable[dict[str, object]]) -> dict[tuple[str, str], int]:
     """Packets counted by each network's forwarding drops (``sdnctl:net/NAME/REASON``), by
     (network, reason), those that dropped something only."""
+    return _drops_of("net", rules)
+
+
+def _drops_of(kind: str, rules: Iterable[dict[str, object]]) -> dict[tuple[str, str], int]:
+    """Packets dropped by rules commented ``sdnctl:KIND/OWNER/REASON``, by (owner, reason)."""
     drops: dict[tuple[str, str], int] = {}
     for rule in rules:
         parts = str(rule.get("comment", "")).removeprefix("sdnctl:").split("/")
-        if len(parts) != 3 or parts[0] != "net":
+        if len(parts) != 3 or parts[0] != kind:
             continue
         packets = drop_counts([rule]).get(parts[2], 0)
         if packets:

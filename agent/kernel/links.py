@@ -189,13 +189,7 @@ class Links(VxlanLinks, LinkBase):
         self._check_thread()
         ipr = self._host
         what = f"veth {host_ifname!r}"
-        try:
-            master = get_link(ipr, bridge)
-        except NetlinkError as e:
-            raise KernelError(f"could not read {what}") from e
-        if master is None:
-            raise KernelError(f"could not add {what}: bridge {bridge!r} does not exist")
-        master_index = master["index"]
+        master_index = self._bridge_index(bridge, what)
         # Add first (EEXIST when it is there: then read back and verify): a new container's
         # veth is the common case, and asking whether it exists cost a request.
         link, created = self._create_veth(host_ifname, alias, master_index, mtu, netns_path,
@@ -222,20 +216,25 @@ class Links(VxlanLinks, LinkBase):
         self._check_thread()
         ipr = self._host
         what = f"veth {host_ifname!r}"
-        try:
-            master = get_link(ipr, bridge)
-        except NetlinkError as e:
-            raise KernelError(f"could not read {what}") from e
-        if master is None:
-            raise KernelError(f"could not add {what}: bridge {bridge!r} does not exist")
-        self._add(ipr, host_ifname, "veth", mtu=mtu, master=master["index"], state="up",
+        master_index = self._bridge_index(bridge, what)
+        self._add(ipr, host_ifname, "veth", mtu=mtu, master=master_index, state="up",
                   peer={"ifname": peer_ifname, "mtu": mtu, "address": mac.lower()})
         link = self._read_back(ipr, host_ifname, "veth", alias)
-        self._fix_link(ipr, link, what, mtu=mtu, master=master["index"], state="up",
+        self._fix_link(ipr, link, what, mtu=mtu, master=master_index, state="up",
                        ifalias=alias)
         # The peer stays untagged and outside our name prefixes: resync must not take it for a
         # link of ours to remove; it goes with the host side.
         return int(link["index"])
+
+    def _bridge_index(self, bridge: str, what: str) -> int:
+        """The index of ``bridge``, which a veth (``what``) is about to join; it must exist."""
+        try:
+            master = get_link(self._host, bridge)
+        except NetlinkError as e:
+            raise KernelError(f"could not read {what}") from e
+        if master is None:
+            raise KernelError(f"could not add {what}: bridge {bridge!r} does not exist")
+        return int(master["index"])
 
     def repair_host_side(self, host_ifname: str, alias: str, bridge: str, mtu: int) -> bool:
         """The host side of a veth whose other side is out of our reach (a Docker endpoint's,
