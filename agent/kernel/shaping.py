@@ -78,14 +78,14 @@ class Shaper:
                 if veth not in links:
                     self._set.pop(veth, None)
                     continue
-                have = self._read(ipr, links, veth) if full or veth not in self._set \
-                    else self._set[veth]
+                # Between full passes, a veth we never shaped holds no limits (we made it).
+                have = self._read(ipr, links, veth) if full else self._set.get(veth, Shape())
                 if have == shape:
-                    self._set[veth] = shape
+                    self._remember(veth, shape)
                     continue
                 try:
                     self._write(ipr, links, veth, have, shape)
-                    self._set[veth] = shape
+                    self._remember(veth, shape)
                 except (NetlinkError, KernelError) as e:
                     self._set.pop(veth, None)
                     errors[veth] = f"could not set bandwidth limits on {veth}: {e}"
@@ -97,6 +97,14 @@ class Shaper:
                 if name.startswith(IFB_PREFIX) and name not in kept:
                     _ignore_missing(lambda index=index: ipr.link("del", index=index))
         return errors
+
+    def _remember(self, veth: str, shape: Shape) -> None:
+        """Keep the limits we set; none is not kept, so a host without limits opens no
+        netlink socket between full passes."""
+        if shape.empty:
+            self._set.pop(veth, None)
+        else:
+            self._set[veth] = shape
 
     def _read(self, ipr: IPRoute, links: Mapping[str, int], veth: str) -> Shape:
         """What the kernel holds for ``veth``: our TBFs' rates (bursts are taken as set)."""
