@@ -1,14 +1,16 @@
 """What the agent's host must run, as received from the controller's Watch stream.
 
 The stream's messages are folded into one :class:`DesiredState`: a snapshot replaces it, a delta
-changes it. The reconciler only ever reads a consistent copy (:meth:`DesiredState.copy`).
+changes it. A network's DNS name table arrives whole with the network and then as name deltas
+(issue 21): each replaces the entries of the containers it lists. The reconciler only ever reads
+a consistent copy (:meth:`DesiredState.copy`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from agent.netpolicy import PolicyInput
 from sdnctl.api import convert
@@ -174,9 +176,20 @@ def network_from_pb(msg: pb.HostNetwork, local: LocalHost | None = None) -> Desi
         allow=tuple(sorted(msg.network.allow)),
         dns_domain=msg.network.dns_domain.lower().rstrip("."),
         dns=tuple(msg.network.dns),
-        names=tuple(DesiredName(n.container, tuple(n.aliases), n.address, tuple(n.dns))
-                    for n in msg.names),
+        names=tuple(name_from_pb(n) for n in msg.names),
     )
+
+
+def name_from_pb(msg: pb.DnsName) -> DesiredName:
+    return DesiredName(msg.container, tuple(msg.aliases), msg.address, tuple(msg.dns))
+
+
+def with_names(net: DesiredNetwork, delta: pb.NameDelta) -> DesiredNetwork:
+    """``net`` with the entries of the containers ``delta`` lists replaced by its names."""
+    changed = set(delta.containers)
+    names = [n for n in net.names if n.container not in changed]
+    names.extend(name_from_pb(n) for n in delta.names)
+    return replace(net, names=tuple(sorted(names, key=lambda n: n.container)))
 
 
 def container_from_pb(msg: pb.Container) -> DesiredContainer:
@@ -251,6 +264,10 @@ class DesiredState:
         for net in event.networks:
             desired = network_from_pb(net, self.local)
             self.networks[desired.name] = desired
+        for delta in event.name_deltas:
+            held = self.networks.get(delta.network)
+            if held is not None:  # else not held here: it comes whole with its lease
+                self.networks[held.name] = with_names(held, delta)
         for ctr in event.containers:
             desired_ctr = container_from_pb(ctr)
             self.containers[desired_ctr.name] = desired_ctr

@@ -64,7 +64,8 @@ def one_round(creates: int, quiet: float) -> dict[str, float]:
                         ready.wait()
                         continue
                     content = bool(event.containers or event.networks or
-                                   event.deleted_containers or event.deleted_networks)
+                                   event.deleted_containers or event.deleted_networks or
+                                   event.name_deltas)
                     with lock:
                         counts["content" if content else "progress"] += 1
             except grpc.RpcError:

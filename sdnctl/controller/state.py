@@ -70,6 +70,7 @@ from sdnctl.controller.keys import (
     host_index_prefix,
     host_key,
     network_key,
+    owners_prefix,
     status_key,
     vni_key,
 )
@@ -725,6 +726,20 @@ class State:
             if kv is not None:
                 hosts[other.host] = from_json(Host, kv.value)
         return HostNetwork(spec, lease, overlay_peers(spec, host, leases, hosts), names)
+
+    def names_of(self, network: str, containers: Iterable[str]) -> tuple[DnsName, ...]:
+        """The entries of ``containers`` in ``network``'s name table, as they are now: none for a
+        container deleted, moved to another network or without an address there (issue 21)."""
+        found: dict[str, Container] = {}
+        allocations: list[Allocation] = []
+        for name in sorted(set(containers)):
+            kv = self.store.get(container_key(name))
+            if kv is None:
+                continue
+            found[name] = from_json(Container, kv.value)
+            owned, _ = self.store.range(f"{owners_prefix(network)}{name}/")
+            allocations.extend(from_json(Allocation, o.value) for o in owned)
+        return dns_names(network, allocations, found)
 
     # -- leases: expiry and quarantine ----------------------------------------------------------
 

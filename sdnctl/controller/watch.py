@@ -30,9 +30,15 @@ lease gets its own put (or delete) as before. A renewal (only the lease's times 
 allocation (which rewrites its lease unchanged) concern no peer. A host without a lease of the
 network (no container on it) hears nothing of it.
 
-DNS names (issue 19). The HostNetwork also carries the network's name table: every container of
-it holding an address, on any host, with its aliases. A container put or deleted anywhere puts
-its network, with the new table, to every host holding a lease of it.
+DNS names (issues 19, 21). The HostNetwork carries the network's name table: every container of
+it holding an address, on any host, with its aliases. That full table goes out only with the
+network itself: in a snapshot (so on resume past compaction too) and when the network is put for
+its own reasons (a lease of this host, a spec change, an overlay's peers). A container put or
+deleted anywhere sends only a :class:`NameDelta` to every host holding a lease of its network(s):
+the changed containers' names, and their entries as they are now (none once deleted or moved
+away), which the agent swaps into its table. So one create at 100 hosts x 10 containers sends
+one entry to each host, not 1,000: bytes per change no longer grow with the network's size. An
+entry read "now" is idempotent: whichever of several deltas arrives last, it is the truth.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from sdnctl.api.model import Container, Host, Lease, from_json, spans_hosts
 from sdnctl.controller import ipam, keys, policies
 from sdnctl.controller.errors import NotFound
 from sdnctl.controller.keys import CONTAINERS, HOSTS, NETWORKS, STATUS
-from sdnctl.controller.state import ContainerView, HostNetwork, Snapshot, State
+from sdnctl.controller.state import ContainerView, DnsName, HostNetwork, Snapshot, State
 from sdnctl.controller.store.base import Change, Compacted
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -68,8 +74,12 @@ def host_network_pb(view: HostNetwork) -> pb.HostNetwork:
         network=convert.network_to_pb(view.network), lease=convert.lease_to_pb(view.lease),
         peers=[pb.Peer(host=p.host, subnet=p.subnet, underlay_ip=p.underlay_ip,
                        vtep_mac=p.vtep_mac, vtep_ip=p.vtep_ip) for p in view.peers],
-        names=[pb.DnsName(container=n.container, aliases=list(n.aliases), address=n.address,
-                          dns=list(n.dns)) for n in view.names])
+        names=[dns_name_pb(n) for n in view.names])
+
+
+def dns_name_pb(name: DnsName) -> pb.DnsName:
+    return pb.DnsName(container=name.container, aliases=list(name.aliases),
+                      address=name.address, dns=list(name.dns))
 
 
 def snapshot_event(snap: Snapshot, pset: pb.PolicySet | None = None) -> pb.WatchEvent:
@@ -88,6 +98,11 @@ def policy_set_pb(pset: policies.PolicySet) -> pb.PolicySet:
                         network_cidrs=dict(pset.network_cidrs))
 
 
+#: False: a container change re-sends its network with the full name table, as before issue 21
+#: (for ``bench/watch_names.py``'s comparison only).
+NAME_DELTAS = True
+
+
 def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchEvent:
     """What ``changes`` mean for ``host``; puts carry the objects as they are now."""
     put_containers: set[str] = set()
@@ -95,15 +110,16 @@ def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchE
     put_networks: set[str] = set()
     gone_networks: set[str] = set()
     peer_networks: set[str] = set()  # overlay networks whose peer set may have changed
-    name_networks: set[str] = set()  # networks whose name table may have changed (DNS)
+    renamed: dict[str, set[str]] = {}  # network -> containers whose names may have changed
     for change in changes:
         key = change.key
         if key.startswith(CONTAINERS):
             name = key[len(CONTAINERS):]
             new = from_json(Container, change.value) if change.value else None
             old = from_json(Container, change.prev_value) if change.prev_value else None
-            name_networks.update(c.bridge_network for c in (new, old)
-                                 if c is not None and c.bridge_network is not None)
+            for ctr in (new, old):
+                if ctr is not None and ctr.bridge_network is not None:
+                    renamed.setdefault(ctr.bridge_network, set()).add(name)
             if new is not None and new.host == host:
                 put_containers.add(name)
                 gone_containers.discard(name)
@@ -133,12 +149,21 @@ def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchE
 
     event = pb.WatchEvent(deleted_networks=sorted(gone_networks),
                           deleted_containers=sorted(gone_containers))
-    for name in sorted(put_networks | ((peer_networks | name_networks) - gone_networks)):
+    whole = set() if NAME_DELTAS else set(renamed)  # before issue 21: sent with the full table
+    sent: set[str] = set()  # networks sent whole: their tables are current
+    for name in sorted(put_networks | ((peer_networks | whole) - gone_networks)):
         view = state.host_network(name, host)
         if view is None:
             continue  # no lease here (nothing to say) or deleted since: a later change says so
-        if name in put_networks or name in name_networks or spans_hosts(view.network.driver):
+        if name in put_networks or name in whole or spans_hosts(view.network.driver):
             event.networks.append(host_network_pb(view))
+            sent.add(name)
+    for name, containers in sorted(renamed.items()):
+        if name in sent or name in gone_networks or ipam.get_lease(state.store, name, host) is None:
+            continue
+        event.name_deltas.append(pb.NameDelta(
+            network=name, containers=sorted(containers),
+            names=[dns_name_pb(n) for n in state.names_of(name, containers)]))
     for name in sorted(put_containers):
         try:
             event.containers.append(container_pb(state.get_container(name)))
@@ -246,7 +271,7 @@ def host_events(state: State, host: str, since_revision: int, alive: Callable[[]
         # progress notice), so "has every agent realised revision R?" has an answer. Status
         # writes do not: agents' reports must not make other agents report in turn.
         if event.networks or event.containers or event.deleted_networks or \
-                event.deleted_containers or event.HasField("policy_set"):
+                event.deleted_containers or event.name_deltas or event.HasField("policy_set"):
             event.revision = revision
             last_sent, pending = time.monotonic(), 0.0  # the event carries the revision
             yield event

@@ -716,7 +716,7 @@ class Peer(_message.Message):
     def __init__(self, host: _Optional[str] = ..., subnet: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., vtep_mac: _Optional[str] = ..., vtep_ip: _Optional[str] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("revision", "snapshot", "networks", "containers", "deleted_networks", "deleted_containers", "policy_set")
+    __slots__ = ("revision", "snapshot", "networks", "containers", "deleted_networks", "deleted_containers", "policy_set", "name_deltas")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
@@ -724,6 +724,7 @@ class WatchEvent(_message.Message):
     DELETED_NETWORKS_FIELD_NUMBER: _ClassVar[int]
     DELETED_CONTAINERS_FIELD_NUMBER: _ClassVar[int]
     POLICY_SET_FIELD_NUMBER: _ClassVar[int]
+    NAME_DELTAS_FIELD_NUMBER: _ClassVar[int]
     revision: int
     snapshot: bool
     networks: _containers.RepeatedCompositeFieldContainer[HostNetwork]
@@ -731,7 +732,18 @@ class WatchEvent(_message.Message):
     deleted_networks: _containers.RepeatedScalarFieldContainer[str]
     deleted_containers: _containers.RepeatedScalarFieldContainer[str]
     policy_set: PolicySet
-    def __init__(self, revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., networks: _Optional[_Iterable[_Union[HostNetwork, _Mapping]]] = ..., containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ..., deleted_networks: _Optional[_Iterable[str]] = ..., deleted_containers: _Optional[_Iterable[str]] = ..., policy_set: _Optional[_Union[PolicySet, _Mapping]] = ...) -> None: ...
+    name_deltas: _containers.RepeatedCompositeFieldContainer[NameDelta]
+    def __init__(self, revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., networks: _Optional[_Iterable[_Union[HostNetwork, _Mapping]]] = ..., containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ..., deleted_networks: _Optional[_Iterable[str]] = ..., deleted_containers: _Optional[_Iterable[str]] = ..., policy_set: _Optional[_Union[PolicySet, _Mapping]] = ..., name_deltas: _Optional[_Iterable[_Union[NameDelta, _Mapping]]] = ...) -> None: ...
+
+class NameDelta(_message.Message):
+    __slots__ = ("network", "containers", "names")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    CONTAINERS_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    containers: _containers.RepeatedScalarFieldContainer[str]
+    names: _containers.RepeatedCompositeFieldContainer[DnsName]
+    def __init__(self, network: _Optional[str] = ..., containers: _Optional[_Iterable[str]] = ..., names: _Optional[_Iterable[_Union[DnsName, _Mapping]]] = ...) -> None: ...
 
 class ReportStatusRequest(_message.Message):
     __slots__ = ("host", "containers", "observed_revision", "events", "flows", "drops")

@@ -221,7 +221,7 @@ class Stream:
 
 def is_progress(event: pb.WatchEvent) -> bool:
     return not (event.snapshot or event.networks or event.containers or event.deleted_networks
-                or event.deleted_containers)
+                or event.deleted_containers or event.name_deltas)
 
 
 @contextmanager

@@ -493,19 +493,23 @@ def test_watch_follows_creates_and_deletes(front: Api) -> None:
         assert event.revision == api.store.revision()
 
         # Another host's container on a network h1 holds is not a container for h1 to run,
-        # but its name is news (DNS): the network comes with its new name table.
+        # but its name is news (DNS): a name delta of that network, not the whole table.
         other = api.container("elsewhere", host="h2")
         event = stream.next_with_content()
         assert list(event.containers) == []
-        assert [[(n.container, n.address) for n in net.names] for net in event.networks] == \
-            [[("elsewhere", other.ip)]]
+        assert [(d.network, list(d.containers), [(n.container, n.address) for n in d.names])
+                for d in event.name_deltas] == [("front", ["elsewhere"], [("elsewhere", other.ip)])]
+        assert all(not net.names for net in event.networks)
         db = api.container("db", host="h1")
         event = stream.next_with_content()
         assert [c.name for c in event.containers] == ["db"]
-        assert [sorted(n.container for n in net.names) for net in event.networks] == \
-            [["db", "elsewhere"]]
+        assert [[n.container for n in d.names] for d in event.name_deltas] == [["db"]]
         assert event.revision == db.revision
         assert not event.deleted_containers
+        api.delete("Container", "elsewhere")  # its name leaves: a delta with no entry for it
+        event = stream.next_with_content()
+        assert [(d.network, list(d.containers), list(d.names)) for d in event.name_deltas] == \
+            [("front", ["elsewhere"], [])]
 
 
 def test_watch_resumes_after_a_revision_without_a_snapshot(front: Api) -> None:
