@@ -789,16 +789,19 @@ def down(topology: Topology, progress: Progress | None = None) -> None:
         else:
             progress.step("no controller answers: removing the lab only")
     finally:
+        # What runs on this machine goes even when the controller refused a deletion: a lab
+        # left behind (agents, sandboxes mounted in the run directory, namespaces) would be
+        # out of reach of the next `down`, which the same refusal would stop again.
         client.close()
-    stop_agents(state, progress)
-    sweep(topology, state, progress)
-    if labregistry.stop(state.get("prefix") or lab_prefix(topology)):
-        progress.step("lab registry stopped, its storage removed")
-    if topology.lab_hosts:
-        lab.Lab(state.get("prefix") or lab_prefix(topology)).teardown()
-        progress.step("lab namespaces removed")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(lab_state_path(topology))
+        stop_agents(state, progress)
+        sweep(topology, state, progress)
+        if labregistry.stop(state.get("prefix") or lab_prefix(topology)):
+            progress.step("lab registry stopped, its storage removed")
+        if topology.lab_hosts:
+            lab.Lab(state.get("prefix") or lab_prefix(topology)).teardown()
+            progress.step("lab namespaces removed")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lab_state_path(topology))
     stop_controller_if_idle(progress)
     progress.done(f"{topology.name}: removed")
 
@@ -814,14 +817,15 @@ def _ignore_missing(call: Callable[[], Any]) -> None:
 def delete_objects(client: Client, topology: Topology, progress: Progress) -> None:
     # Containers joined to another first: a donor cannot go while others use its namespace.
     deleted_at: dict[str, int] = {}  # host -> revision of its last deletion
-    # CNI attachments on the topology's hosts go with them (issue 17): a runtime's container
-    # cannot outlive its host's network, and the network cannot go while it has attachments.
+    # Every other container on the topology's hosts goes with them: those made by `sdnctl run`
+    # and the CNI attachments (issue 17). A container cannot outlive its host, and a network
+    # cannot go while it has containers: one left would stop `down` half-way.
     hosts = {h.name for h in topology.hosts}
-    attached = [Container(name=c.name, host=c.host, network=c.network)
-                for c in client.api.ListContainers(pb.ListRequest(), timeout=10).containers
-                if c.cni.netns and c.host in hosts]
-    for ctr in [*sorted(topology.containers, key=lambda c: (c.donor is None, c.name)),
-                *attached]:
+    named = {c.name for c in topology.containers}
+    others = [Container(name=c.name, host=c.host, network=c.network)
+              for c in client.api.ListContainers(pb.ListRequest(), timeout=10).containers
+              if c.host in hosts and c.name not in named]
+    for ctr in sorted([*topology.containers, *others], key=lambda c: (c.donor is None, c.name)):
         try:
             reply = client.api.DeleteContainer(pb.DeleteRequest(name=ctr.name), timeout=10)
         except grpc.RpcError as e:
@@ -839,7 +843,7 @@ def delete_objects(client: Client, topology: Topology, progress: Progress) -> No
     for host in topology.hosts:
         _ignore_missing(lambda host=host: client.api.DeleteHost(  # type: ignore[misc]
             pb.DeleteRequest(name=host.name), timeout=10))
-    progress.step(f"deleted {len(topology.containers)} container(s), "
+    progress.step(f"deleted {len(topology.containers) + len(others)} container(s), "
                   f"{len(topology.networks)} network(s), {len(topology.hosts)} host(s)")
 
 

@@ -12,10 +12,12 @@ from the registry, and every container runs; no replica has a blob of it.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,11 +51,21 @@ containers: []
 """
 
 
-def test_replicas_without_local_images_survive_a_kill_mid_pull(run_prefix: str) -> None:
+@pytest.fixture
+def base(run_prefix: str) -> Iterator[Path]:
+    """A short directory of our own (unix socket paths must stay short), removed after."""
+    path = Path(tempfile.mkdtemp(prefix=f"sdnctl-{run_prefix}-regrepl-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_replicas_without_local_images_survive_a_kill_mid_pull(run_prefix: str,
+                                                               base: Path) -> None:
     reason = etcd_missing()
     if reason:
         pytest.skip(reason)
-    base = Path(tempfile.mkdtemp(prefix=f"sdnctl-{run_prefix}-regrepl-"))
     topology = base / "regrepl.yaml"
     topology.write_text(TOPOLOGY)
     tls = make_etcd_tls(base / "tls")

@@ -124,3 +124,24 @@ def test_connect_and_disconnect(cli: Cli) -> None:
     cli.run("network", "connect", "front", "base")  # back as the topology has it, for `down`
     assert cli.json("inspect", "container", "base")["network"] == "front"
     cli.run("network", "rm", "side")
+
+
+def test_down_removes_what_was_run_beside_the_topology(tmp_path: Path, run_prefix: str) -> None:
+    """A container made by `sdnctl run` on a lab host goes with `down`: before, the network's
+    deletion was refused for it and `down` stopped half-way, leaving the lab's namespaces and
+    the container's sandbox mounts in the run directory behind."""
+    path = tmp_path / "verbs.yaml"
+    path.write_text(TOPOLOGY)
+    with lab_cli(run_prefix) as c:
+        c.run("up", str(path))
+        c.run("run", "--name", "beside", "--host", "h1", "--network", "front", "--",
+              "sleep", "infinity")
+        beside = c.container("beside")
+        assert beside["state"] == "running" and alive(beside["pid"])
+        with open("/proc/mounts") as f:  # positive control: its sandbox is mounted there
+            assert str(c.run_dir) in f.read()
+        c.run("down", str(path))
+        assert not alive(beside["pid"])
+        assert not [n for n in os.listdir("/run/netns") if n.startswith(run_prefix)]
+        with open("/proc/mounts") as f:
+            assert str(c.run_dir) not in f.read()
