@@ -33,6 +33,8 @@ _REPO = str(Path(__file__).resolve().parents[2])
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
+from helpers.cli import OPENED_LABS  # noqa: E402
+
 from agent.kernel import cgroups  # noqa: E402
 from agent.kernel.netns import (  # noqa: E402
     NETNS_RUN_DIR,
@@ -305,3 +307,30 @@ def _leak_check(request: pytest.FixtureRequest, run_prefix: str) -> Iterator[Non
         failures = _clean(before, after, run_prefix, tmp)
         pytest.fail("leaked by this test (run prefix "
                     f"{run_prefix!r}):\n  " + "\n  ".join(leaks + failures), pytrace=False)
+
+
+#: Matches no command line: the module check attributes by prefix after the fact, not by name.
+_NO_NAME = "\0no-such-prefix"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_leak_check() -> Iterator[None]:
+    """A lab that a module-scoped fixture shares is built before the first test's check and
+    taken down after the last one's: what its teardown leaves is checked here, once the
+    module is done, by the prefix and run directory of every ``lab_cli`` the module opened."""
+    opened = len(OPENED_LABS)
+    before = _snapshot(_NO_NAME)
+    yield
+    labs = OPENED_LABS[opened:]
+    if not labs:
+        return
+    after = _snapshot(_NO_NAME)
+    leaks, failures = [], []
+    for prefix, run_dir in labs:
+        found = _find_leaks(before, after, prefix, str(run_dir))
+        if found:
+            leaks += found
+            failures += _clean(before, after, prefix, str(run_dir))
+    if leaks:
+        pytest.fail("leaked by this module's labs:\n  " + "\n  ".join(leaks + failures),
+                    pytrace=False)

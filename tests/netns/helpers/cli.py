@@ -24,6 +24,9 @@ from sdnctl.topology import topology
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted(str(p) for p in (REPO / "topology-examples").glob("*.yaml"))
+#: (prefix, run directory) of every ``lab_cli`` opened in this process, in order: the module
+#: leak check (conftest.py) looks for what the labs of module-scoped fixtures left.
+OPENED_LABS: list[tuple[str, Path]] = []
 
 
 @dataclass
@@ -148,6 +151,7 @@ def lab_cli(prefix: str) -> Iterator[Cli]:
     may garbage-collect while this one still runs).
     """
     run_dir = Path(tempfile.mkdtemp(prefix=f"sdnctl-{prefix}-"))
+    OPENED_LABS.append((prefix, run_dir))
     env = dict(os.environ, SDNCTL_RUN_DIR=str(run_dir), SDNCTL_STATE_DIR=str(run_dir / "state"),
                SDNCTL_LAB_PREFIX=prefix, PYTHONPATH=str(REPO))
     env.pop("SDNCTL_CONTROLLER", None)
