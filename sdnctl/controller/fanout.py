@@ -167,6 +167,16 @@ class Hub:
                 return max(reported, self.revision)
             return reported
 
+    def settled(self) -> bool:
+        """Whether the hub has read the whole change log and every stream has looked at every
+        batch that concerns its host (for benchmarks and tests: the fan-out is over)."""
+        with self._lock:
+            if self.revision < self.state.store.revision():
+                return False
+            return all(sub.checked >= max(self.last_everyone, self.started_at,
+                                          self.last_content.get(sub.host, 0))
+                       and not sub.changes for sub in self._subs.values())
+
     # -- the reader -------------------------------------------------------------------------
 
     def _run(self) -> None:

@@ -88,6 +88,8 @@ DEFAULT_BRIDGE = "bridge"
 log = logging.getLogger(__name__)
 
 Ops = list[Put | Delete]
+#: A network as every host sees it: spec, name table, (overlay) leases and their hosts.
+_SharedView = tuple[Network, "tuple[DnsName, ...]", list[Lease], dict[str, Host]]
 
 
 
@@ -186,6 +188,7 @@ class State:
         self.store = store
         self.timers = timers
         self.clock = clock
+        self._shared_views: dict[str, tuple[int, _SharedView]] = {}  # see _network_view
 
     def now(self) -> int:
         return int(self.clock())
@@ -705,27 +708,43 @@ class State:
         return Snapshot(revision, networks, containers)
 
     def host_network(self, network: str, host: str) -> HostNetwork | None:
-        net_kv = self.store.get(network_key(network))
         lease = ipam.get_lease(self.store, network, host)
-        if net_kv is None or lease is None:
+        shared = self._network_view(network) if lease is not None else None
+        if lease is None or shared is None:
+            return None
+        spec, names, leases, hosts = shared
+        if not spans_hosts(spec.driver):
+            return HostNetwork(spec, lease, names=names)
+        return HostNetwork(spec, lease, overlay_peers(spec, host, leases, hosts), names)
+
+    def _network_view(self, network: str) -> _SharedView | None:
+        """What every host's view of ``network`` shares (spec, name table, and for an overlay
+        its leases and their hosts), read once per store revision: the N streams one write
+        wakes build it once, not N times (issue 21). Read after the revision it is kept
+        under, so it is never older than that revision."""
+        revision = self.store.revision()
+        cached = self._shared_views.get(network)
+        if cached is not None and cached[0] == revision:
+            return cached[1]
+        net_kv = self.store.get(network_key(network))
+        if net_kv is None:
             return None
         spec = from_json(Network, net_kv.value)
         allocations = ipam.list_allocations(self.store, network)
-        containers = {}
-        for alloc in allocations:
-            kv = self.store.get(container_key(alloc.container))
-            if kv is not None:
-                containers[alloc.container] = from_json(Container, kv.value)
+        found = get_many(self.store, [container_key(a.container) for a in allocations])
+        containers = {a.container: from_json(Container, kv.value)
+                      for a, kv in zip(allocations, found, strict=True) if kv is not None}
         names = dns_names(network, allocations, containers)
-        if not spans_hosts(spec.driver):
-            return HostNetwork(spec, lease, names=names)
-        leases = ipam.list_leases(self.store, network=network)
-        hosts = {}
-        for other in leases:
-            kv = self.store.get(host_key(other.host))
-            if kv is not None:
-                hosts[other.host] = from_json(Host, kv.value)
-        return HostNetwork(spec, lease, overlay_peers(spec, host, leases, hosts), names)
+        leases: list[Lease] = []
+        hosts: dict[str, Host] = {}
+        if spans_hosts(spec.driver):
+            leases = ipam.list_leases(self.store, network=network)
+            got = get_many(self.store, [host_key(lease.host) for lease in leases])
+            hosts = {lease.host: from_json(Host, kv.value)
+                     for lease, kv in zip(leases, got, strict=True) if kv is not None}
+        view = (spec, names, leases, hosts)
+        self._shared_views[network] = (revision, view)
+        return view
 
     def names_of(self, network: str, containers: Iterable[str]) -> tuple[DnsName, ...]:
         """The entries of ``containers`` in ``network``'s name table, as they are now: none for a
