@@ -194,7 +194,8 @@ class Hub:
                 if not self._keep and not self._subs:
                     return  # (the lock is retaken to clear _thread: a new subscriber waits)
             try:
-                if store.wait(self.revision, timeout=POLL) <= self.revision:
+                current = store.wait(self.revision, timeout=POLL)
+                if current <= self.revision:
                     continue
                 try:
                     changes = store.changes_since(self.revision)
@@ -203,6 +204,9 @@ class Hub:
                     continue
                 if changes:
                     self.dispatch(changes)
+                else:  # a revision without changes (etcd's own): nothing to wait for again
+                    with self._lock:
+                        self.revision = max(self.revision, current)
             except Exception as e:  # a closed store ends the hub; its streams resync
                 if not self._stop.is_set():
                     log.info("watch hub stopped: reading the change log failed: %s", e)

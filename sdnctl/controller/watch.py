@@ -227,16 +227,17 @@ def _host_events(state: State, hub: fanout.Hub, sub: fanout.Subscription, since_
         # skip everything written up to it, so start over with a snapshot.
         if since_revision > store.revision():
             revision = 0
-    sent_policies = b""  # the policy set last sent, serialized: send only a different one
+    sent_policies: tuple[object, ...] = ()  # the policy set last sent: send only a different one
 
     def policy_update(force: bool) -> pb.PolicySet | None:
         nonlocal sent_policies
-        msg = policy_set_pb(policies.policy_set(store))
-        wire = msg.SerializeToString(deterministic=True)
-        if wire == sent_policies and not force:
+        pset = policies.policy_set(store)
+        # Compared as data, not as a message built and serialized by each of N streams.
+        now = (pset.policies, pset.endpoints, pset.network_cidrs)
+        if now == sent_policies and not force:
             return None
-        sent_policies = wire
-        return msg
+        sent_policies = now
+        return policy_set_pb(pset)
 
     def delta(changes: list[Change]) -> pb.WatchEvent | None:
         """The event for ``changes``, None when nothing in them is this host's after all."""

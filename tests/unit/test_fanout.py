@@ -114,3 +114,21 @@ def test_which_hosts_a_change_concerns(tmp_path: Path) -> None:
             Network("back", subnet="10.2.0.0/16", internal=True))) == {"c"}
     finally:
         store.close()
+
+
+def test_a_hub_behind_a_compaction_sends_every_stream_a_snapshot(
+        tmp_path: Path, start_server: StartServer) -> None:
+    store = SqliteStore(tmp_path / "db", history=1)  # every write compacts what came before
+    try:
+        server = start_server(store, progress_interval=3600)
+        with connect(server, store) as api:
+            api.host("ha")
+            api.network("front")
+            with watch(api, "ha") as a:
+                assert a.next().snapshot
+                api.container("c1", host="ha")
+                event = a.next()
+                assert event.snapshot, event
+                assert [c.name for c in event.containers] == ["c1"]
+    finally:
+        store.close()
