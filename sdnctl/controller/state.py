@@ -119,6 +119,8 @@ class Peer:
     underlay_ip: str
     vtep_mac: str
     vtep_ip: str  # the network address of its lease, held by its VXLAN device
+    subnet6: str = ""  # dual-stack: its IPv6 lease, and that lease's network address
+    vtep_ip6: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,8 @@ def overlay_peers(network: Network, host: str, leases: Iterable[Lease],
                 or not other.underlay_ip or not other.vtep_mac):
             continue
         peers.append(Peer(lease.host, lease.subnet, other.underlay_ip, other.vtep_mac,
-                          str(IPNetwork(lease.subnet).network)))
+                          str(IPNetwork(lease.subnet).network), lease.subnet6,
+                          str(IPNetwork(lease.subnet6).network) if lease.subnet6 else ""))
     return tuple(sorted(peers, key=lambda p: p.host))
 
 
@@ -315,11 +318,18 @@ class State:
         """A new network's subnet overlaps no other network's and holds no host's underlay
         address (the host would route its own underlay into the bridge)."""
         subnet = IPNetwork(network.subnet)
-        for other, _ in self.list_networks()[0]:
-            theirs = IPNetwork(other.subnet)
-            if subnet.first <= theirs.last and theirs.first <= subnet.last:
-                raise Invalid("network.subnet", f"{subnet} overlaps {theirs} of network "
-                              f"{other.name!r}")
+        others = [other for other, _ in self.list_networks()[0]]
+        for field in ("subnet", "subnet6"):  # each family against its own (issue 20)
+            if not getattr(network, field):
+                continue
+            mine = IPNetwork(getattr(network, field))
+            for other in others:
+                if not getattr(other, field):
+                    continue
+                theirs = IPNetwork(getattr(other, field))
+                if mine.first <= theirs.last and theirs.first <= mine.last:
+                    raise Invalid(f"network.{field}", f"{mine} overlaps {theirs} of network "
+                                  f"{other.name!r}")
         for view in self.list_hosts()[0]:
             if view.host.underlay_ip and IPAddress(view.host.underlay_ip) in subnet:
                 raise Invalid("network.subnet", f"{subnet} holds {view.host.underlay_ip}, the "
