@@ -125,7 +125,10 @@ def owner_key(network: str, container: str, interface: str) -> str:
 
 def octet_prefix(subnet: IPNetwork) -> str:
     """The dotted-decimal text every address of ``subnet`` starts with ("10.1.2." for a /24):
-    reading the address guards under it reads one lease's addresses, not the network's."""
+    reading the address guards under it reads one lease's addresses, not the network's. IPv6
+    text has no such prefix ("fd00:88::5" and "fd00:88:0:1::5"): "", the network's guards."""
+    if subnet.version == 6:
+        return ""
     whole = min(subnet.prefixlen // 8, 3)
     return "".join(f"{octet}." for octet in subnet.network.words[:whole])
 

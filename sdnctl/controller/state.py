@@ -903,7 +903,7 @@ class State:
             _, addr_cmp, addr_ops = ipam.plan_address(
                 self.store, network, lease, container.name, container.interface,
                 container.fixed_ip, releasing=releasing, field="container.fixed_ip", now=now,
-                new_lease=bool(lease_ops))
+                new_lease=bool(lease_ops), fixed_ip6=container.fixed_ip6)
             compares += [Compare(net_kv.key, net_kv.mod_revision), *lease_cmp, *addr_cmp]
             return compares, [*lease_ops, *ipam.merge_ops(release, addr_ops)]
         if container.donor is not None:
@@ -967,7 +967,8 @@ def _address_moves(current: Allocation | None, container: Container) -> bool:
         return False
     return (container.bridge_network != current.network
             or container.interface != current.interface
-            or (bool(container.fixed_ip) and container.fixed_ip != current.address))
+            or (bool(container.fixed_ip) and container.fixed_ip != current.address)
+            or (bool(container.fixed_ip6) and container.fixed_ip6 != current.address6))
 
 
 def _check_host_ports(container: Container, others: Iterable[Container]) -> None:

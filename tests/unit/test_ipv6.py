@@ -4,18 +4,23 @@ that never enumerates a /64, and the address in each family reaching the API's J
 
 from __future__ import annotations
 
-import time
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from apitest import TIMEOUT, Api, connect, details, rpc_error, unchanged
+from netaddr import IPAddress
 
 from sdnctl.api.model import Container, Invalid, Network
 from sdnctl.api.validate import validate_container, validate_network
 from sdnctl.cli.output import container_json
-from sdnctl.controller import ipam
-from sdnctl.controller.server import RunningServer
+from sdnctl.controller import ipam, ipam_report
+from sdnctl.controller.errors import AlreadyExists, FailedPrecondition
+from sdnctl.controller.server import create_server
+from sdnctl.controller.store.base import Put
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.topology.topology import TopologyError, parse
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -91,3 +96,161 @@ def test_topology_reads_subnet6_and_ip6() -> None:
                  "  - {name: c, host: h1, network: a, ip6: 'fd00:88::9'}\n", "x.yaml")
     assert (topo.networks[0].subnet6, topo.networks[0].host_prefix6) == ("fd00:88::/48", 80)
     assert topo.containers[0].fixed_ip6 == "fd00:88::9"
+
+
+# -- IPAM ----------------------------------------------------------------------------------------
+
+DUAL = Network("front", "10.88.0.0/16", subnet6="fd00:88::/48")
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts point reads: what an allocation costs, without a clock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    def get(self, key: str) -> Any:
+        self.gets += 1
+        return super().get(key)
+
+
+def test_pick_subnet6_skips_taken_spans_of_its_family_only() -> None:
+    taken = {"fd00:88::/64", "fd00:88:0:2::/63", "fd00:88:0:1::/64", "10.88.0.0/24"}
+    assert ipam.pick_subnet("fd00:88::/48", 64, taken) == "fd00:88:0:4::/64"
+    assert ipam.pick_subnet("fd00:88::/48", 64, {"fd00:88::/48"}) is None
+    assert ipam.gateway_of("fd00:88:0:3::/64") == "fd00:88:0:3::1"
+
+
+def test_a_dual_stack_lease_and_allocation_share_one_transaction() -> None:
+    store = MemoryStore()
+    lease = ipam.ensure_lease(store, DUAL, "h1")
+    assert (lease.subnet, lease.gateway) == ("10.88.0.0/24", "10.88.0.1")
+    assert (lease.subnet6, lease.gateway6) == ("fd00:88::/64", "fd00:88::1")
+    second = ipam.ensure_lease(store, DUAL, "h2")
+    assert second.subnet6 == "fd00:88:0:1::/64"
+    a = ipam.allocate_address(store, DUAL, lease, "a", "eth0")
+    b = ipam.allocate_address(store, DUAL, lease, "b", "eth0", fixed_ip6="fd00:88::beef")
+    c = ipam.allocate_address(store, DUAL, lease, "c", "eth0")
+    assert (a.address, a.address6, a.prefixlen6) == ("10.88.0.2", "fd00:88::2", 64)
+    assert b.address6 == "fd00:88::beef"
+    assert c.address6 == "fd00:88::3"
+    guard_kinds = (ipam_report.DUPLICATE_GUARD, ipam_report.STRAY_GUARD,
+                   ipam_report.MISSING_GUARD)  # (no hosts or containers in this store)
+    assert [p for p in ipam_report.check(store) if p.kind in guard_kinds] == []
+    with pytest.raises(AlreadyExists):
+        ipam.allocate_address(store, DUAL, lease, "d", "eth0", fixed_ip6="fd00:88::beef")
+    for bad in ("fd00:99::5", "fd00:88::1", "fd00:88::"):  # outside, gateway, anycast
+        with pytest.raises(Invalid) as info:
+            ipam.allocate_address(store, DUAL, lease, "d", "eth0", fixed_ip6=bad)
+        assert info.value.field == "fixed_ip6", info.value
+
+
+def test_a_freed_ipv6_address_is_quarantined_and_its_lease_released_whole() -> None:
+    store = MemoryStore()
+    lease = ipam.ensure_lease(store, DUAL, "h1")
+    ipam.allocate_address(store, DUAL, lease, "a", "eth0")
+    freed = ipam.release_address(store, DUAL, "a", "eth0")
+    assert freed is not None and freed.address6 == "fd00:88::2"
+    b = ipam.allocate_address(store, DUAL, lease, "b", "eth0")
+    assert b.address6 == "fd00:88::3"  # fd00:88::2 is quarantined for "a"
+    with pytest.raises(FailedPrecondition):
+        ipam.allocate_address(store, DUAL, lease, "c", "eth0", fixed_ip6="fd00:88::2")
+    again = ipam.allocate_address(store, DUAL, lease, "a", "eth0", fixed_ip6="fd00:88::2")
+    assert again.address6 == "fd00:88::2"  # its own container may take it back
+    history = [e for e in ipam.list_history(store) if e.kind in ("allocate", "free")]
+    assert "fd00:88::2" in {e.address for e in history}
+    ipam.release_address(store, DUAL, "a", "eth0")
+    ipam.release_address(store, DUAL, "b", "eth0")
+    store.txn([], ipam.lease_release_ops(lease, quarantine=60))
+    left = {kv.key for kv in store.range("/ipam/front/")[0]}
+    assert not any(k.startswith(("/ipam/front/subnet/", "/ipam/front/addr/",
+                                 "/ipam/front/used/")) for k in left), left
+    assert "/ipam/front/quarantine/fd00:88::_64" in left
+    # the host comes back: it gets both of its previous subnets
+    assert ipam.ensure_lease(store, DUAL, "h1").subnet6 == "fd00:88::/64"
+
+
+def test_a_slash_64_is_never_enumerated() -> None:
+    """The index says the lowest 2^40 addresses of the /64 are used (a walk would never end):
+    the next allocation skips the span in one step, and each allocation costs the same few
+    store reads at 1 container as at 100."""
+    store = CountingStore()
+    lease = ipam.ensure_lease(store, DUAL, "h1")
+    ipam.allocate_address(store, DUAL, lease, "first", "eth0")
+    reads = []
+    for i in range(100):
+        before = store.gets
+        ipam.allocate_address(store, DUAL, lease, f"c{i}", "eth0")
+        reads.append(store.gets - before)
+    assert max(reads) == min(reads), reads
+    index = store.get("/ipam/front/used/fd00:88::_64")
+    assert index is not None and len(json.loads(index.value)) == 1  # one range: ::2-::66
+    low = int(IPAddress("fd00:88::2"))
+    store.txn([], [Put("/ipam/front/used/fd00:88::_64",
+                       json.dumps([[low, low + 2**40]]).encode())])
+    far = ipam.allocate_address(store, DUAL, lease, "far", "eth0")
+    assert IPAddress(far.address6) == IPAddress(low + 2**40 + 1, 6)
+    fixed = ipam.allocate_address(store, DUAL, lease, "top", "eth0",
+                                  fixed_ip6="fd00:88::ffff:ffff:ffff:ffff")
+    assert fixed.address6 == "fd00:88::ffff:ffff:ffff:ffff"
+
+
+# -- through the API -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mem_api(tmp_path: Path) -> Iterator[Api]:
+    """One server on the memory store (the stores are tested for every kind elsewhere)."""
+    store = MemoryStore()
+    server = create_server("unix:" + str(tmp_path / "c.sock"), store)
+    try:
+        with connect(server, store) as api:
+            api.host("h1")
+            yield api
+    finally:
+        server.stop(grace=0)
+
+
+def test_the_api_gives_a_container_an_address_in_each_family(mem_api: Api) -> None:
+    api = mem_api
+    made = api.network("front", subnet6="fd00:88::/48")
+    assert (made.subnet6, made.host_prefix6) == ("fd00:88::/48", 64)
+    api.container("a")
+    api.container("b", fixed_ip6="fd00:88::b")
+    a, b = api.get_container("a"), api.get_container("b")
+    shown = container_json(a)
+    assert (shown["ip"], shown["prefixlen"], shown["gateway"]) == ("10.88.0.2", 24, "10.88.0.1")
+    assert (shown["ip6"], shown["prefixlen6"], shown["gateway6"]) == ("fd00:88::2", 64,
+                                                                       "fd00:88::1")
+    assert b.ip6 == "fd00:88::b"
+    report = api.ctl.GetIpam(pb.GetIpamRequest(network="front"), timeout=TIMEOUT)
+    assert [(x.subnet6, x.gateway6) for x in report.leases] == [("fd00:88::/64", "fd00:88::1")]
+    assert {x.address6 for x in report.allocations} == {"fd00:88::2", "fd00:88::b"}
+    check = api.ctl.CheckIpam(pb.GetIpamRequest(), timeout=TIMEOUT)
+    assert list(check.problems) == []
+    api.delete("Container", "a")
+    assert list(api.ctl.CheckIpam(pb.GetIpamRequest(), timeout=TIMEOUT).problems) == []
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda api: api.network("bad", "10.90.0.0/16", subnet6="fe80::/64"), "network.subnet6"),
+        (lambda api: api.network("dup", "10.90.0.0/16", subnet6="fd00:88:0:5::/64"),
+         "network.subnet6"),
+        (lambda api: api.network("big", "10.90.0.0/16", subnet6="fd00:90::/48",
+                                 host_prefix6=127), "network.host_prefix6"),
+        (lambda api: api.container("c", fixed_ip6="fd00:99::1"), "container.fixed_ip6"),
+        (lambda api: api.container("c", network="v4only", fixed_ip6="fd00:88::7"),
+         "container.fixed_ip6"),
+    ],
+    ids=["link-local", "overlap", "host-prefix6", "outside", "no-subnet6"],
+)
+def test_bad_ipv6_input_is_invalid_argument_naming_the_field(
+        mem_api: Api, call: Callable[[Api], object], field: str) -> None:
+    mem_api.network("front", subnet6="fd00:88::/48")
+    mem_api.network("v4only", "10.89.0.0/16")
+    with unchanged(mem_api.store):
+        e = rpc_error(lambda: call(mem_api), grpc.StatusCode.INVALID_ARGUMENT)
+    assert details(e).startswith(field + ":"), details(e)
