@@ -494,8 +494,8 @@ def check_attachment(ctr: DesiredContainer, path: str, prev: object) -> list[str
     if have is None:
         return [f"interface {ctr.interface!r} is missing"]
     problems = []
-    if have.addresses != (ctr.address_cidr,):
-        problems.append(f"addresses {list(have.addresses)}, expected [{ctr.address_cidr}]")
+    if have.addresses != ctr.address_cidrs:
+        problems.append(f"addresses {list(have.addresses)}, expected {list(ctr.address_cidrs)}")
     if have.gateway != ctr.gateway:
         problems.append(f"default route via {have.gateway}, expected via {ctr.gateway}")
     if have.mac != container_mac(ctr.ip):

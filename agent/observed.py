@@ -19,7 +19,7 @@ class ObservedLink:
     master: str | None
     mtu: int
     up: bool
-    addresses: tuple[str, ...]  # IPv4, 'a.b.c.d/len', sorted
+    addresses: tuple[str, ...]  # IPv4 and global IPv6, 'address/len', sorted
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,10 @@ class ObservedContainerNet:
     index: int
     up: bool
     mtu: int
-    addresses: tuple[str, ...]  # IPv4, 'a.b.c.d/len', sorted
+    addresses: tuple[str, ...]  # IPv4 and global IPv6, 'address/len', sorted
     gateway: str | None  # of the main table's IPv4 default route
     mac: str | None = None  # the interface's MAC address
+    gateway6: str | None = None  # of the main table's IPv6 default route
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,13 @@ class SetPeers:
     peers: tuple[DesiredPeer, ...]
 
 
+def _ip6_forward(desired: DesiredState) -> bool:
+    """IPv6 forwarding in this namespace, read only when a network of it is dual-stack."""
+    if not any(net.subnet6 for net in desired.networks.values()):
+        return False
+    return sysctl.read_sysctl("net.ipv6.conf.all.forwarding") == "1"
+
+
 def group_peers(actions: Iterable[p.Action]) -> list[p.Action | SetPeers]:
     """``actions`` with each run of consecutive ``SetPeer`` of one device as one ``SetPeers``
     (pure; the order of everything else is kept)."""
@@ -114,6 +121,7 @@ class Reconciler:
         peers = self._observe_peers(vxlans, full)
         return p.Observed(links=owned, containers=containers, firewall=firewall_state(),
                           ip_forward=sysctl.read_sysctl("net.ipv4.ip_forward") == "1",
+                          ip6_forward=_ip6_forward(desired),
                           vxlans=vxlans, peers=peers)
 
     def _observe_peers(self, vxlans: dict[str, ObservedVxlan],
@@ -198,8 +206,10 @@ class Reconciler:
 
     def apply(self, action: p.Action | SetPeers) -> None:
         match action:
-            case p.EnableForwarding():
+            case p.EnableForwarding(ipv6):
                 sysctl.ensure_ip_forward(True)
+                if ipv6:  # the host's namespace routes its networks' IPv6 too (issue 20)
+                    sysctl.ensure_sysctl("net.ipv6.conf.all.forwarding", "1")
             case p.SyncFirewall(spec):
                 if spec.networks:
                     self.firewall.apply(spec)
@@ -207,7 +217,7 @@ class Reconciler:
                     self.firewall.remove()
             case p.EnsureBridge(net):
                 self.links.ensure_bridge(bridge_name(net.name), bridge_alias(net.name),
-                                         net.gateway_cidr, net.mtu)
+                                         net.gateway_cidr, net.mtu, net.gateway6_cidr)
             case p.RemoveLink(ifname):
                 self.links.remove_link(ifname)
             case p.SetupContainer():

@@ -48,17 +48,21 @@ class FakeLinks:
     def observe_containers(self, peers: dict[str, str]) -> dict[str, ObservedContainerNet | None]:
         return {path: self.containers.get(path) for path in peers}
 
-    def ensure_bridge(self, name: str, alias: str, gateway_cidr: str, mtu: int) -> int:
+    def ensure_bridge(self, name: str, alias: str, gateway_cidr: str, mtu: int,
+                      gateway6_cidr: str = "") -> int:
+        addresses = tuple(sorted(filter(None, (gateway_cidr, gateway6_cidr))))
         return self._add(ObservedLink(name, self._index(name), "bridge", alias, None, mtu, True,
-                                      (gateway_cidr,)))
+                                      addresses))
 
     def ensure_veth(self, host_ifname: str, alias: str, bridge: str, mtu: int, netns_path: str,
                     peer_ifname: str, address_cidr: str, gateway: str,
-                    mac: str | None = None) -> int:
+                    mac: str | None = None, address6_cidr: str = "", gateway6: str = "") -> int:
         index = self._add(ObservedLink(host_ifname, self._index(host_ifname), "veth", alias,
                                        bridge, mtu, True, ()))
-        self.containers[netns_path] = ObservedContainerNet(peer_ifname, 2, True, mtu,
-                                                           (address_cidr,), gateway or None, mac)
+        addresses = tuple(sorted(filter(None, (address_cidr, address6_cidr))))
+        self.containers[netns_path] = ObservedContainerNet(peer_ifname, 2, True, mtu, addresses,
+                                                           gateway or None, mac,
+                                                           gateway6 or None)
         return index
 
     def repair_host_side(self, host_ifname: str, alias: str, bridge: str, mtu: int) -> bool:

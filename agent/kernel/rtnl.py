@@ -169,6 +169,10 @@ def _ipv4(value: memoryview | None) -> str | None:
     return socket.inet_ntop(socket.AF_INET, value) if value is not None else None
 
 
+def _ip(family: int, value: memoryview | None) -> str | None:
+    return socket.inet_ntop(family, value) if value is not None else None
+
+
 def _u32(value: memoryview | None) -> int | None:
     return U32.unpack(value)[0] if value is not None else None
 
@@ -198,13 +202,29 @@ def parse_ipv4_address(payload: memoryview) -> tuple[int, str] | None:
     return (index, f"{address}/{prefixlen}") if address is not None else None
 
 
+def parse_global_address(payload: memoryview) -> tuple[int, str] | None:
+    """(interface index, 'address/len') of an IPv4 or global-scope IPv6 RTM_NEWADDR (dual-stack,
+    issue 20: the kernel's own link-local fe80:: addresses are not ours to compare)."""
+    family, prefixlen, _flags, scope, index = IFADDRMSG.unpack_from(payload)
+    if family not in (socket.AF_INET, socket.AF_INET6) or (
+            family == socket.AF_INET6 and scope != RT_SCOPE_UNIVERSE):
+        return None
+    address = _ip(family, attributes(payload, IFADDRMSG.size).get(IFA_ADDRESS))
+    return (index, f"{address}/{prefixlen}") if address is not None else None
+
+
 def parse_ipv4_route(payload: memoryview) -> Route | None:
-    family, dst_len, _src, _tos, table, proto, _scope, _type, _flags = RTMSG.unpack_from(payload)
-    if family != socket.AF_INET:
+    return parse_route(payload, socket.AF_INET)
+
+
+def parse_route(payload: memoryview, family: int) -> Route | None:
+    """A route of ``family`` (AF_INET or AF_INET6), None for another family."""
+    got, dst_len, _src, _tos, table, proto, _scope, _type, _flags = RTMSG.unpack_from(payload)
+    if got != family:
         return None
     attrs = attributes(payload, RTMSG.size)
     return Route(dst_len=dst_len, table=_u32(attrs.get(RTA_TABLE)) or table, proto=proto,
-                 gateway=_ipv4(attrs.get(RTA_GATEWAY)), oif=_u32(attrs.get(RTA_OIF)))
+                 gateway=_ip(family, attrs.get(RTA_GATEWAY)), oif=_u32(attrs.get(RTA_OIF)))
 
 
 class Reader:
@@ -305,8 +325,18 @@ class Reader:
         return [found for payload in self._request(RTM_GETADDR, NLM_F_DUMP, body)
                 if (found := parse_ipv4_address(payload)) is not None]
 
+    def global_addresses(self) -> list[tuple[int, str]]:
+        """(interface index, 'address/len') of every IPv4 and global IPv6 address: one dump."""
+        body = IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        return [found for payload in self._request(RTM_GETADDR, NLM_F_DUMP, body)
+                if (found := parse_global_address(payload)) is not None]
+
     def ipv4_routes(self) -> list[Route]:
         """Every IPv4 route of every table."""
-        body = RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
+        return self.routes(socket.AF_INET)
+
+    def routes(self, family: int) -> list[Route]:
+        """Every route of ``family`` (AF_INET, AF_INET6) of every table."""
+        body = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
         return [found for payload in self._request(RTM_GETROUTE, NLM_F_DUMP, body)
-                if (found := parse_ipv4_route(payload)) is not None]
+                if (found := parse_route(payload, family)) is not None]
