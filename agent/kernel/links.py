@@ -7,10 +7,10 @@ sha1("container/interface") for the host side of a veth.
 
 Dual-stack (issue 20): a bridge holds its IPv6 gateway and a container its IPv6 address beside
 the IPv4 ones, added with ``nodad`` (no tentative state: a container binds its address at once),
-with a default route in each family. Router advertisements are never taken: our bridges get
-``accept_ra=0``/``autoconf=0`` (sysctls of the agent's own namespace, for our devices only) and
-a container's namespace gets them as defaults when it is made (``netns.create_sandbox``), so its
-veth peer is born with them.
+with a default route in each family. Router advertisements are never taken: our bridges have
+``accept_ra=0`` (the firewall's bridge sysctls, ``agent/kernel/firewall.py``) and a container's
+namespace gets it (with ``autoconf``, ``accept_dad`` and ``accept_redirects`` 0) as defaults
+when it is made (``netns.create_sandbox``), so its veth peer is born with them.
 
 Veth peers are born inside the container namespace (``net_ns_fd`` in the peer attributes); no
 device is ever moved between namespaces (10-40 ms each, LAB-NOTES).
@@ -27,7 +27,7 @@ from netaddr import IPNetwork
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.kernel import rtnl, sysctl
+from agent.kernel import rtnl
 from agent.kernel.errors import KernelError
 from agent.kernel.linkbase import (
     IFF_UP,
@@ -167,7 +167,7 @@ class Links(VxlanLinks, LinkBase):
     def ensure_bridge(self, name: str, alias: str, gateway_cidr: str, mtu: int,
                       gateway6_cidr: str = "") -> int:
         """A bridge with our alias, this MTU, exactly the gateway address (and IPv6 gateway),
-        up, taking no router advertisements. Returns its index."""
+        up. Returns its index."""
         self._check_thread()
         ipr = self._host
         try:
@@ -178,7 +178,6 @@ class Links(VxlanLinks, LinkBase):
             link = self._create(ipr, name, "bridge", alias, mtu=mtu, state="up")
         else:
             self._verify_ours(link, name, "bridge", alias)
-        no_ra(name)
         self._fix_link(ipr, link, f"bridge {name!r}", mtu=mtu, state="up", ifalias=alias)
         self._ensure_addresses(ipr, link["index"], gateway_cidr, f"bridge {name!r}",
                                gateway6_cidr)
@@ -361,19 +360,6 @@ class Links(VxlanLinks, LinkBase):
                       proto=RTPROT_SDNCTL, table=MAIN_TABLE)
         except NetlinkError as e:
             raise KernelError(f"could not set default route via {gateway} for {what}") from e
-
-
-#: Per-device IPv6 settings of our bridges: no router advertisements, no SLAAC, no DAD.
-NO_RA = (("accept_ra", "0"), ("autoconf", "0"), ("accept_dad", "0"))
-
-
-def no_ra(device: str) -> None:
-    """Our device ``device`` (in the agent's own namespace) takes no router advertisements and
-    makes no SLAAC address. Nothing when the kernel has no IPv6."""
-    if not os.path.isdir(sysctl.sysctl_path("net.ipv6.conf")):
-        return
-    for key, value in NO_RA:
-        sysctl.ensure_sysctl(f"net.ipv6.conf.{device}.{key}", value)
 
 
 # The observed types live in agent/observed.py (pure); these names stay reachable from here.
