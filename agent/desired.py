@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 from agent.netpolicy import PolicyInput
+from agent.observed import PeerEntries
 from sdnctl.api import convert
 from sdnctl.api.fields import parse_port
 from sdnctl.api.model import (
@@ -49,6 +50,11 @@ class DesiredPeer:
     vtep_ip: str
     subnet6: str = ""  # dual-stack (issue 20): its IPv6 lease, and that lease's first address
     vtep_ip6: str = ""
+
+    def entries(self) -> PeerEntries:
+        """What the kernel keeps for this peer (route and neighbour per family, one FDB)."""
+        return PeerEntries(self.subnet, self.vtep_ip, self.vtep_mac, self.underlay_ip,
+                           self.subnet6, self.vtep_ip6)
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,15 @@ class DesiredNetwork:
     def vtep_cidr(self) -> str:
         """The address of this host's VXLAN device: its lease's network address (flannel)."""
         return f"{self.subnet.split('/')[0]}/32"
+
+    @property
+    def vtep6_cidr(self) -> str:
+        """Its IPv6 address on a dual-stack overlay: the IPv6 lease's network address."""
+        return f"{self.subnet6.split('/')[0]}/128" if self.subnet6 else ""
+
+    @property
+    def vtep_cidrs(self) -> tuple[str, ...]:
+        return tuple(sorted(filter(None, (self.vtep_cidr, self.vtep6_cidr))))
 
 
 @dataclass(frozen=True)

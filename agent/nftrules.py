@@ -81,7 +81,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from agent.names import VETH_PREFIX
+from agent.names import VETH_PREFIX, link_local
 
 TABLE_FAMILY = "inet"  # the main table; BRIDGE_FAMILY holds the anti-spoofing one
 BRIDGE_FAMILY = "bridge"
@@ -431,7 +431,7 @@ def _one_guard(g: PortGuard) -> list[_Rule]:
     container sends only from its own addresses (its IPv6 one, if any, and the link-local one
     the kernel derives from its MAC) and advertises itself as neighbour for those only."""
     port, mac, ip = f"iifname {_ifname(g.veth)}", _mac(g.mac), _ipv4(g.ip)
-    own6 = sorted({_link_local(mac), *([_ipv6(g.ip6)] if g.ip6 else [])})
+    own6 = sorted({link_local(mac), *([_ipv6(g.ip6)] if g.ip6 else [])})
     # Each a chain of "!=" rather than an anonymous set: a delta may make anonymous sets of
     # one key type per table only (see the delta's note), and this table has ether types.
     sources = " ".join(f"ip6 saddr != {a}" for a in own6)
@@ -449,13 +449,6 @@ def _one_guard(g: PortGuard) -> list[_Rule]:
                 # header's first 8 (nft 1.0.6 has no name for it)
                 (f"icmpv6 type nd-neighbor-advert {targets}", "na"),
             )]
-
-
-def _link_local(mac: str) -> str:
-    """The link-local address the kernel gives an interface with ``mac`` (EUI-64)."""
-    octets = [int(b, 16) for b in mac.split(":")]
-    eui = bytes([octets[0] ^ 0x02, *octets[1:3], 0xFF, 0xFE, *octets[3:]])
-    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + eui))
 
 
 def _ipv6(text: str) -> str:

@@ -52,6 +52,18 @@ class PeerEntries:
     vtep_ip: str
     vtep_mac: str
     underlay_ip: str
+    subnet6: str = ""  # dual-stack (issue 20): the peer's IPv6 lease, via its IPv6 VTEP address
+    vtep_ip6: str = ""
+
+    def routes(self) -> tuple[tuple[str, str], ...]:
+        """(destination, via) of the peer's route in each family it has."""
+        return ((self.subnet, self.vtep_ip),
+                *(((self.subnet6, self.vtep_ip6),) if self.subnet6 else ()))
+
+    def neighbours(self) -> tuple[tuple[str, str], ...]:
+        """(address, MAC) of the peer's permanent neighbour in each family it has."""
+        return ((self.vtep_ip, self.vtep_mac),
+                *(((self.vtep_ip6, self.vtep_mac),) if self.subnet6 else ()))
 
 
 @dataclass(frozen=True)

@@ -254,15 +254,16 @@ def plan_overlay(net: DesiredNetwork, desired: DesiredState,
         # A device whose VNI, port or local address changes is recreated, and its entries go
         # with it: set every peer again (a no-op for entries that survived an in-place fix).
         have = ObservedPeers()
-    routes = {p.subnet for p in net.peers}
-    neighbours = {p.vtep_ip for p in net.peers}
+    entries = [p.entries() for p in net.peers]  # dual-stack: a route, a neighbour per family
+    routes = {dst for e in entries for dst, _ in e.routes()}
+    neighbours = {ip for e in entries for ip, _ in e.neighbours()}
     fdb = {(p.vtep_mac, p.underlay_ip) for p in net.peers}
     actions += [RemovePeerRoute(device, dst) for dst, _ in have.routes if dst not in routes]
     actions += [RemoveNeighbour(device, ip) for ip, _ in have.neighbours if ip not in neighbours]
     actions += [RemoveFdb(device, mac, dst) for mac, dst in have.fdb if (mac, dst) not in fdb]
-    for peer in net.peers:
-        if ((peer.subnet, peer.vtep_ip) not in have.routes
-                or (peer.vtep_ip, peer.vtep_mac) not in have.neighbours
+    for peer, entry in zip(net.peers, entries, strict=True):
+        if (not set(entry.routes()) <= set(have.routes)
+                or not set(entry.neighbours()) <= set(have.neighbours)
                 or (peer.vtep_mac, peer.underlay_ip) not in have.fdb):
             actions.append(SetPeer(device, peer))
     return actions
@@ -280,7 +281,7 @@ def vxlan_needs_repair(net: DesiredNetwork, desired: DesiredState,
         or vx.mac != local.vtep_mac
         or vx.mtu != net.mtu
         or not vx.up
-        or vx.addresses != (net.vtep_cidr,)
+        or vx.addresses != net.vtep_cidrs
     )
 
 

@@ -22,7 +22,7 @@ from agent.containers import Containers
 from agent.desired import DesiredPeer, DesiredState, LocalHost
 from agent.imagestore import ImageStore
 from agent.kernel import sysctl
-from agent.kernel.links import ObservedPeers, ObservedVxlan, PeerEntries
+from agent.kernel.links import ObservedPeers, ObservedVxlan
 from agent.kernel.policyfw import PolicyFirewall
 from agent.kernel.seams import FirewallOps, LinkOps
 from agent.kernel.shaping import Shape, Shaper
@@ -228,7 +228,7 @@ class Reconciler:
                 local = self.local
                 self.links.ensure_vxlan(vxlan_name(net.name), vxlan_alias(net.name), net.vni,
                                         local.underlay_ip, net.vxlan_port, local.underlay_dev,
-                                        net.mtu, local.vtep_mac, net.vtep_cidr)
+                                        net.mtu, local.vtep_mac, net.vtep_cidr, net.vtep6_cidr)
                 # Made or mended: assume it holds no entries (its peers are all set next, with
                 # no dump each); index -1 makes the next pass dump it.
                 self._peers[vxlan_name(net.name)] = (-1, ObservedPeers())
@@ -237,8 +237,7 @@ class Reconciler:
             case SetPeers(device, peers):
                 cached = self._peers.get(device)
                 self.links.ensure_peers(
-                    device, [PeerEntries(peer.subnet, peer.vtep_ip, peer.vtep_mac,
-                                         peer.underlay_ip) for peer in peers],
+                    device, [peer.entries() for peer in peers],
                     have=cached[1] if cached else None)
                 self._wrote_peers(device, lambda h: functools.reduce(peers_after_set, peers, h))
             case p.RemovePeerRoute(device, dst):
@@ -265,13 +264,14 @@ class Reconciler:
 
 
 def peers_after_set(have: ObservedPeers, peer: DesiredPeer) -> ObservedPeers:
-    """What a VXLAN device holds after ``Links.ensure_peers`` for ``peer`` (pure): its route,
-    neighbour and FDB entry replace those with the same key (destination, address, MAC)."""
+    """What a VXLAN device holds after ``Links.ensure_peers`` for ``peer`` (pure): its routes,
+    neighbours and FDB entry replace those with the same key (destination, address, MAC)."""
+    entry = peer.entries()
+    dsts, ips = {d for d, _ in entry.routes()}, {ip for ip, _ in entry.neighbours()}
     return ObservedPeers(
-        routes=tuple(sorted({r for r in have.routes if r[0] != peer.subnet}
-                            | {(peer.subnet, peer.vtep_ip)})),
-        neighbours=tuple(sorted({n for n in have.neighbours if n[0] != peer.vtep_ip}
-                                | {(peer.vtep_ip, peer.vtep_mac)})),
+        routes=tuple(sorted({r for r in have.routes if r[0] not in dsts} | set(entry.routes()))),
+        neighbours=tuple(sorted({n for n in have.neighbours if n[0] not in ips}
+                                | set(entry.neighbours()))),
         fdb=tuple(sorted({f for f in have.fdb if f[0] != peer.vtep_mac}
                          | {(peer.vtep_mac, peer.underlay_ip)})))
 

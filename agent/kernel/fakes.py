@@ -78,9 +78,11 @@ class FakeLinks:
         return self.links.pop(name, None) is not None
 
     def ensure_vxlan(self, name: str, alias: str, vni: int, local_ip: str, port: int,
-                     underlay_dev: str, mtu: int, mac: str, vtep_cidr: str) -> int:
+                     underlay_dev: str, mtu: int, mac: str, vtep_cidr: str,
+                     vtep6_cidr: str = "") -> int:
+        addresses = tuple(sorted(filter(None, (vtep_cidr, vtep6_cidr))))
         return self._add(ObservedVxlan(name, self._index(name), "vxlan", alias, None, mtu, True,
-                                       (vtep_cidr,), vni, port, local_ip, underlay_dev, False,
+                                       addresses, vni, port, local_ip, underlay_dev, False,
                                        mac))
 
     def observe_vxlan(self, name: str) -> ObservedVxlan | None:
@@ -94,8 +96,8 @@ class FakeLinks:
                      have: ObservedPeers | None = None) -> int:
         old = self.peers.get(device, ObservedPeers())
         self.peers[device] = ObservedPeers(
-            tuple(sorted(set(old.routes) | {(p.subnet, p.vtep_ip) for p in peers})),
-            tuple(sorted(set(old.neighbours) | {(p.vtep_ip, p.vtep_mac) for p in peers})),
+            tuple(sorted(set(old.routes) | {r for p in peers for r in p.routes()})),
+            tuple(sorted(set(old.neighbours) | {n for p in peers for n in p.neighbours()})),
             tuple(sorted(set(old.fdb) | {(p.vtep_mac, p.underlay_ip) for p in peers})))
         return len(peers)
 

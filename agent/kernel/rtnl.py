@@ -108,6 +108,14 @@ def _ipv4_bytes(address: str) -> bytes:
     return socket.inet_pton(socket.AF_INET, address)
 
 
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _ip_bytes(address: str) -> bytes:
+    return socket.inet_pton(_family(address), address)
+
+
 def _mac_bytes(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
 
@@ -132,19 +140,21 @@ def fdb_replace(index: int, mac: str, dst: str, state: int, flags: int) -> Reque
 
 
 def neighbour_replace(index: int, ip: str, mac: str, state: int, protocol: int) -> Request:
-    """``ip neigh replace IP lladdr MAC dev INDEX nud STATE protocol PROTOCOL``."""
-    body = NDMSG.pack(socket.AF_INET, index, state, 0, 0) + _attr(NDA_DST, _ipv4_bytes(ip)) + \
+    """``ip neigh replace IP lladdr MAC dev INDEX nud STATE protocol PROTOCOL`` (either
+    family)."""
+    body = NDMSG.pack(_family(ip), index, state, 0, 0) + _attr(NDA_DST, _ip_bytes(ip)) + \
         _attr(NDA_LLADDR, _mac_bytes(mac)) + _attr(NDA_PROTOCOL, bytes([protocol]))
     return Request(RTM_NEWNEIGH, REPLACE, body)
 
 
 def route_replace(cidr: str, gateway: str, oif: int, table: int, protocol: int,
                   flags: int) -> Request:
-    """``ip route replace CIDR via GATEWAY dev OIF table TABLE proto PROTOCOL`` (IPv4)."""
+    """``ip route replace CIDR via GATEWAY dev OIF table TABLE proto PROTOCOL`` (either
+    family)."""
     network, length = cidr.split("/")
-    body = RTMSG.pack(socket.AF_INET, int(length), 0, 0, table if table < 256 else 0, protocol,
+    body = RTMSG.pack(_family(network), int(length), 0, 0, table if table < 256 else 0, protocol,
                       RT_SCOPE_UNIVERSE, RTN_UNICAST, flags) + \
-        _attr(RTA_DST, _ipv4_bytes(network)) + _attr(RTA_GATEWAY, _ipv4_bytes(gateway)) + \
+        _attr(RTA_DST, _ip_bytes(network)) + _attr(RTA_GATEWAY, _ip_bytes(gateway)) + \
         _attr(RTA_OIF, U32.pack(oif)) + _attr(RTA_TABLE, U32.pack(table))
     return Request(RTM_NEWROUTE, REPLACE, body)
 

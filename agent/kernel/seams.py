@@ -54,7 +54,7 @@ class LinkOps(Protocol):
 
     def ensure_vxlan(
         self, name: str, alias: str, vni: int, local_ip: str, port: int, underlay_dev: str,
-        mtu: int, mac: str, vtep_cidr: str,
+        mtu: int, mac: str, vtep_cidr: str, vtep6_cidr: str = "",
     ) -> int: ...
 
     def observe_vxlan(self, name: str) -> ObservedVxlan | None: ...

@@ -23,7 +23,7 @@ from helpers.capture import capture
 from helpers.cli import Cli, lab_cli, nsexec
 
 from agent.kernel.sysctl import read_sysctl
-from agent.names import bridge_name, container_mac
+from agent.names import bridge_name, container_mac, link_local
 
 pytestmark = pytest.mark.netns
 
@@ -134,14 +134,6 @@ out(peer_mac, IPv6(src=me, dst=peer) / ICMPv6ND_NA(tgt=me, R=0, S=0, O=1))
 """
 
 
-def _link_local(mac: str) -> str:
-    octets = [int(x, 16) for x in mac.split(":")]
-    octets[0] ^= 2
-    words = [octets[0] << 8 | octets[1], octets[2] << 8 | 0xFF, 0xFE << 8 | octets[3],
-             octets[4] << 8 | octets[5]]
-    return "fe80::" + ":".join(f"{w:x}" for w in words)
-
-
 def _drops(host_netns: str, guard: str) -> int:
     rules = nsexec(host_netns, "nft", "list", "chain", "bridge", "sdnctl", "prerouting").stdout
     return sum(int(line.split("packets ")[1].split()[0]) for line in rules.splitlines()
@@ -153,7 +145,7 @@ def test_spoofed_source_forged_ra_and_forged_na_are_dropped_and_counted(dual: Du
     a_mac, b_mac = container_mac(a["ip"]), container_mac(b["ip"])
     before = {g: _drops(dual.host_netns, g) for g in ("spoof-ip6", "router-advert", "spoof-na")}
     with capture(f"/proc/{b['pid']}/ns/net", "eth0", "icmp6 or icmp") as cap:
-        done = in_ctr(a, PY, "-c", SEND, a["ip6"], a_mac, _link_local(a_mac), b["ip6"], b_mac,
+        done = in_ctr(a, PY, "-c", SEND, a["ip6"], a_mac, link_local(a_mac), b["ip6"], b_mac,
                       a["gateway6"], timeout=60)
         assert done.returncode == 0, done.stderr
         cap.wait_for("echo request, id 4242")  # positive controls, sent last, arrived

@@ -4,6 +4,7 @@ that never enumerates a /64, and the address in each family reaching the API's J
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,12 @@ import pytest
 from apitest import TIMEOUT, Api, connect, details, rpc_error, unchanged
 from netaddr import IPAddress
 
+from agent import plan as p
+from agent.desired import DesiredNetwork, DesiredPeer, DesiredState, LocalHost
+from agent.kernel.fakes import FakeLinks
+from agent.names import vxlan_alias, vxlan_name
+from agent.observed import ObservedPeers
+from agent.reconcile import peers_after_set
 from sdnctl.api.model import Container, Invalid, Network
 from sdnctl.api.validate import validate_container, validate_network
 from sdnctl.cli.output import container_json
@@ -254,3 +261,44 @@ def test_bad_ipv6_input_is_invalid_argument_naming_the_field(
     with unchanged(mem_api.store):
         e = rpc_error(lambda: call(mem_api), grpc.StatusCode.INVALID_ARGUMENT)
     assert details(e).startswith(field + ":"), details(e)
+
+
+# -- the overlay's peers in both families (planner and fakes) ------------------------------------
+
+PEER6 = DesiredPeer("h2", "10.70.2.0/24", "192.0.2.2", "0e:00:00:00:00:02", "10.70.2.0",
+                    "fd00:70:0:2::/64", "fd00:70:0:2::")
+
+
+def test_a_dual_stack_peer_is_one_fdb_entry_and_a_route_and_neighbour_per_family() -> None:
+    net = DesiredNetwork("ov", "overlay", "10.70.1.0/24", "10.70.1.1", 24, 1450, True,
+                         cidr="10.70.0.0/16", vni=4096, peers=(PEER6,),
+                         subnet6="fd00:70:0:1::/64", gateway6="fd00:70:0:1::1",
+                         cidr6="fd00:70::/48")
+    assert net.vtep_cidrs == ("10.70.1.0/32", "fd00:70:0:1::/128")
+    local = LocalHost("192.0.2.1", "eth0", "0e:00:00:00:00:01")
+    state = DesiredState(synced=True, local=local)
+    links = FakeLinks()
+    device = vxlan_name(net.name)
+    for action in p.plan_overlay(net, state, p.Observed()):
+        if isinstance(action, p.EnsureVxlan):
+            links.ensure_vxlan(device, vxlan_alias(net.name), net.vni, local.underlay_ip,
+                               net.vxlan_port, "eth0", net.mtu, local.vtep_mac, net.vtep_cidr,
+                               net.vtep6_cidr)
+        elif isinstance(action, p.SetPeer):
+            links.ensure_peers(device, [action.peer.entries()])
+    have = links.peers[device]
+    assert have.routes == (("10.70.2.0/24", "10.70.2.0"), ("fd00:70:0:2::/64", "fd00:70:0:2::"))
+    assert have.neighbours == (("10.70.2.0", PEER6.vtep_mac), ("fd00:70:0:2::", PEER6.vtep_mac))
+    assert have.fdb == ((PEER6.vtep_mac, "192.0.2.2"),)
+    assert peers_after_set(ObservedPeers(), PEER6) == have
+    vx = links.observe_vxlan(device)
+    actions = p.plan_overlay(net, state, p.Observed(vxlans={device: vx} if vx else {},
+                                                    peers={device: have}))
+    assert actions == []  # converged: nothing more
+    # the peer leaves the dual-stack network's IPv6 side: its IPv6 route and neighbour go
+    v4only = dataclasses.replace(net, peers=(dataclasses.replace(PEER6, subnet6="",
+                                                                 vtep_ip6=""),))
+    actions = p.plan_overlay(v4only, state, p.Observed(vxlans={device: vx} if vx else {},
+                                                       peers={device: have}))
+    assert p.RemovePeerRoute(device, "fd00:70:0:2::/64") in actions
+    assert p.RemoveNeighbour(device, "fd00:70:0:2::") in actions
