@@ -1,12 +1,13 @@
-"""Dual-stack bridged containers (issue 20), end to end with real packets.
+"""Dual-stack containers (issue 20), end to end with real packets.
 
-One topology is brought up once for the module through the real CLI: one lab host, two
-dual-stack bridge networks, containers on both, one of which binds its fixed IPv6 address as
-the first thing it does. Each test proves one behaviour: the addresses and routes in each
+One topology is brought up once for the module through the real CLI: two lab hosts, two
+dual-stack bridge networks on the first, containers on both, one of which binds its fixed IPv6
+address as the first thing it does, and a dual-stack overlay with a container on each host. Each test proves one behaviour: the addresses and routes in each
 family, no router advertisements taken, IPv6 forwarding only in the host's namespace, ping -6
 within a network and isolation between networks, and the IPv6 guards (a spoofed source, a
 forged router advertisement and a forged neighbour advertisement dropped and counted, each
-after a positive control proved the probe gets through).
+after a positive control proved the probe gets through), and IPv6 across the overlay over the
+IPv4 underlay with one route, one permanent neighbour and one FDB entry per peer.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from helpers.capture import capture
 from helpers.cli import Cli, lab_cli, nsexec
 
 from agent.kernel.sysctl import read_sysctl
-from agent.names import bridge_name, container_mac, link_local
+from agent.names import bridge_name, container_mac, link_local, vxlan_name
 
 pytestmark = pytest.mark.netns
 
@@ -39,22 +40,28 @@ TOPOLOGY = f"""
 name: dual
 hosts:
   - {{name: h1, lab: true}}
+  - {{name: h2, lab: true}}
 networks:
   - {{name: front, subnet: 10.96.0.0/24, subnet6: "fd00:96::/48"}}
   - {{name: back, subnet: 10.97.0.0/24, subnet6: "fd00:97::/48"}}
+  - {{name: ov, driver: overlay, subnet: 10.98.0.0/16, subnet6: "fd00:98::/48"}}
 containers:
   - {{name: a, host: h1, network: front}}
   - {{name: b, host: h1, network: front}}
   - {{name: binder, host: h1, network: front, ip6: "{BOUND}", command: [{PY}, -c, "{BIND}"]}}
   - {{name: other, host: h1, network: back}}
+  - {{name: x, host: h1, network: ov}}
+  - {{name: y, host: h2, network: ov}}
 """
 
 
 class Dual:
     def __init__(self, cli: Cli, prefix: str, root_forwarding: str) -> None:
         self.cli, self.prefix, self.root_forwarding = cli, prefix, root_forwarding
-        self.ctr = {name: cli.container(name) for name in ("a", "b", "binder", "other")}
+        self.ctr = {name: cli.container(name)
+                    for name in ("a", "b", "binder", "other", "x", "y")}
         self.host_netns = cli.host("h1")["netns"]
+        self.host2_netns = cli.host("h2")["netns"]
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +165,26 @@ def test_spoofed_source_forged_ra_and_forged_na_are_dropped_and_counted(dual: Du
     assert all(after[g] > before[g] for g in before), (before, after)
     # the peer still reaches the gateway (its neighbour entry was not poisoned)
     assert ping6(b, b["gateway6"])
+
+
+def test_the_overlay_carries_ipv6_with_one_route_neighbour_and_fdb_entry_per_peer(
+        dual: Dual) -> None:
+    x, y = dual.ctr["x"], dual.ctr["y"]
+    assert x["ip6"].startswith("fd00:98:") and y["ip6"].startswith("fd00:98:")
+    assert x["ip6"].split("::")[0] != y["ip6"].split("::")[0]  # a /64 per host
+    assert ping6(x, y["ip6"]) and ping6(y, x["ip6"])
+    device = vxlan_name("ov")
+    y_lease = y["ip6"].rsplit(":", 1)[0] + ":/64"  # e.g. fd00:98:0:1::2 -> fd00:98:0:1::/64
+    routes = nsexec(dual.host_netns, "ip", "-6", "route", "show", "dev", device,
+                    "proto", "211").stdout.splitlines()
+    assert len(routes) == 1 and routes[0].startswith(f"{y_lease} via {y_lease[:-3]} "), routes
+    assert " onlink " in routes[0], routes
+    neigh = nsexec(dual.host_netns, "ip", "-6", "neigh", "show", "dev", device,
+                   "nud", "permanent").stdout.splitlines()
+    assert len(neigh) == 1 and neigh[0].startswith(f"{y_lease[:-3]} lladdr "), neigh
+    fdb = [line for line in nsexec(dual.host_netns, "bridge", "fdb", "show", "dev",
+                                   device).stdout.splitlines() if " dst " in line]
+    assert len(fdb) == 1, fdb  # one per peer, shared by both families
 
 
 def test_zz_down_leaves_nothing(dual: Dual) -> None:
