@@ -2,12 +2,13 @@
 
 One topology is brought up once for the module through the real CLI: two lab hosts, two
 dual-stack bridge networks on the first, containers on both, one of which binds its fixed IPv6
-address as the first thing it does, and a dual-stack overlay with a container on each host. Each test proves one behaviour: the addresses and routes in each
-family, no router advertisements taken, IPv6 forwarding only in the host's namespace, ping -6
-within a network and isolation between networks, and the IPv6 guards (a spoofed source, a
-forged router advertisement and a forged neighbour advertisement dropped and counted, each
-after a positive control proved the probe gets through), and IPv6 across the overlay over the
-IPv4 underlay with one route, one permanent neighbour and one FDB entry per peer.
+address as the first thing it does, and a dual-stack overlay with a container on each host.
+Each test proves one behaviour: the addresses and routes in each family, no router
+advertisements taken, IPv6 forwarding only in the host's namespace, ping -6 within a network
+and isolation between networks, the IPv6 guards (a spoofed source, a forged router
+advertisement and a forged neighbour advertisement dropped and counted, each after a positive
+control proved the probe gets through), and IPv6 across the overlay over the IPv4 underlay with
+one route, one permanent neighbour and one FDB entry per peer.
 """
 
 from __future__ import annotations
