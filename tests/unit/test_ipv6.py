@@ -23,7 +23,10 @@ from agent.observed import ObservedPeers
 from agent.reconcile import peers_after_set
 from sdnctl.api.model import Container, Invalid, Network
 from sdnctl.api.validate import validate_container, validate_network
+from sdnctl.cli import graph
+from sdnctl.cli.cli import build_parser
 from sdnctl.cli.output import container_json
+from sdnctl.cli.verbs import container_from_args, network_from_args
 from sdnctl.controller import ipam, ipam_report
 from sdnctl.controller.errors import AlreadyExists, FailedPrecondition
 from sdnctl.controller.server import create_server
@@ -302,3 +305,24 @@ def test_a_dual_stack_peer_is_one_fdb_entry_and_a_route_and_neighbour_per_family
                                                        peers={device: have}))
     assert p.RemovePeerRoute(device, "fd00:70:0:2::/64") in actions
     assert p.RemoveNeighbour(device, "fd00:70:0:2::") in actions
+
+
+# -- the CLI: flags in, both addresses out -------------------------------------------------------
+
+
+def test_cli_flags_and_status_rows_carry_both_families() -> None:
+    args = build_parser().parse_args(["network", "create", "front", "--subnet", "10.88.0.0/16",
+                                      "--subnet6", "fd00:88::/48", "--host-prefix6", "80"])
+    net = network_from_args(args)
+    assert (net.subnet6, net.host_prefix6) == ("fd00:88::/48", 80)
+    args = build_parser().parse_args(["run", "--name", "a", "--host", "h1", "--network", "front",
+                                      "--ip6", "fd00:88::9"])
+    assert container_from_args(args).fixed_ip6 == "fd00:88::9"
+    web = {"name": "web", "host": "h1", "network": "front", "mode": "bridge", "owner": "sdnctl",
+           "shares_netns_of": "", "ip": "10.88.0.2", "prefixlen": 24, "ip6": "fd00:88::2",
+           "prefixlen6": 64, "state": "running", "pid": 7, "ports": []}
+    side = {**web, "name": "side", "mode": "container", "shares_netns_of": "web", "ip": "",
+            "ip6": "", "network": "container:web"}
+    rows = graph._rows_containers(graph.Live(containers={"web": web, "side": side}))
+    assert rows[0][4] == "(10.88.0.2 fd00:88::2)"  # side: its donor's
+    assert rows[1][4] == "10.88.0.2/24 fd00:88::2/64"
