@@ -65,6 +65,7 @@ class DesiredName:
     aliases: tuple[str, ...]
     address: str
     dns: tuple[str, ...] = ()  # its own upstream resolvers (default: the network's)
+    address6: str = ""  # dual-stack (issue 20): answered for AAAA
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,8 @@ def network_from_pb(msg: pb.HostNetwork, local: LocalHost | None = None) -> Desi
 
 
 def name_from_pb(msg: pb.DnsName) -> DesiredName:
-    return DesiredName(msg.container, tuple(msg.aliases), msg.address, tuple(msg.dns))
+    return DesiredName(msg.container, tuple(msg.aliases), msg.address, tuple(msg.dns),
+                       msg.address6)
 
 
 def with_names(net: DesiredNetwork, delta: pb.NameDelta) -> DesiredNetwork:

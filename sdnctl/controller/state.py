@@ -131,6 +131,7 @@ class DnsName:
     aliases: tuple[str, ...]
     address: str
     dns: tuple[str, ...] = ()  # the container's own upstream resolvers
+    address6: str = ""  # dual-stack (issue 20): answered for AAAA
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,8 @@ def dns_names(network: str, allocations: Iterable[Allocation],
     for alloc in allocations:
         ctr = containers.get(alloc.container)
         if alloc.network == network and ctr is not None and ctr.bridge_network == network:
-            names.append(DnsName(ctr.name, ctr.aliases, alloc.address, ctr.dns))
+            names.append(DnsName(ctr.name, ctr.aliases, alloc.address, ctr.dns,
+                                 alloc.address6))
     return tuple(sorted(names, key=lambda n: n.container))
 
 

@@ -84,7 +84,7 @@ def host_network_pb(view: HostNetwork) -> pb.HostNetwork:
 
 def dns_name_pb(name: DnsName) -> pb.DnsName:
     return pb.DnsName(container=name.container, aliases=list(name.aliases),
-                      address=name.address, dns=list(name.dns))
+                      address=name.address, dns=list(name.dns), address6=name.address6)
 
 
 def snapshot_event(snap: Snapshot, pset: pb.PolicySet | None = None) -> pb.WatchEvent:

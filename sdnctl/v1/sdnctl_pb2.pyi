@@ -708,16 +708,18 @@ class HostNetwork(_message.Message):
     def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., names: _Optional[_Iterable[_Union[DnsName, _Mapping]]] = ...) -> None: ...
 
 class DnsName(_message.Message):
-    __slots__ = ("container", "aliases", "address", "dns")
+    __slots__ = ("container", "aliases", "address", "dns", "address6")
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DNS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS6_FIELD_NUMBER: _ClassVar[int]
     container: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
     address: str
     dns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, container: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., address: _Optional[str] = ..., dns: _Optional[_Iterable[str]] = ...) -> None: ...
+    address6: str
+    def __init__(self, container: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., address: _Optional[str] = ..., dns: _Optional[_Iterable[str]] = ..., address6: _Optional[str] = ...) -> None: ...
 
 class Peer(_message.Message):
     __slots__ = ("host", "subnet", "underlay_ip", "vtep_mac", "vtep_ip", "subnet6", "vtep_ip6")

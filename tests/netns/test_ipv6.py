@@ -127,6 +127,13 @@ def test_ping6_within_a_network_and_isolation_between_networks(dual: Dual) -> No
     assert not ping6(other, a["ip6"])
 
 
+def test_the_networks_resolver_answers_aaaa(dual: Dual) -> None:
+    a, b = dual.ctr["a"], dual.ctr["b"]
+    ask = ["dig", "+short", "+time=2", "+tries=2", f"@{a['gateway']}", "b"]
+    assert in_ctr(a, *ask, "A").stdout.split() == [b["ip"]]  # the resolver answers at all
+    assert in_ctr(a, *ask, "AAAA").stdout.split() == [b["ip6"]]
+
+
 SEND = """
 import sys
 from scapy.all import Ether, IPv6, ICMPv6EchoRequest, ICMPv6ND_RA, ICMPv6ND_NA, sendp

@@ -13,10 +13,12 @@ from typing import Any
 import grpc
 import pytest
 from apitest import TIMEOUT, Api, connect, details, rpc_error, unchanged
+from dnslib import DNSRecord
 from netaddr import IPAddress
 
+from agent import dns
 from agent import plan as p
-from agent.desired import DesiredNetwork, DesiredPeer, DesiredState, LocalHost
+from agent.desired import DesiredName, DesiredNetwork, DesiredPeer, DesiredState, LocalHost
 from agent.kernel.fakes import FakeLinks
 from agent.names import vxlan_alias, vxlan_name
 from agent.observed import ObservedPeers
@@ -326,3 +328,24 @@ def test_cli_flags_and_status_rows_carry_both_families() -> None:
     rows = graph._rows_containers(graph.Live(containers={"web": web, "side": side}))
     assert rows[0][4] == "(10.88.0.2 fd00:88::2)"  # side: its donor's
     assert rows[1][4] == "10.88.0.2/24 fd00:88::2/64"
+
+
+# -- DNS: AAAA for a dual-stack container --------------------------------------------------------
+
+
+def test_aaaa_answers_a_dual_stack_containers_ipv6_address_and_alias() -> None:
+    net = DesiredNetwork("front", "bridge", "10.1.0.0/24", "10.1.0.1", 24, 1500, True,
+                         cidr="10.1.0.0/16", dns_domain="svc.lab",
+                         names=(DesiredName("db", ("pg",), "10.1.0.5", (), "fd00:1::5"),
+                                DesiredName("web", (), "10.1.0.7")))
+    zone = dns.zones_from([net])["10.1.0.1"]
+
+    def ask(name: str, qtype: str) -> list[str]:
+        reply = dns.answer_local(zone, DNSRecord.question(name, qtype))
+        assert reply is not None
+        return [str(rr.rdata) for rr in reply.rr]
+
+    assert ask("db", "AAAA") == ["fd00:1::5"]
+    assert ask("pg.svc.lab", "AAAA") == ["fd00:1::5"]
+    assert ask("db", "A") == ["10.1.0.5"]
+    assert ask("web", "AAAA") == []  # IPv4 only: NODATA
