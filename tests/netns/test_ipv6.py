@@ -51,6 +51,8 @@ containers:
   - {{name: b, host: h1, network: front}}
   - {{name: binder, host: h1, network: front, ip6: "{BOUND}", command: [{PY}, -c, "{BIND}"]}}
   - {{name: other, host: h1, network: back}}
+  - {{name: side, host: h1, network: "container:a"}}
+  - {{name: vault, host: h1, network: none}}
   - {{name: x, host: h1, network: ov}}
   - {{name: y, host: h2, network: ov}}
 """
@@ -60,7 +62,7 @@ class Dual:
     def __init__(self, cli: Cli, prefix: str, root_forwarding: str) -> None:
         self.cli, self.prefix, self.root_forwarding = cli, prefix, root_forwarding
         self.ctr = {name: cli.container(name)
-                    for name in ("a", "b", "binder", "other", "x", "y")}
+                    for name in ("a", "b", "binder", "other", "x", "y", "side", "vault")}
         self.host_netns = cli.host("h1")["netns"]
         self.host2_netns = cli.host("h2")["netns"]
 
@@ -107,6 +109,15 @@ def test_addresses_routes_and_no_router_advertisements(dual: Dual) -> None:
     assert values == ["1", "0"], values  # the host's namespace routes IPv6; its bridge takes no RA
     # never in the root namespace (this test runs there)
     assert read_sysctl("net.ipv6.conf.all.forwarding") == dual.root_forwarding
+
+
+def test_joined_has_its_donors_ipv6_and_closed_has_only_loopback(dual: Dual) -> None:
+    a, side, vault = dual.ctr["a"], dual.ctr["side"], dual.ctr["vault"]
+    assert a["ip6"] in in_ctr(side, "ip", "-6", "-o", "addr", "show", "dev", "eth0").stdout
+    assert ping6(side, dual.ctr["b"]["ip6"])
+    shown = in_ctr(vault, "ip", "-6", "-o", "addr").stdout.splitlines()
+    assert [line.split()[1] for line in shown] == ["lo"], shown
+    assert in_ctr(vault, "cat", "/proc/sys/net/ipv6/conf/default/accept_ra").stdout.strip() == "0"
 
 
 def test_a_container_binds_its_ipv6_address_at_once(dual: Dual) -> None:
