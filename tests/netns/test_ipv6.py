@@ -46,6 +46,7 @@ networks:
   - {{name: front, subnet: 10.96.0.0/24, subnet6: "fd00:96::/48"}}
   - {{name: back, subnet: 10.97.0.0/24, subnet6: "fd00:97::/48"}}
   - {{name: ov, driver: overlay, subnet: 10.98.0.0/16, subnet6: "fd00:98::/48"}}
+  - {{name: locked, subnet: 10.99.0.0/24, subnet6: "fd00:99::/48", default: deny}}
 containers:
   - {{name: a, host: h1, network: front}}
   - {{name: b, host: h1, network: front}}
@@ -53,6 +54,8 @@ containers:
   - {{name: other, host: h1, network: back}}
   - {{name: side, host: h1, network: "container:a"}}
   - {{name: vault, host: h1, network: none}}
+  - {{name: p, host: h1, network: locked}}
+  - {{name: q, host: h1, network: locked}}
   - {{name: x, host: h1, network: ov}}
   - {{name: y, host: h2, network: ov}}
 """
@@ -62,7 +65,7 @@ class Dual:
     def __init__(self, cli: Cli, prefix: str, root_forwarding: str) -> None:
         self.cli, self.prefix, self.root_forwarding = cli, prefix, root_forwarding
         self.ctr = {name: cli.container(name)
-                    for name in ("a", "b", "binder", "other", "x", "y", "side", "vault")}
+                    for name in ("a", "b", "binder", "other", "x", "y", "side", "vault", "p", "q")}
         self.host_netns = cli.host("h1")["netns"]
         self.host2_netns = cli.host("h2")["netns"]
 
@@ -204,6 +207,20 @@ def test_the_overlay_carries_ipv6_with_one_route_neighbour_and_fdb_entry_per_pee
     fdb = [line for line in nsexec(dual.host_netns, "bridge", "fdb", "show", "dev",
                                    device).stdout.splitlines() if " dst " in line]
     assert len(fdb) == 1, fdb  # one per peer, shared by both families
+
+
+def test_ipv6_does_not_bypass_a_policy_that_isolates_a_container(dual: Dual) -> None:
+    p, q = dual.ctr["p"], dual.ctr["q"]
+
+    def dropped() -> int:
+        listed = nsexec(dual.host_netns, "nft", "list", "table", "inet", "sdnctl_policy").stdout
+        return sum(int(line.split("packets ")[1].split()[0]) for line in listed.splitlines()
+                   if '"sdnctl:policy/ingress6"' in line)
+
+    before = dropped()
+    assert ping6(q, q["gateway6"]) and ping6(p, p["gateway6"])  # both have working IPv6
+    assert not ping6(q, p["ip6"])  # p is isolated for ingress (default: deny)
+    assert dropped() > before
 
 
 def test_zz_down_leaves_nothing(dual: Dual) -> None:
