@@ -21,7 +21,7 @@ to learn where something lives.
     /ipam/<network>/addr/<address>              guard of an allocated address
     /ipam/<network>/owner/<container>/<iface>   Allocation
     /ipam/<network>/quarantine/<subject>        a freed subnet or address, until it may return
-    /ipam/<network>/previous/<host>             the subnet(s) host held last ("v4 v6"; offered back first)
+    /ipam/<network>/previous/<host>             its last subnet(s), "v4 v6" (offered back first)
     /ipam/<network>/used/<a.b.c.d_len>          index: the used address ranges of one lease
     /index/hosts/<host>/<container>             index: the containers of one host (empty value)
     /history/ipam/<time>                        IpamEvent, trimmed by the sweeper
