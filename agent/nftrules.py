@@ -12,7 +12,8 @@ name exactly what they drop.
   prerouting (nat)   published ports: DNAT to the container. ``host_ip`` "" means any local
                      address except 127.0.0.0/8 (``fib daddr type local``): a packet from another
                      host addressed to 127.0.0.1 must never be DNAT'd (moby#45610). A port on a
-                     loopback address is DNAT'd in ``output`` only.
+                     loopback address is DNAT'd in ``output`` only. A dual-stack container's
+                     port on every address is DNAT'd in IPv6 too (``ip6 daddr != ::1``).
   output (nat)       the same for connections made by the host itself, 127.0.0.1 included.
   input (filter)     VXLAN filtering: per UDP port of our overlays, accept a packet only from a
                      member host's underlay address AND with the VNI of an overlay it is a member
@@ -159,6 +160,9 @@ class PortRule:
     host_ip: str  # "" = any local address but 127.0.0.0/8; a loopback address = host only
     host_port: int
     container_port: int
+    #: A dual-stack container's IPv6 address (issue 20): a port published on every address
+    #: ("" host_ip) is published on the host's IPv6 addresses too, as Docker does.
+    container_ip6: str = ""
 
 
 @dataclass(frozen=True)
@@ -330,6 +334,13 @@ def _port_rules(spec: FirewallSpec) -> list[_Rule]:
             if not _is_loopback(p.host_ip):
                 rules.append(_Rule(TABLE_FAMILY, "prerouting", daddr, comment))
             rules.append(_Rule(TABLE_FAMILY, "output", daddr, comment))
+        if p.host_ip == "" and p.container_ip6:
+            # ::1 is never DNAT'd: IPv6 has no route_localnet, the answer could not come back
+            match6 = (f"ip6 daddr != ::1 fib daddr type local {p.protocol} dport "
+                      f"{_port(p.host_port)} dnat ip6 to [{_ipv6(p.container_ip6)}]:"
+                      f"{_port(p.container_port)}")
+            for chain in ("prerouting", "output"):
+                rules.append(_Rule(TABLE_FAMILY, chain, match6, comment + "/ip6"))
     return rules
 
 

@@ -312,7 +312,7 @@ def firewall_spec(desired: DesiredState) -> FirewallSpec:
         guards.append(PortGuard(ctr.name, veth_name(ctr.name, ctr.interface),
                                 container_mac(ctr.ip), ctr.ip, ctr.ip6))
         ports += [PortRule(ctr.name, bridge_name(network), ctr.ip, p.protocol, p.host_ip,
-                           p.host_port, p.container_port) for p in ctr.ports]
+                           p.host_port, p.container_port, ctr.ip6) for p in ctr.ports]
     return FirewallSpec(bridges, tuple((a, b) for a, b in allowed), tuple(ports), tuple(guards),
                         vxlan=vxlan)
 

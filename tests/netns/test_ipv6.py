@@ -37,6 +37,12 @@ BIND = ("import socket; s = socket.socket(socket.AF_INET6); "
         f"s.bind(({BOUND!r}, 7000)); s.listen(); "
         "[s.accept()[0].sendall(b'bound-at-once') for _ in iter(int, 1)]")
 
+# Answers each connection with the address it came from, over IPv6 and IPv4 (mapped) alike.
+SERVE = ("import socket; s = socket.socket(socket.AF_INET6); "
+         "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); s.bind(('::', 7000)); "
+         "s.listen(); [(lambda c: (c[0].sendall(('peer=' + c[1][0]).encode()), c[0].close()))"
+         "(s.accept()) for _ in iter(int, 1)]")
+
 TOPOLOGY = f"""
 name: dual
 hosts:
@@ -55,6 +61,7 @@ containers:
   - {{name: side, host: h1, network: "container:a"}}
   - {{name: vault, host: h1, network: none}}
   - {{name: p, host: h1, network: locked}}
+  - {{name: web6, host: h1, network: front, ports: ["8080:7000"], command: [{PY}, -c, "{SERVE}"]}}
   - {{name: q, host: h1, network: locked}}
   - {{name: x, host: h1, network: ov}}
   - {{name: y, host: h2, network: ov}}
@@ -65,7 +72,8 @@ class Dual:
     def __init__(self, cli: Cli, prefix: str, root_forwarding: str) -> None:
         self.cli, self.prefix, self.root_forwarding = cli, prefix, root_forwarding
         self.ctr = {name: cli.container(name)
-                    for name in ("a", "b", "binder", "other", "x", "y", "side", "vault", "p", "q")}
+                    for name in ("a", "b", "binder", "other", "x", "y", "side", "vault", "p", "q",
+                                 "web6")}
         self.host_netns = cli.host("h1")["netns"]
         self.host2_netns = cli.host("h2")["netns"]
 
@@ -221,6 +229,24 @@ def test_ipv6_does_not_bypass_a_policy_that_isolates_a_container(dual: Dual) -> 
     assert ping6(q, q["gateway6"]) and ping6(p, p["gateway6"])  # both have working IPv6
     assert not ping6(q, p["ip6"])  # p is isolated for ingress (default: deny)
     assert dropped() > before
+
+
+def _ask(argv: list[str], address: str, port: int) -> str:
+    code = (f"import socket; s = socket.create_connection(({address!r}, {port}), timeout=5); "
+            "print(s.recv(100).decode())")
+    done = subprocess.run([*argv, PY, "-c", code], capture_output=True, text=True, timeout=30,
+                          check=False)
+    return done.stdout.strip()
+
+
+def test_a_port_published_on_every_address_is_published_on_ipv6_too(dual: Dual) -> None:
+    other = dual.ctr["other"]
+    in_other = ["nsenter", "-t", str(other["pid"]), "-n"]
+    # IPv4 first (the probe works), then IPv6: DNAT'd from another network, source kept
+    assert _ask(in_other, other["gateway"], 8080) == f"peer=::ffff:{other['ip']}"
+    assert _ask(in_other, other["gateway6"], 8080) == f"peer={other['ip6']}"
+    # from the host itself (the output chain), to one of its IPv6 addresses
+    assert _ask(["nsenter", f"--net={dual.host_netns}"], "fd00:96::1", 8080).startswith("peer=")
 
 
 def test_zz_down_leaves_nothing(dual: Dual) -> None:

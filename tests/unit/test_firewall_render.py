@@ -556,3 +556,14 @@ def test_network_drops_count_by_network_and_reason() -> None:
               {"comment": "sdnctl:net/front/overlay", "expr": [{"accept": None}]}]
     assert firewall.network_drop_counts(rules_) == {("front", "isolation"): 3,
                                                     ("inside", "internal-out"): 2}
+
+
+def test_a_dual_stack_port_on_every_address_is_dnatted_in_ipv6_too() -> None:
+    """Issue 20: "" host_ip publishes on the host's IPv6 addresses too (never ::1)."""
+    spec = dataclasses.replace(SPEC, ports=(dataclasses.replace(WEB, container_ip6="fd00:1::2"),))
+    six = [r for r in rules(render(spec), "prerouting") + rules(render(spec), "output")
+           if "ip6" in r]
+    assert len(six) == 2 and all(
+        r.startswith(f"ip6 daddr != ::1 fib daddr type local tcp dport {WEB.host_port} "
+                     f"dnat ip6 to [fd00:1::2]:{WEB.container_port} comment ") for r in six)
+    assert not [r for r in rules(render(SPEC), "prerouting") if "ip6" in r]  # IPv4 only: none
