@@ -374,14 +374,22 @@ class CniService:
                               "gateway": view.gateway, "interface": 1}
         if version == "0.4.0":
             ip["version"] = "4"
+        ips, routes = [ip], [{"dst": "0.0.0.0/0", "gw": view.gateway}]
+        if view.ip6:  # dual-stack (issue 20): the IPv6 address and default route too
+            ip6: dict[str, Any] = {"address": f"{view.ip6}/{view.prefixlen6}",
+                                   "gateway": view.gateway6, "interface": 1}
+            if version == "0.4.0":
+                ip6["version"] = "6"
+            ips.append(ip6)
+            routes.append({"dst": "::/0", "gw": view.gateway6})
         dns: dict[str, Any] = {}
         if self.side.resolver:  # the agent's resolver: names of the network, then upstream
             dns["nameservers"] = [view.gateway]
             if net is not None and net.dns_domain:
                 dns["domain"] = net.dns_domain
                 dns["search"] = [net.dns_domain]
-        return {"cniVersion": version, "interfaces": interfaces, "ips": [ip],
-                "routes": [{"dst": "0.0.0.0/0", "gw": view.gateway}], "dns": dns}
+        return {"cniVersion": version, "interfaces": interfaces, "ips": ips, "routes": routes,
+                "dns": dns}
 
     def delete(self, request: dict[str, Any]) -> None:
         """The controller forgets the attachment; its veth goes at once when the agent gave
@@ -494,10 +502,12 @@ def check_attachment(ctr: DesiredContainer, path: str, prev: object) -> list[str
     if have is None:
         return [f"interface {ctr.interface!r} is missing"]
     problems = []
-    if have.addresses != (ctr.address_cidr,):
-        problems.append(f"addresses {list(have.addresses)}, expected [{ctr.address_cidr}]")
+    if have.addresses != ctr.address_cidrs:
+        problems.append(f"addresses {list(have.addresses)}, expected {list(ctr.address_cidrs)}")
     if have.gateway != ctr.gateway:
         problems.append(f"default route via {have.gateway}, expected via {ctr.gateway}")
+    if have.gateway6 != (ctr.gateway6 or None):
+        problems.append(f"IPv6 default route via {have.gateway6}, expected via {ctr.gateway6}")
     if have.mac != container_mac(ctr.ip):
         problems.append(f"MAC {have.mac}, expected {container_mac(ctr.ip)}")
     if not have.up:
@@ -508,8 +518,9 @@ def check_attachment(ctr: DesiredContainer, path: str, prev: object) -> list[str
                 problems.append(f"prevResult address {ip.get('address')} is not on the "
                                 "interface")
         for route in prev.get("routes") or []:
-            if isinstance(route, dict) and route.get("dst") == "0.0.0.0/0" and \
-                    route.get("gw") and route.get("gw") != have.gateway:
+            gateway = {"0.0.0.0/0": have.gateway, "::/0": have.gateway6}
+            if isinstance(route, dict) and route.get("dst") in gateway and \
+                    route.get("gw") and route.get("gw") != gateway[route["dst"]]:
                 problems.append(f"prevResult default route via {route.get('gw')} is missing")
     return problems
 

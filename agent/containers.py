@@ -233,7 +233,8 @@ class Containers:
                     veth_name(ctr.name, ctr.interface), veth_alias(ctr.name, ctr.interface),
                     bridge_name(net.name), net.mtu, ctr.cni_netns or paths["net"],
                     ctr.interface,
-                    ctr.address_cidr, ctr.gateway, mac=container_mac(ctr.ip))
+                    ctr.address_cidr, ctr.gateway, mac=container_mac(ctr.ip),
+                    address6_cidr=ctr.address6_cidr, gateway6=ctr.gateway6)
             flush_addresses(action.stale_addresses)
             if action.stop_first and not action.start:
                 self._stop(ctr.name)  # stopped on request: keep its sandbox and its writes
@@ -243,7 +244,7 @@ class Containers:
                 self._start(ctr, undo, net)
             undo.pop_all()
         log.info("container %s ready (%s%s)", ctr.name, ctr.mode,
-                 f" {ctr.address_cidr}" if ctr.ip else "")
+                 f" {' '.join(ctr.address_cidrs)}" if ctr.ip else "")
 
     def _start(self, ctr: DesiredContainer, undo: contextlib.ExitStack,
                net: DesiredNetwork | None = None) -> None:
@@ -419,7 +420,7 @@ class Containers:
         """A CNI attachment is running once its interface is in the runtime's namespace as
         wanted; there is no process, cgroup nor runtime state of ours."""
         attached = (state is not None and state.net is not None
-                    and state.net.addresses == (ctr.address_cidr,))
+                    and state.net.addresses == ctr.address_cidrs)
         if error:
             phase, message = STATE_ERROR, error
         elif state is not None and not state.netns:
@@ -445,9 +446,11 @@ def _docker_status(ctr: DesiredContainer, observed: p.Observed, error: str) -> C
 
 
 def flush_addresses(addresses: Iterable[str]) -> None:
-    """Forget conntrack entries of addresses a container no longer has."""
+    """Forget conntrack entries of addresses a container no longer has (IPv4 only so far:
+    the conntrack flush speaks one family)."""
     for cidr in addresses:
-        conntrack.flush_address(cidr.split("/")[0])
+        if ":" not in cidr:
+            conntrack.flush_address(cidr.split("/")[0])
 
 
 def _mtime(path: str) -> float:

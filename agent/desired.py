@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 from agent.netpolicy import PolicyInput
+from agent.observed import PeerEntries
 from sdnctl.api import convert
 from sdnctl.api.fields import parse_port
 from sdnctl.api.model import (
@@ -47,6 +48,13 @@ class DesiredPeer:
     underlay_ip: str
     vtep_mac: str
     vtep_ip: str
+    subnet6: str = ""  # dual-stack (issue 20): its IPv6 lease, and that lease's first address
+    vtep_ip6: str = ""
+
+    def entries(self) -> PeerEntries:
+        """What the kernel keeps for this peer (route and neighbour per family, one FDB)."""
+        return PeerEntries(self.subnet, self.vtep_ip, self.vtep_mac, self.underlay_ip,
+                           self.subnet6, self.vtep_ip6)
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,7 @@ class DesiredName:
     aliases: tuple[str, ...]
     address: str
     dns: tuple[str, ...] = ()  # its own upstream resolvers (default: the network's)
+    address6: str = ""  # dual-stack (issue 20): answered for AAAA
 
 
 @dataclass(frozen=True)
@@ -77,15 +86,36 @@ class DesiredNetwork:
     dns_domain: str = ""
     dns: tuple[str, ...] = ()  # upstream resolvers (empty: the host's resolv.conf)
     names: tuple[DesiredName, ...] = ()
+    subnet6: str = ""  # dual-stack (issue 20): this host's IPv6 lease, e.g. fd00:88::/64
+    gateway6: str = ""  # held by the bridge too
+    cidr6: str = ""  # the whole network's IPv6 CIDR
 
     @property
     def gateway_cidr(self) -> str:
         return f"{self.gateway}/{self.prefixlen}"
 
     @property
+    def gateway6_cidr(self) -> str:
+        return f"{self.gateway6}/{self.subnet6.split('/')[1]}" if self.subnet6 else ""
+
+    @property
+    def gateway_cidrs(self) -> tuple[str, ...]:
+        """Every address the bridge holds, sorted as the kernel's are observed."""
+        return tuple(sorted(filter(None, (self.gateway_cidr, self.gateway6_cidr))))
+
+    @property
     def vtep_cidr(self) -> str:
         """The address of this host's VXLAN device: its lease's network address (flannel)."""
         return f"{self.subnet.split('/')[0]}/32"
+
+    @property
+    def vtep6_cidr(self) -> str:
+        """Its IPv6 address on a dual-stack overlay: the IPv6 lease's network address."""
+        return f"{self.subnet6.split('/')[0]}/128" if self.subnet6 else ""
+
+    @property
+    def vtep_cidrs(self) -> tuple[str, ...]:
+        return tuple(sorted(filter(None, (self.vtep_cidr, self.vtep6_cidr))))
 
 
 @dataclass(frozen=True)
@@ -97,6 +127,9 @@ class DesiredContainer:
     ip: str = ""  # allocated (bridge mode)
     prefixlen: int = 0
     gateway: str = ""
+    ip6: str = ""  # dual-stack (issue 20): its IPv6 address, lease prefix and gateway
+    prefixlen6: int = 0
+    gateway6: str = ""
     ports: tuple[PortMapping, ...] = ()
     share: tuple[str, ...] = ()
     restart: str = "no"
@@ -132,6 +165,15 @@ class DesiredContainer:
     @property
     def address_cidr(self) -> str:
         return f"{self.ip}/{self.prefixlen}"
+
+    @property
+    def address6_cidr(self) -> str:
+        return f"{self.ip6}/{self.prefixlen6}" if self.ip6 else ""
+
+    @property
+    def address_cidrs(self) -> tuple[str, ...]:
+        """Every address its interface holds, sorted as the kernel's are observed."""
+        return tuple(sorted(filter(None, (self.address_cidr, self.address6_cidr))))
 
     def runs_user_ns(self, host_supports: bool) -> bool:
         """Whether it gets a user namespace on this host."""
@@ -170,18 +212,23 @@ def network_from_pb(msg: pb.HostNetwork, local: LocalHost | None = None) -> Desi
         cidr=msg.network.subnet,
         vni=msg.network.vni,
         vxlan_port=msg.network.vxlan_port or DEFAULT_VXLAN_PORT,
-        peers=tuple(sorted((DesiredPeer(p.host, p.subnet, p.underlay_ip, p.vtep_mac, p.vtep_ip)
+        peers=tuple(sorted((DesiredPeer(p.host, p.subnet, p.underlay_ip, p.vtep_mac, p.vtep_ip,
+                                        p.subnet6, p.vtep_ip6)
                             for p in msg.peers), key=lambda p: p.host)),
         internal=msg.network.internal,
         allow=tuple(sorted(msg.network.allow)),
         dns_domain=msg.network.dns_domain.lower().rstrip("."),
         dns=tuple(msg.network.dns),
         names=tuple(name_from_pb(n) for n in msg.names),
+        subnet6=msg.lease.subnet6,
+        gateway6=msg.lease.gateway6,
+        cidr6=msg.network.subnet6,
     )
 
 
 def name_from_pb(msg: pb.DnsName) -> DesiredName:
-    return DesiredName(msg.container, tuple(msg.aliases), msg.address, tuple(msg.dns))
+    return DesiredName(msg.container, tuple(msg.aliases), msg.address, tuple(msg.dns),
+                       msg.address6)
 
 
 def with_names(net: DesiredNetwork, delta: pb.NameDelta) -> DesiredNetwork:
@@ -206,6 +253,9 @@ def container_from_pb(msg: pb.Container) -> DesiredContainer:
         ip=msg.ip,
         prefixlen=msg.prefixlen,
         gateway=msg.gateway,
+        ip6=msg.ip6,
+        prefixlen6=msg.prefixlen6,
+        gateway6=msg.gateway6,
         ports=tuple(parse_port(p, f"ports[{i}]") for i, p in enumerate(spec.ports)),
         share=tuple(sorted(spec.share)),
         restart=spec.restart,

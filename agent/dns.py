@@ -11,7 +11,8 @@ zones after every Watch event (:meth:`DnsServer.update`); the zones are immutabl
 in one assignment, so an update never drops a query.
 
 Answers. A container's name, its aliases and ``<name>.<dns_domain>`` answer A with the address;
-AAAA (or any other type) for a known name is NODATA; PTR answers for our addresses. An unknown
+AAAA for a known name is its IPv6 address on a dual-stack network (issue 20), else NODATA, as
+any other type; PTR answers for our addresses. An unknown
 single label, an unknown name in the domain and an unknown address of the network are NXDOMAIN
 and are not forwarded. Everything else goes to the upstreams (the network's ``dns``, else the
 host's resolv.conf): a TTL-honouring cache, at most ``MAX_INFLIGHT`` upstream queries at once,
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dnslib import (
+    AAAA,
     CLASS,
     EDNS0,
     OPCODE,
@@ -83,6 +85,7 @@ class Zone:
     by_address: dict[str, str] = field(default_factory=dict)  # address -> container name
     #: a container's own upstreams, by its address (the asker's source address)
     upstreams_by_address: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    by_name6: dict[str, str] = field(default_factory=dict)  # name or alias -> IPv6 address
 
     def fqdn(self, name: str) -> str:
         return f"{name}.{self.domain}." if self.domain else f"{name}."
@@ -97,17 +100,22 @@ def zones_from(networks: Iterable[DesiredNetwork],
             continue
         by_name: dict[str, str] = {}
         by_address: dict[str, str] = {}
+        by_name6: dict[str, str] = {}
         for entry in net.names:
             by_address[entry.address] = entry.container
             by_name[entry.container.lower()] = entry.address
+            if entry.address6:
+                by_name6[entry.container.lower()] = entry.address6
         for entry in net.names:  # a container's own name wins over another's alias
             for alias in entry.aliases:
                 by_name.setdefault(alias.lower(), entry.address)
+                if entry.address6:
+                    by_name6.setdefault(alias.lower(), entry.address6)
         zones[net.gateway] = Zone(
             network=net.name, gateway=net.gateway,
             cidr=ipaddress.IPv4Network(net.cidr or net.subnet, strict=False),
             domain=net.dns_domain, upstreams=net.dns or host_upstreams,
-            by_name=by_name, by_address=by_address,
+            by_name=by_name, by_address=by_address, by_name6=by_name6,
             upstreams_by_address={e.address: e.dns for e in net.names if e.dns})
     return zones
 
@@ -225,7 +233,10 @@ def answer_local(zone: Zone, request: DNSRecord) -> DNSRecord | None:
     reply = _reply(request)
     if question.qtype in (QTYPE.A, QTYPE.ANY):
         reply.add_answer(RR(question.qname, QTYPE.A, ttl=LOCAL_TTL, rdata=A(target)))
-    return reply  # AAAA and the rest: NODATA (the name exists, with an IPv4 address only)
+    target6 = zone.by_name6.get(label)
+    if target6 and question.qtype in (QTYPE.AAAA, QTYPE.ANY):
+        reply.add_answer(RR(question.qname, QTYPE.AAAA, ttl=LOCAL_TTL, rdata=AAAA(target6)))
+    return reply  # the rest: NODATA (the name exists, with no record of that type)
 
 
 def formerr(data: bytes) -> bytes | None:

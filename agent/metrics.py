@@ -114,7 +114,8 @@ class DropCollector(Collector):
         family = CounterMetricFamily(
             "sdnctl_agent_nft_dropped_packets",
             "Packets dropped by the agent's nftables guards, by guard (spoof-mac, spoof-ip, "
-            "spoof-arp-mac, spoof-arp-ip, spoof-ethertype, router-advert, vxlan-not-member, "
+            "spoof-arp-mac, spoof-arp-ip, spoof-ethertype, spoof-ip6, spoof-na, router-advert, "
+            "redirect, vxlan-not-member, "
             "vxlan-wrong-vni, isolation, internal-in, internal-out), as of the last ruleset "
             "listing.", labels=["guard"])
         for guard, packets in sorted(self.read().items()):

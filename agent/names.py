@@ -52,6 +52,14 @@ def veth_alias(container: str, interface: str) -> str:
     return f"{ALIAS_PREFIX}ctr/{container}/{interface}"
 
 
+def link_local(mac: str) -> str:
+    """The IPv6 link-local address the kernel gives an interface with ``mac`` (EUI-64): the
+    anti-spoofing rules allow it beside a container's own IPv6 address (issue 20)."""
+    octets = [int(b, 16) for b in mac.split(":")]
+    eui = bytes([octets[0] ^ 0x02, *octets[1:3], 0xFF, 0xFE, *octets[3:]])
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + eui))
+
+
 def container_mac(ip: str) -> str:
     """Docker's scheme: ``02:42:`` (locally administered, unicast) then the IPv4 address's four
     bytes, so the anti-spoofing rules know a container's MAC from its address alone."""

@@ -21,6 +21,12 @@ never default-drop a shared hook) after the agent's main table. Its rules:
             per policy: ip daddr @<target> counter drop   (the first selecting policy counts it)
   egress    the same with saddr and daddr swapped
 
+IPv6 (issue 20), failing closed until policies speak it: selectors are sets of IPv4 addresses,
+so a dual-stack container isolated in a direction gets no forwarded IPv6 in that direction at
+all. Its host (``build``'s ``ipv6_of``: this host's containers' IPv4 -> IPv6 addresses) puts its
+IPv6 address in ``iso6_in``/``iso6_out`` and ``ip6 daddr @iso6_in`` / ``ip6 saddr @iso6_out``
+are counted drops after the established rule, so IPv6 never bypasses a policy.
+
 Every rule's comment names its policy, direction and rule (``sdnctl:policy/<name>/ingress/0``,
 ``.../drop``), so counters are per policy and rule and ``trace`` can say which one dropped a
 probe. Every host holds the whole set (policies are evaluated identically everywhere), so a
@@ -54,6 +60,7 @@ from sdnctl.api.policyeval import (
 FAMILY = "inet"
 TABLE = "sdnctl_policy"
 ISOLATED = {"ingress": "iso_in", "egress": "iso_out"}
+ISOLATED6 = {"ingress": "iso6_in", "egress": "iso6_out"}
 COMMENT_PREFIX = "sdnctl:policy/"
 
 
@@ -146,8 +153,9 @@ def _direction_rules(policies: Sequence[Policy], direction: str,
     return rules
 
 
-def build(given: PolicyInput) -> PolicyTables:
-    """The table for ``given`` (pure). No policy: no table."""
+def build(given: PolicyInput, ipv6_of: Mapping[str, str] | None = None) -> PolicyTables:
+    """The table for ``given`` (pure). No policy: no table. ``ipv6_of``: this host's
+    dual-stack containers' IPv6 addresses by IPv4 address (see the module note)."""
     policies = sorted(given.policies, key=lambda p: p.name)
     if not policies:
         return PolicyTables((), ())
@@ -160,9 +168,16 @@ def build(given: PolicyInput) -> PolicyTables:
             if rules_of(p, direction) is not None:
                 isolated.update(sets[set_name(policy_selector(p))])
         sets[ISOLATED[direction]] = tuple(sorted(isolated, key=ipaddress.IPv4Address))
+        sets[ISOLATED6[direction]] = tuple(sorted(
+            {(ipv6_of or {})[a] for a in isolated if a in (ipv6_of or {})},
+            key=ipaddress.IPv6Address))
     rules = [
         ("forward", f"ct state established,related accept comment "
                     f"{_quote(COMMENT_PREFIX + 'established')}"),
+        ("forward", f"ip6 daddr @iso6_in counter drop comment "
+                    f"{_quote(COMMENT_PREFIX + 'ingress6')}"),
+        ("forward", f"ip6 saddr @iso6_out counter drop comment "
+                    f"{_quote(COMMENT_PREFIX + 'egress6')}"),
         ("forward", f"ip daddr @iso_in jump ingress comment {_quote(COMMENT_PREFIX + 'ingress')}"),
         ("forward", f"ip saddr @iso_out jump egress comment {_quote(COMMENT_PREFIX + 'egress')}"),
     ]
@@ -185,7 +200,8 @@ def render(tables: PolicyTables) -> str:
         return "\n".join(lines) + "\n"
     lines.append(f"add table {FAMILY} {TABLE}")
     for name, addresses in tables.sets:
-        lines.append(f"add set {FAMILY} {TABLE} {name} {{ type ipv4_addr; }}")
+        kind = "ipv6_addr" if name in ISOLATED6.values() else "ipv4_addr"
+        lines.append(f"add set {FAMILY} {TABLE} {name} {{ type {kind}; }}")
         lines += _elements(name, addresses)
     lines.append(f"add chain {FAMILY} {TABLE} forward "
                  "{ type filter hook forward priority filter + 10; policy accept; }")

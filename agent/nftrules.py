@@ -12,7 +12,8 @@ name exactly what they drop.
   prerouting (nat)   published ports: DNAT to the container. ``host_ip`` "" means any local
                      address except 127.0.0.0/8 (``fib daddr type local``): a packet from another
                      host addressed to 127.0.0.1 must never be DNAT'd (moby#45610). A port on a
-                     loopback address is DNAT'd in ``output`` only.
+                     loopback address is DNAT'd in ``output`` only. A dual-stack container's
+                     port on every address is DNAT'd in IPv6 too (``ip6 daddr != ::1``).
   output (nat)       the same for connections made by the host itself, 127.0.0.1 included.
   input (filter)     VXLAN filtering: per UDP port of our overlays, accept a packet only from a
                      member host's underlay address AND with the VNI of an overlay it is a member
@@ -41,9 +42,11 @@ name exactly what they drop.
 ``bridge sdnctl``
   prerouting (filter) per container port (``iifname VETH``): drop frames whose source MAC is
                      not the container's, IPv4 whose source is not its address, ARP whose sender
-                     MAC or IP is not its own, and any ethertype but IPv4, ARP and IPv6 (a VLAN
-                     tag would hide the inner header). Router advertisements from any container
-                     port (``sdnv*``) are dropped. Every drop has a counter.
+                     MAC or IP is not its own, IPv6 whose source is neither its IPv6 address
+                     nor its (MAC-derived) link-local one, neighbour advertisements for any
+                     other target, and any ethertype but IPv4, ARP and IPv6 (a VLAN tag would
+                     hide the inner header). Router advertisements and redirects from any
+                     container port (``sdnv*``) are dropped. Every drop has a counter.
   forward (filter)   flows between two containers of one bridge: such frames never reach the
                      host's IP hooks (unless ``br_netfilter`` is loaded), so conntrack does not
                      see them. Each IPv4 frame from one container port to another updates an
@@ -79,7 +82,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from agent.names import VETH_PREFIX
+from agent.names import VETH_PREFIX, link_local
 
 TABLE_FAMILY = "inet"  # the main table; BRIDGE_FAMILY holds the anti-spoofing one
 BRIDGE_FAMILY = "bridge"
@@ -157,6 +160,9 @@ class PortRule:
     host_ip: str  # "" = any local address but 127.0.0.0/8; a loopback address = host only
     host_port: int
     container_port: int
+    #: A dual-stack container's IPv6 address (issue 20): a port published on every address
+    #: ("" host_ip) is published on the host's IPv6 addresses too, as Docker does.
+    container_ip6: str = ""
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,7 @@ class PortGuard:
     veth: str  # host side of the container's veth (the bridge port)
     mac: str  # the container interface's MAC
     ip: str  # its IPv4 address
+    ip6: str = ""  # its IPv6 address on a dual-stack network (issue 20)
 
 
 @dataclass(frozen=True)
@@ -327,6 +334,13 @@ def _port_rules(spec: FirewallSpec) -> list[_Rule]:
             if not _is_loopback(p.host_ip):
                 rules.append(_Rule(TABLE_FAMILY, "prerouting", daddr, comment))
             rules.append(_Rule(TABLE_FAMILY, "output", daddr, comment))
+        if p.host_ip == "" and p.container_ip6:
+            # ::1 is never DNAT'd: IPv6 has no route_localnet, the answer could not come back
+            match6 = (f"ip6 daddr != ::1 fib daddr type local {p.protocol} dport "
+                      f"{_port(p.host_port)} dnat ip6 to [{_ipv6(p.container_ip6)}]:"
+                      f"{_port(p.container_port)}")
+            for chain in ("prerouting", "output"):
+                rules.append(_Rule(TABLE_FAMILY, chain, match6, comment + "/ip6"))
     return rules
 
 
@@ -424,8 +438,15 @@ def _guard_key(g: PortGuard) -> tuple[str, str]:
 
 
 def _one_guard(g: PortGuard) -> list[_Rule]:
-    """The five rules of one container port, in their order in the chain."""
+    """The seven rules of one container port, in their order in the chain. IPv6 (issue 20): a
+    container sends only from its own addresses (its IPv6 one, if any, and the link-local one
+    the kernel derives from its MAC) and advertises itself as neighbour for those only."""
     port, mac, ip = f"iifname {_ifname(g.veth)}", _mac(g.mac), _ipv4(g.ip)
+    own6 = sorted({link_local(mac), *([_ipv6(g.ip6)] if g.ip6 else [])})
+    # Each a chain of "!=" rather than an anonymous set: a delta may make anonymous sets of
+    # one key type per table only (see the delta's note), and this table has ether types.
+    sources = " ".join(f"ip6 saddr != {a}" for a in own6)
+    targets = " ".join(f"@th,64,128 != 0x{int(ipaddress.IPv6Address(a)):032x}" for a in own6)
     key = f"sdnctl:ctr/{g.container}"
     return [_Rule(BRIDGE_FAMILY, "prerouting", f"{port} {expr} counter drop", f"{key}/spoof-{what}")
             for expr, what in (
@@ -434,17 +455,28 @@ def _one_guard(g: PortGuard) -> list[_Rule]:
                 (f"ether type ip ip saddr != {ip}", "ip"),
                 (f"arp saddr ether != {mac}", "arp-mac"),
                 (f"arp saddr ip != {ip}", "arp-ip"),
+                (f"ether type ip6 {sources}", "ip6"),
+                # the target address of a neighbour advertisement: 16 bytes after the ICMPv6
+                # header's first 8 (nft 1.0.6 has no name for it)
+                (f"icmpv6 type nd-neighbor-advert {targets}", "na"),
             )]
+
+
+def _ipv6(text: str) -> str:
+    return str(ipaddress.IPv6Address(text))
 
 
 _ROUTER_ADVERT = _Rule(BRIDGE_FAMILY, "prerouting",
                        f'iifname "{VETH_PREFIX}*" icmpv6 type nd-router-advert counter drop',
                        "sdnctl:router-advert")
+_REDIRECT = _Rule(BRIDGE_FAMILY, "prerouting",
+                  f'iifname "{VETH_PREFIX}*" icmpv6 type nd-redirect counter drop',
+                  "sdnctl:redirect")
 
 
 def _guard_rules(spec: FirewallSpec) -> list[_Rule]:
     rules = [r for g in sorted(spec.guards, key=_guard_key) for r in _one_guard(g)]
-    return [*rules, _ROUTER_ADVERT]
+    return [*rules, _ROUTER_ADVERT, _REDIRECT]
 
 
 _PORTS = f'iifname "{VETH_PREFIX}*" oifname "{VETH_PREFIX}*" ether type ip'

@@ -19,7 +19,7 @@ class ObservedLink:
     master: str | None
     mtu: int
     up: bool
-    addresses: tuple[str, ...]  # IPv4, 'a.b.c.d/len', sorted
+    addresses: tuple[str, ...]  # IPv4 and global IPv6, 'address/len', sorted
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,10 @@ class ObservedContainerNet:
     index: int
     up: bool
     mtu: int
-    addresses: tuple[str, ...]  # IPv4, 'a.b.c.d/len', sorted
+    addresses: tuple[str, ...]  # IPv4 and global IPv6, 'address/len', sorted
     gateway: str | None  # of the main table's IPv4 default route
     mac: str | None = None  # the interface's MAC address
+    gateway6: str | None = None  # of the main table's IPv6 default route
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,18 @@ class PeerEntries:
     vtep_ip: str
     vtep_mac: str
     underlay_ip: str
+    subnet6: str = ""  # dual-stack (issue 20): the peer's IPv6 lease, via its IPv6 VTEP address
+    vtep_ip6: str = ""
+
+    def routes(self) -> tuple[tuple[str, str], ...]:
+        """(destination, via) of the peer's route in each family it has."""
+        return ((self.subnet, self.vtep_ip),
+                *(((self.subnet6, self.vtep_ip6),) if self.subnet6 else ()))
+
+    def neighbours(self) -> tuple[tuple[str, str], ...]:
+        """(address, MAC) of the peer's permanent neighbour in each family it has."""
+        return ((self.vtep_ip, self.vtep_mac),
+                *(((self.vtep_ip6, self.vtep_mac),) if self.subnet6 else ()))
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class Observed:
     containers: dict[str, ContainerState] = field(default_factory=dict)
     firewall: str | None = None  # fingerprint of our nftables table (None: absent)
     ip_forward: bool = False
+    ip6_forward: bool = False  # read only when a network is dual-stack
     vxlans: dict[str, ObservedVxlan] = field(default_factory=dict)  # our VXLAN devices
     peers: dict[str, ObservedPeers] = field(default_factory=dict)  # by VXLAN device
 
@@ -66,7 +67,7 @@ class Observed:
 
 @dataclass(frozen=True)
 class EnableForwarding:
-    pass
+    ipv6: bool = False  # IPv6 forwarding too: some network is dual-stack (issue 20)
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def describe(action: Action) -> str:
     """A short line naming what ``action`` makes or removes (for the agent's log)."""
     match action:
         case EnableForwarding():
-            return "sysctl net.ipv4.ip_forward=1"
+            return "sysctl net.ipv4.ip_forward=1" + (
+                " net.ipv6.conf.all.forwarding=1" if action.ipv6 else "")
         case SyncFirewall(spec):
             return "nftables tables sdnctl" + ("" if spec.networks else " (remove)")
         case EnsureBridge(net):
@@ -192,8 +194,9 @@ def plan(desired: DesiredState, observed: Observed, now: float = 0.0) -> list[Ac
     actions: list[Action] = []
     networks = {n: net for n, net in desired.networks.items()
                 if net.driver in LOCAL_BRIDGE_DRIVERS}
-    if networks and not observed.ip_forward:
-        actions.append(EnableForwarding())
+    ipv6 = any(net.subnet6 for net in networks.values())
+    if networks and (not observed.ip_forward or (ipv6 and not observed.ip6_forward)):
+        actions.append(EnableForwarding(ipv6))
 
     # Links that go with a removed container's namespace need no action of their own.
     goes_with_netns: set[str] = set()
@@ -251,15 +254,16 @@ def plan_overlay(net: DesiredNetwork, desired: DesiredState,
         # A device whose VNI, port or local address changes is recreated, and its entries go
         # with it: set every peer again (a no-op for entries that survived an in-place fix).
         have = ObservedPeers()
-    routes = {p.subnet for p in net.peers}
-    neighbours = {p.vtep_ip for p in net.peers}
+    entries = [p.entries() for p in net.peers]  # dual-stack: a route, a neighbour per family
+    routes = {dst for e in entries for dst, _ in e.routes()}
+    neighbours = {ip for e in entries for ip, _ in e.neighbours()}
     fdb = {(p.vtep_mac, p.underlay_ip) for p in net.peers}
     actions += [RemovePeerRoute(device, dst) for dst, _ in have.routes if dst not in routes]
     actions += [RemoveNeighbour(device, ip) for ip, _ in have.neighbours if ip not in neighbours]
     actions += [RemoveFdb(device, mac, dst) for mac, dst in have.fdb if (mac, dst) not in fdb]
-    for peer in net.peers:
-        if ((peer.subnet, peer.vtep_ip) not in have.routes
-                or (peer.vtep_ip, peer.vtep_mac) not in have.neighbours
+    for peer, entry in zip(net.peers, entries, strict=True):
+        if (not set(entry.routes()) <= set(have.routes)
+                or not set(entry.neighbours()) <= set(have.neighbours)
                 or (peer.vtep_mac, peer.underlay_ip) not in have.fdb):
             actions.append(SetPeer(device, peer))
     return actions
@@ -277,7 +281,7 @@ def vxlan_needs_repair(net: DesiredNetwork, desired: DesiredState,
         or vx.mac != local.vtep_mac
         or vx.mtu != net.mtu
         or not vx.up
-        or vx.addresses != (net.vtep_cidr,)
+        or vx.addresses != net.vtep_cidrs
     )
 
 
@@ -306,9 +310,9 @@ def firewall_spec(desired: DesiredState) -> FirewallSpec:
         if network is None or network not in networks or not ctr.ip:
             continue
         guards.append(PortGuard(ctr.name, veth_name(ctr.name, ctr.interface),
-                                container_mac(ctr.ip), ctr.ip))
+                                container_mac(ctr.ip), ctr.ip, ctr.ip6))
         ports += [PortRule(ctr.name, bridge_name(network), ctr.ip, p.protocol, p.host_ip,
-                           p.host_port, p.container_port) for p in ctr.ports]
+                           p.host_port, p.container_port, ctr.ip6) for p in ctr.ports]
     return FirewallSpec(bridges, tuple((a, b) for a, b in allowed), tuple(ports), tuple(guards),
                         vxlan=vxlan)
 
@@ -320,7 +324,7 @@ def bridge_needs_repair(net: DesiredNetwork, link: ObservedLink | None) -> bool:
         or link.alias != bridge_alias(net.name)
         or link.mtu != net.mtu
         or not link.up
-        or link.addresses != (net.gateway_cidr,)
+        or link.addresses != net.gateway_cidrs
     )
 
 
@@ -360,7 +364,7 @@ def plan_container(ctr: DesiredContainer, desired: DesiredState, observed: Obser
     rebuilt = (create or drop) and running
     start = (not started or spec_changed or restart_due or rebuilt) and not ctr.stopped
     stop_first = running and (spec_changed or rebuilt or ctr.stopped)
-    stale = tuple(a for a in _addresses(state) if a != ctr.address_cidr) if attach else ()
+    stale = tuple(a for a in _addresses(state) if a not in ctr.address_cidrs) if attach else ()
     if not (create or drop or attach or start or stop_first):
         return None
     return SetupContainer(ctr, net, netns=create, attach=attach, start=start,
@@ -391,7 +395,7 @@ def plan_attachment(ctr: DesiredContainer, desired: DesiredState,
     if not veth_needs_repair(ctr, net, observed.links.get(veth_name(ctr.name, ctr.interface)),
                              state):
         return None
-    stale = tuple(a for a in _addresses(state) if a != ctr.address_cidr)
+    stale = tuple(a for a in _addresses(state) if a not in ctr.address_cidrs)
     return SetupContainer(ctr, net, netns=False, attach=True, start=False, stop_first=False,
                           stale_addresses=stale)
 
@@ -424,8 +428,9 @@ def veth_needs_repair(ctr: DesiredContainer, net: DesiredNetwork, link: Observed
     host_ok = (link.kind == "veth" and link.alias == veth_alias(ctr.name, ctr.interface)
                and link.master == bridge_name(net.name) and link.mtu == net.mtu and link.up)
     inner = state.net
-    inner_ok = (inner.up and inner.mtu == net.mtu and inner.addresses == (ctr.address_cidr,)
-                and inner.gateway == ctr.gateway and inner.mac == container_mac(ctr.ip))
+    inner_ok = (inner.up and inner.mtu == net.mtu and inner.addresses == ctr.address_cidrs
+                and inner.gateway == ctr.gateway and inner.gateway6 == (ctr.gateway6 or None)
+                and inner.mac == container_mac(ctr.ip))
     return not (host_ok and inner_ok)
 
 

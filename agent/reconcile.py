@@ -22,7 +22,7 @@ from agent.containers import Containers
 from agent.desired import DesiredPeer, DesiredState, LocalHost
 from agent.imagestore import ImageStore
 from agent.kernel import sysctl
-from agent.kernel.links import ObservedPeers, ObservedVxlan, PeerEntries
+from agent.kernel.links import ObservedPeers, ObservedVxlan
 from agent.kernel.policyfw import PolicyFirewall
 from agent.kernel.seams import FirewallOps, LinkOps
 from agent.kernel.shaping import Shape, Shaper
@@ -40,6 +40,13 @@ class SetPeers:
 
     device: str
     peers: tuple[DesiredPeer, ...]
+
+
+def _ip6_forward(desired: DesiredState) -> bool:
+    """IPv6 forwarding in this namespace, read only when a network of it is dual-stack."""
+    if not any(net.subnet6 for net in desired.networks.values()):
+        return False
+    return sysctl.read_sysctl("net.ipv6.conf.all.forwarding") == "1"
 
 
 def group_peers(actions: Iterable[p.Action]) -> list[p.Action | SetPeers]:
@@ -114,6 +121,7 @@ class Reconciler:
         peers = self._observe_peers(vxlans, full)
         return p.Observed(links=owned, containers=containers, firewall=firewall_state(),
                           ip_forward=sysctl.read_sysctl("net.ipv4.ip_forward") == "1",
+                          ip6_forward=_ip6_forward(desired),
                           vxlans=vxlans, peers=peers)
 
     def _observe_peers(self, vxlans: dict[str, ObservedVxlan],
@@ -171,7 +179,8 @@ class Reconciler:
         try:
             if full:
                 self.policy_fw.observe()
-            self.policy_fw.apply(build_policy_tables(desired.policy))
+            ipv6_of = {c.ip: c.ip6 for c in desired.containers.values() if c.ip6}
+            self.policy_fw.apply(build_policy_tables(desired.policy, ipv6_of))
         except Exception as e:
             log.warning("network policy failed: %s", e, exc_info=True)
             outcome.errors[""] = f"network policy: {e}" + (f": {e.__cause__}"
@@ -198,8 +207,10 @@ class Reconciler:
 
     def apply(self, action: p.Action | SetPeers) -> None:
         match action:
-            case p.EnableForwarding():
+            case p.EnableForwarding(ipv6):
                 sysctl.ensure_ip_forward(True)
+                if ipv6:  # the host's namespace routes its networks' IPv6 too (issue 20)
+                    sysctl.ensure_sysctl("net.ipv6.conf.all.forwarding", "1")
             case p.SyncFirewall(spec):
                 if spec.networks:
                     self.firewall.apply(spec)
@@ -207,7 +218,7 @@ class Reconciler:
                     self.firewall.remove()
             case p.EnsureBridge(net):
                 self.links.ensure_bridge(bridge_name(net.name), bridge_alias(net.name),
-                                         net.gateway_cidr, net.mtu)
+                                         net.gateway_cidr, net.mtu, net.gateway6_cidr)
             case p.RemoveLink(ifname):
                 self.links.remove_link(ifname)
             case p.SetupContainer():
@@ -218,7 +229,7 @@ class Reconciler:
                 local = self.local
                 self.links.ensure_vxlan(vxlan_name(net.name), vxlan_alias(net.name), net.vni,
                                         local.underlay_ip, net.vxlan_port, local.underlay_dev,
-                                        net.mtu, local.vtep_mac, net.vtep_cidr)
+                                        net.mtu, local.vtep_mac, net.vtep_cidr, net.vtep6_cidr)
                 # Made or mended: assume it holds no entries (its peers are all set next, with
                 # no dump each); index -1 makes the next pass dump it.
                 self._peers[vxlan_name(net.name)] = (-1, ObservedPeers())
@@ -227,8 +238,7 @@ class Reconciler:
             case SetPeers(device, peers):
                 cached = self._peers.get(device)
                 self.links.ensure_peers(
-                    device, [PeerEntries(peer.subnet, peer.vtep_ip, peer.vtep_mac,
-                                         peer.underlay_ip) for peer in peers],
+                    device, [peer.entries() for peer in peers],
                     have=cached[1] if cached else None)
                 self._wrote_peers(device, lambda h: functools.reduce(peers_after_set, peers, h))
             case p.RemovePeerRoute(device, dst):
@@ -255,13 +265,14 @@ class Reconciler:
 
 
 def peers_after_set(have: ObservedPeers, peer: DesiredPeer) -> ObservedPeers:
-    """What a VXLAN device holds after ``Links.ensure_peers`` for ``peer`` (pure): its route,
-    neighbour and FDB entry replace those with the same key (destination, address, MAC)."""
+    """What a VXLAN device holds after ``Links.ensure_peers`` for ``peer`` (pure): its routes,
+    neighbours and FDB entry replace those with the same key (destination, address, MAC)."""
+    entry = peer.entries()
+    dsts, ips = {d for d, _ in entry.routes()}, {ip for ip, _ in entry.neighbours()}
     return ObservedPeers(
-        routes=tuple(sorted({r for r in have.routes if r[0] != peer.subnet}
-                            | {(peer.subnet, peer.vtep_ip)})),
-        neighbours=tuple(sorted({n for n in have.neighbours if n[0] != peer.vtep_ip}
-                                | {(peer.vtep_ip, peer.vtep_mac)})),
+        routes=tuple(sorted({r for r in have.routes if r[0] not in dsts} | set(entry.routes()))),
+        neighbours=tuple(sorted({n for n in have.neighbours if n[0] not in ips}
+                                | set(entry.neighbours()))),
         fdb=tuple(sorted({f for f in have.fdb if f[0] != peer.vtep_mac}
                          | {(peer.vtep_mac, peer.underlay_ip)})))
 

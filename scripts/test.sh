@@ -8,4 +8,8 @@ scripts/setup.sh
 echo "== ruff";  .venv/bin/ruff check .
 echo "== mypy";  .venv/bin/mypy
 echo "== pytest"
-.venv/bin/pytest "$@"
+# Two workers (pytest-xdist), each taking one test file at a time (a module's shared lab stays in
+# one process): namespace tests mostly wait on kernels and daemons, so two of them share the two
+# cores well, and every test names what it builds with a prefix of its own, so they never meet.
+# SDNCTL_TEST_WORKERS=0 runs everything in this one process.
+.venv/bin/pytest -n "${SDNCTL_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -48,17 +48,21 @@ class FakeLinks:
     def observe_containers(self, peers: dict[str, str]) -> dict[str, ObservedContainerNet | None]:
         return {path: self.containers.get(path) for path in peers}
 
-    def ensure_bridge(self, name: str, alias: str, gateway_cidr: str, mtu: int) -> int:
+    def ensure_bridge(self, name: str, alias: str, gateway_cidr: str, mtu: int,
+                      gateway6_cidr: str = "") -> int:
+        addresses = tuple(sorted(filter(None, (gateway_cidr, gateway6_cidr))))
         return self._add(ObservedLink(name, self._index(name), "bridge", alias, None, mtu, True,
-                                      (gateway_cidr,)))
+                                      addresses))
 
     def ensure_veth(self, host_ifname: str, alias: str, bridge: str, mtu: int, netns_path: str,
                     peer_ifname: str, address_cidr: str, gateway: str,
-                    mac: str | None = None) -> int:
+                    mac: str | None = None, address6_cidr: str = "", gateway6: str = "") -> int:
         index = self._add(ObservedLink(host_ifname, self._index(host_ifname), "veth", alias,
                                        bridge, mtu, True, ()))
-        self.containers[netns_path] = ObservedContainerNet(peer_ifname, 2, True, mtu,
-                                                           (address_cidr,), gateway or None, mac)
+        addresses = tuple(sorted(filter(None, (address_cidr, address6_cidr))))
+        self.containers[netns_path] = ObservedContainerNet(peer_ifname, 2, True, mtu, addresses,
+                                                           gateway or None, mac,
+                                                           gateway6 or None)
         return index
 
     def repair_host_side(self, host_ifname: str, alias: str, bridge: str, mtu: int) -> bool:
@@ -74,9 +78,11 @@ class FakeLinks:
         return self.links.pop(name, None) is not None
 
     def ensure_vxlan(self, name: str, alias: str, vni: int, local_ip: str, port: int,
-                     underlay_dev: str, mtu: int, mac: str, vtep_cidr: str) -> int:
+                     underlay_dev: str, mtu: int, mac: str, vtep_cidr: str,
+                     vtep6_cidr: str = "") -> int:
+        addresses = tuple(sorted(filter(None, (vtep_cidr, vtep6_cidr))))
         return self._add(ObservedVxlan(name, self._index(name), "vxlan", alias, None, mtu, True,
-                                       (vtep_cidr,), vni, port, local_ip, underlay_dev, False,
+                                       addresses, vni, port, local_ip, underlay_dev, False,
                                        mac))
 
     def observe_vxlan(self, name: str) -> ObservedVxlan | None:
@@ -90,8 +96,8 @@ class FakeLinks:
                      have: ObservedPeers | None = None) -> int:
         old = self.peers.get(device, ObservedPeers())
         self.peers[device] = ObservedPeers(
-            tuple(sorted(set(old.routes) | {(p.subnet, p.vtep_ip) for p in peers})),
-            tuple(sorted(set(old.neighbours) | {(p.vtep_ip, p.vtep_mac) for p in peers})),
+            tuple(sorted(set(old.routes) | {r for p in peers for r in p.routes()})),
+            tuple(sorted(set(old.neighbours) | {n for p in peers for n in p.neighbours()})),
             tuple(sorted(set(old.fdb) | {(p.vtep_mac, p.underlay_ip) for p in peers})))
         return len(peers)
 

@@ -71,6 +71,21 @@ def delete_link(ipr: IPRoute, link: Any, what: str,
 
 
 
+IFA_F_NODAD = 0x02
+
+
+def add_address6(ipr: IPRoute, index: int, cidr: str) -> None:
+    """Add an IPv6 address with ``nodad``: usable at once, no tentative state (EEXIST is
+    success)."""
+    address = IPNetwork(cidr)
+    try:
+        ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.prefixlen,
+                 family=socket.AF_INET6, flags=IFA_F_NODAD)
+    except NetlinkError as e:
+        if e.code != errno.EEXIST:
+            raise
+
+
 def _kind(msg: Any) -> str | None:
     info = msg.get_attr("IFLA_LINKINFO")
     return info.get_attr("IFLA_INFO_KIND") if info is not None else None
@@ -201,8 +216,11 @@ class LinkBase:
                 raise KernelError(f"could not set {sorted(delta)} of {what}") from e
 
     @staticmethod
-    def _ensure_addresses(ipr: IPRoute, index: int, wanted: str, what: str) -> None:
-        """Exactly ``wanted`` as IPv4 address on the link: add it, delete any other."""
+    def _ensure_addresses(ipr: IPRoute, index: int, wanted: str, what: str,
+                          wanted6: str = "") -> None:
+        """Exactly ``wanted`` as IPv4 address on the link: add it, delete any other. With
+        ``wanted6`` (dual-stack), exactly that global IPv6 address too."""
+        LinkBase._ensure_address6(ipr, index, wanted6, what)
         try:
             present = _v4_by_index(ipr.get_addr(family=socket.AF_INET, index=index))
             want = IPNetwork(wanted)
@@ -218,6 +236,23 @@ class LinkBase:
                         raise
         except NetlinkError as e:
             raise KernelError(f"could not set address {wanted} on {what}") from e
+
+    @staticmethod
+    def _ensure_address6(ipr: IPRoute, index: int, wanted: str, what: str) -> None:
+        """Exactly ``wanted`` ("": none) as global IPv6 address on the link, added without
+        duplicate address detection (a container binds it at once; IPAM made it unique), and
+        no other global one; the kernel's link-local address is left alone."""
+        try:
+            present = [_cidr(m) for m in ipr.get_addr(family=socket.AF_INET6, index=index)
+                       if m["scope"] == rtnl.RT_SCOPE_UNIVERSE]
+            for cidr in present:
+                if cidr != wanted:
+                    have = IPNetwork(cidr)
+                    ipr.addr("del", index=index, address=str(have.ip), prefixlen=have.prefixlen)
+            if wanted and wanted not in present:
+                add_address6(ipr, index, wanted)
+        except NetlinkError as e:
+            raise KernelError(f"could not set address {wanted or '(none)'} on {what}") from e
 
     def remove_link(self, name: str) -> bool:
         """Delete a link of ours by name (a veth takes its peer along). Missing is success.

@@ -5,6 +5,13 @@ Design note. Names, tags, idempotence and the one-thread rule are ``linkbase``'s
 Interface names: ``sdnb`` + 8 hex of sha1(network) for bridges, ``sdnv`` + 8 hex of
 sha1("container/interface") for the host side of a veth.
 
+Dual-stack (issue 20): a bridge holds its IPv6 gateway and a container its IPv6 address beside
+the IPv4 ones, added with ``nodad`` (no tentative state: a container binds its address at once),
+with a default route in each family. Router advertisements are never taken: our bridges have
+``accept_ra=0`` (the firewall's bridge sysctls, ``agent/kernel/firewall.py``) and a container's
+namespace gets it (with ``autoconf``, ``accept_dad`` and ``accept_redirects`` 0) as defaults
+when it is made (``netns.create_sandbox``), so its veth peer is born with them.
+
 Veth peers are born inside the container namespace (``net_ns_fd`` in the peer attributes); no
 device is ever moved between namespaces (10-40 ms each, LAB-NOTES).
 """
@@ -27,6 +34,7 @@ from agent.kernel.linkbase import (
     MAIN_TABLE,
     RTPROT_SDNCTL,
     LinkBase,
+    add_address6,
     delete_link,
     get_link,
 )
@@ -57,16 +65,20 @@ def _observe_peer(reader: rtnl.Reader, netns_path: str,
         link = reader.link(ifname)
         if link is None:
             return None
-        addresses = sorted(cidr for index, cidr in reader.ipv4_addresses()
+        addresses = sorted(cidr for index, cidr in reader.global_addresses()
                            if index == link.index)
         default = next((r for r in reader.ipv4_routes()
                         if r.dst_len == 0 and r.table == MAIN_TABLE), None)
+        default6 = None
+        if any(":" in cidr for cidr in addresses):  # no IPv6 address: no route dump for it
+            default6 = next((r for r in reader.routes(socket.AF_INET6)
+                             if r.dst_len == 0 and r.table == MAIN_TABLE), None)
     except (NetlinkError, OSError) as e:
         raise KernelError(f"could not read {ifname!r} in {netns_path!r}") from e
     return ObservedContainerNet(
         ifname=ifname, index=link.index, up=bool(link.flags & IFF_UP), mtu=link.mtu,
         addresses=tuple(addresses), gateway=default.gateway if default is not None else None,
-        mac=link.mac)
+        mac=link.mac, gateway6=default6.gateway if default6 is not None else None)
 
 
 def peek_interface(netns_path: str, ifname: str) -> ObservedContainerNet | None:
@@ -98,7 +110,7 @@ class Links(VxlanLinks, LinkBase):
         try:
             links = self._reader.links()
             addresses: dict[int, list[str]] = {}
-            for index, cidr in self._reader.ipv4_addresses():
+            for index, cidr in self._reader.global_addresses():
                 addresses.setdefault(index, []).append(cidr)
         except (NetlinkError, OSError) as e:
             raise KernelError("could not dump links") from e
@@ -152,8 +164,10 @@ class Links(VxlanLinks, LinkBase):
                     os.close(fd)
         return found
 
-    def ensure_bridge(self, name: str, alias: str, gateway_cidr: str, mtu: int) -> int:
-        """A bridge with our alias, this MTU, exactly the gateway address, up. Returns its index."""
+    def ensure_bridge(self, name: str, alias: str, gateway_cidr: str, mtu: int,
+                      gateway6_cidr: str = "") -> int:
+        """A bridge with our alias, this MTU, exactly the gateway address (and IPv6 gateway),
+        up. Returns its index."""
         self._check_thread()
         ipr = self._host
         try:
@@ -165,7 +179,8 @@ class Links(VxlanLinks, LinkBase):
         else:
             self._verify_ours(link, name, "bridge", alias)
         self._fix_link(ipr, link, f"bridge {name!r}", mtu=mtu, state="up", ifalias=alias)
-        self._ensure_addresses(ipr, link["index"], gateway_cidr, f"bridge {name!r}")
+        self._ensure_addresses(ipr, link["index"], gateway_cidr, f"bridge {name!r}",
+                               gateway6_cidr)
         return int(link["index"])
 
     def ensure_veth(
@@ -179,8 +194,11 @@ class Links(VxlanLinks, LinkBase):
         address_cidr: str,
         gateway: str,
         mac: str | None = None,
+        address6_cidr: str = "",
+        gateway6: str = "",
     ) -> int:
-        """A veth pair from ``bridge`` into the container namespace, addressed and routed.
+        """A veth pair from ``bridge`` into the container namespace, addressed and routed (in
+        both families with ``address6_cidr`` and ``gateway6``).
 
         The peer is created directly inside ``netns_path``, with MAC address ``mac`` when given
         (``names.container_mac``: the anti-spoofing rules must know it; a different one is
@@ -200,10 +218,10 @@ class Links(VxlanLinks, LinkBase):
         peer_index = link.get_attr("IFLA_LINK")
         if created and peer_index:
             self._configure_new_peer(netns_path, peer_ifname, peer_index, alias, address_cidr,
-                                     gateway)
+                                     gateway, address6_cidr, gateway6)
         else:
             self._ensure_container_side(netns_path, peer_ifname, alias, mtu, address_cidr,
-                                        gateway, mac)
+                                        gateway, mac, address6_cidr, gateway6)
         return int(link["index"])
 
     def ensure_handover_veth(self, host_ifname: str, alias: str, bridge: str, mtu: int,
@@ -275,7 +293,8 @@ class Links(VxlanLinks, LinkBase):
         return self._read_back(self._host, name, "veth", alias), created
 
     def _configure_new_peer(self, netns_path: str, peer: str, index: int, alias: str,
-                            address_cidr: str, gateway: str) -> None:
+                            address_cidr: str, gateway: str, address6_cidr: str = "",
+                            gateway6: str = "") -> None:
         """The peer this call just created (name, MTU and MAC set at birth; its index is the
         host side's IFLA_LINK): up with our alias, its address, its default route. Nothing to
         read first: three writes where repairing an existing one takes three reads more."""
@@ -285,19 +304,24 @@ class Links(VxlanLinks, LinkBase):
         try:
             ipr.link("set", index=index, state="up", ifalias=alias)
             ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.prefixlen)
+            if address6_cidr:
+                add_address6(ipr, index, address6_cidr)
         except NetlinkError as e:
             raise KernelError(f"could not bring up and address {what}") from e
         faults.point("address")
-        try:
-            ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=index,
-                      proto=RTPROT_SDNCTL, table=MAIN_TABLE)
-        except NetlinkError as e:
-            raise KernelError(f"could not set default route via {gateway} for {what}") from e
+        for dst, via in (("0.0.0.0/0", gateway), ("::/0", gateway6)):
+            if not via:
+                continue
+            try:
+                ipr.route("replace", dst=dst, gateway=via, oif=index, proto=RTPROT_SDNCTL,
+                          table=MAIN_TABLE)
+            except NetlinkError as e:
+                raise KernelError(f"could not set default route via {via} for {what}") from e
         faults.point("route")
 
     def _ensure_container_side(
         self, netns_path: str, peer: str, alias: str, mtu: int, address_cidr: str, gateway: str,
-        mac: str | None,
+        mac: str | None, address6_cidr: str = "", gateway6: str = "",
     ) -> None:
         what = f"{peer!r} in {netns_path!r}"
         ipr = self._in(netns_path)
@@ -312,15 +336,19 @@ class Links(VxlanLinks, LinkBase):
         if mac is not None:
             want["address"] = mac.lower()
         self._fix_link(ipr, link, what, **want)
-        self._ensure_addresses(ipr, link["index"], address_cidr, what)
+        self._ensure_addresses(ipr, link["index"], address_cidr, what, address6_cidr)
         faults.point("address")
         self._ensure_default_route(ipr, link["index"], gateway, what)
+        if gateway6:
+            self._ensure_default_route(ipr, link["index"], gateway6, what, socket.AF_INET6)
         faults.point("route")
 
     @staticmethod
-    def _ensure_default_route(ipr: IPRoute, index: int, gateway: str, what: str) -> None:
+    def _ensure_default_route(ipr: IPRoute, index: int, gateway: str, what: str,
+                              family: int = socket.AF_INET) -> None:
+        dst = "0.0.0.0/0" if family == socket.AF_INET else "::/0"
         try:
-            current = _default_route(ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE))
+            current = _default_route(ipr.get_routes(family=family, table=MAIN_TABLE))
             if (
                 current is not None
                 and current.get_attr("RTA_GATEWAY") == gateway
@@ -328,7 +356,7 @@ class Links(VxlanLinks, LinkBase):
                 and current["proto"] == RTPROT_SDNCTL
             ):
                 return
-            ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=index,
+            ipr.route("replace", dst=dst, gateway=gateway, oif=index,
                       proto=RTPROT_SDNCTL, table=MAIN_TABLE)
         except NetlinkError as e:
             raise KernelError(f"could not set default route via {gateway} for {what}") from e

@@ -154,7 +154,7 @@ def create_sandbox(paths: dict[str, str], hostname: str) -> list[str]:
             # ports without CAP_NET_BIND_SERVICE over the namespace (a user-namespaced root has
             # it only in its own user namespace, not over this network namespace).
             for key, value in (("ipv4/ping_group_range", "0 2147483647"),
-                               ("ipv4/ip_unprivileged_port_start", "0")):
+                               ("ipv4/ip_unprivileged_port_start", "0"), *_IPV6_DEFAULTS):
                 with open(f"/proc/sys/net/{key}", "w") as f:
                     f.write(value)
         pinned: list[str] = []
@@ -178,6 +178,16 @@ def create_sandbox(paths: dict[str, str], hostname: str) -> list[str]:
 
 
 _run_dir_ready = False
+
+#: Dual-stack (issue 20): what every interface born in a sandbox inherits (``default``) and the
+#: namespace's own (``all``): no router advertisements, SLAAC addresses or redirects taken, and
+#: no duplicate address detection (IPAM made the address unique; DAD would hold it tentative
+#: for a second, so a container could not bind it at once). Empty without IPv6 in the kernel.
+_IPV6_DEFAULTS = tuple(
+    (f"ipv6/conf/{scope}/{key}", "0")
+    for scope in ("all", "default")
+    for key in ("accept_ra", "autoconf", "accept_dad", "accept_redirects")
+) if os.path.isdir("/proc/sys/net/ipv6/conf") else ()
 
 
 def _run_dir_mounted() -> None:

@@ -23,6 +23,8 @@ from agent.kernel.errors import KernelError
 from agent.kernel.netns import netns_inode
 
 KILL_WAIT = 5.0  # seconds to wait for a process after SIGKILL
+EXITING_WAIT = 1.0  # seconds to wait for an exiting process to become a zombie
+PF_EXITING = 0x4  # include/linux/sched.h
 
 
 @dataclass(frozen=True)
@@ -138,12 +140,33 @@ def reap(info: ProcInfo) -> int | None:
         return None  # gone already, or the PID belongs to someone else now
     try:
         pid, status = os.waitpid(info.pid, os.WNOHANG)
+        if pid == 0 and _exiting(info):
+            # Between dropping its namespaces (so it no longer looks alive) and becoming a
+            # zombie: wait that instant out, or its code would be lost to this pass and the
+            # container reported exited with an unknown code.
+            _wait_zombie(info, EXITING_WAIT)
+            pid, status = os.waitpid(info.pid, os.WNOHANG)
     except ChildProcessError:
         return None
     if pid == 0:
         return None
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def _exiting(info: ProcInfo) -> bool:
+    """The process runs its exit path (PF_EXITING in the flags of /proc/PID/stat)."""
+    fields = procfs.stat_fields(info.pid)
+    return fields is not None and int(fields[9 - 3]) & PF_EXITING != 0
+
+
+def _wait_zombie(info: ProcInfo, timeout: float) -> None:
+    fd = _pidfd(info)
+    if fd is not None:
+        try:
+            _wait_exits({fd: info}, timeout)
+        finally:
+            os.close(fd)
 
 
 def write_pidfile(path: str, info: ProcInfo) -> None:

@@ -108,6 +108,14 @@ def _ipv4_bytes(address: str) -> bytes:
     return socket.inet_pton(socket.AF_INET, address)
 
 
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _ip_bytes(address: str) -> bytes:
+    return socket.inet_pton(_family(address), address)
+
+
 def _mac_bytes(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
 
@@ -132,19 +140,21 @@ def fdb_replace(index: int, mac: str, dst: str, state: int, flags: int) -> Reque
 
 
 def neighbour_replace(index: int, ip: str, mac: str, state: int, protocol: int) -> Request:
-    """``ip neigh replace IP lladdr MAC dev INDEX nud STATE protocol PROTOCOL``."""
-    body = NDMSG.pack(socket.AF_INET, index, state, 0, 0) + _attr(NDA_DST, _ipv4_bytes(ip)) + \
+    """``ip neigh replace IP lladdr MAC dev INDEX nud STATE protocol PROTOCOL`` (either
+    family)."""
+    body = NDMSG.pack(_family(ip), index, state, 0, 0) + _attr(NDA_DST, _ip_bytes(ip)) + \
         _attr(NDA_LLADDR, _mac_bytes(mac)) + _attr(NDA_PROTOCOL, bytes([protocol]))
     return Request(RTM_NEWNEIGH, REPLACE, body)
 
 
 def route_replace(cidr: str, gateway: str, oif: int, table: int, protocol: int,
                   flags: int) -> Request:
-    """``ip route replace CIDR via GATEWAY dev OIF table TABLE proto PROTOCOL`` (IPv4)."""
+    """``ip route replace CIDR via GATEWAY dev OIF table TABLE proto PROTOCOL`` (either
+    family)."""
     network, length = cidr.split("/")
-    body = RTMSG.pack(socket.AF_INET, int(length), 0, 0, table if table < 256 else 0, protocol,
+    body = RTMSG.pack(_family(network), int(length), 0, 0, table if table < 256 else 0, protocol,
                       RT_SCOPE_UNIVERSE, RTN_UNICAST, flags) + \
-        _attr(RTA_DST, _ipv4_bytes(network)) + _attr(RTA_GATEWAY, _ipv4_bytes(gateway)) + \
+        _attr(RTA_DST, _ip_bytes(network)) + _attr(RTA_GATEWAY, _ip_bytes(gateway)) + \
         _attr(RTA_OIF, U32.pack(oif)) + _attr(RTA_TABLE, U32.pack(table))
     return Request(RTM_NEWROUTE, REPLACE, body)
 
@@ -167,6 +177,10 @@ def _mac(value: memoryview | None) -> str | None:
 
 def _ipv4(value: memoryview | None) -> str | None:
     return socket.inet_ntop(socket.AF_INET, value) if value is not None else None
+
+
+def _ip(family: int, value: memoryview | None) -> str | None:
+    return socket.inet_ntop(family, value) if value is not None else None
 
 
 def _u32(value: memoryview | None) -> int | None:
@@ -198,13 +212,29 @@ def parse_ipv4_address(payload: memoryview) -> tuple[int, str] | None:
     return (index, f"{address}/{prefixlen}") if address is not None else None
 
 
+def parse_global_address(payload: memoryview) -> tuple[int, str] | None:
+    """(interface index, 'address/len') of an IPv4 or global-scope IPv6 RTM_NEWADDR (dual-stack,
+    issue 20: the kernel's own link-local fe80:: addresses are not ours to compare)."""
+    family, prefixlen, _flags, scope, index = IFADDRMSG.unpack_from(payload)
+    if family not in (socket.AF_INET, socket.AF_INET6) or (
+            family == socket.AF_INET6 and scope != RT_SCOPE_UNIVERSE):
+        return None
+    address = _ip(family, attributes(payload, IFADDRMSG.size).get(IFA_ADDRESS))
+    return (index, f"{address}/{prefixlen}") if address is not None else None
+
+
 def parse_ipv4_route(payload: memoryview) -> Route | None:
-    family, dst_len, _src, _tos, table, proto, _scope, _type, _flags = RTMSG.unpack_from(payload)
-    if family != socket.AF_INET:
+    return parse_route(payload, socket.AF_INET)
+
+
+def parse_route(payload: memoryview, family: int) -> Route | None:
+    """A route of ``family`` (AF_INET or AF_INET6), None for another family."""
+    got, dst_len, _src, _tos, table, proto, _scope, _type, _flags = RTMSG.unpack_from(payload)
+    if got != family:
         return None
     attrs = attributes(payload, RTMSG.size)
     return Route(dst_len=dst_len, table=_u32(attrs.get(RTA_TABLE)) or table, proto=proto,
-                 gateway=_ipv4(attrs.get(RTA_GATEWAY)), oif=_u32(attrs.get(RTA_OIF)))
+                 gateway=_ip(family, attrs.get(RTA_GATEWAY)), oif=_u32(attrs.get(RTA_OIF)))
 
 
 class Reader:
@@ -305,8 +335,18 @@ class Reader:
         return [found for payload in self._request(RTM_GETADDR, NLM_F_DUMP, body)
                 if (found := parse_ipv4_address(payload)) is not None]
 
+    def global_addresses(self) -> list[tuple[int, str]]:
+        """(interface index, 'address/len') of every IPv4 and global IPv6 address: one dump."""
+        body = IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        return [found for payload in self._request(RTM_GETADDR, NLM_F_DUMP, body)
+                if (found := parse_global_address(payload)) is not None]
+
     def ipv4_routes(self) -> list[Route]:
         """Every IPv4 route of every table."""
-        body = RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
+        return self.routes(socket.AF_INET)
+
+    def routes(self, family: int) -> list[Route]:
+        """Every route of ``family`` (AF_INET, AF_INET6) of every table."""
+        body = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
         return [found for payload in self._request(RTM_GETROUTE, NLM_F_DUMP, body)
-                if (found := parse_ipv4_route(payload)) is not None]
+                if (found := parse_route(payload, family)) is not None]

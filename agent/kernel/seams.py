@@ -39,11 +39,13 @@ class LinkOps(Protocol):
         self, peers: dict[str, str],
     ) -> dict[str, ObservedContainerNet | None]: ...
 
-    def ensure_bridge(self, name: str, alias: str, gateway_cidr: str, mtu: int) -> int: ...
+    def ensure_bridge(self, name: str, alias: str, gateway_cidr: str, mtu: int,
+                      gateway6_cidr: str = "") -> int: ...
 
     def ensure_veth(
         self, host_ifname: str, alias: str, bridge: str, mtu: int, netns_path: str,
         peer_ifname: str, address_cidr: str, gateway: str, mac: str | None = None,
+        address6_cidr: str = "", gateway6: str = "",
     ) -> int: ...
 
     def repair_host_side(self, host_ifname: str, alias: str, bridge: str, mtu: int) -> bool: ...
@@ -52,7 +54,7 @@ class LinkOps(Protocol):
 
     def ensure_vxlan(
         self, name: str, alias: str, vni: int, local_ip: str, port: int, underlay_dev: str,
-        mtu: int, mac: str, vtep_cidr: str,
+        mtu: int, mac: str, vtep_cidr: str, vtep6_cidr: str = "",
     ) -> int: ...
 
     def observe_vxlan(self, name: str) -> ObservedVxlan | None: ...

@@ -4,7 +4,9 @@ Overlays (flannel's VXLAN scheme, L3). Each overlay network has one VXLAN device
 (``sdnx`` + 8 hex, alias ``sdnctl:vxlan/<network>``) with ``nolearning`` and no remote or
 group: nothing is flooded and nothing is learnt from packets. Its address is the host's lease
 network address as /32 (the VTEP address), its MAC the host's VTEP MAC. For each other member
-host we keep exactly three entries, O(hosts) and nothing per remote container:
+host we keep exactly three entries, O(hosts) and nothing per remote container (on a
+dual-stack overlay, issue 20, five: the route and the neighbour in each family, the IPv6 VTEP
+address being the host's IPv6 lease's network address as /128, and the one FDB entry):
 
 - a route ``<peer subnet> via <peer VTEP address> dev sdnx… onlink proto 211``;
 - a permanent neighbour ``<peer VTEP address> lladdr <peer VTEP MAC>`` (NDA_PROTOCOL 211);
@@ -44,6 +46,7 @@ from agent.kernel.linkbase import (
     RTNH_F_ONLINK,
     RTPROT_SDNCTL,
     LinkBase,
+    _cidr,
     _is_up,
     _kind,
     _v4_by_index,
@@ -105,6 +108,7 @@ class VxlanLinks(LinkBase):
         mtu: int,
         mac: str,
         vtep_cidr: str,
+        vtep6_cidr: str = "",
     ) -> int:
         """A VXLAN device with ``nolearning`` and no remote or group, up, with this VNI, UDP
         destination port, source address ``local_ip``, underlay device, MTU, MAC and exactly the
@@ -141,7 +145,7 @@ class VxlanLinks(LinkBase):
         else:
             self._fix_vxlan(ipr, link, what, local_ip, underlay["index"])
         self._fix_link(ipr, link, what, mtu=mtu, address=mac, state="up", ifalias=alias)
-        self._ensure_addresses(ipr, link["index"], vtep_cidr, what)
+        self._ensure_addresses(ipr, link["index"], vtep_cidr, what, vtep6_cidr)
         return int(link["index"])
 
     @staticmethod
@@ -171,6 +175,8 @@ class VxlanLinks(LinkBase):
                 return None
             index = link["index"]
             addrs = _v4_by_index(ipr.get_addr(family=socket.AF_INET, index=index)).get(index, [])
+            addrs += [_cidr(m) for m in ipr.get_addr(family=socket.AF_INET6, index=index)
+                      if m["scope"] == rtnl.RT_SCOPE_UNIVERSE]
             data = _vxlan_data(link)
             lower = data.get("IFLA_VXLAN_LINK")
             underlay = ipr.link("get", index=lower)[0].get_attr("IFLA_IFNAME") if lower else None
@@ -192,8 +198,10 @@ class VxlanLinks(LinkBase):
         """One route dump, one neighbour dump and one FDB dump for all ``indexes``."""
         ipr = self._host
         try:
-            routes = ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE)
-            neighbours = ipr.get_neighbours(family=socket.AF_INET)
+            routes = [*ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE),
+                      *ipr.get_routes(family=socket.AF_INET6, table=MAIN_TABLE)]
+            neighbours = [*ipr.get_neighbours(family=socket.AF_INET),
+                          *ipr.get_neighbours(family=socket.AF_INET6)]
             fdb = ipr.fdb("dump")
         except NetlinkError as e:
             raise KernelError("could not dump routes, neighbours and FDB") from e
@@ -279,13 +287,15 @@ class VxlanLinks(LinkBase):
             if [d for m, d in have.fdb if m == mac] != [peer.underlay_ip]:
                 requests.append((peer, rtnl.fdb_replace(index, mac, peer.underlay_ip,
                                                         NUD_PERMANENT | NUD_NOARP, NTF_SELF)))
-            if (peer.vtep_ip, mac) not in have.neighbours:
-                requests.append((peer, rtnl.neighbour_replace(index, peer.vtep_ip, mac,
-                                                              NUD_PERMANENT, RTPROT_SDNCTL)))
-            if [v for d, v in have.routes if d == subnet] != [peer.vtep_ip]:
-                requests.append((peer, rtnl.route_replace(subnet, peer.vtep_ip, index,
-                                                          MAIN_TABLE, RTPROT_SDNCTL,
-                                                          RTNH_F_ONLINK)))
+            for vtep_ip, _ in peer.neighbours():
+                if (vtep_ip, mac) not in have.neighbours:
+                    requests.append((peer, rtnl.neighbour_replace(index, vtep_ip, mac,
+                                                                  NUD_PERMANENT, RTPROT_SDNCTL)))
+            for dst, via in peer.routes():
+                dst = subnet if dst == peer.subnet else str(IPNetwork(dst).cidr)
+                if [v for d, v in have.routes if d == dst] != [via]:
+                    requests.append((peer, rtnl.route_replace(dst, via, index, MAIN_TABLE,
+                                                              RTPROT_SDNCTL, RTNH_F_ONLINK)))
         if not requests:
             return 0
         try:
@@ -309,7 +319,8 @@ class VxlanLinks(LinkBase):
         if index is None:
             return False
         try:
-            self._host.route("del", dst=subnet, oif=index, proto=RTPROT_SDNCTL, table=MAIN_TABLE)
+            self._host.route("del", dst=subnet, oif=index, proto=RTPROT_SDNCTL, table=MAIN_TABLE,
+                             family=socket.AF_INET6 if ":" in subnet else socket.AF_INET)
         except NetlinkError as e:
             if e.code == errno.ESRCH:
                 return False
@@ -323,7 +334,8 @@ class VxlanLinks(LinkBase):
         if index is None:
             return False
         try:
-            self._host.neigh("del", ifindex=index, dst=ip)
+            self._host.neigh("del", ifindex=index, dst=ip,
+                             family=socket.AF_INET6 if ":" in ip else socket.AF_INET)
         except NetlinkError as e:
             if e.code == errno.ENOENT:
                 return False

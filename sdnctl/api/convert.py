@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from sdnctl.api.model import (
+    DEFAULT_HOST_PREFIX6,
     DEFAULT_INTERFACE,
     USERNS_AUTO,
     USERNS_HOST,
@@ -73,6 +74,8 @@ def network_from_pb(msg: pb.Network) -> Network:
         dns_domain=msg.dns_domain.lower().rstrip("."),
         dns=tuple(msg.dns),
         default_policy=msg.default_policy,
+        subnet6=msg.subnet6,
+        host_prefix6=msg.host_prefix6 or DEFAULT_HOST_PREFIX6,
     )
 
 
@@ -84,18 +87,21 @@ def network_to_pb(network: Network, revision: int = 0) -> pb.Network:
                       internal=network.internal, allow=list(network.allow),
                       builtin=network.builtin, vni=network.vni, vxlan_port=network.vxlan_port,
                       dns_domain=network.dns_domain, dns=list(network.dns),
-                      default_policy=network.default_policy)
+                      default_policy=network.default_policy, subnet6=network.subnet6,
+                      host_prefix6=network.host_prefix6)
 
 
 def lease_from_pb(msg: pb.Lease) -> Lease:
     return Lease(network=msg.network, host=msg.host, subnet=msg.subnet, gateway=msg.gateway,
-                 renewed_at=msg.renewed_at, expires_at=msg.expires_at)
+                 renewed_at=msg.renewed_at, expires_at=msg.expires_at, subnet6=msg.subnet6,
+                 gateway6=msg.gateway6)
 
 
 def lease_to_pb(lease: Lease) -> pb.Lease:
     return pb.Lease(network=lease.network, host=lease.host, subnet=lease.subnet,
                     gateway=lease.gateway, renewed_at=lease.renewed_at,
-                    expires_at=lease.expires_at)
+                    expires_at=lease.expires_at, subnet6=lease.subnet6,
+                    gateway6=lease.gateway6)
 
 
 def container_from_pb(msg: pb.Container) -> Container:
@@ -106,6 +112,7 @@ def container_from_pb(msg: pb.Container) -> Container:
         command=tuple(msg.command) or (() if msg.image else DEFAULT_COMMAND),
         interface=msg.interface or DEFAULT_INTERFACE,
         fixed_ip=msg.fixed_ip,
+        fixed_ip6=msg.fixed_ip6,
         ports=tuple(msg.ports),
         share=tuple(msg.share),
         restart=msg.restart or DEFAULT_RESTART,
@@ -138,7 +145,8 @@ def container_to_pb(container: Container) -> pb.Container:
     """The spec only; the controller adds the address, status and revision (``container_pb``)."""
     return pb.Container(name=container.name, host=container.host, network=container.network,
                         command=list(container.command), interface=container.interface,
-                        fixed_ip=container.fixed_ip, ports=list(container.ports),
+                        fixed_ip=container.fixed_ip, fixed_ip6=container.fixed_ip6,
+                        ports=list(container.ports),
                         share=list(container.share), restart=container.restart,
                         image=container.image, image_id=container.image_id,
                         resources=pb.Resources(memory_bytes=container.memory, cpus=container.cpus,
@@ -174,7 +182,8 @@ def status_from_pb(msg: pb.ContainerStatus) -> ContainerStatus:
 
 def allocation_to_pb(allocation: Allocation, host: str = "") -> pb.Allocation:
     return pb.Allocation(network=allocation.network, container=allocation.container,
-                         interface=allocation.interface, address=allocation.address, host=host)
+                         interface=allocation.interface, address=allocation.address, host=host,
+                         address6=allocation.address6)
 
 
 #: Bytes per message when an image archive or blob is streamed (gRPC's default limit is 4 MiB).

@@ -156,6 +156,31 @@ def validate_cidr(value: object, field: str) -> netaddr.IPNetwork:
     return net
 
 
+def validate_cidr6(value: object, field: str) -> netaddr.IPNetwork:
+    """Parse an IPv6 network CIDR such as ``fd00:88::/48``, or raise :class:`Invalid`."""
+    example = "fd00:88::/48"
+    if not isinstance(value, str) or "/" not in value:
+        raise Invalid(field, f"expected an IPv6 CIDR string such as {example}, got {value!r}")
+    try:
+        net = netaddr.IPNetwork(value, version=6)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise Invalid(field, f"{value!r} is not an IPv6 CIDR such as {example}") from None
+    if net.ip != net.network:
+        raise Invalid(field, f"{value} has host bits set; did you mean {net.cidr}?")
+    return net
+
+
+def check_ipv6(value: str, field: str) -> str:
+    """An IPv6 address, returned in its compressed form (as the kernel prints it)."""
+    if not isinstance(value, str) or ":" not in value:
+        raise Invalid(field, f"{value!r} is not an IPv6 address")
+    try:
+        address = netaddr.IPAddress(value, version=6)
+    except (netaddr.AddrFormatError, ValueError, TypeError) as e:
+        raise Invalid(field, f"{value!r} is not an IPv6 address") from e
+    return str(address)
+
+
 IFNAMSIZ = 15
 
 
@@ -219,17 +244,32 @@ RESERVED_RANGES = (
 )
 
 
+#: The same for IPv6 (issue 20): unspecified, loopback, link-local (our devices' own), multicast
+#: and IPv4-mapped addresses.
+RESERVED_RANGES6 = (
+    (netaddr.IPNetwork("::/128"), "the unspecified address (::)"),
+    (netaddr.IPNetwork("::1/128"), "loopback (::1)"),
+    (netaddr.IPNetwork("fe80::/10"), "link-local (fe80::/10)"),
+    (netaddr.IPNetwork("ff00::/8"), "multicast (ff00::/8)"),
+    (netaddr.IPNetwork("::ffff:0:0/96"), "IPv4-mapped (::ffff:0:0/96)"),
+)
+
+
 #: A network's subnet is at least this long a prefix (a /7 would take half of 0/1...).
 POOL_PREFIX_MIN = 8
+#: An IPv6 network's: a /16 already holds 2^48 /64 leases.
+POOL_PREFIX_MIN6 = 16
 
 
 def check_pool(subnet: netaddr.IPNetwork, field: str) -> netaddr.IPNetwork:
     """A network's subnet: a prefix of at least ``POOL_PREFIX_MIN`` bits, clear of every
     reserved range (host bits and the maximum prefix are checked by ``validate_cidr`` and
     ``host_prefix_for``)."""
-    if subnet.prefixlen < POOL_PREFIX_MIN:
-        raise Invalid(field, f"{subnet} is too large: at most a /{POOL_PREFIX_MIN}")
-    for reserved, what in RESERVED_RANGES:
+    v6 = subnet.version == 6
+    minimum = POOL_PREFIX_MIN6 if v6 else POOL_PREFIX_MIN
+    if subnet.prefixlen < minimum:
+        raise Invalid(field, f"{subnet} is too large: at most a /{minimum}")
+    for reserved, what in RESERVED_RANGES6 if v6 else RESERVED_RANGES:
         if subnet.first <= reserved.last and reserved.first <= subnet.last:
             raise Invalid(field, f"{subnet} overlaps {what}, which is reserved")
     return subnet
@@ -237,7 +277,7 @@ def check_pool(subnet: netaddr.IPNetwork, field: str) -> netaddr.IPNetwork:
 
 def check_not_reserved(address: str, field: str) -> str:
     ip = netaddr.IPAddress(address)
-    for reserved, what in RESERVED_RANGES:
+    for reserved, what in RESERVED_RANGES6 if ip.version == 6 else RESERVED_RANGES:
         if ip in reserved:
             raise Invalid(field, f"{address} is in {what}, which is reserved")
     return address

@@ -21,6 +21,7 @@ NAME_MAX = 63
 DEFAULT_VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50  # outer IPv4 + UDP + VXLAN + inner Ethernet: overlay MTU = underlay - 50
 DEFAULT_HOST_PREFIX = 24
+DEFAULT_HOST_PREFIX6 = 64  # each host's IPv6 lease: a /64, as SLAAC-era networks expect
 DEFAULT_MTU = 1500
 DRIVER_BRIDGE = "bridge"
 DRIVER_OVERLAY = "overlay"
@@ -135,6 +136,10 @@ class Network:
     dns: tuple[str, ...] = ()
     #: Network policy (issue 22): "deny" isolates every container of it for ingress.
     default_policy: str = ""
+    #: Dual-stack (issue 20): the network's IPv6 CIDR (empty: IPv4 only), carved into per-host
+    #: leases of ``host_prefix6`` bits as ``subnet`` is into ``host_prefix`` ones.
+    subnet6: str = ""
+    host_prefix6: int = DEFAULT_HOST_PREFIX6
 
     MUTABLE = ("masquerade", "internal", "allow", "default_policy")
 
@@ -159,6 +164,7 @@ class Container:
     command: tuple[str, ...] = ("sleep", "infinity")
     interface: str = DEFAULT_INTERFACE
     fixed_ip: str = ""  # a requested address (bridge mode), else IPAM picks one
+    fixed_ip6: str = ""  # the same for IPv6, on a network with a subnet6
     ports: tuple[str, ...] = ()  # published ports: "8080:80", "127.0.0.1:5353:53/udp"
     share: tuple[str, ...] = ()  # joined mode: also share the donor's "uts", "ipc"
     restart: str = "no"  # no | always | on-failure (a non-zero exit code, or an unknown one)
@@ -296,6 +302,8 @@ class Lease:
     gateway: str  # first usable address of the subnet, held by the host's bridge
     renewed_at: int = 0  # unix seconds: when the host's agent last renewed it
     expires_at: int = 0  # unix seconds: an idle lease (no addresses) is freed after this
+    subnet6: str = ""  # the host's IPv6 prefix of a dual-stack network, e.g. fd00:88::/64
+    gateway6: str = ""  # prefix::1 (prefix:: is the subnet-router anycast address)
 
 
 @dataclass(frozen=True)
@@ -307,6 +315,8 @@ class Allocation:
     interface: str
     address: str  # plain address, e.g. 10.88.0.2
     prefixlen: int  # of the host's lease
+    address6: str = ""  # its IPv6 address on a dual-stack network
+    prefixlen6: int = 0  # of the host's IPv6 lease
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from sdnctl.api.fields import (
     check_http_url,
     check_ifname,
     check_ipv4,
+    check_ipv6,
     check_name,
     check_not_reserved,
     check_pool,
@@ -37,6 +38,7 @@ from sdnctl.api.fields import (
     parse_port,
     parse_volume,
     validate_cidr,
+    validate_cidr6,
 )
 from sdnctl.api.model import (
     CAPABILITIES,
@@ -75,6 +77,23 @@ PORT_MAX = 65535
 RESERVED_NETWORK_NAMES = (MODE_NONE, MODE_HOST)
 #: The longest host prefix: a /30 still leaves a gateway and one container.
 MAX_HOST_PREFIX = 30
+#: The same for IPv6: a /126 leaves the subnet-router anycast address, a gateway and two more.
+MAX_HOST_PREFIX6 = 126
+
+
+def host_prefix6_for(network_cidr: str, host_prefix: int, field: str = "host_prefix6") -> int:
+    """The prefix length of one host's IPv6 lease in ``network_cidr`` (a network smaller than
+    ``host_prefix`` is leased whole). Errors about the CIDR name the sibling ``subnet6``."""
+    net = validate_cidr6(network_cidr, field.removesuffix("host_prefix6") + "subnet6")
+    if isinstance(host_prefix, bool) or not isinstance(host_prefix, int) or host_prefix < 1:
+        raise Invalid(field, f"expected a prefix length, got {host_prefix!r}")
+    if host_prefix > MAX_HOST_PREFIX6:
+        raise Invalid(field, f"/{host_prefix} leaves no room for a gateway and a container; "
+                      f"at most /{MAX_HOST_PREFIX6}")
+    if net.prefixlen > MAX_HOST_PREFIX6:
+        raise Invalid(field.removesuffix("host_prefix6") + "subnet6",
+                      f"{network_cidr} leaves no room for a gateway and a container")
+    return max(net.prefixlen, host_prefix)
 
 
 def host_prefix_for(network_cidr: str, host_prefix: int, field: str = "host_prefix") -> int:
@@ -169,6 +188,9 @@ def validate_network(network: Network, where: str = "network") -> Network:
         ip_range = validate_cidr(network.ip_range, f"{where}.ip_range")
         if ip_range not in subnet:
             raise Invalid(f"{where}.ip_range", f"{ip_range} is not inside {subnet}")
+    if network.subnet6:
+        check_pool(validate_cidr6(network.subnet6, f"{where}.subnet6"), f"{where}.subnet6")
+        host_prefix6_for(network.subnet6, network.host_prefix6, f"{where}.host_prefix6")
     _check_allow(network, where)
     _check_dns(network.dns_domain, network.dns, where)
     return network
@@ -234,6 +256,9 @@ def validate_container(container: Container, where: str = "container") -> Contai
     if container.fixed_ip:
         _only_in(mode, MODE_BRIDGE, container, f"{where}.fixed_ip")
         check_ipv4(container.fixed_ip, f"{where}.fixed_ip")
+    if container.fixed_ip6:
+        _only_in(mode, MODE_BRIDGE, container, f"{where}.fixed_ip6")
+        check_ipv6(container.fixed_ip6, f"{where}.fixed_ip6")
     if container.ports:
         _only_in(mode, MODE_BRIDGE, container, f"{where}.ports")
         _check_ports(container.ports, f"{where}.ports")

@@ -133,7 +133,8 @@ def _rows_networks(live: Live) -> list[list[str]]:
         vxlan = f"{n['vni']}/{n['vxlan_port'] or DEFAULT_VXLAN_PORT}" \
             if spans_hosts(n["driver"]) else "-"
         members = sum(c["network"] == n["name"] for c in live.containers.values())
-        rows.append([n["name"], n["driver"], n["subnet"], str(n["mtu"] or "auto"), vxlan,
+        subnets = " ".join(filter(None, (n["subnet"], n.get("subnet6"))))  # dual-stack: both
+        rows.append([n["name"], n["driver"], subnets, str(n["mtu"] or "auto"), vxlan,
                      ", ".join(n["allow"]) or "-", ", ".join(flags) or "-", str(members)])
     return rows
 
@@ -143,12 +144,21 @@ def _rows_containers(live: Live) -> list[list[str]]:
     for c in sorted(live.containers.values(), key=lambda c: (c["host"], c["name"])):
         target = c["shares_netns_of"] or (c["network"] if c["mode"] == MODE_BRIDGE else "")
         donor = live.containers.get(c["shares_netns_of"], {})
-        ip = f"{c['ip']}/{c['prefixlen']}" if c["ip"] else \
-            (f"({donor['ip']})" if donor.get("ip") else "-")  # a joined one has its donor's
+        ip = _addresses(c) or (f"({_addresses(donor, False)})" if donor.get("ip") else "-")
+        # (a joined one has its donor's)
         mode = c["owner"][:16] if c.get("cni_netns") else _MODE_WORD[c["mode"]]
         rows.append([c["name"], c["host"], mode, target or "-", ip, c["state"],
                      str(c["pid"] or "-"), ", ".join(c["ports"]) or "-"])
     return rows
+
+
+def _addresses(c: dict[str, Any], lengths: bool = True) -> str:
+    """A container's address in each family it has ("" for none), as status shows them."""
+    found = []
+    for ip, length in (("ip", "prefixlen"), ("ip6", "prefixlen6")):
+        if c.get(ip):
+            found.append(f"{c[ip]}/{c[length]}" if lengths else c[ip])
+    return " ".join(found)
 
 
 _MODE_WORD = {MODE_BRIDGE: "bridged", MODE_NONE: "closed", MODE_CONTAINER: "joined",
@@ -300,6 +310,8 @@ def _container_label(ctr: Container, live: Live) -> str:
     if mode == MODE_BRIDGE:
         ip = got.get("ip") or ctr.fixed_ip
         lines.append(f"bridged · {ctr.interface} {ip}" if ip else f"bridged · {ctr.interface}")
+        if got.get("ip6") or ctr.fixed_ip6:
+            lines.append(f"{ctr.interface} {got.get('ip6') or ctr.fixed_ip6}")  # dual-stack
     elif mode == MODE_NONE:
         lines.append("closed · lo only")
     elif mode == MODE_CONTAINER:

@@ -40,7 +40,8 @@ def network_json(n: pb.Network) -> dict[str, Any]:
             "host_prefix": n.host_prefix, "gateway": n.gateway, "ip_range": n.ip_range,
             "mtu": n.mtu, "masquerade": n.masquerade, "internal": n.internal,
             "allow": list(n.allow), "builtin": n.builtin, "vni": n.vni,
-            "vxlan_port": n.vxlan_port, "revision": n.revision}
+            "vxlan_port": n.vxlan_port, "revision": n.revision, "subnet6": n.subnet6,
+            "host_prefix6": n.host_prefix6 if n.subnet6 else 0}
 
 
 def container_json(c: pb.Container) -> dict[str, Any]:
@@ -63,6 +64,9 @@ def container_json(c: pb.Container) -> dict[str, Any]:
         "ip": c.ip,
         "prefixlen": c.prefixlen,
         "gateway": c.gateway,
+        "ip6": c.ip6,
+        "prefixlen6": c.prefixlen6,
+        "gateway6": c.gateway6,
         "interface": c.interface,
         "command": list(c.command),
         "image": c.image,

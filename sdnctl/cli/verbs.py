@@ -88,7 +88,9 @@ def network_from_args(args: argparse.Namespace) -> pb.Network:
                      mtu=args.mtu or 0, host_prefix=args.host_prefix or 0,
                      vni=args.vni or 0, vxlan_port=args.vxlan_port or 0,
                      dns_domain=getattr(args, "dns_domain", None) or "",
-                     dns=list(getattr(args, "dns", None) or []))
+                     dns=list(getattr(args, "dns", None) or []),
+                     subnet6=getattr(args, "subnet6", None) or "",
+                     host_prefix6=getattr(args, "host_prefix6", None) or 0)
     net.masquerade = not args.no_masquerade
     return net
 
@@ -135,11 +137,11 @@ def network_details(client: Client, name: str) -> dict[str, Any]:
         pb.GetRequest(name=name), timeout=RPC_TIMEOUT)))
     ipam = _rpc("read IPAM", lambda: client.api.GetIpam(pb.GetIpamRequest(network=name),
                                                         timeout=RPC_TIMEOUT))
-    data["leases"] = [{"host": x.host, "subnet": x.subnet, "gateway": x.gateway}
-                      for x in ipam.leases]
+    data["leases"] = [{"host": x.host, "subnet": x.subnet, "gateway": x.gateway,
+                       "subnet6": x.subnet6, "gateway6": x.gateway6} for x in ipam.leases]
     listed = _rpc("list containers", lambda: client.api.ListContainers(
         pb.ListRequest(network=name), timeout=RPC_TIMEOUT))
-    data["containers"] = [{"name": c.name, "host": c.host, "ip": c.ip,
+    data["containers"] = [{"name": c.name, "host": c.host, "ip": c.ip, "ip6": c.ip6,
                            "state": c.status.state or "pending"} for c in listed.containers
                           if c.network == name]
     return data
@@ -179,7 +181,7 @@ def reattach(container: pb.Container, network: str, ip: str = "") -> pb.Containe
     spec = convert.container_from_pb(container)
     ports = spec.ports if network_mode(network)[0] == MODE_BRIDGE else ()
     return convert.container_to_pb(dataclasses.replace(spec, network=network, fixed_ip=ip,
-                                                       ports=ports))
+                                                       fixed_ip6="", ports=ports))
 
 
 def cmd_network_connect(args: argparse.Namespace) -> int:
@@ -250,6 +252,7 @@ def container_from_args(args: argparse.Namespace) -> pb.Container:
     return pb.Container(
         name=args.name, host=args.host, network=args.network or "", command=command,
         ports=list(args.publish or []), restart=args.restart, fixed_ip=args.ip or "",
+        fixed_ip6=getattr(args, "ip6", None) or "",
         share=list(args.share or []), image=args.image or "",
         resources=pb.Resources(
             memory_bytes=parse_size(args.memory, "--memory") if args.memory else 0,
@@ -507,6 +510,9 @@ def _register_network(sub: Any) -> None:
     p = verbs.add_parser("create", help="create a network")
     p.add_argument("name")
     p.add_argument("--subnet", required=True, help="the network's CIDR, e.g. 10.90.0.0/16")
+    p.add_argument("--subnet6", help="dual-stack: the network's IPv6 CIDR, e.g. fd00:90::/48")
+    p.add_argument("--host-prefix6", type=int,
+                   help="prefix length of each host's IPv6 lease (64)")
     p.add_argument("--driver", choices=DRIVERS, default=DRIVER_BRIDGE)
     p.add_argument("--gateway", help="the bridge's address (the network becomes one lease)")
     p.add_argument("--ip-range", help="allocate container addresses from this sub-range")
@@ -566,6 +572,7 @@ def _register_containers(sub: Any) -> None:
                    help="publish a port (repeatable)")
     p.add_argument("--restart", choices=RESTART_POLICIES, default="no")
     p.add_argument("--ip", help="a fixed address (bridge mode)")
+    p.add_argument("--ip6", help="a fixed IPv6 address (bridge mode, a network with a subnet6)")
     p.add_argument("--share", action="append", choices=("uts", "ipc"),
                    help="joined mode: also share the donor's namespace (repeatable)")
     p.add_argument("--image", help="NAME[:TAG] or image ID (default: the host's root, "

@@ -20,6 +20,13 @@ release, expiry and end of quarantine is appended to a bounded history (``/histo
 keys that sort by time and are unique without a shared counter, so recording history never makes
 two writers conflict; the sweeper trims it to :data:`HISTORY_MAX`).
 
+Dual-stack (issue 20). A network with a ``subnet6`` gives each lease an IPv6 prefix too
+(``host_prefix6``, /64 by default) and each allocation an IPv6 address, in the same
+transaction and through the same kinds of guards, indexes and quarantine entries (their keys
+spell the IPv6 text). Nothing ever walks an IPv6 range: a prefix is picked by skipping the taken
+spans in order and an address from the lease's used-ranges index, so every operation, and
+``ipam check``, costs O(used), never O(2^64).
+
 A network with a ``gateway`` or an ``ip_range`` is one lease (validation makes its host prefix
 the subnet's own, as a Docker bridge network is): the lease's gateway is the network's, and
 picked addresses come from the ip_range only. A container's ``fixed_ip`` takes exactly that
@@ -49,7 +56,7 @@ from netaddr import AddrFormatError, IPAddress, IPNetwork
 
 from sdnctl.api.fields import check_name, validate_cidr
 from sdnctl.api.model import Allocation, Lease, Network, from_json, to_json
-from sdnctl.api.validate import MAX_HOST_PREFIX, host_prefix_for
+from sdnctl.api.validate import MAX_HOST_PREFIX, host_prefix6_for, host_prefix_for
 from sdnctl.controller.errors import (
     AlreadyExists,
     Conflict,
@@ -207,12 +214,15 @@ def pick_subnet(network_cidr: str, prefixlen: int, taken: set[str]) -> str | Non
     overlap disqualifies a candidate. Returns None when the network is full.
     """
     net = IPNetwork(network_cidr).cidr
-    if not net.prefixlen <= prefixlen <= 32:
+    width = _width(net.version)
+    if not net.prefixlen <= prefixlen <= width:
         raise ValueError(f"a /{prefixlen} does not fit in {net}")
-    step = 1 << (32 - prefixlen)
+    step = 1 << (width - prefixlen)
     candidate = net.first
-    # Walk the taken spans in address order, pushing the candidate past each one it overlaps.
-    for first, last in sorted((n.first, n.last) for n in map(IPNetwork, taken)):
+    # Walk the taken spans in address order, pushing the candidate past each one it overlaps
+    # (O(taken): an IPv6 network's 2^16 or 2^32 candidate prefixes are never listed).
+    spans = (n for n in map(IPNetwork, taken) if n.version == net.version)
+    for first, last in sorted((n.first, n.last) for n in spans):
         if last < candidate:
             continue
         if first >= candidate + step:
@@ -220,12 +230,18 @@ def pick_subnet(network_cidr: str, prefixlen: int, taken: set[str]) -> str | Non
         candidate = net.first + -(-(last + 1 - net.first) // step) * step
     if candidate + step - 1 > net.last:
         return None
-    return f"{IPAddress(candidate, 4)}/{prefixlen}"
+    return f"{IPAddress(candidate, net.version)}/{prefixlen}"
+
+
+def _width(version: int) -> int:
+    return 32 if version == 4 else 128
 
 
 def gateway_of(subnet: str) -> str:
-    """The first usable address of ``subnet``: held by the host's bridge."""
-    return str(IPAddress(IPNetwork(subnet).first + 1, 4))
+    """The first usable address of ``subnet``: held by the host's bridge (IPv6: prefix::1,
+    after the subnet-router anycast address prefix::)."""
+    net = IPNetwork(subnet)
+    return str(IPAddress(net.first + 1, net.version))
 
 
 def lease_gateway(network: Network, subnet: str) -> str:
@@ -241,31 +257,44 @@ def pick_address(subnet: str, gateway: str, taken: set[str], ip_range: str = "")
     With ``ip_range``, only addresses inside it are candidates.
     """
     net = IPNetwork(subnet)
-    first, last = net.first + 1, net.last - 1
+    first, last = _usable(net)
     if ip_range:
         allowed = IPNetwork(ip_range)
         first, last = max(first, allowed.first), min(last, allowed.last)
     used = {int(IPAddress(a)) for a in taken}
     used.add(int(IPAddress(gateway)))
-    for value in range(first, last + 1):
+    for value in range(first, last + 1):  # lazy: at most len(taken) + 2 steps
         if value not in used:
-            return str(IPAddress(value, 4))
+            return str(IPAddress(value, net.version))
     return None
 
 
-def check_fixed_address(lease: Lease, address: str, field: str = "fixed_ip") -> None:
-    """``address`` may be asked for in ``lease``: inside it, not network, broadcast or gateway."""
-    subnet = IPNetwork(lease.subnet)
+def _usable(net: IPNetwork) -> tuple[int, int]:
+    """The first and last address a container may get: not the network address (IPv6: the
+    subnet-router anycast address) nor IPv4's broadcast."""
+    return net.first + 1, net.last - (1 if net.version == 4 else 0)
+
+
+def check_fixed_address(lease: Lease, address: str, field: str = "fixed_ip",
+                        version: int = 4) -> None:
+    """``address`` may be asked for in ``lease`` (its IPv6 side with ``version`` 6): inside it,
+    not network, broadcast or gateway."""
+    cidr, gateway = (lease.subnet, lease.gateway) if version == 4 else (lease.subnet6,
+                                                                          lease.gateway6)
+    if not cidr:
+        raise Invalid(field, f"network {lease.network!r} has no IPv6 subnet (subnet6)")
+    subnet = IPNetwork(cidr)
     try:
-        value = IPAddress(address, 4)
+        value = IPAddress(address, version)
     except (AddrFormatError, ValueError, TypeError):
-        raise Invalid(field, f"{address!r} is not an IPv4 address") from None
+        raise Invalid(field, f"{address!r} is not an IPv{version} address") from None
     if value not in subnet:
-        raise Invalid(field, f"{address} is outside {lease.subnet}, the subnet of network "
+        raise Invalid(field, f"{address} is outside {cidr}, the subnet of network "
                       f"{lease.network!r} on host {lease.host!r}")
-    if value in (subnet.network, subnet.broadcast):
-        raise Invalid(field, f"{address} is the network or broadcast address of {lease.subnet}")
-    if value == IPAddress(lease.gateway):
+    first, last = _usable(subnet)
+    if not first <= int(value) <= last:
+        raise Invalid(field, f"{address} is the network or broadcast address of {cidr}")
+    if value == IPAddress(gateway):
         raise Invalid(field, f"{address} is the gateway of network {lease.network!r}")
 
 
@@ -330,6 +359,7 @@ def plan_lease(
 
     A new lease is the host's previous subnet of the network when that is free and not
     quarantined for another host; else the lowest free subnet nobody else's quarantine holds.
+    A dual-stack network's lease gets its IPv6 prefix the same way, in the same transaction.
     """
     _check_host(host)
     prefixlen = host_prefix_for(network.subnet, network.host_prefix)
@@ -344,14 +374,16 @@ def plan_lease(
                    _active_quarantine(store, network.name, at).items()
                    if entry.holder != host and "/" in subject}
     previous_kv = store.get(previous_key(network.name, host))
-    subnet = None
-    if previous_kv is not None:
-        wanted = previous_kv.value.decode()
-        if _fits(network.subnet, prefixlen, wanted) and not _overlaps(wanted,
-                                                                      taken | quarantined):
-            subnet = wanted
-    if subnet is None:
-        subnet = pick_subnet(network.subnet, prefixlen, taken | quarantined)
+    # The previous subnets: "v4" or, for a dual-stack lease, "v4 v6".
+    previous = previous_kv.value.decode().split() if previous_kv is not None else []
+    subnet = _pick_lease_subnet(network.subnet, prefixlen, taken | quarantined, previous)
+    subnet6 = ""
+    if subnet is not None and network.subnet6:
+        prefix6 = host_prefix6_for(network.subnet6, network.host_prefix6)
+        subnet6 = _pick_lease_subnet(network.subnet6, prefix6, taken | quarantined,
+                                     previous) or ""
+        if not subnet6:
+            subnet = None
     if subnet is None:
         # Each read above is its own snapshot: a request of the same host may have committed
         # its lease between the first and the guards. Then it is ours, not exhaustion.
@@ -360,18 +392,32 @@ def plan_lease(
             return from_json(Lease, current.value), [Compare(key, current.mod_revision)], []
         raise Exhausted(f"network {network.name!r} has no free /{prefixlen} left for host {host!r}")
     lease = Lease(network.name, host, subnet, lease_gateway(network, subnet),
-                  renewed_at=at, expires_at=at + timers.lease_ttl)
-    guard = subnet_key(network.name, subnet)
-    compares = [Compare(key, 0), Compare(guard, 0)]
-    ops: list[Put | Delete] = [Put(key, to_json(lease)), Put(guard, host.encode())]
-    q_cmp, q_ops = _quarantine_take(store, network.name, subnet)
-    compares += q_cmp
-    ops += q_ops
+                  renewed_at=at, expires_at=at + timers.lease_ttl, subnet6=subnet6,
+                  gateway6=gateway_of(subnet6) if subnet6 else "")
+    compares = [Compare(key, 0)]
+    ops: list[Put | Delete] = [Put(key, to_json(lease))]
+    for cidr in filter(None, (subnet, subnet6)):
+        guard = subnet_key(network.name, cidr)
+        compares.append(Compare(guard, 0))
+        ops.append(Put(guard, host.encode()))
+        q_cmp, q_ops = _quarantine_take(store, network.name, cidr)
+        compares += q_cmp
+        ops += q_ops
     if previous_kv is not None:
         compares.append(Compare(previous_kv.key, previous_kv.mod_revision))
         ops.append(Delete(previous_kv.key))
-    ops.append(history_put(IpamEvent(at, "lease", network.name, host, subnet)))
+    ops.append(history_put(IpamEvent(at, "lease", network.name, host,
+                                     f"{subnet} {subnet6}" if subnet6 else subnet)))
     return lease, compares, ops
+
+
+def _pick_lease_subnet(network_cidr: str, prefixlen: int, unavailable: set[str],
+                       previous: list[str]) -> str | None:
+    """The previous subnet of this family when it fits and is free, else the lowest free one."""
+    for wanted in previous:
+        if _fits(network_cidr, prefixlen, wanted) and not _overlaps(wanted, unavailable):
+            return wanted
+    return pick_subnet(network_cidr, prefixlen, unavailable)
 
 
 def _fits(network_cidr: str, prefixlen: int, subnet: str) -> bool:
@@ -387,7 +433,8 @@ def _fits(network_cidr: str, prefixlen: int, subnet: str) -> bool:
 
 def _overlaps(subnet: str, others: Iterable[str]) -> bool:
     net = IPNetwork(subnet)
-    return any(net.first <= o.last and o.first <= net.last for o in map(IPNetwork, others))
+    return any(net.version == o.version and net.first <= o.last and o.first <= net.last
+               for o in map(IPNetwork, others))
 
 
 def renew_lease_ops(store: Store, lease: Lease, *, timers: Timers = DEFAULT_TIMERS,
@@ -408,14 +455,15 @@ def renew_lease_ops(store: Store, lease: Lease, *, timers: Timers = DEFAULT_TIME
 def plan_address(
     store: Store, network: Network, lease: Lease, container: str, interface: str,
     fixed_ip: str = "", *, releasing: Allocation | None = None, field: str = "fixed_ip",
-    now: float | None = None, new_lease: bool = False,
+    now: float | None = None, new_lease: bool = False, fixed_ip6: str = "",
 ) -> tuple[Allocation, list[Compare], list[Put | Delete]]:
     """The address (network, container, interface) holds or would get, and how to commit it.
 
     ``lease`` may be one that is not stored yet (from :func:`plan_lease`, committed in the same
     transaction: say so with ``new_lease``, so that a lease another writer stored meanwhile only
     fails the commit); a stored lease must match it and must not change before the commit.
-    ``fixed_ip`` asks for exactly that address (``field`` names it in errors). ``releasing`` is
+    ``fixed_ip`` asks for exactly that address (``field`` names it in errors), ``fixed_ip6``
+    for that IPv6 address (``field`` + "6") on a dual-stack lease. ``releasing`` is
     an allocation of this container that the caller frees in the same transaction: its owner
     key and its address count as free. Combine the caller's release ops with ours through
     :func:`merge_ops`.
@@ -433,32 +481,83 @@ def plan_address(
     if current is not None and not (freed and freed.container == container
                                     and freed.interface == interface):
         existing = from_json(Allocation, current.value)
-        if fixed_ip and existing.address != fixed_ip:
-            raise FailedPrecondition(
-                f"{field}: container {container!r} already holds {existing.address} on network "
-                f"{network.name!r}; release it first")
+        for wanted, have, name in ((fixed_ip, existing.address, field),
+                                   (fixed_ip6, existing.address6, field + "6")):
+            if wanted and have != wanted:
+                raise FailedPrecondition(
+                    f"{name}: container {container!r} already holds {have or 'no address'} on "
+                    f"network {network.name!r}; release it first")
         return existing, [Compare(owner, current.mod_revision)], []
     lease_ops: list[Put]
     if new_lease:  # the caller's transaction creates it, guarded by "must not exist"
         lease_cmp, lease_ops = Compare(lease_key(lease.network, lease.host), 0), []
     else:
         lease_cmp, lease_ops = _lease_unchanged(store, lease)
+    if fixed_ip6 and not lease.subnet6:
+        raise Invalid(field + "6", f"network {network.name!r} has no IPv6 subnet (subnet6)")
     compares = [Compare(owner, current.mod_revision if current else 0), lease_cmp]
-    subnet = IPNetwork(lease.subnet)
     at = now_seconds(now)
     quarantined = {subject: entry for subject, (_, entry)
                    in _active_quarantine(store, network.name, at).items()
                    if "/" not in subject and entry.holder != container}
-    used_kv = store.get(used_key(network.name, lease.subnet))
+    ops: list[Put | Delete] = []
+    guards: list[str] = []
+    families = [(4, lease.subnet, lease.gateway, network.ip_range, fixed_ip, field)]
+    if lease.subnet6:
+        families.append((6, lease.subnet6, lease.gateway6, "", fixed_ip6, field + "6"))
+    addresses = []
+    for version, cidr, gateway, ip_range, fixed, fixed_field in families:
+        address, f_cmp, f_ops = _plan_family(
+            store, network, _Family(version, cidr, gateway, ip_range, lease.host), fixed,
+            fixed_field, quarantined, freed, at)
+        compares += f_cmp
+        ops += f_ops
+        guards.append(addr_key(network.name, address))
+        addresses.append(address)
+        event = IpamEvent(at, "allocate", network.name, lease.host, cidr, address, container)
+        ops.append(history_put(event))
+    allocation = Allocation(network.name, container, interface, addresses[0],
+                            IPNetwork(lease.subnet).prefixlen,
+                            addresses[1] if lease.subnet6 else "",
+                            IPNetwork(lease.subnet6).prefixlen if lease.subnet6 else 0)
+    value = to_json(allocation)
+    return allocation, compares, [*(Put(guard, value) for guard in guards), Put(owner, value),
+                                  *lease_ops, *ops]
+
+
+@dataclass(frozen=True)
+class _Family:
+    """One family's side of a lease, as allocation sees it."""
+
+    version: int
+    subnet: str
+    gateway: str
+    ip_range: str
+    host: str
+
+
+def _plan_family(store: Store, network: Network, family: _Family, fixed: str, field: str,
+                 quarantined: dict[str, Quarantined], freed: Allocation | None,
+                 at: int) -> tuple[str, list[Compare], list[Put | Delete]]:
+    """The address one family of an allocation takes (``fixed``, else the lowest free one by
+    the lease's used-ranges index), the compares that guard it and the ops that take it (the
+    address guard itself is the caller's: its value is the whole allocation)."""
+    subnet = IPNetwork(family.subnet)
+    freed_address = ""
+    if freed is not None:
+        freed_address = freed.address if family.version == 4 else freed.address6
+    index = used_key(network.name, family.subnet)
+    used_kv = store.get(index)
     used = (UsedRanges.decode(used_kv.value) if used_kv is not None
             else _scan_used(store, network.name, subnet))
-    compares.append(Compare(used_key(network.name, lease.subnet),
-                            used_kv.mod_revision if used_kv is not None else 0))
-    if freed is not None and IPAddress(freed.address) in subnet:
-        used.remove(int(IPAddress(freed.address)))
-    if fixed_ip:
-        check_fixed_address(lease, fixed_ip, field)
-        address = str(IPAddress(fixed_ip, 4))
+    compares = [Compare(index, used_kv.mod_revision if used_kv is not None else 0)]
+    if freed_address and IPAddress(freed_address) in subnet:
+        used.remove(int(IPAddress(freed_address)))
+    if fixed:
+        lease_view = Lease(network.name, family.host, family.subnet, family.gateway,
+                           subnet6=family.subnet, gateway6=family.gateway)
+        check_fixed_address(lease_view, fixed, field, family.version)
+        address = str(IPAddress(fixed, family.version))
         if address in quarantined:
             entry = quarantined[address]
             raise FailedPrecondition(
@@ -467,28 +566,23 @@ def plan_address(
                 "before then")
         holder = store.get(addr_key(network.name, address))
     else:
-        address, holder = _pick_indexed(store, network, lease, used, quarantined, freed)
+        address, holder = _pick_indexed(store, network, family, used, quarantined,
+                                         freed_address)
     guard = addr_key(network.name, address)
     if holder is None:
         compares.append(Compare(guard, 0))
-    elif freed is not None and freed.address == address:
+    elif freed_address == address:
         compares.append(Compare(guard, holder.mod_revision))  # ours, freed and taken again
     else:
         taken_by = from_json(Allocation, holder.value).container
         raise AlreadyExists(field, address, f"{address} is taken by container {taken_by!r}")
     used.add(int(IPAddress(address)))
-    allocation = Allocation(network.name, container, interface, address, subnet.prefixlen)
-    value = to_json(allocation)
     q_cmp, q_ops = _quarantine_take(store, network.name, address)
-    event = IpamEvent(at, "allocate", network.name, lease.host, lease.subnet, address, container)
-    return allocation, [*compares, *q_cmp], [Put(guard, value), Put(owner, value), *q_ops,
-                                             *lease_ops, history_put(event),
-                                             Put(used_key(network.name, lease.subnet),
-                                                 used.encode())]
+    return address, [*compares, *q_cmp], [*q_ops, Put(index, used.encode())]
 
 
 #: Greater than any address: ``[value, _ABOVE]`` sorts after every range starting at value.
-_ABOVE = 1 << 64
+_ABOVE = 1 << 129
 #: How many candidates the index may offer that a guard shows taken before a full scan.
 STALE_TRIES = 32
 
@@ -566,25 +660,26 @@ def _scan_used(store: Store, network: str, subnet: IPNetwork) -> UsedRanges:
     return used
 
 
-def _pick_indexed(store: Store, network: Network, lease: Lease, used: UsedRanges,
+def _pick_indexed(store: Store, network: Network, family: _Family, used: UsedRanges,
                   quarantined: dict[str, Quarantined],
-                  freed: Allocation | None) -> tuple[str, KeyValue | None]:
-    """The lowest free address of ``lease`` by the index, checked against its guard, and that
-    guard (None: free; ``freed``'s own guard when the container takes its address again)."""
-    subnet = IPNetwork(lease.subnet)
-    first, last = subnet.first + 1, subnet.last - 1
-    if network.ip_range:
-        allowed = IPNetwork(network.ip_range)
+                  freed_address: str) -> tuple[str, KeyValue | None]:
+    """The lowest free address of one family of a lease by the index, checked against its
+    guard, and that guard (None: free; the freed address's own guard when the container takes
+    it again). Lazy: an IPv6 /64 costs the used ranges it skips, never its size."""
+    subnet = IPNetwork(family.subnet)
+    first, last = _usable(subnet)
+    if family.ip_range:
+        allowed = IPNetwork(family.ip_range)
         first, last = max(first, allowed.first), min(last, allowed.last)
-    skip = {int(IPAddress(a)) for a in quarantined} | {int(IPAddress(lease.gateway))}
+    skip = {int(IPAddress(a)) for a in quarantined} | {int(IPAddress(family.gateway))}
     for attempt in range(2):
         stale = 0
         for value in used.free(first, last):
             if value in skip:
                 continue
-            address = str(IPAddress(value, 4))
+            address = str(IPAddress(value, family.version))
             holder = store.get(addr_key(network.name, address))
-            if holder is None or (freed is not None and freed.address == address):
+            if holder is None or freed_address == address:
                 return address, holder
             used.add(value)  # the index was behind its guard
             stale += 1
@@ -592,11 +687,11 @@ def _pick_indexed(store: Store, network: Network, lease: Lease, used: UsedRanges
                 break
         if attempt == 0:
             fresh = _scan_used(store, network.name, subnet)
-            if freed is not None and IPAddress(freed.address) in subnet:
-                fresh.remove(int(IPAddress(freed.address)))
+            if freed_address and IPAddress(freed_address) in subnet:
+                fresh.remove(int(IPAddress(freed_address)))
             used.ranges = fresh.ranges
-    where = f"ip_range {network.ip_range}" if network.ip_range else f"subnet {lease.subnet}"
-    raise Exhausted(f"{where} of network {network.name!r} on host {lease.host!r} "
+    where = f"ip_range {family.ip_range}" if family.ip_range else f"subnet {family.subnet}"
+    raise Exhausted(f"{where} of network {network.name!r} on host {family.host!r} "
                     "has no free address")
 
 
@@ -646,14 +741,14 @@ def ensure_lease(store: Store, network: Network, host: str, *, timers: Timers = 
 
 def allocate_address(
     store: Store, network: Network, lease: Lease, container: str, interface: str,
-    fixed_ip: str = "", *, now: float | None = None,
+    fixed_ip: str = "", *, now: float | None = None, fixed_ip6: str = "",
 ) -> Allocation:
     """Give (network, container, interface) an address from ``lease`` (or return the one it has);
-    with ``fixed_ip``, exactly that one."""
+    with ``fixed_ip`` (``fixed_ip6``), exactly that one."""
 
     def build() -> tuple[list[Compare], list[Put | Delete], Allocation]:
         allocation, compares, puts = plan_address(store, network, lease, container, interface,
-                                                  fixed_ip, now=now)
+                                                  fixed_ip, now=now, fixed_ip6=fixed_ip6)
         return compares, list(puts), allocation
 
     return commit_with_retry(store, build)
@@ -676,18 +771,30 @@ def release_ops(
         return []
     allocation = from_json(Allocation, current.value)
     at = now_seconds(now)
-    ops: list[Put | Delete] = [Delete(addr_key(name, allocation.address)), Delete(owner)]
-    lease_subnet = str(IPNetwork(f"{allocation.address}/{allocation.prefixlen}").cidr)
-    used_kv = store.get(used_key(name, lease_subnet))
+    ops: list[Put | Delete] = [Delete(owner)]
+    for address, prefixlen in ((allocation.address, allocation.prefixlen),
+                               (allocation.address6, allocation.prefixlen6)):
+        if address:
+            ops += _free_address_ops(store, name, container, address, prefixlen, timers, at)
+            ops.append(history_put(IpamEvent(at, "free", name, host, address=address,
+                                             container=container)))
+    return ops
+
+
+def _free_address_ops(store: Store, network: str, container: str, address: str,
+                      prefixlen: int, timers: Timers, at: int) -> list[Put | Delete]:
+    """Free one address of an allocation: its guard, its place in the lease's index, and its
+    quarantine."""
+    ops: list[Put | Delete] = [Delete(addr_key(network, address))]
+    lease_subnet = str(IPNetwork(f"{address}/{prefixlen}").cidr)
+    used_kv = store.get(used_key(network, lease_subnet))
     if used_kv is not None:  # no compare: a lost race leaves the index saying "free" wrongly,
         used = UsedRanges.decode(used_kv.value)  # which the guard check of a pick catches
-        used.remove(int(IPAddress(allocation.address)))
+        used.remove(int(IPAddress(address)))
         ops.append(Put(used_kv.key, used.encode()))
     if timers.address_quarantine > 0:
-        entry = Quarantined(name, allocation.address, at + timers.address_quarantine, container)
-        ops.append(Put(quarantine_key(name, allocation.address), to_json(entry)))
-    ops.append(history_put(IpamEvent(at, "free", name, host, address=allocation.address,
-                                     container=container)))
+        entry = Quarantined(network, address, at + timers.address_quarantine, container)
+        ops.append(Put(quarantine_key(network, address), to_json(entry)))
     return ops
 
 
@@ -724,16 +831,16 @@ def lease_release_ops(lease: Lease, *, kind: str = "release", quarantine: int = 
     The caller makes sure no address of the lease is still allocated.
     """
     at = now_seconds(now)
-    ops: list[Put | Delete] = [
-        Delete(lease_key(lease.network, lease.host)),
-        Delete(subnet_key(lease.network, lease.subnet)),
-        Delete(used_key(lease.network, lease.subnet)),
-    ]
+    subnets = [cidr for cidr in (lease.subnet, lease.subnet6) if cidr]
+    ops: list[Put | Delete] = [Delete(lease_key(lease.network, lease.host))]
+    for cidr in subnets:
+        ops += [Delete(subnet_key(lease.network, cidr)), Delete(used_key(lease.network, cidr))]
     if quarantine > 0:
-        entry = Quarantined(lease.network, lease.subnet, at + quarantine, lease.host)
-        ops += [Put(quarantine_key(lease.network, lease.subnet), to_json(entry)),
-                Put(previous_key(lease.network, lease.host), lease.subnet.encode())]
-    ops.append(history_put(IpamEvent(at, kind, lease.network, lease.host, lease.subnet)))
+        for cidr in subnets:
+            entry = Quarantined(lease.network, cidr, at + quarantine, lease.host)
+            ops.append(Put(quarantine_key(lease.network, cidr), to_json(entry)))
+        ops.append(Put(previous_key(lease.network, lease.host), " ".join(subnets).encode()))
+    ops.append(history_put(IpamEvent(at, kind, lease.network, lease.host, " ".join(subnets))))
     return ops
 
 

@@ -144,12 +144,13 @@ def _check_leases(space: _Keyspace, name: str) -> list[Problem]:
             problems.append(Problem(ORPHAN_LEASE, name, lease.subnet,
                                     f"a lease of host {lease.host!r} on a network that does "
                                     "not exist"))
-        guard = keys.subnet_key(name, lease.subnet)
-        held.add(guard)
-        if guards.get(guard) != lease.host:
-            problems.append(Problem(MISSING_GUARD, name, lease.subnet,
-                                    f"the lease of host {lease.host!r} has no subnet guard "
-                                    f"({guard})"))
+        for subnet in filter(None, (lease.subnet, lease.subnet6)):  # dual-stack: both
+            guard = keys.subnet_key(name, subnet)
+            held.add(guard)
+            if guards.get(guard) != lease.host:
+                problems.append(Problem(MISSING_GUARD, name, subnet,
+                                        f"the lease of host {lease.host!r} has no subnet guard "
+                                        f"({guard})"))
     lease_hosts = {lease.host for lease in space.leases[name]}
     for key, holder in sorted(guards.items()):
         if key in held:
@@ -184,14 +185,15 @@ def _check_addresses(space: _Keyspace, name: str) -> list[Problem]:
             else:
                 problems.append(Problem(LEAKED_ADDRESS, name, address,
                                         _not_used_because(space, name, allocation)))
-        elif owner.address != address:
+        elif address not in (owner.address, owner.address6):
             problems.append(Problem(DUPLICATE_GUARD, name, address,
                                     f"a second address guard of container "
                                     f"{allocation.container!r}, which holds {owner.address}"))
     for (holder, _), allocation in sorted(owners.items()):
-        if allocation.address not in guards:
-            problems.append(Problem(MISSING_GUARD, name, allocation.address,
-                                    f"the address of container {holder!r} has no guard"))
+        for address in filter(None, (allocation.address, allocation.address6)):
+            if address not in guards:
+                problems.append(Problem(MISSING_GUARD, name, address,
+                                        f"the address of container {holder!r} has no guard"))
     if name in space.networks:
         for container in sorted(space.containers.values(), key=lambda c: c.name):
             if (container.bridge_network == name
@@ -227,15 +229,21 @@ def _check_owner(space: _Keyspace, name: str, allocation: Allocation,
         return [Problem(OUTSIDE_LEASE, name, allocation.address,
                         f"container {allocation.container!r} holds it, but its host {host!r} "
                         "has no lease")]
-    try:
-        inside = IPAddress(allocation.address) in IPNetwork(lease.subnet)
-    except (AddrFormatError, ValueError):
-        inside = False
-    if not inside:
-        return [Problem(OUTSIDE_LEASE, name, allocation.address,
-                        f"container {allocation.container!r} holds it, outside {lease.subnet}, "
-                        f"the lease of its host {host!r}")]
-    return []
+    problems = []
+    for address, subnet in ((allocation.address, lease.subnet),
+                            (allocation.address6, lease.subnet6)):
+        if not address:
+            continue
+        try:
+            inside = IPAddress(address) in IPNetwork(subnet)
+        except (AddrFormatError, ValueError):
+            inside = False
+        if not inside:
+            problems.append(Problem(OUTSIDE_LEASE, name, address,
+                                    f"container {allocation.container!r} holds it, outside "
+                                    f"{subnet or 'an IPv6 lease'}, the lease of its host "
+                                    f"{host!r}"))
+    return problems
 
 
 def _check_vnis(space: _Keyspace) -> list[Problem]:

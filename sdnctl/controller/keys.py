@@ -21,7 +21,7 @@ to learn where something lives.
     /ipam/<network>/addr/<address>              guard of an allocated address
     /ipam/<network>/owner/<container>/<iface>   Allocation
     /ipam/<network>/quarantine/<subject>        a freed subnet or address, until it may return
-    /ipam/<network>/previous/<host>             the subnet host held last (offered back first)
+    /ipam/<network>/previous/<host>             its last subnet(s), "v4 v6" (offered back first)
     /ipam/<network>/used/<a.b.c.d_len>          index: the used address ranges of one lease
     /index/hosts/<host>/<container>             index: the containers of one host (empty value)
     /history/ipam/<time>                        IpamEvent, trimmed by the sweeper
@@ -125,7 +125,10 @@ def owner_key(network: str, container: str, interface: str) -> str:
 
 def octet_prefix(subnet: IPNetwork) -> str:
     """The dotted-decimal text every address of ``subnet`` starts with ("10.1.2." for a /24):
-    reading the address guards under it reads one lease's addresses, not the network's."""
+    reading the address guards under it reads one lease's addresses, not the network's. IPv6
+    text has no such prefix ("fd00:88::5" and "fd00:88:0:1::5"): "", the network's guards."""
+    if subnet.version == 6:
+        return ""
     whole = min(subnet.prefixlen // 8, 3)
     return "".join(f"{octet}." for octet in subnet.network.words[:whole])
 

@@ -121,6 +121,8 @@ class Peer:
     underlay_ip: str
     vtep_mac: str
     vtep_ip: str  # the network address of its lease, held by its VXLAN device
+    subnet6: str = ""  # dual-stack: its IPv6 lease, and that lease's network address
+    vtep_ip6: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ class DnsName:
     aliases: tuple[str, ...]
     address: str
     dns: tuple[str, ...] = ()  # the container's own upstream resolvers
+    address6: str = ""  # dual-stack (issue 20): answered for AAAA
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,8 @@ def dns_names(network: str, allocations: Iterable[Allocation],
     for alloc in allocations:
         ctr = containers.get(alloc.container)
         if alloc.network == network and ctr is not None and ctr.bridge_network == network:
-            names.append(DnsName(ctr.name, ctr.aliases, alloc.address, ctr.dns))
+            names.append(DnsName(ctr.name, ctr.aliases, alloc.address, ctr.dns,
+                                 alloc.address6))
     return tuple(sorted(names, key=lambda n: n.container))
 
 
@@ -178,7 +182,8 @@ def overlay_peers(network: Network, host: str, leases: Iterable[Lease],
                 or not other.underlay_ip or not other.vtep_mac):
             continue
         peers.append(Peer(lease.host, lease.subnet, other.underlay_ip, other.vtep_mac,
-                          str(IPNetwork(lease.subnet).network)))
+                          str(IPNetwork(lease.subnet).network), lease.subnet6,
+                          str(IPNetwork(lease.subnet6).network) if lease.subnet6 else ""))
     return tuple(sorted(peers, key=lambda p: p.host))
 
 
@@ -318,11 +323,18 @@ class State:
         """A new network's subnet overlaps no other network's and holds no host's underlay
         address (the host would route its own underlay into the bridge)."""
         subnet = IPNetwork(network.subnet)
-        for other, _ in self.list_networks()[0]:
-            theirs = IPNetwork(other.subnet)
-            if subnet.first <= theirs.last and theirs.first <= subnet.last:
-                raise Invalid("network.subnet", f"{subnet} overlaps {theirs} of network "
-                              f"{other.name!r}")
+        others = [other for other, _ in self.list_networks()[0]]
+        for field in ("subnet", "subnet6"):  # each family against its own (issue 20)
+            if not getattr(network, field):
+                continue
+            mine = IPNetwork(getattr(network, field))
+            for other in others:
+                if not getattr(other, field):
+                    continue
+                theirs = IPNetwork(getattr(other, field))
+                if mine.first <= theirs.last and theirs.first <= mine.last:
+                    raise Invalid(f"network.{field}", f"{mine} overlaps {theirs} of network "
+                                  f"{other.name!r}")
         for view in self.list_hosts()[0]:
             if view.host.underlay_ip and IPAddress(view.host.underlay_ip) in subnet:
                 raise Invalid("network.subnet", f"{subnet} holds {view.host.underlay_ip}, the "
@@ -912,7 +924,7 @@ class State:
             _, addr_cmp, addr_ops = ipam.plan_address(
                 self.store, network, lease, container.name, container.interface,
                 container.fixed_ip, releasing=releasing, field="container.fixed_ip", now=now,
-                new_lease=bool(lease_ops))
+                new_lease=bool(lease_ops), fixed_ip6=container.fixed_ip6)
             compares += [Compare(net_kv.key, net_kv.mod_revision), *lease_cmp, *addr_cmp]
             return compares, [*lease_ops, *ipam.merge_ops(release, addr_ops)]
         if container.donor is not None:
@@ -976,7 +988,8 @@ def _address_moves(current: Allocation | None, container: Container) -> bool:
         return False
     return (container.bridge_network != current.network
             or container.interface != current.interface
-            or (bool(container.fixed_ip) and container.fixed_ip != current.address))
+            or (bool(container.fixed_ip) and container.fixed_ip != current.address)
+            or (bool(container.fixed_ip6) and container.fixed_ip6 != current.address6))
 
 
 def _check_host_ports(container: Container, others: Iterable[Container]) -> None:

@@ -64,8 +64,12 @@ def container_pb(view: ContainerView) -> pb.Container:
     if view.allocation is not None:
         msg.ip = view.allocation.address
         msg.prefixlen = view.allocation.prefixlen
+        msg.ip6 = view.allocation.address6
+        msg.prefixlen6 = view.allocation.prefixlen6
     if view.lease is not None:
         msg.gateway = view.lease.gateway
+        if view.allocation is not None and view.allocation.address6:
+            msg.gateway6 = view.lease.gateway6
     return msg
 
 
@@ -73,13 +77,14 @@ def host_network_pb(view: HostNetwork) -> pb.HostNetwork:
     return pb.HostNetwork(
         network=convert.network_to_pb(view.network), lease=convert.lease_to_pb(view.lease),
         peers=[pb.Peer(host=p.host, subnet=p.subnet, underlay_ip=p.underlay_ip,
-                       vtep_mac=p.vtep_mac, vtep_ip=p.vtep_ip) for p in view.peers],
+                       vtep_mac=p.vtep_mac, vtep_ip=p.vtep_ip, subnet6=p.subnet6,
+                       vtep_ip6=p.vtep_ip6) for p in view.peers],
         names=[dns_name_pb(n) for n in view.names])
 
 
 def dns_name_pb(name: DnsName) -> pb.DnsName:
     return pb.DnsName(container=name.container, aliases=list(name.aliases),
-                      address=name.address, dns=list(name.dns))
+                      address=name.address, dns=list(name.dns), address6=name.address6)
 
 
 def snapshot_event(snap: Snapshot, pset: pb.PolicySet | None = None) -> pb.WatchEvent:

@@ -28,6 +28,7 @@ import yaml
 from sdnctl.api.fields import check_ipv4, check_name, parse_rate, parse_size
 from sdnctl.api.model import (
     DEFAULT_HOST_PREFIX,
+    DEFAULT_HOST_PREFIX6,
     DEFAULT_INTERFACE,
     DEFAULT_MTU,
     POLICY_ALL_NETWORKS,
@@ -445,15 +446,19 @@ def _join_chain(ctr: Container, by_name: dict[str, Container]) -> str:
 def _check_overlaps(r: _Reader, networks: tuple[Network, ...]) -> None:
     """Two networks whose subnets overlap would give two containers one address, and routes
     that cannot tell the networks apart."""
-    seen: list[tuple[int, Network, netaddr.IPNetwork]] = []
-    for i, n in enumerate(networks):
-        cidr = netaddr.IPNetwork(n.subnet)
-        for j, other, other_cidr in seen:
-            if cidr.first <= other_cidr.last and other_cidr.first <= cidr.last:
-                raise r.error(f"networks[{i}].subnet", f"{n.subnet} overlaps {other.subnet} of "
-                              f"network {other.name!r} (networks[{j}]); give each network its "
-                              "own range")
-        seen.append((i, n, cidr))
+    for key in ("subnet", "subnet6"):  # each family apart (issue 20)
+        seen: list[tuple[int, Network, netaddr.IPNetwork]] = []
+        for i, n in enumerate(networks):
+            if not getattr(n, key):
+                continue
+            cidr = netaddr.IPNetwork(getattr(n, key))
+            for j, other, other_cidr in seen:
+                if cidr.first <= other_cidr.last and other_cidr.first <= cidr.last:
+                    raise r.error(f"networks[{i}].{key}",
+                                  f"{getattr(n, key)} overlaps {getattr(other, key)} of "
+                                  f"network {other.name!r} (networks[{j}]); give each network "
+                                  "its own range")
+            seen.append((i, n, cidr))
 
 
 def _check_lab_ranges(r: _Reader, networks: tuple[Network, ...], lab: LabOptions) -> None:
@@ -507,7 +512,7 @@ def _host(r: _Reader, raw: Any, where: str) -> Host:
 def _network(r: _Reader, raw: Any, where: str) -> Network:
     m = r.mapping(raw, where, {"name", "driver", "subnet", "host_prefix", "mtu", "masquerade",
                                "gateway", "ip_range", "internal", "allow", "vni", "vxlan_port",
-                               "dns_domain", "dns", "default"},
+                               "dns_domain", "dns", "default", "subnet6", "host_prefix6"},
                   {"name", "subnet"})
     driver = r.typed(m, "driver", where, str, "bridge")
     subnet = r.typed(m, "subnet", where, str, "")
@@ -533,6 +538,8 @@ def _network(r: _Reader, raw: Any, where: str) -> Network:
         vxlan_port=r.typed(m, "vxlan_port", where, int, 0),
         dns_domain=r.typed(m, "dns_domain", where, str, "").lower().rstrip("."),
         dns=tuple(_strings(r, m, "dns", where)),
+        subnet6=r.typed(m, "subnet6", where, str, ""),
+        host_prefix6=r.typed(m, "host_prefix6", where, int, DEFAULT_HOST_PREFIX6),
         default_policy=r.typed(m, "default", where, str, ""),
     )
     return validate_network(network, where)
@@ -651,9 +658,9 @@ def _user_ns(r: _Reader, mapping: dict, where: str) -> str:
 
 
 def _container(r: _Reader, raw: Any, where: str) -> Container:
-    m = r.mapping(raw, where, {"name", "host", "network", "command", "interface", "ip", "ports",
-                               "share", "restart", "image", "resources", "volumes", "cap_add",
-                               "user_ns", "env", "workdir", "aliases", "dns", "labels"},
+    m = r.mapping(raw, where, {"name", "host", "network", "command", "interface", "ip", "ip6",
+                               "ports", "share", "restart", "image", "resources", "volumes",
+                               "cap_add", "user_ns", "env", "workdir", "aliases", "dns", "labels"},
                   {"name", "host"})
     image = r.typed(m, "image", where, str, "")
     command = m.get("command", [] if image else list(DEFAULT_COMMAND))
@@ -668,6 +675,7 @@ def _container(r: _Reader, raw: Any, where: str) -> Container:
         command=tuple(str(a) for a in command),
         interface=r.typed(m, "interface", where, str, DEFAULT_INTERFACE),
         fixed_ip=r.typed(m, "ip", where, str, ""),
+        fixed_ip6=r.typed(m, "ip6", where, str, ""),
         ports=tuple(_strings(r, m, "ports", where)),
         share=tuple(_strings(r, m, "share", where)),
         restart=r.typed(m, "restart", where, str, "no"),
@@ -685,5 +693,6 @@ def _container(r: _Reader, raw: Any, where: str) -> Container:
     try:
         return validate_container(container, where)
     except Invalid as e:  # the topology calls it `ip`
-        field = e.field.replace(".fixed_ip", ".ip").replace(".pids_limit", ".pids")
+        field = e.field.replace(".fixed_ip6", ".ip6").replace(".fixed_ip", ".ip")
+        field = field.replace(".pids_limit", ".pids")
         raise r.error(field, e.message) from e

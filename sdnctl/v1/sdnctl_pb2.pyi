@@ -60,7 +60,7 @@ class Host(_message.Message):
     def __init__(self, name: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., lab: _Optional[bool] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., revision: _Optional[int] = ..., agent_connected: _Optional[bool] = ..., observed_revision: _Optional[int] = ..., agent_synced: _Optional[bool] = ..., reported_containers: _Optional[_Iterable[str]] = ..., vtep_mac: _Optional[str] = ..., underlay_mtu: _Optional[int] = ..., metrics_url: _Optional[str] = ..., docker_host: _Optional[str] = ...) -> None: ...
 
 class Network(_message.Message):
-    __slots__ = ("name", "driver", "subnet", "host_prefix", "mtu", "masquerade", "revision", "gateway", "ip_range", "internal", "allow", "builtin", "vni", "vxlan_port", "dns_domain", "dns", "default_policy")
+    __slots__ = ("name", "driver", "subnet", "host_prefix", "mtu", "masquerade", "revision", "gateway", "ip_range", "internal", "allow", "builtin", "vni", "vxlan_port", "dns_domain", "dns", "default_policy", "subnet6", "host_prefix6")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DRIVER_FIELD_NUMBER: _ClassVar[int]
     SUBNET_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,8 @@ class Network(_message.Message):
     DNS_DOMAIN_FIELD_NUMBER: _ClassVar[int]
     DNS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    SUBNET6_FIELD_NUMBER: _ClassVar[int]
+    HOST_PREFIX6_FIELD_NUMBER: _ClassVar[int]
     name: str
     driver: str
     subnet: str
@@ -95,7 +97,9 @@ class Network(_message.Message):
     dns_domain: str
     dns: _containers.RepeatedScalarFieldContainer[str]
     default_policy: str
-    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., host_prefix: _Optional[int] = ..., mtu: _Optional[int] = ..., masquerade: _Optional[bool] = ..., revision: _Optional[int] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., allow: _Optional[_Iterable[str]] = ..., builtin: _Optional[bool] = ..., vni: _Optional[int] = ..., vxlan_port: _Optional[int] = ..., dns_domain: _Optional[str] = ..., dns: _Optional[_Iterable[str]] = ..., default_policy: _Optional[str] = ...) -> None: ...
+    subnet6: str
+    host_prefix6: int
+    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., host_prefix: _Optional[int] = ..., mtu: _Optional[int] = ..., masquerade: _Optional[bool] = ..., revision: _Optional[int] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., allow: _Optional[_Iterable[str]] = ..., builtin: _Optional[bool] = ..., vni: _Optional[int] = ..., vxlan_port: _Optional[int] = ..., dns_domain: _Optional[str] = ..., dns: _Optional[_Iterable[str]] = ..., default_policy: _Optional[str] = ..., subnet6: _Optional[str] = ..., host_prefix6: _Optional[int] = ...) -> None: ...
 
 class ContainerStatus(_message.Message):
     __slots__ = ("name", "state", "pid", "netns", "message", "exit_code", "restarts", "runtime", "runtime_root", "cgroup", "user_ns")
@@ -142,7 +146,7 @@ class Resources(_message.Message):
     def __init__(self, memory_bytes: _Optional[int] = ..., cpus: _Optional[float] = ..., cpu_shares: _Optional[int] = ..., pids_limit: _Optional[int] = ..., ingress_bps: _Optional[int] = ..., egress_bps: _Optional[int] = ..., burst_bytes: _Optional[int] = ...) -> None: ...
 
 class Container(_message.Message):
-    __slots__ = ("name", "host", "network", "command", "interface", "ip", "prefixlen", "gateway", "status", "revision", "fixed_ip", "ports", "share", "restart", "image", "image_id", "resources", "volumes", "cap_add", "user_ns", "stopped", "env", "workdir", "generation", "cni", "aliases", "dns", "labels")
+    __slots__ = ("name", "host", "network", "command", "interface", "ip", "prefixlen", "gateway", "status", "revision", "fixed_ip", "ports", "share", "restart", "image", "image_id", "ip6", "prefixlen6", "gateway6", "fixed_ip6", "resources", "volumes", "cap_add", "user_ns", "stopped", "env", "workdir", "generation", "cni", "aliases", "dns", "labels")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +170,10 @@ class Container(_message.Message):
     RESTART_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    IP6_FIELD_NUMBER: _ClassVar[int]
+    PREFIXLEN6_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY6_FIELD_NUMBER: _ClassVar[int]
+    FIXED_IP6_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
     CAP_ADD_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +202,10 @@ class Container(_message.Message):
     restart: str
     image: str
     image_id: str
+    ip6: str
+    prefixlen6: int
+    gateway6: str
+    fixed_ip6: str
     resources: Resources
     volumes: _containers.RepeatedScalarFieldContainer[str]
     cap_add: _containers.RepeatedScalarFieldContainer[str]
@@ -206,7 +218,7 @@ class Container(_message.Message):
     aliases: _containers.RepeatedScalarFieldContainer[str]
     dns: _containers.RepeatedScalarFieldContainer[str]
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., network: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., interface: _Optional[str] = ..., ip: _Optional[str] = ..., prefixlen: _Optional[int] = ..., gateway: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., revision: _Optional[int] = ..., fixed_ip: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., share: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., image: _Optional[str] = ..., image_id: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., volumes: _Optional[_Iterable[str]] = ..., cap_add: _Optional[_Iterable[str]] = ..., user_ns: _Optional[_Union[UserNsMode, str]] = ..., stopped: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., generation: _Optional[int] = ..., cni: _Optional[_Union[CniOwner, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., dns: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., host: _Optional[str] = ..., network: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., interface: _Optional[str] = ..., ip: _Optional[str] = ..., prefixlen: _Optional[int] = ..., gateway: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., revision: _Optional[int] = ..., fixed_ip: _Optional[str] = ..., ports: _Optional[_Iterable[str]] = ..., share: _Optional[_Iterable[str]] = ..., restart: _Optional[str] = ..., image: _Optional[str] = ..., image_id: _Optional[str] = ..., ip6: _Optional[str] = ..., prefixlen6: _Optional[int] = ..., gateway6: _Optional[str] = ..., fixed_ip6: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., volumes: _Optional[_Iterable[str]] = ..., cap_add: _Optional[_Iterable[str]] = ..., user_ns: _Optional[_Union[UserNsMode, str]] = ..., stopped: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., generation: _Optional[int] = ..., cni: _Optional[_Union[CniOwner, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., dns: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class PolicyPeer(_message.Message):
     __slots__ = ("labels", "any_labels", "network", "cidr")
@@ -406,20 +418,24 @@ class ListImagesResponse(_message.Message):
     def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("network", "host", "subnet", "gateway", "renewed_at", "expires_at")
+    __slots__ = ("network", "host", "subnet", "gateway", "renewed_at", "expires_at", "subnet6", "gateway6")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     SUBNET_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
     RENEWED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SUBNET6_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY6_FIELD_NUMBER: _ClassVar[int]
     network: str
     host: str
     subnet: str
     gateway: str
     renewed_at: int
     expires_at: int
-    def __init__(self, network: _Optional[str] = ..., host: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., renewed_at: _Optional[int] = ..., expires_at: _Optional[int] = ...) -> None: ...
+    subnet6: str
+    gateway6: str
+    def __init__(self, network: _Optional[str] = ..., host: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., renewed_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., subnet6: _Optional[str] = ..., gateway6: _Optional[str] = ...) -> None: ...
 
 class IpamEvent(_message.Message):
     __slots__ = ("at", "kind", "network", "host", "subnet", "address", "container")
@@ -440,18 +456,20 @@ class IpamEvent(_message.Message):
     def __init__(self, at: _Optional[int] = ..., kind: _Optional[str] = ..., network: _Optional[str] = ..., host: _Optional[str] = ..., subnet: _Optional[str] = ..., address: _Optional[str] = ..., container: _Optional[str] = ...) -> None: ...
 
 class Allocation(_message.Message):
-    __slots__ = ("network", "container", "interface", "address", "host")
+    __slots__ = ("network", "container", "interface", "address", "host", "address6")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     INTERFACE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS6_FIELD_NUMBER: _ClassVar[int]
     network: str
     container: str
     interface: str
     address: str
     host: str
-    def __init__(self, network: _Optional[str] = ..., container: _Optional[str] = ..., interface: _Optional[str] = ..., address: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
+    address6: str
+    def __init__(self, network: _Optional[str] = ..., container: _Optional[str] = ..., interface: _Optional[str] = ..., address: _Optional[str] = ..., host: _Optional[str] = ..., address6: _Optional[str] = ...) -> None: ...
 
 class Quarantine(_message.Message):
     __slots__ = ("network", "subnet", "until")
@@ -690,30 +708,36 @@ class HostNetwork(_message.Message):
     def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., names: _Optional[_Iterable[_Union[DnsName, _Mapping]]] = ...) -> None: ...
 
 class DnsName(_message.Message):
-    __slots__ = ("container", "aliases", "address", "dns")
+    __slots__ = ("container", "aliases", "address", "dns", "address6")
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DNS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS6_FIELD_NUMBER: _ClassVar[int]
     container: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
     address: str
     dns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, container: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., address: _Optional[str] = ..., dns: _Optional[_Iterable[str]] = ...) -> None: ...
+    address6: str
+    def __init__(self, container: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., address: _Optional[str] = ..., dns: _Optional[_Iterable[str]] = ..., address6: _Optional[str] = ...) -> None: ...
 
 class Peer(_message.Message):
-    __slots__ = ("host", "subnet", "underlay_ip", "vtep_mac", "vtep_ip")
+    __slots__ = ("host", "subnet", "underlay_ip", "vtep_mac", "vtep_ip", "subnet6", "vtep_ip6")
     HOST_FIELD_NUMBER: _ClassVar[int]
     SUBNET_FIELD_NUMBER: _ClassVar[int]
     UNDERLAY_IP_FIELD_NUMBER: _ClassVar[int]
     VTEP_MAC_FIELD_NUMBER: _ClassVar[int]
     VTEP_IP_FIELD_NUMBER: _ClassVar[int]
+    SUBNET6_FIELD_NUMBER: _ClassVar[int]
+    VTEP_IP6_FIELD_NUMBER: _ClassVar[int]
     host: str
     subnet: str
     underlay_ip: str
     vtep_mac: str
     vtep_ip: str
-    def __init__(self, host: _Optional[str] = ..., subnet: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., vtep_mac: _Optional[str] = ..., vtep_ip: _Optional[str] = ...) -> None: ...
+    subnet6: str
+    vtep_ip6: str
+    def __init__(self, host: _Optional[str] = ..., subnet: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., vtep_mac: _Optional[str] = ..., vtep_ip: _Optional[str] = ..., subnet6: _Optional[str] = ..., vtep_ip6: _Optional[str] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
     __slots__ = ("revision", "snapshot", "networks", "containers", "deleted_networks", "deleted_containers", "policy_set", "name_deltas")

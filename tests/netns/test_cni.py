@@ -36,6 +36,7 @@ hosts:
   - {name: h2, lab: true}
 networks:
   - {name: front, driver: overlay, subnet: 10.71.0.0/16}
+  - {name: dual, subnet: 10.72.0.0/24, subnet6: "fd00:72::/48"}
 containers: []
 """
 
@@ -147,6 +148,27 @@ def test_add_check_del_as_libcni_does(env: Env, sandbox: Any) -> None:
     # DEL is idempotent, and DEL of an unknown container succeeds (with or without a netns).
     drv.call(conf(), "DEL", container_id="ctr-one", netns=ns)
     drv.call(conf(), "DEL", container_id="never-added", netns="")
+
+
+def test_a_dual_stack_add_answers_and_checks_both_families(env: Env, sandbox: Any) -> None:
+    ns = sandbox("d1")
+    drv = env.driver("h1")
+    result = drv.call(conf(network="dual"), "ADD", container_id="ctr-dual", netns=ns,
+                      ifname="eth0")
+    ip4, ip6 = result["ips"]
+    assert ip4["address"].startswith("10.72.0.") and ip6["address"].startswith("fd00:72::")
+    assert ip6["gateway"] == "fd00:72::1"
+    assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": ip4["gateway"]},
+                                {"dst": "::/0", "gw": "fd00:72::1"}]
+    shown = nsexec(ns, "ip", "-6", "-o", "addr", "show", "dev", "eth0").stdout
+    assert ip6["address"] in shown and "tentative" not in shown, shown
+    assert nsexec(ns, "ping", "-6", "-n", "-q", "-c", "1", "-W", "2",
+                  "fd00:72::1").returncode == 0
+    drv.call(conf(network="dual", prevResult=result), "CHECK", container_id="ctr-dual",
+             netns=ns)
+    drv.call(conf(network="dual", prevResult=result), "DEL", container_id="ctr-dual",
+             netns=ns)
+    assert "fd00:72" not in nsexec(ns, "ip", "-6", "-o", "addr").stdout
 
 
 def test_add_twice_fails_and_keeps_the_first(env: Env, sandbox: Any) -> None:

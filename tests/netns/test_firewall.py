@@ -40,7 +40,7 @@ from agent.kernel.firewall import (
 )
 from agent.kernel.links import Links
 from agent.kernel.netns import create_netns, netns_path, remove_netns, run_in_netns
-from agent.names import bridge_name, container_mac, veth_name
+from agent.names import bridge_name, container_mac, link_local, veth_name
 
 pytestmark = pytest.mark.netns
 
@@ -331,7 +331,7 @@ def test_spoofed_frames_are_dropped_and_counted(fwlab: FwLab) -> None:
         send(Ether(src="{f1_mac}", dst="{f2_mac}") / ARP(op=2, hwsrc="02:42:00:00:00:99",
              psrc="{f1_ip}", hwdst="{f2_mac}", pdst="{f2_ip}"))    # ARP with a forged sender MAC
         send(Ether(src="{f1_mac}", dst="33:33:00:00:00:01") /
-             IPv6(src="fe80::42", dst="ff02::1") / ICMPv6ND_RA())  # router advertisement
+             IPv6(src="{link_local(f1_mac)}", dst="ff02::1") / ICMPv6ND_RA())  # router advert
         send(Ether(src="{f1_mac}", dst="{f2_mac}") / IP(src="{f1_ip}", dst="{f2_ip}") /
              ICMP(id=1003))                                       # honest
     """)
@@ -596,7 +596,7 @@ def test_a_full_write_reusing_anonymous_set_names_learns_the_right_handles(
         order = [r["rule"]["comment"] for r in json.loads(in_ns(
             path, "nft", "-j", "list", "chain", "bridge", "sdnctl", "prerouting").stdout)[
             "nftables"] if "rule" in r]
-        assert order.index("sdnctl:ctr/j1/spoof-arp-ip") + 1 == \
+        assert order.index("sdnctl:ctr/j1/spoof-na") + 1 == \
             order.index("sdnctl:ctr/o1/spoof-mac")
         listed = in_ns(path, "nft", "list", "table", "inet", "sdnctl").stdout
         assert 'oifname != { "sdnbpb", "sdnbpo", "sdnxpo" }' in listed

@@ -183,9 +183,29 @@ def test_anti_spoofing_rules() -> None:
         'comment "sdnctl:ctr/web/spoof-arp-mac"',
         'iifname "sdnv1" arp saddr ip != 10.1.0.2 counter drop '
         'comment "sdnctl:ctr/web/spoof-arp-ip"',
+        # IPv6 (issue 20): only from its link-local address (no IPv6 one on this network)
+        'iifname "sdnv1" ether type ip6 ip6 saddr != fe80::42:aff:fe01:2 counter drop '
+        'comment "sdnctl:ctr/web/spoof-ip6"',
+        'iifname "sdnv1" icmpv6 type nd-neighbor-advert '
+        '@th,64,128 != 0xfe8000000000000000420afffe010002 counter drop '
+        'comment "sdnctl:ctr/web/spoof-na"',
         'iifname "sdnv*" icmpv6 type nd-router-advert counter drop '
         'comment "sdnctl:router-advert"',
+        'iifname "sdnv*" icmpv6 type nd-redirect counter drop comment "sdnctl:redirect"',
     ]
+
+
+def test_dual_stack_guard_allows_its_ipv6_and_link_local_addresses() -> None:
+    guard = dataclasses.replace(GUARD, ip6="fd00:1::2")
+    bridge = rules(render(dataclasses.replace(SPEC, guards=(guard,))), "prerouting",
+                   family="bridge")
+    assert ('iifname "sdnv1" ether type ip6 ip6 saddr != fd00:1::2 '
+            'ip6 saddr != fe80::42:aff:fe01:2 counter drop comment "sdnctl:ctr/web/spoof-ip6"'
+            ) in bridge
+    assert ('iifname "sdnv1" icmpv6 type nd-neighbor-advert '
+            '@th,64,128 != 0xfd000001000000000000000000000002 '
+            '@th,64,128 != 0xfe8000000000000000420afffe010002 counter drop '
+            'comment "sdnctl:ctr/web/spoof-na"') in bridge
 
 
 def test_masquerade_rules_are_still_accepted() -> None:
@@ -354,7 +374,7 @@ def test_delta_adds_a_guard_before_the_next_one_in_render_order() -> None:
     anchor = handles["sdnctl:ctr/db/spoof-mac"]
     inserted = [line for line in lines if line.startswith("insert rule")]
     assert [line.split(" comment ")[1] for line in inserted] == \
-        [r.split(" comment ")[1] for r in rules(render(new), "prerouting", "bridge")[:5]]
+        [r.split(" comment ")[1] for r in rules(render(new), "prerouting", "bridge")[:7]]
     assert all(f"bridge sdnctl prerouting position {anchor} iifname \"sdnv1\"" in line
                for line in inserted), inserted
     assert lines[-2] == f"delete rule inet sdnctl forward handle {handles[sha_comment(old)]}"
@@ -379,7 +399,7 @@ def test_delta_removes_a_guard_by_its_handles() -> None:
     assert delta is not None
     gone = [f"delete rule bridge sdnctl prerouting handle {handles[c]}"
             for c in handles if c.startswith("sdnctl:ctr/web/spoof-")]
-    assert delta.splitlines()[:5] == gone
+    assert delta.splitlines()[:7] == gone
     assert not any(line.startswith(("insert", "add table", "flush")) for line in delta.splitlines())
 
 
@@ -388,7 +408,7 @@ def test_delta_changes_a_guard_in_place() -> None:
     delta = firewall.render_delta(SPEC, dataclasses.replace(SPEC, guards=(moved,)),
                                   handles_of(SPEC))
     assert delta is not None
-    assert sum(line.startswith("delete rule bridge") for line in delta.splitlines()) == 5
+    assert sum(line.startswith("delete rule bridge") for line in delta.splitlines()) == 7
     assert sum("10.1.0.9" in line for line in delta.splitlines()) == 2
 
 
@@ -429,7 +449,7 @@ def test_delta_replaces_vxlan_rules_in_place_when_members_change() -> None:
         comment = line.split(" comment ")[1]
         handle = handles[comment.strip('"')]
         assert line == f"replace rule inet sdnctl input handle {handle} {wanted[comment]}"
-    assert sum(line.startswith("insert rule") for line in delta.splitlines()) == 5  # GUARD2
+    assert sum(line.startswith("insert rule") for line in delta.splitlines()) == 7  # GUARD2
 
 
 # A delta runs with --echo (agent/kernel/firewall.py: the handles of the rules it inserts).
@@ -536,3 +556,14 @@ def test_network_drops_count_by_network_and_reason() -> None:
               {"comment": "sdnctl:net/front/overlay", "expr": [{"accept": None}]}]
     assert firewall.network_drop_counts(rules_) == {("front", "isolation"): 3,
                                                     ("inside", "internal-out"): 2}
+
+
+def test_a_dual_stack_port_on_every_address_is_dnatted_in_ipv6_too() -> None:
+    """Issue 20: "" host_ip publishes on the host's IPv6 addresses too (never ::1)."""
+    spec = dataclasses.replace(SPEC, ports=(dataclasses.replace(WEB, container_ip6="fd00:1::2"),))
+    six = [r for r in rules(render(spec), "prerouting") + rules(render(spec), "output")
+           if "ip6" in r]
+    assert len(six) == 2 and all(
+        r.startswith(f"ip6 daddr != ::1 fib daddr type local tcp dport {WEB.host_port} "
+                     f"dnat ip6 to [fd00:1::2]:{WEB.container_port} comment ") for r in six)
+    assert not [r for r in rules(render(SPEC), "prerouting") if "ip6" in r]  # IPv4 only: none

@@ -43,9 +43,10 @@ def test_the_schema_knows_every_field_the_loader_reads() -> None:
     defs = schema.topology_schema()["$defs"]
     assert set(defs["network"]["properties"]) == {
         "name", "driver", "subnet", "host_prefix", "mtu", "masquerade", "gateway", "ip_range",
-        "internal", "allow", "vni", "vxlan_port", "dns_domain", "dns", "default"}
+        "internal", "allow", "vni", "vxlan_port", "dns_domain", "dns", "default", "subnet6",
+        "host_prefix6"}
     assert set(defs["container"]["properties"]) == {
-        "name", "host", "network", "command", "interface", "ip", "ports", "share", "restart",
+        "name", "host", "network", "command", "interface", "ip", "ip6", "ports", "share", "restart",
         "image", "resources", "volumes", "cap_add", "user_ns", "env", "workdir", "aliases", "dns",
         "labels"}
     assert set(defs["container"]["properties"]["resources"]["properties"]) == {
@@ -58,8 +59,9 @@ def test_the_schema_knows_every_field_the_loader_reads() -> None:
     [
         pytest.param(HEAD + "  - {name: front, subnet: 10.88.0.0/16, colour: red}\n",
                      "x.yaml:5: networks[0].colour: unknown field; expected one of allow, "
-                     "default, dns, dns_domain, driver, gateway, host_prefix, internal, ip_range, "
-                     "masquerade, mtu, name, subnet, vni, vxlan_port", id="unknown-key"),
+                     "default, dns, dns_domain, driver, gateway, host_prefix, host_prefix6, "
+                     "internal, ip_range, masquerade, mtu, name, subnet, subnet6, vni, vxlan_port",
+                     id="unknown-key"),
         pytest.param(HEAD + FRONT + "containers:\n  - name: web\n    host: h1\n"
                      "    restart: sometimes\n",
                      "x.yaml:9: containers[0].restart: unknown restart policy 'sometimes'; "

@@ -75,8 +75,8 @@ HEAD = "name: t\nhosts:\n  - {name: h1, lab: true}\nnetworks:\n"  # lines 1-4
         pytest.param(
             HEAD + "  - name: front\n    subnet: 10.88.0.0/16\n    colour: red\n",
             "x.yaml:7: networks[0].colour: unknown field; expected one of allow, default, dns, "
-            "dns_domain, driver, gateway, host_prefix, internal, ip_range, masquerade, mtu, name, "
-            "subnet, vni, vxlan_port",
+            "dns_domain, driver, gateway, host_prefix, host_prefix6, internal, ip_range, "
+            "masquerade, mtu, name, subnet, subnet6, vni, vxlan_port",
             id="unknown-field"),
         pytest.param(
             "name: t\nextra: 1\n",

@@ -1,0 +1,254 @@
+"""Dual-stack containers (issue 20), end to end with real packets.
+
+One topology is brought up once for the module through the real CLI: two lab hosts, two
+dual-stack bridge networks on the first, containers on both, one of which binds its fixed IPv6
+address as the first thing it does, and a dual-stack overlay with a container on each host.
+Each test proves one behaviour: the addresses and routes in each family, no router
+advertisements taken, IPv6 forwarding only in the host's namespace, ping -6 within a network
+and isolation between networks, the IPv6 guards (a spoofed source, a forged router
+advertisement and a forged neighbour advertisement dropped and counted, each after a positive
+control proved the probe gets through), and IPv6 across the overlay over the IPv4 underlay with
+one route, one permanent neighbour and one FDB entry per peer.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers.capture import capture
+from helpers.cli import Cli, lab_cli, nsexec
+
+from agent.kernel.sysctl import read_sysctl
+from agent.names import bridge_name, container_mac, link_local, vxlan_name
+
+pytestmark = pytest.mark.netns
+
+PY = sys.executable
+BOUND = "fd00:96::99"
+# Binds its fixed IPv6 address at once: with duplicate address detection the address would
+# still be tentative (EADDRNOTAVAIL) and the container would exit.
+BIND = ("import socket; s = socket.socket(socket.AF_INET6); "
+        f"s.bind(({BOUND!r}, 7000)); s.listen(); "
+        "[s.accept()[0].sendall(b'bound-at-once') for _ in iter(int, 1)]")
+
+# Answers each connection with the address it came from, over IPv6 and IPv4 (mapped) alike.
+SERVE = ("import socket; s = socket.socket(socket.AF_INET6); "
+         "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); s.bind(('::', 7000)); "
+         "s.listen(); [(lambda c: (c[0].sendall(('peer=' + c[1][0]).encode()), c[0].close()))"
+         "(s.accept()) for _ in iter(int, 1)]")
+
+TOPOLOGY = f"""
+name: dual
+hosts:
+  - {{name: h1, lab: true}}
+  - {{name: h2, lab: true}}
+networks:
+  - {{name: front, subnet: 10.96.0.0/24, subnet6: "fd00:96::/48"}}
+  - {{name: back, subnet: 10.97.0.0/24, subnet6: "fd00:97::/48"}}
+  - {{name: ov, driver: overlay, subnet: 10.98.0.0/16, subnet6: "fd00:98::/48"}}
+  - {{name: locked, subnet: 10.99.0.0/24, subnet6: "fd00:99::/48", default: deny}}
+containers:
+  - {{name: a, host: h1, network: front}}
+  - {{name: b, host: h1, network: front}}
+  - {{name: binder, host: h1, network: front, ip6: "{BOUND}", command: [{PY}, -c, "{BIND}"]}}
+  - {{name: other, host: h1, network: back}}
+  - {{name: side, host: h1, network: "container:a"}}
+  - {{name: vault, host: h1, network: none}}
+  - {{name: p, host: h1, network: locked}}
+  - {{name: web6, host: h1, network: front, ports: ["8080:7000"], command: [{PY}, -c, "{SERVE}"]}}
+  - {{name: q, host: h1, network: locked}}
+  - {{name: x, host: h1, network: ov}}
+  - {{name: y, host: h2, network: ov}}
+"""
+
+
+class Dual:
+    def __init__(self, cli: Cli, prefix: str, root_forwarding: str) -> None:
+        self.cli, self.prefix, self.root_forwarding = cli, prefix, root_forwarding
+        self.ctr = {name: cli.container(name)
+                    for name in ("a", "b", "binder", "other", "x", "y", "side", "vault", "p", "q",
+                                 "web6")}
+        self.host_netns = cli.host("h1")["netns"]
+        self.host2_netns = cli.host("h2")["netns"]
+
+
+@pytest.fixture(scope="module")
+def dual(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dual]:
+    prefix = "v6" + secrets.token_hex(3)[:4]
+    tmp = tmp_path_factory.mktemp("dual")
+    path = tmp / "dual.yaml"
+    path.write_text(TOPOLOGY)
+    root_forwarding = read_sysctl("net.ipv6.conf.all.forwarding")
+    with lab_cli(prefix) as cli:
+        cli.run("up", str(path), "--timeout", "60")
+        yield Dual(cli, prefix, root_forwarding)
+
+
+def in_ctr(ctr: dict[str, Any], *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(["nsenter", "-t", str(ctr["pid"]), "-n", *argv], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def ping6(ctr: dict[str, Any], address: str) -> bool:
+    return in_ctr(ctr, "ping", "-6", "-n", "-q", "-c", "1", "-W", "2", address).returncode == 0
+
+
+def test_addresses_routes_and_no_router_advertisements(dual: Dual) -> None:
+    a = dual.ctr["a"]
+    assert a["state"] == "running"
+    assert a["ip6"].startswith("fd00:96::") and a["prefixlen6"] == 64
+    assert a["gateway6"] == "fd00:96::1" and a["gateway"] == "10.96.0.1"
+    addr = in_ctr(a, "ip", "-6", "-o", "addr", "show", "dev", "eth0").stdout
+    assert f"{a['ip6']}/64" in addr and "tentative" not in addr, addr
+    assert "via fd00:96::1" in in_ctr(a, "ip", "-6", "route", "show", "default").stdout
+    assert "via 10.96.0.1" in in_ctr(a, "ip", "-4", "route", "show", "default").stdout
+    for key in ("accept_ra", "autoconf", "accept_dad"):
+        got = in_ctr(a, "cat", f"/proc/sys/net/ipv6/conf/eth0/{key}").stdout.strip()
+        assert got == "0", f"{key} of the container's eth0 is {got}"
+    host = dual.host_netns
+    bridge = bridge_name("front")
+    shown = nsexec(host, "ip", "-6", "-o", "addr", "show", "dev", bridge).stdout
+    assert "fd00:96::1/64" in shown and "tentative" not in shown, shown
+    values = nsexec(host, "cat", "/proc/sys/net/ipv6/conf/all/forwarding",
+                    f"/proc/sys/net/ipv6/conf/{bridge}/accept_ra").stdout.split()
+    assert values == ["1", "0"], values  # the host's namespace routes IPv6; its bridge takes no RA
+    # never in the root namespace (this test runs there)
+    assert read_sysctl("net.ipv6.conf.all.forwarding") == dual.root_forwarding
+
+
+def test_joined_has_its_donors_ipv6_and_closed_has_only_loopback(dual: Dual) -> None:
+    a, side, vault = dual.ctr["a"], dual.ctr["side"], dual.ctr["vault"]
+    assert a["ip6"] in in_ctr(side, "ip", "-6", "-o", "addr", "show", "dev", "eth0").stdout
+    assert ping6(side, dual.ctr["b"]["ip6"])
+    shown = in_ctr(vault, "ip", "-6", "-o", "addr").stdout.splitlines()
+    assert [line.split()[1] for line in shown] == ["lo"], shown
+    assert in_ctr(vault, "cat", "/proc/sys/net/ipv6/conf/default/accept_ra").stdout.strip() == "0"
+
+
+def test_a_container_binds_its_ipv6_address_at_once(dual: Dual) -> None:
+    binder = dual.ctr["binder"]
+    assert binder["state"] == "running" and binder["ip6"] == BOUND
+    code = (f"import socket; s = socket.create_connection(({BOUND!r}, 7000), timeout=5); "
+            "print(s.recv(100).decode())")
+    done = in_ctr(dual.ctr["a"], PY, "-c", code)
+    assert done.stdout.strip() == "bound-at-once", done.stderr
+
+
+def test_ping6_within_a_network_and_isolation_between_networks(dual: Dual) -> None:
+    a, b, other = dual.ctr["a"], dual.ctr["b"], dual.ctr["other"]
+    assert ping6(a, b["ip6"]) and ping6(b, a["ip6"])
+    assert ping6(a, "fd00:96::1")  # the gateway
+    assert ping6(other, other["gateway6"])  # other's side works: the probe can succeed
+    assert not ping6(a, other["ip6"])
+    assert not ping6(other, a["ip6"])
+
+
+def test_the_networks_resolver_answers_aaaa(dual: Dual) -> None:
+    a, b = dual.ctr["a"], dual.ctr["b"]
+    ask = ["dig", "+short", "+time=2", "+tries=2", f"@{a['gateway']}", "b"]
+    assert in_ctr(a, *ask, "A").stdout.split() == [b["ip"]]  # the resolver answers at all
+    assert in_ctr(a, *ask, "AAAA").stdout.split() == [b["ip6"]]
+
+
+SEND = """
+import sys
+from scapy.all import Ether, IPv6, ICMPv6EchoRequest, ICMPv6ND_RA, ICMPv6ND_NA, sendp
+me, my_mac, my_ll, peer, peer_mac, gateway = sys.argv[1:7]
+def out(dst_mac, packet):
+    sendp(Ether(src=my_mac, dst=dst_mac) / packet, iface="eth0", verbose=0)
+out(peer_mac, IPv6(src="fd00:96::77", dst=peer) / ICMPv6EchoRequest(id=4241))
+out("33:33:00:00:00:01", IPv6(src=my_ll, dst="ff02::1") / ICMPv6ND_RA())
+out(peer_mac, IPv6(src=my_ll, dst=peer) / ICMPv6ND_NA(tgt=gateway, R=0, S=0, O=1))
+# the honest ones, after: an echo from its own address, an advertisement of itself
+out(peer_mac, IPv6(src=me, dst=peer) / ICMPv6EchoRequest(id=4242))
+out(peer_mac, IPv6(src=me, dst=peer) / ICMPv6ND_NA(tgt=me, R=0, S=0, O=1))
+"""
+
+
+def _drops(host_netns: str, guard: str) -> int:
+    rules = nsexec(host_netns, "nft", "list", "chain", "bridge", "sdnctl", "prerouting").stdout
+    return sum(int(line.split("packets ")[1].split()[0]) for line in rules.splitlines()
+               if f'{guard}"' in line and "packets " in line)
+
+
+def test_spoofed_source_forged_ra_and_forged_na_are_dropped_and_counted(dual: Dual) -> None:
+    a, b = dual.ctr["a"], dual.ctr["b"]
+    a_mac, b_mac = container_mac(a["ip"]), container_mac(b["ip"])
+    before = {g: _drops(dual.host_netns, g) for g in ("spoof-ip6", "router-advert", "spoof-na")}
+    with capture(f"/proc/{b['pid']}/ns/net", "eth0", "icmp6 or icmp") as cap:
+        done = in_ctr(a, PY, "-c", SEND, a["ip6"], a_mac, link_local(a_mac), b["ip6"], b_mac,
+                      a["gateway6"], timeout=60)
+        assert done.returncode == 0, done.stderr
+        cap.wait_for("echo request, id 4242")  # positive controls, sent last, arrived
+        cap.wait_for(f"neighbor advertisement, tgt is {a['ip6']}")
+        seen = cap.stop()
+    assert "id 4241" not in seen, f"a spoofed source reached the peer:\n{seen}"
+    assert "router advertisement" not in seen, f"a router advertisement reached the peer:\n{seen}"
+    assert f"tgt is {a['gateway6']}," not in seen, f"a forged advertisement got through:\n{seen}"
+    after = {g: _drops(dual.host_netns, g) for g in before}
+    assert all(after[g] > before[g] for g in before), (before, after)
+    # the peer still reaches the gateway (its neighbour entry was not poisoned)
+    assert ping6(b, b["gateway6"])
+
+
+def test_the_overlay_carries_ipv6_with_one_route_neighbour_and_fdb_entry_per_peer(
+        dual: Dual) -> None:
+    x, y = dual.ctr["x"], dual.ctr["y"]
+    assert x["ip6"].startswith("fd00:98:") and y["ip6"].startswith("fd00:98:")
+    assert x["ip6"].split("::")[0] != y["ip6"].split("::")[0]  # a /64 per host
+    assert ping6(x, y["ip6"]) and ping6(y, x["ip6"])
+    device = vxlan_name("ov")
+    y_lease = y["ip6"].rsplit(":", 1)[0] + ":/64"  # e.g. fd00:98:0:1::2 -> fd00:98:0:1::/64
+    routes = nsexec(dual.host_netns, "ip", "-6", "route", "show", "dev", device,
+                    "proto", "211").stdout.splitlines()
+    assert len(routes) == 1 and routes[0].startswith(f"{y_lease} via {y_lease[:-3]} "), routes
+    assert " onlink " in routes[0], routes
+    neigh = nsexec(dual.host_netns, "ip", "-6", "neigh", "show", "dev", device,
+                   "nud", "permanent").stdout.splitlines()
+    assert len(neigh) == 1 and neigh[0].startswith(f"{y_lease[:-3]} lladdr "), neigh
+    fdb = [line for line in nsexec(dual.host_netns, "bridge", "fdb", "show", "dev",
+                                   device).stdout.splitlines() if " dst " in line]
+    assert len(fdb) == 1, fdb  # one per peer, shared by both families
+
+
+def test_ipv6_does_not_bypass_a_policy_that_isolates_a_container(dual: Dual) -> None:
+    p, q = dual.ctr["p"], dual.ctr["q"]
+
+    def dropped() -> int:
+        listed = nsexec(dual.host_netns, "nft", "list", "table", "inet", "sdnctl_policy").stdout
+        return sum(int(line.split("packets ")[1].split()[0]) for line in listed.splitlines()
+                   if '"sdnctl:policy/ingress6"' in line)
+
+    before = dropped()
+    assert ping6(q, q["gateway6"]) and ping6(p, p["gateway6"])  # both have working IPv6
+    assert not ping6(q, p["ip6"])  # p is isolated for ingress (default: deny)
+    assert dropped() > before
+
+
+def _ask(argv: list[str], address: str, port: int) -> str:
+    code = (f"import socket; s = socket.create_connection(({address!r}, {port}), timeout=5); "
+            "print(s.recv(100).decode())")
+    done = subprocess.run([*argv, PY, "-c", code], capture_output=True, text=True, timeout=30,
+                          check=False)
+    return done.stdout.strip()
+
+
+def test_a_port_published_on_every_address_is_published_on_ipv6_too(dual: Dual) -> None:
+    other = dual.ctr["other"]
+    in_other = ["nsenter", "-t", str(other["pid"]), "-n"]
+    # IPv4 first (the probe works), then IPv6: DNAT'd from another network, source kept
+    assert _ask(in_other, other["gateway"], 8080) == f"peer=::ffff:{other['ip']}"
+    assert _ask(in_other, other["gateway6"], 8080) == f"peer={other['ip6']}"
+    # from the host itself (the output chain), to one of its IPv6 addresses
+    assert _ask(["nsenter", f"--net={dual.host_netns}"], "fd00:96::1", 8080).startswith("peer=")
+
+
+def test_zz_down_leaves_nothing(dual: Dual) -> None:
+    dual.cli.run("down", str(next(iter(dual.cli.files.values()))))
+    assert not any(n.startswith(dual.prefix) for n in os.listdir("/run/netns"))
