@@ -172,13 +172,7 @@ def validate_cidr6(value: object, field: str) -> netaddr.IPNetwork:
 
 def check_ipv6(value: str, field: str) -> str:
     """An IPv6 address, returned in its compressed form (as the kernel prints it)."""
-    if not isinstance(value, str) or ":" not in value:
-        raise Invalid(field, f"{value!r} is not an IPv6 address")
-    try:
-        address = netaddr.IPAddress(value, version=6)
-    except (netaddr.AddrFormatError, ValueError, TypeError) as e:
-        raise Invalid(field, f"{value!r} is not an IPv6 address") from e
-    return str(address)
+    return _check_ip(value, field, 6)
 
 
 IFNAMSIZ = 15
@@ -188,12 +182,17 @@ IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]+\Z")
 
 
 def check_ipv4(value: str, field: str) -> str:
-    if not isinstance(value, str):
-        raise Invalid(field, f"{value!r} is not an IPv4 address")
+    return _check_ip(value, field, 4)
+
+
+def _check_ip(value: str, field: str, version: int) -> str:
+    what = f"{value!r} is not an IPv{version} address"
+    if not isinstance(value, str) or (version == 6 and ":" not in value):
+        raise Invalid(field, what)
     try:
-        address = netaddr.IPAddress(value, version=4)
+        address = netaddr.IPAddress(value, version=version)
     except (netaddr.AddrFormatError, ValueError, TypeError) as e:
-        raise Invalid(field, f"{value!r} is not an IPv4 address") from e
+        raise Invalid(field, what) from e
     return str(address)
 
 

@@ -66,7 +66,7 @@ def test_network_round_trip(cli: Cli) -> None:
     data = cli.json("network", "inspect", "back")
     assert [(c["name"], c["state"]) for c in data["containers"]] == [("b1", "running")]
     assert data["leases"] == [{"host": "h1", "subnet": "10.62.0.0/24",
-                               "gateway": "10.62.0.254"}]
+                               "gateway": "10.62.0.254", "subnet6": "", "gateway6": ""}]
     busy = cli.run("network", "rm", "back", check=False)
     assert busy.returncode == 1 and busy.stderr.startswith("sdnctl: could not remove network")
     cli.run("rm", "b1")
