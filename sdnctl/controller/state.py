@@ -668,20 +668,43 @@ class State:
         statuses = [s for s in statuses if s.name in mine]  # deleted meanwhile, or not ours
         host_status = HostStatus(observed_revision, tuple(sorted(s.name for s in statuses)))
         renew_cmp, renew_ops = self._renew_ops(host, always=False)
-        if renew_ops:  # a lost race only delays the renewal to the next report
-            self.store.txn(renew_cmp, renew_ops)
-        if host_status != self._host_status(host):
-            self.store.txn([Compare(host_kv.key, host_kv.mod_revision)],
-                           [Put(HOST_STATUS + host, to_json(host_status))])
-        for status in statuses:
-            kv = self.store.get(container_key(status.name))
+        compares, ops = self._status_ops(host, host_kv, host_status, statuses)
+        # One write for the whole report (issue 21: one per changed container made a report
+        # wait for the store's writer once per container, behind every create).
+        if (renew_ops or ops) and self.store.txn([*renew_cmp, *compares],
+                                                 [*renew_ops, *ops]) is None:
+            # Something moved meanwhile: a container deleted, a lease renewed by another
+            # replica. A lost renewal waits for the next report; the statuses are written
+            # on a fresh read, one container at a time.
+            for status in statuses:
+                compares, ops = self._status_ops(host, None, host_status, [status])
+                if ops:
+                    self.store.txn(compares, ops)
+            compares, ops = self._status_ops(host, self.store.get(host_kv.key), host_status, [])
+            if ops:
+                self.store.txn(compares, ops)
+
+    def _status_ops(self, host: str, host_kv: KeyValue | None, host_status: HostStatus,
+                    statuses: Sequence[ContainerStatus]) -> tuple[list[Compare], Ops]:
+        """The writes that record ``statuses`` (each guarded by its container's revision:
+        one deleted meanwhile gets none) and, with ``host_kv``, the host's status."""
+        compares: list[Compare] = []
+        ops: Ops = []
+        if host_kv is not None and host_status != self._host_status(host):
+            compares.append(Compare(host_kv.key, host_kv.mod_revision))
+            ops.append(Put(HOST_STATUS + host, to_json(host_status)))
+        found = get_many(self.store, [k for s in statuses
+                                      for k in (container_key(s.name), status_key(s.name))])
+        for i, status in enumerate(statuses):
+            kv, current = found[2 * i], found[2 * i + 1]
             if kv is None:
                 continue  # deleted since we listed
-            key = status_key(status.name)
-            current = self.store.get(key)
-            if current is not None and current.value == to_json(status):
+            value = to_json(status)
+            if current is not None and current.value == value:
                 continue
-            self.store.txn([Compare(kv.key, kv.mod_revision)], [Put(key, to_json(status))])
+            compares.append(Compare(kv.key, kv.mod_revision))
+            ops.append(Put(status_key(status.name), value))
+        return compares, ops
 
     def foreign_containers(self, host: str, names: Iterable[str]) -> list[str]:
         """Which of ``names`` are containers of another host than ``host``."""

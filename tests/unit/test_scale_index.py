@@ -39,6 +39,8 @@ class Recording:
         self.inner = inner
         self.ranges: list[str] = []
         self.reads = 0
+        self.writes = 0
+        self.before_write: list[object] = []  # callables run once, before the next txn
 
     def get(self, key: str) -> KeyValue | None:
         self.reads += 1
@@ -54,6 +56,9 @@ class Recording:
         return self.inner.range(prefix)
 
     def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> int | None:
+        while self.before_write:
+            self.before_write.pop(0)()  # type: ignore[operator]
+        self.writes += 1
         return self.inner.txn(compares, ops)
 
     def revision(self) -> int:
@@ -71,6 +76,7 @@ class Recording:
     def reset(self) -> None:
         self.ranges.clear()
         self.reads = 0
+        self.writes = 0
 
 
 @pytest.fixture
@@ -201,6 +207,33 @@ def test_report_status_and_delete_read_only_the_host(state: State, rec: Recordin
     state.delete_container("c1")
     assert wide_reads(rec) == []
     assert state.foreign_containers("h1", ["c0", "c2", "gone"]) == ["c2"]
+
+
+def test_a_report_is_one_write_however_many_statuses_changed(state: State,
+                                                             rec: Recording) -> None:
+    for i in range(5):
+        create(state, f"c{i}")
+    state.report_status("h1", [], observed_revision=1)  # the host's status, written alone
+    rec.reset()
+    before = rec.revision()
+    state.report_status("h1", [ContainerStatus(f"c{i}", state="running") for i in range(5)],
+                        observed_revision=2)
+    assert (rec.writes, rec.revision()) == (1, before + 1)
+    assert all(state.get_container(f"c{i}").status.state == "running" for i in range(5))
+    rec.reset()
+    state.report_status("h1", [ContainerStatus(f"c{i}", state="running") for i in range(5)],
+                        observed_revision=2)
+    assert rec.writes == 0  # nothing changed: nothing written
+
+
+def test_a_container_deleted_during_a_report_is_skipped_and_the_rest_recorded(
+        state: State, rec: Recording) -> None:
+    for i in range(3):
+        create(state, f"c{i}")
+    rec.before_write.append(lambda: state.delete_container("c1"))
+    state.report_status("h1", [ContainerStatus(f"c{i}", state="running") for i in range(3)])
+    assert [state.get_container(f"c{i}").status.state for i in (0, 2)] == ["running"] * 2
+    assert rec.get(keys.status_key("c1")) is None  # no status outlives its container
 
 
 def test_ensure_indexes_indexes_a_store_written_before_them(state: State, rec: Recording) -> None:
