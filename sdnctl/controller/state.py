@@ -670,9 +670,17 @@ class State:
         renew_cmp, renew_ops = self._renew_ops(host, always=False)
         compares, ops = self._status_ops(host, host_kv, host_status, statuses)
         # One write for the whole report (issue 21: one per changed container made a report
-        # wait for the store's writer once per container, behind every create).
-        if (renew_ops or ops) and self.store.txn([*renew_cmp, *compares],
-                                                 [*renew_ops, *ops]) is None:
+        # wait for the store's writer once per container, behind every create), unless the
+        # store caps a transaction's operations (etcd): then a write per cap's worth (every
+        # status write is one compare and one put, in step).
+        cap = getattr(self.store, "max_txn_ops", None) or 1 << 30
+        if len(renew_cmp) + len(compares) <= cap and len(renew_ops) + len(ops) <= cap:
+            batches = [([*renew_cmp, *compares], [*renew_ops, *ops])]
+        else:
+            batches = [(renew_cmp, renew_ops)] + [(compares[i:i + cap], ops[i:i + cap])
+                                                  for i in range(0, len(ops), cap)]
+        lost = [batch for batch in batches if batch[1] and self.store.txn(*batch) is None]
+        if lost:
             # Something moved meanwhile: a container deleted, a lease renewed by another
             # replica. A lost renewal waits for the next report; the statuses are written
             # on a fresh read, one container at a time.

@@ -37,6 +37,7 @@ class Recording:
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
+        self.max_txn_ops = getattr(inner, "max_txn_ops", None)  # what State asks of a store
         self.ranges: list[str] = []
         self.reads = 0
         self.writes = 0
@@ -224,6 +225,18 @@ def test_a_report_is_one_write_however_many_statuses_changed(state: State,
     state.report_status("h1", [ContainerStatus(f"c{i}", state="running") for i in range(5)],
                         observed_revision=2)
     assert rec.writes == 0  # nothing changed: nothing written
+
+
+def test_a_report_larger_than_a_transaction_is_recorded_whole(state: State,
+                                                               rec: Recording) -> None:
+    many = 150  # > etcd's 128 operations per transaction
+    state.create_containers([Container(name=f"m{i}", host="h1", network="front")
+                             for i in range(many)])
+    rec.reset()
+    state.report_status("h1", [ContainerStatus(f"m{i}", state="running") for i in range(many)],
+                        observed_revision=3)
+    assert rec.writes == (1 if rec.max_txn_ops is None else 2)  # etcd: 128, then 22 + the host
+    assert {v.status.state for v in state.list_containers(host="h1")[0]} == {"running"}
 
 
 def test_a_container_deleted_during_a_report_is_skipped_and_the_rest_recorded(
