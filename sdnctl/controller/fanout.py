@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 #: How long the hub waits for the store before checking whether it should stop.
 POLL = 0.5
+#: Back-off after a failed read of the change log: from RETRY_FIRST doubling up to RETRY_MAX.
+RETRY_FIRST = 0.01
+RETRY_MAX = 1.0
 
 
 @dataclass
@@ -189,6 +192,7 @@ class Hub:
 
     def _read(self) -> None:
         store = self.state.store
+        failures = 0
         while not self._stop.is_set():
             with self._lock:
                 if not self._keep and not self._subs:
@@ -207,13 +211,18 @@ class Hub:
                 else:  # a revision without changes (etcd's own): nothing to wait for again
                     with self._lock:
                         self.revision = max(self.revision, current)
-            except Exception as e:  # a closed store ends the hub; its streams resync
-                if not self._stop.is_set():
-                    log.info("watch hub stopped: reading the change log failed: %s", e)
-                    with self._lock:
-                        for sub in self._subs.values():
-                            sub.push(None)
-                return
+                failures = 0
+            except Exception as e:
+                # A busy or briefly unreachable store: read the same revisions again (nothing
+                # is lost, the hub's revision did not move; a batch queued twice is skipped
+                # by the streams, which filter by revision). Ending here instead left every
+                # stream of this controller waiting for batches nobody would read (an agent
+                # then never heard of a container). The server's stop() ends the hub.
+                failures += 1
+                if failures == 1 or failures % 60 == 0:
+                    log.warning("watch hub: reading the change log failed (%d in a row), "
+                                "retrying: %s", failures, e)
+                self._stop.wait(min(RETRY_MAX, RETRY_FIRST * 2 ** min(failures, 8)))
 
     def _resync(self) -> None:
         holders, revision = lease_holders(self.state.store)

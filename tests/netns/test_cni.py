@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.cli import Cli, lab_cli, nsexec, ping
+from helpers.cli import Cli, lab_cli, nsexec, ping, wait_listening
 from helpers.cnidriver import CniFailed, Driver, make_cni_path
 
 from agent.kernel.netns import create_netns, netns_path, remove_netns
@@ -676,8 +676,10 @@ def test_chained_with_the_reference_plugins(env: Env, sandbox: Any, tmp_path: Pa
                                   "15201"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             gateway = result["ips"][0]["gateway"]
-            done = wait_for("iperf3", lambda: (lambda r: r if r.returncode == 0 else None)(
-                nsexec(ns, "iperf3", "-c", gateway, "-p", "15201", "-t", "3", "-J")), 20)
+            # (iperf3 -J exits 0 with an "error" in its JSON when it could not connect: the
+            # server's readiness is awaited, not retried into)
+            wait_listening(host_ns, 15201, 20)
+            done = nsexec(ns, "iperf3", "-c", gateway, "-p", "15201", "-t", "3", "-J")
             assert "sum_received" in json.loads(done.stdout)["end"], done.stdout[-1500:]
             measured = json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"]
             assert measured < rate * 1.5, f"{measured / 1e6:.1f} Mbit/s, limit {rate / 1e6}"

@@ -12,7 +12,7 @@ from apitest import TIMEOUT, StartServer, connect, watch
 from sdnctl.api.model import Container, ContainerStatus, Host, Network
 from sdnctl.controller.fanout import concerned, lease_holders
 from sdnctl.controller.state import State
-from sdnctl.controller.store.base import Store
+from sdnctl.controller.store.base import Change, Store
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -37,6 +37,43 @@ def test_a_create_on_host_a_sends_nothing_to_host_b(
             assert [c.name for c in event.containers] == ["on-b"], event
             assert not event.deleted_containers and not event.networks[1:]
             assert event.revision == store.revision()
+
+
+class Flaky:
+    """A store whose change log fails to read ``failures`` times once armed (a busy database),
+    and is the real store otherwise."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.failures = 0
+
+    def changes_since(self, revision: int) -> list[Change]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError("database is locked")
+        return self.inner.changes_since(revision)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_a_failed_read_of_the_change_log_delays_an_event_and_loses_none(
+        store: Store, start_server: StartServer) -> None:
+    flaky = Flaky(store)
+    server = start_server(flaky, progress_interval=3600)  # type: ignore[arg-type]
+    with connect(server, store) as api:
+        api.host("ha")
+        api.network("front")
+        with watch(api, "ha") as a:
+            assert a.next().snapshot
+            api.container("first", host="ha")
+            assert [c.name for c in a.next().containers] == ["first"]  # the probe works
+            flaky.failures = 5
+            api.container("second", host="ha")
+            assert [c.name for c in a.next().containers] == ["second"]
+            assert flaky.failures == 0  # it did fail, and the hub read again
+            api.container("third", host="ha")  # and it still reads
+            assert [c.name for c in a.next().containers] == ["third"]
 
 
 def _observed(api: object, host: str) -> int:
