@@ -13,6 +13,7 @@ one route, one permanent neighbour and one FDB entry per peer.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -247,6 +248,54 @@ def test_a_port_published_on_every_address_is_published_on_ipv6_too(dual: Dual) 
     assert _ask(in_other, other["gateway6"], 8080) == f"peer={other['ip6']}"
     # from the host itself (the output chain), to one of its IPv6 addresses
     assert _ask(["nsenter", f"--net={dual.host_netns}"], "fd00:96::1", 8080).startswith("peer=")
+
+
+# A part of the module's topology (same name): check probes only the containers a file names.
+CHECKED = """
+name: dual
+hosts:
+  - {name: h1, lab: true}
+networks:
+  - {name: front, subnet: 10.96.0.0/24, subnet6: "fd00:96::/48"}
+  - {name: back, subnet: 10.97.0.0/24, subnet6: "fd00:97::/48"}
+containers:
+  - {name: a, host: h1, network: front}
+  - {name: b, host: h1, network: front}
+  - {name: other, host: h1, network: back}
+"""
+
+
+def _cells(report: dict[str, Any], family: int) -> dict[tuple[str, str], bool]:
+    return {(p["from"], p["to"]): p["match"] for p in report["probes"]
+            if p["proto"] == "icmp" and p["family"] == family}
+
+
+def test_check_finds_a_broken_ipv6_route_while_ipv4_still_works(
+        dual: Dual, tmp_path: Any) -> None:
+    path = tmp_path / "checked.yaml"
+    path.write_text(CHECKED)
+    a, b = dual.ctr["a"], dual.ctr["b"]
+    # positive control: both families pass, the IPv6 matrix is drawn
+    done = dual.cli.run("check", str(path), "--timeout", "1", check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "\nicmp6 " in "\n" + done.stdout, done.stdout
+    before = _cells(json.loads(dual.cli.run("check", str(path), "--json").stdout), 6)
+    assert before[("a", "b")] and before[("b", "a")] and before[("a", "other")]
+    # break a's IPv6 route to b only (IPv4 and the rest of IPv6 untouched)
+    broken = ["ip", "-6", "route", "add", "unreachable", f"{b['ip6']}/128"]
+    assert in_ctr(a, *broken).returncode == 0
+    try:
+        done = dual.cli.run("check", str(path), "--json", "--timeout", "1", check=False)
+    finally:
+        in_ctr(a, "ip", "-6", "route", "del", "unreachable", f"{b['ip6']}/128")
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    v4, v6 = _cells(report, 4), _cells(report, 6)
+    assert all(v4.values()), v4  # IPv4 still passes everywhere
+    assert not v6[("a", "b")] and not v6[("b", "a")]  # the reply has no route either
+    assert v6[("a", "other")] is True and v6[("b", "other")] is True  # isolated, as expected
+    assert [p["address"] for p in report["probes"] if (p["from"], p["to"], p["family"]) ==
+            ("a", "b", 6)] == [b["ip6"]]
 
 
 def test_zz_down_leaves_nothing(dual: Dual) -> None:
