@@ -298,6 +298,33 @@ def test_check_finds_a_broken_ipv6_route_while_ipv4_still_works(
             ("a", "b", 6)] == [b["ip6"]]
 
 
+def _trace(dual: Dual, *args: str) -> dict[str, Any]:
+    done = dual.cli.run("trace", *args, "-6", "--json", check=False, timeout=60)
+    assert done.returncode in (0, 1) and not done.stderr.strip(), done.stderr
+    data: dict[str, Any] = json.loads(done.stdout)
+    return data
+
+
+def test_trace_follows_an_ipv6_probe_and_names_where_it_dies(dual: Dual) -> None:
+    a, b, x, y = (dual.ctr[n] for n in ("a", "b", "x", "y"))
+    # within a network: every hop seen, the echo answered, between the IPv6 addresses
+    within = _trace(dual, "a", "b")
+    assert within["reached"], json.dumps(within, indent=1)
+    assert (within["probe"]["src"], within["probe"]["dst"]) == (a["ip6"], b["ip6"])
+    assert [h["status"] for h in within["hops"]] == ["ok"] * len(within["hops"])
+    # across the overlay: the capture inside VXLAN matched the inner IPv6 header, on both hosts
+    across = _trace(dual, "x", "y", "--port", "9")  # TCP: refused, but it got there
+    assert across["reached"] and across["probe"]["dst"] == y["ip6"], across["hops"]
+    kinds = {h["kind"]: h for h in across["hops"]}
+    assert kinds["vxlan"]["status"] == "ok" and kinds["underlay"]["status"] == "ok", kinds
+    assert x["ip6"] != y["ip6"]
+    # between isolated networks: it dies in the host's forward chain
+    isolated = _trace(dual, "a", dual.ctr["other"]["ip6"])
+    assert not isolated["reached"]
+    assert isolated["died_at"]["kind"] == "nftables", isolated["hops"]
+    assert "drop" in isolated["died_at"]["detail"], isolated["died_at"]
+
+
 def test_zz_down_leaves_nothing(dual: Dual) -> None:
     dual.cli.run("down", str(next(iter(dual.cli.files.values()))))
     assert not any(n.startswith(dual.prefix) for n in os.listdir("/run/netns"))
