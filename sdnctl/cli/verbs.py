@@ -569,7 +569,8 @@ def _register_containers(sub: Any) -> None:
     p.add_argument("--network", help="none | host | container:NAME | a bridge or overlay "
                    "network (default: the controller's default bridge)")
     p.add_argument("-p", "--publish", action="append", metavar="[IP:]HOST:CTR[/PROTO]",
-                   help="publish a port (repeatable)")
+                   help="publish a port (repeatable); an IPv6 host address in brackets: "
+                   "[::1]:8080:80 (this host only), [::]:8080:80 (every IPv6 address)")
     p.add_argument("--restart", choices=RESTART_POLICIES, default="no")
     p.add_argument("--ip", help="a fixed address (bridge mode)")
     p.add_argument("--ip6", help="a fixed IPv6 address (bridge mode, a network with a subnet6)")

@@ -62,7 +62,8 @@ containers:
   - {{name: side, host: h1, network: "container:a"}}
   - {{name: vault, host: h1, network: none}}
   - {{name: p, host: h1, network: locked}}
-  - {{name: web6, host: h1, network: front, ports: ["8080:7000"], command: [{PY}, -c, "{SERVE}"]}}
+  - {{name: web6, host: h1, network: front, ports: ["8080:7000", "[::]:8082:7000",
+     "[fd00:97::1]:8083:7000"], command: [{PY}, -c, "{SERVE}"]}}
   - {{name: q, host: h1, network: locked}}
   - {{name: x, host: h1, network: ov}}
   - {{name: y, host: h2, network: ov}}
@@ -323,6 +324,27 @@ def test_trace_follows_an_ipv6_probe_and_names_where_it_dies(dual: Dual) -> None
     assert not isolated["reached"]
     assert isolated["died_at"]["kind"] == "nftables", isolated["hops"]
     assert "drop" in isolated["died_at"]["detail"], isolated["died_at"]
+
+
+def _refused(argv: list[str], address: str, port: int) -> bool:
+    code = (f"import socket; socket.create_connection(({address!r}, {port}), timeout=5)")
+    done = subprocess.run([*argv, PY, "-c", code], capture_output=True, text=True, timeout=30,
+                          check=False)
+    return "ConnectionRefusedError" in done.stderr
+
+
+def test_ports_published_on_explicit_ipv6_host_addresses(dual: Dual) -> None:
+    other = dual.ctr["other"]
+    in_other = ["nsenter", "-t", str(other["pid"]), "-n"]
+    in_host = ["nsenter", f"--net={dual.host_netns}"]
+    # [::]:8082: every IPv6 address of the host, from another network, the client's address kept
+    assert _ask(in_other, other["gateway6"], 8082) == f"peer={other['ip6']}"
+    assert _ask(in_host, "fd00:96::1", 8082).startswith("peer=")
+    assert _refused(in_other, other["gateway"], 8082)  # not IPv4 (8080 is: test above)
+    assert _refused(in_host, "::1", 8082)  # nor ::1
+    # [fd00:97::1]:8083: that address only (back's gateway), not front's
+    assert _ask(in_other, other["gateway6"], 8083) == f"peer={other['ip6']}"
+    assert _refused(in_other, "fd00:96::1", 8083)
 
 
 def test_zz_down_leaves_nothing(dual: Dual) -> None:
