@@ -134,6 +134,10 @@ class BridgeNet:
     internal: bool = False  # no forwarding but to allowed bridges, no NAT
     cidr: str = ""  # the whole network's CIDR (an overlay's, all hosts); "" = same as subnet
     vxlan: str = ""  # the overlay's VXLAN device on this host; "" = not an overlay
+    #: NAT66 (issue 20): this host's IPv6 lease and the network's IPv6 CIDR; "" = none
+    subnet6: str = ""
+    cidr6: str = ""
+    masquerade6: bool = False  # IPv6 egress masqueraded (default: routed, no NAT)
 
     @property
     def interfaces(self) -> list[str]:
@@ -392,7 +396,17 @@ def _postrouting_rules(spec: FirewallSpec) -> list[_Rule]:
                 TABLE_FAMILY, "postrouting",
                 f"ip saddr {subnet} ip daddr != {whole} oifname != {ours} masquerade",
                 f"sdnctl:net/{n.network}"))
+        if n.masquerade6 and n.subnet6 and not n.internal:
+            subnet6, whole6 = _subnet6(n.subnet6), _subnet6(n.cidr6 or n.subnet6)
+            rules.append(_Rule(
+                TABLE_FAMILY, "postrouting",
+                f"ip6 saddr {subnet6} ip6 daddr != {whole6} oifname != {ours} masquerade",
+                f"sdnctl:net/{n.network}/ip6"))
     return rules
+
+
+def _subnet6(text: str) -> str:
+    return str(ipaddress.IPv6Network(text))
 
 
 def _forward_rules(spec: FirewallSpec) -> list[_Rule]:

@@ -192,6 +192,8 @@ def validate_network(network: Network, where: str = "network") -> Network:
     if network.subnet6:
         check_pool(validate_cidr6(network.subnet6, f"{where}.subnet6"), f"{where}.subnet6")
         host_prefix6_for(network.subnet6, network.host_prefix6, f"{where}.host_prefix6")
+    if network.masquerade6 and not network.subnet6:
+        raise Invalid(f"{where}.masquerade6", "needs an IPv6 subnet (subnet6)")
     _check_allow(network, where)
     _check_dns(network.dns_domain, network.dns, where)
     return network

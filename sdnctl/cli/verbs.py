@@ -90,7 +90,8 @@ def network_from_args(args: argparse.Namespace) -> pb.Network:
                      dns_domain=getattr(args, "dns_domain", None) or "",
                      dns=list(getattr(args, "dns", None) or []),
                      subnet6=getattr(args, "subnet6", None) or "",
-                     host_prefix6=getattr(args, "host_prefix6", None) or 0)
+                     host_prefix6=getattr(args, "host_prefix6", None) or 0,
+                     masquerade6=bool(getattr(args, "masquerade6", False)))
     net.masquerade = not args.no_masquerade
     return net
 
@@ -511,6 +512,8 @@ def _register_network(sub: Any) -> None:
     p.add_argument("name")
     p.add_argument("--subnet", required=True, help="the network's CIDR, e.g. 10.90.0.0/16")
     p.add_argument("--subnet6", help="dual-stack: the network's IPv6 CIDR, e.g. fd00:90::/48")
+    p.add_argument("--masquerade6", action="store_true",
+                   help="NAT66: masquerade IPv6 egress (default: routed, no NAT)")
     p.add_argument("--host-prefix6", type=int,
                    help="prefix length of each host's IPv6 lease (64)")
     p.add_argument("--driver", choices=DRIVERS, default=DRIVER_BRIDGE)

@@ -512,7 +512,8 @@ def _host(r: _Reader, raw: Any, where: str) -> Host:
 def _network(r: _Reader, raw: Any, where: str) -> Network:
     m = r.mapping(raw, where, {"name", "driver", "subnet", "host_prefix", "mtu", "masquerade",
                                "gateway", "ip_range", "internal", "allow", "vni", "vxlan_port",
-                               "dns_domain", "dns", "default", "subnet6", "host_prefix6"},
+                               "dns_domain", "dns", "default", "subnet6", "host_prefix6",
+                               "masquerade6"},
                   {"name", "subnet"})
     driver = r.typed(m, "driver", where, str, "bridge")
     subnet = r.typed(m, "subnet", where, str, "")
@@ -540,6 +541,7 @@ def _network(r: _Reader, raw: Any, where: str) -> Network:
         dns=tuple(_strings(r, m, "dns", where)),
         subnet6=r.typed(m, "subnet6", where, str, ""),
         host_prefix6=r.typed(m, "host_prefix6", where, int, DEFAULT_HOST_PREFIX6),
+        masquerade6=r.typed(m, "masquerade6", where, bool, False),
         default_policy=r.typed(m, "default", where, str, ""),
     )
     return validate_network(network, where)

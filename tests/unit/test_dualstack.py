@@ -446,3 +446,31 @@ def test_ports_on_ipv6_host_addresses_render_in_ip6_only() -> None:
     assert localnet_bridges(FirewallSpec(
         networks=(BridgeNet("front", "sdnbf", "10.1.0.0/24"),),
         ports=(PortRule("web", "sdnbf", "10.1.0.2", "tcp", "::", 8080, 80, "fd00:1::2"),))) == []
+
+
+# -- NAT66 only when asked ------------------------------------------------------------------------
+
+
+def test_masquerade6_is_off_by_default_and_renders_in_ip6_only_when_asked() -> None:
+    def postrouting(**fields: Any) -> list[str]:
+        net = BridgeNet("front", "sdnbf", "10.1.0.0/24", subnet6="fd00:1::/64",
+                        cidr6="fd00:1::/48", **fields)
+        return [line for line in render(FirewallSpec(networks=(net,))).splitlines()
+                if " postrouting " in line and "add rule" in line]
+
+    assert not any("ip6" in line for line in postrouting())  # routed by default
+    rules = [line for line in postrouting(masquerade6=True) if "ip6" in line]
+    assert len(rules) == 1, rules
+    assert ('ip6 saddr fd00:1::/64 ip6 daddr != fd00:1::/48 oifname != "sdnbf" masquerade '
+            'comment "sdnctl:net/front/ip6"') in rules[0]
+    assert not any("ip6" in line for line in postrouting(masquerade6=True, internal=True))
+    assert Network("n", "10.0.0.0/16").masquerade6 is False
+    with pytest.raises(Invalid, match="masquerade6"):
+        validate_network(net(masquerade6=True))
+    assert validate_network(net(subnet6="fd00:88::/48", masquerade6=True)).masquerade6
+    parsed = parse(HEAD + "  - {name: a, subnet: 10.88.0.0/16, subnet6: 'fd00:88::/48', "
+                   "masquerade6: true}\n")
+    assert parsed.networks[0].masquerade6
+    args = build_parser().parse_args(["network", "create", "n", "--subnet", "10.9.0.0/16",
+                                      "--subnet6", "fd00:9::/48", "--masquerade6"])
+    assert network_from_args(args).masquerade6
