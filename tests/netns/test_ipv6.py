@@ -54,6 +54,7 @@ networks:
   - {{name: back, subnet: 10.97.0.0/24, subnet6: "fd00:97::/48"}}
   - {{name: ov, driver: overlay, subnet: 10.98.0.0/16, subnet6: "fd00:98::/48"}}
   - {{name: locked, subnet: 10.99.0.0/24, subnet6: "fd00:99::/48", default: deny}}
+  - {{name: nat6, subnet: 10.94.0.0/24, subnet6: "fd00:94::/48", masquerade6: true}}
 containers:
   - {{name: a, host: h1, network: front}}
   - {{name: b, host: h1, network: front}}
@@ -65,6 +66,7 @@ containers:
   - {{name: web6, host: h1, network: front, ports: ["8080:7000", "[::]:8082:7000",
      "[fd00:97::1]:8083:7000"], command: [{PY}, -c, "{SERVE}"]}}
   - {{name: q, host: h1, network: locked}}
+  - {{name: n6, host: h1, network: nat6}}
   - {{name: x, host: h1, network: ov}}
   - {{name: y, host: h2, network: ov}}
 """
@@ -75,7 +77,7 @@ class Dual:
         self.cli, self.prefix, self.root_forwarding = cli, prefix, root_forwarding
         self.ctr = {name: cli.container(name)
                     for name in ("a", "b", "binder", "other", "x", "y", "side", "vault", "p", "q",
-                                 "web6")}
+                                 "web6", "n6")}
         self.host_netns = cli.host("h1")["netns"]
         self.host2_netns = cli.host("h2")["netns"]
 
@@ -345,6 +347,35 @@ def test_ports_published_on_explicit_ipv6_host_addresses(dual: Dual) -> None:
     # [fd00:97::1]:8083: that address only (back's gateway), not front's
     assert _ask(in_other, other["gateway6"], 8083) == f"peer={other['ip6']}"
     assert _refused(in_other, "fd00:96::1", 8083)
+
+
+# The outside world's listener: prints "ready" once bound, then the source of each datagram.
+LISTEN = ("import socket, sys; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
+          "s.bind(('::', 9999)); s.settimeout(10); print('ready', flush=True); "
+          "[print(s.recvfrom(100)[1][0], flush=True) for _ in range(2)]")
+OUTSIDE6 = "2001:db8:0:ff::1"
+
+
+def test_ipv6_egress_is_routed_unless_the_network_says_masquerade6(dual: Dual) -> None:
+    a, n6 = dual.ctr["a"], dual.ctr["n6"]
+    listener = subprocess.Popen(["nsenter", f"--net=/run/netns/{dual.prefix}ext", PY, "-c",
+                                 LISTEN], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
+        send = ("import socket; socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)"
+                f".sendto(b'x', ({OUTSIDE6!r}, 9999))")
+        for ctr in (a, n6):
+            assert in_ctr(ctr, PY, "-c", send).returncode == 0
+        out, err = listener.communicate(timeout=20)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
+    sources = out.split()
+    host6 = nsexec(dual.host_netns, "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope",
+                   "global").stdout.split()[3].split("/")[0]
+    assert sources == [a["ip6"], host6], (sources, err)  # front: routed; nat6: masqueraded
 
 
 def test_zz_down_leaves_nothing(dual: Dual) -> None:
