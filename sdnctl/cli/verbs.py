@@ -105,6 +105,8 @@ def network_flags(n: dict[str, Any]) -> str:
         flags.append("internal")
     elif not n["masquerade"]:
         flags.append("no-masquerade")
+    if n.get("masquerade6") and not n["internal"]:
+        flags.append("masquerade6")
     if spans_hosts(n["driver"]):
         flags.append(f"vni={n['vni']}")
     return ",".join(flags)
