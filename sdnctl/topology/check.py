@@ -14,11 +14,12 @@ Design note. Checking is two halves, as building is:
   ``netns`` path its agent reports): ``ping -c1`` through ``nsenter`` for ICMP, and for TCP and
   UDP a socket born in that namespace (a throw-away thread enters it, see
   ``agent.kernel.netns.run_in_netns``). Nothing is sent from the root namespace, and only to
-  addresses the topology names: its containers', the lab's outside world (203.0.113.1), and
-  addresses written in ``expect:``.
+  addresses the topology names: its containers', the lab's outside world (203.0.113.1,
+  2001:db8:0:ff::1), and addresses written in ``expect:``.
 - **Both families.** Between two dual-stack containers (both networks have a ``subnet6``) the
   implied matrix holds an ICMPv6 probe beside the ICMP one, to the target's IPv6 address, with
-  the same expectation (isolation and routing hold per family; policies fail closed for IPv6).
+  the same expectation (isolation and routing hold per family; policies fail closed for IPv6),
+  and one to the outside world's IPv6 address, expected to answer only with ``masquerade6``.
   The report draws an ``icmp6`` matrix under the ``icmp`` one, so a broken IPv6 path shows as
   its own failing cell while IPv4 passes. An IPv6 literal in ``expect:`` is probed over IPv6.
 
@@ -83,7 +84,7 @@ from sdnctl.api.policyeval import (
     Endpoint as PolicyEndpoint,
 )
 from sdnctl.lab import local
-from sdnctl.lab.lab import EXTERNAL_IP
+from sdnctl.lab.lab import EXTERNAL_IP, EXTERNAL_IP6
 from sdnctl.topology import topology
 from sdnctl.topology.deploy import Progress
 from sdnctl.topology.topology import (
@@ -286,6 +287,10 @@ def implied_matrix(topo: Topology, policy: PolicyView | None = None) -> list[Pro
         reach, why = implied_egress(topo, src)
         probes.append(_with_policy(Probe(src.name, EXTERNAL, expect=_outcome(reach), why=why),
                                    policy))
+        if dual_stack(topo, effective):
+            reach, why = implied_egress6(topo, src)
+            probes.append(_with_policy(Probe(src.name, EXTERNAL, expect=_outcome(reach),
+                                             why=why, family=6), policy))
     return probes + (policy_probes(topo, policy) if policy is not None else [])
 
 
@@ -377,6 +382,23 @@ def implied_egress(topo: Topology, ctr: Container) -> tuple[bool, str]:
             verdict = (False, f"{net.name} does not masquerade, so nothing outside can answer")
         else:
             verdict = (True, f"{net.name} has egress NAT")
+    return _joined(topo, ctr, verdict)
+
+
+def implied_egress6(topo: Topology, ctr: Container) -> tuple[bool, str]:
+    """Whether dual-stack ``ctr`` should reach the outside world over IPv6: only with NAT66
+    (``masquerade6``); routed IPv6 leaves with the container's address, to which the lab's
+    outside world has no route back."""
+    c = donor_of(topo, ctr)
+    assert c.bridge_network is not None
+    net = network_of(topo, c.bridge_network)
+    if net.internal:
+        verdict = (False, f"{net.name} is internal")
+    elif not net.masquerade6:
+        verdict = (False, f"{net.name} routes IPv6 without NAT66 (no masquerade6), so nothing "
+                   "outside can answer")
+    else:
+        verdict = (True, f"{net.name} has NAT66 (masquerade6)")
     return _joined(topo, ctr, verdict)
 
 
@@ -525,7 +547,7 @@ def resolve(netns: str, resolver: str, name: str, timeout: float) -> tuple[str, 
 def target_address(probe: Probe, where: dict[str, Endpoint],
                    names: dict[tuple[str, str], str] | None = None) -> str:
     if probe.dst == EXTERNAL:
-        return EXTERNAL_IP
+        return EXTERNAL_IP6 if probe.family == 6 else EXTERNAL_IP
     if probe.dst in where:
         return where[probe.dst].address6 if probe.family == 6 else where[probe.dst].address
     if names is not None and (probe.src, probe.dst) in names:

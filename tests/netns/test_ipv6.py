@@ -261,10 +261,12 @@ hosts:
 networks:
   - {name: front, subnet: 10.96.0.0/24, subnet6: "fd00:96::/48"}
   - {name: back, subnet: 10.97.0.0/24, subnet6: "fd00:97::/48"}
+  - {name: nat6, subnet: 10.94.0.0/24, subnet6: "fd00:94::/48", masquerade6: true}
 containers:
   - {name: a, host: h1, network: front}
   - {name: b, host: h1, network: front}
   - {name: other, host: h1, network: back}
+  - {name: n6, host: h1, network: nat6}
 """
 
 
@@ -282,7 +284,9 @@ def test_check_finds_a_broken_ipv6_route_while_ipv4_still_works(
     done = dual.cli.run("check", str(path), "--timeout", "1", check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     six = done.stdout.split("\nicmp6 ")[1].split("\n\n")[0]  # the IPv6 matrix, all as expected
-    assert six.split("\n")[0].split() == ["a", "b", "other"] and "≠" not in six, done.stdout
+    assert six.split("\n")[0].split() == ["a", "b", "other", "n6", "external"], done.stdout
+    assert six.split("\n")[4].split()[:6] == ["n6", "✗", "✗", "✗", "·", "✓"], done.stdout
+    assert "≠" not in six, done.stdout
     # break a's IPv6 route to b only (IPv4 and the rest of IPv6 untouched)
     broken = ["ip", "-6", "route", "add", "unreachable", f"{b['ip6']}/128"]
     assert in_ctr(a, *broken).returncode == 0
@@ -296,6 +300,7 @@ def test_check_finds_a_broken_ipv6_route_while_ipv4_still_works(
     assert all(v4.values()), v4  # IPv4 still passes everywhere
     assert not v6[("a", "b")] and not v6[("b", "a")]  # the reply has no route either
     assert v6[("a", "other")] is True and v6[("b", "other")] is True  # isolated, as expected
+    assert v6[("a", "external")] is True  # routed IPv6: no answer from outside, as expected
     assert [p["address"] for p in report["probes"] if (p["from"], p["to"], p["family"]) ==
             ("a", "b", 6)] == [b["ip6"]]
 

@@ -396,7 +396,7 @@ hosts:
   - {name: h1, lab: true}
 networks:
   - {name: front, subnet: 10.96.0.0/24, subnet6: "fd00:96::/48"}
-  - {name: back, subnet: 10.97.0.0/24, subnet6: "fd00:97::/48"}
+  - {name: back, subnet: 10.97.0.0/24, subnet6: "fd00:97::/48", masquerade6: true}
   - {name: v4only, subnet: 10.95.0.0/24}
   - {name: locked, subnet: 10.99.0.0/24, subnet6: "fd00:99::/48", default: deny}
 containers:
@@ -427,9 +427,13 @@ def test_the_matrix_probes_ipv6_between_dual_stack_containers() -> None:
     where = check.endpoints(topo, dual_reported(topo))
     probes = plan(topo, addresses={n: e.address for n, e in where.items() if e.address})
     six = {(p.src, p.dst): p for p in probes if p.family == 6}
-    # between dual-stack containers only, never to or from an IPv4-only one, never external
+    # between dual-stack containers only, never to or from an IPv4-only one
     assert ("a", "b") in six and ("side", "b") in six and ("a", "other") in six
-    assert not any("old" in k or "external" in k for k in six)
+    assert not any("old" in k for k in six)
+    # the outside world over IPv6: only with NAT66
+    assert six["a", "external"].expect == FILTERED and "masquerade6" in six["a", "external"].why
+    assert six["other", "external"].expect == OPEN
+    assert check.target_address(six["other", "external"], where) == "2001:db8:0:ff::1"
     assert six["a", "b"].expect == OPEN and six["a", "other"].expect == FILTERED
     assert six["a", "b"].key == ("a", "b", "icmp6", 0) and six["a", "b"].label == "a -> b icmp6"
     # policies fail closed for IPv6: p is isolated for ingress, so nothing reaches it by IPv6
@@ -457,7 +461,7 @@ def test_a_broken_ipv6_path_fails_its_icmp6_cell_only() -> None:
     blocks = text.split("\n\n")
     assert blocks[0].splitlines()[0].split()[0] == "icmp"
     v6 = blocks[1].splitlines()
-    assert v6[0].split() == ["icmp6", "a", "b", "other", "p", "q"]
+    assert v6[0].split() == ["icmp6", "a", "b", "other", "p", "q", "external"]
     assert v6[1].split()[:3] == ["a", "·", "✗≠"]  # a itself, then b
     assert {line.split()[0] for line in v6[1:]} == {"a", "b", "side", "other", "p", "q"}
     v4_a = blocks[0].splitlines()[1].split()
