@@ -54,6 +54,7 @@ from sdnctl.api.pki import PkiError, RevocationList, TlsFiles
 from sdnctl.controller import gc, ipam
 from sdnctl.controller.audit import AUDIT_KEEP, AUDIT_MAX_BYTES, AuditLog
 from sdnctl.controller.auth import SecurityInterceptor
+from sdnctl.controller.fanout import Hub, hub_of
 from sdnctl.controller.flows import FlowTable
 from sdnctl.controller.images import Images, PushTarget, default_blob_dir
 from sdnctl.controller.liveview import DEFAULT_ADDRESS as DEFAULT_HTTP
@@ -120,6 +121,7 @@ class RunningServer:
     endpoints: Endpoints | None = None  # where metrics and the live view are served
     metrics_server: MetricsServer | None = None
     liveview: LiveView | None = None
+    hub: Hub | None = None  # the Watch fan-out's reader of the change log
 
     def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()
@@ -139,6 +141,8 @@ class RunningServer:
         for thread in (self.sweeper, self.heartbeat, self.collector):
             if thread is not None:
                 thread.join()
+        if self.hub is not None:
+            self.hub.stop()
         for path, dev, inode in self.sockets:
             unlink_if_same(path, dev, inode)
         if self.scratch:
@@ -359,6 +363,10 @@ def create_server(address: str | Sequence[str], store: Store,
     running.scratch = scratch
     running.metrics_server = metrics_server
     running.liveview = liveview
+    # Started now, not at the first Watch: GetHost's "realised" answer counts only the writes
+    # the hub has read, so a replica without streams of its own still answers it.
+    running.hub = hub_of(state)
+    running.hub.start()
     if sweep_interval > 0:
         running.sweeper = threading.Thread(target=sweep_forever, name="ipam-sweeper",
                                            args=(state, sweep_interval, stopping), daemon=True)

@@ -36,6 +36,7 @@ from sdnctl.controller.errors import (
     SdnError,
     Unavailable,
 )
+from sdnctl.controller.fanout import Hub, hub_of
 from sdnctl.controller.flows import FlowTable
 from sdnctl.controller.images import ImageRecord, Images
 from sdnctl.controller.keys import AGENTS, REPLICAS
@@ -206,12 +207,16 @@ class Connections:
                 self.store.txn([Compare(kv.key, kv.mod_revision)], [Delete(kv.key)])
 
 
-def host_pb(view: HostView, connections: Connections) -> pb.Host:
-    msg = convert.host_to_pb(view.host, view.leases, view.revision,
-                             connections.connected(view.host.name))
+def host_pb(view: HostView, connections: Connections, hub: Hub | None = None) -> pb.Host:
+    """The host message; with ``hub``, the revision its connected agent has realised counts
+    the writes since its report that did not concern it (issue 21: they do not wake it)."""
+    connected = connections.connected(view.host.name)
+    msg = convert.host_to_pb(view.host, view.leases, view.revision, connected)
     if view.status is not None:
         msg.agent_synced = True
         msg.observed_revision = view.status.observed_revision
+        if hub is not None and connected:
+            msg.observed_revision = hub.realised(view.host.name, msg.observed_revision)
         msg.reported_containers.extend(view.status.containers)
     return msg
 
@@ -277,11 +282,13 @@ class ControllerServicer(pb_grpc.ControllerServicer):
                        self.connections)
 
     def GetHost(self, request: pb.GetRequest, context: Any) -> pb.Host:
-        return host_pb(self.state.get_host(request.name), self.connections)
+        return host_pb(self.state.get_host(request.name), self.connections,
+                       hub_of(self.state))
 
     def ListHosts(self, request: pb.ListRequest, context: Any) -> pb.ListHostsResponse:
         views, revision = self.state.list_hosts()
-        return pb.ListHostsResponse(hosts=[host_pb(v, self.connections) for v in views],
+        hub = hub_of(self.state)
+        return pb.ListHostsResponse(hosts=[host_pb(v, self.connections, hub) for v in views],
                                     revision=revision)
 
     def DeleteHost(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:

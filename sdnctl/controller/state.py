@@ -88,6 +88,8 @@ DEFAULT_BRIDGE = "bridge"
 log = logging.getLogger(__name__)
 
 Ops = list[Put | Delete]
+#: A network as every host sees it: spec, name table, (overlay) leases and their hosts.
+_SharedView = tuple[Network, "tuple[DnsName, ...]", list[Lease], dict[str, Host]]
 
 
 
@@ -191,6 +193,7 @@ class State:
         self.store = store
         self.timers = timers
         self.clock = clock
+        self._shared_views: dict[str, tuple[int, _SharedView]] = {}  # see _network_view
 
     def now(self) -> int:
         return int(self.clock())
@@ -665,20 +668,51 @@ class State:
         statuses = [s for s in statuses if s.name in mine]  # deleted meanwhile, or not ours
         host_status = HostStatus(observed_revision, tuple(sorted(s.name for s in statuses)))
         renew_cmp, renew_ops = self._renew_ops(host, always=False)
-        if renew_ops:  # a lost race only delays the renewal to the next report
-            self.store.txn(renew_cmp, renew_ops)
-        if host_status != self._host_status(host):
-            self.store.txn([Compare(host_kv.key, host_kv.mod_revision)],
-                           [Put(HOST_STATUS + host, to_json(host_status))])
-        for status in statuses:
-            kv = self.store.get(container_key(status.name))
+        compares, ops = self._status_ops(host, host_kv, host_status, statuses)
+        # One write for the whole report (issue 21: one per changed container made a report
+        # wait for the store's writer once per container, behind every create), unless the
+        # store caps a transaction's operations (etcd): then a write per cap's worth (every
+        # status write is one compare and one put, in step).
+        cap = getattr(self.store, "max_txn_ops", None) or 1 << 30
+        if len(renew_cmp) + len(compares) <= cap and len(renew_ops) + len(ops) <= cap:
+            batches = [([*renew_cmp, *compares], [*renew_ops, *ops])]
+        else:
+            batches = [(renew_cmp, renew_ops)] + [(compares[i:i + cap], ops[i:i + cap])
+                                                  for i in range(0, len(ops), cap)]
+        lost = [batch for batch in batches if batch[1] and self.store.txn(*batch) is None]
+        if lost:
+            # Something moved meanwhile: a container deleted, a lease renewed by another
+            # replica. A lost renewal waits for the next report; the statuses are written
+            # on a fresh read, one container at a time.
+            for status in statuses:
+                compares, ops = self._status_ops(host, None, host_status, [status])
+                if ops:
+                    self.store.txn(compares, ops)
+            compares, ops = self._status_ops(host, self.store.get(host_kv.key), host_status, [])
+            if ops:
+                self.store.txn(compares, ops)
+
+    def _status_ops(self, host: str, host_kv: KeyValue | None, host_status: HostStatus,
+                    statuses: Sequence[ContainerStatus]) -> tuple[list[Compare], Ops]:
+        """The writes that record ``statuses`` (each guarded by its container's revision:
+        one deleted meanwhile gets none) and, with ``host_kv``, the host's status."""
+        compares: list[Compare] = []
+        ops: Ops = []
+        if host_kv is not None and host_status != self._host_status(host):
+            compares.append(Compare(host_kv.key, host_kv.mod_revision))
+            ops.append(Put(HOST_STATUS + host, to_json(host_status)))
+        found = get_many(self.store, [k for s in statuses
+                                      for k in (container_key(s.name), status_key(s.name))])
+        for i, status in enumerate(statuses):
+            kv, current = found[2 * i], found[2 * i + 1]
             if kv is None:
                 continue  # deleted since we listed
-            key = status_key(status.name)
-            current = self.store.get(key)
-            if current is not None and current.value == to_json(status):
+            value = to_json(status)
+            if current is not None and current.value == value:
                 continue
-            self.store.txn([Compare(kv.key, kv.mod_revision)], [Put(key, to_json(status))])
+            compares.append(Compare(kv.key, kv.mod_revision))
+            ops.append(Put(status_key(status.name), value))
+        return compares, ops
 
     def foreign_containers(self, host: str, names: Iterable[str]) -> list[str]:
         """Which of ``names`` are containers of another host than ``host``."""
@@ -717,27 +751,43 @@ class State:
         return Snapshot(revision, networks, containers)
 
     def host_network(self, network: str, host: str) -> HostNetwork | None:
-        net_kv = self.store.get(network_key(network))
         lease = ipam.get_lease(self.store, network, host)
-        if net_kv is None or lease is None:
+        shared = self._network_view(network) if lease is not None else None
+        if lease is None or shared is None:
+            return None
+        spec, names, leases, hosts = shared
+        if not spans_hosts(spec.driver):
+            return HostNetwork(spec, lease, names=names)
+        return HostNetwork(spec, lease, overlay_peers(spec, host, leases, hosts), names)
+
+    def _network_view(self, network: str) -> _SharedView | None:
+        """What every host's view of ``network`` shares (spec, name table, and for an overlay
+        its leases and their hosts), read once per store revision: the N streams one write
+        wakes build it once, not N times (issue 21). Read after the revision it is kept
+        under, so it is never older than that revision."""
+        revision = self.store.revision()
+        cached = self._shared_views.get(network)
+        if cached is not None and cached[0] == revision:
+            return cached[1]
+        net_kv = self.store.get(network_key(network))
+        if net_kv is None:
             return None
         spec = from_json(Network, net_kv.value)
         allocations = ipam.list_allocations(self.store, network)
-        containers = {}
-        for alloc in allocations:
-            kv = self.store.get(container_key(alloc.container))
-            if kv is not None:
-                containers[alloc.container] = from_json(Container, kv.value)
+        found = get_many(self.store, [container_key(a.container) for a in allocations])
+        containers = {a.container: from_json(Container, kv.value)
+                      for a, kv in zip(allocations, found, strict=True) if kv is not None}
         names = dns_names(network, allocations, containers)
-        if not spans_hosts(spec.driver):
-            return HostNetwork(spec, lease, names=names)
-        leases = ipam.list_leases(self.store, network=network)
-        hosts = {}
-        for other in leases:
-            kv = self.store.get(host_key(other.host))
-            if kv is not None:
-                hosts[other.host] = from_json(Host, kv.value)
-        return HostNetwork(spec, lease, overlay_peers(spec, host, leases, hosts), names)
+        leases: list[Lease] = []
+        hosts: dict[str, Host] = {}
+        if spans_hosts(spec.driver):
+            leases = ipam.list_leases(self.store, network=network)
+            got = get_many(self.store, [host_key(lease.host) for lease in leases])
+            hosts = {lease.host: from_json(Host, kv.value)
+                     for lease, kv in zip(leases, got, strict=True) if kv is not None}
+        view = (spec, names, leases, hosts)
+        self._shared_views[network] = (revision, view)
+        return view
 
     def names_of(self, network: str, containers: Iterable[str]) -> tuple[DnsName, ...]:
         """The entries of ``containers`` in ``network``'s name table, as they are now: none for a

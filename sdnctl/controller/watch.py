@@ -4,14 +4,14 @@ List, then watch (flannel's lease watcher): read a snapshot at revision R, then 
 change log from R. Each change is mapped to what it means for this host: a container of this
 host put or deleted, a lease of this host put or deleted, a network this host has a lease of
 changed. A client that resumes from a revision the change log no longer holds gets a snapshot.
-An empty event carries the current revision (a progress notice): after desired-state writes that
-do not concern this host, and when nothing happens for a while (so the agent knows the stream is
-alive). Fan-out: a change reaches as content only the hosts it concerns (a container goes to its
-host, a lease's move to the network's other members); to the others it is only a progress
-notice, and those are coalesced: one notice :data:`QUIET_PROGRESS` seconds after the first write
-it covers, carrying the revision reached by then. So a container created on host A wakes A's agent
-at once and B's agent at most once a second however many writes there are (each notice makes an
-agent report its revision: without coalescing, N hosts x M writes reports).
+Fan-out (:mod:`sdnctl.controller.fanout`): one hub per controller reads the change log once and
+queues each batch only on the streams of the hosts it concerns (a container goes to its host and
+its name to its network's hosts, a lease's move to the network's other members); the stream then
+builds its host's delta. A host a write does not concern is not woken at all: GetHost answers
+"has it realised revision R?" from the hub's record of what concerned it. An empty event carries
+the current revision (a progress notice): on resume, when a batch the hub sent turns out to
+hold nothing for the host, and when nothing happens for ``progress_interval`` seconds (so the
+agent knows the stream is alive).
 
 What the agent can rely on: every network it holds a lease of comes with its full spec, and a
 change of one (UpdateNetwork: masquerade, internal, allow) reaches every host holding a lease of
@@ -49,9 +49,9 @@ from collections.abc import Callable, Iterable, Iterator
 
 from sdnctl.api import convert, faults
 from sdnctl.api.model import Container, Host, Lease, from_json, spans_hosts
-from sdnctl.controller import ipam, keys, policies
+from sdnctl.controller import fanout, ipam, keys, policies
 from sdnctl.controller.errors import NotFound
-from sdnctl.controller.keys import CONTAINERS, HOSTS, NETWORKS, STATUS
+from sdnctl.controller.keys import CONTAINERS, HOSTS, NETWORKS
 from sdnctl.controller.state import ContainerView, DnsName, HostNetwork, Snapshot, State
 from sdnctl.controller.store.base import Change, Compacted
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -206,14 +206,20 @@ def _vtep_moved(change: Change) -> bool:
     return endpoint(change.value) != endpoint(change.prev_value)
 
 
-#: Progress notices for writes that do not concern a host: at most one per this many seconds.
-QUIET_PROGRESS = 1.0
-
-
 def host_events(state: State, host: str, since_revision: int, alive: Callable[[], bool],
-                progress_interval: float = 10.0, poll: float = 0.5,
-                quiet_progress: float | None = None) -> Iterator[pb.WatchEvent]:
-    store = state.store
+                progress_interval: float = 10.0, poll: float = 0.5) -> Iterator[pb.WatchEvent]:
+    hub = fanout.hub_of(state)
+    sub = hub.subscribe(host)  # before reading anything: no batch falls between the two
+    try:
+        yield from _host_events(state, hub, sub, since_revision, alive, progress_interval, poll)
+    finally:
+        hub.unsubscribe(sub)
+
+
+def _host_events(state: State, hub: fanout.Hub, sub: fanout.Subscription, since_revision: int,
+                 alive: Callable[[], bool], progress_interval: float,
+                 poll: float) -> Iterator[pb.WatchEvent]:
+    store, host = state.store, sub.host
     revision = 0
     if since_revision > 0:
         try:
@@ -226,59 +232,68 @@ def host_events(state: State, host: str, since_revision: int, alive: Callable[[]
         # skip everything written up to it, so start over with a snapshot.
         if since_revision > store.revision():
             revision = 0
-    sent_policies = b""  # the policy set last sent, serialized: send only a different one
+    sent_policies: tuple[object, ...] = ()  # the policy set last sent: send only a different one
 
     def policy_update(force: bool) -> pb.PolicySet | None:
         nonlocal sent_policies
-        msg = policy_set_pb(policies.policy_set(store))
-        wire = msg.SerializeToString(deterministic=True)
-        if wire == sent_policies and not force:
+        pset = policies.policy_set(store)
+        # Compared as data, not as a message built and serialized by each of N streams.
+        now = (pset.policies, pset.endpoints, pset.network_cidrs)
+        if now == sent_policies and not force:
             return None
-        sent_policies = wire
-        return msg
+        sent_policies = now
+        return policy_set_pb(pset)
 
-    if revision == 0:
-        snap = state.snapshot(host)
-        revision = snap.revision
-        yield snapshot_event(snap, policy_update(True))
-    # Resuming: the changes since the agent's revision send the set again if it changed.
-    quiet = QUIET_PROGRESS if quiet_progress is None else quiet_progress
-    last_sent = time.monotonic()
-    pending = 0.0  # since when writes that do not concern this host wait to be told (0: none)
-    while alive():
-        faults.point("watch")
-        if pending and time.monotonic() - pending >= quiet:
-            last_sent, pending = time.monotonic(), 0.0
-            yield pb.WatchEvent(revision=revision)
-        wait = min(poll, max(0.0, pending + quiet - time.monotonic())) if pending else poll
-        if store.wait(revision, timeout=wait) <= revision:
-            if not pending and time.monotonic() - last_sent >= progress_interval:
-                last_sent = time.monotonic()
-                yield pb.WatchEvent(revision=revision)
-            continue
-        try:
-            changes = store.changes_since(revision)
-        except Compacted:
-            snap = state.snapshot(host)
-            revision = snap.revision
-            last_sent = time.monotonic()
-            yield snapshot_event(snap, policy_update(True))
-            continue
-        if not changes:
-            continue
-        revision = changes[-1].revision
+    def delta(changes: list[Change]) -> pb.WatchEvent | None:
+        """The event for ``changes``, None when nothing in them is this host's after all."""
         event = delta_event(state, host, changes)
         if any(policies.is_policy_change(c.key) for c in changes):
             update = policy_update(False)
             if update is not None:
                 event.policy_set.CopyFrom(update)
-        # Desired-state writes that do not concern this host still move its revision on (a
-        # progress notice), so "has every agent realised revision R?" has an answer. Status
-        # writes do not: agents' reports must not make other agents report in turn.
-        if event.networks or event.containers or event.deleted_networks or \
-                event.deleted_containers or event.name_deltas or event.HasField("policy_set"):
-            event.revision = revision
-            last_sent, pending = time.monotonic(), 0.0  # the event carries the revision
+        if not (event.networks or event.containers or event.deleted_networks or
+                event.deleted_containers or event.name_deltas or event.HasField("policy_set")):
+            return None
+        event.revision = changes[-1].revision
+        return event
+
+    resync = revision == 0
+    if not resync:  # resuming: what was written since the agent's revision, read once
+        try:
+            missed = store.changes_since(revision)
+        except Compacted:
+            missed, resync = [], True
+        if missed:
+            revision = missed[-1].revision
+            # Even when none of it is this host's, the agent learns the revision it reached.
+            sub.sent = sub.checked = revision
+            yield delta(missed) or pb.WatchEvent(revision=revision)
+    last_sent = time.monotonic()
+    while alive():
+        if resync:
+            snap = state.snapshot(host)
+            revision = snap.revision
+            last_sent = time.monotonic()
+            sub.sent = sub.checked = revision
+            yield snapshot_event(snap, policy_update(True))
+        faults.point("watch")
+        reached = hub.revision  # every batch up to here that concerns us is queued already
+        changes, resync = sub.take(timeout=poll)
+        if resync:
+            continue
+        changes = [c for c in changes if c.revision > revision]
+        if changes:
+            revision = changes[-1].revision
+            event = delta(changes)
+            if event is None:  # over-approximated by the hub: nothing to wake the agent for
+                sub.checked = revision
+                continue
+            last_sent = time.monotonic()
+            sub.sent = sub.checked = revision
             yield event
-        elif not pending and any(not c.key.startswith(STATUS) for c in changes):
-            pending = time.monotonic()
+        elif time.monotonic() - last_sent >= progress_interval:
+            # Nothing for this host up to ``reached``: the agent may say it realised it.
+            revision = max(revision, reached)
+            last_sent = time.monotonic()
+            sub.sent = sub.checked = revision
+            yield pb.WatchEvent(revision=revision)

@@ -248,9 +248,13 @@ def test_compaction_past_a_watcher_gives_a_snapshot_without_busy_loop(tmp_path: 
         state.create_container(Container("new", "h1", network="net"))
         state.delete_container("old")
         store.inner.compact(store.inner.cluster_revision())
-        second = next(events)
-        assert second.snapshot
-        assert [x.name for x in second.containers] == ["new"]
+        # The fan-out hub reads the log as it is written, so the stream is not behind: it
+        # gets the changes as deltas (or a snapshot, had the hub itself fallen behind).
+        names = {"old"}
+        while names != {"new"}:
+            got = next(events)
+            names = set() if got.snapshot else names
+            names = (names | {x.name for x in got.containers}) - set(got.deleted_containers)
         # A watcher resuming from before the compaction gets a snapshot too.
         resumed = next(host_events(state, "h1", first.revision, alive.is_set))
         assert resumed.snapshot and [x.name for x in resumed.containers] == ["new"]

@@ -1,18 +1,24 @@
-"""Watch fan-out (issue 21): a change reaches, as content, only the hosts it concerns; the
-others hear of it only through a coalesced progress notice. On every store."""
+"""Watch fan-out (issue 21): one reader of the change log queues each change only on the streams
+of the hosts it concerns; a host no write concerns is not woken, yet GetHost counts it as having
+realised those writes. Streams on every store; the concern rules on the real SQLite store."""
 
 from __future__ import annotations
 
-import pytest
-from apitest import StartServer, connect, is_progress, watch
+import time
+from pathlib import Path
 
-from sdnctl.controller import watch as watch_module
+from apitest import TIMEOUT, StartServer, connect, watch
+
+from sdnctl.api.model import Container, ContainerStatus, Host, Network
+from sdnctl.controller.fanout import concerned, lease_holders
+from sdnctl.controller.state import State
 from sdnctl.controller.store.base import Store
+from sdnctl.controller.store.sqlite import SqliteStore
+from sdnctl.v1 import sdnctl_pb2 as pb
 
 
 def test_a_create_on_host_a_sends_nothing_to_host_b(
-        store: Store, start_server: StartServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watch_module, "QUIET_PROGRESS", 3600.0)  # no notice within the test
+        store: Store, start_server: StartServer) -> None:
     server = start_server(store, progress_interval=3600)
     with connect(server, store) as api:
         api.host("ha")
@@ -28,26 +34,103 @@ def test_a_create_on_host_a_sends_nothing_to_host_b(
             # The first thing B hears after both creates is its own container: nothing of A's
             # container came before it, not even a progress notice.
             event = b.next()
-            assert [c.name for c in event.containers] == ["on-b"]
+            assert [c.name for c in event.containers] == ["on-b"], event
             assert not event.deleted_containers and not event.networks[1:]
             assert event.revision == store.revision()
 
 
-def test_other_hosts_writes_reach_b_as_one_notice(
-        store: Store, start_server: StartServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watch_module, "QUIET_PROGRESS", 0.2)
+def _observed(api: object, host: str) -> int:
+    got: pb.Host = api.ctl.GetHost(pb.GetRequest(name=host), timeout=TIMEOUT)  # type: ignore[attr-defined]
+    return got.observed_revision
+
+
+def test_a_host_no_write_concerns_counts_as_having_realised_them(
+        store: Store, start_server: StartServer) -> None:
     server = start_server(store, progress_interval=3600)
     with connect(server, store) as api:
         api.host("ha")
         api.host("hb")
         api.network("front")
+        api.network("back", subnet="10.99.0.0/16")
+        api.container("b1", host="hb", network="back")
         with watch(api, "hb") as b:
-            assert b.next().snapshot
-            for i in range(3):
-                api.container(f"a{i}", host="ha")
+            snap = b.next()
+            assert snap.snapshot
+            api.sync.ReportStatus(pb.ReportStatusRequest(
+                host="hb", observed_revision=snap.revision), timeout=TIMEOUT)
+            for i in range(3):  # on another host and another network: nothing of hb's
+                api.container(f"a{i}", host="ha", network="front")
             target = store.revision()
-            notice = b.next(timeout=10)
-            while notice.revision < target:  # (a slow machine may split them)
-                assert is_progress(notice), notice
-                notice = b.next(timeout=10)
-            assert is_progress(notice) and notice.revision == target
+            deadline = time.monotonic() + TIMEOUT
+            while _observed(api, "hb") < target:  # the hub reads the log in its own thread
+                assert time.monotonic() < deadline, "hb never counted as realised"
+                time.sleep(0.02)
+            # A write that concerns hb is not realised until its agent says so.
+            mine = api.container("b2", host="hb", network="back").revision
+            assert _observed(api, "hb") < mine
+            event = b.next()  # and it is the first thing hb's stream carries
+            assert [c.name for c in event.containers] == ["b2"]
+            assert event.revision >= mine
+            api.sync.ReportStatus(pb.ReportStatusRequest(
+                host="hb", observed_revision=event.revision), timeout=TIMEOUT)
+            assert _observed(api, "hb") >= mine
+
+
+def test_which_hosts_a_change_concerns(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db")
+    try:
+        # A still clock: a renewal by the registration below rewrites leases unchanged (a
+        # renewal that moves a lease's times concerns its own host: it gets its network again).
+        state = State(store, clock=lambda: 1_800_000_000.0)
+        for name in ("a", "b", "c"):
+            state.create_host(Host(name, underlay_ip=f"192.0.2.{ord(name)}",
+                                   vtep_mac=f"02:00:00:00:00:{ord(name):02x}"))
+        state.create_network(Network("front", subnet="10.1.0.0/16"))
+        state.create_network(Network("back", subnet="10.2.0.0/16"))
+        state.create_network(Network("ov", subnet="10.3.0.0/16", driver="overlay"))
+
+        def after(write: object) -> set[str]:
+            holders, since = lease_holders(store)
+            assert callable(write)
+            write()
+            return set(concerned(state, store.changes_since(since), holders))
+
+        # A container concerns its host and, through its DNS name, the network's holders.
+        assert after(lambda: state.create_container(Container("a1", "a", network="front"))) \
+            == {"a"}
+        assert after(lambda: state.create_container(Container("b1", "b", network="front"))) \
+            == {"a", "b"}
+        assert after(lambda: state.create_container(Container("c1", "c", network="back"))) \
+            == {"c"}
+        assert after(lambda: state.delete_container("a1")) == {"a", "b"}
+        # Reports concern nobody.
+        assert after(lambda: state.report_status("c", [ContainerStatus("c1", "running")], 5)) \
+            == set()
+        # An overlay: a host's VXLAN endpoint moving concerns its peers, not itself.
+        state.create_container(Container("o-a", "a", network="ov"))
+        state.create_container(Container("o-b", "b", network="ov"))
+        assert after(lambda: state.register_host(
+            Host("a", underlay_ip="192.0.2.200", vtep_mac="02:00:00:00:00:ff"))) == {"b"}
+        # A network's change concerns its holders only.
+        assert after(lambda: state.update_network(
+            Network("back", subnet="10.2.0.0/16", internal=True))) == {"c"}
+    finally:
+        store.close()
+
+
+def test_a_hub_behind_a_compaction_sends_every_stream_a_snapshot(
+        tmp_path: Path, start_server: StartServer) -> None:
+    store = SqliteStore(tmp_path / "db", history=1)  # every write compacts what came before
+    try:
+        server = start_server(store, progress_interval=3600)
+        with connect(server, store) as api:
+            api.host("ha")
+            api.network("front")
+            with watch(api, "ha") as a:
+                assert a.next().snapshot
+                api.container("c1", host="ha")
+                event = a.next()
+                assert event.snapshot, event
+                assert [c.name for c in event.containers] == ["c1"]
+    finally:
+        store.close()

@@ -37,8 +37,11 @@ class Recording:
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
+        self.max_txn_ops = getattr(inner, "max_txn_ops", None)  # what State asks of a store
         self.ranges: list[str] = []
         self.reads = 0
+        self.writes = 0
+        self.before_write: list[object] = []  # callables run once, before the next txn
 
     def get(self, key: str) -> KeyValue | None:
         self.reads += 1
@@ -54,6 +57,9 @@ class Recording:
         return self.inner.range(prefix)
 
     def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> int | None:
+        while self.before_write:
+            self.before_write.pop(0)()  # type: ignore[operator]
+        self.writes += 1
         return self.inner.txn(compares, ops)
 
     def revision(self) -> int:
@@ -71,6 +77,7 @@ class Recording:
     def reset(self) -> None:
         self.ranges.clear()
         self.reads = 0
+        self.writes = 0
 
 
 @pytest.fixture
@@ -201,6 +208,45 @@ def test_report_status_and_delete_read_only_the_host(state: State, rec: Recordin
     state.delete_container("c1")
     assert wide_reads(rec) == []
     assert state.foreign_containers("h1", ["c0", "c2", "gone"]) == ["c2"]
+
+
+def test_a_report_is_one_write_however_many_statuses_changed(state: State,
+                                                             rec: Recording) -> None:
+    for i in range(5):
+        create(state, f"c{i}")
+    state.report_status("h1", [], observed_revision=1)  # the host's status, written alone
+    rec.reset()
+    before = rec.revision()
+    state.report_status("h1", [ContainerStatus(f"c{i}", state="running") for i in range(5)],
+                        observed_revision=2)
+    assert (rec.writes, rec.revision()) == (1, before + 1)
+    assert all(state.get_container(f"c{i}").status.state == "running" for i in range(5))
+    rec.reset()
+    state.report_status("h1", [ContainerStatus(f"c{i}", state="running") for i in range(5)],
+                        observed_revision=2)
+    assert rec.writes == 0  # nothing changed: nothing written
+
+
+def test_a_report_larger_than_a_transaction_is_recorded_whole(state: State,
+                                                               rec: Recording) -> None:
+    many = 150  # > etcd's 128 operations per transaction
+    state.create_containers([Container(name=f"m{i}", host="h1", network="front")
+                             for i in range(many)])
+    rec.reset()
+    state.report_status("h1", [ContainerStatus(f"m{i}", state="running") for i in range(many)],
+                        observed_revision=3)
+    assert rec.writes == (1 if rec.max_txn_ops is None else 2)  # etcd: 128, then 22 + the host
+    assert {v.status.state for v in state.list_containers(host="h1")[0]} == {"running"}
+
+
+def test_a_container_deleted_during_a_report_is_skipped_and_the_rest_recorded(
+        state: State, rec: Recording) -> None:
+    for i in range(3):
+        create(state, f"c{i}")
+    rec.before_write.append(lambda: state.delete_container("c1"))
+    state.report_status("h1", [ContainerStatus(f"c{i}", state="running") for i in range(3)])
+    assert [state.get_container(f"c{i}").status.state for i in (0, 2)] == ["running"] * 2
+    assert rec.get(keys.status_key("c1")) is None  # no status outlives its container
 
 
 def test_ensure_indexes_indexes_a_store_written_before_them(state: State, rec: Recording) -> None:
