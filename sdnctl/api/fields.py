@@ -104,6 +104,12 @@ def _port_ipv6(text: str, spec: str, field: str) -> str:
     return str(address)
 
 
+def port_text(host_ip: str, host_port: int, container_port: int, protocol: str) -> str:
+    """A published port as :func:`parse_port` reads it (an IPv6 host address in brackets)."""
+    host = f"[{host_ip}]:" if is_ipv6_host(host_ip) else f"{host_ip}:" if host_ip else ""
+    return f"{host}{host_port}:{container_port}/{protocol}"
+
+
 def is_ipv6_host(host_ip: str) -> bool:
     """Whether a published port's host address is IPv6 (``::``, ``::1``, ...)."""
     return ":" in host_ip
