@@ -25,7 +25,7 @@ from typing import Any
 import netaddr
 import yaml
 
-from sdnctl.api.fields import check_ipv4, check_name, parse_rate, parse_size
+from sdnctl.api.fields import check_ipv4, check_ipv6, check_name, parse_rate, parse_size
 from sdnctl.api.model import (
     DEFAULT_HOST_PREFIX,
     DEFAULT_HOST_PREFIX6,
@@ -337,11 +337,11 @@ def _expectations(r: _Reader, doc: dict, containers: tuple[Container, ...],
             raise r.error(f"{where}.from", f"unknown container {src!r}")
         if dst not in targets and not is_dns_target(dst, containers):
             try:
-                check_ipv4(dst, f"{where}.to")
+                check_ipv6(dst, f"{where}.to") if ":" in dst else check_ipv4(dst, f"{where}.to")
             except Invalid as e:
                 raise r.error(f"{where}.to", f"{dst!r} is not a container, an alias, a "
-                              f"network, {EXTERNAL!r}, an IPv4 address or a dotted DNS "
-                              "name") from e
+                              f"network, {EXTERNAL!r}, an IPv4 or IPv6 address or a dotted "
+                              "DNS name") from e
         proto = r.typed(m, "proto", where, str, "tcp" if "port" in m else "icmp")
         if proto not in PROBE_PROTOCOLS:
             raise r.error(f"{where}.proto", f"expected one of {', '.join(PROBE_PROTOCOLS)}")

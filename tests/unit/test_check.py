@@ -468,3 +468,14 @@ def test_a_broken_ipv6_path_fails_its_icmp6_cell_only() -> None:
     assert v4_a[0] == "a" and "≠" not in "".join(v4_a)
     assert check.result_json(next(r for r in results if r.probe.family == 6), "d.yaml")[
         "family"] == 6
+
+
+def test_an_ipv6_literal_in_expect_is_probed_over_ipv6() -> None:
+    topo = parse(DUAL + "expect:\n  - {from: a, to: \"fd00:97::2\", reach: false}\n")
+    probe = next(p for p in plan(topo, implied=False))
+    assert (probe.family, probe.label) == (6, "a -> fd00:97::2 icmp6")
+    where = check.endpoints(topo, dual_reported(topo))
+    assert check.target_address(probe, where) == "fd00:97::2"
+    assert not check.is_name("fd00:97::2", where)
+    with pytest.raises(TopologyError, match=r"expect\[0\].to: 'fd00::zz' is not"):
+        parse(DUAL + "expect:\n  - {from: a, to: \"fd00::zz\"}\n")
