@@ -110,6 +110,7 @@ def test_listing_columns() -> None:
     net = {"builtin": False, "internal": False, "masquerade": False, "driver": "overlay",
            "vni": 4096}
     assert verbs.network_flags(net) == "no-masquerade,vni=4096"
+    assert verbs.network_flags({**net, "masquerade6": True}) == "no-masquerade,masquerade6,vni=4096"
     host = {"name": "h1", "underlay_ip": "192.0.2.10", "lab": True, "agent_connected": True,
             "agent_pid": 7, "subnets": [{"network": "front", "subnet": "10.88.0.0/24"}]}
     assert verbs.host_row(host, 2) == ["h1", "192.0.2.10", "lab", "connected (pid 7)", "2",
