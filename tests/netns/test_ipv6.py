@@ -325,6 +325,10 @@ def test_trace_follows_an_ipv6_probe_and_names_where_it_dies(dual: Dual) -> None
     kinds = {h["kind"]: h for h in across["hops"]}
     assert kinds["vxlan"]["status"] == "ok" and kinds["underlay"]["status"] == "ok", kinds
     assert x["ip6"] != y["ip6"]
+    # to the outside world over IPv6, masqueraded (NAT66): seen leaving with the host's address
+    out = _trace(dual, "n6", "2001:db8:0:ff::1")
+    assert out["reached"], json.dumps(out["hops"], indent=1)
+    assert [h["kind"] for h in out["hops"]][-2:] == ["underlay", "destination"]
     # between isolated networks: it dies in the host's forward chain
     isolated = _trace(dual, "a", dual.ctr["other"]["ip6"])
     assert not isolated["reached"]
