@@ -48,7 +48,7 @@ from agent.kernel import netns
 from agent.kernel.firewall import published_port_comments
 from agent.kernel.links import KernelError, Links, peek_interface
 from agent.names import container_mac, veth_name
-from sdnctl.api.fields import check_name
+from sdnctl.api.fields import check_name, port_text
 from sdnctl.api.model import STATE_ERROR, STATE_RUNNING, ContainerStatus, Invalid, PortMapping
 from sdnctl.cni import plugin
 from sdnctl.cni.plugin import (
@@ -526,7 +526,7 @@ def check_attachment(ctr: DesiredContainer, path: str, prev: object) -> list[str
 
 
 def _port_text(p: PortMapping) -> str:
-    return f"{p.host_ip + ':' if p.host_ip else ''}{p.host_port}:{p.container_port}/{p.protocol}"
+    return port_text(p.host_ip, p.host_port, p.container_port, p.protocol)
 
 
 def check_ports(ctr: DesiredContainer, conf: dict[str, Any], rules: set[str]) -> list[str]:
@@ -611,7 +611,6 @@ def port_mappings(conf: dict[str, Any]) -> list[str]:
         if not isinstance(m, dict) or "hostPort" not in m or "containerPort" not in m:
             raise CniError(ERR_CONFIG, f"runtimeConfig.portMappings[{i}]: expected hostPort "
                            "and containerPort")
-        host_ip = str(m.get("hostIP") or "")
-        ports.append(f"{host_ip + ':' if host_ip else ''}{int(m['hostPort'])}:"
-                     f"{int(m['containerPort'])}/{str(m.get('protocol') or 'tcp').lower()}")
+        ports.append(port_text(str(m.get("hostIP") or ""), int(m["hostPort"]),
+                               int(m["containerPort"]), str(m.get("protocol") or "tcp").lower()))
     return ports

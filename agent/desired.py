@@ -89,6 +89,7 @@ class DesiredNetwork:
     subnet6: str = ""  # dual-stack (issue 20): this host's IPv6 lease, e.g. fd00:88::/64
     gateway6: str = ""  # held by the bridge too
     cidr6: str = ""  # the whole network's IPv6 CIDR
+    masquerade6: bool = False  # NAT66 of IPv6 egress (default: routed)
 
     @property
     def gateway_cidr(self) -> str:
@@ -223,6 +224,7 @@ def network_from_pb(msg: pb.HostNetwork, local: LocalHost | None = None) -> Desi
         subnet6=msg.lease.subnet6,
         gateway6=msg.lease.gateway6,
         cidr6=msg.network.subnet6,
+        masquerade6=msg.network.masquerade6,
     )
 
 

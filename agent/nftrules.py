@@ -13,7 +13,9 @@ name exactly what they drop.
                      address except 127.0.0.0/8 (``fib daddr type local``): a packet from another
                      host addressed to 127.0.0.1 must never be DNAT'd (moby#45610). A port on a
                      loopback address is DNAT'd in ``output`` only. A dual-stack container's
-                     port on every address is DNAT'd in IPv6 too (``ip6 daddr != ::1``).
+                     port on every address is DNAT'd in IPv6 too (``ip6 daddr != ::1``); one
+                     on ``[::]`` in IPv6 only, one on an IPv6 address on that one. Never
+                     ``::1``: IPv6 has no route_localnet, the answer would not come back.
   output (nat)       the same for connections made by the host itself, 127.0.0.1 included.
   input (filter)     VXLAN filtering: per UDP port of our overlays, accept a packet only from a
                      member host's underlay address AND with the VNI of an overlay it is a member
@@ -132,6 +134,10 @@ class BridgeNet:
     internal: bool = False  # no forwarding but to allowed bridges, no NAT
     cidr: str = ""  # the whole network's CIDR (an overlay's, all hosts); "" = same as subnet
     vxlan: str = ""  # the overlay's VXLAN device on this host; "" = not an overlay
+    #: NAT66 (issue 20): this host's IPv6 lease and the network's IPv6 CIDR; "" = none
+    subnet6: str = ""
+    cidr6: str = ""
+    masquerade6: bool = False  # IPv6 egress masqueraded (default: routed, no NAT)
 
     @property
     def interfaces(self) -> list[str]:
@@ -295,7 +301,8 @@ def _normalized_pairs(spec: FirewallSpec) -> set[tuple[str, str]]:
 
 
 def _is_loopback(host_ip: str) -> bool:
-    return bool(host_ip) and ipaddress.IPv4Address(host_ip) in LOOPBACK
+    """An IPv4 loopback address (127.0.0.0/8): the ports that need ``route_localnet``."""
+    return bool(host_ip) and ":" not in host_ip and ipaddress.IPv4Address(host_ip) in LOOPBACK
 
 
 def _published(spec: FirewallSpec) -> list[PortRule]:
@@ -321,6 +328,9 @@ def localnet_bridges(spec: SpecLike) -> list[str]:
 def _port_rules(spec: FirewallSpec) -> list[_Rule]:
     rules = []
     for p in _published(spec):
+        if ":" in p.host_ip:
+            rules += _port_rules6(p)
+            continue
         target = f"dnat ip to {_ipv4(p.container_ip)}:{_port(p.container_port)}"
         match = f"{p.protocol} dport {_port(p.host_port)} {target}"
         comment = f"sdnctl:ctr/{p.container}/port/{p.protocol}/{p.host_port}"
@@ -342,6 +352,23 @@ def _port_rules(spec: FirewallSpec) -> list[_Rule]:
             for chain in ("prerouting", "output"):
                 rules.append(_Rule(TABLE_FAMILY, chain, match6, comment + "/ip6"))
     return rules
+
+
+def _port_rules6(p: PortRule) -> list[_Rule]:
+    """A port published on an IPv6 host address: ``::`` is every IPv6 address of the host but
+    ``::1`` (prerouting and output); another address is that one. Never ``::1`` (the API
+    refuses it: the answer, de-NAT'd to ``::1``, arrives on the bridge and the kernel does not
+    take it, IPv6 has no ``route_localnet``), and nothing without a container IPv6 address
+    (the API refuses that too; an agent just skips it)."""
+    if not p.container_ip6 or p.host_ip == "::1":
+        return []
+    comment = f"sdnctl:ctr/{p.container}/port/{p.protocol}/{p.host_port}/ip6"
+    match = (f"{p.protocol} dport {_port(p.host_port)} dnat ip6 to "
+             f"[{_ipv6(p.container_ip6)}]:{_port(p.container_port)}")
+    daddr = ("ip6 daddr != ::1 fib daddr type local" if p.host_ip == "::" else
+             f"ip6 daddr {_ipv6(p.host_ip)}")
+    return [_Rule(TABLE_FAMILY, chain, f"{daddr} {match}", comment)
+            for chain in ("prerouting", "output")]
 
 
 def _postrouting_rules(spec: FirewallSpec) -> list[_Rule]:
@@ -369,7 +396,17 @@ def _postrouting_rules(spec: FirewallSpec) -> list[_Rule]:
                 TABLE_FAMILY, "postrouting",
                 f"ip saddr {subnet} ip daddr != {whole} oifname != {ours} masquerade",
                 f"sdnctl:net/{n.network}"))
+        if n.masquerade6 and n.subnet6 and not n.internal:
+            subnet6, whole6 = _subnet6(n.subnet6), _subnet6(n.cidr6 or n.subnet6)
+            rules.append(_Rule(
+                TABLE_FAMILY, "postrouting",
+                f"ip6 saddr {subnet6} ip6 daddr != {whole6} oifname != {ours} masquerade",
+                f"sdnctl:net/{n.network}/ip6"))
     return rules
+
+
+def _subnet6(text: str) -> str:
+    return str(ipaddress.IPv6Network(text))
 
 
 def _forward_rules(spec: FirewallSpec) -> list[_Rule]:

@@ -296,7 +296,8 @@ def firewall_spec(desired: DesiredState) -> FirewallSpec:
     ordered = sorted(networks.values(), key=lambda n: n.name)
     bridges = tuple(BridgeNet(n.name, bridge_name(n.name), n.subnet, n.masquerade, n.internal,
                               cidr=n.cidr if driver_of(n.driver).spans_hosts else "",
-                              vxlan=driver_of(n.driver).tunnel_device(n.name))
+                              vxlan=driver_of(n.driver).tunnel_device(n.name),
+                              subnet6=n.subnet6, cidr6=n.cidr6, masquerade6=n.masquerade6)
                     for n in ordered)
     vxlan = tuple(VxlanFilter(n.vxlan_port, n.vni,
                               tuple(sorted({p.underlay_ip for p in n.peers})))

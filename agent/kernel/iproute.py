@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.kernel.errors import KernelError
-from agent.kernel.linkbase import delete_link, get_link
+from agent.kernel.linkbase import add_address6, delete_link, get_link
 from agent.kernel.netns import netns_inode, run_in_netns
 
 RTPROT_STATIC = 4  # our lab routes; the agent's routes carry its own protocol number
@@ -158,6 +158,32 @@ def ensure_route(ipr: IPRoute, dst: str, dst_len: int, gateway: str, oif: int, *
         raise error(f"could not route {dst}/{dst_len} via {gateway}") from e
 
 
+def ensure_addresses6(ipr: IPRoute, link: Any, wanted: list[str], *,
+                      error: type[Exception] = KernelError) -> None:
+    """``wanted`` (CIDRs) among the link's IPv6 addresses, added ``nodad`` (usable at once)."""
+    for cidr in wanted:
+        try:
+            add_address6(ipr, link["index"], cidr)
+        except NetlinkError as e:
+            raise error(f"could not add {cidr} to {link.get('ifname')!r}") from e
+
+
+def ensure_route6(ipr: IPRoute, dst: str, gateway: str, oif: int, *,
+                  error: type[Exception] = KernelError) -> None:
+    """An IPv6 route to ``dst`` (a CIDR; ``::/0`` for the default) via ``gateway``."""
+    net = ipaddress.IPv6Network(dst)
+    for route in ipr.route("dump", family=socket.AF_INET6, table=254):
+        same_dst = route["dst_len"] == net.prefixlen and (
+            net.prefixlen == 0 or route.get("dst") == str(net.network_address))
+        if same_dst and route.get("gateway") == gateway and route.get("oif") == oif:
+            return
+    try:
+        ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen,
+                  gateway=gateway, oif=oif, family=socket.AF_INET6, proto=RTPROT_STATIC)
+    except NetlinkError as e:
+        raise error(f"could not route {dst} via {gateway}") from e
+
+
 def remove_other_routes(ipr: IPRoute, wanted: list[ipaddress.IPv4Network],
                          gateway: str, *, error: type[Exception] = KernelError) -> None:
     """Delete our static routes via ``gateway`` to anything but ``wanted`` (a former mode's)."""
@@ -173,8 +199,10 @@ def remove_other_routes(ipr: IPRoute, wanted: list[ipaddress.IPv4Network],
                     raise error(f"could not delete the stale route to {dst}") from e
 
 
-def ensure_ip_forward(path: str, *, error: type[Exception] = KernelError) -> None:
-    """net.ipv4.ip_forward=1 in the namespace at ``path`` (and, checked, nowhere else).
+def ensure_ip_forward(path: str, *, error: type[Exception] = KernelError,
+                      ipv6: bool = False) -> None:
+    """net.ipv4.ip_forward=1 (and with ``ipv6`` net.ipv6.conf.all.forwarding=1) in the
+    namespace at ``path`` (and, checked, nowhere else).
 
     /proc/sys/net belongs to the network namespace of the *thread* that opens it.
     """
@@ -183,10 +211,11 @@ def ensure_ip_forward(path: str, *, error: type[Exception] = KernelError) -> Non
     def write() -> None:
         if os.stat("/proc/thread-self/ns/net").st_ino != target:
             raise error(f"could not enter {path} to set ip_forward")
-        with open("/proc/sys/net/ipv4/ip_forward", "r+") as f:
-            if f.read().strip() != "1":
-                f.seek(0)
-                f.write("1")
+        for name in ("ipv4/ip_forward", *(["ipv6/conf/all/forwarding"] if ipv6 else [])):
+            with open(f"/proc/sys/net/{name}", "r+") as f:
+                if f.read().strip() != "1":
+                    f.seek(0)
+                    f.write("1")
 
     try:
         run_in_netns(path, write)

@@ -76,6 +76,7 @@ def network_from_pb(msg: pb.Network) -> Network:
         default_policy=msg.default_policy,
         subnet6=msg.subnet6,
         host_prefix6=msg.host_prefix6 or DEFAULT_HOST_PREFIX6,
+        masquerade6=msg.masquerade6,
     )
 
 
@@ -88,7 +89,7 @@ def network_to_pb(network: Network, revision: int = 0) -> pb.Network:
                       builtin=network.builtin, vni=network.vni, vxlan_port=network.vxlan_port,
                       dns_domain=network.dns_domain, dns=list(network.dns),
                       default_policy=network.default_policy, subnet6=network.subnet6,
-                      host_prefix6=network.host_prefix6)
+                      host_prefix6=network.host_prefix6, masquerade6=network.masquerade6)
 
 
 def lease_from_pb(msg: pb.Lease) -> Lease:

@@ -36,31 +36,92 @@ def check_name(value: object, field_name: str) -> str:
 
 
 def parse_port(spec: str, field: str) -> PortMapping:
-    """Docker's ``[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]``."""
+    """Docker's ``[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]``; an IPv6 host address is
+    written in brackets: ``[::]:8080:80`` (every IPv6 address of the host but ``::1``),
+    ``[fd00::1]:8080:80`` (that one). ``0.0.0.0`` becomes "" (every address); an IPv6 one is
+    kept compressed. ``[::1]`` is refused (see :func:`_port_ipv6`)."""
     if not isinstance(spec, str):
         raise Invalid(field, "expected a string such as '8080:80' or '127.0.0.1:5353:53/udp'")
     body, _, protocol = spec.partition("/")
     protocol = protocol or "tcp"
     if protocol not in PROTOCOLS:
         raise Invalid(field, f"unknown protocol {protocol!r}; expected tcp or udp")
-    parts = body.rsplit(":", 2)
-    if len(parts) == 2:
-        host_ip, host_port, container_port = "", parts[0], parts[1]
-    elif len(parts) == 3:
-        host_ip, host_port, container_port = parts
+    host_ip = ""
+    if body.startswith("["):
+        host_ip, close, body = body[1:].partition("]:")
+        if not close:
+            raise Invalid(field, f"{spec!r}: an IPv6 host address is written "
+                          "[ADDRESS]:HOST_PORT:CONTAINER_PORT")
+        host_ip = _port_ipv6(host_ip, spec, field)
+        parts = body.split(":")
+        if len(parts) != 2:
+            raise Invalid(field, f"{spec!r} is not [HOST_IP]:HOST_PORT:CONTAINER_PORT[/PROTOCOL]")
+        host_port, container_port = parts
     else:
-        raise Invalid(field, f"{spec!r} is not [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]")
+        parts = body.rsplit(":", 2)
+        if len(parts) == 2:
+            host_port, container_port = parts
+        elif len(parts) == 3 and ":" in parts[0]:
+            raise Invalid(field, f"{spec!r}: an IPv6 host address goes in brackets, "
+                          "e.g. [::1]:8080:80")
+        elif len(parts) == 3:
+            host_ip, host_port, container_port = parts
+        else:
+            raise Invalid(field, f"{spec!r} is not [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]")
+        if host_ip == "0.0.0.0":
+            host_ip = ""
+        if host_ip and (not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,3}){3}", host_ip)
+                        or any(int(octet) > 255 for octet in host_ip.split("."))):
+            raise Invalid(field, f"{host_ip!r} in {spec!r} is not an IPv4 address")
     ports = []
     for text in (host_port, container_port):
         if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
             raise Invalid(field, f"{text!r} in {spec!r} is not a port (1-65535)")
         ports.append(int(text))
-    if host_ip == "0.0.0.0":
-        host_ip = ""
-    if host_ip and (not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,3}){3}", host_ip)
-                    or any(int(octet) > 255 for octet in host_ip.split("."))):
-        raise Invalid(field, f"{host_ip!r} in {spec!r} is not an IPv4 address")
     return PortMapping(host_ip, ports[0], ports[1], protocol)
+
+
+def _port_ipv6(text: str, spec: str, field: str) -> str:
+    """A published port's IPv6 host address: ``::`` or a unicast address of the host (no
+    link-local one: it would need a zone; no multicast or IPv4-mapped one; not ``::1``)."""
+    try:
+        address = netaddr.IPAddress(text, version=6) if ":" in text else None
+    except (netaddr.AddrFormatError, ValueError) as e:
+        raise Invalid(field, f"{text!r} in {spec!r} is not an IPv6 address") from e
+    if address is None:
+        raise Invalid(field, f"{text!r} in {spec!r} is not an IPv6 address")
+    if address == netaddr.IPAddress("::1"):
+        # DNAT to a container from ::1 cannot work: the answer, de-NAT'd to ::1, arrives on
+        # the bridge, and IPv6 has no route_localnet to take it (Docker runs a proxy here).
+        raise Invalid(field, f"{spec!r}: a port on ::1 is not supported (IPv6 cannot route "
+                      "the answer back to ::1); publish on [::] or on one of the host's IPv6 "
+                      "addresses")
+    for bad, cidr in (("link-local", "fe80::/10"), ("multicast", "ff00::/8"),
+                      ("IPv4-mapped", "::ffff:0:0/96")):
+        if address in netaddr.IPNetwork(cidr):
+            raise Invalid(field, f"{text!r} in {spec!r} is a {bad} address; expected ::, ::1 "
+                          "or one of the host's IPv6 addresses")
+    return str(address)
+
+
+def port_text(host_ip: str, host_port: int, container_port: int, protocol: str) -> str:
+    """A published port as :func:`parse_port` reads it (an IPv6 host address in brackets)."""
+    host = f"[{host_ip}]:" if is_ipv6_host(host_ip) else f"{host_ip}:" if host_ip else ""
+    return f"{host}{host_port}:{container_port}/{protocol}"
+
+
+def is_ipv6_host(host_ip: str) -> bool:
+    """Whether a published port's host address is IPv6 (``::``, ``::1``, ...)."""
+    return ":" in host_ip
+
+
+def host_ips_overlap(a: str, b: str) -> bool:
+    """Whether two published ports' host addresses can take the same packet: "" (every
+    address, IPv6 ones included on a dual-stack network) overlaps any address, ``::`` (every
+    IPv6 address) any IPv6 address, and an address itself."""
+    if not a or not b or a == b:
+        return True
+    return "::" in (a, b) and is_ipv6_host(a) and is_ipv6_host(b)
 
 
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

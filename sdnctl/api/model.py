@@ -140,6 +140,8 @@ class Network:
     #: leases of ``host_prefix6`` bits as ``subnet`` is into ``host_prefix`` ones.
     subnet6: str = ""
     host_prefix6: int = DEFAULT_HOST_PREFIX6
+    #: NAT66: masquerade IPv6 egress to the host's address (default: routed, no NAT).
+    masquerade6: bool = False
 
     MUTABLE = ("masquerade", "internal", "allow", "default_policy")
 

@@ -34,6 +34,7 @@ from sdnctl.api.fields import (
     check_pool,
     check_unicast_mac,
     clean_path,
+    host_ips_overlap,
     image_name,
     parse_port,
     parse_volume,
@@ -191,6 +192,8 @@ def validate_network(network: Network, where: str = "network") -> Network:
     if network.subnet6:
         check_pool(validate_cidr6(network.subnet6, f"{where}.subnet6"), f"{where}.subnet6")
         host_prefix6_for(network.subnet6, network.host_prefix6, f"{where}.host_prefix6")
+    if network.masquerade6 and not network.subnet6:
+        raise Invalid(f"{where}.masquerade6", "needs an IPv6 subnet (subnet6)")
     _check_allow(network, where)
     _check_dns(network.dns_domain, network.dns, where)
     return network
@@ -381,8 +384,8 @@ def _check_ports(ports: tuple[str, ...], field: str) -> None:
         mapping = parse_port(spec, f"{field}[{i}]")
         for (host_ip, host_port, protocol), j in seen.items():
             # "every address" overlaps any one address on the same port.
-            same_ip = host_ip == mapping.host_ip or not host_ip or not mapping.host_ip
-            if same_ip and (host_port, protocol) == (mapping.host_port, mapping.protocol):
+            if host_ips_overlap(host_ip, mapping.host_ip) and \
+                    (host_port, protocol) == (mapping.host_port, mapping.protocol):
                 raise Invalid(f"{field}[{i}]", f"host port {host_port}/{protocol} is already "
                               f"published by {field.rpartition('.')[2]}[{j}]")
         seen[(mapping.host_ip, mapping.host_port, mapping.protocol)] = i

@@ -41,7 +41,7 @@ def network_json(n: pb.Network) -> dict[str, Any]:
             "mtu": n.mtu, "masquerade": n.masquerade, "internal": n.internal,
             "allow": list(n.allow), "builtin": n.builtin, "vni": n.vni,
             "vxlan_port": n.vxlan_port, "revision": n.revision, "subnet6": n.subnet6,
-            "host_prefix6": n.host_prefix6 if n.subnet6 else 0}
+            "host_prefix6": n.host_prefix6 if n.subnet6 else 0, "masquerade6": n.masquerade6}
 
 
 def container_json(c: pb.Container) -> dict[str, Any]:

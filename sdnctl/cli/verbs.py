@@ -90,7 +90,8 @@ def network_from_args(args: argparse.Namespace) -> pb.Network:
                      dns_domain=getattr(args, "dns_domain", None) or "",
                      dns=list(getattr(args, "dns", None) or []),
                      subnet6=getattr(args, "subnet6", None) or "",
-                     host_prefix6=getattr(args, "host_prefix6", None) or 0)
+                     host_prefix6=getattr(args, "host_prefix6", None) or 0,
+                     masquerade6=bool(getattr(args, "masquerade6", False)))
     net.masquerade = not args.no_masquerade
     return net
 
@@ -104,6 +105,8 @@ def network_flags(n: dict[str, Any]) -> str:
         flags.append("internal")
     elif not n["masquerade"]:
         flags.append("no-masquerade")
+    if n.get("masquerade6") and not n["internal"]:
+        flags.append("masquerade6")
     if spans_hosts(n["driver"]):
         flags.append(f"vni={n['vni']}")
     return ",".join(flags)
@@ -511,6 +514,8 @@ def _register_network(sub: Any) -> None:
     p.add_argument("name")
     p.add_argument("--subnet", required=True, help="the network's CIDR, e.g. 10.90.0.0/16")
     p.add_argument("--subnet6", help="dual-stack: the network's IPv6 CIDR, e.g. fd00:90::/48")
+    p.add_argument("--masquerade6", action="store_true",
+                   help="NAT66: masquerade IPv6 egress (default: routed, no NAT)")
     p.add_argument("--host-prefix6", type=int,
                    help="prefix length of each host's IPv6 lease (64)")
     p.add_argument("--driver", choices=DRIVERS, default=DRIVER_BRIDGE)
@@ -569,7 +574,8 @@ def _register_containers(sub: Any) -> None:
     p.add_argument("--network", help="none | host | container:NAME | a bridge or overlay "
                    "network (default: the controller's default bridge)")
     p.add_argument("-p", "--publish", action="append", metavar="[IP:]HOST:CTR[/PROTO]",
-                   help="publish a port (repeatable)")
+                   help="publish a port (repeatable); an IPv6 host address in brackets: "
+                   "[::1]:8080:80 (this host only), [::]:8080:80 (every IPv6 address)")
     p.add_argument("--restart", choices=RESTART_POLICIES, default="no")
     p.add_argument("--ip", help="a fixed address (bridge mode)")
     p.add_argument("--ip6", help="a fixed IPv6 address (bridge mode, a network with a subnet6)")

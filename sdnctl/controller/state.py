@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from netaddr import IPAddress, IPNetwork
 
 from sdnctl.api import faults
-from sdnctl.api.fields import check_name, parse_port
+from sdnctl.api.fields import check_name, host_ips_overlap, is_ipv6_host, parse_port
 from sdnctl.api.model import (
     DEFAULT_HOST_PREFIX,
     DEFAULT_VXLAN_PORT,
@@ -950,6 +950,7 @@ class State:
             name = container.bridge_network
             net_kv = self._require(network_key(name), "container.network", name)
             network = from_json(Network, net_kv.value)
+            _check_ipv6_ports(container, network)
             lease, lease_cmp, lease_ops = ipam.plan_lease(self.store, network, container.host,
                                                           timers=self.timers, now=now)
             _, addr_cmp, addr_ops = ipam.plan_address(
@@ -1023,6 +1024,15 @@ def _address_moves(current: Allocation | None, container: Container) -> bool:
             or (bool(container.fixed_ip6) and container.fixed_ip6 != current.address6))
 
 
+def _check_ipv6_ports(container: Container, network: Network) -> None:
+    """A port published on an IPv6 host address needs an IPv6 address to DNAT to."""
+    for i, spec in enumerate(container.ports):
+        if is_ipv6_host(parse_port(spec, f"container.ports[{i}]").host_ip) \
+                and not network.subnet6:
+            raise Invalid(f"container.ports[{i}]", f"{spec!r} is published on an IPv6 address, "
+                          f"but network {network.name!r} has no IPv6 subnet (subnet6)")
+
+
 def _check_host_ports(container: Container, others: Iterable[Container]) -> None:
     """No other container on the same host publishes one of ``container``'s host ports."""
     published: dict[tuple[int, str], list[tuple[str, str]]] = {}
@@ -1035,7 +1045,7 @@ def _check_host_ports(container: Container, others: Iterable[Container]) -> None
     for i, spec in enumerate(container.ports):
         m = parse_port(spec, f"container.ports[{i}]")
         for host_ip, owner in published.get((m.host_port, m.protocol), []):
-            if not host_ip or not m.host_ip or host_ip == m.host_ip:
+            if host_ips_overlap(host_ip, m.host_ip):
                 raise AlreadyExists(
                     f"container.ports[{i}]", spec,
                     f"host port {m.host_port}/{m.protocol} of host {container.host!r} is "

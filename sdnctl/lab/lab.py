@@ -6,6 +6,14 @@ The picture, all of it in namespaces named ``<prefix>...`` (the root namespace i
     <prefix>h2  eth0 192.0.2.12 ─┘     (each host's veth has its underlay end on ul0)
                                      ext0 203.0.113.254/24 ── eth0 203.0.113.1/24  <prefix>ext
 
+IPv6 towards the outside world (issue 20): each segment also has a /64 of 2001:db8::/32 (ul0
+2001:db8:0:2::1, ul1 2001:db8:0:3::1, a host at ``::(10 + index)`` with a default route via it,
+all ``nodad``), the outside world is 2001:db8:0:ff::1 behind ext0's 2001:db8:0:ff::fe, and the
+underlay forwards IPv6. The outside world has routes to the segments only, not to container
+prefixes: an IPv6 packet from a container arrives with its own source (routed, the default)
+and only a masqueraded one (``masquerade6: true``) can be answered. The overlay's underlay
+stays IPv4.
+
 The underlay namespace is both the switch between hosts and their router to the "outside world"
 (``<prefix>ext``). There is no NAT in the underlay, so a packet from a host reaches the outside
 with whatever source it left the host with: 192.0.2.x, once the agent masquerades container
@@ -95,13 +103,19 @@ class Segment:
     bridge: str
     gateway: str
     prefixlen: int = 24
+    gateway6: str = ""  # its IPv6 gateway, on a /64 (for the outside world's IPv6)
 
     @property
     def network(self) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(f"{self.gateway}/{self.prefixlen}", strict=False)
 
+    @property
+    def network6(self) -> ipaddress.IPv6Network:
+        return ipaddress.IPv6Network(f"{self.gateway6}/64", strict=False)
 
-SEGMENTS = (Segment("ul0", "192.0.2.1"), Segment("ul1", "198.51.100.1"))
+
+SEGMENTS = (Segment("ul0", "192.0.2.1", gateway6="2001:db8:0:2::1"),
+            Segment("ul1", "198.51.100.1", gateway6="2001:db8:0:3::1"))
 UNDERLAY_BRIDGE = SEGMENTS[0].bridge  # the first segment's bridge, carrying the mode alias
 UNDERLAY_GATEWAY = SEGMENTS[0].gateway
 UNDERLAY_PREFIXLEN = SEGMENTS[0].prefixlen
@@ -115,6 +129,10 @@ EXTERNAL_MTU = 1500  # the Internet's: the external link never exceeds it
 MIN_MTU, MAX_MTU = 68, 65535  # IPv4's minimum; the largest a veth or bridge accepts
 
 EXTERNAL_IP = "203.0.113.1"
+#: The outside world's IPv6 address and the underlay's towards it (documentation prefix): an
+#: IPv6 packet from a container reaches it with its own source, or the host's with masquerade6.
+EXTERNAL_IP6 = "2001:db8:0:ff::1"
+EXTERNAL_GATEWAY6 = "2001:db8:0:ff::fe"
 EXTERNAL_GATEWAY = "203.0.113.254"  # the underlay's address towards the outside
 EXTERNAL_PREFIXLEN = 24
 EXTERNAL_DEV = "eth0"  # in <prefix>ext
@@ -160,6 +178,12 @@ def host_ip(index: int, routed: bool = False) -> str:
     The last octet names the host in both modes, and two hosts never share one.
     """
     return str(host_segment(index, routed).network.network_address + HOST_IP_OFFSET + index)
+
+
+def host_ip6(index: int, routed: bool = False) -> str:
+    """A host's IPv6 address on its segment (for IPv6 towards the outside world only: the
+    overlay's underlay stays IPv4)."""
+    return str(host_segment(index, routed).network6[HOST_IP_OFFSET + index])
 
 
 def uplink_name(host: str) -> str:
@@ -226,9 +250,11 @@ class Lab:
                         iproute.ensure_addresses(ipr, bridge,
                                                  [(segment.gateway, segment.prefixlen)],
                                                  error=LabError)
+                        iproute.ensure_addresses6(ipr, bridge, [f"{segment.gateway6}/64"],
+                                                  error=LabError)
                 except NetlinkError as e:
                     raise LabError(f"could not set up the underlay of lab {self.prefix!r}") from e
-            iproute.ensure_ip_forward(path, error=LabError)
+            iproute.ensure_ip_forward(path, error=LabError, ipv6=True)
             rollback.pop_all()
 
     def _ensure_mode(self, ipr: IPRoute) -> None:
@@ -275,7 +301,8 @@ class Lab:
                 raise LabError(f"could not add lab host {name!r}: {address} is {other.name!r}'s")
         self._in_new_netns(path, f"could not set up lab host {name!r}",
                            lambda ul, host, rollback: self._wire_host(
-                               ul, host, path, name, segment, address, rollback))
+                               ul, host, path, name, segment, (address, host_ip6(
+                                   index, self.routed)), rollback))
         return LabHost(name=name, netns=path, underlay_ip=address)
 
     def _in_new_netns(self, path: str, what: str,
@@ -296,7 +323,8 @@ class Lab:
                 rollback.pop_all()
 
     def _wire_host(self, ul: IPRoute, host: IPRoute, path: str, name: str, segment: Segment,
-                   address: str, rollback: contextlib.ExitStack) -> None:
+                   addresses: tuple[str, str], rollback: contextlib.ExitStack) -> None:
+        address, address6 = addresses
         bridge = iproute.require_link(ul, segment.bridge, error=LabError)["index"]
         near, far = iproute.ensure_veth_pair(ul, uplink_name(name), host, path, HOST_DEV,
                                              alias=name, master=bridge, mtu=self.mtu,
@@ -304,6 +332,8 @@ class Lab:
         iproute.ensure_up(ul, near)
         iproute.ensure_addresses(host, far, [(address, segment.prefixlen)], error=LabError)
         iproute.ensure_route(host, "0.0.0.0", 0, segment.gateway, far["index"], error=LabError)
+        iproute.ensure_addresses6(host, far, [f"{address6}/64"], error=LabError)
+        iproute.ensure_route6(host, "::/0", segment.gateway6, far["index"], error=LabError)
 
     def hosts(self) -> list[LabHost]:
         """The lab hosts that exist now, found by the prefix under /run/netns, sorted by name."""
@@ -367,6 +397,11 @@ class Lab:
                 iproute.ensure_route(ext, str(network.network_address), network.prefixlen,
                                      EXTERNAL_GATEWAY, far["index"], error=LabError)
             iproute.remove_other_routes(ext, wanted, EXTERNAL_GATEWAY, error=LabError)
+            iproute.ensure_addresses6(ul, near, [f"{EXTERNAL_GATEWAY6}/64"], error=LabError)
+            iproute.ensure_addresses6(ext, far, [f"{EXTERNAL_IP6}/64"], error=LabError)
+            for segment in self.segments:  # no route to container prefixes: routed IPv6
+                iproute.ensure_route6(ext, str(segment.network6), EXTERNAL_GATEWAY6,
+                                      far["index"], error=LabError)
 
         self._in_new_netns(path, "could not set up the lab's external namespace", wire)
         return path

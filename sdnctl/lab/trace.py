@@ -20,6 +20,10 @@ what was seen into hops: the last hop that saw the probe is ✓, the first hop a
 not is where it died (✗), later hops were not reached (·), and a hop we could not observe but
 that the probe evidently passed is "?".
 
+IPv6 (``-6``, or an IPv6 address as DST): the same probe over IPv6 between the containers'
+IPv6 addresses (an ICMPv6 echo, or TCP/UDP), matched by ``ip6`` in nftables and in the captures;
+inside VXLAN the filter reads the inner IPv6 header (40 bytes; no extension headers).
+
 Everything happens in lab namespaces on this machine: trace refuses a host that is not a lab
 host, and any namespace that is this process's own (the root namespace).
 """
@@ -87,6 +91,7 @@ class Endpoint:
     vni: int = 0
     vxlan_port: int = 0
     gateway: str = ""  # its network's gateway on its host: the DNS resolver it asks
+    ip6: str = ""  # its IPv6 address on a dual-stack network, else ""
 
 
 @dataclass(frozen=True)
@@ -96,33 +101,51 @@ class Probe:
     dst: str
     port: int = 0  # destination port (tcp, udp)
     marker: int = 0  # ICMP echo id, or TCP/UDP source port
+    family: int = 4  # 6: src and dst are IPv6 addresses, the echo is ICMPv6
 
     def describe(self) -> str:
         if self.proto == "icmp":
-            return f"icmp echo, id {self.marker}"
-        return f"{self.proto} {self.marker} → {self.port}"
+            return f"icmp{'v6' if self.family == 6 else ''} echo, id {self.marker}"
+        return f"{self.proto}{'6' if self.family == 6 else ''} {self.marker} → {self.port}"
 
     def nft_match(self) -> str:
-        l4 = (f"icmp type echo-request icmp id {self.marker}" if self.proto == "icmp" else
+        icmp, ip = ("icmpv6", "ip6") if self.family == 6 else ("icmp", "ip")
+        l4 = (f"{icmp} type echo-request {icmp} id {self.marker}" if self.proto == "icmp" else
               f"{self.proto} sport {self.marker} {self.proto} dport {self.port}")
-        return f"ip saddr {self.src} ip daddr {self.dst} {l4}"
+        return f"{ip} saddr {self.src} {ip} daddr {self.dst} {l4}"
 
     def bpf(self, with_source: bool = True) -> str:
         """A tcpdump filter for the probe itself (without its source: after masquerade)."""
-        l4 = ("icmp[icmptype] == icmp-echo and icmp[4:2] == " + str(self.marker)
-              if self.proto == "icmp" else
-              f"{self.proto} src port {self.marker} and {self.proto} dst port {self.port}")
+        if self.proto == "icmp" and self.family == 6:  # echo request (128) right after the header
+            l4 = f"icmp6 and ip6[40] == 128 and ip6[44:2] == {self.marker}"
+        elif self.proto == "icmp":
+            l4 = "icmp[icmptype] == icmp-echo and icmp[4:2] == " + str(self.marker)
+        else:
+            l4 = f"{self.proto} src port {self.marker} and {self.proto} dst port {self.port}"
         source = f"src host {self.src} and " if with_source else ""
         return f"{source}dst host {self.dst} and {l4}"
 
     def bpf_in_vxlan(self, port: int) -> str:
         """A tcpdump filter for the probe inside VXLAN on UDP ``port``: offsets from the outer
-        UDP header: 8 UDP + 8 VXLAN + 14 Ethernet = 30 to the inner IP header (20 bytes)."""
+        UDP header: 8 UDP + 8 VXLAN + 14 Ethernet = 30 to the inner IP header (20 bytes; IPv6:
+        40, its addresses compared a 32-bit word at a time)."""
+        if self.family == 6:
+            return self._bpf_in_vxlan6(port)
         src, dst = (int(ipaddress.IPv4Address(a)) for a in (self.src, self.dst))
         inner = (f"udp[42:4] == {src:#010x} and udp[46:4] == {dst:#010x} and "
                  f"udp[39] == {PROTOCOLS[self.proto]}")
         l4 = (f"udp[50] == 8 and udp[54:2] == {self.marker}" if self.proto == "icmp" else
               f"udp[50:2] == {self.marker} and udp[52:2] == {self.port}")
+        return f"udp dst port {port} and {inner} and {l4}"
+
+    def _bpf_in_vxlan6(self, port: int) -> str:
+        words = [f"udp[{start + 4 * i}:4] == {int.from_bytes(packed[4 * i:4 * i + 4]):#010x}"
+                 for start, address in ((38, self.src), (54, self.dst))
+                 for packed in [ipaddress.IPv6Address(address).packed] for i in range(4)]
+        next_header = 58 if self.proto == "icmp" else PROTOCOLS[self.proto]  # 58: ICMPv6
+        inner = " and ".join([*words, f"udp[36] == {next_header}"])
+        l4 = (f"udp[70] == 128 and udp[74:2] == {self.marker}" if self.proto == "icmp" else
+              f"udp[70:2] == {self.marker} and udp[72:2] == {self.port}")
         return f"udp dst port {port} and {inner} and {l4}"
 
 
@@ -258,7 +281,8 @@ def _policy(comment: str) -> str:
 
 _VNI = re.compile(r"\bvni (\d+)")
 _OUTER = re.compile(r"IP (\d+\.\d+\.\d+\.\d+)\.\d+ > (\d+\.\d+\.\d+\.\d+)\.(\d+):")
-_ADDRESSES = re.compile(r"IP (\d+\.\d+\.\d+\.\d+)(?:\.\d+)? > (\d+\.\d+\.\d+\.\d+)")
+_ADDRESSES = re.compile(r"IP (\d+\.\d+\.\d+\.\d+)(?:\.\d+)? > (\d+\.\d+\.\d+\.\d+)"
+                        r"|IP6 ([0-9a-f:]+?)(?:\.\d+)? > ([0-9a-f:]+?)(?:\.\d+)?:")
 
 
 def capture_detail(point: Point, lines: list[str]) -> str:
@@ -267,7 +291,9 @@ def capture_detail(point: Point, lines: list[str]) -> str:
     text = " ".join(lines)
     if point.kind == "underlay" and not point.vxlan_port:
         seen = _ADDRESSES.search(text)
-        return f"{seen[1]} → {seen[2]}" if seen else ""
+        if not seen:
+            return ""
+        return f"{seen[1]} → {seen[2]}" if seen[1] else f"{seen[3]} → {seen[4]}"
     if not point.vxlan_port:
         return ""
     outer, vni = _OUTER.search(text), _VNI.search(text)
@@ -297,7 +323,8 @@ def classify_answer(probe: Probe, answer: dict[str, Any] | None,
         return OK, f"port {probe.port} {state}{rtt}"
     if kind == "icmp-error":
         what = f"ICMP type {answer.get('type')} code {answer.get('code')} from {src}"
-        if src == probe.dst and answer.get("type") == 3 and answer.get("code") == 3:
+        unreachable = (1, 4) if probe.family == 6 else (3, 3)  # port unreachable
+        if src == probe.dst and (answer.get("type"), answer.get("code")) == unreachable:
             return OK, f"port {probe.port} closed ({what}){rtt}"
         return FAIL, what
     return FAIL, f"unexpected answer from {src}: {answer.get('summary', kind)}"
@@ -400,10 +427,24 @@ def _is_ipv4(text: str) -> bool:
         return False
 
 
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+        return True
+    except ValueError:
+        return False
+
+
 def resolve(client: Client, name: str, via: Endpoint | None = None) -> Endpoint:
-    """A container by name (joined containers: their donor's interface), or an IPv4 address
-    (a container's when one has it), or a DNS name (an alias, ``db.svc.lab``) looked up
-    through ``via``'s resolver from inside its namespace, as ``via`` itself would."""
+    """A container by name (joined containers: their donor's interface), or an IPv4 or IPv6
+    address (a container's when one has it), or a DNS name (an alias, ``db.svc.lab``) looked
+    up through ``via``'s resolver from inside its namespace, as ``via`` itself would."""
+    if _is_ipv6(name):
+        listed = client.api.ListContainers(pb.ListRequest(), timeout=RPC_TIMEOUT).containers
+        owner = next((c for c in listed if c.ip6 == name), None)
+        if owner is None:
+            return Endpoint(label=name, ip="", ip6=name)
+        return dataclasses.replace(_container_endpoint(client, owner), label=name)
     if via is not None and via.netns and not _is_ipv4(name):
         try:
             client.api.GetContainer(pb.GetRequest(name=name), timeout=RPC_TIMEOUT)
@@ -445,7 +486,7 @@ def _container_endpoint(client: Client, ctr: pb.Container) -> Endpoint:
         vxlan=vxlan_name(net.name) if spans_hosts(net.driver) else "",
         vni=net.vni, vxlan_port=net.vxlan_port or (DEFAULT_VXLAN_PORT
                                                    if spans_hosts(net.driver) else 0),
-        gateway=iface_owner.gateway)
+        gateway=iface_owner.gateway, ip6=iface_owner.ip6)
 
 
 def _inode(path: str) -> tuple[int, int] | None:
@@ -651,13 +692,19 @@ def probe_main(spec_json: str) -> int:
     """Build the probe, say "ready", wait for "go", send it, print the answer as JSON."""
     from scapy.config import conf
     from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
     from scapy.sendrecv import sr1
-    from scapy.supersocket import L3RawSocket
+    from scapy.supersocket import L3RawSocket, L3RawSocket6
 
-    conf.L3socket = L3RawSocket  # the kernel routes and resolves neighbours, as for any packet
     spec = json.loads(spec_json)
-    ip = IP(src=spec["src"], dst=spec["dst"])
-    if spec["proto"] == "icmp":
+    six = spec.get("family") == 6
+    # the kernel routes and resolves neighbours, as for any packet (sr1 takes conf.L3socket
+    # for an IPv6 packet too)
+    conf.L3socket = conf.L3socket6 = L3RawSocket6 if six else L3RawSocket
+    ip = IPv6(src=spec["src"], dst=spec["dst"]) if six else IP(src=spec["src"], dst=spec["dst"])
+    if spec["proto"] == "icmp" and six:
+        packet = ip / ICMPv6EchoRequest(id=spec["marker"], seq=1)
+    elif spec["proto"] == "icmp":
         packet = ip / ICMP(type=8, id=spec["marker"], seq=1)
     elif spec["proto"] == "tcp":
         packet = ip / TCP(sport=spec["marker"], dport=spec["port"], flags="S",
@@ -677,11 +724,17 @@ def _describe_answer(reply: Any, started: float) -> dict[str, Any] | None:
     if reply is None:
         return None
     from scapy.layers.inet import ICMP, TCP
+    from scapy.layers.inet6 import ICMPv6EchoReply, _ICMPv6Error
 
     answer: dict[str, Any] = {"src": reply.src, "summary": reply.summary(),
                               "rtt_ms": (float(reply.time) - started) * 1000}
     if reply.haslayer(TCP):
         answer.update(kind="tcp", flags=str(reply[TCP].flags))
+    elif reply.haslayer(ICMPv6EchoReply):
+        answer.update(kind="echo-reply")
+    elif reply.haslayer(_ICMPv6Error):
+        error = reply[_ICMPv6Error]
+        answer.update(kind="icmp-error", type=int(error.type), code=int(error.code))
     elif reply.haslayer(ICMP) and reply[ICMP].type == 0:
         answer.update(kind="echo-reply")
     elif reply.haslayer(ICMP):
@@ -695,13 +748,28 @@ def _describe_answer(reply: Any, started: float) -> dict[str, Any] | None:
 
 
 def make_probe(src: Endpoint, dst: Endpoint, proto: str, port: int | None,
-               marker: int | None = None) -> Probe:
+               marker: int | None = None, family: int = 4) -> Probe:
+    """The probe from ``src`` to ``dst``; ``family`` 6 between their IPv6 addresses."""
     if proto == "icmp" and port:
         raise CommandError("trace: --port needs --proto tcp or udp")
     if proto != "icmp" and not port:
         raise CommandError(f"trace: --proto {proto} needs --port")
-    return Probe(proto=proto, src=src.ip, dst=dst.ip, port=port or 0,
-                 marker=marker or 33000 + secrets.randbelow(28000))
+    if family == 6:
+        for e in (src, dst):
+            if not e.ip6:
+                raise CommandError(f"trace: {e.label} has no IPv6 address (its network has "
+                                   "no subnet6)")
+    return Probe(proto=proto, src=src.ip6 if family == 6 else src.ip,
+                 dst=dst.ip6 if family == 6 else dst.ip, port=port or 0,
+                 marker=marker or 33000 + secrets.randbelow(28000), family=family)
+
+
+def in_family(e: Endpoint, family: int) -> Endpoint:
+    """``e`` shown by its address in ``family`` (the hops and the text name that address)."""
+    if family != 6:
+        return e
+    label = e.ip6 if e.label in (e.ip, e.ip6) else e.label
+    return dataclasses.replace(e, ip=e.ip6, label=label)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
@@ -715,7 +783,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if not src.container:
         raise CommandError(f"trace: the source must be a container, not {args.src!r}")
     check_local(src, dst)
-    result = run_trace(src, dst, make_probe(src, dst, proto, args.port))
+    family = 6 if args.ipv6 or _is_ipv6(args.dst) else 4
+    probe = make_probe(src, dst, proto, args.port, family=family)
+    result = run_trace(in_family(src, family), in_family(dst, family), probe)
     if args.json:
         print(json.dumps(result_json(result), indent=2))
     else:
@@ -728,12 +798,15 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "trace", help="send one real probe and show each hop it crossed (lab hosts)",
         description="Sends ONE probe (scapy, from inside SRC's network namespace) to DST, a "
-        "container or an IPv4 address, and reports each hop: veth, bridge, the nftables "
+        "container or an IPv4 or IPv6 address, and reports each hop: veth, bridge, the nftables "
         "verdict (traced with a temporary table, removed afterwards), VXLAN encapsulation on "
         "the underlay, the peer host, the destination. Works for lab hosts (namespaces on "
         "this machine) only. Exit status 0 when the destination answered.")
     p.add_argument("src", metavar="SRC", help="a container")
-    p.add_argument("dst", metavar="DST", help="a container or an IPv4 address")
+    p.add_argument("dst", metavar="DST", help="a container or an IPv4 or IPv6 address")
+    p.add_argument("-6", "--ipv6", action="store_true",
+                   help="probe over IPv6, between the containers' IPv6 addresses (implied by an "
+                   "IPv6 DST)")
     p.add_argument("--port", type=int, help="destination port (implies --proto tcp)")
     p.add_argument("--proto", choices=tuple(PROTOCOLS), help="default icmp (tcp with --port)")
     p.add_argument("--json", action="store_true")

@@ -14,8 +14,14 @@ Design note. Checking is two halves, as building is:
   ``netns`` path its agent reports): ``ping -c1`` through ``nsenter`` for ICMP, and for TCP and
   UDP a socket born in that namespace (a throw-away thread enters it, see
   ``agent.kernel.netns.run_in_netns``). Nothing is sent from the root namespace, and only to
-  addresses the topology names: its containers', the lab's outside world (203.0.113.1), and
-  addresses written in ``expect:``.
+  addresses the topology names: its containers', the lab's outside world (203.0.113.1,
+  2001:db8:0:ff::1), and addresses written in ``expect:``.
+- **Both families.** Between two dual-stack containers (both networks have a ``subnet6``) the
+  implied matrix holds an ICMPv6 probe beside the ICMP one, to the target's IPv6 address, with
+  the same expectation (isolation and routing hold per family; policies fail closed for IPv6),
+  and one to the outside world's IPv6 address, expected to answer only with ``masquerade6``.
+  The report draws an ``icmp6`` matrix under the ``icmp`` one, so a broken IPv6 path shows as
+  its own failing cell while IPv4 passes. An IPv6 literal in ``expect:`` is probed over IPv6.
 
 What a probe measures, honestly: one of three outcomes (:data:`~sdnctl.topology.topology.OUTCOMES`),
 and ``expect:`` names the one it wants (``reach: true`` is *open*, ``reach: false`` is
@@ -78,7 +84,7 @@ from sdnctl.api.policyeval import (
     Endpoint as PolicyEndpoint,
 )
 from sdnctl.lab import local
-from sdnctl.lab.lab import EXTERNAL_IP
+from sdnctl.lab.lab import EXTERNAL_IP, EXTERNAL_IP6
 from sdnctl.topology import topology
 from sdnctl.topology.deploy import Progress
 from sdnctl.topology.topology import (
@@ -109,7 +115,9 @@ UDP_PAYLOAD = b"sdnctl check\n"
 
 @dataclass(frozen=True)
 class Probe:
-    """Must ``src`` reach ``dst``? ``dst`` is a container, ``external`` or an IPv4 address."""
+    """Must ``src`` reach ``dst``? ``dst`` is a container, ``external`` or an address;
+    ``family`` 6 sends the packet to a container's IPv6 address (an IPv6 literal is always
+    family 6)."""
 
     src: str
     dst: str
@@ -118,15 +126,21 @@ class Probe:
     expect: str = OPEN  # the outcome wanted: open, refused or filtered
     why: str = ""  # for an implied probe, the rule; for an expectation, "expect"
     line: int = 0  # the expectation's line in the file; 0 for implied probes
+    family: int = 4
 
     @property
     def key(self) -> tuple[str, str, str, int]:
-        return (self.src, self.dst, self.proto, self.port)
+        """(source, target, protocol, port); the protocol is ``icmp6``, ``tcp6``... for IPv6."""
+        return (self.src, self.dst, self.proto + ("6" if self.family == 6 else ""), self.port)
+
+    @property
+    def service(self) -> str:
+        """``icmp``, ``tcp/80``; ``icmp6``, ``tcp6/80`` for IPv6."""
+        return self.key[2] if self.proto == "icmp" else f"{self.key[2]}/{self.port}"
 
     @property
     def label(self) -> str:
-        service = self.proto if self.proto == "icmp" else f"{self.proto}/{self.port}"
-        return f"{self.src} -> {self.dst} {service}"
+        return f"{self.src} -> {self.dst} {self.service}"
 
 
 def plan(topo: Topology, implied: bool = True,
@@ -156,7 +170,8 @@ def expected(topo: Topology) -> list[Probe]:
             targets = [e.dst]
         else:
             targets = [c.name for c in topo.containers if c.bridge_network == e.dst]
-        probes += [Probe(e.src, dst, e.proto, e.port, e.reach, "expect", e.line)
+        probes += [Probe(e.src, dst, e.proto, e.port, e.reach, "expect", e.line,
+                         6 if _is_ipv6(dst) else 4)
                    for dst in targets if dst != e.src]
     return probes
 
@@ -198,10 +213,26 @@ class PolicyView:
         return self.evaluator.verdict(a, b, proto, port)
 
 
+    def isolation6(self, src: str, dst: str) -> str:
+        """Why IPv6 from ``src`` to ``dst`` is dropped, or "": selectors are IPv4 sets, so
+        the agents fail closed for IPv6 (a container isolated in a direction gets no forwarded
+        IPv6 in it, whatever the rules allow)."""
+        for name, direction in ((src, "egress"), (dst, "ingress")):
+            address = self.addresses.get(name) or (EXTERNAL_IP if name == EXTERNAL else "")
+            isolating = self.evaluator.selecting(address, direction) if address else []
+            if isolating:
+                return (f"policy {isolating[0].name}: {name} is isolated for {direction}, "
+                        "which drops all its IPv6")
+        return ""
+
+
 def _with_policy(probe: Probe, policy: PolicyView | None) -> Probe:
     """An implied ICMP probe, filtered when the policies drop it."""
     if policy is None or probe.expect != OPEN:
         return probe
+    if probe.family == 6:
+        why = policy.isolation6(probe.src, probe.dst)
+        return dataclasses.replace(probe, expect=FILTERED, why=why) if why else probe
     v = policy.verdict(probe.src, probe.dst, probe.proto, probe.port)
     return probe if v.allowed else dataclasses.replace(
         probe, expect=FILTERED, why=f"policy {v.policy}: {v.reason}")
@@ -231,7 +262,9 @@ def policy_probes(topo: Topology, policy: PolicyView) -> list[Probe]:
 
 def implied_matrix(topo: Topology, policy: PolicyView | None = None) -> list[Probe]:
     """What the modes and networks promise, by ICMP: each source to each container with an
-    address of its own (a bridged one), then to ``external``.
+    address of its own (a bridged one), then to ``external``; and, between dual-stack
+    containers (both networks have a ``subnet6``), the same by ICMPv6 (:func:`implied_reach`
+    holds for both families; policies fail closed for IPv6, :meth:`PolicyView.isolation6`).
 
     An open (host-mode) container is probed only towards ``external``: it reaches whatever its
     host reaches, which the topology does not describe. Closed and open containers are never
@@ -247,10 +280,32 @@ def implied_matrix(topo: Topology, policy: PolicyView | None = None) -> list[Pro
                     reach, why = implied_reach(topo, src, dst)
                     probes.append(_with_policy(
                         Probe(src.name, dst.name, expect=_outcome(reach), why=why), policy))
+                    if dual_stack(topo, effective) and dual_stack(topo, dst):
+                        probes.append(_with_policy(
+                            Probe(src.name, dst.name, expect=_outcome(reach), why=why,
+                                  family=6), policy))
         reach, why = implied_egress(topo, src)
         probes.append(_with_policy(Probe(src.name, EXTERNAL, expect=_outcome(reach), why=why),
                                    policy))
+        if dual_stack(topo, effective):
+            reach, why = implied_egress6(topo, src)
+            probes.append(_with_policy(Probe(src.name, EXTERNAL, expect=_outcome(reach),
+                                             why=why, family=6), policy))
     return probes + (policy_probes(topo, policy) if policy is not None else [])
+
+
+def dual_stack(topo: Topology, ctr: Container) -> bool:
+    """Whether ``ctr`` (a donor, not a joined container) has an IPv6 address: it is bridged
+    on a network with a ``subnet6``."""
+    return ctr.bridge_network is not None and bool(network_of(topo, ctr.bridge_network).subnet6)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _outcome(reach: bool) -> str:
@@ -330,6 +385,23 @@ def implied_egress(topo: Topology, ctr: Container) -> tuple[bool, str]:
     return _joined(topo, ctr, verdict)
 
 
+def implied_egress6(topo: Topology, ctr: Container) -> tuple[bool, str]:
+    """Whether dual-stack ``ctr`` should reach the outside world over IPv6: only with NAT66
+    (``masquerade6``); routed IPv6 leaves with the container's address, to which the lab's
+    outside world has no route back."""
+    c = donor_of(topo, ctr)
+    assert c.bridge_network is not None
+    net = network_of(topo, c.bridge_network)
+    if net.internal:
+        verdict = (False, f"{net.name} is internal")
+    elif not net.masquerade6:
+        verdict = (False, f"{net.name} routes IPv6 without NAT66 (no masquerade6), so nothing "
+                   "outside can answer")
+    else:
+        verdict = (True, f"{net.name} has NAT66 (masquerade6)")
+    return _joined(topo, ctr, verdict)
+
+
 # -- measuring (real packets) ---------------------------------------------------------------------
 
 
@@ -376,7 +448,8 @@ def _socket_probe(netns: str, address: str, proto: str, port: int,
 
     def probe() -> Measurement:
         kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-        with socket.socket(socket.AF_INET, kind) as s:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, kind) as s:
             s.settimeout(timeout)
             try:
                 s.connect((address, port))
@@ -420,6 +493,7 @@ class Endpoint:
     state: str
     mode: str
     resolver: str = ""  # its network's DNS resolver (its gateway), "" for closed and open ones
+    address6: str = ""  # its IPv6 address (or its donor's) on a dual-stack network, else ""
 
 
 def with_attachments(topo: Topology, reported: Iterable[pb.Container]) -> Topology:
@@ -449,7 +523,7 @@ def endpoints(topo: Topology, reported: Iterable[pb.Container]) -> dict[str, End
         donor = by_name.get(donor_of(topo, ctr).name, by_name[ctr.name])
         result[ctr.name] = Endpoint(by_name[ctr.name].status.netns or ctr.cni_netns, donor.ip,
                                     by_name[ctr.name].status.state or "pending", ctr.mode,
-                                    donor.gateway)
+                                    donor.gateway, donor.ip6)
     return result
 
 
@@ -458,7 +532,7 @@ def is_name(dst: str, where: dict[str, Endpoint]) -> bool:
     if dst == EXTERNAL or dst in where:
         return False
     try:
-        ipaddress.IPv4Address(dst)
+        ipaddress.ip_address(dst)
         return False
     except ValueError:
         return True
@@ -473,12 +547,12 @@ def resolve(netns: str, resolver: str, name: str, timeout: float) -> tuple[str, 
 def target_address(probe: Probe, where: dict[str, Endpoint],
                    names: dict[tuple[str, str], str] | None = None) -> str:
     if probe.dst == EXTERNAL:
-        return EXTERNAL_IP
+        return EXTERNAL_IP6 if probe.family == 6 else EXTERNAL_IP
     if probe.dst in where:
-        return where[probe.dst].address
+        return where[probe.dst].address6 if probe.family == 6 else where[probe.dst].address
     if names is not None and (probe.src, probe.dst) in names:
         return names[(probe.src, probe.dst)]
-    return str(ipaddress.IPv4Address(probe.dst))
+    return str(ipaddress.ip_address(probe.dst))
 
 
 def run(probes: Sequence[Probe], where: dict[str, Endpoint], timeout: float,
@@ -559,18 +633,22 @@ def cell(result: Result | None, color: bool = False) -> str:
     return f"{colour}{text}{_RESET}"
 
 
-def matrix(topo: Topology, results: Sequence[Result], color: bool = False) -> str:
-    """The ICMP results as a table: rows are sources, columns targets (``external`` last)."""
-    icmp = {(r.probe.src, r.probe.dst): r for r in results if r.probe.proto == "icmp"}
+def matrix(topo: Topology, results: Sequence[Result], color: bool = False,
+           family: int = 4) -> str:
+    """The ICMP results of one address family as a table: rows are sources, columns targets
+    (``external`` last); headed ``icmp``, or ``icmp6`` for IPv6."""
+    icmp = {(r.probe.src, r.probe.dst): r for r in results
+            if r.probe.proto == "icmp" and r.probe.family == family}
     if not icmp:
         return ""
+    head = "icmp6" if family == 6 else "icmp"
     order = [c.name for c in topo.containers]
     dsts = {dst for _, dst in icmp}
     columns = [n for n in order if n in dsts] + sorted(dsts - {*order, EXTERNAL}) + \
         ([EXTERNAL] if EXTERNAL in dsts else [])
     rows = [n for n in order if any(src == n for src, _ in icmp)]
-    first = max(len("icmp"), *(len(r) for r in rows))
-    lines = ["icmp".ljust(first) + "  " + "  ".join(columns)]
+    first = max(len(head), *(len(r) for r in rows))
+    lines = [head.ljust(first) + "  " + "  ".join(columns)]
     for src in rows:
         cells = []
         for dst in columns:
@@ -596,9 +674,10 @@ def mismatch_line(result: Result, file: str) -> str:
 def report(topo: Topology, file: str, results: Sequence[Result], elapsed: float,
            color: bool = False) -> str:
     parts = []
-    drawn = matrix(topo, results, color)
-    if drawn:
-        parts.append(drawn)
+    for family in (4, 6):
+        drawn = matrix(topo, results, color, family)
+        if drawn:
+            parts.append(drawn)
     others = [r for r in results if r.probe.proto != "icmp"]
     if others:
         width = max(len(r.probe.label) for r in others)
@@ -635,7 +714,7 @@ def _not_targets(topo: Topology) -> list[str]:
 def result_json(result: Result, file: str) -> dict[str, Any]:
     p = result.probe
     return {"from": p.src, "to": p.dst, "address": result.address, "proto": p.proto,
-            "port": p.port, "expected": p.expect, "measured": result.measured,
+            "port": p.port, "family": p.family, "expected": p.expect, "measured": result.measured,
             "match": result.match, "detail": result.detail, "why": p.why,
             "where": where_from(result, file)}
 

@@ -25,7 +25,7 @@ from typing import Any
 import netaddr
 import yaml
 
-from sdnctl.api.fields import check_ipv4, check_name, parse_rate, parse_size
+from sdnctl.api.fields import check_ipv4, check_ipv6, check_name, parse_rate, parse_size
 from sdnctl.api.model import (
     DEFAULT_HOST_PREFIX,
     DEFAULT_HOST_PREFIX6,
@@ -337,11 +337,11 @@ def _expectations(r: _Reader, doc: dict, containers: tuple[Container, ...],
             raise r.error(f"{where}.from", f"unknown container {src!r}")
         if dst not in targets and not is_dns_target(dst, containers):
             try:
-                check_ipv4(dst, f"{where}.to")
+                check_ipv6(dst, f"{where}.to") if ":" in dst else check_ipv4(dst, f"{where}.to")
             except Invalid as e:
                 raise r.error(f"{where}.to", f"{dst!r} is not a container, an alias, a "
-                              f"network, {EXTERNAL!r}, an IPv4 address or a dotted DNS "
-                              "name") from e
+                              f"network, {EXTERNAL!r}, an IPv4 or IPv6 address or a dotted "
+                              "DNS name") from e
         proto = r.typed(m, "proto", where, str, "tcp" if "port" in m else "icmp")
         if proto not in PROBE_PROTOCOLS:
             raise r.error(f"{where}.proto", f"expected one of {', '.join(PROBE_PROTOCOLS)}")
@@ -512,7 +512,8 @@ def _host(r: _Reader, raw: Any, where: str) -> Host:
 def _network(r: _Reader, raw: Any, where: str) -> Network:
     m = r.mapping(raw, where, {"name", "driver", "subnet", "host_prefix", "mtu", "masquerade",
                                "gateway", "ip_range", "internal", "allow", "vni", "vxlan_port",
-                               "dns_domain", "dns", "default", "subnet6", "host_prefix6"},
+                               "dns_domain", "dns", "default", "subnet6", "host_prefix6",
+                               "masquerade6"},
                   {"name", "subnet"})
     driver = r.typed(m, "driver", where, str, "bridge")
     subnet = r.typed(m, "subnet", where, str, "")
@@ -540,6 +541,7 @@ def _network(r: _Reader, raw: Any, where: str) -> Network:
         dns=tuple(_strings(r, m, "dns", where)),
         subnet6=r.typed(m, "subnet6", where, str, ""),
         host_prefix6=r.typed(m, "host_prefix6", where, int, DEFAULT_HOST_PREFIX6),
+        masquerade6=r.typed(m, "masquerade6", where, bool, False),
         default_policy=r.typed(m, "default", where, str, ""),
     )
     return validate_network(network, where)

@@ -60,7 +60,7 @@ class Host(_message.Message):
     def __init__(self, name: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., lab: _Optional[bool] = ..., agent_pid: _Optional[int] = ..., netns: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., revision: _Optional[int] = ..., agent_connected: _Optional[bool] = ..., observed_revision: _Optional[int] = ..., agent_synced: _Optional[bool] = ..., reported_containers: _Optional[_Iterable[str]] = ..., vtep_mac: _Optional[str] = ..., underlay_mtu: _Optional[int] = ..., metrics_url: _Optional[str] = ..., docker_host: _Optional[str] = ...) -> None: ...
 
 class Network(_message.Message):
-    __slots__ = ("name", "driver", "subnet", "host_prefix", "mtu", "masquerade", "revision", "gateway", "ip_range", "internal", "allow", "builtin", "vni", "vxlan_port", "dns_domain", "dns", "default_policy", "subnet6", "host_prefix6")
+    __slots__ = ("name", "driver", "subnet", "host_prefix", "mtu", "masquerade", "revision", "gateway", "ip_range", "internal", "allow", "builtin", "vni", "vxlan_port", "dns_domain", "dns", "default_policy", "subnet6", "host_prefix6", "masquerade6")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DRIVER_FIELD_NUMBER: _ClassVar[int]
     SUBNET_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class Network(_message.Message):
     DEFAULT_POLICY_FIELD_NUMBER: _ClassVar[int]
     SUBNET6_FIELD_NUMBER: _ClassVar[int]
     HOST_PREFIX6_FIELD_NUMBER: _ClassVar[int]
+    MASQUERADE6_FIELD_NUMBER: _ClassVar[int]
     name: str
     driver: str
     subnet: str
@@ -99,7 +100,8 @@ class Network(_message.Message):
     default_policy: str
     subnet6: str
     host_prefix6: int
-    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., host_prefix: _Optional[int] = ..., mtu: _Optional[int] = ..., masquerade: _Optional[bool] = ..., revision: _Optional[int] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., allow: _Optional[_Iterable[str]] = ..., builtin: _Optional[bool] = ..., vni: _Optional[int] = ..., vxlan_port: _Optional[int] = ..., dns_domain: _Optional[str] = ..., dns: _Optional[_Iterable[str]] = ..., default_policy: _Optional[str] = ..., subnet6: _Optional[str] = ..., host_prefix6: _Optional[int] = ...) -> None: ...
+    masquerade6: bool
+    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., host_prefix: _Optional[int] = ..., mtu: _Optional[int] = ..., masquerade: _Optional[bool] = ..., revision: _Optional[int] = ..., gateway: _Optional[str] = ..., ip_range: _Optional[str] = ..., internal: _Optional[bool] = ..., allow: _Optional[_Iterable[str]] = ..., builtin: _Optional[bool] = ..., vni: _Optional[int] = ..., vxlan_port: _Optional[int] = ..., dns_domain: _Optional[str] = ..., dns: _Optional[_Iterable[str]] = ..., default_policy: _Optional[str] = ..., subnet6: _Optional[str] = ..., host_prefix6: _Optional[int] = ..., masquerade6: _Optional[bool] = ...) -> None: ...
 
 class ContainerStatus(_message.Message):
     __slots__ = ("name", "state", "pid", "netns", "message", "exit_code", "restarts", "runtime", "runtime_root", "cgroup", "user_ns")

@@ -13,6 +13,7 @@ one route, one permanent neighbour and one FDB entry per peer.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -53,6 +54,7 @@ networks:
   - {{name: back, subnet: 10.97.0.0/24, subnet6: "fd00:97::/48"}}
   - {{name: ov, driver: overlay, subnet: 10.98.0.0/16, subnet6: "fd00:98::/48"}}
   - {{name: locked, subnet: 10.99.0.0/24, subnet6: "fd00:99::/48", default: deny}}
+  - {{name: nat6, subnet: 10.94.0.0/24, subnet6: "fd00:94::/48", masquerade6: true}}
 containers:
   - {{name: a, host: h1, network: front}}
   - {{name: b, host: h1, network: front}}
@@ -61,8 +63,10 @@ containers:
   - {{name: side, host: h1, network: "container:a"}}
   - {{name: vault, host: h1, network: none}}
   - {{name: p, host: h1, network: locked}}
-  - {{name: web6, host: h1, network: front, ports: ["8080:7000"], command: [{PY}, -c, "{SERVE}"]}}
+  - {{name: web6, host: h1, network: front, ports: ["8080:7000", "[::]:8082:7000",
+     "[fd00:97::1]:8083:7000"], command: [{PY}, -c, "{SERVE}"]}}
   - {{name: q, host: h1, network: locked}}
+  - {{name: n6, host: h1, network: nat6}}
   - {{name: x, host: h1, network: ov}}
   - {{name: y, host: h2, network: ov}}
 """
@@ -73,7 +77,7 @@ class Dual:
         self.cli, self.prefix, self.root_forwarding = cli, prefix, root_forwarding
         self.ctr = {name: cli.container(name)
                     for name in ("a", "b", "binder", "other", "x", "y", "side", "vault", "p", "q",
-                                 "web6")}
+                                 "web6", "n6")}
         self.host_netns = cli.host("h1")["netns"]
         self.host2_netns = cli.host("h2")["netns"]
 
@@ -247,6 +251,139 @@ def test_a_port_published_on_every_address_is_published_on_ipv6_too(dual: Dual) 
     assert _ask(in_other, other["gateway6"], 8080) == f"peer={other['ip6']}"
     # from the host itself (the output chain), to one of its IPv6 addresses
     assert _ask(["nsenter", f"--net={dual.host_netns}"], "fd00:96::1", 8080).startswith("peer=")
+
+
+# A part of the module's topology (same name): check probes only the containers a file names.
+CHECKED = """
+name: dual
+hosts:
+  - {name: h1, lab: true}
+networks:
+  - {name: front, subnet: 10.96.0.0/24, subnet6: "fd00:96::/48"}
+  - {name: back, subnet: 10.97.0.0/24, subnet6: "fd00:97::/48"}
+  - {name: nat6, subnet: 10.94.0.0/24, subnet6: "fd00:94::/48", masquerade6: true}
+containers:
+  - {name: a, host: h1, network: front}
+  - {name: b, host: h1, network: front}
+  - {name: other, host: h1, network: back}
+  - {name: n6, host: h1, network: nat6}
+"""
+
+
+def _cells(report: dict[str, Any], family: int) -> dict[tuple[str, str], bool]:
+    return {(p["from"], p["to"]): p["match"] for p in report["probes"]
+            if p["proto"] == "icmp" and p["family"] == family}
+
+
+def test_check_finds_a_broken_ipv6_route_while_ipv4_still_works(
+        dual: Dual, tmp_path: Any) -> None:
+    path = tmp_path / "checked.yaml"
+    path.write_text(CHECKED)
+    a, b = dual.ctr["a"], dual.ctr["b"]
+    # positive control: both families pass, the IPv6 matrix is drawn
+    done = dual.cli.run("check", str(path), "--timeout", "1", check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    six = done.stdout.split("\nicmp6 ")[1].split("\n\n")[0]  # the IPv6 matrix, all as expected
+    assert six.split("\n")[0].split() == ["a", "b", "other", "n6", "external"], done.stdout
+    assert six.split("\n")[4].split()[:6] == ["n6", "✗", "✗", "✗", "·", "✓"], done.stdout
+    assert "≠" not in six, done.stdout
+    # break a's IPv6 route to b only (IPv4 and the rest of IPv6 untouched)
+    broken = ["ip", "-6", "route", "add", "unreachable", f"{b['ip6']}/128"]
+    assert in_ctr(a, *broken).returncode == 0
+    try:
+        done = dual.cli.run("check", str(path), "--json", "--timeout", "1", check=False)
+    finally:
+        in_ctr(a, "ip", "-6", "route", "del", "unreachable", f"{b['ip6']}/128")
+    assert done.returncode == 1, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    v4, v6 = _cells(report, 4), _cells(report, 6)
+    assert all(v4.values()), v4  # IPv4 still passes everywhere
+    assert not v6[("a", "b")] and not v6[("b", "a")]  # the reply has no route either
+    assert v6[("a", "other")] is True and v6[("b", "other")] is True  # isolated, as expected
+    assert v6[("a", "external")] is True  # routed IPv6: no answer from outside, as expected
+    assert [p["address"] for p in report["probes"] if (p["from"], p["to"], p["family"]) ==
+            ("a", "b", 6)] == [b["ip6"]]
+
+
+def _trace(dual: Dual, *args: str) -> dict[str, Any]:
+    done = dual.cli.run("trace", *args, "-6", "--json", check=False, timeout=60)
+    assert done.returncode in (0, 1) and not done.stderr.strip(), done.stderr
+    data: dict[str, Any] = json.loads(done.stdout)
+    return data
+
+
+def test_trace_follows_an_ipv6_probe_and_names_where_it_dies(dual: Dual) -> None:
+    a, b, x, y = (dual.ctr[n] for n in ("a", "b", "x", "y"))
+    # within a network: every hop seen, the echo answered, between the IPv6 addresses
+    within = _trace(dual, "a", "b")
+    assert within["reached"], json.dumps(within, indent=1)
+    assert (within["probe"]["src"], within["probe"]["dst"]) == (a["ip6"], b["ip6"])
+    assert [h["status"] for h in within["hops"]] == ["ok"] * len(within["hops"])
+    # across the overlay: the capture inside VXLAN matched the inner IPv6 header, on both hosts
+    across = _trace(dual, "x", "y", "--port", "9")  # TCP: refused, but it got there
+    assert across["reached"] and across["probe"]["dst"] == y["ip6"], across["hops"]
+    kinds = {h["kind"]: h for h in across["hops"]}
+    assert kinds["vxlan"]["status"] == "ok" and kinds["underlay"]["status"] == "ok", kinds
+    assert x["ip6"] != y["ip6"]
+    # to the outside world over IPv6, masqueraded (NAT66): seen leaving with the host's address
+    out = _trace(dual, "n6", "2001:db8:0:ff::1")
+    assert out["reached"], json.dumps(out["hops"], indent=1)
+    assert [h["kind"] for h in out["hops"]][-2:] == ["underlay", "destination"]
+    # between isolated networks: it dies in the host's forward chain
+    isolated = _trace(dual, "a", dual.ctr["other"]["ip6"])
+    assert not isolated["reached"]
+    assert isolated["died_at"]["kind"] == "nftables", isolated["hops"]
+    assert "drop" in isolated["died_at"]["detail"], isolated["died_at"]
+
+
+def _refused(argv: list[str], address: str, port: int) -> bool:
+    code = (f"import socket; socket.create_connection(({address!r}, {port}), timeout=5)")
+    done = subprocess.run([*argv, PY, "-c", code], capture_output=True, text=True, timeout=30,
+                          check=False)
+    return "ConnectionRefusedError" in done.stderr
+
+
+def test_ports_published_on_explicit_ipv6_host_addresses(dual: Dual) -> None:
+    other = dual.ctr["other"]
+    in_other = ["nsenter", "-t", str(other["pid"]), "-n"]
+    in_host = ["nsenter", f"--net={dual.host_netns}"]
+    # [::]:8082: every IPv6 address of the host, from another network, the client's address kept
+    assert _ask(in_other, other["gateway6"], 8082) == f"peer={other['ip6']}"
+    assert _ask(in_host, "fd00:96::1", 8082).startswith("peer=")
+    assert _refused(in_other, other["gateway"], 8082)  # not IPv4 (8080 is: test above)
+    assert _refused(in_host, "::1", 8082)  # nor ::1
+    # [fd00:97::1]:8083: that address only (back's gateway), not front's
+    assert _ask(in_other, other["gateway6"], 8083) == f"peer={other['ip6']}"
+    assert _refused(in_other, "fd00:96::1", 8083)
+
+
+# The outside world's listener: prints "ready" once bound, then the source of each datagram.
+LISTEN = ("import socket, sys; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
+          "s.bind(('::', 9999)); s.settimeout(10); print('ready', flush=True); "
+          "[print(s.recvfrom(100)[1][0], flush=True) for _ in range(2)]")
+OUTSIDE6 = "2001:db8:0:ff::1"
+
+
+def test_ipv6_egress_is_routed_unless_the_network_says_masquerade6(dual: Dual) -> None:
+    a, n6 = dual.ctr["a"], dual.ctr["n6"]
+    listener = subprocess.Popen(["nsenter", f"--net=/run/netns/{dual.prefix}ext", PY, "-c",
+                                 LISTEN], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
+        send = ("import socket; socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)"
+                f".sendto(b'x', ({OUTSIDE6!r}, 9999))")
+        for ctr in (a, n6):
+            assert in_ctr(ctr, PY, "-c", send).returncode == 0
+        out, err = listener.communicate(timeout=20)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
+    sources = out.split()
+    host6 = nsexec(dual.host_netns, "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope",
+                   "global").stdout.split()[3].split("/")[0]
+    assert sources == [a["ip6"], host6], (sources, err)  # front: routed; nat6: masqueraded
 
 
 def test_zz_down_leaves_nothing(dual: Dual) -> None:

@@ -257,7 +257,7 @@ def test_cells_and_json() -> None:
     assert check.cell(ok) == "✗" and check.cell(wrong) == "✗≠" and check.cell(None) == "·"
     assert "\033[1;31m" in check.cell(wrong, color=True)
     assert check.result_json(wrong, "t.yaml") == {
-        "from": "a", "to": "c", "address": "10.0.0.3", "proto": "icmp", "port": 0,
+        "from": "a", "to": "c", "address": "10.0.0.3", "proto": "icmp", "port": 0, "family": 4,
         "expected": "open", "measured": "filtered", "match": False, "detail": "no reply",
         "why": "", "where": "t.yaml:7"}
     refused = Result(Probe("a", "c", "tcp", 80, REFUSED), "10.0.0.3", REFUSED, "reset (RST)")
@@ -388,3 +388,94 @@ containers: [{name: web, host: h1, network: front}]
     where = check.endpoints(joined, reported)
     assert (where["cni-aa"].netns, where["cni-aa"].address) == ("/run/netns/ctr-abc", "10.5.2.2")
     assert check.with_attachments(topo, reported[:1]) is topo
+
+
+DUAL = """\
+name: dual
+hosts:
+  - {name: h1, lab: true}
+networks:
+  - {name: front, subnet: 10.96.0.0/24, subnet6: "fd00:96::/48"}
+  - {name: back, subnet: 10.97.0.0/24, subnet6: "fd00:97::/48", masquerade6: true}
+  - {name: v4only, subnet: 10.95.0.0/24}
+  - {name: locked, subnet: 10.99.0.0/24, subnet6: "fd00:99::/48", default: deny}
+containers:
+  - {name: a, host: h1, network: front}
+  - {name: b, host: h1, network: front}
+  - {name: side, host: h1, network: "container:a"}
+  - {name: other, host: h1, network: back}
+  - {name: old, host: h1, network: v4only}
+  - {name: p, host: h1, network: locked}
+  - {name: q, host: h1, network: locked}
+"""
+DUAL_ADDRESSES = {"a": ("10.96.0.2", "fd00:96::2"), "b": ("10.96.0.3", "fd00:96::3"),
+                  "other": ("10.97.0.2", "fd00:97::2"), "old": ("10.95.0.2", ""),
+                  "p": ("10.99.0.2", "fd00:99::2"), "q": ("10.99.0.3", "fd00:99::3")}
+
+
+def dual_reported(topo: Topology) -> list[pb.Container]:
+    return [pb.Container(name=c.name, host=c.host, network=c.network,
+                         ip=DUAL_ADDRESSES.get(c.name, ("", ""))[0],
+                         ip6=DUAL_ADDRESSES.get(c.name, ("", ""))[1],
+                         status=pb.ContainerStatus(state="running",
+                                                   netns=f"/ns/{check.donor_of(topo, c).name}"))
+                for c in topo.containers]
+
+
+def test_the_matrix_probes_ipv6_between_dual_stack_containers() -> None:
+    topo = parse(DUAL)
+    where = check.endpoints(topo, dual_reported(topo))
+    probes = plan(topo, addresses={n: e.address for n, e in where.items() if e.address})
+    six = {(p.src, p.dst): p for p in probes if p.family == 6}
+    # between dual-stack containers only, never to or from an IPv4-only one
+    assert ("a", "b") in six and ("side", "b") in six and ("a", "other") in six
+    assert not any("old" in k for k in six)
+    # the outside world over IPv6: only with NAT66
+    assert six["a", "external"].expect == FILTERED and "masquerade6" in six["a", "external"].why
+    assert six["other", "external"].expect == OPEN
+    assert check.target_address(six["other", "external"], where) == "2001:db8:0:ff::1"
+    assert six["a", "b"].expect == OPEN and six["a", "other"].expect == FILTERED
+    assert six["a", "b"].key == ("a", "b", "icmp6", 0) and six["a", "b"].label == "a -> b icmp6"
+    # policies fail closed for IPv6: p is isolated for ingress, so nothing reaches it by IPv6
+    assert six["q", "p"].expect == FILTERED and "isolated for ingress" in six["q", "p"].why
+    assert six["p", "q"].expect == FILTERED  # q is isolated too (default: deny)
+    assert check.target_address(six["a", "b"], where) == "fd00:96::3"
+    assert check.target_address(six["side", "b"], where) == "fd00:96::3"
+
+
+def test_a_broken_ipv6_path_fails_its_icmp6_cell_only() -> None:
+    topo = parse(DUAL)
+    where = check.endpoints(topo, dual_reported(topo))
+    probes = plan(topo, addresses={n: e.address for n, e in where.items() if e.address})
+    truth = {(where[p.src].netns, check.target_address(p, where)): p.expect for p in probes}
+
+    def send(netns: str, address: str, proto: str, port: int, timeout: float) -> Measurement:
+        if (netns, address) == ("/ns/a", "fd00:96::3"):  # a's IPv6 route to b is gone
+            return Measurement(FILTERED, "Network is unreachable")
+        return Measurement(truth[netns, address], "as planned")
+
+    results = check.run(probes, where, 1.0, send=send)
+    bad = [r.probe.label for r in results if not r.match]
+    assert bad == ["a -> b icmp6", "side -> b icmp6"]
+    text = check.report(topo, "d.yaml", results, 1.0)
+    blocks = text.split("\n\n")
+    assert blocks[0].splitlines()[0].split()[0] == "icmp"
+    v6 = blocks[1].splitlines()
+    assert v6[0].split() == ["icmp6", "a", "b", "other", "p", "q", "external"]
+    assert v6[1].split()[:3] == ["a", "·", "✗≠"]  # a itself, then b
+    assert {line.split()[0] for line in v6[1:]} == {"a", "b", "side", "other", "p", "q"}
+    v4_a = blocks[0].splitlines()[1].split()
+    assert v4_a[0] == "a" and "≠" not in "".join(v4_a)
+    assert check.result_json(next(r for r in results if r.probe.family == 6), "d.yaml")[
+        "family"] == 6
+
+
+def test_an_ipv6_literal_in_expect_is_probed_over_ipv6() -> None:
+    topo = parse(DUAL + "expect:\n  - {from: a, to: \"fd00:97::2\", reach: false}\n")
+    probe = next(p for p in plan(topo, implied=False))
+    assert (probe.family, probe.label) == (6, "a -> fd00:97::2 icmp6")
+    where = check.endpoints(topo, dual_reported(topo))
+    assert check.target_address(probe, where) == "fd00:97::2"
+    assert not check.is_name("fd00:97::2", where)
+    with pytest.raises(TopologyError, match=r"expect\[0\].to: 'fd00::zz' is not"):
+        parse(DUAL + "expect:\n  - {from: a, to: \"fd00::zz\"}\n")

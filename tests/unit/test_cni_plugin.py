@@ -98,9 +98,10 @@ def test_agent_helpers() -> None:
     assert attachment_name("a" * 64, "eth0").startswith("cni-")
     conf = {"runtimeConfig": {"portMappings": [
         {"hostPort": 8080, "containerPort": 80, "protocol": "TCP"},
-        {"hostPort": 53, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"}],
+        {"hostPort": 53, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"},
+        {"hostPort": 8081, "containerPort": 81, "hostIP": "::"}],
         "ips": ["10.1.2.3/24"]}}
-    assert port_mappings(conf) == ["8080:80/tcp", "127.0.0.1:53:53/udp"]
+    assert port_mappings(conf) == ["8080:80/tcp", "127.0.0.1:53:53/udp", "[::]:8081:81/tcp"]
     assert requested_ip(conf, "") == "10.1.2.3"
     assert requested_ip({}, "IgnoreUnknown=1;IP=10.9.9.9") == "10.9.9.9"
     assert requested_ip({}, "") == ""

@@ -22,8 +22,10 @@ from agent.desired import DesiredName, DesiredNetwork, DesiredPeer, DesiredState
 from agent.kernel.fakes import FakeLinks
 from agent.names import vxlan_alias, vxlan_name
 from agent.netpolicy import PolicyInput
+from agent.nftrules import BridgeNet, FirewallSpec, PortRule, localnet_bridges, render
 from agent.observed import ObservedPeers
 from agent.reconcile import peers_after_set
+from sdnctl.api.fields import host_ips_overlap, parse_port
 from sdnctl.api.model import Container, Invalid, Network, Policy
 from sdnctl.api.policyeval import Endpoint
 from sdnctl.api.validate import validate_container, validate_network
@@ -258,8 +260,15 @@ def test_the_api_gives_a_container_an_address_in_each_family(mem_api: Api) -> No
         (lambda api: api.container("c", fixed_ip6="fd00:99::1"), "container.fixed_ip6"),
         (lambda api: api.container("c", network="v4only", fixed_ip6="fd00:88::7"),
          "container.fixed_ip6"),
+        (lambda api: api.container("c", network="v4only", ports=["[::]:8080:80"]),
+         "container.ports[0]"),
+        (lambda api: api.container("c", ports=["[fe80::1]:8080:80"]), "container.ports[0]"),
+        (lambda api: api.container("c", ports=["[::1]:8080:80"]), "container.ports[0]"),
+        (lambda api: api.container("c", ports=["::1:8080:80"]), "container.ports[0]"),
+        (lambda api: api.container("c", ports=["8080:80", "[::]:8080:81"]), "container.ports[1]"),
     ],
-    ids=["link-local", "overlap", "host-prefix6", "outside", "no-subnet6"],
+    ids=["link-local", "overlap", "host-prefix6", "outside", "no-subnet6", "port6-no-subnet6",
+         "port6-link-local", "port6-loopback", "port6-no-brackets", "port6-taken"],
 )
 def test_bad_ipv6_input_is_invalid_argument_naming_the_field(
         mem_api: Api, call: Callable[[Api], object], field: str) -> None:
@@ -374,3 +383,94 @@ def test_an_isolated_dual_stack_container_gets_no_forwarded_ipv6() -> None:
     assert netpolicy.render_delta(tables, moved) == (
         "flush set inet sdnctl_policy iso6_in\n"
         "add element inet sdnctl_policy iso6_in { fd00:1::9 }\n")
+
+
+# -- ports published on IPv6 host addresses ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("spec", "host_ip", "ports"), [
+    ("[::]:8080:80/udp", "::", (8080, 80)),
+    ("[0:0::0]:53:5353", "::", (53, 5353)),
+    ("[fd00:88::1]:80:80", "fd00:88::1", (80, 80)),
+])
+def test_ipv6_host_addresses_parse(spec: str, host_ip: str, ports: tuple[int, int]) -> None:
+    m = parse_port(spec, "ports[0]")
+    assert (m.host_ip, m.host_port, m.container_port) == (host_ip, *ports)
+
+
+@pytest.mark.parametrize(("spec", "needle"), [
+    ("::1:8080:80", "in brackets"),
+    ("[::]8080:80", "[ADDRESS]:HOST_PORT"),
+    ("[::]:8080", "is not [HOST_IP]"),
+    ("[10.0.0.1]:8080:80", "not an IPv6 address"),
+    ("[::zz]:8080:80", "not an IPv6 address"),
+    ("[ff02::1]:8080:80", "multicast"),
+    ("[fe80::1]:8080:80", "link-local"),
+    ("[::ffff:10.0.0.1]:8080:80", "IPv4-mapped"),
+    ("[::]:0:80", "not a port"),
+    ("[::1]:8080:80", "IPv6 cannot route the answer back to ::1"),
+])
+def test_bad_ipv6_host_addresses_name_the_field(spec: str, needle: str) -> None:
+    with pytest.raises(Invalid) as info:
+        parse_port(spec, "ports[0]")
+    assert info.value.field == "ports[0]" and needle in str(info.value), info.value
+
+
+def test_ipv6_host_addresses_overlap_as_the_kernel_delivers() -> None:
+    assert host_ips_overlap("", "::1") and host_ips_overlap("::", "::1")
+    assert host_ips_overlap("::", "fd00::1") and host_ips_overlap("::1", "::1")
+    assert not host_ips_overlap("::1", "127.0.0.1") and not host_ips_overlap("::", "10.0.0.1")
+    assert not host_ips_overlap("::1", "fd00::1")
+    validate_container(Container("c", "h1", "front", ports=("[fd00::1]:8080:80",
+                                                            "127.0.0.1:8080:80",
+                                                            "10.0.0.1:8080:80")))
+
+
+def test_ports_on_ipv6_host_addresses_render_in_ip6_only() -> None:
+    def rendered(host_ip: str, ip6: str = "fd00:1::2") -> list[str]:
+        port = PortRule("web", "sdnbf", "10.1.0.2", "tcp", host_ip, 8080, 80, ip6)
+        spec = FirewallSpec(networks=(BridgeNet("front", "sdnbf", "10.1.0.0/24"),),
+                            ports=(port,))
+        return [line.strip() for line in render(spec).splitlines() if "/port/" in line
+                or "localnet" in line]
+
+    dnat = "tcp dport 8080 dnat ip6 to [fd00:1::2]:80"
+    every = rendered("::")
+    assert [line.split()[4] for line in every] == ["prerouting", "output"]
+    assert all(f"ip6 daddr != ::1 fib daddr type local {dnat}" in line for line in every), every
+    assert not any("ip daddr" in line or "dnat ip to" in line for line in every), every
+    assert rendered("::1") == []  # refused by the API: the answer could not come back
+    one = rendered("fd00:9::1")
+    assert len(one) == 2 and all(f"ip6 daddr fd00:9::1 {dnat}" in x for x in one), one
+    assert rendered("::", ip6="") == []  # nothing to DNAT to
+    assert localnet_bridges(FirewallSpec(
+        networks=(BridgeNet("front", "sdnbf", "10.1.0.0/24"),),
+        ports=(PortRule("web", "sdnbf", "10.1.0.2", "tcp", "::", 8080, 80, "fd00:1::2"),))) == []
+
+
+# -- NAT66 only when asked ------------------------------------------------------------------------
+
+
+def test_masquerade6_is_off_by_default_and_renders_in_ip6_only_when_asked() -> None:
+    def postrouting(**fields: Any) -> list[str]:
+        net = BridgeNet("front", "sdnbf", "10.1.0.0/24", subnet6="fd00:1::/64",
+                        cidr6="fd00:1::/48", **fields)
+        return [line for line in render(FirewallSpec(networks=(net,))).splitlines()
+                if " postrouting " in line and "add rule" in line]
+
+    assert not any("ip6" in line for line in postrouting())  # routed by default
+    rules = [line for line in postrouting(masquerade6=True) if "ip6" in line]
+    assert len(rules) == 1, rules
+    assert ('ip6 saddr fd00:1::/64 ip6 daddr != fd00:1::/48 oifname != "sdnbf" masquerade '
+            'comment "sdnctl:net/front/ip6"') in rules[0]
+    assert not any("ip6" in line for line in postrouting(masquerade6=True, internal=True))
+    assert Network("n", "10.0.0.0/16").masquerade6 is False
+    with pytest.raises(Invalid, match="masquerade6"):
+        validate_network(net(masquerade6=True))
+    assert validate_network(net(subnet6="fd00:88::/48", masquerade6=True)).masquerade6
+    parsed = parse(HEAD + "  - {name: a, subnet: 10.88.0.0/16, subnet6: 'fd00:88::/48', "
+                   "masquerade6: true}\n")
+    assert parsed.networks[0].masquerade6
+    args = build_parser().parse_args(["network", "create", "n", "--subnet", "10.9.0.0/16",
+                                      "--subnet6", "fd00:9::/48", "--masquerade6"])
+    assert network_from_args(args).masquerade6

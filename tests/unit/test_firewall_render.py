@@ -221,7 +221,8 @@ def test_masquerade_rules_are_still_accepted() -> None:
     dataclasses.replace(SPEC, ports=(dataclasses.replace(WEB, bridge="sdnbz"),)),
     dataclasses.replace(SPEC, ports=(dataclasses.replace(WEB, protocol="sctp"),)),
     dataclasses.replace(SPEC, ports=(dataclasses.replace(WEB, host_port=0),)),
-    dataclasses.replace(SPEC, ports=(dataclasses.replace(WEB, host_ip="::1"),)),
+    dataclasses.replace(SPEC, ports=(dataclasses.replace(WEB, host_ip="::zz",
+                                                         container_ip6="fd00:1::2"),)),
     FirewallSpec(networks=(dataclasses.replace(FRONT, network='a"b'),)),
 ])
 def test_invalid_specs_are_refused(bad: FirewallSpec) -> None:

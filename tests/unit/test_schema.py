@@ -44,7 +44,7 @@ def test_the_schema_knows_every_field_the_loader_reads() -> None:
     assert set(defs["network"]["properties"]) == {
         "name", "driver", "subnet", "host_prefix", "mtu", "masquerade", "gateway", "ip_range",
         "internal", "allow", "vni", "vxlan_port", "dns_domain", "dns", "default", "subnet6",
-        "host_prefix6"}
+        "host_prefix6", "masquerade6"}
     assert set(defs["container"]["properties"]) == {
         "name", "host", "network", "command", "interface", "ip", "ip6", "ports", "share", "restart",
         "image", "resources", "volumes", "cap_add", "user_ns", "env", "workdir", "aliases", "dns",
@@ -60,7 +60,8 @@ def test_the_schema_knows_every_field_the_loader_reads() -> None:
         pytest.param(HEAD + "  - {name: front, subnet: 10.88.0.0/16, colour: red}\n",
                      "x.yaml:5: networks[0].colour: unknown field; expected one of allow, "
                      "default, dns, dns_domain, driver, gateway, host_prefix, host_prefix6, "
-                     "internal, ip_range, masquerade, mtu, name, subnet, subnet6, vni, vxlan_port",
+                     "internal, ip_range, masquerade, masquerade6, mtu, name, subnet, subnet6, "
+                     "vni, vxlan_port",
                      id="unknown-key"),
         pytest.param(HEAD + FRONT + "containers:\n  - name: web\n    host: h1\n"
                      "    restart: sometimes\n",

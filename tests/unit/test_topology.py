@@ -76,7 +76,7 @@ HEAD = "name: t\nhosts:\n  - {name: h1, lab: true}\nnetworks:\n"  # lines 1-4
             HEAD + "  - name: front\n    subnet: 10.88.0.0/16\n    colour: red\n",
             "x.yaml:7: networks[0].colour: unknown field; expected one of allow, default, dns, "
             "dns_domain, driver, gateway, host_prefix, host_prefix6, internal, ip_range, "
-            "masquerade, mtu, name, subnet, subnet6, vni, vxlan_port",
+            "masquerade, masquerade6, mtu, name, subnet, subnet6, vni, vxlan_port",
             id="unknown-field"),
         pytest.param(
             "name: t\nextra: 1\n",

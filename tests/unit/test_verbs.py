@@ -4,12 +4,18 @@ network/host verbs against a real controller on a unix socket (apitest's fixture
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import re
 from typing import Any
 
 import pytest
 from apitest import Api
+from scapy.layers.inet import UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
 
 from agent.runtime import OciRuntime
 from sdnctl.api.client import POLL_FIRST, POLL_MAX, poll_delays
@@ -104,6 +110,7 @@ def test_listing_columns() -> None:
     net = {"builtin": False, "internal": False, "masquerade": False, "driver": "overlay",
            "vni": 4096}
     assert verbs.network_flags(net) == "no-masquerade,vni=4096"
+    assert verbs.network_flags({**net, "masquerade6": True}) == "no-masquerade,masquerade6,vni=4096"
     host = {"name": "h1", "underlay_ip": "192.0.2.10", "lab": True, "agent_connected": True,
             "agent_pid": 7, "subnets": [{"network": "front", "subnet": "10.88.0.0/24"}]}
     assert verbs.host_row(host, 2) == ["h1", "192.0.2.10", "lab", "connected (pid 7)", "2",
@@ -204,6 +211,46 @@ def test_probe_filters() -> None:
     assert tcp.bpf(with_source=False) == \
         "dst host 10.70.1.2 and tcp src port 40000 and tcp dst port 80"
     assert tcp.bpf_in_vxlan(8472).endswith("udp[50:2] == 40000 and udp[52:2] == 80")
+
+
+def _bpf_bytes_match(bpf: str, udp: bytes) -> bool:
+    """Whether each ``udp[off:len] == value`` / ``udp[off] == value`` term holds for ``udp``
+    (the outer UDP header and what follows)."""
+    for term in re.findall(r"udp\[(\d+)(?::(\d+))?\] == (0x[0-9a-f]+|\d+)", bpf):
+        start, length = int(term[0]), int(term[1] or 1)
+        if int.from_bytes(udp[start:start + length]) != int(term[2], 0):
+            return False
+    return True
+
+
+def test_ipv6_probe_filters_read_the_inner_ipv6_header() -> None:
+    src, dst = "fd00:98::2", "fd00:98:0:1::2"
+    six = trace.Probe("icmp", src, dst, marker=4242, family=6)
+    assert six.nft_match() == (f"ip6 saddr {src} ip6 daddr {dst} "
+                               "icmpv6 type echo-request icmpv6 id 4242")
+    assert six.bpf().endswith("icmp6 and ip6[40] == 128 and ip6[44:2] == 4242")
+    assert six.describe() == "icmpv6 echo, id 4242"
+    inner = Ether() / IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=4242)
+    udp = bytes(UDP(sport=1, dport=4789) / VXLAN(vni=4096) / inner)
+    assert _bpf_bytes_match(six.bpf_in_vxlan(4789), udp)
+    other = bytes(UDP(sport=1, dport=4789) / VXLAN(vni=4096) /
+                  (Ether() / IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=4243)))
+    assert not _bpf_bytes_match(six.bpf_in_vxlan(4789), other)
+    swapped = bytes(UDP(sport=1, dport=4789) / VXLAN(vni=4096) /
+                    (Ether() / IPv6(src=dst, dst=src) / ICMPv6EchoRequest(id=4242)))
+    assert not _bpf_bytes_match(six.bpf_in_vxlan(4789), swapped)
+    tcp = trace.Probe("tcp", src, dst, port=80, marker=40000, family=6)
+    assert tcp.bpf_in_vxlan(4789).endswith("udp[36] == 6 and udp[70:2] == 40000 and "
+                                           "udp[72:2] == 80")
+    # port unreachable is ICMPv6 type 1 code 4
+    closed = {"kind": "icmp-error", "src": dst, "type": 1, "code": 4}
+    assert trace.classify_answer(tcp, closed, True)[0] == trace.OK
+    v6src = dataclasses.replace(SRC, ip6=src)
+    assert trace.make_probe(v6src, dataclasses.replace(PEER, ip6=dst), "icmp", None,
+                            family=6).dst == dst
+    with pytest.raises(cli.CommandError, match="api has no IPv6 address"):
+        trace.make_probe(v6src, PEER, "icmp", None, family=6)
+    assert parse("trace", "web", "api", "-6").ipv6
 
 
 def test_make_probe_checks_port_and_protocol() -> None:
