@@ -11,6 +11,7 @@ other objects or the store.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Sized
 
@@ -240,6 +241,14 @@ IFNAMSIZ = 15
 
 
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]+\Z")
+
+
+def ip_version(text: str) -> int | None:
+    """4 or 6 for an address of that family, None for anything else (a name, a CIDR)."""
+    try:
+        return ipaddress.ip_address(text).version
+    except ValueError:
+        return None
 
 
 def check_ipv4(value: str, field: str) -> str:

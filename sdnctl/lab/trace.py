@@ -51,6 +51,7 @@ import grpc
 
 from agent.names import bridge_name, veth_name, vxlan_name
 from sdnctl.api.client import Client, CommandError, connect
+from sdnctl.api.fields import ip_version
 from sdnctl.api.model import MODE_BRIDGE, MODE_CONTAINER, network_mode, spans_hosts
 from sdnctl.lab import local
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -419,33 +420,19 @@ def _rpc_get(call: Any, name: str, what: str) -> Any:
                            f"{e.details()}") from e  # type: ignore[attr-defined]
 
 
-def _is_ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-        return True
-    except ValueError:
-        return False
-
-
-def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-        return True
-    except ValueError:
-        return False
 
 
 def resolve(client: Client, name: str, via: Endpoint | None = None) -> Endpoint:
     """A container by name (joined containers: their donor's interface), or an IPv4 or IPv6
     address (a container's when one has it), or a DNS name (an alias, ``db.svc.lab``) looked
     up through ``via``'s resolver from inside its namespace, as ``via`` itself would."""
-    if _is_ipv6(name):
+    if ip_version(name) == 6:
         listed = client.api.ListContainers(pb.ListRequest(), timeout=RPC_TIMEOUT).containers
         owner = next((c for c in listed if c.ip6 == name), None)
         if owner is None:
             return Endpoint(label=name, ip="", ip6=name)
         return dataclasses.replace(_container_endpoint(client, owner), label=name)
-    if via is not None and via.netns and not _is_ipv4(name):
+    if via is not None and via.netns and ip_version(name) != 4:
         try:
             client.api.GetContainer(pb.GetRequest(name=name), timeout=RPC_TIMEOUT)
         except grpc.RpcError as e:
@@ -457,7 +444,7 @@ def resolve(client: Client, name: str, via: Endpoint | None = None) -> Endpoint:
             if not address:
                 raise CommandError(f"trace: {why}") from None
             return dataclasses.replace(resolve(client, address), label=name)
-    if _is_ipv4(name):
+    if ip_version(name) == 4:
         listed = client.api.ListContainers(pb.ListRequest(), timeout=RPC_TIMEOUT).containers
         owner = next((c for c in listed if c.ip == name), None)
         if owner is None:
@@ -783,7 +770,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if not src.container:
         raise CommandError(f"trace: the source must be a container, not {args.src!r}")
     check_local(src, dst)
-    family = 6 if args.ipv6 or _is_ipv6(args.dst) else 4
+    family = 6 if args.ipv6 or ip_version(args.dst) == 6 else 4
     probe = make_probe(src, dst, proto, args.port, family=family)
     result = run_trace(in_family(src, family), in_family(dst, family), probe)
     if args.json:

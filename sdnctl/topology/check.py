@@ -71,6 +71,7 @@ from typing import Any
 
 from agent.kernel.netns import run_in_netns
 from sdnctl.api.client import CommandError, connect
+from sdnctl.api.fields import ip_version
 from sdnctl.api.model import MODE_HOST, MODE_NONE, Container, Network, spans_hosts
 from sdnctl.api.policyeval import (
     DIRECTIONS,
@@ -171,7 +172,7 @@ def expected(topo: Topology) -> list[Probe]:
         else:
             targets = [c.name for c in topo.containers if c.bridge_network == e.dst]
         probes += [Probe(e.src, dst, e.proto, e.port, e.reach, "expect", e.line,
-                         6 if _is_ipv6(dst) else 4)
+                         6 if ip_version(dst) == 6 else 4)
                    for dst in targets if dst != e.src]
     return probes
 
@@ -299,13 +300,6 @@ def dual_stack(topo: Topology, ctr: Container) -> bool:
     on a network with a ``subnet6``."""
     return ctr.bridge_network is not None and bool(network_of(topo, ctr.bridge_network).subnet6)
 
-
-def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-        return True
-    except ValueError:
-        return False
 
 
 def _outcome(reach: bool) -> str:
