@@ -144,10 +144,10 @@ class Hub:
         """A queue for ``host``'s stream. It gets every batch the hub reads after this call
         that concerns ``host``; the caller reads what came before (snapshot or resume) itself
         AFTER subscribing, and skips queued changes it has already seen."""
-        self.start(keep=False)
         sub = Subscription(host)
-        with self._lock:
+        with self._lock:  # before the reader starts: a reader without subscribers ends
             self._subs[id(sub)] = sub
+        self.start(keep=False)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -196,12 +196,15 @@ class Hub:
         while not self._stop.is_set():
             with self._lock:
                 if not self._keep and not self._subs:
-                    return  # (the lock is retaken to clear _thread: a new subscriber waits)
+                    # Given up under the same hold of the lock that found no subscriber: a
+                    # subscriber that comes after finds no reader and starts one.
+                    self._thread = None
+                    return
             try:
-                current = store.wait(self.revision, timeout=POLL)
-                if current <= self.revision:
-                    continue
                 try:
+                    current = store.wait(self.revision, timeout=POLL)
+                    if current <= self.revision:
+                        continue
                     changes = store.changes_since(self.revision)
                 except Compacted:
                     self._resync()

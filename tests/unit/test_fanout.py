@@ -10,7 +10,7 @@ from pathlib import Path
 from apitest import TIMEOUT, StartServer, connect, watch
 
 from sdnctl.api.model import Container, ContainerStatus, Host, Network
-from sdnctl.controller.fanout import concerned, lease_holders
+from sdnctl.controller.fanout import concerned, hub_of, lease_holders
 from sdnctl.controller.state import State
 from sdnctl.controller.store.base import Change, Store
 from sdnctl.controller.store.sqlite import SqliteStore
@@ -74,6 +74,26 @@ def test_a_failed_read_of_the_change_log_delays_an_event_and_loses_none(
             assert flaky.failures == 0  # it did fail, and the hub read again
             api.container("third", host="ha")  # and it still reads
             assert [c.name for c in a.next().containers] == ["third"]
+
+
+def test_a_subscriber_always_has_a_reader(tmp_path: Path) -> None:
+    """A hub started for a test's stream (no server) reads only while someone subscribes; one
+    subscribing just as the last one leaves, or as the reader starts, must still get one (a
+    reader that started before the subscription was recorded ended at once: a stream hung)."""
+    state = State(SqliteStore(tmp_path / "db"))
+    state.create_host(Host("h1"))
+    state.create_network(Network("front", "10.88.0.0/16"))
+    hub = hub_of(state)
+    for i in range(100):
+        sub = hub.subscribe("h1")
+        if i % 2:
+            time.sleep(0.001)  # now and then let the reader get going first
+        hub.unsubscribe(sub)
+        sub = hub.subscribe("h1")
+        state.create_container(Container(f"c{i}", "h1", network="front"))
+        changes, _ = sub.take(timeout=TIMEOUT)
+        assert [c.key for c in changes if c.key.endswith(f"/c{i}")], f"round {i}: no reader"
+        hub.unsubscribe(sub)
 
 
 def _observed(api: object, host: str) -> int:
