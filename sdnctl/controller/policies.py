@@ -65,7 +65,8 @@ def _networks_named(policy: Policy) -> list[tuple[str, str]]:
     named = [] if policy.network == POLICY_ALL_NETWORKS else [("policy.network", policy.network)]
     for direction in ("ingress", "egress"):
         for i, rule in enumerate(getattr(policy, direction) or ()):
-            named += [(f"policy.{direction}[{i}].peers[{j}].network", p.network)
+            side = "from" if direction == "ingress" else "to"  # validate_policy's names
+            named += [(f"policy.{direction}[{i}].{side}[{j}].network", p.network)
                       for j, p in enumerate(rule.peers) if p.network]
     return named
 

@@ -333,7 +333,8 @@ def validation_request(topology: Topology) -> pb.ValidateTopologyRequest:
     images += registry_images(topology)  # pulled before the containers are created
     return pb.ValidateTopologyRequest(
         hosts=hosts, networks=[convert.network_to_pb(n) for n in topology.networks],
-        containers=[convert.container_to_pb(c) for c in topology.containers], images=images)
+        containers=[convert.container_to_pb(c) for c in topology.containers], images=images,
+        policies=[convert.policy_to_pb(p) for p in topology.policies])
 
 
 def check(topology: Topology, client: Client | None) -> None:
@@ -373,9 +374,9 @@ def new_controller_store() -> Store:
 #: otherwise (a container's ``fixed_ip`` is its ``ip``, its limits are under ``resources``).
 TOPOLOGY_FIELDS = {".fixed_ip": ".ip", ".memory": ".resources.memory",
                    ".cpus": ".resources.cpus", ".cpu_shares": ".resources.cpu_shares",
-                   ".pids_limit": ".resources.pids"}
-_PLACE = re.compile(r"^((?:hosts|networks|containers)\[\d+\](?:\.[A-Za-z_]+|\[\d+\])*): (.*)$",
-                    re.DOTALL)
+                   ".pids_limit": ".resources.pids", ".excepts": ".except"}
+_PLACE = re.compile(
+    r"^((?:hosts|networks|containers|policies)\[\d+\](?:\.[A-Za-z_]+|\[\d+\])*): (.*)$", re.DOTALL)
 
 
 def refusal(topology: Topology, details: str) -> TopologyError | DeployError:
