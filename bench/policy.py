@@ -122,15 +122,18 @@ class PolicyBench:
         self.wait_all(self.delete_policies(), time.perf_counter())
         return ms
 
-    def iperf(self, seconds: int, omit: int = 0) -> float:
-        """Gbit/s from cli to srv, one TCP stream (the first ``omit`` seconds not counted)."""
+    def iperf(self, seconds: int, omit: int = 0, nice: int = 0) -> float:
+        """Gbit/s from cli to srv, one TCP stream (the first ``omit`` seconds not counted;
+        both iperf3 ends at scheduling priority ``nice``)."""
+        niced = ["nice", "-n", str(nice)]
         if self.server is None:
-            self.server = subprocess.Popen(["nsenter", f"--net={self.ctrs['srv'][0]}", "iperf3",
-                                            "-s", "-p", str(PORT)], stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL)
+            self.server = subprocess.Popen([*niced, "nsenter", f"--net={self.ctrs['srv'][0]}",
+                                            "iperf3", "-s", "-p", str(PORT)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         last = ""
         for _ in range(30):
-            done = subprocess.run(["nsenter", f"--net={self.ctrs['cli'][0]}", "iperf3", "-c",
+            done = subprocess.run([*niced, "nsenter", f"--net={self.ctrs['cli'][0]}", "iperf3",
+                                   "-c",
                                    self.ctrs["srv"][1], "-p", str(PORT), "-t", str(seconds),
                                    "-O", str(omit), "-J"], capture_output=True, text=True)
             received = json.loads(done.stdout or "{}").get("end", {}).get("sum_received") \
