@@ -328,3 +328,23 @@ def test_a_joiner_costs_its_selectors_sets_not_containers_times_rules() -> None:
         # the rules: a constant number per policy, whatever the containers
         assert len(after.rules) == 5 + 100 * 2 * 2
         assert len(after.sets) == 2 * 2 + 4
+
+
+def test_the_policy_set_carries_ipv6_addresses_and_prefixes_to_the_agents() -> None:
+    store = MemoryStore()
+    state = State(store)
+    state.create_host(Host("h1"))
+    state.create_network(Network("back", "10.2.0.0/16", subnet6="fd00:2::/48"))
+    state.create_container(Container("db", "h1", "back", labels=("app=db",)))
+    policies.create_policy(store, Policy("p", "back", ("app=db",), ingress=(PolicyRule(
+        (PolicyPeer(cidr="fd00::/16"),), ()),)))
+    pset = policies.policy_set(store)
+    (db,) = pset.endpoints
+    assert db.address and db.address6.startswith("fd00:2:")
+    assert pset.network_cidrs6 == (("back", "fd00:2::/48"),)
+    desired = DesiredState()
+    desired.apply(watch.snapshot_event(state.snapshot("h1"), watch.policy_set_pb(pset)))
+    assert desired.policy.endpoints == pset.endpoints
+    assert desired.policy.network_cidrs6 == pset.network_cidrs6
+    sets = dict(build(desired.policy).sets)
+    assert sets["iso6_in"] == (db.address6,)
