@@ -14,6 +14,8 @@ The table has its own base chain on the forward hook (priority filter + 10, poli
 never default-drop a shared hook) after the agent's main table. Its rules:
 
   forward   ct state established,related accept        replies always pass
+            icmpv6 type { nd-neighbor-solicit,         neighbour discovery passes: IPv6's ARP
+              nd-neighbor-advert } accept              (see below)
             ip daddr @iso_in  jump ingress             the receiver is isolated for ingress
             ip6 daddr @iso6_in jump ingress            (the same in IPv6)
             ip saddr @iso_out jump egress              the sender is isolated for egress
@@ -28,7 +30,11 @@ never default-drop a shared hook) after the agent's main table. Its rules:
 Both families (issue 20) are evaluated alike: a rule is written once per family, with the
 family's sets (``ip6 saddr @s6_<hash>``) and prefixes; a ``cidr`` peer (and its ``except``)
 only in its own family, a network peer with the network's ``subnet`` or ``subnet6``; ports and
-protocols (``meta l4proto``, ``th dport``) are the same in both. Both copies carry the same
+protocols (``meta l4proto``, ``th dport``) are the same in both. Neighbour discovery is exempt,
+as ARP is by being no IP at all: between two containers of one bridge it crosses the forward
+hook (br_netfilter), and an isolated container whose neighbour solicitations or advertisements
+were dropped could not reach even the peers its policies allow (measured: the truth-table
+test's same-bridge IPv6 pairs were all filtered). Both copies carry the same
 comment, so a policy's counters add up over the two families and ``trace -6`` names the same
 policy and rule. A network without ``subnet6`` gives its containers no IPv6 address, so its
 IPv6 sets stay empty.
@@ -199,7 +205,9 @@ def build(given: PolicyInput) -> PolicyTables:
                     isolated.update(sets[set_name(policy_selector(p), family)])
             sets[names[direction]] = tuple(sorted(isolated, key=ipaddress.ip_address))
     rules = [("forward", f"ct state established,related accept comment "
-                         f"{_quote(COMMENT_PREFIX + 'established')}")]
+                         f"{_quote(COMMENT_PREFIX + 'established')}"),
+             ("forward", "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept "
+                         f"comment {_quote(COMMENT_PREFIX + 'neighbour-discovery')}")]
     for direction, own in (("ingress", "daddr"), ("egress", "saddr")):
         for family, names in ((4, ISOLATED), (6, ISOLATED6)):
             rules.append(("forward", f"{NFT_FAMILY[family]} {own} @{names[direction]} jump "

@@ -326,7 +326,7 @@ def test_a_joiner_costs_its_selectors_sets_not_containers_times_rules() -> None:
         assert len(lines) == 4, lines  # flush + refill, per family, of app=web's set only
         assert {line.split()[4] for line in lines if line.startswith("flush")} == web_sets
         # the rules: a constant number per policy, whatever the containers
-        assert len(after.rules) == 5 + 100 * 2 * 2
+        assert len(after.rules) == 6 + 100 * 2 * 2
         assert len(after.sets) == 2 * 2 + 4
 
 
