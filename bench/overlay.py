@@ -56,7 +56,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NTF_SELF
 
-from agent.kernel.netns import iproute_in
+from agent.kernel.linkbase import iproute_in
 from agent.names import vxlan_name
 from sdnctl.lab import lab
 from sdnctl.v1 import sdnctl_pb2 as pb

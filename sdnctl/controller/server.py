@@ -50,7 +50,8 @@ from grpc_reflection.v1alpha import reflection
 from sdnctl.api import faults, paths
 from sdnctl.api.metrics import DEFAULT_ADDRESS, MetricsServer, serve_metrics
 from sdnctl.api.model import Invalid
-from sdnctl.api.pki import PkiError, RevocationList, TlsFiles
+from sdnctl.api.pki import RevocationList
+from sdnctl.api.tlsfiles import PkiError, TlsFiles
 from sdnctl.controller import gc, ipam
 from sdnctl.controller.audit import AUDIT_KEEP, AUDIT_MAX_BYTES, AuditLog
 from sdnctl.controller.auth import SecurityInterceptor
