@@ -102,7 +102,8 @@ class Lab:
 
 SERVE = """
 import signal, sys, threading
-from sdnctl.controller.server import DEFAULT_BRIDGE_SUBNET, create_server
+from sdnctl.api.model import DEFAULT_BRIDGE_SUBNET
+from sdnctl.controller.server import create_server
 from sdnctl.controller.store.sqlite import SqliteStore
 store = SqliteStore(sys.argv[2])
 running = create_server(sys.argv[1], store, max_workers=int(sys.argv[3]),
