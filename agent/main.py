@@ -313,8 +313,12 @@ class Agent:
                     continue
                 wanted = self.desired.add_provisional(job.revision, job.ctr)
                 desired = self.desired.copy()
+            started = time.monotonic()
             try:
                 job.built = wanted and reconciler.attach_now(desired, job.ctr)
+                if job.built:
+                    log.info("attachment %s built at once in %.0f ms", job.ctr.name,
+                             (time.monotonic() - started) * 1000)
             except Exception as e:
                 log.warning("attachment %s: %s", job.ctr.name, e)
                 job.error = e
