@@ -36,7 +36,15 @@ from agent.kernel.links import ObservedPeers, ObservedVxlan
 from agent.kernel.policyfw import PolicyFirewall
 from agent.kernel.seams import FirewallOps, LinkOps
 from agent.kernel.shaping import Shape, Shaper
-from agent.names import bridge_alias, bridge_name, veth_name, vxlan_alias, vxlan_name
+from agent.names import (
+    bridge_alias,
+    bridge_name,
+    container_mac,
+    veth_alias,
+    veth_name,
+    vxlan_alias,
+    vxlan_name,
+)
 from agent.netpolicy import build as build_policy_tables
 from agent.runtime import Runtime
 from sdnctl.api.model import ContainerStatus
@@ -210,10 +218,15 @@ class Reconciler:
         # The guard is written by a helper thread while this one makes the veth (libnftables and
         # netlink both let go of the GIL); the runtime starts no process before both are done.
         guarded = self._helper.submit(self.firewall.apply, p.firewall_spec(desired))
+        veth = veth_name(ctr.name, ctr.interface)
         try:
-            self.containers.setup(p.SetupContainer(ctr, net, netns=False, attach=True,
-                                                   start=False, stop_first=False))
+            self.links.add_veth(veth, veth_alias(ctr.name, ctr.interface), bridge_name(net.name),
+                                net.mtu, ctr.cni_netns, ctr.interface, ctr.address_cidr,
+                                ctr.gateway, container_mac(ctr.ip), ctr.address6_cidr,
+                                ctr.gateway6)
         except BaseException:
+            with contextlib.suppress(Exception):
+                self.links.remove_link(veth)
             with contextlib.suppress(Exception):
                 guarded.result()
             self._unguard(desired, ctr)
@@ -221,7 +234,7 @@ class Reconciler:
         try:
             guarded.result()
         except BaseException:
-            self.links.remove_link(veth_name(ctr.name, ctr.interface))
+            self.links.remove_link(veth)
             self._unguard(desired, ctr)
             raise
         return True
