@@ -41,7 +41,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import queue
 import socket
 import struct
@@ -56,7 +55,7 @@ import grpc
 from agent.desired import DesiredContainer, DesiredState, container_from_pb
 from agent.kernel import netns
 from agent.kernel.firewall import published_port_comments
-from agent.kernel.links import KernelError, Links, peek_interface
+from agent.kernel.links import KernelError, Links, peek_host_link, peek_interface
 from agent.names import container_mac, veth_name
 from sdnctl.api.fields import check_name, port_text
 from sdnctl.api.model import STATE_ERROR, STATE_RUNNING, ContainerStatus, Invalid, PortMapping
@@ -144,7 +143,8 @@ class AgentSide:
     # the reconciler's thread (Reconciler.attach_now); False when a pass must build it; raises
     # when a step failed (then the veth is gone and the attachment is no longer desired).
     attach_now: Callable[[DesiredContainer, int], bool] | None = None
-    # Held while an ADD waits for the controller's record, before its attach_now.
+    # Held while an ADD waits for the controller's record and, built at once, makes its
+    # answer: the reconciler's passes wait for it (agent/main.py).
     attach_begin: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
 
 
@@ -351,30 +351,29 @@ class CniService:
         if requested_mac(conf, str(request.get("args") or "")):
             raise CniError(ERR_UNSUPPORTED_FIELD, "mac: sdnctl derives each container's MAC "
                            "address from its IP address (its anti-spoofing guard knows it)")
-        with self.side.attach_begin():
-            try:
-                view = self.side.sync().Attach(pb.AttachRequest(host=self.side.host,
-                                                                container=spec),
-                                               timeout=RPC_TIMEOUT)
-            except grpc.RpcError as e:
-                raise rpc_error(e, f"network {network!r}") from None
-            try:
-                built = self._attach_now(view)
-            except BaseException:
-                self._detach(name, wait=True)  # roll back: the record (the veth is gone)
-                raise
+        view: pb.Container | None = None
         try:
-            if not built:
-                status = self._wait_realised(name, view.revision)
-                if status is None:
-                    raise CniError(ERR_TRY_AGAIN, f"the agent did not build {ifname!r} within "
-                                   f"{ADD_TIMEOUT:.0f} s")
-                if status.state != STATE_RUNNING:
-                    raise CniError(ERR_INTERNAL, f"could not attach {ifname!r}: "
-                                   f"{status.message}")
+            # Built at once (the fast path), the answer is made before passes may run again
+            # (they would hold the interpreter meanwhile: see AgentSide.attach_begin).
+            with self.side.attach_begin():
+                try:
+                    view = self.side.sync().Attach(pb.AttachRequest(host=self.side.host,
+                                                                    container=spec),
+                                                   timeout=RPC_TIMEOUT)
+                except grpc.RpcError as e:
+                    raise rpc_error(e, f"network {network!r}") from None
+                if self._attach_now(view):
+                    return self.result(conf["cniVersion"], view, ifname, path)
+            status = self._wait_realised(name, view.revision)
+            if status is None:
+                raise CniError(ERR_TRY_AGAIN, f"the agent did not build {ifname!r} within "
+                               f"{ADD_TIMEOUT:.0f} s")
+            if status.state != STATE_RUNNING:
+                raise CniError(ERR_INTERNAL, f"could not attach {ifname!r}: {status.message}")
             return self.result(conf["cniVersion"], view, ifname, path)
         except BaseException:
-            self._detach(name, wait=True)  # roll back: record and veth
+            if view is not None:
+                self._detach(name, wait=True)  # roll back: record and veth
             raise
 
     def _attach_now(self, view: pb.Container) -> bool:
@@ -409,7 +408,7 @@ class CniService:
         """The CNI result, in the caller's version: host veth, container side, address, route."""
         host_if = veth_name(view.name, ifname)
         try:
-            host = peek_interface(f"/proc/{os.getpid()}/ns/net", host_if)
+            host = peek_host_link(host_if)
         except KernelError:
             host = None
         net = self.side.desired().networks.get(view.network)

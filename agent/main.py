@@ -272,9 +272,11 @@ class Agent:
 
     @contextlib.contextmanager
     def attach_begin(self) -> Iterator[None]:
-        """``AgentSide.attach_begin``: a CNI ADD asks the controller for its record; the
-        stream may bring it before the ADD can queue its fast path: passes wait (ATTACH_HOLD
-        at most) until it is queued, else one of them would build it while the ADD waits."""
+        """``AgentSide.attach_begin``: a CNI ADD asks the controller for its record and, built
+        at once, makes its answer. The stream may bring the record before the ADD can queue its
+        fast path: passes wait (ATTACH_HOLD at most) until it is queued, else one of them would
+        build it while the ADD waits; and until the ADD has its answer, else the pass the
+        stream's event asks for would hold the interpreter meanwhile."""
         with self.lock:
             self.attaching += 1
         try:

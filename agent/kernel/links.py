@@ -39,7 +39,7 @@ from agent.kernel.linkbase import (
     delete_link,
     get_link,
 )
-from agent.kernel.netns import is_netns, open_netlink_fds
+from agent.kernel.netns import is_netns, open_netlink_fd, open_netlink_fds
 from agent.kernel.vxlan import VxlanLinks
 from agent.names import ALIAS_PREFIX
 from agent.observed import (
@@ -92,6 +92,16 @@ def peek_interface(netns_path: str, ifname: str) -> ObservedContainerNet | None:
     with rtnl.Reader(fd) as reader:
         return _observe_peer(reader, netns_path, ifname)
 
+
+
+def peek_host_link(ifname: str) -> rtnl.Link | None:
+    """A link of the calling thread's namespace (the host's, in the agent), on a socket of its
+    own (any thread may call it): None when absent."""
+    try:
+        with rtnl.Reader(open_netlink_fd(None)) as reader:
+            return reader.link(ifname)
+    except (NetlinkError, OSError) as e:
+        raise KernelError(f"could not read {ifname!r}") from e
 
 
 class Links(VxlanLinks, LinkBase):
