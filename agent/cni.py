@@ -11,14 +11,22 @@ controller's model without a process of ours: its namespace is the runtime's (``
 its owner the runtime's container ID. Who does what:
 
 - ``ADD``: refuse if ``CNI_IFNAME`` exists in the namespace; ask the controller to record the
-  attachment (``HostSync.Attach``: an address from this host's lease of the network); wait until
-  the reconciler realised it (the same planner and kernel code as for any container: the veth
-  into the namespace, address, route, the firewall's guards); answer the CNI result. Anything
-  failing half-way is rolled back: the record is dropped and the reconciler removes the veth.
-- ``DEL``: ``HostSync.Detach`` (unknown: fine), then remove the veth at once from the CNI
-  thread (its own netlink socket; the reconciler's next pass removes the guard and finds the
-  veth gone). A pass of an older revision may still rebuild it meanwhile: an ADD of the same
-  attachment right after waits for the reconciler to have seen the DEL.
+  attachment (``HostSync.Attach``: an address from this host's lease of the network); build it
+  (the same kernel code as for any container: the veth into the namespace, address, route, the
+  firewall's guard) and answer the CNI result. Built at once when it can be (the fast path,
+  ``AgentSide.attach_now``: the reply of Attach carries all the attachment needs, so neither
+  the Watch stream's round trip nor a pass is waited for; the reconciler's thread builds it
+  between two passes, and the pass after finds nothing to do), else by the reconciler's pass,
+  waited for (the first attachment of a network on this host: its lease and bridge come with
+  that pass; network policy; see ``Reconciler.attach_now``). Anything failing half-way is
+  rolled back: the veth removed, the record dropped (its address with it).
+- ``DEL``: ``HostSync.Detach`` (unknown: fine), answered as soon as the controller has
+  forgotten the attachment; its veth is removed right after by a thread of this service (the
+  kernel's unregistering of a device takes tens of milliseconds); the reconciler's next pass
+  removes the guard, and the veth itself should the agent stop first. An ADD of the same
+  attachment, or into a namespace whose interface is still going, waits for that removal; a
+  pass of an older revision may still rebuild the veth meanwhile: such an ADD also waits for
+  the reconciler to have seen the DEL.
 - ``CHECK``: the record, the interface, its address and default route against ``prevResult``;
   published ports against ``runtimeConfig.portMappings`` and their DNAT rules.
 - ``STATUS``: whether this agent is connected to a controller; ``GC``: detach this network's
@@ -29,10 +37,11 @@ its owner the runtime's container ID. Who does what:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import os
+import queue
 import socket
 import struct
 import threading
@@ -43,10 +52,10 @@ from typing import Any
 
 import grpc
 
-from agent.desired import DesiredContainer, DesiredState
+from agent.desired import DesiredContainer, DesiredState, container_from_pb
 from agent.kernel import netns
 from agent.kernel.firewall import published_port_comments
-from agent.kernel.links import KernelError, Links, peek_interface
+from agent.kernel.links import KernelError, Links, peek_host_link, peek_interface
 from agent.names import container_mac, veth_name
 from sdnctl.api.fields import check_name, port_text
 from sdnctl.api.model import STATE_ERROR, STATE_RUNNING, ContainerStatus, Invalid, PortMapping
@@ -130,16 +139,25 @@ class AgentSide:
     # Removes one host-side veth of ours at once, from the calling thread (DEL: see
     # CniService.delete); None: DEL waits for the reconciler's pass instead.
     remove_veth: Callable[[str], None] | None = None
+    # CNI ADD's fast path: builds the attachment (recorded at the given revision) at once, on
+    # the reconciler's thread (Reconciler.attach_now); False when a pass must build it; raises
+    # when a step failed (then the veth is gone and the attachment is no longer desired).
+    attach_now: Callable[[DesiredContainer, int], bool] | None = None
+    # Held while an ADD waits for the controller's record and, built at once, makes its
+    # answer: the reconciler's passes wait for it (agent/main.py).
+    attach_begin: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
+
+
+_remover = threading.local()  # the removing thread's netlink sockets (Links: one thread each)
 
 
 def remove_veth_now(name: str) -> None:
-    """``AgentSide.remove_veth`` for the agent: a netlink socket of the calling thread's own in
-    the agent's (the host's) namespace; the veth's peer goes with it."""
-    links = Links()
-    try:
-        links.remove_link(name)
-    finally:
-        links.close()
+    """``AgentSide.remove_veth`` for the agent: netlink sockets of the calling thread's own in
+    the agent's (the host's) namespace, kept for its next call; the veth's peer goes with it."""
+    links = getattr(_remover, "links", None)
+    if links is None:
+        links = _remover.links = Links()
+    links.remove_link(name)
 
 
 class CniService:
@@ -150,6 +168,10 @@ class CniService:
         self._forgetting: set[str] = set()
         # attachment -> the revision of its Detach, while the reconciler may not have seen it
         self._removing: dict[str, int] = {}
+        # attachment -> set when its veth, queued for removal by a DEL, is gone
+        self._veths_going: dict[str, threading.Event] = {}
+        self._veth_queue: queue.SimpleQueue[tuple[str, str, threading.Event]] = \
+            queue.SimpleQueue()
         self._lock = threading.Lock()
 
     # -- the socket ---------------------------------------------------------------------------
@@ -166,6 +188,8 @@ class CniService:
         sock.listen(64)
         self.sock = sock
         threading.Thread(target=self._serve, name="cni", daemon=True).start()
+        if self.side.remove_veth is not None:
+            threading.Thread(target=self._remove_veths, name="cni-veths", daemon=True).start()
         log.info("CNI service on %s", self._where())
         return True
 
@@ -307,8 +331,11 @@ class CniService:
         except KernelError as e:
             raise CniError(ERR_ENV, f"CNI_NETNS: {e}") from None
         name = attachment_name(container_id, ifname)
-        if present is not None and self._settle_removal(name):
-            present = peek_interface(path, ifname)  # (a pass of an older revision rebuilt it)
+        # A DEL of the same attachment, or of another in this namespace, may still be removing
+        # its veth: wait for that (and for a pass of an older revision that rebuilt it).
+        going = self._veths_gone(everything=present is not None, name=name)
+        if present is not None and (self._settle_removal(name) or going):
+            present = peek_interface(path, ifname)
         if present is not None:
             raise CniError(ERR_INTERNAL, f"interface {ifname!r} already exists in {path}")
         stale = self.side.desired().containers.get(name)
@@ -324,13 +351,19 @@ class CniService:
         if requested_mac(conf, str(request.get("args") or "")):
             raise CniError(ERR_UNSUPPORTED_FIELD, "mac: sdnctl derives each container's MAC "
                            "address from its IP address (its anti-spoofing guard knows it)")
+        view: pb.Container | None = None
         try:
-            view = self.side.sync().Attach(pb.AttachRequest(host=self.side.host,
-                                                            container=spec),
-                                           timeout=RPC_TIMEOUT)
-        except grpc.RpcError as e:
-            raise rpc_error(e, f"network {network!r}") from None
-        try:
+            # Built at once (the fast path), the answer is made before passes may run again
+            # (they would hold the interpreter meanwhile: see AgentSide.attach_begin).
+            with self.side.attach_begin():
+                try:
+                    view = self.side.sync().Attach(pb.AttachRequest(host=self.side.host,
+                                                                    container=spec),
+                                                   timeout=RPC_TIMEOUT)
+                except grpc.RpcError as e:
+                    raise rpc_error(e, f"network {network!r}") from None
+                if self._attach_now(view):
+                    return self.result(conf["cniVersion"], view, ifname, path)
             status = self._wait_realised(name, view.revision)
             if status is None:
                 raise CniError(ERR_TRY_AGAIN, f"the agent did not build {ifname!r} within "
@@ -339,8 +372,23 @@ class CniService:
                 raise CniError(ERR_INTERNAL, f"could not attach {ifname!r}: {status.message}")
             return self.result(conf["cniVersion"], view, ifname, path)
         except BaseException:
-            self._detach(name, wait=True)  # roll back: record and veth
+            if view is not None:
+                self._detach(name, wait=True)  # roll back: record and veth
             raise
+
+    def _attach_now(self, view: pb.Container) -> bool:
+        """The fast path (``AgentSide.attach_now``); False when the reconciler's pass must
+        build the attachment. A step that fails is a CNI error (the caller rolls back)."""
+        if self.side.attach_now is None:
+            return False
+        try:
+            return self.side.attach_now(container_from_pb(view), view.revision)
+        except CniError:
+            raise
+        except Exception as e:
+            raise CniError(ERR_INTERNAL, f"could not attach {view.interface!r}: {e}"
+                           + (f": {e.__cause__}" if e.__cause__ else ""),
+                           type(e).__name__) from None
 
     def _wait_realised(self, name: str, revision: int) -> ContainerStatus | None:
         found: list[ContainerStatus] = []
@@ -360,7 +408,7 @@ class CniService:
         """The CNI result, in the caller's version: host veth, container side, address, route."""
         host_if = veth_name(view.name, ifname)
         try:
-            host = peek_interface(f"/proc/{os.getpid()}/ns/net", host_if)
+            host = peek_host_link(host_if)
         except KernelError:
             host = None
         net = self.side.desired().networks.get(view.network)
@@ -392,24 +440,49 @@ class CniService:
                 "dns": dns}
 
     def delete(self, request: dict[str, Any]) -> None:
-        """The controller forgets the attachment; its veth goes at once when the agent gave
-        ``remove_veth`` (the peer in the runtime's namespace with it; the reconciler's next
-        pass takes the firewall guard away and finds nothing else to do), else when the
-        reconciler's pass removed it."""
+        """The controller forgets the attachment; then, when the agent gave ``remove_veth``,
+        its veth is queued for removal by this service's thread (the peer in the runtime's
+        namespace goes with it; the reconciler's next pass takes the firewall guard away and
+        finds nothing else to do), else the reconciler's pass removes it, waited for."""
         ifname = str(request.get("ifname") or "")
         name = attachment_name(str(request.get("containerID") or ""), ifname)
         now = self.side.remove_veth
         revision = self._detach(name, wait=now is None, strict=True)
         if now is not None and revision is not None:
+            gone = threading.Event()
             with self._lock:
                 seen = self.side.realised.revision  # (what the reconciler saw needs no wait)
                 self._removing = {n: r for n, r in self._removing.items() if r > seen}
                 self._removing[name] = revision
+                self._veths_going[name] = gone
+            self._veth_queue.put((name, veth_name(name, ifname), gone))
+
+    def _remove_veths(self) -> None:
+        """The thread that removes the veths of DELs (``AgentSide.remove_veth``), in order."""
+        remove = self.side.remove_veth
+        assert remove is not None
+        while True:
+            name, veth, gone = self._veth_queue.get()
             try:
-                now(veth_name(name, ifname))
-            except KernelError as e:
+                remove(veth)
+            except Exception as e:  # the reconciler's pass removes what is not wanted
                 log.warning("could not remove the veth of %s at once (the next pass does): %s",
                             name, e)
+            finally:
+                with self._lock:
+                    if self._veths_going.get(name) is gone:
+                        del self._veths_going[name]
+                gone.set()
+
+    def _veths_gone(self, everything: bool, name: str = "") -> bool:
+        """Wait until the veths DELs queued for removal are gone (``everything``), or that of
+        attachment ``name``; True when there was one to wait for."""
+        with self._lock:
+            events = list(self._veths_going.values()) if everything else \
+                [e for n, e in self._veths_going.items() if n == name]
+        for event in events:
+            event.wait(DEL_TIMEOUT)
+        return bool(events)
 
     def _settle_removal(self, name: str) -> bool:
         """Wait, if ``name`` was detached here lately, until the reconciler has seen it go (an

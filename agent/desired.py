@@ -300,6 +300,11 @@ class DesiredState:
     local: LocalHost = field(default_factory=LocalHost)
     #: Network policy (issue 22): every policy and selected address, on any host.
     policy: PolicyInput = field(default_factory=PolicyInput)
+    #: CNI attachments the agent built before the stream delivered them (CNI ADD's fast path,
+    #: agent/cni.py): name -> (the revision of their record, the container). Each stays in
+    #: ``containers`` until the stream has reached that revision; from then on the stream's
+    #: word is the whole truth (a later Detach included).
+    provisional: dict[str, tuple[int, DesiredContainer]] = field(default_factory=dict)
 
     def apply(self, event: pb.WatchEvent) -> bool:
         """Fold one Watch event in. Returns True when anything the host must run changed."""
@@ -327,11 +332,39 @@ class DesiredState:
         if event.revision:
             self.revision = max(self.revision, event.revision) if not event.snapshot \
                 else event.revision
+        self._keep_provisional()
         return before != (self.networks, self.containers, self.synced, self.policy)
+
+    def add_provisional(self, revision: int, ctr: DesiredContainer) -> bool:
+        """``ctr``, recorded by the controller at ``revision``, before the stream brings it.
+        When the stream has reached that revision already, what it says stands: False when
+        it does not want ``ctr`` as given (changed or removed since)."""
+        if revision <= self.revision:
+            return self.containers.get(ctr.name) == ctr
+        self.provisional[ctr.name] = (revision, ctr)
+        self.containers[ctr.name] = ctr
+        return True
+
+    def drop_provisional(self, ctr: DesiredContainer) -> None:
+        """Undo :meth:`add_provisional` (a fast ADD that failed), unless the stream has
+        delivered the record meanwhile."""
+        if self.provisional.pop(ctr.name, None) is not None and \
+                self.containers.get(ctr.name) == ctr:
+            del self.containers[ctr.name]
+
+    def _keep_provisional(self) -> None:
+        """Provisional containers the stream has not reached yet stay (a snapshot taken before
+        their record must not remove them); the others are the stream's now."""
+        for name, (revision, ctr) in list(self.provisional.items()):
+            if self.revision >= revision:
+                del self.provisional[name]
+            else:
+                self.containers[name] = ctr
 
     def copy(self) -> DesiredState:
         return DesiredState(self.revision, self.synced, dict(self.networks),
-                            dict(self.containers), self.local, self.policy)
+                            dict(self.containers), self.local, self.policy,
+                            dict(self.provisional))
 
     def describe(self) -> dict[str, object]:
         return {"revision": self.revision,

@@ -7,6 +7,12 @@ several replicas) and folds events into the desired state; the *reconciler* (the
 thread, the only one that touches the kernel) runs a pass whenever the desired state changed, and
 every ``--resync`` seconds anyway to catch drift and exited processes, then reports status.
 
+CNI ADD's fast path (issue 17) runs on the reconciler's thread too: the CNI service queues the
+attachment the controller has just recorded (``Agent.attach_now``), and the reconciler builds it
+between two passes (``Reconciler.attach_now``), before the Watch stream brings it; the
+attachment is in the desired state from then on (``DesiredState.add_provisional``), so no pass
+takes it for something unwanted, and the next pass reports it.
+
 A third, the *resolver* (``agent/dns.py``), answers containers' DNS queries on each bridge's
 gateway; the watcher hands it the networks' name tables after every event, so a name resolves
 as soon as the controller has written it.
@@ -27,7 +33,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import cast
 
 import grpc
@@ -36,7 +43,7 @@ from pyroute2 import IPRoute
 from agent import dns, imagegc
 from agent import plan as p
 from agent.cni import AgentSide, CniService, Realised, remove_veth_now
-from agent.desired import DesiredState, LocalHost
+from agent.desired import DesiredContainer, DesiredState, LocalHost
 from agent.dockerplugin import DockerPluginServer, DockerSide, Plugin, accept_in_docker_user
 from agent.drivers import DRIVERS
 from agent.imagefetch import GrpcFetcher
@@ -68,6 +75,24 @@ log = logging.getLogger("sdnctl.agent")
 EVENTS_MAX = 1000
 #: Flows (and drop counters) sent in one report at most.
 FLOWS_MAX = 500
+#: How long a CNI ADD waits for the reconciler's thread to take up its fast path (a long pass,
+#: one pulling an image, may hold it) before it waits for a pass to build the attachment.
+ATTACH_NOW_WAIT = 2.0
+#: How long a pass may be held back for CNI ADDs whose record the controller is writing (their
+#: attachments are built first, and the pass then has nothing to do for them).
+ATTACH_HOLD = 0.1
+
+
+@dataclass
+class AttachJob:
+    """A CNI attachment the controller has recorded (at ``revision``), to be built at once."""
+
+    ctr: DesiredContainer
+    revision: int
+    done: threading.Event = field(default_factory=threading.Event)
+    built: bool = False
+    error: Exception | None = None
+    abandoned: bool = False  # its ADD stopped waiting: a pass builds it
 
 
 def running_for() -> float:
@@ -180,6 +205,9 @@ class Agent:
         self.generation = 0  # counts changes of the desired state
         self.repairs = 0  # actions taken while the desired state stood still (drift)
         self.watching = False  # a Watch stream delivered its first event and has not broken
+        self.attach_jobs: list[AttachJob] = []  # CNI ADDs' fast paths, for the reconciler
+        self.attaching = 0  # CNI ADDs waiting for the controller's record (attach_begin)
+        self.attach_cond = threading.Condition(self.lock)
         # CNI (issue 17): the plugin's calls wait for the passes published here.
         self.realised = Realised()
         address = getattr(args, "cni_socket", "")
@@ -187,7 +215,8 @@ class Agent:
             host=args.host, controllers=self.addresses, sync=lambda: self.sync,
             desired=self._desired_copy, connected=lambda: self.watching,
             realised=self.realised, resolver=bool(getattr(args, "dns_port", 0)),
-            remove_veth=remove_veth_now),
+            remove_veth=remove_veth_now, attach_begin=self.attach_begin,
+            attach_now=self.attach_now),
             address if address.startswith("/") else "\0" + address.lstrip("@")) \
             if address else None
         # Docker (issue 18): libnetwork's remote and IPAM drivers, off unless --docker-socket.
@@ -240,6 +269,69 @@ class Agent:
         if len(self.channels) > 1:
             log.warning("moving to controller %s", self.addresses[self.current])
         return self.current == 0
+
+    @contextlib.contextmanager
+    def attach_begin(self) -> Iterator[None]:
+        """``AgentSide.attach_begin``: a CNI ADD asks the controller for its record and, built
+        at once, makes its answer. The stream may bring the record before the ADD can queue its
+        fast path: passes wait (ATTACH_HOLD at most) until it is queued, else one of them would
+        build it while the ADD waits; and until the ADD has its answer, else the pass the
+        stream's event asks for would hold the interpreter meanwhile."""
+        with self.lock:
+            self.attaching += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.attaching -= 1
+                self.attach_cond.notify_all()
+
+    def attach_now(self, ctr: DesiredContainer, revision: int) -> bool:
+        """``AgentSide.attach_now``: have the reconciler's thread build ``ctr`` between two
+        passes; False when a pass must (or the thread was busy for ATTACH_NOW_WAIT)."""
+        job = AttachJob(ctr, revision)
+        with self.lock:
+            self.attach_jobs.append(job)
+            self.attach_cond.notify_all()
+        self.dirty.set()
+        if not job.done.wait(ATTACH_NOW_WAIT):
+            with self.lock:
+                job.abandoned = not job.done.is_set()
+            if job.abandoned:
+                return False
+        if job.error is not None:
+            raise job.error
+        return job.built
+
+    def run_attach_jobs(self, reconciler: Reconciler) -> bool:
+        """The fast paths queued by ``attach_now`` (the reconciler's thread); True when any ran.
+        A built attachment stays in the desired state (provisional until the stream brings
+        it); one that failed or was declined leaves it as it was."""
+        with self.lock:
+            jobs, self.attach_jobs = self.attach_jobs, []
+        for job in jobs:
+            with self.lock:
+                if job.abandoned:
+                    continue
+                wanted = self.desired.add_provisional(job.revision, job.ctr)
+                desired = self.desired.copy()
+            started = time.monotonic()
+            try:
+                job.built = wanted and reconciler.attach_now(desired, job.ctr)
+                if job.built:
+                    log.info("attachment %s built at once in %.0f ms", job.ctr.name,
+                             (time.monotonic() - started) * 1000)
+            except Exception as e:
+                log.warning("attachment %s: %s", job.ctr.name, e)
+                job.error = e
+            with self.lock:
+                if job.built:
+                    self.pending_pass = True  # its status comes with the next pass
+                    self.generation += 1
+                else:
+                    self.desired.drop_provisional(job.ctr)
+            job.done.set()
+        return bool(jobs)
 
     def wake_for_pass(self) -> None:
         with self.lock:
@@ -352,6 +444,14 @@ class Agent:
                 if self.stopping.is_set():
                     break
                 self.dirty.clear()
+                with self.lock:
+                    self.attach_cond.wait_for(
+                        lambda: self.attaching == len(self.attach_jobs) == 0
+                        or bool(self.attach_jobs), ATTACH_HOLD)
+                    waiting = self.pending_pass or time.monotonic() >= due or statuses is None
+                if self.run_attach_jobs(reconciler) and not waiting and \
+                        not self.dirty.is_set():
+                    continue  # the pass that reports it comes with the stream's event
                 flows_now = time.monotonic() >= flows_due
                 if flows_now:
                     flows_due = time.monotonic() + self.flows_interval

@@ -77,6 +77,7 @@ This module is pure (no I/O): ``agent/kernel/firewall.py`` applies its scripts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import re
@@ -474,10 +475,13 @@ def _guard_key(g: PortGuard) -> tuple[str, str]:
     return (g.veth, g.container)
 
 
-def _one_guard(g: PortGuard) -> list[_Rule]:
+@functools.lru_cache(maxsize=1 << 14)
+def _one_guard(g: PortGuard) -> tuple[_Rule, ...]:
     """The seven rules of one container port, in their order in the chain. IPv6 (issue 20): a
     container sends only from its own addresses (its IPv6 one, if any, and the link-local one
-    the kernel derives from its MAC) and advertises itself as neighbour for those only."""
+    the kernel derives from its MAC) and advertises itself as neighbour for those only.
+    Remembered: a write renders every guard up to four times (the delta, the fingerprints),
+    and a CNI ADD's fast path waits for it."""
     port, mac, ip = f"iifname {_ifname(g.veth)}", _mac(g.mac), _ipv4(g.ip)
     own6 = sorted({link_local(mac), *([_ipv6(g.ip6)] if g.ip6 else [])})
     # Each a chain of "!=" rather than an anonymous set: a delta may make anonymous sets of
@@ -485,18 +489,19 @@ def _one_guard(g: PortGuard) -> list[_Rule]:
     sources = " ".join(f"ip6 saddr != {a}" for a in own6)
     targets = " ".join(f"@th,64,128 != 0x{int(ipaddress.IPv6Address(a)):032x}" for a in own6)
     key = f"sdnctl:ctr/{g.container}"
-    return [_Rule(BRIDGE_FAMILY, "prerouting", f"{port} {expr} counter drop", f"{key}/spoof-{what}")
-            for expr, what in (
-                (f"ether saddr != {mac}", "mac"),
-                ("ether type != { ip, arp, ip6 }", "ethertype"),
-                (f"ether type ip ip saddr != {ip}", "ip"),
-                (f"arp saddr ether != {mac}", "arp-mac"),
-                (f"arp saddr ip != {ip}", "arp-ip"),
-                (f"ether type ip6 {sources}", "ip6"),
-                # the target address of a neighbour advertisement: 16 bytes after the ICMPv6
-                # header's first 8 (nft 1.0.6 has no name for it)
-                (f"icmpv6 type nd-neighbor-advert {targets}", "na"),
-            )]
+    return tuple(
+        _Rule(BRIDGE_FAMILY, "prerouting", f"{port} {expr} counter drop", f"{key}/spoof-{what}")
+        for expr, what in (
+            (f"ether saddr != {mac}", "mac"),
+            ("ether type != { ip, arp, ip6 }", "ethertype"),
+            (f"ether type ip ip saddr != {ip}", "ip"),
+            (f"arp saddr ether != {mac}", "arp-mac"),
+            (f"arp saddr ip != {ip}", "arp-ip"),
+            (f"ether type ip6 {sources}", "ip6"),
+            # the target address of a neighbour advertisement: 16 bytes after the ICMPv6
+            # header's first 8 (nft 1.0.6 has no name for it)
+            (f"icmpv6 type nd-neighbor-advert {targets}", "na"),
+        ))
 
 
 def _ipv6(text: str) -> str:

@@ -5,11 +5,21 @@ carries out its actions: the network side (bridges, VXLAN devices and their peer
 forwarding) through agent.kernel, the container side through agent.containers. One failed action
 does not stop the rest of the pass; its error is reported for its container and the pass after
 retries it.
+
+``attach_now`` is CNI ADD's fast path (issue 17, agent/cni.py): one attachment built between two
+passes, on the reconciler's thread, with the pass's own kernel objects (so the firewall's memory
+of what it wrote stays true): its veth, then the firewall with its guard (a delta of one guard),
+without observing the host or planning. It does only what the planner would plan for that
+attachment on a host the last pass left realised, and declines (the caller waits for a pass)
+whenever more could be needed: the network's bridge not realised by a pass yet, or with another
+lease; network policy in force (the policy table's sets come with the stream); bandwidth limits.
+The next pass then finds the attachment as it would have built it: no action.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -19,14 +29,22 @@ from dataclasses import dataclass, field
 
 from agent import plan as p
 from agent.containers import Containers
-from agent.desired import DesiredPeer, DesiredState, LocalHost
+from agent.desired import DesiredContainer, DesiredNetwork, DesiredPeer, DesiredState, LocalHost
 from agent.imagestore import ImageStore
 from agent.kernel import sysctl
 from agent.kernel.links import ObservedPeers, ObservedVxlan
 from agent.kernel.policyfw import PolicyFirewall
 from agent.kernel.seams import FirewallOps, LinkOps
 from agent.kernel.shaping import Shape, Shaper
-from agent.names import bridge_alias, bridge_name, veth_name, vxlan_alias, vxlan_name
+from agent.names import (
+    bridge_alias,
+    bridge_name,
+    container_mac,
+    veth_alias,
+    veth_name,
+    vxlan_alias,
+    vxlan_name,
+)
 from agent.netpolicy import build as build_policy_tables
 from agent.runtime import Runtime
 from sdnctl.api.model import ContainerStatus
@@ -97,6 +115,9 @@ class Reconciler:
         # Peer entries of our VXLAN devices, by device: (its ifindex, its entries) as the last
         # dump showed them plus what this agent wrote since (see _observe_peers).
         self._peers: dict[str, tuple[int, ObservedPeers]] = {}
+        # Networks whose bridge the last pass found or made as wanted (attach_now's premise).
+        self._bridges: dict[str, DesiredNetwork] = {}
+        self._helper = concurrent.futures.ThreadPoolExecutor(1, "attach-firewall")
 
     # -- observe ------------------------------------------------------------------------------
 
@@ -162,6 +183,7 @@ class Reconciler:
                 outcome.errors[key] = f"{e}" + (f": {e.__cause__}" if e.__cause__ else "")
                 firewall_failed |= isinstance(action, p.SyncFirewall)
         self._sync_shaping(desired, full, outcome)
+        self._note_bridges(desired, outcome)
         if actions:
             # Statuses and the restart decision read only the containers: links, firewall and
             # VXLAN peers are read again by the next pass, not now (that saved an nft process
@@ -170,6 +192,61 @@ class Reconciler:
                                                    containers=self.containers.observe(desired))
         outcome.restart_pending = p.restart_pending(desired, outcome.observed)
         return outcome
+
+    def _note_bridges(self, desired: DesiredState, outcome: Outcome) -> None:
+        """Which networks' bridges are as wanted after this pass: observed so, or made by it."""
+        made = {a.network.name for a in outcome.actions if isinstance(a, p.EnsureBridge)} \
+            if "" not in outcome.errors else set()
+        self._bridges = {
+            name: net for name, net in desired.networks.items()
+            if net.driver in p.LOCAL_BRIDGE_DRIVERS and (name in made or not p.bridge_needs_repair(
+                net, outcome.observed.links.get(bridge_name(name))))}
+
+    def attach_now(self, desired: DesiredState, ctr: DesiredContainer) -> bool:
+        """Build the CNI attachment ``ctr`` of ``desired`` now, as a pass would (see the module
+        note). False, having done nothing, when a pass is needed; raises, having removed the
+        veth, when a step fails."""
+        net = desired.networks.get(ctr.target)
+        realised = self._bridges.get(ctr.target)
+        if (net is None or realised is None or not desired.synced or not ctr.ip
+                or not ctr.cni_netns or ctr.cni_docker or desired.policy.policies
+                or ctr.ingress_bps or ctr.egress_bps or ctr.burst_bytes
+                or _bridge_side(net) != _bridge_side(realised)
+                or (ctr.gateway, ctr.prefixlen, ctr.gateway6) !=
+                (net.gateway, net.prefixlen, net.gateway6)):
+            return False
+        # The guard is written by a helper thread while this one makes the veth (libnftables and
+        # netlink both let go of the GIL); the runtime starts no process before both are done.
+        guarded = self._helper.submit(self.firewall.apply, p.firewall_spec(desired))
+        veth = veth_name(ctr.name, ctr.interface)
+        try:
+            self.links.add_veth(veth, veth_alias(ctr.name, ctr.interface), bridge_name(net.name),
+                                net.mtu, ctr.cni_netns, ctr.interface, ctr.address_cidr,
+                                ctr.gateway, container_mac(ctr.ip), ctr.address6_cidr,
+                                ctr.gateway6)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.links.remove_link(veth)
+            with contextlib.suppress(Exception):
+                guarded.result()
+            self._unguard(desired, ctr)
+            raise
+        try:
+            guarded.result()
+        except BaseException:
+            self.links.remove_link(veth)
+            self._unguard(desired, ctr)
+            raise
+        return True
+
+    def _unguard(self, desired: DesiredState, ctr: DesiredContainer) -> None:
+        """The firewall without ``ctr``'s guard again (a fast path that failed)."""
+        without = dataclasses.replace(desired, containers={
+            n: c for n, c in desired.containers.items() if n != ctr.name})
+        try:
+            self.firewall.apply(p.firewall_spec(without))
+        except Exception as e:  # the next pass writes it
+            log.warning("could not take the guard of %s away: %s", ctr.name, e)
 
     def _sync_policies(self, desired: DesiredState, full: bool, outcome: Outcome) -> bool:
         """Make the policy table what ``desired.policy`` says (issue 22; agent/netpolicy.py).
@@ -261,6 +338,12 @@ class Reconciler:
     def statuses(self, desired: DesiredState, outcome: Outcome) -> list[ContainerStatus]:
         """The reports of ``desired``'s containers after ``outcome`` (agent.containers)."""
         return self.containers.statuses(desired, outcome.observed, outcome.errors)
+
+
+def _bridge_side(net: DesiredNetwork) -> tuple[object, ...]:
+    """What a network's bridge and its veths are made of (not its peers nor its names)."""
+    return (net.driver, net.subnet, net.gateway, net.prefixlen, net.mtu, net.subnet6,
+            net.gateway6)
 
 
 def peers_after_set(have: ObservedPeers, peer: DesiredPeer) -> ObservedPeers:

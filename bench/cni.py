@@ -7,10 +7,12 @@ use (tests/netns/helpers/cnidriver.py: environment, config on stdin, stdout pars
 each side (alternating, A B B A ...) gets a fresh container namespace (made untimed, as the
 runtime's cost), one timed ADD, one timed DEL, and the namespace is removed. sdnctl's plugin
 is the one the set-up installs (the C shim, sdnctl/cni/shim.c). Its ADD is a whole
-attachment: the shim's process, the agent, the controller's record and address, the
-reconciler's pass that builds the veth and its firewall guards, and the answer; its DEL the
-controller forgetting it and the agent removing the veth. The reference bridge plugin builds
-the veth and host-local writes its address file. VERSION is timed too: sdnctl's goes through
+attachment: the shim's process, the agent, the controller's record and address, the agent
+building the veth and its firewall guard (the fast path: between two passes, no Watch round
+trip; the first ADD of a run, which brings the network to the host, waits for a pass), and the
+answer; its DEL the controller forgetting it (the agent removes the veth right after
+answering). The reference bridge plugin builds the veth and host-local writes its address
+file; its DEL removes the veth before answering. VERSION is timed too: sdnctl's goes through
 the shim to the Python plugin (the slow path, left to Python on purpose).
 """
 
@@ -121,8 +123,10 @@ def main() -> int:
                          "params": {"rounds": rounds, "cniVersion": "1.0.0"},
                          "measurements": ms, "comparisons": comps,
                          "notes": ["wall time per call through nsenter into a lab host "
-                                   "(both sides alike); sdnctl ADD waits for the agent's pass "
-                                   "and the controller's record", f"pid {os.getpid()}"]})
+                                   "(both sides alike); sdnctl ADD waits for the controller's "
+                                   "record and the agent's veth and guard; sdnctl DEL for the "
+                                   "controller only (the veth goes right after)",
+                                   f"pid {os.getpid()}"]})
     return 0
 
 

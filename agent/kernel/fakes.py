@@ -65,6 +65,12 @@ class FakeLinks:
                                                            gateway6 or None)
         return index
 
+    def add_veth(self, host_ifname: str, alias: str, bridge: str, mtu: int, netns_path: str,
+                 peer_ifname: str, address_cidr: str, gateway: str, mac: str,
+                 address6_cidr: str = "", gateway6: str = "") -> None:
+        self.ensure_veth(host_ifname, alias, bridge, mtu, netns_path, peer_ifname, address_cidr,
+                         gateway, mac, address6_cidr, gateway6)
+
     def repair_host_side(self, host_ifname: str, alias: str, bridge: str, mtu: int) -> bool:
         link = self.links.get(host_ifname)
         if link is None:

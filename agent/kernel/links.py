@@ -18,6 +18,7 @@ device is ever moved between namespaces (10-40 ms each, LAB-NOTES).
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from collections.abc import Iterable
@@ -38,7 +39,7 @@ from agent.kernel.linkbase import (
     delete_link,
     get_link,
 )
-from agent.kernel.netns import is_netns, open_netlink_fds
+from agent.kernel.netns import is_netns, open_netlink_fd, open_netlink_fds
 from agent.kernel.vxlan import VxlanLinks
 from agent.names import ALIAS_PREFIX
 from agent.observed import (
@@ -91,6 +92,16 @@ def peek_interface(netns_path: str, ifname: str) -> ObservedContainerNet | None:
     with rtnl.Reader(fd) as reader:
         return _observe_peer(reader, netns_path, ifname)
 
+
+
+def peek_host_link(ifname: str) -> rtnl.Link | None:
+    """A link of the calling thread's namespace (the host's, in the agent), on a socket of its
+    own (any thread may call it): None when absent."""
+    try:
+        with rtnl.Reader(open_netlink_fd(None)) as reader:
+            return reader.link(ifname)
+    except (NetlinkError, OSError) as e:
+        raise KernelError(f"could not read {ifname!r}") from e
 
 
 class Links(VxlanLinks, LinkBase):
@@ -223,6 +234,73 @@ class Links(VxlanLinks, LinkBase):
             self._ensure_container_side(netns_path, peer_ifname, alias, mtu, address_cidr,
                                         gateway, mac, address6_cidr, gateway6)
         return int(link["index"])
+
+    def add_veth(
+        self, host_ifname: str, alias: str, bridge: str, mtu: int, netns_path: str,
+        peer_ifname: str, address_cidr: str, gateway: str, mac: str,
+        address6_cidr: str = "", gateway6: str = "",
+    ) -> None:
+        """What ``ensure_veth`` makes of a pair that does not exist yet, in two batches of raw
+        requests (``rtnl``): the pair, its host side up in ``bridge`` with our alias; then the
+        peer up with our alias, its addresses and default routes. For a CNI ADD's fast path:
+        a pair of that name that exists already is left to ``ensure_veth`` (verified, repaired).
+        On failure what was made is left for the caller to remove (``remove_link``)."""
+        self._check_thread()
+        what = f"veth {host_ifname!r}"
+        try:
+            master = self._reader.link(bridge)
+        except (NetlinkError, OSError) as e:
+            raise KernelError(f"could not read {what}") from e
+        if master is None:
+            raise KernelError(f"could not add {what}: bridge {bridge!r} does not exist")
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            codes = self._reader.send_all([
+                rtnl.veth_add(host_ifname, mtu, master.index, peer_ifname, fd, mac.lower()),
+                rtnl.link_up(alias, name=host_ifname)])
+        except (NetlinkError, OSError) as e:
+            raise KernelError(f"could not add {what}") from e
+        finally:
+            os.close(fd)
+        if codes[0] == errno.EEXIST:
+            self.ensure_veth(host_ifname, alias, bridge, mtu, netns_path, peer_ifname,
+                             address_cidr, gateway, mac, address6_cidr, gateway6)
+            return
+        if any(codes):
+            code = next(c for c in codes if c)
+            raise KernelError(f"could not add {what}: {os.strerror(code)}")
+        faults.point("veth")
+        self._configure_peer_raw(netns_path, peer_ifname, alias, address_cidr, gateway,
+                                 address6_cidr, gateway6)
+
+    def _configure_peer_raw(self, netns_path: str, peer: str, alias: str, address_cidr: str,
+                            gateway: str, address6_cidr: str, gateway6: str) -> None:
+        """``_configure_new_peer`` as one batch on a socket opened for it."""
+        what = f"{peer!r} in {netns_path!r}"
+        fd = open_netlink_fds([netns_path])[netns_path]
+        if isinstance(fd, OSError):
+            raise KernelError(f"could not enter network namespace {netns_path!r}: {fd}")
+        with rtnl.Reader(fd) as reader:
+            try:
+                link = reader.link(peer)
+                if link is None:
+                    raise KernelError(f"could not find {what}: host side exists without it")
+                requests = [rtnl.link_up(alias, index=link.index),
+                            *(rtnl.address_add(link.index, cidr)
+                              for cidr in (address_cidr, address6_cidr) if cidr),
+                            *(rtnl.route_replace(dst, via, link.index, MAIN_TABLE,
+                                                 RTPROT_SDNCTL, 0)
+                              for dst, via in (("0.0.0.0/0", gateway), ("::/0", gateway6))
+                              if via)]
+                codes = reader.send_all(requests)
+            except (NetlinkError, OSError) as e:
+                raise KernelError(f"could not bring up and address {what}") from e
+        faults.point("address")
+        if any(codes):
+            code = next(c for c in codes if c)
+            raise KernelError(f"could not bring up, address and route {what}: "
+                              f"{os.strerror(code)}")
+        faults.point("route")
 
     def ensure_handover_veth(self, host_ifname: str, alias: str, bridge: str, mtu: int,
                              peer_ifname: str, mac: str) -> int:

@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 from helpers.cli import Cli, lab_cli, nsexec, ping, wait_listening
 from helpers.cnidriver import CniFailed, Driver, make_cni_path
+from helpers.hoststate import agent_log
 
+from agent.cni import attachment_name
 from agent.kernel.netns import create_netns, netns_path, remove_netns
 from sdnctl.lab import lab, local
 
@@ -51,6 +53,7 @@ class Env:
         self.cli = cli
         self.topology = topology
         self.lab = lab.Lab(prefix)
+        self.prefix = prefix
         self.cni_path = cni_path
 
     def driver(self, host: str = "h1") -> Driver:
@@ -190,15 +193,21 @@ def test_add_twice_fails_and_keeps_the_first(env: Env, sandbox: Any) -> None:
 
 
 def test_add_right_after_del_in_the_same_namespace(env: Env, sandbox: Any) -> None:
-    """DEL removes the veth itself, before the reconciler's pass; an ADD of the same
-    attachment right after works however those passes fall (and the veth is gone after
-    each DEL)."""
+    """DEL answers once the controller forgot the attachment and the agent removes the veth
+    right after; an ADD of the same attachment right after (built at once by the agent: the
+    fast path) works however that removal and the reconciler's passes fall, and the veth is
+    gone after each DEL once the agent is done with it."""
     ns, drv = sandbox("c10"), env.driver("h1")
+    built = f"attachment {attachment_name('ctr-ten', 'eth0')} built at once"
+    seen = agent_log(env.cli, env.prefix).count(built)
     for _ in range(3):
         result = drv.call(conf(), "ADD", container_id="ctr-ten", netns=ns)
         assert addresses(ns) == [result["ips"][0]["address"]]
+        assert ping(ns, result["ips"][0]["gateway"])
         drv.call(conf(), "DEL", container_id="ctr-ten", netns=ns)
-        assert addresses(ns) == []
+    wait_for("the veth to go", lambda: addresses(ns) == [], 10)
+    # h1 holds the network already (the module's other tests): every ADD took the fast path.
+    assert agent_log(env.cli, env.prefix).count(built) == seen + 3
     assert not [a for a in env.attachments() if a["owner"] == "cni:ctr-ten"]
 
 
@@ -708,24 +717,30 @@ def test_chained_with_the_reference_plugins(env: Env, sandbox: Any, tmp_path: Pa
 
 def test_a_failure_half_way_rolls_back(tmp_path: Path, sandbox: Any, run_prefix: str) -> None:
     """The agent fails right after making the veth pair (fault ``veth:fail``): ADD answers a CNI
-    error, and neither the record, nor the address, nor either end of the veth is left."""
+    error, and neither the record, nor the address, nor either end of the veth is left; the
+    same for the first ADD on the host (the reconciler's pass builds it, with the network's
+    bridge) and for the next (the fast path: the agent builds it at once)."""
     (tmp_path / "f.yaml").write_text(TOPOLOGY.replace("  - {name: h2, lab: true}\n", ""))
-    with lab_cli("f" + run_prefix[1:]) as cli:
+    prefix = "f" + run_prefix[1:]
+    with lab_cli(prefix) as cli:
         cli.env["SDNCTL_FAULT"] = "veth:fail"
         cli.run("up", str(tmp_path / "f.yaml"), "--timeout", "60")
         cli.env.pop("SDNCTL_FAULT")
-        env = Env(cli, "f" + run_prefix[1:], make_cni_path(tmp_path / "bin"))
+        env = Env(cli, prefix, make_cni_path(tmp_path / "bin"))
         ns = sandbox("cf")
-        before = host_links(env)
-        with pytest.raises(CniFailed) as failed:
-            env.driver("h1").call(conf(), "ADD", container_id="ctr-fail", netns=ns)
-        assert failed.value.code == 999 and "injected" in failed.value.msg.lower(), \
-            failed.value.raw
-        assert env.attachments() == []
-        assert host_links(env) == before
-        links = nsexec(ns, "ip", "-o", "link").stdout.splitlines()
-        assert len(links) == 1 and ": lo:" in links[0], links
-        assert [a for a in cli.json("ipam")["allocations"]] == []
+        for container_id, fast in (("ctr-fail", False), ("ctr-fail2", True)):
+            before = host_links(env)
+            with pytest.raises(CniFailed) as failed:
+                env.driver("h1").call(conf(), "ADD", container_id=container_id, netns=ns)
+            assert failed.value.code == 999 and "injected" in failed.value.msg.lower(), \
+                failed.value.raw
+            assert env.attachments() == []
+            assert host_links(env) == before
+            links = nsexec(ns, "ip", "-o", "link").stdout.splitlines()
+            assert len(links) == 1 and ": lo:" in links[0], links
+            assert [a for a in cli.json("ipam")["allocations"]] == []
+            fast_failed = f"attachment {attachment_name(container_id, 'eth0')}: injected"
+            assert (fast_failed in agent_log(cli, prefix)) == fast, agent_log(cli, prefix)
 
 
 def test_down_takes_the_attachments_of_its_hosts(tmp_path: Path, sandbox: Any,

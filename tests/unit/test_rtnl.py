@@ -219,3 +219,42 @@ def test_send_all_sends_before_reading_and_returns_each_code_in_order() -> None:
     assert {(kind, flags) for kind, flags, _ in sent} == {
         (rtnl.RTM_NEWROUTE, rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK | rtnl.NLM_F_REPLACE
          | rtnl.NLM_F_CREATE)}
+
+
+def test_attachment_requests_decode_as_pyroute2_reads_them() -> None:
+    """A CNI attachment's requests (``Links.add_veth``): the veth pair with its peer born in
+    another namespace, a link set up with our alias, addresses (IPv6 ``nodad``)."""
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    def decoded(cls: type, request: rtnl.Request) -> object:
+        msg = cls(rtnl.NLMSGHDR.pack(rtnl.NLMSGHDR.size + len(request.body), request.kind,
+                                     0, 1, 0) + request.body)
+        msg.decode()
+        return msg
+
+    add = rtnl.veth_add("sdnv01234567", 1450, 9, "eth0", 42, "02:42:0A:47:00:05")
+    assert (add.kind, add.flags) == (rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL)
+    link = decoded(ifinfmsg, add)
+    assert (link["flags"], link["change"]) == (1, 1)  # type: ignore[index]
+    assert (link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU"),  # type: ignore[attr-defined]
+            link.get_attr("IFLA_MASTER")) == ("sdnv01234567", 1450, 9)  # type: ignore[attr-defined]
+    info = link.get_attr("IFLA_LINKINFO")  # type: ignore[attr-defined]
+    assert info.get_attr("IFLA_INFO_KIND") == "veth"
+    peer = info.get_attr("IFLA_INFO_DATA").get_attr("VETH_INFO_PEER")
+    assert (peer.get_attr("IFLA_IFNAME"), peer.get_attr("IFLA_NET_NS_FD"),
+            peer.get_attr("IFLA_MTU"), peer.get_attr("IFLA_ADDRESS")) == (
+        "eth0", 42, 1450, "02:42:0a:47:00:05")
+    up = decoded(ifinfmsg, rtnl.link_up("sdnctl:ctr/a/eth0", index=3))
+    assert (up["index"], up["flags"], up["change"]) == (3, 1, 1)  # type: ignore[index]
+    assert up.get_attr("IFLA_IFALIAS") == "sdnctl:ctr/a/eth0"  # type: ignore[attr-defined]
+    by_name = decoded(ifinfmsg, rtnl.link_up("x", name="sdnv01234567"))
+    assert (by_name["index"], by_name.get_attr("IFLA_IFNAME")) == (  # type: ignore[index]
+        0, "sdnv01234567")  # type: ignore[attr-defined]
+    for cidr, family, flags in (("10.71.0.5/24", socket.AF_INET, 0),
+                                ("fd00:71::5/64", socket.AF_INET6, 2)):
+        addr = decoded(ifaddrmsg, rtnl.address_add(3, cidr))
+        assert (addr["family"], addr["prefixlen"], addr["flags"],  # type: ignore[index]
+                addr["index"]) == (family, int(cidr.split("/")[1]), flags, 3)
+        assert addr.get_attr("IFA_LOCAL") == addr.get_attr(  # type: ignore[attr-defined]
+            "IFA_ADDRESS") == cidr.split("/")[0]  # type: ignore[attr-defined]
