@@ -472,8 +472,8 @@ def _check_lab_ranges(r: _Reader, networks: tuple[Network, ...], lab: LabOptions
               for s in (SEGMENTS if lab.routed else SEGMENTS[:1])]
     ranges.append(("outside world", netaddr.IPNetwork(f"{EXTERNAL_IP}/{EXTERNAL_PREFIXLEN}")))
     for i, n in enumerate(networks):
-        if n.subnet6 and netaddr.IPNetwork(n.subnet6) in LAB_IPV6 or \
-                n.subnet6 and LAB_IPV6 in netaddr.IPNetwork(n.subnet6):
+        if (n.subnet6 and netaddr.IPNetwork(n.subnet6) in LAB_IPV6) or \
+                (n.subnet6 and LAB_IPV6 in netaddr.IPNetwork(n.subnet6)):
             raise r.error(f"networks[{i}].subnet6", f"{n.subnet6} overlaps {LAB_IPV6}, the "
                           "lab's IPv6 underlay; give the network a range of its own")
         if not n.subnet:
