@@ -283,7 +283,8 @@ class VxlanLinks(LinkBase):
             have = self._dump_peers([index])[index]
         requests: list[tuple[PeerEntries, rtnl.Request]] = []
         for peer in peers:
-            mac, subnet = peer.vtep_mac.lower(), str(IPNetwork(peer.subnet).cidr)
+            mac = peer.vtep_mac.lower()
+            subnet = str(IPNetwork(peer.subnet).cidr) if peer.subnet else ""  # "": IPv6-only
             if [d for m, d in have.fdb if m == mac] != [peer.underlay_ip]:
                 requests.append((peer, rtnl.fdb_replace(index, mac, peer.underlay_ip,
                                                         NUD_PERMANENT | NUD_NOARP, NTF_SELF)))
