@@ -205,22 +205,24 @@ class DesiredContainer:
         return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def resolve_mtu(driver: str, mtu: int, underlay_mtu: int) -> int:
+def resolve_mtu(driver: str, mtu: int, underlay_mtu: int, underlay6: bool = False) -> int:
     """A network's MTU on this host: as given, else 1500 for a bridge and the underlay's minus
-    the VXLAN overhead for an overlay (a bigger one would be dropped or fragmented)."""
-    return network_driver(driver).mtu_on(mtu, underlay_mtu)
+    the VXLAN overhead for an overlay (50 bytes, 70 over an IPv6 underlay: a bigger one would
+    be dropped or fragmented)."""
+    return network_driver(driver).mtu_on(mtu, underlay_mtu, underlay6)
 
 
 def network_from_pb(msg: pb.HostNetwork, local: LocalHost | None = None) -> DesiredNetwork:
     driver = msg.network.driver or "bridge"
     underlay_mtu = local.underlay_mtu if local is not None else DEFAULT_MTU
+    underlay6 = local is not None and ":" in local.underlay_ip
     return DesiredNetwork(
         name=msg.network.name,
         driver=driver,
         subnet=msg.lease.subnet,
         gateway=msg.lease.gateway,
         prefixlen=int(msg.lease.subnet.split("/")[1]) if msg.lease.subnet else 0,
-        mtu=resolve_mtu(driver, msg.network.mtu, underlay_mtu),
+        mtu=resolve_mtu(driver, msg.network.mtu, underlay_mtu, underlay6),
         masquerade=msg.network.masquerade if msg.network.HasField("masquerade") else True,
         cidr=msg.network.subnet,
         vni=msg.network.vni,

@@ -128,8 +128,10 @@ def detect_local(args: argparse.Namespace) -> LocalHost:
     """Our underlay address, its interface and MTU, and our VTEP MAC (flags win over detection:
     the interface holding --underlay-ip, else the one of the default route)."""
     with IPRoute() as ipr:
+        # an IPv6 --underlay-ip (issue 20) is looked up among the IPv6 addresses
+        family = socket.AF_INET6 if ":" in args.underlay_ip else socket.AF_INET
         addresses = [(a.get_attr("IFA_ADDRESS"), a["index"])
-                     for a in ipr.get_addr(family=socket.AF_INET)]
+                     for a in ipr.get_addr(family=family)]
         index = None
         if args.underlay_dev:
             found = ipr.link_lookup(ifname=args.underlay_dev)

@@ -281,8 +281,9 @@ def _vni(number: int) -> int:
 
 
 def _addresses(texts: Sequence[str]) -> str:
-    """One IPv4 address, or an anonymous set of several (nft rejects an empty set)."""
-    addrs = sorted({ipaddress.IPv4Address(t) for t in texts})
+    """One address, or an anonymous set of several (nft rejects an empty set), all of one
+    family."""
+    addrs = sorted({ipaddress.ip_address(t) for t in texts})  # (mixed families: TypeError)
     if not addrs:
         raise ValueError("empty address set")
     return str(addrs[0]) if len(addrs) == 1 else "{ " + ", ".join(map(str, addrs)) + " }"
@@ -452,27 +453,35 @@ def _forward_rules(spec: FirewallSpec) -> list[_Rule]:
 
 def _vxlan_rules(spec: FirewallSpec) -> list[_Rule]:
     """Per port: accept each (members, VNI); drop other sources; drop what is left (another
-    VNI, or IPv6). Every drop is counted."""
+    VNI, or a family no member uses). Members on an IPv6 underlay (issue 20) get the same
+    rules in ``ip6`` (comments ending ``/ip6``). Every drop is counted."""
     by_port: dict[int, dict[int, set[str]]] = {}
     for f in spec.vxlan:
         by_port.setdefault(_port(f.port), {}).setdefault(_vni(f.vni), set()).update(f.members)
     rules = []
     for port, vnis in sorted(by_port.items()):
         udp = f"udp dport {port}"
-        for vni, members in sorted(vnis.items()):
-            if members:
+        for family, suffix in (("ip", ""), ("ip6", "/ip6")):
+            for vni, members in sorted(vnis.items()):
+                mine = _of_family(members, family)
+                if mine:
+                    rules.append(_Rule(TABLE_FAMILY, "input",
+                                       f"{udp} {family} saddr {_addresses(mine)} "
+                                       f"@th,96,24 {vni} accept",
+                                       f"sdnctl:vxlan/{port}/vni/{vni}{suffix}"))
+            everyone = _of_family({m for members in vnis.values() for m in members}, family)
+            if everyone:
                 rules.append(_Rule(TABLE_FAMILY, "input",
-                                   f"{udp} ip saddr {_addresses(list(members))} "
-                                   f"@th,96,24 {vni} accept",
-                                   f"sdnctl:vxlan/{port}/vni/{vni}"))
-        everyone = {m for members in vnis.values() for m in members}
-        if everyone:
-            rules.append(_Rule(TABLE_FAMILY, "input",
-                               f"{udp} ip saddr != {_addresses(list(everyone))} counter drop",
-                               f"sdnctl:vxlan/{port}/not-member"))
+                                   f"{udp} {family} saddr != {_addresses(everyone)} counter drop",
+                                   f"sdnctl:vxlan/{port}/not-member{suffix}"))
         rules.append(_Rule(TABLE_FAMILY, "input", f"{udp} counter drop",
                            f"sdnctl:vxlan/{port}/wrong-vni"))
     return rules
+
+
+def _of_family(addresses: set[str], family: str) -> list[str]:
+    """The addresses of ``family`` ("ip" or "ip6")."""
+    return [a for a in addresses if (":" in a) == (family == "ip6")]
 
 
 def _guard_key(g: PortGuard) -> tuple[str, str]:

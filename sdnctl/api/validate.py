@@ -133,7 +133,10 @@ def default_host_prefix(subnet: str, gateway: str = "", ip_range: str = "") -> i
 def validate_host(host: Host, where: str = "host") -> Host:
     check_name(host.name, f"{where}.name")
     if host.underlay_ip:
-        check_ipv4(host.underlay_ip, f"{where}.underlay_ip")
+        if ":" in host.underlay_ip:  # an IPv6 underlay (issue 20)
+            check_ipv6(host.underlay_ip, f"{where}.underlay_ip")
+        else:
+            check_ipv4(host.underlay_ip, f"{where}.underlay_ip")
         check_not_reserved(host.underlay_ip, f"{where}.underlay_ip")
     if host.netns:
         clean_path(host.netns, f"{where}.netns")

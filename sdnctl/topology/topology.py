@@ -77,6 +77,8 @@ class LabOptions:
     underlay_mtu: int = DEFAULT_MTU
     routed: bool = False
     registry: bool = False
+    #: The hosts' underlay addresses (their agents' VXLAN endpoints) are IPv6 (issue 20).
+    underlay6: bool = False
 
 
 #: What an expectation's `to:` may name besides a container, a network or an address.
@@ -370,12 +372,13 @@ def _reach(r: _Reader, mapping: dict, where: str, proto: str) -> str:
 def _lab(r: _Reader, raw: Any) -> LabOptions:
     if raw is None:
         return LabOptions()
-    m = r.mapping(raw, "lab", {"underlay_mtu", "routed", "registry"}, set())
+    m = r.mapping(raw, "lab", {"underlay_mtu", "routed", "registry", "underlay6"}, set())
     mtu = r.typed(m, "underlay_mtu", "lab", int, DEFAULT_MTU)
     if not 1280 <= mtu <= 9216:
         raise r.error("lab.underlay_mtu", f"{mtu} is outside 1280..9216")
     return LabOptions(mtu, r.typed(m, "routed", "lab", bool, False),
-                      r.typed(m, "registry", "lab", bool, False))
+                      r.typed(m, "registry", "lab", bool, False),
+                      r.typed(m, "underlay6", "lab", bool, False))
 
 
 def _apply_routes(r: _Reader, doc: dict, networks: tuple[Network, ...]) -> tuple[Network, ...]:

@@ -471,7 +471,7 @@ def test_check_and_trace_probe_an_ipv6_only_network_over_ipv6(
               for p in report["probes"]]
     assert ("s1", "s2", "icmp", 6, True) in probes and ("a", "s1", "icmp", 6, True) in probes
     assert ("s1", "external", "icmp", 6, True) in probes  # routed: nothing outside answers
-    # written wrong on purpose: s2 has no listener, so the probe (over IPv6) is refused, not filtered
+    # written wrong on purpose: s2 has no listener, so the IPv6 probe is refused, not filtered
     assert ("s1", "s2", "tcp", 6, False) in probes, probes
     assert not [p for p in probes if p[3] == 4 and {"s1", "s2"} & {p[0], p[1]}], probes
     assert done.returncode == 1, done.stdout + done.stderr
