@@ -362,10 +362,10 @@ def _port_rules4(p: PortRule, comment: str) -> list[_Rule]:
 
 def _port_rules6(p: PortRule) -> list[_Rule]:
     """A port published on an IPv6 host address: ``::`` is every IPv6 address of the host but
-    ``::1`` (prerouting and output); another address is that one. Never ``::1`` (the API
-    refuses it: the answer, de-NAT'd to ``::1``, arrives on the bridge and the kernel does not
-    take it, IPv6 has no ``route_localnet``), and nothing without a container IPv6 address
-    (the API refuses that too; an agent just skips it)."""
+    ``::1`` (prerouting and output); another address is that one. Never ``::1``: the answer,
+    de-NAT'd to ``::1``, would arrive on the bridge and the kernel would not take it (IPv6 has
+    no ``route_localnet``); the agent's userland proxy serves it (``agent/portproxy.py``).
+    Nothing without a container IPv6 address (the API refuses that; an agent skips it)."""
     if not p.container_ip6 or p.host_ip == "::1":
         return []
     comment = f"sdnctl:ctr/{p.container}/port/{p.protocol}/{p.host_port}/ip6"
