@@ -18,6 +18,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +45,11 @@ SERVE = ("import socket; s = socket.socket(socket.AF_INET6); "
          "s.listen(); [(lambda c: (c[0].sendall(('peer=' + c[1][0]).encode()), c[0].close()))"
          "(s.accept()) for _ in iter(int, 1)]")
 
+# Echoes each datagram back, prefixed, on UDP 7001.
+ECHO = ("import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
+        "s.bind(('::', 7001)); [s.sendto(b'echo ' + d, a) for d, a in iter(lambda: "
+        "s.recvfrom(100), None)]")
+
 TOPOLOGY = f"""
 name: dual
 hosts:
@@ -66,7 +72,9 @@ containers:
   - {{name: vault, host: h1, network: none}}
   - {{name: p, host: h1, network: locked}}
   - {{name: web6, host: h1, network: front, ports: ["8080:7000", "[::]:8082:7000",
-     "[fd00:97::1]:8083:7000"], command: [{PY}, -c, "{SERVE}"]}}
+     "[fd00:97::1]:8083:7000", "[::1]:8085:7000"], command: [{PY}, -c, "{SERVE}"]}}
+  - {{name: echo6, host: h1, network: front, ports: ["[::1]:8086:7001/udp"],
+     command: [{PY}, -c, "{ECHO}"]}}
   - {{name: q, host: h1, network: locked}}
   - {{name: n6, host: h1, network: nat6}}
   - {{name: x, host: h1, network: ov}}
@@ -480,6 +488,32 @@ def test_check_and_trace_probe_an_ipv6_only_network_over_ipv6(
     data = json.loads(traced.stdout)
     assert data["reached"] and (data["probe"]["src"], data["probe"]["dst"]) == (s1["ip6"],
                                                                                 s2["ip6"])
+
+
+def _listens(host_netns: str, proto: str, port: int) -> bool:
+    flag = "-Hltn" if proto == "tcp" else "-Hlun"
+    return bool(nsexec(host_netns, "ss", flag, f"sport = :{port}").stdout.strip())
+
+
+def test_ports_on_loopback6_go_through_the_agents_proxy_and_go_with_the_container(
+        dual: Dual) -> None:
+    in_host = ["nsenter", f"--net={dual.host_netns}"]
+    # TCP from a real client in the host's namespace to [::1]: relayed, from the bridge's side
+    assert _ask(in_host, "::1", 8085) == "peer=fd00:96::1"
+    assert _refused(in_host, "::1", 8087)  # an unpublished port: nothing listens
+    code = ("import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
+            "s.settimeout(5); s.sendto(b'hi', ('::1', 8086)); print(s.recv(100).decode())")
+    done = subprocess.run([*in_host, PY, "-c", code], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.stdout.strip() == "echo hi", done.stderr
+    # the container goes: its proxy port closes (the agent acts on the change it is sent)
+    assert _listens(dual.host_netns, "udp", 8086)
+    dual.cli.run("rm", "echo6")
+    deadline = time.monotonic() + 60
+    while _listens(dual.host_netns, "udp", 8086):
+        assert time.monotonic() < deadline, "the proxy of a removed container still listens"
+        time.sleep(0.2)
+    assert _listens(dual.host_netns, "tcp", 8085)  # another container's stays
 
 
 def test_zz_down_leaves_nothing(dual: Dual) -> None:
