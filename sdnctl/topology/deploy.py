@@ -51,6 +51,7 @@ from sdnctl.api.client import (
     stop_controller,
 )
 from sdnctl.api.model import (
+    DEFAULT_BRIDGE_SUBNET,
     STATE_ERROR,
     STATE_EXITED,
     STATE_RUNNING,
@@ -61,7 +62,6 @@ from sdnctl.api.model import (
     Policy,
 )
 from sdnctl.controller import dryrun
-from sdnctl.controller.server import DEFAULT_BRIDGE_SUBNET
 from sdnctl.controller.store.base import Store
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore

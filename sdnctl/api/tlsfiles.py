@@ -1,0 +1,43 @@
+"""Where a PKI directory keeps each certificate, and the TLS files a connection is made with.
+
+Design note. Every client of the controller (the CLI, agents) needs only file names and their
+bytes, not the certificate authority: ``pki`` (which loads ``cryptography``, a tenth of a
+second) is for issuing, revoking and checking certificates, so this light part lives apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class PkiError(RuntimeError):
+    """A PKI operation failed in a way the user can act on."""
+
+
+def cert_path(directory: str | Path, kind: str, name: str) -> tuple[Path, Path]:
+    """Where ``kind``/``name``'s certificate and key live."""
+    base = Path(directory)
+    stem = base / "controller" if kind == "controller" else base / f"{kind}s" / name
+    return stem.with_suffix(".pem"), stem.with_suffix(".key")
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A certificate, its key and the CA that checks the other side's certificate."""
+
+    cert: str
+    key: str
+    ca: str
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        try:
+            return (Path(self.cert).read_bytes(), Path(self.key).read_bytes(),
+                    Path(self.ca).read_bytes())
+        except OSError as e:
+            raise PkiError(f"could not read TLS files: {e}") from e
+
+    @classmethod
+    def from_dir(cls, directory: str | Path, kind: str, name: str = "") -> TlsFiles:
+        cert, key = cert_path(directory, kind, name)
+        return cls(str(cert), str(key), str(Path(directory) / "ca.pem"))
