@@ -219,7 +219,9 @@ def _move(client: Client, have: pb.Container, network: str, ip: str, timeout: fl
     got = _rpc(f"move container {have.name!r} to {network!r}", lambda: client.api.UpdateContainer(
         pb.UpdateContainerRequest(container=spec), timeout=RPC_TIMEOUT))
     now = wait_realised(client, got.host, got.name, got.revision, timeout)
-    address = f" ({now.ip}/{now.prefixlen})" if now.ip else ""
+    held = " ".join(f"{a}/{n}" for a, n in ((now.ip, now.prefixlen), (now.ip6, now.prefixlen6))
+                    if a)  # each family it has (an IPv6-only network's: IPv6 only)
+    address = f" ({held})" if held else ""
     print(f"{now.name}: {network}{address}, {now.status.state}")
     return 0
 

@@ -418,6 +418,8 @@ def test_an_ipv6_only_network_has_ipv6_only_and_works(dual: Dual) -> None:
     assert "via fd00:93::1" in in_ctr(s1, "ip", "-6", "route", "show", "default").stdout
     bridge = bridge_name("only6")
     assert nsexec(dual.host_netns, "ip", "-4", "-o", "addr", "show", "dev", bridge).stdout == ""
+    row = next(line for line in dual.cli.run("ps").stdout.splitlines() if line.startswith("s1 "))
+    assert s1["ip6"] in row.split(), row  # ps shows its IPv6 address
     assert ping6(s1, s2["ip6"]) and ping6(s2, s1["ip6"])
     # DNS on the IPv6 gateway: AAAA, no A (the name exists: NODATA), PTR in ip6.arpa
     with open(f"/proc/{s1['pid']}/root/etc/resolv.conf") as f:  # its own mount namespace's
