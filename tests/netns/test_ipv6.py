@@ -8,7 +8,9 @@ advertisements taken, IPv6 forwarding only in the host's namespace, ping -6 with
 and isolation between networks, the IPv6 guards (a spoofed source, a forged router
 advertisement and a forged neighbour advertisement dropped and counted, each after a positive
 control proved the probe gets through), and IPv6 across the overlay over the IPv4 underlay with
-one route, one permanent neighbour and one FDB entry per peer.
+one route, one permanent neighbour and one FDB entry per peer. IPv6-only networks (a bridge and
+an overlay with ``subnet6`` alone) are in the same topology: no IPv4 anywhere, their DNS, ports,
+guards, check and trace; and a port on ``[::1]`` served by the agent's proxy.
 """
 
 from __future__ import annotations
