@@ -414,15 +414,18 @@ class CniService:
         net = self.side.desired().networks.get(view.network)
         interfaces: list[dict[str, Any]] = [
             {"name": host_if, "mac": (host.mac or "") if host else "", "sandbox": ""},
-            {"name": ifname, "mac": container_mac(view.ip), "sandbox": path}]
+            {"name": ifname, "mac": container_mac(view.ip or view.ip6), "sandbox": path}]
         if version == "1.1.0" and net is not None:
             for interface in interfaces:
                 interface["mtu"] = net.mtu
-        ip: dict[str, Any] = {"address": f"{view.ip}/{view.prefixlen}",
-                              "gateway": view.gateway, "interface": 1}
-        if version == "0.4.0":
-            ip["version"] = "4"
-        ips, routes = [ip], [{"dst": "0.0.0.0/0", "gw": view.gateway}]
+        ips: list[dict[str, Any]] = []
+        routes: list[dict[str, Any]] = []
+        if view.ip:  # (none on an IPv6-only network)
+            ip: dict[str, Any] = {"address": f"{view.ip}/{view.prefixlen}",
+                                  "gateway": view.gateway, "interface": 1}
+            if version == "0.4.0":
+                ip["version"] = "4"
+            ips, routes = [ip], [{"dst": "0.0.0.0/0", "gw": view.gateway}]
         if view.ip6:  # dual-stack (issue 20): the IPv6 address and default route too
             ip6: dict[str, Any] = {"address": f"{view.ip6}/{view.prefixlen6}",
                                    "gateway": view.gateway6, "interface": 1}
@@ -432,7 +435,7 @@ class CniService:
             routes.append({"dst": "::/0", "gw": view.gateway6})
         dns: dict[str, Any] = {}
         if self.side.resolver:  # the agent's resolver: names of the network, then upstream
-            dns["nameservers"] = [view.gateway]
+            dns["nameservers"] = [view.gateway or view.gateway6]
             if net is not None and net.dns_domain:
                 dns["domain"] = net.dns_domain
                 dns["search"] = [net.dns_domain]
@@ -581,8 +584,8 @@ def check_attachment(ctr: DesiredContainer, path: str, prev: object) -> list[str
         problems.append(f"default route via {have.gateway}, expected via {ctr.gateway}")
     if have.gateway6 != (ctr.gateway6 or None):
         problems.append(f"IPv6 default route via {have.gateway6}, expected via {ctr.gateway6}")
-    if have.mac != container_mac(ctr.ip):
-        problems.append(f"MAC {have.mac}, expected {container_mac(ctr.ip)}")
+    if have.mac != ctr.mac:
+        problems.append(f"MAC {have.mac}, expected {ctr.mac}")
     if not have.up:
         problems.append("interface is down")
     if isinstance(prev, dict):

@@ -40,7 +40,7 @@ from agent.kernel.links import ObservedContainerNet
 from agent.kernel.seams import CgroupOps, LinkOps, ProcessOps, SandboxOps
 from agent.layout import default_cgroup_parent
 from agent.modes import MODES
-from agent.names import bridge_name, container_mac, veth_alias, veth_name
+from agent.names import bridge_name, veth_alias, veth_name
 from agent.runtime import OciRuntime, Rootfs, Runtime
 from sdnctl.api import faults
 from sdnctl.api.fields import parse_volume
@@ -233,7 +233,7 @@ class Containers:
                     veth_name(ctr.name, ctr.interface), veth_alias(ctr.name, ctr.interface),
                     bridge_name(net.name), net.mtu, ctr.cni_netns or paths["net"],
                     ctr.interface,
-                    ctr.address_cidr, ctr.gateway, mac=container_mac(ctr.ip),
+                    ctr.address_cidr, ctr.gateway, mac=ctr.mac,
                     address6_cidr=ctr.address6_cidr, gateway6=ctr.gateway6)
             flush_addresses(action.stale_addresses)
             if action.stop_first and not action.start:
@@ -244,7 +244,7 @@ class Containers:
                 self._start(ctr, undo, net)
             undo.pop_all()
         log.info("container %s ready (%s%s)", ctr.name, ctr.mode,
-                 f" {' '.join(ctr.address_cidrs)}" if ctr.ip else "")
+                 f" {' '.join(ctr.address_cidrs)}" if ctr.addressed else "")
 
     def _start(self, ctr: DesiredContainer, undo: contextlib.ExitStack,
                net: DesiredNetwork | None = None) -> None:
@@ -315,7 +315,8 @@ class Containers:
         resolv = dns.resolv_conf(net) if ctr.mode == MODE_BRIDGE and net is not None else \
             dns.CLOSED_RESOLV_CONF
         files = ((self._file(ctr.name, "resolv.conf"), resolv),
-                 (self._file(ctr.name, "hosts"), dns.hosts_file(ctr.name, ctr.ip, ctr.aliases)))
+                 (self._file(ctr.name, "hosts"), dns.hosts_file(ctr.name, ctr.ip or ctr.ip6,
+                                                                   ctr.aliases)))
         for path, text in files:
             dns.write_in_place(path, text)
         return (("/etc/resolv.conf", files[0][0]), ("/etc/hosts", files[1][0]))
@@ -446,11 +447,9 @@ def _docker_status(ctr: DesiredContainer, observed: p.Observed, error: str) -> C
 
 
 def flush_addresses(addresses: Iterable[str]) -> None:
-    """Forget conntrack entries of addresses a container no longer has (IPv4 only so far:
-    the conntrack flush speaks one family)."""
+    """Forget conntrack entries of addresses a container no longer has, in both families."""
     for cidr in addresses:
-        if ":" not in cidr:
-            conntrack.flush_address(cidr.split("/")[0])
+        conntrack.flush_address(cidr.split("/")[0])
 
 
 def _mtime(path: str) -> float:

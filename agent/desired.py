@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
+from agent.names import container_mac
 from agent.netpolicy import PolicyInput
 from agent.observed import PeerEntries
 from sdnctl.api import convert
@@ -93,7 +94,7 @@ class DesiredNetwork:
 
     @property
     def gateway_cidr(self) -> str:
-        return f"{self.gateway}/{self.prefixlen}"
+        return f"{self.gateway}/{self.prefixlen}" if self.subnet else ""  # "": IPv6-only
 
     @property
     def gateway6_cidr(self) -> str:
@@ -106,8 +107,9 @@ class DesiredNetwork:
 
     @property
     def vtep_cidr(self) -> str:
-        """The address of this host's VXLAN device: its lease's network address (flannel)."""
-        return f"{self.subnet.split('/')[0]}/32"
+        """The address of this host's VXLAN device: its lease's network address (flannel);
+        none on an IPv6-only network."""
+        return f"{self.subnet.split('/')[0]}/32" if self.subnet else ""
 
     @property
     def vtep6_cidr(self) -> str:
@@ -165,7 +167,17 @@ class DesiredContainer:
 
     @property
     def address_cidr(self) -> str:
-        return f"{self.ip}/{self.prefixlen}"
+        return f"{self.ip}/{self.prefixlen}" if self.ip else ""  # "": IPv6-only
+
+    @property
+    def addressed(self) -> bool:
+        """It holds an address (either family: an IPv6-only network's have ``ip6`` only)."""
+        return bool(self.ip or self.ip6)
+
+    @property
+    def mac(self) -> str:
+        """Its interface's MAC, derived from its address (IPv4, else IPv6)."""
+        return container_mac(self.ip or self.ip6)
 
     @property
     def address6_cidr(self) -> str:
@@ -193,22 +205,24 @@ class DesiredContainer:
         return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def resolve_mtu(driver: str, mtu: int, underlay_mtu: int) -> int:
+def resolve_mtu(driver: str, mtu: int, underlay_mtu: int, underlay6: bool = False) -> int:
     """A network's MTU on this host: as given, else 1500 for a bridge and the underlay's minus
-    the VXLAN overhead for an overlay (a bigger one would be dropped or fragmented)."""
-    return network_driver(driver).mtu_on(mtu, underlay_mtu)
+    the VXLAN overhead for an overlay (50 bytes, 70 over an IPv6 underlay: a bigger one would
+    be dropped or fragmented)."""
+    return network_driver(driver).mtu_on(mtu, underlay_mtu, underlay6)
 
 
 def network_from_pb(msg: pb.HostNetwork, local: LocalHost | None = None) -> DesiredNetwork:
     driver = msg.network.driver or "bridge"
     underlay_mtu = local.underlay_mtu if local is not None else DEFAULT_MTU
+    underlay6 = local is not None and ":" in local.underlay_ip
     return DesiredNetwork(
         name=msg.network.name,
         driver=driver,
         subnet=msg.lease.subnet,
         gateway=msg.lease.gateway,
-        prefixlen=int(msg.lease.subnet.split("/")[1]),
-        mtu=resolve_mtu(driver, msg.network.mtu, underlay_mtu),
+        prefixlen=int(msg.lease.subnet.split("/")[1]) if msg.lease.subnet else 0,
+        mtu=resolve_mtu(driver, msg.network.mtu, underlay_mtu, underlay6),
         masquerade=msg.network.masquerade if msg.network.HasField("masquerade") else True,
         cidr=msg.network.subnet,
         vni=msg.network.vni,

@@ -12,7 +12,9 @@ in one assignment, so an update never drops a query.
 
 Answers. A container's name, its aliases and ``<name>.<dns_domain>`` answer A with the address;
 AAAA for a known name is its IPv6 address on a dual-stack network (issue 20), else NODATA, as
-any other type; PTR answers for our addresses. An unknown
+any other type; a name on an IPv6-only network has AAAA only. PTR answers for our addresses
+in both families (in-addr.arpa and ip6.arpa). A dual-stack network's zone is served on both
+gateways, an IPv6-only one's on its IPv6 gateway. An unknown
 single label, an unknown name in the domain and an unknown address of the network are NXDOMAIN
 and are not forwarded. Everything else goes to the upstreams (the network's ``dns``, else the
 host's resolv.conf): a TTL-honouring cache, at most ``MAX_INFLIGHT`` upstream queries at once,
@@ -78,7 +80,7 @@ class Zone:
 
     network: str
     gateway: str
-    cidr: ipaddress.IPv4Network
+    cidr: ipaddress.IPv4Network | ipaddress.IPv6Network  # an IPv6-only network's is IPv6
     domain: str = ""
     upstreams: tuple[str, ...] = ()
     by_name: dict[str, str] = field(default_factory=dict)  # name or alias -> address
@@ -86,37 +88,56 @@ class Zone:
     #: a container's own upstreams, by its address (the asker's source address)
     upstreams_by_address: dict[str, tuple[str, ...]] = field(default_factory=dict)
     by_name6: dict[str, str] = field(default_factory=dict)  # name or alias -> IPv6 address
+    cidr6: ipaddress.IPv6Network | None = None  # a dual-stack network's IPv6 CIDR
 
     def fqdn(self, name: str) -> str:
         return f"{name}.{self.domain}." if self.domain else f"{name}."
 
+    def holds(self, address: str) -> bool:
+        """``address`` is in the network (either family): it may ask, its reverse is ours."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in (self.cidr, self.cidr6) if net is not None)
+
 
 def zones_from(networks: Iterable[DesiredNetwork],
                host_upstreams: tuple[str, ...] = ()) -> dict[str, Zone]:
-    """The zones of a host's networks, by gateway address."""
+    """The zones of a host's networks, by gateway address: a dual-stack network's zone under
+    both its gateways, an IPv6-only network's under its IPv6 one (issue 20)."""
     zones = {}
     for net in networks:
-        if not net.gateway:
+        if not net.gateway and not net.gateway6:
             continue
         by_name: dict[str, str] = {}
-        by_address: dict[str, str] = {}
+        by_address: dict[str, str] = {}  # both families: PTR in in-addr.arpa and ip6.arpa
         by_name6: dict[str, str] = {}
         for entry in net.names:
-            by_address[entry.address] = entry.container
-            by_name[entry.container.lower()] = entry.address
+            for address in filter(None, (entry.address, entry.address6)):
+                by_address[address] = entry.container
+            if entry.address:
+                by_name[entry.container.lower()] = entry.address
             if entry.address6:
                 by_name6[entry.container.lower()] = entry.address6
         for entry in net.names:  # a container's own name wins over another's alias
             for alias in entry.aliases:
-                by_name.setdefault(alias.lower(), entry.address)
+                if entry.address:
+                    by_name.setdefault(alias.lower(), entry.address)
                 if entry.address6:
                     by_name6.setdefault(alias.lower(), entry.address6)
-        zones[net.gateway] = Zone(
-            network=net.name, gateway=net.gateway,
-            cidr=ipaddress.IPv4Network(net.cidr or net.subnet, strict=False),
-            domain=net.dns_domain, upstreams=net.dns or host_upstreams,
-            by_name=by_name, by_address=by_address, by_name6=by_name6,
-            upstreams_by_address={e.address: e.dns for e in net.names if e.dns})
+        cidr6 = ipaddress.IPv6Network(net.cidr6 or net.subnet6, strict=False) \
+            if net.subnet6 else None
+        cidr = ipaddress.IPv4Network(net.cidr or net.subnet, strict=False) if net.subnet \
+            else cidr6
+        assert cidr is not None
+        for gateway in filter(None, (net.gateway, net.gateway6)):
+            zones[gateway] = Zone(
+                network=net.name, gateway=gateway, cidr=cidr,
+                domain=net.dns_domain, upstreams=net.dns or host_upstreams,
+                by_name=by_name, by_address=by_address, by_name6=by_name6, cidr6=cidr6,
+                upstreams_by_address={a: e.dns for e in net.names if e.dns
+                                      for a in filter(None, (e.address, e.address6))})
     return zones
 
 
@@ -142,8 +163,9 @@ CLOSED_RESOLV_CONF = "# a closed container (network none): no resolver\n"
 
 
 def resolv_conf(net: DesiredNetwork) -> str:
-    """A bridged container's resolv.conf: its network's resolver (ndots left at the default)."""
-    lines = [f"nameserver {net.gateway}"]
+    """A bridged container's resolv.conf: its network's resolver (ndots left at the default),
+    on the IPv6 gateway of an IPv6-only network."""
+    lines = [f"nameserver {net.gateway or net.gateway6}"]
     if net.dns_domain:
         lines.append(f"search {net.dns_domain}")
     return "\n".join(lines) + "\n"
@@ -190,7 +212,14 @@ def _edns_size(request: DNSRecord) -> int:
 
 
 def _reverse_address(qname: str) -> str | None:
-    """``4.3.2.1.in-addr.arpa`` → ``1.2.3.4``; None for anything else."""
+    """``4.3.2.1.in-addr.arpa`` → ``1.2.3.4``, 32 nibbles ``.ip6.arpa`` → the IPv6 address
+    (compressed); None for anything else."""
+    if qname.endswith(".ip6.arpa"):
+        nibbles = qname[: -len(".ip6.arpa")].split(".")
+        if len(nibbles) != 32 or not all(len(n) == 1 and n in "0123456789abcdef"
+                                         for n in nibbles):
+            return None
+        return str(ipaddress.IPv6Address(int("".join(reversed(nibbles)), 16)))
     if not qname.endswith(".in-addr.arpa"):
         return None
     octets = qname[: -len(".in-addr.arpa")].split(".")
@@ -216,7 +245,7 @@ def answer_local(zone: Zone, request: DNSRecord) -> DNSRecord | None:
                 reply.add_answer(RR(question.qname, QTYPE.PTR, ttl=LOCAL_TTL,
                                     rdata=PTR(zone.fqdn(zone.by_address[address]))))
             return reply
-        if ipaddress.IPv4Address(address) in zone.cidr:
+        if zone.holds(address):
             return _reply(request, RCODE.NXDOMAIN)
         return None
     if zone.domain and (qname == zone.domain or qname.endswith("." + zone.domain)):
@@ -227,13 +256,12 @@ def answer_local(zone: Zone, request: DNSRecord) -> DNSRecord | None:
         label = qname
     else:
         return None
-    target = zone.by_name.get(label)
-    if target is None:
+    target, target6 = zone.by_name.get(label), zone.by_name6.get(label)
+    if target is None and target6 is None:
         return _reply(request, RCODE.NXDOMAIN)
     reply = _reply(request)
-    if question.qtype in (QTYPE.A, QTYPE.ANY):
+    if target and question.qtype in (QTYPE.A, QTYPE.ANY):
         reply.add_answer(RR(question.qname, QTYPE.A, ttl=LOCAL_TTL, rdata=A(target)))
-    target6 = zone.by_name6.get(label)
     if target6 and question.qtype in (QTYPE.AAAA, QTYPE.ANY):
         reply.add_answer(RR(question.qname, QTYPE.AAAA, ttl=LOCAL_TTL, rdata=AAAA(target6)))
     return reply  # the rest: NODATA (the name exists, with no record of that type)
@@ -427,11 +455,7 @@ class Resolver:
         if len(request.questions) != 1:
             return _reply(request, RCODE.FORMERR).pack()
         zone = self.zones.get(gateway)
-        try:
-            allowed = zone is not None and ipaddress.IPv4Address(source) in zone.cidr
-        except ValueError:
-            allowed = False
-        if zone is None or not allowed:
+        if zone is None or not zone.holds(source):
             return _reply(request, RCODE.REFUSED, authoritative=False).pack()
         local = answer_local(zone, request)
         return local.pack() if local is not None else None
@@ -488,8 +512,9 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 def bound_socket(kind: int, address: str, port: int) -> socket.socket:
-    """A socket bound to ``address`` only (IP_FREEBIND: before the address exists)."""
-    sock = socket.socket(socket.AF_INET, kind)
+    """A socket bound to ``address`` only (IP_FREEBIND: before the address exists; Linux
+    honours it on IPv6 sockets too, where the kernel's DAD-less address may come later)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)

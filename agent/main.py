@@ -58,6 +58,7 @@ from agent.metrics import AgentMetrics, Timed
 from agent.modes import MODES
 from agent.names import veth_name, vtep_mac_for
 from agent.plan import RESTART_DELAY
+from agent.portproxy import PortProxy, wanted_proxies
 from agent.reconcile import Reconciler
 from agent.runtime import RUNTIMES, OciRuntime
 from sdnctl.api import convert
@@ -153,8 +154,10 @@ def detect_local(args: argparse.Namespace) -> LocalHost:
     """Our underlay address, its interface and MTU, and our VTEP MAC (flags win over detection:
     the interface holding --underlay-ip, else the one of the default route)."""
     with IPRoute() as ipr:
+        # an IPv6 --underlay-ip (issue 20) is looked up among the IPv6 addresses
+        family = socket.AF_INET6 if ":" in args.underlay_ip else socket.AF_INET
         addresses = [(a.get_attr("IFA_ADDRESS"), a["index"])
-                     for a in ipr.get_addr(family=socket.AF_INET)]
+                     for a in ipr.get_addr(family=family)]
         index = None
         if args.underlay_dev:
             found = ipr.link_lookup(ifname=args.underlay_dev)
@@ -241,6 +244,7 @@ class Agent:
         dns_port = getattr(args, "dns_port", 0)  # 0: no resolver
         self.dns = dns.DnsServer(port=dns_port) if dns_port else None
         self.host_upstreams = dns.read_resolv_conf()
+        self.proxy = PortProxy()  # ports on [::1] (issue 20): started with the loop
 
     def _desired_copy(self) -> DesiredState:
         with self.lock:
@@ -369,6 +373,8 @@ class Agent:
                             if self.dns is not None:
                                 self.dns.update(dns.zones_from(self.desired.networks.values(),
                                                                self.host_upstreams))
+                            if self.proxy.thread.is_alive():
+                                self.proxy.update(wanted_proxies(self.desired))
                     self.dirty.set()  # a progress notice alone is reported, not reconciled
             except grpc.RpcError as e:
                 self.watching = False
@@ -419,6 +425,7 @@ class Agent:
                                 policy_fw=policy_fw, shaper=Shaper())
         if self.dns is not None:
             self.dns.start()
+        self.proxy.start()
         watcher = threading.Thread(target=self.watch_forever, name="watch", daemon=True)
         watcher.start()
         exits = ExitWatcher(self.wake_for_pass)
@@ -524,6 +531,7 @@ class Agent:
             links.close()
             if self.dns is not None:
                 self.dns.stop()
+            self.proxy.stop()
             for channel in self.channels:
                 channel.close()
 

@@ -62,5 +62,10 @@ def link_local(mac: str) -> str:
 
 def container_mac(ip: str) -> str:
     """Docker's scheme: ``02:42:`` (locally administered, unicast) then the IPv4 address's four
-    bytes, so the anti-spoofing rules know a container's MAC from its address alone."""
+    bytes, so the anti-spoofing rules know a container's MAC from its address alone. A container
+    with an IPv6 address only (issue 20) gets ``02:43:`` and four bytes of a hash of it: its
+    low 32 bits alone could repeat within a lease (a fixed ip6 may differ only above them)."""
+    if ":" in ip:
+        digest = hashlib.sha256(ipaddress.IPv6Address(ip).packed).digest()
+        return "02:43:" + ":".join(f"{b:02x}" for b in digest[:4])
     return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)

@@ -130,7 +130,7 @@ class BridgeNet:
 
     network: str  # network name: the owner key is "net/<network>"
     bridge: str  # its bridge on this host
-    subnet: str  # this host's subnet of the network, "a.b.c.d/len"
+    subnet: str  # this host's subnet of the network, "a.b.c.d/len" ("": IPv6-only)
     masquerade: bool = True  # egress NAT (ignored when internal)
     internal: bool = False  # no forwarding but to allowed bridges, no NAT
     cidr: str = ""  # the whole network's CIDR (an overlay's, all hosts); "" = same as subnet
@@ -179,8 +179,8 @@ class PortGuard:
     container: str
     veth: str  # host side of the container's veth (the bridge port)
     mac: str  # the container interface's MAC
-    ip: str  # its IPv4 address
-    ip6: str = ""  # its IPv6 address on a dual-stack network (issue 20)
+    ip: str  # its IPv4 address ("": IPv6-only)
+    ip6: str = ""  # its IPv6 address on a dual-stack or IPv6-only network (issue 20)
 
 
 @dataclass(frozen=True)
@@ -282,8 +282,9 @@ def _vni(number: int) -> int:
 
 
 def _addresses(texts: Sequence[str]) -> str:
-    """One IPv4 address, or an anonymous set of several (nft rejects an empty set)."""
-    addrs = sorted({ipaddress.IPv4Address(t) for t in texts})
+    """One address, or an anonymous set of several (nft rejects an empty set), all of one
+    family."""
+    addrs = sorted({ipaddress.ip_address(t) for t in texts})  # (mixed families: TypeError)
     if not addrs:
         raise ValueError("empty address set")
     return str(addrs[0]) if len(addrs) == 1 else "{ " + ", ".join(map(str, addrs)) + " }"
@@ -323,7 +324,7 @@ def _published(spec: FirewallSpec) -> list[PortRule]:
 def localnet_bridges(spec: SpecLike) -> list[str]:
     """Bridges that need ``route_localnet=1``: those with a loopback-reachable port (pure)."""
     return sorted({p.bridge for p in _published(_as_spec(spec))
-                   if p.host_ip == "" or _is_loopback(p.host_ip)})
+                   if p.container_ip and (p.host_ip == "" or _is_loopback(p.host_ip))})
 
 
 def _port_rules(spec: FirewallSpec) -> list[_Rule]:
@@ -332,19 +333,9 @@ def _port_rules(spec: FirewallSpec) -> list[_Rule]:
         if ":" in p.host_ip:
             rules += _port_rules6(p)
             continue
-        target = f"dnat ip to {_ipv4(p.container_ip)}:{_port(p.container_port)}"
-        match = f"{p.protocol} dport {_port(p.host_port)} {target}"
         comment = f"sdnctl:ctr/{p.container}/port/{p.protocol}/{p.host_port}"
-        if p.host_ip == "":
-            rules.append(_Rule(TABLE_FAMILY, "prerouting",
-                               f"ip daddr != {LOOPBACK} fib daddr type local {match}", comment))
-            rules.append(_Rule(TABLE_FAMILY, "output",
-                               f"meta nfproto ipv4 fib daddr type local {match}", comment))
-        else:
-            daddr = f"ip daddr {_ipv4(p.host_ip)} {match}"
-            if not _is_loopback(p.host_ip):
-                rules.append(_Rule(TABLE_FAMILY, "prerouting", daddr, comment))
-            rules.append(_Rule(TABLE_FAMILY, "output", daddr, comment))
+        if p.container_ip:  # (an IPv6-only container has none: its port is IPv6's only)
+            rules += _port_rules4(p, comment)
         if p.host_ip == "" and p.container_ip6:
             # ::1 is never DNAT'd: IPv6 has no route_localnet, the answer could not come back
             match6 = (f"ip6 daddr != ::1 fib daddr type local {p.protocol} dport "
@@ -355,12 +346,27 @@ def _port_rules(spec: FirewallSpec) -> list[_Rule]:
     return rules
 
 
+def _port_rules4(p: PortRule, comment: str) -> list[_Rule]:
+    """A port published on every address ("") or an IPv4 one, DNAT'd to the container's IPv4
+    address."""
+    target = f"dnat ip to {_ipv4(p.container_ip)}:{_port(p.container_port)}"
+    match = f"{p.protocol} dport {_port(p.host_port)} {target}"
+    if p.host_ip == "":
+        return [_Rule(TABLE_FAMILY, "prerouting",
+                      f"ip daddr != {LOOPBACK} fib daddr type local {match}", comment),
+                _Rule(TABLE_FAMILY, "output",
+                      f"meta nfproto ipv4 fib daddr type local {match}", comment)]
+    daddr = f"ip daddr {_ipv4(p.host_ip)} {match}"
+    chains = ("output",) if _is_loopback(p.host_ip) else ("prerouting", "output")
+    return [_Rule(TABLE_FAMILY, chain, daddr, comment) for chain in chains]
+
+
 def _port_rules6(p: PortRule) -> list[_Rule]:
     """A port published on an IPv6 host address: ``::`` is every IPv6 address of the host but
-    ``::1`` (prerouting and output); another address is that one. Never ``::1`` (the API
-    refuses it: the answer, de-NAT'd to ``::1``, arrives on the bridge and the kernel does not
-    take it, IPv6 has no ``route_localnet``), and nothing without a container IPv6 address
-    (the API refuses that too; an agent just skips it)."""
+    ``::1`` (prerouting and output); another address is that one. Never ``::1``: the answer,
+    de-NAT'd to ``::1``, would arrive on the bridge and the kernel would not take it (IPv6 has
+    no ``route_localnet``); the agent's userland proxy serves it (``agent/portproxy.py``).
+    Nothing without a container IPv6 address (the API refuses that; an agent skips it)."""
     if not p.container_ip6 or p.host_ip == "::1":
         return []
     comment = f"sdnctl:ctr/{p.container}/port/{p.protocol}/{p.host_port}/ip6"
@@ -382,7 +388,7 @@ def _postrouting_rules(spec: FirewallSpec) -> list[_Rule]:
               f"sdnctl:net/{by_bridge[b].network}/localnet")
         for b in localnet_bridges(spec)
     ]
-    for b in sorted({p.bridge for p in published}):
+    for b in sorted({p.bridge for p in published if p.container_ip}):
         n = by_bridge[b]
         rules.append(_Rule(
             TABLE_FAMILY, "postrouting",
@@ -390,7 +396,7 @@ def _postrouting_rules(spec: FirewallSpec) -> list[_Rule]:
             f"sdnctl:net/{n.network}/hairpin"))
     ours = _names([i for n in nets for i in n.interfaces]) if nets else ""
     for n in nets:
-        if n.masquerade and not n.internal:
+        if n.masquerade and n.subnet and not n.internal:
             subnet = _subnet(n.subnet)
             whole = _subnet(n.cidr) if n.cidr else subnet
             rules.append(_Rule(
@@ -448,27 +454,35 @@ def _forward_rules(spec: FirewallSpec) -> list[_Rule]:
 
 def _vxlan_rules(spec: FirewallSpec) -> list[_Rule]:
     """Per port: accept each (members, VNI); drop other sources; drop what is left (another
-    VNI, or IPv6). Every drop is counted."""
+    VNI, or a family no member uses). Members on an IPv6 underlay (issue 20) get the same
+    rules in ``ip6`` (comments ending ``/ip6``). Every drop is counted."""
     by_port: dict[int, dict[int, set[str]]] = {}
     for f in spec.vxlan:
         by_port.setdefault(_port(f.port), {}).setdefault(_vni(f.vni), set()).update(f.members)
     rules = []
     for port, vnis in sorted(by_port.items()):
         udp = f"udp dport {port}"
-        for vni, members in sorted(vnis.items()):
-            if members:
+        for family, suffix in (("ip", ""), ("ip6", "/ip6")):
+            for vni, members in sorted(vnis.items()):
+                mine = _of_family(members, family)
+                if mine:
+                    rules.append(_Rule(TABLE_FAMILY, "input",
+                                       f"{udp} {family} saddr {_addresses(mine)} "
+                                       f"@th,96,24 {vni} accept",
+                                       f"sdnctl:vxlan/{port}/vni/{vni}{suffix}"))
+            everyone = _of_family({m for members in vnis.values() for m in members}, family)
+            if everyone:
                 rules.append(_Rule(TABLE_FAMILY, "input",
-                                   f"{udp} ip saddr {_addresses(list(members))} "
-                                   f"@th,96,24 {vni} accept",
-                                   f"sdnctl:vxlan/{port}/vni/{vni}"))
-        everyone = {m for members in vnis.values() for m in members}
-        if everyone:
-            rules.append(_Rule(TABLE_FAMILY, "input",
-                               f"{udp} ip saddr != {_addresses(list(everyone))} counter drop",
-                               f"sdnctl:vxlan/{port}/not-member"))
+                                   f"{udp} {family} saddr != {_addresses(everyone)} counter drop",
+                                   f"sdnctl:vxlan/{port}/not-member{suffix}"))
         rules.append(_Rule(TABLE_FAMILY, "input", f"{udp} counter drop",
                            f"sdnctl:vxlan/{port}/wrong-vni"))
     return rules
+
+
+def _of_family(addresses: set[str], family: str) -> list[str]:
+    """The addresses of ``family`` ("ip" or "ip6")."""
+    return [a for a in addresses if (":" in a) == (family == "ip6")]
 
 
 def _guard_key(g: PortGuard) -> tuple[str, str]:
@@ -482,7 +496,10 @@ def _one_guard(g: PortGuard) -> tuple[_Rule, ...]:
     the kernel derives from its MAC) and advertises itself as neighbour for those only.
     Remembered: a write renders every guard up to four times (the delta, the fingerprints),
     and a CNI ADD's fast path waits for it."""
-    port, mac, ip = f"iifname {_ifname(g.veth)}", _mac(g.mac), _ipv4(g.ip)
+    port, mac = f"iifname {_ifname(g.veth)}", _mac(g.mac)
+    # An IPv6-only container (no IPv4 address) sends no IPv4 and no ARP at all.
+    ip4, arp = (f"ip saddr != {_ipv4(g.ip)}", f"arp saddr ip != {_ipv4(g.ip)}") if g.ip else \
+        ("", "ether type arp")
     own6 = sorted({link_local(mac), *([_ipv6(g.ip6)] if g.ip6 else [])})
     # Each a chain of "!=" rather than an anonymous set: a delta may make anonymous sets of
     # one key type per table only (see the delta's note), and this table has ether types.
@@ -494,9 +511,9 @@ def _one_guard(g: PortGuard) -> tuple[_Rule, ...]:
         for expr, what in (
             (f"ether saddr != {mac}", "mac"),
             ("ether type != { ip, arp, ip6 }", "ethertype"),
-            (f"ether type ip ip saddr != {ip}", "ip"),
+            (f"ether type ip {ip4}".rstrip(), "ip"),
             (f"arp saddr ether != {mac}", "arp-mac"),
-            (f"arp saddr ip != {ip}", "arp-ip"),
+            (arp, "arp-ip"),
             (f"ether type ip6 {sources}", "ip6"),
             # the target address of a neighbour advertisement: 16 bytes after the ICMPv6
             # header's first 8 (nft 1.0.6 has no name for it)

@@ -57,13 +57,13 @@ class PeerEntries:
 
     def routes(self) -> tuple[tuple[str, str], ...]:
         """(destination, via) of the peer's route in each family it has."""
-        return ((self.subnet, self.vtep_ip),
-                *(((self.subnet6, self.vtep_ip6),) if self.subnet6 else ()))
+        return tuple((dst, via) for dst, via in ((self.subnet, self.vtep_ip),
+                                                 (self.subnet6, self.vtep_ip6)) if dst)
 
     def neighbours(self) -> tuple[tuple[str, str], ...]:
         """(address, MAC) of the peer's permanent neighbour in each family it has."""
-        return ((self.vtep_ip, self.vtep_mac),
-                *(((self.vtep_ip6, self.vtep_mac),) if self.subnet6 else ()))
+        return tuple((ip, self.vtep_mac) for ip, dst in ((self.vtep_ip, self.subnet),
+                                                         (self.vtep_ip6, self.subnet6)) if dst)
 
 
 @dataclass(frozen=True)

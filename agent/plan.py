@@ -22,7 +22,6 @@ from agent.names import (
     ALIAS_PREFIX,
     bridge_alias,
     bridge_name,
-    container_mac,
     veth_alias,
     veth_name,
     vxlan_alias,
@@ -308,10 +307,10 @@ def firewall_spec(desired: DesiredState) -> FirewallSpec:
     guards: list[PortGuard] = []
     for ctr in sorted(desired.containers.values(), key=lambda c: c.name):
         network = MODES[ctr.mode].bridge_network(ctr)
-        if network is None or network not in networks or not ctr.ip:
+        if network is None or network not in networks or not ctr.addressed:
             continue
         guards.append(PortGuard(ctr.name, veth_name(ctr.name, ctr.interface),
-                                container_mac(ctr.ip), ctr.ip, ctr.ip6))
+                                ctr.mac, ctr.ip, ctr.ip6))
         ports += [PortRule(ctr.name, bridge_name(network), ctr.ip, p.protocol, p.host_ip,
                            p.host_port, p.container_port, ctr.ip6) for p in ctr.ports]
     return FirewallSpec(bridges, tuple((a, b) for a, b in allowed), tuple(ports), tuple(guards),
@@ -335,7 +334,7 @@ def blocked(ctr: DesiredContainer, desired: DesiredState) -> str | None:
     network = mode.bridge_network(ctr)
     if network is not None:
         net = desired.networks.get(network)
-        if net is None or net.driver not in LOCAL_BRIDGE_DRIVERS or not ctr.ip:
+        if net is None or net.driver not in LOCAL_BRIDGE_DRIVERS or not ctr.addressed:
             return f"waiting for this host's lease of network {network!r}"
     return mode.waiting_for(ctr, desired.containers)
 
@@ -431,7 +430,7 @@ def veth_needs_repair(ctr: DesiredContainer, net: DesiredNetwork, link: Observed
     inner = state.net
     inner_ok = (inner.up and inner.mtu == net.mtu and inner.addresses == ctr.address_cidrs
                 and inner.gateway == ctr.gateway and inner.gateway6 == (ctr.gateway6 or None)
-                and inner.mac == container_mac(ctr.ip))
+                and inner.mac == ctr.mac)
     return not (host_ok and inner_ok)
 
 

@@ -224,6 +224,36 @@ def pinger(d: Dataplane, client: str, server: str, count: int,
     return run
 
 
+def measure_paths(d: Dataplane, paths: tuple[tuple[str, str, str, str, str], ...], rounds: int,
+                  seconds: float, pings: int) -> tuple[list[Measurement], list[dict[str, Any]]]:
+    """Per path (label, sdnctl client, server, hand client, server): throughput and RTT p50/p99
+    of both sides in alternating rounds, and their sdnctl/hand comparisons (the goals: >= 0.97
+    for throughput, <= 1.1 for the p50)."""
+    ms: list[Measurement] = []
+    comps = []
+    for what, sc, ss, hc, hs in paths:
+        sd, hand = alternate(iperfer(d, sc, ss, seconds), iperfer(d, hc, hs, seconds), rounds)
+        ms += [Measurement(f"{what} throughput sdnctl", "Gbit/s", sd),
+               Measurement(f"{what} throughput by hand", "Gbit/s", hand)]
+        r = paired_ratio(sd, hand)
+        comps.append(comparison(f"{what} throughput sdnctl/hand", r, ">= 0.97", r >= 0.97))
+        print(f"{what}: sdnctl {sd}  by hand {hand}  ratio {r:.3f}")
+        lat: dict[str, list[tuple[float, float]]] = {"sdnctl": [], "hand": []}
+        alternate(pinger(d, sc, ss, pings, lat["sdnctl"]),
+                  pinger(d, hc, hs, pings, lat["hand"]), rounds)
+        for q, k in (("p50", 0), ("p99", 1)):
+            s_q = [x[k] for x in lat["sdnctl"]]
+            h_q = [x[k] for x in lat["hand"]]
+            ms += [Measurement(f"{what} RTT {q} sdnctl", "µs", s_q),
+                   Measurement(f"{what} RTT {q} by hand", "µs", h_q)]
+            r = paired_ratio(s_q, h_q)
+            comps.append(comparison(f"{what} RTT {q} sdnctl/hand", r,
+                                    "<= 1.1" if q == "p50" else "", r <= 1.1
+                                    if q == "p50" else None))
+            print(f"{what} RTT {q}: sdnctl {s_q}  by hand {h_q}  ratio {r:.3f}")
+    return ms, comps
+
+
 def main() -> int:
     args = bench_args(__doc__.splitlines()[0])
     rounds, seconds, pings = (4, 2, 500) if args.quick else (8, 4, 2000)
@@ -237,29 +267,7 @@ def main() -> int:
         rules = d.rules()
         for ctr in ("s2", "x2", "hb2", "hx2"):
             d.start_server(ctr)
-        ms: list[Measurement] = []
-        comps = []
-        for what, sc, ss, hc, hs in PATHS:
-            sd, hand = alternate(iperfer(d, sc, ss, seconds), iperfer(d, hc, hs, seconds),
-                                 rounds)
-            ms += [Measurement(f"{what} throughput sdnctl", "Gbit/s", sd),
-                   Measurement(f"{what} throughput by hand", "Gbit/s", hand)]
-            r = paired_ratio(sd, hand)
-            comps.append(comparison(f"{what} throughput sdnctl/hand", r, ">= 0.97", r >= 0.97))
-            print(f"{what}: sdnctl {sd}  by hand {hand}  ratio {r:.3f}")
-            lat: dict[str, list[tuple[float, float]]] = {"sdnctl": [], "hand": []}
-            alternate(pinger(d, sc, ss, pings, lat["sdnctl"]),
-                      pinger(d, hc, hs, pings, lat["hand"]), rounds)
-            for q, k in (("p50", 0), ("p99", 1)):
-                s_q = [x[k] for x in lat["sdnctl"]]
-                h_q = [x[k] for x in lat["hand"]]
-                ms += [Measurement(f"{what} RTT {q} sdnctl", "µs", s_q),
-                       Measurement(f"{what} RTT {q} by hand", "µs", h_q)]
-                r = paired_ratio(s_q, h_q)
-                comps.append(comparison(f"{what} RTT {q} sdnctl/hand", r,
-                                        "<= 1.1" if q == "p50" else "", r <= 1.1
-                                        if q == "p50" else None))
-                print(f"{what} RTT {q}: sdnctl {s_q}  by hand {h_q}  ratio {r:.3f}")
+        ms, comps = measure_paths(d, PATHS, rounds, seconds, pings)
         write_result("dataplane", {
             "mode": "quick" if args.quick else "full",
             "params": {"rounds": rounds, "seconds": seconds, "pings": pings,

@@ -28,6 +28,7 @@ class Driver:
         """The device that carries the network to other hosts ("" when it stays on this one)."""
         return ""
 
-    def mtu(self, mtu: int, underlay_mtu: int) -> int:
-        """The network's MTU on this host (as given, or derived from the underlay's)."""
-        return self.kind.mtu_on(mtu, underlay_mtu)
+    def mtu(self, mtu: int, underlay_mtu: int, underlay6: bool = False) -> int:
+        """The network's MTU on this host (as given, or derived from the underlay's MTU and
+        family)."""
+        return self.kind.mtu_on(mtu, underlay_mtu, underlay6)

@@ -8,7 +8,9 @@ portmap plugin therefore delete the entries of an address when it goes, and so d
 Entries are read with one ctnetlink dump (pyroute2's ``Conntrack``, no ``conntrack`` binary) and
 deleted one by one by their original tuple and zone. The kernel's own flush filters by mark
 only, so there is no server-side "delete where address = X". An entry that vanished between
-the dump and the delete is fine. IPv4 only, like the rest of the data path.
+the dump and the delete is fine. An address is flushed in its own family (a dump per family:
+ctnetlink dumps one; issue 20 made the data path dual-stack); flows between networks and the
+flow samples are IPv4's.
 
 The socket is born in the calling thread's network namespace: the agent calls this from its
 host's namespace; a test wraps the call in ``netns.run_in_netns``.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -28,15 +31,16 @@ from agent.kernel.errors import KernelError
 
 
 def flush_address(ip: str) -> int:
-    """Delete every IPv4 entry in which ``ip`` appears as source or destination of the original
-    or the reply direction: flows it started, flows to it (also DNAT'd ones, where it is the
-    reply's source) and flows masqueraded to it. Returns how many were deleted."""
-    address = str(ipaddress.IPv4Address(ip))
+    """Delete every entry in which ``ip`` (IPv4 or IPv6) appears as source or destination of
+    the original or the reply direction: flows it started, flows to it (also DNAT'd ones, where
+    it is the reply's source) and flows masqueraded to it. Returns how many were deleted."""
+    address = ipaddress.ip_address(ip)
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
 
     def matches(entry: Any) -> bool:
-        return address in _addresses(entry)
+        return address in {ipaddress.ip_address(a) for a in _addresses(entry) if a}
 
-    return _flush(matches, f"address {address}")
+    return _flush(matches, f"address {address}", family)
 
 
 def flush_between(subnet_a: str, subnet_b: str) -> int:
@@ -59,10 +63,10 @@ def _addresses(entry: Any) -> set[str]:
     return {o.saddr, o.daddr, r.saddr, r.daddr}
 
 
-def _flush(matches: Callable[[Any], bool], what: str) -> int:
+def _flush(matches: Callable[[Any], bool], what: str, family: int = socket.AF_INET) -> int:
     deleted = 0
     try:
-        with Conntrack() as ct:
+        with Conntrack(nfgen_family=family) as ct:
             for entry in [e for e in ct.dump_entries() if matches(e)]:
                 if _delete(ct, entry):
                     deleted += 1

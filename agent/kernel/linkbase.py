@@ -226,17 +226,17 @@ class LinkBase:
     @staticmethod
     def _ensure_addresses(ipr: IPRoute, index: int, wanted: str, what: str,
                           wanted6: str = "") -> None:
-        """Exactly ``wanted`` as IPv4 address on the link: add it, delete any other. With
-        ``wanted6`` (dual-stack), exactly that global IPv6 address too."""
+        """Exactly ``wanted`` ("": none, IPv6-only) as IPv4 address on the link: add it,
+        delete any other. With ``wanted6`` (dual-stack), exactly that global IPv6 address too."""
         LinkBase._ensure_address6(ipr, index, wanted6, what)
         try:
             present = _v4_by_index(ipr.get_addr(family=socket.AF_INET, index=index))
-            want = IPNetwork(wanted)
             for cidr in present.get(index, []):
                 if cidr != wanted:
                     have = IPNetwork(cidr)
                     ipr.addr("del", index=index, address=str(have.ip), prefixlen=have.prefixlen)
-            if wanted not in present.get(index, []):
+            if wanted and wanted not in present.get(index, []):
+                want = IPNetwork(wanted)
                 try:
                     ipr.addr("add", index=index, address=str(want.ip), prefixlen=want.prefixlen)
                 except NetlinkError as e:

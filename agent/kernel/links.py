@@ -378,10 +378,12 @@ class Links(VxlanLinks, LinkBase):
         read first: three writes where repairing an existing one takes three reads more."""
         what = f"{peer!r} in {netns_path!r}"
         ipr = self._in(netns_path)
-        address = IPNetwork(address_cidr)
         try:
             ipr.link("set", index=index, state="up", ifalias=alias)
-            ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.prefixlen)
+            if address_cidr:  # none on an IPv6-only network
+                address = IPNetwork(address_cidr)
+                ipr.addr("add", index=index, address=str(address.ip),
+                         prefixlen=address.prefixlen)
             if address6_cidr:
                 add_address6(ipr, index, address6_cidr)
         except NetlinkError as e:
@@ -416,7 +418,8 @@ class Links(VxlanLinks, LinkBase):
         self._fix_link(ipr, link, what, **want)
         self._ensure_addresses(ipr, link["index"], address_cidr, what, address6_cidr)
         faults.point("address")
-        self._ensure_default_route(ipr, link["index"], gateway, what)
+        if gateway:
+            self._ensure_default_route(ipr, link["index"], gateway, what)
         if gateway6:
             self._ensure_default_route(ipr, link["index"], gateway6, what, socket.AF_INET6)
         faults.point("route")

@@ -109,10 +109,6 @@ def _attr(kind: int, value: bytes) -> bytes:
     return RTATTR.pack(length, kind) + value + b"\0" * (_align(length) - length)
 
 
-def _ipv4_bytes(address: str) -> bytes:
-    return socket.inet_pton(socket.AF_INET, address)
-
-
 def _family(address: str) -> int:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 
@@ -138,9 +134,10 @@ REPLACE = NLM_F_REPLACE | NLM_F_CREATE  # create, or overwrite the entry with th
 
 
 def fdb_replace(index: int, mac: str, dst: str, state: int, flags: int) -> Request:
-    """``bridge fdb replace MAC dev INDEX dst DST`` (AF_BRIDGE neighbour)."""
+    """``bridge fdb replace MAC dev INDEX dst DST`` (AF_BRIDGE neighbour; DST of either family:
+    the kernel tells them by the attribute's length)."""
     body = NDMSG.pack(socket.AF_BRIDGE, index, state, flags, 0) + \
-        _attr(NDA_LLADDR, _mac_bytes(mac)) + _attr(NDA_DST, _ipv4_bytes(dst))
+        _attr(NDA_LLADDR, _mac_bytes(mac)) + _attr(NDA_DST, _ip_bytes(dst))
     return Request(RTM_NEWNEIGH, REPLACE, body)
 
 

@@ -94,6 +94,16 @@ def _peers_by_index(
 
 
 
+def _local_key(local_ip: str) -> str:
+    """The attribute of a VXLAN device's source address in its underlay's family."""
+    return "vxlan_local6" if ":" in local_ip else "vxlan_local"
+
+
+def _local_of(data: dict[str, Any]) -> str | None:
+    """A VXLAN device's source address, either family (an IPv6 underlay, issue 20)."""
+    return data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6")
+
+
 class VxlanLinks(LinkBase):
     """VXLAN devices and their peers' routes, neighbours and FDB entries (module note)."""
 
@@ -138,9 +148,14 @@ class VxlanLinks(LinkBase):
                     data.get("IFLA_VXLAN_GROUP") not in (None, "0.0.0.0"):
                 delete_link(ipr, link, f"{what} to recreate it")
                 link = None
+        if link is not None and _local_of(_vxlan_data(link)) not in (None, local_ip) and \
+                (":" in local_ip) != (":" in (_local_of(_vxlan_data(link)) or "")):
+            delete_link(ipr, link, f"{what} to recreate it")  # its underlay changed family
+            link = None
         if link is None:
             link = self._create(ipr, name, "vxlan", alias, vxlan_id=vni, vxlan_port=port,
-                                vxlan_local=local_ip, vxlan_link=underlay["index"],
+                                **{_local_key(local_ip): local_ip},
+                                vxlan_link=underlay["index"],
                                 vxlan_learning=0, mtu=mtu, address=mac, state="up")
         else:
             self._fix_vxlan(ipr, link, what, local_ip, underlay["index"])
@@ -152,10 +167,11 @@ class VxlanLinks(LinkBase):
     def _fix_vxlan(ipr: IPRoute, link: Any, what: str, local_ip: str, underlay: int) -> None:
         """One RTM_NEWLINK changing only the VXLAN attributes that differ (none: no request)."""
         data = _vxlan_data(link)
-        current = {"vxlan_local": data.get("IFLA_VXLAN_LOCAL"),
+        key = _local_key(local_ip)
+        current = {key: data.get("IFLA_" + key.upper()),
                    "vxlan_link": data.get("IFLA_VXLAN_LINK"),
                    "vxlan_learning": data.get("IFLA_VXLAN_LEARNING")}
-        want = {"vxlan_local": local_ip, "vxlan_link": underlay, "vxlan_learning": 0}
+        want = {key: local_ip, "vxlan_link": underlay, "vxlan_learning": 0}
         delta = {k: v for k, v in want.items() if current[k] != v}
         if delta:
             try:
@@ -190,7 +206,7 @@ class VxlanLinks(LinkBase):
             master=master, mtu=link.get_attr("IFLA_MTU"),
             up=_is_up(link), addresses=tuple(sorted(addrs)),
             vni=data.get("IFLA_VXLAN_ID", 0), port=data.get("IFLA_VXLAN_PORT", 0),
-            local=data.get("IFLA_VXLAN_LOCAL"), underlay=underlay,
+            local=_local_of(data), underlay=underlay,
             learning=bool(data.get("IFLA_VXLAN_LEARNING")), mac=link.get_attr("IFLA_ADDRESS"),
         )
 
@@ -283,7 +299,8 @@ class VxlanLinks(LinkBase):
             have = self._dump_peers([index])[index]
         requests: list[tuple[PeerEntries, rtnl.Request]] = []
         for peer in peers:
-            mac, subnet = peer.vtep_mac.lower(), str(IPNetwork(peer.subnet).cidr)
+            mac = peer.vtep_mac.lower()
+            subnet = str(IPNetwork(peer.subnet).cidr) if peer.subnet else ""  # "": IPv6-only
             if [d for m, d in have.fdb if m == mac] != [peer.underlay_ip]:
                 requests.append((peer, rtnl.fdb_replace(index, mac, peer.underlay_ip,
                                                         NUD_PERMANENT | NUD_NOARP, NTF_SELF)))

@@ -40,7 +40,7 @@ def parse_port(spec: str, field: str) -> PortMapping:
     """Docker's ``[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]``; an IPv6 host address is
     written in brackets: ``[::]:8080:80`` (every IPv6 address of the host but ``::1``),
     ``[fd00::1]:8080:80`` (that one). ``0.0.0.0`` becomes "" (every address); an IPv6 one is
-    kept compressed. ``[::1]`` is refused (see :func:`_port_ipv6`)."""
+    kept compressed."""
     if not isinstance(spec, str):
         raise Invalid(field, "expected a string such as '8080:80' or '127.0.0.1:5353:53/udp'")
     body, _, protocol = spec.partition("/")
@@ -83,20 +83,15 @@ def parse_port(spec: str, field: str) -> PortMapping:
 
 
 def _port_ipv6(text: str, spec: str, field: str) -> str:
-    """A published port's IPv6 host address: ``::`` or a unicast address of the host (no
-    link-local one: it would need a zone; no multicast or IPv4-mapped one; not ``::1``)."""
+    """A published port's IPv6 host address: ``::``, ``::1`` (the agent's userland proxy
+    serves it, ``agent/portproxy.py``) or a unicast address of the host (no link-local one: it
+    would need a zone; no multicast or IPv4-mapped one)."""
     try:
         address = netaddr.IPAddress(text, version=6) if ":" in text else None
     except (netaddr.AddrFormatError, ValueError) as e:
         raise Invalid(field, f"{text!r} in {spec!r} is not an IPv6 address") from e
     if address is None:
         raise Invalid(field, f"{text!r} in {spec!r} is not an IPv6 address")
-    if address == netaddr.IPAddress("::1"):
-        # DNAT to a container from ::1 cannot work: the answer, de-NAT'd to ::1, arrives on
-        # the bridge, and IPv6 has no route_localnet to take it (Docker runs a proxy here).
-        raise Invalid(field, f"{spec!r}: a port on ::1 is not supported (IPv6 cannot route "
-                      "the answer back to ::1); publish on [::] or on one of the host's IPv6 "
-                      "addresses")
     for bad, cidr in (("link-local", "fe80::/10"), ("multicast", "ff00::/8"),
                       ("IPv4-mapped", "::ffff:0:0/96")):
         if address in netaddr.IPNetwork(cidr):

@@ -20,6 +20,7 @@ NAME_MAX = 63
 
 DEFAULT_VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50  # outer IPv4 + UDP + VXLAN + inner Ethernet: overlay MTU = underlay - 50
+VXLAN_OVERHEAD6 = 70  # the same over an IPv6 underlay: its header is 20 bytes longer
 DEFAULT_HOST_PREFIX = 24
 DEFAULT_HOST_PREFIX6 = 64  # each host's IPv6 lease: a /64, as SLAAC-era networks expect
 DEFAULT_MTU = 1500
@@ -41,24 +42,29 @@ class NetworkDriver:
     name: str
     spans_hosts: bool
     overhead: int = 0
+    overhead6: int = 0  # the encapsulation's bytes over an IPv6 underlay (issue 20)
 
     def default_mtu(self) -> int:
         """The MTU a network gets when none is given; 0 means "derive it on each host from its
         underlay" (an encapsulating driver: the underlay's MTU differs from host to host)."""
         return 0 if self.overhead else DEFAULT_MTU
 
-    def mtu_on(self, mtu: int, underlay_mtu: int) -> int:
+    def mtu_on(self, mtu: int, underlay_mtu: int, underlay6: bool = False) -> int:
         """The network's MTU on one host: as given, else the default, derived from the
-        underlay's (a bigger one would be dropped or fragmented)."""
+        underlay's (a bigger one would be dropped or fragmented) and its family (``underlay6``:
+        the host's underlay address is IPv6, whose header is longer)."""
         if mtu:
             return mtu
-        return underlay_mtu - self.overhead if self.overhead else DEFAULT_MTU
+        if not self.overhead:
+            return DEFAULT_MTU
+        return underlay_mtu - (self.overhead6 if underlay6 else self.overhead)
 
 
 #: The network drivers, a literal registry (the agent's ``agent/drivers/`` has the same keys).
 NETWORK_DRIVERS = {
     DRIVER_BRIDGE: NetworkDriver(DRIVER_BRIDGE, spans_hosts=False),
-    DRIVER_OVERLAY: NetworkDriver(DRIVER_OVERLAY, spans_hosts=True, overhead=VXLAN_OVERHEAD),
+    DRIVER_OVERLAY: NetworkDriver(DRIVER_OVERLAY, spans_hosts=True, overhead=VXLAN_OVERHEAD,
+                                  overhead6=VXLAN_OVERHEAD6),
 }
 DRIVERS = tuple(NETWORK_DRIVERS)
 

@@ -133,7 +133,10 @@ def default_host_prefix(subnet: str, gateway: str = "", ip_range: str = "") -> i
 def validate_host(host: Host, where: str = "host") -> Host:
     check_name(host.name, f"{where}.name")
     if host.underlay_ip:
-        check_ipv4(host.underlay_ip, f"{where}.underlay_ip")
+        if ":" in host.underlay_ip:  # an IPv6 underlay (issue 20)
+            check_ipv6(host.underlay_ip, f"{where}.underlay_ip")
+        else:
+            check_ipv4(host.underlay_ip, f"{where}.underlay_ip")
         check_not_reserved(host.underlay_ip, f"{where}.underlay_ip")
     if host.netns:
         clean_path(host.netns, f"{where}.netns")
@@ -163,11 +166,9 @@ def validate_network(network: Network, where: str = "network") -> Network:
             f"{where}.driver",
             f"unknown driver {network.driver!r}; expected one of {', '.join(DRIVERS)}",
         )
-    if not network.subnet:
-        raise Invalid(f"{where}.subnet", "required (a CIDR such as 10.88.0.0/16)")
-    subnet = validate_cidr(network.subnet, f"{where}.subnet")
-    check_pool(subnet, f"{where}.subnet")
-    lease_prefix = host_prefix_for(network.subnet, network.host_prefix, f"{where}.host_prefix")
+    if not network.subnet and not network.subnet6:
+        raise Invalid(f"{where}.subnet", "required (a CIDR such as 10.88.0.0/16), or only a "
+                      "subnet6 for an IPv6-only network")
     overlay = spans_hosts(network.driver)
     if not (MTU_MIN <= network.mtu <= MTU_MAX or (overlay and network.mtu == 0)):
         auto = " (or 0: the underlay's MTU - 50)" if overlay else ""
@@ -175,6 +176,28 @@ def validate_network(network: Network, where: str = "network") -> Network:
     _check_vxlan(network, where)
     if network.default_policy not in ("", "allow", DEFAULT_DENY):
         raise Invalid(f"{where}.default", f"{network.default_policy!r}: expected allow or deny")
+    if network.subnet:
+        _check_subnet4(network, where)
+    else:  # IPv6-only (issue 20): what only IPv4 has needs an IPv4 subnet
+        for field in ("gateway", "ip_range"):
+            if getattr(network, field):
+                raise Invalid(f"{where}.{field}", "needs an IPv4 subnet (subnet); this network "
+                              "is IPv6-only")
+    if network.subnet6:
+        check_pool(validate_cidr6(network.subnet6, f"{where}.subnet6"), f"{where}.subnet6")
+        host_prefix6_for(network.subnet6, network.host_prefix6, f"{where}.host_prefix6")
+    if network.masquerade6 and not network.subnet6:
+        raise Invalid(f"{where}.masquerade6", "needs an IPv6 subnet (subnet6)")
+    _check_allow(network, where)
+    _check_dns(network.dns_domain, network.dns, where)
+    return network
+
+
+def _check_subnet4(network: Network, where: str) -> None:
+    """A network's IPv4 side: its subnet, host prefix, gateway and ip_range."""
+    subnet = validate_cidr(network.subnet, f"{where}.subnet")
+    check_pool(subnet, f"{where}.subnet")
+    lease_prefix = host_prefix_for(network.subnet, network.host_prefix, f"{where}.host_prefix")
     for field in ("gateway", "ip_range"):
         if getattr(network, field) and lease_prefix != subnet.prefixlen:
             raise Invalid(
@@ -189,14 +212,6 @@ def validate_network(network: Network, where: str = "network") -> Network:
         ip_range = validate_cidr(network.ip_range, f"{where}.ip_range")
         if ip_range not in subnet:
             raise Invalid(f"{where}.ip_range", f"{ip_range} is not inside {subnet}")
-    if network.subnet6:
-        check_pool(validate_cidr6(network.subnet6, f"{where}.subnet6"), f"{where}.subnet6")
-        host_prefix6_for(network.subnet6, network.host_prefix6, f"{where}.host_prefix6")
-    if network.masquerade6 and not network.subnet6:
-        raise Invalid(f"{where}.masquerade6", "needs an IPv6 subnet (subnet6)")
-    _check_allow(network, where)
-    _check_dns(network.dns_domain, network.dns, where)
-    return network
 
 
 DNS_UPSTREAMS_MAX = 3  # as resolv.conf's MAXNS

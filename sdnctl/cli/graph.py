@@ -144,7 +144,8 @@ def _rows_containers(live: Live) -> list[list[str]]:
     for c in sorted(live.containers.values(), key=lambda c: (c["host"], c["name"])):
         target = c["shares_netns_of"] or (c["network"] if c["mode"] == MODE_BRIDGE else "")
         donor = live.containers.get(c["shares_netns_of"], {})
-        ip = _addresses(c) or (f"({_addresses(donor, False)})" if donor.get("ip") else "-")
+        ip = _addresses(c) or (f"({_addresses(donor, False)})"
+                               if donor.get("ip") or donor.get("ip6") else "-")
         # (a joined one has its donor's)
         mode = c["owner"][:16] if c.get("cni_netns") else _MODE_WORD[c["mode"]]
         rows.append([c["name"], c["host"], mode, target or "-", ip, c["state"],

@@ -26,7 +26,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
         print(json.dumps(items, indent=2))
         return 0
     print_table([[c["name"], c["host"], c["network"],
-                  c["owner"][:16] if c["cni_netns"] else c["image"] or "-", c["ip"],
+                  c["owner"][:16] if c["cni_netns"] else c["image"] or "-",
+                  c["ip"] or c["ip6"],  # an IPv6-only network's containers have ip6 only
                   state_text(c), str(c["pid"] or "")]
                  for c in items], ["NAME", "HOST", "NETWORK", "IMAGE", "IP", "STATE", "PID"])
     return 0

@@ -30,7 +30,8 @@ def host_json(h: pb.Host) -> dict[str, Any]:
         "docker_host": h.docker_host,
         "reported_containers": list(h.reported_containers),
         "subnets": [{"network": lease.network, "subnet": lease.subnet,
-                     "gateway": lease.gateway} for lease in h.leases],
+                     "gateway": lease.gateway, "subnet6": lease.subnet6,
+                     "gateway6": lease.gateway6} for lease in h.leases],
         "revision": h.revision,
     }
 

@@ -1,6 +1,6 @@
 """Everyday verbs in Docker's spirit: networks, containers, hosts.
 
-    sdnctl network create NAME --subnet CIDR [--driver bridge|overlay] [...]
+    sdnctl network create NAME --subnet CIDR [--subnet6 CIDR6] [--driver bridge|overlay] [...]
     sdnctl network ls [--json] | inspect NAME [--json] | rm NAME...
     sdnctl network connect NETWORK CONTAINER | disconnect NETWORK CONTAINER
     sdnctl run --name NAME --host HOST [--network N] [-p HOST:CTR] [--restart P] [--] CMD...
@@ -82,6 +82,9 @@ def _print_json(data: Any) -> None:
 
 def network_from_args(args: argparse.Namespace) -> pb.Network:
     """The Network message `network create` sends (pure)."""
+    if not args.subnet and not getattr(args, "subnet6", None):
+        raise CommandError("network create: give --subnet, --subnet6 or both (--subnet6 alone "
+                           "makes an IPv6-only network)")
     net = pb.Network(name=args.name, driver=args.driver, subnet=args.subnet,
                      gateway=args.gateway or "", ip_range=args.ip_range or "",
                      internal=args.internal, allow=list(args.allow or []),
@@ -128,7 +131,8 @@ def cmd_network_ls(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(items)
         return 0
-    print_table([[n["name"], n["driver"], n["subnet"], n["gateway"] or "-", network_flags(n),
+    print_table([[n["name"], n["driver"], n["subnet"] or n["subnet6"], n["gateway"] or "-",
+                  network_flags(n),
              ",".join(n["allow"]) or "-"] for n in items],
            ["NAME", "DRIVER", "SUBNET", "GATEWAY", "FLAGS", "ALLOW"])
     return 0
@@ -161,10 +165,13 @@ def cmd_network_inspect(args: argparse.Namespace) -> int:
         print(f"{key + ':':<14} {value}")
     print("leases:")
     for x in data["leases"]:
-        print(f"  {x['host']:<12} {x['subnet']:<18} gateway {x['gateway']}")
+        for subnet, gateway in ((x["subnet"], x["gateway"]), (x["subnet6"], x["gateway6"])):
+            if subnet:  # each family the network has (an IPv6-only one: subnet6 only)
+                print(f"  {x['host']:<12} {subnet:<18} gateway {gateway}")
     print("containers:")
     for c in data["containers"]:
-        print(f"  {c['name']:<12} {c['host']:<12} {c['ip'] or '-':<16} {c['state']}")
+        print(f"  {c['name']:<12} {c['host']:<12} {c['ip'] or c['ip6'] or '-':<16} "
+              f"{c['state']}")
     return 0
 
 
@@ -212,7 +219,9 @@ def _move(client: Client, have: pb.Container, network: str, ip: str, timeout: fl
     got = _rpc(f"move container {have.name!r} to {network!r}", lambda: client.api.UpdateContainer(
         pb.UpdateContainerRequest(container=spec), timeout=RPC_TIMEOUT))
     now = wait_realised(client, got.host, got.name, got.revision, timeout)
-    address = f" ({now.ip}/{now.prefixlen})" if now.ip else ""
+    held = " ".join(f"{a}/{n}" for a, n in ((now.ip, now.prefixlen), (now.ip6, now.prefixlen6))
+                    if a)  # each family it has (an IPv6-only network's: IPv6 only)
+    address = f" ({held})" if held else ""
     print(f"{now.name}: {network}{address}, {now.status.state}")
     return 0
 
@@ -476,7 +485,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def host_row(h: dict[str, Any], containers: int) -> list[str]:
     """A row of `host ls` (pure)."""
     agent = f"connected (pid {h['agent_pid']})" if h["agent_connected"] else "disconnected"
-    subnets = ",".join(f"{s['network']}={s['subnet']}" for s in h["subnets"]) or "-"
+    subnets = ",".join(f"{s['network']}={s['subnet'] or s.get('subnet6', '')}"
+                       for s in h["subnets"]) or "-"
     return [h["name"], h["underlay_ip"] or "-", "lab" if h["lab"] else "real", agent,
             str(containers), subnets]
 
@@ -512,8 +522,10 @@ def _register_network(sub: Any) -> None:
 
     p = verbs.add_parser("create", help="create a network")
     p.add_argument("name")
-    p.add_argument("--subnet", required=True, help="the network's CIDR, e.g. 10.90.0.0/16")
-    p.add_argument("--subnet6", help="dual-stack: the network's IPv6 CIDR, e.g. fd00:90::/48")
+    p.add_argument("--subnet", default="", help="the network's IPv4 CIDR, e.g. 10.90.0.0/16 "
+                   "(leave it out, with --subnet6, for an IPv6-only network)")
+    p.add_argument("--subnet6", help="the network's IPv6 CIDR, e.g. fd00:90::/48 (with --subnet: "
+                   "dual-stack; alone: IPv6-only)")
     p.add_argument("--masquerade6", action="store_true",
                    help="NAT66: masquerade IPv6 egress (default: routed, no NAT)")
     p.add_argument("--host-prefix6", type=int,

@@ -189,26 +189,29 @@ def _leaked(state: State, kv: KeyValue, by_key: dict[str, KeyValue],
         return None
     why = "its container is gone" if ctr is None else \
         f"container {alloc.container!r} uses network {ctr.network!r}/{ctr.interface} now"
-    guard = keys.addr_key(alloc.network, alloc.address)
-    guard_kv = by_key.get(guard)
     guards = {kv.key: kv.mod_revision, container_key(alloc.container):
-              _rev(by_key, container_key(alloc.container)), guard: _rev(by_key, guard)}
+              _rev(by_key, container_key(alloc.container))}
     ops: list[Put | Delete] = [Delete(kv.key)]
-    if guard_kv is not None and from_json(Allocation, guard_kv.value) == alloc:
-        ops.append(Delete(guard))  # the guard is this allocation's (not someone else's)
-    ops += _quarantine_address(state, alloc, now)
-    return Candidate(LEAKED_ADDRESS, kv.key, alloc.network, alloc.address,
+    addresses = [a for a in (alloc.address, alloc.address6) if a]  # each family it holds
+    for address in addresses:
+        guard = keys.addr_key(alloc.network, address)
+        guard_kv = by_key.get(guard)
+        guards[guard] = _rev(by_key, guard)
+        if guard_kv is not None and from_json(Allocation, guard_kv.value) == alloc:
+            ops.append(Delete(guard))  # the guard is this allocation's (not someone else's)
+        ops += _quarantine_address(state, alloc, address, now)
+    return Candidate(LEAKED_ADDRESS, kv.key, alloc.network, " ".join(addresses),
                      f"held by {alloc.container}/{alloc.interface}, but {why}", guards, ops)
 
 
-def _quarantine_address(state: State, alloc: Allocation, now: int) -> list[Put | Delete]:
+def _quarantine_address(state: State, alloc: Allocation, address: str,
+                        now: int) -> list[Put | Delete]:
     ops: list[Put | Delete] = []
     if state.timers.address_quarantine > 0:
-        entry = ipam.Quarantined(alloc.network, alloc.address,
+        entry = ipam.Quarantined(alloc.network, address,
                                  now + state.timers.address_quarantine, alloc.container)
-        ops.append(Put(keys.quarantine_key(alloc.network, alloc.address),
-                       to_json(entry)))
-    ops.append(ipam.history_put(ipam.IpamEvent(now, "gc", alloc.network, address=alloc.address,
+        ops.append(Put(keys.quarantine_key(alloc.network, address), to_json(entry)))
+    ops.append(ipam.history_put(ipam.IpamEvent(now, "gc", alloc.network, address=address,
                                                container=alloc.container)))
     return ops
 
@@ -237,16 +240,16 @@ def _orphan_lease(state: State, kv: KeyValue, by_key: dict[str, KeyValue],
               network_key(lease.network): _rev(by_key, network_key(lease.network))}
     ops = ipam.lease_release_ops(lease, kind="gc", quarantine=state.timers.subnet_quarantine,
                                  now=now)
-    return Candidate(ORPHAN_LEASE, kv.key, lease.network, lease.subnet,
+    return Candidate(ORPHAN_LEASE, kv.key, lease.network, lease.subnet or lease.subnet6,
                      f"lease of host {lease.host!r}, whose {' and '.join(gone)} is gone",
                      guards, ops)
 
 
 def _addresses_in(by_key: dict[str, KeyValue], lease: Lease) -> list[str]:
-    subnet = IPNetwork(lease.subnet)
+    subnets = [IPNetwork(cidr) for cidr in (lease.subnet, lease.subnet6) if cidr]
     prefix = addrs_prefix(lease.network)
     return [k for k in by_key if k.startswith(prefix)
-            and IPAddress(k[len(prefix):]) in subnet]
+            and any(IPAddress(k[len(prefix):]) in subnet for subnet in subnets)]
 
 
 def _lost_hosts(state: State, by_key: dict[str, KeyValue], containers: dict[str, Container],

@@ -362,7 +362,6 @@ def plan_lease(
     A dual-stack network's lease gets its IPv6 prefix the same way, in the same transaction.
     """
     _check_host(host)
-    prefixlen = host_prefix_for(network.subnet, network.host_prefix)
     key = lease_key(network.name, host)
     current = store.get(key)
     if current is not None:
@@ -376,22 +375,20 @@ def plan_lease(
     previous_kv = store.get(previous_key(network.name, host))
     # The previous subnets: "v4" or, for a dual-stack lease, "v4 v6".
     previous = previous_kv.value.decode().split() if previous_kv is not None else []
-    subnet = _pick_lease_subnet(network.subnet, prefixlen, taken | quarantined, previous)
-    subnet6 = ""
-    if subnet is not None and network.subnet6:
-        prefix6 = host_prefix6_for(network.subnet6, network.host_prefix6)
-        subnet6 = _pick_lease_subnet(network.subnet6, prefix6, taken | quarantined,
-                                     previous) or ""
-        if not subnet6:
-            subnet = None
-    if subnet is None:
-        # Each read above is its own snapshot: a request of the same host may have committed
-        # its lease between the first and the guards. Then it is ours, not exhaustion.
-        current = store.get(key)
-        if current is not None:
-            return from_json(Lease, current.value), [Compare(key, current.mod_revision)], []
-        raise Exhausted(f"network {network.name!r} has no free /{prefixlen} left for host {host!r}")
-    lease = Lease(network.name, host, subnet, lease_gateway(network, subnet),
+    # Each family its own prefix; an IPv6-only network (no subnet) leases an IPv6 one only.
+    picked: dict[str, str | None] = {}
+    for cidr, prefixlen in _lease_families(network):
+        picked[cidr] = _pick_lease_subnet(cidr, prefixlen, taken | quarantined, previous)
+        if picked[cidr] is None:
+            # Each read above is its own snapshot: a request of the same host may have
+            # committed its lease between the first and the guards. Then it is ours.
+            current = store.get(key)
+            if current is not None:
+                return from_json(Lease, current.value), [Compare(key, current.mod_revision)], []
+            raise Exhausted(f"network {network.name!r} has no free /{prefixlen} left for host "
+                            f"{host!r}")
+    subnet, subnet6 = picked.get(network.subnet) or "", picked.get(network.subnet6) or ""
+    lease = Lease(network.name, host, subnet, lease_gateway(network, subnet) if subnet else "",
                   renewed_at=at, expires_at=at + timers.lease_ttl, subnet6=subnet6,
                   gateway6=gateway_of(subnet6) if subnet6 else "")
     compares = [Compare(key, 0)]
@@ -407,8 +404,19 @@ def plan_lease(
         compares.append(Compare(previous_kv.key, previous_kv.mod_revision))
         ops.append(Delete(previous_kv.key))
     ops.append(history_put(IpamEvent(at, "lease", network.name, host,
-                                     f"{subnet} {subnet6}" if subnet6 else subnet)))
+                                     " ".join(filter(None, (subnet, subnet6))))))
     return lease, compares, ops
+
+
+def _lease_families(network: Network) -> list[tuple[str, int]]:
+    """(CIDR, host prefix length) of each family ``network`` has, IPv4 first."""
+    families = []
+    if network.subnet:
+        families.append((network.subnet, host_prefix_for(network.subnet, network.host_prefix)))
+    if network.subnet6:
+        families.append((network.subnet6,
+                         host_prefix6_for(network.subnet6, network.host_prefix6)))
+    return families
 
 
 def _pick_lease_subnet(network_cidr: str, prefixlen: int, unavailable: set[str],
@@ -502,10 +510,15 @@ def plan_address(
                    if "/" not in subject and entry.holder != container}
     ops: list[Put | Delete] = []
     guards: list[str] = []
-    families = [(4, lease.subnet, lease.gateway, network.ip_range, fixed_ip, field)]
+    if fixed_ip and not lease.subnet:
+        raise Invalid(field, f"network {network.name!r} is IPv6-only (no subnet): ask for an "
+                      "IPv6 address (ip6)")
+    families = []
+    if lease.subnet:
+        families.append((4, lease.subnet, lease.gateway, network.ip_range, fixed_ip, field))
     if lease.subnet6:
         families.append((6, lease.subnet6, lease.gateway6, "", fixed_ip6, field + "6"))
-    addresses = []
+    addresses = {}
     for version, cidr, gateway, ip_range, fixed, fixed_field in families:
         address, f_cmp, f_ops = _plan_family(
             store, network, _Family(version, cidr, gateway, ip_range, lease.host), fixed,
@@ -513,12 +526,12 @@ def plan_address(
         compares += f_cmp
         ops += f_ops
         guards.append(addr_key(network.name, address))
-        addresses.append(address)
+        addresses[version] = address
         event = IpamEvent(at, "allocate", network.name, lease.host, cidr, address, container)
         ops.append(history_put(event))
-    allocation = Allocation(network.name, container, interface, addresses[0],
-                            IPNetwork(lease.subnet).prefixlen,
-                            addresses[1] if lease.subnet6 else "",
+    allocation = Allocation(network.name, container, interface, addresses.get(4, ""),
+                            IPNetwork(lease.subnet).prefixlen if lease.subnet else 0,
+                            addresses.get(6, ""),
                             IPNetwork(lease.subnet6).prefixlen if lease.subnet6 else 0)
     value = to_json(allocation)
     return allocation, compares, [*(Put(guard, value) for guard in guards), Put(owner, value),
@@ -709,7 +722,8 @@ def merge_ops(release: list[Put | Delete], take: list[Put | Delete]) -> list[Put
 
 def same_subnet(a: Lease, b: Lease) -> bool:
     """The same lease, renewed or not: owner, subnet and gateway."""
-    return (a.network, a.host, a.subnet, a.gateway) == (b.network, b.host, b.subnet, b.gateway)
+    return ((a.network, a.host, a.subnet, a.gateway, a.subnet6)
+            == (b.network, b.host, b.subnet, b.gateway, b.subnet6))
 
 
 def _lease_unchanged(store: Store, lease: Lease) -> tuple[Compare, list[Put]]:
@@ -723,7 +737,7 @@ def _lease_unchanged(store: Store, lease: Lease) -> tuple[Compare, list[Put]]:
     if not same_subnet(from_json(Lease, stored.value), lease):
         raise FailedPrecondition(
             f"host {lease.host!r} holds a different lease on network {lease.network!r} "
-            f"than {lease.subnet}"
+            f"than {lease.subnet or lease.subnet6}"
         )
     return Compare(key, stored.mod_revision), [Put(key, stored.value)]
 
@@ -858,7 +872,9 @@ def list_allocations(store: Store, network: Network | str) -> list[Allocation]:
     """The addresses handed out on ``network``, in address order."""
     entries, _ = store.range(owners_prefix(_name(network)))
     allocations = [from_json(Allocation, kv.value) for kv in entries]
-    return sorted(allocations, key=lambda a: int(IPAddress(a.address)))
+    # IPv4 ones first, then an IPv6-only network's by their IPv6 address
+    return sorted(allocations, key=lambda a: (not a.address,
+                                              int(IPAddress(a.address or a.address6))))
 
 
 __all__ = [

@@ -138,10 +138,10 @@ def _check_leases(space: _Keyspace, name: str) -> list[Problem]:
     held: set[str] = set()
     for lease in space.leases[name]:
         if lease.host not in space.hosts:
-            problems.append(Problem(ORPHAN_LEASE, name, lease.subnet,
+            problems.append(Problem(ORPHAN_LEASE, name, lease.subnet or lease.subnet6,
                                     f"leased to host {lease.host!r}, which does not exist"))
         if name not in space.networks:
-            problems.append(Problem(ORPHAN_LEASE, name, lease.subnet,
+            problems.append(Problem(ORPHAN_LEASE, name, lease.subnet or lease.subnet6,
                                     f"a lease of host {lease.host!r} on a network that does "
                                     "not exist"))
         for subnet in filter(None, (lease.subnet, lease.subnet6)):  # dual-stack: both
@@ -221,12 +221,12 @@ def _not_used_because(space: _Keyspace, name: str, allocation: Allocation) -> st
 def _check_owner(space: _Keyspace, name: str, allocation: Allocation,
                  leases: dict[str, Lease]) -> list[Problem]:
     if not _uses(space, name, allocation):
-        return [Problem(LEAKED_ADDRESS, name, allocation.address,
+        return [Problem(LEAKED_ADDRESS, name, allocation.address or allocation.address6,
                         _not_used_because(space, name, allocation))]
     host = space.containers[allocation.container].host
     lease = leases.get(host)
     if lease is None:
-        return [Problem(OUTSIDE_LEASE, name, allocation.address,
+        return [Problem(OUTSIDE_LEASE, name, allocation.address or allocation.address6,
                         f"container {allocation.container!r} holds it, but its host {host!r} "
                         "has no lease")]
     problems = []

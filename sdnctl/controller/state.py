@@ -182,7 +182,8 @@ def overlay_peers(network: Network, host: str, leases: Iterable[Lease],
                 or not other.underlay_ip or not other.vtep_mac):
             continue
         peers.append(Peer(lease.host, lease.subnet, other.underlay_ip, other.vtep_mac,
-                          str(IPNetwork(lease.subnet).network), lease.subnet6,
+                          str(IPNetwork(lease.subnet).network) if lease.subnet else "",
+                          lease.subnet6,
                           str(IPNetwork(lease.subnet6).network) if lease.subnet6 else ""))
     return tuple(sorted(peers, key=lambda p: p.host))
 
@@ -322,7 +323,6 @@ class State:
     def _check_subnet_free(self, network: Network) -> None:
         """A new network's subnet overlaps no other network's and holds no host's underlay
         address (the host would route its own underlay into the bridge)."""
-        subnet = IPNetwork(network.subnet)
         others = [other for other, _ in self.list_networks()[0]]
         for field in ("subnet", "subnet6"):  # each family against its own (issue 20)
             if not getattr(network, field):
@@ -336,6 +336,9 @@ class State:
                     raise Invalid(f"network.{field}", f"{mine} overlaps {theirs} of network "
                                   f"{other.name!r}")
         for view in self.list_hosts()[0]:
+            if not network.subnet:
+                break  # IPv6-only: the underlay is IPv4
+            subnet = IPNetwork(network.subnet)
             if view.host.underlay_ip and IPAddress(view.host.underlay_ip) in subnet:
                 raise Invalid("network.subnet", f"{subnet} holds {view.host.underlay_ip}, the "
                               f"underlay address of host {view.host.name!r}")
@@ -345,7 +348,7 @@ class State:
         if not host.underlay_ip:
             return
         for network, _ in self.list_networks()[0]:
-            if IPAddress(host.underlay_ip) in IPNetwork(network.subnet):
+            if network.subnet and IPAddress(host.underlay_ip) in IPNetwork(network.subnet):
                 raise Invalid("host.underlay_ip", f"{host.underlay_ip} is inside {network.subnet}"
                               f" of network {network.name!r}")
 
@@ -839,8 +842,9 @@ class State:
         # Every allocation in a lease rewrites the lease (ipam.plan_address), so the compare
         # on it fails if an address was taken after we read the addresses below.
         addresses, _ = self.store.range(f"/ipam/{lease.network}/addr/")
-        subnet = IPNetwork(lease.subnet)
-        if any(IPAddress(a.key.rsplit("/", 1)[1]) in subnet for a in addresses):
+        subnets = [IPNetwork(cidr) for cidr in (lease.subnet, lease.subnet6) if cidr]
+        if any(IPAddress(a.key.rsplit("/", 1)[1]) in subnet for a in addresses
+               for subnet in subnets):
             return False  # in use: expiry frees idle leases only
         ops = ipam.lease_release_ops(lease, kind="expire",
                                      quarantine=self.timers.subnet_quarantine, now=now)
@@ -1025,12 +1029,16 @@ def _address_moves(current: Allocation | None, container: Container) -> bool:
 
 
 def _check_ipv6_ports(container: Container, network: Network) -> None:
-    """A port published on an IPv6 host address needs an IPv6 address to DNAT to."""
+    """A port published on an IPv6 host address needs an IPv6 address to DNAT to, one on an
+    IPv4 host address an IPv4 one (an IPv6-only network has none)."""
     for i, spec in enumerate(container.ports):
-        if is_ipv6_host(parse_port(spec, f"container.ports[{i}]").host_ip) \
-                and not network.subnet6:
+        host_ip = parse_port(spec, f"container.ports[{i}]").host_ip
+        if is_ipv6_host(host_ip) and not network.subnet6:
             raise Invalid(f"container.ports[{i}]", f"{spec!r} is published on an IPv6 address, "
                           f"but network {network.name!r} has no IPv6 subnet (subnet6)")
+        if host_ip and not is_ipv6_host(host_ip) and not network.subnet:
+            raise Invalid(f"container.ports[{i}]", f"{spec!r} is published on an IPv4 address, "
+                          f"but network {network.name!r} is IPv6-only (no subnet)")
 
 
 def _check_host_ports(container: Container, others: Iterable[Container]) -> None:

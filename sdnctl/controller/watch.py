@@ -193,7 +193,8 @@ def _peer_moved(change: Change) -> bool:
     """A lease change that changes its host's place among the peers (not a renewal)."""
     if change.value is None or change.prev_value is None:
         return True
-    return _lease(change.value).subnet != _lease(change.prev_value).subnet
+    old, new = _lease(change.prev_value), _lease(change.value)
+    return (old.subnet, old.subnet6) != (new.subnet, new.subnet6)
 
 
 def _vtep_moved(change: Change) -> bool:

@@ -180,8 +180,8 @@ def host_ip(index: int, routed: bool = False) -> str:
 
 
 def host_ip6(index: int, routed: bool = False) -> str:
-    """A host's IPv6 address on its segment (for IPv6 towards the outside world only: the
-    overlay's underlay stays IPv4)."""
+    """A host's IPv6 address on its segment: for IPv6 towards the outside world and, with
+    ``lab: {underlay6: true}``, its agent's underlay address (VXLAN over IPv6, issue 20)."""
     return str(host_segment(index, routed).network6[HOST_IP_OFFSET + index])
 
 

@@ -459,7 +459,7 @@ def _container_endpoint(client: Client, ctr: pb.Container) -> Endpoint:
     if mode == MODE_CONTAINER:
         iface_owner = _rpc_get(client.api.GetContainer, donor, "container")
         mode = network_mode(iface_owner.network)[0]
-    if mode != MODE_BRIDGE or not iface_owner.ip:
+    if mode != MODE_BRIDGE or not (iface_owner.ip or iface_owner.ip6):
         raise CommandError(f"trace: container {ctr.name!r} has no interface on a network "
                            f"(network mode {ctr.network!r})")
     host = _rpc_get(client.api.GetHost, ctr.host, "host")
@@ -770,7 +770,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if not src.container:
         raise CommandError(f"trace: the source must be a container, not {args.src!r}")
     check_local(src, dst)
-    family = 6 if args.ipv6 or ip_version(args.dst) == 6 else 4
+    # an IPv6-only source (issue 20) has IPv6 only: -6 is implied
+    family = 6 if args.ipv6 or ip_version(args.dst) == 6 or not src.ip else 4
     probe = make_probe(src, dst, proto, args.port, family=family)
     result = run_trace(in_family(src, family), in_family(dst, family), probe)
     if args.json:

@@ -22,6 +22,9 @@ Design note. Checking is two halves, as building is:
   and one to the outside world's IPv6 address, expected to answer only with ``masquerade6``.
   The report draws an ``icmp6`` matrix under the ``icmp`` one, so a broken IPv6 path shows as
   its own failing cell while IPv4 passes. An IPv6 literal in ``expect:`` is probed over IPv6.
+  A container on an IPv6-only network (``subnet6`` alone) is probed over IPv6 only: from and
+  to others in the families both have, to the outside world over IPv6, and by name in
+  ``expect:`` at its IPv6 address.
 
 What a probe measures, honestly: one of three outcomes (:data:`~sdnctl.topology.topology.OUTCOMES`),
 and ``expect:`` names the one it wants (``reach: true`` is *open*, ``reach: false`` is
@@ -175,7 +178,7 @@ def expected(topo: Topology) -> list[Probe]:
         else:
             targets = [c.name for c in topo.containers if c.bridge_network == e.dst]
         probes += [Probe(e.src, dst, e.proto, e.port, e.reach, "expect", e.line,
-                         6 if ip_version(dst) == 6 else 4)
+                         6 if ip_version(dst) == 6 or _ipv6_only(topo, dst) else 4)
                    for dst in targets if dst != e.src]
     return probes
 
@@ -278,15 +281,14 @@ def implied_matrix(topo: Topology, policy: PolicyView | None = None) -> list[Pro
             for dst in targets:
                 if dst.name != effective.name:
                     reach, why = implied_reach(topo, src, dst)
-                    probes.append(_with_policy(
-                        Probe(src.name, dst.name, expect=_outcome(reach), why=why), policy))
-                    if dual_stack(topo, effective) and dual_stack(topo, dst):
+                    for family in shared_families(topo, effective, dst):
                         probes.append(_with_policy(
                             Probe(src.name, dst.name, expect=_outcome(reach), why=why,
-                                  family=6), policy))
-        reach, why = implied_egress(topo, src)
-        probes.append(_with_policy(Probe(src.name, EXTERNAL, expect=_outcome(reach), why=why),
-                                   policy))
+                                  family=family), policy))
+        if 4 in families(topo, effective):
+            reach, why = implied_egress(topo, src)
+            probes.append(_with_policy(Probe(src.name, EXTERNAL, expect=_outcome(reach),
+                                             why=why), policy))
         if dual_stack(topo, effective):
             reach, why = implied_egress6(topo, src)
             probes.append(_with_policy(Probe(src.name, EXTERNAL, expect=_outcome(reach),
@@ -297,8 +299,25 @@ def implied_matrix(topo: Topology, policy: PolicyView | None = None) -> list[Pro
 def dual_stack(topo: Topology, ctr: Container) -> bool:
     """Whether ``ctr`` (a donor, not a joined container) has an IPv6 address: it is bridged
     on a network with a ``subnet6``."""
-    return ctr.bridge_network is not None and bool(network_of(topo, ctr.bridge_network).subnet6)
+    return 6 in families(topo, ctr)
 
+
+def families(topo: Topology, ctr: Container) -> tuple[int, ...]:
+    """The address families ``ctr`` (a donor) sends in: its network's (an IPv6-only network's
+    is 6 alone); a closed or open container's is IPv4, as the outside world's probe."""
+    if ctr.bridge_network is None:
+        return (4,)
+    net = network_of(topo, ctr.bridge_network)
+    return tuple(f for f, cidr in ((4, net.subnet), (6, net.subnet6)) if cidr)
+
+
+def shared_families(topo: Topology, src: Container, dst: Container) -> tuple[int, ...]:
+    """The families a probe from ``src`` (a donor) to bridged ``dst`` goes in: those both
+    have; a closed source probes each of ``dst``'s (it must reach none)."""
+    theirs = families(topo, dst)
+    if src.bridge_network is None:
+        return theirs
+    return tuple(f for f in families(topo, src) if f in theirs)
 
 
 def _outcome(reach: bool) -> str:
@@ -475,6 +494,12 @@ def measure(netns: str, address: str, proto: str, port: int, timeout: float) -> 
 
 
 Measure = Callable[[str, str, str, int, float], Measurement]
+
+
+def _ipv6_only(topo: Topology, name: str) -> bool:
+    """``name`` is a container on an IPv6-only network: it is reached over IPv6."""
+    ctr = next((c for c in topo.containers if c.name == name), None)
+    return ctr is not None and families(topo, donor_of(topo, ctr)) == (6,)
 
 
 @dataclass(frozen=True)

@@ -321,7 +321,8 @@ def validation_request(topology: Topology) -> pb.ValidateTopologyRequest:
     hosts = []
     lab_index = {h.name: i for i, h in enumerate(topology.lab_hosts)}
     for host in topology.hosts:
-        underlay = lab.host_ip(lab_index[host.name], topology.lab.routed) if host.lab else \
+        address = lab.host_ip6 if topology.lab.underlay6 else lab.host_ip
+        underlay = address(lab_index[host.name], topology.lab.routed) if host.lab else \
             host.underlay_ip
         hosts.append(convert.host_to_pb(Host(host.name, underlay, host.lab)))
     images = []
@@ -456,10 +457,15 @@ def build_lab(topology: Topology, progress: Progress) -> dict[str, lab.LabHost]:
     # earlier in the loop frees its old address for a later one).
     known = {h.name: h for h in the_lab.hosts()}
     for index, host in enumerate(topology.lab_hosts):
-        built[host.name] = the_lab.ensure_host(host.name, index, list(known.values()))
-        known[host.name] = built[host.name]
+        known[host.name] = the_lab.ensure_host(host.name, index, list(known.values()))
+        built[host.name] = known[host.name]
+        if topology.lab.underlay6:  # its agent's VXLAN endpoint is its IPv6 address (issue 20)
+            built[host.name] = dataclasses.replace(
+                known[host.name], underlay_ip=lab.host_ip6(index, topology.lab.routed))
     underlay = "192.0.2.0/24 + 198.51.100.0/24, routed" if topology.lab.routed else \
         "192.0.2.0/24"
+    if topology.lab.underlay6:
+        underlay += ", VXLAN over IPv6 (2001:db8::/32)"
     progress.step(f"lab: {len(built)} host(s) on underlay {underlay} (MTU "
                   f"{topology.lab.underlay_mtu}), external {lab.EXTERNAL_IP} "
                   f"(namespaces {the_lab.prefix}*)")

@@ -77,6 +77,8 @@ class LabOptions:
     underlay_mtu: int = DEFAULT_MTU
     routed: bool = False
     registry: bool = False
+    #: The hosts' underlay addresses (their agents' VXLAN endpoints) are IPv6 (issue 20).
+    underlay6: bool = False
 
 
 #: What an expectation's `to:` may name besides a container, a network or an address.
@@ -370,12 +372,13 @@ def _reach(r: _Reader, mapping: dict, where: str, proto: str) -> str:
 def _lab(r: _Reader, raw: Any) -> LabOptions:
     if raw is None:
         return LabOptions()
-    m = r.mapping(raw, "lab", {"underlay_mtu", "routed", "registry"}, set())
+    m = r.mapping(raw, "lab", {"underlay_mtu", "routed", "registry", "underlay6"}, set())
     mtu = r.typed(m, "underlay_mtu", "lab", int, DEFAULT_MTU)
     if not 1280 <= mtu <= 9216:
         raise r.error("lab.underlay_mtu", f"{mtu} is outside 1280..9216")
     return LabOptions(mtu, r.typed(m, "routed", "lab", bool, False),
-                      r.typed(m, "registry", "lab", bool, False))
+                      r.typed(m, "registry", "lab", bool, False),
+                      r.typed(m, "underlay6", "lab", bool, False))
 
 
 def _apply_routes(r: _Reader, doc: dict, networks: tuple[Network, ...]) -> tuple[Network, ...]:
@@ -461,6 +464,10 @@ def _check_overlaps(r: _Reader, networks: tuple[Network, ...]) -> None:
             seen.append((i, n, cidr))
 
 
+#: The lab's IPv6 underlay and outside world (documentation prefix).
+LAB_IPV6 = netaddr.IPNetwork("2001:db8::/32")
+
+
 def _check_lab_ranges(r: _Reader, networks: tuple[Network, ...], lab: LabOptions) -> None:
     """A lab's own ranges are not for networks: a host would route its underlay (its
     neighbours, its default gateway) or the lab's outside world into a bridge."""
@@ -468,6 +475,12 @@ def _check_lab_ranges(r: _Reader, networks: tuple[Network, ...], lab: LabOptions
               for s in (SEGMENTS if lab.routed else SEGMENTS[:1])]
     ranges.append(("outside world", netaddr.IPNetwork(f"{EXTERNAL_IP}/{EXTERNAL_PREFIXLEN}")))
     for i, n in enumerate(networks):
+        if (n.subnet6 and netaddr.IPNetwork(n.subnet6) in LAB_IPV6) or \
+                (n.subnet6 and LAB_IPV6 in netaddr.IPNetwork(n.subnet6)):
+            raise r.error(f"networks[{i}].subnet6", f"{n.subnet6} overlaps {LAB_IPV6}, the "
+                          "lab's IPv6 underlay; give the network a range of its own")
+        if not n.subnet:
+            continue
         cidr = netaddr.IPNetwork(n.subnet)
         for what, taken in ranges:
             if cidr.first <= taken.last and taken.first <= cidr.last:
@@ -514,7 +527,7 @@ def _network(r: _Reader, raw: Any, where: str) -> Network:
                                "gateway", "ip_range", "internal", "allow", "vni", "vxlan_port",
                                "dns_domain", "dns", "default", "subnet6", "host_prefix6",
                                "masquerade6"},
-                  {"name", "subnet"})
+                  {"name"})  # subnet, subnet6 or both: validate_network says which is missing
     driver = r.typed(m, "driver", where, str, "bridge")
     subnet = r.typed(m, "subnet", where, str, "")
     gateway = r.typed(m, "gateway", where, str, "")

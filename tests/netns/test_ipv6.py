@@ -8,7 +8,9 @@ advertisements taken, IPv6 forwarding only in the host's namespace, ping -6 with
 and isolation between networks, the IPv6 guards (a spoofed source, a forged router
 advertisement and a forged neighbour advertisement dropped and counted, each after a positive
 control proved the probe gets through), and IPv6 across the overlay over the IPv4 underlay with
-one route, one permanent neighbour and one FDB entry per peer.
+one route, one permanent neighbour and one FDB entry per peer. IPv6-only networks (a bridge and
+an overlay with ``subnet6`` alone) are in the same topology: no IPv4 anywhere, their DNS, ports,
+guards, check and trace; and a port on ``[::1]`` served by the agent's proxy.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +47,11 @@ SERVE = ("import socket; s = socket.socket(socket.AF_INET6); "
          "s.listen(); [(lambda c: (c[0].sendall(('peer=' + c[1][0]).encode()), c[0].close()))"
          "(s.accept()) for _ in iter(int, 1)]")
 
+# Echoes each datagram back, prefixed, on UDP 7001.
+ECHO = ("import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
+        "s.bind(('::', 7001)); [s.sendto(b'echo ' + d, a) for d, a in iter(lambda: "
+        "s.recvfrom(100), None)]")
+
 TOPOLOGY = f"""
 name: dual
 hosts:
@@ -55,6 +63,8 @@ networks:
   - {{name: ov, driver: overlay, subnet: 10.98.0.0/16, subnet6: "fd00:98::/48"}}
   - {{name: locked, subnet: 10.99.0.0/24, subnet6: "fd00:99::/48", default: deny}}
   - {{name: nat6, subnet: 10.94.0.0/24, subnet6: "fd00:94::/48", masquerade6: true}}
+  - {{name: only6, subnet6: "fd00:93::/48"}}
+  - {{name: ov6, driver: overlay, subnet6: "fd00:92::/48"}}
 containers:
   - {{name: a, host: h1, network: front}}
   - {{name: b, host: h1, network: front}}
@@ -64,11 +74,18 @@ containers:
   - {{name: vault, host: h1, network: none}}
   - {{name: p, host: h1, network: locked}}
   - {{name: web6, host: h1, network: front, ports: ["8080:7000", "[::]:8082:7000",
-     "[fd00:97::1]:8083:7000"], command: [{PY}, -c, "{SERVE}"]}}
+     "[fd00:97::1]:8083:7000", "[::1]:8085:7000"], command: [{PY}, -c, "{SERVE}"]}}
+  - {{name: echo6, host: h1, network: front, ports: ["[::1]:8086:7001/udp"],
+     command: [{PY}, -c, "{ECHO}"]}}
   - {{name: q, host: h1, network: locked}}
   - {{name: n6, host: h1, network: nat6}}
   - {{name: x, host: h1, network: ov}}
   - {{name: y, host: h2, network: ov}}
+  - {{name: s1, host: h1, network: only6, ports: ["[::]:8084:7000"], command: [{PY}, -c,
+     "{SERVE}"]}}
+  - {{name: s2, host: h1, network: only6}}
+  - {{name: u, host: h1, network: ov6}}
+  - {{name: w, host: h2, network: ov6}}
 """
 
 
@@ -77,7 +94,7 @@ class Dual:
         self.cli, self.prefix, self.root_forwarding = cli, prefix, root_forwarding
         self.ctr = {name: cli.container(name)
                     for name in ("a", "b", "binder", "other", "x", "y", "side", "vault", "p", "q",
-                                 "web6", "n6")}
+                                 "web6", "n6", "s1", "s2", "u", "w")}
         self.host_netns = cli.host("h1")["netns"]
         self.host2_netns = cli.host("h2")["netns"]
 
@@ -386,6 +403,123 @@ def test_ipv6_egress_is_routed_unless_the_network_says_masquerade6(dual: Dual) -
     host6 = nsexec(dual.host_netns, "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope",
                    "global").stdout.split()[3].split("/")[0]
     assert sources == [a["ip6"], host6], (sources, err)  # front: routed; nat6: masqueraded
+
+
+IPV4_FROM = """
+import sys
+from scapy.all import Ether, IP, ICMP, sendp
+sendp(Ether(src=sys.argv[1], dst=sys.argv[2]) / IP(src="10.93.0.9", dst="10.93.0.1") / ICMP(),
+      iface="eth0", verbose=0)
+"""
+
+
+def test_an_ipv6_only_network_has_ipv6_only_and_works(dual: Dual) -> None:
+    s1, s2, a, other = (dual.ctr[n] for n in ("s1", "s2", "a", "other"))
+    assert (s1["ip"], s1["gateway"], s1["gateway6"]) == ("", "", "fd00:93::1")
+    assert s1["ip6"].startswith("fd00:93::") and s1["prefixlen6"] == 64
+    assert in_ctr(s1, "ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout == ""
+    assert in_ctr(s1, "ip", "-4", "route").stdout == ""
+    assert "via fd00:93::1" in in_ctr(s1, "ip", "-6", "route", "show", "default").stdout
+    bridge = bridge_name("only6")
+    assert nsexec(dual.host_netns, "ip", "-4", "-o", "addr", "show", "dev", bridge).stdout == ""
+    row = next(line for line in dual.cli.run("ps").stdout.splitlines() if line.startswith("s1 "))
+    assert s1["ip6"] in row.split(), row  # ps shows its IPv6 address
+    assert ping6(s1, s2["ip6"]) and ping6(s2, s1["ip6"])
+    # DNS on the IPv6 gateway: AAAA, no A (the name exists: NODATA), PTR in ip6.arpa
+    with open(f"/proc/{s1['pid']}/root/etc/resolv.conf") as f:  # its own mount namespace's
+        resolv = f.read()
+    assert "nameserver fd00:93::1" in resolv, resolv
+    ask = ["dig", "+short", "+time=2", "+tries=2", "@fd00:93::1"]
+    assert in_ctr(s1, *ask, "s2", "AAAA").stdout.split() == [s2["ip6"]]
+    assert in_ctr(s1, *ask, "-x", s2["ip6"]).stdout.split() == ["s2."]
+    status = in_ctr(s1, "dig", "+time=2", "+tries=2", "@fd00:93::1", "s2", "A").stdout
+    assert "status: NOERROR" in status and "ANSWER: 0" in status, status
+    # isolated from another network (after the positive control above)
+    assert not ping6(s1, a["ip6"])
+    # a port on [::] reaches it from another network, the client's address kept; not IPv4
+    in_other = ["nsenter", "-t", str(other["pid"]), "-n"]
+    assert _ask(in_other, other["gateway6"], 8084) == f"peer={other['ip6']}"
+    assert _refused(in_other, other["gateway"], 8084)
+    # it sends no IPv4 at all: dropped and counted by its guard
+    before = _drops(dual.host_netns, "spoof-ip")
+    done = in_ctr(s1, PY, "-c", IPV4_FROM, container_mac(s1["ip6"]), "ff:ff:ff:ff:ff:ff")
+    assert done.returncode == 0, done.stderr
+    assert _drops(dual.host_netns, "spoof-ip") > before
+
+
+def test_an_ipv6_only_overlay_crosses_hosts(dual: Dual) -> None:
+    u, w = dual.ctr["u"], dual.ctr["w"]
+    assert u["ip"] == "" and w["ip"] == "" and u["ip6"].split("::")[0] != w["ip6"].split("::")[0]
+    assert ping6(u, w["ip6"]) and ping6(w, u["ip6"])
+    device = vxlan_name("ov6")
+    assert nsexec(dual.host_netns, "ip", "-4", "-o", "addr", "show", "dev", device).stdout == ""
+    assert nsexec(dual.host_netns, "ip", "-4", "route", "show", "dev", device).stdout == ""
+    routes = nsexec(dual.host_netns, "ip", "-6", "route", "show", "dev", device,
+                    "proto", "211").stdout.splitlines()
+    assert len(routes) == 1 and routes[0].startswith(w["ip6"].rsplit(":", 1)[0]), routes
+
+
+CHECKED6 = """
+name: dual
+hosts:
+  - {name: h1, lab: true}
+networks:
+  - {name: front, subnet: 10.96.0.0/24, subnet6: "fd00:96::/48"}
+  - {name: only6, subnet6: "fd00:93::/48"}
+containers:
+  - {name: a, host: h1, network: front}
+  - {name: s1, host: h1, network: only6}
+  - {name: s2, host: h1, network: only6}
+expect:
+  - {from: s1, to: s2, proto: tcp, port: 7000, reach: false}
+"""
+
+
+def test_check_and_trace_probe_an_ipv6_only_network_over_ipv6(
+        dual: Dual, tmp_path: Any) -> None:
+    path = tmp_path / "checked6.yaml"
+    path.write_text(CHECKED6)
+    done = dual.cli.run("check", str(path), "--json", "--timeout", "1", check=False)
+    report = json.loads(done.stdout)
+    probes = [(p["from"], p["to"], p["proto"], p["family"], p["match"])
+              for p in report["probes"]]
+    assert ("s1", "s2", "icmp", 6, True) in probes and ("a", "s1", "icmp", 6, True) in probes
+    assert ("s1", "external", "icmp", 6, True) in probes  # routed: nothing outside answers
+    # written wrong on purpose: s2 has no listener, so the IPv6 probe is refused, not filtered
+    assert ("s1", "s2", "tcp", 6, False) in probes, probes
+    assert not [p for p in probes if p[3] == 4 and {"s1", "s2"} & {p[0], p[1]}], probes
+    assert done.returncode == 1, done.stdout + done.stderr
+    s1, s2 = dual.ctr["s1"], dual.ctr["s2"]
+    traced = dual.cli.run("trace", "s1", "s2", "--json", check=False, timeout=60)  # -6 implied
+    data = json.loads(traced.stdout)
+    assert data["reached"] and (data["probe"]["src"], data["probe"]["dst"]) == (s1["ip6"],
+                                                                                s2["ip6"])
+
+
+def _listens(host_netns: str, proto: str, port: int) -> bool:
+    flag = "-Hltn" if proto == "tcp" else "-Hlun"
+    return bool(nsexec(host_netns, "ss", flag, f"sport = :{port}").stdout.strip())
+
+
+def test_ports_on_loopback6_go_through_the_agents_proxy_and_go_with_the_container(
+        dual: Dual) -> None:
+    in_host = ["nsenter", f"--net={dual.host_netns}"]
+    # TCP from a real client in the host's namespace to [::1]: relayed, from the bridge's side
+    assert _ask(in_host, "::1", 8085) == "peer=fd00:96::1"
+    assert _refused(in_host, "::1", 8087)  # an unpublished port: nothing listens
+    code = ("import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
+            "s.settimeout(5); s.sendto(b'hi', ('::1', 8086)); print(s.recv(100).decode())")
+    done = subprocess.run([*in_host, PY, "-c", code], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.stdout.strip() == "echo hi", done.stderr
+    # the container goes: its proxy port closes (the agent acts on the change it is sent)
+    assert _listens(dual.host_netns, "udp", 8086)
+    dual.cli.run("rm", "echo6")
+    deadline = time.monotonic() + 60
+    while _listens(dual.host_netns, "udp", 8086):
+        assert time.monotonic() < deadline, "the proxy of a removed container still listens"
+        time.sleep(0.2)
+    assert _listens(dual.host_netns, "tcp", 8085)  # another container's stays
 
 
 def test_zz_down_leaves_nothing(dual: Dual) -> None:

@@ -134,7 +134,8 @@ def test_duplicate_network_is_already_exists(api: Api) -> None:
         pytest.param({"subnet": "10.88.0.1/16"},
                      "network.subnet: 10.88.0.1/16 has host bits set; did you mean 10.88.0.0/16?",
                      id="host-bits"),
-        pytest.param({"subnet": ""}, "network.subnet: required (a CIDR such as 10.88.0.0/16)",
+        pytest.param({"subnet": ""}, "network.subnet: required (a CIDR such as 10.88.0.0/16), "
+                     "or only a subnet6 for an IPv6-only network",
                      id="no-subnet"),
         pytest.param({"subnet": "10.88.0.0/16", "mtu": 100},
                      "network.mtu: 100 is outside 576..65535", id="mtu-too-small"),

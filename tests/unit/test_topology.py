@@ -85,7 +85,8 @@ HEAD = "name: t\nhosts:\n  - {name: h1, lab: true}\nnetworks:\n"  # lines 1-4
             id="unknown-top-level-field"),
         pytest.param(
             HEAD + "  - name: front\n    mtu: 1400\n",
-            "x.yaml:5: networks[0]: missing required field 'subnet'",
+            "x.yaml:5: networks[0].subnet: required (a CIDR such as 10.88.0.0/16), or only a "
+            "subnet6 for an IPv6-only network",
             id="missing-subnet"),
         pytest.param(
             "hosts: []\n",

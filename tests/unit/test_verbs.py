@@ -18,7 +18,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
 from agent.runtime import OciRuntime
-from sdnctl.api.client import POLL_FIRST, POLL_MAX, poll_delays
+from sdnctl.api.client import POLL_FIRST, POLL_MAX, CommandError, poll_delays
 from sdnctl.cli import cli, verbs
 from sdnctl.controller.server import RunningServer
 from sdnctl.lab import local, trace
@@ -47,8 +47,10 @@ def test_network_create_sends_every_option() -> None:
 
 
 def test_network_create_needs_a_subnet_and_a_known_driver() -> None:
-    with pytest.raises(SystemExit):
-        parse("network", "create", "x")
+    with pytest.raises(CommandError, match="--subnet, --subnet6 or both"):
+        verbs.network_from_args(parse("network", "create", "x"))
+    only6 = verbs.network_from_args(parse("network", "create", "x", "--subnet6", "fd00:5::/48"))
+    assert (only6.subnet, only6.subnet6) == ("", "fd00:5::/48")  # IPv6-only (issue 20)
     with pytest.raises(SystemExit):
         parse("network", "create", "x", "--subnet", "10.0.0.0/8", "--driver", "macvlan")
 
