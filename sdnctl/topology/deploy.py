@@ -46,6 +46,7 @@ from sdnctl.api.client import (
     TLS_ENV,
     Client,
     poll_delays,
+    split_addresses,
     start_controller,
     started_controller_pid,
     stop_controller,
@@ -521,14 +522,25 @@ def agent_connection(address: str) -> dict[str, Any]:
     return {"controller": address, "tls": [os.environ.get(name, "") for name in TLS_ENV]}
 
 
+def rotated(address: str, index: int) -> str:
+    """The controller addresses with the ``index``-th first (modulo their number): an agent
+    watches the first replica that answers, so lab host ``index`` gets them rotated by its
+    position and the agents spread over the replicas instead of all loading the first."""
+    addresses = split_addresses(address)
+    shift = index % len(addresses)
+    return ",".join(addresses[shift:] + addresses[:shift])
+
+
 def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.LabHost],
                   progress: Progress) -> None:
     state = _load_lab_state(topology)
     state["prefix"] = lab_prefix(topology)
     agents: dict[str, dict[str, Any]] = state.setdefault("agents", {})
-    connection = agent_connection(client.address)
     docker_hosts = {h.name for h in topology.lab_hosts if h.docker}
+    position = {h.name: i for i, h in enumerate(topology.lab_hosts)}
     for name, host in lab_hosts.items():
+        address = rotated(client.address, position[name])
+        connection = agent_connection(address)
         known = agents.get(name)
         if known and lab.process_alive(known["pid"], known.get("start_time")):
             if known.get("connection") == connection:
@@ -540,7 +552,7 @@ def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.L
         run_dir = agent_run_dir(state["prefix"], name)
         os.makedirs(run_dir, mode=0o755, exist_ok=True)
         argv = [sys.executable, "-m", "agent.main", "--host", name,
-                "--controller", client.address, "--underlay-ip", host.underlay_ip,
+                "--controller", address, "--underlay-ip", host.underlay_ip,
                 "--underlay-dev", host.underlay_dev,
                 "--netns", host.netns, "--run-dir", run_dir,
                 "--store-dir", os.path.join(run_dir, "store")]
@@ -566,6 +578,8 @@ def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.L
                 raise DeployError(f"the agent of host {name!r} did not connect; see {log}")
             progress.waiting(f"waiting for the agent of {name} to connect")
             time.sleep(0.05)
+    if lab_hosts:
+        progress.step(f"agents: {len(lab_hosts)} connected")
 
 
 def ensure_dockerds(topology: Topology, state: dict[str, Any],
