@@ -240,11 +240,13 @@ class ScaleRun:
     # -- up and its breakdown ------------------------------------------------------------------
 
     def up(self) -> dict[str, float]:
-        if self.etcd is not None:
+        got: dict[str, float] = {}
+        if self.etcd is not None:  # there before `up`, as a deployment's store would be
+            t0 = time.monotonic()
             self.etcd.start()
+            got["(before up) etcd and replicas started"] = time.monotonic() - t0
         lines, wall = self.cli("up", str(self.base), "--timeout", "900")
         t0 = lines.lines[0][0]
-        got: dict[str, float] = {}
         last = t0
         for phase, starts in PHASES:
             at = lines.first(*starts)
@@ -318,10 +320,20 @@ class ScaleRun:
                       f"leave {left * 1000:.0f} ms", file=sys.stderr)
         return got
 
+    def lab_agents(self) -> dict[str, dict[str, Any]]:
+        state = self.run_dir / "lab" / "bench-overlay.json"
+        agents: dict[str, dict[str, Any]] = json.loads(state.read_text())["agents"]
+        return agents
+
+    def spread(self) -> dict[str, int]:
+        """How many agents watch each controller (the first address each was given)."""
+        first = [a["connection"]["controller"].split(",")[0]
+                 for a in self.lab_agents().values()]
+        return {address: first.count(address) for address in sorted(set(first))}
+
     def rss(self) -> tuple[list[float], list[float]]:
         """VmRSS (MB) of every agent and of the controller(s)."""
-        state = self.run_dir / "lab" / "bench-overlay.json"
-        agents = [a["pid"] for a in json.loads(state.read_text())["agents"].values()]
+        agents = [a["pid"] for a in self.lab_agents().values()]
         controllers = self.etcd.controller_pids() if self.etcd is not None else \
             [int((self.run_dir / "controller.pid").read_text().split()[0])]
         return [vm_rss(p) for p in agents], [vm_rss(p) for p in controllers]
@@ -345,11 +357,28 @@ class ScaleRun:
         overlay.stop_started_controller(self.run_dir)
         if self.etcd is not None:
             self.etcd.stop()
+        for pid in strays(self.work):  # an agent `up` spawned but was killed before recording
+            with contextlib.suppress(lab.LabError, ValueError):
+                lab.stop_process(pid)
         with contextlib.suppress(Exception):
             lab.Lab(self.prefix).teardown()
         left = overlay.leftovers(self.tag, self.run_dir)
+        left += [f"pid {pid}" for pid in strays(self.work)]
         shutil.rmtree(self.work, ignore_errors=True)
         return left
+
+
+def strays(work: Path) -> list[int]:
+    """Processes (not us) whose command line names our work directory: our agents, our
+    controllers, the containers' helpers."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as f:
+            if str(work).encode() in f.read():
+                found.append(int(entry))
+    return found
 
 
 def vm_rss(pid: int) -> float:
@@ -394,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     comps: list[dict[str, Any]] = []
     notes: list[str] = []
     left: list[str] = []
+    print(f"bench/scale.py: {size}, prefix {run.tag}, in {work}", file=sys.stderr)
     with interruptible():
         try:
             phases = run.up()
@@ -405,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"up {size}, from nothing (s)", phases["up total"],
                 f"< {goal:.0f} s at 100x10", phases["up total"] < goal
                 if hosts >= 100 and per_host >= 10 else None))
+            if store == "etcd":
+                notes.append(f"agents per controller replica: {run.spread()}")
             sums, longest = run.pass_costs()
             m += [harness.Measurement(f"up {size}: agent passes, ms per agent", "ms", sums),
                   harness.Measurement(f"up {size}: agent's longest pass", "ms", longest)]
