@@ -81,6 +81,12 @@ PHASES = (("controller", ("controller started", "controller answering")),
           ("agents connected", ("agents: ",)),
           ("controller writes", ("desired state",)))
 
+#: down's: containers deleted and every agent caught up, agents stopped, what they left swept
+#: and the lab's namespaces removed.
+DOWN_PHASES = (("deletes, agents caught up", ("deleted ",)),
+               ("agents stopped", ("agent for ",)),
+               ("sweep, lab removed", ("lab namespaces removed",)))
+
 
 def cli_path() -> str:
     path = os.path.join(os.path.dirname(sys.executable), "sdnctl")
@@ -110,6 +116,13 @@ class Lines:
             if text.startswith(starts):
                 return at
         return None
+
+    def last(self, *starts: str) -> float | None:
+        found = None
+        for at, line in self.lines:
+            if line.lstrip("•✔ ").strip().startswith(starts):
+                found = at
+        return found
 
     def tail(self, n: int = 30) -> str:
         return "\n".join(line for _, line in self.lines[-n:])
@@ -145,9 +158,9 @@ class EtcdReplicas:
         create_netns(self.netns)
         cluster = ",".join(f"m{i}=http://127.0.0.1:{2380 + 10 * i}" for i in range(ETCD_MEMBERS))
         for i in range(ETCD_MEMBERS):
-            client, peer = f"http://127.0.0.1:{2379 + 10 * i}", f"http://127.0.0.1:{2380 + 10 * i}"
+            url, peer = f"http://127.0.0.1:{2379 + 10 * i}", f"http://127.0.0.1:{2380 + 10 * i}"
             self._spawn([ETCD, "--name", f"m{i}", "--data-dir", str(self.base / f"m{i}"),
-                         "--listen-client-urls", client, "--advertise-client-urls", client,
+                         "--listen-client-urls", url, "--advertise-client-urls", url,
                          "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                          "--initial-cluster", cluster, "--initial-cluster-token", "sdnctl-bench",
                          "--initial-cluster-state", "new", "--heartbeat-interval", "50",
@@ -278,7 +291,7 @@ class ScaleRun:
         """Ping ``pairs`` random cross-host pairs at once; (seconds, pairs); any failure raises."""
         ctrs = [c for c in self.containers() if c.status.netns and c.ip]
         rng = random.Random(seed)
-        chosen = []
+        chosen: list[tuple[pb.Container, pb.Container]] = []
         while len(chosen) < pairs:
             a, b = rng.sample(ctrs, 2)
             if a.host != b.host:
@@ -338,13 +351,22 @@ class ScaleRun:
             [int((self.run_dir / "controller.pid").read_text().split()[0])]
         return [vm_rss(p) for p in agents], [vm_rss(p) for p in controllers]
 
-    def down(self) -> float:
+    def down(self) -> dict[str, float]:
+        """`sdnctl down`'s wall time and its phases, from its progress lines."""
         if self.client is not None:
             self.client.close()
             self.client = None
-        _, wall = self.cli("down", str(self.extended))
+        lines, wall = self.cli("down", str(self.extended))
         self.downed = True
-        return wall
+        t0 = lines.lines[0][0]
+        got, last = {}, t0
+        for phase, starts in DOWN_PHASES:
+            at = lines.last(*starts)
+            if at is not None:
+                got[phase] = at - last
+                last = at
+        got["down total"] = wall
+        return got
 
     def close(self) -> list[str]:
         """Undo everything, whatever happened; what is left behind."""
@@ -468,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
                 comps.append(harness.comparison(f"host {kind} converged, {size} (s)", med,
                                                 "< 1 at 100 hosts",
                                                 med < 1 if hosts >= 100 else None))
-            m.append(harness.Measurement(f"down {size}", "s", [run.down()]))
+            for phase, seconds in run.down().items():
+                m.append(harness.Measurement(f"down {size}: {phase}", "s", [seconds]))
+                print(f"  down {size}: {phase} {seconds:.2f} s", file=sys.stderr)
         finally:
             left = run.close()
     if left:
