@@ -344,12 +344,15 @@ class ScaleRun:
                  for a in self.lab_agents().values()]
         return {address: first.count(address) for address in sorted(set(first))}
 
-    def rss(self) -> tuple[list[float], list[float]]:
-        """VmRSS (MB) of every agent and of the controller(s)."""
+    def rss(self) -> tuple[list[float], list[float], list[float]]:
+        """VmRSS (MB) of every agent, their PSS (shared pages divided among the sharers: what
+        the agents take together is the sum), and the controllers' VmRSS."""
         agents = [a["pid"] for a in self.lab_agents().values()]
         controllers = self.etcd.controller_pids() if self.etcd is not None else \
             [int((self.run_dir / "controller.pid").read_text().split()[0])]
-        return [vm_rss(p) for p in agents], [vm_rss(p) for p in controllers]
+        return [memory(p, "/proc/{}/status", "VmRSS:") for p in agents], \
+            [memory(p, "/proc/{}/smaps_rollup", "Pss:") for p in agents], \
+            [memory(p, "/proc/{}/status", "VmRSS:") for p in controllers]
 
     def down(self) -> dict[str, float]:
         """`sdnctl down`'s wall time and its phases, from its progress lines."""
@@ -403,10 +406,11 @@ def strays(work: Path) -> list[int]:
     return found
 
 
-def vm_rss(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
+def memory(pid: int, path: str, field: str) -> float:
+    """MB of ``field`` (a kB line) in ``path`` of ``pid``."""
+    with open(path.format(pid)) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -465,13 +469,18 @@ def main(argv: list[str] | None = None) -> int:
             took, pairs = run.reachable(ours.pairs, seed=hosts)
             m.append(harness.Measurement(f"{size}: {pairs} cross-host pings, all answered",
                                          "s", [took]))
-            agents_mb, controllers_mb = run.rss()
+            agents_mb, agents_pss, controllers_mb = run.rss()
             m += [harness.Measurement(f"{size}: agent RSS ({per_host} containers)", "MB",
                                       agents_mb),
+                  harness.Measurement(f"{size}: agent PSS ({per_host} containers)", "MB",
+                                      agents_pss),
                   harness.Measurement(f"{size}: controller RSS", "MB", controllers_mb)]
             median_rss = harness.summary(agents_mb)[0]
             comps.append(harness.comparison(f"agent RSS, {per_host} containers (MB)",
                                             median_rss, "< 40", median_rss < 40))
+            median_pss = harness.summary(agents_pss)[0]
+            comps.append(harness.comparison(f"agent PSS, {per_host} containers (MB)",
+                                            median_pss, "< 40", median_pss < 40))
             enforced = run.policy_to_enforced(ours.rounds * 2)
             m.append(harness.Measurement(f"{size}: CreatePolicy to enforced on all hosts",
                                          "ms", enforced))
