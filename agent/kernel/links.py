@@ -93,6 +93,10 @@ def peek_interface(netns_path: str, ifname: str) -> ObservedContainerNet | None:
 
 
 
+class StalePeer(KernelError):
+    """A veth's host side exists, its peer is not in the namespace it should be in."""
+
+
 class Links(VxlanLinks, LinkBase):
     """The agent's netlink façade: bridges and veths (here) and overlays (``VxlanLinks``),
     on the sockets of ``LinkBase``. Use from ONE thread only (see linkbase)."""
@@ -219,9 +223,26 @@ class Links(VxlanLinks, LinkBase):
         if created and peer_index:
             self._configure_new_peer(netns_path, peer_ifname, peer_index, alias, address_cidr,
                                      gateway, address6_cidr, gateway6)
-        else:
+            return int(link["index"])
+        try:
             self._ensure_container_side(netns_path, peer_ifname, alias, mtu, address_cidr,
                                         gateway, mac, address6_cidr, gateway6)
+            return int(link["index"])
+        except StalePeer:
+            if created:
+                raise
+        # Our host side, its peer in another namespace: one a failed start dropped while a
+        # process still held it (a runtime killed at its timeout, issue 21). The pair goes
+        # with that end; a new one is born in this namespace.
+        delete_link(ipr, link, what)
+        link, created = self._create_veth(host_ifname, alias, master_index, mtu, netns_path,
+                                          peer_ifname, mac)
+        self._fix_link(ipr, link, what, mtu=mtu, master=master_index, state="up", ifalias=alias)
+        peer_index = link.get_attr("IFLA_LINK")
+        if not (created and peer_index):
+            raise KernelError(f"could not replace {what}: it came back at once")
+        self._configure_new_peer(netns_path, peer_ifname, peer_index, alias, address_cidr,
+                                 gateway, address6_cidr, gateway6)
         return int(link["index"])
 
     def ensure_handover_veth(self, host_ifname: str, alias: str, bridge: str, mtu: int,
@@ -331,7 +352,7 @@ class Links(VxlanLinks, LinkBase):
             raise KernelError(f"could not read {what}") from e
         if link is None:
             # The host side exists but its peer is not in this namespace (moved or renamed).
-            raise KernelError(f"could not find {what}: host side exists without it")
+            raise StalePeer(f"could not find {what}: host side exists without it")
         want: dict[str, Any] = {"mtu": mtu, "state": "up", "ifalias": alias}
         if mac is not None:
             want["address"] = mac.lower()
