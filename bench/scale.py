@@ -132,6 +132,10 @@ class Lines:
 # -- etcd and two controller replicas, in a namespace of ours ---------------------------------
 
 
+class Skip(Exception):
+    """The rest of the measures cannot run (``up`` failed): what was measured is written."""
+
+
 class EtcdReplicas:
     """Three etcd members and ``REPLICAS`` controllers in network namespace ``netns`` (lo only),
     the controllers on unix sockets in ``base``. Every process is ours and stopped by PID."""
@@ -230,8 +234,10 @@ class ScaleRun:
     def agent_log(self, host: str) -> str:
         return str(self.run_dir / "lab" / f"{self.prefix}{host}" / "agent.log")
 
-    def cli(self, *args: str, timeout: float = 900) -> tuple[Lines, float]:
-        """Run `sdnctl ARGS`; its stderr lines with their times, and its wall time (s)."""
+    def cli(self, *args: str, timeout: float = 900,
+            failed: list[Lines] | None = None) -> tuple[Lines, float]:
+        """Run `sdnctl ARGS`; its stderr lines with their times, and its wall time (s). When
+        it fails, its lines go to ``failed`` (if given) before BenchError."""
         t0 = time.monotonic()
         proc = subprocess.Popen([cli_path(), *args], env=self.env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -245,35 +251,49 @@ class ScaleRun:
         wall = time.monotonic() - t0
         err.join()
         out.join()
+        err.lines.insert(0, (t0, "(started)"))
         if proc.returncode != 0:
+            if failed is not None:
+                failed.append(err)
             raise BenchError(f"sdnctl {' '.join(args)} failed ({proc.returncode}):\n"
                              f"{out.tail(5)}\n{err.tail(30)}")
-        err.lines.insert(0, (t0, "(started)"))
         return err, wall
 
     # -- up and its breakdown ------------------------------------------------------------------
 
-    def up(self) -> dict[str, float]:
-        got: dict[str, float] = {}
+    def up(self, got: dict[str, float]) -> None:
+        """`up`'s phases into ``got`` (those it reached, when it fails)."""
         if self.etcd is not None:  # there before `up`, as a deployment's store would be
             t0 = time.monotonic()
             self.etcd.start()
             got["(before up) etcd and replicas started"] = time.monotonic() - t0
-        lines, wall = self.cli("up", str(self.base), "--timeout", "900")
+        failed: list[Lines] = []
+        try:
+            lines, wall = self.cli("up", str(self.base), "--timeout", "900", failed=failed)
+        except BenchError:
+            if failed:
+                self._phases(failed[0], got)
+                got["until up failed"] = failed[0].lines[-1][0] - failed[0].lines[0][0]
+            raise
+        last = self._phases(lines, got)
         t0 = lines.lines[0][0]
-        last = t0
-        for phase, starts in PHASES:
-            at = lines.first(*starts)
-            if at is None:
-                raise BenchError(f"`up` printed no line for {phase!r}:\n{lines.tail(40)}")
-            got[phase] = at - last
-            last = at
         total = self.hosts * self.per_host
         running = lines.first(f"containers running: {total}/{total}")
         got["containers running"] = (running or t0 + wall) - last
         got["all synced"] = t0 + wall - (running or t0 + wall)
         got["up total"] = wall
-        return got
+
+    @staticmethod
+    def _phases(lines: Lines, got: dict[str, float]) -> float:
+        """The phases of PHASES that ``lines`` reached into ``got``; when the last ended."""
+        last = lines.lines[0][0]
+        for phase, starts in PHASES:
+            at = lines.first(*starts)
+            if at is None:
+                break
+            got[phase] = at - last
+            last = at
+        return last
 
     def pass_costs(self) -> tuple[list[float], list[float]]:
         """Per agent: the ms of all its passes so far, and its longest pass."""
@@ -467,11 +487,17 @@ def main(argv: list[str] | None = None) -> int:
     comps: list[dict[str, Any]] = []
     notes: list[str] = []
     left: list[str] = []
+    failure, return_code = "", 0
     print(f"bench/scale.py: {size}, prefix {run.tag}, in {work}", file=sys.stderr)
     with interruptible():
         try:
             mounts_before, copy_before = mount_copy_cost()
-            phases = run.up()
+            phases: dict[str, float] = {}
+            try:
+                run.up(phases)
+            except BenchError as e:  # what it reached is recorded, then the run fails
+                failure = str(e)
+                print(f"bench/scale.py: {failure[-3000:]}", file=sys.stderr)
             mounts_after, copy_after = mount_copy_cost()
             m += [harness.Measurement(f"unshare --mount, CPU, {mounts_before} mounts (before "
                                       "up)", "ms", copy_before),
@@ -481,15 +507,22 @@ def main(argv: list[str] | None = None) -> int:
                 m.append(harness.Measurement(f"up {size}: {phase}", "s", [seconds]))
                 print(f"  up {size}: {phase} {seconds:.2f} s", file=sys.stderr)
             goal = UP_GOAL[store]
+            total = phases.get("up total", phases.get("until up failed", 0.0))
             comps.append(harness.comparison(
-                f"up {size}, from nothing (s)", phases["up total"],
-                f"< {goal:.0f} s at 100x10", phases["up total"] < goal
+                f"up {size}, from nothing (s)", total, f"< {goal:.0f} s at 100x10",
+                False if failure else total < goal
                 if hosts >= 100 and per_host >= 10 else None))
-            if store == "etcd":
+            if store == "etcd" and "agents connected" in phases:
                 notes.append(f"agents per controller replica: {run.spread()}")
-            sums, longest = run.pass_costs()
-            m += [harness.Measurement(f"up {size}: agent passes, ms per agent", "ms", sums),
-                  harness.Measurement(f"up {size}: agent's longest pass", "ms", longest)]
+            if "agents connected" in phases:
+                sums, longest = run.pass_costs()
+                m += [harness.Measurement(f"up {size}: agent passes, ms per agent", "ms",
+                                          sums),
+                      harness.Measurement(f"up {size}: agent's longest pass", "ms", longest)]
+            if failure:
+                notes.append("`up` FAILED: " + failure.strip().splitlines()[-1][:400])
+                return_code = 1
+                raise Skip
             took, pairs = run.reachable(ours.pairs, seed=hosts)
             m.append(harness.Measurement(f"{size}: {pairs} cross-host pings, all answered",
                                          "s", [took]))
@@ -526,10 +559,13 @@ def main(argv: list[str] | None = None) -> int:
             for phase, seconds in run.down().items():
                 m.append(harness.Measurement(f"down {size}: {phase}", "s", [seconds]))
                 print(f"  down {size}: {phase} {seconds:.2f} s", file=sys.stderr)
+        except Skip:
+            pass
         finally:
             left = run.close()
     if left:
-        raise BenchError(f"left behind: {left}")
+        notes.append(f"LEFT BEHIND: {left}")
+        return_code = 1
     controller = "two controller replicas on a three-member etcd, agents spread over both" \
         if store == "etcd" else "the SQLite controller `up` starts"
     notes.append(f"{hosts} lab hosts x {per_host} containers on one overlay, `sdnctl up` "
@@ -545,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         "measurements": m, "comparisons": comps, "notes": notes})
     harness.print_table(harness.load_results([os.path.join(harness.RESULTS_DIR,
                                                            f"{name}.json")]))
-    return 0
+    return return_code
 
 
 if __name__ == "__main__":
