@@ -57,7 +57,7 @@ from sdnctl.api import convert
 from sdnctl.api.client import open_channel
 from sdnctl.api.metrics import DEFAULT_ADDRESS, MetricsServer, serve_metrics
 from sdnctl.api.model import STATE_EXITED, ContainerStatus
-from sdnctl.api.pki import TlsFiles
+from sdnctl.api.tlsfiles import TlsFiles
 from sdnctl.cni.plugin import AGENT_SOCKET, SOCKET_ENV
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc

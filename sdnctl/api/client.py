@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sdnctl.api import paths
-from sdnctl.api.pki import TlsFiles
+from sdnctl.api.tlsfiles import TlsFiles
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 

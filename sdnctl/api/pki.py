@@ -41,6 +41,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sdnctl.api.fields import check_name
 from sdnctl.api.model import NAME_RE, Invalid
+from sdnctl.api.tlsfiles import PkiError as PkiError
+from sdnctl.api.tlsfiles import TlsFiles as TlsFiles
+from sdnctl.api.tlsfiles import cert_path as cert_path
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +53,6 @@ SCHEME = "sdnctl"
 CA_DAYS = 3650
 CERT_DAYS = 365
 CRL_DAYS = 3650  # the CRL is rewritten on every revocation; its own expiry is not checked
-
-
-class PkiError(RuntimeError):
-    """A PKI operation failed in a way the user can act on."""
 
 
 @dataclass(frozen=True)
@@ -196,13 +195,6 @@ def init(directory: str | Path, controller_names: Iterable[str] = (),
     return directory
 
 
-def cert_path(directory: str | Path, kind: str, name: str) -> tuple[Path, Path]:
-    """Where ``kind``/``name``'s certificate and key live."""
-    base = Path(directory)
-    stem = base / "controller" if kind == "controller" else base / f"{kind}s" / name
-    return stem.with_suffix(".pem"), stem.with_suffix(".key")
-
-
 def _alt_names(kind: str, name: str, role: str, extra: Iterable[str]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity_uri(kind, name,
                                                                                  role))]
@@ -324,27 +316,6 @@ def listing(directory: str | Path) -> list[dict[str, object]]:
 
 
 # -- TLS files as the controller and its clients use them --------------------------------------
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """A certificate, its key and the CA that checks the other side's certificate."""
-
-    cert: str
-    key: str
-    ca: str
-
-    def read(self) -> tuple[bytes, bytes, bytes]:
-        try:
-            return (Path(self.cert).read_bytes(), Path(self.key).read_bytes(),
-                    Path(self.ca).read_bytes())
-        except OSError as e:
-            raise PkiError(f"could not read TLS files: {e}") from e
-
-    @classmethod
-    def from_dir(cls, directory: str | Path, kind: str, name: str = "") -> TlsFiles:
-        cert, key = cert_path(directory, kind, name)
-        return cls(str(cert), str(key), str(Path(directory) / "ca.pem"))
 
 
 # -- the controller's view: a CRL it reloads ---------------------------------------------------
