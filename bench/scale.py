@@ -8,9 +8,12 @@ M containers each, one overlay), ``sdnctl up FILE`` run as a process of its own 
 lab prefix ``sx<pid>``), nothing running before it. ``up`` prints one line per step on stderr;
 we timestamp each line as it arrives, and the breakdown is the time between steps:
 
-- *controller*: until a controller answers (``up`` starts one for SQLite; with ``--store etcd``
-  two replicas we started serve a three-member etcd);
-- *lab build*: the namespaces, underlay and veths of the N hosts (``lab: ...``);
+- *file checked, controller*: with no controller answering (SQLite), the whole file checked
+  against the controller's rules here, then a controller started; with ``--store etcd`` (two
+  replicas we started, serving a three-member etcd) only the health check;
+- *lab build*: the plan (three List calls), the file checked by the controller
+  (``ValidateTopology``) when one answered, and the namespaces, underlay and veths of the N
+  hosts (``lab: ...``);
 - *agents connected*: the agents spawned and registered (``agents: N connected``);
 - *controller writes*: the plan's reads, the network and one ``CreateContainers`` of N x M
   (``desired state: ...``);
@@ -76,7 +79,7 @@ ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCD_MEMBERS = 3
 REPLICAS = 2
 #: up's progress lines that end a phase, in order: (phase, start of the line).
-PHASES = (("controller", ("controller started", "controller answering")),
+PHASES = (("file checked, controller", ("controller started", "controller answering")),
           ("lab build", ("lab: ",)),
           ("hosts registered", ("hosts: ",)),
           ("agents connected", ("agents: ",)),
@@ -573,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{controller}; agent passes: the ms of each agent's passes logged during "
                  "`up`; CreatePolicy and join/leave as bench/policy.py and bench/overlay.py "
                  "measure them")
-    name = "scale" if store == "sqlite" else "scale-etcd"
+    name = f"scale-{store}-{hosts}x{per_host}"
     harness.write_result(name, {
         "mode": "full" if hosts >= 100 else "quick",
         "params": {"hosts": hosts, "per_host": per_host, "store": store, "pairs": ours.pairs,

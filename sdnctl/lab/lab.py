@@ -528,7 +528,12 @@ class AgentSpawner:
             answer = proc.stdout.readline()
             pid = int(json.loads(answer)["pid"])
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise LabError(f"the agents' fork server failed; see {self.log_path}") from e
+            try:
+                with open(self.log_path, errors="replace") as f:
+                    tail = f.read()[-1500:]
+            except OSError:
+                tail = ""
+            raise LabError(f"the agents' fork server failed ({self.log_path}):\n{tail}") from e
         _wait_forked(pid, netns_inode(netns_path), log_path)
         return pid
 
