@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
 import os
 import random
@@ -68,6 +69,8 @@ import overlay
 import policy
 from _sdnlab import PASS_RE, BenchError
 
+from agent import layout
+from agent.kernel import cgroups
 from agent.kernel.netns import create_netns, remove_netns
 from sdnctl.api.client import Client
 from sdnctl.lab import lab
@@ -78,6 +81,7 @@ UP_GOAL = {"sqlite": 30.0, "etcd": 60.0}  # seconds, for 100 x 10 (issue 21)
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCD_MEMBERS = 3
 REPLICAS = 2
+CGROUPS = cgroups.ROOT
 #: up's progress lines that end a phase, in order: (phase, start of the line).
 PHASES = (("file checked, controller", ("controller started", "controller answering")),
           ("lab build", ("lab: ",)),
@@ -400,21 +404,50 @@ class ScaleRun:
         if self.client is not None:
             self.client.close()
             self.client = None
-        if not self.downed:
+        if not self.downed:  # (at 100 x 10 under load, `down` takes minutes)
             with contextlib.suppress(BenchError, subprocess.SubprocessError, OSError):
-                self.cli("down", str(self.extended), timeout=300)
-        overlay.stop_started_controller(self.run_dir)
-        if self.etcd is not None:
-            self.etcd.stop()
+                self.cli("down", str(self.extended), timeout=1800)
+        # What a `down` that failed or was cut short left: agents (by PID), then what they
+        # made, swept as `down` sweeps (containers by pidfile, pinned namespaces, cgroups).
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            for agent in self.lab_agents().values():
+                with contextlib.suppress(lab.LabError, ValueError):
+                    lab.stop_process(agent["pid"], start_time=agent.get("start_time"))
         for pid in strays(self.work):  # an agent `up` spawned but was killed before recording
             with contextlib.suppress(lab.LabError, ValueError):
                 lab.stop_process(pid)
+        for run_dir in glob.glob(str(self.run_dir / "lab" / f"{self.prefix}*")):
+            with contextlib.suppress(Exception):
+                layout.sweep(run_dir)
+        for pid in in_cgroups(self.prefix):  # a container whose pidfile was never written
+            with contextlib.suppress(lab.LabError, ValueError):
+                lab.stop_process(pid, grace=0.5)
+        for name in {os.path.basename(p) for p in glob.glob(f"{CGROUPS}/*/sdnctl/"
+                                                            f"{self.prefix}*")}:
+            with contextlib.suppress(Exception):
+                cgroups.remove_tree(f"sdnctl/{name}")
+        overlay.stop_started_controller(self.run_dir)
+        if self.etcd is not None:
+            self.etcd.stop()
         with contextlib.suppress(Exception):
             lab.Lab(self.prefix).teardown()
         left = overlay.leftovers(self.tag, self.run_dir)
-        left += [f"pid {pid}" for pid in strays(self.work)]
+        left += [f"pid {pid}" for pid in strays(self.work) + in_cgroups(self.prefix)]
+        left += glob.glob(f"{CGROUPS}/*/sdnctl/{self.prefix}*")
         shutil.rmtree(self.work, ignore_errors=True)
         return left
+
+
+def in_cgroups(prefix: str) -> list[int]:
+    """Processes in the cgroups of our agents' containers (``sdnctl/<prefix><host>-...``)."""
+    marker = f"/sdnctl/{prefix}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/cgroup", "rb") as f:
+                if marker in f.read():
+                    found.append(int(entry))
+    return found
 
 
 def strays(work: Path) -> list[int]:
