@@ -64,6 +64,7 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any, cast
 
+import grpc
 import harness
 import overlay
 import policy
@@ -597,6 +598,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  down {size}: {phase} {seconds:.2f} s", file=sys.stderr)
         except Skip:
             pass
+        except (BenchError, TimeoutError, RuntimeError, grpc.RpcError, OSError,
+                subprocess.SubprocessError) as e:  # what was measured before is written
+            notes.append(f"FAILED after up: {str(e).strip()[-600:]}")
+            print(f"bench/scale.py: {e}", file=sys.stderr)
+            return_code = 1
         finally:
             left = run.close()
     if left:
