@@ -83,6 +83,9 @@ ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCD_MEMBERS = 3
 REPLICAS = 2
 CGROUPS = cgroups.ROOT
+#: What every container runs: a shell that leaves on SIGTERM (``sleep infinity`` as PID 1
+#: ignores it, so every delete would wait out the stop grace period: `down` would measure that).
+COMMAND = """[sh, -c, "trap 'exit 0' TERM; sleep 3600 & wait"]"""
 #: up's progress lines that end a phase, in order: (phase, start of the line).
 PHASES = (("file checked, controller", ("controller started", "controller answering")),
           ("lab build", ("lab: ",)),
@@ -217,8 +220,8 @@ class ScaleRun:
         self.run_dir = work / "run"
         self.base = work / "topology.yaml"
         self.extended = work / "topology-plus1.yaml"
-        self.base.write_text(overlay.topology_text(hosts, False, per_host))
-        self.extended.write_text(overlay.topology_text(hosts, True, per_host))
+        self.base.write_text(overlay.topology_text(hosts, False, per_host, COMMAND))
+        self.extended.write_text(overlay.topology_text(hosts, True, per_host, COMMAND))
         self.env = dict(os.environ, SDNCTL_RUN_DIR=str(self.run_dir),
                         SDNCTL_STATE_DIR=str(self.run_dir / "state"),
                         SDNCTL_LAB_PREFIX=self.prefix)
