@@ -287,7 +287,8 @@ def policy_from_pb(msg: pb.PolicySet) -> PolicyInput:
     return PolicyInput(
         policies=tuple(convert.policy_from_pb(p) for p in msg.policies),
         endpoints=tuple(convert.endpoint_from_pb(e) for e in msg.endpoints),
-        network_cidrs=tuple(sorted(msg.network_cidrs.items())))
+        network_cidrs=tuple(sorted(msg.network_cidrs.items())),
+        network_cidrs6=tuple(sorted(msg.network_cidrs6.items())))
 
 
 @dataclass

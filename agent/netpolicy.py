@@ -2,30 +2,42 @@
 
 Design note. What is allowed is ``sdnctl.api.policyeval``'s; this module only says it in nft.
 Every distinct selector (a policy's target, a label or network peer) becomes ONE named set of
-addresses (``s_<hash>``), shared by every rule that uses it; two more sets hold the addresses
-isolated for ingress and for egress. When containers come and go only set elements change: the
-rule text names sets, never addresses, so ``render_delta`` flushes and refills the changed sets in
-one transaction and the rules (and their counters) stay. So the cost of an update grows with the
-number of selectors that change, not with containers x rules, and a container's address is in
-its sets as soon as its record arrives, before its process runs.
+addresses per family (``s_<hash>`` of IPv4 addresses, ``s6_<hash>`` of IPv6 ones), shared by
+every rule that uses it; two more sets per family hold the addresses isolated for ingress and
+for egress (``iso_in``/``iso_out``, ``iso6_in``/``iso6_out``). When containers come and go only
+set elements change: the rule text names sets, never addresses, so ``render_delta`` flushes and
+refills the changed sets in one transaction and the rules (and their counters) stay. So the cost
+of an update grows with the number of selectors that change, not with containers x rules, and a
+container's addresses are in its sets as soon as its record arrives, before its process runs.
 
 The table has its own base chain on the forward hook (priority filter + 10, policy accept: we
 never default-drop a shared hook) after the agent's main table. Its rules:
 
   forward   ct state established,related accept        replies always pass
+            icmpv6 type { nd-neighbor-solicit,         neighbour discovery passes: IPv6's ARP
+              nd-neighbor-advert } accept              (see below)
             ip daddr @iso_in  jump ingress             the receiver is isolated for ingress
+            ip6 daddr @iso6_in jump ingress            (the same in IPv6)
             ip saddr @iso_out jump egress              the sender is isolated for egress
-  ingress   per policy isolating ingress, per rule, per (peer, protocol):
+            ip6 saddr @iso6_out jump egress
+  ingress   per policy isolating ingress, per rule, per family, per (peer, protocol):
               ip daddr @<target> [ip saddr <peer>] [meta l4proto P th dport {ports}]
               counter return                           allowed by this rule: check egress next
-            per policy: ip daddr @<target> counter drop   (the first selecting policy counts it)
+            per policy and family: ip daddr @<target> counter drop
+                                                       (the first selecting policy counts it)
   egress    the same with saddr and daddr swapped
 
-IPv6 (issue 20), failing closed until policies speak it: selectors are sets of IPv4 addresses,
-so a dual-stack container isolated in a direction gets no forwarded IPv6 in that direction at
-all. Its host (``build``'s ``ipv6_of``: this host's containers' IPv4 -> IPv6 addresses) puts its
-IPv6 address in ``iso6_in``/``iso6_out`` and ``ip6 daddr @iso6_in`` / ``ip6 saddr @iso6_out``
-are counted drops after the established rule, so IPv6 never bypasses a policy.
+Both families (issue 20) are evaluated alike: a rule is written once per family, with the
+family's sets (``ip6 saddr @s6_<hash>``) and prefixes; a ``cidr`` peer (and its ``except``)
+only in its own family, a network peer with the network's ``subnet`` or ``subnet6``; ports and
+protocols (``meta l4proto``, ``th dport``) are the same in both. Neighbour discovery is exempt,
+as ARP is by being no IP at all: between two containers of one bridge it crosses the forward
+hook (br_netfilter), and an isolated container whose neighbour solicitations or advertisements
+were dropped could not reach even the peers its policies allow (measured: the truth-table
+test's same-bridge IPv6 pairs were all filtered). Both copies carry the same
+comment, so a policy's counters add up over the two families and ``trace -6`` names the same
+policy and rule. A network without ``subnet6`` gives its containers no IPv6 address, so its
+IPv6 sets stay empty.
 
 Every rule's comment names its policy, direction and rule (``sdnctl:policy/<name>/ingress/0``,
 ``.../drop``), so counters are per policy and rule and ``trace`` can say which one dropped a
@@ -33,7 +45,7 @@ probe. Every host holds the whole set (policies are evaluated identically everyw
 packet across the overlay is checked on both hosts with the same verdict. Traffic from and to
 the host itself (input/output hooks) is not filtered: the gateway's DNS keeps answering. Bridged
 traffic between two containers of one bridge reaches the forward hook through br_netfilter
-(``net.bridge.bridge-nf-call-iptables``, which the kernel side turns on).
+(``net.bridge.bridge-nf-call-iptables`` and ``-ip6tables``, which the kernel side turns on).
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ from sdnctl.api.policyeval import (
     Endpoint,
     Evaluator,
     Selector,
+    family_of,
     members,
     parse_policy_port,
     peer_selector,
@@ -59,6 +72,10 @@ from sdnctl.api.policyeval import (
 
 FAMILY = "inet"
 TABLE = "sdnctl_policy"
+FAMILIES = (4, 6)
+#: nft's name of each family's address (``ip saddr``, ``ip6 saddr``) and its set type.
+NFT_FAMILY = {4: "ip", 6: "ip6"}
+SET_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 ISOLATED = {"ingress": "iso_in", "egress": "iso_out"}
 ISOLATED6 = {"ingress": "iso6_in", "egress": "iso6_out"}
 COMMENT_PREFIX = "sdnctl:policy/"
@@ -71,6 +88,7 @@ class PolicyInput:
     policies: tuple[Policy, ...] = ()
     endpoints: tuple[Endpoint, ...] = ()
     network_cidrs: tuple[tuple[str, str], ...] = ()
+    network_cidrs6: tuple[tuple[str, str], ...] = ()  # dual-stack networks' IPv6 prefixes
 
 
 @dataclass(frozen=True)
@@ -88,8 +106,15 @@ class PolicyTables:
         return sorted(text.rsplit(" comment ", 1)[1].strip('"') for _, text in self.rules)
 
 
-def set_name(selector: Selector) -> str:
-    return "s_" + hashlib.sha256(selector.key().encode()).hexdigest()[:12]
+def set_name(selector: Selector, family: int = 4) -> str:
+    """The set of ``selector``'s addresses in ``family``."""
+    digest = hashlib.sha256(selector.key().encode()).hexdigest()[:12]
+    return ("s6_" if family == 6 else "s_") + digest
+
+
+def set_family(name: str) -> int:
+    """The family of one of our sets' addresses, by its name."""
+    return 6 if name.startswith("s6_") or name in ISOLATED6.values() else 4
 
 
 def _quote(text: str) -> str:
@@ -99,24 +124,29 @@ def _quote(text: str) -> str:
 
 
 def _cidr(text: str) -> str:
-    return str(ipaddress.IPv4Network(text, strict=False))
+    return str(ipaddress.ip_network(text, strict=False))
 
 
-def _peer_exprs(policy: Policy, peer: PolicyPeer, side: str,
+def _peer_exprs(policy: Policy, peer: PolicyPeer, side: str, family: int,
                 cidrs: Mapping[str, str]) -> list[str]:
-    """The match on the other end of a connection (``side`` "saddr" or "daddr"); [] when the
-    peer can match nothing (a network that is gone)."""
+    """The match on the other end of a connection (``side`` "saddr" or "daddr") in ``family``;
+    [] when the peer can match nothing there (a cidr of the other family, a network that is
+    gone or has no prefix in this family)."""
+    ip = NFT_FAMILY[family]
     if peer.cidr:
-        expr = f"ip {side} {_cidr(peer.cidr)}"
-        if peer.excepts:
-            expr += f" ip {side} != {{ {', '.join(_cidr(x) for x in sorted(peer.excepts))} }}"
+        if family_of(peer.cidr) != family:
+            return []
+        expr = f"{ip} {side} {_cidr(peer.cidr)}"
+        excepts = sorted(_cidr(x) for x in peer.excepts if family_of(x) == family)
+        if excepts:
+            expr += f" {ip} {side} != {{ {', '.join(excepts)} }}"
         return [expr]
     if peer.labels is None:
         cidr = cidrs.get(peer.network)
-        return [f"ip {side} {_cidr(cidr)}"] if cidr else []
+        return [f"{ip} {side} {_cidr(cidr)}"] if cidr else []
     selector = peer_selector(policy, peer)
     assert selector is not None
-    return [f"ip {side} @{set_name(selector)}"]
+    return [f"{ip} {side} @{set_name(selector, family)}"]
 
 
 def _port_exprs(rule: PolicyRule) -> list[str]:
@@ -133,54 +163,56 @@ def _port_exprs(rule: PolicyRule) -> list[str]:
 
 
 def _direction_rules(policies: Sequence[Policy], direction: str,
-                     cidrs: Mapping[str, str]) -> list[tuple[str, str]]:
+                     cidrs: Mapping[int, Mapping[str, str]]) -> list[tuple[str, str]]:
     own, other = ("daddr", "saddr") if direction == INGRESS else ("saddr", "daddr")
     isolating = [p for p in policies if rules_of(p, direction) is not None]
     rules = []
     for p in isolating:
-        target = f"ip {own} @{set_name(policy_selector(p))}"
         for i, rule in enumerate(rules_of(p, direction) or ()):
             comment = _quote(f"{COMMENT_PREFIX}{p.name}/{direction}/{i}")
-            peers = [e for peer in rule.peers for e in _peer_exprs(p, peer, other, cidrs)] \
-                if rule.peers else [""]
-            for peer in peers:
-                for ports in _port_exprs(rule):
-                    match = " ".join(x for x in (target, peer, ports) if x)
-                    rules.append((direction, f"{match} counter return comment {comment}"))
+            for family in FAMILIES:
+                target = f"{NFT_FAMILY[family]} {own} @{set_name(policy_selector(p), family)}"
+                peers = [e for peer in rule.peers
+                         for e in _peer_exprs(p, peer, other, family, cidrs[family])] \
+                    if rule.peers else [""]
+                for peer in peers:
+                    for ports in _port_exprs(rule):
+                        match = " ".join(x for x in (target, peer, ports) if x)
+                        rules.append((direction, f"{match} counter return comment {comment}"))
     for p in isolating:
-        rules.append((direction, f"ip {own} @{set_name(policy_selector(p))} counter drop "
-                                 f"comment {_quote(f'{COMMENT_PREFIX}{p.name}/{direction}/drop')}"))
+        comment = _quote(f"{COMMENT_PREFIX}{p.name}/{direction}/drop")
+        for family in FAMILIES:
+            rules.append((direction, f"{NFT_FAMILY[family]} {own} "
+                                     f"@{set_name(policy_selector(p), family)} counter drop "
+                                     f"comment {comment}"))
     return rules
 
 
-def build(given: PolicyInput, ipv6_of: Mapping[str, str] | None = None) -> PolicyTables:
-    """The table for ``given`` (pure). No policy: no table. ``ipv6_of``: this host's
-    dual-stack containers' IPv6 addresses by IPv4 address (see the module note)."""
+def build(given: PolicyInput) -> PolicyTables:
+    """The table for ``given`` (pure). No policy: no table."""
     policies = sorted(given.policies, key=lambda p: p.name)
     if not policies:
         return PolicyTables((), ())
-    cidrs = dict(given.network_cidrs)
-    evaluator = Evaluator(policies, given.endpoints, cidrs)
-    sets = {set_name(s): tuple(members(s, given.endpoints)) for s in evaluator.selectors()}
+    cidrs = {4: dict(given.network_cidrs), 6: dict(given.network_cidrs6)}
+    evaluator = Evaluator(policies, given.endpoints, cidrs[4], cidrs[6])
+    sets = {set_name(s, family): tuple(members(s, given.endpoints, family))
+            for s in evaluator.selectors() for family in FAMILIES}
     for direction in DIRECTIONS:
-        isolated: set[str] = set()
-        for p in policies:
-            if rules_of(p, direction) is not None:
-                isolated.update(sets[set_name(policy_selector(p))])
-        sets[ISOLATED[direction]] = tuple(sorted(isolated, key=ipaddress.IPv4Address))
-        sets[ISOLATED6[direction]] = tuple(sorted(
-            {(ipv6_of or {})[a] for a in isolated if a in (ipv6_of or {})},
-            key=ipaddress.IPv6Address))
-    rules = [
-        ("forward", f"ct state established,related accept comment "
-                    f"{_quote(COMMENT_PREFIX + 'established')}"),
-        ("forward", f"ip6 daddr @iso6_in counter drop comment "
-                    f"{_quote(COMMENT_PREFIX + 'ingress6')}"),
-        ("forward", f"ip6 saddr @iso6_out counter drop comment "
-                    f"{_quote(COMMENT_PREFIX + 'egress6')}"),
-        ("forward", f"ip daddr @iso_in jump ingress comment {_quote(COMMENT_PREFIX + 'ingress')}"),
-        ("forward", f"ip saddr @iso_out jump egress comment {_quote(COMMENT_PREFIX + 'egress')}"),
-    ]
+        for family, names in ((4, ISOLATED), (6, ISOLATED6)):
+            isolated: set[str] = set()
+            for p in policies:
+                if rules_of(p, direction) is not None:
+                    isolated.update(sets[set_name(policy_selector(p), family)])
+            sets[names[direction]] = tuple(sorted(isolated, key=ipaddress.ip_address))
+    rules = [("forward", f"ct state established,related accept comment "
+                         f"{_quote(COMMENT_PREFIX + 'established')}"),
+             ("forward", "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept "
+                         f"comment {_quote(COMMENT_PREFIX + 'neighbour-discovery')}")]
+    for direction, own in (("ingress", "daddr"), ("egress", "saddr")):
+        for family, names in ((4, ISOLATED), (6, ISOLATED6)):
+            rules.append(("forward", f"{NFT_FAMILY[family]} {own} @{names[direction]} jump "
+                                     f"{direction} comment "
+                                     f"{_quote(COMMENT_PREFIX + direction)}"))
     for direction in DIRECTIONS:
         rules += _direction_rules(policies, direction, cidrs)
     return PolicyTables(tuple(sorted(sets.items())), tuple(rules))
@@ -200,8 +232,7 @@ def render(tables: PolicyTables) -> str:
         return "\n".join(lines) + "\n"
     lines.append(f"add table {FAMILY} {TABLE}")
     for name, addresses in tables.sets:
-        kind = "ipv6_addr" if name in ISOLATED6.values() else "ipv4_addr"
-        lines.append(f"add set {FAMILY} {TABLE} {name} {{ type {kind}; }}")
+        lines.append(f"add set {FAMILY} {TABLE} {name} {{ type {SET_TYPE[set_family(name)]}; }}")
         lines += _elements(name, addresses)
     lines.append(f"add chain {FAMILY} {TABLE} forward "
                  "{ type filter hook forward priority filter + 10; policy accept; }")

@@ -179,8 +179,7 @@ class Reconciler:
         try:
             if full:
                 self.policy_fw.observe()
-            ipv6_of = {c.ip: c.ip6 for c in desired.containers.values() if c.ip6}
-            self.policy_fw.apply(build_policy_tables(desired.policy, ipv6_of))
+            self.policy_fw.apply(build_policy_tables(desired.policy))
         except Exception as e:
             log.warning("network policy failed: %s", e, exc_info=True)
             outcome.errors[""] = f"network policy: {e}" + (f": {e.__cause__}"

@@ -56,7 +56,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NTF_SELF
 
-from agent.kernel.netns import iproute_in
+from agent.kernel.linkbase import iproute_in
 from agent.names import vxlan_name
 from sdnctl.lab import lab
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -112,7 +112,8 @@ class Lab:
 
 SERVE = """
 import signal, sys, threading
-from sdnctl.controller.server import DEFAULT_BRIDGE_SUBNET, create_server
+from sdnctl.api.model import DEFAULT_BRIDGE_SUBNET
+from sdnctl.controller.server import create_server
 from sdnctl.controller.store.sqlite import SqliteStore
 store = SqliteStore(sys.argv[2])
 running = create_server(sys.argv[1], store, max_workers=int(sys.argv[3]),

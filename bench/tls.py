@@ -37,6 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sdnctl.api import pki
 from sdnctl.api.client import open_channel
 from sdnctl.api.imagefmt import BlobStore, Image, export_archive
+from sdnctl.api.tlsfiles import TlsFiles
 from sdnctl.controller.server import create_server
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.lab.testimage import _config_bytes, _file, _layer_tar, _put_bytes
@@ -110,8 +111,8 @@ def run_side(side: str, unix: str, tcp: str, pki_dir: str, archive: str, size: i
     if side.startswith("unix"):
         admin, agent = grpc.insecure_channel(unix), grpc.insecure_channel(unix)
     else:
-        admin = open_channel(tcp, pki.TlsFiles.from_dir(pki_dir, "user", "bench"))
-        agent = open_channel(tcp, pki.TlsFiles.from_dir(pki_dir, "agent", "h1"))
+        admin = open_channel(tcp, TlsFiles.from_dir(pki_dir, "user", "bench"))
+        agent = open_channel(tcp, TlsFiles.from_dir(pki_dir, "agent", "h1"))
     with admin, agent:
         return measure(admin, agent, archive, size, digest, calls)
 
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         archive = str(Path(tmp) / "image.tar")
         size, digest = build_archive(archive, args.mib)
         running = create_server([f"unix:{tmp}/c.sock", "tcp:127.0.0.1:0"], MemoryStore(),
-                                tls=pki.TlsFiles.from_dir(d, "controller"),
+                                tls=TlsFiles.from_dir(d, "controller"),
                                 crl=str(d / "crl.pem"), sweep_interval=0,
                                 blob_dir=str(Path(tmp) / "blobs"))
         unix, tcp = running.addresses

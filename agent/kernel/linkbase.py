@@ -36,7 +36,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.kernel import rtnl
 from agent.kernel.errors import KernelError
-from agent.kernel.netns import iproute_in, netns_inode, open_netlink_fd
+from agent.kernel.netns import netns_inode, open_netlink_fd
 from agent.names import ALIAS_PREFIX, BRIDGE_PREFIX, VETH_PREFIX, VXLAN_PREFIX
 
 RTPROT_SDNCTL = 211
@@ -47,6 +47,14 @@ NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 RTNH_F_ONLINK = 0x04
 
+
+
+def iproute_in(path: str | None) -> IPRoute:
+    """An ``IPRoute`` whose socket lives in the namespace at ``path``, opened without forking.
+
+    pyroute2 keeps sockets per thread: use the returned object from the thread that made it only.
+    """
+    return IPRoute(fileno=open_netlink_fd(path))
 
 
 def get_link(ipr: IPRoute, ifname: str) -> Any | None:

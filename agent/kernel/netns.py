@@ -23,8 +23,6 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from pyroute2 import IPRoute
-
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
@@ -274,14 +272,6 @@ def open_netlink_fds(paths: list[str]) -> dict[str, int | OSError]:
         return fds
 
     return _in_thread(make) if paths else {}
-
-
-def iproute_in(path: str | None) -> IPRoute:
-    """An ``IPRoute`` whose socket lives in the namespace at ``path``, opened without forking.
-
-    pyroute2 keeps sockets per thread: use the returned object from the thread that made it only.
-    """
-    return IPRoute(fileno=open_netlink_fd(path))
 
 
 def run_in_netns(path: str, fn: Callable[[], T]) -> T:

@@ -4,9 +4,9 @@ It remembers what it wrote, so a change of set members is one small transaction
 (``render_delta``: flush and refill the changed sets) and an unchanged policy set costs nothing;
 ``observe`` lists the table (a full pass) and forgets what it wrote when the kernel's rules
 differ, so the next apply rewrites the table whole. Bridged traffic between two containers of
-one bridge must pass the forward hook: ``net.bridge.bridge-nf-call-iptables`` is turned on
-in the host's namespace when there are policies (it is per namespace; br_netfilter provides
-it).
+one bridge must pass the forward hook: ``net.bridge.bridge-nf-call-iptables`` and
+``-ip6tables`` (IPv6) are turned on in the host's namespace when there are policies (they are
+per namespace; br_netfilter provides them).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from agent.kernel.netns import run_in_netns
 from agent.netpolicy import FAMILY, TABLE, PolicyTables, render, render_delta, rule_of_comment
 
 T = TypeVar("T")
-BRIDGE_NF = "net.bridge.bridge-nf-call-iptables"
+BRIDGE_NF = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
 
 
 class PolicyFirewall:
@@ -90,8 +90,9 @@ def counters(rules: list[dict[str, object]]) -> dict[tuple[str, str, str], int]:
 
 
 def _bridged_traffic_filtered() -> None:
-    try:
-        sysctl.ensure_sysctl(BRIDGE_NF, "1")
-    except KernelError as e:
-        raise KernelError(f"could not set {BRIDGE_NF} (is br_netfilter loaded?): policies "
-                          "between containers of one bridge need it") from e
+    for name in BRIDGE_NF:
+        try:
+            sysctl.ensure_sysctl(name, "1")
+        except KernelError as e:
+            raise KernelError(f"could not set {name} (is br_netfilter loaded?): policies "
+                              "between containers of one bridge need it") from e

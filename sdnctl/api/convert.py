@@ -240,9 +240,9 @@ def policy_from_pb(msg: pb.Policy) -> Policy:
 
 def endpoint_to_pb(e: Endpoint) -> pb.PolicyEndpoint:
     return pb.PolicyEndpoint(container=e.container, network=e.network, address=e.address,
-                             labels=labels_dict(e.labels))
+                             labels=labels_dict(e.labels), address6=e.address6)
 
 
 def endpoint_from_pb(msg: pb.PolicyEndpoint) -> Endpoint:
     return Endpoint(container=msg.container, network=msg.network, address=msg.address,
-                    labels=labels_tuple(dict(msg.labels)))
+                    labels=labels_tuple(dict(msg.labels)), address6=msg.address6)

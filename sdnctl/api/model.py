@@ -23,6 +23,8 @@ VXLAN_OVERHEAD = 50  # outer IPv4 + UDP + VXLAN + inner Ethernet: overlay MTU = 
 DEFAULT_HOST_PREFIX = 24
 DEFAULT_HOST_PREFIX6 = 64  # each host's IPv6 lease: a /64, as SLAAC-era networks expect
 DEFAULT_MTU = 1500
+#: The subnet of the controller's default bridge network unless told otherwise (Docker's).
+DEFAULT_BRIDGE_SUBNET = "172.17.0.0/16"
 DRIVER_BRIDGE = "bridge"
 DRIVER_OVERLAY = "overlay"
 

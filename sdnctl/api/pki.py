@@ -41,9 +41,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sdnctl.api.fields import check_name
 from sdnctl.api.model import NAME_RE, Invalid
-from sdnctl.api.tlsfiles import PkiError as PkiError
-from sdnctl.api.tlsfiles import TlsFiles as TlsFiles
-from sdnctl.api.tlsfiles import cert_path as cert_path
+from sdnctl.api.tlsfiles import PkiError, cert_path
 
 log = logging.getLogger(__name__)
 
@@ -313,9 +311,6 @@ def listing(directory: str | Path) -> list[dict[str, object]]:
     now = _now().isoformat()
     return [{**asdict(e), "revoked": e.serial in revoked, "expired": e.not_after < now}
             for e in _index(Path(directory))]
-
-
-# -- TLS files as the controller and its clients use them --------------------------------------
 
 
 # -- the controller's view: a CRL it reloads ---------------------------------------------------

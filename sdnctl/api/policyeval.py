@@ -10,10 +10,16 @@ and (D is not isolated for ingress, or some ingress rule of a policy selecting D
 Replies of allowed connections always pass (conntrack); traffic to and from the host itself
 (the gateway: DNS, published ports' host side) is not subject to policies.
 
+Both families (issue 20): a dual-stack container is at two addresses, its IPv4 and its IPv6 one,
+with the same labels; a packet is evaluated in its own family the same way (a ``cidr`` peer
+matches only addresses of its family, a network peer that network's prefix in the packet's
+family), so a container isolated for IPv4 is isolated for IPv6 by the same rules.
+
 A label peer matches containers in its ``network`` if it names one, else in the policy's
 network (every network for ``*``): Kubernetes' podSelector within the policy's namespace.
-A network peer alone matches that network's whole CIDR. ``default_policy: deny`` on a network is
-the policy ``default/<network>`` selecting all its containers with an empty ingress list.
+A network peer alone matches that network's whole CIDR (``subnet``, or ``subnet6`` for IPv6).
+``default_policy: deny`` on a network is the policy ``default/<network>`` selecting all its
+containers with an empty ingress list.
 
 The controller (``check``'s expected matrix, ``policy inspect``), the agent (what goes in each
 set) and ``sdnctl check``/``trace`` share this module, so they cannot disagree.
@@ -42,12 +48,19 @@ DIRECTIONS = (INGRESS, EGRESS)
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A container as policies see it: its address on a network, and its labels."""
+    """A container as policies see it: its address on a network (and its IPv6 address on a
+    dual-stack one), and its labels."""
 
     container: str
     network: str
     address: str
     labels: tuple[str, ...] = ()
+    address6: str = ""
+
+    def addresses(self, family: int) -> tuple[str, ...]:
+        """Its address in ``family`` (4 or 6), if it has one."""
+        address = self.address6 if family == 6 else self.address
+        return (address,) if address else ()
 
 
 @dataclass(frozen=True)
@@ -119,10 +132,21 @@ def selects(selector: Selector, endpoint: Endpoint) -> bool:
             and label_match(selector.labels, endpoint.labels))
 
 
-def members(selector: Selector, endpoints: Iterable[Endpoint]) -> list[str]:
-    """The addresses ``selector`` matches, sorted."""
-    return sorted({e.address for e in endpoints if selects(selector, e)},
-                  key=ipaddress.IPv4Address)
+def members(selector: Selector, endpoints: Iterable[Endpoint], family: int = 4) -> list[str]:
+    """The addresses of ``family`` that ``selector`` matches, sorted."""
+    return sorted({a for e in endpoints if selects(selector, e) for a in e.addresses(family)},
+                  key=ipaddress.ip_address)
+
+
+def in_network(address: str, cidr: str) -> bool:
+    """Whether ``address`` is inside ``cidr`` (False across families)."""
+    ip, net = ipaddress.ip_address(address), ipaddress.ip_network(cidr, strict=False)
+    return ip.version == net.version and ip in net
+
+
+def family_of(text: str) -> int:
+    """4 or 6, of an address or a prefix."""
+    return ipaddress.ip_network(text, strict=False).version
 
 
 def default_policies(networks: Iterable[Network]) -> list[Policy]:
@@ -139,13 +163,16 @@ class Evaluator:
     """Policies and endpoints, indexed once, asked about packets (check, trace, tests)."""
 
     def __init__(self, policies: Sequence[Policy], endpoints: Sequence[Endpoint],
-                 network_cidrs: Mapping[str, str]) -> None:
+                 network_cidrs: Mapping[str, str],
+                 network_cidrs6: Mapping[str, str] | None = None) -> None:
         self.policies = sorted(policies, key=lambda p: p.name)
         self.endpoints = list(endpoints)
         self.cidrs = dict(network_cidrs)
+        self.cidrs6 = dict(network_cidrs6 or {})
         self._at: dict[str, list[Endpoint]] = {}
         for e in self.endpoints:
-            self._at.setdefault(e.address, []).append(e)
+            for address in (*e.addresses(4), *e.addresses(6)):
+                self._at.setdefault(address, []).append(e)
 
     def selectors(self) -> list[Selector]:
         """Every selector the policies use (targets and label/network peers), each once."""
@@ -166,14 +193,17 @@ class Evaluator:
         return [p for p in self.policies if rules_of(p, direction) is not None
                 and any(selects(policy_selector(p), e) for e in here)]
 
+    def network_cidr(self, network: str, family: int) -> str:
+        """``network``'s prefix in ``family`` ("" when it has none)."""
+        return (self.cidrs6 if family == 6 else self.cidrs).get(network, "")
+
     def peer_matches(self, policy: Policy, peer: PolicyPeer, address: str) -> bool:
-        ip = ipaddress.IPv4Address(address)
         if peer.cidr:
-            return ip in ipaddress.IPv4Network(peer.cidr, strict=False) and not any(
-                ip in ipaddress.IPv4Network(x, strict=False) for x in peer.excepts)
+            return in_network(address, peer.cidr) and not any(
+                in_network(address, x) for x in peer.excepts)
         if peer.labels is None and peer.network:
-            cidr = self.cidrs.get(peer.network)
-            return cidr is not None and ip in ipaddress.IPv4Network(cidr, strict=False)
+            cidr = self.network_cidr(peer.network, family_of(address))
+            return bool(cidr) and in_network(address, cidr)
         selector = peer_selector(policy, peer)
         return selector is not None and any(selects(selector, e)
                                             for e in self._at.get(address, []))
@@ -202,7 +232,8 @@ class Evaluator:
                        f"{peer} {port}/{protocol}")
 
     def verdict(self, src: str, dst: str, protocol: str, port: int) -> Verdict:
-        """A new connection from ``src`` to ``dst``:``port``/``protocol``."""
+        """A new connection from ``src`` to ``dst``:``port``/``protocol`` (two addresses of one
+        family)."""
         out = self.one_side(src, dst, EGRESS, protocol, port)
         if not out.allowed:
             return out
@@ -219,6 +250,8 @@ __all__ = [
     "Selector",
     "Verdict",
     "default_policies",
+    "family_of",
+    "in_network",
     "label_match",
     "members",
     "parse_policy_port",

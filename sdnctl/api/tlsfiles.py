@@ -1,9 +1,8 @@
-"""The TLS files a channel or a listener is made of, without the PKI that issues them.
+"""Where a PKI directory keeps each certificate, and the TLS files a connection is made with.
 
-Design note. ``sdnctl.api.pki`` issues and checks certificates with the ``cryptography``
-package, whose import costs ~9 MB of memory and tens of ms in every process that loads it. An
-agent and most CLI verbs only need to name and read three files, so that lives here, free of it
-(issue 21: an agent is measured per MB); ``pki`` re-exports these names for its callers.
+Design note. Every client of the controller (the CLI, agents) needs only file names and their
+bytes, not the certificate authority: ``pki`` (which loads ``cryptography``, a tenth of a
+second) is for issuing, revoking and checking certificates, so this light part lives apart.
 """
 
 from __future__ import annotations
@@ -42,4 +41,3 @@ class TlsFiles:
     def from_dir(cls, directory: str | Path, kind: str, name: str = "") -> TlsFiles:
         cert, key = cert_path(directory, kind, name)
         return cls(str(cert), str(key), str(Path(directory) / "ca.pem"))
-

@@ -466,6 +466,11 @@ def validate_policy(policy: Policy, where: str = "policy") -> Policy:
     return policy
 
 
+def _policy_cidr(text: str, field: str) -> netaddr.IPNetwork:
+    """A policy peer's prefix: IPv4 (``10.0.0.0/8``) or IPv6 (``fd00::/8``)."""
+    return validate_cidr6(text, field) if ":" in str(text) else validate_cidr(text, field)
+
+
 def _check_policy_rule(rule: PolicyRule, where: str, peers_name: str) -> None:
     check_count(rule.peers, f"{where}.{peers_name}", 256)
     for j, peer in enumerate(rule.peers):
@@ -473,10 +478,10 @@ def _check_policy_rule(rule: PolicyRule, where: str, peers_name: str) -> None:
         if peer.cidr:
             if peer.labels is not None or peer.network:
                 raise Invalid(field, "a cidr peer takes no labels or network")
-            net = validate_cidr(peer.cidr, f"{field}.cidr")
+            net = _policy_cidr(peer.cidr, f"{field}.cidr")
             for k, text in enumerate(peer.excepts):
-                inner = validate_cidr(text, f"{field}.except[{k}]")
-                if inner not in net:
+                inner = _policy_cidr(text, f"{field}.except[{k}]")
+                if inner.version != net.version or inner not in net:
                     raise Invalid(f"{field}.except[{k}]", f"{text} is not inside {peer.cidr}")
         elif peer.excepts:
             raise Invalid(f"{field}.except", "only with a cidr")

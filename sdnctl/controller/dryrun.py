@@ -4,9 +4,10 @@ Design note. There is one set of rules, :class:`State`'s: the dry run does not r
 copies the store (one ``range`` of everything, so one revision) into a throwaway
 :class:`MemoryStore` and applies the objects there through the very ``State`` methods the API
 calls, in the order `sdnctl up` calls them (hosts, each registered by its agent if it is a lab
-host; networks without ``allow``, then their ``allow``; donors before the containers joined to
-them, by name). An object that exists is compared and updated as `up` does. The copy is dropped:
-the real store is only read. So IPAM capacity, host-port clashes, a fixed address on the
+host; networks without ``allow``, then their ``allow``; the network policies, through
+CreatePolicy's own function; donors before the containers joined to them, by name). An
+object that exists is compared and updated as `up` does. The copy is dropped: the real store
+is only read. So IPAM capacity, host-port clashes, a fixed address on the
 gateway, a subnet holding a host's underlay address, a taken VNI... are found before anything is
 built, with the same words the real call would use.
 
@@ -33,7 +34,7 @@ from sdnctl.api import convert
 from sdnctl.api.fields import check_count, image_name
 from sdnctl.api.model import Container, Host, Invalid, Network, to_json
 from sdnctl.api.validate import REPORT_MAX
-from sdnctl.controller import images, ipam, keys
+from sdnctl.controller import images, ipam, keys, policies
 from sdnctl.controller.errors import AlreadyExists, NotFound, SdnError
 from sdnctl.controller.state import State
 from sdnctl.controller.store.base import Put, Store
@@ -43,8 +44,9 @@ from sdnctl.v1 import sdnctl_pb2 as pb
 #: Network fields a topology may leave at 0 for the controller to choose (as `up` treats them).
 CONTROLLER_CHOSEN = ("vni", "vxlan_port")
 #: What the real calls name an object's fields after, per list of the request.
-SINGULAR = {"hosts": "host", "networks": "network", "containers": "container"}
-_LEADING_FIELD = re.compile(r"^(host|network|container)((?:\.[A-Za-z_]+|\[\d+\])*): (.*)$",
+SINGULAR = {"hosts": "host", "networks": "network", "containers": "container",
+            "policies": "policy"}
+_LEADING_FIELD = re.compile(r"^(host|network|container|policy)((?:\.[A-Za-z_]+|\[\d+\])*): (.*)$",
                             re.DOTALL)
 
 
@@ -61,6 +63,7 @@ def validate_request(store: Store, request: pb.ValidateTopologyRequest,
     check_count(request.networks, "networks", REPORT_MAX)
     check_count(request.containers, "containers", REPORT_MAX)
     check_count(request.images, "images", REPORT_MAX)
+    check_count(request.policies, "policies", REPORT_MAX)
     scratch, revision = scratch_copy(store)
     state = State(scratch, timers, clock)
     if default_bridge:
@@ -82,6 +85,15 @@ def validate_request(store: Store, request: pb.ValidateTopologyRequest,
         if network.allow:
             with placed("networks", i):
                 apply_network(state, network)
+    named: dict[str, int] = {}
+    for i, policy_msg in enumerate(request.policies):
+        with placed("policies", i):
+            policy = convert.policy_from_pb(policy_msg)
+            if policy.name in named:
+                raise Invalid("policy.name", f"policy {policy.name!r} is given twice (also "
+                              f"policies[{named[policy.name]}])")
+            named[policy.name] = i
+            policies.create_policy(scratch, policy)
     containers = []
     for i, container_msg in enumerate(request.containers):
         with placed("containers", i):

@@ -325,7 +325,7 @@ def concerned(state: State, changes: Iterable[Change],
 
 def _policy_key(state: State) -> tuple[object, ...]:
     pset = policies.policy_set(state.store)
-    return pset.policies, pset.endpoints, pset.network_cidrs
+    return pset.policies, pset.endpoints, pset.network_cidrs, pset.network_cidrs6
 
 
 def _endpoint(value: bytes | None) -> tuple[str, str] | None:

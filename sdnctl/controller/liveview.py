@@ -35,7 +35,8 @@ from google.protobuf import json_format
 
 from sdnctl.api import convert
 from sdnctl.api.metrics import parse_address, url_host
-from sdnctl.api.pki import RevocationList, TlsFiles, identity_of
+from sdnctl.api.pki import RevocationList, identity_of
+from sdnctl.api.tlsfiles import TlsFiles
 from sdnctl.controller.auth import READ
 from sdnctl.controller.flows import FlowTable
 from sdnctl.controller.servicers import Connections, address_names, host_pb

@@ -40,9 +40,11 @@ class PolicySet:
     policies: tuple[Policy, ...]
     endpoints: tuple[Endpoint, ...]
     network_cidrs: tuple[tuple[str, str], ...]
+    network_cidrs6: tuple[tuple[str, str], ...] = ()  # dual-stack networks' IPv6 prefixes
 
     def evaluator(self) -> Evaluator:
-        return Evaluator(self.policies, self.endpoints, dict(self.network_cidrs))
+        return Evaluator(self.policies, self.endpoints, dict(self.network_cidrs),
+                         dict(self.network_cidrs6))
 
 
 def create_policy(store: Store, policy: Policy) -> tuple[Policy, int]:
@@ -65,7 +67,8 @@ def _networks_named(policy: Policy) -> list[tuple[str, str]]:
     named = [] if policy.network == POLICY_ALL_NETWORKS else [("policy.network", policy.network)]
     for direction in ("ingress", "egress"):
         for i, rule in enumerate(getattr(policy, direction) or ()):
-            named += [(f"policy.{direction}[{i}].peers[{j}].network", p.network)
+            side = "from" if direction == "ingress" else "to"  # validate_policy's names
+            named += [(f"policy.{direction}[{i}].{side}[{j}].network", p.network)
                       for j, p in enumerate(rule.peers) if p.network]
     return named
 
@@ -124,12 +127,14 @@ def _policy_set_at(store: Store) -> PolicySet:
     wanted = evaluator.selectors()
     found = tuple(e for e in endpoints(containers, allocations)
                   if any(selects(s, e) for s in wanted))
-    return PolicySet(read_at, every, found, tuple(sorted((n.name, n.subnet) for n in networks)))
+    return PolicySet(read_at, every, found, tuple(sorted((n.name, n.subnet) for n in networks)),
+                     tuple(sorted((n.name, n.subnet6) for n in networks if n.subnet6)))
 
 
 def endpoints(containers: dict[str, Container],
               allocations: dict[tuple[str, str], Allocation]) -> tuple[Endpoint, ...]:
-    """Every container with an address: bridged ones at theirs, joined ones at their donor's."""
+    """Every container with an address: bridged ones at theirs (both, on a dual-stack
+    network), joined ones at their donor's."""
     found = []
     for c in containers.values():
         donor = containers.get(c.donor) if c.donor else None
@@ -137,7 +142,7 @@ def endpoints(containers: dict[str, Container],
         net = owner.bridge_network
         alloc = allocations.get((net, owner.name)) if net else None
         if net and alloc is not None:
-            found.append(Endpoint(c.name, net, alloc.address, c.labels))
+            found.append(Endpoint(c.name, net, alloc.address, c.labels, alloc.address6))
     return tuple(sorted(found, key=lambda e: e.container))
 
 

@@ -49,8 +49,9 @@ from grpc_reflection.v1alpha import reflection
 
 from sdnctl.api import faults, paths
 from sdnctl.api.metrics import DEFAULT_ADDRESS, MetricsServer, serve_metrics
-from sdnctl.api.model import Invalid
-from sdnctl.api.pki import PkiError, RevocationList, TlsFiles
+from sdnctl.api.model import DEFAULT_BRIDGE_SUBNET, Invalid
+from sdnctl.api.pki import RevocationList
+from sdnctl.api.tlsfiles import PkiError, TlsFiles
 from sdnctl.controller import gc, ipam
 from sdnctl.controller.audit import AUDIT_KEEP, AUDIT_MAX_BYTES, AuditLog
 from sdnctl.controller.auth import SecurityInterceptor
@@ -86,9 +87,6 @@ from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sdnctl.controller")
-
-#: Docker's default bridge subnet.
-DEFAULT_BRIDGE_SUBNET = "172.17.0.0/16"
 
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["Controller"].full_name,

@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from sdnctl.api.pki import PkiError, RevocationList, TlsFiles
+from sdnctl.api.pki import RevocationList
+from sdnctl.api.tlsfiles import PkiError, TlsFiles
 
 log = logging.getLogger(__name__)
 

@@ -100,7 +100,8 @@ def snapshot_event(snap: Snapshot, pset: pb.PolicySet | None = None) -> pb.Watch
 def policy_set_pb(pset: policies.PolicySet) -> pb.PolicySet:
     return pb.PolicySet(policies=[convert.policy_to_pb(p) for p in pset.policies],
                         endpoints=[convert.endpoint_to_pb(e) for e in pset.endpoints],
-                        network_cidrs=dict(pset.network_cidrs))
+                        network_cidrs=dict(pset.network_cidrs),
+                        network_cidrs6=dict(pset.network_cidrs6))
 
 
 #: False: a container change re-sends its network with the full name table, as before issue 21
@@ -238,7 +239,7 @@ def _host_events(state: State, hub: fanout.Hub, sub: fanout.Subscription, since_
         nonlocal sent_policies
         pset = policies.policy_set(store)
         # Compared as data, not as a message built and serialized by each of N streams.
-        now = (pset.policies, pset.endpoints, pset.network_cidrs)
+        now = (pset.policies, pset.endpoints, pset.network_cidrs, pset.network_cidrs6)
         if now == sent_policies and not force:
             return None
         sent_policies = now

@@ -81,11 +81,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.kernel import iproute, procfs, procs
 from agent.kernel.errors import KernelError
-from agent.kernel.linkbase import delete_link, get_link
+from agent.kernel.linkbase import delete_link, get_link, iproute_in
 from agent.kernel.netns import (
     NETNS_RUN_DIR,
     create_netns,
-    iproute_in,
     is_netns,
     netns_inode,
     netns_path,

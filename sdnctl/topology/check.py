@@ -18,7 +18,7 @@ Design note. Checking is two halves, as building is:
   2001:db8:0:ff::1), and addresses written in ``expect:``.
 - **Both families.** Between two dual-stack containers (both networks have a ``subnet6``) the
   implied matrix holds an ICMPv6 probe beside the ICMP one, to the target's IPv6 address, with
-  the same expectation (isolation and routing hold per family; policies fail closed for IPv6),
+  the same expectation (isolation, routing and network policies hold per family),
   and one to the outside world's IPv6 address, expected to answer only with ``masquerade6``.
   The report draws an ``icmp6`` matrix under the ``icmp`` one, so a broken IPv6 path shows as
   its own failing cell while IPv4 passes. An IPv6 literal in ``expect:`` is probed over IPv6.
@@ -145,14 +145,17 @@ class Probe:
 
 
 def plan(topo: Topology, implied: bool = True,
-         addresses: Mapping[str, str] | None = None) -> list[Probe]:
+         addresses: Mapping[str, str] | None = None,
+         addresses6: Mapping[str, str] | None = None) -> list[Probe]:
     """Every probe ``check`` sends for ``topo``: the implied matrix (unless ``implied`` is
     False), then the ``expect:`` block, which overrides an implied probe with the same key.
-    With the containers' ``addresses`` (as the controller reports them), the topology's network
-    policies are part of the implied matrix (:func:`policy_probes`)."""
+    With the containers' ``addresses`` (and IPv6 ``addresses6``, as the controller reports
+    them), the topology's network policies are part of the implied matrix
+    (:func:`policy_probes`)."""
     probes: dict[tuple[str, str, str, int], Probe] = {}
     if implied:
-        policy = PolicyView.of(topo, addresses) if addresses is not None else None
+        policy = PolicyView.of(topo, addresses, addresses6 or {}) \
+            if addresses is not None else None
         for probe in implied_matrix(topo, policy):
             probes[probe.key] = probe
     for probe in expected(topo):
@@ -185,56 +188,49 @@ class PolicyView:
     evaluator: Evaluator
     addresses: Mapping[str, str]  # container -> its address (its donor's, when joined)
     ports: tuple[tuple[str, int], ...]  # (proto, port) that some policy rule names
+    addresses6: Mapping[str, str] = dataclasses.field(default_factory=dict)  # IPv6, likewise
 
     @classmethod
-    def of(cls, topo: Topology, addresses: Mapping[str, str]) -> PolicyView | None:
+    def of(cls, topo: Topology, addresses: Mapping[str, str],
+           addresses6: Mapping[str, str] | None = None) -> PolicyView | None:
         policies = [*topo.policies, *default_policies(topo.networks)]
         if not policies:
             return None
-        where = {}
+        where, where6 = {}, {}
         endpoints = []
         for c in topo.containers:
             donor = donor_of(topo, c)
             if donor.bridge_network is not None and addresses.get(donor.name):
                 where[c.name] = addresses[donor.name]
+                if (addresses6 or {}).get(donor.name):
+                    where6[c.name] = (addresses6 or {})[donor.name]
                 endpoints.append(PolicyEndpoint(c.name, donor.bridge_network, where[c.name],
-                                          c.labels))
+                                                c.labels, where6.get(c.name, "")))
         ports = sorted({(r.protocol, r.first) for p in policies for d in DIRECTIONS
                         for rule in rules_of(p, d) or () for r in
                         (parse_policy_port(t, "ports") for t in rule.ports)
                         if r.protocol in ("tcp", "udp")})
-        return cls(Evaluator(policies, endpoints, {n.name: n.subnet for n in topo.networks}),
-                   where, tuple(ports))
+        return cls(Evaluator(policies, endpoints, {n.name: n.subnet for n in topo.networks},
+                             {n.name: n.subnet6 for n in topo.networks if n.subnet6}),
+                   where, tuple(ports), where6)
 
-    def verdict(self, src: str, dst: str, proto: str, port: int) -> Verdict:
-        a = self.addresses.get(src)
-        b = self.addresses.get(dst) or (EXTERNAL_IP if dst == EXTERNAL else "")
+    def verdict(self, src: str, dst: str, proto: str, port: int, family: int = 4) -> Verdict:
+        """What the policies say of a new connection, between the two containers' addresses
+        of ``family`` (the evaluation the agents enforce, in either family)."""
+        at, external = (self.addresses6, EXTERNAL_IP6) if family == 6 else \
+            (self.addresses, EXTERNAL_IP)
+        a = at.get(src)
+        b = at.get(dst) or (external if dst == EXTERNAL else "")
         if not a or not b:
             return Verdict(True)  # not a container of a network: policies do not apply
         return self.evaluator.verdict(a, b, proto, port)
-
-
-    def isolation6(self, src: str, dst: str) -> str:
-        """Why IPv6 from ``src`` to ``dst`` is dropped, or "": selectors are IPv4 sets, so
-        the agents fail closed for IPv6 (a container isolated in a direction gets no forwarded
-        IPv6 in it, whatever the rules allow)."""
-        for name, direction in ((src, "egress"), (dst, "ingress")):
-            address = self.addresses.get(name) or (EXTERNAL_IP if name == EXTERNAL else "")
-            isolating = self.evaluator.selecting(address, direction) if address else []
-            if isolating:
-                return (f"policy {isolating[0].name}: {name} is isolated for {direction}, "
-                        "which drops all its IPv6")
-        return ""
 
 
 def _with_policy(probe: Probe, policy: PolicyView | None) -> Probe:
     """An implied ICMP probe, filtered when the policies drop it."""
     if policy is None or probe.expect != OPEN:
         return probe
-    if probe.family == 6:
-        why = policy.isolation6(probe.src, probe.dst)
-        return dataclasses.replace(probe, expect=FILTERED, why=why) if why else probe
-    v = policy.verdict(probe.src, probe.dst, probe.proto, probe.port)
+    v = policy.verdict(probe.src, probe.dst, probe.proto, probe.port, probe.family)
     return probe if v.allowed else dataclasses.replace(
         probe, expect=FILTERED, why=f"policy {v.policy}: {v.reason}")
 
@@ -242,7 +238,7 @@ def _with_policy(probe: Probe, policy: PolicyView | None) -> Probe:
 def policy_probes(topo: Topology, policy: PolicyView) -> list[Probe]:
     """Per port that a policy names, each pair the topology lets talk: reachable (open, or
     refused when nothing listens: the path is there) when the policies allow it, else
-    filtered."""
+    filtered. Between two dual-stack containers, the same over IPv6."""
     probes = []
     targets = [c for c in topo.containers if c.bridge_network is not None]
     for src in topo.containers:
@@ -251,13 +247,16 @@ def policy_probes(topo: Topology, policy: PolicyView) -> list[Probe]:
         for dst in targets:
             if dst.name == donor_of(topo, src).name or not implied_reach(topo, src, dst)[0]:
                 continue
-            for proto, port in policy.ports:
-                v = policy.verdict(src.name, dst.name, proto, port)
-                probes.append(Probe(src.name, dst.name, proto, port,
-                                    REACHABLE if v.allowed else FILTERED,
-                                    f"allowed by {v.policy}" if v.allowed and v.policy
-                                    else "not isolated" if v.allowed
-                                    else f"policy {v.policy}: {v.reason}"))
+            families = (4, 6) if policy.addresses6.get(src.name) and \
+                policy.addresses6.get(dst.name) else (4,)
+            for family in families:
+                for proto, port in policy.ports:
+                    v = policy.verdict(src.name, dst.name, proto, port, family)
+                    probes.append(Probe(src.name, dst.name, proto, port,
+                                        REACHABLE if v.allowed else FILTERED,
+                                        f"allowed by {v.policy}" if v.allowed and v.policy
+                                        else "not isolated" if v.allowed
+                                        else f"policy {v.policy}: {v.reason}", family=family))
     return probes
 
 
@@ -265,7 +264,7 @@ def implied_matrix(topo: Topology, policy: PolicyView | None = None) -> list[Pro
     """What the modes and networks promise, by ICMP: each source to each container with an
     address of its own (a bridged one), then to ``external``; and, between dual-stack
     containers (both networks have a ``subnet6``), the same by ICMPv6 (:func:`implied_reach`
-    holds for both families; policies fail closed for IPv6, :meth:`PolicyView.isolation6`).
+    holds for both families, and so do the policies, :meth:`PolicyView.verdict`).
 
     An open (host-mode) container is probed only towards ``external``: it reaches whatever its
     host reaches, which the topology does not describe. Closed and open containers are never
@@ -733,7 +732,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     topo = with_attachments(topo, reported)
     where = endpoints(topo, reported)
     probes = plan(topo, implied=not args.no_implied,
-                  addresses={name: e.address for name, e in where.items() if e.address})
+                  addresses={name: e.address for name, e in where.items() if e.address},
+                  addresses6={name: e.address6 for name, e in where.items() if e.address6})
     progress = Progress()
     progress.step(f"probing {topo.name}: {len(probes)} probes from inside its containers")
     started = time.monotonic()

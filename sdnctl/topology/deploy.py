@@ -55,6 +55,7 @@ from sdnctl.api.client import (
     stop_controller,
 )
 from sdnctl.api.model import (
+    DEFAULT_BRIDGE_SUBNET,
     STATE_ERROR,
     STATE_EXITED,
     STATE_RUNNING,
@@ -65,7 +66,6 @@ from sdnctl.api.model import (
     Policy,
 )
 from sdnctl.controller import dryrun
-from sdnctl.controller.server import DEFAULT_BRIDGE_SUBNET
 from sdnctl.controller.store.base import Store
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
@@ -337,7 +337,8 @@ def validation_request(topology: Topology) -> pb.ValidateTopologyRequest:
     images += registry_images(topology)  # pulled before the containers are created
     return pb.ValidateTopologyRequest(
         hosts=hosts, networks=[convert.network_to_pb(n) for n in topology.networks],
-        containers=[convert.container_to_pb(c) for c in topology.containers], images=images)
+        containers=[convert.container_to_pb(c) for c in topology.containers], images=images,
+        policies=[convert.policy_to_pb(p) for p in topology.policies])
 
 
 def check(topology: Topology, client: Client | None) -> None:
@@ -377,9 +378,9 @@ def new_controller_store() -> Store:
 #: otherwise (a container's ``fixed_ip`` is its ``ip``, its limits are under ``resources``).
 TOPOLOGY_FIELDS = {".fixed_ip": ".ip", ".memory": ".resources.memory",
                    ".cpus": ".resources.cpus", ".cpu_shares": ".resources.cpu_shares",
-                   ".pids_limit": ".resources.pids"}
-_PLACE = re.compile(r"^((?:hosts|networks|containers)\[\d+\](?:\.[A-Za-z_]+|\[\d+\])*): (.*)$",
-                    re.DOTALL)
+                   ".pids_limit": ".resources.pids", ".excepts": ".except"}
+_PLACE = re.compile(
+    r"^((?:hosts|networks|containers|policies)\[\d+\](?:\.[A-Za-z_]+|\[\d+\])*): (.*)$", re.DOTALL)
 
 
 def refusal(topology: Topology, details: str) -> TopologyError | DeployError:

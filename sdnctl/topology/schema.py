@@ -42,8 +42,7 @@ class SchemaError:
 def topology_schema() -> dict[str, Any]:
     text = resources.files("sdnctl.topology").joinpath(SCHEMA_FILE).read_text()
     schema: dict[str, Any] = json.loads(text)
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return schema
+    return schema  # itself valid against the metaschema: tests/unit/test_schema.py (0.2 s here)
 
 
 def errors(document: Any) -> list[SchemaError]:

@@ -280,7 +280,7 @@ class Policy(_message.Message):
     def __init__(self, name: _Optional[str] = ..., network: _Optional[str] = ..., select: _Optional[_Mapping[str, str]] = ..., ingress_isolated: _Optional[bool] = ..., ingress: _Optional[_Iterable[_Union[PolicyRule, _Mapping]]] = ..., egress_isolated: _Optional[bool] = ..., egress: _Optional[_Iterable[_Union[PolicyRule, _Mapping]]] = ..., revision: _Optional[int] = ..., selected: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PolicyEndpoint(_message.Message):
-    __slots__ = ("container", "network", "address", "labels")
+    __slots__ = ("container", "network", "address", "labels", "address6")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -292,15 +292,24 @@ class PolicyEndpoint(_message.Message):
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS6_FIELD_NUMBER: _ClassVar[int]
     container: str
     network: str
     address: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, container: _Optional[str] = ..., network: _Optional[str] = ..., address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    address6: str
+    def __init__(self, container: _Optional[str] = ..., network: _Optional[str] = ..., address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., address6: _Optional[str] = ...) -> None: ...
 
 class PolicySet(_message.Message):
-    __slots__ = ("policies", "endpoints", "network_cidrs")
+    __slots__ = ("policies", "endpoints", "network_cidrs", "network_cidrs6")
     class NetworkCidrsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class NetworkCidrs6Entry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -310,10 +319,12 @@ class PolicySet(_message.Message):
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     NETWORK_CIDRS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_CIDRS6_FIELD_NUMBER: _ClassVar[int]
     policies: _containers.RepeatedCompositeFieldContainer[Policy]
     endpoints: _containers.RepeatedCompositeFieldContainer[PolicyEndpoint]
     network_cidrs: _containers.ScalarMap[str, str]
-    def __init__(self, policies: _Optional[_Iterable[_Union[Policy, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[PolicyEndpoint, _Mapping]]] = ..., network_cidrs: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    network_cidrs6: _containers.ScalarMap[str, str]
+    def __init__(self, policies: _Optional[_Iterable[_Union[Policy, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[PolicyEndpoint, _Mapping]]] = ..., network_cidrs: _Optional[_Mapping[str, str]] = ..., network_cidrs6: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CreatePolicyRequest(_message.Message):
     __slots__ = ("policy",)
@@ -520,16 +531,18 @@ class IpamCheckReport(_message.Message):
     def __init__(self, problems: _Optional[_Iterable[_Union[IpamProblem, _Mapping]]] = ...) -> None: ...
 
 class ValidateTopologyRequest(_message.Message):
-    __slots__ = ("hosts", "networks", "containers", "images")
+    __slots__ = ("hosts", "networks", "containers", "images", "policies")
     HOSTS_FIELD_NUMBER: _ClassVar[int]
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
     CONTAINERS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
     hosts: _containers.RepeatedCompositeFieldContainer[Host]
     networks: _containers.RepeatedCompositeFieldContainer[Network]
     containers: _containers.RepeatedCompositeFieldContainer[Container]
     images: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ..., images: _Optional[_Iterable[str]] = ...) -> None: ...
+    policies: _containers.RepeatedCompositeFieldContainer[Policy]
+    def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ..., networks: _Optional[_Iterable[_Union[Network, _Mapping]]] = ..., containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ..., images: _Optional[_Iterable[str]] = ..., policies: _Optional[_Iterable[_Union[Policy, _Mapping]]] = ...) -> None: ...
 
 class ValidateTopologyResponse(_message.Message):
     __slots__ = ("revision",)

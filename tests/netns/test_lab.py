@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from helpers.capture import capture
 
-from agent.kernel.netns import NETNS_RUN_DIR, iproute_in
+from agent.kernel.linkbase import iproute_in
+from agent.kernel.netns import NETNS_RUN_DIR
 from sdnctl.lab.lab import (
     EXTERNAL_DEV,
     HOST_DEV,

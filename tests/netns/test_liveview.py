@@ -29,7 +29,7 @@ import pytest
 from helpers.cli import EXAMPLES, REPO, Cli, lab_cli, nsexec
 
 from sdnctl.api import pki
-from sdnctl.api.pki import TlsFiles
+from sdnctl.api.tlsfiles import TlsFiles
 from sdnctl.controller.server import create_server
 from sdnctl.controller.store.memory import MemoryStore
 

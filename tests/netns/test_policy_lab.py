@@ -1,8 +1,10 @@
 """Network policy, as a truth table (issue 22), in the manner of Kubernetes' network-policy
-conformance tools: a grid of containers on two overlay networks across two lab hosts, policies
-generated from a fixed seed, the expected matrix from a reference model written HERE (it does
-not use sdnctl's evaluation), the real matrix probed with TCP and UDP on two ports from inside
-every container, and every mismatch printed as a table.
+conformance tools: a grid of containers on two dual-stack overlay networks across two lab
+hosts, policies generated from a fixed seed (label, network and cidr peers, cidrs of both
+families), the expected matrix from a reference model written HERE (it does not use sdnctl's
+evaluation), the real matrix probed with TCP and UDP on two ports from inside every container to
+every other's IPv4 AND IPv6 address, and every mismatch printed as a table. IPv6 that policies
+dropped wholesale, or let through without evaluating them, fails the IPv6 half.
 
 One round in the default run; ``SDNCTL_POLICY_ROUNDS=N`` (``make fuzz``) runs N rounds, each
 with new policies on the same lab. ``SDNCTL_POLICY_SEED`` changes the seed.
@@ -34,6 +36,8 @@ pytestmark = pytest.mark.netns
 
 HOSTS = ("h1", "h2")
 NETWORKS = {"na": "10.61.0.0/16", "nb": "10.62.0.0/16"}
+NETWORKS6 = {"na": "fd00:61::/48", "nb": "fd00:62::/48"}
+FAMILIES = (4, 6)
 ROLES = ("x", "y")
 PORTS = (5001, 5002)
 PROTOCOLS = ("tcp", "udp")
@@ -41,13 +45,15 @@ ROUNDS = int(os.environ.get("SDNCTL_POLICY_ROUNDS", "1"))
 SEED = int(os.environ.get("SDNCTL_POLICY_SEED", "22"))
 
 # Every container answers TCP (the kernel completes the handshake) and UDP (an echo) on both
-# ports, from one process.
+# ports, in both families (dual-stack sockets), from one process.
 SERVER = """
 import selectors, socket
 sel = selectors.DefaultSelector()
 for port in (5001, 5002):
-    t = socket.create_server(('', port)); t.setblocking(False); sel.register(t, 1, 't')
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('', port))
+    t = socket.create_server(('::', port), family=socket.AF_INET6, dualstack_ipv6=True)
+    t.setblocking(False); sel.register(t, 1, 't')
+    u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); u.bind(('::', port))
     sel.register(u, 1, 'u')
 while True:
     for key, _ in sel.select():
@@ -65,7 +71,8 @@ from concurrent.futures import ThreadPoolExecutor
 def probe(target):
     ip, proto, port = target
     kind = socket.SOCK_STREAM if proto == 'tcp' else socket.SOCK_DGRAM
-    s = socket.socket(socket.AF_INET, kind); s.settimeout(1.5)
+    family = socket.AF_INET6 if ':' in ip else socket.AF_INET
+    s = socket.socket(family, kind); s.settimeout(1.5)
     try:
         s.connect((ip, port))
         if proto == 'udp':
@@ -104,9 +111,10 @@ def topology() -> str:
     containers.append({"name": "sidecar", "host": "h1", "network": f"container:{DONOR}",
                        "labels": SIDECAR_LABELS})
     doc = {"name": "pol", "hosts": [{"name": h, "lab": True} for h in HOSTS],
-           "networks": [{"name": "na", "driver": "overlay", "subnet": NETWORKS["na"]},
+           "networks": [{"name": "na", "driver": "overlay", "subnet": NETWORKS["na"],
+                         "subnet6": NETWORKS6["na"]},
                         {"name": "nb", "driver": "overlay", "subnet": NETWORKS["nb"],
-                         "default": "deny"}],
+                         "subnet6": NETWORKS6["nb"], "default": "deny"}],
            "routes": [["na", "nb"]], "containers": containers}
     return json.dumps(doc, indent=1)
 
@@ -132,11 +140,18 @@ def selects(policy: dict[str, Any], ctr: dict[str, Any]) -> bool:
     return in_scope(policy.get("network", "all"), ctr) and has_labels(policy["select"], ctr)
 
 
-def peer_matches(policy: dict[str, Any], peer: dict[str, Any], other: dict[str, Any]) -> bool:
-    ip = ipaddress.ip_address(other["ip"])
+def inside(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, cidr: str) -> bool:
+    net = ipaddress.ip_network(cidr)
+    return ip.version == net.version and ip in net
+
+
+def peer_matches(policy: dict[str, Any], peer: dict[str, Any], other: dict[str, Any],
+                 family: int) -> bool:
+    """Whether ``peer`` covers ``other`` for a packet of ``family`` (at its address there)."""
+    ip = ipaddress.ip_address(other["ip6" if family == 6 else "ip"])
     if "cidr" in peer:
-        return ip in ipaddress.ip_network(peer["cidr"]) and not any(
-            ip in ipaddress.ip_network(x) for x in peer.get("except", []))
+        return inside(ip, peer["cidr"]) and not any(
+            inside(ip, x) for x in peer.get("except", []))
     if "labels" in peer:
         scope = peer.get("network", policy.get("network", "all"))
         return in_scope(scope, other) and has_labels(peer["labels"], other)
@@ -155,21 +170,21 @@ def port_matches(rule: dict[str, Any], proto: str, port: int) -> bool:
 
 
 def side_allows(policies: list[dict[str, Any]], ctr: dict[str, Any], other: dict[str, Any],
-                direction: str, proto: str, port: int) -> bool:
+                direction: str, proto: str, port: int, family: int) -> bool:
     side = "from" if direction == "ingress" else "to"
     isolating = [p for p in policies if p.get(direction) is not None and selects(p, ctr)]
     if not isolating:
         return True
     return any(port_matches(rule, proto, port)
-               and (not rule.get(side) or any(peer_matches(p, peer, other)
+               and (not rule.get(side) or any(peer_matches(p, peer, other, family)
                                               for peer in rule[side]))
                for p in isolating for rule in p[direction])
 
 
 def expected(policies: list[dict[str, Any]], src: dict[str, Any], dst: dict[str, Any],
-             proto: str, port: int) -> bool:
-    return (side_allows(policies, src, dst, "egress", proto, port)
-            and side_allows(policies, dst, src, "ingress", proto, port))
+             proto: str, port: int, family: int) -> bool:
+    return (side_allows(policies, src, dst, "egress", proto, port, family)
+            and side_allows(policies, dst, src, "ingress", proto, port, family))
 
 
 # -- generated policies ----------------------------------------------------------------------
@@ -181,7 +196,8 @@ def random_labels(rng: random.Random) -> dict[str, str]:
 
 
 def random_peer(rng: random.Random, ctrs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    kind = rng.choice(("labels", "labels", "labels-net", "network", "cidr", "cidr-except"))
+    kind = rng.choice(("labels", "labels", "labels-net", "network", "cidr", "cidr-except",
+                       "cidr6", "cidr6-except"))
     if kind == "labels":
         return {"labels": random_labels(rng)}
     if kind == "labels-net":
@@ -190,9 +206,13 @@ def random_peer(rng: random.Random, ctrs: dict[str, dict[str, Any]]) -> dict[str
         return {"network": rng.choice(list(NETWORKS))}
     if kind == "cidr":
         return {"cidr": f"{rng.choice(list(ctrs.values()))['ip']}/32"}
+    if kind == "cidr6":
+        return {"cidr": f"{rng.choice(list(ctrs.values()))['ip6']}/128"}
     net = rng.choice(list(NETWORKS))
-    inside = [c for c in ctrs.values() if c["network"] == net]
-    return {"cidr": NETWORKS[net], "except": [f"{rng.choice(inside)['ip']}/32"]}
+    there = [c for c in ctrs.values() if c["network"] == net]
+    if kind == "cidr6-except":
+        return {"cidr": NETWORKS6[net], "except": [f"{rng.choice(there)['ip6']}/128"]}
+    return {"cidr": NETWORKS[net], "except": [f"{rng.choice(there)['ip']}/32"]}
 
 
 def random_rules(rng: random.Random, side: str,
@@ -255,8 +275,10 @@ def grid(tmp_path_factory: pytest.TempPathFactory
         ctrs = {}
         for name in container_names():
             info = cli.container(name)
-            ctrs[name] = {"name": name, "ip": info["ip"], "netns": info["netns"],
-                          "network": name.split("-")[1], "labels": labels_of(name)}
+            assert info["ip6"], f"{name} has no IPv6 address on a dual-stack network"
+            ctrs[name] = {"name": name, "ip": info["ip"], "ip6": info["ip6"],
+                          "netns": info["netns"], "network": name.split("-")[1],
+                          "labels": labels_of(name)}
         ctrs[DONOR]["joined"] = [SIDECAR_LABELS]
         for c in ctrs.values():
             wait_udp_and_tcp(c["netns"])
@@ -292,30 +314,36 @@ def apply_policies(cli: Cli, tmp: Path, policies: list[dict[str, Any]]) -> None:
         time.sleep(0.1)
 
 
-def probe_matrix(ctrs: dict[str, dict[str, Any]]) -> dict[tuple[str, str, str, int], str]:
-    """Every container probes every other, all sources at once (a process each)."""
-    by_ip = {c["ip"]: c["name"] for c in ctrs.values()}
+Key = tuple[str, str, str, int, int]  # from, to, protocol, port, family
 
-    def from_source(src: dict[str, Any]) -> dict[tuple[str, str, str, int], str]:
-        targets = [(dst["ip"], proto, port) for dst in ctrs.values() if dst is not src
-                   for proto in PROTOCOLS for port in PORTS]
+
+def probe_matrix(ctrs: dict[str, dict[str, Any]]) -> dict[Key, str]:
+    """Every container probes every other at both its addresses, all sources at once (a
+    process each, a thread per probe)."""
+    by_ip = {c[field]: (c["name"], family) for c in ctrs.values()
+             for field, family in (("ip", 4), ("ip6", 6))}
+
+    def from_source(src: dict[str, Any]) -> dict[Key, str]:
+        targets = [(dst[field], proto, port) for dst in ctrs.values() if dst is not src
+                   for field in ("ip", "ip6") for proto in PROTOCOLS for port in PORTS]
         done = nsexec(src["netns"], "/usr/bin/python3", "-c", PROBER, json.dumps(targets),
                       timeout=60)
         assert done.returncode == 0, done.stderr
-        return {(src["name"], by_ip[ip], proto, port): outcome for (ip, proto, port), outcome
-                in zip(targets, json.loads(done.stdout), strict=True)}
+        return {(src["name"], *by_ip[ip][:1], proto, port, by_ip[ip][1]): outcome
+                for (ip, proto, port), outcome in zip(targets, json.loads(done.stdout),
+                                                      strict=True)}
 
-    results: dict[tuple[str, str, str, int], str] = {}
+    results: dict[Key, str] = {}
     with ThreadPoolExecutor(len(ctrs)) as pool:
         for part in pool.map(from_source, ctrs.values()):
             results.update(part)
     return results
 
 
-def mismatch_table(rows: list[tuple[str, str, str, int, bool, str]]) -> str:
-    header = ("FROM", "TO", "PROTO", "PORT", "EXPECTED", "PROBED")
-    cells = [header] + [(s, d, p, str(n), "open" if e else "filtered", g)
-                        for s, d, p, n, e, g in rows]
+def mismatch_table(rows: list[tuple[str, str, str, int, int, bool, str]]) -> str:
+    header = ("FROM", "TO", "PROTO", "PORT", "IP", "EXPECTED", "PROBED")
+    cells = [header] + [(s, d, p, str(n), f"v{f}", "open" if e else "filtered", g)
+                        for s, d, p, n, f, e, g in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))
                      for r in cells)
@@ -330,10 +358,12 @@ def test_policy_truth_table(grid: tuple[Cli, dict[str, dict[str, Any]]],
         apply_policies(cli, tmp_path, generated)
         model = [model_form(p) for p in generated] + implied_policies()
         probed = probe_matrix(ctrs)
-        want = {key: expected(model, ctrs[key[0]], ctrs[key[1]], key[2], key[3])
+        want = {key: expected(model, ctrs[key[0]], ctrs[key[1]], key[2], key[3], key[4])
                 for key in probed}
-        assert any(want.values()) and not all(want.values()), \
-            "a round must expect both open and filtered pairs (seed gives a useless round)"
+        for family in FAMILIES:
+            wanted = [want[k] for k in want if k[4] == family]
+            assert any(wanted) and not all(wanted), \
+                f"a round must expect both open and filtered IPv{family} pairs (a useless seed)"
         bad = [(*key, want[key], got) for key, got in sorted(probed.items())
                if (got == "open") != want[key]]
         assert not bad, (f"round {round_no} (seed {SEED}): {len(bad)} of {len(probed)} probes "
@@ -367,15 +397,20 @@ def test_policy_cli_shows_selection_and_counters(grid: tuple[Cli, dict[str, dict
     denied = probe_one(src, dst["ip"], "tcp", 5002)
     assert (allowed, denied) == ("open", "filtered")
     # counted per policy and rule, on the sender's host (every host holds the whole set)
-    listing = nsexec(cli.host("h2")["netns"], "nft", "-j", "list", "table", "inet",
-                     "sdnctl_policy")
-    rules = [i["rule"] for i in json.loads(listing.stdout)["nftables"] if "rule" in i]
-    counted = counters(rules)
-    assert counted[("x-only-from-y", "ingress", "drop")] >= 1, counted
-    assert counted[("x-only-from-y", "ingress", "0")] >= 1, counted
+    counted = policy_counters(cli, "h2")
+    drop, rule = ("x-only-from-y", "ingress", "drop"), ("x-only-from-y", "ingress", "0")
+    assert counted[drop] >= 1 and counted[rule] >= 1, counted
+    allowed6 = probe_one(src, dst["ip6"], "tcp", 5001)  # the same rule, in IPv6
+    denied6 = probe_one(src, dst["ip6"], "tcp", 5002)
+    assert (allowed6, denied6) == ("open", "filtered")
+    counted6 = policy_counters(cli, "h2")  # IPv6 is counted by the same policy and rule
+    assert counted6[drop] > counted[drop] and counted6[rule] > counted[rule], (counted, counted6)
     trace = cli.run("trace", "y-na-h2", "x-na-h1", "--proto", "tcp", "--port", "5002",
                     check=False)
     assert "x-only-from-y" in trace.stdout + trace.stderr, trace.stdout + trace.stderr
+    trace6 = cli.run("trace", "-6", "y-na-h2", "x-na-h1", "--proto", "tcp", "--port", "5002",
+                     check=False)
+    assert "x-only-from-y" in trace6.stdout + trace6.stderr, trace6.stdout + trace6.stderr
     # a container that arrives while the policy is in force is covered from its start
     cli.run("run", "--name", "late", "--host", "h2", "--network", "na", "--label", "role=x",
             "--", "/usr/bin/python3", "-c", SERVER)
@@ -384,8 +419,16 @@ def test_policy_cli_shows_selection_and_counters(grid: tuple[Cli, dict[str, dict
         wait_udp_and_tcp(late["netns"])
         assert probe_one(src, late["ip"], "tcp", 5001) == "open"
         assert probe_one(src, late["ip"], "tcp", 5002) == "filtered"
+        assert probe_one(src, late["ip6"], "tcp", 5001) == "open"
+        assert probe_one(src, late["ip6"], "tcp", 5002) == "filtered"
     finally:
         cli.run("rm", "late", check=False)
+
+
+def policy_counters(cli: Cli, host: str) -> dict[tuple[str, str, str], int]:
+    listing = nsexec(cli.host(host)["netns"], "nft", "-j", "list", "table", "inet",
+                     "sdnctl_policy")
+    return counters([i["rule"] for i in json.loads(listing.stdout)["nftables"] if "rule" in i])
 
 
 def probe_one(src: dict[str, Any], ip: str, proto: str, port: int) -> str:

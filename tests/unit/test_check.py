@@ -425,7 +425,8 @@ def dual_reported(topo: Topology) -> list[pb.Container]:
 def test_the_matrix_probes_ipv6_between_dual_stack_containers() -> None:
     topo = parse(DUAL)
     where = check.endpoints(topo, dual_reported(topo))
-    probes = plan(topo, addresses={n: e.address for n, e in where.items() if e.address})
+    probes = plan(topo, addresses={n: e.address for n, e in where.items() if e.address},
+                  addresses6={n: e.address6 for n, e in where.items() if e.address6})
     six = {(p.src, p.dst): p for p in probes if p.family == 6}
     # between dual-stack containers only, never to or from an IPv4-only one
     assert ("a", "b") in six and ("side", "b") in six and ("a", "other") in six
@@ -436,8 +437,9 @@ def test_the_matrix_probes_ipv6_between_dual_stack_containers() -> None:
     assert check.target_address(six["other", "external"], where) == "2001:db8:0:ff::1"
     assert six["a", "b"].expect == OPEN and six["a", "other"].expect == FILTERED
     assert six["a", "b"].key == ("a", "b", "icmp6", 0) and six["a", "b"].label == "a -> b icmp6"
-    # policies fail closed for IPv6: p is isolated for ingress, so nothing reaches it by IPv6
+    # policies hold for IPv6 as for IPv4: p is isolated for ingress (default: deny)
     assert six["q", "p"].expect == FILTERED and "isolated for ingress" in six["q", "p"].why
+    assert "fd00:99::2 is isolated" in six["q", "p"].why  # evaluated on its IPv6 address
     assert six["p", "q"].expect == FILTERED  # q is isolated too (default: deny)
     assert check.target_address(six["a", "b"], where) == "fd00:96::3"
     assert check.target_address(six["side", "b"], where) == "fd00:96::3"

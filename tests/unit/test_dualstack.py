@@ -16,18 +16,16 @@ from apitest import TIMEOUT, Api, connect, details, rpc_error, unchanged
 from dnslib import DNSRecord
 from netaddr import IPAddress
 
-from agent import dns, netpolicy
+from agent import dns
 from agent import plan as p
 from agent.desired import DesiredName, DesiredNetwork, DesiredPeer, DesiredState, LocalHost
 from agent.kernel.fakes import FakeLinks
 from agent.names import vxlan_alias, vxlan_name
-from agent.netpolicy import PolicyInput
 from agent.nftrules import BridgeNet, FirewallSpec, PortRule, localnet_bridges, render
 from agent.observed import ObservedPeers
 from agent.reconcile import peers_after_set
 from sdnctl.api.fields import host_ips_overlap, parse_port
-from sdnctl.api.model import Container, Invalid, Network, Policy
-from sdnctl.api.policyeval import Endpoint
+from sdnctl.api.model import Container, Invalid, Network
 from sdnctl.api.validate import validate_container, validate_network
 from sdnctl.cli import graph
 from sdnctl.cli.cli import build_parser
@@ -360,29 +358,6 @@ def test_aaaa_answers_a_dual_stack_containers_ipv6_address_and_alias() -> None:
     assert ask("pg.svc.lab", "AAAA") == ["fd00:1::5"]
     assert ask("db", "A") == ["10.1.0.5"]
     assert ask("web", "AAAA") == []  # IPv4 only: NODATA
-
-
-# -- network policy: IPv6 fails closed -----------------------------------------------------------
-
-
-def test_an_isolated_dual_stack_container_gets_no_forwarded_ipv6() -> None:
-    policy = Policy("deny-db", "front", ("app=db",), ingress=())
-    given = PolicyInput((policy,), (Endpoint("db", "front", "10.1.0.5", ("app=db",)),
-                                    Endpoint("web", "front", "10.1.0.7", ("app=web",))),
-                        (("front", "10.1.0.0/16"),))
-    tables = netpolicy.build(given, {"10.1.0.5": "fd00:1::5", "10.1.0.7": "fd00:1::7"})
-    sets = dict(tables.sets)
-    assert sets["iso6_in"] == ("fd00:1::5",) and sets["iso6_out"] == ()
-    assert ("forward", 'ip6 daddr @iso6_in counter drop comment "sdnctl:policy/ingress6"') \
-        in tables.rules
-    text = netpolicy.render(tables)
-    assert "add set inet sdnctl_policy iso6_in { type ipv6_addr; }" in text
-    assert "add element inet sdnctl_policy iso6_in { fd00:1::5 }" in text
-    # only element changes: a delta, whichever family
-    moved = netpolicy.build(given, {"10.1.0.5": "fd00:1::9"})
-    assert netpolicy.render_delta(tables, moved) == (
-        "flush set inet sdnctl_policy iso6_in\n"
-        "add element inet sdnctl_policy iso6_in { fd00:1::9 }\n")
 
 
 # -- ports published on IPv6 host addresses ------------------------------------------------------

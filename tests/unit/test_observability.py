@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.kernel.firewall import drop_counts
 from agent.main import merge_flows
 from sdnctl.api import pki
-from sdnctl.api.pki import TlsFiles
+from sdnctl.api.tlsfiles import TlsFiles
 from sdnctl.controller.flows import FlowTable
 from sdnctl.controller.liveview import LiveViewError
 from sdnctl.controller.server import RunningServer, create_server

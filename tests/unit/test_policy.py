@@ -22,7 +22,14 @@ from sdnctl.api.model import (
     policy_from_json,
     to_json,
 )
-from sdnctl.api.policyeval import Endpoint, Evaluator, default_policies, policy_selector
+from sdnctl.api.policyeval import (
+    Endpoint,
+    Evaluator,
+    Selector,
+    default_policies,
+    peer_selector,
+    policy_selector,
+)
 from sdnctl.api.validate import validate_container, validate_policy
 from sdnctl.controller import policies, watch
 from sdnctl.controller.state import State
@@ -225,3 +232,119 @@ def test_shaping_names_and_bursts_and_policy_counters() -> None:
              {"comment": "sdnctl:policy/db-in/ingress/0", "expr": [{"counter": {"packets": 2}}]},
              {"comment": "sdnctl:net/x", "expr": [{"counter": {"packets": 9}}]}]
     assert counters(rules) == {("db-in", "ingress", "drop"): 7, ("db-in", "ingress", "0"): 2}
+
+
+# -- both families (issue 20): IPv6 evaluated as IPv4 -------------------------------------------
+
+WEB6 = Endpoint("web", "front", "10.1.0.2", ("app=web",), "fd00:1::2")
+DB6 = Endpoint("db", "back", "10.2.0.2", ("app=db",), "fd00:2::2")
+OTHER6 = Endpoint("other", "back", "10.2.0.3", ("app=other",), "fd00:2::3")
+CIDRS6 = {"front": "fd00:1::/48", "back": "fd00:2::/48"}
+
+
+def evaluator6(*pols: Policy) -> Evaluator:
+    return Evaluator(pols, [WEB6, DB6, OTHER6], CIDRS, CIDRS6)
+
+
+def test_ipv6_is_evaluated_by_the_same_rules_as_ipv4() -> None:
+    pols = (DB_FROM_WEB, Policy("web-out", "front", ("app=web",), egress=(
+        PolicyRule((PolicyPeer(network="back"),), ("5432/tcp", "53/udp")),)))
+    ev = evaluator6(*pols)
+    endpoints = (WEB6, DB6, OTHER6)
+    for src in endpoints:
+        for dst in endpoints:
+            for proto, port in (("tcp", 5432), ("tcp", 5433), ("udp", 53), ("udp", 5432)):
+                v4 = ev.verdict(src.address, dst.address, proto, port)
+                v6 = ev.verdict(src.address6, dst.address6, proto, port)
+                assert (v4.allowed, v4.policy, v4.direction) == \
+                    (v6.allowed, v6.policy, v6.direction), (src, dst, proto, port)
+    assert ev.verdict(WEB6.address6, DB6.address6, "tcp", 5432).allowed  # positive control
+    denied = ev.verdict(OTHER6.address6, DB6.address6, "tcp", 5432)
+    assert not denied.allowed and "fd00:2::2 is isolated for ingress" in denied.reason
+
+
+def test_cidr_peers_match_their_own_family_only() -> None:
+    v6 = Policy("c6", "back", ("app=db",), ingress=(PolicyRule(
+        (PolicyPeer(cidr="fd00::/16", excepts=("fd00:2::/48",)),), ("5432/tcp",)),))
+    ev = evaluator6(v6)
+    assert ev.verdict(WEB6.address6, DB6.address6, "tcp", 5432).allowed
+    assert not ev.verdict(OTHER6.address6, DB6.address6, "tcp", 5432).allowed  # excepted
+    assert not ev.verdict(WEB6.address, DB6.address, "tcp", 5432).allowed  # no IPv4 peer
+    v4 = Policy("c4", "back", ("app=db",), ingress=(PolicyRule(
+        (PolicyPeer(cidr="10.0.0.0/8"),), ()),))
+    ev = evaluator6(v4)
+    assert ev.verdict(WEB6.address, DB6.address, "udp", 1).allowed
+    assert not ev.verdict(WEB6.address6, DB6.address6, "udp", 1).allowed
+    validate_policy(v6)
+    with pytest.raises(Invalid, match=r"policy.ingress\[0\].from\[0\].except\[0\]"):
+        validate_policy(Policy("p", "back", (), ingress=(PolicyRule(
+            (PolicyPeer(cidr="10.0.0.0/8", excepts=("fd00::/16",)),)),)))
+
+
+def test_nft_writes_each_rule_in_both_families_with_one_comment() -> None:
+    pols = (DB_FROM_WEB, Policy("c", "back", ("app=db",), ingress=(PolicyRule(
+        (PolicyPeer(cidr="fd00:1::/48"), PolicyPeer(cidr="10.1.0.0/16")), ()),)))
+    given = PolicyInput(pols, (WEB6, DB6, OTHER6), tuple(CIDRS.items()), tuple(CIDRS6.items()))
+    tables = build(given)
+    sets = dict(tables.sets)
+    db_sel = policy_selector(DB_FROM_WEB)
+    assert sets[set_name(db_sel)] == ("10.2.0.2",) and sets[set_name(db_sel, 6)] == ("fd00:2::2",)
+    assert sets["iso6_in"] == ("fd00:2::2",) and sets["iso6_out"] == ()
+    rules = [text for _, text in tables.rules]
+    web6 = set_name(peer_selector(DB_FROM_WEB, DB_FROM_WEB.ingress[0].peers[0]), 6)
+    assert (f"ip6 daddr @{set_name(db_sel, 6)} ip6 saddr @{web6} meta l4proto tcp th dport "
+            '{ 5432 } counter return comment "sdnctl:policy/db-from-web/ingress/0"') in rules
+    assert f'ip6 daddr @{set_name(db_sel, 6)} counter drop comment ' \
+        '"sdnctl:policy/db-from-web/ingress/drop"' in rules
+    assert 'ip6 daddr @iso6_in jump ingress comment "sdnctl:policy/ingress"' in rules
+    cidr_rules = [r for r in rules if "policy/c/ingress/0" in r]
+    assert len(cidr_rules) == 2  # each cidr in its own family only
+    assert any("ip6 saddr fd00:1::/48" in r for r in cidr_rules)
+    assert any("ip saddr 10.1.0.0/16" in r for r in cidr_rules)
+    text = render(tables)
+    assert f"add set inet sdnctl_policy {set_name(db_sel, 6)} {{ type ipv6_addr; }}" in text
+    assert f"add element inet sdnctl_policy {set_name(db_sel, 6)} {{ fd00:2::2 }}" in text
+
+
+def test_a_joiner_costs_its_selectors_sets_not_containers_times_rules() -> None:
+    """The agent's update when one container joins a selector 100 policies use: its sets are
+    refilled (two per family it has an address in), whatever the number of containers."""
+    pols = tuple(Policy(f"p{i:03d}", "back", ("app=db",), ingress=(PolicyRule(
+        (PolicyPeer(("app=web",)),), (f"{5000 + i}/tcp",)),)) for i in range(100))
+    web_sets = {set_name(Selector("back", ("app=web",)), f) for f in (4, 6)}
+    for others in (10, 1000):
+        eps = tuple(Endpoint(f"c{i}", "back", f"10.2.{i // 250}.{i % 250 + 2}",
+                             ("app=db",) if i % 2 else ("app=web",),
+                             f"fd00:2::{i:x}") for i in range(others))
+        cidrs, cidrs6 = (("back", "10.2.0.0/16"),), (("back", "fd00:2::/48"),)
+        before = build(PolicyInput(pols, eps, cidrs, cidrs6))
+        joiner = Endpoint("new", "back", "10.2.200.9", ("app=web",), "fd00:2::ffff")
+        after = build(PolicyInput(pols, (*eps, joiner), cidrs, cidrs6))
+        delta = render_delta(before, after)
+        assert delta is not None
+        lines = delta.splitlines()
+        assert len(lines) == 4, lines  # flush + refill, per family, of app=web's set only
+        assert {line.split()[4] for line in lines if line.startswith("flush")} == web_sets
+        # the rules: a constant number per policy, whatever the containers
+        assert len(after.rules) == 6 + 100 * 2 * 2
+        assert len(after.sets) == 2 * 2 + 4
+
+
+def test_the_policy_set_carries_ipv6_addresses_and_prefixes_to_the_agents() -> None:
+    store = MemoryStore()
+    state = State(store)
+    state.create_host(Host("h1"))
+    state.create_network(Network("back", "10.2.0.0/16", subnet6="fd00:2::/48"))
+    state.create_container(Container("db", "h1", "back", labels=("app=db",)))
+    policies.create_policy(store, Policy("p", "back", ("app=db",), ingress=(PolicyRule(
+        (PolicyPeer(cidr="fd00::/16"),), ()),)))
+    pset = policies.policy_set(store)
+    (db,) = pset.endpoints
+    assert db.address and db.address6.startswith("fd00:2:")
+    assert pset.network_cidrs6 == (("back", "fd00:2::/48"),)
+    desired = DesiredState()
+    desired.apply(watch.snapshot_event(state.snapshot("h1"), watch.policy_set_pb(pset)))
+    assert desired.policy.endpoints == pset.endpoints
+    assert desired.policy.network_cidrs6 == pset.network_cidrs6
+    sets = dict(build(desired.policy).sets)
+    assert sets["iso6_in"] == (db.address6,)

@@ -27,7 +27,8 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from sdnctl.api import pki
 from sdnctl.api.client import TLS_ENV, CommandError, open_channel
-from sdnctl.api.pki import Identity, TlsFiles
+from sdnctl.api.pki import Identity
+from sdnctl.api.tlsfiles import TlsFiles
 from sdnctl.controller import auth, tlsfront
 from sdnctl.controller.server import ListenError, RunningServer, create_server, main
 from sdnctl.controller.store.memory import MemoryStore

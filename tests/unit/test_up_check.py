@@ -6,6 +6,7 @@ way in tests/netns/test_up_check_lab.py."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,11 +15,14 @@ from apitest import Api, StartServer, connect, keyspace
 from imagehelp import file, save_archive, tar_bytes
 
 from sdnctl.api import paths
-from sdnctl.api.model import Container, Host, Network
+from sdnctl.api.client import Client
+from sdnctl.api.model import Container, Host, Network, PolicyPeer, PolicyRule
 from sdnctl.cli import cli
 from sdnctl.controller.state import State
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
+from sdnctl.topology import deploy
+from sdnctl.topology.topology import Topology, TopologyError, load
 
 TOPOLOGY = """\
 name: chk
@@ -156,3 +160,60 @@ def test_without_a_controller_the_state_it_would_start_with_counts(
     assert keyspace(store) == before
     store.close()
     assert not (env / "run").exists()
+
+
+POLICIES = """\
+policies:
+  - name: db-in
+    network: front
+    select: {app: db}
+    ingress:
+      - from:
+          - cidr: 10.0.0.0/8
+            except: [10.9.0.0/16]
+        ports: [5432/tcp]
+"""
+
+
+def stricter(topology: Topology, **fields: object) -> Topology:
+    """The file's topology with its policy changed as a client with laxer rules than its
+    controller's would send it (the file's lines stay): only the controller can refuse it."""
+    (p,) = topology.policies
+    return dataclasses.replace(topology, policies=(dataclasses.replace(p, **fields),))
+
+
+@pytest.mark.parametrize("served", [False, True], ids=["no-controller", "controller"])
+def test_a_policy_the_controller_refuses_is_shown_at_its_line(
+        env: Path, capsys: pytest.CaptureFixture[str], start_server: StartServer,
+        monkeypatch: pytest.MonkeyPatch, served: bool) -> None:
+    """ValidateTopology applies CreatePolicy's rules to `policies:`; the refusal names the file,
+    the line and the policy's field (as the file calls it: from/to, except), nothing changes."""
+    path = write(env, TOPOLOGY + POLICIES)
+    topology = load(path)
+    store = MemoryStore()
+    client = None
+    if served:
+        server = start_server(store, default_bridge="172.17.0.0/16")
+        client = Client(server.address)
+    try:
+        deploy.check(topology, client)  # control: the file as it is passes
+        bad_except = PolicyPeer(cidr="10.0.0.0/8", excepts=("11.0.0.0/16",))
+        cases = [
+            (dict(ingress=(PolicyRule((bad_except,), ("5432/tcp",)),)), 18,
+             "policies[0].ingress[0].from[0].except[0]", "not inside"),
+            (dict(network="nowhere"), 13, "policies[0].network", "'nowhere'"),
+            (dict(ingress=(PolicyRule((), ("5432/icmp",)),)), 19,
+             "policies[0].ingress[0].ports[0]", "protocol"),
+            (dict(select=("=x",)), 14, "policies[0].select", ""),
+        ]
+        before = keyspace(store)
+        for fields, line, field, words in cases:
+            with pytest.raises(TopologyError) as refused:
+                deploy.check(stricter(topology, **fields), client)
+            assert str(refused.value).startswith(f"{path}:{line}: {field}"), str(refused.value)
+            assert words in str(refused.value)
+        assert keyspace(store) == before
+    finally:
+        if client is not None:
+            client.close()
+    assert dry_run(path, capsys) == (0, "")  # and the CLI's dry run of the file passes

@@ -20,7 +20,8 @@ from typing import Any
 import grpc
 
 from agent.kernel import cgroups
-from agent.kernel.netns import NETNS_RUN_DIR, iproute_in
+from agent.kernel.linkbase import iproute_in
+from agent.kernel.netns import NETNS_RUN_DIR
 from helpers.cli import Cli, nsexec
 from sdnctl.api.client import Client
 from sdnctl.v1 import sdnctl_pb2 as pb
