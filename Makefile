@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 BENCH_SCRIPTS := $(filter-out bench/harness.py bench/_%.py,$(sort $(wildcard bench/*.py)))
 
-.PHONY: bench bench-full bench-setup bench-table fuzz fuzz-policy test-etcd-full test-registry-full soak
+.PHONY: bench bench-full bench-scale bench-setup bench-table fuzz fuzz-policy test-etcd-full test-registry-full soak
 
 # Fuzzing (issue 9): the fuzz tests with a long budget (CI runs them with a short one).
 # SDNCTL_FUZZ_EXAMPLES=N sets the examples per RPC (default 3000 here, 30 in CI).
@@ -32,6 +32,17 @@ bench-full: bench-setup
 	@fail=0; for s in $(BENCH_SCRIPTS); do mode=--full; \
 	  case " $(BENCH_QUICK) " in *" $$(basename $$s .py) "*) mode=--quick;; esac; \
 	  echo "== $$s $$mode"; $(PY) $$s $$mode || { echo "!! $$s failed"; fail=1; }; done; \
+	$(PY) bench/harness.py --readme; exit $$fail
+
+# Issue 21: `sdnctl up` of 100 lab hosts x 10 containers through the CLI, with its breakdown,
+# CreatePolicy to enforced, a host joining and leaving, RSS and `down`: on SQLite, then on a
+# three-member etcd with two controller replicas. Several GB and both cores for minutes.
+SCALE_HOSTS ?= 100
+SCALE_PER_HOST ?= 10
+bench-scale: bench-setup
+	@fail=0; for store in sqlite etcd; do echo "== bench/scale.py --store $$store"; \
+	  $(PY) bench/scale.py --full --hosts $(SCALE_HOSTS) --per-host $(SCALE_PER_HOST) \
+	    --store $$store || { echo "!! bench/scale.py --store $$store failed"; fail=1; }; done; \
 	$(PY) bench/harness.py --readme; exit $$fail
 
 bench-table:

@@ -71,13 +71,23 @@ POLL = 0.005  # pause between two sweeps of the entry probe (a sweep is ~0.1 ms 
 RTM_F_FIB_MATCH = 0x2000  # `ip route get fibmatch`: answer the matching route itself
 
 
-def topology_text(hosts: int, with_new: bool) -> str:
+def topology_text(hosts: int, with_new: bool, per_host: int = 1, command: str = "") -> str:
+    """N lab hosts ``h<i>`` with container ``c<i>`` each on overlay NET (and ``hn`` with ``cn``
+    when ``with_new``). ``per_host`` > 1 (bench/scale.py): ``c<i>-<j>`` beside ``c<i>``,
+    labelled ``app=db`` for j = 1 and ``app=web`` otherwise (what its policy selects).
+    ``command``: a flow sequence every container runs (default: the topology's own)."""
     names = [f"h{i}" for i in range(hosts)] + ([NEW_HOST] if with_new else [])
     lines = ["name: bench-overlay", "hosts:"]
     lines += [f"  - {{name: {h}, lab: true}}" for h in names]
     lines += ["networks:", f"  - {{name: {NET}, driver: overlay, subnet: 10.70.0.0/16}}",
               "containers:"]
-    lines += [f"  - {{name: c{h[1:]}, host: {h}, network: {NET}}}" for h in names]
+    extra = f", command: {command}" if command else ""
+    for h in names:
+        lines.append(f"  - {{name: c{h[1:]}, host: {h}, network: {NET}{extra}}}")
+        for j in range(1, per_host if h != NEW_HOST else 1):
+            app = "db" if j == 1 else "web"
+            lines.append(f"  - {{name: c{h[1:]}-{j}, host: {h}, network: {NET}, "
+                         f"labels: {{app: {app}}}{extra}}}")
     return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,55 @@ def many_policies(count: int) -> list[Policy]:
         for i in range(count)]
 
 
+def wait_realised(api: Any, names: list[str], revision: int, t0: float,
+                  agent_log: Callable[[str], str]) -> float:
+    """ms from ``t0`` until every host of ``names`` reported ``revision`` realised (an agent
+    reports the revision of its last pass, the one that loaded the sets into nftables), polled
+    every 10 ms through ListHosts; ``agent_log(host)`` is read for the error if it never is."""
+    deadline = time.monotonic() + 60
+    wanted = set(names)
+    while True:
+        hosts = api.ListHosts(pb.ListRequest(), timeout=10).hosts
+        if all(h.observed_revision >= revision for h in hosts if h.name in wanted):
+            return (time.perf_counter() - t0) * 1000
+        if time.monotonic() > deadline:
+            seen = {h.name: h.observed_revision for h in hosts}
+            tails = {n: Path(agent_log(n)).read_text()[-3000:] for n in names[:3]}
+            raise BenchError(f"revision {revision} not realised on every host in 60 s: "
+                             f"{seen}; agent logs: {tails}")
+        time.sleep(0.01)
+
+
+def create_policies(api: Any, policies: list[Policy]) -> int:
+    revision = 0
+    for p in policies:
+        got = api.CreatePolicy(pb.CreatePolicyRequest(policy=convert.policy_to_pb(p)),
+                               timeout=10)
+        revision = max(revision, got.revision)
+    return revision
+
+
+def delete_policies(api: Any) -> int:
+    revision = 0
+    for p in api.ListPolicies(pb.ListRequest(), timeout=10).policies:
+        got = api.DeletePolicy(pb.DeleteRequest(name=p.name), timeout=10)
+        revision = max(revision, got.revision)
+    return revision
+
+
+def create_to_enforced(api: Any, names: list[str], network: str, i: int,
+                       agent_log: Callable[[str], str]) -> float:
+    """ms from CreatePolicy (app=db may be reached by app=web on PORT, in ``network``) until
+    every host realised it; then the policy is deleted and that waited for, untimed."""
+    policy = Policy(f"one{i}", network, ("app=db",), ingress=(PolicyRule(
+        (PolicyPeer(("app=web",)),), (f"{PORT}/tcp",)),))
+    t0 = time.perf_counter()
+    revision = create_policies(api, [policy])
+    ms = wait_realised(api, names, revision, t0, agent_log)
+    wait_realised(api, names, delete_policies(api), time.perf_counter(), agent_log)
+    return ms
+
+
 class PolicyBench:
     def __init__(self, prefix: str, workdir: str, hosts: int) -> None:
         self.names = [f"h{i}" for i in range(hosts)]
@@ -84,43 +134,16 @@ class PolicyBench:
         return ms
 
     def wait_all(self, revision: int, t0: float) -> float:
-        """ms from ``t0`` until every host's agent reported ``revision`` realised."""
-        deadline = time.monotonic() + 60
-        while True:
-            hosts = self.sdn.api.ListHosts(pb.ListRequest(), timeout=10).hosts
-            if all(h.observed_revision >= revision for h in hosts if h.name in self.names):
-                return (time.perf_counter() - t0) * 1000
-            if time.monotonic() > deadline:
-                seen = {h.name: h.observed_revision for h in hosts}
-                tails = {n: Path(self.sdn.agent_log(n)).read_text()[-3000:]
-                         for n in self.names}
-                raise BenchError(f"revision {revision} not realised on every host in 60 s: "
-                                 f"{seen}; agent logs: {tails}")
-            time.sleep(0.01)
+        return wait_realised(self.sdn.api, self.names, revision, t0, self.sdn.agent_log)
 
     def create_policies(self, policies: list[Policy]) -> int:
-        revision = 0
-        for p in policies:
-            got = self.sdn.api.CreatePolicy(pb.CreatePolicyRequest(
-                policy=convert.policy_to_pb(p)), timeout=10)
-            revision = max(revision, got.revision)
-        return revision
+        return create_policies(self.sdn.api, policies)
 
     def delete_policies(self) -> int:
-        revision = 0
-        for p in self.sdn.api.ListPolicies(pb.ListRequest(), timeout=10).policies:
-            got = self.sdn.api.DeletePolicy(pb.DeleteRequest(name=p.name), timeout=10)
-            revision = max(revision, got.revision)
-        return revision
+        return delete_policies(self.sdn.api)
 
     def create_to_enforced(self, i: int) -> float:
-        policy = Policy(f"one{i}", "pb", ("app=db",), ingress=(PolicyRule(
-            (PolicyPeer(("app=web",)),), (f"{PORT}/tcp",)),))
-        t0 = time.perf_counter()
-        revision = self.create_policies([policy])
-        ms = self.wait_all(revision, t0)
-        self.wait_all(self.delete_policies(), time.perf_counter())
-        return ms
+        return create_to_enforced(self.sdn.api, self.names, "pb", i, self.sdn.agent_log)
 
     def iperf(self, seconds: int, omit: int = 0, nice: int = 0) -> float:
         """Gbit/s from cli to srv, one TCP stream (the first ``omit`` seconds not counted;

@@ -93,7 +93,6 @@ def peek_interface(netns_path: str, ifname: str) -> ObservedContainerNet | None:
         return _observe_peer(reader, netns_path, ifname)
 
 
-
 def peek_host_link(ifname: str) -> rtnl.Link | None:
     """A link of the calling thread's namespace (the host's, in the agent), on a socket of its
     own (any thread may call it): None when absent."""
@@ -102,6 +101,10 @@ def peek_host_link(ifname: str) -> rtnl.Link | None:
             return reader.link(ifname)
     except (NetlinkError, OSError) as e:
         raise KernelError(f"could not read {ifname!r}") from e
+
+
+class StalePeer(KernelError):
+    """A veth's host side exists, its peer is not in the namespace it should be in."""
 
 
 class Links(VxlanLinks, LinkBase):
@@ -230,9 +233,26 @@ class Links(VxlanLinks, LinkBase):
         if created and peer_index:
             self._configure_new_peer(netns_path, peer_ifname, peer_index, alias, address_cidr,
                                      gateway, address6_cidr, gateway6)
-        else:
+            return int(link["index"])
+        try:
             self._ensure_container_side(netns_path, peer_ifname, alias, mtu, address_cidr,
                                         gateway, mac, address6_cidr, gateway6)
+            return int(link["index"])
+        except StalePeer:
+            if created:
+                raise
+        # Our host side, its peer in another namespace: one a failed start dropped while a
+        # process still held it (a runtime killed at its timeout, issue 21). The pair goes
+        # with that end; a new one is born in this namespace.
+        delete_link(ipr, link, what)
+        link, created = self._create_veth(host_ifname, alias, master_index, mtu, netns_path,
+                                          peer_ifname, mac)
+        self._fix_link(ipr, link, what, mtu=mtu, master=master_index, state="up", ifalias=alias)
+        peer_index = link.get_attr("IFLA_LINK")
+        if not (created and peer_index):
+            raise KernelError(f"could not replace {what}: it came back at once")
+        self._configure_new_peer(netns_path, peer_ifname, peer_index, alias, address_cidr,
+                                 gateway, address6_cidr, gateway6)
         return int(link["index"])
 
     def add_veth(
@@ -411,7 +431,7 @@ class Links(VxlanLinks, LinkBase):
             raise KernelError(f"could not read {what}") from e
         if link is None:
             # The host side exists but its peer is not in this namespace (moved or renamed).
-            raise KernelError(f"could not find {what}: host side exists without it")
+            raise StalePeer(f"could not find {what}: host side exists without it")
         want: dict[str, Any] = {"mtu": mtu, "state": "up", "ifalias": alias}
         if mac is not None:
             want["address"] = mac.lower()

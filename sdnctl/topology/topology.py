@@ -235,13 +235,37 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], active: set[int]) -> i
     return total
 
 
+#: libyaml's safe loader when PyYAML was built with it: the pure-Python one took seconds for a
+#: file of 1,000 containers (issue 21), and the file is read twice (nodes for lines, values).
+FAST_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _compose_and_load(text: str,
+                      check: Callable[[yaml.Node | None], None] = lambda node: None,
+                      ) -> tuple[yaml.Node | None, Any]:
+    """The file's node tree (for lines; ``check`` sees it before any value is built) and its
+    values. A file libyaml refuses is read again by the pure-Python loader, whose errors (and
+    their lines) are the ones users see."""
+    loaders = list(dict.fromkeys([FAST_LOADER, yaml.SafeLoader]))
+    for loader in loaders:
+        try:
+            node = yaml.compose(text, Loader=loader)
+            check(node)
+            return node, yaml.load(text, Loader=loader)
+        except yaml.YAMLError:
+            if loader is loaders[-1]:
+                raise
+    raise AssertionError("not reached")
+
+
 def parse(text: str, file: str = "<topology>") -> Topology:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None and _expanded_size(node, {}, set()) > MAX_NODES:
-            raise TopologyError(file, None, "", f"more than {MAX_NODES} YAML nodes once its "
-                                "aliases are expanded (or a recursive alias)")
-        doc = yaml.safe_load(text)
+        def bounded(node: yaml.Node | None) -> None:
+            if node is not None and _expanded_size(node, {}, set()) > MAX_NODES:
+                raise TopologyError(file, None, "", f"more than {MAX_NODES} YAML nodes once "
+                                    "its aliases are expanded (or a recursive alias)")
+
+        node, doc = _compose_and_load(text, bounded)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise TopologyError(file, mark.line + 1 if mark else None, "",
@@ -280,8 +304,7 @@ def parse_policies(text: str, file: str = "<policies>") -> tuple[Policy, ...]:
     """Policies from a file for `sdnctl policy create -f`: one policy, a list of them, or a
     mapping with ``policies:`` (a topology's block), in the topology's form."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.safe_load(text)
+        node, doc = _compose_and_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise TopologyError(file, mark.line + 1 if mark else None, "",

@@ -9,6 +9,7 @@ mount or process we made is left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -466,3 +467,38 @@ def test_runtime_reports_errors(klab: Lab) -> None:
     with pytest.raises(KernelError, match="crun run y"):
         runtime.run("y", missing, Rootfs("host"), str(klab.tmp / "y.log"))
     runtime.delete("y")
+
+
+@needs_root
+def test_a_veth_whose_peer_is_in_a_stale_namespace_is_replaced(klab: Lab) -> None:
+    """Issue 21: a start that failed (the runtime killed at its timeout) dropped the sandbox
+    while a process still held its namespace, so the veth survived with its peer in there; the
+    retry, in a new sandbox, got "host side exists without it" for good. Now the pair is
+    replaced and the new peer is born in the new namespace, addressed."""
+    old, new = netns_path(f"{PREFIX}s1"), netns_path(f"{PREFIX}s2")
+    name = veth_name("s", "eth0")
+    holder = -1
+    try:
+        create_netns(old)
+        klab.links.ensure_veth(name, "sdnctl:ctr/s/eth0", klab.bridge, MTU, old, "eth0",
+                               "10.77.1.9/24", GATEWAY)
+        holder = os.open(old, os.O_RDONLY)  # the process that still holds it
+        remove_netns(old)
+        create_netns(new)
+        with pytest.raises(KernelError):  # positive control: the old peer is not in ``new``
+            klab.links._ensure_container_side(new, "eth0", "sdnctl:ctr/s/eth0", MTU,
+                                              "10.77.1.9/24", GATEWAY, None)
+        index = klab.links.ensure_veth(name, "sdnctl:ctr/s/eth0", klab.bridge, MTU, new,
+                                       "eth0", "10.77.1.9/24", GATEWAY)
+        out = in_ns(new, "ip", "-o", "-4", "addr", "show", "dev", "eth0").stdout
+        assert "10.77.1.9/24" in out
+        assert ping(new, GATEWAY)
+        host_side = in_ns(klab.host, "ip", "-o", "link", "show", "dev", name).stdout
+        assert f"{index}: {name}@" in host_side
+    finally:
+        if holder >= 0:
+            os.close(holder)
+        with contextlib.suppress(Exception):
+            klab.links.remove_link(name)
+        remove_netns(new)
+        remove_netns(old)

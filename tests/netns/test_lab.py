@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -19,6 +20,7 @@ from sdnctl.lab.lab import (
     HOST_DEV,
     UNDERLAY_BRIDGE,
     UPLINK_DEV,
+    AgentSpawner,
     Lab,
     LabError,
     LabHost,
@@ -367,3 +369,49 @@ def test_labs_with_other_prefixes_build_at_once_without_touching_each_other(
         if failures:
             raise ExceptionGroup("teardown failed", failures)
     assert prefixed_state(run_prefix) == ([], [])
+
+
+def test_agent_spawner_forks_agents_into_their_namespaces(lab: Lab, tmp_path: Path,
+                                                          run_prefix: str) -> None:
+    """`up`'s fork server (issue 21): each agent is forked from one interpreter that imported
+    the agent once, runs in its host's namespace in a session of its own, logs to its file,
+    shows the label in its command line, and outlives the server; an agent that cannot start
+    says so in its log."""
+    hosts = [lab.ensure_host(f"h{i}", i) for i in (1, 2)]
+    pids: list[int] = []
+    label = str(tmp_path / run_prefix)
+    try:
+        with AgentSpawner(label, str(tmp_path / "forkserver.log")) as spawner:
+            for host in hosts:
+                # no controller answers at this socket: the agent starts and keeps retrying
+                pids.append(spawner.spawn(host.netns, [
+                    "--host", host.name, "--controller", f"unix:{tmp_path}/none.sock",
+                    "--underlay-ip", host.underlay_ip, "--netns", host.netns,
+                    "--run-dir", str(tmp_path / host.name), "--store-dir",
+                    str(tmp_path / host.name / "store"), "--metrics", "", "--dns-port", "0"],
+                    str(tmp_path / f"{host.name}.log")))
+            server = spawner._proc
+            assert server is not None
+        assert server.returncode == 0  # the server is gone, the agents run on
+        for host, pid in zip(hosts, pids, strict=True):
+            assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(host.netns).st_ino
+            assert os.getsid(pid) == pid
+            assert label.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+            log = tmp_path / f"{host.name}.log"
+            deadline = time.monotonic() + 30
+            while f"agent[{host.name}]" not in log.read_text():
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        # it may exit before spawn sees it in its namespace: then spawn says so
+        with AgentSpawner(label, str(tmp_path / "forkserver.log")) as spawner, \
+                contextlib.suppress(LabError):
+            spawner.spawn(hosts[0].netns, ["--host", "h1", "--no-such-option"],
+                          str(tmp_path / "bad.log"))
+        bad_log = tmp_path / "bad.log"
+        deadline = time.monotonic() + 30
+        while "unrecognized arguments: --no-such-option" not in bad_log.read_text():
+            assert time.monotonic() < deadline, bad_log.read_text()
+            time.sleep(0.05)
+    finally:
+        for pid in pids:
+            stop_process(pid, grace=10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import stat
 import subprocess
 import sys
@@ -353,3 +354,27 @@ def test_etcd_prefixes_are_apart(etcd: object) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_memory_range_agrees_with_a_scan_through_puts_and_deletes() -> None:
+    """MemoryStore keeps its keys sorted for ``range`` (issue 21: the dry run ranged by scanning
+    every key); after random puts, deletes and bulk loads, each prefix's range is what a scan
+    of every key finds, in key order."""
+    rng = random.Random(21)
+    store = MemoryStore()
+    model: dict[str, str] = {}
+    keys = [f"/{a}/{b}{c}" for a in ("c", "ca", "h") for b in ("x", "y") for c in range(40)]
+    store.txn([], [Put(k, "bulk") for k in keys[::3]])  # a bulk load (one sort)
+    model.update({k: "bulk" for k in keys[::3]})
+    for _ in range(600):
+        key = rng.choice(keys)
+        if rng.random() < 0.6:
+            store.txn([], [Put(key, str(rng.random()))])
+            model[key] = store.get(key).value  # type: ignore[union-attr]
+        else:
+            store.txn([], [Delete(key)])
+            model.pop(key, None)
+        prefix = rng.choice(["/", "/c", "/c/", "/ca/", "/h/x", "/h/y1", "/z"])
+        got, _ = store.range(prefix)
+        assert [(kv.key, kv.value) for kv in got] == \
+            sorted((k, v) for k, v in model.items() if k.startswith(prefix))
