@@ -20,13 +20,11 @@ its owner the runtime's container ID. Who does what:
   waited for (the first attachment of a network on this host: its lease and bridge come with
   that pass; network policy; see ``Reconciler.attach_now``). Anything failing half-way is
   rolled back: the veth removed, the record dropped (its address with it).
-- ``DEL``: ``HostSync.Detach`` (unknown: fine), answered as soon as the controller has
-  forgotten the attachment; its veth is removed right after by a thread of this service (the
-  kernel's unregistering of a device takes tens of milliseconds); the reconciler's next pass
-  removes the guard, and the veth itself should the agent stop first. An ADD of the same
-  attachment, or into a namespace whose interface is still going, waits for that removal; a
-  pass of an older revision may still rebuild the veth meanwhile: such an ADD also waits for
-  the reconciler to have seen the DEL.
+- ``DEL``: ``HostSync.Detach`` (unknown: fine); then a thread of this service removes its veth
+  and the answer waits for it, as the reference plugins' DEL does (a runtime may reuse the
+  namespace at once); the reconciler's next pass removes the guard, and the veth itself should
+  the agent stop first. An ADD of the same attachment waits for the reconciler to have seen
+  the DEL (a pass of an older revision may still rebuild the veth meanwhile).
 - ``CHECK``: the record, the interface, its address and default route against ``prevResult``;
   published ports against ``runtimeConfig.portMappings`` and their DNAT rules.
 - ``STATUS``: whether this agent is connected to a controller; ``GC``: detach this network's
@@ -444,7 +442,7 @@ class CniService:
 
     def delete(self, request: dict[str, Any]) -> None:
         """The controller forgets the attachment; then, when the agent gave ``remove_veth``,
-        its veth is queued for removal by this service's thread (the peer in the runtime's
+        its veth is removed by this service's thread, waited for (the peer in the runtime's
         namespace goes with it; the reconciler's next pass takes the firewall guard away and
         finds nothing else to do), else the reconciler's pass removes it, waited for."""
         ifname = str(request.get("ifname") or "")
@@ -459,6 +457,9 @@ class CniService:
                 self._removing[name] = revision
                 self._veths_going[name] = gone
             self._veth_queue.put((name, veth_name(name, ifname), gone))
+            # The answer waits for the interface to go, as the reference plugins' DEL does: a
+            # runtime may look into (or reuse) its namespace as soon as DEL returns.
+            gone.wait(DEL_TIMEOUT)
 
     def _remove_veths(self) -> None:
         """The thread that removes the veths of DELs (``AgentSide.remove_veth``), in order."""

@@ -420,7 +420,7 @@ class Agent:
         reconciler = Reconciler(self.args.run_dir,
                                 cast(LinkOps, Timed(links, self.metrics.netlink_seconds)),
                                 cast(FirewallOps, Timed(firewall, self.metrics.nft_seconds)),
-                                host_netns=self.args.netns,
+                                sysctl, host_netns=self.args.netns,
                                 local=self.local, runtime=runtime, images=images,
                                 policy_fw=policy_fw, shaper=Shaper())
         if self.dns is not None:

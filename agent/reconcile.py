@@ -31,10 +31,9 @@ from agent import plan as p
 from agent.containers import Containers
 from agent.desired import DesiredContainer, DesiredNetwork, DesiredPeer, DesiredState, LocalHost
 from agent.imagestore import ImageStore
-from agent.kernel import sysctl
 from agent.kernel.links import ObservedPeers, ObservedVxlan
 from agent.kernel.policyfw import PolicyFirewall
-from agent.kernel.seams import FirewallOps, LinkOps
+from agent.kernel.seams import FirewallOps, LinkOps, SysctlOps
 from agent.kernel.shaping import Shape, Shaper
 from agent.names import (
     bridge_alias,
@@ -60,11 +59,11 @@ class SetPeers:
     peers: tuple[DesiredPeer, ...]
 
 
-def _ip6_forward(desired: DesiredState) -> bool:
+def _ip6_forward(desired: DesiredState, sysctls: SysctlOps) -> bool:
     """IPv6 forwarding in this namespace, read only when a network of it is dual-stack."""
     if not any(net.subnet6 for net in desired.networks.values()):
         return False
-    return sysctl.read_sysctl("net.ipv6.conf.all.forwarding") == "1"
+    return sysctls.read_sysctl("net.ipv6.conf.all.forwarding") == "1"
 
 
 def group_peers(actions: Iterable[p.Action]) -> list[p.Action | SetPeers]:
@@ -98,7 +97,7 @@ class Reconciler:
     """Owns the kernel façade; use it from one thread only (pyroute2 sockets are per thread).
     ``containers`` is the container side (agent.containers), built from the same arguments."""
 
-    def __init__(self, run_dir: str, links: LinkOps, fw: FirewallOps,
+    def __init__(self, run_dir: str, links: LinkOps, fw: FirewallOps, sysctls: SysctlOps,
                  stop_grace: float = 1.0, host_netns: str = "",
                  local: LocalHost | None = None, runtime: Runtime | None = None,
                  images: ImageStore | None = None, cgroup_parent: str = "",
@@ -106,6 +105,7 @@ class Reconciler:
                  policy_fw: PolicyFirewall | None = None,
                  shaper: Shaper | None = None) -> None:
         self.local = local or LocalHost()
+        self.sysctls = sysctls  # kernel/sysctl.py: the calling thread's namespace's
         self.policy_fw = policy_fw  # None: no network policy here (unit tests with fakes)
         self.shaper = shaper  # None: no bandwidth limits here (unit tests with fakes)
         self.links = links
@@ -141,8 +141,8 @@ class Reconciler:
                   if link.kind == "vxlan" and (vx := self.links.observe_vxlan(name))}
         peers = self._observe_peers(vxlans, full)
         return p.Observed(links=owned, containers=containers, firewall=firewall_state(),
-                          ip_forward=sysctl.read_sysctl("net.ipv4.ip_forward") == "1",
-                          ip6_forward=_ip6_forward(desired),
+                          ip_forward=self.sysctls.read_sysctl("net.ipv4.ip_forward") == "1",
+                          ip6_forward=_ip6_forward(desired, self.sysctls),
                           vxlans=vxlans, peers=peers)
 
     def _observe_peers(self, vxlans: dict[str, ObservedVxlan],
@@ -284,9 +284,9 @@ class Reconciler:
     def apply(self, action: p.Action | SetPeers) -> None:
         match action:
             case p.EnableForwarding(ipv6):
-                sysctl.ensure_ip_forward(True)
+                self.sysctls.ensure_sysctl("net.ipv4.ip_forward", "1")
                 if ipv6:  # the host's namespace routes its networks' IPv6 too (issue 20)
-                    sysctl.ensure_sysctl("net.ipv6.conf.all.forwarding", "1")
+                    self.sysctls.ensure_sysctl("net.ipv6.conf.all.forwarding", "1")
             case p.SyncFirewall(spec):
                 if spec.networks:
                     self.firewall.apply(spec)

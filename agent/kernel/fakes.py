@@ -234,3 +234,20 @@ class FakeCgroups:
 
     def remove(self, path: str, keep_parents_of: str = "/") -> None:
         self.removed.append(path)
+
+
+@dataclass
+class FakeSysctls:
+    """Sysctls in a dict (absent: "0"), so that a reconciler under test writes none of the
+    namespace its test runs in."""
+
+    values: dict[str, str] = field(default_factory=dict)
+
+    def read_sysctl(self, key: str) -> str:
+        return self.values.get(key, "0")
+
+    def ensure_sysctl(self, key: str, value: str) -> bool:
+        if self.values.get(key) == value:
+            return False
+        self.values[key] = value
+        return True

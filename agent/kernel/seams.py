@@ -9,8 +9,10 @@ a ``None`` where a kernel object belongs. mypy checks both sides against these.
 
 The container side (agent.containers) goes through three more: ``SandboxOps`` (pinned
 namespaces; ``kernel/netns.py``), ``ProcessOps`` (container processes: alive, stopped, reaped;
-``kernel/procs.py``) and ``CgroupOps`` (``kernel/cgroups.py``). Their real side is the module
-itself (a module satisfies a Protocol of functions), their fakes are in ``kernel/fakes.py``.
+``kernel/procs.py``) and ``CgroupOps`` (``kernel/cgroups.py``); the reconciler's sysctls go
+through ``SysctlOps`` (``kernel/sysctl.py``: a unit test's reconciler must not write the
+namespace its test runs in). Their real side is the module itself (a module satisfies a
+Protocol of functions), their fakes are in ``kernel/fakes.py``.
 Pidfiles and the agent's other small files are plain file I/O, not a seam.
 """
 
@@ -107,3 +109,9 @@ class ProcessOps(Protocol):
 
 class CgroupOps(Protocol):
     def remove(self, path: str, keep_parents_of: str = "/") -> None: ...
+
+
+class SysctlOps(Protocol):
+    def read_sysctl(self, key: str) -> str: ...
+
+    def ensure_sysctl(self, key: str, value: str) -> bool: ...

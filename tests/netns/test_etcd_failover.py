@@ -59,7 +59,10 @@ def test_agents_move_to_another_replica_without_losing_traffic(run_prefix: str) 
                     ["nsenter", f"--net={a['netns']}", "ping", "-n", "-i", "0.05",
                      "-c", "200", "-W", "1", b["ip"]])
                 try:
-                    controllers.kill(0)  # the replica both agents watch
+                    # `up` spreads the agents over the replicas (h1 starts on c0, h2 on c1):
+                    # both replicas go, and both agents must move to the last one.
+                    controllers.kill(0)
+                    controllers.kill(1)
                     # Created during the failover, through the surviving replicas.
                     cli.run("run", "--name", "c", "--host", "h2", "--network", "ov")
                     out, _ = pinger.communicate(timeout=60)
@@ -72,7 +75,7 @@ def test_agents_move_to_another_replica_without_losing_traffic(run_prefix: str) 
                 assert sent.group(1) == sent.group(2) == "200", out
                 for host in ("h1", "h2"):
                     log = (cli.run_dir / "lab" / f"{run_prefix}{host}" / "agent.log").read_text()
-                    assert f"moving to controller {controllers.address(1)}" in log, log[-2000:]
+                    assert f"moving to controller {controllers.address(2)}" in log, log[-2000:]
                 c = cli.container("c")
                 assert c["state"] == "running"
                 assert ping(a["netns"], c["ip"], count=3)

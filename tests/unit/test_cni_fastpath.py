@@ -12,7 +12,13 @@ import pytest
 from test_plan import FRONT, desired
 
 from agent.desired import DesiredContainer, DesiredState
-from agent.kernel.fakes import FakeFirewall, FakeLinks, FakeRuntime, FakeSandboxes
+from agent.kernel.fakes import (
+    FakeFirewall,
+    FakeLinks,
+    FakeRuntime,
+    FakeSandboxes,
+    FakeSysctls,
+)
 from agent.names import veth_name
 from agent.netpolicy import PolicyInput
 from agent.nftrules import fingerprint
@@ -32,9 +38,12 @@ VETH = veth_name(ATT.name, ATT.interface)
 def host(tmp_path: Path) -> tuple[Reconciler, FakeLinks, FakeFirewall]:
     """A reconciler on fakes whose last pass realised network ``front`` (its bridge)."""
     links, fw = FakeLinks(), FakeFirewall()
-    reconciler = Reconciler(str(tmp_path), links=links, fw=fw, runtime=FakeRuntime())
+    reconciler = Reconciler(str(tmp_path), links=links, fw=fw, sysctls=FakeSysctls(),
+                            runtime=FakeRuntime())
     reconciler.containers.sandboxes = FakeSandboxes({NETNS})  # the runtime's namespace
     assert reconciler.reconcile(desired()).actions  # bridge, forwarding, firewall
+    # forwarding went to the fake, not to the namespace this test runs in
+    assert reconciler.sysctls.read_sysctl("net.ipv4.ip_forward") == "1"
     assert reconciler.reconcile(desired()).actions == []
     return reconciler, links, fw
 
@@ -72,7 +81,7 @@ def test_the_fast_path_declines_when_a_pass_is_needed(
     state, ctr = with_attachment(desired()), ATT
     if why == "no pass yet":
         reconciler = Reconciler(str(tmp_path / "fresh"), links=links, fw=fw,
-                                runtime=FakeRuntime())
+                                sysctls=FakeSysctls(), runtime=FakeRuntime())
     elif why == "new lease":  # the controller moved the lease since the last pass
         net = dataclasses.replace(FRONT, subnet="10.88.1.0/24", gateway="10.88.1.1")
         ctr = dataclasses.replace(ATT, ip="10.88.1.9", gateway="10.88.1.1")

@@ -13,7 +13,7 @@ from test_plan import DB, FRONT, WEB, desired
 
 from agent import plan as p
 from agent.desired import DesiredNetwork, DesiredPeer, DesiredState, LocalHost
-from agent.kernel.fakes import FakeFirewall, FakeLinks, FakeRuntime
+from agent.kernel.fakes import FakeFirewall, FakeLinks, FakeRuntime, FakeSysctls
 from agent.names import vxlan_alias, vxlan_name
 from agent.observed import ObservedPeers, ObservedVxlan
 from agent.reconcile import Reconciler, peers_after_set
@@ -61,7 +61,7 @@ def test_every_action_is_described_and_restarts_are_not_repairs() -> None:
 
 def test_no_container_is_set_up_while_the_firewall_fails(tmp_path: Path) -> None:
     reconciler = Reconciler(str(tmp_path), links=FakeLinks(), fw=FakeFirewall(),
-                            runtime=FakeRuntime())
+                            sysctls=FakeSysctls(), runtime=FakeRuntime())
     applied: list[Any] = []
 
     def apply(action: Any) -> None:
