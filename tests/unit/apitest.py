@@ -139,6 +139,16 @@ def api(server: RunningServer, store: Store) -> Iterator[Api]:
 
 
 @pytest.fixture
+def mem_api(start_server: StartServer) -> Iterator[Api]:
+    """One server on the memory store, with host h1 (for tests of one feature through the API;
+    the stores are tested for every kind by ``api``)."""
+    store = MemoryStore()
+    with connect(start_server(store), store) as a:
+        a.host("h1")
+        yield a
+
+
+@pytest.fixture
 def front(api: Api) -> Api:
     """A store with host h1 and network front (10.88.0.0/16, /24 per host)."""
     api.host("h1")

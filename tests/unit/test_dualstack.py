@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
-from apitest import TIMEOUT, Api, connect, details, rpc_error, unchanged
+from apitest import TIMEOUT, Api, details, rpc_error, unchanged
 from dnslib import DNSRecord
 from netaddr import IPAddress
 
@@ -33,7 +32,6 @@ from sdnctl.cli.output import container_json
 from sdnctl.cli.verbs import container_from_args, network_from_args
 from sdnctl.controller import ipam, ipam_report
 from sdnctl.controller.errors import AlreadyExists, FailedPrecondition
-from sdnctl.controller.server import create_server
 from sdnctl.controller.store.base import Put
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.topology.topology import TopologyError, parse
@@ -211,19 +209,6 @@ def test_a_slash_64_is_never_enumerated() -> None:
 
 
 # -- through the API -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def mem_api(tmp_path: Path) -> Iterator[Api]:
-    """One server on the memory store (the stores are tested for every kind elsewhere)."""
-    store = MemoryStore()
-    server = create_server("unix:" + str(tmp_path / "c.sock"), store)
-    try:
-        with connect(server, store) as api:
-            api.host("h1")
-            yield api
-    finally:
-        server.stop(grace=0)
 
 
 def test_the_api_gives_a_container_an_address_in_each_family(mem_api: Api) -> None:

@@ -6,13 +6,12 @@ firewall, resolver and check's matrix see a container with no IPv4 address."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
-from apitest import TIMEOUT, Api, connect, details, rpc_error, unchanged
+from apitest import TIMEOUT, Api, details, rpc_error, unchanged
 from dnslib import DNSRecord
 
 from agent import dns
@@ -22,7 +21,6 @@ from agent.nftrules import BridgeNet, FirewallSpec, PortGuard, PortRule, render
 from sdnctl.api.model import Container, Invalid, Network
 from sdnctl.api.validate import validate_network
 from sdnctl.controller import ipam, ipam_report
-from sdnctl.controller.server import create_server
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.topology import check
 from sdnctl.topology.topology import TopologyError, parse
@@ -70,18 +68,6 @@ def test_its_lease_and_addresses_are_ipv6_only_and_released_whole() -> None:
     assert not any(k.startswith(("/ipam/only6/subnet/fd00:93::_", "/ipam/only6/addr/"))
                    for k in left), left
     assert ipam.ensure_lease(store, ONLY6, "h1").subnet6 == "fd00:93::/64"  # its previous one
-
-
-@pytest.fixture
-def mem_api(tmp_path: Path) -> Iterator[Api]:
-    store = MemoryStore()
-    server = create_server("unix:" + str(tmp_path / "c.sock"), store)
-    try:
-        with connect(server, store) as api:
-            api.host("h1")
-            yield api
-    finally:
-        server.stop(grace=0)
 
 
 def test_the_api_runs_an_ipv6_only_network(mem_api: Api) -> None:
