@@ -24,7 +24,6 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from netaddr import IPNetwork
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -35,7 +34,6 @@ from agent.kernel.linkbase import (
     MAIN_TABLE,
     RTPROT_SDNCTL,
     LinkBase,
-    add_address6,
     delete_link,
     get_link,
 )
@@ -231,8 +229,8 @@ class Links(VxlanLinks, LinkBase):
         self._fix_link(ipr, link, what, mtu=mtu, master=master_index, state="up", ifalias=alias)
         peer_index = link.get_attr("IFLA_LINK")
         if created and peer_index:
-            self._configure_new_peer(netns_path, peer_ifname, peer_index, alias, address_cidr,
-                                     gateway, address6_cidr, gateway6)
+            self._configure_new_peer(netns_path, peer_ifname, alias, address_cidr, gateway,
+                                     address6_cidr, gateway6, index=peer_index)
             return int(link["index"])
         try:
             self._ensure_container_side(netns_path, peer_ifname, alias, mtu, address_cidr,
@@ -251,8 +249,8 @@ class Links(VxlanLinks, LinkBase):
         peer_index = link.get_attr("IFLA_LINK")
         if not (created and peer_index):
             raise KernelError(f"could not replace {what}: it came back at once")
-        self._configure_new_peer(netns_path, peer_ifname, peer_index, alias, address_cidr,
-                                 gateway, address6_cidr, gateway6)
+        self._configure_new_peer(netns_path, peer_ifname, alias, address_cidr, gateway,
+                                 address6_cidr, gateway6, index=peer_index)
         return int(link["index"])
 
     def add_veth(
@@ -290,26 +288,31 @@ class Links(VxlanLinks, LinkBase):
             code = next(c for c in codes if c)
             raise KernelError(f"could not add {what}: {os.strerror(code)}")
         faults.point("veth")
-        self._configure_peer_raw(netns_path, peer_ifname, alias, address_cidr, gateway,
+        self._configure_new_peer(netns_path, peer_ifname, alias, address_cidr, gateway,
                                  address6_cidr, gateway6)
 
-    def _configure_peer_raw(self, netns_path: str, peer: str, alias: str, address_cidr: str,
-                            gateway: str, address6_cidr: str, gateway6: str) -> None:
-        """``_configure_new_peer`` as one batch on a socket opened for it."""
+    def _configure_new_peer(self, netns_path: str, peer: str, alias: str, address_cidr: str,
+                            gateway: str, address6_cidr: str = "", gateway6: str = "",
+                            index: int = 0) -> None:
+        """The peer just created (name, MTU and MAC set at birth; ``index``, when known, is the
+        host side's IFLA_LINK, else it is read by name): up with our alias, its addresses, its
+        default routes, as ONE batch of raw requests on a socket opened for it (pyroute2 took
+        a round trip, and a decode, for each)."""
         what = f"{peer!r} in {netns_path!r}"
         fd = open_netlink_fds([netns_path])[netns_path]
         if isinstance(fd, OSError):
             raise KernelError(f"could not enter network namespace {netns_path!r}: {fd}")
         with rtnl.Reader(fd) as reader:
             try:
-                link = reader.link(peer)
-                if link is None:
-                    raise KernelError(f"could not find {what}: host side exists without it")
-                requests = [rtnl.link_up(alias, index=link.index),
-                            *(rtnl.address_add(link.index, cidr)
+                if not index:
+                    link = reader.link(peer)
+                    if link is None:
+                        raise KernelError(f"could not find {what}: host side exists without it")
+                    index = link.index
+                requests = [rtnl.link_up(alias, index=index),
+                            *(rtnl.address_add(index, cidr)
                               for cidr in (address_cidr, address6_cidr) if cidr),
-                            *(rtnl.route_replace(dst, via, link.index, MAIN_TABLE,
-                                                 RTPROT_SDNCTL, 0)
+                            *(rtnl.route_replace(dst, via, index, MAIN_TABLE, RTPROT_SDNCTL, 0)
                               for dst, via in (("0.0.0.0/0", gateway), ("::/0", gateway6))
                               if via)]
                 codes = reader.send_all(requests)
@@ -389,35 +392,6 @@ class Links(VxlanLinks, LinkBase):
         finally:
             os.close(fd)
         return self._read_back(self._host, name, "veth", alias), created
-
-    def _configure_new_peer(self, netns_path: str, peer: str, index: int, alias: str,
-                            address_cidr: str, gateway: str, address6_cidr: str = "",
-                            gateway6: str = "") -> None:
-        """The peer this call just created (name, MTU and MAC set at birth; its index is the
-        host side's IFLA_LINK): up with our alias, its address, its default route. Nothing to
-        read first: three writes where repairing an existing one takes three reads more."""
-        what = f"{peer!r} in {netns_path!r}"
-        ipr = self._in(netns_path)
-        try:
-            ipr.link("set", index=index, state="up", ifalias=alias)
-            if address_cidr:  # none on an IPv6-only network
-                address = IPNetwork(address_cidr)
-                ipr.addr("add", index=index, address=str(address.ip),
-                         prefixlen=address.prefixlen)
-            if address6_cidr:
-                add_address6(ipr, index, address6_cidr)
-        except NetlinkError as e:
-            raise KernelError(f"could not bring up and address {what}") from e
-        faults.point("address")
-        for dst, via in (("0.0.0.0/0", gateway), ("::/0", gateway6)):
-            if not via:
-                continue
-            try:
-                ipr.route("replace", dst=dst, gateway=via, oif=index, proto=RTPROT_SDNCTL,
-                          table=MAIN_TABLE)
-            except NetlinkError as e:
-                raise KernelError(f"could not set default route via {via} for {what}") from e
-        faults.point("route")
 
     def _ensure_container_side(
         self, netns_path: str, peer: str, alias: str, mtu: int, address_cidr: str, gateway: str,
