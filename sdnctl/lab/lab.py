@@ -570,6 +570,7 @@ def _wait_forked(pid: int, netns_ino: int, log_path: str) -> None:
                 raise LabError(f"the agent (pid {pid}) exited at once; see {log_path}") \
                     from None
         time.sleep(0.002)
+    stop_process(pid)  # a half-started agent is not left running, as with _wait_entered
     raise LabError(f"the agent (pid {pid}) did not enter its namespace in {SPAWN_TIMEOUT}s; "
                    f"see {log_path}")
 
