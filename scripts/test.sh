@@ -12,4 +12,7 @@ echo "== pytest"
 # one process): namespace tests mostly wait on kernels and daemons, so two of them share the two
 # cores well, and every test names what it builds with a prefix of its own, so they never meet.
 # SDNCTL_TEST_WORKERS=0 runs everything in this one process.
-.venv/bin/pytest -n "${SDNCTL_TEST_WORKERS:-2}" --dist loadfile "$@"
+# --timeout: no test takes 100 s on a quiet machine; one that hangs fails after 300 s with its
+# traceback (pytest-timeout), and the run goes on, instead of running into CI's time limit.
+.venv/bin/pytest -n "${SDNCTL_TEST_WORKERS:-2}" --dist loadfile \
+  --timeout "${SDNCTL_TEST_TIMEOUT:-300}" "$@"
