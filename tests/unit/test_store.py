@@ -152,11 +152,13 @@ def _trim(kind: str, make_store: MakeStore, keep: int) -> tuple[Store, Callable[
 
     def compact() -> None:
         # etcd compacts whole revisions: keep the newest ``keep`` changes and drop the rest of a
-        # revision that would be split (its kept part goes too), as the others do.
+        # revision that would be split (its kept part goes too), as the others do. A
+        # compaction at revision C keeps C's writes but not its deletions, so the store counts
+        # C as gone: compacting at C keeps what is after C.
         changes = etcd.changes_since(0)
         oldest = changes[-keep].revision
         split = len(changes) > keep and changes[-keep - 1].revision == oldest
-        etcd.compact(oldest + 1 if split else oldest)
+        etcd.compact(oldest if split else oldest - 1)
 
     return etcd, compact
 
@@ -173,6 +175,25 @@ def test_changes_since_raises_compacted(kind: str, make_store: MakeStore) -> Non
     assert caught.value.compact_revision == r[2]
     with pytest.raises(Compacted):
         store.changes_since(0)
+
+
+def test_a_change_comes_with_its_previous_value_or_is_a_gap(kind: str,
+                                                           make_store: MakeStore) -> None:
+    """Who a deletion concerns is read from the value it deleted (the watch hub finds the
+    container's host in it): a store whose history no longer holds that value (etcd, compacted
+    past the key's last write) must say so (Compacted: the reader takes a snapshot) rather
+    than hand out the deletion without it. Without it, an agent never heard of a deletion."""
+    store, trim = _trim(kind, make_store, keep=1)
+    store.txn([], [Put("/a", b"1")])
+    before = store.txn([], [Put("/b", b"2")]) or 0
+    store.txn([], [Delete("/a")])
+    trim()  # only the deletion is kept, not the write of what it deleted
+    try:
+        changes = store.changes_since(before)
+    except Compacted:
+        assert isinstance(store, EtcdStore)  # the others keep the value with the change
+        return
+    assert changes == [Change(changes[0].revision, "/a", None, b"1")]
 
 
 def test_compaction_splitting_a_revision(kind: str, make_store: MakeStore) -> None:

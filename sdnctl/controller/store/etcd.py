@@ -455,6 +455,12 @@ class EtcdStore:
         # Nothing under the prefix is older than the marker: a compaction of the cluster's
         # history from before the prefix existed takes nothing of ours.
         start = max(revision + 1, int(marker.get("create_revision", 0)))
+        # A compaction AT ``start`` is not reported by a watch from there (only one past it
+        # is), yet it dropped that revision's deletions: the watch then silently lacks them
+        # (and waits for them until it times out when they were the last). Checked before
+        # the watch (no wait for that) and after it (a compaction meanwhile).
+        if not self._history_from(start):
+            raise Compacted(revision, start)
         request = {"create_request": {
             "key": _b64(self._range_start), "range_end": _b64(self._range_end),
             "start_revision": str(start), "prev_kv": True}}
@@ -468,15 +474,36 @@ class EtcdStore:
                     newest = 0
                     for event in message.get("events") or []:
                         change = self._change(event)
+                        if _prev_trimmed(event):
+                            # What the key held before is compacted away (a watch sends no
+                            # prev_kv then): who a deletion or an update concerned is
+                            # unknowable, so the reader takes a snapshot as for a gap.
+                            raise Compacted(revision, change.revision)
                         newest = max(newest, change.revision)
                         if change.revision <= last:
                             changes.append(change)
                     if newest >= last:
-                        return changes
+                        break
         except (OSError, http.client.HTTPException, ValueError) as e:
+            if not self._history_from(start):
+                raise Compacted(revision, start) from e
             raise StoreUnavailable(f"could not replay etcd history after revision "
                                    f"{revision}: {e}") from e
-        return changes  # not reached: the stream ends with an error instead
+        if not self._history_from(start):
+            raise Compacted(revision, start)
+        return changes
+
+    def _history_from(self, start: int) -> bool:
+        """Whether etcd still holds every change from revision ``start`` on: a read as of
+        ``start - 1`` is refused once a compaction reached ``start``."""
+        try:
+            self._call("/v3/kv/range", {"key": _b64(self._marker), "count_only": True,
+                                        "revision": str(start - 1)})
+        except EtcdError as e:
+            if "compacted" in str(e):
+                return False
+            raise
+        return True
 
     def _change(self, event: dict[str, Any]) -> Change:
         kv = event["kv"]
@@ -574,3 +601,13 @@ class EtcdStore:
         """etcd's own revision (moved by every user of the cluster)."""
         answer = self._call("/v3/kv/range", {"key": _b64(self._marker)})
         return int(answer["header"]["revision"])
+
+
+def _prev_trimmed(event: dict[str, Any]) -> bool:
+    """A watch event that should carry the key's previous value and does not: a deletion, or
+    an update of a key that existed (version above 1), whose previous revision was compacted
+    (a watch from an old revision sends the event without ``prev_kv`` then). The hub found the
+    host of a deleted container in it: without it, that host was never told (a CI hang)."""
+    if event.get("prev_kv"):
+        return False
+    return event.get("type") == "DELETE" or int(event["kv"].get("version", 1)) > 1
