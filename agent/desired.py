@@ -8,6 +8,7 @@ a consistent copy (:meth:`DesiredState.copy`).
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
@@ -305,6 +306,16 @@ def policy_from_pb(msg: pb.PolicySet) -> PolicyInput:
         network_cidrs6=tuple(sorted(msg.network_cidrs6.items())))
 
 
+class Changed(enum.IntFlag):
+    """What a Watch event changed (``DesiredState.apply``); false when nothing did."""
+
+    #: The policy input: the policy table is rewritten, no pass (agent/main.py), since nothing
+    #: else the host runs depends on it. A change of policies, or of the addresses they select
+    #: on other hosts, reaches every host: at 100 hosts a whole pass each was 100 passes.
+    POLICY = enum.auto()
+    HOST = enum.auto()  # networks, containers, the first snapshot: a pass
+
+
 @dataclass
 class DesiredState:
     revision: int = 0
@@ -320,9 +331,11 @@ class DesiredState:
     #: word is the whole truth (a later Detach included).
     provisional: dict[str, tuple[int, DesiredContainer]] = field(default_factory=dict)
 
-    def apply(self, event: pb.WatchEvent) -> bool:
-        """Fold one Watch event in. Returns True when anything the host must run changed."""
-        before = (dict(self.networks), dict(self.containers), self.synced, self.policy)
+    def apply(self, event: pb.WatchEvent) -> Changed:
+        """Fold one Watch event in. Returns what changed: nothing (a progress notice, or what
+        this host holds already), the policy input alone, or what the host runs."""
+        before = (dict(self.networks), dict(self.containers), self.synced)
+        policy_before = self.policy
         if event.HasField("policy_set"):
             self.policy = policy_from_pb(event.policy_set)
         if event.snapshot:
@@ -347,7 +360,12 @@ class DesiredState:
             self.revision = max(self.revision, event.revision) if not event.snapshot \
                 else event.revision
         self._keep_provisional()
-        return before != (self.networks, self.containers, self.synced, self.policy)
+        changed = Changed(0)
+        if before != (self.networks, self.containers, self.synced):
+            changed |= Changed.HOST
+        if policy_before != self.policy:
+            changed |= Changed.POLICY
+        return changed
 
     def add_provisional(self, revision: int, ctr: DesiredContainer) -> bool:
         """``ctr``, recorded by the controller at ``revision``, before the stream brings it.

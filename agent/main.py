@@ -43,7 +43,7 @@ from pyroute2 import IPRoute
 from agent import dns, imagegc
 from agent import plan as p
 from agent.cni import AgentSide, CniService, Realised, remove_veth_now
-from agent.desired import DesiredContainer, DesiredState, LocalHost
+from agent.desired import Changed, DesiredContainer, DesiredState, LocalHost
 from agent.dockerplugin import DockerPluginServer, DockerSide, Plugin, accept_in_docker_user
 from agent.drivers import DRIVERS
 from agent.imagefetch import GrpcFetcher
@@ -205,6 +205,7 @@ class Agent:
         self.current = 0
         self.last_report: tuple[int, list[ContainerStatus]] | None = None
         self.pending_pass = True  # the desired state changed (or a process exited) since
+        self.pending_policy = False  # the policy input alone changed since (Changed.POLICY)
         self.generation = 0  # counts changes of the desired state
         self.repairs = 0  # actions taken while the desired state stood still (drift)
         self.watching = False  # a Watch stream delivered its first event and has not broken
@@ -367,7 +368,10 @@ class Agent:
                     backoff = 0.1
                     self.watching = True
                     with self.lock:
-                        if self.desired.apply(event):
+                        changed = self.desired.apply(event)
+                        if changed & Changed.POLICY:
+                            self.pending_policy = True  # with no pass: the policy table alone
+                        if changed & Changed.HOST:
                             self.pending_pass = True
                             self.generation += 1
                             if self.dns is not None:
@@ -455,7 +459,8 @@ class Agent:
                     self.attach_cond.wait_for(
                         lambda: self.attaching == len(self.attach_jobs) == 0
                         or bool(self.attach_jobs), ATTACH_HOLD)
-                    waiting = self.pending_pass or time.monotonic() >= due or statuses is None
+                    waiting = self.pending_pass or self.pending_policy or \
+                        time.monotonic() >= due or statuses is None
                 if self.run_attach_jobs(reconciler) and not waiting and \
                         not self.dirty.is_set():
                     continue  # the pass that reports it comes with the stream's event
@@ -465,6 +470,8 @@ class Agent:
                 with self.lock:
                     desired = self.desired.copy()
                     needed = self.pending_pass or time.monotonic() >= due or statuses is None
+                    policy_now = self.pending_policy and not needed  # (a pass does it too)
+                    self.pending_policy = False
                     # A full pass lists the nftables ruleset (drift); the others trust what
                     # the agent wrote. One is due every resync interval, however busy we are.
                     full = time.monotonic() >= full_due or last_generation is None
@@ -473,7 +480,11 @@ class Agent:
                 if not desired.synced:  # the first snapshot wakes us when it comes
                     due = time.monotonic() + self.args.resync
                     continue
-                if not needed:  # only the revision moved on: nothing here changed
+                if not needed:  # only the revision, or the policy input, moved on
+                    error = reconciler.sync_policies(desired) if policy_now else None
+                    if error is not None:
+                        self.wake_for_pass()  # a pass retries it, and reports the error
+                        continue
                     if flows_now:
                         self.read_traffic(desired, firewall, listed=False)
                     self.realised.publish(desired.revision, statuses or [])

@@ -137,8 +137,7 @@ class Reconciler:
                  firewall_state: Callable[[], str | None]) -> p.Observed:
         owned = {link.ifname: link for link in self.links.dump_owned()}
         containers = self.containers.observe(desired)
-        vxlans = {name: vx for name, link in owned.items()
-                  if link.kind == "vxlan" and (vx := self.links.observe_vxlan(name))}
+        vxlans = {name: link for name, link in owned.items() if isinstance(link, ObservedVxlan)}
         peers = self._observe_peers(vxlans, full)
         return p.Observed(links=owned, containers=containers, firewall=firewall_state(),
                           ip_forward=self.sysctls.read_sysctl("net.ipv4.ip_forward") == "1",
@@ -167,7 +166,10 @@ class Reconciler:
         outcome = Outcome(actions, observed)
         self.containers.stop_first(actions)
         # Policies first: a new container's address is in its sets before its process runs.
-        firewall_failed = not self._sync_policies(desired, full, outcome)
+        policy_error = self.sync_policies(desired, full)
+        if policy_error is not None:
+            outcome.errors[""] = policy_error
+        firewall_failed = policy_error is not None
         for action in group_peers(actions):
             key = getattr(getattr(action, "container", None), "name", "") or \
                 getattr(action, "name", "")
@@ -248,21 +250,21 @@ class Reconciler:
         except Exception as e:  # the next pass writes it
             log.warning("could not take the guard of %s away: %s", ctr.name, e)
 
-    def _sync_policies(self, desired: DesiredState, full: bool, outcome: Outcome) -> bool:
-        """Make the policy table what ``desired.policy`` says (issue 22; agent/netpolicy.py).
-        A full pass lists it first, so drift is repaired. False when it could not be applied."""
+    def sync_policies(self, desired: DesiredState, full: bool = False) -> str | None:
+        """Make the policy table what ``desired.policy`` says (issue 22; agent/netpolicy.py):
+        within a pass, and alone when a Watch event changed nothing but the policy input
+        (``desired.Changed.POLICY``: nothing else to observe or plan). A full pass lists the
+        table first, so drift is repaired. The error, when it could not be applied."""
         if self.policy_fw is None or not desired.synced:
-            return True
+            return None
         try:
             if full:
                 self.policy_fw.observe()
             self.policy_fw.apply(build_policy_tables(desired.policy))
         except Exception as e:
             log.warning("network policy failed: %s", e, exc_info=True)
-            outcome.errors[""] = f"network policy: {e}" + (f": {e.__cause__}"
-                                                           if e.__cause__ else "")
-            return False
-        return True
+            return f"network policy: {e}" + (f": {e.__cause__}" if e.__cause__ else "")
+        return None
 
     def _sync_shaping(self, desired: DesiredState, full: bool, outcome: Outcome) -> None:
         """Bandwidth limits on the veths of bridged containers (issue 22), set, changed and

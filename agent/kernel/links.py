@@ -115,31 +115,9 @@ class Links(VxlanLinks, LinkBase):
     # --- observation --------------------------------------------------------------------------
 
     def dump_owned(self) -> list[ObservedLink]:
-        """Every link in the host namespace whose alias marks it as ours: one link dump and one
-        address dump in all (read through ``rtnl``: a host with 1,000 containers has 1,000
-        veths, and pyroute2 decoded each of their ~50 attributes)."""
-        self._check_thread()
-        try:
-            links = self._reader.links()
-            addresses: dict[int, list[str]] = {}
-            for index, cidr in self._reader.global_addresses():
-                addresses.setdefault(index, []).append(cidr)
-        except (NetlinkError, OSError) as e:
-            raise KernelError("could not dump links") from e
-        names = {link.index: link.ifname for link in links}
-        return [
-            ObservedLink(
-                ifname=link.ifname,
-                index=link.index,
-                kind=link.kind,
-                alias=link.alias,
-                master=names.get(link.master) if link.master else None,
-                mtu=link.mtu,
-                up=bool(link.flags & IFF_UP),
-                addresses=tuple(sorted(addresses.get(link.index, []))),
-            )
-            for link in links if (link.alias or "").startswith(ALIAS_PREFIX)
-        ]
+        """Every link in the host namespace whose alias marks it as ours (a VXLAN device as an
+        ``ObservedVxlan``): one link dump and one address dump in all (``observe_links``)."""
+        return self.observe_links(lambda link: (link.alias or "").startswith(ALIAS_PREFIX))
 
     def observe_container(self, netns_path: str, peer_ifname: str) -> ObservedContainerNet | None:
         """The container side of an attachment, or None when the namespace or the device is gone

@@ -46,6 +46,8 @@ RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_IFALIAS = 1, 3, 4, 10, 20
 IFLA_LINKINFO, IFLA_EXT_MASK, IFLA_INFO_KIND = 18, 29, 1
 IFLA_NET_NS_FD, IFLA_INFO_DATA, VETH_INFO_PEER = 28, 2, 1
+IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4, 7
+IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6 = 15, 17  # the port in network byte order
 IFF_UP = 0x1
 IFA_LOCAL, IFA_F_NODAD = 2, 0x02
 RTEXT_FILTER_SKIP_STATS = 1 << 3
@@ -59,9 +61,21 @@ IFADDRMSG = struct.Struct("=BBBBi")  # family, prefix length, flags, scope, inde
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type,
 RTATTR = struct.Struct("=HH")  # length, type                                           # flags
 U32 = struct.Struct("=I")
+BE16 = struct.Struct("!H")
 ERRNO = struct.Struct("=i")
 RECV_SIZE = 1 << 16
 SEND_BATCH = 64  # requests per datagram of a batch: their acks must fit our receive buffer
+
+
+@dataclass(frozen=True)
+class Vxlan:
+    """A VXLAN link's IFLA_INFO_DATA, the attributes the agent compares."""
+
+    vni: int
+    port: int
+    local: str | None  # IPv4 or IPv6 source address
+    link: int | None  # the underlay's index
+    learning: bool
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,7 @@ class Link:
     kind: str | None = None  # IFLA_INFO_KIND
     alias: str | None = None
     master: int | None = None  # the master's index
+    vxlan: Vxlan | None = None  # kind "vxlan" only
 
 
 @dataclass(frozen=True)
@@ -233,12 +248,26 @@ def _string(value: memoryview | None) -> str | None:
 def parse_link(payload: memoryview) -> Link:
     _family, _type, index, flags, _change = IFINFOMSG.unpack_from(payload)
     attrs = attributes(payload, IFINFOMSG.size)
-    info = attrs.get(IFLA_LINKINFO)
-    kind = _string(attributes(info, 0).get(IFLA_INFO_KIND)) if info is not None else None
+    info = attributes(attrs[IFLA_LINKINFO], 0) if IFLA_LINKINFO in attrs else {}
+    kind = _string(info.get(IFLA_INFO_KIND))
+    data = info.get(IFLA_INFO_DATA)
     return Link(index=index, flags=flags, mtu=_u32(attrs.get(IFLA_MTU)) or 0,
                 mac=_mac(attrs.get(IFLA_ADDRESS)), ifname=_string(attrs.get(IFLA_IFNAME)) or "",
                 kind=kind, alias=_string(attrs.get(IFLA_IFALIAS)) or None,
-                master=_u32(attrs.get(IFLA_MASTER)) or None)
+                master=_u32(attrs.get(IFLA_MASTER)) or None,
+                vxlan=parse_vxlan(data) if kind == "vxlan" and data is not None else None)
+
+
+def parse_vxlan(data: memoryview) -> Vxlan:
+    attrs = attributes(data, 0)
+    port = attrs.get(IFLA_VXLAN_PORT)
+    learning = attrs.get(IFLA_VXLAN_LEARNING)
+    return Vxlan(vni=_u32(attrs.get(IFLA_VXLAN_ID)) or 0,
+                 port=BE16.unpack(port)[0] if port is not None else 0,
+                 local=_ip(socket.AF_INET, attrs.get(IFLA_VXLAN_LOCAL))
+                 or _ip(socket.AF_INET6, attrs.get(IFLA_VXLAN_LOCAL6)),
+                 link=_u32(attrs.get(IFLA_VXLAN_LINK)) or None,
+                 learning=bool(learning is not None and learning[0]))
 
 
 def parse_ipv4_address(payload: memoryview) -> tuple[int, str] | None:

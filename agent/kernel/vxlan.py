@@ -46,10 +46,7 @@ from agent.kernel.linkbase import (
     RTNH_F_ONLINK,
     RTPROT_SDNCTL,
     LinkBase,
-    _cidr,
-    _is_up,
     _kind,
-    _v4_by_index,
     delete_link,
     get_link,
 )
@@ -181,34 +178,9 @@ class VxlanLinks(LinkBase):
 
     def observe_vxlan(self, name: str) -> ObservedVxlan | None:
         """The VXLAN device ``name`` as the kernel has it, or None when there is none (or it is
-        not a VXLAN device). One link request, one address dump, one more link request for the
-        underlay's name."""
-        self._check_thread()
-        ipr = self._host
-        try:
-            link = get_link(ipr, name)
-            if link is None or _kind(link) != "vxlan":
-                return None
-            index = link["index"]
-            addrs = _v4_by_index(ipr.get_addr(family=socket.AF_INET, index=index)).get(index, [])
-            addrs += [_cidr(m) for m in ipr.get_addr(family=socket.AF_INET6, index=index)
-                      if m["scope"] == rtnl.RT_SCOPE_UNIVERSE]
-            data = _vxlan_data(link)
-            lower = data.get("IFLA_VXLAN_LINK")
-            underlay = ipr.link("get", index=lower)[0].get_attr("IFLA_IFNAME") if lower else None
-            master_index = link.get_attr("IFLA_MASTER")
-            master = ipr.link("get", index=master_index)[0].get_attr("IFLA_IFNAME") \
-                if master_index else None
-        except NetlinkError as e:
-            raise KernelError(f"could not read vxlan {name!r}") from e
-        return ObservedVxlan(
-            ifname=name, index=index, kind="vxlan", alias=link.get_attr("IFLA_IFALIAS"),
-            master=master, mtu=link.get_attr("IFLA_MTU"),
-            up=_is_up(link), addresses=tuple(sorted(addrs)),
-            vni=data.get("IFLA_VXLAN_ID", 0), port=data.get("IFLA_VXLAN_PORT", 0),
-            local=_local_of(data), underlay=underlay,
-            learning=bool(data.get("IFLA_VXLAN_LEARNING")), mac=link.get_attr("IFLA_ADDRESS"),
-        )
+        not a VXLAN device). A pass has them from ``dump_owned``."""
+        found = self.observe_links(lambda link: link.ifname == name)
+        return found[0] if found and isinstance(found[0], ObservedVxlan) else None
 
     def _dump_peers(self, indexes: Iterable[int]) -> dict[int, ObservedPeers]:
         """One route dump, one neighbour dump and one FDB dump for all ``indexes``."""

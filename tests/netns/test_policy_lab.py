@@ -442,9 +442,11 @@ def probe_one(src: dict[str, Any], ip: str, proto: str, port: int) -> str:
 # -- bandwidth (issue 22) --------------------------------------------------------------------
 
 def iperf(src_netns: str, server: dict[str, Any], reverse: bool, seconds: int = 2) -> float:
-    """Mbit/s that iperf3 measured from ``src_netns`` to a one-test server in ``server``'s
-    namespace (``reverse``: from it), the first second (slow start, the full bucket) left
-    out."""
+    """Mbit/s on the wire, as a token bucket counts them, from what iperf3 measured from
+    ``src_netns`` to a one-test server in ``server``'s namespace (``reverse``: from it), the
+    first second (slow start, the full bucket) left out. iperf3 counts TCP payload: each
+    segment of MSS bytes is MSS + 66 in the frame the bucket is charged for (Ethernet 14, IPv4
+    20, TCP with timestamps 32), ~4.5 % more at MSS 1448."""
     listener = subprocess.Popen(["nsenter", f"--net={server['netns']}", "iperf3", "-s", "-1"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -456,9 +458,11 @@ def iperf(src_netns: str, server: dict[str, Any], reverse: bool, seconds: int = 
         listener.kill()
         listener.wait()
     assert done.returncode == 0, done.stdout + done.stderr
-    end = json.loads(done.stdout)["end"]
+    result = json.loads(done.stdout)
+    end = result["end"]
     assert "sum_received" in end, done.stdout[-2000:]
-    return float(end["sum_received"]["bits_per_second"]) / 1e6
+    mss = int(result["start"].get("tcp_mss_default") or 1448)
+    return float(end["sum_received"]["bits_per_second"]) * (mss + 66) / mss / 1e6
 
 
 def test_bandwidth_limits_set_changed_and_removed_in_place(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agent.desired import DesiredContainer, DesiredNetwork, DesiredState
+from agent.desired import Changed, DesiredContainer, DesiredNetwork, DesiredState
 from agent.names import bridge_alias, bridge_name, container_mac, veth_alias, veth_name
 from agent.nftrules import fingerprint
 from agent.observed import ObservedContainerNet, ObservedLink
@@ -289,7 +289,7 @@ def test_snapshot_replaces_everything() -> None:
     changed = state.apply(pb.WatchEvent(
         revision=5, snapshot=True, networks=[host_network_pb("front", "10.88.0.0/24", "10.88.0.1")],
         containers=[container_pb("web", "10.88.0.2")]))
-    assert changed is True
+    assert changed == Changed.HOST
     assert state.synced is True
     assert state.revision == 5
     assert state.networks == {"front": DesiredNetwork(
@@ -302,13 +302,13 @@ def test_snapshot_identical_to_what_is_known_changes_nothing_once_synced() -> No
     event = pb.WatchEvent(revision=5, snapshot=True,
                           containers=[container_pb("web", "10.88.0.2")])
     state = DesiredState()
-    assert state.apply(event) is True
-    assert state.apply(event) is False
+    assert state.apply(event) == Changed.HOST
+    assert not state.apply(event)
 
 
 def test_first_empty_snapshot_is_a_change() -> None:
     state = DesiredState()
-    assert state.apply(pb.WatchEvent(revision=1, snapshot=True)) is True
+    assert state.apply(pb.WatchEvent(revision=1, snapshot=True)) == Changed.HOST
     assert state.synced is True
 
 
@@ -318,34 +318,34 @@ def test_delta_adds_changes_and_deletes() -> None:
     changed = state.apply(pb.WatchEvent(
         revision=8, containers=[container_pb("web", "10.88.0.9"), container_pb("app", "10.88.0.4")],
         deleted_containers=["db"]))
-    assert changed is True
+    assert changed == Changed.HOST
     assert state.revision == 8
     assert sorted(state.containers) == ["app", "web"]
     assert state.containers["web"].ip == "10.88.0.9"
     assert state.networks == {"front": FRONT}
     assert state.synced is True
 
-    assert state.apply(pb.WatchEvent(revision=9, deleted_networks=["front"])) is True
+    assert state.apply(pb.WatchEvent(revision=9, deleted_networks=["front"])) == Changed.HOST
     assert state.networks == {}
     assert state.revision == 9
 
 
 def test_delta_deleting_what_is_unknown_is_no_change() -> None:
     state = DesiredState(revision=5, synced=True, containers={"web": WEB})
-    assert state.apply(pb.WatchEvent(revision=6, deleted_containers=["ghost"])) is False
+    assert not state.apply(pb.WatchEvent(revision=6, deleted_containers=["ghost"]))
     assert state.containers == {"web": WEB}
     assert state.revision == 6
 
 
 def test_delta_repeating_known_values_is_no_change() -> None:
     state = DesiredState(revision=5, synced=True, containers={"web": WEB})
-    assert state.apply(pb.WatchEvent(revision=6, containers=[container_pb("web", "10.88.0.2")])) \
-        is False
+    assert not state.apply(pb.WatchEvent(revision=6,
+                                         containers=[container_pb("web", "10.88.0.2")]))
 
 
 def test_progress_notice_moves_the_revision_only() -> None:
     state = DesiredState(revision=5, synced=True, containers={"web": WEB})
-    assert state.apply(pb.WatchEvent(revision=12)) is False
+    assert not state.apply(pb.WatchEvent(revision=12))
     assert state.revision == 12
     assert state.containers == {"web": WEB}
 

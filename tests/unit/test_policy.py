@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.desired import DesiredState
+from agent.desired import Changed, DesiredState
 from agent.kernel.policyfw import counters
 from agent.kernel.shaping import burst_of, ifb_name
 from agent.netpolicy import PolicyInput, build, render, render_delta, rule_of_comment, set_name
@@ -194,6 +194,11 @@ def test_watch_sends_the_policy_set_to_every_host_when_it_changes() -> None:
     assert [e.container for e in pset.endpoints] == ["db"]
     event = watch.delta_event(state, "h2", store.changes_since(snap.revision))
     assert not event.containers  # h2 runs nothing: only the policy set concerns it
+    if not event.HasField("policy_set"):
+        event.policy_set.CopyFrom(watch.policy_set_pb(pset))
+    # The agent rewrites its policy table for it, with no pass (agent/main.py).
+    assert desired.apply(event) == Changed.POLICY
+    assert not desired.apply(event)
     with pytest.raises(Exception, match="does not exist"):
         policies.create_policy(store, Policy("p", "nowhere", (), egress=()))
 

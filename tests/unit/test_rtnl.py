@@ -69,6 +69,27 @@ def test_parse_link_reads_the_nested_kind_and_our_attributes() -> None:
     assert (bare.kind, bare.alias, bare.master, bare.flags) == (None, None, None, 0)
 
 
+def test_parse_link_reads_a_vxlan_devices_data() -> None:
+    def vxlan(local: bytes) -> bytes:
+        data = attr(rtnl.IFLA_VXLAN_ID, struct.pack("=I", 42)) + local + \
+            attr(rtnl.IFLA_VXLAN_LINK, struct.pack("=I", 2)) + \
+            attr(rtnl.IFLA_VXLAN_LEARNING, b"\0") + \
+            attr(rtnl.IFLA_VXLAN_PORT, struct.pack("!H", 4789))  # network byte order
+        body = rtnl.IFINFOMSG.pack(socket.AF_UNSPEC, 1, 9, 1, 0) + \
+            attr(rtnl.IFLA_IFNAME, b"sdnx1\0") + attr(rtnl.IFLA_LINKINFO | 0x8000, attr(
+                rtnl.IFLA_INFO_KIND, b"vxlan\0") + attr(rtnl.IFLA_INFO_DATA | 0x8000, data))
+        return body
+
+    v4 = rtnl.parse_link(memoryview(vxlan(attr(rtnl.IFLA_VXLAN_LOCAL,
+                                               socket.inet_aton("192.0.2.1")))))
+    assert v4.vxlan == rtnl.Vxlan(vni=42, port=4789, local="192.0.2.1", link=2, learning=False)
+    v6 = rtnl.parse_link(memoryview(vxlan(attr(rtnl.IFLA_VXLAN_LOCAL6, socket.inet_pton(
+        socket.AF_INET6, "2001:db8::1")))))
+    assert v6.vxlan is not None and v6.vxlan.local == "2001:db8::1"
+    # Only a VXLAN device's data is read as VXLAN attributes.
+    assert rtnl.parse_link(memoryview(link_payload(7, "eth0"))).vxlan is None
+
+
 def test_parse_address_and_route() -> None:
     assert rtnl.parse_ipv4_address(memoryview(address_payload(4, "10.1.2.3", 24))) == \
         (4, "10.1.2.3/24")
