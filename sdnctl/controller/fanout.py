@@ -302,7 +302,7 @@ def concerned(state: State, changes: Iterable[Change],
             assert lease is not None
             members = holders.setdefault(lease.network, set())
             hosts.add(lease.host)
-            moved = old is None or new is None or old.subnet != new.subnet
+            moved = place_changed(old, new)
             if moved and overlay(lease.network):
                 hosts.update(members)  # the peers it leaves (or joins, below)
             if new is None:
@@ -321,6 +321,12 @@ def concerned(state: State, changes: Iterable[Change],
         for host in hosts:
             found[host] = change.revision
     return found
+
+
+def place_changed(old: Lease | None, new: Lease | None) -> bool:
+    """A lease change that changes its host's place among an overlay's peers: created,
+    deleted, or another subnet in either family (a renewal is none)."""
+    return old is None or new is None or (old.subnet, old.subnet6) != (new.subnet, new.subnet6)
 
 
 def _policy_key(state: State) -> tuple[object, ...]:

@@ -191,10 +191,8 @@ def _lease(value: bytes) -> Lease:
 
 def _peer_moved(change: Change) -> bool:
     """A lease change that changes its host's place among the peers (not a renewal)."""
-    if change.value is None or change.prev_value is None:
-        return True
-    old, new = _lease(change.prev_value), _lease(change.value)
-    return (old.subnet, old.subnet6) != (new.subnet, new.subnet6)
+    return fanout.place_changed(_lease(change.prev_value) if change.prev_value else None,
+                                _lease(change.value) if change.value else None)
 
 
 def _vtep_moved(change: Change) -> bool:

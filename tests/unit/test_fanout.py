@@ -4,13 +4,15 @@ realised those writes. Streams on every store; the concern rules on the real SQL
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 from apitest import TIMEOUT, StartServer, connect, watch
 
-from sdnctl.api.model import Container, ContainerStatus, Host, Network
+from sdnctl.api.model import Container, ContainerStatus, Host, Lease, Network, from_json, to_json
 from sdnctl.controller.fanout import concerned, hub_of, lease_holders
+from sdnctl.controller.keys import lease_key
 from sdnctl.controller.state import State
 from sdnctl.controller.store.base import Change, Store
 from sdnctl.controller.store.sqlite import SqliteStore
@@ -168,6 +170,13 @@ def test_which_hosts_a_change_concerns(tmp_path: Path) -> None:
         state.create_container(Container("o-b", "b", network="ov"))
         assert after(lambda: state.register_host(
             Host("a", underlay_ip="192.0.2.200", vtep_mac="02:00:00:00:00:ff"))) == {"b"}
+        # A lease that moves to another IPv6 prefix moves among its overlay's peers too.
+        kv = store.get(lease_key("ov", "a"))
+        assert kv is not None
+        lease = from_json(Lease, kv.value)
+        moved = dataclasses.replace(lease, subnet6="fd00:3:0:9::/64", gateway6="fd00:3:0:9::1")
+        assert set(concerned(state, [Change(kv.mod_revision + 1, kv.key, to_json(moved),
+                                            kv.value)], lease_holders(store)[0])) == {"a", "b"}
         # A network's change concerns its holders only.
         assert after(lambda: state.update_network(
             Network("back", subnet="10.2.0.0/16", internal=True))) == {"c"}
