@@ -458,7 +458,9 @@ class EtcdStore:
         # A compaction AT ``start`` is not reported by a watch from there (only one past it
         # is), yet it dropped that revision's deletions: the watch then silently lacks them
         # (and waits for them until it times out when they were the last). Checked before
-        # the watch (no wait for that) and after it (a compaction meanwhile).
+        # the watch (no wait for that) and after it (a compaction meanwhile). Past these
+        # checks every deletion and update comes with its previous value (read as of its
+        # revision - 1, which the checks proved is kept): the hub finds a container's host there.
         if not self._history_from(start):
             raise Compacted(revision, start)
         request = {"create_request": {
@@ -474,11 +476,6 @@ class EtcdStore:
                     newest = 0
                     for event in message.get("events") or []:
                         change = self._change(event)
-                        if _prev_trimmed(event):
-                            # What the key held before is compacted away (a watch sends no
-                            # prev_kv then): who a deletion or an update concerned is
-                            # unknowable, so the reader takes a snapshot as for a gap.
-                            raise Compacted(revision, change.revision)
                         newest = max(newest, change.revision)
                         if change.revision <= last:
                             changes.append(change)
@@ -601,13 +598,3 @@ class EtcdStore:
         """etcd's own revision (moved by every user of the cluster)."""
         answer = self._call("/v3/kv/range", {"key": _b64(self._marker)})
         return int(answer["header"]["revision"])
-
-
-def _prev_trimmed(event: dict[str, Any]) -> bool:
-    """A watch event that should carry the key's previous value and does not: a deletion, or
-    an update of a key that existed (version above 1), whose previous revision was compacted
-    (a watch from an old revision sends the event without ``prev_kv`` then). The hub found the
-    host of a deleted container in it: without it, that host was never told (a CI hang)."""
-    if event.get("prev_kv"):
-        return False
-    return event.get("type") == "DELETE" or int(event["kv"].get("version", 1)) > 1
