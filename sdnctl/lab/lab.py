@@ -585,12 +585,20 @@ def _wait_entered(proc: subprocess.Popen[bytes], netns_ino: int, nsenter: str,
                            f"see {log_path}")
         with contextlib.suppress(OSError):  # mid-exec: /proc entries flicker
             entered = os.stat(f"/proc/{proc.pid}/ns/net").st_ino == netns_ino
-            if entered and os.readlink(f"/proc/{proc.pid}/exe") != nsenter:
+            # The kernel switches ``exe`` before the new program's arguments are on its stack:
+            # until they are, /proc/PID/cmdline and environ read empty. Both mark the exec done.
+            if (entered and os.readlink(f"/proc/{proc.pid}/exe") != nsenter
+                    and _read(f"/proc/{proc.pid}/cmdline")):
                 return
         time.sleep(0.002)
     stop_process(proc.pid)
     raise LabError(f"could not start {proc.args!r}: not running in its namespace after "
                    f"{SPAWN_TIMEOUT}s, see {log_path}")
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def process_start_time(pid: int) -> int | None:
