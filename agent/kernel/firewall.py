@@ -7,7 +7,10 @@ those: ``render_delta`` deletes a guard's five rules by
 handle or inserts them at the place a full render would put them, replaces VXLAN rules in
 place, and swaps the sha rule, in one small transaction; the tables then list exactly as
 after ``render(spec)``. Everything else (and a delta nft refuses: someone changed the tables)
-is written in full.
+is written in full. A delta that only adds (a container came) leaves the old sha rule's delete
+to a second transaction in a thread of its own (``Delta.cleanup``: any delete costs the kernel
+an RCU grace period, ~15 ms, before it answers): the caller, a CNI ADD or a pass starting a
+container, does not wait for it; the next listing or write of the tables does.
 
 Where the handles come from. A delta runs with ``--echo --handle`` and reads the new rules'
 handles from what nft prints back. A full script does not: it flushes our chains, which frees
@@ -39,6 +42,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -147,6 +151,33 @@ class Firewall:
         self._container_drops: dict[tuple[str, str], int] = {}  # (container, guard) -> packets
         self._network_drops: dict[tuple[str, str], int] = {}  # (network, reason) -> packets
         self._bridged: list[FlowSample] = []  # flows between containers of one bridge
+        # The last delta's cleanup (``Delta.cleanup``: the old sha rule's delete), running in a
+        # thread of its own; every listing and write of the tables waits for it (_settle).
+        self._cleanup: threading.Thread | None = None
+        self._cleanup_error = ""
+        self._cleanup_lock = threading.Lock()  # a pass and a traffic reading may both settle
+
+    def _settle(self) -> None:
+        """Wait for the last delta's cleanup; if it failed, what we know of the tables is
+        forgotten (the next apply lists them: an extra sha rule is drift, repaired in full)."""
+        with self._cleanup_lock:
+            if self._cleanup is None:
+                return
+            self._cleanup.join()
+            self._cleanup = None
+            if self._cleanup_error:
+                self._known, self._installed, self._handles = False, None, {}
+                self._error, self._cleanup_error = self._cleanup_error, ""
+
+    def _start_cleanup(self, script: str) -> None:
+        def run() -> None:
+            done = self._nft(script)
+            if done.returncode != 0:
+                self._cleanup_error = done.stderr.strip() or "the cleanup failed"
+
+        with self._cleanup_lock:
+            self._cleanup = threading.Thread(target=run, name="nft-cleanup")
+            self._cleanup.start()
 
     def _nft(self, script: str, flags: int = 0) -> nft.Result:
         return self._in_netns(lambda: nft.run(script, flags))
@@ -157,6 +188,7 @@ class Firewall:
     def _list(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
         """(every item of the ruleset listing, our rules, whether one of our tables exists);
         the counters and flow sets of our tables are kept from it."""
+        self._settle()
         done = self._nft("list ruleset", nft.OUTPUT_JSON)
         if done.returncode != 0:
             raise KernelError(f"could not list the ruleset: {done.stderr.strip()}")
@@ -234,6 +266,7 @@ class Firewall:
         guards changed since our own last write, else in full. The bridge sysctls are set on
         every bridge that exists (see the module note)."""
         spec = _as_spec(spec)
+        self._settle()
         if not self._known:
             self._list_tables()
         wanted = _tables_fingerprint(spec)
@@ -244,7 +277,9 @@ class Firewall:
                 if self._installed is not None else None
             # A delta that fails (someone changed the tables meanwhile) gives way to the full
             # script, which does not depend on what is there.
-            done = delta is not None and self._write(delta, spec, full=False)
+            done = delta is not None and self._write(delta.script, spec, full=False)
+            if done and delta is not None and delta.cleanup:
+                self._start_cleanup(delta.cleanup)
             if not done and not self._write(render(spec), spec, full=True):
                 raise KernelError(f"could not apply tables {TABLE_NAME!r}: {self._error}")
             wrote = True
@@ -273,6 +308,7 @@ class Firewall:
     def remove(self) -> None:
         """Delete both tables (absent is success) and turn ``route_localnet`` off on our bridges.
         ``add`` first makes each delete always valid; all run in one transaction."""
+        self._settle()
         script = "".join(f"add table {f} {TABLE_NAME}\ndelete table {f} {TABLE_NAME}\n"
                          for f in FAMILIES)
         done = self._nft(script)

@@ -41,6 +41,7 @@ from agent.kernel.firewall import (
 from agent.kernel.links import Links
 from agent.kernel.netns import create_netns, netns_path, remove_netns, run_in_netns
 from agent.names import bridge_name, container_mac, link_local, veth_name
+from agent.nftrules import render
 
 pytestmark = pytest.mark.netns
 
@@ -491,6 +492,52 @@ def test_overlay_members_change_in_place_and_list_as_a_full_render(fwlab: FwLab)
     listed = _ruleset(fwlab.host)
     assert "192.0.2.4" in listed
     assert listed == _listed_as_full_render(fwlab.host, joined)
+
+
+def test_a_delta_that_only_adds_leaves_the_old_sha_rule_to_a_cleanup(
+        fwlab: FwLab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container that comes only adds rules; the old sha rule's delete (which costs the
+    kernel a grace period) runs as a second transaction, and a cleanup that fails leaves the
+    tables to be repaired by the next apply."""
+    fw = Firewall(fwlab.host)
+    every = fwlab.spec(guards=True)
+    no_f1 = replace(every, guards=tuple(g for g in every.guards if g.container != "f1"))
+    assert fw.apply(no_f1) is True
+    old_sha = _handle(fwlab.host, re.findall(r'"(sdnctl:sha/[^"]+)"', render(no_f1))[0])
+    real = nft.run
+    writes: list[str] = []
+
+    def recording(script: str, flags: int = 0) -> nft.Result:
+        if not script.startswith("list"):
+            writes.append(script)
+        return real(script, flags)
+
+    monkeypatch.setattr(nft, "run", recording)
+    assert fw.apply(every) is True
+    assert fw.observe() == fingerprint(every)  # a listing waits for the cleanup
+    assert len(writes) == 2, writes
+    assert "insert rule" in writes[0] and "delete" not in writes[0]
+    assert writes[1] == f"delete rule inet sdnctl forward handle {old_sha}\n"
+
+    # The cleanup fails (here: the table went by hand before it ran). The next apply lists,
+    # finds the drift and writes in full.
+    assert fw.apply(no_f1) is True  # f1 goes: deletes, so one transaction
+
+    def failing(script: str, flags: int = 0) -> nft.Result:
+        if script.startswith("delete rule inet sdnctl forward handle"):
+            real("delete table inet sdnctl")
+        return real(script, flags)
+
+    monkeypatch.setattr(nft, "run", failing)
+    assert fw.apply(every) is True
+    monkeypatch.setattr(nft, "run", real)
+    assert fw.apply(every) is True  # repaired
+    assert fw.observe() == fingerprint(every)
+    # (the inet table, made again, now lists after the bridge table)
+    def tables(text: str) -> list[str]:
+        return sorted(t.strip() for t in re.split(r"(?m)^table ", text) if t.strip())
+
+    assert tables(_ruleset(fwlab.host)) == tables(_listed_as_full_render(fwlab.host, every))
 
 
 def test_a_delta_refused_by_nft_gives_way_to_a_full_write(fwlab: FwLab) -> None:

@@ -371,16 +371,19 @@ def test_delta_adds_a_guard_before_the_next_one_in_render_order() -> None:
     handles = handles_of(old)
     delta = firewall.render_delta(old, new, handles)
     assert delta is not None
-    lines = delta.splitlines()
+    lines = delta.script.splitlines()
     anchor = handles["sdnctl:ctr/db/spoof-mac"]
     inserted = [line for line in lines if line.startswith("insert rule")]
     assert [line.split(" comment ")[1] for line in inserted] == \
         [r.split(" comment ")[1] for r in rules(render(new), "prerouting", "bridge")[:7]]
     assert all(f"bridge sdnctl prerouting position {anchor} iifname \"sdnv1\"" in line
                for line in inserted), inserted
-    assert lines[-2] == f"delete rule inet sdnctl forward handle {handles[sha_comment(old)]}"
+    # It only adds: the old sha rule's delete (a grace period in the kernel) comes apart.
+    assert not any(line.startswith(("delete", "replace")) for line in lines)
     assert lines[-1].endswith(f'comment "{sha_comment(new)}"')
     assert lines[-1].startswith("add rule inet sdnctl forward ")
+    assert delta.cleanup == \
+        f"delete rule inet sdnctl forward handle {handles[sha_comment(old)]}\n"
 
 
 def test_delta_appends_the_last_guard_before_the_router_advert_rule() -> None:
@@ -389,7 +392,7 @@ def test_delta_appends_the_last_guard_before_the_router_advert_rule() -> None:
     delta = firewall.render_delta(old, dataclasses.replace(SPEC, guards=(GUARD0, GUARD)),
                                   handles)
     assert delta is not None
-    assert f"position {handles['sdnctl:router-advert']} " in delta.splitlines()[0]
+    assert f"position {handles['sdnctl:router-advert']} " in delta.script.splitlines()[0]
 
 
 def test_delta_removes_a_guard_by_its_handles() -> None:
@@ -400,8 +403,12 @@ def test_delta_removes_a_guard_by_its_handles() -> None:
     assert delta is not None
     gone = [f"delete rule bridge sdnctl prerouting handle {handles[c]}"
             for c in handles if c.startswith("sdnctl:ctr/web/spoof-")]
-    assert delta.splitlines()[:7] == gone
-    assert not any(line.startswith(("insert", "add table", "flush")) for line in delta.splitlines())
+    lines = delta.script.splitlines()
+    assert lines[:7] == gone
+    assert not any(line.startswith(("insert", "add table", "flush")) for line in lines)
+    # It deletes anyway: the old sha rule goes in the same transaction.
+    assert lines[-2] == f"delete rule inet sdnctl forward handle {handles[sha_comment(old)]}"
+    assert delta.cleanup == ""
 
 
 def test_delta_changes_a_guard_in_place() -> None:
@@ -409,8 +416,8 @@ def test_delta_changes_a_guard_in_place() -> None:
     delta = firewall.render_delta(SPEC, dataclasses.replace(SPEC, guards=(moved,)),
                                   handles_of(SPEC))
     assert delta is not None
-    assert sum(line.startswith("delete rule bridge") for line in delta.splitlines()) == 7
-    assert sum("10.1.0.9" in line for line in delta.splitlines()) == 2
+    assert sum(line.startswith("delete rule bridge") for line in delta.script.splitlines()) == 7
+    assert sum("10.1.0.9" in line for line in delta.script.splitlines()) == 2
 
 
 @pytest.mark.parametrize("new", [
@@ -441,7 +448,7 @@ def test_delta_replaces_vxlan_rules_in_place_when_members_change() -> None:
     handles = handles_of(old)
     delta = firewall.render_delta(old, new, handles)
     assert delta is not None
-    replaced = [line for line in delta.splitlines() if line.startswith("replace rule")]
+    replaced = [line for line in delta.script.splitlines() if line.startswith("replace rule")]
     wanted = {line.split(" comment ")[1]: line.split(" ", 5)[5]
               for line in render(new).splitlines()
               if line.startswith("add rule inet sdnctl input") and "192.0.2.77" in line}
@@ -450,7 +457,8 @@ def test_delta_replaces_vxlan_rules_in_place_when_members_change() -> None:
         comment = line.split(" comment ")[1]
         handle = handles[comment.strip('"')]
         assert line == f"replace rule inet sdnctl input handle {handle} {wanted[comment]}"
-    assert sum(line.startswith("insert rule") for line in delta.splitlines()) == 7  # GUARD2
+    assert sum(line.startswith("insert rule") for line in delta.script.splitlines()) == 7
+    assert delta.cleanup == ""  # replacing deletes: one transaction
 
 
 # A delta runs with --echo (agent/kernel/firewall.py: the handles of the rules it inserts).
@@ -477,7 +485,7 @@ def _delta_set_types(old: FirewallSpec, new: FirewallSpec) -> dict[str, set[str]
     delta = firewall.render_delta(old, new, handles)
     assert delta is not None
     types: dict[str, set[str]] = {}
-    for line in delta.splitlines():
+    for line in (delta.script + delta.cleanup).splitlines():
         verb, _, family = line.split(" ", 3)[:3]
         if verb in ("delete", "replace"):
             handle = int(re.findall(r" handle (\d+)", line)[0])
