@@ -508,7 +508,7 @@ class Agent:
                     self.realised.publish(desired.revision, statuses or [])
                     self.report(desired.revision, statuses or [])
                     continue
-                started = time.monotonic()
+                started, cpu = time.monotonic(), time.thread_time()
                 if full:
                     full_due = started + self.args.resync
                 outcome = reconciler.reconcile(desired, full)
@@ -519,8 +519,10 @@ class Agent:
                                          len(outcome.errors), repairs)
                 last_generation = None if outcome.errors else generation
                 if outcome.actions:
-                    log.info("revision %d: %d action(s) in %.0f ms%s", desired.revision,
-                             len(outcome.actions), (time.monotonic() - started) * 1000,
+                    log.info("revision %d: %d action(s) in %.0f ms (%.0f ms of CPU)%s",
+                             desired.revision, len(outcome.actions),
+                             (time.monotonic() - started) * 1000,
+                             (time.thread_time() - cpu) * 1000,
                              f", {len(outcome.errors)} failed" if outcome.errors else "")
                     if outcome.errors:
                         self.stopping.wait(1.0)  # then retry rather than at the next resync

@@ -36,7 +36,8 @@ NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
-RTM_NEWNEIGH = 28
+RTM_NEWNEIGH, RTM_GETNEIGH = 28, 30
+AF_BRIDGE = 7  # a neighbour dump of this family lists bridge and VXLAN FDB entries
 NDA_DST, NDA_LLADDR, NDA_PROTOCOL = 1, 2, 12
 RT_SCOPE_UNIVERSE, RTN_UNICAST = 0, 1
 RTA_DST = 1
@@ -98,6 +99,18 @@ class Route:
     proto: int
     gateway: str | None
     oif: int | None
+    dst: str | None = None  # None: the default route
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A neighbour entry or, dumped in family AF_BRIDGE, an FDB entry (``dst``: the remote
+    VTEP of a VXLAN device's entry)."""
+
+    index: int
+    state: int
+    dst: str | None
+    lladdr: str | None
 
 
 def _align(n: int) -> int:
@@ -236,6 +249,13 @@ def _ip(family: int, value: memoryview | None) -> str | None:
     return socket.inet_ntop(family, value) if value is not None else None
 
 
+def _ip_any(value: memoryview | None) -> str | None:
+    """An IPv4 or IPv6 address, told apart by its length (an FDB entry's NDA_DST)."""
+    if value is None:
+        return None
+    return socket.inet_ntop(socket.AF_INET6 if len(value) == 16 else socket.AF_INET, value)
+
+
 def _u32(value: memoryview | None) -> int | None:
     return U32.unpack(value)[0] if value is not None else None
 
@@ -301,7 +321,15 @@ def parse_route(payload: memoryview, family: int) -> Route | None:
         return None
     attrs = attributes(payload, RTMSG.size)
     return Route(dst_len=dst_len, table=_u32(attrs.get(RTA_TABLE)) or table, proto=proto,
-                 gateway=_ip(family, attrs.get(RTA_GATEWAY)), oif=_u32(attrs.get(RTA_OIF)))
+                 gateway=_ip(family, attrs.get(RTA_GATEWAY)), oif=_u32(attrs.get(RTA_OIF)),
+                 dst=_ip(family, attrs.get(RTA_DST)))
+
+
+def parse_neighbour(payload: memoryview) -> Neighbour:
+    _family, index, state, _flags, _type = NDMSG.unpack_from(payload)
+    attrs = attributes(payload, NDMSG.size)
+    return Neighbour(index=index, state=state, dst=_ip_any(attrs.get(NDA_DST)),
+                     lladdr=_mac(attrs.get(NDA_LLADDR)))
 
 
 class Reader:
@@ -417,3 +445,10 @@ class Reader:
         body = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
         return [found for payload in self._request(RTM_GETROUTE, NLM_F_DUMP, body)
                 if (found := parse_route(payload, family)) is not None]
+
+    def neighbours(self, family: int) -> list[Neighbour]:
+        """Every neighbour entry of ``family`` (AF_INET, AF_INET6), or with AF_BRIDGE every FDB
+        entry."""
+        body = NDMSG.pack(family, 0, 0, 0, 0)
+        return [parse_neighbour(payload)
+                for payload in self._request(RTM_GETNEIGH, NLM_F_DUMP, body)]

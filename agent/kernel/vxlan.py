@@ -61,34 +61,24 @@ def _vxlan_data(msg: Any) -> dict[str, Any]:
     return dict(data["attrs"]) if data is not None else {}
 
 
-def _route_dst(route: Any) -> str:
-    return f"{route.get_attr('RTA_DST') or '0.0.0.0'}/{route['dst_len']}"
-
-
-def _is_peer_route(route: Any, index: int) -> bool:
-    return bool(route.get_attr("RTA_OIF") == index and route["proto"] == RTPROT_SDNCTL
-                and route.get_attr("RTA_TABLE") in (None, MAIN_TABLE))
-
-
 def _peers_by_index(
-    indexes: Iterable[int], routes: Iterable[Any], neighbours: Iterable[Any], fdb: Iterable[Any],
+    indexes: Iterable[int], routes: Iterable[rtnl.Route], neighbours: Iterable[rtnl.Neighbour],
+    fdb: Iterable[rtnl.Neighbour],
 ) -> dict[int, ObservedPeers]:
     wanted = set(indexes)
     found: dict[int, tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]]
     found = {i: ([], [], []) for i in wanted}
     for r in routes:
-        oif = r.get_attr("RTA_OIF")
-        if oif in wanted and _is_peer_route(r, oif):
-            found[oif][0].append((_route_dst(r), r.get_attr("RTA_GATEWAY") or ""))
+        if r.oif in wanted and r.proto == RTPROT_SDNCTL and r.table == MAIN_TABLE:
+            found[r.oif][0].append((f"{r.dst or '0.0.0.0'}/{r.dst_len}", r.gateway or ""))
     for n in neighbours:
-        if n["ifindex"] in wanted and n["state"] & NUD_PERMANENT:
-            found[n["ifindex"]][1].append((n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR")))
+        if n.index in wanted and n.state & NUD_PERMANENT and n.dst and n.lladdr:
+            found[n.index][1].append((n.dst, n.lladdr))
     for f in fdb:
-        if f["ifindex"] in wanted and f.get_attr("NDA_DST") is not None:
-            found[f["ifindex"]][2].append((f.get_attr("NDA_LLADDR"), f.get_attr("NDA_DST")))
+        if f.index in wanted and f.dst is not None and f.lladdr:
+            found[f.index][2].append((f.lladdr, f.dst))
     return {i: ObservedPeers(tuple(sorted(r)), tuple(sorted(n)), tuple(sorted(f)))
             for i, (r, n, f) in found.items()}
-
 
 
 def _local_key(local_ip: str) -> str:
@@ -183,15 +173,16 @@ class VxlanLinks(LinkBase):
         return found[0] if found and isinstance(found[0], ObservedVxlan) else None
 
     def _dump_peers(self, indexes: Iterable[int]) -> dict[int, ObservedPeers]:
-        """One route dump, one neighbour dump and one FDB dump for all ``indexes``."""
-        ipr = self._host
+        """Route, neighbour and FDB dumps (each family) for all ``indexes``, read raw
+        (``rtnl``): at 100 peers pyroute2's decoding of them was most of a full pass, and every
+        agent runs one every resync interval."""
+        reader = self._reader
         try:
-            routes = [*ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE),
-                      *ipr.get_routes(family=socket.AF_INET6, table=MAIN_TABLE)]
-            neighbours = [*ipr.get_neighbours(family=socket.AF_INET),
-                          *ipr.get_neighbours(family=socket.AF_INET6)]
-            fdb = ipr.fdb("dump")
-        except NetlinkError as e:
+            routes = [*reader.routes(socket.AF_INET), *reader.routes(socket.AF_INET6)]
+            neighbours = [*reader.neighbours(socket.AF_INET),
+                          *reader.neighbours(socket.AF_INET6)]
+            fdb = reader.neighbours(rtnl.AF_BRIDGE)
+        except (NetlinkError, OSError) as e:
             raise KernelError("could not dump routes, neighbours and FDB") from e
         return _peers_by_index(indexes, routes, neighbours, fdb)
 
@@ -342,7 +333,12 @@ class VxlanLinks(LinkBase):
         if index is None:
             return False
         mac = mac.lower()
-        if (mac, dst) not in self._dump_peers([index])[index].fdb:
+        try:
+            held = {(f.lladdr, f.dst) for f in self._reader.neighbours(rtnl.AF_BRIDGE)
+                    if f.index == index}
+        except (NetlinkError, OSError) as e:
+            raise KernelError(f"could not dump the FDB of {device!r}") from e
+        if (mac, dst) not in held:
             return False
         try:
             self._host.fdb("del", ifindex=index, lladdr=mac, dst=dst)

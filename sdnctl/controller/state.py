@@ -195,6 +195,7 @@ class State:
         self.timers = timers
         self.clock = clock
         self._shared_views: dict[str, tuple[int, _SharedView]] = {}  # see _network_view
+        self._lease_networks: dict[str, tuple[int, list[str]]] = {}  # see lease_networks
 
     def now(self) -> int:
         return int(self.clock())
@@ -753,9 +754,11 @@ class State:
                     containers[view.container.name] = view
         return Snapshot(revision, networks, containers)
 
-    def host_network(self, network: str, host: str) -> HostNetwork | None:
+    def host_network(self, network: str, host: str, at_least: int = 0) -> HostNetwork | None:
+        """``host``'s view of ``network`` (None without a lease there), as of the store's
+        revision, or as of any revision from ``at_least`` on (see :meth:`_network_view`)."""
         lease = ipam.get_lease(self.store, network, host)
-        shared = self._network_view(network) if lease is not None else None
+        shared = self._network_view(network, at_least) if lease is not None else None
         if lease is None or shared is None:
             return None
         spec, names, leases, hosts = shared
@@ -763,13 +766,33 @@ class State:
             return HostNetwork(spec, lease, names=names)
         return HostNetwork(spec, lease, overlay_peers(spec, host, leases, hosts), names)
 
-    def _network_view(self, network: str) -> _SharedView | None:
+    def lease_networks(self, host: str, at_least: int = 0) -> list[str]:
+        """The networks where ``host`` holds a lease, read once for the Watch streams one
+        change wakes (a host whose VXLAN endpoint moved, or that was deleted, concerns every
+        peer: each stream decoded every lease), as :meth:`_network_view` keeps its views."""
+        cached = self._lease_networks.get(host)
+        if cached is not None and at_least and cached[0] >= at_least:
+            return cached[1]
+        revision = self.store.revision()
+        networks = sorted({lease.network for lease in ipam.list_leases(self.store, host=host)})
+        self._lease_networks[host] = (revision, networks)
+        return networks
+
+    def _network_view(self, network: str, at_least: int = 0) -> _SharedView | None:
         """What every host's view of ``network`` shares (spec, name table, and for an overlay
         its leases and their hosts), read once per store revision: the N streams one write
         wakes build it once, not N times (issue 21). Read after the revision it is kept
-        under, so it is never older than that revision."""
-        revision = self.store.revision()
+        under, so it is never older than that revision.
+
+        ``at_least``: a Watch stream building the event for changes up to that revision may
+        take a view kept under any revision from there on (what changed since comes to it as
+        its next batch). Without it, the store moving on between the first stream's read and
+        the others' (at 100 hosts their status reports are a write every few ms) made each
+        stream read the overlay's 100 leases again: O(hosts²) per host joining."""
         cached = self._shared_views.get(network)
+        if cached is not None and at_least and cached[0] >= at_least:
+            return cached[1]
+        revision = self.store.revision()
         if cached is not None and cached[0] == revision:
             return cached[1]
         net_kv = self.store.get(network_key(network))

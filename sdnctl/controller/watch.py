@@ -110,15 +110,18 @@ NAME_DELTAS = True
 
 
 def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchEvent:
-    """What ``changes`` mean for ``host``; puts carry the objects as they are now."""
+    """What ``changes`` mean for ``host``; puts carry the objects as they are now (networks
+    as of the last change or later: ``State.host_network``)."""
     put_containers: set[str] = set()
     gone_containers: set[str] = set()
     put_networks: set[str] = set()
     gone_networks: set[str] = set()
     peer_networks: set[str] = set()  # overlay networks whose peer set may have changed
     renamed: dict[str, set[str]] = {}  # network -> containers whose names may have changed
+    at_least = 0  # the views sent must be at least as new as the last change
     for change in changes:
         key = change.key
+        at_least = max(at_least, change.revision)
         if key.startswith(CONTAINERS):
             name = key[len(CONTAINERS):]
             new = from_json(Container, change.value) if change.value else None
@@ -150,15 +153,14 @@ def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchE
             if ipam.get_lease(state.store, name, host) is not None:
                 put_networks.add(name)
         elif key.startswith(HOSTS) and key[len(HOSTS):] != host and _vtep_moved(change):
-            peer_networks.update(lease.network for lease in
-                                 ipam.list_leases(state.store, host=key[len(HOSTS):]))
+            peer_networks.update(state.lease_networks(key[len(HOSTS):], at_least))
 
     event = pb.WatchEvent(deleted_networks=sorted(gone_networks),
                           deleted_containers=sorted(gone_containers))
     whole = set() if NAME_DELTAS else set(renamed)  # before issue 21: sent with the full table
     sent: set[str] = set()  # networks sent whole: their tables are current
     for name in sorted(put_networks | ((peer_networks | whole) - gone_networks)):
-        view = state.host_network(name, host)
+        view = state.host_network(name, host, at_least)
         if view is None:
             continue  # no lease here (nothing to say) or deleted since: a later change says so
         if name in put_networks or name in whole or spans_hosts(view.network.driver):

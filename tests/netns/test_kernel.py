@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -222,17 +223,20 @@ def test_observed_state_matches_request(klab: Lab) -> None:
 @pytest.mark.netns
 def test_rtnl_reader_agrees_with_ip(klab: Lab) -> None:
     """The small reader (agent.kernel.rtnl) against ``ip -j`` on every link, address and
-    route of the host and a container namespace."""
+    route, and IPv4 neighbour, of the host and a container namespace."""
+    assert ping(klab.containers["a"], GATEWAY)  # a neighbour entry on each side
     for path in (klab.host, klab.containers["a"]):
         name = os.path.basename(path)
         ip_links = json.loads(run("ip", "-n", name, "-j", "-d", "link", "show").stdout)
         ip_addrs = json.loads(run("ip", "-n", name, "-j", "-4", "addr", "show").stdout)
         ip_routes = json.loads(run("ip", "-n", name, "-j", "-4", "route", "show", "table",
                                    "all").stdout)
+        ip_neighbours = json.loads(run("ip", "-n", name, "-j", "-4", "neigh", "show").stdout)
         with rtnl.Reader(open_netlink_fd(path)) as reader:
             links = reader.links()
             addresses = reader.ipv4_addresses()
             routes = reader.ipv4_routes()
+            neighbours = reader.neighbours(socket.AF_INET)
             eth0 = reader.link("eth0")
             assert reader.link("nosuch0") is None
         index_of = {m["ifname"]: m["ifindex"] for m in ip_links}
@@ -245,10 +249,15 @@ def test_rtnl_reader_agrees_with_ip(klab: Lab) -> None:
             (m["ifindex"], f"{a['local']}/{a['prefixlen']}")
             for m in ip_addrs for a in m["addr_info"])
         tables = {"main": 254, "local": 255}
-        assert sorted((r.dst_len, r.table, r.gateway) for r in routes) == sorted(
+        assert sorted((r.dst_len, r.table, r.gateway, r.dst or "") for r in routes) == sorted(
             (0 if r["dst"] == "default" else int(r["dst"].partition("/")[2] or 32),
-             tables.get(r.get("table", "main"), r.get("table")), r.get("gateway"))
+             tables.get(r.get("table", "main"), r.get("table")), r.get("gateway"),
+             "" if r["dst"] == "default" else r["dst"].partition("/")[0])
             for r in ip_routes)
+        # (``ip neigh`` leaves out NOARP entries)
+        assert any(n.lladdr for n in neighbours)
+        assert sorted((n.index, n.dst, n.lladdr) for n in neighbours if not n.state & 0x40) == \
+            sorted((index_of[m["dev"]], m["dst"], m.get("lladdr")) for m in ip_neighbours)
         if path != klab.host:
             assert eth0 is not None and eth0.index == index_of["eth0"]
     # A batch with a namespace that is gone and a device that is not there.

@@ -184,6 +184,37 @@ def test_which_hosts_a_change_concerns(tmp_path: Path) -> None:
         store.close()
 
 
+def test_streams_share_an_overlay_view_as_new_as_their_changes(tmp_path: Path) -> None:
+    """N streams woken by one change build the overlay's view once, even when the store moved
+    on meanwhile (other hosts' reports), and never take one older than their change."""
+    store = SqliteStore(tmp_path / "db")
+    try:
+        state = State(store)
+        for name in ("a", "b", "c"):
+            state.create_host(Host(name, underlay_ip=f"192.0.2.{ord(name)}",
+                                   vtep_mac=f"02:00:00:00:00:{ord(name):02x}"))
+        state.create_network(Network("ov", subnet="10.3.0.0/16", driver="overlay"))
+        state.create_container(Container("o-a", "a", network="ov"))
+        state.create_container(Container("o-b", "b", network="ov"))
+        change = store.revision()
+        first = state.host_network("ov", "a", change)
+        assert first is not None and [p.host for p in first.peers] == ["b"]
+        state.report_status("b", [ContainerStatus("o-b", "running")], change)  # moves on
+        assert store.revision() > change
+        again = state.host_network("ov", "b", change)
+        assert again is not None and again.names is first.names  # the same read
+        networks = state.lease_networks("a", change)
+        assert networks == ["ov"] and state.lease_networks("a", change) is networks
+        assert state.host_network("ov", "b").names is not first.names  # the store's revision
+        # A later change (c joins) is never answered with the view from before it.
+        state.create_container(Container("o-c", "c", network="ov"))
+        joined = state.host_network("ov", "a", store.revision())
+        assert joined is not None and [p.host for p in joined.peers] == ["b", "c"]
+        assert state.lease_networks("c", store.revision()) == ["ov"]
+    finally:
+        store.close()
+
+
 def test_a_hub_behind_a_compaction_sends_every_stream_a_snapshot(
         tmp_path: Path, start_server: StartServer) -> None:
     store = SqliteStore(tmp_path / "db", history=1)  # every write compacts what came before
