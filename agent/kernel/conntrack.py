@@ -6,11 +6,13 @@ the dead address; after a container moves, its old address may be reused. Docker
 portmap plugin therefore delete the entries of an address when it goes, and so do we.
 
 Entries are read with one ctnetlink dump (pyroute2's ``Conntrack``, no ``conntrack`` binary) and
-deleted one by one by their original tuple and zone. The kernel's own flush filters by mark
-only, so there is no server-side "delete where address = X". An entry that vanished between
-the dump and the delete is fine. An address is flushed in its own family (a dump per family:
-ctnetlink dumps one; issue 20 made the data path dual-stack); flows between networks and the
-flow samples are IPv4's.
+deleted one by one by their original tuple and zone. The flow samples, read by every agent at
+every full pass and flows interval, come from a dump of our own, parsed raw as ``rtnl`` parses
+routes: pyroute2's socket set-up and decoding were the largest part of an idle agent's CPU.
+The kernel's own flush filters by mark only, so there is no server-side "delete where
+address = X". An entry that vanished between the dump and the delete is fine. An address is
+flushed in its own family (a dump per family: ctnetlink dumps one; issue 20 made the data path
+dual-stack); flows between networks and the flow samples are IPv4's.
 
 The socket is born in the calling thread's network namespace: the agent calls this from its
 host's namespace; a test wraps the call in ``netns.run_in_netns``.
@@ -21,13 +23,24 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pyroute2 import Conntrack
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agent.kernel import rtnl
 from agent.kernel.errors import KernelError
+
+NETLINK_NETFILTER = 12
+CT_GET = (1 << 8) | 1  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
+NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
+CTA_TUPLE_ORIG, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY = 1, 9, 10
+CTA_TUPLE_IP, CTA_TUPLE_PROTO, CTA_PROTO_NUM = 1, 2, 1
+CTA_IP_V4_SRC, CTA_IP_V4_DST = 1, 2
+CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES = 1, 2
+BE64 = struct.Struct("!Q")
 
 
 def flush_address(ip: str) -> int:
@@ -95,28 +108,56 @@ PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
 def flow_samples(subnets: list[str]) -> list[tuple[str, str, str, int, int]]:
     """Flows conntrack tracks in the calling thread's namespace between addresses of which one
     is in ``subnets`` (our networks): (source, destination, protocol, packets, bytes), the
-    counters of both directions added up (0 unless ``net.netfilter.nf_conntrack_acct`` is 1:
-    :func:`enable_accounting`). One dump, read only."""
+    counters of both directions added up (0 unless ``net.netfilter.nf_conntrack_acct`` is 1, as
+    the agent sets it in its host). One dump, read only."""
     networks = [ipaddress.IPv4Network(s, strict=False) for s in subnets]
     samples: dict[tuple[str, str, str], list[int]] = {}
     try:
-        with Conntrack() as ct:
-            for msg in ct.dump():
-                orig = msg.get_attr("CTA_TUPLE_ORIG")
-                ip = orig.get_attr("CTA_TUPLE_IP") if orig is not None else None
-                src = ip.get_attr("CTA_IP_V4_SRC") if ip is not None else None
-                dst = ip.get_attr("CTA_IP_V4_DST") if ip is not None else None
-                if not src or not dst or ipaddress.IPv4Address(dst).is_multicast or not any(
-                        ipaddress.IPv4Address(a) in n for a in (src, dst) for n in networks):
-                    continue  # (multicast: IGMP reports of our bridges, not traffic)
-                number = orig.get_attr("CTA_TUPLE_PROTO").get_attr("CTA_PROTO_NUM")
-                proto = PROTOCOL_NAMES.get(number, str(number))
-                totals = samples.setdefault((src, dst, proto), [0, 0])
-                for direction in ("CTA_COUNTERS_ORIG", "CTA_COUNTERS_REPLY"):
-                    counters = msg.get_attr(direction)
-                    if counters is not None:
-                        totals[0] += counters.get_attr("CTA_COUNTERS_PACKETS") or 0
-                        totals[1] += counters.get_attr("CTA_COUNTERS_BYTES") or 0
+        for attrs in _dump_ipv4():
+            tuple_attrs = _nested(attrs, CTA_TUPLE_ORIG)
+            ip = _nested(tuple_attrs, CTA_TUPLE_IP)
+            if CTA_IP_V4_SRC not in ip or CTA_IP_V4_DST not in ip:
+                continue
+            src = socket.inet_ntop(socket.AF_INET, ip[CTA_IP_V4_SRC])
+            dst = socket.inet_ntop(socket.AF_INET, ip[CTA_IP_V4_DST])
+            if ipaddress.IPv4Address(dst).is_multicast or not any(
+                    ipaddress.IPv4Address(a) in n for a in (src, dst) for n in networks):
+                continue  # (multicast: IGMP reports of our bridges, not traffic)
+            number = _nested(tuple_attrs, CTA_TUPLE_PROTO).get(CTA_PROTO_NUM)
+            number_value = number[0] if number is not None and len(number) else 0
+            proto = PROTOCOL_NAMES.get(number_value, str(number_value))
+            totals = samples.setdefault((src, dst, proto), [0, 0])
+            for direction in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY):
+                counters = _nested(attrs, direction)
+                for i, kind in enumerate((CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES)):
+                    if len(counters.get(kind, b"")) == BE64.size:
+                        totals[i] += BE64.unpack(counters[kind])[0]
     except (NetlinkError, OSError) as e:
         raise KernelError("could not dump conntrack entries") from e
     return [(s, d, p, packets, size) for (s, d, p), (packets, size) in sorted(samples.items())]
+
+
+def _nested(attrs: dict[int, memoryview], kind: int) -> dict[int, memoryview]:
+    return rtnl.attributes(attrs[kind], 0) if kind in attrs else {}
+
+
+def _dump_ipv4() -> Iterator[dict[int, memoryview]]:
+    """The attributes of every IPv4 conntrack entry: one ctnetlink dump, on a socket of its
+    own (born in the calling thread's namespace)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+        sock.send(rtnl.NLMSGHDR.pack(rtnl.NLMSGHDR.size + NFGENMSG.size, CT_GET,
+                                     rtnl.NLM_F_REQUEST | rtnl.NLM_F_DUMP, 1, 0)
+                  + NFGENMSG.pack(socket.AF_INET, 0, 0))
+        while True:
+            data = sock.recv(rtnl.RECV_SIZE)
+            if not data:
+                raise NetlinkError(errno.EIO, "netlink socket closed")
+            for kind, _seq, payload in rtnl.messages(data):
+                if kind == rtnl.NLMSG_DONE:
+                    return
+                if kind == rtnl.NLMSG_ERROR:
+                    code = -rtnl.ERRNO.unpack_from(payload)[0]
+                    if code:
+                        raise NetlinkError(code)
+                    return
+                yield rtnl.attributes(payload, NFGENMSG.size)

@@ -379,6 +379,47 @@ def test_flush_address_deletes_exactly_its_entries(fwlab: FwLab) -> None:
     assert run_in_netns(fwlab.host, lambda: conntrack.flush_address(f1)) == 0
 
 
+def test_flow_samples_read_raw_agree_with_pyroute2(fwlab: FwLab) -> None:
+    """The agent's own ctnetlink dump (``conntrack.flow_samples``) against pyroute2's decoding
+    of the same entries: addresses, protocol and both directions' counters."""
+    fw = Firewall(fwlab.host)
+    fw.apply(fwlab.spec(allowed=(("front", "back"),), ports=(WEB, DNS)))
+    run_in_netns(fwlab.host, lambda: sysctl.ensure_sysctl("net.netfilter.nf_conntrack_acct", "1"))
+    _start_server(fwlab)
+    # (published ports' flows start outside our subnets: samples go by the original tuple)
+    assert fwlab.client(fwlab.outside, "udp", UPLINK_H, 5353) == UPLINK_O
+    assert fwlab.client(fwlab.outside, "tcp", UPLINK_H, 8080) == UPLINK_O
+    assert fwlab.can_ping("f2", UPLINK_O)  # masqueraded
+    assert fwlab.can_ping("f1", CONTAINERS["b1"][1])  # routed between two networks
+    subnets = [f"{prefix}.0/24" for prefix in NETWORKS.values()]
+
+    def reference() -> list[tuple[str, str, str, int, int]]:
+        found: dict[tuple[str, str, str], list[int]] = {}
+        with Conntrack() as ct:
+            for msg in ct.dump():
+                ip = msg.get_attr("CTA_TUPLE_ORIG").get_attr("CTA_TUPLE_IP")
+                src, dst = ip.get_attr("CTA_IP_V4_SRC"), ip.get_attr("CTA_IP_V4_DST")
+                if not any(a.startswith(tuple(p + "." for p in NETWORKS.values()))
+                           for a in (src, dst)):
+                    continue
+                number = msg.get_attr("CTA_TUPLE_ORIG").get_attr(
+                    "CTA_TUPLE_PROTO").get_attr("CTA_PROTO_NUM")
+                totals = found.setdefault(
+                    (src, dst, conntrack.PROTOCOL_NAMES.get(number, str(number))), [0, 0])
+                for direction in ("CTA_COUNTERS_ORIG", "CTA_COUNTERS_REPLY"):
+                    counters = msg.get_attr(direction)
+                    totals[0] += counters.get_attr("CTA_COUNTERS_PACKETS")
+                    totals[1] += counters.get_attr("CTA_COUNTERS_BYTES")
+        return [(s, d, p, n, b) for (s, d, p), (n, b) in sorted(found.items())]
+
+    ours = run_in_netns(fwlab.host, lambda: conntrack.flow_samples(subnets))
+    theirs = run_in_netns(fwlab.host, reference)
+    assert {(s, d) for s, d, _, _, _ in ours} >= {(CONTAINERS["f2"][1], UPLINK_O),
+                                                  (CONTAINERS["f1"][1], CONTAINERS["b1"][1])}
+    assert all(n > 0 and b > 0 for _, _, _, n, b in ours), ours
+    assert ours == theirs
+
+
 # --- idempotence and drift ------------------------------------------------------------------
 
 
