@@ -571,8 +571,9 @@ def test_a_delta_that_only_adds_leaves_the_old_sha_rule_to_a_cleanup(
 
     monkeypatch.setattr(nft, "run", failing)
     assert fw.apply(every) is True
-    monkeypatch.setattr(nft, "run", real)
+    # (still patched: the cleanup thread may not have called nft yet; this apply waits for it)
     assert fw.apply(every) is True  # repaired
+    monkeypatch.setattr(nft, "run", real)
     assert fw.observe() == fingerprint(every)
     # (the inet table, made again, now lists after the bridge table)
     def tables(text: str) -> list[str]:

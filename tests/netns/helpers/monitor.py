@@ -6,7 +6,9 @@ and the claim passes falsely. A fixed sleep guesses. So :func:`quiet_monitors` m
 event in each watched namespace (a link ``tmark0``, down so that no address or route
 follows, with an FDB entry for ``bridge monitor fdb``; a bridge, as the dummy module may be
 missing), waits until every monitor printed it,
-and removes it (again waiting for the events): from then on the monitors provably listen. After
+and removes it (again waiting for the events): from then on the monitors provably listen. The
+marker is made only once each monitor holds a subscribed netlink socket (/proc/PID/net/netlink):
+one made before would never be printed. After
 the test's action the same marker is made again, a barrier: what the action caused was printed
 before it. The events returned are those between the two markers.
 """
@@ -14,6 +16,7 @@ before it. The events returned are those between the two markers.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import threading
 import time
@@ -56,6 +59,29 @@ class Monitor:
                 left = deadline - time.monotonic()
                 assert left > 0, f"{self.argv} never showed the marker {MARKER}: {self.lines}"
                 self.changed.wait(left)
+
+
+def _subscribed(pid: int) -> bool:
+    """Whether process ``pid`` holds a netlink socket bound to multicast groups (what ``ip
+    monitor`` and ``bridge monitor`` do once they listen): its socket inodes against the
+    Groups column of /proc/PID/net/netlink, the table of its own namespace."""
+    try:
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        with open(f"/proc/{pid}/net/netlink") as f:
+            rows = [line.split() for line in f.readlines()[1:]]
+    except OSError:
+        return False  # not there yet (nsenter still running) or gone: the caller's deadline
+    inodes = {link[len("socket:["):-1] for link in links if link.startswith("socket:[")}
+    return any(len(row) > 9 and row[9] in inodes and int(row[3], 16) != 0 for row in rows)
+
+
+def _wait_subscribed(m: Monitor, timeout: float = 30.0) -> None:
+    """Until ``m`` listens: a marker made before that would never be printed (seen in CI)."""
+    deadline = time.monotonic() + timeout
+    while not _subscribed(m.proc.pid):
+        assert m.proc.poll() is None, f"{m.argv} exited: {m.lines}"
+        assert time.monotonic() < deadline, f"{m.argv} never subscribed to its events"
+        time.sleep(0.01)
 
 
 def _nsrun(netns: str, *argv: str) -> None:
@@ -112,6 +138,8 @@ def quiet_monitors(argvs: list[tuple[str, list[str]]]) -> Iterator[QuietMonitors
             monitors.append(Monitor(netns, argv, proc))
             threads.append(threading.Thread(target=monitors[-1].read, daemon=True))
             threads[-1].start()
+        for m in monitors:
+            _wait_subscribed(m)
         quiet = QuietMonitors(monitors)
         quiet.marker()
         # events start after the first marker's deletion: everything before is the markers'
