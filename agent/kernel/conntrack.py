@@ -143,21 +143,8 @@ def _nested(attrs: dict[int, memoryview], kind: int) -> dict[int, memoryview]:
 
 def _dump_ipv4() -> Iterator[dict[int, memoryview]]:
     """The attributes of every IPv4 conntrack entry: one ctnetlink dump, on a socket of its
-    own (born in the calling thread's namespace)."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
-        sock.send(rtnl.NLMSGHDR.pack(rtnl.NLMSGHDR.size + NFGENMSG.size, CT_GET,
-                                     rtnl.NLM_F_REQUEST | rtnl.NLM_F_DUMP, 1, 0)
-                  + NFGENMSG.pack(socket.AF_INET, 0, 0))
-        while True:
-            data = sock.recv(rtnl.RECV_SIZE)
-            if not data:
-                raise NetlinkError(errno.EIO, "netlink socket closed")
-            for kind, _seq, payload in rtnl.messages(data):
-                if kind == rtnl.NLMSG_DONE:
-                    return
-                if kind == rtnl.NLMSG_ERROR:
-                    code = -rtnl.ERRNO.unpack_from(payload)[0]
-                    if code:
-                        raise NetlinkError(code)
-                    return
-                yield rtnl.attributes(payload, NFGENMSG.size)
+    own (born in the calling thread's namespace), read by ``rtnl.Reader``."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    with rtnl.Reader(sock.detach()) as reader:
+        for payload in reader.dump(CT_GET, NFGENMSG.pack(socket.AF_INET, 0, 0)):
+            yield rtnl.attributes(payload, NFGENMSG.size)

@@ -334,7 +334,8 @@ def parse_neighbour(payload: memoryview) -> Neighbour:
 
 class Reader:
     """rtnetlink requests on one NETLINK_ROUTE socket (it owns the fd): reads, and batches of
-    writes (``send_all``)."""
+    writes (``send_all``). ``dump`` serves a socket of another netlink family too (ctnetlink:
+    ``conntrack.flow_samples``)."""
 
     def __init__(self, fd: int) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0, fileno=fd)
@@ -348,6 +349,10 @@ class Reader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def dump(self, kind: int, body: bytes) -> Iterator[memoryview]:
+        """The payload of every answer to one dump request of type ``kind``."""
+        return self._request(kind, NLM_F_DUMP, body)
 
     def _request(self, kind: int, flags: int, body: bytes) -> Iterator[memoryview]:
         """Send one request; yield the payload of every answer until it is complete. An error
