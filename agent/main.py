@@ -479,9 +479,12 @@ class Agent:
                         or bool(self.attach_jobs), ATTACH_HOLD)
                     waiting = self.pending_pass or self.pending_policy or \
                         time.monotonic() >= due or statuses is None
-                if self.run_attach_jobs(reconciler) and not waiting and \
-                        not self.dirty.is_set():
-                    continue  # the pass that reports it comes with the stream's event
+                if self.run_attach_jobs(reconciler):
+                    # The pass that reports it comes with the stream's event; one already due
+                    # waits, like any other, until the ADD has its answer (the hold above).
+                    if waiting:
+                        self.dirty.set()
+                    continue
                 flows_now = time.monotonic() >= flows_due
                 if flows_now:
                     flows_due = time.monotonic() + self.flows_interval

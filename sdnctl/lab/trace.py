@@ -22,7 +22,8 @@ that the probe evidently passed is "?".
 
 IPv6 (``-6``, or an IPv6 address as DST): the same probe over IPv6 between the containers'
 IPv6 addresses (an ICMPv6 echo, or TCP/UDP), matched by ``ip6`` in nftables and in the captures;
-inside VXLAN the filter reads the inner IPv6 header (40 bytes; no extension headers).
+inside VXLAN the filter reads the inner IPv6 header (40 bytes; no extension headers). The
+outer packet may be IPv6 too (an IPv6 underlay): the VXLAN filter matches either outer family.
 
 Everything happens in lab namespaces on this machine: trace refuses a host that is not a lab
 host, and any namespace that is this process's own (the root namespace).
@@ -127,27 +128,39 @@ class Probe:
         return f"{source}dst host {self.dst} and {l4}"
 
     def bpf_in_vxlan(self, port: int) -> str:
-        """A tcpdump filter for the probe inside VXLAN on UDP ``port``: offsets from the outer
-        UDP header: 8 UDP + 8 VXLAN + 14 Ethernet = 30 to the inner IP header (20 bytes; IPv6:
-        40, its addresses compared a 32-bit word at a time)."""
-        if self.family == 6:
-            return self._bpf_in_vxlan6(port)
-        src, dst = (int(ipaddress.IPv4Address(a)) for a in (self.src, self.dst))
-        inner = (f"udp[42:4] == {src:#010x} and udp[46:4] == {dst:#010x} and "
-                 f"udp[39] == {PROTOCOLS[self.proto]}")
-        l4 = (f"udp[50] == 8 and udp[54:2] == {self.marker}" if self.proto == "icmp" else
-              f"udp[50:2] == {self.marker} and udp[52:2] == {self.port}")
-        return f"udp dst port {port} and {inner} and {l4}"
+        """A tcpdump filter for the probe inside VXLAN on UDP ``port``, in an outer IPv4 or
+        IPv6 packet (an IPv6 underlay, issue 20). Offsets are from the outer UDP header: 8 UDP
+        + 8 VXLAN + 14 Ethernet = 30 to the inner IP header (20 bytes; IPv6: 40, its addresses
+        compared a 32-bit word at a time). libpcap reads ``udp[...]`` in IPv4 only: behind an
+        outer IPv6 header (40 bytes, no extension header: the kernel's VXLAN adds none) the same
+        bytes are ``ip6[40 + offset]``."""
+        terms = self._inner_terms()
+        four = " and ".join([f"udp dst port {port}",
+                             *(f"udp[{_slice(o, n)}] == {v}" for o, n, v in terms)])
+        six = " and ".join([f"ip6[6] == {PROTOCOLS['udp']}", f"ip6[42:2] == {port}",
+                            *(f"ip6[{_slice(40 + o, n)}] == {v}" for o, n, v in terms)])
+        return f"({four}) or ({six})"
 
-    def _bpf_in_vxlan6(self, port: int) -> str:
-        words = [f"udp[{start + 4 * i}:4] == {int.from_bytes(packed[4 * i:4 * i + 4]):#010x}"
-                 for start, address in ((38, self.src), (54, self.dst))
-                 for packed in [ipaddress.IPv6Address(address).packed] for i in range(4)]
-        next_header = 58 if self.proto == "icmp" else PROTOCOLS[self.proto]  # 58: ICMPv6
-        inner = " and ".join([*words, f"udp[36] == {next_header}"])
-        l4 = (f"udp[70] == 128 and udp[74:2] == {self.marker}" if self.proto == "icmp" else
-              f"udp[70:2] == {self.marker} and udp[72:2] == {self.port}")
-        return f"udp dst port {port} and {inner} and {l4}"
+    def _inner_terms(self) -> list[tuple[int, int, str]]:
+        """(offset from the outer UDP header, bytes, value) that identify the probe inside."""
+        if self.family == 6:
+            words = [(start + 4 * i, 4, f"{int.from_bytes(packed[4 * i:4 * i + 4]):#010x}")
+                     for start, address in ((38, self.src), (54, self.dst))
+                     for packed in [ipaddress.IPv6Address(address).packed] for i in range(4)]
+            next_header = 58 if self.proto == "icmp" else PROTOCOLS[self.proto]  # 58: ICMPv6
+            l4 = [(70, 1, "128"), (74, 2, str(self.marker))] if self.proto == "icmp" else \
+                [(70, 2, str(self.marker)), (72, 2, str(self.port))]
+            return [*words, (36, 1, str(next_header)), *l4]
+        src, dst = (int(ipaddress.IPv4Address(a)) for a in (self.src, self.dst))
+        l4 = [(50, 1, "8"), (54, 2, str(self.marker))] if self.proto == "icmp" else \
+            [(50, 2, str(self.marker)), (52, 2, str(self.port))]
+        return [(42, 4, f"{src:#010x}"), (46, 4, f"{dst:#010x}"),
+                (39, 1, str(PROTOCOLS[self.proto])), *l4]
+
+
+def _slice(offset: int, size: int) -> str:
+    """A pcap byte slice: ``offset`` alone for one byte, else ``offset:size``."""
+    return str(offset) if size == 1 else f"{offset}:{size}"
 
 
 @dataclass(frozen=True)
@@ -281,7 +294,8 @@ def _policy(comment: str) -> str:
 
 
 _VNI = re.compile(r"\bvni (\d+)")
-_OUTER = re.compile(r"IP (\d+\.\d+\.\d+\.\d+)\.\d+ > (\d+\.\d+\.\d+\.\d+)\.(\d+):")
+_OUTER = re.compile(r"IP (\d+\.\d+\.\d+\.\d+)\.\d+ > (\d+\.\d+\.\d+\.\d+)\.(\d+):"
+                    r"|IP6 ([0-9a-f:]+)\.\d+ > ([0-9a-f:]+)\.(\d+):")
 _ADDRESSES = re.compile(r"IP (\d+\.\d+\.\d+\.\d+)(?:\.\d+)? > (\d+\.\d+\.\d+\.\d+)"
                         r"|IP6 ([0-9a-f:]+?)(?:\.\d+)? > ([0-9a-f:]+?)(?:\.\d+)?:")
 
@@ -298,7 +312,8 @@ def capture_detail(point: Point, lines: list[str]) -> str:
     if not point.vxlan_port:
         return ""
     outer, vni = _OUTER.search(text), _VNI.search(text)
-    parts = [f"{outer[1]} → {outer[2]} udp/{outer[3]}" if outer else f"udp/{point.vxlan_port}"]
+    found = [g for g in outer.groups() if g] if outer else []
+    parts = [f"{found[0]} → {found[1]} udp/{found[2]}" if found else f"udp/{point.vxlan_port}"]
     if vni:
         parts.append(f"vni {vni[1]}")
     return " ".join(parts)

@@ -80,6 +80,21 @@ def test_the_mtu_rule_takes_70_bytes_and_a_df_ping_of_that_size_crosses(under6: 
     assert ping(c3, c2["ip6"], "-6").returncode == 0 and ping(c2, c3["ip"]).returncode == 0
 
 
+def test_trace_follows_the_probe_through_vxlan_over_ipv6(under6: Cli) -> None:
+    """`trace` reads the probe inside VXLAN in an IPv6 outer packet too, in each family of the
+    probe, and names both underlay addresses and the VNI."""
+    vni = under6.json("inspect", "network", "ov")["vni"]
+    h1, h2 = (under6.host(h)["underlay_ip"] for h in ("h1", "h2"))
+    for extra in ((), ("-6",)):
+        done = under6.run("trace", "c1", "c2", *extra, check=False, timeout=60)
+        assert done.returncode == 0 and not done.stderr.strip(), done.stdout + done.stderr
+        hops = [line.strip() for line in done.stdout.splitlines() if line.startswith("  ")]
+        assert all(h.startswith("✓") for h in hops), done.stdout
+        assert f"✓ h1  VXLAN out of eth0: {h1} → {h2} udp/4789 vni {vni}" in hops, hops
+        assert f"✓ h2  peer host: VXLAN in on eth0: {h1} → {h2} udp/4789 vni {vni}" in hops
+        assert any(h.startswith("✓ h2  decapsulated on sdnx") for h in hops), hops
+
+
 def test_zz_down_leaves_nothing(under6: Cli) -> None:
     under6.run("down", str(next(iter(under6.files.values()))))
     prefix = under6.env["SDNCTL_LAB_PREFIX"]

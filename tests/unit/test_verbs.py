@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 from apitest import Api
-from scapy.layers.inet import UDP
+from scapy.layers.inet import ICMP as ICMP_ECHO
+from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
@@ -206,21 +207,26 @@ def test_probe_filters() -> None:
     assert ICMP.bpf() == ("src host 10.70.0.2 and dst host 10.70.1.2 and "
                           "icmp[icmptype] == icmp-echo and icmp[4:2] == 4242")
     assert ICMP.bpf_in_vxlan(4789) == (
-        "udp dst port 4789 and udp[42:4] == 0x0a460002 and udp[46:4] == 0x0a460102 and "
-        "udp[39] == 1 and udp[50] == 8 and udp[54:2] == 4242")
+        "(udp dst port 4789 and udp[42:4] == 0x0a460002 and udp[46:4] == 0x0a460102 and "
+        "udp[39] == 1 and udp[50] == 8 and udp[54:2] == 4242) or "
+        "(ip6[6] == 17 and ip6[42:2] == 4789 and ip6[82:4] == 0x0a460002 and "
+        "ip6[86:4] == 0x0a460102 and ip6[79] == 1 and ip6[90] == 8 and ip6[94:2] == 4242)")
     tcp = trace.Probe("tcp", SRC.ip, PEER.ip, port=80, marker=40000)
     assert tcp.nft_match().endswith("tcp sport 40000 tcp dport 80")
     assert tcp.bpf(with_source=False) == \
         "dst host 10.70.1.2 and tcp src port 40000 and tcp dst port 80"
-    assert tcp.bpf_in_vxlan(8472).endswith("udp[50:2] == 40000 and udp[52:2] == 80")
+    assert "udp[50:2] == 40000 and udp[52:2] == 80)" in tcp.bpf_in_vxlan(8472)
 
 
-def _bpf_bytes_match(bpf: str, udp: bytes) -> bool:
-    """Whether each ``udp[off:len] == value`` / ``udp[off] == value`` term holds for ``udp``
-    (the outer UDP header and what follows)."""
-    for term in re.findall(r"udp\[(\d+)(?::(\d+))?\] == (0x[0-9a-f]+|\d+)", bpf):
+def _bpf_bytes_match(bpf: str, packet: bytes, proto: str = "udp") -> bool:
+    """Whether each ``PROTO[off:len] == value`` / ``PROTO[off] == value`` term holds for
+    ``packet`` (``udp``: the outer UDP header and what follows; ``ip6``: the outer IPv6
+    header and what follows)."""
+    terms = re.findall(rf"\b{proto}\[(\d+)(?::(\d+))?\] == (0x[0-9a-f]+|\d+)", bpf)
+    assert terms, bpf
+    for term in terms:
         start, length = int(term[0]), int(term[1] or 1)
-        if int.from_bytes(udp[start:start + length]) != int(term[2], 0):
+        if int.from_bytes(packet[start:start + length]) != int(term[2], 0):
             return False
     return True
 
@@ -242,8 +248,7 @@ def test_ipv6_probe_filters_read_the_inner_ipv6_header() -> None:
                     (Ether() / IPv6(src=dst, dst=src) / ICMPv6EchoRequest(id=4242)))
     assert not _bpf_bytes_match(six.bpf_in_vxlan(4789), swapped)
     tcp = trace.Probe("tcp", src, dst, port=80, marker=40000, family=6)
-    assert tcp.bpf_in_vxlan(4789).endswith("udp[36] == 6 and udp[70:2] == 40000 and "
-                                           "udp[72:2] == 80")
+    assert "udp[36] == 6 and udp[70:2] == 40000 and udp[72:2] == 80)" in tcp.bpf_in_vxlan(4789)
     # port unreachable is ICMPv6 type 1 code 4
     closed = {"kind": "icmp-error", "src": dst, "type": 1, "code": 4}
     assert trace.classify_answer(tcp, closed, True)[0] == trace.OK
@@ -253,6 +258,29 @@ def test_ipv6_probe_filters_read_the_inner_ipv6_header() -> None:
     with pytest.raises(cli.CommandError, match="api has no IPv6 address"):
         trace.make_probe(v6src, PEER, "icmp", None, family=6)
     assert parse("trace", "web", "api", "-6").ipv6
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_vxlan_filter_reads_an_ipv6_outer_packet(family: int) -> None:
+    """Over an IPv6 underlay the probe is found at the same offsets behind a 40-byte IPv6
+    header (libpcap has no ``udp[]`` there), and the outer addresses are read for people."""
+    src, dst = ("10.70.0.2", "10.70.1.2") if family == 4 else ("fd00:98::2", "fd00:98:0:1::2")
+    probe = trace.Probe("icmp", src, dst, marker=4242, family=family)
+    ip = IP if family == 4 else IPv6
+    echo = ICMP_ECHO(id=4242) if family == 4 else ICMPv6EchoRequest(id=4242)
+    outer = IPv6(src="2001:db8::2", dst="2001:db8::3") / UDP(sport=1, dport=4789) / \
+        VXLAN(vni=4096) / Ether() / ip(src=src, dst=dst) / echo
+    bpf = probe.bpf_in_vxlan(4789)
+    assert _bpf_bytes_match(bpf, bytes(outer), "ip6")
+    assert outer[IPv6].nh == 17 and "ip6[6] == 17 and ip6[42:2] == 4789" in bpf
+    other = outer.copy()
+    other.getlayer(ip, nb=1 if family == 4 else 2).src = dst  # the inner header's source
+    assert not _bpf_bytes_match(bpf, bytes(other), "ip6")
+    point = trace.plan_points(SRC, PEER, ICMP)[3]
+    line = ("IP6 2001:db8::2.41001 > 2001:db8::3.4789: VXLAN, flags [I] (0x08), vni 4096 "
+            "IP 10.70.0.2 > 10.70.1.2: ICMP echo request, id 4242, seq 1, length 8")
+    assert trace.capture_detail(point, [line]) == \
+        "2001:db8::2 → 2001:db8::3 udp/4789 vni 4096"
 
 
 def test_make_probe_checks_port_and_protocol() -> None:
@@ -276,7 +304,7 @@ def test_path_across_an_overlay() -> None:
         ("h2", "veth"), ("h2", "destination")]
     vxlan = points[3]
     assert (vxlan.netns, vxlan.device, vxlan.vxlan_port) == ("/run/netns/p-h1", "eth0", 4789)
-    assert vxlan.bpf.startswith("udp dst port 4789")
+    assert vxlan.bpf.startswith("(udp dst port 4789")
     assert points[5].device == "sdnx00000001" and points[8].device == "sdnv00000002"
 
 
