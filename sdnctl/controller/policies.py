@@ -5,15 +5,19 @@ Design note. A policy is one key, ``/policies/<name>``, written with a compare o
 The policy set an agent needs is global: every policy (networks' ``default_policy: deny``
 included, as ``default/<network>`` policies) and every container address with its labels, on
 any host, since a selector matches containers everywhere. It is computed from one range read of
-the store and cached by revision, so the Watch streams of 100 hosts reading the same revision
-compute it once. The evaluation itself is ``sdnctl.api.policyeval``'s.
+the store, then moved on by the change log (the hub asks after every commit that touched a
+container: a whole read each time made a create cost O(containers)), and cached by revision,
+so the Watch streams of 100 hosts reading the same revision compute it once. The evaluation
+itself is ``sdnctl.api.policyeval``'s.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sdnctl.api.model import (
     POLICY_ALL_NETWORKS,
@@ -25,11 +29,18 @@ from sdnctl.api.model import (
     policy_from_json,
     to_json,
 )
-from sdnctl.api.policyeval import Endpoint, Evaluator, default_policies, policy_selector, selects
+from sdnctl.api.policyeval import (
+    Endpoint,
+    Evaluator,
+    Selector,
+    default_policies,
+    policy_selector,
+    selects,
+)
 from sdnctl.api.validate import validate_policy
 from sdnctl.controller import ipam, keys
 from sdnctl.controller.errors import Invalid, NotFound
-from sdnctl.controller.store.base import Compare, Delete, Put, Store
+from sdnctl.controller.store.base import Compacted, Compare, Delete, Put, Store
 
 
 @dataclass(frozen=True)
@@ -97,38 +108,105 @@ def delete_policy(store: Store, name: str) -> int:
     return ipam.commit_with_revision(store, build)[1]
 
 
+T = TypeVar("T")
 _lock = threading.Lock()
-_cache: weakref.WeakKeyDictionary[Store, PolicySet] = weakref.WeakKeyDictionary()
+_cache: weakref.WeakKeyDictionary[Store, _Index] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class _Index:
+    """The keys a policy set is made of, decoded, as of ``pset.revision``. Read whole once;
+    then moved on by the store's change log: a container's creation costs the decode of its
+    own keys, not of every key (the hub asks after every commit that touched a container)."""
+
+    networks: dict[str, Network]
+    policies: dict[str, Policy]
+    containers: dict[str, Container]
+    owners: dict[str, Allocation]  # IPAM owner key -> its allocation
+    pset: PolicySet
+    rules: tuple[Policy, ...] = ()  # the policies, networks' default ones included
+    selectors: tuple[Selector, ...] = ()  # what the rules select: none, no endpoint matters
+
+    def put(self, key: str, value: bytes | None) -> str:
+        """Apply one key's new value (None: deleted); which part it changed: "rules" (a
+        policy or a network), "endpoints" (a container or an address owner) or ""."""
+        if key.startswith(keys.POLICIES):
+            _set(self.policies, key[len(keys.POLICIES):], value, policy_from_json)
+            return "rules"
+        if key.startswith(keys.NETWORKS):
+            _set(self.networks, key[len(keys.NETWORKS):], value,
+                 lambda v: from_json(Network, v))
+            return "rules"
+        if key.startswith(keys.CONTAINERS):
+            _set(self.containers, key[len(keys.CONTAINERS):], value,
+                 lambda v: from_json(Container, v))
+            return "endpoints"
+        if key.startswith(keys.IPAM) and key[len(keys.IPAM):].split("/")[1:2] == ["owner"]:
+            _set(self.owners, key, value, lambda v: from_json(Allocation, v))
+            return "endpoints"
+        return ""
+
+    def derive(self, revision: int, rules: bool, members: bool) -> None:
+        """The policy set at ``revision``, from what changed since the last one."""
+        if rules:
+            networks = self.networks.values()
+            self.rules = tuple(sorted([*self.policies.values(), *default_policies(networks)],
+                                      key=lambda p: p.name))
+            self.selectors = tuple(Evaluator(self.rules, (), {}).selectors())
+        old = self.pset
+        found = old.endpoints
+        if rules or members:
+            # Only endpoints some selector matches matter to agents: an unlabelled container
+            # on a network without policies changes nothing they enforce, so its creation
+            # sends nothing.
+            found = () if not self.selectors else tuple(
+                e for e in endpoints(self.containers, {
+                    (a.network, a.container): a for _, a in sorted(self.owners.items())})
+                if any(selects(s, e) for s in self.selectors))
+        cidrs, cidrs6 = old.network_cidrs, old.network_cidrs6
+        if rules:
+            cidrs = tuple(sorted((n.name, n.subnet) for n in self.networks.values()))
+            cidrs6 = tuple(sorted((n.name, n.subnet6) for n in self.networks.values()
+                                  if n.subnet6))
+        self.pset = PolicySet(revision, self.rules, found, cidrs, cidrs6)
+
+
+def _set(table: dict[str, T], name: str, value: bytes | None,
+         decode: Callable[[bytes], T]) -> None:
+    if value is None:
+        table.pop(name, None)
+    else:
+        table[name] = decode(value)
 
 
 def policy_set(store: Store) -> PolicySet:
-    """The whole policy set at the store's current revision (cached per revision)."""
+    """The whole policy set at the store's current revision (cached per revision, moved on by
+    the change log since the cached one; read whole the first time and after a compaction)."""
     revision = store.revision()
     with _lock:
-        cached = _cache.get(store)
-        if cached is None or cached.revision < revision:
-            cached = _cache[store] = _policy_set_at(store)
-        return cached
+        index = _cache.get(store)
+        if index is not None and index.pset.revision >= revision:
+            return index.pset
+        try:
+            if index is None:
+                raise Compacted(0, 0)
+            changes = store.changes_since(index.pset.revision)
+        except Compacted:
+            index = _cache[store] = _read_index(store)
+            return index.pset
+        parts = {index.put(c.key, c.value) for c in changes}
+        index.derive(max([revision, *(c.revision for c in changes[-1:])]),
+                     "rules" in parts, "endpoints" in parts)
+        return index.pset
 
 
-def _policy_set_at(store: Store) -> PolicySet:
+def _read_index(store: Store) -> _Index:
     kvs, read_at = store.range("/")
-    networks = [from_json(Network, kv.value) for kv in kvs if kv.key.startswith(keys.NETWORKS)]
-    policies = [policy_from_json(kv.value) for kv in kvs if kv.key.startswith(keys.POLICIES)]
-    containers = {kv.key[len(keys.CONTAINERS):]: from_json(Container, kv.value)
-                  for kv in kvs if kv.key.startswith(keys.CONTAINERS)}
-    allocations = {(a.network, a.container): a for a in (
-        from_json(Allocation, kv.value) for kv in kvs
-        if kv.key.startswith(keys.IPAM) and kv.key[len(keys.IPAM):].split("/")[1:2] == ["owner"])}
-    every = tuple(sorted([*policies, *default_policies(networks)], key=lambda p: p.name))
-    # Only endpoints some selector matches matter to agents: an unlabelled container on a
-    # network without policies changes nothing they enforce, so its creation sends nothing.
-    evaluator = Evaluator(every, (), {})
-    wanted = evaluator.selectors()
-    found = tuple(e for e in endpoints(containers, allocations)
-                  if any(selects(s, e) for s in wanted))
-    return PolicySet(read_at, every, found, tuple(sorted((n.name, n.subnet) for n in networks)),
-                     tuple(sorted((n.name, n.subnet6) for n in networks if n.subnet6)))
+    index = _Index({}, {}, {}, {}, PolicySet(read_at, (), (), ()))
+    for kv in kvs:
+        index.put(kv.key, kv.value)
+    index.derive(read_at, rules=True, members=True)
+    return index
 
 
 def endpoints(containers: dict[str, Container],

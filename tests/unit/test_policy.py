@@ -4,6 +4,9 @@ in the Watch stream."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 from agent.desired import Changed, DesiredState
@@ -34,6 +37,7 @@ from sdnctl.api.validate import validate_container, validate_policy
 from sdnctl.controller import policies, watch
 from sdnctl.controller.state import State
 from sdnctl.controller.store.memory import MemoryStore
+from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.topology.check import REACHABLE, plan
 from sdnctl.topology.topology import FILTERED, OPEN, TopologyError, parse, parse_policies
 
@@ -353,3 +357,76 @@ def test_the_policy_set_carries_ipv6_addresses_and_prefixes_to_the_agents() -> N
     assert desired.policy.network_cidrs6 == pset.network_cidrs6
     sets = dict(build(desired.policy).sets)
     assert sets["iso6_in"] == (db.address6,)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_the_policy_set_moves_on_by_the_change_log_as_a_whole_read_would(
+        kind: str, tmp_path: Path) -> None:
+    """After each write (containers labelled or not, joined ones, a policy, a network's
+    default deny, deletions) the cached set, moved on by the change log, equals the set read
+    whole from the store; a container write reads no key but its own; and a compaction
+    makes it read whole again."""
+    store = MemoryStore() if kind == "memory" else SqliteStore(str(tmp_path / "s.db"))
+    state = State(store)
+    state.create_host(Host("h1"))
+    state.create_network(Network("back", "10.2.0.0/16", subnet6="fd00:2::/48"))
+    state.create_network(Network("front", "10.1.0.0/16"))
+
+    def whole() -> policies.PolicySet:
+        return policies._read_index(store).pset
+
+    def same() -> None:
+        moved = policies.policy_set(store)
+        assert moved.revision == store.revision()
+        assert moved == dataclasses.replace(whole(), revision=moved.revision)
+
+    same()
+    state.create_container(Container("plain", "h1", "front"))
+    assert policies.policy_set(store).endpoints == ()  # no selector: no endpoint matters
+    same()
+    policies.create_policy(store, DB_FROM_WEB)
+    same()
+    state.create_container(Container("db", "h1", "back", labels=("app=db",)))
+    state.create_container(Container("web", "h1", "front", labels=("app=web",)))
+    state.create_container(Container("side", "h1", "container:db", labels=("app=db",)))
+    same()
+    assert {e.container for e in policies.policy_set(store).endpoints} >= {"db", "side"}
+    state.update_network(dataclasses.replace(state.get_network("front")[0],
+                                             default_policy="deny"))
+    same()
+    state.delete_container("side")
+    state.delete_container("db")
+    same()
+    policies.delete_policy(store, DB_FROM_WEB.name)
+    same()
+    reads: list[str] = []
+    real_range = store.range
+
+    def counting(prefix: str, *args: object, **kwargs: object) -> object:
+        reads.append(prefix)
+        return real_range(prefix, *args, **kwargs)
+
+    store.range = counting  # type: ignore[method-assign]
+    state.create_container(Container("late", "h1", "front", labels=("app=web",)))
+    same_reads = len(reads)
+    policies.policy_set(store)
+    assert len(reads) == same_reads  # moved on by the change log: no whole read
+    store.range = real_range  # type: ignore[method-assign]
+    same()
+    store.close()
+
+
+def test_the_policy_set_is_read_whole_again_behind_a_compaction(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "s.db"), history=1)  # each write trims the one before
+    state = State(store)
+    state.create_host(Host("h1"))
+    state.create_network(Network("back", "10.2.0.0/16"))
+    state.create_network(Network("front", "10.1.0.0/16"))
+    policies.create_policy(store, DB_FROM_WEB)
+    before = policies.policy_set(store)
+    state.create_container(Container("db", "h1", "back", labels=("app=db",)))
+    state.create_container(Container("db2", "h1", "back", labels=("app=db",)))
+    after = policies.policy_set(store)
+    assert after.revision > before.revision
+    assert [e.container for e in after.endpoints] == ["db", "db2"]
+    store.close()
