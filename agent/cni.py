@@ -53,8 +53,15 @@ import grpc
 from agent.desired import DesiredContainer, DesiredState, container_from_pb
 from agent.kernel import netns
 from agent.kernel.firewall import published_port_comments
-from agent.kernel.links import KernelError, Links, peek_host_link, peek_interface
-from agent.names import container_mac, veth_name
+from agent.kernel.links import (
+    KernelError,
+    Links,
+    PreparedVeth,
+    peek_host_link,
+    peek_interface,
+    remove_prepared,
+)
+from agent.names import bridge_name, container_mac, veth_name
 from sdnctl.api.fields import check_name, port_text
 from sdnctl.api.model import STATE_ERROR, STATE_RUNNING, ContainerStatus, Invalid, PortMapping
 from sdnctl.cni import plugin
@@ -138,9 +145,13 @@ class AgentSide:
     # CniService.delete); None: DEL waits for the reconciler's pass instead.
     remove_veth: Callable[[str], None] | None = None
     # CNI ADD's fast path: builds the attachment (recorded at the given revision) at once, on
-    # the reconciler's thread (Reconciler.attach_now); False when a pass must build it; raises
-    # when a step failed (then the veth is gone and the attachment is no longer desired).
-    attach_now: Callable[[DesiredContainer, int], bool] | None = None
+    # the reconciler's thread (Reconciler.attach_now), from its prepared pair when there is
+    # one; False when a pass must build it; raises when a step failed (then the veth is gone
+    # and the attachment is no longer desired).
+    attach_now: Callable[[DesiredContainer, int, PreparedVeth | None], bool] | None = None
+    # Makes an attachment's pair while the controller records it (links.prepare_veth: host
+    # side, bridge, MTU, namespace, interface); None: the fast path makes it afterwards.
+    prepare_veth: Callable[[str, str, int, str, str], PreparedVeth | None] | None = None
     # Held while an ADD waits for the controller's record and, built at once, makes its
     # answer: the reconciler's passes wait for it (agent/main.py).
     attach_begin: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
@@ -324,23 +335,22 @@ class CniService:
                                       ("containerID", "ifname", "netns"))
         if not netns.is_netns(path):
             raise CniError(ERR_ENV, f"CNI_NETNS: {path!r} is not a network namespace")
-        try:
-            present = peek_interface(path, ifname)
-        except KernelError as e:
-            raise CniError(ERR_ENV, f"CNI_NETNS: {e}") from None
         name = attachment_name(container_id, ifname)
-        # A DEL of the same attachment, or of another in this namespace, may still be removing
-        # its veth: wait for that (and for a pass of an older revision that rebuilt it).
-        going = self._veths_gone(everything=present is not None, name=name)
-        if present is not None and (self._settle_removal(name) or going):
-            present = peek_interface(path, ifname)
-        if present is not None:
-            raise CniError(ERR_INTERNAL, f"interface {ifname!r} already exists in {path}")
-        stale = self.side.desired().containers.get(name)
-        if stale is not None and stale.cni_netns != path and not netns.is_netns(stale.cni_netns):
-            # The same container and interface in a new namespace, and the old one gone without
-            # a DEL (a runtime restarted it): that attachment is over.
-            self._detach(name, wait=True)
+        desired = self.side.desired()
+        net = desired.networks.get(network)
+        # A new attachment the fast path will build (no policy to wait for): its pair is made
+        # while the controller records it, and making it tells whether CNI_IFNAME exists.
+        early = (self.side.prepare_veth is not None and net is not None
+                 and not desired.policy.policies and name not in desired.containers
+                 and not self._in_removal(name))
+        if not early:
+            self._interface_free(path, ifname, name)
+            stale = desired.containers.get(name)
+            if stale is not None and stale.cni_netns != path and \
+                    not netns.is_netns(stale.cni_netns):
+                # The same container and interface in a new namespace, and the old one gone
+                # without a DEL (a runtime restarted it): that attachment is over.
+                self._detach(name, wait=True)
         args = str(request.get("args") or "")
         spec = pb.Container(name=name, host=self.side.host, network=network, interface=ifname,
                             fixed_ip=requested_ip(conf, args), ports=port_mappings(conf),
@@ -350,17 +360,22 @@ class CniService:
             raise CniError(ERR_UNSUPPORTED_FIELD, "mac: sdnctl derives each container's MAC "
                            "address from its IP address (its anti-spoofing guard knows it)")
         view: pb.Container | None = None
+        prepared: PreparedVeth | None = None
         try:
             # Built at once (the fast path), the answer is made before passes may run again
             # (they would hold the interpreter meanwhile: see AgentSide.attach_begin).
             with self.side.attach_begin():
+                call = self.side.sync().Attach.future(
+                    pb.AttachRequest(host=self.side.host, container=spec), timeout=RPC_TIMEOUT)
+                if early and net is not None:
+                    prepared = self._prepare(net.name, net.mtu, name, ifname, path)
                 try:
-                    view = self.side.sync().Attach(pb.AttachRequest(host=self.side.host,
-                                                                    container=spec),
-                                                   timeout=RPC_TIMEOUT)
+                    view = call.result()
                 except grpc.RpcError as e:
                     raise rpc_error(e, f"network {network!r}") from None
-                if self._attach_now(view):
+                if early and prepared is None:
+                    self._interface_free(path, ifname, name)
+                if self._attach_now(view, prepared):
                     return self.result(conf["cniVersion"], view, ifname, path)
             status = self._wait_realised(name, view.revision)
             if status is None:
@@ -372,15 +387,52 @@ class CniService:
         except BaseException:
             if view is not None:
                 self._detach(name, wait=True)  # roll back: record and veth
+            if prepared is not None:
+                try:
+                    remove_prepared(prepared)  # (gone already when it was built)
+                except KernelError as e:
+                    log.warning("could not remove %s: %s", prepared.host_ifname, e)
             raise
 
-    def _attach_now(self, view: pb.Container) -> bool:
+    def _prepare(self, network: str, mtu: int, name: str, ifname: str,
+                 path: str) -> PreparedVeth | None:
+        """The attachment's pair, made while the controller records it (``links.prepare_veth``);
+        None when it could not be (the interface exists, the bridge does not yet...): the
+        caller then looks, and the fast path or a pass makes the pair."""
+        assert self.side.prepare_veth is not None
+        try:
+            return self.side.prepare_veth(veth_name(name, ifname), bridge_name(network), mtu,
+                                          path, ifname)
+        except KernelError as e:
+            log.warning("could not prepare the veth of %s: %s", name, e)
+            return None
+
+    def _interface_free(self, path: str, ifname: str, name: str) -> None:
+        """Raise the CNI error when ``ifname`` exists in ``path`` (ADD must fail then). A DEL
+        of the same attachment, or of another in this namespace, may still be removing its
+        veth: that is waited for (and a pass of an older revision that rebuilt it)."""
+        try:
+            present = peek_interface(path, ifname)
+            going = self._veths_gone(everything=present is not None, name=name)
+            if present is not None and (self._settle_removal(name) or going):
+                present = peek_interface(path, ifname)
+        except KernelError as e:
+            raise CniError(ERR_ENV, f"CNI_NETNS: {e}") from None
+        if present is not None:
+            raise CniError(ERR_INTERNAL, f"interface {ifname!r} already exists in {path}")
+
+    def _in_removal(self, name: str) -> bool:
+        """Whether a DEL of attachment ``name`` is still being realised here."""
+        with self._lock:
+            return name in self._removing or name in self._veths_going
+
+    def _attach_now(self, view: pb.Container, prepared: PreparedVeth | None) -> bool:
         """The fast path (``AgentSide.attach_now``); False when the reconciler's pass must
         build the attachment. A step that fails is a CNI error (the caller rolls back)."""
         if self.side.attach_now is None:
             return False
         try:
-            return self.side.attach_now(container_from_pb(view), view.revision)
+            return self.side.attach_now(container_from_pb(view), view.revision, prepared)
         except CniError:
             raise
         except Exception as e:

@@ -50,7 +50,7 @@ from agent.imagefetch import GrpcFetcher
 from agent.imagestore import ImageStore
 from agent.kernel import conntrack, procfs, sysctl
 from agent.kernel.firewall import Firewall, FlowSample
-from agent.kernel.links import Links
+from agent.kernel.links import Links, PreparedVeth, prepare_veth
 from agent.kernel.policyfw import PolicyFirewall
 from agent.kernel.seams import FirewallOps, LinkOps
 from agent.kernel.shaping import Shaper
@@ -80,7 +80,8 @@ FLOWS_MAX = 500
 #: one pulling an image, may hold it) before it waits for a pass to build the attachment.
 ATTACH_NOW_WAIT = 2.0
 #: How long a pass may be held back for CNI ADDs whose record the controller is writing (their
-#: attachments are built first, and the pass then has nothing to do for them).
+#: attachments are built first, and the pass then has nothing to do for them); the Watch
+#: stream's events wait as long at most after ADDs began (see watch_forever).
 ATTACH_HOLD = 0.1
 
 
@@ -90,6 +91,7 @@ class AttachJob:
 
     ctr: DesiredContainer
     revision: int
+    prepared: PreparedVeth | None = None  # its pair, made while the controller recorded it
     done: threading.Event = field(default_factory=threading.Event)
     built: bool = False
     error: Exception | None = None
@@ -229,6 +231,7 @@ class Agent:
         self.watching = False  # a Watch stream delivered its first event and has not broken
         self.attach_jobs: list[AttachJob] = []  # CNI ADDs' fast paths, for the reconciler
         self.attaching = 0  # CNI ADDs waiting for the controller's record (attach_begin)
+        self.attach_busy_since = 0.0  # when ``attaching`` last went from 0 to 1
         self.attach_cond = threading.Condition(self.lock)
         # CNI (issue 17): the plugin's calls wait for the passes published here.
         self.realised = Realised()
@@ -238,6 +241,7 @@ class Agent:
             desired=self._desired_copy, connected=lambda: self.watching,
             realised=self.realised, resolver=bool(getattr(args, "dns_port", 0)),
             remove_veth=remove_veth_now, attach_begin=self.attach_begin,
+            prepare_veth=prepare_veth,
             attach_now=self.attach_now),
             address if address.startswith("/") else "\0" + address.lstrip("@")) \
             if address else None
@@ -301,6 +305,8 @@ class Agent:
         build it while the ADD waits; and until the ADD has its answer, else the pass the
         stream's event asks for would hold the interpreter meanwhile."""
         with self.lock:
+            if self.attaching == 0:
+                self.attach_busy_since = time.monotonic()
             self.attaching += 1
         try:
             yield
@@ -309,10 +315,11 @@ class Agent:
                 self.attaching -= 1
                 self.attach_cond.notify_all()
 
-    def attach_now(self, ctr: DesiredContainer, revision: int) -> bool:
+    def attach_now(self, ctr: DesiredContainer, revision: int,
+                   prepared: PreparedVeth | None = None) -> bool:
         """``AgentSide.attach_now``: have the reconciler's thread build ``ctr`` between two
         passes; False when a pass must (or the thread was busy for ATTACH_NOW_WAIT)."""
-        job = AttachJob(ctr, revision)
+        job = AttachJob(ctr, revision, prepared)
         with self.lock:
             self.attach_jobs.append(job)
             self.attach_cond.notify_all()
@@ -340,7 +347,7 @@ class Agent:
                 desired = self.desired.copy()
             started = time.monotonic()
             try:
-                job.built = wanted and reconciler.attach_now(desired, job.ctr)
+                job.built = wanted and reconciler.attach_now(desired, job.ctr, job.prepared)
                 if job.built:
                     log.info("attachment %s built at once in %.0f ms", job.ctr.name,
                              (time.monotonic() - started) * 1000)
@@ -386,6 +393,13 @@ class Agent:
                     backoff = 0.1
                     self.watching = True
                     with self.lock:
+                        # The event of an ADD's own record comes while the ADD builds it: it
+                        # is applied once the ADD has its answer (its Python work would hold
+                        # the interpreter meanwhile), ATTACH_HOLD after ADDs began at most.
+                        self.attach_cond.wait_for(
+                            lambda: self.attaching == 0 or time.monotonic() >=
+                            self.attach_busy_since + ATTACH_HOLD,
+                            max(0.0, self.attach_busy_since + ATTACH_HOLD - time.monotonic()))
                         changed = self.desired.apply(event)
                         if changed & Changed.POLICY:
                             self.pending_policy = True  # with no pass: the policy table alone

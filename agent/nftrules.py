@@ -76,6 +76,7 @@ This module is pure (no I/O): ``agent/kernel/firewall.py`` applies its scripts.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -577,13 +578,33 @@ def _sha_rule(body: Sequence[str]) -> _Rule:
                  SHA_COMMENT_PREFIX + _sha(body))
 
 
-def render(spec: SpecLike) -> str:
-    """The nft script for ``spec`` (pure). Its last rule's comment carries the script's sha."""
-    spec = _as_spec(spec)
+@dataclass(frozen=True)
+class _Rendered:
+    rules: list[_Rule]
+    body: list[str]  # the script without its sha rule
+    sha_rule: _Rule
+
+
+#: The last specs rendered, by identity: one apply renders the spec it writes for its
+#: fingerprint, its delta and its script, and the installed one for the delta again.
+_RENDERED: collections.deque[tuple[FirewallSpec, _Rendered]] = collections.deque(maxlen=4)
+
+
+def _rendered(spec: FirewallSpec) -> _Rendered:
+    for known, done in list(_RENDERED):  # (a copy: other threads render too)
+        if known is spec:
+            return done
     rules = _rules(spec)
     body = _render_body(rules)
-    body.append(_sha_rule(body).line())
-    return "\n".join(body) + "\n"
+    done = _Rendered(rules, body, _sha_rule(body))
+    _RENDERED.append((spec, done))
+    return done
+
+
+def render(spec: SpecLike) -> str:
+    """The nft script for ``spec`` (pure). Its last rule's comment carries the script's sha."""
+    done = _rendered(_as_spec(spec))
+    return "\n".join([*done.body, done.sha_rule.line()]) + "\n"
 
 
 @dataclass(frozen=True)
@@ -645,11 +666,11 @@ def render_delta(installed: SpecLike, spec: SpecLike,
             position = handles[anchor.comment]
             lines += [f"insert rule {r.family} {TABLE_NAME} {r.chain} position {position} "
                       f"{r.expr} comment {_quote(r.comment)}" for r in _one_guard(g)]
-        old_sha = _sha_rule(_render_body(_rules(installed)))
+        old_sha = _rendered(installed).sha_rule
         drop_sha = _delete(old_sha, handles[old_sha.comment])
     except KeyError:
         return None  # a handle we do not know: not worth guessing
-    new_sha = _sha_rule(_render_body(_rules(spec))).line()
+    new_sha = _rendered(spec).sha_rule.line()
     if members or gone:  # it deletes anyway: one transaction, one grace period
         return Delta("\n".join([*lines, drop_sha, new_sha]) + "\n")
     return Delta("\n".join([*lines, new_sha]) + "\n", drop_sha + "\n")
@@ -667,9 +688,8 @@ def _sysctl_lines(localnet: Sequence[str], accept_ra: Sequence[str]) -> list[str
 
 
 def _tables_fingerprint(spec: FirewallSpec) -> list[str]:
-    rules = _rules(spec)
-    sha_rule = _sha_rule(_render_body(rules))
-    return sorted([r.comment for r in rules] + [sha_rule.comment])
+    done = _rendered(spec)
+    return sorted([r.comment for r in done.rules] + [done.sha_rule.comment])
 
 
 def fingerprint(spec: SpecLike) -> str:

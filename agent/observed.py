@@ -73,3 +73,14 @@ class ObservedPeers:
     routes: tuple[tuple[str, str], ...] = ()  # (dst 'a.b.c.d/len', via), proto RTPROT_SDNCTL
     neighbours: tuple[tuple[str, str], ...] = ()  # (ip, mac), permanent
     fdb: tuple[tuple[str, str], ...] = ()  # (mac, underlay dst ip)
+
+
+@dataclass(frozen=True)
+class PreparedVeth:
+    """A veth pair made ahead of its addresses (a CNI ADD's, while the controller allocates
+    one: ``links.prepare_veth``): the host side up in its bridge but without our alias (a pass
+    leaves a link without it alone, and ``ensure_veth`` adopts it), the peer down in the
+    container's namespace with its name and MTU, and a MAC of the kernel's choosing."""
+
+    host_ifname: str
+    peer_index: int  # in the container's namespace

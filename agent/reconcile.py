@@ -31,7 +31,7 @@ from agent import plan as p
 from agent.containers import Containers
 from agent.desired import DesiredContainer, DesiredNetwork, DesiredPeer, DesiredState, LocalHost
 from agent.imagestore import ImageStore
-from agent.kernel.links import ObservedPeers, ObservedVxlan
+from agent.kernel.links import ObservedPeers, ObservedVxlan, PreparedVeth
 from agent.kernel.policyfw import PolicyFirewall
 from agent.kernel.seams import FirewallOps, LinkOps, SysctlOps
 from agent.kernel.shaping import Shape, Shaper
@@ -204,10 +204,12 @@ class Reconciler:
             if net.driver in p.LOCAL_BRIDGE_DRIVERS and (name in made or not p.bridge_needs_repair(
                 net, outcome.observed.links.get(bridge_name(name))))}
 
-    def attach_now(self, desired: DesiredState, ctr: DesiredContainer) -> bool:
+    def attach_now(self, desired: DesiredState, ctr: DesiredContainer,
+                   prepared: PreparedVeth | None = None) -> bool:
         """Build the CNI attachment ``ctr`` of ``desired`` now, as a pass would (see the module
-        note). False, having done nothing, when a pass is needed; raises, having removed the
-        veth, when a step fails."""
+        note), from its ``prepared`` pair when there is one. False, having done nothing, when
+        a pass is needed (a prepared pair is left for it: ``ensure_veth`` adopts it); raises,
+        having removed the veth, when a step fails."""
         net = desired.networks.get(ctr.target)
         realised = self._bridges.get(ctr.target)
         if (net is None or realised is None or not desired.synced or not ctr.ip
@@ -221,11 +223,16 @@ class Reconciler:
         # netlink both let go of the GIL); the runtime starts no process before both are done.
         guarded = self._helper.submit(self.firewall.apply, p.firewall_spec(desired))
         veth = veth_name(ctr.name, ctr.interface)
+        alias, mac = veth_alias(ctr.name, ctr.interface), container_mac(ctr.ip)
         try:
-            self.links.add_veth(veth, veth_alias(ctr.name, ctr.interface), bridge_name(net.name),
-                                net.mtu, ctr.cni_netns, ctr.interface, ctr.address_cidr,
-                                ctr.gateway, container_mac(ctr.ip), ctr.address6_cidr,
-                                ctr.gateway6)
+            if prepared is not None and prepared.host_ifname == veth:
+                self.links.finish_veth(prepared, alias, ctr.cni_netns, ctr.interface,
+                                       ctr.address_cidr, ctr.gateway, mac, ctr.address6_cidr,
+                                       ctr.gateway6)
+            else:
+                self.links.add_veth(veth, alias, bridge_name(net.name), net.mtu, ctr.cni_netns,
+                                    ctr.interface, ctr.address_cidr, ctr.gateway, mac,
+                                    ctr.address6_cidr, ctr.gateway6)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.links.remove_link(veth)

@@ -13,6 +13,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from agent.kernel.errors import KernelError
 from agent.kernel.procs import ProcInfo
 from agent.nftrules import SpecLike, fingerprint
 from agent.observed import (
@@ -21,6 +22,7 @@ from agent.observed import (
     ObservedPeers,
     ObservedVxlan,
     PeerEntries,
+    PreparedVeth,
 )
 from agent.runtime import Rootfs
 
@@ -30,6 +32,7 @@ class FakeLinks:
     links: dict[str, ObservedLink] = field(default_factory=dict)
     peers: dict[str, ObservedPeers] = field(default_factory=dict)
     containers: dict[str, ObservedContainerNet] = field(default_factory=dict)  # by netns path
+    prepared: dict[str, str] = field(default_factory=dict)  # prepared veths: host side -> bridge
 
     def _add(self, link: ObservedLink) -> int:
         self.links[link.ifname] = link
@@ -38,6 +41,11 @@ class FakeLinks:
     def _index(self, name: str) -> int:
         have = self.links.get(name)
         return have.index if have else len(self.links) + 2  # 1 is lo
+
+    def prepare(self, host_ifname: str, bridge: str) -> PreparedVeth:
+        """What ``links.prepare_veth`` makes (it needs no ``LinkOps``: any thread calls it)."""
+        self.prepared[host_ifname] = bridge
+        return PreparedVeth(host_ifname, 2)
 
     def forget_netns(self, path: str) -> None:
         self.containers.pop(path, None)
@@ -70,6 +78,18 @@ class FakeLinks:
                  address6_cidr: str = "", gateway6: str = "") -> None:
         self.ensure_veth(host_ifname, alias, bridge, mtu, netns_path, peer_ifname, address_cidr,
                          gateway, mac, address6_cidr, gateway6)
+
+    def finish_veth(self, prepared: PreparedVeth, alias: str, netns_path: str,
+                    peer_ifname: str, address_cidr: str, gateway: str, mac: str,
+                    address6_cidr: str = "", gateway6: str = "") -> None:
+        """A pair ``prepare`` made, finished as ``add_veth`` makes one."""
+        bridge = self.prepared.pop(prepared.host_ifname, None)
+        if bridge is None:
+            raise KernelError(f"veth {prepared.host_ifname!r} prepared for the attachment is "
+                              "gone")
+        self.ensure_veth(prepared.host_ifname, alias, bridge, self.links[bridge].mtu,
+                         netns_path, peer_ifname, address_cidr, gateway, mac, address6_cidr,
+                         gateway6)
 
     def repair_host_side(self, host_ifname: str, alias: str, bridge: str, mtu: int) -> bool:
         link = self.links.get(host_ifname)

@@ -46,6 +46,7 @@ from agent.observed import (
     ObservedPeers,
     ObservedVxlan,
     PeerEntries,
+    PreparedVeth,
 )
 from sdnctl.api import faults
 
@@ -99,6 +100,46 @@ def peek_host_link(ifname: str) -> rtnl.Link | None:
             return reader.link(ifname)
     except (NetlinkError, OSError) as e:
         raise KernelError(f"could not read {ifname!r}") from e
+
+
+def prepare_veth(host_ifname: str, bridge: str, mtu: int, netns_path: str,
+                 peer_ifname: str) -> PreparedVeth | None:
+    """Make the pair of a CNI attachment before its address is known (see ``PreparedVeth``;
+    any thread may call it, on a socket of its own in the calling thread's namespace, the
+    host's). None, having made nothing, when the bridge is missing or either name is taken
+    (``CNI_IFNAME`` in the namespace, or the host side): the caller then looks, or leaves
+    the pair to ``Links.add_veth``. KernelError when the pair was made but cannot be read."""
+    with rtnl.Reader(open_netlink_fd(None)) as reader:
+        try:
+            master = reader.link(bridge)
+            if master is None:
+                return None
+            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                (code,) = reader.send_all([rtnl.veth_add(host_ifname, mtu, master.index,
+                                                         peer_ifname, fd)])
+            finally:
+                os.close(fd)
+            if code:
+                return None
+            link = reader.link(host_ifname)
+        except (NetlinkError, OSError) as e:
+            raise KernelError(f"could not prepare veth {host_ifname!r}") from e
+    if link is None or not link.link:
+        raise KernelError(f"could not read back the veth {host_ifname!r} just made")
+    return PreparedVeth(host_ifname, link.link)
+
+
+def remove_prepared(prepared: PreparedVeth) -> None:
+    """Undo ``prepare_veth`` (any thread): its pair is gone, or was already."""
+    with rtnl.Reader(open_netlink_fd(None)) as reader:
+        try:
+            (code,) = reader.send_all([rtnl.link_delete(prepared.host_ifname)])
+        except (NetlinkError, OSError) as e:
+            raise KernelError(f"could not remove veth {prepared.host_ifname!r}") from e
+    if code not in (0, errno.ENODEV):
+        raise KernelError(f"could not remove veth {prepared.host_ifname!r}: "
+                          f"{os.strerror(code)}")
 
 
 class StalePeer(KernelError):
@@ -269,13 +310,35 @@ class Links(VxlanLinks, LinkBase):
         self._configure_new_peer(netns_path, peer_ifname, alias, address_cidr, gateway,
                                  address6_cidr, gateway6)
 
+    def finish_veth(self, prepared: PreparedVeth, alias: str, netns_path: str,
+                    peer_ifname: str, address_cidr: str, gateway: str, mac: str,
+                    address6_cidr: str = "", gateway6: str = "") -> None:
+        """What ``add_veth`` makes, from a pair ``prepare_veth`` made: the host side gets our
+        alias, the peer its MAC, our alias, its addresses and default routes, and both are up.
+        On failure (the pair gone meanwhile too) what exists is left for the caller to remove
+        (``remove_link``)."""
+        self._check_thread()
+        what = f"veth {prepared.host_ifname!r}"
+        try:
+            (code,) = self._reader.send_all([rtnl.link_up(alias, name=prepared.host_ifname)])
+        except (NetlinkError, OSError) as e:
+            raise KernelError(f"could not bring up {what}") from e
+        if code == errno.ENODEV:
+            raise KernelError(f"{what} prepared for the attachment is gone")
+        if code:
+            raise KernelError(f"could not bring up {what}: {os.strerror(code)}")
+        faults.point("veth")
+        self._configure_new_peer(netns_path, peer_ifname, alias, address_cidr, gateway,
+                                 address6_cidr, gateway6, index=prepared.peer_index, mac=mac)
+
     def _configure_new_peer(self, netns_path: str, peer: str, alias: str, address_cidr: str,
                             gateway: str, address6_cidr: str = "", gateway6: str = "",
-                            index: int = 0) -> None:
-        """The peer just created (name, MTU and MAC set at birth; ``index``, when known, is the
-        host side's IFLA_LINK, else it is read by name): up with our alias, its addresses, its
-        default routes, as ONE batch of raw requests on a socket opened for it (pyroute2 took
-        a round trip, and a decode, for each)."""
+                            index: int = 0, mac: str = "") -> None:
+        """The peer just created (name and MTU set at birth, and its MAC unless ``mac`` is
+        given: set here, before it is up; ``index``, when known, is the host side's IFLA_LINK,
+        else it is read by name): up with our alias, its addresses, its default routes, as ONE
+        batch of raw requests on a socket opened for it (pyroute2 took a round trip, and a
+        decode, for each)."""
         what = f"{peer!r} in {netns_path!r}"
         fd = open_netlink_fds([netns_path])[netns_path]
         if isinstance(fd, OSError):
@@ -287,7 +350,7 @@ class Links(VxlanLinks, LinkBase):
                     if link is None:
                         raise KernelError(f"could not find {what}: host side exists without it")
                     index = link.index
-                requests = [rtnl.link_up(alias, index=index),
+                requests = [rtnl.link_up(alias, index=index, mac=mac.lower()),
                             *(rtnl.address_add(index, cidr)
                               for cidr in (address_cidr, address6_cidr) if cidr),
                             *(rtnl.route_replace(dst, via, index, MAIN_TABLE, RTPROT_SDNCTL, 0)

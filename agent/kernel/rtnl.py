@@ -41,10 +41,10 @@ AF_BRIDGE = 7  # a neighbour dump of this family lists bridge and VXLAN FDB entr
 NDA_DST, NDA_LLADDR, NDA_PROTOCOL = 1, 2, 12
 RT_SCOPE_UNIVERSE, RTN_UNICAST = 0, 1
 RTA_DST = 1
-RTM_NEWLINK, RTM_GETLINK = 16, 18
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_IFALIAS = 1, 3, 4, 10, 20
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_IFALIAS = 1, 3, 4, 5, 10, 20
 IFLA_LINKINFO, IFLA_EXT_MASK, IFLA_INFO_KIND = 18, 29, 1
 IFLA_NET_NS_FD, IFLA_INFO_DATA, VETH_INFO_PEER = 28, 2, 1
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4, 7
@@ -90,6 +90,7 @@ class Link:
     alias: str | None = None
     master: int | None = None  # the master's index
     vxlan: Vxlan | None = None  # kind "vxlan" only
+    link: int | None = None  # IFLA_LINK: a veth's peer's index (in the peer's namespace)
 
 
 @dataclass(frozen=True)
@@ -190,14 +191,14 @@ def route_replace(cidr: str, gateway: str, oif: int, table: int, protocol: int,
 
 
 def veth_add(name: str, mtu: int, master: int, peer: str, peer_netns_fd: int,
-             peer_mac: str) -> Request:
+             peer_mac: str = "") -> Request:
     """``ip link add NAME mtu MTU master MASTER up type veth peer name PEER netns FD mtu MTU
-    address MAC``: the peer born in the namespace of ``peer_netns_fd``, down. EEXIST when
-    ``name`` (or ``peer`` in its namespace) exists."""
+    [address MAC]``: the peer born in the namespace of ``peer_netns_fd``, down (with a random
+    MAC when none is given). EEXIST when ``name`` (or ``peer`` in its namespace) exists."""
     peer_msg = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + \
         _attr(IFLA_IFNAME, peer.encode() + b"\0") + \
         _attr(IFLA_NET_NS_FD, U32.pack(peer_netns_fd)) + _attr(IFLA_MTU, U32.pack(mtu)) + \
-        _attr(IFLA_ADDRESS, _mac_bytes(peer_mac))
+        (_attr(IFLA_ADDRESS, _mac_bytes(peer_mac)) if peer_mac else b"")
     info = _attr(IFLA_INFO_KIND, b"veth\0") + _attr(IFLA_INFO_DATA,
                                                     _attr(VETH_INFO_PEER, peer_msg))
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP) + \
@@ -206,13 +207,21 @@ def veth_add(name: str, mtu: int, master: int, peer: str, peer_netns_fd: int,
     return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
 
 
-def link_up(alias: str, index: int = 0, name: str = "") -> Request:
-    """``ip link set (dev NAME | index INDEX) up alias ALIAS`` (the kernel ignores an alias
-    given when a link is made: it is set afterwards)."""
+def link_up(alias: str, index: int = 0, name: str = "", mac: str = "") -> Request:
+    """``ip link set (dev NAME | index INDEX) [address MAC] up alias ALIAS`` (the kernel
+    ignores an alias given when a link is made: it is set afterwards; it sets the address
+    before it brings the link up)."""
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP) + \
         (_attr(IFLA_IFNAME, name.encode() + b"\0") if name else b"") + \
+        (_attr(IFLA_ADDRESS, _mac_bytes(mac)) if mac else b"") + \
         _attr(IFLA_IFALIAS, alias.encode())
     return Request(RTM_NEWLINK, 0, body)
+
+
+def link_delete(name: str) -> Request:
+    """``ip link del NAME`` (a veth's peer goes with it; ENODEV when there is none)."""
+    return Request(RTM_DELLINK, 0, IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) +
+                   _attr(IFLA_IFNAME, name.encode() + b"\0"))
 
 
 def address_add(index: int, cidr: str) -> Request:
@@ -275,6 +284,7 @@ def parse_link(payload: memoryview) -> Link:
                 mac=_mac(attrs.get(IFLA_ADDRESS)), ifname=_string(attrs.get(IFLA_IFNAME)) or "",
                 kind=kind, alias=_string(attrs.get(IFLA_IFALIAS)) or None,
                 master=_u32(attrs.get(IFLA_MASTER)) or None,
+                link=_u32(attrs.get(IFLA_LINK)) or None,
                 vxlan=parse_vxlan(data) if kind == "vxlan" and data is not None else None)
 
 

@@ -29,6 +29,7 @@ from agent.observed import (
     ObservedPeers,
     ObservedVxlan,
     PeerEntries,
+    PreparedVeth,
 )
 
 
@@ -54,6 +55,11 @@ class LinkOps(Protocol):
         self, host_ifname: str, alias: str, bridge: str, mtu: int, netns_path: str,
         peer_ifname: str, address_cidr: str, gateway: str, mac: str,
         address6_cidr: str = "", gateway6: str = "",
+    ) -> None: ...
+
+    def finish_veth(
+        self, prepared: PreparedVeth, alias: str, netns_path: str, peer_ifname: str,
+        address_cidr: str, gateway: str, mac: str, address6_cidr: str = "", gateway6: str = "",
     ) -> None: ...
 
     def repair_host_side(self, host_ifname: str, alias: str, bridge: str, mtu: int) -> bool: ...

@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
+import ipaddress
 import itertools
 import json
 import os
@@ -96,6 +98,7 @@ RETRY_TIMEOUT = 5.0
 
 #: How many events the history keeps (the sweeper trims older ones).
 HISTORY_MAX = 1000
+QUARANTINE_DECODED = 16384  # quarantine entries kept decoded (see _quarantined)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,13 +182,26 @@ def list_quarantine(store: Store, network: str = "") -> list[tuple[KeyValue, Qua
     return [(kv, from_json(Quarantined, kv.value)) for kv in entries if "/quarantine/" in kv.key]
 
 
+@functools.lru_cache(maxsize=QUARANTINE_DECODED)
+def _quarantined(value: bytes) -> Quarantined:
+    """A quarantine entry, decoded once per value: every allocation on a network reads all of
+    the network's entries, and after churn they are many (immutable: kept by their bytes)."""
+    return from_json(Quarantined, value)
+
+
+@functools.lru_cache(maxsize=QUARANTINE_DECODED)
+def _address_value(address: str) -> int:
+    """An address as an integer (the quarantined ones of a network, at each allocation)."""
+    return int(ipaddress.ip_address(address))
+
+
 def _active_quarantine(store: Store, network: str, now: int) -> dict[str, tuple[KeyValue,
                                                                               Quarantined]]:
     """Quarantine entries of ``network`` still in force, by subject."""
     entries, _ = store.range(quarantine_prefix(network))
     found = {}
     for kv in entries:
-        entry = from_json(Quarantined, kv.value)
+        entry = _quarantined(kv.value)
         if entry.until > now:
             found[entry.subject] = (kv, entry)
     return found
@@ -684,7 +700,7 @@ def _pick_indexed(store: Store, network: Network, family: _Family, used: UsedRan
     if family.ip_range:
         allowed = IPNetwork(family.ip_range)
         first, last = max(first, allowed.first), min(last, allowed.last)
-    skip = {int(IPAddress(a)) for a in quarantined} | {int(IPAddress(family.gateway))}
+    skip = {_address_value(a) for a in quarantined} | {int(IPAddress(family.gateway))}
     for attempt in range(2):
         stale = 0
         for value in used.free(first, last):

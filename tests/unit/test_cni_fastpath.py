@@ -12,6 +12,7 @@ import pytest
 from test_plan import FRONT, desired
 
 from agent.desired import DesiredContainer, DesiredState
+from agent.kernel.errors import KernelError
 from agent.kernel.fakes import (
     FakeFirewall,
     FakeLinks,
@@ -19,9 +20,10 @@ from agent.kernel.fakes import (
     FakeSandboxes,
     FakeSysctls,
 )
-from agent.names import veth_name
+from agent.names import container_mac, veth_name
 from agent.netpolicy import PolicyInput
 from agent.nftrules import fingerprint
+from agent.observed import PreparedVeth
 from agent.plan import firewall_spec
 from agent.reconcile import Reconciler
 from sdnctl.api import faults
@@ -72,6 +74,34 @@ def test_a_pass_after_a_fast_add_has_nothing_to_do(
     links.forget_netns(NETNS)
     assert [type(a).__name__ for a in reconciler.reconcile(state, full=False).actions] == \
         ["SetupContainer"]
+
+
+def test_a_pair_prepared_while_the_controller_recorded_it_is_finished_not_made_again(
+        host: tuple[Reconciler, FakeLinks, FakeFirewall]) -> None:
+    """The CNI service makes the pair while ``Attach`` is in flight (links.prepare_veth);
+    the fast path then gives it our alias, the container's MAC and addresses: the same
+    attachment as one it makes whole, and the pass after has nothing to do."""
+    reconciler, links, fw = host
+    state = with_attachment(desired())
+    prepared = links.prepare(VETH, "sdnb1b78eb3b")
+    made = links.add_veth
+    links.add_veth = None  # type: ignore[assignment,method-assign]  # must not be called
+    assert reconciler.attach_now(state, ATT, prepared)
+    links.add_veth = made  # type: ignore[method-assign]
+    assert links.prepared == {}
+    assert links.links[VETH].master == "sdnb1b78eb3b" and links.links[VETH].up
+    assert links.links[VETH].alias == f"sdnctl:ctr/{ATT.name}/eth0"
+    assert links.containers[NETNS].addresses == (ATT.address_cidr,)
+    assert links.containers[NETNS].mac == container_mac(ATT.ip)
+    assert fw.installed == fingerprint(firewall_spec(state))
+    assert reconciler.reconcile(state, full=False).actions == []
+    # A prepared pair gone meanwhile: the step fails, and nothing is left of it.
+    links.remove_link(VETH)
+    links.forget_netns(NETNS)
+    before = fw.installed
+    with pytest.raises(KernelError, match="gone"):
+        reconciler.attach_now(with_attachment(desired()), ATT, PreparedVeth(VETH, 2))
+    assert VETH not in links.links and fw.installed != before
 
 
 @pytest.mark.parametrize("why", ["no pass yet", "new lease", "policy", "bandwidth"])

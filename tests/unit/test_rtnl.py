@@ -272,6 +272,19 @@ def test_attachment_requests_decode_as_pyroute2_reads_them() -> None:
     by_name = decoded(ifinfmsg, rtnl.link_up("x", name="sdnv01234567"))
     assert (by_name["index"], by_name.get_attr("IFLA_IFNAME")) == (  # type: ignore[index]
         0, "sdnv01234567")  # type: ignore[attr-defined]
+    # A prepared pair (links.prepare_veth): the peer without a MAC (the kernel picks one);
+    # its MAC set with its alias, before the link is up; the pair removed by name.
+    bare = decoded(ifinfmsg, rtnl.veth_add("sdnv01234567", 1450, 9, "eth0", 42))
+    bare_peer = bare.get_attr("IFLA_LINKINFO").get_attr(  # type: ignore[attr-defined]
+        "IFLA_INFO_DATA").get_attr("VETH_INFO_PEER")
+    assert bare_peer.get_attr("IFLA_ADDRESS") is None and \
+        bare_peer.get_attr("IFLA_IFNAME") == "eth0"
+    with_mac = decoded(ifinfmsg, rtnl.link_up("a", index=3, mac="02:42:0A:47:00:05"))
+    assert (with_mac.get_attr("IFLA_ADDRESS"),  # type: ignore[attr-defined]
+            with_mac["flags"]) == ("02:42:0a:47:00:05", 1)  # type: ignore[index]
+    gone = rtnl.link_delete("sdnv01234567")
+    assert gone.kind == rtnl.RTM_DELLINK and \
+        decoded(ifinfmsg, gone).get_attr("IFLA_IFNAME") == "sdnv01234567"  # type: ignore[attr-defined]
     for cidr, family, flags in (("10.71.0.5/24", socket.AF_INET, 0),
                                 ("fd00:71::5/64", socket.AF_INET6, 2)):
         addr = decoded(ifaddrmsg, rtnl.address_add(3, cidr))
