@@ -11,7 +11,9 @@ controller's model without a process of ours: its namespace is the runtime's (``
 its owner the runtime's container ID. Who does what:
 
 - ``ADD``: refuse if ``CNI_IFNAME`` exists in the namespace; ask the controller to record the
-  attachment (``HostSync.Attach``: an address from this host's lease of the network); build it
+  attachment (``HostSync.Attach``: an address from this host's lease of the network), making
+  the veth pair meanwhile for a new attachment (``links.prepare_veth``: making it is also the
+  check that ``CNI_IFNAME`` is free; the record is dropped again when it was not); build it
   (the same kernel code as for any container: the veth into the namespace, address, route, the
   firewall's guard) and answer the CNI result. Built at once when it can be (the fast path,
   ``AgentSide.attach_now``: the reply of Attach carries all the attachment needs, so neither
@@ -20,11 +22,12 @@ its owner the runtime's container ID. Who does what:
   waited for (the first attachment of a network on this host: its lease and bridge come with
   that pass; network policy; see ``Reconciler.attach_now``). Anything failing half-way is
   rolled back: the veth removed, the record dropped (its address with it).
-- ``DEL``: ``HostSync.Detach`` (unknown: fine); then a thread of this service removes its veth
-  and the answer waits for it, as the reference plugins' DEL does (a runtime may reuse the
-  namespace at once); the reconciler's next pass removes the guard, and the veth itself should
-  the agent stop first. An ADD of the same attachment waits for the reconciler to have seen
-  the DEL (a pass of an older revision may still rebuild the veth meanwhile).
+- ``DEL``: ``HostSync.Detach`` (unknown: fine) while a thread of this service removes its
+  veth (the kernel's slowest step); the answer waits for both, as the reference plugins' DEL
+  waits for the veth (a runtime may reuse the namespace at once); the reconciler's next pass
+  removes the guard, and the veth itself should the agent stop first. An ADD of the same
+  attachment waits for the reconciler to have seen the DEL (a pass of an older revision may
+  still rebuild the veth meanwhile).
 - ``CHECK``: the record, the interface, its address and default route against ``prevResult``;
   published ports against ``runtimeConfig.portMappings`` and their DNAT rules.
 - ``STATUS``: whether this agent is connected to a controller; ``GC``: detach this network's
@@ -50,16 +53,15 @@ from typing import Any
 
 import grpc
 
-from agent.desired import DesiredContainer, DesiredState, container_from_pb
+from agent.desired import DesiredContainer, DesiredNetwork, DesiredState, container_from_pb
 from agent.kernel import netns
 from agent.kernel.firewall import published_port_comments
 from agent.kernel.links import (
     KernelError,
-    Links,
     PreparedVeth,
     peek_host_link,
     peek_interface,
-    remove_prepared,
+    remove_link_now,
 )
 from agent.names import bridge_name, container_mac, veth_name
 from sdnctl.api.fields import check_name, port_text
@@ -142,8 +144,8 @@ class AgentSide:
     realised: Realised
     resolver: bool = False  # the agent answers DNS on each bridge's gateway (agent/dns.py)
     # Removes one host-side veth of ours at once, from the calling thread (DEL: see
-    # CniService.delete); None: DEL waits for the reconciler's pass instead.
-    remove_veth: Callable[[str], None] | None = None
+    # CniService.delete; links.remove_link_now); None: DEL waits for the reconciler's pass.
+    remove_veth: Callable[[str], object] | None = None
     # CNI ADD's fast path: builds the attachment (recorded at the given revision) at once, on
     # the reconciler's thread (Reconciler.attach_now), from its prepared pair when there is
     # one; False when a pass must build it; raises when a step failed (then the veth is gone
@@ -153,20 +155,8 @@ class AgentSide:
     # side, bridge, MTU, namespace, interface); None: the fast path makes it afterwards.
     prepare_veth: Callable[[str, str, int, str, str], PreparedVeth | None] | None = None
     # Held while an ADD waits for the controller's record and, built at once, makes its
-    # answer: the reconciler's passes wait for it (agent/main.py).
-    attach_begin: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
-
-
-_remover = threading.local()  # the removing thread's netlink sockets (Links: one thread each)
-
-
-def remove_veth_now(name: str) -> None:
-    """``AgentSide.remove_veth`` for the agent: netlink sockets of the calling thread's own in
-    the agent's (the host's) namespace, kept for its next call; the veth's peer goes with it."""
-    links = getattr(_remover, "links", None)
-    if links is None:
-        links = _remover.links = Links()
-    links.remove_link(name)
+    # answer, and while a DEL is under way: the reconciler's passes wait (agent/main.py).
+    hold_passes: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
 
 
 class CniService:
@@ -363,8 +353,8 @@ class CniService:
         prepared: PreparedVeth | None = None
         try:
             # Built at once (the fast path), the answer is made before passes may run again
-            # (they would hold the interpreter meanwhile: see AgentSide.attach_begin).
-            with self.side.attach_begin():
+            # (they would hold the interpreter meanwhile: see AgentSide.hold_passes).
+            with self.side.hold_passes():
                 call = self.side.sync().Attach.future(
                     pb.AttachRequest(host=self.side.host, container=spec), timeout=RPC_TIMEOUT)
                 if early and net is not None:
@@ -376,7 +366,7 @@ class CniService:
                 if early and prepared is None:
                     self._interface_free(path, ifname, name)
                 if self._attach_now(view, prepared):
-                    return self.result(conf["cniVersion"], view, ifname, path)
+                    return self.result(conf["cniVersion"], view, ifname, path, prepared, net)
             status = self._wait_realised(name, view.revision)
             if status is None:
                 raise CniError(ERR_TRY_AGAIN, f"the agent did not build {ifname!r} within "
@@ -389,7 +379,7 @@ class CniService:
                 self._detach(name, wait=True)  # roll back: record and veth
             if prepared is not None:
                 try:
-                    remove_prepared(prepared)  # (gone already when it was built)
+                    remove_link_now(prepared.host_ifname)  # (gone already when it was built)
                 except KernelError as e:
                     log.warning("could not remove %s: %s", prepared.host_ifname, e)
             raise
@@ -453,17 +443,24 @@ class CniService:
 
         return found[-1] if self.side.realised.wait(ready, ADD_TIMEOUT) else None
 
-    def result(self, version: str, view: pb.Container, ifname: str,
-               path: str) -> dict[str, Any]:
-        """The CNI result, in the caller's version: host veth, container side, address, route."""
+    def result(self, version: str, view: pb.Container, ifname: str, path: str,
+               prepared: PreparedVeth | None = None,
+               net: DesiredNetwork | None = None) -> dict[str, Any]:
+        """The CNI result, in the caller's version: host veth, container side, address, route.
+        The host side's MAC is read unless it was ``prepared``; the network's MTU and DNS
+        domain come from ``net`` (else the desired state)."""
         host_if = veth_name(view.name, ifname)
-        try:
-            host = peek_host_link(host_if)
-        except KernelError:
-            host = None
-        net = self.side.desired().networks.get(view.network)
+        host_mac = prepared.host_mac if prepared is not None else ""
+        if not host_mac:
+            try:
+                host = peek_host_link(host_if)
+            except KernelError:
+                host = None
+            host_mac = (host.mac or "") if host is not None else ""
+        if net is None or net.name != view.network:
+            net = self.side.desired().networks.get(view.network)
         interfaces: list[dict[str, Any]] = [
-            {"name": host_if, "mac": (host.mac or "") if host else "", "sandbox": ""},
+            {"name": host_if, "mac": host_mac, "sandbox": ""},
             {"name": ifname, "mac": container_mac(view.ip or view.ip6), "sandbox": path}]
         if version == "1.1.0" and net is not None:
             for interface in interfaces:
@@ -493,22 +490,31 @@ class CniService:
                 "dns": dns}
 
     def delete(self, request: dict[str, Any]) -> None:
-        """The controller forgets the attachment; then, when the agent gave ``remove_veth``,
-        its veth is removed by this service's thread, waited for (the peer in the runtime's
-        namespace goes with it; the reconciler's next pass takes the firewall guard away and
-        finds nothing else to do), else the reconciler's pass removes it, waited for."""
+        """The controller forgets the attachment; when the agent gave ``remove_veth``, this
+        service's thread removes its veth meanwhile (the peer in the runtime's namespace goes
+        with it; the reconciler's next pass takes the firewall guard away and finds nothing
+        else to do), and the answer waits for both; else the reconciler's pass removes it,
+        waited for. A DEL of an attachment the controller does not know succeeds (its veth,
+        should one be left, goes too); one the controller could not hear fails, and the
+        runtime tries again (a pass rebuilds the veth meanwhile, if its namespace lives on)."""
         ifname = str(request.get("ifname") or "")
         name = attachment_name(str(request.get("containerID") or ""), ifname)
-        now = self.side.remove_veth
-        revision = self._detach(name, wait=now is None, strict=True)
-        if now is not None and revision is not None:
-            gone = threading.Event()
-            with self._lock:
-                seen = self.side.realised.revision  # (what the reconciler saw needs no wait)
-                self._removing = {n: r for n, r in self._removing.items() if r > seen}
-                self._removing[name] = revision
-                self._veths_going[name] = gone
+        if self.side.remove_veth is None:
+            self._detach(name, wait=True, strict=True)
+            return
+        gone = threading.Event()
+        with self._lock:
+            self._veths_going[name] = gone
+        with self.side.hold_passes():  # (a pass's nftables commit would slow the removal)
+            # Removing a veth costs the kernel ~25 ms (grace periods): it starts now, not
+            # after the controller's answer.
             self._veth_queue.put((name, veth_name(name, ifname), gone))
+            revision = self._detach(name, wait=False, strict=True)
+            if revision is not None:
+                with self._lock:
+                    seen = self.side.realised.revision  # (what the reconciler saw: no wait)
+                    self._removing = {n: r for n, r in self._removing.items() if r > seen}
+                    self._removing[name] = revision
             # The answer waits for the interface to go, as the reference plugins' DEL does: a
             # runtime may look into (or reuse) its namespace as soon as DEL returns.
             gone.wait(DEL_TIMEOUT)

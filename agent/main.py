@@ -42,7 +42,7 @@ from pyroute2 import IPRoute
 
 from agent import dns, imagegc
 from agent import plan as p
-from agent.cni import AgentSide, CniService, Realised, remove_veth_now
+from agent.cni import AgentSide, CniService, Realised
 from agent.desired import Changed, DesiredContainer, DesiredState, LocalHost
 from agent.dockerplugin import DockerPluginServer, DockerSide, Plugin, accept_in_docker_user
 from agent.drivers import DRIVERS
@@ -50,7 +50,7 @@ from agent.imagefetch import GrpcFetcher
 from agent.imagestore import ImageStore
 from agent.kernel import conntrack, procfs, sysctl
 from agent.kernel.firewall import Firewall, FlowSample
-from agent.kernel.links import Links, PreparedVeth, prepare_veth
+from agent.kernel.links import Links, PreparedVeth, prepare_veth, remove_link_now
 from agent.kernel.policyfw import PolicyFirewall
 from agent.kernel.seams import FirewallOps, LinkOps
 from agent.kernel.shaping import Shaper
@@ -80,8 +80,8 @@ FLOWS_MAX = 500
 #: one pulling an image, may hold it) before it waits for a pass to build the attachment.
 ATTACH_NOW_WAIT = 2.0
 #: How long a pass may be held back for CNI ADDs whose record the controller is writing (their
-#: attachments are built first, and the pass then has nothing to do for them); the Watch
-#: stream's events wait as long at most after ADDs began (see watch_forever).
+#: attachments are built first, and the pass then has nothing to do for them) and DELs; the
+#: Watch stream's events wait as long at most after such calls began (see watch_forever).
 ATTACH_HOLD = 0.1
 
 
@@ -230,8 +230,8 @@ class Agent:
         self.repairs = 0  # actions taken while the desired state stood still (drift)
         self.watching = False  # a Watch stream delivered its first event and has not broken
         self.attach_jobs: list[AttachJob] = []  # CNI ADDs' fast paths, for the reconciler
-        self.attaching = 0  # CNI ADDs waiting for the controller's record (attach_begin)
-        self.attach_busy_since = 0.0  # when ``attaching`` last went from 0 to 1
+        self.holding = 0  # CNI ADDs and DELs under way (hold_passes)
+        self.holding_since = 0.0  # when ``holding`` last went from 0 to 1
         self.attach_cond = threading.Condition(self.lock)
         # CNI (issue 17): the plugin's calls wait for the passes published here.
         self.realised = Realised()
@@ -240,7 +240,7 @@ class Agent:
             host=args.host, controllers=self.addresses, sync=lambda: self.sync,
             desired=self._desired_copy, connected=lambda: self.watching,
             realised=self.realised, resolver=bool(getattr(args, "dns_port", 0)),
-            remove_veth=remove_veth_now, attach_begin=self.attach_begin,
+            remove_veth=remove_link_now, hold_passes=self.hold_passes,
             prepare_veth=prepare_veth,
             attach_now=self.attach_now),
             address if address.startswith("/") else "\0" + address.lstrip("@")) \
@@ -298,21 +298,24 @@ class Agent:
         return self.current == 0
 
     @contextlib.contextmanager
-    def attach_begin(self) -> Iterator[None]:
-        """``AgentSide.attach_begin``: a CNI ADD asks the controller for its record and, built
-        at once, makes its answer. The stream may bring the record before the ADD can queue its
-        fast path: passes wait (ATTACH_HOLD at most) until it is queued, else one of them would
-        build it while the ADD waits; and until the ADD has its answer, else the pass the
-        stream's event asks for would hold the interpreter meanwhile."""
+    def hold_passes(self) -> Iterator[None]:
+        """``AgentSide.hold_passes``: a CNI ADD asks the controller for its record and, built
+        at once, makes its answer; a DEL has the controller forget it while its veth goes.
+        The stream may bring an ADD's record before the ADD can queue its fast path: passes
+        wait (ATTACH_HOLD at most) until it is queued, else one of them would build it while
+        the ADD waits; and until the ADD has its answer, else the pass the stream's event asks
+        for would hold the interpreter meanwhile. During a DEL, that pass would take the
+        guard away meanwhile: an nftables commit, which the veth's removal then waits for (the
+        kernel's netdevice notifier of nftables takes the same mutex)."""
         with self.lock:
-            if self.attaching == 0:
-                self.attach_busy_since = time.monotonic()
-            self.attaching += 1
+            if self.holding == 0:
+                self.holding_since = time.monotonic()
+            self.holding += 1
         try:
             yield
         finally:
             with self.lock:
-                self.attaching -= 1
+                self.holding -= 1
                 self.attach_cond.notify_all()
 
     def attach_now(self, ctr: DesiredContainer, revision: int,
@@ -393,13 +396,14 @@ class Agent:
                     backoff = 0.1
                     self.watching = True
                     with self.lock:
-                        # The event of an ADD's own record comes while the ADD builds it: it
-                        # is applied once the ADD has its answer (its Python work would hold
-                        # the interpreter meanwhile), ATTACH_HOLD after ADDs began at most.
+                        # The event of an ADD's own record comes while the ADD builds it (a
+                        # DEL's while its veth goes): it is applied once the call has its
+                        # answer (its Python work would hold the interpreter meanwhile, and
+                        # the pass it asks for compete), ATTACH_HOLD after calls began at most.
                         self.attach_cond.wait_for(
-                            lambda: self.attaching == 0 or time.monotonic() >=
-                            self.attach_busy_since + ATTACH_HOLD,
-                            max(0.0, self.attach_busy_since + ATTACH_HOLD - time.monotonic()))
+                            lambda: self.holding == 0 or time.monotonic() >=
+                            self.holding_since + ATTACH_HOLD,
+                            max(0.0, self.holding_since + ATTACH_HOLD - time.monotonic()))
                         changed = self.desired.apply(event)
                         if changed & Changed.POLICY:
                             self.pending_policy = True  # with no pass: the policy table alone
@@ -489,7 +493,7 @@ class Agent:
                 self.dirty.clear()
                 with self.lock:
                     self.attach_cond.wait_for(
-                        lambda: self.attaching == len(self.attach_jobs) == 0
+                        lambda: self.holding == len(self.attach_jobs) == 0
                         or bool(self.attach_jobs), ATTACH_HOLD)
                     waiting = self.pending_pass or self.pending_policy or \
                         time.monotonic() >= due or statuses is None

@@ -617,9 +617,10 @@ class Delta:
     little is deleted), while one that only adds answers in ~0.2 ms. A container that comes only
     adds its guard, but the sha rule must change too: so such a delta appends the new sha rule
     and leaves the old one's delete to ``cleanup``, which nobody waits for (a CNI ADD answered
-    in ~15 ms less). Until it runs the chain ends with both sha rules, each a no-op. A delta
-    that deletes anyway (a guard that goes, overlay members replaced) takes the old sha rule
-    along in its one transaction."""
+    in ~15 ms less; ``agent/kernel/firewall.py`` keeps it pending for a while, to take it into
+    a later transaction that deletes anyway). Until it runs the chain ends with both sha
+    rules, each a no-op. A delta that deletes anyway (a guard that goes, overlay members
+    replaced) takes the old sha rule along in its one transaction."""
 
     script: str
     cleanup: str = ""

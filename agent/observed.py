@@ -84,3 +84,4 @@ class PreparedVeth:
 
     host_ifname: str
     peer_index: int  # in the container's namespace
+    host_mac: str = ""  # the host side's (the CNI result names it)

@@ -8,9 +8,13 @@ handle or inserts them at the place a full render would put them, replaces VXLAN
 place, and swaps the sha rule, in one small transaction; the tables then list exactly as
 after ``render(spec)``. Everything else (and a delta nft refuses: someone changed the tables)
 is written in full. A delta that only adds (a container came) leaves the old sha rule's delete
-to a second transaction in a thread of its own (``Delta.cleanup``: any delete costs the kernel
-an RCU grace period, ~15 ms, before it answers): the caller, a CNI ADD or a pass starting a
-container, does not wait for it; the next listing or write of the tables does.
+for later (``Delta.cleanup``: any delete costs the kernel an RCU grace period, ~15 ms, before
+it answers, and holds nftables' commit mutex meanwhile, which the kernel's removal of any
+network device then waits for): the caller, a CNI ADD or a pass starting a container, does not
+wait for it. Such deletes are pending until the next delta that deletes anyway (a container
+that goes) takes them into its one transaction, the next listing or full write, or else
+CLEANUP_DELAY later, in a thread of its own; until then the forward chain ends with the old sha
+rules too, each a no-op.
 
 Where the handles come from. A delta runs with ``--echo --handle`` and reads the new rules'
 handles from what nft prints back. A full script does not: it flushes our chains, which frees
@@ -75,6 +79,8 @@ from agent.nftrules import (
 from sdnctl.api import faults
 
 T = TypeVar("T")
+#: Seconds a delta's cleanup may stay pending (see the module note).
+CLEANUP_DELAY = 1.0
 
 # --- the kernel -----------------------------------------------------------------------------
 
@@ -151,33 +157,40 @@ class Firewall:
         self._container_drops: dict[tuple[str, str], int] = {}  # (container, guard) -> packets
         self._network_drops: dict[tuple[str, str], int] = {}  # (network, reason) -> packets
         self._bridged: list[FlowSample] = []  # flows between containers of one bridge
-        # The last delta's cleanup (``Delta.cleanup``: the old sha rule's delete), running in a
-        # thread of its own; every listing and write of the tables waits for it (_settle).
-        self._cleanup: threading.Thread | None = None
-        self._cleanup_error = ""
-        self._cleanup_lock = threading.Lock()  # a pass and a traffic reading may both settle
+        # Deltas' cleanups not run yet (``Delta.cleanup``: old sha rules' deletes); a listing
+        # runs them first (_settle), a timer runs them at the latest (see the module note).
+        self._pending: list[str] = []
+        self._timer: threading.Timer | None = None
+        self._cleanup_lock = threading.Lock()  # a pass, a traffic reading and the timer
 
     def _settle(self) -> None:
-        """Wait for the last delta's cleanup; if it failed, what we know of the tables is
+        """Run the pending cleanups now; if that fails, what we know of the tables is
         forgotten (the next apply lists them: an extra sha rule is drift, repaired in full)."""
         with self._cleanup_lock:
-            if self._cleanup is None:
+            script = self._take_pending()
+            if not script:
                 return
-            self._cleanup.join()
-            self._cleanup = None
-            if self._cleanup_error:
-                self._known, self._installed, self._handles = False, None, {}
-                self._error, self._cleanup_error = self._cleanup_error, ""
-
-    def _start_cleanup(self, script: str) -> None:
-        def run() -> None:
             done = self._nft(script)
             if done.returncode != 0:
-                self._cleanup_error = done.stderr.strip() or "the cleanup failed"
+                self._known, self._installed, self._handles = False, None, {}
+                self._error = done.stderr.strip() or "the cleanup failed"
 
-        with self._cleanup_lock:
-            self._cleanup = threading.Thread(target=run, name="nft-cleanup")
-            self._cleanup.start()
+    def _take_pending(self) -> str:
+        """The pending cleanups as one script, no longer pending (the caller holds the lock)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        script, self._pending = "".join(self._pending), []
+        return script
+
+    def _defer(self, cleanups: list[str]) -> None:
+        """Make ``cleanups`` pending, run CLEANUP_DELAY from now unless something runs them
+        first (the caller holds the lock)."""
+        self._pending = cleanups
+        if cleanups and self._timer is None:
+            self._timer = threading.Timer(CLEANUP_DELAY, self._settle)
+            self._timer.name, self._timer.daemon = "nft-cleanup", True
+            self._timer.start()
 
     def _nft(self, script: str, flags: int = 0) -> nft.Result:
         return self._in_netns(lambda: nft.run(script, flags))
@@ -266,7 +279,6 @@ class Firewall:
         guards changed since our own last write, else in full. The bridge sysctls are set on
         every bridge that exists (see the module note)."""
         spec = _as_spec(spec)
-        self._settle()
         if not self._known:
             self._list_tables()
         wanted = _tables_fingerprint(spec)
@@ -275,11 +287,19 @@ class Firewall:
             faults.point("nftables")
             delta = render_delta(self._installed, spec, self._handles) \
                 if self._installed is not None else None
-            # A delta that fails (someone changed the tables meanwhile) gives way to the full
-            # script, which does not depend on what is there.
-            done = delta is not None and self._write(delta.script, spec, full=False)
-            if done and delta is not None and delta.cleanup:
-                self._start_cleanup(delta.cleanup)
+            with self._cleanup_lock:
+                pending = self._take_pending()
+                # A delta that adds only leaves its cleanup pending too; one that deletes
+                # anyway takes the pending ones along (one grace period for all).
+                if delta is not None and delta.cleanup:
+                    script, later = delta.script, [c for c in (pending, delta.cleanup) if c]
+                else:
+                    script, later = pending + (delta.script if delta is not None else ""), []
+                # A delta that fails (someone changed the tables meanwhile) gives way to the
+                # full script, which does not depend on what is there (and flushes the old
+                # sha rules with the rest).
+                done = delta is not None and self._write(script, spec, full=False)
+                self._defer(later if done else [])
             if not done and not self._write(render(spec), spec, full=True):
                 raise KernelError(f"could not apply tables {TABLE_NAME!r}: {self._error}")
             wrote = True
@@ -308,7 +328,8 @@ class Firewall:
     def remove(self) -> None:
         """Delete both tables (absent is success) and turn ``route_localnet`` off on our bridges.
         ``add`` first makes each delete always valid; all run in one transaction."""
-        self._settle()
+        with self._cleanup_lock:
+            self._take_pending()  # (the tables go, old sha rules with them)
         script = "".join(f"add table {f} {TABLE_NAME}\ndelete table {f} {TABLE_NAME}\n"
                          for f in FAMILIES)
         done = self._nft(script)

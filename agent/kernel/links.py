@@ -39,7 +39,7 @@ from agent.kernel.linkbase import (
 )
 from agent.kernel.netns import is_netns, open_netlink_fd, open_netlink_fds
 from agent.kernel.vxlan import VxlanLinks
-from agent.names import ALIAS_PREFIX
+from agent.names import ALIAS_PREFIX, BRIDGE_PREFIX, VETH_PREFIX
 from agent.observed import (
     ObservedContainerNet,
     ObservedLink,
@@ -127,19 +127,31 @@ def prepare_veth(host_ifname: str, bridge: str, mtu: int, netns_path: str,
             raise KernelError(f"could not prepare veth {host_ifname!r}") from e
     if link is None or not link.link:
         raise KernelError(f"could not read back the veth {host_ifname!r} just made")
-    return PreparedVeth(host_ifname, link.link)
+    return PreparedVeth(host_ifname, link.link, link.mac or "")
 
 
-def remove_prepared(prepared: PreparedVeth) -> None:
-    """Undo ``prepare_veth`` (any thread): its pair is gone, or was already."""
+def remove_link_now(name: str) -> bool:
+    """``Links.remove_link`` for any thread, on a socket of its own, in raw requests (a CNI
+    DEL's veth, a prepared pair): a link of ours by name, its veth peer along; False when
+    there was none. Refuses a link without our alias, unless one of our names has none yet
+    (a pair made but not finished)."""
     with rtnl.Reader(open_netlink_fd(None)) as reader:
         try:
-            (code,) = reader.send_all([rtnl.link_delete(prepared.host_ifname)])
+            link = reader.link(name)
+            if link is None:
+                return False
+            alias = link.alias or ""
+            if not (alias.startswith(ALIAS_PREFIX) or
+                    (not alias and name.startswith((BRIDGE_PREFIX, VETH_PREFIX)))):
+                raise KernelError(f"could not remove link {name!r}: not ours (alias {alias!r})")
+            (code,) = reader.send_all([rtnl.link_delete(name)])
         except (NetlinkError, OSError) as e:
-            raise KernelError(f"could not remove veth {prepared.host_ifname!r}") from e
-    if code not in (0, errno.ENODEV):
-        raise KernelError(f"could not remove veth {prepared.host_ifname!r}: "
-                          f"{os.strerror(code)}")
+            raise KernelError(f"could not remove link {name!r}") from e
+    if code == errno.ENODEV:
+        return False
+    if code:
+        raise KernelError(f"could not remove link {name!r}: {os.strerror(code)}")
+    return True
 
 
 class StalePeer(KernelError):

@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -29,7 +30,7 @@ from helpers.capture import capture as tcpdump
 from helpers.namespaces import UPLINK_H, UPLINK_O, build_uplink, in_ns
 from pyroute2 import Conntrack
 
-from agent.kernel import conntrack, nft, sysctl
+from agent.kernel import conntrack, firewall, nft, sysctl
 from agent.kernel.firewall import (
     BridgeNet,
     Firewall,
@@ -540,8 +541,11 @@ def test_overlay_members_change_in_place_and_list_as_a_full_render(fwlab: FwLab)
 def test_a_delta_that_only_adds_leaves_the_old_sha_rule_to_a_cleanup(
         fwlab: FwLab, monkeypatch: pytest.MonkeyPatch) -> None:
     """A container that comes only adds rules; the old sha rule's delete (which costs the
-    kernel a grace period) runs as a second transaction, and a cleanup that fails leaves the
-    tables to be repaired by the next apply."""
+    kernel a grace period, and holds the commit mutex a device's removal waits for) is left
+    pending: a listing runs it first, a delta that deletes anyway takes it into its one
+    transaction, a timer runs it at the latest; and a cleanup that fails leaves the tables
+    to be repaired by the next apply."""
+    monkeypatch.setattr(firewall, "CLEANUP_DELAY", 3600.0)  # (the timer: at the end)
     fw = Firewall(fwlab.host)
     every = fwlab.spec(guards=True)
     no_f1 = replace(every, guards=tuple(g for g in every.guards if g.container != "f1"))
@@ -549,39 +553,57 @@ def test_a_delta_that_only_adds_leaves_the_old_sha_rule_to_a_cleanup(
     old_sha = _handle(fwlab.host, re.findall(r'"(sdnctl:sha/[^"]+)"', render(no_f1))[0])
     real = nft.run
     writes: list[str] = []
+    cleaned = threading.Event()  # a write that was a cleanup alone
 
     def recording(script: str, flags: int = 0) -> nft.Result:
         if not script.startswith("list"):
             writes.append(script)
-        return real(script, flags)
+        done = real(script, flags)
+        if script.startswith("delete rule inet sdnctl forward") and "insert" not in script:
+            cleaned.set()
+        return done
 
     monkeypatch.setattr(nft, "run", recording)
     assert fw.apply(every) is True
-    assert fw.observe() == fingerprint(every)  # a listing waits for the cleanup
-    assert len(writes) == 2, writes
-    assert "insert rule" in writes[0] and "delete" not in writes[0]
-    assert writes[1] == f"delete rule inet sdnctl forward handle {old_sha}\n"
+    assert len(writes) == 1 and "insert rule" in writes[0] and "delete" not in writes[0]
+    assert _ruleset(fwlab.host).count("sdnctl:sha/") == 2  # the old one still there
+    assert fw.observe() == fingerprint(every)  # a listing runs the cleanup first
+    assert writes[1:] == [f"delete rule inet sdnctl forward handle {old_sha}\n"]
 
-    # The cleanup fails (here: the table went by hand before it ran). The next apply lists,
-    # finds the drift and writes in full.
-    assert fw.apply(no_f1) is True  # f1 goes: deletes, so one transaction
+    # Pending when a container goes: one transaction deletes its guard and the old sha rule.
+    del writes[:]
+    assert fw.apply(no_f1) is True  # f1 goes (deletes)
+    no_f1_sha = _handle(fwlab.host, re.findall(r'"(sdnctl:sha/[^"]+)"', render(no_f1))[0])
+    assert fw.apply(every) is True  # f1 comes back (adds only: its cleanup is pending)
+    assert fw.apply(no_f1) is True  # f1 goes again: takes the pending delete along
+    assert len(writes) == 3, writes
+    assert writes[2].startswith(f"delete rule inet sdnctl forward handle {no_f1_sha}\n")
+    assert "insert rule" not in writes[2] and writes[2].count("sdnctl forward handle") == 2
+    assert _ruleset(fwlab.host).count("sdnctl:sha/") == 1
+    assert fw.observe() == fingerprint(no_f1) and len(writes) == 3  # nothing was pending
 
-    def failing(script: str, flags: int = 0) -> nft.Result:
-        if script.startswith("delete rule inet sdnctl forward handle"):
-            real("delete table inet sdnctl")
-        return real(script, flags)
-
-    monkeypatch.setattr(nft, "run", failing)
+    # The cleanup fails (here: the table went by hand before it ran). The listing finds the
+    # drift, and the next apply writes in full.
     assert fw.apply(every) is True
-    # (still patched: the cleanup thread may not have called nft yet; this apply waits for it)
+    in_ns(fwlab.host, "nft", "delete", "table", "inet", "sdnctl")
+    assert fw.observe() != fingerprint(every)
     assert fw.apply(every) is True  # repaired
-    monkeypatch.setattr(nft, "run", real)
     assert fw.observe() == fingerprint(every)
     # (the inet table, made again, now lists after the bridge table)
     def tables(text: str) -> list[str]:
         return sorted(t.strip() for t in re.split(r"(?m)^table ", text) if t.strip())
 
     assert tables(_ruleset(fwlab.host)) == tables(_listed_as_full_render(fwlab.host, every))
+
+    # Nothing else comes: the timer runs the cleanup.
+    monkeypatch.setattr(firewall, "CLEANUP_DELAY", 0.2)
+    assert fw.apply(no_f1) is True
+    cleaned.clear()
+    assert fw.apply(every) is True
+    assert cleaned.wait(10)
+    assert _ruleset(fwlab.host).count("sdnctl:sha/") == 1
+    monkeypatch.setattr(nft, "run", real)
+    assert fw.observe() == fingerprint(every)
 
 
 def test_a_delta_refused_by_nft_gives_way_to_a_full_write(fwlab: FwLab) -> None:
@@ -680,7 +702,9 @@ def test_a_full_write_reusing_anonymous_set_names_learns_the_right_handles(
         steps = [json.loads(line) for line in done.stdout.splitlines()]
         assert [(s["spec"], s["wrote"], s["observed"]) for s in steps] == [
             ("overlay", True, True), ("two", True, True), ("joined", True, True)]
-        kernel = _kernel_handles(path)
+        # (the delta left the old sha rule's delete pending: it is no rule of the tables')
+        kernel = {c: h for c, h in _kernel_handles(path).items()
+                  if not c.startswith("sdnctl:sha/") or c in steps[2]["handles"]}
         # the delta inserted j1's guard before o1's, by the handle the full write learned
         assert steps[2]["handles"] == kernel
         assert "sdnctl:ctr/j1/spoof-ip" in kernel and "sdnctl:net/pb/isolation" in kernel
