@@ -24,10 +24,12 @@ its owner the runtime's container ID. Who does what:
   rolled back: the veth removed, the record dropped (its address with it).
 - ``DEL``: ``HostSync.Detach`` (unknown: fine) while a thread of this service removes its
   veth (the kernel's slowest step); the answer waits for both, as the reference plugins' DEL
-  waits for the veth (a runtime may reuse the namespace at once); the reconciler's next pass
-  removes the guard, and the veth itself should the agent stop first. An ADD of the same
-  attachment waits for the reconciler to have seen the DEL (a pass of an older revision may
-  still rebuild the veth meanwhile).
+  waits for the veth (a runtime may reuse the namespace at once): for the kernel to announce
+  both ends gone from their namespaces (``links.DeletionWatch``, ~0.5 ms in), not for the
+  rest of the teardown (~20 ms of grace periods, which the removing thread waits out); the
+  reconciler's next pass removes the guard, and the veth itself should the agent stop first.
+  An ADD of the same attachment waits for the reconciler to have seen the DEL (a pass of an
+  older revision may still rebuild the veth meanwhile).
 - ``CHECK``: the record, the interface, its address and default route against ``prevResult``;
   published ports against ``runtimeConfig.portMappings`` and their DNAT rules.
 - ``STATUS``: whether this agent is connected to a controller; ``GC``: detach this network's
@@ -57,6 +59,7 @@ from agent.desired import DesiredContainer, DesiredNetwork, DesiredState, contai
 from agent.kernel import netns
 from agent.kernel.firewall import published_port_comments
 from agent.kernel.links import (
+    DeletionWatch,
     KernelError,
     PreparedVeth,
     peek_host_link,
@@ -169,7 +172,8 @@ class CniService:
         self._removing: dict[str, int] = {}
         # attachment -> set when its veth, queued for removal by a DEL, is gone
         self._veths_going: dict[str, threading.Event] = {}
-        self._veth_queue: queue.SimpleQueue[tuple[str, str, threading.Event]] = \
+        self._veth_queue: queue.SimpleQueue[
+            tuple[str, str, threading.Event, DeletionWatch | None]] = \
             queue.SimpleQueue()
         self._lock = threading.Lock()
 
@@ -502,35 +506,54 @@ class CniService:
         if self.side.remove_veth is None:
             self._detach(name, wait=True, strict=True)
             return
+        veth = veth_name(name, ifname)
         gone = threading.Event()
+        try:
+            watch: DeletionWatch | None = DeletionWatch(veth)
+        except KernelError as e:
+            log.warning("DEL of %s waits for its veth's whole removal: %s", name, e)
+            watch = None
         with self._lock:
             self._veths_going[name] = gone
         with self.side.hold_passes():  # (a pass's nftables commit would slow the removal)
-            # Removing a veth costs the kernel ~25 ms (grace periods): it starts now, not
-            # after the controller's answer.
-            self._veth_queue.put((name, veth_name(name, ifname), gone))
-            revision = self._detach(name, wait=False, strict=True)
-            if revision is not None:
-                with self._lock:
-                    seen = self.side.realised.revision  # (what the reconciler saw: no wait)
-                    self._removing = {n: r for n, r in self._removing.items() if r > seen}
-                    self._removing[name] = revision
-            # The answer waits for the interface to go, as the reference plugins' DEL does: a
-            # runtime may look into (or reuse) its namespace as soon as DEL returns.
-            gone.wait(DEL_TIMEOUT)
+            try:
+                # Removing a veth costs the kernel ~25 ms (grace periods): it starts now, not
+                # after the controller's answer.
+                self._veth_queue.put((name, veth, gone, watch))
+                revision = self._detach(name, wait=False, strict=True)
+                if revision is not None:
+                    with self._lock:
+                        seen = self.side.realised.revision  # (what the reconciler saw)
+                        self._removing = {n: r for n, r in self._removing.items() if r > seen}
+                        self._removing[name] = revision
+                # The answer waits for the interface to go, as the reference plugins' DEL
+                # does (a runtime may look into, or reuse, its namespace at once): until the
+                # kernel announces both ends gone from their namespaces, their names free,
+                # not for the rest of the teardown (its grace periods: ~20 ms more, in the
+                # removing thread; an ADD of the same attachment waits for that).
+                if watch is None:
+                    gone.wait(DEL_TIMEOUT)
+                elif not watch.wait(DEL_TIMEOUT):
+                    log.warning("DEL of %s: its veth was not removed within %.0f s", name,
+                                DEL_TIMEOUT)
+            finally:
+                if watch is not None:
+                    watch.close()
 
     def _remove_veths(self) -> None:
         """The thread that removes the veths of DELs (``AgentSide.remove_veth``), in order."""
         remove = self.side.remove_veth
         assert remove is not None
         while True:
-            name, veth, gone = self._veth_queue.get()
+            name, veth, gone, watch = self._veth_queue.get()
             try:
                 remove(veth)
             except Exception as e:  # the reconciler's pass removes what is not wanted
                 log.warning("could not remove the veth of %s at once (the next pass does): %s",
                             name, e)
             finally:
+                if watch is not None:
+                    watch.finished()
                 with self._lock:
                     if self._veths_going.get(name) is gone:
                         del self._veths_going[name]

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,7 +39,7 @@ from agent.kernel.linkbase import (
     delete_link,
     get_link,
 )
-from agent.kernel.netns import is_netns, open_netlink_fd, open_netlink_fds
+from agent.kernel.netns import NETLINK_ROUTE, is_netns, open_netlink_fd, open_netlink_fds
 from agent.kernel.vxlan import VxlanLinks
 from agent.names import ALIAS_PREFIX, BRIDGE_PREFIX, VETH_PREFIX
 from agent.observed import (
@@ -152,6 +154,68 @@ def remove_link_now(name: str) -> bool:
     if code:
         raise KernelError(f"could not remove link {name!r}: {os.strerror(code)}")
     return True
+
+
+class DeletionWatch:
+    """Tells when the kernel has unlisted a link being deleted by another thread.
+
+    Deleting a veth takes the deleting call ~15-25 ms, most of it after both ends left their
+    namespaces (the teardown waits for grace periods and the last references). The kernel
+    announces the deletion (RTM_DELLINK to the link group) as soon as they left, ~0.5 ms in.
+    Made before the deletion starts (it subscribes, then reads the link's index), on the
+    caller's namespace; the deleting thread calls ``finished`` when its call ended, whatever
+    the outcome (no announcement comes for a link that was not there, or not deleted).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                   NETLINK_ROUTE)
+        self._read_end, self._write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            self._sock.bind((0, rtnl.RTMGRP_LINK))
+            with rtnl.Reader(open_netlink_fd(None)) as reader:
+                link = reader.link(name)
+        except (NetlinkError, OSError) as e:
+            self.close()
+            os.close(self._write_end)
+            raise KernelError(f"could not watch link {name!r}") from e
+        self.index = link.index if link is not None else 0
+
+    def finished(self) -> None:
+        """The deleting call ended (the deleting thread; once)."""
+        try:
+            os.write(self._write_end, b"1")
+        except OSError:  # the watcher gave up and went
+            pass
+        finally:
+            os.close(self._write_end)
+
+    def wait(self, timeout: float) -> bool:
+        """Until the link is announced deleted, or the deleting call ended; False on timeout.
+        A link that was not there to begin with needs no wait."""
+        if not self.index:
+            return True
+        deadline = time.monotonic() + timeout
+        watched: list[Any] = [self._sock, self._read_end]
+        while (remaining := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select(watched, [], [], remaining)
+            if self._read_end in ready:
+                return True
+            if self._sock in ready:
+                try:
+                    data = self._sock.recv(rtnl.RECV_SIZE)
+                except OSError:  # (ENOBUFS: announcements lost) the call's end will tell
+                    watched = [self._read_end]
+                    continue
+                if any(kind == rtnl.RTM_DELLINK and rtnl.link_index(payload) == self.index
+                       for kind, _, payload in rtnl.messages(data)):
+                    return True
+        return False
+
+    def close(self) -> None:
+        """The watcher's ends (the deleting thread closes its own in ``finished``)."""
+        self._sock.close()
+        os.close(self._read_end)
 
 
 class StalePeer(KernelError):

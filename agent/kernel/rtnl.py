@@ -42,6 +42,7 @@ NDA_DST, NDA_LLADDR, NDA_PROTOCOL = 1, 2, 12
 RT_SCOPE_UNIVERSE, RTN_UNICAST = 0, 1
 RTA_DST = 1
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTMGRP_LINK = 1  # the multicast group of link announcements (RTNLGRP_LINK's bit)
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_IFALIAS = 1, 3, 4, 5, 10, 20
@@ -232,6 +233,11 @@ def address_add(index: int, cidr: str) -> Request:
                           RT_SCOPE_UNIVERSE, index) + \
         _attr(IFA_LOCAL, _ip_bytes(address)) + _attr(IFA_ADDRESS, _ip_bytes(address))
     return Request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body)
+
+
+def link_index(payload: memoryview) -> int:
+    """The link index of an RTM_*LINK message."""
+    return int(IFINFOMSG.unpack_from(payload)[2])
 
 
 def messages(data: bytes) -> Iterator[tuple[int, int, memoryview]]:

@@ -145,7 +145,9 @@ def test_add_check_del_as_libcni_does(env: Env, sandbox: Any) -> None:
     drv.call(conf(prevResult=result), "CHECK", container_id="ctr-one", netns=ns)
 
     assert drv.call(conf(prevResult=result), "DEL", container_id="ctr-one", netns=ns) is None
-    assert addresses(ns) == [], "DEL left the interface"
+    # Gone when DEL answers (the kernel's teardown may still be ending), both ends.
+    links = nsexec(ns, "ip", "-o", "link").stdout.splitlines()
+    assert len(links) == 1 and ": lo:" in links[0], links
     assert host_links(env) == veths_before
     assert not [a for a in env.attachments() if a["owner"] == "cni:ctr-one"]
     # DEL is idempotent, and DEL of an unknown container succeeds (with or without a netns).

@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from agent import ocispec
 from agent.kernel import firewall, procfs, procs, rtnl, sysctl
 from agent.kernel.firewall import Firewall, MasqueradeRule
-from agent.kernel.links import KernelError, Links, ObservedLink
+from agent.kernel.links import (
+    DeletionWatch,
+    KernelError,
+    Links,
+    ObservedLink,
+    prepare_veth,
+    remove_link_now,
+)
 from agent.kernel.netns import (
     create_netns,
     netns_path,
@@ -340,6 +348,78 @@ def test_remove_link_is_idempotent(klab: Lab, tmp_path: Path) -> None:
         klab.links.forget_netns(path)
         remove_netns(path)
     assert klab.links.observe_container(path, "eth0") is None  # namespace gone
+
+
+@needs_root
+@pytest.mark.netns
+def test_a_pair_prepared_ahead_and_a_deletion_watched(klab: Lab) -> None:
+    """CNI's kernel steps (issue 17): ``prepare_veth`` makes a pair ahead of its addresses
+    (the host side in the bridge, no alias; the peer down in the container's namespace with
+    its name and MTU), and only once; ``remove_link_now`` takes it away; a ``DeletionWatch``
+    returns once the kernel announced the deletion, when both ends have left their
+    namespaces, or when the deleting call ended without one."""
+    path = netns_path(f"{PREFIX}p")
+    create_netns(path)
+    veth = veth_name("p", "eth0")
+
+    def host_link(name: str) -> rtnl.Link | None:
+        def read() -> rtnl.Link | None:
+            with rtnl.Reader(open_netlink_fd(None)) as reader:
+                return reader.link(name)
+        return run_in_netns(klab.host, read)
+
+    try:
+        prepared = run_in_netns(klab.host, lambda: prepare_veth(veth, klab.bridge, MTU, path,
+                                                                "eth0"))
+        assert prepared is not None and prepared.host_ifname == veth
+        host_side = host_link(veth)
+        assert host_side is not None and host_side.alias is None and host_side.mtu == MTU
+        assert host_side.master == host_link(klab.bridge).index  # type: ignore[union-attr]
+        peer = klab.links.observe_container(path, "eth0")
+        assert peer is not None and peer.index == prepared.peer_index and not peer.up
+        assert peer.mtu == MTU and prepared.host_mac == host_side.mac
+        # Taken: none made twice (the caller then looks whether CNI_IFNAME exists).
+        assert run_in_netns(klab.host, lambda: prepare_veth(veth, klab.bridge, MTU, path,
+                                                            "eth0")) is None
+        # A name nobody holds needs no wait; a watch of a link nobody deletes times out,
+        # unless the deleting call says it ended (a deletion that failed).
+        assert run_in_netns(klab.host, lambda: DeletionWatch("sdnvnothere")).wait(0)
+        idle = run_in_netns(klab.host, lambda: DeletionWatch(veth))
+        assert idle.index == host_side.index and not idle.wait(0.05)
+        idle.finished()
+        assert idle.wait(5)
+        idle.close()
+        # The deletion, by another thread: the watch returns with both ends gone.
+        watch = run_in_netns(klab.host, lambda: DeletionWatch(veth))
+        removed: list[bool] = []
+
+        def delete() -> None:
+            try:
+                removed.append(run_in_netns(klab.host, lambda: remove_link_now(veth)))
+            finally:
+                watch.finished()
+
+        deleting = threading.Thread(target=delete)
+        deleting.start()
+        try:
+            assert watch.wait(10)
+            assert host_link(veth) is None and klab.links.observe_container(path, "eth0") is None
+        finally:
+            deleting.join()
+            watch.close()
+        assert removed == [True]
+        assert run_in_netns(klab.host, lambda: remove_link_now(veth)) is False
+        # A link that is not ours is never removed.
+        run("ip", "-n", os.path.basename(klab.host), "link", "add", "sdnvforeign", "type",
+            "veth", "peer", "name", "sdnvforeign1")
+        run("ip", "-n", os.path.basename(klab.host), "link", "set", "sdnvforeign", "alias",
+            "someone else's")
+        with pytest.raises(KernelError, match="not ours"):
+            run_in_netns(klab.host, lambda: remove_link_now("sdnvforeign"))
+        run("ip", "-n", os.path.basename(klab.host), "link", "del", "sdnvforeign")
+    finally:
+        klab.links.forget_netns(path)
+        remove_netns(path)
 
 
 # --- firewall and NAT -----------------------------------------------------------------------
