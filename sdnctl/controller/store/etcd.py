@@ -519,6 +519,8 @@ class EtcdStore:
                     break
                 if not self._watching:  # no watch to wake us: poll
                     self._cond.wait(min(remaining, 0.2))
+                    if self._watching or self._seen > revision:
+                        continue  # the watch is back (it wakes us) or woke us meanwhile
                     self._cond.release()
                     try:
                         current = self.revision()
