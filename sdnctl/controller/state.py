@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -195,6 +196,10 @@ class State:
         self.timers = timers
         self.clock = clock
         self._shared_views: dict[str, tuple[int, _SharedView]] = {}  # see _network_view
+        # One build of a network's view at a time: the streams one write wakes wait for it
+        # and take it, instead of each building the same view at once.
+        self._view_locks: dict[str, threading.Lock] = {}
+        self._view_locks_guard = threading.Lock()
         self._lease_networks: dict[str, tuple[int, list[str]]] = {}  # see lease_networks
 
     def now(self) -> int:
@@ -789,6 +794,17 @@ class State:
         its next batch). Without it, the store moving on between the first stream's read and
         the others' (at 100 hosts their status reports are a write every few ms) made each
         stream read the overlay's 100 leases again: O(hosts²) per host joining."""
+        cached = self._shared_views.get(network)
+        if cached is not None and at_least and cached[0] >= at_least:
+            return cached[1]
+        with self._view_locks_guard:
+            lock = self._view_locks.setdefault(network, threading.Lock())
+        with lock:
+            return self._build_network_view(network, at_least)
+
+    def _build_network_view(self, network: str, at_least: int) -> _SharedView | None:
+        """:meth:`_network_view`'s read, one per network at a time (the caller holds its
+        lock): a view another stream built while this one waited serves too."""
         cached = self._shared_views.get(network)
         if cached is not None and at_least and cached[0] >= at_least:
             return cached[1]

@@ -5,12 +5,16 @@ realised those writes. Streams on every store; the concern rules on the real SQL
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from apitest import TIMEOUT, StartServer, connect, watch
 
 from sdnctl.api.model import Container, ContainerStatus, Host, Lease, Network, from_json, to_json
+from sdnctl.controller import ipam
 from sdnctl.controller.fanout import concerned, hub_of, lease_holders
 from sdnctl.controller.keys import lease_key
 from sdnctl.controller.state import State
@@ -211,6 +215,52 @@ def test_streams_share_an_overlay_view_as_new_as_their_changes(tmp_path: Path) -
         joined = state.host_network("ov", "a", store.revision())
         assert joined is not None and [p.host for p in joined.peers] == ["b", "c"]
         assert state.lease_networks("c", store.revision()) == ["ov"]
+    finally:
+        store.close()
+
+
+def test_streams_woken_together_build_an_overlay_view_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight streams asking at once for the view of the same change: one reads it, the
+    others wait for it and take it (before, each read the overlay's leases and names)."""
+    store = SqliteStore(tmp_path / "db")
+    try:
+        state = State(store)
+        for name in "abcdefgh":
+            state.create_host(Host(name, underlay_ip=f"192.0.2.{ord(name)}",
+                                   vtep_mac=f"02:00:00:00:00:{ord(name):02x}"))
+        state.create_network(Network("ov", subnet="10.3.0.0/16", driver="overlay"))
+        for name in "abcdefgh":
+            state.create_container(Container(f"o-{name}", name, network="ov"))
+        change = store.revision()
+        entered, reads = [0], [0]
+        everyone_in = threading.Event()
+        view = state._network_view
+        real_read = ipam.list_allocations
+
+        def entering(*args: Any, **kwargs: Any) -> Any:
+            entered[0] += 1
+            if entered[0] == 8:
+                everyone_in.set()
+            return view(*args, **kwargs)
+
+        def read(*args: Any, **kwargs: Any) -> Any:
+            reads[0] += 1
+            everyone_in.wait(5)  # the first reader waits until all eight asked
+            return real_read(*args, **kwargs)
+
+        monkeypatch.setattr(state, "_network_view", entering)
+        monkeypatch.setattr(ipam, "list_allocations", read)
+        got: list[Any] = []
+        threads = [threading.Thread(target=lambda h=h: got.append(  # type: ignore[misc]
+            state.host_network("ov", h, change))) for h in "abcdefgh"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert everyone_in.is_set() and len(got) == 8 and all(v is not None for v in got)
+        assert reads == [1]
+        assert len({id(v.names) for v in got}) == 1  # one read, shared
     finally:
         store.close()
 
