@@ -83,6 +83,14 @@ def delete_link(ipr: IPRoute, link: Any, what: str,
 IFA_F_NODAD = 0x02
 
 
+def check_removable(name: str, alias: str) -> None:
+    """Raise unless the link ``name`` with ``alias`` is ours to remove: our alias, or one of
+    our names with none yet (our own interrupted creation, see the module note)."""
+    interrupted = not alias and name.startswith((BRIDGE_PREFIX, VETH_PREFIX, VXLAN_PREFIX))
+    if not (alias.startswith(ALIAS_PREFIX) or interrupted):
+        raise KernelError(f"could not remove link {name!r}: not ours (alias {alias!r})")
+
+
 def add_address6(ipr: IPRoute, index: int, cidr: str) -> None:
     """Add an IPv6 address with ``nodad``: usable at once, no tentative state (EEXIST is
     success)."""
@@ -305,11 +313,7 @@ class LinkBase:
             link = get_link(self._host, name)
             if link is None:
                 return False
-            alias = link.get_attr("IFLA_IFALIAS") or ""
-            interrupted = not alias and name.startswith((BRIDGE_PREFIX, VETH_PREFIX,
-                                                         VXLAN_PREFIX))
-            if not (alias.startswith(ALIAS_PREFIX) or interrupted):
-                raise KernelError(f"could not remove link {name!r}: not ours (alias {alias!r})")
+            check_removable(name, link.get_attr("IFLA_IFALIAS") or "")
             self._host.link("del", index=link["index"])
         except NetlinkError as e:
             if e.code == errno.ENODEV:

@@ -36,12 +36,13 @@ from agent.kernel.linkbase import (
     MAIN_TABLE,
     RTPROT_SDNCTL,
     LinkBase,
+    check_removable,
     delete_link,
     get_link,
 )
 from agent.kernel.netns import NETLINK_ROUTE, is_netns, open_netlink_fd, open_netlink_fds
 from agent.kernel.vxlan import VxlanLinks
-from agent.names import ALIAS_PREFIX, BRIDGE_PREFIX, VETH_PREFIX
+from agent.names import ALIAS_PREFIX
 from agent.observed import (
     ObservedContainerNet,
     ObservedLink,
@@ -142,10 +143,7 @@ def remove_link_now(name: str) -> bool:
             link = reader.link(name)
             if link is None:
                 return False
-            alias = link.alias or ""
-            if not (alias.startswith(ALIAS_PREFIX) or
-                    (not alias and name.startswith((BRIDGE_PREFIX, VETH_PREFIX)))):
-                raise KernelError(f"could not remove link {name!r}: not ours (alias {alias!r})")
+            check_removable(name, link.alias or "")
             (code,) = reader.send_all([rtnl.link_delete(name)])
         except (NetlinkError, OSError) as e:
             raise KernelError(f"could not remove link {name!r}") from e
@@ -170,7 +168,11 @@ class DeletionWatch:
     def __init__(self, name: str) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                    NETLINK_ROUTE)
-        self._read_end, self._write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            self._read_end, self._write_end = os.pipe2(os.O_CLOEXEC)
+        except OSError as e:
+            self._sock.close()
+            raise KernelError(f"could not watch link {name!r}") from e
         try:
             self._sock.bind((0, rtnl.RTMGRP_LINK))
             with rtnl.Reader(open_netlink_fd(None)) as reader:
