@@ -150,6 +150,10 @@ class _Connection:
         self.front._forget(self)
 
 
+def _seconds_left(certificate: x509.Certificate) -> float:
+    return (certificate.not_valid_after_utc - datetime.datetime.now(datetime.UTC)).total_seconds()
+
+
 class _ClientSide(asyncio.Protocol):
     """The TCP side: a handshake, then the client's bytes go to the backend."""
 
@@ -361,10 +365,16 @@ class TlsFront:
                 conn.cut()
 
     def _expire(self, conn: _Connection) -> None:
-        if not conn.closed:
-            log.warning("cutting %s: its certificate expired", conn.peer)
-            self.expired += 1
-            conn.cut()
+        if conn.closed:
+            return
+        assert conn.certificate is not None
+        left = _seconds_left(conn.certificate)
+        if left > 0:  # the loop's clock ran ahead of the wall clock: not yet
+            conn.expiry = asyncio.get_running_loop().call_later(left, self._expire, conn)
+            return
+        log.warning("cutting %s: its certificate expired", conn.peer)
+        self.expired += 1
+        conn.cut()
 
     def _track(self, conn: _Connection, task: asyncio.Task[None]) -> None:
         self._connections[conn] = task
@@ -399,13 +409,21 @@ class TlsFront:
         if tls is None or conn.closed:  # the client went away at once
             conn.cut()
             return
-        self.handshakes += 1
         conn.tls = tls
-        tls.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         der = tls.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        conn.certificate = x509.load_der_x509_certificate(der)
-        left = conn.certificate.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
-        conn.expiry = loop.call_later(max(left.total_seconds(), 0.0), self._expire, conn)
+        certificate = x509.load_der_x509_certificate(der)
+        left = _seconds_left(certificate)
+        if left <= 0:
+            # It was valid when OpenSSL checked it, during the handshake; not any more. A client
+            # cut by _expire and back at once can land here.
+            self.refused += 1
+            log.info("TLS handshake with %s refused: its certificate expired", conn.peer)
+            conn.cut()
+            return
+        self.handshakes += 1
+        conn.certificate = certificate
+        tls.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        conn.expiry = loop.call_later(left, self._expire, conn)
         conn.path = os.path.join(self.peers_dir, str(next(self._numbers)))
         with self._lock:
             self._by_path[conn.path] = conn.certificate
