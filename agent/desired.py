@@ -314,6 +314,32 @@ class Changed(enum.IntFlag):
     #: on other hosts, reaches every host: at 100 hosts a whole pass each was 100 passes.
     POLICY = enum.auto()
     HOST = enum.auto()  # networks, containers, the first snapshot: a pass
+    #: Only overlays' peers (issue 21): a host joined, left or moved. Every member hears of
+    #: it, so a whole pass each was 100 passes at 100 hosts: the peer work alone
+    #: (``Reconciler.sync_peers``) does.
+    PEERS = enum.auto()
+    #: Only networks' name tables (a container of another host came or went): the resolver's
+    #: business (agent/dns.py), no pass.
+    NAMES = enum.auto()
+
+
+def networks_changed(before: dict[str, DesiredNetwork],
+                     after: dict[str, DesiredNetwork]) -> Changed:
+    """What a change of networks is: PEERS and/or NAMES when only those fields moved, else
+    HOST (pure)."""
+    changed = Changed(0)
+    for name in before.keys() | after.keys():
+        old, new = before.get(name), after.get(name)
+        if old == new:
+            continue
+        if old is None or new is None or \
+                replace(old, peers=(), names=()) != replace(new, peers=(), names=()):
+            return Changed.HOST
+        if old.peers != new.peers:
+            changed |= Changed.PEERS
+        if old.names != new.names:
+            changed |= Changed.NAMES
+    return changed
 
 
 @dataclass
@@ -361,8 +387,10 @@ class DesiredState:
                 else event.revision
         self._keep_provisional()
         changed = Changed(0)
-        if before != (self.networks, self.containers, self.synced):
+        if before[1:] != (self.containers, self.synced):
             changed |= Changed.HOST
+        elif before[0] != self.networks:
+            changed |= networks_changed(before[0], self.networks)
         if policy_before != self.policy:
             changed |= Changed.POLICY
         return changed

@@ -59,7 +59,7 @@ from agent.modes import MODES
 from agent.names import veth_name, vtep_mac_for
 from agent.plan import RESTART_DELAY
 from agent.portproxy import PortProxy, wanted_proxies
-from agent.reconcile import Reconciler
+from agent.reconcile import Outcome, Reconciler
 from agent.runtime import RUNTIMES, OciRuntime
 from sdnctl.api import convert
 from sdnctl.api.client import open_channel
@@ -226,6 +226,7 @@ class Agent:
         self.last_report: tuple[int, list[ContainerStatus]] | None = None
         self.pending_pass = True  # the desired state changed (or a process exited) since
         self.pending_policy = False  # the policy input alone changed since (Changed.POLICY)
+        self.pending_peers = False  # overlays' peers alone changed since (Changed.PEERS)
         self.generation = 0  # counts changes of the desired state
         self.repairs = 0  # actions taken while the desired state stood still (drift)
         self.watching = False  # a Watch stream delivered its first event and has not broken
@@ -407,14 +408,17 @@ class Agent:
                         changed = self.desired.apply(event)
                         if changed & Changed.POLICY:
                             self.pending_policy = True  # with no pass: the policy table alone
+                        if changed & Changed.PEERS:
+                            self.pending_peers = True
+                            self.generation += 1
                         if changed & Changed.HOST:
                             self.pending_pass = True
                             self.generation += 1
-                            if self.dns is not None:
-                                self.dns.update(dns.zones_from(self.desired.networks.values(),
-                                                               self.host_upstreams))
                             if self.proxy.thread.is_alive():
                                 self.proxy.update(wanted_proxies(self.desired))
+                        if changed & (Changed.HOST | Changed.NAMES) and self.dns is not None:
+                            self.dns.update(dns.zones_from(self.desired.networks.values(),
+                                                           self.host_upstreams))
                     self.dirty.set()  # a progress notice alone is reported, not reconciled
             except grpc.RpcError as e:
                 self.watching = False
@@ -496,7 +500,7 @@ class Agent:
                         lambda: self.holding == len(self.attach_jobs) == 0
                         or bool(self.attach_jobs), ATTACH_HOLD)
                     waiting = self.pending_pass or self.pending_policy or \
-                        time.monotonic() >= due or statuses is None
+                        self.pending_peers or time.monotonic() >= due or statuses is None
                 if self.run_attach_jobs(reconciler):
                     # The pass that reports it comes with the stream's event; one already due
                     # waits, like any other, until the ADD has its answer (the hold above).
@@ -510,7 +514,8 @@ class Agent:
                     desired = self.desired.copy()
                     needed = self.pending_pass or time.monotonic() >= due or statuses is None
                     policy_now = self.pending_policy and not needed  # (a pass does it too)
-                    self.pending_policy = False
+                    peers_now = self.pending_peers and not needed
+                    self.pending_policy = self.pending_peers = False
                     # A full pass lists the nftables ruleset (drift); the others trust what
                     # the agent wrote. One is due every resync interval, however busy we are.
                     full = time.monotonic() >= full_due or last_generation is None
@@ -519,7 +524,12 @@ class Agent:
                 if not desired.synced:  # the first snapshot wakes us when it comes
                     due = time.monotonic() + self.args.resync
                     continue
-                if not needed:  # only the revision, or the policy input, moved on
+                if not needed:  # only the revision, the peers or the policy input moved on
+                    if peers_now:
+                        if not self.sync_peers(reconciler, desired):
+                            continue  # a whole pass is due: next round
+                        if last_generation is not None:  # realised: later drift is drift
+                            last_generation = generation
                     error = reconciler.sync_policies(desired) if policy_now else None
                     if error is not None:
                         self.wake_for_pass()  # a pass retries it, and reports the error
@@ -536,18 +546,11 @@ class Agent:
                 repairs: list[p.Action] = []
                 if generation == last_generation:  # (a retry after a failed pass is not one)
                     repairs = self.log_repairs(outcome.actions)
-                self.metrics.record_pass(full, time.monotonic() - started, outcome.actions,
-                                         len(outcome.errors), repairs)
+                self.record_pass(full, desired, outcome, started, cpu, repairs)
                 last_generation = None if outcome.errors else generation
-                if outcome.actions:
-                    log.info("revision %d: %d action(s) in %.0f ms (%.0f ms of CPU)%s",
-                             desired.revision, len(outcome.actions),
-                             (time.monotonic() - started) * 1000,
-                             (time.thread_time() - cpu) * 1000,
-                             f", {len(outcome.errors)} failed" if outcome.errors else "")
-                    if outcome.errors:
-                        self.stopping.wait(1.0)  # then retry rather than at the next resync
-                        self.wake_for_pass()
+                if outcome.actions and outcome.errors:
+                    self.stopping.wait(1.0)  # then retry rather than at the next resync
+                    self.wake_for_pass()
                 if statuses is None:
                     log.info("ready %.0f ms after start: the first pass made %d action(s) for "
                              "%d container(s) (%.0f ms of CPU since start)", running_for() * 1000,
@@ -586,6 +589,30 @@ class Agent:
             self.proxy.stop()
             for channel in self.channels:
                 channel.close()
+
+    def sync_peers(self, reconciler: Reconciler, desired: DesiredState) -> bool:
+        """The peer work alone (``Reconciler.sync_peers``); False when it asked for a whole
+        pass or failed (one is then pending: it plans everything, and retries)."""
+        started, cpu = time.monotonic(), time.thread_time()
+        outcome = reconciler.sync_peers(desired)
+        if outcome is not None:
+            self.record_pass(False, desired, outcome, started, cpu, [], "peer ")
+        if outcome is None or outcome.errors:
+            self.wake_for_pass()
+            return False
+        return True
+
+    def record_pass(self, full: bool, desired: DesiredState, outcome: Outcome, started: float,
+                    cpu: float, repairs: list[p.Action], kind: str = "") -> None:
+        """A pass's metrics, and its log line when it did something (``started``: monotonic,
+        ``cpu``: thread time, when it began)."""
+        self.metrics.record_pass(full, time.monotonic() - started, outcome.actions,
+                                 len(outcome.errors), repairs)
+        if outcome.actions:
+            log.info("revision %d: %d %saction(s) in %.0f ms (%.0f ms of CPU)%s",
+                     desired.revision, len(outcome.actions), kind,
+                     (time.monotonic() - started) * 1000, (time.thread_time() - cpu) * 1000,
+                     f", {len(outcome.errors)} failed" if outcome.errors else "")
 
     def log_repairs(self, actions: list[p.Action]) -> list[p.Action]:
         """Drift: the kernel moved while the desired state did not. One event per repair;

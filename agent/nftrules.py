@@ -285,10 +285,28 @@ def _vni(number: int) -> int:
 def _addresses(texts: Sequence[str]) -> str:
     """One address, or an anonymous set of several (nft rejects an empty set), all of one
     family."""
-    addrs = sorted({ipaddress.ip_address(t) for t in texts})  # (mixed families: TypeError)
+    return _address_set(frozenset(texts))
+
+
+@functools.lru_cache(maxsize=64)
+def _address_set(texts: frozenset[str]) -> str:
+    # Remembered, and each address too: an overlay's member list is rendered a few times per
+    # write, and again (one address more or less) whenever one of a hundred hosts comes or goes.
+    addrs = sorted({_address(t) for t in texts}, key=_address_order)
     if not addrs:
         raise ValueError("empty address set")
+    if len({a.version for a in addrs}) > 1:
+        raise TypeError(f"addresses of two families in one set: {sorted(texts)}")
     return str(addrs[0]) if len(addrs) == 1 else "{ " + ", ".join(map(str, addrs)) + " }"
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
+
+
+def _address_order(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    return int(address)
 
 
 def _port(number: int) -> int:

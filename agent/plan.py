@@ -237,6 +237,21 @@ def plan(desired: DesiredState, observed: Observed, now: float = 0.0) -> list[Ac
     return actions
 
 
+def plan_peers(desired: DesiredState, observed: Observed) -> list[Action]:
+    """What a change of overlays' peers alone needs (``Changed.PEERS``, issue 21): each
+    overlay's peer entries, then the firewall (its VXLAN rules name the members), as
+    :func:`plan` would plan them. Reads only ``observed``'s VXLAN devices, their peers and
+    the firewall. An ``EnsureVxlan`` among them means a whole pass is needed."""
+    actions: list[Action] = []
+    for net in desired.networks.values():
+        if net.driver in LOCAL_BRIDGE_DRIVERS and driver_of(net.driver).spans_hosts:
+            actions += plan_overlay(net, desired, observed)
+    spec = firewall_spec(desired)
+    if desired.synced and observed.firewall != firewall_fingerprint(spec):
+        actions.append(SyncFirewall(spec))
+    return actions
+
+
 def plan_overlay(net: DesiredNetwork, desired: DesiredState,
                  observed: Observed) -> list[Action]:
     """The VXLAN device, then its peers: stale entries out first, then what is missing.

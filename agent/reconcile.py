@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from agent import plan as p
 from agent.containers import Containers
 from agent.desired import DesiredContainer, DesiredNetwork, DesiredPeer, DesiredState, LocalHost
+from agent.drivers import driver_of
 from agent.imagestore import ImageStore
 from agent.kernel.links import ObservedPeers, ObservedVxlan, PreparedVeth
 from agent.kernel.policyfw import PolicyFirewall
@@ -115,6 +116,8 @@ class Reconciler:
         # Peer entries of our VXLAN devices, by device: (its ifindex, its entries) as the last
         # dump showed them plus what this agent wrote since (see _observe_peers).
         self._peers: dict[str, tuple[int, ObservedPeers]] = {}
+        # Our VXLAN devices as the last pass observed them (sync_peers' premise).
+        self._vxlans: dict[str, ObservedVxlan] = {}
         # Networks whose bridge the last pass found or made as wanted (attach_now's premise).
         self._bridges: dict[str, DesiredNetwork] = {}
         self._helper = concurrent.futures.ThreadPoolExecutor(1, "attach-firewall")
@@ -139,6 +142,7 @@ class Reconciler:
         containers = self.containers.observe(desired)
         vxlans = {name: link for name, link in owned.items() if isinstance(link, ObservedVxlan)}
         peers = self._observe_peers(vxlans, full)
+        self._vxlans = vxlans
         return p.Observed(links=owned, containers=containers, firewall=firewall_state(),
                           ip_forward=self.sysctls.read_sysctl("net.ipv4.ip_forward") == "1",
                           ip6_forward=_ip6_forward(desired, self.sysctls),
@@ -193,6 +197,35 @@ class Reconciler:
             outcome.observed = dataclasses.replace(observed,
                                                    containers=self.containers.observe(desired))
         outcome.restart_pending = p.restart_pending(desired, outcome.observed)
+        return outcome
+
+    def sync_peers(self, desired: DesiredState) -> Outcome | None:
+        """The pass of a change of overlays' peers alone (``Changed.PEERS``, issue 21): their
+        entries and the firewall's member list, planned against what the last pass observed
+        of the VXLAN devices and what was written since (no dump, no container read). None,
+        having done nothing, when a whole pass is needed: a device not seen as wanted by the
+        last pass, or recreated since. The outcome's ``observed`` holds only what it read."""
+        devices = {vxlan_name(n.name) for n in desired.networks.values()
+                   if n.driver in p.LOCAL_BRIDGE_DRIVERS and driver_of(n.driver).spans_hosts}
+        if not desired.synced or any(
+                d not in self._vxlans or self._peers.get(d, (-1,))[0] != self._vxlans[d].index
+                for d in devices):
+            return None
+        observed = p.Observed(links={}, containers={},
+                              firewall=self.firewall.observe(fresh=False),
+                              vxlans=self._vxlans,
+                              peers={d: self._peers[d][1] for d in devices})
+        actions = p.plan_peers(desired, observed)
+        if any(isinstance(a, p.EnsureVxlan) for a in actions):
+            return None
+        outcome = Outcome(actions, observed)
+        for action in group_peers(actions):
+            try:
+                self.apply(action)
+            except Exception as e:
+                log.warning("%s failed: %s", type(action).__name__, e, exc_info=True)
+                self._peers.clear()  # what it did is unknown: the next pass dumps again
+                outcome.errors[""] = f"{e}" + (f": {e.__cause__}" if e.__cause__ else "")
         return outcome
 
     def _note_bridges(self, desired: DesiredState, outcome: Outcome) -> None:
