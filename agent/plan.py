@@ -275,10 +275,11 @@ def plan_overlay(net: DesiredNetwork, desired: DesiredState,
     actions += [RemovePeerRoute(device, dst) for dst, _ in have.routes if dst not in routes]
     actions += [RemoveNeighbour(device, ip) for ip, _ in have.neighbours if ip not in neighbours]
     actions += [RemoveFdb(device, mac, dst) for mac, dst in have.fdb if (mac, dst) not in fdb]
+    have_routes, have_neighbours, have_fdb = set(have.routes), set(have.neighbours), set(have.fdb)
     for peer, entry in zip(net.peers, entries, strict=True):
-        if (not set(entry.routes()) <= set(have.routes)
-                or not set(entry.neighbours()) <= set(have.neighbours)
-                or (peer.vtep_mac, peer.underlay_ip) not in have.fdb):
+        if (not have_routes.issuperset(entry.routes())
+                or not have_neighbours.issuperset(entry.neighbours())
+                or (peer.vtep_mac, peer.underlay_ip) not in have_fdb):
             actions.append(SetPeer(device, peer))
     return actions
 

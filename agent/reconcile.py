@@ -60,6 +60,17 @@ class SetPeers:
     peers: tuple[DesiredPeer, ...]
 
 
+@dataclass(frozen=True)
+class RemovePeers:
+    """Consecutive ``RemovePeerRoute``, ``RemoveNeighbour`` and ``RemoveFdb`` of one device,
+    applied as one batch (``group_peers``)."""
+
+    device: str
+    routes: tuple[str, ...] = ()
+    neighbours: tuple[str, ...] = ()
+    fdb: tuple[tuple[str, str], ...] = ()
+
+
 def _ip6_forward(desired: DesiredState, sysctls: SysctlOps) -> bool:
     """IPv6 forwarding in this namespace, read only when a network of it is dual-stack."""
     if not any(net.subnet6 for net in desired.networks.values()):
@@ -67,20 +78,38 @@ def _ip6_forward(desired: DesiredState, sysctls: SysctlOps) -> bool:
     return sysctls.read_sysctl("net.ipv6.conf.all.forwarding") == "1"
 
 
-def group_peers(actions: Iterable[p.Action]) -> list[p.Action | SetPeers]:
-    """``actions`` with each run of consecutive ``SetPeer`` of one device as one ``SetPeers``
-    (pure; the order of everything else is kept)."""
-    grouped: list[p.Action | SetPeers] = []
+def group_peers(actions: Iterable[p.Action]) -> list[p.Action | SetPeers | RemovePeers]:
+    """``actions`` with each run of consecutive ``SetPeer`` of one device as one ``SetPeers``,
+    and each run of its entries' removals as one ``RemovePeers`` (pure; the order of
+    everything else is kept)."""
+    grouped: list[p.Action | SetPeers | RemovePeers] = []
     for action in actions:
         last = grouped[-1] if grouped else None
-        if isinstance(action, p.SetPeer):
-            if isinstance(last, SetPeers) and last.device == action.device:
-                grouped[-1] = SetPeers(last.device, (*last.peers, action.peer))
-            else:
-                grouped.append(SetPeers(action.device, (action.peer,)))
-        else:
-            grouped.append(action)
+        match action:
+            case p.SetPeer(device, peer):
+                if isinstance(last, SetPeers) and last.device == device:
+                    grouped[-1] = SetPeers(device, (*last.peers, peer))
+                else:
+                    grouped.append(SetPeers(device, (peer,)))
+            case p.RemovePeerRoute(device) | p.RemoveNeighbour(device) | p.RemoveFdb(device):
+                if isinstance(last, RemovePeers) and last.device == device:
+                    grouped[-1] = _with_removal(last, action)
+                else:
+                    grouped.append(_with_removal(RemovePeers(device), action))
+            case _:
+                grouped.append(action)
     return grouped
+
+
+def _with_removal(batch: RemovePeers, action: p.Action) -> RemovePeers:
+    match action:
+        case p.RemovePeerRoute(_, dst):
+            return dataclasses.replace(batch, routes=(*batch.routes, dst))
+        case p.RemoveNeighbour(_, ip):
+            return dataclasses.replace(batch, neighbours=(*batch.neighbours, ip))
+        case p.RemoveFdb(_, mac, dst):
+            return dataclasses.replace(batch, fdb=(*batch.fdb, (mac, dst)))
+    raise TypeError(f"not a removal of a peer entry: {action!r}")
 
 
 @dataclass
@@ -323,7 +352,7 @@ class Reconciler:
         for veth, message in errors.items():
             outcome.errors[by_veth.get(veth, "")] = message
 
-    def apply(self, action: p.Action | SetPeers) -> None:
+    def apply(self, action: p.Action | SetPeers | RemovePeers) -> None:
         match action:
             case p.EnableForwarding(ipv6):
                 self.sysctls.ensure_sysctl("net.ipv4.ip_forward", "1")
@@ -359,18 +388,15 @@ class Reconciler:
                     device, [peer.entries() for peer in peers],
                     have=cached[1] if cached else None)
                 self._wrote_peers(device, lambda h: functools.reduce(peers_after_set, peers, h))
-            case p.RemovePeerRoute(device, dst):
-                self.links.remove_peer_route(device, dst)
-                self._wrote_peers(device, lambda h: dataclasses.replace(
-                    h, routes=tuple(r for r in h.routes if r[0] != dst)))
-            case p.RemoveNeighbour(device, ip):
-                self.links.remove_neighbour(device, ip)
-                self._wrote_peers(device, lambda h: dataclasses.replace(
-                    h, neighbours=tuple(n for n in h.neighbours if n[0] != ip)))
-            case p.RemoveFdb(device, mac, dst):
-                self.links.remove_fdb(device, mac, dst)
-                self._wrote_peers(device, lambda h: dataclasses.replace(
-                    h, fdb=tuple(f for f in h.fdb if f != (mac, dst))))
+            case p.RemovePeerRoute() | p.RemoveNeighbour() | p.RemoveFdb():
+                for batch in group_peers([action]):
+                    self.apply(batch)
+            case RemovePeers(device, routes, neighbours, fdb):
+                self.links.remove_peers(device, routes, neighbours, fdb)
+                self._wrote_peers(device, lambda h: ObservedPeers(
+                    routes=tuple(r for r in h.routes if r[0] not in routes),
+                    neighbours=tuple(n for n in h.neighbours if n[0] not in neighbours),
+                    fdb=tuple(f for f in h.fdb if f not in fdb)))
 
     def _wrote_peers(self, device: str, change: Callable[[ObservedPeers], ObservedPeers]) -> None:
         if device in self._peers:

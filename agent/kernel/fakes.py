@@ -137,16 +137,13 @@ class FakeLinks:
         self.peers[device] = new
         return new != old
 
-    def remove_peer_route(self, device: str, subnet: str) -> bool:
-        routes = {r for r in self.peers.get(device, ObservedPeers()).routes if r[0] == subnet}
-        return self._drop(device, routes=routes)
-
-    def remove_neighbour(self, device: str, ip: str) -> bool:
-        found = {n for n in self.peers.get(device, ObservedPeers()).neighbours if n[0] == ip}
-        return self._drop(device, neighbours=found)
-
-    def remove_fdb(self, device: str, mac: str, dst: str) -> bool:
-        return self._drop(device, fdb={(mac, dst)})
+    def remove_peers(self, device: str, routes: Sequence[str], neighbours: Sequence[str],
+                     fdb: Sequence[tuple[str, str]]) -> int:
+        held = self.peers.get(device, ObservedPeers())
+        gone = ({r for r in held.routes if r[0] in routes},
+                {n for n in held.neighbours if n[0] in neighbours}, set(fdb) & set(held.fdb))
+        self._drop(device, *gone)
+        return sum(map(len, gone))
 
 
 @dataclass

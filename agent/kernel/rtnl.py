@@ -36,7 +36,7 @@ NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
-RTM_NEWNEIGH, RTM_GETNEIGH = 28, 30
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 AF_BRIDGE = 7  # a neighbour dump of this family lists bridge and VXLAN FDB entries
 NDA_DST, NDA_LLADDR, NDA_PROTOCOL = 1, 2, 12
 RT_SCOPE_UNIVERSE, RTN_UNICAST = 0, 1
@@ -44,7 +44,7 @@ RTA_DST = 1
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTMGRP_LINK = 1  # the multicast group of link announcements (RTNLGRP_LINK's bit)
 RTM_NEWADDR, RTM_GETADDR = 20, 22
-RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_IFALIAS = 1, 3, 4, 5, 10, 20
 IFLA_LINKINFO, IFLA_EXT_MASK, IFLA_INFO_KIND = 18, 29, 1
 IFLA_NET_NS_FD, IFLA_INFO_DATA, VETH_INFO_PEER = 28, 2, 1
@@ -189,6 +189,29 @@ def route_replace(cidr: str, gateway: str, oif: int, table: int, protocol: int,
         _attr(RTA_DST, _ip_bytes(network)) + _attr(RTA_GATEWAY, _ip_bytes(gateway)) + \
         _attr(RTA_OIF, U32.pack(oif)) + _attr(RTA_TABLE, U32.pack(table))
     return Request(RTM_NEWROUTE, REPLACE, body)
+
+
+def fdb_delete(index: int, mac: str, dst: str, flags: int) -> Request:
+    """``bridge fdb del MAC dev INDEX dst DST``."""
+    body = NDMSG.pack(socket.AF_BRIDGE, index, 0, flags, 0) + \
+        _attr(NDA_LLADDR, _mac_bytes(mac)) + _attr(NDA_DST, _ip_bytes(dst))
+    return Request(RTM_DELNEIGH, 0, body)
+
+
+def neighbour_delete(index: int, ip: str) -> Request:
+    """``ip neigh del IP dev INDEX`` (either family)."""
+    return Request(RTM_DELNEIGH, 0, NDMSG.pack(_family(ip), index, 0, 0, 0) +
+                   _attr(NDA_DST, _ip_bytes(ip)))
+
+
+def route_delete(cidr: str, oif: int, table: int, protocol: int) -> Request:
+    """``ip route del CIDR dev OIF table TABLE proto PROTOCOL`` (either family)."""
+    network, length = cidr.split("/")
+    body = RTMSG.pack(_family(network), int(length), 0, 0, table if table < 256 else 0, protocol,
+                      RT_SCOPE_UNIVERSE, RTN_UNICAST, 0) + \
+        _attr(RTA_DST, _ip_bytes(network)) + _attr(RTA_OIF, U32.pack(oif)) + \
+        _attr(RTA_TABLE, U32.pack(table))
+    return Request(RTM_DELROUTE, 0, body)
 
 
 def veth_add(name: str, mtu: int, master: int, peer: str, peer_netns_fd: int,

@@ -377,8 +377,8 @@ def test_host_moves_to_a_new_underlay_address_and_vtep_mac(olab: OverlayLab) -> 
 
     for h in (olab.hosts["h1"], olab.hosts["h2"]):
         assert olab.ensure_peers(h) is True
-        assert h.links.remove_fdb(olab.vx, old_mac, old_ip) is True
-        assert h.links.remove_fdb(olab.vx, old_mac, old_ip) is False
+        assert h.links.remove_peers(olab.vx, [], [], [(old_mac, old_ip)]) == 1
+        assert h.links.remove_peers(olab.vx, [], [], [(old_mac, old_ip)]) == 0
         assert h.links.observe_peers(olab.vx) == olab.expected_peers(h)
         n = os.path.basename(h.path)
         raw = run("bridge", "-n", n, "fdb", "show", "dev", olab.vx).stdout + \
@@ -392,13 +392,10 @@ def test_host_moves_to_a_new_underlay_address_and_vtep_mac(olab: OverlayLab) -> 
 
 def test_a_leaving_host_is_removed_and_removal_is_idempotent(olab: OverlayLab) -> None:
     h1, h2 = olab.hosts["h1"], olab.hosts["h2"]
-    assert h1.links.remove_peer_route(olab.vx, h2.subnet) is True
-    assert h1.links.remove_neighbour(olab.vx, h2.vtep_ip) is True
-    assert h1.links.remove_fdb(olab.vx, h2.mac, h2.underlay_ip) is True
-    assert h1.links.remove_peer_route(olab.vx, h2.subnet) is False
-    assert h1.links.remove_neighbour(olab.vx, h2.vtep_ip) is False
-    assert h1.links.remove_fdb(olab.vx, h2.mac, h2.underlay_ip) is False
-    assert h1.links.remove_peer_route("nosuchdev", h2.subnet) is False
+    gone = ([h2.subnet], [h2.vtep_ip], [(h2.mac, h2.underlay_ip)])
+    assert h1.links.remove_peers(olab.vx, *gone) == 3  # one batch
+    assert h1.links.remove_peers(olab.vx, *gone) == 0  # gone already: success, nothing done
+    assert h1.links.remove_peers("nosuchdev", *gone) == 0
     h3 = olab.hosts["h3"]
     assert h1.links.observe_peers(olab.vx) == ObservedPeers(
         routes=((h3.subnet, h3.vtep_ip),), neighbours=((h3.vtep_ip, h3.mac),),

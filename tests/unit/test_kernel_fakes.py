@@ -25,8 +25,8 @@ def test_links_fake_remembers_links_and_peers() -> None:
     assert links.observe_all_peers()["sdnx1"] == ObservedPeers(
         (("10.70.2.0/24", "10.70.2.0"),), (("10.70.2.0", "0e:00:00:00:00:02"),),
         (("0e:00:00:00:00:02", "192.0.2.2"),))
-    assert links.remove_peer_route("sdnx1", "10.70.2.0/24")
-    assert not links.remove_peer_route("sdnx1", "10.70.2.0/24")  # already gone: nothing to do
+    assert links.remove_peers("sdnx1", ["10.70.2.0/24"], [], []) == 1
+    assert links.remove_peers("sdnx1", ["10.70.2.0/24"], [], []) == 0  # gone: nothing to do
     assert links.remove_link("sdnv1") and not links.remove_link("sdnv1")
 
 
