@@ -880,6 +880,8 @@ def list_leases(
     """Leases, sorted by network then host; optionally of one network and/or one host."""
     prefix = LEASES if network is None else f"{LEASES}{_name(network)}/"
     entries, _ = store.range(prefix)
+    if host is not None:  # by key (``lease_key``): decode only the host's (every report asks)
+        entries = [kv for kv in entries if kv.key.endswith(f"/{host}")]
     leases = [from_json(Lease, kv.value) for kv in entries]
     return [lease for lease in leases if host is None or lease.host == host]
 

@@ -179,13 +179,20 @@ def _set(table: dict[str, T], name: str, value: bytes | None,
         table[name] = decode(value)
 
 
-def policy_set(store: Store) -> PolicySet:
+def policy_set(store: Store, at_least: int = 0) -> PolicySet:
     """The whole policy set at the store's current revision (cached per revision, moved on by
-    the change log since the cached one; read whole the first time and after a compaction)."""
+    the change log since the cached one; read whole the first time and after a compaction).
+    ``at_least``: any set as of that revision or later will do (a Watch stream's, for the
+    changes it is sending: what came since is its next batch), so the N streams one change
+    wakes neither ask the store its revision nor queue here to move the set on, each by the
+    status reports written meanwhile."""
+    index = _cache.get(store)
+    if at_least and index is not None and index.pset.revision >= at_least:
+        return index.pset
     revision = store.revision()
     with _lock:
         index = _cache.get(store)
-        if index is not None and index.pset.revision >= revision:
+        if index is not None and index.pset.revision >= max(revision, at_least):
             return index.pset
         try:
             if index is None:

@@ -778,10 +778,19 @@ class State:
         cached = self._lease_networks.get(host)
         if cached is not None and at_least and cached[0] >= at_least:
             return cached[1]
-        revision = self.store.revision()
-        networks = sorted({lease.network for lease in ipam.list_leases(self.store, host=host)})
-        self._lease_networks[host] = (revision, networks)
-        return networks
+        with self._view_lock(f"host {host}"):  # one stream reads, the others wait and take it
+            cached = self._lease_networks.get(host)
+            if cached is not None and at_least and cached[0] >= at_least:
+                return cached[1]
+            revision = self.store.revision()
+            networks = sorted({lease.network
+                               for lease in ipam.list_leases(self.store, host=host)})
+            self._lease_networks[host] = (revision, networks)
+            return networks
+
+    def _view_lock(self, key: str) -> threading.Lock:
+        with self._view_locks_guard:
+            return self._view_locks.setdefault(key, threading.Lock())
 
     def _network_view(self, network: str, at_least: int = 0) -> _SharedView | None:
         """What every host's view of ``network`` shares (spec, name table, and for an overlay
@@ -797,9 +806,7 @@ class State:
         cached = self._shared_views.get(network)
         if cached is not None and at_least and cached[0] >= at_least:
             return cached[1]
-        with self._view_locks_guard:
-            lock = self._view_locks.setdefault(network, threading.Lock())
-        with lock:
+        with self._view_lock(f"network {network}"):
             return self._build_network_view(network, at_least)
 
     def _build_network_view(self, network: str, at_least: int) -> _SharedView | None:

@@ -236,9 +236,9 @@ def _host_events(state: State, hub: fanout.Hub, sub: fanout.Subscription, since_
             revision = 0
     sent_policies: tuple[object, ...] = ()  # the policy set last sent: send only a different one
 
-    def policy_update(force: bool) -> pb.PolicySet | None:
+    def policy_update(force: bool, at_least: int = 0) -> pb.PolicySet | None:
         nonlocal sent_policies
-        pset = policies.policy_set(store)
+        pset = policies.policy_set(store, at_least)
         # Compared as data, not as a message built and serialized by each of N streams.
         now = (pset.policies, pset.endpoints, pset.network_cidrs, pset.network_cidrs6)
         if now == sent_policies and not force:
@@ -250,7 +250,7 @@ def _host_events(state: State, hub: fanout.Hub, sub: fanout.Subscription, since_
         """The event for ``changes``, None when nothing in them is this host's after all."""
         event = delta_event(state, host, changes)
         if any(policies.is_policy_change(c.key) for c in changes):
-            update = policy_update(False)
+            update = policy_update(False, changes[-1].revision)
             if update is not None:
                 event.policy_set.CopyFrom(update)
         if not (event.networks or event.containers or event.deleted_networks or

@@ -285,3 +285,63 @@ def test_a_hub_behind_a_compaction_sends_every_stream_a_snapshot(
                     event = a.next()
     finally:
         store.close()
+
+
+def test_streams_woken_together_read_a_moved_hosts_networks_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host whose VXLAN endpoint moved concerns every peer: eight streams asking at once for
+    its networks make one read of its leases (before, each read them, and the first of the
+    others too, since the store moved on under them)."""
+    store = SqliteStore(tmp_path / "db")
+    try:
+        state = State(store)
+        for name in "ab":
+            state.create_host(Host(name, underlay_ip=f"192.0.2.{ord(name)}",
+                                   vtep_mac=f"02:00:00:00:00:{ord(name):02x}"))
+        state.create_network(Network("ov", subnet="10.3.0.0/16", driver="overlay"))
+        state.create_container(Container("o-a", "a", network="ov"))
+        change = store.revision()
+        reads, asked = [0], threading.Barrier(8, timeout=5)
+        real_read = ipam.list_leases
+
+        def read(*args: Any, **kwargs: Any) -> Any:
+            reads[0] += 1
+            return real_read(*args, **kwargs)
+
+        def ask() -> list[str]:
+            asked.wait()  # all eight at once
+            return state.lease_networks("a", change)
+
+        monkeypatch.setattr(ipam, "list_leases", read)
+        got: list[Any] = []
+        threads = [threading.Thread(target=lambda: got.append(ask())) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert got == [["ov"]] * 8
+        assert reads == [1]
+    finally:
+        store.close()
+
+
+def test_a_hosts_leases_are_found_by_key(tmp_path: Path) -> None:
+    """``list_leases(host=...)`` picks the host's keys before decoding: a host named like the
+    end of another's name is not mistaken for it."""
+    store = SqliteStore(tmp_path / "db")
+    try:
+        state = State(store)
+        for i, name in enumerate(("b", "ab", "b-2")):
+            state.create_host(Host(name, underlay_ip=f"192.0.2.{i + 1}"))
+        state.create_network(Network("n1", subnet="10.1.0.0/16"))
+        state.create_network(Network("n2", subnet="10.2.0.0/16"))
+        for i, (name, network) in enumerate((("b", "n1"), ("ab", "n1"), ("b", "n2"),
+                                             ("b-2", "n2"))):
+            state.create_container(Container(f"c{i}", name, network=network))
+        assert [(lease.network, lease.host) for lease in ipam.list_leases(store, host="b")] \
+            == [("n1", "b"), ("n2", "b")]
+        assert [lease.host for lease in ipam.list_leases(store, host="ab")] == ["ab"]
+        assert [lease.host for lease in ipam.list_leases(store, "n2", host="b-2")] == ["b-2"]
+        assert ipam.list_leases(store, host="a") == []
+    finally:
+        store.close()

@@ -16,6 +16,7 @@ from agent.netpolicy import PolicyInput, build, render, render_delta, rule_of_co
 from sdnctl.api import convert
 from sdnctl.api.model import (
     Container,
+    ContainerStatus,
     Host,
     Invalid,
     Network,
@@ -430,3 +431,25 @@ def test_the_policy_set_is_read_whole_again_behind_a_compaction(tmp_path: Path) 
     assert after.revision > before.revision
     assert [e.container for e in after.endpoints] == ["db", "db2"]
     store.close()
+
+
+def test_a_stream_takes_any_policy_set_as_new_as_its_changes() -> None:
+    """``at_least``: a set as of that revision or later serves a Watch stream without asking
+    the store; asked without it, the set is moved on to the store's revision; never older."""
+    store = MemoryStore()
+    state = State(store)
+    state.create_host(Host("h1"))
+    state.create_network(Network("back", "10.2.0.0/16"))
+    state.create_network(Network("front", "10.1.0.0/16"))
+    policies.create_policy(store, DB_FROM_WEB)
+    state.create_container(Container("db", "h1", "back", labels=("app=db",)))
+    change = store.revision()
+    current = policies.policy_set(store)
+    assert current.revision == change
+    state.report_status("h1", [ContainerStatus("db", "running")], change)  # moves the store on
+    assert store.revision() > change
+    assert policies.policy_set(store, at_least=change) is current  # no read, no new set
+    assert policies.policy_set(store).revision == store.revision()
+    state.create_container(Container("db2", "h1", "back", labels=("app=db",)))
+    newer = policies.policy_set(store, at_least=store.revision())  # never older than asked
+    assert [e.container for e in newer.endpoints] == ["db", "db2"]
