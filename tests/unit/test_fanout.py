@@ -219,6 +219,17 @@ def test_streams_share_an_overlay_view_as_new_as_their_changes(tmp_path: Path) -
         store.close()
 
 
+def overlay_of(state: State, hosts: str) -> None:
+    """Hosts named by the letters of ``hosts``, each with a container ``o-<host>`` on the
+    overlay ``ov``."""
+    for name in hosts:
+        state.create_host(Host(name, underlay_ip=f"192.0.2.{ord(name)}",
+                               vtep_mac=f"02:00:00:00:00:{ord(name):02x}"))
+    state.create_network(Network("ov", subnet="10.3.0.0/16", driver="overlay"))
+    for name in hosts:
+        state.create_container(Container(f"o-{name}", name, network="ov"))
+
+
 def test_streams_woken_together_build_an_overlay_view_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Eight streams asking at once for the view of the same change: one reads it, the
@@ -226,12 +237,7 @@ def test_streams_woken_together_build_an_overlay_view_once(
     store = SqliteStore(tmp_path / "db")
     try:
         state = State(store)
-        for name in "abcdefgh":
-            state.create_host(Host(name, underlay_ip=f"192.0.2.{ord(name)}",
-                                   vtep_mac=f"02:00:00:00:00:{ord(name):02x}"))
-        state.create_network(Network("ov", subnet="10.3.0.0/16", driver="overlay"))
-        for name in "abcdefgh":
-            state.create_container(Container(f"o-{name}", name, network="ov"))
+        overlay_of(state, "abcdefgh")
         change = store.revision()
         entered, reads = [0], [0]
         everyone_in = threading.Event()
@@ -295,11 +301,7 @@ def test_streams_woken_together_read_a_moved_hosts_networks_once(
     store = SqliteStore(tmp_path / "db")
     try:
         state = State(store)
-        for name in "ab":
-            state.create_host(Host(name, underlay_ip=f"192.0.2.{ord(name)}",
-                                   vtep_mac=f"02:00:00:00:00:{ord(name):02x}"))
-        state.create_network(Network("ov", subnet="10.3.0.0/16", driver="overlay"))
-        state.create_container(Container("o-a", "a", network="ov"))
+        overlay_of(state, "ab")
         change = store.revision()
         reads, asked = [0], threading.Barrier(8, timeout=5)
         real_read = ipam.list_leases
