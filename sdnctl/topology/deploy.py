@@ -506,17 +506,25 @@ def pull_image(client: Client, ref: str, progress: Progress) -> None:
 
 def register_hosts(client: Client, topology: Topology, lab_hosts: dict[str, lab.LabHost],
                    progress: Progress) -> None:
+    def same(got: pb.Host, spec: Host) -> bool:
+        # a lab host's agent registers its address: whatever the record says, it is current
+        return got.lab or got.underlay_ip == spec.underlay_ip
+
+    # Hosts there already as wanted are left alone on one listing (each was a create refused,
+    # then a get: 200 calls to add one host to a 100-host lab).
+    listed = {got.name: got for got in client.api.ListHosts(pb.ListRequest(), timeout=10).hosts}
     for host in topology.hosts:
         underlay = lab_hosts[host.name].underlay_ip if host.name in lab_hosts else \
             host.underlay_ip
         spec = Host(name=host.name, underlay_ip=underlay, lab=host.lab)
+        if host.name in listed and same(listed[host.name], spec):
+            continue
         _create_or_compare(
             lambda spec=spec: client.api.CreateHost(  # type: ignore[misc]
                 pb.CreateHostRequest(host=convert.host_to_pb(spec)), timeout=10),
             lambda spec=spec: client.api.GetHost(  # type: ignore[misc]
                 pb.GetRequest(name=spec.name), timeout=10),
-            # a lab host's agent registers its address: whatever the record says, it is current
-            lambda got, spec=spec: got.lab or got.underlay_ip == spec.underlay_ip,  # type: ignore[misc]
+            lambda got, spec=spec: same(got, spec),  # type: ignore[misc]
             f"host {host.name!r}")
     progress.step(f"hosts: {', '.join(h.name for h in topology.hosts)}")
 
@@ -555,10 +563,17 @@ def ensure_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.L
     ensure_dockerds(topology, state, lab_hosts, progress)
     # 30 s, and more for many hosts: on two cores, 100 agents register in tens of seconds.
     deadline = time.monotonic() + 30 + 0.5 * len(lab_hosts)
-    for name in lab_hosts:
+
+    def connected(got: pb.Host) -> bool:
+        return got.agent_connected and got.agent_pid == agents[got.name]["pid"]
+
+    # One listing for the hosts whose agents are there already (adding a host to a 100-host
+    # lab asked for each of them in turn, while the new one's peers waited), then the rest.
+    listed = client.api.ListHosts(pb.ListRequest(), timeout=10).hosts
+    ready = {got.name for got in listed if got.name in lab_hosts and connected(got)}
+    for name in (name for name in lab_hosts if name not in ready):
         while True:
-            got = client.api.GetHost(pb.GetRequest(name=name), timeout=10)
-            if got.agent_connected and got.agent_pid == agents[name]["pid"]:
+            if connected(client.api.GetHost(pb.GetRequest(name=name), timeout=10)):
                 break
             if time.monotonic() > deadline:
                 log = os.path.join(agent_run_dir(state["prefix"], name), "agent.log")

@@ -7,10 +7,12 @@ conftest.py proves `down` left nothing behind.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.cli import REPO, Cli, lab_cli
@@ -54,6 +56,10 @@ def test_dry_run_without_a_controller_starts_nothing(cli: Cli, tmp_path: Path) -
     assert cli.controller_pid() is None and not (cli.run_dir / "lab").exists()
 
 
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def test_an_edited_file_changes_only_what_changed(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "edit.yaml"
     path.write_text(TOPOLOGY)
@@ -78,8 +84,13 @@ def test_an_edited_file_changes_only_what_changed(cli: Cli, tmp_path: Path) -> N
     assert plan_lines(dry.stdout) == expected
     assert {c["name"]: c for c in cli.json("ps")} == before  # --dry-run changed nothing
 
+    seen = max(e["seq"] for e in json_lines(cli.run("events", "--json").stdout))
     again = cli.run("up", str(path))
     assert plan_lines(again.stdout) == expected
+    # The hosts were there as the file says: `up` wrote none of them again (audited: writes).
+    calls = [e["method"].rsplit("/", 1)[-1]
+             for e in json_lines(cli.run("events", "--since", str(seen), "--json").stdout)]
+    assert "CreateHost" not in calls and "CreateContainer" in calls, calls
     after = {c["name"]: c for c in cli.json("ps")}
     for name in ("web", "side"):  # on an unchanged network: untouched
         for key in ("ip", "pid", "netns", "state"):
