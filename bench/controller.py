@@ -358,11 +358,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         harness.alternate_many({f"{k}@{n}": side(k, n) for k, n in sides}, rounds)
-    finally:
+        batched = [batch_rate(STORES["sqlite"], BATCH_TOTAL, BATCH_SIZE) for _ in range(rounds)]
+    finally:  # (the batch rounds make a template of their own: after them)
         for template in _TEMPLATES.values():
             template.close()
             shutil.rmtree(template.path.parent, ignore_errors=True)
-    batched = [batch_rate(STORES["sqlite"], BATCH_TOTAL, BATCH_SIZE) for _ in range(rounds)]
     memory = controller_memory(MEMORY_CONTAINERS)
     agent_containers = 1000 if args.full else 200
     try:
