@@ -14,6 +14,12 @@ attachment on a host the last pass left realised, and declines (the caller waits
 whenever more could be needed: the network's bridge not realised by a pass yet, or with another
 lease; network policy in force (the policy table's sets come with the stream); bandwidth limits.
 The next pass then finds the attachment as it would have built it: no action.
+
+``sync_peers`` is the pass of a change of overlays' peers alone (issue 21: a host joined, left or
+moved, and every member hears of it): the peer entries and the firewall's member list, planned
+by ``plan.plan_peers`` against the VXLAN devices the last pass observed and the entries written
+since, with no link dump and no container read. It declines when a device was made or changed
+since that pass; a whole pass then runs.
 """
 
 from __future__ import annotations
