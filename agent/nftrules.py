@@ -292,7 +292,7 @@ def _addresses(texts: Sequence[str]) -> str:
 def _address_set(texts: frozenset[str]) -> str:
     # Remembered, and each address too: an overlay's member list is rendered a few times per
     # write, and again (one address more or less) whenever one of a hundred hosts comes or goes.
-    addrs = sorted({_address(t) for t in texts}, key=_address_order)
+    addrs = sorted({_address(t) for t in texts}, key=int)
     if not addrs:
         raise ValueError("empty address set")
     if len({a.version for a in addrs}) > 1:
@@ -303,10 +303,6 @@ def _address_set(texts: frozenset[str]) -> str:
 @functools.lru_cache(maxsize=1 << 14)
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(text)
-
-
-def _address_order(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
-    return int(address)
 
 
 def _port(number: int) -> int:

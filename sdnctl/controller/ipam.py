@@ -882,8 +882,7 @@ def list_leases(
     entries, _ = store.range(prefix)
     if host is not None:  # by key (``lease_key``): decode only the host's (every report asks)
         entries = [kv for kv in entries if kv.key.endswith(f"/{host}")]
-    leases = [from_json(Lease, kv.value) for kv in entries]
-    return [lease for lease in leases if host is None or lease.host == host]
+    return [from_json(Lease, kv.value) for kv in entries]
 
 
 def list_allocations(store: Store, network: Network | str) -> list[Allocation]:

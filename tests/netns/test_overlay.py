@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 from helpers.capture import CONTROL_PAYLOAD, Control, capture
 from helpers.cli import Cli, kernel_state, lab_cli, nft_ruleset, nsexec
+from helpers.hoststate import api
 
 from agent.names import vxlan_name
 from sdnctl.lab import lab
+from sdnctl.v1 import sdnctl_pb2 as pb
 
 pytestmark = pytest.mark.netns
 
@@ -141,6 +143,49 @@ def test_a_joining_host_converges(ov: Overlay) -> None:
     assert ping_out(d1["netns"], a1["ip"]).returncode == 0
     print(f"\nconvergence: host h4 joined and was reachable from every host "
           f"{created - started:.2f}s after `up` began (lab build and agent start included)")
+
+
+def test_a_leaving_host_is_removed_everywhere_in_one_pass(ov: Overlay) -> None:
+    """h4 goes (its container, its agent, then its record): every other host drops its route,
+    neighbour and FDB entry and its underlay address from the VXLAN filter in the first pass
+    after it (issue 21: the peer pass, unless a whole one fell due at that moment), and the
+    rest of the overlay still talks."""
+    h4, a1, b1 = ov.cli.host("h4"), ov.cli.container("a1"), ov.cli.container("b1")
+    subnet = next(lease["subnet"] for lease in h4["subnets"] if lease["network"] == "ov")
+    others = {h: ov.cli.host(h)["netns"] for h in HOSTS}
+    device = vxlan_name("ov")
+    logs = {h: ov.cli.run_dir / "lab" / f"{ov.prefix}{h}" / "agent.log" for h in HOSTS}
+    try:
+        for h, netns in others.items():  # the positive control: h4 is everywhere now
+            entries = peers_on(netns, device)
+            assert h4["vtep_mac"] in entries and h4["underlay_ip"] in entries and \
+                subnet in entries, (h, entries)
+            assert h4["underlay_ip"] in nft_ruleset(netns), h
+        logged = {h: logs[h].stat().st_size for h in HOSTS}
+        ov.cli.run("rm", "d1")
+        lab.stop_process(h4["agent_pid"])
+        with api(ov.cli) as client:
+            client.api.DeleteHost(pb.DeleteRequest(name="h4"), timeout=10)
+        deadline = time.monotonic() + 60  # a safety bound: how soon is the benchmark's business
+
+        def pass_logged(h: str) -> bool:
+            with open(logs[h]) as f:
+                f.seek(logged[h])
+                return re.search(r"\d+ (peer )?action\(s\)", f.read()) is not None
+
+        for h, netns in others.items():
+            # Once the agent logs the pass, it is over: all of it is done then (the next whole
+            # pass, --resync seconds later, must not be what finished it).
+            while time.monotonic() < deadline and not pass_logged(h):
+                time.sleep(0.05)
+            assert pass_logged(h), h
+            entries, ruleset = peers_on(netns, device), nft_ruleset(netns)
+            assert h4["vtep_mac"] not in entries and h4["underlay_ip"] not in entries and \
+                subnet not in entries, (h, entries)
+            assert h4["underlay_ip"] not in ruleset, (h, ruleset)
+        assert ping_out(a1["netns"], b1["ip"]).returncode == 0
+    finally:
+        ov.cli.run("up", str(ov.four), "--timeout", "60")  # h4 again, for the tests after this
 
 
 def test_peer_change_replaces_stale_entries(ov: Overlay) -> None:
