@@ -220,10 +220,20 @@ def test_check_finds_a_manual_change(env: Env, sandbox: Any) -> None:
     try:
         drv.call(conf(prevResult=result), "CHECK", container_id="ctr-three", netns=ns)
         address = result["ips"][0]["address"]
-        assert nsexec(ns, "ip", "addr", "del", address, "dev", "eth0").returncode == 0
-        with pytest.raises(CniFailed) as failed:
-            drv.call(conf(prevResult=result), "CHECK", container_id="ctr-three", netns=ns)
-        assert address in failed.value.msg
+        for _ in range(3):
+            assert nsexec(ns, "ip", "addr", "del", address, "dev", "eth0").returncode == 0
+            try:
+                drv.call(conf(prevResult=result), "CHECK", container_id="ctr-three", netns=ns)
+                outcome = "CHECK passed"
+            except CniFailed as e:
+                if address in e.msg:
+                    break  # found
+                outcome = e.msg
+            # Only a pass of the agent repairing it meanwhile (the one the ADD's record asks
+            # for, or a full one) may explain it: then the address is back. Once more.
+            assert addresses(ns) == [address], outcome
+        else:
+            pytest.fail("the agent's repair came between the change and CHECK three times")
         # The agent keeps attachments like any other: the next full pass puts it back.
         wait_for("the agent to repair the address", lambda: addresses(ns) == [address], 40)
         drv.call(conf(prevResult=result), "CHECK", container_id="ctr-three", netns=ns)
