@@ -482,19 +482,34 @@ def test_bandwidth_limits_set_changed_and_removed_in_place(
         assert (bw["resources"]["ingress_bps"], bw["resources"]["egress_bps"]) == \
             (20_000_000, 10_000_000)
         client = ctrs["x-na-h1"]
-        into, out = iperf(bw, client), iperf(client, bw)
-        print(f"limits 20/10 Mbit/s: measured {into:.2f} in, {out:.2f} out")
-        assert abs(into - 20) <= 2 and abs(out - 10) <= 1, (into, out)
+        into, out = near_limit(bw, client, 20, 2), near_limit(client, bw, 10, 1)
+        print(f"limits 20/10 Mbit/s: measured {into} in, {out} out")
         pid = bw["pid"]
         cli.run("update", "bw", "--ingress", "5mbit", "--egress", "")
         bw = cli.container("bw")
         assert bw["pid"] == pid, "a new limit must not restart the container"
         assert (bw["resources"]["ingress_bps"], bw["resources"]["egress_bps"]) == (5_000_000, 0)
-        into, out = iperf(bw, client), iperf(client, bw, seconds=1)
-        print(f"limits 5/none Mbit/s: measured {into:.2f} in, {out:.2f} out")
-        assert abs(into - 5) <= 0.5 and out > 50, (into, out)
+        into, out = near_limit(bw, client, 5, 0.5), iperf(client, bw, seconds=1)
+        print(f"limits 5/none Mbit/s: measured {into} in, {out:.2f} out")
+        assert out > 50, (into, out)
     finally:
         cli.run("rm", "bw", check=False)
+
+
+def near_limit(receiver: dict[str, Any], sender: dict[str, Any], limit: float,
+               within: float, tries: int = 3) -> list[float]:
+    """Measure ``receiver``'s rate from ``sender`` (Mbit/s) until it is within ``within`` of
+    ``limit``; returns the measurements. Every one must stay under ``limit + within`` (the
+    limit holds); one reaching ``limit - within`` shows the limit is not lower than set. Only
+    that lower bound is retried: a receiver or sender starved by the rest of the run (2 cores,
+    two workers) measured 6.1 Mbit/s at a limit of 10 once in CI."""
+    measured: list[float] = []
+    while len(measured) < tries:
+        measured.append(round(iperf(receiver, sender), 2))
+        assert measured[-1] <= limit + within, (limit, measured)
+        if measured[-1] >= limit - within:
+            return measured
+    raise AssertionError(f"never near the limit of {limit} Mbit/s: {measured}")
 
 
 def wait_listening_tcp(netns: str, port: int, timeout: float = 30) -> None:

@@ -221,13 +221,24 @@ def many_containers(cli: Cli, path: Path, count: int) -> Iterator[float]:
             for spec in specs:
                 client.api.CreateContainer(pb.CreateContainerRequest(container=spec), timeout=30)
 
-            def all_running() -> bool:
-                states = [c.status.state for c in client.api.ListContainers(
-                    pb.ListRequest(), timeout=30).containers]
-                assert "error" not in states
-                return states.count("running") == count
+            seen: dict[str, str] = {}
 
-            wait_for(all_running, 60 + count * 2, f"{count} containers to run", 1.0)
+            def all_running() -> bool:
+                listed = client.api.ListContainers(pb.ListRequest(), timeout=30).containers
+                seen.clear()
+                seen.update({c.name: f"{c.status.state} {c.status.message}".strip()
+                             for c in listed})
+                assert not any(s.startswith("error") for s in seen.values()), seen
+                return sum(s == "running" for s in seen.values()) == count
+
+            try:
+                wait_for(all_running, 60 + count * 2, f"{count} containers to run", 1.0)
+            except AssertionError as e:  # say what it saw: states, and the agent's last words
+                late = {n: s for n, s in seen.items() if s != "running"}
+                tail = agent_log(cli, cli.env["SDNCTL_LAB_PREFIX"]).splitlines()[-40:]
+                raise AssertionError(f"{e}: {len(late)} not running: "
+                                     f"{dict(list(late.items())[:10])}\nagent log tail:\n"
+                                     + "\n".join(tail)) from None
             yield time.monotonic() - started
     finally:
         with api(cli) as client:
