@@ -89,8 +89,9 @@ DEFAULT_BRIDGE = "bridge"
 log = logging.getLogger(__name__)
 
 Ops = list[Put | Delete]
-#: A network as every host sees it: spec, name table, (overlay) leases and their hosts.
-_SharedView = tuple[Network, "tuple[DnsName, ...]", list[Lease], dict[str, Host]]
+#: A network as every host sees it: spec, name table, and for an overlay every member's peer
+#: entry (each host's peers are the others: ``overlay_peers`` once, not once per host).
+_SharedView = tuple[Network, "tuple[DnsName, ...]", "tuple[Peer, ...]"]
 
 
 
@@ -173,7 +174,8 @@ def overlay_peers(network: Network, host: str, leases: Iterable[Lease],
                   hosts: dict[str, Host]) -> tuple[Peer, ...]:
     """The VXLAN peers of ``host`` on ``network``: every other host holding a lease of it whose
     agent has registered an underlay address and a VTEP MAC (without them there is nothing to
-    program; their registration then reaches every member). Empty for other drivers."""
+    program; their registration then reaches every member); ``host`` "": every member. Empty
+    for other drivers."""
     if not spans_hosts(network.driver):
         return ()
     peers = []
@@ -766,10 +768,10 @@ class State:
         shared = self._network_view(network, at_least) if lease is not None else None
         if lease is None or shared is None:
             return None
-        spec, names, leases, hosts = shared
+        spec, names, members = shared
         if not spans_hosts(spec.driver):
             return HostNetwork(spec, lease, names=names)
-        return HostNetwork(spec, lease, overlay_peers(spec, host, leases, hosts), names)
+        return HostNetwork(spec, lease, tuple(p for p in members if p.host != host), names)
 
     def lease_networks(self, host: str, at_least: int = 0) -> list[str]:
         """The networks where ``host`` holds a lease, read once for the Watch streams one
@@ -794,7 +796,7 @@ class State:
 
     def _network_view(self, network: str, at_least: int = 0) -> _SharedView | None:
         """What every host's view of ``network`` shares (spec, name table, and for an overlay
-        its leases and their hosts), read once per store revision: the N streams one write
+        its members' peer entries), read once per store revision: the N streams one write
         wakes build it once, not N times (issue 21). Read after the revision it is kept
         under, so it is never older than that revision.
 
@@ -827,14 +829,14 @@ class State:
         containers = {a.container: from_json(Container, kv.value)
                       for a, kv in zip(allocations, found, strict=True) if kv is not None}
         names = dns_names(network, allocations, containers)
-        leases: list[Lease] = []
-        hosts: dict[str, Host] = {}
+        members: tuple[Peer, ...] = ()
         if spans_hosts(spec.driver):
             leases = ipam.list_leases(self.store, network=network)
             got = get_many(self.store, [host_key(lease.host) for lease in leases])
             hosts = {lease.host: from_json(Host, kv.value)
                      for lease, kv in zip(leases, got, strict=True) if kv is not None}
-        view = (spec, names, leases, hosts)
+            members = overlay_peers(spec, "", leases, hosts)
+        view = (spec, names, members)
         self._shared_views[network] = (revision, view)
         return view
 
