@@ -21,8 +21,10 @@ name exactly what they drop.
                      member host's underlay address AND with the VNI of an overlay it is a member
                      of (raw payload ``@th,96,24``: the VNI is bits 32-55 of the 8-byte VXLAN
                      header that follows the 8-byte UDP header); count and drop the rest (a
-                     forged source, or a member using a VNI it has no part in). Nothing else is
-                     touched: the chain's policy is accept.
+                     forged source, or a member using a VNI it has no part in). Who may send
+                     what is in named sets (``VXLAN_SETS``: source . port . VNI), so members
+                     that come and go are elements, not rules. Nothing else is touched: the
+                     chain's policy is accept.
   postrouting (nat)  masquerade, in this order: loopback sources leaving a bridge (for the
                      127.0.0.1 path, with ``route_localnet=1`` on that bridge, as Docker does);
                      hairpin (DNAT'd traffic whose source is on the destination's bridge, so
@@ -119,6 +121,21 @@ SETS = tuple(
     (BRIDGE_FAMILY, name, "type ipv4_addr . ipv4_addr . inet_proto; flags dynamic,timeout; "
      f"timeout {FLOW_TIMEOUT}; size {FLOW_SET_SIZE};")
     for name in (FLOW_SET, OPENED_SET))
+#: The overlays' members (issue 21), as elements of named sets rather than addresses in rules:
+#: a host joining or leaving is an element added or deleted (before, the rules were replaced,
+#: and libnftables parsed their hundred addresses again on each of a hundred hosts). Per
+#: underlay family: (address . UDP port . VNI) that a member may send, and (address . port)
+#: of every member. Declared and refilled by every render; their names never change, so none
+#: is ever left behind.
+VXLAN_SETS = {
+    "ip": ("vxlan4", "typeof ip saddr . udp dport . @th,96,24;",
+           "vxlan4_hosts", "typeof ip saddr . udp dport;"),
+    "ip6": ("vxlan6", "typeof ip6 saddr . udp dport . @th,96,24;",
+            "vxlan6_hosts", "typeof ip6 saddr . udp dport;"),
+}
+SETS += tuple((TABLE_FAMILY, name, declaration) for name, declaration, hosts, of_hosts
+              in VXLAN_SETS.values() for name, declaration in ((name, declaration),
+                                                               (hosts, of_hosts)))
 FAMILIES = (TABLE_FAMILY, BRIDGE_FAMILY)
 
 
@@ -280,24 +297,6 @@ def _vni(number: int) -> int:
     if not 0 <= number < 1 << 24:
         raise ValueError(f"invalid VNI {number!r}")
     return number
-
-
-def _addresses(texts: Sequence[str]) -> str:
-    """One address, or an anonymous set of several (nft rejects an empty set), all of one
-    family."""
-    return _address_set(frozenset(texts))
-
-
-@functools.lru_cache(maxsize=64)
-def _address_set(texts: frozenset[str]) -> str:
-    # Remembered, and each address too: an overlay's member list is rendered a few times per
-    # write, and again (one address more or less) whenever one of a hundred hosts comes or goes.
-    addrs = sorted({_address(t) for t in texts}, key=int)
-    if not addrs:
-        raise ValueError("empty address set")
-    if len({a.version for a in addrs}) > 1:
-        raise TypeError(f"addresses of two families in one set: {sorted(texts)}")
-    return str(addrs[0]) if len(addrs) == 1 else "{ " + ", ".join(map(str, addrs)) + " }"
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -468,36 +467,59 @@ def _forward_rules(spec: FirewallSpec) -> list[_Rule]:
 
 
 def _vxlan_rules(spec: FirewallSpec) -> list[_Rule]:
-    """Per port: accept each (members, VNI); drop other sources; drop what is left (another
-    VNI, or a family no member uses). Members on an IPv6 underlay (issue 20) get the same
-    rules in ``ip6`` (comments ending ``/ip6``). Every drop is counted."""
-    by_port: dict[int, dict[int, set[str]]] = {}
+    """Per port and underlay family with members: accept what a member may send (its address,
+    the port and a VNI of its overlays: ``VXLAN_SETS``); drop and count other sources; then
+    drop what is left (another VNI, or a family no member uses). Members on an IPv6 underlay
+    (issue 20) get rules in ``ip6`` (comments ending ``/ip6``). Who the members are is in the
+    sets' elements (:func:`_vxlan_elements`), not here."""
+    families: dict[int, set[str]] = {}
     for f in spec.vxlan:
-        by_port.setdefault(_port(f.port), {}).setdefault(_vni(f.vni), set()).update(f.members)
+        families.setdefault(_port(f.port), set()).update(
+            "ip6" if ":" in m else "ip" for m in f.members)
     rules = []
-    for port, vnis in sorted(by_port.items()):
+    for port, used in sorted(families.items()):
         udp = f"udp dport {port}"
         for family, suffix in (("ip", ""), ("ip6", "/ip6")):
-            for vni, members in sorted(vnis.items()):
-                mine = _of_family(members, family)
-                if mine:
-                    rules.append(_Rule(TABLE_FAMILY, "input",
-                                       f"{udp} {family} saddr {_addresses(mine)} "
-                                       f"@th,96,24 {vni} accept",
-                                       f"sdnctl:vxlan/{port}/vni/{vni}{suffix}"))
-            everyone = _of_family({m for members in vnis.values() for m in members}, family)
-            if everyone:
-                rules.append(_Rule(TABLE_FAMILY, "input",
-                                   f"{udp} {family} saddr != {_addresses(everyone)} counter drop",
-                                   f"sdnctl:vxlan/{port}/not-member{suffix}"))
+            if family not in used:
+                continue
+            by_vni, _, hosts, _ = VXLAN_SETS[family]
+            rules.append(_Rule(TABLE_FAMILY, "input",
+                               f"{udp} {family} saddr . udp dport . @th,96,24 @{by_vni} accept",
+                               f"sdnctl:vxlan/{port}/member{suffix}"))
+            rules.append(_Rule(TABLE_FAMILY, "input",
+                               f"{udp} {family} saddr . udp dport != @{hosts} counter drop",
+                               f"sdnctl:vxlan/{port}/not-member{suffix}"))
         rules.append(_Rule(TABLE_FAMILY, "input", f"{udp} counter drop",
                            f"sdnctl:vxlan/{port}/wrong-vni"))
     return rules
 
 
-def _of_family(addresses: set[str], family: str) -> list[str]:
-    """The addresses of ``family`` ("ip" or "ip6")."""
-    return [a for a in addresses if (":" in a) == (family == "ip6")]
+def _vxlan_elements(spec: FirewallSpec) -> dict[str, tuple[str, ...]]:
+    """Each VXLAN set's elements (see ``VXLAN_SETS``), sorted by address, port and VNI."""
+    wanted: dict[str, set[tuple[int, str, int, int]]] = {
+        name: set() for by_vni, _, hosts, _ in VXLAN_SETS.values() for name in (by_vni, hosts)}
+    for f in spec.vxlan:
+        port, vni = _port(f.port), _vni(f.vni)
+        for member in f.members:
+            address = _address(member)
+            by_vni, _, hosts, _ = VXLAN_SETS["ip6" if address.version == 6 else "ip"]
+            wanted[by_vni].add((int(address), str(address), port, vni))
+            wanted[hosts].add((int(address), str(address), port, -1))
+    return {name: tuple(f"{text} . {port}" + (f" . {vni}" if vni >= 0 else "")
+                        for _, text, port, vni in sorted(elements))
+            for name, elements in wanted.items()}
+
+
+def _missing(elements: Sequence[str], other: Sequence[str]) -> tuple[str, ...]:
+    """``elements`` not in ``other``, in order."""
+    there = set(other)
+    return tuple(e for e in elements if e not in there)
+
+
+def _element_lines(verb: str, elements: Mapping[str, Sequence[str]]) -> list[str]:
+    """``add element`` (or ``delete element``) lines for ``elements`` by set, none for none."""
+    return [f"{verb} element {TABLE_FAMILY} {TABLE_NAME} {name} {{ {', '.join(items)} }}"
+            for name, items in elements.items() if items]
 
 
 def _guard_key(g: PortGuard) -> tuple[str, str]:
@@ -568,7 +590,7 @@ def _rules(spec: FirewallSpec) -> list[_Rule]:
         _vxlan_rules(spec) + _guard_rules(spec) + _FLOW_RULES
 
 
-def _render_body(rules: Sequence[_Rule]) -> list[str]:
+def _render_body(rules: Sequence[_Rule], elements: Mapping[str, Sequence[str]]) -> list[str]:
     lines = []
     for family in FAMILIES:
         lines.append(f"add table {family} {TABLE_NAME}")
@@ -578,6 +600,9 @@ def _render_body(rules: Sequence[_Rule]) -> list[str]:
         lines.append(f"add chain {family} {TABLE_NAME} {chain} {{ {declaration} }}")
     for family, chain, _ in CHAINS:
         lines.append(f"flush chain {family} {TABLE_NAME} {chain}")
+    for name in elements:
+        lines.append(f"flush set {TABLE_FAMILY} {TABLE_NAME} {name}")
+    lines += _element_lines("add", elements)
     lines += [r.line() for r in rules]
     return lines
 
@@ -595,6 +620,7 @@ def _sha_rule(body: Sequence[str]) -> _Rule:
 @dataclass(frozen=True)
 class _Rendered:
     rules: list[_Rule]
+    elements: dict[str, tuple[str, ...]]  # the VXLAN sets' (``_vxlan_elements``)
     body: list[str]  # the script without its sha rule
     sha_rule: _Rule
 
@@ -608,9 +634,9 @@ def _rendered(spec: FirewallSpec) -> _Rendered:
     for known, done in list(_RENDERED):  # (a copy: other threads render too)
         if known is spec:
             return done
-    rules = _rules(spec)
-    body = _render_body(rules)
-    done = _Rendered(rules, body, _sha_rule(body))
+    rules, elements = _rules(spec), _vxlan_elements(spec)
+    body = _render_body(rules, elements)
+    done = _Rendered(rules, elements, body, _sha_rule(body))
     _RENDERED.append((spec, done))
     return done
 
@@ -648,9 +674,9 @@ def render_delta(installed: SpecLike, spec: SpecLike,
     ``render(spec)``). The old sha rule's delete may come apart, as the :class:`Delta`'s
     ``cleanup``: run both, and the tables are the full render's.
 
-    ``handles`` maps rule comments to nft rule handles, for the guards' rules, the VXLAN
-    rules, the router-advert rule and the sha rule of the installed tables. A VXLAN rule whose
-    member addresses changed is replaced in place. A guard that goes loses its
+    ``handles`` maps rule comments to nft rule handles, for the guards' rules, the
+    router-advert rule and the sha rule of the installed tables. Overlay members that come or
+    go are elements added to or deleted from the VXLAN sets. A guard that goes loses its
     five rules (by handle); a guard that comes is inserted before the first rule of the next
     guard in render order (or before the router-advert rule), so the chain reads as a full
     render's; the sha rule is replaced.
@@ -659,20 +685,18 @@ def render_delta(installed: SpecLike, spec: SpecLike,
     if dataclasses.replace(installed, guards=(), vxlan=()) != \
             dataclasses.replace(spec, guards=(), vxlan=()):
         return None
-    old_vxlan, new_vxlan = _vxlan_rules(installed), _vxlan_rules(spec)
-    if [r.comment for r in old_vxlan] != [r.comment for r in new_vxlan]:
-        return None  # a port or VNI came or went: not a change of members
-    members = [new for old, new in zip(old_vxlan, new_vxlan, strict=True) if old != new]
+    if _vxlan_rules(installed) != _vxlan_rules(spec):
+        return None  # a port, or an underlay family, came or went: not a change of members
+    had, has = _rendered(installed).elements, _rendered(spec).elements
+    removed = {name: _missing(had[name], has[name]) for name in had}
+    added = {name: _missing(has[name], had[name]) for name in has}
+    members = _element_lines("delete", removed) + _element_lines("add", added)
     old, new = set(installed.guards), set(spec.guards)
     if old == new and not members:
         return None
     gone, kept = old - new, sorted(old & new, key=_guard_key)
-    lines: list[str] = []
+    lines: list[str] = list(members)  # another host joined or left an overlay
     try:
-        # Another host joined or left an overlay: its VXLAN rules change their address sets
-        # in place (nft keeps a replaced rule's handle and place).
-        lines += [f"replace rule {r.family} {TABLE_NAME} {r.chain} handle {handles[r.comment]} "
-                  f"{r.expr} comment {_quote(r.comment)}" for r in members]
         for g in sorted(gone, key=_guard_key):
             lines += [_delete(r, handles[r.comment]) for r in _one_guard(g)]
         for g in sorted(new - old, key=_guard_key):
@@ -686,7 +710,7 @@ def render_delta(installed: SpecLike, spec: SpecLike,
     except KeyError:
         return None  # a handle we do not know: not worth guessing
     new_sha = _rendered(spec).sha_rule.line()
-    if members or gone:  # it deletes anyway: one transaction, one grace period
+    if any(removed.values()) or gone:  # it deletes anyway: one transaction, one grace period
         return Delta("\n".join([*lines, drop_sha, new_sha]) + "\n")
     return Delta("\n".join([*lines, new_sha]) + "\n", drop_sha + "\n")
 

@@ -239,7 +239,7 @@ def plan(desired: DesiredState, observed: Observed, now: float = 0.0) -> list[Ac
 
 def plan_peers(desired: DesiredState, observed: Observed) -> list[Action]:
     """What a change of overlays' peers alone needs (``Changed.PEERS``, issue 21): each
-    overlay's peer entries, then the firewall (its VXLAN rules name the members), as
+    overlay's peer entries, then the firewall (its VXLAN sets hold the members), as
     :func:`plan` would plan them. Reads only ``observed``'s VXLAN devices, their peers and
     the firewall. An ``EnsureVxlan`` among them means a whole pass is needed."""
     actions: list[Action] = []

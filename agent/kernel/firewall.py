@@ -1,11 +1,11 @@
 """The agent's firewall in the kernel: applies what ``agent/nftrules.py`` renders.
 
 Incremental updates. Starting or removing a bridged container changes only its guard, and a
-host joining or leaving an overlay only the member addresses of VXLAN rules, so the
+host joining or leaving an overlay only elements of the VXLAN sets, so the
 ``Firewall`` object remembers what it wrote (the spec, and the rule handles) and changes just
 those: ``render_delta`` deletes a guard's five rules by
-handle or inserts them at the place a full render would put them, replaces VXLAN rules in
-place, and swaps the sha rule, in one small transaction; the tables then list exactly as
+handle or inserts them at the place a full render would put them, adds or deletes the
+members' elements, and swaps the sha rule, in one small transaction; the tables then list exactly as
 after ``render(spec)``. Everything else (and a delta nft refuses: someone changed the tables)
 is written in full. A delta that only adds (a container came) leaves the old sha rule's delete
 for later (``Delta.cleanup``: any delete costs the kernel an RCU grace period, ~15 ms, before
