@@ -10,7 +10,13 @@ pair at Join) opens its own netlink socket in the agent's namespace.
 
 Who does what, in the order dockerd calls:
 
-- ``RequestPool`` (``--subnet``, required): the pool is the sdnctl network's CIDR.
+- ``RequestPool`` (``--subnet``, required): the pool is the sdnctl network's CIDR. With
+  ``--ipv6`` dockerd asks again (``V6``) for the IPv6 ``--subnet``, which must be the
+  ``subnet6`` of the sdnctl network whose CIDR is the IPv4 pool it asked for just before (a
+  dual-stack Docker network adopts an existing dual-stack sdnctl network). Docker 20.10 asks an
+  IPv4 pool of every network: an IPv6-only sdnctl network cannot be a Docker network. Each pool
+  gets its own PoolID (``sdnctl/<cidr>#<tag>``), and an IPv6 pool is paired with its network's
+  IPv4 pool (kept in the state file), so an address request says which Docker network it is.
 - ``CreateNetwork``: the sdnctl network named ``-o sdnctl.network=NAME`` (default: the one
   whose CIDR is the pool, else the Docker network's own name) is adopted when it exists with
   that CIDR, else created through the controller (``-o sdnctl.driver=bridge|overlay``, default
@@ -24,8 +30,18 @@ Who does what, in the order dockerd calls:
   fixed address). The answer carries the lease's prefix length (/24 of a /16), so a container
   reaches other hosts' containers through its gateway, as sdnctl's own do.
   ``ReleaseAddress`` detaches the reservation: the controller frees the address.
+- IPv6 (dual-stack): dockerd asks for an endpoint's IPv4 address, then at once its IPv6 one,
+  under its network's lock, with no endpoint ID in either. The IPv4 request makes the
+  reservation, and the controller gives it both addresses in one transaction; the IPv6 request
+  answers the IPv6 address of the newest reservation of the paired IPv4 pool that awaits it
+  (one attachment, never two). ``--ip6`` moves that reservation's IPv6 address (``Attach``
+  again: the controller keeps the IPv4 one, in one transaction). The attachment goes when
+  Docker has released the addresses of both families it was given (releases come per family,
+  interleaved across endpoints: detached at the first, its IPv6 address could be handed out
+  again and the second release would take someone else's endpoint). CreateEndpoint checks
+  that ``AddressIPv6`` is the same reservation's; Join answers ``GatewayIPv6``.
 - ``CreateEndpoint``: the reservation of that address becomes the endpoint; its MAC is
-  sdnctl's (``02:42:`` + the address), known to the anti-spoofing guards.
+  sdnctl's (``02:42:`` + the IPv4 address), known to the anti-spoofing guards.
 - ``Join``: a veth pair in the host namespace, the host side in the network's bridge, the peer
   handed to dockerd (``SrcName``, ``DstPrefix eth``), which moves it into the sandbox and
   addresses it; the gateway is this host's. Docker's own firewall (``FORWARD`` policy DROP
@@ -257,6 +273,7 @@ class Plugin:
             return 400, {"Err": f"{method}: bad request: {e}"}
         except PluginError as e:
             return 400, {"Err": f"{method}: {e}"}
+        log.debug("docker call %s %s", method, body[:600].decode(errors="replace"))
         try:
             return 200, handler(request)
         except PluginError as e:
@@ -321,6 +338,8 @@ class Plugin:
         pool_id = self._pool(request)[0]
         with self._lock:
             self.awaiting.pop(pool_id, None)
+            if self.last_pool4 == pool_id:  # its network's IPv6 pool was refused
+                self.last_pool4 = ""
             if self.pools6.pop(pool_id, None) is not None:
                 self._save()
         return {}
