@@ -10,7 +10,13 @@ pair at Join) opens its own netlink socket in the agent's namespace.
 
 Who does what, in the order dockerd calls:
 
-- ``RequestPool`` (``--subnet``, required): the pool is the sdnctl network's CIDR.
+- ``RequestPool`` (``--subnet``, required): the pool is the sdnctl network's CIDR. With
+  ``--ipv6`` dockerd asks again (``V6``) for the IPv6 ``--subnet``, which must be the
+  ``subnet6`` of the sdnctl network whose CIDR is the IPv4 pool it asked for just before (a
+  dual-stack Docker network adopts an existing dual-stack sdnctl network). Docker 20.10 asks an
+  IPv4 pool of every network: an IPv6-only sdnctl network cannot be a Docker network. Each pool
+  gets its own PoolID (``sdnctl/<cidr>#<tag>``), and an IPv6 pool is paired with its network's
+  IPv4 pool (kept in the state file), so an address request says which Docker network it is.
 - ``CreateNetwork``: the sdnctl network named ``-o sdnctl.network=NAME`` (default: the one
   whose CIDR is the pool, else the Docker network's own name) is adopted when it exists with
   that CIDR, else created through the controller (``-o sdnctl.driver=bridge|overlay``, default
@@ -24,8 +30,18 @@ Who does what, in the order dockerd calls:
   fixed address). The answer carries the lease's prefix length (/24 of a /16), so a container
   reaches other hosts' containers through its gateway, as sdnctl's own do.
   ``ReleaseAddress`` detaches the reservation: the controller frees the address.
+- IPv6 (dual-stack): dockerd asks for an endpoint's IPv4 address, then at once its IPv6 one,
+  under its network's lock, with no endpoint ID in either. The IPv4 request makes the
+  reservation, and the controller gives it both addresses in one transaction; the IPv6 request
+  answers the IPv6 address of the newest reservation of the paired IPv4 pool that awaits it
+  (one attachment, never two). ``--ip6`` moves that reservation's IPv6 address (``Attach``
+  again: the controller keeps the IPv4 one, in one transaction). The attachment goes when
+  Docker has released the addresses of both families it was given (releases come per family,
+  interleaved across endpoints: detached at the first, its IPv6 address could be handed out
+  again and the second release would take someone else's endpoint). CreateEndpoint checks
+  that ``AddressIPv6`` is the same reservation's; Join answers ``GatewayIPv6``.
 - ``CreateEndpoint``: the reservation of that address becomes the endpoint; its MAC is
-  sdnctl's (``02:42:`` + the address), known to the anti-spoofing guards.
+  sdnctl's (``02:42:`` + the IPv4 address), known to the anti-spoofing guards.
 - ``Join``: a veth pair in the host namespace, the host side in the network's bridge, the peer
   handed to dockerd (``SrcName``, ``DstPrefix eth``), which moves it into the sandbox and
   addresses it; the gateway is this host's. Docker's own firewall (``FORWARD`` policy DROP
@@ -121,6 +137,20 @@ class DockerSide:
     docker_host: str = ""  # the dockerd served (unix:///...): asked for networks' names
 
 
+@dataclass
+class Reservation:
+    """What one endpoint's RequestAddress calls made: an attachment of this host's with its IPv4
+    address and, on a dual-stack network, its IPv6 one (the controller allocates both)."""
+
+    network: str
+    ip: str
+    ip6: str = ""
+    prefixlen6: int = 0
+    fixed: str = ""  # its --ip
+    fixed6: str = ""  # its --ip6
+    revision: int = 0  # of its last write
+
+
 def peer_name(endpoint: str) -> str:
     """The container side's name until dockerd renames it: outside our prefixes, untagged."""
     return "dkp" + hashlib.sha1(endpoint.encode()).hexdigest()[:8]
@@ -146,18 +176,28 @@ def _object(request: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-def _cidr(value: str, what: str) -> ipaddress.IPv4Network:
-    try:
-        return ipaddress.IPv4Network(value, strict=True)
-    except ValueError as e:
-        raise PluginError(f"{what}: {value!r} is not an IPv4 CIDR ({e})") from None
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _interface(value: str, what: str) -> ipaddress.IPv4Interface:
+def _family(v6: bool) -> str:
+    return "IPv6" if v6 else "IPv4"
+
+
+def _cidr(value: str, what: str, v6: bool = False) -> Net:
     try:
-        return ipaddress.IPv4Interface(value)
+        net = ipaddress.IPv6Network(value) if v6 else ipaddress.IPv4Network(value)
     except ValueError as e:
-        raise PluginError(f"{what}: {value!r} is not an IPv4 address ({e})") from None
+        raise PluginError(f"{what}: {value!r} is not an {_family(v6)} CIDR ({e})") from None
+    return net
+
+
+def _address(value: str, what: str, v6: bool = False) -> str:
+    """An address (``ADDR`` or ``ADDR/LEN``) of the family, as sdnctl writes it."""
+    try:
+        iface = ipaddress.IPv6Interface(value) if v6 else ipaddress.IPv4Interface(value)
+    except ValueError as e:
+        raise PluginError(f"{what}: {value!r} is not an {_family(v6)} address ({e})") from None
+    return str(iface.ip)
 
 
 def _rpc(e: grpc.RpcError, what: str) -> PluginError:
@@ -177,9 +217,12 @@ class Plugin:
         self.state_file = state_file
         self._lock = threading.Lock()
         self.networks: dict[str, str] = self._load()  # Docker network ID -> sdnctl network
-        self.pending: dict[str, str] = {}  # "network/address" -> reservation (RequestAddress)
-        self.fixed: dict[str, str] = {}  # reservation -> its --ip, if any
-        self.revisions: dict[str, int] = {}  # reservation -> revision of its last write
+        self.reserved: dict[str, Reservation] = {}  # reservation name -> what it holds
+        # IPv4 PoolID of a dual-stack Docker network -> its reservations whose IPv6 address
+        # dockerd has not asked for yet (newest last), and the IPv4 pool RequestPool answered
+        # last (the next IPv6 pool is the same Docker network's)
+        self.awaiting: dict[str, list[str]] = {}
+        self.last_pool4 = ""
         self.accepted: set[str] = set()  # bridges with their DOCKER-USER accept in place
         # Docker network ID -> (subnet, done) while its name is asked of dockerd, and the
         # failures of those that could not be made
@@ -209,7 +252,7 @@ class Plugin:
                 lambda r: {"LocalDefaultAddressSpace": ADDRESS_SPACE,
                            "GlobalDefaultAddressSpace": ADDRESS_SPACE},
             "IpamDriver.RequestPool": self.request_pool,
-            "IpamDriver.ReleasePool": lambda r: {},
+            "IpamDriver.ReleasePool": self.release_pool,
             "IpamDriver.RequestAddress": self.request_address,
             "IpamDriver.ReleaseAddress": self.release_address,
         }
@@ -230,6 +273,7 @@ class Plugin:
             return 400, {"Err": f"{method}: bad request: {e}"}
         except PluginError as e:
             return 400, {"Err": f"{method}: {e}"}
+        log.debug("docker call %s %s", method, body[:600].decode(errors="replace"))
         try:
             return 200, handler(request)
         except PluginError as e:
@@ -242,63 +286,153 @@ class Plugin:
     # -- IPAM ---------------------------------------------------------------------------------
 
     def request_pool(self, request: dict[str, Any]) -> dict[str, Any]:
-        if request.get("V6"):
-            raise PluginError("IPv6 pools are not served by sdnctl's IPAM yet")
+        v6 = request.get("V6") or False
+        if not isinstance(v6, bool):
+            raise PluginError(f"V6: expected a boolean, got {type(v6).__name__}")
         pool = _text(request, "Pool", required=False)
+        if not pool and v6:
+            raise PluginError("sdnctl's IPAM needs an IPv6 --subnet with --ipv6: the sdnctl "
+                              "network's subnet6")
         if not pool:
             raise PluginError("sdnctl's IPAM needs --subnet: the sdnctl network's CIDR "
-                              "(the same on every host)")
-        subnet = _cidr(pool, "Pool")
+                              "(the same on every host; Docker 20.10 asks an IPv4 pool of "
+                              "every network, so an IPv6-only network cannot be served)")
+        subnet = _cidr(pool, "Pool", v6)
         if _text(request, "SubPool", required=False):
             raise PluginError("--ip-range is not served by sdnctl's IPAM: each host's lease "
                               "is carved by the controller")
         _object(request, "Options")
-        return {"PoolID": f"{ADDRESS_SPACE}/{subnet}", "Pool": str(subnet), "Data": {}}
+        # Each pool its own ID: an endpoint's IPv4 pool says whether its IPv6 address follows.
+        pool_id = f"{ADDRESS_SPACE}/{subnet}#{secrets.token_hex(4)}"
+        if not v6:
+            with self._lock:
+                self.last_pool4 = pool_id
+            return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
+        with self._lock:
+            pool4 = self.last_pool4
+        self._check_pool6(subnet, pool4)
+        with self._lock:
+            self.pools6[pool_id] = pool4
+            self.last_pool4 = ""
+            self._save()
+        return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
+
+    def _check_pool6(self, subnet6: Net, pool4: str) -> None:
+        """An IPv6 pool is an sdnctl network's subnet6, whose subnet is the IPv4 pool dockerd
+        asked for just before (for the same Docker network)."""
+        if not pool4:
+            raise PluginError(f"Pool: IPv6 pool {subnet6} comes with no IPv4 pool of "
+                              "sdnctl's: give the network's IPv4 --subnet too")
+        subnet4 = self._parse_pool(pool4)[1]
+        have = [n for n in self._networks().values() if n.subnet6 == str(subnet6)]
+        if not have:
+            raise PluginError(f"Pool: no sdnctl network has subnet6 {subnet6} (sdnctl's IPAM "
+                              "serves the IPv6 pool of an existing dual-stack network: "
+                              "sdnctl network create --subnet6)")
+        if have[0].subnet != str(subnet4):
+            raise PluginError(f"Pool: {subnet6} is sdnctl network {have[0].name!r}'s subnet6, "
+                              f"whose subnet is {have[0].subnet or 'none (IPv6-only)'}, not "
+                              f"{subnet4}")
+
+    def release_pool(self, request: dict[str, Any]) -> dict[str, Any]:
+        pool_id = self._pool(request)[0]
+        with self._lock:
+            self.awaiting.pop(pool_id, None)
+            if self.last_pool4 == pool_id:  # its network's IPv6 pool was refused
+                self.last_pool4 = ""
+            if self.pools6.pop(pool_id, None) is not None:
+                self._save()
+        return {}
 
     @staticmethod
-    def _pool(request: dict[str, Any]) -> ipaddress.IPv4Network:
-        pool_id = _text(request, "PoolID")
-        space, _, cidr = pool_id.partition("/")
+    def _parse_pool(pool_id: str) -> tuple[str, Net]:
+        space, _, rest = pool_id.partition("/")
         if space != ADDRESS_SPACE:
             raise PluginError(f"PoolID: {pool_id!r} is not one of sdnctl's pools")
-        return _cidr(cidr, "PoolID")
+        cidr = rest.partition("#")[0]  # ("#tag": a pool's own ID; older IDs have none)
+        return pool_id, _cidr(cidr, "PoolID", v6=":" in cidr)
+
+    def _pool(self, request: dict[str, Any]) -> tuple[str, Net]:
+        return self._parse_pool(_text(request, "PoolID"))
 
     def request_address(self, request: dict[str, Any]) -> dict[str, Any]:
-        subnet = self._pool(request)
+        pool_id, subnet = self._pool(request)
+        v6 = subnet.version == 6
         options = _object(request, "Options")
         wanted = _text(request, "Address", required=False)
-        if wanted:
-            ip = _interface(wanted, "Address").ip
-            if ip not in subnet:
-                raise PluginError(f"Address: {ip} is not in {subnet}")
+        ip = _address(wanted, "Address", v6) if wanted else ""
+        if ip and ipaddress.ip_address(ip) not in subnet:
+            raise PluginError(f"Address: {ip} is not in {subnet}")
         if options.get("RequestAddressType") == GATEWAY_REQUEST:
             # Docker asks for a network-wide gateway; sdnctl's is per host (each lease's first
             # address) and Join gives each container its own. This one is only recorded.
-            gateway = wanted or str(next(subnet.hosts()))
+            gateway = ip or str(next(subnet.hosts()))
             with self._lock:
                 self.gateways.add(f"{subnet}/{gateway}")
             return {"Address": f"{gateway}/{subnet.prefixlen}", "Data": {}}
+        if v6:
+            return self._request_address6(pool_id, ip)
         network = self._network_of(subnet)
         name = "dk-" + secrets.token_hex(8)
-        view = self._attach(name, network, str(ip) if wanted else "", [],
-                            f"an address on network {network!r}")
+        view = self._attach(name, network, ip, "", [], f"an address on network {network!r}")
         with self._lock:
-            self.pending[f"{network}/{view.ip}"] = name
-            self.fixed[name] = str(ip) if wanted else ""
-            self.revisions[name] = view.revision
+            self.reserved[name] = Reservation(network, view.ip, view.ip6, view.prefixlen6,
+                                              fixed=ip, revision=view.revision)
+            self.held[name] = {4}
+            if pool_id in self.pools6.values():  # dual-stack: its IPv6 request comes next
+                self.awaiting.setdefault(pool_id, []).append(name)
+            self._save()
         log.info("docker: reserved %s/%d on %s as %s", view.ip, view.prefixlen, network, name)
         return {"Address": f"{view.ip}/{view.prefixlen}", "Data": {}}
 
+    def _request_address6(self, pool_id: str, ip6: str) -> dict[str, Any]:
+        """An endpoint's IPv6 address: the one its reservation got with its IPv4 address.
+        dockerd asks for the two one after the other, under its network's lock, so the newest
+        reservation of the network's IPv4 pool that awaits its IPv6 address is this endpoint's.
+        ``--ip6``: the reservation's IPv6 address moves there (its IPv4 one stays)."""
+        with self._lock:
+            pool4 = self.pools6.get(pool_id)
+            queue = self.awaiting.get(pool4 or "", [])
+            name = queue.pop() if queue else ""
+            res = self.reserved.get(name)
+        if pool4 is None:
+            raise PluginError(f"PoolID: {pool_id!r} is not an IPv6 pool this agent paired with "
+                              "an IPv4 one (recreate the Docker network)")
+        if res is None:
+            raise PluginError("Address: no IPv4 address of this network awaits its IPv6 one "
+                              "(dockerd asks for an endpoint's IPv4 address first)")
+        if ip6 and ip6 != res.ip6:
+            view = self._attach(name, res.network, res.fixed, ip6, [], f"--ip6 {ip6}")
+            with self._lock:
+                res.ip6, res.prefixlen6, res.fixed6 = view.ip6, view.prefixlen6, ip6
+                res.revision = view.revision
+        if not res.ip6:
+            raise PluginError(f"sdnctl network {res.network!r} has no subnet6: {name} has no "
+                              "IPv6 address")
+        with self._lock:
+            self.held.setdefault(name, set()).add(6)
+            self._save()
+        log.info("docker: %s also has %s/%d", name, res.ip6, res.prefixlen6)
+        return {"Address": f"{res.ip6}/{res.prefixlen6}", "Data": {}}
+
     def release_address(self, request: dict[str, Any]) -> dict[str, Any]:
-        subnet = self._pool(request)
-        ip = _interface(_text(request, "Address"), "Address").ip
+        subnet = self._pool(request)[1]
+        v6 = subnet.version == 6
+        ip = _address(_text(request, "Address"), "Address", v6)
         with self._lock:
             if f"{subnet}/{ip}" in self.gateways:  # a network's gateway: nothing was reserved
                 self.gateways.discard(f"{subnet}/{ip}")
                 return {}
-        found = self._reservation_by_address(str(ip), subnet)
+        found = self._reservation_by_address(ip, subnet)
         if found is None:
             return {}  # the network's placeholder gateway, or released already
+        with self._lock:
+            held = self.held.get(found)
+            if held is not None:
+                held.discard(6 if v6 else 4)
+                if held:  # its other family's address is still Docker's: both go together
+                    self._save()
+                    return {}
         self._detach(found)
         return {}
 
@@ -314,9 +448,13 @@ class Plugin:
         if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
             raise PluginError("IPv4Data: expected one pool (--subnet) from sdnctl's IPAM "
                               "(--ipam-driver sdnctl)")
-        if request.get("IPv6Data"):
-            raise PluginError("IPv6 is not served by the sdnctl plugin yet")
+        data6 = request.get("IPv6Data") or []
+        if not isinstance(data6, list) or len(data6) > 1 or \
+                not all(isinstance(d, dict) for d in data6):
+            raise PluginError("IPv6Data: expected at most one IPv6 pool (--ipv6 --subnet) from "
+                              "sdnctl's IPAM")
         subnet = _cidr(_text(data[0], "Pool"), "IPv4Data.Pool")
+        subnet6 = _cidr(_text(data6[0], "Pool"), "IPv6Data.Pool", v6=True) if data6 else None
         driver = generic.get(OPT_DRIVER, "overlay")
         if driver not in DRIVERS:
             raise PluginError(f"-o {OPT_DRIVER}: {driver!r}: expected one of {DRIVERS}")
@@ -327,7 +465,8 @@ class Plugin:
                               f"{OPT_DRIVER})")
         existing = self._networks()
         name = generic.get(OPT_NETWORK) or next(
-            (n.name for n in existing.values() if n.subnet == str(subnet)), "")
+            (n.name for n in existing.values() if n.subnet == str(subnet)
+             and (subnet6 is None or n.subnet6 == str(subnet6))), "")
         if not isinstance(name, str):
             raise PluginError(f"-o {OPT_NETWORK}: expected a name")
         if not name and self.side.docker_host:
@@ -339,12 +478,17 @@ class Plugin:
             threading.Thread(target=self._name_later, args=(nid, subnet, driver, done),
                              name="docker-name", daemon=True).start()
             return {}
+        if subnet6 is not None and not name:
+            raise PluginError(f"IPv6Data.Pool: no sdnctl network has subnet {subnet} and "
+                              f"subnet6 {subnet6}")
         name = name or "docker-" + str(subnet).replace(".", "-").replace("/", "-")
-        self._adopt_or_create(nid, name, subnet, driver, existing)
+        self._adopt_or_create(nid, name, subnet, driver, existing, subnet6)
         return {}
 
-    def _adopt_or_create(self, nid: str, name: str, subnet: ipaddress.IPv4Network, driver: str,
-                         existing: dict[str, pb.Network]) -> None:
+    def _adopt_or_create(self, nid: str, name: str, subnet: Net, driver: str,
+                         existing: dict[str, pb.Network], subnet6: Net | None = None) -> None:
+        """Adopt sdnctl network ``name`` or create it (IPv4 only: a dual-stack Docker network
+        adopts an existing dual-stack sdnctl network)."""
         try:
             check_name(name, f"-o {OPT_NETWORK}")
         except Invalid as e:
@@ -354,8 +498,14 @@ class Plugin:
             if have.subnet != str(subnet):
                 raise PluginError(f"sdnctl network {name!r} exists with subnet {have.subnet}, "
                                   f"not {subnet}: use --subnet {have.subnet}")
+            if subnet6 is not None and have.subnet6 != str(subnet6):
+                raise PluginError(f"sdnctl network {name!r} has subnet6 "
+                                  f"{have.subnet6 or 'none'}, not {subnet6}")
             if have.driver not in DRIVERS:
                 raise PluginError(f"sdnctl network {name!r} has driver {have.driver!r}")
+        elif subnet6 is not None:
+            raise PluginError(f"-o {OPT_NETWORK}: sdnctl network {name!r} does not exist (an "
+                              "IPv6 pool is an existing network's subnet6)")
         else:
             try:
                 self.side.control().CreateNetwork(pb.CreateNetworkRequest(
@@ -369,7 +519,7 @@ class Plugin:
             self.networks[nid] = name
             self._save()
 
-    def _name_later(self, nid: str, subnet: ipaddress.IPv4Network, driver: str,
+    def _name_later(self, nid: str, subnet: Net, driver: str,
                     done: threading.Event) -> None:
         """Ask dockerd for network ``nid``'s name, then adopt or create it; a failure is kept
         for the first call that needs the network (``docker run`` shows it)."""
@@ -412,12 +562,13 @@ class Plugin:
             raise _rpc(e, "the sdnctl networks") from None
         return {n.name: n for n in listed.networks}
 
-    def _attach(self, name: str, network: str, fixed_ip: str, ports: list[str],
+    def _attach(self, name: str, network: str, fixed_ip: str, fixed_ip6: str, ports: list[str],
                 what: str) -> pb.Container:
-        """Record (or update) the Docker endpoint ``name`` as an attachment of this host's;
-        a refusal becomes a ``PluginError`` about ``what``."""
+        """Record (or update: ports, --ip6) the Docker endpoint ``name`` as an attachment of
+        this host's; a refusal becomes a ``PluginError`` about ``what``."""
         spec = pb.Container(name=name, host=self.side.host, network=network,
-                            interface=INTERFACE, fixed_ip=fixed_ip, ports=ports,
+                            interface=INTERFACE, fixed_ip=fixed_ip, fixed_ip6=fixed_ip6,
+                            ports=ports,
                             cni=pb.CniOwner(container_id=name, netns=RESERVED_NETNS,
                                             docker=True))
         try:
@@ -427,8 +578,8 @@ class Plugin:
         except grpc.RpcError as e:
             raise _rpc(e, what) from None
 
-    def _network_of(self, subnet: ipaddress.IPv4Network) -> str:
-        """The sdnctl network a pool is: the one a CreateNetwork of ours named, else the
+    def _network_of(self, subnet: Net) -> str:
+        """The sdnctl network an IPv4 pool is: the one a CreateNetwork of ours named, else the
         controller's network of that CIDR (the first RequestAddress is the gateway's, before
         CreateNetwork)."""
         self._named(subnet=str(subnet))
@@ -454,16 +605,17 @@ class Plugin:
 
     # -- endpoints ----------------------------------------------------------------------------
 
-    def _reservation_by_address(self, ip: str, subnet: ipaddress.IPv4Network | None = None,
+    def _reservation_by_address(self, ip: str, subnet: Net | None = None,
                                 network: str = "") -> str | None:
+        """The reservation holding address ``ip`` (of either family)."""
         with self._lock:
-            for key, name in self.pending.items():
-                net, _, address = key.partition("/")
-                if address == ip and (not network or net == network):
+            for name, res in self.reserved.items():
+                if ip in (res.ip, res.ip6) and (not network or res.network == network):
                     return name
         for name, ctr in self.side.desired().containers.items():
-            if ctr.cni_docker and ctr.ip == ip and (not network or ctr.target == network) \
-                    and (subnet is None or ipaddress.IPv4Address(ip) in subnet):
+            if ctr.cni_docker and ip in (ctr.ip, ctr.ip6) \
+                    and (not network or ctr.target == network) \
+                    and (subnet is None or ipaddress.ip_address(ip) in subnet):
                 return name
         return None
 
@@ -471,15 +623,18 @@ class Plugin:
         network = self._network_id(request)
         endpoint = _text(request, "EndpointID")
         interface = _object(request, "Interface")
-        if _text(interface, "AddressIPv6", required=False):
-            raise PluginError("IPv6 addresses are not served by the sdnctl plugin yet")
-        ip = str(_interface(_text(interface, "Address"), "Interface.Address").ip)
+        ip = _address(_text(interface, "Address"), "Interface.Address")
+        ip6 = _text(interface, "AddressIPv6", required=False)
+        ip6 = _address(ip6, "Interface.AddressIPv6", v6=True) if ip6 else ""
         mac = _text(interface, "MacAddress", required=False)
         ports = port_bindings(_object(request, "Options").get(PORTMAP))
         name = self._reservation_by_address(ip, network=network)
         if name is None:
             raise PluginError(f"{ip} was not given by sdnctl's IPAM on network {network!r}: "
                               "create the Docker network with --ipam-driver sdnctl")
+        if ip6 and self._reservation_by_address(ip6, network=network) != name:
+            raise PluginError(f"Interface.AddressIPv6: {ip6} was not given by sdnctl's IPAM "
+                              f"with {ip} on network {network!r}")
         if mac and mac.lower() != container_mac(ip):
             raise PluginError(f"--mac-address {mac}: sdnctl derives each container's MAC "
                               f"from its address ({container_mac(ip)}; its guards know it)")
@@ -487,19 +642,24 @@ class Plugin:
             self._publish(name, network, ip, ports)
         with self._lock:
             self.endpoints[endpoint] = ip
+            if ip6:
+                self.endpoints6[endpoint] = ip6
             self._save()
-        log.info("docker: endpoint %s on %s is %s", endpoint[:12], network, ip)
+        log.info("docker: endpoint %s on %s is %s%s", endpoint[:12], network, ip,
+                 f" and {ip6}" if ip6 else "")
         return {} if mac else {"Interface": {"MacAddress": container_mac(ip)}}
 
     def _publish(self, name: str, network: str, ip: str, ports: list[str]) -> None:
         """The reservation's published ports, through the controller (its DNAT is the
         agent's firewall's, as for ``sdnctl run -p``); Join waits until they are realised."""
         with self._lock:
-            fixed = self.fixed.get(name, "")
-        view = self._attach(name, network, fixed, ports,
+            res = self.reserved.get(name)
+        fixed, fixed6 = (res.fixed, res.fixed6) if res else ("", "")
+        view = self._attach(name, network, fixed, fixed6, ports,
                             f"published ports {', '.join(ports)} of {ip}")
-        with self._lock:
-            self.revisions[name] = view.revision
+        if res is not None:
+            with self._lock:
+                res.revision = view.revision
         log.info("docker: %s publishes %s", ip, ", ".join(ports))
 
     def _endpoint(self, request: dict[str, Any]) -> str:
@@ -540,15 +700,19 @@ class Plugin:
         with self._lock:
             self.joined[name] = time.monotonic()
             self._save()
-        return {"InterfaceName": {"SrcName": peer_name(endpoint), "DstPrefix": "eth"},
-                "Gateway": ctr.gateway, "StaticRoutes": [],
-                "DisableGatewayService": False}
+            dual = endpoint in self.endpoints6
+        answer = {"InterfaceName": {"SrcName": peer_name(endpoint), "DstPrefix": "eth"},
+                  "Gateway": ctr.gateway, "StaticRoutes": [], "DisableGatewayService": False}
+        if dual and ctr.gateway6:  # its IPv6 default route (Docker gave it the address)
+            answer["GatewayIPv6"] = ctr.gateway6
+        return answer
 
     def _wait_desired(self, name: str) -> Any:
         """The reservation as this host's desired state has it, once a pass has seen it (its
         network's bridge is built by then)."""
         with self._lock:
-            written = self.revisions.get(name, 0)
+            res = self.reserved.get(name)
+            written = res.revision if res else 0
         if not self.side.realised.wait(
                 lambda revision, statuses: revision >= written and name in statuses,
                 JOIN_TIMEOUT):
@@ -575,6 +739,7 @@ class Plugin:
         self._network_id(request)
         endpoint = _text(request, "EndpointID")
         with self._lock:
+            self.endpoints6.pop(endpoint, None)
             if self.endpoints.pop(endpoint, None) is not None:
                 self._save()
         return {}
@@ -594,10 +759,12 @@ class Plugin:
             if e.code() != grpc.StatusCode.NOT_FOUND:
                 raise _rpc(e, f"endpoint {name}") from None
         with self._lock:
-            for key in [k for k, v in self.pending.items() if v == name]:
-                del self.pending[key]
-            self.fixed.pop(name, None)
-            self.revisions.pop(name, None)
+            self.reserved.pop(name, None)
+            for queue in self.awaiting.values():
+                if name in queue:
+                    queue.remove(name)
+            if self.held.pop(name, None) is not None:
+                self._save()
         log.info("docker: released %s", name)
 
     def forget_gone(self, names: list[str], observed_at: float) -> None:
@@ -624,9 +791,14 @@ class Plugin:
     # -- state --------------------------------------------------------------------------------
 
     def _load(self) -> dict[str, str]:
-        """Docker's network IDs and endpoints survive an agent restart (dockerd keeps them)."""
+        """Docker's network IDs and endpoints survive an agent restart (dockerd keeps them),
+        and so do the pairs of pools of dual-stack networks and the families of each
+        reservation's addresses that Docker holds."""
         self.endpoints: dict[str, str] = {}  # Docker endpoint ID -> address
+        self.endpoints6: dict[str, str] = {}  # Docker endpoint ID -> IPv6 address (dual-stack)
         self.joined: dict[str, float] = {}  # reservation -> when its veth was built (monotonic)
+        self.pools6: dict[str, str] = {}  # IPv6 PoolID -> its network's IPv4 PoolID
+        self.held: dict[str, set[int]] = {}  # reservation -> families Docker holds (4, 6)
         if not self.state_file:
             return {}
         try:
@@ -639,6 +811,14 @@ class Plugin:
         endpoints = data.get("endpoints")
         if isinstance(endpoints, dict):
             self.endpoints = {str(k): str(v) for k, v in endpoints.items()}
+        for key, into in (("endpoints6", self.endpoints6), ("pools6", self.pools6)):
+            found = data.get(key)
+            if isinstance(found, dict):
+                into.update({str(k): str(v) for k, v in found.items()})
+        held = data.get("held")
+        if isinstance(held, dict):
+            self.held = {str(k): {f for f in (4, 6) if isinstance(v, list) and f in v}
+                         for k, v in held.items()}
         joined = data.get("joined")
         if isinstance(joined, list):  # joined before this agent started: long ago
             self.joined = {str(name): 0.0 for name in joined}
@@ -651,7 +831,9 @@ class Plugin:
         tmp = self.state_file + ".tmp"
         with open(tmp, "w") as f:
             json.dump({"networks": self.networks, "endpoints": self.endpoints,
-                       "joined": sorted(self.joined)}, f)
+                       "endpoints6": self.endpoints6, "joined": sorted(self.joined),
+                       "pools6": self.pools6,
+                       "held": {k: sorted(v) for k, v in self.held.items()}}, f)
         os.replace(tmp, self.state_file)
 
 

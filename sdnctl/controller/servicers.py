@@ -579,8 +579,9 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
         if not spec.cni_netns:
             raise Invalid("container.cni", "an attachment needs the runtime's netns and ID")
         spec = Container(name=spec.name, host=request.host, network=spec.network,
-                         interface=spec.interface, fixed_ip=spec.fixed_ip, ports=spec.ports,
-                         cni_id=spec.cni_id, cni_netns=spec.cni_netns, aliases=spec.aliases,
+                         interface=spec.interface, fixed_ip=spec.fixed_ip,
+                         fixed_ip6=spec.fixed_ip6, ports=spec.ports, cni_id=spec.cni_id,
+                         cni_netns=spec.cni_netns, aliases=spec.aliases,
                          cni_docker=spec.cni_docker)
         try:
             return container_pb(self.state.create_container(spec))
@@ -590,9 +591,18 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
             if (have.host, have.cni_id, have.cni_netns) != (spec.host, spec.cni_id,
                                                             spec.cni_netns):
                 raise
-            if have.cni_docker and have.ports != spec.ports:
-                # A Docker endpoint learns its published ports after its address (issue 18).
-                view = self.state.update_container(dataclasses.replace(have, ports=spec.ports))
+            if have.cni_docker:
+                # A Docker endpoint learns its published ports after its address, and its
+                # --ip6 after its IPv4 address was answered (issue 18): that one is kept, the
+                # IPv6 address moves in the same transaction.
+                wanted = dataclasses.replace(have, ports=spec.ports)
+                held6 = view.allocation.address6 if view.allocation else ""
+                if spec.fixed_ip6 and spec.fixed_ip6 != held6:
+                    held = view.allocation.address if view.allocation else ""
+                    wanted = dataclasses.replace(wanted, fixed_ip=have.fixed_ip or held,
+                                                 fixed_ip6=spec.fixed_ip6)
+                if wanted != have:
+                    view = self.state.update_container(wanted)
             return container_pb(view)
 
     def Detach(self, request: pb.DetachRequest, context: Any) -> pb.DeleteResponse:

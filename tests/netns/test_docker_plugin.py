@@ -229,6 +229,71 @@ def test_bad_requests_answer_errors_and_change_nothing(env: Env) -> None:
     assert not env.endpoints()
 
 
+def test_dual_stack_network_pings_over_ipv6_and_leaves_nothing(env: Env) -> None:
+    """``docker network create --ipv6`` on a dual-stack sdnctl network (issue 18, 20): each
+    container's two addresses are one attachment's, as the controller recorded them; they ping
+    each other over IPv6 across the overlay; ``--ip6`` is kept; ``docker rm`` and ``docker
+    network rm`` leave no attachment, address or link."""
+    env.cli.run("network", "create", "dual", "--subnet", "10.97.0.0/16", "--subnet6",
+                "fd00:97::/48", "--driver", "overlay")
+    before = env.cli.json("network", "ls")
+    # Refused, nothing changed: an IPv6 pool that is no network's subnet6, and an IPv6-only
+    # Docker network (Docker 20.10 asks an IPv4 pool of every network).
+    out = env.docker("h1", "network", "create", "-d", "sdnctl", "--ipam-driver", "sdnctl",
+                     "--ipv6", "--subnet", "10.97.0.0/16", "--subnet", "fd00:98::/48", "bad6",
+                     check=False)
+    assert out.returncode != 0 and "subnet6 fd00:98::/48" in out.stderr, out.stderr
+    out = env.docker("h1", "network", "create", "-d", "sdnctl", "--ipam-driver", "sdnctl",
+                     "--ipv6", "--subnet", "fd00:97::/48", "only6", check=False)
+    assert out.returncode != 0 and "IPv6-only" in out.stderr, out.stderr
+    assert env.cli.json("network", "ls") == before
+    for host in env.hosts:
+        env.docker(host, "network", "create", "-d", "sdnctl", "--ipam-driver", "sdnctl",
+                   "--ipv6", "--subnet", "10.97.0.0/16", "--subnet", "fd00:97::/48", "dual")
+    names: list[str] = []
+    try:
+        env.docker("h1", "run", "-d", "--name", "sa", "--network", "dual", IMAGE, "sleep", "600")
+        env.docker("h2", "run", "-d", "--name", "sb", "--network", "dual", IMAGE, "sleep", "600")
+        lease6 = next(s["subnet6"] for s in env.cli.host("h1")["subnets"]
+                      if s["network"] == "dual")
+        fixed = lease6.split("/")[0] + "77"
+        env.docker("h1", "run", "-d", "--name", "sc", "--network", "dual", "--ip6", fixed,
+                   IMAGE, "sleep", "600")
+        got = {c: json.loads(env.docker(h, "inspect", "-f",
+                                        "{{json .NetworkSettings.Networks.dual}}", c).stdout)
+               for h, c in (("h1", "sa"), ("h2", "sb"), ("h1", "sc"))}
+        assert got["sc"]["GlobalIPv6Address"] == fixed
+        # One attachment per container, with both addresses Docker shows.
+        ours = {c["ip"]: c for c in env.cli.json("ps") if c["network"] == "dual"}
+        assert len(ours) == 3, ours
+        for c, settings in got.items():
+            mine = ours[settings["IPAddress"]]
+            names.append(mine["name"])
+            assert mine["owner"].startswith("docker:") and mine["ip6"] == \
+                settings["GlobalIPv6Address"], (c, mine, settings)
+            assert settings["IPv6Gateway"] == mine["gateway6"]
+        a6, b6 = got["sa"]["GlobalIPv6Address"], got["sb"]["GlobalIPv6Address"]
+        route = env.docker("h1", "exec", "sa", "ip", "-6", "route").stdout
+        assert f"default via {got['sa']['IPv6Gateway']} dev eth0" in route, route
+        for host, ctr, peer in (("h1", "sa", b6), ("h2", "sb", a6), ("h1", "sc", b6)):
+            out = env.docker(host, "exec", ctr, "ping", "-6", "-c", "1", "-W", "3", peer,
+                             check=False)
+            assert out.returncode == 0, f"{ctr} cannot ping {peer} over IPv6:\n{out.stdout}"
+    finally:
+        env.docker("h1", "rm", "-f", "sa", "sc", check=False)
+        env.docker("h2", "rm", "-f", "sb", check=False)
+        for host in env.hosts:
+            env.docker(host, "network", "rm", "dual", check=False)
+    wait_for("the dual-stack endpoints to go", lambda: not [
+        c for c in env.cli.json("ps") if c["network"] == "dual"])
+    report = env.cli.json("ipam", "--network", "dual")
+    assert report["allocations"] == [], report["allocations"]
+    for host in env.hosts:
+        links = nsexec(env.lab.host_netns(host), "ip", "-o", "link").stdout
+        assert names and not [n for n in names if veth_name(n, "eth0") in links]
+    env.cli.run("network", "rm", "dual")
+
+
 def test_a_restarted_agent_still_serves_its_endpoints(env: Env) -> None:
     """The plugin's networks, endpoints and joins outlive its agent (dockerd keeps them)."""
     env.docker("h1", "run", "-d", "--name", "kept", "--network", "front", IMAGE, "sleep", "600")

@@ -62,3 +62,32 @@ def test_users_cannot_make_or_reshape_attachments(api: Api, front: Api) -> None:
     with unchanged(api.store):
         rpc_error(lambda: api.sync.Detach(pb.DetachRequest(host="h1", name="plain"),
                                           timeout=TIMEOUT), grpc.StatusCode.PERMISSION_DENIED)
+
+
+def test_a_docker_endpoint_attached_again_with_a_fixed_ip6_moves_only_that(api: Api,
+                                                                           front: Api) -> None:
+    """Docker asks for an endpoint's IPv6 address (``--ip6``) after its IPv4 one was answered
+    (issue 18): Attach again by the same owner moves the IPv6 address in one transaction and
+    keeps the IPv4 one; an address outside the host's lease is refused and changes nothing."""
+    api.network("dual", subnet="10.89.0.0/16", subnet6="fd00:89::/48")
+    owner = pb.CniOwner(container_id="dk-1", netns="/run/docker/sdnctl-endpoint", docker=True)
+    first = attach(api, "dk-1", network="dual", cni=owner)
+    assert first.ip and first.ip6
+    moved = attach(api, "dk-1", network="dual", cni=owner, fixed_ip6="fd00:89::77")
+    assert (moved.ip, moved.ip6) == (first.ip, "fd00:89::77")
+    assert moved.revision > first.revision
+    allocations = api.ctl.GetIpam(pb.GetIpamRequest(network="dual"),
+                                  timeout=TIMEOUT).allocations
+    assert [(a.address, a.address6) for a in allocations] == [(first.ip, "fd00:89::77")]
+    with unchanged(api.store):
+        e = rpc_error(lambda: attach(api, "dk-1", network="dual", cni=owner,
+                                     fixed_ip6="fd00:89:ff::7"),
+                      grpc.StatusCode.INVALID_ARGUMENT)
+        assert "fixed_ip6" in details(e) or "fd00:89:ff::7" in details(e)
+    # a CNI attachment's (not Docker's) addresses do not move
+    plain = attach(api, "cni-2", network="dual", cni=pb.CniOwner(container_id="c2",
+                                                                 netns="/run/netns/c2"))
+    again = attach(api, "cni-2", network="dual", cni=pb.CniOwner(container_id="c2",
+                                                                 netns="/run/netns/c2"),
+                    fixed_ip6="fd00:89::78")
+    assert again.ip6 == plain.ip6

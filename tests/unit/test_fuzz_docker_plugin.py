@@ -4,115 +4,40 @@ HTTP layer over a real unix socket. A call may succeed or answer ``{"Err": "..."
 status; it must never raise, and a refused call must write nothing: no controller RPC that
 changes state, no kernel change, no firewall rule.
 
-The agent's side is small fakes of our own interfaces (``DockerSide``): a controller that
-grants addresses from one lease, a kernel and a firewall that record calls.
+The agent's side is small fakes of our own interfaces (``DockerSide``, dockerfakes.py): a
+controller that grants addresses from this host's leases, a kernel and a firewall that record
+calls.
 
 Budget and the longer run: see ``fuzzing.py`` (``make fuzz``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dockerfakes import EID, NID, POOL, make_plugin
 from fuzzing import PROFILE, texts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.cni import Realised
-from agent.desired import DesiredContainer, DesiredNetwork, DesiredState
 from agent.dockerplugin import (
     REQUEST_MAX,
     DockerPluginServer,
-    DockerSide,
-    Plugin,
     port_bindings,
 )
-from sdnctl.api.model import ContainerStatus
-from sdnctl.v1 import sdnctl_pb2 as pb
-
-NID = "n" * 64
-EID = "e" * 64
-POOL = "sdnctl/10.88.0.0/16"
-
-
-class FakeController:
-    """HostSync and Controller stubs: one network ``front``, a lease 10.88.3.0/24."""
-
-    def __init__(self) -> None:
-        self.writes: list[tuple[str, Any]] = []
-        self.next = 5
-
-    def Attach(self, request: pb.AttachRequest, timeout: float = 0) -> pb.Container:
-        self.writes.append(("Attach", request))
-        ip = request.container.fixed_ip or f"10.88.3.{self.next}"
-        self.next += 1
-        return pb.Container(name=request.container.name, network=request.container.network,
-                            ip=ip, prefixlen=24, gateway="10.88.3.1", revision=7)
-
-    def Detach(self, request: pb.DetachRequest, timeout: float = 0) -> pb.DeleteResponse:
-        self.writes.append(("Detach", request))
-        return pb.DeleteResponse(revision=8)
-
-    def ListNetworks(self, request: pb.ListRequest, timeout: float = 0) -> Any:
-        return pb.ListNetworksResponse(networks=[pb.Network(name="front", driver="overlay",
-                                                            subnet="10.88.0.0/16")])
-
-    def CreateNetwork(self, request: pb.CreateNetworkRequest, timeout: float = 0) -> Any:
-        self.writes.append(("CreateNetwork", request))
-        return request.network
-
-
-class FakeKernel:
-    def __init__(self, log: list[tuple[str, Any]]) -> None:
-        self.log = log
-
-    def ensure_handover_veth(self, host_ifname: str, alias: str, bridge: str, mtu: int,
-                             peer_ifname: str, mac: str) -> int:
-        self.log.append(("veth", host_ifname))
-        return 1
-
-    def remove_link(self, name: str) -> bool:
-        self.log.append(("remove", name))
-        return True
-
-
-def make_plugin() -> tuple[Plugin, FakeController]:
-    controller = FakeController()
-    desired = DesiredState(revision=9, networks={"front": DesiredNetwork(
-        name="front", driver="overlay", subnet="10.88.3.0/24", gateway="10.88.3.1",
-        prefixlen=24, mtu=1450, masquerade=True, cidr="10.88.0.0/16")})
-    desired.containers["dk-1"] = DesiredContainer(
-        name="dk-1", network="front", command=(), ip="10.88.3.2", prefixlen=24,
-        gateway="10.88.3.1", cni_id="dk-1", cni_netns="/run/x", cni_docker=True)
-    realised = Realised()
-    realised.publish(100, [ContainerStatus(name="dk-1", state="running")])
-
-    @contextlib.contextmanager
-    def kernel() -> Iterator[FakeKernel]:
-        yield FakeKernel(controller.writes)
-
-    side = DockerSide(host="h1", sync=lambda: controller, control=lambda: controller,  # type: ignore[arg-type,return-value]
-                      desired=lambda: desired, realised=realised, kernel=kernel,  # type: ignore[arg-type]
-                      accept_bridge=lambda bridge: controller.writes.append(("accept", bridge)))
-    plugin = Plugin(side)
-    plugin.networks[NID] = "front"
-    plugin.endpoints[EID] = "10.88.3.2"
-    return plugin, controller
-
 
 #: Values that are right somewhere in the protocol, and wrong ones.
 json_leaves = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=False),
     texts, st.sampled_from([NID, EID, POOL, "10.88.3.2/24", "10.88.0.0/16", "sdnctl/",
-                            "sdnctl/10.88.3.2", "com.docker.network.gateway", "eth0"]))
+                            "sdnctl/10.88.3.2", "com.docker.network.gateway", "eth0",
+                            "fd00:89::/48", "sdnctl/fd00:89::/48#0a", "fd00:89:0:3::5/64"]))
 json_values = st.recursive(json_leaves, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(texts, inner, max_size=4)), max_leaves=12)
 KEYS = ["NetworkID", "EndpointID", "Options", "Interface", "Address", "AddressIPv6",
