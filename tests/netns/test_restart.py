@@ -235,10 +235,16 @@ def many_containers(cli: Cli, path: Path, count: int) -> Iterator[float]:
                 wait_for(all_running, 60 + count * 2, f"{count} containers to run", 1.0)
             except AssertionError as e:  # say what it saw: states, and the agent's last words
                 late = {n: s for n, s in seen.items() if s != "running"}
+                host = client.api.GetHost(pb.GetRequest(name="h1"), timeout=30)
+                listed = client.api.ListContainers(pb.ListRequest(), timeout=30)
                 tail = agent_log(cli, cli.env["SDNCTL_LAB_PREFIX"]).splitlines()[-40:]
-                raise AssertionError(f"{e}: {len(late)} not running: "
-                                     f"{dict(list(late.items())[:10])}\nagent log tail:\n"
-                                     + "\n".join(tail)) from None
+                log = cli.run_dir / "controller.log"
+                ctl = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
+                raise AssertionError(
+                    f"{e}: {len(late)} not running: {dict(list(late.items())[:10])}; h1 "
+                    f"observed revision {host.observed_revision} of {listed.revision}, agent "
+                    f"connected {host.agent_connected}, pid {host.agent_pid}\nagent log tail:\n"
+                    + "\n".join(tail) + "\ncontroller log tail:\n" + "\n".join(ctl)) from None
             yield time.monotonic() - started
     finally:
         with api(cli) as client:

@@ -1,5 +1,5 @@
 """Small fakes of the Docker plugin's side (``DockerSide``), shared by the plugin's unit tests
-(test_docker_plugin.py) and its fuzzing (test_fuzz_docker_plugin.py): a controller that grants
+(test_docker_ipv6.py) and its fuzzing (test_fuzz_docker_plugin.py): a controller that grants
 addresses from this host's leases as the real one does (an IPv6 address with the IPv4 one on a
 dual-stack network, a re-Attach by the same owner moving it to a fixed IPv6 address) and keeps
 the attachments it holds, and a kernel and firewall that record calls.
