@@ -374,6 +374,9 @@ class DesiredState:
             self.containers.pop(name, None)
         for net in event.networks:
             desired = network_from_pb(net, self.local)
+            held = self.networks.get(desired.name)
+            if net.names_kept and held is not None:  # re-sent for its peers: the table stands
+                desired = replace(desired, names=held.names)
             self.networks[desired.name] = desired
         for delta in event.name_deltas:
             held = self.networks.get(delta.network)

@@ -391,7 +391,8 @@ class Agent:
                 with self.lock:
                     since = self.desired.revision if self.desired.synced else 0
                 stream = self.sync.Watch(pb.WatchRequest(host=self.args.host,
-                                                         since_revision=since))
+                                                         since_revision=since,
+                                                         keeps_names=True))
                 self._stream = stream
                 for event in stream:
                     backoff = 0.1

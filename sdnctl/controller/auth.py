@@ -84,6 +84,7 @@ POLICY: dict[str, Rule] = {
     CTL + "GetContainer": Rule(READ),
     CTL + "ListContainers": Rule(READ),
     CTL + "DeleteContainer": Rule(MANAGE, mutating=True),
+    CTL + "DeleteContainers": Rule(MANAGE, mutating=True),
     CTL + "UpdateContainer": Rule(MANAGE, mutating=True),
     CTL + "GetIpam": Rule(READ),
     CTL + "CheckIpam": Rule(READ),

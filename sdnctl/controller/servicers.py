@@ -344,6 +344,12 @@ class ControllerServicer(pb_grpc.ControllerServicer):
     def DeleteContainer(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
         return pb.DeleteResponse(revision=self.state.delete_container(request.name))
 
+    def DeleteContainers(self, request: pb.DeleteContainersRequest,
+                         context: Any) -> pb.DeleteContainersResponse:
+        check_count(request.names, "names", BATCH_MAX)
+        deleted, revision = self.state.delete_containers(list(request.names))
+        return pb.DeleteContainersResponse(deleted=deleted, revision=revision)
+
     def UpdateContainer(self, request: pb.UpdateContainerRequest, context: Any) -> pb.Container:
         refuse_cni(request.container)
         try:
@@ -514,7 +520,8 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
             for event in host_events(
                     self.state, request.host, request.since_revision,
                     alive=lambda: context.is_active() and not self.stopping.is_set(),
-                    progress_interval=self.progress_interval):
+                    progress_interval=self.progress_interval,
+                    keeps_names=request.keeps_names):
                 self.metrics.watch_events.inc()
                 yield event
         finally:

@@ -550,37 +550,55 @@ class State:
 
     def _create_batch(self, containers: Sequence[Container], start: int,
                       cap: int | None) -> tuple[list[ContainerView], int]:
-        """Containers from ``start`` on, as many as one transaction of at most ``cap`` ops
-        holds, committed; retried whole when another writer came first."""
+        """Containers from ``start`` on, as many as one transaction holds (``_staged_batch``)."""
+        def create(staged: State, i: int) -> bool:
+            try:
+                staged.create_container(containers[i])
+            except Invalid as e:
+                field = e.field.removeprefix("container")
+                raise Invalid(f"containers[{i}]{field}", e.message) from None
+            except SdnError as e:
+                e.message = f"containers[{i}] ({containers[i].name}): {e.message}"
+                e.args = (e.message,)
+                raise
+            return True
+
+        made, _, revision, staging = self._staged_batch(len(containers), start, cap, create)
+        staged = State(staging, self.timers, self.clock)
+        views = staged._views([kv for kv in get_many(
+            staging, [container_key(containers[i].name) for i in made]) if kv is not None])
+        return [dataclasses.replace(v, revision=revision) for v in views], revision
+
+    def _staged_batch(self, count: int, start: int, cap: int | None,
+                      stage: Callable[[State, int], bool]) -> tuple[list[int], int, int, Staging]:
+        """Items ``start``.. of ``count``, each staged by ``stage(state, i)`` (False: nothing to
+        do for it) on a :class:`Staging` view that holds the ones before it, as many as one
+        transaction of at most ``cap`` ops holds, committed; planned again whole when another
+        writer came first. Returns the items staged, how many items it went through, the
+        revision and the staging view."""
         deadline = time.monotonic() + ipam.RETRY_TIMEOUT
         attempts = 0
         while True:
             staging = Staging(self.store)
             staged = State(staging, self.timers, self.clock)
-            names: list[str] = []
+            done: list[int] = []
+            through = 0
             try:
-                for i in range(start, len(containers)):
+                for i in range(start, count):
                     before = staging.snapshot()
-                    try:
-                        staged.create_container(containers[i])
-                    except Invalid as e:
-                        field = e.field.removeprefix("container")
-                        raise Invalid(f"containers[{i}]{field}", e.message) from None
-                    except SdnError as e:
-                        e.message = f"containers[{i}] ({containers[i].name}): {e.message}"
-                        e.args = (e.message,)
-                        raise
-                    if cap is not None and len(staging.ops()) > cap and names:
+                    if not stage(staged, i):
+                        through += 1
+                        continue
+                    if cap is not None and len(staging.ops()) > cap and done:
                         staging.restore(before)  # the next transaction takes this one
                         break
-                    names.append(containers[i].name)
-                revision = staging.commit()
+                    done.append(i)
+                    through += 1
+                revision = staging.commit() if done else self.store.revision()
             except Restage:
                 revision = None
             if revision is not None:
-                views = staged._views([kv for kv in get_many(
-                    staging, [container_key(n) for n in names]) if kv is not None])
-                return [dataclasses.replace(v, revision=revision) for v in views], revision
+                return done, through, revision, staging
             attempts += 1
             if time.monotonic() >= deadline:
                 raise Conflict(f"gave up after {attempts} attempts: concurrent writers kept "
@@ -645,6 +663,44 @@ class State:
                  if (not host or v.container.host == host)
                  and (not network or v.container.network == network)]
         return views, revision
+
+    def delete_containers(self, names: Sequence[str]) -> tuple[list[str], int]:
+        """Delete many containers in ONE store transaction (several, each whole, on a store that
+        caps a transaction's operations), each as :meth:`delete_container` deletes one, on a
+        :class:`Staging` view that holds the deletions before it (two addresses released in one
+        lease; a donor after its joiners). Names that do not exist are skipped. Errors name
+        ``names[i]``. Returns the names deleted and the last transaction's revision."""
+        for i, name in enumerate(names):
+            check_name(name, f"names[{i}]")
+            if name in names[:i]:
+                raise Invalid(f"names[{i}]", f"{name!r} appears twice")
+        cap = getattr(self.store, "max_txn_ops", None)
+        deleted: list[str] = []
+        revision = 0
+        start = 0
+        while start < len(names):
+            gone, done, revision = self._delete_batch(names, start, cap)
+            deleted += gone
+            start += done
+        return deleted, revision
+
+    def _delete_batch(self, names: Sequence[str], start: int,
+                      cap: int | None) -> tuple[list[str], int, int]:
+        """Deletions from ``start`` on, as many as one transaction holds (``_staged_batch``).
+        Returns the names deleted, how many names it went through, and the revision."""
+        def delete(staged: State, i: int) -> bool:
+            try:
+                staged.delete_container(names[i])
+            except NotFound:
+                return False
+            except SdnError as e:
+                e.message = f"names[{i}] ({names[i]}): {e.message}"
+                e.args = (e.message,)
+                raise
+            return True
+
+        gone, through, revision, _ = self._staged_batch(len(names), start, cap, delete)
+        return [names[i] for i in gone], through, revision
 
     def delete_container(self, name: str) -> int:
         """Delete a container and release its address; returns the deletion's revision."""

@@ -74,10 +74,12 @@ def container_pb(view: ContainerView) -> pb.Container:
     return msg
 
 
-def host_network_pb(view: HostNetwork) -> pb.HostNetwork:
+def host_network_pb(view: HostNetwork, names: bool = True) -> pb.HostNetwork:
+    """``view`` as sent; without ``names``, marked ``names_kept`` (the agent keeps its table)."""
     return pb.HostNetwork(
         network=convert.network_to_pb(view.network), lease=convert.lease_to_pb(view.lease),
-        peers=[_peer_pb(p) for p in view.peers], names=_names_pb(view.names))
+        peers=[_peer_pb(p) for p in view.peers], names=_names_pb(view.names) if names else [],
+        names_kept=not names)
 
 
 # The N streams one write wakes send the same peers and name table (``State.host_network``
@@ -130,9 +132,14 @@ def policy_set_pb(pset: policies.PolicySet) -> pb.PolicySet:
 NAME_DELTAS = True
 
 
-def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchEvent:
+def delta_event(state: State, host: str, changes: Iterable[Change],
+                keeps_names: bool = False) -> pb.WatchEvent:
     """What ``changes`` mean for ``host``; puts carry the objects as they are now (networks
-    as of the last change or later: ``State.host_network``)."""
+    as of the last change or later: ``State.host_network``). ``keeps_names``: the agent
+    understands ``names_kept``, so an overlay sent again for its peers alone goes without its
+    name table (the agent holds it: it got the network whole first, and every change of the
+    table since as a NameDelta or whole), and this event's NameDeltas bring the table's
+    changes."""
     put_containers: set[str] = set()
     gone_containers: set[str] = set()
     put_networks: set[str] = set()
@@ -184,9 +191,13 @@ def delta_event(state: State, host: str, changes: Iterable[Change]) -> pb.WatchE
         view = state.host_network(name, host, at_least)
         if view is None:
             continue  # no lease here (nothing to say) or deleted since: a later change says so
-        if name in put_networks or name in whole or spans_hosts(view.network.driver):
+        if name in put_networks or name in whole:
             event.networks.append(host_network_pb(view))
             sent.add(name)
+        elif spans_hosts(view.network.driver):  # its peers alone
+            event.networks.append(host_network_pb(view, names=not keeps_names))
+            if not keeps_names:
+                sent.add(name)
     for name, containers in sorted(renamed.items()):
         if name in sent or name in gone_networks or ipam.get_lease(state.store, name, host) is None:
             continue
@@ -230,18 +241,20 @@ def _vtep_moved(change: Change) -> bool:
 
 
 def host_events(state: State, host: str, since_revision: int, alive: Callable[[], bool],
-                progress_interval: float = 10.0, poll: float = 0.5) -> Iterator[pb.WatchEvent]:
+                progress_interval: float = 10.0, poll: float = 0.5,
+                keeps_names: bool = False) -> Iterator[pb.WatchEvent]:
     hub = fanout.hub_of(state)
     sub = hub.subscribe(host)  # before reading anything: no batch falls between the two
     try:
-        yield from _host_events(state, hub, sub, since_revision, alive, progress_interval, poll)
+        yield from _host_events(state, hub, sub, since_revision, alive, progress_interval, poll,
+                                keeps_names)
     finally:
         hub.unsubscribe(sub)
 
 
 def _host_events(state: State, hub: fanout.Hub, sub: fanout.Subscription, since_revision: int,
                  alive: Callable[[], bool], progress_interval: float,
-                 poll: float) -> Iterator[pb.WatchEvent]:
+                 poll: float, keeps_names: bool) -> Iterator[pb.WatchEvent]:
     store, host = state.store, sub.host
     revision = 0
     if since_revision > 0:
@@ -269,7 +282,7 @@ def _host_events(state: State, hub: fanout.Hub, sub: fanout.Subscription, since_
 
     def delta(changes: list[Change]) -> pb.WatchEvent | None:
         """The event for ``changes``, None when nothing in them is this host's after all."""
-        event = delta_event(state, host, changes)
+        event = delta_event(state, host, changes, keeps_names)
         if any(policies.is_policy_change(c.key) for c in changes):
             update = policy_update(False, changes[-1].revision)
             if update is not None:

@@ -81,6 +81,8 @@ class DeployError(RuntimeError):
 
 
 T = TypeVar("T")
+#: Containers per DeleteContainers request of `down` (the controller takes up to 10,000).
+DELETE_BATCH = 1000
 
 
 class Progress:
@@ -887,14 +889,19 @@ def delete_objects(client: Client, topology: Topology, progress: Progress) -> No
     others = [Container(name=c.name, host=c.host, network=c.network)
               for c in client.api.ListContainers(pb.ListRequest(), timeout=10).containers
               if c.host in hosts and c.name not in named]
-    for ctr in sorted([*topology.containers, *others], key=lambda c: (c.donor is None, c.name)):
+    # One request (one transaction, one event per host; one by one, 1,000 containers made
+    # every host of their network hear of each name leaving apart: minutes at 100 x 10).
+    ordered = sorted([*topology.containers, *others], key=lambda c: (c.donor is None, c.name))
+    host_of = {c.name: c.host for c in ordered}
+    for start in range(0, len(ordered), DELETE_BATCH):
+        request = pb.DeleteContainersRequest(
+            names=[c.name for c in ordered[start:start + DELETE_BATCH]])
         try:
-            reply = client.api.DeleteContainer(pb.DeleteRequest(name=ctr.name), timeout=10)
+            reply = client.api.DeleteContainers(request, timeout=60)
         except grpc.RpcError as e:
-            if _code(e) != grpc.StatusCode.NOT_FOUND:
-                raise DeployError(_details(e)) from e
-            continue
-        deleted_at[ctr.host] = max(deleted_at.get(ctr.host, 0), reply.revision)
+            raise DeployError(f"could not delete containers: {_details(e)}") from e
+        for name in reply.deleted:
+            deleted_at[host_of[name]] = max(deleted_at.get(host_of[name], 0), reply.revision)
     wait_agents_caught_up(client, deleted_at, progress)
     for policy in topology.policies:
         _ignore_missing(lambda policy=policy: client.api.DeletePolicy(  # type: ignore[misc]

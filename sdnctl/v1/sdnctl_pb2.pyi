@@ -604,6 +604,20 @@ class CreateContainersRequest(_message.Message):
     containers: _containers.RepeatedCompositeFieldContainer[Container]
     def __init__(self, containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ...) -> None: ...
 
+class DeleteContainersRequest(_message.Message):
+    __slots__ = ("names",)
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteContainersResponse(_message.Message):
+    __slots__ = ("deleted", "revision")
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    deleted: _containers.RepeatedScalarFieldContainer[str]
+    revision: int
+    def __init__(self, deleted: _Optional[_Iterable[str]] = ..., revision: _Optional[int] = ...) -> None: ...
+
 class CreateContainersResponse(_message.Message):
     __slots__ = ("containers", "revision")
     CONTAINERS_FIELD_NUMBER: _ClassVar[int]
@@ -703,24 +717,28 @@ class RegisterResponse(_message.Message):
     def __init__(self, host: _Optional[_Union[Host, _Mapping]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("host", "since_revision")
+    __slots__ = ("host", "since_revision", "keeps_names")
     HOST_FIELD_NUMBER: _ClassVar[int]
     SINCE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    KEEPS_NAMES_FIELD_NUMBER: _ClassVar[int]
     host: str
     since_revision: int
-    def __init__(self, host: _Optional[str] = ..., since_revision: _Optional[int] = ...) -> None: ...
+    keeps_names: bool
+    def __init__(self, host: _Optional[str] = ..., since_revision: _Optional[int] = ..., keeps_names: _Optional[bool] = ...) -> None: ...
 
 class HostNetwork(_message.Message):
-    __slots__ = ("network", "lease", "peers", "names")
+    __slots__ = ("network", "lease", "peers", "names", "names_kept")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     NAMES_FIELD_NUMBER: _ClassVar[int]
+    NAMES_KEPT_FIELD_NUMBER: _ClassVar[int]
     network: Network
     lease: Lease
     peers: _containers.RepeatedCompositeFieldContainer[Peer]
     names: _containers.RepeatedCompositeFieldContainer[DnsName]
-    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., names: _Optional[_Iterable[_Union[DnsName, _Mapping]]] = ...) -> None: ...
+    names_kept: bool
+    def __init__(self, network: _Optional[_Union[Network, _Mapping]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., names: _Optional[_Iterable[_Union[DnsName, _Mapping]]] = ..., names_kept: _Optional[bool] = ...) -> None: ...
 
 class DnsName(_message.Message):
     __slots__ = ("container", "aliases", "address", "dns", "address6")

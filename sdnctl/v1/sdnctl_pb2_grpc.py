@@ -107,6 +107,11 @@ class ControllerStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.DeleteContainers = channel.unary_unary(
+                '/sdnctl.v1.Controller/DeleteContainers',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteContainersRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteContainersResponse.FromString,
+                _registered_method=True)
         self.UpdateContainer = channel.unary_unary(
                 '/sdnctl.v1.Controller/UpdateContainer',
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.UpdateContainerRequest.SerializeToString,
@@ -288,6 +293,15 @@ class ControllerServicer:
 
     def DeleteContainer(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteContainers(self, request, context):
+        """Delete many containers in one store transaction (issue 21: `sdnctl down` of 1,000 deleted
+        them one by one, and every host of their network heard of each name leaving apart).
+        Names that do not exist are skipped; a container others join must go with them.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -498,6 +512,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.DeleteContainer,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.SerializeToString,
+            ),
+            'DeleteContainers': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteContainers,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteContainersRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.DeleteContainersResponse.SerializeToString,
             ),
             'UpdateContainer': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateContainer,
@@ -971,6 +990,33 @@ class Controller:
             '/sdnctl.v1.Controller/DeleteContainer',
             sdnctl_dot_v1_dot_sdnctl__pb2.DeleteRequest.SerializeToString,
             sdnctl_dot_v1_dot_sdnctl__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteContainers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/DeleteContainers',
+            sdnctl_dot_v1_dot_sdnctl__pb2.DeleteContainersRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.DeleteContainersResponse.FromString,
             options,
             channel_credentials,
             insecure,

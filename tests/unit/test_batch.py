@@ -111,3 +111,58 @@ def test_a_batch_replans_when_another_writer_comes_first(store: Store) -> None:
 def test_sizes(front: Api, n: int) -> None:
     got = batch(front, *(ctr(f"s{i}") for i in range(n)))
     assert len(got.containers) == n
+
+
+# -- DeleteContainers: the same for deletions (issue 21: `sdnctl down` of 1,000) ---------------
+
+
+def delete(api: Api, *names: str) -> pb.DeleteContainersResponse:
+    return api.ctl.DeleteContainers(pb.DeleteContainersRequest(names=list(names)), timeout=10)
+
+
+def test_a_delete_batch_is_one_transaction_and_frees_every_address(front: Api) -> None:
+    front.host("h2")
+    made = batch(front, ctr("a"), ctr("b"), ctr("c", host="h2"), ctr("d"),
+                 ctr("j", network="container:a"))
+    freed = {front.get_container(n).ip for n in "abc"}
+    before = front.store.revision()
+    got = delete(front, "j", "a", "missing", "b", "c")
+    assert list(got.deleted) == ["j", "a", "b", "c"]  # the missing one skipped
+    assert got.revision == front.store.revision() == before + 1  # one transaction
+    listed = front.ctl.ListContainers(pb.ListRequest(), timeout=5).containers
+    assert [c.name for c in listed] == ["d"]
+    # the addresses are free again: one lease's two, released in one transaction, both
+    ipam = front.ctl.GetIpam(pb.GetIpamRequest(network="front"), timeout=5)
+    held = {a.address for a in ipam.allocations}
+    assert held == {front.get_container("d").ip.split("/")[0]}
+    assert not freed & held and made.revision < got.revision
+    check = front.ctl.CheckIpam(pb.GetIpamRequest(), timeout=5)
+    assert list(check.problems) == []
+
+
+def test_a_bad_delete_batch_deletes_nothing_and_is_named(front: Api) -> None:
+    batch(front, ctr("a"), ctr("j", network="container:a"), ctr("b"))
+    with unchanged(front.store):
+        e = rpc_error(lambda: delete(front, "b", "a"), grpc.StatusCode.FAILED_PRECONDITION)
+        assert "names[1]" in details(e) and "j" in details(e)  # a donor before its joiner
+        e = rpc_error(lambda: delete(front, "b", "b"), grpc.StatusCode.INVALID_ARGUMENT)
+        assert "names[1]" in details(e)
+        e = rpc_error(lambda: delete(front, "b", "Not A Name"), grpc.StatusCode.INVALID_ARGUMENT)
+        assert "names[1]" in details(e)
+        assert list(delete(front, "nobody").deleted) == []
+    assert list(delete(front, "j", "a").deleted) == ["j", "a"]  # joiner first: both go
+
+
+def test_a_delete_batch_on_a_store_with_a_cap_gets_several_whole_transactions(
+        store: Store) -> None:
+    state = State(store)
+    state.create_host(Host("h1"))
+    state.create_network(Network("front", "10.88.0.0/16"))
+    state.create_containers([Container(name=f"c{i}", host="h1", network="front")
+                             for i in range(7)])
+    store.max_txn_ops = 20  # type: ignore[attr-defined]
+    before = store.revision()
+    deleted, revision = state.delete_containers([f"c{i}" for i in range(7)])
+    assert deleted == [f"c{i}" for i in range(7)]
+    assert before + 1 < revision == store.revision() < before + 7
+    assert state.list_containers()[0] == []

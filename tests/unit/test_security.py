@@ -329,7 +329,7 @@ READS = {"GetHost", "ListHosts", "GetNetwork", "ListNetworks", "GetContainer", "
          "GetIpam", "CheckIpam", "Events", "ListImages", "GetImage", "SaveImage",
          "GetEndpoints", "GetFlows", "GetPolicy", "ListPolicies"}
 NETWORKS_AND_CONTAINERS = {"CreateNetwork", "UpdateNetwork", "DeleteNetwork", "CreateContainer",
-                           "CreateContainers",
+                           "CreateContainers", "DeleteContainers",
                            "UpdateContainer", "DeleteContainer", "LoadImage", "RemoveImage",
                            "RecordImage",
                            "ValidateTopology", "CreatePolicy", "DeletePolicy"}
@@ -411,6 +411,7 @@ CALLS: dict[str, Any] = {
     "GetContainer": pb.GetRequest(name="c-ha"),
     "ListContainers": pb.ListRequest(),
     "DeleteContainer": pb.DeleteRequest(name="c-hb"),
+    "DeleteContainers": pb.DeleteContainersRequest(names=["c-hb"]),
     "UpdateContainer": pb.UpdateContainerRequest(container=pb.Container(
         name="c-ha", host="ha", network="none")),
     "GetIpam": pb.GetIpamRequest(),
@@ -516,7 +517,7 @@ def test_a_viewer_cannot_create_or_delete_anything(secure: Any, pki_dir: Path) -
         with unchanged(store):
             for name in ("CreateHost", "DeleteHost", "CreateNetwork", "DeleteNetwork",
                          "UpdateNetwork", "CreateContainer", "CreateContainers",
-                         "DeleteContainer", "UpdateContainer"):
+                         "DeleteContainer", "DeleteContainers", "UpdateContainer"):
                 with pytest.raises(grpc.RpcError) as info:
                     getattr(ctl, name)(CALLS[name], timeout=TIMEOUT)
                 assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore

@@ -18,7 +18,7 @@ from agent.desired import DesiredName, DesiredState, network_from_pb
 from sdnctl.api.model import Container, Host, Network
 from sdnctl.controller import watch
 from sdnctl.controller.state import State
-from sdnctl.controller.store.base import Store
+from sdnctl.controller.store.base import Change, Store
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -188,3 +188,52 @@ def test_resume_and_compaction_give_the_full_table(tmp_path: Path) -> None:
     resumed.apply(again)
     assert resumed.networks["front"].names == table(state, "h0")
     assert len(table(state, "h0")) == 2 * 2 - 1 + 1 + 12
+
+
+def overlay_world(store: Store, hosts: int, per_host: int) -> State:
+    """``hosts`` hosts with VXLAN endpoints and ``per_host`` containers each on the overlay
+    ``ov``."""
+    state = State(store)
+    for i in range(hosts):
+        state.create_host(Host(f"h{i}", underlay_ip=f"192.0.2.{i + 1}",
+                               vtep_mac=f"02:00:00:00:00:{i + 1:02x}"))
+    state.create_network(Network("ov", subnet="10.0.0.0/8", host_prefix=16, driver="overlay"))
+    state.create_containers([Container(f"c{i}-{j}", f"h{i}", network="ov")
+                             for i in range(hosts) for j in range(per_host)])
+    return state
+
+
+@pytest.mark.parametrize("keeps_names", [True, False])
+def test_a_host_joining_an_overlay_sends_the_others_its_peers_not_the_table(
+        store: Store, keeps_names: bool) -> None:
+    """An agent that keeps its tables gets the overlay again for its peers with ``names_kept``
+    and no names, then the joiner's names as a delta; its network ends as a fresh snapshot's.
+    An agent that did not say it keeps them gets the whole table, as before."""
+    hosts, per_host = 6, 10
+    state = overlay_world(store, hosts, per_host)
+    folded = {f"h{i}": fold_from(state, f"h{i}") for i in range(hosts)}
+    state.create_host(Host("hn", underlay_ip="192.0.2.99", vtep_mac="02:00:00:00:00:99"))
+    joined: list[Change] = []
+    for step in (lambda: state.create_container(Container("cn", "hn", network="ov")),
+                 lambda: state.create_container(Container("cn2", "hn", network="ov")),
+                 lambda: state.delete_container("c2-0"),
+                 lambda: state.delete_container("cn"),
+                 lambda: state.delete_container("cn2")):  # hn joins, grows, leaves
+        before = store.revision()
+        step()
+        changes = store.changes_since(before)
+        joined = joined or changes
+        for host, desired in folded.items():
+            event = watch.delta_event(state, host, changes, keeps_names)
+            for net in event.networks:
+                assert net.names_kept == keeps_names and len(net.names) == \
+                    (0 if keeps_names else len(table(state, host, "ov"))), host
+            desired.apply(event)
+            desired.revision = store.revision()
+            assert desired.networks == fold_from(state, host).networks, host
+    if keeps_names:  # what an agent that kept nothing would make of it: no names at all
+        lost = DesiredState()
+        event = watch.delta_event(state, "h0", joined, keeps_names)
+        assert [n.network.name for n in event.networks] == ["ov"]
+        lost.apply(event)
+        assert lost.networks["ov"].names == () != folded["h0"].networks["ov"].names
