@@ -241,11 +241,23 @@ def agent_of(the_lab: Lab, host: str) -> dict[str, int]:
     return agents[host]
 
 
-def join(the_lab: Lab, extended: Path, sources: list[str],
-         prober: Prober) -> tuple[float, float, float]:
-    """Seconds from hn's agent registering until every other host holds hn's three entries,
-    then until every source reaches cn (pings start once the entries are everywhere, so this
-    is an upper bound), and `up`'s total."""
+@dataclass(frozen=True)
+class Joined:
+    """What one join took, in seconds: from hn's agent registering until every other host
+    holds hn's three entries (``entries``), of which from its lease being seen through the API
+    (``fanout``: the controller's fan-out and the agents' work, a little less since the lease
+    is polled every 5 ms; the rest is `up`'s own, which reads the lab's objects before it
+    creates ``cn``), until every source reaches cn (``reached``: the
+    pings start once the entries are everywhere, so an upper bound), and `up`'s total."""
+
+    entries: float
+    fanout: float
+    reached: float
+    up_total: float
+
+
+def join(the_lab: Lab, extended: Path, sources: list[str], prober: Prober) -> Joined:
+    """One join of hn (see :class:`Joined`)."""
     started = time.monotonic()
     up = the_lab.popen("up", str(extended), "--timeout", "120")
     try:
@@ -265,7 +277,7 @@ def join(the_lab: Lab, extended: Path, sources: list[str],
                 peer = peer_key(the_lab, NEW_HOST)
             return peer is not None and bool(peer.vtep_mac)
 
-        wait_for(has_lease, f"{NEW_HOST}'s lease and VTEP MAC")
+        leased = wait_for(has_lease, f"{NEW_HOST}'s lease and VTEP MAC")
         assert peer is not None
         programmed = prober.until(lambda got: got[0] == 3, peer, f"{NEW_HOST}'s entries")
         address = ""
@@ -285,7 +297,8 @@ def join(the_lab: Lab, extended: Path, sources: list[str],
         out, _ = up.communicate(timeout=DEADLINE)
         if up.returncode != 0:
             raise RuntimeError(f"up of {extended} failed:\n{out}")
-        return programmed - t0, max(reached) - t0, time.monotonic() - started
+        return Joined(programmed - t0, programmed - leased, max(reached) - t0,
+                      time.monotonic() - started)
     finally:
         if up.poll() is None:
             up.kill()
@@ -440,11 +453,27 @@ def leave(the_lab: Lab, prober: Prober) -> float:
     return gone - started
 
 
+def record(got: dict[str, list[float]], joined: Joined, left: float) -> None:
+    """One round's figures into ``got`` (join, fanout, reach, leave, up)."""
+    for key, value in (("join", joined.entries), ("fanout", joined.fanout),
+                       ("reach", joined.reached), ("leave", left), ("up", joined.up_total)):
+        got.setdefault(key, []).append(value)
+
+
+def join_measurements(got: dict[str, list[float]], size: str) -> list[harness.Measurement]:
+    """The measurements of rounds ``got`` (see :func:`record`) at ``size``."""
+    return [harness.Measurement(f"{label} ({size})", "ms", [t * 1000 for t in got[key]])
+            for key, label in (("join", "join: registered -> entries everywhere"),
+                               ("fanout", "join: lease recorded -> entries everywhere"),
+                               ("reach", "join: registered -> reachable from all"),
+                               ("leave", "leave: deleted -> entries gone everywhere"))]
+
+
 def run_size(hosts: int, rounds: int, tmp: Path, workers: int) -> dict[str, list[float]]:
     base, extended = tmp / f"overlay-{hosts}.yaml", tmp / f"overlay-{hosts}-plus1.yaml"
     base.write_text(topology_text(hosts, with_new=False))
     extended.write_text(topology_text(hosts, with_new=True))
-    got: dict[str, list[float]] = {"join": [], "reach": [], "leave": [], "up": []}
+    got: dict[str, list[float]] = {"join": [], "fanout": [], "reach": [], "leave": [], "up": []}
     with private_lab([base, extended], workers) as the_lab:
         started = time.monotonic()
         # In steps of STEP hosts: one `up` of 50 new lab hosts at once timed out on this
@@ -461,15 +490,13 @@ def run_size(hosts: int, rounds: int, tmp: Path, workers: int) -> dict[str, list
         others = [f"{the_lab.prefix}h{i}" for i in range(hosts)]
         with Prober(others) as prober:
             for i in range(rounds):
-                joined, reached, up_total = join(the_lab, extended, sources, prober)
+                joined = join(the_lab, extended, sources, prober)
                 left = leave(the_lab, prober)
-                got["join"].append(joined)
-                got["reach"].append(reached)
-                got["up"].append(up_total)
-                got["leave"].append(left)
-                print(f"  N={hosts} round {i + 1}: join {joined * 1000:.0f} ms (reachable "
-                      f"{reached * 1000:.0f} ms), leave {left * 1000:.0f} ms (`up` of the extra "
-                      f"host {up_total:.1f}s)", file=sys.stderr)
+                record(got, joined, left)
+                print(f"  N={hosts} round {i + 1}: join {joined.entries * 1000:.0f} ms (from "
+                      f"the lease {joined.fanout * 1000:.0f} ms, reachable "
+                      f"{joined.reached * 1000:.0f} ms), leave {left * 1000:.0f} ms (`up` of "
+                      f"the extra host {joined.up_total:.1f}s)", file=sys.stderr)
     return got
 
 
@@ -496,12 +523,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  N={hosts}: failed: {last}", file=sys.stderr)
                 continue
             measurements += [
-                harness.Measurement(f"join: registered -> entries everywhere (N={hosts})",
-                                    "ms", [t * 1000 for t in got["join"]]),
-                harness.Measurement(f"join: registered -> reachable from all (N={hosts})", "ms",
-                                    [t * 1000 for t in got["reach"]]),
-                harness.Measurement(f"leave: deleted -> entries gone everywhere (N={hosts})",
-                                    "ms", [t * 1000 for t in got["leave"]]),
+                *join_measurements(got, f"N={hosts}"),
                 harness.Measurement(f"`up` of one extra host, end to end (N={hosts})", "s",
                                     got["up"])]
             for kind in ("join", "leave"):

@@ -353,16 +353,15 @@ class ScaleRun:
                               cast(pb_grpc.ControllerStub, self.api))
         sources = [self.api.GetContainer(pb.GetRequest(name=f"c{i}"), timeout=10).status.netns
                    for i in range(self.hosts)]
-        got: dict[str, list[float]] = {"join": [], "reach": [], "leave": [], "up": []}
+        got: dict[str, list[float]] = {}
         with overlay.Prober([f"{self.prefix}h{i}" for i in range(self.hosts)]) as prober:
             for _ in range(rounds):
-                joined, reached, up_total = overlay.join(the_lab, self.extended, sources, prober)
+                joined = overlay.join(the_lab, self.extended, sources, prober)
                 left = overlay.leave(the_lab, prober)
-                for key, value in (("join", joined), ("reach", reached), ("leave", left),
-                                   ("up", up_total)):
-                    got[key].append(value)
-                print(f"  join {joined * 1000:.0f} ms (reachable {reached * 1000:.0f} ms), "
-                      f"leave {left * 1000:.0f} ms", file=sys.stderr)
+                overlay.record(got, joined, left)
+                print(f"  join {joined.entries * 1000:.0f} ms (from the lease "
+                      f"{joined.fanout * 1000:.0f} ms, reachable {joined.reached * 1000:.0f} "
+                      f"ms), leave {left * 1000:.0f} ms", file=sys.stderr)
         return got
 
     def lab_agents(self) -> dict[str, dict[str, Any]]:
@@ -586,11 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "<= 1000 at 100 hosts",
                                             med <= 1000 if hosts >= 100 else None))
             moved = run.join_leave(ours.rounds)
-            for kind, what in (("join", "registered -> entries everywhere"),
-                               ("reach", "registered -> reachable from all"),
-                               ("leave", "deleted -> entries gone everywhere")):
-                m.append(harness.Measurement(f"{size}: {kind}: {what}", "ms",
-                                             [t * 1000 for t in moved[kind]]))
+            m += overlay.join_measurements(moved, size)
             for kind in ("join", "leave"):
                 med = harness.summary(moved[kind])[0]
                 comps.append(harness.comparison(f"host {kind} converged, {size} (s)", med,
