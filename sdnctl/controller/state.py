@@ -191,6 +191,13 @@ def overlay_peers(network: Network, host: str, leases: Iterable[Lease],
     return tuple(sorted(peers, key=lambda p: p.host))
 
 
+def _in_batch(e: SdnError, where: str) -> SdnError:
+    """``e``, its message naming the item of a batch it is about (``names[3] (web)``)."""
+    e.message = f"{where}: {e.message}"
+    e.args = (e.message,)
+    return e
+
+
 class State:
     def __init__(self, store: Store, timers: ipam.Timers = ipam.DEFAULT_TIMERS,
                  clock: Callable[[], float] = time.time) -> None:
@@ -558,9 +565,7 @@ class State:
                 field = e.field.removeprefix("container")
                 raise Invalid(f"containers[{i}]{field}", e.message) from None
             except SdnError as e:
-                e.message = f"containers[{i}] ({containers[i].name}): {e.message}"
-                e.args = (e.message,)
-                raise
+                raise _in_batch(e, f"containers[{i}] ({containers[i].name})") from None
             return True
 
         made, _, revision, staging = self._staged_batch(len(containers), start, cap, create)
@@ -694,9 +699,7 @@ class State:
             except NotFound:
                 return False
             except SdnError as e:
-                e.message = f"names[{i}] ({names[i]}): {e.message}"
-                e.args = (e.message,)
-                raise
+                raise _in_batch(e, f"names[{i}] ({names[i]})") from None
             return True
 
         gone, through, revision, _ = self._staged_batch(len(names), start, cap, delete)
