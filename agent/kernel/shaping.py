@@ -13,14 +13,15 @@ TBF's bucket must hold at least a packet; a bigger one lets a short flow exceed 
 latency 25 ms bounds the queue, as the CNI plugin does. A change is made in place (``replace``
 of the TBF; the container keeps running); a removed limit deletes our qdisc and the IFB.
 ``Shaper`` remembers what it set per veth, so an unchanged pass costs one link dump; a full pass
-reads the qdiscs back (drift is repaired).
+reads the qdiscs back, all in one dump (drift is repaired).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -74,12 +75,15 @@ class Shaper:
             return errors
         with self._ipr() as ipr:
             links = {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
+            # A full pass reads every qdisc back in ONE dump (one per veth was most of an idle
+            # agent's full pass at 10 containers).
+            qdiscs = _qdiscs_by_index(ipr) if full else {}
             for veth, shape in sorted(wanted.items()):
                 if veth not in links:
                     self._set.pop(veth, None)
                     continue
                 # Between full passes, a veth we never shaped holds no limits (we made it).
-                have = self._read(ipr, links, veth) if full else self._set.get(veth, Shape())
+                have = self._read(qdiscs, links, veth) if full else self._set.get(veth, Shape())
                 if have == shape:
                     self._remember(veth, shape)
                     continue
@@ -106,13 +110,15 @@ class Shaper:
         else:
             self._set[veth] = shape
 
-    def _read(self, ipr: IPRoute, links: Mapping[str, int], veth: str) -> Shape:
-        """What the kernel holds for ``veth``: our TBFs' rates (bursts are taken as set)."""
-        ingress = _tbf_rate(ipr, links[veth])
+    def _read(self, qdiscs: Mapping[int, list[Any]], links: Mapping[str, int],
+              veth: str) -> Shape:
+        """What the kernel holds for ``veth`` (``qdiscs``: every qdisc, by link index): our
+        TBFs' rates (bursts are taken as set)."""
+        ingress = _tbf_rate_of(qdiscs.get(links[veth], []))
         ifb = links.get(ifb_name(veth))
-        egress = _tbf_rate(ipr, ifb) if ifb is not None else 0
+        egress = _tbf_rate_of(qdiscs.get(ifb, [])) if ifb is not None else 0
         if egress and not any(q.get_attr("TCA_KIND") == "ingress"
-                              for q in ipr.get_qdiscs(index=links[veth])):
+                              for q in qdiscs.get(links[veth], [])):
             egress = 0  # an IFB that nothing is redirected to limits nothing
         old = self._set.get(veth)
         burst = old.burst_bytes if old is not None else 0
@@ -147,9 +153,22 @@ class Shaper:
                 _ignore_missing(lambda: ipr.link("del", index=links[ifb]))
 
 
+def _qdiscs_by_index(ipr: IPRoute) -> dict[int, list[Any]]:
+    """Every qdisc of the namespace, by link index (one dump)."""
+    found: dict[int, list[Any]] = {}
+    for q in ipr.get_qdiscs():
+        found.setdefault(q["index"], []).append(q)
+    return found
+
+
 def _tbf_rate(ipr: IPRoute, index: int) -> int:
     """Bits per second of the root TBF of ``index`` (0: none)."""
-    for q in ipr.get_qdiscs(index=index):
+    return _tbf_rate_of(ipr.get_qdiscs(index=index))
+
+
+def _tbf_rate_of(qdiscs: Iterable[Any]) -> int:
+    """Bits per second of the root TBF among one link's ``qdiscs`` (0: none)."""
+    for q in qdiscs:
         if q.get_attr("TCA_KIND") == "tbf" and q["parent"] == 0xFFFFFFFF:
             parms = q.get_nested("TCA_OPTIONS", "TCA_TBF_PARMS") or {}
             return int(parms.get("rate", 0)) * 8

@@ -11,6 +11,7 @@ keeps only a generous safety bound.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from helpers.cli import Cli, lab_cli, nsexec, ping
 from helpers.hoststate import HostState, agent_log, host_state, wait_for
 
+from agent.kernel.shaping import ifb_name
 from agent.names import veth_name, vxlan_name
 
 pytestmark = pytest.mark.netns
@@ -158,3 +160,29 @@ def get_fdb_mac(netns: str) -> str:
         if " dst " in line:
             return line.split()[0]
     return ""
+
+
+def _tbf_rate(netns: str, device: str) -> int:
+    """The rate (bytes/s) of ``device``'s root TBF, 0 without one."""
+    done = nsexec(netns, "tc", "-j", "qdisc", "show", "dev", device)
+    assert done.returncode == 0, done.stderr
+    return next((int(q["options"]["rate"]) for q in json.loads(done.stdout)
+                 if q.get("kind") == "tbf" and q.get("root")), 0)
+
+
+def test_bandwidth_limits_removed_by_hand_come_back_with_the_resync(
+        cli: Cli, run_prefix: str) -> None:
+    """A full pass reads every qdisc back (one dump) and puts back a limit removed by hand, on
+    the veth (into the container) and on its IFB (out of it)."""
+    cli.run("run", "--name", "bw", "--host", "h1", "--network", "ov", "--ingress", "5mbit",
+            "--egress", "3mbit")
+    h1 = f"/run/netns/{run_prefix}h1"
+    veth = veth_name("bw", "eth0")
+    ifb = ifb_name(veth)
+    wanted = (625_000, 375_000)
+    wait_for(lambda: (_tbf_rate(h1, veth), _tbf_rate(h1, ifb)) == wanted, REPAIR_TIMEOUT,
+             "the limits")
+    sh(h1, "tc", "qdisc", "del", "dev", veth, "root")
+    sh(h1, "tc", "qdisc", "del", "dev", ifb, "root")
+    wait_for(lambda: (_tbf_rate(h1, veth), _tbf_rate(h1, ifb)) == wanted, REPAIR_TIMEOUT,
+             "the limits back")
