@@ -127,15 +127,10 @@ SETS = tuple(
 #: underlay family: (address . UDP port . VNI) that a member may send, and (address . port)
 #: of every member. Declared and refilled by every render; their names never change, so none
 #: is ever left behind.
-VXLAN_SETS = {
-    "ip": ("vxlan4", "typeof ip saddr . udp dport . @th,96,24;",
-           "vxlan4_hosts", "typeof ip saddr . udp dport;"),
-    "ip6": ("vxlan6", "typeof ip6 saddr . udp dport . @th,96,24;",
-            "vxlan6_hosts", "typeof ip6 saddr . udp dport;"),
-}
-SETS += tuple((TABLE_FAMILY, name, declaration) for name, declaration, hosts, of_hosts
-              in VXLAN_SETS.values() for name, declaration in ((name, declaration),
-                                                               (hosts, of_hosts)))
+VXLAN_SETS = {"ip": ("vxlan4", "vxlan4_hosts"), "ip6": ("vxlan6", "vxlan6_hosts")}
+for _family, (_by_vni, _hosts) in VXLAN_SETS.items():
+    SETS += ((TABLE_FAMILY, _by_vni, f"typeof {_family} saddr . udp dport . @th,96,24;"),
+             (TABLE_FAMILY, _hosts, f"typeof {_family} saddr . udp dport;"))
 FAMILIES = (TABLE_FAMILY, BRIDGE_FAMILY)
 
 
@@ -482,7 +477,7 @@ def _vxlan_rules(spec: FirewallSpec) -> list[_Rule]:
         for family, suffix in (("ip", ""), ("ip6", "/ip6")):
             if family not in used:
                 continue
-            by_vni, _, hosts, _ = VXLAN_SETS[family]
+            by_vni, hosts = VXLAN_SETS[family]
             rules.append(_Rule(TABLE_FAMILY, "input",
                                f"{udp} {family} saddr . udp dport . @th,96,24 @{by_vni} accept",
                                f"sdnctl:vxlan/{port}/member{suffix}"))
@@ -497,12 +492,12 @@ def _vxlan_rules(spec: FirewallSpec) -> list[_Rule]:
 def _vxlan_elements(spec: FirewallSpec) -> dict[str, tuple[str, ...]]:
     """Each VXLAN set's elements (see ``VXLAN_SETS``), sorted by address, port and VNI."""
     wanted: dict[str, set[tuple[int, str, int, int]]] = {
-        name: set() for by_vni, _, hosts, _ in VXLAN_SETS.values() for name in (by_vni, hosts)}
+        name: set() for names in VXLAN_SETS.values() for name in names}
     for f in spec.vxlan:
         port, vni = _port(f.port), _vni(f.vni)
         for member in f.members:
             address = _address(member)
-            by_vni, _, hosts, _ = VXLAN_SETS["ip6" if address.version == 6 else "ip"]
+            by_vni, hosts = VXLAN_SETS["ip6" if address.version == 6 else "ip"]
             wanted[by_vni].add((int(address), str(address), port, vni))
             wanted[hosts].add((int(address), str(address), port, -1))
     return {name: tuple(f"{text} . {port}" + (f" . {vni}" if vni >= 0 else "")
