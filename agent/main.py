@@ -262,6 +262,7 @@ class Agent:
         self.events: list[pb.AgentEvent] = []
         self.states: dict[str, str] = {}  # container -> its state as last reported
         self.flows: list[pb.Flow] = []  # conntrack's flows of our networks, as last read
+        self.flow_sampler = conntrack.FlowSampler()  # (the pass thread's, in the host)
         self.drops: list[pb.Drop] = []  # the guards' drop counters, as last listed
         self.reported_traffic: tuple[list[pb.Flow], list[pb.Drop]] = ([], [])
         self.traffic_fresh = False  # read since the last report (each full pass reads it)
@@ -585,6 +586,7 @@ class Agent:
             if self.docker is not None:
                 self.docker.stop()
             links.close()
+            self.flow_sampler.close()
             if self.dns is not None:
                 self.dns.stop()
             self.proxy.stop()
@@ -656,7 +658,7 @@ class Agent:
         try:
             if not listed:
                 firewall.read_counters()
-            samples = conntrack.flow_samples(subnets) if subnets else []
+            samples = self.flow_sampler.samples(subnets) if subnets else []
         except Exception as e:
             log.debug("could not read flows: %s", e)
             samples = []

@@ -11,7 +11,8 @@ with ``struct`` for just the attributes we compare, about 0.1 ms. Sockets for ma
 namespaces are opened by ONE short-lived thread that enters each namespace in turn (see
 ``netns.open_netlink_fds``), never by the caller's thread.
 
-Reads live here, and writes sent as a batch of requests at once before their acks are
+Reads live here (also the links and qdiscs a full pass compares with the bandwidth limits,
+``kernel/shaping.py``), and writes sent as a batch of requests at once before their acks are
 collected (``Reader.send_all``): the VXLAN peer entries a joining host writes for every other
 host (three per peer: at 100 hosts, 300 round trips through pyroute2 took ~2.3 s), and a new
 CNI attachment's veth pair, its peer's address and its routes (``Links.add_veth``: ~1 ms of
@@ -55,11 +56,17 @@ IFA_LOCAL, IFA_F_NODAD = 2, 0x02
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 IFA_ADDRESS = 1
 RTA_OIF, RTA_GATEWAY, RTA_TABLE = 4, 5, 15
+RTM_GETQDISC, TCA_KIND, TCA_OPTIONS = 38, 1, 2
+TCA_TBF_PARMS, TCA_TBF_RATE64 = 1, 4
+TC_H_ROOT = 0xFFFFFFFF
 
 NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 NDMSG = struct.Struct("=BxxxiHBB")  # family, index, state, flags, type
 IFADDRMSG = struct.Struct("=BBBBi")  # family, prefix length, flags, scope, index
+TCMSG = struct.Struct("=BxxxiIII")  # family, index, handle, parent, info
+TBF_RATE = struct.Struct("=8xI")  # tc_tbf_qopt's rate: tc_ratespec's rate (bytes per second)
+U64 = struct.Struct("=Q")
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type,
 RTATTR = struct.Struct("=HH")  # length, type                                           # flags
 U32 = struct.Struct("=I")
@@ -113,6 +120,17 @@ class Neighbour:
     state: int
     dst: str | None
     lladdr: str | None
+
+
+@dataclass(frozen=True)
+class Qdisc:
+    """A queueing discipline, the parts the bandwidth limits compare (agent/kernel/shaping.py):
+    ``tbf_rate`` is a TBF's rate in bits per second (0 for another kind)."""
+
+    index: int
+    parent: int
+    kind: str
+    tbf_rate: int = 0
 
 
 def _align(n: int) -> int:
@@ -371,6 +389,20 @@ def parse_neighbour(payload: memoryview) -> Neighbour:
                      lladdr=_mac(attrs.get(NDA_LLADDR)))
 
 
+def parse_qdisc(payload: memoryview) -> Qdisc:
+    _family, index, _handle, parent, _info = TCMSG.unpack_from(payload)
+    attrs = attributes(payload, TCMSG.size)
+    kind = _string(attrs.get(TCA_KIND)) or ""
+    rate = 0
+    if kind == "tbf" and TCA_OPTIONS in attrs:
+        options = attributes(attrs[TCA_OPTIONS], 0)
+        if len(options.get(TCA_TBF_RATE64, b"")) == U64.size:  # (rates of 2^32 bytes/s and up)
+            rate = U64.unpack(options[TCA_TBF_RATE64])[0]
+        elif len(options.get(TCA_TBF_PARMS, b"")) >= TBF_RATE.size:
+            rate = TBF_RATE.unpack_from(options[TCA_TBF_PARMS])[0]
+    return Qdisc(index=index, parent=parent, kind=kind, tbf_rate=rate * 8)
+
+
 class Reader:
     """rtnetlink requests on one NETLINK_ROUTE socket (it owns the fd): reads, and batches of
     writes (``send_all``). ``dump`` serves a socket of another netlink family too (ctnetlink:
@@ -489,6 +521,11 @@ class Reader:
         body = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
         return [found for payload in self._request(RTM_GETROUTE, NLM_F_DUMP, body)
                 if (found := parse_route(payload, family)) is not None]
+
+    def qdiscs(self) -> list[Qdisc]:
+        """Every queueing discipline of every link: one dump."""
+        body = TCMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        return [parse_qdisc(payload) for payload in self._request(RTM_GETQDISC, NLM_F_DUMP, body)]
 
     def neighbours(self, family: int) -> list[Neighbour]:
         """Every neighbour entry of ``family`` (AF_INET, AF_INET6), or with AF_BRIDGE every FDB

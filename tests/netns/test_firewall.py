@@ -423,6 +423,62 @@ def test_flow_samples_read_raw_agree_with_pyroute2(fwlab: FwLab) -> None:
     assert ours == theirs
 
 
+def test_flow_sampler_dumps_only_when_conntrack_may_hold_flows(fwlab: FwLab) -> None:
+    """``conntrack.FlowSampler`` skips the dump (the walk of the kernel's whole table) while
+    conntrack's events say nothing came or went since a dump that found no flow; a flow that
+    starts is found at the next call, counted while it lives, and its end is seen; with events
+    off in the namespace every call dumps."""
+    fw = Firewall(fwlab.host)
+    fw.apply(fwlab.spec(allowed=(("front", "back"),)))
+    subnets = [f"{prefix}.0/24" for prefix in NETWORKS.values()]
+    quiet = [ip for _, ip in CONTAINERS.values()]
+
+    def forget_flows() -> None:
+        for ip in quiet:
+            conntrack.flush_address(ip)
+
+    run_in_netns(fwlab.host, forget_flows)
+    sampler = conntrack.FlowSampler()
+
+    def sample() -> tuple[list[conntrack.Sample], int]:
+        return run_in_netns(fwlab.host, lambda: sampler.samples(subnets)), sampler.dumps
+
+    def settled() -> int:
+        """Calls until one skipped its dump (another lab's bridge may start an entry, an
+        event, at any time); the dumps so far."""
+        for _ in range(5):
+            before = sampler.dumps
+            found, dumps = sample()
+            assert found == []
+            if dumps == before:
+                return dumps
+        raise AssertionError("every call dumped conntrack with no flow to sample")
+
+    try:
+        assert sample() == ([], 1)  # the first call dumps (and subscribed before it)
+        dumps = settled()
+        assert fwlab.can_ping("f1", CONTAINERS["b1"][1])  # a flow between two networks
+        found, after = sample()
+        assert (CONTAINERS["f1"][1], CONTAINERS["b1"][1], "icmp") in {s[:3] for s in found}
+        assert after == dumps + 1
+        assert sample()[1] == after + 1  # a flow lives: its counters are read at every call
+        run_in_netns(fwlab.host, forget_flows)  # its end is an event
+        assert sample() == ([], after + 2)
+        settled()
+        events = run_in_netns(fwlab.host,
+                              lambda: sysctl.read_sysctl("net.netfilter.nf_conntrack_events"))
+        run_in_netns(fwlab.host,
+                     lambda: sysctl.ensure_sysctl("net.netfilter.nf_conntrack_events", "0"))
+        try:
+            before = sampler.dumps
+            assert [sample()[1] for _ in range(2)] == [before + 1, before + 2]
+        finally:
+            run_in_netns(fwlab.host, lambda: sysctl.ensure_sysctl(
+                "net.netfilter.nf_conntrack_events", events))
+    finally:
+        sampler.close()
+
+
 # --- idempotence and drift ------------------------------------------------------------------
 
 

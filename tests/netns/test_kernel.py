@@ -279,6 +279,40 @@ def test_rtnl_reader_agrees_with_ip(klab: Lab) -> None:
 
 @needs_root
 @pytest.mark.netns
+def test_rtnl_reader_reads_qdiscs_as_tc_does(klab: Lab) -> None:
+    """The qdisc dump the bandwidth limits compare (rtnl.Reader.qdiscs) against ``tc -j``: a
+    root TBF's rate at 10 Mbit/s and at 40 Gbit/s (past 32 bits of bytes per second), and an
+    ingress qdisc."""
+    name = os.path.basename(klab.containers["b"])
+    made = [("eth0", "root"), ("eth0", "ingress")]
+    run("tc", "-n", name, "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "tbf",
+        "rate", "10mbit", "burst", "16k", "latency", "25ms")
+    try:
+        run("tc", "-n", name, "qdisc", "add", "dev", "eth0", "ingress")
+        run("ip", "-n", name, "link", "add", "qd0", "type", "veth", "peer", "name", "qd1")
+        made.append(("qd0", "link"))
+        run("tc", "-n", name, "qdisc", "add", "dev", "qd0", "root", "handle", "1:", "tbf",
+            "rate", "40gbit", "burst", "1m", "latency", "25ms")
+        shown = json.loads(run("tc", "-n", name, "-j", "qdisc", "show").stdout)
+        with rtnl.Reader(open_netlink_fd(klab.containers["b"])) as reader:
+            index_of = {link.ifname: link.index for link in reader.links()}
+            qdiscs = reader.qdiscs()
+        assert sorted((q.index, q.kind, q.parent == rtnl.TC_H_ROOT, q.tbf_rate)
+                      for q in qdiscs if q.kind in ("tbf", "ingress")) == sorted(
+            (index_of[s["dev"]], s["kind"], bool(s.get("root")),
+             s["options"]["rate"] * 8 if s["kind"] == "tbf" else 0)
+            for s in shown if s["kind"] in ("tbf", "ingress"))
+        assert {q.tbf_rate for q in qdiscs} >= {10_000_000, 40_000_000_000}
+    finally:
+        for dev, what in reversed(made):
+            if what == "link":
+                run("ip", "-n", name, "link", "del", dev, check=False)
+            else:
+                run("tc", "-n", name, "qdisc", "del", "dev", dev, what, check=False)
+
+
+@needs_root
+@pytest.mark.netns
 def test_second_ensure_changes_nothing(klab: Lab) -> None:
     wait_dad_done([klab.host, *klab.containers.values()])
     before = _state(klab)

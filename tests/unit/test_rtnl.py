@@ -102,6 +102,36 @@ def test_parse_address_and_route() -> None:
         rtnl.Route(dst_len=24, table=1000, proto=211, gateway=None, oif=None)
 
 
+def qdisc_payload(index: int, parent: int, kind: str, options: bytes | None = None) -> bytes:
+    body = rtnl.TCMSG.pack(socket.AF_UNSPEC, index, 0x10000, parent, 1)
+    body += attr(rtnl.TCA_KIND, kind.encode() + b"\0")
+    if options is not None:
+        body += attr(rtnl.TCA_OPTIONS | 0x8000, options)  # NLA_F_NESTED
+    return body
+
+
+def tbf_parms(rate_bytes: int) -> bytes:
+    """A tc_tbf_qopt: rate and peak rate (tc_ratespec, 12 bytes each), limit, buffer, mtu."""
+    ratespec = struct.pack("=BBHhHI", 0, 1, 0, -1, 0, rate_bytes)
+    return ratespec + bytes(12) + struct.pack("=III", 3000, 1600, 0)
+
+
+def test_parse_qdisc_reads_a_tbfs_rate_in_bits_and_its_64_bit_form() -> None:
+    slow = rtnl.parse_qdisc(memoryview(qdisc_payload(
+        7, rtnl.TC_H_ROOT, "tbf", attr(rtnl.TCA_TBF_PARMS, tbf_parms(1_250_000)))))
+    assert slow == rtnl.Qdisc(index=7, parent=rtnl.TC_H_ROOT, kind="tbf", tbf_rate=10_000_000)
+    # Past 2^32 bytes per second the 32-bit field is saturated and TCA_TBF_RATE64 holds it.
+    fast = rtnl.parse_qdisc(memoryview(qdisc_payload(
+        8, rtnl.TC_H_ROOT, "tbf", attr(rtnl.TCA_TBF_PARMS, tbf_parms(0xFFFFFFFF))
+        + attr(rtnl.TCA_TBF_RATE64, struct.pack("=Q", 5_000_000_000)))))
+    assert fast.tbf_rate == 40_000_000_000
+    ingress = rtnl.parse_qdisc(memoryview(qdisc_payload(7, 0xFFFFFFF1, "ingress", b"")))
+    assert (ingress.kind, ingress.parent, ingress.tbf_rate) == ("ingress", 0xFFFFFFF1, 0)
+    truncated = rtnl.parse_qdisc(memoryview(qdisc_payload(
+        7, rtnl.TC_H_ROOT, "tbf", attr(rtnl.TCA_TBF_PARMS, b"\0" * 8))))
+    assert truncated.tbf_rate == 0
+
+
 def test_truncated_input_stops_parsing_instead_of_raising() -> None:
     whole = link_payload(7, "eth0", alias="sdnctl:x")
     cut = rtnl.attributes(whole[:-4], rtnl.IFINFOMSG.size)
