@@ -9,6 +9,7 @@ a consistent copy (:meth:`DesiredState.copy`).
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
@@ -28,6 +29,7 @@ from sdnctl.api.model import (
     network_mode,
     wants_user_ns,
 )
+from sdnctl.api.policyeval import Endpoint
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 
@@ -301,9 +303,18 @@ def container_from_pb(msg: pb.Container) -> DesiredContainer:
 def policy_from_pb(msg: pb.PolicySet) -> PolicyInput:
     return PolicyInput(
         policies=tuple(convert.policy_from_pb(p) for p in msg.policies),
-        endpoints=tuple(convert.endpoint_from_pb(e) for e in msg.endpoints),
+        endpoints=_endpoints(pb.PolicySet(endpoints=msg.endpoints).SerializeToString()),
         network_cidrs=tuple(sorted(msg.network_cidrs.items())),
         network_cidrs6=tuple(sorted(msg.network_cidrs6.items())))
+
+
+@functools.lru_cache(maxsize=2)
+def _endpoints(data: bytes) -> tuple[Endpoint, ...]:
+    """The selected addresses of a policy set (its ``endpoints`` alone, serialized): decoded
+    once while they stay the same. A policy's creation or deletion sends them again, every one
+    (~3.5 ms of decoding at 900 of them, on each of 100 agents); keyed by their bytes, the same
+    ones cost a copy and a serialization (~0.15 ms)."""
+    return tuple(convert.endpoint_from_pb(e) for e in pb.PolicySet.FromString(data).endpoints)
 
 
 class Changed(enum.IntFlag):

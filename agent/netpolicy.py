@@ -62,6 +62,7 @@ from sdnctl.api.policyeval import (
     Endpoint,
     Evaluator,
     Selector,
+    address_order,
     family_of,
     members,
     parse_policy_port,
@@ -203,7 +204,7 @@ def build(given: PolicyInput) -> PolicyTables:
             for p in policies:
                 if rules_of(p, direction) is not None:
                     isolated.update(sets[set_name(policy_selector(p), family)])
-            sets[names[direction]] = tuple(sorted(isolated, key=ipaddress.ip_address))
+            sets[names[direction]] = tuple(sorted(isolated, key=address_order))
     rules = [("forward", f"ct state established,related accept comment "
                          f"{_quote(COMMENT_PREFIX + 'established')}"),
              ("forward", "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept "

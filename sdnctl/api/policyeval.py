@@ -28,6 +28,7 @@ set) and ``sdnctl check``/``trace`` share this module, so they cannot disagree.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -135,7 +136,14 @@ def selects(selector: Selector, endpoint: Endpoint) -> bool:
 def members(selector: Selector, endpoints: Iterable[Endpoint], family: int = 4) -> list[str]:
     """The addresses of ``family`` that ``selector`` matches, sorted."""
     return sorted({a for e in endpoints if selects(selector, e) for a in e.addresses(family)},
-                  key=ipaddress.ip_address)
+                  key=address_order)
+
+
+def address_order(address: str) -> bytes:
+    """A sort key of one family's addresses in numeric order: the packed address (an agent
+    sorts every selected address at every policy change: ``ipaddress.ip_address`` was half of
+    it at 900 addresses)."""
+    return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
 
 
 def in_network(address: str, cidr: str) -> bool:

@@ -5,11 +5,14 @@ in the Watch stream."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import random
+import threading
 from pathlib import Path
 
 import pytest
 
-from agent.desired import Changed, DesiredState
+from agent.desired import Changed, DesiredState, policy_from_pb
 from agent.kernel.policyfw import counters
 from agent.kernel.shaping import burst_of, ifb_name
 from agent.netpolicy import PolicyInput, build, render, render_delta, rule_of_comment, set_name
@@ -30,6 +33,7 @@ from sdnctl.api.policyeval import (
     Endpoint,
     Evaluator,
     Selector,
+    address_order,
     default_policies,
     peer_selector,
     policy_selector,
@@ -48,6 +52,62 @@ OTHER = Endpoint("other", "back", "10.2.0.3", ("app=other",))
 CIDRS = {"front": "10.1.0.0/16", "back": "10.2.0.0/16"}
 DB_FROM_WEB = Policy("db-from-web", "back", ("app=db",), ingress=(
     PolicyRule((PolicyPeer(("app=web",), network="front"),), ("5432/tcp",)),))
+
+
+def test_one_policy_change_is_converted_once_for_every_stream(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every host's stream sends the whole policy set when a policy changes; its selected
+    addresses are converted once for all of them (the same set object), not once per stream,
+    and a later set is converted anew."""
+    store = MemoryStore()
+    state = State(store)
+    hosts = ("h1", "h2", "h3")
+    for h in hosts:
+        state.create_host(Host(h))
+    state.create_network(Network("back", "10.2.0.0/16"))
+    state.create_network(Network("front", "10.1.0.0/16"))
+    state.create_container(Container("db", "h1", "back", labels=("app=db",)))
+    state.create_container(Container("web", "h2", "front", labels=("app=web",)))
+    alive = threading.Event()
+    alive.set()
+    streams = [watch.host_events(state, h, 0, alive.is_set, progress_interval=3600)
+               for h in hosts]
+    assert all(next(s).snapshot for s in streams)
+    converted: list[str] = []
+    to_pb = convert.endpoint_to_pb
+    monkeypatch.setattr(convert, "endpoint_to_pb",
+                        lambda e: converted.append(e.container) or to_pb(e))
+    policies.create_policy(store, DB_FROM_WEB)
+    events = [next(s) for s in streams]
+    assert all(e.policy_set == events[0].policy_set for e in events)
+    assert sorted(e.container for e in events[0].policy_set.endpoints) == ["db", "web"]
+    assert sorted(converted) == ["db", "web"]  # once, for the three streams
+    state.create_container(Container("web2", "h3", "front", labels=("app=web",)))
+    again = [next(s) for s in streams]
+    assert all("web2" in [e.container for e in ev.policy_set.endpoints] for ev in again)
+    assert sorted(converted) == ["db", "db", "web", "web", "web2"]
+    alive.clear()
+
+
+def test_an_agent_decodes_the_same_selected_addresses_once() -> None:
+    """The policy set comes whole with every policy change; the addresses it selects, when
+    they are the same as last time, are not decoded again (the same tuple), and other ones
+    are."""
+    pset = policies.PolicySet(5, (DB_FROM_WEB,), (WEB, DB), tuple(sorted(CIDRS.items())), ())
+    first = policy_from_pb(watch.policy_set_pb(pset))
+    changed = policy_from_pb(watch.policy_set_pb(dataclasses.replace(pset, policies=())))
+    assert changed.endpoints is first.endpoints and changed.policies == ()
+    other = policy_from_pb(watch.policy_set_pb(dataclasses.replace(pset, endpoints=(WEB,))))
+    assert other.endpoints == (WEB,)
+    assert first.endpoints == (WEB, DB)
+
+
+def test_addresses_sort_in_numeric_order_in_each_family() -> None:
+    rng = random.Random(7)
+    v4 = [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(300)]
+    v6 = [str(ipaddress.IPv6Address(rng.getrandbits(128))) for _ in range(300)] + ["::1", "::"]
+    for family in (v4, v6):
+        assert sorted(family, key=address_order) == sorted(family, key=ipaddress.ip_address)
 
 
 def evaluator(*pols: Policy) -> Evaluator:
