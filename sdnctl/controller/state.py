@@ -276,11 +276,18 @@ class State:
     def list_hosts(self) -> tuple[list[HostView], int]:
         kvs, revision = self.store.range(HOSTS)
         leases = ipam.list_leases(self.store)
+        by_host: dict[str, list[Lease]] = {}
+        for lease in leases:
+            by_host.setdefault(lease.host, []).append(lease)
+        # Every host's status in one read (a read per host was most of a listing's cost).
+        statuses = {kv.key[len(HOST_STATUS):]: kv.value
+                    for kv in self.store.range(HOST_STATUS)[0]}
         views = []
         for kv in kvs:
             host = from_json(Host, kv.value)
-            mine = tuple(lease for lease in leases if lease.host == host.name)
-            views.append(HostView(host, mine, kv.mod_revision, self._host_status(host.name)))
+            status = statuses.get(host.name)
+            views.append(HostView(host, tuple(by_host.get(host.name, ())), kv.mod_revision,
+                                  from_json(HostStatus, status) if status else None))
         return views, revision
 
     def delete_host(self, name: str) -> None:
@@ -734,7 +741,7 @@ class State:
         """Record what an agent says runs on its host; only changes are written."""
         check_name(host, "host")
         host_kv = self._require(host_key(host), "host", host)
-        mine = {c.name for c in self._host_containers(host)}
+        mine = self._host_container_names(host)
         statuses = [s for s in statuses if s.name in mine]  # deleted meanwhile, or not ours
         host_status = HostStatus(observed_revision, tuple(sorted(s.name for s in statuses)))
         renew_cmp, renew_ops = self._renew_ops(host, always=False)
@@ -972,6 +979,12 @@ class State:
     def _containers(self) -> list[Container]:
         kvs, _ = self.store.range(CONTAINERS)
         return [from_json(Container, kv.value) for kv in kvs]
+
+    def _host_container_names(self, host: str) -> set[str]:
+        """The names of ``host``'s containers, from its index alone (a status report needs no
+        more: decoding every container of the host was half of each report's cost)."""
+        prefix = host_index_prefix(host)
+        return {kv.key[len(prefix):] for kv in self.store.range(prefix)[0]}
 
     def _host_containers(self, host: str) -> list[Container]:
         """The containers of ``host``, through its index (an entry whose container is gone or
