@@ -28,11 +28,13 @@ name exactly what they drop.
   postrouting (nat)  masquerade, in this order: loopback sources leaving a bridge (for the
                      127.0.0.1 path, with ``route_localnet=1`` on that bridge, as Docker does);
                      hairpin (DNAT'd traffic whose source is on the destination's bridge, so
-                     the answer comes back through us); egress of each non-internal network with
-                     masquerade, except towards the network's whole CIDR (on an overlay the
-                     other hosts' slices are reached through the VXLAN device with the real
-                     source) and towards any of our bridges and VXLAN devices (routed traffic
-                     between allowed networks keeps its real source).
+                     the answer comes back through us, not straight over the bridge from an
+                     address the client never called; in IPv6 too, ``.../hairpin/ip6``: the
+                     one IPv6 masquerade without ``masquerade6``); egress of each
+                     non-internal network with masquerade, except towards the network's whole
+                     CIDR (on an overlay the other hosts' slices are reached through the VXLAN
+                     device with the real source) and towards any of our bridges and VXLAN
+                     devices (routed traffic between allowed networks keeps its real source).
   forward (filter)   stateless, like Docker's isolation chains, so un-allowing a pair cuts
                      established flows too: (0) a network's bridge and its own VXLAN device
                      always forward to each other (internal networks too: that is the overlay);
@@ -355,6 +357,13 @@ def _port_rules(spec: FirewallSpec) -> list[_Rule]:
     return rules
 
 
+def _dnat6(p: PortRule) -> bool:
+    """Whether ``p`` is DNAT'd in IPv6 (:func:`_port_rules`): a container with an IPv6 address,
+    published on every address or on an IPv6 one but ``::1``."""
+    return bool(p.container_ip6) and (p.host_ip == "" or (":" in p.host_ip and
+                                                          p.host_ip != "::1"))
+
+
 def _port_rules4(p: PortRule, comment: str) -> list[_Rule]:
     """A port published on every address ("") or an IPv4 one, DNAT'd to the container's IPv4
     address."""
@@ -403,6 +412,13 @@ def _postrouting_rules(spec: FirewallSpec) -> list[_Rule]:
             TABLE_FAMILY, "postrouting",
             f"oifname {_ifname(b)} ct status dnat ip saddr {_subnet(n.subnet)} masquerade",
             f"sdnctl:net/{n.network}/hairpin"))
+    for b in sorted({p.bridge for p in published if _dnat6(p)}):
+        n = by_bridge[b]
+        if n.subnet6:  # (the API refuses an IPv6 port without one; an agent skips it)
+            rules.append(_Rule(
+                TABLE_FAMILY, "postrouting",
+                f"oifname {_ifname(b)} ct status dnat ip6 saddr {_subnet6(n.subnet6)} "
+                "masquerade", f"sdnctl:net/{n.network}/hairpin/ip6"))
     ours = _names([i for n in nets for i in n.interfaces]) if nets else ""
     for n in nets:
         if n.masquerade and n.subnet and not n.internal:

@@ -4,7 +4,8 @@ anti-spoofing and conntrack flushing, proven with real packets.
 The lab (all names carry the test's ``run_prefix``): a host namespace H with three bridges —
 front (10.81.1.0/24), back (10.81.2.0/24) and an internal one (10.81.3.0/24) — containers f1, f2
 on front, b1 on back, i1 on internal, and an "outside" namespace O joined to H by a plain veth
-(H 198.51.100.1, O 198.51.100.2; O has no route to the container subnets). We act through
+(H 198.51.100.1, O 198.51.100.2; O has no route to the container subnets). The IPv6 hairpin
+test adds IPv6 to front, f1, f2 (fd00:81:1::/64) and the uplink (2001:db8:81::/64). We act through
 ``Links``, ``Firewall`` and ``conntrack`` and assert with ping, TCP/UDP clients, tcpdump, scapy,
 ``nft -j`` counters and raw conntrack dumps.
 """
@@ -309,6 +310,102 @@ def test_loopback_ports_are_not_reachable_from_another_host(fwlab: FwLab) -> Non
     with capture(fwlab, fwlab.containers["f1"], "tcp port 80", Control("tcp", dport=80)) as cap:
         in_ns(fwlab.outside, PYTHON, "-c", script)
         assert cap.stop() == ""
+
+
+# --- IPv6 hairpin (issue 20) ----------------------------------------------------------------
+
+FRONT6 = "fd00:81:1::"  # front's IPv6 lease: the bridge ::1, f1 ::2, f2 ::3
+UPLINK6_H, UPLINK6_O = "2001:db8:81::1", "2001:db8:81::2"
+BRIDGE_NF6 = "net.bridge.bridge-nf-call-ip6tables"
+SERVER6 = textwrap.dedent("""\
+    import socket
+    t = socket.socket(socket.AF_INET6); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind(("::", 80)); t.listen(16)
+    print("ready", flush=True)
+    while True:
+        c, peer = t.accept(); c.sendall(f"{peer[0]}\\n".encode()); c.close()
+""")
+
+
+def _add_ipv6(fwlab: FwLab) -> None:
+    """IPv6 beside IPv4 on front (its bridge, f1 and f2) and on the uplink, and IPv6 forwarding
+    in the host (``nodad``: every address usable at once)."""
+    in_ns(fwlab.host, "ip", "addr", "add", f"{FRONT6}1/64", "dev", bridge_name("front"), "nodad")
+    in_ns(fwlab.host, "ip", "addr", "add", f"{UPLINK6_H}/64", "dev", "up0", "nodad")
+    in_ns(fwlab.outside, "ip", "addr", "add", f"{UPLINK6_O}/64", "dev", "up1", "nodad")
+    for name, last in (("f1", 2), ("f2", 3)):
+        path = fwlab.containers[name]
+        in_ns(path, "ip", "addr", "add", f"{FRONT6}{last}/64", "dev", "eth0", "nodad")
+        in_ns(path, "ip", "-6", "route", "add", "default", "via", f"{FRONT6}1")
+    run_in_netns(fwlab.host, lambda: sysctl.ensure_sysctl("net.ipv6.conf.all.forwarding", "1"))
+
+
+def _bridge_nf6(path: str | None = None) -> str | None:
+    """``net.bridge.bridge-nf-call-ip6tables`` in ``path`` (None: ours), None without
+    br_netfilter."""
+    def read() -> str | None:
+        return sysctl.read_sysctl(BRIDGE_NF6) if os.path.exists(
+            sysctl.sysctl_path(BRIDGE_NF6)) else None
+    return read() if path is None else run_in_netns(path, read)
+
+
+def _bridged_answers_unseen(host: str) -> None:
+    """Bridged IPv6 frames skip the host's netfilter hooks, as on a host without br_netfilter
+    (where it is loaded, new namespaces start with it on: conntrack would then un-DNAT the
+    server's answer on the bridge, and a hairpin would work without being masqueraded). Per
+    namespace since Linux 5.3: checked, so the root namespace's value never changes."""
+    if _bridge_nf6(host) is None:
+        return  # no br_netfilter: nothing to turn off
+    root = _bridge_nf6()
+    run_in_netns(host, lambda: sysctl.ensure_sysctl(BRIDGE_NF6, "0"))
+    if _bridge_nf6() != root:
+        assert root is not None
+        sysctl.ensure_sysctl(BRIDGE_NF6, root)
+        pytest.fail(f"{BRIDGE_NF6} is not per namespace on this kernel: restored, not tested")
+
+
+def _delete_rule(path: str, comment: str) -> None:
+    """Delete our rule with ``comment`` by hand (drift), by its handle."""
+    listed = json.loads(in_ns(path, "nft", "-j", "list", "chain", "inet", "sdnctl",
+                              "postrouting").stdout)["nftables"]
+    (handle,) = [item["rule"]["handle"] for item in listed
+                 if item.get("rule", {}).get("comment") == comment]
+    in_ns(path, "nft", "delete", "rule", "inet", "sdnctl", "postrouting", "handle", str(handle))
+
+
+def test_ipv6_hairpin_is_masqueraded_and_answered_through_the_host(fwlab: FwLab) -> None:
+    """A container reaches a port published on the host's IPv6 addresses from its own bridge,
+    through the host's address: masqueraded to the bridge's IPv6 gateway, so that the answer
+    comes back through the host; the outside keeps its address. Without that one rule the
+    answer goes straight over the bridge and the hairpin breaks."""
+    _add_ipv6(fwlab)
+    _bridged_answers_unseen(fwlab.host)
+    front6 = f"{FRONT6}/64"
+    every = replace(WEB, container_ip6=f"{FRONT6}2")  # "": every address, IPv6 included
+    only6 = replace(every, host_ip="::", host_port=8082)
+    spec = fwlab.spec(ports=(every, only6))
+    spec = replace(spec, networks=tuple(replace(n, subnet6=front6) if n.network == "front"
+                                        else n for n in spec.networks))
+    fw = Firewall(fwlab.host)
+    fw.apply(spec)
+    server = fwlab.start(fwlab.containers["f1"], PYTHON, "-c", SERVER6)
+    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    # positive controls: f2 reaches f1 directly (its own address), the outside reaches the
+    # published ports through the host's IPv6 address (DNAT'd, its address kept)
+    assert fwlab.client("f2", "tcp", f"{FRONT6}2", 80) == f"{FRONT6}3"
+    for port in (8080, 8082):
+        assert fwlab.client(fwlab.outside, "tcp", UPLINK6_H, port) == UPLINK6_O
+    # the hairpin: through the host's address, and through the bridge's own
+    for address, port in ((UPLINK6_H, 8080), (UPLINK6_H, 8082), (f"{FRONT6}1", 8082)):
+        assert fwlab.client("f2", "tcp", address, port) == f"{FRONT6}1", (address, port)
+    # the rule is what makes it work: without it the answer comes from f1's own address,
+    # which f2 never called (the outside is not affected)
+    _delete_rule(fwlab.host, "sdnctl:net/front/hairpin/ip6")
+    assert fwlab.client("f2", "tcp", UPLINK6_H, 8082) is None
+    assert fwlab.client(fwlab.outside, "tcp", UPLINK6_H, 8082) == UPLINK6_O
+    assert fw.observe() != fingerprint(spec)  # drift, which the next apply repairs
+    fw.apply(spec)
+    assert fwlab.client("f2", "tcp", UPLINK6_H, 8082) == f"{FRONT6}1"
 
 
 # --- anti-spoofing --------------------------------------------------------------------------

@@ -10,7 +10,8 @@ advertisement and a forged neighbour advertisement dropped and counted, each aft
 control proved the probe gets through), and IPv6 across the overlay over the IPv4 underlay with
 one route, one permanent neighbour and one FDB entry per peer. IPv6-only networks (a bridge and
 an overlay with ``subnet6`` alone) are in the same topology: no IPv4 anywhere, their DNS, ports,
-guards, check and trace; and a port on ``[::1]`` served by the agent's proxy.
+guards, check and trace; a port on ``[::1]`` served by the agent's proxy; and the IPv6 hairpin
+(a container reaching a port published on the host's IPv6 address from the same bridge).
 """
 
 from __future__ import annotations
@@ -376,6 +377,38 @@ def test_ports_published_on_explicit_ipv6_host_addresses(dual: Dual) -> None:
     assert _refused(in_other, "fd00:96::1", 8083)
 
 
+def _host6(host_netns: str) -> str:
+    """The lab host's global IPv6 address on its underlay device."""
+    return nsexec(host_netns, "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope",
+                  "global").stdout.split()[3].split("/")[0]
+
+
+def test_ipv6_hairpin_through_the_hosts_address(dual: Dual) -> None:
+    """A container reaches a port published on the host's IPv6 addresses from the same bridge,
+    through the host's address: the connection is masqueraded to the bridge's IPv6 gateway, so
+    the answer comes back through the host (without it the server would answer the client
+    directly, from an address the client never called). Only that connection: routed IPv6
+    keeps its source, within the bridge and from another network."""
+    b, other, web6, s1, s2 = (dual.ctr[n] for n in ("b", "other", "web6", "s1", "s2"))
+    host6 = _host6(dual.host_netns)
+    in_b, in_s2 = (["nsenter", "-t", str(c["pid"]), "-n"] for c in (b, s2))
+    in_other = ["nsenter", "-t", str(other["pid"]), "-n"]
+    # positive controls: the server answers b directly, and the port on the host's address
+    # answers from another network (DNAT'd, the client's own address kept)
+    assert _ask(in_b, web6["ip6"], 7000) == f"peer={b['ip6']}"
+    assert _ask(in_other, host6, 8082) == f"peer={other['ip6']}"
+    # hairpin, dual-stack: [::]:8082 and 8080 (every address, so IPv6 too), and through the
+    # bridge's own gateway address as well
+    for address, port in ((host6, 8082), (host6, 8080), (b["gateway6"], 8082)):
+        assert _ask(in_b, address, port) == f"peer={b['gateway6']}", (address, port)
+    # hairpin, IPv6-only: s2 to s1's [::]:8084 through the host
+    assert _ask(in_s2, s1["ip6"], 7000) == f"peer={s2['ip6']}"
+    assert _ask(in_s2, host6, 8084) == f"peer={s2['gateway6']}"
+    # nothing else of IPv6 is masqueraded: after the hairpins, the same paths keep the source
+    assert _ask(in_b, web6["ip6"], 7000) == f"peer={b['ip6']}"
+    assert _ask(in_other, host6, 8082) == f"peer={other['ip6']}"
+
+
 # The outside world's listener: prints "ready" once bound, then the source of each datagram.
 LISTEN = ("import socket, sys; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
           "s.bind(('::', 9999)); s.settimeout(10); print('ready', flush=True); "
@@ -400,9 +433,8 @@ def test_ipv6_egress_is_routed_unless_the_network_says_masquerade6(dual: Dual) -
             listener.kill()
             listener.wait()
     sources = out.split()
-    host6 = nsexec(dual.host_netns, "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope",
-                   "global").stdout.split()[3].split("/")[0]
-    assert sources == [a["ip6"], host6], (sources, err)  # front: routed; nat6: masqueraded
+    # front: routed; nat6: masqueraded
+    assert sources == [a["ip6"], _host6(dual.host_netns)], (sources, err)
 
 
 IPV4_FROM = """

@@ -4,7 +4,9 @@ Three lab hosts with ``lab: {underlay6: true}``: each agent registers its 2001:d
 as its VXLAN endpoint, the VXLAN devices send from it and their FDB entries point at the peers'
 IPv6 addresses. The overlay's MTU is the underlay's minus 70 (the IPv6 header is 20 bytes
 longer than IPv4's): a DF ping of exactly that size crosses to another host in each family,
-one byte more does not leave the container.
+one byte more does not leave the container. ``sdnctl trace`` finds the probe inside VXLAN in the
+outer IPv6 packets, and under a policy names the policy that drops a probe (after a probe the
+policy allows was seen crossing).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,6 +101,56 @@ def test_trace_follows_the_probe_through_vxlan_over_ipv6(under6: Cli) -> None:
         assert f"✓ h1  VXLAN out of eth0: {h1} → {h2} udp/4789 vni {vni}" in hops, hops
         assert f"✓ h2  peer host: VXLAN in on eth0: {h1} → {h2} udp/4789 vni {vni}" in hops
         assert any(h.startswith("✓ h2  decapsulated on sdnx") for h in hops), hops
+
+
+# Every container of ov isolated for ingress: TCP to port 7000 from ov allowed, nothing else.
+ONLY_7000 = {"name": "ov-7000-only", "network": "ov", "select": {},
+             "ingress": [{"from": [{"network": "ov"}], "ports": ["7000/tcp"]}]}
+
+
+def _create_policies(cli: Cli, path: Path, policies: list[dict[str, Any]]) -> None:
+    """Create them, then wait until every host's agent has realised the last one."""
+    path.write_text(json.dumps({"policies": policies}))
+    cli.run("policy", "create", "-f", str(path))
+    revision = max(p["revision"] for p in cli.json("policy", "ls"))
+    deadline = time.monotonic() + 30
+    while not all(cli.host(h)["observed_revision"] >= revision for h in ("h1", "h2", "h3")):
+        assert time.monotonic() < deadline, "the agents did not realise the policies"
+        time.sleep(0.1)
+
+
+def _trace(cli: Cli, *args: str) -> dict[str, Any]:
+    done = cli.run("trace", *args, "--json", check=False, timeout=60)
+    assert not done.stderr.strip(), done.stderr
+    data: dict[str, Any] = json.loads(done.stdout)
+    assert done.returncode == (0 if data["reached"] else 1), done.stdout
+    return data
+
+
+def test_trace_over_ipv6_names_the_policy_that_drops_the_probe(under6: Cli,
+                                                                tmp_path: Path) -> None:
+    """Under a policy, across the IPv6 underlay: the port it allows gets there, every hop
+    seen (the positive control, in the same state), another port dies in h1's nftables with
+    the policy named, and the VXLAN hops after it are not reached; in each probe family."""
+    _create_policies(under6, tmp_path / "policies.yaml", [ONLY_7000])
+    try:
+        for extra in ((), ("-6",)):
+            allowed = _trace(under6, "c1", "c2", "--port", "7000", *extra)  # closed: it got
+            assert allowed["reached"], json.dumps(allowed["hops"], indent=1)  # there
+            kinds = {(h["host"], h["kind"]): h["status"] for h in allowed["hops"]}
+            assert kinds[("h1", "vxlan")] == kinds[("h2", "underlay")] == "ok", kinds
+            denied = _trace(under6, "c1", "c2", "--port", "7001", *extra)
+            died = denied["died_at"]
+            assert not denied["reached"] and (died["host"], died["kind"]) == ("h1", "nftables")
+            assert 'rule "sdnctl:policy/ov-7000-only/ingress/drop"' in died["detail"], died
+            assert "network policy 'ov-7000-only' isolates the destination" in died["detail"]
+            after = denied["hops"][denied["hops"].index(died) + 1:]
+            assert [h["kind"] for h in after][:2] == ["vxlan", "underlay"], after
+            assert all(h["status"] == "not-reached" for h in after), after
+            icmp = _trace(under6, "c1", "c2", *extra)  # not allowed either
+            assert icmp["died_at"]["kind"] == "nftables", icmp["hops"]
+    finally:
+        under6.run("policy", "rm", ONLY_7000["name"])
 
 
 def test_zz_down_leaves_nothing(under6: Cli) -> None:

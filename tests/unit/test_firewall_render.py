@@ -615,3 +615,41 @@ def test_a_dual_stack_port_on_every_address_is_dnatted_in_ipv6_too() -> None:
         r.startswith(f"ip6 daddr != ::1 fib daddr type local tcp dport {WEB.host_port} "
                      f"dnat ip6 to [fd00:1::2]:{WEB.container_port} comment ") for r in six)
     assert not [r for r in rules(render(SPEC), "prerouting") if "ip6" in r]  # IPv4 only: none
+
+
+def test_ipv6_hairpin_masquerades_only_dnatted_ipv6_from_the_bridges_own_lease() -> None:
+    """Issue 20: a container reaching a port published on the host's IPv6 addresses from the
+    same bridge is masqueraded (the answer must come back through the host), per bridge with
+    such a port, matched like IPv4's hairpin; nothing else of routed IPv6 is."""
+    front6 = dataclasses.replace(FRONT, subnet6="fd00:1::/64", cidr6="fd00:1::/48")
+    nets = (front6, BACK, INSIDE)
+    hairpin6 = ('oifname "sdnbf" ct status dnat ip6 saddr fd00:1::/64 masquerade '
+                'comment "sdnctl:net/front/hairpin/ip6"')
+    for host_ip in ("", "::", "2001:db8::1"):
+        port = dataclasses.replace(WEB, host_ip=host_ip, container_ip6="fd00:1::2")
+        post = rules(render(dataclasses.replace(SPEC, networks=nets, ports=(port,))),
+                     "postrouting")
+        assert hairpin6 in post, (host_ip, post)
+        six = [r for r in post if "ip6" in r]
+        assert six == [hairpin6], six  # routed IPv6 (no masquerade6) stays un-NATed
+        # after IPv4's hairpin (when there is one), before any egress masquerade
+        assert post.index(hairpin6) == max(i for i, r in enumerate(post) if "hairpin" in r)
+        assert all("/hairpin" in r for r in post[:post.index(hairpin6)] if "ct status" in r)
+    # none without a port DNAT'd in IPv6: an IPv4-only container, an IPv4 host address, ::1
+    # (served by the agent's proxy, not a DNAT), or a port on an internal network
+    for port in (WEB, dataclasses.replace(WEB, host_ip="192.0.2.1", container_ip6="fd00:1::2"),
+                 dataclasses.replace(WEB, host_ip="::1", container_ip6="fd00:1::2")):
+        script = render(dataclasses.replace(SPEC, networks=nets, ports=(port,)))
+        assert not [r for r in rules(script, "postrouting") if "ip6" in r], port
+    inside6 = dataclasses.replace(INSIDE, subnet6="fd00:3::/64")
+    on_inside = dataclasses.replace(WEB, bridge="sdnbi", container_ip6="fd00:3::2")
+    script = render(dataclasses.replace(SPEC, networks=(front6, BACK, inside6),
+                                        ports=(on_inside,)))
+    assert "hairpin/ip6" not in script
+    # with masquerade6 the network's own egress rule comes after the hairpin, unchanged
+    nat6 = dataclasses.replace(front6, masquerade6=True)
+    port = dataclasses.replace(WEB, container_ip6="fd00:1::2")
+    post = rules(render(dataclasses.replace(SPEC, networks=(nat6, BACK, INSIDE), ports=(port,))),
+                 "postrouting")
+    assert [r.rsplit(" comment ", 1)[1] for r in post if "ip6" in r] == [
+        '"sdnctl:net/front/hairpin/ip6"', '"sdnctl:net/front/ip6"']

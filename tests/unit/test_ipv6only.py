@@ -122,7 +122,11 @@ def test_its_firewall_drops_all_ipv4_and_arp_and_publishes_over_ipv6_only() -> N
     assert 'ether type ip counter drop comment "sdnctl:ctr/db/spoof-ip"' in text
     assert 'ether type arp counter drop comment "sdnctl:ctr/db/spoof-arp-ip"' in text
     assert "dnat ip6 to [fd00:93::5]:80" in text
-    assert "dnat ip to" not in text and " masquerade" not in text
+    assert "dnat ip to" not in text
+    # no IPv4 masquerade, no IPv6 egress NAT: only the hairpin to its IPv6 port is masqueraded
+    assert [line for line in text.splitlines() if " masquerade" in line] == [
+        'add rule inet sdnctl postrouting oifname "sdnb6" ct status dnat ip6 saddr '
+        'fd00:93::/64 masquerade comment "sdnctl:net/only6/hairpin/ip6"']
 
 
 def test_its_resolver_answers_aaaa_only_and_ptr_in_ip6_arpa() -> None:
