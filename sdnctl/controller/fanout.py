@@ -238,6 +238,11 @@ class Hub:
     def dispatch(self, changes: list[Change]) -> None:
         """Queue ``changes`` (one read of the log, oldest first) on the streams they concern."""
         revision = changes[-1].revision
+        for c in changes:  # gone (here or on another replica): the shared views forget it
+            if c.value is None and c.key.startswith(NETWORKS):
+                self.state.forget_views(network=c.key[len(NETWORKS):])
+            elif c.value is None and c.key.startswith(HOSTS):
+                self.state.forget_views(host=c.key[len(HOSTS):])
         hosts = concerned(self.state, changes, self._holders)
         everyone = False
         relevant = [c.revision for c in changes if policies.is_policy_change(c.key)]

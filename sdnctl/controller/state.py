@@ -308,6 +308,7 @@ class State:
             return [Compare(kv.key, kv.mod_revision)], ops, None
 
         ipam.commit_with_retry(self.store, build)
+        self.forget_views(host=name)
 
     # -- networks ---------------------------------------------------------------------------
 
@@ -489,6 +490,7 @@ class State:
             return compares, ops, None
 
         ipam.commit_with_retry(self.store, build)
+        self.forget_views(network=name)
 
     def _forget_network_ops(self, network: Network) -> Ops:
         """Delete every lease and IPAM key of ``network`` (guards, quarantine, previous subnets)
@@ -860,6 +862,20 @@ class State:
         with self._view_locks_guard:
             return self._view_locks.setdefault(key, threading.Lock())
 
+    def forget_views(self, host: str = "", network: str = "") -> None:
+        """Drop what the shared views keep of a host or a network that is gone (deleted here;
+        the watch hub calls it too for deletions it reads in the change log, another
+        replica's included), and its lock: a controller that sees hosts and networks come and
+        go keeps only those that exist. A stream that still holds the lock finishes; the next
+        one takes a new lock."""
+        with self._view_locks_guard:
+            if host:
+                self._lease_networks.pop(host, None)
+                self._view_locks.pop(f"host {host}", None)
+            if network:
+                self._shared_views.pop(network, None)
+                self._view_locks.pop(f"network {network}", None)
+
     def _network_view(self, network: str, at_least: int = 0) -> _SharedView | None:
         """What every host's view of ``network`` shares (spec, name table, and for an overlay
         its members' peer entries), read once per store revision: the N streams one write
@@ -888,6 +904,7 @@ class State:
             return cached[1]
         net_kv = self.store.get(network_key(network))
         if net_kv is None:
+            self.forget_views(network=network)
             return None
         spec = from_json(Network, net_kv.value)
         allocations = ipam.list_allocations(self.store, network)

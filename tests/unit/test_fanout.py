@@ -327,6 +327,42 @@ def test_streams_woken_together_read_a_moved_hosts_networks_once(
         store.close()
 
 
+def test_shared_views_of_hosts_and_networks_that_went_are_forgotten(tmp_path: Path) -> None:
+    """Hosts and networks that come and go leave no shared view and no lock behind (they were
+    kept for ever): deleted here, or found gone when a stream asks (another replica deleted
+    them)."""
+    store = SqliteStore(tmp_path / "db")
+    try:
+        state = State(store)
+        overlay_of(state, "ab")
+        for i in range(20):
+            host, net = f"x{i}", f"n{i}"
+            state.create_host(Host(host, underlay_ip=f"198.51.100.{i + 1}",
+                                   vtep_mac=f"02:00:00:00:01:{i:02x}"))
+            state.create_network(Network(net, subnet=f"10.{100 + i}.0.0/16", driver="overlay"))
+            state.create_container(Container(f"c{i}", host, network=net))
+            assert state.host_network(net, host, store.revision()) is not None
+            assert state.lease_networks(host, store.revision()) == [net]
+            state.delete_container(f"c{i}")
+            state.delete_network(net)
+            state.delete_host(host)
+        kept = {*state._view_locks, *state._shared_views, *state._lease_networks}
+        assert not {k for k in kept if k.split()[-1].startswith(("x", "n"))}, kept
+        # Deleted by another replica: this one's hub reads it in the change log.
+        other = State(store)
+        state.create_network(Network("gone", subnet="10.99.0.0/16", driver="overlay"))
+        state.create_container(Container("g", "a", network="gone"))
+        assert state.host_network("gone", "a", store.revision()) is not None
+        assert "gone" in state._shared_views
+        other.delete_container("g")
+        other.delete_network("gone")
+        hub_of(state).dispatch(store.changes_since(store.revision() - 2))
+        assert "gone" not in state._shared_views and "network gone" not in state._view_locks
+        assert state.host_network("ov", "a", store.revision()) is not None  # the rest is kept
+    finally:
+        store.close()
+
+
 def test_a_hosts_leases_are_found_by_key(tmp_path: Path) -> None:
     """``list_leases(host=...)`` picks the host's keys before decoding: a host named like the
     end of another's name is not mistaken for it."""
