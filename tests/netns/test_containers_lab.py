@@ -176,6 +176,17 @@ def test_exit_codes_and_restart_policies(cli: Cli) -> None:
     assert cli.container("fixed")["restarts"] == 0
     assert cli.container("fixed")["state"] == "exited"
 
+    # rm of several: a missing one is named and none goes; with -f, all that exist go at
+    # once (one request), the running one stopped, each named as it goes.
+    refused = cli.run("rm", "once", "nosuch", "again", check=False)
+    assert refused.returncode != 0 and "nosuch" in refused.stderr, refused
+    assert {c["name"] for c in cli.json("ps")} >= {"once", "again", "fixed", "broken"}
+    pid = cli.container("again")["pid"]
+    gone = cli.run("rm", "-f", "once", "nosuch", "again", "fixed", "broken")
+    assert sorted(gone.stdout.split()) == ["again", "broken", "fixed", "once"]
+    assert not cli.json("ps")
+    assert not pid or not Path(f"/proc/{pid}").exists()
+
 
 def test_pid1_privileges_and_user_namespace(cli: Cli) -> None:
     run(cli, "plain", "--", "sleep", "1000")
