@@ -52,6 +52,7 @@ BE64 = struct.Struct("!Q")
 #: Multicast groups of conntrack's events, as the bits of a netlink bind: NFNLGRP_CONNTRACK_NEW
 #: (1) and NFNLGRP_CONNTRACK_DESTROY (3); not UPDATE: a flow's counters are not news.
 CT_EVENT_GROUPS = (1 << 0) | (1 << 2)
+DRAIN_MAX = 64  # reads of queued events per call, at most
 EVENTS_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_events"  # per namespace: 0 off, 1 on,
 #                                                                 2 on when someone listens
 
@@ -162,7 +163,7 @@ class FlowSampler:
             self._events = sock
             return True
         changed = False
-        while True:
+        for _ in range(DRAIN_MAX):  # (bounded: a busy host's events may come faster)
             try:
                 if not self._events.recv(rtnl.RECV_SIZE):
                     return True
@@ -171,6 +172,7 @@ class FlowSampler:
                 return changed
             except OSError:  # ENOBUFS: events were lost
                 changed = True
+        return True  # what is left is news for the next call too
 
 
 def _events_on() -> bool:
