@@ -38,6 +38,7 @@ from sdnctl.controller.errors import (
 )
 from sdnctl.controller.fanout import Hub, hub_of
 from sdnctl.controller.flows import FlowTable
+from sdnctl.controller.groupcommit import group_of
 from sdnctl.controller.images import ImageRecord, Images
 from sdnctl.controller.keys import AGENTS, REPLICAS
 from sdnctl.controller.metrics import ControllerMetrics, Endpoints
@@ -318,8 +319,10 @@ class ControllerServicer(pb_grpc.ControllerServicer):
 
     def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.Container:
         refuse_cni(request.container)
-        view = self.state.create_container(convert.container_from_pb(request.container))
-        return container_pb(view)
+        container = convert.container_from_pb(request.container)
+        # Concurrent creates share a transaction (groupcommit), each its own result or error.
+        view, revision = group_of(self.state).submit(lambda s: s.create_container(container))
+        return container_pb(dataclasses.replace(view, revision=revision))
 
     def CreateContainers(self, request: pb.CreateContainersRequest,
                          context: Any) -> pb.CreateContainersResponse:
