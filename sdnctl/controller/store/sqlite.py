@@ -118,11 +118,10 @@ class SqliteStore:
             self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
 
-    @contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection]:
-        """This thread's read connection (made on first use, closed by :meth:`close`), held
-        under its own lock: uncontended, except by ``close``, which must not close a
-        connection another thread is reading through (sqlite3 would crash the process)."""
+    def _own_reader(self) -> tuple[sqlite3.Connection, threading.Lock]:
+        """This thread's read connection (made on first use, closed by :meth:`close`) and its
+        lock: uncontended, except by ``close``, which must not close a connection another
+        thread is reading through (sqlite3 would crash the process)."""
         reader: tuple[sqlite3.Connection, threading.Lock] | None = getattr(self._local, "db",
                                                                            None)
         if reader is None:
@@ -133,8 +132,14 @@ class SqliteStore:
                     raise sqlite3.ProgrammingError("the store is closed")
                 self._readers.append(reader)
             self._local.db = reader
-        with reader[1]:
-            yield reader[0]
+        return reader
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """This thread's read connection, held under its lock."""
+        db, lock = self._own_reader()
+        with lock:
+            yield db
 
     @contextmanager
     def _write(self) -> Iterator[None]:
@@ -158,8 +163,10 @@ class SqliteStore:
                 db.execute("COMMIT")
 
     def get(self, key: str) -> KeyValue | None:
-        # One statement is its own snapshot: no BEGIN/COMMIT around it.
-        with self._reader() as db:
+        # One statement is its own snapshot: no BEGIN/COMMIT around it. The lock is taken
+        # without _reader's context manager: a create makes a dozen of these.
+        db, lock = self._own_reader()
+        with lock:
             row = db.execute(
                 "SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?", (key,)
             ).fetchone()
