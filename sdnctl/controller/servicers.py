@@ -79,6 +79,29 @@ def status_code_for(error: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+class HandlerCache(grpc.ServerInterceptor):
+    """Put first: the handler the interceptors after it build for a method, built once.
+
+    gRPC runs every interceptor's ``intercept_service`` on every call, and ours each wrap the
+    handler in new closures: about a tenth of the interpreter's time with 4 clients creating
+    (issue 21). None of them depends on the call's metadata when it builds a handler (they
+    read the caller from the context when the call runs), so one per method serves every call.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Any] = {}
+
+    def intercept_service(self, continuation: Callable[[Any], Any],
+                          handler_call_details: Any) -> Any:
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = continuation(handler_call_details)
+            if handler is not None:
+                self._handlers[method] = handler
+        return handler
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Maps domain errors raised by servicers to gRPC status codes."""
 
