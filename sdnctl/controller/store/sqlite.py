@@ -249,8 +249,11 @@ class SqliteStore:
         (first,) = db.execute("SELECT min(rowid) FROM changes").fetchone()
         if first > cutoff:
             return
+        # The newest change dropped, found by rowid (revisions grow with rowids). Asked as
+        # max(rev) ... WHERE rowid <= ?, SQLite walked the (rev, seq) index down from the newest
+        # change: the whole history, 0.3 ms at 10,000 changes, in every write.
         (dropped,) = db.execute(
-            "SELECT max(rev) FROM changes WHERE rowid <= ?", (cutoff,)
+            "SELECT rev FROM changes WHERE rowid <= ? ORDER BY rowid DESC LIMIT 1", (cutoff,)
         ).fetchone()
         db.execute("DELETE FROM changes WHERE rowid <= ?", (cutoff,))
         db.execute("UPDATE meta SET compacted = max(compacted, ?)", (dropped,))
