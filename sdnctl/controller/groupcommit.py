@@ -1,10 +1,9 @@
 """Group commit: concurrent writes of the API coalesced into ONE store transaction.
 
-Design note (issue 21). With 4 clients each calling CreateContainer, every create was its own
-compare-and-swap: SQLite's writer lock, a transaction, a change-log entry and a Watch fan-out
-per container, and four handler threads planning at once, each handing the interpreter to the
-others at every read (310 creates/s, where one thread alone makes a create in 0.7 ms). Now a
-caller queues its write (a function making it through the :class:`State` it is given) and
+Design note (issue 21). Every CreateContainer was its own compare-and-swap: SQLite's writer
+lock, a transaction, a change-log entry and a Watch fan-out batch per container, with as many
+handler threads planning at once, each handing the interpreter to the others at every read.
+Now a caller queues its write (a function making it through the :class:`State` it is given) and
 waits. A caller that finds nobody leading leads: it takes every write queued, and
 ``State.write_each`` plans them one after another on one staging view (each sees the ones
 before it: the next address of a lease), commits them in one transaction and hands each caller
@@ -13,6 +12,11 @@ its own result or its own exception. A write that is refused (Invalid, NotFound,
 leader hands the lead to the first caller queued meanwhile, so nobody leads for more than one
 group, and nothing needs a thread of its own: a caller alone commits at once, in its own
 thread (LevelDB's writer queue works this way).
+
+Measured (bench/controller.py's round, SQLite, 2,000 containers there): with 4 clients the
+groups are small (1 to 3 creates: the interpreter, not the store, is what the clients wait for)
+and the rate is the direct path's; with 16 clients 565 creates/s against 360-440, and a status
+report's p50 13 ms against 40, because a report no longer queues behind 16 transactions.
 
 Each write keeps its meaning: it is planned and checked exactly as it would be alone, against
 the store and the writes before it in the group; the transaction is guarded by the compares of
