@@ -13,6 +13,7 @@ itself is ``sdnctl.api.policyeval``'s.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 from collections.abc import Callable
@@ -121,11 +122,15 @@ class _Index:
 
     networks: dict[str, Network]
     policies: dict[str, Policy]
-    containers: dict[str, Container]
-    owners: dict[str, Allocation]  # IPAM owner key -> its allocation
+    containers: dict[str, Container]  # as of the last _decode (see undecoded)
+    owners: dict[str, Allocation]  # IPAM owner key -> its allocation; the same
     pset: PolicySet
     rules: tuple[Policy, ...] = ()  # the policies, networks' default ones included
     selectors: tuple[Selector, ...] = ()  # what the rules select: none, no endpoint matters
+    # Containers and address owners put since ``containers`` and ``owners`` were decoded
+    # (None: deleted), by key: decoded only when a selector makes endpoints matter, so on a
+    # store without policies the hub's question after each create decodes nothing.
+    undecoded: dict[str, bytes | None] = dataclasses.field(default_factory=dict)
 
     def put(self, key: str, value: bytes | None) -> str:
         """Apply one key's new value (None: deleted); which part it changed: "rules" (a
@@ -137,14 +142,21 @@ class _Index:
             _set(self.networks, key[len(keys.NETWORKS):], value,
                  lambda v: from_json(Network, v))
             return "rules"
-        if key.startswith(keys.CONTAINERS):
-            _set(self.containers, key[len(keys.CONTAINERS):], value,
-                 lambda v: from_json(Container, v))
-            return "endpoints"
-        if key.startswith(keys.IPAM) and key[len(keys.IPAM):].split("/")[1:2] == ["owner"]:
-            _set(self.owners, key, value, lambda v: from_json(Allocation, v))
+        if key.startswith(keys.CONTAINERS) or (
+                key.startswith(keys.IPAM) and key[len(keys.IPAM):].split("/")[1:2] == ["owner"]):
+            self.undecoded[key] = value
             return "endpoints"
         return ""
+
+    def _decode(self) -> None:
+        """Bring ``containers`` and ``owners`` up to the keys put since they were decoded."""
+        for key, value in self.undecoded.items():
+            if key.startswith(keys.CONTAINERS):
+                _set(self.containers, key[len(keys.CONTAINERS):], value,
+                     lambda v: from_json(Container, v))
+            else:
+                _set(self.owners, key, value, lambda v: from_json(Allocation, v))
+        self.undecoded.clear()
 
     def derive(self, revision: int, rules: bool, members: bool) -> None:
         """The policy set at ``revision``, from what changed since the last one."""
@@ -159,6 +171,8 @@ class _Index:
             # Only endpoints some selector matches matter to agents: an unlabelled container
             # on a network without policies changes nothing they enforce, so its creation
             # sends nothing.
+            if self.selectors:
+                self._decode()
             found = () if not self.selectors else tuple(
                 e for e in endpoints(self.containers, {
                     (a.network, a.container): a for _, a in sorted(self.owners.items())})

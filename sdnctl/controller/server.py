@@ -70,6 +70,7 @@ from sdnctl.controller.servicers import (
     Connections,
     ControllerServicer,
     ErrorInterceptor,
+    HandlerCache,
     HostSyncServicer,
 )
 from sdnctl.controller.state import State
@@ -244,7 +245,7 @@ def _start(addresses: list[str], store: Store, state: State, connections: Connec
            flows: FlowTable) -> RunningServer:
     """The gRPC server with its services, listening (TCP through ``front``) and started."""
     executor = futures.ThreadPoolExecutor(max_workers=max_workers)
-    server = grpc.server(executor, interceptors=[MetricsInterceptor(metrics),
+    server = grpc.server(executor, interceptors=[HandlerCache(), MetricsInterceptor(metrics),
                                                  SecurityInterceptor(audit, front),
                                                  ErrorInterceptor()])
     pb_grpc.add_ControllerServicer_to_server(

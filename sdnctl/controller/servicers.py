@@ -38,6 +38,7 @@ from sdnctl.controller.errors import (
 )
 from sdnctl.controller.fanout import Hub, hub_of
 from sdnctl.controller.flows import FlowTable
+from sdnctl.controller.groupcommit import group_of
 from sdnctl.controller.images import ImageRecord, Images
 from sdnctl.controller.keys import AGENTS, REPLICAS
 from sdnctl.controller.metrics import ControllerMetrics, Endpoints
@@ -76,6 +77,29 @@ def status_code_for(error: Exception) -> grpc.StatusCode:
         if isinstance(error, cls):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+class HandlerCache(grpc.ServerInterceptor):
+    """Put first: the handler the interceptors after it build for a method, built once.
+
+    gRPC runs every interceptor's ``intercept_service`` on every call, and ours each wrap the
+    handler in new closures: about a tenth of the interpreter's time with 4 clients creating
+    (issue 21). None of them depends on the call's metadata when it builds a handler (they
+    read the caller from the context when the call runs), so one per method serves every call.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Any] = {}
+
+    def intercept_service(self, continuation: Callable[[Any], Any],
+                          handler_call_details: Any) -> Any:
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = continuation(handler_call_details)
+            if handler is not None:
+                self._handlers[method] = handler
+        return handler
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
@@ -318,8 +342,10 @@ class ControllerServicer(pb_grpc.ControllerServicer):
 
     def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.Container:
         refuse_cni(request.container)
-        view = self.state.create_container(convert.container_from_pb(request.container))
-        return container_pb(view)
+        container = convert.container_from_pb(request.container)
+        # Concurrent creates share a transaction (groupcommit), each its own result or error.
+        view, revision = group_of(self.state).submit(lambda s: s.create_container(container))
+        return container_pb(dataclasses.replace(view, revision=revision))
 
     def CreateContainers(self, request: pb.CreateContainersRequest,
                          context: Any) -> pb.CreateContainersResponse:

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from netaddr import IPAddress, IPNetwork
 
@@ -89,6 +90,7 @@ DEFAULT_BRIDGE = "bridge"
 log = logging.getLogger(__name__)
 
 Ops = list[Put | Delete]
+T = TypeVar("T")
 #: A network as every host sees it: spec, name table, and for an overlay every member's peer
 #: entry (each host's peers are the others: ``overlay_peers`` once, not once per host).
 _SharedView = tuple[Network, "tuple[DnsName, ...]", "tuple[Peer, ...]"]
@@ -583,6 +585,41 @@ class State:
             staging, [container_key(containers[i].name) for i in made]) if kv is not None])
         return [dataclasses.replace(v, revision=revision) for v in views], revision
 
+    def write_each(self, writes: Sequence[Callable[[State], T]]) -> list[tuple[T | Exception,
+                                                                              int]]:
+        """Several independent writes (each a function that makes its write through the
+        ``State`` it is given) in ONE store transaction (several, each whole, on a store that
+        caps a transaction's operations), each planned on a :class:`Staging` view that holds
+        the ones before it. A write that raises is taken back out of the view and gets its
+        exception; the others still commit. Returns, per write, what it returned or raised,
+        and the revision it was committed at (0 for one that raised). What the group commit
+        (:mod:`sdnctl.controller.groupcommit`) runs."""
+        cap = getattr(self.store, "max_txn_ops", None)
+        outcomes: dict[int, T | Exception] = {}
+
+        def stage(staged: State, i: int) -> bool:
+            staging = staged.store
+            assert isinstance(staging, Staging)
+            mark = staging.snapshot()
+            try:
+                outcomes[i] = writes[i](staged)
+            except Restage:
+                raise  # the real store moved: the whole transaction is planned again
+            except Exception as e:
+                staging.restore(mark)
+                outcomes[i] = e
+                return False
+            return True
+
+        results: list[tuple[T | Exception, int]] = []
+        while len(results) < len(writes):
+            done, through, revision, _ = self._staged_batch(len(writes), len(results), cap,
+                                                            stage)
+            written = set(done)
+            results += [(outcomes[i], revision if i in written else 0)
+                        for i in range(len(results), len(results) + through)]
+        return results
+
     def _staged_batch(self, count: int, start: int, cap: int | None,
                       stage: Callable[[State, int], bool]) -> tuple[list[int], int, int, Staging]:
         """Items ``start``.. of ``count``, each staged by ``stage(state, i)`` (False: nothing to
@@ -1059,8 +1096,9 @@ class State:
     def _with_image(self, container: Container) -> tuple[Container, list[Compare]]:
         """The container with its image resolved to an ID, and a compare that keeps the image
         from going away before the container is written."""
-        if not container.image:
-            return dataclasses.replace(container, image_id=""), []
+        if not container.image:  # (replace copies 30 fields: not when there is nothing to do)
+            return (dataclasses.replace(container, image_id="") if container.image_id
+                    else container), []
         record, kv = images.resolve(self.store, container.image, "container.image")
         return (dataclasses.replace(container, image_id=record.id),
                 [Compare(kv.key, kv.mod_revision)])

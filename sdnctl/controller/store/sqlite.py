@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sdnctl.controller.store.base import (
     DEFAULT_HISTORY,
@@ -70,6 +71,16 @@ def _prefix_end(prefix: str) -> str | None:
     return None
 
 
+def _select_keys(db: sqlite3.Connection, select: str,
+                 keys: Sequence[str]) -> list[tuple[Any, ...]]:
+    """``select`` (the key its first column) of the rows of ``keys``, a statement per 500."""
+    rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(keys), 500):
+        chunk = list(keys[start:start + 500])
+        rows += db.execute(f"{select} WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+    return rows
+
+
 class SqliteStore:
     def __init__(
         self,
@@ -107,11 +118,10 @@ class SqliteStore:
             self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
 
-    @contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection]:
-        """This thread's read connection (made on first use, closed by :meth:`close`), held
-        under its own lock: uncontended, except by ``close``, which must not close a
-        connection another thread is reading through (sqlite3 would crash the process)."""
+    def _own_reader(self) -> tuple[sqlite3.Connection, threading.Lock]:
+        """This thread's read connection (made on first use, closed by :meth:`close`) and its
+        lock: uncontended, except by ``close``, which must not close a connection another
+        thread is reading through (sqlite3 would crash the process)."""
         reader: tuple[sqlite3.Connection, threading.Lock] | None = getattr(self._local, "db",
                                                                            None)
         if reader is None:
@@ -122,8 +132,14 @@ class SqliteStore:
                     raise sqlite3.ProgrammingError("the store is closed")
                 self._readers.append(reader)
             self._local.db = reader
-        with reader[1]:
-            yield reader[0]
+        return reader
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """This thread's read connection, held under its lock."""
+        db, lock = self._own_reader()
+        with lock:
+            yield db
 
     @contextmanager
     def _write(self) -> Iterator[None]:
@@ -147,8 +163,10 @@ class SqliteStore:
                 db.execute("COMMIT")
 
     def get(self, key: str) -> KeyValue | None:
-        # One statement is its own snapshot: no BEGIN/COMMIT around it.
-        with self._reader() as db:
+        # One statement is its own snapshot: no BEGIN/COMMIT around it. The lock is taken
+        # without _reader's context manager: a create makes a dozen of these.
+        db, lock = self._own_reader()
+        with lock:
             row = db.execute(
                 "SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?", (key,)
             ).fetchone()
@@ -156,14 +174,9 @@ class SqliteStore:
 
     def get_many(self, keys: Sequence[str]) -> list[KeyValue | None]:
         """One snapshot, one statement per chunk of keys."""
-        found: dict[str, KeyValue] = {}
         with self._read() as db:
-            for start in range(0, len(keys), 500):
-                chunk = list(keys[start:start + 500])
-                marks = ",".join("?" * len(chunk))
-                for row in db.execute("SELECT key, value, create_rev, mod_rev FROM kv "
-                                      f"WHERE key IN ({marks})", chunk):
-                    found[row[0]] = KeyValue(*row)
+            found = {row[0]: KeyValue(*row) for row in _select_keys(
+                db, "SELECT key, value, create_rev, mod_rev FROM kv", keys)}
         return [found.get(key) for key in keys]
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
@@ -201,36 +214,30 @@ class SqliteStore:
     def _apply(
         self, db: sqlite3.Connection, compares: Sequence[Compare], ops: Sequence[Put | Delete]
     ) -> int | None:
-        for compare in compares:
-            row = db.execute("SELECT mod_rev FROM kv WHERE key = ?", (compare.key,)).fetchone()
-            if (row[0] if row else 0) != compare.mod_revision:
-                return None
+        """The compares read in one statement, the ops written in three (``executemany``): a
+        transaction of a group commit holds tens of keys, and a statement each made its
+        interpreter time grow with them."""
+        revisions = dict(_select_keys(db, "SELECT key, mod_rev FROM kv",
+                                      [c.key for c in compares]))
+        if any(revisions.get(c.key, 0) != c.mod_revision for c in compares):
+            return None
         current = self._revision(db)
         new = current + 1
-        seq = 0
-        for op in ops:
-            old = db.execute("SELECT value FROM kv WHERE key = ?", (op.key,)).fetchone()
-            prev = old[0] if old else None
-            if isinstance(op, Put):
-                db.execute(
-                    "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-                    "mod_rev = excluded.mod_rev",
-                    (op.key, op.value, new, new),
-                )
-                value: bytes | None = op.value
-            elif old is not None:
-                db.execute("DELETE FROM kv WHERE key = ?", (op.key,))
-                value = None
-            else:
-                continue
-            db.execute(
-                "INSERT INTO changes (rev, seq, key, value, prev_value) VALUES (?, ?, ?, ?, ?)",
-                (new, seq, op.key, value, prev),
-            )
-            seq += 1
-        if seq == 0:
+        old: dict[str, bytes] = dict(_select_keys(db, "SELECT key, value FROM kv",
+                                                  [op.key for op in ops]))
+        changed = [op for op in ops if isinstance(op, Put) or op.key in old]
+        if not changed:
             return current  # nothing changed: the caller rolls back, nothing is bumped
+        db.executemany(
+            "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, mod_rev = excluded.mod_rev",
+            [(op.key, op.value, new, new) for op in changed if isinstance(op, Put)])
+        db.executemany("DELETE FROM kv WHERE key = ?",
+                       [(op.key,) for op in changed if isinstance(op, Delete)])
+        db.executemany(
+            "INSERT INTO changes (rev, seq, key, value, prev_value) VALUES (?, ?, ?, ?, ?)",
+            [(new, seq, op.key, op.value if isinstance(op, Put) else None, old.get(op.key))
+             for seq, op in enumerate(changed)])
         db.execute("UPDATE meta SET revision = ?", (new,))
         self._trim(db)
         return new
@@ -242,8 +249,11 @@ class SqliteStore:
         (first,) = db.execute("SELECT min(rowid) FROM changes").fetchone()
         if first > cutoff:
             return
+        # The newest change dropped, found by rowid (revisions grow with rowids). Asked as
+        # max(rev) ... WHERE rowid <= ?, SQLite walked the (rev, seq) index down from the newest
+        # change: the whole history, 0.3 ms at 10,000 changes, in every write.
         (dropped,) = db.execute(
-            "SELECT max(rev) FROM changes WHERE rowid <= ?", (cutoff,)
+            "SELECT rev FROM changes WHERE rowid <= ? ORDER BY rowid DESC LIMIT 1", (cutoff,)
         ).fetchone()
         db.execute("DELETE FROM changes WHERE rowid <= ?", (cutoff,))
         db.execute("UPDATE meta SET compacted = max(compacted, ?)", (dropped,))
