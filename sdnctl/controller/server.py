@@ -510,6 +510,11 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(store, SqliteStore) else ""
     audit = AuditLog(args.audit_log or None, max_bytes=args.audit_max_bytes,
                      keep=args.audit_keep)
+    # Before it serves: a SIGTERM that comes as soon as it answers (a test, `down` right after
+    # `up`) must stop it cleanly, not kill it with its locks held (the default action).
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
     try:
         running = create_server(listen, store, max_workers=args.workers,
                                 default_bridge=args.default_bridge or None,
@@ -544,9 +549,6 @@ def main(argv: list[str] | None = None) -> int:
         revocations = running.revocations
         signal.signal(signal.SIGHUP, lambda *_: revocations.reload())
 
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
     done.wait()
     log.info("stopping")
     running.stop()  # no handler runs past this: the store and the audit log may close
