@@ -57,7 +57,7 @@ from typing import TypeVar
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
 from sdnctl.api.fields import check_name, validate_cidr
-from sdnctl.api.model import Allocation, Lease, Network, from_json, to_json
+from sdnctl.api.model import Allocation, Lease, Network, from_json, from_json_frozen, to_json
 from sdnctl.api.validate import MAX_HOST_PREFIX, host_prefix6_for, host_prefix_for
 from sdnctl.controller.errors import (
     AlreadyExists,
@@ -882,7 +882,7 @@ def list_leases(
     entries, _ = store.range(prefix)
     if host is not None:  # by key (``lease_key``): decode only the host's (every report asks)
         entries = [kv for kv in entries if kv.key.endswith(f"/{host}")]
-    return [from_json(Lease, kv.value) for kv in entries]
+    return [from_json_frozen(Lease, kv.value) for kv in entries]
 
 
 def list_allocations(store: Store, network: Network | str) -> list[Allocation]:

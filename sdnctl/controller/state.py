@@ -46,6 +46,7 @@ from sdnctl.api.model import (
     Lease,
     Network,
     from_json,
+    from_json_frozen,
     spans_hosts,
     to_json,
 )
@@ -286,10 +287,10 @@ class State:
                     for kv in self.store.range(HOST_STATUS)[0]}
         views = []
         for kv in kvs:
-            host = from_json(Host, kv.value)
+            host = from_json_frozen(Host, kv.value)
             status = statuses.get(host.name)
             views.append(HostView(host, tuple(by_host.get(host.name, ())), kv.mod_revision,
-                                  from_json(HostStatus, status) if status else None))
+                                  from_json_frozen(HostStatus, status) if status else None))
         return views, revision
 
     def delete_host(self, name: str) -> None:

@@ -13,12 +13,23 @@ from typing import Any
 import pytest
 from apitest import TIMEOUT, StartServer, connect, watch
 
-from sdnctl.api.model import Container, ContainerStatus, Host, Lease, Network, from_json, to_json
+from sdnctl.api.model import (
+    Container,
+    ContainerStatus,
+    Host,
+    HostStatus,
+    Lease,
+    Network,
+    from_json,
+    from_json_frozen,
+    to_json,
+)
 from sdnctl.controller import ipam
 from sdnctl.controller.fanout import concerned, hub_of, lease_holders
 from sdnctl.controller.keys import lease_key
 from sdnctl.controller.state import State
 from sdnctl.controller.store.base import Change, Store
+from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -361,6 +372,27 @@ def test_shared_views_of_hosts_and_networks_that_went_are_forgotten(tmp_path: Pa
         assert state.host_network("ov", "a", store.revision()) is not None  # the rest is kept
     finally:
         store.close()
+
+
+def test_frozen_records_decode_once_per_value_and_list_hosts_agrees() -> None:
+    """A host, lease or host status listed again decodes to the same (immutable) object; a
+    changed value to a new one; and ListHosts' views agree with one host's read."""
+    lease = Lease("ov", "h1", "10.3.1.0/24", "10.3.1.1", renewed_at=5)
+    data = to_json(lease)
+    assert from_json_frozen(Lease, data) is from_json_frozen(Lease, bytes(data))
+    assert from_json_frozen(Lease, data) == from_json(Lease, data) == lease
+    moved = to_json(dataclasses.replace(lease, renewed_at=6))
+    assert from_json_frozen(Lease, moved).renewed_at == 6
+    status = HostStatus(7, ("a", "b"))
+    assert from_json_frozen(HostStatus, to_json(status)) == status
+    state = State(MemoryStore())
+    overlay_of(state, "ab")
+    state.report_status("a", [ContainerStatus("o-a", "running")], 9)
+    views, _ = state.list_hosts()
+    assert [(v.host, v.leases, v.status) for v in views] == [
+        (state.get_host(h).host, state.get_host(h).leases, state.get_host(h).status)
+        for h in "ab"]
+    assert views[0].status == HostStatus(9, ("o-a",)) and views[1].status is None
 
 
 def test_a_hosts_leases_are_found_by_key(tmp_path: Path) -> None:
