@@ -64,7 +64,7 @@ from sdnctl.api.policyeval import (
     Selector,
     address_order,
     family_of,
-    members,
+    members_by_family,
     parse_policy_port,
     peer_selector,
     policy_selector,
@@ -196,8 +196,9 @@ def build(given: PolicyInput) -> PolicyTables:
         return PolicyTables((), ())
     cidrs = {4: dict(given.network_cidrs), 6: dict(given.network_cidrs6)}
     evaluator = Evaluator(policies, given.endpoints, cidrs[4], cidrs[6])
-    sets = {set_name(s, family): tuple(members(s, given.endpoints, family))
-            for s in evaluator.selectors() for family in FAMILIES}
+    sets = {set_name(s, family): tuple(addresses)
+            for s in evaluator.selectors()
+            for family, addresses in members_by_family(s, given.endpoints).items()}
     for direction in DIRECTIONS:
         for family, names in ((4, ISOLATED), (6, ISOLATED6)):
             isolated: set[str] = set()

@@ -114,7 +114,7 @@ def parse_policy_port(text: str, field: str) -> PortRange:
 
 
 def label_match(wanted: Sequence[str], labels: Sequence[str]) -> bool:
-    return set(wanted) <= set(labels)
+    return all(label in labels for label in wanted)  # (a selector names few labels)
 
 
 def policy_selector(policy: Policy) -> Selector:
@@ -137,6 +137,15 @@ def members(selector: Selector, endpoints: Iterable[Endpoint], family: int = 4) 
     """The addresses of ``family`` that ``selector`` matches, sorted."""
     return sorted({a for e in endpoints if selects(selector, e) for a in e.addresses(family)},
                   key=address_order)
+
+
+def members_by_family(selector: Selector,
+                      endpoints: Iterable[Endpoint]) -> dict[int, list[str]]:
+    """:func:`members` of both families, in one look at each endpoint (an agent builds every
+    selector's sets at every policy change)."""
+    chosen = [e for e in endpoints if selects(selector, e)]
+    return {4: sorted({e.address for e in chosen if e.address}, key=address_order),
+            6: sorted({e.address6 for e in chosen if e.address6}, key=address_order)}
 
 
 def address_order(address: str) -> bytes:
@@ -262,6 +271,7 @@ __all__ = [
     "in_network",
     "label_match",
     "members",
+    "members_by_family",
     "parse_policy_port",
     "peer_selector",
     "policy_selector",

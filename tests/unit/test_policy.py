@@ -35,6 +35,8 @@ from sdnctl.api.policyeval import (
     Selector,
     address_order,
     default_policies,
+    members,
+    members_by_family,
     peer_selector,
     policy_selector,
 )
@@ -100,6 +102,17 @@ def test_an_agent_decodes_the_same_selected_addresses_once() -> None:
     other = policy_from_pb(watch.policy_set_pb(dataclasses.replace(pset, endpoints=(WEB,))))
     assert other.endpoints == (WEB,)
     assert first.endpoints == (WEB, DB)
+
+
+def test_both_families_members_in_one_look_are_each_familys_members() -> None:
+    rng = random.Random(3)
+    endpoints = [Endpoint(f"c{i}", rng.choice(["front", "back"]), f"10.1.{i // 200}.{i % 200}",
+                          tuple(sorted(rng.sample(["app=web", "app=db", "tier=1"], 2))),
+                          f"fd00:1::{i:x}" if i % 3 else "") for i in range(400)]
+    for selector in (Selector("front", ("app=web",)), Selector("*", ("app=db", "tier=1")),
+                     Selector("back", ()), Selector("front", ("nosuch=1",))):
+        both = members_by_family(selector, endpoints)
+        assert both == {4: members(selector, endpoints, 4), 6: members(selector, endpoints, 6)}
 
 
 def test_addresses_sort_in_numeric_order_in_each_family() -> None:
