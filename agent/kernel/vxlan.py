@@ -46,7 +46,6 @@ from agent.kernel.linkbase import (
     RTNH_F_ONLINK,
     RTPROT_SDNCTL,
     LinkBase,
-    _kind,
     delete_link,
     get_link,
 )
@@ -196,12 +195,12 @@ class VxlanLinks(LinkBase):
         """Peer entries of every VXLAN device of ours, by device name: one link dump, one route
         dump, one neighbour dump and one FDB dump in all."""
         self._check_thread()
-        try:
-            links = list(self._host.get_links())
-        except NetlinkError as e:
+        try:  # (raw: through pyroute2 this dump was half of an idle agent's full pass)
+            links = self._reader.links()
+        except (NetlinkError, OSError) as e:
             raise KernelError("could not dump links") from e
-        ours = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in links
-                if self._is_our_vxlan(msg)}
+        ours = {link.index: link.ifname for link in links
+                if _our_vxlan(link.kind, link.alias or "", link.ifname)}
         return {ours[i]: peers for i, peers in self._dump_peers(ours).items()}
 
     def observe_peers(self, name: str) -> ObservedPeers:
@@ -209,11 +208,6 @@ class VxlanLinks(LinkBase):
         self._check_thread()
         index = self._vxlan_index(name)
         return ObservedPeers() if index is None else self._dump_peers([index])[index]
-
-    @staticmethod
-    def _is_our_vxlan(msg: Any) -> bool:
-        return _our_vxlan(_kind(msg), msg.get_attr("IFLA_IFALIAS") or "",
-                          msg.get_attr("IFLA_IFNAME") or "")
 
     def _vxlan_index(self, device: str) -> int | None:
         """The index of our VXLAN device ``device``, None when it is missing; a device of that

@@ -294,6 +294,16 @@ def test_observed_state_and_second_ensure_changes_nothing(olab: OverlayLab) -> N
             olab.mtu, (f"{h.vtep_ip}/32",), True)
         assert h.links.observe_all_peers() == {olab.vx: olab.expected_peers(h)}
         assert h.links.observe_peers(olab.vx) == olab.expected_peers(h)
+    # A VXLAN device that is not ours (no alias of ours, another name) is never observed.
+    h = next(iter(olab.hosts.values()))
+    name = os.path.basename(h.path)
+    run("ip", "-n", name, "link", "add", "theirvx", "type", "vxlan", "id", "77", "dstport",
+        "4790", "local", h.underlay_ip, "nolearning")
+    try:
+        assert h.links.observe_all_peers() == {olab.vx: olab.expected_peers(h)}
+    finally:
+        run("ip", "-n", name, "link", "del", "theirvx", check=False)
+    for h in olab.hosts.values():
         raw = run("ip", "-n", os.path.basename(h.path), "-d", "link", "show", olab.vx).stdout
         vx_line = next(line for line in raw.splitlines() if line.strip().startswith("vxlan id"))
         assert " nolearning " in vx_line and " remote " not in vx_line, vx_line
