@@ -347,7 +347,7 @@ def _port_rules(spec: FirewallSpec) -> list[_Rule]:
         comment = f"sdnctl:ctr/{p.container}/port/{p.protocol}/{p.host_port}"
         if p.container_ip:  # (an IPv6-only container has none: its port is IPv6's only)
             rules += _port_rules4(p, comment)
-        if p.host_ip == "" and p.container_ip6:
+        if p.host_ip == "" and _dnat6(p):
             # ::1 is never DNAT'd: IPv6 has no route_localnet, the answer could not come back
             match6 = (f"ip6 daddr != ::1 fib daddr type local {p.protocol} dport "
                       f"{_port(p.host_port)} dnat ip6 to [{_ipv6(p.container_ip6)}]:"
@@ -358,8 +358,8 @@ def _port_rules(spec: FirewallSpec) -> list[_Rule]:
 
 
 def _dnat6(p: PortRule) -> bool:
-    """Whether ``p`` is DNAT'd in IPv6 (:func:`_port_rules`): a container with an IPv6 address,
-    published on every address or on an IPv6 one but ``::1``."""
+    """Whether ``p`` is DNAT'd in IPv6 (what :func:`_port_rules` and the hairpin go by): a
+    container with an IPv6 address, published on every address or on an IPv6 one but ``::1``."""
     return bool(p.container_ip6) and (p.host_ip == "" or (":" in p.host_ip and
                                                           p.host_ip != "::1"))
 
@@ -385,7 +385,7 @@ def _port_rules6(p: PortRule) -> list[_Rule]:
     de-NAT'd to ``::1``, would arrive on the bridge and the kernel would not take it (IPv6 has
     no ``route_localnet``); the agent's userland proxy serves it (``agent/portproxy.py``).
     Nothing without a container IPv6 address (the API refuses that; an agent skips it)."""
-    if not p.container_ip6 or p.host_ip == "::1":
+    if not _dnat6(p):
         return []
     comment = f"sdnctl:ctr/{p.container}/port/{p.protocol}/{p.host_port}/ip6"
     match = (f"{p.protocol} dport {_port(p.host_port)} dnat ip6 to "

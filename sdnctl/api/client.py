@@ -39,6 +39,8 @@ TLS_ENV = ("SDNCTL_TLS_CERT", "SDNCTL_TLS_KEY", "SDNCTL_TLS_CA")
 #: container in tens of milliseconds: a fixed 100 ms poll added 50 ms on average), then less
 #: and less often, down to every POLL_MAX seconds.
 POLL_FIRST, POLL_GROWTH, POLL_MAX = 0.005, 1.5, 0.1
+#: Containers per DeleteContainers request of `down` and `rm` (the controller takes 10,000).
+DELETE_BATCH = 1000
 
 
 def poll_delays() -> Iterator[float]:

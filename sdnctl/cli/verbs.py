@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import grpc
 
 from sdnctl.api import convert, paths
-from sdnctl.api.client import Client, CommandError, connect, poll_delays
+from sdnctl.api.client import DELETE_BATCH, Client, CommandError, connect, poll_delays
 from sdnctl.api.fields import parse_rate, parse_size
 from sdnctl.api.model import (
     DRIVER_BRIDGE,
@@ -62,7 +62,6 @@ RPC_TIMEOUT = 10.0
 #: How long a verb that changes a container waits for its host to realise the change.
 WAIT_TIMEOUT = 60.0
 RESTART_POLICIES = ("no", "always", "on-failure")
-RM_BATCH = 1000  # names per DeleteContainers request of `rm` (the controller takes 10,000)
 
 
 def _rpc(what: str, call: Callable[[], T]) -> T:
@@ -383,8 +382,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
                                f"{e.details()}") from e  # type: ignore[attr-defined]
     deleted: dict[str, int] = {}
     names = list(host_of)
-    for start in range(0, len(names), RM_BATCH):
-        request = pb.DeleteContainersRequest(names=names[start:start + RM_BATCH])
+    for start in range(0, len(names), DELETE_BATCH):
+        request = pb.DeleteContainersRequest(names=names[start:start + DELETE_BATCH])
         reply = _rpc("remove containers",
                      lambda: client.api.DeleteContainers(request,  # noqa: B023
                                                          timeout=RPC_TIMEOUT))

@@ -43,6 +43,7 @@ import grpc
 from agent import layout
 from sdnctl.api import convert, imagefmt, imagepull, paths, registry
 from sdnctl.api.client import (
+    DELETE_BATCH,
     POLL_FIRST,
     POLL_GROWTH,
     POLL_MAX,
@@ -81,8 +82,6 @@ class DeployError(RuntimeError):
 
 
 T = TypeVar("T")
-#: Containers per DeleteContainers request of `down` (the controller takes up to 10,000).
-DELETE_BATCH = 1000
 
 
 class Progress:
