@@ -8,6 +8,7 @@ nftables ruleset is listed stateless (no counter values).
 
 from __future__ import annotations
 
+import difflib
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ import grpc
 from agent.kernel import cgroups
 from agent.kernel.linkbase import iproute_in
 from agent.kernel.netns import NETNS_RUN_DIR
+from agent.nftrules import SHA_COMMENT_PREFIX
 from helpers.cli import Cli, nsexec
 from sdnctl.api.client import Client
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -60,10 +62,14 @@ def netlink_state(netns: str) -> dict[str, list[str]]:
 
 def nft_stateless(netns: str) -> str:
     """The ruleset without counter values, its tables sorted (nft lists them in the order they
-    were made, and a table made again comes last)."""
-    text = nsexec(netns, "nft", "-s", "list", "ruleset").stdout
+    were made, and a table made again comes last), as it is once the agent's pending cleanup
+    has run: of the sha rules, only the last (a delta that only adds appends the new sha rule
+    and deletes the old one up to a second later, ``agent/kernel/firewall.py``)."""
+    lines = nsexec(netns, "nft", "-s", "list", "ruleset").stdout.splitlines(keepends=True)
+    shas = [i for i, line in enumerate(lines) if f'"{SHA_COMMENT_PREFIX}' in line]
+    stale = set(shas[:-1])
     tables: list[str] = []
-    for line in text.splitlines(keepends=True):
+    for line in (x for i, x in enumerate(lines) if i not in stale):
         if line.startswith("table ") or not tables:
             tables.append("")
         tables[-1] += line
@@ -127,6 +133,9 @@ class HostState:
                     gone = sorted(set(mine[part]) - set(theirs[part]))
                     new = sorted(set(theirs[part]) - set(mine[part]))
                     lines += [f"{part}: -{x}" for x in gone] + [f"{part}: +{x}" for x in new]
+            elif name == "nft":
+                lines += [f"nft: {x}" for x in difflib.unified_diff(
+                    mine.splitlines(), theirs.splitlines(), "before", "after", n=2, lineterm="")]
             else:
                 lines.append(f"{name}: {mine!r} -> {theirs!r}")
         return lines
