@@ -38,13 +38,13 @@ IFREQ_FLAGS = "16sH22x"  # struct ifreq: name, ifr_flags, padding to its 40 byte
 IFF_UP = 0x1
 NETNS_RUN_DIR = "/run/netns"
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                         ctypes.c_void_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+libc.unshare.argtypes = [ctypes.c_int]
+libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 
 T = TypeVar("T")
 
@@ -53,13 +53,13 @@ class NetnsError(OSError):
     pass
 
 
-def _check(rc: int, what: str) -> None:
+def check(rc: int, what: str) -> None:
     if rc != 0:
         err = ctypes.get_errno()
         raise NetnsError(err, f"{what}: {os.strerror(err)}")
 
 
-def _in_thread(fn: Callable[[], T]) -> T:
+def in_thread(fn: Callable[[], T]) -> T:
     """Run ``fn`` in a fresh thread and return its result (or raise its exception).
 
     The thread may switch its own namespace freely: it ends right after ``fn``.
@@ -73,7 +73,7 @@ def _in_thread(fn: Callable[[], T]) -> T:
         except BaseException as e:  # handed to the caller below
             failure.append(e)
 
-    thread = threading.Thread(target=run, name="netns-helper", daemon=True)
+    thread = threading.Thread(target=run, name="ns-helper", daemon=True)
     thread.start()
     thread.join()
     if failure:
@@ -85,7 +85,7 @@ def setns_path(path: str) -> None:
     """Move the *calling thread* into the network namespace at ``path``."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _check(_libc.setns(fd, CLONE_NEWNET), f"setns {path}")
+        check(libc.setns(fd, CLONE_NEWNET), f"setns {path}")
     finally:
         os.close(fd)
 
@@ -142,10 +142,10 @@ def create_sandbox(paths: dict[str, str], hostname: str) -> list[str]:
         flags = 0
         for kind in missing:
             flags |= SANDBOX_KINDS[kind]
-        _check(_libc.unshare(flags), f"unshare({'|'.join(missing)})")
+        check(libc.unshare(flags), f"unshare({'|'.join(missing)})")
         if "uts" in missing:
             name = hostname.encode()
-            _check(_libc.sethostname(name, len(name)), f"sethostname {hostname!r}")
+            check(libc.sethostname(name, len(name)), f"sethostname {hostname!r}")
         if "net" in missing:
             _loopback_up()
             # As Docker sets them: ping without CAP_NET_RAW (ICMP datagram sockets), and low
@@ -161,7 +161,7 @@ def create_sandbox(paths: dict[str, str], hostname: str) -> list[str]:
                 fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
                 os.close(fd)
                 pinned.append(path)
-                _check(_libc.mount(f"/proc/thread-self/ns/{kind}".encode(), path.encode(),
+                check(libc.mount(f"/proc/thread-self/ns/{kind}".encode(), path.encode(),
                                    None, MS_BIND, None), f"bind-mount {kind} namespace on {path}")
         except BaseException:
             for path in pinned:
@@ -169,7 +169,7 @@ def create_sandbox(paths: dict[str, str], hostname: str) -> list[str]:
             raise
 
     try:
-        _in_thread(make)
+        in_thread(make)
     except FileExistsError as e:
         raise NetnsError(errno.EEXIST, f"{e.filename} exists and is not a namespace") from e
     return list(missing)
@@ -198,12 +198,12 @@ def _run_dir_mounted() -> None:
     if _run_dir_ready:
         return
     target = NETNS_RUN_DIR.encode()
-    if _libc.mount(b"none", target, None, MS_SHARED | MS_REC, None) != 0:
+    if libc.mount(b"none", target, None, MS_SHARED | MS_REC, None) != 0:
         if ctypes.get_errno() != errno.EINVAL:  # EINVAL: not a mount point yet
-            _check(-1, f"make {NETNS_RUN_DIR} shared")
-        _check(_libc.mount(target, target, None, MS_BIND | MS_REC, None),
+            check(-1, f"make {NETNS_RUN_DIR} shared")
+        check(libc.mount(target, target, None, MS_BIND | MS_REC, None),
                f"bind-mount {NETNS_RUN_DIR} on itself")
-        _check(_libc.mount(b"none", target, None, MS_SHARED | MS_REC, None),
+        check(libc.mount(b"none", target, None, MS_SHARED | MS_REC, None),
                f"make {NETNS_RUN_DIR} shared")
     _run_dir_ready = True
 
@@ -225,7 +225,7 @@ def remove_netns(path: str) -> bool:
     """
     if not os.path.lexists(path):
         return False
-    if _libc.umount2(path.encode(), MNT_DETACH) != 0:
+    if libc.umount2(path.encode(), MNT_DETACH) != 0:
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not a mount point
             raise NetnsError(err, f"umount {path}: {os.strerror(err)}")
@@ -245,7 +245,7 @@ def open_netlink_fd(path: str | None) -> int:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
         return sock.detach()
 
-    return _in_thread(make) if path is not None else make()
+    return in_thread(make) if path is not None else make()
 
 
 def open_netlink_fds(paths: list[str]) -> dict[str, int | OSError]:
@@ -271,7 +271,7 @@ def open_netlink_fds(paths: list[str]) -> dict[str, int | OSError]:
             raise
         return fds
 
-    return _in_thread(make) if paths else {}
+    return in_thread(make) if paths else {}
 
 
 def run_in_netns(path: str, fn: Callable[[], T]) -> T:
@@ -281,4 +281,4 @@ def run_in_netns(path: str, fn: Callable[[], T]) -> T:
         setns_path(path)
         return fn()
 
-    return _in_thread(enter_and_run)
+    return in_thread(enter_and_run)
