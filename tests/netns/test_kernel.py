@@ -33,7 +33,7 @@ from helpers.namespaces import UPLINK_H, UPLINK_O, build_uplink, in_ns, run, wai
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent import ocispec
-from agent.kernel import firewall, procfs, procs, rtnl, sysctl
+from agent.kernel import firewall, mountns, procfs, procs, rtnl, sysctl
 from agent.kernel.firewall import Firewall, MasqueradeRule
 from agent.kernel.links import (
     DeletionWatch,
@@ -546,6 +546,36 @@ def test_runtime_runs_in_the_namespace_and_stops(klab: Lab, binary: str) -> None
         runtime.delete("ctr-a")
     assert runtime.state("ctr-a") is None
     runtime.delete("ctr-a")  # gone already: success
+
+
+def _is_mount(path: str) -> bool:
+    with open("/proc/thread-self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+@needs_root
+def test_a_private_mount_namespace_hides_and_mounts_only_for_its_own(tmp_path: Path) -> None:
+    """The runtime's namespace (``mountns``): a hidden mount is gone there and only there, a
+    mount made there is seen there and never by the host, and what it spawns is in it."""
+    hidden, target = tmp_path / "hidden", tmp_path / "rootfs"
+    hidden.mkdir()
+    target.mkdir()
+    run("mount", "-t", "tmpfs", "sdnctl-test", str(hidden))
+    try:
+        def inside() -> tuple[bool, bool, str]:
+            mountns.bind(str(tmp_path), str(target), readonly=True)
+            child = subprocess.run(["sh", "-c", f"touch {target}/x"], capture_output=True,
+                                   text=True, check=False)
+            return _is_mount(str(hidden)), _is_mount(str(target)), child.stderr
+
+        hidden_there, mounted_there, refused = mountns.in_private_mounts(inside,
+                                                                          [str(hidden)])
+        assert not hidden_there and mounted_there
+        assert "Read-only file system" in refused  # the child is in the namespace
+        assert _is_mount(str(hidden)) and not _is_mount(str(target))
+        assert not (tmp_path / "x").exists()
+    finally:
+        run("umount", str(hidden))
 
 
 @needs_root
