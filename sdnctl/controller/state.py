@@ -1069,7 +1069,7 @@ class State:
         """The views of containers ``kvs``, their addresses, leases and statuses read at once."""
         wanted: list[str] = []
         for kv in kvs:
-            container = from_json(Container, kv.value)
+            container = from_json_frozen(Container, kv.value)
             if container.bridge_network is not None:
                 wanted += [keys.owner_key(container.bridge_network, container.name,
                                           container.interface),
@@ -1160,7 +1160,7 @@ class State:
         def get(key: str) -> KeyValue | None:
             return by_key.get(key) if by_key is not None else self.store.get(key)
 
-        container = from_json(Container, kv.value)
+        container = from_json_frozen(Container, kv.value)
         alloc_kv = lease_kv = None
         if container.bridge_network is not None:  # other modes have no address of their own
             network = container.bridge_network
@@ -1169,9 +1169,9 @@ class State:
         status_kv = get(status_key(container.name))
         return ContainerView(
             container=container,
-            allocation=from_json(Allocation, alloc_kv.value) if alloc_kv else None,
-            lease=from_json(Lease, lease_kv.value) if lease_kv else None,
-            status=(from_json(ContainerStatus, status_kv.value) if status_kv
+            allocation=from_json_frozen(Allocation, alloc_kv.value) if alloc_kv else None,
+            lease=from_json_frozen(Lease, lease_kv.value) if lease_kv else None,
+            status=(from_json_frozen(ContainerStatus, status_kv.value) if status_kv
                     else ContainerStatus(container.name)),
             revision=kv.mod_revision,
         )

@@ -14,6 +14,7 @@ import pytest
 from apitest import TIMEOUT, StartServer, connect, watch
 
 from sdnctl.api.model import (
+    Allocation,
     Container,
     ContainerStatus,
     Host,
@@ -372,6 +373,16 @@ def test_shared_views_of_hosts_and_networks_that_went_are_forgotten(tmp_path: Pa
         assert state.host_network("ov", "a", store.revision()) is not None  # the rest is kept
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("cls", [Host, Lease, HostStatus, Container, ContainerStatus,
+                                 Allocation])
+def test_records_decoded_shared_are_frozen_and_hold_only_immutable_values(cls: type) -> None:
+    """``from_json_frozen`` hands one object to every caller (Watch streams, listings): a
+    record decoded that way must be frozen, and every field a string, number or tuple."""
+    assert cls.__dataclass_params__.frozen
+    kinds = {str(f.type) for f in dataclasses.fields(cls)}
+    assert kinds <= {"str", "int", "float", "bool", "tuple[str, ...]"}, kinds
 
 
 def test_frozen_records_decode_once_per_value_and_list_hosts_agrees() -> None:
