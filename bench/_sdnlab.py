@@ -8,8 +8,9 @@ agent's report (a container running, a revision realised): nothing polls. The CL
 a process of its own) talks to the same controller (``cli_env``).
 
 ``BareCrun`` is the floor of a container start: the layers of a docker-save archive unpacked by
-the agent's ``ImageStore``, config.json as the agent builds it (``agent.ocispec``), one
-``crun run -d`` through the agent's runtime wrapper (private mount namespace, overlay mounted).
+the agent's ``ImageStore``, config.json as the agent builds it (``agent.ocispec``), and the
+agent's own runtime call (``OciRuntime.run``: one ``crun run -d`` from a private mount namespace
+where the overlay is mounted), without the agent around it.
 
 The file name starts with ``_``: the Makefile runs every other ``bench/*.py`` as a benchmark.
 """
@@ -36,6 +37,7 @@ from harness import Timer
 from agent import ocispec
 from agent.imagestore import ImageStore
 from agent.kernel import cgroups, procs
+from agent.kernel.errors import KernelError
 from agent.kernel.netns import remove_netns
 from agent.layout import SANDBOX_DIRS, default_cgroup_parent
 from agent.runtime import OciRuntime, Rootfs
@@ -319,22 +321,6 @@ class ArchiveFetcher:
                 yield chunk
 
 
-class BareRuntime(OciRuntime):
-    """The agent's runtime wrapper, but one ``crun run -d`` per start (the floor)."""
-
-    def run_detached(self, cid: str, bundle: str, rootfs: Rootfs, log: str) -> None:
-        extra = {"SDNCTL_ROOTFS_KIND": rootfs.kind, "SDNCTL_ROOTFS_OPTS": rootfs.options(),
-                 "SDNCTL_ROOTFS": os.path.join(bundle, "rootfs")}
-        with open(log, "ab") as out:
-            done = self._call("run", ["run", "-d", "--pid-file",
-                                      os.path.join(bundle, "pid"), "--bundle", bundle, cid],
-                              extra, output=out.fileno())
-        if done.returncode != 0:
-            with open(log, "rb") as f:
-                tail = f.read()[-300:].decode(errors="replace")
-            raise BenchError(f"crun run {cid}: exit {done.returncode}: {tail}")
-
-
 class BareCrun:
     """Containers of one image started by one ``crun run -d`` each (the floor)."""
 
@@ -345,18 +331,18 @@ class BareCrun:
         self.log = os.path.join(self.root, "containers.log")
         self.seq = 0
         self.started: list[str] = []
+        self.pids: dict[str, int] = {}
 
     def setup(self, archive: str) -> None:
         if not os.access("/usr/bin/crun", os.X_OK):
             raise BenchError("/usr/bin/crun missing (bench/setup.sh installs crun)")
-        self.runtime = BareRuntime("/usr/bin/crun", os.path.join(self.root, "state"))
+        self.runtime = OciRuntime("/usr/bin/crun", os.path.join(self.root, "state"))
         fetcher = ArchiveFetcher(archive, os.path.join(self.root, "blobs"))
         self.store = ImageStore(os.path.join(self.root, "store"), fetcher)
         self.image = self.store.ensure(next(iter(fetcher.images)))
 
     def pid(self, cid: str) -> int:
-        with open(os.path.join(self.root, "bundles", cid, "pid")) as f:
-            return int(f.read().strip())
+        return self.pids[cid]
 
     def _config(self, cid: str, net: str | None) -> dict[str, Any]:
         """config.json as the agent writes it (agent.containers Containers._start)."""
@@ -383,8 +369,11 @@ class BareCrun:
         with open(os.path.join(bundle, "config.json"), "w") as f:
             json.dump(self._config(cid, net), f)
         self.started.append(cid)
-        with Timer() as t:
-            self.runtime.run_detached(cid, bundle, rootfs, self.log)
+        try:
+            with Timer() as t:
+                self.pids[cid], _ = self.runtime.run(cid, bundle, rootfs, self.log)
+        except KernelError as e:
+            raise BenchError(str(e)) from e
         return cid, t.ms
 
     def delete(self, cid: str) -> float:
