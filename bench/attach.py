@@ -18,7 +18,7 @@ Whole containers (the same image, the same command, one process each):
   reference ``bridge`` plugin (``host-local`` IPAM) as libcni does: from a runtime process that
   lives in the host namespace (started once, as containerd is), with CNI_COMMAND, CNI_NETNS,
   CNI_IFNAME, CNI_PATH and the config on stdin, no ``nsenter`` per call; then one ``crun run -d``
-  of the container joining that namespace (``_sdnlab.BareCrun``: the agent's runtime wrapper and
+  of the container joining that namespace (``_sdnlab.BareCrun``: the agent's runtime call and
   config.json). ``ipMasq`` on and off. Teardown: ``crun delete --force``, CNI DEL, the namespace.
 
 Network only:

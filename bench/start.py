@@ -27,9 +27,9 @@ drift hits them alike.
   the wall time of ``/usr/bin/docker run -d --network MODE``; removal ``docker rm -f``.
 - crun: the floor (``_sdnlab.BareCrun``). The same layers (unpacked by the agent's
   ``ImageStore`` from the same archive), the same overlay root and config.json
-  (``agent.ocispec``, as the agent builds it), through the agent's runtime wrapper
-  (``OciRuntime``: private mount namespace, v2 hierarchy hidden, overlay mounted) but one
-  ``crun run -d`` instead of the agent's create + start.
+  (``agent.ocispec``, as the agent builds it), through the agent's own runtime call
+  (``OciRuntime.run``: one ``crun run -d`` from a private mount namespace, v2 hierarchy
+  hidden, overlay mounted), without the agent around it.
   Network per mode: bridge and none: a new network namespace made by crun (no veth: bare crun
   has no network to attach to); host: join the namespace ``<prefix>cr`` by path; container:
   join a donor crun container's namespace by path. Removal: ``crun delete --force``.
@@ -410,7 +410,7 @@ def main() -> int:
         notes.append(f"{n} starts per side and mode, sides alternating; sdnctl: wall time of "
                      "`sdnctl run --image ID` (the CLI process included: it returns once the "
                      "agent reports the container running); docker: wall time of `docker run -d`"
-                     "; crun: one `crun run -d` through the agent's runtime wrapper; removal: "
+                     "; crun: the agent's runtime call alone (one `crun run -d`); removal: "
                      "`sdnctl rm`, `docker rm -f`, `crun delete --force`")
         notes.append("sdnctl's containers ran " + ("in" if sides["sdnctl"].user_ns else
                      "without") + " a user namespace (its default for an image container: "
