@@ -120,8 +120,8 @@ class OciRuntime:
 
     def run(self, cid: str, bundle: str, rootfs: Rootfs, log: str) -> tuple[int, int]:
         """``run --detach``, from a private mount namespace where the root filesystem is
-        mounted (one runtime process: ``create`` then ``start`` took two, each ~4 ms of CPU
-        here, most of it the dynamic loader's). Once the runtime has exited, the container's
+        mounted (one runtime process: ``create`` then ``start`` took two, each a few ms of
+        CPU here, much of it the dynamic loader's). Once the runtime has exited, the container's
         process is our child (we are a subreaper), so however fast the command exits, its exit
         code comes to us; and until we reap it, it stays a zombie with its /proc/PID/stat, so
         the (PID, start time) pair read afterwards names the right process."""

@@ -33,6 +33,7 @@ MS_RDONLY = 1
 MS_REMOUNT = 32
 MS_PRIVATE = 1 << 18
 
+
 def _mount(source: str | None, target: str, fstype: str | None, flags: int,
            data: str = "", what: str = "") -> None:
     check(libc.mount(source.encode() if source is not None else None, target.encode(),

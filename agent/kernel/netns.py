@@ -40,7 +40,7 @@ NETNS_RUN_DIR = "/run/netns"
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_void_p]
+                       ctypes.c_void_p]
 libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 libc.unshare.argtypes = [ctypes.c_int]
@@ -162,7 +162,7 @@ def create_sandbox(paths: dict[str, str], hostname: str) -> list[str]:
                 os.close(fd)
                 pinned.append(path)
                 check(libc.mount(f"/proc/thread-self/ns/{kind}".encode(), path.encode(),
-                                   None, MS_BIND, None), f"bind-mount {kind} namespace on {path}")
+                                 None, MS_BIND, None), f"bind-mount {kind} namespace on {path}")
         except BaseException:
             for path in pinned:
                 remove_netns(path)
@@ -202,9 +202,9 @@ def _run_dir_mounted() -> None:
         if ctypes.get_errno() != errno.EINVAL:  # EINVAL: not a mount point yet
             check(-1, f"make {NETNS_RUN_DIR} shared")
         check(libc.mount(target, target, None, MS_BIND | MS_REC, None),
-               f"bind-mount {NETNS_RUN_DIR} on itself")
+              f"bind-mount {NETNS_RUN_DIR} on itself")
         check(libc.mount(b"none", target, None, MS_SHARED | MS_REC, None),
-               f"make {NETNS_RUN_DIR} shared")
+              f"make {NETNS_RUN_DIR} shared")
     _run_dir_ready = True
 
 
