@@ -15,8 +15,8 @@ we timestamp each line as it arrives, and the breakdown is the time between step
   (``ValidateTopology``) when one answered, and the namespaces, underlay and veths of the N
   hosts (``lab: ...``);
 - *agents connected*: the agents spawned and registered (``agents: N connected``);
-- *controller writes*: the plan's reads, the network and one ``CreateContainers`` of N x M
-  (``desired state: ...``);
+- *controller writes*: the plan's reads, the network and the ``CreateContainers`` requests of
+  N x M, 100 containers each (``desired state: ...``);
 - *containers running*: until ``containers running: NM/NM``; *all synced*: until ``up``
   returns (every agent also reported the last revision realised).
 - *agents' passes*: from each agent's log, its reconciliation passes during ``up`` (the sum of

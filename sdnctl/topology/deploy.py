@@ -43,6 +43,7 @@ import grpc
 from agent import layout
 from sdnctl.api import convert, imagefmt, imagepull, paths, registry
 from sdnctl.api.client import (
+    CREATE_BATCH,
     DELETE_BATCH,
     POLL_FIRST,
     POLL_GROWTH,
@@ -675,15 +676,24 @@ def apply_objects(client: Client, topology: Topology, progress: Progress) -> int
     # Policies before containers, so that a container is covered from its first packet.
     for policy in topology.policies:
         revision = max(revision, _apply_policy(client, policy))
-    # Donors before the containers joined to them. The new ones go in one CreateContainers
-    # (one store transaction); if one of them appeared meanwhile, one by one as before.
+    # Donors before the containers joined to them. The new ones go in CreateContainers requests
+    # of CREATE_BATCH (each one store transaction); from one that found one of them there
+    # (written meanwhile: that request wrote nothing) on, one by one as before.
     ordered = sorted(containers, key=lambda c: (c.donor is not None, c.name))
     new = [c for c in ordered if c.name not in observed.containers]
-    batched = _create_containers(client, new) if len(new) > 1 else None
-    if batched is not None:
-        counts["created"] += len(new)
+    ordered = [c for c in ordered if c.name in observed.containers]
+    start = 0
+    while len(new) - start > 1:
+        batch = new[start:start + CREATE_BATCH]
+        batched = _create_containers(client, batch)
+        if batched is None:
+            break
+        counts["created"] += len(batch)
         revision = max(revision, batched)
-        ordered = [c for c in ordered if c.name in observed.containers]
+        start += len(batch)
+        if start < len(new):
+            progress.step(f"containers recorded: {start}/{len(new)}")
+    ordered += new[start:]
     for ctr in ordered:
         what, rev = _apply_container(client, ctr)
         counts[what] += 1
