@@ -66,3 +66,40 @@ def test_up_shows_the_controllers_refusal(case: str, tmp_path: Path,
         client.close()
         server.stop(grace=0)
         store.close()
+
+
+def test_up_records_containers_in_batches_then_one_by_one_after_a_race(
+        tmp_path: Path, start_server: StartServer) -> None:
+    """`up` sends new containers CREATE_BATCH at a time (one request of 1,000 outlived its
+    deadline on etcd); a batch that finds one of them written meanwhile writes nothing, and
+    from there on they go one by one, so every container is there once."""
+    store = SqliteStore(tmp_path / "controller.db")
+    server = start_server(store)
+    many = "\n".join(f"  - {{name: c{i:03}, host: h1, network: front}}" for i in range(250))
+    topology = parse(TOPOLOGY.split("containers:")[0] + "containers:\n" + many + "\n", "t.yaml")
+    client = Client(server.address)
+    sizes: list[int] = []
+    create_many = client.api.CreateContainers
+
+    def racing(request: pb.CreateContainersRequest, timeout: float) -> object:
+        sizes.append(len(request.containers))
+        if len(sizes) == 2:  # another writer creates one of this batch first
+            client.api.CreateContainer(pb.CreateContainerRequest(
+                container=request.containers[50]), timeout=5)
+        return create_many(request, timeout=timeout)
+
+    try:
+        client.api.CreateContainers = racing
+        out = io.StringIO()
+        progress = deploy.Progress(out)
+        deploy.register_hosts(client, topology, {}, progress)
+        deploy.apply_objects(client, topology, progress)
+        assert sizes == [deploy.CREATE_BATCH, deploy.CREATE_BATCH]
+        assert f"containers recorded: {deploy.CREATE_BATCH}/250" in out.getvalue()
+        names = [c.name for c in client.api.ListContainers(pb.ListRequest(), timeout=5)
+                 .containers]
+        assert sorted(names) == [f"c{i:03}" for i in range(250)]
+    finally:
+        client.close()
+        server.stop(grace=0)
+        store.close()
