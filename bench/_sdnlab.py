@@ -378,10 +378,11 @@ class BareCrun:
 
     def delete(self, cid: str) -> float:
         """``crun delete --force`` (ms), then its files and cgroup (untimed)."""
-        pid = self.pid(cid)
+        pid = self.pids.pop(cid, None)  # (none: its start failed)
         with Timer() as t:
             self.runtime.delete(cid)
-        _reap(pid)
+        if pid is not None:
+            _reap(pid)
         shutil.rmtree(os.path.join(self.root, "bundles", cid), ignore_errors=True)
         self.store.remove_container(cid)
         cgroups.remove(f"{self.cgroup_parent}/{cid}", keep_parents_of=self.cgroup_parent)

@@ -180,7 +180,7 @@ def delta_event(state: State, host: str, changes: Iterable[Change],
             if new is not None and new.host == host:
                 put_containers.add(name)
                 gone_containers.discard(name)
-            elif change.prev_value and _container_host(change.prev_value) == host:
+            elif old is not None and old.host == host:
                 gone_containers.add(name)
                 put_containers.discard(name)
         elif key.startswith(keys.LEASES):
@@ -232,15 +232,8 @@ def delta_event(state: State, host: str, changes: Iterable[Change],
     return event
 
 
-# Every Watch stream reads the same changes: each record is decoded once for all of them.
-@functools.lru_cache(maxsize=8192)
-def _container_host(value: bytes) -> str:
-    return from_json(Container, value).host
-
-
-@functools.lru_cache(maxsize=8192)
 def _lease(value: bytes) -> Lease:
-    return from_json(Lease, value)
+    return from_json_frozen(Lease, value)  # decoded once for every stream
 
 
 def _peer_moved(change: Change) -> bool:
