@@ -22,6 +22,12 @@ them (a group of a hundred creates made both quadratic).
 A key read from the real store is read once per batch (``get``, ``get_many``): the batch plans
 against what it read, as a single operation plans against what it read before its commit, and
 the commit's compares catch the real store moving meanwhile (this halved the reads of a create).
+So is a prefix (``range``), and a key under a prefix read already is answered from it: a
+lease's quarantine is listed once per batch, and the entry a create then takes or not is known.
+A ``txn`` reads the keys of its compares it has not read in one ``get_many``, and none of the
+keys it puts (a put's ``create_revision`` is the staged revision unless the old value was read:
+nothing reads it before the commit). On etcd every read is a round trip through the cluster:
+these made a create of a 100x10 ``up`` about 7 round trips instead of about 12 (issue 21).
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class Staging:
         # What the batch read of the real store, key by key: read once (a create reads its
         # lease, its network, its address index several times, and so do txn's compares).
         self._read: dict[str, KeyValue | None] = {}
+        # What the batch listed of the real store, by prefix: (key -> value, revision).
+        self._ranges: dict[str, tuple[dict[str, KeyValue], int]] = {}
         # (table, key, what it held before): undone backwards by restore
         self._undo: list[tuple[dict[str, KeyValue | None] | dict[str, int], str, object]] = []
 
@@ -69,17 +77,36 @@ class Staging:
     def get(self, key: str) -> KeyValue | None:
         if key in self._staged:
             return self._staged[key]
-        if key not in self._read:
+        if key not in self._read and not self._listed(key):
             self._read[key] = self.store.get(key)
         return self._read[key]
 
     def get_many(self, keys: Sequence[str]) -> list[KeyValue | None]:
-        wanted = [k for k in keys if k not in self._staged and k not in self._read]
-        self._read.update(zip(wanted, get_many(self.store, wanted), strict=True))
+        self._read_unknown(keys)
         return [self._staged[k] if k in self._staged else self._read[k] for k in keys]
 
+    def _read_unknown(self, keys: Sequence[str]) -> None:
+        """Read those of ``keys`` the batch knows nothing of, in one ``get_many``."""
+        wanted = [k for k in dict.fromkeys(keys)
+                  if k not in self._staged and k not in self._read and not self._listed(k)]
+        if wanted:
+            self._read.update(zip(wanted, get_many(self.store, wanted), strict=True))
+
+    def _listed(self, key: str) -> bool:
+        """Whether a prefix the batch listed holds ``key``'s place: then what it found (the
+        value, or None) becomes what the batch read of it."""
+        for prefix, (found, _) in self._ranges.items():
+            if key.startswith(prefix):
+                self._read[key] = found.get(key)
+                return True
+        return False
+
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
-        kvs, revision = self.store.range(prefix)
+        if prefix not in self._ranges:
+            listed, at = self.store.range(prefix)
+            self._ranges[prefix] = ({kv.key: kv for kv in listed}, at)
+        found, revision = self._ranges[prefix]
+        kvs = list(found.values())
         first = bisect.bisect_left(self._sorted, prefix)
         mine = []
         for key in self._sorted[first:]:
@@ -100,6 +127,7 @@ class Staging:
         (never returns None) when they do not: nothing inside one batch races, so a failed
         compare means the real store moved and the whole batch must be planned again."""
         check_ops(ops)
+        self._read_unknown([c.key for c in compares])
         fresh: dict[str, int] = {}
         for compare in compares:
             if compare.key in self._staged:
@@ -121,7 +149,7 @@ class Staging:
         for op in ops:
             value: KeyValue | None = None
             if isinstance(op, Put):
-                old = self.get(op.key)
+                old = self._staged[op.key] if op.key in self._staged else self._read.get(op.key)
                 created = old.create_revision if old is not None else new
                 value = KeyValue(op.key, op.value, created, new)
             self._stage(op.key, value)

@@ -152,6 +152,34 @@ class HostNetwork:
     names: tuple[DnsName, ...] = ()
 
 
+@dataclass(frozen=True)
+class NameDelta:
+    """Changed entries of a network's name table, for the hosts that hold it
+    (``State.name_delta``): ``names`` holds the entries of ``containers`` that still have
+    one; ``holders`` are the hosts with a lease of the network."""
+
+    network: str
+    containers: frozenset[str]
+    holders: frozenset[str]
+    names: tuple[DnsName, ...]
+
+
+#: A batch of creates reads the keys each create reads first for this many at once.
+PREFETCH = 32
+
+
+def _prefetch_creates(store: Store, containers: Sequence[Container]) -> None:
+    """Read what creating ``containers`` reads first, key by key, in one ``get_many`` (on a
+    :class:`Staging` view the creates then find them read): their own keys, their hosts' and,
+    where the network is named, their owner entries."""
+    wanted: list[str] = []
+    for ctr in containers:
+        wanted += [container_key(ctr.name), host_key(ctr.host)]
+        if ctr.network and ctr.bridge_network is not None:
+            wanted.append(keys.owner_key(ctr.bridge_network, ctr.name, ctr.interface))
+    get_many(store, list(dict.fromkeys(wanted)))
+
+
 def dns_names(network: str, allocations: Iterable[Allocation],
               containers: dict[str, Container]) -> tuple[DnsName, ...]:
     """The name table of ``network``: each allocation whose container still exists."""
@@ -213,6 +241,7 @@ class State:
         self._view_locks: dict[str, threading.Lock] = {}
         self._view_locks_guard = threading.Lock()
         self._lease_networks: dict[str, tuple[int, list[str]]] = {}  # see lease_networks
+        self._name_deltas: dict[str, tuple[int, NameDelta]] = {}  # see name_delta
 
     def now(self) -> int:
         return int(self.clock())
@@ -571,6 +600,8 @@ class State:
                       cap: int | None) -> tuple[list[ContainerView], int]:
         """Containers from ``start`` on, as many as one transaction holds (``_staged_batch``)."""
         def create(staged: State, i: int) -> bool:
+            if (i - start) % PREFETCH == 0:
+                _prefetch_creates(staged.store, containers[i:i + PREFETCH])
             try:
                 staged.create_container(containers[i])
             except Invalid as e:
@@ -913,6 +944,8 @@ class State:
             if network:
                 self._shared_views.pop(network, None)
                 self._view_locks.pop(f"network {network}", None)
+                self._name_deltas.pop(network, None)
+                self._view_locks.pop(f"names {network}", None)
 
     def _network_view(self, network: str, at_least: int = 0) -> _SharedView | None:
         """What every host's view of ``network`` shares (spec, name table, and for an overlay
@@ -961,13 +994,45 @@ class State:
         self._shared_views[network] = (revision, view)
         return view
 
+    def name_delta(self, network: str, containers: Iterable[str],
+                   at_least: int = 0) -> NameDelta:
+        """What a Watch stream needs for ``network``'s NameDelta: the hosts holding a lease of
+        it (they alone hold its name table) and the entries of ``containers`` in it, as now.
+        The streams one change wakes ask the same question: it is read once and shared, as
+        :meth:`_network_view` keeps its views (``at_least`` alike). On etcd each stream read
+        two keys per container and its lease, every one a round trip: at 100x10, 1,000 creates
+        made ~200,000 reads, which held ``up``'s writes back (issue 21)."""
+        wanted = frozenset(containers)
+
+        def kept() -> NameDelta | None:
+            cached = self._name_deltas.get(network)
+            if cached is not None and at_least and cached[0] >= at_least and \
+                    cached[1].containers == wanted:
+                return cached[1]
+            return None
+
+        done = kept()
+        if done is not None:
+            return done
+        with self._view_lock(f"names {network}"):  # one stream reads, the others take it
+            done = kept()
+            if done is not None:
+                return done
+            revision = self.store.revision()
+            holders = frozenset(lease.host
+                                for lease in ipam.list_leases(self.store, network=network))
+            done = NameDelta(network, wanted, holders, self.names_of(network, wanted))
+            self._name_deltas[network] = (revision, done)
+            return done
+
     def names_of(self, network: str, containers: Iterable[str]) -> tuple[DnsName, ...]:
         """The entries of ``containers`` in ``network``'s name table, as they are now: none for a
         container deleted, moved to another network or without an address there (issue 21)."""
+        names = sorted(set(containers))
         found: dict[str, Container] = {}
         allocations: list[Allocation] = []
-        for name in sorted(set(containers)):
-            kv = self.store.get(container_key(name))
+        for name, kv in zip(names, get_many(self.store, [container_key(n) for n in names]),
+                            strict=True):
             if kv is None:
                 continue
             found[name] = from_json(Container, kv.value)

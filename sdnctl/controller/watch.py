@@ -54,7 +54,15 @@ from sdnctl.api.model import Container, Host, Lease, from_json, from_json_frozen
 from sdnctl.controller import fanout, ipam, keys, policies
 from sdnctl.controller.errors import NotFound
 from sdnctl.controller.keys import CONTAINERS, HOSTS, NETWORKS
-from sdnctl.controller.state import ContainerView, DnsName, HostNetwork, Peer, Snapshot, State
+from sdnctl.controller.state import (
+    ContainerView,
+    DnsName,
+    HostNetwork,
+    NameDelta,
+    Peer,
+    Snapshot,
+    State,
+)
 from sdnctl.controller.store.base import Change, Compacted
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -117,6 +125,12 @@ class _Shared(Generic[K, V]):
 
 _names_pb: _Shared[tuple[DnsName, ...], list[pb.DnsName]] = _Shared(
     lambda names: [dns_name_pb(n) for n in names])
+
+
+#: A NameDelta goes to every host holding the network: converted once for all their streams.
+_name_delta_pb: _Shared[NameDelta, pb.NameDelta] = _Shared(
+    lambda d: pb.NameDelta(network=d.network, containers=sorted(d.containers),
+                           names=[dns_name_pb(n) for n in d.names]))
 
 
 def dns_name_pb(name: DnsName) -> pb.DnsName:
@@ -219,11 +233,11 @@ def delta_event(state: State, host: str, changes: Iterable[Change],
             if not keeps_names:
                 sent.add(name)
     for name, containers in sorted(renamed.items()):
-        if name in sent or name in gone_networks or ipam.get_lease(state.store, name, host) is None:
+        if name in sent or name in gone_networks:
             continue
-        event.name_deltas.append(pb.NameDelta(
-            network=name, containers=sorted(containers),
-            names=[dns_name_pb(n) for n in state.names_of(name, containers)]))
+        delta = state.name_delta(name, containers, at_least)
+        if host in delta.holders:
+            event.name_deltas.append(_name_delta_pb(delta))
     for name in sorted(put_containers):
         try:
             event.containers.append(container_pb(state.get_container(name)))

@@ -355,10 +355,12 @@ def test_shared_views_of_hosts_and_networks_that_went_are_forgotten(tmp_path: Pa
             state.create_container(Container(f"c{i}", host, network=net))
             assert state.host_network(net, host, store.revision()) is not None
             assert state.lease_networks(host, store.revision()) == [net]
+            assert state.name_delta(net, [f"c{i}"], store.revision()).holders == {host}
             state.delete_container(f"c{i}")
             state.delete_network(net)
             state.delete_host(host)
-        kept = {*state._view_locks, *state._shared_views, *state._lease_networks}
+        kept = {*state._view_locks, *state._shared_views, *state._lease_networks,
+                *state._name_deltas}
         assert not {k for k in kept if k.split()[-1].startswith(("x", "n"))}, kept
         # Deleted by another replica: this one's hub reads it in the change log.
         other = State(store)

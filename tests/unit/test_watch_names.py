@@ -113,6 +113,61 @@ def test_a_host_without_a_lease_hears_nothing_of_the_names(store: Store) -> None
     assert [d.network for d in watch.delta_event(state, "h0", changes).name_deltas] == ["front"]
 
 
+class CountingReads:
+    """The store's reads (get, get_many, range), counted."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.reads = store, 0
+
+    def __getattr__(self, name: str) -> object:
+        real = getattr(self.store, name)
+        if name not in ("get", "get_many", "range"):
+            return real
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self.reads += 1
+            return real(*args, **kwargs)
+        return counted
+
+
+def test_the_streams_one_create_wakes_read_its_names_once(store: Store) -> None:
+    """Eight streams building their events for one create at once: the first reads the new
+    name and who holds the network, the others take what it read (on etcd each read is a
+    round trip: each stream read two keys per container and its lease before)."""
+    state = world(store, 8, 2)
+    before = store.revision()
+    state.create_container(Container("new", "h1", network="front"))
+    changes = store.changes_since(before)
+    counting = CountingReads(store)
+    state.store = counting  # type: ignore[assignment]
+    first = watch.delta_event(state, "h0", changes)
+    assert [(d.network, list(d.containers), [n.container for n in d.names])
+            for d in first.name_deltas] == [("front", ["new"], ["new"])]
+    assert counting.reads > 0  # the probe counts (positive control)
+    alone = counting.reads
+    barrier = threading.Barrier(7, timeout=5)
+    events: dict[str, pb.WatchEvent] = {}
+
+    def stream(host: str) -> None:
+        barrier.wait()
+        events[host] = watch.delta_event(state, host, changes)
+
+    threads = [threading.Thread(target=stream, args=(f"h{i}",)) for i in range(2, 8)]
+    threads.append(threading.Thread(target=stream, args=("h0",)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(events) == ["h0", *[f"h{i}" for i in range(2, 8)]]
+    assert all(list(e.name_deltas) == list(first.name_deltas) for e in events.values())
+    assert counting.reads == alone  # not one more read
+    # A later change is never answered with what was read for an earlier one.
+    before = store.revision()
+    state.update_container(Container("new", "h1", network="front", aliases=("later",)))
+    later = watch.delta_event(state, "h0", store.changes_since(before))
+    assert [list(n.aliases) for d in later.name_deltas for n in d.names] == [["later"]]
+
+
 def fold_from(state: State, host: str) -> DesiredState:
     desired = DesiredState()
     desired.apply(watch.snapshot_event(state.snapshot(host)))
