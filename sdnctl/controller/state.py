@@ -73,7 +73,6 @@ from sdnctl.controller.keys import (
     host_index_prefix,
     host_key,
     network_key,
-    owners_prefix,
     status_key,
     vni_key,
 )
@@ -164,6 +163,15 @@ class NameDelta:
     names: tuple[DnsName, ...]
 
 
+#: Name-table entries ``State.name_delta`` keeps per network before it starts again.
+NAME_ENTRIES_KEPT = 20_000
+
+
+def _fresh(kept: tuple[int, object], at_least: int) -> bool:
+    """Whether what was read at ``kept[0]`` serves a stream whose changes go to ``at_least``."""
+    return at_least > 0 and kept[0] >= at_least
+
+
 #: A batch of creates reads the keys each create reads first for this many at once.
 PREFETCH = 32
 
@@ -241,7 +249,11 @@ class State:
         self._view_locks: dict[str, threading.Lock] = {}
         self._view_locks_guard = threading.Lock()
         self._lease_networks: dict[str, tuple[int, list[str]]] = {}  # see lease_networks
-        self._name_deltas: dict[str, tuple[int, NameDelta]] = {}  # see name_delta
+        # See name_delta: by network, its entries by container and the hosts holding it, each
+        # with the revision it was read at, and the last answer.
+        self._name_entries: dict[str, dict[str, tuple[int, DnsName | None]]] = {}
+        self._holders: dict[str, tuple[int, frozenset[str]]] = {}
+        self._name_deltas: dict[str, NameDelta] = {}
 
     def now(self) -> int:
         return int(self.clock())
@@ -944,6 +956,8 @@ class State:
             if network:
                 self._shared_views.pop(network, None)
                 self._view_locks.pop(f"network {network}", None)
+                self._name_entries.pop(network, None)
+                self._holders.pop(network, None)
                 self._name_deltas.pop(network, None)
                 self._view_locks.pop(f"names {network}", None)
 
@@ -998,46 +1012,62 @@ class State:
                    at_least: int = 0) -> NameDelta:
         """What a Watch stream needs for ``network``'s NameDelta: the hosts holding a lease of
         it (they alone hold its name table) and the entries of ``containers`` in it, as now.
-        The streams one change wakes ask the same question: it is read once and shared, as
-        :meth:`_network_view` keeps its views (``at_least`` alike). On etcd each stream read
-        two keys per container and its lease, every one a round trip: at 100x10, 1,000 creates
-        made ~200,000 reads, which held ``up``'s writes back (issue 21)."""
+        The streams one change wakes ask alike: what they ask is read once and shared, entry by
+        entry (streams that fell behind take several changes at once, so their sets differ),
+        each kept with the revision it was read at and taken by a stream whose changes it is
+        as new as (``at_least``, as :meth:`_network_view` keeps its views). On etcd every
+        stream read two keys per container and the network's lease of its host, each a round
+        trip: at 100x10, 1,000 creates made ~200,000 reads, which held ``up``'s writes back
+        (issue 21)."""
         wanted = frozenset(containers)
+        kept = self._name_entries.setdefault(network, {})
+        entries: dict[str, DnsName | None] = {}
 
-        def kept() -> NameDelta | None:
-            cached = self._name_deltas.get(network)
-            if cached is not None and at_least and cached[0] >= at_least and \
-                    cached[1].containers == wanted:
-                return cached[1]
-            return None
+        def take_kept() -> list[str]:
+            """Take the fresh entries kept; the containers left to read."""
+            for c in wanted.difference(entries):
+                held = kept.get(c)
+                if held is not None and _fresh(held, at_least):
+                    entries[c] = held[1]
+            return sorted(wanted.difference(entries))
 
-        done = kept()
-        if done is not None:
-            return done
-        with self._view_lock(f"names {network}"):  # one stream reads, the others take it
-            done = kept()
-            if done is not None:
-                return done
-            revision = self.store.revision()
-            holders = frozenset(lease.host
-                                for lease in ipam.list_leases(self.store, network=network))
-            done = NameDelta(network, wanted, holders, self.names_of(network, wanted))
-            self._name_deltas[network] = (revision, done)
-            return done
+        holders = self._holders.get(network)
+        missing = take_kept()
+        if missing or holders is None or not _fresh(holders, at_least):
+            with self._view_lock(f"names {network}"):  # one stream reads, the others take it
+                missing, holders = take_kept(), self._holders.get(network)
+                if missing or holders is None or not _fresh(holders, at_least):
+                    revision = self.store.revision()  # (what follows is at least as new)
+                    if holders is None or not _fresh(holders, at_least):
+                        holders = (revision, frozenset(
+                            lease.host for lease in ipam.list_leases(self.store, network=network)))
+                        self._holders[network] = holders
+                    found = {n.container: n for n in self.names_of(network, missing)}
+                    if len(kept) + len(missing) > NAME_ENTRIES_KEPT:
+                        kept.clear()  # (entries of containers long gone)
+                    for c in missing:
+                        entries[c] = found.get(c)
+                        kept[c] = (revision, entries[c])
+        names = tuple(sorted((e for e in entries.values() if e is not None),
+                             key=lambda n: n.container))
+        done = NameDelta(network, wanted, holders[1], names)
+        last = self._name_deltas.get(network)
+        if last == done:  # the same object for every stream: converted once (watch._Shared)
+            return last
+        self._name_deltas[network] = done
+        return done
 
     def names_of(self, network: str, containers: Iterable[str]) -> tuple[DnsName, ...]:
         """The entries of ``containers`` in ``network``'s name table, as they are now: none for a
-        container deleted, moved to another network or without an address there (issue 21)."""
+        container deleted, moved to another network or without an address there (issue 21).
+        Two reads, each of many keys: the containers, then their owner entries."""
         names = sorted(set(containers))
-        found: dict[str, Container] = {}
-        allocations: list[Allocation] = []
-        for name, kv in zip(names, get_many(self.store, [container_key(n) for n in names]),
-                            strict=True):
-            if kv is None:
-                continue
-            found[name] = from_json(Container, kv.value)
-            owned, _ = self.store.range(f"{owners_prefix(network)}{name}/")
-            allocations.extend(from_json(Allocation, o.value) for o in owned)
+        found = {name: from_json(Container, kv.value) for name, kv in zip(
+            names, get_many(self.store, [container_key(n) for n in names]), strict=True) if kv}
+        mine = [ctr for ctr in found.values() if ctr.bridge_network == network]
+        owned = get_many(self.store, [keys.owner_key(network, ctr.name, ctr.interface)
+                                      for ctr in mine])
+        allocations = [from_json(Allocation, kv.value) for kv in owned if kv is not None]
         return dns_names(network, allocations, found)
 
     # -- leases: expiry and quarantine ----------------------------------------------------------

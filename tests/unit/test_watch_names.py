@@ -161,6 +161,20 @@ def test_the_streams_one_create_wakes_read_its_names_once(store: Store) -> None:
     assert sorted(events) == ["h0", *[f"h{i}" for i in range(2, 8)]]
     assert all(list(e.name_deltas) == list(first.name_deltas) for e in events.values())
     assert counting.reads == alone  # not one more read
+    # A stream that fell behind takes two creates at once, one that kept up the first alone:
+    # its entry was read with the first's, and serves (by entry, not by set of containers).
+    before = store.revision()
+    state.create_container(Container("x1", "h2", network="front"))
+    state.create_container(Container("x2", "h3", network="front"))
+    both = store.changes_since(before)
+    behind = watch.delta_event(state, "h0", both)
+    assert [n.container for d in behind.name_deltas for n in d.names] == ["x1", "x2"]
+    reads = counting.reads
+    first_only = [c for c in both if c.revision <= min(c.revision for c in both
+                                                       if c.key.endswith("/x1"))]
+    kept_up = watch.delta_event(state, "h4", first_only)
+    assert [n.container for d in kept_up.name_deltas for n in d.names] == ["x1"]
+    assert counting.reads == reads
     # A later change is never answered with what was read for an earlier one.
     before = store.revision()
     state.update_container(Container("new", "h1", network="front", aliases=("later",)))
