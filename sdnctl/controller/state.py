@@ -27,8 +27,9 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TypeVar
 
 from netaddr import IPAddress, IPNetwork
@@ -91,10 +92,10 @@ log = logging.getLogger(__name__)
 
 Ops = list[Put | Delete]
 T = TypeVar("T")
-#: A network as every host sees it: spec, name table, and for an overlay every member's peer
-#: entry (each host's peers are the others: ``overlay_peers`` once, not once per host).
-_SharedView = tuple[Network, "tuple[DnsName, ...]", "tuple[Peer, ...]"]
-
+#: A network as every host sees it: spec, name table, for an overlay every member's peer entry
+#: (each host's peers are the others: ``overlay_peers`` once, not once per host), and the
+#: leases by host (each stream's own: on etcd a read per stream was a round trip each).
+_SharedView = tuple[Network, "tuple[DnsName, ...]", "tuple[Peer, ...]", Mapping[str, Lease]]
 
 
 @dataclass(frozen=True)
@@ -913,11 +914,11 @@ class State:
     def host_network(self, network: str, host: str, at_least: int = 0) -> HostNetwork | None:
         """``host``'s view of ``network`` (None without a lease there), as of the store's
         revision, or as of any revision from ``at_least`` on (see :meth:`_network_view`)."""
-        lease = ipam.get_lease(self.store, network, host)
-        shared = self._network_view(network, at_least) if lease is not None else None
-        if lease is None or shared is None:
+        shared = self._network_view(network, at_least)
+        lease = shared[3].get(host) if shared is not None else None
+        if shared is None or lease is None:
             return None
-        spec, names, members = shared
+        spec, names, members, _ = shared
         if not spans_hosts(spec.driver):
             return HostNetwork(spec, lease, names=names)
         return HostNetwork(spec, lease, tuple(p for p in members if p.host != host), names)
@@ -998,13 +999,13 @@ class State:
                       for a, kv in zip(allocations, found, strict=True) if kv is not None}
         names = dns_names(network, allocations, containers)
         members: tuple[Peer, ...] = ()
+        leases = ipam.list_leases(self.store, network=network)
         if spans_hosts(spec.driver):
-            leases = ipam.list_leases(self.store, network=network)
             got = get_many(self.store, [host_key(lease.host) for lease in leases])
             hosts = {lease.host: from_json(Host, kv.value)
                      for lease, kv in zip(leases, got, strict=True) if kv is not None}
             members = overlay_peers(spec, "", leases, hosts)
-        view = (spec, names, members)
+        view = (spec, names, members, MappingProxyType({lease.host: lease for lease in leases}))
         self._shared_views[network] = (revision, view)
         return view
 

@@ -283,6 +283,41 @@ def test_streams_woken_together_build_an_overlay_view_once(
         store.close()
 
 
+def test_streams_woken_together_read_nothing_of_their_own(tmp_path: Path) -> None:
+    """Eight streams asking one after the other for their view of one change: the first
+    reads the shared view, the others read nothing, not even their host's lease (on etcd each
+    read is a round trip: a read per stream was 100 per change at 100 hosts)."""
+    store = SqliteStore(tmp_path / "db")
+    try:
+        state = State(store)
+        overlay_of(state, "abcdefgh")
+        change = store.revision()
+        reads = [0]
+
+        class Counting:
+            def __getattr__(self, name: str) -> Any:
+                real = getattr(store, name)
+                if name not in ("get", "get_many", "range"):
+                    return real
+
+                def counted(*args: Any, **kwargs: Any) -> Any:
+                    reads[0] += 1
+                    return real(*args, **kwargs)
+                return counted
+
+        state.store = Counting()  # type: ignore[assignment]
+        first = state.host_network("ov", "a", change)
+        assert first is not None and first.lease.host == "a" and reads[0] > 0
+        read = reads[0]
+        views = [state.host_network("ov", h, change) for h in "bcdefgh"]
+        assert [v.lease.host for v in views if v is not None] == list("bcdefgh")
+        assert views[0] is not None and [p.host for p in views[0].peers] == list("acdefgh")
+        assert reads[0] == read
+        assert state.host_network("ov", "nobody", change) is None  # no lease: no view
+    finally:
+        store.close()
+
+
 def test_a_hub_behind_a_compaction_sends_every_stream_a_snapshot(
         tmp_path: Path, start_server: StartServer) -> None:
     store = SqliteStore(tmp_path / "db", history=1)  # every write compacts what came before
