@@ -14,9 +14,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from etcdtest import etcd_cluster
 
-from sdnctl.controller.store.base import Change, Compacted, Compare, Delete, Put, Store
-from sdnctl.controller.store.etcd import EtcdStore
+from sdnctl.api.model import Container, Host, Network
+from sdnctl.controller.state import State
+from sdnctl.controller.store.base import (
+    Change,
+    Compacted,
+    Compare,
+    Delete,
+    Put,
+    Store,
+    get_many,
+)
+from sdnctl.controller.store.etcd import EtcdError, EtcdStore
 from sdnctl.controller.store.memory import MemoryStore
 from sdnctl.controller.store.sqlite import SqliteStore
 
@@ -375,6 +386,34 @@ def test_etcd_prefixes_are_apart(etcd: object) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_etcd_store_finds_the_transaction_size_etcd_takes(etcd: object, tmp_path: Path) -> None:
+    """etcd does not say its --max-txn-ops: the store tries read-only transactions when it
+    opens and uses the largest that passes (batches then take fewer transactions), and the
+    default 128 when etcd keeps its default; a batch larger than that still commits."""
+    roomy = EtcdStore(etcd.endpoints,  # type: ignore[attr-defined]
+                      prefix=f"/p{uuid.uuid4().hex[:8]}")
+    try:
+        assert roomy.max_txn_ops == 1024  # the test etcd runs with --max-txn-ops 4096
+        assert roomy.txn([], [Put(f"/k{i}", b"v") for i in range(600)]) is not None
+    finally:
+        roomy.close()
+    with etcd_cluster(tmp_path / "default", extra_args=["--max-txn-ops", "128"]) as cluster:
+        store = EtcdStore(cluster.endpoints)
+        try:
+            assert store.max_txn_ops == 128
+            with pytest.raises(EtcdError, match="too many operations"):  # (what it found)
+                store.txn([], [Put(f"/k{i}", b"v") for i in range(129)])
+            state = State(store)
+            state.create_host(Host("h1"))
+            state.create_network(Network("front", "10.88.0.0/16"))
+            views, _ = state.create_containers(
+                [Container(name=f"c{i}", host="h1", network="front") for i in range(40)])
+            assert len(views) == 40
+            assert None not in get_many(store, [f"/containers/c{i}" for i in range(40)])
+        finally:
+            store.close()
 
 
 def test_memory_range_agrees_with_a_scan_through_puts_and_deletes() -> None:

@@ -74,6 +74,11 @@ DEFAULT_TIMEOUT = 5.0
 DEFAULT_PREFIX = "/sdnctl"
 #: etcd caps the operations of one transaction (--max-txn-ops, 128 by default).
 TXN_OPS = 128
+#: Caps tried when the store opens, largest first (``EtcdStore.max_txn_ops``): etcd does not
+#: say its --max-txn-ops, so a read-only transaction of each size tells. A batch of creates is
+#: then one transaction instead of seven: at 100x10 every transaction is a change each of the
+#: 100 Watch streams turns into an event and each agent applies (issue 21).
+TXN_CAPS = (1024, 512, 256)
 
 # gRPC codes (in the gateway's error body) that mean "this member cannot serve now".
 _UNAVAILABLE_CODES = {4, 14}  # DEADLINE_EXCEEDED, UNAVAILABLE
@@ -147,7 +152,8 @@ def _auth_refused(status: int, answer: dict[str, Any]) -> bool:
 
 
 class EtcdStore:
-    #: State splits a batch into transactions of at most this many operations.
+    #: State splits a batch into transactions of at most this many operations (what etcd
+    #: takes: found when the store opens, see TXN_CAPS).
     max_txn_ops = TXN_OPS
 
     def __init__(self, endpoints: Sequence[str], prefix: str = DEFAULT_PREFIX,
@@ -175,6 +181,7 @@ class EtcdStore:
         self._streams: set[http.client.HTTPConnection] = set()  # open watches, ended by close()
         self._all_conns: list[http.client.HTTPConnection] = []
         self._seen = self.revision()
+        self.max_txn_ops = self._txn_cap()
         self._watcher = threading.Thread(target=self._watch_marker, name="etcd-marker-watch",
                                          daemon=True)
         self._watcher.start()
@@ -366,14 +373,28 @@ class EtcdStore:
     def get_many(self, keys: Sequence[str]) -> list[KeyValue | None]:
         """One read transaction per chunk (etcd caps a transaction's operations)."""
         found: list[KeyValue | None] = []
-        for start in range(0, len(keys), TXN_OPS):
-            chunk = keys[start:start + TXN_OPS]
+        for start in range(0, len(keys), self.max_txn_ops):
+            chunk = keys[start:start + self.max_txn_ops]
             answer = self._call("/v3/kv/txn", {"success": [
                 {"request_range": {"key": _b64(self._key(key))}} for key in chunk]})
             for response in answer.get("responses") or []:
                 kvs = response.get("response_range", {}).get("kvs") or []
                 found.append(self._kv(kvs[0]) if kvs else None)
         return found
+
+    def _txn_cap(self) -> int:
+        """The most operations etcd takes in one transaction, of TXN_CAPS (else TXN_OPS): one
+        read-only transaction of the marker per size tried."""
+        for size in TXN_CAPS:
+            try:
+                self._call("/v3/kv/txn", {"success": [
+                    {"request_range": {"key": _b64(self._marker), "keys_only": True}}] * size})
+            except EtcdError as e:
+                if "too many operations" in str(e):
+                    continue
+                raise
+            return size
+        return TXN_OPS
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         answer = self._call("/v3/kv/txn", {"success": [
