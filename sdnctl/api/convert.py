@@ -19,12 +19,12 @@ from sdnctl.api.model import (
     Policy,
     PolicyPeer,
     PolicyRule,
+    default_host_prefix,
     labels_dict,
     labels_tuple,
     network_driver,
 )
 from sdnctl.api.policyeval import Endpoint
-from sdnctl.api.validate import default_host_prefix
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 DEFAULT_COMMAND = ("sleep", "infinity")

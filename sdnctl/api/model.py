@@ -24,11 +24,25 @@ VXLAN_OVERHEAD = 50  # outer IPv4 + UDP + VXLAN + inner Ethernet: overlay MTU = 
 VXLAN_OVERHEAD6 = 70  # the same over an IPv6 underlay: its header is 20 bytes longer
 DEFAULT_HOST_PREFIX = 24
 DEFAULT_HOST_PREFIX6 = 64  # each host's IPv6 lease: a /64, as SLAAC-era networks expect
+
 DEFAULT_MTU = 1500
 #: The subnet of the controller's default bridge network unless told otherwise (Docker's).
 DEFAULT_BRIDGE_SUBNET = "172.17.0.0/16"
 DRIVER_BRIDGE = "bridge"
 DRIVER_OVERLAY = "overlay"
+
+
+
+def default_host_prefix(subnet: str, gateway: str = "", ip_range: str = "") -> int:
+    """The host prefix a network gets when none is given.
+
+    A network with a gateway or an ip_range is one lease, as a Docker bridge network is: its
+    host prefix is the subnet's own. Else each host gets a /24 of it.
+    """
+    prefix = subnet.rpartition("/")[2]
+    if (gateway or ip_range) and prefix.isdigit():
+        return int(prefix)
+    return DEFAULT_HOST_PREFIX
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,6 @@ from sdnctl.api.fields import (
 from sdnctl.api.model import (
     CAPABILITIES,
     DEFAULT_DENY,
-    DEFAULT_HOST_PREFIX,
     DRIVERS,
     MODE_BRIDGE,
     MODE_CONTAINER,
@@ -117,18 +116,6 @@ def host_prefix_for(network_cidr: str, host_prefix: int, field: str = "host_pref
     if net.prefixlen > MAX_HOST_PREFIX:
         raise Invalid(subnet_field, f"{network_cidr} leaves no room for a gateway and a container")
     return max(net.prefixlen, host_prefix)
-
-def default_host_prefix(subnet: str, gateway: str = "", ip_range: str = "") -> int:
-    """The host prefix a network gets when none is given.
-
-    A network with a gateway or an ip_range is one lease, as a Docker bridge network is: its
-    host prefix is the subnet's own. Else each host gets a /24 of it.
-    """
-    prefix = subnet.rpartition("/")[2]
-    if (gateway or ip_range) and prefix.isdigit():
-        return int(prefix)
-    return DEFAULT_HOST_PREFIX
-
 
 def validate_host(host: Host, where: str = "host") -> Host:
     check_name(host.name, f"{where}.name")

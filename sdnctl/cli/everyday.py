@@ -7,7 +7,13 @@ modules import only the client, the protobuf vocabulary and the lab's local help
 here, and ``sdnctl.main`` offers every command line to :func:`main` first; any other verb (and
 ``--help``) goes to the full CLI, ``cli``, which registers these same modules too. A verb is
 added to one module, and that module to :data:`MODULES` only if it stays light
-(``tests/unit/test_cli_entry.py`` lists what this entry must never load).
+(``tests/unit/test_cli_entry.py`` lists what this entry must never load). What only some of
+these verbs need is imported inside them, as ``sdnctl.main`` imports the daemons: this
+machine's reach into lab containers (``sdnctl.lab.local``: ``exec``, ``logs``, ``inspect``'s
+usage, ``image prune``) and the registry client (``image pull``/``push``). With the field
+checks (netaddr) and the image references no longer on this path either, the entry loads in
+about 140 ms instead of 180; grpc and protobuf are most of what is left (``docs/
+architecture.md``, "Where a CLI start goes").
 """
 
 from __future__ import annotations

@@ -25,9 +25,8 @@ from typing import Any
 
 import grpc
 
-from sdnctl.api import convert, imagefmt, imagepull, registry
+from sdnctl.api import convert
 from sdnctl.api.client import CommandError, connect
-from sdnctl.lab import local
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 TIMEOUT = 600.0
@@ -110,6 +109,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    from sdnctl.api import imagepull, registry  # (not at the top: sdnctl.cli.everyday's note)
+
     client = connect()
     try:
         image = imagepull.pull(client.api, args.ref, insecure=args.insecure)
@@ -125,6 +126,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    from sdnctl.api import imagefmt, imagepull, registry  # (sdnctl.cli.everyday's note)
+
     client = connect()
     try:
         digest = imagepull.push(client.api, args.name, args.ref, insecure=args.insecure)
@@ -137,6 +140,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from sdnctl.lab import local  # (here, not at the top: sdnctl.cli.everyday's note)
+
     if args.store_dir:
         stores = {"": args.store_dir}
     else:

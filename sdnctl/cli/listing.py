@@ -14,7 +14,6 @@ from typing import Any
 
 from sdnctl.api.client import connect
 from sdnctl.cli.output import container_json, host_json, network_json, print_table, state_text
-from sdnctl.lab import local
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 
@@ -42,6 +41,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     elif args.kind == "network":
         data = network_json(client.api.GetNetwork(request, timeout=10))
     else:
+        from sdnctl.lab import local  # (here, not at the top: sdnctl.cli.everyday's note)
+
         ctr = client.api.GetContainer(request, timeout=10)
         data = container_json(ctr)
         data["usage"] = local.live_usage(ctr)

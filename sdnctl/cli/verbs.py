@@ -36,7 +36,6 @@ import grpc
 
 from sdnctl.api import convert, paths
 from sdnctl.api.client import DELETE_BATCH, Client, CommandError, connect, poll_delays
-from sdnctl.api.fields import parse_rate, parse_size
 from sdnctl.api.model import (
     DRIVER_BRIDGE,
     DRIVERS,
@@ -52,8 +51,8 @@ from sdnctl.api.model import (
     network_mode,
     spans_hosts,
 )
+from sdnctl.api.units import parse_rate, parse_size
 from sdnctl.cli.output import host_json, network_json, print_table
-from sdnctl.lab import local
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 T = TypeVar("T")
@@ -447,11 +446,15 @@ def cmd_exec(args: argparse.Namespace) -> int:
                            "runs it")
     tty = args.tty and sys.stdin.isatty()
     stdin = None if args.interactive or tty else subprocess.DEVNULL
+    from sdnctl.lab import local  # (here, not at the top: sdnctl.cli.everyday's note)
+
     return local.run_exec(ctr, args.name, command, tty, stdin)
 
 
 
 def log_path(client: Client, name: str) -> str:
+    from sdnctl.lab import local  # (here, not at the top: sdnctl.cli.everyday's note)
+
     ctr = _get_container(client, name)
     host = _rpc(f"inspect host {ctr.host!r}", lambda: client.api.GetHost(
         pb.GetRequest(name=ctr.host), timeout=RPC_TIMEOUT))

@@ -25,7 +25,7 @@ from typing import Any
 import netaddr
 import yaml
 
-from sdnctl.api.fields import check_ipv4, check_ipv6, check_name, parse_rate, parse_size
+from sdnctl.api.fields import check_ipv4, check_ipv6, check_name
 from sdnctl.api.model import (
     DEFAULT_HOST_PREFIX,
     DEFAULT_HOST_PREFIX6,
@@ -46,6 +46,7 @@ from sdnctl.api.model import (
     labels_tuple,
     network_driver,
 )
+from sdnctl.api.units import parse_rate, parse_size
 from sdnctl.api.validate import (
     validate_container,
     validate_host,

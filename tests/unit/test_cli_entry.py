@@ -18,7 +18,10 @@ from sdnctl.cli import base, cli, everyday
 #: What loading the everyday entry must never pull in (each costs tens of ms or more).
 HEAVY = ("pyroute2", "cryptography", "jsonschema", "yaml", "prometheus_client",
          "sdnctl.topology", "sdnctl.controller", "sdnctl.cli.cli", "sdnctl.cli.graph",
-         "sdnctl.api.pki", "agent.reconcile", "agent.kernel.links")
+         "sdnctl.api.pki", "agent.reconcile", "agent.kernel.links",
+         # (each a few ms to ~15: what only some verbs need is imported inside them)
+         "sdnctl.lab.local", "sdnctl.api.registry", "sdnctl.api.imagepull",
+         "sdnctl.api.validate", "netaddr", "dnslib")
 
 PROBE = """
 import json, sys

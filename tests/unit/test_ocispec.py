@@ -9,8 +9,9 @@ import pytest
 
 from agent import ocispec
 from agent.runtime import host_mounts
-from sdnctl.api.fields import parse_size, parse_volume
+from sdnctl.api.fields import parse_volume
 from sdnctl.api.model import DEFAULT_CAPABILITIES, Container, Invalid, wants_user_ns
+from sdnctl.api.units import parse_size
 from sdnctl.api.validate import validate_container
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sdnctl.api.model import Container, Host, Invalid, Network
+from sdnctl.api.model import Container, Host, Invalid, Network, default_host_prefix
 from sdnctl.api.validate import (
-    default_host_prefix,
     validate_container,
     validate_host,
     validate_network,
