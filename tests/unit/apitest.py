@@ -250,3 +250,21 @@ def eventually(check: Callable[[], bool], timeout: float = TIMEOUT) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout} s")
         time.sleep(0.02)
+
+
+class CountingReads:
+    """A store whose reads are counted (``get``, ``get_many``, ``range``: each one request, a
+    round trip through the cluster on etcd); everything else goes to ``store`` as it is."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.reads = store, 0
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self.store, name)
+        if name not in ("get", "get_many", "range"):
+            return real
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.reads += 1
+            return real(*args, **kwargs)
+        return counted

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
-from apitest import Api, details, rpc_error, unchanged
+from apitest import Api, CountingReads, details, rpc_error, unchanged
 
 from sdnctl.api.model import Container, Host, Network
 from sdnctl.controller.state import State
@@ -107,23 +107,6 @@ def test_a_batch_replans_when_another_writer_comes_first(store: Store) -> None:
            for n in ("first", "other", "b0", "b1")}
     assert len(ips) == 4
     assert {v.container.name for v in views} == {"b0", "b1"}
-
-
-class CountingReads:
-    """A store whose reads (each a round trip on etcd: get, get_many, range) are counted."""
-
-    def __init__(self, store: Store) -> None:
-        self.store, self.reads = store, 0
-
-    def __getattr__(self, name: str) -> Any:
-        real = getattr(self.store, name)
-        if name not in ("get", "get_many", "range"):
-            return real
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.reads += 1
-            return real(*args, **kwargs)
-        return counted
 
 
 def test_a_batch_reads_about_one_key_per_container(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apitest import TIMEOUT, StartServer, connect, watch
+from apitest import TIMEOUT, CountingReads, StartServer, connect, watch
 
 from sdnctl.api.model import (
     Allocation,
@@ -292,27 +292,15 @@ def test_streams_woken_together_read_nothing_of_their_own(tmp_path: Path) -> Non
         state = State(store)
         overlay_of(state, "abcdefgh")
         change = store.revision()
-        reads = [0]
-
-        class Counting:
-            def __getattr__(self, name: str) -> Any:
-                real = getattr(store, name)
-                if name not in ("get", "get_many", "range"):
-                    return real
-
-                def counted(*args: Any, **kwargs: Any) -> Any:
-                    reads[0] += 1
-                    return real(*args, **kwargs)
-                return counted
-
-        state.store = Counting()  # type: ignore[assignment]
+        counting = CountingReads(store)
+        state.store = counting  # type: ignore[assignment]
         first = state.host_network("ov", "a", change)
-        assert first is not None and first.lease.host == "a" and reads[0] > 0
-        read = reads[0]
+        assert first is not None and first.lease.host == "a" and counting.reads > 0
+        read = counting.reads
         views = [state.host_network("ov", h, change) for h in "bcdefgh"]
         assert [v.lease.host for v in views if v is not None] == list("bcdefgh")
         assert views[0] is not None and [p.host for p in views[0].peers] == list("acdefgh")
-        assert reads[0] == read
+        assert counting.reads == read
         assert state.host_network("ov", "nobody", change) is None  # no lease: no view
     finally:
         store.close()

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from apitest import CountingReads
 
 from agent.desired import DesiredName, DesiredState, network_from_pb
 from sdnctl.api.model import Container, Host, Network
@@ -111,23 +112,6 @@ def test_a_host_without_a_lease_hears_nothing_of_the_names(store: Store) -> None
     assert (list(event.name_deltas), list(event.networks)) == ([], [])
     # ... while h0's event about the same changes carries it (positive control)
     assert [d.network for d in watch.delta_event(state, "h0", changes).name_deltas] == ["front"]
-
-
-class CountingReads:
-    """The store's reads (get, get_many, range), counted."""
-
-    def __init__(self, store: Store) -> None:
-        self.store, self.reads = store, 0
-
-    def __getattr__(self, name: str) -> object:
-        real = getattr(self.store, name)
-        if name not in ("get", "get_many", "range"):
-            return real
-
-        def counted(*args: object, **kwargs: object) -> object:
-            self.reads += 1
-            return real(*args, **kwargs)
-        return counted
 
 
 def test_the_streams_one_create_wakes_read_its_names_once(store: Store) -> None:
