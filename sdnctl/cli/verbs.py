@@ -58,6 +58,8 @@ from sdnctl.v1 import sdnctl_pb2 as pb
 T = TypeVar("T")
 
 RPC_TIMEOUT = 10.0
+#: The longest WaitHost asked for (the controller's cap): a longer wait asks again.
+WAIT_HOST_MAX = 60.0
 #: How long a verb that changes a container waits for its host to realise the change.
 WAIT_TIMEOUT = 60.0
 RESTART_POLICIES = ("no", "always", "on-failure")
@@ -240,8 +242,7 @@ def wait_realised(client: Client, host: str, name: str, revision: int,
     deadline = time.monotonic() + timeout
     delays = poll_delays()
     while True:
-        got = _rpc(f"inspect host {host!r}", lambda: client.api.GetHost(
-            pb.GetRequest(name=host), timeout=RPC_TIMEOUT))
+        got = _wait_host(client, host, revision, deadline)
         ctr = _get_container(client, name)
         settled = ctr.status.state in (STATE_RUNNING, STATE_EXITED, STATE_ERROR,
                                        STATE_CREATED, STATE_RESTARTING)
@@ -253,6 +254,23 @@ def wait_realised(client: Client, host: str, name: str, revision: int,
                                f"realise it within {timeout:.0f}s{why}; state: "
                                f"{ctr.status.state or 'pending'}")
         time.sleep(next(delays))
+
+
+def _wait_host(client: Client, host: str, revision: int, deadline: float) -> pb.Host:
+    """The host once its agent has realised ``revision``, has none connected or ``deadline``
+    came (the controller answers when it happens: WaitHost); a controller without WaitHost is
+    asked once (GetHost) and the caller polls."""
+    wait = max(0.0, min(deadline - time.monotonic(), WAIT_HOST_MAX))
+    try:
+        return client.api.WaitHost(pb.WaitHostRequest(
+            name=host, revision=revision, timeout_ms=max(1, int(wait * 1000))),
+            timeout=wait + RPC_TIMEOUT)
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+            details = e.details() or e.code().name  # type: ignore[attr-defined]
+            raise CommandError(f"could not inspect host {host!r}: {details}") from e
+    return _rpc(f"inspect host {host!r}", lambda: client.api.GetHost(
+        pb.GetRequest(name=host), timeout=RPC_TIMEOUT))
 
 
 def container_from_args(args: argparse.Namespace) -> pb.Container:
@@ -399,9 +417,7 @@ def _wait_hosts(client: Client, revisions: dict[str, int], timeout: float) -> No
     delays = poll_delays()
     for host, revision in sorted(revisions.items()):
         while time.monotonic() < deadline:
-            request = pb.GetRequest(name=host)
-            got = _rpc(f"inspect host {host!r}",
-                       lambda: client.api.GetHost(request, timeout=RPC_TIMEOUT))  # noqa: B023
+            got = _wait_host(client, host, revision, deadline)
             if not got.agent_connected or (got.agent_synced and
                                            got.observed_revision >= revision):
                 break

@@ -70,6 +70,7 @@ REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/"
 POLICY: dict[str, Rule] = {
     CTL + "CreateHost": Rule(ADMIN, mutating=True),
     CTL + "GetHost": Rule(READ),
+    CTL + "WaitHost": Rule(READ),
     CTL + "ListHosts": Rule(READ),
     CTL + "DeleteHost": Rule(ADMIN, mutating=True),
     # An agent's Docker plugin (issue 18) adopts or creates the network a `docker network

@@ -246,6 +246,10 @@ def host_pb(view: HostView, connections: Connections, hub: Hub | None = None) ->
 
 
 MAX_ARCHIVE = 8 << 30  # bytes: a bigger upload is refused
+#: WaitHost: how long it waits when the request gives no timeout, and at most.
+WAIT_HOST_DEFAULT, WAIT_HOST_MAX = 10.0, 60.0
+#: WaitHost looks at the host again at least this often (seconds) while no write comes.
+WAIT_HOST_RECHECK = 0.02
 
 
 def gc_report_pb(report: gc.Report) -> pb.GcIpamReport:
@@ -308,6 +312,27 @@ class ControllerServicer(pb_grpc.ControllerServicer):
     def GetHost(self, request: pb.GetRequest, context: Any) -> pb.Host:
         return host_pb(self.state.get_host(request.name), self.connections,
                        hub_of(self.state))
+
+    def WaitHost(self, request: pb.WaitHostRequest, context: Any) -> pb.Host:
+        """GetHost once the host's agent has realised ``revision`` (or none is connected, or
+        ``timeout_ms`` passed): woken by the store's writes (the agent's report is one), and
+        looking again every WAIT_HOST_RECHECK (what the hub counts as realised moves without
+        a write)."""
+        if request.revision < 0:
+            raise Invalid("revision", "must not be negative")
+        timeout = min(request.timeout_ms / 1000 if request.timeout_ms else WAIT_HOST_DEFAULT,
+                      WAIT_HOST_MAX)
+        deadline = time.monotonic() + timeout
+        store = self.state.store
+        while True:
+            seen = store.revision()
+            msg = host_pb(self.state.get_host(request.name), self.connections,
+                          hub_of(self.state))
+            remaining = deadline - time.monotonic()
+            if (msg.agent_synced and msg.observed_revision >= request.revision) or \
+                    not msg.agent_connected or remaining <= 0 or not context.is_active():
+                return msg
+            store.wait(seen, min(remaining, WAIT_HOST_RECHECK))
 
     def ListHosts(self, request: pb.ListRequest, context: Any) -> pb.ListHostsResponse:
         views, revision = self.state.list_hosts()

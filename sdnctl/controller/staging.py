@@ -27,7 +27,8 @@ lease's quarantine is listed once per batch, and the entry a create then takes o
 A ``txn`` reads the keys of its compares it has not read in one ``get_many``, and none of the
 keys it puts (a put's ``create_revision`` is the staged revision unless the old value was read:
 nothing reads it before the commit). On etcd every read is a round trip through the cluster:
-these made a create of a 100x10 ``up`` about 7 round trips instead of about 12 (issue 21).
+with the creates' prefetch (``state._prefetch_creates``) these took 100 creates in one batch
+from 785 requests to 157 (issue 21).
 """
 
 from __future__ import annotations

@@ -644,6 +644,16 @@ class GetRequest(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class WaitHostRequest(_message.Message):
+    __slots__ = ("name", "revision", "timeout_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    revision: int
+    timeout_ms: int
+    def __init__(self, name: _Optional[str] = ..., revision: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
 class ListRequest(_message.Message):
     __slots__ = ("host", "network")
     HOST_FIELD_NUMBER: _ClassVar[int]

@@ -47,6 +47,11 @@ class ControllerStub:
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetRequest.SerializeToString,
                 response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.Host.FromString,
                 _registered_method=True)
+        self.WaitHost = channel.unary_unary(
+                '/sdnctl.v1.Controller/WaitHost',
+                request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.WaitHostRequest.SerializeToString,
+                response_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.Host.FromString,
+                _registered_method=True)
         self.ListHosts = channel.unary_unary(
                 '/sdnctl.v1.Controller/ListHosts',
                 request_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.ListRequest.SerializeToString,
@@ -218,6 +223,15 @@ class ControllerServicer:
 
     def GetHost(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WaitHost(self, request, context):
+        """GetHost once host NAME's agent has realised REVISION (agent_synced, observed_revision at
+        least REVISION), or has none connected, or after TIMEOUT_MS (at most 60 s): what a verb
+        that changed the host's desired state waits for, answered when it happens, not polled.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -453,6 +467,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.GetRequest.FromString,
                     response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.Host.SerializeToString,
             ),
+            'WaitHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitHost,
+                    request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.WaitHostRequest.FromString,
+                    response_serializer=sdnctl_dot_v1_dot_sdnctl__pb2.Host.SerializeToString,
+            ),
             'ListHosts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListHosts,
                     request_deserializer=sdnctl_dot_v1_dot_sdnctl__pb2.ListRequest.FromString,
@@ -665,6 +684,33 @@ class Controller:
             target,
             '/sdnctl.v1.Controller/GetHost',
             sdnctl_dot_v1_dot_sdnctl__pb2.GetRequest.SerializeToString,
+            sdnctl_dot_v1_dot_sdnctl__pb2.Host.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdnctl.v1.Controller/WaitHost',
+            sdnctl_dot_v1_dot_sdnctl__pb2.WaitHostRequest.SerializeToString,
             sdnctl_dot_v1_dot_sdnctl__pb2.Host.FromString,
             options,
             channel_credentials,

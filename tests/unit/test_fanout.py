@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from apitest import TIMEOUT, CountingReads, StartServer, connect, watch
 
@@ -149,6 +150,47 @@ def test_a_host_no_write_concerns_counts_as_having_realised_them(
             api.sync.ReportStatus(pb.ReportStatusRequest(
                 host="hb", observed_revision=event.revision), timeout=TIMEOUT)
             assert _observed(api, "hb") >= mine
+
+
+def test_wait_host_answers_once_the_agent_has_realised_the_revision(
+        store: Store, start_server: StartServer) -> None:
+    """What `sdnctl run` and `rm` wait with: WaitHost answers when the host's agent reports the
+    revision (not before: the answer carries it), at once when it has, or when no agent is
+    connected; a bad request is refused naming the field."""
+    server = start_server(store, progress_interval=3600)
+    with connect(server, store) as api:
+        api.host("hb")
+        api.network("back", subnet="10.99.0.0/16")
+        alone = api.ctl.WaitHost(pb.WaitHostRequest(name="hb", revision=1 << 40,
+                                                    timeout_ms=60_000), timeout=TIMEOUT)
+        assert not alone.agent_connected  # no agent: nothing to wait for
+        with pytest.raises(grpc.RpcError) as bad:
+            api.ctl.WaitHost(pb.WaitHostRequest(name="hb", revision=-1), timeout=TIMEOUT)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert "revision" in bad.value.details()  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as unknown:
+            api.ctl.WaitHost(pb.WaitHostRequest(name="nobody"), timeout=TIMEOUT)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+        with watch(api, "hb") as b:
+            snap = b.next()
+            api.sync.ReportStatus(pb.ReportStatusRequest(
+                host="hb", observed_revision=snap.revision), timeout=TIMEOUT)
+            mine = api.container("b1", host="hb", network="back").revision
+            answers: list[pb.Host] = []
+            waiting = threading.Thread(target=lambda: answers.append(api.ctl.WaitHost(
+                pb.WaitHostRequest(name="hb", revision=mine, timeout_ms=60_000),
+                timeout=70)))
+            waiting.start()
+            event = b.next()
+            assert [c.name for c in event.containers] == ["b1"]
+            api.sync.ReportStatus(pb.ReportStatusRequest(
+                host="hb", observed_revision=event.revision), timeout=TIMEOUT)
+            waiting.join(TIMEOUT)
+            assert not waiting.is_alive()  # answered on the report, not at its 60 s
+            assert answers[0].agent_synced and answers[0].observed_revision >= mine
+            again = api.ctl.WaitHost(pb.WaitHostRequest(name="hb", revision=mine,
+                                                        timeout_ms=60_000), timeout=TIMEOUT)
+            assert again.observed_revision >= mine  # realised already: at once
 
 
 def test_which_hosts_a_change_concerns(tmp_path: Path) -> None:

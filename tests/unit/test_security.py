@@ -325,8 +325,8 @@ SERVICES = [
     reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
 ]
 METHODS = {f"/{s.full_name}/{m.name}": m for s in SERVICES for m in s.methods}
-READS = {"GetHost", "ListHosts", "GetNetwork", "ListNetworks", "GetContainer", "ListContainers",
-         "GetIpam", "CheckIpam", "Events", "ListImages", "GetImage", "SaveImage",
+READS = {"GetHost", "WaitHost", "ListHosts", "GetNetwork", "ListNetworks", "GetContainer",
+         "ListContainers", "GetIpam", "CheckIpam", "Events", "ListImages", "GetImage", "SaveImage",
          "GetEndpoints", "GetFlows", "GetPolicy", "ListPolicies"}
 NETWORKS_AND_CONTAINERS = {"CreateNetwork", "UpdateNetwork", "DeleteNetwork", "CreateContainer",
                            "CreateContainers", "DeleteContainers",
@@ -395,6 +395,7 @@ def test_a_method_missing_from_the_table_is_denied_to_everybody() -> None:
 CALLS: dict[str, Any] = {
     "CreateHost": pb.CreateHostRequest(host=pb.Host(name="hx")),
     "GetHost": pb.GetRequest(name="ha"),
+    "WaitHost": pb.WaitHostRequest(name="ha", timeout_ms=1),
     "ListHosts": pb.ListRequest(),
     "DeleteHost": pb.DeleteRequest(name="hb"),
     "CreateNetwork": pb.CreateNetworkRequest(network=pb.Network(name="n2",
