@@ -315,24 +315,26 @@ class ControllerServicer(pb_grpc.ControllerServicer):
 
     def WaitHost(self, request: pb.WaitHostRequest, context: Any) -> pb.Host:
         """GetHost once the host's agent has realised ``revision`` (or none is connected, or
-        ``timeout_ms`` passed): woken by the store's writes (the agent's report is one), and
-        looking again every WAIT_HOST_RECHECK (what the hub counts as realised moves without
-        a write)."""
+        ``timeout_ms`` passed). The host is read again only when the store moved (the agent's
+        report is a write: ``store.wait`` wakes on it); what the hub counts as realised moves
+        without a write, in memory, so that part is looked at every WAIT_HOST_RECHECK."""
         if request.revision < 0:
             raise Invalid("revision", "must not be negative")
         timeout = min(request.timeout_ms / 1000 if request.timeout_ms else WAIT_HOST_DEFAULT,
                       WAIT_HOST_MAX)
         deadline = time.monotonic() + timeout
         store = self.state.store
+        seen = store.revision()
+        view = self.state.get_host(request.name)  # (read after ``seen``: at least as new)
         while True:
-            seen = store.revision()
-            msg = host_pb(self.state.get_host(request.name), self.connections,
-                          hub_of(self.state))
+            msg = host_pb(view, self.connections, hub_of(self.state))
             remaining = deadline - time.monotonic()
             if (msg.agent_synced and msg.observed_revision >= request.revision) or \
                     not msg.agent_connected or remaining <= 0 or not context.is_active():
                 return msg
-            store.wait(seen, min(remaining, WAIT_HOST_RECHECK))
+            now = store.wait(seen, min(remaining, WAIT_HOST_RECHECK))
+            if now > seen:
+                seen, view = now, self.state.get_host(request.name)
 
     def ListHosts(self, request: pb.ListRequest, context: Any) -> pb.ListHostsResponse:
         views, revision = self.state.list_hosts()

@@ -8,8 +8,10 @@ import dataclasses
 import itertools
 import json
 import re
+import types
 from typing import Any
 
+import grpc
 import pytest
 from apitest import Api
 from scapy.layers.inet import ICMP as ICMP_ECHO
@@ -422,3 +424,50 @@ def test_waits_poll_soon_then_back_off_to_the_cap() -> None:
     assert delays[-1] == POLL_MAX and max(delays) == POLL_MAX
     # an agent's pass takes tens of ms: the first polls come well inside 100 ms
     assert sum(delays[:5]) < POLL_MAX
+
+
+class _Refused(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return f"{self._code.name.lower()} (a fake)"
+
+
+def test_rm_waits_with_wait_host_and_polls_a_controller_without_it() -> None:
+    """The verbs wait with WaitHost; a controller from before it answers UNIMPLEMENTED and is
+    polled with GetHost until its host has realised the revision; another error is named."""
+    calls: list[str] = []
+
+    class Old:
+        def WaitHost(self, request: pb.WaitHostRequest, timeout: float) -> pb.Host:
+            calls.append("wait")
+            raise _Refused(grpc.StatusCode.UNIMPLEMENTED)
+
+        def GetHost(self, request: pb.GetRequest, timeout: float) -> pb.Host:
+            calls.append("get")
+            return pb.Host(name=request.name, agent_connected=True, agent_synced=True,
+                           observed_revision=7 if calls.count("get") >= 3 else 3)
+
+    verbs._wait_hosts(types.SimpleNamespace(api=Old()), {"h1": 7}, 10)  # type: ignore[arg-type]
+    assert calls[:2] == ["wait", "get"] and calls.count("get") == 3
+
+    class New:
+        def WaitHost(self, request: pb.WaitHostRequest, timeout: float) -> pb.Host:
+            calls.append(f"wait {request.name} {request.revision}")
+            return pb.Host(name=request.name, agent_connected=True, agent_synced=True,
+                           observed_revision=request.revision)
+
+    calls.clear()
+    verbs._wait_hosts(types.SimpleNamespace(api=New()), {"h1": 9}, 10)  # type: ignore[arg-type]
+    assert calls == ["wait h1 9"]
+
+    class Broken:
+        def WaitHost(self, request: pb.WaitHostRequest, timeout: float) -> pb.Host:
+            raise _Refused(grpc.StatusCode.PERMISSION_DENIED)
+
+    with pytest.raises(CommandError, match="could not inspect host 'h1': permission_denied"):
+        verbs._wait_hosts(types.SimpleNamespace(api=Broken()), {"h1": 9}, 10)  # type: ignore[arg-type]
