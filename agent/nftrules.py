@@ -53,6 +53,15 @@ name exactly what they drop.
                      other target, and any ethertype but IPv4, ARP and IPv6 (a VLAN tag would
                      hide the inner header). Router advertisements and redirects from any
                      container port (``sdnv*``) are dropped. Every drop has a counter.
+                     Ahead of them, two fast-path rules (issue 21's data path): an IPv4 frame
+                     whose (port . source MAC . source address) is an element of ``ports4``,
+                     and an IPv6 frame other than ICMPv6 whose (port . MAC . address) is in
+                     ``ports6``, is accepted by one set lookup. Such a frame passes every
+                     rule after them anyway (none of them drops it), so the verdicts and the
+                     counters are the same; what changes is that a good frame no longer walks
+                     seven rules per port of the bridge (23 rules for three containers cost
+                     about 5 % of a TCP stream's throughput and a microsecond of round trip).
+                     ARP, ICMPv6 (neighbour discovery) and anything spoofed go the long way.
   forward (filter)   flows between two containers of one bridge: such frames never reach the
                      host's IP hooks (unless ``br_netfilter`` is loaded), so conntrack does not
                      see them. Each IPv4 frame from one container port to another updates an
@@ -61,6 +70,12 @@ name exactly what they drop.
                      spoke first); idle elements time out. The agent reads both sets with its
                      flows (``Firewall.bridged_flows``). The sets are declared by every render
                      (``add set`` of an existing set keeps its elements) and never flushed.
+                     When br_netfilter hands bridged IPv4 to the IP hooks in this namespace
+                     (``net.bridge.bridge-nf-call-iptables`` = 1, ``FirewallSpec.
+                     bridged_tracked``, read by ``Firewall.observe``), conntrack sees those
+                     flows already (our NAT chains keep it on), and the two rules are left out:
+                     they were two set updates per frame for what the agent reads from
+                     conntrack anyway.
 
 Sysctls of our bridges, in the same namespace: ``net.ipv4.conf.<bridge>.route_localnet`` is 1
 exactly on bridges with a loopback-reachable port (host_ip "" or 127.x), and
@@ -133,6 +148,12 @@ VXLAN_SETS = {"ip": ("vxlan4", "vxlan4_hosts"), "ip6": ("vxlan6", "vxlan6_hosts"
 for _family, (_by_vni, _hosts) in VXLAN_SETS.items():
     SETS += ((TABLE_FAMILY, _by_vni, f"typeof {_family} saddr . udp dport . @th,96,24;"),
              (TABLE_FAMILY, _hosts, f"typeof {_family} saddr . udp dport;"))
+#: The anti-spoofing fast path's sets (see the module note): (port . MAC . address) of every
+#: guarded container port, per family. Declared and refilled by every render.
+GUARD_SETS = {"ip": "ports4", "ip6": "ports6"}
+SETS += tuple((BRIDGE_FAMILY, name, f"typeof iifname . ether saddr . {family} saddr;")
+              for family, name in GUARD_SETS.items())
+SET_FAMILY = {name: family for family, name, _ in SETS}
 FAMILIES = (TABLE_FAMILY, BRIDGE_FAMILY)
 
 
@@ -205,6 +226,9 @@ class FirewallSpec:
     ports: tuple[PortRule, ...] = ()
     guards: tuple[PortGuard, ...] = ()
     vxlan: tuple[VxlanFilter, ...] = ()
+    #: Conntrack sees IPv4 frames bridged between two containers (br_netfilter passes them to
+    #: the IP hooks here): the bridge table counts no flows of its own (see the module note).
+    bridged_tracked: bool = False
 
     @classmethod
     def from_masquerade(cls, rules: Sequence[MasqueradeRule]) -> FirewallSpec:
@@ -529,8 +553,27 @@ def _missing(elements: Sequence[str], other: Sequence[str]) -> tuple[str, ...]:
 
 def _element_lines(verb: str, elements: Mapping[str, Sequence[str]]) -> list[str]:
     """``add element`` (or ``delete element``) lines for ``elements`` by set, none for none."""
-    return [f"{verb} element {TABLE_FAMILY} {TABLE_NAME} {name} {{ {', '.join(items)} }}"
+    return [f"{verb} element {SET_FAMILY[name]} {TABLE_NAME} {name} {{ {', '.join(items)} }}"
             for name, items in elements.items() if items]
+
+
+def _guard_elements(spec: FirewallSpec) -> dict[str, tuple[str, ...]]:
+    """The fast path's sets (``GUARD_SETS``): each guarded port's (port . MAC . address), its
+    IPv4 address in ``ports4``, its IPv6 and link-local ones in ``ports6``; sorted."""
+    four: set[str] = set()
+    six: set[str] = set()
+    for g in spec.guards:
+        port = f"{_ifname(g.veth)} . {_mac(g.mac)}"
+        if g.ip:
+            four.add(f"{port} . {_ipv4(g.ip)}")
+        six.update(f"{port} . {a}" for a in _own6(g))
+    return {GUARD_SETS["ip"]: tuple(sorted(four)), GUARD_SETS["ip6"]: tuple(sorted(six))}
+
+
+def _own6(g: PortGuard) -> list[str]:
+    """The IPv6 sources a container port may use: the link-local address its MAC gives, and
+    its IPv6 address if it has one."""
+    return sorted({link_local(_mac(g.mac)), *([_ipv6(g.ip6)] if g.ip6 else [])})
 
 
 def _guard_key(g: PortGuard) -> tuple[str, str]:
@@ -548,7 +591,7 @@ def _one_guard(g: PortGuard) -> tuple[_Rule, ...]:
     # An IPv6-only container (no IPv4 address) sends no IPv4 and no ARP at all.
     ip4, arp = (f"ip saddr != {_ipv4(g.ip)}", f"arp saddr ip != {_ipv4(g.ip)}") if g.ip else \
         ("", "ether type arp")
-    own6 = sorted({link_local(mac), *([_ipv6(g.ip6)] if g.ip6 else [])})
+    own6 = _own6(g)
     # Each a chain of "!=" rather than an anonymous set: a delta may make anonymous sets of
     # one key type per table only (see the delta's note), and this table has ether types.
     sources = " ".join(f"ip6 saddr != {a}" for a in own6)
@@ -581,9 +624,20 @@ _REDIRECT = _Rule(BRIDGE_FAMILY, "prerouting",
                   "sdnctl:redirect")
 
 
+#: The fast path, first in the chain (see the module note): frames every guard rule would let
+#: pass anyway, accepted by one lookup.
+_FAST_PATH = (
+    _Rule(BRIDGE_FAMILY, "prerouting", "ether type ip iifname . ether saddr . ip saddr "
+          f"@{GUARD_SETS['ip']} accept", "sdnctl:guard/fast/ip"),
+    _Rule(BRIDGE_FAMILY, "prerouting", "ether type ip6 meta l4proto != ipv6-icmp "
+          f"iifname . ether saddr . ip6 saddr @{GUARD_SETS['ip6']} accept",
+          "sdnctl:guard/fast/ip6"),
+)
+
+
 def _guard_rules(spec: FirewallSpec) -> list[_Rule]:
     rules = [r for g in sorted(spec.guards, key=_guard_key) for r in _one_guard(g)]
-    return [*rules, _ROUTER_ADVERT, _REDIRECT]
+    return [*_FAST_PATH, *rules, _ROUTER_ADVERT, _REDIRECT]
 
 
 _PORTS = f'iifname "{VETH_PREFIX}*" oifname "{VETH_PREFIX}*" ether type ip'
@@ -598,7 +652,7 @@ _FLOW_RULES = [
 
 def _rules(spec: FirewallSpec) -> list[_Rule]:
     return _port_rules(spec) + _postrouting_rules(spec) + _forward_rules(spec) + \
-        _vxlan_rules(spec) + _guard_rules(spec) + _FLOW_RULES
+        _vxlan_rules(spec) + _guard_rules(spec) + ([] if spec.bridged_tracked else _FLOW_RULES)
 
 
 def _render_body(rules: Sequence[_Rule], elements: Mapping[str, Sequence[str]]) -> list[str]:
@@ -612,7 +666,7 @@ def _render_body(rules: Sequence[_Rule], elements: Mapping[str, Sequence[str]]) 
     for family, chain, _ in CHAINS:
         lines.append(f"flush chain {family} {TABLE_NAME} {chain}")
     for name in elements:
-        lines.append(f"flush set {TABLE_FAMILY} {TABLE_NAME} {name}")
+        lines.append(f"flush set {SET_FAMILY[name]} {TABLE_NAME} {name}")
     lines += _element_lines("add", elements)
     lines += [r.line() for r in rules]
     return lines
@@ -631,7 +685,8 @@ def _sha_rule(body: Sequence[str]) -> _Rule:
 @dataclass(frozen=True)
 class _Rendered:
     rules: list[_Rule]
-    elements: dict[str, tuple[str, ...]]  # the VXLAN sets' (``_vxlan_elements``)
+    #: the VXLAN sets' and the guards' fast path's (``_vxlan_elements``, ``_guard_elements``)
+    elements: dict[str, tuple[str, ...]]
     body: list[str]  # the script without its sha rule
     sha_rule: _Rule
 
@@ -645,7 +700,7 @@ def _rendered(spec: FirewallSpec) -> _Rendered:
     for known, done in list(_RENDERED):  # (a copy: other threads render too)
         if known is spec:
             return done
-    rules, elements = _rules(spec), _vxlan_elements(spec)
+    rules, elements = _rules(spec), {**_vxlan_elements(spec), **_guard_elements(spec)}
     body = _render_body(rules, elements)
     done = _Rendered(rules, elements, body, _sha_rule(body))
     _RENDERED.append((spec, done))
@@ -687,8 +742,9 @@ def render_delta(installed: SpecLike, spec: SpecLike,
 
     ``handles`` maps rule comments to nft rule handles, for the guards' rules, the
     router-advert rule and the sha rule of the installed tables. Overlay members that come or
-    go are elements added to or deleted from the VXLAN sets. A guard that goes loses its
-    five rules (by handle); a guard that comes is inserted before the first rule of the next
+    go are elements added to or deleted from the VXLAN sets, and a guarded port that comes or
+    goes its elements of the fast path's sets. A guard that goes loses its
+    seven rules (by handle); a guard that comes is inserted before the first rule of the next
     guard in render order (or before the router-advert rule), so the chain reads as a full
     render's; the sha rule is replaced.
     """
@@ -706,7 +762,7 @@ def render_delta(installed: SpecLike, spec: SpecLike,
     if old == new and not members:
         return None
     gone, kept = old - new, sorted(old & new, key=_guard_key)
-    lines: list[str] = list(members)  # another host joined or left an overlay
+    lines: list[str] = list(members)  # a host joined or left an overlay, a port came or went
     try:
         for g in sorted(gone, key=_guard_key):
             lines += [_delete(r, handles[r.comment]) for r in _one_guard(g)]

@@ -56,6 +56,8 @@ class Observed:
     links: dict[str, ObservedLink] = field(default_factory=dict)  # links we own, by name
     containers: dict[str, ContainerState] = field(default_factory=dict)
     firewall: str | None = None  # fingerprint of our nftables table (None: absent)
+    #: br_netfilter hands bridged IPv4 to conntrack here (``FirewallSpec.bridged_tracked``)
+    bridged_tracked: bool = False
     ip_forward: bool = False
     ip6_forward: bool = False  # read only when a network is dual-stack
     vxlans: dict[str, ObservedVxlan] = field(default_factory=dict)  # our VXLAN devices
@@ -215,7 +217,7 @@ def plan(desired: DesiredState, observed: Observed, now: float = 0.0) -> list[Ac
 
     # After the bridges (the firewall sets sysctls on them), before containers start.
     # No bridge network: no table at all (an absent table is what "nothing of ours" looks like).
-    spec = firewall_spec(desired)
+    spec = firewall_spec(desired, observed.bridged_tracked)
     wanted_firewall = firewall_fingerprint(spec) if networks else None
     if desired.synced and observed.firewall != wanted_firewall:
         actions.append(SyncFirewall(spec))
@@ -246,7 +248,7 @@ def plan_peers(desired: DesiredState, observed: Observed) -> list[Action]:
     for net in desired.networks.values():
         if net.driver in LOCAL_BRIDGE_DRIVERS and driver_of(net.driver).spans_hosts:
             actions += plan_overlay(net, desired, observed)
-    spec = firewall_spec(desired)
+    spec = firewall_spec(desired, observed.bridged_tracked)
     if desired.synced and observed.firewall != firewall_fingerprint(spec):
         actions.append(SyncFirewall(spec))
     return actions
@@ -300,11 +302,13 @@ def vxlan_needs_repair(net: DesiredNetwork, desired: DesiredState,
     )
 
 
-def firewall_spec(desired: DesiredState) -> FirewallSpec:
+def firewall_spec(desired: DesiredState, bridged_tracked: bool = False) -> FirewallSpec:
     """The host's nftables rules in kernel terms: NAT, isolation, published ports, anti-spoofing.
 
     Only bridged containers whose network this host has appear; a pair of networks is allowed
-    when either lists the other and this host has both.
+    when either lists the other and this host has both. ``bridged_tracked``: conntrack sees
+    frames bridged between containers here (as the firewall last observed), so the bridge
+    table counts no flows of its own.
     """
     networks = {n.name: n for n in desired.networks.values()
                 if n.driver in LOCAL_BRIDGE_DRIVERS}
@@ -330,7 +334,7 @@ def firewall_spec(desired: DesiredState) -> FirewallSpec:
         ports += [PortRule(ctr.name, bridge_name(network), ctr.ip, p.protocol, p.host_ip,
                            p.host_port, p.container_port, ctr.ip6) for p in ctr.ports]
     return FirewallSpec(bridges, tuple((a, b) for a, b in allowed), tuple(ports), tuple(guards),
-                        vxlan=vxlan)
+                        vxlan=vxlan, bridged_tracked=bridged_tracked)
 
 
 def bridge_needs_repair(net: DesiredNetwork, link: ObservedLink | None) -> bool:

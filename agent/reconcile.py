@@ -178,7 +178,9 @@ class Reconciler:
         vxlans = {name: link for name, link in owned.items() if isinstance(link, ObservedVxlan)}
         peers = self._observe_peers(vxlans, full)
         self._vxlans = vxlans
-        return p.Observed(links=owned, containers=containers, firewall=firewall_state(),
+        firewall = firewall_state()  # (reads bridged_tracked too)
+        return p.Observed(links=owned, containers=containers, firewall=firewall,
+                          bridged_tracked=self.firewall.bridged_tracked,
                           ip_forward=self.sysctls.read_sysctl("net.ipv4.ip_forward") == "1",
                           ip6_forward=_ip6_forward(desired, self.sysctls),
                           vxlans=vxlans, peers=peers)
@@ -248,6 +250,7 @@ class Reconciler:
             return None
         observed = p.Observed(links={}, containers={},
                               firewall=self.firewall.observe(fresh=False),
+                              bridged_tracked=self.firewall.bridged_tracked,
                               vxlans=self._vxlans,
                               peers={d: self._peers[d][1] for d in devices})
         actions = p.plan_peers(desired, observed)
@@ -289,7 +292,8 @@ class Reconciler:
             return False
         # The guard is written by a helper thread while this one makes the veth (libnftables and
         # netlink both let go of the GIL); the runtime starts no process before both are done.
-        guarded = self._helper.submit(self.firewall.apply, p.firewall_spec(desired))
+        guarded = self._helper.submit(self.firewall.apply,
+                                      p.firewall_spec(desired, self.firewall.bridged_tracked))
         veth = veth_name(ctr.name, ctr.interface)
         alias, mac = veth_alias(ctr.name, ctr.interface), container_mac(ctr.ip)
         try:
@@ -321,7 +325,7 @@ class Reconciler:
         without = dataclasses.replace(desired, containers={
             n: c for n, c in desired.containers.items() if n != ctr.name})
         try:
-            self.firewall.apply(p.firewall_spec(without))
+            self.firewall.apply(p.firewall_spec(without, self.firewall.bridged_tracked))
         except Exception as e:  # the next pass writes it
             log.warning("could not take the guard of %s away: %s", ctr.name, e)
 

@@ -150,6 +150,7 @@ class FakeLinks:
 class FakeFirewall:
     installed: str | None = None  # the fingerprint of what is "installed"
     writes: int = 0
+    bridged_tracked: bool = False
 
     def observe(self, fresh: bool = True) -> str | None:
         return self.installed

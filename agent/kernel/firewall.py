@@ -85,9 +85,14 @@ CLEANUP_DELAY = 1.0
 # --- the kernel -----------------------------------------------------------------------------
 
 
-def _read_bridge_sysctls() -> tuple[list[str], list[str]]:
-    """(our bridges with route_localnet=1, our bridges with accept_ra != 0), in the calling
-    thread's namespace."""
+#: br_netfilter's switch: bridged IPv4 goes through the IP hooks (and conntrack) in this
+#: namespace. Absent without the module.
+BRIDGE_NF_IPV4 = "net.bridge.bridge-nf-call-iptables"
+
+
+def _read_bridge_sysctls() -> tuple[list[str], list[str], bool]:
+    """(our bridges with route_localnet=1, our bridges with accept_ra != 0, whether
+    br_netfilter hands bridged IPv4 to conntrack), in the calling thread's namespace."""
     localnet, accept_ra = [], []
     for bridge in _our_bridges("net.ipv4.conf"):
         if _read_optional(f"net.ipv4.conf.{bridge}.route_localnet") == "1":
@@ -95,7 +100,7 @@ def _read_bridge_sysctls() -> tuple[list[str], list[str]]:
     for bridge in _our_bridges("net.ipv6.conf"):  # no such directory: IPv6 is disabled
         if _read_optional(f"net.ipv6.conf.{bridge}.accept_ra") not in (None, "0"):
             accept_ra.append(bridge)
-    return localnet, accept_ra
+    return localnet, accept_ra, _read_optional(BRIDGE_NF_IPV4) == "1"
 
 
 def _our_bridges(key: str) -> list[str]:
@@ -157,6 +162,8 @@ class Firewall:
         self._container_drops: dict[tuple[str, str], int] = {}  # (container, guard) -> packets
         self._network_drops: dict[tuple[str, str], int] = {}  # (network, reason) -> packets
         self._bridged: list[FlowSample] = []  # flows between containers of one bridge
+        #: conntrack sees bridged IPv4 (br_netfilter), as the last observe read it
+        self.bridged_tracked = False
         # Deltas' cleanups not run yet (``Delta.cleanup``: old sha rules' deletes); a listing
         # runs them first (_settle), a timer runs them at the latest (see the module note).
         self._pending: list[str] = []
@@ -243,12 +250,12 @@ class Firewall:
         """The installed state's fingerprint, or None when neither table is there.
 
         ``fresh=False`` trusts what this object last listed or wrote instead of listing the
-        ruleset; the bridge sysctls are always read."""
+        ruleset; the bridge sysctls (and ``bridged_tracked``) are always read."""
         if fresh or not self._known:
             self._list_tables()
+        localnet, accept_ra, self.bridged_tracked = self._in_netns(_read_bridge_sysctls)
         if self._tables is None:
             return None
-        localnet, accept_ra = self._in_netns(_read_bridge_sysctls)
         return _fingerprint_of(self._tables, localnet, accept_ra)
 
     def drops(self) -> dict[str, int]:

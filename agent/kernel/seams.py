@@ -83,6 +83,9 @@ class LinkOps(Protocol):
 
 
 class FirewallOps(Protocol):
+    #: whether conntrack sees bridged frames (br_netfilter), as the last ``observe`` read it
+    bridged_tracked: bool
+
     def observe(self, fresh: bool = True) -> str | None: ...
 
     def apply(self, spec: SpecLike) -> bool: ...

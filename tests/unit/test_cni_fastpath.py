@@ -164,3 +164,19 @@ def test_the_stream_takes_over_from_a_provisional_attachment() -> None:
     assert state.containers == {} and state.provisional == {}
     # A record the stream already delivered and then removed is not taken back.
     assert not state.add_provisional(9, ATT) and ATT.name not in state.containers
+
+
+def test_passes_and_the_fast_path_write_what_the_firewall_saw_of_br_netfilter(
+        host: tuple[Reconciler, FakeLinks, FakeFirewall]) -> None:
+    """The firewall's reading of br_netfilter (``bridged_tracked``) goes into every spec the
+    reconciler writes: a pass rewrites the tables when it changes, and the fast path's guard
+    keeps it (no full rewrite back)."""
+    reconciler, _, fw = host
+    fw.bridged_tracked = True
+    assert [type(a).__name__ for a in reconciler.reconcile(desired()).actions] == \
+        ["SyncFirewall"]
+    assert fw.installed == fingerprint(firewall_spec(desired(), True))
+    state = with_attachment(desired())
+    assert reconciler.attach_now(state, ATT)
+    assert fw.installed == fingerprint(firewall_spec(state, True))
+    assert reconciler.reconcile(state, full=False).actions == []

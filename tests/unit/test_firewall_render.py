@@ -172,8 +172,14 @@ def test_published_ports() -> None:
 
 
 def test_anti_spoofing_rules() -> None:
-    bridge = rules(render(SPEC), "prerouting", family="bridge")
+    script = render(SPEC)
+    bridge = rules(script, "prerouting", family="bridge")
     assert bridge == [
+        # the fast path: a frame every rule below would pass, by one lookup
+        'ether type ip iifname . ether saddr . ip saddr @ports4 accept '
+        'comment "sdnctl:guard/fast/ip"',
+        'ether type ip6 meta l4proto != ipv6-icmp iifname . ether saddr . ip6 saddr @ports6 '
+        'accept comment "sdnctl:guard/fast/ip6"',
         'iifname "sdnv1" ether saddr != 02:42:0a:01:00:02 counter drop '
         'comment "sdnctl:ctr/web/spoof-mac"',
         'iifname "sdnv1" ether type != { ip, arp, ip6 } counter drop '
@@ -194,12 +200,29 @@ def test_anti_spoofing_rules() -> None:
         'comment "sdnctl:router-advert"',
         'iifname "sdnv*" icmpv6 type nd-redirect counter drop comment "sdnctl:redirect"',
     ]
+    # the fast path's sets: declared, emptied and filled by every render
+    assert "add set bridge sdnctl ports4 { typeof iifname . ether saddr . ip saddr; }" in script
+    assert script.index("flush set bridge sdnctl ports4") < \
+        script.index('add element bridge sdnctl ports4 { "sdnv1" . 02:42:0a:01:00:02 . '
+                     '10.1.0.2 }')
+    assert 'add element bridge sdnctl ports6 { "sdnv1" . 02:42:0a:01:00:02 . ' \
+           'fe80::42:aff:fe01:2 }' in script
+
+
+def test_an_ipv6_only_port_has_no_ipv4_fast_path() -> None:
+    script = render(dataclasses.replace(SPEC, guards=(
+        dataclasses.replace(GUARD, ip="", ip6="fd00:1::2"),)))
+    assert "add element bridge sdnctl ports4" not in script
+    assert 'add element bridge sdnctl ports6 { "sdnv1" . 02:42:0a:01:00:02 . fd00:1::2, ' \
+           '"sdnv1" . 02:42:0a:01:00:02 . fe80::42:aff:fe01:2 }' in script
 
 
 def test_dual_stack_guard_allows_its_ipv6_and_link_local_addresses() -> None:
     guard = dataclasses.replace(GUARD, ip6="fd00:1::2")
-    bridge = rules(render(dataclasses.replace(SPEC, guards=(guard,))), "prerouting",
-                   family="bridge")
+    script = render(dataclasses.replace(SPEC, guards=(guard,)))
+    assert 'add element bridge sdnctl ports6 { "sdnv1" . 02:42:0a:01:00:02 . fd00:1::2, ' \
+           '"sdnv1" . 02:42:0a:01:00:02 . fe80::42:aff:fe01:2 }' in script
+    bridge = rules(script, "prerouting", family="bridge")
     assert ('iifname "sdnv1" ether type ip6 ip6 saddr != fd00:1::2 '
             'ip6 saddr != fe80::42:aff:fe01:2 counter drop comment "sdnctl:ctr/web/spoof-ip6"'
             ) in bridge
@@ -314,7 +337,7 @@ def test_vxlan_filter_accepts_members_on_their_vni_and_counts_the_rest() -> None
     assert not [line for line in lines if line.startswith("add element inet sdnctl vxlan6")]
     # without overlays the chain exists and is empty, and so are the sets
     assert rules(render(SPEC), "input") == []
-    assert "add element" not in render(SPEC)
+    assert "add element inet" not in render(SPEC)
 
 
 def test_vxlan_members_on_an_ipv6_underlay_get_rules_and_sets_of_their_family() -> None:
@@ -402,7 +425,11 @@ def test_delta_adds_a_guard_before_the_next_one_in_render_order() -> None:
     anchor = handles["sdnctl:ctr/db/spoof-mac"]
     inserted = [line for line in lines if line.startswith("insert rule")]
     assert [line.split(" comment ")[1] for line in inserted] == \
-        [r.split(" comment ")[1] for r in rules(render(new), "prerouting", "bridge")[:7]]
+        [r.split(" comment ")[1] for r in rules(render(new), "prerouting", "bridge")[2:9]]
+    # its fast path's elements come along
+    assert lines[:2] == [
+        'add element bridge sdnctl ports4 { "sdnv1" . 02:42:0a:01:00:02 . 10.1.0.2 }',
+        'add element bridge sdnctl ports6 { "sdnv1" . 02:42:0a:01:00:02 . fe80::42:aff:fe01:2 }']
     assert all(f"bridge sdnctl prerouting position {anchor} iifname \"sdnv1\"" in line
                for line in inserted), inserted
     # It only adds: the old sha rule's delete (a grace period in the kernel) comes apart.
@@ -419,7 +446,8 @@ def test_delta_appends_the_last_guard_before_the_router_advert_rule() -> None:
     delta = firewall.render_delta(old, dataclasses.replace(SPEC, guards=(GUARD0, GUARD)),
                                   handles)
     assert delta is not None
-    assert f"position {handles['sdnctl:router-advert']} " in delta.script.splitlines()[0]
+    inserted = [line for line in delta.script.splitlines() if line.startswith("insert")]
+    assert f"position {handles['sdnctl:router-advert']} " in inserted[0]
 
 
 def test_delta_removes_a_guard_by_its_handles() -> None:
@@ -431,7 +459,11 @@ def test_delta_removes_a_guard_by_its_handles() -> None:
     gone = [f"delete rule bridge sdnctl prerouting handle {handles[c]}"
             for c in handles if c.startswith("sdnctl:ctr/web/spoof-")]
     lines = delta.script.splitlines()
-    assert lines[:7] == gone
+    assert lines[:2] == [
+        'delete element bridge sdnctl ports4 { "sdnv1" . 02:42:0a:01:00:02 . 10.1.0.2 }',
+        'delete element bridge sdnctl ports6 { "sdnv1" . 02:42:0a:01:00:02 . '
+        'fe80::42:aff:fe01:2 }']
+    assert lines[2:9] == gone
     assert not any(line.startswith(("insert", "add table", "flush")) for line in lines)
     # It deletes anyway: the old sha rule goes in the same transaction.
     assert lines[-2] == f"delete rule inet sdnctl forward handle {handles[sha_comment(old)]}"
@@ -444,7 +476,10 @@ def test_delta_changes_a_guard_in_place() -> None:
                                   handles_of(SPEC))
     assert delta is not None
     assert sum(line.startswith("delete rule bridge") for line in delta.script.splitlines()) == 7
-    assert sum("10.1.0.9" in line for line in delta.script.splitlines()) == 2
+    # two rules, and the fast path's element: the old one out, the new one in
+    assert sum("10.1.0.9" in line for line in delta.script.splitlines()) == 3
+    assert 'delete element bridge sdnctl ports4 { "sdnv1" . 02:42:0a:01:00:02 . 10.1.0.2 }' \
+        in delta.script
 
 
 @pytest.mark.parametrize("new", [
@@ -492,14 +527,14 @@ def test_delta_adds_and_deletes_overlay_members_as_elements() -> None:
     for before, after in ((old, new), (old, dataclasses.replace(old, vxlan=shrunk))):
         script = firewall.render_delta(before, after, handles)
         assert script is not None
-        elements = {n: set(e) for n, e in nftrules._vxlan_elements(before).items()}
+        elements = {n: set(e) for n, e in nftrules._rendered(before).elements.items()}
         for line in script.script.splitlines():
             verb, kind, _, _, name, rest = line.split(" ", 5)
             if kind == "element":
                 items = set(rest.strip("{} ").split(", "))
                 elements[name] = elements[name] | items if verb == "add" else \
                     elements[name] - items
-        assert elements == {n: set(e) for n, e in nftrules._vxlan_elements(after).items()}
+        assert elements == {n: set(e) for n, e in nftrules._rendered(after).elements.items()}
 
 
 # A delta runs with --echo (agent/kernel/firewall.py: the handles of the rules it inserts).
@@ -567,7 +602,20 @@ def test_frames_bridged_between_containers_update_the_flow_sets() -> None:
         'iifname "sdnv*" oifname "sdnv*" ether type ip ip daddr . ip saddr . meta l4proto != '
         '@opened update @opened { ip saddr . ip daddr . meta l4proto } '
         'comment "sdnctl:flows/opened"']
-    assert "flush set bridge" not in script  # a render keeps the flows counted so far
+    # a render keeps the flows counted so far
+    assert "flush set bridge sdnctl flows" not in script
+    assert "flush set bridge sdnctl opened" not in script
+
+
+def test_no_flow_rules_where_conntrack_sees_bridged_frames() -> None:
+    """With br_netfilter passing bridged IPv4 to the IP hooks, conntrack has those flows: the
+    two set updates per frame are left out (the sets stay declared, so nothing is lost when
+    the sysctl goes back to 0)."""
+    tracked = dataclasses.replace(SPEC, bridged_tracked=True)
+    script = render(tracked)
+    assert rules(script, "forward", family="bridge") == []
+    assert "add set bridge sdnctl flows {" in script
+    assert fingerprint(tracked) != fingerprint(SPEC)
 
 
 def test_bridged_flows_add_up_both_directions_from_the_end_that_spoke_first() -> None:

@@ -263,6 +263,17 @@ def test_stale_firewall_is_synced() -> None:
     assert plan(desired(WEB), observed) == [SyncFirewall(firewall_spec(desired(WEB)))]
 
 
+def test_firewall_follows_whether_conntrack_sees_bridged_frames() -> None:
+    """br_netfilter turned on (or off) under a running host: the tables are written again,
+    without (or with) the bridge table's own flow counting."""
+    tracked = dataclasses.replace(matching(WEB), bridged_tracked=True)
+    assert plan(desired(WEB), tracked) == [SyncFirewall(firewall_spec(desired(WEB), True))]
+    assert firewall_spec(desired(WEB), True).bridged_tracked
+    installed = dataclasses.replace(tracked, firewall=fingerprint(firewall_spec(desired(WEB),
+                                                                                True)))
+    assert plan(desired(WEB), installed) == []
+
+
 def test_container_without_address_or_network_waits() -> None:
     no_ip = dataclasses.replace(WEB, ip="")
     elsewhere = dataclasses.replace(DB, network="back")
