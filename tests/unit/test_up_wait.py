@@ -1,0 +1,123 @@
+"""`up`'s wait for its containers (``deploy.wait_running``), against a small fake of the API: it
+asks ListHosts each round and lists a host's containers only once that host's agent is synced,
+reported them all and realised the revision `up` wrote; it never lists every container (issue
+21: at 100 x 10 those listings took the CPU the agents needed), fails at once on a container in
+error, and names what it still waits for at its deadline."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import pytest
+
+from sdnctl.api.model import STATE_ERROR, STATE_RUNNING
+from sdnctl.topology import deploy
+from sdnctl.topology.topology import parse
+from sdnctl.v1 import sdnctl_pb2 as pb
+
+TOPOLOGY = parse("""\
+name: w
+hosts:
+  - {name: h1, lab: true}
+  - {name: h2, lab: true}
+  - {name: h3, lab: true}
+networks:
+  - {name: n, subnet: 10.9.0.0/16}
+containers:
+  - {name: a, host: h1, network: n, command: [sleep, "9"]}
+  - {name: b, host: h1, network: n, command: [sleep, "9"]}
+  - {name: c, host: h2, network: n, command: [sleep, "9"]}
+""")
+REVISION = 40
+
+
+@dataclass
+class FakeApi:
+    """Hosts and container states that change as the test says, one poll after another."""
+
+    hosts: dict[str, pb.Host] = field(default_factory=dict)
+    states: dict[str, str] = field(default_factory=dict)  # container -> state
+    calls: list[str] = field(default_factory=list)
+    on_poll: list[dict[str, object]] = field(default_factory=list)  # changes per ListHosts
+
+    def ListHosts(self, request: pb.ListRequest, timeout: float) -> pb.ListHostsResponse:
+        if self.on_poll:
+            for name, value in self.on_poll.pop(0).items():
+                if isinstance(value, pb.Host):
+                    self.hosts[name] = value
+                else:
+                    self.states[name] = str(value)
+        self.calls.append("hosts")
+        return pb.ListHostsResponse(hosts=list(self.hosts.values()))
+
+    def ListContainers(self, request: pb.ListRequest,
+                       timeout: float) -> pb.ListContainersResponse:
+        self.calls.append(f"containers:{request.host}")
+        assert request.host, "a listing of every container"
+        return pb.ListContainersResponse(containers=[
+            pb.Container(name=c.name, host=c.host, status=pb.ContainerStatus(
+                state=self.states.get(c.name, "")))
+            for c in TOPOLOGY.containers if c.host == request.host])
+
+
+@dataclass
+class FakeClient:
+    api: FakeApi
+
+
+def synced(name: str, reported: tuple[str, ...], revision: int = REVISION,
+           connected: bool = True) -> pb.Host:
+    return pb.Host(name=name, agent_connected=connected, agent_synced=connected,
+                   reported_containers=list(reported), observed_revision=revision)
+
+
+def wait(api: FakeApi, timeout: float = 5.0) -> str:
+    out = io.StringIO()
+    deploy.wait_running(FakeClient(api), TOPOLOGY, REVISION, timeout,  # type: ignore[arg-type]
+                        deploy.Progress(out))
+    return out.getvalue()
+
+
+def test_each_host_is_listed_once_it_is_synced_and_never_every_container() -> None:
+    api = FakeApi(on_poll=[
+        # h1's agent is behind: its containers are not asked for
+        {"h1": synced("h1", ("a", "b"), revision=REVISION - 1), "h2": synced("h2", ()),
+         "h3": synced("h3", ())},
+        # h2 reported c and realised the revision: listed (running)
+        {"h2": synced("h2", ("c",)), "c": STATE_RUNNING},
+        # h1 caught up, but b is still starting: listed again at the next poll
+        {"h1": synced("h1", ("a", "b")), "a": STATE_RUNNING},
+        {"b": STATE_RUNNING},
+    ])
+    out = wait(api)
+    assert api.calls == ["hosts",  # h3 (nothing of ours) is done at once
+                         "hosts", "containers:h2",
+                         "hosts", "containers:h1",
+                         "hosts", "containers:h1"]
+    assert out.splitlines()[-1].strip() == "containers running: 3/3"
+
+
+def test_a_container_in_error_fails_at_once_naming_it() -> None:
+    api = FakeApi(on_poll=[{"h1": synced("h1", ("a", "b")), "h2": synced("h2", ("c",)),
+                            "h3": synced("h3", ()), "a": STATE_RUNNING, "b": STATE_ERROR,
+                            "c": STATE_RUNNING}])
+    with pytest.raises(deploy.DeployError, match="not every container runs: b: error"):
+        wait(api)
+    assert len([c for c in api.calls if c == "hosts"]) == 1
+
+
+def test_at_the_deadline_it_names_what_does_not_run_or_which_agent_is_behind() -> None:
+    behind = FakeApi(hosts={"h1": synced("h1", ("a", "b")), "h2": synced("h2", ("c",), 1),
+                            "h3": synced("h3", ())},
+                     states={"a": STATE_RUNNING, "b": STATE_RUNNING, "c": STATE_RUNNING})
+    with pytest.raises(deploy.DeployError, match=r"realised what `up` wrote \(revision 40\): "
+                                                 r"h2$"):
+        wait(behind, timeout=0.05)
+    # a host without an agent: its containers cannot run, and are named
+    no_agent = FakeApi(hosts={"h1": synced("h1", ("a", "b")),
+                              "h2": synced("h2", (), connected=False),
+                              "h3": synced("h3", (), connected=False)},
+                       states={"a": STATE_RUNNING, "b": STATE_RUNNING})
+    with pytest.raises(deploy.DeployError, match="not every container runs: c: pending$"):
+        wait(no_agent, timeout=0.05)
