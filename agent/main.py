@@ -224,6 +224,9 @@ class Agent:
         self.channels = [open_channel(a, tls) for a in self.addresses]
         self.current = 0
         self.last_report: tuple[int, list[ContainerStatus]] | None = None
+        #: The revision of the last Watch event the controller wants reported (any but a
+        #: keepalive notice): a report is due when it is newer than the last one reported.
+        self.content_revision = 0
         self.pending_pass = True  # the desired state changed (or a process exited) since
         self.pending_policy = False  # the policy input alone changed since (Changed.POLICY)
         self.pending_peers = False  # overlays' peers alone changed since (Changed.PEERS)
@@ -408,6 +411,8 @@ class Agent:
                             self.holding_since + ATTACH_HOLD,
                             max(0.0, self.holding_since + ATTACH_HOLD - time.monotonic()))
                         changed = self.desired.apply(event)
+                        if not event.keepalive:  # (a keepalive notice needs no report)
+                            self.content_revision = self.desired.revision
                         if changed & Changed.POLICY:
                             self.pending_policy = True  # with no pass: the policy table alone
                         if changed & Changed.PEERS:
@@ -672,11 +677,10 @@ class Agent:
     def report(self, revision: int, statuses: list[ContainerStatus]) -> None:
         with self.lock:
             events = list(self.events)
+            wanted = self.content_revision
         traffic = (self.flows, self.drops)
-        # Flows are sent after every read while there are some: their rates need the counters
-        # of each full pass, unchanged ones too (a rate of 0 is news).
-        if self.last_report == (revision, statuses) and not events \
-                and traffic == self.reported_traffic and not self.traffic_fresh:
+        if not report_due(self.last_report, revision, statuses, wanted,
+                          bool(events) or self.traffic_fresh or traffic != self.reported_traffic):
             return
         request = pb.ReportStatusRequest(
             host=self.args.host, observed_revision=revision,
@@ -705,6 +709,21 @@ class Agent:
         stream = getattr(self, "_stream", None)
         if stream is not None:
             stream.cancel()
+
+
+def report_due(last: tuple[int, list[ContainerStatus]] | None, revision: int,
+               statuses: list[ContainerStatus], wanted: int, news: bool) -> bool:
+    """Whether a status report is due (pure). ``last``: the (revision, statuses) last reported;
+    ``wanted``: the revision of the last Watch event the controller wants reported (any but
+    a keepalive notice); ``news``: events, or flows and drops to send (flows are sent after
+    every read while there are some: their rates need the counters of each full pass,
+    unchanged ones too). A revision that moved by keepalive notices alone is not news: the
+    controller counts what did not concern this host as realised (reporting each notice was a
+    store write per agent every progress interval, each moving the revision for every other
+    host: 100 idle agents wrote ten a second)."""
+    if last is None or news or last[1] != statuses:
+        return True
+    return last[0] != revision and wanted > last[0]
 
 
 def merge_flows(tracked: list[FlowSample], bridged: list[FlowSample]) -> list[FlowSample]:

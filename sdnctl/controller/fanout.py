@@ -64,10 +64,12 @@ class Subscription:
     cond: threading.Condition = field(default_factory=threading.Condition)
     changes: list[Change] = field(default_factory=list)
     resync: bool = False  # the hub lost history: the stream must send a snapshot
-    #: The stream's progress: the revision of the last event it sent, and the revision up to
-    #: which it looked at every queued change (finding nothing to send is not sending).
+    #: The stream's progress: the revision of the last event it sent that its agent reports
+    #: (a keepalive notice is not one), the revision up to which it looked at every queued
+    #: change (finding nothing to send is not sending), and the last batch found empty.
     sent: int = 0
     checked: int = 0
+    skipped: int = 0
     woken: int = 0  # how many batches were queued (for tests and benchmarks)
 
     def take(self, timeout: float) -> tuple[list[Change], bool]:

@@ -11,7 +11,14 @@ builds its host's delta. A host a write does not concern is not woken at all: Ge
 "has it realised revision R?" from the hub's record of what concerned it. An empty event carries
 the current revision (a progress notice): on resume, when a batch the hub sent turns out to
 hold nothing for the host, and when nothing happens for ``progress_interval`` seconds (so the
-agent knows the stream is alive).
+agent knows the stream is alive). The periodic notice is marked ``keepalive`` when no batch was
+found empty since the last event the stream sent (``Subscription.skipped``): the agent does not
+report it, and ``Subscription.sent`` stays where it was, since the hub counts the revisions
+that did not concern a host as realised already. When agents reported every notice, each
+report was a store write that moved the revision, so the next notice to every other host moved
+it again: 100 idle agents wrote ten status records a second, for ever. A notice after a batch
+found empty is not marked: its report tells the other replicas (whose hubs cannot know the
+batch was empty) that the host is up to date.
 
 What the agent can rely on: every network it holds a lease of comes with its full spec, and a
 change of one (UpdateNetwork: masquerade, internal, allow) reaches every host holding a lease of
@@ -349,14 +356,18 @@ def _host_events(state: State, hub: fanout.Hub, sub: fanout.Subscription, since_
             revision = changes[-1].revision
             event = delta(changes)
             if event is None:  # over-approximated by the hub: nothing to wake the agent for
-                sub.checked = revision
+                sub.checked = sub.skipped = revision
                 continue
             last_sent = time.monotonic()
             sub.sent = sub.checked = revision
             yield event
         elif time.monotonic() - last_sent >= progress_interval:
-            # Nothing for this host up to ``reached``: the agent may say it realised it.
+            # Nothing for this host up to ``reached``: a progress notice, a keepalive unless a
+            # batch was found empty since the last event sent (then the agent reports it).
             revision = max(revision, reached)
             last_sent = time.monotonic()
-            sub.sent = sub.checked = revision
-            yield pb.WatchEvent(revision=revision)
+            quiet = sub.skipped <= sub.sent
+            sub.checked = revision
+            if not quiet:
+                sub.sent = revision
+            yield pb.WatchEvent(revision=revision, keepalive=quiet)

@@ -783,7 +783,7 @@ class Peer(_message.Message):
     def __init__(self, host: _Optional[str] = ..., subnet: _Optional[str] = ..., underlay_ip: _Optional[str] = ..., vtep_mac: _Optional[str] = ..., vtep_ip: _Optional[str] = ..., subnet6: _Optional[str] = ..., vtep_ip6: _Optional[str] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("revision", "snapshot", "networks", "containers", "deleted_networks", "deleted_containers", "policy_set", "name_deltas")
+    __slots__ = ("revision", "snapshot", "networks", "containers", "deleted_networks", "deleted_containers", "policy_set", "name_deltas", "keepalive")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
@@ -792,6 +792,7 @@ class WatchEvent(_message.Message):
     DELETED_CONTAINERS_FIELD_NUMBER: _ClassVar[int]
     POLICY_SET_FIELD_NUMBER: _ClassVar[int]
     NAME_DELTAS_FIELD_NUMBER: _ClassVar[int]
+    KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
     revision: int
     snapshot: bool
     networks: _containers.RepeatedCompositeFieldContainer[HostNetwork]
@@ -800,7 +801,8 @@ class WatchEvent(_message.Message):
     deleted_containers: _containers.RepeatedScalarFieldContainer[str]
     policy_set: PolicySet
     name_deltas: _containers.RepeatedCompositeFieldContainer[NameDelta]
-    def __init__(self, revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., networks: _Optional[_Iterable[_Union[HostNetwork, _Mapping]]] = ..., containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ..., deleted_networks: _Optional[_Iterable[str]] = ..., deleted_containers: _Optional[_Iterable[str]] = ..., policy_set: _Optional[_Union[PolicySet, _Mapping]] = ..., name_deltas: _Optional[_Iterable[_Union[NameDelta, _Mapping]]] = ...) -> None: ...
+    keepalive: bool
+    def __init__(self, revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., networks: _Optional[_Iterable[_Union[HostNetwork, _Mapping]]] = ..., containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ..., deleted_networks: _Optional[_Iterable[str]] = ..., deleted_containers: _Optional[_Iterable[str]] = ..., policy_set: _Optional[_Union[PolicySet, _Mapping]] = ..., name_deltas: _Optional[_Iterable[_Union[NameDelta, _Mapping]]] = ..., keepalive: _Optional[bool] = ...) -> None: ...
 
 class NameDelta(_message.Message):
     __slots__ = ("network", "containers", "names")

@@ -152,6 +152,56 @@ def test_a_host_no_write_concerns_counts_as_having_realised_them(
             assert _observed(api, "hb") >= mine
 
 
+def _notice_at(stream: Any, revision: int) -> pb.WatchEvent:
+    """The first event at ``revision`` or later; every event of the stream until then must be
+    a progress notice (no content)."""
+    while True:
+        event: pb.WatchEvent = stream.next()
+        assert not (event.snapshot or event.containers or event.networks or event.name_deltas
+                    or event.deleted_containers or event.deleted_networks), event
+        if event.revision >= revision:
+            return event
+
+
+def test_keepalive_notices_need_no_report_and_one_after_a_batch_found_empty_does(
+        store: Store, start_server: StartServer) -> None:
+    """Issue 21: an idle agent does not report the periodic progress notice (each report is a
+    store write that moved the revision for every other host: 100 idle agents wrote ten status
+    records a second). The notice is marked ``keepalive`` and the host counts as having
+    realised what did not concern it without a report. A notice after a batch the hub counted
+    as the host's but the stream found nothing in is not marked: its report tells the other
+    replicas, whose hubs cannot know the batch was empty."""
+    server = start_server(store, progress_interval=0.2)
+    with connect(server, store) as api:
+        api.host("ha", underlay_ip="192.0.2.1")
+        api.host("hb", underlay_ip="192.0.2.2")
+        api.host("hc", underlay_ip="192.0.2.3")
+        api.network("front")
+        api.network("back", subnet="10.99.0.0/16")
+        api.container("a1", host="ha", network="front")
+        api.container("b1", host="hb", network="front")  # hb holds a lease of front
+        with watch(api, "hb") as b:
+            snap = b.next()
+            api.sync.ReportStatus(pb.ReportStatusRequest(
+                host="hb", observed_revision=snap.revision), timeout=TIMEOUT)
+            api.container("c1", host="hc", network="back")  # nothing of hb's
+            target = store.revision()
+            notice = _notice_at(b, target)
+            assert notice.keepalive, notice
+            assert _observed(api, "hb") >= target  # realised, and hb reported nothing
+            # ha moves to another underlay address: the hub counts that as the concern of
+            # every holder of ha's networks (an overlay's peers move), but front is a bridge
+            # network, so hb's stream finds nothing to send
+            api.sync.Register(pb.RegisterRequest(host="ha", underlay_ip="192.0.2.9"),
+                              timeout=TIMEOUT)
+            moved = store.revision()
+            notice = _notice_at(b, moved)
+            assert not notice.keepalive, notice
+            api.sync.ReportStatus(pb.ReportStatusRequest(
+                host="hb", observed_revision=notice.revision), timeout=TIMEOUT)
+            assert b.next().keepalive  # reported: quiet again
+
+
 def test_wait_host_answers_once_the_agent_has_realised_the_revision(
         store: Store, start_server: StartServer) -> None:
     """What `sdnctl run` and `rm` wait with: WaitHost answers when the host's agent reports the

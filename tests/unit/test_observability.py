@@ -16,8 +16,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.kernel.firewall import drop_counts
-from agent.main import merge_flows
+from agent.main import merge_flows, report_due
 from sdnctl.api import pki
+from sdnctl.api.model import STATE_EXITED, STATE_RUNNING, ContainerStatus
 from sdnctl.api.tlsfiles import TlsFiles
 from sdnctl.controller.flows import FlowTable
 from sdnctl.controller.liveview import LiveViewError
@@ -219,3 +220,16 @@ def test_reported_drops_are_checked_by_kind(server: RunningServer, drop: pb.Drop
             sync.ReportStatus(pb.ReportStatusRequest(host="h1", drops=[drop]), timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in (e.value.details() or "")
+
+
+def test_a_report_is_due_for_news_not_for_keepalive_notices() -> None:
+    """Issue 21: an idle agent reports nothing when keepalive notices alone moved its revision
+    (each report was a store write, moving the revision for every other host)."""
+    running = [ContainerStatus("c1", STATE_RUNNING, pid=7)]
+    last = (10, running)
+    assert report_due(None, 10, running, 0, False)  # the first report
+    assert not report_due(last, 10, running, 10, False)  # nothing new
+    assert not report_due(last, 14, running, 10, False)  # keepalive notices up to 14 alone
+    assert report_due(last, 14, running, 12, False)  # an event to report came at 12
+    assert report_due(last, 10, [ContainerStatus("c1", STATE_EXITED)], 10, False)
+    assert report_due(last, 10, running, 10, True)  # events, flows or drops

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -119,5 +120,18 @@ def test_at_the_deadline_it_names_what_does_not_run_or_which_agent_is_behind() -
                               "h2": synced("h2", (), connected=False),
                               "h3": synced("h3", (), connected=False)},
                        states={"a": STATE_RUNNING, "b": STATE_RUNNING})
-    with pytest.raises(deploy.DeployError, match="not every container runs: c: pending$"):
+    with pytest.raises(deploy.DeployError, match=r"not every container runs: c: pending$"):
         wait(no_agent, timeout=0.05)
+
+
+def test_down_waits_for_agents_with_one_listing_a_round() -> None:
+    """`down`'s wait for the agents to remove what it deleted: one ListHosts a round (a GetHost
+    per host was 100 calls every 0.1 s at 100 hosts); a host gone or without an agent is not
+    waited for."""
+    api = FakeApi(hosts={"h1": synced("h1", (), revision=5), "h2": synced("h2", (), revision=5),
+                         "h3": synced("h3", (), connected=False)},
+                  on_poll=[{}, {"h1": synced("h1", (), revision=REVISION)}])
+    client: Any = FakeClient(api)
+    deploy.wait_agents_caught_up(client, {"h1": REVISION, "h3": REVISION, "h9": REVISION},
+                                 deploy.Progress(io.StringIO()))
+    assert api.calls == ["hosts", "hosts"]
