@@ -42,7 +42,7 @@ from sdnctl.controller.groupcommit import group_of
 from sdnctl.controller.images import ImageRecord, Images
 from sdnctl.controller.keys import AGENTS, REPLICAS
 from sdnctl.controller.metrics import ControllerMetrics, Endpoints
-from sdnctl.controller.state import HostView, State
+from sdnctl.controller.state import HostView, State, creating
 from sdnctl.controller.store.base import Compare, Delete, Put, Store, StoreUnavailable
 from sdnctl.controller.watch import container_pb, host_events
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -371,7 +371,7 @@ class ControllerServicer(pb_grpc.ControllerServicer):
         refuse_cni(request.container)
         container = convert.container_from_pb(request.container)
         # Concurrent creates share a transaction (groupcommit), each its own result or error.
-        view, revision = group_of(self.state).submit(lambda s: s.create_container(container))
+        view, revision = group_of(self.state).submit(creating(container))
         return container_pb(dataclasses.replace(view, revision=revision))
 
     def CreateContainers(self, request: pb.CreateContainersRequest,

@@ -180,13 +180,26 @@ PREFETCH = 32
 def _prefetch_creates(store: Store, containers: Sequence[Container]) -> None:
     """Read what creating ``containers`` reads first, key by key, in one ``get_many`` (on a
     :class:`Staging` view the creates then find them read): their own keys, their hosts' and,
-    where the network is named, their owner entries."""
+    where the network is named, the network, the host's lease of it and their owner
+    entries."""
     wanted: list[str] = []
     for ctr in containers:
         wanted += [container_key(ctr.name), host_key(ctr.host)]
         if ctr.network and ctr.bridge_network is not None:
-            wanted.append(keys.owner_key(ctr.bridge_network, ctr.name, ctr.interface))
+            network = ctr.bridge_network
+            wanted += [network_key(network), keys.lease_key(network, ctr.host),
+                       keys.owner_key(network, ctr.name, ctr.interface)]
     get_many(store, list(dict.fromkeys(wanted)))
+
+
+def creating(container: Container) -> Callable[[State], ContainerView]:
+    """A write for the group commit (``State.write_each``) that creates ``container``, its
+    first reads made in one request (:func:`_prefetch_creates`): a single create read eight
+    keys one by one (on etcd a round trip each), now four."""
+    def create(state: State) -> ContainerView:
+        _prefetch_creates(state.store, [container])
+        return state.create_container(container)
+    return create
 
 
 def dns_names(network: str, allocations: Iterable[Allocation],

@@ -11,7 +11,7 @@ import pytest
 from apitest import Api, CountingReads, details, rpc_error, unchanged
 
 from sdnctl.api.model import Container, Host, Network
-from sdnctl.controller.state import State
+from sdnctl.controller.state import State, creating
 from sdnctl.controller.store.base import Store
 from sdnctl.controller.store.sqlite import SqliteStore
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -128,6 +128,32 @@ def test_a_batch_reads_about_one_key_per_container(tmp_path: Path) -> None:
         assert len({v.allocation.address for v in views if v.allocation}) == 40
         assert "10.88.0.2" not in {v.allocation.address for v in views if v.allocation}
         assert 40 <= counting.reads <= 40 + 15, counting.reads
+    finally:
+        sqlite.close()
+
+
+def test_a_single_create_reads_its_first_keys_in_one_request(tmp_path: Path) -> None:
+    """What CreateContainer hands the group commit (``creating``): the container's, its
+    host's, the network's, the lease's and the owner entry's keys in one ``get_many`` (eight
+    requests one by one before, on etcd a round trip each); then the lease's quarantine, its
+    used addresses and the chosen address."""
+    sqlite = SqliteStore(tmp_path / "db")
+    try:
+        state = State(sqlite)
+        state.create_host(Host("h1"))
+        state.create_network(Network("front", "10.88.0.0/16"))
+        state.create_container(Container(name="first", host="h1", network="front"))
+        counting = CountingReads(sqlite)
+        state.store = counting  # type: ignore[assignment]
+        [(view, revision)] = state.write_each(
+            [creating(Container(name="second", host="h1", network="front"))])
+        assert not isinstance(view, Exception) and view.allocation is not None
+        assert revision > 0 and view.allocation.address == "10.88.0.3"
+        assert counting.reads == 4, counting.reads
+        counting.reads = 0  # the same create without the prefetch: one by one
+        state.write_each([lambda s: s.create_container(
+            Container(name="third", host="h1", network="front"))])
+        assert counting.reads == 8, counting.reads
     finally:
         sqlite.close()
 
