@@ -3,6 +3,8 @@ every store."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,27 +111,36 @@ def test_a_batch_replans_when_another_writer_comes_first(store: Store) -> None:
     assert {v.container.name for v in views} == {"b0", "b1"}
 
 
-def test_a_batch_reads_about_one_key_per_container(tmp_path: Path) -> None:
-    """What creates in a batch read first comes in one read for many, a lease's quarantine is
-    listed once and the entry each create takes or not found in it, a transaction reads no key
-    it puts: left per container is its address's guard (about 7 round trips each before, with
-    a dozen on etcd at 100x10)."""
+@contextlib.contextmanager
+def counted_state(tmp_path: Path) -> Iterator[tuple[State, CountingReads]]:
+    """A State on SQLite with host h1, network front and its container ``first``, whose
+    store reads are counted from then on."""
     sqlite = SqliteStore(tmp_path / "db")
     try:
         state = State(sqlite)
         state.create_host(Host("h1"))
         state.create_network(Network("front", "10.88.0.0/16"))
         state.create_container(Container(name="first", host="h1", network="front"))
-        state.delete_container("first")  # its address is quarantined: the others skip it
         counting = CountingReads(sqlite)
         state.store = counting  # type: ignore[assignment]
+        yield state, counting
+    finally:
+        sqlite.close()
+
+
+def test_a_batch_reads_about_one_key_per_container(tmp_path: Path) -> None:
+    """What creates in a batch read first comes in one read for many, a lease's quarantine is
+    listed once and the entry each create takes or not found in it, a transaction reads no key
+    it puts: left per container is its address's guard (about 7 round trips each before, with
+    a dozen on etcd at 100x10)."""
+    with counted_state(tmp_path) as (state, counting):
+        state.delete_container("first")  # its address is quarantined: the others skip it
+        counting.reads = 0
         views, _ = state.create_containers(
             [Container(name=f"c{i}", host="h1", network="front") for i in range(40)])
         assert len({v.allocation.address for v in views if v.allocation}) == 40
         assert "10.88.0.2" not in {v.allocation.address for v in views if v.allocation}
         assert 40 <= counting.reads <= 40 + 15, counting.reads
-    finally:
-        sqlite.close()
 
 
 def test_a_single_create_reads_its_first_keys_in_one_request(tmp_path: Path) -> None:
@@ -137,14 +148,7 @@ def test_a_single_create_reads_its_first_keys_in_one_request(tmp_path: Path) -> 
     host's, the network's, the lease's and the owner entry's keys in one ``get_many`` (eight
     requests one by one before, on etcd a round trip each); then the lease's quarantine, its
     used addresses and the chosen address."""
-    sqlite = SqliteStore(tmp_path / "db")
-    try:
-        state = State(sqlite)
-        state.create_host(Host("h1"))
-        state.create_network(Network("front", "10.88.0.0/16"))
-        state.create_container(Container(name="first", host="h1", network="front"))
-        counting = CountingReads(sqlite)
-        state.store = counting  # type: ignore[assignment]
+    with counted_state(tmp_path) as (state, counting):
         [(view, revision)] = state.write_each(
             [creating(Container(name="second", host="h1", network="front"))])
         assert not isinstance(view, Exception) and view.allocation is not None
@@ -154,8 +158,6 @@ def test_a_single_create_reads_its_first_keys_in_one_request(tmp_path: Path) -> 
         state.write_each([lambda s: s.create_container(
             Container(name="third", host="h1", network="front"))])
         assert counting.reads == 8, counting.reads
-    finally:
-        sqlite.close()
 
 
 @pytest.mark.parametrize("n", [1, 3])
