@@ -14,8 +14,9 @@ releases the old address and allocates the new one in the same transaction as th
 Overlay networks get a VNI (given, or the lowest free one from 4096 up) guarded by
 ``/vni/<n>``, written in the same transaction as the network, so two networks never share one.
 Leases are renewed when their host's agent registers and, at most once a ``renew_interval``,
-when it reports; :meth:`State.sweep` (the server runs it periodically) frees expired leases that
-hold no address, ends quarantines and trims the IPAM history.
+when it reports or its Watch stream sends a keepalive (:meth:`State.renew_leases`);
+:meth:`State.sweep` (the server runs it periodically) frees expired leases that hold no address,
+ends quarantines and trims the IPAM history.
 
 The key layout is :mod:`sdnctl.controller.keys`.
 """
@@ -307,6 +308,17 @@ class State:
 
         ipam.commit_with_retry(self.store, build)
         return self.get_host(host.name)
+
+    def renew_leases(self, host: str) -> int:
+        """Renew ``host``'s leases renewed longer than ``renew_interval`` ago; how many. The
+        Watch stream of a connected agent calls it at each keepalive: an agent no longer
+        reports those (issue 21), and while it is connected its leases live, as flannel's do
+        while flanneld runs. A renewal that lost a race (another replica, a report) is left
+        to the next keepalive."""
+        compares, ops = self._renew_ops(host, always=False)
+        if not ops or self.store.txn(compares, ops) is None:
+            return 0
+        return len(ops)
 
     def _renew_ops(self, host: str, always: bool) -> tuple[list[Compare], Ops]:
         """Renew ``host``'s leases: all of them (``always``), else those renewed longer than

@@ -18,7 +18,8 @@ that did not concern a host as realised already. When agents reported every noti
 report was a store write that moved the revision, so the next notice to every other host moved
 it again: 100 idle agents wrote ten status records a second, for ever. A notice after a batch
 found empty is not marked: its report tells the other replicas (whose hubs cannot know the
-batch was empty) that the host is up to date.
+batch was empty) that the host is up to date. The reports of every notice also renewed the
+host's leases: the stream renews them at each keepalive instead, when due.
 
 What the agent can rely on: every network it holds a lease of comes with its full spec, and a
 change of one (UpdateNetwork: masquerade, internal, allow) reaches every host holding a lease of
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
@@ -72,6 +74,8 @@ from sdnctl.controller.state import (
 )
 from sdnctl.controller.store.base import Change, Compacted
 from sdnctl.v1 import sdnctl_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 
 def container_pb(view: ContainerView) -> pb.Container:
@@ -170,6 +174,15 @@ _shared_policy_set_pb: _Shared[policies.PolicySet, pb.PolicySet] = _Shared(polic
 #: False: a container change re-sends its network with the full name table, as before issue 21
 #: (for ``bench/watch_names.py``'s comparison only).
 NAME_DELTAS = True
+
+
+def _renew(state: State, host: str) -> None:
+    """The connected agent's leases, renewed when due (``State.renew_leases``); a store that
+    fails now is asked again at the next keepalive (a lease lives an hour by default)."""
+    try:
+        state.renew_leases(host)
+    except Exception as e:  # the stream must go on: its agent is connected
+        log.warning("could not renew the leases of host %s: %s", host, e)
 
 
 def delta_event(state: State, host: str, changes: Iterable[Change],
@@ -370,4 +383,5 @@ def _host_events(state: State, hub: fanout.Hub, sub: fanout.Subscription, since_
             sub.checked = revision
             if not quiet:
                 sub.sent = revision
+            _renew(state, host)  # (the agent does not report a keepalive, which renewed them)
             yield pb.WatchEvent(revision=revision, keepalive=quiet)

@@ -303,6 +303,29 @@ def test_leases_have_an_owner_and_are_renewed_by_register_and_reports(overlay: A
     assert lease.subnet == "10.90.0.0/24"  # a restarted agent keeps its lease
 
 
+def test_a_connected_agents_idle_lease_is_renewed_by_its_stream_without_reports(
+        store: Store, start_server: StartServer, clock: Clock) -> None:
+    """Agents do not report keepalive notices (issue 21), so a connected agent's Watch stream
+    renews its leases when due, as those reports did: a live host keeps an idle lease. Once
+    no agent is connected it expires as before."""
+    server = start_server(store, clock=clock, sweep_interval=0, progress_interval=0.1)
+    with connect(server, store) as api:
+        api.network("ov", "10.90.0.0/16", driver="overlay")
+        api.register("h1", underlay_ip="192.0.2.1", vtep_mac="0a:00:00:00:00:01",
+                     underlay_mtu=1500)
+        api.container("a", host="h1", network="ov")
+        api.delete("Container", "a")  # h1's lease holds no address now
+        assert lease_of(api, "h1").renewed_at == T0
+        with watch(api, "h1") as stream:
+            assert stream.next().snapshot
+            clock.now += 61  # a renewal is due: no report comes, the stream renews it
+            eventually(lambda: lease_of(api, "h1").renewed_at == T0 + 61)
+        eventually(lambda: not api.get_host("h1").agent_connected)
+        clock.now += 3601
+        assert state_of(api, clock).sweep() >= 1
+        assert api.get_host("h1").leases == []
+
+
 def test_expired_idle_lease_is_freed_quarantined_and_given_back(overlay: Api,
                                                                 clock: Clock) -> None:
     api = overlay
