@@ -28,6 +28,9 @@ DEFAULT_HOST_PREFIX6 = 64  # each host's IPv6 lease: a /64, as SLAAC-era network
 DEFAULT_MTU = 1500
 #: The subnet of the controller's default bridge network unless told otherwise (Docker's).
 DEFAULT_BRIDGE_SUBNET = "172.17.0.0/16"
+#: WaitHost (issue 21): the longest the controller waits for one request (seconds); a client
+#: that waits longer asks again.
+WAIT_HOST_MAX = 60.0
 DRIVER_BRIDGE = "bridge"
 DRIVER_OVERLAY = "overlay"
 

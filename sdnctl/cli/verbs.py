@@ -48,6 +48,7 @@ from sdnctl.api.model import (
     STATE_RUNNING,
     USERNS_AUTO,
     USERNS_MODES,
+    WAIT_HOST_MAX,
     network_mode,
     spans_hosts,
 )
@@ -58,8 +59,6 @@ from sdnctl.v1 import sdnctl_pb2 as pb
 T = TypeVar("T")
 
 RPC_TIMEOUT = 10.0
-#: The longest WaitHost asked for (the controller's cap): a longer wait asks again.
-WAIT_HOST_MAX = 60.0
 #: How long a verb that changes a container waits for its host to realise the change.
 WAIT_TIMEOUT = 60.0
 RESTART_POLICIES = ("no", "always", "on-failure")

@@ -20,7 +20,7 @@ import grpc
 
 from sdnctl.api import convert
 from sdnctl.api.fields import check_count, check_ipv4, check_name
-from sdnctl.api.model import Container, Host, Invalid
+from sdnctl.api.model import WAIT_HOST_MAX, Container, Host, Invalid
 from sdnctl.api.registryconfig import RegistryEntry
 from sdnctl.api.validate import ARG_MAX, REPORT_MAX, validate_status
 from sdnctl.controller import dryrun, gc, ipam_report, policies
@@ -246,8 +246,8 @@ def host_pb(view: HostView, connections: Connections, hub: Hub | None = None) ->
 
 
 MAX_ARCHIVE = 8 << 30  # bytes: a bigger upload is refused
-#: WaitHost: how long it waits when the request gives no timeout, and at most.
-WAIT_HOST_DEFAULT, WAIT_HOST_MAX = 10.0, 60.0
+#: WaitHost: how long it waits when the request gives no timeout (at most WAIT_HOST_MAX).
+WAIT_HOST_DEFAULT = 10.0
 #: WaitHost looks at the host again at least this often (seconds) while no write comes.
 WAIT_HOST_RECHECK = 0.02
 
