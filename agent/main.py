@@ -4,8 +4,8 @@ and reconciles the kernel to it.
 Two threads: the *watcher* keeps a Watch stream open (re-registering and resuming from its last
 revision after any break, on the next controller of ``--controller a,b,c`` when there are
 several replicas) and folds events into the desired state; the *reconciler* (the main
-thread, the only one that touches the kernel) runs a pass whenever the desired state changed, and
-every ``--resync`` seconds anyway to catch drift and exited processes, then reports status.
+thread, the only one that writes to the kernel) runs a pass whenever the desired state changed,
+and every ``--resync`` seconds anyway to catch drift and exited processes, then reports status.
 
 CNI ADD's fast path (issue 17) runs on the reconciler's thread too: the CNI service queues the
 attachment the controller has just recorded (``Agent.attach_now``), and the reconciler builds it
@@ -13,7 +13,11 @@ between two passes (``Reconciler.attach_now``), before the Watch stream brings i
 attachment is in the desired state from then on (``DesiredState.add_provisional``), so no pass
 takes it for something unwanted, and the next pass reports it.
 
-A third, the *resolver* (``agent/dns.py``), answers containers' DNS queries on each bridge's
+A *kernel watcher* (``watch_kernel``) reads the kernel's announcements of this namespace
+(``agent/kernel/kevents.py``) and asks for a full pass at once when one is drift
+(``agent/drift.py``): someone took away what the desired state wants.
+
+The *resolver* (``agent/dns.py``) answers containers' DNS queries on each bridge's
 gateway; the watcher hands it the networks' name tables after every event, so a name resolves
 as soon as the controller has written it.
 
@@ -40,7 +44,7 @@ from typing import cast
 import grpc
 from pyroute2 import IPRoute
 
-from agent import dns, imagegc
+from agent import dns, drift, imagegc
 from agent import plan as p
 from agent.cni import AgentSide, CniService, Realised
 from agent.desired import Changed, DesiredContainer, DesiredState, LocalHost
@@ -48,7 +52,7 @@ from agent.dockerplugin import DockerPluginServer, DockerSide, Plugin, accept_in
 from agent.drivers import DRIVERS
 from agent.imagefetch import GrpcFetcher
 from agent.imagestore import ImageStore
-from agent.kernel import conntrack, procfs, sysctl
+from agent.kernel import conntrack, kevents, procfs, sysctl
 from agent.kernel.firewall import Firewall, FlowSample
 from agent.kernel.links import Links, PreparedVeth, prepare_veth, remove_link_now
 from agent.kernel.policyfw import PolicyFirewall
@@ -83,6 +87,8 @@ ATTACH_NOW_WAIT = 2.0
 #: attachments are built first, and the pass then has nothing to do for them) and DELs; the
 #: Watch stream's events wait as long at most after such calls began (see watch_forever).
 ATTACH_HOLD = 0.1
+#: How often the kernel watcher looks whether the agent is stopping (it waits on its sockets).
+KERNEL_WATCH_WAKE = 5.0
 
 
 @dataclass
@@ -230,6 +236,9 @@ class Agent:
         self.pending_pass = True  # the desired state changed (or a process exited) since
         self.pending_policy = False  # the policy input alone changed since (Changed.POLICY)
         self.pending_peers = False  # overlays' peers alone changed since (Changed.PEERS)
+        self.pending_full = False  # the kernel announced drift since (``watch_kernel``)
+        self.drift = drift.Drift(kevents.own_thread)
+        self.wanted: tuple[int, drift.Wanted] | None = None  # (generation, what it wants)
         self.generation = 0  # counts changes of the desired state
         self.repairs = 0  # actions taken while the desired state stood still (drift)
         self.watching = False  # a Watch stream delivered its first event and has not broken
@@ -244,7 +253,7 @@ class Agent:
             host=args.host, controllers=self.addresses, sync=lambda: self.sync,
             desired=self._desired_copy, connected=lambda: self.watching,
             realised=self.realised, resolver=bool(getattr(args, "dns_port", 0)),
-            remove_veth=remove_link_now, hold_passes=self.hold_passes,
+            remove_veth=self._remove_veth, hold_passes=self.hold_passes,
             prepare_veth=prepare_veth,
             attach_now=self.attach_now),
             address if address.startswith("/") else "\0" + address.lstrip("@")) \
@@ -277,6 +286,12 @@ class Agent:
     def _desired_copy(self) -> DesiredState:
         with self.lock:
             return self.desired.copy()
+
+    def _remove_veth(self, name: str) -> bool:
+        """``AgentSide.remove_veth``: a CNI DEL's veth, whose going is not drift."""
+        with self.lock:
+            self.drift.expect_gone(name)
+        return remove_link_now(name)
 
     def serve_metrics(self, address: str) -> None:
         self.metrics_server = serve_metrics(self.metrics.registry, address)
@@ -439,6 +454,37 @@ class Agent:
             self.stopping.wait(backoff + random.uniform(0, backoff / 2))
             backoff = min(backoff * 2, 5.0)
 
+    # -- kernel watcher thread -------------------------------------------------------------------
+
+    def watch_kernel(self) -> None:
+        """Drift as the kernel announces it (``agent/drift.py``): a full pass at once, rather
+        than at the next resync. Without the announcements, the resync alone repairs."""
+        try:
+            announcements = kevents.Announcements()
+        except OSError as e:
+            log.warning("no kernel announcements (%s): drift waits for the resync", e)
+            return
+        try:
+            while not self.stopping.is_set():
+                ready, _, _ = select.select(announcements.sockets(), [], [], KERNEL_WATCH_WAKE)
+                for sock in ready:
+                    events = announcements.read(sock)
+                    if events and (reasons := self._drift(events)):
+                        log.info("drift: %s: a full pass now", "; ".join(reasons[:5]))
+                        self.dirty.set()
+        finally:
+            announcements.close()
+
+    def _drift(self, events: list[kevents.KernelEvent]) -> list[str]:
+        """Why ``events`` are drift, if they are; a full pass is then pending."""
+        with self.lock:
+            if self.wanted is None or self.wanted[0] != self.generation:
+                self.wanted = (self.generation, drift.wanted(self.desired))
+            reasons = self.drift.check(events, self.wanted[1])
+            if reasons:
+                self.pending_full = self.pending_pass = True
+        return reasons
+
     def collect_images(self) -> None:
         """Every ``--image-gc-interval``: images no container used for ``--image-gc-grace``
         go, with the layers only they needed (:mod:`agent.imagegc`)."""
@@ -481,6 +527,7 @@ class Agent:
         watcher.start()
         exits = ExitWatcher(self.wake_for_pass)
         exits.start()
+        threading.Thread(target=self.watch_kernel, name="kernel-watch", daemon=True).start()
         if self.cni is not None:
             self.cni.start()
         if self.args.image_gc_interval > 0:
@@ -525,8 +572,9 @@ class Agent:
                     self.pending_policy = self.pending_peers = False
                     # A full pass lists the nftables ruleset (drift); the others trust what
                     # the agent wrote. One is due every resync interval, however busy we are.
-                    full = time.monotonic() >= full_due or last_generation is None
-                    self.pending_pass = False
+                    full = time.monotonic() >= full_due or last_generation is None or \
+                        self.pending_full
+                    self.pending_pass = self.pending_full = False
                     generation = self.generation
                 if not desired.synced:  # the first snapshot wakes us when it comes
                     due = time.monotonic() + self.args.resync
@@ -550,6 +598,8 @@ class Agent:
                 if full:
                     full_due = started + self.args.resync
                 outcome = reconciler.reconcile(desired, full)
+                with self.lock:  # (links made before the announcements were listened to)
+                    self.drift.observed(outcome.observed.links)
                 repairs: list[p.Action] = []
                 if generation == last_generation:  # (a retry after a failed pass is not one)
                     repairs = self.log_repairs(outcome.actions)

@@ -14,6 +14,7 @@ ALIAS_PREFIX = "sdnctl:"
 BRIDGE_PREFIX = "sdnb"
 VETH_PREFIX = "sdnv"
 VXLAN_PREFIX = "sdnx"
+IFB_PREFIX = "sdnf"  # the IFB device of a veth's egress limit (agent/kernel/shaping.py)
 
 
 def _short_hash(key: str) -> str:
@@ -50,6 +51,11 @@ def veth_name(container: str, interface: str) -> str:
 
 def veth_alias(container: str, interface: str) -> str:
     return f"{ALIAS_PREFIX}ctr/{container}/{interface}"
+
+
+def ifb_name(veth: str) -> str:
+    """The IFB device of a veth's egress limit (within IFNAMSIZ)."""
+    return IFB_PREFIX + hashlib.sha256(veth.encode()).hexdigest()[:11]
 
 
 def link_local(mac: str) -> str:

@@ -6,10 +6,11 @@ a shared 2-core machine a time bound in a pass/fail test is either loose enough 
 or tight enough to fail for a neighbour's load. Here the same scenarios, built by the tests' own
 helpers and topologies (``tests/netns``: one definition of each scenario), are timed and recorded:
 
-- drift repair: the agents of two lab hosts on an overlay resync every 2 s; each kind of drift
-  of ``test_drift`` (our nftables table deleted, a peer route, an FDB entry, a container veth,
-  ip_forward off) is made in turn, and timed until the host equals its snapshot again. The
-  claim: within one resync interval plus the pass.
+- drift repair: the agents of two lab hosts on an overlay (resync every 10 minutes, so that
+  only the kernel's announcements can repair); each kind of drift of ``test_drift`` (our
+  nftables table deleted, a peer route, an FDB entry, a container veth, ip_forward off) is made
+  in turn, and timed from the command that makes it until the host equals its snapshot again
+  (an upper bound: the command and the looks are processes). Goal (issue 21): under 1 s.
 - `sdnctl check` of ``test_check_lab``'s topology (7 containers, 4 expectations), and `sdnctl
   trace` of ``test_trace``'s (a routed pair on one host, an overlay pair across two): the wall
   time of the CLI, client process included, as a user runs it.
@@ -53,13 +54,9 @@ def timed_cli(cli: Cli, *args: str) -> float:
 
 
 def drift_repair(tmp: Path, rounds: int) -> list[Measurement]:
-    path = tmp / "drift.yaml"
-    path.write_text(test_drift.TOPOLOGY)
     prefix = unique_prefix("d")
     samples: dict[str, list[float]] = {}
-    with lab_cli(prefix) as cli:
-        cli.env["SDNCTL_RESYNC"] = str(test_drift.RESYNC)
-        cli.run("up", str(path))
+    with test_drift.drift_lab(tmp / "drift.yaml", prefix, test_drift.RESYNC) as cli:
         h1 = f"/run/netns/{prefix}h1"
         wait_for(lambda: test_drift.get_fdb_mac(h1), 10, "h1's FDB entry for h2")
         before = host_state(cli, prefix, rows=False)
@@ -67,8 +64,8 @@ def drift_repair(tmp: Path, rounds: int) -> list[Measurement]:
             for what, drift, logged in test_drift.drift_cases(cli, prefix):
                 took = test_drift.time_to_repair(cli, prefix, before, what, drift, logged)
                 samples.setdefault(what, []).append(took)
-        cli.run("down", str(path))
-    return [Measurement(f"drift repair: {what} (resync {test_drift.RESYNC:g} s)", "s", got)
+        cli.run("down", str(tmp / "drift.yaml"))
+    return [Measurement(f"drift repair: {what} (as announced)", "s", got)
             for what, got in samples.items()]
 
 
@@ -120,9 +117,8 @@ def main() -> None:
         "params": {"drift_rounds": rounds, "check_trace_runs": n, "containers": count},
         "measurements": measurements,
         "comparisons": [
-            comparison("slowest drift repair / resync interval", worst_drift / test_drift.RESYNC,
-                       "<= 1.75 (one interval plus the pass)", worst_drift / test_drift.RESYNC
-                       <= 1.75),
+            comparison("slowest drift repair (s)", worst_drift, "< 1 (issue 21)",
+                       worst_drift < 1),
             comparison(f"agent ready after SIGKILL, {count} containers (s, median)", ready_s,
                        "<= 5", ready_s <= 5),
         ],

@@ -21,7 +21,6 @@ loop per ``IPRoute``) is opened only when something is to be written.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -31,8 +30,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from agent.kernel import rtnl
 from agent.kernel.errors import KernelError
 from agent.kernel.netns import open_netlink_fd
+from agent.names import IFB_PREFIX, ifb_name
 
-IFB_PREFIX = "sdnf"
 LATENCY = "25ms"
 BURST_MIN = 16000
 ETH_P_ALL = 3
@@ -50,11 +49,6 @@ class Shape:
     @property
     def empty(self) -> bool:
         return not (self.ingress_bps or self.egress_bps)
-
-
-def ifb_name(veth: str) -> str:
-    """The IFB device of a veth's egress limit (within IFNAMSIZ)."""
-    return IFB_PREFIX + hashlib.sha256(veth.encode()).hexdigest()[:11]
 
 
 def burst_of(rate_bps: int, burst_bytes: int) -> int:
@@ -190,4 +184,4 @@ def _ignore_missing(call: object) -> None:
             raise
 
 
-__all__ = ["IFB_PREFIX", "Shape", "Shaper", "burst_of", "ifb_name"]
+__all__ = ["Shape", "Shaper", "burst_of"]

@@ -14,7 +14,8 @@ import pytest
 
 from agent.desired import Changed, DesiredState, policy_from_pb
 from agent.kernel.policyfw import counters
-from agent.kernel.shaping import burst_of, ifb_name
+from agent.kernel.shaping import burst_of
+from agent.names import ifb_name
 from agent.netpolicy import PolicyInput, build, render, render_delta, rule_of_comment, set_name
 from sdnctl.api import convert
 from sdnctl.api.model import (
