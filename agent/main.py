@@ -527,7 +527,8 @@ class Agent:
         watcher.start()
         exits = ExitWatcher(self.wake_for_pass)
         exits.start()
-        threading.Thread(target=self.watch_kernel, name="kernel-watch", daemon=True).start()
+        if getattr(self.args, "kernel_events", "on") == "on":
+            threading.Thread(target=self.watch_kernel, name="kernel-watch", daemon=True).start()
         if self.cni is not None:
             self.cni.start()
         if self.args.image_gc_interval > 0:
@@ -825,6 +826,11 @@ def main(argv: list[str] | None = None) -> int:
                         default=float(os.environ.get("SDNCTL_RESYNC") or 10.0),
                         help="seconds between full passes, which find and repair drift "
                         "(default: $SDNCTL_RESYNC, else %(default)s)")
+    parser.add_argument("--kernel-events", choices=("on", "off"),
+                        default="off" if os.environ.get("SDNCTL_KERNEL_EVENTS") == "0" else "on",
+                        help="listen to this namespace's kernel announcements and repair drift "
+                        "at once (off: drift waits for the next full pass) (default: off when "
+                        "$SDNCTL_KERNEL_EVENTS is 0, else %(default)s)")
     parser.add_argument("--flows-interval", type=float,
                         default=float(os.environ.get("SDNCTL_FLOWS_INTERVAL") or 5.0),
                         metavar="SECONDS",

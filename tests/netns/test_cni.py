@@ -405,17 +405,53 @@ def test_published_port_from_runtime_config(env: Env, sandbox: Any) -> None:
         with pytest.raises(CniFailed, match=r"published ports \['18080:8080/tcp'\], expected"):
             drv.call(conf(runtimeConfig={"portMappings": [other]}, prevResult=result),
                      "CHECK", container_id="ctr-nine", netns=ns)
+        # Someone deletes the DNAT rule: the agent hears it and puts it back at once (drift,
+        # agent/drift.py), so CHECK passes again (without the repair: the next test).
         host_ns = env.lab.host_netns("h1")
-        listed = json.loads(nsexec(host_ns, "nft", "-j", "-a", "list", "chain", "inet",
-                                   "sdnctl", "output").stdout)["nftables"]
-        (handle,) = [i["rule"]["handle"] for i in listed if "rule" in i and
-                     i["rule"].get("comment", "").endswith("/port/tcp/18080")]
-        assert nsexec(host_ns, "nft", "delete", "rule", "inet", "sdnctl", "output", "handle",
-                      str(handle)).returncode == 0
-        with pytest.raises(CniFailed, match="published port 18080:8080/tcp has no DNAT rule"):
-            drv.call(asked, "CHECK", container_id="ctr-nine", netns=ns)
+        delete_port_rule(host_ns, 18080)
+        wait_for("the DNAT rule back", lambda: port_rule_handle(host_ns, 18080), 10)
+        drv.call(asked, "CHECK", container_id="ctr-nine", netns=ns)
     finally:
         drv.call(conf(), "DEL", container_id="ctr-nine", netns=ns)
+
+
+def port_rule_handle(host_ns: str, port: int) -> int:
+    """The handle of the DNAT rule of a published TCP ``port`` (output chain), 0 if none."""
+    listed = json.loads(nsexec(host_ns, "nft", "-j", "-a", "list", "chain", "inet",
+                               "sdnctl", "output").stdout)["nftables"]
+    return next((i["rule"]["handle"] for i in listed if "rule" in i and
+                 i["rule"].get("comment", "").endswith(f"/port/tcp/{port}")), 0)
+
+
+def delete_port_rule(host_ns: str, port: int) -> None:
+    handle = port_rule_handle(host_ns, port)
+    assert handle and nsexec(host_ns, "nft", "delete", "rule", "inet", "sdnctl", "output",
+                             "handle", str(handle)).returncode == 0
+
+
+def test_check_finds_a_published_ports_dnat_rule_missing(tmp_path: Path, sandbox: Any,
+                                                         run_prefix: str) -> None:
+    """CHECK reads the kernel, not only the controller's records: with the agent's kernel
+    announcements off (``SDNCTL_KERNEL_EVENTS=0``) and its resync far away, a DNAT rule deleted
+    by hand stays deleted, and CHECK says so."""
+    (tmp_path / "p.yaml").write_text(TOPOLOGY.replace("  - {name: h2, lab: true}\n", ""))
+    prefix = "p" + run_prefix[1:]
+    with lab_cli(prefix) as cli:
+        cli.env.update(SDNCTL_KERNEL_EVENTS="0", SDNCTL_RESYNC="600")
+        cli.run("up", str(tmp_path / "p.yaml"), "--timeout", "60")
+        env = Env(cli, prefix, make_cni_path(tmp_path / "bin"))
+        ns = sandbox("cp")
+        drv = env.driver("h1")
+        ports = {"portMappings": [{"hostPort": 18081, "containerPort": 8080, "protocol": "tcp"}]}
+        result = drv.call(conf(runtimeConfig=ports), "ADD", container_id="ctr-p", netns=ns)
+        asked = conf(runtimeConfig=ports, prevResult=result)
+        try:
+            drv.call(asked, "CHECK", container_id="ctr-p", netns=ns)  # (the positive control)
+            delete_port_rule(env.lab.host_netns("h1"), 18081)
+            with pytest.raises(CniFailed, match="published port 18081:8080/tcp has no DNAT rule"):
+                drv.call(asked, "CHECK", container_id="ctr-p", netns=ns)
+        finally:
+            drv.call(conf(), "DEL", container_id="ctr-p", netns=ns)
 
 
 # -- real runtimes ------------------------------------------------------------------------------
