@@ -365,8 +365,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(template.path.parent, ignore_errors=True)
     memory = controller_memory(MEMORY_CONTAINERS)
     agent_containers = 1000 if args.full else 200
+    agent: dict[str, float | str]
     try:
-        agent = agent_memory(agent_containers)
+        agent = dict(agent_memory(agent_containers))
     except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as e:
         agent = {"containers": agent_containers, "error": str(e)}
 
@@ -419,12 +420,12 @@ def main(argv: list[str] | None = None) -> int:
     measurements.append(harness.Measurement(
         f"controller RSS growth for {MEMORY_CONTAINERS} containers", "MiB",
         [memory["rss_delta_mib"]]))
-    if "agent_rss_mib" in agent:
+    if isinstance(agent_rss := agent.get("agent_rss_mib"), float):
         measurements.append(harness.Measurement(
-            f"agent RSS with {agent_containers} containers", "MiB", [agent["agent_rss_mib"]]))
+            f"agent RSS with {agent_containers} containers", "MiB", [agent_rss]))
         comparisons.append(harness.comparison(
-            f"agent RSS, {agent_containers} containers (MiB)", agent["agent_rss_mib"],
-            "< 150 MiB (at 1000)", agent["agent_rss_mib"] < 150))
+            f"agent RSS, {agent_containers} containers (MiB)", agent_rss,
+            "< 150 MiB (at 1000)", agent_rss < 150))
     notes = [f"{clients} client threads x {per_client} CreateContainer each (@N: N containers "
              f"already there, N/{clients} in each client's lease), then GetContainer "
              f"of each and {LISTS_PER_CLIENT} ListContainers(host) each; report: ReportStatus "

@@ -35,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +89,8 @@ def alternate(a: Callable[[], Sample], b: Callable[[], Sample],
     return got_a, got_b
 
 
-def alternate_many(sides: dict[str, Callable[[], Sample]], rounds: int) -> dict[str, list[float]]:
+def alternate_many(sides: Mapping[str, Callable[[], Sample]],
+                   rounds: int) -> dict[str, list[float]]:
     """``alternate`` for any number of sides: the order rotates every round."""
     names = list(sides)
     got: dict[str, list[float]] = {n: [] for n in names}
