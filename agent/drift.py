@@ -137,55 +137,65 @@ class Drift:
         away before the controller forgets its container): its going is not drift."""
         self._expected_gone.add(name)
 
-    def check(self, events: Iterable[KernelEvent], want: Wanted) -> list[str]:
-        """Why each drift among ``events`` is one (empty: none is)."""
+    def check(self, events: Iterable[KernelEvent], want: Callable[[], Wanted]) -> list[str]:
+        """Why each drift among ``events`` is one (empty: none is). ``want`` is asked only for
+        an event that may be drift (our own nftables commit, the announcement of a route we
+        just wrote, are not: a host joining a 100-host overlay asks nothing)."""
         return [reason for event in events if (reason := self._check(event, want))]
 
-    def _check(self, event: KernelEvent, want: Wanted) -> str | None:
+    def _check(self, event: KernelEvent, want: Callable[[], Wanted]) -> str | None:
         match event:
             case LinkChanged():
                 return self._link(event, want)
-            case AddressGone(index, cidr) if (self._name(index), cidr) in want.addresses:
-                return f"address {cidr} removed from {self._name(index)}"
-            case RouteGone(oif, dst) if oif is not None and \
-                    (self._name(oif), dst) in want.routes:
-                return f"route {dst} removed from {self._name(oif)}"
-            case NeighbourGone(index, False, dst) if (self._name(index), dst) in want.neighbours:
-                return f"neighbour {dst} removed from {self._name(index)}"
-            case NeighbourGone(index, True, dst, mac) if \
-                    (self._name(index), mac, dst) in want.fdb:
-                return f"FDB entry {mac} dst {dst} removed from {self._name(index)}"
-            case QdiscGone(index, True) if self._name(index) in want.shaped:
-                return f"root qdisc removed from {self._name(index)}"
-            case Forwarding(ipv6, False) if (want.forwarding6 if ipv6 else want.forwarding):
-                return f"IPv{6 if ipv6 else 4} forwarding turned off"
-            case NftCommit(tables, pid) if tables & OUR_TABLES and not self._ours(pid):
-                return f"nftables table(s) {', '.join(sorted(tables & OUR_TABLES))} changed " \
-                       f"by process {pid}"
+            case NftCommit(tables, pid):
+                if tables & OUR_TABLES and not self._ours(pid):
+                    return f"nftables table(s) {', '.join(sorted(tables & OUR_TABLES))} " \
+                           f"changed by process {pid}"
+                return None
             case Overrun():
                 return "kernel announcements lost"
+        wanted = want()
+        match event:
+            case AddressGone(index, cidr) if (self._name(index), cidr) in wanted.addresses:
+                return f"address {cidr} removed from {self._name(index)}"
+            case RouteGone(oif, dst) if oif is not None and \
+                    (self._name(oif), dst) in wanted.routes:
+                return f"route {dst} removed from {self._name(oif)}"
+            case NeighbourGone(index, False, dst) if \
+                    (self._name(index), dst) in wanted.neighbours:
+                return f"neighbour {dst} removed from {self._name(index)}"
+            case NeighbourGone(index, True, dst, mac) if \
+                    (self._name(index), mac, dst) in wanted.fdb:
+                return f"FDB entry {mac} dst {dst} removed from {self._name(index)}"
+            case QdiscGone(index, True) if self._name(index) in wanted.shaped:
+                return f"root qdisc removed from {self._name(index)}"
+            case Forwarding(ipv6, False) if (wanted.forwarding6 if ipv6 else wanted.forwarding):
+                return f"IPv{6 if ipv6 else 4} forwarding turned off"
         return None
 
     def _name(self, index: int) -> str:
         link = self._links.get(index)
         return link.name if link is not None else ""
 
-    def _link(self, event: LinkChanged, want: Wanted) -> str | None:
+    def _link(self, event: LinkChanged, want: Callable[[], Wanted]) -> str | None:
         before = self._links.pop(event.index, None)
         expected = event.name in self._expected_gone  # (its last announcements are ours too)
         if event.gone:
             self._expected_gone.discard(event.name)
-            return f"link {event.name} deleted" if event.name in want.links and not expected \
-                else None
+            return f"link {event.name} deleted" if not expected and \
+                event.name in want().links else None
         now = self._links[event.index] = _Link(event.name, event.up, event.master)
         if before is None:  # a new link (made again, its next going is news), or not seen yet
             self._expected_gone.discard(event.name)
             return None
-        if before.name not in want.links or expected:
+        if expected or (before.name, before.up, before.master) == (now.name, now.up, now.master):
+            return None  # (an announcement of another attribute: MTU, carrier, address)
+        wanted = want()
+        if before.name not in wanted.links:
             return None
         if before.name != event.name:
             return f"link {before.name} renamed {event.name}"
-        if self._right(before, want) and not self._right(now, want):
+        if self._right(before, wanted) and not self._right(now, wanted):
             return f"link {event.name} set down or out of its bridge"
         return None
 

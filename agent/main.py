@@ -478,12 +478,17 @@ class Agent:
     def _drift(self, events: list[kevents.KernelEvent]) -> list[str]:
         """Why ``events`` are drift, if they are; a full pass is then pending."""
         with self.lock:
-            if self.wanted is None or self.wanted[0] != self.generation:
-                self.wanted = (self.generation, drift.wanted(self.desired))
-            reasons = self.drift.check(events, self.wanted[1])
+            reasons = self.drift.check(events, self._wanted)
             if reasons:
                 self.pending_full = self.pending_pass = True
         return reasons
+
+    def _wanted(self) -> drift.Wanted:
+        """What the desired state wants of the kernel, computed once per generation (under
+        ``self.lock``)."""
+        if self.wanted is None or self.wanted[0] != self.generation:
+            self.wanted = (self.generation, drift.wanted(self.desired))
+        return self.wanted[1]
 
     def collect_images(self) -> None:
         """Every ``--image-gc-interval``: images no container used for ``--image-gc-grace``
