@@ -122,7 +122,7 @@ KernelEvent = (LinkChanged | AddressGone | RouteGone | NeighbourGone | QdiscGone
                | NftCommit | Overrun)
 
 
-def parse_rtnl(data: bytes) -> list[KernelEvent]:
+def parse_rtnl(data: bytes | memoryview) -> list[KernelEvent]:
     """The events of one rtnetlink datagram (pure; kinds that cannot mean drift are skipped)."""
     events: list[KernelEvent] = []
     for kind, _seq, payload in rtnl.messages(data):
@@ -178,7 +178,7 @@ class NftParser:
     def __init__(self) -> None:
         self._tables: set[str] = set()
 
-    def feed(self, data: bytes) -> list[KernelEvent]:
+    def feed(self, data: bytes | memoryview) -> list[KernelEvent]:
         events: list[KernelEvent] = []
         for kind, _seq, payload in rtnl.messages(data):
             if kind >> 8 != NFNL_SUBSYS_NFTABLES:
@@ -208,6 +208,7 @@ class Announcements:
             self.route.close()
             raise
         self._nft = NftParser()
+        self._buffer = bytearray(rtnl.RECV_SIZE)  # (one buffer for every datagram)
 
     def sockets(self) -> list[socket.socket]:
         return [self.route, self.netfilter]
@@ -217,7 +218,7 @@ class Announcements:
         events: list[KernelEvent] = []
         while True:
             try:
-                data = sock.recv(rtnl.RECV_SIZE, socket.MSG_DONTWAIT)
+                size = sock.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return events
             except OSError as e:
@@ -225,6 +226,7 @@ class Announcements:
                     raise
                 events.append(Overrun())
                 continue
+            data = memoryview(self._buffer)[:size]
             events += parse_rtnl(data) if sock is self.route else self._nft.feed(data)
 
     def close(self) -> None:

@@ -281,7 +281,7 @@ def link_index(payload: memoryview) -> int:
     return int(IFINFOMSG.unpack_from(payload)[2])
 
 
-def messages(data: bytes) -> Iterator[tuple[int, int, memoryview]]:
+def messages(data: bytes | memoryview) -> Iterator[tuple[int, int, memoryview]]:
     """(type, sequence, payload) of each netlink message in one datagram."""
     view = memoryview(data)
     offset = 0
