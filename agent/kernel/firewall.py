@@ -57,6 +57,7 @@ from agent.names import BRIDGE_PREFIX
 from agent.nftrules import (
     BRIDGE_FAMILY,
     FAMILIES,
+    FINGERPRINT_SET,
     FLOW_SET,
     OPENED_SET,
     TABLE_FAMILY,
@@ -75,6 +76,7 @@ from agent.nftrules import (
     localnet_bridges,
     render,
     render_delta,
+    sha_item,
 )
 from sdnctl.api import faults
 
@@ -236,11 +238,11 @@ class Firewall:
     def _list_tables(self) -> None:
         """List the ruleset: our rules' comments and handles; None when neither table exists."""
         self._known = False
-        _, rules, exists = self._list()
+        items, rules, exists = self._list()
         if not exists:
             self._tables, self._handles = None, {}
         else:
-            self._tables = sorted(r.get("comment", "") for r in rules)
+            self._tables = sorted([r.get("comment", "") for r in rules] + _sha_items(items))
             self._handles = _unique((r.get("comment", ""), r.get("handle")) for r in rules)
         if self._installed is not None and self._tables != _tables_fingerprint(self._installed):
             self._installed = None  # drift: what we wrote is not what is there
@@ -317,7 +319,10 @@ class Firewall:
         """Run ``script`` (one transaction); remember the result and the rules' handles. A
         ``full`` script flushed every chain: it runs without echo and the tables are listed
         after it (see the module note: echo would abort)."""
-        done = self._nft(script, 0 if full else nft.OUTPUT_ECHO | nft.OUTPUT_HANDLE)
+        # Echo (for the new rules' handles) only when the script makes rules: without, a
+        # change of overlay members is elements alone, and libnftables reads no rule back.
+        echo = not full and ("insert rule " in script or "add rule " in script)
+        done = self._nft(script, nft.OUTPUT_ECHO | nft.OUTPUT_HANDLE if echo else 0)
         if done.returncode != 0:
             self._known, self._installed, self._handles = False, None, {}
             self._error = done.stderr.strip()
@@ -454,6 +459,15 @@ def _set_elements(found: dict[str, Any]) -> list[tuple[tuple[str, str, str], tup
             if isinstance(counter, dict) else None
         elements.append(((str(concat[0]), str(concat[1]), str(concat[2])), counted))
     return elements
+
+
+def _sha_items(items: Iterable[dict[str, Any]]) -> list[str]:
+    """The fingerprint's sha items: the elements of our FINGERPRINT_SET (one, unless a delta's
+    cleanup has not run)."""
+    return [sha_item(str(elem)) for i in items if "set" in i
+            and (i["set"].get("family"), i["set"].get("table"), i["set"].get("name")) ==
+            (TABLE_FAMILY, TABLE_NAME, FINGERPRINT_SET)
+            for elem in i["set"].get("elem") or [] if isinstance(elem, str)]
 
 
 _ECHOED = re.compile(r'comment "([^"]*)" # handle (\d+)$', re.M)

@@ -748,9 +748,21 @@ def test_overlay_members_change_by_element_and_list_as_a_full_render(fwlab: FwLa
         assert listed == _listed_as_full_render(fwlab.host, after)
 
 
-def test_a_delta_that_only_adds_leaves_the_old_sha_rule_to_a_cleanup(
+def _fingerprints(path: str) -> list[str]:
+    """The elements of our fingerprint set (one, unless a delta's cleanup is pending)."""
+    listed = json.loads(in_ns(path, "nft", "-j", "list", "set", "inet", "sdnctl",
+                              "fingerprint").stdout)["nftables"]
+    return [str(e) for i in listed if "set" in i for e in i["set"].get("elem") or []]
+
+
+def _sha_element(spec: FirewallSpec) -> str:
+    """The fingerprint element ``render(spec)`` adds."""
+    return re.findall(r"add element inet sdnctl fingerprint \{ (\S+) \}", render(spec))[0]
+
+
+def test_a_delta_that_only_adds_leaves_the_old_sha_to_a_cleanup(
         fwlab: FwLab, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A container that comes only adds rules; the old sha rule's delete (which costs the
+    """A container that comes only adds rules; the old sha element's delete (which costs the
     kernel a grace period, and holds the commit mutex a device's removal waits for) is left
     pending: a listing runs it first, a delta that deletes anyway takes it into its one
     transaction, a timer runs it at the latest; and a cleanup that fails leaves the tables
@@ -760,7 +772,8 @@ def test_a_delta_that_only_adds_leaves_the_old_sha_rule_to_a_cleanup(
     every = fwlab.spec(guards=True)
     no_f1 = replace(every, guards=tuple(g for g in every.guards if g.container != "f1"))
     assert fw.apply(no_f1) is True
-    old_sha = _handle(fwlab.host, re.findall(r'"(sdnctl:sha/[^"]+)"', render(no_f1))[0])
+    old_sha = _sha_element(no_f1)
+    assert _fingerprints(fwlab.host) == [old_sha]
     real = nft.run
     writes: list[str] = []
     cleaned = threading.Event()  # a write that was a cleanup alone
@@ -769,27 +782,28 @@ def test_a_delta_that_only_adds_leaves_the_old_sha_rule_to_a_cleanup(
         if not script.startswith("list"):
             writes.append(script)
         done = real(script, flags)
-        if script.startswith("delete rule inet sdnctl forward") and "insert" not in script:
+        if script.startswith("delete element inet sdnctl fingerprint") and \
+                "insert" not in script:
             cleaned.set()
         return done
 
     monkeypatch.setattr(nft, "run", recording)
     assert fw.apply(every) is True
     assert len(writes) == 1 and "insert rule" in writes[0] and "delete" not in writes[0]
-    assert _ruleset(fwlab.host).count("sdnctl:sha/") == 2  # the old one still there
+    assert len(_fingerprints(fwlab.host)) == 2  # the old one still there
     assert fw.observe() == fingerprint(every)  # a listing runs the cleanup first
-    assert writes[1:] == [f"delete rule inet sdnctl forward handle {old_sha}\n"]
+    assert writes[1:] == [f"delete element inet sdnctl fingerprint {{ {old_sha} }}\n"]
 
-    # Pending when a container goes: one transaction deletes its guard and the old sha rule.
+    # Pending when a container goes: one transaction deletes its guard and the old sha.
     del writes[:]
     assert fw.apply(no_f1) is True  # f1 goes (deletes)
-    no_f1_sha = _handle(fwlab.host, re.findall(r'"(sdnctl:sha/[^"]+)"', render(no_f1))[0])
     assert fw.apply(every) is True  # f1 comes back (adds only: its cleanup is pending)
     assert fw.apply(no_f1) is True  # f1 goes again: takes the pending delete along
     assert len(writes) == 3, writes
-    assert writes[2].startswith(f"delete rule inet sdnctl forward handle {no_f1_sha}\n")
-    assert "insert rule" not in writes[2] and writes[2].count("sdnctl forward handle") == 2
-    assert _ruleset(fwlab.host).count("sdnctl:sha/") == 1
+    assert writes[2].startswith(f"delete element inet sdnctl fingerprint {{ {old_sha} }}\n")
+    assert "insert rule" not in writes[2] and \
+        writes[2].count("delete element inet sdnctl fingerprint") == 2
+    assert _fingerprints(fwlab.host) == [old_sha]
     assert fw.observe() == fingerprint(no_f1) and len(writes) == 3  # nothing was pending
 
     # The cleanup fails (here: the table went by hand before it ran). The listing finds the
@@ -811,9 +825,35 @@ def test_a_delta_that_only_adds_leaves_the_old_sha_rule_to_a_cleanup(
     cleaned.clear()
     assert fw.apply(every) is True
     assert cleaned.wait(10)
-    assert _ruleset(fwlab.host).count("sdnctl:sha/") == 1
+    assert _fingerprints(fwlab.host) == [_sha_element(every)]
     monkeypatch.setattr(nft, "run", real)
     assert fw.observe() == fingerprint(every)
+
+
+def test_a_change_of_overlay_members_is_elements_alone_without_echo(
+        fwlab: FwLab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host joining an overlay: its elements and the new sha, no rule, so no --echo (which
+    makes libnftables read every rule back); the tables then list as a full render's."""
+    fw = Firewall(fwlab.host)
+    base = fwlab.spec(guards=True)
+    before = replace(base, vxlan=(VxlanFilter(4789, 4096, ("192.0.2.2",)),))
+    after = replace(base, vxlan=(VxlanFilter(4789, 4096, ("192.0.2.2", "192.0.2.3")),))
+    assert fw.apply(before) is True
+    real = nft.run
+    calls: list[tuple[str, int]] = []
+
+    def recording(script: str, flags: int = 0) -> nft.Result:
+        calls.append((script, flags))
+        return real(script, flags)
+
+    monkeypatch.setattr(nft, "run", recording)
+    assert fw.apply(after) is True
+    ((script, flags),) = calls
+    assert flags == 0 and "rule" not in script, script
+    assert "add element inet sdnctl vxlan4 { 192.0.2.3 . 4789 . 4096 }" in script
+    monkeypatch.setattr(nft, "run", real)
+    assert fw.observe() == fingerprint(after)
+    assert _ruleset(fwlab.host) == _listed_as_full_render(fwlab.host, after)
 
 
 def test_a_delta_refused_by_nft_gives_way_to_a_full_write(fwlab: FwLab) -> None:
@@ -912,9 +952,7 @@ def test_a_full_write_reusing_anonymous_set_names_learns_the_right_handles(
         steps = [json.loads(line) for line in done.stdout.splitlines()]
         assert [(s["spec"], s["wrote"], s["observed"]) for s in steps] == [
             ("overlay", True, True), ("two", True, True), ("joined", True, True)]
-        # (the delta left the old sha rule's delete pending: it is no rule of the tables')
-        kernel = {c: h for c, h in _kernel_handles(path).items()
-                  if not c.startswith("sdnctl:sha/") or c in steps[2]["handles"]}
+        kernel = _kernel_handles(path)
         # the delta inserted j1's guard before o1's, by the handle the full write learned
         assert steps[2]["handles"] == kernel
         assert "sdnctl:ctr/j1/spoof-ip" in kernel and "sdnctl:net/pb/isolation" in kernel

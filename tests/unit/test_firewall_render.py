@@ -50,7 +50,8 @@ def test_one_transaction_tables_chains_flush_then_rules() -> None:
     lines = render(SPEC).splitlines()
     assert lines[:2] == ["add table inet sdnctl", "add table bridge sdnctl"]
     first_rule = next(i for i, line in enumerate(lines) if line.startswith("add rule"))
-    assert all(line.startswith("add rule") for line in lines[first_rule:])
+    assert all(line.startswith("add rule") for line in lines[first_rule:-1])
+    assert lines[-1].startswith("add element inet sdnctl fingerprint { ")  # the sha, last
     flushed = {line for line in lines[:first_rule] if line.startswith("flush chain")}
     chains = {" ".join(line.split()[2:5]) for line in lines if line.startswith("add chain")}
     assert flushed == {f"flush chain {c}" for c in chains}
@@ -65,12 +66,17 @@ def test_no_default_drop_anywhere(spec: FirewallSpec) -> None:
             assert "policy accept;" in line, line
 
 
-def test_every_rule_has_a_comment_and_the_last_carries_the_sha() -> None:
-    lines = [line for line in render(SPEC).splitlines() if line.startswith("add rule")]
+def test_every_rule_has_a_comment_and_the_fingerprint_set_carries_the_sha() -> None:
+    script = render(SPEC)
+    lines = [line for line in script.splitlines() if line.startswith("add rule")]
     assert all(re.search(r' comment "sdnctl:[^"]+"$', line) for line in lines), lines
-    assert 'comment "sdnctl:sha/' in lines[-1]
+    assert "sdnctl:sha/" not in script
     comments = sorted(re.findall(r'comment "([^"]+)"$', "\n".join(lines), re.M))
-    assert fingerprint(SPEC).splitlines()[:len(comments)] == comments
+    (element,) = re.findall(r"add element inet sdnctl fingerprint \{ (\S+) \}", script)
+    assert sorted([*comments, nftrules.sha_item(element)]) == \
+        sorted(fingerprint(SPEC).splitlines()[:len(comments) + 1])
+    # the set is emptied by every full render, so it holds one element after it
+    assert "flush set inet sdnctl fingerprint" in script
 
 
 def _variants() -> list[tuple[str, FirewallSpec]]:
@@ -337,7 +343,7 @@ def test_vxlan_filter_accepts_members_on_their_vni_and_counts_the_rest() -> None
     assert not [line for line in lines if line.startswith("add element inet sdnctl vxlan6")]
     # without overlays the chain exists and is empty, and so are the sets
     assert rules(render(SPEC), "input") == []
-    assert "add element inet" not in render(SPEC)
+    assert "add element inet sdnctl vxlan" not in render(SPEC)
 
 
 def test_vxlan_members_on_an_ipv6_underlay_get_rules_and_sets_of_their_family() -> None:
@@ -411,8 +417,9 @@ def handles_of(spec: FirewallSpec) -> dict[str, int]:
     return {c: i for i, c in enumerate(comments, 1) if comments.count(c) == 1}
 
 
-def sha_comment(spec: FirewallSpec) -> str:
-    return re.findall(r'comment "(sdnctl:sha/[^"]+)"', render(spec))[0]
+def sha_element(spec: FirewallSpec) -> str:
+    """The fingerprint set's element that ``render(spec)`` adds."""
+    return re.findall(r"add element inet sdnctl fingerprint \{ (\S+) \}", render(spec))[0]
 
 
 def test_delta_adds_a_guard_before_the_next_one_in_render_order() -> None:
@@ -432,12 +439,11 @@ def test_delta_adds_a_guard_before_the_next_one_in_render_order() -> None:
         'add element bridge sdnctl ports6 { "sdnv1" . 02:42:0a:01:00:02 . fe80::42:aff:fe01:2 }']
     assert all(f"bridge sdnctl prerouting position {anchor} iifname \"sdnv1\"" in line
                for line in inserted), inserted
-    # It only adds: the old sha rule's delete (a grace period in the kernel) comes apart.
+    # It only adds: the old sha element's delete (a grace period in the kernel) comes apart.
     assert not any(line.startswith(("delete", "replace")) for line in lines)
-    assert lines[-1].endswith(f'comment "{sha_comment(new)}"')
-    assert lines[-1].startswith("add rule inet sdnctl forward ")
+    assert lines[-1] == f"add element inet sdnctl fingerprint {{ {sha_element(new)} }}"
     assert delta.cleanup == \
-        f"delete rule inet sdnctl forward handle {handles[sha_comment(old)]}\n"
+        f"delete element inet sdnctl fingerprint {{ {sha_element(old)} }}\n"
 
 
 def test_delta_appends_the_last_guard_before_the_router_advert_rule() -> None:
@@ -465,8 +471,8 @@ def test_delta_removes_a_guard_by_its_handles() -> None:
         'fe80::42:aff:fe01:2 }']
     assert lines[2:9] == gone
     assert not any(line.startswith(("insert", "add table", "flush")) for line in lines)
-    # It deletes anyway: the old sha rule goes in the same transaction.
-    assert lines[-2] == f"delete rule inet sdnctl forward handle {handles[sha_comment(old)]}"
+    # It deletes anyway: the old sha element goes in the same transaction.
+    assert lines[-2] == f"delete element inet sdnctl fingerprint {{ {sha_element(old)} }}"
     assert delta.cleanup == ""
 
 
@@ -496,7 +502,7 @@ def test_delta_is_refused_without_the_handles_it_needs() -> None:
     del handles["sdnctl:ctr/web/spoof-arp-ip"]
     assert firewall.render_delta(SPEC, dataclasses.replace(SPEC, guards=()), handles) is None
     handles = handles_of(SPEC)
-    del handles[sha_comment(SPEC)]
+    del handles["sdnctl:router-advert"]  # (the anchor of a guard that comes last)
     assert firewall.render_delta(SPEC, dataclasses.replace(SPEC, guards=(GUARD, GUARD2)),
                                  handles) is None
 
@@ -515,7 +521,7 @@ def test_delta_adds_and_deletes_overlay_members_as_elements() -> None:
                          "add element inet sdnctl vxlan4_hosts { 192.0.2.77 . 4789 }"]
     assert not [line for line in lines if "rule inet sdnctl input" in line]  # rules stay
     assert sum(line.startswith("insert rule") for line in lines) == 7
-    assert delta.cleanup.startswith("delete rule inet sdnctl forward")  # adds only: sha later
+    assert delta.cleanup.startswith("delete element inet sdnctl fingerprint")  # sha later
     # a member that leaves one overlay but not the other: its VNI element goes, not its host
     shrunk = (dataclasses.replace(first, members=("192.0.2.2",)), *OV_SPEC.vxlan[1:])
     delta = firewall.render_delta(old, dataclasses.replace(old, vxlan=shrunk), handles)
@@ -530,7 +536,7 @@ def test_delta_adds_and_deletes_overlay_members_as_elements() -> None:
         elements = {n: set(e) for n, e in nftrules._rendered(before).elements.items()}
         for line in script.script.splitlines():
             verb, kind, _, _, name, rest = line.split(" ", 5)
-            if kind == "element":
+            if kind == "element" and name != nftrules.FINGERPRINT_SET:
                 items = set(rest.strip("{} ").split(", "))
                 elements[name] = elements[name] | items if verb == "add" else \
                     elements[name] - items
@@ -582,7 +588,8 @@ def test_a_delta_frees_and_makes_anonymous_sets_of_one_type_per_table(
     moved = dataclasses.replace(GUARD, ip="10.1.0.9", mac="02:42:0a:01:00:09")
     new = dataclasses.replace(old, vxlan=vxlan, guards=(moved, GUARD2))
     types = _delta_set_types(old, new)
-    assert types["bridge"] == {"ether_type"} and types["inet"] <= {"ipv4_addr"}, types
+    assert types["bridge"] == {"ether_type"} and types.get("inet", set()) <= {"ipv4_addr"}, \
+        types
     assert all(len(t) <= 1 for t in types.values()), types
 
 

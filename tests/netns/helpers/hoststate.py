@@ -23,7 +23,7 @@ import grpc
 from agent.kernel import cgroups
 from agent.kernel.linkbase import iproute_in
 from agent.kernel.netns import NETNS_RUN_DIR
-from agent.nftrules import SHA_COMMENT_PREFIX
+from agent.nftrules import FINGERPRINT_SET
 from helpers.cli import Cli, nsexec
 from sdnctl.api.client import Client
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -62,14 +62,20 @@ def netlink_state(netns: str) -> dict[str, list[str]]:
 
 def nft_stateless(netns: str) -> str:
     """The ruleset without counter values, its tables sorted (nft lists them in the order they
-    were made, and a table made again comes last), as it is once the agent's pending cleanup
-    has run: of the sha rules, only the last (a delta that only adds appends the new sha rule
-    and deletes the old one up to a second later, ``agent/kernel/firewall.py``)."""
+    were made, and a table made again comes last), and without the elements of our
+    fingerprint set: the sha of the rest, which the rest determines (and which holds the old
+    sha too until the agent's pending cleanup has run: a delta that only adds adds the new
+    element and deletes the old one up to a second later, ``agent/kernel/firewall.py``)."""
     lines = nsexec(netns, "nft", "-s", "list", "ruleset").stdout.splitlines(keepends=True)
-    shas = [i for i, line in enumerate(lines) if f'"{SHA_COMMENT_PREFIX}' in line]
-    stale = set(shas[:-1])
     tables: list[str] = []
-    for line in (x for i, x in enumerate(lines) if i not in stale):
+    in_fingerprint = False
+    for line in lines:
+        if line.strip() == f"set {FINGERPRINT_SET} {{":
+            in_fingerprint = True
+        elif in_fingerprint and line.strip() == "}":
+            in_fingerprint = False
+        elif in_fingerprint and not line.strip().startswith("type "):
+            continue  # its elements
         if line.startswith("table ") or not tables:
             tables.append("")
         tables[-1] += line
