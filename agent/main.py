@@ -89,6 +89,18 @@ ATTACH_NOW_WAIT = 2.0
 ATTACH_HOLD = 0.1
 #: How often the kernel watcher looks whether the agent is stopping (it waits on its sockets).
 KERNEL_WATCH_WAKE = 5.0
+#: Periodic work (full passes, flow readings) comes after a random 75-100 % of its interval.
+SPREAD = 0.25
+
+
+def spread(interval: float) -> float:
+    """``interval`` shortened by a random part of SPREAD. Agents started together (``sdnctl
+    up`` of a lab, a fleet rebooted) would otherwise make their full passes and flow readings
+    at the same moments for ever: 100 lab agents on two cores put a half-second burst of CPU
+    every ten seconds, and a change that fell in it (a host joining: every agent's peer pass)
+    waited behind it. Never longer than ``interval``: a full pass stays due at least that
+    often."""
+    return interval * (1.0 - random.uniform(0.0, SPREAD))
 
 
 @dataclass
@@ -546,7 +558,7 @@ class Agent:
         full_due = due
         # Flows and drop counters are read with every full pass and, in between, every
         # --flows-interval seconds (a listing and a conntrack dump, no pass).
-        flows_due = due + self.flows_interval
+        flows_due = due + spread(self.flows_interval)
         statuses: list[ContainerStatus] | None = None
         last_generation: int | None = None
         try:
@@ -569,7 +581,7 @@ class Agent:
                     continue
                 flows_now = time.monotonic() >= flows_due
                 if flows_now:
-                    flows_due = time.monotonic() + self.flows_interval
+                    flows_due = time.monotonic() + spread(self.flows_interval)
                 with self.lock:
                     desired = self.desired.copy()
                     needed = self.pending_pass or time.monotonic() >= due or statuses is None
@@ -583,7 +595,7 @@ class Agent:
                     self.pending_pass = self.pending_full = False
                     generation = self.generation
                 if not desired.synced:  # the first snapshot wakes us when it comes
-                    due = time.monotonic() + self.args.resync
+                    due = time.monotonic() + spread(self.args.resync)
                     continue
                 if not needed:  # only the revision, the peers or the policy input moved on
                     if peers_now:
@@ -602,7 +614,7 @@ class Agent:
                     continue
                 started, cpu = time.monotonic(), time.thread_time()
                 if full:
-                    full_due = started + self.args.resync
+                    full_due = started + spread(self.args.resync)
                 outcome = reconciler.reconcile(desired, full)
                 with self.lock:  # (links made before the announcements were listened to)
                     self.drift.observed(outcome.observed.links)
@@ -636,10 +648,11 @@ class Agent:
                 self.note_states(statuses)
                 if full or flows_now:  # (not on every change: busy hosts' passes stay lean)
                     self.read_traffic(desired, firewall, listed=full)
-                    flows_due = time.monotonic() + self.flows_interval
+                    flows_due = time.monotonic() + spread(self.flows_interval)
                 exits.watch({s.pid for s in statuses if s.pid})
                 due = time.monotonic() + (min(self.args.resync, RESTART_DELAY)
-                                          if outcome.restart_pending else self.args.resync)
+                                          if outcome.restart_pending
+                                          else spread(self.args.resync))
                 self.report(desired.revision, statuses)
         finally:
             if self.cni is not None:

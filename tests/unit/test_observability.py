@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.kernel.firewall import drop_counts
-from agent.main import merge_flows, report_due
+from agent.main import SPREAD, merge_flows, report_due, spread
 from sdnctl.api import pki
 from sdnctl.api.model import STATE_EXITED, STATE_RUNNING, ContainerStatus
 from sdnctl.api.tlsfiles import TlsFiles
@@ -233,3 +233,12 @@ def test_a_report_is_due_for_news_not_for_keepalive_notices() -> None:
     assert report_due(last, 14, running, 12, False)  # an event to report came at 12
     assert report_due(last, 10, [ContainerStatus("c1", STATE_EXITED)], 10, False)
     assert report_due(last, 10, running, 10, True)  # events, flows or drops
+
+
+def test_periodic_work_is_spread_and_never_later_than_its_interval() -> None:
+    """Agents started together must not keep making their full passes at the same moments
+    (``agent.main.spread``): each interval is a random 75-100 % of the flag's."""
+    got = [spread(10.0) for _ in range(2000)]
+    assert all(10.0 * (1 - SPREAD) <= g <= 10.0 for g in got)
+    assert max(got) - min(got) > 10.0 * SPREAD * 0.9  # spread over the whole range
+    assert spread(float("inf")) == float("inf")  # (--flows-interval 0: none)
