@@ -26,6 +26,7 @@ name them, and the links each pass observed fill in those seen before we listene
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -122,7 +123,7 @@ class Drift:
     def __init__(self, ours: Callable[[int], bool]) -> None:
         self._ours = ours
         self._links: dict[int, _Link] = {}
-        self._expected_gone: set[str] = set()
+        self._expected_gone: collections.Counter[str] = collections.Counter()
 
     def observed(self, links: Mapping[str, ObservedLink]) -> None:
         """Links a pass read from the kernel: those no announcement told us of yet."""
@@ -134,8 +135,17 @@ class Drift:
 
     def expect_gone(self, name: str) -> None:
         """Our own code is about to delete the wanted link ``name`` (a CNI DEL takes the veth
-        away before the controller forgets its container): its going is not drift."""
-        self._expected_gone.add(name)
+        away before the controller forgets its container): its going is not drift. Counted:
+        the announcements may come after the next ADD and DEL of the same attachment (the
+        same name) were made, and each deletion is one of ours."""
+        self._expected_gone[name] += 1
+
+    def not_gone(self, name: str) -> None:
+        """The deletion ``expect_gone`` announced did not happen (there was no such link)."""
+        if self._expected_gone[name] > 1:
+            self._expected_gone[name] -= 1
+        else:
+            del self._expected_gone[name]
 
     def check(self, events: Iterable[KernelEvent], want: Callable[[], Wanted]) -> list[str]:
         """Why each drift among ``events`` is one (empty: none is). ``want`` is asked only for
@@ -181,12 +191,12 @@ class Drift:
         before = self._links.pop(event.index, None)
         expected = event.name in self._expected_gone  # (its last announcements are ours too)
         if event.gone:
-            self._expected_gone.discard(event.name)
-            return f"link {event.name} deleted" if not expected and \
-                event.name in want().links else None
+            if expected:
+                self.not_gone(event.name)  # (one expected deletion, announced)
+                return None
+            return f"link {event.name} deleted" if event.name in want().links else None
         now = self._links[event.index] = _Link(event.name, event.up, event.master)
-        if before is None:  # a new link (made again, its next going is news), or not seen yet
-            self._expected_gone.discard(event.name)
+        if before is None:  # a new link, or one not seen yet: recorded
             return None
         if expected or (before.name, before.up, before.master) == (now.name, now.up, now.master):
             return None  # (an announcement of another attribute: MTU, carrier, address)

@@ -303,7 +303,14 @@ class Agent:
         """``AgentSide.remove_veth``: a CNI DEL's veth, whose going is not drift."""
         with self.lock:
             self.drift.expect_gone(name)
-        return remove_link_now(name)
+        removed = False
+        try:
+            removed = remove_link_now(name)
+        finally:
+            if not removed:
+                with self.lock:
+                    self.drift.not_gone(name)
+        return removed
 
     def serve_metrics(self, address: str) -> None:
         self.metrics_server = serve_metrics(self.metrics.registry, address)

@@ -184,14 +184,25 @@ def test_a_link_is_judged_on_the_change_from_right_to_wrong() -> None:
     assert found.check([LinkChanged(7, VETH, up=False, gone=False, master=3)], lambda: WANTED) != []
 
 
-def test_a_link_our_own_code_deletes_is_not_drift_until_made_again(seen: drift.Drift) -> None:
+def test_a_link_our_own_code_deletes_is_not_drift_however_late_announced(
+        seen: drift.Drift) -> None:
     seen.expect_gone(VETH)
     assert seen.check([LinkChanged(7, VETH, up=False, gone=False, master=None),
                        LinkChanged(7, VETH, up=False, gone=True)], lambda: WANTED) == []
-    # Made again (a new index), then deleted by someone else: drift.
+    # A CNI DEL, ADD and DEL of one attachment (one veth name) before the watcher reads the
+    # announcements of any of them: both deletions are ours.
     seen.expect_gone(VETH)
-    assert seen.check([LinkChanged(13, VETH, up=True, gone=False, master=3)], lambda: WANTED) == []
-    assert seen.check([LinkChanged(13, VETH, up=True, gone=True)], lambda: WANTED) != []
+    seen.expect_gone(VETH)
+    assert seen.check([LinkChanged(13, VETH, up=True, gone=True),
+                       LinkChanged(14, VETH, up=True, gone=False, master=3),
+                       LinkChanged(14, VETH, up=True, gone=True)], lambda: WANTED) == []
+    # Deleted by someone else afterwards: drift; and so after a deletion that did not happen.
+    assert seen.check([LinkChanged(15, VETH, up=True, gone=False, master=3),
+                       LinkChanged(15, VETH, up=True, gone=True)], lambda: WANTED) != []
+    seen.expect_gone(VETH)
+    seen.not_gone(VETH)
+    assert seen.check([LinkChanged(16, VETH, up=True, gone=False, master=3),
+                       LinkChanged(16, VETH, up=True, gone=True)], lambda: WANTED) != []
 
 
 def test_a_link_only_the_announcements_named_is_known_by_its_index() -> None:
