@@ -135,6 +135,9 @@ class DockerSide:
     kernel: Callable[[], contextlib.AbstractContextManager[Kernel]]
     accept_bridge: Callable[[str], None]  # Docker's DOCKER-USER chain: accept our bridge
     docker_host: str = ""  # the dockerd served (unix:///...): asked for networks' names
+    #: removes a Leave's veth, telling the agent's drift filter first (the endpoint is still
+    #: desired until DeleteEndpoint); None: through ``kernel``
+    remove_veth: Callable[[str], object] | None = None
 
 
 @dataclass
@@ -730,8 +733,11 @@ class Plugin:
         with self._lock:
             if self.joined.pop(name, None) is not None:
                 self._save()
-        with self.side.kernel() as kernel:
-            kernel.remove_link(veth_name(name, INTERFACE))
+        if self.side.remove_veth is not None:
+            self.side.remove_veth(veth_name(name, INTERFACE))
+        else:
+            with self.side.kernel() as kernel:
+                kernel.remove_link(veth_name(name, INTERFACE))
         log.info("docker: endpoint %s left", endpoint[:12])
         return {}
 

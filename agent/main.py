@@ -277,7 +277,8 @@ class Agent:
             control=lambda: pb_grpc.ControllerStub(self.channels[self.current]),
             desired=self._desired_copy, realised=self.realised, kernel=Links,
             accept_bridge=accept_in_docker_user,
-            docker_host=getattr(args, "docker_host", "")), docker_socket + ".json"),
+            docker_host=getattr(args, "docker_host", ""),
+            remove_veth=self._remove_veth), docker_socket + ".json"),
             docker_socket, getattr(args, "docker_spec", "")) if docker_socket else None
         self.metrics = AgentMetrics()
         self.metrics_server: MetricsServer | None = None
@@ -300,7 +301,8 @@ class Agent:
             return self.desired.copy()
 
     def _remove_veth(self, name: str) -> bool:
-        """``AgentSide.remove_veth``: a CNI DEL's veth, whose going is not drift."""
+        """``AgentSide.remove_veth`` and ``DockerSide.remove_veth``: a CNI DEL's or a Docker
+        Leave's veth, whose going is not drift."""
         with self.lock:
             self.drift.expect_gone(name)
         removed = False
