@@ -748,6 +748,8 @@ class Delta:
 
     script: str
     cleanup: str = ""
+    #: it inserts rules (a guard that comes): run with echo, for their handles
+    makes_rules: bool = False
 
 
 def render_delta(installed: SpecLike, spec: SpecLike,
@@ -792,13 +794,14 @@ def render_delta(installed: SpecLike, spec: SpecLike,
                       f"{r.expr} comment {_quote(r.comment)}" for r in _one_guard(g)]
     except KeyError:
         return None  # a handle we do not know: not worth guessing
+    makes_rules = bool(new - old)
     old_sha, new_sha = _rendered(installed).sha, _rendered(spec).sha
     if old_sha == new_sha:
-        return Delta("\n".join(lines) + "\n")
+        return Delta("\n".join(lines) + "\n", makes_rules=makes_rules)
     drop_sha, add_sha = _sha_element("delete", old_sha), _sha_element("add", new_sha)
     if any(removed.values()) or gone:  # it deletes anyway: one transaction, one grace period
-        return Delta("\n".join([*lines, drop_sha, add_sha]) + "\n")
-    return Delta("\n".join([*lines, add_sha]) + "\n", drop_sha + "\n")
+        return Delta("\n".join([*lines, drop_sha, add_sha]) + "\n", makes_rules=makes_rules)
+    return Delta("\n".join([*lines, add_sha]) + "\n", drop_sha + "\n", makes_rules)
 
 
 def _delete(rule: _Rule, handle: int) -> str:

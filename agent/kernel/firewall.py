@@ -309,7 +309,8 @@ class Firewall:
                 # A delta that fails (someone changed the tables meanwhile) gives way to the
                 # full script, which does not depend on what is there (and flushes the old
                 # sha elements with the rest).
-                done = delta is not None and self._write(script, spec, full=False)
+                done = delta is not None and self._write(script, spec, full=False,
+                                                         echo=delta.makes_rules)
                 self._defer(later if done else [])
             if not done and not self._write(render(spec), spec, full=True):
                 raise KernelError(f"could not apply tables {TABLE_NAME!r}: {self._error}")
@@ -317,13 +318,12 @@ class Firewall:
         localnet = localnet_bridges(spec)
         return self._in_netns(lambda: _set_bridge_sysctls(localnet)) or wrote
 
-    def _write(self, script: str, spec: FirewallSpec, full: bool) -> bool:
+    def _write(self, script: str, spec: FirewallSpec, full: bool, echo: bool = False) -> bool:
         """Run ``script`` (one transaction); remember the result and the rules' handles. A
         ``full`` script flushed every chain: it runs without echo and the tables are listed
-        after it (see the module note: echo would abort)."""
-        # Echo (for the new rules' handles) only when the script makes rules: without, a
-        # change of overlay members is elements alone, and libnftables reads no rule back.
-        echo = not full and ("insert rule " in script or "add rule " in script)
+        after it (see the module note: echo would abort). A delta echoes only when it makes
+        rules (``Delta.makes_rules``), for their handles: a change of overlay members is
+        elements alone, and without echo libnftables reads no rule back."""
         done = self._nft(script, nft.OUTPUT_ECHO | nft.OUTPUT_HANDLE if echo else 0)
         if done.returncode != 0:
             self._known, self._installed, self._handles = False, None, {}

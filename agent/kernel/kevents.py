@@ -28,8 +28,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent.kernel import rtnl
+from agent.kernel.conntrack import NETLINK_NETFILTER
+from agent.kernel.netns import NETLINK_ROUTE
 
-NETLINK_ROUTE, NETLINK_NETFILTER = 0, 12
 #: rtnetlink multicast groups (RTNLGRP_*, all below 32: one bind mask holds them).
 RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_TC = 1, 3, 4
 RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE = 5, 7
@@ -39,7 +40,7 @@ RTNL_GROUPS = (RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_TC, RTNLGRP_IPV4_IFADDR, RTN
                RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE, RTNLGRP_IPV4_NETCONF,
                RTNLGRP_IPV6_NETCONF)
 NFNLGRP_NFTABLES = 7
-RTM_DELADDR, RTM_DELQDISC, RTM_NEWNETCONF = 21, 37, 80
+RTM_NEWNETCONF = 80
 NETCONFA_IFINDEX, NETCONFA_FORWARDING = 1, 2
 NETCONFA_IFINDEX_ALL = -1  # the namespace's ``all`` settings (net.ipv4.ip_forward is one)
 NETCONFMSG_SIZE = 4  # struct netconfmsg: one family byte, aligned
@@ -55,6 +56,7 @@ S32 = struct.Struct("=i")
 BE32 = struct.Struct("!I")
 #: Bursts (a pass that builds 100 veths, a full ruleset of 1,000 rules) must fit.
 RECEIVE_BUFFER = 4 << 20
+SO_RCVBUFFORCE = 33  # (not in Python's socket module) past net.core.rmem_max, as root
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def _rtnl_event(kind: int, payload: memoryview) -> KernelEvent | None:
         link = rtnl.parse_link(payload)
         return LinkChanged(link.index, link.ifname, bool(link.flags & rtnl.IFF_UP),
                            gone=kind == rtnl.RTM_DELLINK, master=link.master)
-    if kind == RTM_DELADDR:
+    if kind == rtnl.RTM_DELADDR:
         found = rtnl.parse_global_address(payload)
         return AddressGone(*found) if found is not None else None
     if kind == rtnl.RTM_DELROUTE:
@@ -151,7 +153,7 @@ def _rtnl_event(kind: int, payload: memoryview) -> KernelEvent | None:
         entry = rtnl.parse_neighbour(payload)
         return NeighbourGone(entry.index, payload[0] == rtnl.AF_BRIDGE, entry.dst, entry.lladdr,
                              entry.state)
-    if kind == RTM_DELQDISC:
+    if kind == rtnl.RTM_DELQDISC:
         qdisc = rtnl.parse_qdisc(payload)
         return QdiscGone(qdisc.index, qdisc.parent == rtnl.TC_H_ROOT)
     if kind == RTM_NEWNETCONF:
@@ -243,7 +245,7 @@ def _subscribed(protocol: int, groups: Iterable[int]) -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
     try:
         try:  # as root, past net.core.rmem_max
-            sock.setsockopt(socket.SOL_SOCKET, 33, RECEIVE_BUFFER)  # SO_RCVBUFFORCE
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
         except PermissionError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         mask = 0

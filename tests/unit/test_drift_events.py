@@ -48,8 +48,8 @@ def test_announcements_parse_into_the_events_that_can_mean_drift() -> None:
     data = b"".join([
         message(rtnl.RTM_NEWLINK, 0, link_payload(7, "sdnv1", flags=1, master=3)),
         message(rtnl.RTM_DELLINK, 0, link_payload(8, "sdnv2", flags=0)),
-        message(kevents.RTM_DELADDR, 0, address_payload(3, "10.70.1.1", 24)),
-        message(kevents.RTM_DELADDR, 0, rtnl.IFADDRMSG.pack(socket.AF_INET6, 64, 0, 253, 3)
+        message(rtnl.RTM_DELADDR, 0, address_payload(3, "10.70.1.1", 24)),
+        message(rtnl.RTM_DELADDR, 0, rtnl.IFADDRMSG.pack(socket.AF_INET6, 64, 0, 253, 3)
                 + attr(rtnl.IFA_ADDRESS, socket.inet_pton(socket.AF_INET6, "fe80::1"))),
         message(rtnl.RTM_NEWADDR, 0, address_payload(3, "10.70.1.2", 24)),  # not drift: skipped
         message(rtnl.RTM_DELROUTE, 0, route_payload(24, 254, "10.70.2.0", oif=5)
@@ -57,7 +57,7 @@ def test_announcements_parse_into_the_events_that_can_mean_drift() -> None:
         message(rtnl.RTM_DELROUTE, 0, route_payload(0, 254, "192.0.2.1", oif=5)),  # default
         neighbour(socket.AF_INET, 5, "10.70.2.0", "0e:00:00:00:00:02"),
         neighbour(rtnl.AF_BRIDGE, 5, "192.0.2.2", "0e:00:00:00:00:02"),
-        message(kevents.RTM_DELQDISC, 0, rtnl.TCMSG.pack(0, 7, 0x10000, rtnl.TC_H_ROOT, 1)
+        message(rtnl.RTM_DELQDISC, 0, rtnl.TCMSG.pack(0, 7, 0x10000, rtnl.TC_H_ROOT, 1)
                 + attr(rtnl.TCA_KIND, b"tbf\0")),
         netconf(socket.AF_INET, kevents.NETCONFA_IFINDEX_ALL, 0),
         netconf(socket.AF_INET6, kevents.NETCONFA_IFINDEX_ALL, 1),

@@ -442,6 +442,7 @@ def test_delta_adds_a_guard_before_the_next_one_in_render_order() -> None:
     # It only adds: the old sha element's delete (a grace period in the kernel) comes apart.
     assert not any(line.startswith(("delete", "replace")) for line in lines)
     assert lines[-1] == f"add element inet sdnctl fingerprint {{ {sha_element(new)} }}"
+    assert delta.makes_rules  # (run with echo, for the new rules' handles)
     assert delta.cleanup == \
         f"delete element inet sdnctl fingerprint {{ {sha_element(old)} }}\n"
 
@@ -473,7 +474,7 @@ def test_delta_removes_a_guard_by_its_handles() -> None:
     assert not any(line.startswith(("insert", "add table", "flush")) for line in lines)
     # It deletes anyway: the old sha element goes in the same transaction.
     assert lines[-2] == f"delete element inet sdnctl fingerprint {{ {sha_element(old)} }}"
-    assert delta.cleanup == ""
+    assert delta.cleanup == "" and not delta.makes_rules
 
 
 def test_delta_changes_a_guard_in_place() -> None:
@@ -526,6 +527,7 @@ def test_delta_adds_and_deletes_overlay_members_as_elements() -> None:
     shrunk = (dataclasses.replace(first, members=("192.0.2.2",)), *OV_SPEC.vxlan[1:])
     delta = firewall.render_delta(old, dataclasses.replace(old, vxlan=shrunk), handles)
     assert delta is not None and delta.cleanup == ""  # deleting anyway: one transaction
+    assert not delta.makes_rules  # elements alone: no echo
     assert delta.script.splitlines()[0] == \
         "delete element inet sdnctl vxlan4 { 192.0.2.3 . 4789 . 100 }"
     assert "vxlan4_hosts" not in delta.script
