@@ -27,7 +27,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.kernel import rtnl
+from agent.kernel import nft, rtnl
 from agent.kernel.conntrack import NETLINK_NETFILTER
 from agent.kernel.netns import NETLINK_ROUTE
 
@@ -237,8 +237,10 @@ class Announcements:
 
 
 def own_thread(pid: int) -> bool:
-    """``pid`` (an ``NftCommit``'s) is a thread of this process."""
-    return pid > 0 and os.path.exists(f"/proc/self/task/{pid}")
+    """``pid`` (an ``NftCommit``'s) is a thread of this process: one that ran an nft command
+    (``nft.ran_here``: it may have ended before its announcement is read, as a cleanup's
+    timer thread does), or one that still runs."""
+    return pid > 0 and (nft.ran_here(pid) or os.path.exists(f"/proc/self/task/{pid}"))
 
 
 def _subscribed(protocol: int, groups: Iterable[int]) -> socket.socket:

@@ -12,6 +12,7 @@ not happen) the ``nft`` program is run instead, in the calling thread's namespac
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 import subprocess
@@ -63,6 +64,12 @@ def _library() -> ctypes.CDLL | None:
 #: blamed on two threads was ``--echo`` reading a stale cache in one thread: see
 #: ``agent/kernel/firewall.py``.)
 _LIBRARY_LOCK = threading.Lock()
+#: The ids of this process's threads that ran a command through the library, the latest
+#: WRITERS_KEPT: the kernel names the thread that committed each nftables transaction, and
+#: the agent's drift filter (agent/kernel/kevents.py) tells its own commits by that name,
+#: also when it reads the announcement after the thread ended (a cleanup's timer thread).
+_WRITERS: collections.OrderedDict[int, None] = collections.OrderedDict()
+WRITERS_KEPT = 256
 
 
 def run(script: str, flags: int = 0) -> Result:
@@ -72,7 +79,17 @@ def run(script: str, flags: int = 0) -> Result:
     if lib is None:
         return _run_program(script, flags)
     with _LIBRARY_LOCK:
+        _WRITERS[threading.get_native_id()] = None
+        _WRITERS.move_to_end(threading.get_native_id())
+        while len(_WRITERS) > WRITERS_KEPT:
+            _WRITERS.popitem(last=False)
         return _run_library(lib, script, flags)
+
+
+def ran_here(thread_id: int) -> bool:
+    """``thread_id`` is one of this process's threads that ran an nft command (lately). (No
+    lock: a dict's membership test is atomic, and a command may hold the lock for long.)"""
+    return thread_id in _WRITERS
 
 
 def _run_library(lib: ctypes.CDLL, script: str, flags: int) -> Result:

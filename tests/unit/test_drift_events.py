@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import struct
+import threading
 
 import pytest
 from test_peer_pass import overlay, peer, state
@@ -14,7 +15,7 @@ from test_rtnl import address_payload, attr, link_payload, message, route_payloa
 
 from agent import drift
 from agent.desired import DesiredState
-from agent.kernel import kevents, rtnl
+from agent.kernel import kevents, nft, rtnl
 from agent.kernel.kevents import (
     AddressGone,
     Forwarding,
@@ -234,3 +235,18 @@ def test_what_cannot_be_drift_does_not_compute_what_is_wanted(seen: drift.Drift)
                        NftCommit(frozenset({"mine"}), 999),
                        LinkChanged(30, "sdnvnew", up=False, gone=False),
                        LinkChanged(3, BR, up=True, gone=False)], refuse) == []
+
+
+def test_a_commit_of_ours_is_known_after_its_thread_ended(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The firewall's cleanup runs in a timer thread that ends at once; the kernel names that
+    thread in its announcement, read later: still ours (``nft.ran_here``)."""
+    monkeypatch.setattr(nft, "_library", lambda: object())
+    monkeypatch.setattr(nft, "_run_library", lambda lib, script, flags: nft.Result(0, "", ""))
+    ran: list[int] = []
+    worker = threading.Thread(target=lambda: (ran.append(threading.get_native_id()),
+                                              nft.run("delete element inet sdnctl x { 1 }")))
+    worker.start()
+    worker.join()
+    assert kevents.own_thread(ran[0])
+    assert not kevents.own_thread(0)
