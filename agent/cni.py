@@ -44,6 +44,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import queue
 import socket
 import struct
@@ -172,6 +173,9 @@ class CniService:
         self._removing: dict[str, int] = {}
         # attachment -> set when its veth, queued for removal by a DEL, is gone
         self._veths_going: dict[str, threading.Event] = {}
+        # attachment -> the revision of its Detach (inf until the controller answered), from
+        # the start of its DEL until the state passes are given has seen it (``leaving``)
+        self._leaving: dict[str, float] = {}
         self._veth_queue: queue.SimpleQueue[
             tuple[str, str, threading.Event, DeletionWatch | None]] = \
             queue.SimpleQueue()
@@ -515,12 +519,21 @@ class CniService:
             watch = None
         with self._lock:
             self._veths_going[name] = gone
+            self._leaving[name] = math.inf
         with self.side.hold_passes():  # (a pass's nftables commit would slow the removal)
             try:
                 # Removing a veth costs the kernel ~25 ms (grace periods): it starts now, not
                 # after the controller's answer.
                 self._veth_queue.put((name, veth, gone, watch))
-                revision = self._detach(name, wait=False, strict=True)
+                revision = None
+                try:
+                    revision = self._detach(name, wait=False, strict=True)
+                finally:
+                    with self._lock:
+                        if revision is None:  # (unknown to the controller, or not heard)
+                            self._leaving.pop(name, None)
+                        else:
+                            self._leaving[name] = revision
                 if revision is not None:
                     with self._lock:
                         seen = self.side.realised.revision  # (what the reconciler saw)
@@ -539,6 +552,16 @@ class CniService:
             finally:
                 if watch is not None:
                     watch.close()
+
+    def leaving(self, revision: int) -> set[str]:
+        """The attachments a DEL removes that a desired state of ``revision`` may still list:
+        from the DEL's start until that state has the controller's forget. A pass must leave
+        them out (a resync between the veth's removal and the forget's arrival on the stream
+        would build the veth again, and the runtime's next ADD find its interface taken). A DEL
+        the controller refused leaves its attachment to the passes again."""
+        with self._lock:
+            self._leaving = {n: r for n, r in self._leaving.items() if r > revision}
+            return set(self._leaving)
 
     def _remove_veths(self) -> None:
         """The thread that removes the veths of DELs (``AgentSide.remove_veth``), in order."""

@@ -603,6 +603,9 @@ class Agent:
                         self.pending_full
                     self.pending_pass = self.pending_full = False
                     generation = self.generation
+                if self.cni is not None:  # (DELs under way: see CniService.leaving)
+                    for name in self.cni.leaving(desired.revision):
+                        desired.containers.pop(name, None)
                 if not desired.synced:  # the first snapshot wakes us when it comes
                     due = time.monotonic() + spread(self.args.resync)
                     continue
