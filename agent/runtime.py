@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.kernel import cgroups, mountns, procfs
+from agent.kernel import cgroups, mountns, procfs, procs
 from agent.kernel.errors import KernelError
 
 RUNTIMES = ("crun", "runc")
@@ -75,6 +75,11 @@ class Runtime(Protocol):
 
     def exec_argv(self, cid: str, argv: Sequence[str], tty: bool = False) -> list[str]:
         """The command line that runs ``argv`` inside the container (for sdnctl exec)."""
+        ...
+
+    def reap_strays(self, keep: int = 0) -> int:
+        """Reap the runtime's own orphaned processes that came to us (not a container's, nor
+        ``keep``); how many."""
         ...
 
 
@@ -160,7 +165,16 @@ class OciRuntime:
         except (OSError, ValueError) as e:
             self.delete(cid)
             raise KernelError(f"{self.name} run {cid}: no PID in {pidfile}") from e
-        return pid, procfs.start_time(pid) or 0
+        started = procfs.start_time(pid) or 0
+        self.reap_strays(keep=pid)
+        return pid, started
+
+    def reap_strays(self, keep: int = 0) -> int:
+        """``run --detach`` leaves an intermediate runtime process that ends an instant after
+        the command: orphaned, it comes to us (a subreaper) as the container's process does
+        (``procs.reap_strays``). Reaped at each start and each pass (one may end after its
+        start's command returned)."""
+        return procs.reap_strays(self.name, keep)
 
     def kill(self, cid: str, sig: int = signal.SIGTERM) -> None:
         self._private("kill", ["kill", cid, str(int(sig))])

@@ -190,6 +190,9 @@ class FakeRuntime:
     def exec_argv(self, cid: str, argv: Sequence[str], tty: bool = False) -> list[str]:
         return ["false"]
 
+    def reap_strays(self, keep: int = 0) -> int:
+        return 0
+
 
 @dataclass
 class FakeSandboxes:

@@ -1,6 +1,9 @@
-"""Reading /proc/PID/stat: a process's state and start time (identity = PID + start time)."""
+"""Reading /proc/PID/stat: a process's state and start time (identity = PID + start time);
+and /proc/self/task/TID/children: our children."""
 
 from __future__ import annotations
+
+import os
 
 
 def stat_fields(pid: int) -> list[str] | None:
@@ -16,6 +19,30 @@ def stat_fields(pid: int) -> list[str] | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return data[data.rindex(b")") + 2:].decode().split()
+
+
+def comm_and_state(pid: int) -> tuple[str, str] | None:
+    """Field 2 (the command name, at most 15 bytes) and field 3 (the state letter)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read(512)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    close = data.rindex(b")")
+    return data[data.index(b"(") + 1:close].decode(errors="replace"), chr(data[close + 2])
+
+
+def children() -> list[int]:
+    """This process's children, whichever of its threads they belong to (an orphan re-parented
+    to a subreaper joins one of its threads' lists)."""
+    found: list[int] = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                found += [int(pid) for pid in f.read().split()]
+        except FileNotFoundError:  # (the thread ended meanwhile)
+            continue
+    return found
 
 
 def start_time(pid: int) -> int | None:

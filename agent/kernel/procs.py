@@ -11,6 +11,7 @@ PID 1 of a PID namespace gets no signal from outside that it has no handler for,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -152,6 +153,23 @@ def reap(info: ProcInfo) -> int | None:
         return None
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def reap_strays(comm: str, keep: int = 0) -> int:
+    """Reap our zombie children named ``comm`` (the OCI runtime's), ``keep`` apart; how many.
+    The runtime's intermediate process can outlive its detaching command: orphaned, it comes
+    to us (a subreaper) like the container's process and, never waited for, stayed a zombie,
+    one per start (1,000 in a 100-host lab of 10 containers each; churn grew them without
+    bound). A container's own process has exec'd its command (another name) and is
+    :func:`reap`'s: its exit code matters."""
+    reaped = 0
+    for pid in procfs.children():
+        if pid == keep or procfs.comm_and_state(pid) != (comm[:15], "Z"):
+            continue
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                reaped += 1
+    return reaped
 
 
 def _exiting(info: ProcInfo) -> bool:

@@ -5,6 +5,7 @@ without a trace after `rm` and `down`."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -82,6 +83,25 @@ def mounts_mentioning(text: str) -> list[str]:
                 found += [line for line in f if text in line]
         except OSError:
             continue
+    return found
+
+
+def children_of(pid: int) -> list[tuple[int, str, str]]:
+    """The children of process ``pid``: (PID, command name, state letter)."""
+    found = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                listed = f.read().split()
+        except FileNotFoundError:  # (the thread ended meanwhile)
+            continue
+        for child in listed:
+            try:
+                with open(f"/proc/{child}/stat") as st:
+                    head, _, tail = st.read().rpartition(")")
+            except FileNotFoundError:  # (reaped meanwhile)
+                continue
+            found.append((int(child), head.split("(", 1)[1], tail.split()[0]))
     return found
 
 
@@ -175,6 +195,13 @@ def test_exit_codes_and_restart_policies(cli: Cli) -> None:
     wait_for(lambda: cli.container("broken")["restarts"] >= 1, what="broken to restart")
     assert cli.container("fixed")["restarts"] == 0
     assert cli.container("fixed")["state"] == "exited"
+    # Every start left the runtime's intermediate process to the agent (a subreaper): the
+    # agent reaps those, and only those (the exit codes above are the containers' own).
+    agent = json.loads((cli.run_dir / "lab" / "boxes.json").read_text())["agents"]["h1"]["pid"]
+    run(cli, "steady", "--", "sleep", "1000")
+    assert cli.container("steady")["pid"] in [pid for pid, _, _ in children_of(agent)]
+    wait_for(lambda: not [c for c in children_of(agent) if c[1:] == ("crun", "Z")],
+             what="the agent to reap the runtime's strays")
 
     # rm of several: a missing one is named and none goes; with -f, all that exist go at
     # once (one request), the running one stopped, each named as it goes.
@@ -182,8 +209,8 @@ def test_exit_codes_and_restart_policies(cli: Cli) -> None:
     assert refused.returncode != 0 and "nosuch" in refused.stderr, refused
     assert {c["name"] for c in cli.json("ps")} >= {"once", "again", "fixed", "broken"}
     pid = cli.container("again")["pid"]
-    gone = cli.run("rm", "-f", "once", "nosuch", "again", "fixed", "broken")
-    assert sorted(gone.stdout.split()) == ["again", "broken", "fixed", "once"]
+    gone = cli.run("rm", "-f", "once", "nosuch", "again", "fixed", "broken", "steady")
+    assert sorted(gone.stdout.split()) == ["again", "broken", "fixed", "once", "steady"]
     assert not cli.json("ps")
     assert not pid or not Path(f"/proc/{pid}").exists()
 
