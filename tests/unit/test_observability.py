@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.kernel.firewall import drop_counts
-from agent.main import SPREAD, merge_flows, report_due, spread
+from agent.main import RETRY, SPREAD, merge_flows, report_due, retry_after, spread
 from sdnctl.api import pki
 from sdnctl.api.model import STATE_EXITED, STATE_RUNNING, ContainerStatus
 from sdnctl.api.tlsfiles import TlsFiles
@@ -242,3 +242,14 @@ def test_periodic_work_is_spread_and_never_later_than_its_interval() -> None:
     assert all(10.0 * (1 - SPREAD) <= g <= 10.0 for g in got)
     assert max(got) - min(got) > 10.0 * SPREAD * 0.9  # spread over the whole range
     assert spread(float("inf")) == float("inf")  # (--flows-interval 0: none)
+
+
+def test_a_failed_pass_is_retried_soon_then_less_often() -> None:
+    """With the 30-s resync of an agent that hears the kernel, a pass that met errors (no
+    progress: an image not there yet, a runtime that refused) must not wait a whole resync:
+    it is tried again after RETRY, doubled at each failure in a row, never later than the
+    resync."""
+    assert [retry_after(n, 30.0) for n in range(1, 8)] == [RETRY * 2 ** k for k in range(5)] \
+        + [30.0, 30.0]
+    assert retry_after(1, 0.5) == 0.5  # (a resync shorter than RETRY wins)
+    assert retry_after(10_000, 30.0) == 30.0
