@@ -303,6 +303,34 @@ def test_leases_have_an_owner_and_are_renewed_by_register_and_reports(overlay: A
     assert lease.subnet == "10.90.0.0/24"  # a restarted agent keeps its lease
 
 
+def test_reports_read_no_lease_until_one_can_be_due(overlay: Api, clock: Clock,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A report looks for leases to renew only once one can be due (issue 21: each report
+    listed every lease of the store to find none due): the controller knows when the next
+    renewal of the host is due from the last one it wrote or found not due."""
+    api = overlay
+    api.container("a", host="h1", network="ov")
+    listed: list[object] = []
+    real = ipam.list_leases
+
+    def counted(*args: Any, **kwargs: Any) -> list[Lease]:
+        listed.append(kwargs.get("host"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ipam, "list_leases", counted)
+    report = pb.ReportStatusRequest(host="h1")
+    api.sync.ReportStatus(report, timeout=TIMEOUT)
+    assert listed == ["h1"]  # (nothing known yet: looked, none due before T0 + 60)
+    for _ in range(3):
+        clock.now += 19
+        api.sync.ReportStatus(report, timeout=TIMEOUT)
+    assert listed == ["h1"]
+    clock.now += 4  # T0 + 61
+    api.sync.ReportStatus(report, timeout=TIMEOUT)
+    assert listed == ["h1", "h1"]
+    assert lease_of(api, "h1").renewed_at == T0 + 61
+
+
 def test_a_connected_agents_idle_lease_is_renewed_by_its_stream_without_reports(
         store: Store, start_server: StartServer, clock: Clock) -> None:
     """Agents do not report keepalive notices (issue 21), so a connected agent's Watch stream
