@@ -35,6 +35,7 @@ notice every ``progress_interval`` seconds of silence (the agent knows the strea
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import weakref
@@ -307,6 +308,8 @@ def concerned(state: State, changes: Iterable[Change],
             new = from_json(Lease, change.value) if change.value else None
             lease = new or old
             assert lease is not None
+            if renewal_only(old, new):
+                continue  # nobody's business (issue 21: each woke its host's stream a minute)
             members = holders.setdefault(lease.network, set())
             hosts.add(lease.host)
             moved = place_changed(old, new)
@@ -328,6 +331,14 @@ def concerned(state: State, changes: Iterable[Change],
         for host in hosts:
             found[host] = change.revision
     return found
+
+
+def renewal_only(old: Lease | None, new: Lease | None) -> bool:
+    """A lease change that only renews it (its times): no agent uses those (``sdnctl ipam``
+    reads them from the store), so it is sent to none."""
+    return old is not None and new is not None and \
+        dataclasses.replace(old, renewed_at=0, expires_at=0) == \
+        dataclasses.replace(new, renewed_at=0, expires_at=0)
 
 
 def place_changed(old: Lease | None, new: Lease | None) -> bool:

@@ -220,6 +220,9 @@ def delta_event(state: State, host: str, changes: Iterable[Change],
         elif key.startswith(keys.LEASES):
             if change.value == change.prev_value:
                 continue  # rewritten unchanged by an allocation
+            if change.value and change.prev_value and \
+                    fanout.renewal_only(_lease(change.prev_value), _lease(change.value)):
+                continue  # renewed: nothing an agent uses changed
             lease = _lease(change.value or change.prev_value or b"{}")
             if lease.host != host:
                 if _peer_moved(change):

