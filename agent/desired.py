@@ -300,10 +300,13 @@ def container_from_pb(msg: pb.Container) -> DesiredContainer:
     )
 
 
-def policy_from_pb(msg: pb.PolicySet) -> PolicyInput:
+def policy_from_pb(msg: pb.PolicySet, held: PolicyInput | None = None) -> PolicyInput:
+    """The policy input ``msg`` carries; ``held``'s endpoints when it keeps them (its
+    ``endpoints_kept``: see WatchRequest.keeps_endpoints)."""
     return PolicyInput(
         policies=tuple(convert.policy_from_pb(p) for p in msg.policies),
-        endpoints=_endpoints(pb.PolicySet(endpoints=msg.endpoints).SerializeToString()),
+        endpoints=held.endpoints if msg.endpoints_kept and held is not None else
+        _endpoints(pb.PolicySet(endpoints=msg.endpoints).SerializeToString()),
         network_cidrs=tuple(sorted(msg.network_cidrs.items())),
         network_cidrs6=tuple(sorted(msg.network_cidrs6.items())))
 
@@ -374,7 +377,7 @@ class DesiredState:
         before = (dict(self.networks), dict(self.containers), self.synced)
         policy_before = self.policy
         if event.HasField("policy_set"):
-            self.policy = policy_from_pb(event.policy_set)
+            self.policy = policy_from_pb(event.policy_set, self.policy)
         if event.snapshot:
             self.networks.clear()
             self.containers.clear()

@@ -446,7 +446,8 @@ class Agent:
                     since = self.desired.revision if self.desired.synced else 0
                 stream = self.sync.Watch(pb.WatchRequest(host=self.args.host,
                                                          since_revision=since,
-                                                         keeps_names=True))
+                                                         keeps_names=True,
+                                                         keeps_endpoints=True))
                 self._stream = stream
                 for event in stream:
                     backoff = 0.1

@@ -177,6 +177,8 @@ class _Index:
                 e for e in endpoints(self.containers, {
                     (a.network, a.container): a for _, a in sorted(self.owners.items())})
                 if any(selects(s, e) for s in self.selectors))
+            if found == old.endpoints:  # the same tuple: streams and conversions see it is
+                found = old.endpoints
         cidrs, cidrs6 = old.network_cidrs, old.network_cidrs6
         if rules:
             cidrs = tuple(sorted((n.name, n.subnet) for n in self.networks.values()))

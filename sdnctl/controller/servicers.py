@@ -574,7 +574,8 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
                     self.state, request.host, request.since_revision,
                     alive=lambda: context.is_active() and not self.stopping.is_set(),
                     progress_interval=self.progress_interval,
-                    keeps_names=request.keeps_names):
+                    keeps_names=request.keeps_names,
+                    keeps_endpoints=request.keeps_endpoints):
                 self.metrics.watch_events.inc()
                 yield event
         finally:

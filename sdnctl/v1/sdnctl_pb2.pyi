@@ -301,7 +301,7 @@ class PolicyEndpoint(_message.Message):
     def __init__(self, container: _Optional[str] = ..., network: _Optional[str] = ..., address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., address6: _Optional[str] = ...) -> None: ...
 
 class PolicySet(_message.Message):
-    __slots__ = ("policies", "endpoints", "network_cidrs", "network_cidrs6")
+    __slots__ = ("policies", "endpoints", "network_cidrs", "network_cidrs6", "endpoints_kept")
     class NetworkCidrsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -320,11 +320,13 @@ class PolicySet(_message.Message):
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     NETWORK_CIDRS_FIELD_NUMBER: _ClassVar[int]
     NETWORK_CIDRS6_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_KEPT_FIELD_NUMBER: _ClassVar[int]
     policies: _containers.RepeatedCompositeFieldContainer[Policy]
     endpoints: _containers.RepeatedCompositeFieldContainer[PolicyEndpoint]
     network_cidrs: _containers.ScalarMap[str, str]
     network_cidrs6: _containers.ScalarMap[str, str]
-    def __init__(self, policies: _Optional[_Iterable[_Union[Policy, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[PolicyEndpoint, _Mapping]]] = ..., network_cidrs: _Optional[_Mapping[str, str]] = ..., network_cidrs6: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    endpoints_kept: bool
+    def __init__(self, policies: _Optional[_Iterable[_Union[Policy, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[PolicyEndpoint, _Mapping]]] = ..., network_cidrs: _Optional[_Mapping[str, str]] = ..., network_cidrs6: _Optional[_Mapping[str, str]] = ..., endpoints_kept: _Optional[bool] = ...) -> None: ...
 
 class CreatePolicyRequest(_message.Message):
     __slots__ = ("policy",)
@@ -727,14 +729,16 @@ class RegisterResponse(_message.Message):
     def __init__(self, host: _Optional[_Union[Host, _Mapping]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("host", "since_revision", "keeps_names")
+    __slots__ = ("host", "since_revision", "keeps_names", "keeps_endpoints")
     HOST_FIELD_NUMBER: _ClassVar[int]
     SINCE_REVISION_FIELD_NUMBER: _ClassVar[int]
     KEEPS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    KEEPS_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     host: str
     since_revision: int
     keeps_names: bool
-    def __init__(self, host: _Optional[str] = ..., since_revision: _Optional[int] = ..., keeps_names: _Optional[bool] = ...) -> None: ...
+    keeps_endpoints: bool
+    def __init__(self, host: _Optional[str] = ..., since_revision: _Optional[int] = ..., keeps_names: _Optional[bool] = ..., keeps_endpoints: _Optional[bool] = ...) -> None: ...
 
 class HostNetwork(_message.Message):
     __slots__ = ("network", "lease", "peers", "names", "names_kept")

@@ -92,6 +92,52 @@ def test_one_policy_change_is_converted_once_for_every_stream(
     alive.clear()
 
 
+def test_a_policy_change_goes_without_the_endpoints_an_agent_holds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """To an agent that asked for it (WatchRequest.keeps_endpoints), a policy created or
+    deleted goes with its policies alone when the selected addresses stand (issue 21: 1,000 of
+    them per agent per change at 100 x 10), and the agent keeps those it holds; they come
+    again once they changed. The controller converts unchanged ones no more."""
+    store = MemoryStore()
+    state = State(store)
+    for h in ("h1", "h2"):
+        state.create_host(Host(h))
+    state.create_network(Network("back", "10.2.0.0/16"))
+    state.create_network(Network("front", "10.1.0.0/16"))
+    state.create_container(Container("db", "h1", "back", labels=("app=db",)))
+    state.create_container(Container("web", "h2", "front", labels=("app=web",)))
+    policies.create_policy(store, DB_FROM_WEB)
+    alive = threading.Event()
+    alive.set()
+    keeps = watch.host_events(state, "h1", 0, alive.is_set, progress_interval=3600,
+                              keeps_endpoints=True)
+    old = watch.host_events(state, "h2", 0, alive.is_set, progress_interval=3600)
+    desired = DesiredState()
+    desired.apply(next(keeps))  # the snapshot: everything
+    assert next(old).snapshot
+    assert {e.container for e in desired.policy.endpoints} == {"db", "web"}
+    converted: list[str] = []
+    to_pb = convert.endpoint_to_pb
+    monkeypatch.setattr(convert, "endpoint_to_pb",
+                        lambda e: converted.append(e.container) or to_pb(e))
+    policies.create_policy(store, dataclasses.replace(DB_FROM_WEB, name="db-again"))
+    event = next(keeps)
+    assert event.policy_set.endpoints_kept and not event.policy_set.endpoints
+    assert {p.name for p in event.policy_set.policies} >= {"db-from-web", "db-again"}
+    assert desired.apply(event) and {p.name for p in desired.policy.policies} >= {"db-again"}
+    assert {e.container for e in desired.policy.endpoints} == {"db", "web"}  # kept
+    whole = next(old)  # (an agent that did not ask gets the set whole, as before)
+    assert not whole.policy_set.endpoints_kept
+    assert {e.container for e in whole.policy_set.endpoints} == {"db", "web"}
+    assert converted == []  # the same endpoints: converted when first sent, not again
+    state.create_container(Container("web2", "h2", "front", labels=("app=web",)))
+    event = next(keeps)
+    assert not event.policy_set.endpoints_kept
+    desired.apply(event)
+    assert {e.container for e in desired.policy.endpoints} == {"db", "web", "web2"}
+    alive.clear()
+
+
 def test_an_agent_decodes_the_same_selected_addresses_once() -> None:
     """The policy set comes whole with every policy change; the addresses it selects, when
     they are the same as last time, are not decoded again (the same tuple), and other ones
