@@ -57,20 +57,29 @@ DB_FROM_WEB = Policy("db-from-web", "back", ("app=db",), ingress=(
     PolicyRule((PolicyPeer(("app=web",), network="front"),), ("5432/tcp",)),))
 
 
-def test_one_policy_change_is_converted_once_for_every_stream(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every host's stream sends the whole policy set when a policy changes; its selected
-    addresses are converted once for all of them (the same set object), not once per stream,
-    and a later set is converted anew."""
+def db_and_web(hosts: tuple[str, ...] = ("h1", "h2"), web: bool = True
+               ) -> tuple[MemoryStore, State]:
+    """A store with ``hosts``, the networks back and front, db (app=db) on h1 in back and,
+    with ``web``, web (app=web) on h2 in front."""
     store = MemoryStore()
     state = State(store)
-    hosts = ("h1", "h2", "h3")
     for h in hosts:
         state.create_host(Host(h))
     state.create_network(Network("back", "10.2.0.0/16"))
     state.create_network(Network("front", "10.1.0.0/16"))
     state.create_container(Container("db", "h1", "back", labels=("app=db",)))
-    state.create_container(Container("web", "h2", "front", labels=("app=web",)))
+    if web:
+        state.create_container(Container("web", "h2", "front", labels=("app=web",)))
+    return store, state
+
+
+def test_one_policy_change_is_converted_once_for_every_stream(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every host's stream sends the whole policy set when a policy changes; its selected
+    addresses are converted once for all of them (the same set object), not once per stream,
+    and a later set is converted anew."""
+    hosts = ("h1", "h2", "h3")
+    store, state = db_and_web(hosts)
     alive = threading.Event()
     alive.set()
     streams = [watch.host_events(state, h, 0, alive.is_set, progress_interval=3600)
@@ -98,14 +107,7 @@ def test_a_policy_change_goes_without_the_endpoints_an_agent_holds(
     deleted goes with its policies alone when the selected addresses stand (issue 21: 1,000 of
     them per agent per change at 100 x 10), and the agent keeps those it holds; they come
     again once they changed. The controller converts unchanged ones no more."""
-    store = MemoryStore()
-    state = State(store)
-    for h in ("h1", "h2"):
-        state.create_host(Host(h))
-    state.create_network(Network("back", "10.2.0.0/16"))
-    state.create_network(Network("front", "10.1.0.0/16"))
-    state.create_container(Container("db", "h1", "back", labels=("app=db",)))
-    state.create_container(Container("web", "h2", "front", labels=("app=web",)))
+    store, state = db_and_web()
     policies.create_policy(store, DB_FROM_WEB)
     alive = threading.Event()
     alive.set()
@@ -300,13 +302,7 @@ policies:
 
 
 def test_watch_sends_the_policy_set_to_every_host_when_it_changes() -> None:
-    store = MemoryStore()
-    state = State(store)
-    for h in ("h1", "h2"):
-        state.create_host(Host(h))
-    state.create_network(Network("back", "10.2.0.0/16"))
-    state.create_network(Network("front", "10.1.0.0/16"))
-    state.create_container(Container("db", "h1", "back", labels=("app=db",)))
+    store, state = db_and_web(web=False)
     snap = watch.snapshot_event(state.snapshot("h2"), watch.policy_set_pb(
         policies.policy_set(store)))
     desired = DesiredState()
