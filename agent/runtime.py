@@ -90,6 +90,7 @@ class OciRuntime:
         self.binary = binary
         self.root = root
         self.layout = layout or cgroups.layout()
+        self._strays = True  # (an agent restarted after starts: look once)
         if create:
             os.makedirs(root, mode=0o700, exist_ok=True)
 
@@ -166,15 +167,21 @@ class OciRuntime:
             self.delete(cid)
             raise KernelError(f"{self.name} run {cid}: no PID in {pidfile}") from e
         started = procfs.start_time(pid) or 0
+        self._strays = True
         self.reap_strays(keep=pid)
         return pid, started
 
     def reap_strays(self, keep: int = 0) -> int:
         """``run --detach`` leaves an intermediate runtime process that ends an instant after
         the command: orphaned, it comes to us (a subreaper) as the container's process does
-        (``procs.reap_strays``). Reaped at each start and each pass (one may end after its
-        start's command returned)."""
-        return procs.reap_strays(self.name, keep)
+        (``procs.reap_strays``). Reaped at each start and, while one may still be running (it
+        can end after its start's command returned), at each pass; a pass after that looks
+        at no process."""
+        if not self._strays:
+            return 0
+        reaped, running = procs.reap_strays(self.name, keep)
+        self._strays = running > 0
+        return reaped
 
     def kill(self, cid: str, sig: int = signal.SIGTERM) -> None:
         self._private("kill", ["kill", cid, str(int(sig))])

@@ -155,21 +155,25 @@ def reap(info: ProcInfo) -> int | None:
     return 128 - code if code < 0 else code
 
 
-def reap_strays(comm: str, keep: int = 0) -> int:
-    """Reap our zombie children named ``comm`` (the OCI runtime's), ``keep`` apart; how many.
-    The runtime's intermediate process can outlive its detaching command: orphaned, it comes
-    to us (a subreaper) like the container's process and, never waited for, stayed a zombie,
-    one per start (1,000 in a 100-host lab of 10 containers each; churn grew them without
-    bound). A container's own process has exec'd its command (another name) and is
-    :func:`reap`'s: its exit code matters."""
-    reaped = 0
+def reap_strays(comm: str, keep: int = 0) -> tuple[int, int]:
+    """Reap our zombie children named ``comm`` (the OCI runtime's), ``keep`` apart: how many
+    were reaped, and how many such children still run. The runtime's intermediate process can
+    outlive its detaching command: orphaned, it comes to us (a subreaper) like the container's
+    process and, never waited for, stayed a zombie, one per start (1,000 in a 100-host lab of
+    10 containers each; churn grew them without bound). A container's own process has exec'd
+    its command (another name) and is :func:`reap`'s: its exit code matters."""
+    reaped = running = 0
     for pid in procfs.children():
-        if pid == keep or procfs.comm_and_state(pid) != (comm[:15], "Z"):
+        found = procfs.comm_and_state(pid) if pid != keep else None
+        if found is None or found[0] != comm[:15]:
+            continue
+        if found[1] != "Z":
+            running += 1
             continue
         with contextlib.suppress(ChildProcessError):
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 reaped += 1
-    return reaped
+    return reaped, running
 
 
 def _exiting(info: ProcInfo) -> bool:

@@ -11,9 +11,13 @@ before may hold state (threads, signal dispositions) that this must not depend o
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from agent.kernel import procfs, procs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,3 +77,29 @@ def test_the_code_of_a_child_seen_exiting_is_never_lost() -> None:
 def test_a_running_child_is_not_reaped_and_a_stranger_has_no_code() -> None:
     # running: no code (and no wait); PID 1, not our child: none; once it exited: its code
     assert run(0)[1].split() == ["None", "None", "3"]
+
+
+def test_only_the_runtimes_exited_children_are_reaped(tmp_path: Path) -> None:
+    """``procs.reap_strays``: our zombie children named like the runtime go; one of that name
+    still running is counted, not touched; another name's zombie (a container's, whose exit
+    code ``reap`` collects) stays."""
+    stray = tmp_path / "fakecrun"
+    stray.symlink_to("/bin/sleep")  # (the command name is the executable's file name)
+    done = subprocess.Popen([str(stray), "0"])
+    running = subprocess.Popen([str(stray), "30"])
+    other = subprocess.Popen(["/bin/sleep", "0"])
+    try:
+        deadline = time.monotonic() + 10
+        while {procfs.comm_and_state(p.pid) for p in (done, other)} != \
+                {("fakecrun", "Z"), ("sleep", "Z")}:
+            assert time.monotonic() < deadline, "the children did not exit"
+            time.sleep(0.01)
+        assert procs.reap_strays("fakecrun", keep=os.getpid()) == (1, 1)
+        assert procfs.comm_and_state(done.pid) is None  # reaped
+        assert procfs.comm_and_state(running.pid) == ("fakecrun", "S")
+        assert procfs.comm_and_state(other.pid) == ("sleep", "Z")  # left to its reaper
+        assert procs.reap_strays("fakecrun", keep=running.pid) == (0, 0)
+    finally:
+        running.kill()
+        for p in (done, running, other):
+            p.wait()
