@@ -130,6 +130,7 @@ class Containers:
     def observe(self, desired: DesiredState) -> dict[str, p.ContainerState]:
         """Every container this host has a trace of: sandbox, pidfile, bundle or writable layer."""
         self.runtime.reap_strays()
+        self.runtime.refresh()
         names: set[str] = set()
         for kind in netns.SANDBOX_KINDS:
             names |= set(os.listdir(layout.sandbox_dir(self.run_dir, kind)))

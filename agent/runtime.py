@@ -1,24 +1,26 @@
 """The OCI runtime seam: the agent writes a bundle, a runtime (crun by default, or runc) runs it.
 
-Every runtime call runs in a private mount namespace of its own (``agent/kernel/mountns.py``: a
-throw-away thread, no helper process), where
+Every runtime call runs in the runtime's private mount namespace (``agent/kernel/mountns.py``:
+a copy of the host's taken once, without the namespace pins that make the host's table grow
+with every container; no helper process), where
 
   - ``/sys/fs/cgroup/unified`` is hidden on a hybrid-cgroup host (crun refuses hybrid layouts),
     and
-  - for ``run``, the container's root filesystem is mounted on ``<bundle>/rootfs``: an overlay
-    of the image's layers under the container's upper directory, or a read-only bind of ``/``,
+  - for ``run``, the namespaces the spec joins are bound at their paths and the container's
+    root filesystem is mounted on ``<bundle>/rootfs`` (an overlay of the image's layers under
+    the container's upper directory, or a read-only bind of ``/``), then ``run --detach``
+    runs, and the mounts are detached again: the container keeps its own copy.
 
-then the runtime runs (for ``run``: ``run --detach``). The mounts exist only in that
-private mount namespace and in the container's own (a copy of it): when the container ends, they
-end with it, and nothing is ever mounted in the host's mount namespace. ``kill``, ``delete`` and
-``state`` need no namespace of their own on a host that hides nothing. ``sdnctl exec`` runs the
-runtime from another process: :meth:`OciRuntime.exec_argv` gives it a small wrapper,
-``unshare --mount`` and a shell that hides the same path. crun and runc share one
-command-line, so one class serves both.
+Nothing is ever mounted in the host's mount namespace. ``kill``, ``delete`` and ``state`` need
+no namespace of their own on a host that hides nothing. ``sdnctl exec`` runs the runtime from
+another process: :meth:`OciRuntime.exec_argv` gives it a small wrapper, ``unshare --mount`` and
+a shell that hides the same path. crun and runc share one command-line, so one class serves
+both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -82,6 +84,11 @@ class Runtime(Protocol):
         ``keep``); how many."""
         ...
 
+    def refresh(self) -> None:
+        """Between passes: catch up with what the host mounted since the runtime's mount
+        namespace was taken."""
+        ...
+
 
 class OciRuntime:
     def __init__(self, binary: str, root: str, layout: str | None = None,
@@ -90,13 +97,11 @@ class OciRuntime:
         self.binary = binary
         self.root = root
         self.layout = layout or cgroups.layout()
+        self._hide = (cgroups.UNIFIED,) if self.layout == "hybrid" else ()
+        self.mounts = mountns.Snapshot(self._hide)
         self._strays = True  # (an agent restarted after starts: look once)
         if create:
             os.makedirs(root, mode=0o700, exist_ok=True)
-
-    @property
-    def _hide(self) -> tuple[str, ...]:
-        return (cgroups.UNIFIED,) if self.layout == "hybrid" else ()
 
     def env(self) -> dict[str, str]:
         """The environment of the runtime (and of :meth:`exec_argv`'s wrapper)."""
@@ -116,44 +121,62 @@ class OciRuntime:
             raise KernelError(f"{self.name} {what}: {e}") from e
 
     def _private(self, what: str, args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
-        """:meth:`_call`, in a private mount namespace when something must be hidden."""
+        """:meth:`_call`, in the runtime's mount namespace when something must be hidden."""
         if not self._hide:
             return self._call(what, args)
         try:
-            return mountns.in_private_mounts(lambda: self._call(what, args), self._hide)
+            return self.mounts.run(lambda: self._call(what, args))
         except OSError as e:
             raise KernelError(f"{self.name} {what}: {e}") from e
 
     def run(self, cid: str, bundle: str, rootfs: Rootfs, log: str) -> tuple[int, int]:
-        """``run --detach``, from a private mount namespace where the root filesystem is
-        mounted (one runtime process: ``create`` then ``start`` took two, each a few ms of
-        CPU here, much of it the dynamic loader's). Once the runtime has exited, the container's
-        process is our child (we are a subreaper), so however fast the command exits, its exit
-        code comes to us; and until we reap it, it stays a zombie with its /proc/PID/stat, so
-        the (PID, start time) pair read afterwards names the right process."""
+        """``run --detach``, from the runtime's mount namespace, where the namespaces the spec
+        joins and the root filesystem are mounted for the call (one runtime process: ``create``
+        then ``start`` took two, each a few ms of CPU here, much of it the dynamic loader's).
+        Once the runtime has exited, the container's process is our child (we are a
+        subreaper), so however fast the command exits, its exit code comes to us; and until we
+        reap it, it stays a zombie with its /proc/PID/stat, so the (PID, start time) pair read
+        afterwards names the right process."""
         pidfile = os.path.join(bundle, "runtime.pid")
         target = os.path.join(bundle, "rootfs")
-        mounts = host_mounts() if rootfs.kind == "host" else []
+        joins, sources = spec_paths(os.path.join(bundle, "config.json"))
+        relied = [bundle, *rootfs.lower, *(p for p in (rootfs.upper, rootfs.work) if p),
+                  *sources, *{os.path.dirname(path) for path in joins}]
+        opened: list[int] = []
 
         def inside(fd: int) -> subprocess.CompletedProcess[bytes]:
-            if rootfs.kind == "overlay":
-                mountns.mount_overlay(target, rootfs.options())
-            elif rootfs.kind == "host":
-                mountns.bind_host_root(target, mounts)
-            return self._call("run", ["run", "--detach", "--pid-file", pidfile, "--bundle",
-                                      bundle, cid], output=fd)
+            made: list[str] = []
+            try:
+                for pin, path in zip(opened, joins, strict=True):
+                    mountns.bind_namespace(pin, path)
+                    made.append(path)
+                if rootfs.kind == "overlay":
+                    mountns.mount_overlay(target, rootfs.options())
+                    made.append(target)
+                elif rootfs.kind == "host":
+                    made.append(target)
+                    mountns.bind_host_root(target, host_mounts("/proc/thread-self/mountinfo"))
+                return self._call("run", ["run", "--detach", "--pid-file", pidfile, "--bundle",
+                                          bundle, cid], output=fd)
+            finally:
+                for path in reversed(made):  # the container has its own copy
+                    with contextlib.suppress(OSError):
+                        mountns.detach(path)
 
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         try:
             offset = os.lseek(fd, 0, os.SEEK_END)
-            done = mountns.in_private_mounts(lambda: inside(fd), self._hide)
+            opened.extend(os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in joins)
+            done = self.mounts.run(lambda: inside(fd), relied)
         except KernelError:
             self.delete(cid)  # created but not started, if it got that far
             raise
-        except OSError as e:  # a mount: nothing created
+        except OSError as e:  # a namespace or a mount: nothing created
             raise KernelError(f"{self.name} run {cid}: {e}") from e
         finally:
             os.close(fd)
+            for pin in opened:
+                os.close(pin)
         if done.returncode != 0:
             with open(log, "rb") as f:
                 f.seek(offset)
@@ -182,6 +205,9 @@ class OciRuntime:
         reaped, running = procs.reap_strays(self.name, keep)
         self._strays = running > 0
         return reaped
+
+    def refresh(self) -> None:
+        self.mounts.refresh()
 
     def kill(self, cid: str, sig: int = signal.SIGTERM) -> None:
         self._private("kill", ["kill", cid, str(int(sig))])
@@ -226,9 +252,10 @@ def host_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
     """The host's filesystems below ``/`` that a host-root container sees, read-only, besides
     the root one (a non-recursive bind of ``/`` leaves them out): parents before children.
 
-    Read at each such start. In a 100-host lab the table has some 3,000 namespace pins: a
-    line's filesystem type is looked at first (one split of its short tail), so a pin costs
-    little more than the kernel's printing it."""
+    Read at each such start, from the runtime's mount namespace (about twenty mounts; the
+    host's table has some 3,000 namespace pins in a 100-host lab). A line's filesystem type is
+    looked at first (one split of its short tail), so a pin costs little more than the
+    kernel's printing it."""
     found = set()
     with open(mountinfo) as f:
         text = f.read()
@@ -245,6 +272,17 @@ def host_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
             continue
         found.add(point)
     return sorted(found, key=lambda p: (p.count("/"), p))
+
+
+def spec_paths(config: str) -> tuple[list[str], list[str]]:
+    """What a bundle's spec names on the host: the namespaces it joins by a path outside
+    /proc (the pins a start binds in the runtime's mount namespace) and its bind sources."""
+    with open(config) as f:
+        spec = json.load(f)
+    joins = [ns["path"] for ns in spec.get("linux", {}).get("namespaces", ())
+             if ns.get("path") and not ns["path"].startswith("/proc/")]
+    sources = [m["source"] for m in spec.get("mounts", ()) if m.get("type") == "bind"]
+    return joins, sources
 
 
 def _message(done: subprocess.CompletedProcess[bytes]) -> str:

@@ -468,9 +468,9 @@ def strays(work: Path) -> list[int]:
 
 def mount_copy_cost(rounds: int = 10) -> tuple[int, list[float]]:
     """(mounts in our mount namespace, CPU ms of each ``unshare --mount`` copying it): every
-    container start copies the mount table (the runtime's private namespace,
-    ``agent/kernel/mountns.py``, then crun's own), under the kernel's one namespace lock, and
-    every container adds its namespaces' pins to that table."""
+    container adds its namespaces' pins to the host's table, and a copy of it is taken under
+    the kernel's one namespace lock. (Container starts no longer copy it: the runtime runs in
+    the agent's own copy taken without the pins, ``agent/kernel/mountns.py``.)"""
     with open("/proc/self/mounts") as f:
         mounts = sum(1 for _ in f)
     samples = []

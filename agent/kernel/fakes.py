@@ -193,6 +193,9 @@ class FakeRuntime:
     def reap_strays(self, keep: int = 0) -> int:
         return 0
 
+    def refresh(self) -> None:
+        pass
+
 
 @dataclass
 class FakeSandboxes:

@@ -526,10 +526,13 @@ def test_runtime_runs_in_the_namespace_and_stops(klab: Lab, binary: str) -> None
         pytest.skip(f"{binary} is not installed")
     runtime = OciRuntime(binary, str(klab.tmp / f"{binary}-state"))
     bundle = _bundle(klab.tmp / binary, "ctr-a", klab.containers["a"], ("sleep", "infinity"))
+    before = _mounts_there(runtime.mounts)  # taken now: the lab's pins are not in it
+    assert klab.containers["a"] not in before
     pid, started = runtime.run("ctr-a", bundle, Rootfs("host"), str(klab.tmp / "a.log"))
     info = procs.ProcInfo(pid, started)
     klab.started.append(info)
     try:
+        assert _mounts_there(runtime.mounts) == before  # the start's mounts are detached
         assert procs.is_alive(info, klab.containers["a"])
         assert not procs.is_alive(info, klab.containers["b"])
         assert run("nsenter", "-t", str(pid), "-u", "hostname").stdout.strip() == "ctr-a"
@@ -553,29 +556,63 @@ def _is_mount(path: str) -> bool:
         return any(line.split()[4] == path for line in f)
 
 
+def _mounts_there(snapshot: mountns.Snapshot, paths: tuple[str, ...] = ()) -> list[str]:
+    """The mount points of the runtime's mount namespace, read from inside it."""
+    def inside() -> list[str]:
+        with open("/proc/thread-self/mountinfo") as f:
+            return [line.split()[4] for line in f]
+    return snapshot.run(inside, paths)
+
+
 @needs_root
-def test_a_private_mount_namespace_hides_and_mounts_only_for_its_own(tmp_path: Path) -> None:
-    """The runtime's namespace (``mountns``): a hidden mount is gone there and only there, a
-    mount made there is seen there and never by the host, and what it spawns is in it."""
-    hidden, target = tmp_path / "hidden", tmp_path / "rootfs"
-    hidden.mkdir()
-    target.mkdir()
+def test_the_runtimes_mount_namespace_is_a_private_copy_without_pins(tmp_path: Path) -> None:
+    """The runtime's namespace (``mountns.Snapshot``): a hidden mount and the namespace pins are
+    gone there and only there, a mount made there is seen there and never by the host, what it
+    spawns is in it; a host mount made later reaches it when a call relies on its path, or at
+    a refresh."""
+    hidden, target, pin = tmp_path / "hidden", tmp_path / "rootfs", tmp_path / "pin"
+    volume, late = tmp_path / "volume", tmp_path / "late"
+    for directory in (hidden, target, volume, late):
+        directory.mkdir()
+    pin.touch()
     run("mount", "-t", "tmpfs", "sdnctl-test", str(hidden))
+    run("mount", "--bind", "/proc/self/ns/net", str(pin))
+    snapshot = mountns.Snapshot([str(hidden)])
+    mounted: list[Path] = [hidden, pin]
     try:
-        def inside() -> tuple[bool, bool, str]:
+        def inside() -> tuple[bool, bool, bool, str]:
             mountns.bind(str(tmp_path), str(target), readonly=True)
             child = subprocess.run(["sh", "-c", f"touch {target}/x"], capture_output=True,
                                    text=True, check=False)
-            return _is_mount(str(hidden)), _is_mount(str(target)), child.stderr
+            found = (_is_mount(str(hidden)), _is_mount(str(pin)), _is_mount(str(target)),
+                     child.stderr)
+            mountns.detach(str(target))
+            return found
 
-        hidden_there, mounted_there, refused = mountns.in_private_mounts(inside,
-                                                                          [str(hidden)])
-        assert not hidden_there and mounted_there
+        hidden_there, pin_there, mounted_there, refused = snapshot.run(inside)
+        assert not hidden_there and not pin_there and mounted_there
         assert "Read-only file system" in refused  # the child is in the namespace
-        assert _is_mount(str(hidden)) and not _is_mount(str(target))
+        assert _is_mount(str(hidden)) and _is_mount(str(pin)) and not _is_mount(str(target))
         assert not (tmp_path / "x").exists()
+        assert snapshot.taken == 1 and str(target) not in _mounts_there(snapshot)
+
+        run("mount", "-t", "tmpfs", "sdnctl-volume", str(volume))
+        mounted.append(volume)
+        assert str(volume) not in _mounts_there(snapshot)  # a copy: not seen...
+        assert str(volume) in _mounts_there(snapshot, (str(volume),))  # ...unless relied on
+        assert snapshot.taken == 2
+
+        run("mount", "-t", "tmpfs", "sdnctl-late", str(late))
+        mounted.append(late)
+        assert not snapshot.refresh()  # not due yet
+        assert str(late) not in _mounts_there(snapshot)
+        assert snapshot.refresh(now=time.monotonic() + mountns.REFRESH)
+        assert str(late) in _mounts_there(snapshot) and snapshot.taken == 3
+        assert not snapshot.refresh(now=time.monotonic() + 2 * mountns.REFRESH)  # unchanged
     finally:
-        run("umount", str(hidden))
+        snapshot.close()
+        for path in reversed(mounted):
+            run("umount", str(path))
 
 
 @needs_root
