@@ -277,8 +277,11 @@ def host_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
 def spec_paths(config: str) -> tuple[list[str], list[str]]:
     """What a bundle's spec names on the host: the namespaces it joins by a path outside
     /proc (the pins a start binds in the runtime's mount namespace) and its bind sources."""
-    with open(config) as f:
-        spec = json.load(f)
+    try:
+        with open(config) as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as e:
+        raise KernelError(f"could not read the spec {config}: {e}") from e
     joins = [ns["path"] for ns in spec.get("linux", {}).get("namespaces", ())
              if ns.get("path") and not ns["path"].startswith("/proc/")]
     sources = [m["source"] for m in spec.get("mounts", ()) if m.get("type") == "bind"]

@@ -17,9 +17,9 @@ there; a start mounts what it needs in it (the namespaces its spec joins, bound 
 descriptors opened on the host; its root filesystem) and detaches them once the runtime has
 returned, so the copy stays at about twenty mounts, and so does the runtime's copy of it.
 
-A copy does not see what the host mounts later. A start therefore first compares what each
-host path it relies on is (filesystem and inode) (bundle, layers, bind sources, the directories of
-the pins it joins) with what the copy sees, and retakes the copy when one differs; and
+A copy does not see what the host mounts later. A start therefore first compares each host
+path it relies on (bundle, layers, bind sources, the directories of the pins it joins: their
+filesystem and inode) with what the copy sees there, and retakes the copy when one differs; and
 :meth:`Snapshot.refresh`, called between passes, retakes it when the host's mounts other than
 namespace pins have changed (a new filesystem reaches a host-root container that way).
 """
@@ -117,7 +117,7 @@ def identities(paths: Iterable[str]) -> list[tuple[int, int]]:
 
 
 class Stale(Exception):
-    """A path a call relies on is on another filesystem in the copy than on the host."""
+    """A path a call relies on is something else in the copy than on the host."""
 
 
 class Snapshot:
@@ -174,8 +174,8 @@ class Snapshot:
 
     def run(self, fn: Callable[[], T], paths: Sequence[str] = ()) -> T:
         """Call ``fn`` in a thread inside the copy and return its result (what it spawns is
-        in the copy too). ``paths``: host paths ``fn`` relies on; if one is on another
-        filesystem in the copy than on the host, the copy is taken again first."""
+        in the copy too). ``paths``: host paths ``fn`` relies on; if one is something else in
+        the copy than on the host (a mount since the copy was taken), it is taken again."""
         want = identities(paths)
 
         def inside(fd: int, check_paths: bool) -> T:

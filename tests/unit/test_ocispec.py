@@ -3,12 +3,15 @@ fields: pure functions, no root."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from agent import ocispec
-from agent.runtime import host_mounts
+from agent.kernel.errors import KernelError
+from agent.kernel.mountns import host_signature
+from agent.runtime import host_mounts, spec_paths
 from sdnctl.api.fields import parse_volume
 from sdnctl.api.model import DEFAULT_CAPABILITIES, Container, Invalid, wants_user_ns
 from sdnctl.api.units import parse_size
@@ -126,6 +129,41 @@ def test_host_mounts_leave_out_pseudo_filesystems_and_private_trees(tmp_path: Pa
         "7 6 8:3 / /work/data rw - xfs /dev/vdc rw\n"
         "8 5 0:9 / /tmp/lab/netns/c rw - nsfs nsfs rw\n")
     assert host_mounts(str(info)) == ["/tmp", "/work", "/work/data"]
+
+
+def test_a_copy_of_the_mount_table_is_compared_without_the_pins(tmp_path: Path) -> None:
+    """``mountns.host_signature``: the mounts a copy keeps (pins are detached from it), so a
+    new pin does not make the runtime's copy stale, and any other new mount does."""
+    info = tmp_path / "mountinfo"
+    base = ("1 0 8:1 / / rw - ext4 /dev/vda rw\n"
+            "3 1 0:6 / /run rw - tmpfs tmpfs rw\n")
+    info.write_text(base + "4 3 0:7 / /run/netns/x rw - nsfs nsfs rw\n")
+    before = host_signature(str(info))
+    assert before == {"1", "3"}
+    info.write_text(base + "9 3 0:7 / /run/netns/y rw - nsfs nsfs rw\n")
+    assert host_signature(str(info)) == before
+    info.write_text(base + "10 1 0:9 / /srv rw - tmpfs tmpfs rw\n")
+    assert host_signature(str(info)) != before
+
+
+def test_a_start_binds_the_pins_its_spec_joins_and_checks_its_bind_sources(
+        tmp_path: Path) -> None:
+    """``runtime.spec_paths``: the namespaces a spec joins by a path outside /proc (bound in
+    the runtime's mount namespace for the start) and its bind sources (compared with the
+    host's); an unreadable spec is the runtime's error, not a crash."""
+    volume = parse_volume("/srv/data:/data", "v")
+    spec = ocispec.build(ocispec.SpecInput(
+        args=("sh",), hostname="c", env=(ocispec.DEFAULT_PATH,), net="/run/x/net/c",
+        uts="/proc/7/ns/uts", ipc="/run/x/ipc/d", volumes=((volume, "/srv/data"),),
+        etc_files=(("/etc/hosts", "/run/x/c.hosts"),)))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(spec))
+    joins, sources = spec_paths(str(config))
+    assert joins == ["/run/x/net/c", "/run/x/ipc/d"]
+    assert sources == ["/srv/data", "/run/x/c.hosts"]
+    config.write_text("{")
+    with pytest.raises(KernelError, match="could not read the spec"):
+        spec_paths(str(config))
 
 
 @pytest.mark.parametrize(("text", "want"), [
