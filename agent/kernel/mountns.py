@@ -21,7 +21,9 @@ A copy does not see what the host mounts later. A start therefore first compares
 path it relies on (bundle, layers, bind sources, the directories of the pins it joins: their
 filesystem and inode) with what the copy sees there, and retakes the copy when one differs; and
 :meth:`Snapshot.refresh`, called between passes, retakes it when the host's mounts other than
-namespace pins have changed (a new filesystem reaches a host-root container that way).
+namespace pins have changed (a new filesystem reaches a host-root container that way). The
+other way round, a filesystem the host unmounts stays referenced by the copy until that
+refresh (at most 30 s, at the next pass after it): its device is busy for that long.
 """
 
 from __future__ import annotations
