@@ -88,20 +88,25 @@ def bind_namespace(fd: int, target: str) -> None:
     bind(f"/proc/self/fd/{fd}", target)
 
 
-def host_signature(mountinfo: str = "/proc/self/mountinfo") -> frozenset[str]:
-    """The mounts of a table that a copy of it keeps: their IDs, namespace pins left out."""
+def _table(mountinfo: str) -> list[tuple[list[str], bool]]:
+    """A mount table's lines: (fields before the separator, whether it is a namespace pin)."""
     with open(mountinfo) as f:
         text = f.read()
-    return frozenset(line.split(" ", 1)[0] for line in text.splitlines()
-                     if not line.partition(" - ")[2].startswith("nsfs "))
+    found = []
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        found.append((left.split(" ", 5), right.startswith("nsfs ")))
+    return found
+
+
+def host_signature(mountinfo: str = "/proc/self/mountinfo") -> frozenset[str]:
+    """The mounts of a table that a copy of it keeps: their IDs, namespace pins left out."""
+    return frozenset(fields[0] for fields, pin in _table(mountinfo) if not pin)
 
 
 def _pins(mountinfo: str) -> list[str]:
     """Mount points of the namespace pins in a table, last mounted first."""
-    with open(mountinfo) as f:
-        lines = f.read().splitlines()
-    return [line.split(" ", 5)[4] for line in reversed(lines)
-            if line.partition(" - ")[2].startswith("nsfs ")]
+    return [fields[4] for fields, pin in reversed(_table(mountinfo)) if pin]
 
 
 def identities(paths: Iterable[str]) -> list[tuple[int, int]]:
@@ -128,7 +133,7 @@ class Snapshot:
     def __init__(self, hide: Sequence[str] = (), interval: float = REFRESH) -> None:
         self.hide = tuple(hide)
         self.interval = interval
-        self.taken = 0  # how many copies were taken (for tests and logs)
+        self.taken = 0  # how many copies were taken
         self._held = [-1]  # the copy's descriptor, closed with us at the latest
         self._host: frozenset[str] = frozenset()
         self._next = 0.0
