@@ -14,13 +14,16 @@ address = X". An entry that vanished between the dump and the delete is fine. An
 flushed in its own family (a dump per family: ctnetlink dumps one; issue 20 made the data path
 dual-stack); flows between networks and the flow samples are IPv4's.
 
-Why ``FlowSampler`` watches before it dumps: a dump walks the kernel's whole conntrack hash,
-which every namespace shares (262,144 buckets here: ~4 ms of kernel CPU for a table holding one
-entry), and an idle agent dumped every 5 s. Subscribed to conntrack's NEW and DESTROY events,
-it knows when nothing came or went since a dump that found no flow of ours, and then answers
-"none" without dumping. Any event, a lost one (ENOBUFS), flows seen by the last dump (their
-counters move), other subnets, or events off in the namespace (``nf_conntrack_events`` 0) mean
-a dump, as before.
+Why ``FlowSampler`` follows events instead of dumping: a dump walks the kernel's whole
+conntrack hash, which every namespace shares (262,144 buckets here), bucket lock by bucket
+lock: 13 ms of CPU in a lab host holding one flow, beside 1,100 namespaces (issue 21: a third
+of the CPU of 100 idle lab agents, each reading flows every 5 s). So the sampler dumps once,
+keeps the original tuples of the flows of our subnets, follows conntrack's NEW and DESTROY
+events to add and drop flows, and reads the counters of the flows it knows with one GET each
+(a hash lookup; the requests go in batches, one datagram each). It dumps again when it cannot
+trust what it knows: the first call, events lost (ENOBUFS) or more queued than one call
+reads, other subnets, events off in the namespace (``nf_conntrack_events`` 0), more flows
+than requests are worth (``GETS_MAX``), and at least every ``RESEED`` seconds.
 
 The socket is born in the calling thread's network namespace: the agent calls this from its
 host's namespace; a test wraps the call in ``netns.run_in_netns``.
@@ -32,19 +35,23 @@ import errno
 import ipaddress
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from pyroute2 import Conntrack
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.kernel import rtnl
+from agent.kernel import rtnl, sysctl
 from agent.kernel.errors import KernelError
 
 NETLINK_NETFILTER = 12
 CT_GET = (1 << 8) | 1  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
 NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
-CTA_TUPLE_ORIG, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY = 1, 9, 10
+CT_NEW = (1 << 8) | 0  # an event of a new entry; also the type of a GET's answer
+CT_DELETE = (1 << 8) | 2  # an event of an entry's end
+CTA_TUPLE_ORIG, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_ZONE = 1, 9, 10, 18
+NLA_F_NESTED = 1 << 15
 CTA_TUPLE_IP, CTA_TUPLE_PROTO, CTA_PROTO_NUM = 1, 2, 1
 CTA_IP_V4_SRC, CTA_IP_V4_DST = 1, 2
 CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES = 1, 2
@@ -53,8 +60,10 @@ BE64 = struct.Struct("!Q")
 #: (1) and NFNLGRP_CONNTRACK_DESTROY (3); not UPDATE: a flow's counters are not news.
 CT_EVENT_GROUPS = (1 << 0) | (1 << 2)
 DRAIN_MAX = 64  # reads of queued events per call, at most
-EVENTS_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_events"  # per namespace: 0 off, 1 on,
-#                                                                 2 on when someone listens
+RESEED = 60.0  # seconds after which the sampler dumps again, whatever the events said
+GETS_MAX = 2048  # known flows beyond which one dump costs less than a GET each
+EVENTS_SYSCTL = "net.netfilter.nf_conntrack_events"  # per namespace: 0 off, 1 on, 2 on when
+#                                                     someone listens
 
 Sample = tuple[str, str, str, int, int]
 
@@ -122,33 +131,88 @@ PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
 
 
 class FlowSampler:
-    """``flow_samples`` that skips the dump when conntrack's events say nothing changed since a
-    dump that found no flow (see the module note). Made and used by one thread, in the
-    namespace whose flows it samples."""
+    """Flow samples (``flow_samples``'s) from the flows it follows, dumping only when it must
+    (see the module note). Made and used by one thread, in the namespace whose flows it
+    samples."""
 
-    def __init__(self) -> None:
+    def __init__(self, reseed: float = RESEED) -> None:
+        self.reseed = reseed
         self._events: socket.socket | None = None
-        self._empty_for: list[str] | None = None  # the subnets of a dump that found no flow
-        self.dumps = 0
+        #: the flows of our subnets it knows: original tuple (and zone) -> the GET of it
+        self._known: dict[bytes, bytes] | None = None
+        self._subnets: list[str] = []
+        self._networks: list[ipaddress.IPv4Network] = []
+        self._dumped_at = 0.0
+        self.dumps = 0  # whole-table dumps so far
+        self.gets = 0  # flows read one by one so far
 
     def samples(self, subnets: list[str]) -> list[Sample]:
-        changed = self._drain()
-        if not changed and self._empty_for == subnets and _events_on():
-            return []
-        self._empty_for = None
-        found = flow_samples(subnets)
-        self.dumps += 1
-        if not found and self._events is not None:
-            self._empty_for = list(subnets)
-        return found
+        untrusted = self._drain()
+        if (untrusted or self._known is None or subnets != self._subnets
+                or len(self._known) > GETS_MAX or not _events_on()
+                or time.monotonic() - self._dumped_at >= self.reseed):
+            return self._dump(subnets)
+        try:
+            entries = self._get_known()
+        except (NetlinkError, OSError) as e:
+            raise KernelError("could not read conntrack entries") from e
+        return _samples(entries, self._networks)
 
     def close(self) -> None:
         if self._events is not None:
             self._events.close()
             self._events = None
 
+    def _dump(self, subnets: list[str]) -> list[Sample]:
+        self._known = None  # (until the dump is read)
+        networks = [ipaddress.IPv4Network(s, strict=False) for s in subnets]
+        entries = _read_all(_dump_ipv4)
+        self.dumps += 1
+        self._known = {}
+        self._subnets, self._networks = list(subnets), networks
+        self._dumped_at = time.monotonic()
+        for attrs in entries:
+            self._follow(CT_NEW, attrs)
+        return _samples(entries, networks)
+
+    def _get_known(self) -> list[dict[int, memoryview]]:
+        """The current entry of every known flow (one GET each); ended ones are forgotten."""
+        assert self._known is not None
+        keys = list(self._known)
+        if not keys:
+            return []
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        with rtnl.Reader(sock.detach()) as reader:
+            answers = reader.get_each(CT_GET, [self._known[k] for k in keys])
+        self.gets += len(keys)
+        entries = []
+        for key, answer in zip(keys, answers, strict=True):
+            if isinstance(answer, int):
+                if answer != errno.ENOENT:
+                    raise NetlinkError(answer)
+                self._known.pop(key, None)  # ended without our seeing the event yet
+            else:
+                entries.append(rtnl.attributes(answer, NFGENMSG.size))
+        return entries
+
+    def _follow(self, kind: int, attrs: dict[int, memoryview]) -> None:
+        """Add a new flow of our subnets (``CT_NEW``) or drop an ended one (``CT_DELETE``)."""
+        if self._known is None or CTA_TUPLE_ORIG not in attrs:
+            return
+        origin = bytes(attrs[CTA_TUPLE_ORIG])
+        zone = bytes(attrs[CTA_ZONE]) if CTA_ZONE in attrs else b""
+        key = origin + zone
+        if kind == CT_DELETE:
+            self._known.pop(key, None)
+        elif kind == CT_NEW and _flow_of(attrs, self._networks) is not None:
+            self._known[key] = (NFGENMSG.pack(socket.AF_INET, 0, 0)
+                                + rtnl.attribute(CTA_TUPLE_ORIG | NLA_F_NESTED, origin)
+                                + (rtnl.attribute(CTA_ZONE, zone) if zone else b""))
+
     def _drain(self) -> bool:
-        """Whether an event came (or was lost) since the last call; subscribes on the first."""
+        """Follow the events queued since the last call; True when what it knows cannot be
+        trusted: just subscribed (on the first call), events lost, or more queued than one
+        call reads."""
         if self._events is None:
             try:
                 sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC
@@ -162,24 +226,27 @@ class FlowSampler:
                 return True
             self._events = sock
             return True
-        changed = False
+        lost = False
         for _ in range(DRAIN_MAX):  # (bounded: a busy host's events may come faster)
             try:
-                if not self._events.recv(rtnl.RECV_SIZE):
-                    return True
-                changed = True
+                data = self._events.recv(rtnl.RECV_SIZE)
             except BlockingIOError:
-                return changed
+                return lost
             except OSError:  # ENOBUFS: events were lost
-                changed = True
-        return True  # what is left is news for the next call too
+                lost = True
+                continue
+            if not data:
+                return True
+            for kind, _seq, payload in rtnl.messages(data):
+                if len(payload) >= NFGENMSG.size and payload[0] == socket.AF_INET:
+                    self._follow(kind, rtnl.attributes(payload, NFGENMSG.size))
+        return True  # what is left is followed by the next call, after a dump
 
 
 def _events_on() -> bool:
     try:
-        with open(EVENTS_SYSCTL) as f:
-            return f.read().strip() in ("1", "2")
-    except OSError:
+        return sysctl.read_sysctl(EVENTS_SYSCTL) in ("1", "2")
+    except KernelError:
         return False
 
 
@@ -189,29 +256,50 @@ def flow_samples(subnets: list[str]) -> list[Sample]:
     counters of both directions added up (0 unless ``net.netfilter.nf_conntrack_acct`` is 1, as
     the agent sets it in its host). One dump, read only."""
     networks = [ipaddress.IPv4Network(s, strict=False) for s in subnets]
-    samples: dict[tuple[str, str, str], list[int]] = {}
+    return _samples(_read_all(_dump_ipv4), networks)
+
+
+def _read_all(entries: Callable[[], Iterator[dict[int, memoryview]]]
+              ) -> list[dict[int, memoryview]]:
     try:
-        for attrs in _dump_ipv4():
-            tuple_attrs = _nested(attrs, CTA_TUPLE_ORIG)
-            ip = _nested(tuple_attrs, CTA_TUPLE_IP)
-            if CTA_IP_V4_SRC not in ip or CTA_IP_V4_DST not in ip:
-                continue
-            src = socket.inet_ntop(socket.AF_INET, ip[CTA_IP_V4_SRC])
-            dst = socket.inet_ntop(socket.AF_INET, ip[CTA_IP_V4_DST])
-            if ipaddress.IPv4Address(dst).is_multicast or not any(
-                    ipaddress.IPv4Address(a) in n for a in (src, dst) for n in networks):
-                continue  # (multicast: IGMP reports of our bridges, not traffic)
-            number = _nested(tuple_attrs, CTA_TUPLE_PROTO).get(CTA_PROTO_NUM)
-            number_value = number[0] if number is not None and len(number) else 0
-            proto = PROTOCOL_NAMES.get(number_value, str(number_value))
-            totals = samples.setdefault((src, dst, proto), [0, 0])
-            for direction in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY):
-                counters = _nested(attrs, direction)
-                for i, kind in enumerate((CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES)):
-                    if len(counters.get(kind, b"")) == BE64.size:
-                        totals[i] += BE64.unpack(counters[kind])[0]
+        return list(entries())
     except (NetlinkError, OSError) as e:
         raise KernelError("could not dump conntrack entries") from e
+
+
+def _flow_of(attrs: dict[int, memoryview], networks: list[ipaddress.IPv4Network]
+             ) -> tuple[str, str, str] | None:
+    """(source, destination, protocol) of an entry between addresses of which one is in
+    ``networks``; None for any other (multicast too: IGMP reports of our bridges)."""
+    tuple_attrs = _nested(attrs, CTA_TUPLE_ORIG)
+    ip = _nested(tuple_attrs, CTA_TUPLE_IP)
+    if CTA_IP_V4_SRC not in ip or CTA_IP_V4_DST not in ip:
+        return None
+    src = socket.inet_ntop(socket.AF_INET, ip[CTA_IP_V4_SRC])
+    dst = socket.inet_ntop(socket.AF_INET, ip[CTA_IP_V4_DST])
+    if ipaddress.IPv4Address(dst).is_multicast or not any(
+            ipaddress.IPv4Address(a) in n for a in (src, dst) for n in networks):
+        return None
+    number = _nested(tuple_attrs, CTA_TUPLE_PROTO).get(CTA_PROTO_NUM)
+    number_value = number[0] if number is not None and len(number) else 0
+    return src, dst, PROTOCOL_NAMES.get(number_value, str(number_value))
+
+
+def _samples(entries: list[dict[int, memoryview]], networks: list[ipaddress.IPv4Network]
+             ) -> list[Sample]:
+    """The samples of ``entries``: per (source, destination, protocol) of our networks, the
+    packets and bytes of both directions of all its entries, added up."""
+    samples: dict[tuple[str, str, str], list[int]] = {}
+    for attrs in entries:
+        flow = _flow_of(attrs, networks)
+        if flow is None:
+            continue
+        totals = samples.setdefault(flow, [0, 0])
+        for direction in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY):
+            counters = _nested(attrs, direction)
+            for i, kind in enumerate((CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES)):
+                if len(counters.get(kind, b"")) == BE64.size:
+                    totals[i] += BE64.unpack(counters[kind])[0]
     return [(s, d, p, packets, size) for (s, d, p), (packets, size) in sorted(samples.items())]
 
 

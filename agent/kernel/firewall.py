@@ -46,7 +46,6 @@ and writes in a thread inside that namespace, for tests.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -109,8 +108,7 @@ def _read_bridge_sysctls() -> tuple[list[str], list[str], bool]:
 
 def _our_bridges(key: str) -> list[str]:
     try:
-        return sorted(n for n in os.listdir(sysctl.sysctl_path(key))
-                      if n.startswith(BRIDGE_PREFIX))
+        return sorted(n for n in sysctl.list_sysctls(key) if n.startswith(BRIDGE_PREFIX))
     except FileNotFoundError:
         return []
 

@@ -21,7 +21,10 @@ A copy does not see what the host mounts later. A start therefore first compares
 path it relies on (bundle, layers, bind sources, the directories of the pins it joins: their
 filesystem and inode) with what the copy sees there, and retakes the copy when one differs; and
 :meth:`Snapshot.refresh`, called between passes, retakes it when the host's mounts other than
-namespace pins have changed (a new filesystem reaches a host-root container that way). The
+namespace pins have changed (a new filesystem reaches a host-root container that way). It reads
+that table only when the kernel says it changed (``poll`` on an open ``/proc/self/mountinfo``
+wakes with ``POLLPRI`` after any mount or unmount): an idle agent in a 100-host lab read 3,100
+lines for nothing every 30 s. The
 other way round, a filesystem the host unmounts stays referenced by the copy until that
 refresh (at most 30 s, at the next pass after it): its device is busy for that long.
 """
@@ -29,6 +32,7 @@ refresh (at most 30 s, at the next pass after it): its device is busy for that l
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 import weakref
@@ -135,10 +139,13 @@ class Snapshot:
         self.interval = interval
         self.taken = 0  # how many copies were taken
         self._held = [-1]  # the copy's descriptor, closed with us at the latest
+        #: the host's mount table, open: it polls with POLLPRI once the table changed
+        self._watch: list[int] = [-1]
         self._host: frozenset[str] = frozenset()
         self._next = 0.0
         self._lock = threading.Lock()
         weakref.finalize(self, _close, self._held)
+        weakref.finalize(self, _close, self._watch)
 
     def _take(self) -> None:
         """A new copy (the caller holds the lock): private, hidden paths and pins detached."""
@@ -152,6 +159,9 @@ class Snapshot:
                 detach(pin)
             return os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
 
+        if self._watch[0] < 0:
+            self._watch[0] = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        _changed(self._watch[0])  # (a change from here on is seen by the next refresh)
         host = host_signature()
         fd = in_thread(make)
         _close(self._held)
@@ -174,7 +184,7 @@ class Snapshot:
             if self._held[0] < 0 or now < self._next:
                 return False
             self._next = now + self.interval
-            if host_signature() == self._host:
+            if not _changed(self._watch[0]) or host_signature() == self._host:
                 return False
             _close(self._held)
             return True
@@ -207,6 +217,14 @@ class Snapshot:
     def close(self) -> None:
         with self._lock:
             _close(self._held)
+            _close(self._watch)
+
+
+def _changed(fd: int) -> bool:
+    """Whether the mount table open on ``fd`` changed since the last call (or its opening)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLPRI)
+    return bool(poller.poll(0))
 
 
 def _close(held: list[int]) -> None:

@@ -152,7 +152,8 @@ def attributes(data: bytes | memoryview, offset: int) -> dict[int, memoryview]:
     return found
 
 
-def _attr(kind: int, value: bytes) -> bytes:
+def attribute(kind: int, value: bytes) -> bytes:
+    """One netlink attribute: header, ``value``, padding."""
     length = RTATTR.size + len(value)
     return RTATTR.pack(length, kind) + value + b"\0" * (_align(length) - length)
 
@@ -185,15 +186,15 @@ def fdb_replace(index: int, mac: str, dst: str, state: int, flags: int) -> Reque
     """``bridge fdb replace MAC dev INDEX dst DST`` (AF_BRIDGE neighbour; DST of either family:
     the kernel tells them by the attribute's length)."""
     body = NDMSG.pack(socket.AF_BRIDGE, index, state, flags, 0) + \
-        _attr(NDA_LLADDR, _mac_bytes(mac)) + _attr(NDA_DST, _ip_bytes(dst))
+        attribute(NDA_LLADDR, _mac_bytes(mac)) + attribute(NDA_DST, _ip_bytes(dst))
     return Request(RTM_NEWNEIGH, REPLACE, body)
 
 
 def neighbour_replace(index: int, ip: str, mac: str, state: int, protocol: int) -> Request:
     """``ip neigh replace IP lladdr MAC dev INDEX nud STATE protocol PROTOCOL`` (either
     family)."""
-    body = NDMSG.pack(_family(ip), index, state, 0, 0) + _attr(NDA_DST, _ip_bytes(ip)) + \
-        _attr(NDA_LLADDR, _mac_bytes(mac)) + _attr(NDA_PROTOCOL, bytes([protocol]))
+    body = NDMSG.pack(_family(ip), index, state, 0, 0) + attribute(NDA_DST, _ip_bytes(ip)) + \
+        attribute(NDA_LLADDR, _mac_bytes(mac)) + attribute(NDA_PROTOCOL, bytes([protocol]))
     return Request(RTM_NEWNEIGH, REPLACE, body)
 
 
@@ -204,22 +205,22 @@ def route_replace(cidr: str, gateway: str, oif: int, table: int, protocol: int,
     network, length = cidr.split("/")
     body = RTMSG.pack(_family(network), int(length), 0, 0, table if table < 256 else 0, protocol,
                       RT_SCOPE_UNIVERSE, RTN_UNICAST, flags) + \
-        _attr(RTA_DST, _ip_bytes(network)) + _attr(RTA_GATEWAY, _ip_bytes(gateway)) + \
-        _attr(RTA_OIF, U32.pack(oif)) + _attr(RTA_TABLE, U32.pack(table))
+        attribute(RTA_DST, _ip_bytes(network)) + attribute(RTA_GATEWAY, _ip_bytes(gateway)) + \
+        attribute(RTA_OIF, U32.pack(oif)) + attribute(RTA_TABLE, U32.pack(table))
     return Request(RTM_NEWROUTE, REPLACE, body)
 
 
 def fdb_delete(index: int, mac: str, dst: str, flags: int) -> Request:
     """``bridge fdb del MAC dev INDEX dst DST``."""
     body = NDMSG.pack(socket.AF_BRIDGE, index, 0, flags, 0) + \
-        _attr(NDA_LLADDR, _mac_bytes(mac)) + _attr(NDA_DST, _ip_bytes(dst))
+        attribute(NDA_LLADDR, _mac_bytes(mac)) + attribute(NDA_DST, _ip_bytes(dst))
     return Request(RTM_DELNEIGH, 0, body)
 
 
 def neighbour_delete(index: int, ip: str) -> Request:
     """``ip neigh del IP dev INDEX`` (either family)."""
     return Request(RTM_DELNEIGH, 0, NDMSG.pack(_family(ip), index, 0, 0, 0) +
-                   _attr(NDA_DST, _ip_bytes(ip)))
+                   attribute(NDA_DST, _ip_bytes(ip)))
 
 
 def route_delete(cidr: str, oif: int, table: int, protocol: int) -> Request:
@@ -227,8 +228,8 @@ def route_delete(cidr: str, oif: int, table: int, protocol: int) -> Request:
     network, length = cidr.split("/")
     body = RTMSG.pack(_family(network), int(length), 0, 0, table if table < 256 else 0, protocol,
                       RT_SCOPE_UNIVERSE, RTN_UNICAST, 0) + \
-        _attr(RTA_DST, _ip_bytes(network)) + _attr(RTA_OIF, U32.pack(oif)) + \
-        _attr(RTA_TABLE, U32.pack(table))
+        attribute(RTA_DST, _ip_bytes(network)) + attribute(RTA_OIF, U32.pack(oif)) + \
+        attribute(RTA_TABLE, U32.pack(table))
     return Request(RTM_DELROUTE, 0, body)
 
 
@@ -238,14 +239,14 @@ def veth_add(name: str, mtu: int, master: int, peer: str, peer_netns_fd: int,
     [address MAC]``: the peer born in the namespace of ``peer_netns_fd``, down (with a random
     MAC when none is given). EEXIST when ``name`` (or ``peer`` in its namespace) exists."""
     peer_msg = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + \
-        _attr(IFLA_IFNAME, peer.encode() + b"\0") + \
-        _attr(IFLA_NET_NS_FD, U32.pack(peer_netns_fd)) + _attr(IFLA_MTU, U32.pack(mtu)) + \
-        (_attr(IFLA_ADDRESS, _mac_bytes(peer_mac)) if peer_mac else b"")
-    info = _attr(IFLA_INFO_KIND, b"veth\0") + _attr(IFLA_INFO_DATA,
-                                                    _attr(VETH_INFO_PEER, peer_msg))
+        attribute(IFLA_IFNAME, peer.encode() + b"\0") + \
+        attribute(IFLA_NET_NS_FD, U32.pack(peer_netns_fd)) + attribute(IFLA_MTU, U32.pack(mtu)) + \
+        (attribute(IFLA_ADDRESS, _mac_bytes(peer_mac)) if peer_mac else b"")
+    info = attribute(IFLA_INFO_KIND, b"veth\0") + attribute(IFLA_INFO_DATA,
+                                                    attribute(VETH_INFO_PEER, peer_msg))
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP) + \
-        _attr(IFLA_IFNAME, name.encode() + b"\0") + _attr(IFLA_MTU, U32.pack(mtu)) + \
-        _attr(IFLA_MASTER, U32.pack(master)) + _attr(IFLA_LINKINFO, info)
+        attribute(IFLA_IFNAME, name.encode() + b"\0") + attribute(IFLA_MTU, U32.pack(mtu)) + \
+        attribute(IFLA_MASTER, U32.pack(master)) + attribute(IFLA_LINKINFO, info)
     return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
 
 
@@ -254,16 +255,16 @@ def link_up(alias: str, index: int = 0, name: str = "", mac: str = "") -> Reques
     ignores an alias given when a link is made: it is set afterwards; it sets the address
     before it brings the link up)."""
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP) + \
-        (_attr(IFLA_IFNAME, name.encode() + b"\0") if name else b"") + \
-        (_attr(IFLA_ADDRESS, _mac_bytes(mac)) if mac else b"") + \
-        _attr(IFLA_IFALIAS, alias.encode())
+        (attribute(IFLA_IFNAME, name.encode() + b"\0") if name else b"") + \
+        (attribute(IFLA_ADDRESS, _mac_bytes(mac)) if mac else b"") + \
+        attribute(IFLA_IFALIAS, alias.encode())
     return Request(RTM_NEWLINK, 0, body)
 
 
 def link_delete(name: str) -> Request:
     """``ip link del NAME`` (a veth's peer goes with it; ENODEV when there is none)."""
     return Request(RTM_DELLINK, 0, IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) +
-                   _attr(IFLA_IFNAME, name.encode() + b"\0"))
+                   attribute(IFLA_IFNAME, name.encode() + b"\0"))
 
 
 def address_add(index: int, cidr: str) -> Request:
@@ -272,7 +273,7 @@ def address_add(index: int, cidr: str) -> Request:
     family = _family(address)
     body = IFADDRMSG.pack(family, int(length), IFA_F_NODAD if family == socket.AF_INET6 else 0,
                           RT_SCOPE_UNIVERSE, index) + \
-        _attr(IFA_LOCAL, _ip_bytes(address)) + _attr(IFA_ADDRESS, _ip_bytes(address))
+        attribute(IFA_LOCAL, _ip_bytes(address)) + attribute(IFA_ADDRESS, _ip_bytes(address))
     return Request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body)
 
 
@@ -463,6 +464,30 @@ class Reader:
             codes += self._send_batch(requests[start:start + SEND_BATCH])
         return codes
 
+    def get_each(self, kind: int, bodies: list[bytes]) -> list[memoryview | int]:
+        """One request of type ``kind`` per body (each answered by one message), in datagrams
+        of up to SEND_BATCH: per request, in order, its answer's payload or the errno of its
+        error answer."""
+        found: list[memoryview | int] = []
+        for start in range(0, len(bodies), SEND_BATCH):
+            batch = bodies[start:start + SEND_BATCH]
+            first = self._seq + 1
+            self._seq += len(batch)
+            self._sock.send(b"".join(
+                NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, NLM_F_REQUEST, seq, 0) + body
+                for seq, body in enumerate(batch, first)))
+            answers: dict[int, memoryview | int] = {}
+            while len(answers) < len(batch):
+                data = self._sock.recv(RECV_SIZE)
+                if not data:
+                    raise NetlinkError(errno.EIO, "netlink socket closed")
+                for answer, seq, payload in messages(data):
+                    if first <= seq < first + len(batch):
+                        answers[seq] = -ERRNO.unpack_from(payload)[0] \
+                            if answer == NLMSG_ERROR else payload
+            found += [answers[seq] for seq in range(first, first + len(batch))]
+        return found
+
     def _send_batch(self, requests: list[Request]) -> list[int]:
         first = self._seq + 1
         self._seq += len(requests)
@@ -483,8 +508,8 @@ class Reader:
     def link(self, ifname: str) -> Link | None:
         """The link named ``ifname``, or None when there is none."""
         body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + \
-            _attr(IFLA_IFNAME, ifname.encode() + b"\0") + \
-            _attr(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
+            attribute(IFLA_IFNAME, ifname.encode() + b"\0") + \
+            attribute(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
         try:
             for payload in self._request(RTM_GETLINK, 0, body):
                 return parse_link(payload)
@@ -497,7 +522,7 @@ class Reader:
     def links(self) -> list[Link]:
         """Every link."""
         body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + \
-            _attr(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
+            attribute(IFLA_EXT_MASK, U32.pack(RTEXT_FILTER_SKIP_STATS))
         return [parse_link(payload) for payload in self._request(RTM_GETLINK, NLM_F_DUMP, body)]
 
     def ipv4_addresses(self) -> list[tuple[int, str]]:

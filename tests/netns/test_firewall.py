@@ -570,60 +570,64 @@ def test_flow_samples_read_raw_agree_with_pyroute2(fwlab: FwLab) -> None:
     assert ours == theirs
 
 
-def test_flow_sampler_dumps_only_when_conntrack_may_hold_flows(fwlab: FwLab) -> None:
-    """``conntrack.FlowSampler`` skips the dump (the walk of the kernel's whole table) while
-    conntrack's events say nothing came or went since a dump that found no flow; a flow that
-    starts is found at the next call, counted while it lives, and its end is seen; with events
-    off in the namespace every call dumps."""
+def test_flow_sampler_follows_flows_without_dumping(fwlab: FwLab) -> None:
+    """``conntrack.FlowSampler`` dumps (walks the kernel's whole table) once, then follows
+    conntrack's events: a flow that starts is found at the next call and its counters read
+    with a GET of it, the same figures a dump gives, growing while it lives; its end is seen;
+    none of that dumps. With events off in the namespace, other subnets, or the reseed
+    interval over, a call dumps."""
     fw = Firewall(fwlab.host)
     fw.apply(fwlab.spec(allowed=(("front", "back"),)))
     subnets = [f"{prefix}.0/24" for prefix in NETWORKS.values()]
     quiet = [ip for _, ip in CONTAINERS.values()]
+    flow = (CONTAINERS["f1"][1], CONTAINERS["b1"][1], "icmp")
 
     def forget_flows() -> None:
         for ip in quiet:
             conntrack.flush_address(ip)
 
     run_in_netns(fwlab.host, forget_flows)
+    acct = "net.netfilter.nf_conntrack_acct"  # counters, as the agent sets it in its host
+    accounting = run_in_netns(fwlab.host, lambda: sysctl.read_sysctl(acct))
+    run_in_netns(fwlab.host, lambda: sysctl.ensure_sysctl(acct, "1"))
     sampler = conntrack.FlowSampler()
 
-    def sample() -> tuple[list[conntrack.Sample], int]:
-        return run_in_netns(fwlab.host, lambda: sampler.samples(subnets)), sampler.dumps
-
-    def settled() -> int:
-        """Calls until one skipped its dump (another lab's bridge may start an entry, an
-        event, at any time); the dumps so far."""
-        for _ in range(5):
-            before = sampler.dumps
-            found, dumps = sample()
-            assert found == []
-            if dumps == before:
-                return dumps
-        raise AssertionError("every call dumped conntrack with no flow to sample")
+    def sample(subnets: list[str] = subnets) -> dict[tuple[str, str, str], tuple[int, int]]:
+        found = run_in_netns(fwlab.host, lambda: sampler.samples(subnets))
+        return {s[:3]: s[3:] for s in found}
 
     try:
-        assert sample() == ([], 1)  # the first call dumps (and subscribed before it)
-        dumps = settled()
+        assert sample() == {} and sampler.dumps == 1  # the first call dumps
         assert fwlab.can_ping("f1", CONTAINERS["b1"][1])  # a flow between two networks
-        found, after = sample()
-        assert (CONTAINERS["f1"][1], CONTAINERS["b1"][1], "icmp") in {s[:3] for s in found}
-        assert after == dumps + 1
-        assert sample()[1] == after + 1  # a flow lives: its counters are read at every call
+        first = sample()
+        assert flow in first and sampler.dumps == 1 and sampler.gets >= 1
+        dumped = {s[:3]: s[3:] for s in run_in_netns(
+            fwlab.host, lambda: conntrack.flow_samples(subnets))}
+        assert dumped[flow] == first[flow] and first[flow][0] > 0  # a GET reads as a dump
+        assert fwlab.can_ping("f1", CONTAINERS["b1"][1])  # the same flow, more packets
+        again = sample()
+        assert again[flow][0] > first[flow][0] and sampler.dumps == 1
         run_in_netns(fwlab.host, forget_flows)  # its end is an event
-        assert sample() == ([], after + 2)
-        settled()
+        assert flow not in sample() and sampler.dumps == 1
+        assert sample(subnets[:1]) is not None and sampler.dumps == 2  # other subnets
+        sampler.reseed = 0.0
+        sample(subnets[:1])
+        assert sampler.dumps == 3  # the reseed interval is over
+        sampler.reseed = conntrack.RESEED
         events = run_in_netns(fwlab.host,
                               lambda: sysctl.read_sysctl("net.netfilter.nf_conntrack_events"))
         run_in_netns(fwlab.host,
                      lambda: sysctl.ensure_sysctl("net.netfilter.nf_conntrack_events", "0"))
         try:
-            before = sampler.dumps
-            assert [sample()[1] for _ in range(2)] == [before + 1, before + 2]
+            sample(subnets[:1])
+            sample(subnets[:1])
+            assert sampler.dumps == 5  # no events: every call dumps
         finally:
             run_in_netns(fwlab.host, lambda: sysctl.ensure_sysctl(
                 "net.netfilter.nf_conntrack_events", events))
     finally:
         sampler.close()
+        run_in_netns(fwlab.host, lambda: sysctl.ensure_sysctl(acct, accounting))
 
 
 # --- idempotence and drift ------------------------------------------------------------------

@@ -488,6 +488,30 @@ def test_firewall_apply_is_idempotent_and_removable(klab: Lab) -> None:
 
 @needs_root
 @pytest.mark.netns
+def test_sysctls_are_the_calling_threads_namespaces(klab: Lab) -> None:
+    """Sysctls are read and written in the calling thread's namespace: a lab host's value,
+    never the process's, although the process's own namespace's directories are held open
+    once read (the note of agent/kernel/sysctl.py), and only those."""
+    key = "net.ipv4.ip_unprivileged_port_start"
+    root = sysctl.read_sysctl(key)
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+        assert f.read().strip() == root  # the held directory reads what a plain open does
+    before = run_in_netns(klab.host, lambda: sysctl.read_sysctl(key))
+    other = "1023" if root != "1023" else "1022"
+    try:
+        assert run_in_netns(klab.host, lambda: sysctl.ensure_sysctl(key, other)) is True
+        assert run_in_netns(klab.host, lambda: sysctl.read_sysctl(key)) == other
+        assert sysctl.read_sysctl(key) == root
+    finally:
+        run_in_netns(klab.host, lambda: sysctl.ensure_sysctl(key, before))
+    here = run_in_netns(klab.host, lambda: sysctl.list_sysctls("net.ipv4.conf"))
+    assert klab.bridge in here and klab.bridge not in sysctl.list_sysctls("net.ipv4.conf")
+    own = os.stat("/proc/self/ns/net")
+    assert {(dev, ino) for dev, ino, _ in sysctl._held} == {(own.st_dev, own.st_ino)}
+
+
+@needs_root
+@pytest.mark.netns
 def test_masquerade_rewrites_the_source(klab: Lab) -> None:
     root_forward = sysctl.read_sysctl("net.ipv4.ip_forward")
     assert run_in_netns(klab.host, sysctl.ensure_ip_forward) is True
@@ -565,11 +589,12 @@ def _mounts_there(snapshot: mountns.Snapshot, paths: tuple[str, ...] = ()) -> li
 
 
 @needs_root
-def test_the_runtimes_mount_namespace_is_a_private_copy_without_pins(tmp_path: Path) -> None:
+def test_the_runtimes_mount_namespace_is_a_private_copy_without_pins(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The runtime's namespace (``mountns.Snapshot``): a hidden mount and the namespace pins are
     gone there and only there, a mount made there is seen there and never by the host, what it
     spawns is in it; a host mount made later reaches it when a call relies on its path, or at
-    a refresh."""
+    a refresh, which reads the host's table only when the kernel says it changed."""
     hidden, target, pin = tmp_path / "hidden", tmp_path / "rootfs", tmp_path / "pin"
     volume, late = tmp_path / "volume", tmp_path / "late"
     for directory in (hidden, target, volume, late):
@@ -608,7 +633,16 @@ def test_the_runtimes_mount_namespace_is_a_private_copy_without_pins(tmp_path: P
         assert str(late) not in _mounts_there(snapshot)
         assert snapshot.refresh(now=time.monotonic() + mountns.REFRESH)
         assert str(late) in _mounts_there(snapshot) and snapshot.taken == 3
+        reads: list[str] = []
+        signature = mountns.host_signature
+        monkeypatch.setattr(mountns, "host_signature",
+                            lambda *a: reads.append("read") or signature(*a))
         assert not snapshot.refresh(now=time.monotonic() + 2 * mountns.REFRESH)  # unchanged
+        assert reads == []  # ...and not read to know it
+        run("mount", "--bind", "/proc/self/ns/net", str(pin))  # a new pin: read, no change
+        mounted.append(pin)
+        assert not snapshot.refresh(now=time.monotonic() + 3 * mountns.REFRESH)
+        assert reads == ["read"] and snapshot.taken == 3
     finally:
         snapshot.close()
         for path in reversed(mounted):
