@@ -51,6 +51,21 @@ LOAD_AT_START = os.getloadavg()
 Sample = float | Sequence[float]
 
 
+def settle(limit: float = 300.0, step: float = 5.0) -> None:
+    """Wait (at most ``limit`` seconds) until the 1-minute load average is below the core
+    count, saying so, and take the load at start from then: a benchmark run right after
+    another (``make bench-scale``'s second store) otherwise starts on a machine still at
+    the first one's load (71 once, on two cores)."""
+    global LOAD_AT_START
+    cores = os.cpu_count() or 1
+    deadline = time.monotonic() + limit
+    while os.getloadavg()[0] >= cores and time.monotonic() < deadline:
+        print(f"waiting for the load average ({os.getloadavg()[0]:.1f}) to fall below "
+              f"{cores}", file=sys.stderr)
+        time.sleep(step)
+    LOAD_AT_START = os.getloadavg()
+
+
 @dataclass
 class Measurement:
     """One named series of samples in one unit (``ms``, ``Gbit/s``, ``ops/s``...)."""

@@ -519,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     args = harness.bench_args(__doc__.split("\n\n")[0], rest)
     hosts = ours.hosts or (100 if args.full else 10)
     per_host, store = ours.per_host, ours.store
+    harness.settle()
     size = f"{hosts}x{per_host}, {store}"
     work = Path(tempfile.mkdtemp(prefix="sdnctl-bench-sx-"))
     run = ScaleRun(hosts, per_host, store, work)
