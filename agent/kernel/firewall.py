@@ -51,7 +51,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from agent.kernel import nft, sysctl
+from agent.kernel import nft, nftcounters, sysctl
 from agent.kernel.errors import KernelError
 from agent.kernel.netns import run_in_netns
 from agent.names import BRIDGE_PREFIX
@@ -231,9 +231,21 @@ class Firewall:
         return items, rules, exists
 
     def read_counters(self) -> None:
-        """List the ruleset for its counters and flow sets only (between two full passes);
-        what is known of the tables is left as it is."""
-        self._list()
+        """Read the counters and flow sets only (between two full passes); what is known of
+        the tables is left as it is. Where conntrack has the bridged flows (``bridged_tracked``,
+        as the last observe read it) the bridge table's flow sets stay empty, and the rules'
+        counters come from one raw netlink dump per table (``nftcounters``); else the
+        ruleset is listed, sets and all."""
+        if not self.bridged_tracked:
+            self._list()
+            return
+        self._settle()
+        rules = self._in_netns(_counted_rules)
+        if rules:
+            self._drops = drop_counts(rules)
+            self._container_drops = container_drop_counts(rules)
+            self._network_drops = network_drop_counts(rules)
+            self._bridged = []
 
     def _list_tables(self) -> None:
         """List the ruleset: our rules' comments and handles; None when neither table exists."""
@@ -366,6 +378,12 @@ def published_port_comments(netns_path: str | None = None) -> set[str]:
     except (ValueError, KeyError) as e:
         raise KernelError("could not parse the output chain") from e
     return {str(i["rule"].get("comment", "")) for i in items if "rule" in i}
+
+
+def _counted_rules() -> list[dict[str, object]]:
+    """The rules of our tables that count or drop (``nftcounters``), both families."""
+    return [rule for family in FAMILIES
+            for rule in nftcounters.counted_rules(family, TABLE_NAME)]
 
 
 def drop_counts(rules: Iterable[dict[str, object]]) -> dict[str, int]:

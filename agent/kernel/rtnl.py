@@ -139,7 +139,8 @@ def _align(n: int) -> int:
 
 def attributes(data: bytes | memoryview, offset: int) -> dict[int, memoryview]:
     """The route attributes from ``offset`` to the end of ``data``, by type (nested ones
-    unparsed; a type that repeats keeps its last value)."""
+    unparsed; a type that repeats keeps its last value). (Its own loop: a dict of
+    ``attribute_items`` took 70 % longer, and every dump parses with it.)"""
     view = memoryview(data)
     found: dict[int, memoryview] = {}
     end = len(view)
@@ -150,6 +151,19 @@ def attributes(data: bytes | memoryview, offset: int) -> dict[int, memoryview]:
         found[kind & 0x3FFF] = view[offset + RTATTR.size:offset + length]  # no NESTED/BYTEORDER
         offset += _align(length)
     return found
+
+
+def attribute_items(data: bytes | memoryview, offset: int) -> Iterator[tuple[int, memoryview]]:
+    """(type, value) of each attribute from ``offset`` to the end of ``data``, in order (a
+    list's repeated elements each)."""
+    view = memoryview(data)
+    end = len(view)
+    while offset + RTATTR.size <= end:
+        length, kind = RTATTR.unpack_from(view, offset)
+        if length < RTATTR.size or offset + length > end:
+            break
+        yield kind & 0x3FFF, view[offset + RTATTR.size:offset + length]  # no NESTED/BYTEORDER
+        offset += _align(length)
 
 
 def attribute(kind: int, value: bytes) -> bytes:

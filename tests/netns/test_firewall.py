@@ -31,7 +31,7 @@ from helpers.capture import capture as tcpdump
 from helpers.namespaces import UPLINK_H, UPLINK_O, build_uplink, in_ns
 from pyroute2 import Conntrack
 
-from agent.kernel import conntrack, firewall, nft, sysctl
+from agent.kernel import conntrack, firewall, nft, nftcounters, sysctl
 from agent.kernel.firewall import (
     BridgeNet,
     Firewall,
@@ -478,6 +478,38 @@ def _set_bridge_nf4(host: str, value: str) -> None:
 def _forget_conntrack() -> None:
     with Conntrack() as ct:
         ct.flush()
+
+
+def test_counters_read_raw_match_the_listing(fwlab: FwLab) -> None:
+    """The counters read between passes by a raw netlink dump of our tables' rules
+    (``nftcounters``, where conntrack has the bridged flows) are the listing's: every dropping
+    rule with its comment and counter, and so every drop count."""
+    fw = Firewall(fwlab.host)
+    fw.apply(fwlab.spec(guards=True))
+    assert not fwlab.can_ping("f1", CONTAINERS["b1"][1])  # an isolation drop, counted
+    _, listed, exists = fw._list()
+    assert exists
+    raw = run_in_netns(fwlab.host, firewall._counted_rules)
+
+    def dropping(rules: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
+        found = []
+        for rule in rules:
+            exprs = [e for e in rule.get("expr", []) if isinstance(e, dict)]
+            counter = next((e["counter"] for e in exprs if isinstance(e.get("counter"), dict)),
+                           {})
+            if any("drop" in e for e in exprs):
+                found.append((str(rule.get("comment", "")), int(counter.get("packets", 0)),
+                              int(counter.get("bytes", 0))))
+        return sorted(found)
+
+    assert dropping(raw) == dropping(listed) and len(raw) > 10
+    assert firewall.drop_counts(raw) == firewall.drop_counts(listed)
+    assert firewall.network_drop_counts(raw)[("front", "isolation")] >= 1
+    fw.bridged_tracked = True  # (as observe reads it where br_netfilter passes bridged IPv4)
+    fw.read_counters()
+    assert fw.network_drops() == firewall.network_drop_counts(listed)
+    assert fw.drops() == firewall.drop_counts(listed)
+    assert run_in_netns(fwlab.host, lambda: nftcounters.counted_rules("inet", "nosuch")) == []
 
 
 def test_bridged_flows_come_from_conntrack_when_br_netfilter_passes_them(fwlab: FwLab) -> None:
