@@ -35,7 +35,9 @@ echo then prints wrong elements, which we do not read, and the right handle.
 A pass woken by a change trusts what the agent wrote
 (``observe(fresh=False)``: no listing); the agent's periodic full pass lists the ruleset,
 and a listing that differs from what was written makes the next write a full one, so drift is
-repaired within a resync interval as before.
+repaired within a resync interval as before. Between full passes the drop counters are read
+every flows interval, by one raw netlink dump of our tables' rules (``agent.kernel.nftcounters``)
+where conntrack has the bridged flows, else by a listing (the bridge table's flow sets).
 
 nft acts on the network namespace it runs in; we call libnftables in this process
 (``agent.kernel.nft``: no nft process per command). The agent lives in its host's namespace, so
@@ -381,7 +383,8 @@ def published_port_comments(netns_path: str | None = None) -> set[str]:
 
 
 def _counted_rules() -> list[dict[str, object]]:
-    """The rules of our tables that count or drop (``nftcounters``), both families."""
+    """The rules of our tables that drop, with their counters (``nftcounters``), both
+    families."""
     return [rule for family in FAMILIES
             for rule in nftcounters.counted_rules(family, TABLE_NAME)]
 
