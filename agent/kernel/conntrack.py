@@ -34,7 +34,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -45,9 +44,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from agent.kernel import rtnl, sysctl
 from agent.kernel.errors import KernelError
 
-NETLINK_NETFILTER = 12
 CT_GET = (1 << 8) | 1  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
-NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
 CT_NEW = (1 << 8) | 0  # an event of a new entry; also the type of a GET's answer
 CT_DELETE = (1 << 8) | 2  # an event of an entry's end
 CTA_TUPLE_ORIG, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_ZONE = 1, 9, 10, 18
@@ -55,7 +52,6 @@ NLA_F_NESTED = 1 << 15
 CTA_TUPLE_IP, CTA_TUPLE_PROTO, CTA_PROTO_NUM = 1, 2, 1
 CTA_IP_V4_SRC, CTA_IP_V4_DST = 1, 2
 CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES = 1, 2
-BE64 = struct.Struct("!Q")
 #: Multicast groups of conntrack's events, as the bits of a netlink bind: NFNLGRP_CONNTRACK_NEW
 #: (1) and NFNLGRP_CONNTRACK_DESTROY (3); not UPDATE: a flow's counters are not news.
 CT_EVENT_GROUPS = (1 << 0) | (1 << 2)
@@ -181,8 +177,7 @@ class FlowSampler:
         keys = list(self._known)
         if not keys:
             return []
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        with rtnl.Reader(sock.detach()) as reader:
+        with rtnl.Reader.netfilter() as reader:
             answers = reader.get_each(CT_GET, [self._known[k] for k in keys])
         self.gets += len(keys)
         entries = []
@@ -192,7 +187,7 @@ class FlowSampler:
                     raise NetlinkError(answer)
                 self._known.pop(key, None)  # ended without our seeing the event yet
             else:
-                entries.append(rtnl.attributes(answer, NFGENMSG.size))
+                entries.append(rtnl.attributes(answer, rtnl.NFGENMSG.size))
         return entries
 
     def _follow(self, kind: int, attrs: dict[int, memoryview]) -> None:
@@ -205,7 +200,7 @@ class FlowSampler:
         if kind == CT_DELETE:
             self._known.pop(key, None)
         elif kind == CT_NEW and _flow_of(attrs, self._networks) is not None:
-            self._known[key] = (NFGENMSG.pack(socket.AF_INET, 0, 0)
+            self._known[key] = (rtnl.NFGENMSG.pack(socket.AF_INET, 0, 0)
                                 + rtnl.attribute(CTA_TUPLE_ORIG | NLA_F_NESTED, origin)
                                 + (rtnl.attribute(CTA_ZONE, zone) if zone else b""))
 
@@ -216,7 +211,7 @@ class FlowSampler:
         if self._events is None:
             try:
                 sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC
-                                     | socket.SOCK_NONBLOCK, NETLINK_NETFILTER)
+                                     | socket.SOCK_NONBLOCK, rtnl.NETLINK_NETFILTER)
             except OSError:
                 return True
             try:
@@ -238,8 +233,8 @@ class FlowSampler:
             if not data:
                 return True
             for kind, _seq, payload in rtnl.messages(data):
-                if len(payload) >= NFGENMSG.size and payload[0] == socket.AF_INET:
-                    self._follow(kind, rtnl.attributes(payload, NFGENMSG.size))
+                if len(payload) >= rtnl.NFGENMSG.size and payload[0] == socket.AF_INET:
+                    self._follow(kind, rtnl.attributes(payload, rtnl.NFGENMSG.size))
         return True  # what is left is followed by the next call, after a dump
 
 
@@ -298,8 +293,8 @@ def _samples(entries: list[dict[int, memoryview]], networks: list[ipaddress.IPv4
         for direction in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY):
             counters = _nested(attrs, direction)
             for i, kind in enumerate((CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES)):
-                if len(counters.get(kind, b"")) == BE64.size:
-                    totals[i] += BE64.unpack(counters[kind])[0]
+                if len(counters.get(kind, b"")) == rtnl.BE64.size:
+                    totals[i] += rtnl.BE64.unpack(counters[kind])[0]
     return [(s, d, p, packets, size) for (s, d, p), (packets, size) in sorted(samples.items())]
 
 
@@ -310,7 +305,6 @@ def _nested(attrs: dict[int, memoryview], kind: int) -> dict[int, memoryview]:
 def _dump_ipv4() -> Iterator[dict[int, memoryview]]:
     """The attributes of every IPv4 conntrack entry: one ctnetlink dump, on a socket of its
     own (born in the calling thread's namespace), read by ``rtnl.Reader``."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    with rtnl.Reader(sock.detach()) as reader:
-        for payload in reader.dump(CT_GET, NFGENMSG.pack(socket.AF_INET, 0, 0)):
-            yield rtnl.attributes(payload, NFGENMSG.size)
+    with rtnl.Reader.netfilter() as reader:
+        for payload in reader.dump(CT_GET, rtnl.NFGENMSG.pack(socket.AF_INET, 0, 0)):
+            yield rtnl.attributes(payload, rtnl.NFGENMSG.size)

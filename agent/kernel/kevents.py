@@ -28,7 +28,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent.kernel import nft, rtnl
-from agent.kernel.conntrack import NETLINK_NETFILTER
 from agent.kernel.netns import NETLINK_ROUTE
 
 #: rtnetlink multicast groups (RTNLGRP_*, all below 32: one bind mask holds them).
@@ -44,7 +43,6 @@ RTM_NEWNETCONF = 80
 NETCONFA_IFINDEX, NETCONFA_FORWARDING = 1, 2
 NETCONFA_IFINDEX_ALL = -1  # the namespace's ``all`` settings (net.ipv4.ip_forward is one)
 NETCONFMSG_SIZE = 4  # struct netconfmsg: one family byte, aligned
-NFGENMSG_SIZE = 4  # struct nfgenmsg: family, version, resource id
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWGEN = 15
 NFTA_GEN_PROC_PID = 2
@@ -185,7 +183,7 @@ class NftParser:
         for kind, _seq, payload in rtnl.messages(data):
             if kind >> 8 != NFNL_SUBSYS_NFTABLES:
                 continue
-            attrs = rtnl.attributes(payload, NFGENMSG_SIZE)
+            attrs = rtnl.attributes(payload, rtnl.NFGENMSG.size)
             message = kind & 0xFF
             if message in NFT_OBJECT_MESSAGES and NFTA_TABLE in attrs:
                 self._tables.add(bytes(attrs[NFTA_TABLE]).split(b"\0", 1)[0].decode(
@@ -205,7 +203,7 @@ class Announcements:
     def __init__(self) -> None:
         self.route = _subscribed(NETLINK_ROUTE, RTNL_GROUPS)
         try:
-            self.netfilter = _subscribed(NETLINK_NETFILTER, (NFNLGRP_NFTABLES,))
+            self.netfilter = _subscribed(rtnl.NETLINK_NETFILTER, (NFNLGRP_NFTABLES,))
         except OSError:
             self.route.close()
             raise

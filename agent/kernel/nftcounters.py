@@ -22,7 +22,6 @@ namespace, as the firewall's other reads.
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections.abc import Iterator
 
@@ -31,11 +30,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from agent.kernel import rtnl
 from agent.kernel.errors import KernelError
 
-NETLINK_NETFILTER = 12
 NFT_GETRULE = (10 << 8) | 7  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETRULE
-NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
 #: nftables' family names as netlink numbers (NFPROTO_*)
-FAMILY_NUMBERS = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
+FAMILY_NUMBERS = {"inet": 1, "bridge": 7}  # (the families of our tables)
 NFTA_RULE_TABLE, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1, 4, 7
 NFTA_LIST_ELEM, NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 1, 2
 NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
@@ -43,18 +40,16 @@ NFTA_IMMEDIATE_DATA, NFTA_DATA_VERDICT, NFTA_VERDICT_CODE = 2, 2, 1
 NFT_UDATA_RULE_COMMENT = 0  # libnftnl's user data TLV of a rule's comment
 NF_DROP = 0
 BE32 = struct.Struct("!i")
-BE64 = struct.Struct("!Q")
 
 
 def counted_rules(family: str, table: str) -> list[dict[str, object]]:
     """The rules of ``table`` (of nftables family ``family``) that drop, with their counters,
     in the listing's shape (see the module note), in the kernel's order; none when the table
     is not there."""
-    body = NFGENMSG.pack(FAMILY_NUMBERS[family], 0, 0) + \
+    body = rtnl.NFGENMSG.pack(FAMILY_NUMBERS[family], 0, 0) + \
         rtnl.attribute(NFTA_RULE_TABLE, table.encode() + b"\0")
     try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        with rtnl.Reader(sock.detach()) as reader:
+        with rtnl.Reader.netfilter() as reader:
             return [rule for payload in reader.dump(NFT_GETRULE, body)
                     if (rule := _rule(payload)) is not None]
     except (NetlinkError, OSError) as e:
@@ -64,7 +59,7 @@ def counted_rules(family: str, table: str) -> list[dict[str, object]]:
 def _rule(payload: memoryview) -> dict[str, object] | None:
     """A rule that drops, with its comment and counter; None for any other (the counting
     functions count dropping rules only, so the others' counters are not even parsed)."""
-    attrs = rtnl.attributes(payload, NFGENMSG.size)
+    attrs = rtnl.attributes(payload, rtnl.NFGENMSG.size)
     drops, counter = False, None
     for kind, elem in rtnl.attribute_items(attrs.get(NFTA_RULE_EXPRESSIONS, b""), 0):
         if kind != NFTA_LIST_ELEM:
@@ -105,7 +100,7 @@ def _verdict(data: dict[int, memoryview]) -> int | None:
 
 
 def _be64(value: memoryview | None) -> int:
-    return BE64.unpack(value)[0] if value is not None and len(value) == BE64.size else 0
+    return rtnl.BE64.unpack(value)[0] if value is not None and len(value) == rtnl.BE64.size else 0
 
 
 def _comment(userdata: memoryview | None) -> str:

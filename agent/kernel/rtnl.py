@@ -71,6 +71,10 @@ RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, pro
 RTATTR = struct.Struct("=HH")  # length, type                                           # flags
 U32 = struct.Struct("=I")
 BE16 = struct.Struct("!H")
+BE64 = struct.Struct("!Q")
+#: nfnetlink (conntrack, nf_tables): the netlink protocol, and the header of its messages
+NETLINK_NETFILTER = 12
+NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
 ERRNO = struct.Struct("=i")
 RECV_SIZE = 1 << 16
 SEND_BATCH = 64  # requests per datagram of a batch: their acks must fit our receive buffer
@@ -426,6 +430,13 @@ class Reader:
     def __init__(self, fd: int) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0, fileno=fd)
         self._seq = 0
+
+    @classmethod
+    def netfilter(cls) -> Reader:
+        """A reader on a new nfnetlink socket (conntrack, nf_tables), born in the calling
+        thread's network namespace."""
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        return cls(sock.detach())
 
     def close(self) -> None:
         self._sock.close()
