@@ -60,15 +60,15 @@ from sdnctl.api.policyeval import (
     DIRECTIONS,
     INGRESS,
     Endpoint,
-    Evaluator,
     Selector,
     address_order,
     family_of,
-    members_by_family,
+    members_of,
     parse_policy_port,
     peer_selector,
     policy_selector,
     rules_of,
+    selectors_of,
 )
 
 FAMILY = "inet"
@@ -195,10 +195,10 @@ def build(given: PolicyInput) -> PolicyTables:
     if not policies:
         return PolicyTables((), ())
     cidrs = {4: dict(given.network_cidrs), 6: dict(given.network_cidrs6)}
-    evaluator = Evaluator(policies, given.endpoints, cidrs[4], cidrs[6])
+    selectors = selectors_of(policies)
+    members = members_of(selectors, given.endpoints)
     sets = {set_name(s, family): tuple(addresses)
-            for s in evaluator.selectors()
-            for family, addresses in members_by_family(s, given.endpoints).items()}
+            for s in selectors for family, addresses in members[s.key()].items()}
     for direction in DIRECTIONS:
         for family, names in ((4, ISOLATED), (6, ISOLATED6)):
             isolated: set[str] = set()

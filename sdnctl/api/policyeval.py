@@ -141,9 +141,35 @@ def members(selector: Selector, endpoints: Iterable[Endpoint], family: int = 4) 
 
 def members_by_family(selector: Selector,
                       endpoints: Iterable[Endpoint]) -> dict[int, list[str]]:
-    """:func:`members` of both families, in one look at each endpoint (an agent builds every
-    selector's sets at every policy change)."""
-    chosen = [e for e in endpoints if selects(selector, e)]
+    """:func:`members` of both families, in one look at each endpoint."""
+    return _by_family([e for e in endpoints if selects(selector, e)])
+
+
+def members_of(selectors: Iterable[Selector],
+               endpoints: Sequence[Endpoint]) -> dict[str, dict[int, list[str]]]:
+    """:func:`members_by_family` of each selector, by its key. An agent builds every
+    selector's sets at every policy change, from every selected address of every host: the
+    endpoints are indexed by label once, and a selector looks only at those with its rarest
+    label (issue 21: a look at each endpoint per selector was 3.5 ms at 1,000 endpoints)."""
+    by_label: dict[str, list[Endpoint]] = {}
+    for e in endpoints:
+        for label in e.labels:  # (one listed twice: its addresses are counted once anyway)
+            by_label.setdefault(label, []).append(e)
+    found = {}
+    for s in selectors:
+        if not s.labels:
+            chosen = [e for e in endpoints if selects(s, e)]
+        else:
+            rarest = min(s.labels, key=lambda label: len(by_label.get(label, ())))
+            rest = [label for label in s.labels if label != rarest]
+            chosen = [e for e in by_label.get(rarest, ())
+                      if s.network in (POLICY_ALL_NETWORKS, e.network)
+                      and label_match(rest, e.labels)]
+        found[s.key()] = _by_family(chosen)
+    return found
+
+
+def _by_family(chosen: Sequence[Endpoint]) -> dict[int, list[str]]:
     return {4: sorted({e.address for e in chosen if e.address}, key=address_order),
             6: sorted({e.address6 for e in chosen if e.address6}, key=address_order)}
 
@@ -176,6 +202,20 @@ def rules_of(policy: Policy, direction: str) -> tuple[PolicyRule, ...] | None:
     return policy.ingress if direction == INGRESS else policy.egress
 
 
+def selectors_of(policies: Iterable[Policy]) -> list[Selector]:
+    """Every selector ``policies`` use (targets and label/network peers), each once, by key."""
+    found: dict[str, Selector] = {}
+    for p in policies:
+        found.setdefault(policy_selector(p).key(), policy_selector(p))
+        for direction in DIRECTIONS:
+            for rule in rules_of(p, direction) or ():
+                for peer in rule.peers:
+                    s = peer_selector(p, peer)
+                    if s is not None and peer.labels is not None:
+                        found.setdefault(s.key(), s)
+    return [found[k] for k in sorted(found)]
+
+
 class Evaluator:
     """Policies and endpoints, indexed once, asked about packets (check, trace, tests)."""
 
@@ -192,17 +232,8 @@ class Evaluator:
                 self._at.setdefault(address, []).append(e)
 
     def selectors(self) -> list[Selector]:
-        """Every selector the policies use (targets and label/network peers), each once."""
-        found: dict[str, Selector] = {}
-        for p in self.policies:
-            found.setdefault(policy_selector(p).key(), policy_selector(p))
-            for direction in DIRECTIONS:
-                for rule in rules_of(p, direction) or ():
-                    for peer in rule.peers:
-                        s = peer_selector(p, peer)
-                        if s is not None and peer.labels is not None:
-                            found.setdefault(s.key(), s)
-        return [found[k] for k in sorted(found)]
+        """Every selector the policies use (:func:`selectors_of`)."""
+        return selectors_of(self.policies)
 
     def selecting(self, address: str, direction: str) -> list[Policy]:
         """The policies isolating ``address`` in ``direction``."""
@@ -272,9 +303,11 @@ __all__ = [
     "label_match",
     "members",
     "members_by_family",
+    "members_of",
     "parse_policy_port",
     "peer_selector",
     "policy_selector",
     "rules_of",
+    "selectors_of",
     "selects",
 ]

@@ -94,6 +94,15 @@ def test_an_nftables_transaction_is_one_commit_with_its_tables_and_thread() -> N
     assert parser.feed(nft_message(kevents.NFT_MSG_NEWGEN,
                                    attr(kevents.NFTA_GEN_PROC_PID, struct.pack("!I", 1)))) == \
         [NftCommit(frozenset(), 1)]
+    # A set's elements, a message each, name the table first; a message that names it later
+    # (or not at all) is read whole.
+    element = nft_message(12, attr(kevents.NFTA_TABLE, b"sdnctl_policy\0"), attr(2, b"s_1\0"))
+    assert parser.feed(element * 500 + nft_message(9, attr(2, b"s_1\0"),
+                                                   attr(kevents.NFTA_TABLE, b"late\0"))
+                       + nft_message(12, attr(2, b"s_1\0")) + element
+                       + nft_message(kevents.NFT_MSG_NEWGEN,
+                                     attr(kevents.NFTA_GEN_PROC_PID, struct.pack("!I", 5)))) == \
+        [NftCommit(frozenset({"sdnctl_policy", "late"}), 5)]
 
 
 # -- what is drift ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from sdnctl.api.policyeval import (
     default_policies,
     members,
     members_by_family,
+    members_of,
     peer_selector,
     policy_selector,
 )
@@ -158,10 +159,17 @@ def test_both_families_members_in_one_look_are_each_familys_members() -> None:
     endpoints = [Endpoint(f"c{i}", rng.choice(["front", "back"]), f"10.1.{i // 200}.{i % 200}",
                           tuple(sorted(rng.sample(["app=web", "app=db", "tier=1"], 2))),
                           f"fd00:1::{i:x}" if i % 3 else "") for i in range(400)]
-    for selector in (Selector("front", ("app=web",)), Selector("*", ("app=db", "tier=1")),
-                     Selector("back", ()), Selector("front", ("nosuch=1",))):
+    selectors = (Selector("front", ("app=web",)), Selector("*", ("app=db", "tier=1")),
+                 Selector("back", ()), Selector("front", ("nosuch=1",)),
+                 Selector("*", ("tier=1", "app=web", "nosuch=1")))
+    for selector in selectors:
         both = members_by_family(selector, endpoints)
         assert both == {4: members(selector, endpoints, 4), 6: members(selector, endpoints, 6)}
+    # Every selector at once, through the label index, finds the same (an endpoint that lists
+    # a label twice included).
+    endpoints.append(Endpoint("twice", "front", "10.9.0.1", ("app=web", "app=web")))
+    assert members_of(selectors, endpoints) == {
+        s.key(): members_by_family(s, endpoints) for s in selectors}
 
 
 def test_addresses_sort_in_numeric_order_in_each_family() -> None:
