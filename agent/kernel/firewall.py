@@ -346,7 +346,8 @@ class Firewall:
             self._list_tables()  # forgets ``spec`` again if the tables list otherwise
             return True
         wanted = _tables_fingerprint(spec)
-        kept = {c: h for c, h in self._handles.items() if c in set(wanted)}
+        still = set(wanted)  # (once: a set per handle made each peer pass O(rules²))
+        kept = {c: h for c, h in self._handles.items() if c in still}
         self._handles = {**kept, **_unique(_echoed_handles(done.stdout))}
         self._tables, self._installed, self._known = wanted, spec, True
         return True
