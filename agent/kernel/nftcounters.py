@@ -12,7 +12,8 @@ listing's rules as far as the counting functions read them (``firewall.drop_coun
 kin, which count dropping rules only):
 ``{"comment": ..., "expr": [{"counter": {"packets": P, "bytes": B}}, {"drop": None}]}``.
 Measured on a host's tables with 10 (50) containers: 3.0 (12) ms of CPU a read, against 5.0
-(20) ms for the listing.
+(20) ms for the listing. A rule's verdict is then found in its bytes (``_DROP_VERDICTS``), not
+by parsing its expressions: 2.0 ms a read at 10 containers.
 
 The flow sets of the bridge table (the frames bridged between two containers, where
 br_netfilter does not hand them to conntrack) are not read here: the firewall keeps listing
@@ -36,9 +37,10 @@ FAMILY_NUMBERS = {"inet": 1, "bridge": 7}  # (the families of our tables)
 NFTA_RULE_TABLE, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1, 4, 7
 NFTA_LIST_ELEM, NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 1, 2
 NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
-NFTA_IMMEDIATE_DATA, NFTA_DATA_VERDICT, NFTA_VERDICT_CODE = 2, 2, 1
+NFTA_DATA_VERDICT, NFTA_VERDICT_CODE = 2, 1
 NFT_UDATA_RULE_COMMENT = 0  # libnftnl's user data TLV of a rule's comment
 NF_DROP = 0
+NLA_F_NESTED = 0x8000
 BE32 = struct.Struct("!i")
 
 
@@ -56,26 +58,31 @@ def counted_rules(family: str, table: str) -> list[dict[str, object]]:
         raise KernelError(f"could not read the rules of {family} {table}") from e
 
 
+#: How a drop verdict is encoded: NFTA_DATA_VERDICT (nested, 12 bytes) holding NFTA_VERDICT_CODE
+#: NF_DROP alone (a jump's names its chain too), with and without the NESTED flag. A rule
+#: whose bytes hold neither cannot drop and is not parsed; a rule that does is parsed for its
+#: comment and counter only (the nested parsing of every verdict was a third of a read).
+_DROP_VERDICTS = tuple(rtnl.RTATTR.pack(12, NFTA_DATA_VERDICT | flag) +
+                       rtnl.RTATTR.pack(8, NFTA_VERDICT_CODE) + BE32.pack(NF_DROP)
+                       for flag in (NLA_F_NESTED, 0))
+
+
 def _rule(payload: memoryview) -> dict[str, object] | None:
     """A rule that drops, with its comment and counter; None for any other (the counting
-    functions count dropping rules only, so the others' counters are not even parsed)."""
-    attrs = rtnl.attributes(payload, rtnl.NFGENMSG.size)
-    drops, counter = False, None
-    for kind, elem in rtnl.attribute_items(attrs.get(NFTA_RULE_EXPRESSIONS, b""), 0):
-        if kind != NFTA_LIST_ELEM:
-            continue
-        name = _name(elem)  # (most expressions are told by their first attribute alone)
-        if name == b"counter\0":
-            counter = elem
-        elif name == b"immediate\0":
-            drops |= _verdict(_data(elem)) == NF_DROP
-    if not drops:
+    functions count dropping rules only, so the others' counters are not even parsed). Its
+    verdict is found in its bytes (``_DROP_VERDICTS``: only an ``immediate`` expression's
+    verdict data has that shape), its counter by parsing its expressions' names."""
+    raw = bytes(payload)
+    if not any(verdict in raw for verdict in _DROP_VERDICTS):
         return None
+    attrs = rtnl.attributes(payload, rtnl.NFGENMSG.size)
     exprs: list[dict[str, object]] = [{"drop": None}]
-    if counter is not None:
-        data = _data(counter)
-        exprs.insert(0, {"counter": {"packets": _be64(data.get(NFTA_COUNTER_PACKETS)),
-                                     "bytes": _be64(data.get(NFTA_COUNTER_BYTES))}})
+    for kind, elem in rtnl.attribute_items(attrs.get(NFTA_RULE_EXPRESSIONS, b""), 0):
+        if kind == NFTA_LIST_ELEM and _name(elem) == b"counter\0":
+            data = _data(elem)
+            exprs.insert(0, {"counter": {"packets": _be64(data.get(NFTA_COUNTER_PACKETS)),
+                                         "bytes": _be64(data.get(NFTA_COUNTER_BYTES))}})
+            break
     return {"comment": _comment(attrs.get(NFTA_RULE_USERDATA)), "expr": exprs}
 
 
@@ -90,13 +97,6 @@ def _name(elem: memoryview) -> bytes:
 def _data(elem: memoryview) -> dict[int, memoryview]:
     expr = rtnl.attributes(elem, 0)
     return rtnl.attributes(expr[NFTA_EXPR_DATA], 0) if NFTA_EXPR_DATA in expr else {}
-
-
-def _verdict(data: dict[int, memoryview]) -> int | None:
-    value = rtnl.attributes(data[NFTA_IMMEDIATE_DATA], 0) if NFTA_IMMEDIATE_DATA in data else {}
-    verdict = rtnl.attributes(value[NFTA_DATA_VERDICT], 0) if NFTA_DATA_VERDICT in value else {}
-    code = verdict.get(NFTA_VERDICT_CODE)
-    return BE32.unpack(code)[0] if code is not None and len(code) == BE32.size else None
 
 
 def _be64(value: memoryview | None) -> int:
