@@ -29,7 +29,9 @@ agent reported the policy's revision realised), on the overlay, the policy selec
 ``app=db`` container per host. *Join/leave* is ``bench/overlay.py``'s (``join``, ``leave``:
 host ``hn`` added by `up` of the extended file, until every other host holds its route,
 neighbour and FDB entry; then removed, until none does). *RSS* is each agent's and each
-controller's VmRSS after ``up``. Finally ``sdnctl down`` is timed, and nothing of the prefix may
+controller's VmRSS after ``up``; *idle CPU* each agent's and controller's user and system time
+over ``IDLE_WINDOW`` seconds after that, asked nothing (its full passes, flow readings,
+keepalives), in ms a second. Finally ``sdnctl down`` is timed, and nothing of the prefix may
 be left (namespaces, mounts, processes): the run dies non-zero if something is.
 
 ``--store etcd``: three etcd members and two controller replicas (``sdnctl-controller --store
@@ -79,6 +81,7 @@ from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 UP_GOAL = {"sqlite": 30.0, "etcd": 60.0}  # seconds, for 100 x 10 (issue 21)
+IDLE_WINDOW = 15.0  # seconds of the idle agents' and controllers' CPU, measured after `up`
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCD_MEMBERS = 3
 REPLICAS = 2
@@ -385,6 +388,19 @@ class ScaleRun:
             [memory(p, "/proc/{}/smaps_rollup", "Pss:") for p in agents], \
             [memory(p, "/proc/{}/status", "VmRSS:") for p in controllers]
 
+    def idle_cpu(self, seconds: float) -> tuple[list[float], list[float]]:
+        """CPU (ms a second) of every agent and of the controllers over ``seconds`` in which
+        nothing is asked of them (the full passes, flow readings and keepalives they do on
+        their own; each process's user and system time, in clock ticks)."""
+        agents = [a["pid"] for a in self.lab_agents().values()]
+        controllers = self.etcd.controller_pids() if self.etcd is not None else \
+            [int((self.run_dir / "controller.pid").read_text().split()[0])]
+        before = [cpu_seconds(p) for p in (*agents, *controllers)]
+        time.sleep(seconds)
+        used = [(cpu_seconds(p) - b) * 1000 / seconds
+                for p, b in zip((*agents, *controllers), before, strict=True)]
+        return used[:len(agents)], used[len(agents):]
+
     def down(self) -> dict[str, float]:
         """`sdnctl down`'s wall time and its phases, from its progress lines."""
         if self.client is not None:
@@ -492,6 +508,13 @@ def memory(pid: int, path: str, field: str) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of ``pid`` so far (its ended threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """SIGTERM and SIGHUP end the run through its ``finally`` (as Ctrl-C does)."""
@@ -578,6 +601,10 @@ def main(argv: list[str] | None = None) -> int:
             median_pss = harness.summary(agents_pss)[0]
             comps.append(harness.comparison(f"agent PSS, {per_host} containers (MB)",
                                             median_pss, "< 40", median_pss < 40))
+            agents_idle, controllers_idle = run.idle_cpu(IDLE_WINDOW)
+            m += [harness.Measurement(f"{size}: idle agent CPU", "ms/s", agents_idle),
+                  harness.Measurement(f"{size}: idle controller CPU", "ms/s",
+                                      controllers_idle)]
             enforced = run.policy_to_enforced(ours.rounds * 2)
             m.append(harness.Measurement(f"{size}: CreatePolicy to enforced on all hosts",
                                          "ms", enforced))

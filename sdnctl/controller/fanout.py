@@ -72,16 +72,23 @@ class Subscription:
     checked: int = 0
     skipped: int = 0
     woken: int = 0  # how many batches were queued (for tests and benchmarks)
+    taken: int = 0  # how many times the stream looked (for tests)
 
     def take(self, timeout: float) -> tuple[list[Change], bool]:
         """The changes queued since the last take (waiting up to ``timeout`` for some), and
         whether a snapshot is due."""
         with self.cond:
+            self.taken += 1
             if not self.changes and not self.resync:
                 self.cond.wait(timeout)
             changes, self.changes = self.changes, []
             resync, self.resync = self.resync, False
         return changes, resync
+
+    def wake(self) -> None:
+        """End a ``take`` that waits, with nothing (the stream looks whether it goes on)."""
+        with self.cond:
+            self.cond.notify_all()
 
     def push(self, changes: list[Change] | None) -> None:
         with self.cond:

@@ -575,7 +575,8 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
                     alive=lambda: context.is_active() and not self.stopping.is_set(),
                     progress_interval=self.progress_interval,
                     keeps_names=request.keeps_names,
-                    keeps_endpoints=request.keeps_endpoints):
+                    keeps_endpoints=request.keeps_endpoints,
+                    wake_on=context.add_callback):
                 self.metrics.watch_events.inc()
                 yield event
         finally:

@@ -301,9 +301,19 @@ def _vtep_moved(change: Change) -> bool:
 def host_events(state: State, host: str, since_revision: int, alive: Callable[[], bool],
                 progress_interval: float = 10.0, poll: float = 0.5,
                 keeps_names: bool = False,
-                keeps_endpoints: bool = False) -> Iterator[pb.WatchEvent]:
+                keeps_endpoints: bool = False,
+                wake_on: Callable[[Callable[[], None]], object] | None = None,
+                ) -> Iterator[pb.WatchEvent]:
+    """The events of ``host``'s stream while ``alive()``, which is asked every ``poll``
+    seconds and whenever a batch comes. ``wake_on``: registers a function to call when
+    ``alive()`` turns false (gRPC's ``context.add_callback``: the call ended); then the stream
+    waits for batches until its next progress notice is due, not ``poll`` at a time (100
+    idle streams woke 200 times a second: 12 ms of the controller's CPU a second)."""
     hub = fanout.hub_of(state)
     sub = hub.subscribe(host)  # before reading anything: no batch falls between the two
+    if wake_on is not None:
+        wake_on(sub.wake)
+        poll = progress_interval
     try:
         yield from _host_events(state, hub, sub, since_revision, alive, progress_interval, poll,
                                 keeps_names, keeps_endpoints)
@@ -378,7 +388,8 @@ def _host_events(state: State, hub: fanout.Hub, sub: fanout.Subscription, since_
             yield snapshot_event(snap, policy_update(True))
         faults.point("watch")
         reached = hub.revision  # every batch up to here that concerns us is queued already
-        changes, resync = sub.take(timeout=poll)
+        changes, resync = sub.take(timeout=max(
+            0.0, min(poll, last_sent + progress_interval - time.monotonic())))
         if resync:
             continue
         changes = [c for c in changes if c.revision > revision]

@@ -58,6 +58,32 @@ def test_a_create_on_host_a_sends_nothing_to_host_b(
             assert event.revision == store.revision()
 
 
+def test_a_stream_whose_call_ended_leaves_at_once_though_it_waits_an_hour(
+        store: Store, start_server: StartServer) -> None:
+    """An idle stream waits for batches until its next progress notice (an hour here), not
+    half a second at a time; the end of its call wakes it (gRPC's callback), so it unsubscribes
+    at once and its handler's thread is free."""
+    server = start_server(store, progress_interval=3600)
+    with connect(server, store) as api:
+        api.host("ha")
+        hub = server.hub
+        assert hub is not None
+        with watch(api, "ha") as a:
+            assert a.next().snapshot
+            assert [s.host for s in hub._subs.values()] == ["ha"]  # the probe sees it
+            (sub,) = hub._subs.values()
+            deadline = time.monotonic() + 5
+            while not sub.taken and time.monotonic() < deadline:  # waiting, after the snapshot
+                time.sleep(0.01)
+            looked = sub.taken
+            time.sleep(1.2)  # two of the old half-second waits
+            assert sub.taken == looked, "an idle stream looked without being woken"
+        deadline = time.monotonic() + 5
+        while hub._subs and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not hub._subs, "the ended stream is still subscribed"
+
+
 class Flaky:
     """A store whose change log fails to read ``failures`` times once armed (a busy database),
     and is the real store otherwise."""
