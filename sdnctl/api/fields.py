@@ -124,6 +124,9 @@ _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 PATH_MAX = 4096
+#: A NUL or control character (one search: a look at each character was a fifth of the time
+#: the controller took to handle a status report, which names each container's namespace).
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def clean_path(path: str, field: str) -> str:
@@ -133,7 +136,7 @@ def clean_path(path: str, field: str) -> str:
         raise Invalid(field, f"{str(path)[:40]!r} is not an absolute path")
     if len(path.encode()) > PATH_MAX:
         raise Invalid(field, f"longer than {PATH_MAX} bytes")
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+    if _CONTROL.search(path):
         raise Invalid(field, "contains a NUL or control character")
     parts = path.split("/")[1:]
     if path != "/" and any(part in ("", ".", "..") for part in parts):

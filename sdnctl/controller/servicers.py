@@ -591,7 +591,8 @@ class HostSyncServicer(pb_grpc.HostSyncServicer):
         check_count(request.containers, "containers", REPORT_MAX)
         statuses = [validate_status(convert.status_from_pb(s), f"containers[{i}]")
                     for i, s in enumerate(request.containers)]
-        statuses = [dataclasses.replace(s, message=s.message[:ARG_MAX]) for s in statuses]
+        statuses = [s if len(s.message) <= ARG_MAX else
+                    dataclasses.replace(s, message=s.message[:ARG_MAX]) for s in statuses]
         if current_identity().kind == "agent":  # its host is checked; its containers here
             foreign = self.state.foreign_containers(request.host,
                                                     [s.name for s in request.containers])
