@@ -150,7 +150,8 @@ def members_of(selectors: Iterable[Selector],
     """:func:`members_by_family` of each selector, by its key. An agent builds every
     selector's sets at every policy change, from every selected address of every host: the
     endpoints are indexed by label once, and a selector looks only at those with its rarest
-    label (issue 21: a look at each endpoint per selector was 3.5 ms at 1,000 endpoints)."""
+    label (issue 21: with a look at each endpoint per selector, an agent built a one-policy
+    table of 1,000 endpoints in 2.35 ms; 1.19 ms so)."""
     by_label: dict[str, list[Endpoint]] = {}
     for e in endpoints:
         for label in e.labels:  # (one listed twice: its addresses are counted once anyway)
