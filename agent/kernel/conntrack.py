@@ -48,7 +48,6 @@ CT_GET = (1 << 8) | 1  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
 CT_NEW = (1 << 8) | 0  # an event of a new entry; also the type of a GET's answer
 CT_DELETE = (1 << 8) | 2  # an event of an entry's end
 CTA_TUPLE_ORIG, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_ZONE = 1, 9, 10, 18
-NLA_F_NESTED = 1 << 15
 CTA_TUPLE_IP, CTA_TUPLE_PROTO, CTA_PROTO_NUM = 1, 2, 1
 CTA_IP_V4_SRC, CTA_IP_V4_DST = 1, 2
 CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES = 1, 2
@@ -201,7 +200,7 @@ class FlowSampler:
             self._known.pop(key, None)
         elif kind == CT_NEW and _flow_of(attrs, self._networks) is not None:
             self._known[key] = (rtnl.NFGENMSG.pack(socket.AF_INET, 0, 0)
-                                + rtnl.attribute(CTA_TUPLE_ORIG | NLA_F_NESTED, origin)
+                                + rtnl.attribute(CTA_TUPLE_ORIG | rtnl.NLA_F_NESTED, origin)
                                 + (rtnl.attribute(CTA_ZONE, zone) if zone else b""))
 
     def _drain(self) -> bool:

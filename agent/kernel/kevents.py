@@ -200,7 +200,7 @@ class NftParser:
                 if message in NFT_OBJECT_MESSAGES:
                     size, first = rtnl.RTATTR.unpack_from(view, start) \
                         if start + rtnl.RTATTR.size <= offset + length else (0, 0)
-                    if first & 0x3FFF != NFTA_TABLE or size < rtnl.RTATTR.size or \
+                    if first & rtnl.NLA_TYPE_MASK != NFTA_TABLE or size < rtnl.RTATTR.size or \
                             start + size > offset + length:
                         self._table(rtnl.attributes(view[start:offset + length], 0).get(
                             NFTA_TABLE))

@@ -40,7 +40,6 @@ NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
 NFTA_DATA_VERDICT, NFTA_VERDICT_CODE = 2, 1
 NFT_UDATA_RULE_COMMENT = 0  # libnftnl's user data TLV of a rule's comment
 NF_DROP = 0
-NLA_F_NESTED = 0x8000
 BE32 = struct.Struct("!i")
 
 
@@ -64,7 +63,7 @@ def counted_rules(family: str, table: str) -> list[dict[str, object]]:
 #: comment and counter only (the nested parsing of every verdict was a third of a read).
 _DROP_VERDICTS = tuple(rtnl.RTATTR.pack(12, NFTA_DATA_VERDICT | flag) +
                        rtnl.RTATTR.pack(8, NFTA_VERDICT_CODE) + BE32.pack(NF_DROP)
-                       for flag in (NLA_F_NESTED, 0))
+                       for flag in (rtnl.NLA_F_NESTED, 0))
 
 
 def _rule(payload: memoryview) -> dict[str, object] | None:
@@ -91,7 +90,8 @@ def _name(elem: memoryview) -> bytes:
     if len(elem) < rtnl.RTATTR.size:
         return b""
     length, kind = rtnl.RTATTR.unpack_from(elem, 0)
-    return bytes(elem[rtnl.RTATTR.size:length]) if kind & 0x3FFF == NFTA_EXPR_NAME else b""
+    named = kind & rtnl.NLA_TYPE_MASK == NFTA_EXPR_NAME
+    return bytes(elem[rtnl.RTATTR.size:length]) if named else b""
 
 
 def _data(elem: memoryview) -> dict[int, memoryview]:

@@ -69,6 +69,9 @@ TBF_RATE = struct.Struct("=8xI")  # tc_tbf_qopt's rate: tc_ratespec's rate (byte
 U64 = struct.Struct("=Q")
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type,
 RTATTR = struct.Struct("=HH")  # length, type                                           # flags
+#: An attribute's type: its number, and two flags above it (NESTED, NET_BYTEORDER).
+NLA_F_NESTED = 1 << 15
+NLA_TYPE_MASK = 0x3FFF
 U32 = struct.Struct("=I")
 BE16 = struct.Struct("!H")
 BE64 = struct.Struct("!Q")
@@ -152,7 +155,7 @@ def attributes(data: bytes | memoryview, offset: int) -> dict[int, memoryview]:
         length, kind = RTATTR.unpack_from(view, offset)
         if length < RTATTR.size or offset + length > end:
             break
-        found[kind & 0x3FFF] = view[offset + RTATTR.size:offset + length]  # no NESTED/BYTEORDER
+        found[kind & NLA_TYPE_MASK] = view[offset + RTATTR.size:offset + length]
         offset += _align(length)
     return found
 
@@ -166,7 +169,7 @@ def attribute_items(data: bytes | memoryview, offset: int) -> Iterator[tuple[int
         length, kind = RTATTR.unpack_from(view, offset)
         if length < RTATTR.size or offset + length > end:
             break
-        yield kind & 0x3FFF, view[offset + RTATTR.size:offset + length]  # no NESTED/BYTEORDER
+        yield kind & NLA_TYPE_MASK, view[offset + RTATTR.size:offset + length]
         offset += _align(length)
 
 
@@ -260,8 +263,8 @@ def veth_add(name: str, mtu: int, master: int, peer: str, peer_netns_fd: int,
         attribute(IFLA_IFNAME, peer.encode() + b"\0") + \
         attribute(IFLA_NET_NS_FD, U32.pack(peer_netns_fd)) + attribute(IFLA_MTU, U32.pack(mtu)) + \
         (attribute(IFLA_ADDRESS, _mac_bytes(peer_mac)) if peer_mac else b"")
-    info = attribute(IFLA_INFO_KIND, b"veth\0") + attribute(IFLA_INFO_DATA,
-                                                    attribute(VETH_INFO_PEER, peer_msg))
+    info = attribute(IFLA_INFO_KIND, b"veth\0") + \
+        attribute(IFLA_INFO_DATA, attribute(VETH_INFO_PEER, peer_msg))
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP) + \
         attribute(IFLA_IFNAME, name.encode() + b"\0") + attribute(IFLA_MTU, U32.pack(mtu)) + \
         attribute(IFLA_MASTER, U32.pack(master)) + attribute(IFLA_LINKINFO, info)
