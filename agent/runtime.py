@@ -113,12 +113,24 @@ class OciRuntime:
         its stdout and stderr, which the container inherits (a pipe would stay open as long as
         the container runs)."""
         pipe = subprocess.PIPE if output is None else output
+        argv = [self.binary, "--root", self.root, *args]
+        out: bytes | None = None
+        err: bytes | None = None
         try:
-            return subprocess.run([self.binary, "--root", self.root, *args], env=self.env(),
-                                  check=False, stdin=subprocess.DEVNULL, stdout=pipe,
-                                  stderr=pipe, timeout=TIMEOUT, start_new_session=True)
+            with subprocess.Popen(argv, env=self.env(), stdin=subprocess.DEVNULL, stdout=pipe,
+                                  stderr=pipe, start_new_session=True) as proc:
+                try:
+                    if output is None:  # its output's end is its exit
+                        out, err = proc.communicate(timeout=TIMEOUT)
+                    else:  # nothing to read: its pidfd says when it exits (no polling)
+                        procs.wait_child(proc, TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                    raise
         except (OSError, subprocess.TimeoutExpired) as e:
             raise KernelError(f"{self.name} {what}: {e}") from e
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
     def _private(self, what: str, args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
         """:meth:`_call`, in the runtime's mount namespace when something must be hidden."""

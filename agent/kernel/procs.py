@@ -15,6 +15,7 @@ import contextlib
 import os
 import select
 import signal
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -110,6 +111,22 @@ def _wait_exits(fds: dict[int, ProcInfo], timeout: float) -> dict[int, ProcInfo]
             poller.unregister(fd)
             left.pop(fd, None)
     return left
+
+
+def wait_child(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Wait for our child ``proc`` to exit and reap it: its exit status. Woken by a pidfd the
+    instant it exits, where ``Popen.wait(timeout)`` polls at delays doubling up to 50 ms (a
+    runtime that took 17 ms was noticed at 31). TimeoutExpired after ``timeout`` seconds."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:  # reaped already, or a kernel without pidfds
+        return proc.wait(timeout)
+    try:
+        if _wait_exits({fd: ProcInfo(proc.pid, 0)}, timeout):  # still running
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(fd)
+    return proc.wait()
 
 
 def stop(info: ProcInfo, grace: float = 1.0) -> None:

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.kernel import procfs, procs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,3 +106,24 @@ def test_only_the_runtimes_exited_children_are_reaped(tmp_path: Path) -> None:
         running.kill()
         for p in (done, running, other):
             p.wait()
+
+
+def test_a_waited_child_gives_its_status_once_it_exits_and_is_reaped() -> None:
+    """``procs.wait_child`` (how the agent waits for its OCI runtime): a child still running
+    when the time is up is a TimeoutExpired and is left running; once it exits, its status,
+    and it is reaped."""
+    read_end, write_end = os.pipe()
+    child = subprocess.Popen(["/bin/sh", "-c", "read line; exit 5"], stdin=read_end)
+    os.close(read_end)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            procs.wait_child(child, 0.05)  # it waits for its line
+        assert child.returncode is None and procfs.comm_and_state(child.pid) is not None
+        os.write(write_end, b"go\n")
+        assert procs.wait_child(child, 10) == 5
+        assert child.returncode == 5 and procfs.comm_and_state(child.pid) is None
+    finally:
+        os.close(write_end)
+        if child.returncode is None:
+            child.kill()
+            child.wait()
