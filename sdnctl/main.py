@@ -8,13 +8,23 @@ for every import: the daemons (pyroute2, the store drivers) load only to run one
 CLI (``sdnctl.cli.cli``: topologies, the lab, certificates, drawing) only when the verb is not
 one of the everyday verbs (``sdnctl.cli.everyday``: ``ps``, ``run``, ``rm``, ``exec`` ...),
 which start in about a third of the time.
+
+A client verb's process ends with :func:`leave`: once the verb has returned and its output is
+flushed, nothing of the interpreter's teardown is worth waiting for, and with a gRPC channel
+used it took 40-45 ms (grpc's core shutting its threads down, then every module freed), a
+fifth of a whole `sdnctl run`. The daemons exit as usual.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import NoReturn
 
 from sdnctl.cli import everyday
+
+#: The first words that run a daemon, not a client verb.
+DAEMONS = ("controller", "agent")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,5 +49,26 @@ def main(argv: list[str] | None = None) -> int:
     return cli.main(argv)
 
 
+def entry() -> NoReturn:
+    """The ``sdnctl`` command: :func:`main`, then a client verb's process leaves at once."""
+    argv = sys.argv[1:]
+    status = main(argv)
+    if argv[:1] and argv[0] in DAEMONS:
+        sys.exit(status)
+    leave(status)
+
+
+def leave(status: int) -> NoReturn:
+    """Flush standard output and error, then end the process without the interpreter's
+    teardown (no client verb leaves a thread, a temporary file or an atexit handler behind).
+    A reader that went away (``sdnctl ps | head -1``) costs nothing, as in a usual exit."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # (ValueError: closed)
+            pass
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -8,12 +8,15 @@ the list of modules is what makes it slow or fast, and it is exact).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+from apitest import StartServer, connect
 
 from sdnctl.cli import base, cli, everyday
+from sdnctl.controller.store.memory import MemoryStore
 
 #: What loading the everyday entry must never pull in (each costs tens of ms or more).
 HEAVY = ("pyroute2", "cryptography", "jsonschema", "yaml", "prometheus_client",
@@ -76,3 +79,26 @@ def test_the_full_cli_has_every_everyday_verb() -> None:
 ])
 def test_the_verb_is_the_first_word_that_is_no_global_option(argv: list[str], verb: str) -> None:
     assert base.verb_of(argv) == verb
+
+
+def test_a_client_verb_leaves_at_once_with_its_output_and_its_status(
+        start_server: StartServer) -> None:
+    """``sdnctl`` (``sdnctl.main.entry``) ends a client verb's process without the interpreter's
+    teardown: what the verb printed still reaches a pipe, whole, and its exit status is kept,
+    0 or 1 (the error's line on stderr)."""
+    store = MemoryStore()
+    server = start_server(store)
+    with connect(server, store) as api:
+        for i in range(3):  # (a listing short enough to wait in stdout's buffer)
+            api.network(f"n{i:02}", subnet=f"10.{i}.0.0/16")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},  # (buffered)
+           "SDNCTL_CONTROLLER": server.address}
+    argv = [sys.executable, "-m", "sdnctl.main"]
+    done = subprocess.run([*argv, "network", "ls", "--json"], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert sorted(n["name"] for n in json.loads(done.stdout)) == ["n00", "n01", "n02"]
+    done = subprocess.run([*argv, "network", "inspect", "nosuch"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.startswith("sdnctl: ") and "nosuch" in done.stderr
