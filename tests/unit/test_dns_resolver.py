@@ -8,6 +8,7 @@ import random
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
@@ -184,6 +185,51 @@ def test_repeated_queries_keep_their_id_and_see_zone_changes(
             s.sendto(q.pack(), target)
             assert [str(rr.rdata) for rr in DNSRecord.parse(s.recvfrom(4096)[0]).rr] == \
                 ["10.1.0.6"]
+    finally:
+        server.stop()
+
+
+def test_lazy_zones_build_a_network_when_asked_and_keep_the_unchanged_ones() -> None:
+    """``LazyZones``: every gateway is known at once, a network's zone is built on its first
+    lookup (as ``zones_from`` builds it), and zones built before are kept for the networks that
+    did not change; a changed one is built again, with its new names."""
+    front = network(gateway6="fd00:1::1", subnet6="fd00:1::/64")
+    back = network(name="back", subnet="10.2.0.0/24", gateway="10.2.0.1", cidr="10.2.0.0/16",
+                   names=(DesiredName("cache", (), "10.2.0.9"),))
+    lazy = dns.LazyZones([front, back])
+    assert set(lazy) == {"10.1.0.1", "fd00:1::1", "10.2.0.1"} and len(lazy) == 3
+    assert "10.2.0.1" in lazy and "10.9.0.1" not in lazy and lazy.built() == set()
+    assert lazy["10.1.0.1"] == dns.zones_from([front])["10.1.0.1"]
+    assert lazy.built() == {"10.1.0.1", "fd00:1::1"}  # its network's two gateways
+    assert lazy.get("10.9.0.1") is None
+    moved = replace(front, names=(DesiredName("db", (), "10.1.0.6"),))
+    again = dns.LazyZones([moved, back], previous=lazy)
+    assert again.built() == set()  # front changed; back was never asked for
+    assert lazy["10.2.0.1"].by_name == {"cache": "10.2.0.9"}
+    third = dns.LazyZones([moved, back], previous=lazy)
+    assert third.built() == {"10.2.0.1"} and third["10.2.0.1"] is lazy["10.2.0.1"]
+    assert third["10.1.0.1"].by_name == {"db": "10.1.0.6"}
+    other = dns.LazyZones([moved, back], ("192.0.2.53",), previous=third)
+    assert other.built() == set()  # other host upstreams: every zone differs
+    assert other["10.2.0.1"].upstreams == ("192.0.2.53",)
+
+
+def test_new_names_on_the_same_gateways_are_served_when_update_returns(
+        upstream: tuple[Upstream, int]) -> None:
+    """Zones on the gateways listened on already are swapped in by ``update`` itself (no
+    round through the loop): the first query after it sees them."""
+    _resolver, port = upstream
+    server = dns.DnsServer(port=0, upstream_port=port, timeout=0.3).start()
+    lan = network(subnet="127.0.0.0/8", gateway="127.0.0.1", cidr="127.0.0.0/8")
+    try:
+        zones = dns.LazyZones([lan])
+        server.update(zones, wait=True)
+        assert [str(rr.rdata) for rr in query(server, "db").rr] == ["10.1.0.5"]
+        for i in range(6, 26):
+            lan = replace(lan, names=(DesiredName("db", (), f"10.1.0.{i}"),))
+            zones = dns.LazyZones([lan], previous=zones)
+            server.update(zones)
+            assert [str(rr.rdata) for rr in query(server, "db").rr] == [f"10.1.0.{i}"]
     finally:
         server.stop()
 
