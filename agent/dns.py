@@ -7,7 +7,7 @@ underlay. ``IP_FREEBIND`` lets a socket be bound before the bridge holds its add
 What a query means is decided by where it came from: the gateway it arrived on picks the
 network's :class:`Zone`, and its source address must be inside that network (else REFUSED), so
 a container sees the names of its own network only. The agent hands the server a new set of
-zones after every Watch event that changes names (:meth:`DnsServer.update`): a
+zones after every Watch event that changes names (:meth:`DnsServer.serve_networks`): a
 :class:`LazyZones`, which knows the networks' gateways at once but builds a network's zone (its
 name tables, O(names)) only when a query first asks it, and keeps the zones built before of
 the networks that did not change. On an overlay every create anywhere reaches every member
@@ -604,6 +604,14 @@ class DnsServer:
         self.updating = asyncio.Lock()
         self.ready.set()
         self.loop.run_forever()
+
+    def serve_networks(self, networks: Iterable[DesiredNetwork],
+                       host_upstreams: tuple[str, ...] = ()) -> None:
+        """Serve ``networks``' names from now on: :meth:`update` with a :class:`LazyZones`
+        that keeps the zones built for the networks that did not change."""
+        with self.latest_lock:
+            previous = self.latest if isinstance(self.latest, LazyZones) else None
+        self.update(LazyZones(networks, host_upstreams, previous))
 
     def update(self, zones: Mapping[str, Zone], wait: bool = False) -> None:
         """Serve ``zones`` from now on; listen on new gateways, close gone ones. Updates may

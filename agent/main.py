@@ -315,7 +315,6 @@ class Agent:
         self.traffic_fresh = False  # read since the last report (each full pass reads it)
         dns_port = getattr(args, "dns_port", 0)  # 0: no resolver
         self.dns = dns.DnsServer(port=dns_port) if dns_port else None
-        self.zones: dns.LazyZones | None = None  # what self.dns serves
         self.host_upstreams = dns.read_resolv_conf()
         self.proxy = PortProxy()  # ports on [::1] (issue 20): started with the loop
 
@@ -485,9 +484,8 @@ class Agent:
                                 self.proxy.update(wanted_proxies(self.desired))
                         if changed & (Changed.HOST | Changed.NAMES) and self.dns is not None:
                             # (each network's zone built when first queried: dns.LazyZones)
-                            self.zones = dns.LazyZones(self.desired.networks.values(),
-                                                       self.host_upstreams, self.zones)
-                            self.dns.update(self.zones)
+                            self.dns.serve_networks(self.desired.networks.values(),
+                                                    self.host_upstreams)
                     self.dirty.set()  # a progress notice alone is reported, not reconciled
             except grpc.RpcError as e:
                 self.watching = False

@@ -61,7 +61,7 @@ def entry() -> NoReturn:
 def leave(status: int) -> NoReturn:
     """Flush standard output and error, then end the process without the interpreter's
     teardown (no client verb leaves a thread, a temporary file or an atexit handler behind).
-    A reader that went away (``sdnctl ps | head -1``) costs nothing, as in a usual exit."""
+    A reader that went away (``sdnctl ps | head -1``) is no error: the status stays."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

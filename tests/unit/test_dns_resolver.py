@@ -217,18 +217,17 @@ def test_lazy_zones_build_a_network_when_asked_and_keep_the_unchanged_ones() -> 
 def test_new_names_on_the_same_gateways_are_served_when_update_returns(
         upstream: tuple[Upstream, int]) -> None:
     """Zones on the gateways listened on already are swapped in by ``update`` itself (no
-    round through the loop): the first query after it sees them."""
+    round through the loop): the first query after ``serve_networks`` (the agent's call)
+    sees them."""
     _resolver, port = upstream
     server = dns.DnsServer(port=0, upstream_port=port, timeout=0.3).start()
     lan = network(subnet="127.0.0.0/8", gateway="127.0.0.1", cidr="127.0.0.0/8")
     try:
-        zones = dns.LazyZones([lan])
-        server.update(zones, wait=True)
+        server.update(dns.LazyZones([lan]), wait=True)  # (the first listens: waited for)
         assert [str(rr.rdata) for rr in query(server, "db").rr] == ["10.1.0.5"]
         for i in range(6, 26):
             lan = replace(lan, names=(DesiredName("db", (), f"10.1.0.{i}"),))
-            zones = dns.LazyZones([lan], previous=zones)
-            server.update(zones)
+            server.serve_networks([lan])
             assert [str(rr.rdata) for rr in query(server, "db").rr] == [f"10.1.0.{i}"]
     finally:
         server.stop()
