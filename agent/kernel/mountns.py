@@ -31,6 +31,7 @@ refresh (at most 30 s, at the next pass after it): its device is busy for that l
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import threading
@@ -108,6 +109,19 @@ def host_signature(mountinfo: str = "/proc/self/mountinfo") -> frozenset[str]:
     return frozenset(fields[0] for fields, pin in _table(mountinfo) if not pin)
 
 
+def _detach_pin(path: str) -> None:
+    """Detach a namespace pin from the copy being made; one gone already is success. Its owner
+    may remove it on the host between our reading of the table and this: unlinking a mount
+    point takes the mounts on it away in every namespace (ENOENT here), and a file made again
+    at that path is no mount point (EINVAL). Two test workers each removing their lab's
+    containers while the other's agent started one met it."""
+    try:
+        detach(path)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.EINVAL):
+            raise
+
+
 def _pins(mountinfo: str) -> list[str]:
     """Mount points of the namespace pins in a table, last mounted first."""
     return [fields[4] for fields, pin in reversed(_table(mountinfo)) if pin]
@@ -156,7 +170,7 @@ class Snapshot:
             for path in self.hide:
                 detach(path)
             for pin in _pins("/proc/thread-self/mountinfo"):
-                detach(pin)
+                _detach_pin(pin)
             return os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
 
         if self._watch[0] < 0:

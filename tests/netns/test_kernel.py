@@ -589,6 +589,28 @@ def _mounts_there(snapshot: mountns.Snapshot, paths: tuple[str, ...] = ()) -> li
 
 
 @needs_root
+def test_a_pin_removed_while_the_runtimes_copy_is_taken_is_no_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A namespace pin its owner removes between the copy's reading of the mount table and its
+    detaching of the pins (another agent's container going): the path is gone (ENOENT) or is a
+    plain file again (EINVAL); the copy is taken all the same, the other pins detached."""
+    pin, gone, plain = tmp_path / "pin", tmp_path / "gone", tmp_path / "plain"
+    pin.touch()
+    plain.touch()
+    run("mount", "--bind", "/proc/self/ns/net", str(pin))
+    pins = mountns._pins
+    monkeypatch.setattr(mountns, "_pins", lambda table: [str(gone), str(plain), *pins(table)])
+    snapshot = mountns.Snapshot()
+    try:
+        assert str(pin) in pins("/proc/self/mountinfo")  # (a pin as the copy sees one)
+        assert str(pin) not in _mounts_there(snapshot) and snapshot.taken == 1
+        assert _is_mount(str(pin))  # the host's stays
+    finally:
+        snapshot.close()
+        run("umount", str(pin))
+
+
+@needs_root
 def test_the_runtimes_mount_namespace_is_a_private_copy_without_pins(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The runtime's namespace (``mountns.Snapshot``): a hidden mount and the namespace pins are
