@@ -211,20 +211,29 @@ class Reconciler:
         if policy_error is not None:
             outcome.errors[""] = policy_error
         firewall_failed = policy_error is not None
-        for action in group_peers(actions):
-            key = getattr(getattr(action, "container", None), "name", "") or \
-                getattr(action, "name", "")
-            if firewall_failed and isinstance(action, p.SetupContainer) and action.network:
-                # Its anti-spoofing guard is not in place: never run a container unguarded.
-                outcome.errors[key] = "waiting for the firewall, which could not be applied"
-                continue
+        self.containers.hold_flushes()  # the conntrack entries of removed ones: once, at the end
+        try:
+            for action in group_peers(actions):
+                key = getattr(getattr(action, "container", None), "name", "") or \
+                    getattr(action, "name", "")
+                if firewall_failed and isinstance(action, p.SetupContainer) and action.network:
+                    # Its anti-spoofing guard is not in place: never run a container unguarded.
+                    outcome.errors[key] = "waiting for the firewall, which could not be applied"
+                    continue
+                try:
+                    self.apply(action)
+                except Exception as e:  # one failure must not stop the rest of the pass
+                    log.warning("%s failed: %s", type(action).__name__, e, exc_info=True)
+                    self._peers.clear()  # what it did is unknown: the next pass dumps again
+                    outcome.errors[key] = f"{e}" + (f": {e.__cause__}" if e.__cause__ else "")
+                    firewall_failed |= isinstance(action, p.SyncFirewall)
+        finally:
             try:
-                self.apply(action)
-            except Exception as e:  # one failure must not stop the rest of the pass
-                log.warning("%s failed: %s", type(action).__name__, e, exc_info=True)
-                self._peers.clear()  # what it did is unknown: the next pass dumps again
-                outcome.errors[key] = f"{e}" + (f": {e.__cause__}" if e.__cause__ else "")
-                firewall_failed |= isinstance(action, p.SyncFirewall)
+                self.containers.release_flushes()
+            except Exception as e:  # the containers are gone; their entries time out
+                log.warning("conntrack flush failed: %s", e, exc_info=True)
+                outcome.errors.setdefault("", f"conntrack: {e}"
+                                          + (f": {e.__cause__}" if e.__cause__ else ""))
         self._sync_shaping(desired, full, outcome)
         self._note_bridges(desired, outcome)
         if actions:

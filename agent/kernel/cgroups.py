@@ -7,19 +7,31 @@ directories we asked for once they are empty. Three layouts exist:
     hybrid  v1 controllers, plus cgroup2 at /sys/fs/cgroup/unified. crun refuses it unless that
             mount is hidden, which the runtime wrapper does in a private mount namespace
     v1      v1 controllers only
+
+Which layout, and which v1 hierarchies, is read from the filesystems' types (``statfs`` of
+``/sys/fs/cgroup`` and of the directories in it), not from the mount table: the table holds a
+pin for every namespace of every container, and a container's removal read it twice (about
+12 ms of CPU at 3,100 mounts; 1,000 removals in a 100-host lab's ``down``, issue 21).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 from dataclasses import dataclass
+
+from agent.kernel.netns import libc
 
 ROOT = "/sys/fs/cgroup"
 UNIFIED = "/sys/fs/cgroup/unified"
 V1_USAGE = {"memory": "memory.usage_in_bytes", "pids": "pids.current",
             "cpuacct": "cpuacct.usage"}
+CGROUP_SUPER_MAGIC = 0x27E0EB  # a v1 hierarchy (linux/magic.h)
+CGROUP2_SUPER_MAGIC = 0x63677270
+STATFS_SIZE = 120  # struct statfs on 64-bit Linux; f_type is its first field, a long
+libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
 
 
 @dataclass(frozen=True)
@@ -29,35 +41,37 @@ class Usage:
     cpu_usec: int = 0
 
 
-def _mounts() -> dict[str, str]:
-    """Mount point -> filesystem type, from /proc/self/mountinfo (last mount wins)."""
-    found: dict[str, str] = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            if len(fields) > 4 and right:
-                found[fields[4]] = right.split()[0]
-    return found
+def fs_type(path: str) -> int:
+    """The type of the filesystem mounted at (or holding) ``path``, its ``statfs`` f_type; 0
+    when ``path`` cannot be read."""
+    buf = ctypes.create_string_buffer(STATFS_SIZE)
+    if libc.statfs(path.encode(), buf) != 0:
+        return 0
+    return ctypes.c_long.from_buffer(buf).value
 
 
 def layout() -> str:
-    mounts = _mounts()
-    if mounts.get(ROOT) == "cgroup2":
+    if fs_type(ROOT) == CGROUP2_SUPER_MAGIC:
         return "v2"
-    if mounts.get(UNIFIED) == "cgroup2":
+    if fs_type(UNIFIED) == CGROUP2_SUPER_MAGIC:
         return "hybrid"
     return "v1"
 
 
 def hierarchies(kind: str | None = None) -> list[str]:
-    """Directories under which a cgroup path exists: the cgroup2 root, or each v1 hierarchy."""
+    """Directories under which a cgroup path exists: the cgroup2 root, or each v1 hierarchy
+    (a directory of ``/sys/fs/cgroup`` holding a v1 cgroup filesystem; the links beside them,
+    ``cpu`` -> ``cpu,cpuacct``, left out)."""
     kind = kind or layout()
     if kind == "v2":
         return [ROOT]
-    mounts = _mounts()
-    return sorted(m for m, fs in mounts.items()
-                  if fs == "cgroup" and os.path.dirname(m) == ROOT)
+    try:
+        names = os.listdir(ROOT)
+    except OSError:
+        return []
+    paths = (os.path.join(ROOT, name) for name in names)
+    return sorted(path for path in paths
+                  if not os.path.islink(path) and fs_type(path) == CGROUP_SUPER_MAGIC)
 
 
 def _read_int(path: str) -> int:

@@ -5,14 +5,15 @@ lives: after a container goes, a UDP client that keeps sending to a published po
 the dead address; after a container moves, its old address may be reused. Docker and the CNI
 portmap plugin therefore delete the entries of an address when it goes, and so do we.
 
-Entries are read with one ctnetlink dump (pyroute2's ``Conntrack``, no ``conntrack`` binary) and
-deleted one by one by their original tuple and zone. The flow samples, read by every agent at
-every full pass and flows interval, come from a dump of our own, parsed raw as ``rtnl`` parses
-routes: pyroute2's socket set-up and decoding were the largest part of an idle agent's CPU.
+Entries are read with one ctnetlink dump, parsed raw as ``rtnl`` parses routes (no
+``conntrack`` binary; pyroute2's socket set-up and decoding were the largest part of an idle
+agent's CPU), and deleted by their original tuple and zone, the deletions sent in batches.
 The kernel's own flush filters by mark only, so there is no server-side "delete where
-address = X". An entry that vanished between the dump and the delete is fine. An address is
-flushed in its own family (a dump per family: ctnetlink dumps one; issue 20 made the data path
-dual-stack); flows between networks and the flow samples are IPv4's.
+address = X". An entry that vanished between the dump and the delete is fine. Addresses are
+flushed in their own family (a dump per family: ctnetlink dumps one; issue 20 made the data
+path dual-stack), all the addresses of a family with one dump (``flush_addresses``: the pass
+that removes ten containers dumps once, see below for what a dump costs); flows between
+networks and the flow samples are IPv4's.
 
 Why ``FlowSampler`` follows events instead of dumping: a dump walks the kernel's whole
 conntrack hash, which every namespace shares (262,144 buckets here), bucket lock by bucket
@@ -33,12 +34,11 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
 
-from pyroute2 import Conntrack
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.kernel import rtnl, sysctl
@@ -47,9 +47,10 @@ from agent.kernel.errors import KernelError
 CT_GET = (1 << 8) | 1  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
 CT_NEW = (1 << 8) | 0  # an event of a new entry; also the type of a GET's answer
 CT_DELETE = (1 << 8) | 2  # an event of an entry's end
-CTA_TUPLE_ORIG, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_ZONE = 1, 9, 10, 18
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_ZONE = \
+    1, 2, 9, 10, 18
 CTA_TUPLE_IP, CTA_TUPLE_PROTO, CTA_PROTO_NUM = 1, 2, 1
-CTA_IP_V4_SRC, CTA_IP_V4_DST = 1, 2
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES = 1, 2
 #: Multicast groups of conntrack's events, as the bits of a netlink bind: NFNLGRP_CONNTRACK_NEW
 #: (1) and NFNLGRP_CONNTRACK_DESTROY (3); not UPDATE: a flow's counters are not news.
@@ -64,16 +65,28 @@ Sample = tuple[str, str, str, int, int]
 
 
 def flush_address(ip: str) -> int:
-    """Delete every entry in which ``ip`` (IPv4 or IPv6) appears as source or destination of
-    the original or the reply direction: flows it started, flows to it (also DNAT'd ones, where
-    it is the reply's source) and flows masqueraded to it. Returns how many were deleted."""
-    address = ipaddress.ip_address(ip)
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    """``flush_addresses`` of one address."""
+    return flush_addresses([ip])
 
-    def matches(entry: Any) -> bool:
-        return address in {ipaddress.ip_address(a) for a in _addresses(entry) if a}
 
-    return _flush(matches, f"address {address}", family)
+def flush_addresses(ips: Iterable[str]) -> int:
+    """Delete every entry in which one of ``ips`` (IPv4 or IPv6) appears as source or
+    destination of the original or the reply direction: flows it started, flows to it (also
+    DNAT'd ones, where it is the reply's source) and flows masqueraded to it. One dump per
+    family among ``ips``, however many they are. Returns how many entries were deleted."""
+    wanted: dict[int, set[bytes]] = {}
+    for ip in ips:
+        address = ipaddress.ip_address(ip)
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        wanted.setdefault(family, set()).add(address.packed)
+    return sum(_flush(family, _touching(packed), "addresses " + ", ".join(
+                   sorted(ipaddress.ip_address(a).compressed for a in packed)))
+               for family, packed in sorted(wanted.items()))
+
+
+def _touching(packed: set[bytes]) -> Callable[[tuple[bytes, ...]], bool]:
+    """Whether an entry's addresses (``_ends``) include one of ``packed``."""
+    return lambda ends: not packed.isdisjoint(ends)
 
 
 def flush_between(subnet_a: str, subnet_b: str) -> int:
@@ -83,42 +96,52 @@ def flush_between(subnet_a: str, subnet_b: str) -> int:
     a = ipaddress.IPv4Network(subnet_a, strict=False)
     b = ipaddress.IPv4Network(subnet_b, strict=False)
 
-    def matches(entry: Any) -> bool:
-        client = ipaddress.IPv4Address(entry.tuple_orig.saddr)
-        server = ipaddress.IPv4Address(entry.tuple_reply.saddr)
+    def matches(ends: tuple[bytes, ...]) -> bool:
+        if len(ends[0]) != 4 or len(ends[2]) != 4:
+            return False
+        client, server = ipaddress.IPv4Address(ends[0]), ipaddress.IPv4Address(ends[2])
         return (client in a and server in b) or (client in b and server in a)
 
-    return _flush(matches, f"flows between {a} and {b}")
+    return _flush(socket.AF_INET, matches, f"flows between {a} and {b}")
 
 
-def _addresses(entry: Any) -> set[str]:
-    o, r = entry.tuple_orig, entry.tuple_reply
-    return {o.saddr, o.daddr, r.saddr, r.daddr}
+def _ends(attrs: dict[int, memoryview], family: int) -> tuple[bytes, ...]:
+    """An entry's addresses, packed: source and destination of the original direction, then
+    of the reply direction (b"" for one missing)."""
+    src, dst = (CTA_IP_V6_SRC, CTA_IP_V6_DST) if family == socket.AF_INET6 else \
+        (CTA_IP_V4_SRC, CTA_IP_V4_DST)
+    found: list[bytes] = []
+    for direction in (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY):
+        ip = _nested(_nested(attrs, direction), CTA_TUPLE_IP)
+        found += [bytes(ip.get(src, b"")), bytes(ip.get(dst, b""))]
+    return tuple(found)
 
 
-def _flush(matches: Callable[[Any], bool], what: str, family: int = socket.AF_INET) -> int:
-    deleted = 0
+def _flush(family: int, matches: Callable[[tuple[bytes, ...]], bool], what: str) -> int:
+    """One dump of ``family``'s entries, then a delete of each that ``matches`` (by the
+    addresses ``_ends`` gives), by its original tuple and zone, in batches."""
     try:
-        with Conntrack(nfgen_family=family) as ct:
-            for entry in [e for e in ct.dump_entries() if matches(e)]:
-                if _delete(ct, entry):
-                    deleted += 1
+        with rtnl.Reader.netfilter() as reader:
+            doomed = []
+            for payload in list(reader.dump(CT_GET, rtnl.NFGENMSG.pack(family, 0, 0))):
+                attrs = rtnl.attributes(payload, rtnl.NFGENMSG.size)
+                if CTA_TUPLE_ORIG in attrs and matches(_ends(attrs, family)):
+                    doomed.append(rtnl.Request(CT_DELETE, 0, _by_tuple(family, attrs)))
+            codes = reader.send_all(doomed)
     except (NetlinkError, OSError) as e:
         raise KernelError(f"could not flush conntrack entries of {what}") from e
-    return deleted
+    failed = [code for code in codes if code not in (0, errno.ENOENT)]  # ENOENT: gone since
+    if failed:
+        raise KernelError(f"could not flush conntrack entries of {what}: "
+                          f"{len(failed)} deletion(s) failed ({os.strerror(failed[0])})")
+    return codes.count(0)
 
 
-def _delete(ct: Conntrack, entry: Any) -> bool:
-    request: dict[str, Any] = {"tuple_orig": entry.tuple_orig}
-    if entry.zone:
-        request["zone"] = entry.zone
-    try:
-        ct.entry("del", **request)
-    except NetlinkError as e:
-        if e.code == errno.ENOENT:  # gone meanwhile
-            return False
-        raise
-    return True
+def _by_tuple(family: int, attrs: dict[int, memoryview]) -> bytes:
+    """The body of a request naming one entry: its original tuple, and its zone if any."""
+    return (rtnl.NFGENMSG.pack(family, 0, 0)
+            + rtnl.attribute(CTA_TUPLE_ORIG | rtnl.NLA_F_NESTED, bytes(attrs[CTA_TUPLE_ORIG]))
+            + (rtnl.attribute(CTA_ZONE, bytes(attrs[CTA_ZONE])) if CTA_ZONE in attrs else b""))
 
 
 #: Protocol numbers as the flows report them.
@@ -199,9 +222,7 @@ class FlowSampler:
         if kind == CT_DELETE:
             self._known.pop(key, None)
         elif kind == CT_NEW and _flow_of(attrs, self._networks) is not None:
-            self._known[key] = (rtnl.NFGENMSG.pack(socket.AF_INET, 0, 0)
-                                + rtnl.attribute(CTA_TUPLE_ORIG | rtnl.NLA_F_NESTED, origin)
-                                + (rtnl.attribute(CTA_ZONE, zone) if zone else b""))
+            self._known[key] = _by_tuple(socket.AF_INET, attrs)
 
     def _drain(self) -> bool:
         """Follow the events queued since the last call; True when what it knows cannot be

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from agent.kernel.errors import KernelError
@@ -258,6 +258,16 @@ class FakeCgroups:
 
     def remove(self, path: str, keep_parents_of: str = "/") -> None:
         self.removed.append(path)
+
+
+@dataclass
+class FakeConntrack:
+    """Each call's addresses, in order (no table: how many it deleted is always 0)."""
+    flushed: list[list[str]] = field(default_factory=list)
+
+    def flush_addresses(self, ips: Iterable[str]) -> int:
+        self.flushed.append(list(ips))
+        return 0
 
 
 @dataclass

@@ -7,9 +7,10 @@ entries; both over rtnetlink on ``kernel/linkbase.py``) and ``Firewall``
 ``kernel/fakes.py`` implements them in memory for unit tests, which then need neither root nor
 a ``None`` where a kernel object belongs. mypy checks both sides against these.
 
-The container side (agent.containers) goes through three more: ``SandboxOps`` (pinned
+The container side (agent.containers) goes through four more: ``SandboxOps`` (pinned
 namespaces; ``kernel/netns.py``), ``ProcessOps`` (container processes: alive, stopped, reaped;
-``kernel/procs.py``) and ``CgroupOps`` (``kernel/cgroups.py``); the reconciler's sysctls go
+``kernel/procs.py``), ``CgroupOps`` (``kernel/cgroups.py``) and ``ConntrackOps`` (the
+entries of addresses that went, ``kernel/conntrack.py``); the reconciler's sysctls go
 through ``SysctlOps`` (``kernel/sysctl.py``: a unit test's reconciler must not write the
 namespace its test runs in). Their real side is the module itself (a module satisfies a
 Protocol of functions), their fakes are in ``kernel/fakes.py``.
@@ -18,7 +19,7 @@ Pidfiles and the agent's other small files are plain file I/O, not a seam.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from agent.kernel.procs import ProcInfo
@@ -115,6 +116,10 @@ class ProcessOps(Protocol):
 
 class CgroupOps(Protocol):
     def remove(self, path: str, keep_parents_of: str = "/") -> None: ...
+
+
+class ConntrackOps(Protocol):
+    def flush_addresses(self, ips: Iterable[str]) -> int: ...
 
 
 class SysctlOps(Protocol):

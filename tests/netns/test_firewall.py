@@ -558,6 +558,19 @@ def test_flush_address_deletes_exactly_its_entries(fwlab: FwLab) -> None:
     assert not [e for e in after if f1 in addresses(e)], after
     assert {repr(e.tuple_orig) for e in others} <= {repr(e.tuple_orig) for e in after}
     assert run_in_netns(fwlab.host, lambda: conntrack.flush_address(f1)) == 0
+    # Several addresses, both families, in one call (one dump per family): the masqueraded
+    # flow of f2 goes, f1 has none left, the IPv6 address none at all; the rest stays.
+    f2 = CONTAINERS["f2"][1]
+    assert fwlab.can_ping("f2", UPLINK_O)
+    before = ct_entries(fwlab.host)
+    his = [e for e in before if f2 in addresses(e)]
+    rest = [e for e in before if f2 not in addresses(e)]
+    assert his, before
+    assert run_in_netns(fwlab.host, lambda: conntrack.flush_addresses(
+        [f1, f2, "fd00:81::2"])) == len(his)
+    after = ct_entries(fwlab.host)
+    assert not [e for e in after if f2 in addresses(e)], after
+    assert {repr(e.tuple_orig) for e in rest} <= {repr(e.tuple_orig) for e in after}
 
 
 def test_flow_samples_read_raw_agree_with_pyroute2(fwlab: FwLab) -> None:

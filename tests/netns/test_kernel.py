@@ -33,7 +33,7 @@ from helpers.namespaces import UPLINK_H, UPLINK_O, build_uplink, in_ns, run, wai
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent import ocispec
-from agent.kernel import firewall, mountns, procfs, procs, rtnl, sysctl
+from agent.kernel import cgroups, firewall, mountns, procfs, procs, rtnl, sysctl
 from agent.kernel.firewall import Firewall, MasqueradeRule
 from agent.kernel.links import (
     DeletionWatch,
@@ -90,6 +90,23 @@ def test_names_are_short_prefixed_hashes() -> None:
     assert re.fullmatch(r"sdnv[0-9a-f]{8}", veth_name("web", "eth0"))
     assert veth_name("web", "eth0") != veth_name("web", "eth1")
     assert len(bridge_name("x" * 300).encode()) <= 15
+
+
+def test_the_cgroup_layout_read_from_filesystem_types_is_the_mount_tables() -> None:
+    """``cgroups.layout``/``hierarchies`` ask ``statfs``; the mount table (what they read
+    before, twice per container removal) must say the same on this machine."""
+    mounts: dict[str, str] = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            mounts[left.split()[4]] = right.split()[0]
+    root, unified = cgroups.ROOT, cgroups.UNIFIED
+    expected = "v2" if mounts.get(root) == "cgroup2" else \
+        "hybrid" if mounts.get(unified) == "cgroup2" else "v1"
+    assert cgroups.layout() == expected
+    v1 = sorted(m for m, fs in mounts.items() if fs == "cgroup" and os.path.dirname(m) == root)
+    assert cgroups.hierarchies() == ([root] if expected == "v2" else v1)
+    assert cgroups.fs_type("/nonexistent/sdnctl") == 0
 
 
 def test_render_is_one_transaction_with_comments() -> None:

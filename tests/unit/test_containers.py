@@ -7,18 +7,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_plan import FRONT, WEB, desired
+from test_plan import DB, FRONT, WEB, desired
 
 from agent import plan as p
 from agent.containers import Containers
 from agent.kernel.fakes import (
     FakeCgroups,
+    FakeConntrack,
+    FakeFirewall,
     FakeLinks,
     FakeProcesses,
     FakeRuntime,
     FakeSandboxes,
+    FakeSysctls,
 )
 from agent.names import veth_name
+from agent.reconcile import Reconciler
 from sdnctl.api.model import STATE_ERROR, STATE_EXITED, STATE_RUNNING
 
 
@@ -27,12 +31,13 @@ class BrokenRuntime(FakeRuntime):
         raise RuntimeError("crun: no such file")
 
 
-def make(tmp_path: Path, runtime: FakeRuntime | None = None) -> Containers:
+def make(tmp_path: Path, runtime: FakeRuntime | None = None,
+         conntrack: FakeConntrack | None = None) -> Containers:
     runtime = runtime or FakeRuntime()
     return Containers(str(tmp_path), FakeLinks(), host_netns="/proc/1/ns/net", runtime=runtime,
                       cgroup_parent="/sdnctl-test", userns_supported=False,
                       sandboxes=FakeSandboxes(), processes=FakeProcesses(runtime),
-                      cgroups=FakeCgroups())
+                      cgroups=FakeCgroups(), conntrack=conntrack or FakeConntrack())
 
 
 SETUP = p.SetupContainer(WEB, FRONT, netns=True, attach=True, start=True, stop_first=False)
@@ -88,3 +93,26 @@ def test_a_start_that_fails_half_way_leaves_nothing(tmp_path: Path) -> None:
     assert "/sdnctl-test/web" in containers.cgroups.removed  # type: ignore[attr-defined]
     [status] = containers.statuses(desired(WEB), p.Observed(), {"web": "crun: no such file"})
     assert (status.state, status.message) == (STATE_ERROR, "crun: no such file")
+
+
+def test_a_pass_forgets_the_conntrack_entries_of_all_its_removals_at_once(
+        tmp_path: Path) -> None:
+    """A flush dumps the kernel's whole conntrack table: the pass that removes two containers
+    flushes their addresses together, once, after the removals; a removal outside a pass
+    flushes its own at once."""
+    links = FakeLinks()
+    r = Reconciler(str(tmp_path), links=links, fw=FakeFirewall(), sysctls=FakeSysctls())
+    flushes = FakeConntrack()
+    r.containers = make(tmp_path, conntrack=flushes)
+    r.containers.links = links
+    assert r.reconcile(desired(WEB, DB)).errors == {}
+    assert flushes.flushed == []
+    outcome = r.reconcile(desired())
+    assert outcome.errors == {}
+    assert sorted(a.name for a in outcome.actions if isinstance(a, p.RemoveContainer)) == [
+        "db", "web"]
+    assert [sorted(f) for f in flushes.flushed] == [sorted([DB.ip, WEB.ip])]
+
+    r.containers.setup(SETUP)  # and alone, outside a pass
+    r.containers.remove("web", stop=True, addresses=(WEB.address_cidr,))
+    assert flushes.flushed[-1] == [WEB.ip]
