@@ -106,6 +106,7 @@ import functools
 import hashlib
 import ipaddress
 import re
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -549,20 +550,24 @@ def _vxlan_rules(spec: FirewallSpec) -> list[_Rule]:
     return rules
 
 
-def _vxlan_elements(spec: FirewallSpec) -> dict[str, tuple[str, ...]]:
-    """Each VXLAN set's elements (see ``VXLAN_SETS``), sorted by address, port and VNI."""
+@functools.lru_cache(maxsize=8)
+def _vxlan_elements(filters: tuple[VxlanFilter, ...]) -> Mapping[str, tuple[str, ...]]:
+    """Each VXLAN set's elements (see ``VXLAN_SETS``), sorted by address, port and VNI.
+    Remembered, as the guards' elements are: the pass a peer change triggers renders the
+    whole ruleset to compare its fingerprint, and only the members changed."""
     wanted: dict[str, set[tuple[int, str, int, int]]] = {
         name: set() for names in VXLAN_SETS.values() for name in names}
-    for f in spec.vxlan:
+    for f in filters:
         port, vni = _port(f.port), _vni(f.vni)
         for member in f.members:
             number, text, version = _member(member)
             by_vni, hosts = VXLAN_SETS["ip6" if version == 6 else "ip"]
             wanted[by_vni].add((number, text, port, vni))
             wanted[hosts].add((number, text, port, -1))
-    return {name: tuple(f"{text} . {port}" + (f" . {vni}" if vni >= 0 else "")
-                        for _, text, port, vni in sorted(elements))
-            for name, elements in wanted.items()}
+    return types.MappingProxyType({
+        name: tuple(f"{text} . {port}" + (f" . {vni}" if vni >= 0 else "")
+                    for _, text, port, vni in sorted(elements))
+        for name, elements in wanted.items()})
 
 
 def _missing(elements: Sequence[str], other: Sequence[str]) -> tuple[str, ...]:
@@ -577,17 +582,19 @@ def _element_lines(verb: str, elements: Mapping[str, Sequence[str]]) -> list[str
             for name, items in elements.items() if items]
 
 
-def _guard_elements(spec: FirewallSpec) -> dict[str, tuple[str, ...]]:
+@functools.lru_cache(maxsize=8)
+def _guard_elements(guards: tuple[PortGuard, ...]) -> Mapping[str, tuple[str, ...]]:
     """The fast path's sets (``GUARD_SETS``): each guarded port's (port . MAC . address), its
     IPv4 address in ``ports4``, its IPv6 and link-local ones in ``ports6``; sorted."""
     four: set[str] = set()
     six: set[str] = set()
-    for g in spec.guards:
+    for g in guards:
         port = f"{_ifname(g.veth)} . {_mac(g.mac)}"
         if g.ip:
             four.add(f"{port} . {_ipv4(g.ip)}")
         six.update(f"{port} . {a}" for a in _own6(g))
-    return {GUARD_SETS["ip"]: tuple(sorted(four)), GUARD_SETS["ip6"]: tuple(sorted(six))}
+    return types.MappingProxyType({GUARD_SETS["ip"]: tuple(sorted(four)),
+                                   GUARD_SETS["ip6"]: tuple(sorted(six))})
 
 
 def _own6(g: PortGuard) -> list[str]:
@@ -725,7 +732,8 @@ def _rendered(spec: FirewallSpec) -> _Rendered:
     for known, done in list(_RENDERED):  # (a copy: other threads render too)
         if known is spec:
             return done
-    rules, elements = _rules(spec), {**_vxlan_elements(spec), **_guard_elements(spec)}
+    rules = _rules(spec)
+    elements = {**_vxlan_elements(spec.vxlan), **_guard_elements(spec.guards)}
     body = _render_body(rules, elements)
     done = _Rendered(rules, elements, body, _sha(body))
     _RENDERED.append((spec, done))
