@@ -116,4 +116,7 @@ def test_a_del_the_controller_refused_hands_the_attachment_back_to_the_passes(
     assert len(errors) == 1 and "unreachable" in str(errors[0])
     # The runtime tries the DEL again; meanwhile a pass builds the veth back, as before.
     assert svc.leaving(0) == set()
+    # (A refused DEL answers without waiting for the veth's removal, which goes on in the
+    # service's thread: wait for it before looking.)
+    svc._veths_gone(everything=True)
     assert removed == [veth_name(NAME, "eth0")]
