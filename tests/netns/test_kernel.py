@@ -606,6 +606,26 @@ def _mounts_there(snapshot: mountns.Snapshot, paths: tuple[str, ...] = ()) -> li
 
 
 @needs_root
+def test_the_first_refresh_takes_the_runtimes_copy(tmp_path: Path) -> None:
+    """An agent's first pass takes the copy (``Snapshot.refresh``), while the host's table
+    holds few pins, not its first container start; pins mounted afterwards never reach it."""
+    snapshot = mountns.Snapshot()
+    pin = tmp_path / "pin"
+    pin.touch()
+    try:
+        assert snapshot.taken == 0
+        assert not snapshot.refresh() and snapshot.taken == 1  # taken, nothing to drop
+        run("mount", "--bind", "/proc/self/ns/net", str(pin))
+        try:
+            assert _is_mount(str(pin))
+            assert str(pin) not in _mounts_there(snapshot) and snapshot.taken == 1
+        finally:
+            run("umount", str(pin))
+    finally:
+        snapshot.close()
+
+
+@needs_root
 def test_a_pin_removed_while_the_runtimes_copy_is_taken_is_no_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A namespace pin its owner removes between the copy's reading of the mount table and its
