@@ -32,6 +32,7 @@ refresh (at most 30 s, at the next pass after it): its device is busy for that l
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -204,7 +205,8 @@ class Snapshot:
         now = time.monotonic() if now is None else now
         with self._lock:
             if not self.taken:
-                self._take()
+                with contextlib.suppress(OSError):  # the first call takes it, or says why not
+                    self._take()
                 return False
             if self._held[0] < 0 or now < self._next:
                 return False
