@@ -9,6 +9,7 @@ file system, the process table and the controller's log.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -26,6 +27,7 @@ from sdnctl.controller.store.memory import MemoryStore
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 60.0  # a generous safety timeout: the machine is shared and may be busy
+SYS_TGKILL = 234  # x86_64: a signal to one thread of a process
 
 
 class Controller:
@@ -153,6 +155,25 @@ def test_a_socket_that_is_not_the_controllers_any_more_is_left_alone(
         foreign = inode(sock)
         assert controller.stop() == 0
         assert sock.exists() and inode(sock) == foreign
+    assert "stopped" in controller.text()
+
+
+def test_a_sigterm_the_kernel_gives_to_another_thread_stops_the_controller(
+        tmp_path: Path, controllers: list[Controller]) -> None:
+    """The kernel hands a process's signal to any of its threads; Python runs the handler in
+    the main thread only, which must wake for it (it slept for ever when gRPC's thread got it:
+    a test's controller did not stop in 60 s). Here the SIGTERM goes to a thread that is not
+    the main one, on purpose (tgkill)."""
+    sock = tmp_path / "c.sock"
+    controller = Controller(tmp_path, "c", sock)
+    controllers.append(controller)
+    controller.wait_serving()
+    pid = controller.proc.pid
+    others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    assert others, "the controller has threads besides its main one"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(SYS_TGKILL, pid, others[0], signal.SIGTERM) == 0, ctypes.get_errno()
+    assert controller.proc.wait(WAIT) == 0
     assert "stopped" in controller.text()
 
 
