@@ -66,7 +66,7 @@ from agent.plan import RESTART_DELAY
 from agent.portproxy import PortProxy, wanted_proxies
 from agent.reconcile import Outcome, Reconciler
 from agent.runtime import RUNTIMES, OciRuntime
-from sdnctl.api import convert
+from sdnctl.api import convert, signals
 from sdnctl.api.client import open_channel
 from sdnctl.api.metrics import DEFAULT_ADDRESS, MetricsServer, serve_metrics
 from sdnctl.api.model import STATE_EXITED, ContainerStatus
@@ -950,6 +950,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--metrics {args.metrics}: {e.strerror or e}")
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
+    # The pass loop wakes at least every --flows-interval; a SIGTERM one of gRPC's threads
+    # took waited that long for it. A thread of ours reads the signals' pipe instead.
+    wake = signals.wakeup_pipe()
+
+    def stop_on_signal() -> None:
+        signals.wait_for_stop(wake, threading.Event())
+        agent.stop()
+
+    threading.Thread(target=stop_on_signal, name="signals", daemon=True).start()
     log.info("starting (controller %s, run dir %s, underlay %s on %s, MTU %d, VTEP MAC %s)",
              args.controller, args.run_dir, agent.local.underlay_ip, agent.local.underlay_dev,
              agent.local.underlay_mtu, agent.local.vtep_mac)

@@ -47,7 +47,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sdnctl.api import faults, paths
+from sdnctl.api import faults, paths, signals
 from sdnctl.api.metrics import DEFAULT_ADDRESS, MetricsServer, serve_metrics
 from sdnctl.api.model import DEFAULT_BRIDGE_SUBNET, Invalid
 from sdnctl.api.pki import RevocationList
@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    wake = _signal_pipe()
+    wake = signals.wakeup_pipe()  # (a signal another thread took wakes the main one)
     try:
         running = create_server(listen, store, max_workers=args.workers,
                                 default_bridge=args.default_bridge or None,
@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         revocations = running.revocations
         signal.signal(signal.SIGHUP, lambda *_: revocations.reload())
 
-    _wait_for_stop(wake, done)
+    signals.wait_for_stop(wake, done)
     log.info("stopping")
     running.stop()  # no handler runs past this: the store and the audit log may close
     faults.point("stop")
@@ -560,27 +560,6 @@ def main(argv: list[str] | None = None) -> int:
         paths.release_lock(path, fd)
     log.info("stopped")
     return 0
-
-
-def _signal_pipe() -> int:
-    """The read end of a pipe into which the interpreter writes the number of every signal
-    the process receives (``signal.set_wakeup_fd``), whichever thread the kernel hands it to.
-    Python runs a handler in the main thread only, and a main thread asleep in a lock
-    (``Event.wait``) is not woken by a signal given to one of gRPC's threads: a SIGTERM could
-    then wait for ever (a test's controller did, 60 s, in CI)."""
-    read, write = os.pipe2(os.O_CLOEXEC)
-    os.set_blocking(write, False)
-    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-    return read
-
-
-def _wait_for_stop(wake: int, done: threading.Event) -> None:
-    """Until SIGTERM or SIGINT: read from ``_signal_pipe``'s pipe (each byte a signal's
-    number); the handlers run in this thread as well, SIGHUP's among them."""
-    stop = {int(signal.SIGTERM), int(signal.SIGINT)}
-    while not done.is_set():
-        if stop & set(os.read(wake, 64)):
-            done.set()
 
 
 def take_locks(listen: list[str], pidfile: str) -> list[tuple[str, int]] | str:
