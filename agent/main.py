@@ -955,7 +955,7 @@ def main(argv: list[str] | None = None) -> int:
     wake = signals.wakeup_pipe()
 
     def stop_on_signal() -> None:
-        signals.wait_for_stop(wake, threading.Event())
+        signals.wait_for_stop(wake)
         agent.stop()
 
     threading.Thread(target=stop_on_signal, name="signals", daemon=True).start()

@@ -30,7 +30,9 @@ V1_USAGE = {"memory": "memory.usage_in_bytes", "pids": "pids.current",
             "cpuacct": "cpuacct.usage"}
 CGROUP_SUPER_MAGIC = 0x27E0EB  # a v1 hierarchy (linux/magic.h)
 CGROUP2_SUPER_MAGIC = 0x63677270
-STATFS_SIZE = 120  # struct statfs on 64-bit Linux; f_type is its first field, a long
+#: Room for ``struct statfs`` (120 bytes on x86_64 and aarch64, 64-84 on 32-bit ABIs, under 128
+#: everywhere), with a margin; f_type, its first field, is a long.
+STATFS_SIZE = 256
 libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
 
 

@@ -28,9 +28,11 @@ def wakeup_pipe() -> int:
     return read
 
 
-def wait_for_stop(read: int, done: threading.Event) -> None:
-    """Until ``done`` is set or SIGTERM or SIGINT is read from ``wakeup_pipe``'s pipe (then
-    ``done`` is set)."""
+def wait_for_stop(read: int, done: threading.Event | None = None) -> None:
+    """Until ``done`` (when given) is set or SIGTERM or SIGINT is read from ``wakeup_pipe``'s
+    pipe (then ``done`` is set)."""
+    if done is None:
+        done = threading.Event()
     while not done.is_set():
         if STOP & set(os.read(read, 64)):
             done.set()

@@ -8,6 +8,7 @@ down and checks nothing is left. MTU variants build their own small topologies.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import secrets
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 from helpers.capture import CONTROL_PAYLOAD, Control, capture
 from helpers.cli import Cli, kernel_state, lab_cli, nft_ruleset, nsexec
-from helpers.hoststate import api
+from helpers.hoststate import api, pid_alive, wait_for
 
 from agent.names import vxlan_name
 from sdnctl.lab import lab
@@ -31,6 +32,8 @@ pytestmark = pytest.mark.netns
 
 SERVER = str(Path(__file__).parent / "helpers" / "peer_server.py")
 PY = sys.executable
+SYS_TGKILL = 234  # x86_64: a signal to one thread of a process
+SYS_FUTEX = 202  # x86_64
 
 HOSTS = ("h1", "h2", "h3")
 PAIRS = {"h1": ("a1", "a2"), "h2": ("b1", "b2"), "h3": ("c1", "c2"), "h4": ("d1",)}
@@ -249,6 +252,50 @@ def test_sigkilled_agent_keeps_the_data_path_and_adopts_it(ov: Overlay) -> None:
     after = {ns: (kernel_state(ns), peers_on(ns, vxlan_name("ov")), nft_ruleset(ns))
              for ns in namespaces}
     assert after == before
+
+
+def sigterm_unblocked(pid: int, tid: int) -> bool:
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        blocked = next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk:"))
+    return not blocked & 1 << (signal.SIGTERM - 1)
+
+
+def asleep_in_futex(pid: int) -> bool:
+    """The process's main thread sleeps in a futex wait (a Python ``Event.wait``)."""
+    with open(f"/proc/{pid}/task/{pid}/stat") as f:
+        state = f.read().rsplit(")", 1)[1].split()[0]
+    with open(f"/proc/{pid}/task/{pid}/syscall") as f:
+        call = f.read().split()[0]
+    return state == "S" and call == str(SYS_FUTEX)
+
+
+def test_a_sigterm_another_thread_takes_stops_the_agent(ov: Overlay, tmp_path: Path) -> None:
+    """The kernel hands a process's signal to any thread that does not block it, and Python
+    runs the handler in the main thread only. An agent whose controller does not answer sleeps
+    in its pass loop until the next resync: a SIGTERM taken by another thread waited that long
+    (600 s here; with a controller, until its next keepalive). Here it goes to another thread
+    on purpose (tgkill), once the main thread sleeps."""
+    h3 = ov.cli.host("h3")
+    log = tmp_path / "agent.log"
+    pid = lab.spawn_in_netns(h3["netns"], [
+        PY, "-m", "agent.main", "--host", "h3", "--controller", f"unix:{tmp_path / 'none'}",
+        "--underlay-ip", h3["underlay_ip"], "--underlay-dev", "eth0", "--netns", h3["netns"],
+        "--run-dir", str(tmp_path / "run"), "--store-dir", str(tmp_path / "store"),
+        "--cni-socket", "", "--metrics", "", "--dns-port", "0",
+        "--resync", "600", "--flows-interval", "0"], str(log))
+    try:
+        wait_for(lambda: "starting (" in log.read_text(), 60, "the agent to start")
+        wait_for(lambda: asleep_in_futex(pid), 30, "the agent's main thread to sleep")
+        others = [tid for tid in map(int, os.listdir(f"/proc/{pid}/task"))
+                  if tid != pid and sigterm_unblocked(pid, tid)]
+        assert others, "the agent has threads besides its main one that take a SIGTERM"
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(SYS_TGKILL, pid, others[0], signal.SIGTERM) == 0, \
+            ctypes.get_errno()
+        wait_for(lambda: not pid_alive(pid), 30, "the agent to stop")
+        assert "stopped; containers keep running" in log.read_text()
+    finally:
+        lab.stop_process(pid)
 
 
 def test_forged_vxlan_is_not_delivered(ov: Overlay) -> None:
