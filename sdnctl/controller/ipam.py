@@ -49,6 +49,7 @@ import itertools
 import json
 import os
 import random
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -888,10 +889,12 @@ def list_leases(
 def list_allocations(store: Store, network: Network | str) -> list[Allocation]:
     """The addresses handed out on ``network``, in address order."""
     entries, _ = store.range(owners_prefix(_name(network)))
-    allocations = [from_json(Allocation, kv.value) for kv in entries]
-    # IPv4 ones first, then an IPv6-only network's by their IPv6 address
-    return sorted(allocations, key=lambda a: (not a.address,
-                                              int(IPAddress(a.address or a.address6))))
+    allocations = [from_json_frozen(Allocation, kv.value) for kv in entries]
+    # IPv4 ones first, then an IPv6-only network's by their IPv6 address (packed addresses of
+    # one family sort as their numbers do; netaddr took 4 ms for 1,000)
+    return sorted(allocations, key=lambda a: (
+        not a.address, socket.inet_pton(socket.AF_INET, a.address) if a.address
+        else socket.inet_pton(socket.AF_INET6, a.address6)))
 
 
 __all__ = [

@@ -333,21 +333,59 @@ def test_streams_share_an_overlay_view_as_new_as_their_changes(tmp_path: Path) -
         state.create_network(Network("ov", subnet="10.3.0.0/16", driver="overlay"))
         state.create_container(Container("o-a", "a", network="ov"))
         state.create_container(Container("o-b", "b", network="ov"))
+        counting = CountingReads(store)
+        state.store = counting  # type: ignore[assignment]
         change = store.revision()
         first = state.host_network("ov", "a", change)
         assert first is not None and [p.host for p in first.peers] == ["b"]
+        built = counting.reads
+        assert built > 0
         state.report_status("b", [ContainerStatus("o-b", "running")], change)  # moves on
         assert store.revision() > change
+        reads = counting.reads
         again = state.host_network("ov", "b", change)
-        assert again is not None and again.names is first.names  # the same read
+        assert again is not None and counting.reads == reads  # the same read, shared
         networks = state.lease_networks("a", change)
         assert networks == ["ov"] and state.lease_networks("a", change) is networks
-        assert state.host_network("ov", "b").names is not first.names  # the store's revision
+        reads = counting.reads
+        state.host_network("ov", "b")
+        assert counting.reads > reads  # read again, at the store's revision
         # A later change (c joins) is never answered with the view from before it.
         state.create_container(Container("o-c", "c", network="ov"))
         joined = state.host_network("ov", "a", store.revision())
         assert joined is not None and [p.host for p in joined.peers] == ["b", "c"]
+        assert [n.container for n in joined.names] == ["o-a", "o-b", "o-c"]
         assert state.lease_networks("c", store.revision()) == ["ov"]
+    finally:
+        store.close()
+
+
+def test_a_view_read_again_keeps_its_name_table_while_no_name_changed(tmp_path: Path) -> None:
+    """A view is read again at every revision that touches its network; records whose bytes
+    did not change are not decoded again, and the name table made of them is kept (a host
+    joining a 100 x 10 overlay decoded 2,000 records, ~90 ms while every stream waited). A
+    container added, or one whose aliases changed, makes a new table."""
+    store = SqliteStore(tmp_path / "db")
+    try:
+        state = State(store)
+        overlay_of(state, "ab")
+        first = state.host_network("ov", "a", store.revision())
+        assert first is not None
+        state.register_host(Host("b", underlay_ip="192.0.2.99", vtep_mac="02:00:00:00:00:99"))
+        moved = state.host_network("ov", "a", store.revision())
+        assert moved is not None and [p.underlay_ip for p in moved.peers] == ["192.0.2.99"]
+        assert moved.names is first.names  # only a peer moved
+        state.create_container(Container("o-x", "b", network="ov", aliases=("x",)))
+        added = state.host_network("ov", "a", store.revision())
+        assert added is not None and added.names is not first.names
+        assert [(n.container, n.aliases) for n in added.names] == \
+            [("o-a", ()), ("o-b", ()), ("o-x", ("x",))]
+        state.delete_container("o-x")
+        state.create_container(Container("o-x", "b", network="ov", aliases=("y",)))
+        renamed = state.host_network("ov", "a", store.revision())
+        assert renamed is not None
+        assert [(n.container, n.aliases) for n in renamed.names] == \
+            [("o-a", ()), ("o-b", ()), ("o-x", ("y",))]
     finally:
         store.close()
 
