@@ -49,6 +49,7 @@ RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_IFALIAS = 1, 3, 4, 5, 10, 20
 IFLA_LINKINFO, IFLA_EXT_MASK, IFLA_INFO_KIND = 18, 29, 1
 IFLA_NET_NS_FD, IFLA_INFO_DATA, VETH_INFO_PEER = 28, 2, 1
+IFLA_GROUP = 27
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING = 1, 3, 4, 7
 IFLA_VXLAN_PORT, IFLA_VXLAN_LOCAL6 = 15, 17  # the port in network byte order
 IFF_UP = 0x1
@@ -286,6 +287,13 @@ def link_delete(name: str) -> Request:
     """``ip link del NAME`` (a veth's peer goes with it; ENODEV when there is none)."""
     return Request(RTM_DELLINK, 0, IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) +
                    attribute(IFLA_IFNAME, name.encode() + b"\0"))
+
+
+def group_delete(group: int) -> Request:
+    """``ip link del group GROUP``: every link of the group at once, one wait for the kernel's
+    grace period instead of one per link (ENODEV when the group is empty)."""
+    return Request(RTM_DELLINK, 0, IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) +
+                   attribute(IFLA_GROUP, U32.pack(group)))
 
 
 def address_add(index: int, cidr: str) -> Request:

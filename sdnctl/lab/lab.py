@@ -48,7 +48,10 @@ Every veth pair is created in place, from the underlay's netlink socket with the
 far namespace (``IFLA_NET_NS_FD``): moving a device between namespaces is slow, and a half-moved
 device is a leak in the wrong namespace. The underlay end of a host's veth is named from a short
 hash of the host name and carries the host name as its ifalias, so that a hash collision is an
-error rather than one host silently adopting another's link.
+error rather than one host silently adopting another's link. It is also in the device group
+``UPLINK_GROUP``, so that teardown deletes all of them in one request: the kernel waits out an
+RCU grace period for each deletion request (44 ms here), and 100 hosts' links deleted one by
+one took 4.4 s of a teardown's 4.7, where one request for the group waits once.
 
 Every ``ensure_*`` reads the kernel first and changes only what differs: an existing, correct lab
 is left untouched (same ifindexes). The netlink steps themselves (bridge, veth pair, addresses,
@@ -63,6 +66,7 @@ which remounts /sys and so drops cgroup mounts), detached in its own session.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import ipaddress
 import json
@@ -72,14 +76,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.kernel import iproute, procfs, procs
+from agent.kernel import iproute, procfs, procs, rtnl
 from agent.kernel.errors import KernelError
 from agent.kernel.linkbase import delete_link, get_link, iproute_in
 from agent.kernel.netns import (
@@ -88,6 +92,7 @@ from agent.kernel.netns import (
     is_netns,
     netns_inode,
     netns_path,
+    open_netlink_fd,
     remove_netns,
 )
 from sdnctl.api.model import NAME_RE
@@ -138,6 +143,7 @@ EXTERNAL_GATEWAY = "203.0.113.254"  # the underlay's address towards the outside
 EXTERNAL_PREFIXLEN = 24
 EXTERNAL_DEV = "eth0"  # in <prefix>ext
 UPLINK_DEV = "ext0"  # in <prefix>ul, peer of EXTERNAL_DEV
+UPLINK_GROUP = 0x5DC1AB  # the device group of hosts' underlay ends, in <prefix>ul alone
 
 PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
@@ -331,6 +337,8 @@ class Lab:
                                              alias=name, master=bridge, mtu=self.mtu,
                                              rollback=rollback, error=LabError)
         iproute.ensure_up(ul, near)
+        if near.get("group") != UPLINK_GROUP:
+            ul.link("set", index=near["index"], group=UPLINK_GROUP)
         iproute.ensure_addresses(host, far, [(address, segment.prefixlen)], error=LabError)
         iproute.ensure_route(host, "0.0.0.0", 0, segment.gateway, far["index"], error=LabError)
         iproute.ensure_addresses6(host, far, [f"{address6}/64"], error=LabError)
@@ -375,6 +383,18 @@ class Lab:
         except OSError as e:
             raise LabError(f"could not remove lab host namespace {path}") from e
 
+    def _remove_uplinks(self) -> None:
+        """Delete the underlay ends of every host's veth (their peers go with them) in one
+        request: the group ``UPLINK_GROUP`` (a lab made before the group is left to
+        ``remove_host``, link by link)."""
+        path = self.underlay_netns()
+        if not is_netns(path):
+            return
+        with rtnl.Reader(open_netlink_fd(path)) as ul:
+            code = ul.send_all([rtnl.group_delete(UPLINK_GROUP)])[0]
+        if code not in (0, errno.ENODEV):  # (ENODEV: no link in the group)
+            raise LabError(f"could not delete the lab hosts' links: {os.strerror(code)}")
+
     # -- the outside world -------------------------------------------------------------------
 
     def ensure_external(self) -> str:
@@ -412,7 +432,8 @@ class Lab:
     def teardown(self) -> None:
         """Remove every host, the external and the underlay namespace; report all failures."""
         failures: list[Exception] = []
-        steps: list[tuple[str, Any]] = [
+        steps: list[tuple[str, Any]] = [("remove the lab hosts' links", self._remove_uplinks)]
+        steps += [
             (f"remove lab host {name!r}", lambda name=name: self.remove_host(name))
             for name in self._host_names()
         ]
@@ -621,15 +642,26 @@ def stop_process(pid: int, grace: float = 3.0, *, start_time: int | None = None)
     """SIGTERM, up to ``grace`` seconds, then SIGKILL (the agent's ``procs.stop``, through a
     pidfd). Already gone is success; with ``start_time``, a PID now held by another process is
     treated as gone."""
-    if pid <= 0:
-        raise ValueError(f"invalid pid {pid}")
-    started = start_time if start_time is not None else procfs.start_time(pid)
-    if started is not None:
-        try:
-            procs.stop(procs.ProcInfo(pid, started), grace)
-        except KernelError as e:
-            raise LabError(f"could not stop process {pid}: it survived SIGKILL") from e
-    _reap(pid)
+    stop_processes([(pid, start_time)], grace)
+
+
+def stop_processes(processes: Sequence[tuple[int, int | None]], grace: float = 3.0) -> None:
+    """:func:`stop_process` of several (pid, start time) at once: SIGTERM to all, one grace
+    period for all, then SIGKILL (``down`` stopped 100 agents one after another in 4.8 s)."""
+    infos = []
+    for pid, start_time in processes:
+        if pid <= 0:
+            raise ValueError(f"invalid pid {pid}")
+        started = start_time if start_time is not None else procfs.start_time(pid)
+        if started is not None:
+            infos.append(procs.ProcInfo(pid, started))
+    try:
+        procs.stop_all(infos, grace)
+    except KernelError as e:  # ("could not stop processes [...]: still running after SIGKILL")
+        raise LabError(str(e)) from e
+    finally:
+        for pid, _ in processes:
+            _reap(pid)
 
 
 def _reap(pid: int) -> None:

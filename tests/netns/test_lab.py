@@ -20,6 +20,7 @@ from sdnctl.lab.lab import (
     HOST_DEV,
     UNDERLAY_BRIDGE,
     UPLINK_DEV,
+    UPLINK_GROUP,
     AgentSpawner,
     Lab,
     LabError,
@@ -29,6 +30,7 @@ from sdnctl.lab.lab import (
     process_start_time,
     spawn_in_netns,
     stop_process,
+    stop_processes,
     uplink_name,
 )
 
@@ -160,6 +162,30 @@ def test_teardown_leaves_no_namespace_and_no_mount(lab: Lab, run_prefix: str) ->
     lab.teardown()  # nothing left is success
 
 
+def test_teardown_deletes_every_hosts_link_even_while_their_namespaces_are_held(
+        lab: Lab, run_prefix: str) -> None:
+    """The hosts' underlay links go in one request (their device group); a host's link
+    outside the group (a lab made before it) goes on its own. Both are gone even where a
+    process still holds the namespaces (a stray keeps a namespace alive past its mount)."""
+    h1, h2, _ = build(lab)
+    ul = lab.underlay_netns()
+    assert f"group {UPLINK_GROUP} " in run_in(ul, "ip", "-o", "link", "show",
+                                              uplink_name("h1")).stdout
+    assert run_in(ul, "ip", "link", "set", uplink_name("h2"), "group", "0").returncode == 0
+    held = [os.open(path, os.O_RDONLY) for path in (ul, h1.netns, h2.netns)]
+    try:
+        lab.teardown()
+        assert prefixed_state(run_prefix) == ([], [])
+        listed = subprocess.run(["nsenter", f"--net=/proc/self/fd/{held[0]}", "ip", "-o",
+                                 "link"], pass_fds=held, capture_output=True, text=True,
+                                timeout=10, check=True).stdout
+        assert UNDERLAY_BRIDGE in listed  # (the probe reads the held underlay)
+        assert uplink_name("h1") not in listed and uplink_name("h2") not in listed, listed
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
 def test_spawn_in_netns_runs_there_and_stop_process_ends_it(lab: Lab, tmp_path: Path) -> None:
     host = lab.ensure_host("h1", 1)
     log = tmp_path / "sleep.log"
@@ -202,6 +228,34 @@ def test_stop_process_kills_what_ignores_sigterm(lab: Lab, tmp_path: Path) -> No
     stop_process(pid, grace=0.3)
     assert 0.3 <= time.monotonic() - t0 < 30  # it waited for the grace, then SIGKILL
     assert not process_alive(pid)
+
+
+def test_stop_processes_ends_them_all_at_once(lab: Lab, tmp_path: Path) -> None:
+    """``down`` stops every agent in one go: SIGTERM to all, one grace period, SIGKILL to what
+    is left; a PID whose start time no longer matches is someone else's and left alone."""
+    host = lab.ensure_host("h1", 1)
+    logs = [tmp_path / f"p{i}.log" for i in range(4)]
+    pids = [spawn_in_netns(host.netns, ["sleep", "60"], str(logs[0])),
+            spawn_in_netns(host.netns, ["sleep", "60"], str(logs[1]))]
+    pids += [spawn_in_netns(host.netns, ["sh", "-c", "trap '' TERM; echo trapped; "
+                                         "while :; do sleep 0.1; done"], str(log))
+             for log in logs[2:]]
+    bystander = spawn_in_netns(host.netns, ["sleep", "60"], str(tmp_path / "other.log"))
+    try:
+        deadline = time.monotonic() + 30
+        while not all("trapped" in log.read_text() for log in logs[2:]):
+            assert time.monotonic() < deadline, "the shells never installed their trap"
+            time.sleep(0.01)
+        starts = [process_start_time(pid) for pid in pids]
+        assert all(process_alive(pid, start) for pid, start in zip(pids, starts, strict=True))
+        other_start = process_start_time(bystander)
+        assert other_start is not None
+        stop_processes([*zip(pids, starts, strict=True), (bystander, other_start + 1)],
+                       grace=0.3)
+        assert not any(process_alive(pid) for pid in pids)
+        assert process_alive(bystander, other_start)  # (its start time was not the one given)
+    finally:
+        stop_process(bystander)
 
 
 # -- underlay MTU and the routed underlay ---------------------------------------------------------
