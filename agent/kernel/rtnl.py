@@ -256,10 +256,11 @@ def route_delete(cidr: str, oif: int, table: int, protocol: int) -> Request:
 
 
 def veth_add(name: str, mtu: int, master: int, peer: str, peer_netns_fd: int,
-             peer_mac: str = "") -> Request:
-    """``ip link add NAME mtu MTU master MASTER up type veth peer name PEER netns FD mtu MTU
-    [address MAC]``: the peer born in the namespace of ``peer_netns_fd``, down (with a random
-    MAC when none is given). EEXIST when ``name`` (or ``peer`` in its namespace) exists."""
+             peer_mac: str = "", group: int = 0) -> Request:
+    """``ip link add NAME mtu MTU master MASTER up [group GROUP] type veth peer name PEER netns
+    FD mtu MTU [address MAC]``: the peer born in the namespace of ``peer_netns_fd``, down (with
+    a random MAC when none is given). EEXIST when ``name`` (or ``peer`` in its namespace)
+    exists."""
     peer_msg = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + \
         attribute(IFLA_IFNAME, peer.encode() + b"\0") + \
         attribute(IFLA_NET_NS_FD, U32.pack(peer_netns_fd)) + attribute(IFLA_MTU, U32.pack(mtu)) + \
@@ -268,7 +269,8 @@ def veth_add(name: str, mtu: int, master: int, peer: str, peer_netns_fd: int,
         attribute(IFLA_INFO_DATA, attribute(VETH_INFO_PEER, peer_msg))
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP) + \
         attribute(IFLA_IFNAME, name.encode() + b"\0") + attribute(IFLA_MTU, U32.pack(mtu)) + \
-        attribute(IFLA_MASTER, U32.pack(master)) + attribute(IFLA_LINKINFO, info)
+        attribute(IFLA_MASTER, U32.pack(master)) + attribute(IFLA_LINKINFO, info) + \
+        (attribute(IFLA_GROUP, U32.pack(group)) if group else b"")
     return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
 
 

@@ -55,7 +55,10 @@ one took 4.4 s of a teardown's 4.7, where one request for the group waits once.
 
 Every ``ensure_*`` reads the kernel first and changes only what differs: an existing, correct lab
 is left untouched (same ifindexes). The netlink steps themselves (bridge, veth pair, addresses,
-routes, ip_forward) are the kernel package's (``agent.kernel.iproute``), as the agent's are.
+routes, ip_forward) are the kernel package's (``agent.kernel.iproute``), as the agent's are. A
+host whose namespace is new is made by two batches of raw requests instead (``agent.kernel.rtnl``,
+one per namespace: 100 hosts in 0.9 s, where the checked steps through pyroute2 took 2.2-2.6 s);
+a request refused there (a stale link in the way) undoes it, and the checked steps deal with it.
 Setup rolls back what the failing call created; teardown keeps going and reports every failure
 at the end.
 
@@ -144,6 +147,7 @@ EXTERNAL_PREFIXLEN = 24
 EXTERNAL_DEV = "eth0"  # in <prefix>ext
 UPLINK_DEV = "ext0"  # in <prefix>ul, peer of EXTERNAL_DEV
 UPLINK_GROUP = 0x5DC1AB  # the device group of hosts' underlay ends, in <prefix>ul alone
+MAIN_TABLE = 254
 
 PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
@@ -306,11 +310,57 @@ class Lab:
         for other in self.hosts() if known is None else known:
             if other.name != name and other.underlay_ip == address:
                 raise LabError(f"could not add lab host {name!r}: {address} is {other.name!r}'s")
+        if not is_netns(path) and self._make_host(path, name, segment, (address, host_ip6(
+                index, self.routed))):
+            return LabHost(name=name, netns=path, underlay_ip=address)
         self._in_new_netns(path, f"could not set up lab host {name!r}",
                            lambda ul, host, rollback: self._wire_host(
                                ul, host, path, name, segment, (address, host_ip6(
                                    index, self.routed)), rollback))
         return LabHost(name=name, netns=path, underlay_ip=address)
+
+    def _make_host(self, path: str, name: str, segment: Segment,
+                   addresses: tuple[str, str]) -> bool:
+        """A new host as ``_wire_host`` makes it, in two batches of raw requests (one per
+        namespace) instead of some twenty pyroute2 calls, each a turn of its asyncio loop:
+        about 20 ms of CPU a host, 2 s of a 100-host `up`. False, having undone what it made,
+        when a request is refused (a stale link where the veth goes, say): the checked path
+        then deals with it."""
+        address, address6 = addresses
+        uplink = uplink_name(name)
+        with contextlib.ExitStack() as rollback:
+            if not create_netns(path):
+                return False
+            rollback.callback(remove_netns, path)
+            ul = rollback.enter_context(rtnl.Reader(open_netlink_fd(self.underlay_netns())))
+            host = rollback.enter_context(rtnl.Reader(open_netlink_fd(path)))
+            bridge = ul.link(segment.bridge)
+            if bridge is None:
+                return False
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                made = ul.send_all([rtnl.veth_add(uplink, self.mtu, bridge.index, HOST_DEV, fd,
+                                                  group=UPLINK_GROUP)])[0] == 0
+            finally:
+                os.close(fd)
+            if not made:
+                return False
+            rollback.callback(ul.send_all, [rtnl.link_delete(uplink)])
+            eth0 = host.link(HOST_DEV)
+            if eth0 is None or any(ul.send_all([rtnl.link_up(name, name=uplink)])) or any(
+                    host.send_all([
+                        rtnl.link_up("", index=eth0.index),
+                        rtnl.address_add(eth0.index, f"{address}/{segment.prefixlen}"),
+                        rtnl.route_replace("0.0.0.0/0", segment.gateway, eth0.index,
+                                           MAIN_TABLE, iproute.RTPROT_STATIC, 0),
+                        rtnl.address_add(eth0.index, f"{address6}/64"),
+                        rtnl.route_replace("::/0", segment.gateway6, eth0.index, MAIN_TABLE,
+                                           iproute.RTPROT_STATIC, 0)])):
+                return False
+            rollback.pop_all()
+            ul.close()
+            host.close()
+        return True
 
     def _in_new_netns(self, path: str, what: str,
                       wire: Callable[[IPRoute, IPRoute, contextlib.ExitStack], None]) -> None:

@@ -315,6 +315,15 @@ def test_attachment_requests_decode_as_pyroute2_reads_them() -> None:
     gone = rtnl.link_delete("sdnv01234567")
     assert gone.kind == rtnl.RTM_DELLINK and \
         decoded(ifinfmsg, gone).get_attr("IFLA_IFNAME") == "sdnv01234567"  # type: ignore[attr-defined]
+    # The lab's hosts' links (sdnctl/lab): made in a device group, deleted by it at once.
+    assert bare.get_attr("IFLA_GROUP") is None  # type: ignore[attr-defined]
+    grouped = decoded(ifinfmsg, rtnl.veth_add("h0123abcd", 1500, 4, "eth0", 42, group=7))
+    assert grouped.get_attr("IFLA_GROUP") == 7  # type: ignore[attr-defined]
+    by_group = rtnl.group_delete(7)
+    whole = decoded(ifinfmsg, by_group)
+    assert by_group.kind == rtnl.RTM_DELLINK and (whole["index"],  # type: ignore[index]
+            whole.get_attr("IFLA_GROUP"), whole.get_attr("IFLA_IFNAME")) == (  # type: ignore[attr-defined]
+        0, 7, None)
     for cidr, family, flags in (("10.71.0.5/24", socket.AF_INET, 0),
                                 ("fd00:71::5/64", socket.AF_INET6, 2)):
         addr = decoded(ifaddrmsg, rtnl.address_add(3, cidr))
