@@ -14,7 +14,7 @@ import pytest
 from helpers.capture import capture
 
 from agent.kernel.linkbase import iproute_in
-from agent.kernel.netns import NETNS_RUN_DIR
+from agent.kernel.netns import NETNS_RUN_DIR, create_netns
 from sdnctl.lab.lab import (
     EXTERNAL_DEV,
     HOST_DEV,
@@ -117,6 +117,36 @@ def test_ensure_leaves_a_correct_lab_untouched_and_repairs_a_wrong_one(lab: Lab)
     addrs = run_in(h1.netns, "ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
     assert "192.0.2.11/24" in addrs and "192.0.2.99" not in addrs
     assert ping(h1.netns, "192.0.2.12").returncode == 0
+
+
+def test_a_new_host_is_made_as_the_checked_steps_make_it(lab: Lab) -> None:
+    """A host whose namespace is new is made by raw requests (``Lab._make_host``); one whose
+    namespace exists goes through the checked steps. Both come out the same."""
+    lab.ensure_underlay()
+    fast = lab.ensure_host("h1", 1)
+    assert create_netns(lab.host_netns("h2"))  # (an empty namespace: the checked steps)
+    checked = lab.ensure_host("h2", 2)
+
+    def shape(host: LabHost) -> tuple[object, ...]:
+        up = links(lab.underlay_netns())[uplink_name(host.name)]
+        eth0 = links(host.netns)[HOST_DEV]
+        flags = run_in(lab.underlay_netns(), "ip", "-o", "link", "show", uplink_name(
+            host.name)).stdout.split(">")[0] + run_in(host.netns, "ip", "-o", "link", "show",
+                                                      HOST_DEV).stdout.split(">")[0]
+        group = re.search(r"group (\S+)", run_in(lab.underlay_netns(), "ip", "-o", "link",
+                                                 "show", uplink_name(host.name)).stdout)
+        routes = [re.sub(r"192\.0\.2\.\d+", "ADDR", line) for line in run_in(
+            host.netns, "ip", "route", "show").stdout.splitlines() + run_in(
+            host.netns, "ip", "-6", "route", "show").stdout.splitlines()]
+        addrs6 = re.findall(r"inet6 \S+ scope (\w+)", run_in(host.netns, "ip", "-6", "-o",
+                                                            "addr", "show", "dev", HOST_DEV).stdout)
+        return (up["mtu"], up["master"], up["alias"] == host.name, eth0["mtu"],
+                re.sub(r"\d+: \S+", "", flags), group and group[1],
+                len(addresses(host.netns, HOST_DEV)), sorted(addrs6), sorted(routes))
+
+    assert shape(fast) == shape(checked)
+    assert f"{fast.underlay_ip}/24" in addresses(fast.netns, HOST_DEV)
+    assert ping(fast.netns, checked.underlay_ip).returncode == 0
 
 
 def test_a_host_cannot_take_another_hosts_address_or_a_reserved_name(lab: Lab) -> None:
