@@ -328,12 +328,13 @@ class Lab:
         then deals with it."""
         address, address6 = addresses
         uplink = uplink_name(name)
-        with contextlib.ExitStack() as rollback:
+        # (the rollback runs first, while the sockets are open; they close either way)
+        with contextlib.ExitStack() as sockets, contextlib.ExitStack() as rollback:
             if not create_netns(path):
                 return False
             rollback.callback(remove_netns, path)
-            ul = rollback.enter_context(rtnl.Reader(open_netlink_fd(self.underlay_netns())))
-            host = rollback.enter_context(rtnl.Reader(open_netlink_fd(path)))
+            ul = sockets.enter_context(rtnl.Reader(open_netlink_fd(self.underlay_netns())))
+            host = sockets.enter_context(rtnl.Reader(open_netlink_fd(path)))
             bridge = ul.link(segment.bridge)
             if bridge is None:
                 return False
@@ -358,8 +359,6 @@ class Lab:
                                            iproute.RTPROT_STATIC, 0)])):
                 return False
             rollback.pop_all()
-            ul.close()
-            host.close()
         return True
 
     def _in_new_netns(self, path: str, what: str,
