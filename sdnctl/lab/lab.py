@@ -306,26 +306,24 @@ class Lab:
         path = self.host_netns(name)
         segment = host_segment(index, self.routed)
         address = host_ip(index, self.routed)
+        addresses = (address, host_ip6(index, self.routed))
         self.ensure_underlay()  # first: it refuses a mode change before any renumbering
         for other in self.hosts() if known is None else known:
             if other.name != name and other.underlay_ip == address:
                 raise LabError(f"could not add lab host {name!r}: {address} is {other.name!r}'s")
-        if not is_netns(path) and self._make_host(path, name, segment, (address, host_ip6(
-                index, self.routed))):
-            return LabHost(name=name, netns=path, underlay_ip=address)
-        self._in_new_netns(path, f"could not set up lab host {name!r}",
-                           lambda ul, host, rollback: self._wire_host(
-                               ul, host, path, name, segment, (address, host_ip6(
-                                   index, self.routed)), rollback))
+        if not self._make_host(path, name, segment, addresses):  # (a namespace there already)
+            self._in_new_netns(path, f"could not set up lab host {name!r}",
+                               lambda ul, host, rollback: self._wire_host(
+                                   ul, host, path, name, segment, addresses, rollback))
         return LabHost(name=name, netns=path, underlay_ip=address)
 
     def _make_host(self, path: str, name: str, segment: Segment,
                    addresses: tuple[str, str]) -> bool:
         """A new host as ``_wire_host`` makes it, in two batches of raw requests (one per
         namespace) instead of some twenty pyroute2 calls, each a turn of its asyncio loop:
-        about 20 ms of CPU a host, 2 s of a 100-host `up`. False, having undone what it made,
-        when a request is refused (a stale link where the veth goes, say): the checked path
-        then deals with it."""
+        about 20 ms of CPU a host, 2 s of a 100-host `up`. False when the namespace exists
+        already, or, having undone what it made, when a request is refused (a stale link
+        where the veth goes, say): the checked path then deals with it."""
         address, address6 = addresses
         uplink = uplink_name(name)
         # (the rollback runs first, while the sockets are open; they close either way)
