@@ -77,9 +77,10 @@ def snapshot(state: State, connections: Connections, flows: FlowTable) -> dict[s
     traffic = _message(flows.report(address_names(state)))
     networks, _ = state.list_networks()
     containers, _ = state.list_containers("", "")
+    up = connections.connected_among(v.host.name for v in hosts)
     return {
         "revision": revision,
-        "hosts": [_message(host_pb(v, connections)) for v in hosts],
+        "hosts": [_message(host_pb(v, connections, connected=v.host.name in up)) for v in hosts],
         "networks": [_message(convert.network_to_pb(n, r)) for n, r in networks],
         "containers": [_message(container_pb(v)) for v in containers],
         "flows": traffic.get("flows", []),
