@@ -889,12 +889,15 @@ def list_leases(
 def list_allocations(store: Store, network: Network | str) -> list[Allocation]:
     """The addresses handed out on ``network``, in address order."""
     entries, _ = store.range(owners_prefix(_name(network)))
-    allocations = [from_json_frozen(Allocation, kv.value) for kv in entries]
-    # IPv4 ones first, then an IPv6-only network's by their IPv6 address (packed addresses of
-    # one family sort as their numbers do; netaddr took 4 ms for 1,000)
-    return sorted(allocations, key=lambda a: (
-        not a.address, socket.inet_pton(socket.AF_INET, a.address) if a.address
-        else socket.inet_pton(socket.AF_INET6, a.address6)))
+    return sorted((from_json_frozen(Allocation, kv.value) for kv in entries),
+                  key=allocation_order)
+
+
+def allocation_order(alloc: Allocation) -> tuple[bool, bytes]:
+    """Address order: IPv4 ones first, then an IPv6-only network's by their IPv6 address
+    (packed addresses of one family sort as their numbers do; netaddr took 4 ms for 1,000)."""
+    return (not alloc.address, socket.inet_pton(socket.AF_INET, alloc.address) if alloc.address
+            else socket.inet_pton(socket.AF_INET6, alloc.address6))
 
 
 __all__ = [
@@ -902,6 +905,7 @@ __all__ = [
     "MAX_HOST_PREFIX",
     "addr_key",
     "allocate_address",
+    "allocation_order",
     "check_fixed_address",
     "commit_with_retry",
     "ensure_lease",

@@ -53,7 +53,7 @@ from sdnctl.api.model import (
     to_json,
 )
 from sdnctl.api.validate import validate_container, validate_host, validate_network
-from sdnctl.controller import images, ipam, keys
+from sdnctl.controller import images, ipam, keys, netview
 from sdnctl.controller.errors import (
     AlreadyExists,
     Conflict,
@@ -259,6 +259,7 @@ class State:
         self.timers = timers
         self.clock = clock
         self._shared_views: dict[str, tuple[int, _SharedView]] = {}  # see _network_view
+        self._net_records: dict[str, netview.NetworkRecords] = {}  # what each view was made of
         # By network: the allocations and containers its last view's name table was made of,
         # and that table (a view read again with the same ones keeps it).
         self._names_from: dict[str, tuple[tuple[tuple[Allocation, ...], tuple[Container, ...]],
@@ -1017,6 +1018,7 @@ class State:
                 self._view_locks.pop(f"host {host}", None)
             if network:
                 self._shared_views.pop(network, None)
+                self._net_records.pop(network, None)
                 self._names_from.pop(network, None)
                 self._view_locks.pop(f"network {network}", None)
                 self._name_entries.pop(network, None)
@@ -1043,41 +1045,37 @@ class State:
 
     def _build_network_view(self, network: str, at_least: int) -> _SharedView | None:
         """:meth:`_network_view`'s read, one per network at a time (the caller holds its
-        lock): a view another stream built while this one waited serves too."""
+        lock): a view another stream built while this one waited serves too. Its records are
+        moved on by the change log since they were read (``netview``), not read whole."""
         cached = self._shared_views.get(network)
         if cached is not None and at_least and cached[0] >= at_least:
             return cached[1]
-        revision = self.store.revision()
-        if cached is not None and cached[0] == revision:
-            return cached[1]
-        net_kv = self.store.get(network_key(network))
-        if net_kv is None:
+        kept_records = self._net_records.get(network)
+        records = netview.read(self.store, network) if kept_records is None else \
+            netview.move_on(self.store, kept_records, network)
+        if records is None:
             self.forget_views(network=network)
             return None
-        spec = from_json(Network, net_kv.value)
+        if cached is not None and records is kept_records:  # nothing written since
+            return cached[1]
         # Records decoded once and shared while their bytes do not change (from_json_frozen):
         # a host joining a 100 x 10 overlay, or one container created, decoded all 1,000
         # allocations and containers again, ~90 ms while every stream of the network waited.
-        allocations = ipam.list_allocations(self.store, network)
-        found = get_many(self.store, [container_key(a.container) for a in allocations])
-        containers = {a.container: from_json_frozen(Container, kv.value)
-                      for a, kv in zip(allocations, found, strict=True) if kv is not None}
-        inputs = (tuple(allocations), tuple(containers.values()))
+        spec, allocations = records.spec, records.sorted_allocations()
+        inputs = (allocations, tuple(records.containers.values()))
         kept = self._names_from.get(network)
         if kept is not None and kept[0] == inputs:  # (the same objects: compared by identity)
             names = kept[1]
         else:
-            names = dns_names(network, allocations, containers)
+            names = dns_names(network, allocations, records.containers)
             self._names_from[network] = (inputs, names)
+        leases = records.sorted_leases()
         members: tuple[Peer, ...] = ()
-        leases = ipam.list_leases(self.store, network=network)
         if spans_hosts(spec.driver):
-            got = get_many(self.store, [host_key(lease.host) for lease in leases])
-            hosts = {lease.host: from_json_frozen(Host, kv.value)
-                     for lease, kv in zip(leases, got, strict=True) if kv is not None}
-            members = overlay_peers(spec, "", leases, hosts)
+            members = overlay_peers(spec, "", leases, records.hosts)
         view = (spec, names, members, MappingProxyType({lease.host: lease for lease in leases}))
-        self._shared_views[network] = (revision, view)
+        self._net_records[network] = records
+        self._shared_views[network] = (records.revision, view)
         return view
 
     def name_delta(self, network: str, containers: Iterable[str],

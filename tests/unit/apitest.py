@@ -254,17 +254,21 @@ def eventually(check: Callable[[], bool], timeout: float = TIMEOUT) -> None:
 
 class CountingReads:
     """A store whose reads are counted (``get``, ``get_many``, ``range``: each one request, a
-    round trip through the cluster on etcd); everything else goes to ``store`` as it is."""
+    round trip through the cluster on etcd), and apart from them its reads of the change log
+    (``changes_since``, in ``moved``); everything else goes to ``store`` as it is."""
 
     def __init__(self, store: Store) -> None:
-        self.store, self.reads = store, 0
+        self.store, self.reads, self.moved = store, 0, 0
 
     def __getattr__(self, name: str) -> Any:
         real = getattr(self.store, name)
-        if name not in ("get", "get_many", "range"):
+        if name not in ("get", "get_many", "range", "changes_since"):
             return real
 
         def counted(*args: Any, **kwargs: Any) -> Any:
-            self.reads += 1
+            if name == "changes_since":
+                self.moved += 1
+            else:
+                self.reads += 1
             return real(*args, **kwargs)
         return counted
