@@ -12,9 +12,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from etcdtest import etcd_cluster
+from etcdtest import EtcdCluster, etcd_cluster
 
 from sdnctl.api.model import Container, Host, Network
 from sdnctl.controller.state import State
@@ -234,6 +235,45 @@ def test_wait_times_out_and_wakes_on_write(store: Store, rev: Rev) -> None:
     assert time.monotonic() - started < 30
     thread.join()
     assert store.wait(0, timeout=5) == rev(1)  # already past: returns at once
+
+
+def test_etcd_changes_come_from_its_watch_not_a_replay(etcd: EtcdCluster,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """etcd: ``changes_since`` a revision the store's watch saw is read from what the watch
+    delivered (a replay is a new watch, which etcd serves from its history every 100 ms: a
+    replica's hub and views waited up to that at every write), with previous values, and
+    without the keys of a prefix that sorts between the marker and ours. Before it, a replay."""
+    store = EtcdStore(etcd.endpoints, prefix=f"/t/{uuid.uuid4().hex}")
+    neighbour = EtcdStore(store.endpoints, prefix=store.prefix + "-b")  # "-" < "/"
+    try:
+        deadline = time.monotonic() + 30
+        while store._log_from < 0:  # the watch is up
+            assert time.monotonic() < deadline, "the store's watch never started"
+            time.sleep(0.01)
+        replays: list[object] = []
+        real = store._stream
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            replays.append(args)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(store, "_stream", counted)
+        first = store.txn([], [Put("/a", b"1")]) or 0
+        neighbour.txn([], [Put("/a", b"other")])
+        second = store.txn([], [Put("/a", b"2"), Put("/b", b"x")]) or 0
+        third = store.txn([], [Delete("/a")]) or 0
+        assert store.changes_since(first) == [
+            Change(second, "/a", b"2", b"1"), Change(second, "/b", b"x", None),
+            Change(third, "/a", None, b"2")]
+        assert store.changes_since(second) == [Change(third, "/a", None, b"2")]
+        assert store.changes_since(third) == []
+        assert replays == []
+        # From before the watch started: a replay, which etcd still holds.
+        assert [c.revision for c in store.changes_since(0)] == [first, second, second, third]
+        assert len(replays) == 1
+    finally:
+        neighbour.close()
+        store.close()
 
 
 def test_wait_wakes_on_a_write_through_another_store_object(kind: str,

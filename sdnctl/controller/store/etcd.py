@@ -80,6 +80,12 @@ TXN_OPS = 128
 #: 100 Watch streams turns into an event and each agent applies (issue 21).
 TXN_CAPS = (1024, 512, 256)
 
+#: The changes the watch keeps for ``changes_since`` (the older half is dropped beyond it).
+LOG_MAX = 20000
+#: Seconds ``changes_since`` waits for the watch to deliver the revision it read, before it
+#: asks etcd to replay them instead.
+LOG_WAIT = 2.0
+
 # gRPC codes (in the gateway's error body) that mean "this member cannot serve now".
 _UNAVAILABLE_CODES = {4, 14}  # DEADLINE_EXCEEDED, UNAVAILABLE
 
@@ -178,6 +184,11 @@ class EtcdStore:
         self._cond = threading.Condition()
         self._seen = 0  # the newest prefix revision the marker watch (or a txn of ours) saw
         self._watching = False
+        # The change log as the watch delivers it (see changes_since): every change after
+        # revision _log_from up to _log_to, in order; _log_from -1 while there is none.
+        self._log: list[Change] = []
+        self._log_from = -1
+        self._log_to = 0
         self._streams: set[http.client.HTTPConnection] = set()  # open watches, ended by close()
         self._all_conns: list[http.client.HTTPConnection] = []
         self._seen = self.revision()
@@ -473,6 +484,9 @@ class EtcdStore:
         last = int(marker.get("mod_revision", 0))
         if last <= revision:
             return []
+        logged = self._logged(revision, last)
+        if logged is not None:
+            return logged
         # Nothing under the prefix is older than the marker: a compaction of the cluster's
         # history from before the prefix existed takes nothing of ours.
         start = max(revision + 1, int(marker.get("create_revision", 0)))
@@ -510,6 +524,30 @@ class EtcdStore:
         if not self._history_from(start):
             raise Compacted(revision, start)
         return changes
+
+    def _logged(self, revision: int, last: int) -> list[Change] | None:
+        """The changes after ``revision`` from the watch's log, once it holds ``last`` (the
+        prefix's revision just read: it comes within milliseconds); None when the log does not
+        reach back to ``revision``, or the watch is down or late (then etcd replays them)."""
+        deadline = time.monotonic() + LOG_WAIT
+        with self._cond:
+            while self._log_from < 0 or self._log_to < last:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed.is_set():
+                    return None
+                self._cond.wait(remaining)
+            if revision < self._log_from:
+                return None
+            log = self._log
+            # The log is in revision order: skip what the caller has by bisection.
+            lo, hi = 0, len(log)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if log[mid].revision <= revision:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            return log[lo:]
 
     def _history_from(self, start: int) -> bool:
         """Whether etcd still holds every change from revision ``start`` on: a read as of
@@ -582,20 +620,47 @@ class EtcdStore:
         # Watch from the revision of that read, not from the marker's: the marker did not change
         # in between, and the cluster's history may be compacted past the marker's revision.
         read_at = int(answer["header"]["revision"])
+        # The marker and the prefix's keys in one range (the marker sorts just before them:
+        # "\0" < "/"), with previous values: the log ``changes_since`` reads. Keys of other
+        # prefixes that sort between the two (``/sdnctl-b/...`` beside ``/sdnctl``) are skipped.
         request = {"create_request": {"key": _b64(self._marker),
-                                      "start_revision": str(read_at + 1)}}
-        with self._stream(request, timeout=None) as messages:
-            for message in messages:
-                if self._closed.is_set():
-                    return
-                if message.get("created"):
-                    with self._cond:
-                        self._watching = True
-                if int(message.get("compact_revision", 0)) or message.get("canceled"):
-                    log.debug("marker watch ended by etcd (%s); starting again", message)
-                    return  # start again from the current revision
-                for event in message.get("events") or []:
-                    self._saw(int(event["kv"]["mod_revision"]))
+                                      "range_end": _b64(self._range_end),
+                                      "start_revision": str(read_at + 1), "prev_kv": True}}
+        try:
+            with self._stream(request, timeout=None) as messages:
+                for message in messages:
+                    if self._closed.is_set():
+                        return
+                    if message.get("created"):
+                        with self._cond:
+                            self._watching = True
+                            self._log, self._log_from, self._log_to = [], read_at, read_at
+                            self._cond.notify_all()
+                    if int(message.get("compact_revision", 0)) or message.get("canceled"):
+                        log.debug("marker watch ended by etcd (%s); starting again", message)
+                        return  # start again from the current revision
+                    self._take(message.get("events") or [])
+        finally:
+            with self._cond:
+                self._log, self._log_from = [], -1
+
+    def _take(self, events: list[dict[str, Any]]) -> None:
+        """One watch message's events (all of one revision or more, whole) into the log. The
+        stream reached the newest revision among them; the prefix, the newest marker's."""
+        changes = [self._change(event) for event in events
+                   if _unb64(event["kv"]["key"]).startswith(self._range_start)]
+        reached = max((int(event["kv"]["mod_revision"]) for event in events), default=0)
+        ours = max((int(event["kv"]["mod_revision"]) for event in events
+                    if _unb64(event["kv"]["key"]) == self._marker), default=0)
+        with self._cond:
+            self._log += changes
+            if len(self._log) > LOG_MAX:  # the older half goes, whole revisions at a time
+                dropped = self._log[len(self._log) // 2].revision
+                self._log = [c for c in self._log if c.revision > dropped]
+                self._log_from = dropped
+            self._log_to = max(self._log_to, reached)
+            self._seen = max(self._seen, ours)
+            self._cond.notify_all()
 
     def close(self) -> None:
         self._closed.set()
@@ -614,8 +679,14 @@ class EtcdStore:
     # -- administration ---------------------------------------------------------------------
 
     def compact(self, revision: int) -> None:
-        """Drop etcd's history before ``revision`` (for the whole cluster, not just our prefix)."""
+        """Drop etcd's history before ``revision`` (for the whole cluster, not just our prefix),
+        and the log's: ``changes_since`` from before it says Compacted, as etcd would. (A
+        compaction by another client leaves the log as it is: what it holds is still true.)"""
         self._call("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        with self._cond:
+            if self._log_from >= 0 and revision > self._log_from:
+                self._log = [c for c in self._log if c.revision > revision]
+                self._log_from = revision
 
     def cluster_revision(self) -> int:
         """etcd's own revision (moved by every user of the cluster)."""
