@@ -195,6 +195,29 @@ def test_list_of_one_host_reads_only_its_containers(state: State, rec: Recording
     assert views == [v for v in state.list_containers()[0] if v.container.host == "h1"]
 
 
+def test_a_whole_listing_reads_ranges_and_gives_the_views_of_one_read_each(
+        state: State, rec: Recording) -> None:
+    """A listing of every container reads their networks' owners, the leases and the statuses
+    as ranges, not their 2,000 keys (on etcd 90 ms against 30 at 1,000 containers): the views
+    are those each container's own reads give, statuses, other networks and modes included."""
+    state.create_network(Network("back", "10.89.0.0/16"))
+    for i in range(6):
+        create(state, f"c{i}", host="h1" if i < 3 else "h2")
+    state.create_container(Container(name="b0", host="h2", network="back"))
+    state.create_container(Container(name="lonely", host="h1", network="none"))
+    state.report_status("h1", [ContainerStatus("c1", "running", pid=42)], 0)
+    rec.reset()
+    views, _ = state.list_containers()
+    assert sorted(rec.ranges) == sorted([keys.CONTAINERS, keys.owners_prefix("back"),
+                                         keys.owners_prefix("front"), keys.LEASES,
+                                         keys.CONTAINER_STATUS])
+    assert rec.reads == 5
+    one_by_one = [state.get_container(v.container.name) for v in views]
+    assert views == one_by_one
+    assert [v.status.state for v in views if v.container.name == "c1"] == ["running"]
+    assert all(v.allocation is not None for v in views if v.container.name != "lonely")
+
+
 def test_report_status_and_delete_read_only_the_host(state: State, rec: Recording) -> None:
     for i in range(4):
         create(state, f"c{i}", host="h1" if i < 2 else "h2")
