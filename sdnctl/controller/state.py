@@ -80,6 +80,7 @@ from sdnctl.controller.keys import (
 )
 from sdnctl.controller.staging import Restage, Staging
 from sdnctl.controller.store.base import Compare, Delete, KeyValue, Put, Store, get_many
+from sdnctl.controller.store.coalesce import Coalescer
 
 #: Allocated VNIs start here (lower ones are left to topologies that pick their own).
 VNI_FIRST_AUTO = 4096
@@ -260,6 +261,7 @@ class State:
         self.clock = clock
         self._shared_views: dict[str, tuple[int, _SharedView]] = {}  # see _network_view
         self._net_records: dict[str, netview.NetworkRecords] = {}  # what each view was made of
+        self._status_writes = Coalescer(lambda: self.store)  # see report_status
         # By network: the allocations and containers its last view's name table was made of,
         # and that table (a view read again with the same ones keeps it).
         self._names_from: dict[str, tuple[tuple[tuple[Allocation, ...], tuple[Container, ...]],
@@ -895,7 +897,9 @@ class State:
         else:
             batches = [(renew_cmp, renew_ops)] + [(compares[i:i + cap], ops[i:i + cap])
                                                   for i in range(0, len(ops), cap)]
-        lost = [batch for batch in batches if batch[1] and self.store.txn(*batch) is None]
+        # Merged with the reports of other hosts written at the same time (``Coalescer``).
+        lost = [batch for batch in batches if batch[1]
+                and self._status_writes.txn(*batch) is None]
         if not lost:
             self._renew_due[host] = due
             return
