@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from sdnctl.controller.state import State
+from sdnctl.controller.store.coalesce import Turns, Waiting
 
 T = TypeVar("T")
 
@@ -40,13 +41,12 @@ T = TypeVar("T")
 GROUP_MAX = 64
 
 
-class _Write(Generic[T]):
+class _Write(Waiting, Generic[T]):
     """One caller's write, and what became of it."""
 
     def __init__(self, write: Callable[[State], T]) -> None:
+        super().__init__()
         self.write = write
-        self.woken = threading.Event()  # done, or the lead handed to this caller
-        self.done = False
         self.result: T | None = None
         self.error: BaseException | None = None
         self.revision = 0
@@ -57,33 +57,24 @@ class _Write(Generic[T]):
         return self.result, self.revision  # type: ignore[return-value]
 
 
-class GroupCommit:
+class GroupCommit(Turns[_Write[object]]):
     def __init__(self, state: State, group_max: int = GROUP_MAX) -> None:
+        super().__init__()
         self.state = state
         self.group_max = group_max
-        self._lock = threading.Lock()
-        self._queue: list[_Write[object]] = []
-        self._leading = False  # a caller leads: it or the one it hands the lead to drains
 
     def submit(self, write: Callable[[State], T]) -> tuple[T, int]:
         """Make ``write`` in a transaction with whatever else is queued meanwhile; returns what
         it returned and the revision it was committed at, or raises what it raised."""
         mine: _Write[T] = _Write(write)
-        with self._lock:
-            self._queue.append(mine)  # type: ignore[arg-type]
-            lead = not self._leading
-            self._leading = True
-        if not lead:
-            mine.woken.wait()
-        if not mine.done:
-            self._lead()
+        self._enter(mine)  # type: ignore[arg-type]
         return mine.outcome()
 
-    def _lead(self) -> None:
-        """Commit one group (its first write is the leader's own), then hand the lead on."""
-        with self._lock:
-            group = self._queue[:self.group_max]
-            del self._queue[:self.group_max]
+    def _group(self, queue: list[_Write[object]]) -> int:
+        return min(len(queue), self.group_max)
+
+    def _write(self, group: list[_Write[object]]) -> None:
+        """Commit one group (its first write is the leader's own)."""
         try:
             for write, (outcome, revision) in zip(
                     group, self.state.write_each([w.write for w in group]), strict=True):
@@ -96,15 +87,6 @@ class GroupCommit:
                 write.error = e
             if not isinstance(e, Exception):
                 raise
-        finally:
-            with self._lock:
-                if self._queue:
-                    self._queue[0].woken.set()  # not done: it leads the next group
-                else:
-                    self._leading = False
-            for write in group:
-                write.done = True
-                write.woken.set()
 
 
 _groups: weakref.WeakKeyDictionary[State, GroupCommit] = weakref.WeakKeyDictionary()

@@ -21,7 +21,9 @@ while its inputs are the same objects.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sdnctl.api.model import (
     Allocation,
@@ -45,6 +47,8 @@ from sdnctl.controller.keys import (
     owners_prefix,
 )
 from sdnctl.controller.store.base import Compacted, Store, get_many
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -132,25 +136,21 @@ def _completed(store: Store, records: NetworkRecords,
     """``records`` with the containers its allocations name and, for an overlay, the hosts
     holding its leases: those of ``containers`` and ``hosts`` (known as of the records'
     revision; None: known not to exist), the others read (one ``get_many`` each)."""
-    known_ctrs = containers or {}
     names = sorted({a.container for a in records.allocations.values()})
-    unknown = [name for name in names if name not in known_ctrs]
-    found = get_many(store, [container_key(name) for name in unknown]) if unknown else []
-    read_ctrs = {name: from_json_frozen(Container, kv.value)
-                 for name, kv in zip(unknown, found, strict=True) if kv is not None}
-    for name in names:
-        ctr = known_ctrs.get(name) if name in known_ctrs else read_ctrs.get(name)
-        if ctr is not None:
-            records.containers[name] = ctr
+    records.containers.update(_known_or_read(store, names, containers or {}, container_key,
+                                             Container))
     if spans_hosts(records.spec.driver):
-        known_hosts = hosts or {}
-        holders = sorted(records.leases)
-        unknown = [name for name in holders if name not in known_hosts]
-        found = get_many(store, [host_key(name) for name in unknown]) if unknown else []
-        read_hosts = {name: from_json_frozen(Host, kv.value)
-                      for name, kv in zip(unknown, found, strict=True) if kv is not None}
-        for name in holders:
-            host = known_hosts.get(name) if name in known_hosts else read_hosts.get(name)
-            if host is not None:
-                records.hosts[name] = host
+        records.hosts.update(_known_or_read(store, sorted(records.leases), hosts or {},
+                                            host_key, Host))
     return records
+
+
+def _known_or_read(store: Store, names: list[str], known: Mapping[str, T | None],
+                   key_of: Callable[[str], str], kind: type[T]) -> dict[str, T]:
+    """The records of ``names`` that exist: from ``known``, the others read in one request."""
+    unknown = [name for name in names if name not in known]
+    found = get_many(store, [key_of(name) for name in unknown]) if unknown else []
+    read = {name: from_json_frozen(kind, kv.value)
+            for name, kv in zip(unknown, found, strict=True) if kv is not None}
+    got = {name: known[name] if name in known else read.get(name) for name in names}
+    return {name: record for name, record in got.items() if record is not None}

@@ -25,6 +25,16 @@ def _host(i: int, mac: int = 0) -> Host:
                 vtep_mac=f"02:00:00:00:{mac:02x}:{i:02x}" if mac else "")
 
 
+def _overlay(store: SqliteStore, hosts: int) -> State:
+    """A State on ``store`` with hosts h0.. (each with a VTEP MAC) and the overlay network."""
+    state = State(store)
+    for i in range(hosts):
+        state.create_host(_host(i, 1))
+    state.create_network(Network(OVERLAY, driver="overlay", subnet="10.80.0.0/16",
+                                 host_prefix=24))
+    return state
+
+
 def _step(state: State, rng: random.Random, made: list[str], serial: list[int]) -> str:
     """One random write of the kinds that move a network's view; what it did."""
     kind = rng.choice(["create", "create", "create", "batch", "delete", "delete", "register",
@@ -64,11 +74,7 @@ def _step(state: State, rng: random.Random, made: list[str], serial: list[int]) 
 def test_records_moved_on_are_those_read_whole(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     store = SqliteStore(tmp_path / "db")
-    state = State(store)
-    for i in range(6):
-        state.create_host(_host(i, 1))
-    state.create_network(Network(OVERLAY, driver="overlay", subnet="10.80.0.0/16",
-                                 host_prefix=24))
+    state = _overlay(store, 6)
     state.create_network(Network(BRIDGE, subnet="10.81.0.0/16", host_prefix=24))
     kept = {net: netview.read(store, net) for net in (OVERLAY, BRIDGE)}
     made: list[str] = []
@@ -87,11 +93,7 @@ def test_records_moved_on_are_those_read_whole(tmp_path: Path, seed: int) -> Non
 
 def test_a_create_moves_the_records_on_without_reading_them_whole(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db")
-    state = State(store)
-    for i in range(3):
-        state.create_host(_host(i, 1))
-    state.create_network(Network(OVERLAY, driver="overlay", subnet="10.80.0.0/16",
-                                 host_prefix=24))
+    state = _overlay(store, 3)
     for i in range(20):
         state.create_container(Container(f"c{i}", f"h{i % 3}", OVERLAY))
     counted = CountingReads(store)
@@ -114,10 +116,7 @@ def test_a_create_moves_the_records_on_without_reading_them_whole(tmp_path: Path
 
 def test_a_compacted_log_or_a_deleted_network_reads_whole(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db", history=5)
-    state = State(store)
-    state.create_host(_host(0, 1))
-    state.create_network(Network(OVERLAY, driver="overlay", subnet="10.80.0.0/16",
-                                 host_prefix=24))
+    state = _overlay(store, 1)
     records = netview.read(store, OVERLAY)
     assert records is not None
     for i in range(10):  # more changes than the log keeps

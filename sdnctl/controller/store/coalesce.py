@@ -20,74 +20,109 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 from sdnctl.controller.store.base import Compare, Delete, Put, Store
 
 
-class _Pending:
+class Waiting:
+    """One caller's item in a :class:`Turns` queue."""
+
+    def __init__(self) -> None:
+        self.woken = threading.Event()  # done, or the lead handed to this caller
+        self.done = False
+
+
+W = TypeVar("W", bound=Waiting)
+
+
+class Turns(Generic[W]):
+    """Callers queue their items; one that finds nobody leading leads: it takes a group from
+    the head of the queue (``_group``), writes it (``_write``), and hands the lead to the first
+    caller queued meanwhile, so nobody leads for more than one group and nothing needs a
+    thread of its own (LevelDB's writer queue works this way). The group commit of the API's
+    writes (``groupcommit``) and :class:`Coalescer` take their turns so."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: list[W] = []
+        self._leading = False  # a caller leads: it or the one it hands the lead to drains
+
+    def _enter(self, mine: W) -> None:
+        """Queue ``mine``; return when it is done (having led the groups handed to it)."""
+        with self._lock:
+            self._queue.append(mine)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            mine.woken.wait()
+        while not mine.done:
+            self._lead()
+
+    def _group(self, queue: list[W]) -> int:
+        """How many items from the head of ``queue`` (at least one) the next group takes."""
+        raise NotImplementedError
+
+    def _write(self, group: list[W]) -> None:
+        """Write ``group``, leaving each item's outcome in it."""
+        raise NotImplementedError
+
+    def _lead(self) -> None:
+        with self._lock:
+            count = self._group(self._queue)
+            group = self._queue[:count]
+            del self._queue[:count]
+        try:
+            self._write(group)
+        finally:
+            with self._lock:
+                if self._queue:
+                    self._queue[0].woken.set()  # not done: it leads the next group
+                else:
+                    self._leading = False
+            for item in group:
+                item.done = True
+                item.woken.set()
+
+
+class _Pending(Waiting):
     def __init__(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> None:
+        super().__init__()
         self.compares, self.ops = compares, ops
         self.keys = {op.key for op in ops}
-        self.done = threading.Event()  # written, or the lead handed to this writer
-        self.written = False
         self.result: int | None = None
         self.error: BaseException | None = None
 
 
-class Coalescer:
+class Coalescer(Turns[_Pending]):
     """``txn`` as the store's, merged with the concurrent ``txn`` calls of other threads."""
 
     def __init__(self, store: Callable[[], Store]) -> None:
+        super().__init__()
         self._store = store  # asked each time: a test may put a proxy in the State's place
-        self._lock = threading.Lock()
-        self._queue: list[_Pending] = []
-        self._busy = False
 
     def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> int | None:
         mine = _Pending(compares, ops)
-        with self._lock:
-            self._queue.append(mine)
-            lead = not self._busy
-            self._busy = True
-        if not lead:
-            mine.done.wait()
-        while not mine.written:
-            self._lead()
+        self._enter(mine)
         if mine.error is not None:
             raise mine.error
         return mine.result
 
-    def _lead(self) -> None:
-        """Write one group from the head of the queue, then hand the lead on."""
-        store = self._store()
-        cap = getattr(store, "max_txn_ops", None) or 1 << 30
-        with self._lock:
-            group: list[_Pending] = []
-            touched: set[str] = set()
-            size = [0, 0]
-            for pending in self._queue:
-                if group and (pending.keys & touched
-                              or size[0] + len(pending.compares) > cap
-                              or size[1] + len(pending.ops) > cap):
-                    break
-                group.append(pending)
-                touched |= pending.keys
-                size = [size[0] + len(pending.compares), size[1] + len(pending.ops)]
-            del self._queue[:len(group)]
-        try:
-            self._write(store, group)
-        finally:
-            with self._lock:
-                if self._queue:
-                    self._queue[0].done.set()  # not written: it leads the next group
-                else:
-                    self._busy = False
-            for pending in group:
-                pending.written = True
-                pending.done.set()
+    def _group(self, queue: list[_Pending]) -> int:
+        cap = getattr(self._store(), "max_txn_ops", None) or 1 << 30
+        touched: set[str] = set()
+        compares = ops = count = 0
+        for pending in queue:
+            if count and (pending.keys & touched or compares + len(pending.compares) > cap
+                          or ops + len(pending.ops) > cap):
+                break
+            touched |= pending.keys
+            compares, ops, count = compares + len(pending.compares), ops + len(pending.ops), \
+                count + 1
+        return count
 
-    @staticmethod
-    def _write(store: Store, group: list[_Pending]) -> None:
+    def _write(self, group: list[_Pending]) -> None:
+        store = self._store()
         if len(group) > 1:
             try:
                 revision = store.txn([c for p in group for c in p.compares],
