@@ -103,3 +103,31 @@ def test_up_records_containers_in_batches_then_one_by_one_after_a_race(
         client.close()
         server.stop(grace=0)
         store.close()
+
+
+def test_up_writes_after_listing_networks_and_containers_not_hosts(
+        tmp_path: Path, start_server: StartServer) -> None:
+    """What `up` writes is decided from the networks and containers listed (the hosts it has
+    just registered and waited for are not listed again: a host joining a 100-host lab waits
+    for that listing before its lease exists); objects already there are left alone."""
+    store = SqliteStore(tmp_path / "controller.db")
+    server = start_server(store)
+    topology = parse(TOPOLOGY.replace(", FIRST", "").replace(", SECOND", ""), "t.yaml")
+    client = Client(server.address)
+    listed: list[str] = []
+    for name in ("ListHosts", "ListNetworks", "ListContainers"):
+        real = getattr(client.api, name)
+        setattr(client.api, name, lambda request, timeout, n=name, r=real: (
+            listed.append(n), r(request, timeout=timeout))[1])
+    try:
+        progress = deploy.Progress(io.StringIO())
+        deploy.register_hosts(client, topology, {}, progress)
+        first = deploy.apply_objects(client, topology, progress)
+        listed.clear()
+        assert deploy.apply_objects(client, topology, progress) == 0  # nothing to write
+        assert listed == ["ListNetworks", "ListContainers"]
+        assert first > 0
+    finally:
+        client.close()
+        server.stop(grace=0)
+        store.close()
