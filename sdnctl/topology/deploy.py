@@ -660,11 +660,11 @@ def apply_objects(client: Client, topology: Topology, progress: Progress) -> int
         load_image(client, archive, progress)
     for ref in registry_images(topology):
         pull_image(client, ref, progress)
-    # What is there already as the topology says is left alone on the strength of three List
+    # What is there already as the topology says is left alone on the strength of two List
     # calls: create-then-compare costs two RPCs per object (400 to add one host to a
     # 100-host lab). The rest goes through create-or-compare, which is safe against races.
-    # (Not the hosts: `up` registered them and waited for their agents just before. A host
-    # joining a 100-host lab waits for this before its lease exists.)
+    # (The hosts are not listed: `up` registered them and waited for their agents just
+    # before, and a host joining a 100-host lab waits for this before its lease exists.)
     observed = observe(client, hosts_too=False)
     networks = [n for n in topology.networks
                 if _network_change(n, observed.networks.get(n.name)).sign != SAME]
