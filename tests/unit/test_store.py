@@ -19,6 +19,7 @@ from etcdtest import EtcdCluster, etcd_cluster
 
 from sdnctl.api.model import Container, Host, Network
 from sdnctl.controller.state import State
+from sdnctl.controller.store import etcd as etcd_store
 from sdnctl.controller.store.base import (
     Change,
     Compacted,
@@ -271,6 +272,18 @@ def test_etcd_changes_come_from_its_watch_not_a_replay(etcd: EtcdCluster,
         # From before the watch started: a replay, which etcd still holds.
         assert [c.revision for c in store.changes_since(0)] == [first, second, second, third]
         assert len(replays) == 1
+        # Without a log (the watch down, or starting again) etcd replays at once: nothing
+        # waits for a log that is not there (LOG_WAIT made long: it would be waited out).
+        monkeypatch.setattr(etcd_store, "LOG_WAIT", 600.0)
+        with store._cond:
+            store._log_from = -1
+        got: list[list[Change]] = []
+        asked = threading.Thread(target=lambda: got.append(store.changes_since(first)))
+        asked.start()
+        asked.join(timeout=60)
+        assert got == [[Change(second, "/a", b"2", b"1"), Change(second, "/b", b"x", None),
+                        Change(third, "/a", None, b"2")]]
+        assert len(replays) == 2
     finally:
         neighbour.close()
         store.close()

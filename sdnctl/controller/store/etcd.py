@@ -527,17 +527,20 @@ class EtcdStore:
 
     def _logged(self, revision: int, last: int) -> list[Change] | None:
         """The changes after ``revision`` from the watch's log, once it holds ``last`` (the
-        prefix's revision just read: it comes within milliseconds); None when the log does not
-        reach back to ``revision``, or the watch is down or late (then etcd replays them)."""
+        prefix's revision just read: it comes within milliseconds); None at once when there is
+        no log (the watch is down or starting) or it does not reach back to ``revision``, and
+        None when the watch is late (then etcd replays them)."""
         deadline = time.monotonic() + LOG_WAIT
         with self._cond:
-            while self._log_from < 0 or self._log_to < last:
+            while True:
+                if self._log_from < 0 or revision < self._log_from or self._closed.is_set():
+                    return None
+                if self._log_to >= last:
+                    break
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closed.is_set():
+                if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
-            if revision < self._log_from:
-                return None
             log = self._log
             # The log is in revision order: skip what the caller has by bisection.
             lo, hi = 0, len(log)
