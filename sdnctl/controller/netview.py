@@ -85,10 +85,11 @@ def read(store: Store, network: str) -> NetworkRecords | None:
     return _completed(store, NetworkRecords(revision, spec, allocations, {}, leases, {}))
 
 
-def move_on(store: Store, records: NetworkRecords, network: str) -> NetworkRecords | None:
-    """``records`` of ``network`` as of the store's revision now: the same object when nothing
-    was written since, else moved on by the change log (read whole when it was compacted past
-    them); None when the network is gone."""
+def move_on(store: Store, records: NetworkRecords) -> NetworkRecords | None:
+    """``records`` (of the network ``records.spec`` names) as of the store's revision now: the
+    same object when nothing was written since, else moved on by the change log (read whole
+    when it was compacted past them); None when the network is gone."""
+    network = records.spec.name
     revision = store.revision()
     if revision <= records.revision:
         return records

@@ -1056,7 +1056,7 @@ class State:
             return cached[1]
         kept_records = self._net_records.get(network)
         records = netview.read(self.store, network) if kept_records is None else \
-            netview.move_on(self.store, kept_records, network)
+            netview.move_on(self.store, kept_records)
         if records is None:
             self.forget_views(network=network)
             return None

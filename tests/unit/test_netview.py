@@ -84,7 +84,7 @@ def test_records_moved_on_are_those_read_whole(tmp_path: Path, seed: int) -> Non
         for net in (OVERLAY, BRIDGE):
             before = kept[net]
             assert before is not None
-            moved = netview.move_on(store, before, net)
+            moved = netview.move_on(store, before)
             whole = netview.read(store, net)
             assert moved == whole, f"step {step} ({did}), network {net}"
             kept[net] = moved
@@ -103,14 +103,14 @@ def test_a_create_moves_the_records_on_without_reading_them_whole(tmp_path: Path
     assert whole_reads >= 4  # the network, its owners, leases, containers, hosts
     state.create_container(Container("new", "h1", OVERLAY))
     state.register_host(_host(2, 7))
-    moved = netview.move_on(counted, records, OVERLAY)  # type: ignore[arg-type]
+    moved = netview.move_on(counted, records)  # type: ignore[arg-type]
     # The change log held the container, its allocation and the host: one read of it, no other.
     assert counted.reads == 0 and counted.moved == 1
     assert moved is not None and "new" in moved.containers
     assert moved.hosts["h2"].vtep_mac == "02:00:00:00:07:02"
     # Unchanged records are the same objects (the name table is kept while they are).
     assert moved.containers["c0"] is records.containers["c0"]
-    assert netview.move_on(counted, moved, OVERLAY) is moved  # nothing written since
+    assert netview.move_on(counted, moved) is moved  # nothing written since
     store.close()
 
 
@@ -121,11 +121,11 @@ def test_a_compacted_log_or_a_deleted_network_reads_whole(tmp_path: Path) -> Non
     assert records is not None
     for i in range(10):  # more changes than the log keeps
         state.create_container(Container(f"c{i}", "h0", OVERLAY))
-    moved = netview.move_on(store, records, OVERLAY)
+    moved = netview.move_on(store, records)
     assert moved == netview.read(store, OVERLAY)
     assert moved is not None and len(moved.containers) == 10
     for i in range(10):
         state.delete_container(f"c{i}")
     state.delete_network(OVERLAY)
-    assert netview.move_on(store, moved, OVERLAY) is None
+    assert netview.move_on(store, moved) is None
     store.close()
