@@ -7,25 +7,30 @@ round then:
 - join: `sdnctl up` of the file extended by one host ``hn`` (with container ``cn``) runs in the
   background; we watch the controller's API for hn's fresh agent to register (t0), then watch
   every other host's VXLAN device until it holds hn's route, neighbour and FDB entry exactly as
-  the agent writes them. Join time = when the last host was seen so - t0. Then, as a check
+  the agent writes them. Join time = when the last host announced them - t0. Then, as a check
   that this means reachable, every other host's container pings cn (one `ping -i 0.02` each,
   in parallel): "reachable" = the last first reply - t0, an upper bound since the pings start
   only then, and it includes what `up` does after the agent registered (creating cn, the agent
   starting it), as a user would see it.
 - leave: cn is deleted and hn's agent stopped (as a host that goes away), then at t0 the host
   is deleted through the API; we watch every other host until none holds any of hn's three
-  entries. Leave time = when the last host was seen clean - t0.
+  entries. Leave time = when the last host announced them gone - t0.
 
-The probe is cheap on purpose (it used to dump every route, neighbour and FDB entry of every
-host from 100 threads every 5 ms, ~26 ms a dump at N = 100, and starved the agents on 2 CPUs;
-then a sweep of three gets per host every 5 ms still took a third of the CPU): per host
-namespace, opened once, a socket subscribed to its route and neighbour announcements and one
-for three targeted gets (FIB-match route lookup of hn's subnet, the neighbour of its VTEP
-address, the FDB entry of its VTEP MAC), asked once; then the announcements themselves say
-which of the three came or went (parsed raw, as the agent parses its dumps), read by one
-thread waiting in epoll at nice -10 (``prompt``: at the default weight it queued behind the
-hundred agents it measures; asking three gets again for each announcement, ~4 ms of CPU each
-time, was the same queue made longer).
+The probe is cheap on purpose, and it notes when each kernel announced the entries, not when
+we got round to asking. Per host namespace, opened once: a socket subscribed to its route and
+neighbour announcements, and one for three targeted gets (FIB-match route lookup of hn's
+subnet, the neighbour of its VTEP address, the FDB entry of its VTEP MAC). A listener process
+of its own at nice -10 (bench/_heard.py) reads every announcement as it comes and notes its
+moment: at the default weight it queued behind the hundred agents it measures, and as a
+thread of ours it waited for the interpreter. Once hn's lease says what to look for,
+what was heard since the round began is replayed (parsed raw, as the agent parses its dumps):
+a host is done at the moment of the announcement that completed it. The kernels are asked once
+(what the replay missed counts at the moment it was asked, an upper bound, and is counted), and
+at the end every host is asked again and must agree with what was heard. Earlier probes
+measured themselves: 100 threads dumping everything every 5 ms starved the agents; a sweep of
+three gets per host every 5 ms took a third of the CPU; and a sweep of every host before
+following the announcements took 450-660 ms at N = 100 while the agents were busy, every host
+found done during it counting as done at its end.
 
 The controller is the one `up` starts (or, with --controller-workers N, one of ours with N gRPC
 threads: each agent's Watch holds one of the stock 32 for good). Everything is brought `down`
@@ -43,7 +48,6 @@ import contextlib
 import errno
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -58,6 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _heard
 import grpc
 import harness
 from pyroute2 import IPRoute
@@ -264,6 +269,7 @@ class Joined:
 def join(the_lab: Lab, extended: Path, sources: list[str], prober: Prober) -> Joined:
     """One join of hn (see :class:`Joined`)."""
     started = time.monotonic()
+    since = prober.mark()
     up = the_lab.popen("up", str(extended), "--timeout", "120")
     try:
         def registered() -> bool:
@@ -285,7 +291,8 @@ def join(the_lab: Lab, extended: Path, sources: list[str], prober: Prober) -> Jo
             t0 = wait_for(registered, f"{NEW_HOST}'s agent to register")
             leased = wait_for(has_lease, f"{NEW_HOST}'s lease and VTEP MAC")
             assert peer is not None
-            programmed = prober.until(lambda got: got[0] == 3, peer, f"{NEW_HOST}'s entries")
+            programmed = prober.until(lambda got: got[0] == 3, peer, f"{NEW_HOST}'s entries",
+                                      since)
         address = ""
 
         def has_address() -> bool:
@@ -342,13 +349,6 @@ def _get(query: Callable[[], Any]) -> list[Any]:
 ROUTE, NEIGHBOUR, FDB = "route", "neighbour", "fdb"
 
 
-def entries_for(ipr: IPRoute, ifindex: int, peer: PeerKey) -> tuple[int, int]:
-    """(right, present): how many of the peer's three entries on ``ifindex`` are as the agent
-    writes them, and how many exist at all (``entry_states`` summed)."""
-    states = entry_states(ipr, ifindex, peer).values()
-    return sum(right for right, _ in states), sum(present for _, present in states)
-
-
 def entry_states(ipr: IPRoute, ifindex: int, peer: PeerKey) -> dict[str, tuple[bool, bool]]:
     """(right, present) of each of the peer's three entries on ``ifindex``. Three targeted
     gets (a FIB-match route lookup of the peer's subnet, the neighbour of its VTEP address, the
@@ -392,41 +392,116 @@ def announced(data: bytes, ifindex: int, peer: PeerKey) -> dict[str, tuple[bool,
     return found
 
 
+#: A host's view of the peer's three entries: (right, present) of each.
+States = dict[str, tuple[bool, bool]]
+#: What the prober heard: (monotonic moment it was read, host namespace, datagram), the
+#: datagram None where the kernel dropped some (the socket overran).
+Heard = tuple[float, str, bytes | None]
+#: Seconds without a word from the hosts not done yet before ``Prober.until`` asks them.
+QUIET = 1.0
+ABSENT: States = {ROUTE: (False, False), NEIGHBOUR: (False, False), FDB: (False, False)}
+
+
+def summed(states: States) -> tuple[int, int]:
+    """(right, present): how many of the three entries are as the agent writes them, and how
+    many exist at all."""
+    return (sum(right for right, _ in states.values()),
+            sum(present for _, present in states.values()))
+
+
+@dataclass
+class Replay:
+    """The peer's entries on each host as what was heard since a mark left them: ``states``
+    (from the states each host had at the mark), ``done_at`` the moment each host was first
+    heard done, ``lost`` the hosts whose announcements overran (their states are asked)."""
+
+    states: dict[str, States]
+    done_at: dict[str, float]
+    lost: set[str]
+
+    def hear(self, heard: list[Heard], indexes: dict[str, int], peer: PeerKey,
+             done: Callable[[tuple[int, int]], bool]) -> None:
+        for moment, ns, data in heard:
+            if ns in self.done_at or ns not in self.states:
+                continue
+            if data is None:
+                self.lost.add(ns)
+                continue
+            self.states[ns].update(announced(data, indexes[ns], peer))
+            if done(summed(self.states[ns])):
+                self.done_at[ns] = moment
+
+
 class Prober:
     """Per host namespace, opened once: a netlink socket for the three gets, and one subscribed
-    to its route and neighbour changes (FDB entries are neighbours of AF_BRIDGE). A host is
-    asked again only when its kernel announced a change, so the probe costs next to nothing
-    while it waits: a thread per host dumping everything every 5 ms starved the agents we
-    measure, and then one thread sweeping every host with three gets every 5 ms still took
-    ~10 ms of CPU per sweep at N = 100, a third of the machine's two cores."""
+    to its route and neighbour changes (FDB entries are neighbours of AF_BRIDGE), read as they
+    come by a listener process of its own at nice -10 that notes the moment of each datagram
+    (bench/_heard.py). ``until`` replays them from a mark taken before the change was asked
+    for, so the moment a host was done is the moment its kernel announced it, whenever the
+    prober gets to parse it.
+
+    It used to ask every host first (three gets each) and then follow the announcements. At
+    N = 100 that sweep took 450-660 ms while the agents were busy, and every host found done
+    during it counted as done at its end: the join measured the sweep. Before that, a thread
+    per host dumping everything every 5 ms starved the agents we measure, and then one thread
+    sweeping every host with three gets every 5 ms still took ~10 ms of CPU per sweep at
+    N = 100, a third of the machine's two cores."""
 
     def __init__(self, namespaces: list[str]) -> None:
         self._sockets: dict[str, tuple[IPRoute, int]] = {}
-        self._events: dict[str, socket.socket] = {}
+        self._heard: list[Heard] = []
+        self._syncs_asked = self._syncs_done = 0
+        self._ended = False
+        self._cond = threading.Condition()
+        self._listener: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        #: Hosts counted done at the moment they were asked, not heard (see ``until``).
+        self.missed = 0
+        events: list[socket.socket] = []
         try:
             for ns in namespaces:
                 ipr = iproute_in(f"/run/netns/{ns}")
                 self._sockets[ns] = (ipr, ipr.link_lookup(ifname=vxlan_name(NET))[0])
             fds = open_netlink_fds([f"/run/netns/{ns}" for ns in namespaces])
-            for ns in namespaces:
-                fd = fds[f"/run/netns/{ns}"]
+            events = [socket.socket(fileno=fd) for fd in fds.values() if isinstance(fd, int)]
+            for fd in fds.values():
                 if isinstance(fd, OSError):
                     raise fd
-                events = socket.socket(fileno=fd)
-                events.bind((0, RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE))
-                events.setblocking(False)
-                self._events[ns] = events
+            for sock in events:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                sock.bind((0, RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE))
+                sock.setblocking(False)
+            numbers = [str(s.fileno()) for s in events]
+            self._listener = subprocess.Popen(
+                [sys.executable, str(Path(_heard.__file__)), *numbers],
+                pass_fds=[s.fileno() for s in events], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE)
+            self._reader = threading.Thread(target=self._read, args=(list(namespaces),),
+                                            name="prober", daemon=True)
+            self._reader.start()
         except BaseException:
             self.close()
             raise
+        finally:
+            for s in events:  # the listener holds them now
+                s.close()
 
     def close(self) -> None:
+        if self._listener is not None:
+            assert self._listener.stdin is not None
+            with contextlib.suppress(OSError):
+                self._listener.stdin.close()  # it ends
+            try:
+                self._listener.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._listener.kill()
+                self._listener.wait()
+            if self._reader is not None:
+                self._reader.join(timeout=10)
+            self._listener = None
         for ipr, _ in self._sockets.values():
             ipr.close()
-        for events in self._events.values():
-            events.close()
         self._sockets.clear()
-        self._events.clear()
 
     def __enter__(self) -> Prober:
         return self
@@ -434,58 +509,124 @@ class Prober:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def check(self, peer: PeerKey) -> dict[str, tuple[int, int]]:
-        return {ns: entries_for(ipr, index, peer) for ns, (ipr, index) in self._sockets.items()}
+    def _read(self, namespaces: list[str]) -> None:
+        """What the listener passes on, into ``_heard`` (see bench/_heard.py)."""
+        assert self._listener is not None and self._listener.stdout is not None
+        out = self._listener.stdout
+        while True:
+            head = out.read(_heard.RECORD.size)
+            if len(head) < _heard.RECORD.size:
+                with self._cond:
+                    self._ended = True
+                    self._cond.notify_all()
+                return
+            moment, place, length = _heard.RECORD.unpack(head)
+            if place == _heard.SYNC:
+                heard: Heard | None = None
+            elif length == _heard.LOST:
+                heard = (moment, namespaces[place], None)
+            else:
+                heard = (moment, namespaces[place], out.read(length))
+            with self._cond:
+                if heard is None:
+                    self._syncs_done += 1
+                else:
+                    self._heard.append(heard)
+                self._cond.notify_all()
 
-    def until(self, done: Callable[[tuple[int, int]], bool], peer: PeerKey, what: str) -> float:
-        """Until ``done`` holds on each host: the monotonic time the last one was seen done.
-        Every host is asked once (``entry_states``), then followed by what its kernel
-        announces of the peer's three entries (``announced``): no question per announcement,
-        whose cost at 100 hosts (three gets per host for each of its several announcements,
-        ~4 ms of this process's CPU a time) competed with the agents for the two cores and
-        put the moment a host was seen done behind a queue of them."""
+    def mark(self) -> int:
+        """Where what is heard from now on starts (for ``until``)."""
+        with self._cond:
+            return len(self._heard)
+
+    def sync(self) -> None:
+        """Until the reader has read everything the kernels had announced when called."""
+        assert self._listener is not None and self._listener.stdin is not None
+        with self._cond:
+            self._syncs_asked += 1
+            self._listener.stdin.write(b"x")
+            self._listener.stdin.flush()
+            while self._syncs_done < self._syncs_asked:
+                if self._ended:
+                    raise RuntimeError("the prober's listener ended")
+                self._cond.wait()
+
+    def _heard_from(self, cursor: int, timeout: float) -> list[Heard]:
+        with self._cond:
+            if len(self._heard) <= cursor:
+                self._cond.wait(timeout)
+            return self._heard[cursor:]
+
+    def states(self, peer: PeerKey) -> dict[str, States]:
+        """Each host's peer entries, asked."""
+        return {ns: self._ask(ns, peer) for ns in self._sockets}
+
+    def until(self, done: Callable[[tuple[int, int]], bool], peer: PeerKey, what: str,
+              since: int, before: dict[str, States] | None = None) -> float:
+        """Until ``done`` holds on each host: the monotonic moment the last one was heard
+        done. What was heard since the mark ``since`` is replayed from ``before`` (each host's
+        states at the mark; default: none of the peer's entries anywhere), then followed.
+        When nothing is heard from the hosts not done for ``QUIET`` seconds, they are asked: one
+        done in its kernel (an announcement missed, or a state at the mark other than
+        ``before``) counts as done at the moment it was asked, an upper bound, and is counted
+        in ``missed``. At the end every host is asked and must agree with what was heard."""
         with prompt():
-            return self._until(done, peer, what)
+            return self._until(done, peer, what, since, before)
 
-    def _until(self, done: Callable[[tuple[int, int]], bool], peer: PeerKey,
-               what: str) -> float:
-        states: dict[str, dict[str, tuple[bool, bool]]] = {}
-        pending = set(self._sockets)
-        for ns in sorted(pending):
-            _drain(self._events[ns])  # (what came before the question is in its answer)
-            ipr, index = self._sockets[ns]
-            states[ns] = entry_states(ipr, index, peer)
+    def _until(self, done: Callable[[tuple[int, int]], bool], peer: PeerKey, what: str,
+               since: int, before: dict[str, States] | None) -> float:
+        indexes = {ns: index for ns, (_, index) in self._sockets.items()}
+        replay = Replay({ns: dict(before[ns] if before else ABSENT) for ns in indexes}, {},
+                        set())
         deadline = time.monotonic() + DEADLINE
-        by_fd = {self._events[ns].fileno(): ns for ns in pending}
-        poller = select.epoll()
-        try:
-            for fd in by_fd:
-                poller.register(fd, select.EPOLLIN)
-            changed = set(pending)
-            while True:
-                for ns in changed & pending:
-                    summed = (sum(r for r, _ in states[ns].values()),
-                              sum(p for _, p in states[ns].values()))
-                    if done(summed):
-                        pending.discard(ns)
-                        poller.unregister(self._events[ns].fileno())
-                now = time.monotonic()
-                if not pending:
-                    return now
-                if now > deadline:
-                    raise TimeoutError(f"timed out waiting for {what} on {sorted(pending)[:5]}")
-                changed = set()
-                for fd, _ in poller.poll(deadline - now):
-                    ns = by_fd[fd]
-                    ipr, index = self._sockets[ns]
-                    datagrams = _drain(self._events[ns])
-                    if datagrams is None:  # some were lost: ask
-                        states[ns] = entry_states(ipr, index, peer)
-                    for data in datagrams or []:
-                        states[ns].update(announced(data, index, peer))
-                    changed.add(ns)
-        finally:
-            poller.close()
+        cursor, heard_last = since, time.monotonic()
+        while len(replay.done_at) < len(indexes):
+            now = time.monotonic()
+            if now > deadline:
+                pending = sorted(set(indexes) - set(replay.done_at))
+                raise TimeoutError(f"timed out waiting for {what} on {pending[:5]}")
+            heard = self._heard_from(cursor, max(0.0, min(QUIET, deadline - now)))
+            cursor += len(heard)
+            if any(ns not in replay.done_at for _, ns, _ in heard):
+                heard_last = time.monotonic()
+            replay.hear(heard, indexes, peer, done)
+            for ns in sorted(replay.lost - set(replay.done_at)):  # overran: ask
+                replay.lost.discard(ns)
+                replay.states[ns] = self._ask(ns, peer)
+                if done(summed(replay.states[ns])):
+                    replay.done_at[ns] = time.monotonic()
+            if time.monotonic() - heard_last >= QUIET:
+                cursor = self._ask_the_rest(replay, cursor, indexes, peer, done)
+                heard_last = time.monotonic()
+        wrong = [ns for ns in sorted(indexes) if not done(summed(self._ask(ns, peer)))]
+        if wrong:
+            raise RuntimeError(f"{what}: heard done, but the kernel of {wrong[:5]} disagrees")
+        return max(replay.done_at.values())
+
+    def _ask_the_rest(self, replay: Replay, cursor: int, indexes: dict[str, int],
+                      peer: PeerKey, done: Callable[[tuple[int, int]], bool]) -> int:
+        """Ask every host not heard done; one done in its kernel, but still not in what was
+        heard once the reader caught up, is done at the moment it was asked. The cursor
+        after what was replayed."""
+        asked_at: dict[str, float] = {}
+        for ns in sorted(set(indexes) - set(replay.done_at)):
+            moment = time.monotonic()
+            replay.states[ns] = self._ask(ns, peer)
+            if done(summed(replay.states[ns])):
+                asked_at[ns] = moment
+        self.sync()
+        with self._cond:
+            heard = self._heard[cursor:]
+        replay.hear(heard, indexes, peer, done)
+        for ns, moment in asked_at.items():
+            if ns not in replay.done_at:
+                replay.done_at[ns] = moment
+                self.missed += 1
+        return cursor + len(heard)
+
+    def _ask(self, ns: str, peer: PeerKey) -> States:
+        ipr, index = self._sockets[ns]
+        return entry_states(ipr, index, peer)
 
 
 @contextlib.contextmanager
@@ -504,24 +645,6 @@ def prompt() -> Iterator[None]:
         os.setpriority(os.PRIO_PROCESS, tid, before)
 
 
-def _drain(events: socket.socket) -> list[bytes] | None:
-    """What ``events`` holds, datagram by datagram; None when some were lost (overrun: the
-    caller asks again)."""
-    got: list[bytes] | None = []
-    while True:
-        try:
-            data = events.recv(1 << 16)
-        except BlockingIOError:
-            return got
-        except OSError as e:
-            if e.errno != errno.ENOBUFS:
-                raise
-            got = None
-            continue
-        if got is not None:
-            got.append(data)
-
-
 def leave(the_lab: Lab, prober: Prober) -> float:
     """Seconds from hn's deletion until no other host holds any of its entries."""
     peer = peer_key(the_lab, NEW_HOST)
@@ -530,13 +653,16 @@ def leave(the_lab: Lab, prober: Prober) -> float:
              .observed_revision >= reply.revision, f"{NEW_HOST} to remove {NEW_CTR}")
     agent = agent_of(the_lab, NEW_HOST)
     lab.stop_process(agent["pid"], start_time=agent.get("start_time"))
-    missing = [ns for ns, (right, _) in prober.check(peer).items() if right != 3]
+    since = prober.mark()
+    before = prober.states(peer)
+    missing = [ns for ns, states in before.items() if summed(states)[0] != 3]
     if missing:
         raise RuntimeError(f"{missing[:5]} held not all entries for {NEW_HOST} before it left")
     with prompt():
         started = time.monotonic()
         the_lab.api.DeleteHost(pb.DeleteRequest(name=NEW_HOST), timeout=10)
-        gone = prober.until(lambda got: got[1] == 0, peer, f"{NEW_HOST}'s entries to go")
+        gone = prober.until(lambda got: got[1] == 0, peer, f"{NEW_HOST}'s entries to go",
+                            since, before)
     return gone - started
 
 
@@ -583,7 +709,8 @@ def run_size(hosts: int, rounds: int, tmp: Path, workers: int) -> dict[str, list
                 print(f"  N={hosts} round {i + 1}: join {joined.entries * 1000:.0f} ms (from "
                       f"the lease {joined.fanout * 1000:.0f} ms, reachable "
                       f"{joined.reached * 1000:.0f} ms), leave {left * 1000:.0f} ms (`up` of "
-                      f"the extra host {joined.up_total:.1f}s)", file=sys.stderr)
+                      f"the extra host {joined.up_total:.1f}s; hosts asked, not heard: "
+                      f"{prober.missed})", file=sys.stderr)
     return got
 
 
@@ -621,9 +748,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     notes.append("join/leave: until hn's route, neighbour and FDB entry exist (are gone) on "
-                 "every other host; probe: three targeted netlink gets per host, asked again "
-                 "when the host's kernel announces a route or neighbour change (epoll on a "
-                 "subscribed socket per host, one thread). reachable: then one `ping -i 0.02` "
+                 "every other host, at the moment each host's kernel announced it (a "
+                 "subscribed socket per host, read by a listener process of its own; every "
+                 "host asked at the end must agree). reachable: then one `ping -i 0.02` "
                  "from each other host's container, in parallel; it includes what `up` does "
                  "after the agent registers (creating cn, the agent starting it)")
     harness.write_result("overlay", {"measurements": measurements, "comparisons": comparisons,

@@ -369,7 +369,8 @@ class ScaleRun:
                 overlay.record(got, joined, left)
                 print(f"  join {joined.entries * 1000:.0f} ms (from the lease "
                       f"{joined.fanout * 1000:.0f} ms, reachable {joined.reached * 1000:.0f} "
-                      f"ms), leave {left * 1000:.0f} ms", file=sys.stderr)
+                      f"ms), leave {left * 1000:.0f} ms; hosts asked, not heard: "
+                      f"{prober.missed}", file=sys.stderr)
         return got
 
     def lab_agents(self) -> dict[str, dict[str, Any]]:
