@@ -1,6 +1,7 @@
 """Transactions of several threads merged into one (sdnctl/controller/store/coalesce.py, issue
 21): writers that come while one is in flight are written together, each keeps the outcome it
-would have had alone, and writes touching one key, or passing the store's cap, stay apart."""
+would have had alone, and writes touching one key, or passing the store's cap, stay apart;
+and one read shared by the callers that ask at once."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sdnctl.controller.store.base import Compare, Delete, Put
-from sdnctl.controller.store.coalesce import Coalescer
+from sdnctl.controller.store.coalesce import Coalescer, Shared
 from sdnctl.controller.store.memory import MemoryStore
 
 TIMEOUT = 10.0
@@ -93,3 +94,49 @@ def test_writes_of_one_key_or_past_the_cap_go_apart() -> None:
     assert store.txns == [["/x"], ["/k"], ["/k", "/m", "/n"], ["/o", "/p"]]
     kv = store.inner.get("/k")
     assert kv is not None and kv.value == b"2"
+
+
+def test_a_shared_read_answers_each_caller_from_a_read_begun_after_it_asked() -> None:
+    """coalesce.Shared: callers that ask while a read is in flight share the next read, not
+    that one (it began before they asked, so it may be older than they need); its error goes
+    to every caller of it."""
+    entered, release = threading.Event(), threading.Event()
+    begun: list[int] = []
+
+    def read() -> int:
+        begun.append(len(begun) + 1)
+        if len(begun) == 1:
+            entered.set()
+            assert release.wait(TIMEOUT)
+        if len(begun) == 3:
+            raise RuntimeError("the third read fails")
+        return len(begun)
+
+    shared: Shared[int] = Shared(read)
+    got: dict[int, int | str] = {}
+
+    def ask(i: int) -> None:
+        try:
+            got[i] = shared()
+        except RuntimeError as e:
+            got[i] = str(e)
+
+    first = threading.Thread(target=ask, args=(0,))
+    first.start()
+    assert entered.wait(TIMEOUT)
+    others = [threading.Thread(target=ask, args=(i,)) for i in range(1, 11)]
+    for i, t in enumerate(others, start=1):
+        t.start()
+        while len(shared._queue) < i:  # queued behind the read in flight
+            assert t.is_alive()
+            threading.Event().wait(0.001)
+    release.set()
+    for t in [first, *others]:
+        t.join(TIMEOUT)
+    assert got == {0: 1, **{i: 2 for i in range(1, 11)}}  # ten callers, one read
+    assert shared.reads == 2
+    late = threading.Thread(target=ask, args=(11,))
+    late.start()
+    late.join(TIMEOUT)
+    assert got[11] == "the third read fails" and shared.reads == 3
+    assert shared() == 4  # the next read stands on its own

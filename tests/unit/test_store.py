@@ -289,6 +289,66 @@ def test_etcd_changes_come_from_its_watch_not_a_replay(etcd: EtcdCluster,
         store.close()
 
 
+def _watching(store: EtcdStore) -> None:
+    deadline = time.monotonic() + 30
+    while store._mirror is None:  # the watch is up, its mirror loaded
+        assert time.monotonic() < deadline, "the store's watch never started"
+        time.sleep(0.01)
+
+
+def test_etcd_reads_come_from_the_mirror_as_new_as_etcd(etcd: EtcdCluster,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """etcd: a read is answered from the mirror the store's watch keeps, after one read of the
+    marker (not of the keys asked), and is as new as a read of etcd: what another replica
+    wrote just before is there. The mirror agrees with etcd whole, a neighbour prefix's keys
+    apart; it is loaded in pages; and a mirror behind the prefix's revision is not read."""
+    monkeypatch.setattr(etcd_store, "PAGE", 3)  # the first load takes several pages
+    prefix = f"/t/{uuid.uuid4().hex}"
+    writer = EtcdStore(etcd.endpoints, prefix=prefix)
+    writer.txn([], [Put(f"/old/{i}", b"%d" % i) for i in range(10)])
+    store = EtcdStore(etcd.endpoints, prefix=prefix)
+    neighbour = EtcdStore(etcd.endpoints, prefix=prefix + "-b")  # sorts between marker and keys
+    try:
+        _watching(store)
+        paths: list[str] = []
+        real = store._post
+
+        def counted(endpoint: str, path: str, payload: bytes) -> Any:
+            paths.append(path)
+            return real(endpoint, path, payload)
+
+        monkeypatch.setattr(store, "_post", counted)
+        for i in range(30):  # another replica's write, read at once through the mirror
+            revision = writer.txn([], [Put("/k", b"%d" % i), Put(f"/n/{i}", b"x")])
+            neighbour.txn([], [Put("/k", b"neighbour")])
+            kv = store.get("/k")
+            assert kv is not None and (kv.value, kv.mod_revision) == (b"%d" % i, revision)
+            kvs, at = store.range("/n/")
+            assert len(kvs) == i + 1 and at == revision
+        assert set(paths) == {"/v3/kv/range"}  # the marker's revision: a read of one key
+        paths.clear()
+        many = store.get_many([f"/old/{i}" for i in range(10)] + ["/none"])
+        assert [kv.value if kv else None for kv in many] == [b"%d" % i for i in range(10)] + [None]
+        assert paths == ["/v3/kv/range"]
+        writer.txn([], [Delete("/old/3"), Put("/old/4", b"again")])
+        mirrored = store.range("/")
+        monkeypatch.setattr(store, "_mirrored", lambda read: None)  # etcd itself
+        assert mirrored == store.range("/")
+        monkeypatch.undo()
+        monkeypatch.setattr(etcd_store, "LOG_WAIT", 0.3)
+        with store._cond:  # the mirror seems behind: etcd answers, after LOG_WAIT
+            store._log_to = 0
+        monkeypatch.setattr(store, "_post", counted)
+        paths.clear()
+        kv = store.get("/old/4")
+        assert kv is not None and kv.value == b"again"
+        assert paths == ["/v3/kv/range", "/v3/kv/range"]  # the marker, then the key
+    finally:
+        neighbour.close()
+        store.close()
+        writer.close()
+
+
 def test_wait_wakes_on_a_write_through_another_store_object(kind: str,
                                                             make_store: MakeStore) -> None:
     """Two replicas: a write through one wakes a waiter on the other (etcd: through its watch,

@@ -1,4 +1,5 @@
-"""Independent transactions of several threads merged into one (issue 21): the status reports.
+"""Independent transactions of several threads merged into one (issue 21): the status reports;
+and one read shared by the threads that ask for it at once.
 
 Design note. After a change that concerns every host of a 100-host overlay, the 100 agents
 report at once, each report one transaction. On etcd every transaction is a raft entry and a
@@ -14,6 +15,11 @@ Each writer keeps the outcome it would have had alone: when the merged transacti
 compare of one of them no longer holds) each is written again alone, and gets its own
 revision or None. Writes that touch a key another queued write touches, or that together
 would pass the store's cap of operations (etcd's ``max_txn_ops``), go in separate groups.
+
+:class:`Shared` takes turns the same way for a read whose answer every caller can use (the etcd
+store's read of its prefix's revision before it answers from its mirror): a caller gets the
+answer of a read that began after it asked, so it is as new as a read of its own, and the
+callers queued while one read was in flight share the next.
 """
 
 from __future__ import annotations
@@ -138,3 +144,45 @@ class Coalescer(Turns[_Pending]):
                 pending.result = store.txn(pending.compares, pending.ops)
             except BaseException as e:  # handed to its writer, raised there
                 pending.error = e
+
+
+T = TypeVar("T")
+
+
+class _Asking(Waiting, Generic[T]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
+class Shared(Turns[_Asking[T]]):
+    """``read()`` for every thread that asks at once: each gets the answer of a read begun
+    after it asked, shared with the others queued meanwhile (100 readers at once cost two
+    reads, not 100); an error goes to every caller of that read."""
+
+    def __init__(self, read: Callable[[], T]) -> None:
+        super().__init__()
+        self._read = read
+        self.reads = 0  # how many reads were made (for tests and figures)
+
+    def __call__(self) -> T:
+        mine: _Asking[T] = _Asking()
+        self._enter(mine)
+        if mine.error is not None:
+            raise mine.error
+        return mine.result  # type: ignore[return-value]
+
+    def _group(self, queue: list[_Asking[T]]) -> int:
+        return len(queue)  # every caller queued now asked before the read below begins
+
+    def _write(self, group: list[_Asking[T]]) -> None:
+        self.reads += 1
+        try:
+            result = self._read()
+        except BaseException as e:  # handed to every caller of this read, raised there
+            for asking in group:
+                asking.error = e
+            return
+        for asking in group:
+            asking.result = result

@@ -23,7 +23,13 @@ History is etcd's MVCC history: ``changes_since`` replays it with a watch from `
 trims history: run etcd with ``--auto-compaction-retention`` or call :meth:`EtcdStore.compact`.
 
 ``wait`` is driven by a watch on the marker key kept open in a background thread, so a write
-through any replica wakes the watchers of every replica at once.
+through any replica wakes the watchers of every replica at once. That watch covers the prefix
+too, with previous values: what it delivers is kept as the change log ``changes_since`` reads
+(the last LOG_MAX changes) and applied to a :class:`~sdnctl.controller.store.mirror.Mirror` of
+the prefix, loaded when the watch starts. Reads (``get``, ``get_many``, ``range``) are answered
+from the mirror once it holds the prefix's revision read from etcd at the time of the read (one
+read of the marker, shared by the threads reading at once: ``coalesce.Shared``), so they are as
+new as reads of etcd itself; while the watch is down or late, etcd answers them.
 
 Client TLS and auth (issue 24). With :class:`EtcdAccess` carrying a CA (``--etcd-cacert``),
 every connection is HTTPS checked against it, with a client certificate when one is given
@@ -50,10 +56,10 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sdnctl.controller.store.base import (
     Change,
@@ -65,6 +71,8 @@ from sdnctl.controller.store.base import (
     StoreUnavailable,
     check_ops,
 )
+from sdnctl.controller.store.coalesce import Shared
+from sdnctl.controller.store.mirror import Mirror
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +90,13 @@ TXN_CAPS = (1024, 512, 256)
 
 #: The changes the watch keeps for ``changes_since`` (the older half is dropped beyond it).
 LOG_MAX = 20000
-#: Seconds ``changes_since`` waits for the watch to deliver the revision it read, before it
-#: asks etcd to replay them instead.
+#: Seconds ``changes_since`` (and a read from the mirror) waits for the watch to deliver the
+#: revision it read, before it asks etcd instead.
 LOG_WAIT = 2.0
+#: Keys per read when the watch (re)starts and loads the mirror of the prefix.
+PAGE = 5000
+
+T = TypeVar("T")
 
 # gRPC codes (in the gateway's error body) that mean "this member cannot serve now".
 _UNAVAILABLE_CODES = {4, 14}  # DEADLINE_EXCEEDED, UNAVAILABLE
@@ -189,6 +201,12 @@ class EtcdStore:
         self._log: list[Change] = []
         self._log_from = -1
         self._log_to = 0
+        # The prefix as the watch delivered it, for reads (see _mirrored); None while the
+        # watch is down or starting.
+        self._mirror: Mirror | None = None
+        # The marker's (mod_revision, create_revision), one read of etcd shared by the
+        # threads that ask at once.
+        self.marker_reads: Shared[tuple[int, int]] = Shared(self._read_marker)
         self._streams: set[http.client.HTTPConnection] = set()  # open watches, ended by close()
         self._all_conns: list[http.client.HTTPConnection] = []
         self._seen = self.revision()
@@ -377,12 +395,22 @@ class EtcdStore:
     # -- the Store protocol -----------------------------------------------------------------
 
     def get(self, key: str) -> KeyValue | None:
+        self._key(key)
+        mirrored = self._mirrored(lambda mirror: mirror.get(key))
+        if mirrored is not None:
+            return mirrored[0]
         answer = self._call("/v3/kv/range", {"key": _b64(self._key(key))})
         kvs = answer.get("kvs") or []
         return self._kv(kvs[0]) if kvs else None
 
     def get_many(self, keys: Sequence[str]) -> list[KeyValue | None]:
-        """One read transaction per chunk (etcd caps a transaction's operations)."""
+        """From the mirror, or one read transaction per chunk (etcd caps a transaction's
+        operations)."""
+        for key in keys:
+            self._key(key)
+        mirrored = self._mirrored(lambda mirror: mirror.get_many(keys))
+        if mirrored is not None:
+            return mirrored[0]
         found: list[KeyValue | None] = []
         for start in range(0, len(keys), self.max_txn_ops):
             chunk = keys[start:start + self.max_txn_ops]
@@ -408,6 +436,9 @@ class EtcdStore:
         return TXN_OPS
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        mirrored = self._mirrored(lambda mirror: (mirror.range(prefix), mirror.revision))
+        if mirrored is not None:
+            return mirrored[0]
         answer = self._call("/v3/kv/txn", {"success": [
             {"request_range": self._range_request(prefix)},
             {"request_range": {"key": _b64(self._marker)}},
@@ -422,8 +453,33 @@ class EtcdStore:
         return int(kvs[0].get("mod_revision", 0)) if kvs else 0
 
     def revision(self) -> int:
+        return self.marker_reads()[0]
+
+    def _read_marker(self) -> tuple[int, int]:
         answer = self._call("/v3/kv/range", {"key": _b64(self._marker)})
-        return self._marker_revision(answer)
+        marker = (answer.get("kvs") or [{}])[0]
+        return int(marker.get("mod_revision", 0)), int(marker.get("create_revision", 0))
+
+    def _mirrored(self, read: Callable[[Mirror], T]) -> tuple[T] | None:
+        """``read`` of the mirror once it holds every change up to the prefix's revision now
+        (read from etcd, one read shared by the threads asking at once: as new as a read of
+        etcd itself); None when there is no mirror (the watch is down or starting) or it did
+        not get there within LOG_WAIT: the caller reads etcd."""
+        if self._mirror is None:
+            return None
+        last = self.marker_reads()[0]
+        deadline = time.monotonic() + LOG_WAIT
+        with self._cond:
+            while True:
+                mirror = self._mirror
+                if mirror is None or self._closed.is_set():
+                    return None
+                if self._log_to >= last:
+                    return (read(mirror),)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
 
     def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> int | None:
         check_ops(ops)
@@ -479,9 +535,7 @@ class EtcdStore:
         return {"request_delete_range": {"key": _b64(self._key(op.key))}}
 
     def changes_since(self, revision: int) -> list[Change]:
-        answer = self._call("/v3/kv/range", {"key": _b64(self._marker)})
-        marker = (answer.get("kvs") or [{}])[0]
-        last = int(marker.get("mod_revision", 0))
+        last, created = self.marker_reads()
         if last <= revision:
             return []
         logged = self._logged(revision, last)
@@ -489,7 +543,7 @@ class EtcdStore:
             return logged
         # Nothing under the prefix is older than the marker: a compaction of the cluster's
         # history from before the prefix existed takes nothing of ours.
-        start = max(revision + 1, int(marker.get("create_revision", 0)))
+        start = max(revision + 1, created)
         # A compaction AT ``start`` is not reported by a watch from there (only one past it
         # is), yet it dropped that revision's deletions: the watch then silently lacks them
         # (and waits for them until it times out when they were the last). Checked before
@@ -608,7 +662,8 @@ class EtcdStore:
             try:
                 self._follow_marker()
                 backoff = 0.1
-            except (StoreUnavailable, OSError, http.client.HTTPException, ValueError) as e:
+            except (StoreUnavailable, EtcdError, OSError, http.client.HTTPException,
+                    ValueError) as e:
                 if self._closed.is_set():
                     return
                 log.debug("marker watch broke (%s); reconnecting", e)
@@ -617,12 +672,28 @@ class EtcdStore:
             self._closed.wait(backoff)
             backoff = min(backoff * 2, 2.0)
 
+    def _load(self) -> tuple[Mirror, int]:
+        """The prefix read whole at one etcd revision (PAGE keys a read), as a mirror at the
+        prefix's revision then; and that etcd revision."""
+        request = {"key": _b64(self._range_start), "range_end": _b64(self._range_end),
+                   "limit": str(PAGE)}
+        answer = self._call("/v3/kv/range", request)
+        read_at = int(answer["header"]["revision"])
+        kvs = [self._kv(item) for item in answer.get("kvs") or []]
+        while answer.get("more"):
+            after = _unb64(answer["kvs"][-1]["key"]) + b"\0"
+            answer = self._call("/v3/kv/range", {**request, "key": _b64(after),
+                                                 "revision": str(read_at)})
+            kvs += [self._kv(item) for item in answer.get("kvs") or []]
+        marker = self._call("/v3/kv/range", {"key": _b64(self._marker),
+                                             "revision": str(read_at)})
+        return Mirror(kvs, self._marker_revision(marker)), read_at
+
     def _follow_marker(self) -> None:
-        answer = self._call("/v3/kv/range", {"key": _b64(self._marker)})
-        self._saw(self._marker_revision(answer))
+        mirror, read_at = self._load()
+        self._saw(mirror.revision)
         # Watch from the revision of that read, not from the marker's: the marker did not change
         # in between, and the cluster's history may be compacted past the marker's revision.
-        read_at = int(answer["header"]["revision"])
         # The marker and the prefix's keys in one range (the marker sorts just before them:
         # "\0" < "/"), with previous values: the log ``changes_since`` reads. Keys of other
         # prefixes that sort between the two (``/sdnctl-b/...`` beside ``/sdnctl``) are skipped.
@@ -638,6 +709,7 @@ class EtcdStore:
                         with self._cond:
                             self._watching = True
                             self._log, self._log_from, self._log_to = [], read_at, read_at
+                            self._mirror = mirror
                             self._cond.notify_all()
                     if int(message.get("compact_revision", 0)) or message.get("canceled"):
                         log.debug("marker watch ended by etcd (%s); starting again", message)
@@ -645,17 +717,34 @@ class EtcdStore:
                     self._take(message.get("events") or [])
         finally:
             with self._cond:
-                self._log, self._log_from = [], -1
+                self._log, self._log_from, self._mirror = [], -1, None
 
     def _take(self, events: list[dict[str, Any]]) -> None:
-        """One watch message's events (all of one revision or more, whole) into the log. The
-        stream reached the newest revision among them; the prefix, the newest marker's."""
-        changes = [self._change(event) for event in events
-                   if _unb64(event["kv"]["key"]).startswith(self._range_start)]
+        """One watch message's events (all of one revision or more, whole) into the log and
+        the mirror. The stream reached the newest revision among them; the prefix, the newest
+        marker's."""
+        changes: list[Change] = []
+        puts: list[KeyValue | str] = []  # the mirror's puts, and deletes (keys)
+        ours = 0
+        for event in events:
+            raw = _unb64(event["kv"]["key"])
+            if raw == self._marker:
+                ours = max(ours, int(event["kv"]["mod_revision"]))
+            elif raw.startswith(self._range_start):
+                change = self._change(event)
+                changes.append(change)
+                puts.append(change.key if change.value is None else KeyValue(
+                    change.key, change.value, int(event["kv"].get("create_revision", 0)),
+                    change.revision))
         reached = max((int(event["kv"]["mod_revision"]) for event in events), default=0)
-        ours = max((int(event["kv"]["mod_revision"]) for event in events
-                    if _unb64(event["kv"]["key"]) == self._marker), default=0)
         with self._cond:
+            if self._mirror is not None:
+                for put in puts:
+                    if isinstance(put, str):
+                        self._mirror.delete(put)
+                    else:
+                        self._mirror.put(put)
+                self._mirror.revision = max(self._mirror.revision, ours)
             self._log += changes
             if len(self._log) > LOG_MAX:  # the older half goes, whole revisions at a time
                 dropped = self._log[len(self._log) // 2].revision
