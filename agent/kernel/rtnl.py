@@ -107,6 +107,7 @@ class Link:
     master: int | None = None  # the master's index
     vxlan: Vxlan | None = None  # kind "vxlan" only
     link: int | None = None  # IFLA_LINK: a veth's peer's index (in the peer's namespace)
+    group: int | None = None  # IFLA_GROUP, None for the default group 0
 
 
 @dataclass(frozen=True)
@@ -364,6 +365,7 @@ def parse_link(payload: memoryview) -> Link:
                 kind=kind, alias=_string(attrs.get(IFLA_IFALIAS)) or None,
                 master=_u32(attrs.get(IFLA_MASTER)) or None,
                 link=_u32(attrs.get(IFLA_LINK)) or None,
+                group=_u32(attrs.get(IFLA_GROUP)) or None,
                 vxlan=parse_vxlan(data) if kind == "vxlan" and data is not None else None)
 
 

@@ -76,6 +76,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -293,7 +294,8 @@ class Lab:
 
     # -- hosts -------------------------------------------------------------------------------
 
-    def ensure_host(self, name: str, index: int, known: list[LabHost] | None = None) -> LabHost:
+    def ensure_host(self, name: str, index: int, known: list[LabHost] | None = None,
+                    underlay_ready: bool = False) -> LabHost:
         """Host namespace ``<prefix><name>`` with eth0 = ``host_ip(index, routed)`` on its
         segment, default route via the segment's gateway, at the lab's MTU.
 
@@ -302,16 +304,19 @@ class Lab:
         for a host across runs: the caller keeps it (the host's position in the topology).
         ``known``: ``hosts()`` as the caller read it once for several hosts (reading it is a
         netlink socket per host: once per host made a 100-host `up` quadratic).
+        ``underlay_ready``: the caller ensured the underlay just before (once for all hosts).
         """
         path = self.host_netns(name)
         segment = host_segment(index, self.routed)
         address = host_ip(index, self.routed)
         addresses = (address, host_ip6(index, self.routed))
-        self.ensure_underlay()  # first: it refuses a mode change before any renumbering
+        if not underlay_ready:
+            self.ensure_underlay()  # first: it refuses a mode change before any renumbering
         for other in self.hosts() if known is None else known:
             if other.name != name and other.underlay_ip == address:
                 raise LabError(f"could not add lab host {name!r}: {address} is {other.name!r}'s")
-        if not self._make_host(path, name, segment, addresses):  # (a namespace there already)
+        if not self._make_host(path, name, segment, addresses) and \
+                not self._wired(path, name, segment, addresses):  # (a namespace there already)
             self._in_new_netns(path, f"could not set up lab host {name!r}",
                                lambda ul, host, rollback: self._wire_host(
                                    ul, host, path, name, segment, addresses, rollback))
@@ -358,6 +363,44 @@ class Lab:
                 return False
             rollback.pop_all()
         return True
+
+    def _wired(self, path: str, name: str, segment: Segment,
+               addresses: tuple[str, str]) -> bool:
+        """Whether the existing host at ``path`` is wired as ``_wire_host`` leaves it, read
+        raw: two links and a bridge, one dump of addresses and one of routes per family,
+        against ``_wire_host``'s some fifteen pyroute2 calls, each a turn of its asyncio loop
+        (about 20 ms of CPU a host: 2 s of an `up` of an unchanged 100-host lab). False when
+        anything differs or cannot be read: ``_wire_host`` then looks again and repairs."""
+        address, address6 = addresses
+        try:
+            with contextlib.ExitStack() as sockets:
+                ul = sockets.enter_context(rtnl.Reader(open_netlink_fd(self.underlay_netns())))
+                host = sockets.enter_context(rtnl.Reader(open_netlink_fd(path)))
+                bridge, near = ul.link(segment.bridge), ul.link(uplink_name(name))
+                far = host.link(HOST_DEV)
+                if bridge is None or near is None or far is None:
+                    return False
+                paired = near.kind == far.kind == "veth" and near.link == far.index and \
+                    far.link == near.index
+                up = near.flags & far.flags & iproute.IFF_UP
+                if not (paired and up and near.alias == name and near.master == bridge.index
+                        and near.mtu == far.mtu == self.mtu and near.group == UPLINK_GROUP):
+                    return False
+                on_eth0 = {ipaddress.ip_interface(cidr) for index, cidr
+                           in host.global_addresses() if index == far.index}
+                v4 = {a for a in on_eth0 if a.version == 4}
+                if v4 != {ipaddress.ip_interface(f"{address}/{segment.prefixlen}")} or \
+                        ipaddress.ip_interface(f"{address6}/64") not in on_eth0:
+                    return False
+                return all(any(
+                    r.dst_len == 0 and r.table == MAIN_TABLE and r.oif == far.index
+                    and r.gateway is not None
+                    and ipaddress.ip_address(r.gateway) == ipaddress.ip_address(gateway)
+                    for r in host.routes(family))
+                    for family, gateway in ((socket.AF_INET, segment.gateway),
+                                            (socket.AF_INET6, segment.gateway6)))
+        except (OSError, NetlinkError):
+            return False
 
     def _in_new_netns(self, path: str, what: str,
                       wire: Callable[[IPRoute, IPRoute, contextlib.ExitStack], None]) -> None:

@@ -468,7 +468,8 @@ def build_lab(topology: Topology, progress: Progress) -> dict[str, lab.LabHost]:
     # earlier in the loop frees its old address for a later one).
     known = {h.name: h for h in the_lab.hosts()}
     for index, host in enumerate(topology.lab_hosts):
-        known[host.name] = the_lab.ensure_host(host.name, index, list(known.values()))
+        known[host.name] = the_lab.ensure_host(host.name, index, list(known.values()),
+                                               underlay_ready=True)
         built[host.name] = known[host.name]
         if topology.lab.underlay6:  # its agent's VXLAN endpoint is its IPv6 address (issue 20)
             built[host.name] = dataclasses.replace(

@@ -26,6 +26,7 @@ from sdnctl.lab.lab import (
     LabError,
     LabHost,
     host_ip,
+    host_ip6,
     process_alive,
     process_start_time,
     spawn_in_netns,
@@ -116,6 +117,49 @@ def test_ensure_leaves_a_correct_lab_untouched_and_repairs_a_wrong_one(lab: Lab)
     assert routes.startswith("default via 192.0.2.1 dev eth0")
     addrs = run_in(h1.netns, "ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
     assert "192.0.2.11/24" in addrs and "192.0.2.99" not in addrs
+    assert ping(h1.netns, "192.0.2.12").returncode == 0
+
+
+def test_a_correct_host_is_read_not_rewired_and_each_wrong_detail_is_repaired(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An existing host is first read raw (``Lab._wired``: an `up` of an unchanged 100-host
+    lab spent 2 s in the checked steps' pyroute2 calls); a correct one goes no further, and
+    each detail the checked steps set, broken by hand, sends the host to them and is
+    repaired."""
+    h1, _, _ = build(lab)
+    ul, uplink = lab.underlay_netns(), uplink_name("h1")
+    checked = lab._in_new_netns
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a correct host went through the checked steps")
+
+    monkeypatch.setattr(lab, "_in_new_netns", refused)
+    lab.ensure_host("h1", 1)
+    monkeypatch.setattr(lab, "_in_new_netns", checked)
+    breakages = [
+        (ul, ["ip", "link", "set", uplink, "down"]),
+        (ul, ["ip", "link", "set", uplink, "nomaster"]),
+        (ul, ["ip", "link", "set", uplink, "group", "default"]),
+        (ul, ["ip", "link", "set", uplink, "alias", "someone-else"]),
+        (h1.netns, ["ip", "link", "set", HOST_DEV, "mtu", "1400"]),
+        (h1.netns, ["ip", "addr", "add", "192.0.2.99/24", "dev", HOST_DEV]),
+        (h1.netns, ["ip", "-6", "addr", "flush", "dev", HOST_DEV, "scope", "global"]),
+        (h1.netns, ["ip", "route", "del", "default"]),
+        (h1.netns, ["ip", "-6", "route", "del", "default"]),
+    ]
+    segment = lab.segments[0]
+    addresses = ("192.0.2.11", host_ip6(1, lab.routed))
+    for netns, argv in breakages:
+        assert lab._wired(h1.netns, "h1", segment, addresses)
+        assert run_in(netns, *argv).returncode == 0, argv
+        assert not lab._wired(h1.netns, "h1", segment, addresses), argv
+        if "alias" in argv:  # another's veth: a collision, refused, not taken over
+            with pytest.raises(LabError):
+                lab.ensure_host("h1", 1)
+            assert run_in(ul, "ip", "link", "set", uplink, "alias", "h1").returncode == 0
+            continue
+        lab.ensure_host("h1", 1)
+        assert lab._wired(h1.netns, "h1", segment, addresses), argv
     assert ping(h1.netns, "192.0.2.12").returncode == 0
 
 
