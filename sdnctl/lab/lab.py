@@ -551,16 +551,20 @@ def _check_host_name(name: str) -> str:
 
 
 def _underlay_ip(path: str) -> str:
-    """The host's first address in an underlay subnet on eth0, or "" (half-built host)."""
+    """The host's first address in an underlay subnet on eth0, or "" (half-built host). Read
+    raw (``rtnl``): through pyroute2 it took 3.5 ms a host, a third of a second of every `up`
+    of a 100-host lab."""
     try:
-        with iproute_in(path) as ipr:
-            link = get_link(ipr, HOST_DEV)
+        with rtnl.Reader(open_netlink_fd(path)) as ipr:
+            link = ipr.link(HOST_DEV)
             if link is None:
                 return ""
-            for address, _ in iproute.v4_addresses(ipr, link["index"]):
-                if any(ipaddress.IPv4Address(address) in s.network for s in SEGMENTS):
+            for index, cidr in ipr.ipv4_addresses():
+                address = cidr.split("/")[0]
+                if index == link.index and any(
+                        ipaddress.IPv4Address(address) in s.network for s in SEGMENTS):
                     return address
-    except OSError:  # the namespace went away under us
+    except (OSError, NetlinkError):  # the namespace went away under us
         return ""
     return ""
 
