@@ -247,10 +247,7 @@ def test_etcd_changes_come_from_its_watch_not_a_replay(etcd: EtcdCluster,
     store = EtcdStore(etcd.endpoints, prefix=f"/t/{uuid.uuid4().hex}")
     neighbour = EtcdStore(store.endpoints, prefix=store.prefix + "-b")  # "-" < "/"
     try:
-        deadline = time.monotonic() + 30
-        while store._log_from < 0:  # the watch is up
-            assert time.monotonic() < deadline, "the store's watch never started"
-            time.sleep(0.01)
+        _watching(store)
         replays: list[object] = []
         real = store._stream
 
@@ -291,7 +288,7 @@ def test_etcd_changes_come_from_its_watch_not_a_replay(etcd: EtcdCluster,
 
 def _watching(store: EtcdStore) -> None:
     deadline = time.monotonic() + 30
-    while store._mirror is None:  # the watch is up, its mirror loaded
+    while store._mirror is None or store._log_from < 0:  # the watch is up, its mirror loaded
         assert time.monotonic() < deadline, "the store's watch never started"
         time.sleep(0.01)
 

@@ -48,6 +48,7 @@ only through its compares (a retried compare-and-swap fails, and the caller read
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import http.client
 import json
@@ -206,7 +207,7 @@ class EtcdStore:
         self._mirror: Mirror | None = None
         # The marker's (mod_revision, create_revision), one read of etcd shared by the
         # threads that ask at once.
-        self.marker_reads: Shared[tuple[int, int]] = Shared(self._read_marker)
+        self._marker_reads: Shared[tuple[int, int]] = Shared(self._read_marker)
         self._streams: set[http.client.HTTPConnection] = set()  # open watches, ended by close()
         self._all_conns: list[http.client.HTTPConnection] = []
         self._seen = self.revision()
@@ -395,11 +396,11 @@ class EtcdStore:
     # -- the Store protocol -----------------------------------------------------------------
 
     def get(self, key: str) -> KeyValue | None:
-        self._key(key)
+        raw = self._key(key)
         mirrored = self._mirrored(lambda mirror: mirror.get(key))
         if mirrored is not None:
             return mirrored[0]
-        answer = self._call("/v3/kv/range", {"key": _b64(self._key(key))})
+        answer = self._call("/v3/kv/range", {"key": _b64(raw)})
         kvs = answer.get("kvs") or []
         return self._kv(kvs[0]) if kvs else None
 
@@ -453,7 +454,7 @@ class EtcdStore:
         return int(kvs[0].get("mod_revision", 0)) if kvs else 0
 
     def revision(self) -> int:
-        return self.marker_reads()[0]
+        return self._marker_reads()[0]
 
     def _read_marker(self) -> tuple[int, int]:
         answer = self._call("/v3/kv/range", {"key": _b64(self._marker)})
@@ -467,19 +468,26 @@ class EtcdStore:
         not get there within LOG_WAIT: the caller reads etcd."""
         if self._mirror is None:
             return None
-        last = self.marker_reads()[0]
-        deadline = time.monotonic() + LOG_WAIT
+        last = self._marker_reads()[0]
         with self._cond:
-            while True:
-                mirror = self._mirror
-                if mirror is None or self._closed.is_set():
-                    return None
-                if self._log_to >= last:
-                    return (read(mirror),)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
+            if not self._caught_up(last, lambda: self._mirror is not None):
+                return None
+            assert self._mirror is not None
+            return (read(self._mirror),)
+
+    def _caught_up(self, last: int, usable: Callable[[], bool]) -> bool:
+        """Whether the watch delivered every change up to ``last`` (the prefix's revision just
+        read: it comes within milliseconds) within LOG_WAIT, while ``usable()`` holds (what
+        the caller reads from it is there) and the store is open. The caller holds _cond."""
+        deadline = time.monotonic() + LOG_WAIT
+        while usable() and not self._closed.is_set():
+            if self._log_to >= last:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._cond.wait(remaining)
+        return False
 
     def txn(self, compares: Sequence[Compare], ops: Sequence[Put | Delete]) -> int | None:
         check_ops(ops)
@@ -535,7 +543,7 @@ class EtcdStore:
         return {"request_delete_range": {"key": _b64(self._key(op.key))}}
 
     def changes_since(self, revision: int) -> list[Change]:
-        last, created = self.marker_reads()
+        last, created = self._marker_reads()
         if last <= revision:
             return []
         logged = self._logged(revision, last)
@@ -584,27 +592,12 @@ class EtcdStore:
         prefix's revision just read: it comes within milliseconds); None at once when there is
         no log (the watch is down or starting) or it does not reach back to ``revision``, and
         None when the watch is late (then etcd replays them)."""
-        deadline = time.monotonic() + LOG_WAIT
         with self._cond:
-            while True:
-                if self._log_from < 0 or revision < self._log_from or self._closed.is_set():
-                    return None
-                if self._log_to >= last:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-            log = self._log
+            if not self._caught_up(last, lambda: 0 <= self._log_from <= revision):
+                return None
             # The log is in revision order: skip what the caller has by bisection.
-            lo, hi = 0, len(log)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if log[mid].revision <= revision:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            return log[lo:]
+            return self._log[bisect.bisect_right(self._log, revision,
+                                                 key=lambda c: c.revision):]
 
     def _history_from(self, start: int) -> bool:
         """Whether etcd still holds every change from revision ``start`` on: a read as of
