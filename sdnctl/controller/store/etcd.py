@@ -655,10 +655,14 @@ class EtcdStore:
             try:
                 self._follow_marker()
                 backoff = 0.1
-            except (StoreUnavailable, EtcdError, OSError, http.client.HTTPException,
-                    ValueError) as e:
+            except Exception as e:
                 if self._closed.is_set():
+                    # close() shut our connections under a read: http.client then fails in
+                    # its own ways (AttributeError from a response whose socket is gone).
                     return
+                if not isinstance(e, (StoreUnavailable, EtcdError, OSError,
+                                      http.client.HTTPException, ValueError)):
+                    raise
                 log.debug("marker watch broke (%s); reconnecting", e)
             with self._cond:
                 self._watching = False
