@@ -12,7 +12,12 @@ process, the real agent in each sdnctl host) with four hosts on the same underla
   ``bridge`` (LAB-NOTES' flannel-style L3 VXLAN recipe: route via the peer's VTEP address
   onlink, a permanent neighbour, an FDB entry), the same MTUs as sdnctl's containers got.
 
-So the ratio sdnctl/hand is what our rules (and nothing else) cost the packets. Containers are
+So the ratio sdnctl/hand is what our rules (and nothing else) cost the packets. A third side
+on the bridge path is Docker's (issue 21: "no worse than Docker's bridge with its iptables
+rules"): Debian's dockerd 20.10 with its defaults in lab host ``d1`` (``sdnctl.lab.dockerd``:
+its own namespaces and state directory, stopped by PID), a user-defined bridge network at the
+same MTU and two containers of the test image; the tools enter them by ``/proc/PID/ns/net``.
+Without /usr/sbin/dockerd (bench/setup.sh installs docker.io) the bench fails. Containers are
 image-less (the host's root, read-only, ``sleep infinity``); the measuring tools run in their
 network namespaces (``nsenter --net``). Two figures per path, the sides alternating round by
 round: bulk throughput (iperf3, one TCP stream) and latency (``ping`` at a 1 ms interval, so one
@@ -23,6 +28,7 @@ are started by PID and stopped by PID; everything goes, even on failure.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -39,7 +45,7 @@ from typing import Any
 from _sdnlab import BenchError, SdnctlLab
 from harness import (
     Measurement,
-    alternate,
+    alternate_many,
     bench_args,
     comparison,
     paired_ratio,
@@ -49,12 +55,16 @@ from harness import (
 )
 
 from agent.kernel.netns import netns_path, remove_netns
+from sdnctl.lab.dockerd import DOCKER, LabDocker, start_lab_dockerd, stop_lab_dockerd
+from sdnctl.lab.testimage import DEFAULT_TAG, build_test_image
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 PORT = 4789
 RTT_RE = re.compile(r"time=([0-9.]+) ms")
 #: (label, sdnctl client, sdnctl server, hand client, hand server)
 PATHS = (("bridge", "s1", "s2", "hb1", "hb2"), ("vxlan", "x1", "x2", "hx1", "hx2"))
+#: Docker's side of a path: label -> (client, server)
+DOCKER_PATHS = {"bridge": ("db1", "db2")}
 
 
 def ip(*argv: str, batch: str | None = None) -> None:
@@ -79,6 +89,9 @@ class Dataplane:
         self.servers: list[subprocess.Popen[bytes]] = []
         #: container -> (netns path, address)
         self.ctrs: dict[str, tuple[str, str]] = {}
+        #: Docker's side: its directory (on the disk: its image store), what stopping it needs
+        self.docker: LabDocker | None = None
+        self.dockerd: dict[str, int] = {}
 
     # --- sdnctl, through the API ------------------------------------------------------------
 
@@ -161,6 +174,36 @@ class Dataplane:
             if proc.returncode != 0:
                 raise BenchError(f"could not add fdb {macs[o]} on m{h}: {proc.stderr.strip()}")
 
+    # --- Docker's bridge, with its defaults -------------------------------------------------
+
+    def build_docker(self, workdir: str) -> None:
+        """dockerd in lab host d1, a bridge network at sdnctl's bridge MTU, containers db1, db2."""
+        if not os.access(DOCKER, os.X_OK):
+            raise BenchError(f"{DOCKER} missing (bench/setup.sh installs docker.io)")
+        host = self.sdn.lab.ensure_host("d1", 4)
+        self.docker = LabDocker(os.path.join(workdir, f"{self.p}d1", "docker"))
+        self.dockerd = start_lab_dockerd(self.docker, host.netns)
+        archive = os.path.join(workdir, "image.tar")
+        build_test_image(archive)
+        self.docker_cli("load", "-i", archive)
+        self.docker_cli("network", "create", "-d", "bridge", "--subnet", "10.84.0.0/24", "-o",
+                        f"com.docker.network.driver.mtu={self.mtu('s1')}", "dref")
+        for name in DOCKER_PATHS["bridge"]:
+            cid = self.docker_cli("run", "-d", "--network", "dref", "--name", name, DEFAULT_TAG,
+                                  "sleep", "3600").strip()
+            pid, address = self.docker_cli(
+                "inspect", "-f", "{{.State.Pid}} {{.NetworkSettings.Networks.dref.IPAddress}}",
+                cid).split()
+            self.ctrs[name] = (f"/proc/{int(pid)}/ns/net", address)
+
+    def docker_cli(self, *argv: str) -> str:
+        assert self.docker is not None
+        proc = subprocess.run([DOCKER, *argv], env=self.docker.env(), capture_output=True,
+                              text=True, timeout=120)
+        if proc.returncode != 0:
+            raise BenchError(f"docker {' '.join(argv)}: {proc.stderr.strip()}")
+        return proc.stdout
+
     # --- measuring ------------------------------------------------------------------------
 
     def start_server(self, ctr: str) -> None:
@@ -205,6 +248,9 @@ class Dataplane:
                     proc.kill()
                     proc.wait()
         try:
+            if self.docker is not None:
+                with contextlib.suppress(Exception):
+                    stop_lab_dockerd(self.docker, self.dockerd)
             self.sdn.close(delete=[c for c in ("s1", "s2", "x1", "x2") if c in self.ctrs])
         finally:
             for path in glob.glob(netns_path(f"{self.p}*")):
@@ -217,40 +263,56 @@ def iperfer(d: Dataplane, client: str, server: str, seconds: float) -> Callable[
 
 def pinger(d: Dataplane, client: str, server: str, count: int,
            into: list[tuple[float, float]]) -> Callable[[], list[float]]:
-    """A side for ``alternate`` that keeps each round's (p50, p99) in ``into``."""
+    """A side for ``alternate_many`` that keeps each round's (p50, p99) in ``into``."""
     def run() -> list[float]:
         into.append(d.ping(client, server, count))
         return []
     return run
 
 
+#: Per compared side: the goal of sdnctl/side for throughput and for the RTT p50
+GOALS = {"hand": (0.97, 1.1), "docker": (1.0, 1.0)}
+
+
 def measure_paths(d: Dataplane, paths: tuple[tuple[str, str, str, str, str], ...], rounds: int,
-                  seconds: float, pings: int) -> tuple[list[Measurement], list[dict[str, Any]]]:
-    """Per path (label, sdnctl client, server, hand client, server): throughput and RTT p50/p99
-    of both sides in alternating rounds, and their sdnctl/hand comparisons (the goals: >= 0.97
-    for throughput, <= 1.1 for the p50)."""
+                  seconds: float, pings: int,
+                  docker: dict[str, tuple[str, str]] | None = None,
+                  ) -> tuple[list[Measurement], list[dict[str, Any]]]:
+    """Per path (label, sdnctl client, server, hand client, server), with Docker's pair for the
+    labels in ``docker``: throughput and RTT p50/p99 of every side in rounds whose order
+    rotates, and sdnctl's ratios to each other side (the goals: ``GOALS``)."""
     ms: list[Measurement] = []
     comps = []
     for what, sc, ss, hc, hs in paths:
-        sd, hand = alternate(iperfer(d, sc, ss, seconds), iperfer(d, hc, hs, seconds), rounds)
-        ms += [Measurement(f"{what} throughput sdnctl", "Gbit/s", sd),
-               Measurement(f"{what} throughput by hand", "Gbit/s", hand)]
-        r = paired_ratio(sd, hand)
-        comps.append(comparison(f"{what} throughput sdnctl/hand", r, ">= 0.97", r >= 0.97))
-        print(f"{what}: sdnctl {sd}  by hand {hand}  ratio {r:.3f}")
-        lat: dict[str, list[tuple[float, float]]] = {"sdnctl": [], "hand": []}
-        alternate(pinger(d, sc, ss, pings, lat["sdnctl"]),
-                  pinger(d, hc, hs, pings, lat["hand"]), rounds)
+        pairs = {"sdnctl": (sc, ss), "hand": (hc, hs), **(
+            {"docker": docker[what]} if docker and what in docker else {})}
+        label = {"sdnctl": "sdnctl", "hand": "by hand", "docker": "docker"}
+        speed = alternate_many({side: iperfer(d, c, s, seconds)
+                                for side, (c, s) in pairs.items()}, rounds)
+        ms += [Measurement(f"{what} throughput {label[side]}", "Gbit/s", speed[side])
+               for side in pairs]
+        for side in (s for s in pairs if s != "sdnctl"):
+            r = paired_ratio(speed["sdnctl"], speed[side])
+            goal = GOALS[side][0]
+            comps.append(comparison(f"{what} throughput sdnctl/{side}", r, f">= {goal:g}",
+                                    r >= goal))
+            print(f"{what}: sdnctl {speed['sdnctl']}  {label[side]} {speed[side]}  "
+                  f"ratio {r:.3f}")
+        lat: dict[str, list[tuple[float, float]]] = {side: [] for side in pairs}
+        alternate_many({side: pinger(d, c, s, pings, lat[side])
+                        for side, (c, s) in pairs.items()}, rounds)
         for q, k in (("p50", 0), ("p99", 1)):
-            s_q = [x[k] for x in lat["sdnctl"]]
-            h_q = [x[k] for x in lat["hand"]]
-            ms += [Measurement(f"{what} RTT {q} sdnctl", "µs", s_q),
-                   Measurement(f"{what} RTT {q} by hand", "µs", h_q)]
-            r = paired_ratio(s_q, h_q)
-            comps.append(comparison(f"{what} RTT {q} sdnctl/hand", r,
-                                    "<= 1.1" if q == "p50" else "", r <= 1.1
-                                    if q == "p50" else None))
-            print(f"{what} RTT {q}: sdnctl {s_q}  by hand {h_q}  ratio {r:.3f}")
+            got = {side: [x[k] for x in lat[side]] for side in pairs}
+            ms += [Measurement(f"{what} RTT {q} {label[side]}", "µs", got[side])
+                   for side in pairs]
+            for side in (s for s in pairs if s != "sdnctl"):
+                r = paired_ratio(got["sdnctl"], got[side])
+                goal = GOALS[side][1]
+                comps.append(comparison(f"{what} RTT {q} sdnctl/{side}", r,
+                                        f"<= {goal:g}" if q == "p50" else "",
+                                        r <= goal if q == "p50" else None))
+                print(f"{what} RTT {q}: sdnctl {got['sdnctl']}  {label[side]} {got[side]}  "
+                      f"ratio {r:.3f}")
     return ms, comps
 
 
@@ -260,14 +322,17 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     prefix = unique_prefix("d")
     workdir = tempfile.mkdtemp(prefix=f"{prefix}-", dir="/run")
+    # dockerd's image store and overlays on the disk, as bench/start.py keeps them
+    docker_dir = tempfile.mkdtemp(prefix=f"sdnctl-bench-{prefix}-")
     d = Dataplane(prefix, workdir)
     try:
         d.build_sdnctl()
         d.build_hand()
+        d.build_docker(docker_dir)
         rules = d.rules()
-        for ctr in ("s2", "x2", "hb2", "hx2"):
+        for ctr in ("s2", "x2", "hb2", "hx2", DOCKER_PATHS["bridge"][1]):
             d.start_server(ctr)
-        ms, comps = measure_paths(d, PATHS, rounds, seconds, pings)
+        ms, comps = measure_paths(d, PATHS, rounds, seconds, pings, DOCKER_PATHS)
         write_result("dataplane", {
             "mode": "quick" if args.quick else "full",
             "params": {"rounds": rounds, "seconds": seconds, "pings": pings,
@@ -278,11 +343,14 @@ def main() -> int:
                       f"tables loaded ({rules} rules in host h1's sdnctl tables); by hand: the "
                       "same topology with ip, no filters; throughput: iperf3 one TCP stream, "
                       f"{seconds} s per sample; latency: per round the p50/p99 of {pings} pings "
-                      f"1 ms apart; {rounds} alternating rounds; ratios are medians of "
-                      "per-round sdnctl/hand"]})
+                      f"1 ms apart; {rounds} rounds, the sides' order rotating; ratios are "
+                      "medians of per-round sdnctl/side; docker: Debian's dockerd 20.10 with "
+                      "its defaults (bridge driver, iptables rules, br_netfilter on), a "
+                      "user-defined network at the same MTU"]})
     finally:
         d.close()
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(docker_dir, ignore_errors=True)
     return 0
 
 
