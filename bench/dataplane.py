@@ -28,7 +28,6 @@ are started by PID and stopped by PID; everything goes, even on failure.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
@@ -249,8 +248,11 @@ class Dataplane:
                     proc.wait()
         try:
             if self.docker is not None:
-                with contextlib.suppress(Exception):
+                try:
                     stop_lab_dockerd(self.docker, self.dockerd)
+                except Exception as e:  # the rest must go all the same; say what was left
+                    print(f"bench/dataplane.py: could not stop dockerd {self.dockerd}: {e}",
+                          file=sys.stderr)
             self.sdn.close(delete=[c for c in ("s1", "s2", "x1", "x2") if c in self.ctrs])
         finally:
             for path in glob.glob(netns_path(f"{self.p}*")):
@@ -272,6 +274,8 @@ def pinger(d: Dataplane, client: str, server: str, count: int,
 
 #: Per compared side: the goal of sdnctl/side for throughput and for the RTT p50
 GOALS = {"hand": (0.97, 1.1), "docker": (1.0, 1.0)}
+#: How each side is named in the measurements
+LABELS = {"sdnctl": "sdnctl", "hand": "by hand", "docker": "docker"}
 
 
 def measure_paths(d: Dataplane, paths: tuple[tuple[str, str, str, str, str], ...], rounds: int,
@@ -286,24 +290,23 @@ def measure_paths(d: Dataplane, paths: tuple[tuple[str, str, str, str, str], ...
     for what, sc, ss, hc, hs in paths:
         pairs = {"sdnctl": (sc, ss), "hand": (hc, hs), **(
             {"docker": docker[what]} if docker and what in docker else {})}
-        label = {"sdnctl": "sdnctl", "hand": "by hand", "docker": "docker"}
         speed = alternate_many({side: iperfer(d, c, s, seconds)
                                 for side, (c, s) in pairs.items()}, rounds)
-        ms += [Measurement(f"{what} throughput {label[side]}", "Gbit/s", speed[side])
+        ms += [Measurement(f"{what} throughput {LABELS[side]}", "Gbit/s", speed[side])
                for side in pairs]
         for side in (s for s in pairs if s != "sdnctl"):
             r = paired_ratio(speed["sdnctl"], speed[side])
             goal = GOALS[side][0]
             comps.append(comparison(f"{what} throughput sdnctl/{side}", r, f">= {goal:g}",
                                     r >= goal))
-            print(f"{what}: sdnctl {speed['sdnctl']}  {label[side]} {speed[side]}  "
+            print(f"{what}: sdnctl {speed['sdnctl']}  {LABELS[side]} {speed[side]}  "
                   f"ratio {r:.3f}")
         lat: dict[str, list[tuple[float, float]]] = {side: [] for side in pairs}
         alternate_many({side: pinger(d, c, s, pings, lat[side])
                         for side, (c, s) in pairs.items()}, rounds)
         for q, k in (("p50", 0), ("p99", 1)):
             got = {side: [x[k] for x in lat[side]] for side in pairs}
-            ms += [Measurement(f"{what} RTT {q} {label[side]}", "µs", got[side])
+            ms += [Measurement(f"{what} RTT {q} {LABELS[side]}", "µs", got[side])
                    for side in pairs]
             for side in (s for s in pairs if s != "sdnctl"):
                 r = paired_ratio(got["sdnctl"], got[side])
@@ -311,7 +314,7 @@ def measure_paths(d: Dataplane, paths: tuple[tuple[str, str, str, str, str], ...
                 comps.append(comparison(f"{what} RTT {q} sdnctl/{side}", r,
                                         f"<= {goal:g}" if q == "p50" else "",
                                         r <= goal if q == "p50" else None))
-                print(f"{what} RTT {q}: sdnctl {got['sdnctl']}  {label[side]} {got[side]}  "
+                print(f"{what} RTT {q}: sdnctl {got['sdnctl']}  {LABELS[side]} {got[side]}  "
                       f"ratio {r:.3f}")
     return ms, comps
 
