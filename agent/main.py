@@ -43,7 +43,6 @@ from typing import cast
 
 import grpc
 from grpc import _common as grpc_common
-from pyroute2 import IPRoute
 
 from agent import dns, drift, imagegc
 from agent import plan as p
@@ -53,9 +52,11 @@ from agent.dockerplugin import DockerPluginServer, DockerSide, Plugin, accept_in
 from agent.drivers import DRIVERS
 from agent.imagefetch import GrpcFetcher
 from agent.imagestore import ImageStore
-from agent.kernel import conntrack, kevents, procfs, sysctl
+from agent.kernel import conntrack, kevents, procfs, rtnl, sysctl
 from agent.kernel.firewall import Firewall, FlowSample
+from agent.kernel.linkbase import MAIN_TABLE
 from agent.kernel.links import Links, PreparedVeth, prepare_veth, remove_link_now
+from agent.kernel.netns import open_netlink_fd
 from agent.kernel.policyfw import PolicyFirewall
 from agent.kernel.seams import FirewallOps, LinkOps
 from agent.kernel.shaping import Shaper
@@ -195,28 +196,27 @@ class ExitWatcher(threading.Thread):
 def detect_local(args: argparse.Namespace) -> LocalHost:
     """Our underlay address, its interface and MTU, and our VTEP MAC (flags win over detection:
     the interface holding --underlay-ip, else the one of the default route)."""
-    with IPRoute() as ipr:
+    with rtnl.Reader(open_netlink_fd(None)) as reader:
         # an IPv6 --underlay-ip (issue 20) is looked up among the IPv6 addresses
         family = socket.AF_INET6 if ":" in args.underlay_ip else socket.AF_INET
-        addresses = [(a.get_attr("IFA_ADDRESS"), a["index"])
-                     for a in ipr.get_addr(family=family)]
+        addresses = [(cidr.split("/")[0], index) for index, cidr in reader.global_addresses()
+                     if (":" in cidr) == (family == socket.AF_INET6)]
+        links = {link.index: link for link in reader.links()}
         index = None
         if args.underlay_dev:
-            found = ipr.link_lookup(ifname=args.underlay_dev)
-            index = found[0] if found else None
+            index = next((i for i, link in links.items() if link.ifname == args.underlay_dev),
+                         None)
         elif args.underlay_ip:
             index = next((i for ip, i in addresses if ip == args.underlay_ip), None)
         else:
-            default = [r for r in ipr.get_default_routes(family=socket.AF_INET)]
-            index = default[0].get_attr("RTA_OIF") if default else None
-        if index is None:
+            index = next((r.oif for r in reader.routes(socket.AF_INET)
+                          if r.dst_len == 0 and r.table == MAIN_TABLE and r.oif), None)
+        if index is None or index not in links:
             return LocalHost(args.underlay_ip, args.underlay_dev,
                              args.vtep_mac or vtep_mac_for(args.host))
-        link = ipr.link("get", index=index)[0]
         ip = args.underlay_ip or next((a for a, i in addresses if i == index), "")
-        return LocalHost(ip, link.get_attr("IFLA_IFNAME"),
-                         (args.vtep_mac or vtep_mac_for(args.host)).lower(),
-                         link.get_attr("IFLA_MTU"))
+        return LocalHost(ip, links[index].ifname,
+                         (args.vtep_mac or vtep_mac_for(args.host)).lower(), links[index].mtu)
 
 
 PR_SET_CHILD_SUBREAPER = 36

@@ -17,12 +17,16 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from agent import plan as p
-from sdnctl.api.metrics import LATENCY_BUCKETS
+from sdnctl.api.metrics import (
+    LATENCY_BUCKETS,
+    Counter,
+    Family,
+    Gauge,
+    Histogram,
+    Registry,
+    counter_family,
+)
 from sdnctl.api.model import (
     STATE_CREATED,
     STATE_ERROR,
@@ -40,7 +44,7 @@ STATES = (STATE_PENDING, STATE_CREATED, STATE_RUNNING, STATE_RESTARTING, STATE_E
 
 class AgentMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = Registry()
         r = self.registry
         self.passes = Counter("sdnctl_agent_reconcile_passes", "Reconciliation passes, by kind "
                               "(full: the nftables ruleset listed too).", ["kind"], registry=r)
@@ -91,33 +95,33 @@ class AgentMetrics:
         self.registry.register(PolicyCollector(read))
 
 
-class PolicyCollector(Collector):
+class PolicyCollector:
     def __init__(self, read: Callable[[], Mapping[tuple[str, str, str], int]]) -> None:
         self.read = read
 
-    def collect(self) -> Iterable[Metric]:
-        family = CounterMetricFamily(
+    def collect(self) -> Iterable[Family]:
+        family = counter_family(
             "sdnctl_agent_policy_packets",
             "Packets that network policy rules counted (issue 22): a rule index allowed the "
             "first packet of a connection, rule \"drop\" dropped it; as of the last listing.",
-            labels=["policy", "direction", "rule"])
+            ["policy", "direction", "rule"])
         for (policy, direction, rule), packets in sorted(self.read().items()):
             family.add_metric([policy, direction, rule], packets)
         return [family]
 
 
-class DropCollector(Collector):
+class DropCollector:
     def __init__(self, read: Callable[[], Mapping[str, int]]) -> None:
         self.read = read
 
-    def collect(self) -> Iterable[Metric]:
-        family = CounterMetricFamily(
+    def collect(self) -> Iterable[Family]:
+        family = counter_family(
             "sdnctl_agent_nft_dropped_packets",
             "Packets dropped by the agent's nftables guards, by guard (spoof-mac, spoof-ip, "
             "spoof-arp-mac, spoof-arp-ip, spoof-ethertype, spoof-ip6, spoof-na, router-advert, "
             "redirect, vxlan-not-member, "
             "vxlan-wrong-vni, isolation, internal-in, internal-out), as of the last ruleset "
-            "listing.", labels=["guard"])
+            "listing.", ["guard"])
         for guard, packets in sorted(self.read().items()):
             family.add_metric([guard], packets)
         return [family]

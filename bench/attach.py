@@ -324,11 +324,10 @@ class Bench:
 
     def _settle(self, ifprefix: str, links: Links | None = None, timeout: float = 60.0) -> None:
         """Wait (untimed) until the kernel has really removed the side's host-side veths."""
-        host = (links or self.links)._host
+        host = (links or self.links)._reader
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            left = [link for link in host.get_links()
-                    if (link.get_attr("IFLA_IFNAME") or "").startswith(ifprefix)]
+            left = [link for link in host.links() if link.ifname.startswith(ifprefix)]
             if not left:
                 return
             time.sleep(0.05)

@@ -70,7 +70,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NTF_SELF
 
 from agent.kernel import rtnl
-from agent.kernel.linkbase import iproute_in
+from agent.kernel.iproute import iproute_in
 from agent.kernel.netns import open_netlink_fds
 from agent.names import vxlan_name
 from sdnctl.lab import lab

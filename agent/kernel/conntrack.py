@@ -39,10 +39,9 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from agent.kernel import rtnl, sysctl
 from agent.kernel.errors import KernelError
+from agent.kernel.rtnl import NetlinkError
 
 CT_GET = (1 << 8) | 1  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
 CT_NEW = (1 << 8) | 0  # an event of a new entry; also the type of a GET's answer

@@ -1,11 +1,12 @@
 """Idempotent pyroute2 steps for small setups that run rarely: the lab's underlay, its hosts'
 uplinks, the way out to the "outside world" (``sdnctl.lab.lab``).
 
-Design note. The agent's own links go through ``links.py`` (batched rtnetlink, owner tags);
-these steps are the plain form of the same rules: every call is an ``ensure_*`` that reads the
-link back, keeps what is right, changes in place what is not and treats "already there" as
-success. A failure raises ``error`` (:class:`KernelError` unless the caller names its own, as
-the lab does with ``LabError``) naming the verb and the object, with the netlink error chained.
+Design note. The agent's own links go through ``links.py`` (batched raw rtnetlink, owner
+tags; the agent does not load pyroute2); these steps are the plain form of the same rules:
+every call is an ``ensure_*`` that reads the link back, keeps what is right, changes in place
+what is not and treats "already there" as success. A failure raises ``error``
+(:class:`KernelError` unless the caller names its own, as the lab does with ``LabError``)
+naming the verb and the object, with the netlink error chained.
 """
 
 from __future__ import annotations
@@ -21,11 +22,53 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.kernel.errors import KernelError
-from agent.kernel.linkbase import add_address6, delete_link, get_link
-from agent.kernel.netns import netns_inode, run_in_netns
+from agent.kernel.netns import netns_inode, open_netlink_fd, run_in_netns
 
 RTPROT_STATIC = 4  # our lab routes; the agent's routes carry its own protocol number
 IFF_UP = 0x1
+IFA_F_NODAD = 0x02
+
+
+def iproute_in(path: str | None) -> IPRoute:
+    """An ``IPRoute`` whose socket lives in the namespace at ``path``, opened without forking.
+
+    pyroute2 0.9.7 binds an ``IPRoute`` to the thread that made it (from another thread a
+    request fails with ENOTSOCK): use it from that thread only.
+    """
+    return IPRoute(fileno=open_netlink_fd(path))
+
+
+def get_link(ipr: IPRoute, ifname: str) -> Any | None:
+    """The link named ``ifname`` in ``ipr``'s namespace, or None when there is none."""
+    try:
+        return ipr.link("get", ifname=ifname)[0]
+    except NetlinkError as e:
+        if e.code == errno.ENODEV:
+            return None
+        raise
+
+
+def delete_link(ipr: IPRoute, link: Any, what: str,
+                error: type[Exception] | None = None) -> None:
+    """Delete ``link`` (a message from ``get_link``); one already gone is success. Failures
+    raise ``error`` (KernelError by default) naming ``what``."""
+    try:
+        ipr.link("del", index=link["index"])
+    except NetlinkError as e:
+        if e.code != errno.ENODEV:
+            raise (error or KernelError)(f"could not delete {what}") from e
+
+
+def add_address6(ipr: IPRoute, index: int, cidr: str) -> None:
+    """Add an IPv6 address with ``nodad``: usable at once, no tentative state (EEXIST is
+    success)."""
+    address = ipaddress.IPv6Interface(cidr)
+    try:
+        ipr.addr("add", index=index, address=str(address.ip),
+                 prefixlen=address.network.prefixlen, family=socket.AF_INET6, flags=IFA_F_NODAD)
+    except NetlinkError as e:
+        if e.code != errno.EEXIST:
+            raise
 
 
 def require_link(ipr: IPRoute, ifname: str, *, error: type[Exception] = KernelError) -> Any:

@@ -23,11 +23,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import Iterable
 from typing import Any
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.kernel import rtnl
 from agent.kernel.errors import KernelError
@@ -38,9 +34,10 @@ from agent.kernel.linkbase import (
     LinkBase,
     check_removable,
     delete_link,
-    get_link,
+    write,
 )
 from agent.kernel.netns import NETLINK_ROUTE, is_netns, open_netlink_fd, open_netlink_fds
+from agent.kernel.rtnl import NetlinkError
 from agent.kernel.vxlan import VxlanLinks
 from agent.names import ALIAS_PREFIX
 from agent.observed import (
@@ -52,14 +49,6 @@ from agent.observed import (
     PreparedVeth,
 )
 from sdnctl.api import faults
-
-
-def _default_route(route_msgs: Iterable[Any]) -> Any | None:
-    for r in route_msgs:
-        if r["dst_len"] == 0 and r.get_attr("RTA_TABLE") in (None, MAIN_TABLE):
-            return r
-    return None
-
 
 
 def _observe_peer(reader: rtnl.Reader, netns_path: str,
@@ -278,19 +267,16 @@ class Links(VxlanLinks, LinkBase):
         """A bridge with our alias, this MTU, exactly the gateway address (and IPv6 gateway),
         up. Returns its index."""
         self._check_thread()
-        ipr = self._host
-        try:
-            link = get_link(ipr, name)
-        except NetlinkError as e:
-            raise KernelError(f"could not read bridge {name!r}") from e
+        reader, what = self._reader, f"bridge {name!r}"
+        link = self._get(reader, name, what)
         if link is None:
-            link = self._create(ipr, name, "bridge", alias, mtu=mtu, state="up")
+            link = self._create(reader, rtnl.link_add(name, "bridge", mtu=mtu, up=True), name,
+                                "bridge", alias)
         else:
             self._verify_ours(link, name, "bridge", alias)
-        self._fix_link(ipr, link, f"bridge {name!r}", mtu=mtu, state="up", ifalias=alias)
-        self._ensure_addresses(ipr, link["index"], gateway_cidr, f"bridge {name!r}",
-                               gateway6_cidr)
-        return int(link["index"])
+        self._fix_link(reader, link, what, mtu=mtu, up=True, alias=alias)
+        self._ensure_addresses(reader, link.index, gateway_cidr, what, gateway6_cidr)
+        return link.index
 
     def ensure_veth(
         self,
@@ -314,7 +300,7 @@ class Links(VxlanLinks, LinkBase):
         repaired). Returns the host side's index.
         """
         self._check_thread()
-        ipr = self._host
+        reader = self._reader
         what = f"veth {host_ifname!r}"
         master_index = self._bridge_index(bridge, what)
         # Add first (EEXIST when it is there: then read back and verify): a new container's
@@ -323,32 +309,32 @@ class Links(VxlanLinks, LinkBase):
                                           peer_ifname, mac)
         if created:
             faults.point("veth")
-        self._fix_link(ipr, link, what, mtu=mtu, master=master_index, state="up", ifalias=alias)
-        peer_index = link.get_attr("IFLA_LINK")
+        self._fix_link(reader, link, what, mtu=mtu, master=master_index, up=True, alias=alias)
+        peer_index = link.link
         if created and peer_index:
             self._configure_new_peer(netns_path, peer_ifname, alias, address_cidr, gateway,
                                      address6_cidr, gateway6, index=peer_index)
-            return int(link["index"])
+            return link.index
         try:
             self._ensure_container_side(netns_path, peer_ifname, alias, mtu, address_cidr,
                                         gateway, mac, address6_cidr, gateway6)
-            return int(link["index"])
+            return link.index
         except StalePeer:
             if created:
                 raise
         # Our host side, its peer in another namespace: one a failed start dropped while a
         # process still held it (a runtime killed at its timeout, issue 21). The pair goes
         # with that end; a new one is born in this namespace.
-        delete_link(ipr, link, what)
+        delete_link(reader, link, what)
         link, created = self._create_veth(host_ifname, alias, master_index, mtu, netns_path,
                                           peer_ifname, mac)
-        self._fix_link(ipr, link, what, mtu=mtu, master=master_index, state="up", ifalias=alias)
-        peer_index = link.get_attr("IFLA_LINK")
+        self._fix_link(reader, link, what, mtu=mtu, master=master_index, up=True, alias=alias)
+        peer_index = link.link
         if not (created and peer_index):
             raise KernelError(f"could not replace {what}: it came back at once")
         self._configure_new_peer(netns_path, peer_ifname, alias, address_cidr, gateway,
                                  address6_cidr, gateway6, index=peer_index)
-        return int(link["index"])
+        return link.index
 
     def add_veth(
         self, host_ifname: str, alias: str, bridge: str, mtu: int, netns_path: str,
@@ -452,108 +438,94 @@ class Links(VxlanLinks, LinkBase):
         exists is verified and fixed (its peer may already have been moved). Returns the host
         side's index."""
         self._check_thread()
-        ipr = self._host
+        reader = self._reader
         what = f"veth {host_ifname!r}"
         master_index = self._bridge_index(bridge, what)
-        self._add(ipr, host_ifname, "veth", mtu=mtu, master=master_index, state="up",
-                  peer={"ifname": peer_ifname, "mtu": mtu, "address": mac.lower()})
-        link = self._read_back(ipr, host_ifname, "veth", alias)
-        self._fix_link(ipr, link, what, mtu=mtu, master=master_index, state="up",
-                       ifalias=alias)
+        self._add(reader, rtnl.link_add(host_ifname, "veth", mtu=mtu, master=master_index,
+                                        up=True, data=rtnl.veth_peer(peer_ifname, mtu,
+                                                                     mac=mac.lower())),
+                  host_ifname, "veth")
+        link = self._read_back(reader, host_ifname, "veth", alias)
+        self._fix_link(reader, link, what, mtu=mtu, master=master_index, up=True, alias=alias)
         # The peer stays untagged and outside our name prefixes: resync must not take it for a
         # link of ours to remove; it goes with the host side.
-        return int(link["index"])
+        return link.index
 
     def _bridge_index(self, bridge: str, what: str) -> int:
         """The index of ``bridge``, which a veth (``what``) is about to join; it must exist."""
-        try:
-            master = get_link(self._host, bridge)
-        except NetlinkError as e:
-            raise KernelError(f"could not read {what}") from e
+        master = self._get(self._reader, bridge, what)
         if master is None:
             raise KernelError(f"could not add {what}: bridge {bridge!r} does not exist")
-        return int(master["index"])
+        return master.index
 
     def repair_host_side(self, host_ifname: str, alias: str, bridge: str, mtu: int) -> bool:
         """The host side of a veth whose other side is out of our reach (a Docker endpoint's,
         in dockerd's sandbox): in ``bridge``, up, this MTU and alias. Never creates one; False
         when it is gone."""
         self._check_thread()
-        ipr = self._host
+        reader = self._reader
         what = f"veth {host_ifname!r}"
-        try:
-            link = get_link(ipr, host_ifname)
-            master = get_link(ipr, bridge)
-        except NetlinkError as e:
-            raise KernelError(f"could not read {what}") from e
+        link = self._get(reader, host_ifname, what)
         if link is None:
             return False
+        master = self._get(reader, bridge, what)
         if master is None:
             raise KernelError(f"could not repair {what}: bridge {bridge!r} does not exist")
         self._verify_ours(link, host_ifname, "veth", alias)
-        self._fix_link(ipr, link, what, mtu=mtu, master=master["index"], state="up",
-                       ifalias=alias)
+        self._fix_link(reader, link, what, mtu=mtu, master=master.index, up=True, alias=alias)
         return True
 
     def _create_veth(
         self, name: str, alias: str, master: int, mtu: int, netns_path: str, peer: str,
         mac: str | None,
-    ) -> tuple[Any, bool]:
+    ) -> tuple[rtnl.Link, bool]:
         """Add the pair with its peer born in ``netns_path``; (host side, whether this call
         created it)."""
         fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-        peer_attrs: dict[str, Any] = {"ifname": peer, "net_ns_fd": fd, "mtu": mtu}
-        if mac is not None:
-            peer_attrs["address"] = mac.lower()
         try:
-            created = self._add(self._host, name, "veth", mtu=mtu, master=master, state="up",
-                                peer=peer_attrs)
+            created = self._add(self._reader, rtnl.link_add(
+                name, "veth", mtu=mtu, master=master, up=True,
+                data=rtnl.veth_peer(peer, mtu, fd, mac.lower() if mac is not None else "")),
+                name, "veth")
         finally:
             os.close(fd)
-        return self._read_back(self._host, name, "veth", alias), created
+        return self._read_back(self._reader, name, "veth", alias), created
 
     def _ensure_container_side(
         self, netns_path: str, peer: str, alias: str, mtu: int, address_cidr: str, gateway: str,
         mac: str | None, address6_cidr: str = "", gateway6: str = "",
     ) -> None:
         what = f"{peer!r} in {netns_path!r}"
-        ipr = self._in(netns_path)
-        try:
-            link = get_link(ipr, peer)
-        except NetlinkError as e:
-            raise KernelError(f"could not read {what}") from e
+        reader = self._in(netns_path)
+        link = self._get(reader, peer, what)
         if link is None:
             # The host side exists but its peer is not in this namespace (moved or renamed).
             raise StalePeer(f"could not find {what}: host side exists without it")
-        want: dict[str, Any] = {"mtu": mtu, "state": "up", "ifalias": alias}
-        if mac is not None:
-            want["address"] = mac.lower()
-        self._fix_link(ipr, link, what, **want)
-        self._ensure_addresses(ipr, link["index"], address_cidr, what, address6_cidr)
+        self._fix_link(reader, link, what, mtu=mtu, up=True, alias=alias,
+                       mac=mac.lower() if mac is not None else "")
+        self._ensure_addresses(reader, link.index, address_cidr, what, address6_cidr)
         faults.point("address")
         if gateway:
-            self._ensure_default_route(ipr, link["index"], gateway, what)
+            self._ensure_default_route(reader, link.index, gateway, what)
         if gateway6:
-            self._ensure_default_route(ipr, link["index"], gateway6, what, socket.AF_INET6)
+            self._ensure_default_route(reader, link.index, gateway6, what, socket.AF_INET6)
         faults.point("route")
 
     @staticmethod
-    def _ensure_default_route(ipr: IPRoute, index: int, gateway: str, what: str,
+    def _ensure_default_route(reader: rtnl.Reader, index: int, gateway: str, what: str,
                               family: int = socket.AF_INET) -> None:
-        dst = "0.0.0.0/0" if family == socket.AF_INET else "::/0"
+        failure = f"could not set default route via {gateway} for {what}"
         try:
-            current = _default_route(ipr.get_routes(family=family, table=MAIN_TABLE))
-            if (
-                current is not None
-                and current.get_attr("RTA_GATEWAY") == gateway
-                and current.get_attr("RTA_OIF") == index
-                and current["proto"] == RTPROT_SDNCTL
-            ):
-                return
-            ipr.route("replace", dst=dst, gateway=gateway, oif=index,
-                      proto=RTPROT_SDNCTL, table=MAIN_TABLE)
-        except NetlinkError as e:
-            raise KernelError(f"could not set default route via {gateway} for {what}") from e
+            current = next((r for r in reader.routes(family)
+                            if r.dst_len == 0 and r.table == MAIN_TABLE), None)
+        except (NetlinkError, OSError) as e:
+            raise KernelError(failure) from e
+        if current is not None and (current.gateway, current.oif, current.proto) == (
+                gateway, index, RTPROT_SDNCTL):
+            return
+        dst = "0.0.0.0/0" if family == socket.AF_INET else "::/0"
+        write(reader, [rtnl.route_replace(dst, gateway, index, MAIN_TABLE, RTPROT_SDNCTL, 0)],
+              failure)
 
 
 # The observed types live in agent/observed.py (pure); these names stay reachable from here.
@@ -568,5 +540,4 @@ __all__ = [
     "ObservedVxlan",
     "PeerEntries",
     "delete_link",
-    "get_link",
 ]

@@ -26,10 +26,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from agent.kernel import rtnl
 from agent.kernel.errors import KernelError
+from agent.kernel.rtnl import NetlinkError
 
 NFT_GETRULE = (10 << 8) | 7  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETRULE
 #: nftables' family names as netlink numbers (NFPROTO_*)

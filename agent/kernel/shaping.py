@@ -1,5 +1,5 @@
-"""Bandwidth limits of bridged containers, in the kernel (issue 22): read raw (``rtnl``),
-written through pyroute2.
+"""Bandwidth limits of bridged containers, in the kernel (issue 22), read and written in raw
+rtnetlink requests (``rtnl``).
 
 Design note. The semantics of the CNI ``bandwidth`` plugin, on the host side of the container's
 veth (the container cannot undo them):
@@ -14,28 +14,25 @@ TBF's bucket must hold at least a packet; a bigger one lets a short flow exceed 
 latency 25 ms bounds the queue, as the CNI plugin does. A change is made in place (``replace``
 of the TBF; the container keeps running); a removed limit deletes our qdisc and the IFB.
 ``Shaper`` remembers what it set per veth, so an unchanged pass costs one link dump; a full pass
-reads the qdiscs back, all in one dump (drift is repaired). pyroute2 (a socket and an event
-loop per ``IPRoute``) is opened only when something is to be written.
+reads the qdiscs back, all in one dump (drift is repaired).
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from agent.kernel import rtnl
 from agent.kernel.errors import KernelError
+from agent.kernel.linkbase import write
 from agent.kernel.netns import open_netlink_fd
+from agent.kernel.rtnl import NetlinkError
 from agent.names import IFB_PREFIX, ifb_name
 
-LATENCY = "25ms"
+LATENCY_US = 25_000
 BURST_MIN = 16000
-ETH_P_ALL = 3
-ENOENT, EINVAL = 2, 22
+MISSING = (errno.ENOENT, errno.EINVAL)  # what deleting a qdisc that is not there answers
 
 
 @dataclass(frozen=True)
@@ -67,20 +64,10 @@ class Shaper:
         errors: dict[str, str] = {}
         if not any(not s.empty for s in wanted.values()) and not self._set and not full:
             return errors
-        # Reads are raw (rtnl): a full pass of an idle agent read links and qdiscs through
-        # pyroute2, ~19 % of its CPU at 10 containers. pyroute2 is opened to write only.
         with rtnl.Reader(open_netlink_fd(None)) as reader:
             links = {link.ifname: link.index for link in reader.links()}
             # A full pass reads every qdisc back in ONE dump.
             qdiscs = _qdiscs_by_index(reader.qdiscs()) if full else {}
-        with contextlib.ExitStack() as stack:
-            opened: list[IPRoute] = []
-
-            def ipr() -> IPRoute:
-                if not opened:
-                    opened.append(stack.enter_context(IPRoute()))
-                return opened[0]
-
             for veth, shape in sorted(wanted.items()):
                 if veth not in links:
                     self._set.pop(veth, None)
@@ -91,7 +78,7 @@ class Shaper:
                     self._remember(veth, shape)
                     continue
                 try:
-                    self._write(ipr(), links, veth, have, shape)
+                    self._write(reader, links, veth, have, shape)
                     self._remember(veth, shape)
                 except (NetlinkError, KernelError) as e:
                     self._set.pop(veth, None)
@@ -100,9 +87,11 @@ class Shaper:
                 del self._set[veth]
             # IFB devices whose veth is gone (the container was removed): ours to delete.
             kept = {ifb_name(v) for v in links if not v.startswith(IFB_PREFIX)}
-            for name, index in links.items():
-                if name.startswith(IFB_PREFIX) and name not in kept:
-                    _ignore_missing(lambda index=index: ipr().link("del", index=index))
+            gone = [rtnl.link_delete(index=index) for name, index in links.items()
+                    if name.startswith(IFB_PREFIX) and name not in kept]
+            if gone:
+                write(reader, gone, "could not delete the IFB devices of removed containers",
+                      ok=(errno.ENODEV,))
         return errors
 
     def _remember(self, veth: str, shape: Shape) -> None:
@@ -126,34 +115,37 @@ class Shaper:
         burst = old.burst_bytes if old is not None else 0
         return Shape(ingress, egress, burst if (ingress or egress) else 0)
 
-    def _write(self, ipr: IPRoute, links: Mapping[str, int], veth: str, have: Shape,
+    def _write(self, reader: rtnl.Reader, links: Mapping[str, int], veth: str, have: Shape,
                shape: Shape) -> None:
         index = links[veth]
         if shape.ingress_bps:
-            ipr.tc("replace", "tbf", index, handle="1:", rate=f"{shape.ingress_bps}bit",
-                   burst=burst_of(shape.ingress_bps, shape.burst_bytes), latency=LATENCY)
-        elif have.ingress_bps or _tbf_rate(index):
-            _ignore_missing(lambda: ipr.tc("del", "tbf", index, handle="1:"))
+            write(reader, [rtnl.tbf_replace(index, shape.ingress_bps,
+                                            burst_of(shape.ingress_bps, shape.burst_bytes),
+                                            LATENCY_US)], "could not set the ingress limit")
+        elif have.ingress_bps or _tbf_rate(reader, index):
+            write(reader, [rtnl.qdisc_delete(index)], "could not remove the ingress limit",
+                  ok=MISSING)
         ifb = ifb_name(veth)
         if shape.egress_bps:
             ifb_index = links.get(ifb)
             if ifb_index is None:
-                ipr.link("add", ifname=ifb, kind="ifb")
-                ifb_index = ipr.link_lookup(ifname=ifb)[0]
-                ipr.link("set", index=ifb_index, state="up")
-            ipr.tc("replace", "tbf", ifb_index, handle="1:", rate=f"{shape.egress_bps}bit",
-                   burst=burst_of(shape.egress_bps, shape.burst_bytes), latency=LATENCY)
-            if not any(q.get_attr("TCA_KIND") == "ingress"
-                       for q in ipr.get_qdiscs(index=index)):
-                ipr.tc("add", "ingress", index, "ffff:")
-                ipr.tc("add-filter", "u32", index, parent="ffff:", protocol=ETH_P_ALL, prio=1,
-                       keys=["0x0/0x0+0"], target="1:",
-                       action={"kind": "mirred", "direction": "egress", "action": "redirect",
-                               "ifindex": ifb_index})
+                write(reader, [rtnl.link_add(ifb, "ifb", up=True)], f"could not add {ifb!r}")
+                link = reader.link(ifb)
+                if link is None:
+                    raise KernelError(f"could not read back {ifb!r}")
+                ifb_index = link.index
+            requests = [rtnl.tbf_replace(ifb_index, shape.egress_bps,
+                                         burst_of(shape.egress_bps, shape.burst_bytes),
+                                         LATENCY_US)]
+            if not any(q.kind == "ingress" for q in reader.qdiscs() if q.index == index):
+                requests += [rtnl.ingress_add(index), rtnl.redirect_filter(index, ifb_index)]
+            write(reader, requests, "could not set the egress limit")
         else:
-            _ignore_missing(lambda: ipr.tc("del", "ingress", index, "ffff:"))
+            requests = [rtnl.qdisc_delete(index, ingress=True)]
             if ifb in links:
-                _ignore_missing(lambda: ipr.link("del", index=links[ifb]))
+                requests.append(rtnl.link_delete(index=links[ifb]))
+            write(reader, requests, "could not remove the egress limit",
+                  ok=(*MISSING, errno.ENODEV))
 
 
 def _qdiscs_by_index(qdiscs: Iterable[rtnl.Qdisc]) -> dict[int, list[rtnl.Qdisc]]:
@@ -164,24 +156,15 @@ def _qdiscs_by_index(qdiscs: Iterable[rtnl.Qdisc]) -> dict[int, list[rtnl.Qdisc]
     return found
 
 
-def _tbf_rate(index: int) -> int:
+def _tbf_rate(reader: rtnl.Reader, index: int) -> int:
     """Bits per second of the root TBF of ``index`` (0: none)."""
-    with rtnl.Reader(open_netlink_fd(None)) as reader:
-        return _root_tbf_rate(q for q in reader.qdiscs() if q.index == index)
+    return _root_tbf_rate(q for q in reader.qdiscs() if q.index == index)
 
 
 def _root_tbf_rate(qdiscs: Iterable[rtnl.Qdisc]) -> int:
     """Bits per second of the root TBF among one link's ``qdiscs`` (0: none)."""
     return next((q.tbf_rate for q in qdiscs if q.kind == "tbf" and q.parent == rtnl.TC_H_ROOT),
                 0)
-
-
-def _ignore_missing(call: object) -> None:
-    try:
-        call()  # type: ignore[operator]
-    except NetlinkError as e:
-        if e.code not in (ENOENT, EINVAL):
-            raise
 
 
 __all__ = ["Shape", "Shaper", "burst_of"]

@@ -27,14 +27,9 @@ of (MAC, dst) where the MAC exists with another dst is also accepted and does no
 from __future__ import annotations
 
 import errno
-import os
+import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
-from typing import Any
-
-from netaddr import IPNetwork
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.kernel import rtnl
 from agent.kernel.errors import KernelError
@@ -47,17 +42,11 @@ from agent.kernel.linkbase import (
     RTPROT_SDNCTL,
     LinkBase,
     delete_link,
-    get_link,
+    write,
 )
+from agent.kernel.rtnl import NetlinkError
 from agent.names import ALIAS_PREFIX, VXLAN_PREFIX
 from agent.observed import ObservedPeers, ObservedVxlan, PeerEntries
-
-
-def _vxlan_data(msg: Any) -> dict[str, Any]:
-    """The IFLA_INFO_DATA attributes of a VXLAN link, by name."""
-    info = msg.get_attr("IFLA_LINKINFO")
-    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
-    return dict(data["attrs"]) if data is not None else {}
 
 
 def _peers_by_index(
@@ -80,14 +69,9 @@ def _peers_by_index(
             for i, (r, n, f) in found.items()}
 
 
-def _local_key(local_ip: str) -> str:
-    """The attribute of a VXLAN device's source address in its underlay's family."""
-    return "vxlan_local6" if ":" in local_ip else "vxlan_local"
-
-
-def _local_of(data: dict[str, Any]) -> str | None:
-    """A VXLAN device's source address, either family (an IPv6 underlay, issue 20)."""
-    return data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6")
+def _network(cidr: str) -> str:
+    """``cidr``'s network ('10.1.2.0/24' of '10.1.2.3/24')."""
+    return str(ipaddress.ip_network(cidr, strict=False))
 
 
 def _our_vxlan(kind: str | None, alias: str, name: str) -> bool:
@@ -123,53 +107,46 @@ class VxlanLinks(LinkBase):
         address and alias are fixed in place (kernel 6.18 accepts all of those).
         """
         self._check_thread()
-        ipr = self._host
+        reader = self._reader
         what = f"vxlan {name!r}"
-        try:
-            underlay = get_link(ipr, underlay_dev)
-            link = get_link(ipr, name)
-        except NetlinkError as e:
-            raise KernelError(f"could not read {what}") from e
+        underlay = self._get(reader, underlay_dev, what)
+        link = self._get(reader, name, what)
         if underlay is None:
             raise KernelError(f"could not add {what}: underlay {underlay_dev!r} does not exist")
         mac = mac.lower()
         if link is not None:
             self._verify_ours(link, name, "vxlan", alias)
-            data = _vxlan_data(link)
-            if (data.get("IFLA_VXLAN_ID"), data.get("IFLA_VXLAN_PORT")) != (vni, port) or \
-                    data.get("IFLA_VXLAN_GROUP") not in (None, "0.0.0.0"):
-                delete_link(ipr, link, f"{what} to recreate it")
+            vx = link.vxlan
+            if vx is None or (vx.vni, vx.port) != (vni, port) or vx.remote is not None or (
+                    # its underlay changed family (an IPv6 underlay, issue 20)
+                    vx.local is not None and (":" in vx.local) != (":" in local_ip)):
+                delete_link(reader, link, f"{what} to recreate it")
                 link = None
-        if link is not None and _local_of(_vxlan_data(link)) not in (None, local_ip) and \
-                (":" in local_ip) != (":" in (_local_of(_vxlan_data(link)) or "")):
-            delete_link(ipr, link, f"{what} to recreate it")  # its underlay changed family
-            link = None
         if link is None:
-            link = self._create(ipr, name, "vxlan", alias, vxlan_id=vni, vxlan_port=port,
-                                **{_local_key(local_ip): local_ip},
-                                vxlan_link=underlay["index"],
-                                vxlan_learning=0, mtu=mtu, address=mac, state="up")
+            link = self._create(reader, rtnl.link_add(
+                name, "vxlan", mtu=mtu, mac=mac, up=True,
+                data=rtnl.vxlan_data(vni=vni, port=port, local=local_ip, link=underlay.index,
+                                     learning=False)), name, "vxlan", alias)
         else:
-            self._fix_vxlan(ipr, link, what, local_ip, underlay["index"])
-        self._fix_link(ipr, link, what, mtu=mtu, address=mac, state="up", ifalias=alias)
-        self._ensure_addresses(ipr, link["index"], vtep_cidr, what, vtep6_cidr)
-        return int(link["index"])
+            self._fix_vxlan(reader, link, what, local_ip, underlay.index)
+        self._fix_link(reader, link, what, mtu=mtu, mac=mac, up=True, alias=alias)
+        self._ensure_addresses(reader, link.index, vtep_cidr, what, vtep6_cidr)
+        return link.index
 
     @staticmethod
-    def _fix_vxlan(ipr: IPRoute, link: Any, what: str, local_ip: str, underlay: int) -> None:
+    def _fix_vxlan(reader: rtnl.Reader, link: rtnl.Link, what: str, local_ip: str,
+                   underlay: int) -> None:
         """One RTM_NEWLINK changing only the VXLAN attributes that differ (none: no request)."""
-        data = _vxlan_data(link)
-        key = _local_key(local_ip)
-        current = {key: data.get("IFLA_" + key.upper()),
-                   "vxlan_link": data.get("IFLA_VXLAN_LINK"),
-                   "vxlan_learning": data.get("IFLA_VXLAN_LEARNING")}
-        want = {key: local_ip, "vxlan_link": underlay, "vxlan_learning": 0}
-        delta = {k: v for k, v in want.items() if current[k] != v}
-        if delta:
-            try:
-                ipr.link("set", index=link["index"], kind="vxlan", **delta)
-            except NetlinkError as e:
-                raise KernelError(f"could not set {sorted(delta)} of {what}") from e
+        vx = link.vxlan
+        assert vx is not None  # (ensure_vxlan recreates a VXLAN device without its data)
+        local = local_ip if vx.local != local_ip else ""
+        data = rtnl.vxlan_data(local=local, link=underlay if vx.link != underlay else None,
+                               learning=False if vx.learning else None)
+        if data:
+            changed = [name for name, differs in (("local", local), ("learning", vx.learning),
+                                                  ("underlay", vx.link != underlay)) if differs]
+            write(reader, [rtnl.link_set(link.index, kind="vxlan", data=data)],
+                  f"could not set {changed} of {what}")
 
     def observe_vxlan(self, name: str) -> ObservedVxlan | None:
         """The VXLAN device ``name`` as the kernel has it, or None when there is none (or it is
@@ -261,7 +238,7 @@ class VxlanLinks(LinkBase):
         requests: list[tuple[PeerEntries, rtnl.Request]] = []
         for peer in peers:
             mac = peer.vtep_mac.lower()
-            subnet = str(IPNetwork(peer.subnet).cidr) if peer.subnet else ""  # "": IPv6-only
+            subnet = _network(peer.subnet) if peer.subnet else ""  # "": IPv6-only
             if [d for m, d in have.fdb if m == mac] != [peer.underlay_ip]:
                 requests.append((peer, rtnl.fdb_replace(index, mac, peer.underlay_ip,
                                                         NUD_PERMANENT | NUD_NOARP, NTF_SELF)))
@@ -270,7 +247,7 @@ class VxlanLinks(LinkBase):
                     requests.append((peer, rtnl.neighbour_replace(index, vtep_ip, mac,
                                                                   NUD_PERMANENT, RTPROT_SDNCTL)))
             for dst, via in peer.routes():
-                dst = subnet if dst == peer.subnet else str(IPNetwork(dst).cidr)
+                dst = subnet if dst == peer.subnet else _network(dst)
                 if [v for d, v in have.routes if d == dst] != [via]:
                     requests.append((peer, rtnl.route_replace(dst, via, index, MAIN_TABLE,
                                                               RTPROT_SDNCTL, RTNH_F_ONLINK)))
@@ -286,7 +263,7 @@ class VxlanLinks(LinkBase):
             raise KernelError(
                 f"could not add {len(failed)} of {len(requests)} peer entries on {device!r}, "
                 f"first peer {peer.subnet} via {peer.vtep_ip} ({peer.vtep_mac}, "
-                f"{peer.underlay_ip})") from NetlinkError(code, os.strerror(code))
+                f"{peer.underlay_ip})") from NetlinkError(code)
         return len(requests)
 
     def remove_peers(self, device: str, routes: Sequence[str], neighbours: Sequence[str],
@@ -312,7 +289,6 @@ class VxlanLinks(LinkBase):
         failed = [code for code in codes if code not in (0, errno.ESRCH, errno.ENOENT)]
         if failed:
             raise KernelError(f"could not remove {len(failed)} of {len(requests)} peer entries "
-                              f"on {device!r}") from NetlinkError(failed[0],
-                                                                  os.strerror(failed[0]))
+                              f"on {device!r}") from NetlinkError(failed[0])
         return codes.count(0)
 

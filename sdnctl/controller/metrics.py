@@ -24,11 +24,16 @@ from typing import Any, cast
 
 import grpc
 import netaddr
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
-from sdnctl.api.metrics import LATENCY_BUCKETS
+from sdnctl.api.metrics import (
+    LATENCY_BUCKETS,
+    Counter,
+    Family,
+    Gauge,
+    Histogram,
+    Registry,
+    gauge_family,
+)
 from sdnctl.api.model import Lease, from_json
 from sdnctl.controller.keys import IPAM, LEASES, NETWORKS
 from sdnctl.controller.store.base import Compare, Delete, Put, Store
@@ -47,7 +52,7 @@ class ControllerMetrics:
     """Every metric of one controller replica, in :attr:`registry`."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = Registry()
         r = self.registry
         self.rpc_started = Counter(
             "sdnctl_grpc_server_started", "RPCs started, by method.",
@@ -172,25 +177,24 @@ def metered(store: Store, metrics: ControllerMetrics) -> Store:
     return cast(Store, MeteredStore(store, metrics))
 
 
-class IpamCollector(Collector):
+class IpamCollector:
     """Per network, at scrape time: subnets leased, addresses allocated, addresses still free
     in the leased subnets, and what waits in quarantine (subnets and addresses)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def collect(self) -> Iterable[Metric]:
-        leases = GaugeMetricFamily("sdnctl_ipam_leases", "Host subnets leased, per network.",
-                                   labels=["network"])
-        used = GaugeMetricFamily("sdnctl_ipam_addresses_used",
-                                 "Container addresses allocated, per network.",
-                                 labels=["network"])
-        free = GaugeMetricFamily("sdnctl_ipam_addresses_free",
-                                 "Addresses left in the network's leased subnets (less network, "
-                                 "gateway and broadcast), per network.", labels=["network"])
-        quarantined = GaugeMetricFamily("sdnctl_ipam_quarantined",
-                                        "Freed subnets and addresses waiting before reuse.",
-                                        labels=["network", "kind"])
+    def collect(self) -> Iterable[Family]:
+        leases = gauge_family("sdnctl_ipam_leases", "Host subnets leased, per network.",
+                              ["network"])
+        used = gauge_family("sdnctl_ipam_addresses_used",
+                            "Container addresses allocated, per network.", ["network"])
+        free = gauge_family("sdnctl_ipam_addresses_free",
+                            "Addresses left in the network's leased subnets (less network, "
+                            "gateway and broadcast), per network.", ["network"])
+        quarantined = gauge_family("sdnctl_ipam_quarantined",
+                                   "Freed subnets and addresses waiting before reuse.",
+                                   ["network", "kind"])
         networks = [kv.key[len(NETWORKS):] for kv in self.store.range(NETWORKS)[0]]
         capacity: Tally[str] = Tally()
         leased: Tally[str] = Tally()

@@ -89,7 +89,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.kernel import iproute, procfs, procs, rtnl
 from agent.kernel.errors import KernelError
-from agent.kernel.linkbase import delete_link, get_link, iproute_in
+from agent.kernel.iproute import delete_link, get_link, iproute_in
 from agent.kernel.netns import (
     NETNS_RUN_DIR,
     create_netns,
@@ -399,7 +399,7 @@ class Lab:
                     for r in host.routes(family))
                     for family, gateway in ((socket.AF_INET, segment.gateway),
                                             (socket.AF_INET6, segment.gateway6)))
-        except (OSError, NetlinkError):
+        except (OSError, rtnl.NetlinkError):
             return False
 
     def _in_new_netns(self, path: str, what: str,
@@ -564,7 +564,7 @@ def _underlay_ip(path: str) -> str:
                 if index == link.index and any(
                         ipaddress.IPv4Address(address) in s.network for s in SEGMENTS):
                     return address
-    except (OSError, NetlinkError):  # the namespace went away under us
+    except (OSError, rtnl.NetlinkError):  # the namespace went away under us
         return ""
     return ""
 

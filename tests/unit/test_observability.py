@@ -5,7 +5,9 @@ test_metrics.py, test_liveview.py) add agents, promtool and a browser."""
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.kernel.firewall import drop_counts
 from agent.main import RETRY, SPREAD, merge_flows, report_due, retry_after, spread
 from sdnctl.api import pki
+from sdnctl.api.metrics import Counter, Gauge, Histogram, Registry, counter_family
 from sdnctl.api.model import STATE_EXITED, STATE_RUNNING, ContainerStatus
 from sdnctl.api.tlsfiles import TlsFiles
 from sdnctl.controller.flows import FlowTable
@@ -47,6 +50,55 @@ def get(url: str) -> tuple[int, str, str]:
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_our_exposition_reads_as_prometheus_reads_it() -> None:
+    """The metric types of sdnctl/api/metrics.py: counters as NAME_total, cumulative histogram
+    buckets ending in +Inf with their count and sum, escaped label values and help texts, a
+    collector read at scrape time; prometheus_client's parser and promtool read it back."""
+    registry = Registry()
+    calls = Counter("demo_calls", "Calls, by method.\nTwo lines; a \\ too.", ["method"],
+                    registry=registry)
+    calls.labels('Get"x"\\y\nz').inc()
+    calls.labels("Put").inc(2.5)
+    Gauge("demo_open", "Streams open.", registry=registry).set(3)
+    latency = Histogram("demo_seconds", "Latency.", ["method"], buckets=(0.1, 1.0),
+                        registry=registry)
+    for seconds in (0.05, 0.1, 0.5, 7.0):
+        latency.labels("Get").observe(seconds)
+    read = {"a": 4}
+
+    class Drops:
+        def collect(self) -> list[object]:
+            family = counter_family("demo_dropped", "Dropped, by guard.", ["guard"])
+            for guard, packets in read.items():
+                family.add_metric([guard], packets)
+            return [family]
+
+    registry.register(Drops())
+    read["b"] = 1  # read at scrape time
+    text = registry.exposition().decode()
+    assert samples(text) == {
+        ("demo_calls_total", (("method", 'Get"x"\\y\nz'),)): 1.0,
+        ("demo_calls_total", (("method", "Put"),)): 2.5,
+        ("demo_open", ()): 3.0,
+        ("demo_seconds_bucket", (("le", "0.1"), ("method", "Get"))): 2.0,
+        ("demo_seconds_bucket", (("le", "1.0"), ("method", "Get"))): 3.0,
+        ("demo_seconds_bucket", (("le", "+Inf"), ("method", "Get"))): 4.0,
+        ("demo_seconds_count", (("method", "Get"),)): 4.0,
+        ("demo_seconds_sum", (("method", "Get"),)): 7.65,
+        ("demo_dropped_total", (("guard", "a"),)): 4.0,
+        ("demo_dropped_total", (("guard", "b"),)): 1.0,
+    }
+    assert "# HELP demo_calls_total Calls, by method.\\nTwo lines; a \\\\ too.\n" in text
+    assert "# TYPE demo_seconds histogram\n" in text
+    with pytest.raises(ValueError, match="labels"):
+        calls.labels("a", "b")
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: scripts/setup.sh installs Debian's prometheus package"
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                             capture_output=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_metrics_count_calls_codes_and_ipam(server: RunningServer) -> None:

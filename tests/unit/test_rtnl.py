@@ -11,9 +11,9 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.kernel import rtnl
+from agent.kernel.rtnl import NetlinkError
 
 
 def attr(kind: int, value: bytes) -> bytes:
@@ -85,7 +85,13 @@ def test_parse_link_reads_a_vxlan_devices_data() -> None:
     assert v4.vxlan == rtnl.Vxlan(vni=42, port=4789, local="192.0.2.1", link=2, learning=False)
     v6 = rtnl.parse_link(memoryview(vxlan(attr(rtnl.IFLA_VXLAN_LOCAL6, socket.inet_pton(
         socket.AF_INET6, "2001:db8::1")))))
-    assert v6.vxlan is not None and v6.vxlan.local == "2001:db8::1"
+    assert v6.vxlan is not None and (v6.vxlan.local, v6.vxlan.remote) == ("2001:db8::1", None)
+    # A remote or a group (which the agent's devices never have), an unset one read as none.
+    grouped = rtnl.parse_link(memoryview(vxlan(attr(rtnl.IFLA_VXLAN_GROUP,
+                                                    socket.inet_aton("239.1.1.1")))))
+    assert grouped.vxlan is not None and grouped.vxlan.remote == "239.1.1.1"
+    unset = rtnl.parse_link(memoryview(vxlan(attr(rtnl.IFLA_VXLAN_GROUP, bytes(4)))))
+    assert unset.vxlan is not None and unset.vxlan.remote is None
     # Only a VXLAN device's data is read as VXLAN attributes.
     assert rtnl.parse_link(memoryview(link_payload(7, "eth0"))).vxlan is None
 
@@ -331,3 +337,100 @@ def test_attachment_requests_decode_as_pyroute2_reads_them() -> None:
                 addr["index"]) == (family, int(cidr.split("/")[1]), flags, 3)
         assert addr.get_attr("IFA_LOCAL") == addr.get_attr(  # type: ignore[attr-defined]
             "IFA_ADDRESS") == cidr.split("/")[0]  # type: ignore[attr-defined]
+
+
+def test_link_and_address_requests_decode_as_pyroute2_reads_them() -> None:
+    """The agent's other link writes (``linkbase``, ``vxlan``): a link added with its kind's
+    data, only the attributes that differ set in place, an address deleted."""
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    def decoded(cls: type, request: rtnl.Request) -> object:
+        msg = cls(rtnl.NLMSGHDR.pack(rtnl.NLMSGHDR.size + len(request.body), request.kind,
+                                     0, 1, 0) + request.body)
+        msg.decode()
+        return msg
+
+    vxlan = rtnl.link_add("sdnx01234567", "vxlan", mtu=1450, mac="02:AA:00:00:00:01", up=True,
+                          data=rtnl.vxlan_data(vni=42, port=4789, local="192.0.2.5", link=3,
+                                               learning=False))
+    assert (vxlan.kind, vxlan.flags) == (rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL)
+    link = decoded(ifinfmsg, vxlan)
+    assert (link["flags"], link["change"], link.get_attr("IFLA_MTU"),  # type: ignore[index]
+            link.get_attr("IFLA_ADDRESS"), link.get_attr("IFLA_MASTER")) == (  # type: ignore[attr-defined]
+        1, 1, 1450, "02:aa:00:00:00:01", None)
+    data = link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")  # type: ignore[attr-defined]
+    assert (data.get_attr("IFLA_VXLAN_ID"), data.get_attr("IFLA_VXLAN_PORT"),
+            data.get_attr("IFLA_VXLAN_LOCAL"), data.get_attr("IFLA_VXLAN_LINK"),
+            data.get_attr("IFLA_VXLAN_LEARNING")) == (42, 4789, "192.0.2.5", 3, 0)
+    six = decoded(ifinfmsg, rtnl.link_set(5, kind="vxlan", data=rtnl.vxlan_data(
+        local="2001:db8::5")))
+    assert (six["index"], six["flags"], six["change"]) == (5, 0, 0)  # type: ignore[index]
+    assert six.get_attr("IFLA_LINKINFO").get_attr(  # type: ignore[attr-defined]
+        "IFLA_INFO_DATA").get_attr("IFLA_VXLAN_LOCAL6") == "2001:db8::5"
+    fix = decoded(ifinfmsg, rtnl.link_set(5, master=9, alias="sdnctl:net/a"))
+    assert (fix.get_attr("IFLA_MASTER"), fix.get_attr("IFLA_IFALIAS"),  # type: ignore[attr-defined]
+            fix.get_attr("IFLA_MTU"), fix.get_attr("IFLA_LINKINFO")) == (  # type: ignore[attr-defined]
+        9, "sdnctl:net/a", None, None)
+    handover = decoded(ifinfmsg, rtnl.link_add(
+        "sdnv0", "veth", mtu=1400, master=2, up=True,
+        data=rtnl.veth_peer("dv0", 1400, mac="02:00:00:00:00:09")))
+    peer = handover.get_attr("IFLA_LINKINFO").get_attr(  # type: ignore[attr-defined]
+        "IFLA_INFO_DATA").get_attr("VETH_INFO_PEER")
+    assert (peer.get_attr("IFLA_NET_NS_FD"), peer.get_attr("IFLA_ADDRESS")) == (
+        None, "02:00:00:00:00:09")
+    assert decoded(ifinfmsg, rtnl.link_delete(index=5))["index"] == 5  # type: ignore[index]
+    gone = decoded(ifaddrmsg, rtnl.address_delete(4, "2001:db8::1/64"))
+    assert (gone["family"], gone["prefixlen"], gone["index"],  # type: ignore[index]
+            gone.get_attr("IFA_ADDRESS")) == (  # type: ignore[attr-defined]
+        socket.AF_INET6, 64, 4, "2001:db8::1")
+    assert rtnl.address_delete(4, "10.0.0.1/24").kind == rtnl.RTM_DELADDR
+
+
+def test_traffic_control_requests_decode_as_pyroute2_reads_them() -> None:
+    """The bandwidth limits' requests (``shaping``): a TBF with tc's queue limit and the burst
+    in bytes (a rate beyond 32 bits in its 64-bit attribute), the ingress qdisc and the u32
+    filter redirecting everything to an IFB."""
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+    def decoded(request: rtnl.Request) -> object:
+        msg = tcmsg(rtnl.NLMSGHDR.pack(rtnl.NLMSGHDR.size + len(request.body), request.kind,
+                                       0, 1, 0) + request.body)
+        msg.decode()
+        return msg
+
+    tbf = rtnl.tbf_replace(7, 8_000_000, 16_000, 25_000)
+    assert (tbf.kind, tbf.flags) == (rtnl.RTM_NEWQDISC, rtnl.NLM_F_REPLACE | rtnl.NLM_F_CREATE)
+    msg = decoded(tbf)
+    assert (msg["index"], msg["handle"], msg["parent"],  # type: ignore[index]
+            msg.get_attr("TCA_KIND")) == (7, 0x10000, rtnl.TC_H_ROOT, "tbf")  # type: ignore[attr-defined]
+    parms = msg.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS")  # type: ignore[attr-defined]
+    assert (parms["rate"], parms["limit"]) == (1_000_000, 1_000_000 // 40 + 16_000)
+    options = rtnl.attributes(rtnl.attributes(tbf.body, rtnl.TCMSG.size)[rtnl.TCA_OPTIONS], 0)
+    assert rtnl.U32.unpack(options[rtnl.TCA_TBF_BURST]) == (16_000,)
+    assert rtnl.TCA_TBF_RATE64 not in options
+    fast_request = rtnl.tbf_replace(7, 40_000_000_000, 1 << 20, 25_000)
+    fast = rtnl.attributes(rtnl.attributes(fast_request.body, rtnl.TCMSG.size)[rtnl.TCA_OPTIONS],
+                           0)
+    assert rtnl.U64.unpack(fast[rtnl.TCA_TBF_RATE64]) == (5_000_000_000,)
+    assert rtnl.TBF_RATE.unpack_from(fast[rtnl.TCA_TBF_PARMS]) == (0xFFFFFFFF,)
+    ingress = decoded(rtnl.ingress_add(7))
+    assert (ingress["handle"], ingress["parent"],  # type: ignore[index]
+            ingress.get_attr("TCA_KIND")) == (0xFFFF0000, rtnl.TC_H_INGRESS, "ingress")  # type: ignore[attr-defined]
+    assert [(decoded(r)["handle"], decoded(r)["parent"])  # type: ignore[index]
+            for r in (rtnl.qdisc_delete(7), rtnl.qdisc_delete(7, ingress=True))] == [
+        (0x10000, rtnl.TC_H_ROOT), (0xFFFF0000, rtnl.TC_H_INGRESS)]
+    redirect = rtnl.redirect_filter(7, 12)
+    assert (redirect.kind, redirect.flags) == (rtnl.RTM_NEWTFILTER,
+                                               rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL)
+    u32 = decoded(redirect)
+    assert (u32["parent"], u32["info"], u32.get_attr("TCA_KIND")) == (  # type: ignore[index]
+        0xFFFF0000, 1 << 16 | socket.htons(3), "u32")  # type: ignore[attr-defined]
+    options = u32.get_attr("TCA_OPTIONS")  # type: ignore[attr-defined]
+    assert options.get_attr("TCA_U32_CLASSID") == 0x10000
+    selector = options.get_attr("TCA_U32_SEL")
+    assert (selector["flags"], selector["nkeys"]) == (1, 1)
+    action = options.get_attr("TCA_U32_ACT").get_attr("TCA_ACT_PRIO_1")
+    assert action.get_attr("TCA_ACT_KIND") == "mirred"
+    mirred = action.get_attr("TCA_ACT_OPTIONS").get_attr("TCA_MIRRED_PARMS")
+    assert (mirred["action"], mirred["eaction"], mirred["ifindex"]) == (4, 1, 12)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.kernel.linkbase import iproute_in
+from agent.kernel.iproute import iproute_in
 from helpers.capture import capture
 from sdnctl.topology import topology
 

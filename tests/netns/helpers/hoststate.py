@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from agent.kernel import cgroups
-from agent.kernel.linkbase import iproute_in
+from agent.kernel.iproute import iproute_in
 from agent.kernel.netns import NETNS_RUN_DIR
 from agent.nftrules import FINGERPRINT_SET
 from helpers.cli import Cli, nsexec
