@@ -307,15 +307,16 @@ def link_add(name: str, kind: str, *, mtu: int = 0, master: int | None = None,
     return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
 
 
-def link_set(index: int, *, mtu: int = 0, master: int | None = None, up: bool = False,
-             mac: str = "", alias: str | None = None, kind: str = "",
+def link_set(index: int = 0, *, name: str = "", mtu: int = 0, master: int | None = None,
+             up: bool = False, mac: str = "", alias: str | None = None, kind: str = "",
              data: bytes = b"") -> Request:
-    """``ip link set index INDEX [mtu MTU] [master MASTER] [address MAC] [up] [alias ALIAS]``,
-    and with ``kind`` and ``data`` the kind's attributes changed in place (``type vxlan ...``):
-    only what is given is sent."""
+    """``ip link set (index INDEX | dev NAME) [mtu MTU] [master MASTER] [address MAC] [up]
+    [alias ALIAS]``, and with ``kind`` and ``data`` the kind's attributes changed in place
+    (``type vxlan ...``): only what is given is sent (the kernel sets the address before it
+    brings the link up)."""
     flags = IFF_UP if up else 0
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, flags) + \
-        _link_attributes(mtu=mtu, master=master, mac=mac, alias=alias, kind=kind, data=data)
+        _link_attributes(name, mtu, master, mac, alias, kind, data)
     return Request(RTM_NEWLINK, 0, body)
 
 
@@ -355,13 +356,8 @@ def veth_add(name: str, mtu: int, master: int, peer: str, peer_netns_fd: int,
 
 def link_up(alias: str, index: int = 0, name: str = "", mac: str = "") -> Request:
     """``ip link set (dev NAME | index INDEX) [address MAC] up alias ALIAS`` (the kernel
-    ignores an alias given when a link is made: it is set afterwards; it sets the address
-    before it brings the link up)."""
-    body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP) + \
-        (attribute(IFLA_IFNAME, name.encode() + b"\0") if name else b"") + \
-        (attribute(IFLA_ADDRESS, _mac_bytes(mac)) if mac else b"") + \
-        attribute(IFLA_IFALIAS, alias.encode())
-    return Request(RTM_NEWLINK, 0, body)
+    ignores an alias given when a link is made: it is set afterwards)."""
+    return link_set(index, name=name, up=True, mac=mac, alias=alias)
 
 
 def link_delete(name: str = "", index: int = 0) -> Request:
