@@ -68,7 +68,7 @@ from agent.portproxy import PortProxy, wanted_proxies
 from agent.reconcile import Outcome, Reconciler
 from agent.runtime import RUNTIMES, OciRuntime
 from sdnctl.api import convert, signals
-from sdnctl.api.client import open_channel
+from sdnctl.api.grpcchannel import open_channel
 from sdnctl.api.metrics import DEFAULT_ADDRESS, MetricsServer, serve_metrics
 from sdnctl.api.model import STATE_EXITED, ContainerStatus
 from sdnctl.api.tlsfiles import TlsFiles

@@ -67,7 +67,6 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any, cast
 
-import grpc
 import harness
 import overlay
 import policy
@@ -76,6 +75,7 @@ from _sdnlab import PASS_RE, BenchError
 from agent import layout
 from agent.kernel import cgroups
 from agent.kernel.netns import create_netns, remove_netns
+from sdnctl.api import wire
 from sdnctl.api.client import Client
 from sdnctl.lab import lab
 from sdnctl.v1 import sdnctl_pb2 as pb
@@ -631,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  down {size}: {phase} {seconds:.2f} s", file=sys.stderr)
         except Skip:
             pass
-        except (BenchError, TimeoutError, RuntimeError, grpc.RpcError, OSError,
+        except (BenchError, TimeoutError, RuntimeError, wire.RpcError, OSError,
                 subprocess.SubprocessError) as e:  # what was measured before is written
             notes.append(f"FAILED after up: {str(e).strip()[-600:]}")
             print(f"bench/scale.py: {e}", file=sys.stderr)

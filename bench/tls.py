@@ -35,7 +35,7 @@ import harness
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sdnctl.api import pki
-from sdnctl.api.client import open_channel
+from sdnctl.api.grpcchannel import open_channel
 from sdnctl.api.imagefmt import BlobStore, Image, export_archive
 from sdnctl.api.tlsfiles import TlsFiles
 from sdnctl.controller.server import create_server

@@ -1,8 +1,10 @@
 """Talking to the controller from the CLI: dial it, and start one when none answers.
 
-Every channel to the controller (CLI, agent, tests) is made by :func:`open_channel`: a unix
-socket is plain (the socket's mode is the access control), TCP is always mutual TLS with the
-files given, or those of ``$SDNCTL_TLS_CERT``, ``$SDNCTL_TLS_KEY`` and ``$SDNCTL_TLS_CA``.
+Every CLI channel to the controller is a :class:`sdnctl.api.wire.Channel` (gRPC without
+grpcio's imports, a third of a `sdnctl run`; the daemons and tests dial with
+``sdnctl.api.grpcchannel``): a unix socket is plain (the socket's mode is the access control),
+TCP is always mutual TLS with the files given, or those of ``$SDNCTL_TLS_CERT``,
+``$SDNCTL_TLS_KEY`` and ``$SDNCTL_TLS_CA``. Errors of a call are :class:`wire.RpcError`.
 """
 
 from __future__ import annotations
@@ -15,25 +17,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from sdnctl.api import paths
-from sdnctl.api.tlsfiles import TlsFiles
-from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+from sdnctl.api import paths, wire
+from sdnctl.api.errors import CommandError, ControllerUnavailable
+from sdnctl.api.tlsfiles import TLS_ENV, TlsFiles, tls_from_env
+from sdnctl.v1 import sdnctl_pb2 as pb
 
+if TYPE_CHECKING:  # the generated stubs import grpcio: for the types only
+    from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
-class ControllerUnavailable(RuntimeError):
-    pass
-
-
-class CommandError(RuntimeError):
-    """A verb failed in a way the user can act on: sdnctl prints the message, exits 1."""
-
-
-TLS_ENV = ("SDNCTL_TLS_CERT", "SDNCTL_TLS_KEY", "SDNCTL_TLS_CA")
+__all__ = ["TLS_ENV", "Client", "CommandError", "ControllerUnavailable", "connect",
+           "open_wire", "poll_delays", "tls_from_env"]
 
 #: A command that waits for agents polls the controller soon at first (an agent realises a
 #: container in tens of milliseconds: a fixed 100 ms poll added 50 ms on average), then less
@@ -44,6 +41,8 @@ POLL_FIRST, POLL_GROWTH, POLL_MAX = 0.005, 1.5, 0.1
 #: container's IPAM a round of reads and a guarded write) a request of 1,000 outlived the 60 s
 #: deadline of a call at 100 hosts x 10, one of 100 does not.
 CREATE_BATCH = DELETE_BATCH = 100
+CONTROLLER = pb.DESCRIPTOR.services_by_name["Controller"]
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 
 
 def poll_delays() -> Iterator[float]:
@@ -54,36 +53,21 @@ def poll_delays() -> Iterator[float]:
         delay = min(delay * POLL_GROWTH, POLL_MAX)
 
 
-def tls_from_env() -> TlsFiles | None:
-    """The client TLS files the environment names, or None when it names none."""
-    values = [os.environ.get(name, "") for name in TLS_ENV]
-    if not any(values):
-        return None
-    if not all(values):
-        raise CommandError(f"{', '.join(TLS_ENV)} go together (or --tls-cert, --tls-key, "
-                           "--tls-ca)")
-    return TlsFiles(*values)
-
-
-def open_channel(address: str, tls: TlsFiles | None = None,
-                 options: list[tuple[str, object]] | None = None) -> grpc.Channel:
-    """A channel to the controller at ``address`` (``unix:/path`` or ``[tcp:]host:port``).
-
-    TCP is mutual TLS: with ``tls``, else the environment's files (:func:`tls_from_env`), else
-    CommandError, never plaintext.
-    """
-    options = options or []
+def open_wire(address: str, tls: TlsFiles | None = None) -> wire.Channel:
+    """The CLI's channel to the controller at ``address`` (``unix:/path`` or
+    ``[tcp:]host:port``): TCP with ``tls``, else the environment's files, else CommandError,
+    never plaintext."""
     if address.startswith("unix:"):
-        return grpc.insecure_channel(address, options=options)
+        return wire.Channel(address)
     tls = tls or tls_from_env()
     if tls is None:
         raise CommandError(f"{address}: the controller's TCP listener needs a client "
                            "certificate (--tls-cert, --tls-key, --tls-ca or $SDNCTL_TLS_*)")
-    cert, key, ca = tls.read()
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
-                                               certificate_chain=cert)
-    return grpc.secure_channel(address.removeprefix("tcp:").removeprefix("//"), credentials,
-                               options=options)
+    tls.read()  # unreadable files: PkiError now, not at the first call
+    try:
+        return wire.Channel(address, tls)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
 
 
 def split_addresses(text: str) -> list[str]:
@@ -99,7 +83,8 @@ class Failover:
     last and moves on to the next one when a replica is UNAVAILABLE (down, or cut off from its
     store). Streams are not resumed here: their callers resume them (the agent's Watch does)."""
 
-    def __init__(self, channels: list[grpc.Channel], stub: Callable[[grpc.Channel], Any]) -> None:
+    def __init__(self, channels: list[wire.Channel],
+                 stub: Callable[[wire.Channel], Any]) -> None:
         self._stubs = [stub(channel) for channel in channels]
         self._current = 0
 
@@ -111,8 +96,8 @@ class Failover:
                 index = (first + step) % count
                 try:
                     answer = getattr(self._stubs[index], name)(request, **kwargs)
-                except grpc.RpcError as e:
-                    if e.code() != grpc.StatusCode.UNAVAILABLE or step == count - 1:
+                except wire.RpcError as e:
+                    if e.code() != wire.StatusCode.UNAVAILABLE or step == count - 1:
                         raise
                     continue
                 self._current = index
@@ -126,23 +111,24 @@ class Client:
     def __init__(self, address: str | None = None, tls: TlsFiles | None = None) -> None:
         self.address = address or paths.controller_address()
         self.addresses = split_addresses(self.address)
-        self.channels = [open_channel(a, tls) for a in self.addresses]
+        self.channels = [open_wire(a, tls) for a in self.addresses]
         self.channel = self.channels[0]
-        self.api = cast(pb_grpc.ControllerStub, Failover(self.channels, pb_grpc.ControllerStub))
+        self.api = cast("pb_grpc.ControllerStub",
+                        Failover(self.channels, lambda channel: wire.Stub(channel, CONTROLLER)))
         self.last_error = ""
 
     def healthy(self, timeout: float = 1.0) -> bool:
         """Whether some replica serves; CommandError when one answers but refuses us."""
         for channel in self.channels:
-            stub = health_pb2_grpc.HealthStub(channel)
+            stub: Any = wire.Stub(channel, HEALTH)
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-            except grpc.RpcError as e:
-                code = e.code() if hasattr(e, "code") else None
-                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            except wire.RpcError as e:
+                if e.code() in (wire.StatusCode.UNAUTHENTICATED,
+                                wire.StatusCode.PERMISSION_DENIED):
                     raise CommandError(f"the controller at {self.address} refused us: "
-                                       f"{code.name}: {e.details()}") from None  # type: ignore
-                self.last_error = str(e.details()) if hasattr(e, "details") else str(e)
+                                       f"{e.code().name}: {e.details()}") from None
+                self.last_error = e.details()
                 continue
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 return True

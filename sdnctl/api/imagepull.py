@@ -17,11 +17,13 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdnctl.api import imagefmt, registry, registryconfig
 from sdnctl.v1 import sdnctl_pb2 as pb
-from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # (the generated stubs import grpcio; the CLI calls through sdnctl.api.wire)
+    from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 TIMEOUT = 600.0
 GZIP_LEVEL = 1  # layers are pushed often and pulled at once: speed over a few percent of size

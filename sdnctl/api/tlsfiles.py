@@ -7,8 +7,14 @@ second) is for issuing, revoking and checking certificates, so this light part l
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from sdnctl.api.errors import CommandError
+
+#: The environment's client TLS files: certificate, key, CA.
+TLS_ENV = ("SDNCTL_TLS_CERT", "SDNCTL_TLS_KEY", "SDNCTL_TLS_CA")
 
 
 class PkiError(RuntimeError):
@@ -41,3 +47,14 @@ class TlsFiles:
     def from_dir(cls, directory: str | Path, kind: str, name: str = "") -> TlsFiles:
         cert, key = cert_path(directory, kind, name)
         return cls(str(cert), str(key), str(Path(directory) / "ca.pem"))
+
+
+def tls_from_env() -> TlsFiles | None:
+    """The client TLS files the environment names, or None when it names none."""
+    values = [os.environ.get(name, "") for name in TLS_ENV]
+    if not any(values):
+        return None
+    if not all(values):
+        raise CommandError(f"{', '.join(TLS_ENV)} go together (or --tls-cert, --tls-key, "
+                           "--tls-ca)")
+    return TlsFiles(*values)

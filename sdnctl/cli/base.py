@@ -11,8 +11,7 @@ import argparse
 import os
 import sys
 
-import grpc
-
+from sdnctl.api import wire
 from sdnctl.api.client import TLS_ENV, CommandError, ControllerUnavailable
 
 #: The global options that take a value (``--controller ADDRESS``), for :func:`verb_of`.
@@ -58,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
     except (CommandError, ControllerUnavailable) as e:
         print(f"sdnctl: {e}", file=sys.stderr)
         return 1
-    except grpc.RpcError as e:
-        print(f"sdnctl: {e.code().name}: {e.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+    except wire.RpcError as e:
+        print(f"sdnctl: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1

@@ -23,17 +23,15 @@ import json
 import os
 from typing import Any
 
-import grpc
-
-from sdnctl.api import convert
+from sdnctl.api import convert, wire
 from sdnctl.api.client import CommandError, connect
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 TIMEOUT = 600.0
 
 
-def _fail(what: str, e: grpc.RpcError) -> CommandError:
-    return CommandError(f"{what}: {e.details()}")  # type: ignore[attr-defined]
+def _fail(what: str, e: wire.RpcError) -> CommandError:
+    return CommandError(f"{what}: {e.details()}")
 
 
 def image_json(image: pb.Image) -> dict[str, Any]:
@@ -56,7 +54,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     client = connect()
     try:
         reply = client.api.LoadImage(convert.file_chunks(args.input), timeout=TIMEOUT)
-    except grpc.RpcError as e:
+    except wire.RpcError as e:
         raise _fail(f"image load {args.input}", e) from None
     for image in reply.images:
         tags = ", ".join(image.repo_tags) or "<untagged>"
@@ -72,7 +70,7 @@ def cmd_save(args: argparse.Namespace) -> int:
             for chunk in client.api.SaveImage(pb.ImageRef(name=args.name), timeout=TIMEOUT):
                 f.write(chunk.data)
         os.replace(tmp, args.output)
-    except grpc.RpcError as e:
+    except wire.RpcError as e:
         raise _fail(f"image save {args.name}", e) from None
     finally:
         if os.path.exists(tmp):
@@ -102,7 +100,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     for name in args.names:
         try:
             client.api.RemoveImage(pb.ImageRef(name=name), timeout=30)
-        except grpc.RpcError as e:
+        except wire.RpcError as e:
             raise _fail(f"image rm {name}", e) from None
         print(name)
     return 0
@@ -116,7 +114,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         image = imagepull.pull(client.api, args.ref, insecure=args.insecure)
     except (ValueError, registry.RegistryError) as e:
         raise CommandError(f"image pull {args.ref}: {e}") from None
-    except grpc.RpcError as e:
+    except wire.RpcError as e:
         raise _fail(f"image pull {args.ref}", e) from None
     if args.json:
         print(json.dumps(image_json(image), indent=2))
@@ -133,7 +131,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         digest = imagepull.push(client.api, args.name, args.ref, insecure=args.insecure)
     except (ValueError, registry.RegistryError, imagefmt.ImageFormatError) as e:
         raise CommandError(f"image push {args.name} {args.ref}: {e}") from None
-    except grpc.RpcError as e:
+    except wire.RpcError as e:
         raise _fail(f"image push {args.name}", e) from None
     print(f"Pushed {args.name} as {args.ref}@{digest}")
     return 0

@@ -13,9 +13,7 @@ import argparse
 import json
 from typing import Any
 
-import grpc
-
-from sdnctl.api import convert
+from sdnctl.api import convert, wire
 from sdnctl.api.client import CommandError, connect
 from sdnctl.api.model import POLICY_ALL_NETWORKS, Policy, PolicyPeer, PolicyRule, labels_dict
 from sdnctl.cli.output import print_table
@@ -25,8 +23,8 @@ from sdnctl.v1 import sdnctl_pb2 as pb
 TIMEOUT = 30.0
 
 
-def _fail(what: str, e: grpc.RpcError) -> CommandError:
-    return CommandError(f"{what}: {e.details()}")  # type: ignore[attr-defined]
+def _fail(what: str, e: wire.RpcError) -> CommandError:
+    return CommandError(f"{what}: {e.details()}")
 
 
 def _peer_json(peer: PolicyPeer) -> dict[str, Any]:
@@ -87,7 +85,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         try:
             client.api.CreatePolicy(pb.CreatePolicyRequest(policy=convert.policy_to_pb(policy)),
                                     timeout=TIMEOUT)
-        except grpc.RpcError as e:
+        except wire.RpcError as e:
             raise _fail(f"policy create {policy.name}", e) from None
         print(policy.name)
     return 0
@@ -116,7 +114,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         try:
             shown.append(policy_json(client.api.GetPolicy(pb.GetRequest(name=name),
                                                           timeout=TIMEOUT)))
-        except grpc.RpcError as e:
+        except wire.RpcError as e:
             raise _fail(f"policy inspect {name}", e) from None
     print(json.dumps(shown, indent=2))
     return 0
@@ -127,7 +125,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     for name in args.names:
         try:
             client.api.DeletePolicy(pb.DeleteRequest(name=name), timeout=TIMEOUT)
-        except grpc.RpcError as e:
+        except wire.RpcError as e:
             raise _fail(f"policy rm {name}", e) from None
         print(name)
     return 0

@@ -32,9 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import grpc
-
-from sdnctl.api import convert, paths
+from sdnctl.api import convert, paths, wire
 from sdnctl.api.client import DELETE_BATCH, Client, CommandError, connect, poll_delays
 from sdnctl.api.model import (
     DRIVER_BRIDGE,
@@ -68,8 +66,8 @@ def _rpc(what: str, call: Callable[[], T]) -> T:
     """``call()``, with a gRPC error turned into a CommandError naming what we tried."""
     try:
         return call()
-    except grpc.RpcError as e:
-        details = e.details() or e.code().name  # type: ignore[attr-defined]
+    except wire.RpcError as e:
+        details = e.details() or e.code().name
         raise CommandError(f"could not {what}: {details}") from e
 
 
@@ -264,9 +262,9 @@ def _wait_host(client: Client, host: str, revision: int, deadline: float) -> pb.
         return client.api.WaitHost(pb.WaitHostRequest(
             name=host, revision=revision, timeout_ms=max(1, int(wait * 1000))),
             timeout=wait + RPC_TIMEOUT)
-    except grpc.RpcError as e:
-        if e.code() != grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
-            details = e.details() or e.code().name  # type: ignore[attr-defined]
+    except wire.RpcError as e:
+        if e.code() != wire.StatusCode.UNIMPLEMENTED:
+            details = e.details() or e.code().name
             raise CommandError(f"could not inspect host {host!r}: {details}") from e
     return _rpc(f"inspect host {host!r}", lambda: client.api.GetHost(
         pb.GetRequest(name=host), timeout=RPC_TIMEOUT))
@@ -391,11 +389,11 @@ def cmd_rm(args: argparse.Namespace) -> int:
         try:
             host_of[name] = client.api.GetContainer(pb.GetRequest(name=name),
                                                     timeout=RPC_TIMEOUT).host
-        except grpc.RpcError as e:
-            if args.force and e.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+        except wire.RpcError as e:
+            if args.force and e.code() == wire.StatusCode.NOT_FOUND:
                 continue
             raise CommandError(f"could not remove container {name!r}: "
-                               f"{e.details()}") from e  # type: ignore[attr-defined]
+                               f"{e.details()}") from e
     deleted: dict[str, int] = {}
     names = list(host_of)
     for start in range(0, len(names), DELETE_BATCH):

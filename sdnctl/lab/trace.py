@@ -48,9 +48,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-
 from agent.names import bridge_name, veth_name, vxlan_name
+from sdnctl.api import wire
 from sdnctl.api.client import Client, CommandError, connect
 from sdnctl.api.fields import ip_version
 from sdnctl.api.model import MODE_BRIDGE, MODE_CONTAINER, network_mode, spans_hosts
@@ -430,9 +429,9 @@ def result_json(result: TraceResult) -> dict[str, Any]:
 def _rpc_get(call: Any, name: str, what: str) -> Any:
     try:
         return call(pb.GetRequest(name=name), timeout=RPC_TIMEOUT)
-    except grpc.RpcError as e:
+    except wire.RpcError as e:
         raise CommandError(f"trace: could not find {what} {name!r}: "
-                           f"{e.details()}") from e  # type: ignore[attr-defined]
+                           f"{e.details()}") from e
 
 
 
@@ -450,11 +449,11 @@ def resolve(client: Client, name: str, via: Endpoint | None = None) -> Endpoint:
     if via is not None and via.netns and ip_version(name) != 4:
         try:
             client.api.GetContainer(pb.GetRequest(name=name), timeout=RPC_TIMEOUT)
-        except grpc.RpcError as e:
-            if e.code() not in (grpc.StatusCode.NOT_FOUND,  # type: ignore[attr-defined]
-                                grpc.StatusCode.INVALID_ARGUMENT):  # "db.svc.lab": no name
+        except wire.RpcError as e:
+            if e.code() not in (wire.StatusCode.NOT_FOUND,
+                                wire.StatusCode.INVALID_ARGUMENT):  # "db.svc.lab": no name
                 raise CommandError(f"trace: could not find container {name!r}: "
-                                   f"{e.details()}") from e  # type: ignore[attr-defined]
+                                   f"{e.details()}") from e
             address, why = local.lookup_a(via.netns, via.gateway, name, RPC_TIMEOUT)
             if not address:
                 raise CommandError(f"trace: {why}") from None

@@ -38,10 +38,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
-import grpc
-
 from agent import layout
-from sdnctl.api import convert, imagefmt, imagepull, paths, registry
+from sdnctl.api import convert, imagefmt, imagepull, paths, registry, wire
 from sdnctl.api.client import (
     CREATE_BATCH,
     DELETE_BATCH,
@@ -148,22 +146,22 @@ def _save_lab_state(topology: Topology, state: dict[str, Any]) -> None:
     paths.write_atomic(lab_state_path(topology), json.dumps(state, indent=2) + "\n", 0o600)
 
 
-def _code(e: grpc.RpcError) -> grpc.StatusCode:
-    return e.code()  # type: ignore[attr-defined, no-any-return]
+def _code(e: wire.RpcError) -> wire.StatusCode:
+    return e.code()
 
 
-def _details(e: grpc.RpcError) -> str:
-    return str(e.details())  # type: ignore[attr-defined]
+def _details(e: wire.RpcError) -> str:
+    return e.details()
 
 
-def _existing(get: Callable[[], T], refusal: grpc.RpcError, what: str) -> T:
+def _existing(get: Callable[[], T], refusal: wire.RpcError, what: str) -> T:
     """The object whose create was refused as ALREADY_EXISTS. When there is none, the refusal
     was about a value the new object takes (a host port, a fixed address): it is shown as the
     controller gave it."""
     try:
         return get()
-    except grpc.RpcError as e:
-        if _code(e) == grpc.StatusCode.NOT_FOUND:
+    except wire.RpcError as e:
+        if _code(e) == wire.StatusCode.NOT_FOUND:
             raise DeployError(f"could not create {what}: {_details(refusal)}") from refusal
         raise
 
@@ -174,8 +172,8 @@ def _create_or_compare(create: Callable[[], Any], get: Callable[[], Any],
     try:
         create()
         return True
-    except grpc.RpcError as e:
-        if _code(e) != grpc.StatusCode.ALREADY_EXISTS:
+    except wire.RpcError as e:
+        if _code(e) != wire.StatusCode.ALREADY_EXISTS:
             raise DeployError(f"could not create {what}: {_details(e)}") from e
         refusal = e
     if not same(_existing(get, refusal, what)):
@@ -357,10 +355,10 @@ def check(topology: Topology, client: Client | None) -> None:
     if client is not None:
         try:
             client.api.ValidateTopology(request, timeout=60)
-        except grpc.RpcError as e:
-            if _code(e) == grpc.StatusCode.INVALID_ARGUMENT:
+        except wire.RpcError as e:
+            if _code(e) == wire.StatusCode.INVALID_ARGUMENT:
                 raise refusal(topology, _details(e)) from None
-            if _code(e) == grpc.StatusCode.UNIMPLEMENTED:  # an older controller: say so, go on
+            if _code(e) == wire.StatusCode.UNIMPLEMENTED:  # an older controller: say so, go on
                 sys.stderr.write(f"sdnctl: the controller at {client.address} cannot check a "
                                  "topology before it is built (an older version)\n")
                 return
@@ -507,7 +505,7 @@ def pull_image(client: Client, ref: str, progress: Progress) -> None:
         image = imagepull.pull(client.api, ref)
     except (ValueError, registry.RegistryError) as e:
         raise DeployError(f"could not pull image {ref}: {e}") from e
-    except grpc.RpcError as e:
+    except wire.RpcError as e:
         raise DeployError(f"could not record image {ref}: {_details(e)}") from e
     progress.step(f"image {ref} recorded ({image.id[:19]}, from its registry)")
 
@@ -715,14 +713,14 @@ def _apply_policy(client: Client, policy: Policy) -> int:
     try:
         return int(client.api.CreatePolicy(
             pb.CreatePolicyRequest(policy=convert.policy_to_pb(policy)), timeout=10).revision)
-    except grpc.RpcError as e:
+    except wire.RpcError as e:
         raise DeployError(f"policy {policy.name!r}: {_details(e)}") from e
 
 
 def load_image(client: Client, archive: str, progress: Progress) -> None:
     try:
         reply = client.api.LoadImage(convert.file_chunks(archive), timeout=600)
-    except grpc.RpcError as e:
+    except wire.RpcError as e:
         raise DeployError(f"could not load image archive {archive}: {_details(e)}") from e
     tags = ", ".join(t for image in reply.images for t in image.repo_tags)
     progress.step(f"image {tags or archive} loaded")
@@ -738,8 +736,8 @@ def _apply_network(client: Client, net: Network, final: Network) -> tuple[str, i
         got = client.api.CreateNetwork(
             pb.CreateNetworkRequest(network=convert.network_to_pb(net)), timeout=10)
         return "created", got.revision
-    except grpc.RpcError as e:
-        if _code(e) != grpc.StatusCode.ALREADY_EXISTS:
+    except wire.RpcError as e:
+        if _code(e) != wire.StatusCode.ALREADY_EXISTS:
             raise DeployError(f"could not create network {net.name!r}: {_details(e)}") from e
         refusal = e
     have = convert.network_from_pb(_existing(
@@ -759,7 +757,7 @@ def _apply_network(client: Client, net: Network, final: Network) -> tuple[str, i
     try:
         got = client.api.UpdateNetwork(
             pb.UpdateNetworkRequest(network=convert.network_to_pb(net)), timeout=10)
-    except grpc.RpcError as e:
+    except wire.RpcError as e:
         raise DeployError(f"could not update network {net.name!r}: {_details(e)}") from e
     return "updated", got.revision
 
@@ -771,8 +769,8 @@ def _create_containers(client: Client, containers: list[Container]) -> int | Non
         containers=[convert.container_to_pb(c) for c in containers])
     try:
         return int(client.api.CreateContainers(request, timeout=60).revision)
-    except grpc.RpcError as e:
-        if _code(e) == grpc.StatusCode.ALREADY_EXISTS:
+    except wire.RpcError as e:
+        if _code(e) == wire.StatusCode.ALREADY_EXISTS:
             return None
         raise DeployError(f"could not create containers: {_details(e)}") from e
 
@@ -782,8 +780,8 @@ def _apply_container(client: Client, ctr: Container) -> tuple[str, int]:
     try:
         got = client.api.CreateContainer(pb.CreateContainerRequest(container=msg), timeout=10)
         return "created", got.revision
-    except grpc.RpcError as e:
-        if _code(e) != grpc.StatusCode.ALREADY_EXISTS:
+    except wire.RpcError as e:
+        if _code(e) != wire.StatusCode.ALREADY_EXISTS:
             raise DeployError(f"could not create container {ctr.name!r}: {_details(e)}") from e
         refusal = e  # a container of that name, or a value it takes (a host port): see Get
     have = convert.container_from_pb(_existing(
@@ -798,7 +796,7 @@ def _apply_container(client: Client, ctr: Container) -> tuple[str, int]:
                           f"says {ctr.host!r}; run `sdnctl down` first")
     try:
         got = client.api.UpdateContainer(pb.UpdateContainerRequest(container=msg), timeout=10)
-    except grpc.RpcError as e:
+    except wire.RpcError as e:
         raise DeployError(f"could not update container {ctr.name!r}: {_details(e)}") from e
     return "updated", got.revision
 
@@ -838,10 +836,10 @@ def wait_running(client: Client, topology: Topology, revision: int, timeout: flo
                 _refuse_failed(states.values())
                 if all(c.status.state == STATE_RUNNING for c in states.values()):
                     running[name] = len(want[name])
-        except grpc.RpcError as e:
+        except wire.RpcError as e:
             # A controller busy with 100 agents' first passes can miss one poll's deadline
             # (issue 21: `up` of 100 x 10 failed so): the wait's own deadline decides.
-            if _code(e) != grpc.StatusCode.DEADLINE_EXCEEDED or time.monotonic() > deadline:
+            if _code(e) != wire.StatusCode.DEADLINE_EXCEEDED or time.monotonic() > deadline:
                 raise
             continue
         progress.waiting(f"containers running: {sum(running.values())}/{total}")
@@ -921,8 +919,8 @@ def down(topology: Topology, progress: Progress | None = None) -> None:
 def _ignore_missing(call: Callable[[], Any]) -> None:
     try:
         call()
-    except grpc.RpcError as e:
-        if _code(e) != grpc.StatusCode.NOT_FOUND:
+    except wire.RpcError as e:
+        if _code(e) != wire.StatusCode.NOT_FOUND:
             raise DeployError(_details(e)) from e
 
 
@@ -946,7 +944,7 @@ def delete_objects(client: Client, topology: Topology, progress: Progress) -> No
             names=[c.name for c in ordered[start:start + DELETE_BATCH]])
         try:
             reply = client.api.DeleteContainers(request, timeout=60)
-        except grpc.RpcError as e:
+        except wire.RpcError as e:
             raise DeployError(f"could not delete containers: {_details(e)}") from e
         for name in reply.deleted:
             deleted_at[host_of[name]] = max(deleted_at.get(host_of[name], 0), reply.revision)
@@ -977,8 +975,8 @@ def wait_agents_caught_up(client: Client, revisions: dict[str, int], progress: P
         try:
             listed = {h.name: h for h in client.api.ListHosts(pb.ListRequest(),
                                                               timeout=10).hosts}
-        except grpc.RpcError as e:
-            if _code(e) != grpc.StatusCode.DEADLINE_EXCEEDED:
+        except wire.RpcError as e:
+            if _code(e) != wire.StatusCode.DEADLINE_EXCEEDED:
                 # The wait is a courtesy to the agents (sweep removes what they left): as
                 # when a GetHost failed for each, `down` goes on.
                 progress.step(f"could not list the hosts ({_details(e)}); not waiting")

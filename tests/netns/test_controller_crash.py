@@ -22,11 +22,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from helpers.cli import Cli, lab_cli
 from helpers.hoststate import api, pid_alive, wait_for
 
+from sdnctl.api import wire
 from sdnctl.api.client import Client
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -103,13 +103,13 @@ class Load(threading.Thread):
                     self.acked[name] = got.ip
                     self.unsure.discard(name)
                     n += 1
-                except grpc.RpcError as e:
+                except wire.RpcError as e:
                     code = e.code()
-                    if code == grpc.StatusCode.ALREADY_EXISTS and name in self.unsure:
+                    if code == wire.StatusCode.ALREADY_EXISTS and name in self.unsure:
                         n += 1  # the attempt the controller died in did commit
-                    elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                  grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
-                                  grpc.StatusCode.CANCELLED):
+                    elif code in (wire.StatusCode.UNAVAILABLE, wire.StatusCode.DEADLINE_EXCEEDED,
+                                  wire.StatusCode.UNKNOWN, wire.StatusCode.INTERNAL,
+                                  wire.StatusCode.CANCELLED):
                         self.unsure.add(name)
                         time.sleep(0.02)
                     else:

@@ -35,7 +35,7 @@ def test_an_agent_forked_from_the_server_imports_nothing_to_open_its_channel() -
     """The fork server imports what an agent would only import once it runs (gRPC's channel
     modules among them): 100 children importing them again cost 0.6 s of CPU in a lab's
     start."""
-    probe = ("import sys, agent.forkserver; from sdnctl.api.client import open_channel; "
+    probe = ("import sys, agent.forkserver; from sdnctl.api.grpcchannel import open_channel; "
              "from concurrent.futures import ThreadPoolExecutor; before = set(sys.modules); "
              "open_channel('unix:/nonexistent', None).close(); ThreadPoolExecutor(1).shutdown(); "
              "print(sorted(set(sys.modules) - before))")

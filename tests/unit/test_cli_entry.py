@@ -18,8 +18,9 @@ from apitest import StartServer, connect
 from sdnctl.cli import base, cli, everyday
 from sdnctl.controller.store.memory import MemoryStore
 
-#: What loading the everyday entry must never pull in (each costs tens of ms or more).
-HEAVY = ("pyroute2", "cryptography", "jsonschema", "yaml", "prometheus_client",
+#: What loading the everyday entry must never pull in (each costs tens of ms or more; grpcio's
+#: 47: the CLI speaks gRPC through sdnctl.api.wire).
+HEAVY = ("grpc", "pyroute2", "cryptography", "jsonschema", "yaml", "prometheus_client",
          "sdnctl.topology", "sdnctl.controller", "sdnctl.cli.cli", "sdnctl.cli.graph",
          "sdnctl.api.pki", "agent.reconcile", "agent.kernel.links",
          # (each a few ms to ~15: what only some verbs need is imported inside them)

@@ -20,13 +20,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from apitest import eventually
 from etcdtest import EtcdCluster, Replicas, etcd_cluster, replicas
 
 from agent.desired import LocalHost
 from agent.main import Agent
+from sdnctl.api import wire
 from sdnctl.api.client import Client
 from sdnctl.api.model import Allocation, Container, Host, Network, from_json
 from sdnctl.controller.state import State
@@ -85,8 +85,8 @@ def test_threads_on_three_replicas_never_hand_out_one_address_twice(
             while True:
                 try:
                     made = create(client, name, host)
-                except grpc.RpcError as e:
-                    if e.code() == grpc.StatusCode.ABORTED:  # CAS kept losing: nothing written
+                except wire.RpcError as e:
+                    if e.code() == wire.StatusCode.ABORTED:  # CAS kept losing: nothing written
                         with lock:
                             aborted.append(name)
                         continue
@@ -146,15 +146,15 @@ def test_losing_etcd_members(cluster: EtcdCluster, controllers: Replicas) -> Non
             try:
                 create(client, f"one-down-{i}", f"h00{i % 2}")
                 break
-            except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+            except wire.RpcError as e:
+                if e.code() != wire.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
                     raise
 
     cluster.kill(1)  # two of three: no quorum
     started = time.monotonic()
-    with pytest.raises(grpc.RpcError) as caught:
+    with pytest.raises(wire.RpcError) as caught:
         create(client, "doomed", "h001")
-    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.code() == wire.StatusCode.UNAVAILABLE
     assert "etcd is unavailable" in (caught.value.details() or "")
     print(f"no quorum answered UNAVAILABLE in {time.monotonic() - started:.1f}s: "
           f"{caught.value.details()}")
@@ -166,8 +166,8 @@ def test_losing_etcd_members(cluster: EtcdCluster, controllers: Replicas) -> Non
         try:
             create(client, "after", "h001")
             break
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+        except wire.RpcError as e:
+            if e.code() != wire.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
     # Nothing half-written: the failed create is all there (its answer was lost) or not at all.

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sdnctl.api import pki
-from sdnctl.api.client import open_channel
+from sdnctl.api.grpcchannel import open_channel
 from sdnctl.api.tlsfiles import TlsFiles
 from sdnctl.controller.server import RunningServer, create_server
 from sdnctl.controller.store.memory import MemoryStore

@@ -26,9 +26,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from sdnctl.api import pki
-from sdnctl.api.client import TLS_ENV, CommandError, open_channel
+from sdnctl.api.errors import CommandError
+from sdnctl.api.grpcchannel import open_channel
 from sdnctl.api.pki import Identity
-from sdnctl.api.tlsfiles import TlsFiles
+from sdnctl.api.tlsfiles import TLS_ENV, TlsFiles
 from sdnctl.controller import auth, tlsfront
 from sdnctl.controller.server import ListenError, RunningServer, create_server, main
 from sdnctl.controller.store.memory import MemoryStore

@@ -11,7 +11,6 @@ import re
 import types
 from typing import Any
 
-import grpc
 import pytest
 from apitest import Api
 from scapy.layers.inet import ICMP as ICMP_ECHO
@@ -21,6 +20,7 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
 from agent.runtime import OciRuntime
+from sdnctl.api import wire
 from sdnctl.api.client import POLL_FIRST, POLL_MAX, CommandError, poll_delays
 from sdnctl.cli import cli, verbs
 from sdnctl.controller.server import RunningServer
@@ -426,15 +426,8 @@ def test_waits_poll_soon_then_back_off_to_the_cap() -> None:
     assert sum(delays[:5]) < POLL_MAX
 
 
-class _Refused(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode) -> None:
-        self._code = code
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return f"{self._code.name.lower()} (a fake)"
+def _Refused(code: wire.StatusCode) -> wire.RpcError:
+    return wire.RpcError(code, f"{code.name.lower()} (a fake)")
 
 
 def test_rm_waits_with_wait_host_and_polls_a_controller_without_it() -> None:
@@ -445,7 +438,7 @@ def test_rm_waits_with_wait_host_and_polls_a_controller_without_it() -> None:
     class Old:
         def WaitHost(self, request: pb.WaitHostRequest, timeout: float) -> pb.Host:
             calls.append("wait")
-            raise _Refused(grpc.StatusCode.UNIMPLEMENTED)
+            raise _Refused(wire.StatusCode.UNIMPLEMENTED)
 
         def GetHost(self, request: pb.GetRequest, timeout: float) -> pb.Host:
             calls.append("get")
@@ -467,7 +460,7 @@ def test_rm_waits_with_wait_host_and_polls_a_controller_without_it() -> None:
 
     class Broken:
         def WaitHost(self, request: pb.WaitHostRequest, timeout: float) -> pb.Host:
-            raise _Refused(grpc.StatusCode.PERMISSION_DENIED)
+            raise _Refused(wire.StatusCode.PERMISSION_DENIED)
 
     with pytest.raises(CommandError, match="could not inspect host 'h1': permission_denied"):
         verbs._wait_hosts(types.SimpleNamespace(api=Broken()), {"h1": 9}, 10)  # type: ignore[arg-type]

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from agent.kernel import cgroups
 from agent.kernel.iproute import iproute_in
 from agent.kernel.netns import NETNS_RUN_DIR
 from agent.nftrules import FINGERPRINT_SET
 from helpers.cli import Cli, nsexec
+from sdnctl.api import wire
 from sdnctl.api.client import Client
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -188,8 +187,8 @@ def get_container(cli: Cli, name: str) -> pb.Container | None:
     with api(cli) as client:
         try:
             return client.api.GetContainer(pb.GetRequest(name=name), timeout=10)
-        except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.NOT_FOUND:
+        except wire.RpcError as e:
+            if e.code() == wire.StatusCode.NOT_FOUND:
                 return None
             raise
 
