@@ -10,9 +10,9 @@ one of the everyday verbs (``sdnctl.cli.everyday``: ``ps``, ``run``, ``rm``, ``e
 which start in about a third of the time.
 
 A client verb's process ends with :func:`leave`: once the verb has returned and its output is
-flushed, nothing of the interpreter's teardown is worth waiting for, and with a gRPC channel
-used it took 40-45 ms (grpc's core shutting its threads down, then every module freed), a
-fifth of a whole `sdnctl run`. The daemons exit as usual.
+flushed, nothing of the interpreter's teardown is worth waiting for (with grpcio's channel it
+took 40-45 ms: its core shutting its threads down, then every module freed). The daemons exit
+as usual.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Design note. The CLI's ``run`` and ``update`` parse these, and the CLI's everyday entry must
 start fast (``sdnctl.cli.everyday``): this module imports nothing but ``re`` and the model's
-error, where ``sdnctl.api.fields`` (its other checks) loads netaddr and the image references.
+error, where ``sdnctl.api.fields`` (its other checks) loads the image references.
 """
 
 from __future__ import annotations

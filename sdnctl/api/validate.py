@@ -23,23 +23,25 @@ import re
 
 import netaddr
 
+from sdnctl.api.addrfields import (
+    check_ipv4,
+    check_ipv6,
+    check_not_reserved,
+    check_pool,
+    validate_cidr,
+    validate_cidr6,
+)
 from sdnctl.api.fields import (
     check_count,
     check_http_url,
     check_ifname,
-    check_ipv4,
-    check_ipv6,
     check_name,
-    check_not_reserved,
-    check_pool,
     check_unicast_mac,
     clean_path,
     host_ips_overlap,
     image_name,
     parse_port,
     parse_volume,
-    validate_cidr,
-    validate_cidr6,
 )
 from sdnctl.api.model import (
     CAPABILITIES,

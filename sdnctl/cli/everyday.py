@@ -11,9 +11,9 @@ added to one module, and that module to :data:`MODULES` only if it stays light
 these verbs need is imported inside them, as ``sdnctl.main`` imports the daemons: this
 machine's reach into lab containers (``sdnctl.lab.local``: ``exec``, ``logs``, ``inspect``'s
 usage, ``image prune``) and the registry client (``image pull``/``push``). With the field
-checks (netaddr) and the image references no longer on this path either, the entry loads in
-about 140 ms instead of 180; grpc and protobuf are most of what is left (``docs/
-architecture.md``, "Where a CLI start goes").
+checks (netaddr) and the image references no longer on this path either, and gRPC spoken by
+``sdnctl.api.wire`` instead of grpcio, the entry loads in about 60 ms instead of 180; protobuf
+and our model are most of what is left (``docs/architecture.md``, "Where a CLI start goes").
 """
 
 from __future__ import annotations

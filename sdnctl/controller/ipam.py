@@ -57,7 +57,8 @@ from typing import TypeVar
 
 from netaddr import AddrFormatError, IPAddress, IPNetwork
 
-from sdnctl.api.fields import check_name, validate_cidr
+from sdnctl.api.addrfields import validate_cidr
+from sdnctl.api.fields import check_name
 from sdnctl.api.model import Allocation, Lease, Network, from_json, from_json_frozen, to_json
 from sdnctl.api.validate import MAX_HOST_PREFIX, host_prefix6_for, host_prefix_for
 from sdnctl.controller.errors import (

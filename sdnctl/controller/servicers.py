@@ -19,7 +19,8 @@ from typing import Any
 import grpc
 
 from sdnctl.api import convert
-from sdnctl.api.fields import check_count, check_ipv4, check_name
+from sdnctl.api.addrfields import check_ipv4
+from sdnctl.api.fields import check_count, check_name
 from sdnctl.api.model import WAIT_HOST_MAX, Container, Host, Invalid
 from sdnctl.api.registryconfig import RegistryEntry
 from sdnctl.api.validate import ARG_MAX, REPORT_MAX, validate_status

@@ -25,7 +25,8 @@ from typing import Any
 import netaddr
 import yaml
 
-from sdnctl.api.fields import check_ipv4, check_ipv6, check_name
+from sdnctl.api.addrfields import check_ipv4, check_ipv6
+from sdnctl.api.fields import check_name
 from sdnctl.api.model import (
     DEFAULT_HOST_PREFIX,
     DEFAULT_HOST_PREFIX6,

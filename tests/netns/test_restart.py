@@ -276,7 +276,8 @@ def test_a_sigkilled_agent_adopts_many_containers(tmp_path: Path, run_prefix: st
         netns = cli.host("h1")["netns"]
         before = netlink_state(netns)
         ms, actions = restart_and_adopt(cli, run_prefix, path, signal.SIGKILL)
-        assert actions == 0, f"the new agent's first pass made {actions} actions"
+        assert actions == 0, (f"the new agent's first pass made {actions} actions; its log:\n"
+                              + agent_log(cli, run_prefix)[-4000:])
         assert netlink_state(netns) == before
     print(f"\n{MANY_DEFAULT} containers built in {built:.0f} s; the SIGKILLed agent's successor "
           f"was ready after {ms / 1000:.2f} s, first pass: {actions} actions")

@@ -352,6 +352,7 @@ def test_aaaa_answers_a_dual_stack_containers_ipv6_address_and_alias() -> None:
     ("[0:0::0]:53:5353", "::", (53, 5353)),
     ("[fd00:88::1]:80:80", "fd00:88::1", (80, 80)),
     ("[::1]:8080:80", "::1", (8080, 80)),  # served by the agent's userland proxy
+    ("[FD00:88:0:0::1]:80:80", "fd00:88::1", (80, 80)),  # as the kernel prints it
 ])
 def test_ipv6_host_addresses_parse(spec: str, host_ip: str, ports: tuple[int, int]) -> None:
     m = parse_port(spec, "ports[0]")
@@ -367,6 +368,7 @@ def test_ipv6_host_addresses_parse(spec: str, host_ip: str, ports: tuple[int, in
     ("[ff02::1]:8080:80", "multicast"),
     ("[fe80::1]:8080:80", "link-local"),
     ("[::ffff:10.0.0.1]:8080:80", "IPv4-mapped"),
+    ("[fd00:88::1%eth0]:8080:80", "not an IPv6 address"),  # a zone
     ("[::]:0:80", "not a port"),
 ])
 def test_bad_ipv6_host_addresses_name_the_field(spec: str, needle: str) -> None:
