@@ -52,9 +52,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from agent.desired import DesiredContainer, DesiredNetwork, DesiredState, container_from_pb
 from agent.kernel import netns
@@ -68,6 +66,7 @@ from agent.kernel.links import (
     remove_link_now,
 )
 from agent.names import bridge_name, container_mac, veth_name
+from sdnctl.api import wire
 from sdnctl.api.fields import check_name, port_text
 from sdnctl.api.model import STATE_ERROR, STATE_RUNNING, ContainerStatus, Invalid, PortMapping
 from sdnctl.cni import plugin
@@ -83,7 +82,9 @@ from sdnctl.cni.plugin import (
     CniError,
 )
 from sdnctl.v1 import sdnctl_pb2 as pb
-from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # (the generated stubs import grpcio: the agent calls through wire)
+    from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sdnctl.agent.cni")
 
@@ -94,8 +95,8 @@ RPC_TIMEOUT = 10.0
 SHIM_PREFIX = b'{"shim": 1,'  # the C shim's calls (see _shim_answer)
 
 #: gRPC codes that mean "the controller may answer later": CNI's 11, the runtime retries.
-TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-             grpc.StatusCode.ABORTED)
+TRANSIENT = (wire.StatusCode.UNAVAILABLE, wire.StatusCode.DEADLINE_EXCEEDED,
+             wire.StatusCode.ABORTED)
 
 
 def attachment_name(container_id: str, ifname: str) -> str:
@@ -103,14 +104,14 @@ def attachment_name(container_id: str, ifname: str) -> str:
     return "cni-" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:16]
 
 
-def rpc_error(e: grpc.RpcError, what: str) -> CniError:
-    code = e.code() if hasattr(e, "code") else None
-    details = e.details() if hasattr(e, "details") else str(e)
+def rpc_error(e: wire.RpcError, what: str) -> CniError:
+    code = e.code()
+    details = e.details()
     if code in TRANSIENT:
         return CniError(ERR_TRY_AGAIN, f"{what}: the controller is unreachable; try again later",
                         str(details))
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                grpc.StatusCode.FAILED_PRECONDITION):
+    if code in (wire.StatusCode.INVALID_ARGUMENT, wire.StatusCode.NOT_FOUND,
+                wire.StatusCode.FAILED_PRECONDITION):
         return CniError(ERR_CONFIG, f"{what}: {details}")
     return CniError(ERR_INTERNAL, f"{what}: {details}", str(code))
 
@@ -369,7 +370,7 @@ class CniService:
                     prepared = self._prepare(net.name, net.mtu, name, ifname, path)
                 try:
                     view = call.result()
-                except grpc.RpcError as e:
+                except wire.RpcError as e:
                     raise rpc_error(e, f"network {network!r}") from None
                 if early and prepared is None:
                     self._interface_free(path, ifname, name)
@@ -611,8 +612,8 @@ class CniService:
         try:
             revision = self.side.sync().Detach(pb.DetachRequest(host=self.side.host, name=name),
                                                timeout=RPC_TIMEOUT).revision
-        except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.NOT_FOUND:
+        except wire.RpcError as e:
+            if e.code() == wire.StatusCode.NOT_FOUND:
                 return None  # DEL of an unknown attachment succeeds
             if strict:
                 raise rpc_error(e, f"attachment {name}") from None

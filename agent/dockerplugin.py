@@ -78,18 +78,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-import grpc
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.cni import Realised
 from agent.desired import DesiredState
 from agent.kernel.errors import KernelError
 from agent.names import bridge_name, container_mac, veth_alias, veth_name
+from sdnctl.api import wire
 from sdnctl.api.fields import check_name
 from sdnctl.api.model import Invalid
 from sdnctl.v1 import sdnctl_pb2 as pb
-from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # (the generated stubs import grpcio: the agent calls through wire)
+    from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sdnctl.agent.docker")
 
@@ -203,10 +204,10 @@ def _address(value: str, what: str, v6: bool = False) -> str:
     return str(iface.ip)
 
 
-def _rpc(e: grpc.RpcError, what: str) -> PluginError:
-    details = e.details() if hasattr(e, "details") else str(e)
-    code = e.code() if hasattr(e, "code") else None
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+def _rpc(e: wire.RpcError, what: str) -> PluginError:
+    details = e.details()
+    code = e.code()
+    if code in (wire.StatusCode.UNAVAILABLE, wire.StatusCode.DEADLINE_EXCEEDED):
         return PluginError(f"{what}: the sdnctl controller is unreachable from this host's "
                            "agent; try again when it is back")
     return PluginError(f"{what}: {details}")
@@ -514,8 +515,8 @@ class Plugin:
                 self.side.control().CreateNetwork(pb.CreateNetworkRequest(
                     network=pb.Network(name=name, driver=driver, subnet=str(subnet))),
                     timeout=RPC_TIMEOUT)
-            except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.ALREADY_EXISTS:  # another host was first
+            except wire.RpcError as e:
+                if e.code() != wire.StatusCode.ALREADY_EXISTS:  # another host was first
                     raise _rpc(e, f"network {name!r}") from None
             log.info("docker: created sdnctl network %s (%s, %s)", name, driver, subnet)
         with self._lock:
@@ -561,7 +562,7 @@ class Plugin:
     def _networks(self) -> dict[str, pb.Network]:
         try:
             listed = self.side.control().ListNetworks(pb.ListRequest(), timeout=RPC_TIMEOUT)
-        except grpc.RpcError as e:
+        except wire.RpcError as e:
             raise _rpc(e, "the sdnctl networks") from None
         return {n.name: n for n in listed.networks}
 
@@ -578,7 +579,7 @@ class Plugin:
             return self.side.sync().Attach(pb.AttachRequest(host=self.side.host,
                                                             container=spec),
                                            timeout=RPC_TIMEOUT)
-        except grpc.RpcError as e:
+        except wire.RpcError as e:
             raise _rpc(e, what) from None
 
     def _network_of(self, subnet: Net) -> str:
@@ -761,8 +762,8 @@ class Plugin:
         try:
             self.side.sync().Detach(pb.DetachRequest(host=self.side.host, name=name),
                                     timeout=RPC_TIMEOUT)
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.NOT_FOUND:
+        except wire.RpcError as e:
+            if e.code() != wire.StatusCode.NOT_FOUND:
                 raise _rpc(e, f"endpoint {name}") from None
         with self._lock:
             self.reserved.pop(name, None)

@@ -1,7 +1,7 @@
 """Start many agents from one import: a fork server for `sdnctl up`'s lab agents.
 
-Design note. An agent's process spends about a second of CPU importing its modules (gRPC,
-pyroute2, protobuf, our own) before it does anything; `sdnctl up` of 100 lab hosts started 100
+Design note. An agent's process spent about a second of CPU importing its modules (gRPC,
+pyroute2, protobuf, our own) before it did anything; `sdnctl up` of 100 lab hosts started 100
 interpreters at once and the two-core machine spent its first ~50 s importing the same modules
 100 times (issue 21). This process imports ``agent.main`` once, then reads one request a line on
 stdin (JSON: ``argv`` of ``agent.main``, ``netns`` path, ``log`` path) and forks a child for
@@ -10,8 +10,9 @@ log, enters the network namespace (``setns``, one thread: nothing else runs yet)
 ``agent.main.main(argv)``; the parent answers the child's PID on stdout. The children share the
 imported modules' pages copy-on-write, which also lowers what 100 agents take together.
 
-Nothing of gRPC is created before a fork (only its modules are imported), which is what gRPC
-supports across ``fork``. Before it serves, the imported modules' objects are frozen
+No connection to the controller is made before a fork (an agent dials it itself, through
+``sdnctl.api.wire``: no threads of a gRPC library exist to be lost across ``fork``). Before it
+serves, the imported modules' objects are frozen
 (``gc.freeze``): the collector never visits them again, in the server or in a child, so a
 child's collections write nothing into the pages it shares with the server and its siblings (a
 visit writes into each object's header, and a page written to is copied): measured at 100 x 10,
@@ -24,9 +25,9 @@ by ``nsenter`` shows its own arguments.
 
 from __future__ import annotations
 
-# What an agent imports only once it runs (gRPC's channel module and its IDNA codec for the
-# controller's address, the thread pool of its helpers): imported here, before any fork, each
-# child had imported them again (about 6 ms of CPU each, 0.6 s for a 100-host lab).
+# What an agent imports only once it runs (the IDNA codec for the controller's address, the
+# thread pool of its helpers): imported here, before any fork, each child had imported them
+# again (about 6 ms of CPU each with grpcio's channel modules, 0.6 s for a 100-host lab).
 import concurrent.futures.thread  # noqa: F401
 import encodings.idna  # noqa: F401
 import gc
@@ -36,9 +37,6 @@ import signal
 import sys
 import traceback
 from typing import Any
-
-import grpc._channel
-import grpc.experimental  # noqa: F401
 
 from agent import main as agent_main
 from agent.kernel.netns import setns_path

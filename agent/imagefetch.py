@@ -16,10 +16,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from sdnctl.api import registry, registryconfig
 from sdnctl.v1 import sdnctl_pb2 as pb
-from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # (the generated stubs import grpcio: the agent calls through wire)
+    from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sdnctl.agent.images")
 

@@ -39,10 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
-
-import grpc
-from grpc import _common as grpc_common
+from typing import TYPE_CHECKING, cast
 
 from agent import dns, drift, imagegc
 from agent import plan as p
@@ -67,14 +64,18 @@ from agent.plan import RESTART_DELAY
 from agent.portproxy import PortProxy, wanted_proxies
 from agent.reconcile import Outcome, Reconciler
 from agent.runtime import RUNTIMES, OciRuntime
-from sdnctl.api import convert, signals
-from sdnctl.api.grpcchannel import open_channel
+from sdnctl.api import convert, signals, wire
 from sdnctl.api.metrics import DEFAULT_ADDRESS, MetricsServer, serve_metrics
 from sdnctl.api.model import STATE_EXITED, ContainerStatus
 from sdnctl.api.tlsfiles import TlsFiles
 from sdnctl.cni.plugin import AGENT_SOCKET, SOCKET_ENV
 from sdnctl.v1 import sdnctl_pb2 as pb
-from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # (the generated stubs import grpcio: the agent calls through wire)
+    from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
+
+CONTROLLER = pb.DESCRIPTOR.services_by_name["Controller"]
+HOSTSYNC = pb.DESCRIPTOR.services_by_name["HostSync"]
 
 log = logging.getLogger("sdnctl.agent")
 
@@ -102,13 +103,6 @@ RETRY = 1.0
 KERNEL_WATCH_WAKE = 5.0
 #: Periodic work (full passes, flow readings) comes after a random 75-100 % of its interval.
 SPREAD = 0.25
-#: grpc's blocking calls and stream iterators wait in slices of this many seconds (its
-#: ``MAXIMUM_WAIT_TIMEOUT``, 0.1 by default, so that a main thread blocked in a call sees its
-#: signals): the Watch stream's thread woke ten times a second while nothing came, half of
-#: what an idle stream cost (1.2 -> 0.6 ms of CPU a second, measured; at 100 agents on two
-#: cores, 3 % of the machine). A message or a cancel still wakes the thread at once; the
-#: agent's signals reach its main thread, which waits on events of its own.
-GRPC_WAIT_SLICE = 2.0
 
 
 def retry_after(failures: int, resync: float) -> float:
@@ -261,7 +255,11 @@ class Agent:
         cert = getattr(args, "tls_cert", "")
         tls = TlsFiles(cert, args.tls_key, args.tls_ca) if cert else None
         self.addresses = [a.strip() for a in args.controller.split(",") if a.strip()]
-        self.channels = [open_channel(a, tls) for a in self.addresses]
+        self.channels = [wire.open_channel(a, tls) for a in self.addresses]
+        self.sync_stubs = [cast("pb_grpc.HostSyncStub", wire.Stub(c, HOSTSYNC))
+                           for c in self.channels]
+        self.control_stubs = [cast("pb_grpc.ControllerStub", wire.Stub(c, CONTROLLER))
+                              for c in self.channels]
         self.current = 0
         self.last_report: tuple[int, list[ContainerStatus]] | None = None
         #: The revision of the last Watch event the controller wants reported (any but a
@@ -296,7 +294,7 @@ class Agent:
         docker_socket = getattr(args, "docker_socket", "")
         self.docker = DockerPluginServer(Plugin(DockerSide(
             host=args.host, sync=lambda: self.sync,
-            control=lambda: pb_grpc.ControllerStub(self.channels[self.current]),
+            control=lambda: self.control_stubs[self.current],
             desired=self._desired_copy, realised=self.realised, kernel=Links,
             accept_bridge=accept_in_docker_user,
             docker_host=getattr(args, "docker_host", ""),
@@ -351,7 +349,7 @@ class Agent:
 
     @property
     def sync(self) -> pb_grpc.HostSyncStub:
-        return pb_grpc.HostSyncStub(self.channels[self.current])
+        return self.sync_stubs[self.current]
 
     def next_controller(self) -> bool:
         """Move on to the next replica; True when we went round them all (time to back off)."""
@@ -487,13 +485,13 @@ class Agent:
                             self.dns.serve_networks(self.desired.networks.values(),
                                                     self.host_upstreams)
                     self.dirty.set()  # a progress notice alone is reported, not reconciled
-            except grpc.RpcError as e:
+            except wire.RpcError as e:
                 self.watching = False
                 if self.stopping.is_set():
                     return
                 log.warning("stream from controller %s broke (%s)",
                             self.addresses[self.current],
-                            e.code() if hasattr(e, "code") else e)
+                            e.code().name)
                 if not self.next_controller():
                     continue  # another replica may answer at once: resume there
             self.stopping.wait(backoff + random.uniform(0, backoff / 2))
@@ -797,7 +795,7 @@ class Agent:
             flows=traffic[0], drops=traffic[1])
         for _ in self.channels:
             try:
-                pb_grpc.HostSyncStub(self.channels[self.current]).ReportStatus(request,
+                self.sync_stubs[self.current].ReportStatus(request,
                                                                               timeout=10)
                 self.last_report = (revision, statuses)
                 self.reported_traffic = traffic
@@ -805,10 +803,10 @@ class Agent:
                 with self.lock:
                     del self.events[:len(events)]
                 return
-            except grpc.RpcError as e:
+            except wire.RpcError as e:
                 log.warning("could not report status to %s: %s",
                             self.addresses[self.current], e)
-                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                if e.code() != wire.StatusCode.UNAVAILABLE:
                     return
                 self.next_controller()
 
@@ -939,8 +937,6 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"%(asctime)s agent[{args.host}] %(levelname)s %(message)s")
     become_subreaper()
     limit_malloc_arenas()
-    if hasattr(grpc_common, "MAXIMUM_WAIT_TIMEOUT"):  # (a private name: checked)
-        grpc_common.MAXIMUM_WAIT_TIMEOUT = GRPC_WAIT_SLICE
     agent = Agent(args)
     try:
         agent.serve_metrics(args.metrics)

@@ -1,10 +1,11 @@
 """Talking to the controller from the CLI: dial it, and start one when none answers.
 
 Every CLI channel to the controller is a :class:`sdnctl.api.wire.Channel` (gRPC without
-grpcio's imports, a third of a `sdnctl run`; the daemons and tests dial with
-``sdnctl.api.grpcchannel``): a unix socket is plain (the socket's mode is the access control),
-TCP is always mutual TLS with the files given, or those of ``$SDNCTL_TLS_CERT``,
-``$SDNCTL_TLS_KEY`` and ``$SDNCTL_TLS_CA``. Errors of a call are :class:`wire.RpcError`.
+grpcio's imports, a third of a `sdnctl run`; agents use it too, the controller's tests and
+benchmarks dial with grpcio through ``sdnctl.api.grpcchannel``): a unix socket is plain (the
+socket's mode is the access control), TCP is always mutual TLS with the files given, or those
+of ``$SDNCTL_TLS_CERT``, ``$SDNCTL_TLS_KEY`` and ``$SDNCTL_TLS_CA``. Errors of a call are
+:class:`wire.RpcError`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ if TYPE_CHECKING:  # the generated stubs import grpcio: for the types only
     from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 __all__ = ["TLS_ENV", "Client", "CommandError", "ControllerUnavailable", "connect",
-           "open_wire", "poll_delays", "tls_from_env"]
+           "poll_delays", "tls_from_env"]
 
 #: A command that waits for agents polls the controller soon at first (an agent realises a
 #: container in tens of milliseconds: a fixed 100 ms poll added 50 ms on average), then less
@@ -51,23 +52,6 @@ def poll_delays() -> Iterator[float]:
     while True:
         yield delay
         delay = min(delay * POLL_GROWTH, POLL_MAX)
-
-
-def open_wire(address: str, tls: TlsFiles | None = None) -> wire.Channel:
-    """The CLI's channel to the controller at ``address`` (``unix:/path`` or
-    ``[tcp:]host:port``): TCP with ``tls``, else the environment's files, else CommandError,
-    never plaintext."""
-    if address.startswith("unix:"):
-        return wire.Channel(address)
-    tls = tls or tls_from_env()
-    if tls is None:
-        raise CommandError(f"{address}: the controller's TCP listener needs a client "
-                           "certificate (--tls-cert, --tls-key, --tls-ca or $SDNCTL_TLS_*)")
-    tls.read()  # unreadable files: PkiError now, not at the first call
-    try:
-        return wire.Channel(address, tls)
-    except ValueError as e:
-        raise CommandError(str(e)) from None
 
 
 def split_addresses(text: str) -> list[str]:
@@ -111,7 +95,7 @@ class Client:
     def __init__(self, address: str | None = None, tls: TlsFiles | None = None) -> None:
         self.address = address or paths.controller_address()
         self.addresses = split_addresses(self.address)
-        self.channels = [open_wire(a, tls) for a in self.addresses]
+        self.channels = [wire.open_channel(a, tls) for a in self.addresses]
         self.channel = self.channels[0]
         self.api = cast("pb_grpc.ControllerStub",
                         Failover(self.channels, lambda channel: wire.Stub(channel, CONTROLLER)))

@@ -24,6 +24,8 @@ thousands of streams, keepalives.
 from __future__ import annotations
 
 import enum
+import os
+import select
 import socket
 import struct
 import threading
@@ -36,7 +38,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
 from sdnctl.api import hpackcodec
-from sdnctl.api.tlsfiles import TlsFiles
+from sdnctl.api.errors import CommandError
+from sdnctl.api.tlsfiles import TlsFiles, tls_from_env
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
@@ -133,6 +136,10 @@ class _Connection:
         self.write_lock = threading.Lock()
         self.reading = False
         self.inbuf = bytearray()
+        self.inpos = 0  # where the next frame starts in inbuf (compacted once per read)
+        # A reader blocked on the socket is woken through this pipe when a stream is
+        # cancelled or the connection closed (nothing else would come to wake it).
+        self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.streams: dict[int, _Stream] = {}
         self.next_id = 1
         self.send_window = DEFAULT_WINDOW
@@ -140,6 +147,8 @@ class _Connection:
         self.peer_frame = DEFAULT_FRAME
         self.unrefilled = 0
         self.failure: RpcError | None = None  # set: no new streams (GOAWAY, lost, broken)
+        self.dead = False  # the socket is shut: nothing more comes (released once unread)
+        self.released = False
         self.continuing: tuple[int, int, bytearray] | None = None  # HEADERS awaiting the rest
         settings = struct.pack(">HIHI", SETTINGS_ENABLE_PUSH, 0,
                                SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW)
@@ -208,6 +217,7 @@ class _Connection:
             stream.ended = True
             stream.error = RpcError(StatusCode.CANCELLED, "cancelled by the caller")
             self.streams.pop(stream.id, None)
+        self.wake()
         if self.failure is None:
             try:
                 self.write(frame(RST_STREAM, 0, stream.id, struct.pack(">I", CANCEL)))
@@ -253,40 +263,66 @@ class _Connection:
                 self.reading = False
             if error is not None:
                 self._fail(error)
-                self.cond.notify_all()
-                return
-            if got is not None:
+            elif got is not None:
                 try:
                     self._dispatch(*got)
                 except hpackcodec.HpackError as e:
                     self._fail(RpcError(StatusCode.INTERNAL, f"bad header block: {e}"))
+            if self.dead:  # (every stream has ended with the failure)
+                self._release()
             self.cond.notify_all()
 
     def _read_frame(self, timeout: float | None) -> tuple[int, int, int, bytes] | None:
-        """One whole frame (kind, flags, stream, payload), or None when ``timeout`` passed
-        first (what arrived stays buffered). RpcError UNAVAILABLE when the connection is lost."""
+        """One whole frame (kind, flags, stream, payload), or None when ``timeout`` passed or
+        :meth:`wake` was called first (what arrived stays buffered). RpcError UNAVAILABLE when
+        the connection is lost."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if len(self.inbuf) >= 9:
-                word, flags, stream = HEADER.unpack_from(self.inbuf)
+            pos, end = self.inpos, len(self.inbuf)
+            if end - pos >= 9:
+                word, flags, stream = HEADER.unpack_from(self.inbuf, pos)
                 length = word >> 8
-                if len(self.inbuf) >= 9 + length:
-                    payload = bytes(self.inbuf[9:9 + length])
-                    del self.inbuf[:9 + length]
+                if end - pos >= 9 + length:
+                    payload = bytes(self.inbuf[pos + 9:pos + 9 + length])
+                    self.inpos = pos + 9 + length
                     return word & 0xFF, flags, stream & 0x7FFFFFFF, payload
+            del self.inbuf[:pos]  # the frames read: one move per read, not one per frame
+            self.inpos = 0
             wait = None if deadline is None else deadline - time.monotonic()
             if wait is not None and wait <= 0:
                 return None
             try:
-                self.sock.settimeout(wait)
+                pending = self.sock.pending() if hasattr(self.sock, "pending") else 0
+                if not pending:
+                    ready = select.select([self.sock.fileno(), self.wake_read], [], [], wait)[0]
+                    if self.wake_read in ready:
+                        self._drain_wake()
+                        return None
+                    if not ready:
+                        return None
+                self.sock.settimeout(0.0 if pending else None)
                 chunk = self.sock.recv(262144)
-            except TimeoutError:
-                return None
+            except (BlockingIOError, InterruptedError):
+                continue
             except OSError as e:
                 raise RpcError(StatusCode.UNAVAILABLE, f"connection lost: {e}") from None
             if not chunk:
                 raise RpcError(StatusCode.UNAVAILABLE, "the controller closed the connection")
             self.inbuf += chunk
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self.wake_read, 512):
+                pass
+        except BlockingIOError:
+            pass  # (empty)
+
+    def wake(self) -> None:
+        """Make a reader blocked in :meth:`_read_frame` look at the streams again."""
+        try:
+            os.write(self.wake_write, b"w")
+        except OSError:
+            pass  # (the pipe is full: a wake-up is pending anyway)
 
     def _dispatch(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         """Apply one frame; called with the condition held."""
@@ -394,14 +430,30 @@ class _Connection:
             if not stream.ended:
                 stream.error = stream.error or error
                 stream.ended = True
+        self.dead = True
         try:
-            self.sock.close()
+            self.sock.shutdown(socket.SHUT_RDWR)  # (wakes a reader blocked in recv)
         except OSError:
             pass
+        self.wake()
 
     def close(self) -> None:
         with self.cond:
             self._fail(RpcError(StatusCode.CANCELLED, "channel closed"))
+            if not self.reading:
+                self._release()
+
+    def _release(self) -> None:
+        """Close the socket and the pipe (no reader may be waiting on them)."""
+        if self.released:
+            return
+        self.released = True
+        for close in (self.sock.close, lambda: os.close(self.wake_read),
+                      lambda: os.close(self.wake_write)):
+            try:
+                close()
+            except OSError:
+                pass
 
 
 def _status(stream: _Stream) -> RpcError | None:
@@ -486,6 +538,38 @@ def _one(messages: Iterator[bytes]) -> bytes:
     if len(got) != 1:
         raise RpcError(StatusCode.INTERNAL, f"{len(got)} response messages to a unary call")
     return got[0]
+
+
+class UnaryCall:
+    """A unary method: called, it answers; ``future(...)`` sends the request and returns at
+    once, ``result()`` then waits for the answer (as grpcio's ``.future``: the caller works
+    while the server does)."""
+
+    def __init__(self, channel: Channel, path: str, serialize: Callable[[Any], bytes],
+                 decode: Callable[[bytes], Any]) -> None:
+        self._channel, self._path = channel, path
+        self._serialize, self._decode = serialize, decode
+
+    def __call__(self, request: Any, timeout: float | None = None) -> Any:
+        return self.future(request, timeout).result()
+
+    def future(self, request: Any, timeout: float | None = None) -> PendingAnswer:
+        rpc = self._channel._call(self._path, timeout)
+        rpc.send(self._serialize(request), end=True)
+        return PendingAnswer(rpc, self._decode)
+
+
+class PendingAnswer:
+    """A unary call's answer to come: :meth:`result` (RpcError when it failed)."""
+
+    def __init__(self, call: _Call, decode: Callable[[bytes], Any]) -> None:
+        self._call, self._decode = call, decode
+
+    def result(self) -> Any:
+        return self._decode(_one(self._call.messages()))
+
+    def cancel(self) -> None:
+        self._call.cancel()
 
 
 class ResponseStream:
@@ -577,12 +661,8 @@ class Channel:
         return _Call(self._connection(deadline), path, timeout)
 
     def unary_unary(self, path: str, request_serializer: Callable[[Any], bytes],
-                    response_deserializer: Callable[[bytes], Any]) -> Callable[..., Any]:
-        def call(request: Any, timeout: float | None = None) -> Any:
-            rpc = self._call(path, timeout)
-            rpc.send(request_serializer(request), end=True)
-            return response_deserializer(_one(rpc.messages()))
-        return call
+                    response_deserializer: Callable[[bytes], Any]) -> UnaryCall:
+        return UnaryCall(self, path, request_serializer, response_deserializer)
 
     def unary_stream(self, path: str, request_serializer: Callable[[Any], bytes],
                      response_deserializer: Callable[[bytes], Any]) -> Callable[..., Any]:
@@ -610,6 +690,23 @@ class Channel:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def open_channel(address: str, tls: TlsFiles | None = None) -> Channel:
+    """A channel to the controller at ``address`` (``unix:/path`` or ``[tcp:]host:port``), as
+    ``sdnctl.api.grpcchannel.open_channel`` makes grpcio's: TCP is mutual TLS with ``tls``,
+    else the environment's files, else CommandError, never plaintext."""
+    if address.startswith("unix:"):
+        return Channel(address)
+    tls = tls or tls_from_env()
+    if tls is None:
+        raise CommandError(f"{address}: the controller's TCP listener needs a client "
+                           "certificate (--tls-cert, --tls-key, --tls-ca or $SDNCTL_TLS_*)")
+    tls.read()  # unreadable files: PkiError now, not at the first call
+    try:
+        return Channel(address, tls)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
 
 
 def _wrap_tls(sock: socket.socket, host: str, tls: TlsFiles) -> socket.socket:

@@ -12,11 +12,10 @@ import ipaddress
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
-
 from agent.cni import Realised
 from agent.desired import DesiredContainer, DesiredNetwork, DesiredState
 from agent.dockerplugin import DockerSide, Plugin
+from sdnctl.api import wire
 from sdnctl.api.model import ContainerStatus
 from sdnctl.v1 import sdnctl_pb2 as pb
 
@@ -33,16 +32,9 @@ LEASES = {"front": ("10.88.3.0/24", "10.88.3.1", "", ""),
           "dual": ("10.89.3.0/24", "10.89.3.1", "fd00:89:0:3::/64", "fd00:89:0:3::1")}
 
 
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
+def FakeRpcError(code: wire.StatusCode, details: str) -> wire.RpcError:
+    """What the agent's channel raises for a refused call (raised like a class)."""
+    return wire.RpcError(code, details)
 
 
 class FakeController:
@@ -60,7 +52,7 @@ class FakeController:
         if spec.fixed_ip6 and (not subnet6 or ipaddress.ip_address(spec.fixed_ip6)
                                not in ipaddress.ip_network(subnet6)):
             self.writes.pop()  # refused: nothing written
-            raise FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT,
+            raise FakeRpcError(wire.StatusCode.INVALID_ARGUMENT,
                                f"container.fixed_ip6: {spec.fixed_ip6} is not in this host's "
                                f"lease {subnet6 or '(none)'}")
         have = self.held.get(spec.name)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import grpc
 import pytest
 
 from agent import cni
@@ -17,18 +16,15 @@ from agent.cni import AgentSide, CniService, Realised, attachment_name
 from agent.desired import DesiredState
 from agent.kernel.errors import KernelError
 from agent.names import veth_name
+from sdnctl.api import wire
 from sdnctl.cni.plugin import CniError
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 WAIT = 10.0
 
 
-class Refused(grpc.RpcError):
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self) -> str:
-        return "the controller is away"
+def Refused() -> wire.RpcError:
+    return wire.RpcError(wire.StatusCode.UNAVAILABLE, "the controller is away")
 
 
 class SlowController:

@@ -51,11 +51,16 @@ def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
 
 
 def server_stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-    """b"COUNT:SIZE[:fail]": COUNT messages of SIZE bytes (byte i % 251), then OK or INTERNAL."""
-    count, size, *fail = request.split(b":")
+    """b"COUNT:SIZE[:fail|:hang]": COUNT messages of SIZE bytes (byte i % 251), then OK,
+    INTERNAL, or nothing until the call is cancelled."""
+    count, size, *then = request.split(b":")
     for i in range(int(count)):
         yield bytes([i % 251]) * int(size)
-    if fail:
+    if then == [b"hang"]:
+        done = threading.Event()
+        context.add_callback(done.set)
+        done.wait(30)
+    elif then:
         context.abort(grpc.StatusCode.INTERNAL, "failed after the messages")
 
 
@@ -109,6 +114,15 @@ def test_unary_calls_answer_and_errors_carry_code_and_details(server: str) -> No
         channel.unary_unary(f"/{SERVICE}/Nope", _same, _same)(b"", timeout=TIMEOUT)
     assert info.value.code() is wire.StatusCode.UNIMPLEMENTED
     assert call(b"echo:still one connection", timeout=TIMEOUT) == b"still one connection"
+    # A future: the request goes out at once, the caller works, then takes the answer.
+    started = time.monotonic()
+    pending = call.future(b"sleep:0.3", timeout=TIMEOUT)
+    assert time.monotonic() - started < 0.2  # (the server is still sleeping)
+    assert call(b"echo:meanwhile", timeout=TIMEOUT) == b"meanwhile"
+    assert pending.result() == b"0.3" and time.monotonic() - started >= 0.3
+    with pytest.raises(wire.RpcError) as info:
+        call.future(b"fail:NOT_FOUND:gone", timeout=TIMEOUT).result()
+    assert info.value.code() is wire.StatusCode.NOT_FOUND
     channel.close()
 
 
@@ -154,6 +168,37 @@ def test_deadlines_and_cancel(server: str) -> None:
         list(responses)
     assert info.value.code() is wire.StatusCode.CANCELLED
     assert call(b"echo:after", timeout=TIMEOUT) == b"after"  # the connection lives on
+
+
+def test_a_blocked_stream_wakes_when_cancelled_or_closed_by_another_thread(
+        server: str) -> None:
+    """A Watch-like stream with no deadline, its reader blocked on the socket: a cancel (the
+    agent stopping) or closing the channel ends the iteration at once."""
+    for how in ("cancel", "close"):
+        channel = wire.Channel(server)
+        responses = channel.unary_stream(f"/{SERVICE}/Stream", _same, _same)(b"1:10:hang")
+        assert next(responses) == bytes(10)
+        ended: list[BaseException] = []
+
+        def read(stream: Any = responses, into: list[BaseException] = ended) -> None:
+            try:
+                list(stream)
+            except wire.RpcError as e:
+                into.append(e)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        time.sleep(0.2)  # (the reader is blocked: nothing more comes on its own)
+        assert reader.is_alive() and not ended
+        started = time.monotonic()
+        if how == "cancel":
+            responses.cancel()
+        else:
+            channel.close()
+        reader.join(5)
+        assert not reader.is_alive() and time.monotonic() - started < 1, how
+        assert isinstance(ended[0], wire.RpcError)
+        assert ended[0].code() is wire.StatusCode.CANCELLED, how
 
 
 def test_threads_share_a_channel(server: str) -> None:
