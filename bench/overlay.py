@@ -73,11 +73,15 @@ from agent.kernel import rtnl
 from agent.kernel.iproute import iproute_in
 from agent.kernel.netns import open_netlink_fds
 from agent.names import vxlan_name
+from sdnctl.api import wire
 from sdnctl.lab import lab
 from sdnctl.v1 import sdnctl_pb2 as pb
 from sdnctl.v1 import sdnctl_pb2_grpc as pb_grpc
 
 NET = "ov"
+#: What a call of the lab's API raises: grpcio's (this script's own stub) or the CLI client's
+#: (``bench/scale.py`` hands its ``sdnctl.api.client.Client`` over).
+RPC_ERRORS = (grpc.RpcError, wire.RpcError)
 NEW_HOST, NEW_CTR = "hn", "cn"
 PING_TIMEOUT = "0.2"
 DEADLINE = 60.0  # give up on one round after this many seconds
@@ -128,6 +132,7 @@ class Lab:
 
 SERVE = """
 import signal, sys, threading
+from sdnctl.api import wire
 from sdnctl.api.model import DEFAULT_BRIDGE_SUBNET
 from sdnctl.controller.server import create_server
 from sdnctl.controller.store.sqlite import SqliteStore
@@ -275,7 +280,7 @@ def join(the_lab: Lab, extended: Path, sources: list[str], prober: Prober) -> Jo
         def registered() -> bool:
             try:
                 host = the_lab.api.GetHost(pb.GetRequest(name=NEW_HOST), timeout=5)
-            except grpc.RpcError:
+            except RPC_ERRORS:
                 return False
             return host.agent_connected and host.agent_pid > 0
 
@@ -283,7 +288,7 @@ def join(the_lab: Lab, extended: Path, sources: list[str], prober: Prober) -> Jo
 
         def has_lease() -> bool:
             nonlocal peer
-            with contextlib.suppress(grpc.RpcError, StopIteration):
+            with contextlib.suppress(*RPC_ERRORS, StopIteration):
                 peer = peer_key(the_lab, NEW_HOST)
             return peer is not None and bool(peer.vtep_mac)
 
@@ -299,7 +304,7 @@ def join(the_lab: Lab, extended: Path, sources: list[str], prober: Prober) -> Jo
             nonlocal address
             try:
                 address = the_lab.api.GetContainer(pb.GetRequest(name=NEW_CTR), timeout=5).ip
-            except grpc.RpcError:
+            except RPC_ERRORS:
                 return False
             return bool(address)
 
