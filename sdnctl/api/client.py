@@ -134,8 +134,8 @@ def connect() -> Client:
         raise
     client.close()
     if not client.address.startswith("unix:"):  # e.g. a TLS handshake that failed
-        # The controller refuses a certificate in the handshake without saying why (grpc
-        # shows "Socket closed"), so say what it checks.
+        # The controller refuses a certificate in the handshake without saying why (the
+        # client sees the connection closed), so say what it checks.
         raise CommandError(f"no controller answers at {client.address}: {client.last_error} "
                            "(if it refused the TLS handshake: the client certificate must be "
                            "of the controller's CA, not expired and not revoked; see "

@@ -140,6 +140,12 @@ class _Connection:
         # A reader blocked on the socket is woken through this pipe when a stream is
         # cancelled or the connection closed (nothing else would come to wake it).
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # poll, not select: an agent holds a netlink socket per container namespace, and
+        # select cannot watch a descriptor past 1023.
+        self.poller = select.poll()
+        self.poller.register(sock.fileno(), select.POLLIN)
+        self.poller.register(self.wake_read, select.POLLIN)
+        sock.settimeout(None)  # (blocking from now on, for the reader and the writers alike)
         self.streams: dict[int, _Stream] = {}
         self.next_id = 1
         self.send_window = DEFAULT_WINDOW
@@ -292,18 +298,15 @@ class _Connection:
             if wait is not None and wait <= 0:
                 return None
             try:
-                pending = self.sock.pending() if hasattr(self.sock, "pending") else 0
-                if not pending:
-                    ready = select.select([self.sock.fileno(), self.wake_read], [], [], wait)[0]
-                    if self.wake_read in ready:
+                # (TLS may hold decrypted bytes the socket no longer shows: then recv at once)
+                if not (hasattr(self.sock, "pending") and self.sock.pending()):
+                    ready = self.poller.poll(None if wait is None else wait * 1000)
+                    if any(fd == self.wake_read for fd, _ in ready):
                         self._drain_wake()
                         return None
                     if not ready:
                         return None
-                self.sock.settimeout(0.0 if pending else None)
                 chunk = self.sock.recv(262144)
-            except (BlockingIOError, InterruptedError):
-                continue
             except OSError as e:
                 raise RpcError(StatusCode.UNAVAILABLE, f"connection lost: {e}") from None
             if not chunk:

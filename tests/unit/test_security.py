@@ -10,6 +10,7 @@ method by method and role by role.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
@@ -25,7 +26,7 @@ from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from sdnctl.api import pki
+from sdnctl.api import pki, wire
 from sdnctl.api.errors import CommandError
 from sdnctl.api.grpcchannel import open_channel
 from sdnctl.api.pki import Identity
@@ -483,11 +484,17 @@ def test_the_table_over_the_wire(secure: Any, pki_dir: Path, who: str) -> None:
 # -- agents act only as their own host -------------------------------------------------------------
 
 
-def test_an_agent_cannot_act_as_another_host(secure: Any, pki_dir: Path) -> None:
+@pytest.mark.parametrize("transport", ["grpcio", "wire"])
+def test_an_agent_cannot_act_as_another_host(secure: Any, pki_dir: Path, transport: str) -> None:
+    """Over grpcio, and over the agents' own gRPC (``sdnctl.api.wire``, mutual TLS with the
+    agent's certificate), as a real agent dials."""
     running, store = secure
-    with channel_as(running, pki_dir, "agent", "ha") as channel:
-        sync = pb_grpc.HostSyncStub(channel)
-        denied = grpc.StatusCode.PERMISSION_DENIED
+    files = TlsFiles.from_dir(pki_dir, "agent", "ha")
+    opened: Any = (open_channel(tcp(running), files) if transport == "grpcio" else
+                   contextlib.closing(wire.open_channel(f"tcp:{tcp(running)}", files)))
+    with opened as channel:
+        sync: Any = (pb_grpc.HostSyncStub(channel) if transport == "grpcio" else
+                     wire.Stub(channel, pb.DESCRIPTOR.services_by_name["HostSync"]))
         with unchanged(store):
             for call in (
                 lambda: sync.Register(pb.RegisterRequest(host="hb"), timeout=TIMEOUT),
@@ -498,9 +505,9 @@ def test_an_agent_cannot_act_as_another_host(secure: Any, pki_dir: Path) -> None
                 lambda: sync.ReportStatus(pb.ReportStatusRequest(host="ha", containers=[
                     pb.ContainerStatus(name="c-hb", state="exited")]), timeout=TIMEOUT),
             ):
-                with pytest.raises(grpc.RpcError) as info:
+                with pytest.raises((grpc.RpcError, wire.RpcError)) as info:
                     call()
-                assert info.value.code() == denied, info.value  # type: ignore[attr-defined]
+                assert info.value.code().name == "PERMISSION_DENIED", info.value  # type: ignore
         assert sync.Register(pb.RegisterRequest(host="ha", agent_pid=7),
                              timeout=TIMEOUT).host.agent_pid == 7
         sync.ReportStatus(pb.ReportStatusRequest(host="ha", containers=[

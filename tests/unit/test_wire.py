@@ -8,6 +8,8 @@ service is called through a descriptor-built :class:`wire.Stub` at the end.
 
 from __future__ import annotations
 
+import os
+import resource
 import threading
 import time
 from collections.abc import Iterator
@@ -199,6 +201,26 @@ def test_a_blocked_stream_wakes_when_cancelled_or_closed_by_another_thread(
         assert not reader.is_alive() and time.monotonic() - started < 1, how
         assert isinstance(ended[0], wire.RpcError)
         assert ended[0].code() is wire.StatusCode.CANCELLED, how
+
+
+def test_a_connection_past_descriptor_1023(server: str) -> None:
+    """An agent holds a netlink socket per container namespace: its channel's descriptors may
+    be past select()'s 1023, which poll() has no limit for."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    held = []
+    try:
+        while len(held) < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        channel = wire.Channel(server)
+        call, stream, _ = calls(channel)
+        assert call(b"echo:high", timeout=TIMEOUT) == b"high"
+        assert len(list(stream(b"3:5", timeout=TIMEOUT))) == 3
+        channel.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_threads_share_a_channel(server: str) -> None:
