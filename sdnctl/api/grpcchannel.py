@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import grpc
 
-from sdnctl.api.errors import CommandError
-from sdnctl.api.tlsfiles import TlsFiles, tls_from_env
+from sdnctl.api.tlsfiles import TlsFiles, client_tls
 
 
 def open_channel(address: str, tls: TlsFiles | None = None,
@@ -24,12 +23,9 @@ def open_channel(address: str, tls: TlsFiles | None = None,
     CommandError, never plaintext.
     """
     options = options or []
-    if address.startswith("unix:"):
-        return grpc.insecure_channel(address, options=options)
-    tls = tls or tls_from_env()
+    tls = client_tls(address, tls)
     if tls is None:
-        raise CommandError(f"{address}: the controller's TCP listener needs a client "
-                           "certificate (--tls-cert, --tls-key, --tls-ca or $SDNCTL_TLS_*)")
+        return grpc.insecure_channel(address, options=options)
     cert, key, ca = tls.read()
     credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
                                                certificate_chain=cert)

@@ -58,3 +58,15 @@ def tls_from_env() -> TlsFiles | None:
         raise CommandError(f"{', '.join(TLS_ENV)} go together (or --tls-cert, --tls-key, "
                            "--tls-ca)")
     return TlsFiles(*values)
+
+
+def client_tls(address: str, tls: TlsFiles | None = None) -> TlsFiles | None:
+    """The TLS files a client dials the controller at ``address`` with: none for a unix socket;
+    for TCP ``tls``, else the environment's files, else CommandError (never plaintext)."""
+    if address.startswith("unix:"):
+        return None
+    tls = tls or tls_from_env()
+    if tls is None:
+        raise CommandError(f"{address}: the controller's TCP listener needs a client "
+                           "certificate (--tls-cert, --tls-key, --tls-ca or $SDNCTL_TLS_*)")
+    return tls

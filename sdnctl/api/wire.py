@@ -39,7 +39,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from sdnctl.api import hpackcodec
 from sdnctl.api.errors import CommandError
-from sdnctl.api.tlsfiles import TlsFiles, tls_from_env
+from sdnctl.api.tlsfiles import TlsFiles, client_tls
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
@@ -699,12 +699,9 @@ def open_channel(address: str, tls: TlsFiles | None = None) -> Channel:
     """A channel to the controller at ``address`` (``unix:/path`` or ``[tcp:]host:port``), as
     ``sdnctl.api.grpcchannel.open_channel`` makes grpcio's: TCP is mutual TLS with ``tls``,
     else the environment's files, else CommandError, never plaintext."""
-    if address.startswith("unix:"):
-        return Channel(address)
-    tls = tls or tls_from_env()
+    tls = client_tls(address, tls)
     if tls is None:
-        raise CommandError(f"{address}: the controller's TCP listener needs a client "
-                           "certificate (--tls-cert, --tls-key, --tls-ca or $SDNCTL_TLS_*)")
+        return Channel(address)
     tls.read()  # unreadable files: PkiError now, not at the first call
     try:
         return Channel(address, tls)
