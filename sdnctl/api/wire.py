@@ -1,22 +1,24 @@
-"""gRPC without grpcio, for the CLI: unary and streaming calls over HTTP/2 on one socket.
+"""gRPC without grpcio, for the CLI and the agents: unary and streaming calls over HTTP/2.
 
 Design note. A CLI process pays for every import before it does anything, and grpcio's (its
 core, with the asyncio and ssl the core imports) took 47 ms of a `sdnctl run` whose whole server
-side takes about 30 (docs/architecture.md, "Where a CLI start goes"). The CLI's calls are
-simple: one at a time, a stream now and then (an image up or down, the audit events), to a
-controller on a unix socket or over mutual TLS. So this module speaks the protocol itself on a
-blocking socket: HTTP/2 framing (RFC 9113), HPACK headers (``hpackcodec``), gRPC's
-length-prefixed messages, its ``grpc-timeout`` and its status trailers. It offers what the CLI
-used of grpcio, with grpcio's names: :class:`Channel` (``unary_unary``, ``unary_stream``,
-``stream_unary``), :class:`Stub`, built from a service's protobuf descriptor (the generated
-``*_pb2_grpc`` modules import grpcio), and :class:`RpcError` with ``code()`` and ``details()``
-(:class:`StatusCode` has grpcio's names and numbers). The daemons keep grpcio: servers,
-thousands of streams, keepalives.
+side takes about 30 (docs/architecture.md, "Where a CLI start goes"), and 9-10 MB of every
+agent's memory. A client's calls are simple: a few at a time, streams now and then (an image up
+or down, the audit events, an agent's Watch), to a controller on a unix socket or over mutual
+TLS. So this module speaks the protocol itself on a blocking socket: HTTP/2 framing (RFC 9113),
+HPACK headers (``hpackcodec``), gRPC's length-prefixed messages, its ``grpc-timeout`` and its
+status trailers. It offers what its callers used of grpcio, with grpcio's names:
+:class:`Channel` (``unary_unary`` with ``future``, ``unary_stream``, ``stream_unary``),
+:class:`Stub`, built from a service's protobuf descriptor (the generated ``*_pb2_grpc`` modules
+import grpcio), and :class:`RpcError` with ``code()`` and ``details()`` (:class:`StatusCode`
+has grpcio's names and numbers). The controller keeps grpcio: a server of thousands of streams.
 
 - Flow control: we announce the largest windows HTTP/2 allows and refill them as we read, so a
   server never waits for us; what we send waits for the server's windows.
 - Streams are multiplexed: one thread at a time reads a frame and hands it to its stream (the
   others wait on a condition), so threads may share a channel.
+- A reader waits in ``poll`` (an agent's descriptors pass select's 1023) beside a wake-up
+  pipe: a cancel or a close from another thread ends a blocked stream at once.
 - A connection that fails, or that the server ends (GOAWAY), fails its calls with UNAVAILABLE;
   the next call dials again. Connecting is lazy, at the first call.
 """
