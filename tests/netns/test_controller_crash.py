@@ -48,10 +48,27 @@ containers:
 """
 
 
+#: The controllers this module started itself (``start_controller``): reaped once the lab is
+#: down, which stops the last of them (a child nobody waits for stays a zombie of this process,
+#: which the leak check reports when no later Popen happened to reap it).
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
 @pytest.fixture
 def cli(tmp_path: Path, run_prefix: str) -> Iterator[Cli]:
     path = tmp_path / "crash.yaml"
     path.write_text(TOPOLOGY)
+    try:
+        yield from _lab(path, run_prefix)
+    finally:
+        for proc in STARTED:
+            if proc.poll() is None:  # `down` stops the controller; if it did not, we do
+                proc.kill()
+            proc.wait(timeout=30)
+        STARTED.clear()
+
+
+def _lab(path: Path, run_prefix: str) -> Iterator[Cli]:
     with lab_cli(run_prefix) as c:
         c.run("up", str(path))
         with api(c) as client:  # a host without an agent: creating containers there is IPAM only
@@ -73,6 +90,7 @@ def start_controller(cli: Cli) -> int:
              str(cli.run_dir / "controller.pid")],
             env=cli.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             start_new_session=True)
+    STARTED.append(proc)
     client = Client(f"unix:{cli.run_dir}/controller.sock")
     try:
         wait_for(lambda: client.healthy(timeout=0.5), 15, "the controller to answer", 0.02)
