@@ -91,12 +91,13 @@ def huffman_decode(data: bytes) -> bytes:
     return bytes(out)
 
 
-def encode_integer(value: int, prefix_bits: int, first: int = 0) -> bytes:
-    """``value`` in a ``prefix_bits``-bit prefix, ``first`` holding the octet's other bits."""
+def encode_integer(value: int, prefix_bits: int) -> bytes:
+    """``value`` in a ``prefix_bits``-bit prefix (the octet's other bits zero: a string's
+    length without Huffman)."""
     limit = (1 << prefix_bits) - 1
     if value < limit:
-        return bytes([first | value])
-    out = bytearray([first | limit])
+        return bytes([value])
+    out = bytearray([limit])
     value -= limit
     while value >= 128:
         out.append((value & 0x7F) | 0x80)

@@ -573,9 +573,6 @@ class PendingAnswer:
     def result(self) -> Any:
         return self._decode(_one(self._call.messages()))
 
-    def cancel(self) -> None:
-        self._call.cancel()
-
 
 class ResponseStream:
     """A server stream's responses (iterate), as grpcio's call object; ``cancel()`` ends it."""
