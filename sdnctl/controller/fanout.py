@@ -131,7 +131,7 @@ class Hub:
             self._stop.clear()
             self._holders, self.revision = lease_holders(self.state.store)
             self.started_at = self.revision
-            self._policies = _policy_key(self.state)
+            self._policies = _policy_key(policies.policy_set(self.state.store))
             self.last_content.clear()
             self.last_everyone = 0
             self._thread = threading.Thread(target=self._run, name="watch-hub", daemon=True)
@@ -247,7 +247,7 @@ class Hub:
 
     def dispatch(self, changes: list[Change]) -> None:
         """Queue ``changes`` (one read of the log, oldest first) on the streams they concern."""
-        revision = changes[-1].revision
+        since, revision = self.revision, changes[-1].revision
         for c in changes:  # gone (here or on another replica): the shared views forget it
             if c.value is None and c.key.startswith(NETWORKS):
                 self.state.forget_views(network=c.key[len(NETWORKS):])
@@ -257,7 +257,7 @@ class Hub:
         everyone = False
         relevant = [c.revision for c in changes if policies.is_policy_change(c.key)]
         if relevant:  # the set as it is now, so changed at the latest by the last of them
-            now = _policy_key(self.state)
+            now = _policy_key(policies.policy_set_after(self.state.store, since, changes))
             everyone = now != self._policies
             self._policies = now
         with self._lock:
@@ -354,8 +354,7 @@ def place_changed(old: Lease | None, new: Lease | None) -> bool:
     return old is None or new is None or (old.subnet, old.subnet6) != (new.subnet, new.subnet6)
 
 
-def _policy_key(state: State) -> tuple[object, ...]:
-    pset = policies.policy_set(state.store)
+def _policy_key(pset: policies.PolicySet) -> tuple[object, ...]:
     return pset.policies, pset.endpoints, pset.network_cidrs, pset.network_cidrs6
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -41,7 +41,7 @@ from sdnctl.api.policyeval import (
 from sdnctl.api.validate import validate_policy
 from sdnctl.controller import ipam, keys
 from sdnctl.controller.errors import Invalid, NotFound
-from sdnctl.controller.store.base import Compacted, Compare, Delete, Put, Store
+from sdnctl.controller.store.base import Change, Compacted, Compare, Delete, Put, Store
 
 
 @dataclass(frozen=True)
@@ -223,6 +223,24 @@ def policy_set(store: Store, at_least: int = 0) -> PolicySet:
         return index.pset
 
 
+def policy_set_after(store: Store, since: int, changes: Sequence[Change]) -> PolicySet:
+    """:func:`policy_set` as of the last of ``changes``, which are the store's whole change log
+    after revision ``since``, as the caller (the watch hub) read it: a cached set at ``since``
+    or later is moved on by those of them it lacks, without reading the log again. A cached
+    set older than ``since`` (or none) is what :func:`policy_set` is for."""
+    if not changes:
+        return policy_set(store)
+    with _lock:
+        index = _cache.get(store)
+        if index is not None and index.pset.revision >= since:
+            newer = [c for c in changes if c.revision > index.pset.revision]
+            if newer:
+                parts = {index.put(c.key, c.value) for c in newer}
+                index.derive(newer[-1].revision, "rules" in parts, "endpoints" in parts)
+            return index.pset
+    return policy_set(store)
+
+
 def _read_index(store: Store) -> _Index:
     kvs, read_at = store.range("/")
     index = _Index({}, {}, {}, {}, PolicySet(read_at, (), (), ()))
@@ -272,5 +290,6 @@ __all__ = [
     "is_policy_change",
     "list_policies",
     "policy_set",
+    "policy_set_after",
     "selected",
 ]

@@ -71,12 +71,17 @@ def _prefix_end(prefix: str) -> str | None:
     return None
 
 
+#: The most keys one statement names (SQLite's limit of bound parameters is far above).
+CHUNK = 500
+
+
 def _select_keys(db: sqlite3.Connection, select: str,
                  keys: Sequence[str]) -> list[tuple[Any, ...]]:
-    """``select`` (the key its first column) of the rows of ``keys``, a statement per 500."""
+    """``select`` (the key its first column) of the rows of ``keys``, a statement per
+    :data:`CHUNK`."""
     rows: list[tuple[Any, ...]] = []
-    for start in range(0, len(keys), 500):
-        chunk = list(keys[start:start + 500])
+    for start in range(0, len(keys), CHUNK):
+        chunk = list(keys[start:start + CHUNK])
         rows += db.execute(f"{select} WHERE key IN ({','.join('?' * len(chunk))})", chunk)
     return rows
 
@@ -173,23 +178,33 @@ class SqliteStore:
         return KeyValue(*row) if row else None
 
     def get_many(self, keys: Sequence[str]) -> list[KeyValue | None]:
-        """One snapshot, one statement per chunk of keys."""
-        with self._read() as db:
-            found = {row[0]: KeyValue(*row) for row in _select_keys(
-                db, "SELECT key, value, create_rev, mod_rev FROM kv", keys)}
+        """One snapshot, one statement per chunk of keys (a single chunk is its own snapshot:
+        no BEGIN and COMMIT around it)."""
+        select = "SELECT key, value, create_rev, mod_rev FROM kv"
+        if len(keys) <= CHUNK:
+            db, lock = self._own_reader()
+            with lock:
+                rows = _select_keys(db, select, keys)
+        else:
+            with self._read() as db:
+                rows = _select_keys(db, select, keys)
+        found = {row[0]: KeyValue(*row) for row in rows}
         return [found.get(key) for key in keys]
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """One statement, so one snapshot: the revision comes first, in a row of its own (its
+        key NULL sorts before every key)."""
         end = _prefix_end(prefix)
-        query = "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ?"
+        query = ("SELECT NULL, NULL, NULL, revision FROM meta UNION ALL "
+                 "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ?")
         args: tuple[str, ...] = (prefix,)
         if end is not None:
             query += " AND key < ?"
             args += (end,)
-        with self._read() as db:
-            rows = db.execute(query + " ORDER BY key", args).fetchall()
-            revision = self._revision(db)
-        return [KeyValue(*row) for row in rows], revision
+        db, lock = self._own_reader()
+        with lock:
+            rows = db.execute(query + " ORDER BY 1", args).fetchall()
+        return [KeyValue(*row) for row in rows[1:]], int(rows[0][3])
 
     @staticmethod
     def _revision(db: sqlite3.Connection) -> int:
@@ -217,61 +232,83 @@ class SqliteStore:
         """The compares read in one statement, the ops written in three (``executemany``): a
         transaction of a group commit holds tens of keys, and a statement each made its
         interpreter time grow with them."""
-        revisions = dict(_select_keys(db, "SELECT key, mod_rev FROM kv",
-                                      [c.key for c in compares]))
-        if any(revisions.get(c.key, 0) != c.mod_revision for c in compares):
+        current, found = self._read_for_write(db, compares, ops)
+        if any(found.get(c.key, (0, b""))[0] != c.mod_revision for c in compares):
             return None
-        current = self._revision(db)
         new = current + 1
-        old: dict[str, bytes] = dict(_select_keys(db, "SELECT key, value FROM kv",
-                                                  [op.key for op in ops]))
-        changed = [op for op in ops if isinstance(op, Put) or op.key in old]
+        changed = [op for op in ops if isinstance(op, Put) or op.key in found]
         if not changed:
             return current  # nothing changed: the caller rolls back, nothing is bumped
-        db.executemany(
-            "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, mod_rev = excluded.mod_rev",
-            [(op.key, op.value, new, new) for op in changed if isinstance(op, Put)])
-        db.executemany("DELETE FROM kv WHERE key = ?",
-                       [(op.key,) for op in changed if isinstance(op, Delete)])
+        puts = [(op.key, op.value, new, new) for op in changed if isinstance(op, Put)]
+        if puts:
+            db.executemany(
+                "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?, ?, ?, ?) ON "
+                "CONFLICT (key) DO UPDATE SET value = excluded.value, mod_rev = excluded.mod_rev",
+                puts)
+        if len(puts) < len(changed):
+            db.executemany("DELETE FROM kv WHERE key = ?",
+                           [(op.key,) for op in changed if isinstance(op, Delete)])
         db.executemany(
             "INSERT INTO changes (rev, seq, key, value, prev_value) VALUES (?, ?, ?, ?, ?)",
-            [(new, seq, op.key, op.value if isinstance(op, Put) else None, old.get(op.key))
+            [(new, seq, op.key, op.value if isinstance(op, Put) else None,
+              found[op.key][1] if op.key in found else None)
              for seq, op in enumerate(changed)])
         db.execute("UPDATE meta SET revision = ?", (new,))
         self._trim(db)
         return new
 
+    @staticmethod
+    def _read_for_write(db: sqlite3.Connection, compares: Sequence[Compare],
+                        ops: Sequence[Put | Delete]) -> tuple[int, dict[str, tuple[int, bytes]]]:
+        """The revision, and the mod revision and value of every key a transaction compares or
+        writes: one statement when they fit in one (the revision in a row of its own, its key
+        NULL), else a statement per chunk."""
+        wanted = list(dict.fromkeys([*(c.key for c in compares), *(op.key for op in ops)]))
+        if len(wanted) > CHUNK:
+            rows = _select_keys(db, "SELECT key, mod_rev, value FROM kv", wanted)
+            return SqliteStore._revision(db), {key: (rev, value) for key, rev, value in rows}
+        found: dict[str, tuple[int, bytes]] = {}
+        current = 0
+        for key, rev, value in db.execute(
+                "SELECT NULL, revision, NULL FROM meta UNION ALL SELECT key, mod_rev, value "
+                f"FROM kv WHERE key IN ({','.join('?' * len(wanted))})", wanted):
+            if key is None:
+                current = int(rev)
+            else:
+                found[key] = (rev, value)
+        return current, found
+
     def _trim(self, db: sqlite3.Connection) -> None:
         """Keep the newest ``history`` changes (rowids only grow: we delete from the bottom)."""
-        (last,) = db.execute("SELECT max(rowid) FROM changes").fetchone()
+        first, last = db.execute("SELECT (SELECT min(rowid) FROM changes), "
+                                 "(SELECT max(rowid) FROM changes)").fetchone()
         cutoff = last - self._history
-        (first,) = db.execute("SELECT min(rowid) FROM changes").fetchone()
         if first > cutoff:
             return
         # The newest change dropped, found by rowid (revisions grow with rowids). Asked as
         # max(rev) ... WHERE rowid <= ?, SQLite walked the (rev, seq) index down from the newest
         # change: the whole history, 0.3 ms at 10,000 changes, in every write.
-        (dropped,) = db.execute(
-            "SELECT rev FROM changes WHERE rowid <= ? ORDER BY rowid DESC LIMIT 1", (cutoff,)
-        ).fetchone()
+        db.execute("UPDATE meta SET compacted = max(compacted, (SELECT rev FROM changes "
+                   "WHERE rowid <= ? ORDER BY rowid DESC LIMIT 1))", (cutoff,))
         db.execute("DELETE FROM changes WHERE rowid <= ?", (cutoff,))
-        db.execute("UPDATE meta SET compacted = max(compacted, ?)", (dropped,))
 
     def revision(self) -> int:
         with self._reader() as db:
             return self._revision(db)
 
     def changes_since(self, revision: int) -> list[Change]:
-        with self._read() as db:
-            (compacted,) = db.execute("SELECT compacted FROM meta").fetchone()
-            if revision < compacted:
-                raise Compacted(revision, compacted)
+        """One statement: how far the history was trimmed comes first, in a row of its own
+        (its revision -1 sorts before every change)."""
+        db, lock = self._own_reader()
+        with lock:
             rows = db.execute(
-                "SELECT rev, key, value, prev_value FROM changes WHERE rev > ? ORDER BY rev, seq",
-                (revision,),
+                "SELECT -1, 0, NULL, compacted, NULL FROM meta UNION ALL SELECT rev, seq, key, "
+                "value, prev_value FROM changes WHERE rev > ? ORDER BY 1, 2", (revision,),
             ).fetchall()
-        return [Change(*row) for row in rows]
+        compacted = int(rows[0][3])
+        if revision < compacted:
+            raise Compacted(revision, compacted)
+        return [Change(rev, key, value, prev) for rev, _, key, value, prev in rows[1:]]
 
     def wait(self, revision: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
