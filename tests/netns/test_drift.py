@@ -165,9 +165,11 @@ def time_to_repair(cli: Cli, prefix: str, before: HostState, what: str,
     started = time.monotonic()  # (so the time includes the command that makes the drift)
     drift()
     # The drift is seen, or already repaired: the repair may come between the drift and the
-    # look, which takes several processes; the repair's log line then proves it.
-    assert host_state(cli, prefix, rows=False).diff(before) or \
-        agent_log(cli, prefix).count(logged) > seen, f"{what}: no drift made"
+    # look, which takes several processes; the repair's log line then proves it (written
+    # after the repair: it may come an instant after the look found the host as before).
+    wait_for(lambda: host_state(cli, prefix, rows=False).diff(before)
+             or agent_log(cli, prefix).count(logged) > seen, REPAIR_TIMEOUT,
+             f"{what}: a drift made (the host differs, or the agent logs {logged!r})")
     last: list[str] = []
 
     def repaired() -> bool:
