@@ -5,8 +5,11 @@ take turns; several processes (or several Store objects) on the same file are ke
 SQLite itself: every write transaction starts with ``BEGIN IMMEDIATE``, which takes the
 database's write lock before the compares are read, so compare-and-swap cannot interleave with
 another writer. Reads never take that lock: each thread reads through a connection of its own
-(WAL lets readers run beside the writer), inside a deferred transaction so that ``range`` sees one
-WAL snapshot. So an agent's ReportStatus reads, and a listing, do not queue behind writes.
+(WAL lets readers run beside the writer). A read is one statement, which SQLite answers from one
+WAL snapshot: ``range`` and ``changes_since`` carry the revision (or how far the history was
+trimmed) in a row of their own, and only a ``get_many`` of more keys than one statement names
+reads inside a transaction. So an agent's ReportStatus reads, and a listing, do not queue behind
+writes, and a create's reads cost a statement each, not three or four (issue 21).
 
 ``wait`` is woken at once by this object's own transactions and polls the revision every
 ``poll_interval`` seconds to notice writes from other processes.
@@ -229,9 +232,9 @@ class SqliteStore:
     def _apply(
         self, db: sqlite3.Connection, compares: Sequence[Compare], ops: Sequence[Put | Delete]
     ) -> int | None:
-        """The compares read in one statement, the ops written in three (``executemany``): a
-        transaction of a group commit holds tens of keys, and a statement each made its
-        interpreter time grow with them."""
+        """The revision, the compares and the old values read in one statement, the ops written
+        in two or three (``executemany``): a transaction of a group commit holds tens of keys,
+        and a statement each made its interpreter time grow with them."""
         current, found = self._read_for_write(db, compares, ops)
         if any(found.get(c.key, (0, b""))[0] != c.mod_revision for c in compares):
             return None
