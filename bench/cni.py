@@ -14,6 +14,12 @@ answer; its DEL the controller forgetting it (the agent removes the veth right a
 answering). The reference bridge plugin builds the veth and host-local writes its address
 file; its DEL removes the veth before answering. VERSION is timed too: sdnctl's goes through
 the shim to the Python plugin (the slow path, left to Python on purpose).
+
+Then, in the same lab, issue 21's per-container figure: `sdnctl up` of the same file with
+``UP_CONTAINERS`` containers added on the lab host (`sleep infinity`, bridged on ``front``), as
+a user runs it (the CLI's process, its CreateContainers request, the agent's passes that start
+them in parallel, until every one runs and the host reports them), its wall time divided by
+the count, against the reference bridge plugin's ADD of this run.
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ networks:
   - {name: front, driver: bridge, subnet: 10.72.0.0/16}
 containers: []
 """
+#: Issue 21: `up` of this many containers on one host costs no more per container than the
+#: bridge plugin's ADD.
+UP_CONTAINERS = 50
 
 
 def main() -> int:
@@ -102,25 +111,40 @@ def main() -> int:
                 return run
 
             alternate_many({name: side(name) for name in confs}, rounds)
+            many = work / "t50.yaml"
+            many.write_text(TOPOLOGY.replace("containers: []", "containers:\n" + "".join(
+                f"  - {{name: u{i}, host: h1, network: front, command: [sleep, infinity]}}\n"
+                for i in range(UP_CONTAINERS))))
+            with Timer() as t:
+                cli.run("up", str(many), "--timeout", "300", timeout=360)
+            up_ms = t.ms
     finally:
         with contextlib.suppress(Exception):
             shutil.rmtree(work, ignore_errors=True)
     ms = [Measurement(f"{name} {op}", "ms", values)
           for name, ops in samples.items() for op, values in ops.items()]
+    ms.append(Measurement(f"sdnctl up of {UP_CONTAINERS} containers on one host", "ms",
+                          [up_ms]))
     by = {m.name: m.samples for m in ms}
+    per_container = up_ms / UP_CONTAINERS
+    bridge_add = summary(by["bridge ADD"])[0]
     comps = [comparison("sdnctl/bridge ADD", ratio(by["sdnctl ADD"], by["bridge ADD"]), "<= 1",
                         ratio(by["sdnctl ADD"], by["bridge ADD"]) <= 1),
              comparison("sdnctl/bridge DEL", ratio(by["sdnctl DEL"], by["bridge DEL"]), "< 1",
                         ratio(by["sdnctl DEL"], by["bridge DEL"]) < 1),
              comparison("sdnctl/bridge VERSION", ratio(by["sdnctl VERSION"],
-                                                       by["bridge VERSION"]), "", None)]
+                                                       by["bridge VERSION"]), "", None),
+             comparison(f"sdnctl up of {UP_CONTAINERS}, per container / bridge ADD",
+                        per_container / bridge_add, "<= 1 (issue 21)",
+                        per_container <= bridge_add)]
     for m in ms:
         med, p10, p90 = summary(m.samples)
         print(f"{m.name:18} median {med:8.2f} ms  p10 {p10:8.2f}  p90 {p90:8.2f}")
     for c in comps:
         print(f"{c['name']:24} {c['value']:6.2f}  target {c['target'] or '-':5} met {c['met']}")
     write_result("cni", {"mode": "quick" if args.quick else "full",
-                         "params": {"rounds": rounds, "cniVersion": "1.0.0"},
+                         "params": {"rounds": rounds, "cniVersion": "1.0.0",
+                                    "up_containers": UP_CONTAINERS},
                          "measurements": ms, "comparisons": comps,
                          "notes": ["wall time per call through nsenter into a lab host "
                                    "(both sides alike); sdnctl ADD waits for the controller's "
