@@ -17,9 +17,9 @@ the shim to the Python plugin (the slow path, left to Python on purpose).
 
 Then, in the same lab, issue 21's per-container figure: `sdnctl up` of the same file with
 ``UP_CONTAINERS`` containers added on the lab host (`sleep infinity`, bridged on ``front``), as
-a user runs it (the CLI's process, its CreateContainers request, the agent's passes that start
-them in parallel, until every one runs and the host reports them), its wall time divided by
-the count, against the reference bridge plugin's ADD of this run.
+a user runs it (the CLI's process, its CreateContainers request, the agent's pass that starts
+them, one after another, until every one runs and the host reports them), its wall time divided
+by the count, against the reference bridge plugin's ADD of this run.
 """
 
 from __future__ import annotations
