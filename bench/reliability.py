@@ -129,7 +129,6 @@ def churn(tmp: Path, rounds: int) -> tuple[list[int], float]:
                 rss.append(test_soak.agent_usage(pid)[1])
         if get_host(cli).agent_pid != pid:
             raise RuntimeError("the agent was restarted during the churn")
-        cli.run("down", str(path))
     late = test_soak.without_steps(rss[test_soak.WARMUP_ROUNDS:])
     return rss, test_soak.slope(late) / test_soak.MODES
 

@@ -228,8 +228,6 @@ def policy_set_after(store: Store, since: int, changes: Sequence[Change]) -> Pol
     after revision ``since``, as the caller (the watch hub) read it: a cached set at ``since``
     or later is moved on by those of them it lacks, without reading the log again. A cached
     set older than ``since`` (or none) is what :func:`policy_set` is for."""
-    if not changes:
-        return policy_set(store)
     with _lock:
         index = _cache.get(store)
         if index is not None and index.pset.revision >= since:

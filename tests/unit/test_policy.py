@@ -74,6 +74,49 @@ def db_and_web(hosts: tuple[str, ...] = ("h1", "h2"), web: bool = True
     return store, state
 
 
+def _whole(store: MemoryStore) -> tuple[object, ...]:
+    """The policy set read whole from the store, not from the cache (what it must equal)."""
+    pset = policies._read_index(store).pset
+    return pset.policies, pset.endpoints, pset.network_cidrs, pset.network_cidrs6
+
+
+def _parts(pset: policies.PolicySet) -> tuple[object, ...]:
+    return pset.policies, pset.endpoints, pset.network_cidrs, pset.network_cidrs6
+
+
+def test_the_hub_moves_the_policy_set_on_by_the_changes_it_read() -> None:
+    """``policy_set_after``: a cached set at ``since`` is moved on by the changes the hub read
+    (the store's log is not read again), and equals the set read whole; one ahead of some of
+    them takes only the newer ones; one behind ``since`` (changes it was never given) is not
+    patched with a gap: the log is read."""
+    store, state = db_and_web()
+    policies.create_policy(store, DB_FROM_WEB)
+    since = policies.policy_set(store).revision  # cached at the store's revision
+    state.create_container(Container("db2", "h1", "back", labels=("app=db",)))
+    state.create_container(Container("web2", "h1", "front", labels=("app=web",)))
+    changes = store.changes_since(since)
+    reads = []
+    real = store.changes_since
+    store.changes_since = lambda r: reads.append(r) or real(r)  # type: ignore[method-assign]
+    moved = policies.policy_set_after(store, since, changes)
+    assert reads == []  # from the hub's changes alone
+    assert moved.revision == changes[-1].revision == store.revision()
+    assert _parts(moved) == _whole(store)
+    assert "db2" in [e.container for e in moved.endpoints]
+    # Asked again with the same changes (a set already past them): the same set, no read.
+    assert policies.policy_set_after(store, since, changes) is moved
+    assert reads == []
+    # A hub ahead of the cache: the changes between the cache and ``since`` were never given.
+    behind = policies.policy_set(store).revision
+    state.create_container(Container("db3", "h1", "back", labels=("app=db",)))
+    gap = store.revision()
+    state.create_container(Container("web3", "h2", "front", labels=("app=web",)))
+    later = policies.policy_set_after(store, gap, real(gap))
+    assert reads == [behind]  # the log read from where the cache was
+    assert _parts(later) == _whole(store)
+    assert {"db3", "web3"} <= {e.container for e in later.endpoints}
+
+
 def test_one_policy_change_is_converted_once_for_every_stream(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Every host's stream sends the whole policy set when a policy changes; its selected

@@ -20,6 +20,7 @@ from etcdtest import EtcdCluster, etcd_cluster
 from sdnctl.api.model import Container, Host, Network
 from sdnctl.controller.state import State
 from sdnctl.controller.store import etcd as etcd_store
+from sdnctl.controller.store import sqlite as sqlite_store
 from sdnctl.controller.store.base import (
     Change,
     Compacted,
@@ -401,6 +402,30 @@ def test_sqlite_wait_sees_another_store_object(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_sqlite_reads_and_writes_more_keys_than_one_statement_names(tmp_path: Path) -> None:
+    """A read of one chunk is one statement; more keys than a statement names (``CHUNK``) are
+    read in several, inside one transaction, and a write's compares and old values likewise:
+    the answers are the same either way."""
+    store = SqliteStore(tmp_path / "db")
+    keys = [f"/big/{i:04d}" for i in range(2 * sqlite_store.CHUNK + 200)]
+    first = store.txn([Compare(k, 0) for k in keys], [Put(k, k.encode()) for k in keys])
+    assert first is not None
+    got = store.get_many([*keys, "/big/none", keys[0]])
+    assert [kv.value if kv else None for kv in got] == [*(k.encode() for k in keys), None,
+                                                         keys[0].encode()]
+    # The one compare that fails is in the last chunk: nothing is written.
+    stale = [Compare(k, first) for k in keys[:-1]] + [Compare(keys[-1], 0)]
+    assert store.txn(stale, [Put(k, b"x") for k in keys]) is None
+    assert store.get(keys[-1]).value == keys[-1].encode()  # type: ignore[union-attr]
+    # Deleted past a chunk: every change carries the value it deleted.
+    gone = store.txn([Compare(k, first) for k in keys], [Delete(k) for k in keys])
+    changes = store.changes_since(first)
+    assert [(c.revision, c.key, c.value, c.prev_value) for c in changes] == [
+        (gone, k, None, k.encode()) for k in keys]
+    assert store.range("/big/") == ([], gone)
+    store.close()
 
 
 def test_sqlite_file_is_private_and_persistent(tmp_path: Path) -> None:
