@@ -84,11 +84,14 @@ def _ip6_forward(desired: DesiredState, sysctls: SysctlOps) -> bool:
     return sysctls.read_sysctl("net.ipv6.conf.all.forwarding") == "1"
 
 
-def group_peers(actions: Iterable[p.Action]) -> list[p.Action | SetPeers | RemovePeers]:
+Grouped = p.Action | SetPeers | RemovePeers
+
+
+def group_peers(actions: Iterable[p.Action]) -> list[Grouped]:
     """``actions`` with each run of consecutive ``SetPeer`` of one device as one ``SetPeers``,
     and each run of its entries' removals as one ``RemovePeers`` (pure; the order of
     everything else is kept)."""
-    grouped: list[p.Action | SetPeers | RemovePeers] = []
+    grouped: list[Grouped] = []
     for action in actions:
         last = grouped[-1] if grouped else None
         match action:
@@ -104,6 +107,31 @@ def group_peers(actions: Iterable[p.Action]) -> list[p.Action | SetPeers | Remov
                     grouped.append(_with_removal(RemovePeers(device), action))
             case _:
                 grouped.append(action)
+    return grouped
+
+
+@dataclass(frozen=True)
+class SetupContainers:
+    """Consecutive ``SetupContainer`` actions, applied together (``group_setups``): their
+    starts run in parallel."""
+
+    actions: tuple[p.SetupContainer, ...]
+
+
+def group_setups(actions: Iterable[Grouped]) -> list[Grouped | SetupContainers]:
+    """``actions`` with each run of consecutive ``SetupContainer`` as one ``SetupContainers``
+    (pure; the order of everything else is kept). The planner puts every setup in one run,
+    sandbox owners first."""
+    grouped: list[Grouped | SetupContainers] = []
+    for action in actions:
+        last = grouped[-1] if grouped else None
+        if isinstance(action, p.SetupContainer):
+            if isinstance(last, SetupContainers):
+                grouped[-1] = SetupContainers((*last.actions, action))
+            else:
+                grouped.append(SetupContainers((action,)))
+        else:
+            grouped.append(action)
     return grouped
 
 
@@ -213,13 +241,11 @@ class Reconciler:
         firewall_failed = policy_error is not None
         self.containers.hold_flushes()  # the conntrack entries of removed ones: once, at the end
         try:
-            for action in group_peers(actions):
-                key = getattr(getattr(action, "container", None), "name", "") or \
-                    getattr(action, "name", "")
-                if firewall_failed and isinstance(action, p.SetupContainer) and action.network:
-                    # Its anti-spoofing guard is not in place: never run a container unguarded.
-                    outcome.errors[key] = "waiting for the firewall, which could not be applied"
+            for action in group_setups(group_peers(actions)):
+                if isinstance(action, SetupContainers):
+                    self._setup_containers(action.actions, firewall_failed, outcome)
                     continue
+                key = getattr(action, "name", "")
                 try:
                     self.apply(action)
                 except Exception as e:  # one failure must not stop the rest of the pass
@@ -244,6 +270,23 @@ class Reconciler:
                                                    containers=self.containers.observe(desired))
         outcome.restart_pending = p.restart_pending(desired, outcome.observed)
         return outcome
+
+    def _setup_containers(self, actions: Iterable[p.SetupContainer], firewall_failed: bool,
+                          outcome: Outcome) -> None:
+        """A run of consecutive setups (``Containers.setup_all``: their starts in parallel),
+        their errors into ``outcome``."""
+        todo = []
+        for action in actions:
+            if firewall_failed and action.network:
+                # Its anti-spoofing guard is not in place: never run a container unguarded.
+                outcome.errors[action.container.name] = \
+                    "waiting for the firewall, which could not be applied"
+            else:
+                todo.append(action)
+        for name, e in self.containers.setup_all(todo).items():
+            log.warning("SetupContainer %s failed: %s", name, e, exc_info=e)
+            self._peers.clear()  # what it did is unknown: the next pass dumps again
+            outcome.errors[name] = f"{e}" + (f": {e.__cause__}" if e.__cause__ else "")
 
     def sync_peers(self, desired: DesiredState) -> Outcome | None:
         """The pass of a change of overlays' peers alone (``Changed.PEERS``, issue 21): their
@@ -371,7 +414,7 @@ class Reconciler:
         for veth, message in errors.items():
             outcome.errors[by_veth.get(veth, "")] = message
 
-    def apply(self, action: p.Action | SetPeers | RemovePeers) -> None:
+    def apply(self, action: Grouped) -> None:
         match action:
             case p.EnableForwarding(ipv6):
                 self.sysctls.ensure_sysctl("net.ipv4.ip_forward", "1")

@@ -6,10 +6,12 @@ with every container; no helper process), where
 
   - ``/sys/fs/cgroup/unified`` is hidden on a hybrid-cgroup host (crun refuses hybrid layouts),
     and
-  - for ``run``, the namespaces the spec joins are bound at their paths and the container's
-    root filesystem is mounted on ``<bundle>/rootfs`` (an overlay of the image's layers under
-    the container's upper directory, or a read-only bind of ``/``), then ``run --detach``
-    runs, and the mounts are detached again: the container keeps its own copy.
+  - for ``run``, in a copy of that namespace of the start's own (a pass's starts run at
+    once, and what one mounts no other may see), the namespaces the spec joins are bound at
+    their paths and the container's root filesystem is mounted on ``<bundle>/rootfs`` (an
+    overlay of the image's layers under the container's upper directory, or a read-only bind
+    of ``/``), then ``run --detach`` runs, and the mounts are detached again: the container
+    keeps its own copy.
 
 Nothing is ever mounted in the host's mount namespace. ``kill``, ``delete`` and ``state`` need
 no namespace of their own on a host that hides nothing. ``sdnctl exec`` runs the runtime from
@@ -25,7 +27,8 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -100,6 +103,10 @@ class OciRuntime:
         self._hide = (cgroups.UNIFIED,) if self.layout == "hybrid" else ()
         self.mounts = mountns.Snapshot(self._hide)
         self._strays = True  # (an agent restarted after starts: look once)
+        # Calls of the runtime under way in other threads (a pass's starts run in parallel):
+        # their runtime processes, once zombies, look like strays (see reap_strays).
+        self._calls = 0
+        self._lock = threading.Lock()
         if create:
             os.makedirs(root, mode=0o700, exist_ok=True)
 
@@ -117,8 +124,9 @@ class OciRuntime:
         out: bytes | None = None
         err: bytes | None = None
         try:
-            with subprocess.Popen(argv, env=self.env(), stdin=subprocess.DEVNULL, stdout=pipe,
-                                  stderr=pipe, start_new_session=True) as proc:
+            with self._busy(), subprocess.Popen(
+                    argv, env=self.env(), stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe,
+                    start_new_session=True) as proc:
                 try:
                     if output is None:  # its output's end is its exit
                         out, err = proc.communicate(timeout=TIMEOUT)
@@ -132,6 +140,17 @@ class OciRuntime:
             raise KernelError(f"{self.name} {what}: {e}") from e
         return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        """A call of the runtime under way (see reap_strays)."""
+        with self._lock:
+            self._calls += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._calls -= 1
+
     def _private(self, what: str, args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
         """:meth:`_call`, in the runtime's mount namespace when something must be hidden."""
         if not self._hide:
@@ -142,6 +161,14 @@ class OciRuntime:
             raise KernelError(f"{self.name} {what}: {e}") from e
 
     def run(self, cid: str, bundle: str, rootfs: Rootfs, log: str) -> tuple[int, int]:
+        """:meth:`_run`, then the runtime's strays reaped (see :meth:`reap_strays`)."""
+        with self._busy():
+            pid, started = self._run(cid, bundle, rootfs, log)
+        self._strays = True
+        self.reap_strays(keep=pid)
+        return pid, started
+
+    def _run(self, cid: str, bundle: str, rootfs: Rootfs, log: str) -> tuple[int, int]:
         """``run --detach``, from the runtime's mount namespace, where the namespaces the spec
         joins and the root filesystem are mounted for the call (one runtime process: ``create``
         then ``start`` took two, each a few ms of CPU here, much of it the dynamic loader's).
@@ -179,7 +206,7 @@ class OciRuntime:
         try:
             offset = os.lseek(fd, 0, os.SEEK_END)
             opened.extend(os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in joins)
-            done = self.mounts.run(lambda: inside(fd), relied)
+            done = self.mounts.run(lambda: inside(fd), relied, own=True)
         except KernelError:
             self.delete(cid)  # created but not started, if it got that far
             raise
@@ -201,21 +228,24 @@ class OciRuntime:
         except (OSError, ValueError) as e:
             self.delete(cid)
             raise KernelError(f"{self.name} run {cid}: no PID in {pidfile}") from e
-        started = procfs.start_time(pid) or 0
-        self._strays = True
-        self.reap_strays(keep=pid)
-        return pid, started
+        return pid, procfs.start_time(pid) or 0
 
     def reap_strays(self, keep: int = 0) -> int:
         """``run --detach`` leaves an intermediate runtime process that ends an instant after
         the command: orphaned, it comes to us (a subreaper) as the container's process does
         (``procs.reap_strays``). Reaped at each start and, while one may still be running (it
         can end after its start's command returned), at each pass; a pass after that looks
-        at no process."""
+        at no process. Not while another call of the runtime is under way (a pass's starts
+        run in parallel): its runtime process, once a zombie, would be reaped from under it
+        (its exit status lost), and so would a start's container process that dies before
+        its PID is read."""
         if not self._strays:
             return 0
-        reaped, running = procs.reap_strays(self.name, keep)
-        self._strays = running > 0
+        with self._lock:
+            if self._calls:  # the last call to end, or the next pass, reaps them
+                return 0
+            reaped, running = procs.reap_strays(self.name, keep)
+            self._strays = running > 0
         return reaped
 
     def refresh(self) -> None:

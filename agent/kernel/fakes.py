@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -167,6 +168,9 @@ class FakeFirewall:
         self.installed = None
 
 
+_RUNS = threading.Lock()
+
+
 @dataclass
 class FakeRuntime:
     """A runtime that runs nothing: it hands out made-up PIDs and remembers what it was told."""
@@ -177,9 +181,10 @@ class FakeRuntime:
     next_pid: int = 100000
 
     def run(self, cid: str, bundle: str, rootfs: Rootfs, log: str) -> tuple[int, int]:
-        self.next_pid += 1
-        self.running[cid] = self.next_pid
-        return self.next_pid, 0
+        with _RUNS:  # (a pass's starts run in threads)
+            self.next_pid += 1
+            self.running[cid] = pid = self.next_pid
+        return pid, 0
 
     def kill(self, cid: str, sig: int = signal.SIGTERM) -> None:
         self.running.pop(cid, None)

@@ -4,13 +4,18 @@ way rolled back. The same lifecycle against the real kernel is tests/netns/test_
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import dataclasses
+import threading
 from pathlib import Path
 
 import pytest
 from test_plan import DB, FRONT, WEB, desired
 
 from agent import plan as p
-from agent.containers import Containers
+from agent.containers import Containers, _Starts
+from agent.desired import DesiredContainer
 from agent.kernel.fakes import (
     FakeCgroups,
     FakeConntrack,
@@ -22,7 +27,7 @@ from agent.kernel.fakes import (
     FakeSysctls,
 )
 from agent.names import veth_name
-from agent.reconcile import Reconciler
+from agent.reconcile import Reconciler, SetupContainers, group_setups
 from sdnctl.api.model import STATE_ERROR, STATE_EXITED, STATE_RUNNING
 
 
@@ -116,3 +121,101 @@ def test_a_pass_forgets_the_conntrack_entries_of_all_its_removals_at_once(
     r.containers.setup(SETUP)  # and alone, outside a pass
     r.containers.remove("web", stop=True, addresses=(WEB.address_cidr,))
     assert flushes.flushed[-1] == [WEB.ip]
+
+
+class MeetingRuntime(FakeRuntime):
+    """Starts that return only once ``together`` of them run at the same time (a pass that
+    started them one after another fails at the barrier), and record who entered when."""
+
+    def __init__(self, together: int, fail: str = "") -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(together, timeout=10)
+        self.fail = fail
+        self.entered: list[str] = []
+        self.returned: list[str] = []
+
+    def run(self, cid: str, bundle: str, rootfs: object, log: str) -> tuple[int, int]:  # type: ignore[override]
+        self.entered.append(cid)
+        if cid != "side":
+            self.barrier.wait()
+        if cid == self.fail:
+            raise RuntimeError(f"crun: {cid} would not start")
+        found = super().run(cid, bundle, rootfs, log)  # type: ignore[arg-type]
+        self.returned.append(cid)
+        return found
+
+
+SIDE = DesiredContainer(name="side", network="container:web", command=("sleep", "infinity"))
+CACHE = dataclasses.replace(DB, name="cache", ip="10.88.0.4")
+
+
+def test_a_pass_starts_its_containers_at_once_and_a_joined_one_after_its_donor(
+        tmp_path: Path) -> None:
+    """Issue 21: `up` of many containers on one host started them one after another. Three
+    starts must meet at once (one after another, the first waits at the barrier until it
+    breaks); the container joined to ``web`` starts once ``web``'s start returned (it binds
+    its donor's /etc files; see the next test for the order alone)."""
+    runtime = MeetingRuntime(together=3)
+    r = Reconciler(str(tmp_path), links=FakeLinks(), fw=FakeFirewall(), sysctls=FakeSysctls())
+    r.containers = make(tmp_path, runtime)
+    outcome = r.reconcile(desired(WEB, DB, CACHE, SIDE))
+    assert outcome.errors == {}
+    assert sorted(runtime.running) == ["cache", "db", "side", "web"]
+    assert runtime.entered.index("side") > runtime.returned.index("web")
+    assert all(outcome.observed.containers[n].running for n in ("web", "db", "cache", "side"))
+
+
+class HeldPool(concurrent.futures.Executor):
+    """A pool that runs nothing until the test ends a start's future itself."""
+
+    def __init__(self) -> None:
+        self.submitted: dict[str, concurrent.futures.Future[None]] = {}
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.submitted[args[0].name] = future
+        return future
+
+
+def test_a_joined_container_is_started_only_once_its_donors_start_has_ended() -> None:
+    pool = HeldPool()
+    starts = _Starts(pool, lambda ctr, undo, net: None)
+    for ctr in (WEB, DB, SIDE):
+        starts.add(p.SetupContainer(ctr, None, netns=False, attach=False, start=True,
+                                    stop_first=False), contextlib.ExitStack())
+    assert list(pool.submitted) == ["web", "db"]
+    pool.submitted["db"].set_result(None)
+    assert [(a.container.name, e) for a, e in starts.ended(wait=False)] == [("db", None)]
+    assert list(pool.submitted) == ["web", "db"]  # side still waits for web
+    pool.submitted["web"].set_exception(RuntimeError("crun: web would not start"))
+    [(action, error)] = starts.ended(wait=False)
+    assert action.container.name == "web" and str(error) == "crun: web would not start"
+    assert list(pool.submitted) == ["web", "db", "side"]  # a failed donor's end counts too
+
+
+def test_one_failed_start_among_many_is_undone_alone(tmp_path: Path) -> None:
+    """The others run; the failed one's sandbox (its veth goes with it), bundle and cgroup are
+    gone, undone on the reconciler's thread (whose netlink sockets they are), and its error
+    is reported."""
+    runtime = MeetingRuntime(together=3, fail="db")
+    r = Reconciler(str(tmp_path), links=FakeLinks(), fw=FakeFirewall(), sysctls=FakeSysctls())
+    r.containers = make(tmp_path, runtime)
+    outcome = r.reconcile(desired(WEB, DB, CACHE))
+    assert outcome.errors == {"db": "crun: db would not start"}
+    assert sorted(runtime.running) == ["cache", "web"]
+    sandboxes = r.containers.sandboxes
+    assert isinstance(sandboxes, FakeSandboxes)
+    assert not sandboxes.is_netns(r.containers.netns_path("db"))
+    assert sandboxes.is_netns(r.containers.netns_path("web"))
+    assert not (tmp_path / "bundles" / "db").exists() and (tmp_path / "bundles" / "web").exists()
+    assert "/sdnctl-test/db" in r.containers.cgroups.removed  # type: ignore[attr-defined]
+    assert "/sdnctl-test/web" not in r.containers.cgroups.removed  # type: ignore[attr-defined]
+
+
+def test_a_run_of_setups_is_applied_together_and_the_order_of_the_rest_is_kept() -> None:
+    setups = [p.SetupContainer(c, FRONT, netns=True, attach=True, start=True,
+                               stop_first=False) for c in (WEB, DB)]
+    firewall = p.SyncFirewall(p.firewall_spec(desired(WEB, DB), False))
+    removal = p.RemoveContainer("old", stop=True)
+    assert group_setups([removal, firewall, *setups, p.RemoveLink("x")]) == [
+        removal, firewall, SetupContainers(tuple(setups)), p.RemoveLink("x")]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from agent.kernel import procfs, procs
+from agent.runtime import OciRuntime
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -127,3 +128,26 @@ def test_a_waited_child_gives_its_status_once_it_exits_and_is_reaped() -> None:
         if child.returncode is None:
             child.kill()
             child.wait()
+
+
+def test_the_runtime_reaps_no_stray_while_another_of_its_calls_is_under_way(
+        tmp_path: Path) -> None:
+    """A pass's starts run in parallel: a runtime process another call still waits for (or a
+    start's container process not yet read from its pidfile) must not be reaped from under
+    it. The zombie stays until no call is under way, then goes."""
+    binary = tmp_path / "fakecrun"
+    binary.symlink_to("/bin/sleep")
+    runtime = OciRuntime(str(binary), str(tmp_path / "state"), layout="unified")
+    done = subprocess.Popen([str(binary), "0"])
+    try:
+        deadline = time.monotonic() + 10
+        while procfs.comm_and_state(done.pid) != ("fakecrun", "Z"):
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)
+        with runtime._busy():  # another thread's call of the runtime
+            assert runtime.reap_strays() == 0
+            assert procfs.comm_and_state(done.pid) == ("fakecrun", "Z")
+        assert runtime.reap_strays() == 1
+        assert procfs.comm_and_state(done.pid) is None
+    finally:
+        done.wait()
