@@ -70,8 +70,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NTF_SELF
 
 from agent.kernel import rtnl
-from agent.kernel.iproute import iproute_in
-from agent.kernel.netns import open_netlink_fds
+from agent.kernel.netns import open_netlink_fd, open_netlink_fds
 from agent.names import vxlan_name
 from sdnctl.api import wire
 from sdnctl.lab import lab
@@ -465,7 +464,7 @@ class Prober:
         events: list[socket.socket] = []
         try:
             for ns in namespaces:
-                ipr = iproute_in(f"/run/netns/{ns}")
+                ipr = IPRoute(fileno=open_netlink_fd(f"/run/netns/{ns}"))
                 self._sockets[ns] = (ipr, ipr.link_lookup(ifname=vxlan_name(NET))[0])
             fds = open_netlink_fds([f"/run/netns/{ns}" for ns in namespaces])
             events = [socket.socket(fileno=fd) for fd in fds.values() if isinstance(fd, int)]

@@ -4,7 +4,7 @@ Design note. This is the composition root, the only module allowed to import eve
 ``sdnctl controller [serve|migrate]`` runs the controller (``sdnctl.controller``), ``sdnctl
 agent`` an agent (``agent``), anything else is a client verb. So the CLI package never imports
 the daemons. Modules are imported when asked for, not at the top, because a CLI process pays
-for every import: the daemons (pyroute2, the store drivers) load only to run one, and the full
+for every import: the daemons (grpcio, the store drivers) load only to run one, and the full
 CLI (``sdnctl.cli.cli``: topologies, the lab, certificates, drawing) only when the verb is not
 one of the everyday verbs (``sdnctl.cli.everyday``: ``ps``, ``run``, ``rm``, ``exec`` ...),
 which start in about a third of the time.

@@ -309,14 +309,14 @@ def link_add(name: str, kind: str, *, mtu: int = 0, master: int | None = None,
 
 def link_set(index: int = 0, *, name: str = "", mtu: int = 0, master: int | None = None,
              up: bool = False, mac: str = "", alias: str | None = None, kind: str = "",
-             data: bytes = b"") -> Request:
+             data: bytes = b"", group: int = 0) -> Request:
     """``ip link set (index INDEX | dev NAME) [mtu MTU] [master MASTER] [address MAC] [up]
-    [alias ALIAS]``, and with ``kind`` and ``data`` the kind's attributes changed in place
-    (``type vxlan ...``): only what is given is sent (the kernel sets the address before it
-    brings the link up)."""
+    [alias ALIAS] [group GROUP]``, and with ``kind`` and ``data`` the kind's attributes changed
+    in place (``type vxlan ...``): only what is given is sent (the kernel sets the address
+    before it brings the link up)."""
     flags = IFF_UP if up else 0
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, flags) + \
-        _link_attributes(name, mtu, master, mac, alias, kind, data)
+        _link_attributes(name, mtu, master, mac, alias, kind, data, group)
     return Request(RTM_NEWLINK, 0, body)
 
 

@@ -84,12 +84,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from agent.kernel import iproute, procfs, procs, rtnl
 from agent.kernel.errors import KernelError
-from agent.kernel.iproute import delete_link, get_link, iproute_in
+from agent.kernel.iproute import delete_link, get_link, reader_in
 from agent.kernel.netns import (
     NETNS_RUN_DIR,
     create_netns,
@@ -99,6 +96,7 @@ from agent.kernel.netns import (
     open_netlink_fd,
     remove_netns,
 )
+from agent.kernel.rtnl import NetlinkError, Reader
 from sdnctl.api.model import NAME_RE
 
 UNDERLAY_SUFFIX = "ul"
@@ -253,7 +251,7 @@ class Lab:
         with contextlib.ExitStack() as rollback:
             if create_netns(path):
                 rollback.callback(remove_netns, path)
-            with iproute_in(path) as ipr:
+            with reader_in(path) as ipr:
                 try:
                     self._ensure_mode(ipr)
                     for segment in self.segments:
@@ -269,7 +267,7 @@ class Lab:
             iproute.ensure_ip_forward(path, error=LabError, ipv6=True)
             rollback.pop_all()
 
-    def _ensure_mode(self, ipr: IPRoute) -> None:
+    def _ensure_mode(self, ipr: Reader) -> None:
         """Record ``routed`` on ul0 and drop the bridges of the other mode.
 
         A lab with hosts keeps its mode: converting it would renumber every odd-numbered host.
@@ -279,14 +277,14 @@ class Lab:
         fresh = bridge is None  # a new underlay: no host is wired to it, whatever exists
         if bridge is None:
             bridge = iproute.ensure_bridge(ipr, UNDERLAY_BRIDGE, self.mtu, error=LabError)
-        have = bridge.get("ifalias") or MODE_ALIAS[False]
+        have = bridge.alias or MODE_ALIAS[False]
         if have == wanted:
             return
         if not fresh and self._host_names():
             raise LabError(f"could not make lab {self.prefix!r} "
                            f"{'routed' if self.routed else 'flat'}: it has hosts built "
                            f"{'flat' if self.routed else 'routed'}; tear it down first")
-        ipr.link("set", index=bridge["index"], ifalias=wanted)
+        iproute.set_link(ipr, bridge, alias=wanted, error=LabError)
         for segment in SEGMENTS:
             link = get_link(ipr, segment.bridge)
             if segment not in self.segments and link is not None:
@@ -403,36 +401,36 @@ class Lab:
             return False
 
     def _in_new_netns(self, path: str, what: str,
-                      wire: Callable[[IPRoute, IPRoute, contextlib.ExitStack], None]) -> None:
+                      wire: Callable[[Reader, Reader, contextlib.ExitStack], None]) -> None:
         """Create the namespace at ``path`` unless it exists and ``wire`` it to the underlay
         (``wire(underlay socket, its socket, rollback)``); a failure undoes what was created and
         raises LabError(``what``)."""
         with contextlib.ExitStack() as sockets:
-            ul = sockets.enter_context(iproute_in(self.underlay_netns()))
+            ul = sockets.enter_context(reader_in(self.underlay_netns()))
             with contextlib.ExitStack() as rollback:
                 if create_netns(path):
                     rollback.callback(remove_netns, path)
-                ipr = sockets.enter_context(iproute_in(path))
+                ipr = sockets.enter_context(reader_in(path))
                 try:
                     wire(ul, ipr, rollback)
                 except NetlinkError as e:
                     raise LabError(what) from e
                 rollback.pop_all()
 
-    def _wire_host(self, ul: IPRoute, host: IPRoute, path: str, name: str, segment: Segment,
+    def _wire_host(self, ul: Reader, host: Reader, path: str, name: str, segment: Segment,
                    addresses: tuple[str, str], rollback: contextlib.ExitStack) -> None:
         address, address6 = addresses
-        bridge = iproute.require_link(ul, segment.bridge, error=LabError)["index"]
+        bridge = iproute.require_link(ul, segment.bridge, error=LabError).index
         near, far = iproute.ensure_veth_pair(ul, uplink_name(name), host, path, HOST_DEV,
                                              alias=name, master=bridge, mtu=self.mtu,
                                              rollback=rollback, error=LabError)
-        iproute.ensure_up(ul, near)
-        if near.get("group") != UPLINK_GROUP:
-            ul.link("set", index=near["index"], group=UPLINK_GROUP)
+        iproute.ensure_up(ul, near, error=LabError)
+        if near.group != UPLINK_GROUP:
+            iproute.set_link(ul, near, group=UPLINK_GROUP, error=LabError)
         iproute.ensure_addresses(host, far, [(address, segment.prefixlen)], error=LabError)
-        iproute.ensure_route(host, "0.0.0.0", 0, segment.gateway, far["index"], error=LabError)
+        iproute.ensure_route(host, "0.0.0.0/0", segment.gateway, far.index, error=LabError)
         iproute.ensure_addresses6(host, far, [f"{address6}/64"], error=LabError)
-        iproute.ensure_route6(host, "::/0", segment.gateway6, far["index"], error=LabError)
+        iproute.ensure_route(host, "::/0", segment.gateway6, far.index, error=LabError)
 
     def hosts(self) -> list[LabHost]:
         """The lab hosts that exist now, found by the prefix under /run/netns, sorted by name."""
@@ -464,9 +462,9 @@ class Lab:
         path = self.host_netns(name)
         ul_path = self.underlay_netns()
         if is_netns(ul_path):
-            with iproute_in(ul_path) as ul:
+            with reader_in(ul_path) as ul:
                 link = get_link(ul, uplink_name(name))
-                if link is not None and link.get("ifalias") == name:
+                if link is not None and link.alias == name:
                     delete_link(ul, link, f"lab host {name!r}'s veth", LabError)
         try:
             remove_netns(path)
@@ -493,26 +491,26 @@ class Lab:
         self.ensure_underlay()
         path = self.external_netns()
 
-        def wire(ul: IPRoute, ext: IPRoute, rollback: contextlib.ExitStack) -> None:
+        def wire(ul: Reader, ext: Reader, rollback: contextlib.ExitStack) -> None:
             near, far = iproute.ensure_veth_pair(ul, UPLINK_DEV, ext, path, EXTERNAL_DEV,
                                                  alias="external", master=None,
                                                  mtu=self.external_mtu, rollback=rollback,
                                                  error=LabError)
-            iproute.ensure_up(ul, near)
+            iproute.ensure_up(ul, near, error=LabError)
             iproute.ensure_addresses(ul, near, [(EXTERNAL_GATEWAY, EXTERNAL_PREFIXLEN)],
                                      error=LabError)
             iproute.ensure_addresses(ext, far, [(EXTERNAL_IP, EXTERNAL_PREFIXLEN)],
                                      error=LabError)
             wanted = [segment.network for segment in self.segments]
             for network in wanted:
-                iproute.ensure_route(ext, str(network.network_address), network.prefixlen,
-                                     EXTERNAL_GATEWAY, far["index"], error=LabError)
+                iproute.ensure_route(ext, str(network), EXTERNAL_GATEWAY, far.index,
+                                     error=LabError)
             iproute.remove_other_routes(ext, wanted, EXTERNAL_GATEWAY, error=LabError)
             iproute.ensure_addresses6(ul, near, [f"{EXTERNAL_GATEWAY6}/64"], error=LabError)
             iproute.ensure_addresses6(ext, far, [f"{EXTERNAL_IP6}/64"], error=LabError)
             for segment in self.segments:  # no route to container prefixes: routed IPv6
-                iproute.ensure_route6(ext, str(segment.network6), EXTERNAL_GATEWAY6,
-                                      far["index"], error=LabError)
+                iproute.ensure_route(ext, str(segment.network6), EXTERNAL_GATEWAY6, far.index,
+                                     error=LabError)
 
         self._in_new_netns(path, "could not set up the lab's external namespace", wire)
         return path

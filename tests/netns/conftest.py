@@ -34,9 +34,9 @@ if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
 from helpers.cli import OPENED_LABS  # noqa: E402
+from helpers.pyroute import iproute_in  # noqa: E402
 
 from agent.kernel import cgroups  # noqa: E402
-from agent.kernel.iproute import iproute_in  # noqa: E402
 from agent.kernel.netns import NETNS_RUN_DIR, netns_path, remove_netns  # noqa: E402
 from sdnctl.lab.lab import Lab, process_start_time, stop_process  # noqa: E402
 from sdnctl.lab.testimage import build_test_image  # noqa: E402

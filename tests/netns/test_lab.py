@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from helpers.capture import capture
+from helpers.pyroute import iproute_in
 
-from agent.kernel.iproute import iproute_in
 from agent.kernel.netns import NETNS_RUN_DIR, create_netns
 from sdnctl.lab.lab import (
     EXTERNAL_DEV,

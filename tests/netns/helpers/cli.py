@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.kernel.iproute import iproute_in
 from helpers.capture import capture
+from helpers.pyroute import iproute_in
 from sdnctl.topology import topology
 
 REPO = Path(__file__).resolve().parents[3]

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.kernel import cgroups
-from agent.kernel.iproute import iproute_in
 from agent.kernel.netns import NETNS_RUN_DIR
 from agent.nftrules import FINGERPRINT_SET
 from helpers.cli import Cli, nsexec
+from helpers.pyroute import iproute_in
 from sdnctl.api import wire
 from sdnctl.api.client import Client
 from sdnctl.v1 import sdnctl_pb2 as pb
