@@ -44,7 +44,7 @@ from agent.kernel.firewall import (
 from agent.kernel.links import Links
 from agent.kernel.netns import create_netns, netns_path, remove_netns, run_in_netns
 from agent.names import bridge_name, container_mac, link_local, veth_name
-from agent.nftrules import render
+from agent.nftrules import render, sha_item
 
 pytestmark = pytest.mark.netns
 
@@ -730,9 +730,17 @@ def _listed_as_full_render(path: str, spec: FirewallSpec) -> str:
 
 
 def _ruleset(path: str) -> str:
-    """``nft -s list ruleset`` without the flow sets' elements (traffic, not rules)."""
+    """``nft -s list ruleset`` without the flow sets' elements (traffic, not rules), and with
+    the fingerprint's sha element at generation 0, as a full write makes it (a delta's is the
+    next generation: ``nftrules.sha_generation``)."""
     text = in_ns(path, "nft", "-s", "list", "ruleset").stdout
-    return re.sub(r"(set (?:flows|opened) \{[^}]*?)\n\t*elements = \{[^}]*\}", r"\1", text)
+    text = re.sub(r"(set (?:flows|opened) \{[^}]*?)\n\t*elements = \{[^}]*\}", r"\1", text)
+
+    def generation_0(found: re.Match[str]) -> str:
+        address = ipaddress.IPv6Address(found.group(2))
+        return found.group(1) + str(ipaddress.IPv6Address(address.packed[:8] + bytes(8)))
+
+    return re.sub(r"(set fingerprint \{[^}]*?elements = \{ )(\S+)(?= \})", generation_0, text)
 
 
 def test_guards_move_incrementally_and_list_as_a_full_render(fwlab: FwLab) -> None:
@@ -804,9 +812,12 @@ def _fingerprints(path: str) -> list[str]:
     return [str(e) for i in listed if "set" in i for e in i["set"].get("elem") or []]
 
 
-def _sha_element(spec: FirewallSpec) -> str:
-    """The fingerprint element ``render(spec)`` adds."""
-    return re.findall(r"add element inet sdnctl fingerprint \{ (\S+) \}", render(spec))[0]
+def _sha_element(spec: FirewallSpec, generation: int = 0) -> str:
+    """The fingerprint element ``render(spec)`` adds, of ``generation`` (a full write's is 0,
+    a delta's the last one's plus one)."""
+    first = re.findall(r"add element inet sdnctl fingerprint \{ (\S+) \}", render(spec))[0]
+    return str(ipaddress.IPv6Address(ipaddress.IPv6Address(first).packed[:8] +
+                                     generation.to_bytes(8, "big")))
 
 
 def test_a_delta_that_only_adds_leaves_the_old_sha_to_a_cleanup(
@@ -840,6 +851,9 @@ def test_a_delta_that_only_adds_leaves_the_old_sha_to_a_cleanup(
     assert fw.apply(every) is True
     assert len(writes) == 1 and "insert rule" in writes[0] and "delete" not in writes[0]
     assert len(_fingerprints(fwlab.host)) == 2  # the old one still there
+    # An agent killed now leaves it there: its successor reads the latest element's sha, so
+    # the tables are as it wants them (no full write in its first pass).
+    assert Firewall(fwlab.host).observe() == fingerprint(every)
     assert fw.observe() == fingerprint(every)  # a listing runs the cleanup first
     assert writes[1:] == [f"delete element inet sdnctl fingerprint {{ {old_sha} }}\n"]
 
@@ -849,10 +863,11 @@ def test_a_delta_that_only_adds_leaves_the_old_sha_to_a_cleanup(
     assert fw.apply(every) is True  # f1 comes back (adds only: its cleanup is pending)
     assert fw.apply(no_f1) is True  # f1 goes again: takes the pending delete along
     assert len(writes) == 3, writes
-    assert writes[2].startswith(f"delete element inet sdnctl fingerprint {{ {old_sha} }}\n")
+    pending = _sha_element(no_f1, 2)  # (the sha of no_f1 again, two deltas later)
+    assert writes[2].startswith(f"delete element inet sdnctl fingerprint {{ {pending} }}\n")
     assert "insert rule" not in writes[2] and \
         writes[2].count("delete element inet sdnctl fingerprint") == 2
-    assert _fingerprints(fwlab.host) == [old_sha]
+    assert _fingerprints(fwlab.host) == [_sha_element(no_f1, 4)]
     assert fw.observe() == fingerprint(no_f1) and len(writes) == 3  # nothing was pending
 
     # The cleanup fails (here: the table went by hand before it ran). The listing finds the
@@ -874,7 +889,7 @@ def test_a_delta_that_only_adds_leaves_the_old_sha_to_a_cleanup(
     cleaned.clear()
     assert fw.apply(every) is True
     assert cleaned.wait(10)
-    assert _fingerprints(fwlab.host) == [_sha_element(every)]
+    assert [sha_item(e) for e in _fingerprints(fwlab.host)] == [sha_item(_sha_element(every))]
     monkeypatch.setattr(nft, "run", real)
     assert fw.observe() == fingerprint(every)
 

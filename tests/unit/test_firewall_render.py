@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from typing import Any
 
@@ -417,9 +418,12 @@ def handles_of(spec: FirewallSpec) -> dict[str, int]:
     return {c: i for i, c in enumerate(comments, 1) if comments.count(c) == 1}
 
 
-def sha_element(spec: FirewallSpec) -> str:
-    """The fingerprint set's element that ``render(spec)`` adds."""
-    return re.findall(r"add element inet sdnctl fingerprint \{ (\S+) \}", render(spec))[0]
+def sha_element(spec: FirewallSpec, generation: int = 0) -> str:
+    """The fingerprint set's element that ``render(spec)`` adds, of ``generation`` (a full
+    render's is 0, a delta's the installed one's plus one)."""
+    first = re.findall(r"add element inet sdnctl fingerprint \{ (\S+) \}", render(spec))[0]
+    return str(ipaddress.IPv6Address(ipaddress.IPv6Address(first).packed[:8] +
+                                     generation.to_bytes(8, "big")))
 
 
 def test_delta_adds_a_guard_before_the_next_one_in_render_order() -> None:
@@ -441,7 +445,7 @@ def test_delta_adds_a_guard_before_the_next_one_in_render_order() -> None:
                for line in inserted), inserted
     # It only adds: the old sha element's delete (a grace period in the kernel) comes apart.
     assert not any(line.startswith(("delete", "replace")) for line in lines)
-    assert lines[-1] == f"add element inet sdnctl fingerprint {{ {sha_element(new)} }}"
+    assert lines[-1] == f"add element inet sdnctl fingerprint {{ {sha_element(new, 1)} }}"
     assert delta.makes_rules  # (run with echo, for the new rules' handles)
     assert delta.cleanup == \
         f"delete element inet sdnctl fingerprint {{ {sha_element(old)} }}\n"
@@ -460,8 +464,8 @@ def test_delta_appends_the_last_guard_before_the_router_advert_rule() -> None:
 def test_delta_removes_a_guard_by_its_handles() -> None:
     old = dataclasses.replace(SPEC, guards=(GUARD0, GUARD, GUARD2))
     handles = handles_of(old)
-    delta = firewall.render_delta(old, dataclasses.replace(SPEC, guards=(GUARD0, GUARD2)),
-                                  handles)
+    new = dataclasses.replace(SPEC, guards=(GUARD0, GUARD2))
+    delta = firewall.render_delta(old, new, handles, generation=4)
     assert delta is not None
     gone = [f"delete rule bridge sdnctl prerouting handle {handles[c]}"
             for c in handles if c.startswith("sdnctl:ctr/web/spoof-")]
@@ -472,9 +476,11 @@ def test_delta_removes_a_guard_by_its_handles() -> None:
         'fe80::42:aff:fe01:2 }']
     assert lines[2:9] == gone
     assert not any(line.startswith(("insert", "add table", "flush")) for line in lines)
-    # It deletes anyway: the old sha element goes in the same transaction.
-    assert lines[-2] == f"delete element inet sdnctl fingerprint {{ {sha_element(old)} }}"
-    assert delta.cleanup == "" and not delta.makes_rules
+    # It deletes anyway: the old sha element goes in the same transaction; the new one is
+    # of the next generation.
+    assert lines[-2:] == [f"delete element inet sdnctl fingerprint {{ {sha_element(old, 4)} }}",
+                          f"add element inet sdnctl fingerprint {{ {sha_element(new, 5)} }}"]
+    assert delta.cleanup == "" and not delta.makes_rules and delta.generation == 5
 
 
 def test_delta_changes_a_guard_in_place() -> None:
@@ -710,3 +716,14 @@ def test_ipv6_hairpin_masquerades_only_dnatted_ipv6_from_the_bridges_own_lease()
                  "postrouting")
     assert [r.rsplit(" comment ", 1)[1] for r in post if "ip6" in r] == [
         '"sdnctl:net/front/hairpin/ip6"', '"sdnctl:net/front/ip6"']
+
+
+def test_a_listing_takes_the_latest_sha_element_for_the_tables() -> None:
+    """An agent killed before a delta's cleanup ran leaves the older sha elements behind; its
+    successor's listing reads the latest one's sha (not drift: no full write in the first
+    pass of an agent adopting its containers)."""
+    old, new = dataclasses.replace(SPEC, guards=(GUARD2,)), SPEC
+    listed = [{"set": {"family": "inet", "table": "sdnctl", "name": "fingerprint",
+                       "elem": [sha_element(new, 2), sha_element(old, 0), sha_element(old, 1)]}}]
+    assert firewall._latest_sha(listed) == ([nftrules.sha_item(sha_element(new))], 2)
+    assert firewall._latest_sha([]) == ([], 0)
