@@ -1,9 +1,10 @@
 """The containers of one host: their sandboxes, processes and files, observed and changed.
 
 The reconciler (agent.reconcile) plans a pass and hands this module the container actions:
-``setup`` builds a container's sandbox, its veth and its process in an ExitStack (if a later step
-fails, what this call created is undone and the next pass starts clean); ``remove`` keeps going
-past failures and reports them all; ``observe`` reads back every container this host has a trace
+``setup_all`` builds containers' sandboxes and veths on the reconciler's thread and starts their
+processes in helper threads, up to ``PARALLEL_STARTS`` at once, each container in an ExitStack
+(if a later step fails, what its setup created is undone and the next pass starts clean);
+``remove`` keeps going past failures and reports them all; ``observe`` reads back every container this host has a trace
 of, and ``statuses`` turns that into the reports the controller gets.
 
 Files in the agent's run directory (``/run/sdnctl/<host>`` by default; agent.layout):
