@@ -2,10 +2,11 @@
 
 The reconciler (agent.reconcile) plans a pass and hands this module the container actions:
 ``setup_all`` builds containers' sandboxes and veths on the reconciler's thread and starts their
-processes in helper threads, up to ``PARALLEL_STARTS`` at once, each container in an ExitStack
-(if a later step fails, what its setup created is undone and the next pass starts clean);
-``remove`` keeps going past failures and reports them all; ``observe`` reads back every container this host has a trace
-of, and ``statuses`` turns that into the reports the controller gets.
+processes in helper threads (``PARALLEL_STARTS`` at once by default), each container in an
+ExitStack (if a later step fails, what its setup created is undone and the next pass starts
+clean); ``remove`` keeps going past failures and reports them all; ``observe`` reads back every
+container this host has a trace of, and ``statuses`` turns that into the reports the controller
+gets.
 
 Files in the agent's run directory (``/run/sdnctl/<host>`` by default; agent.layout):
     netns/<container>            the container's network namespace (a bind mount)
@@ -62,7 +63,8 @@ from sdnctl.api.model import (
 
 log = logging.getLogger("sdnctl.agent")
 
-#: How many container starts of one pass run at once (``Containers.setup_all``).
+#: How many container starts of one pass run at once (``Containers.setup_all``), by default
+#: (``--parallel-starts``; the lab gives agents that share a machine fewer).
 PARALLEL_STARTS = 4
 
 
@@ -81,8 +83,10 @@ class Containers:
                  images: ImageStore | None = None, cgroup_parent: str = "",
                  userns_supported: bool | None = None, sandboxes: SandboxOps = netns,
                  processes: ProcessOps = procs, cgroups: CgroupOps = cgroups,
-                 conntrack: ConntrackOps = conntrack) -> None:
+                 conntrack: ConntrackOps = conntrack,
+                 parallel_starts: int = PARALLEL_STARTS) -> None:
         self.run_dir = run_dir
+        self.parallel_starts = max(1, parallel_starts)
         self.links = links
         self.sandboxes = sandboxes
         self.processes = processes
@@ -231,7 +235,7 @@ class Containers:
     def setup_all(self, actions: Sequence[p.SetupContainer]) -> dict[str, Exception]:
         """Set containers up, each as a whole: its sandbox and veth made on this thread, one
         container after another (netlink sockets are per thread), and its start handed to a
-        helper thread as soon as they are made (up to ``PARALLEL_STARTS`` starts at once; a
+        helper thread as soon as they are made (up to ``parallel_starts`` at once; a
         joined container's once its donor's has ended: it binds the donor's /etc files). A
         container whose step fails is undone whole, on this thread (what its setup created
         goes and the next pass starts clean); the others go on. The errors, by name.
@@ -250,7 +254,7 @@ class Containers:
             else:
                 failed[action.container.name] = self._undo(undo, error)
 
-        with concurrent.futures.ThreadPoolExecutor(PARALLEL_STARTS, "start") as pool:
+        with concurrent.futures.ThreadPoolExecutor(self.parallel_starts, "start") as pool:
             starts = _Starts(pool, self._start)
             for action in actions:
                 undo = undos[action.container.name] = contextlib.ExitStack()

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, cast
 from agent import dns, drift, imagegc
 from agent import plan as p
 from agent.cni import AgentSide, CniService, Realised
+from agent.containers import PARALLEL_STARTS
 from agent.desired import Changed, DesiredContainer, DesiredState, LocalHost
 from agent.dockerplugin import DockerPluginServer, DockerSide, Plugin, accept_in_docker_user
 from agent.drivers import DRIVERS
@@ -567,7 +568,8 @@ class Agent:
                                 cast(FirewallOps, Timed(firewall, self.metrics.nft_seconds)),
                                 sysctl, host_netns=self.args.netns,
                                 local=self.local, runtime=runtime, images=images,
-                                policy_fw=policy_fw, shaper=Shaper())
+                                policy_fw=policy_fw, shaper=Shaper(),
+                                parallel_starts=self.args.parallel_starts)
         if self.dns is not None:
             self.dns.start()
         self.proxy.start()
@@ -924,8 +926,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-gc-grace", type=float, default=imagegc.DEFAULT_GRACE,
                         metavar="SECONDS", help="how long an image no container uses is kept "
                         "(default: %(default)s)")
+    parser.add_argument("--parallel-starts", type=int, default=PARALLEL_STARTS, metavar="N",
+                        help="container starts a pass runs at once (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.parallel_starts < 1:
+        parser.error("--parallel-starts: at least 1")
     if args.resync is None:
         args.resync = RESYNC if args.kernel_events == "on" else RESYNC_WITHOUT_EVENTS
     args.run_dir = args.run_dir or f"/run/sdnctl/{args.host}"

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from agent import plan as p
-from agent.containers import Containers
+from agent.containers import PARALLEL_STARTS, Containers
 from agent.desired import DesiredContainer, DesiredNetwork, DesiredPeer, DesiredState, LocalHost
 from agent.drivers import driver_of
 from agent.imagestore import ImageStore
@@ -167,7 +167,7 @@ class Reconciler:
                  images: ImageStore | None = None, cgroup_parent: str = "",
                  userns_supported: bool | None = None,
                  policy_fw: PolicyFirewall | None = None,
-                 shaper: Shaper | None = None) -> None:
+                 shaper: Shaper | None = None, parallel_starts: int = PARALLEL_STARTS) -> None:
         self.local = local or LocalHost()
         self.sysctls = sysctls  # kernel/sysctl.py: the calling thread's namespace's
         self.policy_fw = policy_fw  # None: no network policy here (unit tests with fakes)
@@ -175,7 +175,8 @@ class Reconciler:
         self.links = links
         self.firewall = fw
         self.containers = Containers(run_dir, links, stop_grace, host_netns, runtime, images,
-                                     cgroup_parent, userns_supported)
+                                     cgroup_parent, userns_supported,
+                                     parallel_starts=parallel_starts)
         # Peer entries of our VXLAN devices, by device: (its ifindex, its entries) as the last
         # dump showed them plus what this agent wrote since (see _observe_peers).
         self._peers: dict[str, tuple[int, ObservedPeers]] = {}
