@@ -634,9 +634,9 @@ LAB_STARTS_PER_CORE = 2
 def lab_parallel_starts(hosts: int, cores: int | None = None) -> int:
     """How many container starts each of ``hosts`` lab agents runs at once. An agent on a
     host of its own runs up to four (``agent.containers.PARALLEL_STARTS``); the lab's agents
-    share this machine's cores, so together they run about two per core: `up` of 100 x 10 on
-    two cores took 21.4 s with four each and 19.5 s with one, while one lab host starting 50
-    gained a third with four."""
+    share this machine's cores, so together they run about two per core (`up` of 100 x 10 on
+    two cores read 21.1 and 21.4 s with four each and 19.5 s with one; one lab host starting
+    50 gained a third with four)."""
     cores = cores or os.cpu_count() or 1
     return max(1, min(4, LAB_STARTS_PER_CORE * cores // max(1, hosts)))
 
