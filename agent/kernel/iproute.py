@@ -21,12 +21,12 @@ import socket
 
 from agent.kernel import rtnl
 from agent.kernel.errors import KernelError
+from agent.kernel.linkbase import MAIN_TABLE
 from agent.kernel.netns import netns_inode, open_netlink_fd, run_in_netns
 from agent.kernel.rtnl import Link, NetlinkError, Reader, Request
 
 RTPROT_STATIC = 4  # our lab routes; the agent's routes carry its own protocol number
 IFF_UP = 0x1
-MAIN_TABLE = 254
 
 
 def reader_in(path: str | None) -> Reader:
@@ -43,11 +43,6 @@ def _do(reader: Reader, request: Request, what: str, error: type[Exception],
         raise error(what) from NetlinkError(code)
 
 
-def get_link(reader: Reader, ifname: str) -> Link | None:
-    """The link named ``ifname`` in ``reader``'s namespace, or None when there is none."""
-    return reader.link(ifname)
-
-
 def delete_link(reader: Reader, link: Link, what: str,
                 error: type[Exception] | None = None) -> None:
     """Delete ``link``; one already gone is success. Failures raise ``error`` (KernelError by
@@ -58,7 +53,7 @@ def delete_link(reader: Reader, link: Link, what: str,
 
 def require_link(reader: Reader, ifname: str, *,
                  error: type[Exception] = KernelError) -> Link:
-    link = get_link(reader, ifname)
+    link = reader.link(ifname)
     if link is None:
         raise error(f"could not find link {ifname!r}")
     return link
@@ -66,7 +61,7 @@ def require_link(reader: Reader, ifname: str, *,
 
 def ensure_bridge(reader: Reader, name: str, mtu: int, *,
                   error: type[Exception] = KernelError) -> Link:
-    if get_link(reader, name) is None:
+    if reader.link(name) is None:
         _do(reader, rtnl.link_add(name, "bridge", up=True), f"could not add bridge {name!r}",
             error, ok=(errno.EEXIST,))
     link = require_link(reader, name, error=error)
@@ -110,7 +105,7 @@ def ensure_veth_pair(near: Reader, near_name: str, far: Reader, far_path: str, f
     ``alias``; a near end with another alias is a name collision and an error. Returns the
     (near, far) links, read back.
     """
-    n, f = get_link(near, near_name), get_link(far, far_name)
+    n, f = near.link(near_name), far.link(far_name)
     if n is not None and n.alias != alias:
         raise error(f"could not add veth {near_name!r} for {alias!r}: it belongs to "
                     f"{n.alias!r}")

@@ -86,7 +86,7 @@ from typing import Any
 
 from agent.kernel import iproute, procfs, procs, rtnl
 from agent.kernel.errors import KernelError
-from agent.kernel.iproute import delete_link, get_link, reader_in
+from agent.kernel.iproute import delete_link, reader_in
 from agent.kernel.netns import (
     NETNS_RUN_DIR,
     create_netns,
@@ -273,7 +273,7 @@ class Lab:
         A lab with hosts keeps its mode: converting it would renumber every odd-numbered host.
         """
         wanted = MODE_ALIAS[self.routed]
-        bridge = get_link(ipr, UNDERLAY_BRIDGE)
+        bridge = ipr.link(UNDERLAY_BRIDGE)
         fresh = bridge is None  # a new underlay: no host is wired to it, whatever exists
         if bridge is None:
             bridge = iproute.ensure_bridge(ipr, UNDERLAY_BRIDGE, self.mtu, error=LabError)
@@ -286,7 +286,7 @@ class Lab:
                            f"{'flat' if self.routed else 'routed'}; tear it down first")
         iproute.set_link(ipr, bridge, alias=wanted, error=LabError)
         for segment in SEGMENTS:
-            link = get_link(ipr, segment.bridge)
+            link = ipr.link(segment.bridge)
             if segment not in self.segments and link is not None:
                 delete_link(ipr, link, f"bridge {segment.bridge!r} of the other mode", LabError)
 
@@ -463,7 +463,7 @@ class Lab:
         ul_path = self.underlay_netns()
         if is_netns(ul_path):
             with reader_in(ul_path) as ul:
-                link = get_link(ul, uplink_name(name))
+                link = ul.link(uplink_name(name))
                 if link is not None and link.alias == name:
                     delete_link(ul, link, f"lab host {name!r}'s veth", LabError)
         try:
