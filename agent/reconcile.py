@@ -158,7 +158,7 @@ class Outcome:
 
 
 class Reconciler:
-    """Owns the kernel façade; use it from one thread only (pyroute2 sockets are per thread).
+    """Owns the kernel façade; use it from one thread only (its netlink sockets are per thread).
     ``containers`` is the container side (agent.containers), built from the same arguments."""
 
     def __init__(self, run_dir: str, links: LinkOps, fw: FirewallOps, sysctls: SysctlOps,

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
 import yaml
 from fuzzing import PROFILE, int32s, texts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdnctl.topology import topology
+from sdnctl.topology import schema, topology
 
 scalars = st.one_of(texts, int32s, st.booleans(), st.none(), st.floats(allow_nan=True),
                     st.lists(texts, max_size=3))
@@ -58,6 +59,21 @@ def parse_or_topology_error(text: str) -> None:
 @given(doc=documents)
 def test_fuzz_topology_documents(doc: dict[str, Any]) -> None:
     parse_or_topology_error(yaml.safe_dump(doc, allow_unicode=True))
+
+
+def jsonschema_failures(doc: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """What jsonschema, the reference validator, finds wrong: (where, keyword), in order."""
+    validator = jsonschema.Draft202012Validator(schema.topology_schema())
+    return [(tuple(e.absolute_path), str(e.validator)) for e in validator.iter_errors(doc)]
+
+
+@settings(settings.get_profile(PROFILE), max_examples=settings.get_profile(PROFILE).max_examples
+          * 5)
+@given(doc=st.one_of(documents, values))
+def test_fuzz_our_schema_validator_agrees_with_jsonschema(doc: Any) -> None:
+    """The topology schema's validator (ours, ``schema.failures``) finds what jsonschema finds,
+    in the same order, on generated documents with hostile values."""
+    assert [(f.path, f.keyword) for f in schema.failures(doc)] == jsonschema_failures(doc)
 
 
 @settings(settings.get_profile(PROFILE), max_examples=settings.get_profile(PROFILE).max_examples
