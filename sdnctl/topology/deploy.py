@@ -829,7 +829,12 @@ def wait_running(client: Client, topology: Topology, revision: int, timeout: flo
     container at each poll (as before) cost the controller ~0.1 ms per container and `up`'s
     own process the decoding, on the CPUs the agents starting them needed: at 100 hosts x 10
     that was a listing of 1,000 twice a second for the whole start, and during a host's join
-    it took CPU from the fan-out being measured."""
+    it took CPU from the fan-out being measured.
+
+    Between two polls, while a connected agent has yet to realise ``revision``, the pause is a
+    WaitHost on that host (every host must realise it before `up` is done, so no wait is
+    wasted): the controller answers the moment the agent's report is written, where a sleep
+    noticed the end of a pass of 50 starts 38 ms late on average (the pause grows to 100 ms)."""
     want: dict[str, set[str]] = {h.name: set() for h in topology.hosts}
     for ctr in topology.containers:
         want.setdefault(ctr.host, set()).add(ctr.name)
@@ -872,7 +877,27 @@ def wait_running(client: Client, topology: Topology, revision: int, timeout: flo
             raise DeployError("not every host's agent realised what `up` wrote (revision "
                               f"{revision}): {', '.join(sorted(set(want) - set(running)))}")
         delay = min(delay * POLL_GROWTH, POLL_MAX)
-        time.sleep(delay)
+        unrealised = [name for name in sorted(set(want) - set(running))
+                      if (got := listed.get(name)) is not None and got.agent_connected
+                      and not (got.agent_synced and got.observed_revision >= revision)]
+        if not (unrealised and _wait_host(client, unrealised[0], revision, delay)):
+            time.sleep(delay)
+
+
+def _wait_host(client: Client, host: str, revision: int, wait: float) -> bool:
+    """At most ``wait`` seconds until ``host``'s agent has realised ``revision`` (WaitHost:
+    the controller answers when the agent's report is written). False when no wait took
+    place: a controller without WaitHost, or a host it does not know; the caller sleeps."""
+    try:
+        client.api.WaitHost(pb.WaitHostRequest(name=host, revision=revision,
+                                               timeout_ms=max(1, int(wait * 1000))),
+                            timeout=wait + 10)
+    except wire.RpcError as e:
+        if _code(e) in (wire.StatusCode.UNIMPLEMENTED, wire.StatusCode.NOT_FOUND):
+            return False
+        if _code(e) != wire.StatusCode.DEADLINE_EXCEEDED:
+            raise
+    return True
 
 
 def _host_synced(got: pb.Host | None, want: set[str], revision: int) -> bool:

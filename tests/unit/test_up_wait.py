@@ -2,7 +2,9 @@
 asks ListHosts each round and lists a host's containers only once that host's agent is synced,
 reported them all and realised the revision `up` wrote; it never lists every container (issue
 21: at 100 x 10 those listings took the CPU the agents needed), fails at once on a container in
-error, and names what it still waits for at its deadline."""
+error, and names what it still waits for at its deadline. Between polls it waits on a host whose
+agent has yet to realise that revision (WaitHost answers when the agent reports), and sleeps
+otherwise."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from sdnctl.api import wire
 from sdnctl.api.model import STATE_ERROR, STATE_RUNNING
 from sdnctl.topology import deploy
 from sdnctl.topology.topology import parse
@@ -41,6 +44,14 @@ class FakeApi:
     states: dict[str, str] = field(default_factory=dict)  # container -> state
     calls: list[str] = field(default_factory=list)
     on_poll: list[dict[str, object]] = field(default_factory=list)  # changes per ListHosts
+    wait_code: wire.StatusCode | None = None  # what WaitHost answers with, if not a host
+
+    def WaitHost(self, request: pb.WaitHostRequest, timeout: float) -> pb.Host:
+        self.calls.append(f"wait:{request.name}")
+        assert request.revision == REVISION and 0 < request.timeout_ms <= 100
+        if self.wait_code is not None:
+            raise wire.RpcError(self.wait_code, "")
+        return self.hosts[request.name]
 
     def ListHosts(self, request: pb.ListRequest, timeout: float) -> pb.ListHostsResponse:
         if self.on_poll:
@@ -93,10 +104,32 @@ def test_each_host_is_listed_once_it_is_synced_and_never_every_container() -> No
     ])
     out = wait(api)
     assert api.calls == ["hosts",  # h3 (nothing of ours) is done at once
-                         "hosts", "containers:h2",
-                         "hosts", "containers:h1",
+                         "wait:h1",  # the pause: until h1's agent realises the revision
+                         "hosts", "containers:h2", "wait:h1",
+                         "hosts", "containers:h1",  # (b is starting: a sleep, no wait)
                          "hosts", "containers:h1"]
     assert out.splitlines()[-1].strip() == "containers running: 3/3"
+
+
+@pytest.mark.parametrize("code", [wire.StatusCode.UNIMPLEMENTED, wire.StatusCode.NOT_FOUND])
+def test_without_a_wait_on_the_controller_it_sleeps_between_polls(code: wire.StatusCode) -> None:
+    api = FakeApi(wait_code=code, on_poll=[
+        {"h1": synced("h1", ("a", "b"), revision=REVISION - 1), "h2": synced("h2", ("c",)),
+         "h3": synced("h3", ()), "c": STATE_RUNNING},
+        {"h1": synced("h1", ("a", "b")), "a": STATE_RUNNING, "b": STATE_RUNNING}])
+    wait(api)
+    assert api.calls == ["hosts", "containers:h2", "wait:h1", "hosts", "containers:h1"]
+
+
+def test_no_wait_on_a_host_without_an_agent_or_one_that_realised_the_revision() -> None:
+    """WaitHost answers at once for those: waiting on them would poll without a pause."""
+    api = FakeApi(hosts={"h1": synced("h1", ("a", "b")), "h2": synced("h2", (), connected=False),
+                         "h3": synced("h3", ())},
+                  states={"a": STATE_RUNNING, "b": "created"})
+    with pytest.raises(deploy.DeployError):
+        wait(api, timeout=0.2)
+    assert not [c for c in api.calls if c.startswith("wait:")]
+    assert 3 <= api.calls.count("hosts") <= 12  # paused between polls (5 ms growing to 100)
 
 
 def test_a_container_in_error_fails_at_once_naming_it() -> None:
