@@ -41,15 +41,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sdnctl.api.fields import check_name
 from sdnctl.api.model import NAME_RE, Invalid
-from sdnctl.api.tlsfiles import PkiError, cert_path
+from sdnctl.api.tlsfiles import CERT_DAYS, ROLES, PkiError, cert_path
 
 log = logging.getLogger(__name__)
 
-ROLES = ("admin", "operator", "viewer")
 KINDS = ("controller", "agent", "user")
 SCHEME = "sdnctl"
 CA_DAYS = 3650
-CERT_DAYS = 365
 CRL_DAYS = 3650  # the CRL is rewritten on every revocation; its own expiry is not checked
 
 

@@ -15,6 +15,10 @@ from sdnctl.api.errors import CommandError
 
 #: The environment's client TLS files: certificate, key, CA.
 TLS_ENV = ("SDNCTL_TLS_CERT", "SDNCTL_TLS_KEY", "SDNCTL_TLS_CA")
+#: What a user's certificate lets them do, and how long an issued certificate is valid by
+#: default (here, not in ``pki``: the CLI's parser names them without loading cryptography).
+ROLES = ("admin", "operator", "viewer")
+CERT_DAYS = 365
 
 
 class PkiError(RuntimeError):

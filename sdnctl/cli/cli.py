@@ -29,7 +29,7 @@ import os
 import sys
 from typing import Any
 
-from sdnctl.api import paths, pki
+from sdnctl.api import paths, tlsfiles
 from sdnctl.api.client import CommandError
 from sdnctl.cli import base, everyday, graph, policycli
 from sdnctl.cli.output import print_table
@@ -62,6 +62,9 @@ def default_pki_dir() -> str:
 
 
 def cmd_pki(args: argparse.Namespace) -> int:
+    # (imported here: cryptography's import, about 30 ms, is for this verb alone)
+    from sdnctl.api import pki
+
     try:
         if args.action == "init":
             pki.init(args.dir, args.name, controller_days=args.days)
@@ -107,13 +110,13 @@ def add_pki_parser(sub: Any) -> None:
     p.add_argument("--name", action="append", default=[], metavar="DNS|IP",
                    help="a name clients dial the controller by (repeatable; localhost, "
                    "127.0.0.1, ::1 and this host's name are always in)")
-    p.add_argument("--days", type=int, default=pki.CERT_DAYS,
+    p.add_argument("--days", type=int, default=tlsfiles.CERT_DAYS,
                    help="validity of the controller's certificate (default: %(default)s)")
     p = action("issue", "a certificate for an agent or a user")
     p.add_argument("--agent", metavar="HOST", help="for HOST's agent")
     p.add_argument("--user", metavar="NAME", help="for a user of sdnctl")
-    p.add_argument("--role", choices=pki.ROLES, help="--user: what the user may do")
-    p.add_argument("--days", type=int, default=pki.CERT_DAYS,
+    p.add_argument("--role", choices=tlsfiles.ROLES, help="--user: what the user may do")
+    p.add_argument("--days", type=int, default=tlsfiles.CERT_DAYS,
                    help="validity (default: %(default)s)")
     p = action("revoke", "revoke certificates; the controller reloads the CRL")
     p.add_argument("what", help="a serial (0x... or decimal) or a name (all its certificates)")

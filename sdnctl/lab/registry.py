@@ -19,8 +19,6 @@ The process is started with ``spawn_in_netns`` and stopped by PID and start time
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import json
 import os
 import secrets
@@ -29,11 +27,6 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sdnctl.api import paths, registry, registryconfig
 from sdnctl.lab import lab
@@ -66,70 +59,6 @@ def installed() -> bool:
 
 def registry_dir(prefix: str) -> str:
     return os.path.join(paths.run_dir(), "lab", prefix + SUFFIX)
-
-
-def make_tls(directory: str, ips: tuple[str, ...], names: tuple[str, ...],
-             days: int = 30) -> tuple[str, str, str]:
-    """A CA and a server certificate for ``ips`` and ``names`` in ``directory``: the paths of
-    (CA certificate, server certificate, server key). Beside them, ``client.pem`` and
-    ``client-key.pem``: a client certificate of the same CA with an empty subject (etcd's JSON
-    gateway refuses a client certificate that has a common name once auth is enabled)."""
-    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
-    end = now + datetime.timedelta(days=days)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sdnctl lab CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now).not_valid_after(end)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                       False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                         critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    alt: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-    alt += [x509.DNSName(n) for n in names]
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
-                                                        (names or ips)[0])]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                  ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    client_key = ec.generate_private_key(ec.SECP256R1())
-    client = (x509.CertificateBuilder().subject_name(x509.Name([]))
-              .issuer_name(ca_name).public_key(client_key.public_key())
-              .serial_number(x509.random_serial_number())
-              .not_valid_before(now).not_valid_after(end)
-              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
-                             critical=False)
-              .add_extension(x509.SubjectAlternativeName([x509.DNSName("client")]),
-                             critical=True)
-              .sign(ca_key, hashes.SHA256()))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    files = (os.path.join(directory, "ca.pem"), os.path.join(directory, "server.pem"),
-             os.path.join(directory, "server-key.pem"))
-    pem = serialization.Encoding.PEM
-    for path, data, mode in (
-            (files[0], ca.public_bytes(pem), 0o644), (files[1], cert.public_bytes(pem), 0o644),
-            (files[2], key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()), 0o600),
-            (os.path.join(directory, "client.pem"), client.public_bytes(pem), 0o644),
-            (os.path.join(directory, "client-key.pem"), client_key.private_bytes(
-                pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), 0o600)):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-    return files
 
 
 def _config(directory: str, cert: str, key: str) -> str:
@@ -183,6 +112,10 @@ def ensure(the_lab: lab.Lab) -> RegistryInfo:
     directory = registry_dir(the_lab.prefix)
     shutil.rmtree(directory, ignore_errors=True)  # a dead one's leftovers
     os.makedirs(os.path.join(directory, "storage"), mode=0o700)
+    # (imported here: cryptography's import was 23 ms of every `up` and `down`, which call
+    # this module for a registry most labs do not have)
+    from sdnctl.lab.labtls import make_tls
+
     ca, cert, key = make_tls(os.path.join(directory, "tls"), (lab.EXTERNAL_IP,), NAMES)
     password = secrets.token_urlsafe(18)
     done = subprocess.run([HTPASSWD_BIN, "-Bbn", USERNAME, password], capture_output=True,

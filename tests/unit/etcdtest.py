@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from sdnctl.api.client import Client
-from sdnctl.lab.registry import make_tls
+from sdnctl.lab.labtls import make_tls
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -60,9 +60,12 @@ def test_other_verbs_and_the_overview_go_to_the_full_cli() -> None:
     out, modules = modules_after("up", "--help")
     assert "usage: sdnctl up" in out and loaded(modules, "sdnctl.cli.cli")
     # (issue 21: pyroute2's import was 80 ms of every `up`; the lab speaks agent.kernel.rtnl;
-    # jsonschema's 34: the topology schema has a validator of its own)
+    # jsonschema's 34: the topology schema has a validator of its own; cryptography's 20-30:
+    # only the lab's registry and the pki verb need it, and import it when they run)
     assert loaded(modules, "sdnctl.lab.lab") and loaded(modules, "sdnctl.topology.schema")
-    assert not loaded(modules, "pyroute2") and not loaded(modules, "jsonschema")
+    assert loaded(modules, "sdnctl.lab.registry")
+    for heavy in ("pyroute2", "jsonschema", "cryptography", "sdnctl.api.pki"):
+        assert not loaded(modules, heavy), heavy
     out, modules = modules_after("--help")
     assert "sdnctl up FILE" in out and loaded(modules, "sdnctl.cli.cli")
 

@@ -25,7 +25,7 @@ from sdnctl.controller import migrate
 from sdnctl.controller.store.base import Compare, Put, StoreUnavailable
 from sdnctl.controller.store.etcd import EtcdAccess, EtcdError, EtcdStore
 from sdnctl.controller.store.sqlite import SqliteStore
-from sdnctl.lab.registry import make_tls
+from sdnctl.lab.labtls import make_tls
 from sdnctl.v1 import sdnctl_pb2 as pb
 
 PASSWORD = "s3cret-pw"
