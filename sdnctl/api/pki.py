@@ -158,6 +158,23 @@ def _save_index(directory: Path, entries: Iterable[Issued]) -> None:
            json.dumps([asdict(e) for e in entries], indent=2).encode(), 0o600)
 
 
+def new_ca(common_name: str, not_before: datetime.datetime,
+           not_after: datetime.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed CA (P-256) that signs certificates and CRLs, no intermediate below it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(not_before).not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                         False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
 def init(directory: str | Path, controller_names: Iterable[str] = (),
          days: int = CA_DAYS, controller_days: int = CERT_DAYS) -> Path:
     """Create a CA, the controller's certificate and an empty CRL in ``directory``.
@@ -168,19 +185,9 @@ def init(directory: str | Path, controller_names: Iterable[str] = (),
     directory = Path(directory)
     if (directory / "ca.key").exists():
         raise PkiError(f"{directory} already holds a CA; remove it first to start over")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sdnctl CA")])
     now = _now()
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                         False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
+    key, cert = new_ca("sdnctl CA", now - datetime.timedelta(minutes=5),
+                       now + datetime.timedelta(days=days))
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     _write(directory / "ca.key", _key_pem(key), 0o600)
     _write(directory / "ca.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)

@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sdnctl.api.pki import new_ca
+
 
 def make_tls(directory: str, ips: tuple[str, ...], names: tuple[str, ...],
              days: int = 30) -> tuple[str, str, str]:
@@ -25,17 +27,8 @@ def make_tls(directory: str, ips: tuple[str, ...], names: tuple[str, ...],
     gateway refuses a client certificate that has a common name once auth is enabled)."""
     now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
     end = now + datetime.timedelta(days=days)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sdnctl lab CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now).not_valid_after(end)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                       False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                         critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca_key, ca = new_ca("sdnctl lab CA", now, end)
+    ca_name = ca.subject
     key = ec.generate_private_key(ec.SECP256R1())
     alt: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     alt += [x509.DNSName(n) for n in names]
