@@ -14,7 +14,6 @@ sides alternate (harness.alternate_many). Memory: the resident set of our resolv
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import secrets
@@ -27,7 +26,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
-from harness import Measurement, alternate_many, comparison, summary, write_result
+from harness import (
+    Measurement,
+    alternate_many,
+    bench_args,
+    comparison,
+    summary,
+    write_result,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -177,10 +183,7 @@ def aardvark(ns: str, config: str) -> Iterator[int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--full", action="store_true")
-    args = parser.parse_args()
+    args = bench_args(__doc__ or "")
     rounds, seconds = (6, 5.0) if args.full else (2, 3.0)
     prefix = "bd" + secrets.token_hex(3)
     tmp = tempfile.mkdtemp(prefix=f"sdnctl-{prefix}-")

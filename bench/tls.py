@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--same-process", action="store_true",
                         help="call from the controller's process (shares its GIL)")
     args = parser.parse_args(argv)
+    harness.compile_bytecode()
     full = (256, 2000, 3) if args.full else (64, 500, 2)
     given = (args.mib, args.calls, args.rounds)
     args.mib, args.calls, args.rounds = (g or d for g, d in zip(given, full, strict=True))
