@@ -1,8 +1,8 @@
 """Certificates for the lab: a CA made for the occasion, a server certificate for its names and
 addresses, and a client certificate, as PEM files. The lab's registry serves TLS with them
 (``sdnctl.lab.registry``), and the tests' etcd members with client authentication. Not the
-controller's PKI (``sdnctl.api.pki``: users, roles, revocation): a lab's CA lives and dies with
-what it was made for.
+controller's PKI (``sdnctl.api.pki``: users, roles, revocation), though its CA is made the
+same way (``pki.new_ca``): a lab's CA lives and dies with what it was made for.
 """
 
 from __future__ import annotations
