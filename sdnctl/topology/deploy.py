@@ -627,18 +627,20 @@ def _start_agents(client: Client, topology: Topology, lab_hosts: dict[str, lab.L
 
 
 #: Container starts at once per core of this machine, shared by the lab's agents
-#: (``lab_parallel_starts``).
-LAB_STARTS_PER_CORE = 2
+#: (``lab_parallel_starts``), and at most an agent's default, ``agent.containers.
+#: PARALLEL_STARTS`` (not imported: that module is 30 ms of every `up`; test_cli_flags checks
+#: the two agree).
+LAB_STARTS_PER_CORE, LAB_STARTS_MAX = 2, 4
 
 
 def lab_parallel_starts(hosts: int, cores: int | None = None) -> int:
     """How many container starts each of ``hosts`` lab agents runs at once. An agent on a
-    host of its own runs up to four (``agent.containers.PARALLEL_STARTS``); the lab's agents
+    host of its own runs up to four (``LAB_STARTS_MAX``); the lab's agents
     share this machine's cores, so together they run about two per core (`up` of 100 x 10 on
     two cores read 21.1 and 21.4 s with four each and 19.5 s with one; one lab host starting
     50 gained a third with four)."""
     cores = cores or os.cpu_count() or 1
-    return max(1, min(4, LAB_STARTS_PER_CORE * cores // max(1, hosts)))
+    return max(1, min(LAB_STARTS_MAX, LAB_STARTS_PER_CORE * cores // max(1, hosts)))
 
 
 def ensure_dockerds(topology: Topology, state: dict[str, Any],

@@ -44,8 +44,10 @@ def test_agent_parallel_starts_is_at_least_one(capsys: pytest.CaptureFixture[str
 def test_lab_agents_share_the_machines_starts() -> None:
     """A lab host alone starts four containers at once, as an agent on a host of its own; the
     agents of many lab hosts share two starts per core of this machine, at least one each."""
-    from sdnctl.topology.deploy import lab_parallel_starts
+    from agent.containers import PARALLEL_STARTS
+    from sdnctl.topology.deploy import LAB_STARTS_MAX, lab_parallel_starts
 
+    assert LAB_STARTS_MAX == PARALLEL_STARTS  # a lab host alone starts as an agent does
     assert [lab_parallel_starts(n, cores=2) for n in (1, 2, 3, 4, 100)] == [4, 2, 1, 1, 1]
     assert lab_parallel_starts(1, cores=16) == 4 and lab_parallel_starts(8, cores=16) == 4
     assert lab_parallel_starts(16, cores=16) == 2
